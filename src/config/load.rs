@@ -1,0 +1,143 @@
+//! Reading a config file (or no file) into a validated [`Config`].
+
+use std::path::{Path, PathBuf};
+
+use super::Config;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// YAML syntax, an unknown key or a wrongly typed value; the message carries line and column.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// File name, or `<inline>`.
+        origin: String,
+        /// serde-saphyr's message, with line, column and a snippet.
+        message: String,
+    },
+    /// The file parsed but a value is unusable.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        /// File name, or `<inline>`.
+        origin: String,
+        /// Dotted path of the offending key, e.g. `routes[1].upstream`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Load the config at `path`, or the built-in defaults when `path` is `None`.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let Some(path) = path else {
+        let config = Config::default();
+        super::validate::validate(&config).map_err(|e| e.with_origin("<defaults>"))?;
+        return Ok(config);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_from_str(&text, &path.display().to_string())
+}
+
+/// Parse and validate config text; `origin` names it in errors.
+pub fn load_from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    // An empty file (or one holding only comments) means "all defaults".
+    let config: Config = if text.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#') || t == "---"
+    }) {
+        Config::default()
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?
+    };
+    super::validate::validate(&config).map_err(|e| e.with_origin(origin))?;
+    Ok(config)
+}
+
+// === impl ConfigError ===
+
+impl ConfigError {
+    fn with_origin(self, origin: &str) -> Self {
+        match self {
+            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+                origin: origin.to_string(),
+                key,
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_text_is_the_defaults() {
+        let c = load_from_str("# nothing here\n", "t").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].upstream, "https://api.openai.com");
+        assert_eq!(c.server.max_request_body_bytes, 32 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "listen: 127.0.0.1:8080\nroutes:\n  - name: a\n    path_prefix: /\n    upstream: http://127.0.0.1:1\n    strip_prefx: true\n";
+        let err = load_from_str(text, "bad.yaml").unwrap_err().to_string();
+        assert!(err.contains("strip_prefx"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+        assert!(err.starts_with("bad.yaml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_refused() {
+        let err = load_from_str("listen: 127.0.0.1:1\nlisten_port: 3\n", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("listen_port") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_parse_in_human_form() {
+        let c = load_from_str(
+            "upstream:\n  connect_timeout: 250ms\n  idle_timeout: 2m\nserver:\n  header_read_timeout: 3s\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.upstream.connect_timeout.as_millis(), 250);
+        assert_eq!(c.upstream.idle_timeout.as_secs(), 120);
+        assert_eq!(c.server.header_read_timeout.as_secs(), 3);
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tokenwarden.yaml");
+        let c = load(Some(&path)).unwrap();
+        assert!(c.routes.iter().any(|r| r.name == "anthropic"));
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error_naming_the_path() {
+        let err = load(Some(Path::new("/nonexistent/tw.yaml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tw.yaml"));
+    }
+}

@@ -1,0 +1,201 @@
+//! Checks a parsed config for values serde cannot reject on its own.
+
+use std::collections::HashSet;
+
+use super::{Config, ConfigError, LimitConfig};
+
+/// Validate `config`; the error names the offending key by its dotted path.
+pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    if config.routes.is_empty() {
+        return Err(invalid("routes", "at least one route is required"));
+    }
+    let mut names = HashSet::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let at = |k: &str| format!("routes[{i}].{k}");
+        if r.name.is_empty() {
+            return Err(invalid(&at("name"), "must not be empty"));
+        }
+        if !names.insert(r.name.as_str()) {
+            return Err(invalid(
+                &at("name"),
+                &format!("duplicate route name {:?}", r.name),
+            ));
+        }
+        if !r.path_prefix.starts_with('/') {
+            return Err(invalid(&at("path_prefix"), "must start with '/'"));
+        }
+        check_upstream_url(&r.upstream).map_err(|m| invalid(&at("upstream"), &m))?;
+        if let Some(ca) = &r.ca_file {
+            if !ca.is_file() {
+                return Err(invalid(
+                    &at("ca_file"),
+                    &format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
+    }
+    let s = &config.server;
+    if s.max_request_body_bytes == 0 {
+        return Err(invalid("server.max_request_body_bytes", "must be > 0"));
+    }
+    if s.header_read_timeout.is_zero() {
+        // hyper's slowloris defence is off without it.
+        return Err(invalid("server.header_read_timeout", "must be > 0"));
+    }
+    if s.max_headers == 0 || s.max_header_bytes < 1024 {
+        return Err(invalid(
+            "server.max_header_bytes",
+            "max_headers must be > 0 and max_header_bytes >= 1024",
+        ));
+    }
+    for (k, d) in [
+        ("upstream.connect_timeout", config.upstream.connect_timeout),
+        (
+            "upstream.first_byte_timeout",
+            config.upstream.first_byte_timeout,
+        ),
+        ("upstream.idle_timeout", config.upstream.idle_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(k, "must be > 0"));
+        }
+    }
+    if config.identity.agent_header.is_empty()
+        || http::HeaderName::from_bytes(config.identity.agent_header.as_bytes()).is_err()
+    {
+        return Err(invalid("identity.agent_header", "not a valid header name"));
+    }
+    for (i, h) in config.identity.session_headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(invalid(
+                &format!("identity.session_headers[{i}]"),
+                "not a valid header name",
+            ));
+        }
+    }
+    if config.telemetry.max_label_values == 0 {
+        return Err(invalid("telemetry.max_label_values", "must be > 0"));
+    }
+    if let Some(otlp) = &config.telemetry.otlp {
+        check_upstream_url(&otlp.endpoint).map_err(|m| invalid("telemetry.otlp.endpoint", &m))?;
+    }
+    for (i, l) in config.budgets.limits.iter().enumerate() {
+        check_limit(l).map_err(|(k, m)| invalid(&format!("budgets.limits[{i}].{k}"), &m))?;
+    }
+    for (model, p) in &config.pricing {
+        let all = [
+            Some(p.input),
+            Some(p.output),
+            p.cached_input,
+            p.cache_creation_input,
+        ];
+        if all.into_iter().flatten().any(|v| !v.is_finite() || v < 0.0) {
+            return Err(invalid(
+                &format!("pricing.{model}"),
+                "prices must be finite and >= 0",
+            ));
+        }
+    }
+    if let Some(w) = &config.alerts.webhook {
+        check_upstream_url(w).map_err(|m| invalid("alerts.webhook", &m))?;
+    }
+    Ok(())
+}
+
+/// Parse a budget window: `lifetime`, or a positive number with unit s, m, h or d.
+pub fn parse_window(w: &str) -> Result<Option<std::time::Duration>, String> {
+    if w == "lifetime" {
+        return Ok(None);
+    }
+    let (num, unit) = w.split_at(w.find(|c: char| !c.is_ascii_digit()).unwrap_or(w.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{w:?} is not `lifetime` or a duration like 1m, 1h, 1d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{w:?}: unit must be s, m, h or d")),
+    };
+    if n == 0 {
+        return Err(format!("{w:?}: window must be > 0"));
+    }
+    Ok(Some(std::time::Duration::from_secs(n * secs)))
+}
+
+fn check_limit(l: &LimitConfig) -> Result<(), (&'static str, String)> {
+    if l.tokens.is_none() && l.usd.is_none() {
+        return Err(("tokens", "a limit needs `tokens` or `usd`".into()));
+    }
+    if let Some(u) = l.usd {
+        if !u.is_finite() || u <= 0.0 {
+            return Err(("usd", "must be > 0".into()));
+        }
+    }
+    if l.tokens == Some(0) {
+        return Err(("tokens", "must be > 0".into()));
+    }
+    if let Some(w) = l.warn_at {
+        if !(w > 0.0 && w <= 1.0) {
+            return Err(("warn_at", "must be in (0, 1]".into()));
+        }
+    }
+    parse_window(&l.window).map_err(|m| ("window", m))?;
+    Ok(())
+}
+
+fn check_upstream_url(s: &str) -> Result<(), String> {
+    let uri: http::Uri = s.parse().map_err(|_| format!("{s:?} is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{s:?}: scheme must be http or https")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{s:?}: no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{s:?}: must not carry a query"));
+    }
+    Ok(())
+}
+
+fn invalid(key: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        origin: String::new(),
+        key: key.to_string(),
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::load_from_str;
+    use super::parse_window;
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("routes:\n  - name: a\n    path_prefix: v1\n    upstream: http://x\n", "routes[0].path_prefix"),
+            ("routes:\n  - name: a\n    path_prefix: /\n    upstream: ftp://x\n", "routes[0].upstream"),
+            ("routes:\n  - name: a\n    path_prefix: /\n    upstream: http://x\n  - name: a\n    path_prefix: /b\n    upstream: http://y\n", "routes[1].name"),
+            ("routes: []\n", "routes"),
+            ("budgets:\n  limits:\n    - scope: session\n      tokens: 10\n      window: 3w\n", "budgets.limits[0].window"),
+            ("budgets:\n  limits:\n    - scope: agent\n", "budgets.limits[0].tokens"),
+            ("server:\n  header_read_timeout: 0s\n", "server.header_read_timeout"),
+        ];
+        for (text, key) in cases {
+            let err = load_from_str(text, "c.yaml").unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn windows() {
+        assert_eq!(parse_window("lifetime").unwrap(), None);
+        assert_eq!(parse_window("1m").unwrap().unwrap().as_secs(), 60);
+        assert_eq!(parse_window("2d").unwrap().unwrap().as_secs(), 172_800);
+        assert!(parse_window("0h").is_err());
+        assert!(parse_window("h").is_err());
+    }
+}

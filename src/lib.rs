@@ -1,0 +1,17 @@
+//! tokenwarden: a transparent sidecar proxy that makes LLM traffic observable and bounded.
+//!
+//! Module map (see ARCHITECTURE.md for the life of one request):
+//! - [`config`] — the YAML file, strict and defaulted.
+//! - [`server`] — proxy and admin listeners, connection hardening, graceful shutdown.
+//! - [`proxy`] — the per-request pipeline: route, read body, forward, respond, errors.
+//! - [`body`] — the observing pass-through response body.
+//! - [`telemetry`] — logging, Prometheus metrics, bounded labels.
+//! - [`mock`] — the project's own mock LLM provider (tests, benchmarks, demos).
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod mock;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;

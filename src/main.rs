@@ -1,0 +1,83 @@
+//! The `tokenwarden` binary: parse the command line, load config, run until a signal, drain.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use tokenwarden::cli::{Cli, Command};
+use tokenwarden::config;
+use tokenwarden::server::{signals, Server};
+use tokenwarden::telemetry::logging;
+
+/// sysexits.h EX_USAGE: bad configuration or arguments.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig { path }) = &cli.command {
+        return match config::load(Some(path)) {
+            Ok(c) => {
+                println!("{}: ok ({} routes)", path.display(), c.routes.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EX_USAGE)
+            }
+        };
+    }
+    logging::init(cli.log_format);
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("invalid configuration: {e}");
+            eprintln!("{e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: config::Config) -> ExitCode {
+    let server = match Server::bind(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot start: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    tracing::info!(
+        proxy = %server.proxy_addr(),
+        admin = %server.admin_addr(),
+        version = env!("CARGO_PKG_VERSION"),
+        "tokenwarden listening"
+    );
+    let first = std::sync::Arc::new(tokio::sync::Notify::new());
+    let notify = first.clone();
+    let drain = server.run(async move {
+        signals::shutdown_signal().await;
+        notify.notify_one();
+    });
+    // A second signal during the drain stops at once; its handlers are registered only after
+    // the first signal, so they see the next one.
+    tokio::select! {
+        _ = drain => ExitCode::SUCCESS,
+        _ = async {
+            first.notified().await;
+            signals::shutdown_signal().await
+        } => {
+            tracing::warn!("second signal: stopping without waiting for the drain");
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! [`Call`]: what the proxy knows about one request while it is in flight, and the finish step
+//! that records it — exactly once, however the request ends.
+//!
+//! A `Call` is owned first by the request pipeline and then by the response body. Whoever holds
+//! it last finishes it: the pipeline for answers the proxy gives itself, the [`ObservedBody`]
+//! at end of stream, upstream error or idle timeout, and `Drop` when the client goes away
+//! (hyper drops the service future or the body).
+//!
+//! [`ObservedBody`]: crate::body::ObservedBody
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use metrics::{counter, histogram};
+use tokio::time::Instant;
+
+use crate::body::{BodyEnd, Observer};
+use crate::telemetry::metrics as m;
+
+use super::error::UpstreamErrorKind;
+
+/// One request in flight.
+pub struct Call {
+    route: Arc<str>,
+    provider: &'static str,
+    operation: &'static str,
+    agent: Arc<str>,
+    method: Method,
+    path: String,
+    access_log: bool,
+    started: Instant,
+    /// When the request went upstream.
+    pub upstream_sent: Option<Instant>,
+    /// When the upstream's response headers arrived.
+    pub upstream_headers: Option<Instant>,
+    /// When the response was handed to hyper.
+    pub returned: Option<Instant>,
+    /// Status sent to the client.
+    pub status: Option<StatusCode>,
+    /// Request body bytes.
+    pub bytes_in: usize,
+    bytes_out: u64,
+    upstream_error: Option<&'static str>,
+    finished: bool,
+}
+
+/// Fixed facts about a call, known when it starts.
+pub struct CallInfo {
+    /// Route name.
+    pub route: Arc<str>,
+    /// Provider label.
+    pub provider: &'static str,
+    /// Operation label.
+    pub operation: &'static str,
+    /// Agent label (already capped).
+    pub agent: Arc<str>,
+    /// HTTP method.
+    pub method: Method,
+    /// Request path without the query (queries can carry keys, e.g. Gemini's `?key=`).
+    pub path: String,
+    /// Write an access line at the end.
+    pub access_log: bool,
+}
+
+// === impl Call ===
+
+impl Call {
+    /// Start tracking a call that arrived at `started`.
+    pub fn new(info: CallInfo, started: Instant) -> Self {
+        Self {
+            route: info.route,
+            provider: info.provider,
+            operation: info.operation,
+            agent: info.agent,
+            method: info.method,
+            path: info.path,
+            access_log: info.access_log,
+            started,
+            upstream_sent: None,
+            upstream_headers: None,
+            returned: None,
+            status: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            upstream_error: None,
+            finished: false,
+        }
+    }
+
+    /// Note an upstream failure for `tokenwarden_upstream_errors_total`.
+    pub fn upstream_failed(&mut self, kind: UpstreamErrorKind) {
+        self.upstream_error = Some(kind.as_str());
+    }
+
+    /// Note the upstream's response status (5xx and 429 count as upstream errors).
+    pub fn upstream_status(&mut self, status: StatusCode) {
+        self.status = Some(status);
+        if status.is_server_error() {
+            self.upstream_error = Some("status_5xx");
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            self.upstream_error = Some("status_429");
+        }
+    }
+
+    /// Finish a call the proxy answered itself with `status` (a full body, sent at once).
+    pub fn finish_local(mut self, status: StatusCode, body_len: usize) {
+        self.status = Some(status);
+        self.bytes_out = body_len as u64;
+        self.returned = Some(Instant::now());
+        self.finish(BodyEnd::Complete);
+    }
+
+    fn finish(&mut self, end: BodyEnd) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let now = Instant::now();
+        let status = match (end, self.status) {
+            (BodyEnd::UpstreamError | BodyEnd::IdleTimeout, _) | (_, None) => "error",
+            (_, Some(s)) => status_class(s),
+        };
+        match end {
+            BodyEnd::UpstreamError => self.upstream_error = Some("reset"),
+            BodyEnd::IdleTimeout => self.upstream_error = Some("timeout"),
+            BodyEnd::ClientGone => {
+                counter!(m::CLIENT_DISCONNECTS_TOTAL, "route" => self.route.clone()).increment(1)
+            }
+            BodyEnd::Complete => {}
+        }
+        counter!(m::REQUESTS_TOTAL,
+            "route" => self.route.clone(),
+            "provider" => self.provider,
+            "operation" => self.operation,
+            "agent" => self.agent.clone(),
+            "status" => status,
+        )
+        .increment(1);
+        if let Some(kind) = self.upstream_error {
+            counter!(m::UPSTREAM_ERRORS_TOTAL, "route" => self.route.clone(), "kind" => kind)
+                .increment(1);
+        }
+        let duration = now.duration_since(self.started);
+        histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.route.clone(), "status" => status)
+            .record(duration.as_secs_f64());
+        if let Some(overhead) = self.overhead() {
+            histogram!(m::OVERHEAD_SECONDS, "route" => self.route.clone())
+                .record(overhead.as_secs_f64());
+        }
+        if self.access_log {
+            let upstream_ms = match (self.upstream_sent, self.upstream_headers) {
+                (Some(s), Some(_)) => now.duration_since(s).as_secs_f64() * 1e3,
+                _ => 0.0,
+            };
+            tracing::info!(
+                target: "tokenwarden::access",
+                route = %self.route,
+                method = %self.method,
+                path = %self.path,
+                status = self.status.map(|s| s.as_u16()).unwrap_or(0),
+                outcome = end.as_str(),
+                duration_ms = duration.as_secs_f64() * 1e3,
+                upstream_ms,
+                bytes_in = self.bytes_in,
+                bytes_out = self.bytes_out,
+                agent = %self.agent,
+                "request"
+            );
+        }
+    }
+
+    /// Time spent in the sidecar: before the request went upstream, plus between the upstream's
+    /// headers and handing the response on. Streaming time after that is the upstream's.
+    fn overhead(&self) -> Option<std::time::Duration> {
+        let returned = self.returned?;
+        Some(match (self.upstream_sent, self.upstream_headers) {
+            (Some(sent), Some(headers)) => {
+                sent.duration_since(self.started) + returned.duration_since(headers)
+            }
+            (Some(sent), None) => sent.duration_since(self.started),
+            _ => returned.duration_since(self.started),
+        })
+    }
+}
+
+impl Observer for Call {
+    fn on_data(&mut self, data: &Bytes) {
+        self.bytes_out += data.len() as u64;
+    }
+
+    fn on_end(mut self, end: BodyEnd) {
+        self.finish(end);
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // Only reached unfinished when hyper dropped the request future or the body: the
+        // client went away.
+        self.finish(BodyEnd::ClientGone);
+    }
+}
+
+// === impl BodyEnd ===
+
+impl BodyEnd {
+    /// Access-log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyEnd::Complete => "complete",
+            BodyEnd::UpstreamError => "upstream_error",
+            BodyEnd::IdleTimeout => "idle_timeout",
+            BodyEnd::ClientGone => "client_gone",
+        }
+    }
+}
+
+fn status_class(s: StatusCode) -> &'static str {
+    match s.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,80 @@
+//! Hop-by-hop header removal, applied in both directions.
+//!
+//! RFC 9110 §7.6.1: `Connection` and every header it names belong to one hop only. Everything
+//! else — the client's own `Authorization` and `x-api-key` included — passes unchanged.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Headers that never cross the proxy, whatever `Connection` says.
+const FIXED: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// Remove hop-by-hop headers: those named by `Connection`, the fixed set, and every `Proxy-*`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for n in &FIXED {
+        headers.remove(n);
+    }
+    // Rare in LLM traffic: only walk the names when one is there.
+    if headers.keys().any(is_proxy_header) {
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| is_proxy_header(k))
+            .cloned()
+            .collect();
+        for n in proxy {
+            headers.remove(n);
+        }
+    }
+}
+
+fn is_proxy_header(name: &HeaderName) -> bool {
+    name.as_str().starts_with("proxy-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_named_and_fixed_keeps_credentials() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("trailer", HeaderValue::from_static("x"));
+        h.insert("authorization", HeaderValue::from_static("Bearer sk-1"));
+        h.insert("x-api-key", HeaderValue::from_static("k"));
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["authorization", "content-type", "x-api-key"]);
+    }
+}

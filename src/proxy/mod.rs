@@ -1,0 +1,240 @@
+//! The request pipeline: one function per stage, in the order a request meets them.
+//!
+//! 1. `route` — first route whose prefix matches; none → 404 in OpenAI shape.
+//! 2. `identify` — agent label (header, else the route's agent, else `default`), capped.
+//! 3. `read_body` — the request body, up to `server.max_request_body_bytes` (else 413); LLM
+//!    requests are JSON that budgets and policies read, so it is collected, then forwarded as is.
+//! 4. `upstream_request` — same method, headers minus hop-by-hop, `Host` rewritten, same bytes.
+//! 5. `send` — pooled client, first-byte timeout; failures become provider-shaped 502/504.
+//! 6. `respond` — status and headers (minus hop-by-hop) at once, body wrapped in
+//!    [`ObservedBody`] so each frame goes to the client as it arrives and the [`Call`] finishes
+//!    exactly once.
+
+mod call;
+pub mod error;
+pub mod headers;
+pub mod protocol;
+pub mod route;
+pub mod upstream;
+
+pub use call::{Call, CallInfo};
+pub use error::ProxyError;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::ObservedBody;
+use crate::config::Config;
+use crate::telemetry::labels::LabelCap;
+
+use error::UpstreamErrorKind;
+use protocol::ErrorShape;
+use route::{Route, RouteError, Router};
+
+/// The body of every response the proxy returns.
+pub type ProxyBody = Either<ObservedBody<Incoming, Call>, Full<Bytes>>;
+
+/// Longest agent name kept as a label value; longer ones report as `other`.
+const MAX_AGENT_LABEL_LEN: usize = 128;
+
+/// The proxy service shared by every connection.
+pub struct Proxy {
+    router: Router,
+    max_body: usize,
+    agent_header: HeaderName,
+    agents: LabelCap,
+    access_log: bool,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// Build the proxy (routes and their pooled clients) from a validated config.
+    pub fn new(config: &Config) -> Result<Self, RouteError> {
+        Ok(Self {
+            router: Router::from_config(config)?,
+            max_body: config.server.max_request_body_bytes,
+            agent_header: HeaderName::from_bytes(config.identity.agent_header.as_bytes())
+                .unwrap_or_else(|_| HeaderName::from_static("x-agent-name")),
+            agents: LabelCap::new(config.telemetry.max_label_values),
+            access_log: config.logging.access_log,
+        })
+    }
+
+    /// hyper entry point: never fails, every error becomes a response.
+    pub async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        Ok(self.handle(req).await)
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path();
+
+        let Some(route) = self.router.find(path).cloned() else {
+            let call = Call::new(
+                CallInfo {
+                    route: Arc::from("unmatched"),
+                    provider: "unknown",
+                    operation: "other",
+                    agent: Arc::from("default"),
+                    method: parts.method.clone(),
+                    path: path.to_string(),
+                    access_log: self.access_log,
+                },
+                started,
+            );
+            return local_error(call, ProxyError::NoRoute, ErrorShape::OpenAi);
+        };
+        let class = protocol::classify(route.protocol, &route.upstream_path(path));
+        let shape = class.error_shape();
+        let mut call = Call::new(
+            CallInfo {
+                route: route.name.clone(),
+                provider: class.provider,
+                operation: class.operation,
+                agent: self.agent_label(&parts.headers, &route),
+                method: parts.method.clone(),
+                path: path.to_string(),
+                access_log: self.access_log,
+            },
+            started,
+        );
+
+        let body = match read_body(body, &parts.headers, self.max_body).await {
+            Ok(b) => b,
+            Err(e) => return local_error(call, e, shape),
+        };
+        call.bytes_in = body.len();
+
+        let uri = match route.upstream_uri(path, parts.uri.query()) {
+            Ok(u) => u,
+            Err(_) => return local_error(call, ProxyError::BadRequestBody, shape),
+        };
+        let had_length = parts.headers.contains_key(CONTENT_LENGTH);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        // The client sets Host from the upstream URI (HTTP/1) or sends :authority (HTTP/2).
+        parts.headers.remove(HOST);
+        if had_length || !body.is_empty() {
+            // The body is re-framed by length: a chunked request body was collected whole.
+            parts
+                .headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        }
+        parts.uri = uri;
+        // The pooled client picks HTTP/1.1 or HTTP/2 per connection (ALPN); an HTTP/2 request
+        // from the agent must not force HTTP/2 on an HTTP/1.1-only upstream.
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, Full::new(body));
+
+        call.upstream_sent = Some(Instant::now());
+        let sent = tokio::time::timeout(
+            route.timeouts.first_byte_timeout,
+            route.client.request(upstream_req),
+        )
+        .await;
+        let resp = match sent {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return local_error(call, client_error(&route, &e), shape),
+            Err(_) => {
+                let e = ProxyError::UpstreamTimeout {
+                    route: route.name.to_string(),
+                    after: route.timeouts.first_byte_timeout,
+                };
+                return local_error(call, e, shape);
+            }
+        };
+        call.upstream_headers = Some(Instant::now());
+        call.upstream_status(resp.status());
+
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers);
+        rparts.version = Version::HTTP_11;
+        call.returned = Some(Instant::now());
+        let body = ObservedBody::new(rbody, call, route.timeouts.idle_timeout);
+        Response::from_parts(rparts, Either::Left(body))
+    }
+
+    fn agent_label(&self, headers: &HeaderMap, route: &Route) -> Arc<str> {
+        let from_header = headers
+            .get(&self.agent_header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        match (from_header, &route.agent) {
+            (Some(a), _) if a.len() > MAX_AGENT_LABEL_LEN => {
+                Arc::from(crate::telemetry::labels::OTHER)
+            }
+            (Some(a), _) => self.agents.get(a),
+            (None, Some(a)) => a.clone(),
+            (None, None) => Arc::from("default"),
+        }
+    }
+}
+
+/// Collect the request body, refusing more than `max` bytes.
+async fn read_body(body: Incoming, headers: &HeaderMap, max: usize) -> Result<Bytes, ProxyError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ProxyError::BodyTooLarge { limit: max });
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge { limit: max }),
+        Err(_) => Err(ProxyError::BadRequestBody),
+    }
+}
+
+/// Map a pooled-client failure to the error the client sees.
+fn client_error(route: &Route, e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let timed_out = {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+        let mut found = false;
+        while let Some(s) = src {
+            if s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                found = true;
+                break;
+            }
+            src = s.source();
+        }
+        found
+    };
+    let name = route.name.to_string();
+    if timed_out {
+        ProxyError::UpstreamTimeout {
+            route: name,
+            after: route.timeouts.connect_timeout,
+        }
+    } else if e.is_connect() {
+        ProxyError::UpstreamUnreachable { route: name }
+    } else {
+        ProxyError::UpstreamReset { route: name }
+    }
+}
+
+/// Answer with a proxy-generated error and finish the call.
+fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<ProxyBody> {
+    if let Some(kind) = e.upstream_kind() {
+        call.upstream_failed(kind);
+    }
+    let resp = e.to_response(shape);
+    let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize;
+    tracing::debug!(route = ?e.upstream_kind().map(UpstreamErrorKind::as_str), error = %e, "proxy error");
+    call.finish_local(resp.status(), len);
+    resp.map(Either::Right)
+}

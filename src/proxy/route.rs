@@ -1,0 +1,200 @@
+//! The route table: path prefix → upstream, first match wins.
+
+use std::sync::Arc;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+
+use crate::config::{Config, Protocol, RouteConfig, UpstreamConfig};
+
+use super::upstream::{self, UpstreamClient};
+
+/// One configured route, ready to serve.
+pub struct Route {
+    /// Route name (metric label).
+    pub name: Arc<str>,
+    prefix: String,
+    strip: bool,
+    scheme: Scheme,
+    /// Upstream host[:port], sent as `Host` / `:authority`.
+    pub authority: Authority,
+    base_path: String,
+    /// Configured protocol.
+    pub protocol: Protocol,
+    /// Agent name for requests without an agent header.
+    pub agent: Option<Arc<str>>,
+    /// Effective timeouts.
+    pub timeouts: UpstreamConfig,
+    /// Pooled client for this upstream.
+    pub client: UpstreamClient,
+}
+
+/// All routes, in config order.
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+}
+
+/// A route could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The upstream URL is unusable.
+    #[error("route '{route}': upstream {url:?}: {reason}")]
+    BadUpstream {
+        /// Route name.
+        route: String,
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS client could not be built.
+    #[error("route '{route}': {source}")]
+    Tls {
+        /// Route name.
+        route: String,
+        /// The cause.
+        source: upstream::TlsError,
+    },
+}
+
+// === impl Router ===
+
+impl Router {
+    /// Build every route of `config`, with its pooled client.
+    pub fn from_config(config: &Config) -> Result<Self, RouteError> {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| Route::build(r, &config.upstream).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { routes })
+    }
+
+    /// The first route whose prefix matches `path` on a segment boundary.
+    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.matches(path))
+    }
+}
+
+// === impl Route ===
+
+impl Route {
+    fn build(cfg: &RouteConfig, upstream: &UpstreamConfig) -> Result<Self, RouteError> {
+        let bad = |reason: &str| RouteError::BadUpstream {
+            route: cfg.name.clone(),
+            url: cfg.upstream.clone(),
+            reason: reason.to_string(),
+        };
+        let uri: Uri = cfg.upstream.parse().map_err(|_| bad("not a URL"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| bad("no scheme"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let timeouts = upstream.with_override(cfg.timeouts.as_ref());
+        let client =
+            upstream::build_client(cfg.ca_file.as_deref(), &timeouts).map_err(|source| {
+                RouteError::Tls {
+                    route: cfg.name.clone(),
+                    source,
+                }
+            })?;
+        let prefix = cfg.path_prefix.trim_end_matches('/').to_string();
+        Ok(Self {
+            name: Arc::from(cfg.name.as_str()),
+            prefix,
+            strip: cfg.strip_prefix,
+            scheme,
+            authority,
+            base_path,
+            protocol: cfg.protocol,
+            agent: cfg.agent.as_deref().map(Arc::from),
+            timeouts,
+            client,
+        })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        // An empty prefix is the catch-all `/`.
+        self.prefix.is_empty()
+            || (path.starts_with(&self.prefix)
+                && matches!(path.as_bytes().get(self.prefix.len()), None | Some(b'/')))
+    }
+
+    /// The path as the upstream sees it (prefix stripped when configured, base path prepended).
+    pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        let rest = if self.strip {
+            match &path[self.prefix.len().min(path.len())..] {
+                "" => "/",
+                r => r,
+            }
+        } else {
+            path
+        };
+        if self.base_path.is_empty() {
+            std::borrow::Cow::Borrowed(rest)
+        } else {
+            std::borrow::Cow::Owned(format!("{}{}", self.base_path, rest))
+        }
+    }
+
+    /// The full upstream URI for a request's path and query.
+    pub fn upstream_uri(&self, path: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let upath = self.upstream_path(path);
+        let pq: PathAndQuery = match query {
+            Some(q) => format!("{upath}?{q}").parse()?,
+            None => upath.parse()?,
+        };
+        Ok(Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_from_str;
+
+    fn router(yaml: &str) -> Router {
+        Router::from_config(&load_from_str(yaml, "t").unwrap()).unwrap()
+    }
+
+    const TWO: &str = "routes:\n  - name: anthropic\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: https://api.anthropic.com\n  - name: openai\n    path_prefix: /\n    upstream: http://127.0.0.1:9/base/\n";
+
+    #[test]
+    fn first_match_on_segment_boundary() {
+        let r = router(TWO);
+        assert_eq!(
+            &*r.find("/anthropic/v1/messages").unwrap().name,
+            "anthropic"
+        );
+        assert_eq!(&*r.find("/anthropic").unwrap().name, "anthropic");
+        assert_eq!(&*r.find("/anthropicx/v1").unwrap().name, "openai");
+        assert_eq!(&*r.find("/v1/chat/completions").unwrap().name, "openai");
+    }
+
+    #[test]
+    fn strip_prefix_and_base_path() {
+        let r = router(TWO);
+        let a = r.find("/anthropic/v1/messages").unwrap();
+        assert_eq!(
+            a.upstream_uri("/anthropic/v1/messages", Some("beta=true"))
+                .unwrap()
+                .to_string(),
+            "https://api.anthropic.com/v1/messages?beta=true"
+        );
+        assert_eq!(a.upstream_path("/anthropic"), "/");
+        let o = r.find("/v1/models").unwrap();
+        assert_eq!(
+            o.upstream_uri("/v1/models", None).unwrap().to_string(),
+            "http://127.0.0.1:9/base/v1/models"
+        );
+    }
+
+    #[test]
+    fn no_catch_all_means_no_match() {
+        let r = router("routes:\n  - name: a\n    path_prefix: /a\n    upstream: http://x\n");
+        assert!(r.find("/b").is_none());
+    }
+}

@@ -1,0 +1,107 @@
+//! The pooled upstream client: hyper-util's legacy client over rustls, HTTP/1.1 and HTTP/2 by ALPN.
+//!
+//! A transparent proxy uses the client directly (no reqwest) so headers and bodies pass through
+//! untouched. Trust roots are the webpki set plus an optional per-route PEM file.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+
+/// The client type every route uses.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The TLS client configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The CA file could not be read.
+    #[error("cannot read ca_file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The CA file holds no usable certificate.
+    #[error("ca_file {path}: {reason}")]
+    BadCa {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Build a pooled client trusting the webpki roots plus `ca_file`.
+pub fn build_client(
+    ca_file: Option<&Path>,
+    t: &UpstreamConfig,
+) -> Result<UpstreamClient, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        add_pem_roots(&mut roots, path)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(t.connect_timeout));
+    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(t.pool_idle_timeout)
+        .pool_max_idle_per_host(t.pool_max_idle_per_host)
+        .build(https))
+}
+
+fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), TlsError> {
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let mut added = 0;
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| TlsError::BadCa {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        roots.add(cert).map_err(|e| TlsError::BadCa {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(TlsError::BadCa {
+            path: shown,
+            reason: "no PEM certificate found".into(),
+        });
+    }
+    Ok(())
+}

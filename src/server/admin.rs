@@ -1,0 +1,72 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::Health;
+
+/// Admin request handler.
+pub struct Admin {
+    health: Arc<Health>,
+    metrics: PrometheusHandle,
+}
+
+// === impl Admin ===
+
+impl Admin {
+    /// Serve health from `health` and metrics from `metrics`.
+    pub fn new(health: Arc<Health>, metrics: PrometheusHandle) -> Self {
+        Self { health, metrics }
+    }
+
+    /// hyper entry point.
+    pub async fn serve<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        Ok(self.handle(req.method(), req.uri().path()))
+    }
+
+    fn handle(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        if method != Method::GET && method != Method::HEAD {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"error":"method not allowed"}"#.into(),
+            );
+        }
+        match path {
+            "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            "/readyz" if self.health.is_ready() => {
+                json(StatusCode::OK, r#"{"status":"ready"}"#.into())
+            }
+            "/readyz" => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"draining"}"#.into(),
+            ),
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+        }
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}

@@ -1,0 +1,158 @@
+//! The two listeners (proxy and admin), their connections, and graceful shutdown.
+//!
+//! [`Server::bind`] binds both sockets (port 0 works: read the real addresses back), builds the
+//! proxy from the config and installs the metrics recorder. [`Server::run`] serves until the
+//! shutdown future resolves, then stops accepting, lets in-flight requests and streams finish
+//! within `server.shutdown_grace`, and returns.
+
+pub mod admin;
+mod listener;
+pub mod signals;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::proxy::route::RouteError;
+use crate::proxy::Proxy;
+use crate::telemetry::metrics;
+
+/// Liveness and readiness, shared with the admin listener.
+#[derive(Debug, Default)]
+pub struct Health {
+    draining: AtomicBool,
+}
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A route could not be built.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    config: Arc<Config>,
+    proxy: Arc<Proxy>,
+    health: Arc<Health>,
+    proxy_listener: TcpListener,
+    admin_listener: TcpListener,
+}
+
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection finished within the grace period.
+    Clean,
+    /// The grace period ran out; remaining connections were dropped.
+    DeadlineExceeded,
+}
+
+// === impl Health ===
+
+impl Health {
+    /// Ready to take traffic (config loaded, not draining).
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+    }
+}
+
+// === impl Server ===
+
+impl Server {
+    /// Bind the proxy and admin listeners and build the proxy.
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let proxy = Arc::new(Proxy::new(&config)?);
+        let proxy_listener = bind(config.listen).await?;
+        let admin_listener = bind(config.admin_listen).await?;
+        metrics::install();
+        Ok(Self {
+            config: Arc::new(config),
+            proxy,
+            health: Arc::new(Health::default()),
+            proxy_listener,
+            admin_listener,
+        })
+    }
+
+    /// The proxy listener's bound address.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_listener
+            .local_addr()
+            .unwrap_or(self.config.listen)
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin_listen)
+    }
+
+    /// Serve until `shutdown` resolves, then drain.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Drained {
+        let upkeep = metrics::spawn_upkeep(metrics::install());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let proxy = listener::serve_proxy(
+            self.proxy_listener,
+            self.proxy.clone(),
+            self.config.server.clone(),
+            stop_rx.clone(),
+        );
+        let admin = listener::serve_admin(
+            self.admin_listener,
+            Arc::new(admin::Admin::new(self.health.clone(), metrics::install())),
+            stop_rx,
+        );
+        let proxy_task = tokio::spawn(proxy);
+        let admin_task = tokio::spawn(admin);
+
+        shutdown.await;
+        tracing::info!(
+            grace_s = self.config.server.shutdown_grace.as_secs_f64(),
+            "shutdown: no longer accepting; draining in-flight requests"
+        );
+        self.health.draining.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+
+        let grace = self.config.server.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            let _ = proxy_task.await;
+        })
+        .await;
+        admin_task.abort();
+        upkeep.abort();
+        match drained {
+            Ok(()) => {
+                tracing::info!("shutdown: drained");
+                Drained::Clean
+            }
+            Err(_) => {
+                tracing::warn!(
+                    grace_s = grace.as_secs_f64(),
+                    "shutdown: grace period over; dropping remaining connections"
+                );
+                Drained::DeadlineExceeded
+            }
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}

@@ -1,0 +1,56 @@
+//! Bounded label values: traffic decides model, agent and tool names, so each label keeps at most
+//! a configured number of distinct values and reports the rest as `other`.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+/// The value reported once a label has seen its maximum of distinct values.
+pub const OTHER: &str = "other";
+
+/// A set of admitted values for one label.
+#[derive(Debug)]
+pub struct LabelCap {
+    max: usize,
+    seen: DashMap<Arc<str>, ()>,
+}
+
+// === impl LabelCap ===
+
+impl LabelCap {
+    /// A cap admitting at most `max` distinct values.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: DashMap::new(),
+        }
+    }
+
+    /// The label value to report for `value`: itself if admitted, else `other`.
+    pub fn get(&self, value: &str) -> Arc<str> {
+        if let Some(e) = self.seen.get(value) {
+            return e.key().clone();
+        }
+        // Racing inserts may overshoot the cap by at most the number of concurrent callers.
+        if self.seen.len() >= self.max {
+            return Arc::from(OTHER);
+        }
+        let v: Arc<str> = Arc::from(value);
+        self.seen.entry(v.clone()).or_insert(());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_past_the_cap_become_other() {
+        let cap = LabelCap::new(2);
+        assert_eq!(&*cap.get("a"), "a");
+        assert_eq!(&*cap.get("b"), "b");
+        assert_eq!(&*cap.get("c"), OTHER);
+        assert_eq!(&*cap.get("a"), "a");
+    }
+}

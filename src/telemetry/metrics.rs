@@ -1,0 +1,104 @@
+//! Every metric the proxy exports: names, help text, buckets, and the Prometheus recorder.
+//!
+//! Names are fixed by CONTRACT.md; dashboards and alert rules depend on them. Recording happens
+//! in a few named places in `proxy`, never from provider modules.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Requests by route, provider, operation, agent and status class.
+pub const REQUESTS_TOTAL: &str = "tokenwarden_requests_total";
+/// Upstream failures by route and kind.
+pub const UPSTREAM_ERRORS_TOTAL: &str = "tokenwarden_upstream_errors_total";
+/// Clients that went away before their response ended.
+pub const CLIENT_DISCONNECTS_TOTAL: &str = "tokenwarden_client_disconnects_total";
+/// Time spent in the sidecar itself, upstream time excluded.
+pub const OVERHEAD_SECONDS: &str = "tokenwarden_overhead_seconds";
+/// Whole request duration as the client sees it, to the last body byte.
+pub const REQUEST_DURATION_SECONDS: &str = "tokenwarden_request_duration_seconds";
+/// Constant 1, labelled with the version.
+pub const BUILD_INFO: &str = "tokenwarden_build_info";
+
+/// Buckets for the sidecar's own overhead: tens of microseconds to tens of milliseconds.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05,
+];
+/// Buckets for LLM call durations (the GenAI conventions' operation-duration boundaries).
+const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the process-wide Prometheus recorder once and return its handle.
+///
+/// Later calls (tests starting several servers in one process) get the same handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(OVERHEAD_SECONDS.into()), OVERHEAD_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(REQUEST_DURATION_SECONDS.into()),
+                        DURATION_BUCKETS,
+                    )
+                });
+            let recorder = match builder {
+                Ok(b) => b.build_recorder(),
+                // Only fails on empty bucket lists, which are constants here.
+                Err(_) => PrometheusBuilder::new().build_recorder(),
+            };
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding application); then our
+            // handle renders nothing, which /metrics makes visible rather than hiding.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+/// Spawn the recorder's periodic upkeep (histogram maintenance) on the current runtime.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests by route, provider, operation, agent and status class (2xx/4xx/5xx/error)."
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS_TOTAL,
+        Unit::Count,
+        "Upstream failures by route and kind (connect, timeout, reset, status_5xx, status_429)."
+    );
+    describe_counter!(
+        CLIENT_DISCONNECTS_TOTAL,
+        Unit::Count,
+        "Clients that went away before their response ended."
+    );
+    describe_histogram!(
+        OVERHEAD_SECONDS,
+        Unit::Seconds,
+        "Time spent in the sidecar itself per request, upstream time excluded."
+    );
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Request duration from first byte in to last byte out."
+    );
+    describe_gauge!(BUILD_INFO, "Constant 1, labelled with the running version.");
+}

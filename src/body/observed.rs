@@ -304,7 +304,7 @@ mod tests {
     async fn frames_inside_the_idle_window_keep_the_stream_alive() {
         let log = Log::default();
         let (tx, inner) = chan();
-        let mut body = ObservedBody::new(inner, log.clone(), Duration::from_secs(2));
+        let body = ObservedBody::new(inner, log.clone(), Duration::from_secs(2));
         tokio::spawn(async move {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_millis(1500)).await;

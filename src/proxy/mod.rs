@@ -22,11 +22,12 @@ pub use error::ProxyError;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version};
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -182,20 +183,71 @@ impl Proxy {
     }
 }
 
+/// Bytes of an oversize request body read and discarded before answering 413, so the client has
+/// finished sending and reads the answer instead of a connection reset.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+/// Longest time spent discarding an oversize body.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 /// Collect the request body, refusing more than `max` bytes.
-async fn read_body(body: Incoming, headers: &HeaderMap, max: usize) -> Result<Bytes, ProxyError> {
+async fn read_body(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<Bytes, ProxyError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(ProxyError::BodyTooLarge { limit: max });
+    let too_large = ProxyError::BodyTooLarge { limit: max };
+    if let Some(n) = declared {
+        if n > max as u64 {
+            if n <= max as u64 + DRAIN_LIMIT {
+                drain(body, n).await;
+            }
+            return Err(too_large);
+        }
     }
-    match Limited::new(body, max).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge { limit: max }),
-        Err(_) => Err(ProxyError::BadRequestBody),
+    // One frame is the common case (a JSON body in one read): keep it without copying.
+    let mut first: Option<Bytes> = None;
+    let mut buf = bytes::BytesMut::new();
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ProxyError::BadRequestBody);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing the upstream needs from a buffered body
+        };
+        len += data.len();
+        if len > max {
+            drain(body, DRAIN_LIMIT).await;
+            return Err(too_large);
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+            None => buf.extend_from_slice(&data),
+        }
     }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Read and discard up to `limit` more bytes of `body`, for at most [`DRAIN_TIME`].
+async fn drain(mut body: Incoming, limit: u64) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen >= limit {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Map a pooled-client failure to the error the client sees.

@@ -1,0 +1,130 @@
+//! The built binary: config errors, check-config, defaults, and SIGTERM draining a live stream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let out = bin()
+        .args(["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/tokenwarden.yaml")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bad_config_is_refused_naming_the_key_and_line() {
+    let f = config_file("listen: 127.0.0.1:0\nroutes:\n  - name: a\n    path_prefix: /\n    upstream: http://127.0.0.1:1\n    stirp_prefix: true\n");
+    let out = bin().args(["check-config"]).arg(f.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stirp_prefix") && err.contains("line 6"), "{err}");
+
+    // Running with it fails the same way, before binding anything.
+    let out = bin().arg("--config").arg(f.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stirp_prefix"));
+
+    // TOKENWARDEN_CONFIG is honoured too.
+    let out = bin().env("TOKENWARDEN_CONFIG", f.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+
+    // A bad value names its key path.
+    let f = config_file("routes:\n  - name: a\n    path_prefix: /\n    upstream: ftp://x\n");
+    let out = bin().args(["check-config"]).arg(f.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].upstream"));
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_live_stream_to_its_end_and_exits_zero() {
+    let m = mock().await;
+    let cfg = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nroutes:\n  - name: drain\n    path_prefix: /\n    upstream: http://{}\nserver:\n  shutdown_grace: 20s\n",
+        m.addr()
+    ));
+    let mut p = ProxyProcess::spawn(cfg.path()).await;
+
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-output-chunks: 20\r\nx-mock-chunk-delay-ms: 100\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 1024];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+
+    p.signal("TERM");
+    // Readiness flips and new connections are refused once the listener closes.
+    let refused = eventually(Duration::from_secs(5), || async {
+        tokio::net::TcpStream::connect(p.addr).await.is_err()
+    })
+    .await;
+    assert!(refused, "listener still accepting after SIGTERM");
+
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await.unwrap().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&first[..n]), String::from_utf8_lossy(&rest));
+    assert!(all.contains("data: [DONE]"), "stream cut short by shutdown:\n{all}");
+
+    let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sigterm_with_nothing_in_flight_exits_promptly() {
+    let cfg = config_file("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n");
+    let mut p = ProxyProcess::spawn(cfg.path()).await;
+    let (resp, body) = get(&format!("http://{}/healthz", p.admin)).await;
+    assert_eq!(resp.status(), 200, "{body:?}");
+    let (resp, _) = get(&format!("http://{}/readyz", p.admin)).await;
+    assert_eq!(resp.status(), 200);
+    p.signal("TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn runs_on_embedded_defaults_without_a_config_file() {
+    // Defaults bind fixed ports (8080/9464); if something else holds them this machine is not
+    // clean, and the test says so rather than passing vacuously.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .env_remove("TOKENWARDEN_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let up = eventually(Duration::from_secs(10), || async {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), async {
+                let mut s = tokio::net::TcpStream::connect("127.0.0.1:9464").await.ok()?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await.ok()?;
+                Some(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"))
+            })
+            .await,
+            Ok(Some(true))
+        )
+    })
+    .await;
+    if !up {
+        let _ = child.start_kill();
+        let out = child.wait_with_output().await.unwrap();
+        panic!("default proxy did not come up on 127.0.0.1:9464: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let metrics = get("http://127.0.0.1:9464/metrics").await.1;
+    assert!(String::from_utf8_lossy(&metrics).contains("tokenwarden_build_info"));
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}

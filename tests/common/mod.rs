@@ -1,0 +1,282 @@
+//! Shared integration-test harness: start the proxy (in process or as the built binary) on
+//! 127.0.0.1:0 in front of the project's mock provider, send requests over real sockets, and
+//! scrape metrics.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use tokenwarden::config::load_from_str;
+use tokenwarden::mock::{MockOptions, MockServer};
+use tokenwarden::server::Server;
+
+/// A proxy running in this process.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<tokenwarden::server::Drained>,
+}
+
+impl TestProxy {
+    /// Start a proxy from YAML; `listen` and `admin_listen` are forced to 127.0.0.1:0.
+    pub async fn start(yaml: &str) -> TestProxy {
+        let yaml = format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nlogging:\n  access_log: false\n{yaml}");
+        let config = load_from_str(&yaml, "test").unwrap_or_else(|e| panic!("test config: {e}"));
+        let server = Server::bind(config).await.expect("bind proxy");
+        let addr = server.proxy_addr();
+        let admin = server.admin_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        TestProxy { addr, admin, stop: Some(tx), task }
+    }
+
+    /// Start a proxy with one catch-all route named `route` to `upstream`.
+    pub async fn to(route: &str, upstream: SocketAddr, extra: &str) -> TestProxy {
+        Self::start(&format!(
+            "routes:\n  - name: {route}\n    path_prefix: /\n    upstream: http://{upstream}\n{extra}"
+        ))
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Scrape `/metrics` from the admin listener.
+    pub async fn metrics(&self) -> String {
+        let (_, body) = get(&format!("http://{}/metrics", self.admin)).await;
+        String::from_utf8(body.to_vec()).expect("metrics are UTF-8")
+    }
+
+    pub async fn stop(mut self) -> tokenwarden::server::Drained {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.expect("server task")
+    }
+}
+
+/// Start the mock provider on a free port.
+pub async fn mock() -> MockServer {
+    mock_with(MockOptions::default()).await
+}
+
+pub async fn mock_with(opts: MockOptions) -> MockServer {
+    MockServer::start("127.0.0.1:0".parse().unwrap(), opts)
+        .await
+        .expect("start mock")
+}
+
+/// An HTTP/1.1 client with no connection reuse surprises.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// POST `body` with `headers`; return the response head and the whole body.
+pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (Response<()>, Bytes) {
+    let mut req = Request::post(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    send(req).await
+}
+
+pub async fn get(url: &str) -> (Response<()>, Bytes) {
+    send(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(req: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
+    let resp = tokio::time::timeout(Duration::from_secs(30), client().request(req))
+        .await
+        .expect("response within 30 s")
+        .expect("request");
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
+        .await
+        .expect("body within 30 s")
+        .expect("body")
+        .to_bytes();
+    (Response::from_parts(parts, ()), body)
+}
+
+/// The value of one series in Prometheus text, e.g. `name{a="b",c="d"}`; 0 when absent.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (lbls, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        if labels
+            .iter()
+            .all(|(k, v)| lbls.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        {
+            return value.trim().parse().unwrap_or(f64::NAN);
+        }
+    }
+    0.0
+}
+
+/// Poll `f` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The built `tokenwarden` binary running as a child process.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr_lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl ProxyProcess {
+    /// Run the binary with `config_path`; wait for its "listening" line (JSON logs).
+    pub async fn spawn(config_path: &std::path::Path) -> ProxyProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+            .arg("--config")
+            .arg(config_path)
+            .arg("--log-format")
+            .arg("json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tokenwarden binary");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = rx.recv().await {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                if v["message"] == "tokenwarden listening" {
+                    let p = v["proxy"].as_str().unwrap().parse().unwrap();
+                    let a = v["admin"].as_str().unwrap().parse().unwrap();
+                    return Some((p, a));
+                }
+            }
+            None
+        })
+        .await
+        .expect("proxy binary reports its addresses within 20 s")
+        .expect("proxy binary exited before listening");
+        ProxyProcess { child, addr: found.0, admin: found.1, stderr_lines: rx }
+    }
+
+    /// Send a signal to the child.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("child pid");
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} {pid} failed");
+    }
+}
+
+/// Write `text` to a fresh temporary config file.
+pub fn config_file(text: &str) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("tempfile");
+    f.write_all(text.as_bytes()).expect("write config");
+    f
+}
+
+/// A response body fed frame by frame from a channel.
+pub struct ChanBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// A hand-driven upstream: each request gets an SSE response whose frames the test sends
+/// through the returned channel. The response also carries a hop-by-hop header pair
+/// (`Connection: x-up-hop`, `x-up-hop: 1`) that must not reach the client.
+pub async fn scripted_upstream() -> (SocketAddr, tokio::sync::mpsc::Receiver<tokio::sync::mpsc::Sender<Bytes>>) {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (senders_tx, senders_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let senders_tx = senders_tx.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let senders_tx = senders_tx.clone();
+                    async move {
+                        let (tx, rx) = tokio::sync::mpsc::channel(16);
+                        let _ = senders_tx.send(tx).await;
+                        let resp = Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .header("connection", "x-up-hop")
+                            .header("x-up-hop", "1")
+                            .header("x-up-kept", "1")
+                            .body(ChanBody(rx))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, senders_rx)
+}

@@ -1,0 +1,130 @@
+//! Hardening: slowloris, request smuggling, header limits, dependency floors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+
+#[tokio::test]
+async fn slowloris_connection_is_closed_at_the_header_timeout_while_others_are_served() {
+    let m = mock().await;
+    let p = TestProxy::to("slowloris", m.addr(), "server:\n  header_read_timeout: 1s\n").await;
+    let mut slow = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+
+    // Meanwhile, ordinary requests are served.
+    let (resp, _) = post(&p.url("/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(resp.status(), 200);
+
+    // The slow client trickles a byte now and then but never finishes its headers.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 256];
+        loop {
+            if slow.write_all(b"a").await.is_err() {
+                return true;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {} // a 408 is fine; keep reading until the close
+                Err(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "slowloris connection still open after 10 s");
+    assert_eq!(m.stats().requests, 1);
+}
+
+#[tokio::test]
+async fn content_length_plus_transfer_encoding_smuggles_nothing() {
+    let m = mock().await;
+    let p = TestProxy::to("smuggle", m.addr(), "").await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    // A front end honouring Content-Length would see one request whose body hides a second one;
+    // one honouring Transfer-Encoding sees an empty chunked body followed by the smuggled request.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+        5 + smuggled.len()
+    );
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "proxy did not close the connection after a CL+TE request");
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "exactly one response: {out}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen: Vec<String> = m.requests().into_iter().map(|r| r.path).collect();
+    assert!(!seen.iter().any(|p| p.contains("smuggled")), "smuggled request reached upstream: {seen:?}");
+    assert!(seen.len() <= 1, "{seen:?}");
+    // What did reach the upstream carries no conflicting framing.
+    if let Some(r) = m.requests().first() {
+        let te = r.headers.iter().any(|(n, _)| n == "transfer-encoding");
+        let cl: Vec<_> = r.headers.iter().filter(|(n, _)| n == "content-length").collect();
+        assert!(!(te && !cl.is_empty()), "upstream got both CL and TE: {:?}", r.headers);
+    }
+}
+
+#[tokio::test]
+async fn too_many_headers_are_refused() {
+    let m = mock().await;
+    let p = TestProxy::to("manyheaders", m.addr(), "server:\n  max_headers: 20\n").await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let mut raw = String::from("GET /v1/models HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..50 {
+        raw.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    raw.push_str("\r\n");
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.is_empty() || out.starts_with("HTTP/1.1 431"), "{out}");
+    assert_eq!(m.stats().requests, 0);
+}
+
+#[tokio::test]
+async fn oversized_header_block_is_refused() {
+    let m = mock().await;
+    let p = TestProxy::to("bighead", m.addr(), "server:\n  max_header_bytes: 8192\n").await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let raw = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let _ = s.write_all(raw.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.is_empty() || out.starts_with("HTTP/1.1 431"), "{out}");
+    assert_eq!(m.stats().requests, 0);
+}
+
+/// hyper >= 1.5.1 and h2 >= 0.4.18 carry the HTTP/2 rapid-reset and CONTINUATION-flood fixes.
+#[test]
+fn dependency_floors_hold_in_cargo_lock() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let version_of = |name: &str| -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        let mut lines = lock.lines();
+        while let Some(l) = lines.next() {
+            if l == format!("name = \"{name}\"") {
+                let v = lines.next().unwrap().trim_start_matches("version = \"").trim_end_matches('"');
+                let mut it = v.split(['.', '-']).map(|x| x.parse::<u64>().unwrap_or(0));
+                out.push((it.next().unwrap(), it.next().unwrap(), it.next().unwrap()));
+            }
+        }
+        out
+    };
+    let hyper = version_of("hyper");
+    assert!(!hyper.is_empty(), "hyper not in Cargo.lock");
+    for v in hyper {
+        assert!(v >= (1, 5, 1), "hyper {v:?} < 1.5.1");
+    }
+    let h2 = version_of("h2");
+    assert!(!h2.is_empty(), "h2 not in Cargo.lock");
+    for v in h2 {
+        assert!(v >= (0, 4, 18), "h2 {v:?} < 0.4.18");
+    }
+}

@@ -1,0 +1,69 @@
+//! The official OpenAI and Anthropic Python SDKs — what users run — talking through the proxy.
+//!
+//! Needs a Python with `openai` and `anthropic` installed: `$TOKENWARDEN_TEST_PYTHON`, else
+//! `.venv-sdk/bin/python` in the repo (scripts/test.sh creates it). Missing → the test fails and
+//! says how to get one; it never skips.
+
+mod common;
+
+use common::*;
+
+fn python() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("TOKENWARDEN_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-sdk/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with the SDKs: run `scripts/test.sh` (it creates .venv-sdk with openai and \
+         anthropic from PyPI) or set TOKENWARDEN_TEST_PYTHON to a python that has them"
+    );
+    venv
+}
+
+async fn run_sdk(which: &str, base: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_clients.py");
+    let out = tokio::process::Command::new(python())
+        .args([script, which, base])
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{which} SDK run failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(out.stdout.trim_ascii()).expect("SDK script prints JSON")
+}
+
+#[tokio::test]
+async fn openai_python_sdk_works_through_the_proxy() {
+    let m = mock().await;
+    let p = TestProxy::to("sdk-openai", m.addr(), "").await;
+    let v = run_sdk("openai", &format!("http://{}", p.addr)).await;
+    assert_eq!(v["chat"], 16);
+    assert_eq!(v["tool_calls"].as_array().unwrap().len(), 2);
+    assert_eq!(v["rate_limit_status"], 429);
+    let got = m.requests();
+    assert!(got.iter().all(|r| r.headers.iter().any(|(n, v)| n == "authorization" && v == "Bearer sk-sdk-test")));
+    let text = p.metrics().await;
+    assert!(metric_value(&text, "tokenwarden_requests_total", &[("route", "sdk-openai"), ("status", "2xx")]) >= 5.0);
+}
+
+#[tokio::test]
+async fn anthropic_python_sdk_works_through_the_proxy() {
+    let m = mock().await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: sdk-anthropic\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: http://{}\n",
+        m.addr()
+    ))
+    .await;
+    let v = run_sdk("anthropic", &format!("http://{}", p.addr)).await;
+    assert_eq!(v["messages"], 6);
+    assert_eq!(v["stream_tool_uses"], 2);
+    assert_eq!(v["server_error_status"], 500);
+    let got = m.requests();
+    assert!(got.iter().all(|r| r.path.starts_with("/v1/messages")));
+    assert!(got.iter().all(|r| r.headers.iter().any(|(n, v)| n == "x-api-key" && v == "sk-ant-sdk-test")));
+}

@@ -1,0 +1,119 @@
+//! HTTPS upstreams: real rustls on both sides, trust from a test CA given as `ca_file`, HTTP/2
+//! negotiated by ALPN.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+struct TestPki {
+    ca_pem: String,
+    server_config: rustls::ServerConfig,
+}
+
+fn pki() -> TestPki {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "tokenwarden test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    TestPki { ca_pem: ca.pem(), server_config }
+}
+
+/// A TLS upstream answering every request with the HTTP version it was served over.
+async fn tls_upstream(config: rustls::ServerConfig) -> std::net::SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let version = format!("{:?}", req.version());
+                    let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_string());
+                    let body = serde_json::json!({"version": version, "authorization": auth}).to_string();
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_upstream_with_private_ca_negotiates_http2() {
+    let pki = pki();
+    let up = tls_upstream(pki.server_config).await;
+    let ca = config_file(&pki.ca_pem);
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: tls\n    path_prefix: /\n    upstream: https://localhost:{}\n    ca_file: {}\n",
+        up.port(),
+        ca.path().display()
+    ))
+    .await;
+    let (resp, body) = post(&p.url("/v1/chat/completions"), &[("authorization", "Bearer sk-tls")], "{}").await;
+    assert_eq!(resp.status(), 200, "{body:?}");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["version"], "HTTP/2.0", "ALPN should pick h2");
+    assert_eq!(v["authorization"], "Bearer sk-tls");
+}
+
+#[tokio::test]
+async fn https_upstream_with_unknown_ca_is_refused_as_502() {
+    let pki = pki();
+    let up = tls_upstream(pki.server_config).await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: tls-untrusted\n    path_prefix: /\n    upstream: https://localhost:{}\n",
+        up.port()
+    ))
+    .await;
+    let (resp, body) = post(&p.url("/v1/chat/completions"), &[], "{}").await;
+    assert_eq!(resp.status(), 502);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unreachable");
+}
+
+#[test]
+fn a_ca_file_without_certificates_is_a_startup_error() {
+    let f = config_file("not a certificate\n");
+    let cfg = tokenwarden::config::load_from_str(
+        &format!(
+            "routes:\n  - name: bad-ca\n    path_prefix: /\n    upstream: https://localhost:1\n    ca_file: {}\n",
+            f.path().display()
+        ),
+        "t",
+    )
+    .unwrap();
+    let err = tokenwarden::proxy::Proxy::new(&cfg).err().expect("bad CA refused");
+    assert!(err.to_string().contains("no PEM certificate"), "{err}");
+}

@@ -1,5 +1,8 @@
 //! The built binary: config errors, check-config, defaults, and SIGTERM draining a live stream.
 
+// Test helpers panic on failure by design; clippy.toml's test exemption covers #[test] fns only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -14,10 +17,17 @@ fn bin() -> std::process::Command {
 #[test]
 fn check_config_accepts_the_shipped_example() {
     let out = bin()
-        .args(["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/tokenwarden.yaml")])
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/tokenwarden.yaml"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -26,7 +36,10 @@ fn bad_config_is_refused_naming_the_key_and_line() {
     let out = bin().args(["check-config"]).arg(f.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("stirp_prefix") && err.contains("line 6"), "{err}");
+    assert!(
+        err.contains("stirp_prefix") && err.contains("line 6"),
+        "{err}"
+    );
 
     // Running with it fails the same way, before binding anything.
     let out = bin().arg("--config").arg(f.path()).output().unwrap();
@@ -53,7 +66,8 @@ async fn sigterm_drains_a_live_stream_to_its_end_and_exits_zero() {
     ));
     let mut p = ProxyProcess::spawn(cfg.path()).await;
 
-    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let body =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
     let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     let req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-output-chunks: 20\r\nx-mock-chunk-delay-ms: 100\r\nContent-Length: {}\r\n\r\n{body}",
@@ -73,11 +87,24 @@ async fn sigterm_drains_a_live_stream_to_its_end_and_exits_zero() {
     assert!(refused, "listener still accepting after SIGTERM");
 
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest)).await.unwrap().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&first[..n]), String::from_utf8_lossy(&rest));
-    assert!(all.contains("data: [DONE]"), "stream cut short by shutdown:\n{all}");
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&first[..n]),
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        all.contains("data: [DONE]"),
+        "stream cut short by shutdown:\n{all}"
+    );
 
-    let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -90,7 +117,10 @@ async fn sigterm_with_nothing_in_flight_exits_promptly() {
     let (resp, _) = get(&format!("http://{}/readyz", p.admin)).await;
     assert_eq!(resp.status(), 200);
     p.signal("TERM");
-    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
@@ -107,8 +137,12 @@ async fn runs_on_embedded_defaults_without_a_config_file() {
     let up = eventually(Duration::from_secs(10), || async {
         matches!(
             tokio::time::timeout(Duration::from_secs(1), async {
-                let mut s = tokio::net::TcpStream::connect("127.0.0.1:9464").await.ok()?;
-                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.ok()?;
+                let mut s = tokio::net::TcpStream::connect("127.0.0.1:9464")
+                    .await
+                    .ok()?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await
+                    .ok()?;
                 let mut out = Vec::new();
                 s.read_to_end(&mut out).await.ok()?;
                 Some(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"))
@@ -121,7 +155,10 @@ async fn runs_on_embedded_defaults_without_a_config_file() {
     if !up {
         let _ = child.start_kill();
         let out = child.wait_with_output().await.unwrap();
-        panic!("default proxy did not come up on 127.0.0.1:9464: {}", String::from_utf8_lossy(&out.stderr));
+        panic!(
+            "default proxy did not come up on 127.0.0.1:9464: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let metrics = get("http://127.0.0.1:9464/metrics").await.1;
     assert!(String::from_utf8_lossy(&metrics).contains("tokenwarden_build_info"));

@@ -1,6 +1,9 @@
 //! Bad paths: unreachable and slow upstreams, oversize bodies, upstreams dying mid-stream and
 //! clients going away — each answered in the provider's own error shape and counted once.
 
+// Test helpers panic on failure by design; clippy.toml's test exemption covers #[test] fns only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -12,8 +15,10 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
-const CHAT_STREAM: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
-const MESSAGES: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+const CHAT_STREAM: &str =
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+const MESSAGES: &str =
+    r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
 
 /// A loopback port with nothing listening on it.
 async fn dead_port() -> std::net::SocketAddr {
@@ -36,13 +41,19 @@ async fn unreachable_upstream_is_a_provider_shaped_502() {
     .await;
     let (resp, body) = post(&p.url("/v1/chat/completions"), &[], CHAT).await;
     assert_eq!(resp.status(), 502);
-    assert_eq!(resp.headers()["x-tokenwarden-error"], "upstream_unreachable");
+    assert_eq!(
+        resp.headers()["x-tokenwarden-error"],
+        "upstream_unreachable"
+    );
     let v = json(&body);
     assert_eq!(v["error"]["code"], "upstream_unreachable");
     assert_eq!(v["error"]["type"], "upstream_error");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("oai502"), "{msg}");
-    assert!(!msg.contains(&dead.port().to_string()), "internal address leaked: {msg}");
+    assert!(
+        !msg.contains(&dead.port().to_string()),
+        "internal address leaked: {msg}"
+    );
 
     let (resp, body) = post(&p.url("/anthropic/v1/messages"), &[], MESSAGES).await;
     assert_eq!(resp.status(), 502);
@@ -51,8 +62,22 @@ async fn unreachable_upstream_is_a_provider_shaped_502() {
     assert_eq!(v["error"]["type"], "api_error");
 
     let text = p.metrics().await;
-    assert_eq!(metric_value(&text, "tokenwarden_upstream_errors_total", &[("route", "oai502"), ("kind", "connect")]), 1.0);
-    assert_eq!(metric_value(&text, "tokenwarden_requests_total", &[("route", "oai502"), ("status", "5xx")]), 1.0);
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_upstream_errors_total",
+            &[("route", "oai502"), ("kind", "connect")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_requests_total",
+            &[("route", "oai502"), ("status", "5xx")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -72,14 +97,23 @@ async fn slow_first_byte_is_a_provider_shaped_504() {
     assert_eq!(resp.status(), 504);
     assert_eq!(json(&body)["error"]["type"], "timeout_error");
     let text = p.metrics().await;
-    assert_eq!(metric_value(&text, "tokenwarden_upstream_errors_total", &[("route", "oai504"), ("kind", "timeout")]), 1.0);
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_upstream_errors_total",
+            &[("route", "oai504"), ("kind", "timeout")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn silent_stream_is_cut_at_the_idle_timeout() {
     let (up, mut streams) = scripted_upstream().await;
     let p = TestProxy::to("idle", up, "upstream:\n  idle_timeout: 300ms\n").await;
-    let req = Request::post(p.url("/v1/chat/completions")).body(Full::new(Bytes::from_static(b"{}"))).unwrap();
+    let req = Request::post(p.url("/v1/chat/completions"))
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
     let fut = tokio::spawn(client().request(req));
     let tx = streams.recv().await.unwrap();
     tx.send(Bytes::from_static(b"data: one\n\n")).await.unwrap();
@@ -98,7 +132,11 @@ async fn silent_stream_is_cut_at_the_idle_timeout() {
     assert!(end.is_ok(), "stream not ended by the idle timeout");
     drop(tx);
     let ok = eventually(Duration::from_secs(5), || async {
-        metric_value(&p.metrics().await, "tokenwarden_upstream_errors_total", &[("route", "idle"), ("kind", "timeout")]) == 1.0
+        metric_value(
+            &p.metrics().await,
+            "tokenwarden_upstream_errors_total",
+            &[("route", "idle"), ("kind", "timeout")],
+        ) == 1.0
     })
     .await;
     assert!(ok, "idle timeout not counted");
@@ -112,7 +150,10 @@ async fn oversize_request_body_is_413_and_never_reaches_the_upstream() {
         a = m.addr()
     ))
     .await;
-    let big = format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(4096));
+    let big = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(4096)
+    );
     let (resp, body) = post(&p.url("/v1/chat/completions"), &[], &big).await;
     assert_eq!(resp.status(), 413);
     assert_eq!(json(&body)["error"]["code"], "request_too_large");
@@ -122,9 +163,15 @@ async fn oversize_request_body_is_413_and_never_reaches_the_upstream() {
 
     // Chunked, with no Content-Length to reject up front: counted while reading.
     let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+    s.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
     for _ in 0..4 {
-        s.write_all(format!("400\r\n{}\r\n", "y".repeat(1024)).as_bytes()).await.unwrap();
+        s.write_all(format!("400\r\n{}\r\n", "y".repeat(1024)).as_bytes())
+            .await
+            .unwrap();
     }
     s.write_all(b"0\r\n\r\n").await.unwrap();
     let mut out = Vec::new();
@@ -137,7 +184,11 @@ async fn oversize_request_body_is_413_and_never_reaches_the_upstream() {
     let exact = "z".repeat(1024);
     let (resp, _) = post(&p.url("/v1/chat/completions"), &[], &exact).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(m.stats().requests, 1, "only the in-limit request reached the upstream");
+    assert_eq!(
+        m.stats().requests,
+        1,
+        "only the in-limit request reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -146,15 +197,37 @@ async fn upstream_errors_pass_through_verbatim_and_are_counted() {
     let p = TestProxy::to("up5xx", m.addr(), "").await;
     for (fault, status, kind) in [("500", 500, "status_5xx"), ("429", 429, "status_429")] {
         let h = [("x-mock-fault", fault)];
-        let direct = post(&format!("http://{}/v1/chat/completions", m.addr()), &h, CHAT).await;
+        let direct = post(
+            &format!("http://{}/v1/chat/completions", m.addr()),
+            &h,
+            CHAT,
+        )
+        .await;
         let proxied = post(&p.url("/v1/chat/completions"), &h, CHAT).await;
         assert_eq!(proxied.0.status(), status);
         assert_eq!(proxied.1, direct.1, "provider error body passes verbatim");
         assert!(proxied.0.headers().get("x-tokenwarden-error").is_none());
         let text = p.metrics().await;
-        assert_eq!(metric_value(&text, "tokenwarden_upstream_errors_total", &[("route", "up5xx"), ("kind", kind)]), 1.0, "{kind}");
+        assert_eq!(
+            metric_value(
+                &text,
+                "tokenwarden_upstream_errors_total",
+                &[("route", "up5xx"), ("kind", kind)]
+            ),
+            1.0,
+            "{kind}"
+        );
     }
-    if let Some(ra) = post(&p.url("/v1/chat/completions"), &[("x-mock-fault", "429")], CHAT).await.0.headers().get("retry-after") {
+    if let Some(ra) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-mock-fault", "429")],
+        CHAT,
+    )
+    .await
+    .0
+    .headers()
+    .get("retry-after")
+    {
         assert_eq!(ra, "1");
     }
 }
@@ -164,7 +237,12 @@ async fn garbage_upstream_body_is_forwarded_untouched() {
     let m = mock().await;
     let p = TestProxy::to("garbage", m.addr(), "").await;
     let h = [("x-mock-fault", "garbage")];
-    let direct = post(&format!("http://{}/v1/chat/completions", m.addr()), &h, CHAT_STREAM).await;
+    let direct = post(
+        &format!("http://{}/v1/chat/completions", m.addr()),
+        &h,
+        CHAT_STREAM,
+    )
+    .await;
     let proxied = post(&p.url("/v1/chat/completions"), &h, CHAT_STREAM).await;
     assert_eq!(proxied.0.status(), direct.0.status());
     assert_eq!(proxied.1, direct.1);
@@ -193,13 +271,24 @@ async fn upstream_dying_mid_stream_ends_the_client_stream_with_an_error() {
     })
     .await
     .unwrap();
-    assert_eq!(outcome, "error", "a truncated upstream stream must not look complete to the client");
+    assert_eq!(
+        outcome, "error",
+        "a truncated upstream stream must not look complete to the client"
+    );
     assert!(!got.is_empty(), "the events before the drop were forwarded");
     assert!(!String::from_utf8_lossy(&got).contains("[DONE]"));
     let ok = eventually(Duration::from_secs(5), || async {
         let t = p.metrics().await;
-        metric_value(&t, "tokenwarden_upstream_errors_total", &[("route", "midstream"), ("kind", "reset")]) == 1.0
-            && metric_value(&t, "tokenwarden_requests_total", &[("route", "midstream"), ("status", "error")]) == 1.0
+        metric_value(
+            &t,
+            "tokenwarden_upstream_errors_total",
+            &[("route", "midstream"), ("kind", "reset")],
+        ) == 1.0
+            && metric_value(
+                &t,
+                "tokenwarden_requests_total",
+                &[("route", "midstream"), ("status", "error")],
+            ) == 1.0
     })
     .await;
     assert!(ok, "mid-stream failure not counted:\n{}", p.metrics().await);
@@ -217,26 +306,53 @@ async fn client_disconnect_mid_stream_cancels_upstream_and_finishes_once() {
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     assert_eq!(m.stats().in_flight, 1);
     drop(s); // the agent goes away mid-stream
 
-    let cancelled = eventually(Duration::from_secs(5), || async { m.stats().streams_cancelled == 1 }).await;
-    assert!(cancelled, "upstream request not cancelled: {:?}", m.stats().streams_cancelled);
+    let cancelled = eventually(Duration::from_secs(5), || async {
+        m.stats().streams_cancelled == 1
+    })
+    .await;
+    assert!(
+        cancelled,
+        "upstream request not cancelled: {:?}",
+        m.stats().streams_cancelled
+    );
     let counted = eventually(Duration::from_secs(5), || async {
         let t = p.metrics().await;
-        metric_value(&t, "tokenwarden_client_disconnects_total", &[("route", "disconnect")]) == 1.0
+        metric_value(
+            &t,
+            "tokenwarden_client_disconnects_total",
+            &[("route", "disconnect")],
+        ) == 1.0
     })
     .await;
     assert!(counted);
     // Exactly once: give any duplicate finish a chance to show up, then check the totals.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = p.metrics().await;
-    assert_eq!(metric_value(&t, "tokenwarden_client_disconnects_total", &[("route", "disconnect")]), 1.0);
+    assert_eq!(
+        metric_value(
+            &t,
+            "tokenwarden_client_disconnects_total",
+            &[("route", "disconnect")]
+        ),
+        1.0
+    );
     let total: f64 = ["2xx", "4xx", "5xx", "error"]
         .iter()
-        .map(|s| metric_value(&t, "tokenwarden_requests_total", &[("route", "disconnect"), ("status", s)]))
+        .map(|s| {
+            metric_value(
+                &t,
+                "tokenwarden_requests_total",
+                &[("route", "disconnect"), ("status", s)],
+            )
+        })
         .sum();
     assert_eq!(total, 1.0, "finish step ran {total} times");
 }
@@ -244,7 +360,11 @@ async fn client_disconnect_mid_stream_cancels_upstream_and_finishes_once() {
 #[tokio::test]
 async fn unmatched_path_is_404_in_openai_shape() {
     let m = mock().await;
-    let p = TestProxy::start(&format!("routes:\n  - name: only\n    path_prefix: /only\n    upstream: http://{}\n", m.addr())).await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: only\n    path_prefix: /only\n    upstream: http://{}\n",
+        m.addr()
+    ))
+    .await;
     let (resp, body) = post(&p.url("/v1/chat/completions"), &[], CHAT).await;
     assert_eq!(resp.status(), 404);
     assert_eq!(json(&body)["error"]["code"], "unknown_route");

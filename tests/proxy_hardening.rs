@@ -1,5 +1,8 @@
 //! Hardening: slowloris, request smuggling, header limits, dependency floors.
 
+// Test helpers panic on failure by design; clippy.toml's test exemption covers #[test] fns only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -12,9 +15,16 @@ const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content
 #[tokio::test]
 async fn slowloris_connection_is_closed_at_the_header_timeout_while_others_are_served() {
     let m = mock().await;
-    let p = TestProxy::to("slowloris", m.addr(), "server:\n  header_read_timeout: 1s\n").await;
+    let p = TestProxy::to(
+        "slowloris",
+        m.addr(),
+        "server:\n  header_read_timeout: 1s\n",
+    )
+    .await;
     let mut slow = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
 
     // Meanwhile, ordinary requests are served.
     let (resp, _) = post(&p.url("/v1/chat/completions"), &[], CHAT).await;
@@ -35,7 +45,11 @@ async fn slowloris_connection_is_closed_at_the_header_timeout_while_others_are_s
         }
     })
     .await;
-    assert_eq!(closed, Ok(true), "slowloris connection still open after 10 s");
+    assert_eq!(
+        closed,
+        Ok(true),
+        "slowloris connection still open after 10 s"
+    );
     assert_eq!(m.stats().requests, 1);
 }
 
@@ -54,18 +68,36 @@ async fn content_length_plus_transfer_encoding_smuggles_nothing() {
     s.write_all(raw.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    assert!(r.is_ok(), "proxy did not close the connection after a CL+TE request");
+    assert!(
+        r.is_ok(),
+        "proxy did not close the connection after a CL+TE request"
+    );
     let out = String::from_utf8_lossy(&out);
-    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "exactly one response: {out}");
+    assert_eq!(
+        out.matches("HTTP/1.1 ").count(),
+        1,
+        "exactly one response: {out}"
+    );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let seen: Vec<String> = m.requests().into_iter().map(|r| r.path).collect();
-    assert!(!seen.iter().any(|p| p.contains("smuggled")), "smuggled request reached upstream: {seen:?}");
+    assert!(
+        !seen.iter().any(|p| p.contains("smuggled")),
+        "smuggled request reached upstream: {seen:?}"
+    );
     assert!(seen.len() <= 1, "{seen:?}");
     // What did reach the upstream carries no conflicting framing.
     if let Some(r) = m.requests().first() {
         let te = r.headers.iter().any(|(n, _)| n == "transfer-encoding");
-        let cl: Vec<_> = r.headers.iter().filter(|(n, _)| n == "content-length").collect();
-        assert!(!(te && !cl.is_empty()), "upstream got both CL and TE: {:?}", r.headers);
+        let cl: Vec<_> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "content-length")
+            .collect();
+        assert!(
+            !te || cl.is_empty(),
+            "upstream got both CL and TE: {:?}",
+            r.headers
+        );
     }
 }
 
@@ -92,7 +124,10 @@ async fn oversized_header_block_is_refused() {
     let m = mock().await;
     let p = TestProxy::to("bighead", m.addr(), "server:\n  max_header_bytes: 8192\n").await;
     let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
-    let raw = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let raw = format!(
+        "GET /v1/models HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
     let _ = s.write_all(raw.as_bytes()).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
@@ -110,7 +145,11 @@ fn dependency_floors_hold_in_cargo_lock() {
         let mut lines = lock.lines();
         while let Some(l) = lines.next() {
             if l == format!("name = \"{name}\"") {
-                let v = lines.next().unwrap().trim_start_matches("version = \"").trim_end_matches('"');
+                let v = lines
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("version = \"")
+                    .trim_end_matches('"');
                 let mut it = v.split(['.', '-']).map(|x| x.parse::<u64>().unwrap_or(0));
                 out.push((it.next().unwrap(), it.next().unwrap(), it.next().unwrap()));
             }

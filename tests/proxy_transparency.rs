@@ -1,6 +1,9 @@
 //! The proxy is invisible: bytes, headers and streaming timing as if the agent talked to the
 //! provider directly.
 
+// Test helpers panic on failure by design; clippy.toml's test exemption covers #[test] fns only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -12,15 +15,39 @@ use http_body_util::{BodyExt, Full};
 
 /// (path, body) pairs covering each provider and mode the mock speaks.
 const CASES: &[(&str, &str)] = &[
-    ("/v1/chat/completions", r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#),
-    ("/v1/chat/completions", r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#),
+    (
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+    (
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+    ),
     ("/v1/responses", r#"{"model":"gpt-4.1","input":"hi"}"#),
-    ("/v1/responses", r#"{"model":"gpt-4.1","input":"hi","stream":true}"#),
-    ("/v1/embeddings", r#"{"model":"text-embedding-3-small","input":"hi"}"#),
-    ("/v1/messages", r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#),
-    ("/v1/messages", r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#),
-    ("/v1beta/models/gemini-2.5-flash:generateContent", r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#),
-    ("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#),
+    (
+        "/v1/responses",
+        r#"{"model":"gpt-4.1","input":"hi","stream":true}"#,
+    ),
+    (
+        "/v1/embeddings",
+        r#"{"model":"text-embedding-3-small","input":"hi"}"#,
+    ),
+    (
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+    (
+        "/v1/messages",
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    ),
+    (
+        "/v1beta/models/gemini-2.5-flash:generateContent",
+        r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+    ),
+    (
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#,
+    ),
 ];
 
 async fn assert_identical(extra_headers: &[(&str, &str)], route: &str) {
@@ -32,9 +59,16 @@ async fn assert_identical(extra_headers: &[(&str, &str)], route: &str) {
         assert_eq!(direct.0.status(), 200, "{path} direct status");
         assert_eq!(proxied.0.status(), direct.0.status(), "{path}");
         assert!(!direct.1.is_empty(), "{path}: empty body");
-        assert_eq!(proxied.1, direct.1, "{path} {body}: bytes differ through the proxy");
+        assert_eq!(
+            proxied.1, direct.1,
+            "{path} {body}: bytes differ through the proxy"
+        );
         for h in ["content-type", "content-encoding"] {
-            assert_eq!(proxied.0.headers().get(h), direct.0.headers().get(h), "{path}: header {h}");
+            assert_eq!(
+                proxied.0.headers().get(h),
+                direct.0.headers().get(h),
+                "{path}: header {h}"
+            );
         }
     }
 }
@@ -83,11 +117,25 @@ async fn credentials_and_ordinary_headers_reach_the_upstream_unchanged() {
     let got = m.last_request().expect("mock saw the request");
     assert_eq!(got.path, "/v1/chat/completions?trace=1");
     for (k, v) in sent {
-        let seen: Vec<_> = got.headers.iter().filter(|(n, _)| n == k).map(|(_, v)| v.as_str()).collect();
+        let seen: Vec<_> = got
+            .headers
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .collect();
         assert_eq!(seen, vec![v], "header {k}");
     }
-    let host: Vec<_> = got.headers.iter().filter(|(n, _)| n == "host").map(|(_, v)| v.clone()).collect();
-    assert_eq!(host, vec![m.addr().to_string()], "Host is rewritten to the upstream");
+    let host: Vec<_> = got
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "host")
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(
+        host,
+        vec![m.addr().to_string()],
+        "Host is rewritten to the upstream"
+    );
     assert_eq!(got.body, CASES[0].1.as_bytes());
 }
 
@@ -112,7 +160,10 @@ async fn hop_by_hop_headers_are_dropped_in_both_directions() {
     let got = m.last_request().unwrap();
     let names: Vec<&str> = got.headers.iter().map(|(n, _)| n.as_str()).collect();
     for hop in ["x-secret-hop", "keep-alive", "proxy-authorization", "te"] {
-        assert!(!names.contains(&hop), "{hop} reached the upstream: {names:?}");
+        assert!(
+            !names.contains(&hop),
+            "{hop} reached the upstream: {names:?}"
+        );
     }
     assert!(names.contains(&"x-end-to-end"));
 
@@ -125,7 +176,10 @@ async fn hop_by_hop_headers_are_dropped_in_both_directions() {
     drop(tx);
     let (resp, body) = task.await.unwrap();
     assert_eq!(&body[..], b"data: x\n\n");
-    assert!(resp.headers().get("x-up-hop").is_none(), "hop header named by Connection leaked");
+    assert!(
+        resp.headers().get("x-up-hop").is_none(),
+        "hop header named by Connection leaked"
+    );
     assert_eq!(resp.headers()["x-up-kept"], "1");
 }
 
@@ -137,7 +191,10 @@ async fn streamed_chunks_reach_the_client_before_the_upstream_sends_the_next() {
         .body(Full::new(Bytes::from_static(br#"{"stream":true}"#)))
         .unwrap();
     let resp = tokio::spawn(client().request(req));
-    let tx = tokio::time::timeout(Duration::from_secs(10), streams.recv()).await.unwrap().unwrap();
+    let tx = tokio::time::timeout(Duration::from_secs(10), streams.recv())
+        .await
+        .unwrap()
+        .unwrap();
     tx.send(Bytes::from_static(b"data: one\n\n")).await.unwrap();
     let resp = resp.await.unwrap().unwrap();
     let mut body = resp.into_body();
@@ -148,10 +205,20 @@ async fn streamed_chunks_reach_the_client_before_the_upstream_sends_the_next() {
         .expect("first chunk arrives while the upstream is still holding the second")
         .unwrap()
         .unwrap();
-    assert_eq!(first.data_ref().unwrap(), &Bytes::from_static(b"data: one\n\n"));
+    assert_eq!(
+        first.data_ref().unwrap(),
+        &Bytes::from_static(b"data: one\n\n")
+    );
     tx.send(Bytes::from_static(b"data: two\n\n")).await.unwrap();
-    let second = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap().unwrap().unwrap();
-    assert_eq!(second.data_ref().unwrap(), &Bytes::from_static(b"data: two\n\n"));
+    let second = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        second.data_ref().unwrap(),
+        &Bytes::from_static(b"data: two\n\n")
+    );
     drop(tx);
     assert!(body.frame().await.is_none());
 }
@@ -172,9 +239,21 @@ async fn http2_cleartext_clients_are_served() {
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let via_h2 = resp.into_body().collect().await.unwrap().to_bytes();
     let got = m.last_request().unwrap();
-    assert!(got.headers.iter().any(|(n, v)| n == "authorization" && v == "Bearer sk-h2"));
-    assert_eq!(got.version, "HTTP/1.1", "an h2 agent request goes upstream over the pooled HTTP/1.1 connection");
-    let direct = post(&format!("http://{}{}", m.addr(), CASES[1].0), &[], CASES[1].1).await.1;
+    assert!(got
+        .headers
+        .iter()
+        .any(|(n, v)| n == "authorization" && v == "Bearer sk-h2"));
+    assert_eq!(
+        got.version, "HTTP/1.1",
+        "an h2 agent request goes upstream over the pooled HTTP/1.1 connection"
+    );
+    let direct = post(
+        &format!("http://{}{}", m.addr(), CASES[1].0),
+        &[],
+        CASES[1].1,
+    )
+    .await
+    .1;
     assert_eq!(via_h2, direct);
 }
 
@@ -188,7 +267,12 @@ async fn strip_prefix_routes_to_the_right_upstream() {
         openai.addr()
     ))
     .await;
-    let (resp, _) = post(&p.url("/anthropic/v1/messages"), &[("x-api-key", "k")], CASES[5].1).await;
+    let (resp, _) = post(
+        &p.url("/anthropic/v1/messages"),
+        &[("x-api-key", "k")],
+        CASES[5].1,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(anthropic.last_request().unwrap().path, "/v1/messages");
     assert!(openai.last_request().is_none());

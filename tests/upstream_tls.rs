@@ -1,6 +1,9 @@
 //! HTTPS upstreams: real rustls on both sides, trust from a test CA given as `ca_file`, HTTP/2
 //! negotiated by ALPN.
 
+// Test helpers panic on failure by design; clippy.toml's test exemption covers #[test] fns only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -8,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -21,7 +24,9 @@ struct TestPki {
 fn pki() -> TestPki {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "tokenwarden test CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tokenwarden test CA");
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
@@ -41,7 +46,10 @@ fn pki() -> TestPki {
         )
         .unwrap();
     server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    TestPki { ca_pem: ca.pem(), server_config }
+    TestPki {
+        ca_pem: ca.pem(),
+        server_config,
+    }
 }
 
 /// A TLS upstream answering every request with the HTTP version it was served over.
@@ -51,14 +59,22 @@ async fn tls_upstream(config: rustls::ServerConfig) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let version = format!("{:?}", req.version());
-                    let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_string());
-                    let body = serde_json::json!({"version": version, "authorization": auth}).to_string();
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    let body =
+                        serde_json::json!({"version": version, "authorization": auth}).to_string();
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
@@ -81,7 +97,12 @@ async fn https_upstream_with_private_ca_negotiates_http2() {
         ca.path().display()
     ))
     .await;
-    let (resp, body) = post(&p.url("/v1/chat/completions"), &[("authorization", "Bearer sk-tls")], "{}").await;
+    let (resp, body) = post(
+        &p.url("/v1/chat/completions"),
+        &[("authorization", "Bearer sk-tls")],
+        "{}",
+    )
+    .await;
     assert_eq!(resp.status(), 200, "{body:?}");
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["version"], "HTTP/2.0", "ALPN should pick h2");
@@ -114,6 +135,8 @@ fn a_ca_file_without_certificates_is_a_startup_error() {
         "t",
     )
     .unwrap();
-    let err = tokenwarden::proxy::Proxy::new(&cfg).err().expect("bad CA refused");
+    let err = tokenwarden::proxy::Proxy::new(&cfg)
+        .err()
+        .expect("bad CA refused");
     assert!(err.to_string().contains("no PEM certificate"), "{err}");
 }

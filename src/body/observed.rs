@@ -131,20 +131,7 @@ where
                 if this.observer.is_none() {
                     return Poll::Pending;
                 }
-                let deadline = *this.last_frame + *this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        end(this.observer, BodyEnd::IdleTimeout);
-                        Poll::Ready(Some(Err(Box::new(IdleTimeout(*this.idle)))))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
+                poll_idle(this.timer, *this.last_frame, *this.idle, this.observer, cx)
             }
         }
     }
@@ -155,6 +142,32 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Poll the idle timer. It is armed once and, when it fires, re-armed to `last_frame + idle` if
+/// frames arrived meanwhile — so a busy stream costs one clock read per frame, not a timer update.
+fn poll_idle<O: Observer, T>(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    last_frame: Instant,
+    idle: Duration,
+    observer: &mut Option<O>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<T, Box<dyn std::error::Error + Send + Sync>>>> {
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(last_frame + idle)));
+    loop {
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(()) => {
+                let deadline = last_frame + idle;
+                if deadline > Instant::now() {
+                    timer.as_mut().reset(deadline);
+                    continue;
+                }
+                end(observer, BodyEnd::IdleTimeout);
+                return Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))));
+            }
+        }
     }
 }
 

@@ -110,9 +110,7 @@ fn detect(path: &str) -> Protocol {
 }
 
 fn openai_operation(path: &str) -> &'static str {
-    if path.ends_with("/chat/completions") {
-        "chat"
-    } else if path.ends_with("/responses") {
+    if path.ends_with("/chat/completions") || path.ends_with("/responses") {
         "chat"
     } else if path.ends_with("/embeddings") {
         "embeddings"

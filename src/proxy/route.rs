@@ -143,11 +143,11 @@ impl Route {
             Some(q) => format!("{upath}?{q}").parse()?,
             None => upath.parse()?,
         };
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(pq)
-            .build()?)
+            .build()
     }
 }
 

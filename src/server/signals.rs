@@ -1,10 +1,8 @@
 //! SIGTERM / SIGINT: the first starts a graceful drain, a second one stops at once.
 
-use std::future::Future;
-
 /// Resolves on the first SIGTERM or SIGINT.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
+pub async fn shutdown_signal() {
+    {
         let term = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(mut s) => {

@@ -31,7 +31,9 @@ pub struct TestProxy {
 impl TestProxy {
     /// Start a proxy from YAML; `listen` and `admin_listen` are forced to 127.0.0.1:0.
     pub async fn start(yaml: &str) -> TestProxy {
-        let yaml = format!("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nlogging:\n  access_log: false\n{yaml}");
+        let yaml = format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nlogging:\n  access_log: false\n{yaml}"
+        );
         let config = load_from_str(&yaml, "test").unwrap_or_else(|e| panic!("test config: {e}"));
         let server = Server::bind(config).await.expect("bind proxy");
         let addr = server.proxy_addr();
@@ -40,7 +42,12 @@ impl TestProxy {
         let task = tokio::spawn(server.run(async move {
             let _ = rx.await;
         }));
-        TestProxy { addr, admin, stop: Some(tx), task }
+        TestProxy {
+            addr,
+            admin,
+            stop: Some(tx),
+            task,
+        }
     }
 
     /// Start a proxy with one catch-all route named `route` to `upstream`.
@@ -119,7 +126,9 @@ pub async fn send(req: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
 /// The value of one series in Prometheus text, e.g. `name{a="b",c="d"}`; 0 when absent.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         let (lbls, value) = match rest.strip_prefix('{') {
             Some(r) => match r.split_once("} ") {
                 Some((l, v)) => (l, v),
@@ -138,6 +147,14 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         }
     }
     0.0
+}
+
+/// The sum over every series of `name` whose labels include `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .map(|l| metric_value(l, name, labels))
+        .sum()
 }
 
 /// Poll `f` until it returns true or `within` passes.
@@ -192,7 +209,9 @@ impl ProxyProcess {
         });
         let found = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = rx.recv().await {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 if v["message"] == "tokenwarden listening" {
                     let p = v["proxy"].as_str().unwrap().parse().unwrap();
                     let a = v["admin"].as_str().unwrap().parse().unwrap();
@@ -204,7 +223,12 @@ impl ProxyProcess {
         .await
         .expect("proxy binary reports its addresses within 20 s")
         .expect("proxy binary exited before listening");
-        ProxyProcess { child, addr: found.0, admin: found.1, stderr_lines: rx }
+        ProxyProcess {
+            child,
+            addr: found.0,
+            admin: found.1,
+            stderr_lines: rx,
+        }
     }
 
     /// Send a signal to the child.
@@ -223,7 +247,10 @@ impl ProxyProcess {
 /// Write `text` to a fresh temporary config file.
 pub fn config_file(text: &str) -> tempfile::NamedTempFile {
     use std::io::Write;
-    let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().expect("tempfile");
+    let mut f = tempfile::Builder::new()
+        .suffix(".yaml")
+        .tempfile()
+        .expect("tempfile");
     f.write_all(text.as_bytes()).expect("write config");
     f
 }
@@ -247,14 +274,19 @@ impl http_body::Body for ChanBody {
 /// A hand-driven upstream: each request gets an SSE response whose frames the test sends
 /// through the returned channel. The response also carries a hop-by-hop header pair
 /// (`Connection: x-up-hop`, `x-up-hop: 1`) that must not reach the client.
-pub async fn scripted_upstream() -> (SocketAddr, tokio::sync::mpsc::Receiver<tokio::sync::mpsc::Sender<Bytes>>) {
+pub async fn scripted_upstream() -> (
+    SocketAddr,
+    tokio::sync::mpsc::Receiver<tokio::sync::mpsc::Sender<Bytes>>,
+) {
     use hyper::service::service_fn;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (senders_tx, senders_rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let senders_tx = senders_tx.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {

@@ -19,5 +19,5 @@ COPY config/tokenwarden.yaml /etc/tokenwarden/tokenwarden.yaml
 USER 65532:65532
 EXPOSE 8080 9464
 ENV TOKENWARDEN_CONFIG=/etc/tokenwarden/tokenwarden.yaml
-HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/local/bin/tokenwarden", "check-config", "/etc/tokenwarden/tokenwarden.yaml"]
+HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/local/bin/tokenwarden", "health", "--admin", "127.0.0.1:9464"]
 ENTRYPOINT ["/usr/local/bin/tokenwarden"]

@@ -13,4 +13,5 @@ if [ -z "${TOKENWARDEN_TEST_PYTHON:-}" ]; then
   fi
 fi
 
-cargo test --locked "$@"
+# --lib --bins --tests: every unit and integration test (the crate has no doctests).
+cargo test --locked --lib --bins --tests "$@"

@@ -30,4 +30,11 @@ pub enum Command {
         /// The file to check.
         path: PathBuf,
     },
+    /// Exit 0 when the admin listener answers `/healthz` with 200 (for container health checks,
+    /// where no curl is available).
+    Health {
+        /// Admin address to ask.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        admin: std::net::SocketAddr,
+    },
 }

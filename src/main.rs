@@ -26,6 +26,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Health { admin }) = &cli.command {
+        return match health_check(*admin) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("unhealthy: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     logging::init(cli.log_format);
     let config = match config::load(cli.config.as_deref()) {
         Ok(c) => c,
@@ -46,6 +55,22 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(config))
+}
+
+/// GET /healthz on the admin listener with a plain blocking socket: no runtime needed.
+fn health_check(admin: std::net::SocketAddr) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: tokenwarden\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    if head.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(String::from_utf8_lossy(&head).into_owned()))
+    }
 }
 
 async fn run(config: config::Config) -> ExitCode {

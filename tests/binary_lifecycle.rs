@@ -116,12 +116,20 @@ async fn sigterm_with_nothing_in_flight_exits_promptly() {
     assert_eq!(resp.status(), 200, "{body:?}");
     let (resp, _) = get(&format!("http://{}/readyz", p.admin)).await;
     assert_eq!(resp.status(), 200);
+    let health = |addr: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+            .args(["health", "--admin", &addr])
+            .status()
+            .unwrap()
+    };
+    assert!(health(p.admin.to_string()).success(), "health subcommand against a live admin port");
     p.signal("TERM");
     let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+    assert!(!health(p.admin.to_string()).success(), "health fails once the proxy is gone");
 }
 
 #[tokio::test]

@@ -69,7 +69,9 @@ fn health_check(admin: std::net::SocketAddr) -> std::io::Result<()> {
     if head.starts_with(b"HTTP/1.1 200") {
         Ok(())
     } else {
-        Err(std::io::Error::other(String::from_utf8_lossy(&head).into_owned()))
+        Err(std::io::Error::other(
+            String::from_utf8_lossy(&head).into_owned(),
+        ))
     }
 }
 

@@ -122,14 +122,20 @@ async fn sigterm_with_nothing_in_flight_exits_promptly() {
             .status()
             .unwrap()
     };
-    assert!(health(p.admin.to_string()).success(), "health subcommand against a live admin port");
+    assert!(
+        health(p.admin.to_string()).success(),
+        "health subcommand against a live admin port"
+    );
     p.signal("TERM");
     let status = tokio::time::timeout(Duration::from_secs(10), p.child.wait())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(!health(p.admin.to_string()).success(), "health fails once the proxy is gone");
+    assert!(
+        !health(p.admin.to_string()).success(),
+        "health fails once the proxy is gone"
+    );
 }
 
 #[tokio::test]

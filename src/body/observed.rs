@@ -4,15 +4,21 @@
 //! "Exactly once" covers every way a response can end: the last frame (or `is_end_stream()`
 //! turning true, after which hyper may never poll again), an upstream error, the idle timeout
 //! between chunks, and the client going away (hyper drops the body; dropping the inner upstream
-//! body also cancels the upstream request). Parsers in later stages hang off `on_data`; they see a
-//! `&Bytes` whose clone is a reference count, so observing never copies or delays a chunk.
+//! body also cancels the upstream request). Parsers in later stages hang off `on_data`; they see
+//! every upstream frame as a `&Bytes` whose clone is a reference count.
+//!
+//! Frames that have already arrived back to back are handed on as one: when a frame is in hand and
+//! the next is not ready, the task yields (at most [`MAX_YIELDS`] scheduler turns, microseconds)
+//! so the upstream connection task can decode what it has already read. A burst then costs one
+//! write to the client instead of one per SSE event; a lone event is never held longer than
+//! those turns.
 
 use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -43,6 +49,21 @@ pub trait Observer: Send + 'static {
 #[error("upstream sent nothing for {0:?}")]
 pub struct IdleTimeout(pub Duration);
 
+/// Largest batch of already-arrived frames handed on as one.
+const MAX_BATCH: usize = 16 * 1024;
+
+/// Scheduler turns a received frame may wait for the next one before it is handed on. The
+/// upstream connection task needs two turns to decode and pass on an event it has already read
+/// (measured: one turn never batched); more would only delay a lone event.
+const MAX_YIELDS: u8 = 2;
+
+/// What comes after a held batch: the inner body's next event, kept until the batch is out.
+enum Deferred<E> {
+    Trailers(Frame<Bytes>),
+    Error(E),
+    End,
+}
+
 pin_project! {
     /// A pass-through body that reports to an [`Observer`]. See the module docs.
     pub struct ObservedBody<B, O: Observer> {
@@ -54,6 +75,11 @@ pin_project! {
         // early, so the per-frame cost is one clock read rather than a timer-wheel update.
         last_frame: Instant,
         timer: Option<Pin<Box<Sleep>>>,
+        // Frames that arrived back to back, gathered for one write (see `poll_frame`).
+        held: Option<Bytes>,
+        batch: BytesMut,
+        yields: u8,
+        deferred: Option<Deferred<Box<dyn std::error::Error + Send + Sync>>>,
     }
 
     impl<B, O: Observer> PinnedDrop for ObservedBody<B, O> {
@@ -88,6 +114,10 @@ where
             idle,
             last_frame: Instant::now(),
             timer: None,
+            held: None,
+            batch: BytesMut::new(),
+            yields: 0,
+            deferred: None,
         }
     }
 }
@@ -106,38 +136,85 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                *this.last_frame = Instant::now();
-                if let Some(o) = this.observer.as_mut() {
-                    if let Some(data) = frame.data_ref() {
-                        o.on_data(data);
+        if this.held.is_none() {
+            match this.deferred.take() {
+                Some(Deferred::Trailers(t)) => return Poll::Ready(Some(Ok(t))),
+                Some(Deferred::Error(e)) => return Poll::Ready(Some(Err(e))),
+                Some(Deferred::End) => return Poll::Ready(None),
+                None => {}
+            }
+        }
+        loop {
+            match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    *this.last_frame = Instant::now();
+                    let data = match frame.into_data() {
+                        Ok(d) => d,
+                        Err(trailers) => {
+                            if this.inner.is_end_stream() {
+                                end(this.observer, BodyEnd::Complete);
+                            }
+                            if this.held.is_some() {
+                                *this.deferred = Some(Deferred::Trailers(trailers));
+                                return take_held(this.held, this.batch);
+                            }
+                            return Poll::Ready(Some(Ok(trailers)));
+                        }
+                    };
+                    if let Some(o) = this.observer.as_mut() {
+                        o.on_data(&data);
+                    }
+                    hold(this.held, this.batch, data);
+                    *this.yields = 0;
+                    if this.inner.is_end_stream() {
+                        end(this.observer, BodyEnd::Complete);
+                        return take_held(this.held, this.batch);
+                    }
+                    if this.held.as_ref().map_or(0, Bytes::len) + this.batch.len() >= MAX_BATCH {
+                        return take_held(this.held, this.batch);
                     }
                 }
-                if this.inner.is_end_stream() {
+                Poll::Ready(Some(Err(e))) => {
+                    end(this.observer, BodyEnd::UpstreamError);
+                    if this.held.is_some() {
+                        *this.deferred = Some(Deferred::Error(e.into()));
+                        return take_held(this.held, this.batch);
+                    }
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
                     end(this.observer, BodyEnd::Complete);
+                    if this.held.is_some() {
+                        *this.deferred = Some(Deferred::End);
+                        return take_held(this.held, this.batch);
+                    }
+                    return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                end(this.observer, BodyEnd::UpstreamError);
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                end(this.observer, BodyEnd::Complete);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.observer.is_none() {
-                    return Poll::Pending;
+                Poll::Pending => {
+                    if this.held.is_some() {
+                        if *this.yields < MAX_YIELDS {
+                            *this.yields += 1;
+                            // tokio's yield defers the wake-up until the other ready tasks (the
+                            // upstream connection decoding its next event) and the I/O driver
+                            // have run; waking ourselves directly would be polled again first.
+                            let mut y = std::pin::pin!(tokio::task::yield_now());
+                            let _ = y.as_mut().poll(cx);
+                            return Poll::Pending;
+                        }
+                        *this.yields = 0;
+                        return take_held(this.held, this.batch);
+                    }
+                    if this.observer.is_none() {
+                        return Poll::Pending;
+                    }
+                    return poll_idle(this.timer, *this.last_frame, *this.idle, this.observer, cx);
                 }
-                poll_idle(this.timer, *this.last_frame, *this.idle, this.observer, cx)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.held.is_none() && self.deferred.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -169,6 +246,34 @@ fn poll_idle<O: Observer, T>(
             }
         }
     }
+}
+
+/// Add `data` to the held batch; the first frame is kept as is, without a copy.
+fn hold(held: &mut Option<Bytes>, batch: &mut BytesMut, data: Bytes) {
+    match held {
+        None => *held = Some(data),
+        Some(first) => {
+            if batch.is_empty() {
+                batch.reserve(first.len() + data.len());
+                batch.extend_from_slice(first);
+            }
+            batch.extend_from_slice(&data);
+        }
+    }
+}
+
+/// Hand on the held batch as one data frame.
+fn take_held<E>(
+    held: &mut Option<Bytes>,
+    batch: &mut BytesMut,
+) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+    let first = held.take().unwrap_or_default();
+    let out = if batch.is_empty() {
+        first
+    } else {
+        batch.split().freeze()
+    };
+    Poll::Ready(Some(Ok(Frame::data(out))))
 }
 
 fn end<O: Observer>(observer: &mut Option<O>, how: BodyEnd) {
@@ -271,6 +376,50 @@ mod tests {
         assert_eq!(log.ends(), vec![BodyEnd::Complete]);
         drop(body);
         assert_eq!(log.ends(), vec![BodyEnd::Complete]);
+    }
+
+    #[tokio::test]
+    async fn frames_already_arrived_go_out_together_and_each_is_observed() {
+        #[derive(Default, Clone)]
+        struct Count(Arc<Mutex<usize>>);
+        impl Observer for Count {
+            fn on_data(&mut self, _: &Bytes) {
+                *self.0.lock().unwrap() += 1;
+            }
+            fn on_end(self, _: BodyEnd) {}
+        }
+        let seen = Count::default();
+        let (tx, inner) = chan();
+        let mut body = ObservedBody::new(inner, seen.clone(), Duration::from_secs(5));
+        for part in [&b"data: 1\n\n"[..], b"data: 2\n\n", b"data: 3\n\n"] {
+            tx.send(Ok(Bytes::from_static(part))).await.unwrap();
+        }
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            f.data_ref().unwrap(),
+            &Bytes::from_static(b"data: 1\n\ndata: 2\n\ndata: 3\n\n")
+        );
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            3,
+            "the observer sees every original frame"
+        );
+        drop(tx);
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn data_held_before_an_upstream_error_is_delivered_first() {
+        let log = Log::default();
+        let (tx, inner) = chan();
+        let mut body = ObservedBody::new(inner, log.clone(), Duration::from_secs(5));
+        tx.send(Ok(Bytes::from_static(b"partial"))).await.unwrap();
+        tx.send(Err(())).await.unwrap();
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.data_ref().unwrap(), &Bytes::from_static(b"partial"));
+        assert!(body.frame().await.unwrap().is_err());
+        drop(body);
+        assert_eq!(log.ends(), vec![BodyEnd::UpstreamError]);
     }
 
     #[tokio::test]

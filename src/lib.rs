@@ -5,6 +5,8 @@
 //! - [`server`] — proxy and admin listeners, connection hardening, graceful shutdown.
 //! - [`proxy`] — the per-request pipeline: route, read body, forward, respond, errors.
 //! - [`body`] — the observing pass-through response body.
+//! - [`sse`] — incremental SSE and NDJSON decoders.
+//! - [`providers`] — provider adapters: response bodies → usage, tool calls, finish reasons.
 //! - [`telemetry`] — logging, Prometheus metrics, bounded labels.
 //! - [`mock`] — the project's own mock LLM provider (tests, benchmarks, demos).
 
@@ -12,6 +14,8 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod mock;
+pub mod providers;
 pub mod proxy;
 pub mod server;
+pub mod sse;
 pub mod telemetry;

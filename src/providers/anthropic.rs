@@ -1,0 +1,265 @@
+//! Anthropic Messages (`/v1/messages`): JSON message bodies and event streams.
+//!
+//! Usage: input = `input_tokens + cache_read_input_tokens + cache_creation_input_tokens` (the
+//! GenAI conventions count cached input as input). Streams start from `message_start` usage;
+//! every field a `message_delta` states replaces the earlier value (they are cumulative, and
+//! with server tools the final input is larger than the first). Tool-use input arrives as
+//! `input_json_delta` fragments, joined exactly as sent (an empty string means the input is the
+//! `{}` from `content_block_start`; it is kept as sent, empty).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::{compact, ErrorObj, ResponseRecord, ToolCall, Usage};
+
+/// Stream state.
+#[derive(Default)]
+pub struct Stream {
+    pub(super) record: ResponseRecord,
+    usage: RawUsage,
+    /// (content block index, call).
+    calls: Vec<(u32, ToolCall)>,
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    message: Option<MessageObj>,
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    content_block: Option<Block>,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    usage: Option<RawUsage>,
+    #[serde(default)]
+    error: Option<ErrorObj>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct MessageObj {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    content: Vec<Block>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: Option<RawUsage>,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    error: Option<ErrorObj>,
+}
+
+#[derive(Deserialize)]
+struct Block {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+}
+
+/// Usage fields as Anthropic sends them; `None` = not stated (yet).
+#[derive(Deserialize, Default, Clone, Copy)]
+struct RawUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens_details: Option<OutputDetails>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+struct OutputDetails {
+    #[serde(default)]
+    thinking_tokens: Option<u64>,
+}
+
+// === impl RawUsage ===
+
+impl RawUsage {
+    /// Fields stated in `later` replace ours.
+    fn update(&mut self, later: &RawUsage) {
+        let pairs = [
+            (&mut self.input_tokens, later.input_tokens),
+            (&mut self.output_tokens, later.output_tokens),
+            (
+                &mut self.cache_read_input_tokens,
+                later.cache_read_input_tokens,
+            ),
+            (
+                &mut self.cache_creation_input_tokens,
+                later.cache_creation_input_tokens,
+            ),
+        ];
+        for (mine, theirs) in pairs {
+            if theirs.is_some() {
+                *mine = theirs;
+            }
+        }
+        if later.output_tokens_details.is_some() {
+            self.output_tokens_details = later.output_tokens_details;
+        }
+    }
+
+    fn to_usage(self) -> Usage {
+        if self.input_tokens.is_none() && self.output_tokens.is_none() {
+            return Usage::default();
+        }
+        let input = self.input_tokens.unwrap_or(0)
+            + self.cache_read_input_tokens.unwrap_or(0)
+            + self.cache_creation_input_tokens.unwrap_or(0);
+        Usage {
+            input: Some(input),
+            output: self.output_tokens,
+            cached_input: self.cache_read_input_tokens,
+            cache_creation_input: self.cache_creation_input_tokens,
+            reasoning: self.output_tokens_details.and_then(|d| d.thinking_tokens),
+            total: None,
+        }
+    }
+}
+
+// === impl Stream ===
+
+impl Stream {
+    /// One `data:` payload; `None` when it is not an event, else whether it carried output.
+    pub(super) fn event(&mut self, data: &[u8]) -> Option<bool> {
+        let ev: Event<'_> = serde_json::from_slice(data).ok()?;
+        match ev.kind.as_ref() {
+            "message_start" => {
+                let m = ev.message.unwrap_or_default();
+                self.record.id = m.id;
+                self.record.model = m.model;
+                if let Some(u) = &m.usage {
+                    self.usage.update(u);
+                }
+                Some(false)
+            }
+            "content_block_start" => {
+                if let Some(b) = ev.content_block {
+                    self.block_start(ev.index, b);
+                }
+                Some(false)
+            }
+            "content_block_delta" => {
+                if let Some(d) = ev.delta {
+                    if let Some(p) = d.partial_json {
+                        if let Some((_, call)) = self.calls.iter_mut().find(|(i, _)| *i == ev.index)
+                        {
+                            call.arguments.push_str(&p);
+                        }
+                    }
+                    let _ = d.kind;
+                }
+                Some(true)
+            }
+            "message_delta" => {
+                if let Some(u) = &ev.usage {
+                    self.usage.update(u);
+                }
+                if let Some(r) = ev.delta.and_then(|d| d.stop_reason) {
+                    self.stop_reason = Some(r);
+                }
+                Some(false)
+            }
+            "error" => {
+                self.record.error_type = Some(
+                    ev.error
+                        .as_ref()
+                        .map_or_else(|| "error".to_string(), ErrorObj::error_type),
+                );
+                Some(false)
+            }
+            _ => Some(false), // ping, content_block_stop, message_stop
+        }
+    }
+
+    fn block_start(&mut self, index: u32, b: Block) {
+        match b.kind.as_str() {
+            "tool_use" => {
+                self.calls.push((
+                    index,
+                    ToolCall {
+                        choice: 0,
+                        id: b.id,
+                        name: b.name.unwrap_or_default(),
+                        arguments: String::new(),
+                    },
+                ));
+            }
+            "server_tool_use" => self
+                .record
+                .server_tool_calls
+                .push(b.name.unwrap_or_default()),
+            _ => {}
+        }
+    }
+
+    /// The stream ended.
+    pub(super) fn finish(mut self) -> ResponseRecord {
+        self.record.usage = self.usage.to_usage();
+        self.record.finish_reasons = self.stop_reason.into_iter().collect();
+        self.record.tool_calls = self.calls.into_iter().map(|(_, c)| c).collect();
+        self.record
+    }
+}
+
+/// A whole JSON body; false when it is not JSON of this shape.
+pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
+    let Ok(m) = serde_json::from_slice::<MessageObj>(body) else {
+        return false;
+    };
+    if m.kind.as_deref() == Some("error") {
+        r.error_type = Some(
+            m.error
+                .as_ref()
+                .map_or_else(|| "error".to_string(), ErrorObj::error_type),
+        );
+        return true;
+    }
+    r.id = m.id;
+    r.model = m.model;
+    r.usage = m.usage.unwrap_or_default().to_usage();
+    r.finish_reasons = m.stop_reason.into_iter().collect();
+    for b in m.content {
+        match b.kind.as_str() {
+            "tool_use" => r.tool_calls.push(ToolCall {
+                choice: 0,
+                id: b.id,
+                name: b.name.unwrap_or_default(),
+                arguments: b.input.as_ref().map(compact).unwrap_or_default(),
+            }),
+            "server_tool_use" => r.server_tool_calls.push(b.name.unwrap_or_default()),
+            _ => {}
+        }
+    }
+    true
+}

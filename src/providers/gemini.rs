@@ -1,0 +1,174 @@
+//! Gemini `generateContent` / `streamGenerateContent` (SSE with `alt=sse`, else a JSON array).
+//!
+//! Usage: input = `promptTokenCount + toolUsePromptTokenCount`; output = `candidatesTokenCount +
+//! thoughtsTokenCount` (thoughts are not inside candidates). Stream chunks carry cumulative
+//! `usageMetadata`: the last one stated wins (summing over-counts).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{compact, ErrorObj, ResponseRecord, ToolCall, Usage};
+
+/// Stream state.
+#[derive(Default)]
+pub struct Stream {
+    pub(super) record: ResponseRecord,
+    finish: BTreeMap<u32, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Chunk {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    #[serde(default)]
+    usage_metadata: Option<UsageMetadata>,
+    #[serde(default)]
+    model_version: Option<String>,
+    #[serde(default)]
+    response_id: Option<String>,
+    #[serde(default)]
+    error: Option<ErrorObj>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Content {
+    #[serde(default)]
+    parts: Vec<Part>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Part {
+    #[serde(default)]
+    text: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    function_call: Option<FunctionCall>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    args: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: Option<u64>,
+    #[serde(default)]
+    candidates_token_count: Option<u64>,
+    #[serde(default)]
+    thoughts_token_count: Option<u64>,
+    #[serde(default)]
+    tool_use_prompt_token_count: Option<u64>,
+    #[serde(default)]
+    cached_content_token_count: Option<u64>,
+    #[serde(default)]
+    total_token_count: Option<u64>,
+}
+
+// === impl UsageMetadata ===
+
+impl UsageMetadata {
+    fn to_usage(&self) -> Usage {
+        Usage {
+            input: Some(
+                self.prompt_token_count.unwrap_or(0)
+                    + self.tool_use_prompt_token_count.unwrap_or(0),
+            ),
+            output: Some(
+                self.candidates_token_count.unwrap_or(0) + self.thoughts_token_count.unwrap_or(0),
+            ),
+            cached_input: self.cached_content_token_count,
+            cache_creation_input: None,
+            reasoning: self.thoughts_token_count,
+            total: self.total_token_count,
+        }
+    }
+}
+
+// === impl Stream ===
+
+impl Stream {
+    /// One `data:` payload; `None` when it is not a chunk, else whether it carried output.
+    pub(super) fn event(&mut self, data: &[u8]) -> Option<bool> {
+        let chunk: Chunk = serde_json::from_slice(data).ok()?;
+        Some(self.chunk(chunk))
+    }
+
+    fn chunk(&mut self, c: Chunk) -> bool {
+        if c.model_version.is_some() {
+            self.record.model = c.model_version;
+        }
+        if self.record.id.is_none() {
+            self.record.id = c.response_id;
+        }
+        if let Some(u) = &c.usage_metadata {
+            self.record.usage = u.to_usage();
+        }
+        if let Some(e) = &c.error {
+            self.record.error_type = Some(e.error_type());
+        }
+        let mut output = false;
+        for cand in c.candidates {
+            if let Some(f) = cand.finish_reason {
+                self.finish.insert(cand.index, f);
+            }
+            for p in cand.content.map(|c| c.parts).unwrap_or_default() {
+                output |= p.text.is_some();
+                if let Some(fc) = p.function_call {
+                    output = true;
+                    self.record.tool_calls.push(ToolCall {
+                        choice: cand.index,
+                        id: fc.id,
+                        name: fc.name,
+                        arguments: fc.args.as_ref().map(compact).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        output
+    }
+
+    /// The stream ended.
+    pub(super) fn finish(mut self) -> ResponseRecord {
+        self.record.finish_reasons = self.finish.into_values().collect();
+        self.record
+    }
+}
+
+/// A whole JSON body (one response, or the JSON array `streamGenerateContent` returns without
+/// `alt=sse`); false when it is not JSON of this shape.
+pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
+    let chunks: Vec<Chunk> = match serde_json::from_slice::<Chunk>(body) {
+        Ok(c) => vec![c],
+        Err(_) => match serde_json::from_slice::<Vec<Chunk>>(body) {
+            Ok(v) => v,
+            Err(_) => return false,
+        },
+    };
+    let mut s = Stream::default();
+    for c in chunks {
+        s.chunk(c);
+    }
+    *r = s.finish();
+    true
+}

@@ -1,0 +1,120 @@
+//! Provider adapters: read a response body — JSON or streamed, in frames split anywhere — into
+//! one [`ResponseRecord`]: served model, response id, usage, finish reasons, tool calls, errors.
+//!
+//! Adapters know formats, not HTTP: they take bytes and return facts. The proxy feeds each
+//! response frame to a [`ResponseParser`] (a reference-counted copy; the bytes go to the client
+//! untouched either way) and records what comes out when the body ends. Field locations follow
+//! `shared/reference/wire-formats.md`; usage rules follow the corpus README (tests/fixtures).
+
+pub mod anthropic;
+pub mod gemini;
+pub mod openai_chat;
+pub mod openai_responses;
+mod parser;
+
+pub use parser::{Feed, ResponseParser};
+
+use serde::Deserialize;
+
+/// Which response format a parser reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenAI Chat Completions (and every compatible server, Azure deployments included).
+    OpenAiChat,
+    /// OpenAI Responses API.
+    OpenAiResponses,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Gemini generateContent / streamGenerateContent.
+    Gemini,
+}
+
+/// Token usage as the provider states it. `input` counts every input token (cached and
+/// cache-written included, as the GenAI conventions do); the others are subsets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// All input tokens.
+    pub input: Option<u64>,
+    /// All output tokens, reasoning included.
+    pub output: Option<u64>,
+    /// Input tokens read from the provider's cache.
+    pub cached_input: Option<u64>,
+    /// Input tokens written to the provider's cache.
+    pub cache_creation_input: Option<u64>,
+    /// Reasoning / thinking tokens.
+    pub reasoning: Option<u64>,
+    /// The provider's own total, when it states one.
+    pub total: Option<u64>,
+}
+
+/// A tool call the model made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// Choice / candidate index it belongs to.
+    pub choice: u32,
+    /// Call id, when the provider gives one.
+    pub id: Option<String>,
+    /// Tool name.
+    pub name: String,
+    /// Arguments as a JSON string (assembled from stream fragments).
+    pub arguments: String,
+}
+
+/// Everything read from one response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseRecord {
+    /// Model the provider says served the call.
+    pub model: Option<String>,
+    /// Response id.
+    pub id: Option<String>,
+    /// Usage, when the body stated any.
+    pub usage: Usage,
+    /// Finish reason per choice / candidate (Responses: the status).
+    pub finish_reasons: Vec<String>,
+    /// Client tool calls, in order.
+    pub tool_calls: Vec<ToolCall>,
+    /// Provider-executed tools (names or item types).
+    pub server_tool_calls: Vec<String>,
+    /// Error type from an error body or an error event in a stream.
+    pub error_type: Option<String>,
+    /// Why (part of) the body could not be read, if it could not.
+    pub unparsed: Option<&'static str>,
+}
+
+// === impl Usage ===
+
+impl Usage {
+    /// Whether the body stated any usage at all.
+    pub fn is_present(&self) -> bool {
+        self.input.is_some() || self.output.is_some()
+    }
+}
+
+/// `{"error": {...}}` as OpenAI, Anthropic (inside `{"type":"error"}`) and Gemini send it.
+#[derive(Debug, Deserialize)]
+struct ErrorObj {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+impl ErrorObj {
+    fn error_type(&self) -> String {
+        if let Some(t) = self.kind.as_ref().or(self.status.as_ref()) {
+            return t.clone();
+        }
+        match &self.code {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => "error".to_string(),
+        }
+    }
+}
+
+/// Compact JSON of a value, keys in the order sent (Anthropic `input`, Gemini `args`).
+fn compact(v: &serde_json::Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}

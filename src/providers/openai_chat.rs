@@ -1,0 +1,283 @@
+//! OpenAI Chat Completions (`/v1/chat/completions`; Azure deployments and every compatible
+//! server): JSON bodies and `chat.completion.chunk` streams.
+//!
+//! Streams: usage is the last chunk whose `usage` is not null (not necessarily the last chunk);
+//! finish reasons are the last non-null per choice; tool-call argument fragments are joined per
+//! (choice, tool-call index), id and name taken from the fragment that carries them.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{ErrorObj, ResponseRecord, ToolCall, Usage};
+
+/// Stream state.
+#[derive(Default)]
+pub struct Stream {
+    pub(super) record: ResponseRecord,
+    calls: Vec<(u32, u32, ToolCall)>,
+    finish: BTreeMap<u32, String>,
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    choices: Vec<ChunkChoice<'a>>,
+    #[serde(default)]
+    usage: Option<ChatUsage>,
+    #[serde(default)]
+    error: Option<ErrorObj>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<DeltaToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaToolCall<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: Option<DeltaFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaFunction<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// `usage` of chat completions.
+#[derive(Deserialize)]
+pub(super) struct ChatUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Completion {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<ChatUsage>,
+    #[serde(default)]
+    error: Option<ErrorObj>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    tool_calls: Option<Vec<MessageToolCall>>,
+}
+
+#[derive(Deserialize)]
+struct MessageToolCall {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<MessageFunction>,
+}
+
+#[derive(Deserialize)]
+struct MessageFunction {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+// === impl ChatUsage ===
+
+impl ChatUsage {
+    pub(super) fn to_usage(&self) -> Usage {
+        Usage {
+            input: self.prompt_tokens,
+            output: self.completion_tokens,
+            cached_input: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens),
+            cache_creation_input: None,
+            reasoning: self
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens),
+            total: self.total_tokens,
+        }
+    }
+}
+
+// === impl Stream ===
+
+impl Stream {
+    /// One `data:` payload; `None` when it is not a chunk, else whether it carried output.
+    pub(super) fn event(&mut self, data: &[u8]) -> Option<bool> {
+        if crate::sse::is_done(data) {
+            return Some(false);
+        }
+        let chunk: Chunk<'_> = serde_json::from_slice(data).ok()?;
+        if self.record.id.is_none() {
+            self.record.id = chunk.id.map(Cow::into_owned);
+        }
+        if self.record.model.is_none() {
+            self.record.model = chunk.model.map(Cow::into_owned);
+        }
+        if let Some(u) = &chunk.usage {
+            self.record.usage = u.to_usage();
+        }
+        if let Some(e) = &chunk.error {
+            self.record.error_type = Some(e.error_type());
+        }
+        let mut output = false;
+        for c in chunk.choices {
+            if let Some(f) = c.finish_reason {
+                self.finish.insert(c.index, f.into_owned());
+            }
+            let Some(d) = c.delta else { continue };
+            output |= [&d.content, &d.reasoning_content, &d.refusal]
+                .iter()
+                .any(|t| t.as_ref().is_some_and(|t| !t.is_empty()));
+            for tc in d.tool_calls.unwrap_or_default() {
+                output = true;
+                self.tool_fragment(c.index, tc);
+            }
+        }
+        Some(output)
+    }
+
+    fn tool_fragment(&mut self, choice: u32, tc: DeltaToolCall<'_>) {
+        let pos = self
+            .calls
+            .iter()
+            .position(|(ch, ix, _)| *ch == choice && *ix == tc.index);
+        let call = match pos {
+            Some(p) => &mut self.calls[p].2,
+            None => {
+                self.calls.push((
+                    choice,
+                    tc.index,
+                    ToolCall {
+                        choice,
+                        id: None,
+                        name: String::new(),
+                        arguments: String::new(),
+                    },
+                ));
+                let last = self.calls.len() - 1;
+                &mut self.calls[last].2
+            }
+        };
+        if let Some(id) = tc.id {
+            call.id = Some(id.into_owned());
+        }
+        if let Some(f) = tc.function {
+            if let Some(n) = f.name {
+                call.name.push_str(&n);
+            }
+            if let Some(a) = f.arguments {
+                call.arguments.push_str(&a);
+            }
+        }
+    }
+
+    /// The stream ended.
+    pub(super) fn finish(mut self) -> ResponseRecord {
+        self.record.finish_reasons = self.finish.into_values().collect();
+        self.record.tool_calls = self.calls.into_iter().map(|(_, _, c)| c).collect();
+        self.record
+    }
+}
+
+/// A whole JSON body; false when it is not JSON of this shape.
+pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
+    let Ok(c) = serde_json::from_slice::<Completion>(body) else {
+        return false;
+    };
+    r.id = c.id;
+    r.model = c.model;
+    if let Some(u) = &c.usage {
+        r.usage = u.to_usage();
+    }
+    r.error_type = c.error.as_ref().map(ErrorObj::error_type);
+    let mut choices = c.choices;
+    choices.sort_by_key(|c| c.index);
+    for ch in choices {
+        if let Some(f) = ch.finish_reason {
+            r.finish_reasons.push(f);
+        }
+        for tc in ch.message.and_then(|m| m.tool_calls).unwrap_or_default() {
+            let f = tc.function.unwrap_or(MessageFunction {
+                name: String::new(),
+                arguments: String::new(),
+            });
+            r.tool_calls.push(ToolCall {
+                choice: ch.index,
+                id: tc.id,
+                name: f.name,
+                arguments: f.arguments,
+            });
+        }
+    }
+    true
+}

@@ -1,0 +1,264 @@
+//! OpenAI Responses API (`/v1/responses`): JSON response objects and typed event streams.
+//!
+//! Streams: model and id from `response.created`; usage, status and model from the terminal
+//! `response.completed` / `response.incomplete` / `response.failed`; function-call arguments are
+//! the `response.function_call_arguments.delta` fragments joined per `item_id`.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::{ErrorObj, ResponseRecord, ToolCall, Usage};
+
+/// Stream state.
+#[derive(Default)]
+pub struct Stream {
+    pub(super) record: ResponseRecord,
+    /// (item id, call) in the order the items were added.
+    calls: Vec<(String, ToolCall)>,
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    response: Option<ResponseObj>,
+    #[serde(default)]
+    item: Option<Item>,
+    #[serde(default, borrow)]
+    item_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ResponseObj {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    output: Vec<Item>,
+    #[serde(default)]
+    usage: Option<ResponsesUsage>,
+    #[serde(default)]
+    error: Option<ErrorObj>,
+    #[serde(default)]
+    incomplete_details: Option<Incomplete>,
+}
+
+#[derive(Deserialize)]
+struct Incomplete {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    call_id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens_details: Option<InputDetails>,
+    #[serde(default)]
+    output_tokens_details: Option<OutputDetails>,
+}
+
+#[derive(Deserialize)]
+struct InputDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OutputDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<ErrorObj>,
+}
+
+/// Output items that are neither messages, reasoning nor client function calls are tools the
+/// provider ran itself.
+fn is_server_tool(kind: &str) -> bool {
+    !matches!(kind, "message" | "reasoning" | "function_call" | "")
+}
+
+// === impl ResponsesUsage ===
+
+impl ResponsesUsage {
+    fn to_usage(&self) -> Usage {
+        Usage {
+            input: self.input_tokens,
+            output: self.output_tokens,
+            cached_input: self
+                .input_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens),
+            cache_creation_input: None,
+            reasoning: self
+                .output_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens),
+            total: self.total_tokens,
+        }
+    }
+}
+
+// === impl ResponseObj ===
+
+impl ResponseObj {
+    /// Terminal facts: model, id, status, usage, error.
+    fn apply(&self, r: &mut ResponseRecord) {
+        if self.id.is_some() {
+            r.id.clone_from(&self.id);
+        }
+        if self.model.is_some() {
+            r.model.clone_from(&self.model);
+        }
+        if let Some(u) = &self.usage {
+            r.usage = u.to_usage();
+        }
+        if let Some(e) = &self.error {
+            r.error_type = Some(e.error_type());
+        }
+        if let Some(s) = &self.status {
+            let reason = self
+                .incomplete_details
+                .as_ref()
+                .and_then(|d| d.reason.as_deref());
+            r.finish_reasons = vec![match reason {
+                Some(reason) => format!("{s}:{reason}"),
+                None => s.clone(),
+            }];
+        }
+    }
+}
+
+// === impl Stream ===
+
+impl Stream {
+    /// One `data:` payload; `None` when it is not an event, else whether it carried output.
+    pub(super) fn event(&mut self, data: &[u8]) -> Option<bool> {
+        let ev: Event<'_> = serde_json::from_slice(data).ok()?;
+        match ev.kind.as_ref() {
+            "response.created" | "response.in_progress" => {
+                if let Some(resp) = &ev.response {
+                    if self.record.id.is_none() {
+                        self.record.id.clone_from(&resp.id);
+                    }
+                    if self.record.model.is_none() {
+                        self.record.model.clone_from(&resp.model);
+                    }
+                }
+                Some(false)
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                if let Some(resp) = &ev.response {
+                    resp.apply(&mut self.record);
+                }
+                Some(false)
+            }
+            "response.output_item.added" => {
+                if let Some(item) = ev.item {
+                    self.item_added(item);
+                }
+                Some(false)
+            }
+            "response.function_call_arguments.delta" => {
+                if let (Some(id), Some(d)) = (ev.item_id, ev.delta) {
+                    if let Some((_, call)) = self.calls.iter_mut().find(|(i, _)| *i == id) {
+                        call.arguments.push_str(&d);
+                    }
+                }
+                Some(true)
+            }
+            "error" => {
+                self.record.error_type = Some(match ev.code {
+                    Some(serde_json::Value::String(s)) => s,
+                    _ => "error".to_string(),
+                });
+                Some(false)
+            }
+            k => Some(k.ends_with(".delta")),
+        }
+    }
+
+    fn item_added(&mut self, item: Item) {
+        if item.kind == "function_call" {
+            self.calls.push((
+                item.id.unwrap_or_default(),
+                ToolCall {
+                    choice: 0,
+                    id: item.call_id,
+                    name: item.name.unwrap_or_default(),
+                    arguments: String::new(),
+                },
+            ));
+        } else if is_server_tool(&item.kind) {
+            self.record.server_tool_calls.push(item.kind);
+        }
+    }
+
+    /// The stream ended.
+    pub(super) fn finish(mut self) -> ResponseRecord {
+        self.record.tool_calls = self.calls.into_iter().map(|(_, c)| c).collect();
+        self.record
+    }
+}
+
+/// A whole JSON body; false when it is not JSON of this shape.
+pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    if v.get("object").is_none() && v.get("error").is_some_and(|e| !e.is_null()) {
+        if let Ok(e) = serde_json::from_value::<ErrorBody>(v) {
+            r.error_type = e.error.as_ref().map(ErrorObj::error_type);
+        }
+        return true;
+    }
+    let Ok(resp) = serde_json::from_value::<ResponseObj>(v) else {
+        return false;
+    };
+    resp.apply(r);
+    for item in resp.output {
+        if item.kind == "function_call" {
+            r.tool_calls.push(ToolCall {
+                choice: 0,
+                id: item.call_id,
+                name: item.name.unwrap_or_default(),
+                arguments: item.arguments.unwrap_or_default(),
+            });
+        } else if is_server_tool(&item.kind) {
+            r.server_tool_calls.push(item.kind);
+        }
+    }
+    true
+}

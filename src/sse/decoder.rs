@@ -1,0 +1,293 @@
+//! Server-sent events, parsed as the WHATWG event-stream rules say: lines end in LF, CRLF or CR
+//! (a CR at the end of one chunk and an LF at the start of the next are one line end); `data:`
+//! lines of one event are joined with LF; lines starting with `:` are comments; an empty line
+//! dispatches the event; an event with no data is not dispatched; one leading space after the
+//! colon is dropped; a byte-order mark at the very start is ignored.
+
+use memchr::{memchr, memchr2};
+
+/// One decoded item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseItem<'a> {
+    /// A complete event. `event` is `message` when the stream named none.
+    Event {
+        /// The `event:` field.
+        event: &'a [u8],
+        /// The `data:` lines joined with `\n`.
+        data: &'a [u8],
+    },
+    /// An event larger than the decoder's maximum; its content was dropped.
+    Oversized,
+}
+
+/// Incremental SSE decoder with bounded memory.
+#[derive(Debug)]
+pub struct SseDecoder {
+    max: usize,
+    /// A line cut by a chunk boundary.
+    partial: Vec<u8>,
+    data: Vec<u8>,
+    event: Vec<u8>,
+    /// The previous chunk ended in CR: an LF starting the next one belongs to it.
+    after_cr: bool,
+    /// The current line is longer than the maximum: drop it up to its end.
+    skipping_line: bool,
+    /// The current event went over the maximum.
+    oversized: bool,
+    /// No line has been completed yet (the byte-order mark may start the first one).
+    first_line: bool,
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+// === impl SseDecoder ===
+
+impl SseDecoder {
+    /// A decoder keeping events of at most `max_event_bytes` of data.
+    pub fn new(max_event_bytes: usize) -> Self {
+        Self {
+            max: max_event_bytes,
+            partial: Vec::new(),
+            data: Vec::new(),
+            event: Vec::new(),
+            after_cr: false,
+            skipping_line: false,
+            oversized: false,
+            first_line: true,
+        }
+    }
+
+    /// Feed the next chunk of the stream; `f` is called for every event it completes.
+    pub fn feed(&mut self, mut chunk: &[u8], mut f: impl FnMut(SseItem<'_>)) {
+        if chunk.is_empty() {
+            return; // an empty frame must not cancel a pending CR-LF join
+        }
+        if self.after_cr {
+            self.after_cr = false;
+            if let Some(rest) = chunk.strip_prefix(b"\n") {
+                chunk = rest;
+            }
+        }
+        while !chunk.is_empty() {
+            let Some(end) = memchr2(b'\n', b'\r', chunk) else {
+                self.keep_partial(chunk);
+                return;
+            };
+            let line = &chunk[..end];
+            // A CR followed by LF is one line end; a CR last in the chunk may be too.
+            let mut next = end + 1;
+            if chunk[end] == b'\r' {
+                match chunk.get(next) {
+                    Some(b'\n') => next += 1,
+                    None => self.after_cr = true,
+                    Some(_) => {}
+                }
+            }
+            if self.partial.is_empty() && !self.skipping_line {
+                self.line(line, &mut f);
+            } else {
+                self.keep_partial(line);
+                let whole = std::mem::take(&mut self.partial);
+                if self.skipping_line {
+                    self.skipping_line = false;
+                    self.oversized = true;
+                } else {
+                    self.line(&whole, &mut f);
+                }
+                self.partial = whole;
+                self.partial.clear();
+            }
+            chunk = &chunk[next..];
+        }
+    }
+
+    /// Bytes held for an unfinished line or event (bounded by the maximum event size).
+    pub fn buffered(&self) -> usize {
+        self.partial.len() + self.data.len()
+    }
+
+    fn keep_partial(&mut self, bytes: &[u8]) {
+        if self.skipping_line {
+            return;
+        }
+        if self.partial.len() + bytes.len() > self.max + 16 {
+            // A line longer than any event we keep: drop it and the event it belongs to.
+            self.partial.clear();
+            self.skipping_line = true;
+            return;
+        }
+        self.partial.extend_from_slice(bytes);
+    }
+
+    fn line(&mut self, mut line: &[u8], f: &mut impl FnMut(SseItem<'_>)) {
+        if self.first_line {
+            self.first_line = false;
+            if let Some(rest) = line.strip_prefix(BOM) {
+                line = rest;
+            }
+        }
+        if line.is_empty() {
+            self.dispatch(f);
+            return;
+        }
+        if line[0] == b':' {
+            return; // comment / keep-alive
+        }
+        let (name, value) = match memchr(b':', line) {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        match name {
+            b"data" => {
+                if self.oversized {
+                    return;
+                }
+                if self.data.len() + value.len() + 1 > self.max {
+                    self.oversized = true;
+                    self.data.clear();
+                    return;
+                }
+                self.data.extend_from_slice(value);
+                self.data.push(b'\n');
+            }
+            b"event" => {
+                self.event.clear();
+                self.event.extend_from_slice(&value[..value.len().min(256)]);
+            }
+            _ => {} // id, retry and unknown fields carry nothing we account
+        }
+    }
+
+    fn dispatch(&mut self, f: &mut impl FnMut(SseItem<'_>)) {
+        if self.oversized {
+            f(SseItem::Oversized);
+        } else if !self.data.is_empty() {
+            self.data.pop(); // the LF after the last data line
+            let event: &[u8] = if self.event.is_empty() {
+                b"message"
+            } else {
+                &self.event
+            };
+            f(SseItem::Event {
+                event,
+                data: &self.data,
+            });
+        }
+        self.data.clear();
+        self.event.clear();
+        self.oversized = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq, Clone)]
+    enum Ev {
+        E(String, String),
+        Big,
+    }
+
+    fn decode_chunks(chunks: &[&[u8]], max: usize) -> Vec<Ev> {
+        let mut d = SseDecoder::new(max);
+        let mut out = Vec::new();
+        for c in chunks {
+            d.feed(c, |it| {
+                out.push(match it {
+                    SseItem::Event { event, data } => Ev::E(
+                        String::from_utf8_lossy(event).into(),
+                        String::from_utf8_lossy(data).into(),
+                    ),
+                    SseItem::Oversized => Ev::Big,
+                })
+            });
+        }
+        out
+    }
+
+    fn e(ev: &str, data: &str) -> Ev {
+        Ev::E(ev.into(), data.into())
+    }
+
+    #[test]
+    fn whatwg_rules() {
+        let s = b"\xEF\xBB\xBFdata: a\n\n: keep-alive\n\nevent: x\ndata:b\ndata:  c\n\nid: 1\n\ndata\n\nretry: 5\ndata: [DONE]\n\n";
+        assert_eq!(
+            decode_chunks(&[s], 1024),
+            vec![
+                e("message", "a"),
+                e("x", "b\n c"),
+                e("message", ""),
+                e("message", "[DONE]")
+            ]
+        );
+    }
+
+    #[test]
+    fn line_ends_lf_crlf_cr_and_split_crlf() {
+        let want = vec![e("message", "1"), e("message", "2"), e("message", "3")];
+        assert_eq!(
+            decode_chunks(&[b"data: 1\r\n\r\ndata: 2\r\rdata: 3\n\n"], 64),
+            want
+        );
+        // CR at the end of one chunk, LF at the start of the next: one line end, not two.
+        assert_eq!(
+            decode_chunks(
+                &[b"data: 1\r", b"\n\r", b"\ndata: 2\r", b"\rdata: 3\n", b"\n"],
+                64
+            ),
+            want
+        );
+    }
+
+    #[test]
+    fn one_byte_at_a_time_equals_whole() {
+        let s: &[u8] =
+            b"event: message_start\r\ndata: {\"a\":1}\r\n\r\n:ping\n\ndata: x\ndata: y\n\n";
+        let whole = decode_chunks(&[s], 1024);
+        let bytes: Vec<&[u8]> = s.chunks(1).collect();
+        assert_eq!(decode_chunks(&bytes, 1024), whole);
+        assert_eq!(whole.len(), 2);
+    }
+
+    #[test]
+    fn incomplete_event_at_end_is_not_dispatched() {
+        assert_eq!(
+            decode_chunks(&[b"data: 1\n\ndata: 2\n"], 64),
+            vec![e("message", "1")]
+        );
+    }
+
+    #[test]
+    fn oversized_events_are_reported_and_the_stream_recovers() {
+        let big = format!("data: {}\n\ndata: ok\n\n", "x".repeat(100));
+        assert_eq!(
+            decode_chunks(&[big.as_bytes()], 32),
+            vec![Ev::Big, e("message", "ok")]
+        );
+        // Many small data lines adding up past the maximum.
+        let many = format!("{}\ndata: ok\n\n", "data: 0123456789\n".repeat(10));
+        assert_eq!(
+            decode_chunks(&[many.as_bytes()], 32),
+            vec![Ev::Big, e("message", "ok")]
+        );
+        // A huge line split over many chunks never buffers more than the maximum.
+        let mut d = SseDecoder::new(32);
+        let mut items = 0;
+        d.feed(b"data: ", |_| items += 1);
+        for _ in 0..1000 {
+            d.feed(&[b'z'; 100], |_| items += 1);
+            assert!(d.buffered() <= 64, "{}", d.buffered());
+        }
+        let mut got = Vec::new();
+        d.feed(b"\n\ndata: after\n\n", |it| got.push(format!("{it:?}")));
+        assert_eq!(items, 0);
+        assert_eq!(got.len(), 2);
+        assert!(got[0].contains("Oversized"));
+        assert!(got[1].contains("after") || got[1].contains("97, 102"));
+    }
+}

@@ -18,14 +18,12 @@ use tokio::time::Instant;
 use crate::body::{BodyEnd, Observer};
 use crate::telemetry::metrics as m;
 
+use super::accounting::{CallLabels, Ending, LlmCall};
 use super::error::UpstreamErrorKind;
 
 /// One request in flight.
 pub struct Call {
-    route: Arc<str>,
-    provider: &'static str,
-    operation: &'static str,
-    agent: Arc<str>,
+    base: CallLabels,
     method: Method,
     path: String,
     access_log: bool,
@@ -42,6 +40,7 @@ pub struct Call {
     pub bytes_in: usize,
     bytes_out: u64,
     upstream_error: Option<&'static str>,
+    llm: Option<LlmCall>,
     finished: bool,
 }
 
@@ -69,10 +68,12 @@ impl Call {
     /// Start tracking a call that arrived at `started`.
     pub fn new(info: CallInfo, started: Instant) -> Self {
         Self {
-            route: info.route,
-            provider: info.provider,
-            operation: info.operation,
-            agent: info.agent,
+            base: CallLabels {
+                route: info.route,
+                provider: info.provider,
+                operation: info.operation,
+                agent: info.agent,
+            },
             method: info.method,
             path: info.path,
             access_log: info.access_log,
@@ -84,7 +85,20 @@ impl Call {
             bytes_in: 0,
             bytes_out: 0,
             upstream_error: None,
+            llm: None,
             finished: false,
+        }
+    }
+
+    /// Account this call as an LLM call.
+    pub fn set_llm(&mut self, llm: LlmCall) {
+        self.llm = Some(llm);
+    }
+
+    /// The upstream's response headers: the LLM parser picks JSON or SSE, or none if encoded.
+    pub fn on_response_headers(&mut self, headers: &http::HeaderMap) {
+        if let Some(llm) = self.llm.as_mut() {
+            llm.on_response(headers);
         }
     }
 
@@ -124,27 +138,37 @@ impl Call {
             BodyEnd::UpstreamError => self.upstream_error = Some("reset"),
             BodyEnd::IdleTimeout => self.upstream_error = Some("timeout"),
             BodyEnd::ClientGone => {
-                counter!(m::CLIENT_DISCONNECTS_TOTAL, "route" => self.route.clone()).increment(1)
+                counter!(m::CLIENT_DISCONNECTS_TOTAL, "route" => self.base.route.clone())
+                    .increment(1)
             }
             BodyEnd::Complete => {}
         }
         counter!(m::REQUESTS_TOTAL,
-            "route" => self.route.clone(),
-            "provider" => self.provider,
-            "operation" => self.operation,
-            "agent" => self.agent.clone(),
+            "route" => self.base.route.clone(),
+            "provider" => self.base.provider,
+            "operation" => self.base.operation,
+            "agent" => self.base.agent.clone(),
             "status" => status,
         )
         .increment(1);
         if let Some(kind) = self.upstream_error {
-            counter!(m::UPSTREAM_ERRORS_TOTAL, "route" => self.route.clone(), "kind" => kind)
+            counter!(m::UPSTREAM_ERRORS_TOTAL, "route" => self.base.route.clone(), "kind" => kind)
                 .increment(1);
         }
         let duration = now.duration_since(self.started);
-        histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.route.clone(), "status" => status)
+        histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.base.route.clone(), "status" => status)
             .record(duration.as_secs_f64());
+        if let Some(llm) = self.llm.take() {
+            let ending = Ending {
+                end,
+                status: self.status,
+                started: self.started,
+                now,
+            };
+            llm.finish(&self.base, &ending);
+        }
         if let Some(overhead) = self.overhead() {
-            histogram!(m::OVERHEAD_SECONDS, "route" => self.route.clone())
+            histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())
                 .record(overhead.as_secs_f64());
         }
         if self.access_log {
@@ -154,7 +178,7 @@ impl Call {
             };
             tracing::info!(
                 target: "tokenwarden::access",
-                route = %self.route,
+                route = %self.base.route,
                 method = %self.method,
                 path = %self.path,
                 status = self.status.map(|s| s.as_u16()).unwrap_or(0),
@@ -163,7 +187,7 @@ impl Call {
                 upstream_ms,
                 bytes_in = self.bytes_in,
                 bytes_out = self.bytes_out,
-                agent = %self.agent,
+                agent = %self.base.agent,
                 "request"
             );
         }
@@ -186,6 +210,9 @@ impl Call {
 impl Observer for Call {
     fn on_data(&mut self, data: &Bytes) {
         self.bytes_out += data.len() as u64;
+        if let Some(llm) = self.llm.as_mut() {
+            llm.on_data(data, &self.base);
+        }
     }
 
     fn on_end(mut self, end: BodyEnd) {

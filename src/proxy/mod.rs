@@ -10,9 +10,11 @@
 //!    [`ObservedBody`] so each frame goes to the client as it arrives and the [`Call`] finishes
 //!    exactly once.
 
+pub mod accounting;
 mod call;
 pub mod error;
 pub mod headers;
+pub mod inspect;
 pub mod protocol;
 pub mod route;
 pub mod upstream;
@@ -33,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::body::ObservedBody;
 use crate::config::Config;
-use crate::telemetry::labels::LabelCap;
+use crate::telemetry::labels::Labels;
 
 use error::UpstreamErrorKind;
 use protocol::ErrorShape;
@@ -42,15 +44,12 @@ use route::{Route, RouteError, Router};
 /// The body of every response the proxy returns.
 pub type ProxyBody = Either<ObservedBody<Incoming, Call>, Full<Bytes>>;
 
-/// Longest agent name kept as a label value; longer ones report as `other`.
-const MAX_AGENT_LABEL_LEN: usize = 128;
-
 /// The proxy service shared by every connection.
 pub struct Proxy {
     router: Router,
     max_body: usize,
     agent_header: HeaderName,
-    agents: LabelCap,
+    labels: Arc<Labels>,
     access_log: bool,
 }
 
@@ -64,7 +63,7 @@ impl Proxy {
             max_body: config.server.max_request_body_bytes,
             agent_header: HeaderName::from_bytes(config.identity.agent_header.as_bytes())
                 .unwrap_or_else(|_| HeaderName::from_static("x-agent-name")),
-            agents: LabelCap::new(config.telemetry.max_label_values),
+            labels: Arc::new(Labels::new(config.telemetry.max_label_values)),
             access_log: config.logging.access_log,
         })
     }
@@ -97,7 +96,8 @@ impl Proxy {
             );
             return local_error(call, ProxyError::NoRoute, ErrorShape::OpenAi);
         };
-        let class = protocol::classify(route.protocol, &route.upstream_path(path));
+        let upath = route.upstream_path(path);
+        let class = protocol::classify(route.protocol, &upath);
         let shape = class.error_shape();
         let mut call = Call::new(
             CallInfo {
@@ -117,6 +117,9 @@ impl Proxy {
             Err(e) => return local_error(call, e, shape),
         };
         call.bytes_in = body.len();
+        if let Some(facts) = inspect::inspect(&class, &upath, parts.uri.query(), &body) {
+            call.set_llm(accounting::LlmCall::new(facts, self.labels.clone()));
+        }
 
         let uri = match route.upstream_uri(path, parts.uri.query()) {
             Ok(u) => u,
@@ -159,6 +162,7 @@ impl Proxy {
         call.upstream_status(resp.status());
 
         let (mut rparts, rbody) = resp.into_parts();
+        call.on_response_headers(&rparts.headers);
         headers::strip_hop_by_hop(&mut rparts.headers);
         rparts.version = Version::HTTP_11;
         call.returned = Some(Instant::now());
@@ -173,10 +177,7 @@ impl Proxy {
             .map(str::trim)
             .filter(|v| !v.is_empty());
         match (from_header, &route.agent) {
-            (Some(a), _) if a.len() > MAX_AGENT_LABEL_LEN => {
-                Arc::from(crate::telemetry::labels::OTHER)
-            }
-            (Some(a), _) => self.agents.get(a),
+            (Some(a), _) => self.labels.agents.get(a),
             (None, Some(a)) => a.clone(),
             (None, None) => Arc::from("default"),
         }

@@ -8,6 +8,34 @@ use dashmap::DashMap;
 /// The value reported once a label has seen its maximum of distinct values.
 pub const OTHER: &str = "other";
 
+/// The capped label sets traffic can grow: agents, models, tools and error types.
+#[derive(Debug)]
+pub struct Labels {
+    /// `agent` label values.
+    pub agents: LabelCap,
+    /// `model`, `gen_ai_request_model`, `gen_ai_response_model` values.
+    pub models: LabelCap,
+    /// `tool` values.
+    pub tools: LabelCap,
+    /// `error_type` values taken from provider error bodies.
+    pub errors: LabelCap,
+}
+
+impl Labels {
+    /// Every set capped at `max` distinct values.
+    pub fn new(max: usize) -> Self {
+        Self {
+            agents: LabelCap::new(max),
+            models: LabelCap::new(max),
+            tools: LabelCap::new(max),
+            errors: LabelCap::new(max),
+        }
+    }
+}
+
+/// Longest label value kept; longer values report as `other`.
+pub const MAX_LABEL_LEN: usize = 128;
+
 /// A set of admitted values for one label.
 #[derive(Debug)]
 pub struct LabelCap {
@@ -28,6 +56,9 @@ impl LabelCap {
 
     /// The label value to report for `value`: itself if admitted, else `other`.
     pub fn get(&self, value: &str) -> Arc<str> {
+        if value.len() > MAX_LABEL_LEN {
+            return Arc::from(OTHER);
+        }
         if let Some(e) = self.seen.get(value) {
             return e.key().clone();
         }

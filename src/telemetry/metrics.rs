@@ -18,6 +18,21 @@ pub const CLIENT_DISCONNECTS_TOTAL: &str = "tokenwarden_client_disconnects_total
 pub const OVERHEAD_SECONDS: &str = "tokenwarden_overhead_seconds";
 /// Whole request duration as the client sees it, to the last body byte.
 pub const REQUEST_DURATION_SECONDS: &str = "tokenwarden_request_duration_seconds";
+/// Tokens by agent, model and type (input counts every input token; the others are subsets).
+pub const TOKENS_TOTAL: &str = "tokenwarden_tokens_total";
+/// Tool calls the model made, by agent and tool.
+pub const TOOL_CALLS_TOTAL: &str = "tokenwarden_tool_calls_total";
+/// Response bodies (or events) that could not be read, by route and reason.
+pub const UNPARSED_BODIES_TOTAL: &str = "tokenwarden_unparsed_bodies_total";
+/// GenAI `gen_ai.client.token.usage`: tokens per call by `gen_ai_token_type`.
+pub const GEN_AI_TOKEN_USAGE: &str = "gen_ai_client_token_usage";
+/// GenAI `gen_ai.client.operation.duration`.
+pub const GEN_AI_OPERATION_DURATION: &str = "gen_ai_client_operation_duration_seconds";
+/// GenAI `gen_ai.client.operation.time_to_first_chunk` (streams).
+pub const GEN_AI_TIME_TO_FIRST_CHUNK: &str = "gen_ai_client_operation_time_to_first_chunk_seconds";
+/// GenAI `gen_ai.client.operation.time_per_output_chunk` (streams).
+pub const GEN_AI_TIME_PER_OUTPUT_CHUNK: &str =
+    "gen_ai_client_operation_time_per_output_chunk_seconds";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "tokenwarden_build_info";
 
@@ -25,6 +40,23 @@ pub const BUILD_INFO: &str = "tokenwarden_build_info";
 const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05,
+];
+/// GenAI token-usage buckets (semantic conventions v1.41 advisory boundaries).
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0,
+    4.0,
+    16.0,
+    64.0,
+    256.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
 ];
 /// Buckets for LLM call durations (the GenAI conventions' operation-duration boundaries).
 const DURATION_BUCKETS: &[f64] = &[
@@ -39,13 +71,18 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(OVERHEAD_SECONDS.into()), OVERHEAD_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(REQUEST_DURATION_SECONDS.into()),
-                        DURATION_BUCKETS,
-                    )
+            let buckets: [(&str, &[f64]); 6] = [
+                (OVERHEAD_SECONDS, OVERHEAD_BUCKETS),
+                (REQUEST_DURATION_SECONDS, DURATION_BUCKETS),
+                (GEN_AI_TOKEN_USAGE, TOKEN_BUCKETS),
+                (GEN_AI_OPERATION_DURATION, DURATION_BUCKETS),
+                (GEN_AI_TIME_TO_FIRST_CHUNK, DURATION_BUCKETS),
+                (GEN_AI_TIME_PER_OUTPUT_CHUNK, DURATION_BUCKETS),
+            ];
+            let builder = buckets
+                .into_iter()
+                .try_fold(PrometheusBuilder::new(), |b, (name, bounds)| {
+                    b.set_buckets_for_metric(Matcher::Full(name.into()), bounds)
                 });
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
@@ -99,6 +136,40 @@ fn describe() {
         REQUEST_DURATION_SECONDS,
         Unit::Seconds,
         "Request duration from first byte in to last byte out."
+    );
+    describe_counter!(
+        TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens by agent, model and type (input|output|cached_input|cache_creation_input|reasoning)."
+    );
+    describe_counter!(
+        TOOL_CALLS_TOTAL,
+        Unit::Count,
+        "Tool calls the model made, by agent and tool."
+    );
+    describe_counter!(
+        UNPARSED_BODIES_TOTAL,
+        Unit::Count,
+        "Response bodies or events forwarded but not understood, by route and reason."
+    );
+    describe_histogram!(
+        GEN_AI_TOKEN_USAGE,
+        "Tokens per LLM call by gen_ai_token_type (GenAI conventions)."
+    );
+    describe_histogram!(
+        GEN_AI_OPERATION_DURATION,
+        Unit::Seconds,
+        "LLM call duration to the last byte (GenAI conventions)."
+    );
+    describe_histogram!(
+        GEN_AI_TIME_TO_FIRST_CHUNK,
+        Unit::Seconds,
+        "Streamed calls: time from the request to the first output chunk."
+    );
+    describe_histogram!(
+        GEN_AI_TIME_PER_OUTPUT_CHUNK,
+        Unit::Seconds,
+        "Streamed calls: time between consecutive output chunks."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the running version.");
 }

@@ -1,0 +1,218 @@
+//! LLM accounting for one call: feeds response frames to the provider parser, times the first
+//! and following output chunks, and records tokens, tool calls and the GenAI histograms when
+//! the call ends.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use http::{HeaderMap, StatusCode};
+use metrics::{counter, histogram, Histogram, Label};
+use tokio::time::Instant;
+
+use crate::body::BodyEnd;
+use crate::providers::{ResponseParser, ResponseRecord};
+use crate::telemetry::labels::Labels;
+use crate::telemetry::metrics as m;
+
+use super::inspect::RequestFacts;
+
+/// Largest response body (JSON) or single event (SSE) kept for parsing.
+pub const MAX_PARSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Labels every GenAI series of a call shares.
+pub struct CallLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// `gen_ai.provider.name`.
+    pub provider: &'static str,
+    /// `gen_ai.operation.name`.
+    pub operation: &'static str,
+    /// Agent label.
+    pub agent: Arc<str>,
+}
+
+/// Accounting state of one LLM call.
+pub struct LlmCall {
+    facts: RequestFacts,
+    request_model: Arc<str>,
+    labels: Arc<Labels>,
+    parser: Option<ResponseParser>,
+    unparsed: Option<&'static str>,
+    streamed: bool,
+    first_output: Option<Instant>,
+    last_output: Option<Instant>,
+    per_chunk: Option<Histogram>,
+}
+
+/// How the call ended, for the finish step.
+pub struct Ending {
+    /// How the body ended.
+    pub end: BodyEnd,
+    /// Status sent to the client.
+    pub status: Option<StatusCode>,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Now.
+    pub now: Instant,
+}
+
+// === impl LlmCall ===
+
+impl LlmCall {
+    /// Start accounting a call the request described as `facts`.
+    pub fn new(facts: RequestFacts, labels: Arc<Labels>) -> Self {
+        let request_model = labels
+            .models
+            .get(facts.model.as_deref().unwrap_or("unknown"));
+        Self {
+            facts,
+            request_model,
+            labels,
+            parser: None,
+            unparsed: None,
+            streamed: false,
+            first_output: None,
+            last_output: None,
+            per_chunk: None,
+        }
+    }
+
+    /// The upstream's response headers arrived: choose how to read the body.
+    pub fn on_response(&mut self, headers: &HeaderMap) {
+        let encoded = headers
+            .get(CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if encoded {
+            // Forwarded compressed and untouched; reading a decompressed copy comes later.
+            self.unparsed = Some("compressed");
+            return;
+        }
+        self.streamed = headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        self.parser = Some(ResponseParser::new(
+            self.facts.format,
+            self.streamed,
+            MAX_PARSE_BYTES,
+        ));
+    }
+
+    /// One response frame, as it passes to the client.
+    pub fn on_data(&mut self, data: &Bytes, base: &CallLabels) {
+        let Some(parser) = self.parser.as_mut() else {
+            return;
+        };
+        if parser.feed(data).output_events == 0 {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(last) = self.last_output {
+            let h = self.per_chunk.get_or_insert_with(|| {
+                histogram!(m::GEN_AI_TIME_PER_OUTPUT_CHUNK,
+                    "gen_ai_operation_name" => base.operation,
+                    "gen_ai_provider_name" => base.provider,
+                    "gen_ai_request_model" => self.request_model.clone(),
+                    "agent" => base.agent.clone(),
+                )
+            });
+            h.record(now.duration_since(last).as_secs_f64());
+        } else {
+            self.first_output = Some(now);
+        }
+        self.last_output = Some(now);
+    }
+
+    /// The call ended: record what the response said.
+    pub fn finish(self, base: &CallLabels, ending: &Ending) {
+        let record = match self.parser {
+            Some(p) => p.finish(),
+            None => ResponseRecord {
+                unparsed: self.unparsed,
+                ..ResponseRecord::default()
+            },
+        };
+        if let Some(reason) = record.unparsed {
+            counter!(m::UNPARSED_BODIES_TOTAL, "route" => base.route.clone(), "reason" => reason)
+                .increment(1);
+        }
+        let response_model = match &record.model {
+            Some(model) => self.labels.models.get(model),
+            None => self.request_model.clone(),
+        };
+        let gen_ai = vec![
+            Label::new("gen_ai_operation_name", base.operation),
+            Label::new("gen_ai_provider_name", base.provider),
+            Label::new("gen_ai_request_model", self.request_model.to_string()),
+            Label::new("gen_ai_response_model", response_model.to_string()),
+            Label::new("agent", base.agent.to_string()),
+        ];
+        record_usage(&record, base, &response_model, &gen_ai);
+        for call in &record.tool_calls {
+            counter!(m::TOOL_CALLS_TOTAL,
+                "agent" => base.agent.clone(),
+                "tool" => self.labels.tools.get(&call.name),
+            )
+            .increment(1);
+        }
+        let mut labels = gen_ai.clone();
+        if let Some(err) = error_type(&record, ending) {
+            labels.push(Label::new(
+                "error_type",
+                self.labels.errors.get(&err).to_string(),
+            ));
+        }
+        histogram!(m::GEN_AI_OPERATION_DURATION, labels)
+            .record(ending.now.duration_since(ending.started).as_secs_f64());
+        if self.streamed {
+            if let Some(first) = self.first_output {
+                histogram!(m::GEN_AI_TIME_TO_FIRST_CHUNK, gen_ai)
+                    .record(first.duration_since(ending.started).as_secs_f64());
+            }
+        }
+    }
+}
+
+fn record_usage(record: &ResponseRecord, base: &CallLabels, model: &Arc<str>, gen_ai: &[Label]) {
+    let u = &record.usage;
+    let by_type = [
+        ("input", u.input),
+        ("output", u.output),
+        ("cached_input", u.cached_input),
+        ("cache_creation_input", u.cache_creation_input),
+        ("reasoning", u.reasoning),
+    ];
+    for (kind, n) in by_type {
+        let Some(n) = n else { continue };
+        counter!(m::TOKENS_TOTAL,
+            "agent" => base.agent.clone(),
+            "model" => model.clone(),
+            "type" => kind,
+        )
+        .increment(n);
+        if kind == "input" || kind == "output" {
+            let mut labels = gen_ai.to_vec();
+            labels.push(Label::new("gen_ai_token_type", kind));
+            histogram!(m::GEN_AI_TOKEN_USAGE, labels).record(n as f64);
+        }
+    }
+}
+
+/// `error.type` for a failed call: how the stream broke, the provider's error type, or the
+/// HTTP status.
+fn error_type(record: &ResponseRecord, ending: &Ending) -> Option<String> {
+    match ending.end {
+        BodyEnd::UpstreamError => return Some("upstream_reset".into()),
+        BodyEnd::IdleTimeout => return Some("timeout".into()),
+        BodyEnd::ClientGone => return Some("client_disconnected".into()),
+        BodyEnd::Complete => {}
+    }
+    if let Some(e) = &record.error_type {
+        return Some(e.clone());
+    }
+    match ending.status {
+        Some(s) if s.is_client_error() || s.is_server_error() => Some(s.as_u16().to_string()),
+        None => Some("no_response".into()),
+        _ => None,
+    }
+}

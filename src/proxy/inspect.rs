@@ -1,0 +1,151 @@
+//! What the request says about the call before it goes upstream: which response format to
+//! expect, the requested model and whether a stream was asked for.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::config::Protocol;
+use crate::providers::Format;
+
+use super::protocol::Classified;
+
+/// Facts read from the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFacts {
+    /// Response format to parse, when the call is one we understand.
+    pub format: Format,
+    /// Model named by the request (body `model`, Gemini path, Azure deployment).
+    pub model: Option<String>,
+    /// The request asked for a stream.
+    pub stream: bool,
+}
+
+#[derive(Deserialize)]
+struct Body<'a> {
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// Inspect a request on an upstream `path` (prefix already stripped) with `query`.
+pub fn inspect(
+    class: &Classified,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Option<RequestFacts> {
+    let format = format_for(class, path)?;
+    // Only JSON objects are read; anything else is forwarded and simply not inspected.
+    let parsed = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice::<Body<'_>>(body).ok(),
+        _ => None,
+    };
+    let mut model = parsed
+        .as_ref()
+        .and_then(|b| b.model.as_deref())
+        .map(str::to_string);
+    let mut stream = parsed.as_ref().and_then(|b| b.stream).unwrap_or(false);
+    if format == Format::Gemini {
+        model = gemini_model(path).map(str::to_string);
+        stream = path.contains(":streamGenerateContent")
+            && query.is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
+    }
+    if model.is_none() {
+        model = azure_deployment(path).map(str::to_string);
+    }
+    Some(RequestFacts {
+        format,
+        model,
+        stream,
+    })
+}
+
+/// The response format of a classified call, when tokenwarden reads it.
+fn format_for(class: &Classified, path: &str) -> Option<Format> {
+    match (class.protocol, class.operation) {
+        (_, "other") => None,
+        (Protocol::Anthropic, "chat") => Some(Format::Anthropic),
+        (Protocol::Gemini, "generate_content") => Some(Format::Gemini),
+        (Protocol::Openai | Protocol::Auto, _) if path.ends_with("/responses") => {
+            Some(Format::OpenAiResponses)
+        }
+        // Chat, legacy completions and embeddings share the usage object.
+        (Protocol::Openai | Protocol::Auto, _) => Some(Format::OpenAiChat),
+        _ => None,
+    }
+}
+
+fn gemini_model(path: &str) -> Option<&str> {
+    let after = &path[path.find("/models/")? + "/models/".len()..];
+    Some(after.split(':').next().unwrap_or(after)).filter(|m| !m.is_empty())
+}
+
+fn azure_deployment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/openai/deployments/")?;
+    rest.split('/').next().filter(|d| !d.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::protocol::classify;
+
+    fn facts(path: &str, query: Option<&str>, body: &str) -> Option<RequestFacts> {
+        inspect(
+            &classify(Protocol::Auto, path),
+            path,
+            query,
+            body.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn reads_model_and_stream() {
+        let f = facts(
+            "/v1/chat/completions",
+            None,
+            r#"{"model":"gpt-4o","stream":true,"messages":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (f.format, f.model.as_deref(), f.stream),
+            (Format::OpenAiChat, Some("gpt-4o"), true)
+        );
+        let f = facts("/v1/responses", None, r#"{"model":"gpt-4.1","input":"x"}"#).unwrap();
+        assert_eq!((f.format, f.stream), (Format::OpenAiResponses, false));
+        let f = facts("/v1/messages", None, r#"{"model":"claude","stream":true}"#).unwrap();
+        assert_eq!(f.format, Format::Anthropic);
+        assert!(facts("/v1/models", None, "").is_none());
+    }
+
+    #[test]
+    fn gemini_model_and_stream_come_from_the_path() {
+        let p = "/v1beta/models/gemini-2.5-flash:streamGenerateContent";
+        let f = facts(p, Some("alt=sse"), "{}").unwrap();
+        assert_eq!(
+            (f.model.as_deref(), f.stream),
+            (Some("gemini-2.5-flash"), true)
+        );
+        let f = facts(p, None, "{}").unwrap();
+        assert!(!f.stream, "without alt=sse the stream is a JSON array");
+    }
+
+    #[test]
+    fn azure_deployment_names_the_model() {
+        let f = facts(
+            "/openai/deployments/prod-gpt4/chat/completions",
+            Some("api-version=1"),
+            r#"{"messages":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(f.model.as_deref(), Some("prod-gpt4"));
+    }
+
+    #[test]
+    fn non_json_bodies_are_not_an_error() {
+        let f = facts("/v1/chat/completions", None, "not json").unwrap();
+        assert_eq!(f.model, None);
+    }
+}

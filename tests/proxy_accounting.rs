@@ -1,0 +1,255 @@
+//! Through the proxy, against the mock provider: exact token counts, tool calls, time to first
+//! chunk and unparsed bodies in /metrics, for every provider format, JSON and streamed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use tokenwarden::mock::output_tokens;
+
+struct Case {
+    agent: &'static str,
+    path: &'static str,
+    body: &'static str,
+    model: &'static str,
+    streamed: bool,
+    tools: u32,
+    reasoning: u64,
+}
+
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+const CHAT_STREAM_USAGE: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+const RESP: &str = r#"{"model":"gpt-4.1","input":"hi"}"#;
+const RESP_STREAM: &str = r#"{"model":"gpt-4.1","input":"hi","stream":true}"#;
+const MSG: &str =
+    r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+const MSG_STREAM: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const GEM: &str = r#"{"contents":[{"parts":[{"text":"hi"}]}]}"#;
+
+const CASES: &[Case] = &[
+    Case {
+        agent: "acc-chat-json",
+        path: "/v1/chat/completions",
+        body: CHAT,
+        model: "gpt-4o-mini",
+        streamed: false,
+        tools: 0,
+        reasoning: 0,
+    },
+    Case {
+        agent: "acc-chat-stream",
+        path: "/v1/chat/completions",
+        body: CHAT_STREAM_USAGE,
+        model: "gpt-4o-mini",
+        streamed: true,
+        tools: 2,
+        reasoning: 0,
+    },
+    Case {
+        agent: "acc-resp-json",
+        path: "/v1/responses",
+        body: RESP,
+        model: "gpt-4.1",
+        streamed: false,
+        tools: 1,
+        reasoning: 3,
+    },
+    Case {
+        agent: "acc-resp-stream",
+        path: "/v1/responses",
+        body: RESP_STREAM,
+        model: "gpt-4.1",
+        streamed: true,
+        tools: 2,
+        reasoning: 4,
+    },
+    Case {
+        agent: "acc-anth-json",
+        path: "/v1/messages",
+        body: MSG,
+        model: "claude-sonnet-4-5",
+        streamed: false,
+        tools: 1,
+        reasoning: 0,
+    },
+    Case {
+        agent: "acc-anth-stream",
+        path: "/v1/messages",
+        body: MSG_STREAM,
+        model: "claude-sonnet-4-5",
+        streamed: true,
+        tools: 2,
+        reasoning: 0,
+    },
+    Case {
+        agent: "acc-gem-json",
+        path: "/v1beta/models/gemini-2.5-flash:generateContent",
+        body: GEM,
+        model: "gemini-2.5-flash",
+        streamed: false,
+        tools: 1,
+        reasoning: 5,
+    },
+    Case {
+        agent: "acc-gem-stream",
+        path: "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        body: GEM,
+        model: "gemini-2.5-flash",
+        streamed: true,
+        tools: 2,
+        reasoning: 0,
+    },
+];
+
+#[tokio::test]
+async fn exact_tokens_tool_calls_and_ttft_for_every_format() {
+    let m = mock().await;
+    let p = TestProxy::to("accounting", m.addr(), "").await;
+    for c in CASES {
+        let tools = c.tools.to_string();
+        let reasoning = c.reasoning.to_string();
+        let (resp, _) = post(
+            &p.url(c.path),
+            &[
+                ("x-agent-name", c.agent),
+                ("x-mock-input-tokens", "37"),
+                ("x-mock-cached-tokens", "8"),
+                ("x-mock-output-chunks", "6"),
+                ("x-mock-tool-calls", &tools),
+                ("x-mock-reasoning-tokens", &reasoning),
+            ],
+            c.body,
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{}", c.agent);
+    }
+    let text = p.metrics().await;
+    for c in CASES {
+        let who = c.agent;
+        let tokens = |kind: &str| {
+            metric_value(
+                &text,
+                "tokenwarden_tokens_total",
+                &[("agent", who), ("model", c.model), ("type", kind)],
+            )
+        };
+        assert_eq!(tokens("input"), 37.0, "{who} input\n{text}");
+        let out = output_tokens(6, c.tools, c.reasoning) as f64;
+        assert_eq!(tokens("output"), out, "{who} output");
+        assert_eq!(tokens("cached_input"), 8.0, "{who} cached input");
+        if c.reasoning > 0 {
+            assert_eq!(tokens("reasoning"), c.reasoning as f64, "{who} reasoning");
+        }
+        let calls = metric_sum(&text, "tokenwarden_tool_calls_total", &[("agent", who)]);
+        assert_eq!(calls, f64::from(c.tools), "{who} tool calls");
+        let usage_count = metric_value(
+            &text,
+            "gen_ai_client_token_usage_count",
+            &[
+                ("agent", who),
+                ("gen_ai_token_type", "output"),
+                ("gen_ai_response_model", c.model),
+            ],
+        );
+        assert_eq!(usage_count, 1.0, "{who} gen_ai_client_token_usage");
+        let sum = metric_value(
+            &text,
+            "gen_ai_client_token_usage_sum",
+            &[("agent", who), ("gen_ai_token_type", "input")],
+        );
+        assert_eq!(sum, 37.0, "{who} token usage sum");
+        let ttft = metric_value(
+            &text,
+            "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+            &[("agent", who)],
+        );
+        assert_eq!(
+            ttft,
+            if c.streamed { 1.0 } else { 0.0 },
+            "{who} time to first chunk"
+        );
+        let duration = metric_value(
+            &text,
+            "gen_ai_client_operation_duration_seconds_count",
+            &[("agent", who)],
+        );
+        assert_eq!(duration, 1.0, "{who} operation duration");
+    }
+    // Chunks after the first are timed in streams.
+    assert!(
+        metric_sum(
+            &text,
+            "gen_ai_client_operation_time_per_output_chunk_seconds_count",
+            &[("agent", "acc-chat-stream")]
+        ) >= 5.0
+    );
+}
+
+#[tokio::test]
+async fn unreadable_and_compressed_bodies_are_forwarded_and_counted() {
+    let m = mock().await;
+    let p = TestProxy::to("unparsed", m.addr(), "").await;
+    let direct = post(
+        &format!("http://{}/v1/chat/completions", m.addr()),
+        &[("x-mock-fault", "garbage")],
+        CHAT,
+    )
+    .await;
+    let proxied = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-mock-fault", "garbage")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(
+        proxied.1, direct.1,
+        "unreadable body still forwarded untouched"
+    );
+    post(
+        &p.url("/v1/chat/completions"),
+        &[("x-mock-fault", "garbage")],
+        CHAT_STREAM_USAGE,
+    )
+    .await;
+    post(
+        &p.url("/v1/chat/completions"),
+        &[("x-mock-gzip", "1"), ("accept-encoding", "gzip")],
+        CHAT,
+    )
+    .await;
+    let text = p.metrics().await;
+    let reasons = |r: &str| {
+        metric_value(
+            &text,
+            "tokenwarden_unparsed_bodies_total",
+            &[("route", "unparsed"), ("reason", r)],
+        )
+    };
+    assert_eq!(reasons("invalid_json"), 1.0, "{text}");
+    assert_eq!(reasons("compressed"), 1.0);
+    assert!(reasons("invalid_event") >= 1.0 || reasons("invalid_json") >= 1.0);
+}
+
+#[tokio::test]
+async fn failed_calls_carry_an_error_type() {
+    let m = mock().await;
+    let p = TestProxy::to("acc-errors", m.addr(), "").await;
+    post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "acc-err"), ("x-mock-fault", "500")],
+        CHAT,
+    )
+    .await;
+    let text = p.metrics().await;
+    let with_error = metric_sum(
+        &text,
+        "gen_ai_client_operation_duration_seconds_count",
+        &[("agent", "acc-err"), ("error_type", "server_error")],
+    ) + metric_sum(
+        &text,
+        "gen_ai_client_operation_duration_seconds_count",
+        &[("agent", "acc-err"), ("error_type", "500")],
+    );
+    assert_eq!(with_error, 1.0, "{text}");
+}

@@ -38,8 +38,8 @@ pub enum BodyEnd {
 
 /// Sees a body's frames and its end.
 pub trait Observer: Send + 'static {
-    /// Called for every data frame, before it is handed on.
-    fn on_data(&mut self, data: &Bytes);
+    /// Called for every data frame, before it is handed on; `now` is when it arrived.
+    fn on_data(&mut self, data: &Bytes, now: Instant);
     /// Called exactly once, when the body ends however it ends.
     fn on_end(self, end: BodyEnd);
 }
@@ -147,7 +147,8 @@ where
         loop {
             match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    *this.last_frame = Instant::now();
+                    let now = Instant::now();
+                    *this.last_frame = now;
                     let data = match frame.into_data() {
                         Ok(d) => d,
                         Err(trailers) => {
@@ -162,7 +163,7 @@ where
                         }
                     };
                     if let Some(o) = this.observer.as_mut() {
-                        o.on_data(&data);
+                        o.on_data(&data, now);
                     }
                     hold(this.held, this.batch, data);
                     *this.yields = 0;
@@ -292,7 +293,7 @@ mod tests {
     struct Log(Arc<Mutex<(Vec<u8>, Vec<BodyEnd>)>>);
 
     impl Observer for Log {
-        fn on_data(&mut self, data: &Bytes) {
+        fn on_data(&mut self, data: &Bytes, _: Instant) {
             self.0.lock().unwrap().0.extend_from_slice(data);
         }
         fn on_end(self, end: BodyEnd) {
@@ -383,7 +384,7 @@ mod tests {
         #[derive(Default, Clone)]
         struct Count(Arc<Mutex<usize>>);
         impl Observer for Count {
-            fn on_data(&mut self, _: &Bytes) {
+            fn on_data(&mut self, _: &Bytes, _: Instant) {
                 *self.0.lock().unwrap() += 1;
             }
             fn on_end(self, _: BodyEnd) {}

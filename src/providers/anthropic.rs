@@ -11,7 +11,9 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{compact, ErrorObj, ResponseRecord, ToolCall, Usage};
+use super::{compact, json_key, ErrorObj, ResponseRecord, ToolCall, Usage};
+
+json_key!(PARTIAL_JSON, "partial_json");
 
 /// Stream state.
 #[derive(Default)]
@@ -152,6 +154,13 @@ impl RawUsage {
 impl Stream {
     /// One `data:` payload; `None` when it is not an event, else whether it carried output.
     pub(super) fn event(&mut self, data: &[u8]) -> Option<bool> {
+        if data.starts_with(br#"{"type":"content_block_delta""#)
+            && PARTIAL_JSON.find(data).is_none()
+            && data.ends_with(b"}")
+        {
+            // Text and thinking deltas, the bulk of a stream: output, nothing to account.
+            return Some(true);
+        }
         let ev: Event<'_> = serde_json::from_slice(data).ok()?;
         match ev.kind.as_ref() {
             "message_start" => {

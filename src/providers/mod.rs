@@ -14,6 +14,7 @@ mod parser;
 
 pub use parser::{Feed, ResponseParser};
 
+use memchr::memmem::Finder;
 use serde::Deserialize;
 
 /// Which response format a parser reads.
@@ -117,4 +118,65 @@ impl ErrorObj {
 /// Compact JSON of a value, keys in the order sent (Anthropic `input`, Gemini `args`).
 fn compact(v: &serde_json::Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
+}
+
+/// The first byte of the value of key `key` (given with its quotes, e.g. `b"\"usage\""`) in a
+/// JSON object's raw bytes, if the key occurs. Inside JSON strings every quote is escaped, so a
+/// quoted key followed by `:` can only be a key; this lets hot paths skip a full parse of events
+/// that carry nothing but output text.
+fn value_start(data: &[u8], key: &Finder<'static>) -> Option<u8> {
+    let klen = key.needle().len();
+    let mut from = 0;
+    while let Some(i) = key.find(&data[from..]) {
+        let rest = &data[from + i + klen..];
+        let mut it = rest.iter().copied().skip_while(u8::is_ascii_whitespace);
+        if it.next() == Some(b':') {
+            return it.find(|b| !b.is_ascii_whitespace());
+        }
+        from += i + klen;
+    }
+    None
+}
+
+/// Whether `key` holds a non-empty string (`"..."` with at least one character).
+fn non_empty_string(data: &[u8], key: &Finder<'static>) -> bool {
+    let klen = key.needle().len();
+    let mut from = 0;
+    while let Some(i) = key.find(&data[from..]) {
+        let rest = &data[from + i + klen..];
+        let mut it = rest.iter().copied().skip_while(u8::is_ascii_whitespace);
+        if it.next() == Some(b':') {
+            let mut v = it.skip_while(u8::is_ascii_whitespace);
+            return v.next() == Some(b'"') && v.next().is_some_and(|b| b != b'"');
+        }
+        from += i + klen;
+    }
+    false
+}
+
+/// A quoted JSON key with its searcher built once (building one costs more than a search).
+macro_rules! json_key {
+    ($name:ident, $key:literal) => {
+        static $name: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(concat!("\"", $key, "\"")));
+    };
+}
+pub(crate) use json_key;
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    json_key!(USAGE, "usage");
+    json_key!(CONTENT, "content");
+
+    #[test]
+    fn finds_values_not_text_inside_strings() {
+        let d = br#"{"choices":[{"delta":{"content":"say \"usage\": 1"}}],"usage" : null}"#;
+        assert_eq!(value_start(d, &USAGE), Some(b'n'));
+        assert!(non_empty_string(d, &CONTENT));
+        assert!(!non_empty_string(br#"{"content":""}"#, &CONTENT));
+        assert!(!non_empty_string(br#"{"content":null}"#, &CONTENT));
+        assert_eq!(value_start(br#"{"a":1}"#, &USAGE), None);
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{ErrorObj, ResponseRecord, ToolCall, Usage};
+use super::{json_key, ErrorObj, ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
 #[derive(Default)]
@@ -176,6 +176,14 @@ impl Stream {
         if crate::sse::is_done(data) {
             return Some(false);
         }
+        if self.record.model.is_some() && only_output(data) {
+            // The common chunk: a text delta and nothing else we account. Skip the full parse.
+            return Some(
+                [&*CONTENT, &*REASONING_CONTENT, &*REFUSAL]
+                    .into_iter()
+                    .any(|k| super::non_empty_string(data, k)),
+            );
+        }
         let chunk: Chunk<'_> = serde_json::from_slice(data).ok()?;
         if self.record.id.is_none() {
             self.record.id = chunk.id.map(Cow::into_owned);
@@ -248,6 +256,25 @@ impl Stream {
         self.record
     }
 }
+
+/// True when a chunk carries no usage, tool call, finish reason or error — only text, if anything.
+fn only_output(data: &[u8]) -> bool {
+    let absent_or_null = |k| matches!(super::value_start(data, k), None | Some(b'n'));
+    absent_or_null(&USAGE)
+        && absent_or_null(&FINISH_REASON)
+        && absent_or_null(&TOOL_CALLS)
+        && absent_or_null(&ERROR)
+        && CHOICES.find(data).is_some()
+}
+
+json_key!(USAGE, "usage");
+json_key!(FINISH_REASON, "finish_reason");
+json_key!(TOOL_CALLS, "tool_calls");
+json_key!(ERROR, "error");
+json_key!(CHOICES, "choices");
+json_key!(CONTENT, "content");
+json_key!(REASONING_CONTENT, "reasoning_content");
+json_key!(REFUSAL, "refusal");
 
 /// A whole JSON body; false when it is not JSON of this shape.
 pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {

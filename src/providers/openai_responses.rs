@@ -166,6 +166,9 @@ impl ResponseObj {
 impl Stream {
     /// One `data:` payload; `None` when it is not an event, else whether it carried output.
     pub(super) fn event(&mut self, data: &[u8]) -> Option<bool> {
+        if data.starts_with(br#"{"type":"response.output_text.delta""#) && data.ends_with(b"}") {
+            return Some(true); // the bulk of a text stream: output, nothing to account
+        }
         let ev: Event<'_> = serde_json::from_slice(data).ok()?;
         match ev.kind.as_ref() {
             "response.created" | "response.in_progress" => {

@@ -99,14 +99,13 @@ impl LlmCall {
     }
 
     /// One response frame, as it passes to the client.
-    pub fn on_data(&mut self, data: &Bytes, base: &CallLabels) {
+    pub fn on_data(&mut self, data: &Bytes, base: &CallLabels, now: Instant) {
         let Some(parser) = self.parser.as_mut() else {
             return;
         };
         if parser.feed(data).output_events == 0 {
             return;
         }
-        let now = Instant::now();
         if let Some(last) = self.last_output {
             let h = self.per_chunk.get_or_insert_with(|| {
                 histogram!(m::GEN_AI_TIME_PER_OUTPUT_CHUNK,

@@ -208,10 +208,10 @@ impl Call {
 }
 
 impl Observer for Call {
-    fn on_data(&mut self, data: &Bytes) {
+    fn on_data(&mut self, data: &Bytes, now: Instant) {
         self.bytes_out += data.len() as u64;
         if let Some(llm) = self.llm.as_mut() {
-            llm.on_data(data, &self.base);
+            llm.on_data(data, &self.base, now);
         }
     }
 

@@ -253,3 +253,95 @@ async fn failed_calls_carry_an_error_type() {
     );
     assert_eq!(with_error, 1.0, "{text}");
 }
+
+const CHAT_STREAM_NO_USAGE: &str =
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+
+#[tokio::test]
+async fn stream_usage_is_injected_upstream_and_hidden_from_the_client() {
+    let m = mock().await;
+    let p = TestProxy::to("inject", m.addr(), "").await;
+    let h = [
+        ("x-agent-name", "acc-inject"),
+        ("x-mock-input-tokens", "21"),
+        ("x-mock-output-chunks", "9"),
+        ("x-mock-tool-calls", "1"),
+    ];
+    let direct = post(
+        &format!("http://{}/v1/chat/completions", m.addr()),
+        &h,
+        CHAT_STREAM_NO_USAGE,
+    )
+    .await;
+    let proxied = post(&p.url("/v1/chat/completions"), &h, CHAT_STREAM_NO_USAGE).await;
+    let upstream_saw = m.last_request().unwrap().body_json().unwrap();
+    assert_eq!(
+        upstream_saw["stream_options"]["include_usage"], true,
+        "usage asked upstream"
+    );
+    let body = String::from_utf8(proxied.1.to_vec()).unwrap();
+    assert!(
+        !body.contains("\"usage\""),
+        "client sees no usage field or chunk:\n{body}"
+    );
+    assert_eq!(
+        proxied.1, direct.1,
+        "the client receives what the provider sends without include_usage"
+    );
+    let text = p.metrics().await;
+    let tokens = |kind: &str| {
+        metric_value(
+            &text,
+            "tokenwarden_tokens_total",
+            &[("agent", "acc-inject"), ("type", kind)],
+        )
+    };
+    assert_eq!(tokens("input"), 21.0, "{text}");
+    assert_eq!(tokens("output"), output_tokens(9, 1, 0) as f64);
+
+    // A client that asked for usage gets it, untouched.
+    let h = [("x-agent-name", "acc-asked")];
+    let direct = post(
+        &format!("http://{}/v1/chat/completions", m.addr()),
+        &h,
+        CHAT_STREAM_USAGE,
+    )
+    .await;
+    let proxied = post(&p.url("/v1/chat/completions"), &h, CHAT_STREAM_USAGE).await;
+    assert_eq!(proxied.1, direct.1);
+    assert!(String::from_utf8_lossy(&proxied.1).contains("\"usage\":{"));
+}
+
+#[tokio::test]
+async fn injection_can_be_switched_off() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "no-inject",
+        m.addr(),
+        "telemetry:\n  inject_stream_usage: false\n",
+    )
+    .await;
+    let h = [("x-agent-name", "acc-noinject")];
+    let direct = post(
+        &format!("http://{}/v1/chat/completions", m.addr()),
+        &h,
+        CHAT_STREAM_NO_USAGE,
+    )
+    .await;
+    let proxied = post(&p.url("/v1/chat/completions"), &h, CHAT_STREAM_NO_USAGE).await;
+    assert_eq!(proxied.1, direct.1);
+    assert_eq!(
+        m.last_request().unwrap().body,
+        CHAT_STREAM_NO_USAGE.as_bytes(),
+        "request untouched"
+    );
+    let text = p.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "tokenwarden_tokens_total",
+            &[("agent", "acc-noinject")]
+        ),
+        0.0
+    );
+}

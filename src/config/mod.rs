@@ -210,6 +210,9 @@ pub struct TelemetryConfig {
     /// Distinct values per traffic-derived metric label before new ones report as `other`.
     #[serde(default = "default_max_label_values")]
     pub max_label_values: usize,
+    /// Ask OpenAI chat streams for usage when the client did not, and hide it from the client.
+    #[serde(default = "default_true")]
+    pub inject_stream_usage: bool,
 }
 
 /// OTLP exporter.
@@ -482,6 +485,7 @@ impl Default for TelemetryConfig {
             conventions: Conventions::default(),
             capture_content: false,
             max_label_values: default_max_label_values(),
+            inject_stream_usage: true,
         }
     }
 }

@@ -43,6 +43,7 @@ pub struct LlmCall {
     first_output: Option<Instant>,
     last_output: Option<Instant>,
     per_chunk: Option<Histogram>,
+    injected: bool,
 }
 
 /// How the call ended, for the finish step.
@@ -75,7 +76,23 @@ impl LlmCall {
             first_output: None,
             last_output: None,
             per_chunk: None,
+            injected: false,
         }
+    }
+
+    /// The request facts.
+    pub fn facts(&self) -> &RequestFacts {
+        &self.facts
+    }
+
+    /// Usage was requested upstream on the client's behalf (and must be hidden from it).
+    pub fn set_injected(&mut self) {
+        self.injected = true;
+    }
+
+    /// Whether this response's stream must be rewritten to hide injected usage.
+    pub fn strips_usage(&self) -> bool {
+        self.injected && self.streamed && self.parser.is_some()
     }
 
     /// The upstream's response headers arrived: choose how to read the body.

@@ -95,6 +95,16 @@ impl Call {
         self.llm = Some(llm);
     }
 
+    /// The LLM accounting state, if this is an LLM call.
+    pub fn llm_mut(&mut self) -> Option<&mut LlmCall> {
+        self.llm.as_mut()
+    }
+
+    /// Whether the response stream must be rewritten to hide usage injected upstream.
+    pub fn strips_usage(&self) -> bool {
+        self.llm.as_ref().is_some_and(LlmCall::strips_usage)
+    }
+
     /// The upstream's response headers: the LLM parser picks JSON or SSE, or none if encoded.
     pub fn on_response_headers(&mut self, headers: &http::HeaderMap) {
         if let Some(llm) = self.llm.as_mut() {

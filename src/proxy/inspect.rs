@@ -19,6 +19,8 @@ pub struct RequestFacts {
     pub model: Option<String>,
     /// The request asked for a stream.
     pub stream: bool,
+    /// The request asked for usage in the stream (`stream_options.include_usage`).
+    pub include_usage: bool,
 }
 
 #[derive(Deserialize)]
@@ -27,6 +29,14 @@ struct Body<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 /// Inspect a request on an upstream `path` (prefix already stripped) with `query`.
@@ -47,6 +57,11 @@ pub fn inspect(
         .and_then(|b| b.model.as_deref())
         .map(str::to_string);
     let mut stream = parsed.as_ref().and_then(|b| b.stream).unwrap_or(false);
+    let include_usage = parsed
+        .as_ref()
+        .and_then(|b| b.stream_options.as_ref())
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
     if format == Format::Gemini {
         model = gemini_model(path).map(str::to_string);
         stream = path.contains(":streamGenerateContent")
@@ -59,6 +74,7 @@ pub fn inspect(
         format,
         model,
         stream,
+        include_usage,
     })
 }
 
@@ -75,6 +91,32 @@ fn format_for(class: &Classified, path: &str) -> Option<Format> {
         (Protocol::Openai | Protocol::Auto, _) => Some(Format::OpenAiChat),
         _ => None,
     }
+}
+
+/// The request body with `stream_options.include_usage` set to true, for an OpenAI chat stream
+/// whose client did not ask for usage. The common case (no `stream_options`) inserts the field
+/// after the opening brace and leaves every other byte as sent.
+pub fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object()?;
+    if !obj.contains_key("stream_options") {
+        let sep = if obj.is_empty() { "" } else { "," };
+        let mut out = Vec::with_capacity(body.len() + 40);
+        out.extend_from_slice(&body[..=start]);
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+        out.extend_from_slice(sep.as_bytes());
+        out.extend_from_slice(&body[start + 1..]);
+        return Some(out);
+    }
+    let mut v = v;
+    let so = v.as_object_mut()?.get_mut("stream_options")?;
+    if !so.is_object() {
+        *so = serde_json::Value::Object(serde_json::Map::new());
+    }
+    so.as_object_mut()?
+        .insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&v).ok()
 }
 
 fn gemini_model(path: &str) -> Option<&str> {
@@ -141,6 +183,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.model.as_deref(), Some("prod-gpt4"));
+    }
+
+    #[test]
+    fn include_usage_is_added_with_the_rest_untouched() {
+        let body = br#" {"model":"m", "stream":true,"messages":[]}"#;
+        let out = with_include_usage(body).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#" {"stream_options":{"include_usage":true},"model":"m", "stream":true,"messages":[]}"#
+        );
+        let out = with_include_usage(
+            br#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
+        assert!(with_include_usage(b"[1]").is_none());
+        let f = facts(
+            "/v1/chat/completions",
+            None,
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap();
+        assert!(f.include_usage);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::ObservedBody;
+use crate::body::{ObservedBody, StripUsage};
 use crate::config::Config;
 use crate::telemetry::labels::Labels;
 
@@ -41,8 +41,12 @@ use error::UpstreamErrorKind;
 use protocol::ErrorShape;
 use route::{Route, RouteError, Router};
 
-/// The body of every response the proxy returns.
-pub type ProxyBody = Either<ObservedBody<Incoming, Call>, Full<Bytes>>;
+/// The body of every response the proxy returns: the upstream's, observed (and, for injected
+/// stream usage, rewritten), or one the proxy made itself.
+pub type ProxyBody = Either<
+    ObservedBody<Incoming, Call>,
+    Either<StripUsage<ObservedBody<Incoming, Call>>, Full<Bytes>>,
+>;
 
 /// The proxy service shared by every connection.
 pub struct Proxy {
@@ -51,6 +55,7 @@ pub struct Proxy {
     agent_header: HeaderName,
     labels: Arc<Labels>,
     access_log: bool,
+    inject_stream_usage: bool,
 }
 
 // === impl Proxy ===
@@ -65,6 +70,7 @@ impl Proxy {
                 .unwrap_or_else(|_| HeaderName::from_static("x-agent-name")),
             labels: Arc::new(Labels::new(config.telemetry.max_label_values)),
             access_log: config.logging.access_log,
+            inject_stream_usage: config.telemetry.inject_stream_usage,
         })
     }
 
@@ -117,8 +123,22 @@ impl Proxy {
             Err(e) => return local_error(call, e, shape),
         };
         call.bytes_in = body.len();
+        let mut body = body;
         if let Some(facts) = inspect::inspect(&class, &upath, parts.uri.query(), &body) {
-            call.set_llm(accounting::LlmCall::new(facts, self.labels.clone()));
+            let mut llm = accounting::LlmCall::new(facts, self.labels.clone());
+            let f = llm.facts();
+            if self.inject_stream_usage
+                && f.format == crate::providers::Format::OpenAiChat
+                && f.stream
+                && !f.include_usage
+                && class.operation == "chat"
+            {
+                if let Some(rewritten) = inspect::with_include_usage(&body) {
+                    body = Bytes::from(rewritten);
+                    llm.set_injected();
+                }
+            }
+            call.set_llm(llm);
         }
 
         let uri = match route.upstream_uri(path, parts.uri.query()) {
@@ -166,7 +186,16 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut rparts.headers);
         rparts.version = Version::HTTP_11;
         call.returned = Some(Instant::now());
+        let strip = call.strips_usage();
         let body = ObservedBody::new(rbody, call, route.timeouts.idle_timeout);
+        if strip {
+            // The rewritten stream is shorter than what the upstream framed.
+            rparts.headers.remove(CONTENT_LENGTH);
+            return Response::from_parts(
+                rparts,
+                Either::Right(Either::Left(StripUsage::new(body))),
+            );
+        }
         Response::from_parts(rparts, Either::Left(body))
     }
 
@@ -289,5 +318,5 @@ fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<Pro
     let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize;
     tracing::debug!(route = ?e.upstream_kind().map(UpstreamErrorKind::as_str), error = %e, "proxy error");
     call.finish_local(resp.status(), len);
-    resp.map(Either::Right)
+    resp.map(|b| Either::Right(Either::Right(b)))
 }

@@ -7,6 +7,7 @@
 //! `shared/reference/wire-formats.md`; usage rules follow the corpus README (tests/fixtures).
 
 pub mod anthropic;
+pub mod decompress;
 pub mod gemini;
 pub mod openai_chat;
 pub mod openai_responses;

@@ -11,6 +11,7 @@ use metrics::{counter, histogram, Histogram, Label};
 use tokio::time::Instant;
 
 use crate::body::BodyEnd;
+use crate::providers::decompress::{DecompressError, Decompressor};
 use crate::providers::{ResponseParser, ResponseRecord};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
@@ -38,6 +39,7 @@ pub struct LlmCall {
     request_model: Arc<str>,
     labels: Arc<Labels>,
     parser: Option<ResponseParser>,
+    decompressor: Option<Decompressor>,
     unparsed: Option<&'static str>,
     streamed: bool,
     first_output: Option<Instant>,
@@ -71,6 +73,7 @@ impl LlmCall {
             request_model,
             labels,
             parser: None,
+            decompressor: None,
             unparsed: None,
             streamed: false,
             first_output: None,
@@ -97,13 +100,18 @@ impl LlmCall {
 
     /// The upstream's response headers arrived: choose how to read the body.
     pub fn on_response(&mut self, headers: &HeaderMap) {
-        let encoded = headers
+        if let Some(enc) = headers
             .get(CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if encoded {
-            // Forwarded compressed and untouched; reading a decompressed copy comes later.
-            self.unparsed = Some("compressed");
-            return;
+            .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            // Forwarded compressed and untouched; the parser reads a decompressed copy.
+            match Decompressor::for_encoding(enc.as_bytes()) {
+                Some(d) => self.decompressor = Some(d),
+                None => {
+                    self.unparsed = Some("unknown_encoding");
+                    return;
+                }
+            }
         }
         self.streamed = headers
             .get(CONTENT_TYPE)
@@ -120,7 +128,22 @@ impl LlmCall {
         let Some(parser) = self.parser.as_mut() else {
             return;
         };
-        if parser.feed(data).output_events == 0 {
+        let output = match self.decompressor.as_mut() {
+            None => parser.feed(data).output_events,
+            Some(d) => {
+                let mut n = 0;
+                if let Err(e) = d.feed(data, |plain| n = parser.feed(plain).output_events) {
+                    self.unparsed = Some(match e {
+                        DecompressError::Corrupt => "corrupt_encoding",
+                        DecompressError::TooLarge => "decompressed_too_large",
+                    });
+                    self.parser = None;
+                    self.decompressor = None;
+                }
+                n
+            }
+        };
+        if output == 0 {
             return;
         }
         if let Some(last) = self.last_output {
@@ -142,8 +165,8 @@ impl LlmCall {
     /// The call ended: record what the response said.
     pub fn finish(self, base: &CallLabels, ending: &Ending) {
         let record = match self.parser {
-            Some(p) => p.finish(),
-            None => ResponseRecord {
+            Some(p) if self.unparsed.is_none() => p.finish(),
+            _ => ResponseRecord {
                 unparsed: self.unparsed,
                 ..ResponseRecord::default()
             },

@@ -18,8 +18,8 @@ fn python() -> std::path::PathBuf {
     let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-sdk/bin/python");
     assert!(
         venv.exists(),
-        "no Python with the SDKs: run `scripts/test.sh` (it creates .venv-sdk with openai and \
-         anthropic from PyPI) or set TOKENWARDEN_TEST_PYTHON to a python that has them"
+        "no Python with the SDKs: run `scripts/test.sh` (it creates .venv-sdk with openai, \
+         anthropic and google-genai from PyPI) or set TOKENWARDEN_TEST_PYTHON to a python that has them"
     );
     venv
 }
@@ -60,6 +60,60 @@ async fn openai_python_sdk_works_through_the_proxy() {
         &[("route", "sdk-openai"), ("status", "2xx")],
     );
     assert!(ok >= 5.0, "{ok} successful requests counted:\n{text}");
+}
+
+/// Exact token counts in /metrics for what the official SDKs send: chat (JSON; stream with and
+/// without include_usage), responses (JSON, stream), embeddings, Anthropic (JSON, stream, tool
+/// use) and Gemini (JSON, stream). The script itself checks that the client which did not ask
+/// for usage saw none.
+#[tokio::test]
+async fn sdk_calls_are_counted_exactly() {
+    let m = mock().await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: sdk-anth\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: http://{a}\n  - name: sdk-gem\n    path_prefix: /gemini\n    strip_prefix: true\n    upstream: http://{a}\n  - name: sdk-oai\n    path_prefix: /\n    upstream: http://{a}\n",
+        a = m.addr()
+    ))
+    .await;
+    run_sdk("accounting", &format!("http://{}", p.addr)).await;
+    let text = p.metrics().await;
+    let out = tokenwarden::mock::output_tokens(7, 0, 0) as f64;
+    let cases: &[(&str, Option<f64>)] = &[
+        ("sdk-chat-json", Some(out)),
+        ("sdk-chat-stream-usage", Some(out)),
+        ("sdk-chat-stream-nousage", Some(out)),
+        ("sdk-resp-json", Some(out)),
+        ("sdk-resp-stream", Some(out)),
+        ("sdk-embeddings", None),
+        ("sdk-anth-json", Some(out)),
+        ("sdk-anth-stream", Some(out)),
+        (
+            "sdk-anth-tools",
+            Some(tokenwarden::mock::output_tokens(7, 1, 0) as f64),
+        ),
+        ("sdk-gemini-json", Some(out)),
+        ("sdk-gemini-stream", Some(out)),
+    ];
+    for (agent, output) in cases {
+        let tokens = |kind: &str| {
+            metric_sum(
+                &text,
+                "tokenwarden_tokens_total",
+                &[("agent", agent), ("type", kind)],
+            )
+        };
+        assert_eq!(tokens("input"), 23.0, "{agent} input tokens\n{text}");
+        if let Some(o) = output {
+            assert_eq!(tokens("output"), *o, "{agent} output tokens");
+        }
+    }
+    assert_eq!(
+        metric_sum(
+            &text,
+            "tokenwarden_tool_calls_total",
+            &[("agent", "sdk-anth-tools")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 """End-to-end checks with the official OpenAI and Anthropic Python SDKs, through tokenwarden.
 
-Usage: sdk_clients.py openai|anthropic BASE_URL
+Usage: sdk_clients.py openai|anthropic|accounting BASE_URL
 Prints one JSON line of what the SDK saw; exits non-zero (with the reason) on any mismatch.
 The Rust test tests/python_sdks.rs starts the mock provider and the proxy and runs this.
 """
@@ -129,6 +129,65 @@ def run_anthropic(base):
     print(json.dumps(out))
 
 
+KNOBS = {"x-mock-input-tokens": "23", "x-mock-output-chunks": "7"}
+
+
+def h(agent, **extra):
+    return {"x-agent-name": agent, **KNOBS, **extra}
+
+
+def run_accounting(base):
+    """One call per case, each under its own agent name, for the Rust side to check metrics."""
+    import anthropic
+    import openai
+    from google import genai
+    from google.genai import types
+
+    oai = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-sdk", max_retries=0)
+    msgs = [{"role": "user", "content": "hi"}]
+    oai.chat.completions.create(model="gpt-4o-mini", messages=msgs, extra_headers=h("sdk-chat-json"))
+    for _ in oai.chat.completions.create(
+        model="gpt-4o-mini", messages=msgs, stream=True,
+        stream_options={"include_usage": True}, extra_headers=h("sdk-chat-stream-usage"),
+    ):
+        pass
+    saw_usage = False
+    for chunk in oai.chat.completions.create(
+        model="gpt-4o-mini", messages=msgs, stream=True, extra_headers=h("sdk-chat-stream-nousage"),
+    ):
+        extra = chunk.model_extra or {}
+        saw_usage |= chunk.usage is not None or "usage" in extra or not chunk.choices
+    check(not saw_usage, "a client that did not ask for usage saw a usage chunk or field")
+    oai.responses.create(model="gpt-4.1", input="hi", extra_headers=h("sdk-resp-json"))
+    for _ in oai.responses.create(model="gpt-4.1", input="hi", stream=True, extra_headers=h("sdk-resp-stream")):
+        pass
+    oai.embeddings.create(model="text-embedding-3-small", input="hi", extra_headers=h("sdk-embeddings"))
+
+    ant = anthropic.Anthropic(base_url=f"{base}/anthropic", api_key="sk-ant-sdk", max_retries=0)
+    ant.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=msgs, extra_headers=h("sdk-anth-json"))
+    with ant.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=msgs,
+                             extra_headers=h("sdk-anth-stream")) as st:
+        st.get_final_message()
+    with ant.messages.stream(
+        model="claude-sonnet-4-5", max_tokens=64, messages=msgs,
+        tools=[{"name": "get_weather", "input_schema": {"type": "object"}}],
+        extra_headers=h("sdk-anth-tools", **{"x-mock-tool-calls": "1"}),
+    ) as st:
+        final = st.get_final_message()
+    check(any(b.type == "tool_use" for b in final.content), "tool use block")
+
+    for agent, stream in (("sdk-gemini-json", False), ("sdk-gemini-stream", True)):
+        g = genai.Client(api_key="AIza-sdk", http_options=types.HttpOptions(
+            base_url=f"{base}/gemini", headers=h(agent)))
+        if stream:
+            for _ in g.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"):
+                pass
+        else:
+            r = g.models.generate_content(model="gemini-2.5-flash", contents="hi")
+            check(r.usage_metadata.prompt_token_count == 23, f"gemini usage {r.usage_metadata}")
+    print(json.dumps({"ok": True}))
+
+
 if __name__ == "__main__":
     which, base = sys.argv[1], sys.argv[2]
-    {"openai": run_openai, "anthropic": run_anthropic}[which](base)
+    {"openai": run_openai, "anthropic": run_anthropic, "accounting": run_accounting}[which](base)

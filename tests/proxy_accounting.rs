@@ -386,3 +386,85 @@ async fn injection_can_be_switched_off() {
         0.0
     );
 }
+
+/// An Ollama-like upstream: `/api/chat` answers with the NDJSON stream its docs show.
+async fn ollama_upstream() -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    let lines = concat!(
+                        "{\"model\":\"llama3.2\",\"message\":{\"role\":\"assistant\",\"content\":\"Hi\"},\"done\":false}\n",
+                        "{\"model\":\"llama3.2\",\"message\":{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"function\":{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Oslo\"}}}]},\"done\":false}\n",
+                        "{\"model\":\"llama3.2\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":26,\"eval_count\":282}\n",
+                    );
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", "application/x-ndjson")
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                lines.as_bytes(),
+                            )))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn ollama_native_ndjson_streams_are_counted() {
+    let up = ollama_upstream().await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: ollama\n    path_prefix: /\n    upstream: http://{up}\n    protocol: ollama\n"
+    ))
+    .await;
+    let (resp, body) = post(
+        &p.url("/api/chat"),
+        &[("x-agent-name", "acc-ollama")],
+        r#"{"model":"llama3.2","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(String::from_utf8_lossy(&body).lines().count(), 3);
+    let text = p.metrics().await;
+    let tokens = |kind: &str| {
+        metric_value(
+            &text,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "acc-ollama"),
+                ("model", "llama3.2"),
+                ("type", kind),
+            ],
+        )
+    };
+    assert_eq!(tokens("input"), 26.0, "{text}");
+    assert_eq!(tokens("output"), 282.0);
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_tool_calls_total",
+            &[("agent", "acc-ollama"), ("tool", "get_weather")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+            &[("agent", "acc-ollama")]
+        ),
+        1.0
+    );
+}

@@ -9,6 +9,7 @@
 pub mod anthropic;
 pub mod decompress;
 pub mod gemini;
+pub mod ollama;
 pub mod openai_chat;
 pub mod openai_responses;
 mod parser;
@@ -29,6 +30,8 @@ pub enum Format {
     Anthropic,
     /// Gemini generateContent / streamGenerateContent.
     Gemini,
+    /// Ollama native `/api/chat` and `/api/generate` (NDJSON streams).
+    Ollama,
 }
 
 /// Token usage as the provider states it. `input` counts every input token (cached and

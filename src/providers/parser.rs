@@ -1,8 +1,8 @@
 //! [`ResponseParser`]: one per response; frames in, a [`ResponseRecord`] out.
 
-use crate::sse::{SseDecoder, SseItem};
+use crate::sse::{NdjsonDecoder, NdjsonItem, SseDecoder, SseItem};
 
-use super::{anthropic, gemini, openai_chat, openai_responses, Format, ResponseRecord};
+use super::{anthropic, gemini, ollama, openai_chat, openai_responses, Format, ResponseRecord};
 
 /// What one frame contributed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,6 +24,8 @@ enum Body {
     Json(Vec<u8>, bool),
     /// An SSE stream, parsed event by event.
     Sse(SseDecoder),
+    /// An NDJSON stream (Ollama), parsed line by line.
+    Ndjson(NdjsonDecoder),
 }
 
 enum State {
@@ -31,6 +33,7 @@ enum State {
     OpenAiResponses(openai_responses::Stream),
     Anthropic(anthropic::Stream),
     Gemini(gemini::Stream),
+    Ollama(ollama::Stream),
 }
 
 // === impl ResponseParser ===
@@ -44,6 +47,7 @@ impl ResponseParser {
             Format::OpenAiResponses => State::OpenAiResponses(openai_responses::Stream::default()),
             Format::Anthropic => State::Anthropic(anthropic::Stream::default()),
             Format::Gemini => State::Gemini(gemini::Stream::default()),
+            Format::Ollama => State::Ollama(ollama::Stream::default()),
         };
         let body = if stream {
             Body::Sse(SseDecoder::new(max_bytes))
@@ -55,6 +59,13 @@ impl ResponseParser {
             state,
             max_body: max_bytes,
         }
+    }
+
+    /// A parser for an NDJSON stream (`application/x-ndjson`, Ollama's default).
+    pub fn new_ndjson(format: Format, max_bytes: usize) -> Self {
+        let mut p = Self::new(format, false, max_bytes);
+        p.body = Body::Ndjson(NdjsonDecoder::new(max_bytes));
+        p
     }
 
     /// Feed the next frame of the body.
@@ -80,6 +91,17 @@ impl ResponseParser {
                     SseItem::Oversized => state.record_mut().unparsed = Some("event_too_large"),
                 });
             }
+            Body::Ndjson(dec) => {
+                let state = &mut self.state;
+                dec.feed(chunk, |item| match item {
+                    NdjsonItem::Line(line) => {
+                        if state.event(b"", line) {
+                            feed.output_events += 1;
+                        }
+                    }
+                    NdjsonItem::Oversized => state.record_mut().unparsed = Some("event_too_large"),
+                });
+            }
         }
         feed
     }
@@ -99,6 +121,7 @@ impl ResponseParser {
                     State::OpenAiResponses(_) => openai_responses::parse_json(&buf, &mut r),
                     State::Anthropic(_) => anthropic::parse_json(&buf, &mut r),
                     State::Gemini(_) => gemini::parse_json(&buf, &mut r),
+                    State::Ollama(_) => ollama::parse_json(&buf, &mut r),
                 };
                 if !ok {
                     r.unparsed = Some("invalid_json");
@@ -106,6 +129,15 @@ impl ResponseParser {
                 r
             }
             Body::Sse(_) => self.state.into_record(),
+            Body::Ndjson(mut dec) => {
+                let mut state = self.state;
+                dec.finish(|item| {
+                    if let NdjsonItem::Line(line) = item {
+                        state.event(b"", line);
+                    }
+                });
+                state.into_record()
+            }
         }
     }
 }
@@ -120,6 +152,7 @@ impl State {
             State::OpenAiResponses(s) => s.event(data),
             State::Anthropic(s) => s.event(data),
             State::Gemini(s) => s.event(data),
+            State::Ollama(s) => s.line(data),
         };
         let _ = event; // every supported format names its event inside `data` too
         match handled {
@@ -137,6 +170,7 @@ impl State {
             State::OpenAiResponses(s) => &mut s.record,
             State::Anthropic(s) => &mut s.record,
             State::Gemini(s) => &mut s.record,
+            State::Ollama(s) => &mut s.record,
         }
     }
 
@@ -146,6 +180,7 @@ impl State {
             State::OpenAiResponses(s) => s.finish(),
             State::Anthropic(s) => s.finish(),
             State::Gemini(s) => s.finish(),
+            State::Ollama(s) => s.finish(),
         }
     }
 }

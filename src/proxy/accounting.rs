@@ -113,14 +113,17 @@ impl LlmCall {
                 }
             }
         }
-        self.streamed = headers
+        let ct = headers
             .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        self.parser = Some(ResponseParser::new(
-            self.facts.format,
-            self.streamed,
-            MAX_PARSE_BYTES,
-        ));
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let ndjson = ct.starts_with(b"application/x-ndjson");
+        self.streamed = ndjson || ct.starts_with(b"text/event-stream");
+        self.parser = Some(if ndjson {
+            ResponseParser::new_ndjson(self.facts.format, MAX_PARSE_BYTES)
+        } else {
+            ResponseParser::new(self.facts.format, self.streamed, MAX_PARSE_BYTES)
+        });
     }
 
     /// One response frame, as it passes to the client.

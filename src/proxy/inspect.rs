@@ -67,6 +67,10 @@ pub fn inspect(
         stream = path.contains(":streamGenerateContent")
             && query.is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
     }
+    if format == Format::Ollama {
+        // Ollama streams unless told not to.
+        stream = parsed.as_ref().and_then(|b| b.stream).unwrap_or(true);
+    }
     if model.is_none() {
         model = azure_deployment(path).map(str::to_string);
     }
@@ -84,6 +88,7 @@ fn format_for(class: &Classified, path: &str) -> Option<Format> {
         (_, "other") => None,
         (Protocol::Anthropic, "chat") => Some(Format::Anthropic),
         (Protocol::Gemini, "generate_content") => Some(Format::Gemini),
+        (Protocol::Ollama, "chat" | "text_completion") => Some(Format::Ollama),
         (Protocol::Openai | Protocol::Auto, _) if path.ends_with("/responses") => {
             Some(Format::OpenAiResponses)
         }

@@ -1,0 +1,19 @@
+//! Every provider's JSON body parser on arbitrary bytes: no panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tokenwarden::providers::{Format, ResponseParser};
+
+fuzz_target!(|data: &[u8]| {
+    for format in [
+        Format::OpenAiChat,
+        Format::OpenAiResponses,
+        Format::Anthropic,
+        Format::Gemini,
+        Format::Ollama,
+    ] {
+        let mut p = ResponseParser::new(format, false, 1 << 16);
+        p.feed(data);
+        let _ = p.finish();
+    }
+});

@@ -1,0 +1,18 @@
+//! Request inspection and the include_usage rewrite on arbitrary bodies: no panic, and a
+//! rewritten body is still JSON with include_usage set.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tokenwarden::config::Protocol;
+use tokenwarden::proxy::inspect::{inspect, with_include_usage};
+use tokenwarden::proxy::protocol::classify;
+
+fuzz_target!(|data: &[u8]| {
+    for path in ["/v1/chat/completions", "/v1/messages", "/api/chat", "/v1beta/models/g:streamGenerateContent"] {
+        let _ = inspect(&classify(Protocol::Auto, path), path, Some("alt=sse"), data);
+    }
+    if let Some(out) = with_include_usage(data) {
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("rewritten body is JSON");
+        assert_eq!(v["stream_options"]["include_usage"], serde_json::Value::Bool(true));
+    }
+});

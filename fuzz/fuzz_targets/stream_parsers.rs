@@ -1,0 +1,32 @@
+//! Every provider's stream parser on arbitrary SSE / NDJSON bytes, cut anywhere: no panic,
+//! and the same record whole as cut.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tokenwarden::providers::{Format, ResponseParser};
+
+const FORMATS: [Format; 5] = [
+    Format::OpenAiChat,
+    Format::OpenAiResponses,
+    Format::Anthropic,
+    Format::Gemini,
+    Format::Ollama,
+];
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&sel, rest)) = input.split_first() else { return };
+    let format = FORMATS[sel as usize % FORMATS.len()];
+    let cut = (sel as usize / 8).max(1);
+    let run = |step: usize| {
+        let mut p = if format == Format::Ollama {
+            ResponseParser::new_ndjson(format, 1 << 16)
+        } else {
+            ResponseParser::new(format, true, 1 << 16)
+        };
+        for c in rest.chunks(step) {
+            p.feed(c);
+        }
+        p.finish()
+    };
+    assert_eq!(run(cut), run(rest.len().max(1)));
+});

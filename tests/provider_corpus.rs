@@ -170,3 +170,78 @@ fn a_body_that_is_not_the_provider_format_is_flagged_unparsed() {
         assert_eq!(p.finish().unparsed, Some("body_too_large"), "{format:?}");
     }
 }
+
+/// Feed a hand-written stream (documented formats) and return the record.
+fn stream_record(format: Format, body: &str) -> ResponseRecord {
+    let mut p = ResponseParser::new(format, true, 1 << 20);
+    for c in body.as_bytes().chunks(5) {
+        p.feed(c);
+    }
+    p.finish()
+}
+
+#[test]
+fn errors_inside_streams_become_the_error_type() {
+    let anthropic = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n\
+event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let r = stream_record(Format::Anthropic, anthropic);
+    assert_eq!(r.error_type.as_deref(), Some("overloaded_error"));
+    assert_eq!(
+        r.usage.input,
+        Some(12),
+        "usage seen before the error is kept"
+    );
+
+    let chat = "data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\n\
+data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_error\",\"code\":null}}\n\n";
+    assert_eq!(
+        stream_record(Format::OpenAiChat, chat)
+            .error_type
+            .as_deref(),
+        Some("server_error")
+    );
+
+    let responses = "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-4.1\",\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"x\"},\"usage\":null}}\n\n";
+    let r = stream_record(Format::OpenAiResponses, responses);
+    assert_eq!(r.error_type.as_deref(), Some("server_error"));
+    assert_eq!(r.finish_reasons, ["failed"]);
+
+    let gemini = "data: {\"error\":{\"code\":503,\"message\":\"overloaded\",\"status\":\"UNAVAILABLE\"}}\r\n\r\n";
+    assert_eq!(
+        stream_record(Format::Gemini, gemini).error_type.as_deref(),
+        Some("UNAVAILABLE")
+    );
+}
+
+#[test]
+fn empty_and_huge_streams() {
+    for format in [
+        Format::OpenAiChat,
+        Format::OpenAiResponses,
+        Format::Anthropic,
+        Format::Gemini,
+    ] {
+        let r = stream_record(format, "");
+        assert!(
+            !r.usage.is_present(),
+            "{format:?}: an empty stream states no usage"
+        );
+        assert_eq!(r.unparsed, None);
+    }
+    // 100,000 chunks, then usage: exact, in bounded memory.
+    let mut s = String::from("data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n");
+    for i in 0..100_000 {
+        s.push_str(&format!("data: {{\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"t{i} \"}}}}],\"usage\":null}}\n\n"));
+    }
+    s.push_str("data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}],\"usage\":null}\n\n");
+    s.push_str("data: {\"id\":\"c\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":100000,\"total_tokens\":100005}}\n\ndata: [DONE]\n\n");
+    let mut p = ResponseParser::new(Format::OpenAiChat, true, 1 << 16);
+    let mut outputs = 0;
+    for c in s.as_bytes().chunks(16 * 1024) {
+        outputs += p.feed(c).output_events;
+    }
+    let r = p.finish();
+    assert_eq!(outputs, 100_000);
+    assert_eq!(r.usage.output, Some(100_000));
+    assert_eq!(r.finish_reasons, ["length"]);
+}

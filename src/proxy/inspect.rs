@@ -21,6 +21,20 @@ pub struct RequestFacts {
     pub stream: bool,
     /// The request asked for usage in the stream (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// Output cap the request set (`max_tokens`, `max_completion_tokens`, `max_output_tokens`,
+    /// Gemini `generationConfig.maxOutputTokens`, Ollama `options.num_predict`).
+    pub max_tokens: Option<u64>,
+    /// Tools the request declared, with their JSON Schemas.
+    pub tools: Vec<DeclaredTool>,
+}
+
+/// A tool the request offered the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredTool {
+    /// Tool name.
+    pub name: String,
+    /// JSON Schema of its arguments (`null` when none was given).
+    pub schema: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -31,6 +45,30 @@ struct Body<'a> {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
+    #[serde(default, rename = "generationConfig")]
+    generation_config: Option<GenerationConfig>,
+    #[serde(default)]
+    options: Option<OllamaOptions>,
+    #[serde(default)]
+    tools: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+struct GenerationConfig {
+    #[serde(default, rename = "maxOutputTokens")]
+    max_output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct OllamaOptions {
+    #[serde(default)]
+    num_predict: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -74,11 +112,28 @@ pub fn inspect(
     if model.is_none() {
         model = azure_deployment(path).map(str::to_string);
     }
+    let max_tokens = parsed.as_ref().and_then(|b| {
+        b.max_tokens
+            .or(b.max_completion_tokens)
+            .or(b.max_output_tokens)
+            .or(b
+                .generation_config
+                .as_ref()
+                .and_then(|g| g.max_output_tokens))
+            .or(b.options.as_ref().and_then(|o| o.num_predict))
+    });
+    let tools = parsed
+        .as_ref()
+        .and_then(|b| b.tools.as_deref())
+        .map(declared_tools)
+        .unwrap_or_default();
     Some(RequestFacts {
         format,
         model,
         stream,
         include_usage,
+        max_tokens,
+        tools,
     })
 }
 
@@ -96,6 +151,38 @@ fn format_for(class: &Classified, path: &str) -> Option<Format> {
         (Protocol::Openai | Protocol::Auto, _) => Some(Format::OpenAiChat),
         _ => None,
     }
+}
+
+/// Tool declarations in any provider's shape: OpenAI chat / Ollama `{"type":"function",
+/// "function":{name, parameters}}`, Responses `{"type":"function", name, parameters}`,
+/// Anthropic `{name, input_schema}`, Gemini `{"functionDeclarations":[{name, parameters}]}`.
+fn declared_tools(tools: &[serde_json::Value]) -> Vec<DeclaredTool> {
+    let mut out = Vec::new();
+    let mut push = |t: &serde_json::Value, schema_key: &str| {
+        if let Some(name) = t.get("name").and_then(|n| n.as_str()) {
+            out.push(DeclaredTool {
+                name: name.to_string(),
+                schema: t
+                    .get(schema_key)
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+            });
+        }
+    };
+    for t in tools {
+        if let Some(f) = t.get("function") {
+            push(f, "parameters");
+        } else if let Some(decls) = t.get("functionDeclarations").and_then(|d| d.as_array()) {
+            for d in decls {
+                push(d, "parameters");
+            }
+        } else if t.get("input_schema").is_some() {
+            push(t, "input_schema");
+        } else {
+            push(t, "parameters");
+        }
+    }
+    out
 }
 
 /// The request body with `stream_options.include_usage` set to true, for an OpenAI chat stream
@@ -215,6 +302,42 @@ mod tests {
         )
         .unwrap();
         assert!(f.include_usage);
+    }
+
+    #[test]
+    fn max_tokens_and_declared_tools_in_every_shape() {
+        let f = facts(
+            "/v1/chat/completions",
+            None,
+            r#"{"model":"m","max_completion_tokens":99,"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(f.max_tokens, Some(99));
+        assert_eq!(f.tools[0].name, "get_weather");
+        assert_eq!(f.tools[0].schema, serde_json::json!({"type": "object"}));
+        let f = facts("/v1/responses", None, r#"{"max_output_tokens":7,"tools":[{"type":"function","name":"a","parameters":{}},{"type":"web_search"}]}"#).unwrap();
+        assert_eq!((f.max_tokens, f.tools.len()), (Some(7), 1));
+        let f = facts("/v1/messages", None, r#"{"max_tokens":64,"tools":[{"name":"b","input_schema":{"type":"object","required":["x"]}}]}"#).unwrap();
+        assert_eq!(f.max_tokens, Some(64));
+        assert_eq!(f.tools[0].schema["required"][0], "x");
+        let f = facts(
+            "/v1beta/models/g:generateContent",
+            None,
+            r#"{"generationConfig":{"maxOutputTokens":128},"tools":[{"functionDeclarations":[{"name":"c","parameters":{}},{"name":"d"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(f.max_tokens, Some(128));
+        assert_eq!(
+            f.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["c", "d"]
+        );
+        let f = facts(
+            "/api/chat",
+            None,
+            r#"{"model":"llama3.2","options":{"num_predict":256}}"#,
+        )
+        .unwrap();
+        assert_eq!((f.max_tokens, f.stream), (Some(256), true));
     }
 
     #[test]

@@ -124,38 +124,37 @@ fn compact(v: &serde_json::Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// The first byte of the value of key `key` (given with its quotes, e.g. `b"\"usage\""`) in a
-/// JSON object's raw bytes, if the key occurs. Inside JSON strings every quote is escaped, so a
-/// quoted key followed by `:` can only be a key; this lets hot paths skip a full parse of events
-/// that carry nothing but output text.
-fn value_start(data: &[u8], key: &Finder<'static>) -> Option<u8> {
+/// The raw bytes from the start of the value of key `key` (a searcher for the key with its
+/// quotes, e.g. `"usage"`) in a JSON object's raw bytes, if the key occurs. Inside JSON strings
+/// every quote is escaped, so a quoted key followed by `:` can only be a key; this lets hot paths
+/// skip a full parse of events that carry nothing but output text.
+fn value_at<'a>(data: &'a [u8], key: &Finder<'static>) -> Option<&'a [u8]> {
     let klen = key.needle().len();
     let mut from = 0;
     while let Some(i) = key.find(&data[from..]) {
         let rest = &data[from + i + klen..];
-        let mut it = rest.iter().copied().skip_while(u8::is_ascii_whitespace);
-        if it.next() == Some(b':') {
-            return it.find(|b| !b.is_ascii_whitespace());
+        let rest = trim_start(rest);
+        if let Some(value) = rest.strip_prefix(b":") {
+            return Some(trim_start(value));
         }
         from += i + klen;
     }
     None
 }
 
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+/// The first byte of the value of `key`, if the key occurs.
+fn value_start(data: &[u8], key: &Finder<'static>) -> Option<u8> {
+    value_at(data, key).and_then(|v| v.first().copied())
+}
+
 /// Whether `key` holds a non-empty string (`"..."` with at least one character).
 fn non_empty_string(data: &[u8], key: &Finder<'static>) -> bool {
-    let klen = key.needle().len();
-    let mut from = 0;
-    while let Some(i) = key.find(&data[from..]) {
-        let rest = &data[from + i + klen..];
-        let mut it = rest.iter().copied().skip_while(u8::is_ascii_whitespace);
-        if it.next() == Some(b':') {
-            let mut v = it.skip_while(u8::is_ascii_whitespace);
-            return v.next() == Some(b'"') && v.next().is_some_and(|b| b != b'"');
-        }
-        from += i + klen;
-    }
-    false
+    value_at(data, key).is_some_and(|v| v.len() > 1 && v[0] == b'"' && v[1] != b'"')
 }
 
 /// A quoted JSON key with its searcher built once (building one costs more than a search).

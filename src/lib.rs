@@ -4,6 +4,7 @@
 //! - [`config`] — the YAML file, strict and defaulted.
 //! - [`server`] — proxy and admin listeners, connection hardening, graceful shutdown.
 //! - [`proxy`] — the per-request pipeline: route, read body, forward, respond, errors.
+//! - [`session`] — session id (headers, baggage, body), step counter, idle expiry.
 //! - [`body`] — the observing pass-through response body.
 //! - [`sse`] — incremental SSE and NDJSON decoders.
 //! - [`providers`] — provider adapters: response bodies → usage, tool calls, finish reasons.
@@ -17,5 +18,6 @@ pub mod mock;
 pub mod providers;
 pub mod proxy;
 pub mod server;
+pub mod session;
 pub mod sse;
 pub mod telemetry;

@@ -189,6 +189,9 @@ pub struct IdentityConfig {
     /// Header carrying the agent name.
     #[serde(default = "default_agent_header")]
     pub agent_header: String,
+    /// A session with no call for this long has ended (steps and duration are recorded).
+    #[serde(default = "default_session_idle_timeout", with = "humantime_serde")]
+    pub session_idle_timeout: Duration,
 }
 
 /// Span export and metric settings.
@@ -473,6 +476,7 @@ impl Default for IdentityConfig {
         Self {
             session_headers: default_session_headers(),
             agent_header: default_agent_header(),
+            session_idle_timeout: default_session_idle_timeout(),
         }
     }
 }
@@ -567,6 +571,9 @@ fn default_session_headers() -> Vec<String> {
 }
 fn default_agent_header() -> String {
     "x-agent-name".into()
+}
+fn default_session_idle_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
 }
 fn default_service_name() -> String {
     "tokenwarden".into()

@@ -41,6 +41,8 @@ pub struct Call {
     bytes_out: u64,
     upstream_error: Option<&'static str>,
     llm: Option<LlmCall>,
+    session: Option<Arc<str>>,
+    step: Option<u64>,
     finished: bool,
 }
 
@@ -86,8 +88,31 @@ impl Call {
             bytes_out: 0,
             upstream_error: None,
             llm: None,
+            session: None,
+            step: None,
             finished: false,
         }
+    }
+
+    /// The call belongs to `session`; `step` is its step number there (LLM calls only).
+    pub fn set_session(&mut self, session: Arc<str>, step: Option<u64>) {
+        self.session = Some(session);
+        self.step = step;
+    }
+
+    /// Session id, when the request named one.
+    pub fn session(&self) -> Option<&Arc<str>> {
+        self.session.as_ref()
+    }
+
+    /// Step number of this call in its session.
+    pub fn step(&self) -> Option<u64> {
+        self.step
+    }
+
+    /// Labels shared by the call's series (route, provider, operation, agent).
+    pub fn labels(&self) -> &CallLabels {
+        &self.base
     }
 
     /// Account this call as an LLM call.

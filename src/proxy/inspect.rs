@@ -26,6 +26,8 @@ pub struct RequestFacts {
     pub max_tokens: Option<u64>,
     /// Tools the request declared, with their JSON Schemas.
     pub tools: Vec<DeclaredTool>,
+    /// End-user / session field of the body (OpenAI `user`, Anthropic `metadata.user_id`).
+    pub user: Option<String>,
 }
 
 /// A tool the request offered the model.
@@ -57,6 +59,16 @@ struct Body<'a> {
     options: Option<OllamaOptions>,
     #[serde(default)]
     tools: Option<Vec<serde_json::Value>>,
+    #[serde(default, borrow)]
+    user: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    metadata: Option<Metadata<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(default, borrow)]
+    user_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +139,12 @@ pub fn inspect(
         .and_then(|b| b.tools.as_deref())
         .map(declared_tools)
         .unwrap_or_default();
+    let user = parsed.as_ref().and_then(|b| {
+        b.user
+            .as_deref()
+            .or(b.metadata.as_ref().and_then(|m| m.user_id.as_deref()))
+            .map(str::to_string)
+    });
     Some(RequestFacts {
         format,
         model,
@@ -134,6 +152,7 @@ pub fn inspect(
         include_usage,
         max_tokens,
         tools,
+        user,
     })
 }
 
@@ -338,6 +357,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!((f.max_tokens, f.stream), (Some(256), true));
+    }
+
+    #[test]
+    fn body_user_fields() {
+        let f = facts("/v1/chat/completions", None, r#"{"user":"u-7"}"#).unwrap();
+        assert_eq!(f.user.as_deref(), Some("u-7"));
+        let f = facts("/v1/messages", None, r#"{"metadata":{"user_id":"a-1"}}"#).unwrap();
+        assert_eq!(f.user.as_deref(), Some("a-1"));
     }
 
     #[test]

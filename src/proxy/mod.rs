@@ -35,6 +35,7 @@ use tokio::time::Instant;
 
 use crate::body::{ObservedBody, StripUsage};
 use crate::config::Config;
+use crate::session::{SessionSource, Sessions};
 use crate::telemetry::labels::Labels;
 
 use error::UpstreamErrorKind;
@@ -56,6 +57,8 @@ pub struct Proxy {
     labels: Arc<Labels>,
     access_log: bool,
     inject_stream_usage: bool,
+    session_source: SessionSource,
+    sessions: Arc<Sessions>,
 }
 
 // === impl Proxy ===
@@ -71,7 +74,14 @@ impl Proxy {
             labels: Arc::new(Labels::new(config.telemetry.max_label_values)),
             access_log: config.logging.access_log,
             inject_stream_usage: config.telemetry.inject_stream_usage,
+            session_source: SessionSource::new(&config.identity.session_headers),
+            sessions: Arc::new(Sessions::new(config.identity.session_idle_timeout)),
         })
+    }
+
+    /// Live sessions and their step counters.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     /// hyper entry point: never fails, every error becomes a response.
@@ -124,7 +134,16 @@ impl Proxy {
         };
         call.bytes_in = body.len();
         let mut body = body;
-        if let Some(facts) = inspect::inspect(&class, &upath, parts.uri.query(), &body) {
+        let facts = inspect::inspect(&class, &upath, parts.uri.query(), &body);
+        let user = facts.as_ref().and_then(|f| f.user.as_deref());
+        if let Some(session) = self.session_source.identify(&parts.headers, user) {
+            // Steps count LLM calls only; other paths (model lists, files) are not agent steps.
+            let step = facts
+                .is_some()
+                .then(|| self.sessions.step(&session, started));
+            call.set_session(session, step);
+        }
+        if let Some(facts) = facts {
             let mut llm = accounting::LlmCall::new(facts, self.labels.clone());
             let f = llm.facts();
             if self.inject_stream_usage

@@ -105,6 +105,7 @@ impl Server {
     /// Serve until `shutdown` resolves, then drain.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Drained {
         let upkeep = metrics::spawn_upkeep(metrics::install());
+        let expiry = tokio::spawn(self.proxy.sessions().clone().run_expiry());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let proxy = listener::serve_proxy(
             self.proxy_listener,
@@ -135,6 +136,7 @@ impl Server {
         .await;
         admin_task.abort();
         upkeep.abort();
+        expiry.abort();
         match drained {
             Ok(()) => {
                 tracing::info!("shutdown: drained");

@@ -33,6 +33,12 @@ pub const GEN_AI_TIME_TO_FIRST_CHUNK: &str = "gen_ai_client_operation_time_to_fi
 /// GenAI `gen_ai.client.operation.time_per_output_chunk` (streams).
 pub const GEN_AI_TIME_PER_OUTPUT_CHUNK: &str =
     "gen_ai_client_operation_time_per_output_chunk_seconds";
+/// Sessions seen within the idle timeout.
+pub const SESSIONS_ACTIVE: &str = "tokenwarden_sessions_active";
+/// LLM calls per session, recorded when the session ends (idle expiry).
+pub const SESSION_STEPS: &str = "tokenwarden_session_steps";
+/// Session length from first to last call, recorded when the session ends.
+pub const SESSION_DURATION_SECONDS: &str = "tokenwarden_session_duration_seconds";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "tokenwarden_build_info";
 
@@ -63,6 +69,15 @@ const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
 ];
 
+/// Calls per session.
+const STEP_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// Session lengths: seconds to hours.
+const SESSION_DURATION_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Install the process-wide Prometheus recorder once and return its handle.
@@ -71,7 +86,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets: [(&str, &[f64]); 6] = [
+            let buckets: [(&str, &[f64]); 8] = [
+                (SESSION_STEPS, STEP_BUCKETS),
+                (SESSION_DURATION_SECONDS, SESSION_DURATION_BUCKETS),
                 (OVERHEAD_SECONDS, OVERHEAD_BUCKETS),
                 (REQUEST_DURATION_SECONDS, DURATION_BUCKETS),
                 (GEN_AI_TOKEN_USAGE, TOKEN_BUCKETS),
@@ -170,6 +187,20 @@ fn describe() {
         GEN_AI_TIME_PER_OUTPUT_CHUNK,
         Unit::Seconds,
         "Streamed calls: time between consecutive output chunks."
+    );
+    describe_gauge!(
+        SESSIONS_ACTIVE,
+        "Sessions with a call within the idle timeout."
+    );
+    describe_histogram!(
+        SESSION_STEPS,
+        Unit::Count,
+        "LLM calls per session, recorded when a session ends (idle timeout)."
+    );
+    describe_histogram!(
+        SESSION_DURATION_SECONDS,
+        Unit::Seconds,
+        "Session length from first to last call, recorded when a session ends."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the running version.");
 }

@@ -46,6 +46,7 @@ pub struct LlmCall {
     last_output: Option<Instant>,
     per_chunk: Option<Histogram>,
     injected: bool,
+    output_events: u64,
 }
 
 /// How the call ended, for the finish step.
@@ -80,6 +81,7 @@ impl LlmCall {
             last_output: None,
             per_chunk: None,
             injected: false,
+            output_events: 0,
         }
     }
 
@@ -91,6 +93,16 @@ impl LlmCall {
     /// Usage was requested upstream on the client's behalf (and must be hidden from it).
     pub fn set_injected(&mut self) {
         self.injected = true;
+    }
+
+    /// Output events (text, reasoning, tool-call deltas) seen so far.
+    pub fn output_events(&self) -> u64 {
+        self.output_events
+    }
+
+    /// Whether the response is a stream.
+    pub fn streamed(&self) -> bool {
+        self.streamed
     }
 
     /// Whether this response's stream must be rewritten to hide injected usage.
@@ -149,6 +161,7 @@ impl LlmCall {
         if output == 0 {
             return;
         }
+        self.output_events += u64::from(output);
         if let Some(last) = self.last_output {
             let h = self.per_chunk.get_or_insert_with(|| {
                 histogram!(m::GEN_AI_TIME_PER_OUTPUT_CHUNK,
@@ -165,8 +178,8 @@ impl LlmCall {
         self.last_output = Some(now);
     }
 
-    /// The call ended: record what the response said.
-    pub fn finish(self, base: &CallLabels, ending: &Ending) {
+    /// The call ended: record what the response said; returns it with the served model's label.
+    pub fn finish(self, base: &CallLabels, ending: &Ending) -> (ResponseRecord, Arc<str>) {
         let record = match self.parser {
             Some(p) if self.unparsed.is_none() => p.finish(),
             _ => ResponseRecord {
@@ -212,6 +225,7 @@ impl LlmCall {
                     .record(first.duration_since(ending.started).as_secs_f64());
             }
         }
+        (record, response_model)
     }
 }
 

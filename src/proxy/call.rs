@@ -16,6 +16,8 @@ use metrics::{counter, histogram};
 use tokio::time::Instant;
 
 use crate::body::{BodyEnd, Observer};
+use crate::budget::cut::CutSignal;
+use crate::budget::{Admission, Spent};
 use crate::telemetry::metrics as m;
 
 use super::accounting::{CallLabels, Ending, LlmCall};
@@ -43,6 +45,9 @@ pub struct Call {
     llm: Option<LlmCall>,
     session: Option<Arc<str>>,
     step: Option<u64>,
+    budget: Option<Admission>,
+    budget_decision: Option<&'static str>,
+    cut: Option<Arc<CutSignal>>,
     finished: bool,
 }
 
@@ -90,6 +95,9 @@ impl Call {
             llm: None,
             session: None,
             step: None,
+            budget: None,
+            budget_decision: None,
+            cut: None,
             finished: false,
         }
     }
@@ -108,6 +116,33 @@ impl Call {
     /// Step number of this call in its session.
     pub fn step(&self) -> Option<u64> {
         self.step
+    }
+
+    /// Hold the call's budget reservations until it finishes (then they are settled).
+    pub fn set_budget(&mut self, admission: Admission) {
+        self.budget_decision = Some(admission.decision);
+        self.budget = Some(admission);
+    }
+
+    /// The call's budget reservations, while it holds them.
+    pub fn budget(&self) -> Option<&Admission> {
+        self.budget.as_ref()
+    }
+
+    /// Record the budget decision for this call (`allowed`, `warned`, `rejected`, `cut`,
+    /// `observed`), for its span.
+    pub fn set_budget_decision(&mut self, decision: &'static str) {
+        self.budget_decision = Some(decision);
+    }
+
+    /// The budget decision, when budgets applied.
+    pub fn budget_decision(&self) -> Option<&'static str> {
+        self.budget_decision
+    }
+
+    /// End the response stream once `signal` fires (it is shared with the response body).
+    pub fn set_cut(&mut self, signal: Arc<CutSignal>) {
+        self.cut = Some(signal);
     }
 
     /// Labels shared by the call's series (route, provider, operation, agent).
@@ -165,6 +200,14 @@ impl Call {
             return;
         }
         let now = Instant::now();
+        let cut = self.cut.as_ref().is_some_and(|c| c.fired());
+        // A cut stream is ended by the proxy on purpose: the body is dropped after its last
+        // event, which is not the client going away.
+        let end = if cut && end == BodyEnd::ClientGone {
+            BodyEnd::Complete
+        } else {
+            end
+        };
         let status = match (end, self.status) {
             (BodyEnd::UpstreamError | BodyEnd::IdleTimeout, _) | (_, None) => "error",
             (_, Some(s)) => status_class(s),
@@ -200,7 +243,23 @@ impl Call {
                 started: self.started,
                 now,
             };
-            llm.finish(&self.base, &ending);
+            let output_events = llm.output_events();
+            let (mut record, model_label) = llm.finish(&self.base, &ending);
+            if let Some(b) = self.budget.take() {
+                if cut {
+                    // The final usage never came; what streamed is the better count.
+                    record.usage.output = Some(record.usage.output.unwrap_or(0).max(output_events));
+                    b.budgets().cut(b.session(), b.agent());
+                    self.budget_decision = Some("cut");
+                }
+                b.settle(Spent {
+                    usage: record.usage,
+                    model: record.model,
+                    model_label: Some(model_label),
+                    output_events,
+                    sent: self.upstream_sent.is_some(),
+                });
+            }
         }
         if let Some(overhead) = self.overhead() {
             histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())
@@ -247,6 +306,9 @@ impl Observer for Call {
         self.bytes_out += data.len() as u64;
         if let Some(llm) = self.llm.as_mut() {
             llm.on_data(data, &self.base, now);
+            if let Some(cut) = &self.cut {
+                cut.observe(llm.output_events());
+            }
         }
     }
 

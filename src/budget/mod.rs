@@ -316,9 +316,10 @@ impl Budgets {
             "observed"
         } else if l
             .warn_at
-            .is_some_and(|r| after as f64 >= r * l.amount as f64)
+            .is_some_and(|r| g.used as f64 >= r * l.amount as f64)
         {
-            self.alert(key, f, l, after, "warned", now);
+            // Admitted while spend (plus other calls' reservations) is past the threshold.
+            self.alert(key, f, l, g.used, "warned", now);
             "warned"
         } else {
             "allowed"
@@ -466,25 +467,19 @@ impl Budgets {
         }
     }
 
-    async fn settle_group(
-        self: Arc<Self>,
-        held: Held,
-        charges: Vec<Charge>,
-        totals: Totals,
-        facts: Arc<CallFacts>,
-    ) {
-        let now = unix_now();
-        match self.store.settle(&held.key, now, &charges, totals).await {
+    /// After a settle: gauges, and warn / observe alerts on the counters' new totals.
+    fn settled(&self, held: &Held, res: Result<Vec<u64>, StoreError>, facts: &CallFacts, now: u64) {
+        match res {
             Ok(used) => {
                 self.mark_store(true);
                 for (&i, u) in held.limits.iter().zip(used) {
                     let l = &self.limits[i];
                     self.ratio(l, &facts.agent, u);
                     if l.warn_at.is_some_and(|r| u as f64 >= r * l.amount as f64) {
-                        self.alert(&held.key, &facts, l, u, "warned", now);
+                        self.alert(&held.key, facts, l, u, "warned", now);
                     }
                     if l.action == LimitAction::Observe && u > l.amount {
-                        self.alert(&held.key, &facts, l, u, "observed", now);
+                        self.alert(&held.key, facts, l, u, "observed", now);
                     }
                 }
             }
@@ -539,9 +534,6 @@ impl Admission {
         if self.held.is_empty() {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let facts = Arc::new(CallFacts {
             session: self.facts.session.clone(),
             agent: self.facts.agent.clone(),
@@ -549,8 +541,9 @@ impl Admission {
             est_input: self.facts.est_input,
             max_output: None,
         });
+        let now = unix_now();
         for held in self.held.drain(..) {
-            let charges = held
+            let charges: Vec<Charge> = held
                 .limits
                 .iter()
                 .zip(&held.grants)
@@ -568,11 +561,24 @@ impl Admission {
                     }
                 })
                 .collect();
-            rt.spawn(
-                self.budgets
-                    .clone()
-                    .settle_group(held, charges, totals, facts.clone()),
-            );
+            let b = self.budgets.clone();
+            match &b.store {
+                // No I/O: settle in place, so the next call of the session sees it.
+                Store::Memory(m) => {
+                    let res = Ok(m.settle(&held.key, now, &charges, totals));
+                    b.settled(&held, res, &facts, now);
+                }
+                Store::Redis(_) => {
+                    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                        return;
+                    };
+                    let facts = facts.clone();
+                    rt.spawn(async move {
+                        let res = b.store.settle(&held.key, now, &charges, totals).await;
+                        b.settled(&held, res, &facts, now);
+                    });
+                }
+            }
         }
     }
 

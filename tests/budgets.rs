@@ -203,7 +203,7 @@ async fn fifty_concurrent_calls_overspend_at_most_one_max_output() {
 #[tokio::test]
 async fn a_windowed_limit_sets_retry_after_and_reopens() {
     let m = mock().await;
-    let p = TestProxy::to("b-window", m.addr(), &session_limit(20, "2s", "")).await;
+    let p = TestProxy::to("b-window", m.addr(), &session_limit(18, "2s", "")).await;
     // Calls until one is refused (a call may straddle a window boundary and reopen it).
     let mut refusal = None;
     for _ in 0..4 {
@@ -255,14 +255,22 @@ async fn memory_store_spend_survives_a_restart() {
         snap.display()
     );
     let p = TestProxy::to("b-persist", m.addr(), &cfg).await;
-    for _ in 0..2 {
-        assert_eq!(call16(&p, "persist-1").await.0.status(), 200);
-    }
+    let (r, _) = post(
+        &p.url("/v1/chat/completions"),
+        &[
+            ("x-session-id", "persist-1"),
+            ("x-mock-input-tokens", "40"),
+            ("x-mock-output-chunks", "8"),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
     p.stop().await; // shutdown writes the snapshot
     assert!(snap.exists(), "no snapshot at {}", snap.display());
     let p = TestProxy::to("b-persist", m.addr(), &cfg).await;
     let view = session_view(&p, "persist-1").await;
-    assert_eq!(view["tokens"]["total"], 32);
+    assert_eq!(view["tokens"]["total"], 48);
     let (r, _) = call16(&p, "persist-1").await;
     assert_eq!(r.status(), 429, "spend from before the restart counts");
 }

@@ -435,6 +435,8 @@ impl Budgets {
         let mut last_snapshot = tokio::time::Instant::now();
         loop {
             tick.tick().await;
+            // Set every tick: the recorder may not have existed when the store last changed.
+            gauge!(m::BUDGET_STORE_UP).set(if self.store_up() { 1.0 } else { 0.0 });
             match &self.store {
                 Store::Memory(mem) => {
                     if last_snapshot.elapsed() >= self.snapshot_interval {

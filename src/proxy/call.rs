@@ -193,15 +193,15 @@ impl Call {
         let duration = now.duration_since(self.started);
         histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.base.route.clone(), "status" => status)
             .record(duration.as_secs_f64());
-        if let Some(llm) = self.llm.take() {
+        let finished = self.llm.take().map(|llm| {
             let ending = Ending {
                 end,
                 status: self.status,
                 started: self.started,
                 now,
             };
-            llm.finish(&self.base, &ending);
-        }
+            llm.finish(&self.base, &ending)
+        });
         if let Some(overhead) = self.overhead() {
             histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())
                 .record(overhead.as_secs_f64());
@@ -223,6 +223,9 @@ impl Call {
                 bytes_in = self.bytes_in,
                 bytes_out = self.bytes_out,
                 agent = %self.base.agent,
+                input_tokens = finished.as_ref().and_then(|f| f.record.usage.input),
+                output_tokens = finished.as_ref().and_then(|f| f.record.usage.output),
+                usage_source = finished.as_ref().map(|f| f.usage_source.as_str()),
                 "request"
             );
         }

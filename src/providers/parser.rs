@@ -21,7 +21,9 @@ pub struct ResponseParser {
 }
 
 /// Most bytes of output events kept for estimating output tokens when a stream states no usage.
-pub const MAX_OUTPUT_SAMPLE: usize = 256 * 1024;
+/// Small on purpose (memory per stream stays bounded and a long stream's estimate is scaled from
+/// its first events); a JSON body is its own sample, already in memory.
+pub const MAX_OUTPUT_SAMPLE: usize = 16 * 1024;
 
 /// The output events of a stream (or the whole body of a JSON response), kept so output tokens
 /// can be counted when the provider states none. Bounded: past [`MAX_OUTPUT_SAMPLE`] events are
@@ -255,5 +257,33 @@ impl State {
             State::Gemini(s) => s.finish(),
             State::Ollama(s) => s.finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    #[test]
+    fn long_streams_keep_a_bounded_sample_and_scale_the_estimate() {
+        let mut p = ResponseParser::new(Format::OpenAiChat, true, 1 << 20);
+        let words = [" alpha", " beta", " gamma", " delta"];
+        let mut text = String::new();
+        p.feed(b"data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n");
+        for i in 0..4_000 {
+            let w = words[i % words.len()];
+            text.push_str(w);
+            let ev = format!(
+                "data: {{\"id\":\"c\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"finish_reason\":null}}]}}\n\n"
+            );
+            p.feed(ev.as_bytes());
+        }
+        let (_, sample) = p.finish_with_sample();
+        assert!(sample.bytes.len() <= MAX_OUTPUT_SAMPLE);
+        assert_eq!(sample.events, 4_000);
+        assert!(sample.kept < sample.events);
+        let exact = crate::tokens::count(&text);
+        let est = sample.estimate_tokens();
+        assert!(est.abs_diff(exact) <= exact / 50, "{est} vs {exact}");
     }
 }

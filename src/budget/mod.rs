@@ -108,10 +108,10 @@ pub struct Spent {
     pub sent: bool,
 }
 
-/// Input tokens estimated from a request body: about four bytes of JSON per token, a calibrated
-/// over-estimate for chat JSON (field names and punctuation count as bytes).
-pub fn estimate_input(_format: Format, body: &[u8]) -> u64 {
-    (body.len() as u64).div_ceil(4)
+/// Input tokens estimated from a request body (the o200k tokenizer count of its text plus
+/// per-message framing; see [`crate::tokens`]).
+pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
+    crate::tokens::estimate_input(format, body)
 }
 
 // === impl Budgets ===

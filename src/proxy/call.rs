@@ -236,7 +236,7 @@ impl Call {
         let duration = now.duration_since(self.started);
         histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.base.route.clone(), "status" => status)
             .record(duration.as_secs_f64());
-        if let Some(llm) = self.llm.take() {
+        let finished = self.llm.take().map(|llm| {
             let ending = Ending {
                 end,
                 status: self.status,
@@ -244,23 +244,25 @@ impl Call {
                 now,
             };
             let output_events = llm.output_events();
-            let (mut record, model_label) = llm.finish(&self.base, &ending);
+            let mut f = llm.finish(&self.base, &ending);
             if let Some(b) = self.budget.take() {
                 if cut {
                     // The final usage never came; what streamed is the better count.
-                    record.usage.output = Some(record.usage.output.unwrap_or(0).max(output_events));
+                    f.record.usage.output =
+                        Some(f.record.usage.output.unwrap_or(0).max(output_events));
                     b.budgets().cut(b.session(), b.agent());
                     self.budget_decision = Some("cut");
                 }
                 b.settle(Spent {
-                    usage: record.usage,
-                    model: record.model,
-                    model_label: Some(model_label),
+                    usage: f.record.usage,
+                    model: f.record.model.clone(),
+                    model_label: Some(f.response_model.clone()),
                     output_events,
                     sent: self.upstream_sent.is_some(),
                 });
             }
-        }
+            f
+        });
         if let Some(overhead) = self.overhead() {
             histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())
                 .record(overhead.as_secs_f64());
@@ -282,6 +284,9 @@ impl Call {
                 bytes_in = self.bytes_in,
                 bytes_out = self.bytes_out,
                 agent = %self.base.agent,
+                input_tokens = finished.as_ref().and_then(|f| f.record.usage.input),
+                output_tokens = finished.as_ref().and_then(|f| f.record.usage.output),
+                usage_source = finished.as_ref().map(|f| f.usage_source.as_str()),
                 "request"
             );
         }

@@ -186,6 +186,7 @@ impl Proxy {
                     llm.set_injected();
                 }
             }
+            llm.set_request_body(body.clone());
             call.set_llm(llm);
         }
         // Budget admission: after the request is read, before anything goes upstream.

@@ -164,6 +164,11 @@ impl Budgets {
         })))
     }
 
+    /// Whether any limit is configured (else only cost is recorded and admission is free).
+    pub fn has_limits(&self) -> bool {
+        !self.limits.is_empty()
+    }
+
     /// The configured limits.
     pub fn limits(&self) -> &[Limit] {
         &self.limits

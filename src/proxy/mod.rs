@@ -169,8 +169,13 @@ impl Proxy {
         }
         let mut budget_facts = None;
         if let Some(facts) = facts {
-            if self.budgets.is_some() {
-                let est = crate::budget::estimate_input(facts.format, &body);
+            if let Some(b) = &self.budgets {
+                // The tokenizer runs only when a limit needs the estimate.
+                let est = if b.has_limits() {
+                    crate::budget::estimate_input(facts.format, &body)
+                } else {
+                    0
+                };
                 budget_facts = Some((est, facts.model.clone(), facts.max_tokens));
             }
             let mut llm = accounting::LlmCall::new(facts, self.labels.clone());

@@ -128,6 +128,27 @@ impl MemoryStore {
         all
     }
 
+    /// Forget scope records whose counters are all windowed and past their window, with nothing
+    /// reserved: they would start from zero anyway. Lifetime counters are kept forever.
+    pub fn prune(&self, now: u64) -> usize {
+        let before = self.groups.len();
+        self.groups.retain(|_, g| {
+            g.counters.is_empty()
+                || g.counters.iter().any(|(name, c)| {
+                    let window = name.rsplit(':').next().and_then(|w| w.parse::<u64>().ok());
+                    match window {
+                        Some(w) => c.reserved > 0 || c.start.saturating_add(w) > now,
+                        None => true,
+                    }
+                })
+        });
+        let pruned = before - self.groups.len();
+        if pruned > 0 {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        pruned
+    }
+
     pub(super) fn reset(&self, key: &str) -> bool {
         self.dirty.store(true, Ordering::Relaxed);
         self.groups.remove(key).is_some()
@@ -288,6 +309,35 @@ mod tests {
             Reserved::Refused { .. }
         ));
         assert!(matches!(s.reserve("s:a", 120, &[w]), Reserved::Granted(_)));
+    }
+
+    #[test]
+    fn stale_windowed_records_are_pruned_lifetime_ones_kept() {
+        let s = MemoryStore::open(None);
+        let w = Want {
+            counter: Arc::from("tokens:60"),
+            window: Some(60),
+            ..want(10, 1, 5)
+        };
+        let Reserved::Granted(g) = s.reserve("s:w", 0, std::slice::from_ref(&w)) else {
+            panic!()
+        };
+        s.reserve("s:life", 0, &[want(10, 1, 5)]);
+        assert_eq!(s.prune(120), 0, "a reservation keeps the record");
+        s.settle(
+            "s:w",
+            0,
+            &[Charge {
+                counter: Arc::from("tokens:60"),
+                window: Some(60),
+                ..charge(&g[0], 3)
+            }],
+            Totals::default(),
+        );
+        assert_eq!(s.prune(59), 0);
+        assert_eq!(s.prune(60), 1);
+        assert!(s.get("s:w").is_none());
+        assert!(s.get("s:life").is_some());
     }
 
     #[test]

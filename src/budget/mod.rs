@@ -34,6 +34,9 @@ use price::Prices;
 use store::{Charge, Grant, Reserved, Store, StoreError, Totals, Want};
 use webhook::{Alert, Webhook};
 
+/// Alerts remembered for de-duplication before the memory is cleared.
+const MAX_ALERT_MEMORY: usize = 100_000;
+
 /// The budget service, shared by every request.
 pub struct Budgets {
     limits: Vec<Limit>,
@@ -104,7 +107,8 @@ pub struct Spent {
     pub model_label: Option<Arc<str>>,
     /// Output events seen in the stream (the estimate when the provider stated no usage).
     pub output_events: u64,
-    /// Whether the request reached the upstream (an unsent request costs nothing).
+    /// The request reached the upstream but no response came back: the provider may have
+    /// billed its input, so the estimate is charged.
     pub sent: bool,
 }
 
@@ -396,6 +400,10 @@ impl Budgets {
             return;
         };
         let start = l.window_start(now);
+        if self.alerted.len() > MAX_ALERT_MEMORY {
+            // Bounded: past this many scope instances, an alert may repeat once more.
+            self.alerted.clear();
+        }
         let k = (key.to_string(), l.counter.clone(), decision);
         if self.alerted.insert(k, start) == Some(start) {
             return;
@@ -446,6 +454,7 @@ impl Budgets {
                 Store::Memory(mem) => {
                     if last_snapshot.elapsed() >= self.snapshot_interval {
                         last_snapshot = tokio::time::Instant::now();
+                        mem.prune(unix_now());
                         self.snapshot(mem);
                     }
                 }
@@ -498,9 +507,10 @@ impl Budgets {
 // === impl Admission ===
 
 impl Admission {
-    /// Replace the reservations with what the call spent (in a spawned task) and record its
-    /// cost. Without usage from the provider, a call that reached the upstream is charged its
-    /// estimated input plus one token per output event seen.
+    /// Replace the reservations with what the call spent and record its cost. Usage is the
+    /// provider's, or the accounting estimate for a successful response that stated none; a
+    /// request that got no response at all is charged its estimated input; an error response
+    /// or an unsent request costs nothing.
     pub fn settle(mut self, spent: Spent) {
         self.settled = true;
         let b = self.budgets.clone();

@@ -258,7 +258,9 @@ impl Call {
                     model: f.record.model.clone(),
                     model_label: Some(f.response_model.clone()),
                     output_events,
-                    sent: self.upstream_sent.is_some(),
+                    sent: self.upstream_sent.is_some()
+                        && self.upstream_headers.is_none()
+                        && self.upstream_error != Some("connect"),
                 });
             }
             f

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
 
-use super::store::{decide, window_start, Charge, Counter, Grant, Group, Reserved, Totals, Want};
+use super::store::{
+    decide, window_start, Charge, Counter, Grant, Group, Reserved, Short, Totals, Want,
+};
 
 /// In-process budget store.
 pub struct MemoryStore {
@@ -55,8 +57,16 @@ impl MemoryStore {
         }
     }
 
+    /// The record of `key`, created when missing (the key is only copied then).
+    fn group(&self, key: &str) -> dashmap::mapref::one::RefMut<'_, String, Group> {
+        match self.groups.get_mut(key) {
+            Some(g) => g,
+            None => self.groups.entry(key.to_string()).or_default(),
+        }
+    }
+
     pub(super) fn reserve(&self, key: &str, now: u64, wants: &[Want]) -> Reserved {
-        let mut g = self.groups.entry(key.to_string()).or_default();
+        let mut g = self.group(key);
         let mut grants = Vec::with_capacity(wants.len());
         for (i, w) in wants.iter().enumerate() {
             let c = current(&mut g, w.counter.as_ref(), w.window, now);
@@ -66,7 +76,8 @@ impl MemoryStore {
                     granted,
                     used: c.spent.saturating_add(c.reserved),
                 }),
-                Err(used) => return Reserved::Refused { index: i, used },
+                Err(Short::Refused(used)) => return Reserved::Refused { index: i, used },
+                Err(Short::NeedEstimate) => return Reserved::NeedEstimate,
             }
         }
         for (w, gr) in wants.iter().zip(&grants) {
@@ -79,10 +90,10 @@ impl MemoryStore {
     }
 
     pub(super) fn settle(&self, key: &str, now: u64, charges: &[Charge], t: Totals) -> Vec<u64> {
-        let mut g = self.groups.entry(key.to_string()).or_default();
+        let mut g = self.group(key);
         let mut out = Vec::with_capacity(charges.len());
         for ch in charges {
-            let c = g.counters.entry(ch.counter.to_string()).or_default();
+            let c = counter(&mut g, &ch.counter);
             if c.start == ch.start {
                 c.reserved = c.reserved.saturating_sub(ch.granted);
             } else {
@@ -182,7 +193,7 @@ impl MemoryStore {
 /// The counter `name` in its current window (rolled over when the window turned).
 fn current<'a>(g: &'a mut Group, name: &str, window: Option<u64>, now: u64) -> &'a mut Counter {
     let start = window_start(window, now);
-    let c = g.counters.entry(name.to_string()).or_default();
+    let c = counter(g, name);
     if c.start != start {
         *c = Counter {
             start,
@@ -190,6 +201,11 @@ fn current<'a>(g: &'a mut Group, name: &str, window: Option<u64>, now: u64) -> &
         };
     }
     c
+}
+
+/// The counter `name`, created when missing.
+fn counter<'a>(g: &'a mut Group, name: &str) -> &'a mut Counter {
+    g.counters.entry(name.to_string()).or_default()
 }
 
 fn load(path: &Path) -> std::io::Result<Option<Snapshot>> {
@@ -237,6 +253,7 @@ mod tests {
             min,
             want,
             enforce: true,
+            optimistic: false,
         }
     }
 
@@ -261,6 +278,7 @@ mod tests {
                     s.settle("s:a", 0, &[charge(&g[0], 16)], Totals::default());
                 }
                 Reserved::Refused { used, .. } => assert_eq!(used, 48),
+                Reserved::NeedEstimate => panic!("not optimistic"),
             }
         }
         assert_eq!(admitted, 3);
@@ -282,6 +300,24 @@ mod tests {
             s.reserve("s:a", 0, &[want(100, 10, 20)]),
             Reserved::Granted(_)
         ));
+    }
+
+    #[test]
+    fn optimistic_wants_reserve_only_when_they_fit_whole() {
+        let s = MemoryStore::open(None);
+        let opt = Want {
+            optimistic: true,
+            ..want(100, 60, 90)
+        };
+        assert!(matches!(
+            s.reserve("s:a", 0, std::slice::from_ref(&opt)),
+            Reserved::Granted(_)
+        ));
+        assert_eq!(
+            s.reserve("s:a", 0, std::slice::from_ref(&opt)),
+            Reserved::NeedEstimate
+        );
+        assert_eq!(s.get("s:a").unwrap().counters["tokens:life"].reserved, 90);
     }
 
     #[test]

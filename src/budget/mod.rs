@@ -18,7 +18,7 @@ pub mod store;
 pub mod webhook;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -70,8 +70,8 @@ pub struct CallFacts {
     pub agent: Arc<str>,
     /// Requested model.
     pub model: Option<String>,
-    /// Estimated input tokens.
-    pub est_input: u64,
+    /// A cheap upper bound of the input tokens ([`input_bound`]).
+    pub input_bound: u64,
     /// The request's output cap, when it set one.
     pub max_output: Option<u64>,
 }
@@ -81,6 +81,8 @@ pub struct Admission {
     budgets: Arc<Budgets>,
     held: Vec<Held>,
     facts: CallFacts,
+    /// The input estimate (or its upper bound, when the estimate was not needed).
+    est_input: u64,
     /// Tokens left under the tightest session token limit after this call's reservation.
     pub session_tokens_remaining: Option<u64>,
     /// Output tokens this call may stream before a `cut` limit ends it.
@@ -116,6 +118,30 @@ pub struct Spent {
 /// per-message framing; see [`crate::tokens`]).
 pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
     crate::tokens::estimate_input(format, body)
+}
+
+/// An upper bound of [`estimate_input`] that needs no parsing: a token is at least one byte of
+/// text, the JSON around the text is longer than the per-message framing, and every key that may
+/// hold a media part counts as one (1,000 tokens each in the estimate). An eighth more covers
+/// text that re-serializes longer than it was written.
+pub fn input_bound(body: &[u8]) -> u64 {
+    const MEDIA_KEYS: [&[u8]; 9] = [
+        b"\"image_url\"",
+        b"\"inline_data\"",
+        b"\"inlineData\"",
+        b"\"input_audio\"",
+        b"\"file_data\"",
+        b"\"fileData\"",
+        b"\"image\"",
+        b"\"source\"",
+        b"\"file\"",
+    ];
+    let media: u64 = MEDIA_KEYS
+        .iter()
+        .map(|k| memchr::memmem::find_iter(body, k).count() as u64)
+        .sum();
+    let n = body.len() as u64;
+    n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + media * crate::tokens::MEDIA_PART_TOKENS
 }
 
 // === impl Budgets ===
@@ -190,17 +216,25 @@ impl Budgets {
 
     /// Admit a call or refuse it (`ProxyError::BudgetExceeded`, or
     /// `BudgetStoreUnavailable` when the store is down and `fail_closed` is set).
-    pub async fn admit(self: &Arc<Self>, facts: CallFacts) -> Result<Admission, ProxyError> {
+    /// `estimate` gives the call's estimated input tokens; it is only called when the call is
+    /// near a limit (the upper bound `facts.input_bound` decides the rest).
+    pub async fn admit(
+        self: &Arc<Self>,
+        facts: CallFacts,
+        estimate: &(dyn Fn() -> u64 + Sync),
+    ) -> Result<Admission, ProxyError> {
         let now = unix_now();
         let mut adm = Admission {
             budgets: self.clone(),
             held: Vec::new(),
+            est_input: facts.input_bound,
             facts,
             session_tokens_remaining: None,
             cut_after_output: None,
             decision: "allowed",
             settled: false,
         };
+        let mut exact: Option<u64> = None;
         let f = &adm.facts;
         let model = f.model.as_deref().unwrap_or("");
         let max_out = f.max_output.unwrap_or(self.default_max_output);
@@ -219,29 +253,26 @@ impl Budgets {
             if idx.is_empty() {
                 continue;
             }
-            let wants: Vec<Want> = idx
-                .iter()
-                .map(|&i| {
-                    let l = &self.limits[i];
-                    let (min, want) = match l.unit {
-                        Unit::Tokens => (f.est_input, f.est_input.saturating_add(max_out)),
-                        Unit::Usd => (
-                            self.prices.estimate(model, f.est_input, 0),
-                            self.prices.estimate(model, f.est_input, max_out),
-                        ),
-                    };
-                    Want {
-                        counter: l.counter.clone(),
-                        window: l.window,
-                        limit: l.amount,
-                        min,
-                        want,
-                        enforce: l.action != LimitAction::Observe,
-                    }
-                })
-                .collect();
             let key = group_key(scope, id);
-            match self.store.reserve(&key, now, &wants).await {
+            // First with the cheap upper bound of the input: when the whole reservation fits,
+            // the tokenizer is not needed. Near a limit, again with the real estimate.
+            let mut optimistic = exact.is_none();
+            let (reserved, wants) = loop {
+                let input = if optimistic {
+                    f.input_bound
+                } else {
+                    *exact.get_or_insert_with(estimate)
+                };
+                let wants = self.wants(&idx, model, input, max_out, optimistic);
+                match self.store.reserve(&key, now, &wants).await {
+                    Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
+                    other => break (other, wants),
+                }
+            };
+            match reserved {
+                Ok(Reserved::NeedEstimate) => {
+                    return Err(ProxyError::BudgetStoreUnavailable);
+                }
                 Ok(Reserved::Granted(grants)) => {
                     self.mark_store(true);
                     for ((&i, g), w) in idx.iter().zip(&grants).zip(&wants) {
@@ -285,13 +316,46 @@ impl Budgets {
                 Err(e) => {
                     self.store_failed("reserve", &e);
                     if self.fail_closed {
-                        counter!(m::BUDGET_DECISIONS_TOTAL, "scope" => limits::scope_str(scope), "decision" => "rejected").increment(1);
+                        count_decision(scope, "rejected");
                         return Err(ProxyError::BudgetStoreUnavailable);
                     }
                 }
             }
         }
+        adm.est_input = exact.unwrap_or(adm.facts.input_bound);
         Ok(adm)
+    }
+
+    /// What a call wants from each of the limits `idx`, its input taken as `input` tokens.
+    fn wants(
+        &self,
+        idx: &[usize],
+        model: &str,
+        input: u64,
+        max_out: u64,
+        optimistic: bool,
+    ) -> Vec<Want> {
+        idx.iter()
+            .map(|&i| {
+                let l = &self.limits[i];
+                let (min, want) = match l.unit {
+                    Unit::Tokens => (input, input.saturating_add(max_out)),
+                    Unit::Usd => (
+                        self.prices.estimate(model, input, 0),
+                        self.prices.estimate(model, input, max_out),
+                    ),
+                };
+                Want {
+                    counter: l.counter.clone(),
+                    window: l.window,
+                    limit: l.amount,
+                    min,
+                    want,
+                    enforce: l.action != LimitAction::Observe,
+                    optimistic,
+                }
+            })
+            .collect()
     }
 
     /// Output tokens a call granted `granted` (of which `min` is its input) may produce.
@@ -317,7 +381,6 @@ impl Budgets {
         now: u64,
     ) -> &'static str {
         let l = &self.limits[i];
-        let after = g.used.saturating_add(g.granted);
         let decision = if l.action == LimitAction::Observe && g.granted < w.min.max(1) {
             counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => f.agent.clone())
                 .increment(1);
@@ -333,15 +396,12 @@ impl Budgets {
         } else {
             "allowed"
         };
-        counter!(m::BUDGET_DECISIONS_TOTAL, "scope" => l.scope_str(), "decision" => decision)
-            .increment(1);
-        self.ratio(l, &f.agent, after);
+        count_decision(l.scope, decision);
         decision
     }
 
     fn refused(&self, key: &str, f: &CallFacts, l: &Limit, used: u64, now: u64) {
-        counter!(m::BUDGET_DECISIONS_TOTAL, "scope" => l.scope_str(), "decision" => "rejected")
-            .increment(1);
+        count_decision(l.scope, "rejected");
         counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => f.agent.clone())
             .increment(1);
         self.ratio(l, &f.agent, used);
@@ -351,8 +411,7 @@ impl Budgets {
     /// Record a cut (called when a stream is ended at its limit).
     pub fn cut(&self, session: Option<&Arc<str>>, agent: &Arc<str>) {
         for l in self.limits.iter().filter(|l| l.action == LimitAction::Cut) {
-            counter!(m::BUDGET_DECISIONS_TOTAL, "scope" => l.scope_str(), "decision" => "cut")
-                .increment(1);
+            count_decision(l.scope, "cut");
             counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => agent.clone())
                 .increment(1);
             if let Some(w) = &self.webhook {
@@ -517,7 +576,7 @@ impl Admission {
         let u = &spent.usage;
         let input = u
             .input
-            .unwrap_or(if spent.sent { self.facts.est_input } else { 0 });
+            .unwrap_or(if spent.sent { self.est_input } else { 0 });
         let output = u.output.unwrap_or(spent.output_events);
         let usage = Usage {
             input: Some(input),
@@ -555,7 +614,7 @@ impl Admission {
             session: self.facts.session.clone(),
             agent: self.facts.agent.clone(),
             model: None,
-            est_input: self.facts.est_input,
+            input_bound: self.est_input,
             max_output: None,
         });
         let now = unix_now();
@@ -624,6 +683,28 @@ impl Drop for Admission {
     }
 }
 
+/// Decision values, in the order of the cached counters.
+const DECISIONS: [&str; 5] = ["allowed", "warned", "rejected", "cut", "observed"];
+
+/// `tokenwarden_budget_decisions_total{scope,decision}` += 1, through handles registered once
+/// (every admitted call counts one per limit: a registry lookup each time would show).
+fn count_decision(scope: LimitScope, decision: &'static str) {
+    static HANDLES: OnceLock<[[metrics::Counter; 5]; 3]> = OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        [LimitScope::Session, LimitScope::Agent, LimitScope::Global].map(|s| {
+            DECISIONS.map(|d| counter!(m::BUDGET_DECISIONS_TOTAL, "scope" => limits::scope_str(s), "decision" => d))
+        })
+    });
+    let si = match scope {
+        LimitScope::Session => 0,
+        LimitScope::Agent => 1,
+        LimitScope::Global => 2,
+    };
+    if let Some(di) = DECISIONS.iter().position(|d| *d == decision) {
+        handles[si][di].increment(1);
+    }
+}
+
 /// `{scope}_{unit}_budget_exceeded`.
 fn code(l: &Limit) -> &'static str {
     match (l.scope, l.unit) {
@@ -661,4 +742,28 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_bound_is_never_below_the_estimate() {
+        let bodies: &[&str] = &[
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+            r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"What is in this image?"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"\u00e9\u00e9\u00e9 caf\u00e9 1e2"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"n":{"type":"number","default":1e2}}}}}]}"#,
+            r#"{"model":"claude","max_tokens":10,"system":"s","messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}}]}]}"#,
+            r#"{"contents":[{"parts":[{"text":"hi"},{"inlineData":{"mimeType":"image/png","data":"AAAA"}}]}]}"#,
+            "not json at all, just some words",
+            "",
+        ];
+        for b in bodies {
+            for f in [Format::OpenAiChat, Format::Anthropic, Format::Gemini] {
+                let (e, ub) = (estimate_input(f, b.as_bytes()), input_bound(b.as_bytes()));
+                assert!(ub >= e, "{f:?} {b}: bound {ub} < estimate {e}");
+            }
+        }
+    }
 }

@@ -15,7 +15,8 @@ use super::store::{Charge, Counter, Grant, Group, Reserved, StoreError, Totals, 
 /// Sorted set of session ids by lifetime tokens, for `GET /v1/sessions?top=N`.
 const TOP_KEY: &str = "tw:sessions:tokens";
 
-/// Check every want, then reserve all or nothing. Mirrors `store::decide`.
+/// Check every want, then reserve all or nothing. Mirrors `store::decide`. Mode per want:
+/// 0 observe (never refuse), 1 enforce, 2 enforce optimistically (reserve only if `want` fits).
 const RESERVE: &str = r#"
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
@@ -29,7 +30,7 @@ for i = 0, n - 1 do
   local limit = tonumber(ARGV[b + 2])
   local min = tonumber(ARGV[b + 3])
   local want = tonumber(ARGV[b + 4])
-  local enforce = ARGV[b + 5] == '1'
+  local mode = ARGV[b + 5]
   local start = 0
   if w > 0 then start = now - (now % w) end
   local v = redis.call('HMGET', KEYS[1], c .. ':s', c .. ':p', c .. ':r')
@@ -40,7 +41,8 @@ for i = 0, n - 1 do
   local used = p + r
   local remaining = limit - used
   if remaining < 0 then remaining = 0 end
-  if enforce and remaining < math.max(min, 1) then return {0, i, used} end
+  if mode == '2' and remaining < want then return {2} end
+  if mode ~= '0' and remaining < math.max(min, 1) then return {0, i, used} end
   local g = math.min(want, remaining)
   sets[#sets + 1] = {c, start, p, r + g}
   out[#out + 1] = start
@@ -163,7 +165,11 @@ impl RedisStore {
                 .arg(w.limit)
                 .arg(w.min)
                 .arg(w.want)
-                .arg(u8::from(w.enforce));
+                .arg(match (w.enforce, w.optimistic) {
+                    (_, true) => 2u8,
+                    (true, false) => 1,
+                    (false, false) => 0,
+                });
         }
         let v: Vec<i64> = self
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
@@ -179,6 +185,7 @@ impl RedisStore {
                     })
                     .collect(),
             )),
+            Some(2) => Ok(Reserved::NeedEstimate),
             Some(0) if v.len() == 3 => Ok(Reserved::Refused {
                 index: v[1].max(0) as usize,
                 used: v[2].max(0) as u64,

@@ -25,6 +25,9 @@ pub struct Want {
     pub want: u64,
     /// Refuse at all (false for `observe` limits).
     pub enforce: bool,
+    /// `min` and `want` come from an upper bound of the input, not the estimate: reserve only
+    /// when the whole `want` fits, else answer [`Reserved::NeedEstimate`] and reserve nothing.
+    pub optimistic: bool,
 }
 
 /// A reservation made on one counter.
@@ -50,6 +53,8 @@ pub enum Reserved {
         /// Spent plus reserved on it.
         used: u64,
     },
+    /// An optimistic want did not fit whole: ask again with the real estimate.
+    NeedEstimate,
 }
 
 /// A reservation replaced by actual spend.
@@ -188,12 +193,25 @@ pub fn window_start(window: Option<u64>, now: u64) -> u64 {
 
 /// The one admission rule, shared by the memory store and mirrored by the Redis script:
 /// refuse when what remains is below the call's estimated input (or nothing remains); else
-/// reserve the wanted amount capped at what remains.
-pub fn decide(c: &Counter, w: &Want) -> Result<u64, u64> {
+/// reserve the wanted amount capped at what remains. An optimistic want (from an upper bound of
+/// the input) is only reserved when it fits whole, which needs no estimate to decide.
+pub fn decide(c: &Counter, w: &Want) -> Result<u64, Short> {
     let used = c.spent.saturating_add(c.reserved);
     let remaining = w.limit.saturating_sub(used);
+    if w.optimistic && remaining < w.want {
+        return Err(Short::NeedEstimate);
+    }
     if w.enforce && remaining < w.min.max(1) {
-        return Err(used);
+        return Err(Short::Refused(used));
     }
     Ok(w.want.min(remaining))
+}
+
+/// Why [`decide`] reserved nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Short {
+    /// Refused; spent plus reserved.
+    Refused(u64),
+    /// An optimistic want did not fit whole.
+    NeedEstimate,
 }

@@ -169,14 +169,14 @@ impl Proxy {
         }
         let mut budget_facts = None;
         if let Some(facts) = facts {
-            if let Some(b) = &self.budgets {
-                // The tokenizer runs only when a limit needs the estimate.
-                let est = if b.has_limits() {
-                    crate::budget::estimate_input(facts.format, &body)
-                } else {
-                    0
-                };
-                budget_facts = Some((est, facts.model.clone(), facts.max_tokens));
+            if self.budgets.is_some() {
+                // The body as the client sent it, for the input estimate (a refcount).
+                budget_facts = Some((
+                    facts.format,
+                    body.clone(),
+                    facts.model.clone(),
+                    facts.max_tokens,
+                ));
             }
             let mut llm = accounting::LlmCall::new(facts, self.labels.clone());
             let f = llm.facts();
@@ -195,16 +195,18 @@ impl Proxy {
             call.set_llm(llm);
         }
         // Budget admission: after the request is read, before anything goes upstream.
-        if let (Some(budgets), Some((est_input, model, max_output))) = (&self.budgets, budget_facts)
+        if let (Some(budgets), Some((format, sent_body, model, max_output))) =
+            (&self.budgets, budget_facts)
         {
             let facts = CallFacts {
                 session: call.session().cloned(),
                 agent: call.labels().agent.clone(),
                 model,
-                est_input,
+                input_bound: crate::budget::input_bound(&sent_body),
                 max_output,
             };
-            match budgets.admit(facts).await {
+            let estimate = || crate::budget::estimate_input(format, &sent_body);
+            match budgets.admit(facts, &estimate).await {
                 Ok(adm) => call.set_budget(adm),
                 Err(e) => {
                     call.set_budget_decision("rejected");

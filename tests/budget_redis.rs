@@ -38,6 +38,7 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -204,4 +205,54 @@ async fn redis_dying_mid_run_fails_as_configured_and_recovers() {
             "/readyz did not return to 200"
         );
     }
+}
+
+/// A client that goes away while its check-and-reserve runs in Redis leaves nothing reserved.
+#[tokio::test]
+async fn a_client_gone_during_admission_leaks_no_reservation() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    // A limit far away: the one (optimistic) script reserves at once.
+    let cfg = config(m.addr(), &redis.url(), "fail_closed")
+        .replace("300ms", "5s")
+        .replace("tokens: 50", "tokens: 100000");
+    let p = TestProxy::start(&cfg).await;
+    // Connect the proxy's store first (another session), so the script is sent at once below.
+    assert_eq!(call16(p.addr, "gone-warm").await.0.status(), 200);
+    let before = m.stats().requests;
+    // Hold Redis busy for a second so the admission script waits.
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"DEBUG SLEEP 1\r\n").unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let gone = tokio::time::timeout(Duration::from_millis(300), call16(p.addr, "gone-1")).await;
+    assert!(gone.is_err(), "the call finished while Redis slept");
+    assert_eq!(&sleeper.join().unwrap(), b"+OK\r\n");
+    let url = format!("http://{}/v1/sessions/gone-1", p.admin);
+    let released = eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let (r, b) = get(&url).await;
+            r.status() == 200
+                && serde_json::from_slice::<serde_json::Value>(&b).unwrap()["limits"][0]["used"]
+                    == serde_json::json!(0.0)
+        }
+    })
+    .await;
+    let (_, b) = get(&url).await;
+    assert!(
+        released,
+        "reservation left behind: {}",
+        String::from_utf8_lossy(&b)
+    );
+    assert_eq!(
+        m.stats().requests,
+        before,
+        "the abandoned call went upstream"
+    );
 }

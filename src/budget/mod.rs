@@ -264,7 +264,7 @@ impl Budgets {
                     *exact.get_or_insert_with(estimate)
                 };
                 let wants = self.wants(&idx, model, input, max_out, optimistic);
-                match self.store.reserve(&key, now, &wants).await {
+                match self.reserve(&key, now, &wants).await {
                     Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
                     other => break (other, wants),
                 }
@@ -324,6 +324,48 @@ impl Budgets {
         }
         adm.est_input = exact.unwrap_or(adm.facts.input_bound);
         Ok(adm)
+    }
+
+    /// Check-and-reserve. Redis runs in its own task: when the client goes away while the
+    /// script runs (hyper drops this future), the task gives the reservation back instead of
+    /// leaking it.
+    async fn reserve(
+        self: &Arc<Self>,
+        key: &str,
+        now: u64,
+        wants: &[Want],
+    ) -> Result<Reserved, StoreError> {
+        if let Store::Memory(m) = &self.store {
+            return Ok(m.reserve(key, now, wants));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let b = self.clone();
+        let (key, wants) = (key.to_string(), wants.to_vec());
+        tokio::spawn(async move {
+            let res = b.store.reserve(&key, now, &wants).await;
+            if let Err(Ok(Reserved::Granted(grants))) = tx.send(res) {
+                let charges: Vec<Charge> = wants
+                    .iter()
+                    .zip(&grants)
+                    .map(|(w, g)| Charge {
+                        counter: w.counter.clone(),
+                        window: w.window,
+                        start: g.start,
+                        granted: g.granted,
+                        actual: 0,
+                    })
+                    .collect();
+                if let Err(e) = b
+                    .store
+                    .settle(&key, unix_now(), &charges, Totals::default())
+                    .await
+                {
+                    b.store_failed("settle", &e);
+                }
+            }
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Redis("reserve task ended".into())))
     }
 
     /// What a call wants from each of the limits `idx`, its input taken as `input` tokens.

@@ -15,6 +15,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod mock;
+pub mod policy;
 pub mod providers;
 pub mod proxy;
 pub mod server;

@@ -11,6 +11,7 @@ use metrics::{counter, histogram, Histogram, Label};
 use tokio::time::Instant;
 
 use crate::body::BodyEnd;
+use crate::policy::ResponseCheck;
 use crate::providers::decompress::{DecompressError, Decompressor};
 use crate::providers::{ResponseParser, ResponseRecord};
 use crate::telemetry::labels::Labels;
@@ -46,6 +47,7 @@ pub struct LlmCall {
     last_output: Option<Instant>,
     per_chunk: Option<Histogram>,
     injected: bool,
+    policy: Option<ResponseCheck>,
 }
 
 /// How the call ended, for the finish step.
@@ -80,12 +82,32 @@ impl LlmCall {
             last_output: None,
             per_chunk: None,
             injected: false,
+            policy: None,
         }
     }
 
     /// The request facts.
     pub fn facts(&self) -> &RequestFacts {
         &self.facts
+    }
+
+    /// Check the response's tool calls against the agent's policies at the end.
+    pub fn set_policy(&mut self, check: ResponseCheck) {
+        self.policy = Some(check);
+    }
+
+    /// Whether this response must be held and checked before the client sees it: a policy
+    /// would block it, and it is a plain (not streamed, not encoded) body the parser reads.
+    pub fn holds_response(&self) -> bool {
+        self.policy.as_ref().is_some_and(ResponseCheck::blocks)
+            && !self.streamed
+            && self.parser.is_some()
+            && self.decompressor.is_none()
+    }
+
+    /// Take the response check to run it early (on a held response) instead of at the end.
+    pub fn take_policy(&mut self) -> Option<ResponseCheck> {
+        self.policy.take()
     }
 
     /// Usage was requested upstream on the client's behalf (and must be hidden from it).
@@ -165,8 +187,8 @@ impl LlmCall {
         self.last_output = Some(now);
     }
 
-    /// The call ended: record what the response said.
-    pub fn finish(self, base: &CallLabels, ending: &Ending) {
+    /// The call ended: record what the response said; returns the policies its tool calls broke.
+    pub fn finish(self, base: &CallLabels, ending: &Ending) -> Vec<&'static str> {
         let record = match self.parser {
             Some(p) if self.unparsed.is_none() => p.finish(),
             _ => ResponseRecord {
@@ -197,6 +219,14 @@ impl LlmCall {
             )
             .increment(1);
         }
+        let violations = match &self.policy {
+            Some(check) => {
+                check
+                    .review(&self.facts.tools, &record.tool_calls)
+                    .violations
+            }
+            None => Vec::new(),
+        };
         let mut labels = gen_ai.clone();
         if let Some(err) = error_type(&record, ending) {
             labels.push(Label::new(
@@ -212,6 +242,7 @@ impl LlmCall {
                     .record(first.duration_since(ending.started).as_secs_f64());
             }
         }
+        violations
     }
 }
 

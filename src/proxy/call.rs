@@ -43,6 +43,7 @@ pub struct Call {
     llm: Option<LlmCall>,
     session: Option<Arc<str>>,
     step: Option<u64>,
+    policy_violations: Vec<&'static str>,
     finished: bool,
 }
 
@@ -90,6 +91,7 @@ impl Call {
             llm: None,
             session: None,
             step: None,
+            policy_violations: Vec::new(),
             finished: false,
         }
     }
@@ -110,6 +112,18 @@ impl Call {
         self.step
     }
 
+    /// Note a policy this call broke (flagged or blocked), for its span.
+    pub fn add_policy_violation(&mut self, policy: &'static str) {
+        if !self.policy_violations.contains(&policy) {
+            self.policy_violations.push(policy);
+        }
+    }
+
+    /// Policies this call broke so far.
+    pub fn policy_violations(&self) -> &[&'static str] {
+        &self.policy_violations
+    }
+
     /// Labels shared by the call's series (route, provider, operation, agent).
     pub fn labels(&self) -> &CallLabels {
         &self.base
@@ -123,6 +137,11 @@ impl Call {
     /// The LLM accounting state, if this is an LLM call.
     pub fn llm_mut(&mut self) -> Option<&mut LlmCall> {
         self.llm.as_mut()
+    }
+
+    /// Whether the response must be held and its tool calls checked before the client sees it.
+    pub fn holds_response(&self) -> bool {
+        self.llm.as_ref().is_some_and(LlmCall::holds_response)
     }
 
     /// Whether the response stream must be rewritten to hide usage injected upstream.
@@ -200,7 +219,9 @@ impl Call {
                 started: self.started,
                 now,
             };
-            llm.finish(&self.base, &ending);
+            for policy in llm.finish(&self.base, &ending) {
+                self.add_policy_violation(policy);
+            }
         }
         if let Some(overhead) = self.overhead() {
             histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())

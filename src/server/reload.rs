@@ -43,31 +43,35 @@ pub struct Reloader {
     policies: Arc<Policies>,
     running: Config,
     last: Option<u64>,
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 // === impl Reloader ===
 
 impl Reloader {
-    /// Watch `path`, whose contents produced `running`, for `policies`.
+    /// Watch `path`, whose contents produced `running`, for `policies`. Must be called inside
+    /// the runtime: SIGHUP is caught from here on (it would otherwise end the process).
     pub fn new(path: PathBuf, running: Config, policies: Arc<Policies>) -> Self {
         let last = std::fs::read(&path).ok().map(|b| fingerprint(&b));
-        Self {
-            path,
-            policies,
-            running,
-            last,
-        }
-    }
-
-    /// Poll every `every` and listen for SIGHUP until the task is aborted.
-    pub async fn run(mut self, every: Duration) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file change only");
                 None
             }
         };
+        Self {
+            path,
+            policies,
+            running,
+            last,
+            hup,
+        }
+    }
+
+    /// Poll every `every` and listen for SIGHUP until the task is aborted.
+    pub async fn run(mut self, every: Duration) {
+        let mut hup = self.hup.take();
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

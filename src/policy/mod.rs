@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use crate::config::{
     AgentPolicy, CapAction, Config, DeclaredToolAction, Enforcement, LoopDetection, MaxTokensCap,
 };
-use crate::providers::{Format, ToolCall};
+use crate::providers::ToolCall;
 use crate::proxy::inspect::{DeclaredTool, RequestFacts};
 use crate::proxy::{Call, ProxyError};
 use crate::telemetry::labels::Labels;
@@ -149,11 +149,6 @@ pub struct Review {
 /// Check one agent's policy config; the error is `(key under agents.NAME, message)`.
 pub fn check_agent(p: &AgentPolicy) -> Result<(), (String, String)> {
     AgentRules::new(p).map(drop)
-}
-
-/// Rough input-token estimate until the shared estimator is used: 4 bytes per token.
-pub fn estimate_input(_format: Format, body: &[u8]) -> u64 {
-    (body.len() as u64).div_ceil(4)
 }
 
 fn count(agent: &Arc<str>, policy: &'static str) {
@@ -463,7 +458,7 @@ impl Policies {
 
         if let Some(model) = facts.model.as_deref() {
             if let Some(window) = set.catalog.window(model) {
-                let input = estimate_input(facts.format, body);
+                let input = crate::tokens::estimate_input(facts.format, body);
                 histogram!(m::CONTEXT_UTILIZATION_RATIO, "model" => self.labels.models.get(model))
                     .record(input as f64 / window as f64);
                 let output = facts.max_tokens.unwrap_or(0);

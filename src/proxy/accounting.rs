@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::body::BodyEnd;
 use crate::policy::ResponseCheck;
 use crate::providers::decompress::{DecompressError, Decompressor};
-use crate::providers::{ResponseParser, ResponseRecord};
+use crate::providers::{OutputSample, ResponseParser, ResponseRecord};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
 
@@ -48,6 +48,53 @@ pub struct LlmCall {
     per_chunk: Option<Histogram>,
     injected: bool,
     policy: Option<ResponseCheck>,
+    request_body: Bytes,
+}
+
+/// Where a call's token counts came from (`tokenwarden.usage.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// Stated by the provider in a response the client asked for.
+    Provider,
+    /// Stated by the provider because the proxy asked for stream usage on the client's behalf.
+    Injected,
+    /// Counted by the proxy (no usage in the response): see [`crate::tokens`].
+    Estimated,
+    /// No usage known (an error response, or a body that could not be read).
+    None,
+}
+
+/// What an LLM call came to, for spans, budgets and the access log.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// What the response said, usage filled in by estimate where it said none.
+    pub record: ResponseRecord,
+    /// Where the usage came from.
+    pub usage_source: UsageSource,
+    /// When the first output chunk arrived (streams).
+    pub first_output: Option<Instant>,
+    /// When the last output chunk arrived (streams).
+    pub last_output: Option<Instant>,
+    /// Whether the response was a stream.
+    pub streamed: bool,
+    /// `error.type`, for a failed call.
+    pub error_type: Option<String>,
+    /// Policies the response's tool calls broke.
+    pub policy_violations: Vec<&'static str>,
+}
+
+// === impl UsageSource ===
+
+impl UsageSource {
+    /// Attribute and label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Provider => "provider",
+            UsageSource::Injected => "injected",
+            UsageSource::Estimated => "estimated",
+            UsageSource::None => "none",
+        }
+    }
 }
 
 /// How the call ended, for the finish step.
@@ -83,7 +130,14 @@ impl LlmCall {
             per_chunk: None,
             injected: false,
             policy: None,
+            request_body: Bytes::new(),
         }
+    }
+
+    /// The request body as sent upstream (a reference-counted handle), kept to estimate input
+    /// tokens if the response states no usage.
+    pub fn set_request_body(&mut self, body: Bytes) {
+        self.request_body = body;
     }
 
     /// The request facts.
@@ -187,14 +241,34 @@ impl LlmCall {
         self.last_output = Some(now);
     }
 
-    /// The call ended: record what the response said; returns the policies its tool calls broke.
-    pub fn finish(self, base: &CallLabels, ending: &Ending) -> Vec<&'static str> {
-        let record = match self.parser {
-            Some(p) if self.unparsed.is_none() => p.finish(),
-            _ => ResponseRecord {
-                unparsed: self.unparsed,
-                ..ResponseRecord::default()
-            },
+    /// The call ended: record what the response said (estimating usage where it said none).
+    pub fn finish(self, base: &CallLabels, ending: &Ending) -> Finished {
+        let parsed = self.parser.is_some();
+        let (mut record, sample) = match self.parser {
+            Some(p) if self.unparsed.is_none() => p.finish_with_sample(),
+            _ => (
+                ResponseRecord {
+                    unparsed: self.unparsed,
+                    ..ResponseRecord::default()
+                },
+                OutputSample::default(),
+            ),
+        };
+        let usage_source = if record.usage.is_present() {
+            if self.injected {
+                UsageSource::Injected
+            } else {
+                UsageSource::Provider
+            }
+        } else if parsed && billable(&record, ending) {
+            record.usage.input = Some(crate::tokens::estimate_input(
+                self.facts.format,
+                &self.request_body,
+            ));
+            record.usage.output = Some(sample.estimate_tokens());
+            UsageSource::Estimated
+        } else {
+            UsageSource::None
         };
         if let Some(reason) = record.unparsed {
             counter!(m::UNPARSED_BODIES_TOTAL, "route" => base.route.clone(), "reason" => reason)
@@ -211,7 +285,7 @@ impl LlmCall {
             Label::new("gen_ai_response_model", response_model.to_string()),
             Label::new("agent", base.agent.to_string()),
         ];
-        record_usage(&record, base, &response_model, &gen_ai);
+        record_usage(&record, base, &response_model, &gen_ai, usage_source);
         for call in &record.tool_calls {
             counter!(m::TOOL_CALLS_TOTAL,
                 "agent" => base.agent.clone(),
@@ -228,10 +302,11 @@ impl LlmCall {
             None => Vec::new(),
         };
         let mut labels = gen_ai.clone();
-        if let Some(err) = error_type(&record, ending) {
+        let error_type = error_type(&record, ending);
+        if let Some(err) = &error_type {
             labels.push(Label::new(
                 "error_type",
-                self.labels.errors.get(&err).to_string(),
+                self.labels.errors.get(err).to_string(),
             ));
         }
         histogram!(m::GEN_AI_OPERATION_DURATION, labels)
@@ -242,11 +317,34 @@ impl LlmCall {
                     .record(first.duration_since(ending.started).as_secs_f64());
             }
         }
-        violations
+        Finished {
+            record,
+            usage_source,
+            first_output: self.first_output,
+            last_output: self.last_output,
+            streamed: self.streamed,
+            error_type,
+            policy_violations: violations,
+        }
     }
 }
 
-fn record_usage(record: &ResponseRecord, base: &CallLabels, model: &Arc<str>, gen_ai: &[Label]) {
+/// Whether a read response without usage still cost tokens: it is not an error answer (a body
+/// cut short by a client that left or by a broken upstream was still billed for what was
+/// generated).
+fn billable(record: &ResponseRecord, ending: &Ending) -> bool {
+    record.unparsed.is_none()
+        && record.error_type.is_none()
+        && ending.status.is_some_and(|s| s.is_success())
+}
+
+fn record_usage(
+    record: &ResponseRecord,
+    base: &CallLabels,
+    model: &Arc<str>,
+    gen_ai: &[Label],
+    source: UsageSource,
+) {
     let u = &record.usage;
     let by_type = [
         ("input", u.input),
@@ -261,6 +359,7 @@ fn record_usage(record: &ResponseRecord, base: &CallLabels, model: &Arc<str>, ge
             "agent" => base.agent.clone(),
             "model" => model.clone(),
             "type" => kind,
+            "source" => source.as_str(),
         )
         .increment(n);
         if kind == "input" || kind == "output" {

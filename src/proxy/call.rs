@@ -212,15 +212,18 @@ impl Call {
         let duration = now.duration_since(self.started);
         histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.base.route.clone(), "status" => status)
             .record(duration.as_secs_f64());
-        if let Some(llm) = self.llm.take() {
+        let finished = self.llm.take().map(|llm| {
             let ending = Ending {
                 end,
                 status: self.status,
                 started: self.started,
                 now,
             };
-            for policy in llm.finish(&self.base, &ending) {
-                self.add_policy_violation(policy);
+            llm.finish(&self.base, &ending)
+        });
+        for policy in finished.iter().flat_map(|f| f.policy_violations.iter()) {
+            if !self.policy_violations.contains(policy) {
+                self.policy_violations.push(policy);
             }
         }
         if let Some(overhead) = self.overhead() {
@@ -244,6 +247,9 @@ impl Call {
                 bytes_in = self.bytes_in,
                 bytes_out = self.bytes_out,
                 agent = %self.base.agent,
+                input_tokens = finished.as_ref().and_then(|f| f.record.usage.input),
+                output_tokens = finished.as_ref().and_then(|f| f.record.usage.output),
+                usage_source = finished.as_ref().map(|f| f.usage_source.as_str()),
                 "request"
             );
         }

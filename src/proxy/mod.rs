@@ -184,6 +184,7 @@ impl Proxy {
                     llm.set_injected();
                 }
             }
+            llm.set_request_body(body.clone());
             call.set_llm(llm);
         }
 

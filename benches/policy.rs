@@ -1,7 +1,8 @@
 //! Policy evaluation per request with a 20-tool schema set: the request side (allow/deny,
 //! forbidden patterns, max_tokens cap, loop hash, tool results, context guard — body parsed
 //! once), the response side (two tool calls validated against their declared schemas, compiled
-//! per request), and request inspection alone for scale.
+//! per request), and, for scale, request inspection and the input-token estimate alone (the
+//! context guard calls the estimate; it dominates the request side).
 //!
 //! Run: `cargo bench --bench policy`. Numbers go to BENCHMARKS.md.
 
@@ -27,7 +28,7 @@ fn tool_names() -> Vec<String> {
 
 /// An OpenAI chat request declaring 20 tools, each with a realistic object schema, and a short
 /// conversation with one round of tool results.
-fn request_body() -> Vec<u8> {
+fn request_body(max_tokens: u64) -> Vec<u8> {
     let tools: Vec<Value> = tool_names()
         .iter()
         .map(|n| {
@@ -40,7 +41,7 @@ fn request_body() -> Vec<u8> {
             "required":["query"],"additionalProperties":false}}})
         })
         .collect();
-    json!({"model":"gpt-4o-mini","max_tokens":4000,"tools":tools,"messages":[
+    json!({"model":"gpt-4o-mini","max_tokens":max_tokens,"tools":tools,"messages":[
         {"role":"system","content":"You are a support agent. Use the tools to answer precisely."},
         {"role":"user","content":"Find the open tickets for customer 1042 and summarise them."},
         {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"tool_03","arguments":"{\"query\":\"customer 1042\"}"}}]},
@@ -63,9 +64,11 @@ fn bench(c: &mut Criterion) {
         PolicySet::from_config(&cfg).unwrap(),
         Arc::new(Labels::new(200)),
     );
-    let body = request_body();
+    let body = request_body(1000);
+    let over_cap = request_body(4000);
     let class = classify(Protocol::Auto, PATH);
     let facts = inspect(&class, PATH, None, &body).unwrap();
+    let facts_over = inspect(&class, PATH, None, &over_cap).unwrap();
     assert_eq!(facts.tools.len(), 20);
     let agent: Arc<str> = Arc::from("bench");
     let session: Arc<str> = Arc::from("bench-session");
@@ -74,23 +77,36 @@ fn bench(c: &mut Criterion) {
     g.bench_function("inspect_request_20_tools", |b| {
         b.iter(|| inspect(&class, PATH, None, black_box(&body)))
     });
-    g.bench_function("request_side_20_tools", |b| {
-        b.iter_batched(
-            || facts.clone(),
-            |mut f| {
-                let asker = Asker {
-                    agent: &agent,
-                    operation: "chat",
-                    session: Some(&session),
-                    step: Some(3),
-                    now: tokio::time::Instant::now(),
-                };
-                let admitted = policies.evaluate(&asker, &mut f, black_box(&body));
-                assert!(admitted.is_ok());
-                admitted.ok().map(|a| a.rewritten.is_some())
-            },
-            BatchSize::SmallInput,
-        )
+    let cases = [
+        ("request_side_20_tools", &facts, &body),
+        (
+            "request_side_20_tools_clamp_rewrite",
+            &facts_over,
+            &over_cap,
+        ),
+    ];
+    for (name, facts, body) in cases {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || facts.clone(),
+                |mut f| {
+                    let asker = Asker {
+                        agent: &agent,
+                        operation: "chat",
+                        session: Some(&session),
+                        step: Some(3),
+                        now: tokio::time::Instant::now(),
+                    };
+                    let admitted = policies.evaluate(&asker, &mut f, black_box(body));
+                    assert!(admitted.is_ok());
+                    admitted.ok().map(|a| a.rewritten.is_some())
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.bench_function("estimate_input_20_tools", |b| {
+        b.iter(|| tokenwarden::tokens::estimate_input(facts.format, black_box(&body)))
     });
     let rules = ToolRules::new(&cfg.agents["bench"]);
     let calls = vec![

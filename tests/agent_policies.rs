@@ -20,6 +20,8 @@ agents:
     max_steps: 2
   blocker:
     tool_call_action: block
+  blocker-other:
+    tool_call_action: block
   approver:
     require_approval: [get_weather]
     approval_action: block
@@ -533,4 +535,68 @@ async fn tool_results_the_agent_reports_are_counted() {
     assert_eq!(results("get_weather", "error"), 2.0);
     assert_eq!(results("search_docs", "error"), 2.0);
     assert_eq!(results("search_docs", "ok"), 2.0);
+}
+
+/// OpenAI Responses and Gemini, JSON and streamed: the same validation, and blocking of JSON.
+#[tokio::test]
+async fn responses_and_gemini_tool_calls_are_validated_too() {
+    let m = mock().await;
+    let p = TestProxy::to("policy", m.addr(), AGENTS).await;
+    let bad: Value = serde_json::from_str(WEATHER_BAD).unwrap();
+    let responses = |stream: bool| {
+        json!({"model":"gpt-4.1","input":"weather?","stream":stream,
+            "tools":[{"type":"function","name":"get_weather","parameters":bad}]})
+    };
+    let gemini = json!({"contents":[{"role":"user","parts":[{"text":"weather?"}]}],
+            "tools":[{"functionDeclarations":[{"name":"get_weather","parameters":bad}]}]});
+    let cases = [
+        ("resp-json", "/v1/responses", responses(false), false),
+        ("resp-stream", "/v1/responses", responses(true), true),
+        (
+            "gem-json",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            gemini.clone(),
+            false,
+        ),
+        (
+            "gem-stream",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            gemini,
+            true,
+        ),
+    ];
+    for (name, path, body, stream) in &cases {
+        let agent = format!("val-{name}");
+        let hdrs = [("x-agent-name", agent.as_str()), ("x-mock-tool-calls", "2")];
+        let (resp, _) = post(&p.url(path), &hdrs, &body.to_string()).await;
+        assert_eq!(resp.status(), 200, "{name}");
+        let hdrs = [
+            ("x-agent-name", "blocker-other"),
+            ("x-mock-tool-calls", "1"),
+        ];
+        let (resp, bytes) = post(&p.url(path), &hdrs, &body.to_string()).await;
+        if *stream {
+            assert_eq!(resp.status(), 200, "{name}: streams are flagged only");
+        } else {
+            assert_eq!(resp.status(), 403, "{name}");
+            assert_eq!(resp.headers()["x-tokenwarden-error"], "invalid_tool_args");
+            let v: Value = serde_json::from_slice(&bytes).unwrap();
+            if name.starts_with("gem") {
+                assert_eq!(v["error"]["status"], "PERMISSION_DENIED", "{v}");
+            } else {
+                assert_eq!(v["error"]["type"], "invalid_tool_args", "{v}");
+            }
+        }
+    }
+    let text = p.metrics().await;
+    for (name, ..) in &cases {
+        let agent = format!("val-{name}");
+        assert_eq!(
+            violations(&text, &agent, "invalid_tool_args"),
+            1.0,
+            "{name}\n{text}"
+        );
+        assert_eq!(violations(&text, &agent, "undeclared_tool"), 1.0, "{name}");
+    }
+    assert_eq!(violations(&text, "blocker-other", "invalid_tool_args"), 4.0);
 }

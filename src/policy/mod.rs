@@ -146,11 +146,6 @@ pub struct Review {
     pub block: Option<ProxyError>,
 }
 
-/// Check one agent's policy config; the error is `(key under agents.NAME, message)`.
-pub fn check_agent(p: &AgentPolicy) -> Result<(), (String, String)> {
-    AgentRules::new(p).map(drop)
-}
-
 fn count(agent: &Arc<str>, policy: &'static str) {
     counter!(m::POLICY_VIOLATIONS_TOTAL, "agent" => agent.clone(), "policy" => policy).increment(1);
 }
@@ -539,5 +534,63 @@ impl ResponseCheck {
             }
         }
         review
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_from_str;
+
+    #[test]
+    fn bad_policies_are_load_errors_naming_the_key() {
+        let cases = [
+            (
+                "agents:\n  a:\n    forbidden_input:\n      - { id: x, regex: \"(\" }\n",
+                "agents.a.forbidden_input[0]",
+            ),
+            (
+                "agents:\n  a:\n    forbidden_input:\n      - { id: x }\n",
+                "agents.a.forbidden_input[0]",
+            ),
+            (
+                "agents:\n  a:\n    loop_detection: { threshold: 1 }\n",
+                "agents.a.loop_detection.threshold",
+            ),
+            (
+                "agents:\n  a:\n    max_tokens_cap: { limit: 0 }\n",
+                "agents.a.max_tokens_cap.limit",
+            ),
+            ("agents:\n  a:\n    max_steps: 0\n", "agents.a.max_steps"),
+            (
+                "models:\n  m: { context_window: 0 }\n",
+                "models.m.context_window",
+            ),
+            (
+                "agents:\n  a:\n    tool_call_action: maybe\n",
+                "tool_call_action",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = load_from_str(text, "c.yaml").unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn agents_without_an_entry_get_the_star_rules_or_the_defaults() {
+        let c = load_from_str(
+            "agents:\n  a:\n    max_steps: 3\n  \"*\":\n    max_steps: 9\n",
+            "t",
+        )
+        .unwrap();
+        let set = PolicySet::from_config(&c).unwrap();
+        assert_eq!(set.rules_for("a").max_steps, Some(3));
+        assert_eq!(set.rules_for("someone").max_steps, Some(9));
+        let none = PolicySet::from_config(&load_from_str("", "t").unwrap()).unwrap();
+        let d = none.rules_for("x");
+        assert!(d.max_steps.is_none() && d.loop_detection.enabled);
+        assert_eq!(d.tool_call_action, Enforcement::Flag);
+        assert_eq!(none.catalog().window("gpt-4o"), Some(128_000));
     }
 }

@@ -222,9 +222,7 @@ impl Call {
             llm.finish(&self.base, &ending)
         });
         for policy in finished.iter().flat_map(|f| f.policy_violations.iter()) {
-            if !self.policy_violations.contains(policy) {
-                self.policy_violations.push(policy);
-            }
+            self.add_policy_violation(policy);
         }
         if let Some(overhead) = self.overhead() {
             histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())

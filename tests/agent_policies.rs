@@ -600,3 +600,27 @@ async fn responses_and_gemini_tool_calls_are_validated_too() {
     }
     assert_eq!(violations(&text, "blocker-other", "invalid_tool_args"), 4.0);
 }
+
+/// Agent labels are capped; a configured agent keeps its policies however many other agent
+/// names traffic invents first.
+#[tokio::test]
+async fn configured_agents_keep_their_policies_past_the_label_cap() {
+    let m = mock().await;
+    let extra = format!("telemetry:\n  max_label_values: 2\n{AGENTS}");
+    let p = TestProxy::to("policy", m.addr(), &extra).await;
+    let shape = Shape::ChatJson;
+    for i in 0..5 {
+        let (resp, _) = send_as(
+            &p,
+            shape,
+            &format!("noise-{i}"),
+            &[],
+            &shape.body(&[], "hi"),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+    let body = shape.body(&[("delete_everything", ANY)], "hi");
+    let (resp, bytes) = send_as(&p, shape, "guarded", &[], &body).await;
+    assert_refused(shape, &resp, &bytes, 403, "denied_tool");
+}

@@ -228,6 +228,15 @@ impl PolicySet {
     pub fn from_config(config: &Config) -> Result<Self, (String, String)> {
         let mut agents = HashMap::new();
         for (name, p) in &config.agents {
+            if name.len() > crate::telemetry::labels::MAX_LABEL_LEN {
+                return Err((
+                    format!("agents.{name}"),
+                    format!(
+                        "agent names are at most {} bytes",
+                        crate::telemetry::labels::MAX_LABEL_LEN
+                    ),
+                ));
+            }
             let rules =
                 AgentRules::new(p).map_err(|(k, msg)| (format!("agents.{name}.{k}"), msg))?;
             agents.insert(name.clone(), Arc::new(rules));
@@ -272,6 +281,15 @@ impl PolicySet {
         self.agents.get(agent).unwrap_or(&self.fallback)
     }
 
+    /// Rules are looked up by the agent label, which is capped: configured agents are pinned,
+    /// so traffic inventing agent names cannot push them to `other`. (A configured name over
+    /// the label length limit cannot be matched; config validation refuses it.)
+    fn admit_agent_labels(&self, labels: &Labels) {
+        for name in self.agents.keys() {
+            labels.agents.pin(name);
+        }
+    }
+
     /// The model catalog.
     pub fn catalog(&self) -> &ModelCatalog {
         &self.catalog
@@ -283,6 +301,7 @@ impl PolicySet {
 impl Policies {
     /// Serve `set`; tool and model labels are capped by `labels`.
     pub fn new(set: PolicySet, labels: Arc<Labels>) -> Self {
+        set.admit_agent_labels(&labels);
         Self {
             set: ArcSwap::from_pointee(set),
             loops: LoopTracker::default(),
@@ -292,6 +311,7 @@ impl Policies {
 
     /// Swap in a new rule set; requests in flight keep the one they started with.
     pub fn replace(&self, set: PolicySet) {
+        set.admit_agent_labels(&self.labels);
         self.set.store(Arc::new(set));
     }
 

@@ -77,8 +77,15 @@ fn bench(c: &mut Criterion) {
     g.bench_function("inspect_request_20_tools", |b| {
         b.iter(|| inspect(&class, PATH, None, black_box(&body)))
     });
+    let mut uncatalogued = facts.clone();
+    uncatalogued.model = Some("a-model-not-in-the-catalog".into());
     let cases = [
         ("request_side_20_tools", &facts, &body),
+        (
+            "request_side_20_tools_no_context_guard",
+            &uncatalogued,
+            &body,
+        ),
         (
             "request_side_20_tools_clamp_rewrite",
             &facts_over,
@@ -107,6 +114,13 @@ fn bench(c: &mut Criterion) {
     }
     g.bench_function("estimate_input_20_tools", |b| {
         b.iter(|| tokenwarden::tokens::estimate_input(facts.format, black_box(&body)))
+    });
+    g.bench_function("loop_hash_20_tools", |b| {
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        b.iter(|| tokenwarden::policy::request_hash(black_box(&doc)))
+    });
+    g.bench_function("json_value_parse_20_tools", |b| {
+        b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
     });
     let rules = ToolRules::new(&cfg.agents["bench"]);
     let calls = vec![

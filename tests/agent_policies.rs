@@ -16,11 +16,15 @@ agents:
   stripper:
     denied_tools: [delete_everything]
     denied_tool_action: strip
+  guarded-capped:
+    denied_tools: [delete_everything]
   stepper:
     max_steps: 2
   blocker:
     tool_call_action: block
   blocker-other:
+    tool_call_action: block
+  blocker-broken:
     tool_call_action: block
   approver:
     require_approval: [get_weather]
@@ -621,6 +625,38 @@ async fn configured_agents_keep_their_policies_past_the_label_cap() {
         assert_eq!(resp.status(), 200);
     }
     let body = shape.body(&[("delete_everything", ANY)], "hi");
-    let (resp, bytes) = send_as(&p, shape, "guarded", &[], &body).await;
+    let (resp, bytes) = send_as(&p, shape, "guarded-capped", &[], &body).await;
     assert_refused(shape, &resp, &bytes, 403, "denied_tool");
+}
+
+/// Arguments that are not JSON at all (the mock drops their last byte): `invalid_tool_args`,
+/// from a JSON body and assembled from stream fragments; blocked JSON answers a 403.
+#[tokio::test]
+async fn tool_arguments_that_are_not_json_are_invalid() {
+    let m = mock().await;
+    let p = TestProxy::to("policy", m.addr(), AGENTS).await;
+    let knobs = [
+        ("x-mock-tool-calls", "1"),
+        ("x-mock-truncate-tool-args", "1"),
+    ];
+    // Anthropic JSON carries arguments as an object, which the mock cannot break.
+    let shapes = [Shape::ChatJson, Shape::ChatStream, Shape::AnthStream];
+    for shape in shapes {
+        let agent = format!("val-broken-{}", shape.name());
+        let body = shape.body(&[("get_weather", WEATHER_OK)], "weather?");
+        let (resp, _) = send_as(&p, shape, &agent, &knobs, &body).await;
+        assert_eq!(resp.status(), 200, "{shape:?}");
+    }
+    let body = Shape::ChatJson.body(&[("get_weather", WEATHER_OK)], "weather?");
+    let (resp, bytes) = send_as(&p, Shape::ChatJson, "blocker-broken", &knobs, &body).await;
+    assert_refused(Shape::ChatJson, &resp, &bytes, 403, "invalid_tool_args");
+    let text = p.metrics().await;
+    for shape in shapes {
+        let agent = format!("val-broken-{}", shape.name());
+        assert_eq!(
+            violations(&text, &agent, "invalid_tool_args"),
+            1.0,
+            "{shape:?}\n{text}"
+        );
+    }
 }

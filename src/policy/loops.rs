@@ -104,22 +104,28 @@ fn hash_value(v: &Value, h: &mut impl Hasher) {
     match v {
         Value::Null => 0u8.hash(h),
         Value::Bool(b) => (1u8, b).hash(h),
-        Value::Number(n) => (2u8, n.to_string()).hash(h),
+        Value::Number(n) => {
+            2u8.hash(h);
+            match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), ..) => u.hash(h),
+                (None, Some(i), _) => i.hash(h),
+                (.., f) => f.map(f64::to_bits).hash(h),
+            }
+        }
         Value::String(s) => (3u8, s).hash(h),
         Value::Array(a) => {
             (4u8, a.len()).hash(h);
             a.iter().for_each(|x| hash_value(x, h));
         }
         Value::Object(o) => {
-            (5u8, o.len()).hash(h);
-            let mut keys: Vec<&String> = o.keys().collect();
-            keys.sort_unstable();
-            for k in keys {
-                k.hash(h);
-                if let Some(x) = o.get(k) {
-                    hash_value(x, h);
-                }
-            }
+            // Entries hashed one by one and summed: key order does not matter, no sorting.
+            let sum = o.iter().fold(0u64, |acc, (k, x)| {
+                let mut eh = std::collections::hash_map::DefaultHasher::new();
+                k.hash(&mut eh);
+                hash_value(x, &mut eh);
+                acc.wrapping_add(eh.finish())
+            });
+            (5u8, o.len(), sum).hash(h);
         }
     }
 }

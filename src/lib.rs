@@ -18,6 +18,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod mock;
+pub mod policy;
 pub mod providers;
 pub mod proxy;
 pub mod server;

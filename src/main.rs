@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, cli.config.clone()))
 }
 
 /// GET /healthz on the admin listener with a plain blocking socket: no runtime needed.
@@ -75,14 +75,18 @@ fn health_check(admin: std::net::SocketAddr) -> std::io::Result<()> {
     }
 }
 
-async fn run(config: config::Config) -> ExitCode {
-    let server = match Server::bind(config).await {
+async fn run(config: config::Config, path: Option<std::path::PathBuf>) -> ExitCode {
+    let mut server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot start: {e}");
             return ExitCode::from(EX_USAGE);
         }
     };
+    if let Some(path) = path {
+        // Agent policies and the model catalog follow the file (SIGHUP or a change on disk).
+        server.watch_config(path, tokenwarden::server::reload::POLL_INTERVAL);
+    }
     tracing::info!(
         proxy = %server.proxy_addr(),
         admin = %server.admin_addr(),

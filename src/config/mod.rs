@@ -395,6 +395,109 @@ pub struct AgentPolicy {
     /// Tool calls to these are flagged as needing approval.
     #[serde(default)]
     pub require_approval: Vec<String>,
+    /// A request declaring a denied or unlisted tool: `reject` (403) or `strip` (tool removed).
+    #[serde(default)]
+    pub denied_tool_action: DeclaredToolAction,
+    /// Response tool calls that are denied, undeclared or invalid: `flag` or `block`.
+    #[serde(default)]
+    pub tool_call_action: Enforcement,
+    /// Response tool calls to `require_approval` tools: `flag` or `block`.
+    #[serde(default)]
+    pub approval_action: Enforcement,
+    /// Requests whose estimated input plus `max_tokens` exceed the model's window: `flag` or `block`.
+    #[serde(default)]
+    pub context_window_action: Enforcement,
+    /// The same request repeated within a session.
+    #[serde(default)]
+    pub loop_detection: LoopDetection,
+    /// Patterns request content must not contain (answered 400 naming the pattern id).
+    #[serde(default)]
+    pub forbidden_input: Vec<ForbiddenPattern>,
+    /// Upper bound on the output tokens a request may ask for.
+    #[serde(default)]
+    pub max_tokens_cap: Option<MaxTokensCap>,
+    /// Substrings marking an OpenAI tool message (or Responses tool output) as a failed result.
+    #[serde(default)]
+    pub tool_error_markers: Vec<String>,
+}
+
+/// What happens to a request that declares a tool the agent may not use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeclaredToolAction {
+    /// Refuse the request (403 naming the tool).
+    #[default]
+    Reject,
+    /// Remove the tool from the request and forward the rest.
+    Strip,
+}
+
+/// Flag (count, put on the span) or block a policy violation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// Count it and put it on the span; the call goes on.
+    #[default]
+    Flag,
+    /// Count it and refuse the request (or replace a JSON response) with a 403.
+    Block,
+}
+
+/// Loop detection: the same normalised request (model, messages, tools) repeated in a session.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopDetection {
+    /// On by default (as a flag).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Identical requests within `window` that make a loop (the request reaching it is flagged).
+    #[serde(default = "default_loop_threshold")]
+    pub threshold: u32,
+    /// How far back identical requests count.
+    #[serde(default = "default_loop_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// `flag` or `block` (403).
+    #[serde(default)]
+    pub action: Enforcement,
+}
+
+/// One forbidden input pattern: exactly one of `contains` and `regex`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForbiddenPattern {
+    /// Named in the refusal instead of the matched content.
+    pub id: String,
+    /// A plain substring.
+    #[serde(default)]
+    pub contains: Option<String>,
+    /// A regular expression (Rust `regex` syntax).
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Match regardless of case.
+    #[serde(default)]
+    pub case_insensitive: bool,
+}
+
+/// A cap on the output tokens a request may ask for.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxTokensCap {
+    /// Largest `max_tokens` (or the provider's equivalent) allowed.
+    pub limit: u64,
+    /// `clamp` (rewrite to the limit) or `reject` (403).
+    #[serde(default)]
+    pub action: CapAction,
+}
+
+/// What a request over the `max_tokens` cap gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CapAction {
+    /// Rewrite the request's value to the cap (and add the cap when the request set none).
+    #[default]
+    Clamp,
+    /// Refuse with a 403.
+    Reject,
 }
 
 /// What the proxy knows about a model.
@@ -472,6 +575,17 @@ impl UpstreamConfig {
             t.idle_timeout = o.idle_timeout.unwrap_or(t.idle_timeout);
         }
         t
+    }
+}
+
+impl Default for LoopDetection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: default_loop_threshold(),
+            window: default_loop_window(),
+            action: Enforcement::Flag,
+        }
     }
 }
 
@@ -606,6 +720,12 @@ fn default_max_label_values() -> usize {
 }
 fn default_snapshot_path() -> PathBuf {
     PathBuf::from("data/budgets.json")
+}
+fn default_loop_threshold() -> u32 {
+    3
+}
+fn default_loop_window() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 fn default_window() -> String {
     "lifetime".into()

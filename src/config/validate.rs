@@ -119,6 +119,8 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(w) = &config.alerts.webhook {
         check_upstream_url(w).map_err(|m| invalid("alerts.webhook", &m))?;
     }
+    // Agent policies and the model catalog: compiled once here so a bad pattern is a load error.
+    crate::policy::PolicySet::from_config(config).map_err(|(k, m)| invalid(&k, &m))?;
     Ok(())
 }
 

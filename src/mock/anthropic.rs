@@ -153,6 +153,7 @@ fn messages_sse(model: &str, k: &Knobs) -> Vec<Bytes> {
     }
     for i in 0..k.tool_calls {
         let (name, args) = tool(i);
+        let args = k.tool_args(args);
         ev(&mut f, "content_block_start")
             .s(r#","index":"#)
             .n(index)

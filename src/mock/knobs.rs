@@ -23,6 +23,9 @@ pub struct Knobs {
     pub reasoning_tokens: u64,
     pub gzip: bool,
     pub fault: Option<Fault>,
+    /// Tool-call arguments lose their last byte (not JSON any more) where the format carries
+    /// them as a string: OpenAI chat (JSON and SSE) and Anthropic streams.
+    pub truncate_tool_args: bool,
 }
 
 /// A knob header with a value the mock does not understand.
@@ -46,6 +49,7 @@ impl Knobs {
             reasoning_tokens: o.reasoning_tokens,
             gzip: o.gzip,
             fault: o.fault,
+            truncate_tool_args: false,
         }
     }
 
@@ -81,6 +85,7 @@ impl Knobs {
                 "cached-tokens" => k.cached_tokens = num()?,
                 "reasoning-tokens" => k.reasoning_tokens = num()?,
                 "gzip" => k.gzip = parse_bool(text).ok_or_else(bad)?,
+                "truncate-tool-args" => k.truncate_tool_args = parse_bool(text).ok_or_else(bad)?,
                 "fault" => k.fault = Fault::parse_setting(text).map_err(|_| bad())?,
                 // Unknown x-mock-* headers are ignored (forward compatible).
                 _ => {}
@@ -88,6 +93,14 @@ impl Knobs {
         }
         k.cached_tokens = k.cached_tokens.min(k.input_tokens);
         Ok(k)
+    }
+
+    /// The arguments of a canned tool call as this request sends them.
+    pub fn tool_args<'a>(&self, args: &'a str) -> &'a str {
+        match self.truncate_tool_args {
+            true => &args[..args.len().saturating_sub(1)],
+            false => args,
+        }
     }
 
     /// Output tokens reported in usage (see [`super::output_tokens`]).
@@ -148,6 +161,7 @@ mod tests {
                 ("x-mock-cached-tokens", "500"),
                 ("x-mock-reasoning-tokens", "4"),
                 ("x-mock-gzip", "1"),
+                ("x-mock-truncate-tool-args", "yes"),
                 ("x-mock-fault", "none"),
                 ("x-mock-something-new", "whatever"),
             ]),
@@ -162,6 +176,8 @@ mod tests {
         assert_eq!(k.cached_tokens, 100, "clamped to input tokens");
         assert_eq!(k.reasoning_tokens, 4);
         assert!(k.gzip);
+        assert!(k.truncate_tool_args);
+        assert_eq!(k.tool_args("{}"), "{");
         assert_eq!(k.fault, None);
         assert_eq!(k.visible_output_tokens(), k.output_tokens() - 4);
     }

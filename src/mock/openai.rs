@@ -98,6 +98,7 @@ fn chat_json(model: &str, k: &Knobs) -> Bytes {
         f.s(r#","tool_calls":["#);
         for i in 0..k.tool_calls {
             let (name, args) = tool(i);
+            let args = k.tool_args(args);
             if i > 0 {
                 f.s(",");
             }
@@ -163,6 +164,7 @@ fn chat_sse(model: &str, include_usage: bool, k: &Knobs) -> Vec<Bytes> {
     // Tool calls: a header fragment with id and name, then the arguments in pieces.
     for i in 0..k.tool_calls {
         let (name, args) = tool(i);
+        let args = k.tool_args(args);
         f.b(&head)
             .s(open)
             .s(r#"{"tool_calls":[{"index":"#)

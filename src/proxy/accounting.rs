@@ -11,6 +11,7 @@ use metrics::{counter, histogram, Histogram, Label};
 use tokio::time::Instant;
 
 use crate::body::BodyEnd;
+use crate::policy::ResponseCheck;
 use crate::providers::decompress::{DecompressError, Decompressor};
 use crate::providers::{OutputSample, ResponseParser, ResponseRecord};
 use crate::telemetry::labels::Labels;
@@ -46,6 +47,7 @@ pub struct LlmCall {
     last_output: Option<Instant>,
     per_chunk: Option<Histogram>,
     injected: bool,
+    policy: Option<ResponseCheck>,
     request_body: Bytes,
     output_events: u64,
 }
@@ -80,6 +82,8 @@ pub struct Finished {
     pub error_type: Option<String>,
     /// The served (else requested) model as a capped metric label.
     pub response_model: Arc<str>,
+    /// Policies the response's tool calls broke.
+    pub policy_violations: Vec<&'static str>,
 }
 
 // === impl UsageSource ===
@@ -128,6 +132,7 @@ impl LlmCall {
             last_output: None,
             per_chunk: None,
             injected: false,
+            policy: None,
             request_body: Bytes::new(),
             output_events: 0,
         }
@@ -142,6 +147,25 @@ impl LlmCall {
     /// The request facts.
     pub fn facts(&self) -> &RequestFacts {
         &self.facts
+    }
+
+    /// Check the response's tool calls against the agent's policies at the end.
+    pub fn set_policy(&mut self, check: ResponseCheck) {
+        self.policy = Some(check);
+    }
+
+    /// Whether this response must be held and checked before the client sees it: a policy
+    /// would block it, and it is a plain (not streamed, not encoded) body the parser reads.
+    pub fn holds_response(&self) -> bool {
+        self.policy.as_ref().is_some_and(ResponseCheck::blocks)
+            && !self.streamed
+            && self.parser.is_some()
+            && self.decompressor.is_none()
+    }
+
+    /// Take the response check to run it early (on a held response) instead of at the end.
+    pub fn take_policy(&mut self) -> Option<ResponseCheck> {
+        self.policy.take()
     }
 
     /// Usage was requested upstream on the client's behalf (and must be hidden from it).
@@ -284,6 +308,14 @@ impl LlmCall {
             )
             .increment(1);
         }
+        let violations = match &self.policy {
+            Some(check) => {
+                check
+                    .review(&self.facts.tools, &record.tool_calls)
+                    .violations
+            }
+            None => Vec::new(),
+        };
         let mut labels = gen_ai.clone();
         let error_type = error_type(&record, ending);
         if let Some(err) = &error_type {
@@ -308,6 +340,7 @@ impl LlmCall {
             streamed: self.streamed,
             error_type,
             response_model,
+            policy_violations: violations,
         }
     }
 }

@@ -48,6 +48,7 @@ pub struct Call {
     budget: Option<Admission>,
     budget_decision: Option<&'static str>,
     cut: Option<Arc<CutSignal>>,
+    policy_violations: Vec<&'static str>,
     finished: bool,
 }
 
@@ -98,6 +99,7 @@ impl Call {
             budget: None,
             budget_decision: None,
             cut: None,
+            policy_violations: Vec::new(),
             finished: false,
         }
     }
@@ -145,6 +147,18 @@ impl Call {
         self.cut = Some(signal);
     }
 
+    /// Note a policy this call broke (flagged or blocked), for its span.
+    pub fn add_policy_violation(&mut self, policy: &'static str) {
+        if !self.policy_violations.contains(&policy) {
+            self.policy_violations.push(policy);
+        }
+    }
+
+    /// Policies this call broke so far.
+    pub fn policy_violations(&self) -> &[&'static str] {
+        &self.policy_violations
+    }
+
     /// Labels shared by the call's series (route, provider, operation, agent).
     pub fn labels(&self) -> &CallLabels {
         &self.base
@@ -158,6 +172,11 @@ impl Call {
     /// The LLM accounting state, if this is an LLM call.
     pub fn llm_mut(&mut self) -> Option<&mut LlmCall> {
         self.llm.as_mut()
+    }
+
+    /// Whether the response must be held and its tool calls checked before the client sees it.
+    pub fn holds_response(&self) -> bool {
+        self.llm.as_ref().is_some_and(LlmCall::holds_response)
     }
 
     /// Whether the response stream must be rewritten to hide usage injected upstream.
@@ -265,6 +284,9 @@ impl Call {
             }
             f
         });
+        for policy in finished.iter().flat_map(|f| f.policy_violations.iter()) {
+            self.add_policy_violation(policy);
+        }
         if let Some(overhead) = self.overhead() {
             histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())
                 .record(overhead.as_secs_f64());

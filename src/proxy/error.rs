@@ -76,6 +76,28 @@ pub enum ProxyError {
     /// The budget store is unreachable and `on_store_unreachable` is `fail_closed`.
     #[error("tokenwarden: the budget store is unreachable")]
     BudgetStoreUnavailable,
+    /// An agent policy refused the request or withheld the response.
+    #[error("tokenwarden: policy {policy}: {message}")]
+    Policy {
+        /// The policy label (`denied_tool`, `max_steps`, `loop`, ...).
+        policy: &'static str,
+        /// What was refused, naming the tool or limit (never request content).
+        message: String,
+    },
+    /// A response held for a policy check was larger than the parse cap.
+    #[error("tokenwarden: the response from route '{route}' is too large to check against the agent's policies")]
+    ResponseTooLarge {
+        /// Route name.
+        route: String,
+    },
+    /// Request content matched a forbidden input pattern.
+    #[error(
+        "tokenwarden: policy forbidden_input: the request matches forbidden input pattern '{id}'"
+    )]
+    ForbiddenInput {
+        /// The pattern's configured id.
+        id: String,
+    },
 }
 
 /// The upstream-error metric label for an error, when it is one.
@@ -98,12 +120,14 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
-            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamReset { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamReset { .. }
+            | ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BudgetStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Policy { .. } => StatusCode::FORBIDDEN,
+            ProxyError::ForbiddenInput { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -118,6 +142,9 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::BudgetExceeded { code, .. } => code,
             ProxyError::BudgetStoreUnavailable => "budget_store_unavailable",
+            ProxyError::ResponseTooLarge { .. } => "response_too_large",
+            ProxyError::Policy { policy, .. } => policy,
+            ProxyError::ForbiddenInput { .. } => "forbidden_input",
         }
     }
 
@@ -187,6 +214,7 @@ impl ProxyError {
 
     fn openai_type(&self) -> &'static str {
         match self {
+            ProxyError::Policy { .. } | ProxyError::ForbiddenInput { .. } => self.code(),
             ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody => {
                 "invalid_request_error"
             }
@@ -198,6 +226,8 @@ impl ProxyError {
 
     fn anthropic_type(&self) -> &'static str {
         match self {
+            // `type` names the policy; SDKs pick their exception from the status.
+            ProxyError::Policy { .. } | ProxyError::ForbiddenInput { .. } => self.code(),
             ProxyError::NoRoute => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BadRequestBody => "invalid_request_error",
@@ -210,7 +240,10 @@ impl ProxyError {
     fn google_status(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "NOT_FOUND",
-            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody => "INVALID_ARGUMENT",
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequestBody
+            | ProxyError::ForbiddenInput { .. } => "INVALID_ARGUMENT",
+            ProxyError::Policy { .. } => "PERMISSION_DENIED",
             ProxyError::UpstreamTimeout { .. } => "DEADLINE_EXCEEDED",
             ProxyError::BudgetExceeded { .. } => "RESOURCE_EXHAUSTED",
             _ => "UNAVAILABLE",
@@ -292,6 +325,35 @@ mod tests {
         assert!(r.headers().get("x-should-retry").is_none());
         let v = body_json(r).await;
         assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+
+    #[tokio::test]
+    async fn policy_refusals_name_the_policy_in_every_shape() {
+        let e = ProxyError::Policy {
+            policy: "denied_tool",
+            message: "agent 'a' may not use tool 'rm'".into(),
+        };
+        let r = e.to_response(ErrorShape::OpenAi);
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.headers()[PROXY_ERROR_HEADER], "denied_tool");
+        let v = body_json(r).await;
+        assert_eq!(v["error"]["type"], "denied_tool");
+        assert!(v["error"]["message"].as_str().unwrap().contains("'rm'"));
+        let v = body_json(e.to_response(ErrorShape::Anthropic)).await;
+        assert_eq!(v["error"]["type"], "denied_tool");
+        let v = body_json(e.to_response(ErrorShape::Gemini)).await;
+        assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
+        let f = ProxyError::ForbiddenInput {
+            id: "aws_key".into(),
+        };
+        let r = f.to_response(ErrorShape::Anthropic);
+        assert_eq!(r.status(), 400);
+        let v = body_json(r).await;
+        assert_eq!(v["error"]["type"], "forbidden_input");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'aws_key'"));
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ pub mod accounting;
 mod call;
 pub mod error;
 pub mod headers;
+mod held;
 pub mod inspect;
 pub mod protocol;
 pub mod route;
@@ -37,6 +38,7 @@ use crate::body::{ObservedBody, StripUsage};
 use crate::budget::cut::{self, Cut, CutSignal};
 use crate::budget::{Budgets, BudgetsError, CallFacts};
 use crate::config::Config;
+use crate::policy::{Policies, PolicySet};
 use crate::session::{SessionSource, Sessions};
 use crate::telemetry::labels::Labels;
 
@@ -66,6 +68,7 @@ pub struct Proxy {
     session_source: SessionSource,
     sessions: Arc<Sessions>,
     budgets: Option<Arc<Budgets>>,
+    policies: Arc<Policies>,
 }
 
 /// The proxy could not be built.
@@ -84,12 +87,20 @@ pub enum ProxyBuildError {
 impl Proxy {
     /// Build the proxy (routes and their pooled clients) from a validated config.
     pub fn new(config: &Config) -> Result<Self, ProxyBuildError> {
+        let labels = Arc::new(Labels::new(config.telemetry.max_label_values));
+        // Config validation already compiled these; an error here cannot happen for a loaded
+        // config, and would only leave the built-in defaults in force.
+        let set = PolicySet::from_config(config).unwrap_or_else(|(key, msg)| {
+            tracing::error!(key, msg, "agent policies unusable; using the defaults");
+            PolicySet::empty()
+        });
         Ok(Self {
             router: Router::from_config(config)?,
             max_body: config.server.max_request_body_bytes,
             agent_header: HeaderName::from_bytes(config.identity.agent_header.as_bytes())
                 .unwrap_or_else(|_| HeaderName::from_static("x-agent-name")),
-            labels: Arc::new(Labels::new(config.telemetry.max_label_values)),
+            policies: Arc::new(Policies::new(set, labels.clone())),
+            labels,
             access_log: config.logging.access_log,
             inject_stream_usage: config.telemetry.inject_stream_usage,
             session_source: SessionSource::new(&config.identity.session_headers),
@@ -106,6 +117,11 @@ impl Proxy {
     /// Live sessions and their step counters.
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
+    }
+
+    /// The live agent policies (a config reload swaps their rules).
+    pub fn policies(&self) -> &Arc<Policies> {
+        &self.policies
     }
 
     /// hyper entry point: never fails, every error becomes a response.
@@ -158,7 +174,7 @@ impl Proxy {
         };
         call.bytes_in = body.len();
         let mut body = body;
-        let facts = inspect::inspect(&class, &upath, parts.uri.query(), &body);
+        let mut facts = inspect::inspect(&class, &upath, parts.uri.query(), &body);
         let user = facts.as_ref().and_then(|f| f.user.as_deref());
         if let Some(session) = self.session_source.identify(&parts.headers, user) {
             // Steps count LLM calls only; other paths (model lists, files) are not agent steps.
@@ -168,6 +184,14 @@ impl Proxy {
             call.set_session(session, step);
         }
         let mut budget_facts = None;
+        let mut check = None;
+        if let Some(f) = facts.as_mut() {
+            // Policies run before the upstream request exists: a refusal never reaches it.
+            match self.policies.admit(&mut call, f, &mut body) {
+                Ok(c) => check = Some(c),
+                Err(e) => return local_error(call, e, shape),
+            }
+        }
         if let Some(facts) = facts {
             if self.budgets.is_some() {
                 // The body as the client sent it, for the input estimate (a refcount).
@@ -179,6 +203,9 @@ impl Proxy {
                 ));
             }
             let mut llm = accounting::LlmCall::new(facts, self.labels.clone());
+            if let Some(c) = check {
+                llm.set_policy(c);
+            }
             let f = llm.facts();
             if self.inject_stream_usage
                 && f.format == crate::providers::Format::OpenAiChat
@@ -259,9 +286,13 @@ impl Proxy {
         call.on_response_headers(&rparts.headers);
         headers::strip_hop_by_hop(&mut rparts.headers);
         rparts.version = Version::HTTP_11;
+        // Before a held response too: it carries the session budget header as well.
+        let cut = self.arm_cut(&mut call, &mut rparts.headers);
+        if held::should_hold(&call, &rparts) {
+            return held::respond(call, rparts, rbody, shape, &route).await;
+        }
         call.returned = Some(Instant::now());
         let strip = call.strips_usage();
-        let cut = self.arm_cut(&mut call, &mut rparts.headers);
         let body = ObservedBody::new(rbody, call, route.timeouts.idle_timeout);
         if strip {
             // The rewritten stream is shorter than what the upstream framed.

@@ -7,6 +7,7 @@
 
 pub mod admin;
 mod listener;
+pub mod reload;
 pub mod sessions_api;
 pub mod signals;
 
@@ -51,6 +52,7 @@ pub struct Server {
     health: Arc<Health>,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
+    reloader: Option<(reload::Reloader, std::time::Duration)>,
 }
 
 /// How a drain ended.
@@ -86,7 +88,16 @@ impl Server {
             health: Arc::new(Health::default()),
             proxy_listener,
             admin_listener,
+            reloader: None,
         })
+    }
+
+    /// Reload agent policies and the model catalog from `path` on SIGHUP and when its contents
+    /// change (checked every `poll`), while running.
+    pub fn watch_config(&mut self, path: std::path::PathBuf, poll: std::time::Duration) {
+        let running = Config::clone(&self.config);
+        let policies = self.proxy.policies().clone();
+        self.reloader = Some((reload::Reloader::new(path, running, policies), poll));
     }
 
     /// The proxy listener's bound address.
@@ -109,6 +120,7 @@ impl Server {
         let expiry = tokio::spawn(self.proxy.sessions().clone().run_expiry());
         let budgets = self.proxy.budgets().cloned();
         let budget_upkeep = budgets.clone().map(|b| tokio::spawn(b.run_upkeep()));
+        let reload = self.reloader.map(|(r, poll)| tokio::spawn(r.run(poll)));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let proxy = listener::serve_proxy(
             self.proxy_listener,
@@ -153,6 +165,9 @@ impl Server {
         }
         if let Some(b) = &budgets {
             b.shutdown();
+        }
+        if let Some(r) = reload {
+            r.abort();
         }
         match drained {
             Ok(()) => {

@@ -70,6 +70,14 @@ impl LabelCap {
         self.seen.entry(v.clone()).or_insert(());
         v
     }
+
+    /// Admit `value` whatever the cap (values from config, e.g. agents with policies, which are
+    /// looked up by their label); over-long values still report as `other`.
+    pub fn pin(&self, value: &str) {
+        if value.len() <= MAX_LABEL_LEN && !self.seen.contains_key(value) {
+            self.seen.insert(Arc::from(value), ());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -83,5 +91,8 @@ mod tests {
         assert_eq!(&*cap.get("b"), "b");
         assert_eq!(&*cap.get("c"), OTHER);
         assert_eq!(&*cap.get("a"), "a");
+        cap.pin("configured");
+        assert_eq!(&*cap.get("configured"), "configured");
+        assert_eq!(&*cap.get("d"), OTHER);
     }
 }

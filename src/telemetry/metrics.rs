@@ -55,6 +55,14 @@ pub const BUDGET_STORE_UP: &str = "tokenwarden_budget_store_up";
 pub const BUDGET_ALERTS_DROPPED_TOTAL: &str = "tokenwarden_budget_alerts_dropped_total";
 /// Budget alerts the webhook did not accept after every retry.
 pub const BUDGET_ALERTS_FAILED_TOTAL: &str = "tokenwarden_budget_alerts_failed_total";
+/// Policy violations by agent and policy.
+pub const POLICY_VIOLATIONS_TOTAL: &str = "tokenwarden_policy_violations_total";
+/// Tool results agents reported back, by agent, tool and outcome (ok | error).
+pub const TOOL_RESULTS_TOTAL: &str = "tokenwarden_tool_results_total";
+/// Estimated input tokens over the model's context window, per request.
+pub const CONTEXT_UTILIZATION_RATIO: &str = "tokenwarden_context_utilization_ratio";
+/// Config reloads by result (ok | error).
+pub const CONFIG_RELOAD_TOTAL: &str = "tokenwarden_config_reload_total";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "tokenwarden_build_info";
 
@@ -94,6 +102,9 @@ const SESSION_DURATION_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
 ];
 
+/// Context-window utilisation: a tenth of the window up to overflow.
+const RATIO_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Install the process-wide Prometheus recorder once and return its handle.
@@ -102,7 +113,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets: [(&str, &[f64]); 8] = [
+            let buckets: [(&str, &[f64]); 9] = [
+                (CONTEXT_UTILIZATION_RATIO, RATIO_BUCKETS),
                 (SESSION_STEPS, STEP_BUCKETS),
                 (SESSION_DURATION_SECONDS, SESSION_DURATION_BUCKETS),
                 (OVERHEAD_SECONDS, OVERHEAD_BUCKETS),
@@ -251,6 +263,25 @@ fn describe() {
         BUDGET_ALERTS_FAILED_TOTAL,
         Unit::Count,
         "Budget alerts the webhook did not accept after every retry."
+    );
+    describe_counter!(
+        POLICY_VIOLATIONS_TOTAL,
+        Unit::Count,
+        "Agent policy violations by agent and policy (flagged or blocked)."
+    );
+    describe_counter!(
+        TOOL_RESULTS_TOTAL,
+        Unit::Count,
+        "Tool results agents sent back, by agent, tool and outcome (ok|error)."
+    );
+    describe_histogram!(
+        CONTEXT_UTILIZATION_RATIO,
+        "Estimated input tokens over the model's context window, per request."
+    );
+    describe_counter!(
+        CONFIG_RELOAD_TOTAL,
+        Unit::Count,
+        "Config reloads by result (ok|error); a failed reload keeps the running config."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the running version.");
 }

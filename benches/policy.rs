@@ -1,0 +1,150 @@
+//! Policy evaluation per request with a 20-tool schema set: the request side (allow/deny,
+//! forbidden patterns, max_tokens cap, loop hash, tool results, context guard — body parsed
+//! once), the response side (two tool calls validated against their declared schemas, compiled
+//! per request), and, for scale, request inspection and the input-token estimate alone (the
+//! context guard calls the estimate; it dominates the request side).
+//!
+//! Run: `cargo bench --bench policy`. Numbers go to BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use serde_json::{json, Value};
+use tokenwarden::config::{load_from_str, Protocol};
+use tokenwarden::policy::{check_calls, Asker, Policies, PolicySet, ToolRules};
+use tokenwarden::providers::ToolCall;
+use tokenwarden::proxy::inspect::inspect;
+use tokenwarden::proxy::protocol::classify;
+use tokenwarden::telemetry::labels::Labels;
+
+const PATH: &str = "/v1/chat/completions";
+
+fn tool_names() -> Vec<String> {
+    (0..20).map(|i| format!("tool_{i:02}")).collect()
+}
+
+/// An OpenAI chat request declaring 20 tools, each with a realistic object schema, and a short
+/// conversation with one round of tool results.
+fn request_body(max_tokens: u64) -> Vec<u8> {
+    let tools: Vec<Value> = tool_names()
+        .iter()
+        .map(|n| {
+            json!({"type":"function","function":{"name": n, "description": "Looks something up in a system of record.",
+            "parameters": {"type":"object","properties":{
+                "query":{"type":"string","minLength":1,"maxLength":200},
+                "limit":{"type":"integer","minimum":1,"maximum":50},
+                "filters":{"type":"array","items":{"type":"string","enum":["open","closed","pending"]}},
+                "sort":{"type":"string","enum":["asc","desc"]}},
+            "required":["query"],"additionalProperties":false}}})
+        })
+        .collect();
+    json!({"model":"gpt-4o-mini","max_tokens":max_tokens,"tools":tools,"messages":[
+        {"role":"system","content":"You are a support agent. Use the tools to answer precisely."},
+        {"role":"user","content":"Find the open tickets for customer 1042 and summarise them."},
+        {"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"tool_03","arguments":"{\"query\":\"customer 1042\"}"}}]},
+        {"role":"tool","tool_call_id":"c1","content":"3 tickets: #88 login loop, #91 billing, #97 export fails"},
+        {"role":"user","content":"Thanks. Now check which of them are pending."}]})
+    .to_string()
+    .into_bytes()
+}
+
+fn config() -> String {
+    let names = tool_names().join(", ");
+    format!(
+        "agents:\n  bench:\n    allowed_tools: [{names}]\n    denied_tools: [delete_customer_data, modify_billing]\n    require_approval: [tool_19]\n    max_steps: 1000\n    max_tokens_cap: {{ limit: 2000 }}\n    tool_error_markers: [\"ERROR:\"]\n    forbidden_input:\n      - {{ id: aws_key, regex: \"AKIA[0-9A-Z]{{16}}\" }}\n      - {{ id: codename, contains: \"project nightingale\", case_insensitive: true }}\n"
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let cfg = load_from_str(&config(), "bench").unwrap();
+    let policies = Policies::new(
+        PolicySet::from_config(&cfg).unwrap(),
+        Arc::new(Labels::new(200)),
+    );
+    let body = request_body(1000);
+    let over_cap = request_body(4000);
+    let class = classify(Protocol::Auto, PATH);
+    let facts = inspect(&class, PATH, None, &body).unwrap();
+    let facts_over = inspect(&class, PATH, None, &over_cap).unwrap();
+    assert_eq!(facts.tools.len(), 20);
+    let agent: Arc<str> = Arc::from("bench");
+    let session: Arc<str> = Arc::from("bench-session");
+
+    let mut g = c.benchmark_group("policy");
+    g.bench_function("inspect_request_20_tools", |b| {
+        b.iter(|| inspect(&class, PATH, None, black_box(&body)))
+    });
+    let mut uncatalogued = facts.clone();
+    uncatalogued.model = Some("a-model-not-in-the-catalog".into());
+    let cases = [
+        ("request_side_20_tools", &facts, &body),
+        (
+            "request_side_20_tools_no_context_guard",
+            &uncatalogued,
+            &body,
+        ),
+        (
+            "request_side_20_tools_clamp_rewrite",
+            &facts_over,
+            &over_cap,
+        ),
+    ];
+    for (name, facts, body) in cases {
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || facts.clone(),
+                |mut f| {
+                    let asker = Asker {
+                        agent: &agent,
+                        operation: "chat",
+                        session: Some(&session),
+                        step: Some(3),
+                        now: tokio::time::Instant::now(),
+                    };
+                    let admitted = policies.evaluate(&asker, &mut f, black_box(body));
+                    assert!(admitted.is_ok());
+                    admitted.ok().map(|a| a.rewritten.is_some())
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.bench_function("estimate_input_20_tools", |b| {
+        b.iter(|| tokenwarden::tokens::estimate_input(facts.format, black_box(&body)))
+    });
+    g.bench_function("loop_hash_20_tools", |b| {
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        b.iter(|| tokenwarden::policy::request_hash(black_box(&doc)))
+    });
+    g.bench_function("json_value_parse_20_tools", |b| {
+        b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
+    });
+    let rules = ToolRules::new(&cfg.agents["bench"]);
+    let calls = vec![
+        ToolCall {
+            choice: 0,
+            id: Some("c2".into()),
+            name: "tool_07".into(),
+            arguments: r#"{"query":"pending tickets","limit":10,"filters":["pending"]}"#.into(),
+        },
+        ToolCall {
+            choice: 0,
+            id: Some("c3".into()),
+            name: "tool_12".into(),
+            arguments: r#"{"query":"customer 1042","sort":"desc"}"#.into(),
+        },
+    ];
+    g.bench_function("response_side_2_calls_20_tools", |b| {
+        b.iter(|| check_calls(&rules, black_box(&facts.tools), black_box(&calls)))
+    });
+    g.bench_function("response_side_no_calls", |b| {
+        b.iter(|| check_calls(&rules, black_box(&facts.tools), black_box(&[])))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,230 @@
+//! Request-content rules: forbidden input patterns and the cap on requested output tokens.
+
+use regex::{RegexSet, RegexSetBuilder};
+use serde_json::Value;
+
+use crate::config::ForbiddenPattern;
+use crate::providers::Format;
+
+/// Keys whose subtrees are request content (the conversation, not settings or tool schemas).
+const CONTENT_KEYS: [&str; 7] = [
+    "messages",
+    "input",
+    "system",
+    "instructions",
+    "contents",
+    "systemInstruction",
+    "prompt",
+];
+
+/// The forbidden patterns of one agent, compiled into one set.
+#[derive(Debug, Default)]
+pub struct ForbiddenInput {
+    set: Option<RegexSet>,
+    ids: Vec<String>,
+}
+
+// === impl ForbiddenInput ===
+
+impl ForbiddenInput {
+    /// Compile `patterns`; plain strings match literally. The error names the pattern index.
+    pub fn new(patterns: &[ForbiddenPattern]) -> Result<Self, (usize, String)> {
+        if patterns.is_empty() {
+            return Ok(Self::default());
+        }
+        let mut sources = Vec::with_capacity(patterns.len());
+        for (i, p) in patterns.iter().enumerate() {
+            let src = match (&p.contains, &p.regex) {
+                (Some(s), None) => regex::escape(s),
+                (None, Some(r)) => r.clone(),
+                _ => return Err((i, "needs exactly one of `contains` and `regex`".into())),
+            };
+            if p.id.is_empty() {
+                return Err((i, "`id` must not be empty".into()));
+            }
+            let src = if p.case_insensitive {
+                format!("(?i:{src})")
+            } else {
+                src
+            };
+            // Compiled alone first so the error names the pattern that is wrong.
+            regex::Regex::new(&src).map_err(|e| (i, e.to_string()))?;
+            sources.push(src);
+        }
+        let set = RegexSetBuilder::new(&sources)
+            .build()
+            .map_err(|e| (0, e.to_string()))?;
+        Ok(Self {
+            set: Some(set),
+            ids: patterns.iter().map(|p| p.id.clone()).collect(),
+        })
+    }
+
+    /// Whether there is anything to look for.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_none()
+    }
+
+    /// The id of the first pattern (in config order) found in the request's content.
+    pub fn find(&self, doc: &Value) -> Option<&str> {
+        let set = self.set.as_ref()?;
+        let mut first: Option<usize> = None;
+        for key in CONTENT_KEYS {
+            if let Some(v) = doc.get(key) {
+                walk_strings(v, &mut |s| {
+                    if let Some(i) = set.matches(s).iter().next() {
+                        first = Some(first.map_or(i, |f| f.min(i)));
+                    }
+                });
+            }
+        }
+        first.and_then(|i| self.ids.get(i)).map(String::as_str)
+    }
+}
+
+fn walk_strings(v: &Value, f: &mut impl FnMut(&str)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(a) => a.iter().for_each(|x| walk_strings(x, f)),
+        Value::Object(o) => o.values().for_each(|x| walk_strings(x, f)),
+        _ => {}
+    }
+}
+
+/// What the `max_tokens` cap did to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capped {
+    /// At or under the cap: unchanged.
+    Within,
+    /// Over the cap: rewritten to it.
+    Clamped,
+    /// No value set: the cap was added.
+    Added,
+}
+
+/// Rewrite every output-token field of the request above `limit` to `limit`; with none set, add
+/// the format's field. `requested` is what inspection read.
+pub fn clamp(doc: &mut Value, format: Format, requested: Option<u64>, limit: u64) -> Capped {
+    let Some(obj) = doc.as_object_mut() else {
+        return Capped::Within;
+    };
+    if requested.is_some_and(|r| r <= limit) {
+        return Capped::Within;
+    }
+    let over = |v: &Value| v.as_u64().is_none_or(|n| n > limit);
+    let mut changed = false;
+    for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+        if let Some(v) = obj.get_mut(key).filter(|v| over(v)) {
+            *v = Value::from(limit);
+            changed = true;
+        }
+    }
+    for (outer, inner) in [
+        ("generationConfig", "maxOutputTokens"),
+        ("options", "num_predict"),
+    ] {
+        if let Some(v) = obj
+            .get_mut(outer)
+            .and_then(|o| o.get_mut(inner))
+            .filter(|v| over(v))
+        {
+            *v = Value::from(limit);
+            changed = true;
+        }
+    }
+    if changed {
+        return Capped::Clamped;
+    }
+    let (outer, key) = match format {
+        Format::OpenAiChat => (None, "max_completion_tokens"),
+        Format::OpenAiResponses => (None, "max_output_tokens"),
+        Format::Anthropic => (None, "max_tokens"),
+        Format::Gemini => (Some("generationConfig"), "maxOutputTokens"),
+        Format::Ollama => (Some("options"), "num_predict"),
+    };
+    let target = match outer {
+        None => Some(obj),
+        Some(o) => obj
+            .entry(o)
+            .or_insert_with(|| Value::Object(serde_json::Map::new()))
+            .as_object_mut(),
+    };
+    match target {
+        Some(t) => {
+            t.insert(key.into(), Value::from(limit));
+            Capped::Added
+        }
+        None => Capped::Within,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pat(id: &str, contains: Option<&str>, regex: Option<&str>, ci: bool) -> ForbiddenPattern {
+        ForbiddenPattern {
+            id: id.into(),
+            contains: contains.map(Into::into),
+            regex: regex.map(Into::into),
+            case_insensitive: ci,
+        }
+    }
+
+    #[test]
+    fn finds_the_first_pattern_in_content_only() {
+        let f = ForbiddenInput::new(&[
+            pat("nightingale", Some("Project Nightingale"), None, true),
+            pat("aws_key", None, Some(r"AKIA[0-9A-Z]{16}"), false),
+        ])
+        .unwrap();
+        let doc = json!({"model":"AKIAABCDEFGHIJKLMNOP","messages":[{"role":"user","content":[{"type":"text","text":"key AKIAABCDEFGHIJKLMNOP and project nightingale."}]}]});
+        assert_eq!(f.find(&doc), Some("nightingale"));
+        let model_only = json!({"model":"AKIAABCDEFGHIJKLMNOP","messages":[]});
+        assert_eq!(f.find(&model_only), None, "settings are not content");
+        let gem = json!({"contents":[{"parts":[{"text":"AKIAABCDEFGHIJKLMNOP"}]}]});
+        assert_eq!(f.find(&gem), Some("aws_key"));
+    }
+
+    #[test]
+    fn bad_patterns_are_named() {
+        assert_eq!(
+            ForbiddenInput::new(&[pat("a", None, None, false)])
+                .unwrap_err()
+                .0,
+            0
+        );
+        let e = ForbiddenInput::new(&[
+            pat("a", Some("x"), None, false),
+            pat("b", None, Some("("), false),
+        ])
+        .unwrap_err();
+        assert_eq!(e.0, 1);
+        assert!(ForbiddenInput::new(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn clamps_adds_or_leaves() {
+        let mut d = json!({"max_tokens": 9000});
+        assert_eq!(
+            clamp(&mut d, Format::Anthropic, Some(9000), 1000),
+            Capped::Clamped
+        );
+        assert_eq!(d["max_tokens"], 1000);
+        let mut d = json!({"max_tokens": 10});
+        assert_eq!(
+            clamp(&mut d, Format::Anthropic, Some(10), 1000),
+            Capped::Within
+        );
+        let mut d = json!({"messages": []});
+        assert_eq!(clamp(&mut d, Format::OpenAiChat, None, 1000), Capped::Added);
+        assert_eq!(d["max_completion_tokens"], 1000);
+        let mut d = json!({"contents": []});
+        assert_eq!(clamp(&mut d, Format::Gemini, None, 5), Capped::Added);
+        assert_eq!(d["generationConfig"]["maxOutputTokens"], 5);
+        let mut d = json!({"options": {"num_predict": -1}});
+        assert_eq!(clamp(&mut d, Format::Ollama, None, 5), Capped::Clamped);
+        assert_eq!(d["options"]["num_predict"], 5);
+    }
+}

@@ -1,0 +1,175 @@
+//! Loop detection: the same request — a normalised hash of model, messages and tools — repeated
+//! within a session and a time window.
+//!
+//! State is per session id, outside the reloadable policy set, so a config reload does not
+//! forget what a session already did. Each session keeps at most [`MAX_PER_SESSION`] recent
+//! hashes; sessions with nothing inside the longest window are swept every [`SWEEP_EVERY`] calls.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// Request hashes remembered per session.
+pub const MAX_PER_SESSION: usize = 64;
+/// Calls between two sweeps of stale sessions.
+const SWEEP_EVERY: u64 = 1024;
+
+/// Recent request hashes per session.
+#[derive(Debug, Default)]
+pub struct LoopTracker {
+    sessions: DashMap<Arc<str>, VecDeque<(u64, Instant)>>,
+    calls: AtomicU64,
+}
+
+// === impl LoopTracker ===
+
+impl LoopTracker {
+    /// Record `hash` for `session` at `now`; returns how many identical requests (this one
+    /// included) the session made within `window`. `longest` is the longest window any agent
+    /// uses: sessions idle for longer are dropped by the periodic sweep.
+    pub fn observe(
+        &self,
+        session: &Arc<str>,
+        hash: u64,
+        now: Instant,
+        window: Duration,
+        longest: Duration,
+    ) -> u32 {
+        if self.calls.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.sweep(now, longest.max(window));
+        }
+        let mut seen = self.sessions.entry(session.clone()).or_default();
+        while seen
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > window)
+        {
+            seen.pop_front();
+        }
+        if seen.len() == MAX_PER_SESSION {
+            seen.pop_front();
+        }
+        seen.push_back((hash, now));
+        seen.iter().filter(|(h, _)| *h == hash).count() as u32
+    }
+
+    /// Sessions tracked.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether no session is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    fn sweep(&self, now: Instant, window: Duration) {
+        self.sessions.retain(|_, seen| {
+            seen.back()
+                .is_some_and(|(_, at)| now.duration_since(*at) <= window)
+        });
+    }
+}
+
+/// Hash of what makes two requests "the same": model, conversation (`messages`, Responses
+/// `input`, Gemini `contents`, `system`, `prompt`) and tools. Object keys are hashed in sorted
+/// order, so key order and whitespace do not matter; sampling settings and ids do not count.
+pub fn request_hash(doc: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for key in [
+        "model",
+        "system",
+        "messages",
+        "input",
+        "instructions",
+        "contents",
+        "systemInstruction",
+        "prompt",
+        "tools",
+    ] {
+        if let Some(v) = doc.get(key) {
+            key.hash(&mut h);
+            hash_value(v, &mut h);
+        }
+    }
+    h.finish()
+}
+
+fn hash_value(v: &Value, h: &mut impl Hasher) {
+    match v {
+        Value::Null => 0u8.hash(h),
+        Value::Bool(b) => (1u8, b).hash(h),
+        Value::Number(n) => {
+            2u8.hash(h);
+            match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), ..) => u.hash(h),
+                (None, Some(i), _) => i.hash(h),
+                (.., f) => f.map(f64::to_bits).hash(h),
+            }
+        }
+        Value::String(s) => (3u8, s).hash(h),
+        Value::Array(a) => {
+            (4u8, a.len()).hash(h);
+            a.iter().for_each(|x| hash_value(x, h));
+        }
+        Value::Object(o) => {
+            // Entries hashed one by one and summed: key order does not matter, no sorting.
+            let sum = o.iter().fold(0u64, |acc, (k, x)| {
+                let mut eh = std::collections::hash_map::DefaultHasher::new();
+                k.hash(&mut eh);
+                hash_value(x, &mut eh);
+                acc.wrapping_add(eh.finish())
+            });
+            (5u8, o.len(), sum).hash(h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hash_ignores_key_order_and_sampling_but_not_content() {
+        let a = json!({"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.1});
+        let b = json!({"temperature":0.9,"messages":[{"content":"hi","role":"user"}],"model":"m"});
+        let c = json!({"model":"m","messages":[{"role":"user","content":"hi!"}]});
+        assert_eq!(request_hash(&a), request_hash(&b));
+        assert_ne!(request_hash(&a), request_hash(&c));
+    }
+
+    #[test]
+    fn counts_repeats_within_the_window_per_session() {
+        let t = LoopTracker::default();
+        let s1: Arc<str> = Arc::from("s1");
+        let s2: Arc<str> = Arc::from("s2");
+        let w = Duration::from_secs(60);
+        let t0 = Instant::now();
+        assert_eq!(t.observe(&s1, 7, t0, w, w), 1);
+        assert_eq!(t.observe(&s1, 7, t0 + Duration::from_secs(1), w, w), 2);
+        assert_eq!(t.observe(&s2, 7, t0, w, w), 1, "sessions are separate");
+        assert_eq!(t.observe(&s1, 8, t0, w, w), 1);
+        // The first two fall out of the window.
+        assert_eq!(t.observe(&s1, 7, t0 + Duration::from_secs(62), w, w), 1);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn memory_per_session_is_bounded() {
+        let t = LoopTracker::default();
+        let s: Arc<str> = Arc::from("s");
+        let now = Instant::now();
+        for i in 0..1000 {
+            t.observe(&s, i, now, Duration::from_secs(60), Duration::from_secs(60));
+        }
+        assert_eq!(t.sessions.get(&s).unwrap().len(), MAX_PER_SESSION);
+        t.sweep(now + Duration::from_secs(120), Duration::from_secs(60));
+        assert!(t.is_empty());
+    }
+}

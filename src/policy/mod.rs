@@ -1,0 +1,616 @@
+//! Agent policies at the proxy: per-agent rules built from `agents:` and `models:` in config,
+//! checked on each request before it goes upstream and on each response's tool calls.
+//!
+//! Request side ([`Policies::admit`], in order): `max_steps`, declared tools against the
+//! allow/deny lists (refuse or strip), forbidden input patterns, the `max_tokens` cap, loop
+//! detection, tool results the agent reports (metrics only), the context-window guard. A refusal
+//! is a [`ProxyError`] answered before anything reaches the upstream.
+//!
+//! Response side ([`ResponseCheck::review`]): every tool call the model emitted against the
+//! lists, the request's declared tools and their JSON Schemas, and `require_approval`.
+//!
+//! The rule set sits behind an [`ArcSwap`]: a config reload swaps it without locks, and a request
+//! keeps the rules it started with. Loop state lives outside it, so a reload keeps it.
+
+mod context;
+mod input;
+mod loops;
+mod tool_results;
+mod tools;
+mod validate;
+
+pub use context::ModelCatalog;
+pub use input::{clamp, Capped, ForbiddenInput};
+pub use loops::{request_hash, LoopTracker};
+pub use tool_results::{reported, ToolResult};
+pub use tools::{strip_declared, ToolRules};
+pub use validate::{check_calls, Finding};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use metrics::{counter, histogram};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::config::{
+    AgentPolicy, CapAction, Config, DeclaredToolAction, Enforcement, LoopDetection, MaxTokensCap,
+};
+use crate::providers::ToolCall;
+use crate::proxy::inspect::{DeclaredTool, RequestFacts};
+use crate::proxy::{Call, ProxyError};
+use crate::telemetry::labels::Labels;
+use crate::telemetry::metrics as m;
+
+/// `policy` label: a tool the agent may not use (declared in the request or called).
+pub const DENIED_TOOL: &str = "denied_tool";
+/// `policy` label: the model called a tool the request did not declare.
+pub const UNDECLARED_TOOL: &str = "undeclared_tool";
+/// `policy` label: tool arguments are not JSON or break the declared schema.
+pub const INVALID_TOOL_ARGS: &str = "invalid_tool_args";
+/// `policy` label: the model called a tool that needs human approval.
+pub const APPROVAL_REQUIRED: &str = "approval_required";
+/// `policy` label: the session is past `max_steps`.
+pub const MAX_STEPS: &str = "max_steps";
+/// `policy` label: the same request repeated within the loop window.
+pub const LOOP: &str = "loop";
+/// `policy` label: request content matched a forbidden pattern.
+pub const FORBIDDEN_INPUT: &str = "forbidden_input";
+/// `policy` label: the request asked for more output tokens than the cap.
+pub const MAX_TOKENS: &str = "max_tokens";
+/// `policy` label: estimated input plus requested output exceed the model's context window.
+pub const CONTEXT_WINDOW: &str = "context_window";
+
+/// The agent key whose rules apply to agents without their own entry.
+pub const ANY_AGENT: &str = "*";
+
+/// One agent's rules, compiled.
+#[derive(Debug)]
+pub struct AgentRules {
+    tools: ToolRules,
+    max_steps: Option<u64>,
+    denied_tool_action: DeclaredToolAction,
+    tool_call_action: Enforcement,
+    approval_action: Enforcement,
+    context_window_action: Enforcement,
+    loop_detection: LoopDetection,
+    forbidden: ForbiddenInput,
+    max_tokens_cap: Option<MaxTokensCap>,
+    tool_error_markers: Vec<String>,
+}
+
+/// Every agent's rules and the model catalog: what one config reload swaps in.
+#[derive(Debug)]
+pub struct PolicySet {
+    agents: HashMap<String, Arc<AgentRules>>,
+    fallback: Arc<AgentRules>,
+    catalog: ModelCatalog,
+    longest_loop_window: Duration,
+}
+
+/// The live policy set, loop state and label caps, shared by every request.
+pub struct Policies {
+    set: ArcSwap<PolicySet>,
+    loops: LoopTracker,
+    labels: Arc<Labels>,
+}
+
+/// Who is asking, for [`Policies::evaluate`].
+pub struct Asker<'a> {
+    /// Agent label.
+    pub agent: &'a Arc<str>,
+    /// Operation label (`chat`, `embeddings`, ...).
+    pub operation: &'a str,
+    /// Session id, when the request named one.
+    pub session: Option<&'a Arc<str>>,
+    /// Step number in the session.
+    pub step: Option<u64>,
+    /// When the request arrived.
+    pub now: Instant,
+}
+
+/// A request the policies let through.
+pub struct Admission {
+    /// Policies the request broke without being refused (for the span).
+    pub violations: Vec<&'static str>,
+    /// The body to forward instead, when a policy rewrote it (stripped tools, clamped cap).
+    pub rewritten: Option<Bytes>,
+    /// The check to run on the response's tool calls.
+    pub check: ResponseCheck,
+}
+
+/// A request the policies refuse.
+pub struct Refusal {
+    /// Policies the request broke (for the span).
+    pub violations: Vec<&'static str>,
+    /// The answer (boxed: refusals are rare, the `Ok` path stays small).
+    pub error: Box<ProxyError>,
+}
+
+/// The response-side check of one call: its agent's rules as they were when it started.
+#[derive(Clone)]
+pub struct ResponseCheck {
+    rules: Arc<AgentRules>,
+    agent: Arc<str>,
+}
+
+/// What [`ResponseCheck::review`] found.
+#[derive(Debug, Default)]
+pub struct Review {
+    /// Distinct policies broken (for the span).
+    pub violations: Vec<&'static str>,
+    /// The refusal replacing the response, when a broken policy is set to block.
+    pub block: Option<ProxyError>,
+}
+
+fn count(agent: &Arc<str>, policy: &'static str) {
+    counter!(m::POLICY_VIOLATIONS_TOTAL, "agent" => agent.clone(), "policy" => policy).increment(1);
+}
+
+fn refuse(
+    violations: &mut Vec<&'static str>,
+    agent: &Arc<str>,
+    policy: &'static str,
+    message: String,
+) -> Refusal {
+    note(violations, agent, policy);
+    Refusal {
+        violations: std::mem::take(violations),
+        error: Box::new(ProxyError::Policy { policy, message }),
+    }
+}
+
+fn note(violations: &mut Vec<&'static str>, agent: &Arc<str>, policy: &'static str) {
+    count(agent, policy);
+    if !violations.contains(&policy) {
+        violations.push(policy);
+    }
+}
+
+// === impl AgentRules ===
+
+impl AgentRules {
+    /// The rules of an agent with no config: loop detection, validation and the context guard
+    /// as flags, nothing refused.
+    fn defaults() -> Self {
+        let p = AgentPolicy::default();
+        Self {
+            tools: ToolRules::default(),
+            max_steps: None,
+            denied_tool_action: p.denied_tool_action,
+            tool_call_action: p.tool_call_action,
+            approval_action: p.approval_action,
+            context_window_action: p.context_window_action,
+            loop_detection: p.loop_detection,
+            forbidden: ForbiddenInput::default(),
+            max_tokens_cap: None,
+            tool_error_markers: Vec::new(),
+        }
+    }
+
+    fn new(p: &AgentPolicy) -> Result<Self, (String, String)> {
+        let forbidden = ForbiddenInput::new(&p.forbidden_input)
+            .map_err(|(i, msg)| (format!("forbidden_input[{i}]"), msg))?;
+        if p.loop_detection.threshold < 2 {
+            return Err(("loop_detection.threshold".into(), "must be >= 2".into()));
+        }
+        if p.loop_detection.window.is_zero() {
+            return Err(("loop_detection.window".into(), "must be > 0".into()));
+        }
+        if p.max_tokens_cap.is_some_and(|c| c.limit == 0) {
+            return Err(("max_tokens_cap.limit".into(), "must be > 0".into()));
+        }
+        if p.max_steps == Some(0) {
+            return Err(("max_steps".into(), "must be > 0".into()));
+        }
+        Ok(Self {
+            tools: ToolRules::new(p),
+            max_steps: p.max_steps,
+            denied_tool_action: p.denied_tool_action,
+            tool_call_action: p.tool_call_action,
+            approval_action: p.approval_action,
+            context_window_action: p.context_window_action,
+            loop_detection: p.loop_detection,
+            forbidden,
+            max_tokens_cap: p.max_tokens_cap,
+            tool_error_markers: p.tool_error_markers.clone(),
+        })
+    }
+}
+
+// === impl PolicySet ===
+
+impl PolicySet {
+    /// Compile `agents:` and `models:`; the error is `(dotted key, message)`.
+    pub fn from_config(config: &Config) -> Result<Self, (String, String)> {
+        let mut agents = HashMap::new();
+        for (name, p) in &config.agents {
+            if name.len() > crate::telemetry::labels::MAX_LABEL_LEN {
+                return Err((
+                    format!("agents.{name}"),
+                    format!(
+                        "agent names are at most {} bytes",
+                        crate::telemetry::labels::MAX_LABEL_LEN
+                    ),
+                ));
+            }
+            let rules =
+                AgentRules::new(p).map_err(|(k, msg)| (format!("agents.{name}.{k}"), msg))?;
+            agents.insert(name.clone(), Arc::new(rules));
+        }
+        let fallback = agents
+            .remove(ANY_AGENT)
+            .unwrap_or_else(|| Arc::new(AgentRules::defaults()));
+        let longest_loop_window = agents
+            .values()
+            .chain(std::iter::once(&fallback))
+            .map(|r| r.loop_detection.window)
+            .max()
+            .unwrap_or_default();
+        for (model, info) in &config.models {
+            if info.context_window == 0 {
+                return Err((
+                    format!("models.{model}.context_window"),
+                    "must be > 0".into(),
+                ));
+            }
+        }
+        Ok(Self {
+            agents,
+            fallback,
+            catalog: ModelCatalog::new(&config.models),
+            longest_loop_window,
+        })
+    }
+
+    /// No agent entries, built-in model catalog, default rules for everyone.
+    pub fn empty() -> Self {
+        Self {
+            agents: HashMap::new(),
+            fallback: Arc::new(AgentRules::defaults()),
+            catalog: ModelCatalog::new(&Default::default()),
+            longest_loop_window: LoopDetection::default().window,
+        }
+    }
+
+    /// The rules of `agent` (its own entry, else `"*"`, else the defaults).
+    pub fn rules_for(&self, agent: &str) -> &Arc<AgentRules> {
+        self.agents.get(agent).unwrap_or(&self.fallback)
+    }
+
+    /// Rules are looked up by the agent label, which is capped: configured agents are pinned,
+    /// so traffic inventing agent names cannot push them to `other`. (A configured name over
+    /// the label length limit cannot be matched; config validation refuses it.)
+    fn admit_agent_labels(&self, labels: &Labels) {
+        for name in self.agents.keys() {
+            labels.agents.pin(name);
+        }
+    }
+
+    /// The model catalog.
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.catalog
+    }
+}
+
+// === impl Policies ===
+
+impl Policies {
+    /// Serve `set`; tool and model labels are capped by `labels`.
+    pub fn new(set: PolicySet, labels: Arc<Labels>) -> Self {
+        set.admit_agent_labels(&labels);
+        Self {
+            set: ArcSwap::from_pointee(set),
+            loops: LoopTracker::default(),
+            labels,
+        }
+    }
+
+    /// Swap in a new rule set; requests in flight keep the one they started with.
+    pub fn replace(&self, set: PolicySet) {
+        set.admit_agent_labels(&self.labels);
+        self.set.store(Arc::new(set));
+    }
+
+    /// The rule set now serving.
+    pub fn current(&self) -> Arc<PolicySet> {
+        self.set.load_full()
+    }
+
+    /// Run the request-side policies for `call`: record violations on it, rewrite `body` when a
+    /// policy changed it, and return the response check — or the refusal to answer with.
+    pub fn admit(
+        &self,
+        call: &mut Call,
+        facts: &mut RequestFacts,
+        body: &mut Bytes,
+    ) -> Result<ResponseCheck, ProxyError> {
+        let labels = call.labels();
+        let (agent, operation) = (labels.agent.clone(), labels.operation);
+        let asker = Asker {
+            agent: &agent,
+            operation,
+            session: call.session(),
+            step: call.step(),
+            now: Instant::now(),
+        };
+        match self.evaluate(&asker, facts, body) {
+            Ok(a) => {
+                a.violations
+                    .iter()
+                    .for_each(|v| call.add_policy_violation(v));
+                if let Some(b) = a.rewritten {
+                    *body = b;
+                }
+                Ok(a.check)
+            }
+            Err(r) => {
+                r.violations
+                    .iter()
+                    .for_each(|v| call.add_policy_violation(v));
+                Err(*r.error)
+            }
+        }
+    }
+
+    /// The request-side policies, without a [`Call`] (benchmarks and tests use it directly).
+    pub fn evaluate(
+        &self,
+        asker: &Asker<'_>,
+        facts: &mut RequestFacts,
+        body: &[u8],
+    ) -> Result<Admission, Refusal> {
+        let set = self.set.load();
+        let rules = set.rules_for(asker.agent).clone();
+        let agent = asker.agent;
+        let mut violations = Vec::new();
+        let check = ResponseCheck {
+            rules: rules.clone(),
+            agent: agent.clone(),
+        };
+
+        if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
+            if step > max {
+                let msg = format!("this session has used its {max} steps (agent '{agent}')");
+                return Err(refuse(&mut violations, agent, MAX_STEPS, msg));
+            }
+        }
+        if asker.operation == "embeddings" {
+            return Ok(Admission {
+                violations,
+                rewritten: None,
+                check,
+            });
+        }
+
+        let mut doc = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => serde_json::from_slice::<Value>(body).ok(),
+            _ => None,
+        };
+        let mut dirty = false;
+
+        if rules.tools.restricts() {
+            if let Some(bad) = facts.tools.iter().find(|t| !rules.tools.permits(&t.name)) {
+                let tool = bad.name.clone();
+                match rules.denied_tool_action {
+                    DeclaredToolAction::Reject => {
+                        let msg = format!("agent '{agent}' may not use tool '{tool}'");
+                        return Err(refuse(&mut violations, agent, DENIED_TOOL, msg));
+                    }
+                    DeclaredToolAction::Strip => {
+                        note(&mut violations, agent, DENIED_TOOL);
+                        if let Some(d) = doc.as_mut() {
+                            strip_declared(d, |n| rules.tools.permits(n));
+                            dirty = true;
+                        }
+                        facts.tools.retain(|t| rules.tools.permits(&t.name));
+                    }
+                }
+            }
+        }
+
+        if let Some(d) = doc.as_ref() {
+            if let Some(id) = rules.forbidden.find(d) {
+                note(&mut violations, agent, FORBIDDEN_INPUT);
+                return Err(Refusal {
+                    violations,
+                    error: Box::new(ProxyError::ForbiddenInput { id: id.to_string() }),
+                });
+            }
+        }
+
+        if let Some(cap) = rules.max_tokens_cap {
+            let over = facts.max_tokens.filter(|n| *n > cap.limit);
+            if let (Some(n), CapAction::Reject) = (over, cap.action) {
+                let msg = format!(
+                    "the request asks for {n} output tokens; the cap is {}",
+                    cap.limit
+                );
+                return Err(refuse(&mut violations, agent, MAX_TOKENS, msg));
+            }
+            if let Some(d) = doc.as_mut() {
+                if clamp(d, facts.format, facts.max_tokens, cap.limit) != Capped::Within {
+                    if over.is_some() {
+                        note(&mut violations, agent, MAX_TOKENS);
+                    }
+                    facts.max_tokens = Some(cap.limit);
+                    dirty = true;
+                }
+            }
+        }
+
+        let ld = rules.loop_detection;
+        if let (true, Some(session), Some(d)) = (ld.enabled, asker.session, doc.as_ref()) {
+            let hash = request_hash(d);
+            let n =
+                self.loops
+                    .observe(session, hash, asker.now, ld.window, set.longest_loop_window);
+            if n >= ld.threshold {
+                if ld.action == Enforcement::Block {
+                    let msg = format!(
+                        "the same request was sent {n} times in this session within {}",
+                        humantime_window(ld.window)
+                    );
+                    return Err(refuse(&mut violations, agent, LOOP, msg));
+                }
+                note(&mut violations, agent, LOOP);
+            }
+        }
+
+        if let Some(d) = doc.as_ref() {
+            for r in reported(d, facts.format, &rules.tool_error_markers) {
+                counter!(m::TOOL_RESULTS_TOTAL,
+                    "agent" => agent.clone(),
+                    "tool" => self.labels.tools.get(&r.tool),
+                    "outcome" => if r.failed { "error" } else { "ok" },
+                )
+                .increment(1);
+            }
+        }
+
+        if let Some(model) = facts.model.as_deref() {
+            if let Some(window) = set.catalog.window(model) {
+                let input = crate::tokens::estimate_input(facts.format, body);
+                histogram!(m::CONTEXT_UTILIZATION_RATIO, "model" => self.labels.models.get(model))
+                    .record(input as f64 / window as f64);
+                let output = facts.max_tokens.unwrap_or(0);
+                if input.saturating_add(output) > window {
+                    if rules.context_window_action == Enforcement::Block {
+                        let msg = format!(
+                            "about {input} input tokens plus {output} output tokens do not fit the {window}-token context window of '{model}'"
+                        );
+                        return Err(refuse(&mut violations, agent, CONTEXT_WINDOW, msg));
+                    }
+                    note(&mut violations, agent, CONTEXT_WINDOW);
+                }
+            }
+        }
+
+        let rewritten = match (dirty, doc) {
+            (true, Some(d)) => serde_json::to_vec(&d).ok().map(Bytes::from),
+            _ => None,
+        };
+        Ok(Admission {
+            violations,
+            rewritten,
+            check,
+        })
+    }
+}
+
+fn humantime_window(d: Duration) -> String {
+    humantime_serde::re::humantime::format_duration(d).to_string()
+}
+
+// === impl ResponseCheck ===
+
+impl ResponseCheck {
+    /// Whether a broken policy on the response side would replace it (so a JSON response must be
+    /// held until its tool calls are checked).
+    pub fn blocks(&self) -> bool {
+        self.rules.tool_call_action == Enforcement::Block
+            || self.rules.approval_action == Enforcement::Block
+    }
+
+    /// Check the response's tool calls; counts every finding.
+    pub fn review(&self, declared: &[DeclaredTool], calls: &[ToolCall]) -> Review {
+        let mut review = Review::default();
+        for f in check_calls(&self.rules.tools, declared, calls) {
+            note(&mut review.violations, &self.agent, f.policy);
+            if review.block.is_some() {
+                continue;
+            }
+            let blocked = if f.policy == APPROVAL_REQUIRED {
+                self.rules.approval_action == Enforcement::Block
+            } else {
+                self.rules.tool_call_action == Enforcement::Block
+            };
+            if blocked {
+                let message = match f.policy {
+                    APPROVAL_REQUIRED => format!(
+                        "the model called tool '{}', which requires human approval; tokenwarden withheld the response",
+                        f.tool
+                    ),
+                    DENIED_TOOL => format!(
+                        "the model called tool '{}', which agent '{}' may not use; tokenwarden withheld the response",
+                        f.tool, self.agent
+                    ),
+                    UNDECLARED_TOOL => format!(
+                        "the model called tool '{}', which the request did not declare; tokenwarden withheld the response",
+                        f.tool
+                    ),
+                    _ => format!(
+                        "the model called tool '{}' with arguments that do not match its schema; tokenwarden withheld the response",
+                        f.tool
+                    ),
+                };
+                review.block = Some(ProxyError::Policy {
+                    policy: f.policy,
+                    message,
+                });
+            }
+        }
+        review
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_from_str;
+
+    #[test]
+    fn bad_policies_are_load_errors_naming_the_key() {
+        let cases = [
+            (
+                "agents:\n  a:\n    forbidden_input:\n      - { id: x, regex: \"(\" }\n",
+                "agents.a.forbidden_input[0]",
+            ),
+            (
+                "agents:\n  a:\n    forbidden_input:\n      - { id: x }\n",
+                "agents.a.forbidden_input[0]",
+            ),
+            (
+                "agents:\n  a:\n    loop_detection: { threshold: 1 }\n",
+                "agents.a.loop_detection.threshold",
+            ),
+            (
+                "agents:\n  a:\n    max_tokens_cap: { limit: 0 }\n",
+                "agents.a.max_tokens_cap.limit",
+            ),
+            ("agents:\n  a:\n    max_steps: 0\n", "agents.a.max_steps"),
+            (
+                "models:\n  m: { context_window: 0 }\n",
+                "models.m.context_window",
+            ),
+            (
+                "agents:\n  a:\n    tool_call_action: maybe\n",
+                "tool_call_action",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = load_from_str(text, "c.yaml").unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn agents_without_an_entry_get_the_star_rules_or_the_defaults() {
+        let c = load_from_str(
+            "agents:\n  a:\n    max_steps: 3\n  \"*\":\n    max_steps: 9\n",
+            "t",
+        )
+        .unwrap();
+        let set = PolicySet::from_config(&c).unwrap();
+        assert_eq!(set.rules_for("a").max_steps, Some(3));
+        assert_eq!(set.rules_for("someone").max_steps, Some(9));
+        let none = PolicySet::from_config(&load_from_str("", "t").unwrap()).unwrap();
+        let d = none.rules_for("x");
+        assert!(d.max_steps.is_none() && d.loop_detection.enabled);
+        assert_eq!(d.tool_call_action, Enforcement::Flag);
+        assert_eq!(none.catalog().window("gpt-4o"), Some(128_000));
+    }
+}

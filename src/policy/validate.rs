@@ -1,0 +1,174 @@
+//! Tool calls the model emitted, checked against the request: denied, undeclared, arguments that
+//! are not JSON or break the declared JSON Schema, and calls that need approval.
+//!
+//! Schemas are compiled lazily, once per request and tool, only for tools the model called: a
+//! request declaring twenty tools whose answer calls one compiles one schema.
+
+use std::collections::HashMap;
+
+use jsonschema::Validator;
+use serde_json::Value;
+
+use crate::providers::ToolCall;
+use crate::proxy::inspect::DeclaredTool;
+
+use super::tools::ToolRules;
+use super::{APPROVAL_REQUIRED, DENIED_TOOL, INVALID_TOOL_ARGS, UNDECLARED_TOOL};
+
+/// One policy a tool call broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The policy label (`denied_tool`, `undeclared_tool`, `invalid_tool_args`, `approval_required`).
+    pub policy: &'static str,
+    /// The tool the model called.
+    pub tool: String,
+}
+
+/// Check every tool call against the agent's lists and the tools the request declared.
+pub fn check_calls(
+    rules: &ToolRules,
+    declared: &[DeclaredTool],
+    calls: &[ToolCall],
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if calls.is_empty() {
+        return findings;
+    }
+    // Compiled schema per declared tool name; `None` once a schema turned out uncompilable.
+    let mut compiled: HashMap<&str, Option<Validator>> = HashMap::new();
+    for call in calls {
+        let name = call.name.as_str();
+        let mut push = |policy| {
+            findings.push(Finding {
+                policy,
+                tool: call.name.clone(),
+            })
+        };
+        if !rules.permits(name) {
+            push(DENIED_TOOL);
+        } else if let Some(tool) = declared.iter().find(|t| t.name == name) {
+            if !args_valid(tool, &call.arguments, &mut compiled) {
+                push(INVALID_TOOL_ARGS);
+            }
+        } else {
+            push(UNDECLARED_TOOL);
+        }
+        if rules.needs_approval(name) {
+            push(APPROVAL_REQUIRED);
+        }
+    }
+    findings
+}
+
+fn args_valid<'a>(
+    tool: &'a DeclaredTool,
+    arguments: &str,
+    compiled: &mut HashMap<&'a str, Option<Validator>>,
+) -> bool {
+    // Anthropic streams a tool with no input as no fragments at all: that is `{}`.
+    let text = if arguments.trim().is_empty() {
+        "{}"
+    } else {
+        arguments
+    };
+    let Ok(args) = serde_json::from_str::<Value>(text) else {
+        return false;
+    };
+    if tool.schema.is_null() {
+        return true;
+    }
+    let validator = compiled
+        .entry(tool.name.as_str())
+        // A schema that does not compile (or needs a remote `$ref`, which is never fetched)
+        // cannot be checked: the call is not blamed for it.
+        .or_insert_with(|| jsonschema::validator_for(&tool.schema).ok());
+    validator.as_ref().is_none_or(|v| v.is_valid(&args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgentPolicy;
+    use serde_json::json;
+
+    fn call(name: &str, args: &str) -> ToolCall {
+        ToolCall {
+            choice: 0,
+            id: None,
+            name: name.into(),
+            arguments: args.into(),
+        }
+    }
+
+    fn weather() -> DeclaredTool {
+        DeclaredTool {
+            name: "get_weather".into(),
+            schema: json!({"type":"object","properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}),
+        }
+    }
+
+    #[test]
+    fn valid_invalid_undeclared_denied_and_approval() {
+        let rules = ToolRules::new(&AgentPolicy {
+            denied_tools: vec!["rm_rf".into()],
+            require_approval: vec!["get_weather".into()],
+            ..AgentPolicy::default()
+        });
+        let declared = [weather()];
+        let f = check_calls(
+            &rules,
+            &declared,
+            &[
+                call("get_weather", r#"{"city":"Paris"}"#),
+                call("get_weather", r#"{"town":"Paris"}"#),
+                call("get_weather", r#"{"city":"#),
+                call("search", "{}"),
+                call("rm_rf", "{}"),
+            ],
+        );
+        let got: Vec<(&str, &str)> = f.iter().map(|f| (f.policy, f.tool.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (APPROVAL_REQUIRED, "get_weather"),
+                (INVALID_TOOL_ARGS, "get_weather"),
+                (APPROVAL_REQUIRED, "get_weather"),
+                (INVALID_TOOL_ARGS, "get_weather"),
+                (APPROVAL_REQUIRED, "get_weather"),
+                (UNDECLARED_TOOL, "search"),
+                (DENIED_TOOL, "rm_rf"),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_or_broken_schemas_only_need_json() {
+        let rules = ToolRules::default();
+        let declared = [
+            DeclaredTool {
+                name: "free".into(),
+                schema: Value::Null,
+            },
+            DeclaredTool {
+                name: "broken".into(),
+                schema: json!({"type": 17}),
+            },
+        ];
+        let f = check_calls(
+            &rules,
+            &declared,
+            &[
+                call("free", ""),
+                call("broken", r#"{"a":1}"#),
+                call("free", "not json"),
+            ],
+        );
+        assert_eq!(
+            f,
+            vec![Finding {
+                policy: INVALID_TOOL_ARGS,
+                tool: "free".into()
+            }]
+        );
+    }
+}

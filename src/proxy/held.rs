@@ -1,0 +1,100 @@
+//! Holding a JSON response until its tool calls are checked, for agents whose policies block.
+//!
+//! A streamed response cannot be withdrawn once bytes have gone out, so only whole (non-streamed,
+//! unencoded, 2xx) bodies are held: read up to the parse cap, checked, then forwarded unchanged
+//! or replaced by a provider-shaped 403. Accounting sees the upstream's body either way — its
+//! tokens were spent.
+
+use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
+use http::response::Parts;
+use http::Response;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{BodyEnd, Observer};
+use crate::providers::ResponseParser;
+
+use super::accounting::MAX_PARSE_BYTES;
+use super::protocol::ErrorShape;
+use super::route::Route;
+use super::{local_error, Call, ProxyBody, ProxyError};
+
+/// Whether to hold this response: a blocking policy applies, and the body is a 2xx JSON body
+/// that fits the parse cap (as far as its length says).
+pub(super) fn should_hold(call: &Call, head: &Parts) -> bool {
+    let fits = head
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_none_or(|n| n <= MAX_PARSE_BYTES);
+    head.status.is_success() && fits && call.holds_response()
+}
+
+/// Read the whole body, check its tool calls, and answer with it or with the refusal.
+pub(super) async fn respond(
+    mut call: Call,
+    head: Parts,
+    body: Incoming,
+    shape: ErrorShape,
+    route: &Route,
+) -> Response<ProxyBody> {
+    let bytes = match collect(body, route).await {
+        Ok(b) => b,
+        Err(e) => return local_error(call, e, shape),
+    };
+    let now = Instant::now();
+    let mut block = None;
+    let mut violations = Vec::new();
+    if let Some(llm) = call.llm_mut() {
+        if let Some(check) = llm.take_policy() {
+            let mut parser = ResponseParser::new(llm.facts().format, false, MAX_PARSE_BYTES);
+            parser.feed(&bytes);
+            let review = check.review(&llm.facts().tools, &parser.finish().tool_calls);
+            violations = review.violations;
+            block = review.block;
+        }
+    }
+    for v in violations {
+        call.add_policy_violation(v);
+    }
+    call.on_data(&bytes, now);
+    if let Some(e) = block {
+        return local_error(call, e, shape);
+    }
+    call.returned = Some(now);
+    call.on_end(BodyEnd::Complete);
+    Response::from_parts(head, Either::Right(Either::Right(Full::new(bytes))))
+}
+
+async fn collect(mut body: Incoming, route: &Route) -> Result<Bytes, ProxyError> {
+    let idle = route.timeouts.idle_timeout;
+    let mut buf = BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    route: route.name.to_string(),
+                    after: idle,
+                })
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(_))) => {
+                return Err(ProxyError::UpstreamReset {
+                    route: route.name.to_string(),
+                })
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_PARSE_BYTES {
+                return Err(ProxyError::ResponseTooLarge {
+                    route: route.name.to_string(),
+                });
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+}

@@ -48,6 +48,22 @@ pub struct LlmCall {
     injected: bool,
 }
 
+/// What a finished LLM call read and measured, for its span.
+pub struct LlmOutcome {
+    /// What the request said.
+    pub facts: RequestFacts,
+    /// What the response said.
+    pub record: ResponseRecord,
+    /// `error.type` when the call failed.
+    pub error_type: Option<String>,
+    /// When the first output chunk arrived.
+    pub first_output: Option<Instant>,
+    /// Whether the response was streamed.
+    pub streamed: bool,
+    /// Where the usage came from (`provider` | `injected`), when there was any.
+    pub usage_source: Option<&'static str>,
+}
+
 /// How the call ended, for the finish step.
 pub struct Ending {
     /// How the body ended.
@@ -165,8 +181,8 @@ impl LlmCall {
         self.last_output = Some(now);
     }
 
-    /// The call ended: record what the response said.
-    pub fn finish(self, base: &CallLabels, ending: &Ending) {
+    /// The call ended: record what the response said, and hand it back for the span.
+    pub fn finish(self, base: &CallLabels, ending: &Ending) -> LlmOutcome {
         let record = match self.parser {
             Some(p) if self.unparsed.is_none() => p.finish(),
             _ => ResponseRecord {
@@ -198,10 +214,11 @@ impl LlmCall {
             .increment(1);
         }
         let mut labels = gen_ai.clone();
-        if let Some(err) = error_type(&record, ending) {
+        let err = error_type(&record, ending);
+        if let Some(err) = &err {
             labels.push(Label::new(
                 "error_type",
-                self.labels.errors.get(&err).to_string(),
+                self.labels.errors.get(err).to_string(),
             ));
         }
         histogram!(m::GEN_AI_OPERATION_DURATION, labels)
@@ -211,6 +228,19 @@ impl LlmCall {
                 histogram!(m::GEN_AI_TIME_TO_FIRST_CHUNK, gen_ai)
                     .record(first.duration_since(ending.started).as_secs_f64());
             }
+        }
+        let usage_source = match (record.usage.is_present(), self.injected) {
+            (false, _) => None,
+            (true, true) => Some("injected"),
+            (true, false) => Some("provider"),
+        };
+        LlmOutcome {
+            facts: self.facts,
+            record,
+            error_type: err,
+            first_output: self.first_output,
+            streamed: self.streamed,
+            usage_source,
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::body::{BodyEnd, Observer};
 use crate::telemetry::metrics as m;
+use crate::telemetry::spans::{CallSpan, Finished};
 
 use super::accounting::{CallLabels, Ending, LlmCall};
 use super::error::UpstreamErrorKind;
@@ -43,6 +44,9 @@ pub struct Call {
     llm: Option<LlmCall>,
     session: Option<Arc<str>>,
     step: Option<u64>,
+    span: Option<Box<CallSpan>>,
+    budget_decision: Option<&'static str>,
+    policy_violations: Vec<&'static str>,
     finished: bool,
 }
 
@@ -90,6 +94,9 @@ impl Call {
             llm: None,
             session: None,
             step: None,
+            span: None,
+            budget_decision: None,
+            policy_violations: Vec::new(),
             finished: false,
         }
     }
@@ -108,6 +115,39 @@ impl Call {
     /// Step number of this call in its session.
     pub fn step(&self) -> Option<u64> {
         self.step
+    }
+
+    /// Trace this call with `span` (only when spans are exported).
+    pub fn set_span(&mut self, span: CallSpan) {
+        self.span = Some(Box::new(span));
+    }
+
+    /// The call's span, when spans are exported.
+    pub fn span_mut(&mut self) -> Option<&mut CallSpan> {
+        self.span.as_deref_mut()
+    }
+
+    /// Record the budget decision (`allowed`, `warned`, `rejected`, `cut`, `observed`) for the
+    /// span's `tokenwarden.budget.decision`.
+    pub fn set_budget_decision(&mut self, decision: &'static str) {
+        self.budget_decision = Some(decision);
+    }
+
+    /// The budget decision, if one was made.
+    pub fn budget_decision(&self) -> Option<&'static str> {
+        self.budget_decision
+    }
+
+    /// Record a policy the call violated, for the span's `tokenwarden.policy.violations`.
+    pub fn add_policy_violation(&mut self, policy: &'static str) {
+        if !self.policy_violations.contains(&policy) {
+            self.policy_violations.push(policy);
+        }
+    }
+
+    /// Policies the call violated, in the order noted.
+    pub fn policy_violations(&self) -> &[&'static str] {
+        &self.policy_violations
     }
 
     /// Labels shared by the call's series (route, provider, operation, agent).
@@ -134,6 +174,9 @@ impl Call {
     pub fn on_response_headers(&mut self, headers: &http::HeaderMap) {
         if let Some(llm) = self.llm.as_mut() {
             llm.on_response(headers);
+        }
+        if let Some(span) = self.span.as_mut() {
+            span.on_response_headers(headers);
         }
     }
 
@@ -200,7 +243,25 @@ impl Call {
                 started: self.started,
                 now,
             };
-            llm.finish(&self.base, &ending);
+            let outcome = llm.finish(&self.base, &ending);
+            if let Some(span) = self.span.take() {
+                span.finish(&Finished {
+                    labels: &self.base,
+                    facts: &outcome.facts,
+                    record: &outcome.record,
+                    error_type: outcome.error_type.as_deref(),
+                    status: self.status,
+                    now,
+                    upstream_sent: self.upstream_sent,
+                    first_output: outcome.first_output,
+                    streamed: outcome.streamed,
+                    usage_source: outcome.usage_source,
+                    session: self.session.as_deref(),
+                    step: self.step,
+                    budget_decision: self.budget_decision,
+                    policy_violations: &self.policy_violations,
+                });
+            }
         }
         if let Some(overhead) = self.overhead() {
             histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())
@@ -247,6 +308,9 @@ impl Observer for Call {
         self.bytes_out += data.len() as u64;
         if let Some(llm) = self.llm.as_mut() {
             llm.on_data(data, &self.base, now);
+        }
+        if let Some(span) = self.span.as_mut() {
+            span.on_data(data);
         }
     }
 

@@ -37,6 +37,8 @@ use crate::body::{ObservedBody, StripUsage};
 use crate::config::Config;
 use crate::session::{SessionSource, Sessions};
 use crate::telemetry::labels::Labels;
+use crate::telemetry::spans::Spans;
+use crate::telemetry::trace_context::TRACEPARENT;
 
 use error::UpstreamErrorKind;
 use protocol::ErrorShape;
@@ -59,6 +61,7 @@ pub struct Proxy {
     inject_stream_usage: bool,
     session_source: SessionSource,
     sessions: Arc<Sessions>,
+    spans: Option<Arc<Spans>>,
 }
 
 // === impl Proxy ===
@@ -76,7 +79,19 @@ impl Proxy {
             inject_stream_usage: config.telemetry.inject_stream_usage,
             session_source: SessionSource::new(&config.identity.session_headers),
             sessions: Arc::new(Sessions::new(config.identity.session_idle_timeout)),
+            spans: None,
         })
+    }
+
+    /// Export a span per LLM call through `spans` (`None`: no span work at all).
+    pub fn with_spans(mut self, spans: Option<Arc<Spans>>) -> Self {
+        self.spans = spans;
+        self
+    }
+
+    /// Span export, when configured.
+    pub fn spans(&self) -> Option<&Arc<Spans>> {
+        self.spans.as_ref()
     }
 
     /// Live sessions and their step counters.
@@ -127,6 +142,10 @@ impl Proxy {
             },
             started,
         );
+        if let Some(spans) = &self.spans {
+            let host = Arc::from(route.authority.host());
+            call.set_span(spans.start(&parts.headers, host, route.port(), started));
+        }
 
         let body = match read_body(body, &parts.headers, self.max_body).await {
             Ok(b) => b,
@@ -158,6 +177,9 @@ impl Proxy {
                 }
             }
             call.set_llm(llm);
+            if let Some(span) = call.span_mut() {
+                span.capture_request(&body, &parts.headers);
+            }
         }
 
         let uri = match route.upstream_uri(path, parts.uri.query()) {
@@ -168,6 +190,12 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         // The client sets Host from the upstream URI (HTTP/1) or sends :authority (HTTP/2).
         parts.headers.remove(HOST);
+        if call.llm_mut().is_some() {
+            // The upstream call is our span's child; the agent's tracestate goes on as sent.
+            if let Some(span) = call.span_mut() {
+                parts.headers.insert(TRACEPARENT, span.traceparent());
+            }
+        }
         if had_length || !body.is_empty() {
             // The body is re-framed by length: a chunked request body was collected whole.
             parts

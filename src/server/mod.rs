@@ -41,6 +41,9 @@ pub enum StartError {
     /// A route could not be built.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// Span export could not be set up.
+    #[error(transparent)]
+    Spans(#[from] crate::telemetry::spans::SpansError),
 }
 
 /// A bound, not yet running server.
@@ -75,7 +78,8 @@ impl Health {
 impl Server {
     /// Bind the proxy and admin listeners and build the proxy.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let proxy = Arc::new(Proxy::new(&config)?);
+        let spans = crate::telemetry::spans::Spans::from_config(&config.telemetry)?;
+        let proxy = Arc::new(Proxy::new(&config)?.with_spans(spans));
         let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
         metrics::install();
@@ -137,6 +141,10 @@ impl Server {
         admin_task.abort();
         upkeep.abort();
         expiry.abort();
+        if let Some(spans) = self.proxy.spans() {
+            // The last calls' spans; a collector that is down costs at most this long.
+            spans.flush(SPAN_FLUSH).await;
+        }
         match drained {
             Ok(()) => {
                 tracing::info!("shutdown: drained");
@@ -152,6 +160,9 @@ impl Server {
         }
     }
 }
+
+/// Longest wait for queued spans to export at shutdown.
+const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)

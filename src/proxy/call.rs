@@ -350,3 +350,117 @@ fn status_class(s: StatusCode) -> &'static str {
         _ => "5xx",
     }
 }
+
+#[cfg(test)]
+mod span_tests {
+    use super::*;
+    use crate::config::Conventions;
+    use crate::providers::Format;
+    use crate::proxy::inspect::RequestFacts;
+    use crate::telemetry::labels::Labels;
+    use crate::telemetry::spans::Spans;
+    use opentelemetry::{KeyValue, Value};
+
+    fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+        attrs
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    #[tokio::test]
+    async fn budget_decision_and_policy_violations_reach_the_span() {
+        let (spans, mut rx) = Spans::for_test(Conventions::Genai, None);
+        let started = Instant::now();
+        let mut call = Call::new(
+            CallInfo {
+                route: Arc::from("r"),
+                provider: "openai",
+                operation: "chat",
+                agent: Arc::from("a"),
+                method: Method::POST,
+                path: "/v1/chat/completions".into(),
+                access_log: false,
+            },
+            started,
+        );
+        call.set_span(spans.start(
+            &http::HeaderMap::new(),
+            Arc::from("api.example"),
+            443,
+            started,
+        ));
+        let facts = RequestFacts {
+            format: Format::OpenAiChat,
+            model: Some("gpt-4o".into()),
+            stream: false,
+            include_usage: false,
+            max_tokens: None,
+            tools: Vec::new(),
+            user: None,
+        };
+        call.set_llm(LlmCall::new(facts, Arc::new(Labels::new(10))));
+        call.set_budget_decision("rejected");
+        call.add_policy_violation("denied_tool");
+        call.add_policy_violation("max_steps");
+        call.add_policy_violation("denied_tool");
+        assert_eq!(call.budget_decision(), Some("rejected"));
+        assert_eq!(call.policy_violations(), &["denied_tool", "max_steps"]);
+        call.finish_local(StatusCode::TOO_MANY_REQUESTS, 0);
+
+        let span = rx.try_recv().expect("one span");
+        assert_eq!(span.name, "chat gpt-4o");
+        assert_eq!(
+            find(&span.attributes, "tokenwarden.budget.decision").map(Value::as_str),
+            Some("rejected".into())
+        );
+        let Some(Value::Array(opentelemetry::Array::String(v))) =
+            find(&span.attributes, "tokenwarden.policy.violations")
+        else {
+            panic!("no violations: {:?}", span.attributes);
+        };
+        assert_eq!(
+            v.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            ["denied_tool", "max_steps"]
+        );
+        assert_eq!(
+            find(&span.attributes, "error.type").map(Value::as_str),
+            Some("429".into())
+        );
+        assert!(rx.try_recv().is_err(), "exactly one span");
+    }
+
+    #[tokio::test]
+    async fn no_setters_no_attributes() {
+        let (spans, mut rx) = Spans::for_test(Conventions::Genai, None);
+        let started = Instant::now();
+        let mut call = Call::new(
+            CallInfo {
+                route: Arc::from("r"),
+                provider: "openai",
+                operation: "chat",
+                agent: Arc::from("a"),
+                method: Method::POST,
+                path: "/".into(),
+                access_log: false,
+            },
+            started,
+        );
+        call.set_span(spans.start(&http::HeaderMap::new(), Arc::from("h"), 80, started));
+        let facts = RequestFacts {
+            format: Format::OpenAiChat,
+            model: None,
+            stream: false,
+            include_usage: false,
+            max_tokens: None,
+            tools: Vec::new(),
+            user: None,
+        };
+        call.set_llm(LlmCall::new(facts, Arc::new(Labels::new(10))));
+        call.finish_local(StatusCode::OK, 0);
+        let span = rx.try_recv().expect("one span");
+        assert_eq!(span.name, "chat", "no model: the operation alone");
+        assert!(find(&span.attributes, "tokenwarden.budget.decision").is_none());
+        assert!(find(&span.attributes, "tokenwarden.policy.violations").is_none());
+    }
+}

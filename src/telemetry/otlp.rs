@@ -60,6 +60,14 @@ impl SpanSink {
         }
     }
 
+    /// A sink whose spans the caller reads (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(capacity: usize) -> (Self, mpsc::Receiver<SpanData>) {
+        let (spans, rx) = mpsc::channel(capacity);
+        let (flush, _) = mpsc::channel(1);
+        (Self { spans, flush }, rx)
+    }
+
     /// Export everything queued so far; waits at most `within`.
     pub async fn flush(&self, within: Duration) {
         let (tx, rx) = oneshot::channel();

@@ -125,6 +125,23 @@ impl Spans {
         })))
     }
 
+    /// Spans in `conventions` whose finished spans the caller reads (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        conventions: Conventions,
+        content: Option<ContentPolicy>,
+    ) -> (Arc<Self>, tokio::sync::mpsc::Receiver<SpanData>) {
+        let (sink, rx) = SpanSink::for_test(16);
+        let spans = Self {
+            sink,
+            conventions,
+            content,
+            ids: RandomIdGenerator::default(),
+            scope: InstrumentationScope::builder("tokenwarden").build(),
+        };
+        (Arc::new(spans), rx)
+    }
+
     /// Start the span of a call that arrived at `started` with `headers`, going to
     /// `server_address:server_port`.
     pub fn start(

@@ -94,7 +94,10 @@ async fn secrets_reach_no_span_log_or_metric() {
         .map(|(_, v)| *v)
         .collect::<Vec<_>>()
         .join(" ");
-    let text = format!("my key is {CONTENT_SECRET}; also {all_header_secrets}");
+    // The bare cookie values too (without their `sid=` names).
+    let text = format!(
+        "my key is {CONTENT_SECRET}; also {all_header_secrets} sk-twleak-cookie-77aa sk-twleak-setcookie-12ef"
+    );
     let chat = serde_json::json!({"model": "gpt-4o-mini", "stream": true,
         "messages": [{"role": "system", "content": text}, {"role": "user", "content": text}],
         "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]})

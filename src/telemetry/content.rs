@@ -136,8 +136,9 @@ impl Captured {
             for v in headers.get_all(name) {
                 let Ok(v) = v.to_str() else { continue };
                 let v = v.trim();
-                // The bare token too: `Bearer sk-...` must not leak as `sk-...`.
-                for s in [v, v.rsplit(' ').next().unwrap_or(v)] {
+                // The parts too: `Bearer sk-...` must not leak as `sk-...`, nor a cookie's value.
+                let parts = v.split([' ', ';', ',', '=']).map(str::trim);
+                for s in std::iter::once(v).chain(parts) {
                     if s.len() >= 8 && !secrets.iter().any(|x: &String| x == s) {
                         secrets.push(s.to_string());
                     }

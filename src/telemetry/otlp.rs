@@ -218,7 +218,7 @@ async fn run(
                 }
             }
             Some(tx) = flushes.recv() => {
-                spans.recv_many(&mut batch, batch_size).await;
+                take_queued(&mut spans, &mut batch, batch_size);
                 ack = Some(tx);
             }
         }
@@ -246,13 +246,23 @@ async fn run(
             }
             // A flush exports everything queued before it was asked for, batch by batch.
             if ack.is_some() && !spans.is_empty() {
-                spans.recv_many(&mut batch, batch_size).await;
+                take_queued(&mut spans, &mut batch, batch_size);
                 continue;
             }
             break;
         }
         if let Some(tx) = ack {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// Move what is queued right now (up to `max`) into `batch`, without waiting.
+fn take_queued(spans: &mut mpsc::Receiver<SpanData>, batch: &mut Vec<SpanData>, max: usize) {
+    while batch.len() < max {
+        match spans.try_recv() {
+            Ok(s) => batch.push(s),
+            Err(_) => break,
         }
     }
 }

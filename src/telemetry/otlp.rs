@@ -3,8 +3,8 @@
 //!
 //! Finished spans go into a bounded channel with `try_send`: a full queue drops the span and
 //! counts it in `tokenwarden_spans_dropped_total`, so a slow or dead collector never slows a
-//! request. The task takes whatever is queued (up to the batch size) and exports it; batches
-//! grow by themselves while the previous export is in flight. A failed export counts its spans
+//! request. The task exports a batch when it is full or the schedule delay since its first span
+//! is over, one export at a time. A failed export counts its spans
 //! as dropped and backs off before the next attempt, so a collector that is down costs one
 //! connection attempt per backoff period, not one per span.
 
@@ -24,6 +24,11 @@ use crate::telemetry::metrics as m;
 pub const DEFAULT_QUEUE: usize = 2048;
 /// Largest batch per export call (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
 pub const DEFAULT_BATCH: usize = 512;
+/// Longest wait for a batch to fill (`OTEL_BSP_SCHEDULE_DELAY`, milliseconds). Shorter than the
+/// SDK's 5 s so spans show up promptly; a full batch goes at once either way.
+pub const DEFAULT_DELAY: Duration = Duration::from_millis(200);
+/// How often a forming batch checks whether it is full.
+const LINGER_TICK: Duration = Duration::from_millis(10);
 /// Export deadline when `OTEL_EXPORTER_OTLP_TIMEOUT` is not set.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// First pause after a failed export; doubles up to [`MAX_BACKOFF`].
@@ -87,7 +92,9 @@ pub fn start(config: &OtlpConfig, service_name: &str) -> Result<SpanSink, Export
         .min(queue);
     let (spans_tx, spans_rx) = mpsc::channel(queue.max(1));
     let (flush_tx, flush_rx) = mpsc::channel(4);
-    tokio::spawn(run(exporter, spans_rx, flush_rx, batch.max(1)));
+    let delay = env_usize("OTEL_BSP_SCHEDULE_DELAY")
+        .map_or(DEFAULT_DELAY, |ms| Duration::from_millis(ms as u64));
+    tokio::spawn(run(exporter, spans_rx, flush_rx, batch.max(1), delay));
     Ok(SpanSink {
         spans: spans_tx,
         flush: flush_tx,
@@ -205,6 +212,7 @@ async fn run(
     mut spans: mpsc::Receiver<SpanData>,
     mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
     batch_size: usize,
+    delay: Duration,
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut failing = false;
@@ -221,6 +229,26 @@ async fn run(
                 take_queued(&mut spans, &mut batch, batch_size);
                 ack = Some(tx);
             }
+        }
+        if ack.is_none() {
+            // Let a batch form: until it is full or the delay since its first span is over.
+            // Polled on a coarse tick rather than woken per span, so queueing a span never
+            // wakes this task.
+            let deadline = tokio::time::Instant::now() + delay;
+            while batch.len() + spans.len() < batch_size {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep((deadline - now).min(LINGER_TICK)) => {}
+                    Some(tx) = flushes.recv() => {
+                        ack = Some(tx);
+                        break;
+                    }
+                }
+            }
+            take_queued(&mut spans, &mut batch, batch_size);
         }
         loop {
             let n = batch.len();

@@ -9,6 +9,7 @@
 //! - [`sse`] — incremental SSE and NDJSON decoders.
 //! - [`providers`] — provider adapters: response bodies → usage, tool calls, finish reasons.
 //! - [`telemetry`] — logging, Prometheus metrics, bounded labels.
+//! - [`tokens`] — token estimates (o200k tokenizer) where no provider count exists.
 //! - [`mock`] — the project's own mock LLM provider (tests, benchmarks, demos).
 
 pub mod body;
@@ -21,3 +22,4 @@ pub mod server;
 pub mod session;
 pub mod sse;
 pub mod telemetry;
+pub mod tokens;

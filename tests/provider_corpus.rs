@@ -245,3 +245,56 @@ fn empty_and_huge_streams() {
     assert_eq!(r.usage.output, Some(100_000));
     assert_eq!(r.finish_reasons, ["length"]);
 }
+
+/// The tokenizer estimate (used where a response states no usage) against what the provider
+/// stated, on every recorded exchange with usage: input from the recorded request, output from
+/// the recorded response.
+#[test]
+fn estimates_track_the_stated_usage() {
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(format!("{DIR}/manifest.json")).unwrap()).unwrap();
+    let mut report = Vec::new();
+    for (case, raw) in cases().iter().zip(manifest["cases"].as_array().unwrap()) {
+        if !case.usage_present {
+            continue;
+        }
+        let request =
+            std::fs::read(format!("{DIR}/{}", raw["request_file"].as_str().unwrap())).unwrap();
+        let est_in = tokenwarden::tokens::estimate_input(case.format, &request);
+        let mut p = ResponseParser::new(case.format, case.stream, 8 * 1024 * 1024);
+        p.feed(&case.body);
+        let (_, sample) = p.finish_with_sample();
+        let est_out = sample.estimate_tokens();
+        let e = &case.expected;
+        // Plain text exchanges: no hidden reasoning, tools, server tools or cache, whose tokens
+        // no estimate can see. There the estimate must be close to the provider's count.
+        let plain = e["reasoning_tokens"].as_u64().unwrap_or(0) == 0
+            && e["cached_input_tokens"].as_u64().unwrap_or(0) == 0
+            && e["tool_calls"].as_array().is_none_or(|a| a.is_empty())
+            && e["server_tool_calls"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+            && !case.id.contains("zero_usage")
+            && !["compaction", "thinking", "reasoning", "web_search"]
+                .iter()
+                .any(|t| case.id.contains(t));
+        if plain {
+            for (what, stated, est) in [
+                ("input", e["input_tokens"].as_u64().unwrap(), est_in),
+                ("output", e["output_tokens"].as_u64().unwrap(), est_out),
+            ] {
+                let allowed = (stated / 2).max(10);
+                assert!(
+                    stated.abs_diff(est) <= allowed,
+                    "{}: {what} estimate {est} vs stated {stated}",
+                    case.id
+                );
+            }
+        }
+        report.push(format!(
+            "{:60} in {:>6} est {:>6}   out {:>6} (reasoning {:>5}) est {:>6}",
+            case.id, e["input_tokens"], est_in, e["output_tokens"], e["reasoning_tokens"], est_out
+        ));
+    }
+    println!("{}", report.join("\n"));
+}

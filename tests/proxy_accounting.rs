@@ -376,15 +376,97 @@ async fn injection_can_be_switched_off() {
         CHAT_STREAM_NO_USAGE.as_bytes(),
         "request untouched"
     );
+    // No usage anywhere in the stream: the proxy counts it with its tokenizer, marked so.
     let text = p.metrics().await;
-    assert_eq!(
-        metric_sum(
+    let tokens = |kind: &str, source: &str| {
+        metric_value(
             &text,
             "tokenwarden_tokens_total",
-            &[("agent", "acc-noinject")]
-        ),
-        0.0
+            &[
+                ("agent", "acc-noinject"),
+                ("type", kind),
+                ("source", source),
+            ],
+        )
+    };
+    // "hi" is one token, plus 3 framing tokens for the message and 3 priming the reply.
+    assert_eq!(tokens("input", "estimated"), 7.0, "{text}");
+    let said: String = String::from_utf8_lossy(&proxied.1)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert!(!said.is_empty());
+    assert_eq!(
+        tokens("output", "estimated"),
+        tokenwarden::tokens::count(&said) as f64,
+        "output counted from the streamed text: {said:?}"
     );
+    assert_eq!(tokens("input", "provider"), 0.0);
+}
+
+#[tokio::test]
+async fn client_gone_mid_stream_is_counted_as_estimated() {
+    use futures_util::StreamExt;
+    let m = mock().await;
+    let p = TestProxy::to("gone", m.addr(), "").await;
+    let client = reqwest_like_client();
+    let req = http::Request::post(p.url("/v1/chat/completions"))
+        .header("x-agent-name", "acc-gone")
+        .header("x-mock-output-chunks", "400")
+        .header("x-mock-chunk-delay-ms", "5")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            CHAT_STREAM_USAGE.as_bytes(),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let mut body = http_body_util::BodyStream::new(resp.into_body());
+    let mut got = 0usize;
+    while got < 3 {
+        if let Some(Ok(f)) = body.next().await {
+            got += usize::from(f.is_data());
+        }
+    }
+    drop(body);
+    let ok = eventually(std::time::Duration::from_secs(5), || async {
+        metric_value(
+            &p.metrics().await,
+            "tokenwarden_client_disconnects_total",
+            &[("route", "gone")],
+        ) >= 1.0
+    })
+    .await;
+    assert!(ok, "disconnect recorded");
+    let text = p.metrics().await;
+    let tokens = |kind: &str| {
+        metric_value(
+            &text,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "acc-gone"),
+                ("type", kind),
+                ("source", "estimated"),
+            ],
+        )
+    };
+    assert_eq!(tokens("input"), 7.0, "{text}");
+    let out = tokens("output");
+    assert!(
+        (1.0..400.0).contains(&out),
+        "output counted up to where the client left: {out}"
+    );
+}
+
+fn reqwest_like_client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
 
 /// An Ollama-like upstream: `/api/chat` answers with the NDJSON stream its docs show.
@@ -466,5 +548,43 @@ async fn ollama_native_ndjson_streams_are_counted() {
             &[("agent", "acc-ollama")]
         ),
         1.0
+    );
+}
+
+#[tokio::test]
+async fn anthropic_count_tokens_is_labelled_and_never_billed() {
+    let m = mock().await;
+    let p = TestProxy::to("count", m.addr(), "").await;
+    let (resp, body) = post(
+        &p.url("/v1/messages/count_tokens"),
+        &[
+            ("x-agent-name", "acc-count"),
+            ("x-session-id", "s-count"),
+            ("x-mock-input-tokens", "321"),
+        ],
+        MSG,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], br#"{"input_tokens":321}"#);
+    let text = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_requests_total",
+            &[
+                ("agent", "acc-count"),
+                ("provider", "anthropic"),
+                ("operation", "count_tokens"),
+                ("status", "2xx"),
+            ],
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "tokenwarden_tokens_total", &[("agent", "acc-count")]),
+        0.0,
+        "a count is not usage"
     );
 }

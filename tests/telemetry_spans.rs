@@ -252,6 +252,11 @@ async fn upstream_failures_make_error_spans() {
     assert_eq!(a.get("http.response.status_code"), Some(&V::I(500)));
     assert_eq!(a.get("error.type"), Some(&s("server_error")), "{a:#?}");
     assert_eq!(
+        a.get("tokenwarden.usage.source"),
+        None,
+        "an error answer has no usage: {a:#?}"
+    );
+    assert_eq!(
         r.span.status.as_ref().unwrap().code,
         OtelStatus::Error as i32
     );
@@ -334,8 +339,16 @@ async fn client_disconnect_makes_an_error_span() {
         r.span.status.as_ref().unwrap().code,
         OtelStatus::Error as i32
     );
-    // Usage was requested on the client's behalf but never arrived: no usage source claimed.
-    assert_eq!(a.get("tokenwarden.usage.source"), None, "{a:#?}");
+    // Usage was requested on the client's behalf but never arrived: the proxy counted it.
+    assert_eq!(
+        a.get("tokenwarden.usage.source"),
+        Some(&s("estimated")),
+        "{a:#?}"
+    );
+    assert!(
+        matches!(a.get("gen_ai.usage.input_tokens"), Some(V::I(n)) if *n > 0),
+        "{a:#?}"
+    );
     proxy.stop().await;
 }
 

@@ -1,4 +1,4 @@
-//! Anthropic Messages (`POST /v1/messages`).
+//! Anthropic Messages (`POST /v1/messages`) and token counting (`/v1/messages/count_tokens`).
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
@@ -23,6 +23,15 @@ pub(crate) fn messages(body: &[u8], k: &Knobs) -> Reply {
     } else {
         Reply::json(F, StatusCode::OK, messages_json(model, k))
     }
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}` with N from the input-tokens knob.
+pub(crate) fn count_tokens(k: &Knobs) -> Reply {
+    if let Some(r) = fault_reply(F, false, k) {
+        return r;
+    }
+    let body = format!(r#"{{"input_tokens":{}}}"#, k.input_tokens);
+    Reply::json(F, StatusCode::OK, vec![Bytes::from(body)])
 }
 
 fn has_text(k: &Knobs) -> bool {

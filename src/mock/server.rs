@@ -198,6 +198,7 @@ enum Route<'a> {
     Responses,
     Embeddings,
     Messages,
+    CountTokens,
     Gemini(GeminiCall<'a>),
     Models,
     NotFound,
@@ -206,7 +207,7 @@ enum Route<'a> {
 impl Route<'_> {
     fn flavor(&self) -> Flavor {
         match self {
-            Route::Messages => Flavor::Anthropic,
+            Route::Messages | Route::CountTokens => Flavor::Anthropic,
             Route::Gemini(_) => Flavor::Gemini,
             _ => Flavor::OpenAi,
         }
@@ -226,6 +227,9 @@ fn route<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Route<'a> {
         }
         if path.ends_with("/v1/messages") {
             return Route::Messages;
+        }
+        if path.ends_with("/v1/messages/count_tokens") {
+            return Route::CountTokens;
         }
         if let Some(call) = gemini::parse_path(path, query) {
             return Route::Gemini(call);
@@ -290,6 +294,7 @@ async fn handle(
         Route::Embeddings => openai::embeddings(&body, &knobs),
         Route::Models => openai::models(&knobs),
         Route::Messages => anthropic::messages(&body, &knobs),
+        Route::CountTokens => anthropic::count_tokens(&knobs),
         Route::Gemini(call) => gemini::generate(call, &knobs),
         Route::NotFound => error(Flavor::OpenAi, ErrorKind::NotFound, "not found"),
     };

@@ -14,7 +14,7 @@ pub mod openai_chat;
 pub mod openai_responses;
 mod parser;
 
-pub use parser::{Feed, ResponseParser};
+pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 
 use memchr::memmem::Finder;
 use serde::Deserialize;

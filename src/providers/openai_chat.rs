@@ -1,5 +1,6 @@
 //! OpenAI Chat Completions (`/v1/chat/completions`; Azure deployments and every compatible
-//! server): JSON bodies and `chat.completion.chunk` streams.
+//! server): JSON bodies and `chat.completion.chunk` streams. Legacy Completions
+//! (`/v1/completions`, `choices[].text`) and embeddings share the shape and the usage object.
 //!
 //! Streams: usage is the last chunk whose `usage` is not null (not necessarily the last chunk);
 //! finish reasons are the last non-null per choice; tool-call argument fragments are joined per
@@ -40,6 +41,9 @@ struct ChunkChoice<'a> {
     index: u32,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
+    /// Legacy Completions stream the text on the choice itself.
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     finish_reason: Option<Cow<'a, str>>,
 }
@@ -179,7 +183,7 @@ impl Stream {
         if self.record.model.is_some() && only_output(data) {
             // The common chunk: a text delta and nothing else we account. Skip the full parse.
             return Some(
-                [&*CONTENT, &*REASONING_CONTENT, &*REFUSAL]
+                [&*CONTENT, &*REASONING_CONTENT, &*REFUSAL, &*TEXT]
                     .into_iter()
                     .any(|k| super::non_empty_string(data, k)),
             );
@@ -202,6 +206,7 @@ impl Stream {
             if let Some(f) = c.finish_reason {
                 self.finish.insert(c.index, f.into_owned());
             }
+            output |= c.text.is_some_and(|t| !t.is_empty());
             let Some(d) = c.delta else { continue };
             output |= [&d.content, &d.reasoning_content, &d.refusal]
                 .iter()
@@ -275,6 +280,7 @@ json_key!(CHOICES, "choices");
 json_key!(CONTENT, "content");
 json_key!(REASONING_CONTENT, "reasoning_content");
 json_key!(REFUSAL, "refusal");
+json_key!(TEXT, "text");
 
 /// A whole JSON body; false when it is not JSON of this shape.
 pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
@@ -307,4 +313,45 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod legacy_tests {
+    use super::super::{Format, ResponseParser};
+
+    /// Legacy Completions, as the OpenAI API reference documents them.
+    const JSON: &str = r#"{"id":"cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7","object":"text_completion","created":1589478378,"model":"gpt-3.5-turbo-instruct","system_fingerprint":"fp_44709d6fcb","choices":[{"text":"\n\nThis is indeed a test","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+    const SSE: &str = concat!(
+        "data: {\"id\":\"cmpl-7iA7iJjj8V2zOkCGvWF2hAkDWBQZe\",\"object\":\"text_completion\",\"created\":1690759702,\"choices\":[{\"text\":\"This\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}],\"model\":\"gpt-3.5-turbo-instruct\"}\n\n",
+        "data: {\"id\":\"cmpl-7iA7iJjj8V2zOkCGvWF2hAkDWBQZe\",\"object\":\"text_completion\",\"created\":1690759702,\"choices\":[{\"text\":\" is\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}],\"model\":\"gpt-3.5-turbo-instruct\"}\n\n",
+        "data: {\"id\":\"cmpl-7iA7iJjj8V2zOkCGvWF2hAkDWBQZe\",\"object\":\"text_completion\",\"created\":1690759702,\"choices\":[{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}],\"model\":\"gpt-3.5-turbo-instruct\"}\n\n",
+        "data: {\"id\":\"cmpl-7iA7iJjj8V2zOkCGvWF2hAkDWBQZe\",\"object\":\"text_completion\",\"created\":1690759702,\"choices\":[],\"model\":\"gpt-3.5-turbo-instruct\",\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,\"total_tokens\":6}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    #[test]
+    fn legacy_completion_json() {
+        let mut p = ResponseParser::new(Format::OpenAiChat, false, 1 << 20);
+        p.feed(JSON.as_bytes());
+        let r = p.finish();
+        assert_eq!(r.model.as_deref(), Some("gpt-3.5-turbo-instruct"));
+        assert_eq!((r.usage.input, r.usage.output), (Some(5), Some(7)));
+        assert_eq!(r.finish_reasons, ["length"]);
+    }
+
+    #[test]
+    fn legacy_completion_stream_counts_text_chunks_as_output() {
+        let mut p = ResponseParser::new(Format::OpenAiChat, true, 1 << 20);
+        let outputs: u32 = SSE
+            .as_bytes()
+            .chunks(7)
+            .map(|c| p.feed(c).output_events)
+            .sum();
+        assert_eq!(outputs, 2, "two non-empty text chunks");
+        let (r, sample) = p.finish_with_sample();
+        assert_eq!((r.usage.input, r.usage.output), (Some(4), Some(2)));
+        assert_eq!(r.finish_reasons, ["stop"]);
+        assert_eq!(r.id.as_deref(), Some("cmpl-7iA7iJjj8V2zOkCGvWF2hAkDWBQZe"));
+        assert_eq!(sample.estimate_tokens(), 2, "\"This is\" is two tokens");
+    }
 }

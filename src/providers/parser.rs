@@ -17,6 +17,25 @@ pub struct ResponseParser {
     body: Body,
     state: State,
     max_body: usize,
+    sample: OutputSample,
+}
+
+/// Most bytes of output events kept for estimating output tokens when a stream states no usage.
+/// Small on purpose (memory per stream stays bounded and a long stream's estimate is scaled from
+/// its first events); a JSON body is its own sample, already in memory.
+pub const MAX_OUTPUT_SAMPLE: usize = 16 * 1024;
+
+/// The output events of a stream (or the whole body of a JSON response), kept so output tokens
+/// can be counted when the provider states none. Bounded: past [`MAX_OUTPUT_SAMPLE`] events are
+/// only counted, and the estimate is scaled from the ones kept.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OutputSample {
+    /// Output events, one per line (or one JSON body).
+    pub bytes: Vec<u8>,
+    /// Output events seen.
+    pub events: u64,
+    /// Output events kept in `bytes`.
+    pub kept: u64,
 }
 
 enum Body {
@@ -58,6 +77,7 @@ impl ResponseParser {
             body,
             state,
             max_body: max_bytes,
+            sample: OutputSample::default(),
         }
     }
 
@@ -82,10 +102,12 @@ impl ResponseParser {
             }
             Body::Sse(dec) => {
                 let state = &mut self.state;
+                let sample = &mut self.sample;
                 dec.feed(chunk, |item| match item {
                     SseItem::Event { event, data } => {
                         if state.event(event, data) {
                             feed.output_events += 1;
+                            sample.keep(data);
                         }
                     }
                     SseItem::Oversized => state.record_mut().unparsed = Some("event_too_large"),
@@ -93,10 +115,12 @@ impl ResponseParser {
             }
             Body::Ndjson(dec) => {
                 let state = &mut self.state;
+                let sample = &mut self.sample;
                 dec.feed(chunk, |item| match item {
                     NdjsonItem::Line(line) => {
                         if state.event(b"", line) {
                             feed.output_events += 1;
+                            sample.keep(line);
                         }
                     }
                     NdjsonItem::Oversized => state.record_mut().unparsed = Some("event_too_large"),
@@ -108,26 +132,38 @@ impl ResponseParser {
 
     /// The body ended: everything read from it.
     pub fn finish(self) -> ResponseRecord {
+        self.finish_with_sample().0
+    }
+
+    /// The body ended: everything read from it, and the output it carried (for estimates).
+    pub fn finish_with_sample(mut self) -> (ResponseRecord, OutputSample) {
+        let sample = std::mem::take(&mut self.sample);
+        match std::mem::replace(&mut self.body, Body::Json(Vec::new(), true)) {
+            // A JSON body is its own sample: moved, not copied.
+            Body::Json(buf, false) => {
+                let record = json_record(&self.state, &buf);
+                let sample = OutputSample {
+                    bytes: buf,
+                    events: 1,
+                    kept: 1,
+                };
+                (record, sample)
+            }
+            body => {
+                self.body = body;
+                (self.finish_record(), sample)
+            }
+        }
+    }
+
+    fn finish_record(self) -> ResponseRecord {
         match self.body {
             Body::Json(_, true) => {
                 let mut r = self.state.into_record();
                 r.unparsed = Some("body_too_large");
                 r
             }
-            Body::Json(buf, false) => {
-                let mut r = ResponseRecord::default();
-                let ok = match &self.state {
-                    State::OpenAiChat(_) => openai_chat::parse_json(&buf, &mut r),
-                    State::OpenAiResponses(_) => openai_responses::parse_json(&buf, &mut r),
-                    State::Anthropic(_) => anthropic::parse_json(&buf, &mut r),
-                    State::Gemini(_) => gemini::parse_json(&buf, &mut r),
-                    State::Ollama(_) => ollama::parse_json(&buf, &mut r),
-                };
-                if !ok {
-                    r.unparsed = Some("invalid_json");
-                }
-                r
-            }
+            Body::Json(buf, false) => json_record(&self.state, &buf),
             Body::Sse(_) => self.state.into_record(),
             Body::Ndjson(mut dec) => {
                 let mut state = self.state;
@@ -139,6 +175,45 @@ impl ResponseParser {
                 state.into_record()
             }
         }
+    }
+}
+
+/// A whole JSON response body read in `state`'s format.
+fn json_record(state: &State, buf: &[u8]) -> ResponseRecord {
+    let mut r = ResponseRecord::default();
+    let ok = match state {
+        State::OpenAiChat(_) => openai_chat::parse_json(buf, &mut r),
+        State::OpenAiResponses(_) => openai_responses::parse_json(buf, &mut r),
+        State::Anthropic(_) => anthropic::parse_json(buf, &mut r),
+        State::Gemini(_) => gemini::parse_json(buf, &mut r),
+        State::Ollama(_) => ollama::parse_json(buf, &mut r),
+    };
+    if !ok {
+        r.unparsed = Some("invalid_json");
+    }
+    r
+}
+
+// === impl OutputSample ===
+
+impl OutputSample {
+    fn keep(&mut self, event: &[u8]) {
+        self.events += 1;
+        if self.bytes.len() + event.len() < MAX_OUTPUT_SAMPLE {
+            self.bytes.extend_from_slice(event);
+            self.bytes.push(b'\n');
+            self.kept += 1;
+        }
+    }
+
+    /// Estimated output tokens: the kept output counted with the tokenizer, scaled to every
+    /// output event seen.
+    pub fn estimate_tokens(&self) -> u64 {
+        if self.kept == 0 {
+            return 0;
+        }
+        let counted = crate::tokens::count(&crate::tokens::output_text(&self.bytes));
+        (counted * self.events).div_ceil(self.kept)
     }
 }
 
@@ -182,5 +257,33 @@ impl State {
             State::Gemini(s) => s.finish(),
             State::Ollama(s) => s.finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    #[test]
+    fn long_streams_keep_a_bounded_sample_and_scale_the_estimate() {
+        let mut p = ResponseParser::new(Format::OpenAiChat, true, 1 << 20);
+        let words = [" alpha", " beta", " gamma", " delta"];
+        let mut text = String::new();
+        p.feed(b"data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n");
+        for i in 0..4_000 {
+            let w = words[i % words.len()];
+            text.push_str(w);
+            let ev = format!(
+                "data: {{\"id\":\"c\",\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{w}\"}},\"finish_reason\":null}}]}}\n\n"
+            );
+            p.feed(ev.as_bytes());
+        }
+        let (_, sample) = p.finish_with_sample();
+        assert!(sample.bytes.len() <= MAX_OUTPUT_SAMPLE);
+        assert_eq!(sample.events, 4_000);
+        assert!(sample.kept < sample.events);
+        let exact = crate::tokens::count(&text);
+        let est = sample.estimate_tokens();
+        assert!(est.abs_diff(exact) <= exact / 50, "{est} vs {exact}");
     }
 }

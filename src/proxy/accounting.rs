@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::body::BodyEnd;
 use crate::providers::decompress::{DecompressError, Decompressor};
-use crate::providers::{ResponseParser, ResponseRecord};
+use crate::providers::{OutputSample, ResponseParser, ResponseRecord};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
 
@@ -46,22 +46,53 @@ pub struct LlmCall {
     last_output: Option<Instant>,
     per_chunk: Option<Histogram>,
     injected: bool,
+    request_body: Bytes,
 }
 
-/// What a finished LLM call read and measured, for its span.
-pub struct LlmOutcome {
+/// Where a call's token counts came from (`tokenwarden.usage.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageSource {
+    /// Stated by the provider in a response the client asked for.
+    Provider,
+    /// Stated by the provider because the proxy asked for stream usage on the client's behalf.
+    Injected,
+    /// Counted by the proxy (no usage in the response): see [`crate::tokens`].
+    Estimated,
+    /// No usage known (an error response, or a body that could not be read).
+    None,
+}
+
+/// What an LLM call came to, for spans, budgets and the access log.
+#[derive(Debug, Clone)]
+pub struct Finished {
     /// What the request said.
     pub facts: RequestFacts,
-    /// What the response said.
+    /// What the response said, usage filled in by estimate where it said none.
     pub record: ResponseRecord,
-    /// `error.type` when the call failed.
-    pub error_type: Option<String>,
-    /// When the first output chunk arrived.
+    /// Where the usage came from.
+    pub usage_source: UsageSource,
+    /// When the first output chunk arrived (streams).
     pub first_output: Option<Instant>,
-    /// Whether the response was streamed.
+    /// When the last output chunk arrived (streams).
+    pub last_output: Option<Instant>,
+    /// Whether the response was a stream.
     pub streamed: bool,
-    /// Where the usage came from (`provider` | `injected`), when there was any.
-    pub usage_source: Option<&'static str>,
+    /// `error.type`, for a failed call.
+    pub error_type: Option<String>,
+}
+
+// === impl UsageSource ===
+
+impl UsageSource {
+    /// Attribute and label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Provider => "provider",
+            UsageSource::Injected => "injected",
+            UsageSource::Estimated => "estimated",
+            UsageSource::None => "none",
+        }
+    }
 }
 
 /// How the call ended, for the finish step.
@@ -96,7 +127,14 @@ impl LlmCall {
             last_output: None,
             per_chunk: None,
             injected: false,
+            request_body: Bytes::new(),
         }
+    }
+
+    /// The request body as sent upstream (a reference-counted handle), kept to estimate input
+    /// tokens if the response states no usage.
+    pub fn set_request_body(&mut self, body: Bytes) {
+        self.request_body = body;
     }
 
     /// The request facts.
@@ -181,14 +219,34 @@ impl LlmCall {
         self.last_output = Some(now);
     }
 
-    /// The call ended: record what the response said, and hand it back for the span.
-    pub fn finish(self, base: &CallLabels, ending: &Ending) -> LlmOutcome {
-        let record = match self.parser {
-            Some(p) if self.unparsed.is_none() => p.finish(),
-            _ => ResponseRecord {
-                unparsed: self.unparsed,
-                ..ResponseRecord::default()
-            },
+    /// The call ended: record what the response said (estimating usage where it said none).
+    pub fn finish(self, base: &CallLabels, ending: &Ending) -> Finished {
+        let parsed = self.parser.is_some();
+        let (mut record, sample) = match self.parser {
+            Some(p) if self.unparsed.is_none() => p.finish_with_sample(),
+            _ => (
+                ResponseRecord {
+                    unparsed: self.unparsed,
+                    ..ResponseRecord::default()
+                },
+                OutputSample::default(),
+            ),
+        };
+        let usage_source = if record.usage.is_present() {
+            if self.injected {
+                UsageSource::Injected
+            } else {
+                UsageSource::Provider
+            }
+        } else if parsed && billable(&record, ending) {
+            record.usage.input = Some(crate::tokens::estimate_input(
+                self.facts.format,
+                &self.request_body,
+            ));
+            record.usage.output = Some(sample.estimate_tokens());
+            UsageSource::Estimated
+        } else {
+            UsageSource::None
         };
         if let Some(reason) = record.unparsed {
             counter!(m::UNPARSED_BODIES_TOTAL, "route" => base.route.clone(), "reason" => reason)
@@ -205,7 +263,7 @@ impl LlmCall {
             Label::new("gen_ai_response_model", response_model.to_string()),
             Label::new("agent", base.agent.to_string()),
         ];
-        record_usage(&record, base, &response_model, &gen_ai);
+        record_usage(&record, base, &response_model, &gen_ai, usage_source);
         for call in &record.tool_calls {
             counter!(m::TOOL_CALLS_TOTAL,
                 "agent" => base.agent.clone(),
@@ -214,8 +272,8 @@ impl LlmCall {
             .increment(1);
         }
         let mut labels = gen_ai.clone();
-        let err = error_type(&record, ending);
-        if let Some(err) = &err {
+        let error_type = error_type(&record, ending);
+        if let Some(err) = &error_type {
             labels.push(Label::new(
                 "error_type",
                 self.labels.errors.get(err).to_string(),
@@ -229,23 +287,34 @@ impl LlmCall {
                     .record(first.duration_since(ending.started).as_secs_f64());
             }
         }
-        let usage_source = match (record.usage.is_present(), self.injected) {
-            (false, _) => None,
-            (true, true) => Some("injected"),
-            (true, false) => Some("provider"),
-        };
-        LlmOutcome {
+        Finished {
             facts: self.facts,
             record,
-            error_type: err,
-            first_output: self.first_output,
-            streamed: self.streamed,
             usage_source,
+            first_output: self.first_output,
+            last_output: self.last_output,
+            streamed: self.streamed,
+            error_type,
         }
     }
 }
 
-fn record_usage(record: &ResponseRecord, base: &CallLabels, model: &Arc<str>, gen_ai: &[Label]) {
+/// Whether a read response without usage still cost tokens: it is not an error answer (a body
+/// cut short by a client that left or by a broken upstream was still billed for what was
+/// generated).
+fn billable(record: &ResponseRecord, ending: &Ending) -> bool {
+    record.unparsed.is_none()
+        && record.error_type.is_none()
+        && ending.status.is_some_and(|s| s.is_success())
+}
+
+fn record_usage(
+    record: &ResponseRecord,
+    base: &CallLabels,
+    model: &Arc<str>,
+    gen_ai: &[Label],
+    source: UsageSource,
+) {
     let u = &record.usage;
     let by_type = [
         ("input", u.input),
@@ -260,6 +329,7 @@ fn record_usage(record: &ResponseRecord, base: &CallLabels, model: &Arc<str>, ge
             "agent" => base.agent.clone(),
             "model" => model.clone(),
             "type" => kind,
+            "source" => source.as_str(),
         )
         .increment(n);
         if kind == "input" || kind == "output" {

@@ -17,9 +17,9 @@ use tokio::time::Instant;
 
 use crate::body::{BodyEnd, Observer};
 use crate::telemetry::metrics as m;
-use crate::telemetry::spans::{CallSpan, Finished};
+use crate::telemetry::spans::{CallSpan, SpanEnd};
 
-use super::accounting::{CallLabels, Ending, LlmCall};
+use super::accounting::{CallLabels, Ending, LlmCall, UsageSource};
 use super::error::UpstreamErrorKind;
 
 /// One request in flight.
@@ -236,32 +236,35 @@ impl Call {
         let duration = now.duration_since(self.started);
         histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.base.route.clone(), "status" => status)
             .record(duration.as_secs_f64());
-        if let Some(llm) = self.llm.take() {
+        let finished = self.llm.take().map(|llm| {
             let ending = Ending {
                 end,
                 status: self.status,
                 started: self.started,
                 now,
             };
-            let outcome = llm.finish(&self.base, &ending);
-            if let Some(span) = self.span.take() {
-                span.finish(&Finished {
-                    labels: &self.base,
-                    facts: &outcome.facts,
-                    record: &outcome.record,
-                    error_type: outcome.error_type.as_deref(),
-                    status: self.status,
-                    now,
-                    upstream_sent: self.upstream_sent,
-                    first_output: outcome.first_output,
-                    streamed: outcome.streamed,
-                    usage_source: outcome.usage_source,
-                    session: self.session.as_deref(),
-                    step: self.step,
-                    budget_decision: self.budget_decision,
-                    policy_violations: &self.policy_violations,
-                });
-            }
+            llm.finish(&self.base, &ending)
+        });
+        if let (Some(span), Some(f)) = (self.span.take(), finished.as_ref()) {
+            span.finish(&SpanEnd {
+                labels: &self.base,
+                facts: &f.facts,
+                record: &f.record,
+                error_type: f.error_type.as_deref(),
+                status: self.status,
+                now,
+                upstream_sent: self.upstream_sent,
+                first_output: f.first_output,
+                streamed: f.streamed,
+                usage_source: match f.usage_source {
+                    UsageSource::None => None,
+                    source => Some(source.as_str()),
+                },
+                session: self.session.as_deref(),
+                step: self.step,
+                budget_decision: self.budget_decision,
+                policy_violations: &self.policy_violations,
+            });
         }
         if let Some(overhead) = self.overhead() {
             histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())
@@ -284,6 +287,9 @@ impl Call {
                 bytes_in = self.bytes_in,
                 bytes_out = self.bytes_out,
                 agent = %self.base.agent,
+                input_tokens = finished.as_ref().and_then(|f| f.record.usage.input),
+                output_tokens = finished.as_ref().and_then(|f| f.record.usage.output),
+                usage_source = finished.as_ref().map(|f| f.usage_source.as_str()),
                 "request"
             );
         }

@@ -159,7 +159,7 @@ pub fn inspect(
 /// The response format of a classified call, when tokenwarden reads it.
 fn format_for(class: &Classified, path: &str) -> Option<Format> {
     match (class.protocol, class.operation) {
-        (_, "other") => None,
+        (_, "other" | "count_tokens") => None,
         (Protocol::Anthropic, "chat") => Some(Format::Anthropic),
         (Protocol::Gemini, "generate_content") => Some(Format::Gemini),
         (Protocol::Ollama, "chat" | "text_completion") => Some(Format::Ollama),

@@ -176,6 +176,7 @@ impl Proxy {
                     llm.set_injected();
                 }
             }
+            llm.set_request_body(body.clone());
             call.set_llm(llm);
             if let Some(span) = call.span_mut() {
                 span.capture_request(&body, &parts.headers);

@@ -51,6 +51,9 @@ pub fn classify(configured: Protocol, path: &str) -> Classified {
             "anthropic",
             if path.ends_with("/messages") {
                 "chat"
+            } else if path.ends_with("/messages/count_tokens") {
+                // A count, not a generation: labelled, never billed or counted as a step.
+                "count_tokens"
             } else {
                 "other"
             },

@@ -65,7 +65,7 @@ pub struct CallSpan {
 }
 
 /// Everything a finished call tells its span.
-pub struct Finished<'a> {
+pub struct SpanEnd<'a> {
     /// Route, provider, operation, agent.
     pub labels: &'a CallLabels,
     /// What the request said.
@@ -231,7 +231,7 @@ impl CallSpan {
     }
 
     /// Build the span from the finished call and queue it for export.
-    pub fn finish(self, f: &Finished<'_>) {
+    pub fn finish(self, f: &SpanEnd<'_>) {
         let flags = self.flags();
         if !flags.is_sampled() {
             return;
@@ -350,7 +350,7 @@ impl CallSpan {
     }
 }
 
-fn genai_attributes(f: &Finished<'_>, ttft: Option<f64>, attrs: &mut Vec<KeyValue>) {
+fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Vec<KeyValue>) {
     let r = f.record;
     attrs.push(KeyValue::new("gen_ai.operation.name", f.labels.operation));
     attrs.push(KeyValue::new("gen_ai.provider.name", f.labels.provider));

@@ -1,0 +1,218 @@
+//! The text of requests and responses, as a tokenizer should see it.
+//!
+//! Provider shapes differ, but text always sits in a few well-known keys (`content`, `text`,
+//! `prompt`, `input`, `system`, `instructions`, tool `arguments` / `input`). Walking the JSON for
+//! those keys covers every shape tokenwarden reads without a schema per provider; media parts
+//! (base64 images, audio, files) are counted, not read.
+
+use serde_json::Value;
+
+use crate::providers::Format;
+
+/// The text of a request.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestText {
+    /// Every text value, newline-separated.
+    pub text: String,
+    /// Chat messages (items with a `role`).
+    pub messages: usize,
+    /// Image, audio and file parts.
+    pub media_parts: usize,
+}
+
+/// Keys whose string values are prompt text.
+const TEXT_KEYS: &[&str] = &[
+    "content",
+    "text",
+    "prompt",
+    "input",
+    "system",
+    "instructions",
+    "arguments",
+    "output",
+    "thinking",
+];
+/// Keys whose values are tool definitions or structured tool input: counted as compact JSON.
+const JSON_KEYS: &[&str] = &[
+    "tools",
+    "functionCall",
+    "functionResponse",
+    "function_call",
+    "args",
+    "response_format",
+    "response",
+];
+/// Keys whose values are media payloads, counted per part.
+const MEDIA_KEYS: &[&str] = &[
+    "image_url",
+    "inline_data",
+    "inlineData",
+    "input_audio",
+    "file_data",
+    "fileData",
+    "image",
+    "source",
+    "file",
+];
+
+/// The text of a request body in `format` (any JSON body; non-JSON bodies are text).
+pub fn request_text(format: Format, body: &[u8]) -> RequestText {
+    let _ = format; // the key walk covers every format; kept for per-format refinements
+    let mut out = RequestText::default();
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => {
+            for (k, v) in &map {
+                match k.as_str() {
+                    "messages" | "contents" | "input" | "prompt" | "system" | "instructions"
+                    | "systemInstruction" | "system_instruction" | "tools" => walk(k, v, &mut out),
+                    _ => {}
+                }
+            }
+        }
+        Ok(_) | Err(_) => out.text = String::from_utf8_lossy(body).into_owned(),
+    }
+    out
+}
+
+/// The output text in a response body or in a stream's output events (one JSON value per
+/// line), for counting output tokens where the provider stated none.
+pub fn output_text(events: &[u8]) -> String {
+    let mut out = RequestText::default();
+    let mut parse = |bytes: &[u8]| {
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            output_walk(&v, &mut out);
+        }
+    };
+    if serde_json::from_slice::<serde::de::IgnoredAny>(events).is_ok() {
+        parse(events);
+    } else {
+        for line in events.split(|b| *b == b'\n') {
+            parse(line);
+        }
+    }
+    out.text
+}
+
+fn push(out: &mut RequestText, s: &str) {
+    if !out.text.is_empty() {
+        out.text.push('\n');
+    }
+    out.text.push_str(s);
+}
+
+fn walk(key: &str, v: &Value, out: &mut RequestText) {
+    if MEDIA_KEYS.contains(&key) && !v.is_string() || key == "image_url" {
+        out.media_parts += 1;
+        return;
+    }
+    if JSON_KEYS.contains(&key) {
+        if let Ok(s) = serde_json::to_string(v) {
+            push(out, &s);
+        }
+        return;
+    }
+    match v {
+        Value::String(s) if TEXT_KEYS.contains(&key) => push(out, s),
+        Value::Array(items) => {
+            for item in items {
+                walk(key, item, out);
+            }
+        }
+        Value::Object(map) => {
+            if map.contains_key("role") {
+                out.messages += 1;
+            }
+            for (k, v) in map {
+                walk(k, v, out);
+            }
+        }
+        // Token-id prompts (`"prompt": [1, 2, 3]`) count one token per id.
+        Value::Number(_) if key == "prompt" || key == "input" => push(out, "x"),
+        _ => {}
+    }
+}
+
+/// Keys whose string values are generated output in responses and stream events.
+const OUTPUT_KEYS: &[&str] = &[
+    "content",
+    "text",
+    "arguments",
+    "partial_json",
+    "thinking",
+    "refusal",
+    "reasoning_content",
+    "response",
+    "delta",
+];
+
+/// Output fragments are joined as they are: stream deltas are pieces of one text.
+fn output_walk(v: &Value, out: &mut RequestText) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    Value::String(s) if OUTPUT_KEYS.contains(&k.as_str()) => out.text.push_str(s),
+                    // Anthropic / Gemini tool input arrives as an object.
+                    Value::Object(_) if k == "input" || k == "args" => {
+                        if let Ok(s) = serde_json::to_string(v) {
+                            out.text.push_str(&s);
+                        }
+                    }
+                    _ => output_walk(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| output_walk(i, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_text_in_every_shape() {
+        let t = request_text(
+            Format::OpenAiChat,
+            br#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}"#,
+        );
+        assert_eq!(t.text, "be brief\nhi");
+        assert_eq!((t.messages, t.media_parts), (2, 1));
+
+        let t = request_text(
+            Format::Anthropic,
+            br#"{"model":"claude","system":"sys","messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","data":"AAAA"}},{"type":"tool_result","tool_use_id":"t","content":"42"}]}]}"#,
+        );
+        assert_eq!(t.text, "sys\n42");
+        assert_eq!((t.messages, t.media_parts), (1, 1));
+
+        let t = request_text(
+            Format::Gemini,
+            br#"{"systemInstruction":{"parts":[{"text":"s"}]},"contents":[{"role":"user","parts":[{"text":"q"}]}]}"#,
+        );
+        assert_eq!(t.text, "s\nq");
+
+        let t = request_text(
+            Format::OpenAiResponses,
+            br#"{"model":"m","instructions":"i","input":"question","tools":[{"type":"function","name":"f"}]}"#,
+        );
+        assert_eq!(
+            t.text,
+            "i\nquestion\n[{\"type\":\"function\",\"name\":\"f\"}]"
+        );
+
+        let t = request_text(Format::OpenAiChat, br#"{"input":["a","b"]}"#);
+        assert_eq!(t.text, "a\nb");
+        let t = request_text(Format::OpenAiChat, b"not json");
+        assert_eq!(t.text, "not json");
+    }
+
+    #[test]
+    fn output_text_from_events_and_bodies() {
+        let events = b"{\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n{\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n{\"type\":\"content_block_delta\",\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}";
+        assert_eq!(output_text(events), "Hello{}");
+        let body = br#"{"choices":[{"message":{"role":"assistant","content":"done"}}]}"#;
+        assert_eq!(output_text(body), "done");
+    }
+}

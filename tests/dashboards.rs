@@ -1,0 +1,140 @@
+//! The shipped Grafana dashboards: current schema, stable uids, the Prometheus data source as a
+//! variable, templated by agent / model / route, every query on a metric the proxy exports, and
+//! the JSON is what `scripts/gen_dashboards.py` generates. (tests/sre_stack.rs runs every query
+//! against a real Prometheus.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn boards() -> Vec<(String, Value)> {
+    [
+        "overview.json",
+        "budgets-and-cost.json",
+        "agents-and-tools.json",
+    ]
+    .iter()
+    .map(|f| {
+        let p = Path::new(ROOT).join("dashboards").join(f);
+        let v = serde_json::from_slice(&std::fs::read(&p).unwrap())
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+        (f.to_string(), v)
+    })
+    .collect()
+}
+
+fn exprs(board: &Value) -> Vec<String> {
+    board["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn dashboards_are_templated_and_current() {
+    let uids: Vec<_> = boards()
+        .iter()
+        .map(|(_, b)| b["uid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        uids,
+        [
+            "tokenwarden-overview",
+            "tokenwarden-budgets",
+            "tokenwarden-agents"
+        ]
+    );
+    for (name, b) in boards() {
+        assert!(b["schemaVersion"].as_u64().unwrap() >= 39, "{name}: schema");
+        let vars = b["templating"]["list"].as_array().unwrap();
+        let var = |n: &str| vars.iter().find(|v| v["name"] == n);
+        assert_eq!(var("datasource").unwrap()["type"], "datasource", "{name}");
+        assert_eq!(var("datasource").unwrap()["query"], "prometheus", "{name}");
+        assert!(var("agent").is_some(), "{name}: agent variable");
+        for p in b["panels"].as_array().unwrap() {
+            if p["type"] == "row" {
+                continue;
+            }
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "{name}: {}",
+                p["title"]
+            );
+            assert!(
+                !p["targets"].as_array().unwrap().is_empty(),
+                "{name}: {}",
+                p["title"]
+            );
+        }
+        let all = exprs(&b).join("\n");
+        assert!(all.contains("$agent"), "{name}: filtered by agent");
+        if var("model").is_some() {
+            assert!(all.contains("$model"), "{name}: filtered by model");
+        }
+        if var("route").is_some() {
+            assert!(all.contains("$route"), "{name}: filtered by route");
+        }
+    }
+}
+
+/// Metric names the proxy exports (README "Metrics", CONTRACT.md); dashboards use no others.
+const EXPORTED: &[&str] = &[
+    "tokenwarden_requests_total",
+    "tokenwarden_tokens_total",
+    "tokenwarden_cost_usd_total",
+    "tokenwarden_budget_decisions_total",
+    "tokenwarden_budget_exceeded_total",
+    "tokenwarden_budget_used_ratio",
+    "tokenwarden_policy_violations_total",
+    "tokenwarden_tool_calls_total",
+    "tokenwarden_tool_results_total",
+    "tokenwarden_context_utilization_ratio_bucket",
+    "tokenwarden_upstream_errors_total",
+    "tokenwarden_client_disconnects_total",
+    "tokenwarden_sessions_active",
+    "tokenwarden_session_steps_bucket",
+    "tokenwarden_session_duration_seconds_bucket",
+    "tokenwarden_overhead_seconds_bucket",
+    "gen_ai_client_operation_duration_seconds_bucket",
+    "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
+    "gen_ai_client_operation_time_per_output_chunk_seconds_bucket",
+    "gen_ai_client_token_usage_bucket",
+];
+
+#[test]
+fn every_query_uses_exported_metrics() {
+    for (name, b) in boards() {
+        for e in exprs(&b) {
+            let used: Vec<&str> = e
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("tokenwarden_") || w.starts_with("gen_ai_client_"))
+                .collect();
+            assert!(!used.is_empty(), "{name}: {e}");
+            for m in used {
+                assert!(EXPORTED.contains(&m), "{name}: unknown metric {m} in {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn committed_json_is_what_the_generator_makes() {
+    let out = Command::new("python3")
+        .arg(Path::new(ROOT).join("scripts/gen_dashboards.py"))
+        .arg("--check")
+        .output()
+        .expect("python3 runs scripts/gen_dashboards.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

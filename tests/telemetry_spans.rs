@@ -512,3 +512,67 @@ async fn collector_down_never_fails_a_request_and_drops_are_counted() {
     assert!(ok, "drops not counted: {}", proxy.metrics().await);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn content_capture_records_messages_in_the_conventions_shapes() {
+    let (rx, _mock, proxy) = setup(
+        "http",
+        "  capture_content: true\n  max_content_bytes: 4096\n",
+    )
+    .await;
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"system","content":"Be terse."},{"role":"user","content":"Weather in Paris?"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#;
+    let (resp, _) = post(
+        &proxy.url("/v1/chat/completions"),
+        &[
+            ("x-session-id", "capture-1"),
+            ("x-mock-output-chunks", "3"),
+            ("x-mock-tool-calls", "1"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let r = rx
+        .wait_for("with captured content", |r| {
+            has(r, "session.id", s("capture-1"))
+        })
+        .await;
+    let a = attrs(&r.span);
+    let json = |k: &str| -> serde_json::Value {
+        match a.get(k) {
+            Some(V::S(t)) => serde_json::from_str(t).unwrap(),
+            other => panic!("{k}: {other:?}"),
+        }
+    };
+    assert_eq!(
+        json("gen_ai.input.messages"),
+        serde_json::json!([
+            {"role": "system", "parts": [{"type": "text", "content": "Be terse."}]},
+            {"role": "user", "parts": [{"type": "text", "content": "Weather in Paris?"}]}
+        ])
+    );
+    assert_eq!(
+        json("gen_ai.tool.definitions"),
+        serde_json::json!([{"type": "function", "name": "get_weather"}])
+    );
+    let out = json("gen_ai.output.messages");
+    let (tool, args) = tokenwarden::mock::tool_call(0);
+    assert_eq!(out[0]["role"], "assistant");
+    assert_eq!(out[0]["finish_reason"], "tool_call");
+    let parts = out[0]["parts"].as_array().unwrap();
+    assert_eq!(
+        parts[0],
+        serde_json::json!({"type": "text", "content": tokenwarden::mock::output_text(3)})
+    );
+    assert_eq!(parts[1]["type"], "tool_call");
+    assert_eq!(parts[1]["name"], tool);
+    assert_eq!(
+        parts[1]["arguments"],
+        serde_json::from_str::<serde_json::Value>(args).unwrap()
+    );
+    assert!(
+        !a.contains_key("gen_ai.system_instructions"),
+        "chat keeps system in the messages"
+    );
+    proxy.stop().await;
+}

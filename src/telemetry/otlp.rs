@@ -300,6 +300,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resource_names_the_service_and_the_pod() {
+        // The only test in this crate that reads these variables.
+        std::env::set_var("POD_NAME", "tw-7d9f");
+        std::env::set_var("POD_NAMESPACE", "agents");
+        std::env::set_var("NODE_NAME", "node-3");
+        let r = resource("svc-from-config");
+        let get = |k: &'static str| {
+            r.get(&opentelemetry::Key::from_static_str(k))
+                .map(|v| v.to_string())
+        };
+        assert_eq!(get("k8s.pod.name").as_deref(), Some("tw-7d9f"));
+        assert_eq!(get("k8s.namespace.name").as_deref(), Some("agents"));
+        assert_eq!(get("k8s.node.name").as_deref(), Some("node-3"));
+        assert_eq!(
+            get("service.version").as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        if std::env::var("OTEL_SERVICE_NAME").is_err() {
+            assert_eq!(get("service.name").as_deref(), Some("svc-from-config"));
+        }
+    }
+
+    #[test]
     fn http_url_gets_the_traces_path_only_when_none_is_given() {
         assert_eq!(
             http_traces_url("http://127.0.0.1:4318"),

@@ -105,6 +105,10 @@ impl Spans {
         let Some(otlp_config) = &config.otlp else {
             return Ok(None);
         };
+        if sdk_disabled() {
+            tracing::info!("OTEL_SDK_DISABLED=true: spans are not exported");
+            return Ok(None);
+        }
         let content = if config.capture_content {
             Some(ContentPolicy::new(
                 &config.redact_patterns,
@@ -400,6 +404,11 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Vec<KeyValue
     if let Some(s) = f.session {
         attrs.push(KeyValue::new("gen_ai.conversation.id", s.to_string()));
     }
+}
+
+/// `OTEL_SDK_DISABLED=true` turns span export off whatever the config says.
+fn sdk_disabled() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 fn string_array(key: &'static str, values: impl Iterator<Item = String>) -> KeyValue {

@@ -260,7 +260,7 @@ impl Call {
                     UsageSource::None => None,
                     source => Some(source.as_str()),
                 },
-                session: self.session.as_deref(),
+                session: self.session.as_ref(),
                 step: self.step,
                 budget_decision: self.budget_decision,
                 policy_violations: &self.policy_violations,

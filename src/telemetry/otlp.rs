@@ -65,6 +65,16 @@ impl SpanSink {
         }
     }
 
+    /// Whether the queue is full: a span finished now would be dropped, so it need not be built.
+    pub fn is_full(&self) -> bool {
+        self.spans.capacity() == 0
+    }
+
+    /// Count a span dropped before it was built (the queue was full).
+    pub fn dropped(&self) {
+        counter!(m::SPANS_DROPPED_TOTAL).increment(1);
+    }
+
     /// A sink whose spans the caller reads (unit tests).
     #[cfg(test)]
     pub(crate) fn for_test(capacity: usize) -> (Self, mpsc::Receiver<SpanData>) {

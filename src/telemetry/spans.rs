@@ -87,7 +87,7 @@ pub struct SpanEnd<'a> {
     /// `provider | injected | estimated`, when usage is known.
     pub usage_source: Option<&'static str>,
     /// Session id.
-    pub session: Option<&'a str>,
+    pub session: Option<&'a Arc<str>>,
     /// Step number in the session.
     pub step: Option<u64>,
     /// Budget decision for the call.
@@ -240,11 +240,16 @@ impl CallSpan {
         if !flags.is_sampled() {
             return;
         }
+        if self.spans.sink.is_full() {
+            // The collector is behind or down: count the loss without building the span.
+            self.spans.sink.dropped();
+            return;
+        }
         let at = |t: Instant| self.start + t.saturating_duration_since(self.started);
         let model = f.facts.model.as_deref();
-        let name = match model {
-            Some(m) => format!("{} {m}", f.labels.operation),
-            None => f.labels.operation.to_string(),
+        let name: std::borrow::Cow<'static, str> = match model {
+            Some(m) => format!("{} {m}", f.labels.operation).into(),
+            None => f.labels.operation.into(),
         };
         let conventions = self.spans.conventions;
         let genai = matches!(conventions, Conventions::Genai | Conventions::Both);
@@ -258,10 +263,7 @@ impl CallSpan {
         if genai {
             genai_attributes(f, ttft, &mut attrs);
         }
-        attrs.push(KeyValue::new(
-            "server.address",
-            self.server_address.to_string(),
-        ));
+        attrs.push(KeyValue::new("server.address", self.server_address.clone()));
         attrs.push(KeyValue::new("server.port", i64::from(self.server_port)));
         if let Some(status) = f.status {
             attrs.push(KeyValue::new(
@@ -273,9 +275,9 @@ impl CallSpan {
             attrs.push(KeyValue::new("error.type", e.to_string()));
         }
         if let Some(s) = f.session {
-            attrs.push(KeyValue::new("session.id", s.to_string()));
+            attrs.push(KeyValue::new("session.id", s.clone()));
         }
-        attrs.push(KeyValue::new("agent.name", f.labels.agent.to_string()));
+        attrs.push(KeyValue::new("agent.name", f.labels.agent.clone()));
         if let Some(step) = f.step {
             attrs.push(KeyValue::new("agent_step", step as i64));
         }
@@ -303,7 +305,7 @@ impl CallSpan {
                 f.labels.provider,
                 m,
                 &f.record.usage,
-                f.session,
+                f.session.map(|s| &**s),
                 &mut attrs,
             );
         }
@@ -340,7 +342,7 @@ impl CallSpan {
             parent_span_id,
             parent_span_is_remote: parent_remote,
             span_kind: SpanKind::Client,
-            name: name.into(),
+            name,
             start_time: self.start,
             end_time: at(f.now),
             attributes: attrs,
@@ -402,7 +404,7 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Vec<KeyValue
         attrs.push(KeyValue::new("gen_ai.response.time_to_first_chunk", secs));
     }
     if let Some(s) = f.session {
-        attrs.push(KeyValue::new("gen_ai.conversation.id", s.to_string()));
+        attrs.push(KeyValue::new("gen_ai.conversation.id", s.clone()));
     }
 }
 

@@ -7,12 +7,13 @@
 #   DUR=2 REPS=1 bench/telemetry.sh    # smoke
 #
 # Proxies pinned to CPU 1, wrk, the mock and the sink to CPU 0, all on 127.0.0.1 (ports
-# 18300-18313, 14317). Needs wrk and the kit's post.lua (../shared/bench, or POST_LUA).
+# BASE..BASE+13 and BASE-4000 for the sink; BASE defaults to 18500). Needs wrk and the kit's post.lua (../shared/bench, or POST_LUA).
 # Prints a markdown table; only processes started here are stopped on exit.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
+B="${BASE:-18500}"
 DUR="${DUR:-10}" REPS="${REPS:-3}" CONC="${CONC:-64}" MODES="${MODES:-nonstream stream}"
 POST_LUA="${POST_LUA:-$REPO/../shared/bench/post.lua}"
 TW_BIN="${TW_BIN:-$REPO/target/release/tokenwarden}"
@@ -25,19 +26,25 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 for b in "$TW_BIN" "$TWMOCK_BIN" "$SINK_BIN"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 2; }; done
 
+for port in $(seq "$B" $((B + 13))) $((B - 4000)) $((B - 3990)); do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "port $port is in use: pick another BASE" >&2; exit 2
+  fi
+done
 WORK="$(mktemp -d)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-taskset -c 0 "$TWMOCK_BIN" --listen 127.0.0.1:18300 --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!)
-taskset -c 0 "$SINK_BIN" 127.0.0.1:14317 >"$WORK/sink.log" 2>&1 & PIDS+=($!)
+taskset -c 0 "$TWMOCK_BIN" --listen 127.0.0.1:$B --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!)
+SINK_PORT=$((B - 4000)); DEAD_PORT=$((B - 3990))
+taskset -c 0 "$SINK_BIN" 127.0.0.1:$SINK_PORT >"$WORK/sink.log" 2>&1 & PIDS+=($!)
 
-declare -A PORT=([off]=18301 [up]=18302 [down]=18303) ADMIN=([off]=18311 [up]=18312 [down]=18313) TWPID=()
+declare -A PORT=([off]=$((B + 1)) [up]=$((B + 2)) [down]=$((B + 3))) ADMIN=([off]=$((B + 11)) [up]=$((B + 12)) [down]=$((B + 13))) TWPID=()
 for t in off up down; do
   otlp=""
-  [ "$t" = up ] && otlp=$'telemetry:\n  otlp:\n    endpoint: http://127.0.0.1:14317\n    protocol: grpc\n'
-  [ "$t" = down ] && otlp=$'telemetry:\n  otlp:\n    endpoint: http://127.0.0.1:14399\n    protocol: grpc\n'
+  [ "$t" = up ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$SINK_PORT', protocol: grpc}}"
+  [ "$t" = down ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$DEAD_PORT', protocol: grpc}}"
   cat >"$WORK/$t.yaml" <<YAML
 listen: 127.0.0.1:${PORT[$t]}
 admin_listen: 127.0.0.1:${ADMIN[$t]}
@@ -46,13 +53,17 @@ logging:
 routes:
   - name: mock
     path_prefix: /
-    upstream: http://127.0.0.1:18300
+    upstream: http://127.0.0.1:$B
 $otlp
 YAML
   taskset -c 1 "$TW_BIN" --config "$WORK/$t.yaml" >"$WORK/$t.log" 2>&1 & PIDS+=($!); TWPID[$t]=$!
 done
-for port in 18300 18301 18302 18303 18311 18312 18313 14317; do
+for port in $B ${PORT[off]} ${PORT[up]} ${PORT[down]} ${ADMIN[off]} ${ADMIN[up]} ${ADMIN[down]} $SINK_PORT; do
   for _ in $(seq 1 80); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+for t in off up down; do
+  kill -0 "${TWPID[$t]}" 2>/dev/null || { echo "tokenwarden ($t) exited:" >&2; cat "$WORK/$t.log" >&2; exit 1; }
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -77,7 +88,7 @@ PY
   done
 done
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}'; }
-DROP_UP=$(metric 18312 tokenwarden_spans_dropped_total); DROP_DOWN=$(metric 18313 tokenwarden_spans_dropped_total)
+DROP_UP=$(metric "${ADMIN[up]}" tokenwarden_spans_dropped_total); DROP_DOWN=$(metric "${ADMIN[down]}" tokenwarden_spans_dropped_total)
 sleep 1.5
 SINK=$(grep '^spans ' "$WORK/sink.log" | tail -1 | cut -d' ' -f2)
 python3 - "$WORK/results.tsv" "$DROP_UP" "$DROP_DOWN" "$SINK" "$DUR" "$REPS" "$CONC" <<'PY'

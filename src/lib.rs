@@ -5,6 +5,7 @@
 //! - [`server`] — proxy and admin listeners, connection hardening, graceful shutdown.
 //! - [`proxy`] — the per-request pipeline: route, read body, forward, respond, errors.
 //! - [`session`] — session id (headers, baggage, body), step counter, idle expiry.
+//! - [`budget`] — token and cost budgets: admission, settlement, stores, alerts, cut.
 //! - [`body`] — the observing pass-through response body.
 //! - [`sse`] — incremental SSE and NDJSON decoders.
 //! - [`providers`] — provider adapters: response bodies → usage, tool calls, finish reasons.
@@ -13,6 +14,7 @@
 //! - [`mock`] — the project's own mock LLM provider (tests, benchmarks, demos).
 
 pub mod body;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod mock;

@@ -8,6 +8,7 @@ mod load;
 mod validate;
 
 pub use load::{load, load_from_str, ConfigError};
+pub use validate::parse_window;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -260,7 +261,7 @@ pub enum Conventions {
 }
 
 /// Token and cost budgets.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetsConfig {
     /// Where spend is kept.
@@ -272,6 +273,9 @@ pub struct BudgetsConfig {
     /// Limits, each checked on every call.
     #[serde(default)]
     pub limits: Vec<LimitConfig>,
+    /// Output tokens reserved for a call that sets no `max_tokens` (and its cut threshold).
+    #[serde(default = "default_max_output_tokens")]
+    pub default_max_output_tokens: u64,
 }
 
 /// Budget store.
@@ -287,6 +291,12 @@ pub struct StoreConfig {
     /// Redis URL for the redis store.
     #[serde(default)]
     pub url: Option<String>,
+    /// Redis connect and per-operation timeout.
+    #[serde(default = "default_store_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the memory store is snapshotted (also at shutdown).
+    #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
+    pub snapshot_interval: Duration,
 }
 
 /// Budget store kind.
@@ -508,6 +518,19 @@ impl Default for StoreConfig {
             kind: StoreKind::default(),
             snapshot_path: default_snapshot_path(),
             url: None,
+            timeout: default_store_timeout(),
+            snapshot_interval: default_snapshot_interval(),
+        }
+    }
+}
+
+impl Default for BudgetsConfig {
+    fn default() -> Self {
+        Self {
+            store: StoreConfig::default(),
+            on_store_unreachable: OnStoreUnreachable::default(),
+            limits: Vec::new(),
+            default_max_output_tokens: default_max_output_tokens(),
         }
     }
 }
@@ -597,4 +620,13 @@ fn default_snapshot_path() -> PathBuf {
 }
 fn default_window() -> String {
     "lifetime".into()
+}
+fn default_store_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_snapshot_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_output_tokens() -> u64 {
+    4096
 }

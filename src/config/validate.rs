@@ -87,6 +87,26 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(otlp) = &config.telemetry.otlp {
         check_upstream_url(&otlp.endpoint).map_err(|m| invalid("telemetry.otlp.endpoint", &m))?;
     }
+    if config.budgets.store.kind == super::StoreKind::Redis {
+        match config.budgets.store.url.as_deref() {
+            None => {
+                return Err(invalid(
+                    "budgets.store.url",
+                    "required when budgets.store.kind is redis",
+                ))
+            }
+            Some(u) if !u.starts_with("redis://") => {
+                return Err(invalid(
+                    "budgets.store.url",
+                    &format!("{u:?}: must be redis://host:port[/db] (TLS is not supported)"),
+                ))
+            }
+            Some(_) => {}
+        }
+        if config.budgets.store.timeout.is_zero() {
+            return Err(invalid("budgets.store.timeout", "must be > 0"));
+        }
+    }
     for (i, l) in config.budgets.limits.iter().enumerate() {
         check_limit(l).map_err(|(k, m)| invalid(&format!("budgets.limits[{i}].{k}"), &m))?;
     }
@@ -191,6 +211,8 @@ mod tests {
             ("budgets:\n  limits:\n    - scope: session\n      tokens: 10\n      window: 3w\n", "budgets.limits[0].window"),
             ("budgets:\n  limits:\n    - scope: agent\n", "budgets.limits[0].tokens"),
             ("server:\n  header_read_timeout: 0s\n", "server.header_read_timeout"),
+            ("budgets:\n  store:\n    kind: redis\n", "budgets.store.url"),
+            ("budgets:\n  store:\n    kind: redis\n    url: http://x\n", "budgets.store.url"),
         ];
         for (text, key) in cases {
             let err = load_from_str(text, "c.yaml").unwrap_err().to_string();

@@ -47,6 +47,7 @@ pub struct LlmCall {
     per_chunk: Option<Histogram>,
     injected: bool,
     request_body: Bytes,
+    output_events: u64,
 }
 
 /// Where a call's token counts came from (`tokenwarden.usage.source`).
@@ -79,6 +80,8 @@ pub struct Finished {
     pub streamed: bool,
     /// `error.type`, for a failed call.
     pub error_type: Option<String>,
+    /// The served (else requested) model as a capped metric label.
+    pub response_model: Arc<str>,
 }
 
 // === impl UsageSource ===
@@ -128,6 +131,7 @@ impl LlmCall {
             per_chunk: None,
             injected: false,
             request_body: Bytes::new(),
+            output_events: 0,
         }
     }
 
@@ -145,6 +149,16 @@ impl LlmCall {
     /// Usage was requested upstream on the client's behalf (and must be hidden from it).
     pub fn set_injected(&mut self) {
         self.injected = true;
+    }
+
+    /// Output events (text, reasoning, tool-call deltas) seen so far.
+    pub fn output_events(&self) -> u64 {
+        self.output_events
+    }
+
+    /// Whether the response is a stream.
+    pub fn streamed(&self) -> bool {
+        self.streamed
     }
 
     /// Whether this response's stream must be rewritten to hide injected usage.
@@ -203,6 +217,7 @@ impl LlmCall {
         if output == 0 {
             return;
         }
+        self.output_events += u64::from(output);
         if let Some(last) = self.last_output {
             let h = self.per_chunk.get_or_insert_with(|| {
                 histogram!(m::GEN_AI_TIME_PER_OUTPUT_CHUNK,
@@ -295,6 +310,7 @@ impl LlmCall {
             last_output: self.last_output,
             streamed: self.streamed,
             error_type,
+            response_model,
         }
     }
 }

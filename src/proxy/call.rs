@@ -16,6 +16,8 @@ use metrics::{counter, histogram};
 use tokio::time::Instant;
 
 use crate::body::{BodyEnd, Observer};
+use crate::budget::cut::CutSignal;
+use crate::budget::{Admission, Spent};
 use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
@@ -45,8 +47,10 @@ pub struct Call {
     session: Option<Arc<str>>,
     step: Option<u64>,
     span: Option<Box<CallSpan>>,
-    budget_decision: Option<&'static str>,
     policy_violations: Vec<&'static str>,
+    budget: Option<Admission>,
+    budget_decision: Option<&'static str>,
+    cut: Option<Arc<CutSignal>>,
     finished: bool,
 }
 
@@ -95,8 +99,10 @@ impl Call {
             session: None,
             step: None,
             span: None,
-            budget_decision: None,
             policy_violations: Vec::new(),
+            budget: None,
+            budget_decision: None,
+            cut: None,
             finished: false,
         }
     }
@@ -127,13 +133,24 @@ impl Call {
         self.span.as_deref_mut()
     }
 
-    /// Record the budget decision (`allowed`, `warned`, `rejected`, `cut`, `observed`) for the
-    /// span's `tokenwarden.budget.decision`.
+    /// Hold the call's budget reservations until it finishes (then they are settled).
+    pub fn set_budget(&mut self, admission: Admission) {
+        self.budget_decision = Some(admission.decision);
+        self.budget = Some(admission);
+    }
+
+    /// The call's budget reservations, while it holds them.
+    pub fn budget(&self) -> Option<&Admission> {
+        self.budget.as_ref()
+    }
+
+    /// Record the budget decision for this call (`allowed`, `warned`, `rejected`, `cut`,
+    /// `observed`), for its span.
     pub fn set_budget_decision(&mut self, decision: &'static str) {
         self.budget_decision = Some(decision);
     }
 
-    /// The budget decision, if one was made.
+    /// The budget decision, when budgets applied.
     pub fn budget_decision(&self) -> Option<&'static str> {
         self.budget_decision
     }
@@ -148,6 +165,11 @@ impl Call {
     /// Policies the call violated, in the order noted.
     pub fn policy_violations(&self) -> &[&'static str] {
         &self.policy_violations
+    }
+
+    /// End the response stream once `signal` fires (it is shared with the response body).
+    pub fn set_cut(&mut self, signal: Arc<CutSignal>) {
+        self.cut = Some(signal);
     }
 
     /// Labels shared by the call's series (route, provider, operation, agent).
@@ -208,6 +230,14 @@ impl Call {
             return;
         }
         let now = Instant::now();
+        let cut = self.cut.as_ref().is_some_and(|c| c.fired());
+        // A cut stream is ended by the proxy on purpose: the body is dropped after its last
+        // event, which is not the client going away.
+        let end = if cut && end == BodyEnd::ClientGone {
+            BodyEnd::Complete
+        } else {
+            end
+        };
         let status = match (end, self.status) {
             (BodyEnd::UpstreamError | BodyEnd::IdleTimeout, _) | (_, None) => "error",
             (_, Some(s)) => status_class(s),
@@ -243,7 +273,27 @@ impl Call {
                 started: self.started,
                 now,
             };
-            llm.finish(&self.base, &ending)
+            let output_events = llm.output_events();
+            let mut f = llm.finish(&self.base, &ending);
+            if let Some(b) = self.budget.take() {
+                if cut {
+                    // The final usage never came; what streamed is the better count.
+                    f.record.usage.output =
+                        Some(f.record.usage.output.unwrap_or(0).max(output_events));
+                    b.budgets().cut(b.session(), b.agent());
+                    self.budget_decision = Some("cut");
+                }
+                b.settle(Spent {
+                    usage: f.record.usage,
+                    model: f.record.model.clone(),
+                    model_label: Some(f.response_model.clone()),
+                    output_events,
+                    sent: self.upstream_sent.is_some()
+                        && self.upstream_headers.is_none()
+                        && self.upstream_error != Some("connect"),
+                });
+            }
+            f
         });
         if let (Some(span), Some(f)) = (self.span.take(), finished.as_ref()) {
             span.finish(&SpanEnd {
@@ -314,6 +364,9 @@ impl Observer for Call {
         self.bytes_out += data.len() as u64;
         if let Some(llm) = self.llm.as_mut() {
             llm.on_data(data, &self.base, now);
+            if let Some(cut) = &self.cut {
+                cut.observe(llm.output_events());
+            }
         }
         if let Some(span) = self.span.as_mut() {
             span.on_data(data);

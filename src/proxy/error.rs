@@ -53,6 +53,29 @@ pub enum ProxyError {
         /// Route name.
         route: String,
     },
+    /// A budget limit refused the call (it never went upstream).
+    #[error(
+        "tokenwarden: {scope} {unit} budget exceeded: {used} of {limit} used (window: {window})"
+    )]
+    BudgetExceeded {
+        /// session | agent | global.
+        scope: &'static str,
+        /// token | usd.
+        unit: &'static str,
+        /// `{scope}_{unit}_budget_exceeded`.
+        code: &'static str,
+        /// `lifetime` or the window as configured.
+        window: String,
+        /// The limit (tokens or USD).
+        limit: f64,
+        /// Spent plus reserved (tokens or USD).
+        used: f64,
+        /// Seconds until the window resets; `None` for lifetime limits (retrying is futile).
+        retry_after: Option<u64>,
+    },
+    /// The budget store is unreachable and `on_store_unreachable` is `fail_closed`.
+    #[error("tokenwarden: the budget store is unreachable")]
+    BudgetStoreUnavailable,
 }
 
 /// The upstream-error metric label for an error, when it is one.
@@ -79,6 +102,8 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::BudgetStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -91,6 +116,8 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
+            ProxyError::BudgetExceeded { code, .. } => code,
+            ProxyError::BudgetStoreUnavailable => "budget_store_unavailable",
         }
     }
 
@@ -144,6 +171,17 @@ impl ProxyError {
             // The rest of the body is unread: the connection cannot be reused safely.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let ProxyError::BudgetExceeded { retry_after, .. } = self {
+            match retry_after {
+                Some(s) => {
+                    h.insert(header::RETRY_AFTER, HeaderValue::from(*s));
+                }
+                // Official SDKs honour this and do not retry a refusal that cannot pass.
+                None => {
+                    h.insert("x-should-retry", HeaderValue::from_static("false"));
+                }
+            }
+        }
         resp
     }
 
@@ -152,6 +190,8 @@ impl ProxyError {
             ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody => {
                 "invalid_request_error"
             }
+            ProxyError::BudgetExceeded { .. } => "budget_exceeded",
+            ProxyError::BudgetStoreUnavailable => "budget_store_unavailable",
             _ => "upstream_error",
         }
     }
@@ -162,6 +202,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BadRequestBody => "invalid_request_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
+            ProxyError::BudgetExceeded { .. } => "rate_limit_error",
             _ => "api_error",
         }
     }
@@ -171,6 +212,7 @@ impl ProxyError {
             ProxyError::NoRoute => "NOT_FOUND",
             ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody => "INVALID_ARGUMENT",
             ProxyError::UpstreamTimeout { .. } => "DEADLINE_EXCEEDED",
+            ProxyError::BudgetExceeded { .. } => "RESOURCE_EXHAUSTED",
             _ => "UNAVAILABLE",
         }
     }
@@ -225,6 +267,31 @@ mod tests {
         let v = body_json(r).await;
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "timeout_error");
+    }
+
+    #[tokio::test]
+    async fn budget_refusals_are_429_with_retry_hints() {
+        let e = |retry_after| ProxyError::BudgetExceeded {
+            scope: "session",
+            unit: "token",
+            code: "session_token_budget_exceeded",
+            window: "lifetime".into(),
+            limit: 50.0,
+            used: 48.0,
+            retry_after,
+        };
+        let r = e(None).to_response(ErrorShape::OpenAi);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["x-should-retry"], "false");
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        let v = body_json(r).await;
+        assert_eq!(v["error"]["type"], "budget_exceeded");
+        assert_eq!(v["error"]["code"], "session_token_budget_exceeded");
+        let r = e(Some(17)).to_response(ErrorShape::Anthropic);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "17");
+        assert!(r.headers().get("x-should-retry").is_none());
+        let v = body_json(r).await;
+        assert_eq!(v["error"]["type"], "rate_limit_error");
     }
 
     #[tokio::test]

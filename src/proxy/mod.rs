@@ -34,6 +34,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{ObservedBody, StripUsage};
+use crate::budget::cut::{self, Cut, CutSignal};
+use crate::budget::{Budgets, BudgetsError, CallFacts};
 use crate::config::Config;
 use crate::session::{SessionSource, Sessions};
 use crate::telemetry::labels::Labels;
@@ -47,9 +49,13 @@ use route::{Route, RouteError, Router};
 /// The body of every response the proxy returns: the upstream's, observed (and, for injected
 /// stream usage, rewritten), or one the proxy made itself.
 pub type ProxyBody = Either<
-    ObservedBody<Incoming, Call>,
-    Either<StripUsage<ObservedBody<Incoming, Call>>, Full<Bytes>>,
+    Cut<ObservedBody<Incoming, Call>>,
+    Either<Cut<StripUsage<ObservedBody<Incoming, Call>>>, Full<Bytes>>,
 >;
+
+/// Response header with the tokens left under the session's token limit.
+pub const SESSION_TOKENS_REMAINING: HeaderName =
+    HeaderName::from_static("x-tokenwarden-session-tokens-remaining");
 
 /// The proxy service shared by every connection.
 pub struct Proxy {
@@ -62,13 +68,25 @@ pub struct Proxy {
     session_source: SessionSource,
     sessions: Arc<Sessions>,
     spans: Option<Arc<Spans>>,
+    budgets: Option<Arc<Budgets>>,
+}
+
+/// The proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyBuildError {
+    /// A route could not be built.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The budget service could not be built.
+    #[error(transparent)]
+    Budgets(#[from] BudgetsError),
 }
 
 // === impl Proxy ===
 
 impl Proxy {
     /// Build the proxy (routes and their pooled clients) from a validated config.
-    pub fn new(config: &Config) -> Result<Self, RouteError> {
+    pub fn new(config: &Config) -> Result<Self, ProxyBuildError> {
         Ok(Self {
             router: Router::from_config(config)?,
             max_body: config.server.max_request_body_bytes,
@@ -80,6 +98,7 @@ impl Proxy {
             session_source: SessionSource::new(&config.identity.session_headers),
             sessions: Arc::new(Sessions::new(config.identity.session_idle_timeout)),
             spans: None,
+            budgets: Budgets::from_config(config)?,
         })
     }
 
@@ -92,6 +111,11 @@ impl Proxy {
     /// Span export, when configured.
     pub fn spans(&self) -> Option<&Arc<Spans>> {
         self.spans.as_ref()
+    }
+
+    /// The budget service, when limits or prices are configured.
+    pub fn budgets(&self) -> Option<&Arc<Budgets>> {
+        self.budgets.as_ref()
     }
 
     /// Live sessions and their step counters.
@@ -162,7 +186,17 @@ impl Proxy {
                 .then(|| self.sessions.step(&session, started));
             call.set_session(session, step);
         }
+        let mut budget_facts = None;
         if let Some(facts) = facts {
+            if self.budgets.is_some() {
+                // The body as the client sent it, for the input estimate (a refcount).
+                budget_facts = Some((
+                    facts.format,
+                    body.clone(),
+                    facts.model.clone(),
+                    facts.max_tokens,
+                ));
+            }
             let mut llm = accounting::LlmCall::new(facts, self.labels.clone());
             let f = llm.facts();
             if self.inject_stream_usage
@@ -180,6 +214,26 @@ impl Proxy {
             call.set_llm(llm);
             if let Some(span) = call.span_mut() {
                 span.capture_request(&body, &parts.headers);
+            }
+        }
+        // Budget admission: after the request is read, before anything goes upstream.
+        if let (Some(budgets), Some((format, sent_body, model, max_output))) =
+            (&self.budgets, budget_facts)
+        {
+            let facts = CallFacts {
+                session: call.session().cloned(),
+                agent: call.labels().agent.clone(),
+                model,
+                input_bound: crate::budget::input_bound(&sent_body),
+                max_output,
+            };
+            let estimate = || crate::budget::estimate_input(format, &sent_body);
+            match budgets.admit(facts, &estimate).await {
+                Ok(adm) => call.set_budget(adm),
+                Err(e) => {
+                    call.set_budget_decision("rejected");
+                    return local_error(call, e, shape);
+                }
             }
         }
 
@@ -235,16 +289,40 @@ impl Proxy {
         rparts.version = Version::HTTP_11;
         call.returned = Some(Instant::now());
         let strip = call.strips_usage();
+        let cut = self.arm_cut(&mut call, &mut rparts.headers);
         let body = ObservedBody::new(rbody, call, route.timeouts.idle_timeout);
         if strip {
             // The rewritten stream is shorter than what the upstream framed.
             rparts.headers.remove(CONTENT_LENGTH);
             return Response::from_parts(
                 rparts,
-                Either::Right(Either::Left(StripUsage::new(body))),
+                Either::Right(Either::Left(wrap(StripUsage::new(body), cut))),
             );
         }
-        Response::from_parts(rparts, Either::Left(body))
+        Response::from_parts(rparts, Either::Left(wrap(body, cut)))
+    }
+
+    /// Budget response header, and the cut signal for a stream a `cut` limit may end.
+    fn arm_cut(
+        &self,
+        call: &mut Call,
+        headers: &mut HeaderMap,
+    ) -> Option<(Arc<CutSignal>, crate::providers::Format)> {
+        let adm = call.budget()?;
+        if let Some(n) = adm.session_tokens_remaining {
+            headers.insert(SESSION_TOKENS_REMAINING, HeaderValue::from(n));
+        }
+        let after = adm.cut_after_output?;
+        let llm = call.llm_mut()?;
+        let format = llm.facts().format;
+        if !llm.streamed() || !cut::supported(format) {
+            return None;
+        }
+        // Content-Length no longer holds once the stream may end early.
+        headers.remove(CONTENT_LENGTH);
+        let signal = CutSignal::new(after);
+        call.set_cut(signal.clone());
+        Some((signal, format))
     }
 
     fn agent_label(&self, headers: &HeaderMap, route: &Route) -> Arc<str> {
@@ -258,6 +336,14 @@ impl Proxy {
             (None, Some(a)) => a.clone(),
             (None, None) => Arc::from("default"),
         }
+    }
+}
+
+/// The response body, armed to be cut when a `cut` limit applies.
+fn wrap<B>(body: B, cut: Option<(Arc<CutSignal>, crate::providers::Format)>) -> Cut<B> {
+    match cut {
+        Some((signal, format)) => Cut::armed(body, signal, format),
+        None => Cut::pass(body),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the sessions API.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,20 +8,26 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use super::sessions_api::SessionsApi;
 use super::Health;
 
 /// Admin request handler.
 pub struct Admin {
     health: Arc<Health>,
     metrics: PrometheusHandle,
+    sessions: SessionsApi,
 }
 
 // === impl Admin ===
 
 impl Admin {
     /// Serve health from `health` and metrics from `metrics`.
-    pub fn new(health: Arc<Health>, metrics: PrometheusHandle) -> Self {
-        Self { health, metrics }
+    pub fn new(health: Arc<Health>, metrics: PrometheusHandle, sessions: SessionsApi) -> Self {
+        Self {
+            health,
+            metrics,
+            sessions,
+        }
     }
 
     /// hyper entry point.
@@ -29,6 +35,12 @@ impl Admin {
         self: Arc<Self>,
         req: Request<B>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
+        if SessionsApi::owns(req.uri().path()) {
+            return Ok(self
+                .sessions
+                .handle(req.method(), req.uri(), req.headers())
+                .await);
+        }
         Ok(self.handle(req.method(), req.uri().path()))
     }
 
@@ -41,6 +53,10 @@ impl Admin {
         }
         match path {
             "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+            "/readyz" if !self.sessions.store_ready() => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"status":"budget store unreachable"}"#.into(),
+            ),
             "/readyz" if self.health.is_ready() => {
                 json(StatusCode::OK, r#"{"status":"ready"}"#.into())
             }

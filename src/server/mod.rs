@@ -7,6 +7,7 @@
 
 pub mod admin;
 mod listener;
+pub mod sessions_api;
 pub mod signals;
 
 use std::future::Future;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::proxy::route::RouteError;
 use crate::proxy::Proxy;
+use crate::proxy::ProxyBuildError;
 use crate::telemetry::metrics;
 
 /// Liveness and readiness, shared with the admin listener.
@@ -38,9 +39,9 @@ pub enum StartError {
         /// The cause.
         source: std::io::Error,
     },
-    /// A route could not be built.
+    /// A route or the budget service could not be built.
     #[error(transparent)]
-    Route(#[from] RouteError),
+    Proxy(#[from] ProxyBuildError),
     /// Span export could not be set up.
     #[error(transparent)]
     Spans(#[from] crate::telemetry::spans::SpansError),
@@ -110,6 +111,8 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Drained {
         let upkeep = metrics::spawn_upkeep(metrics::install());
         let expiry = tokio::spawn(self.proxy.sessions().clone().run_expiry());
+        let budgets = self.proxy.budgets().cloned();
+        let budget_upkeep = budgets.clone().map(|b| tokio::spawn(b.run_upkeep()));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let proxy = listener::serve_proxy(
             self.proxy_listener,
@@ -119,7 +122,15 @@ impl Server {
         );
         let admin = listener::serve_admin(
             self.admin_listener,
-            Arc::new(admin::Admin::new(self.health.clone(), metrics::install())),
+            Arc::new(admin::Admin::new(
+                self.health.clone(),
+                metrics::install(),
+                sessions_api::SessionsApi::new(
+                    budgets.clone(),
+                    self.proxy.sessions().clone(),
+                    self.config.admin_token.clone(),
+                ),
+            )),
             stop_rx,
         );
         let proxy_task = tokio::spawn(proxy);
@@ -141,6 +152,12 @@ impl Server {
         admin_task.abort();
         upkeep.abort();
         expiry.abort();
+        if let Some(t) = budget_upkeep {
+            t.abort();
+        }
+        if let Some(b) = &budgets {
+            b.shutdown();
+        }
         if let Some(spans) = self.proxy.spans() {
             // The last calls' spans; a collector that is down costs at most this long.
             spans.flush(SPAN_FLUSH).await;

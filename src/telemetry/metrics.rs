@@ -39,22 +39,31 @@ pub const SESSIONS_ACTIVE: &str = "tokenwarden_sessions_active";
 pub const SESSION_STEPS: &str = "tokenwarden_session_steps";
 /// Session length from first to last call, recorded when the session ends.
 pub const SESSION_DURATION_SECONDS: &str = "tokenwarden_session_duration_seconds";
+/// Budget decisions by scope and decision (allowed|warned|rejected|cut|observed).
+pub const BUDGET_DECISIONS_TOTAL: &str = "tokenwarden_budget_decisions_total";
+/// Budget breaches (rejected, cut, observed over the limit) by scope and agent.
+pub const BUDGET_EXCEEDED_TOTAL: &str = "tokenwarden_budget_exceeded_total";
+/// Spend in USD by agent and model (a gauge that only grows: the facade's counters are integers).
+pub const COST_USD_TOTAL: &str = "tokenwarden_cost_usd_total";
+/// Used fraction of agent and global limits.
+pub const BUDGET_USED_RATIO: &str = "tokenwarden_budget_used_ratio";
+/// Budget store failures by operation.
+pub const BUDGET_STORE_ERRORS_TOTAL: &str = "tokenwarden_budget_store_errors_total";
+/// 1 while the budget store answers, 0 when it does not.
+pub const BUDGET_STORE_UP: &str = "tokenwarden_budget_store_up";
+/// Budget alerts dropped because the webhook queue was full.
+pub const BUDGET_ALERTS_DROPPED_TOTAL: &str = "tokenwarden_budget_alerts_dropped_total";
+/// Budget alerts the webhook did not accept after every retry.
+pub const BUDGET_ALERTS_FAILED_TOTAL: &str = "tokenwarden_budget_alerts_failed_total";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "tokenwarden_build_info";
 
-// --- Contract names recorded by other modules (budgets, pricing, policies, context). Defined
-// here, in one block, so every recorder uses the name CONTRACT.md fixes.
-
 /// Spans dropped because the export queue was full or the collector failed.
 pub const SPANS_DROPPED_TOTAL: &str = "tokenwarden_spans_dropped_total";
-/// Cost in USD by agent and model.
-pub const COST_USD_TOTAL: &str = "tokenwarden_cost_usd_total";
-/// Budget decisions by scope and decision (allowed|warned|rejected|cut|observed).
-pub const BUDGET_DECISIONS_TOTAL: &str = "tokenwarden_budget_decisions_total";
-/// Budget breaches by scope and agent (what the breach alert fires on).
-pub const BUDGET_EXCEEDED_TOTAL: &str = "tokenwarden_budget_exceeded_total";
-/// Share of a budget used, by scope and agent (agent and global scopes).
-pub const BUDGET_USED_RATIO: &str = "tokenwarden_budget_used_ratio";
+
+// --- Contract names recorded by modules not written yet (policies, context). Defined here so
+// their recorders use the name CONTRACT.md fixes; `CONTRACT_NAMES` lists every contract name.
+
 /// Policy violations by agent and policy.
 pub const POLICY_VIOLATIONS_TOTAL: &str = "tokenwarden_policy_violations_total";
 /// Tool results the agent sent back, by agent, tool and outcome (ok|error).
@@ -250,6 +259,40 @@ fn describe() {
         SESSION_DURATION_SECONDS,
         Unit::Seconds,
         "Session length from first to last call, recorded when a session ends."
+    );
+    describe_counter!(
+        BUDGET_DECISIONS_TOTAL,
+        Unit::Count,
+        "Budget decisions per limit by scope and decision (allowed|warned|rejected|cut|observed)."
+    );
+    describe_counter!(
+        BUDGET_EXCEEDED_TOTAL,
+        Unit::Count,
+        "Budget breaches (rejected, cut or observed over the limit) by scope and agent."
+    );
+    describe_gauge!(
+        COST_USD_TOTAL,
+        "Spend in USD by agent and model, from the pricing table (only grows)."
+    );
+    describe_gauge!(
+        BUDGET_USED_RATIO,
+        "Used fraction (spent plus reserved) of agent and global budget limits."
+    );
+    describe_counter!(
+        BUDGET_STORE_ERRORS_TOTAL,
+        Unit::Count,
+        "Budget store failures by operation (reserve, settle, ping, snapshot)."
+    );
+    describe_gauge!(BUDGET_STORE_UP, "1 while the budget store answers, else 0.");
+    describe_counter!(
+        BUDGET_ALERTS_DROPPED_TOTAL,
+        Unit::Count,
+        "Budget alerts dropped because the webhook queue was full."
+    );
+    describe_counter!(
+        BUDGET_ALERTS_FAILED_TOTAL,
+        Unit::Count,
+        "Budget alerts the webhook did not accept after every retry."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the running version.");
     describe_counter!(

@@ -1,0 +1,405 @@
+//! The embedded store: a dashmap of scope records, each updated under its shard's lock (never
+//! across an `.await`), snapshotted atomically to a JSON file and reloaded on start.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use dashmap::DashMap;
+
+use super::store::{
+    decide, window_start, Charge, Counter, Grant, Group, Reserved, Short, Totals, Want,
+};
+
+/// In-process budget store.
+pub struct MemoryStore {
+    groups: DashMap<String, Group>,
+    path: Option<PathBuf>,
+    dirty: AtomicBool,
+}
+
+/// Snapshot file format.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Snapshot {
+    version: u32,
+    groups: BTreeMap<String, Group>,
+}
+
+// === impl MemoryStore ===
+
+impl MemoryStore {
+    /// A store persisted at `path` (loaded from it when it exists), or not persisted.
+    pub fn open(path: Option<PathBuf>) -> Self {
+        let groups = DashMap::new();
+        if let Some(p) = &path {
+            match load(p) {
+                Ok(Some(snap)) => {
+                    tracing::info!(path = %p.display(), scopes = snap.groups.len(), "budget snapshot loaded");
+                    for (k, mut g) in snap.groups {
+                        // Reservations belonged to calls of the previous process.
+                        for c in g.counters.values_mut() {
+                            c.reserved = 0;
+                        }
+                        groups.insert(k, g);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "budget snapshot unreadable; starting empty")
+                }
+            }
+        }
+        Self {
+            groups,
+            path,
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// The record of `key`, created when missing (the key is only copied then).
+    fn group(&self, key: &str) -> dashmap::mapref::one::RefMut<'_, String, Group> {
+        match self.groups.get_mut(key) {
+            Some(g) => g,
+            None => self.groups.entry(key.to_string()).or_default(),
+        }
+    }
+
+    pub(super) fn reserve(&self, key: &str, now: u64, wants: &[Want]) -> Reserved {
+        let mut g = self.group(key);
+        let mut grants = Vec::with_capacity(wants.len());
+        for (i, w) in wants.iter().enumerate() {
+            let c = current(&mut g, w.counter.as_ref(), w.window, now);
+            match decide(c, w) {
+                Ok(granted) => grants.push(Grant {
+                    start: c.start,
+                    granted,
+                    used: c.spent.saturating_add(c.reserved),
+                }),
+                Err(Short::Refused(used)) => return Reserved::Refused { index: i, used },
+                Err(Short::NeedEstimate) => return Reserved::NeedEstimate,
+            }
+        }
+        for (w, gr) in wants.iter().zip(&grants) {
+            if let Some(c) = g.counters.get_mut(w.counter.as_ref()) {
+                c.reserved = c.reserved.saturating_add(gr.granted);
+            }
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+        Reserved::Granted(grants)
+    }
+
+    pub(super) fn settle(&self, key: &str, now: u64, charges: &[Charge], t: Totals) -> Vec<u64> {
+        let mut g = self.group(key);
+        let mut out = Vec::with_capacity(charges.len());
+        for ch in charges {
+            let c = counter(&mut g, &ch.counter);
+            if c.start == ch.start {
+                c.reserved = c.reserved.saturating_sub(ch.granted);
+            } else {
+                // The window turned (or the scope was reset): the reservation went with it.
+                let cur = window_start(ch.window, now);
+                if c.start != cur {
+                    *c = Counter {
+                        start: cur,
+                        ..Counter::default()
+                    };
+                }
+            }
+            c.spent = c.spent.saturating_add(ch.actual);
+            out.push(c.spent.saturating_add(c.reserved));
+        }
+        g.totals.input = g.totals.input.saturating_add(t.input);
+        g.totals.output = g.totals.output.saturating_add(t.output);
+        g.totals.cost = g.totals.cost.saturating_add(t.cost);
+        self.dirty.store(true, Ordering::Relaxed);
+        out
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<Group> {
+        self.groups.get(key).map(|g| g.clone())
+    }
+
+    pub(super) fn top_sessions(&self, n: usize) -> Vec<(String, Group)> {
+        let mut all: Vec<(String, Group)> = self
+            .groups
+            .iter()
+            .filter_map(|e| {
+                e.key()
+                    .strip_prefix("s:")
+                    .map(|id| (id.to_string(), e.value().clone()))
+            })
+            .collect();
+        all.sort_by(|a, b| {
+            let ta = a.1.totals.input + a.1.totals.output;
+            let tb = b.1.totals.input + b.1.totals.output;
+            tb.cmp(&ta).then_with(|| a.0.cmp(&b.0))
+        });
+        all.truncate(n);
+        all
+    }
+
+    /// Forget scope records whose counters are all windowed and past their window, with nothing
+    /// reserved: they would start from zero anyway. Lifetime counters are kept forever.
+    pub fn prune(&self, now: u64) -> usize {
+        let before = self.groups.len();
+        self.groups.retain(|_, g| {
+            g.counters.is_empty()
+                || g.counters.iter().any(|(name, c)| {
+                    let window = name.rsplit(':').next().and_then(|w| w.parse::<u64>().ok());
+                    match window {
+                        Some(w) => c.reserved > 0 || c.start.saturating_add(w) > now,
+                        None => true,
+                    }
+                })
+        });
+        let pruned = before - self.groups.len();
+        if pruned > 0 {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        pruned
+    }
+
+    pub(super) fn reset(&self, key: &str) -> bool {
+        self.dirty.store(true, Ordering::Relaxed);
+        self.groups.remove(key).is_some()
+    }
+
+    /// Write the snapshot if anything changed since the last one: temp file, fsync, rename,
+    /// fsync of the directory — a crash leaves the old file or the new one, never half of one.
+    pub fn snapshot(&self) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let snap = Snapshot {
+            version: 1,
+            groups: self
+                .groups
+                .iter()
+                .map(|e| (e.key().clone(), e.value().clone()))
+                .collect(),
+        };
+        let res = write_atomically(path, &snap);
+        if res.is_err() {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+/// The counter `name` in its current window (rolled over when the window turned).
+fn current<'a>(g: &'a mut Group, name: &str, window: Option<u64>, now: u64) -> &'a mut Counter {
+    let start = window_start(window, now);
+    let c = counter(g, name);
+    if c.start != start {
+        *c = Counter {
+            start,
+            ..Counter::default()
+        };
+    }
+    c
+}
+
+/// The counter `name`, created when missing.
+fn counter<'a>(g: &'a mut Group, name: &str) -> &'a mut Counter {
+    g.counters.entry(name.to_string()).or_default()
+}
+
+fn load(path: &Path) -> std::io::Result<Option<Snapshot>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn write_atomically(path: &Path, snap: &Snapshot) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        let json = serde_json::to_vec(snap)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        f.write_all(&json)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn want(limit: u64, min: u64, want: u64) -> Want {
+        Want {
+            counter: Arc::from("tokens:life"),
+            window: None,
+            limit,
+            min,
+            want,
+            enforce: true,
+            optimistic: false,
+        }
+    }
+
+    fn charge(g: &Grant, actual: u64) -> Charge {
+        Charge {
+            counter: Arc::from("tokens:life"),
+            window: None,
+            start: g.start,
+            granted: g.granted,
+            actual,
+        }
+    }
+
+    #[test]
+    fn fifty_token_limit_admits_three_sixteen_token_calls() {
+        let s = MemoryStore::open(None);
+        let mut admitted = 0;
+        for _ in 0..4 {
+            match s.reserve("s:a", 0, &[want(50, 10, 10 + 4096)]) {
+                Reserved::Granted(g) => {
+                    admitted += 1;
+                    s.settle("s:a", 0, &[charge(&g[0], 16)], Totals::default());
+                }
+                Reserved::Refused { used, .. } => assert_eq!(used, 48),
+                Reserved::NeedEstimate => panic!("not optimistic"),
+            }
+        }
+        assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn reservation_is_capped_and_blocks_the_next_call() {
+        let s = MemoryStore::open(None);
+        let Reserved::Granted(g) = s.reserve("s:a", 0, &[want(100, 10, 500)]) else {
+            panic!("first call refused")
+        };
+        assert_eq!(g[0].granted, 100);
+        assert!(matches!(
+            s.reserve("s:a", 0, &[want(100, 10, 20)]),
+            Reserved::Refused { used: 100, .. }
+        ));
+        s.settle("s:a", 0, &[charge(&g[0], 30)], Totals::default());
+        assert!(matches!(
+            s.reserve("s:a", 0, &[want(100, 10, 20)]),
+            Reserved::Granted(_)
+        ));
+    }
+
+    #[test]
+    fn optimistic_wants_reserve_only_when_they_fit_whole() {
+        let s = MemoryStore::open(None);
+        let opt = Want {
+            optimistic: true,
+            ..want(100, 60, 90)
+        };
+        assert!(matches!(
+            s.reserve("s:a", 0, std::slice::from_ref(&opt)),
+            Reserved::Granted(_)
+        ));
+        assert_eq!(
+            s.reserve("s:a", 0, std::slice::from_ref(&opt)),
+            Reserved::NeedEstimate
+        );
+        assert_eq!(s.get("s:a").unwrap().counters["tokens:life"].reserved, 90);
+    }
+
+    #[test]
+    fn windows_roll_over() {
+        let s = MemoryStore::open(None);
+        let w = Want {
+            window: Some(60),
+            ..want(10, 5, 10)
+        };
+        let Reserved::Granted(g) = s.reserve("s:a", 61, std::slice::from_ref(&w)) else {
+            panic!()
+        };
+        assert_eq!(g[0].start, 60);
+        s.settle(
+            "s:a",
+            61,
+            &[Charge {
+                window: Some(60),
+                ..charge(&g[0], 10)
+            }],
+            Totals::default(),
+        );
+        assert!(matches!(
+            s.reserve("s:a", 119, std::slice::from_ref(&w)),
+            Reserved::Refused { .. }
+        ));
+        assert!(matches!(s.reserve("s:a", 120, &[w]), Reserved::Granted(_)));
+    }
+
+    #[test]
+    fn stale_windowed_records_are_pruned_lifetime_ones_kept() {
+        let s = MemoryStore::open(None);
+        let w = Want {
+            counter: Arc::from("tokens:60"),
+            window: Some(60),
+            ..want(10, 1, 5)
+        };
+        let Reserved::Granted(g) = s.reserve("s:w", 0, std::slice::from_ref(&w)) else {
+            panic!()
+        };
+        s.reserve("s:life", 0, &[want(10, 1, 5)]);
+        assert_eq!(s.prune(120), 0, "a reservation keeps the record");
+        s.settle(
+            "s:w",
+            0,
+            &[Charge {
+                counter: Arc::from("tokens:60"),
+                window: Some(60),
+                ..charge(&g[0], 3)
+            }],
+            Totals::default(),
+        );
+        assert_eq!(s.prune(59), 0);
+        assert_eq!(s.prune(60), 1);
+        assert!(s.get("s:w").is_none());
+        assert!(s.get("s:life").is_some());
+    }
+
+    #[test]
+    fn snapshot_round_trips_without_reservations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/budgets.json");
+        let s = MemoryStore::open(Some(path.clone()));
+        let Reserved::Granted(g) = s.reserve("s:a", 0, &[want(100, 1, 50)]) else {
+            panic!()
+        };
+        s.settle(
+            "s:a",
+            0,
+            &[charge(&g[0], 7)],
+            Totals {
+                input: 3,
+                output: 4,
+                cost: 9,
+            },
+        );
+        s.reserve("s:a", 0, &[want(100, 1, 50)]);
+        s.snapshot().unwrap();
+        let back = MemoryStore::open(Some(path.clone())).get("s:a").unwrap();
+        assert_eq!(back.totals.output, 4);
+        assert_eq!(back.counters["tokens:life"].spent, 7);
+        assert_eq!(back.counters["tokens:life"].reserved, 0);
+        assert!(!path.with_extension("json.tmp").exists());
+    }
+}

@@ -1,0 +1,811 @@
+//! Budgets: per-session, per-agent and global limits in tokens and USD, enforced by admission
+//! with reservation and settled to the provider's usage however the call ends.
+//!
+//! - `admit` (before the request goes upstream): for each scope that applies, one atomic
+//!   check-and-reserve in the store. A limit refuses only when what remains is below the call's
+//!   estimated input; otherwise it reserves estimated input + maximum output, capped at what
+//!   remains. A refusal releases what earlier scopes reserved and never reaches the upstream.
+//! - [`Admission::settle`] (from `Call::finish`): replaces each reservation with actual usage,
+//!   in a spawned task so the finish step never waits for the store.
+//! - Metrics, `warn_at` and breach alerts, and the cut threshold for `action: cut`.
+
+pub mod cut;
+pub mod limits;
+pub mod memory;
+pub mod price;
+pub mod redis;
+pub mod store;
+pub mod webhook;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use metrics::{counter, gauge};
+
+use crate::config::{Config, LimitAction, LimitScope, OnStoreUnreachable, StoreKind};
+use crate::providers::{Format, Usage};
+use crate::proxy::ProxyError;
+use crate::telemetry::metrics as m;
+
+use limits::{group_key, Limit, Unit};
+use price::Prices;
+use store::{Charge, Grant, Reserved, Store, StoreError, Totals, Want};
+use webhook::{Alert, Webhook};
+
+/// Alerts remembered for de-duplication before the memory is cleared.
+const MAX_ALERT_MEMORY: usize = 100_000;
+
+/// The budget service, shared by every request.
+pub struct Budgets {
+    limits: Vec<Limit>,
+    store: Store,
+    prices: Prices,
+    fail_closed: bool,
+    default_max_output: u64,
+    snapshot_interval: Duration,
+    webhook: Option<Webhook>,
+    store_up: AtomicBool,
+    /// (scope key, counter, decision) → window start an alert was last sent for.
+    alerted: DashMap<(String, Arc<str>, &'static str), u64>,
+}
+
+/// The budget service could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetsError {
+    /// `budgets.store.kind: redis` without a usable `url`.
+    #[error("budgets.store.url: {0}")]
+    Redis(String),
+    /// The webhook client could not be built.
+    #[error("alerts.webhook: {0}")]
+    Webhook(String),
+}
+
+/// What admission needs to know about one call.
+pub struct CallFacts {
+    /// Session id, when the call has one.
+    pub session: Option<Arc<str>>,
+    /// Agent label.
+    pub agent: Arc<str>,
+    /// Requested model.
+    pub model: Option<String>,
+    /// A cheap upper bound of the input tokens ([`input_bound`]).
+    pub input_bound: u64,
+    /// The request's output cap, when it set one.
+    pub max_output: Option<u64>,
+}
+
+/// Reservations one call holds; settled (or released) exactly once.
+pub struct Admission {
+    budgets: Arc<Budgets>,
+    held: Vec<Held>,
+    facts: CallFacts,
+    /// The input estimate (or its upper bound, when the estimate was not needed).
+    est_input: u64,
+    /// Tokens left under the tightest session token limit after this call's reservation.
+    pub session_tokens_remaining: Option<u64>,
+    /// Output tokens this call may stream before a `cut` limit ends it.
+    pub cut_after_output: Option<u64>,
+    /// The strongest decision taken for this call (`allowed`, `warned`, `observed`).
+    pub decision: &'static str,
+    settled: bool,
+}
+
+struct Held {
+    key: String,
+    limits: Vec<usize>,
+    grants: Vec<Grant>,
+}
+
+/// How a call ended, for settlement.
+#[derive(Debug, Clone, Default)]
+pub struct Spent {
+    /// The provider's usage (fields it did not state are `None`).
+    pub usage: Usage,
+    /// Model that served the call (else the requested one is priced).
+    pub model: Option<String>,
+    /// The same model as a capped metric label.
+    pub model_label: Option<Arc<str>>,
+    /// Output events seen in the stream (the estimate when the provider stated no usage).
+    pub output_events: u64,
+    /// The request reached the upstream but no response came back: the provider may have
+    /// billed its input, so the estimate is charged.
+    pub sent: bool,
+}
+
+/// Input tokens estimated from a request body (the o200k tokenizer count of its text plus
+/// per-message framing; see [`crate::tokens`]).
+pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
+    crate::tokens::estimate_input(format, body)
+}
+
+/// An upper bound of [`estimate_input`] that needs no parsing: a token is at least one byte of
+/// text, the JSON around the text is longer than the per-message framing, and every key that may
+/// hold a media part counts as one (1,000 tokens each in the estimate). An eighth more covers
+/// text that re-serializes longer than it was written.
+pub fn input_bound(body: &[u8]) -> u64 {
+    const MEDIA_KEYS: [&[u8]; 9] = [
+        b"\"image_url\"",
+        b"\"inline_data\"",
+        b"\"inlineData\"",
+        b"\"input_audio\"",
+        b"\"file_data\"",
+        b"\"fileData\"",
+        b"\"image\"",
+        b"\"source\"",
+        b"\"file\"",
+    ];
+    let media: u64 = MEDIA_KEYS
+        .iter()
+        .map(|k| memchr::memmem::find_iter(body, k).count() as u64)
+        .sum();
+    let n = body.len() as u64;
+    n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + media * crate::tokens::MEDIA_PART_TOKENS
+}
+
+// === impl Budgets ===
+
+impl Budgets {
+    /// Build from the config; `None` when no limits and no prices are configured (budgets off).
+    /// Needs a Tokio runtime when a webhook is configured.
+    pub fn from_config(config: &Config) -> Result<Option<Arc<Self>>, BudgetsError> {
+        let b = &config.budgets;
+        if b.limits.is_empty() && config.pricing.is_empty() {
+            return Ok(None);
+        }
+        let store = match b.store.kind {
+            StoreKind::Memory => Store::Memory(memory::MemoryStore::open(
+                (!b.store.snapshot_path.as_os_str().is_empty())
+                    .then(|| b.store.snapshot_path.clone()),
+            )),
+            StoreKind::Redis => {
+                let url =
+                    b.store.url.as_deref().ok_or_else(|| {
+                        BudgetsError::Redis("required for the redis store".into())
+                    })?;
+                Store::Redis(
+                    redis::RedisStore::new(url, b.store.timeout)
+                        .map_err(|e| BudgetsError::Redis(e.to_string()))?,
+                )
+            }
+        };
+        let webhook = match &config.alerts.webhook {
+            Some(url) => {
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|_| BudgetsError::Webhook(format!("{url:?} is not a URL")))?;
+                let client = crate::proxy::upstream::build_client(None, &config.upstream)
+                    .map_err(|e| BudgetsError::Webhook(e.to_string()))?;
+                Some(Webhook::start(uri, client))
+            }
+            None => None,
+        };
+        Ok(Some(Arc::new(Self {
+            limits: b.limits.iter().flat_map(Limit::from_config).collect(),
+            store,
+            prices: Prices::new(&config.pricing),
+            fail_closed: b.on_store_unreachable == OnStoreUnreachable::FailClosed,
+            default_max_output: b.default_max_output_tokens,
+            snapshot_interval: b.store.snapshot_interval,
+            webhook,
+            store_up: AtomicBool::new(true),
+            alerted: DashMap::new(),
+        })))
+    }
+
+    /// Whether any limit is configured (else only cost is recorded and admission is free).
+    pub fn has_limits(&self) -> bool {
+        !self.limits.is_empty()
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether the store answered its last operation.
+    pub fn store_up(&self) -> bool {
+        self.store_up.load(Ordering::Relaxed)
+    }
+
+    /// Admit a call or refuse it (`ProxyError::BudgetExceeded`, or
+    /// `BudgetStoreUnavailable` when the store is down and `fail_closed` is set).
+    /// `estimate` gives the call's estimated input tokens; it is only called when the call is
+    /// near a limit (the upper bound `facts.input_bound` decides the rest).
+    pub async fn admit(
+        self: &Arc<Self>,
+        facts: CallFacts,
+        estimate: &(dyn Fn() -> u64 + Sync),
+    ) -> Result<Admission, ProxyError> {
+        let now = unix_now();
+        let mut adm = Admission {
+            budgets: self.clone(),
+            held: Vec::new(),
+            est_input: facts.input_bound,
+            facts,
+            session_tokens_remaining: None,
+            cut_after_output: None,
+            decision: "allowed",
+            settled: false,
+        };
+        let mut exact: Option<u64> = None;
+        let f = &adm.facts;
+        let model = f.model.as_deref().unwrap_or("");
+        let max_out = f.max_output.unwrap_or(self.default_max_output);
+        for scope in [LimitScope::Session, LimitScope::Agent, LimitScope::Global] {
+            let id = match scope {
+                LimitScope::Session => match &f.session {
+                    Some(s) => s.as_ref(),
+                    None => continue,
+                },
+                LimitScope::Agent => f.agent.as_ref(),
+                LimitScope::Global => "",
+            };
+            let idx: Vec<usize> = (0..self.limits.len())
+                .filter(|&i| self.limits[i].scope == scope)
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let key = group_key(scope, id);
+            // First with the cheap upper bound of the input: when the whole reservation fits,
+            // the tokenizer is not needed. Near a limit, again with the real estimate.
+            let mut optimistic = exact.is_none();
+            let (reserved, wants) = loop {
+                let input = if optimistic {
+                    f.input_bound
+                } else {
+                    *exact.get_or_insert_with(estimate)
+                };
+                let wants = self.wants(&idx, model, input, max_out, optimistic);
+                match self.reserve(&key, now, &wants).await {
+                    Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
+                    other => break (other, wants),
+                }
+            };
+            match reserved {
+                Ok(Reserved::NeedEstimate) => {
+                    return Err(ProxyError::BudgetStoreUnavailable);
+                }
+                Ok(Reserved::Granted(grants)) => {
+                    self.mark_store(true);
+                    for ((&i, g), w) in idx.iter().zip(&grants).zip(&wants) {
+                        let d = self.admitted(&key, &adm.facts, i, g, w, now);
+                        adm.decision = stronger(adm.decision, d);
+                        let l = &self.limits[i];
+                        let remaining = l.amount.saturating_sub(g.used.saturating_add(g.granted));
+                        if l.scope == LimitScope::Session && l.unit == Unit::Tokens {
+                            adm.session_tokens_remaining = Some(
+                                adm.session_tokens_remaining
+                                    .map_or(remaining, |r| r.min(remaining)),
+                            );
+                        }
+                        if l.action == LimitAction::Cut {
+                            let allowed = self.output_allowance(l, model, g.granted, w.min);
+                            adm.cut_after_output =
+                                Some(adm.cut_after_output.map_or(allowed, |a| a.min(allowed)));
+                        }
+                    }
+                    adm.held.push(Held {
+                        key,
+                        limits: idx,
+                        grants,
+                    });
+                }
+                Ok(Reserved::Refused { index, used }) => {
+                    self.mark_store(true);
+                    let l = &self.limits[idx[index]];
+                    self.refused(&key, &adm.facts, l, used, now);
+                    // Dropping `adm` releases what earlier scopes reserved.
+                    return Err(ProxyError::BudgetExceeded {
+                        scope: l.scope_str(),
+                        unit: l.unit_str(),
+                        code: code(l),
+                        window: l.window_name.to_string(),
+                        limit: l.display(l.amount),
+                        used: l.display(used),
+                        retry_after: l.retry_after(now),
+                    });
+                }
+                Err(e) => {
+                    self.store_failed("reserve", &e);
+                    if self.fail_closed {
+                        count_decision(scope, "rejected");
+                        return Err(ProxyError::BudgetStoreUnavailable);
+                    }
+                }
+            }
+        }
+        adm.est_input = exact.unwrap_or(adm.facts.input_bound);
+        Ok(adm)
+    }
+
+    /// Check-and-reserve. Redis runs in its own task: when the client goes away while the
+    /// script runs (hyper drops this future), the task gives the reservation back instead of
+    /// leaking it.
+    async fn reserve(
+        self: &Arc<Self>,
+        key: &str,
+        now: u64,
+        wants: &[Want],
+    ) -> Result<Reserved, StoreError> {
+        if let Store::Memory(m) = &self.store {
+            return Ok(m.reserve(key, now, wants));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let b = self.clone();
+        let (key, wants) = (key.to_string(), wants.to_vec());
+        tokio::spawn(async move {
+            let res = b.store.reserve(&key, now, &wants).await;
+            if let Err(Ok(Reserved::Granted(grants))) = tx.send(res) {
+                let charges: Vec<Charge> = wants
+                    .iter()
+                    .zip(&grants)
+                    .map(|(w, g)| Charge {
+                        counter: w.counter.clone(),
+                        window: w.window,
+                        start: g.start,
+                        granted: g.granted,
+                        actual: 0,
+                    })
+                    .collect();
+                if let Err(e) = b
+                    .store
+                    .settle(&key, unix_now(), &charges, Totals::default())
+                    .await
+                {
+                    b.store_failed("settle", &e);
+                }
+            }
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Redis("reserve task ended".into())))
+    }
+
+    /// What a call wants from each of the limits `idx`, its input taken as `input` tokens.
+    fn wants(
+        &self,
+        idx: &[usize],
+        model: &str,
+        input: u64,
+        max_out: u64,
+        optimistic: bool,
+    ) -> Vec<Want> {
+        idx.iter()
+            .map(|&i| {
+                let l = &self.limits[i];
+                let (min, want) = match l.unit {
+                    Unit::Tokens => (input, input.saturating_add(max_out)),
+                    Unit::Usd => (
+                        self.prices.estimate(model, input, 0),
+                        self.prices.estimate(model, input, max_out),
+                    ),
+                };
+                Want {
+                    counter: l.counter.clone(),
+                    window: l.window,
+                    limit: l.amount,
+                    min,
+                    want,
+                    enforce: l.action != LimitAction::Observe,
+                    optimistic,
+                }
+            })
+            .collect()
+    }
+
+    /// Output tokens a call granted `granted` (of which `min` is its input) may produce.
+    fn output_allowance(&self, l: &Limit, model: &str, granted: u64, min: u64) -> u64 {
+        let left = granted.saturating_sub(min);
+        match l.unit {
+            Unit::Tokens => left,
+            Unit::Usd => match self.prices.estimate(model, 0, 1) {
+                0 => u64::MAX,
+                per_token => left / per_token,
+            },
+        }
+    }
+
+    /// Metrics and alerts for an admitted call on limit `i`; the decision it counts as.
+    fn admitted(
+        &self,
+        key: &str,
+        f: &CallFacts,
+        i: usize,
+        g: &Grant,
+        w: &Want,
+        now: u64,
+    ) -> &'static str {
+        let l = &self.limits[i];
+        let decision = if l.action == LimitAction::Observe && g.granted < w.min.max(1) {
+            counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => f.agent.clone())
+                .increment(1);
+            self.alert(key, f, l, g.used, "observed", now);
+            "observed"
+        } else if l
+            .warn_at
+            .is_some_and(|r| g.used as f64 >= r * l.amount as f64)
+        {
+            // Admitted while spend (plus other calls' reservations) is past the threshold.
+            self.alert(key, f, l, g.used, "warned", now);
+            "warned"
+        } else {
+            "allowed"
+        };
+        count_decision(l.scope, decision);
+        decision
+    }
+
+    fn refused(&self, key: &str, f: &CallFacts, l: &Limit, used: u64, now: u64) {
+        count_decision(l.scope, "rejected");
+        counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => f.agent.clone())
+            .increment(1);
+        self.ratio(l, &f.agent, used);
+        self.alert(key, f, l, used, "rejected", now);
+    }
+
+    /// Record a cut (called when a stream is ended at its limit).
+    pub fn cut(&self, session: Option<&Arc<str>>, agent: &Arc<str>) {
+        for l in self.limits.iter().filter(|l| l.action == LimitAction::Cut) {
+            count_decision(l.scope, "cut");
+            counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => agent.clone())
+                .increment(1);
+            if let Some(w) = &self.webhook {
+                w.send(Alert {
+                    session: session.map(|s| s.to_string()),
+                    agent: agent.to_string(),
+                    scope: l.scope_str(),
+                    unit: unit_name(l),
+                    window: l.window_name.to_string(),
+                    limit: l.display(l.amount),
+                    used: l.display(l.amount),
+                    decision: "cut",
+                    time: webhook::now_rfc3339(),
+                });
+            }
+        }
+    }
+
+    /// `tokenwarden_budget_used_ratio` for agent and global scopes.
+    fn ratio(&self, l: &Limit, agent: &Arc<str>, used: u64) {
+        let ratio = used as f64 / l.amount.max(1) as f64;
+        match l.scope {
+            LimitScope::Agent => {
+                gauge!(m::BUDGET_USED_RATIO, "scope" => "agent", "agent" => agent.clone())
+                    .set(ratio)
+            }
+            LimitScope::Global => {
+                gauge!(m::BUDGET_USED_RATIO, "scope" => "global", "agent" => "all").set(ratio)
+            }
+            LimitScope::Session => {}
+        }
+    }
+
+    /// Post an alert once per scope instance, counter, decision and window.
+    fn alert(
+        &self,
+        key: &str,
+        f: &CallFacts,
+        l: &Limit,
+        used: u64,
+        decision: &'static str,
+        now: u64,
+    ) {
+        let Some(w) = &self.webhook else {
+            return;
+        };
+        let start = l.window_start(now);
+        if self.alerted.len() > MAX_ALERT_MEMORY {
+            // Bounded: past this many scope instances, an alert may repeat once more.
+            self.alerted.clear();
+        }
+        let k = (key.to_string(), l.counter.clone(), decision);
+        if self.alerted.insert(k, start) == Some(start) {
+            return;
+        }
+        w.send(Alert {
+            session: f.session.as_ref().map(|s| s.to_string()),
+            agent: f.agent.to_string(),
+            scope: l.scope_str(),
+            unit: unit_name(l),
+            window: l.window_name.to_string(),
+            limit: l.display(l.amount),
+            used: l.display(used),
+            decision,
+            time: webhook::now_rfc3339(),
+        });
+    }
+
+    fn mark_store(&self, up: bool) {
+        if self.store_up.swap(up, Ordering::Relaxed) != up {
+            gauge!(m::BUDGET_STORE_UP).set(if up { 1.0 } else { 0.0 });
+        }
+    }
+
+    fn store_failed(&self, op: &'static str, e: &StoreError) {
+        counter!(m::BUDGET_STORE_ERRORS_TOTAL, "op" => op).increment(1);
+        if self.store_up() {
+            tracing::warn!(error = %e, fail_closed = self.fail_closed, "budget store unreachable");
+        }
+        self.mark_store(false);
+    }
+
+    /// Clear a session's spend (and its alert memory); whether it had any.
+    pub async fn reset_session(&self, id: &str) -> Result<bool, StoreError> {
+        let key = group_key(LimitScope::Session, id);
+        self.alerted.retain(|k, _| k.0 != key);
+        self.store.reset(&key).await
+    }
+
+    /// Background upkeep: memory snapshots every `snapshot_interval`, store health every second.
+    pub async fn run_upkeep(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_snapshot = tokio::time::Instant::now();
+        loop {
+            tick.tick().await;
+            // Set every tick: the recorder may not have existed when the store last changed.
+            gauge!(m::BUDGET_STORE_UP).set(if self.store_up() { 1.0 } else { 0.0 });
+            match &self.store {
+                Store::Memory(mem) => {
+                    if last_snapshot.elapsed() >= self.snapshot_interval {
+                        last_snapshot = tokio::time::Instant::now();
+                        mem.prune(unix_now());
+                        self.snapshot(mem);
+                    }
+                }
+                Store::Redis(_) => {
+                    let up = self.store.ping().await;
+                    if !up {
+                        counter!(m::BUDGET_STORE_ERRORS_TOTAL, "op" => "ping").increment(1);
+                    }
+                    self.mark_store(up);
+                }
+            }
+        }
+    }
+
+    /// Final snapshot at shutdown (memory store).
+    pub fn shutdown(&self) {
+        if let Store::Memory(mem) = &self.store {
+            self.snapshot(mem);
+        }
+    }
+
+    fn snapshot(&self, mem: &memory::MemoryStore) {
+        if let Err(e) = mem.snapshot() {
+            counter!(m::BUDGET_STORE_ERRORS_TOTAL, "op" => "snapshot").increment(1);
+            tracing::warn!(error = %e, "budget snapshot failed");
+        }
+    }
+
+    /// After a settle: gauges, and warn / observe alerts on the counters' new totals.
+    fn settled(&self, held: &Held, res: Result<Vec<u64>, StoreError>, facts: &CallFacts, now: u64) {
+        match res {
+            Ok(used) => {
+                self.mark_store(true);
+                for (&i, u) in held.limits.iter().zip(used) {
+                    let l = &self.limits[i];
+                    self.ratio(l, &facts.agent, u);
+                    if l.warn_at.is_some_and(|r| u as f64 >= r * l.amount as f64) {
+                        self.alert(&held.key, facts, l, u, "warned", now);
+                    }
+                    if l.action == LimitAction::Observe && u > l.amount {
+                        self.alert(&held.key, facts, l, u, "observed", now);
+                    }
+                }
+            }
+            Err(e) => self.store_failed("settle", &e),
+        }
+    }
+}
+
+// === impl Admission ===
+
+impl Admission {
+    /// Replace the reservations with what the call spent and record its cost. Usage is the
+    /// provider's, or the accounting estimate for a successful response that stated none; a
+    /// request that got no response at all is charged its estimated input; an error response
+    /// or an unsent request costs nothing.
+    pub fn settle(mut self, spent: Spent) {
+        self.settled = true;
+        let b = self.budgets.clone();
+        let u = &spent.usage;
+        let input = u
+            .input
+            .unwrap_or(if spent.sent { self.est_input } else { 0 });
+        let output = u.output.unwrap_or(spent.output_events);
+        let usage = Usage {
+            input: Some(input),
+            output: Some(output),
+            ..*u
+        };
+        let model = spent
+            .model
+            .as_deref()
+            .or(self.facts.model.as_deref())
+            .unwrap_or("");
+        let cost = b.prices.cost(model, &usage);
+        if cost > 0 {
+            // The metrics facade's counters are integers: a float gauge that only ever grows
+            // carries USD exactly enough and behaves as a counter for rate() and increase().
+            gauge!(m::COST_USD_TOTAL, "agent" => self.facts.agent.clone(), "model" => spent.model_label.clone().unwrap_or_else(|| Arc::from("unknown")))
+                .increment(cost as f64 / limits::NANO_PER_USD);
+        }
+        self.release(
+            input.saturating_add(output),
+            cost,
+            Totals {
+                input,
+                output,
+                cost,
+            },
+        );
+    }
+
+    fn release(&mut self, tokens: u64, cost: u64, totals: Totals) {
+        if self.held.is_empty() {
+            return;
+        }
+        let facts = Arc::new(CallFacts {
+            session: self.facts.session.clone(),
+            agent: self.facts.agent.clone(),
+            model: None,
+            input_bound: self.est_input,
+            max_output: None,
+        });
+        let now = unix_now();
+        for held in self.held.drain(..) {
+            let charges: Vec<Charge> = held
+                .limits
+                .iter()
+                .zip(&held.grants)
+                .map(|(&i, g)| {
+                    let l = &self.budgets.limits[i];
+                    Charge {
+                        counter: l.counter.clone(),
+                        window: l.window,
+                        start: g.start,
+                        granted: g.granted,
+                        actual: match l.unit {
+                            Unit::Tokens => tokens,
+                            Unit::Usd => cost,
+                        },
+                    }
+                })
+                .collect();
+            let b = self.budgets.clone();
+            match &b.store {
+                // No I/O: settle in place, so the next call of the session sees it.
+                Store::Memory(m) => {
+                    let res = Ok(m.settle(&held.key, now, &charges, totals));
+                    b.settled(&held, res, &facts, now);
+                }
+                Store::Redis(_) => {
+                    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                        return;
+                    };
+                    let facts = facts.clone();
+                    rt.spawn(async move {
+                        let res = b.store.settle(&held.key, now, &charges, totals).await;
+                        b.settled(&held, res, &facts, now);
+                    });
+                }
+            }
+        }
+    }
+
+    /// The call's agent.
+    pub fn agent(&self) -> &Arc<str> {
+        &self.facts.agent
+    }
+
+    /// The call's session.
+    pub fn session(&self) -> Option<&Arc<str>> {
+        self.facts.session.as_ref()
+    }
+
+    /// The service this admission belongs to.
+    pub fn budgets(&self) -> &Arc<Budgets> {
+        &self.budgets
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.settled {
+            // Refused by a later scope, or dropped before the call went anywhere: give back.
+            self.release(0, 0, Totals::default());
+        }
+    }
+}
+
+/// Decision values, in the order of the cached counters.
+const DECISIONS: [&str; 5] = ["allowed", "warned", "rejected", "cut", "observed"];
+
+/// `tokenwarden_budget_decisions_total{scope,decision}` += 1, through handles registered once
+/// (every admitted call counts one per limit: a registry lookup each time would show).
+fn count_decision(scope: LimitScope, decision: &'static str) {
+    static HANDLES: OnceLock<[[metrics::Counter; 5]; 3]> = OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        [LimitScope::Session, LimitScope::Agent, LimitScope::Global].map(|s| {
+            DECISIONS.map(|d| counter!(m::BUDGET_DECISIONS_TOTAL, "scope" => limits::scope_str(s), "decision" => d))
+        })
+    });
+    let si = match scope {
+        LimitScope::Session => 0,
+        LimitScope::Agent => 1,
+        LimitScope::Global => 2,
+    };
+    if let Some(di) = DECISIONS.iter().position(|d| *d == decision) {
+        handles[si][di].increment(1);
+    }
+}
+
+/// `{scope}_{unit}_budget_exceeded`.
+fn code(l: &Limit) -> &'static str {
+    match (l.scope, l.unit) {
+        (LimitScope::Session, Unit::Tokens) => "session_token_budget_exceeded",
+        (LimitScope::Session, Unit::Usd) => "session_usd_budget_exceeded",
+        (LimitScope::Agent, Unit::Tokens) => "agent_token_budget_exceeded",
+        (LimitScope::Agent, Unit::Usd) => "agent_usd_budget_exceeded",
+        (LimitScope::Global, Unit::Tokens) => "global_token_budget_exceeded",
+        (LimitScope::Global, Unit::Usd) => "global_usd_budget_exceeded",
+    }
+}
+
+fn unit_name(l: &Limit) -> &'static str {
+    match l.unit {
+        Unit::Tokens => "tokens",
+        Unit::Usd => "usd",
+    }
+}
+
+/// The more notable of two decisions.
+fn stronger(a: &'static str, b: &'static str) -> &'static str {
+    let rank = |d: &str| match d {
+        "observed" => 2,
+        "warned" => 1,
+        _ => 0,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_input_bound_is_never_below_the_estimate() {
+        let bodies: &[&str] = &[
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+            r#"{"model":"m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"What is in this image?"},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"\u00e9\u00e9\u00e9 caf\u00e9 1e2"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"n":{"type":"number","default":1e2}}}}}]}"#,
+            r#"{"model":"claude","max_tokens":10,"system":"s","messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}}]}]}"#,
+            r#"{"contents":[{"parts":[{"text":"hi"},{"inlineData":{"mimeType":"image/png","data":"AAAA"}}]}]}"#,
+            "not json at all, just some words",
+            "",
+        ];
+        for b in bodies {
+            for f in [Format::OpenAiChat, Format::Anthropic, Format::Gemini] {
+                let (e, ub) = (estimate_input(f, b.as_bytes()), input_bound(b.as_bytes()));
+                assert!(ub >= e, "{f:?} {b}: bound {ub} < estimate {e}");
+            }
+        }
+    }
+}

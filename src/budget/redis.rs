@@ -1,0 +1,308 @@
+//! The shared store: one Redis hash per scope instance (`tw:{s:ID}`, `tw:{a:NAME}`, `tw:{g}` —
+//! hash-tagged, so every script touches one key and Redis Cluster works), every
+//! check-and-reserve and every settle one server-side Lua script (atomic on the server), a
+//! multiplexed auto-reconnecting connection with connect and response timeouts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio::sync::OnceCell;
+
+use super::store::{Charge, Counter, Grant, Group, Reserved, StoreError, Totals, Want};
+
+/// Sorted set of session ids by lifetime tokens, for `GET /v1/sessions?top=N`.
+const TOP_KEY: &str = "tw:sessions:tokens";
+
+/// Check every want, then reserve all or nothing. Mirrors `store::decide`. Mode per want:
+/// 0 observe (never refuse), 1 enforce, 2 enforce optimistically (reserve only if `want` fits).
+const RESERVE: &str = r#"
+local now = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local out = {1}
+local sets = {}
+for i = 0, n - 1 do
+  local b = 4 + i * 6
+  local c = ARGV[b]
+  local w = tonumber(ARGV[b + 1])
+  local limit = tonumber(ARGV[b + 2])
+  local min = tonumber(ARGV[b + 3])
+  local want = tonumber(ARGV[b + 4])
+  local mode = ARGV[b + 5]
+  local start = 0
+  if w > 0 then start = now - (now % w) end
+  local v = redis.call('HMGET', KEYS[1], c .. ':s', c .. ':p', c .. ':r')
+  local s = tonumber(v[1]) or 0
+  local p = tonumber(v[2]) or 0
+  local r = tonumber(v[3]) or 0
+  if s ~= start then p = 0; r = 0 end
+  local used = p + r
+  local remaining = limit - used
+  if remaining < 0 then remaining = 0 end
+  if mode == '2' and remaining < want then return {2} end
+  if mode ~= '0' and remaining < math.max(min, 1) then return {0, i, used} end
+  local g = math.min(want, remaining)
+  sets[#sets + 1] = {c, start, p, r + g}
+  out[#out + 1] = start
+  out[#out + 1] = g
+  out[#out + 1] = used
+end
+for _, x in ipairs(sets) do
+  redis.call('HSET', KEYS[1], x[1] .. ':s', x[2], x[1] .. ':p', x[3], x[1] .. ':r', x[4])
+end
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return out
+"#;
+
+/// Replace reservations with spend (in the window they were made in, else the current one).
+const SETTLE: &str = r#"
+local now = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local out = {}
+for i = 0, n - 1 do
+  local b = 6 + i * 5
+  local c = ARGV[b]
+  local w = tonumber(ARGV[b + 1])
+  local start = tonumber(ARGV[b + 2])
+  local granted = tonumber(ARGV[b + 3])
+  local actual = tonumber(ARGV[b + 4])
+  local v = redis.call('HMGET', KEYS[1], c .. ':s', c .. ':p', c .. ':r')
+  local s = tonumber(v[1]) or 0
+  local p = tonumber(v[2]) or 0
+  local r = tonumber(v[3]) or 0
+  if s == start then
+    r = r - granted
+    if r < 0 then r = 0 end
+  else
+    local cur = 0
+    if w > 0 then cur = now - (now % w) end
+    if s ~= cur then s = cur; p = 0; r = 0 end
+  end
+  p = p + actual
+  redis.call('HSET', KEYS[1], c .. ':s', s, c .. ':p', p, c .. ':r', r)
+  out[#out + 1] = p + r
+end
+redis.call('HINCRBY', KEYS[1], 'in', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'out', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'cost', ARGV[5])
+return out
+"#;
+
+/// Redis-backed budget store.
+pub struct RedisStore {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    timeout: Duration,
+    reserve: Script,
+    settle: Script,
+}
+
+// === impl RedisStore ===
+
+impl RedisStore {
+    /// A store on `url`; connects on first use, every operation bounded by `timeout`.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Redis(e.to_string()))?;
+        Ok(Self {
+            client,
+            conn: OnceCell::new(),
+            timeout,
+            reserve: Script::new(RESERVE),
+            settle: Script::new(SETTLE),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let c = tokio::time::timeout(
+            self.timeout,
+            self.conn.get_or_try_init(|| {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(self.timeout)
+                    .set_number_of_retries(1)
+                    .set_max_delay(200);
+                ConnectionManager::new_with_config(self.client.clone(), cfg)
+            }),
+        )
+        .await
+        .map_err(|_| StoreError::Redis("connect timed out".into()))?
+        .map_err(err)?;
+        Ok(c.clone())
+    }
+
+    /// Run `f` on a connection within the timeout.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn().await?;
+        tokio::time::timeout(self.timeout, f(conn))
+            .await
+            .map_err(|_| StoreError::Redis("timed out".into()))?
+            .map_err(err)
+    }
+
+    pub(super) async fn reserve(
+        &self,
+        key: &str,
+        now: u64,
+        wants: &[Want],
+    ) -> Result<Reserved, StoreError> {
+        // Keys whose counters are all windowed expire after two of their longest windows.
+        let ttl = if wants.iter().all(|w| w.window.is_some()) {
+            wants.iter().filter_map(|w| w.window).max().unwrap_or(0) * 2
+        } else {
+            0
+        };
+        let mut inv = self.reserve.prepare_invoke();
+        inv.key(redis_key(key)).arg(now).arg(wants.len()).arg(ttl);
+        for w in wants {
+            inv.arg(w.counter.as_ref())
+                .arg(w.window.unwrap_or(0))
+                .arg(w.limit)
+                .arg(w.min)
+                .arg(w.want)
+                .arg(match (w.enforce, w.optimistic) {
+                    (_, true) => 2u8,
+                    (true, false) => 1,
+                    (false, false) => 0,
+                });
+        }
+        let v: Vec<i64> = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        match v.first() {
+            Some(1) => Ok(Reserved::Granted(
+                v[1..]
+                    .chunks_exact(3)
+                    .map(|x| Grant {
+                        start: x[0].max(0) as u64,
+                        granted: x[1].max(0) as u64,
+                        used: x[2].max(0) as u64,
+                    })
+                    .collect(),
+            )),
+            Some(2) => Ok(Reserved::NeedEstimate),
+            Some(0) if v.len() == 3 => Ok(Reserved::Refused {
+                index: v[1].max(0) as usize,
+                used: v[2].max(0) as u64,
+            }),
+            _ => Err(StoreError::Redis("unexpected reserve reply".into())),
+        }
+    }
+
+    pub(super) async fn settle(
+        &self,
+        key: &str,
+        now: u64,
+        charges: &[Charge],
+        t: Totals,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(redis_key(key))
+            .arg(now)
+            .arg(charges.len())
+            .arg(t.input)
+            .arg(t.output)
+            .arg(t.cost);
+        for c in charges {
+            inv.arg(c.counter.as_ref())
+                .arg(c.window.unwrap_or(0))
+                .arg(c.start)
+                .arg(c.granted)
+                .arg(c.actual);
+        }
+        let v: Vec<i64> = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        if let Some(id) = key.strip_prefix("s:") {
+            let tokens = t.input.saturating_add(t.output);
+            if tokens > 0 {
+                let id = id.to_string();
+                // Ranking only; not part of any budget decision.
+                self.run(|mut c| async move { c.zincr::<_, _, _, f64>(TOP_KEY, id, tokens).await })
+                    .await?;
+            }
+        }
+        Ok(v.into_iter().map(|x| x.max(0) as u64).collect())
+    }
+
+    pub(super) async fn get(&self, key: &str) -> Result<Option<Group>, StoreError> {
+        let k = redis_key(key);
+        let h: BTreeMap<String, i64> = self.run(|mut c| async move { c.hgetall(k).await }).await?;
+        Ok((!h.is_empty()).then(|| group_from_hash(&h)))
+    }
+
+    pub(super) async fn top_sessions(&self, n: usize) -> Result<Vec<(String, Group)>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let stop = isize::try_from(n).unwrap_or(isize::MAX) - 1;
+        let ids: Vec<String> = self
+            .run(|mut c| async move { c.zrevrange(TOP_KEY, 0, stop).await })
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(g) = self.get(&format!("s:{id}")).await? {
+                out.push((id, g));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn reset(&self, key: &str) -> Result<bool, StoreError> {
+        let k = redis_key(key);
+        let n: i64 = self.run(|mut c| async move { c.del(k).await }).await?;
+        if let Some(id) = key.strip_prefix("s:") {
+            let id = id.to_string();
+            let _: i64 = self
+                .run(|mut c| async move { c.zrem(TOP_KEY, id).await })
+                .await?;
+        }
+        Ok(n > 0)
+    }
+
+    pub(super) async fn ping(&self) -> bool {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .is_ok()
+    }
+}
+
+/// `tw:{s:ID}`: the braces make the whole scope id the Cluster hash tag.
+fn redis_key(key: &str) -> String {
+    format!("tw:{{{key}}}")
+}
+
+fn err(e: redis::RedisError) -> StoreError {
+    StoreError::Redis(e.to_string())
+}
+
+fn group_from_hash(h: &BTreeMap<String, i64>) -> Group {
+    let get = |k: &str| h.get(k).copied().unwrap_or(0).max(0) as u64;
+    let mut g = Group {
+        totals: Totals {
+            input: get("in"),
+            output: get("out"),
+            cost: get("cost"),
+        },
+        counters: BTreeMap::new(),
+    };
+    for (field, v) in h {
+        let Some((name, part)) = field.rsplit_once(':') else {
+            continue;
+        };
+        let v = (*v).max(0) as u64;
+        let c: &mut Counter = g.counters.entry(name.to_string()).or_default();
+        match part {
+            "s" => c.start = v,
+            "p" => c.spent = v,
+            "r" => c.reserved = v,
+            _ => {}
+        }
+    }
+    g
+}

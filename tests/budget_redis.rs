@@ -1,0 +1,258 @@
+//! The Redis budget store against a real `redis-server` (started per test on a free loopback
+//! port, killed at the end): two `tokenwarden` processes share one limit, and a Redis that
+//! dies mid-run is handled as `on_store_unreachable` says, with recovery when it returns.
+//!
+//! Needs `redis-server` on PATH (`apt-get install redis-server`; `.ci/run` installs it). Missing
+//! → the tests fail and say so; they never skip.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+
+/// A `redis-server` child process on 127.0.0.1.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> RedisServer {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}): install it with `apt-get install redis-server` (.ci/run does)")
+            });
+        let s = RedisServer {
+            child: Some(child),
+            port,
+        };
+        for _ in 0..500 {
+            if s.ping() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {port} did not answer PING within 10 s");
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut c) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        c.write_all(b"PING\r\n").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn config(mock: std::net::SocketAddr, redis: &str, on_unreachable: &str) -> String {
+    format!(
+        "routes:\n  - name: redis-budget\n    path_prefix: /\n    upstream: http://{mock}\nbudgets:\n  store:\n    kind: redis\n    url: {redis}\n    timeout: 300ms\n  on_store_unreachable: {on_unreachable}\n  limits:\n    - scope: session\n      tokens: 50\n"
+    )
+}
+
+async fn call16(addr: std::net::SocketAddr, session: &str) -> (http::Response<()>, bytes::Bytes) {
+    post(
+        &format!("http://{addr}/v1/chat/completions"),
+        &[
+            ("x-session-id", session),
+            ("x-mock-input-tokens", "8"),
+            ("x-mock-output-chunks", "8"),
+        ],
+        CHAT,
+    )
+    .await
+}
+
+/// Wait until the store shows `total` tokens settled for `session` (settling is asynchronous).
+async fn settled(admin: std::net::SocketAddr, session: &str, total: u64) {
+    let url = format!("http://{admin}/v1/sessions/{session}");
+    let ok = eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let (r, b) = get(&url).await;
+            r.status() == 200
+                && serde_json::from_slice::<serde_json::Value>(&b).unwrap()["limits"][0]["used"]
+                    == serde_json::json!(total as f64)
+        }
+    })
+    .await;
+    assert!(ok, "session {session} never showed {total} tokens used");
+}
+
+#[tokio::test]
+async fn two_proxy_processes_share_one_limit_in_redis() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let cfg = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{}",
+        config(m.addr(), &redis.url(), "fail_closed")
+    ));
+    let a = ProxyProcess::spawn(cfg.path()).await;
+    let b = ProxyProcess::spawn(cfg.path()).await;
+    for (i, p) in [&a, &b, &a].into_iter().enumerate() {
+        let (r, body) = call16(p.addr, "shared-1").await;
+        assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&body));
+        settled(p.admin, "shared-1", 16 * (i as u64 + 1)).await;
+    }
+    // 48 of 50 spent through two processes: the next call is refused by either.
+    for p in [&b, &a] {
+        let (r, body) = call16(p.addr, "shared-1").await;
+        assert_eq!(r.status(), 429, "{}", String::from_utf8_lossy(&body));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "session_token_budget_exceeded");
+    }
+    assert_eq!(m.stats().requests, 3);
+    // Both processes read the same record.
+    let (_, body) = get(&format!("http://{}/v1/sessions/shared-1", b.admin)).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["tokens"]["total"], 48);
+}
+
+#[tokio::test]
+async fn redis_dying_mid_run_fails_as_configured_and_recovers() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let m = mock().await;
+    let closed = TestProxy::start(&config(m.addr(), &redis.url(), "fail_closed")).await;
+    let open = TestProxy::start(&config(m.addr(), &redis.url(), "fail_open")).await;
+    assert_eq!(call16(closed.addr, "die-1").await.0.status(), 200);
+    assert_eq!(call16(open.addr, "die-2").await.0.status(), 200);
+    let ready = |admin: std::net::SocketAddr| async move {
+        get(&format!("http://{admin}/readyz"))
+            .await
+            .0
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready(closed.admin).await, 200);
+
+    redis.kill();
+    let (r, body) = call16(closed.addr, "die-1").await;
+    assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "budget_store_unavailable");
+    let (r, _) = call16(open.addr, "die-2").await;
+    assert_eq!(r.status(), 200, "fail_open lets calls through");
+    for admin in [closed.admin, open.admin] {
+        assert!(
+            eventually(Duration::from_secs(10), || async move {
+                ready(admin).await == 503
+            })
+            .await,
+            "/readyz stays 200 with the store down"
+        );
+    }
+    let text = open.metrics().await;
+    assert!(metric_sum(&text, "tokenwarden_budget_store_errors_total", &[]) >= 1.0);
+    assert_eq!(metric_value(&text, "tokenwarden_budget_store_up", &[]), 0.0);
+
+    let _redis = RedisServer::start_on(port);
+    let recovered = eventually(Duration::from_secs(20), || async {
+        call16(closed.addr, "die-3").await.0.status() == 200
+    })
+    .await;
+    assert!(
+        recovered,
+        "fail_closed proxy did not recover after Redis returned"
+    );
+    for admin in [closed.admin, open.admin] {
+        assert!(
+            eventually(Duration::from_secs(10), || async move {
+                ready(admin).await == 200
+            })
+            .await,
+            "/readyz did not return to 200"
+        );
+    }
+}
+
+/// A client that goes away while its check-and-reserve runs in Redis leaves nothing reserved.
+#[tokio::test]
+async fn a_client_gone_during_admission_leaks_no_reservation() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    // A limit far away: the one (optimistic) script reserves at once.
+    let cfg = config(m.addr(), &redis.url(), "fail_closed")
+        .replace("300ms", "5s")
+        .replace("tokens: 50", "tokens: 100000");
+    let p = TestProxy::start(&cfg).await;
+    // Connect the proxy's store first (another session), so the script is sent at once below.
+    assert_eq!(call16(p.addr, "gone-warm").await.0.status(), 200);
+    let before = m.stats().requests;
+    // Hold Redis busy for a second so the admission script waits.
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"DEBUG SLEEP 1\r\n").unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let gone = tokio::time::timeout(Duration::from_millis(300), call16(p.addr, "gone-1")).await;
+    assert!(gone.is_err(), "the call finished while Redis slept");
+    assert_eq!(&sleeper.join().unwrap(), b"+OK\r\n");
+    let url = format!("http://{}/v1/sessions/gone-1", p.admin);
+    let released = eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let (r, b) = get(&url).await;
+            r.status() == 200
+                && serde_json::from_slice::<serde_json::Value>(&b).unwrap()["limits"][0]["used"]
+                    == serde_json::json!(0.0)
+        }
+    })
+    .await;
+    let (_, b) = get(&url).await;
+    assert!(
+        released,
+        "reservation left behind: {}",
+        String::from_utf8_lossy(&b)
+    );
+    assert_eq!(
+        m.stats().requests,
+        before,
+        "the abandoned call went upstream"
+    );
+}

@@ -1,0 +1,651 @@
+//! Budgets through the proxy against the mock provider (memory store): admission and refusal
+//! in each provider's shape, the overspend bound under concurrency, windows, persistence across
+//! restarts, the admin API, webhook alerts and clean stream cuts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use tokenwarden::budget::estimate_input;
+use tokenwarden::providers::Format;
+
+const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+const MSG: &str =
+    r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+
+fn est(format: Format, body: &str) -> u64 {
+    estimate_input(format, body.as_bytes())
+}
+
+/// A chat call of session `session` that uses exactly 8 input + 8 output tokens at the mock.
+async fn call16(p: &TestProxy, session: &str) -> (http::Response<()>, bytes::Bytes) {
+    post(
+        &p.url("/v1/chat/completions"),
+        &[
+            ("x-session-id", session),
+            ("x-mock-input-tokens", "8"),
+            ("x-mock-output-chunks", "8"),
+        ],
+        CHAT,
+    )
+    .await
+}
+
+fn session_limit(tokens: u64, window: &str, extra: &str) -> String {
+    format!(
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: {tokens}\n      window: {window}\n{extra}"
+    )
+}
+
+async fn session_view(p: &TestProxy, id: &str) -> serde_json::Value {
+    let (r, body) = get(&format!("http://{}/v1/sessions/{id}", p.admin)).await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test]
+async fn a_session_stops_at_its_limit_and_the_refusal_never_goes_upstream() {
+    let e = est(Format::OpenAiChat, CHAT);
+    assert!(
+        (3..=18).contains(&e),
+        "estimate {e} outside what this test assumes"
+    );
+    let m = mock().await;
+    let p = TestProxy::to("b-stop", m.addr(), &session_limit(50, "lifetime", "")).await;
+    let mut remaining = Vec::new();
+    for _ in 0..3 {
+        let (r, _) = call16(&p, "stop-1").await;
+        assert_eq!(r.status(), 200);
+        remaining.push(
+            r.headers()["x-tokenwarden-session-tokens-remaining"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    // The reservation (estimate + default max output) is capped at what remains: nothing is
+    // left while the call runs.
+    assert_eq!(remaining, [0, 0, 0]);
+    let (r, body) = call16(&p, "stop-1").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    assert!(r.headers().get("retry-after").is_none());
+    assert_eq!(
+        r.headers()["x-tokenwarden-error"],
+        "session_token_budget_exceeded"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["type"], "budget_exceeded");
+    assert_eq!(v["error"]["code"], "session_token_budget_exceeded");
+    assert!(v["error"]["param"].is_null());
+    assert_eq!(
+        m.stats().requests,
+        3,
+        "the refused call reached the upstream"
+    );
+
+    // Another session is unaffected.
+    let (r, _) = call16(&p, "stop-2").await;
+    assert_eq!(r.status(), 200);
+
+    let view = session_view(&p, "stop-1").await;
+    assert_eq!(view["tokens"]["input"], 24);
+    assert_eq!(view["tokens"]["output"], 24);
+    assert_eq!(view["tokens"]["total"], 48);
+    assert_eq!(view["steps"], 4);
+    assert_eq!(view["limits"][0]["limit"], 50.0);
+    assert_eq!(view["limits"][0]["used"], 48.0);
+    assert_eq!(view["limits"][0]["remaining"], 2.0);
+    assert_eq!(view["limits"][0]["window"], "lifetime");
+
+    let text = p.metrics().await;
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_budget_decisions_total",
+            &[("scope", "session"), ("decision", "rejected")]
+        ) >= 1.0
+    );
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_budget_exceeded_total",
+            &[("scope", "session"), ("agent", "default")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn anthropic_routes_refuse_in_anthropic_shape() {
+    let m = mock().await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: b-anth\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: http://{}\n{}",
+        m.addr(),
+        session_limit(40, "lifetime", "")
+    ))
+    .await;
+    let url = p.url("/anthropic/v1/messages");
+    let hdrs = [("x-session-id", "anth-1"), ("x-mock-input-tokens", "20")];
+    let (r, _) = post(&url, &hdrs, MSG).await;
+    assert_eq!(r.status(), 200);
+    let (r, body) = post(&url, &hdrs, MSG).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("session token budget exceeded"));
+    assert_eq!(m.stats().requests, 1);
+}
+
+/// 50 concurrent calls of one session, each reserving its estimate plus `max_tokens` and using
+/// exactly that: spend ends within the limit plus one call's maximum output (README bound).
+#[tokio::test]
+async fn fifty_concurrent_calls_overspend_at_most_one_max_output() {
+    const M: u64 = 20;
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","max_tokens":{M},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let e = est(Format::OpenAiChat, &body);
+    let per_call = e + M;
+    let limit = 10 * per_call + e + 3; // room for ten exact reservations and one capped one
+    let m = mock().await;
+    let p = TestProxy::to("b-conc", m.addr(), &session_limit(limit, "lifetime", "")).await;
+    let input = e.to_string();
+    let out = M.to_string();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let url = p.url("/v1/chat/completions");
+        let (body, input, out) = (body.clone(), input.clone(), out.clone());
+        tasks.push(tokio::spawn(async move {
+            let (r, _) = post(
+                &url,
+                &[
+                    ("x-session-id", "conc-1"),
+                    ("x-mock-input-tokens", &input),
+                    ("x-mock-output-chunks", &out),
+                    ("x-mock-chunk-delay-ms", "2"),
+                ],
+                &body,
+            )
+            .await;
+            r.status().as_u16()
+        }));
+    }
+    let mut ok = 0u64;
+    let mut refused = 0u64;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => refused += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(ok >= 1, "{ok} admitted");
+    assert!(refused >= 1, "none refused");
+    assert_eq!(m.stats().requests, ok);
+    let view = session_view(&p, "conc-1").await;
+    let spent = view["tokens"]["total"].as_u64().unwrap();
+    assert_eq!(spent, ok * per_call);
+    assert!(
+        spent <= limit + M,
+        "spent {spent} > limit {limit} + max output {M}"
+    );
+}
+
+#[tokio::test]
+async fn a_windowed_limit_sets_retry_after_and_reopens() {
+    let m = mock().await;
+    let p = TestProxy::to("b-window", m.addr(), &session_limit(18, "2s", "")).await;
+    // Calls until one is refused (a call may straddle a window boundary and reopen it).
+    let mut refusal = None;
+    for _ in 0..4 {
+        let before = unix_now();
+        let (r, body) = call16(&p, "win-1").await;
+        let after = unix_now();
+        if r.status() == 429 {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["error"]["code"], "session_token_budget_exceeded");
+            assert!(r.headers().get("x-should-retry").is_none());
+            refusal = Some((r, before, after));
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    let (r, before, after) = refusal.expect("a second call in one 2 s window is refused");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Fixed windows aligned to the epoch: seconds until the current 2 s window ends.
+    let expect = |now: u64| (now - now % 2 + 2) - now;
+    assert!(
+        retry == expect(before) || retry == expect(after),
+        "Retry-After {retry}, expected {} or {}",
+        expect(before),
+        expect(after)
+    );
+    tokio::time::sleep(Duration::from_secs(retry) + Duration::from_millis(100)).await;
+    let (r, _) = call16(&p, "win-1").await;
+    assert_eq!(r.status(), 200, "the next window admits again");
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn memory_store_spend_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("budgets.json");
+    let m = mock().await;
+    let cfg = format!(
+        "budgets:\n  store:\n    snapshot_path: {}\n  limits:\n    - scope: session\n      tokens: 40\n",
+        snap.display()
+    );
+    let p = TestProxy::to("b-persist", m.addr(), &cfg).await;
+    let (r, _) = post(
+        &p.url("/v1/chat/completions"),
+        &[
+            ("x-session-id", "persist-1"),
+            ("x-mock-input-tokens", "40"),
+            ("x-mock-output-chunks", "8"),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    p.stop().await; // shutdown writes the snapshot
+    assert!(snap.exists(), "no snapshot at {}", snap.display());
+    let p = TestProxy::to("b-persist", m.addr(), &cfg).await;
+    let view = session_view(&p, "persist-1").await;
+    assert_eq!(view["tokens"]["total"], 48);
+    let (r, _) = call16(&p, "persist-1").await;
+    assert_eq!(r.status(), 429, "spend from before the restart counts");
+}
+
+#[tokio::test]
+async fn admin_api_views_ranks_and_resets_sessions() {
+    let m = mock().await;
+    let cfg = format!(
+        "{}admin_token: s3cret\npricing:\n  gpt-4o-mini: {{ input: 1.0, output: 2.0 }}\n",
+        session_limit(50, "lifetime", "")
+    );
+    let p = TestProxy::to("b-admin", m.addr(), &cfg).await;
+    assert_eq!(call16(&p, "adm-a").await.0.status(), 200);
+    assert_eq!(call16(&p, "adm-a").await.0.status(), 200);
+    assert_eq!(call16(&p, "adm-b").await.0.status(), 200);
+
+    let view = session_view(&p, "adm-a").await;
+    assert_eq!(view["session"], "adm-a");
+    // 16 input at $1/M + 16 output at $2/M
+    let cost = view["cost_usd"].as_f64().unwrap();
+    assert!((cost - 48e-6).abs() < 1e-12, "{cost}");
+    assert_eq!(view["limits"][0]["scope"], "session");
+
+    let (r, body) = get(&format!("http://{}/v1/sessions?top=1", p.admin)).await;
+    assert_eq!(r.status(), 200);
+    let top: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(top["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(top["sessions"][0]["session"], "adm-a");
+
+    let (r, _) = get(&format!("http://{}/v1/sessions/nobody", p.admin)).await;
+    assert_eq!(r.status(), 404);
+
+    let reset_url = format!("http://{}/v1/sessions/adm-a/reset", p.admin);
+    let (r, _) = post(&reset_url, &[], "").await;
+    assert_eq!(r.status(), 401);
+    let (r, _) = post(&reset_url, &[("authorization", "Bearer wrong")], "").await;
+    assert_eq!(r.status(), 401);
+    let (r, _) = get(&reset_url).await;
+    assert_eq!(r.status(), 405);
+    let (r, _) = post(&reset_url, &[("authorization", "Bearer s3cret")], "").await;
+    assert_eq!(r.status(), 200);
+    let (r, _) = get(&format!("http://{}/v1/sessions/adm-a", p.admin)).await;
+    assert_eq!(r.status(), 404, "reset forgets the session");
+    assert_eq!(call16(&p, "adm-a").await.0.status(), 200);
+
+    let text = p.metrics().await;
+    let cost = metric_value(
+        &text,
+        "tokenwarden_cost_usd_total",
+        &[("agent", "default"), ("model", "gpt-4o-mini")],
+    );
+    assert!(cost >= 4.0 * 24e-6 - 1e-12, "cost metric {cost}");
+}
+
+/// A tiny webhook receiver: every JSON body POSTed to it.
+async fn webhook_receiver() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    webhook_receiver_failing_first(0).await
+}
+
+/// A webhook receiver that answers 500 to its first `failures` requests (still reporting them).
+async fn webhook_receiver_failing_first(
+    failures: usize,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        let b = req.into_body().collect().await.unwrap().to_bytes();
+                        let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                        v["_attempt"] = serde_json::json!(n);
+                        let _ = tx.send(v);
+                        let mut r =
+                            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        if n < failures {
+                            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_failing_webhook_is_retried_with_the_same_alert() {
+    let (hook, mut alerts) = webhook_receiver_failing_first(2).await;
+    let m = mock().await;
+    let cfg = format!(
+        "{}alerts:\n  webhook: http://{hook}/budget\n",
+        session_limit(15, "lifetime", "")
+    );
+    let p = TestProxy::to("b-hook-retry", m.addr(), &cfg).await;
+    assert_eq!(call16(&p, "retry-1").await.0.status(), 200);
+    assert_eq!(call16(&p, "retry-1").await.0.status(), 429);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let a = tokio::time::timeout(Duration::from_secs(10), alerts.recv())
+            .await
+            .expect("alert attempt within 10 s")
+            .unwrap();
+        got.push(a);
+    }
+    // Two refused deliveries, then the same alert accepted.
+    for (i, a) in got.iter().enumerate() {
+        assert_eq!(a["_attempt"], i);
+        assert_eq!(a["decision"], "rejected");
+        assert_eq!(a["session"], "retry-1");
+        assert_eq!(a["time"], got[0]["time"]);
+    }
+}
+
+#[tokio::test]
+async fn the_webhook_receives_warn_and_breach() {
+    let (hook, mut alerts) = webhook_receiver().await;
+    let m = mock().await;
+    let cfg = format!(
+        "{}alerts:\n  webhook: http://{hook}/budget\n",
+        session_limit(50, "lifetime", "      warn_at: 0.5\n")
+    );
+    let p = TestProxy::to("b-hook", m.addr(), &cfg).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(call16(&p, "hook-1").await.0.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let a = tokio::time::timeout(Duration::from_secs(10), alerts.recv())
+            .await
+            .expect("alert within 10 s")
+            .unwrap();
+        got.push(a);
+    }
+    let warn = got
+        .iter()
+        .find(|a| a["decision"] == "warned")
+        .expect("warn alert");
+    assert_eq!(warn["session"], "hook-1");
+    assert_eq!(warn["agent"], "default");
+    assert_eq!(warn["scope"], "session");
+    assert_eq!(warn["limit"], 50.0);
+    assert!(warn["used"].as_f64().unwrap() >= 25.0);
+    assert!(warn["time"].as_str().unwrap().ends_with('Z'));
+    let breach = got
+        .iter()
+        .find(|a| a["decision"] == "rejected")
+        .expect("breach alert");
+    assert_eq!(breach["used"], 48.0);
+    let text = p.metrics().await;
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_budget_decisions_total",
+            &[("scope", "session"), ("decision", "warned")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_cut_stream_ends_with_a_length_finish_and_done() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "b-cut",
+        m.addr(),
+        &session_limit(60, "lifetime", "      action: cut\n"),
+    )
+    .await;
+    let body =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let e = est(Format::OpenAiChat, body);
+    let (r, bytes) = post(
+        &p.url("/v1/chat/completions"),
+        &[
+            ("x-session-id", "cut-1"),
+            ("x-mock-output-chunks", "500"),
+            ("x-mock-chunk-delay-ms", "1"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .expect("every event is one data line")
+        })
+        .collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("each chunk is JSON"))
+        .collect();
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["object"], "chat.completion.chunk");
+    let content = chunks
+        .iter()
+        .filter(|c| c["choices"][0]["delta"]["content"].is_string())
+        .count() as u64;
+    assert!(content > 0 && content < 500, "{content} content chunks");
+    assert!(
+        content >= 60 - e,
+        "cut before the allowance: {content} < {}",
+        60 - e
+    );
+    let text = p.metrics().await;
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_budget_decisions_total",
+            &[("scope", "session"), ("decision", "cut")]
+        ) >= 1.0
+    );
+    // Nothing is left for the next call.
+    let (r, _) = call16(&p, "cut-1").await;
+    assert_eq!(r.status(), 429);
+}
+
+/// Settlement happens however the call ends: after an upstream failure mid-stream and after the
+/// client goes away, nothing stays reserved (used == spent) and the next call is admitted.
+#[tokio::test]
+async fn reservations_are_released_however_the_call_ends() {
+    let m = mock().await;
+    let p = TestProxy::to("b-ends", m.addr(), &session_limit(100_000, "lifetime", "")).await;
+    let stream =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    // Upstream drops the connection mid-stream (the client sees the body fail).
+    {
+        use http_body_util::BodyExt;
+        let req = http::Request::post(p.url("/v1/chat/completions"))
+            .header("x-session-id", "ends-1")
+            .header("x-mock-fault", "drop-mid-stream")
+            .body(http_body_util::Full::new(bytes::Bytes::from(stream)))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.into_body().collect().await.is_err(),
+            "the stream was cut short"
+        );
+    }
+    // The client goes away mid-stream.
+    {
+        use http_body_util::BodyExt;
+        let req = http::Request::post(p.url("/v1/chat/completions"))
+            .header("x-session-id", "ends-1")
+            .header("x-mock-output-chunks", "1000")
+            .header("x-mock-chunk-delay-ms", "5")
+            .body(http_body_util::Full::new(bytes::Bytes::from(stream)))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        let mut body = resp.into_body();
+        let _ = body.frame().await;
+        drop(body);
+    }
+    let settled = eventually(Duration::from_secs(10), || async {
+        let v = session_view(&p, "ends-1").await;
+        v["limits"][0]["used"].as_f64() == v["tokens"]["total"].as_f64()
+            && v["tokens"]["total"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert!(
+        settled,
+        "a reservation was left behind: {}",
+        session_view(&p, "ends-1").await
+    );
+}
+
+#[tokio::test]
+async fn observe_limits_count_but_never_refuse() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "b-observe",
+        m.addr(),
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: agent\n      tokens: 20\n      action: observe\n",
+    )
+    .await;
+    for _ in 0..3 {
+        let (r, _) = post(
+            &p.url("/v1/chat/completions"),
+            &[
+                ("x-agent-name", "observed-agent"),
+                ("x-mock-input-tokens", "8"),
+                ("x-mock-output-chunks", "8"),
+            ],
+            CHAT,
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    let text = p.metrics().await;
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_budget_exceeded_total",
+            &[("scope", "agent"), ("agent", "observed-agent")]
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_budget_decisions_total",
+            &[("scope", "agent"), ("decision", "observed")]
+        ) >= 1.0
+    );
+    let ratio = metric_value(
+        &text,
+        "tokenwarden_budget_used_ratio",
+        &[("scope", "agent"), ("agent", "observed-agent")],
+    );
+    assert!(ratio >= 1.0, "used ratio {ratio}");
+}
+
+#[tokio::test]
+async fn an_agent_usd_limit_refuses_with_its_own_code() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "b-usd",
+        m.addr(),
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: agent\n      usd: 0.001\n      window: 1d\npricing:\n  gpt-4o-mini: { input: 10.0, output: 10.0 }\n",
+    )
+    .await;
+    let hdrs = [
+        ("x-agent-name", "usd-agent"),
+        ("x-mock-input-tokens", "100"),
+        ("x-mock-output-chunks", "8"),
+    ];
+    // 108 tokens at $10/M = $0.00108: over the limit after one call.
+    let (r, _) = post(&p.url("/v1/chat/completions"), &hdrs, CHAT).await;
+    assert_eq!(r.status(), 200);
+    let (r, body) = post(&p.url("/v1/chat/completions"), &hdrs, CHAT).await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=86_400).contains(&retry));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "agent_usd_budget_exceeded");
+    // Another agent has its own budget.
+    let (r, _) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "usd-other")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}

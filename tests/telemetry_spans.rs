@@ -576,3 +576,55 @@ async fn content_capture_records_messages_in_the_conventions_shapes() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn budget_decisions_reach_the_span() {
+    let (rx, mock, proxy) = setup(
+        "grpc",
+        "budgets:\n  store: {kind: memory, snapshot_path: ''}\n  limits:\n    - {scope: session, tokens: 5, action: reject}\n",
+    )
+    .await;
+    let chat = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"a question long enough to need more than five tokens of budget"}]}"#;
+    let (resp, _) = post(
+        &proxy.url("/v1/chat/completions"),
+        &[("x-session-id", "budget-1")],
+        chat,
+    )
+    .await;
+    assert_eq!(resp.status(), 429);
+    let r = rx
+        .wait_for("for the refused call", |r| {
+            has(r, "session.id", s("budget-1"))
+        })
+        .await;
+    let a = attrs(&r.span);
+    assert_eq!(
+        a.get("tokenwarden.budget.decision"),
+        Some(&s("rejected")),
+        "{a:#?}"
+    );
+    assert_eq!(a.get("http.response.status_code"), Some(&V::I(429)));
+    assert_eq!(
+        r.span.status.as_ref().unwrap().code,
+        OtelStatus::Error as i32
+    );
+    assert_eq!(mock.stats().requests, 0, "a refusal never goes upstream");
+
+    let (resp, _) = post(
+        &proxy.url("/v1/chat/completions"),
+        &[("x-session-id", "budget-2")],
+        r#"{"model":"gpt-4o-mini","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let r = rx
+        .wait_for("for the admitted call", |r| {
+            has(r, "session.id", s("budget-2"))
+        })
+        .await;
+    assert_eq!(
+        attrs(&r.span).get("tokenwarden.budget.decision"),
+        Some(&s("allowed"))
+    );
+    proxy.stop().await;
+}

@@ -211,6 +211,12 @@ pub struct TelemetryConfig {
     /// Capture prompt and completion content on spans (off by default).
     #[serde(default)]
     pub capture_content: bool,
+    /// Regular expressions whose matches are replaced with `[REDACTED]` in captured content.
+    #[serde(default)]
+    pub redact_patterns: Vec<String>,
+    /// Largest captured-content attribute, in bytes (longer content is cut, JSON kept valid).
+    #[serde(default = "default_max_content_bytes")]
+    pub max_content_bytes: usize,
     /// Distinct values per traffic-derived metric label before new ones report as `other`.
     #[serde(default = "default_max_label_values")]
     pub max_label_values: usize,
@@ -612,6 +618,8 @@ impl Default for TelemetryConfig {
             otlp: None,
             conventions: Conventions::default(),
             capture_content: false,
+            redact_patterns: Vec::new(),
+            max_content_bytes: default_max_content_bytes(),
             max_label_values: default_max_label_values(),
             inject_stream_usage: true,
         }
@@ -717,6 +725,9 @@ fn default_service_name() -> String {
 }
 fn default_max_label_values() -> usize {
     200
+}
+fn default_max_content_bytes() -> usize {
+    16 * 1024
 }
 fn default_snapshot_path() -> PathBuf {
     PathBuf::from("data/budgets.json")

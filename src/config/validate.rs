@@ -76,6 +76,14 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.telemetry.max_label_values == 0 {
         return Err(invalid("telemetry.max_label_values", "must be > 0"));
     }
+    for (i, p) in config.telemetry.redact_patterns.iter().enumerate() {
+        if let Err(e) = regex::Regex::new(p) {
+            return Err(invalid(
+                &format!("telemetry.redact_patterns[{i}]"),
+                &e.to_string(),
+            ));
+        }
+    }
     if let Some(otlp) = &config.telemetry.otlp {
         check_upstream_url(&otlp.endpoint).map_err(|m| invalid("telemetry.otlp.endpoint", &m))?;
     }

@@ -68,6 +68,8 @@ pub enum UsageSource {
 /// What an LLM call came to, for spans, budgets and the access log.
 #[derive(Debug, Clone)]
 pub struct Finished {
+    /// What the request said.
+    pub facts: RequestFacts,
     /// What the response said, usage filled in by estimate where it said none.
     pub record: ResponseRecord,
     /// Where the usage came from.
@@ -333,6 +335,7 @@ impl LlmCall {
             }
         }
         Finished {
+            facts: self.facts,
             record,
             usage_source,
             first_output: self.first_output,

@@ -19,8 +19,9 @@ use crate::body::{BodyEnd, Observer};
 use crate::budget::cut::CutSignal;
 use crate::budget::{Admission, Spent};
 use crate::telemetry::metrics as m;
+use crate::telemetry::spans::{CallSpan, SpanEnd};
 
-use super::accounting::{CallLabels, Ending, LlmCall};
+use super::accounting::{CallLabels, Ending, LlmCall, UsageSource};
 use super::error::UpstreamErrorKind;
 
 /// One request in flight.
@@ -45,10 +46,11 @@ pub struct Call {
     llm: Option<LlmCall>,
     session: Option<Arc<str>>,
     step: Option<u64>,
+    span: Option<Box<CallSpan>>,
+    policy_violations: Vec<&'static str>,
     budget: Option<Admission>,
     budget_decision: Option<&'static str>,
     cut: Option<Arc<CutSignal>>,
-    policy_violations: Vec<&'static str>,
     finished: bool,
 }
 
@@ -96,10 +98,11 @@ impl Call {
             llm: None,
             session: None,
             step: None,
+            span: None,
+            policy_violations: Vec::new(),
             budget: None,
             budget_decision: None,
             cut: None,
-            policy_violations: Vec::new(),
             finished: false,
         }
     }
@@ -118,6 +121,16 @@ impl Call {
     /// Step number of this call in its session.
     pub fn step(&self) -> Option<u64> {
         self.step
+    }
+
+    /// Trace this call with `span` (only when spans are exported).
+    pub fn set_span(&mut self, span: CallSpan) {
+        self.span = Some(Box::new(span));
+    }
+
+    /// The call's span, when spans are exported.
+    pub fn span_mut(&mut self) -> Option<&mut CallSpan> {
+        self.span.as_deref_mut()
     }
 
     /// Hold the call's budget reservations until it finishes (then they are settled).
@@ -142,21 +155,21 @@ impl Call {
         self.budget_decision
     }
 
-    /// End the response stream once `signal` fires (it is shared with the response body).
-    pub fn set_cut(&mut self, signal: Arc<CutSignal>) {
-        self.cut = Some(signal);
-    }
-
-    /// Note a policy this call broke (flagged or blocked), for its span.
+    /// Record a policy the call violated, for the span's `tokenwarden.policy.violations`.
     pub fn add_policy_violation(&mut self, policy: &'static str) {
         if !self.policy_violations.contains(&policy) {
             self.policy_violations.push(policy);
         }
     }
 
-    /// Policies this call broke so far.
+    /// Policies the call violated, in the order noted.
     pub fn policy_violations(&self) -> &[&'static str] {
         &self.policy_violations
+    }
+
+    /// End the response stream once `signal` fires (it is shared with the response body).
+    pub fn set_cut(&mut self, signal: Arc<CutSignal>) {
+        self.cut = Some(signal);
     }
 
     /// Labels shared by the call's series (route, provider, operation, agent).
@@ -188,6 +201,9 @@ impl Call {
     pub fn on_response_headers(&mut self, headers: &http::HeaderMap) {
         if let Some(llm) = self.llm.as_mut() {
             llm.on_response(headers);
+        }
+        if let Some(span) = self.span.as_mut() {
+            span.on_response_headers(headers);
         }
     }
 
@@ -287,6 +303,27 @@ impl Call {
         for policy in finished.iter().flat_map(|f| f.policy_violations.iter()) {
             self.add_policy_violation(policy);
         }
+        if let (Some(span), Some(f)) = (self.span.take(), finished.as_ref()) {
+            span.finish(&SpanEnd {
+                labels: &self.base,
+                facts: &f.facts,
+                record: &f.record,
+                error_type: f.error_type.as_deref(),
+                status: self.status,
+                now,
+                upstream_sent: self.upstream_sent,
+                first_output: f.first_output,
+                streamed: f.streamed,
+                usage_source: match f.usage_source {
+                    UsageSource::None => None,
+                    source => Some(source.as_str()),
+                },
+                session: self.session.as_ref(),
+                step: self.step,
+                budget_decision: self.budget_decision,
+                policy_violations: &self.policy_violations,
+            });
+        }
         if let Some(overhead) = self.overhead() {
             histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())
                 .record(overhead.as_secs_f64());
@@ -339,6 +376,9 @@ impl Observer for Call {
                 cut.observe(llm.output_events());
             }
         }
+        if let Some(span) = self.span.as_mut() {
+            span.on_data(data);
+        }
     }
 
     fn on_end(mut self, end: BodyEnd) {
@@ -375,5 +415,119 @@ fn status_class(s: StatusCode) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::*;
+    use crate::config::Conventions;
+    use crate::providers::Format;
+    use crate::proxy::inspect::RequestFacts;
+    use crate::telemetry::labels::Labels;
+    use crate::telemetry::spans::Spans;
+    use opentelemetry::{KeyValue, Value};
+
+    fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+        attrs
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    #[tokio::test]
+    async fn budget_decision_and_policy_violations_reach_the_span() {
+        let (spans, mut rx) = Spans::for_test(Conventions::Genai, None);
+        let started = Instant::now();
+        let mut call = Call::new(
+            CallInfo {
+                route: Arc::from("r"),
+                provider: "openai",
+                operation: "chat",
+                agent: Arc::from("a"),
+                method: Method::POST,
+                path: "/v1/chat/completions".into(),
+                access_log: false,
+            },
+            started,
+        );
+        call.set_span(spans.start(
+            &http::HeaderMap::new(),
+            Arc::from("api.example"),
+            443,
+            started,
+        ));
+        let facts = RequestFacts {
+            format: Format::OpenAiChat,
+            model: Some("gpt-4o".into()),
+            stream: false,
+            include_usage: false,
+            max_tokens: None,
+            tools: Vec::new(),
+            user: None,
+        };
+        call.set_llm(LlmCall::new(facts, Arc::new(Labels::new(10))));
+        call.set_budget_decision("rejected");
+        call.add_policy_violation("denied_tool");
+        call.add_policy_violation("max_steps");
+        call.add_policy_violation("denied_tool");
+        assert_eq!(call.budget_decision(), Some("rejected"));
+        assert_eq!(call.policy_violations(), &["denied_tool", "max_steps"]);
+        call.finish_local(StatusCode::TOO_MANY_REQUESTS, 0);
+
+        let span = rx.try_recv().expect("one span");
+        assert_eq!(span.name, "chat gpt-4o");
+        assert_eq!(
+            find(&span.attributes, "tokenwarden.budget.decision").map(Value::as_str),
+            Some("rejected".into())
+        );
+        let Some(Value::Array(opentelemetry::Array::String(v))) =
+            find(&span.attributes, "tokenwarden.policy.violations")
+        else {
+            panic!("no violations: {:?}", span.attributes);
+        };
+        assert_eq!(
+            v.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            ["denied_tool", "max_steps"]
+        );
+        assert_eq!(
+            find(&span.attributes, "error.type").map(Value::as_str),
+            Some("429".into())
+        );
+        assert!(rx.try_recv().is_err(), "exactly one span");
+    }
+
+    #[tokio::test]
+    async fn no_setters_no_attributes() {
+        let (spans, mut rx) = Spans::for_test(Conventions::Genai, None);
+        let started = Instant::now();
+        let mut call = Call::new(
+            CallInfo {
+                route: Arc::from("r"),
+                provider: "openai",
+                operation: "chat",
+                agent: Arc::from("a"),
+                method: Method::POST,
+                path: "/".into(),
+                access_log: false,
+            },
+            started,
+        );
+        call.set_span(spans.start(&http::HeaderMap::new(), Arc::from("h"), 80, started));
+        let facts = RequestFacts {
+            format: Format::OpenAiChat,
+            model: None,
+            stream: false,
+            include_usage: false,
+            max_tokens: None,
+            tools: Vec::new(),
+            user: None,
+        };
+        call.set_llm(LlmCall::new(facts, Arc::new(Labels::new(10))));
+        call.finish_local(StatusCode::OK, 0);
+        let span = rx.try_recv().expect("one span");
+        assert_eq!(span.name, "chat", "no model: the operation alone");
+        assert!(find(&span.attributes, "tokenwarden.budget.decision").is_none());
+        assert!(find(&span.attributes, "tokenwarden.policy.violations").is_none());
     }
 }

@@ -41,6 +41,8 @@ use crate::config::Config;
 use crate::policy::{Policies, PolicySet};
 use crate::session::{SessionSource, Sessions};
 use crate::telemetry::labels::Labels;
+use crate::telemetry::spans::Spans;
+use crate::telemetry::trace_context::TRACEPARENT;
 
 use error::UpstreamErrorKind;
 use protocol::ErrorShape;
@@ -67,6 +69,7 @@ pub struct Proxy {
     inject_stream_usage: bool,
     session_source: SessionSource,
     sessions: Arc<Sessions>,
+    spans: Option<Arc<Spans>>,
     budgets: Option<Arc<Budgets>>,
     policies: Arc<Policies>,
 }
@@ -105,8 +108,20 @@ impl Proxy {
             inject_stream_usage: config.telemetry.inject_stream_usage,
             session_source: SessionSource::new(&config.identity.session_headers),
             sessions: Arc::new(Sessions::new(config.identity.session_idle_timeout)),
+            spans: None,
             budgets: Budgets::from_config(config)?,
         })
+    }
+
+    /// Export a span per LLM call through `spans` (`None`: no span work at all).
+    pub fn with_spans(mut self, spans: Option<Arc<Spans>>) -> Self {
+        self.spans = spans;
+        self
+    }
+
+    /// Span export, when configured.
+    pub fn spans(&self) -> Option<&Arc<Spans>> {
+        self.spans.as_ref()
     }
 
     /// The budget service, when limits or prices are configured.
@@ -167,6 +182,10 @@ impl Proxy {
             },
             started,
         );
+        if let Some(spans) = &self.spans {
+            let host = Arc::from(route.authority.host());
+            call.set_span(spans.start(&parts.headers, host, route.port(), started));
+        }
 
         let body = match read_body(body, &parts.headers, self.max_body).await {
             Ok(b) => b,
@@ -220,6 +239,9 @@ impl Proxy {
             }
             llm.set_request_body(body.clone());
             call.set_llm(llm);
+            if let Some(span) = call.span_mut() {
+                span.capture_request(&body, &parts.headers);
+            }
         }
         // Budget admission: after the request is read, before anything goes upstream.
         if let (Some(budgets), Some((format, sent_body, model, max_output))) =
@@ -250,6 +272,12 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         // The client sets Host from the upstream URI (HTTP/1) or sends :authority (HTTP/2).
         parts.headers.remove(HOST);
+        if call.llm_mut().is_some() {
+            // The upstream call is our span's child; the agent's tracestate goes on as sent.
+            if let Some(span) = call.span_mut() {
+                parts.headers.insert(TRACEPARENT, span.traceparent());
+            }
+        }
         if had_length || !body.is_empty() {
             // The body is re-framed by length: a chunked request body was collected whole.
             parts

@@ -79,6 +79,17 @@ impl Router {
 // === impl Route ===
 
 impl Route {
+    /// Upstream port: the URL's, else the scheme's default (`server.port` on spans).
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
+    }
+
     fn build(cfg: &RouteConfig, upstream: &UpstreamConfig) -> Result<Self, RouteError> {
         let bad = |reason: &str| RouteError::BadUpstream {
             route: cfg.name.clone(),

@@ -43,6 +43,9 @@ pub enum StartError {
     /// A route or the budget service could not be built.
     #[error(transparent)]
     Proxy(#[from] ProxyBuildError),
+    /// Span export could not be set up.
+    #[error(transparent)]
+    Spans(#[from] crate::telemetry::spans::SpansError),
 }
 
 /// A bound, not yet running server.
@@ -78,7 +81,8 @@ impl Health {
 impl Server {
     /// Bind the proxy and admin listeners and build the proxy.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
-        let proxy = Arc::new(Proxy::new(&config)?);
+        let spans = crate::telemetry::spans::Spans::from_config(&config.telemetry)?;
+        let proxy = Arc::new(Proxy::new(&config)?.with_spans(spans));
         let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
         metrics::install();
@@ -169,6 +173,10 @@ impl Server {
         if let Some(r) = reload {
             r.abort();
         }
+        if let Some(spans) = self.proxy.spans() {
+            // The last calls' spans; a collector that is down costs at most this long.
+            spans.flush(SPAN_FLUSH).await;
+        }
         match drained {
             Ok(()) => {
                 tracing::info!("shutdown: drained");
@@ -184,6 +192,9 @@ impl Server {
         }
     }
 }
+
+/// Longest wait for queued spans to export at shutdown.
+const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)

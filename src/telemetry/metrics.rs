@@ -66,6 +66,46 @@ pub const CONFIG_RELOAD_TOTAL: &str = "tokenwarden_config_reload_total";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "tokenwarden_build_info";
 
+/// Spans dropped because the export queue was full or the collector failed.
+pub const SPANS_DROPPED_TOTAL: &str = "tokenwarden_spans_dropped_total";
+
+// --- Contract names recorded by modules not written yet (policies, context). Defined here so
+// their recorders use the name CONTRACT.md fixes; `CONTRACT_NAMES` lists every contract name.
+
+/// Policy violations by agent and policy.
+pub const POLICY_VIOLATIONS_TOTAL: &str = "tokenwarden_policy_violations_total";
+/// Tool results the agent sent back, by agent, tool and outcome (ok|error).
+pub const TOOL_RESULTS_TOTAL: &str = "tokenwarden_tool_results_total";
+/// Estimated input tokens over the model's context window, by model.
+pub const CONTEXT_UTILIZATION_RATIO: &str = "tokenwarden_context_utilization_ratio";
+
+/// Every metric name CONTRACT.md fixes, in its order.
+pub const CONTRACT_NAMES: &[&str] = &[
+    GEN_AI_TOKEN_USAGE,
+    GEN_AI_OPERATION_DURATION,
+    GEN_AI_TIME_TO_FIRST_CHUNK,
+    GEN_AI_TIME_PER_OUTPUT_CHUNK,
+    REQUESTS_TOTAL,
+    TOKENS_TOTAL,
+    COST_USD_TOTAL,
+    BUDGET_DECISIONS_TOTAL,
+    BUDGET_EXCEEDED_TOTAL,
+    BUDGET_USED_RATIO,
+    POLICY_VIOLATIONS_TOTAL,
+    TOOL_CALLS_TOTAL,
+    TOOL_RESULTS_TOTAL,
+    CONTEXT_UTILIZATION_RATIO,
+    UPSTREAM_ERRORS_TOTAL,
+    CLIENT_DISCONNECTS_TOTAL,
+    UNPARSED_BODIES_TOTAL,
+    SESSIONS_ACTIVE,
+    SESSION_STEPS,
+    SESSION_DURATION_SECONDS,
+    OVERHEAD_SECONDS,
+    SPANS_DROPPED_TOTAL,
+    BUILD_INFO,
+];
+
 /// Buckets for the sidecar's own overhead: tens of microseconds to tens of milliseconds.
 const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -140,6 +180,8 @@ pub fn install() -> PrometheusHandle {
             let _ = metrics::set_global_recorder(recorder);
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            // Present from the start, so an alert on its rate has a series to read.
+            metrics::counter!(SPANS_DROPPED_TOTAL).absolute(0);
             handle
         })
         .clone()
@@ -284,4 +326,9 @@ fn describe() {
         "Config reloads by result (ok|error); a failed reload keeps the running config."
     );
     describe_gauge!(BUILD_INFO, "Constant 1, labelled with the running version.");
+    describe_counter!(
+        SPANS_DROPPED_TOTAL,
+        Unit::Count,
+        "Spans not exported: the export queue was full or the collector failed."
+    );
 }

@@ -1,5 +1,11 @@
-//! Logs and metrics: the subscriber, the Prometheus recorder, and bounded label values.
+//! Logs, metrics and spans: the subscriber, the Prometheus recorder, bounded label values, and
+//! the per-call OTLP span (trace context, GenAI / OpenInference attributes, content capture).
 
+pub mod content;
 pub mod labels;
 pub mod logging;
 pub mod metrics;
+pub mod openinference;
+pub mod otlp;
+pub mod spans;
+pub mod trace_context;

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Span export cost: throughput at c=64 through three tokenwarden processes in one run —
+# export off, export on with a collector up (examples/otlp-sink, OTLP/gRPC), export on with the
+# collector down (nothing listens on its port) — same mock, reps interleaved.
+#
+#   bench/telemetry.sh                 # DUR=10 REPS=3 CONC=64 MODES="nonstream stream"
+#   DUR=2 REPS=1 bench/telemetry.sh    # smoke
+#
+# Proxies pinned to CPU 1, wrk, the mock and the sink to CPU 0, all on 127.0.0.1 (ports
+# BASE..BASE+13 and BASE-4000 for the sink; BASE defaults to 18500). Needs wrk and the kit's post.lua (../shared/bench, or POST_LUA).
+# Prints a markdown table; only processes started here are stopped on exit.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+B="${BASE:-18500}"
+DUR="${DUR:-10}" REPS="${REPS:-3}" CONC="${CONC:-64}" MODES="${MODES:-nonstream stream}"
+POST_LUA="${POST_LUA:-$REPO/../shared/bench/post.lua}"
+TW_BIN="${TW_BIN:-$REPO/target/release/tokenwarden}"
+TWMOCK_BIN="${TWMOCK_BIN:-$REPO/target/release/tokenwarden-mock}"
+SINK_BIN="${SINK_BIN:-$REPO/target/release/examples/otlp-sink}"
+command -v wrk >/dev/null || { echo "wrk not found (apt-get install -y wrk)" >&2; exit 2; }
+[ -f "$POST_LUA" ] || { echo "post.lua not found at $POST_LUA (set POST_LUA)" >&2; exit 2; }
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  (cd "$REPO" && cargo build --release --bins --example otlp-sink >&2)
+fi
+for b in "$TW_BIN" "$TWMOCK_BIN" "$SINK_BIN"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 2; }; done
+
+for port in $(seq "$B" $((B + 13))) $((B - 4000)) $((B - 3990)); do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    echo "port $port is in use: pick another BASE" >&2; exit 2
+  fi
+done
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+taskset -c 0 "$TWMOCK_BIN" --listen 127.0.0.1:$B --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!)
+SINK_PORT=$((B - 4000)); DEAD_PORT=$((B - 3990))
+taskset -c 0 "$SINK_BIN" 127.0.0.1:$SINK_PORT >"$WORK/sink.log" 2>&1 & PIDS+=($!)
+
+declare -A PORT=([off]=$((B + 1)) [up]=$((B + 2)) [down]=$((B + 3))) ADMIN=([off]=$((B + 11)) [up]=$((B + 12)) [down]=$((B + 13))) TWPID=()
+for t in off up down; do
+  otlp=""
+  [ "$t" = up ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$SINK_PORT', protocol: grpc}}"
+  [ "$t" = down ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$DEAD_PORT', protocol: grpc}}"
+  cat >"$WORK/$t.yaml" <<YAML
+listen: 127.0.0.1:${PORT[$t]}
+admin_listen: 127.0.0.1:${ADMIN[$t]}
+logging:
+  access_log: false
+routes:
+  - name: mock
+    path_prefix: /
+    upstream: http://127.0.0.1:$B
+$otlp
+YAML
+  taskset -c 1 "$TW_BIN" --config "$WORK/$t.yaml" >"$WORK/$t.log" 2>&1 & PIDS+=($!); TWPID[$t]=$!
+done
+for port in $B ${PORT[off]} ${PORT[up]} ${PORT[down]} ${ADMIN[off]} ${ADMIN[up]} ${ADMIN[down]} $SINK_PORT; do
+  for _ in $(seq 1 80); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+for t in off up down; do
+  kill -0 "${TWPID[$t]}" 2>/dev/null || { echo "tokenwarden ($t) exited:" >&2; cat "$WORK/$t.log" >&2; exit 1; }
+done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK="$(getconf CLK_TCK)"
+echo -e "mode\ttarget\trep\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors" >"$WORK/results.tsv"
+for rep in $(seq 1 "$REPS"); do
+  for mode in $MODES; do
+    for t in off up down; do
+      c0=$(cpu_ticks "${TWPID[$t]}")
+      out=$(MODE=$mode taskset -c 0 wrk -t1 -c"$CONC" -d"${DUR}s" -s "$POST_LUA" \
+        "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" | grep '^JSON ' | cut -c6-)
+      c1=$(cpu_ticks "${TWPID[$t]}")
+      python3 - "$mode" "$t" "$rep" "$out" "$c0" "$c1" "$TICK" >>"$WORK/results.tsv" <<'PY'
+import json, sys
+mode, t, rep, out, c0, c1, tick = sys.argv[1:]
+j = json.loads(out)
+cpu_us = (int(c1) - int(c0)) / int(tick) * 1e6
+errs = sum(j[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+print(f"{mode}\t{t}\t{rep}\t{j['rps']:.0f}\t{j['p50_us']}\t{j['p99_us']}\t{cpu_us / max(j['requests'], 1):.1f}\t{errs}")
+PY
+    done
+  done
+done
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}'; }
+DROP_UP=$(metric "${ADMIN[up]}" tokenwarden_spans_dropped_total); DROP_DOWN=$(metric "${ADMIN[down]}" tokenwarden_spans_dropped_total)
+sleep 1.5
+SINK=$(grep '^spans ' "$WORK/sink.log" | tail -1 | cut -d' ' -f2)
+python3 - "$WORK/results.tsv" "$DROP_UP" "$DROP_DOWN" "$SINK" "$DUR" "$REPS" "$CONC" <<'PY'
+import csv, statistics, sys
+path, drop_up, drop_down, sink, dur, reps, conc = sys.argv[1:]
+rows = list(csv.DictReader(open(path), delimiter="\t"))
+print(f"wrk -t1 -c{conc} -d{dur}s × {reps} reps (interleaved off/up/down), tokenwarden-mock (20-chunk streams), proxies on CPU 1\n")
+print("| mode | export | rps (median; per rep) | vs off | p50 ms | p99 ms | CPU µs/req | errors |")
+print("|---|---|---|---|---|---|---|---|")
+label = {"off": "off", "up": "on, collector up", "down": "on, collector down"}
+for mode in dict.fromkeys(r["mode"] for r in rows):
+    base = None
+    for t in ("off", "up", "down"):
+        rs = [r for r in rows if r["mode"] == mode and r["target"] == t]
+        rps = [float(r["rps"]) for r in rs]
+        med = statistics.median(rps)
+        base = base or med
+        p50 = statistics.median(float(r["p50_us"]) for r in rs) / 1000
+        p99 = statistics.median(float(r["p99_us"]) for r in rs) / 1000
+        cpu = statistics.median(float(r["cpu_us_per_req"]) for r in rs)
+        errs = sum(int(r["errors"]) for r in rs)
+        per = "/".join(f"{x:.0f}" for x in rps)
+        print(f"| {mode} | {label[t]} | {med:.0f} ({per}) | {med / base:.3f}× | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {errs} |")
+print(f"\nspans received by the collector: {sink}; tokenwarden_spans_dropped_total: collector up {drop_up}, collector down {drop_down}")
+PY

@@ -1,0 +1,146 @@
+//! W3C Trace Context: read the agent's `traceparent` / `tracestate`, and write the
+//! `traceparent` that names our span on the upstream request.
+//!
+//! Parsing follows the W3C Trace Context level 1 rules for version `00` and is lenient for
+//! higher versions as the spec asks (read the first four fields, ignore the rest). Anything
+//! malformed is ignored: the call then starts a new trace, it never fails.
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+
+/// `traceparent` header name.
+pub const TRACEPARENT: &str = "traceparent";
+/// `tracestate` header name.
+pub const TRACESTATE: &str = "tracestate";
+
+/// The remote parent named by an incoming `traceparent` (with its `tracestate`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteParent {
+    /// Trace the agent is in.
+    pub trace_id: TraceId,
+    /// The agent's span that made the request.
+    pub span_id: SpanId,
+    /// Sampled flag and the other flags as sent.
+    pub flags: TraceFlags,
+    /// Vendor state, forwarded as is.
+    pub state: TraceState,
+}
+
+/// The parent of the agent's request, if it sent a valid `traceparent`.
+pub fn extract(headers: &HeaderMap) -> Option<RemoteParent> {
+    let tp = headers.get(TRACEPARENT)?.to_str().ok()?;
+    let (trace_id, span_id, flags) = parse_traceparent(tp)?;
+    // An invalid tracestate is dropped, the parent is kept (W3C: tracestate is secondary).
+    let state = headers
+        .get(TRACESTATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    Some(RemoteParent {
+        trace_id,
+        span_id,
+        flags,
+        state,
+    })
+}
+
+/// Parse `version-traceid-spanid-flags`.
+pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let value = value.trim();
+    let mut parts = value.split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2 || !is_lower_hex(version) || version == "ff" {
+        return None;
+    }
+    // Version 00 has exactly four fields; later versions may append more.
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+        return None;
+    }
+    if !is_lower_hex(trace) || !is_lower_hex(span) || !is_lower_hex(flags) {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((trace_id, span_id, TraceFlags::new(flags)))
+}
+
+/// The `traceparent` value naming `span_id` in `trace_id`.
+pub fn format_traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> HeaderValue {
+    let text = format!(
+        "00-{trace_id}-{span_id}-{:02x}",
+        flags.to_u8() & TraceFlags::SAMPLED.to_u8()
+    );
+    // Hex digits and dashes only: always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_the_w3c_example() {
+        let (t, s, f) = parse_traceparent(TP).unwrap();
+        assert_eq!(t.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s.to_string(), "00f067aa0ba902b7");
+        assert!(f.is_sampled());
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn later_versions_may_carry_more_fields() {
+        let v = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-whatever";
+        assert!(parse_traceparent(v).is_some());
+    }
+
+    #[test]
+    fn extracts_state_and_formats_a_child() {
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static(TP));
+        h.insert(
+            TRACESTATE,
+            HeaderValue::from_static("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+        );
+        let p = extract(&h).unwrap();
+        assert_eq!(p.state.get("congo"), Some("t61rcWkgMzE"));
+        let child = SpanId::from_hex("b7ad6b7169203331").unwrap();
+        let v = format_traceparent(p.trace_id, child, p.flags);
+        assert_eq!(
+            v.to_str().unwrap(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! An in-process OTLP trace receiver for tests, on 127.0.0.1 port 0: gRPC (tonic, the
+//! generated `TraceService`) or HTTP/protobuf (hyper, prost decode of `POST /v1/traces`).
+//! It keeps every decoded span with its resource, and the raw protobuf bytes it received.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+/// One received span with its resource attributes.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub span: Span,
+    pub resource: Vec<KeyValue>,
+}
+
+#[derive(Default)]
+struct Store {
+    spans: Mutex<Vec<Received>>,
+    raw: Mutex<Vec<u8>>,
+}
+
+impl Store {
+    fn take(&self, req: &ExportTraceServiceRequest, raw: &[u8]) {
+        self.raw.lock().unwrap().extend_from_slice(raw);
+        let mut spans = self.spans.lock().unwrap();
+        for rs in &req.resource_spans {
+            let resource = rs
+                .resource
+                .as_ref()
+                .map(|r| r.attributes.clone())
+                .unwrap_or_default();
+            for ss in &rs.scope_spans {
+                for s in &ss.spans {
+                    spans.push(Received {
+                        span: s.clone(),
+                        resource: resource.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A running receiver.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    store: Arc<Store>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Grpc(Arc<Store>);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let req = request.into_inner();
+        self.0.take(&req, &req.encode_to_vec());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Receiver {
+    /// OTLP/gRPC on 127.0.0.1:0; the endpoint is `http://ADDR`.
+    pub async fn grpc() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let store = Arc::new(Store::default());
+        let svc = TraceServiceServer::new(Grpc(store.clone()));
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .serve_with_incoming(svc, incoming)
+                .await;
+        });
+        Receiver { addr, store, task }
+    }
+
+    /// OTLP/HTTP protobuf on 127.0.0.1:0; the endpoint is `http://ADDR` (`/v1/traces`).
+    pub async fn http() -> Receiver {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let store = Arc::new(Store::default());
+        let st = store.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<Incoming>| {
+                        let st = st.clone();
+                        async move {
+                            let ok_path = req.uri().path() == "/v1/traces";
+                            let ct = req
+                                .headers()
+                                .get("content-type")
+                                .map(|v| v.to_str().unwrap_or("").to_string())
+                                .unwrap_or_default();
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let status = if !ok_path {
+                                404
+                            } else if ct != "application/x-protobuf" {
+                                415
+                            } else {
+                                match ExportTraceServiceRequest::decode(body.clone()) {
+                                    Ok(r) => {
+                                        st.take(&r, &body);
+                                        200
+                                    }
+                                    Err(_) => 400,
+                                }
+                            };
+                            let resp = ExportTraceServiceResponse {
+                                partial_success: None,
+                            };
+                            Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/x-protobuf")
+                                    .body(Full::new(Bytes::from(resp.encode_to_vec())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, store, task }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Received> {
+        self.store.spans.lock().unwrap().clone()
+    }
+
+    /// Every protobuf byte received so far.
+    pub fn raw(&self) -> Vec<u8> {
+        self.store.raw.lock().unwrap().clone()
+    }
+
+    /// Wait (up to 20 s) until a span matching `f` arrives, and return it.
+    pub async fn wait_for(&self, what: &str, f: impl Fn(&Received) -> bool) -> Received {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(r) = self.spans().into_iter().find(|r| f(r)) {
+                return r;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "no span {what} within 20 s; received: {:#?}",
+                    self.spans()
+                        .iter()
+                        .map(|r| (&r.span.name, attrs(&r.span)))
+                        .collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A decoded attribute value, simplified for assertions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum V {
+    S(String),
+    I(i64),
+    F(f64),
+    B(bool),
+    A(Vec<V>),
+    Other,
+}
+
+pub fn value(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> V {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(s)) => V::S(s.clone()),
+        Some(AnyValue::IntValue(i)) => V::I(*i),
+        Some(AnyValue::DoubleValue(f)) => V::F(*f),
+        Some(AnyValue::BoolValue(b)) => V::B(*b),
+        Some(AnyValue::ArrayValue(a)) => {
+            V::A(a.values.iter().map(|x| value(&Some(x.clone()))).collect())
+        }
+        _ => V::Other,
+    }
+}
+
+/// A span's attributes by key.
+pub fn attrs(span: &Span) -> HashMap<String, V> {
+    kvs(&span.attributes)
+}
+
+pub fn kvs(list: &[KeyValue]) -> HashMap<String, V> {
+    list.iter()
+        .map(|kv| (kv.key.clone(), value(&kv.value)))
+        .collect()
+}
+
+pub fn s(v: &str) -> V {
+    V::S(v.to_string())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -65,7 +65,10 @@ async fn start_prometheus(scrape: std::net::SocketAddr) -> Prometheus {
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let child = Command::new(prometheus_bin())
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .stdout(Stdio::null())
         .stderr(log)
@@ -183,11 +186,29 @@ async fn traffic(p: &TestProxy) {
         let sid = format!("sre-{s}");
         for _ in 0..3 {
             post(&chat, &[support, ("x-session-id", &sid)], CHAT).await;
-            post(&chat, &[support, ("x-session-id", &sid), ("x-mock-output-chunks", "20")], CHAT_STREAM).await;
+            post(
+                &chat,
+                &[
+                    support,
+                    ("x-session-id", &sid),
+                    ("x-mock-output-chunks", "20"),
+                ],
+                CHAT_STREAM,
+            )
+            .await;
         }
     }
     // Tool calls, approval-required among them.
-    post(&chat, &[support, ("x-session-id", "sre-tools"), ("x-mock-tool-calls", "5")], TOOLS).await;
+    post(
+        &chat,
+        &[
+            support,
+            ("x-session-id", "sre-tools"),
+            ("x-mock-tool-calls", "5"),
+        ],
+        TOOLS,
+    )
+    .await;
     // A denied tool.
     let (r, _) = post(&chat, &[support, ("x-session-id", "sre-deny")], DENIED).await;
     assert_eq!(r.status(), 403, "denied tool refused");
@@ -196,7 +217,12 @@ async fn traffic(p: &TestProxy) {
         post(&chat, &[support, ("x-session-id", "sre-loop")], CHAT).await;
     }
     // Anthropic stream reporting a failed tool result.
-    post(&p.url("/anthropic/v1/messages"), &[support, ("x-session-id", "sre-anth")], MSG).await;
+    post(
+        &p.url("/anthropic/v1/messages"),
+        &[support, ("x-session-id", "sre-anth")],
+        MSG,
+    )
+    .await;
     // Upstream errors: 500s and 429s.
     for fault in ["500", "429", "500"] {
         post(&chat, &[support, ("x-mock-fault", fault)], CHAT).await;
@@ -208,7 +234,9 @@ async fn traffic(p: &TestProxy) {
             .header("x-agent-name", "support")
             .header("x-mock-output-chunks", "500")
             .header("x-mock-chunk-delay-ms", "5")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(CHAT_STREAM.as_bytes())))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                CHAT_STREAM.as_bytes(),
+            )))
             .unwrap();
         let resp = client().request(req).await.unwrap();
         let mut body = http_body_util::BodyStream::new(resp.into_body());
@@ -219,7 +247,11 @@ async fn traffic(p: &TestProxy) {
     for _ in 0..10 {
         let (r, _) = post(
             &chat,
-            &[support, ("x-session-id", "sre-budget"), ("x-mock-input-tokens", "150")],
+            &[
+                support,
+                ("x-session-id", "sre-budget"),
+                ("x-mock-input-tokens", "150"),
+            ],
             CHAT,
         )
         .await;
@@ -238,8 +270,7 @@ async fn dashboards_query_real_metrics_and_the_breach_alert_fires() {
     .await;
     let prom = start_prometheus(p.admin).await;
     let up = eventually(Duration::from_secs(20), || async {
-        query(&prom, "up{job=\"tokenwarden\"} == 1")
-            .await["data"]["result"]
+        query(&prom, "up{job=\"tokenwarden\"} == 1").await["data"]["result"]
             .as_array()
             .is_some_and(|r| !r.is_empty())
     })
@@ -282,5 +313,8 @@ async fn dashboards_query_real_metrics_and_the_breach_alert_fires() {
         })
     })
     .await;
-    assert!(fired, "TokenwardenBudgetBreach fires for the session breach");
+    assert!(
+        fired,
+        "TokenwardenBudgetBreach fires for the session breach"
+    );
 }

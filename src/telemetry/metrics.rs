@@ -69,16 +69,6 @@ pub const BUILD_INFO: &str = "tokenwarden_build_info";
 /// Spans dropped because the export queue was full or the collector failed.
 pub const SPANS_DROPPED_TOTAL: &str = "tokenwarden_spans_dropped_total";
 
-// --- Contract names recorded by modules not written yet (policies, context). Defined here so
-// their recorders use the name CONTRACT.md fixes; `CONTRACT_NAMES` lists every contract name.
-
-/// Policy violations by agent and policy.
-pub const POLICY_VIOLATIONS_TOTAL: &str = "tokenwarden_policy_violations_total";
-/// Tool results the agent sent back, by agent, tool and outcome (ok|error).
-pub const TOOL_RESULTS_TOTAL: &str = "tokenwarden_tool_results_total";
-/// Estimated input tokens over the model's context window, by model.
-pub const CONTEXT_UTILIZATION_RATIO: &str = "tokenwarden_context_utilization_ratio";
-
 /// Every metric name CONTRACT.md fixes, in its order.
 pub const CONTRACT_NAMES: &[&str] = &[
     GEN_AI_TOKEN_USAGE,

@@ -11,33 +11,8 @@ mod common;
 
 use common::*;
 
-fn python() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("TOKENWARDEN_TEST_PYTHON") {
-        return p.into();
-    }
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-sdk/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with the SDKs: run `scripts/test.sh` (it creates .venv-sdk with openai, \
-         anthropic and google-genai from PyPI) or set TOKENWARDEN_TEST_PYTHON to a python that has them"
-    );
-    venv
-}
-
 async fn run_sdk(which: &str, base: &str) -> serde_json::Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_clients.py");
-    let out = tokio::process::Command::new(python())
-        .args([script, which, base])
-        .output()
-        .await
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "{which} SDK run failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(out.stdout.trim_ascii()).expect("SDK script prints JSON")
+    run_sdk_script("sdk_clients.py", which, base).await
 }
 
 #[tokio::test]

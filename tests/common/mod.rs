@@ -312,3 +312,38 @@ pub async fn scripted_upstream() -> (
     });
     (addr, senders_rx)
 }
+
+/// The Python that has the official SDKs: `$TOKENWARDEN_TEST_PYTHON`, else `.venv-sdk/bin/python`
+/// (scripts/test.sh creates it). Missing → the test fails and says how to get one.
+pub fn sdk_python() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("TOKENWARDEN_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-sdk/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with the SDKs: run `scripts/test.sh` (it creates .venv-sdk with openai, \
+         anthropic and google-genai from PyPI) or set TOKENWARDEN_TEST_PYTHON to a python that has them"
+    );
+    venv
+}
+
+/// Run `tests/sdk/<script>` with the SDK Python as `script which base`; its stdout is JSON.
+pub async fn run_sdk_script(script: &str, which: &str, base: &str) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let out = Command::new(sdk_python())
+        .arg(&path)
+        .args([which, base])
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{which} SDK run failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(out.stdout.trim_ascii()).expect("SDK script prints JSON")
+}

@@ -628,3 +628,57 @@ async fn budget_decisions_reach_the_span() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn policy_violations_reach_the_span() {
+    let (rx, mock, proxy) = setup(
+        "http",
+        "agents:\n  pol-agent:\n    denied_tools: [rm_rf]\n    require_approval: [get_weather]\n",
+    )
+    .await;
+    // A request declaring a denied tool: refused, never upstream, the violation on its span.
+    let denied = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"go"}],"tools":[{"type":"function","function":{"name":"rm_rf","parameters":{"type":"object"}}}]}"#;
+    let (resp, _) = post(
+        &proxy.url("/v1/chat/completions"),
+        &[("x-agent-name", "pol-agent"), ("x-session-id", "pol-1")],
+        denied,
+    )
+    .await;
+    assert_eq!(resp.status(), 403);
+    assert_eq!(mock.stats().requests, 0, "a refusal never goes upstream");
+    let r = rx
+        .wait_for("for the refused call", |r| has(r, "session.id", s("pol-1")))
+        .await;
+    assert_eq!(
+        attrs(&r.span).get("tokenwarden.policy.violations"),
+        Some(&V::A(vec![s("denied_tool")]))
+    );
+    // A streamed answer calling a tool that needs approval: flagged on the span after the stream.
+    let tools = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"go"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#;
+    let (resp, _) = post(
+        &proxy.url("/v1/chat/completions"),
+        &[
+            ("x-agent-name", "pol-agent"),
+            ("x-session-id", "pol-2"),
+            ("x-mock-tool-calls", "1"),
+        ],
+        tools,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let r = rx
+        .wait_for("for the flagged call", |r| has(r, "session.id", s("pol-2")))
+        .await;
+    let a = attrs(&r.span);
+    assert_eq!(
+        a.get("tokenwarden.tool_calls"),
+        Some(&V::A(vec![s("get_weather")])),
+        "{a:#?}"
+    );
+    assert_eq!(
+        a.get("tokenwarden.policy.violations"),
+        Some(&V::A(vec![s("approval_required")])),
+        "{a:#?}"
+    );
+    proxy.stop().await;
+}

@@ -204,12 +204,20 @@ impl Proxy {
         }
         let mut budget_facts = None;
         let mut check = None;
+        let mut refusal = None;
         if let Some(f) = facts.as_mut() {
             // Policies run before the upstream request exists: a refusal never reaches it.
             match self.policies.admit(&mut call, f, &mut body) {
                 Ok(c) => check = Some(c),
-                Err(e) => return local_error(call, e, shape),
+                Err(e) => refusal = Some(e),
             }
+        }
+        if let Some(e) = refusal {
+            // Still an LLM call: its span and GenAI metrics record the refusal.
+            if let Some(facts) = facts {
+                call.set_llm(accounting::LlmCall::new(facts, self.labels.clone()));
+            }
+            return local_error(call, e, shape);
         }
         if let Some(facts) = facts {
             if self.budgets.is_some() {

@@ -148,6 +148,7 @@ const CONFIG: &str = r#"
 identity:
   session_idle_timeout: 1s
 budgets:
+  store: { kind: memory, snapshot_path: '' }
   limits:
     - scope: session
       tokens: 400
@@ -199,7 +200,7 @@ async fn traffic(p: &TestProxy) {
         }
     }
     // Tool calls, approval-required among them.
-    post(
+    let (r, b) = post(
         &chat,
         &[
             support,
@@ -209,6 +210,7 @@ async fn traffic(p: &TestProxy) {
         TOOLS,
     )
     .await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&b));
     // A denied tool.
     let (r, _) = post(&chat, &[support, ("x-session-id", "sre-deny")], DENIED).await;
     assert_eq!(r.status(), 403, "denied tool refused");

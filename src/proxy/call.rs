@@ -435,38 +435,48 @@ mod span_tests {
             .map(|kv| &kv.value)
     }
 
-    #[tokio::test]
-    async fn budget_decision_and_policy_violations_reach_the_span() {
-        let (spans, mut rx) = Spans::for_test(Conventions::Genai, None);
-        let started = Instant::now();
-        let mut call = Call::new(
+    /// A chat call on route `r` of agent `a`, as the pipeline starts one.
+    fn llm_call(started: Instant, path: &str) -> Call {
+        Call::new(
             CallInfo {
                 route: Arc::from("r"),
                 provider: "openai",
                 operation: "chat",
                 agent: Arc::from("a"),
                 method: Method::POST,
-                path: "/v1/chat/completions".into(),
+                path: path.into(),
                 access_log: false,
             },
             started,
-        );
-        call.set_span(spans.start(
-            &http::HeaderMap::new(),
-            Arc::from("api.example"),
-            443,
-            started,
-        ));
+        )
+    }
+
+    /// The LLM accounting of an OpenAI chat request for `model`.
+    fn chat_llm(model: Option<&str>) -> LlmCall {
         let facts = RequestFacts {
             format: Format::OpenAiChat,
-            model: Some("gpt-4o".into()),
+            model: model.map(String::from),
             stream: false,
             include_usage: false,
             max_tokens: None,
             tools: Vec::new(),
             user: None,
         };
-        call.set_llm(LlmCall::new(facts, Arc::new(Labels::new(10))));
+        LlmCall::new(facts, Arc::new(Labels::new(10)))
+    }
+
+    #[tokio::test]
+    async fn budget_decision_and_policy_violations_reach_the_span() {
+        let (spans, mut rx) = Spans::for_test(Conventions::Genai, None);
+        let started = Instant::now();
+        let mut call = llm_call(started, "/v1/chat/completions");
+        call.set_span(spans.start(
+            &http::HeaderMap::new(),
+            Arc::from("api.example"),
+            443,
+            started,
+        ));
+        call.set_llm(chat_llm(Some("gpt-4o")));
         call.set_budget_decision("rejected");
         call.add_policy_violation("denied_tool");
         call.add_policy_violation("max_steps");
@@ -501,29 +511,9 @@ mod span_tests {
     async fn no_setters_no_attributes() {
         let (spans, mut rx) = Spans::for_test(Conventions::Genai, None);
         let started = Instant::now();
-        let mut call = Call::new(
-            CallInfo {
-                route: Arc::from("r"),
-                provider: "openai",
-                operation: "chat",
-                agent: Arc::from("a"),
-                method: Method::POST,
-                path: "/".into(),
-                access_log: false,
-            },
-            started,
-        );
+        let mut call = llm_call(started, "/");
         call.set_span(spans.start(&http::HeaderMap::new(), Arc::from("h"), 80, started));
-        let facts = RequestFacts {
-            format: Format::OpenAiChat,
-            model: None,
-            stream: false,
-            include_usage: false,
-            max_tokens: None,
-            tools: Vec::new(),
-            user: None,
-        };
-        call.set_llm(LlmCall::new(facts, Arc::new(Labels::new(10))));
+        call.set_llm(chat_llm(None));
         call.finish_local(StatusCode::OK, 0);
         let span = rx.try_recv().expect("one span");
         assert_eq!(span.name, "chat", "no model: the operation alone");

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Span export cost: throughput at c=64 through three tokenwarden processes in one run —
-# export off, export on with a collector up (examples/otlp-sink, OTLP/gRPC), export on with the
+# export off, export on with a collector up (examples/otlp-sink; OTLP/gRPC, or OTLP/HTTP with
+# PROTOCOL=http), export on with the
 # collector down (nothing listens on its port) — same mock, reps interleaved.
 #
 #   bench/telemetry.sh                 # DUR=10 REPS=3 CONC=64 MODES="nonstream stream"
@@ -15,6 +16,8 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 B="${BASE:-18500}"
 DUR="${DUR:-10}" REPS="${REPS:-3}" CONC="${CONC:-64}" MODES="${MODES:-nonstream stream}"
+PROTOCOL="${PROTOCOL:-grpc}"
+case "$PROTOCOL" in grpc|http) ;; *) echo "PROTOCOL must be grpc or http" >&2; exit 2;; esac
 POST_LUA="${POST_LUA:-$REPO/../shared/bench/post.lua}"
 TW_BIN="${TW_BIN:-$REPO/target/release/tokenwarden}"
 TWMOCK_BIN="${TWMOCK_BIN:-$REPO/target/release/tokenwarden-mock}"
@@ -43,8 +46,8 @@ taskset -c 0 "$SINK_BIN" 127.0.0.1:$SINK_PORT >"$WORK/sink.log" 2>&1 & PIDS+=($!
 declare -A PORT=([off]=$((B + 1)) [up]=$((B + 2)) [down]=$((B + 3))) ADMIN=([off]=$((B + 11)) [up]=$((B + 12)) [down]=$((B + 13))) TWPID=()
 for t in off up down; do
   otlp=""
-  [ "$t" = up ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$SINK_PORT', protocol: grpc}}"
-  [ "$t" = down ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$DEAD_PORT', protocol: grpc}}"
+  [ "$t" = up ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$SINK_PORT', protocol: $PROTOCOL}}"
+  [ "$t" = down ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$DEAD_PORT', protocol: $PROTOCOL}}"
   cat >"$WORK/$t.yaml" <<YAML
 listen: 127.0.0.1:${PORT[$t]}
 admin_listen: 127.0.0.1:${ADMIN[$t]}
@@ -91,11 +94,11 @@ metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print
 DROP_UP=$(metric "${ADMIN[up]}" tokenwarden_spans_dropped_total); DROP_DOWN=$(metric "${ADMIN[down]}" tokenwarden_spans_dropped_total)
 sleep 1.5
 SINK=$(grep '^spans ' "$WORK/sink.log" | tail -1 | cut -d' ' -f2)
-python3 - "$WORK/results.tsv" "$DROP_UP" "$DROP_DOWN" "$SINK" "$DUR" "$REPS" "$CONC" <<'PY'
+python3 - "$WORK/results.tsv" "$DROP_UP" "$DROP_DOWN" "$SINK" "$DUR" "$REPS" "$CONC" "$PROTOCOL" <<'PY'
 import csv, statistics, sys
-path, drop_up, drop_down, sink, dur, reps, conc = sys.argv[1:]
+path, drop_up, drop_down, sink, dur, reps, conc, protocol = sys.argv[1:]
 rows = list(csv.DictReader(open(path), delimiter="\t"))
-print(f"wrk -t1 -c{conc} -d{dur}s × {reps} reps (interleaved off/up/down), tokenwarden-mock (20-chunk streams), proxies on CPU 1\n")
+print(f"wrk -t1 -c{conc} -d{dur}s × {reps} reps (interleaved off/up/down), tokenwarden-mock (20-chunk streams), proxies on CPU 1, OTLP/{'gRPC' if protocol == 'grpc' else 'HTTP protobuf'}\n")
 print("| mode | export | rps (median; per rep) | vs off | p50 ms | p99 ms | CPU µs/req | errors |")
 print("|---|---|---|---|---|---|---|---|")
 label = {"off": "off", "up": "on, collector up", "down": "on, collector down"}

@@ -22,5 +22,6 @@ if [ -z "${DCLINT:-}" ] && ! .tools/dclint/node_modules/.bin/dclint --version >/
   npm install --silent --no-audit --no-fund --prefix .tools/dclint dclint@3.1.0
 fi
 
-# --lib --bins --tests: every unit and integration test (the crate has no doctests).
-cargo test --locked --lib --bins --tests "$@"
+# --lib --bins --tests --examples: every unit and integration test, and the bench sink's (the
+# crate has no doctests).
+cargo test --locked --lib --bins --tests --examples "$@"

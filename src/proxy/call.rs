@@ -426,13 +426,26 @@ mod span_tests {
     use crate::proxy::inspect::RequestFacts;
     use crate::telemetry::labels::Labels;
     use crate::telemetry::spans::Spans;
-    use opentelemetry::{KeyValue, Value};
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
 
     fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
         attrs
             .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| &kv.value)
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    }
+
+    fn string(v: &str) -> Value {
+        Value::StringValue(v.into())
+    }
+
+    /// The next span the proxy queued, decoded.
+    fn next_span(rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>) -> Span {
+        let bytes = rx.try_recv().expect("one span");
+        Span::decode(&bytes[..]).expect("a valid OTLP span")
     }
 
     /// A chat call on route `r` of agent `a`, as the pipeline starts one.
@@ -485,25 +498,19 @@ mod span_tests {
         assert_eq!(call.policy_violations(), &["denied_tool", "max_steps"]);
         call.finish_local(StatusCode::TOO_MANY_REQUESTS, 0);
 
-        let span = rx.try_recv().expect("one span");
+        let span = next_span(&mut rx);
         assert_eq!(span.name, "chat gpt-4o");
         assert_eq!(
-            find(&span.attributes, "tokenwarden.budget.decision").map(Value::as_str),
-            Some("rejected".into())
+            find(&span.attributes, "tokenwarden.budget.decision"),
+            Some(&string("rejected"))
         );
-        let Some(Value::Array(opentelemetry::Array::String(v))) =
-            find(&span.attributes, "tokenwarden.policy.violations")
+        let Some(Value::ArrayValue(v)) = find(&span.attributes, "tokenwarden.policy.violations")
         else {
             panic!("no violations: {:?}", span.attributes);
         };
-        assert_eq!(
-            v.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-            ["denied_tool", "max_steps"]
-        );
-        assert_eq!(
-            find(&span.attributes, "error.type").map(Value::as_str),
-            Some("429".into())
-        );
+        let names: Vec<_> = v.values.iter().filter_map(|a| a.value.clone()).collect();
+        assert_eq!(names, [string("denied_tool"), string("max_steps")]);
+        assert_eq!(find(&span.attributes, "error.type"), Some(&string("429")));
         assert!(rx.try_recv().is_err(), "exactly one span");
     }
 
@@ -515,7 +522,7 @@ mod span_tests {
         call.set_span(spans.start(&http::HeaderMap::new(), Arc::from("h"), 80, started));
         call.set_llm(chat_llm(None));
         call.finish_local(StatusCode::OK, 0);
-        let span = rx.try_recv().expect("one span");
+        let span = next_span(&mut rx);
         assert_eq!(span.name, "chat", "no model: the operation alone");
         assert!(find(&span.attributes, "tokenwarden.budget.decision").is_none());
         assert!(find(&span.attributes, "tokenwarden.policy.violations").is_none());

@@ -183,8 +183,7 @@ impl Proxy {
             started,
         );
         if let Some(spans) = &self.spans {
-            let host = Arc::from(route.authority.host());
-            call.set_span(spans.start(&parts.headers, host, route.port(), started));
+            call.set_span(spans.start(&parts.headers, route.host.clone(), route.port(), started));
         }
 
         let body = match read_body(body, &parts.headers, self.max_body).await {

@@ -18,6 +18,8 @@ pub struct Route {
     scheme: Scheme,
     /// Upstream host[:port], sent as `Host` / `:authority`.
     pub authority: Authority,
+    /// Upstream host alone (`server.address` on spans), shared rather than copied per call.
+    pub host: Arc<str>,
     base_path: String,
     /// Configured protocol.
     pub protocol: Protocol,
@@ -114,6 +116,7 @@ impl Route {
             prefix,
             strip: cfg.strip_prefix,
             scheme,
+            host: Arc::from(authority.host()),
             authority,
             base_path,
             protocol: cfg.protocol,

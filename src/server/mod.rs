@@ -81,11 +81,13 @@ impl Health {
 impl Server {
     /// Bind the proxy and admin listeners and build the proxy.
     pub async fn bind(config: Config) -> Result<Self, StartError> {
+        // First: the span sink and the proxy keep metric handles, which must come from the
+        // installed recorder.
+        metrics::install();
         let spans = crate::telemetry::spans::Spans::from_config(&config.telemetry)?;
         let proxy = Arc::new(Proxy::new(&config)?.with_spans(spans));
         let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
-        metrics::install();
         Ok(Self {
             config: Arc::new(config),
             proxy,

@@ -1,20 +1,17 @@
 //! One span per LLM call: started when the call is identified (ids and start time only, so the
 //! upstream request can name it as parent), built in full when the call finishes.
 //!
-//! Spans are assembled directly as [`SpanData`] from what the finished call knows; there is no
-//! tracer, no context stack and no per-span lock. With no OTLP endpoint configured there is no
-//! [`Spans`] at all and the proxy does no span work.
+//! Spans are encoded as OTLP protobuf directly from what the finished call knows, into one
+//! buffer per span (see [`super::otlp::wire`] for why): there is no tracer, no context stack,
+//! no per-span lock and no intermediate span struct. With no OTLP endpoint configured there is
+//! no [`Spans`] at all and the proxy does no span work.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use opentelemetry::trace::{
-    Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
-};
-use opentelemetry::{InstrumentationScope, KeyValue, StringValue, Value};
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 use tokio::time::Instant;
 
 use crate::config::{Conventions, TelemetryConfig};
@@ -23,7 +20,10 @@ use crate::proxy::accounting::CallLabels;
 use crate::proxy::inspect::RequestFacts;
 
 use super::content::{Captured, ContentPolicy};
-use super::otlp::{self, ExporterError, SpanSink};
+use super::otlp::wire::{
+    put_bytes, put_fixed32, put_fixed64, put_message, put_str, put_str_joined, put_uint, Attrs,
+};
+use super::otlp::{self, EncodedSpan, ExporterError, SpanSink};
 use super::trace_context::{self, RemoteParent};
 
 /// Name of the span event marking the first output chunk.
@@ -35,8 +35,6 @@ pub struct Spans {
     sink: SpanSink,
     conventions: Conventions,
     content: Option<ContentPolicy>,
-    ids: RandomIdGenerator,
-    scope: InstrumentationScope,
 }
 
 /// Span export could not be set up.
@@ -122,10 +120,6 @@ impl Spans {
             sink,
             conventions: config.conventions,
             content,
-            ids: RandomIdGenerator::default(),
-            scope: InstrumentationScope::builder("tokenwarden")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
         })))
     }
 
@@ -134,14 +128,12 @@ impl Spans {
     pub(crate) fn for_test(
         conventions: Conventions,
         content: Option<ContentPolicy>,
-    ) -> (Arc<Self>, tokio::sync::mpsc::Receiver<SpanData>) {
+    ) -> (Arc<Self>, tokio::sync::mpsc::Receiver<EncodedSpan>) {
         let (sink, rx) = SpanSink::for_test(16);
         let spans = Self {
             sink,
             conventions,
             content,
-            ids: RandomIdGenerator::default(),
-            scope: InstrumentationScope::builder("tokenwarden").build(),
         };
         (Arc::new(spans), rx)
     }
@@ -156,9 +148,7 @@ impl Spans {
         started: Instant,
     ) -> CallSpan {
         let parent = trace_context::extract(headers);
-        let trace_id = parent
-            .as_ref()
-            .map_or_else(|| self.ids.new_trace_id(), |p| p.trace_id);
+        let trace_id = parent.as_ref().map_or_else(new_trace_id, |p| p.trace_id);
         // The call began a moment ago; the span starts when it did.
         let start = SystemTime::now()
             .checked_sub(started.elapsed())
@@ -166,7 +156,7 @@ impl Spans {
         CallSpan {
             spans: self.clone(),
             trace_id,
-            span_id: self.ids.new_span_id(),
+            span_id: new_span_id(),
             parent,
             start,
             started,
@@ -234,7 +224,7 @@ impl CallSpan {
         }
     }
 
-    /// Build the span from the finished call and queue it for export.
+    /// Encode the span from the finished call and queue it for export.
     pub fn finish(self, f: &SpanEnd<'_>) {
         let flags = self.flags();
         if !flags.is_sampled() {
@@ -245,69 +235,115 @@ impl CallSpan {
             self.spans.sink.dropped();
             return;
         }
-        let at = |t: Instant| self.start + t.saturating_duration_since(self.started);
-        let model = f.facts.model.as_deref();
-        let name: std::borrow::Cow<'static, str> = match model {
-            Some(m) => format!("{} {m}", f.labels.operation).into(),
-            None => f.labels.operation.into(),
+        let span = self.encode(f, flags);
+        self.spans.sink.submit(span);
+    }
+
+    /// The span as [`finish`](Self::finish) would queue it, without queueing (benchmarks).
+    pub fn encoded(&self, f: &SpanEnd<'_>) -> EncodedSpan {
+        self.encode(f, self.flags())
+    }
+
+    /// The OTLP `Span` message (opentelemetry/proto/trace/v1/trace.proto field numbers).
+    fn encode(&self, f: &SpanEnd<'_>, flags: TraceFlags) -> EncodedSpan {
+        let unix_nanos = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         };
-        let conventions = self.spans.conventions;
-        let genai = matches!(conventions, Conventions::Genai | Conventions::Both);
-        let mut attrs = Vec::with_capacity(32);
+        let at = |t: Instant| unix_nanos(self.start + t.saturating_duration_since(self.started));
+        let captured = self.captured.is_some();
+        let mut buf = Vec::with_capacity(if captured { 4096 } else { 768 });
+        let b = &mut buf;
+        put_bytes(b, 1, &self.trace_id.to_bytes());
+        put_bytes(b, 2, &self.span_id.to_bytes());
+        if let Some(p) = &self.parent {
+            let state = p.state.header();
+            if !state.is_empty() {
+                put_str(b, 3, &state);
+            }
+            put_bytes(b, 4, &p.span_id.to_bytes());
+        }
+        let model = f.facts.model.as_deref();
+        match model {
+            Some(m) => put_str_joined(b, 5, &[f.labels.operation, m]),
+            None => put_str(b, 5, f.labels.operation),
+        }
+        put_uint(b, 6, SPAN_KIND_CLIENT);
+        put_fixed64(b, 7, unix_nanos(self.start));
+        put_fixed64(b, 8, at(f.now));
         // Time to first chunk is measured from sending the request, as the conventions say.
         let ttft = f.first_output.filter(|_| f.streamed).map(|first| {
             first
                 .saturating_duration_since(f.upstream_sent.unwrap_or(self.started))
                 .as_secs_f64()
         });
-        if genai {
-            genai_attributes(f, ttft, &mut attrs);
-        }
-        attrs.push(KeyValue::new("server.address", self.server_address.clone()));
-        attrs.push(KeyValue::new("server.port", i64::from(self.server_port)));
-        if let Some(status) = f.status {
-            attrs.push(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status.as_u16()),
-            ));
+        self.attributes(f, ttft, &mut Attrs::new(b, 9));
+        if let (Some(first), Some(secs)) = (f.first_output, ttft) {
+            put_message(b, 11, |e| {
+                put_fixed64(e, 1, at(first));
+                put_str(e, 2, FIRST_TOKEN_EVENT);
+                Attrs::new(e, 3).double("gen_ai.response.time_to_first_chunk", secs);
+            });
         }
         if let Some(e) = f.error_type {
-            attrs.push(KeyValue::new("error.type", e.to_string()));
+            put_message(b, 15, |s| {
+                put_str(s, 2, e);
+                put_uint(s, 3, STATUS_CODE_ERROR);
+            });
+        }
+        // Trace flags, and that the parent's remoteness is known (and whether it is remote).
+        let remote = if self.parent.is_some() {
+            SPAN_FLAGS_IS_REMOTE
+        } else {
+            0
+        };
+        put_fixed32(
+            b,
+            16,
+            u32::from(flags.to_u8()) | SPAN_FLAGS_HAS_IS_REMOTE | remote,
+        );
+        buf
+    }
+
+    fn attributes(&self, f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
+        let conventions = self.spans.conventions;
+        let model = f.facts.model.as_deref();
+        if matches!(conventions, Conventions::Genai | Conventions::Both) {
+            genai_attributes(f, ttft, attrs);
+        }
+        attrs.str("server.address", &self.server_address);
+        attrs.int("server.port", i64::from(self.server_port));
+        if let Some(status) = f.status {
+            attrs.int("http.response.status_code", i64::from(status.as_u16()));
+        }
+        if let Some(e) = f.error_type {
+            attrs.str("error.type", e);
         }
         if let Some(s) = f.session {
-            attrs.push(KeyValue::new("session.id", s.clone()));
+            attrs.str("session.id", s);
         }
-        attrs.push(KeyValue::new("agent.name", f.labels.agent.clone()));
+        attrs.str("agent.name", &f.labels.agent);
         if let Some(step) = f.step {
-            attrs.push(KeyValue::new("agent_step", step as i64));
+            attrs.int("agent_step", i64::try_from(step).unwrap_or(i64::MAX));
         }
         if !f.record.tool_calls.is_empty() {
-            attrs.push(string_array(
+            attrs.str_array(
                 "tokenwarden.tool_calls",
-                f.record.tool_calls.iter().map(|c| c.name.clone()),
-            ));
+                f.record.tool_calls.iter().map(|c| &c.name),
+            );
         }
         if let Some(d) = f.budget_decision {
-            attrs.push(KeyValue::new("tokenwarden.budget.decision", d));
+            attrs.str("tokenwarden.budget.decision", d);
         }
         if !f.policy_violations.is_empty() {
-            attrs.push(string_array(
-                "tokenwarden.policy.violations",
-                f.policy_violations.iter().map(|p| (*p).to_string()),
-            ));
+            attrs.str_array("tokenwarden.policy.violations", f.policy_violations);
         }
         if let Some(source) = f.usage_source {
-            attrs.push(KeyValue::new("tokenwarden.usage.source", source));
+            attrs.str("tokenwarden.usage.source", source);
         }
         if matches!(conventions, Conventions::Openinference | Conventions::Both) {
             let m = f.record.model.as_deref().or(model).unwrap_or("unknown");
-            super::openinference::attributes(
-                f.labels.provider,
-                m,
-                &f.record.usage,
-                f.session.map(|s| &**s),
-                &mut attrs,
-            );
+            super::openinference::attributes(f.labels.provider, m, &f.record.usage, attrs);
         }
         if let (Some(policy), Some(c)) = (&self.spans.content, &self.captured) {
             for (key, json) in policy.attributes(
@@ -317,63 +353,36 @@ impl CallSpan {
                 &f.facts.tools,
                 f.error_type.is_some(),
             ) {
-                attrs.push(KeyValue::new(key, json));
+                attrs.str(key, &json);
             }
         }
-        let mut events = SpanEvents::default();
-        if let (Some(first), Some(secs)) = (f.first_output, ttft) {
-            events.events.push(Event::new(
-                FIRST_TOKEN_EVENT,
-                at(first),
-                vec![KeyValue::new("gen_ai.response.time_to_first_chunk", secs)],
-                0,
-            ));
-        }
-        let status = match f.error_type {
-            Some(e) => Status::error(e.to_string()),
-            None => Status::Unset,
-        };
-        let (parent_span_id, parent_remote, state) = match &self.parent {
-            Some(p) => (p.span_id, true, p.state.clone()),
-            None => (SpanId::INVALID, false, TraceState::default()),
-        };
-        let span = SpanData {
-            span_context: SpanContext::new(self.trace_id, self.span_id, flags, false, state),
-            parent_span_id,
-            parent_span_is_remote: parent_remote,
-            span_kind: SpanKind::Client,
-            name,
-            start_time: self.start,
-            end_time: at(f.now),
-            attributes: attrs,
-            dropped_attributes_count: 0,
-            events,
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: self.spans.scope.clone(),
-        };
-        self.spans.sink.submit(span);
     }
 }
 
-fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Vec<KeyValue>) {
+/// `Span.kind` CLIENT.
+const SPAN_KIND_CLIENT: u64 = 3;
+/// `Status.code` ERROR.
+const STATUS_CODE_ERROR: u64 = 2;
+/// `SpanFlags`: whether the parent is remote is known.
+const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;
+/// `SpanFlags`: the parent is remote.
+const SPAN_FLAGS_IS_REMOTE: u32 = 0x200;
+
+fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
     let r = f.record;
-    attrs.push(KeyValue::new("gen_ai.operation.name", f.labels.operation));
-    attrs.push(KeyValue::new("gen_ai.provider.name", f.labels.provider));
+    attrs.str("gen_ai.operation.name", f.labels.operation);
+    attrs.str("gen_ai.provider.name", f.labels.provider);
     if let Some(m) = &f.facts.model {
-        attrs.push(KeyValue::new("gen_ai.request.model", m.clone()));
+        attrs.str("gen_ai.request.model", m);
     }
     if let Some(m) = &r.model {
-        attrs.push(KeyValue::new("gen_ai.response.model", m.clone()));
+        attrs.str("gen_ai.response.model", m);
     }
     if let Some(id) = &r.id {
-        attrs.push(KeyValue::new("gen_ai.response.id", id.clone()));
+        attrs.str("gen_ai.response.id", id);
     }
     if !r.finish_reasons.is_empty() {
-        attrs.push(string_array(
-            "gen_ai.response.finish_reasons",
-            r.finish_reasons.iter().cloned(),
-        ));
+        attrs.str_array("gen_ai.response.finish_reasons", &r.finish_reasons);
     }
     let u = &r.usage;
     let usage = [
@@ -388,23 +397,43 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Vec<KeyValue
     ];
     for (key, n) in usage {
         if let Some(n) = n {
-            attrs.push(KeyValue::new(key, i64::try_from(n).unwrap_or(i64::MAX)));
+            attrs.int(key, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
     if let Some(n) = f.facts.max_tokens {
-        attrs.push(KeyValue::new(
+        attrs.int(
             "gen_ai.request.max_tokens",
             i64::try_from(n).unwrap_or(i64::MAX),
-        ));
+        );
     }
     if f.facts.stream {
-        attrs.push(KeyValue::new("gen_ai.request.stream", true));
+        attrs.bool("gen_ai.request.stream", true);
     }
     if let Some(secs) = ttft {
-        attrs.push(KeyValue::new("gen_ai.response.time_to_first_chunk", secs));
+        attrs.double("gen_ai.response.time_to_first_chunk", secs);
     }
     if let Some(s) = f.session {
-        attrs.push(KeyValue::new("gen_ai.conversation.id", s.clone()));
+        attrs.str("gen_ai.conversation.id", s);
+    }
+}
+
+/// A random, valid (non-zero) trace id.
+fn new_trace_id() -> TraceId {
+    loop {
+        let id: u128 = rand::random();
+        if id != 0 {
+            return TraceId::from_bytes(id.to_be_bytes());
+        }
+    }
+}
+
+/// A random, valid (non-zero) span id.
+fn new_span_id() -> SpanId {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return SpanId::from_bytes(id.to_be_bytes());
+        }
     }
 }
 
@@ -413,9 +442,231 @@ fn sdk_disabled() -> bool {
     std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
-fn string_array(key: &'static str, values: impl Iterator<Item = String>) -> KeyValue {
-    KeyValue::new(
-        key,
-        Value::Array(values.map(StringValue::from).collect::<Vec<_>>().into()),
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{Format, ToolCall, Usage};
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+
+    fn labels() -> CallLabels {
+        CallLabels {
+            route: Arc::from("r"),
+            provider: "openai",
+            operation: "chat",
+            agent: Arc::from("planner"),
+        }
+    }
+
+    fn facts(stream: bool) -> RequestFacts {
+        RequestFacts {
+            format: Format::OpenAiChat,
+            model: Some("gpt-4o".into()),
+            stream,
+            include_usage: stream,
+            max_tokens: Some(300),
+            tools: Vec::new(),
+            user: None,
+        }
+    }
+
+    fn record() -> ResponseRecord {
+        ResponseRecord {
+            model: Some("gpt-4o-2024-08-06".into()),
+            id: Some("chatcmpl-1".into()),
+            usage: Usage {
+                input: Some(12),
+                output: Some(5),
+                cached_input: Some(2),
+                ..Usage::default()
+            },
+            finish_reasons: vec!["tool_calls".into()],
+            tool_calls: vec![ToolCall {
+                choice: 0,
+                id: Some("call_1".into()),
+                name: "search".into(),
+                arguments: "{}".into(),
+            }],
+            ..ResponseRecord::default()
+        }
+    }
+
+    fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a V> {
+        let mut hits = span.attributes.iter().filter(|kv| kv.key == key);
+        let first = hits.next()?;
+        assert!(hits.next().is_none(), "{key} appears twice");
+        first.value.as_ref()?.value.as_ref()
+    }
+
+    fn s(v: &str) -> V {
+        V::StringValue(v.into())
+    }
+
+    fn strings(v: Option<&V>) -> Vec<String> {
+        let Some(V::ArrayValue(a)) = v else {
+            panic!("not an array: {v:?}");
+        };
+        a.values
+            .iter()
+            .map(|x| match &x.value {
+                Some(V::StringValue(s)) => s.clone(),
+                other => panic!("not a string: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn finish(
+        conventions: Conventions,
+        headers: &HeaderMap,
+        end: impl FnOnce(Instant) -> (Option<&'static str>, Option<Instant>, Instant),
+        stream: bool,
+    ) -> Span {
+        let (spans, mut rx) = Spans::for_test(conventions, None);
+        let started = Instant::now();
+        let call = spans.start(headers, Arc::from("api.openai.com"), 443, started);
+        let (error_type, first_output, now) = end(started);
+        let (labels, facts, record) = (labels(), facts(stream), record());
+        let session: Arc<str> = Arc::from("sess-9");
+        call.finish(&SpanEnd {
+            labels: &labels,
+            facts: &facts,
+            record: &record,
+            error_type,
+            status: Some(StatusCode::OK),
+            now,
+            upstream_sent: Some(started),
+            first_output,
+            streamed: stream,
+            usage_source: Some("provider"),
+            session: Some(&session),
+            step: Some(4),
+            budget_decision: Some("allowed"),
+            policy_violations: &["max_steps"],
+        });
+        let bytes = rx.try_recv().expect("a span");
+        Span::decode(&bytes[..]).expect("a valid OTLP span")
+    }
+
+    #[tokio::test]
+    async fn child_span_decodes_with_every_field() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+        headers.insert("tracestate", HeaderValue::from_static("vendor=abc"));
+        let span = finish(
+            Conventions::Both,
+            &headers,
+            |t| {
+                (
+                    Some("upstream_reset"),
+                    Some(t + Duration::from_millis(40)),
+                    t + Duration::from_millis(90),
+                )
+            },
+            true,
+        );
+        assert_eq!(
+            hex(&span.trace_id),
+            "0af7651916cd43dd8448eb211c80319c",
+            "the agent's trace"
+        );
+        assert_eq!(hex(&span.parent_span_id), "b7ad6b7169203331");
+        assert_eq!(span.span_id.len(), 8);
+        assert_ne!(span.span_id, [0; 8]);
+        assert_eq!(span.trace_state, "vendor=abc");
+        assert_eq!(span.flags, 0x01 | 0x100 | 0x200, "sampled, remote parent");
+        assert_eq!(span.name, "chat gpt-4o");
+        assert_eq!(span.kind, 3, "CLIENT");
+        let took = span.end_time_unix_nano - span.start_time_unix_nano;
+        assert!((90_000_000..1_000_000_000).contains(&took), "{took} ns");
+        let status = span.status.as_ref().expect("error status");
+        assert_eq!(
+            (status.code, status.message.as_str()),
+            (2, "upstream_reset")
+        );
+        assert_eq!(span.events.len(), 1);
+        let event = &span.events[0];
+        assert_eq!(event.name, FIRST_TOKEN_EVENT);
+        assert_eq!(
+            event.time_unix_nano - span.start_time_unix_nano,
+            40_000_000,
+            "the event is at the first output"
+        );
+        assert_eq!(
+            event.attributes[0].key,
+            "gen_ai.response.time_to_first_chunk"
+        );
+        let expected: [(&str, V); 22] = [
+            ("gen_ai.operation.name", s("chat")),
+            ("gen_ai.provider.name", s("openai")),
+            ("gen_ai.request.model", s("gpt-4o")),
+            ("gen_ai.response.model", s("gpt-4o-2024-08-06")),
+            ("gen_ai.response.id", s("chatcmpl-1")),
+            ("gen_ai.usage.input_tokens", V::IntValue(12)),
+            ("gen_ai.usage.output_tokens", V::IntValue(5)),
+            ("gen_ai.usage.cache_read.input_tokens", V::IntValue(2)),
+            ("gen_ai.request.max_tokens", V::IntValue(300)),
+            ("gen_ai.request.stream", V::BoolValue(true)),
+            ("gen_ai.response.time_to_first_chunk", V::DoubleValue(0.04)),
+            ("gen_ai.conversation.id", s("sess-9")),
+            ("server.address", s("api.openai.com")),
+            ("server.port", V::IntValue(443)),
+            ("http.response.status_code", V::IntValue(200)),
+            ("error.type", s("upstream_reset")),
+            ("session.id", s("sess-9")),
+            ("agent.name", s("planner")),
+            ("agent_step", V::IntValue(4)),
+            ("tokenwarden.budget.decision", s("allowed")),
+            ("tokenwarden.usage.source", s("provider")),
+            ("llm.model_name", s("gpt-4o-2024-08-06")),
+        ];
+        for (key, value) in &expected {
+            assert_eq!(attr(&span, key), Some(value), "{key}");
+        }
+        assert_eq!(
+            strings(attr(&span, "gen_ai.response.finish_reasons")),
+            ["tool_calls"]
+        );
+        assert_eq!(strings(attr(&span, "tokenwarden.tool_calls")), ["search"]);
+        assert_eq!(
+            strings(attr(&span, "tokenwarden.policy.violations")),
+            ["max_steps"]
+        );
+        assert_eq!(attr(&span, "openinference.span.kind"), Some(&s("LLM")));
+        assert_eq!(attr(&span, "llm.token_count.total"), Some(&V::IntValue(17)));
+        assert!(attr(&span, "gen_ai.usage.reasoning.output_tokens").is_none());
+    }
+
+    #[tokio::test]
+    async fn root_span_has_no_parent_event_or_status() {
+        let span = finish(
+            Conventions::Genai,
+            &HeaderMap::new(),
+            |t| (None, None, t + Duration::from_millis(5)),
+            false,
+        );
+        assert_eq!(span.trace_id.len(), 16);
+        assert!(span.parent_span_id.is_empty());
+        assert!(span.trace_state.is_empty());
+        assert_eq!(span.flags, 0x01 | 0x100, "sampled, parent not remote");
+        assert!(span.events.is_empty());
+        assert!(span.status.is_none(), "unset status is the default");
+        assert!(attr(&span, "gen_ai.request.stream").is_none());
+        assert!(attr(&span, "gen_ai.response.time_to_first_chunk").is_none());
+        assert!(
+            !span
+                .attributes
+                .iter()
+                .any(|kv: &KeyValue| kv.key.starts_with("llm.")),
+            "no OpenInference attributes under genai"
+        );
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }

@@ -76,12 +76,24 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
 
 /// The `traceparent` value naming `span_id` in `trace_id`.
 pub fn format_traceparent(trace_id: TraceId, span_id: SpanId, flags: TraceFlags) -> HeaderValue {
-    let text = format!(
-        "00-{trace_id}-{span_id}-{:02x}",
-        flags.to_u8() & TraceFlags::SAMPLED.to_u8()
-    );
+    // Written into a fixed buffer rather than through `format!`: it is on every LLM call.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [b'-'; 55];
+    text[..2].copy_from_slice(b"00");
+    let sampled = flags.to_u8() & TraceFlags::SAMPLED.to_u8();
+    let fields: [(&[u8], usize); 3] = [
+        (&trace_id.to_bytes(), 3),
+        (&span_id.to_bytes(), 36),
+        (&[sampled], 53),
+    ];
+    for (bytes, at) in fields {
+        for (i, b) in bytes.iter().enumerate() {
+            text[at + 2 * i] = HEX[usize::from(b >> 4)];
+            text[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
+        }
+    }
     // Hex digits and dashes only: always a valid header value.
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn is_lower_hex(s: &str) -> bool {
@@ -142,5 +154,21 @@ mod tests {
             v.to_str().unwrap(),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
         );
+    }
+
+    #[test]
+    fn formatted_traceparent_parses_back_with_only_the_sampled_flag() {
+        let trace = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        for (flags, expect) in [(0x00, "00"), (0x01, "01"), (0xff, "01"), (0x02, "00")] {
+            let v = format_traceparent(trace, span, TraceFlags::new(flags));
+            let text = v.to_str().unwrap();
+            assert_eq!(
+                text,
+                format!("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-{expect}")
+            );
+            let (t, s, f) = parse_traceparent(text).unwrap();
+            assert_eq!((t, s, f.is_sampled()), (trace, span, expect == "01"));
+        }
     }
 }

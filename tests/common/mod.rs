@@ -186,7 +186,16 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Run the binary with `config_path`; wait for its "listening" line (JSON logs).
     pub async fn spawn(config_path: &std::path::Path) -> ProxyProcess {
+        Self::spawn_with_env(config_path, &[]).await
+    }
+
+    /// Like [`ProxyProcess::spawn`], with `env` added to the child's environment.
+    pub async fn spawn_with_env(
+        config_path: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> ProxyProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(config_path)
             .arg("--log-format")

@@ -34,6 +34,25 @@ pub struct Received {
 struct Store {
     spans: Mutex<Vec<Received>>,
     raw: Mutex<Vec<u8>>,
+    /// Request headers (gRPC metadata) of every export.
+    headers: Mutex<Vec<http::HeaderMap>>,
+    /// `partial_success.rejected_spans` to answer each export with.
+    reject: std::sync::atomic::AtomicI64,
+}
+
+impl Store {
+    fn answer(&self, headers: http::HeaderMap) -> ExportTraceServiceResponse {
+        self.headers.lock().unwrap().push(headers);
+        let rejected_spans = self.reject.load(std::sync::atomic::Ordering::Relaxed);
+        ExportTraceServiceResponse {
+            partial_success: (rejected_spans > 0).then(|| {
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message: "rejected by the test receiver".into(),
+                }
+            }),
+        }
+    }
 }
 
 impl Store {
@@ -79,11 +98,10 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = request.metadata().clone().into_headers();
         let req = request.into_inner();
         self.0.take(&req, &req.encode_to_vec());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+        Ok(tonic::Response::new(self.0.answer(headers)))
     }
 }
 
@@ -94,7 +112,8 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let store = Arc::new(Store::default());
         let svc = TraceServiceServer::new(Grpc(store.clone()));
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .serve_with_incoming(svc, incoming)
@@ -121,6 +140,7 @@ impl Receiver {
                         let st = st.clone();
                         async move {
                             let ok_path = req.uri().path() == "/v1/traces";
+                            let headers = req.headers().clone();
                             let ct = req
                                 .headers()
                                 .get("content-type")
@@ -140,9 +160,7 @@ impl Receiver {
                                     Err(_) => 400,
                                 }
                             };
-                            let resp = ExportTraceServiceResponse {
-                                partial_success: None,
-                            };
+                            let resp = st.answer(headers);
                             Ok::<_, std::convert::Infallible>(
                                 http::Response::builder()
                                     .status(status)
@@ -163,6 +181,18 @@ impl Receiver {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Request headers of every export so far.
+    pub fn headers(&self) -> Vec<http::HeaderMap> {
+        self.store.headers.lock().unwrap().clone()
+    }
+
+    /// Answer every export from now on with `n` spans rejected (partial success).
+    pub fn reject(&self, n: i64) {
+        self.store
+            .reject
+            .store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Every span received so far.

@@ -1,0 +1,137 @@
+//! Span cost per LLM call. On the request's task: starting the span (the agent's trace
+//! context, new ids) with the upstream `traceparent`, and encoding the finished call as an OTLP
+//! `Span` (a streamed chat call: GenAI attributes, tool call, first-token event; and the same
+//! with both vocabularies). On the export task: wrapping 512 encoded spans in one request.
+//!
+//! Run: `cargo bench --bench spans`. Numbers go to BENCHMARKS.md.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokenwarden::config::load_from_str;
+use tokenwarden::providers::{Format, ResponseRecord, ToolCall, Usage};
+use tokenwarden::proxy::accounting::CallLabels;
+use tokenwarden::proxy::inspect::RequestFacts;
+use tokenwarden::telemetry::otlp::batch::{Batch, Preamble};
+use tokenwarden::telemetry::spans::{SpanEnd, Spans};
+use tokio::time::Instant;
+
+/// Span export to a port nothing listens on; the export task is never polled here.
+fn spans(conventions: &str) -> Arc<Spans> {
+    let yaml = format!(
+        "routes:\n  - name: r\n    path_prefix: /\n    upstream: http://127.0.0.1:9\n\
+         telemetry:\n  conventions: {conventions}\n  otlp:\n    endpoint: http://127.0.0.1:9\n"
+    );
+    let config = load_from_str(&yaml, "bench").unwrap();
+    Spans::from_config(&config.telemetry).unwrap().unwrap()
+}
+
+fn agent_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "traceparent",
+        HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    );
+    h
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let labels = CallLabels {
+        route: Arc::from("openai"),
+        provider: "openai",
+        operation: "chat",
+        agent: Arc::from("planner"),
+    };
+    let facts = RequestFacts {
+        format: Format::OpenAiChat,
+        model: Some("gpt-4o-mini".into()),
+        stream: true,
+        include_usage: true,
+        max_tokens: Some(300),
+        tools: Vec::new(),
+        user: None,
+    };
+    let record = ResponseRecord {
+        model: Some("gpt-4o-mini-2024-07-18".into()),
+        id: Some("chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG".into()),
+        usage: Usage {
+            input: Some(1200),
+            output: Some(85),
+            cached_input: Some(1024),
+            ..Usage::default()
+        },
+        finish_reasons: vec!["tool_calls".into()],
+        tool_calls: vec![ToolCall {
+            choice: 0,
+            id: Some("call_1".into()),
+            name: "search_orders".into(),
+            arguments: r#"{"q":"late"}"#.into(),
+        }],
+        ..ResponseRecord::default()
+    };
+    let session: Arc<str> = Arc::from("sess-4f9c2a7e-1b3d");
+    let host: Arc<str> = Arc::from("api.openai.com");
+    let headers = agent_headers();
+    let started = Instant::now();
+    let end = SpanEnd {
+        labels: &labels,
+        facts: &facts,
+        record: &record,
+        error_type: None,
+        status: Some(StatusCode::OK),
+        now: started + Duration::from_millis(900),
+        upstream_sent: Some(started + Duration::from_micros(50)),
+        first_output: Some(started + Duration::from_millis(300)),
+        streamed: true,
+        usage_source: Some("provider"),
+        session: Some(&session),
+        step: Some(7),
+        budget_decision: Some("allowed"),
+        policy_violations: &[],
+    };
+
+    let genai = spans("genai");
+    c.bench_function("span/start_and_traceparent", |b| {
+        b.iter(|| {
+            let span = genai.start(black_box(&headers), host.clone(), 443, started);
+            black_box(span.traceparent())
+        })
+    });
+    let span = genai.start(&headers, host.clone(), 443, started);
+    c.bench_function("span/encode_genai", |b| {
+        b.iter(|| black_box(span.encoded(black_box(&end))))
+    });
+    let both = spans("both");
+    let span_both = both.start(&headers, host.clone(), 443, started);
+    c.bench_function("span/encode_both_vocabularies", |b| {
+        b.iter(|| black_box(span_both.encoded(black_box(&end))))
+    });
+
+    let encoded = span.encoded(&end);
+    println!("encoded span: {} bytes", encoded.len());
+    let preamble = Arc::new(Preamble::new(&[
+        ("service.name".into(), "tokenwarden".into()),
+        ("service.version".into(), "0.1.0".into()),
+        ("k8s.pod.name".into(), "agent-7d9f8c-x2k4q".into()),
+    ]));
+    c.bench_function("batch/encode_512_spans", |b| {
+        b.iter_batched(
+            || Batch::new(preamble.clone(), vec![encoded.clone(); 512]),
+            |batch| black_box(batch.to_vec()),
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,127 @@
+//! One export request (`ExportTraceServiceRequest`): the resource and scope, encoded once at
+//! startup, around a batch of spans each encoded when its call finished.
+
+use std::sync::Arc;
+
+use bytes::BufMut;
+
+use super::wire::{len_field, put_bytes, put_len_prefix, put_str, Attrs};
+
+/// The encoded `Resource` and `InstrumentationScope` every request repeats.
+#[derive(Debug)]
+pub struct Preamble {
+    resource: Vec<u8>,
+    scope: Vec<u8>,
+}
+
+impl Preamble {
+    /// The resource with `attributes`, and our instrumentation scope.
+    pub fn new(attributes: &[(String, String)]) -> Self {
+        let mut resource = Vec::new();
+        let mut attrs = Attrs::new(&mut resource, 1);
+        for (k, v) in attributes {
+            attrs.str(k, v);
+        }
+        let mut scope = Vec::new();
+        put_str(&mut scope, 1, "tokenwarden");
+        put_str(&mut scope, 2, env!("CARGO_PKG_VERSION"));
+        Self { resource, scope }
+    }
+}
+
+/// Encoded spans (`Span` message contents) sent in one request.
+#[derive(Debug)]
+pub struct Batch {
+    preamble: Arc<Preamble>,
+    spans: Vec<Vec<u8>>,
+}
+
+impl Batch {
+    /// A request carrying `spans`.
+    pub fn new(preamble: Arc<Preamble>, spans: Vec<Vec<u8>>) -> Self {
+        Self { preamble, spans }
+    }
+
+    /// Number of spans.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether there are no spans.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn scope_spans_len(&self) -> usize {
+        len_field(self.preamble.scope.len())
+            + self.spans.iter().map(|s| len_field(s.len())).sum::<usize>()
+    }
+
+    fn resource_spans_len(&self) -> usize {
+        len_field(self.preamble.resource.len()) + len_field(self.scope_spans_len())
+    }
+
+    /// Size of the encoded request.
+    pub fn encoded_len(&self) -> usize {
+        len_field(self.resource_spans_len())
+    }
+
+    /// Write the request: one `ResourceSpans` holding one `ScopeSpans` with every span.
+    pub fn encode(&self, buf: &mut impl BufMut) {
+        put_len_prefix(buf, 1, self.resource_spans_len()); // resource_spans
+        put_bytes(buf, 1, &self.preamble.resource); // .resource
+        put_len_prefix(buf, 2, self.scope_spans_len()); // .scope_spans
+        put_bytes(buf, 1, &self.preamble.scope); // .scope
+        for span in &self.spans {
+            put_bytes(buf, 2, span); // .spans
+        }
+    }
+
+    /// The encoded request in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.encoded_len());
+        self.encode(&mut buf);
+        buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::otlp::wire::put_uint;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    #[test]
+    fn request_decodes_with_every_span_under_one_resource_and_scope() {
+        let preamble = Arc::new(Preamble::new(&[
+            ("service.name".into(), "svc".into()),
+            ("k8s.pod.name".into(), "p".repeat(300)),
+        ]));
+        let spans: Vec<Vec<u8>> = (0..200)
+            .map(|i| {
+                let mut s = Vec::new();
+                put_str(&mut s, 5, &format!("span {i}"));
+                put_uint(&mut s, 6, 3);
+                s
+            })
+            .collect();
+        let batch = Batch::new(preamble, spans);
+        let bytes = batch.to_vec();
+        assert_eq!(bytes.len(), batch.encoded_len());
+        let req = ExportTraceServiceRequest::decode(&bytes[..]).expect("decodes");
+        assert_eq!(req.resource_spans.len(), 1);
+        let rs = &req.resource_spans[0];
+        let attrs = &rs.resource.as_ref().expect("resource").attributes;
+        assert_eq!(attrs[0].key, "service.name");
+        assert_eq!(attrs[1].key, "k8s.pod.name");
+        assert_eq!(rs.scope_spans.len(), 1);
+        let ss = &rs.scope_spans[0];
+        let scope = ss.scope.as_ref().expect("scope");
+        assert_eq!(scope.name, "tokenwarden");
+        assert_eq!(scope.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(ss.spans.len(), 200);
+        assert_eq!(ss.spans[199].name, "span 199");
+        assert_eq!(ss.spans[0].kind, 3);
+    }
+}

@@ -1,0 +1,200 @@
+//! The standard `OTEL_*` environment variables the exporter honours, parsed.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use percent_encoding::percent_decode_str;
+
+/// Export deadline when `OTEL_EXPORTER_OTLP_TIMEOUT` is not set.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Kubernetes downward-API variables read into the resource, and the attribute each sets.
+pub const K8S_ENV: [(&str, &str); 3] = [
+    ("POD_NAME", "k8s.pod.name"),
+    ("POD_NAMESPACE", "k8s.namespace.name"),
+    ("NODE_NAME", "k8s.node.name"),
+];
+
+/// A variable's value, `None` when unset or blank.
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A variable holding a non-negative integer.
+pub fn usize_var(name: &str) -> Option<usize> {
+    var(name)?.trim().parse().ok()
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds).
+pub fn export_timeout() -> Duration {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    ]
+    .into_iter()
+    .find_map(usize_var)
+    .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms as u64))
+}
+
+/// `key=value` pairs separated by commas, values percent-decoded (the W3C Baggage-like format
+/// of `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`). Malformed entries are
+/// skipped with a warning naming the variable, never the value (it may be a credential).
+pub fn pairs(var_name: &str, value: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in value.split(',') {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let decoded = entry.split_once('=').and_then(|(k, v)| {
+            let k = k.trim();
+            let v = percent_decode_str(v.trim()).decode_utf8().ok()?;
+            (!k.is_empty()).then(|| (k.to_string(), v.into_owned()))
+        });
+        match decoded {
+            Some(kv) => out.push(kv),
+            None => tracing::warn!(variable = var_name, "skipping a malformed key=value entry"),
+        }
+    }
+    out
+}
+
+/// Extra request headers: `OTEL_EXPORTER_OTLP_HEADERS`, overridden key by key by
+/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`.
+pub fn headers() -> Vec<(HeaderName, HeaderValue)> {
+    merge_headers(
+        var("OTEL_EXPORTER_OTLP_HEADERS").as_deref(),
+        var("OTEL_EXPORTER_OTLP_TRACES_HEADERS").as_deref(),
+    )
+}
+
+fn merge_headers(generic: Option<&str>, traces: Option<&str>) -> Vec<(HeaderName, HeaderValue)> {
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for (name, value) in [
+        ("OTEL_EXPORTER_OTLP_HEADERS", generic),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", traces),
+    ] {
+        for (k, v) in value.map(|v| pairs(name, v)).unwrap_or_default() {
+            upsert(&mut merged, k.to_ascii_lowercase(), v);
+        }
+    }
+    merged
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let parsed = HeaderName::from_bytes(k.as_bytes())
+                .ok()
+                .zip(HeaderValue::from_str(&v).ok());
+            if parsed.is_none() {
+                tracing::warn!(header = %k, "OTLP header is not a valid HTTP header; skipped");
+            }
+            parsed.map(|(name, mut value)| {
+                value.set_sensitive(true);
+                (name, value)
+            })
+        })
+        .collect()
+}
+
+/// The resource's attributes: `OTEL_RESOURCE_ATTRIBUTES`, then `service.name`
+/// (`OTEL_SERVICE_NAME` when set, else `service_name` from the config), `service.version`, the
+/// telemetry SDK, and the pod, namespace and node from the downward API. Later ones win.
+pub fn resource_attributes(service_name: &str) -> Vec<(String, String)> {
+    let mut attrs = Vec::new();
+    if let Some(v) = var("OTEL_RESOURCE_ATTRIBUTES") {
+        for (k, v) in pairs("OTEL_RESOURCE_ATTRIBUTES", &v) {
+            upsert(&mut attrs, k, v);
+        }
+    }
+    let service = var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_string());
+    upsert(&mut attrs, "service.name".into(), service);
+    let version = env!("CARGO_PKG_VERSION").to_string();
+    upsert(&mut attrs, "service.version".into(), version.clone());
+    upsert(
+        &mut attrs,
+        "telemetry.sdk.name".into(),
+        "tokenwarden".into(),
+    );
+    upsert(&mut attrs, "telemetry.sdk.language".into(), "rust".into());
+    upsert(&mut attrs, "telemetry.sdk.version".into(), version);
+    for (name, key) in K8S_ENV {
+        if let Some(v) = var(name) {
+            upsert(&mut attrs, key.into(), v);
+        }
+    }
+    attrs
+}
+
+fn upsert(list: &mut Vec<(String, String)>, key: String, value: String) {
+    match list.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => list.push((key, value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_are_trimmed_decoded_and_malformed_ones_skipped() {
+        let got = pairs(
+            "X",
+            " api-key = s%20e%3Dcret ,broken,=novalue,, team=a%2Cb ,bad=%FF",
+        );
+        assert_eq!(
+            got,
+            [
+                ("api-key".to_string(), "s e=cret".to_string()),
+                ("team".to_string(), "a,b".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn traces_headers_override_generic_ones_key_by_key() {
+        let got = merge_headers(
+            Some("Authorization=Bearer%20a,x-team=t1,bad header=v"),
+            Some("authorization=Bearer%20b"),
+        );
+        let got: Vec<_> = got
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap_or(""), v.is_sensitive()))
+            .collect();
+        assert_eq!(
+            got,
+            [("authorization", "Bearer b", true), ("x-team", "t1", true)]
+        );
+    }
+
+    #[test]
+    fn resource_names_the_service_and_the_pod() {
+        // The only test in this crate that sets these variables.
+        std::env::set_var("POD_NAME", "tw-7d9f");
+        std::env::set_var("POD_NAMESPACE", "agents");
+        std::env::set_var("NODE_NAME", "node-3");
+        std::env::set_var(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=prod,k8s.pod.name=overridden",
+        );
+        let attrs = resource_attributes("svc-from-config");
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("k8s.pod.name"), Some("tw-7d9f"));
+        assert_eq!(get("k8s.namespace.name"), Some("agents"));
+        assert_eq!(get("k8s.node.name"), Some("node-3"));
+        assert_eq!(get("deployment.environment.name"), Some("prod"));
+        assert_eq!(get("service.version"), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(get("telemetry.sdk.language"), Some("rust"));
+        if std::env::var("OTEL_SERVICE_NAME").is_err() {
+            assert_eq!(get("service.name"), Some("svc-from-config"));
+        }
+        let keys: Vec<_> = attrs.iter().map(|(k, _)| k).collect();
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(keys.len(), unique.len(), "no key twice: {keys:?}");
+    }
+}

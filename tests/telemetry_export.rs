@@ -139,3 +139,140 @@ async fn spans_the_collector_rejects_count_as_dropped() {
         "one rejected span counted in tokenwarden_spans_dropped_total"
     );
 }
+
+#[tokio::test]
+async fn a_collector_that_never_answers_slows_no_request() {
+    // Accepts connections and never reads or answers: exports hang until their timeout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    for protocol in ["grpc", "http"] {
+        let mock = mock().await;
+        let cfg = config(mock.addr(), &endpoint, protocol);
+        let proxy = ProxyProcess::spawn_with_env(
+            cfg.path(),
+            &[
+                // An export waits 30 s; a request that waited on one would show it.
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "30000"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "20"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2"),
+            ],
+        )
+        .await;
+        for i in 0..20 {
+            tokio::time::timeout(Duration::from_secs(5), one_call(&proxy))
+                .await
+                .unwrap_or_else(|_| panic!("{protocol}: call {i} waited on the collector"));
+        }
+        // At most one batch (2) is stuck in the export and 4 wait in the queue: the rest are
+        // dropped and counted.
+        let (_, body) = get(&format!("http://{}/metrics", proxy.admin)).await;
+        let dropped = metric_value(
+            &String::from_utf8_lossy(&body),
+            "tokenwarden_spans_dropped_total",
+            &[],
+        );
+        assert!(dropped >= 14.0, "{protocol}: dropped {dropped}");
+    }
+}
+
+/// A test CA, and a `localhost` certificate it signed: (CA PEM, leaf PEM, leaf key PEM).
+fn test_pki() -> (String, String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tokenwarden collector test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+}
+
+fn server_config(cert_pem: &str, key_pem: &str) -> rustls::ServerConfig {
+    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap()
+}
+
+#[tokio::test]
+async fn spans_reach_a_tls_collector_trusted_through_otel_exporter_otlp_certificate() {
+    let (ca_pem, cert_pem, key_pem) = test_pki();
+    let ca_file = config_file(&ca_pem);
+    let ca_path = ca_file.path().to_str().unwrap().to_string();
+    for protocol in ["grpc", "http"] {
+        let rx = match protocol {
+            "grpc" => Receiver::grpc_tls(&cert_pem, &key_pem).await,
+            _ => Receiver::https(server_config(&cert_pem, &key_pem)).await,
+        };
+        let mock = mock().await;
+        let cfg = config(mock.addr(), &rx.tls_endpoint(), protocol);
+        let env = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_path.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ];
+        let proxy = ProxyProcess::spawn_with_env(cfg.path(), &env).await;
+        one_call(&proxy).await;
+        let span = rx.wait_for("over TLS", |_| true).await;
+        assert_eq!(span.span.name, "chat gpt-4o-mini", "{protocol}");
+
+        // Without the CA the collector is not trusted: requests still pass, spans are dropped.
+        let untrusted = ProxyProcess::spawn_with_env(cfg.path(), &env[1..]).await;
+        one_call(&untrusted).await;
+        let admin = untrusted.admin;
+        let dropped = eventually(Duration::from_secs(10), || async move {
+            let (_, body) = get(&format!("http://{admin}/metrics")).await;
+            let text = String::from_utf8_lossy(&body).into_owned();
+            metric_value(&text, "tokenwarden_spans_dropped_total", &[]) >= 1.0
+        })
+        .await;
+        assert!(
+            dropped,
+            "{protocol}: a span to an untrusted collector is counted as dropped"
+        );
+        assert_eq!(
+            rx.spans().len(),
+            1,
+            "{protocol}: nothing arrived without trust"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_otlp_certificate_stops_the_start_with_the_variable_named() {
+    let mock = mock().await;
+    let cfg = config(mock.addr(), "https://localhost:4317", "grpc");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
+        .arg("--config")
+        .arg(cfg.path())
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && stderr.contains("/nonexistent/ca.pem"),
+        "{stderr}"
+    );
+}

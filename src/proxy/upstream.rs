@@ -21,7 +21,7 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The CA file could not be read.
-    #[error("cannot read ca_file {path}: {source}")]
+    #[error("cannot read CA file {path}: {source}")]
     Read {
         /// The file.
         path: String,
@@ -29,7 +29,7 @@ pub enum TlsError {
         source: std::io::Error,
     },
     /// The CA file holds no usable certificate.
-    #[error("ca_file {path}: {reason}")]
+    #[error("CA file {path}: {reason}")]
     BadCa {
         /// The file.
         path: String,
@@ -79,7 +79,11 @@ pub fn build_client(
         .build(https))
 }
 
-fn add_pem_roots(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), TlsError> {
+/// Add every certificate of the PEM file at `path` to `roots`; none at all is an error.
+pub(crate) fn add_pem_roots(
+    roots: &mut rustls::RootCertStore,
+    path: &Path,
+) -> Result<(), TlsError> {
     let shown = path.display().to_string();
     let pem = std::fs::read(path).map_err(|source| TlsError::Read {
         path: shown.clone(),

@@ -124,6 +124,34 @@ impl Receiver {
 
     /// OTLP/HTTP protobuf on 127.0.0.1:0; the endpoint is `http://ADDR` (`/v1/traces`).
     pub async fn http() -> Receiver {
+        Self::http_with(None).await
+    }
+
+    /// OTLP/HTTP protobuf over TLS (`https://localhost:PORT`) with `config`'s certificate.
+    pub async fn https(config: rustls::ServerConfig) -> Receiver {
+        Self::http_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    /// OTLP/gRPC over TLS (`https://localhost:PORT`) with the PEM certificate and key.
+    pub async fn grpc_tls(cert_pem: &str, key_pem: &str) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let store = Arc::new(Store::default());
+        let svc = TraceServiceServer::new(Grpc(store.clone()));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("server TLS config");
+        let task = tokio::spawn(async move {
+            let _ = server.serve_with_incoming(svc, incoming).await;
+        });
+        Receiver { addr, store, task }
+    }
+
+    async fn http_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Receiver {
         use hyper::service::service_fn;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -135,6 +163,7 @@ impl Receiver {
                     return;
                 };
                 let st = st.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<Incoming>| {
                         let st = st.clone();
@@ -170,9 +199,22 @@ impl Receiver {
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    let http1 = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http1
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let _ = http1
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -181,6 +223,11 @@ impl Receiver {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The endpoint of a TLS receiver (its certificate names `localhost`).
+    pub fn tls_endpoint(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
     }
 
     /// Request headers of every export so far.

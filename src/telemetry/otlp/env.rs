@@ -1,5 +1,6 @@
 //! The standard `OTEL_*` environment variables the exporter honours, parsed.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -34,6 +35,18 @@ pub fn export_timeout() -> Duration {
     .into_iter()
     .find_map(usize_var)
     .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms as u64))
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, else `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file
+/// of CA certificates trusted for an `https://` collector, besides the webpki roots. Returns
+/// the variable's name with the path, for error messages.
+pub fn certificate() -> Option<(&'static str, PathBuf)> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ]
+    .into_iter()
+    .find_map(|name| var(name).map(|v| (name, PathBuf::from(v.trim()))))
 }
 
 /// `key=value` pairs separated by commas, values percent-decoded (the W3C Baggage-like format

@@ -104,7 +104,7 @@ impl SpanSink {
 /// Build the exporter for `config` and start the export task on the current runtime.
 pub fn start(config: &OtlpConfig, service_name: &str) -> Result<SpanSink, ExporterError> {
     let timeout = env::export_timeout();
-    let transport = Transport::new(config, timeout, env::headers())?;
+    let transport = Transport::new(config, timeout, env::headers(), env::certificate())?;
     let preamble = Arc::new(Preamble::new(&env::resource_attributes(service_name)));
     let queue = env::usize_var("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or(DEFAULT_QUEUE);
     let batch = env::usize_var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")

@@ -1,5 +1,6 @@
 //! Sending one encoded batch to the collector: OTLP/gRPC over tonic, or OTLP/HTTP protobuf
-//! over hyper with our rustls stack.
+//! over hyper with our rustls stack. Both trust the webpki roots plus the CA file named by
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE`.
 
 use std::time::Duration;
 
@@ -15,9 +16,12 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
+use std::path::PathBuf;
+
 use super::batch::Batch;
 use super::ExporterError;
 use crate::config::{OtlpConfig, OtlpProtocol};
+use crate::proxy::upstream::add_pem_roots;
 
 /// The gRPC method every OTLP trace export calls.
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -81,12 +85,25 @@ impl Transport {
         config: &OtlpConfig,
         timeout: Duration,
         headers: Vec<(HeaderName, HeaderValue)>,
+        ca: Option<(&'static str, PathBuf)>,
     ) -> Result<Self, ExporterError> {
         let mut map = HeaderMap::new();
         map.extend(headers);
+        // The webpki roots, plus the CA file when one is given (checked here either way, so a
+        // bad file stops the start even for an http:// endpoint).
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let ca_pem = match &ca {
+            Some((var, path)) => {
+                add_pem_roots(&mut roots, path)
+                    .map_err(|e| ExporterError(format!("{var}: {e}")))?;
+                Some(std::fs::read(path).map_err(|e| ExporterError(format!("{var}: {e}")))?)
+            }
+            None => None,
+        };
         Ok(match config.protocol {
-            OtlpProtocol::Grpc => Self::Grpc(Grpc::new(&config.endpoint, timeout, map)?),
-            OtlpProtocol::Http => Self::Http(Http::new(&config.endpoint, timeout, map)?),
+            OtlpProtocol::Grpc => Self::Grpc(Grpc::new(&config.endpoint, timeout, map, ca_pem)?),
+            OtlpProtocol::Http => Self::Http(Http::new(&config.endpoint, timeout, map, roots)?),
         })
     }
 
@@ -116,15 +133,24 @@ pub struct Grpc {
 }
 
 impl Grpc {
-    fn new(endpoint: &str, timeout: Duration, headers: HeaderMap) -> Result<Self, ExporterError> {
+    fn new(
+        endpoint: &str,
+        timeout: Duration,
+        headers: HeaderMap,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<Self, ExporterError> {
         let mut ep = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| ExporterError(format!("endpoint {endpoint:?}: {e}")))?
             .timeout(timeout)
             .connect_timeout(timeout)
             .tcp_nodelay(true);
         if endpoint.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+            if let Some(pem) = ca_pem {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
             ep = ep
-                .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+                .tls_config(tls)
                 .map_err(|e| ExporterError(e.to_string()))?;
         }
         Ok(Self {
@@ -202,13 +228,16 @@ pub struct Http {
 }
 
 impl Http {
-    fn new(endpoint: &str, timeout: Duration, headers: HeaderMap) -> Result<Self, ExporterError> {
+    fn new(
+        endpoint: &str,
+        timeout: Duration,
+        headers: HeaderMap,
+        roots: rustls::RootCertStore,
+    ) -> Result<Self, ExporterError> {
         let url = traces_url(endpoint);
         let url: Uri = url
             .parse()
             .map_err(|e| ExporterError(format!("endpoint {url:?}: {e}")))?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

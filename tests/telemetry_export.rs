@@ -182,48 +182,15 @@ async fn a_collector_that_never_answers_slows_no_request() {
     }
 }
 
-/// A test CA, and a `localhost` certificate it signed: (CA PEM, leaf PEM, leaf key PEM).
-fn test_pki() -> (String, String, String) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tokenwarden collector test CA");
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
-}
-
-fn server_config(cert_pem: &str, key_pem: &str) -> rustls::ServerConfig {
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .unwrap()
-        .unwrap();
-    rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap()
-}
-
 #[tokio::test]
 async fn spans_reach_a_tls_collector_trusted_through_otel_exporter_otlp_certificate() {
-    let (ca_pem, cert_pem, key_pem) = test_pki();
-    let ca_file = config_file(&ca_pem);
+    let pki = TestPki::new();
+    let ca_file = config_file(&pki.ca_pem);
     let ca_path = ca_file.path().to_str().unwrap().to_string();
     for protocol in ["grpc", "http"] {
         let rx = match protocol {
-            "grpc" => Receiver::grpc_tls(&cert_pem, &key_pem).await,
-            _ => Receiver::https(server_config(&cert_pem, &key_pem)).await,
+            "grpc" => Receiver::grpc_tls(&pki.cert_pem, &pki.key_pem).await,
+            _ => Receiver::https(pki.server_config(&[b"http/1.1"])).await,
         };
         let mock = mock().await;
         let cfg = config(mock.addr(), &rx.tls_endpoint(), protocol);

@@ -16,42 +16,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
-struct TestPki {
-    ca_pem: String,
-    server_config: rustls::ServerConfig,
-}
-
-fn pki() -> TestPki {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "tokenwarden test CA");
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-
-    let leaf_params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
-        )
-        .unwrap();
-    server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    TestPki {
-        ca_pem: ca.pem(),
-        server_config,
-    }
-}
-
 /// A TLS upstream answering every request with the HTTP version it was served over.
 async fn tls_upstream(config: rustls::ServerConfig) -> std::net::SocketAddr {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -88,8 +52,8 @@ async fn tls_upstream(config: rustls::ServerConfig) -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn https_upstream_with_private_ca_negotiates_http2() {
-    let pki = pki();
-    let up = tls_upstream(pki.server_config).await;
+    let pki = TestPki::new();
+    let up = tls_upstream(pki.server_config(&[b"h2", b"http/1.1"])).await;
     let ca = config_file(&pki.ca_pem);
     let p = TestProxy::start(&format!(
         "routes:\n  - name: tls\n    path_prefix: /\n    upstream: https://localhost:{}\n    ca_file: {}\n",
@@ -111,8 +75,8 @@ async fn https_upstream_with_private_ca_negotiates_http2() {
 
 #[tokio::test]
 async fn https_upstream_with_unknown_ca_is_refused_as_502() {
-    let pki = pki();
-    let up = tls_upstream(pki.server_config).await;
+    let pki = TestPki::new();
+    let up = tls_upstream(pki.server_config(&[b"h2", b"http/1.1"])).await;
     let p = TestProxy::start(&format!(
         "routes:\n  - name: tls-untrusted\n    path_prefix: /\n    upstream: https://localhost:{}\n",
         up.port()

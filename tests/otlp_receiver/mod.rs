@@ -108,18 +108,7 @@ impl TraceService for Grpc {
 impl Receiver {
     /// OTLP/gRPC on 127.0.0.1:0; the endpoint is `http://ADDR`.
     pub async fn grpc() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let store = Arc::new(Store::default());
-        let svc = TraceServiceServer::new(Grpc(store.clone()));
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let task = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .serve_with_incoming(svc, incoming)
-                .await;
-        });
-        Receiver { addr, store, task }
+        Self::grpc_with(tonic::transport::Server::builder()).await
     }
 
     /// OTLP/HTTP protobuf on 127.0.0.1:0; the endpoint is `http://ADDR` (`/v1/traces`).
@@ -134,17 +123,21 @@ impl Receiver {
 
     /// OTLP/gRPC over TLS (`https://localhost:PORT`) with the PEM certificate and key.
     pub async fn grpc_tls(cert_pem: &str, key_pem: &str) -> Receiver {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("server TLS config");
+        Self::grpc_with(server).await
+    }
+
+    async fn grpc_with(server: tonic::transport::Server) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let store = Arc::new(Store::default());
         let svc = TraceServiceServer::new(Grpc(store.clone()));
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let tls = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
-        let server = tonic::transport::Server::builder()
-            .tls_config(tls)
-            .expect("server TLS config");
         let task = tokio::spawn(async move {
             let _ = server.serve_with_incoming(svc, incoming).await;
         });

@@ -47,7 +47,7 @@ async fn otel_headers_and_resource_variables_reach_the_collector_over_both_proto
         let cfg = config(mock.addr(), &rx.endpoint(), protocol);
         let generic = format!("x-tenant=acme,authorization=Bearer%20generic-{SECRET}");
         let traces = format!("authorization=Bearer%20{SECRET}");
-        let mut proxy = ProxyProcess::spawn_with_env(
+        let proxy = ProxyProcess::spawn_with_env(
             cfg.path(),
             &[
                 ("OTEL_EXPORTER_OTLP_HEADERS", &generic),
@@ -103,13 +103,11 @@ async fn otel_headers_and_resource_variables_reach_the_collector_over_both_proto
         assert_eq!(resource_value(&span, "telemetry.sdk.language"), s("rust"));
 
         // The header values are credentials: not in the proxy's logs.
-        proxy.signal("TERM");
-        let _ = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait()).await;
-        let mut logs = String::new();
-        while let Ok(line) = proxy.stderr_lines.try_recv() {
-            logs.push_str(&line);
-            logs.push('\n');
-        }
+        let logs = proxy.stop_and_collect_logs().await;
+        assert!(
+            logs.contains("tokenwarden listening"),
+            "{protocol}: logs: {logs}"
+        );
         assert!(
             !logs.contains(SECRET),
             "{protocol}: secret in logs:\n{logs}"
@@ -118,26 +116,89 @@ async fn otel_headers_and_resource_variables_reach_the_collector_over_both_proto
 }
 
 #[tokio::test]
-async fn spans_the_collector_rejects_count_as_dropped() {
+async fn malformed_otel_variables_are_ignored_with_warnings_that_hold_no_secret() {
     let rx = Receiver::grpc().await;
-    rx.reject(1);
     let mock = mock().await;
     let cfg = config(mock.addr(), &rx.endpoint(), "grpc");
-    let proxy =
-        ProxyProcess::spawn_with_env(cfg.path(), &[("OTEL_BSP_SCHEDULE_DELAY", "50")]).await;
-    one_call(&proxy).await;
-    rx.wait_for("for the call", |_| true).await;
-    let admin = proxy.admin;
-    let counted = eventually(Duration::from_secs(10), || async move {
-        let (_, body) = get(&format!("http://{admin}/metrics")).await;
-        let text = String::from_utf8_lossy(&body).into_owned();
-        metric_value(&text, "tokenwarden_spans_dropped_total", &[]) == 1.0
-    })
+    // A common mistake: `Name: value` instead of `name=value`; the base64 `=` makes the whole
+    // "Authorization: Basic ..." the header name. And a resource entry without `=`.
+    let header = format!("Authorization: Basic {SECRET}=");
+    let resource = format!("team={SECRET},broken");
+    let proxy = ProxyProcess::spawn_with_env(
+        cfg.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_HEADERS", &header),
+            ("OTEL_RESOURCE_ATTRIBUTES", &resource),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("RUST_LOG", "debug"),
+        ],
+    )
     .await;
-    assert!(
-        counted,
-        "one rejected span counted in tokenwarden_spans_dropped_total"
+    one_call(&proxy).await;
+    let span = rx.wait_for("for the call", |_| true).await;
+    assert_eq!(
+        resource_value(&span, "team"),
+        None,
+        "a malformed variable is ignored whole"
     );
+    let headers = rx.headers();
+    assert!(headers[0].get("authorization").is_none(), "{headers:?}");
+    let logs = proxy.stop_and_collect_logs().await;
+    assert!(
+        logs.contains("OTEL_RESOURCE_ATTRIBUTES") && logs.contains("not a valid HTTP header"),
+        "both are warned about: {logs}"
+    );
+    assert!(!logs.contains(SECRET), "secret in logs:\n{logs}");
+}
+
+#[tokio::test]
+async fn spans_the_collector_rejects_count_as_dropped_and_the_rest_do_not() {
+    for protocol in ["grpc", "http"] {
+        let rx = match protocol {
+            "grpc" => Receiver::grpc().await,
+            _ => Receiver::http().await,
+        };
+        let mock = mock().await;
+        let cfg = config(mock.addr(), &rx.endpoint(), protocol);
+        // A long linger: the three calls below go in one export.
+        let env = [("OTEL_BSP_SCHEDULE_DELAY", "1500")];
+        let dropped = |proxy: &ProxyProcess| {
+            let admin = proxy.admin;
+            async move {
+                let (_, body) = get(&format!("http://{admin}/metrics")).await;
+                metric_value(
+                    &String::from_utf8_lossy(&body),
+                    "tokenwarden_spans_dropped_total",
+                    &[],
+                )
+            }
+        };
+
+        // Accepted in full: nothing counted.
+        let proxy = ProxyProcess::spawn_with_env(cfg.path(), &env).await;
+        one_call(&proxy).await;
+        rx.wait_for("accepted", |_| true).await;
+        assert_eq!(dropped(&proxy).await, 0.0, "{protocol}");
+
+        // One of three rejected: exactly one counted, not the batch.
+        rx.reject(1);
+        let proxy = ProxyProcess::spawn_with_env(cfg.path(), &env).await;
+        for _ in 0..3 {
+            one_call(&proxy).await;
+        }
+        let arrived = eventually(Duration::from_secs(10), || async { rx.spans().len() == 4 }).await;
+        assert!(arrived, "{protocol}: {} spans", rx.spans().len());
+        assert_eq!(
+            rx.headers().len(),
+            2,
+            "{protocol}: the three went in one export"
+        );
+        let counted = eventually(Duration::from_secs(5), || async {
+            dropped(&proxy).await == 1.0
+        })
+        .await;
+        assert!(counted, "{protocol}: dropped {}", dropped(&proxy).await);
+    }
 }
 
 #[tokio::test]

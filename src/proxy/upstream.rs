@@ -89,23 +89,27 @@ pub(crate) fn add_pem_roots(
         path: shown.clone(),
         source,
     })?;
+    add_pem(roots, &pem, &shown)
+}
+
+/// Add every certificate of `pem` (read from the file `shown`) to `roots`; none is an error.
+pub(crate) fn add_pem(
+    roots: &mut rustls::RootCertStore,
+    pem: &[u8],
+    shown: &str,
+) -> Result<(), TlsError> {
+    let bad = |reason: String| TlsError::BadCa {
+        path: shown.to_string(),
+        reason,
+    };
     let mut added = 0;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| TlsError::BadCa {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        roots.add(cert).map_err(|e| TlsError::BadCa {
-            path: shown.clone(),
-            reason: e.to_string(),
-        })?;
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
         added += 1;
     }
     if added == 0 {
-        return Err(TlsError::BadCa {
-            path: shown,
-            reason: "no PEM certificate found".into(),
-        });
+        return Err(bad("no PEM certificate found".into()));
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ pub fn attributes(provider: &'static str, model: &str, usage: &Usage, out: &mut 
     }
     let total = usage.total.or(match (usage.input, usage.output) {
         (None, None) => None,
-        (i, o) => Some(i.unwrap_or(0) + o.unwrap_or(0)),
+        (i, o) => Some(i.unwrap_or(0).saturating_add(o.unwrap_or(0))),
     });
     if let Some(n) = total {
         out.int("llm.token_count.total", count(n));

@@ -180,6 +180,8 @@ pub struct ProxyProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Lines logged before "tokenwarden listening" (that line included).
+    pub startup_lines: Vec<String>,
     pub stderr_lines: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
@@ -216,8 +218,10 @@ impl ProxyProcess {
                 }
             }
         });
+        let mut startup_lines = Vec::new();
         let found = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = rx.recv().await {
+                startup_lines.push(line.clone());
                 let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                     continue;
                 };
@@ -236,8 +240,24 @@ impl ProxyProcess {
             child,
             addr: found.0,
             admin: found.1,
+            startup_lines,
             stderr_lines: rx,
         }
+    }
+
+    /// Stop the child (SIGTERM) and return everything it logged, start to exit.
+    pub async fn stop_and_collect_logs(mut self) -> String {
+        self.signal("TERM");
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let mut logs = self.startup_lines.join("\n");
+        // The reader task ends at EOF, which closes the channel.
+        while let Ok(Some(line)) =
+            tokio::time::timeout(Duration::from_secs(5), self.stderr_lines.recv()).await
+        {
+            logs.push('\n');
+            logs.push_str(&line);
+        }
+        logs
     }
 
     /// Send a signal to the child.

@@ -26,14 +26,15 @@ pub fn usize_var(name: &str) -> Option<usize> {
     var(name)?.trim().parse().ok()
 }
 
-/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds).
+/// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds; 0,
+/// which would fail every export, counts as unset).
 pub fn export_timeout() -> Duration {
     [
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
         "OTEL_EXPORTER_OTLP_TIMEOUT",
     ]
     .into_iter()
-    .find_map(usize_var)
+    .find_map(|name| usize_var(name).filter(|&ms| ms > 0))
     .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms as u64))
 }
 
@@ -50,11 +51,13 @@ pub fn certificate() -> Option<(&'static str, PathBuf)> {
 }
 
 /// `key=value` pairs separated by commas, values percent-decoded (the W3C Baggage-like format
-/// of `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`). Malformed entries are
-/// skipped with a warning naming the variable, never the value (it may be a credential).
+/// of `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`). A malformed entry
+/// discards the whole variable, as the resource spec asks: half a set of headers (say, a
+/// tenant without its token) is worse than none. The warning names the variable and the
+/// entry's position, never its text (it may hold a credential).
 pub fn pairs(var_name: &str, value: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for entry in value.split(',') {
+    for (i, entry) in value.split(',').enumerate() {
         if entry.trim().is_empty() {
             continue;
         }
@@ -65,7 +68,14 @@ pub fn pairs(var_name: &str, value: &str) -> Vec<(String, String)> {
         });
         match decoded {
             Some(kv) => out.push(kv),
-            None => tracing::warn!(variable = var_name, "skipping a malformed key=value entry"),
+            None => {
+                tracing::warn!(
+                    variable = var_name,
+                    entry = i + 1,
+                    "malformed key=value entry; the whole variable is ignored"
+                );
+                return Vec::new();
+            }
         }
     }
     out
@@ -92,12 +102,18 @@ fn merge_headers(generic: Option<&str>, traces: Option<&str>) -> Vec<(HeaderName
     }
     merged
         .into_iter()
-        .filter_map(|(k, v)| {
+        .enumerate()
+        .filter_map(|(i, (k, v))| {
             let parsed = HeaderName::from_bytes(k.as_bytes())
                 .ok()
                 .zip(HeaderValue::from_str(&v).ok());
             if parsed.is_none() {
-                tracing::warn!(header = %k, "OTLP header is not a valid HTTP header; skipped");
+                // Not the name either: `Authorization: Basic ...=` splits into a "name" that
+                // holds the credential.
+                tracing::warn!(
+                    header = i + 1,
+                    "an OTLP header is not a valid HTTP header; skipped"
+                );
             }
             parsed.map(|(name, mut value)| {
                 value.set_sensitive(true);
@@ -107,17 +123,26 @@ fn merge_headers(generic: Option<&str>, traces: Option<&str>) -> Vec<(HeaderName
         .collect()
 }
 
+/// The resource's attributes from the process environment; see [`resource_attributes_from`].
+pub fn resource_attributes(service_name: &str) -> Vec<(String, String)> {
+    resource_attributes_from(service_name, var)
+}
+
 /// The resource's attributes: `OTEL_RESOURCE_ATTRIBUTES`, then `service.name`
 /// (`OTEL_SERVICE_NAME` when set, else `service_name` from the config), `service.version`, the
 /// telemetry SDK, and the pod, namespace and node from the downward API. Later ones win.
-pub fn resource_attributes(service_name: &str) -> Vec<(String, String)> {
+/// `env` reads a variable.
+pub fn resource_attributes_from(
+    service_name: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
     let mut attrs = Vec::new();
-    if let Some(v) = var("OTEL_RESOURCE_ATTRIBUTES") {
+    if let Some(v) = env("OTEL_RESOURCE_ATTRIBUTES") {
         for (k, v) in pairs("OTEL_RESOURCE_ATTRIBUTES", &v) {
             upsert(&mut attrs, k, v);
         }
     }
-    let service = var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_string());
+    let service = env("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_string());
     upsert(&mut attrs, "service.name".into(), service);
     let version = env!("CARGO_PKG_VERSION").to_string();
     upsert(&mut attrs, "service.version".into(), version.clone());
@@ -129,7 +154,7 @@ pub fn resource_attributes(service_name: &str) -> Vec<(String, String)> {
     upsert(&mut attrs, "telemetry.sdk.language".into(), "rust".into());
     upsert(&mut attrs, "telemetry.sdk.version".into(), version);
     for (name, key) in K8S_ENV {
-        if let Some(v) = var(name) {
+        if let Some(v) = env(name) {
             upsert(&mut attrs, key.into(), v);
         }
     }
@@ -146,13 +171,11 @@ fn upsert(list: &mut Vec<(String, String)>, key: String, value: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
-    fn pairs_are_trimmed_decoded_and_malformed_ones_skipped() {
-        let got = pairs(
-            "X",
-            " api-key = s%20e%3Dcret ,broken,=novalue,, team=a%2Cb ,bad=%FF",
-        );
+    fn pairs_are_trimmed_and_decoded() {
+        let got = pairs("X", " api-key = s%20e%3Dcret ,, team=a%2Cb ");
         assert_eq!(
             got,
             [
@@ -160,6 +183,13 @@ mod tests {
                 ("team".to_string(), "a,b".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn one_malformed_entry_discards_the_whole_variable() {
+        for bad in ["a=1,broken", "a=1,=novalue", "a=1,bad=%FF"] {
+            assert!(pairs("X", bad).is_empty(), "{bad}");
+        }
     }
 
     #[test]
@@ -178,36 +208,56 @@ mod tests {
         );
     }
 
+    fn resource(env: &[(&str, &str)]) -> Vec<(String, String)> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        resource_attributes_from("svc-from-config", |name| env.get(name).cloned())
+    }
+
+    fn get<'a>(attrs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     #[test]
     fn resource_names_the_service_and_the_pod() {
-        // The only test in this crate that sets these variables.
-        std::env::set_var("POD_NAME", "tw-7d9f");
-        std::env::set_var("POD_NAMESPACE", "agents");
-        std::env::set_var("NODE_NAME", "node-3");
-        std::env::set_var(
-            "OTEL_RESOURCE_ATTRIBUTES",
-            "deployment.environment.name=prod,k8s.pod.name=overridden",
+        let attrs = resource(&[
+            ("POD_NAME", "tw-7d9f"),
+            ("POD_NAMESPACE", "agents"),
+            ("NODE_NAME", "node-3"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=prod,k8s.pod.name=overridden",
+            ),
+        ]);
+        assert_eq!(get(&attrs, "k8s.pod.name"), Some("tw-7d9f"));
+        assert_eq!(get(&attrs, "k8s.namespace.name"), Some("agents"));
+        assert_eq!(get(&attrs, "k8s.node.name"), Some("node-3"));
+        assert_eq!(get(&attrs, "deployment.environment.name"), Some("prod"));
+        assert_eq!(
+            get(&attrs, "service.version"),
+            Some(env!("CARGO_PKG_VERSION"))
         );
-        let attrs = resource_attributes("svc-from-config");
-        let get = |k: &str| {
-            attrs
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
-        assert_eq!(get("k8s.pod.name"), Some("tw-7d9f"));
-        assert_eq!(get("k8s.namespace.name"), Some("agents"));
-        assert_eq!(get("k8s.node.name"), Some("node-3"));
-        assert_eq!(get("deployment.environment.name"), Some("prod"));
-        assert_eq!(get("service.version"), Some(env!("CARGO_PKG_VERSION")));
-        assert_eq!(get("telemetry.sdk.language"), Some("rust"));
-        if std::env::var("OTEL_SERVICE_NAME").is_err() {
-            assert_eq!(get("service.name"), Some("svc-from-config"));
-        }
+        assert_eq!(get(&attrs, "telemetry.sdk.language"), Some("rust"));
+        assert_eq!(get(&attrs, "service.name"), Some("svc-from-config"));
         let keys: Vec<_> = attrs.iter().map(|(k, _)| k).collect();
         let mut unique = keys.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(keys.len(), unique.len(), "no key twice: {keys:?}");
+    }
+
+    #[test]
+    fn otel_service_name_wins_over_the_config_and_the_attributes_variable() {
+        let attrs = resource(&[
+            ("OTEL_SERVICE_NAME", "svc-env"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=attr"),
+        ]);
+        assert_eq!(get(&attrs, "service.name"), Some("svc-env"));
+        assert_eq!(get(&resource(&[]), "service.name"), Some("svc-from-config"));
     }
 }

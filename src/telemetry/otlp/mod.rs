@@ -144,6 +144,9 @@ async fn run(
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut failing = false;
+    // Whether the last export came back with a partial-success note: logged once per run of
+    // them, like failures, not once per batch.
+    let mut warned = false;
     loop {
         let mut batch = Vec::with_capacity(batch_size);
         let mut ack = None;
@@ -184,14 +187,17 @@ async fn run(
                 let request = Batch::new(exporter.preamble.clone(), std::mem::take(&mut batch));
                 match exporter.transport.export(request, exporter.timeout).await {
                     Ok(accepted) => {
-                        if accepted.rejected > 0 {
-                            counter!(m::SPANS_DROPPED_TOTAL).increment(accepted.rejected);
+                        counter!(m::SPANS_DROPPED_TOTAL).increment(accepted.rejected);
+                        let note = accepted.rejected > 0 || !accepted.message.is_empty();
+                        if note && !std::mem::replace(&mut warned, true) {
                             tracing::warn!(
                                 rejected = accepted.rejected,
                                 message = %accepted.message,
-                                "the collector rejected spans"
+                                "the collector rejected spans or warned (partial success); \
+                                 logged again only after a clean export"
                             );
                         }
+                        warned &= note;
                         backoff = MIN_BACKOFF;
                         if std::mem::replace(&mut failing, false) {
                             tracing::info!("span export recovered");

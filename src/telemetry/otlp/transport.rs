@@ -21,12 +21,14 @@ use std::path::PathBuf;
 use super::batch::Batch;
 use super::ExporterError;
 use crate::config::{OtlpConfig, OtlpProtocol};
-use crate::proxy::upstream::add_pem_roots;
+use crate::proxy::upstream::add_pem;
 
 /// The gRPC method every OTLP trace export calls.
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Most of an HTTP response body we read (the answer is a small protobuf message).
 const MAX_RESPONSE: usize = 64 * 1024;
+/// `User-Agent` of export requests, as the OTLP exporter spec asks.
+const USER_AGENT: &str = concat!("tokenwarden/", env!("CARGO_PKG_VERSION"));
 
 /// An export that did not go through; its spans are lost.
 #[derive(Debug, thiserror::Error)]
@@ -95,9 +97,12 @@ impl Transport {
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let ca_pem = match &ca {
             Some((var, path)) => {
-                add_pem_roots(&mut roots, path)
+                let shown = path.display().to_string();
+                let pem = std::fs::read(path)
+                    .map_err(|e| ExporterError(format!("{var}: cannot read {shown}: {e}")))?;
+                add_pem(&mut roots, &pem, &shown)
                     .map_err(|e| ExporterError(format!("{var}: {e}")))?;
-                Some(std::fs::read(path).map_err(|e| ExporterError(format!("{var}: {e}")))?)
+                Some(pem)
             }
             None => None,
         };
@@ -143,7 +148,9 @@ impl Grpc {
             .map_err(|e| ExporterError(format!("endpoint {endpoint:?}: {e}")))?
             .timeout(timeout)
             .connect_timeout(timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .user_agent(USER_AGENT)
+            .map_err(|e| ExporterError(e.to_string()))?;
         if endpoint.starts_with("https://") {
             let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
             if let Some(pem) = ca_pem {
@@ -213,9 +220,10 @@ impl Decoder for BatchCodec {
     type Error = tonic::Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
-        ExportTraceServiceResponse::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(e.to_string()))
+        // An OK whose message does not decode still delivered the spans (as over HTTP).
+        Ok(Some(
+            ExportTraceServiceResponse::decode(src).unwrap_or_default(),
+        ))
     }
 }
 
@@ -264,6 +272,7 @@ impl Http {
     async fn export(&mut self, batch: Batch) -> Result<Accepted, ExportError> {
         let mut request = Request::post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .header(header::USER_AGENT, USER_AGENT)
             .body(Full::new(Bytes::from(batch.to_vec())))
             .map_err(|e| ExportError::Transport(e.to_string()))?;
         request.headers_mut().extend(self.headers.clone());
@@ -271,7 +280,7 @@ impl Http {
             .client
             .request(request)
             .await
-            .map_err(|e| ExportError::Transport(e.to_string()))?;
+            .map_err(|e| ExportError::Transport(with_causes(&e)))?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_RESPONSE)
             .collect()
@@ -288,8 +297,22 @@ impl Http {
     }
 }
 
-/// The OTLP/HTTP traces URL: the endpoint as given when it names a path, else `/v1/traces`
-/// under it (the spec's rule for `OTEL_EXPORTER_OTLP_ENDPOINT`).
+/// hyper-util's error says only "client error (Connect)"; the reason (refused, TLS: unknown
+/// issuer) is further down the chain.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The OTLP/HTTP traces URL for `telemetry.otlp.endpoint`: as given when it names a path, else
+/// `/v1/traces` under it. (Unlike `OTEL_EXPORTER_OTLP_ENDPOINT`, which always gets the path
+/// appended, a configured path is taken to be the full traces URL.)
 pub fn traces_url(endpoint: &str) -> String {
     let trimmed = endpoint.trim_end_matches('/');
     let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, r)| r);
@@ -317,6 +340,10 @@ mod tests {
         assert_eq!(
             traces_url("https://c.example/otlp/v1/traces"),
             "https://c.example/otlp/v1/traces"
+        );
+        assert_eq!(
+            traces_url("https://c.example/otlp"),
+            "https://c.example/otlp"
         );
     }
 

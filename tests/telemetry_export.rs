@@ -39,10 +39,7 @@ fn resource_value(r: &Received, key: &str) -> Option<V> {
 #[tokio::test]
 async fn otel_headers_and_resource_variables_reach_the_collector_over_both_protocols() {
     for protocol in ["grpc", "http"] {
-        let rx = match protocol {
-            "grpc" => Receiver::grpc().await,
-            _ => Receiver::http().await,
-        };
+        let rx = Receiver::speaking(protocol).await;
         let mock = mock().await;
         let cfg = config(mock.addr(), &rx.endpoint(), protocol);
         let generic = format!("x-tenant=acme,authorization=Bearer%20generic-{SECRET}");
@@ -154,10 +151,7 @@ async fn malformed_otel_variables_are_ignored_with_warnings_that_hold_no_secret(
 #[tokio::test]
 async fn spans_the_collector_rejects_count_as_dropped_and_the_rest_do_not() {
     for protocol in ["grpc", "http"] {
-        let rx = match protocol {
-            "grpc" => Receiver::grpc().await,
-            _ => Receiver::http().await,
-        };
+        let rx = Receiver::speaking(protocol).await;
         let mock = mock().await;
         let cfg = config(mock.addr(), &rx.endpoint(), protocol);
         // A long linger: the three calls below go in one export.

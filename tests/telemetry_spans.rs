@@ -28,10 +28,7 @@ fn telemetry(endpoint: &str, protocol: &str, extra: &str) -> String {
 }
 
 async fn setup(protocol: &str, extra: &str) -> (Receiver, MockServer, TestProxy) {
-    let rx = match protocol {
-        "grpc" => Receiver::grpc().await,
-        _ => Receiver::http().await,
-    };
+    let rx = Receiver::speaking(protocol).await;
     let mock = mock().await;
     let proxy = TestProxy::to(
         "llm",

@@ -107,6 +107,14 @@ impl TraceService for Grpc {
 
 impl Receiver {
     /// OTLP/gRPC on 127.0.0.1:0; the endpoint is `http://ADDR`.
+    /// A plain-text receiver speaking `protocol` (`grpc` or `http`).
+    pub async fn speaking(protocol: &str) -> Receiver {
+        match protocol {
+            "grpc" => Self::grpc().await,
+            _ => Self::http().await,
+        }
+    }
+
     pub async fn grpc() -> Receiver {
         Self::grpc_with(tonic::transport::Server::builder()).await
     }

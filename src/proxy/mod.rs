@@ -42,7 +42,7 @@ use crate::policy::{Policies, PolicySet};
 use crate::session::{SessionSource, Sessions};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::spans::Spans;
-use crate::telemetry::trace_context::TRACEPARENT;
+use crate::telemetry::trace_context::TRACEPARENT_HEADER;
 
 use error::UpstreamErrorKind;
 use protocol::ErrorShape;
@@ -282,7 +282,7 @@ impl Proxy {
         if call.llm_mut().is_some() {
             // The upstream call is our span's child; the agent's tracestate goes on as sent.
             if let Some(span) = call.span_mut() {
-                parts.headers.insert(TRACEPARENT, span.traceparent());
+                parts.headers.insert(TRACEPARENT_HEADER, span.traceparent());
             }
         }
         if had_length || !body.is_empty() {

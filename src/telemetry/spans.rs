@@ -20,6 +20,7 @@ use crate::proxy::accounting::CallLabels;
 use crate::proxy::inspect::RequestFacts;
 
 use super::content::{Captured, ContentPolicy};
+use super::otlp::buffers::SPAN_CAPACITY;
 use super::otlp::wire::{
     put_bytes, put_fixed32, put_fixed64, put_message, put_str, put_str_joined, put_uint, Attrs,
 };
@@ -55,7 +56,6 @@ pub struct CallSpan {
     trace_id: TraceId,
     span_id: SpanId,
     parent: Option<RemoteParent>,
-    start: SystemTime,
     started: Instant,
     server_address: Arc<str>,
     server_port: u16,
@@ -149,16 +149,11 @@ impl Spans {
     ) -> CallSpan {
         let parent = trace_context::extract(headers);
         let trace_id = parent.as_ref().map_or_else(new_trace_id, |p| p.trace_id);
-        // The call began a moment ago; the span starts when it did.
-        let start = SystemTime::now()
-            .checked_sub(started.elapsed())
-            .unwrap_or_else(SystemTime::now);
         CallSpan {
             spans: self.clone(),
             trace_id,
             span_id: new_span_id(),
             parent,
-            start,
             started,
             server_address,
             server_port,
@@ -235,25 +230,30 @@ impl CallSpan {
             self.spans.sink.dropped();
             return;
         }
-        let span = self.encode(f, flags);
+        let span = self.encode(f, flags, self.spans.sink.buffer());
         self.spans.sink.submit(span);
     }
 
     /// The span as [`finish`](Self::finish) would queue it, without queueing (benchmarks).
     pub fn encoded(&self, f: &SpanEnd<'_>) -> EncodedSpan {
-        self.encode(f, self.flags())
+        self.encode(f, self.flags(), Vec::with_capacity(SPAN_CAPACITY))
     }
 
     /// The OTLP `Span` message (opentelemetry/proto/trace/v1/trace.proto field numbers).
-    fn encode(&self, f: &SpanEnd<'_>, flags: TraceFlags) -> EncodedSpan {
+    fn encode(&self, f: &SpanEnd<'_>, flags: TraceFlags, mut buf: Vec<u8>) -> EncodedSpan {
         let unix_nanos = |t: SystemTime| {
             t.duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         };
-        let at = |t: Instant| unix_nanos(self.start + t.saturating_duration_since(self.started));
-        let captured = self.captured.is_some();
-        // A streamed chat call with a tool call encodes to about 1 KB (benches/spans.rs).
-        let mut buf = Vec::with_capacity(if captured { 4096 } else { 1280 });
+        // Wall-clock times from the monotonic ones, anchored once, now: no clock is read when
+        // the call starts, and none for a span that is dropped.
+        let start = SystemTime::now()
+            .checked_sub(f.now.saturating_duration_since(self.started))
+            .unwrap_or(UNIX_EPOCH);
+        let at = |t: Instant| unix_nanos(start + t.saturating_duration_since(self.started));
+        if self.captured.is_some() {
+            buf.reserve(4096);
+        }
         let b = &mut buf;
         put_bytes(b, 1, &self.trace_id.to_bytes());
         put_bytes(b, 2, &self.span_id.to_bytes());
@@ -270,7 +270,7 @@ impl CallSpan {
             None => put_str(b, 5, f.labels.operation),
         }
         put_uint(b, 6, SPAN_KIND_CLIENT);
-        put_fixed64(b, 7, unix_nanos(self.start));
+        put_fixed64(b, 7, unix_nanos(start));
         put_fixed64(b, 8, at(f.now));
         // Time to first chunk is measured from sending the request, as the conventions say.
         let ttft = f.first_output.filter(|_| f.streamed).map(|first| {

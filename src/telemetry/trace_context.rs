@@ -5,13 +5,17 @@
 //! higher versions as the spec asks (read the first four fields, ignore the rest). Anything
 //! malformed is ignored: the call then starts a new trace, it never fails.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
 
 /// `traceparent` header name.
 pub const TRACEPARENT: &str = "traceparent";
 /// `tracestate` header name.
 pub const TRACESTATE: &str = "tracestate";
+/// `traceparent` as a parsed header name: a lookup or insert by `&str` parses it every call.
+pub const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static(TRACEPARENT);
+/// `tracestate` as a parsed header name.
+const TRACESTATE_HEADER: HeaderName = HeaderName::from_static(TRACESTATE);
 
 /// The remote parent named by an incoming `traceparent` (with its `tracestate`).
 #[derive(Debug, Clone, PartialEq)]
@@ -28,11 +32,11 @@ pub struct RemoteParent {
 
 /// The parent of the agent's request, if it sent a valid `traceparent`.
 pub fn extract(headers: &HeaderMap) -> Option<RemoteParent> {
-    let tp = headers.get(TRACEPARENT)?.to_str().ok()?;
+    let tp = headers.get(TRACEPARENT_HEADER)?.to_str().ok()?;
     let (trace_id, span_id, flags) = parse_traceparent(tp)?;
     // An invalid tracestate is dropped, the parent is kept (W3C: tracestate is secondary).
     let state = headers
-        .get(TRACESTATE)
+        .get(TRACESTATE_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
@@ -59,19 +63,34 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
     if version == "00" && parts.next().is_some() {
         return None;
     }
-    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
-        return None;
-    }
-    if !is_lower_hex(trace) || !is_lower_hex(span) || !is_lower_hex(flags) {
-        return None;
-    }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
+    // Fixed lengths, lowercase hex only (W3C); decoded by hand, it is on every LLM call.
+    let trace_id = TraceId::from_bytes(lower_hex::<16>(trace)?);
+    let span_id = SpanId::from_bytes(lower_hex::<8>(span)?);
+    let [flags] = lower_hex::<1>(flags)?;
     if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
         return None;
     }
-    let flags = u8::from_str_radix(flags, 16).ok()?;
     Some((trace_id, span_id, TraceFlags::new(flags)))
+}
+
+/// `N` bytes from exactly `2 * N` lowercase hex digits.
+fn lower_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let digits = s.as_bytes();
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 /// The `traceparent` value naming `span_id` in `trace_id`.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::BufMut;
 
+use super::buffers::SpanBuffers;
 use super::wire::{len_field, put_bytes, put_len_prefix, put_str, Attrs};
 
 /// The encoded `Resource` and `InstrumentationScope` every request repeats.
@@ -34,12 +35,32 @@ impl Preamble {
 pub struct Batch {
     preamble: Arc<Preamble>,
     spans: Vec<Vec<u8>>,
+    /// Where the span buffers go once the batch is written (or given up).
+    recycle: Option<Arc<SpanBuffers>>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(buffers) = &self.recycle {
+            buffers.give_back(self.spans.drain(..));
+        }
+    }
 }
 
 impl Batch {
     /// A request carrying `spans`.
     pub fn new(preamble: Arc<Preamble>, spans: Vec<Vec<u8>>) -> Self {
-        Self { preamble, spans }
+        Self {
+            preamble,
+            spans,
+            recycle: None,
+        }
+    }
+
+    /// Hand the span buffers to `buffers` for reuse when the batch is dropped.
+    pub fn recycling_into(mut self, buffers: Arc<SpanBuffers>) -> Self {
+        self.recycle = Some(buffers);
+        self
     }
 
     /// Number of spans.
@@ -123,5 +144,18 @@ mod tests {
         assert_eq!(ss.spans.len(), 200);
         assert_eq!(ss.spans[199].name, "span 199");
         assert_eq!(ss.spans[0].kind, 3);
+    }
+
+    #[test]
+    fn a_dropped_batch_returns_its_span_buffers() {
+        let buffers = Arc::new(SpanBuffers::new(16));
+        let preamble = Arc::new(Preamble::new(&[]));
+        let batch =
+            Batch::new(preamble, vec![vec![1, 2, 3], vec![4]]).recycling_into(buffers.clone());
+        assert!(!batch.to_vec().is_empty());
+        assert!(buffers.is_empty());
+        drop(batch);
+        assert_eq!(buffers.len(), 2);
+        assert!(buffers.take().is_empty());
     }
 }

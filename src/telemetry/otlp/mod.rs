@@ -9,6 +9,7 @@
 //! connection attempt per backoff period, not one per span.
 
 pub mod batch;
+pub mod buffers;
 pub mod env;
 pub mod transport;
 pub mod wire;
@@ -23,6 +24,7 @@ use crate::config::OtlpConfig;
 use crate::telemetry::metrics as m;
 
 use batch::{Batch, Preamble};
+use buffers::SpanBuffers;
 use transport::Transport;
 
 /// Spans waiting for export before new ones are dropped (`OTEL_BSP_MAX_QUEUE_SIZE`).
@@ -51,6 +53,7 @@ pub type EncodedSpan = Vec<u8>;
 #[derive(Debug, Clone)]
 pub struct SpanSink {
     spans: mpsc::Sender<EncodedSpan>,
+    buffers: Arc<SpanBuffers>,
     flush: mpsc::Sender<oneshot::Sender<()>>,
     /// `tokenwarden_spans_dropped_total`, looked up once: a down collector drops every span.
     dropped: Counter,
@@ -59,6 +62,11 @@ pub struct SpanSink {
 // === impl SpanSink ===
 
 impl SpanSink {
+    /// An empty buffer to encode a span into (one the export task has sent, when there is one).
+    pub fn buffer(&self) -> Vec<u8> {
+        self.buffers.take()
+    }
+
     /// Queue a finished span; a full queue drops it (counted), never waits.
     pub fn submit(&self, span: EncodedSpan) {
         if self.spans.try_send(span).is_err() {
@@ -85,6 +93,7 @@ impl SpanSink {
         (
             Self {
                 spans,
+                buffers: Arc::default(),
                 flush,
                 dropped,
             },
@@ -114,14 +123,17 @@ pub fn start(config: &OtlpConfig, service_name: &str) -> Result<SpanSink, Export
     let (flush_tx, flush_rx) = mpsc::channel(4);
     let delay = env::usize_var("OTEL_BSP_SCHEDULE_DELAY")
         .map_or(DEFAULT_DELAY, |ms| Duration::from_millis(ms as u64));
+    let buffers = Arc::new(SpanBuffers::new(queue));
     let exporter = Exporter {
         transport,
         preamble,
         timeout,
+        buffers: buffers.clone(),
     };
     tokio::spawn(run(exporter, spans_rx, flush_rx, batch.max(1), delay));
     Ok(SpanSink {
         spans: spans_tx,
+        buffers,
         flush: flush_tx,
         dropped: counter!(m::SPANS_DROPPED_TOTAL),
     })
@@ -132,6 +144,8 @@ struct Exporter {
     transport: Transport,
     preamble: Arc<Preamble>,
     timeout: Duration,
+    /// Where sent spans' buffers go back to.
+    buffers: Arc<SpanBuffers>,
 }
 
 /// The export loop: one export at a time, batches of what is queued, backoff on failure.
@@ -184,7 +198,8 @@ async fn run(
         loop {
             let n = batch.len();
             if n > 0 {
-                let request = Batch::new(exporter.preamble.clone(), std::mem::take(&mut batch));
+                let request = Batch::new(exporter.preamble.clone(), std::mem::take(&mut batch))
+                    .recycling_into(exporter.buffers.clone());
                 match exporter.transport.export(request, exporter.timeout).await {
                     Ok(accepted) => {
                         counter!(m::SPANS_DROPPED_TOTAL).increment(accepted.rejected);

@@ -51,12 +51,7 @@ pub fn build_client(
     if let Some(path) = ca_file {
         add_pem_roots(&mut roots, path)?;
     }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = client_tls(roots)?;
 
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -77,6 +72,21 @@ pub fn build_client(
         .pool_idle_timeout(t.pool_idle_timeout)
         .pool_max_idle_per_host(t.pool_max_idle_per_host)
         .build(https))
+}
+
+/// The rustls client configuration every outgoing TLS connection uses (upstreams, the OTLP
+/// collector): the ring provider, safe protocol versions, `roots`, no client certificate.
+pub(crate) fn client_tls(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
 }
 
 /// Add every certificate of the PEM file at `path` to `roots`; none at all is an error.

@@ -124,18 +124,20 @@ pub fn start(config: &OtlpConfig, service_name: &str) -> Result<SpanSink, Export
     let delay = env::usize_var("OTEL_BSP_SCHEDULE_DELAY")
         .map_or(DEFAULT_DELAY, |ms| Duration::from_millis(ms as u64));
     let buffers = Arc::new(SpanBuffers::new(queue));
+    let dropped = counter!(m::SPANS_DROPPED_TOTAL);
     let exporter = Exporter {
         transport,
         preamble,
         timeout,
         buffers: buffers.clone(),
+        dropped: dropped.clone(),
     };
     tokio::spawn(run(exporter, spans_rx, flush_rx, batch.max(1), delay));
     Ok(SpanSink {
         spans: spans_tx,
         buffers,
         flush: flush_tx,
-        dropped: counter!(m::SPANS_DROPPED_TOTAL),
+        dropped,
     })
 }
 
@@ -146,6 +148,8 @@ struct Exporter {
     timeout: Duration,
     /// Where sent spans' buffers go back to.
     buffers: Arc<SpanBuffers>,
+    /// `tokenwarden_spans_dropped_total`, the same handle the sink counts with.
+    dropped: Counter,
 }
 
 /// The export loop: one export at a time, batches of what is queued, backoff on failure.
@@ -202,7 +206,7 @@ async fn run(
                     .recycling_into(exporter.buffers.clone());
                 match exporter.transport.export(request, exporter.timeout).await {
                     Ok(accepted) => {
-                        counter!(m::SPANS_DROPPED_TOTAL).increment(accepted.rejected);
+                        exporter.dropped.increment(accepted.rejected);
                         let note = accepted.rejected > 0 || !accepted.message.is_empty();
                         if note && !std::mem::replace(&mut warned, true) {
                             tracing::warn!(
@@ -219,7 +223,7 @@ async fn run(
                         }
                     }
                     Err(e) => {
-                        counter!(m::SPANS_DROPPED_TOTAL).increment(n as u64);
+                        exporter.dropped.increment(n as u64);
                         if !std::mem::replace(&mut failing, true) {
                             tracing::warn!(error = %e, "span export failed; spans are dropped until it recovers");
                         }

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use super::batch::Batch;
 use super::ExporterError;
 use crate::config::{OtlpConfig, OtlpProtocol};
-use crate::proxy::upstream::add_pem;
+use crate::proxy::upstream::{add_pem, client_tls};
 
 /// The gRPC method every OTLP trace export calls.
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -246,13 +246,7 @@ impl Http {
         let url: Uri = url
             .parse()
             .map_err(|e| ExporterError(format!("endpoint {url:?}: {e}")))?;
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ExporterError(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = client_tls(roots).map_err(|e| ExporterError(e.to_string()))?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);

@@ -18,6 +18,7 @@ use tokenwarden::providers::{Format, ResponseRecord, ToolCall, Usage};
 use tokenwarden::proxy::accounting::CallLabels;
 use tokenwarden::proxy::inspect::RequestFacts;
 use tokenwarden::telemetry::otlp::batch::{Batch, Preamble};
+use tokenwarden::telemetry::otlp::queue::SpanQueue;
 use tokenwarden::telemetry::spans::{SpanEnd, Spans};
 use tokio::time::Instant;
 
@@ -124,9 +125,24 @@ fn bench(c: &mut Criterion) {
         ("service.version".into(), "0.1.0".into()),
         ("k8s.pod.name".into(), "agent-7d9f8c-x2k4q".into()),
     ]));
+    let queue = SpanQueue::new(1024, 512);
+    c.bench_function("queue/push_one_span", |b| {
+        b.iter(|| {
+            let _ = queue.push(black_box(&encoded));
+            if queue.len() >= 512 {
+                queue.recycle(queue.take(false).map(|s| s.bytes).unwrap_or_default());
+            }
+        })
+    });
     c.bench_function("batch/encode_512_spans", |b| {
         b.iter_batched(
-            || Batch::new(preamble.clone(), vec![encoded.clone(); 512]),
+            || {
+                let q = SpanQueue::new(512, 512);
+                for _ in 0..512 {
+                    q.push(&encoded);
+                }
+                Batch::new(preamble.clone(), q.take(false).unwrap_or_default())
+            },
             |batch| black_box(batch.to_vec()),
             BatchSize::SmallInput,
         )

@@ -298,3 +298,42 @@ async fn an_unreadable_otlp_certificate_stops_the_start_with_the_variable_named(
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn full_batches_go_at_once_and_the_rest_at_shutdown() {
+    for protocol in ["grpc", "http"] {
+        let rx = Receiver::speaking(protocol).await;
+        let mock = mock().await;
+        let cfg = config(mock.addr(), &rx.endpoint(), protocol);
+        // A delay far past the test: only full batches, and the shutdown flush, send spans.
+        let env = [
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2"),
+        ];
+        let proxy = ProxyProcess::spawn_with_env(cfg.path(), &env).await;
+        for _ in 0..5 {
+            one_call(&proxy).await;
+        }
+        let two_batches =
+            eventually(Duration::from_secs(10), || async { rx.spans().len() == 4 }).await;
+        assert!(two_batches, "{protocol}: {} spans", rx.spans().len());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            rx.spans().len(),
+            4,
+            "{protocol}: the fifth waits for its batch"
+        );
+        assert_eq!(rx.headers().len(), 2, "{protocol}: two exports of two");
+
+        let logs = proxy.stop_and_collect_logs().await;
+        assert_eq!(
+            rx.spans().len(),
+            5,
+            "{protocol}: flushed at shutdown\n{logs}"
+        );
+        assert_eq!(rx.headers().len(), 3, "{protocol}");
+        let ids: std::collections::HashSet<_> =
+            rx.spans().iter().map(|r| r.span.span_id.clone()).collect();
+        assert_eq!(ids.len(), 5, "{protocol}: five distinct spans");
+    }
+}

@@ -425,10 +425,11 @@ mod span_tests {
     use crate::providers::Format;
     use crate::proxy::inspect::RequestFacts;
     use crate::telemetry::labels::Labels;
+    use crate::telemetry::otlp::queue::SpanQueue;
     use crate::telemetry::spans::Spans;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::common::v1::KeyValue;
-    use opentelemetry_proto::tonic::trace::v1::Span;
+    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
     use prost::Message;
 
     fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
@@ -443,9 +444,13 @@ mod span_tests {
     }
 
     /// The next span the proxy queued, decoded.
-    fn next_span(rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>) -> Span {
-        let bytes = rx.try_recv().expect("one span");
-        Span::decode(&bytes[..]).expect("a valid OTLP span")
+    /// The one span queued (the queue frames spans as `ScopeSpans.spans` fields).
+    fn only_span(queue: &SpanQueue) -> Span {
+        let batch = queue.take(true).expect("a span");
+        let mut scope = ScopeSpans::decode(&batch.bytes[..]).expect("valid OTLP spans");
+        assert_eq!(scope.spans.len(), 1, "exactly one span");
+        assert!(queue.is_empty());
+        scope.spans.remove(0)
     }
 
     /// A chat call on route `r` of agent `a`, as the pipeline starts one.
@@ -480,7 +485,7 @@ mod span_tests {
 
     #[tokio::test]
     async fn budget_decision_and_policy_violations_reach_the_span() {
-        let (spans, mut rx) = Spans::for_test(Conventions::Genai, None);
+        let (spans, queue) = Spans::for_test(Conventions::Genai, None);
         let started = Instant::now();
         let mut call = llm_call(started, "/v1/chat/completions");
         call.set_span(spans.start(
@@ -498,7 +503,7 @@ mod span_tests {
         assert_eq!(call.policy_violations(), &["denied_tool", "max_steps"]);
         call.finish_local(StatusCode::TOO_MANY_REQUESTS, 0);
 
-        let span = next_span(&mut rx);
+        let span = only_span(&queue);
         assert_eq!(span.name, "chat gpt-4o");
         assert_eq!(
             find(&span.attributes, "tokenwarden.budget.decision"),
@@ -511,18 +516,17 @@ mod span_tests {
         let names: Vec<_> = v.values.iter().filter_map(|a| a.value.clone()).collect();
         assert_eq!(names, [string("denied_tool"), string("max_steps")]);
         assert_eq!(find(&span.attributes, "error.type"), Some(&string("429")));
-        assert!(rx.try_recv().is_err(), "exactly one span");
     }
 
     #[tokio::test]
     async fn no_setters_no_attributes() {
-        let (spans, mut rx) = Spans::for_test(Conventions::Genai, None);
+        let (spans, queue) = Spans::for_test(Conventions::Genai, None);
         let started = Instant::now();
         let mut call = llm_call(started, "/");
         call.set_span(spans.start(&http::HeaderMap::new(), Arc::from("h"), 80, started));
         call.set_llm(chat_llm(None));
         call.finish_local(StatusCode::OK, 0);
-        let span = next_span(&mut rx);
+        let span = only_span(&queue);
         assert_eq!(span.name, "chat", "no model: the operation alone");
         assert!(find(&span.attributes, "tokenwarden.budget.decision").is_none());
         assert!(find(&span.attributes, "tokenwarden.policy.violations").is_none());

@@ -20,11 +20,11 @@ use crate::proxy::accounting::CallLabels;
 use crate::proxy::inspect::RequestFacts;
 
 use super::content::{Captured, ContentPolicy};
-use super::otlp::buffers::SPAN_CAPACITY;
+use super::otlp::queue::SPAN_CAPACITY;
 use super::otlp::wire::{
     put_bytes, put_fixed32, put_fixed64, put_message, put_str, put_str_joined, put_uint, Attrs,
 };
-use super::otlp::{self, EncodedSpan, ExporterError, SpanSink};
+use super::otlp::{self, ExporterError, SpanSink};
 use super::trace_context::{self, RemoteParent};
 
 /// Name of the span event marking the first output chunk.
@@ -128,14 +128,14 @@ impl Spans {
     pub(crate) fn for_test(
         conventions: Conventions,
         content: Option<ContentPolicy>,
-    ) -> (Arc<Self>, tokio::sync::mpsc::Receiver<EncodedSpan>) {
-        let (sink, rx) = SpanSink::for_test(16);
+    ) -> (Arc<Self>, Arc<otlp::queue::SpanQueue>) {
+        let (sink, queue) = SpanSink::for_test(16);
         let spans = Self {
             sink,
             conventions,
             content,
         };
-        (Arc::new(spans), rx)
+        (Arc::new(spans), queue)
     }
 
     /// Start the span of a call that arrived at `started` with `headers`, going to
@@ -230,17 +230,20 @@ impl CallSpan {
             self.spans.sink.dropped();
             return;
         }
-        let span = self.encode(f, flags, self.spans.sink.buffer());
-        self.spans.sink.submit(span);
+        self.spans
+            .sink
+            .submit_with(|buf| self.encode(f, flags, buf));
     }
 
     /// The span as [`finish`](Self::finish) would queue it, without queueing (benchmarks).
-    pub fn encoded(&self, f: &SpanEnd<'_>) -> EncodedSpan {
-        self.encode(f, self.flags(), Vec::with_capacity(SPAN_CAPACITY))
+    pub fn encoded(&self, f: &SpanEnd<'_>) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(SPAN_CAPACITY);
+        self.encode(f, self.flags(), &mut buf);
+        buf
     }
 
     /// The OTLP `Span` message (opentelemetry/proto/trace/v1/trace.proto field numbers).
-    fn encode(&self, f: &SpanEnd<'_>, flags: TraceFlags, mut buf: Vec<u8>) -> EncodedSpan {
+    fn encode(&self, f: &SpanEnd<'_>, flags: TraceFlags, b: &mut Vec<u8>) {
         let unix_nanos = |t: SystemTime| {
             t.duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -252,9 +255,8 @@ impl CallSpan {
             .unwrap_or(UNIX_EPOCH);
         let at = |t: Instant| unix_nanos(start + t.saturating_duration_since(self.started));
         if self.captured.is_some() {
-            buf.reserve(4096);
+            b.reserve(4096);
         }
-        let b = &mut buf;
         put_bytes(b, 1, &self.trace_id.to_bytes());
         put_bytes(b, 2, &self.span_id.to_bytes());
         if let Some(p) = &self.parent {
@@ -303,7 +305,6 @@ impl CallSpan {
             16,
             u32::from(flags.to_u8()) | SPAN_FLAGS_HAS_IS_REMOTE | remote,
         );
-        buf
     }
 
     fn attributes(&self, f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
@@ -449,7 +450,7 @@ mod tests {
     use crate::providers::{Format, ToolCall, Usage};
     use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
     use opentelemetry_proto::tonic::common::v1::KeyValue;
-    use opentelemetry_proto::tonic::trace::v1::Span;
+    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
     use prost::Message;
 
     fn labels() -> CallLabels {
@@ -524,7 +525,7 @@ mod tests {
         end: impl FnOnce(Instant) -> (Option<&'static str>, Option<Instant>, Instant),
         stream: bool,
     ) -> Span {
-        let (spans, mut rx) = Spans::for_test(conventions, None);
+        let (spans, queue) = Spans::for_test(conventions, None);
         let started = Instant::now();
         let call = spans.start(headers, Arc::from("api.openai.com"), 443, started);
         let (error_type, first_output, now) = end(started);
@@ -546,8 +547,11 @@ mod tests {
             budget_decision: Some("allowed"),
             policy_violations: &["max_steps"],
         });
-        let bytes = rx.try_recv().expect("a span");
-        Span::decode(&bytes[..]).expect("a valid OTLP span")
+        let batch = queue.take(true).expect("a span");
+        // The queue frames spans as `ScopeSpans.spans` fields.
+        let mut decoded = ScopeSpans::decode(&batch.bytes[..]).expect("a valid OTLP span");
+        assert_eq!(decoded.spans.len(), 1);
+        decoded.spans.remove(0)
     }
 
     #[tokio::test]

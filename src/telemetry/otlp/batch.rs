@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::BufMut;
 
-use super::buffers::SpanBuffers;
+use super::queue::{SpanBatch, SpanQueue};
 use super::wire::{len_field, put_bytes, put_len_prefix, put_str, Attrs};
 
 /// The encoded `Resource` and `InstrumentationScope` every request repeats.
@@ -30,26 +30,26 @@ impl Preamble {
     }
 }
 
-/// Encoded spans (`Span` message contents) sent in one request.
+/// One export request's spans, with the resource and scope that go around them.
 #[derive(Debug)]
 pub struct Batch {
     preamble: Arc<Preamble>,
-    spans: Vec<Vec<u8>>,
-    /// Where the span buffers go once the batch is written (or given up).
-    recycle: Option<Arc<SpanBuffers>>,
+    spans: SpanBatch,
+    /// Where the spans' buffer goes once the batch is written (or given up).
+    recycle: Option<Arc<SpanQueue>>,
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        if let Some(buffers) = &self.recycle {
-            buffers.give_back(self.spans.drain(..));
+        if let Some(queue) = &self.recycle {
+            queue.recycle(std::mem::take(&mut self.spans.bytes));
         }
     }
 }
 
 impl Batch {
     /// A request carrying `spans`.
-    pub fn new(preamble: Arc<Preamble>, spans: Vec<Vec<u8>>) -> Self {
+    pub fn new(preamble: Arc<Preamble>, spans: SpanBatch) -> Self {
         Self {
             preamble,
             spans,
@@ -57,25 +57,24 @@ impl Batch {
         }
     }
 
-    /// Hand the span buffers to `buffers` for reuse when the batch is dropped.
-    pub fn recycling_into(mut self, buffers: Arc<SpanBuffers>) -> Self {
-        self.recycle = Some(buffers);
+    /// Hand the spans' buffer back to `queue` for reuse when the batch is dropped.
+    pub fn recycling_into(mut self, queue: Arc<SpanQueue>) -> Self {
+        self.recycle = Some(queue);
         self
     }
 
     /// Number of spans.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.spans.count
     }
 
     /// Whether there are no spans.
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.spans.count == 0
     }
 
     fn scope_spans_len(&self) -> usize {
-        len_field(self.preamble.scope.len())
-            + self.spans.iter().map(|s| len_field(s.len())).sum::<usize>()
+        len_field(self.preamble.scope.len()) + self.spans.bytes.len()
     }
 
     fn resource_spans_len(&self) -> usize {
@@ -93,9 +92,7 @@ impl Batch {
         put_bytes(buf, 1, &self.preamble.resource); // .resource
         put_len_prefix(buf, 2, self.scope_spans_len()); // .scope_spans
         put_bytes(buf, 1, &self.preamble.scope); // .scope
-        for span in &self.spans {
-            put_bytes(buf, 2, span); // .spans
-        }
+        buf.put_slice(&self.spans.bytes); // .spans, framed as they were queued
     }
 
     /// The encoded request in one buffer.
@@ -119,15 +116,14 @@ mod tests {
             ("service.name".into(), "svc".into()),
             ("k8s.pod.name".into(), "p".repeat(300)),
         ]));
-        let spans: Vec<Vec<u8>> = (0..200)
-            .map(|i| {
-                let mut s = Vec::new();
-                put_str(&mut s, 5, &format!("span {i}"));
-                put_uint(&mut s, 6, 3);
-                s
-            })
-            .collect();
-        let batch = Batch::new(preamble, spans);
+        let queue = SpanQueue::new(200, 200);
+        for i in 0..200 {
+            let mut s = Vec::new();
+            put_str(&mut s, 5, &format!("span {i}"));
+            put_uint(&mut s, 6, 3);
+            assert!(queue.push(&s));
+        }
+        let batch = Batch::new(preamble, queue.take(false).expect("a full batch"));
         let bytes = batch.to_vec();
         assert_eq!(bytes.len(), batch.encoded_len());
         let req = ExportTraceServiceRequest::decode(&bytes[..]).expect("decodes");
@@ -147,15 +143,22 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_batch_returns_its_span_buffers() {
-        let buffers = Arc::new(SpanBuffers::new(16));
+    fn a_dropped_batch_returns_its_buffer() {
+        let queue = Arc::new(SpanQueue::new(4, 2));
         let preamble = Arc::new(Preamble::new(&[]));
-        let batch =
-            Batch::new(preamble, vec![vec![1, 2, 3], vec![4]]).recycling_into(buffers.clone());
+        queue.push(&[1, 2, 3]);
+        queue.push(&[4]);
+        let spans = queue.take(false).expect("a full batch");
+        let ptr = spans.bytes.as_ptr();
+        let batch = Batch::new(preamble, spans).recycling_into(queue.clone());
+        assert_eq!(batch.len(), 2);
         assert!(!batch.to_vec().is_empty());
-        assert!(buffers.is_empty());
         drop(batch);
-        assert_eq!(buffers.len(), 2);
-        assert!(buffers.take().is_empty());
+        queue.push(&[5]);
+        queue.push(&[6]);
+        queue.push(&[7]); // opens a batch in the recycled buffer
+        let _ = queue.take(false);
+        let open = queue.take(true).expect("the open batch");
+        assert_eq!(open.bytes.as_ptr(), ptr);
     }
 }

@@ -137,6 +137,7 @@ impl<'a> Attrs<'a> {
     /// A `KeyValue` whose `AnyValue` content is `head` then `tail`, when every length fits in
     /// one byte (almost every attribute): four slice copies, no varint loops or back-patching.
     /// Attributes are most of a span's encoding time. `false` when something is too long.
+    #[inline(always)]
     fn short(&mut self, key: &str, head: &[u8], tail: &[u8]) -> bool {
         let any_len = head.len() + tail.len();
         let kv_len = 2 + key.len() + 2 + any_len;
@@ -160,6 +161,7 @@ impl<'a> Attrs<'a> {
     }
 
     /// A string attribute.
+    #[inline(always)]
     pub fn str(&mut self, key: &str, value: &str) {
         let head = [(STRING_VALUE << 3 | LEN) as u8, value.len() as u8];
         if value.len() >= 128 || !self.short(key, &head, value.as_bytes()) {
@@ -168,6 +170,7 @@ impl<'a> Attrs<'a> {
     }
 
     /// An integer attribute.
+    #[inline(always)]
     pub fn int(&mut self, key: &str, value: i64) {
         // int64 is the two's complement as a varint.
         let mut head = [0u8; 11];
@@ -181,6 +184,7 @@ impl<'a> Attrs<'a> {
     }
 
     /// A floating-point attribute.
+    #[inline(always)]
     pub fn double(&mut self, key: &str, value: f64) {
         let head = [(DOUBLE_VALUE << 3 | I64) as u8];
         if !self.short(key, &head, &value.to_bits().to_le_bytes()) {
@@ -189,6 +193,7 @@ impl<'a> Attrs<'a> {
     }
 
     /// A boolean attribute.
+    #[inline(always)]
     pub fn bool(&mut self, key: &str, value: bool) {
         let head = [(BOOL_VALUE << 3 | VARINT) as u8, u8::from(value)];
         if !self.short(key, &head, &[]) {

@@ -337,3 +337,53 @@ async fn full_batches_go_at_once_and_the_rest_at_shutdown() {
         assert_eq!(ids.len(), 5, "{protocol}: five distinct spans");
     }
 }
+
+#[tokio::test]
+async fn a_collector_that_refuses_exports_drops_them_counted_and_export_recovers() {
+    for protocol in ["grpc", "http"] {
+        let rx = Receiver::speaking(protocol).await;
+        rx.set_unavailable(true);
+        let mock = mock().await;
+        let cfg = config(mock.addr(), &rx.endpoint(), protocol);
+        let proxy =
+            ProxyProcess::spawn_with_env(cfg.path(), &[("OTEL_BSP_SCHEDULE_DELAY", "50")]).await;
+        let admin = proxy.admin;
+        let dropped = || async move {
+            let (_, body) = get(&format!("http://{admin}/metrics")).await;
+            metric_value(
+                &String::from_utf8_lossy(&body),
+                "tokenwarden_spans_dropped_total",
+                &[],
+            )
+        };
+        for _ in 0..3 {
+            one_call(&proxy).await;
+        }
+        let counted =
+            eventually(Duration::from_secs(10), || async { dropped().await == 3.0 }).await;
+        assert!(counted, "{protocol}: dropped {}", dropped().await);
+        assert!(!rx.headers().is_empty(), "{protocol}: the exporter tried");
+        assert!(rx.spans().is_empty());
+
+        rx.set_unavailable(false);
+        one_call(&proxy).await;
+        let arrived = eventually(Duration::from_secs(10), || async { rx.spans().len() == 1 }).await;
+        assert!(arrived, "{protocol}: export recovers after the backoff");
+        assert_eq!(dropped().await, 3.0, "{protocol}");
+
+        let logs = proxy.stop_and_collect_logs().await;
+        let refusal = if protocol == "grpc" {
+            format!("gRPC status UNAVAILABLE (14): {UNAVAILABLE_MESSAGE}")
+        } else {
+            "HTTP status 503".to_string()
+        };
+        assert!(
+            logs.contains("span export failed") && logs.contains(&refusal),
+            "{protocol}: the refusal is logged with its reason:\n{logs}"
+        );
+        assert!(
+            logs.contains("span export recovered"),
+            "{protocol}:\n{logs}"
+        );
+    }
+}

@@ -38,7 +38,12 @@ struct Store {
     headers: Mutex<Vec<http::HeaderMap>>,
     /// `partial_success.rejected_spans` to answer each export with.
     reject: std::sync::atomic::AtomicI64,
+    /// Refuse exports: gRPC UNAVAILABLE, HTTP 503.
+    unavailable: std::sync::atomic::AtomicBool,
 }
+
+/// The message an unavailable receiver answers with (characters gRPC percent-encodes).
+pub const UNAVAILABLE_MESSAGE: &str = "collector busy: retry in 5 s (100%)";
 
 impl Store {
     fn answer(&self, headers: http::HeaderMap) -> ExportTraceServiceResponse {
@@ -99,6 +104,14 @@ impl TraceService for Grpc {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let headers = request.metadata().clone().into_headers();
+        if self
+            .0
+            .unavailable
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.0.headers.lock().unwrap().push(headers);
+            return Err(tonic::Status::unavailable(UNAVAILABLE_MESSAGE));
+        }
         let req = request.into_inner();
         self.0.take(&req, &req.encode_to_vec());
         Ok(tonic::Response::new(self.0.answer(headers)))
@@ -177,19 +190,22 @@ impl Receiver {
                                 .map(|v| v.to_str().unwrap_or("").to_string())
                                 .unwrap_or_default();
                             let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let status = if !ok_path {
-                                404
-                            } else if ct != "application/x-protobuf" {
-                                415
-                            } else {
-                                match ExportTraceServiceRequest::decode(body.clone()) {
-                                    Ok(r) => {
-                                        st.take(&r, &body);
-                                        200
+                            let status =
+                                if st.unavailable.load(std::sync::atomic::Ordering::Relaxed) {
+                                    503
+                                } else if !ok_path {
+                                    404
+                                } else if ct != "application/x-protobuf" {
+                                    415
+                                } else {
+                                    match ExportTraceServiceRequest::decode(body.clone()) {
+                                        Ok(r) => {
+                                            st.take(&r, &body);
+                                            200
+                                        }
+                                        Err(_) => 400,
                                     }
-                                    Err(_) => 400,
-                                }
-                            };
+                                };
                             let resp = st.answer(headers);
                             Ok::<_, std::convert::Infallible>(
                                 http::Response::builder()
@@ -237,6 +253,13 @@ impl Receiver {
     }
 
     /// Answer every export from now on with `n` spans rejected (partial success).
+    /// Refuse every export from now on (`true`) or take them again (`false`).
+    pub fn set_unavailable(&self, on: bool) {
+        self.store
+            .unavailable
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn reject(&self, n: i64) {
         self.store
             .reject

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 
 use super::queue::{SpanBatch, SpanQueue};
 use super::wire::{len_field, put_bytes, put_len_prefix, put_str, Attrs};
@@ -44,6 +44,24 @@ impl Drop for Batch {
         if let Some(queue) = &self.recycle {
             queue.recycle(std::mem::take(&mut self.spans.bytes));
         }
+    }
+}
+
+/// A sent batch's buffer on its way back to the queue.
+struct Recycled {
+    bytes: Vec<u8>,
+    queue: Arc<SpanQueue>,
+}
+
+impl AsRef<[u8]> for Recycled {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        self.queue.recycle(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -88,11 +106,30 @@ impl Batch {
 
     /// Write the request: one `ResourceSpans` holding one `ScopeSpans` with every span.
     pub fn encode(&self, buf: &mut impl BufMut) {
+        self.encode_head(buf);
+        buf.put_slice(&self.spans.bytes); // .spans, framed as they were queued
+    }
+
+    /// Everything before the spans.
+    fn encode_head(&self, buf: &mut impl BufMut) {
         put_len_prefix(buf, 1, self.resource_spans_len()); // resource_spans
         put_bytes(buf, 1, &self.preamble.resource); // .resource
         put_len_prefix(buf, 2, self.scope_spans_len()); // .scope_spans
         put_bytes(buf, 1, &self.preamble.scope); // .scope
-        buf.put_slice(&self.spans.bytes); // .spans, framed as they were queued
+    }
+
+    /// The request as what precedes the spans and the spans' own buffer, for a transport
+    /// that writes both without copying them into one. The buffer still goes back to the
+    /// queue, once the transport drops it.
+    pub fn into_parts(mut self) -> (Bytes, Bytes) {
+        let mut head = Vec::with_capacity(self.encoded_len() - self.spans.bytes.len());
+        self.encode_head(&mut head);
+        let bytes = std::mem::take(&mut self.spans.bytes);
+        let spans = match self.recycle.take() {
+            Some(queue) => Bytes::from_owner(Recycled { bytes, queue }),
+            None => Bytes::from(bytes),
+        };
+        (Bytes::from(head), spans)
     }
 
     /// The encoded request in one buffer.
@@ -140,6 +177,41 @@ mod tests {
         assert_eq!(ss.spans.len(), 200);
         assert_eq!(ss.spans[199].name, "span 199");
         assert_eq!(ss.spans[0].kind, 3);
+    }
+
+    #[test]
+    fn parts_are_the_request_and_the_spans_buffer_goes_back_when_dropped() {
+        let queue = Arc::new(SpanQueue::new(4, 2));
+        let preamble = Arc::new(Preamble::new(&[("service.name".into(), "svc".into())]));
+        queue.push(&[1, 2, 3]);
+        queue.push(&[4]);
+        let spans = queue.take(false).expect("a full batch");
+        let ptr = spans.bytes.as_ptr();
+        let whole = Batch::new(
+            preamble.clone(),
+            SpanBatch {
+                bytes: spans.bytes.clone(),
+                count: 2,
+            },
+        )
+        .to_vec();
+        let (head, body) = Batch::new(preamble, spans)
+            .recycling_into(queue.clone())
+            .into_parts();
+        assert_eq!(body.as_ptr(), ptr, "the spans are not copied");
+        assert_eq!([&head[..], &body[..]].concat(), whole);
+        // While the transport holds the body, new batches get other buffers.
+        queue.push(&[5]);
+        queue.push(&[6]);
+        queue.push(&[7]);
+        assert_ne!(queue.take(false).expect("full").bytes.as_ptr(), ptr);
+        assert_ne!(queue.take(true).expect("open").bytes.as_ptr(), ptr);
+        drop(body);
+        queue.push(&[8]);
+        queue.push(&[9]); // this batch closes and the recycled buffer opens the next
+        queue.push(&[10]);
+        let _ = queue.take(false);
+        assert_eq!(queue.take(true).expect("open").bytes.as_ptr(), ptr);
     }
 
     #[test]

@@ -1,11 +1,15 @@
-//! Sending one encoded batch to the collector: OTLP/gRPC over tonic, or OTLP/HTTP protobuf
-//! over hyper with our rustls stack. Both trust the webpki roots plus the CA file named by
-//! `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+//! Sending one encoded batch to the collector: OTLP/gRPC (a unary gRPC call over HTTP/2), or
+//! OTLP/HTTP protobuf, both over hyper with our rustls stack. Both trust the webpki roots plus
+//! the CA file named by `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+//!
+//! Neither copies the spans: a request body is the encoded head of the request followed by
+//! the span queue's own buffer. (The gRPC call is written here rather than through tonic
+//! because tonic's codec copies every message into its own buffer, and a batch is ~0.5 MB.)
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::uri::PathAndQuery;
+use bytes::buf::Chain;
+use bytes::{Buf, Bytes};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -14,9 +18,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use std::path::PathBuf;
+
+use percent_encoding::percent_decode_str;
 
 use super::batch::Batch;
 use super::ExporterError;
@@ -34,10 +39,10 @@ const USER_AGENT: &str = concat!("tokenwarden/", env!("CARGO_PKG_VERSION"));
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// The collector answered with a gRPC error status.
-    #[error("gRPC status {code:?}: {message}")]
+    #[error("gRPC status {} ({code}): {message}", grpc_code_name(*code))]
     Grpc {
         /// Status code.
-        code: tonic::Code,
+        code: u32,
         /// Status message.
         message: String,
     },
@@ -95,19 +100,14 @@ impl Transport {
         // bad file stops the start even for an http:// endpoint).
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let ca_pem = match &ca {
-            Some((var, path)) => {
-                let shown = path.display().to_string();
-                let pem = std::fs::read(path)
-                    .map_err(|e| ExporterError(format!("{var}: cannot read {shown}: {e}")))?;
-                add_pem(&mut roots, &pem, &shown)
-                    .map_err(|e| ExporterError(format!("{var}: {e}")))?;
-                Some(pem)
-            }
-            None => None,
-        };
+        if let Some((var, path)) = &ca {
+            let shown = path.display().to_string();
+            let pem = std::fs::read(path)
+                .map_err(|e| ExporterError(format!("{var}: cannot read {shown}: {e}")))?;
+            add_pem(&mut roots, &pem, &shown).map_err(|e| ExporterError(format!("{var}: {e}")))?;
+        }
         Ok(match config.protocol {
-            OtlpProtocol::Grpc => Self::Grpc(Grpc::new(&config.endpoint, timeout, map, ca_pem)?),
+            OtlpProtocol::Grpc => Self::Grpc(Grpc::new(&config.endpoint, timeout, map, roots)?),
             OtlpProtocol::Http => Self::Http(Http::new(&config.endpoint, timeout, map, roots)?),
         })
     }
@@ -130,11 +130,14 @@ impl Transport {
     }
 }
 
-/// OTLP/gRPC: `TraceService/Export` over a tonic channel that reconnects on its own.
+/// OTLP/gRPC: `TraceService/Export`, a unary gRPC call over HTTP/2 (h2c for `http://`, TLS
+/// with ALPN `h2` for `https://`) on one pooled connection that reconnects on its own.
 #[derive(Debug)]
 pub struct Grpc {
-    client: tonic::client::Grpc<tonic::transport::Channel>,
-    metadata: tonic::metadata::MetadataMap,
+    client: Client<HttpsConnector<HttpConnector>, Full<Chain<Bytes, Bytes>>>,
+    url: Uri,
+    /// The gRPC request headers and the configured ones.
+    headers: HeaderMap,
 }
 
 impl Grpc {
@@ -142,95 +145,192 @@ impl Grpc {
         endpoint: &str,
         timeout: Duration,
         headers: HeaderMap,
-        ca_pem: Option<Vec<u8>>,
+        roots: rustls::RootCertStore,
     ) -> Result<Self, ExporterError> {
-        let mut ep = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| ExporterError(format!("endpoint {endpoint:?}: {e}")))?
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .tcp_nodelay(true)
-            .user_agent(USER_AGENT)
-            .map_err(|e| ExporterError(e.to_string()))?;
-        if endpoint.starts_with("https://") {
-            let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
-            if let Some(pem) = ca_pem {
-                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
-            }
-            ep = ep
-                .tls_config(tls)
-                .map_err(|e| ExporterError(e.to_string()))?;
+        let url = grpc_url(endpoint)
+            .ok_or_else(|| ExporterError(format!("endpoint {endpoint:?}: not an http(s) URL")))?;
+        let tls = client_tls(roots).map_err(|e| ExporterError(e.to_string()))?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(http_connector(timeout));
+        let mut all = HeaderMap::new();
+        all.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        all.insert(header::TE, HeaderValue::from_static("trailers"));
+        all.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        // The collector may stop work the exporter has given up on.
+        if let Ok(v) = HeaderValue::from_str(&grpc_timeout(timeout)) {
+            all.insert(HeaderName::from_static("grpc-timeout"), v);
         }
+        all.extend(headers);
         Ok(Self {
-            client: tonic::client::Grpc::new(ep.connect_lazy()),
-            metadata: tonic::metadata::MetadataMap::from_headers(headers),
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(https),
+            url,
+            headers: all,
         })
     }
 
     async fn export(&mut self, batch: Batch) -> Result<Accepted, ExportError> {
-        self.client
-            .ready()
-            .await
+        let (head, spans) = batch.into_parts();
+        let len = u32::try_from(head.len() + spans.len())
+            .map_err(|_| ExportError::Transport("batch over 4 GiB".into()))?;
+        // The gRPC message prefix: not compressed, then the length.
+        let mut first = Vec::with_capacity(5 + head.len());
+        first.push(0);
+        first.extend_from_slice(&len.to_be_bytes());
+        first.extend_from_slice(&head);
+        let mut request = Request::post(self.url.clone())
+            .body(Full::new(Buf::chain(Bytes::from(first), spans)))
             .map_err(|e| ExportError::Transport(e.to_string()))?;
-        let mut request = tonic::Request::new(batch);
-        *request.metadata_mut() = self.metadata.clone();
+        *request.headers_mut() = self.headers.clone();
         let response = self
             .client
-            .unary(request, PathAndQuery::from_static(GRPC_EXPORT), BatchCodec)
+            .request(request)
             .await
-            .map_err(|s| ExportError::Grpc {
-                code: s.code(),
-                message: s.message().to_string(),
-            })?;
-        Ok(response.into_inner().into())
+            .map_err(|e| ExportError::Transport(with_causes(&e)))?;
+        let (parts, body) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            return Err(ExportError::Grpc {
+                code: grpc_code_for_http(parts.status),
+                message: format!("HTTP status {}", parts.status),
+            });
+        }
+        // A "trailers-only" answer carries its status in the headers, with no message.
+        if let Some(err) = grpc_error(&parts.headers) {
+            return Err(err);
+        }
+        let collected = Limited::new(body, MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| ExportError::Transport(with_causes(&*e)))?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        if !trailers.contains_key(GRPC_STATUS) && !parts.headers.contains_key(GRPC_STATUS) {
+            return Err(ExportError::Grpc {
+                code: GRPC_UNKNOWN,
+                message: "the answer has no grpc-status".into(),
+            });
+        }
+        if let Some(err) = grpc_error(&trailers) {
+            return Err(err);
+        }
+        // OK: the spans were taken. An answer that does not decode still delivered them.
+        let message = collected.to_bytes();
+        Ok(match message.first() {
+            Some(0) if message.len() >= 5 => ExportTraceServiceResponse::decode(&message[5..])
+                .map_or_else(|_| Accepted::default(), Accepted::from),
+            _ => Accepted::default(),
+        })
     }
 }
 
-/// Writes the pre-encoded batch as the request message; decodes the collector's answer.
-#[derive(Debug, Clone, Copy)]
-struct BatchCodec;
+/// The `Export` method's URL at `endpoint`'s scheme and authority (a gRPC endpoint's path, if
+/// it has one, is not part of the method's).
+fn grpc_url(endpoint: &str) -> Option<Uri> {
+    let parts = endpoint.parse::<Uri>().ok()?.into_parts();
+    let scheme = parts.scheme.filter(|s| s == "http" || s == "https")?;
+    Uri::builder()
+        .scheme(scheme)
+        .authority(parts.authority?)
+        .path_and_query(GRPC_EXPORT)
+        .build()
+        .ok()
+}
 
-impl Codec for BatchCodec {
-    type Encode = Batch;
-    type Decode = ExportTraceServiceResponse;
-    type Encoder = Self;
-    type Decoder = Self;
+/// The gRPC status header (in trailers, or in the headers of a trailers-only answer).
+const GRPC_STATUS: &str = "grpc-status";
+/// gRPC `UNKNOWN`.
+const GRPC_UNKNOWN: u32 = 2;
 
-    fn encoder(&mut self) -> Self {
-        *self
+/// The error a `grpc-status` header other than OK stands for.
+fn grpc_error(headers: &HeaderMap) -> Option<ExportError> {
+    let status = headers.get(GRPC_STATUS)?;
+    let code = status
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(GRPC_UNKNOWN);
+    if code == 0 {
+        return None;
     }
+    // grpc-message is percent-encoded UTF-8.
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .map(|m| percent_decode_str(m).decode_utf8_lossy().into_owned())
+        .unwrap_or_default();
+    Some(ExportError::Grpc { code, message })
+}
 
-    fn decoder(&mut self) -> Self {
-        *self
+/// The gRPC code for an HTTP status other than 200, as gRPC's HTTP mapping gives it.
+fn grpc_code_for_http(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => GRPC_UNKNOWN,
     }
 }
 
-impl Encoder for BatchCodec {
-    type Item = Batch;
-    type Error = tonic::Status;
+/// The name of a gRPC status code, for error messages.
+fn grpc_code_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
 
-    fn encode(&mut self, batch: Batch, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.reserve(batch.encoded_len());
-        batch.encode(dst);
-        Ok(())
+/// A `grpc-timeout` value: at most eight digits, so whole milliseconds, or seconds when
+/// longer.
+fn grpc_timeout(timeout: Duration) -> String {
+    let ms = timeout.as_millis();
+    if ms < 100_000_000 {
+        format!("{ms}m")
+    } else {
+        format!("{}S", timeout.as_secs().min(99_999_999))
     }
 }
 
-impl Decoder for BatchCodec {
-    type Item = ExportTraceServiceResponse;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
-        // An OK whose message does not decode still delivered the spans (as over HTTP).
-        Ok(Some(
-            ExportTraceServiceResponse::decode(src).unwrap_or_default(),
-        ))
-    }
+/// The TCP connector both transports use: no Nagle delay, the export timeout to connect.
+fn http_connector(timeout: Duration) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeout));
+    http
 }
 
 /// OTLP/HTTP: `POST {endpoint}/v1/traces` with an `application/x-protobuf` body.
 #[derive(Debug)]
 pub struct Http {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Chain<Bytes, Bytes>>>,
     url: Uri,
     headers: HeaderMap,
 }
@@ -247,15 +347,11 @@ impl Http {
             .parse()
             .map_err(|e| ExporterError(format!("endpoint {url:?}: {e}")))?;
         let tls = client_tls(roots).map_err(|e| ExporterError(e.to_string()))?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(http_connector(timeout));
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(https),
             url,
@@ -264,10 +360,12 @@ impl Http {
     }
 
     async fn export(&mut self, batch: Batch) -> Result<Accepted, ExportError> {
+        let (head, spans) = batch.into_parts();
         let mut request = Request::post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .header(header::USER_AGENT, USER_AGENT)
-            .body(Full::new(Bytes::from(batch.to_vec())))
+            // The spans go out from the queue's buffer, not a copy of it.
+            .body(Full::new(Buf::chain(head, spans)))
             .map_err(|e| ExportError::Transport(e.to_string()))?;
         request.headers_mut().extend(self.headers.clone());
         let response = self
@@ -339,6 +437,57 @@ mod tests {
             traces_url("https://c.example/otlp"),
             "https://c.example/otlp"
         );
+    }
+
+    #[test]
+    fn grpc_url_keeps_scheme_and_authority_only() {
+        let url = |e: &str| grpc_url(e).map(|u| u.to_string());
+        assert_eq!(
+            url("http://127.0.0.1:4317").as_deref(),
+            Some(
+                "http://127.0.0.1:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            )
+        );
+        assert_eq!(
+            url("https://c.example:4317/ignored/").as_deref(),
+            Some(
+                "https://c.example:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            )
+        );
+        assert_eq!(url("c.example:4317"), None);
+        assert_eq!(url("ftp://c.example"), None);
+    }
+
+    #[test]
+    fn grpc_status_headers_and_http_statuses_map_to_errors() {
+        let mut h = HeaderMap::new();
+        assert!(
+            grpc_error(&h).is_none(),
+            "no status: not an error by itself"
+        );
+        h.insert(GRPC_STATUS, HeaderValue::from_static("0"));
+        assert!(grpc_error(&h).is_none());
+        h.insert(GRPC_STATUS, HeaderValue::from_static("14"));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static("collector%20busy%3A%20retry"),
+        );
+        let e = grpc_error(&h).expect("an error");
+        assert_eq!(
+            e.to_string(),
+            "gRPC status UNAVAILABLE (14): collector busy: retry"
+        );
+        h.insert(GRPC_STATUS, HeaderValue::from_static("nonsense"));
+        assert!(matches!(
+            grpc_error(&h),
+            Some(ExportError::Grpc { code: 2, .. })
+        ));
+        assert_eq!(grpc_code_for_http(StatusCode::SERVICE_UNAVAILABLE), 14);
+        assert_eq!(grpc_code_for_http(StatusCode::UNAUTHORIZED), 16);
+        assert_eq!(grpc_code_for_http(StatusCode::IM_A_TEAPOT), 2);
+        assert_eq!(grpc_code_name(99), "UNKNOWN");
+        assert_eq!(grpc_timeout(Duration::from_secs(10)), "10000m");
+        assert_eq!(grpc_timeout(Duration::from_secs(400_000)), "400000S");
     }
 
     #[test]

@@ -21,6 +21,8 @@ const SPANS_FIELD: u32 = 2;
 /// Capacity of a span's scratch buffer: a streamed chat call with a tool call encodes to about
 /// 1 KB (benches/spans.rs).
 pub const SPAN_CAPACITY: usize = 1280;
+/// Most a new batch buffer reserves up front.
+const MAX_FIRST_RESERVE: usize = 4 << 20;
 /// A scratch buffer that grew past this (captured content) is freed after its span.
 const MAX_SCRATCH: usize = 64 * 1024;
 
@@ -114,9 +116,10 @@ impl SpanQueue {
         self.queued.store(queued + 1, Ordering::Relaxed);
         let open = &mut state.open;
         if open.bytes.capacity() == 0 {
-            // Room for the whole batch at once rather than doubling through it.
-            open.bytes
-                .reserve(self.batch_size * len_field(SPAN_CAPACITY));
+            // Room for the whole batch at once rather than doubling through it (within
+            // reason, for batch sizes set very high).
+            let batch = self.batch_size * len_field(SPAN_CAPACITY);
+            open.bytes.reserve(batch.min(MAX_FIRST_RESERVE));
         }
         put_len_prefix(&mut open.bytes, SPANS_FIELD, span.len());
         open.bytes.extend_from_slice(span);

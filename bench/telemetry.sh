@@ -99,8 +99,8 @@ import csv, statistics, sys
 path, drop_up, drop_down, sink, dur, reps, conc, protocol = sys.argv[1:]
 rows = list(csv.DictReader(open(path), delimiter="\t"))
 print(f"wrk -t1 -c{conc} -d{dur}s × {reps} reps (interleaved off/up/down), tokenwarden-mock (20-chunk streams), proxies on CPU 1, OTLP/{'gRPC' if protocol == 'grpc' else 'HTTP protobuf'}\n")
-print("| mode | export | rps (median; per rep) | vs off | p50 ms | p99 ms | CPU µs/req | errors |")
-print("|---|---|---|---|---|---|---|---|")
+print("| mode | export | rps (median; per rep) | vs off | vs off, paired | p50 ms | p99 ms | CPU µs/req | errors |")
+print("|---|---|---|---|---|---|---|---|---|")
 label = {"off": "off", "up": "on, collector up", "down": "on, collector down"}
 for mode in dict.fromkeys(r["mode"] for r in rows):
     base = None
@@ -114,6 +114,9 @@ for mode in dict.fromkeys(r["mode"] for r in rows):
         cpu = statistics.median(float(r["cpu_us_per_req"]) for r in rs)
         errs = sum(int(r["errors"]) for r in rs)
         per = "/".join(f"{x:.0f}" for x in rps)
-        print(f"| {mode} | {label[t]} | {med:.0f} ({per}) | {med / base:.3f}× | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {errs} |")
+        # Each rep against the off run just before it: drift between reps cancels out.
+        offs = {r["rep"]: float(r["rps"]) for r in rows if r["mode"] == mode and r["target"] == "off"}
+        paired = statistics.median(float(r["rps"]) / offs[r["rep"]] for r in rs)
+        print(f"| {mode} | {label[t]} | {med:.0f} ({per}) | {med / base:.3f}× | {paired:.3f}× | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {errs} |")
 print(f"\nspans received by the collector: {sink}; tokenwarden_spans_dropped_total: collector up {drop_up}, collector down {drop_down}")
 PY

@@ -35,6 +35,8 @@ pub const DEFAULT_BATCH: usize = 512;
 /// Longest wait for a batch to fill (`OTEL_BSP_SCHEDULE_DELAY`, milliseconds). Shorter than the
 /// SDK's 5 s so spans show up promptly; a full batch goes at once either way.
 pub const DEFAULT_DELAY: Duration = Duration::from_millis(200);
+/// Longest schedule delay taken from `OTEL_BSP_SCHEDULE_DELAY`.
+const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// First pause after a failed export; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest pause between export attempts while the collector fails.
@@ -110,8 +112,10 @@ pub fn start(config: &OtlpConfig, service_name: &str) -> Result<SpanSink, Export
     let batch = env::usize_var("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").unwrap_or(DEFAULT_BATCH);
     let queue = Arc::new(SpanQueue::new(capacity, batch));
     let (flush_tx, flush_rx) = mpsc::channel(4);
+    // Capped so a deadline is always a representable instant.
     let delay = env::usize_var("OTEL_BSP_SCHEDULE_DELAY")
-        .map_or(DEFAULT_DELAY, |ms| Duration::from_millis(ms as u64));
+        .map_or(DEFAULT_DELAY, |ms| Duration::from_millis(ms as u64))
+        .min(MAX_DELAY);
     let dropped = counter!(m::SPANS_DROPPED_TOTAL);
     let exporter = Exporter {
         transport,
@@ -158,7 +162,8 @@ impl Exporter {
         let request = Batch::new(self.preamble.clone(), spans).recycling_into(self.queue.clone());
         match self.transport.export(request, self.timeout).await {
             Ok(accepted) => {
-                self.dropped.increment(accepted.rejected);
+                // A collector cannot reject more than it was sent.
+                self.dropped.increment(accepted.rejected.min(n as u64));
                 let note = accepted.rejected > 0 || !accepted.message.is_empty();
                 if note && !std::mem::replace(&mut self.warned, true) {
                     tracing::warn!(

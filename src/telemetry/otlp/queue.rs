@@ -21,6 +21,10 @@ const SPANS_FIELD: u32 = 2;
 /// Capacity of a span's scratch buffer: a streamed chat call with a tool call encodes to about
 /// 1 KB (benches/spans.rs).
 pub const SPAN_CAPACITY: usize = 1280;
+/// A batch closes at this size whatever its span count: collectors refuse larger requests
+/// (gRPC's default limit, which the OpenTelemetry Collector keeps, is 4 MiB), and spans with
+/// captured content can be tens of kilobytes each.
+pub const MAX_BATCH_BYTES: usize = 3 << 20;
 /// Most a new batch buffer reserves up front.
 const MAX_FIRST_RESERVE: usize = 4 << 20;
 /// A scratch buffer that grew past this (captured content) is freed after its span.
@@ -87,23 +91,28 @@ impl SpanQueue {
     /// Encode a span with `encode` and queue it; `false` when the queue is full and it was
     /// dropped.
     pub fn push_with(&self, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                encode(&mut buf);
-                let queued = self.push(&buf);
-                if buf.capacity() > MAX_SCRATCH {
-                    *buf = Vec::with_capacity(SPAN_CAPACITY);
-                }
-                queued
+        let mut encode = Some(encode);
+        let queued = SCRATCH.try_with(|scratch| {
+            // Busy only if `encode` itself pushed a span; never the case, but not worth a panic.
+            let mut buf = scratch.try_borrow_mut().ok()?;
+            buf.clear();
+            (encode.take()?)(&mut buf);
+            let queued = self.push(&buf);
+            if buf.capacity() > MAX_SCRATCH {
+                *buf = Vec::with_capacity(SPAN_CAPACITY);
             }
-            // Only if `encode` itself pushed a span; never the case, but not worth a panic.
-            Err(_) => {
+            Some(queued)
+        });
+        match (queued, encode) {
+            (Ok(Some(queued)), _) => queued,
+            // No scratch buffer (busy, or the thread's locals are being torn down): a fresh one.
+            (_, Some(encode)) => {
                 let mut buf = Vec::with_capacity(SPAN_CAPACITY);
                 encode(&mut buf);
                 self.push(&buf)
             }
-        })
+            (_, None) => false,
+        }
     }
 
     /// Queue one encoded span (a `Span` message's content); `false` when the queue is full.
@@ -118,13 +127,13 @@ impl SpanQueue {
         if open.bytes.capacity() == 0 {
             // Room for the whole batch at once rather than doubling through it (within
             // reason, for batch sizes set very high).
-            let batch = self.batch_size * len_field(SPAN_CAPACITY);
+            let batch = self.batch_size.saturating_mul(len_field(SPAN_CAPACITY));
             open.bytes.reserve(batch.min(MAX_FIRST_RESERVE));
         }
         put_len_prefix(&mut open.bytes, SPANS_FIELD, span.len());
         open.bytes.extend_from_slice(span);
         open.count += 1;
-        let wake = if open.count >= self.batch_size {
+        let wake = if open.count >= self.batch_size || open.bytes.len() >= MAX_BATCH_BYTES {
             let next = SpanBatch {
                 bytes: state.spare.pop().unwrap_or_default(),
                 count: 0,
@@ -186,7 +195,7 @@ impl SpanQueue {
     /// Hand back a sent batch's buffer for reuse. Keeps enough for a full queue; a buffer
     /// grown far past a batch of ordinary spans (captured content) is freed.
     pub fn recycle(&self, mut bytes: Vec<u8>) {
-        if bytes.capacity() > 4 * self.batch_size * SPAN_CAPACITY {
+        if bytes.capacity() > MAX_BATCH_BYTES.max(self.batch_size.saturating_mul(SPAN_CAPACITY)) {
             return;
         }
         bytes.clear();
@@ -239,6 +248,31 @@ mod tests {
         assert_eq!(spans(&last), vec![vec![6; 5]]);
         assert!(q.is_empty());
         assert!(q.take(true).is_none());
+    }
+
+    #[test]
+    fn a_batch_also_closes_at_the_byte_limit() {
+        let q = SpanQueue::new(100, 50);
+        let big = vec![7u8; 1 << 20];
+        for _ in 0..4 {
+            assert!(q.push(&big));
+        }
+        let first = q.take(false).expect("closed by its size");
+        assert_eq!(first.count, 3);
+        assert!(first.bytes.len() >= MAX_BATCH_BYTES);
+        assert!(q.take(false).is_none());
+        assert_eq!(q.take(true).expect("the open batch").count, 1);
+    }
+
+    #[test]
+    fn a_span_pushed_while_the_scratch_buffer_is_busy_gets_a_fresh_one() {
+        let q = SpanQueue::new(10, 10);
+        assert!(q.push_with(|outer| {
+            outer.extend_from_slice(b"outer");
+            assert!(q.push_with(|inner| inner.extend_from_slice(b"inner")));
+        }));
+        let batch = q.take(true).expect("both");
+        assert_eq!(spans(&batch), vec![b"inner".to_vec(), b"outer".to_vec()]);
     }
 
     #[test]
@@ -298,7 +332,7 @@ mod tests {
             ptr,
             "the recycled buffer carries the next batch"
         );
-        q.recycle(Vec::with_capacity(4 * 2 * SPAN_CAPACITY + 1));
+        q.recycle(Vec::with_capacity(MAX_BATCH_BYTES + 1));
         assert!(q.lock().spare.is_empty(), "an oversized buffer is not kept");
     }
 }

@@ -196,6 +196,10 @@ impl Grpc {
             .map_err(|e| ExportError::Transport(with_causes(&e)))?;
         let (parts, body) = response.into_parts();
         if parts.status != StatusCode::OK {
+            // A grpc-status, when there is one, says more than the HTTP status.
+            if let Some(err) = grpc_error(&parts.headers) {
+                return Err(err);
+            }
             return Err(ExportError::Grpc {
                 code: grpc_code_for_http(parts.status),
                 message: format!("HTTP status {}", parts.status),
@@ -234,9 +238,12 @@ impl Grpc {
 fn grpc_url(endpoint: &str) -> Option<Uri> {
     let parts = endpoint.parse::<Uri>().ok()?.into_parts();
     let scheme = parts.scheme.filter(|s| s == "http" || s == "https")?;
+    // Credentials in the URL have no place in HTTP/2's `:authority`.
+    let authority = parts.authority?;
+    let host_port = authority.as_str().rsplit('@').next()?;
     Uri::builder()
         .scheme(scheme)
-        .authority(parts.authority?)
+        .authority(host_port)
         .path_and_query(GRPC_EXPORT)
         .build()
         .ok()
@@ -452,6 +459,12 @@ mod tests {
             url("https://c.example:4317/ignored/").as_deref(),
             Some(
                 "https://c.example:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            )
+        );
+        assert_eq!(
+            url("http://user:pass@127.0.0.1:4317").as_deref(),
+            Some(
+                "http://127.0.0.1:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
             )
         );
         assert_eq!(url("c.example:4317"), None);

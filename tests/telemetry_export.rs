@@ -387,3 +387,41 @@ async fn a_collector_that_refuses_exports_drops_them_counted_and_export_recovers
         );
     }
 }
+
+#[tokio::test]
+async fn an_export_that_times_out_gives_up_its_connection() {
+    // Accepts connections and never answers. Over HTTP/2 every export shares one connection:
+    // if a timed-out export left it pooled, every later export would wait on it as well.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    for protocol in ["grpc", "http"] {
+        let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        let mock = mock().await;
+        let cfg = config(mock.addr(), &endpoint, protocol);
+        let env = [
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "200"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "20"),
+        ];
+        let proxy = ProxyProcess::spawn_with_env(cfg.path(), &env).await;
+        // Spans keep coming, so after each timeout and backoff there is another export.
+        let reconnected = eventually(Duration::from_secs(15), || async {
+            one_call(&proxy).await;
+            accepted.load(std::sync::atomic::Ordering::SeqCst) - before >= 3
+        })
+        .await;
+        assert!(
+            reconnected,
+            "{protocol}: {} connections",
+            accepted.load(std::sync::atomic::Ordering::SeqCst) - before
+        );
+    }
+}

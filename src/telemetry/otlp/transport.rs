@@ -124,9 +124,13 @@ impl Transport {
                 Self::Http(h) => h.export(batch).await,
             }
         };
-        tokio::time::timeout(timeout, sent)
+        let result = tokio::time::timeout(timeout, sent)
             .await
-            .unwrap_or(Err(ExportError::Timeout(timeout)))
+            .unwrap_or(Err(ExportError::Timeout(timeout)));
+        if let (Err(ExportError::Timeout(_)), Self::Grpc(g)) = (&result, &mut *self) {
+            g.reconnect();
+        }
+        result
     }
 }
 
@@ -135,6 +139,8 @@ impl Transport {
 #[derive(Debug)]
 pub struct Grpc {
     client: Client<HttpsConnector<HttpConnector>, Full<Chain<Bytes, Bytes>>>,
+    /// To open a new connection after one stopped answering.
+    https: HttpsConnector<HttpConnector>,
     url: Uri,
     /// The gRPC request headers and the configured ones.
     headers: HeaderMap,
@@ -168,12 +174,26 @@ impl Grpc {
         }
         all.extend(headers);
         Ok(Self {
-            client: Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build(https),
+            client: Self::client(https.clone()),
+            https,
             url,
             headers: all,
         })
+    }
+
+    fn client(
+        https: HttpsConnector<HttpConnector>,
+    ) -> Client<HttpsConnector<HttpConnector>, Full<Chain<Bytes, Bytes>>> {
+        Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(https)
+    }
+
+    /// Drop the pooled connection: every export shares one HTTP/2 connection, and one whose
+    /// collector stopped answering (a hung process, a host gone without a reset) would
+    /// otherwise time out every export until the kernel gives up on it, minutes later.
+    fn reconnect(&mut self) {
+        self.client = Self::client(self.https.clone());
     }
 
     async fn export(&mut self, batch: Batch) -> Result<Accepted, ExportError> {

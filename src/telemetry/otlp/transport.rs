@@ -155,12 +155,7 @@ impl Grpc {
     ) -> Result<Self, ExporterError> {
         let url = grpc_url(endpoint)
             .ok_or_else(|| ExporterError(format!("endpoint {endpoint:?}: not an http(s) URL")))?;
-        let tls = client_tls(roots).map_err(|e| ExporterError(e.to_string()))?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http2()
-            .wrap_connector(http_connector(timeout));
+        let https = connector(roots, timeout, Alpn::H2)?;
         let mut all = HeaderMap::new();
         all.insert(
             header::CONTENT_TYPE,
@@ -345,13 +340,31 @@ fn grpc_timeout(timeout: Duration) -> String {
     }
 }
 
-/// The TCP connector both transports use: no Nagle delay, the export timeout to connect.
-fn http_connector(timeout: Duration) -> HttpConnector {
+/// The protocol a transport offers in TLS ALPN (and speaks over plain TCP).
+enum Alpn {
+    H2,
+    Http1,
+}
+
+/// The connector both transports use: TCP without Nagle delay and with the export timeout to
+/// connect, TLS with our rustls configuration for `https://`.
+fn connector(
+    roots: rustls::RootCertStore,
+    timeout: Duration,
+    alpn: Alpn,
+) -> Result<HttpsConnector<HttpConnector>, ExporterError> {
+    let tls = client_tls(roots).map_err(|e| ExporterError(e.to_string()))?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(timeout));
-    http
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    Ok(match alpn {
+        Alpn::H2 => builder.enable_http2().wrap_connector(http),
+        Alpn::Http1 => builder.enable_http1().wrap_connector(http),
+    })
 }
 
 /// OTLP/HTTP: `POST {endpoint}/v1/traces` with an `application/x-protobuf` body.
@@ -373,12 +386,7 @@ impl Http {
         let url: Uri = url
             .parse()
             .map_err(|e| ExporterError(format!("endpoint {url:?}: {e}")))?;
-        let tls = client_tls(roots).map_err(|e| ExporterError(e.to_string()))?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http_connector(timeout));
+        let https = connector(roots, timeout, Alpn::Http1)?;
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(https),
             url,

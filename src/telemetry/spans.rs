@@ -230,9 +230,14 @@ impl CallSpan {
             self.spans.sink.dropped();
             return;
         }
-        self.spans
-            .sink
-            .submit_with(|buf| self.encode(f, flags, buf));
+        let sink = &self.spans.sink;
+        let encode = |buf: &mut Vec<u8>| self.encode(f, flags, buf);
+        if self.captured.is_some() {
+            // Serialising and redacting captured messages can take long: not under the lock.
+            sink.submit_with(encode);
+        } else {
+            sink.submit_in_place(encode);
+        }
     }
 
     /// The span as [`finish`](Self::finish) would queue it, without queueing (benchmarks).

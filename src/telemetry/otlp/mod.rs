@@ -1,7 +1,7 @@
 //! OTLP span export: spans encoded as protobuf when their call finishes, a bounded queue, and
 //! one tokio task that sends them in batches over gRPC or HTTP/protobuf.
 //!
-//! A finished span is copied into the queue's open batch; a full queue drops the span and
+//! A finished span is encoded into the queue's open batch; a full queue drops the span and
 //! counts it in `tokenwarden_spans_dropped_total`, so a slow or dead collector never slows a
 //! request. The task exports a batch when it is full or the schedule delay since the task saw
 //! its first span is over, one export at a time. A failed export counts its spans as dropped
@@ -60,8 +60,17 @@ pub struct SpanSink {
 // === impl SpanSink ===
 
 impl SpanSink {
-    /// Queue the span `encode` writes (a `Span` message's content); a full queue drops it
+    /// Queue the span `encode` writes (a `Span` message's content), encoded straight into its
+    /// batch under the queue's lock, so `encode` must be quick; a full queue drops it
     /// (counted), never waits.
+    pub fn submit_in_place(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        if !self.queue.push_in_place(encode) {
+            self.dropped.increment(1);
+        }
+    }
+
+    /// [`submit_in_place`](Self::submit_in_place) for a span that may take long to encode
+    /// (captured content): encoded outside the lock, then copied in.
     pub fn submit_with(&self, encode: impl FnOnce(&mut Vec<u8>)) {
         if !self.queue.push_with(encode) {
             self.dropped.increment(1);

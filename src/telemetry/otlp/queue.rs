@@ -1,11 +1,18 @@
-//! The span queue: each finished span is copied straight into the batch that will carry it,
+//! The span queue: each finished span is encoded straight into the batch that will carry it,
 //! already framed as a `ScopeSpans.spans` field, so the export task sends a batch's bytes as
 //! they are.
 //!
 //! Before this, each span was its own buffer passed through a channel and copied into the
 //! request at export: per span a channel slot, a buffer to hand back and forth, and a cold
-//! 1 KB write. Now a span costs one short lock and one copy from a hot scratch buffer, and the
-//! export task is woken once per batch, not once per span.
+//! 1 KB write. Now a span costs one short lock, and the export task is woken once per batch,
+//! not once per span.
+//!
+//! An ordinary span is encoded under the lock, into the batch itself: the batch's memory is
+//! cold (it was last touched when the previous batch went out), and writes interleaved with
+//! encoding hide that, where a copy from a scratch buffer stalled on it (perf: 0.8 % of the
+//! proxy's CPU for the copy, against 0.2 % encoding in place). A span with captured content,
+//! whose encoding can take long, is encoded in a thread-local scratch buffer outside the lock
+//! and then copied in.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -14,7 +21,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use super::wire::{len_field, put_len_prefix};
+use super::wire::{len_field, put_len_prefix, put_message_in};
 
 /// `ScopeSpans.spans`.
 const SPANS_FIELD: u32 = 2;
@@ -31,8 +38,8 @@ const MAX_FIRST_RESERVE: usize = 4 << 20;
 const MAX_SCRATCH: usize = 64 * 1024;
 
 thread_local! {
-    /// Where a span is encoded before it is copied into the queue: encoding (captured content
-    /// can take long) happens outside the queue's lock, in memory the thread just used.
+    /// Where a span with captured content is encoded before it is copied into the queue:
+    /// outside the queue's lock, in memory the thread just used.
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SPAN_CAPACITY));
 }
 
@@ -88,8 +95,8 @@ impl SpanQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Encode a span with `encode` and queue it; `false` when the queue is full and it was
-    /// dropped.
+    /// Encode a span with `encode` outside the lock (it may take long) and queue it; `false`
+    /// when the queue is full and it was dropped.
     pub fn push_with(&self, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut encode = Some(encode);
         let queued = SCRATCH.try_with(|scratch| {
@@ -115,39 +122,52 @@ impl SpanQueue {
         }
     }
 
+    /// Encode a span with `encode` straight into the open batch, under the lock (so `encode`
+    /// must be quick); `false`, without calling it, when the queue is full.
+    pub fn push_in_place(&self, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
+        self.add(|batch| put_message_in(batch, SPANS_FIELD, SPAN_LENGTH_ROOM, encode))
+    }
+
     /// Queue one encoded span (a `Span` message's content); `false` when the queue is full.
     pub fn push(&self, span: &[u8]) -> bool {
+        self.add(|batch| {
+            put_len_prefix(batch, SPANS_FIELD, span.len());
+            batch.extend_from_slice(span);
+        })
+    }
+
+    /// Append one framed span with `frame` to the open batch, unless the queue is full.
+    fn add(&self, frame: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut state = self.lock();
         let queued = self.queued.load(Ordering::Relaxed);
         if queued >= self.capacity {
             return false;
         }
+        let mut open = Rollback::new(&mut state.open, self.batch_size);
+        frame(open.bytes());
+        open.keep();
         self.queued.store(queued + 1, Ordering::Relaxed);
-        let open = &mut state.open;
-        if open.bytes.capacity() == 0 {
-            // Room for the whole batch at once rather than doubling through it (within
-            // reason, for batch sizes set very high).
-            let batch = self.batch_size.saturating_mul(len_field(SPAN_CAPACITY));
-            open.bytes.reserve(batch.min(MAX_FIRST_RESERVE));
-        }
-        put_len_prefix(&mut open.bytes, SPANS_FIELD, span.len());
-        open.bytes.extend_from_slice(span);
-        open.count += 1;
-        let wake = if open.count >= self.batch_size || open.bytes.len() >= MAX_BATCH_BYTES {
-            let next = SpanBatch {
-                bytes: state.spare.pop().unwrap_or_default(),
-                count: 0,
-            };
-            let full = std::mem::replace(&mut state.open, next);
-            state.full.push_back(full);
-            true
-        } else {
-            queued == 0
-        };
+        let wake = self.close_if_full(&mut state) || queued == 0;
         drop(state);
         if wake {
             self.ready.notify_one();
         }
+        true
+    }
+
+    /// Move the open batch to the full ones if it reached the batch size or the byte limit;
+    /// whether it did.
+    fn close_if_full(&self, state: &mut State) -> bool {
+        let open = &state.open;
+        if open.count < self.batch_size && open.bytes.len() < MAX_BATCH_BYTES {
+            return false;
+        }
+        let next = SpanBatch {
+            bytes: state.spare.pop().unwrap_or_default(),
+            count: 0,
+        };
+        let full = std::mem::replace(&mut state.open, next);
+        state.full.push_back(full);
         true
     }
 
@@ -203,6 +223,54 @@ impl SpanQueue {
         let mut state = self.lock();
         if state.spare.len() < keep {
             state.spare.push(bytes);
+        }
+    }
+}
+
+/// Bytes reserved for a span's length in the batch: enough below 16 KiB, which ordinary spans
+/// are; others move.
+const SPAN_LENGTH_ROOM: usize = 2;
+
+/// The open batch while a span is added to it: unless [`keep`](Self::keep) is called (the
+/// encoder panicked), the span's partial bytes are cut off again, so the batch stays a valid
+/// run of spans.
+struct Rollback<'a> {
+    batch: &'a mut SpanBatch,
+    len: usize,
+    kept: bool,
+}
+
+impl<'a> Rollback<'a> {
+    fn new(batch: &'a mut SpanBatch, batch_size: usize) -> Self {
+        if batch.bytes.capacity() == 0 {
+            // Room for the whole batch at once rather than doubling through it (within
+            // reason, for batch sizes set very high).
+            let room = batch_size.saturating_mul(len_field(SPAN_CAPACITY));
+            batch.bytes.reserve(room.min(MAX_FIRST_RESERVE));
+        }
+        let len = batch.bytes.len();
+        Self {
+            batch,
+            len,
+            kept: false,
+        }
+    }
+
+    fn bytes(&mut self) -> &mut Vec<u8> {
+        &mut self.batch.bytes
+    }
+
+    /// The span is complete: count it.
+    fn keep(mut self) {
+        self.batch.count += 1;
+        self.kept = true;
+    }
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.batch.bytes.truncate(self.len);
         }
     }
 }
@@ -334,5 +402,53 @@ mod tests {
         );
         q.recycle(Vec::with_capacity(MAX_BATCH_BYTES + 1));
         assert!(q.lock().spare.is_empty(), "an oversized buffer is not kept");
+    }
+
+    #[test]
+    fn spans_encoded_in_place_are_framed_whatever_their_length() {
+        let q = SpanQueue::new(10, 5);
+        // Lengths taking one, two and three varint bytes, none, and a copied-in span between.
+        let lengths = [5usize, 300, 20_000, 0];
+        for (i, &len) in lengths.iter().enumerate() {
+            assert!(q.push_in_place(|b| b.resize(b.len() + len, i as u8)));
+        }
+        assert!(q.push(b"copied"));
+        assert!(q.push_in_place(|b| b.extend_from_slice(b"after")));
+        let first = q.take(false).expect("five spans close a batch");
+        let mut expect: Vec<Vec<u8>> = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| vec![i as u8; len])
+            .collect();
+        expect.push(b"copied".to_vec());
+        assert_eq!(spans(&first), expect);
+        assert_eq!(spans(&q.take(true).expect("open")), vec![b"after".to_vec()]);
+    }
+
+    #[test]
+    fn a_full_queue_does_not_even_encode() {
+        let q = SpanQueue::new(1, 1);
+        assert!(q.push_in_place(|b| b.push(1)));
+        let mut called = false;
+        assert!(!q.push_in_place(|_| called = true));
+        assert!(!called, "a span that would be dropped is not encoded");
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn an_encoder_that_panics_leaves_the_batch_as_it_was() {
+        let q = SpanQueue::new(10, 10);
+        assert!(q.push_in_place(|b| b.extend_from_slice(b"whole")));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            q.push_in_place(|b| {
+                b.extend_from_slice(b"half a span");
+                panic!("encoder bug");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(q.len(), 1, "the broken span is not counted");
+        assert!(q.push_in_place(|b| b.extend_from_slice(b"next")));
+        let batch = q.take(true).expect("open");
+        assert_eq!(spans(&batch), vec![b"whole".to_vec(), b"next".to_vec()]);
     }
 }

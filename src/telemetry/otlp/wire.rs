@@ -91,16 +91,30 @@ pub fn put_fixed32(buf: &mut impl BufMut, field: u32, v: u32) {
 /// One byte is reserved for the length, enough below 128 bytes (almost every attribute); a
 /// longer message moves its content up by the extra length bytes.
 pub fn put_message(buf: &mut Vec<u8>, field: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    put_message_in(buf, field, 1, write);
+}
+
+/// [`put_message`] with `room` bytes reserved for the length: a message whose length needs
+/// fewer moves its content down, one that needs more moves it up.
+pub fn put_message_in(
+    buf: &mut Vec<u8>,
+    field: u32,
+    room: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
     put_tag(buf, field, LEN);
     let at = buf.len();
-    buf.push(0);
+    buf.resize(at + room, 0);
     write(buf);
-    let len = buf.len() - at - 1;
+    let end = buf.len();
+    let len = end - at - room;
     let n = varint_len(len as u64);
-    if n > 1 {
-        let end = buf.len();
-        buf.resize(end + n - 1, 0);
-        buf.copy_within(at + 1..end, at + n);
+    if n > room {
+        buf.resize(end + n - room, 0);
+        buf.copy_within(at + room..end, at + n);
+    } else if n < room {
+        buf.copy_within(at + room..end, at + n);
+        buf.truncate(end - (room - n));
     }
     let mut slot = &mut buf[at..at + n];
     put_varint(&mut slot, len as u64);
@@ -327,5 +341,24 @@ mod tests {
         put_str(&mut expect, 1, "chat gpt-4o");
         put_str(&mut expect, 2, "chat");
         assert_eq!(buf, expect);
+    }
+
+    #[test]
+    fn a_message_is_framed_alike_whatever_room_its_length_had() {
+        for len in [0usize, 5, 127, 128, 300, 16_383, 16_384, 20_000, 2_097_152] {
+            let content = vec![0xa5u8; len];
+            let mut expect = b"before".to_vec();
+            put_bytes(&mut expect, 2, &content);
+            expect.extend_from_slice(b"after");
+            for room in 1..=3 {
+                let mut buf = b"before".to_vec();
+                put_message_in(&mut buf, 2, room, |b| b.extend_from_slice(&content));
+                buf.extend_from_slice(b"after");
+                assert!(
+                    buf == expect,
+                    "content of {len} bytes, {room} bytes of room"
+                );
+            }
+        }
     }
 }

@@ -2,9 +2,10 @@
 # Span export cost: throughput at c=64 through three tokenwarden processes in one run —
 # export off, export on with a collector up (examples/otlp-sink; OTLP/gRPC, or OTLP/HTTP with
 # PROTOCOL=http), export on with the
-# collector down (nothing listens on its port) — same mock, reps interleaved.
+# collector down (nothing listens on its port) — same mock, reps interleaved (order rotating).
 #
 #   bench/telemetry.sh                 # DUR=10 REPS=3 CONC=64 MODES="nonstream stream"
+#   DUR=3 REPS=30 MODES=nonstream bench/telemetry.sh   # the runs in BENCHMARKS.md
 #   DUR=2 REPS=1 bench/telemetry.sh    # smoke
 #
 # Proxies pinned to CPU 1, wrk, the mock and the sink to CPU 0, all on 127.0.0.1 (ports
@@ -72,9 +73,12 @@ done
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK="$(getconf CLK_TCK)"
 echo -e "mode\ttarget\trep\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors" >"$WORK/results.tsv"
+ORDERS=("off up down" "up down off" "down off up")
 for rep in $(seq 1 "$REPS"); do
   for mode in $MODES; do
-    for t in off up down; do
+    # The order rotates each rep, so no export setting always runs first, or right after
+    # another.
+    for t in ${ORDERS[$(( (rep - 1) % 3 ))]}; do
       c0=$(cpu_ticks "${TWPID[$t]}")
       out=$(MODE=$mode taskset -c 0 wrk -t1 -c"$CONC" -d"${DUR}s" -s "$POST_LUA" \
         "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" | grep '^JSON ' | cut -c6-)
@@ -98,7 +102,7 @@ python3 - "$WORK/results.tsv" "$DROP_UP" "$DROP_DOWN" "$SINK" "$DUR" "$REPS" "$C
 import csv, statistics, sys
 path, drop_up, drop_down, sink, dur, reps, conc, protocol = sys.argv[1:]
 rows = list(csv.DictReader(open(path), delimiter="\t"))
-print(f"wrk -t1 -c{conc} -d{dur}s × {reps} reps (interleaved off/up/down), tokenwarden-mock (20-chunk streams), proxies on CPU 1, OTLP/{'gRPC' if protocol == 'grpc' else 'HTTP protobuf'}\n")
+print(f"wrk -t1 -c{conc} -d{dur}s × {reps} reps (interleaved off/up/down, order rotating), tokenwarden-mock (20-chunk streams), proxies on CPU 1, OTLP/{'gRPC' if protocol == 'grpc' else 'HTTP protobuf'}\n")
 print("| mode | export | rps (median; per rep) | vs off | vs off, paired | p50 ms | p99 ms | CPU µs/req | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
 label = {"off": "off", "up": "on, collector up", "down": "on, collector down"}
@@ -114,7 +118,7 @@ for mode in dict.fromkeys(r["mode"] for r in rows):
         cpu = statistics.median(float(r["cpu_us_per_req"]) for r in rs)
         errs = sum(int(r["errors"]) for r in rs)
         per = "/".join(f"{x:.0f}" for x in rps)
-        # Each rep against the off run just before it: drift between reps cancels out.
+        # Each rep against the same rep's off run: drift between reps cancels out.
         offs = {r["rep"]: float(r["rps"]) for r in rows if r["mode"] == mode and r["target"] == "off"}
         paired = statistics.median(float(r["rps"]) / offs[r["rep"]] for r in rs)
         print(f"| {mode} | {label[t]} | {med:.0f} ({per}) | {med / base:.3f}× | {paired:.3f}× | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {errs} |")

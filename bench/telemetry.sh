@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Span export cost: throughput at c=64 through three tokenwarden processes in one run —
 # export off, export on with a collector up (examples/otlp-sink; OTLP/gRPC, or OTLP/HTTP with
-# PROTOCOL=http), export on with the
+# PROTOCOL=http; PROTOCOL=both runs one proxy of each), export on with the
 # collector down (nothing listens on its port) — same mock, reps interleaved (order rotating).
 #
 #   bench/telemetry.sh                 # DUR=10 REPS=3 CONC=64 MODES="nonstream stream"
 #   DUR=3 REPS=30 MODES=nonstream bench/telemetry.sh   # the runs in BENCHMARKS.md
+#   PROTOCOL=both DUR=3 REPS=30 MODES=nonstream bench/telemetry.sh   # gRPC and HTTP side by side
+#   CONTROL=1 ...                      # plus a second export-off process, the noise floor
 #   DUR=2 REPS=1 bench/telemetry.sh    # smoke
 #
 # Proxies pinned to CPU 1, wrk, the mock and the sink to CPU 0, all on 127.0.0.1 (ports
-# BASE..BASE+13 and BASE-4000 for the sink; BASE defaults to 18500). Needs wrk and the kit's post.lua (../shared/bench, or POST_LUA).
+# BASE..BASE+16, BASE-4000 for the sink and BASE-3990 for the dead one; BASE defaults to 18500). Needs wrk and the kit's post.lua (../shared/bench, or POST_LUA).
 # Prints a markdown table; only processes started here are stopped on exit.
 set -euo pipefail
 
@@ -18,7 +20,15 @@ REPO="$(cd "$HERE/.." && pwd)"
 B="${BASE:-18500}"
 DUR="${DUR:-10}" REPS="${REPS:-3}" CONC="${CONC:-64}" MODES="${MODES:-nonstream stream}"
 PROTOCOL="${PROTOCOL:-grpc}"
-case "$PROTOCOL" in grpc|http) ;; *) echo "PROTOCOL must be grpc or http" >&2; exit 2;; esac
+case "$PROTOCOL" in
+  grpc|http) TARGETS=(off up down) ;;
+  # Both protocols side by side in one run: whether they differ, free of between-run drift.
+  both) TARGETS=(off up-grpc up-http down-grpc down-http) ;;
+  *) echo "PROTOCOL must be grpc, http or both" >&2; exit 2;;
+esac
+# CONTROL=1 adds a second export-off process: how far two identical proxies measure apart is
+# the floor under any difference the table shows.
+[ "${CONTROL:-0}" = 1 ] && TARGETS+=(control)
 POST_LUA="${POST_LUA:-$REPO/../shared/bench/post.lua}"
 TW_BIN="${TW_BIN:-$REPO/target/release/tokenwarden}"
 TWMOCK_BIN="${TWMOCK_BIN:-$REPO/target/release/tokenwarden-mock}"
@@ -30,7 +40,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 for b in "$TW_BIN" "$TWMOCK_BIN" "$SINK_BIN"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 2; }; done
 
-for port in $(seq "$B" $((B + 13))) $((B - 4000)) $((B - 3990)); do
+for port in $(seq "$B" $((B + 16))) $((B - 4000)) $((B - 3990)); do
   if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
     echo "port $port is in use: pick another BASE" >&2; exit 2
   fi
@@ -44,11 +54,16 @@ taskset -c 0 "$TWMOCK_BIN" --listen 127.0.0.1:$B --no-record >"$WORK/mock.log" 2
 SINK_PORT=$((B - 4000)); DEAD_PORT=$((B - 3990))
 taskset -c 0 "$SINK_BIN" 127.0.0.1:$SINK_PORT >"$WORK/sink.log" 2>&1 & PIDS+=($!)
 
-declare -A PORT=([off]=$((B + 1)) [up]=$((B + 2)) [down]=$((B + 3))) ADMIN=([off]=$((B + 11)) [up]=$((B + 12)) [down]=$((B + 13))) TWPID=()
-for t in off up down; do
+declare -A PORT ADMIN TWPID
+i=0
+for t in "${TARGETS[@]}"; do
+  i=$((i + 1)); PORT[$t]=$((B + i)); ADMIN[$t]=$((B + 10 + i))
+  proto="$PROTOCOL"; [ "$t" != "${t#*-}" ] && proto="${t#*-}"
   otlp=""
-  [ "$t" = up ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$SINK_PORT', protocol: $PROTOCOL}}"
-  [ "$t" = down ] && otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$DEAD_PORT', protocol: $PROTOCOL}}"
+  case "$t" in
+    up*) otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$SINK_PORT', protocol: $proto}}" ;;
+    down*) otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$DEAD_PORT', protocol: $proto}}" ;;
+  esac
   cat >"$WORK/$t.yaml" <<YAML
 listen: 127.0.0.1:${PORT[$t]}
 admin_listen: 127.0.0.1:${ADMIN[$t]}
@@ -62,23 +77,23 @@ $otlp
 YAML
   taskset -c 1 "$TW_BIN" --config "$WORK/$t.yaml" >"$WORK/$t.log" 2>&1 & PIDS+=($!); TWPID[$t]=$!
 done
-for port in $B ${PORT[off]} ${PORT[up]} ${PORT[down]} ${ADMIN[off]} ${ADMIN[up]} ${ADMIN[down]} $SINK_PORT; do
+for port in $B "${PORT[@]}" "${ADMIN[@]}" $SINK_PORT; do
   for _ in $(seq 1 80); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
-for t in off up down; do
+for t in "${TARGETS[@]}"; do
   kill -0 "${TWPID[$t]}" 2>/dev/null || { echo "tokenwarden ($t) exited:" >&2; cat "$WORK/$t.log" >&2; exit 1; }
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK="$(getconf CLK_TCK)"
 echo -e "mode\ttarget\trep\trps\tp50_us\tp99_us\tcpu_us_per_req\terrors" >"$WORK/results.tsv"
-ORDERS=("off up down" "up down off" "down off up")
 for rep in $(seq 1 "$REPS"); do
   for mode in $MODES; do
     # The order rotates each rep, so no export setting always runs first, or right after
     # another.
-    for t in ${ORDERS[$(( (rep - 1) % 3 ))]}; do
+    n=${#TARGETS[@]}; k=$(( (rep - 1) % n ))
+    for t in "${TARGETS[@]:$k}" "${TARGETS[@]:0:$k}"; do
       c0=$(cpu_ticks "${TWPID[$t]}")
       out=$(MODE=$mode taskset -c 0 wrk -t1 -c"$CONC" -d"${DUR}s" -s "$POST_LUA" \
         "http://127.0.0.1:${PORT[$t]}/v1/chat/completions" | grep '^JSON ' | cut -c6-)
@@ -95,20 +110,27 @@ PY
   done
 done
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}'; }
-DROP_UP=$(metric "${ADMIN[up]}" tokenwarden_spans_dropped_total); DROP_DOWN=$(metric "${ADMIN[down]}" tokenwarden_spans_dropped_total)
+DROPS=""
+for t in "${TARGETS[@]}"; do
+  case "$t" in up*|down*) DROPS="$DROPS $t=$(metric "${ADMIN[$t]}" tokenwarden_spans_dropped_total)" ;; esac
+done
 sleep 1.5
 SINK=$(grep '^spans ' "$WORK/sink.log" | tail -1 | cut -d' ' -f2)
-python3 - "$WORK/results.tsv" "$DROP_UP" "$DROP_DOWN" "$SINK" "$DUR" "$REPS" "$CONC" "$PROTOCOL" <<'PY'
+python3 - "$WORK/results.tsv" "$DROPS" "$SINK" "$DUR" "$REPS" "$CONC" "$PROTOCOL" "${TARGETS[*]}" <<'PY'
 import csv, statistics, sys
-path, drop_up, drop_down, sink, dur, reps, conc, protocol = sys.argv[1:]
+path, drops, sink, dur, reps, conc, protocol, targets = sys.argv[1:]
 rows = list(csv.DictReader(open(path), delimiter="\t"))
-print(f"wrk -t1 -c{conc} -d{dur}s × {reps} reps (interleaved off/up/down, order rotating), tokenwarden-mock (20-chunk streams), proxies on CPU 1, OTLP/{'gRPC' if protocol == 'grpc' else 'HTTP protobuf'}\n")
+proto = {"grpc": "OTLP/gRPC", "http": "OTLP/HTTP protobuf", "both": "OTLP/gRPC and OTLP/HTTP protobuf"}[protocol]
+print(f"wrk -t1 -c{conc} -d{dur}s × {reps} reps (interleaved, order rotating), tokenwarden-mock (20-chunk streams), proxies on CPU 1, {proto}\n")
 print("| mode | export | rps (median; per rep) | vs off | vs off, paired | p50 ms | p99 ms | CPU µs/req | errors |")
 print("|---|---|---|---|---|---|---|---|---|")
-label = {"off": "off", "up": "on, collector up", "down": "on, collector down"}
+def label(t):
+    state, _, p = t.partition("-")
+    text = {"off": "off", "control": "off, a second process (control)", "up": "on, collector up", "down": "on, collector down"}[state]
+    return f"{text} ({'gRPC' if p == 'grpc' else 'HTTP'})" if p else text
 for mode in dict.fromkeys(r["mode"] for r in rows):
     base = None
-    for t in ("off", "up", "down"):
+    for t in targets.split():
         rs = [r for r in rows if r["mode"] == mode and r["target"] == t]
         rps = [float(r["rps"]) for r in rs]
         med = statistics.median(rps)
@@ -121,6 +143,7 @@ for mode in dict.fromkeys(r["mode"] for r in rows):
         # Each rep against the same rep's off run: drift between reps cancels out.
         offs = {r["rep"]: float(r["rps"]) for r in rows if r["mode"] == mode and r["target"] == "off"}
         paired = statistics.median(float(r["rps"]) / offs[r["rep"]] for r in rs)
-        print(f"| {mode} | {label[t]} | {med:.0f} ({per}) | {med / base:.3f}× | {paired:.3f}× | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {errs} |")
-print(f"\nspans received by the collector: {sink}; tokenwarden_spans_dropped_total: collector up {drop_up}, collector down {drop_down}")
+        print(f"| {mode} | {label(t)} | {med:.0f} ({per}) | {med / base:.3f}× | {paired:.3f}× | {p50:.2f} | {p99:.2f} | {cpu:.0f} | {errs} |")
+dropped = ", ".join(f"{label(t)} {n}" for t, _, n in (d.partition("=") for d in drops.split()))
+print(f"\nspans received by the collector: {sink}; tokenwarden_spans_dropped_total: {dropped}")
 PY

@@ -91,7 +91,8 @@ impl SpanQueue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means a thread panicked between two pushes; the state is sound.
+        // A poisoned lock means a thread panicked holding it, at worst while encoding a span in
+        // place, and `Rollback` cut that span off again: the state is sound.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -123,7 +124,8 @@ impl SpanQueue {
     }
 
     /// Encode a span with `encode` straight into the open batch, under the lock (so `encode`
-    /// must be quick); `false`, without calling it, when the queue is full.
+    /// must be quick, only append, and never queue a span itself: the lock is not reentrant);
+    /// `false`, without calling it, when the queue is full.
     pub fn push_in_place(&self, encode: impl FnOnce(&mut Vec<u8>)) -> bool {
         self.add(|batch| put_message_in(batch, SPANS_FIELD, SPAN_LENGTH_ROOM, encode))
     }
@@ -409,8 +411,10 @@ mod tests {
         let q = SpanQueue::new(10, 5);
         // Lengths taking one, two and three varint bytes, none, and a copied-in span between.
         let lengths = [5usize, 300, 20_000, 0];
+        // Filled with non-zero bytes, unlike the reserved length bytes, so a span whose content
+        // was not moved into place cannot pass.
         for (i, &len) in lengths.iter().enumerate() {
-            assert!(q.push_in_place(|b| b.resize(b.len() + len, i as u8)));
+            assert!(q.push_in_place(|b| b.resize(b.len() + len, i as u8 + 1)));
         }
         assert!(q.push(b"copied"));
         assert!(q.push_in_place(|b| b.extend_from_slice(b"after")));
@@ -418,7 +422,7 @@ mod tests {
         let mut expect: Vec<Vec<u8>> = lengths
             .iter()
             .enumerate()
-            .map(|(i, &len)| vec![i as u8; len])
+            .map(|(i, &len)| vec![i as u8 + 1; len])
             .collect();
         expect.push(b"copied".to_vec());
         assert_eq!(spans(&first), expect);
@@ -450,5 +454,16 @@ mod tests {
         assert!(q.push_in_place(|b| b.extend_from_slice(b"next")));
         let batch = q.take(true).expect("open");
         assert_eq!(spans(&batch), vec![b"whole".to_vec(), b"next".to_vec()]);
+    }
+
+    #[test]
+    fn a_batch_encoded_in_place_also_closes_at_the_byte_limit() {
+        let q = SpanQueue::new(100, 50);
+        for _ in 0..4 {
+            assert!(q.push_in_place(|b| b.resize(b.len() + (1 << 20), 7)));
+        }
+        let first = q.take(false).expect("closed by its size");
+        assert_eq!(spans(&first), vec![vec![7u8; 1 << 20]; 3]);
+        assert_eq!(q.take(true).expect("the open batch").count, 1);
     }
 }

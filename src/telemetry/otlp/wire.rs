@@ -106,6 +106,7 @@ pub fn put_message_in(
     let at = buf.len();
     buf.resize(at + room, 0);
     write(buf);
+    debug_assert!(buf.len() >= at + room, "`write` may only append");
     let end = buf.len();
     let len = end - at - room;
     let n = varint_len(len as u64);

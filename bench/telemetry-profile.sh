@@ -19,48 +19,15 @@ DUR="${DUR:-10}" PERF_SECS="${PERF_SECS:-6}" FREQ="${FREQ:-2000}" MODE="${MODE:-
 PROTOCOL="${PROTOCOL:-grpc}"
 case "$PROTOCOL" in grpc|http) ;; *) echo "PROTOCOL must be grpc or http" >&2; exit 2;; esac
 [ "$PERF_SECS" -lt "$DUR" ] || { echo "PERF_SECS must be below DUR" >&2; exit 2; }
-POST_LUA="${POST_LUA:-$REPO/../shared/bench/post.lua}"
-TW_BIN="${TW_BIN:-$REPO/target/release/tokenwarden}"
-TWMOCK_BIN="${TWMOCK_BIN:-$REPO/target/release/tokenwarden-mock}"
-SINK_BIN="${SINK_BIN:-$REPO/target/release/examples/otlp-sink}"
-for tool in wrk perf; do
-  command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 2; }
-done
-[ -f "$POST_LUA" ] || { echo "post.lua not found at $POST_LUA (set POST_LUA)" >&2; exit 2; }
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  (cd "$REPO" && cargo build --release --bins --example otlp-sink >&2)
-fi
-for b in "$TW_BIN" "$TWMOCK_BIN" "$SINK_BIN"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 2; }; done
-
-SINK_PORT=$((B - 4000))
-for port in $B $((B + 1)) $((B + 2)) $SINK_PORT; do
-  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
-    echo "port $port is in use: pick another BASE" >&2; exit 2
-  fi
-done
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-
-taskset -c 0 "$TWMOCK_BIN" --listen 127.0.0.1:$B --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!)
-taskset -c 0 "$SINK_BIN" 127.0.0.1:$SINK_PORT >"$WORK/sink.log" 2>&1 & PIDS+=($!)
-cat >"$WORK/up.yaml" <<YAML
-listen: 127.0.0.1:$((B + 1))
-admin_listen: 127.0.0.1:$((B + 2))
-logging:
-  access_log: false
-routes:
-  - name: mock
-    path_prefix: /
-    upstream: http://127.0.0.1:$B
-telemetry: {otlp: {endpoint: 'http://127.0.0.1:$SINK_PORT', protocol: $PROTOCOL}}
-YAML
-taskset -c 1 "$TW_BIN" --config "$WORK/up.yaml" >"$WORK/up.log" 2>&1 & PIDS+=($!); TW=$!
-for port in $B $((B + 1)) $SINK_PORT; do
-  for _ in $(seq 1 80); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
-kill -0 "$TW" 2>/dev/null || { echo "tokenwarden exited:" >&2; cat "$WORK/up.log" >&2; exit 1; }
+. "$HERE/telemetry-lib.sh"
+bench_ready wrk perf
+ports_free $B $((B + 1)) $((B + 2)) $SINK_PORT
+start_mock_and_sink
+start_proxy up $((B + 1)) $((B + 2)) \
+  "telemetry: {otlp: {endpoint: 'http://127.0.0.1:$SINK_PORT', protocol: $PROTOCOL}}"
+TW=$PROXY_PID
+ports_listening $B $((B + 1)) $SINK_PORT
+proxy_alive up "$TW"
 
 MODE=$MODE taskset -c 0 wrk -t1 -c64 -d"${DUR}s" -s "$POST_LUA" \
   "http://127.0.0.1:$((B + 1))/v1/chat/completions" >"$WORK/wrk.txt" &

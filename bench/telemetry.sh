@@ -29,30 +29,11 @@ esac
 # CONTROL=1 adds a second export-off process: how far two identical proxies measure apart is
 # the floor under any difference the table shows.
 [ "${CONTROL:-0}" = 1 ] && TARGETS+=(control)
-POST_LUA="${POST_LUA:-$REPO/../shared/bench/post.lua}"
-TW_BIN="${TW_BIN:-$REPO/target/release/tokenwarden}"
-TWMOCK_BIN="${TWMOCK_BIN:-$REPO/target/release/tokenwarden-mock}"
-SINK_BIN="${SINK_BIN:-$REPO/target/release/examples/otlp-sink}"
-command -v wrk >/dev/null || { echo "wrk not found (apt-get install -y wrk)" >&2; exit 2; }
-[ -f "$POST_LUA" ] || { echo "post.lua not found at $POST_LUA (set POST_LUA)" >&2; exit 2; }
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  (cd "$REPO" && cargo build --release --bins --example otlp-sink >&2)
-fi
-for b in "$TW_BIN" "$TWMOCK_BIN" "$SINK_BIN"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 2; }; done
-
-for port in $(seq "$B" $((B + 16))) $((B - 4000)) $((B - 3990)); do
-  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
-    echo "port $port is in use: pick another BASE" >&2; exit 2
-  fi
-done
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
-
-taskset -c 0 "$TWMOCK_BIN" --listen 127.0.0.1:$B --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!)
-SINK_PORT=$((B - 4000)); DEAD_PORT=$((B - 3990))
-taskset -c 0 "$SINK_BIN" 127.0.0.1:$SINK_PORT >"$WORK/sink.log" 2>&1 & PIDS+=($!)
+. "$HERE/telemetry-lib.sh"
+bench_ready wrk
+DEAD_PORT=$((B - 3990))
+ports_free $(seq "$B" $((B + 16))) $SINK_PORT $DEAD_PORT
+start_mock_and_sink
 
 declare -A PORT ADMIN TWPID
 i=0
@@ -64,26 +45,10 @@ for t in "${TARGETS[@]}"; do
     up*) otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$SINK_PORT', protocol: $proto}}" ;;
     down*) otlp="telemetry: {otlp: {endpoint: 'http://127.0.0.1:$DEAD_PORT', protocol: $proto}}" ;;
   esac
-  cat >"$WORK/$t.yaml" <<YAML
-listen: 127.0.0.1:${PORT[$t]}
-admin_listen: 127.0.0.1:${ADMIN[$t]}
-logging:
-  access_log: false
-routes:
-  - name: mock
-    path_prefix: /
-    upstream: http://127.0.0.1:$B
-$otlp
-YAML
-  taskset -c 1 "$TW_BIN" --config "$WORK/$t.yaml" >"$WORK/$t.log" 2>&1 & PIDS+=($!); TWPID[$t]=$!
+  start_proxy "$t" "${PORT[$t]}" "${ADMIN[$t]}" "$otlp"; TWPID[$t]=$PROXY_PID
 done
-for port in $B "${PORT[@]}" "${ADMIN[@]}" $SINK_PORT; do
-  for _ in $(seq 1 80); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-done
-
-for t in "${TARGETS[@]}"; do
-  kill -0 "${TWPID[$t]}" 2>/dev/null || { echo "tokenwarden ($t) exited:" >&2; cat "$WORK/$t.log" >&2; exit 1; }
-done
+ports_listening $B "${PORT[@]}" "${ADMIN[@]}" $SINK_PORT
+for t in "${TARGETS[@]}"; do proxy_alive "$t" "${TWPID[$t]}"; done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK="$(getconf CLK_TCK)"

@@ -9,7 +9,6 @@
 //! attempt per backoff period, not one per span.
 
 pub mod batch;
-pub mod coalesce;
 pub mod env;
 pub mod queue;
 pub mod transport;

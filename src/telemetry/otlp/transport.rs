@@ -3,8 +3,7 @@
 //! the CA file named by `OTEL_EXPORTER_OTLP_CERTIFICATE`.
 //!
 //! Neither copies the spans: a request body is the encoded head of the request followed by
-//! the span queue's own buffer (the gRPC connection's writer, `coalesce`, copies the frames
-//! once to send them in one write rather than one write per 16 KiB frame). (The gRPC call is written here rather than through tonic
+//! the span queue's own buffer. (The gRPC call is written here rather than through tonic
 //! because tonic's codec copies every message into its own buffer, and a batch is ~0.5 MB.)
 
 use std::time::Duration;
@@ -25,7 +24,6 @@ use std::path::PathBuf;
 use percent_encoding::percent_decode_str;
 
 use super::batch::Batch;
-use super::coalesce::Coalescing;
 use super::ExporterError;
 use crate::config::{OtlpConfig, OtlpProtocol};
 use crate::proxy::upstream::{add_pem, client_tls};
@@ -140,7 +138,7 @@ impl Transport {
 /// with ALPN `h2` for `https://`) on one pooled connection that reconnects on its own.
 #[derive(Debug)]
 pub struct Grpc {
-    client: Client<Coalescing<HttpsConnector<HttpConnector>>, Full<Chain<Bytes, Bytes>>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Chain<Bytes, Bytes>>>,
     /// To open a new connection after one stopped answering.
     https: HttpsConnector<HttpConnector>,
     url: Uri,
@@ -180,11 +178,10 @@ impl Grpc {
 
     fn client(
         https: HttpsConnector<HttpConnector>,
-    ) -> Client<Coalescing<HttpsConnector<HttpConnector>>, Full<Chain<Bytes, Bytes>>> {
-        // h2 writes a batch frame by frame; gathered, it goes out in one or two writes.
+    ) -> Client<HttpsConnector<HttpConnector>, Full<Chain<Bytes, Bytes>>> {
         Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(Coalescing(https))
+            .build(https)
     }
 
     /// Drop the pooled connection: every export shares one HTTP/2 connection, and one whose

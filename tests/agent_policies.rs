@@ -45,6 +45,8 @@ agents:
     context_window_action: block
   reporter:
     tool_error_markers: ["ERROR:"]
+  hallucinated:
+    allowed_tools: [get_weather]
 "#;
 
 #[derive(Clone, Copy, Debug)]
@@ -288,6 +290,33 @@ async fn tool_calls_are_validated_against_declared_schemas() {
         );
         assert_eq!(any, 0.0, "{shape:?}: valid calls are not violations");
     }
+}
+
+#[tokio::test]
+async fn a_hallucinated_tool_the_allow_list_omits_counts_as_both_violations() {
+    let m = mock().await;
+    let p = TestProxy::to("policy", m.addr(), AGENTS).await;
+    // The mock answers with get_weather (declared, allowed), then search_docs: declared by no
+    // request here and not on the agent's allow list — a hallucination and a denied tool.
+    let two = [("x-mock-tool-calls", "2")];
+    for shape in SHAPES {
+        let body = shape.body(&[("get_weather", WEATHER_OK)], "weather?");
+        let (resp, bytes) = send_as(&p, shape, "hallucinated", &two, &body).await;
+        assert_eq!(resp.status(), 200, "{shape:?}: flagged, not blocked");
+        assert!(String::from_utf8_lossy(&bytes).contains("search_docs"));
+    }
+    let text = p.metrics().await;
+    assert_eq!(
+        violations(&text, "hallucinated", "undeclared_tool"),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        violations(&text, "hallucinated", "denied_tool"),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(violations(&text, "hallucinated", "invalid_tool_args"), 0.0);
 }
 
 #[tokio::test]

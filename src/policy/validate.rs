@@ -44,14 +44,18 @@ pub fn check_calls(
                 tool: call.name.clone(),
             })
         };
-        if !rules.permits(name) {
+        let permitted = rules.permits(name);
+        if !permitted {
             push(DENIED_TOOL);
-        } else if let Some(tool) = declared.iter().find(|t| t.name == name) {
-            if !args_valid(tool, &call.arguments, &mut compiled) {
-                push(INVALID_TOOL_ARGS);
+        }
+        // A call to a tool the request never declared is a hallucination whether or not the
+        // lists also deny it: both signals are counted, neither hides the other.
+        match declared.iter().find(|t| t.name == name) {
+            None => push(UNDECLARED_TOOL),
+            Some(tool) if permitted && !args_valid(tool, &call.arguments, &mut compiled) => {
+                push(INVALID_TOOL_ARGS)
             }
-        } else {
-            push(UNDECLARED_TOOL);
+            Some(_) => {}
         }
         if rules.needs_approval(name) {
             push(APPROVAL_REQUIRED);
@@ -137,6 +141,30 @@ mod tests {
                 (APPROVAL_REQUIRED, "get_weather"),
                 (UNDECLARED_TOOL, "search"),
                 (DENIED_TOOL, "rm_rf"),
+                (UNDECLARED_TOOL, "rm_rf"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_denied_tool_that_was_declared_is_only_denied() {
+        let rules = ToolRules::new(&AgentPolicy {
+            allowed_tools: Some(vec!["search".into()]),
+            ..AgentPolicy::default()
+        });
+        let declared = [weather()];
+        let f = check_calls(
+            &rules,
+            &declared,
+            &[call("get_weather", r#"{"town":1}"#), call("rm_rf", "{}")],
+        );
+        let got: Vec<(&str, &str)> = f.iter().map(|f| (f.policy, f.tool.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (DENIED_TOOL, "get_weather"),
+                (DENIED_TOOL, "rm_rf"),
+                (UNDECLARED_TOOL, "rm_rf"),
             ]
         );
     }

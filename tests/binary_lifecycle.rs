@@ -57,6 +57,35 @@ fn bad_config_is_refused_naming_the_key_and_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].upstream"));
 }
 
+#[test]
+fn check_config_names_key_and_line_but_never_a_secret() {
+    let cases = [
+        // The snippet of a parse error used to quote this line with the bad key.
+        "routes:\n  - name: a\n    path_prefix: /\n    # api_key: sk-planted-secret\n    upstream: http://127.0.0.1:1\n    stirp_prefix: true\n",
+        // serde quotes a wrongly typed string value.
+        "server:\n  shutdown_grace: sk-planted-secret\n",
+        "budgets:\n  store:\n    kind: redis\n    url: redis://:sk-planted-secret@127.0.0.1:notaport\n",
+        "routes:\n  - name: a\n    path_prefix: /\n    upstream: https://user:sk-planted-secret@api.example\n",
+    ];
+    for text in cases {
+        let f = config_file(text);
+        let out = bin().args(["check-config"]).arg(f.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{text}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains("sk-planted-secret"), "{all}");
+        assert!(
+            all.contains("line ")
+                || all.contains("budgets.store.url")
+                || all.contains("routes[0].upstream"),
+            "{all}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn sigterm_drains_a_live_stream_to_its_end_and_exits_zero() {
     let m = mock().await;

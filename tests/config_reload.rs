@@ -177,7 +177,14 @@ async fn sighup_reloads_the_binary_and_a_bad_file_is_refused_with_a_log_line() {
         .await,
         "SIGHUP did not reload"
     );
-    replace_file(file.path(), &text.replace("denied_tools", "denied_toolz"));
+    // A secret two lines above the bad key: the error used to quote the lines around it.
+    replace_file(
+        file.path(),
+        &text.replace(
+            "denied_tools",
+            "# api_key: sk-planted-secret-1\n    denied_toolz",
+        ),
+    );
     proc.signal("HUP");
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -196,6 +203,7 @@ async fn sighup_reloads_the_binary_and_a_bad_file_is_refused_with_a_log_line() {
     .await
     .expect("log line within 10 s");
     assert!(refused.contains("denied_toolz"), "{refused}");
+    assert!(!refused.contains("sk-planted-secret"), "{refused}");
     // Still serving, with the old rules: the denied tool is still refused.
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"rm_rf","parameters":{}}}]}"#;
     let (resp, _) = post(

@@ -60,11 +60,54 @@ pub fn load_from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     } else {
         serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
+            // No snippet: it quotes the offending line and the two before it, which may hold
+            // an API key or a password; the position and the key name are enough to find it.
+            message: redact_values(&e.without_snippet().to_string()),
         })?
     };
     super::validate::validate(&config).map_err(|e| e.with_origin(origin))?;
     Ok(config)
+}
+
+/// `message` with every value it quotes replaced by `<redacted>`: serde quotes strings
+/// (`string "…"`) and enum values (`unknown variant `…``), and either may be a secret. Key names
+/// (`unknown field `…``, `missing field `…``) are kept: they say what to fix.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(['"', '`']) {
+        let (before, from) = rest.split_at(i);
+        out.push_str(before);
+        let quote = from.as_bytes()[0] as char;
+        let body = &from[1..];
+        // Serde writes strings with Debug escapes: `\"` does not end one.
+        let mut end = None;
+        let mut escaped = false;
+        for (j, c) in body.char_indices() {
+            match c {
+                '\\' if quote == '"' && !escaped => escaped = true,
+                c if c == quote && !escaped => {
+                    end = Some(j);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(end) = end else {
+            out.push_str("<redacted>");
+            return out;
+        };
+        if quote == '`' && before.ends_with("field ") {
+            out.push_str(&from[..end + 2]);
+        } else {
+            out.push(quote);
+            out.push_str("<redacted>");
+            out.push(quote);
+        }
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 // === impl ConfigError ===
@@ -103,6 +146,28 @@ mod tests {
         assert!(err.contains("strip_prefx"), "{err}");
         assert!(err.contains("line 6"), "{err}");
         assert!(err.starts_with("bad.yaml"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_key_and_position_never_the_value() {
+        let cases = [
+            // An unknown key: its line and the two before would hold the secret.
+            "routes:\n  - name: a\n    api_key: sk-secret-123\n    path_prefix: /\n    upstream: http://x\n",
+            "budgets:\n  store:\n    kind: \"sk-secret-123\"\n",
+            "server:\n  shutdown_grace: \"sk-secret-123\"\n",
+            "server:\n  shutdown_grace: \"sk-\\\"secret-123\"\n",
+        ];
+        for text in cases {
+            let err = load_from_str(text, "c.yaml").unwrap_err().to_string();
+            assert!(!err.contains("secret-123"), "{err}");
+            assert!(err.contains("line "), "{err}");
+        }
+        let err = load_from_str(cases[0], "c.yaml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `api_key`"), "{err}");
+        assert_eq!(
+            redact_values("invalid value: string \"a\\\"b\", expected x; unknown variant `v`"),
+            "invalid value: string \"<redacted>\", expected x; unknown variant `<redacted>`"
+        );
     }
 
     #[test]

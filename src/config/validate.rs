@@ -95,13 +95,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                     "required when budgets.store.kind is redis",
                 ))
             }
-            Some(u) if !u.starts_with("redis://") => {
-                return Err(invalid(
-                    "budgets.store.url",
-                    &format!("{u:?}: must be redis://host:port[/db] (TLS is not supported)"),
-                ))
+            Some(u) => {
+                check_redis_url(u).map_err(|m| invalid("budgets.store.url", &m))?;
             }
-            Some(_) => {}
         }
         if config.budgets.store.timeout.is_zero() {
             return Err(invalid("budgets.store.timeout", "must be > 0"));
@@ -175,17 +171,41 @@ fn check_limit(l: &LimitConfig) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
+/// Errors say what is wrong, never the URL: it may carry credentials.
 fn check_upstream_url(s: &str) -> Result<(), String> {
-    let uri: http::Uri = s.parse().map_err(|_| format!("{s:?} is not a URL"))?;
+    let uri: http::Uri = s.parse().map_err(|_| "not a URL".to_string())?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
-        _ => return Err(format!("{s:?}: scheme must be http or https")),
+        _ => return Err("scheme must be http or https".into()),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{s:?}: no host"));
+        return Err("no host".into());
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // The HTTP client would log the authority, password included, and never send it.
+        return Err(
+            "must not carry user info (user:password@): agents send their own credentials".into(),
+        );
     }
     if uri.query().is_some() {
-        return Err(format!("{s:?}: must not carry a query"));
+        return Err("must not carry a query".into());
+    }
+    Ok(())
+}
+
+/// `redis://[user[:password]@]host[:port][/db]`, checked as the Redis client will read it.
+fn check_redis_url(s: &str) -> Result<(), String> {
+    const SHAPE: &str = "must be redis://[user[:password]@]host[:port][/db] (TLS is not supported)";
+    let url = redis::parse_redis_url(s).ok_or_else(|| format!("not a URL: {SHAPE}"))?;
+    if url.scheme() != "redis" {
+        return Err(SHAPE.into());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("no host: {SHAPE}"));
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(format!("the database must be a number: {SHAPE}"));
     }
     Ok(())
 }
@@ -215,11 +235,31 @@ mod tests {
             ("server:\n  header_read_timeout: 0s\n", "server.header_read_timeout"),
             ("budgets:\n  store:\n    kind: redis\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: http://x\n", "budgets.store.url"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://h:port\n", "budgets.store.url"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://h:6379/x\n", "budgets.store.url"),
         ];
         for (text, key) in cases {
             let err = load_from_str(text, "c.yaml").unwrap_err().to_string();
             assert!(err.contains(key), "{text:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn urls_are_never_echoed_and_user_info_is_refused() {
+        let cases = [
+            ("routes:\n  - name: a\n    path_prefix: /\n    upstream: https://u:hunter2@api.example\n", "routes[0].upstream"),
+            ("routes:\n  - name: a\n    path_prefix: /\n    upstream: ftp://u:hunter2@x\n", "routes[0].upstream"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://:hunter2@h:notaport\n", "budgets.store.url"),
+            ("budgets:\n  store:\n    kind: redis\n    url: rediss://:hunter2@h:6379\n", "budgets.store.url"),
+            ("telemetry:\n  otlp:\n    endpoint: http://u:hunter2@collector:4317\n", "telemetry.otlp.endpoint"),
+        ];
+        for (text, key) in cases {
+            let err = load_from_str(text, "c.yaml").unwrap_err().to_string();
+            assert!(err.contains(key), "{text:?} -> {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let ok = "budgets:\n  store:\n    kind: redis\n    url: redis://:pw@127.0.0.1:6379/2\n";
+        assert!(load_from_str(ok, "c.yaml").is_ok());
     }
 
     #[test]

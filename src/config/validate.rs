@@ -184,7 +184,8 @@ fn check_upstream_url(s: &str) -> Result<(), String> {
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         // The HTTP client would log the authority, password included, and never send it.
         return Err(
-            "must not carry user info (user:password@): agents send their own credentials".into(),
+            "must not carry user info (user:password@): it is never sent, and would reach logs"
+                .into(),
         );
     }
     if uri.query().is_some() {

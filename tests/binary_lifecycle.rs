@@ -87,6 +87,32 @@ fn check_config_names_key_and_line_but_never_a_secret() {
 }
 
 #[tokio::test]
+async fn the_tokenizer_loads_at_start_before_any_request() {
+    let cfg = config_file("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n");
+    let mut p = ProxyProcess::spawn(cfg.path()).await;
+    // No request is sent: the tokenizer must not wait for the first near-limit call to load.
+    let early = p
+        .startup_lines
+        .iter()
+        .any(|l| l.contains("tokenizer loaded"));
+    let loaded = tokio::time::timeout(Duration::from_secs(30), async {
+        if early {
+            return true;
+        }
+        while let Some(line) = p.stderr_lines.recv().await {
+            if line.contains("tokenizer loaded") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(loaded, Ok(true), "no `tokenizer loaded` line");
+    p.signal("TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(20), p.child.wait()).await;
+}
+
+#[tokio::test]
 async fn sigterm_drains_a_live_stream_to_its_end_and_exits_zero() {
     let m = mock().await;
     let cfg = config_file(&format!(

@@ -84,6 +84,9 @@ impl Server {
         // First: the span sink and the proxy keep metric handles, which must come from the
         // installed recorder.
         metrics::install();
+        // Loaded while the listeners bind, so no request waits for it (budgets' near-limit
+        // admission, the context guard and usage estimates all count with it).
+        tokio::spawn(crate::tokens::warm());
         let spans = crate::telemetry::spans::Spans::from_config(&config.telemetry)?;
         let proxy = Arc::new(Proxy::new(&config)?.with_spans(spans));
         let proxy_listener = bind(config.listen).await?;

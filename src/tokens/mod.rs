@@ -29,6 +29,24 @@ fn bpe() -> &'static CoreBPE {
     tiktoken_rs::o200k_base_singleton()
 }
 
+/// Load the tokenizer now, off the runtime's workers: loading takes ~0.1 s idle and several
+/// times that under load, and done lazily it would stall the first near-limit call and every
+/// request queued behind it on that worker — on every sidecar of a fleet at the same moment.
+pub async fn warm() {
+    let started = std::time::Instant::now();
+    if tokio::task::spawn_blocking(|| {
+        bpe();
+    })
+    .await
+    .is_ok()
+    {
+        tracing::info!(
+            load_ms = started.elapsed().as_secs_f64() * 1e3,
+            "tokenizer loaded"
+        );
+    }
+}
+
 /// Tokens in `text` (exact up to [`EXACT_BYTES`], extrapolated past it).
 pub fn count(text: &str) -> u64 {
     if text.len() <= EXACT_BYTES {

@@ -220,6 +220,9 @@ pub struct TelemetryConfig {
     /// Distinct values per traffic-derived metric label before new ones report as `other`.
     #[serde(default = "default_max_label_values")]
     pub max_label_values: usize,
+    /// Label sets per metric carrying a traffic-derived label before new ones fold into `other`.
+    #[serde(default = "default_max_series_per_metric")]
+    pub max_series_per_metric: usize,
     /// Ask OpenAI chat streams for usage when the client did not, and hide it from the client.
     #[serde(default = "default_true")]
     pub inject_stream_usage: bool,
@@ -621,6 +624,7 @@ impl Default for TelemetryConfig {
             redact_patterns: Vec::new(),
             max_content_bytes: default_max_content_bytes(),
             max_label_values: default_max_label_values(),
+            max_series_per_metric: default_max_series_per_metric(),
             inject_stream_usage: true,
         }
     }
@@ -725,6 +729,9 @@ fn default_service_name() -> String {
 }
 fn default_max_label_values() -> usize {
     200
+}
+fn default_max_series_per_metric() -> usize {
+    crate::telemetry::series::DEFAULT_MAX_SERIES
 }
 fn default_max_content_bytes() -> usize {
     16 * 1024

@@ -76,6 +76,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.telemetry.max_label_values == 0 {
         return Err(invalid("telemetry.max_label_values", "must be > 0"));
     }
+    if config.telemetry.max_series_per_metric == 0 {
+        return Err(invalid("telemetry.max_series_per_metric", "must be > 0"));
+    }
     for (i, p) in config.telemetry.redact_patterns.iter().enumerate() {
         if let Err(e) = regex::Regex::new(p) {
             return Err(invalid(

@@ -84,6 +84,7 @@ impl Server {
         // First: the span sink and the proxy keep metric handles, which must come from the
         // installed recorder.
         metrics::install();
+        crate::telemetry::series::set_max_series(config.telemetry.max_series_per_metric);
         // Loaded while the listeners bind, so no request waits for it (budgets' near-limit
         // admission, the context guard and usage estimates all count with it).
         tokio::spawn(crate::tokens::warm());

@@ -25,10 +25,10 @@ impl Labels {
     /// Every set capped at `max` distinct values.
     pub fn new(max: usize) -> Self {
         Self {
-            agents: LabelCap::new(max),
-            models: LabelCap::new(max),
-            tools: LabelCap::new(max),
-            errors: LabelCap::new(max),
+            agents: LabelCap::named("agent", max),
+            models: LabelCap::named("model", max),
+            tools: LabelCap::named("tool", max),
+            errors: LabelCap::named("error_type", max),
         }
     }
 }
@@ -39,6 +39,8 @@ pub const MAX_LABEL_LEN: usize = 128;
 /// A set of admitted values for one label.
 #[derive(Debug)]
 pub struct LabelCap {
+    /// The label, for `tokenwarden_label_values_folded_total`.
+    label: &'static str,
     max: usize,
     seen: DashMap<Arc<str>, ()>,
 }
@@ -48,23 +50,35 @@ pub struct LabelCap {
 impl LabelCap {
     /// A cap admitting at most `max` distinct values.
     pub fn new(max: usize) -> Self {
+        Self::named("value", max)
+    }
+
+    /// A cap on label `label`, admitting at most `max` distinct values.
+    pub fn named(label: &'static str, max: usize) -> Self {
         Self {
+            label,
             max,
             seen: DashMap::new(),
         }
     }
 
+    fn folded(&self) -> Arc<str> {
+        metrics::counter!(super::metrics::LABEL_VALUES_FOLDED_TOTAL, "label" => self.label)
+            .increment(1);
+        Arc::from(OTHER)
+    }
+
     /// The label value to report for `value`: itself if admitted, else `other`.
     pub fn get(&self, value: &str) -> Arc<str> {
         if value.len() > MAX_LABEL_LEN {
-            return Arc::from(OTHER);
+            return self.folded();
         }
         if let Some(e) = self.seen.get(value) {
             return e.key().clone();
         }
         // Racing inserts may overshoot the cap by at most the number of concurrent callers.
         if self.seen.len() >= self.max {
-            return Arc::from(OTHER);
+            return self.folded();
         }
         let v: Arc<str> = Arc::from(value);
         self.seen.entry(v.clone()).or_insert(());

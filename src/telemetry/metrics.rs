@@ -63,6 +63,8 @@ pub const TOOL_RESULTS_TOTAL: &str = "tokenwarden_tool_results_total";
 pub const CONTEXT_UTILIZATION_RATIO: &str = "tokenwarden_context_utilization_ratio";
 /// Config reloads by result (ok | error).
 pub const CONFIG_RELOAD_TOTAL: &str = "tokenwarden_config_reload_total";
+/// Label values reported as `other` past `telemetry.max_label_values`, by label.
+pub const LABEL_VALUES_FOLDED_TOTAL: &str = "tokenwarden_label_values_folded_total";
 /// Constant 1, labelled with the version.
 pub const BUILD_INFO: &str = "tokenwarden_build_info";
 
@@ -167,7 +169,7 @@ pub fn install() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may already be installed (an embedding application); then our
             // handle renders nothing, which /metrics makes visible rather than hiding.
-            let _ = metrics::set_global_recorder(recorder);
+            let _ = metrics::set_global_recorder(super::series::SeriesCap::new(recorder));
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             // Present from the start, so an alert on its rate has a series to read.
@@ -266,6 +268,16 @@ fn describe() {
         BUDGET_DECISIONS_TOTAL,
         Unit::Count,
         "Budget decisions per limit by scope and decision (allowed|warned|rejected|cut|observed)."
+    );
+    describe_counter!(
+        super::series::SERIES_FOLDED_TOTAL,
+        Unit::Count,
+        "Recordings whose traffic-derived labels were reported as `other` because their metric had telemetry.max_series_per_metric label sets already, by metric."
+    );
+    describe_counter!(
+        LABEL_VALUES_FOLDED_TOTAL,
+        Unit::Count,
+        "Label values reported as `other` because their label had telemetry.max_label_values values already (or was over 128 bytes), by label."
     );
     describe_counter!(
         BUDGET_EXCEEDED_TOTAL,

@@ -7,5 +7,6 @@ pub mod logging;
 pub mod metrics;
 pub mod openinference;
 pub mod otlp;
+pub mod series;
 pub mod spans;
 pub mod trace_context;

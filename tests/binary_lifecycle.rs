@@ -163,6 +163,86 @@ async fn sigterm_drains_a_live_stream_to_its_end_and_exits_zero() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Open a stream through `addr` for `session` that would take ~25 s, and read its first bytes.
+async fn open_slow_stream(addr: std::net::SocketAddr, session: &str) -> tokio::net::TcpStream {
+    let body =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-session-id: {session}\r\nx-mock-output-chunks: 50\r\nx-mock-chunk-delay-ms: 500\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 1024];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    s
+}
+
+#[tokio::test]
+async fn streams_cut_by_the_grace_are_settled_before_the_snapshot_and_readyz_says_draining() {
+    let m = mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("budgets.json");
+    let budgets = format!(
+        "budgets:\n  store:\n    snapshot_path: {}\n  limits:\n    - scope: session\n      tokens: 1000000\n",
+        snap.display()
+    );
+    let cfg = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nroutes:\n  - name: grace\n    path_prefix: /\n    upstream: http://{}\nserver:\n  shutdown_grace: 2s\n{budgets}",
+        m.addr()
+    ));
+    let mut p = ProxyProcess::spawn(cfg.path()).await;
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        streams.push(open_slow_stream(p.addr, &format!("grace-{i}")).await);
+    }
+    p.signal("TERM");
+    // While draining, the admin port still answers: not ready, and /metrics can be scraped.
+    let draining = eventually(Duration::from_secs(2), || async {
+        let ready = reqwest_status(&format!("http://{}/readyz", p.admin)).await;
+        ready == Some(503)
+    })
+    .await;
+    assert!(draining, "/readyz did not answer 503 while draining");
+    assert_eq!(
+        reqwest_status(&format!("http://{}/metrics", p.admin)).await,
+        Some(200)
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), p.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    drop(streams);
+
+    // The snapshot written at exit holds the spend of the three cut streams.
+    let p = TestProxy::to("grace", m.addr(), &budgets).await;
+    for i in 0..3 {
+        let (r, body) = get(&format!("http://{}/v1/sessions/grace-{i}", p.admin)).await;
+        assert_eq!(r.status(), 200, "session grace-{i} lost at shutdown");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            v["tokens"]["input"].as_u64().unwrap() > 0
+                && v["tokens"]["output"].as_u64().unwrap() > 0,
+            "grace-{i}: {v}"
+        );
+    }
+}
+
+/// The status of a GET, or `None` when nothing answers.
+async fn reqwest_status(url: &str) -> Option<u16> {
+    let uri: http::Uri = url.parse().unwrap();
+    let req = http::Request::get(uri)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(2), client().request(req))
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
 #[tokio::test]
 async fn sigterm_with_nothing_in_flight_exits_promptly() {
     let cfg = config_file("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n");

@@ -17,7 +17,7 @@ pub mod redis;
 pub mod store;
 pub mod webhook;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +49,10 @@ pub struct Budgets {
     store_up: AtomicBool,
     /// (scope key, counter, decision) → window start an alert was last sent for.
     alerted: DashMap<(String, Arc<str>, &'static str), u64>,
+    /// Settlements spawned towards a remote store and not yet answered (awaited at shutdown).
+    in_flight_settles: AtomicUsize,
+    /// Woken when the last in-flight settlement ends.
+    settling: tokio::sync::Notify,
 }
 
 /// The budget service could not be built.
@@ -191,6 +195,8 @@ impl Budgets {
             webhook,
             store_up: AtomicBool::new(true),
             alerted: DashMap::new(),
+            in_flight_settles: AtomicUsize::new(0),
+            settling: tokio::sync::Notify::new(),
         })))
     }
 
@@ -570,8 +576,24 @@ impl Budgets {
         }
     }
 
-    /// Final snapshot at shutdown (memory store).
-    pub fn shutdown(&self) {
+    /// At shutdown, after every call finished: wait up to `within` for settlements still on
+    /// their way to a remote store, then write the final snapshot (memory store).
+    pub async fn shutdown(&self, within: Duration) {
+        let pending = async {
+            loop {
+                let idle = self.settling.notified();
+                if self.in_flight_settles.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(within, pending).await.is_err() {
+            tracing::warn!(
+                left = self.in_flight_settles.load(Ordering::Relaxed),
+                "shutdown: budget settlements still pending"
+            );
+        }
         if let Store::Memory(mem) = &self.store {
             self.snapshot(mem);
         }
@@ -691,9 +713,13 @@ impl Admission {
                         return;
                     };
                     let facts = facts.clone();
+                    b.in_flight_settles.fetch_add(1, Ordering::AcqRel);
                     rt.spawn(async move {
                         let res = b.store.settle(&held.key, now, &charges, totals).await;
                         b.settled(&held, res, &facts, now);
+                        if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            b.settling.notify_waiters();
+                        }
                     });
                 }
             }

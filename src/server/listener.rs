@@ -13,6 +13,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::config::ServerConfig;
 use crate::proxy::Proxy;
@@ -36,15 +37,21 @@ pub(super) fn proxy_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> 
     b
 }
 
-/// Serve proxy connections until `stop` turns true, then drain them gracefully.
+/// Serve proxy connections until `stop` turns true, then drain them gracefully for `grace`;
+/// connections still open then are dropped, and this returns once they are gone.
+///
+/// Dropping a connection task drops its requests' calls, which settles their budgets and records
+/// them: when this returns, every call has finished, so the final budget snapshot holds them all.
+/// Returns whether every connection ended within `grace`.
 pub(super) async fn serve_proxy(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     cfg: ServerConfig,
     mut stop: watch::Receiver<bool>,
-) {
+) -> bool {
     let builder = Arc::new(proxy_builder(&cfg));
     let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -62,17 +69,25 @@ pub(super) async fn serve_proxy(
                 let svc = service_fn(move |req| proxy.clone().serve(req));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
             }
+            // Reap ended connections so the set holds only live ones.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = stop.changed() => break,
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    let drained = tokio::time::timeout(cfg.shutdown_grace, graceful.shutdown())
+        .await
+        .is_ok();
+    // Past the grace: drop what is left and wait until it is gone (each call finishes on drop).
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+    drained
 }
 
 /// Serve the admin listener until `stop` turns true.

@@ -132,11 +132,14 @@ impl Server {
         let budget_upkeep = budgets.clone().map(|b| tokio::spawn(b.run_upkeep()));
         let reload = self.reloader.map(|(r, poll)| tokio::spawn(r.run(poll)));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // The admin port stays up through the drain (`/readyz` answers 503, `/metrics` can be
+        // scraped) and closes last.
+        let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
         let proxy = listener::serve_proxy(
             self.proxy_listener,
             self.proxy.clone(),
             self.config.server.clone(),
-            stop_rx.clone(),
+            stop_rx,
         );
         let admin = listener::serve_admin(
             self.admin_listener,
@@ -149,7 +152,7 @@ impl Server {
                     self.config.admin_token.clone(),
                 ),
             )),
-            stop_rx,
+            admin_stop_rx,
         );
         let proxy_task = tokio::spawn(proxy);
         let admin_task = tokio::spawn(admin);
@@ -163,18 +166,17 @@ impl Server {
         let _ = stop_tx.send(true);
 
         let grace = self.config.server.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
-            let _ = proxy_task.await;
-        })
-        .await;
-        admin_task.abort();
+        // serve_proxy drops what is left after the grace and returns once every call finished.
+        let drained = proxy_task.await.unwrap_or(false);
         upkeep.abort();
         expiry.abort();
         if let Some(t) = budget_upkeep {
             t.abort();
         }
         if let Some(b) = &budgets {
-            b.shutdown();
+            // Settlements still on their way to a remote store, then the final snapshot: both
+            // after every call finished, so the spend of calls cut by the grace is kept.
+            b.shutdown(SETTLE_FLUSH).await;
         }
         if let Some(r) = reload {
             r.abort();
@@ -183,22 +185,23 @@ impl Server {
             // The last calls' spans; a collector that is down costs at most this long.
             spans.flush(SPAN_FLUSH).await;
         }
-        match drained {
-            Ok(()) => {
-                tracing::info!("shutdown: drained");
-                Drained::Clean
-            }
-            Err(_) => {
-                tracing::warn!(
-                    grace_s = grace.as_secs_f64(),
-                    "shutdown: grace period over; dropping remaining connections"
-                );
-                Drained::DeadlineExceeded
-            }
+        let _ = admin_stop_tx.send(true);
+        let _ = admin_task.await;
+        if drained {
+            tracing::info!("shutdown: drained");
+            Drained::Clean
+        } else {
+            tracing::warn!(
+                grace_s = grace.as_secs_f64(),
+                "shutdown: grace period over; remaining connections dropped and their calls settled"
+            );
+            Drained::DeadlineExceeded
         }
     }
 }
 
+/// Longest wait at shutdown for budget settlements still on their way to the store.
+const SETTLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest wait for queued spans to export at shutdown.
 const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 

@@ -4,14 +4,28 @@
 //!
 //! Streams: usage is the last chunk whose `usage` is not null (not necessarily the last chunk);
 //! finish reasons are the last non-null per choice; tool-call argument fragments are joined per
-//! (choice, tool-call index), id and name taken from the fragment that carries them.
+//! (choice, tool-call index), id and name taken from the fragment that carries them. An empty
+//! `model` or `id` (Azure's `prompt_filter_results` chunk) is skipped for a later one.
+//!
+//! Usage shapes of compatible servers, read from the fields themselves (never from a host name,
+//! so they hold behind OpenRouter, LiteLLM and other gateways):
+//! - reasoning outside `completion_tokens` (xAI: `total_tokens` = prompt + completion +
+//!   reasoning) is added to output; OpenAI's shape (reasoning inside) is taken as it is;
+//! - Perplexity's top-level `reasoning_tokens` (Deep Research) lie outside `completion_tokens`
+//!   and its `citation_tokens` outside `prompt_tokens`: both are billed, both are added;
+//! - cached input: `prompt_tokens_details.cached_tokens`, else DeepSeek's
+//!   `prompt_cache_hit_tokens`, else a top-level `cached_tokens` (Moonshot);
+//! - cache writes: `prompt_tokens_details.cache_write_tokens` (OpenRouter),
+//!   `cache_creation_input_tokens` (DashScope), `cache_creation_tokens` (LiteLLM) or a top-level
+//!   `cache_creation_input_tokens`; one-hour writes from the `cache_creation` breakdown;
+//! - Groq's older shape states usage only in `x_groq.usage` (JSON, and the last stream chunk).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{json_key, ErrorObj, ResponseRecord, ToolCall, Usage};
+use super::{json_key, set_once, CacheCreation, ErrorObj, ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
 #[derive(Default)]
@@ -32,7 +46,16 @@ struct Chunk<'a> {
     #[serde(default)]
     usage: Option<ChatUsage>,
     #[serde(default)]
+    x_groq: Option<XGroq>,
+    #[serde(default)]
     error: Option<ErrorObj>,
+}
+
+/// Groq's extension object; its older shape carries the usage here instead of `usage`.
+#[derive(Deserialize)]
+struct XGroq {
+    #[serde(default)]
+    usage: Option<ChatUsage>,
 }
 
 #[derive(Deserialize)]
@@ -78,7 +101,7 @@ struct DeltaFunction<'a> {
     arguments: Option<Cow<'a, str>>,
 }
 
-/// `usage` of chat completions.
+/// `usage` of chat completions, with the fields compatible servers add.
 #[derive(Deserialize)]
 pub(super) struct ChatUsage {
     #[serde(default)]
@@ -91,12 +114,45 @@ pub(super) struct ChatUsage {
     prompt_tokens_details: Option<PromptDetails>,
     #[serde(default)]
     completion_tokens_details: Option<CompletionDetails>,
+    /// DeepSeek: prompt tokens served from its context cache.
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+    /// Moonshot: cached prompt tokens at the top level.
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    /// LiteLLM (Anthropic behind the OpenAI shape): cache writes at the top level.
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    /// Perplexity: reasoning tokens, outside `completion_tokens`.
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+    /// Perplexity: search results read as input, outside `prompt_tokens`.
+    #[serde(default)]
+    citation_tokens: Option<u64>,
+    /// Perplexity: searches run (with `citation_tokens`, the sign of its shape).
+    #[serde(default)]
+    num_search_queries: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
+    /// OpenRouter.
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
+    /// DashScope.
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    /// LiteLLM.
+    #[serde(default)]
+    cache_creation_tokens: Option<u64>,
+    /// DashScope: writes by lifetime.
+    #[serde(default)]
+    cache_creation: Option<CacheCreation>,
+    /// LiteLLM: writes by lifetime.
+    #[serde(default)]
+    cache_creation_token_details: Option<CacheCreation>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +171,8 @@ struct Completion {
     choices: Vec<Choice>,
     #[serde(default)]
     usage: Option<ChatUsage>,
+    #[serde(default)]
+    x_groq: Option<XGroq>,
     #[serde(default)]
     error: Option<ErrorObj>,
 }
@@ -155,21 +213,69 @@ struct MessageFunction {
 
 impl ChatUsage {
     pub(super) fn to_usage(&self) -> Usage {
+        let details = self.prompt_tokens_details.as_ref();
+        let detail = |f: fn(&PromptDetails) -> Option<u64>| details.and_then(f);
+        let by_ttl = details.and_then(|d| d.cache_creation.or(d.cache_creation_token_details));
+        let stated_reasoning = self
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens);
+        let perplexity = self.citation_tokens.is_some() || self.num_search_queries.is_some();
+        let (reasoning, outside) = match (stated_reasoning, self.reasoning_tokens) {
+            (Some(r), _) => (
+                Some(r),
+                super::reasoning_outside(
+                    self.prompt_tokens,
+                    self.completion_tokens,
+                    Some(r),
+                    self.total_tokens,
+                ),
+            ),
+            // A top-level count is Perplexity's (outside, and billed apart), or one that cannot
+            // fit inside the output it would be part of.
+            (None, Some(r)) => (
+                Some(r),
+                perplexity
+                    || self.completion_tokens.is_some_and(|c| r > c)
+                    || super::reasoning_outside(
+                        self.prompt_tokens,
+                        self.completion_tokens,
+                        Some(r),
+                        self.total_tokens,
+                    ),
+            ),
+            (None, None) => (None, false),
+        };
+        let output = match (self.completion_tokens, outside) {
+            (Some(c), true) => Some(c.saturating_add(reasoning.unwrap_or(0))),
+            (c, _) => c,
+        };
+        let input = self
+            .prompt_tokens
+            .map(|p| p.saturating_add(self.citation_tokens.unwrap_or(0)));
         Usage {
-            input: self.prompt_tokens,
-            output: self.completion_tokens,
-            cached_input: self
-                .prompt_tokens_details
-                .as_ref()
-                .and_then(|d| d.cached_tokens),
-            cache_creation_input: None,
-            reasoning: self
-                .completion_tokens_details
-                .as_ref()
-                .and_then(|d| d.reasoning_tokens),
+            input,
+            output,
+            cached_input: detail(|d| d.cached_tokens)
+                .or(self.prompt_cache_hit_tokens)
+                .or(self.cached_tokens),
+            cache_creation_input: detail(|d| d.cache_write_tokens)
+                .or(detail(|d| d.cache_creation_input_tokens))
+                .or(detail(|d| d.cache_creation_tokens))
+                .or(self.cache_creation_input_tokens)
+                .or(by_ttl.and_then(|c| c.total())),
+            cache_creation_1h: by_ttl.and_then(|c| c.ephemeral_1h_input_tokens),
+            reasoning,
             total: self.total_tokens,
         }
     }
+}
+
+/// The usage a body states: `usage`, else Groq's `x_groq.usage`.
+fn stated<'u>(usage: &'u Option<ChatUsage>, x_groq: &'u Option<XGroq>) -> Option<&'u ChatUsage> {
+    usage
+        .as_ref()
+        .or_else(|| x_groq.as_ref().and_then(|x| x.usage.as_ref()))
 }
 
 // === impl Stream ===
@@ -189,13 +295,9 @@ impl Stream {
             );
         }
         let chunk: Chunk<'_> = serde_json::from_slice(data).ok()?;
-        if self.record.id.is_none() {
-            self.record.id = chunk.id.map(Cow::into_owned);
-        }
-        if self.record.model.is_none() {
-            self.record.model = chunk.model.map(Cow::into_owned);
-        }
-        if let Some(u) = &chunk.usage {
+        set_once(&mut self.record.id, chunk.id.as_deref());
+        set_once(&mut self.record.model, chunk.model.as_deref());
+        if let Some(u) = stated(&chunk.usage, &chunk.x_groq) {
             self.record.usage = u.to_usage();
         }
         if let Some(e) = &chunk.error {
@@ -287,9 +389,9 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     let Ok(c) = serde_json::from_slice::<Completion>(body) else {
         return false;
     };
-    r.id = c.id;
-    r.model = c.model;
-    if let Some(u) = &c.usage {
+    r.id = super::non_empty(c.id);
+    r.model = super::non_empty(c.model);
+    if let Some(u) = stated(&c.usage, &c.x_groq) {
         r.usage = u.to_usage();
     }
     r.error_type = c.error.as_ref().map(ErrorObj::error_type);

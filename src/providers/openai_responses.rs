@@ -2,7 +2,9 @@
 //!
 //! Streams: model and id from `response.created`; usage, status and model from the terminal
 //! `response.completed` / `response.incomplete` / `response.failed`; function-call arguments are
-//! the `response.function_call_arguments.delta` fragments joined per `item_id`.
+//! the `response.function_call_arguments.delta` fragments joined per `item_id`. An empty model or
+//! id is no value. Reasoning stated outside `output_tokens` (total = input + output + reasoning,
+//! xAI's shape) is added to output; OpenAI's (inside) is taken as it is.
 
 use std::borrow::Cow;
 
@@ -114,18 +116,29 @@ fn is_server_tool(kind: &str) -> bool {
 
 impl ResponsesUsage {
     fn to_usage(&self) -> Usage {
+        let reasoning = self
+            .output_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens);
+        let outside = super::reasoning_outside(
+            self.input_tokens,
+            self.output_tokens,
+            reasoning,
+            self.total_tokens,
+        );
         Usage {
             input: self.input_tokens,
-            output: self.output_tokens,
+            output: match (self.output_tokens, outside) {
+                (Some(o), true) => Some(o.saturating_add(reasoning.unwrap_or(0))),
+                (o, _) => o,
+            },
             cached_input: self
                 .input_tokens_details
                 .as_ref()
                 .and_then(|d| d.cached_tokens),
             cache_creation_input: None,
-            reasoning: self
-                .output_tokens_details
-                .as_ref()
-                .and_then(|d| d.reasoning_tokens),
+            cache_creation_1h: None,
+            reasoning,
             total: self.total_tokens,
         }
     }
@@ -136,11 +149,11 @@ impl ResponsesUsage {
 impl ResponseObj {
     /// Terminal facts: model, id, status, usage, error.
     fn apply(&self, r: &mut ResponseRecord) {
-        if self.id.is_some() {
-            r.id.clone_from(&self.id);
+        if let Some(id) = self.id.as_ref().filter(|v| !v.is_empty()) {
+            r.id = Some(id.clone());
         }
-        if self.model.is_some() {
-            r.model.clone_from(&self.model);
+        if let Some(model) = self.model.as_ref().filter(|v| !v.is_empty()) {
+            r.model = Some(model.clone());
         }
         if let Some(u) = &self.usage {
             r.usage = u.to_usage();
@@ -173,12 +186,8 @@ impl Stream {
         match ev.kind.as_ref() {
             "response.created" | "response.in_progress" => {
                 if let Some(resp) = &ev.response {
-                    if self.record.id.is_none() {
-                        self.record.id.clone_from(&resp.id);
-                    }
-                    if self.record.model.is_none() {
-                        self.record.model.clone_from(&resp.model);
-                    }
+                    super::set_once(&mut self.record.id, resp.id.as_deref());
+                    super::set_once(&mut self.record.model, resp.model.as_deref());
                 }
                 Some(false)
             }

@@ -380,3 +380,54 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::{Format, ResponseParser, MAX_OTHER_MODELS};
+
+    fn json(body: &str) -> crate::providers::ResponseRecord {
+        let mut p = ResponseParser::new(Format::Anthropic, false, 1 << 20);
+        p.feed(body.as_bytes());
+        p.finish()
+    }
+
+    #[test]
+    fn sub_calls_on_the_serving_model_stay_in_its_part_and_other_models_are_bounded() {
+        let mut iterations = vec![
+            r#"{"type":"message","input_tokens":10,"output_tokens":1}"#.to_string(),
+            r#"{"type":"advisor_message","model":"claude-sonnet-4-6","input_tokens":5,"output_tokens":2}"#.to_string(),
+        ];
+        for i in 0..MAX_OTHER_MODELS + 2 {
+            iterations.push(format!(
+                r#"{{"type":"advisor_message","model":"m{i}","input_tokens":1,"output_tokens":1}}"#
+            ));
+        }
+        let body = format!(
+            r#"{{"id":"msg_1","type":"message","model":"claude-sonnet-4-6","content":[],"usage":{{"input_tokens":10,"output_tokens":1,"iterations":[{}]}}}}"#,
+            iterations.join(",")
+        );
+        let r = json(&body);
+        let n = MAX_OTHER_MODELS as u64;
+        assert_eq!(r.usage.input, Some(15 + n + 2));
+        assert_eq!(r.usage.output, Some(3 + n + 2));
+        assert_eq!(r.other_models.len(), MAX_OTHER_MODELS);
+        // The serving model's own part: its iterations and the sub-calls past the bound.
+        assert_eq!(r.own_usage().input, Some(15 + 2));
+    }
+
+    #[test]
+    fn one_hour_cache_writes_are_kept_apart() {
+        let r = json(
+            r#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-6","content":[],"usage":{"input_tokens":1,"output_tokens":2,"cache_creation":{"ephemeral_5m_input_tokens":456,"ephemeral_1h_input_tokens":100}}}"#,
+        );
+        assert_eq!(
+            r.usage.input,
+            Some(557),
+            "the breakdown alone states the writes"
+        );
+        assert_eq!(
+            (r.usage.cache_creation_input, r.usage.cache_creation_1h),
+            (Some(556), Some(100))
+        );
+    }
+}

@@ -224,15 +224,16 @@ impl ChatUsage {
         let (reasoning, outside) = match (stated_reasoning, self.reasoning_tokens) {
             (Some(r), _) => (
                 Some(r),
-                super::reasoning_outside(
-                    self.prompt_tokens,
-                    self.completion_tokens,
-                    Some(r),
-                    self.total_tokens,
-                ),
+                self.completion_tokens.is_some_and(|c| r > c)
+                    || super::reasoning_outside(
+                        self.prompt_tokens,
+                        self.completion_tokens,
+                        Some(r),
+                        self.total_tokens,
+                    ),
             ),
-            // A top-level count is Perplexity's (outside, and billed apart), or one that cannot
-            // fit inside the output it would be part of.
+            // A top-level count is Perplexity's (outside, and billed apart). Either way a count
+            // larger than the output cannot be part of it.
             (None, Some(r)) => (
                 Some(r),
                 perplexity
@@ -455,5 +456,63 @@ mod legacy_tests {
         assert_eq!(r.finish_reasons, ["stop"]);
         assert_eq!(r.id.as_deref(), Some("cmpl-7iA7iJjj8V2zOkCGvWF2hAkDWBQZe"));
         assert_eq!(sample.estimate_tokens(), 2, "\"This is\" is two tokens");
+    }
+}
+
+#[cfg(test)]
+mod usage_shape_tests {
+    use super::ChatUsage;
+
+    fn usage(json: &str) -> crate::providers::Usage {
+        serde_json::from_str::<ChatUsage>(json).unwrap().to_usage()
+    }
+
+    #[test]
+    fn reasoning_is_outside_only_when_the_numbers_say_so() {
+        // OpenAI: inside (total = prompt + completion).
+        let u = usage(
+            r#"{"prompt_tokens":32,"completion_tokens":100,"total_tokens":132,"completion_tokens_details":{"reasoning_tokens":94}}"#,
+        );
+        assert_eq!((u.output, u.reasoning), (Some(100), Some(94)));
+        // xAI: beside (total = prompt + completion + reasoning).
+        let u = usage(
+            r#"{"prompt_tokens":32,"completion_tokens":9,"total_tokens":135,"completion_tokens_details":{"reasoning_tokens":94}}"#,
+        );
+        assert_eq!(u.output, Some(103));
+        // No total, but reasoning larger than the completion cannot be inside it.
+        let u = usage(
+            r#"{"prompt_tokens":32,"completion_tokens":9,"completion_tokens_details":{"reasoning_tokens":94}}"#,
+        );
+        assert_eq!(u.output, Some(103));
+        // A top-level count that fits and no Perplexity fields: taken as inside.
+        let u = usage(
+            r#"{"prompt_tokens":5,"completion_tokens":50,"total_tokens":55,"reasoning_tokens":20}"#,
+        );
+        assert_eq!(
+            (u.input, u.output, u.reasoning),
+            (Some(5), Some(50), Some(20))
+        );
+    }
+
+    #[test]
+    fn cache_fields_of_compatible_servers() {
+        let u = usage(
+            r#"{"prompt_tokens":100,"completion_tokens":1,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}"#,
+        );
+        assert_eq!(u.cached_input, Some(64));
+        let u = usage(
+            r#"{"prompt_tokens":100,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":10,"cache_creation_tokens":80,"cache_creation_token_details":{"ephemeral_5m_input_tokens":50,"ephemeral_1h_input_tokens":30}}}"#,
+        );
+        assert_eq!(
+            (u.cached_input, u.cache_creation_input, u.cache_creation_1h),
+            (Some(10), Some(80), Some(30))
+        );
+        let u = usage(
+            r#"{"prompt_tokens":100,"completion_tokens":1,"prompt_tokens_details":{"cache_creation":{"ephemeral_5m_input_tokens":70}}}"#,
+        );
+        assert_eq!(
+            (u.cache_creation_input, u.cache_creation_1h),
+            (Some(70), None)
+        );
     }
 }

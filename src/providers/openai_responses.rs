@@ -274,3 +274,36 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::{Format, ResponseParser};
+
+    fn json(body: &str) -> crate::providers::ResponseRecord {
+        let mut p = ResponseParser::new(Format::OpenAiResponses, false, 1 << 20);
+        p.feed(body.as_bytes());
+        p.finish()
+    }
+
+    #[test]
+    fn reasoning_beside_output_tokens_is_added_and_inside_is_kept() {
+        let r = json(
+            r#"{"id":"resp_1","object":"response","model":"grok-4","status":"completed","output":[],"usage":{"input_tokens":20,"output_tokens":10,"total_tokens":130,"output_tokens_details":{"reasoning_tokens":100}}}"#,
+        );
+        assert_eq!((r.usage.output, r.usage.reasoning), (Some(110), Some(100)));
+        let r = json(
+            r#"{"id":"resp_1","object":"response","model":"o3","status":"completed","output":[],"usage":{"input_tokens":20,"output_tokens":110,"total_tokens":130,"output_tokens_details":{"reasoning_tokens":100}}}"#,
+        );
+        assert_eq!((r.usage.output, r.usage.reasoning), (Some(110), Some(100)));
+    }
+
+    #[test]
+    fn an_empty_model_in_a_stream_is_replaced_by_a_later_one() {
+        let mut p = ResponseParser::new(Format::OpenAiResponses, true, 1 << 20);
+        p.feed(b"data: {\"type\":\"response.created\",\"response\":{\"id\":\"\",\"model\":\"\",\"status\":\"in_progress\"}}\n\n");
+        p.feed(b"data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_2\",\"model\":\"gpt-4.1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":3,\"output_tokens\":4,\"total_tokens\":7}}}\n\n");
+        let r = p.finish();
+        assert_eq!(r.model.as_deref(), Some("gpt-4.1"));
+        assert_eq!(r.id.as_deref(), Some("resp_2"));
+    }
+}

@@ -173,3 +173,20 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     *r = s.finish();
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::{Format, ResponseParser};
+
+    #[test]
+    fn an_empty_model_version_or_response_id_is_no_value() {
+        let mut p = ResponseParser::new(Format::Gemini, true, 1 << 20);
+        p.feed(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}],\"modelVersion\":\"\",\"responseId\":\"\"}\r\n\r\n");
+        p.feed(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":2,\"totalTokenCount\":5},\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r1\"}\r\n\r\n");
+        p.feed(b"data: {\"candidates\":[],\"modelVersion\":\"\"}\r\n\r\n");
+        let r = p.finish();
+        assert_eq!(r.model.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(r.id.as_deref(), Some("r1"));
+        assert_eq!((r.usage.input, r.usage.output), (Some(3), Some(2)));
+    }
+}

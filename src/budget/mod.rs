@@ -25,7 +25,7 @@ use dashmap::DashMap;
 use metrics::{counter, gauge};
 
 use crate::config::{Config, LimitAction, LimitScope, OnStoreUnreachable, StoreKind};
-use crate::providers::{Format, Usage};
+use crate::providers::{Format, ModelUsage, Usage};
 use crate::proxy::ProxyError;
 use crate::telemetry::metrics as m;
 
@@ -111,6 +111,11 @@ pub struct Spent {
     pub model: Option<String>,
     /// The same model as a capped metric label.
     pub model_label: Option<Arc<str>>,
+    /// Parts of `usage` spent on other models (Anthropic advisor sub-calls): priced as their
+    /// own model.
+    pub other_models: Vec<ModelUsage>,
+    /// Capped metric labels of `other_models`, in the same order.
+    pub other_labels: Vec<Arc<str>>,
     /// Output events seen in the stream (the estimate when the provider stated no usage).
     pub output_events: u64,
     /// The request reached the upstream but no response came back: the provider may have
@@ -652,12 +657,21 @@ impl Admission {
             .as_deref()
             .or(self.facts.model.as_deref())
             .unwrap_or("");
-        let cost = b.prices.cost(model, &usage);
-        if cost > 0 {
-            // The metrics facade's counters are integers: a float gauge that only ever grows
-            // carries USD exactly enough and behaves as a counter for rate() and increase().
-            gauge!(m::COST_USD_TOTAL, "agent" => self.facts.agent.clone(), "model" => spent.model_label.clone().unwrap_or_else(|| Arc::from("unknown")))
-                .increment(cost as f64 / limits::NANO_PER_USD);
+        let parts = b.prices.cost_parts(model, &usage, &spent.other_models);
+        let served = spent
+            .model_label
+            .clone()
+            .unwrap_or_else(|| Arc::from("unknown"));
+        let labels = std::iter::once(served).chain(spent.other_labels.iter().cloned());
+        let mut cost = 0u64;
+        for (part, label) in parts.into_iter().zip(labels) {
+            cost = cost.saturating_add(part);
+            if part > 0 {
+                // The metrics facade's counters are integers: a float gauge that only ever grows
+                // carries USD exactly enough and behaves as a counter for rate() and increase().
+                gauge!(m::COST_USD_TOTAL, "agent" => self.facts.agent.clone(), "model" => label)
+                    .increment(part as f64 / limits::NANO_PER_USD);
+            }
         }
         self.release(
             input.saturating_add(output),

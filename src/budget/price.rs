@@ -1,9 +1,18 @@
 //! Cost of a call from the configured price table (USD per million tokens), in nano-USD.
+//!
+//! Each kind of token is billed at its own price: uncached input at `input`, cache reads at
+//! `cached_input`, five-minute cache writes at `cache_creation_input`, one-hour cache writes at
+//! `cache_creation_input_1h` (default 2 × `input`), output (reasoning included) at `output`.
+//! A sub-call that ran on another model (an Anthropic advisor) is priced as that model.
 
 use std::collections::BTreeMap;
 
 use crate::config::Price;
-use crate::providers::Usage;
+use crate::providers::{ModelUsage, Usage};
+
+/// One-hour cache writes cost this many times the input price when no price is configured
+/// (Anthropic's published multiplier; five-minute writes are 1.25×).
+const ONE_HOUR_WRITE_FACTOR: f64 = 2.0;
 
 /// The price table, looked up by model name.
 #[derive(Debug, Clone, Default)]
@@ -42,21 +51,24 @@ impl Prices {
     }
 
     /// Nano-USD for `usage` on `model`; 0 when the model has no price. Cached and cache-written
-    /// input use their own prices when given, else the input price.
+    /// input use their own prices when given, else the input price (one-hour writes: 2 × input).
     pub fn cost(&self, model: &str, usage: &Usage) -> u64 {
-        let Some(p) = self.get(model) else {
-            return 0;
-        };
-        let input = usage.input.unwrap_or(0);
-        let cached = usage.cached_input.unwrap_or(0).min(input);
-        let created = usage.cache_creation_input.unwrap_or(0).min(input - cached);
-        let plain = input - cached - created;
-        let per_million = plain as f64 * p.input
-            + cached as f64 * p.cached_input.unwrap_or(p.input)
-            + created as f64 * p.cache_creation_input.unwrap_or(p.input)
-            + usage.output.unwrap_or(0) as f64 * p.output;
-        // USD per million tokens → nano-USD per token is × 1000.
-        (per_million * 1e3).round() as u64
+        self.get(model).map_or(0, |p| price_of(p, usage))
+    }
+
+    /// Nano-USD per model for a call `model` served whose `usage` includes sub-calls on other
+    /// models (`others`, parts of `usage`): the serving model's part first, then one entry per
+    /// other model, each priced as its own model (as the serving model when it has no price).
+    pub fn cost_parts(&self, model: &str, usage: &Usage, others: &[ModelUsage]) -> Vec<u64> {
+        let own = others.iter().fold(*usage, |u, o| u.minus(&o.usage));
+        let served = self.get(model);
+        std::iter::once(served.map_or(0, |p| price_of(p, &own)))
+            .chain(others.iter().map(|o| {
+                self.get(&o.model)
+                    .or(served)
+                    .map_or(0, |p| price_of(p, &o.usage))
+            }))
+            .collect()
     }
 
     /// Nano-USD an estimate of `input` and `output` tokens may cost on `model` (uncached).
@@ -68,6 +80,24 @@ impl Prices {
         };
         self.cost(model, &usage)
     }
+}
+
+/// Nano-USD for `usage` at price `p`.
+fn price_of(p: &Price, usage: &Usage) -> u64 {
+    let input = usage.input.unwrap_or(0);
+    let cached = usage.cached_input.unwrap_or(0).min(input);
+    let created = usage.cache_creation_input.unwrap_or(0).min(input - cached);
+    let created_1h = usage.cache_creation_1h.unwrap_or(0).min(created);
+    let plain = input - cached - created;
+    let per_million = plain as f64 * p.input
+        + cached as f64 * p.cached_input.unwrap_or(p.input)
+        + (created - created_1h) as f64 * p.cache_creation_input.unwrap_or(p.input)
+        + created_1h as f64
+            * p.cache_creation_input_1h
+                .unwrap_or(p.input * ONE_HOUR_WRITE_FACTOR)
+        + usage.output.unwrap_or(0) as f64 * p.output;
+    // USD per million tokens → nano-USD per token is × 1000.
+    (per_million * 1e3).round() as u64
 }
 
 #[cfg(test)]
@@ -83,6 +113,7 @@ mod tests {
                 output: 10.0,
                 cached_input: Some(1.25),
                 cache_creation_input: None,
+                cache_creation_input_1h: None,
             },
         );
         t.insert(
@@ -92,6 +123,17 @@ mod tests {
                 output: 15.0,
                 cached_input: Some(0.3),
                 cache_creation_input: Some(3.75),
+                cache_creation_input_1h: None,
+            },
+        );
+        t.insert(
+            "claude-opus-4-7".to_string(),
+            Price {
+                input: 5.0,
+                output: 25.0,
+                cached_input: Some(0.5),
+                cache_creation_input: Some(6.25),
+                cache_creation_input_1h: Some(10.0),
             },
         );
         Prices::new(&t)
@@ -125,5 +167,54 @@ mod tests {
         assert!(p.get("gpt-4o-mini").is_none());
         assert!(p.get("gpt-4o-").is_none());
         assert_eq!(p.estimate("unknown", 10, 10), 0);
+    }
+
+    #[test]
+    fn one_hour_cache_writes_have_their_own_price() {
+        let p = prices();
+        let u = Usage {
+            input: Some(1_000_000),
+            output: Some(0),
+            cache_creation_input: Some(1_000_000),
+            cache_creation_1h: Some(400_000),
+            ..Usage::default()
+        };
+        // 600k × 3.75 + 400k × (default 2 × 3.00) = 2.25 + 2.4 USD
+        assert_eq!(p.cost("claude-sonnet-4-5", &u), 4_650_000_000);
+        // Configured: 600k × 6.25 + 400k × 10 = 3.75 + 4 USD
+        assert_eq!(p.cost("claude-opus-4-7", &u), 7_750_000_000);
+    }
+
+    #[test]
+    fn sub_calls_on_another_model_are_priced_as_that_model() {
+        let p = prices();
+        let advisor = Usage {
+            input: Some(1_000_000),
+            output: Some(1_000_000),
+            ..Usage::default()
+        };
+        let total = Usage {
+            input: Some(2_000_000),
+            output: Some(1_000_000),
+            ..Usage::default()
+        };
+        let others = [ModelUsage {
+            model: "claude-opus-4-7".into(),
+            usage: advisor,
+        }];
+        // Executor: 1M input × 3; advisor: 1M × 5 + 1M × 25.
+        assert_eq!(
+            p.cost_parts("claude-sonnet-4-5", &total, &others),
+            [3_000_000_000, 30_000_000_000]
+        );
+        // A sub-call model without a price is priced as the serving model.
+        let unknown = [ModelUsage {
+            model: "claude-unpriced".into(),
+            usage: advisor,
+        }];
+        assert_eq!(
+            p.cost_parts("claude-sonnet-4-5", &total, &unknown),
+            [3_000_000_000, 18_000_000_000]
+        );
     }
 }

@@ -383,9 +383,14 @@ pub struct Price {
     /// Input read from the provider's cache.
     #[serde(default)]
     pub cached_input: Option<f64>,
-    /// Input written to the provider's cache.
+    /// Input written to the provider's cache with the default (five-minute) lifetime; unset →
+    /// the input price.
     #[serde(default)]
     pub cache_creation_input: Option<f64>,
+    /// Input written to the provider's cache with a one-hour lifetime (Anthropic
+    /// `ephemeral_1h_input_tokens`); unset → 2 × `input`, Anthropic's multiplier.
+    #[serde(default)]
+    pub cache_creation_input_1h: Option<f64>,
 }
 
 /// Policies for one agent.

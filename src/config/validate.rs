@@ -115,6 +115,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             Some(p.output),
             p.cached_input,
             p.cache_creation_input,
+            p.cache_creation_input_1h,
         ];
         if all.into_iter().flatten().any(|v| !v.is_finite() || v < 0.0) {
             return Err(invalid(

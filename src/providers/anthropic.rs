@@ -6,12 +6,26 @@
 //! with server tools the final input is larger than the first). Tool-use input arrives as
 //! `input_json_delta` fragments, joined exactly as sent (an empty string means the input is the
 //! `{}` from `content_block_start`; it is kept as sent, empty).
+//!
+//! Cache writes by lifetime: `usage.cache_creation.ephemeral_1h_input_tokens` is kept apart
+//! (one-hour writes are billed 2× input, five-minute writes 1.25×).
+//!
+//! `usage.iterations` (present when a compaction pass or an advisor sub-call ran inside the
+//! request) lists every sampling step. Anthropic's documentation: the top-level counts leave out
+//! compaction passes and advisor sub-calls, and "to calculate total tokens consumed and billed
+//! for a request, sum across all entries in `usage.iterations`"; `advisor_message` iterations
+//! are billed at the advisor model's rates. So when iterations are stated, usage is their sum,
+//! and the part spent on another model is kept in [`ResponseRecord::other_models`]. Streams
+//! repeat the whole list in each `message_delta`: the last one stated is the list.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{compact, json_key, ErrorObj, ResponseRecord, ToolCall, Usage};
+use super::{
+    compact, json_key, CacheCreation, ErrorObj, ModelUsage, ResponseRecord, ToolCall, Usage,
+    MAX_OTHER_MODELS,
+};
 
 json_key!(PARTIAL_JSON, "partial_json");
 
@@ -84,7 +98,7 @@ struct Block {
 }
 
 /// Usage fields as Anthropic sends them; `None` = not stated (yet).
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Deserialize, Default, Clone)]
 struct RawUsage {
     #[serde(default)]
     input_tokens: Option<u64>,
@@ -95,13 +109,64 @@ struct RawUsage {
     #[serde(default)]
     cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
+    cache_creation: Option<CacheCreation>,
+    #[serde(default)]
     output_tokens_details: Option<OutputDetails>,
+    #[serde(default)]
+    iterations: Option<Vec<Iteration>>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
 struct OutputDetails {
     #[serde(default)]
     thinking_tokens: Option<u64>,
+}
+
+/// One sampling step of `usage.iterations` (`message`, `compaction`, `advisor_message`, ...).
+#[derive(Deserialize, Default, Clone)]
+struct Iteration {
+    /// Set on sub-calls that ran on another model (the advisor).
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation: Option<CacheCreation>,
+    #[serde(default)]
+    output_tokens_details: Option<OutputDetails>,
+}
+
+/// The counts of one usage object (top level or one iteration) as [`Usage`]: input is
+/// uncached + cache read + cache written.
+fn counts(
+    input: Option<u64>,
+    output: Option<u64>,
+    read: Option<u64>,
+    created: Option<u64>,
+    by_ttl: Option<CacheCreation>,
+    details: Option<OutputDetails>,
+) -> Usage {
+    let created = created.or_else(|| by_ttl.and_then(|c| c.total()));
+    Usage {
+        input: Some(
+            input
+                .unwrap_or(0)
+                .saturating_add(read.unwrap_or(0))
+                .saturating_add(created.unwrap_or(0)),
+        ),
+        output,
+        cached_input: read,
+        cache_creation_input: created,
+        cache_creation_1h: by_ttl.and_then(|c| c.ephemeral_1h_input_tokens),
+        reasoning: details.and_then(|d| d.thinking_tokens),
+        total: None,
+    }
 }
 
 // === impl RawUsage ===
@@ -126,27 +191,69 @@ impl RawUsage {
                 *mine = theirs;
             }
         }
+        if later.cache_creation.is_some() {
+            self.cache_creation = later.cache_creation;
+        }
         if later.output_tokens_details.is_some() {
             self.output_tokens_details = later.output_tokens_details;
         }
+        if later.iterations.is_some() {
+            self.iterations.clone_from(&later.iterations);
+        }
     }
 
-    fn to_usage(self) -> Usage {
+    /// Usage as billed, and the parts of it spent on models other than `served`.
+    fn to_usage(&self, served: Option<&str>) -> (Usage, Vec<ModelUsage>) {
+        if let Some(iterations) = self.iterations.as_deref().filter(|i| !i.is_empty()) {
+            return sum_iterations(iterations, served);
+        }
         if self.input_tokens.is_none() && self.output_tokens.is_none() {
-            return Usage::default();
+            return (Usage::default(), Vec::new());
         }
-        let input = self.input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0)
-            + self.cache_creation_input_tokens.unwrap_or(0);
-        Usage {
-            input: Some(input),
-            output: self.output_tokens,
-            cached_input: self.cache_read_input_tokens,
-            cache_creation_input: self.cache_creation_input_tokens,
-            reasoning: self.output_tokens_details.and_then(|d| d.thinking_tokens),
-            total: None,
-        }
+        let usage = counts(
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_input_tokens,
+            self.cache_creation_input_tokens,
+            self.cache_creation,
+            self.output_tokens_details,
+        );
+        (usage, Vec::new())
     }
+}
+
+/// Every iteration added up; those on another model also added up per model (bounded).
+fn sum_iterations(iterations: &[Iteration], served: Option<&str>) -> (Usage, Vec<ModelUsage>) {
+    let mut total = Usage::default();
+    let mut others: Vec<ModelUsage> = Vec::new();
+    for it in iterations {
+        let u = counts(
+            it.input_tokens,
+            it.output_tokens,
+            it.cache_read_input_tokens,
+            it.cache_creation_input_tokens,
+            it.cache_creation,
+            it.output_tokens_details,
+        );
+        total = total.plus(&u);
+        let Some(model) = it
+            .model
+            .as_deref()
+            .filter(|m| !m.is_empty() && Some(*m) != served)
+        else {
+            continue;
+        };
+        if let Some(o) = others.iter_mut().find(|o| o.model == model) {
+            o.usage = o.usage.plus(&u);
+        } else if others.len() < MAX_OTHER_MODELS {
+            others.push(ModelUsage {
+                model: model.to_owned(),
+                usage: u,
+            });
+        }
+        // Past the bound a sub-call stays in the serving model's part: counted, priced as it.
+    }
+    (total, others)
 }
 
 // === impl Stream ===
@@ -165,8 +272,8 @@ impl Stream {
         match ev.kind.as_ref() {
             "message_start" => {
                 let m = ev.message.unwrap_or_default();
-                self.record.id = m.id;
-                self.record.model = m.model;
+                super::set_once(&mut self.record.id, m.id.as_deref());
+                super::set_once(&mut self.record.model, m.model.as_deref());
                 if let Some(u) = &m.usage {
                     self.usage.update(u);
                 }
@@ -234,7 +341,8 @@ impl Stream {
 
     /// The stream ended.
     pub(super) fn finish(mut self) -> ResponseRecord {
-        self.record.usage = self.usage.to_usage();
+        (self.record.usage, self.record.other_models) =
+            self.usage.to_usage(self.record.model.as_deref());
         self.record.finish_reasons = self.stop_reason.into_iter().collect();
         self.record.tool_calls = self.calls.into_iter().map(|(_, c)| c).collect();
         self.record
@@ -254,9 +362,9 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
         );
         return true;
     }
-    r.id = m.id;
-    r.model = m.model;
-    r.usage = m.usage.unwrap_or_default().to_usage();
+    r.id = super::non_empty(m.id);
+    r.model = super::non_empty(m.model);
+    (r.usage, r.other_models) = m.usage.unwrap_or_default().to_usage(r.model.as_deref());
     r.finish_reasons = m.stop_reason.into_iter().collect();
     for b in m.content {
         match b.kind.as_str() {
@@ -271,4 +379,55 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::{Format, ResponseParser, MAX_OTHER_MODELS};
+
+    fn json(body: &str) -> crate::providers::ResponseRecord {
+        let mut p = ResponseParser::new(Format::Anthropic, false, 1 << 20);
+        p.feed(body.as_bytes());
+        p.finish()
+    }
+
+    #[test]
+    fn sub_calls_on_the_serving_model_stay_in_its_part_and_other_models_are_bounded() {
+        let mut iterations = vec![
+            r#"{"type":"message","input_tokens":10,"output_tokens":1}"#.to_string(),
+            r#"{"type":"advisor_message","model":"claude-sonnet-4-6","input_tokens":5,"output_tokens":2}"#.to_string(),
+        ];
+        for i in 0..MAX_OTHER_MODELS + 2 {
+            iterations.push(format!(
+                r#"{{"type":"advisor_message","model":"m{i}","input_tokens":1,"output_tokens":1}}"#
+            ));
+        }
+        let body = format!(
+            r#"{{"id":"msg_1","type":"message","model":"claude-sonnet-4-6","content":[],"usage":{{"input_tokens":10,"output_tokens":1,"iterations":[{}]}}}}"#,
+            iterations.join(",")
+        );
+        let r = json(&body);
+        let n = MAX_OTHER_MODELS as u64;
+        assert_eq!(r.usage.input, Some(15 + n + 2));
+        assert_eq!(r.usage.output, Some(3 + n + 2));
+        assert_eq!(r.other_models.len(), MAX_OTHER_MODELS);
+        // The serving model's own part: its iterations and the sub-calls past the bound.
+        assert_eq!(r.own_usage().input, Some(15 + 2));
+    }
+
+    #[test]
+    fn one_hour_cache_writes_are_kept_apart() {
+        let r = json(
+            r#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-6","content":[],"usage":{"input_tokens":1,"output_tokens":2,"cache_creation":{"ephemeral_5m_input_tokens":456,"ephemeral_1h_input_tokens":100}}}"#,
+        );
+        assert_eq!(
+            r.usage.input,
+            Some(557),
+            "the breakdown alone states the writes"
+        );
+        assert_eq!(
+            (r.usage.cache_creation_input, r.usage.cache_creation_1h),
+            (Some(556), Some(100))
+        );
+    }
 }

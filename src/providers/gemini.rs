@@ -2,7 +2,9 @@
 //!
 //! Usage: input = `promptTokenCount + toolUsePromptTokenCount`; output = `candidatesTokenCount +
 //! thoughtsTokenCount` (thoughts are not inside candidates). Stream chunks carry cumulative
-//! `usageMetadata`: the last one stated wins (summing over-counts).
+//! `usageMetadata`: the last one stated wins (summing over-counts). Cached input is
+//! `cachedContentTokenCount` (a part of `promptTokenCount`). An empty `modelVersion` or
+//! `responseId` is no value.
 
 use std::collections::BTreeMap;
 
@@ -99,6 +101,7 @@ impl UsageMetadata {
             ),
             cached_input: self.cached_content_token_count,
             cache_creation_input: None,
+            cache_creation_1h: None,
             reasoning: self.thoughts_token_count,
             total: self.total_token_count,
         }
@@ -115,12 +118,10 @@ impl Stream {
     }
 
     fn chunk(&mut self, c: Chunk) -> bool {
-        if c.model_version.is_some() {
-            self.record.model = c.model_version;
+        if let Some(model) = super::non_empty(c.model_version) {
+            self.record.model = Some(model);
         }
-        if self.record.id.is_none() {
-            self.record.id = c.response_id;
-        }
+        super::set_once(&mut self.record.id, c.response_id.as_deref());
         if let Some(u) = &c.usage_metadata {
             self.record.usage = u.to_usage();
         }
@@ -171,4 +172,21 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     }
     *r = s.finish();
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::{Format, ResponseParser};
+
+    #[test]
+    fn an_empty_model_version_or_response_id_is_no_value() {
+        let mut p = ResponseParser::new(Format::Gemini, true, 1 << 20);
+        p.feed(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}],\"modelVersion\":\"\",\"responseId\":\"\"}\r\n\r\n");
+        p.feed(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":2,\"totalTokenCount\":5},\"modelVersion\":\"gemini-2.5-flash\",\"responseId\":\"r1\"}\r\n\r\n");
+        p.feed(b"data: {\"candidates\":[],\"modelVersion\":\"\"}\r\n\r\n");
+        let r = p.finish();
+        assert_eq!(r.model.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(r.id.as_deref(), Some("r1"));
+        assert_eq!((r.usage.input, r.usage.output), (Some(3), Some(2)));
+    }
 }

@@ -44,12 +44,28 @@ pub struct Usage {
     pub output: Option<u64>,
     /// Input tokens read from the provider's cache.
     pub cached_input: Option<u64>,
-    /// Input tokens written to the provider's cache.
+    /// Input tokens written to the provider's cache (every lifetime).
     pub cache_creation_input: Option<u64>,
+    /// Of `cache_creation_input`, the tokens written with a one-hour lifetime (Anthropic's
+    /// `ephemeral_1h_input_tokens`); the rest are five-minute writes. Priced apart.
+    pub cache_creation_1h: Option<u64>,
     /// Reasoning / thinking tokens.
     pub reasoning: Option<u64>,
     /// The provider's own total, when it states one.
     pub total: Option<u64>,
+}
+
+/// Most distinct other models a record keeps; a sub-call on one more model stays in the serving
+/// model's part (bounded memory whatever a body lists).
+pub const MAX_OTHER_MODELS: usize = 4;
+
+/// Usage one response spent on a model other than the one that served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUsage {
+    /// The model, as the provider names it.
+    pub model: String,
+    /// What it spent (a part of the record's usage).
+    pub usage: Usage,
 }
 
 /// A tool call the model made.
@@ -80,6 +96,9 @@ pub struct ResponseRecord {
     pub tool_calls: Vec<ToolCall>,
     /// Provider-executed tools (names or item types).
     pub server_tool_calls: Vec<String>,
+    /// Parts of `usage` spent on models other than `model` (Anthropic advisor sub-calls), each
+    /// priced and counted as its own model; at most [`MAX_OTHER_MODELS`] entries.
+    pub other_models: Vec<ModelUsage>,
     /// Error type from an error body or an error event in a stream.
     pub error_type: Option<String>,
     /// Why (part of) the body could not be read, if it could not.
@@ -92,6 +111,105 @@ impl Usage {
     /// Whether the body stated any usage at all.
     pub fn is_present(&self) -> bool {
         self.input.is_some() || self.output.is_some()
+    }
+
+    /// The counts of `self` and `other` added field by field (a field neither states stays
+    /// unstated).
+    pub fn plus(&self, other: &Usage) -> Usage {
+        let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+        };
+        Usage {
+            input: add(self.input, other.input),
+            output: add(self.output, other.output),
+            cached_input: add(self.cached_input, other.cached_input),
+            cache_creation_input: add(self.cache_creation_input, other.cache_creation_input),
+            cache_creation_1h: add(self.cache_creation_1h, other.cache_creation_1h),
+            reasoning: add(self.reasoning, other.reasoning),
+            total: add(self.total, other.total),
+        }
+    }
+
+    /// `self` less a part of it (`other`), field by field, never below zero.
+    pub fn minus(&self, other: &Usage) -> Usage {
+        let sub = |a: Option<u64>, b: Option<u64>| a.map(|a| a.saturating_sub(b.unwrap_or(0)));
+        Usage {
+            input: sub(self.input, other.input),
+            output: sub(self.output, other.output),
+            cached_input: sub(self.cached_input, other.cached_input),
+            cache_creation_input: sub(self.cache_creation_input, other.cache_creation_input),
+            cache_creation_1h: sub(self.cache_creation_1h, other.cache_creation_1h),
+            reasoning: sub(self.reasoning, other.reasoning),
+            total: sub(self.total, other.total),
+        }
+    }
+}
+
+// === impl ResponseRecord ===
+
+impl ResponseRecord {
+    /// The part of `usage` the serving model spent: everything but `other_models`.
+    pub fn own_usage(&self) -> Usage {
+        self.other_models
+            .iter()
+            .fold(self.usage, |u, o| u.minus(&o.usage))
+    }
+}
+
+/// Whether a stated reasoning count lies outside the stated output count. OpenAI's shape counts
+/// reasoning inside `completion_tokens` (total = input + output); xAI's counts it beside
+/// (total = input + output + reasoning). The stated total decides, so the rule holds whichever
+/// gateway (OpenRouter, LiteLLM, ...) relays the body.
+fn reasoning_outside(
+    input: Option<u64>,
+    output: Option<u64>,
+    reasoning: Option<u64>,
+    total: Option<u64>,
+) -> bool {
+    match (input, output, reasoning, total) {
+        (Some(i), Some(o), Some(r), Some(t)) => {
+            r > 0 && i.checked_add(o).and_then(|s| s.checked_add(r)) == Some(t)
+        }
+        _ => false,
+    }
+}
+
+/// Take `value` into `slot` unless `slot` already holds one or `value` is empty: an empty model
+/// or id (Azure's first stream chunk carries `"model":""`) is no value, and a later one wins.
+fn set_once(slot: &mut Option<String>, value: Option<&str>) {
+    if slot.is_none() {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            *slot = Some(v.to_owned());
+        }
+    }
+}
+
+/// `value` unless it is empty.
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// Cache writes by lifetime, as Anthropic (`usage.cache_creation`) and DashScope
+/// (`prompt_tokens_details.cache_creation`) state them.
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+struct CacheCreation {
+    #[serde(default)]
+    ephemeral_5m_input_tokens: Option<u64>,
+    #[serde(default)]
+    ephemeral_1h_input_tokens: Option<u64>,
+}
+
+impl CacheCreation {
+    /// Every write the breakdown states, when it states any.
+    fn total(&self) -> Option<u64> {
+        match (
+            self.ephemeral_5m_input_tokens,
+            self.ephemeral_1h_input_tokens,
+        ) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+        }
     }
 }
 

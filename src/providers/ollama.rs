@@ -64,9 +64,7 @@ impl Stream {
     pub(super) fn line(&mut self, data: &[u8]) -> Option<bool> {
         let line: Line = serde_json::from_slice(data).ok()?;
         let r = &mut self.record;
-        if r.model.is_none() {
-            r.model = line.model;
-        }
+        super::set_once(&mut r.model, line.model.as_deref());
         if let Some(e) = line.error {
             r.error_type = Some(match e {
                 serde_json::Value::String(_) => "error".to_string(),

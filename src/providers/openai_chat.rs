@@ -4,14 +4,28 @@
 //!
 //! Streams: usage is the last chunk whose `usage` is not null (not necessarily the last chunk);
 //! finish reasons are the last non-null per choice; tool-call argument fragments are joined per
-//! (choice, tool-call index), id and name taken from the fragment that carries them.
+//! (choice, tool-call index), id and name taken from the fragment that carries them. An empty
+//! `model` or `id` (Azure's `prompt_filter_results` chunk) is skipped for a later one.
+//!
+//! Usage shapes of compatible servers, read from the fields themselves (never from a host name,
+//! so they hold behind OpenRouter, LiteLLM and other gateways):
+//! - reasoning outside `completion_tokens` (xAI: `total_tokens` = prompt + completion +
+//!   reasoning) is added to output; OpenAI's shape (reasoning inside) is taken as it is;
+//! - Perplexity's top-level `reasoning_tokens` (Deep Research) lie outside `completion_tokens`
+//!   and its `citation_tokens` outside `prompt_tokens`: both are billed, both are added;
+//! - cached input: `prompt_tokens_details.cached_tokens`, else DeepSeek's
+//!   `prompt_cache_hit_tokens`, else a top-level `cached_tokens` (Moonshot);
+//! - cache writes: `prompt_tokens_details.cache_write_tokens` (OpenRouter),
+//!   `cache_creation_input_tokens` (DashScope), `cache_creation_tokens` (LiteLLM) or a top-level
+//!   `cache_creation_input_tokens`; one-hour writes from the `cache_creation` breakdown;
+//! - Groq's older shape states usage only in `x_groq.usage` (JSON, and the last stream chunk).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{json_key, ErrorObj, ResponseRecord, ToolCall, Usage};
+use super::{json_key, set_once, CacheCreation, ErrorObj, ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
 #[derive(Default)]
@@ -32,7 +46,16 @@ struct Chunk<'a> {
     #[serde(default)]
     usage: Option<ChatUsage>,
     #[serde(default)]
+    x_groq: Option<XGroq>,
+    #[serde(default)]
     error: Option<ErrorObj>,
+}
+
+/// Groq's extension object; its older shape carries the usage here instead of `usage`.
+#[derive(Deserialize)]
+struct XGroq {
+    #[serde(default)]
+    usage: Option<ChatUsage>,
 }
 
 #[derive(Deserialize)]
@@ -78,7 +101,7 @@ struct DeltaFunction<'a> {
     arguments: Option<Cow<'a, str>>,
 }
 
-/// `usage` of chat completions.
+/// `usage` of chat completions, with the fields compatible servers add.
 #[derive(Deserialize)]
 pub(super) struct ChatUsage {
     #[serde(default)]
@@ -91,12 +114,45 @@ pub(super) struct ChatUsage {
     prompt_tokens_details: Option<PromptDetails>,
     #[serde(default)]
     completion_tokens_details: Option<CompletionDetails>,
+    /// DeepSeek: prompt tokens served from its context cache.
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+    /// Moonshot: cached prompt tokens at the top level.
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+    /// LiteLLM (Anthropic behind the OpenAI shape): cache writes at the top level.
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    /// Perplexity: reasoning tokens, outside `completion_tokens`.
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+    /// Perplexity: search results read as input, outside `prompt_tokens`.
+    #[serde(default)]
+    citation_tokens: Option<u64>,
+    /// Perplexity: searches run (with `citation_tokens`, the sign of its shape).
+    #[serde(default)]
+    num_search_queries: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
+    /// OpenRouter.
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
+    /// DashScope.
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    /// LiteLLM.
+    #[serde(default)]
+    cache_creation_tokens: Option<u64>,
+    /// DashScope: writes by lifetime.
+    #[serde(default)]
+    cache_creation: Option<CacheCreation>,
+    /// LiteLLM: writes by lifetime.
+    #[serde(default)]
+    cache_creation_token_details: Option<CacheCreation>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +171,8 @@ struct Completion {
     choices: Vec<Choice>,
     #[serde(default)]
     usage: Option<ChatUsage>,
+    #[serde(default)]
+    x_groq: Option<XGroq>,
     #[serde(default)]
     error: Option<ErrorObj>,
 }
@@ -155,21 +213,70 @@ struct MessageFunction {
 
 impl ChatUsage {
     pub(super) fn to_usage(&self) -> Usage {
+        let details = self.prompt_tokens_details.as_ref();
+        let detail = |f: fn(&PromptDetails) -> Option<u64>| details.and_then(f);
+        let by_ttl = details.and_then(|d| d.cache_creation.or(d.cache_creation_token_details));
+        let stated_reasoning = self
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens);
+        let perplexity = self.citation_tokens.is_some() || self.num_search_queries.is_some();
+        let (reasoning, outside) = match (stated_reasoning, self.reasoning_tokens) {
+            (Some(r), _) => (
+                Some(r),
+                self.completion_tokens.is_some_and(|c| r > c)
+                    || super::reasoning_outside(
+                        self.prompt_tokens,
+                        self.completion_tokens,
+                        Some(r),
+                        self.total_tokens,
+                    ),
+            ),
+            // A top-level count is Perplexity's (outside, and billed apart). Either way a count
+            // larger than the output cannot be part of it.
+            (None, Some(r)) => (
+                Some(r),
+                perplexity
+                    || self.completion_tokens.is_some_and(|c| r > c)
+                    || super::reasoning_outside(
+                        self.prompt_tokens,
+                        self.completion_tokens,
+                        Some(r),
+                        self.total_tokens,
+                    ),
+            ),
+            (None, None) => (None, false),
+        };
+        let output = match (self.completion_tokens, outside) {
+            (Some(c), true) => Some(c.saturating_add(reasoning.unwrap_or(0))),
+            (c, _) => c,
+        };
+        let input = self
+            .prompt_tokens
+            .map(|p| p.saturating_add(self.citation_tokens.unwrap_or(0)));
         Usage {
-            input: self.prompt_tokens,
-            output: self.completion_tokens,
-            cached_input: self
-                .prompt_tokens_details
-                .as_ref()
-                .and_then(|d| d.cached_tokens),
-            cache_creation_input: None,
-            reasoning: self
-                .completion_tokens_details
-                .as_ref()
-                .and_then(|d| d.reasoning_tokens),
+            input,
+            output,
+            cached_input: detail(|d| d.cached_tokens)
+                .or(self.prompt_cache_hit_tokens)
+                .or(self.cached_tokens),
+            cache_creation_input: detail(|d| d.cache_write_tokens)
+                .or(detail(|d| d.cache_creation_input_tokens))
+                .or(detail(|d| d.cache_creation_tokens))
+                .or(self.cache_creation_input_tokens)
+                .or(by_ttl.and_then(|c| c.total())),
+            cache_creation_1h: by_ttl.and_then(|c| c.ephemeral_1h_input_tokens),
+            reasoning,
             total: self.total_tokens,
         }
     }
+}
+
+/// The usage a body states: `usage`, else Groq's `x_groq.usage`.
+fn stated<'u>(usage: &'u Option<ChatUsage>, x_groq: &'u Option<XGroq>) -> Option<&'u ChatUsage> {
+    usage
+        .as_ref()
+        .or_else(|| x_groq.as_ref().and_then(|x| x.usage.as_ref()))
 }
 
 // === impl Stream ===
@@ -189,13 +296,9 @@ impl Stream {
             );
         }
         let chunk: Chunk<'_> = serde_json::from_slice(data).ok()?;
-        if self.record.id.is_none() {
-            self.record.id = chunk.id.map(Cow::into_owned);
-        }
-        if self.record.model.is_none() {
-            self.record.model = chunk.model.map(Cow::into_owned);
-        }
-        if let Some(u) = &chunk.usage {
+        set_once(&mut self.record.id, chunk.id.as_deref());
+        set_once(&mut self.record.model, chunk.model.as_deref());
+        if let Some(u) = stated(&chunk.usage, &chunk.x_groq) {
             self.record.usage = u.to_usage();
         }
         if let Some(e) = &chunk.error {
@@ -287,9 +390,9 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     let Ok(c) = serde_json::from_slice::<Completion>(body) else {
         return false;
     };
-    r.id = c.id;
-    r.model = c.model;
-    if let Some(u) = &c.usage {
+    r.id = super::non_empty(c.id);
+    r.model = super::non_empty(c.model);
+    if let Some(u) = stated(&c.usage, &c.x_groq) {
         r.usage = u.to_usage();
     }
     r.error_type = c.error.as_ref().map(ErrorObj::error_type);
@@ -353,5 +456,63 @@ mod legacy_tests {
         assert_eq!(r.finish_reasons, ["stop"]);
         assert_eq!(r.id.as_deref(), Some("cmpl-7iA7iJjj8V2zOkCGvWF2hAkDWBQZe"));
         assert_eq!(sample.estimate_tokens(), 2, "\"This is\" is two tokens");
+    }
+}
+
+#[cfg(test)]
+mod usage_shape_tests {
+    use super::ChatUsage;
+
+    fn usage(json: &str) -> crate::providers::Usage {
+        serde_json::from_str::<ChatUsage>(json).unwrap().to_usage()
+    }
+
+    #[test]
+    fn reasoning_is_outside_only_when_the_numbers_say_so() {
+        // OpenAI: inside (total = prompt + completion).
+        let u = usage(
+            r#"{"prompt_tokens":32,"completion_tokens":100,"total_tokens":132,"completion_tokens_details":{"reasoning_tokens":94}}"#,
+        );
+        assert_eq!((u.output, u.reasoning), (Some(100), Some(94)));
+        // xAI: beside (total = prompt + completion + reasoning).
+        let u = usage(
+            r#"{"prompt_tokens":32,"completion_tokens":9,"total_tokens":135,"completion_tokens_details":{"reasoning_tokens":94}}"#,
+        );
+        assert_eq!(u.output, Some(103));
+        // No total, but reasoning larger than the completion cannot be inside it.
+        let u = usage(
+            r#"{"prompt_tokens":32,"completion_tokens":9,"completion_tokens_details":{"reasoning_tokens":94}}"#,
+        );
+        assert_eq!(u.output, Some(103));
+        // A top-level count that fits and no Perplexity fields: taken as inside.
+        let u = usage(
+            r#"{"prompt_tokens":5,"completion_tokens":50,"total_tokens":55,"reasoning_tokens":20}"#,
+        );
+        assert_eq!(
+            (u.input, u.output, u.reasoning),
+            (Some(5), Some(50), Some(20))
+        );
+    }
+
+    #[test]
+    fn cache_fields_of_compatible_servers() {
+        let u = usage(
+            r#"{"prompt_tokens":100,"completion_tokens":1,"prompt_cache_hit_tokens":64,"prompt_cache_miss_tokens":36}"#,
+        );
+        assert_eq!(u.cached_input, Some(64));
+        let u = usage(
+            r#"{"prompt_tokens":100,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":10,"cache_creation_tokens":80,"cache_creation_token_details":{"ephemeral_5m_input_tokens":50,"ephemeral_1h_input_tokens":30}}}"#,
+        );
+        assert_eq!(
+            (u.cached_input, u.cache_creation_input, u.cache_creation_1h),
+            (Some(10), Some(80), Some(30))
+        );
+        let u = usage(
+            r#"{"prompt_tokens":100,"completion_tokens":1,"prompt_tokens_details":{"cache_creation":{"ephemeral_5m_input_tokens":70}}}"#,
+        );
+        assert_eq!(
+            (u.cache_creation_input, u.cache_creation_1h),
+            (Some(70), None)
+        );
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! Streams: model and id from `response.created`; usage, status and model from the terminal
 //! `response.completed` / `response.incomplete` / `response.failed`; function-call arguments are
-//! the `response.function_call_arguments.delta` fragments joined per `item_id`.
+//! the `response.function_call_arguments.delta` fragments joined per `item_id`. An empty model or
+//! id is no value. Reasoning stated outside `output_tokens` (total = input + output + reasoning,
+//! xAI's shape) is added to output; OpenAI's (inside) is taken as it is.
 
 use std::borrow::Cow;
 
@@ -114,18 +116,29 @@ fn is_server_tool(kind: &str) -> bool {
 
 impl ResponsesUsage {
     fn to_usage(&self) -> Usage {
+        let reasoning = self
+            .output_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens);
+        let outside = super::reasoning_outside(
+            self.input_tokens,
+            self.output_tokens,
+            reasoning,
+            self.total_tokens,
+        );
         Usage {
             input: self.input_tokens,
-            output: self.output_tokens,
+            output: match (self.output_tokens, outside) {
+                (Some(o), true) => Some(o.saturating_add(reasoning.unwrap_or(0))),
+                (o, _) => o,
+            },
             cached_input: self
                 .input_tokens_details
                 .as_ref()
                 .and_then(|d| d.cached_tokens),
             cache_creation_input: None,
-            reasoning: self
-                .output_tokens_details
-                .as_ref()
-                .and_then(|d| d.reasoning_tokens),
+            cache_creation_1h: None,
+            reasoning,
             total: self.total_tokens,
         }
     }
@@ -136,11 +149,11 @@ impl ResponsesUsage {
 impl ResponseObj {
     /// Terminal facts: model, id, status, usage, error.
     fn apply(&self, r: &mut ResponseRecord) {
-        if self.id.is_some() {
-            r.id.clone_from(&self.id);
+        if let Some(id) = self.id.as_ref().filter(|v| !v.is_empty()) {
+            r.id = Some(id.clone());
         }
-        if self.model.is_some() {
-            r.model.clone_from(&self.model);
+        if let Some(model) = self.model.as_ref().filter(|v| !v.is_empty()) {
+            r.model = Some(model.clone());
         }
         if let Some(u) = &self.usage {
             r.usage = u.to_usage();
@@ -173,12 +186,8 @@ impl Stream {
         match ev.kind.as_ref() {
             "response.created" | "response.in_progress" => {
                 if let Some(resp) = &ev.response {
-                    if self.record.id.is_none() {
-                        self.record.id.clone_from(&resp.id);
-                    }
-                    if self.record.model.is_none() {
-                        self.record.model.clone_from(&resp.model);
-                    }
+                    super::set_once(&mut self.record.id, resp.id.as_deref());
+                    super::set_once(&mut self.record.model, resp.model.as_deref());
                 }
                 Some(false)
             }
@@ -264,4 +273,37 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::{Format, ResponseParser};
+
+    fn json(body: &str) -> crate::providers::ResponseRecord {
+        let mut p = ResponseParser::new(Format::OpenAiResponses, false, 1 << 20);
+        p.feed(body.as_bytes());
+        p.finish()
+    }
+
+    #[test]
+    fn reasoning_beside_output_tokens_is_added_and_inside_is_kept() {
+        let r = json(
+            r#"{"id":"resp_1","object":"response","model":"grok-4","status":"completed","output":[],"usage":{"input_tokens":20,"output_tokens":10,"total_tokens":130,"output_tokens_details":{"reasoning_tokens":100}}}"#,
+        );
+        assert_eq!((r.usage.output, r.usage.reasoning), (Some(110), Some(100)));
+        let r = json(
+            r#"{"id":"resp_1","object":"response","model":"o3","status":"completed","output":[],"usage":{"input_tokens":20,"output_tokens":110,"total_tokens":130,"output_tokens_details":{"reasoning_tokens":100}}}"#,
+        );
+        assert_eq!((r.usage.output, r.usage.reasoning), (Some(110), Some(100)));
+    }
+
+    #[test]
+    fn an_empty_model_in_a_stream_is_replaced_by_a_later_one() {
+        let mut p = ResponseParser::new(Format::OpenAiResponses, true, 1 << 20);
+        p.feed(b"data: {\"type\":\"response.created\",\"response\":{\"id\":\"\",\"model\":\"\",\"status\":\"in_progress\"}}\n\n");
+        p.feed(b"data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_2\",\"model\":\"gpt-4.1\",\"status\":\"completed\",\"usage\":{\"input_tokens\":3,\"output_tokens\":4,\"total_tokens\":7}}}\n\n");
+        let r = p.finish();
+        assert_eq!(r.model.as_deref(), Some("gpt-4.1"));
+        assert_eq!(r.id.as_deref(), Some("resp_2"));
+    }
 }

@@ -84,6 +84,8 @@ pub struct Finished {
     pub error_type: Option<String>,
     /// The served (else requested) model as a capped metric label.
     pub response_model: Arc<str>,
+    /// Capped metric labels of `record.other_models` (sub-calls on other models), in order.
+    pub other_labels: Vec<Arc<str>>,
     /// Policies the response's tool calls broke.
     pub policy_violations: Vec<&'static str>,
 }
@@ -302,7 +304,18 @@ impl LlmCall {
             Label::new("gen_ai_response_model", response_model.to_string()),
             Label::new("agent", base.agent.to_string()),
         ];
-        record_usage(&record, base, &response_model, &gen_ai, usage_source);
+        let other_labels: Vec<Arc<str>> = record
+            .other_models
+            .iter()
+            .map(|o| self.labels.models.get(&o.model))
+            .collect();
+        record_usage(
+            &record,
+            base,
+            (&response_model, &other_labels),
+            &gen_ai,
+            usage_source,
+        );
         for call in &record.tool_calls {
             counter!(m::TOOL_CALLS_TOTAL,
                 "agent" => base.agent.clone(),
@@ -343,6 +356,7 @@ impl LlmCall {
             streamed: self.streamed,
             error_type,
             response_model,
+            other_labels,
             policy_violations: violations,
         }
     }
@@ -357,35 +371,46 @@ fn billable(record: &ResponseRecord, ending: &Ending) -> bool {
         && ending.status.is_some_and(|s| s.is_success())
 }
 
+/// `tokenwarden_tokens_total` by type, under the model that spent them (the serving model's part,
+/// then each sub-call model's), and the GenAI token histograms for the call as a whole.
 fn record_usage(
     record: &ResponseRecord,
     base: &CallLabels,
-    model: &Arc<str>,
+    (model, other_labels): (&Arc<str>, &[Arc<str>]),
     gen_ai: &[Label],
     source: UsageSource,
 ) {
-    let u = &record.usage;
-    let by_type = [
-        ("input", u.input),
-        ("output", u.output),
-        ("cached_input", u.cached_input),
-        ("cache_creation_input", u.cache_creation_input),
-        ("reasoning", u.reasoning),
-    ];
-    for (kind, n) in by_type {
-        let Some(n) = n else { continue };
-        counter!(m::TOKENS_TOTAL,
-            "agent" => base.agent.clone(),
-            "model" => model.clone(),
-            "type" => kind,
-            "source" => source.as_str(),
-        )
-        .increment(n);
-        if kind == "input" || kind == "output" {
-            let mut labels = gen_ai.to_vec();
-            labels.push(Label::new("gen_ai_token_type", kind));
-            histogram!(m::GEN_AI_TOKEN_USAGE, labels).record(n as f64);
+    let parts = std::iter::once((model, record.own_usage())).chain(
+        other_labels
+            .iter()
+            .zip(&record.other_models)
+            .map(|(label, o)| (label, o.usage)),
+    );
+    for (model, u) in parts {
+        let by_type = [
+            ("input", u.input),
+            ("output", u.output),
+            ("cached_input", u.cached_input),
+            ("cache_creation_input", u.cache_creation_input),
+            ("reasoning", u.reasoning),
+        ];
+        for (kind, n) in by_type {
+            let Some(n) = n else { continue };
+            counter!(m::TOKENS_TOTAL,
+                "agent" => base.agent.clone(),
+                "model" => model.clone(),
+                "type" => kind,
+                "source" => source.as_str(),
+            )
+            .increment(n);
         }
+    }
+    let u = &record.usage;
+    for (kind, n) in [("input", u.input), ("output", u.output)] {
+        let Some(n) = n else { continue };
+        let mut labels = gen_ai.to_vec();
+        labels.push(Label::new("gen_ai_token_type", kind));
+        histogram!(m::GEN_AI_TOKEN_USAGE, labels).record(n as f64);
     }
 }
 

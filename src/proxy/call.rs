@@ -292,6 +292,8 @@ impl Call {
                     usage: f.record.usage,
                     model: f.record.model.clone(),
                     model_label: Some(f.response_model.clone()),
+                    other_models: f.record.other_models.clone(),
+                    other_labels: f.other_labels.clone(),
                     output_events,
                     sent: self.upstream_sent.is_some()
                         && self.upstream_headers.is_none()

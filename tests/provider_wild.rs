@@ -1,0 +1,435 @@
+//! Usage shapes of the wild, over real sockets: recorded or faithfully reconstructed provider
+//! bodies (tests/fixtures/wild, sources in its README) replayed by a loopback upstream through
+//! the proxy. Each case checks `tokenwarden_tokens_total` by type and model as the provider
+//! bills them, that the client got the upstream's bytes unchanged, and the cost where the
+//! price depends on the shape (cache writes by lifetime, sub-calls on another model).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// Prices of the models the cases bill (USD per million tokens; Anthropic's list prices).
+const PRICING: &str = "pricing:
+  claude-sonnet-4-6: { input: 3.00, output: 15.00, cached_input: 0.30, cache_creation_input: 3.75 }
+  claude-opus-4-7: { input: 5.00, output: 25.00, cached_input: 0.50, cache_creation_input: 6.25 }
+";
+
+const CHAT_PATH: &str = "/v1/chat/completions";
+const MSG_PATH: &str = "/v1/messages";
+
+/// One replayed exchange and what it must come to.
+struct Case {
+    /// Agent label (one per case, so series never mix).
+    agent: &'static str,
+    path: &'static str,
+    /// Response body under tests/fixtures.
+    fixture: &'static str,
+    /// Request body.
+    request: &'static str,
+    /// (model, [(type, tokens)]) — every type listed must be exact under that model.
+    expect: &'static [(&'static str, &'static [(&'static str, f64)])],
+}
+
+const CHAT_STREAM: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+const CHAT_JSON: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+const MSG_STREAM: &str = r#"{"model":"claude-sonnet-4-6","max_tokens":1024,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const MSG_JSON: &str = r#"{"model":"claude-sonnet-4-6","max_tokens":1024,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// An upstream that answers every request with the fixture its `x-fixture` header names, in a
+/// few frames (SSE for `.sse`, JSON otherwise).
+async fn replay_upstream() -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let name = req.headers()["x-fixture"].to_str().unwrap().to_string();
+                    let body = std::fs::read(format!("{FIXTURES}/{name}")).unwrap();
+                    let ct = if name.ends_with(".sse") {
+                        "text/event-stream"
+                    } else {
+                        "application/json"
+                    };
+                    let (tx, rx) = tokio::sync::mpsc::channel(8);
+                    tokio::spawn(async move {
+                        // Frames cut anywhere, as a network would.
+                        for part in body.chunks(body.len().div_ceil(3).max(1)) {
+                            if tx.send(Bytes::copy_from_slice(part)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", ct)
+                            .body(ChanBody(rx))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn proxy() -> TestProxy {
+    TestProxy::to("wild", replay_upstream().await, PRICING).await
+}
+
+/// Replay `case`: the client must get the fixture's bytes, the metrics its exact counts.
+async fn replay(p: &TestProxy, case: &Case) -> String {
+    let (resp, body) = post(
+        &p.url(case.path),
+        &[("x-agent-name", case.agent), ("x-fixture", case.fixture)],
+        case.request,
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", case.agent);
+    let want = std::fs::read(format!("{FIXTURES}/{}", case.fixture)).unwrap();
+    assert!(body == want, "{}: the client got other bytes", case.agent);
+    let text = p.metrics().await;
+    for (model, types) in case.expect {
+        for (kind, n) in *types {
+            let got = metric_value(
+                &text,
+                "tokenwarden_tokens_total",
+                &[("agent", case.agent), ("model", model), ("type", kind)],
+            );
+            assert_eq!(got, *n, "{}: {model} {kind}\n{text}", case.agent);
+        }
+    }
+    text
+}
+
+fn cost(text: &str, agent: &str, model: &str) -> f64 {
+    metric_value(
+        text,
+        "tokenwarden_cost_usd_total",
+        &[("agent", agent), ("model", model)],
+    )
+}
+
+fn assert_usd(got: f64, want: f64, what: &str) {
+    assert!((got - want).abs() < 1e-9, "{what}: {got} USD, want {want}");
+}
+
+#[tokio::test]
+async fn xai_reasoning_outside_completion_tokens_is_output() {
+    let p = proxy().await;
+    for case in [
+        Case {
+            agent: "wild-xai-json",
+            path: CHAT_PATH,
+            fixture: "wild/xai/chat_reasoning.json",
+            request: CHAT_JSON,
+            // total 135 = 32 + 9 + 94: output is 9 + 94.
+            expect: &[(
+                "grok-3-mini",
+                &[
+                    ("input", 32.0),
+                    ("output", 103.0),
+                    ("reasoning", 94.0),
+                    ("cached_input", 6.0),
+                ],
+            )],
+        },
+        Case {
+            agent: "wild-xai-stream",
+            path: CHAT_PATH,
+            fixture: "wild/xai/chat_reasoning_stream.sse",
+            request: CHAT_STREAM,
+            // total 1645 = 10 + 1328 + 307.
+            expect: &[(
+                "grok-3-mini",
+                &[
+                    ("input", 10.0),
+                    ("output", 1635.0),
+                    ("reasoning", 307.0),
+                    ("cached_input", 2.0),
+                ],
+            )],
+        },
+        // OpenAI's own shape (reasoning inside completion: 577 + 2320 = 2897) stays as it is.
+        Case {
+            agent: "wild-openai-reasoning",
+            path: CHAT_PATH,
+            fixture: "corpus/openai-chat/json_reasoning.response.json",
+            request: CHAT_JSON,
+            expect: &[(
+                "o3-mini-2025-01-31",
+                &[("input", 577.0), ("output", 2320.0), ("reasoning", 1792.0)],
+            )],
+        },
+        // DeepSeek's reasoner: reasoning inside (1040 + 215 = 1255); cache hits read from
+        // `prompt_cache_hit_tokens`.
+        Case {
+            agent: "wild-deepseek",
+            path: CHAT_PATH,
+            fixture: "wild/deepseek/reasoner_cache_hit.json",
+            request: CHAT_JSON,
+            expect: &[(
+                "deepseek-reasoner",
+                &[
+                    ("input", 1040.0),
+                    ("output", 215.0),
+                    ("reasoning", 180.0),
+                    ("cached_input", 1024.0),
+                ],
+            )],
+        },
+        // Perplexity Deep Research bills citation tokens as input and reasoning tokens beside
+        // the completion: input 19 + 13979, output 8132 + 150477.
+        Case {
+            agent: "wild-perplexity",
+            path: CHAT_PATH,
+            fixture: "wild/perplexity/deep_research.json",
+            request: CHAT_JSON,
+            expect: &[(
+                "sonar-deep-research",
+                &[
+                    ("input", 13998.0),
+                    ("output", 158_609.0),
+                    ("reasoning", 150_477.0),
+                ],
+            )],
+        },
+    ] {
+        replay(&p, &case).await;
+    }
+}
+
+#[tokio::test]
+async fn an_empty_model_or_id_is_no_value_and_a_later_one_wins() {
+    let p = proxy().await;
+    for (agent, fixture, request) in [
+        (
+            "wild-azure-stream",
+            "wild/azure/chat_stream_prompt_filter.sse",
+            CHAT_STREAM,
+        ),
+        (
+            "wild-azure-json",
+            "wild/azure/chat_prompt_filter.json",
+            CHAT_JSON,
+        ),
+    ] {
+        let text = replay(
+            &p,
+            &Case {
+                agent,
+                path: CHAT_PATH,
+                fixture,
+                request,
+                expect: &[("gpt-4o-2024-11-20", &[("input", 14.0), ("output", 10.0)])],
+            },
+        )
+        .await;
+        assert_eq!(
+            metric_sum(
+                &text,
+                "tokenwarden_tokens_total",
+                &[("agent", agent), ("model", "")]
+            ),
+            0.0,
+            "{agent}: nothing counted under an empty model"
+        );
+    }
+}
+
+#[tokio::test]
+async fn groq_usage_only_in_x_groq_is_read() {
+    let p = proxy().await;
+    for case in [
+        Case {
+            agent: "wild-groq-stream",
+            path: CHAT_PATH,
+            fixture: "wild/groq/chat_stream_x_groq.sse",
+            request: CHAT_STREAM,
+            expect: &[("gemma2-9b-it", &[("input", 18.0), ("output", 439.0)])],
+        },
+        Case {
+            agent: "wild-groq-json",
+            path: CHAT_PATH,
+            fixture: "wild/groq/chat_x_groq.json",
+            request: CHAT_JSON,
+            expect: &[("llama-3.1-8b-instant", &[("input", 55.0), ("output", 55.0)])],
+        },
+    ] {
+        let text = replay(&p, &case).await;
+        assert_eq!(
+            metric_sum(
+                &text,
+                "tokenwarden_tokens_total",
+                &[("agent", case.agent), ("source", "estimated")]
+            ),
+            0.0,
+            "{}: the stated usage, not an estimate",
+            case.agent
+        );
+    }
+}
+
+#[tokio::test]
+async fn cache_writes_of_openai_compatible_servers_are_counted() {
+    let p = proxy().await;
+    for case in [
+        Case {
+            agent: "wild-openrouter",
+            path: CHAT_PATH,
+            fixture: "wild/openrouter/chat_cache_write.json",
+            request: CHAT_JSON,
+            expect: &[(
+                "anthropic/claude-sonnet-4.5",
+                &[
+                    ("input", 2100.0),
+                    ("output", 40.0),
+                    ("cache_creation_input", 2048.0),
+                    ("cached_input", 0.0),
+                ],
+            )],
+        },
+        Case {
+            agent: "wild-dashscope",
+            path: CHAT_PATH,
+            fixture: "wild/dashscope/chat_cache_creation.json",
+            request: CHAT_JSON,
+            expect: &[(
+                "qwen-plus",
+                &[
+                    ("input", 3019.0),
+                    ("output", 104.0),
+                    ("cache_creation_input", 3015.0),
+                    ("cached_input", 0.0),
+                ],
+            )],
+        },
+    ] {
+        replay(&p, &case).await;
+    }
+}
+
+#[tokio::test]
+async fn one_hour_cache_writes_are_priced_at_their_own_rate() {
+    let p = proxy().await;
+    for (agent, path, fixture, request) in [
+        (
+            "wild-ttl-json",
+            MSG_PATH,
+            "wild/anthropic/cache_ttl.json",
+            MSG_JSON,
+        ),
+        (
+            "wild-ttl-stream",
+            MSG_PATH,
+            "wild/anthropic/cache_ttl_stream.sse",
+            MSG_STREAM,
+        ),
+    ] {
+        let text = replay(
+            &p,
+            &Case {
+                agent,
+                path,
+                fixture,
+                request,
+                expect: &[(
+                    "claude-sonnet-4-6",
+                    &[
+                        ("input", 606.0),
+                        ("output", 120.0),
+                        ("cache_creation_input", 556.0),
+                    ],
+                )],
+            },
+        )
+        .await;
+        // 50 × 3 + 456 × 3.75 (five-minute writes) + 100 × 6 (one-hour: 2 × input, unset)
+        // + 120 × 15, per million.
+        assert_usd(
+            cost(&text, agent, "claude-sonnet-4-6"),
+            (150.0 + 1710.0 + 600.0 + 1800.0) / 1e6,
+            agent,
+        );
+    }
+}
+
+#[tokio::test]
+async fn anthropic_iterations_are_billed_and_sub_calls_priced_as_their_model() {
+    let p = proxy().await;
+    // Advisor: executor iterations 412 + (1348 + 412 cached), output 89 + 442; the advisor's
+    // own 823 / 1612 on claude-opus-4-7.
+    for (agent, fixture, request) in [
+        (
+            "wild-advisor-stream",
+            "wild/anthropic/advisor_stream.sse",
+            MSG_STREAM,
+        ),
+        ("wild-advisor-json", "wild/anthropic/advisor.json", MSG_JSON),
+    ] {
+        let text = replay(
+            &p,
+            &Case {
+                agent,
+                path: MSG_PATH,
+                fixture,
+                request,
+                expect: &[
+                    (
+                        "claude-sonnet-4-6",
+                        &[
+                            ("input", 2172.0),
+                            ("output", 531.0),
+                            ("cached_input", 412.0),
+                        ],
+                    ),
+                    ("claude-opus-4-7", &[("input", 823.0), ("output", 1612.0)]),
+                ],
+            },
+        )
+        .await;
+        assert_usd(
+            cost(&text, agent, "claude-sonnet-4-6"),
+            (1760.0 * 3.0 + 412.0 * 0.3 + 531.0 * 15.0) / 1e6,
+            agent,
+        );
+        assert_usd(
+            cost(&text, agent, "claude-opus-4-7"),
+            (823.0 * 5.0 + 1612.0 * 25.0) / 1e6,
+            agent,
+        );
+    }
+    // Compaction (recorded): the pass read 100 + 55096 cached and wrote 83; the message 181 / 8.
+    replay(
+        &p,
+        &Case {
+            agent: "wild-compaction",
+            path: MSG_PATH,
+            fixture: "corpus/anthropic/sse_compaction_cache_read.response.sse",
+            request: MSG_STREAM,
+            expect: &[(
+                "claude-sonnet-4-6",
+                &[
+                    ("input", 55377.0),
+                    ("output", 91.0),
+                    ("cached_input", 55096.0),
+                ],
+            )],
+        },
+    )
+    .await;
+}

@@ -12,7 +12,8 @@
 //! - reasoning outside `completion_tokens` (xAI: `total_tokens` = prompt + completion +
 //!   reasoning) is added to output; OpenAI's shape (reasoning inside) is taken as it is;
 //! - Perplexity's top-level `reasoning_tokens` (Deep Research) lie outside `completion_tokens`
-//!   and its `citation_tokens` outside `prompt_tokens`: both are billed, both are added;
+//!   and, in that shape only, its `citation_tokens` outside `prompt_tokens`: both are billed,
+//!   both are added (Sonar and Sonar Pro state citation tokens without billing them);
 //! - cached input: `prompt_tokens_details.cached_tokens`, else DeepSeek's
 //!   `prompt_cache_hit_tokens`, else a top-level `cached_tokens` (Moonshot);
 //! - cache writes: `prompt_tokens_details.cache_write_tokens` (OpenRouter),
@@ -129,9 +130,6 @@ pub(super) struct ChatUsage {
     /// Perplexity: search results read as input, outside `prompt_tokens`.
     #[serde(default)]
     citation_tokens: Option<u64>,
-    /// Perplexity: searches run (with `citation_tokens`, the sign of its shape).
-    #[serde(default)]
-    num_search_queries: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -220,7 +218,10 @@ impl ChatUsage {
             .completion_tokens_details
             .as_ref()
             .and_then(|d| d.reasoning_tokens);
-        let perplexity = self.citation_tokens.is_some() || self.num_search_queries.is_some();
+        // Perplexity Deep Research: a top-level reasoning count beside citation tokens. Only this
+        // shape bills citation tokens (as input); Sonar and Sonar Pro state them but do not
+        // bill them, so there `prompt_tokens` stays the input.
+        let deep_research = self.reasoning_tokens.is_some() && self.citation_tokens.is_some();
         let (reasoning, outside) = match (stated_reasoning, self.reasoning_tokens) {
             (Some(r), _) => (
                 Some(r),
@@ -236,7 +237,7 @@ impl ChatUsage {
             // larger than the output cannot be part of it.
             (None, Some(r)) => (
                 Some(r),
-                perplexity
+                deep_research
                     || self.completion_tokens.is_some_and(|c| r > c)
                     || super::reasoning_outside(
                         self.prompt_tokens,
@@ -253,7 +254,7 @@ impl ChatUsage {
         };
         let input = self
             .prompt_tokens
-            .map(|p| p.saturating_add(self.citation_tokens.unwrap_or(0)));
+            .map(|p| p.saturating_add(self.citation_tokens.filter(|_| deep_research).unwrap_or(0)));
         Usage {
             input,
             output,
@@ -465,6 +466,18 @@ mod usage_shape_tests {
 
     fn usage(json: &str) -> crate::providers::Usage {
         serde_json::from_str::<ChatUsage>(json).unwrap().to_usage()
+    }
+
+    #[test]
+    fn sonar_citation_tokens_are_stated_not_billed() {
+        // Sonar Pro states citation tokens without billing them: the input is the prompt.
+        let u = usage(
+            r#"{"prompt_tokens":12,"completion_tokens":300,"total_tokens":312,"citation_tokens":2200,"num_search_queries":1}"#,
+        );
+        assert_eq!(
+            (u.input, u.output, u.reasoning),
+            (Some(12), Some(300), None)
+        );
     }
 
     #[test]

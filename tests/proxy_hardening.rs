@@ -167,3 +167,31 @@ fn dependency_floors_hold_in_cargo_lock() {
         assert!(v >= (0, 4, 18), "h2 {v:?} < 0.4.18");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_at_the_write_timeout() {
+    let m = mock().await;
+    let p = TestProxy::to("stall", m.addr(), "server:\n  write_timeout: 1s\n").await;
+    // A tiny receive window, and the response is never read: the proxy's writes stall.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(p.addr).await.unwrap();
+    let body =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-output-chunks: 1000000\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    // Without the write timeout the call never ends: no disconnect is ever recorded.
+    let gone = eventually(Duration::from_secs(30), || async {
+        metric_value(
+            &p.metrics().await,
+            "tokenwarden_client_disconnects_total",
+            &[("route", "stall")],
+        ) >= 1.0
+    })
+    .await;
+    assert!(gone, "a stalled client held its stream open");
+    drop(s);
+}

@@ -133,6 +133,10 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests and streams before exiting.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A write to a client that makes no progress for this long ends the connection (a client
+    /// that stops reading would otherwise hold its upstream stream open forever).
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 /// Timeouts towards upstreams.
@@ -563,6 +567,7 @@ impl Default for ServerConfig {
             max_header_bytes: default_max_header_bytes(),
             http2_max_concurrent_streams: default_h2_max_concurrent_streams(),
             shutdown_grace: default_shutdown_grace(),
+            write_timeout: default_write_timeout(),
         }
     }
 }
@@ -690,6 +695,9 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_h2_max_concurrent_streams() -> u32 {
     256
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_shutdown_grace() -> Duration {
     Duration::from_secs(25)

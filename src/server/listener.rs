@@ -19,6 +19,7 @@ use crate::config::ServerConfig;
 use crate::proxy::Proxy;
 
 use super::admin::Admin;
+use super::write_timeout::WriteTimeout;
 
 /// Build the connection builder for the proxy listener.
 pub(super) fn proxy_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> {
@@ -67,7 +68,8 @@ pub(super) async fn serve_proxy(
                 let _ = stream.set_nodelay(true);
                 let proxy = proxy.clone();
                 let svc = service_fn(move |req| proxy.clone().serve(req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let io = WriteTimeout::new(TokioIo::new(stream), cfg.write_timeout);
+                let conn = builder.serve_connection(io, svc).into_owned();
                 let conn = graceful.watch(conn);
                 conns.spawn(async move {
                     if let Err(e) = conn.await {

@@ -10,6 +10,7 @@ mod listener;
 pub mod reload;
 pub mod sessions_api;
 pub mod signals;
+mod write_timeout;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -138,7 +138,7 @@ async fn two_proxy_processes_share_one_limit_in_redis() {
     // 48 of 50 spent through two processes: the next call is refused by either.
     for p in [&b, &a] {
         let (r, body) = call16(p.addr, "shared-1").await;
-        assert_eq!(r.status(), 429, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(r.status(), 402, "{}", String::from_utf8_lossy(&body));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "session_token_budget_exceeded");
     }

@@ -71,7 +71,8 @@ async fn a_session_stops_at_its_limit_and_the_refusal_never_goes_upstream() {
     // left while the call runs.
     assert_eq!(remaining, [0, 0, 0]);
     let (r, body) = call16(&p, "stop-1").await;
-    assert_eq!(r.status(), 429);
+    // A lifetime limit will not pass later: 402, which no mainstream client retries.
+    assert_eq!(r.status(), 402);
     assert_eq!(r.headers()["x-should-retry"], "false");
     assert!(r.headers().get("retry-after").is_none());
     assert_eq!(
@@ -96,10 +97,11 @@ async fn a_session_stops_at_its_limit_and_the_refusal_never_goes_upstream() {
     assert_eq!(view["tokens"]["input"], 24);
     assert_eq!(view["tokens"]["output"], 24);
     assert_eq!(view["tokens"]["total"], 48);
-    assert_eq!(view["steps"], 4);
-    assert_eq!(view["limits"][0]["limit"], 50.0);
-    assert_eq!(view["limits"][0]["used"], 48.0);
-    assert_eq!(view["limits"][0]["remaining"], 2.0);
+    assert_eq!(view["steps"], 3, "the refused call took no step");
+    // Token amounts are integers in JSON (not 50.0).
+    assert_eq!(view["limits"][0]["limit"].as_u64(), Some(50));
+    assert_eq!(view["limits"][0]["used"].as_u64(), Some(48));
+    assert_eq!(view["limits"][0]["remaining"].as_u64(), Some(2));
     assert_eq!(view["limits"][0]["window"], "lifetime");
 
     let text = p.metrics().await;
@@ -133,11 +135,12 @@ async fn anthropic_routes_refuse_in_anthropic_shape() {
     let (r, _) = post(&url, &hdrs, MSG).await;
     assert_eq!(r.status(), 200);
     let (r, body) = post(&url, &hdrs, MSG).await;
-    assert_eq!(r.status(), 429);
+    assert_eq!(r.status(), 402);
     assert_eq!(r.headers()["x-should-retry"], "false");
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["type"], "error");
-    assert_eq!(v["error"]["type"], "rate_limit_error");
+    // Anthropic's own type for a 402.
+    assert_eq!(v["error"]["type"], "billing_error");
     assert!(v["error"]["message"]
         .as_str()
         .unwrap()
@@ -184,7 +187,7 @@ async fn fifty_concurrent_calls_overspend_at_most_one_max_output() {
     for t in tasks {
         match t.await.unwrap() {
             200 => ok += 1,
-            429 => refused += 1,
+            402 => refused += 1,
             s => panic!("unexpected status {s}"),
         }
     }
@@ -272,7 +275,7 @@ async fn memory_store_spend_survives_a_restart() {
     let view = session_view(&p, "persist-1").await;
     assert_eq!(view["tokens"]["total"], 48);
     let (r, _) = call16(&p, "persist-1").await;
-    assert_eq!(r.status(), 429, "spend from before the restart counts");
+    assert_eq!(r.status(), 402, "spend from before the restart counts");
 }
 
 #[tokio::test]
@@ -389,7 +392,7 @@ async fn a_failing_webhook_is_retried_with_the_same_alert() {
     );
     let p = TestProxy::to("b-hook-retry", m.addr(), &cfg).await;
     assert_eq!(call16(&p, "retry-1").await.0.status(), 200);
-    assert_eq!(call16(&p, "retry-1").await.0.status(), 429);
+    assert_eq!(call16(&p, "retry-1").await.0.status(), 402);
     let mut got = Vec::new();
     while got.len() < 3 {
         let a = tokio::time::timeout(Duration::from_secs(10), alerts.recv())
@@ -420,7 +423,7 @@ async fn the_webhook_receives_warn_and_breach() {
     for _ in 0..4 {
         statuses.push(call16(&p, "hook-1").await.0.status().as_u16());
     }
-    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(statuses, [200, 200, 200, 402]);
     let mut got = Vec::new();
     while got.len() < 2 {
         let a = tokio::time::timeout(Duration::from_secs(10), alerts.recv())
@@ -436,14 +439,14 @@ async fn the_webhook_receives_warn_and_breach() {
     assert_eq!(warn["session"], "hook-1");
     assert_eq!(warn["agent"], "default");
     assert_eq!(warn["scope"], "session");
-    assert_eq!(warn["limit"], 50.0);
+    assert_eq!(warn["limit"].as_u64(), Some(50), "{warn}");
     assert!(warn["used"].as_f64().unwrap() >= 25.0);
     assert!(warn["time"].as_str().unwrap().ends_with('Z'));
     let breach = got
         .iter()
         .find(|a| a["decision"] == "rejected")
         .expect("breach alert");
-    assert_eq!(breach["used"], 48.0);
+    assert_eq!(breach["used"].as_u64(), Some(48), "{breach}");
     let text = p.metrics().await;
     assert!(
         metric_value(
@@ -514,7 +517,7 @@ async fn a_cut_stream_ends_with_a_length_finish_and_done() {
     );
     // Nothing is left for the next call.
     let (r, _) = call16(&p, "cut-1").await;
-    assert_eq!(r.status(), 429);
+    assert_eq!(r.status(), 402);
 }
 
 /// Settlement happens however the call ends: after an upstream failure mid-stream and after the
@@ -648,4 +651,198 @@ async fn an_agent_usd_limit_refuses_with_its_own_code() {
     )
     .await;
     assert_eq!(r.status(), 200);
+}
+
+/// A chat request of agent-facing size `words` that reports one `get_weather` tool result.
+fn with_tool_result(words: usize) -> String {
+    let long = "word ".repeat(words);
+    serde_json::json!({"model":"gpt-4o-mini","messages":[
+        {"role":"user","content": long},
+        {"role":"assistant","content":null,"tool_calls":[
+            {"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{}"}}]},
+        {"role":"tool","tool_call_id":"c1","content":"sunny"}]})
+    .to_string()
+}
+
+/// Issue 17 item 9: clients that retry a refusal (the Vercel AI SDK, google-genai, litellm) must
+/// not advance the session: refused retries take no step, count no tool result and feed no
+/// loop history; the next admitted call gets the next step.
+#[tokio::test]
+async fn refused_retries_leave_the_session_as_it_was() {
+    const LIMIT: u64 = 400;
+    let big = with_tool_result(120);
+    let e_big = est(Format::OpenAiChat, &big);
+    let e_small = est(Format::OpenAiChat, CHAT);
+    assert!(
+        e_big > 100 && e_big < LIMIT && e_small < 20,
+        "{e_big} {e_small}"
+    );
+    // After the first call, one token less than the big call needs is left.
+    let remaining = e_big - 1;
+    let input = (LIMIT - 8 - remaining).to_string();
+    let m = mock().await;
+    let cfg = format!(
+        "{}agents:\n  retrier:\n    loop_detection: {{ threshold: 3, window: 1m, action: block }}\n",
+        session_limit(LIMIT, "lifetime", "")
+    );
+    let p = TestProxy::to("b-retry", m.addr(), &cfg).await;
+    let url = p.url("/v1/chat/completions");
+    fn hdrs(input: &str) -> [(&str, &str); 4] {
+        [
+            ("x-session-id", "retry-s"),
+            ("x-agent-name", "retrier"),
+            ("x-mock-input-tokens", input),
+            ("x-mock-output-chunks", "8"),
+        ]
+    }
+    let (r, _) = post(&url, &hdrs(&input), &big).await;
+    assert_eq!(r.status(), 200);
+    // Five retries of the same call, as a client that ignores the refusal would send them.
+    for i in 0..5 {
+        let (r, body) = post(&url, &hdrs("8"), &big).await;
+        assert_eq!(
+            r.status(),
+            402,
+            "retry {i}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    assert_eq!(m.stats().requests, 1);
+    let view = session_view(&p, "retry-s").await;
+    assert_eq!(view["steps"], 1, "refused retries took steps: {view}");
+    let text = p.metrics().await;
+    let results = metric_value(
+        &text,
+        "tokenwarden_tool_results_total",
+        &[
+            ("agent", "retrier"),
+            ("tool", "get_weather"),
+            ("outcome", "ok"),
+        ],
+    );
+    assert_eq!(
+        results, 1.0,
+        "refused retries counted the tool result again"
+    );
+    let loops = metric_value(
+        &text,
+        "tokenwarden_policy_violations_total",
+        &[("agent", "retrier"), ("policy", "loop")],
+    );
+    assert_eq!(loops, 0.0, "refused retries fed the loop history");
+
+    // A call that fits is admitted and gets the next step.
+    let (r, _) = post(&url, &hdrs("8"), CHAT).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(session_view(&p, "retry-s").await["steps"], 2);
+}
+
+/// Policy refusals take no step either: three refused calls, then an admitted one is step 1.
+#[tokio::test]
+async fn policy_refusals_take_no_step() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "b-pol-retry",
+        m.addr(),
+        "agents:\n  capped:\n    max_tokens_cap: { limit: 32, action: reject }\n",
+    )
+    .await;
+    let url = p.url("/v1/chat/completions");
+    let hdrs = [("x-session-id", "pol-s"), ("x-agent-name", "capped")];
+    let over =
+        r#"{"model":"gpt-4o-mini","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..3 {
+        assert_eq!(post(&url, &hdrs, over).await.0.status(), 403);
+    }
+    let (r, _) = get(&format!("http://{}/v1/sessions/pol-s", p.admin)).await;
+    assert_eq!(r.status(), 404, "refused calls started a session");
+    assert_eq!(post(&url, &hdrs, CHAT).await.0.status(), 200);
+    assert_eq!(session_view(&p, "pol-s").await["steps"], 1);
+}
+
+/// Issue 17 item 12: the refusal says what this call needs and what is left, in whole tokens.
+#[tokio::test]
+async fn the_refusal_says_what_this_call_needs_and_what_is_left() {
+    let big = with_tool_result(120);
+    let e_big = est(Format::OpenAiChat, &big);
+    let m = mock().await;
+    let p = TestProxy::to("b-text", m.addr(), &session_limit(250, "lifetime", "")).await;
+    let url = p.url("/v1/chat/completions");
+    // 170 + 8 spent: 72 of 250 left, less than the big call needs.
+    let (r, _) = post(
+        &url,
+        &[
+            ("x-session-id", "text-s"),
+            ("x-mock-input-tokens", "170"),
+            ("x-mock-output-chunks", "8"),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let (r, body) = post(&url, &[("x-session-id", "text-s")], &big).await;
+    assert_eq!(r.status(), 402);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["error"]["message"],
+        format!("tokenwarden: session token budget exceeded: this call needs ~{e_big} tokens but only 72 of 250 tokens remain (window: lifetime)")
+    );
+}
+
+/// `budgets.lifetime_refusal: rate_limited` keeps CONTRACT.md's 429 with `x-should-retry: false`;
+/// a windowed limit answers 429 with `Retry-After` either way.
+#[tokio::test]
+async fn the_old_lifetime_429_is_one_switch_away() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "b-429",
+        m.addr(),
+        "budgets:\n  store:\n    snapshot_path: ''\n  lifetime_refusal: rate_limited\n  limits:\n    - { scope: session, tokens: 20 }\n",
+    )
+    .await;
+    assert_eq!(call16(&p, "old-429").await.0.status(), 200);
+    let (r, _) = call16(&p, "old-429").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-should-retry"], "false");
+    assert!(r.headers().get("retry-after").is_none());
+}
+
+/// Issue 17 item 10: without any budget limit, a session's tokens, cost and steps are still
+/// reported (and ranked), from the live session table.
+#[tokio::test]
+async fn sessions_report_tokens_without_limits() {
+    let m = mock().await;
+    // No budgets at all, then prices only (cost, still no limit).
+    for (name, extra, cost) in [
+        ("b-nolimit", "", 0.0),
+        (
+            "b-priced",
+            "pricing:\n  gpt-4o-mini: { input: 1.0, output: 2.0 }\n",
+            48e-6,
+        ),
+    ] {
+        let p = TestProxy::to(name, m.addr(), extra).await;
+        for _ in 0..2 {
+            assert_eq!(call16(&p, "free-a").await.0.status(), 200);
+        }
+        assert_eq!(call16(&p, "free-b").await.0.status(), 200);
+        let v = session_view(&p, "free-a").await;
+        assert_eq!(v["tokens"]["input"], 16, "{name}: {v}");
+        assert_eq!(v["tokens"]["output"], 16);
+        assert_eq!(v["tokens"]["total"], 32);
+        assert_eq!(v["steps"], 2);
+        let c = v["cost_usd"].as_f64().unwrap();
+        assert!((c - cost).abs() < 1e-12, "{name}: cost {c}");
+        assert_eq!(v["limits"].as_array().unwrap().len(), 0);
+        let (r, body) = get(&format!("http://{}/v1/sessions?top=5", p.admin)).await;
+        assert_eq!(r.status(), 200);
+        let top: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let ids: Vec<&str> = top["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["session"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["free-a", "free-b"], "{name}: {top}");
+    }
 }

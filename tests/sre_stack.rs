@@ -244,7 +244,7 @@ async fn traffic(p: &TestProxy) {
         let mut body = http_body_util::BodyStream::new(resp.into_body());
         let _ = body.next().await;
     }
-    // A session spending past its 400-token budget: refused with 429.
+    // A session spending past its 400-token lifetime budget: refused with 402.
     let mut refused = false;
     for _ in 0..10 {
         let (r, _) = post(
@@ -257,7 +257,7 @@ async fn traffic(p: &TestProxy) {
             CHAT,
         )
         .await;
-        refused |= r.status() == 429;
+        refused |= r.status() == 402;
     }
     assert!(refused, "the session budget refused a call");
 }

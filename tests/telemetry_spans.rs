@@ -588,7 +588,7 @@ async fn budget_decisions_reach_the_span() {
         chat,
     )
     .await;
-    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.status(), 402);
     let r = rx
         .wait_for("for the refused call", |r| {
             has(r, "session.id", s("budget-1"))
@@ -600,7 +600,7 @@ async fn budget_decisions_reach_the_span() {
         Some(&s("rejected")),
         "{a:#?}"
     );
-    assert_eq!(a.get("http.response.status_code"), Some(&V::I(429)));
+    assert_eq!(a.get("http.response.status_code"), Some(&V::I(402)));
     assert_eq!(
         r.span.status.as_ref().unwrap().code,
         OtelStatus::Error as i32

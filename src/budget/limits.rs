@@ -101,11 +101,51 @@ impl Limit {
         }
     }
 
-    /// The amount in the limit's own unit (tokens, or USD).
-    pub fn display(&self, v: u64) -> f64 {
+    /// The amount in the limit's own unit (whole tokens, or USD).
+    pub fn display(&self, v: u64) -> Amount {
         match self.unit {
-            Unit::Tokens => v as f64,
-            Unit::Usd => v as f64 / NANO_PER_USD,
+            Unit::Tokens => Amount::Tokens(v),
+            Unit::Usd => Amount::Usd(v as f64 / NANO_PER_USD),
+        }
+    }
+}
+
+/// An amount as users read it: whole tokens (never `400.0`), or USD. Serialized as a JSON
+/// integer or number; displayed as `400` or `$0.25`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Amount {
+    /// Tokens.
+    Tokens(u64),
+    /// US dollars.
+    Usd(f64),
+}
+
+// === impl Amount ===
+
+impl Amount {
+    /// ` tokens` after a token amount (a USD amount carries its `$`).
+    pub fn unit_suffix(&self) -> &'static str {
+        match self {
+            Amount::Tokens(_) => " tokens",
+            Amount::Usd(_) => "",
+        }
+    }
+}
+
+impl std::fmt::Display for Amount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Amount::Tokens(n) => write!(f, "{n}"),
+            Amount::Usd(v) => write!(f, "${v}"),
+        }
+    }
+}
+
+impl serde::Serialize for Amount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Amount::Tokens(n) => s.serialize_u64(*n),
+            Amount::Usd(v) => s.serialize_f64(*v),
         }
     }
 }
@@ -152,6 +192,18 @@ mod tests {
         assert_eq!(&*l[1].counter, "usd:3600");
         assert_eq!(l[1].amount, 1_500_000_000);
         assert_eq!(Limit::from_config(&cfg("lifetime"))[0].window, None);
+    }
+
+    #[test]
+    fn token_amounts_are_integers_in_text_and_json() {
+        let l = Limit::from_config(&cfg("1h"));
+        assert_eq!(l[0].display(400).to_string(), "400");
+        assert_eq!(serde_json::to_string(&l[0].display(400)).unwrap(), "400");
+        assert_eq!(l[1].display(250_000_000).to_string(), "$0.25");
+        assert_eq!(
+            serde_json::to_string(&l[1].display(250_000_000)).unwrap(),
+            "0.25"
+        );
     }
 
     #[test]

@@ -24,14 +24,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use metrics::{counter, gauge};
 
-use crate::config::{Config, LimitAction, LimitScope, OnStoreUnreachable, StoreKind};
+use crate::config::{
+    Config, LifetimeRefusal, LimitAction, LimitScope, OnStoreUnreachable, StoreKind,
+};
 use crate::providers::{Format, ModelUsage, Usage};
+use crate::proxy::error::BudgetRefusal;
 use crate::proxy::ProxyError;
 use crate::telemetry::metrics as m;
 
 use limits::{group_key, Limit, Unit};
 use price::Prices;
-use store::{Charge, Grant, Reserved, Store, StoreError, Totals, Want};
+pub use store::Totals;
+use store::{Charge, Grant, Reserved, Store, StoreError, Want};
 use webhook::{Alert, Webhook};
 
 /// Alerts remembered for de-duplication before the memory is cleared.
@@ -44,6 +48,8 @@ pub struct Budgets {
     prices: Prices,
     fail_closed: bool,
     default_max_output: u64,
+    /// Status of a lifetime limit's refusal.
+    lifetime_status: http::StatusCode,
     snapshot_interval: Duration,
     webhook: Option<Webhook>,
     store_up: AtomicBool,
@@ -196,6 +202,10 @@ impl Budgets {
             prices: Prices::new(&config.pricing),
             fail_closed: b.on_store_unreachable == OnStoreUnreachable::FailClosed,
             default_max_output: b.default_max_output_tokens,
+            lifetime_status: match b.lifetime_refusal {
+                LifetimeRefusal::PaymentRequired => http::StatusCode::PAYMENT_REQUIRED,
+                LifetimeRefusal::RateLimited => http::StatusCode::TOO_MANY_REQUESTS,
+            },
             snapshot_interval: b.store.snapshot_interval,
             webhook,
             store_up: AtomicBool::new(true),
@@ -313,16 +323,21 @@ impl Budgets {
                     self.mark_store(true);
                     let l = &self.limits[idx[index]];
                     self.refused(&key, &adm.facts, l, used, now);
+                    // A refusal comes from the real estimate (an optimistic want is never
+                    // refused), so `min` is what this call needs.
+                    let need = wants.get(index).map_or(0, |w| w.min);
                     // Dropping `adm` releases what earlier scopes reserved.
-                    return Err(ProxyError::BudgetExceeded {
+                    return Err(ProxyError::BudgetExceeded(Box::new(BudgetRefusal {
                         scope: l.scope_str(),
                         unit: l.unit_str(),
                         code: code(l),
-                        window: l.window_name.to_string(),
+                        window: l.window_name.clone(),
                         limit: l.display(l.amount),
-                        used: l.display(used),
+                        remaining: l.display(l.amount.saturating_sub(used)),
+                        need: l.display(need),
                         retry_after: l.retry_after(now),
-                    });
+                        lifetime_status: self.lifetime_status,
+                    })));
                 }
                 Err(e) => {
                     self.store_failed("reserve", &e);
@@ -638,8 +653,8 @@ impl Admission {
     /// Replace the reservations with what the call spent and record its cost. Usage is the
     /// provider's, or the accounting estimate for a successful response that stated none; a
     /// request that got no response at all is charged its estimated input; an error response
-    /// or an unsent request costs nothing.
-    pub fn settle(mut self, spent: Spent) {
+    /// or an unsent request costs nothing. Returns what was charged.
+    pub fn settle(mut self, spent: Spent) -> Totals {
         self.settled = true;
         let b = self.budgets.clone();
         let u = &spent.usage;
@@ -673,15 +688,13 @@ impl Admission {
                     .increment(part as f64 / limits::NANO_PER_USD);
             }
         }
-        self.release(
-            input.saturating_add(output),
+        let totals = Totals {
+            input,
+            output,
             cost,
-            Totals {
-                input,
-                output,
-                cost,
-            },
-        );
+        };
+        self.release(input.saturating_add(output), cost, totals);
+        totals
     }
 
     fn release(&mut self, tokens: u64, cost: u64, totals: Totals) {

@@ -35,10 +35,10 @@ pub struct Alert {
     pub unit: &'static str,
     /// `lifetime` or the window (`1h`).
     pub window: String,
-    /// The limit, in tokens or USD.
-    pub limit: f64,
-    /// Used (spent plus reserved), in tokens or USD.
-    pub used: f64,
+    /// The limit, in tokens (an integer) or USD.
+    pub limit: super::limits::Amount,
+    /// Used (spent plus reserved), in tokens (an integer) or USD.
+    pub used: super::limits::Amount,
     /// warned | rejected | cut | observed.
     pub decision: &'static str,
     /// RFC 3339 UTC.

@@ -283,6 +283,21 @@ pub struct BudgetsConfig {
     /// Output tokens reserved for a call that sets no `max_tokens` (and its cut threshold).
     #[serde(default = "default_max_output_tokens")]
     pub default_max_output_tokens: u64,
+    /// The status a lifetime limit refuses with.
+    #[serde(default)]
+    pub lifetime_refusal: LifetimeRefusal,
+}
+
+/// How a lifetime limit refuses a call (windowed limits always answer 429 with `Retry-After`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifetimeRefusal {
+    /// 402 (Anthropic `billing_error`): no mainstream client retries it.
+    #[default]
+    PaymentRequired,
+    /// 429 with `x-should-retry: false`, as CONTRACT.md first said: the official SDKs do not
+    /// retry it, the Vercel AI SDK, google-genai and litellm do.
+    RateLimited,
 }
 
 /// Budget store.
@@ -659,6 +674,7 @@ impl Default for BudgetsConfig {
             on_store_unreachable: OnStoreUnreachable::default(),
             limits: Vec::new(),
             default_max_output_tokens: default_max_output_tokens(),
+            lifetime_refusal: LifetimeRefusal::default(),
         }
     }
 }

@@ -30,24 +30,36 @@ pub struct LoopTracker {
 // === impl LoopTracker ===
 
 impl LoopTracker {
-    /// Record `hash` for `session` at `now`; returns how many identical requests (this one
-    /// included) the session made within `window`. `longest` is the longest window any agent
-    /// uses: sessions idle for longer are dropped by the periodic sweep.
-    pub fn observe(
+    /// How many identical requests `session` would have made within `window` if this one
+    /// (`hash`, at `now`) is admitted — itself included. Nothing is recorded: a refused call
+    /// (and a client's retries of it) must not feed the history; [`LoopTracker::record`] does.
+    pub fn peek(&self, session: &str, hash: u64, now: Instant, window: Duration) -> u32 {
+        let earlier = self.sessions.get(session).map_or(0, |seen| {
+            seen.iter()
+                .filter(|(h, at)| *h == hash && now.saturating_duration_since(*at) <= window)
+                .count()
+        });
+        earlier as u32 + 1
+    }
+
+    /// Record `hash` for `session` at `now` (an admitted call). `window` is the agent's loop
+    /// window; `longest` is the longest window any agent uses: sessions idle for longer are
+    /// dropped by the periodic sweep.
+    pub fn record(
         &self,
         session: &Arc<str>,
         hash: u64,
         now: Instant,
         window: Duration,
         longest: Duration,
-    ) -> u32 {
+    ) {
         if self.calls.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.sweep(now, longest.max(window));
         }
         let mut seen = self.sessions.entry(session.clone()).or_default();
         while seen
             .front()
-            .is_some_and(|(_, at)| now.duration_since(*at) > window)
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) > window)
         {
             seen.pop_front();
         }
@@ -55,7 +67,6 @@ impl LoopTracker {
             seen.pop_front();
         }
         seen.push_back((hash, now));
-        seen.iter().filter(|(h, _)| *h == hash).count() as u32
     }
 
     /// Sessions tracked.
@@ -135,6 +146,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Peek, then record: what an admitted call does.
+    fn observe(t: &LoopTracker, s: &Arc<str>, hash: u64, now: Instant, w: Duration) -> u32 {
+        let n = t.peek(s, hash, now, w);
+        t.record(s, hash, now, w, w);
+        n
+    }
+
     #[test]
     fn hash_ignores_key_order_and_sampling_but_not_content() {
         let a = json!({"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.1});
@@ -151,13 +169,28 @@ mod tests {
         let s2: Arc<str> = Arc::from("s2");
         let w = Duration::from_secs(60);
         let t0 = Instant::now();
-        assert_eq!(t.observe(&s1, 7, t0, w, w), 1);
-        assert_eq!(t.observe(&s1, 7, t0 + Duration::from_secs(1), w, w), 2);
-        assert_eq!(t.observe(&s2, 7, t0, w, w), 1, "sessions are separate");
-        assert_eq!(t.observe(&s1, 8, t0, w, w), 1);
+        assert_eq!(observe(&t, &s1, 7, t0, w), 1);
+        assert_eq!(observe(&t, &s1, 7, t0 + Duration::from_secs(1), w), 2);
+        assert_eq!(observe(&t, &s2, 7, t0, w), 1, "sessions are separate");
+        assert_eq!(observe(&t, &s1, 8, t0, w), 1);
         // The first two fall out of the window.
-        assert_eq!(t.observe(&s1, 7, t0 + Duration::from_secs(62), w, w), 1);
+        assert_eq!(observe(&t, &s1, 7, t0 + Duration::from_secs(62), w), 1);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn peeking_records_nothing() {
+        let t = LoopTracker::default();
+        let s: Arc<str> = Arc::from("s");
+        let w = Duration::from_secs(60);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(t.peek(&s, 7, t0, w), 1);
+        }
+        assert!(t.is_empty());
+        t.record(&s, 7, t0, w, w);
+        assert_eq!(t.peek(&s, 7, t0, w), 2);
+        assert_eq!(t.peek(&s, 7, t0 + Duration::from_secs(61), w), 1);
     }
 
     #[test]
@@ -166,7 +199,7 @@ mod tests {
         let s: Arc<str> = Arc::from("s");
         let now = Instant::now();
         for i in 0..1000 {
-            t.observe(&s, i, now, Duration::from_secs(60), Duration::from_secs(60));
+            observe(&t, &s, i, now, Duration::from_secs(60));
         }
         assert_eq!(t.sessions.get(&s).unwrap().len(), MAX_PER_SESSION);
         t.sweep(now + Duration::from_secs(120), Duration::from_secs(60));

@@ -6,6 +6,11 @@
 //! detection, tool results the agent reports (metrics only), the context-window guard. A refusal
 //! is a [`ProxyError`] answered before anything reaches the upstream.
 //!
+//! Checking has no side effects: what an admitted request changes — its session step, the loop
+//! history, tool-result and violation counts — is kept in a [`Pending`] and applied by
+//! [`Policies::commit`] once budgets admitted the call too. A refused call, and every retry of it
+//! a client makes, leaves the session as it was.
+//!
 //! Response side ([`ResponseCheck::review`]): every tool call the model emitted against the
 //! lists, the request's declared tools and their JSON Schemas, and `require_approval`.
 //!
@@ -114,12 +119,29 @@ pub struct Asker<'a> {
 
 /// A request the policies let through.
 pub struct Admission {
-    /// Policies the request broke without being refused (for the span).
-    pub violations: Vec<&'static str>,
     /// The body to forward instead, when a policy rewrote it (stripped tools, clamped cap).
     pub rewritten: Option<Bytes>,
     /// The check to run on the response's tool calls.
     pub check: ResponseCheck,
+    /// What the request changes once it is admitted (see [`Policies::commit`]).
+    pub pending: Pending,
+}
+
+/// The side effects of a request the policies let through, applied only when the call is
+/// admitted by every check ([`Policies::commit`]); dropped unapplied when budgets refuse it.
+#[derive(Debug)]
+pub struct Pending {
+    agent: Arc<str>,
+    now: Instant,
+    /// Policies the request broke without being refused: counted at commit.
+    violations: Vec<&'static str>,
+    max_steps: Option<u64>,
+    /// Request hash and the agent's loop window.
+    loop_hash: Option<(u64, Duration)>,
+    longest_loop_window: Duration,
+    tool_results: Vec<ToolResult>,
+    /// Model label and estimated input / context window.
+    context: Option<(Arc<str>, f64)>,
 }
 
 /// A request the policies refuse.
@@ -150,16 +172,40 @@ fn count(agent: &Arc<str>, policy: &'static str) {
     counter!(m::POLICY_VIOLATIONS_TOTAL, "agent" => agent.clone(), "policy" => policy).increment(1);
 }
 
+/// A refusal by `policy`: the violations noted so far and the refusing one are counted now (a
+/// refused request has no commit).
 fn refuse(
     violations: &mut Vec<&'static str>,
     agent: &Arc<str>,
     policy: &'static str,
     message: String,
 ) -> Refusal {
-    note(violations, agent, policy);
+    refused(
+        violations,
+        agent,
+        ProxyError::Policy { policy, message },
+        policy,
+    )
+}
+
+fn refused(
+    violations: &mut Vec<&'static str>,
+    agent: &Arc<str>,
+    error: ProxyError,
+    policy: &'static str,
+) -> Refusal {
+    flag(violations, policy);
+    violations.iter().for_each(|v| count(agent, v));
     Refusal {
         violations: std::mem::take(violations),
-        error: Box::new(ProxyError::Policy { policy, message }),
+        error: Box::new(error),
+    }
+}
+
+/// Note a violation on the request side, counted when the call is committed or refused.
+fn flag(violations: &mut Vec<&'static str>, policy: &'static str) {
+    if !violations.contains(&policy) {
+        violations.push(policy);
     }
 }
 
@@ -321,13 +367,15 @@ impl Policies {
     }
 
     /// Run the request-side policies for `call`: record violations on it, rewrite `body` when a
-    /// policy changed it, and return the response check — or the refusal to answer with.
+    /// policy changed it, and return the response check and the side effects to commit once the
+    /// call is admitted — or the refusal to answer with. `call.step()` is the step the call would
+    /// take ([`crate::session::Sessions::next_step`]).
     pub fn admit(
         &self,
         call: &mut Call,
         facts: &mut RequestFacts,
         body: &mut Bytes,
-    ) -> Result<ResponseCheck, ProxyError> {
+    ) -> Result<(ResponseCheck, Pending), ProxyError> {
         let labels = call.labels();
         let (agent, operation) = (labels.agent.clone(), labels.operation);
         let asker = Asker {
@@ -339,13 +387,14 @@ impl Policies {
         };
         match self.evaluate(&asker, facts, body) {
             Ok(a) => {
-                a.violations
+                a.pending
+                    .violations
                     .iter()
                     .for_each(|v| call.add_policy_violation(v));
                 if let Some(b) = a.rewritten {
                     *body = b;
                 }
-                Ok(a.check)
+                Ok((a.check, a.pending))
             }
             Err(r) => {
                 r.violations
@@ -371,18 +420,28 @@ impl Policies {
             rules: rules.clone(),
             agent: agent.clone(),
         };
+        let mut pending = Pending {
+            agent: agent.clone(),
+            now: asker.now,
+            violations: Vec::new(),
+            max_steps: rules.max_steps,
+            loop_hash: None,
+            longest_loop_window: set.longest_loop_window,
+            tool_results: Vec::new(),
+            context: None,
+        };
 
         if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
             if step > max {
-                let msg = format!("this session has used its {max} steps (agent '{agent}')");
+                let msg = steps_message(max, agent);
                 return Err(refuse(&mut violations, agent, MAX_STEPS, msg));
             }
         }
         if asker.operation == "embeddings" {
             return Ok(Admission {
-                violations,
                 rewritten: None,
                 check,
+                pending,
             });
         }
 
@@ -401,7 +460,7 @@ impl Policies {
                         return Err(refuse(&mut violations, agent, DENIED_TOOL, msg));
                     }
                     DeclaredToolAction::Strip => {
-                        note(&mut violations, agent, DENIED_TOOL);
+                        flag(&mut violations, DENIED_TOOL);
                         if let Some(d) = doc.as_mut() {
                             strip_declared(d, |n| rules.tools.permits(n));
                             dirty = true;
@@ -414,11 +473,8 @@ impl Policies {
 
         if let Some(d) = doc.as_ref() {
             if let Some(id) = rules.forbidden.find(d) {
-                note(&mut violations, agent, FORBIDDEN_INPUT);
-                return Err(Refusal {
-                    violations,
-                    error: Box::new(ProxyError::ForbiddenInput { id: id.to_string() }),
-                });
+                let e = ProxyError::ForbiddenInput { id: id.to_string() };
+                return Err(refused(&mut violations, agent, e, FORBIDDEN_INPUT));
             }
         }
 
@@ -434,7 +490,7 @@ impl Policies {
             if let Some(d) = doc.as_mut() {
                 if clamp(d, facts.format, facts.max_tokens, cap.limit) != Capped::Within {
                     if over.is_some() {
-                        note(&mut violations, agent, MAX_TOKENS);
+                        flag(&mut violations, MAX_TOKENS);
                     }
                     facts.max_tokens = Some(cap.limit);
                     dirty = true;
@@ -445,9 +501,9 @@ impl Policies {
         let ld = rules.loop_detection;
         if let (true, Some(session), Some(d)) = (ld.enabled, asker.session, doc.as_ref()) {
             let hash = request_hash(d);
-            let n =
-                self.loops
-                    .observe(session, hash, asker.now, ld.window, set.longest_loop_window);
+            // Recorded at commit: a refused call must not count as a repeat.
+            let n = self.loops.peek(session, hash, asker.now, ld.window);
+            pending.loop_hash = Some((hash, ld.window));
             if n >= ld.threshold {
                 if ld.action == Enforcement::Block {
                     let msg = format!(
@@ -456,36 +512,32 @@ impl Policies {
                     );
                     return Err(refuse(&mut violations, agent, LOOP, msg));
                 }
-                note(&mut violations, agent, LOOP);
+                flag(&mut violations, LOOP);
             }
         }
 
         if let Some(d) = doc.as_ref() {
-            for r in reported(d, facts.format, &rules.tool_error_markers) {
-                counter!(m::TOOL_RESULTS_TOTAL,
-                    "agent" => agent.clone(),
-                    "tool" => self.labels.tools.get(&r.tool),
-                    "outcome" => if r.failed { "error" } else { "ok" },
-                )
-                .increment(1);
-            }
+            pending.tool_results = reported(d, facts.format, &rules.tool_error_markers);
         }
 
         if let Some(model) = facts.model.as_deref() {
             if let Some(window) = set.catalog.window(model) {
                 let output = facts.max_tokens.unwrap_or(0);
                 let input = context_estimate(facts.format, body, output, window);
-                histogram!(m::CONTEXT_UTILIZATION_RATIO, "model" => self.labels.models.get(model))
-                    .record(input as f64 / window as f64);
+                let sample = (self.labels.models.get(model), input as f64 / window as f64);
                 if input.saturating_add(output) > window {
                     if rules.context_window_action == Enforcement::Block {
+                        // The measurement is what this refusal is about: recorded with it.
+                        histogram!(m::CONTEXT_UTILIZATION_RATIO, "model" => sample.0)
+                            .record(sample.1);
                         let msg = format!(
                             "about {input} input tokens plus {output} output tokens do not fit the {window}-token context window of '{model}'"
                         );
                         return Err(refuse(&mut violations, agent, CONTEXT_WINDOW, msg));
                     }
-                    note(&mut violations, agent, CONTEXT_WINDOW);
+                    flag(&mut violations, CONTEXT_WINDOW);
                 }
+                pending.context = Some(sample);
             }
         }
 
@@ -493,11 +545,57 @@ impl Policies {
             (true, Some(d)) => serde_json::to_vec(&d).ok().map(Bytes::from),
             _ => None,
         };
+        pending.violations = violations;
         Ok(Admission {
-            violations,
             rewritten,
             check,
+            pending,
         })
+    }
+
+    /// Apply what an admitted call changes: its loop history entry, tool-result and violation
+    /// counts, the context-utilization sample. Called once, after every check let it through.
+    pub fn commit(&self, p: Pending, session: Option<&Arc<str>>) {
+        p.violations.iter().for_each(|v| count(&p.agent, v));
+        if let (Some((hash, window)), Some(s)) = (p.loop_hash, session) {
+            self.loops
+                .record(s, hash, p.now, window, p.longest_loop_window);
+        }
+        for r in &p.tool_results {
+            counter!(m::TOOL_RESULTS_TOTAL,
+                "agent" => p.agent.clone(),
+                "tool" => self.labels.tools.get(&r.tool),
+                "outcome" => if r.failed { "error" } else { "ok" },
+            )
+            .increment(1);
+        }
+        if let Some((model, ratio)) = p.context {
+            histogram!(m::CONTEXT_UTILIZATION_RATIO, "model" => model).record(ratio);
+        }
+    }
+
+    /// The refusal of a call that passed the policies but lost its step to a concurrent call of
+    /// the same session at `max_steps` (counted like any `max_steps` refusal).
+    pub fn steps_used(&self, p: &Pending) -> ProxyError {
+        let max = p.max_steps.unwrap_or(0);
+        count(&p.agent, MAX_STEPS);
+        ProxyError::Policy {
+            policy: MAX_STEPS,
+            message: steps_message(max, &p.agent),
+        }
+    }
+}
+
+fn steps_message(max: u64, agent: &str) -> String {
+    format!("this session has used its {max} steps (agent '{agent}')")
+}
+
+// === impl Pending ===
+
+impl Pending {
+    /// The agent's `max_steps`, for taking the session step at commit.
+    pub fn max_steps(&self) -> Option<u64> {
+        self.max_steps
     }
 }
 

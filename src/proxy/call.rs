@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::body::{BodyEnd, Observer};
 use crate::budget::cut::CutSignal;
 use crate::budget::{Admission, Spent};
+use crate::session::Sessions;
 use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
@@ -51,6 +52,7 @@ pub struct Call {
     budget: Option<Admission>,
     budget_decision: Option<&'static str>,
     cut: Option<Arc<CutSignal>>,
+    ledger: Option<Arc<Sessions>>,
     finished: bool,
 }
 
@@ -103,6 +105,7 @@ impl Call {
             budget: None,
             budget_decision: None,
             cut: None,
+            ledger: None,
             finished: false,
         }
     }
@@ -111,6 +114,12 @@ impl Call {
     pub fn set_session(&mut self, session: Arc<str>, step: Option<u64>) {
         self.session = Some(session);
         self.step = step;
+    }
+
+    /// Add what this call came to to its session's totals when it finishes (an admitted call
+    /// that took a step).
+    pub fn set_ledger(&mut self, sessions: Arc<Sessions>) {
+        self.ledger = Some(sessions);
     }
 
     /// Session id, when the request named one.
@@ -271,6 +280,7 @@ impl Call {
         let duration = now.duration_since(self.started);
         histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.base.route.clone(), "status" => status)
             .record(duration.as_secs_f64());
+        let mut charged = None;
         let finished = self.llm.take().map(|llm| {
             let ending = Ending {
                 end,
@@ -288,7 +298,7 @@ impl Call {
                     b.budgets().cut(b.session(), b.agent());
                     self.budget_decision = Some("cut");
                 }
-                b.settle(Spent {
+                charged = Some(b.settle(Spent {
                     usage: f.record.usage,
                     model: f.record.model.clone(),
                     model_label: Some(f.response_model.clone()),
@@ -298,10 +308,19 @@ impl Call {
                     sent: self.upstream_sent.is_some()
                         && self.upstream_headers.is_none()
                         && self.upstream_error != Some("connect"),
-                });
+                }));
             }
             f
         });
+        if let (Some(ledger), Some(session), Some(f)) = (&self.ledger, &self.session, &finished) {
+            // What the budget settled (cost included) when budgets are on, else the record.
+            let spend = charged.unwrap_or(crate::budget::Totals {
+                input: f.record.usage.input.unwrap_or(0),
+                output: f.record.usage.output.unwrap_or(0),
+                cost: 0,
+            });
+            ledger.charge(session, spend);
+        }
         for policy in finished.iter().flat_map(|f| f.policy_violations.iter()) {
             self.add_policy_violation(policy);
         }

@@ -12,6 +12,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use super::protocol::ErrorShape;
+use crate::budget::limits::Amount;
 
 /// Header on every response the proxy generates itself, carrying the error code.
 pub const PROXY_ERROR_HEADER: &str = "x-tokenwarden-error";
@@ -54,25 +55,8 @@ pub enum ProxyError {
         route: String,
     },
     /// A budget limit refused the call (it never went upstream).
-    #[error(
-        "tokenwarden: {scope} {unit} budget exceeded: {used} of {limit} used (window: {window})"
-    )]
-    BudgetExceeded {
-        /// session | agent | global.
-        scope: &'static str,
-        /// token | usd.
-        unit: &'static str,
-        /// `{scope}_{unit}_budget_exceeded`.
-        code: &'static str,
-        /// `lifetime` or the window as configured.
-        window: String,
-        /// The limit (tokens or USD).
-        limit: f64,
-        /// Spent plus reserved (tokens or USD).
-        used: f64,
-        /// Seconds until the window resets; `None` for lifetime limits (retrying is futile).
-        retry_after: Option<u64>,
-    },
+    #[error("{0}")]
+    BudgetExceeded(Box<BudgetRefusal>),
     /// The budget store is unreachable and `on_store_unreachable` is `fail_closed`.
     #[error("tokenwarden: the budget store is unreachable")]
     BudgetStoreUnavailable,
@@ -100,6 +84,35 @@ pub enum ProxyError {
     },
 }
 
+/// A budget refusal: what does not fit is this call's need (its estimated input) in what the
+/// limit has left. Boxed in [`ProxyError`]: refusals are rare, the `Ok` paths stay small.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "tokenwarden: {scope} {unit} budget exceeded: this call needs ~{need}{} but only {remaining} of {limit}{} remain (window: {window})",
+    need.unit_suffix(),
+    limit.unit_suffix()
+)]
+pub struct BudgetRefusal {
+    /// session | agent | global.
+    pub scope: &'static str,
+    /// token | usd.
+    pub unit: &'static str,
+    /// `{scope}_{unit}_budget_exceeded`.
+    pub code: &'static str,
+    /// `lifetime` or the window as configured.
+    pub window: std::sync::Arc<str>,
+    /// The limit.
+    pub limit: Amount,
+    /// What the limit has left (not spent, not reserved by calls in flight).
+    pub remaining: Amount,
+    /// What this call needs to be admitted: its estimated input (priced, for USD).
+    pub need: Amount,
+    /// Seconds until the window resets; `None` for lifetime limits (retrying is futile).
+    pub retry_after: Option<u64>,
+    /// Status of a lifetime refusal (`budgets.lifetime_refusal`); windowed ones are 429.
+    pub lifetime_status: StatusCode,
+}
+
 /// The upstream-error metric label for an error, when it is one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -124,7 +137,8 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. }
             | ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::BudgetExceeded(b) if b.retry_after.is_none() => b.lifetime_status,
+            ProxyError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BudgetStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Policy { .. } => StatusCode::FORBIDDEN,
             ProxyError::ForbiddenInput { .. } => StatusCode::BAD_REQUEST,
@@ -140,7 +154,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
-            ProxyError::BudgetExceeded { code, .. } => code,
+            ProxyError::BudgetExceeded(b) => b.code,
             ProxyError::BudgetStoreUnavailable => "budget_store_unavailable",
             ProxyError::ResponseTooLarge { .. } => "response_too_large",
             ProxyError::Policy { policy, .. } => policy,
@@ -198,12 +212,13 @@ impl ProxyError {
             // The rest of the body is unread: the connection cannot be reused safely.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let ProxyError::BudgetExceeded { retry_after, .. } = self {
-            match retry_after {
+        if let ProxyError::BudgetExceeded(b) = self {
+            match b.retry_after {
                 Some(s) => {
-                    h.insert(header::RETRY_AFTER, HeaderValue::from(*s));
+                    h.insert(header::RETRY_AFTER, HeaderValue::from(s));
                 }
-                // Official SDKs honour this and do not retry a refusal that cannot pass.
+                // Official SDKs honour this and do not retry a refusal that cannot pass (the
+                // 402 default is not retried by any client measured; see the README).
                 None => {
                     h.insert("x-should-retry", HeaderValue::from_static("false"));
                 }
@@ -218,13 +233,14 @@ impl ProxyError {
             ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody => {
                 "invalid_request_error"
             }
-            ProxyError::BudgetExceeded { .. } => "budget_exceeded",
+            ProxyError::BudgetExceeded(_) => "budget_exceeded",
             ProxyError::BudgetStoreUnavailable => "budget_store_unavailable",
             _ => "upstream_error",
         }
     }
 
     fn anthropic_type(&self) -> &'static str {
+        let status = self.status();
         match self {
             // `type` names the policy; SDKs pick their exception from the status.
             ProxyError::Policy { .. } | ProxyError::ForbiddenInput { .. } => self.code(),
@@ -232,7 +248,11 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BadRequestBody => "invalid_request_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
-            ProxyError::BudgetExceeded { .. } => "rate_limit_error",
+            // Anthropic documents 402 as `billing_error`.
+            ProxyError::BudgetExceeded(_) if status == StatusCode::PAYMENT_REQUIRED => {
+                "billing_error"
+            }
+            ProxyError::BudgetExceeded(_) => "rate_limit_error",
             _ => "api_error",
         }
     }
@@ -245,7 +265,7 @@ impl ProxyError {
             | ProxyError::ForbiddenInput { .. } => "INVALID_ARGUMENT",
             ProxyError::Policy { .. } => "PERMISSION_DENIED",
             ProxyError::UpstreamTimeout { .. } => "DEADLINE_EXCEEDED",
-            ProxyError::BudgetExceeded { .. } => "RESOURCE_EXHAUSTED",
+            ProxyError::BudgetExceeded(_) => "RESOURCE_EXHAUSTED",
             _ => "UNAVAILABLE",
         }
     }
@@ -302,29 +322,78 @@ mod tests {
         assert_eq!(v["error"]["type"], "timeout_error");
     }
 
-    #[tokio::test]
-    async fn budget_refusals_are_429_with_retry_hints() {
-        let e = |retry_after| ProxyError::BudgetExceeded {
+    fn budget(retry_after: Option<u64>, lifetime_status: StatusCode) -> ProxyError {
+        ProxyError::BudgetExceeded(Box::new(BudgetRefusal {
             scope: "session",
             unit: "token",
             code: "session_token_budget_exceeded",
-            window: "lifetime".into(),
-            limit: 50.0,
-            used: 48.0,
+            window: std::sync::Arc::from("lifetime"),
+            limit: Amount::Tokens(250),
+            remaining: Amount::Tokens(72),
+            need: Amount::Tokens(120),
             retry_after,
-        };
-        let r = e(None).to_response(ErrorShape::OpenAi);
-        assert_eq!(r.status(), 429);
+            lifetime_status,
+        }))
+    }
+
+    #[tokio::test]
+    async fn lifetime_refusals_are_402_by_default_and_429_by_switch_windowed_ones_429() {
+        let r = budget(None, StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::Anthropic);
+        assert_eq!(r.status(), 402);
         assert_eq!(r.headers()["x-should-retry"], "false");
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
         let v = body_json(r).await;
+        assert_eq!(v["error"]["type"], "billing_error");
+        let r = budget(None, StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::OpenAi);
+        let v = body_json(r).await;
         assert_eq!(v["error"]["type"], "budget_exceeded");
         assert_eq!(v["error"]["code"], "session_token_budget_exceeded");
-        let r = e(Some(17)).to_response(ErrorShape::Anthropic);
+        let r = budget(None, StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::Gemini);
+        let v = body_json(r).await;
+        assert_eq!(
+            (v["error"]["code"].as_u64(), v["error"]["status"].as_str()),
+            (Some(402), Some("RESOURCE_EXHAUSTED"))
+        );
+
+        let r = budget(None, StatusCode::TOO_MANY_REQUESTS).to_response(ErrorShape::Anthropic);
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["x-should-retry"], "false");
+        assert_eq!(body_json(r).await["error"]["type"], "rate_limit_error");
+
+        let r = budget(Some(17), StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::Anthropic);
+        assert_eq!(
+            r.status(),
+            429,
+            "a windowed refusal may be retried after the window"
+        );
         assert_eq!(r.headers()[header::RETRY_AFTER], "17");
         assert!(r.headers().get("x-should-retry").is_none());
         let v = body_json(r).await;
         assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn refusal_text_says_what_this_call_needs_and_what_is_left() {
+        let e = budget(None, StatusCode::PAYMENT_REQUIRED).to_string();
+        assert_eq!(
+            e,
+            "tokenwarden: session token budget exceeded: this call needs ~120 tokens but only 72 of 250 tokens remain (window: lifetime)"
+        );
+        let usd = ProxyError::BudgetExceeded(Box::new(BudgetRefusal {
+            scope: "agent",
+            unit: "usd",
+            code: "agent_usd_budget_exceeded",
+            window: std::sync::Arc::from("1d"),
+            limit: Amount::Usd(10.0),
+            remaining: Amount::Usd(0.0012),
+            need: Amount::Usd(0.0031),
+            retry_after: Some(5),
+            lifetime_status: StatusCode::PAYMENT_REQUIRED,
+        }));
+        assert_eq!(
+            usd.to_string(),
+            "tokenwarden: agent usd budget exceeded: this call needs ~$0.0031 but only $0.0012 of $10 remain (window: 1d)"
+        );
     }
 
     #[tokio::test]

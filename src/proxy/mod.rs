@@ -196,18 +196,22 @@ impl Proxy {
         let user = facts.as_ref().and_then(|f| f.user.as_deref());
         if let Some(session) = self.session_source.identify(&parts.headers, user) {
             // Steps count LLM calls only; other paths (model lists, files) are not agent steps.
-            let step = facts
-                .is_some()
-                .then(|| self.sessions.step(&session, started));
+            // The policies see the step the call would take; it is taken once the call is
+            // admitted (below), so refused calls and their retries do not advance the session.
+            let step = facts.is_some().then(|| self.sessions.next_step(&session));
             call.set_session(session, step);
         }
         let mut budget_facts = None;
         let mut check = None;
+        let mut pending = None;
         let mut refusal = None;
         if let Some(f) = facts.as_mut() {
             // Policies run before the upstream request exists: a refusal never reaches it.
             match self.policies.admit(&mut call, f, &mut body) {
-                Ok(c) => check = Some(c),
+                Ok((c, p)) => {
+                    check = Some(c);
+                    pending = Some(p);
+                }
                 Err(e) => refusal = Some(e),
             }
         }
@@ -216,7 +220,7 @@ impl Proxy {
             if let Some(facts) = facts {
                 call.set_llm(accounting::LlmCall::new(facts, self.labels.clone()));
             }
-            return local_error(call, e, shape);
+            return refuse(call, e, shape);
         }
         if let Some(facts) = facts {
             if self.budgets.is_some() {
@@ -266,9 +270,28 @@ impl Proxy {
                 Ok(adm) => call.set_budget(adm),
                 Err(e) => {
                     call.set_budget_decision("rejected");
-                    return local_error(call, e, shape);
+                    return refuse(call, e, shape);
                 }
             }
+        }
+        // Admitted: now the call takes its session step and its policy side effects apply.
+        if let Some(p) = pending {
+            if let (Some(session), Some(_)) = (call.session().cloned(), call.step()) {
+                match self.sessions.take_step(&session, started, p.max_steps()) {
+                    Some(step) => {
+                        call.set_session(session, Some(step));
+                        call.set_ledger(self.sessions.clone());
+                    }
+                    None => {
+                        // A concurrent call of the session took the last step meanwhile; the
+                        // budget reservation is given back when the call finishes unsent.
+                        let e = self.policies.steps_used(&p);
+                        call.add_policy_violation(crate::policy::MAX_STEPS);
+                        return refuse(call, e, shape);
+                    }
+                }
+            }
+            self.policies.commit(p, call.session());
         }
 
         let uri = match route.upstream_uri(path, parts.uri.query()) {
@@ -479,6 +502,14 @@ fn client_error(route: &Route, e: &hyper_util::client::legacy::Error) -> ProxyEr
     } else {
         ProxyError::UpstreamReset { route: name }
     }
+}
+
+/// Answer a refused LLM call: it takes no session step (its span shows none either).
+fn refuse(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<ProxyBody> {
+    if let Some(session) = call.session().cloned() {
+        call.set_session(session, None);
+    }
+    local_error(call, e, shape)
 }
 
 /// Answer with a proxy-generated error and finish the call.

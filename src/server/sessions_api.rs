@@ -1,5 +1,9 @@
 //! The admin API over sessions: `GET /v1/sessions/{id}`, `GET /v1/sessions?top=N`,
 //! `POST /v1/sessions/{id}/reset` (bearer token required when `admin_token` is set).
+//!
+//! Tokens and cost come from the budget store when it tracks the session (session limits
+//! configured: shared by replicas, kept across restarts), else from the live session table,
+//! which counts every session whatever the limits until it ends on idle.
 
 use std::sync::Arc;
 
@@ -10,10 +14,10 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::budget::limits::{group_key, NANO_PER_USD};
-use crate::budget::store::{window_start, Group};
+use crate::budget::store::{window_start, Group, Totals};
 use crate::budget::Budgets;
 use crate::config::LimitScope;
-use crate::session::Sessions;
+use crate::session::{SessionSnapshot, Sessions};
 
 /// Default and largest `top`.
 const TOP_DEFAULT: usize = 10;
@@ -124,14 +128,11 @@ impl SessionsApi {
             },
             None => None,
         };
-        let steps = self.sessions.get(id, Instant::now()).map(|s| s.steps);
-        if group.is_none() && steps.is_none() {
+        let live = self.sessions.get(id, Instant::now());
+        if group.is_none() && live.is_none() {
             return reply(StatusCode::NOT_FOUND, json!({"error": "unknown session"}));
         }
-        reply(
-            StatusCode::OK,
-            self.view(id, &group.unwrap_or_default(), steps),
-        )
+        reply(StatusCode::OK, self.view(id, group.as_ref(), live.as_ref()))
     }
 
     async fn top(&self, n: usize) -> Response<Full<Bytes>> {
@@ -143,9 +144,28 @@ impl SessionsApi {
             None => Vec::new(),
         };
         let now = Instant::now();
-        let sessions: Vec<Value> = list
+        let mut rows: Vec<(String, Option<Group>, Option<SessionSnapshot>)> = list
+            .into_iter()
+            .map(|(id, g)| {
+                let live = self.sessions.get(&id, now);
+                (id, Some(g), live)
+            })
+            .collect();
+        // Live sessions the store does not track (no session limit) rank by their own totals.
+        for (id, live) in self.sessions.top(n, now) {
+            if !rows.iter().any(|(r, ..)| **r == *id) {
+                rows.push((id.to_string(), None, Some(live)));
+            }
+        }
+        let tokens = |g: &Option<Group>, l: &Option<SessionSnapshot>| {
+            let t = totals(g.as_ref(), l.as_ref());
+            t.input.saturating_add(t.output)
+        };
+        rows.sort_by_key(|(_, g, l)| std::cmp::Reverse(tokens(g, l)));
+        rows.truncate(n);
+        let sessions: Vec<Value> = rows
             .iter()
-            .map(|(id, g)| self.view(id, g, self.sessions.get(id, now).map(|s| s.steps)))
+            .map(|(id, g, l)| self.view(id, g.as_ref(), l.as_ref()))
             .collect();
         reply(StatusCode::OK, json!({ "sessions": sessions }))
     }
@@ -166,7 +186,10 @@ impl SessionsApi {
     }
 
     /// The CONTRACT.md view of one session.
-    fn view(&self, id: &str, g: &Group, steps: Option<u64>) -> Value {
+    fn view(&self, id: &str, group: Option<&Group>, live: Option<&SessionSnapshot>) -> Value {
+        let t = totals(group, live);
+        let empty = Group::default();
+        let g = group.unwrap_or(&empty);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -195,14 +218,23 @@ impl SessionsApi {
         json!({
             "session": id,
             "tokens": {
-                "input": g.totals.input,
-                "output": g.totals.output,
-                "total": g.totals.input.saturating_add(g.totals.output),
+                "input": t.input,
+                "output": t.output,
+                "total": t.input.saturating_add(t.output),
             },
-            "cost_usd": g.totals.cost as f64 / NANO_PER_USD,
-            "steps": steps.unwrap_or(0),
+            "cost_usd": t.cost as f64 / NANO_PER_USD,
+            "steps": live.map_or(0, |s| s.steps),
             "limits": limits,
         })
+    }
+}
+
+/// A session's totals: the store's when it tracks the session, else the live table's.
+fn totals(group: Option<&Group>, live: Option<&SessionSnapshot>) -> Totals {
+    match (group, live) {
+        (Some(g), _) => g.totals,
+        (None, Some(l)) => l.spent,
+        (None, None) => Totals::default(),
     }
 }
 

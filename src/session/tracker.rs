@@ -3,6 +3,11 @@
 //! A session is live from its first call until `identity.session_idle_timeout` passes without
 //! one; then it ends, and its steps and duration go to `tokenwarden_session_steps` and
 //! `tokenwarden_session_duration_seconds`. A later call with the same id starts it again.
+//!
+//! A step is taken only once a call is admitted ([`Sessions::next_step`] peeks for the policies,
+//! [`Sessions::take_step`] commits), so refused calls and their retries leave no trace. Each live
+//! session also keeps its token and cost totals for the sessions API, whatever the budget limits:
+//! memory is one small entry per live session, gone at idle expiry.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +16,7 @@ use dashmap::DashMap;
 use metrics::{gauge, histogram};
 use tokio::time::Instant;
 
+use crate::budget::Totals;
 use crate::telemetry::metrics as m;
 
 /// Live sessions by id.
@@ -25,6 +31,7 @@ struct Entry {
     steps: u64,
     started: Instant,
     last_seen: Instant,
+    spent: Totals,
 }
 
 /// What is known about one live session.
@@ -36,6 +43,8 @@ pub struct SessionSnapshot {
     pub age: Duration,
     /// How long ago the last call arrived.
     pub idle: Duration,
+    /// What its calls came to so far.
+    pub spent: Totals,
 }
 
 impl Sessions {
@@ -49,29 +58,70 @@ impl Sessions {
 
     /// Count one more LLM call of session `id` and return its step number (1 for the first).
     pub fn step(&self, id: &Arc<str>, now: Instant) -> u64 {
+        self.take_step(id, now, None).unwrap_or(u64::MAX)
+    }
+
+    /// The step number the next call of session `id` would get (no change is made).
+    pub fn next_step(&self, id: &str) -> u64 {
+        self.live.get(id).map_or(1, |e| e.steps.saturating_add(1))
+    }
+
+    /// Take the next step of session `id` for an admitted call and return its number, unless it
+    /// would be past `max` (then nothing changes and `None` is returned): the check and the
+    /// increment are one step under the entry's lock, so concurrent calls cannot both pass.
+    pub fn take_step(&self, id: &Arc<str>, now: Instant, max: Option<u64>) -> Option<u64> {
         let step = {
             let mut e = self.live.entry(id.clone()).or_insert(Entry {
                 steps: 0,
                 started: now,
                 last_seen: now,
+                spent: Totals::default(),
             });
-            e.steps += 1;
+            let next = e.steps.saturating_add(1);
+            if max.is_some_and(|m| next > m) {
+                // A refused first call must not leave an empty entry behind.
+                let empty = e.steps == 0;
+                drop(e);
+                if empty {
+                    self.live.remove_if(id.as_ref(), |_, e| e.steps == 0);
+                }
+                return None;
+            }
+            e.steps = next;
             e.last_seen = now;
-            e.steps
+            next
         };
         if step == 1 {
             gauge!(m::SESSIONS_ACTIVE).set(self.live.len() as f64);
         }
-        step
+        Some(step)
+    }
+
+    /// Add what one finished call of session `id` came to. A session that already ended (a call
+    /// that outlived the idle time) is not brought back.
+    pub fn charge(&self, id: &str, spent: Totals) {
+        if let Some(mut e) = self.live.get_mut(id) {
+            e.spent.input = e.spent.input.saturating_add(spent.input);
+            e.spent.output = e.spent.output.saturating_add(spent.output);
+            e.spent.cost = e.spent.cost.saturating_add(spent.cost);
+        }
+    }
+
+    /// Up to `n` live sessions with the most tokens, most first (the admin API; a scan).
+    pub fn top(&self, n: usize, now: Instant) -> Vec<(Arc<str>, SessionSnapshot)> {
+        let mut all: Vec<(Arc<str>, SessionSnapshot)> = self
+            .live
+            .iter()
+            .map(|e| (e.key().clone(), snapshot(e.value(), now)))
+            .collect();
+        all.sort_by_key(|(_, s)| std::cmp::Reverse(s.spent.input.saturating_add(s.spent.output)));
+        all.truncate(n);
+        all
     }
 
     /// The live session `id`, if any.
     pub fn get(&self, id: &str, now: Instant) -> Option<SessionSnapshot> {
-        self.live.get(id).map(|e| SessionSnapshot {
-            steps: e.steps,
-            age: now.saturating_duration_since(e.started),
-            idle: now.saturating_duration_since(e.last_seen),
-        })
+        self.live.get(id).map(|e| snapshot(&e, now))
     }
 
     /// Forget session `id` (admin reset): its next call is step 1 again.
@@ -121,6 +171,15 @@ impl Sessions {
     }
 }
 
+fn snapshot(e: &Entry, now: Instant) -> SessionSnapshot {
+    SessionSnapshot {
+        steps: e.steps,
+        age: now.saturating_duration_since(e.started),
+        idle: now.saturating_duration_since(e.last_seen),
+        spent: e.spent,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +208,69 @@ mod tests {
         );
         assert!(s.reset("a"));
         assert_eq!(s.step(&a, later), 1);
+    }
+
+    #[test]
+    fn peeking_changes_nothing_and_a_step_past_max_is_not_taken() {
+        let s = Sessions::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let a: Arc<str> = Arc::from("a");
+        assert_eq!(s.next_step("a"), 1);
+        assert_eq!(s.take_step(&a, t0, Some(0)), None);
+        assert!(s.is_empty(), "a refused first call leaves no session");
+        assert_eq!(s.take_step(&a, t0, Some(2)), Some(1));
+        assert_eq!(s.next_step("a"), 2);
+        assert_eq!(s.next_step("a"), 2);
+        assert_eq!(s.take_step(&a, t0, Some(2)), Some(2));
+        assert_eq!(s.take_step(&a, t0, Some(2)), None);
+        assert_eq!(s.get("a", t0).unwrap().steps, 2);
+        s.charge(
+            "a",
+            Totals {
+                input: 10,
+                output: 5,
+                cost: 7,
+            },
+        );
+        s.charge(
+            "a",
+            Totals {
+                input: 1,
+                output: 1,
+                cost: 0,
+            },
+        );
+        s.charge(
+            "gone",
+            Totals {
+                input: 1,
+                output: 1,
+                cost: 0,
+            },
+        );
+        assert_eq!(
+            s.get("a", t0).unwrap().spent,
+            Totals {
+                input: 11,
+                output: 6,
+                cost: 7
+            }
+        );
+        assert!(
+            s.get("gone", t0).is_none(),
+            "charging does not bring a session back"
+        );
+        let b: Arc<str> = Arc::from("b");
+        s.step(&b, t0);
+        s.charge(
+            "b",
+            Totals {
+                input: 100,
+                output: 0,
+                cost: 0,
+            },
+        );
+        let top: Vec<_> = s.top(5, t0).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(top, [b, a]);
     }
 }

@@ -113,7 +113,8 @@ async fn settled(admin: std::net::SocketAddr, session: &str, total: u64) {
             let (r, b) = get(&url).await;
             r.status() == 200
                 && serde_json::from_slice::<serde_json::Value>(&b).unwrap()["limits"][0]["used"]
-                    == serde_json::json!(total as f64)
+                    .as_f64()
+                    == Some(total as f64)
         }
     })
     .await;
@@ -240,7 +241,8 @@ async fn a_client_gone_during_admission_leaks_no_reservation() {
             let (r, b) = get(&url).await;
             r.status() == 200
                 && serde_json::from_slice::<serde_json::Value>(&b).unwrap()["limits"][0]["used"]
-                    == serde_json::json!(0.0)
+                    .as_f64()
+                    == Some(0.0)
         }
     })
     .await;
@@ -255,4 +257,52 @@ async fn a_client_gone_during_admission_leaks_no_reservation() {
         before,
         "the abandoned call went upstream"
     );
+}
+
+#[tokio::test]
+async fn reservations_of_a_killed_proxy_expire_with_their_lease_and_live_ones_are_renewed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let redis = RedisServer::start();
+    let m = mock().await;
+    // One call (max_tokens 150) takes the whole 100-token limit while it runs.
+    let cfg = config(m.addr(), &redis.url(), "fail_closed")
+        .replace("tokens: 50", "tokens: 100")
+        .replace("    timeout: 300ms\n", "    timeout: 2s\n    reservation_lease: 3s\n");
+    let file = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
+    ));
+    let mut a = ProxyProcess::spawn(file.path()).await;
+    let b = TestProxy::start(&cfg).await;
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":150,"messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-session-id: lease-1\r\nx-mock-output-chunks: 60\r\nx-mock-chunk-delay-ms: 500\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 1024];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+
+    let call_b = || async {
+        post(
+            &b.url("/v1/chat/completions"),
+            &[("x-session-id", "lease-1")],
+            r#"{"model":"gpt-4o-mini","max_tokens":150,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .await
+        .0
+        .status()
+        .as_u16()
+    };
+    // Past one lease: the live call's proxy renewed it, so its reservation still holds.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_ne!(call_b().await, 200, "a live reservation was released");
+
+    // The proxy dies without settling: its reservation is released within the lease.
+    a.child.start_kill().unwrap();
+    let _ = a.child.wait().await;
+    drop(s);
+    let released = eventually(Duration::from_secs(8), || async { call_b().await == 200 }).await;
+    assert!(released, "a killed proxy's reservation locked the session out");
 }

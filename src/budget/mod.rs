@@ -35,7 +35,7 @@ use crate::telemetry::metrics as m;
 use limits::{group_key, Limit, Unit};
 use price::Prices;
 pub use store::Totals;
-use store::{Charge, Grant, Reserved, Store, StoreError, Want};
+use store::{Charge, Grant, Lease, Reserved, Store, StoreError, Want};
 use webhook::{Alert, Webhook};
 
 /// Alerts remembered for de-duplication before the memory is cleared.
@@ -59,6 +59,10 @@ pub struct Budgets {
     in_flight_settles: AtomicUsize,
     /// Woken when the last in-flight settlement ends.
     settling: tokio::sync::Notify,
+    /// Live reservation leases in a shared store (id → scope key), renewed by the upkeep task.
+    leases: DashMap<u64, String>,
+    /// How long a reservation in a shared store outlives its proxy's last renewal.
+    lease_ttl: Duration,
 }
 
 /// The budget service could not be built.
@@ -106,6 +110,8 @@ struct Held {
     key: String,
     limits: Vec<usize>,
     grants: Vec<Grant>,
+    /// The reservation's lease in a shared store.
+    lease: Option<u64>,
 }
 
 /// How a call ended, for settlement.
@@ -179,17 +185,17 @@ impl Budgets {
                     b.store.url.as_deref().ok_or_else(|| {
                         BudgetsError::Redis("required for the redis store".into())
                     })?;
-                Store::Redis(
+                Store::Redis(Box::new(
                     redis::RedisStore::new(url, b.store.timeout)
                         .map_err(|e| BudgetsError::Redis(e.to_string()))?,
-                )
+                ))
             }
         };
         let webhook = match &config.alerts.webhook {
             Some(url) => {
                 let uri: http::Uri = url
                     .parse()
-                    .map_err(|_| BudgetsError::Webhook(format!("{url:?} is not a URL")))?;
+                    .map_err(|_| BudgetsError::Webhook("not a URL".into()))?;
                 let client = crate::proxy::upstream::build_client(None, &config.upstream)
                     .map_err(|e| BudgetsError::Webhook(e.to_string()))?;
                 Some(Webhook::start(uri, client))
@@ -212,6 +218,8 @@ impl Budgets {
             alerted: DashMap::new(),
             in_flight_settles: AtomicUsize::new(0),
             settling: tokio::sync::Notify::new(),
+            leases: DashMap::new(),
+            lease_ttl: b.store.reservation_lease,
         })))
     }
 
@@ -275,6 +283,7 @@ impl Budgets {
                 continue;
             }
             let key = group_key(scope, id);
+            let lease = self.new_lease();
             // First with the cheap upper bound of the input: when the whole reservation fits,
             // the tokenizer is not needed. Near a limit, again with the real estimate.
             let mut optimistic = exact.is_none();
@@ -285,7 +294,7 @@ impl Budgets {
                     *exact.get_or_insert_with(estimate)
                 };
                 let wants = self.wants(&idx, model, input, max_out, optimistic);
-                match self.reserve(&key, now, &wants).await {
+                match self.reserve(&key, now, &wants, lease).await {
                     Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
                     other => break (other, wants),
                 }
@@ -313,10 +322,14 @@ impl Budgets {
                                 Some(adm.cut_after_output.map_or(allowed, |a| a.min(allowed)));
                         }
                     }
+                    if let Some(l) = lease {
+                        self.leases.insert(l.id, key.clone());
+                    }
                     adm.held.push(Held {
                         key,
                         limits: idx,
                         grants,
+                        lease: lease.map(|l| l.id),
                     });
                 }
                 Ok(Reserved::Refused { index, used }) => {
@@ -360,6 +373,7 @@ impl Budgets {
         key: &str,
         now: u64,
         wants: &[Want],
+        lease: Option<Lease>,
     ) -> Result<Reserved, StoreError> {
         if let Store::Memory(m) = &self.store {
             return Ok(m.reserve(key, now, wants));
@@ -368,7 +382,7 @@ impl Budgets {
         let b = self.clone();
         let (key, wants) = (key.to_string(), wants.to_vec());
         tokio::spawn(async move {
-            let res = b.store.reserve(&key, now, &wants).await;
+            let res = b.store.reserve(&key, now, &wants, lease).await;
             if let Err(Ok(Reserved::Granted(grants))) = tx.send(res) {
                 let charges: Vec<Charge> = wants
                     .iter()
@@ -383,7 +397,13 @@ impl Budgets {
                     .collect();
                 if let Err(e) = b
                     .store
-                    .settle(&key, unix_now(), &charges, Totals::default())
+                    .settle(
+                        &key,
+                        unix_now(),
+                        &charges,
+                        Totals::default(),
+                        lease.map(|l| l.id),
+                    )
                     .await
                 {
                     b.store_failed("settle", &e);
@@ -573,6 +593,7 @@ impl Budgets {
     pub async fn run_upkeep(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_snapshot = tokio::time::Instant::now();
+        let mut last_renewal = tokio::time::Instant::now();
         loop {
             tick.tick().await;
             // Set every tick: the recorder may not have existed when the store last changed.
@@ -585,13 +606,43 @@ impl Budgets {
                         self.snapshot(mem);
                     }
                 }
-                Store::Redis(_) => {
+                Store::Redis(r) => {
                     let up = self.store.ping().await;
                     if !up {
                         counter!(m::BUDGET_STORE_ERRORS_TOTAL, "op" => "ping").increment(1);
                     }
                     self.mark_store(up);
+                    if last_renewal.elapsed() >= self.lease_ttl / 3 {
+                        last_renewal = tokio::time::Instant::now();
+                        self.renew_leases(r).await;
+                    }
                 }
+            }
+        }
+    }
+
+    /// A lease for a new reservation (shared stores only).
+    fn new_lease(&self) -> Option<Lease> {
+        match self.store {
+            Store::Memory(_) => None,
+            Store::Redis(_) => Some(Lease {
+                id: rand::random(),
+                until_ms: redis::unix_ms().saturating_add(duration_ms(self.lease_ttl)),
+            }),
+        }
+    }
+
+    /// Push every live reservation's lease forward, one script per scope.
+    async fn renew_leases(&self, store: &redis::RedisStore) {
+        let mut by_key: std::collections::HashMap<String, Vec<u64>> =
+            std::collections::HashMap::new();
+        for e in self.leases.iter() {
+            by_key.entry(e.value().clone()).or_default().push(*e.key());
+        }
+        let until = redis::unix_ms().saturating_add(duration_ms(self.lease_ttl));
+        for (key, ids) in by_key {
+            if let Err(e) = store.renew(&key, &ids, until).await {
+                self.store_failed("renew", &e);
             }
         }
     }
@@ -736,13 +787,19 @@ impl Admission {
                     b.settled(&held, res, &facts, now);
                 }
                 Store::Redis(_) => {
+                    if let Some(id) = held.lease {
+                        b.leases.remove(&id);
+                    }
                     let Ok(rt) = tokio::runtime::Handle::try_current() else {
                         return;
                     };
                     let facts = facts.clone();
                     b.in_flight_settles.fetch_add(1, Ordering::AcqRel);
                     rt.spawn(async move {
-                        let res = b.store.settle(&held.key, now, &charges, totals).await;
+                        let res = b
+                            .store
+                            .settle(&held.key, now, &charges, totals, held.lease)
+                            .await;
                         b.settled(&held, res, &facts, now);
                         if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
                             b.settling.notify_waiters();
@@ -831,6 +888,10 @@ fn stronger(a: &'static str, b: &'static str) -> &'static str {
     } else {
         a
     }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn unix_now() -> u64 {

@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::OnceCell;
 
-use super::store::{Charge, Counter, Grant, Group, Reserved, StoreError, Totals, Want};
+use super::store::{Charge, Counter, Grant, Group, Lease, Reserved, StoreError, Totals, Want};
 
 /// Sorted set of session ids by lifetime tokens, for `GET /v1/sessions?top=N`.
 const TOP_KEY: &str = "tw:sessions:tokens";
@@ -21,10 +21,30 @@ const RESERVE: &str = r#"
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
+local lease = ARGV[4]
+local now_ms = tonumber(ARGV[5])
+local until_ms = tonumber(ARGV[6])
+-- Reservations whose lease ran out (their proxy stopped renewing: it died) are released.
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+for _, id in ipairs(dead) do
+  local spec = redis.call('HGET', KEYS[1], 'l:' .. id)
+  if spec then
+    for c, st, g in string.gmatch(spec, '([^\t\n]+)\t(%d+)\t(%d+)\n') do
+      local v = redis.call('HMGET', KEYS[1], c .. ':s', c .. ':r')
+      if tonumber(v[1]) == tonumber(st) then
+        local r = (tonumber(v[2]) or 0) - tonumber(g)
+        if r < 0 then r = 0 end
+        redis.call('HSET', KEYS[1], c .. ':r', r)
+      end
+    end
+    redis.call('HDEL', KEYS[1], 'l:' .. id)
+  end
+  redis.call('ZREM', KEYS[2], id)
+end
 local out = {1}
 local sets = {}
 for i = 0, n - 1 do
-  local b = 4 + i * 6
+  local b = 7 + i * 6
   local c = ARGV[b]
   local w = tonumber(ARGV[b + 1])
   local limit = tonumber(ARGV[b + 2])
@@ -49,20 +69,36 @@ for i = 0, n - 1 do
   out[#out + 1] = g
   out[#out + 1] = used
 end
-for _, x in ipairs(sets) do
+local spec = ''
+for i, x in ipairs(sets) do
   redis.call('HSET', KEYS[1], x[1] .. ':s', x[2], x[1] .. ':p', x[3], x[1] .. ':r', x[4])
+  spec = spec .. x[1] .. '\t' .. x[2] .. '\t' .. out[i * 3] .. '\n'
 end
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+if lease ~= '' then
+  redis.call('HSET', KEYS[1], 'l:' .. lease, spec)
+  redis.call('ZADD', KEYS[2], until_ms, lease)
+end
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 return out
 "#;
 
 /// Replace reservations with spend (in the window they were made in, else the current one).
+/// A reservation whose lease already ran out was released by a purge: only its spend is added.
 const SETTLE: &str = r#"
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
+local lease = ARGV[6]
+local live = 1
+if lease ~= '' then
+  live = redis.call('ZREM', KEYS[2], lease)
+  redis.call('HDEL', KEYS[1], 'l:' .. lease)
+end
 local out = {}
 for i = 0, n - 1 do
-  local b = 6 + i * 5
+  local b = 7 + i * 5
   local c = ARGV[b]
   local w = tonumber(ARGV[b + 1])
   local start = tonumber(ARGV[b + 2])
@@ -73,7 +109,7 @@ for i = 0, n - 1 do
   local p = tonumber(v[2]) or 0
   local r = tonumber(v[3]) or 0
   if s == start then
-    r = r - granted
+    if live == 1 then r = r - granted end
     if r < 0 then r = 0 end
   else
     local cur = 0
@@ -90,6 +126,16 @@ redis.call('HINCRBY', KEYS[1], 'cost', ARGV[5])
 return out
 "#;
 
+/// Push the leases of live reservations (`ARGV`: the new expiry in ms, then ids) forward; a
+/// lease already purged stays gone (`XX`).
+const RENEW: &str = r#"
+local until_ms = ARGV[1]
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', until_ms, ARGV[i])
+end
+return #ARGV - 1
+"#;
+
 /// Redis-backed budget store.
 pub struct RedisStore {
     client: redis::Client,
@@ -97,6 +143,7 @@ pub struct RedisStore {
     timeout: Duration,
     reserve: Script,
     settle: Script,
+    renew: Script,
 }
 
 // === impl RedisStore ===
@@ -111,6 +158,7 @@ impl RedisStore {
             timeout,
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
+            renew: Script::new(RENEW),
         })
     }
 
@@ -150,6 +198,7 @@ impl RedisStore {
         key: &str,
         now: u64,
         wants: &[Want],
+        lease: Option<Lease>,
     ) -> Result<Reserved, StoreError> {
         // Keys whose counters are all windowed expire after two of their longest windows.
         let ttl = if wants.iter().all(|w| w.window.is_some()) {
@@ -158,7 +207,14 @@ impl RedisStore {
             0
         };
         let mut inv = self.reserve.prepare_invoke();
-        inv.key(redis_key(key)).arg(now).arg(wants.len()).arg(ttl);
+        inv.key(redis_key(key))
+            .key(lease_key(key))
+            .arg(now)
+            .arg(wants.len())
+            .arg(ttl)
+            .arg(lease.map_or(String::new(), |l| l.id.to_string()))
+            .arg(unix_ms())
+            .arg(lease.map_or(0, |l| l.until_ms));
         for w in wants {
             inv.arg(w.counter.as_ref())
                 .arg(w.window.unwrap_or(0))
@@ -200,14 +256,17 @@ impl RedisStore {
         now: u64,
         charges: &[Charge],
         t: Totals,
+        lease: Option<u64>,
     ) -> Result<Vec<u64>, StoreError> {
         let mut inv = self.settle.prepare_invoke();
         inv.key(redis_key(key))
+            .key(lease_key(key))
             .arg(now)
             .arg(charges.len())
             .arg(t.input)
             .arg(t.output)
-            .arg(t.cost);
+            .arg(t.cost)
+            .arg(lease.map_or(String::new(), |id| id.to_string()));
         for c in charges {
             inv.arg(c.counter.as_ref())
                 .arg(c.window.unwrap_or(0))
@@ -230,9 +289,27 @@ impl RedisStore {
         Ok(v.into_iter().map(|x| x.max(0) as u64).collect())
     }
 
+    /// Extend the leases `ids` of scope `key` to `until_ms`.
+    pub(super) async fn renew(&self, key: &str, ids: &[u64], until_ms: u64) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.renew.prepare_invoke();
+        inv.key(lease_key(key)).arg(until_ms);
+        for id in ids {
+            inv.arg(*id);
+        }
+        let _: i64 = self
+            .run(|mut c| async move { inv.invoke_async(&mut c).await })
+            .await?;
+        Ok(())
+    }
+
     pub(super) async fn get(&self, key: &str) -> Result<Option<Group>, StoreError> {
         let k = redis_key(key);
-        let h: BTreeMap<String, i64> = self.run(|mut c| async move { c.hgetall(k).await }).await?;
+        // Strings: lease fields hold text; counters are parsed in `group_from_hash`.
+        let h: BTreeMap<String, String> =
+            self.run(|mut c| async move { c.hgetall(k).await }).await?;
         Ok((!h.is_empty()).then(|| group_from_hash(&h)))
     }
 
@@ -254,8 +331,8 @@ impl RedisStore {
     }
 
     pub(super) async fn reset(&self, key: &str) -> Result<bool, StoreError> {
-        let k = redis_key(key);
-        let n: i64 = self.run(|mut c| async move { c.del(k).await }).await?;
+        let (k, l) = (redis_key(key), lease_key(key));
+        let n: i64 = self.run(|mut c| async move { c.del(&[k, l]).await }).await?;
         if let Some(id) = key.strip_prefix("s:") {
             let id = id.to_string();
             let _: i64 = self
@@ -277,12 +354,25 @@ fn redis_key(key: &str) -> String {
     format!("tw:{{{key}}}")
 }
 
+/// `tw:{s:ID}:l`: the scope's reservation leases (a sorted set by expiry), in its hash slot.
+fn lease_key(key: &str) -> String {
+    format!("tw:{{{key}}}:l")
+}
+
+/// Milliseconds since the Unix epoch: lease expiries (every proxy's clock, as for windows).
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn err(e: redis::RedisError) -> StoreError {
     StoreError::Redis(e.to_string())
 }
 
-fn group_from_hash(h: &BTreeMap<String, i64>) -> Group {
-    let get = |k: &str| h.get(k).copied().unwrap_or(0).max(0) as u64;
+fn group_from_hash(h: &BTreeMap<String, String>) -> Group {
+    let num = |v: &str| v.parse::<i64>().unwrap_or(0).max(0) as u64;
+    let get = |k: &str| h.get(k).map_or(0, |v| num(v));
     let mut g = Group {
         totals: Totals {
             input: get("in"),
@@ -292,10 +382,11 @@ fn group_from_hash(h: &BTreeMap<String, i64>) -> Group {
         counters: BTreeMap::new(),
     };
     for (field, v) in h {
-        let Some((name, part)) = field.rsplit_once(':') else {
+        // `l:<id>` fields describe one lease's reservations, not a counter.
+        let Some((name, part)) = field.rsplit_once(':').filter(|_| !field.starts_with("l:")) else {
             continue;
         };
-        let v = (*v).max(0) as u64;
+        let v = num(v);
         let c: &mut Counter = g.counters.entry(name.to_string()).or_default();
         match part {
             "s" => c.start = v,

@@ -57,6 +57,16 @@ pub enum Reserved {
     NeedEstimate,
 }
 
+/// A reservation's lease in a shared store: it stays reserved while its proxy renews the lease;
+/// once the lease runs out (the proxy died), the next check-and-reserve on the scope releases it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Unique per reservation.
+    pub id: u64,
+    /// Expiry, milliseconds since the Unix epoch.
+    pub until_ms: u64,
+}
+
 /// A reservation replaced by actual spend.
 #[derive(Debug, Clone)]
 pub struct Charge {
@@ -116,7 +126,7 @@ pub enum Store {
     /// In-process, snapshotted to a file.
     Memory(MemoryStore),
     /// Shared Redis.
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 // === impl Store ===
@@ -128,10 +138,12 @@ impl Store {
         key: &str,
         now: u64,
         wants: &[Want],
+        lease: Option<Lease>,
     ) -> Result<Reserved, StoreError> {
         match self {
+            // A memory store's reservations die with its process (and are dropped on reload).
             Store::Memory(m) => Ok(m.reserve(key, now, wants)),
-            Store::Redis(r) => r.reserve(key, now, wants).await,
+            Store::Redis(r) => r.reserve(key, now, wants, lease).await,
         }
     }
 
@@ -143,10 +155,11 @@ impl Store {
         now: u64,
         charges: &[Charge],
         totals: Totals,
+        lease: Option<u64>,
     ) -> Result<Vec<u64>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.settle(key, now, charges, totals)),
-            Store::Redis(r) => r.settle(key, now, charges, totals).await,
+            Store::Redis(r) => r.settle(key, now, charges, totals, lease).await,
         }
     }
 

@@ -319,6 +319,10 @@ pub struct StoreConfig {
     /// How often the memory store is snapshotted (also at shutdown).
     #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
     pub snapshot_interval: Duration,
+    /// Redis store: an in-flight call's reservation outlives its proxy's last renewal by this
+    /// long (renewed every third of it), so a proxy that dies cannot hold budget forever.
+    #[serde(default = "default_reservation_lease", with = "humantime_serde")]
+    pub reservation_lease: Duration,
 }
 
 /// Budget store kind.
@@ -663,6 +667,7 @@ impl Default for StoreConfig {
             url: None,
             timeout: default_store_timeout(),
             snapshot_interval: default_snapshot_interval(),
+            reservation_lease: default_reservation_lease(),
         }
     }
 }
@@ -764,6 +769,9 @@ fn default_max_series_per_metric() -> usize {
 }
 fn default_max_content_bytes() -> usize {
     16 * 1024
+}
+fn default_reservation_lease() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_snapshot_path() -> PathBuf {
     PathBuf::from("data/budgets.json")

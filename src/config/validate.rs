@@ -108,6 +108,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         if config.budgets.store.timeout.is_zero() {
             return Err(invalid("budgets.store.timeout", "must be > 0"));
         }
+        // Renewals run on the store's 1 s upkeep tick, every third of the lease at most.
+        if config.budgets.store.reservation_lease < std::time::Duration::from_secs(3) {
+            return Err(invalid("budgets.store.reservation_lease", "must be at least 3s"));
+        }
     }
     for (i, l) in config.budgets.limits.iter().enumerate() {
         check_limit(l).map_err(|(k, m)| invalid(&format!("budgets.limits[{i}].{k}"), &m))?;

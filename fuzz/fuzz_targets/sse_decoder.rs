@@ -1,28 +1,36 @@
 //! The SSE and NDJSON decoders on arbitrary bytes cut at arbitrary points: no panic, bounded
-//! memory, and the same events whole as cut.
+//! memory, and the same events, at the same event ends (the rewriters' framing), whole as cut.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tokenwarden::sse::{NdjsonDecoder, SseDecoder, SseItem};
 
-fn events(data: &[u8], cuts: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+type Item = (usize, Vec<u8>, Vec<u8>);
+
+fn push(out: &mut Vec<Item>, it: SseItem<'_>, end: usize) {
+    out.push(match it {
+        SseItem::Event { event, data } => (end, event.to_vec(), data.to_vec()),
+        SseItem::Oversized => (end, b"!".to_vec(), Vec::new()),
+    });
+}
+
+fn events(data: &[u8], cuts: &[u8]) -> Vec<Item> {
     let mut d = SseDecoder::new(4096);
     let mut out = Vec::new();
     let mut rest = data;
+    let mut base = 0;
     for &c in cuts {
         let n = (c as usize).min(rest.len());
         let (head, tail) = rest.split_at(n);
-        d.feed(head, |it| match it {
-            SseItem::Event { event, data } => out.push((event.to_vec(), data.to_vec())),
-            SseItem::Oversized => out.push((b"!".to_vec(), Vec::new())),
+        d.feed_ends(head, |it, end| {
+            assert!(end >= 1 && end <= head.len());
+            push(&mut out, it, base + end)
         });
         assert!(d.buffered() <= 2 * 4096 + 64);
+        base += n;
         rest = tail;
     }
-    d.feed(rest, |it| match it {
-        SseItem::Event { event, data } => out.push((event.to_vec(), data.to_vec())),
-        SseItem::Oversized => out.push((b"!".to_vec(), Vec::new())),
-    });
+    d.feed_ends(rest, |it, end| push(&mut out, it, base + end));
     out
 }
 

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
-use tokenwarden::sse::{NdjsonDecoder, NdjsonItem, SseDecoder, SseItem};
+use tokenwarden::sse::{raw, NdjsonDecoder, NdjsonItem, SseDecoder, SseItem};
 
 #[derive(Debug, Clone)]
 struct Ev {
@@ -133,6 +133,14 @@ proptest! {
             let alone = decode(&bytes[start..*end], &[]);
             prop_assert_eq!(alone.len(), 1);
             prop_assert_eq!(&alone[0].1, data);
+            // The raw helpers find every data byte where it was sent.
+            let span = &bytes[start..*end];
+            prop_assert_eq!(raw::data_len(span), data.len());
+            for (i, b) in data.bytes().enumerate() {
+                let at = raw::data_pos(span, i).unwrap();
+                prop_assert!(b == b'\n' || span[at] == b, "byte {} of {:?}", i, data);
+            }
+            prop_assert!(raw::event_start(span) <= span.len());
             start = *end;
         }
         // What follows the last end is at most the LF of a CRLF.

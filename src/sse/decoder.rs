@@ -144,13 +144,7 @@ impl SseDecoder {
         if line[0] == b':' {
             return; // comment / keep-alive
         }
-        let (name, value) = match memchr(b':', line) {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
-        };
+        let (name, value) = field(line);
         match name {
             b"data" => {
                 if self.oversized {
@@ -190,6 +184,18 @@ impl SseDecoder {
         self.data.clear();
         self.event.clear();
         self.oversized = false;
+    }
+}
+
+/// A field line's name and value: the name runs up to the first colon, one space after it is
+/// dropped; a line without a colon is a name with an empty value.
+pub(crate) fn field(line: &[u8]) -> (&[u8], &[u8]) {
+    match memchr(b':', line) {
+        Some(i) => {
+            let v = &line[i + 1..];
+            (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+        }
+        None => (line, &b""[..]),
     }
 }
 

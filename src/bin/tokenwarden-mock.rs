@@ -14,7 +14,8 @@ use tokenwarden::mock::{Fault, MockOptions, MockServer};
 /// Mock OpenAI / Anthropic / Gemini provider for tests, benchmarks and demos.
 ///
 /// Every knob can be overridden per request with a header: x-mock-input-tokens,
-/// x-mock-output-chunks, x-mock-chunk-delay-ms, x-mock-first-byte-delay-ms, x-mock-tool-calls,
+/// x-mock-output-chunks, x-mock-chunk-delay-ms, x-mock-events-per-write, x-mock-first-byte-delay-ms,
+/// x-mock-tool-calls,
 /// x-mock-cached-tokens, x-mock-reasoning-tokens, x-mock-gzip, x-mock-fault.
 #[derive(Debug, Parser)]
 #[command(name = "tokenwarden-mock", version)]
@@ -32,6 +33,9 @@ struct Args {
     /// Delay between streamed events, in milliseconds.
     #[arg(long, env = "TOKENWARDEN_MOCK_CHUNK_DELAY_MS", default_value_t = 0)]
     chunk_delay_ms: u64,
+    /// Streamed events handed to the connection together, as one write.
+    #[arg(long, env = "TOKENWARDEN_MOCK_EVENTS_PER_WRITE", default_value_t = 1)]
+    events_per_write: u32,
     /// Delay before the response head, in milliseconds.
     #[arg(
         long,
@@ -86,6 +90,7 @@ async fn run(args: Args) -> ExitCode {
         input_tokens: args.input_tokens,
         output_chunks: args.output_chunks,
         chunk_delay_ms: args.chunk_delay_ms,
+        events_per_write: args.events_per_write,
         first_byte_delay_ms: args.first_byte_delay_ms,
         tool_calls: args.tool_calls,
         cached_tokens: args.cached_tokens,

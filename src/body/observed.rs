@@ -42,6 +42,11 @@ pub trait Observer: Send + 'static {
     fn on_data(&mut self, data: &Bytes, now: Instant);
     /// Called exactly once, when the body ends however it ends.
     fn on_end(self, end: BodyEnd);
+    /// Whether what was seen must be handed on now rather than gathered with frames that
+    /// arrived after it (a stream about to be cut must not read further than it has to).
+    fn hand_on(&self) -> bool {
+        false
+    }
 }
 
 /// The error a body yields when the upstream fell silent for longer than the idle timeout.
@@ -171,7 +176,9 @@ where
                         end(this.observer, BodyEnd::Complete);
                         return take_held(this.held, this.batch);
                     }
-                    if this.held.as_ref().map_or(0, Bytes::len) + this.batch.len() >= MAX_BATCH {
+                    if this.observer.as_ref().is_some_and(O::hand_on)
+                        || this.held.as_ref().map_or(0, Bytes::len) + this.batch.len() >= MAX_BATCH
+                    {
                         return take_held(this.held, this.batch);
                     }
                 }

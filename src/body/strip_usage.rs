@@ -2,18 +2,26 @@
 //!
 //! When the client did not ask for `stream_options.include_usage`, the proxy asks on its behalf
 //! (exact token counts beat estimates) and then hides from the client what it did not ask for:
-//! the usage-only chunk (`"choices":[]` with a usage object) is dropped and the `"usage":null`
-//! field is removed from every other chunk, so the client receives the stream the provider would
-//! have sent it. Events are rewritten whole: a partial event is held only until its blank line
+//! the usage-only chunk (top-level `choices` an empty array and `usage` an object) is dropped and
+//! the top-level `"usage": null` member is removed from every other chunk, so the client receives
+//! the stream the provider would have sent it. Decisions are made on the parsed event, whatever
+//! JSON whitespace or key order the server writes (Python's `json.dumps` writes `"choices": []`);
+//! the bytes of a kept event are copied as sent, minus that one member — never re-serialised.
+//! Event ends come from the shared SSE decoder ([`SseDecoder::feed_ends`]), so LF, CRLF and CR
+//! streams split anywhere are read alike. A partial event is held only until its blank line
 //! arrives (a client cannot use half an event anyway); complete events go out at once.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use memchr::memmem;
 use pin_project_lite::pin_project;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::sse::{self, raw, SseDecoder, SseItem};
 
 /// Largest partial event held while waiting for its end; beyond it bytes pass unmodified.
 const MAX_PENDING: usize = 1024 * 1024;
@@ -23,7 +31,13 @@ pin_project! {
     pub struct StripUsage<B> {
         #[pin]
         inner: B,
+        decoder: SseDecoder,
+        // Bytes since the last event end: the start of an event still arriving.
         pending: BytesMut,
+        // Part of the current event already went out unmodified (it was too large to hold).
+        passed_partial: bool,
+        // The last event was dropped after the CR of a CRLF: the LF that follows goes with it.
+        drop_lf: bool,
         done: bool,
     }
 }
@@ -35,7 +49,10 @@ impl<B> StripUsage<B> {
     pub fn new(inner: B) -> Self {
         Self {
             inner,
+            decoder: SseDecoder::new(MAX_PENDING),
             pending: BytesMut::new(),
+            passed_partial: false,
+            drop_lf: false,
             done: false,
         }
     }
@@ -63,13 +80,12 @@ where
                         Ok(d) => d,
                         Err(other) => return Poll::Ready(Some(Ok(other))),
                     };
-                    this.pending.extend_from_slice(&data);
-                    let out = if this.pending.len() > MAX_PENDING {
-                        // Not an SSE stream we understand: pass everything through untouched.
-                        this.pending.split().freeze()
-                    } else {
-                        rewrite_complete_events(this.pending)
-                    };
+                    let out = rewrite_frame(
+                        this.decoder,
+                        this.pending,
+                        (this.passed_partial, this.drop_lf),
+                        &data,
+                    );
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
@@ -80,6 +96,9 @@ where
                 }
                 Poll::Ready(None) => {
                     *this.done = true;
+                    if std::mem::take(this.drop_lf) && this.pending.first() == Some(&b'\n') {
+                        this.pending.advance(1);
+                    }
                     if this.pending.is_empty() {
                         return Poll::Ready(None);
                     }
@@ -99,58 +118,146 @@ where
     }
 }
 
-/// Take every complete event (ending in a blank line) off the front of `pending` and return
-/// them rewritten; an incomplete last event stays in `pending`.
-fn rewrite_complete_events(pending: &mut BytesMut) -> Bytes {
-    let Some(end) = last_event_end(pending) else {
-        return Bytes::new();
-    };
-    let events = pending.split_to(end);
-    let mut out = BytesMut::with_capacity(events.len());
-    let mut rest = &events[..];
-    while !rest.is_empty() {
-        let len = next_event_end(rest).unwrap_or(rest.len());
-        rewrite_event(&rest[..len], &mut out);
-        rest = &rest[len..];
+/// Add `data` to what is held and return every event it completes, rewritten; the start of an
+/// event still arriving stays in `pending`.
+fn rewrite_frame(
+    decoder: &mut SseDecoder,
+    pending: &mut BytesMut,
+    (passed_partial, drop_lf): (&mut bool, &mut bool),
+    data: &[u8],
+) -> Bytes {
+    let base = pending.len();
+    pending.extend_from_slice(data);
+    let mut out = BytesMut::with_capacity(pending.len());
+    let mut start = 0;
+    decoder.feed_ends(data, |item, end| {
+        let mut span = &pending[start..base + end];
+        if std::mem::take(drop_lf) {
+            span = span.strip_prefix(b"\n").unwrap_or(span);
+        }
+        let dropped = match item {
+            // The rest of an event whose start already went out unmodified goes out the same.
+            _ if std::mem::take(passed_partial) => {
+                out.extend_from_slice(span);
+                false
+            }
+            SseItem::Event { data, .. } => rewrite_event(span, data, &mut out),
+            SseItem::Oversized => {
+                out.extend_from_slice(span);
+                false
+            }
+        };
+        *drop_lf = dropped && span.ends_with(b"\r");
+        start = base + end;
+    });
+    pending.advance(start);
+    if pending.len() > MAX_PENDING {
+        // Not an SSE stream we understand: pass the held bytes on untouched.
+        out.extend_from_slice(&pending.split());
+        *passed_partial = true;
     }
     out.freeze()
 }
 
-/// End (exclusive) of the first event in `buf`, its blank line included.
-fn next_event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memmem::find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::find(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+/// The top-level members a decision needs, as their exact bytes in the event's data.
+#[derive(Deserialize)]
+struct Members<'a> {
+    #[serde(default, borrow)]
+    choices: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    usage: Option<&'a RawValue>,
 }
 
-fn last_event_end(buf: &[u8]) -> Option<usize> {
-    let lf = memmem::rfind(buf, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::rfind(buf, b"\r\n\r\n").map(|i| i + 4);
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    }
+/// A member that is present, `null` included (a plain `Option` would read `null` as absent).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
-/// Copy one event to `out`, dropping it if it is the usage-only chunk and removing
-/// `"usage":null` otherwise.
-fn rewrite_event(ev: &[u8], out: &mut BytesMut) {
-    let usage_only = memmem::find(ev, br#""choices":[]"#).is_some()
-        && memmem::find(ev, br#""usage":{"#).is_some();
+/// Copy one event's raw `span` (its decoded data is `data`) to `out`: dropped if it is the
+/// usage-only chunk, without its top-level `"usage": null` member otherwise, else unchanged.
+/// True when the event was dropped.
+fn rewrite_event(span: &[u8], data: &[u8], out: &mut BytesMut) -> bool {
+    // A cheap search first: only events naming `usage` can need a change (most do, since the
+    // provider puts `"usage":null` on every chunk once usage is requested).
+    if sse::is_done(data) || memmem::find(data, b"\"usage\"").is_none() {
+        out.extend_from_slice(span);
+        return false;
+    }
+    let Ok(m) = serde_json::from_slice::<Members<'_>>(data) else {
+        out.extend_from_slice(span); // not a JSON object: not ours to change
+        return false;
+    };
+    let Some(usage) = m.usage else {
+        out.extend_from_slice(span);
+        return false;
+    };
+    let usage_only = usage.get().starts_with('{')
+        && m.choices.is_some_and(|c| {
+            serde_json::from_str::<Vec<serde::de::IgnoredAny>>(c.get()).is_ok_and(|v| v.is_empty())
+        });
     if usage_only {
-        return;
+        // Comment blocks before the event (keep-alives) and the LF of a preceding CRLF stay.
+        out.extend_from_slice(&span[..raw::event_start(span)]);
+        return true;
     }
-    for pat in [&br#","usage":null"#[..], br#""usage":null,"#] {
-        if let Some(i) = memmem::find(ev, pat) {
-            out.extend_from_slice(&ev[..i]);
-            out.extend_from_slice(&ev[i + pat.len()..]);
-            return;
+    let removal = (usage.get() == "null")
+        .then(|| member_span(data, usage))
+        .flatten()
+        .filter(|_| raw::data_len(span) == data.len())
+        .and_then(|(a, b)| Some((raw::data_pos(span, a)?, raw::data_pos(span, b)?)));
+    match removal {
+        Some((a, b)) => {
+            out.extend_from_slice(&span[..a]);
+            out.extend_from_slice(&span[b..]);
         }
+        None => out.extend_from_slice(span),
     }
-    out.extend_from_slice(ev);
+    false
+}
+
+/// The bytes of `data` to remove to delete the top-level member `"usage": <value>` (`value` is
+/// its parsed value, a slice of `data`) with the comma that separates it from its neighbours.
+fn member_span(data: &[u8], value: &RawValue) -> Option<(usize, usize)> {
+    let v_start = (value.get().as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+    let v_end = v_start + value.get().len();
+    if v_end > data.len() {
+        return None;
+    }
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let skip_back = |mut i: usize| {
+        while i > 0 && ws(&data[i - 1]) {
+            i -= 1;
+        }
+        i
+    };
+    let colon = skip_back(v_start).checked_sub(1)?;
+    let key_end = skip_back(colon);
+    let key_start = key_end.checked_sub(br#""usage""#.len())?;
+    if data[colon] != b':' || &data[key_start..key_end] != br#""usage""# {
+        return None; // an escaped key: leave the event as sent
+    }
+    let before = skip_back(key_start).checked_sub(1)?;
+    match data[before] {
+        // Not the first member: remove from the comma before it.
+        b',' => Some((before, v_end)),
+        // The first member: remove up to the next member (or to the closing brace).
+        b'{' => {
+            let mut i = v_end;
+            while data.get(i).is_some_and(ws) {
+                i += 1;
+            }
+            if data.get(i) == Some(&b',') {
+                i += 1;
+                while data.get(i).is_some_and(ws) {
+                    i += 1;
+                }
+                Some((key_start, i))
+            } else {
+                Some((key_start, v_end))
+            }
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +299,66 @@ data: [DONE]\n\n";
         assert_eq!(
             run(vec![s]).await,
             b"data: {\"choices\":[{}]}\r\n\r\ndata: {\"partial\":"
+        );
+    }
+
+    /// Rewrite `stream` whole and one byte at a time; both must give the same bytes.
+    async fn both_ways(stream: &'static str) -> String {
+        let whole = String::from_utf8(run(vec![stream.as_bytes()]).await).unwrap();
+        let bytes: Vec<&'static [u8]> = stream.as_bytes().chunks(1).collect();
+        assert_eq!(String::from_utf8(run(bytes).await).unwrap(), whole);
+        whole
+    }
+
+    #[tokio::test]
+    async fn python_json_dumps_spacing_is_read_on_the_parsed_event() {
+        // Python's json.dumps default separators are ", " and ": ".
+        let s = "data: {\"id\": \"c\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"hi\"}}], \"usage\": null}\n\n\
+data: {\"id\": \"c\", \"choices\": [], \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 1}}\n\n\
+data: [DONE]\n\n";
+        assert_eq!(
+            both_ways(s).await,
+            "data: {\"id\": \"c\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \"hi\"}}]}\n\ndata: [DONE]\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn usage_null_goes_wherever_it_is_and_nothing_else_changes() {
+        // First member, pretty-printed over several data lines, CR line ends, a keep-alive.
+        let s = ": keep-alive\r\r\
+data: {\"usage\" :\tnull ,\r\
+data:  \"choices\": [ {\"delta\": {\"content\": \"say \\\"usage\\\": null\"}} ] }\r\r\
+data: {\"usage\":null}\r\r\
+data: {\"choices\":[],\"usage\":{\"total_tokens\":4},\"x\":1}\r\r\
+data: { \"choices\" : [ ] , \"usage\" : null }\r\r";
+        assert_eq!(
+            both_ways(s).await,
+            ": keep-alive\r\r\
+data: {\"choices\": [ {\"delta\": {\"content\": \"say \\\"usage\\\": null\"}} ] }\r\r\
+data: {}\r\r\
+data: { \"choices\" : [ ]  }\r\r"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_top_level_members_count() {
+        // `usage` nested in a choice, `choices` not empty, usage not an object: all kept.
+        let s = "data: {\"choices\":[{\"usage\":{\"a\":1}}],\"usage\":{\"a\":1}}\n\n\
+data: {\"choices\":[],\"usage\":7}\n\n\
+data: {\"meta\":{\"choices\":[],\"usage\":{\"a\":1}}}\n\n\
+data: not json \"usage\"\n\n";
+        assert_eq!(both_ways(s).await, s);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_crlf_chunk_keeps_the_line_end_of_the_event_before_it() {
+        let s = "data: {\"choices\":[{}],\"usage\":null}\r\n\r\n\
+: ping\r\n\r\n\
+data: {\"choices\": [], \"usage\": {\"total_tokens\": 4}}\r\n\r\n\
+data: [DONE]\r\n\r\n";
+        assert_eq!(
+            both_ways(s).await,
+            "data: {\"choices\":[{}]}\r\n\r\n: ping\r\n\r\ndata: [DONE]\r\n\r\n"
         );
     }
 }

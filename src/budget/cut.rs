@@ -1,56 +1,82 @@
 //! `action: cut`: end an in-flight stream at its budget with a well-formed ending, so the
 //! client's SDK sees a normal stream stopped for length rather than a broken one.
 //!
-//! The [`Call`](crate::proxy::Call) counts output events as frames pass and fires the
-//! [`CutSignal`] when the call's output allowance is used up. [`Cut`], the outermost response
-//! body, then forwards up to the last complete event, appends the provider's final events —
-//! OpenAI chat: a chunk with `finish_reason: "length"` and `data: [DONE]`; Anthropic:
-//! `content_block_stop` (if a block is open), `message_delta` with `stop_reason: "max_tokens"`,
-//! `message_stop` — and ends. Dropping the body cancels the upstream request.
+//! The limit is checked per event, not per network read: the call's accounting feeds every
+//! event to the provider parser (whose rule says which events carry output), counts each output
+//! event's tokens with the tokenizer, and at the first output event that would go over the
+//! allowance sets the [`CutPoint`]: the stream offset just past the event before it. [`Cut`],
+//! the response body, hands on whole events only (a partial event is held until it ends, found
+//! with the shared SSE decoder), stops at the cut point — inside a frame if need be — appends the
+//! provider's final events and ends: OpenAI chat, a chunk with `finish_reason: "length"` for
+//! every unfinished choice and `data: [DONE]`; Anthropic, `content_block_stop` (if a block is
+//! open), `message_delta` with `stop_reason: "max_tokens"`, `message_stop`. What the ending
+//! needs (chunk id and model, choices, the open block) is read from the parsed events it hands
+//! on. Dropping the body cancels the upstream request.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use memchr::memmem;
 use pin_project_lite::pin_project;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::providers::Format;
+use crate::sse::{SseDecoder, SseItem, DEFAULT_MAX_EVENT_BYTES};
 
-/// Shared between the call (which fires it) and the body (which ends the stream).
+/// Largest partial event held back; a larger one is handed on as it comes (and then finished
+/// even past the cut point, since half an event cannot be taken back).
+const MAX_HELD: usize = DEFAULT_MAX_EVENT_BYTES;
+
+/// Most choices (`n`) whose ending is tracked for the final OpenAI chunk.
+const MAX_CHOICES: usize = 128;
+
+/// Where a stream is cut: chosen by the call's accounting, applied by [`Cut`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutPoint {
+    /// Upstream stream bytes the client gets: the end of the last event before the first output
+    /// event over the allowance (an event end as [`SseDecoder::feed_ends`] reports it).
+    pub at: u64,
+    /// Output tokens in what the client gets.
+    pub output_tokens: u64,
+}
+
+/// Shared between the call's accounting (which sets the cut point) and the body (which cuts).
 #[derive(Debug)]
 pub struct CutSignal {
     after: u64,
-    fired: AtomicBool,
+    point: OnceLock<CutPoint>,
 }
 
 // === impl CutSignal ===
 
 impl CutSignal {
-    /// A signal that fires once more than `after` output events have streamed.
+    /// A signal for a stream that may carry `after` output tokens.
     pub fn new(after: u64) -> Arc<Self> {
         Arc::new(Self {
             after,
-            fired: AtomicBool::new(false),
+            point: OnceLock::new(),
         })
     }
 
-    /// Note the output events streamed so far.
-    pub fn observe(&self, output_events: u64) {
-        if output_events > self.after {
-            self.fired.store(true, Ordering::Relaxed);
-        }
+    /// Cut the stream at `point` (the first point set wins).
+    pub fn cut_at(&self, point: CutPoint) {
+        let _ = self.point.set(point);
+    }
+
+    /// The cut point, once the allowance is used up.
+    pub fn point(&self) -> Option<CutPoint> {
+        self.point.get().copied()
     }
 
     /// Whether the stream is to be cut.
     pub fn fired(&self) -> bool {
-        self.fired.load(Ordering::Relaxed)
+        self.point.get().is_some()
     }
 
-    /// The output allowance.
+    /// The output allowance, in tokens.
     pub fn after(&self) -> u64 {
         self.after
     }
@@ -70,14 +96,28 @@ enum State {
 struct Armed {
     signal: Arc<CutSignal>,
     format: Format,
-    /// Bytes forwarded so far end on an event boundary.
-    at_boundary: bool,
-    /// OpenAI: `"id":…,"object":…,"created":…,"model":…` of the first chunk, reused for the last.
-    head: Option<String>,
-    /// Anthropic: content blocks started and stopped.
-    started: u64,
-    stopped: u64,
+    decoder: SseDecoder,
+    /// Upstream bytes received so far.
+    received: u64,
+    /// Upstream bytes handed on.
+    sent: u64,
+    /// The start of an event still arriving (it begins at `sent`).
+    pending: BytesMut,
+    /// The event being received was partly handed on already (it was too large to hold).
+    partial_sent: bool,
+    ending: Ending,
     state: State,
+}
+
+/// What the final events need, read from the events handed on.
+#[derive(Default)]
+struct Ending {
+    /// OpenAI: `"id":…,"object":…,"created":…,"model":…` of the first chunk.
+    head: Option<String>,
+    /// OpenAI: choice indexes seen, and whether each has finished.
+    choices: Vec<(u32, bool)>,
+    /// Anthropic: the content block started and not yet stopped.
+    open_block: Option<u64>,
 }
 
 pin_project! {
@@ -97,17 +137,20 @@ impl<B> Cut<B> {
         Self { inner, armed: None }
     }
 
-    /// Pass `inner` through until `signal` fires, then end it as a `format` stream ends.
+    /// Pass `inner` through until the cut point `signal` gets, then end it as a `format`
+    /// stream ends.
     pub fn armed(inner: B, signal: Arc<CutSignal>, format: Format) -> Self {
         Self {
             inner,
             armed: Some(Box::new(Armed {
                 signal,
                 format,
-                at_boundary: true,
-                head: None,
-                started: 0,
-                stopped: 0,
+                decoder: SseDecoder::new(MAX_HELD),
+                received: 0,
+                sent: 0,
+                pending: BytesMut::new(),
+                partial_sent: false,
+                ending: Ending::default(),
                 state: State::Passing,
             })),
         }
@@ -125,48 +168,36 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         let Some(a) = this.armed.as_mut() else {
             return this.inner.poll_frame(cx);
         };
-        match a.state {
-            State::Done => return Poll::Ready(None),
-            State::Tail => {
-                a.state = State::Done;
-                return Poll::Ready(Some(Ok(Frame::data(a.tail()))));
+        loop {
+            match a.state {
+                State::Done => return Poll::Ready(None),
+                State::Tail => {
+                    a.state = State::Done;
+                    return Poll::Ready(Some(Ok(Frame::data(a.tail()))));
+                }
+                State::Passing => {}
             }
-            State::Passing => {}
-        }
-        let frame = match this.inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => f,
-            other => return other,
-        };
-        let data = match frame.into_data() {
-            Ok(d) => d,
-            Err(other) => return Poll::Ready(Some(Ok(other))),
-        };
-        if !a.signal.fired() {
-            a.note(&data);
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        // Cut at the last event boundary in this frame; without one, at the frame's start when
-        // what went before ended on a boundary, else keep going until a boundary comes.
-        let keep = match last_boundary(&data) {
-            Some(end) => end,
-            None if a.at_boundary => 0,
-            None => {
-                a.note(&data);
-                return Poll::Ready(Some(Ok(Frame::data(data))));
+            let data = match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(d) => d,
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                Poll::Ready(None) if !a.pending.is_empty() => {
+                    // The stream ended inside an event: hand on what came, as it came.
+                    a.state = State::Done;
+                    return Poll::Ready(Some(Ok(Frame::data(a.pending.split().freeze()))));
+                }
+                other => return other,
+            };
+            let out = a.pass(data);
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
             }
-        };
-        let head = data.slice(..keep);
-        a.note(&head);
-        a.state = State::Tail;
-        if head.is_empty() {
-            a.state = State::Done;
-            return Poll::Ready(Some(Ok(Frame::data(a.tail()))));
         }
-        Poll::Ready(Some(Ok(Frame::data(head))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -188,22 +219,56 @@ where
 // === impl Armed ===
 
 impl Armed {
-    /// Remember what the ending needs from forwarded bytes.
-    fn note(&mut self, data: &[u8]) {
-        if data.is_empty() {
-            return;
+    /// Take in the next frame and return the whole events to hand on, up to the cut point
+    /// (after which the state is `Tail`); the start of an event still arriving is held.
+    fn pass(&mut self, data: Bytes) -> Bytes {
+        let base = self.received;
+        self.received += data.len() as u64;
+        let point = self.signal.point();
+        let start = self.sent;
+        let mut end = start; // of the events handed on
+        let mut cut = point.is_some_and(|p| p.at <= start && !self.partial_sent);
+        let (ending, format, partial_sent) =
+            (&mut self.ending, self.format, &mut self.partial_sent);
+        if !cut {
+            self.decoder.feed_ends(&data, |item, e| {
+                let e = base + e as u64;
+                if cut {
+                    return;
+                }
+                if point.is_some_and(|p| e > p.at) && !std::mem::take(partial_sent) {
+                    cut = true;
+                    return;
+                }
+                if let SseItem::Event { data, .. } = item {
+                    ending.note(format, data);
+                }
+                end = e;
+            });
+            cut |= point.is_some_and(|p| end >= p.at);
         }
-        self.at_boundary = data.ends_with(b"\n\n") || data.ends_with(b"\r\n\r\n");
-        match self.format {
-            Format::OpenAiChat if self.head.is_none() => self.head = chunk_head(data),
-            Format::Anthropic => {
-                self.started +=
-                    memmem::find_iter(data, b"event: content_block_start").count() as u64;
-                self.stopped +=
-                    memmem::find_iter(data, b"event: content_block_stop").count() as u64;
-            }
-            _ => {}
+        // The bytes from `start` on: what was held, then this frame.
+        let all = if self.pending.is_empty() {
+            data
+        } else {
+            self.pending.extend_from_slice(&data);
+            self.pending.split().freeze()
+        };
+        let keep = (end - start) as usize;
+        self.sent = end;
+        if cut {
+            self.state = State::Tail;
+            return all.slice(..keep);
         }
+        let rest = &all[keep..];
+        if rest.len() > MAX_HELD {
+            // Not an event we can hold: hand it on and finish it whatever comes.
+            self.partial_sent = true;
+            self.sent += rest.len() as u64;
+            return all;
+        }
+        self.pending.extend_from_slice(rest);
+        all.slice(..keep)
     }
 
     /// The provider's final events.
@@ -211,26 +276,46 @@ impl Armed {
         let out = match self.format {
             Format::Anthropic => {
                 let mut s = String::new();
-                if self.started > self.stopped {
+                if let Some(index) = self.ending.open_block {
                     s.push_str(&format!(
-                        "event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":{}}}\n\n",
-                        self.started - 1
+                        "event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":{index}}}\n\n"
                     ));
                 }
+                // The output the client got in this stream (see `CutPoint::output_tokens`).
+                let tokens = self.signal.point().map_or(0, |p| p.output_tokens);
                 s.push_str(&format!(
-                    "event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{}}}}}\n\n",
-                    self.signal.after()
+                    "event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{tokens}}}}}\n\n"
                 ));
                 s.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
                 s
             }
             _ => {
                 let head = self
+                    .ending
                     .head
                     .as_deref()
                     .unwrap_or(r#""id":"chatcmpl-tokenwarden-cut","object":"chat.completion.chunk","created":0,"model":"unknown""#);
+                let mut open: Vec<u32> = self
+                    .ending
+                    .choices
+                    .iter()
+                    .filter(|(_, finished)| !finished)
+                    .map(|(i, _)| *i)
+                    .collect();
+                if self.ending.choices.is_empty() {
+                    open.push(0);
+                }
+                let choices: Vec<String> = open
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{{\"index\":{i},\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"length\"}}"
+                        )
+                    })
+                    .collect();
                 format!(
-                    "data: {{{head},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"length\"}}]}}\n\ndata: [DONE]\n\n"
+                    "data: {{{head},\"choices\":[{}]}}\n\ndata: [DONE]\n\n",
+                    choices.join(",")
                 )
             }
         };
@@ -238,25 +323,82 @@ impl Armed {
     }
 }
 
-/// End of the last complete SSE event in `data` (just past its blank line).
-fn last_boundary(data: &[u8]) -> Option<usize> {
-    let lf = memmem::rfind(data, b"\n\n").map(|i| i + 2);
-    let crlf = memmem::rfind(data, b"\r\n\r\n").map(|i| i + 4);
-    lf.max(crlf)
+/// The fields of an OpenAI chat chunk the ending needs.
+#[derive(Deserialize)]
+struct ChatChunk<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    created: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    choices: Vec<ChatChoice<'a>>,
 }
 
-/// `"id":…,"object":…,"created":…,"model":…` from the first chat chunk in `data`.
-fn chunk_head(data: &[u8]) -> Option<String> {
-    let start = memmem::find(data, b"data: ")? + 6;
-    let end = start + memchr::memchr(b'\n', &data[start..])?;
-    let v: serde_json::Value = serde_json::from_slice(&data[start..end]).ok()?;
-    let field = |k: &str| v.get(k).map(|x| x.to_string());
-    Some(format!(
-        "\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{}",
-        field("id")?,
-        field("created").unwrap_or_else(|| "0".into()),
-        field("model").unwrap_or_else(|| "\"unknown\"".into()),
-    ))
+#[derive(Deserialize)]
+struct ChatChoice<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(default, borrow)]
+    finish_reason: Option<&'a RawValue>,
+}
+
+/// The fields of an Anthropic event the ending needs.
+#[derive(Deserialize)]
+struct MessageEvent {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    index: Option<u64>,
+}
+
+// === impl Ending ===
+
+impl Ending {
+    /// Note one event handed on to the client.
+    fn note(&mut self, format: Format, data: &[u8]) {
+        match format {
+            Format::Anthropic => {
+                let Ok(ev) = serde_json::from_slice::<MessageEvent>(data) else {
+                    return;
+                };
+                match ev.kind.as_str() {
+                    "content_block_start" => self.open_block = ev.index,
+                    "content_block_stop" if ev.index == self.open_block => self.open_block = None,
+                    _ => {}
+                }
+            }
+            _ => {
+                let Ok(c) = serde_json::from_slice::<ChatChunk<'_>>(data) else {
+                    return;
+                };
+                if self.head.is_none() {
+                    if let Some(id) = c.id {
+                        let raw = |v: Option<&RawValue>, or: &str| {
+                            v.map_or_else(|| or.to_string(), |v| v.get().to_string())
+                        };
+                        self.head = Some(format!(
+                            "\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{}",
+                            id.get(),
+                            raw(c.created, "0"),
+                            raw(c.model, "\"unknown\""),
+                        ));
+                    }
+                }
+                for ch in c.choices {
+                    let finished = ch.finish_reason.is_some();
+                    match self.choices.iter().position(|(i, _)| *i == ch.index) {
+                        Some(p) => self.choices[p].1 |= finished,
+                        None if self.choices.len() < MAX_CHOICES => {
+                            self.choices.push((ch.index, finished))
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -264,15 +406,11 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
 
-    async fn run(frames: Vec<&'static str>, fire_after: usize, format: Format) -> String {
+    /// Run `frames` through a cut whose point is set before they arrive.
+    async fn run(frames: Vec<&'static str>, point: CutPoint, format: Format) -> String {
         let signal = CutSignal::new(0);
-        let s2 = signal.clone();
-        let mut n = 0;
-        let stream = futures_util::stream::iter(frames.into_iter().map(move |f| {
-            n += 1;
-            if n > fire_after {
-                s2.observe(1);
-            }
+        signal.cut_at(point);
+        let stream = futures_util::stream::iter(frames.into_iter().map(|f| {
             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(f.as_bytes())))
         }));
         let body = Cut::armed(StreamBody::new(stream), signal, format);
@@ -280,24 +418,48 @@ mod tests {
         String::from_utf8(b.to_vec()).unwrap()
     }
 
+    fn at(at: usize, output_tokens: u64) -> CutPoint {
+        CutPoint {
+            at: at as u64,
+            output_tokens,
+        }
+    }
+
+    const FIRST: &str = "data: {\"id\":\"c1\",\"created\":5,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n";
+
     #[tokio::test]
-    async fn openai_ends_with_length_and_done_at_an_event_boundary() {
+    async fn openai_is_cut_inside_a_frame_at_the_event_boundary() {
+        let a = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\n\n";
+        let frame: &'static str =
+            format!("{FIRST}{a}data: {{\"b\":2}}\n\ndata: {{\"c\":3}}\n\n").leak();
         let out = run(
-            vec![
-                "data: {\"id\":\"c1\",\"created\":5,\"model\":\"m\",\"choices\":[]}\n\n",
-                "data: {\"a\":1}\n\ndata: {\"b\"",
-                ":2}\n\n",
-                "data: {\"c\":3}\n\n",
-            ],
-            1,
+            vec![frame],
+            at(FIRST.len() + a.len(), 1),
             Format::OpenAiChat,
         )
         .await;
-        assert!(
-            out.contains("data: {\"a\":1}\n\ndata: {\"id\":\"c1\""),
-            "{out}"
+        assert_eq!(
+            out,
+            format!("{FIRST}{a}data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":5,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"length\"}}]}}\n\ndata: [DONE]\n\n")
         );
-        assert!(!out.contains("\"b\""), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_partial_event_is_held_and_never_half_sent() {
+        // The cut point is the end of FIRST; the next event arrives in pieces.
+        let out = run(
+            vec![
+                FIRST.split_at(10).0,
+                FIRST.split_at(10).1,
+                "data: {\"choi",
+                "ces\":[]}\n\ndata: {}\n\n",
+            ],
+            at(FIRST.len(), 0),
+            Format::OpenAiChat,
+        )
+        .await;
+        assert!(out.starts_with(FIRST), "{out}");
+        assert!(!out.contains("choi\""), "{out}");
         assert!(
             out.ends_with("\"finish_reason\":\"length\"}]}\n\ndata: [DONE]\n\n"),
             "{out}"
@@ -305,20 +467,55 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn anthropic_closes_the_open_block() {
+    async fn every_unfinished_choice_ends_for_length() {
+        let two = "data: {\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"stop\"},{\"index\":2,\"delta\":{\"content\":\"x\"},\"finish_reason\":null}]}\n\n";
+        let frame: &'static str = format!("{FIRST}{two}data: {{}}\n\n").leak();
         let out = run(
-            vec![
-                "event: message_start\ndata: {}\n\nevent: content_block_start\ndata: {}\n\n",
-                "event: content_block_delta\ndata: {}\n\n",
-                "event: content_block_delta\ndata: {}\n\n",
-            ],
-            1,
+            vec![frame],
+            at(FIRST.len() + two.len(), 1),
+            Format::OpenAiChat,
+        )
+        .await;
+        let last = out.rsplit("data: ").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(last.trim()).unwrap();
+        let idx: Vec<u64> = v["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(idx, [0, 2], "choice 1 had finished: {out}");
+    }
+
+    #[tokio::test]
+    async fn anthropic_closes_the_open_block_read_from_the_parsed_events() {
+        // No `event:` lines (the type is in the data) and a block index other than 0.
+        let start = "event: message_start\r\ndata: {\"type\":\"message_start\"}\r\n\r\ndata: {\"type\": \"content_block_start\", \"index\": 3, \"content_block\": {\"type\": \"text\", \"text\": \"\"}}\r\n\r\n";
+        let delta = "data: {\"type\":\"content_block_delta\",\"index\":3,\"delta\":{\"type\":\"text_delta\",\"text\":\"event: content_block_stop\"}}\r\n\r\n";
+        let frame: &'static str = format!("{start}{delta}{delta}").leak();
+        // The second delta is over: cut after the CR of the first one's blank line.
+        let out = run(
+            vec![frame],
+            at(start.len() + delta.len() - 1, 7),
             Format::Anthropic,
         )
         .await;
         assert_eq!(out.matches("content_block_delta").count(), 1, "{out}");
-        assert!(out.contains("\"type\":\"content_block_stop\",\"index\":0"));
+        assert!(out.contains("\r\n\revent: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":3}\n\n"), "{out}");
         assert!(out.contains("\"stop_reason\":\"max_tokens\""));
+        assert!(out.contains("\"usage\":{\"output_tokens\":7}"));
         assert!(out.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+    }
+
+    #[tokio::test]
+    async fn without_a_cut_point_everything_passes() {
+        let signal = CutSignal::new(5);
+        let frames = vec![FIRST.split_at(7).0, FIRST.split_at(7).1, "data: [DONE]\n\n"];
+        let stream = futures_util::stream::iter(frames.into_iter().map(|f| {
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(f.as_bytes())))
+        }));
+        let body = Cut::armed(StreamBody::new(stream), signal, Format::OpenAiChat);
+        let b = body.collect().await.unwrap().to_bytes();
+        assert_eq!(b, format!("{FIRST}data: [DONE]\n\n"));
     }
 }

@@ -8,6 +8,8 @@ use super::{Fault, MockOptions};
 
 /// Upper bound for `x-mock-output-chunks` (keeps a typo from allocating gigabytes).
 pub const MAX_OUTPUT_CHUNKS: u32 = 1_000_000;
+/// Upper bound for `x-mock-events-per-write`.
+pub const MAX_EVENTS_PER_WRITE: u32 = 10_000;
 /// Upper bound for `x-mock-tool-calls`.
 pub const MAX_TOOL_CALLS: u32 = 128;
 
@@ -17,6 +19,7 @@ pub struct Knobs {
     pub input_tokens: u64,
     pub output_chunks: u32,
     pub chunk_delay: Duration,
+    pub events_per_write: u32,
     pub first_byte_delay: Duration,
     pub tool_calls: u32,
     pub cached_tokens: u64,
@@ -43,6 +46,7 @@ impl Knobs {
             input_tokens: o.input_tokens,
             output_chunks: o.output_chunks.min(MAX_OUTPUT_CHUNKS),
             chunk_delay: Duration::from_millis(o.chunk_delay_ms),
+            events_per_write: o.events_per_write.clamp(1, MAX_EVENTS_PER_WRITE),
             first_byte_delay: Duration::from_millis(o.first_byte_delay_ms),
             tool_calls: o.tool_calls.min(MAX_TOOL_CALLS),
             cached_tokens: o.cached_tokens.min(o.input_tokens),
@@ -75,6 +79,12 @@ impl Knobs {
                         .ok_or_else(bad)?;
                 }
                 "chunk-delay-ms" => k.chunk_delay = Duration::from_millis(num()?),
+                "events-per-write" => {
+                    k.events_per_write = u32::try_from(num()?)
+                        .ok()
+                        .filter(|n| (1..=MAX_EVENTS_PER_WRITE).contains(n))
+                        .ok_or_else(bad)?;
+                }
                 "first-byte-delay-ms" => k.first_byte_delay = Duration::from_millis(num()?),
                 "tool-calls" => {
                     k.tool_calls = u32::try_from(num()?)
@@ -156,6 +166,7 @@ mod tests {
                 ("x-mock-input-tokens", "100"),
                 ("x-mock-output-chunks", " 3 "),
                 ("x-mock-chunk-delay-ms", "5"),
+                ("x-mock-events-per-write", "4"),
                 ("x-mock-first-byte-delay-ms", "7"),
                 ("x-mock-tool-calls", "2"),
                 ("x-mock-cached-tokens", "500"),
@@ -171,6 +182,7 @@ mod tests {
         assert_eq!(k.input_tokens, 100);
         assert_eq!(k.output_chunks, 3);
         assert_eq!(k.chunk_delay, Duration::from_millis(5));
+        assert_eq!(k.events_per_write, 4);
         assert_eq!(k.first_byte_delay, Duration::from_millis(7));
         assert_eq!(k.tool_calls, 2);
         assert_eq!(k.cached_tokens, 100, "clamped to input tokens");

@@ -17,6 +17,7 @@
 //! | `x-mock-input-tokens: N` | input (prompt) tokens reported in usage |
 //! | `x-mock-output-chunks: N` | streamed text chunks; one output token each (JSON bodies too) |
 //! | `x-mock-chunk-delay-ms: N` | delay between streamed events |
+//! | `x-mock-events-per-write: N` | streamed events handed to the connection together, as one write (a fast upstream) |
 //! | `x-mock-first-byte-delay-ms: N` | delay before the response head is sent |
 //! | `x-mock-tool-calls: N` | N parallel tool calls (`get_weather`, `search_docs`, ...) |
 //! | `x-mock-cached-tokens: N` | part of the input reported as served from cache |
@@ -84,6 +85,8 @@ pub struct MockOptions {
     pub output_chunks: u32,
     /// Delay between streamed events in milliseconds (`x-mock-chunk-delay-ms`).
     pub chunk_delay_ms: u64,
+    /// Streamed events per write (`x-mock-events-per-write`; the delay is then per write).
+    pub events_per_write: u32,
     /// Delay before the response head in milliseconds (`x-mock-first-byte-delay-ms`).
     pub first_byte_delay_ms: u64,
     /// Number of parallel tool calls in each answer (`x-mock-tool-calls`).
@@ -108,6 +111,7 @@ impl Default for MockOptions {
             input_tokens: 12,
             output_chunks: 20,
             chunk_delay_ms: 0,
+            events_per_write: 1,
             first_byte_delay_ms: 0,
             tool_calls: 0,
             cached_tokens: 0,

@@ -320,6 +320,12 @@ fn respond(reply: Reply, knobs: Option<&Knobs>, guard: Option<RequestGuard>) -> 
             gzipped = true;
         }
     }
+    if let Some(k) = knobs.filter(|k| stream && k.events_per_write > 1) {
+        frames = frames
+            .chunks(k.events_per_write as usize)
+            .map(|group| Bytes::from(group.concat()))
+            .collect();
+    }
     let mut body = MockBody::new(frames, !stream);
     if let Some(k) = knobs {
         if stream {

@@ -90,6 +90,17 @@ impl ResponseParser {
 
     /// Feed the next frame of the body.
     pub fn feed(&mut self, chunk: &[u8]) -> Feed {
+        self.feed_each(chunk, |_, _| {})
+    }
+
+    /// Feed the next frame of the body; for an SSE stream `on_event(end, output)` is also told,
+    /// event by event, where in `chunk` the event ended and, when it carried output, its data
+    /// (a stream cut at a budget is cut at an event, not at a frame).
+    pub fn feed_each(
+        &mut self,
+        chunk: &[u8],
+        mut on_event: impl FnMut(usize, Option<&[u8]>),
+    ) -> Feed {
         let mut feed = Feed::default();
         match &mut self.body {
             Body::Json(buf, over) => {
@@ -103,14 +114,19 @@ impl ResponseParser {
             Body::Sse(dec) => {
                 let state = &mut self.state;
                 let sample = &mut self.sample;
-                dec.feed(chunk, |item| match item {
+                dec.feed_ends(chunk, |item, end| match item {
                     SseItem::Event { event, data } => {
-                        if state.event(event, data) {
+                        let output = state.event(event, data);
+                        if output {
                             feed.output_events += 1;
                             sample.keep(data);
                         }
+                        on_event(end, output.then_some(data));
                     }
-                    SseItem::Oversized => state.record_mut().unparsed = Some("event_too_large"),
+                    SseItem::Oversized => {
+                        state.record_mut().unparsed = Some("event_too_large");
+                        on_event(end, None);
+                    }
                 });
             }
             Body::Ndjson(dec) => {

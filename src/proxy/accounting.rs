@@ -11,6 +11,7 @@ use metrics::{counter, histogram, Histogram, Label};
 use tokio::time::Instant;
 
 use crate::body::BodyEnd;
+use crate::budget::cut::{CutPoint, CutSignal};
 use crate::policy::ResponseCheck;
 use crate::providers::decompress::{DecompressError, Decompressor};
 use crate::providers::{OutputSample, ResponseParser, ResponseRecord};
@@ -50,6 +51,18 @@ pub struct LlmCall {
     policy: Option<ResponseCheck>,
     request_body: Bytes,
     output_events: u64,
+    cut: Option<CutWatch>,
+}
+
+/// A stream a `cut` limit may end: its output counted event by event against the allowance.
+struct CutWatch {
+    signal: Arc<CutSignal>,
+    /// Stream bytes fed so far.
+    received: u64,
+    /// Where the last event ended.
+    last_end: u64,
+    /// Output tokens received (tokenizer count per output event).
+    tokens: u64,
 }
 
 /// Where a call's token counts came from (`tokenwarden.usage.source`).
@@ -139,6 +152,7 @@ impl LlmCall {
             policy: None,
             request_body: Bytes::new(),
             output_events: 0,
+            cut: None,
         }
     }
 
@@ -180,6 +194,27 @@ impl LlmCall {
     /// Output events (text, reasoning, tool-call deltas) seen so far.
     pub fn output_events(&self) -> u64 {
         self.output_events
+    }
+
+    /// Whether a `cut` limit can end this response: an SSE stream read as it is forwarded
+    /// (a compressed stream cannot be cut at an event).
+    pub fn cuttable(&self) -> bool {
+        self.streamed && self.parser.is_some() && self.decompressor.is_none()
+    }
+
+    /// Count the stream's output against `signal`'s allowance and set its cut point.
+    pub fn set_cut(&mut self, signal: Arc<CutSignal>) {
+        self.cut = Some(CutWatch {
+            signal,
+            received: 0,
+            last_end: 0,
+            tokens: 0,
+        });
+    }
+
+    /// Whether the stream is to be cut (or was).
+    pub fn cut_fired(&self) -> bool {
+        self.cut.as_ref().is_some_and(|w| w.signal.fired())
     }
 
     /// Whether the response is a stream.
@@ -225,9 +260,14 @@ impl LlmCall {
         let Some(parser) = self.parser.as_mut() else {
             return;
         };
-        let output = match self.decompressor.as_mut() {
-            None => parser.feed(data).output_events,
-            Some(d) => {
+        let output = match (self.decompressor.as_mut(), self.cut.as_mut()) {
+            (None, Some(watch)) => {
+                parser
+                    .feed_each(data, |end, output| watch.event(end, output))
+                    .output_events
+            }
+            (None, None) => parser.feed(data).output_events,
+            (Some(d), _) => {
                 let mut n = 0;
                 if let Err(e) = d.feed(data, |plain| n = parser.feed(plain).output_events) {
                     self.unparsed = Some(match e {
@@ -240,6 +280,9 @@ impl LlmCall {
                 n
             }
         };
+        if let Some(watch) = self.cut.as_mut() {
+            watch.fed(data.len());
+        }
         if output == 0 {
             return;
         }
@@ -273,7 +316,28 @@ impl LlmCall {
                 OutputSample::default(),
             ),
         };
-        let usage_source = if record.usage.is_present() {
+        let cut_tokens = self
+            .cut
+            .as_ref()
+            .filter(|w| w.signal.fired())
+            .map(|w| w.tokens);
+        let usage_source = if let Some(tokens) = cut_tokens.filter(|_| !final_usage(&record)) {
+            // Cut at a budget: the provider's final usage never came (Anthropic's
+            // `message_start` states a placeholder output count). The provider bills what it
+            // generated; the best count of that is what it sent us — every output event the
+            // parser saw, each counted with the tokenizer (exact for OpenAI's tokenizer, close
+            // for others, where an event count would undercount multi-token deltas) and at
+            // least one token each. Only the rest of the frame holding the cut point is read
+            // past it, so this is the client's share plus at most one upstream write.
+            record.usage.output = Some(record.usage.output.unwrap_or(0).max(tokens));
+            if record.usage.input.is_none() {
+                record.usage.input = Some(crate::tokens::estimate_input(
+                    self.facts.format,
+                    &self.request_body,
+                ));
+            }
+            UsageSource::Estimated
+        } else if record.usage.is_present() {
             if self.injected {
                 UsageSource::Injected
             } else {
@@ -359,6 +423,38 @@ impl LlmCall {
             other_labels,
             policy_violations: violations,
         }
+    }
+}
+
+/// Whether the usage a stream stated is its final count: the stream's end (a finish reason, then
+/// or with the usage) was read. Before that, only Anthropic's `message_start` states usage.
+fn final_usage(record: &ResponseRecord) -> bool {
+    record.usage.is_present() && !record.finish_reasons.is_empty()
+}
+
+// === impl CutWatch ===
+
+impl CutWatch {
+    /// One event of the stream ended `end` bytes into the current frame; `output` is its data
+    /// when it carried output.
+    fn event(&mut self, end: usize, output: Option<&[u8]>) {
+        if let Some(data) = output {
+            let tokens = crate::tokens::count(&crate::tokens::output_text(data)).max(1);
+            if self.tokens + tokens > self.signal.after() {
+                // This event would go over: the client gets everything before it.
+                self.signal.cut_at(CutPoint {
+                    at: self.last_end,
+                    output_tokens: self.tokens,
+                });
+            }
+            self.tokens += tokens;
+        }
+        self.last_end = self.received + end as u64;
+    }
+
+    /// A frame was fed.
+    fn fed(&mut self, len: usize) {
+        self.received += len as u64;
     }
 }
 

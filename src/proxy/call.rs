@@ -176,8 +176,12 @@ impl Call {
         &self.policy_violations
     }
 
-    /// End the response stream once `signal` fires (it is shared with the response body).
+    /// End the response stream at the cut point the call's accounting sets on `signal` (it is
+    /// shared with the response body).
     pub fn set_cut(&mut self, signal: Arc<CutSignal>) {
+        if let Some(llm) = self.llm.as_mut() {
+            llm.set_cut(signal.clone());
+        }
         self.cut = Some(signal);
     }
 
@@ -289,12 +293,11 @@ impl Call {
                 now,
             };
             let output_events = llm.output_events();
-            let mut f = llm.finish(&self.base, &ending);
+            // A cut call's usage is counted in `LlmCall::finish`, so that metrics, spans, the
+            // store and cost all get the same numbers.
+            let f = llm.finish(&self.base, &ending);
             if let Some(b) = self.budget.take() {
                 if cut {
-                    // The final usage never came; what streamed is the better count.
-                    f.record.usage.output =
-                        Some(f.record.usage.output.unwrap_or(0).max(output_events));
                     b.budgets().cut(b.session(), b.agent());
                     self.budget_decision = Some("cut");
                 }
@@ -393,9 +396,6 @@ impl Observer for Call {
         self.bytes_out += data.len() as u64;
         if let Some(llm) = self.llm.as_mut() {
             llm.on_data(data, &self.base, now);
-            if let Some(cut) = &self.cut {
-                cut.observe(llm.output_events());
-            }
         }
         if let Some(span) = self.span.as_mut() {
             span.on_data(data);
@@ -404,6 +404,12 @@ impl Observer for Call {
 
     fn on_end(mut self, end: BodyEnd) {
         self.finish(end);
+    }
+
+    fn hand_on(&self) -> bool {
+        // Past the cut point nothing more is needed from the upstream: reading on would only
+        // receive (and bill) output the client never gets.
+        self.cut.as_ref().is_some_and(|c| c.fired())
     }
 }
 

@@ -52,7 +52,7 @@ use route::{Route, RouteError, Router};
 /// stream usage, rewritten), or one the proxy made itself.
 pub type ProxyBody = Either<
     Cut<ObservedBody<Incoming, Call>>,
-    Either<Cut<StripUsage<ObservedBody<Incoming, Call>>>, Full<Bytes>>,
+    Either<StripUsage<Cut<ObservedBody<Incoming, Call>>>, Full<Bytes>>,
 >;
 
 /// Response header with the tokens left under the session's token limit.
@@ -357,7 +357,8 @@ impl Proxy {
             rparts.headers.remove(CONTENT_LENGTH);
             return Response::from_parts(
                 rparts,
-                Either::Right(Either::Left(wrap(StripUsage::new(body), cut))),
+                // The cut point is an offset in the upstream's bytes: cut before rewriting.
+                Either::Right(Either::Left(StripUsage::new(wrap(body, cut)))),
             );
         }
         Response::from_parts(rparts, Either::Left(wrap(body, cut)))
@@ -376,7 +377,7 @@ impl Proxy {
         let after = adm.cut_after_output?;
         let llm = call.llm_mut()?;
         let format = llm.facts().format;
-        if !llm.streamed() || !cut::supported(format) {
+        if !llm.cuttable() || !cut::supported(format) {
             return None;
         }
         // Content-Length no longer holds once the stream may end early.

@@ -58,33 +58,44 @@ impl SseDecoder {
     }
 
     /// Feed the next chunk of the stream; `f` is called for every event it completes.
-    pub fn feed(&mut self, mut chunk: &[u8], mut f: impl FnMut(SseItem<'_>)) {
+    pub fn feed(&mut self, chunk: &[u8], mut f: impl FnMut(SseItem<'_>)) {
+        self.feed_ends(chunk, |item, _| f(item));
+    }
+
+    /// Like [`feed`](Self::feed), and `f` is also told where in `chunk` the event ended: just
+    /// past the first byte (LF or CR) of the line end of the blank line that dispatched it. So
+    /// the raw bytes of consecutive events are the spans between those ends (comment-only blocks
+    /// before an event belong to it), which lets a rewriter keep, drop or edit whole events as
+    /// they were sent. The LF of a CRLF is left to the next span on purpose: whether it follows
+    /// may be unknown until the next chunk, and ends must not depend on how the bytes were cut.
+    pub fn feed_ends(&mut self, chunk: &[u8], mut f: impl FnMut(SseItem<'_>, usize)) {
         if chunk.is_empty() {
             return; // an empty frame must not cancel a pending CR-LF join
         }
-        if self.after_cr {
-            self.after_cr = false;
-            if let Some(rest) = chunk.strip_prefix(b"\n") {
-                chunk = rest;
-            }
+        let mut pos = 0;
+        if std::mem::take(&mut self.after_cr) && chunk[0] == b'\n' {
+            pos = 1;
         }
-        while !chunk.is_empty() {
-            let Some(end) = memchr2(b'\n', b'\r', chunk) else {
-                self.keep_partial(chunk);
+        while pos < chunk.len() {
+            let rest = &chunk[pos..];
+            let Some(end) = memchr2(b'\n', b'\r', rest) else {
+                self.keep_partial(rest);
                 return;
             };
-            let line = &chunk[..end];
+            let line = &rest[..end];
             // A CR followed by LF is one line end; a CR last in the chunk may be too.
             let mut next = end + 1;
-            if chunk[end] == b'\r' {
-                match chunk.get(next) {
+            if rest[end] == b'\r' {
+                match rest.get(next) {
                     Some(b'\n') => next += 1,
                     None => self.after_cr = true,
                     Some(_) => {}
                 }
             }
+            let event_end = pos + end + 1;
+            let mut emit = |item: SseItem<'_>| f(item, event_end);
             if self.partial.is_empty() && !self.skipping_line {
-                self.line(line, &mut f);
+                self.line(line, &mut emit);
             } else {
                 self.keep_partial(line);
                 let whole = std::mem::take(&mut self.partial);
@@ -92,12 +103,12 @@ impl SseDecoder {
                     self.skipping_line = false;
                     self.oversized = true;
                 } else {
-                    self.line(&whole, &mut f);
+                    self.line(&whole, &mut emit);
                 }
                 self.partial = whole;
                 self.partial.clear();
             }
-            chunk = &chunk[next..];
+            pos += next;
         }
     }
 
@@ -133,13 +144,7 @@ impl SseDecoder {
         if line[0] == b':' {
             return; // comment / keep-alive
         }
-        let (name, value) = match memchr(b':', line) {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
-        };
+        let (name, value) = field(line);
         match name {
             b"data" => {
                 if self.oversized {
@@ -179,6 +184,18 @@ impl SseDecoder {
         self.data.clear();
         self.event.clear();
         self.oversized = false;
+    }
+}
+
+/// A field line's name and value: the name runs up to the first colon, one space after it is
+/// dropped; a line without a colon is a name with an empty value.
+pub(crate) fn field(line: &[u8]) -> (&[u8], &[u8]) {
+    match memchr(b':', line) {
+        Some(i) => {
+            let v = &line[i + 1..];
+            (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+        }
+        None => (line, &b""[..]),
     }
 }
 
@@ -260,6 +277,35 @@ mod tests {
             decode_chunks(&[b"data: 1\n\ndata: 2\n"], 64),
             vec![e("message", "1")]
         );
+    }
+
+    /// Absolute event ends of `stream` fed in `chunks` pieces of `size` bytes.
+    fn ends(stream: &[u8], size: usize) -> Vec<usize> {
+        let mut d = SseDecoder::new(64);
+        let mut out = Vec::new();
+        let mut base = 0;
+        for c in stream.chunks(size) {
+            d.feed_ends(c, |_, end| out.push(base + end));
+            base += c.len();
+        }
+        out
+    }
+
+    #[test]
+    fn event_ends_are_just_past_the_dispatching_blank_line() {
+        let s: &[u8] = b"data: 1\n\n: ping\n\nevent: x\r\ndata: 2\r\n\r\ndata: 3\r\rdata: 4\n\n";
+        // The CRLF event ends after its CR: the LF starts the next span.
+        let want = vec![9, 37, 47, 56];
+        assert_eq!(ends(s, s.len()), want);
+        for size in 1..s.len() {
+            assert_eq!(ends(s, size), want, "chunks of {size}");
+        }
+        // Relative to each chunk.
+        let mut d = SseDecoder::new(64);
+        let mut got = Vec::new();
+        d.feed_ends(b"data: 1\r\n\r", |_, e| got.push(e));
+        d.feed_ends(b"\ndata: 2\n\n", |_, e| got.push(e));
+        assert_eq!(got, [10, 10]);
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! The raw bytes of one event, for rewriters that keep, drop or edit events as they were sent.
+//!
+//! The decoder says where each event ends ([`SseDecoder::feed_ends`]); the span between two ends
+//! is one event's raw bytes (comment-only blocks before it included). These helpers find the
+//! lines inside such a span with the decoder's line rules, where the event's own lines start,
+//! and where a byte of the event's decoded `data` lies in the raw bytes, so that an edit made
+//! on the decoded data can be applied to the bytes without touching anything else.
+//!
+//! [`SseDecoder::feed_ends`]: super::SseDecoder::feed_ends
+
+use memchr::memchr2;
+
+use super::decoder::field;
+
+/// One line of a raw span: its content is `start..end`; the next line starts at `next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawLine {
+    /// First byte of the line.
+    pub start: usize,
+    /// End of the content (where the line end starts).
+    pub end: usize,
+    /// Just past the line end (LF, CR or CRLF).
+    pub next: usize,
+}
+
+/// The lines of `raw`, split at LF, CRLF and CR; a last line without a line end is included.
+pub fn lines(raw: &[u8]) -> impl Iterator<Item = RawLine> + '_ {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        if pos >= raw.len() {
+            return None;
+        }
+        let start = pos;
+        let (end, next) = match memchr2(b'\n', b'\r', &raw[pos..]) {
+            Some(i) => {
+                let end = pos + i;
+                let crlf = raw[end] == b'\r' && raw.get(end + 1) == Some(&b'\n');
+                (end, end + 1 + usize::from(crlf))
+            }
+            None => (raw.len(), raw.len()),
+        };
+        pos = next;
+        Some(RawLine { start, end, next })
+    })
+}
+
+/// Where the event's own lines start in its span: after the last blank line before the one
+/// that ends it (comment-only blocks and the LF of a preceding CRLF come before).
+pub fn event_start(raw: &[u8]) -> usize {
+    lines(raw)
+        .filter(|l| l.start == l.end && l.next < raw.len())
+        .map(|l| l.next)
+        .last()
+        .unwrap_or(0)
+}
+
+/// Where byte `at` of the event's data (its `data:` values joined with LF, as the decoder
+/// gives them) lies in `raw`; `at == data.len()` maps to the end of the last value, and a
+/// joining LF to the end of the value before it. `None` when `raw` holds less data than that.
+pub fn data_pos(raw: &[u8], at: usize) -> Option<usize> {
+    let mut seen = 0;
+    for l in lines(raw) {
+        let (name, value) = field(&raw[l.start..l.end]);
+        if name != b"data" {
+            continue;
+        }
+        let value_start = l.end - value.len();
+        if at <= seen + value.len() {
+            return Some(value_start + (at - seen));
+        }
+        seen += value.len() + 1; // the joining LF
+    }
+    None
+}
+
+/// Length of the data the span's `data:` lines hold when joined with LF.
+pub fn data_len(raw: &[u8]) -> usize {
+    let mut n = 0;
+    let mut any = false;
+    for l in lines(raw) {
+        let (name, value) = field(&raw[l.start..l.end]);
+        if name == b"data" {
+            n += value.len() + usize::from(any);
+            any = true;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_at_lf_crlf_and_cr() {
+        let raw = b"a\r\nbb\rc\n\nd";
+        let got: Vec<_> = lines(raw).map(|l| &raw[l.start..l.end]).collect();
+        assert_eq!(got, [&b"a"[..], b"bb", b"c", b"", b"d"]);
+        assert_eq!(lines(b"x\r").last().map(|l| l.next), Some(2));
+    }
+
+    #[test]
+    fn the_event_starts_after_the_comment_blocks_before_it() {
+        assert_eq!(event_start(b"data: 1\n\n"), 0);
+        assert_eq!(event_start(b": ping\n\ndata: 1\n\n"), 8);
+        assert_eq!(event_start(b"\n: a\r\n\r\nevent: x\r\ndata: 1\r\n\r"), 8);
+    }
+
+    #[test]
+    fn data_positions_map_back_to_the_raw_bytes() {
+        // data is "{\"a\":\n1}" (two lines joined with LF).
+        let raw = b": c\n\nevent: e\r\ndata:{\"a\":\r\ndata: 1}\r\n\r";
+        assert_eq!(data_len(raw), 8);
+        let p = |at| data_pos(raw, at).unwrap();
+        assert_eq!(raw[p(0)], b'{');
+        assert_eq!(
+            &raw[p(5)..p(5) + 2],
+            b"\r\n",
+            "the joining LF: the end of its line"
+        );
+        assert_eq!(raw[p(6)], b'1');
+        assert_eq!(raw[p(7)], b'}');
+        assert_eq!(&raw[p(8)..], b"\r\n\r");
+        assert_eq!(data_pos(raw, 10), None);
+    }
+}

@@ -62,11 +62,37 @@ pub fn load_from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
             origin: origin.to_string(),
             // No snippet: it quotes the offending line and the two before it, which may hold
             // an API key or a password; the position and the key name are enough to find it.
-            message: redact_values(&e.without_snippet().to_string()),
+            message: with_key(
+                redact_values(&e.without_snippet().to_string()),
+                e.location().and_then(|l| key_at(text, l.line())),
+            ),
         })?
     };
     super::validate::validate(&config).map_err(|e| e.with_origin(origin))?;
     Ok(config)
+}
+
+/// `message`, naming `key` when it does not already (a value error names only its position).
+fn with_key(message: String, key: Option<&str>) -> String {
+    match key {
+        Some(k) if !message.contains(&format!("`{k}`")) => format!("{message} (key `{k}`)"),
+        _ => message,
+    }
+}
+
+/// The mapping key written on line `line` (1-based) of `text`, if that line is `key: …`: a key
+/// is never a secret, and it tells the reader what to fix when the value cannot be shown.
+fn key_at(text: &str, line: u64) -> Option<&str> {
+    let l = text.lines().nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let l = l.trim_start().trim_start_matches("- ");
+    let (key, _) = l.split_once(':')?;
+    let key = key.trim().trim_matches('"');
+    let plain = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'*'));
+    plain.then_some(key)
 }
 
 /// `message` with every value it quotes replaced by `<redacted>`: serde quotes strings

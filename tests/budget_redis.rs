@@ -113,7 +113,7 @@ async fn settled(admin: std::net::SocketAddr, session: &str, total: u64) {
             let (r, b) = get(&url).await;
             r.status() == 200
                 && serde_json::from_slice::<serde_json::Value>(&b).unwrap()["limits"][0]["used"]
-                    == serde_json::json!(total as f64)
+                    == serde_json::json!(total)
         }
     })
     .await;
@@ -240,7 +240,7 @@ async fn a_client_gone_during_admission_leaks_no_reservation() {
             let (r, b) = get(&url).await;
             r.status() == 200
                 && serde_json::from_slice::<serde_json::Value>(&b).unwrap()["limits"][0]["used"]
-                    == serde_json::json!(0.0)
+                    == serde_json::json!(0)
         }
     })
     .await;

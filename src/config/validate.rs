@@ -215,6 +215,7 @@ mod tests {
             ("server:\n  header_read_timeout: 0s\n", "server.header_read_timeout"),
             ("budgets:\n  store:\n    kind: redis\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: http://x\n", "budgets.store.url"),
+            ("budgets:\n  lifetime_refusal: '402'\n", "payment_required"),
         ];
         for (text, key) in cases {
             let err = load_from_str(text, "c.yaml").unwrap_err().to_string();

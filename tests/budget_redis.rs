@@ -267,12 +267,17 @@ async fn reservations_of_a_killed_proxy_expire_with_their_lease_and_live_ones_ar
     // One call (max_tokens 150) takes the whole 100-token limit while it runs.
     let cfg = config(m.addr(), &redis.url(), "fail_closed")
         .replace("tokens: 50", "tokens: 100")
-        .replace("    timeout: 300ms\n", "    timeout: 2s\n    reservation_lease: 3s\n");
+        .replace(
+            "    timeout: 300ms\n",
+            "    timeout: 2s\n    reservation_lease: 3s\n",
+        );
     let file = config_file(&format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
     ));
+    // Two processes: an in-process proxy would share this test binary's metrics recorder (and
+    // its store-up gauge) with the other tests.
     let mut a = ProxyProcess::spawn(file.path()).await;
-    let b = TestProxy::start(&cfg).await;
+    let b = ProxyProcess::spawn(file.path()).await;
     let body = r#"{"model":"gpt-4o-mini","max_tokens":150,"messages":[{"role":"user","content":"hi"}],"stream":true}"#;
     let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
     let req = format!(
@@ -286,7 +291,7 @@ async fn reservations_of_a_killed_proxy_expire_with_their_lease_and_live_ones_ar
 
     let call_b = || async {
         post(
-            &b.url("/v1/chat/completions"),
+            &format!("http://{}/v1/chat/completions", b.addr),
             &[("x-session-id", "lease-1")],
             r#"{"model":"gpt-4o-mini","max_tokens":150,"messages":[{"role":"user","content":"hi"}]}"#,
         )
@@ -304,5 +309,8 @@ async fn reservations_of_a_killed_proxy_expire_with_their_lease_and_live_ones_ar
     let _ = a.child.wait().await;
     drop(s);
     let released = eventually(Duration::from_secs(8), || async { call_b().await == 200 }).await;
-    assert!(released, "a killed proxy's reservation locked the session out");
+    assert!(
+        released,
+        "a killed proxy's reservation locked the session out"
+    );
 }

@@ -290,7 +290,12 @@ impl RedisStore {
     }
 
     /// Extend the leases `ids` of scope `key` to `until_ms`.
-    pub(super) async fn renew(&self, key: &str, ids: &[u64], until_ms: u64) -> Result<(), StoreError> {
+    pub(super) async fn renew(
+        &self,
+        key: &str,
+        ids: &[u64],
+        until_ms: u64,
+    ) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -332,7 +337,9 @@ impl RedisStore {
 
     pub(super) async fn reset(&self, key: &str) -> Result<bool, StoreError> {
         let (k, l) = (redis_key(key), lease_key(key));
-        let n: i64 = self.run(|mut c| async move { c.del(&[k, l]).await }).await?;
+        let n: i64 = self
+            .run(|mut c| async move { c.del(&[k, l]).await })
+            .await?;
         if let Some(id) = key.strip_prefix("s:") {
             let id = id.to_string();
             let _: i64 = self

@@ -83,7 +83,9 @@ fn with_key(message: String, key: Option<&str>) -> String {
 /// The mapping key written on line `line` (1-based) of `text`, if that line is `key: …`: a key
 /// is never a secret, and it tells the reader what to fix when the value cannot be shown.
 fn key_at(text: &str, line: u64) -> Option<&str> {
-    let l = text.lines().nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
     let l = l.trim_start().trim_start_matches("- ");
     let (key, _) = l.split_once(':')?;
     let key = key.trim().trim_matches('"');

@@ -110,7 +110,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         // Renewals run on the store's 1 s upkeep tick, every third of the lease at most.
         if config.budgets.store.reservation_lease < std::time::Duration::from_secs(3) {
-            return Err(invalid("budgets.store.reservation_lease", "must be at least 3s"));
+            return Err(invalid(
+                "budgets.store.reservation_lease",
+                "must be at least 3s",
+            ));
         }
     }
     for (i, l) in config.budgets.limits.iter().enumerate() {
@@ -249,6 +252,7 @@ mod tests {
             ("budgets:\n  store:\n    kind: redis\n    url: http://x\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h:port\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h:6379/x\n", "budgets.store.url"),
+            ("budgets:\n  lifetime_refusal: '402'\n", "payment_required"),
         ];
         for (text, key) in cases {
             let err = load_from_str(text, "c.yaml").unwrap_err().to_string();

@@ -1,6 +1,6 @@
-"""Budgets seen by the official OpenAI and Anthropic Python SDKs, through tokenwarden.
+"""Budgets seen by the official OpenAI, Anthropic and Google GenAI Python SDKs, through tokenwarden.
 
-Usage: budget_clients.py refusal|cut BASE_URL
+Usage: budget_clients.py refusal|refusal_429|cut BASE_URL
 Prints one JSON line of what the SDKs saw; exits non-zero (with the reason) on any mismatch.
 tests/budget_sdks.rs starts the mock provider and the proxy (with budgets) and runs this.
 """
@@ -14,47 +14,70 @@ def check(cond, msg):
         sys.exit(1)
 
 
-def run_refusal(base):
+def refusal_calls(base, tag, expect_status):
+    """One client call per SDK in session `<sdk>-<tag>` after a first call spent the limit; every
+    SDK at its default retries (google-genai with retries turned on). Returns what each raised."""
     import anthropic
     import openai
+    from google import genai
+    from google.genai import errors as genai_errors
+    from google.genai import types
 
     out = {}
-    # Default retries (2): a lifetime refusal carries x-should-retry: false, so the SDK must
-    # raise at once instead of retrying.
+
+    def headers(sdk):
+        s = f"sdk-{tag}-{sdk}"
+        return {"x-session-id": s, "x-agent-name": s, "x-mock-input-tokens": "200",
+                "x-mock-output-chunks": "8"}
+
+    def budget_message(msg):
+        check("budget exceeded" in msg and "this call needs" in msg, f"message {msg!r}")
+
+    def refused(name, call, error_class):
+        """The first call spends the limit; the second must raise `error_class` (returned)."""
+        call()
+        try:
+            call()
+        except error_class as e:
+            out[name] = type(e).__name__
+            return e
+        check(False, f"{name}: the refusal did not raise")
+
     client = openai.OpenAI(base_url=f"{base}/v1", api_key="sk-sdk-test")
-    headers = {"x-session-id": "sdk-refusal-oai", "x-agent-name": "sdk-refusal-oai",
-               "x-mock-input-tokens": "200", "x-mock-output-chunks": "8"}
-    r = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_headers=headers)
-    check(r.usage.total_tokens == 208, f"first call usage {r.usage}")
-    errors = 0
-    try:
-        client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_headers=headers)
-    except openai.RateLimitError as e:
-        errors += 1
-        check(e.status_code == 429, f"status {e.status_code}")
-        check(e.code == "session_token_budget_exceeded", f"code {e.code}")
-        check(e.type == "budget_exceeded", f"type {e.type}")
-    check(errors == 1, f"{errors} RateLimitErrors")
-    out["openai_rate_limit_errors"] = errors
+    e = refused("openai", lambda: client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+        extra_headers=headers("oai")), openai.APIStatusError)
+    check(e.status_code == expect_status, f"openai status {e.status_code}")
+    check(e.code == "session_token_budget_exceeded", f"code {e.code}")
+    check(e.type == "budget_exceeded", f"type {e.type}")
+    budget_message(e.message)
 
     aclient = anthropic.Anthropic(base_url=f"{base}/anthropic", api_key="sk-ant-test")
-    headers = {"x-session-id": "sdk-refusal-anth", "x-agent-name": "sdk-refusal-anth",
-               "x-mock-input-tokens": "200", "x-mock-output-chunks": "8"}
-    aclient.messages.create(model="claude-sonnet-4-5", max_tokens=64,
-                            messages=[{"role": "user", "content": "hi"}], extra_headers=headers)
-    errors = 0
-    try:
-        aclient.messages.create(model="claude-sonnet-4-5", max_tokens=64,
-                                messages=[{"role": "user", "content": "hi"}], extra_headers=headers)
-    except anthropic.RateLimitError as e:
-        errors += 1
-        check(e.status_code == 429, f"anthropic status {e.status_code}")
-        check(e.body["error"]["type"] == "rate_limit_error", f"anthropic body {e.body}")
-    check(errors == 1, f"{errors} anthropic RateLimitErrors")
-    out["anthropic_rate_limit_errors"] = errors
+    e = refused("anthropic", lambda: aclient.messages.create(
+        model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}],
+        extra_headers=headers("anth")), anthropic.APIStatusError)
+    check(e.status_code == expect_status, f"anthropic status {e.status_code}")
+    want = "billing_error" if expect_status == 402 else "rate_limit_error"
+    check(e.body["error"]["type"] == want, f"anthropic body {e.body}")
+    budget_message(e.body["error"]["message"])
+
+    # google-genai retries only when asked to: 3 attempts, on its default statuses (429 among them).
+    g = genai.Client(api_key="AIza-sdk", http_options=types.HttpOptions(
+        base_url=f"{base}/gemini", headers=headers("gem"),
+        retry_options=types.HttpRetryOptions(attempts=3, initial_delay=0.1, max_delay=0.5)))
+    e = refused("gemini", lambda: g.models.generate_content(model="gemini-2.5-flash", contents="hi"),
+                genai_errors.APIError)
+    check(e.code == expect_status, f"google-genai code {e.code}")
+    budget_message(e.message or "")
     return out
+
+
+def run_refusal(base):
+    return refusal_calls(base, "refusal", 402)
+
+
+def run_refusal_429(base):
+    return refusal_calls(base, "refusal429", 429)
 
 
 def run_cut(base):
@@ -93,5 +116,5 @@ def run_cut(base):
 
 if __name__ == "__main__":
     which, base = sys.argv[1], sys.argv[2].rstrip("/")
-    result = {"refusal": run_refusal, "cut": run_cut}[which](base)
+    result = {"refusal": run_refusal, "refusal_429": run_refusal_429, "cut": run_cut}[which](base)
     print(json.dumps(result))

@@ -77,5 +77,11 @@ if [ -z "${AI_SDK_DIR:-}" ] && [ ! -d .tools/ai-sdk/node_modules/@ai-sdk/anthrop
 fi
 
 # --lib --bins --tests --examples: every unit and integration test, and the bench sink's (the
-# crate has no doctests).
-cargo test --locked --lib --bins --tests --examples "$@"
+# crate has no doctests) — unless the arguments pick targets themselves (`--test budgets`).
+targets=(--lib --bins --tests --examples)
+for a in "$@"; do
+  case "$a" in
+    --lib|--bins|--tests|--examples|--test|--test=*|--bin|--bin=*|--example|--example=*) targets=() ;;
+  esac
+done
+cargo test --locked "${targets[@]}" "$@"

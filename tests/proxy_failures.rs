@@ -374,3 +374,104 @@ async fn unmatched_path_is_404_in_openai_shape() {
     assert_eq!(resp.status(), 404);
     assert!(!String::from_utf8_lossy(&body).contains("tokenwarden_build_info"));
 }
+
+/// The session's tokens, as the admin API reports them.
+async fn session_tokens(p: &TestProxy, id: &str) -> serde_json::Value {
+    let (r, body) = get(&format!("http://{}/v1/sessions/{id}", p.admin)).await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice::<serde_json::Value>(&body).unwrap()["tokens"].clone()
+}
+
+#[tokio::test]
+async fn a_json_body_cut_short_is_charged_an_estimate_like_a_cut_stream() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "cutjson",
+        m.addr(),
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 1000000\n",
+    )
+    .await;
+    let url = p.url("/v1/chat/completions");
+    for (session, body) in [("cut-json", CHAT), ("cut-sse", CHAT_STREAM)] {
+        let req = Request::post(&url)
+            .header("x-session-id", session)
+            .header("x-mock-fault", "drop-mid-stream")
+            .header("x-mock-output-chunks", "200")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // The body breaks off: the client sees an incomplete body, not a complete one.
+        assert!(resp.into_body().collect().await.is_err(), "{session}");
+    }
+    let text = p.metrics().await;
+    for session in ["cut-json", "cut-sse"] {
+        let t = session_tokens(&p, session).await;
+        assert!(
+            t["input"].as_u64().unwrap() > 0 && t["output"].as_u64().unwrap() > 0,
+            "{session}: charged {t}"
+        );
+    }
+    // Both are estimates, counted as such.
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "default"),
+                ("model", "gpt-4o-mini"),
+                ("type", "output"),
+                ("source", "estimated")
+            ]
+        ) > 0.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_first_byte_timeout_charges_the_tokenized_input_counts_it_and_says_so_in_the_log() {
+    let m = mock().await;
+    let cfg = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nroutes:\n  - name: fbt\n    path_prefix: /\n    upstream: http://{}\nupstream:\n  first_byte_timeout: 300ms\nbudgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 1000000\n",
+        m.addr()
+    ));
+    let p = ProxyProcess::spawn(cfg.path()).await;
+    let (r, _) = post(
+        &format!("http://{}/v1/chat/completions", p.addr),
+        &[("x-session-id", "fbt-1"), ("x-mock-fault", "hang")],
+        CHAT,
+    )
+    .await;
+    assert_eq!(r.status(), 504);
+    let expected = tokenwarden::tokens::estimate_input(
+        tokenwarden::providers::Format::OpenAiChat,
+        CHAT.as_bytes(),
+    );
+    let (_, body) = get(&format!("http://{}/v1/sessions/fbt-1", p.admin)).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["tokens"]["input"].as_u64(),
+        Some(expected),
+        "charged the tokenizer's count, not the byte bound: {v}"
+    );
+    let (_, metrics) = get(&format!("http://{}/metrics", p.admin)).await;
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[
+                ("model", "gpt-4o-mini"),
+                ("type", "input"),
+                ("source", "estimated")
+            ]
+        ),
+        expected as f64
+    );
+    let logs = p.stop_and_collect_logs().await;
+    let line = logs
+        .lines()
+        .find(|l| l.contains("\"status\":504"))
+        .unwrap_or_else(|| panic!("no access line:\n{logs}"));
+    assert!(line.contains("\"outcome\":\"upstream_timeout\""), "{line}");
+}

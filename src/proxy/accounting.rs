@@ -127,6 +127,9 @@ pub struct Ending {
     pub started: Instant,
     /// Now.
     pub now: Instant,
+    /// The request reached the upstream and no response came (timeout or reset before the
+    /// headers): the provider may have billed its input.
+    pub unanswered: bool,
 }
 
 // === impl LlmCall ===
@@ -350,6 +353,14 @@ impl LlmCall {
             ));
             record.usage.output = Some(sample.estimate_tokens());
             UsageSource::Estimated
+        } else if ending.unanswered {
+            // Counted (and charged) as its tokenized input, the same way whichever failure it was.
+            record.usage.input = Some(crate::tokens::estimate_input(
+                self.facts.format,
+                &self.request_body,
+            ));
+            record.usage.output = Some(0);
+            UsageSource::Estimated
         } else {
             UsageSource::None
         };
@@ -462,7 +473,10 @@ impl CutWatch {
 /// cut short by a client that left or by a broken upstream was still billed for what was
 /// generated).
 fn billable(record: &ResponseRecord, ending: &Ending) -> bool {
-    record.unparsed.is_none()
+    // A JSON body cut short by a broken upstream or a client that left does not parse, but
+    // like a cut stream it was generated and billed: it is estimated, not charged nothing.
+    let cut_short = ending.end != BodyEnd::Complete && record.unparsed == Some("invalid_json");
+    (record.unparsed.is_none() || cut_short)
         && record.error_type.is_none()
         && ending.status.is_some_and(|s| s.is_success())
 }

@@ -284,6 +284,9 @@ impl Call {
         let duration = now.duration_since(self.started);
         histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.base.route.clone(), "status" => status)
             .record(duration.as_secs_f64());
+        let unanswered = self.upstream_sent.is_some()
+            && self.upstream_headers.is_none()
+            && self.upstream_error != Some("connect");
         let mut charged = None;
         let finished = self.llm.take().map(|llm| {
             let ending = Ending {
@@ -291,6 +294,7 @@ impl Call {
                 status: self.status,
                 started: self.started,
                 now,
+                unanswered,
             };
             let output_events = llm.output_events();
             // A cut call's usage is counted in `LlmCall::finish`, so that metrics, spans, the
@@ -308,9 +312,7 @@ impl Call {
                     other_models: f.record.other_models.clone(),
                     other_labels: f.other_labels.clone(),
                     output_events,
-                    sent: self.upstream_sent.is_some()
-                        && self.upstream_headers.is_none()
-                        && self.upstream_error != Some("connect"),
+                    sent: unanswered,
                 }));
             }
             f
@@ -363,7 +365,7 @@ impl Call {
                 method = %self.method,
                 path = %self.path,
                 status = self.status.map(|s| s.as_u16()).unwrap_or(0),
-                outcome = end.as_str(),
+                outcome = outcome(end, self.upstream_error),
                 duration_ms = duration.as_secs_f64() * 1e3,
                 upstream_ms,
                 bytes_in = self.bytes_in,
@@ -432,6 +434,17 @@ impl BodyEnd {
             BodyEnd::IdleTimeout => "idle_timeout",
             BodyEnd::ClientGone => "client_gone",
         }
+    }
+}
+
+/// The access log's `outcome`: how the body ended, or, for an answer the proxy gave itself
+/// because the upstream failed, how the upstream failed.
+fn outcome(end: BodyEnd, upstream_error: Option<&'static str>) -> &'static str {
+    match (end, upstream_error) {
+        (BodyEnd::Complete, Some("timeout")) => "upstream_timeout",
+        (BodyEnd::Complete, Some("connect")) => "upstream_unreachable",
+        (BodyEnd::Complete, Some("reset")) => "upstream_error",
+        _ => end.as_str(),
     }
 }
 

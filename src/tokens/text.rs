@@ -89,8 +89,49 @@ pub fn output_text(events: &[u8]) -> String {
         for line in events.split(|b| *b == b'\n') {
             parse(line);
         }
+        if out.text.is_empty() && !events.contains(&b'\n') {
+            // One JSON body cut short (the upstream died mid-body): what it held is still output
+            // the provider generated and billed.
+            return truncated_output_text(events);
+        }
     }
     out.text
+}
+
+/// The output text of a JSON body cut short: the string values of output keys up to the cut,
+/// read leniently (a string cut mid-way counts as far as it goes).
+fn truncated_output_text(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    let mut key: Option<String> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        // A JSON string: up to the next unescaped quote, or the end of what arrived.
+        let start = i + 1;
+        let mut j = start;
+        while j < bytes.len() && bytes[j] != b'"' {
+            j += if bytes[j] == b'\\' { 2 } else { 1 };
+        }
+        let raw = &bytes[start..j.min(bytes.len())];
+        let text = serde_json::from_slice::<String>(&[b"\"", raw, b"\""].concat())
+            .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned());
+        i = j + 1;
+        let next = bytes[i.min(bytes.len())..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace());
+        if next == Some(&b':') {
+            key = Some(text);
+        } else if key.as_deref().is_some_and(|k| OUTPUT_KEYS.contains(&k)) {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn push(out: &mut RequestText, s: &str) {
@@ -170,6 +211,16 @@ fn output_walk(v: &Value, out: &mut RequestText) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_body_cut_short_still_has_its_output_text() {
+        let cut = br#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, \"friend\". The answer is"#;
+        assert_eq!(output_text(cut), "Hello there, \"friend\". The answer is");
+        let cut =
+            br#"{"content":[{"type":"text","text":"Bonjour"},{"type":"text","text":"tout le mo"#;
+        assert_eq!(output_text(cut), "Bonjour\ntout le mo");
+        assert_eq!(output_text(br#"{"model":"m","id":"x"#), "");
+    }
 
     #[test]
     fn request_text_in_every_shape() {

@@ -195,3 +195,48 @@ async fn a_client_that_stops_reading_is_dropped_at_the_write_timeout() {
     assert!(gone, "a stalled client held its stream open");
     drop(s);
 }
+
+#[tokio::test]
+async fn request_bodies_in_flight_are_bounded_together() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "bodies",
+        m.addr(),
+        "server:\n  max_request_body_bytes: 1048576\n  max_buffered_request_bytes: 2097152\n",
+    )
+    .await;
+    let big = format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "a".repeat(900 * 1024)
+    );
+    // Two bodies held by calls whose upstream never answers: the whole budget is in flight.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let (url, body) = (p.url("/v1/chat/completions"), big.clone());
+        held.push(tokio::spawn(async move {
+            post(&url, &[("x-mock-fault", "hang")], &body).await
+        }));
+    }
+    let in_flight = eventually(Duration::from_secs(10), || async {
+        m.stats().requests >= 2
+    })
+    .await;
+    assert!(in_flight, "the held calls never reached the upstream");
+    let (r, body) = post(&p.url("/v1/chat/completions"), &[], &big).await;
+    assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(r.headers()["x-tokenwarden-error"], "proxy_overloaded");
+    assert_eq!(r.headers()["retry-after"], "1");
+    // Once the held calls end, their bytes are free again.
+    for h in held {
+        h.abort();
+    }
+    let freed = eventually(Duration::from_secs(10), || async {
+        post(&p.url("/v1/chat/completions"), &[], &big)
+            .await
+            .0
+            .status()
+            == 200
+    })
+    .await;
+    assert!(freed, "bytes of ended calls were not released");
+}

@@ -133,6 +133,10 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests and streams before exiting.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Request body bytes all requests in flight may hold together; past it → 503 (bodies are
+    /// read whole and kept until the call ends).
+    #[serde(default = "default_max_buffered_request_bytes")]
+    pub max_buffered_request_bytes: usize,
     /// A write to a client that makes no progress for this long ends the connection (a client
     /// that stops reading would otherwise hold its upstream stream open forever).
     #[serde(default = "default_write_timeout", with = "humantime_serde")]
@@ -587,6 +591,7 @@ impl Default for ServerConfig {
             http2_max_concurrent_streams: default_h2_max_concurrent_streams(),
             shutdown_grace: default_shutdown_grace(),
             write_timeout: default_write_timeout(),
+            max_buffered_request_bytes: default_max_buffered_request_bytes(),
         }
     }
 }
@@ -716,6 +721,9 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_h2_max_concurrent_streams() -> u32 {
     256
+}
+fn default_max_buffered_request_bytes() -> usize {
+    128 * 1024 * 1024
 }
 fn default_write_timeout() -> Duration {
     Duration::from_secs(60)

@@ -38,6 +38,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if s.max_request_body_bytes == 0 {
         return Err(invalid("server.max_request_body_bytes", "must be > 0"));
     }
+    if s.max_buffered_request_bytes < s.max_request_body_bytes {
+        return Err(invalid(
+            "server.max_buffered_request_bytes",
+            "must be at least server.max_request_body_bytes",
+        ));
+    }
     if s.write_timeout.is_zero() {
         return Err(invalid("server.write_timeout", "must be > 0"));
     }

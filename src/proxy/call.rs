@@ -54,6 +54,9 @@ pub struct Call {
     cut: Option<Arc<CutSignal>>,
     ledger: Option<Arc<Sessions>>,
     finished: bool,
+    /// The request body's share of `server.max_buffered_request_bytes`, released when the call
+    /// is dropped.
+    body_permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Fixed facts about a call, known when it starts.
@@ -107,7 +110,13 @@ impl Call {
             cut: None,
             ledger: None,
             finished: false,
+            body_permit: None,
         }
+    }
+
+    /// Hold the request body's share of the in-flight body bytes until the call is dropped.
+    pub fn hold_body_permit(&mut self, permit: Option<tokio::sync::OwnedSemaphorePermit>) {
+        self.body_permit = permit;
     }
 
     /// The call belongs to `session`; `step` is its step number there (LLM calls only).

@@ -29,6 +29,9 @@ pub enum ProxyError {
         /// The configured cap.
         limit: usize,
     },
+    /// Request bodies in flight already hold `server.max_buffered_request_bytes`.
+    #[error("tokenwarden: too many request bytes in flight; retry shortly")]
+    Overloaded,
     /// The client's request body could not be read (the client went away or sent bad framing).
     #[error("tokenwarden: the request body could not be read")]
     BadRequestBody,
@@ -139,7 +142,9 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BudgetExceeded(b) if b.retry_after.is_none() => b.lifetime_status,
             ProxyError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::BudgetStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BudgetStoreUnavailable | ProxyError::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Policy { .. } => StatusCode::FORBIDDEN,
             ProxyError::ForbiddenInput { .. } => StatusCode::BAD_REQUEST,
         }
@@ -156,6 +161,7 @@ impl ProxyError {
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::BudgetExceeded(b) => b.code,
             ProxyError::BudgetStoreUnavailable => "budget_store_unavailable",
+            ProxyError::Overloaded => "proxy_overloaded",
             ProxyError::ResponseTooLarge { .. } => "response_too_large",
             ProxyError::Policy { policy, .. } => policy,
             ProxyError::ForbiddenInput { .. } => "forbidden_input",
@@ -205,9 +211,12 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        if matches!(self, ProxyError::Overloaded) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if matches!(
             self,
-            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody
+            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody | ProxyError::Overloaded
         ) {
             // The rest of the body is unread: the connection cannot be reused safely.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -235,6 +244,7 @@ impl ProxyError {
             }
             ProxyError::BudgetExceeded(_) => "budget_exceeded",
             ProxyError::BudgetStoreUnavailable => "budget_store_unavailable",
+            ProxyError::Overloaded => "overloaded",
             _ => "upstream_error",
         }
     }
@@ -253,6 +263,7 @@ impl ProxyError {
                 "billing_error"
             }
             ProxyError::BudgetExceeded(_) => "rate_limit_error",
+            ProxyError::Overloaded => "overloaded_error",
             _ => "api_error",
         }
     }

@@ -63,6 +63,8 @@ pub const SESSION_TOKENS_REMAINING: HeaderName =
 pub struct Proxy {
     router: Router,
     max_body: usize,
+    /// Request body bytes (in KiB permits) all calls in flight may hold together.
+    body_bytes: Arc<tokio::sync::Semaphore>,
     agent_header: HeaderName,
     labels: Arc<Labels>,
     access_log: bool,
@@ -100,6 +102,10 @@ impl Proxy {
         Ok(Self {
             router: Router::from_config(config)?,
             max_body: config.server.max_request_body_bytes,
+            body_bytes: Arc::new(tokio::sync::Semaphore::new(kib(config
+                .server
+                .max_buffered_request_bytes)
+                as usize)),
             agent_header: HeaderName::from_bytes(config.identity.agent_header.as_bytes())
                 .unwrap_or_else(|_| HeaderName::from_static("x-agent-name")),
             policies: Arc::new(Policies::new(set, labels.clone())),
@@ -186,8 +192,12 @@ impl Proxy {
             call.set_span(spans.start(&parts.headers, route.host.clone(), route.port(), started));
         }
 
-        let body = match read_body(body, &parts.headers, self.max_body).await {
-            Ok(b) => b,
+        let body = match read_body(body, &parts.headers, self.max_body, &self.body_bytes).await {
+            Ok((b, permit)) => {
+                // Held until the call finishes: the body lives that long (estimates, retries).
+                call.hold_body_permit(permit);
+                b
+            }
             Err(e) => return local_error(call, e, shape),
         };
         call.bytes_in = body.len();
@@ -415,17 +425,41 @@ const DRAIN_LIMIT: u64 = 1024 * 1024;
 /// Longest time spent discarding an oversize body.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-/// Collect the request body, refusing more than `max` bytes.
+/// KiB permits for `bytes` (rounded up).
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+/// Collect the request body, refusing more than `max` bytes, and more than what `in_flight`
+/// (the bytes all bodies in flight may hold together) has left.
 async fn read_body(
     mut body: Incoming,
     headers: &HeaderMap,
     max: usize,
-) -> Result<Bytes, ProxyError> {
+    in_flight: &Arc<tokio::sync::Semaphore>,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ProxyError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = ProxyError::BodyTooLarge { limit: max };
+    let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let reserve = |permit: &mut Option<tokio::sync::OwnedSemaphorePermit>, len: usize| {
+        let need = kib(len).saturating_sub(permit.as_ref().map_or(0, |p| p.num_permits() as u32));
+        if need == 0 {
+            return Ok(());
+        }
+        // Never waits: a flood of large bodies is refused at once rather than queued.
+        let more = in_flight
+            .clone()
+            .try_acquire_many_owned(need)
+            .map_err(|_| ProxyError::Overloaded)?;
+        match permit {
+            Some(p) => p.merge(more),
+            None => *permit = Some(more),
+        }
+        Ok(())
+    };
     if let Some(n) = declared {
         if n > max as u64 {
             if n <= max as u64 + DRAIN_LIMIT {
@@ -433,6 +467,7 @@ async fn read_body(
             }
             return Err(too_large);
         }
+        reserve(&mut permit, n as usize)?;
     }
     // One frame is the common case (a JSON body in one read): keep it without copying.
     let mut first: Option<Bytes> = None;
@@ -450,6 +485,7 @@ async fn read_body(
             drain(body, DRAIN_LIMIT).await;
             return Err(too_large);
         }
+        reserve(&mut permit, len)?;
         match first.take() {
             None if buf.is_empty() => first = Some(data),
             Some(f) => {
@@ -459,7 +495,7 @@ async fn read_body(
             None => buf.extend_from_slice(&data),
         }
     }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
+    Ok((first.unwrap_or_else(|| buf.freeze()), permit))
 }
 
 /// Read and discard up to `limit` more bytes of `body`, for at most [`DRAIN_TIME`].

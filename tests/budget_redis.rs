@@ -314,3 +314,34 @@ async fn reservations_of_a_killed_proxy_expire_with_their_lease_and_live_ones_ar
         "a killed proxy's reservation locked the session out"
     );
 }
+
+/// `TTL key` on the test Redis, over its wire protocol.
+fn redis_ttl(redis: &RedisServer, key: &str) -> i64 {
+    let mut c = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    write!(c, "*2\r\n$3\r\nTTL\r\n${}\r\n{key}\r\n", key.len()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).unwrap();
+    let reply = std::str::from_utf8(&buf[..n]).unwrap();
+    reply.trim_start_matches(':').trim().parse().unwrap()
+}
+
+#[tokio::test]
+async fn session_records_expire_after_their_retention_lifetime_agent_records_do_not() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let cfg = config(m.addr(), &redis.url(), "fail_closed").replace(
+        "  limits:\n",
+        "  session_retention: 1h\n  limits:\n    - scope: agent\n      tokens: 100000\n",
+    );
+    let p = TestProxy::start(&cfg).await;
+    assert_eq!(call16(p.addr, "ret-r").await.0.status(), 200);
+    settled(p.admin, "ret-r", 16).await;
+    let ttl = redis_ttl(&redis, "tw:{s:ret-r}");
+    assert!((3500..=3600).contains(&ttl), "session TTL {ttl}");
+    assert_eq!(
+        redis_ttl(&redis, "tw:{a:default}"),
+        -1,
+        "an agent's lifetime spend is kept"
+    );
+}

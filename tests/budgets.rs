@@ -857,3 +857,28 @@ async fn sessions_report_tokens_without_limits() {
         assert_eq!(ids, ["free-a", "free-b"], "{name}: {top}");
     }
 }
+
+#[tokio::test]
+async fn sessions_are_forgotten_after_their_retention_so_state_stays_bounded() {
+    let m = mock().await;
+    let cfg = "identity:\n  session_idle_timeout: 1s\nbudgets:\n  session_retention: 1s\n  store:\n    snapshot_path: ''\n    snapshot_interval: 1s\n  limits:\n    - scope: session\n      tokens: 100000\n";
+    let p = TestProxy::to("b-retention", m.addr(), cfg).await;
+    for i in 0..200 {
+        let (r, _) = call16(&p, &format!("ret-{i}")).await;
+        assert_eq!(r.status(), 200);
+    }
+    let status = |id: String| {
+        let url = format!("http://{}/v1/sessions/{id}", p.admin);
+        async move { get(&url).await.0.status().as_u16() }
+    };
+    assert_eq!(status("ret-0".into()).await, 200, "kept while recent");
+    // Unique session ids do not pile up: each record goes a retention after its last call.
+    let forgotten = eventually(Duration::from_secs(15), || async {
+        status("ret-0".into()).await == 404 && status("ret-199".into()).await == 404
+    })
+    .await;
+    assert!(forgotten, "idle sessions were kept");
+    // A forgotten session starts again from zero.
+    assert_eq!(call16(&p, "ret-0").await.0.status(), 200);
+    assert_eq!(status("ret-0".into()).await, 200);
+}

@@ -26,6 +26,12 @@ struct Snapshot {
     groups: BTreeMap<String, Group>,
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 // === impl MemoryStore ===
 
 impl MemoryStore {
@@ -40,6 +46,10 @@ impl MemoryStore {
                         // Reservations belonged to calls of the previous process.
                         for c in g.counters.values_mut() {
                             c.reserved = 0;
+                        }
+                        if g.last == 0 {
+                            // Snapshots from before retention: their age starts now.
+                            g.last = now_secs();
                         }
                         groups.insert(k, g);
                     }
@@ -67,6 +77,7 @@ impl MemoryStore {
 
     pub(super) fn reserve(&self, key: &str, now: u64, wants: &[Want]) -> Reserved {
         let mut g = self.group(key);
+        g.last = g.last.max(now);
         let mut grants = Vec::with_capacity(wants.len());
         for (i, w) in wants.iter().enumerate() {
             let c = current(&mut g, w.counter.as_ref(), w.window, now);
@@ -91,6 +102,7 @@ impl MemoryStore {
 
     pub(super) fn settle(&self, key: &str, now: u64, charges: &[Charge], t: Totals) -> Vec<u64> {
         let mut g = self.group(key);
+        g.last = g.last.max(now);
         let mut out = Vec::with_capacity(charges.len());
         for ch in charges {
             let c = counter(&mut g, &ch.counter);
@@ -140,10 +152,16 @@ impl MemoryStore {
     }
 
     /// Forget scope records whose counters are all windowed and past their window, with nothing
-    /// reserved: they would start from zero anyway. Lifetime counters are kept forever.
-    pub fn prune(&self, now: u64) -> usize {
+    /// reserved: they would start from zero anyway; and session records with nothing reserved
+    /// whose last call is `retention` old. Agent and global lifetime counters are kept forever.
+    pub fn prune(&self, now: u64, retention: u64) -> usize {
         let before = self.groups.len();
-        self.groups.retain(|_, g| {
+        self.groups.retain(|key, g| {
+            let idle = g.counters.values().all(|c| c.reserved == 0)
+                && g.last.saturating_add(retention) <= now;
+            if key.starts_with("s:") && idle {
+                return false;
+            }
             g.counters.is_empty()
                 || g.counters.iter().any(|(name, c)| {
                     let window = name.rsplit(':').next().and_then(|w| w.parse::<u64>().ok());
@@ -158,6 +176,14 @@ impl MemoryStore {
             self.dirty.store(true, Ordering::Relaxed);
         }
         pruned
+    }
+
+    /// Session records held.
+    pub fn sessions(&self) -> usize {
+        self.groups
+            .iter()
+            .filter(|e| e.key().starts_with("s:"))
+            .count()
     }
 
     pub(super) fn reset(&self, key: &str) -> bool {
@@ -359,7 +385,7 @@ mod tests {
             panic!()
         };
         s.reserve("s:life", 0, &[want(10, 1, 5)]);
-        assert_eq!(s.prune(120), 0, "a reservation keeps the record");
+        assert_eq!(s.prune(120, u64::MAX), 0, "a reservation keeps the record");
         s.settle(
             "s:w",
             0,
@@ -370,10 +396,26 @@ mod tests {
             }],
             Totals::default(),
         );
-        assert_eq!(s.prune(59), 0);
-        assert_eq!(s.prune(60), 1);
+        assert_eq!(s.prune(59, u64::MAX), 0);
+        assert_eq!(s.prune(60, u64::MAX), 1);
         assert!(s.get("s:w").is_none());
         assert!(s.get("s:life").is_some());
+    }
+
+    #[test]
+    fn idle_sessions_are_forgotten_after_the_retention_agents_are_not() {
+        let s = MemoryStore::open(None);
+        let Reserved::Granted(g) = s.reserve("s:old", 100, &[want(10, 1, 5)]) else {
+            panic!()
+        };
+        s.reserve("a:agent", 100, &[want(10, 1, 5)]);
+        assert_eq!(s.prune(10_000, 60), 0, "a reservation keeps the session");
+        s.settle("s:old", 100, &[charge(&g[0], 3)], Totals::default());
+        assert_eq!(s.sessions(), 1);
+        assert_eq!(s.prune(159, 60), 0, "within the retention");
+        assert_eq!(s.prune(160, 60), 1);
+        assert_eq!(s.sessions(), 0);
+        assert!(s.get("a:agent").is_some());
     }
 
     #[test]

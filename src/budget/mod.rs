@@ -63,6 +63,8 @@ pub struct Budgets {
     leases: DashMap<u64, String>,
     /// How long a reservation in a shared store outlives its proxy's last renewal.
     lease_ttl: Duration,
+    /// How long a session's record outlives its last call.
+    session_retention: Duration,
 }
 
 /// The budget service could not be built.
@@ -186,7 +188,7 @@ impl Budgets {
                         BudgetsError::Redis("required for the redis store".into())
                     })?;
                 Store::Redis(Box::new(
-                    redis::RedisStore::new(url, b.store.timeout)
+                    redis::RedisStore::new(url, b.store.timeout, b.session_retention)
                         .map_err(|e| BudgetsError::Redis(e.to_string()))?,
                 ))
             }
@@ -220,6 +222,7 @@ impl Budgets {
             settling: tokio::sync::Notify::new(),
             leases: DashMap::new(),
             lease_ttl: b.store.reservation_lease,
+            session_retention: b.session_retention,
         })))
     }
 
@@ -602,7 +605,8 @@ impl Budgets {
                 Store::Memory(mem) => {
                     if last_snapshot.elapsed() >= self.snapshot_interval {
                         last_snapshot = tokio::time::Instant::now();
-                        mem.prune(unix_now());
+                        mem.prune(unix_now(), self.session_retention.as_secs());
+                        gauge!(m::BUDGET_SESSIONS_TRACKED).set(mem.sessions() as f64);
                         self.snapshot(mem);
                     }
                 }
@@ -615,6 +619,9 @@ impl Budgets {
                     if last_renewal.elapsed() >= self.lease_ttl / 3 {
                         last_renewal = tokio::time::Instant::now();
                         self.renew_leases(r).await;
+                        if let Ok(n) = r.sessions().await {
+                            gauge!(m::BUDGET_SESSIONS_TRACKED).set(n as f64);
+                        }
                     }
                 }
             }

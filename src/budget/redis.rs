@@ -14,6 +14,8 @@ use super::store::{Charge, Counter, Grant, Group, Lease, Reserved, StoreError, T
 
 /// Sorted set of session ids by lifetime tokens, for `GET /v1/sessions?top=N`.
 const TOP_KEY: &str = "tw:sessions:tokens";
+/// Sessions kept in the ranking.
+const MAX_RANKED: isize = 10_000;
 
 /// Check every want, then reserve all or nothing. Mirrors `store::decide`. Mode per want:
 /// 0 observe (never refuse), 1 enforce, 2 enforce optimistically (reserve only if `want` fits).
@@ -98,7 +100,7 @@ if lease ~= '' then
 end
 local out = {}
 for i = 0, n - 1 do
-  local b = 7 + i * 5
+  local b = 8 + i * 5
   local c = ARGV[b]
   local w = tonumber(ARGV[b + 1])
   local start = tonumber(ARGV[b + 2])
@@ -123,6 +125,8 @@ end
 redis.call('HINCRBY', KEYS[1], 'in', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'out', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'cost', ARGV[5])
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 return out
 "#;
 
@@ -144,13 +148,19 @@ pub struct RedisStore {
     reserve: Script,
     settle: Script,
     renew: Script,
+    /// Seconds a session's hash outlives its last call.
+    session_ttl: u64,
 }
 
 // === impl RedisStore ===
 
 impl RedisStore {
     /// A store on `url`; connects on first use, every operation bounded by `timeout`.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        session_retention: Duration,
+    ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Redis(e.to_string()))?;
         Ok(Self {
             client,
@@ -159,6 +169,7 @@ impl RedisStore {
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
             renew: Script::new(RENEW),
+            session_ttl: session_retention.as_secs().max(1),
         })
     }
 
@@ -201,11 +212,7 @@ impl RedisStore {
         lease: Option<Lease>,
     ) -> Result<Reserved, StoreError> {
         // Keys whose counters are all windowed expire after two of their longest windows.
-        let ttl = if wants.iter().all(|w| w.window.is_some()) {
-            wants.iter().filter_map(|w| w.window).max().unwrap_or(0) * 2
-        } else {
-            0
-        };
+        let ttl = self.ttl(key, wants.iter().map(|w| w.window));
         let mut inv = self.reserve.prepare_invoke();
         inv.key(redis_key(key))
             .key(lease_key(key))
@@ -266,7 +273,8 @@ impl RedisStore {
             .arg(t.input)
             .arg(t.output)
             .arg(t.cost)
-            .arg(lease.map_or(String::new(), |id| id.to_string()));
+            .arg(lease.map_or(String::new(), |id| id.to_string()))
+            .arg(self.ttl(key, charges.iter().map(|c| c.window)));
         for c in charges {
             inv.arg(c.counter.as_ref())
                 .arg(c.window.unwrap_or(0))
@@ -282,11 +290,45 @@ impl RedisStore {
             if tokens > 0 {
                 let id = id.to_string();
                 // Ranking only; not part of any budget decision.
-                self.run(|mut c| async move { c.zincr::<_, _, _, f64>(TOP_KEY, id, tokens).await })
-                    .await?;
+                self.run(|mut c| async move {
+                    redis::pipe()
+                        .zincr(TOP_KEY, id, tokens)
+                        .ignore()
+                        // Bounded: the ranking keeps the top sessions, not every id ever seen.
+                        .zremrangebyrank(TOP_KEY, 0, -(MAX_RANKED + 1))
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await?;
             }
         }
         Ok(v.into_iter().map(|x| x.max(0) as u64).collect())
+    }
+
+    /// Seconds until scope `key` expires with counters of `windows` (0: never). Windowed-only
+    /// scopes outlive two of their longest windows; sessions outlive their retention too.
+    fn ttl(&self, key: &str, windows: impl Iterator<Item = Option<u64>>) -> u64 {
+        let mut all_windowed = true;
+        let mut longest = 0;
+        for w in windows {
+            match w {
+                Some(w) => longest = longest.max(w),
+                None => all_windowed = false,
+            }
+        }
+        let windowed = if all_windowed { longest * 2 } else { 0 };
+        if key.starts_with("s:") {
+            windowed.max(self.session_ttl)
+        } else {
+            windowed
+        }
+    }
+
+    /// Sessions in the ranking (the sessions the store holds, up to its bound).
+    pub(super) async fn sessions(&self) -> Result<u64, StoreError> {
+        self.run(|mut c| async move { c.zcard(TOP_KEY).await })
+            .await
     }
 
     /// Extend the leases `ids` of scope `key` to `until_ms`.
@@ -387,6 +429,8 @@ fn group_from_hash(h: &BTreeMap<String, String>) -> Group {
             cost: get("cost"),
         },
         counters: BTreeMap::new(),
+        // Redis expires the hash itself.
+        last: 0,
     };
     for (field, v) in h {
         // `l:<id>` fields describe one lease's reservations, not a counter.

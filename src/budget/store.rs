@@ -111,6 +111,9 @@ pub struct Group {
     pub totals: Totals,
     /// Counters by name.
     pub counters: BTreeMap<String, Counter>,
+    /// Unix seconds of the last reservation or settlement (0: not known, e.g. an old snapshot).
+    #[serde(default)]
+    pub last: u64,
 }
 
 /// The store could not answer.

@@ -290,6 +290,10 @@ pub struct BudgetsConfig {
     /// The status a lifetime limit refuses with.
     #[serde(default)]
     pub lifetime_refusal: LifetimeRefusal,
+    /// A session's budget record is kept this long after its last call, then forgotten (its
+    /// next call starts from zero): state stays bounded however many session ids traffic sends.
+    #[serde(default = "default_session_retention", with = "humantime_serde")]
+    pub session_retention: Duration,
 }
 
 /// How a lifetime limit refuses a call (windowed limits always answer 429 with `Retry-After`).
@@ -684,6 +688,7 @@ impl Default for BudgetsConfig {
             on_store_unreachable: OnStoreUnreachable::default(),
             limits: Vec::new(),
             default_max_output_tokens: default_max_output_tokens(),
+            session_retention: default_session_retention(),
             lifetime_refusal: LifetimeRefusal::default(),
         }
     }
@@ -777,6 +782,9 @@ fn default_max_series_per_metric() -> usize {
 }
 fn default_max_content_bytes() -> usize {
     16 * 1024
+}
+fn default_session_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn default_reservation_lease() -> Duration {
     Duration::from_secs(30)

@@ -122,6 +122,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    if config.budgets.session_retention < std::time::Duration::from_secs(1) {
+        return Err(invalid("budgets.session_retention", "must be at least 1s"));
+    }
     for (i, l) in config.budgets.limits.iter().enumerate() {
         check_limit(l).map_err(|(k, m)| invalid(&format!("budgets.limits[{i}].{k}"), &m))?;
     }

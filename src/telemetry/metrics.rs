@@ -63,6 +63,8 @@ pub const TOOL_RESULTS_TOTAL: &str = "tokenwarden_tool_results_total";
 pub const CONTEXT_UTILIZATION_RATIO: &str = "tokenwarden_context_utilization_ratio";
 /// Config reloads by result (ok | error).
 pub const CONFIG_RELOAD_TOTAL: &str = "tokenwarden_config_reload_total";
+/// Session budget records the store holds (bounded by `budgets.session_retention`).
+pub const BUDGET_SESSIONS_TRACKED: &str = "tokenwarden_budget_sessions_tracked";
 /// Label values reported as `other` past `telemetry.max_label_values`, by label.
 pub const LABEL_VALUES_FOLDED_TOTAL: &str = "tokenwarden_label_values_folded_total";
 /// Constant 1, labelled with the version.
@@ -273,6 +275,10 @@ fn describe() {
         super::series::SERIES_FOLDED_TOTAL,
         Unit::Count,
         "Recordings whose traffic-derived labels were reported as `other` because their metric had telemetry.max_series_per_metric label sets already, by metric."
+    );
+    describe_gauge!(
+        BUDGET_SESSIONS_TRACKED,
+        "Session budget records the store holds; each is forgotten budgets.session_retention after its last call."
     );
     describe_counter!(
         LABEL_VALUES_FOLDED_TOTAL,

@@ -215,6 +215,18 @@ async fn streams_cut_by_the_grace_are_settled_before_the_snapshot_and_readyz_say
         .unwrap();
     assert_eq!(status.code(), Some(0));
     drop(streams);
+    // The proxy ended them, not their clients: the access log says so.
+    let mut lines = Vec::new();
+    while let Ok(Some(l)) =
+        tokio::time::timeout(Duration::from_secs(5), p.stderr_lines.recv()).await
+    {
+        lines.push(l);
+    }
+    let ended = lines
+        .iter()
+        .filter(|l| l.contains("\"outcome\":\"shutdown\""))
+        .count();
+    assert_eq!(ended, 3, "{}", lines.join("\n"));
 
     // The snapshot written at exit holds the spend of the three cut streams.
     let p = TestProxy::to("grace", m.addr(), &budgets).await;

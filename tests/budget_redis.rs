@@ -334,7 +334,11 @@ async fn session_records_expire_after_their_retention_lifetime_agent_records_do_
         "  limits:\n",
         "  session_retention: 1h\n  limits:\n    - scope: agent\n      tokens: 100000\n",
     );
-    let p = TestProxy::start(&cfg).await;
+    // A process: an in-process proxy would share this binary's store-up gauge with the others.
+    let file = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
+    ));
+    let p = ProxyProcess::spawn(file.path()).await;
     assert_eq!(call16(p.addr, "ret-r").await.0.status(), 200);
     settled(p.admin, "ret-r", 16).await;
     let ttl = redis_ttl(&redis, "tw:{s:ret-r}");
@@ -344,4 +348,62 @@ async fn session_records_expire_after_their_retention_lifetime_agent_records_do_
         -1,
         "an agent's lifetime spend is kept"
     );
+}
+
+/// The stated overspend bound, with two proxies sharing the limit through Redis.
+#[tokio::test]
+async fn sixty_four_spread_out_calls_through_two_proxies_stay_within_the_stated_bound() {
+    const M: u64 = 40;
+    const CALLS: u64 = 64;
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","max_tokens":{M},"messages":[{{"role":"user","content":"how far can a budget stretch?"}}]}}"#
+    );
+    let e = tokenwarden::tokens::estimate_input(
+        tokenwarden::providers::Format::OpenAiChat,
+        body.as_bytes(),
+    );
+    let err = 6;
+    let limit = 20 * (e + M) + 7;
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let cfg = config(m.addr(), &redis.url(), "fail_closed")
+        .replace("tokens: 50", &format!("tokens: {limit}"))
+        .replace("300ms", "2s");
+    let file = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
+    ));
+    let a = ProxyProcess::spawn(file.path()).await;
+    let b = ProxyProcess::spawn(file.path()).await;
+    let urls = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
+    let o = overspend_load(&urls, "bound-r", &body, e + err, M, CALLS as usize, 400).await;
+    assert!(
+        o.admitted >= 10 && o.refused >= 1,
+        "{} / {}",
+        o.admitted,
+        o.refused
+    );
+    let total = o.admitted * (e + err + M);
+    settled_total(a.admin, "bound-r", total).await;
+    let bound = limit + M + CALLS * err;
+    assert!(
+        total <= bound,
+        "spent {total} > bound {bound} (limit {limit})"
+    );
+}
+
+/// Wait until the store shows `total` tokens spent by `session` (settling is asynchronous).
+async fn settled_total(admin: std::net::SocketAddr, session: &str, total: u64) {
+    let url = format!("http://{admin}/v1/sessions/{session}");
+    let ok = eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let (r, b) = get(&url).await;
+            r.status() == 200
+                && serde_json::from_slice::<serde_json::Value>(&b).unwrap()["tokens"]["total"]
+                    .as_u64()
+                    == Some(total)
+        }
+    })
+    .await;
+    assert!(ok, "session {session} never showed {total} tokens spent");
 }

@@ -882,3 +882,49 @@ async fn sessions_are_forgotten_after_their_retention_so_state_stays_bounded() {
     assert_eq!(call16(&p, "ret-0").await.0.status(), 200);
     assert_eq!(status("ret-0".into()).await, 200);
 }
+
+/// The bound README states: spend ≤ limit + one call's maximum output + Σ over the calls in
+/// flight of what the provider counts as input beyond the proxy's estimate.
+#[tokio::test]
+async fn sixty_four_spread_out_calls_stay_within_the_stated_bound() {
+    const M: u64 = 40;
+    const CALLS: u64 = 64;
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","max_tokens":{M},"messages":[{{"role":"user","content":"how far can a budget stretch?"}}]}}"#
+    );
+    let e = est(Format::OpenAiChat, &body);
+    // The provider counts more input than the estimate (another tokenizer): the error per call.
+    let err = 6;
+    let limit = 20 * (e + M) + 7;
+    let m = mock().await;
+    let p = TestProxy::to("b-bound", m.addr(), &session_limit(limit, "lifetime", "")).await;
+    let o = overspend_load(
+        &[format!("http://{}", p.addr)],
+        "bound-1",
+        &body,
+        e + err,
+        M,
+        CALLS as usize,
+        400,
+    )
+    .await;
+    assert!(
+        o.admitted >= 10 && o.refused >= 1,
+        "{} / {}",
+        o.admitted,
+        o.refused
+    );
+    let spent = session_view(&p, "bound-1").await["tokens"]["total"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        spent,
+        o.admitted * (e + err + M),
+        "every admitted call settled"
+    );
+    let bound = limit + M + CALLS * err;
+    assert!(
+        spent <= bound,
+        "spent {spent} > bound {bound} (limit {limit})"
+    );
+}

@@ -130,6 +130,8 @@ pub struct Ending {
     /// The request reached the upstream and no response came (timeout or reset before the
     /// headers): the provider may have billed its input.
     pub unanswered: bool,
+    /// The proxy ended the call at shutdown (the grace ran out).
+    pub shutdown: bool,
 }
 
 // === impl LlmCall ===
@@ -530,6 +532,7 @@ fn error_type(record: &ResponseRecord, ending: &Ending) -> Option<String> {
     match ending.end {
         BodyEnd::UpstreamError => return Some("upstream_reset".into()),
         BodyEnd::IdleTimeout => return Some("timeout".into()),
+        BodyEnd::ClientGone if ending.shutdown => return Some("shutdown".into()),
         BodyEnd::ClientGone => return Some("client_disconnected".into()),
         BodyEnd::Complete => {}
     }

@@ -8,6 +8,7 @@
 //!
 //! [`ObservedBody`]: crate::body::ObservedBody
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -54,6 +55,7 @@ pub struct Call {
     cut: Option<Arc<CutSignal>>,
     ledger: Option<Arc<Sessions>>,
     finished: bool,
+    aborting: &'static AtomicBool,
     /// The request body's share of `server.max_buffered_request_bytes`, released when the call
     /// is dropped.
     body_permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -75,6 +77,9 @@ pub struct CallInfo {
     pub path: String,
     /// Write an access line at the end.
     pub access_log: bool,
+    /// Set once a shutdown's grace ran out: calls dropped then were ended by the proxy, not by
+    /// their clients.
+    pub aborting: &'static AtomicBool,
 }
 
 // === impl Call ===
@@ -110,6 +115,7 @@ impl Call {
             cut: None,
             ledger: None,
             finished: false,
+            aborting: info.aborting,
             body_permit: None,
         }
     }
@@ -265,6 +271,8 @@ impl Call {
         } else {
             end
         };
+        // Past the shutdown grace the proxy drops what is still open: not the client's doing.
+        let shutdown = end == BodyEnd::ClientGone && self.aborting.load(Ordering::Relaxed);
         let status = match (end, self.status) {
             (BodyEnd::UpstreamError | BodyEnd::IdleTimeout, _) | (_, None) => "error",
             (_, Some(s)) => status_class(s),
@@ -272,6 +280,7 @@ impl Call {
         match end {
             BodyEnd::UpstreamError => self.upstream_error = Some("reset"),
             BodyEnd::IdleTimeout => self.upstream_error = Some("timeout"),
+            BodyEnd::ClientGone if shutdown => {}
             BodyEnd::ClientGone => {
                 counter!(m::CLIENT_DISCONNECTS_TOTAL, "route" => self.base.route.clone())
                     .increment(1)
@@ -304,6 +313,7 @@ impl Call {
                 started: self.started,
                 now,
                 unanswered,
+                shutdown,
             };
             let output_events = llm.output_events();
             // A cut call's usage is counted in `LlmCall::finish`, so that metrics, spans, the
@@ -374,7 +384,7 @@ impl Call {
                 method = %self.method,
                 path = %self.path,
                 status = self.status.map(|s| s.as_u16()).unwrap_or(0),
-                outcome = outcome(end, self.upstream_error),
+                outcome = if shutdown { "shutdown" } else { outcome(end, self.upstream_error) },
                 duration_ms = duration.as_secs_f64() * 1e3,
                 upstream_ms,
                 bytes_in = self.bytes_in,
@@ -513,6 +523,7 @@ mod span_tests {
                 method: Method::POST,
                 path: path.into(),
                 access_log: false,
+                aborting: Box::leak(Box::new(AtomicBool::new(false))),
             },
             started,
         )

@@ -63,6 +63,8 @@ pub const SESSION_TOKENS_REMAINING: HeaderName =
 pub struct Proxy {
     router: Router,
     max_body: usize,
+    /// Set when a shutdown's grace ran out (one flag per proxy, for the life of the process).
+    aborting: &'static std::sync::atomic::AtomicBool,
     /// Request body bytes (in KiB permits) all calls in flight may hold together.
     body_bytes: Arc<tokio::sync::Semaphore>,
     agent_header: HeaderName,
@@ -102,6 +104,7 @@ impl Proxy {
         Ok(Self {
             router: Router::from_config(config)?,
             max_body: config.server.max_request_body_bytes,
+            aborting: Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false))),
             body_bytes: Arc::new(tokio::sync::Semaphore::new(kib(config
                 .server
                 .max_buffered_request_bytes)
@@ -123,6 +126,12 @@ impl Proxy {
     pub fn with_spans(mut self, spans: Option<Arc<Spans>>) -> Self {
         self.spans = spans;
         self
+    }
+
+    /// The shutdown grace ran out: calls dropped from now on were ended by the proxy.
+    pub fn mark_aborting(&self) {
+        self.aborting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Span export, when configured.
@@ -168,6 +177,7 @@ impl Proxy {
                     method: parts.method.clone(),
                     path: path.to_string(),
                     access_log: self.access_log,
+                    aborting: self.aborting,
                 },
                 started,
             );
@@ -185,6 +195,7 @@ impl Proxy {
                 method: parts.method.clone(),
                 path: path.to_string(),
                 access_log: self.access_log,
+                aborting: self.aborting,
             },
             started,
         );

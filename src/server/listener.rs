@@ -87,6 +87,9 @@ pub(super) async fn serve_proxy(
         .await
         .is_ok();
     // Past the grace: drop what is left and wait until it is gone (each call finishes on drop).
+    if !drained {
+        proxy.mark_aborting();
+    }
     conns.abort_all();
     while conns.join_next().await.is_some() {}
     drained

@@ -63,6 +63,8 @@ pub const TOOL_RESULTS_TOTAL: &str = "tokenwarden_tool_results_total";
 pub const CONTEXT_UTILIZATION_RATIO: &str = "tokenwarden_context_utilization_ratio";
 /// Config reloads by result (ok | error).
 pub const CONFIG_RELOAD_TOTAL: &str = "tokenwarden_config_reload_total";
+/// Tasks alive on the Tokio runtime (connections, streams, background work).
+pub const RUNTIME_ALIVE_TASKS: &str = "tokenwarden_runtime_alive_tasks";
 /// Session budget records the store holds (bounded by `budgets.session_retention`).
 pub const BUDGET_SESSIONS_TRACKED: &str = "tokenwarden_budget_sessions_tracked";
 /// Label values reported as `other` past `telemetry.max_label_values`, by label.
@@ -181,13 +183,17 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Spawn the recorder's periodic upkeep (histogram maintenance) on the current runtime.
+/// Spawn the recorder's periodic upkeep (histogram maintenance, the runtime's task count) on
+/// the current runtime.
 pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        let runtime = tokio::runtime::Handle::current().metrics();
         loop {
             tick.tick().await;
             handle.run_upkeep();
+            // A task leak shows as a count that grows under steady load (bench/soak.sh).
+            metrics::gauge!(RUNTIME_ALIVE_TASKS).set(runtime.num_alive_tasks() as f64);
         }
     })
 }
@@ -275,6 +281,10 @@ fn describe() {
         super::series::SERIES_FOLDED_TOTAL,
         Unit::Count,
         "Recordings whose traffic-derived labels were reported as `other` because their metric had telemetry.max_series_per_metric label sets already, by metric."
+    );
+    describe_gauge!(
+        RUNTIME_ALIVE_TASKS,
+        "Tasks alive on the Tokio runtime (connections, streams, background work), every 5 s."
     );
     describe_gauge!(
         BUDGET_SESSIONS_TRACKED,

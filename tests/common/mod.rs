@@ -428,3 +428,58 @@ impl TestPki {
         config
     }
 }
+
+/// What an overspend run saw: calls admitted and refused.
+pub struct Overspend {
+    pub admitted: u64,
+    pub refused: u64,
+}
+
+/// `calls` concurrent chat calls of one session spread over `urls` (proxies sharing a store),
+/// arriving spread out over ~`spread_ms`, each using `input` input tokens (as the mock counts
+/// them) and `output` output tokens. Refusals are 402 (lifetime) or 429.
+pub async fn overspend_load(
+    urls: &[String],
+    session: &str,
+    body: &str,
+    input: u64,
+    output: u64,
+    calls: usize,
+    spread_ms: u64,
+) -> Overspend {
+    let mut tasks = Vec::new();
+    for i in 0..calls {
+        let url = format!("{}/v1/chat/completions", urls[i % urls.len()]);
+        let (session, body) = (session.to_string(), body.to_string());
+        let (input, output) = (input.to_string(), output.to_string());
+        // Deterministic spread: arrivals interleave with settlements instead of landing at once.
+        let delay = Duration::from_millis((i as u64 * 7919) % spread_ms.max(1));
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let (r, _) = post(
+                &url,
+                &[
+                    ("x-session-id", &session),
+                    ("x-mock-input-tokens", &input),
+                    ("x-mock-output-chunks", &output),
+                    ("x-mock-chunk-delay-ms", "3"),
+                ],
+                &body,
+            )
+            .await;
+            r.status().as_u16()
+        }));
+    }
+    let mut o = Overspend {
+        admitted: 0,
+        refused: 0,
+    };
+    for t in tasks {
+        match t.await.expect("call task") {
+            200 => o.admitted += 1,
+            402 | 429 => o.refused += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    o
+}

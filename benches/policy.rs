@@ -15,9 +15,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::{json, Value};
 use tokenwarden::config::{load_from_str, Protocol};
 use tokenwarden::policy::{check_calls, Asker, Policies, PolicySet, ToolRules};
+use tokenwarden::providers::protocol::classify;
+use tokenwarden::providers::request::inspect;
 use tokenwarden::providers::ToolCall;
-use tokenwarden::proxy::inspect::inspect;
-use tokenwarden::proxy::protocol::classify;
 use tokenwarden::telemetry::labels::Labels;
 
 const PATH: &str = "/v1/chat/completions";

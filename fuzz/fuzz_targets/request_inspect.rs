@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tokenwarden::config::Protocol;
-use tokenwarden::proxy::inspect::{inspect, with_include_usage};
-use tokenwarden::proxy::protocol::classify;
+use tokenwarden::providers::request::{inspect, with_include_usage};
+use tokenwarden::providers::protocol::classify;
 
 fuzz_target!(|data: &[u8]| {
     for path in ["/v1/chat/completions", "/v1/messages", "/api/chat", "/v1beta/models/g:streamGenerateContent"] {

@@ -198,7 +198,7 @@ impl Budgets {
                 let uri: http::Uri = url
                     .parse()
                     .map_err(|_| BudgetsError::Webhook("not a URL".into()))?;
-                let client = crate::proxy::upstream::build_client(None, &config.upstream)
+                let client = crate::http_client::build_client(None, &config.upstream)
                     .map_err(|e| BudgetsError::Webhook(e.to_string()))?;
                 Some(Webhook::start(uri, client))
             }

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::record::Totals;
+
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
 
@@ -80,17 +82,6 @@ pub struct Charge {
     pub granted: u64,
     /// Amount actually spent.
     pub actual: u64,
-}
-
-/// Running totals of a scope instance (for the admin API).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    /// Input tokens.
-    pub input: u64,
-    /// Output tokens.
-    pub output: u64,
-    /// Cost in nano-USD.
-    pub cost: u64,
 }
 
 /// One counter's state.

@@ -10,7 +10,7 @@ use metrics::counter;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::proxy::upstream::UpstreamClient;
+use crate::http_client::UpstreamClient;
 use crate::telemetry::metrics as m;
 
 /// Alerts waiting to be sent; beyond this new ones are dropped (and counted).

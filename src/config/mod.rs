@@ -17,6 +17,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Default of `telemetry.max_series_per_metric`.
+pub const DEFAULT_MAX_SERIES: usize = 1000;
+
+/// Longest label value kept (agent names included): longer values are folded.
+pub const MAX_LABEL_LEN: usize = 128;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -778,7 +784,7 @@ fn default_max_label_values() -> usize {
     200
 }
 fn default_max_series_per_metric() -> usize {
-    crate::telemetry::series::DEFAULT_MAX_SERIES
+    DEFAULT_MAX_SERIES
 }
 fn default_max_content_bytes() -> usize {
     16 * 1024

@@ -146,8 +146,55 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(w) = &config.alerts.webhook {
         check_upstream_url(w).map_err(|m| invalid("alerts.webhook", &m))?;
     }
-    // Agent policies and the model catalog: compiled once here so a bad pattern is a load error.
-    crate::policy::PolicySet::from_config(config).map_err(|(k, m)| invalid(&k, &m))?;
+    for (name, p) in &config.agents {
+        check_agent(p).map_err(|(k, m)| invalid(&format!("agents.{name}{k}"), &m))?;
+        if name.len() > super::MAX_LABEL_LEN {
+            return Err(invalid(
+                &format!("agents.{name}"),
+                &format!("agent names are at most {} bytes", super::MAX_LABEL_LEN),
+            ));
+        }
+    }
+    for (model, info) in &config.models {
+        if info.context_window == 0 {
+            return Err(invalid(
+                &format!("models.{model}.context_window"),
+                "must be > 0",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An agent policy's values; the error's key is relative to `agents.<name>` (a leading `.`).
+fn check_agent(p: &super::AgentPolicy) -> Result<(), (String, String)> {
+    for (i, f) in p.forbidden_input.iter().enumerate() {
+        let at = format!(".forbidden_input[{i}]");
+        let src = match (&f.contains, &f.regex) {
+            (Some(_), None) => None,
+            (None, Some(r)) => Some(r),
+            _ => return Err((at, "needs exactly one of `contains` and `regex`".into())),
+        };
+        if f.id.is_empty() {
+            return Err((at, "`id` must not be empty".into()));
+        }
+        // Compiled here so a bad pattern is a load error naming the pattern.
+        if let Some(r) = src {
+            regex::Regex::new(r).map_err(|e| (at, e.to_string()))?;
+        }
+    }
+    if p.loop_detection.threshold < 2 {
+        return Err((".loop_detection.threshold".into(), "must be >= 2".into()));
+    }
+    if p.loop_detection.window.is_zero() {
+        return Err((".loop_detection.window".into(), "must be > 0".into()));
+    }
+    if p.max_tokens_cap.is_some_and(|c| c.limit == 0) {
+        return Err((".max_tokens_cap.limit".into(), "must be > 0".into()));
+    }
+    if p.max_steps == Some(0) {
+        return Err((".max_steps".into(), "must be > 0".into()));
+    }
     Ok(())
 }
 

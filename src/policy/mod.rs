@@ -44,8 +44,8 @@ use tokio::time::Instant;
 use crate::config::{
     AgentPolicy, CapAction, Config, DeclaredToolAction, Enforcement, LoopDetection, MaxTokensCap,
 };
+use crate::providers::request::{DeclaredTool, RequestFacts};
 use crate::providers::ToolCall;
-use crate::proxy::inspect::{DeclaredTool, RequestFacts};
 use crate::proxy::{Call, ProxyError};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
@@ -240,18 +240,6 @@ impl AgentRules {
     fn new(p: &AgentPolicy) -> Result<Self, (String, String)> {
         let forbidden = ForbiddenInput::new(&p.forbidden_input)
             .map_err(|(i, msg)| (format!("forbidden_input[{i}]"), msg))?;
-        if p.loop_detection.threshold < 2 {
-            return Err(("loop_detection.threshold".into(), "must be >= 2".into()));
-        }
-        if p.loop_detection.window.is_zero() {
-            return Err(("loop_detection.window".into(), "must be > 0".into()));
-        }
-        if p.max_tokens_cap.is_some_and(|c| c.limit == 0) {
-            return Err(("max_tokens_cap.limit".into(), "must be > 0".into()));
-        }
-        if p.max_steps == Some(0) {
-            return Err(("max_steps".into(), "must be > 0".into()));
-        }
         Ok(Self {
             tools: ToolRules::new(p),
             max_steps: p.max_steps,
@@ -274,15 +262,6 @@ impl PolicySet {
     pub fn from_config(config: &Config) -> Result<Self, (String, String)> {
         let mut agents = HashMap::new();
         for (name, p) in &config.agents {
-            if name.len() > crate::telemetry::labels::MAX_LABEL_LEN {
-                return Err((
-                    format!("agents.{name}"),
-                    format!(
-                        "agent names are at most {} bytes",
-                        crate::telemetry::labels::MAX_LABEL_LEN
-                    ),
-                ));
-            }
             let rules =
                 AgentRules::new(p).map_err(|(k, msg)| (format!("agents.{name}.{k}"), msg))?;
             agents.insert(name.clone(), Arc::new(rules));
@@ -296,14 +275,6 @@ impl PolicySet {
             .map(|r| r.loop_detection.window)
             .max()
             .unwrap_or_default();
-        for (model, info) in &config.models {
-            if info.context_window == 0 {
-                return Err((
-                    format!("models.{model}.context_window"),
-                    "must be > 0".into(),
-                ));
-            }
-        }
         Ok(Self {
             agents,
             fallback,

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use jsonschema::Validator;
 use serde_json::Value;
 
+use crate::providers::request::DeclaredTool;
 use crate::providers::ToolCall;
-use crate::proxy::inspect::DeclaredTool;
 
 use super::tools::ToolRules;
 use super::{APPROVAL_REQUIRED, DENIED_TOOL, INVALID_TOOL_ARGS, UNDECLARED_TOOL};

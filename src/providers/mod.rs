@@ -13,6 +13,8 @@ pub mod ollama;
 pub mod openai_chat;
 pub mod openai_responses;
 mod parser;
+pub mod protocol;
+pub mod request;
 
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 

@@ -18,22 +18,8 @@ use crate::providers::{OutputSample, ResponseParser, ResponseRecord};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
 
-use super::inspect::RequestFacts;
-
-/// Largest response body (JSON) or single event (SSE) kept for parsing.
-pub const MAX_PARSE_BYTES: usize = 8 * 1024 * 1024;
-
-/// Labels every GenAI series of a call shares.
-pub struct CallLabels {
-    /// Route name.
-    pub route: Arc<str>,
-    /// `gen_ai.provider.name`.
-    pub provider: &'static str,
-    /// `gen_ai.operation.name`.
-    pub operation: &'static str,
-    /// Agent label.
-    pub agent: Arc<str>,
-}
+use crate::providers::request::RequestFacts;
+use crate::record::{CallLabels, Finished, UsageSource, MAX_PARSE_BYTES};
 
 /// Accounting state of one LLM call.
 pub struct LlmCall {
@@ -63,58 +49,6 @@ struct CutWatch {
     last_end: u64,
     /// Output tokens received (tokenizer count per output event).
     tokens: u64,
-}
-
-/// Where a call's token counts came from (`tokenwarden.usage.source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UsageSource {
-    /// Stated by the provider in a response the client asked for.
-    Provider,
-    /// Stated by the provider because the proxy asked for stream usage on the client's behalf.
-    Injected,
-    /// Counted by the proxy (no usage in the response): see [`crate::tokens`].
-    Estimated,
-    /// No usage known (an error response, or a body that could not be read).
-    None,
-}
-
-/// What an LLM call came to, for spans, budgets and the access log.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    /// What the request said.
-    pub facts: RequestFacts,
-    /// What the response said, usage filled in by estimate where it said none.
-    pub record: ResponseRecord,
-    /// Where the usage came from.
-    pub usage_source: UsageSource,
-    /// When the first output chunk arrived (streams).
-    pub first_output: Option<Instant>,
-    /// When the last output chunk arrived (streams).
-    pub last_output: Option<Instant>,
-    /// Whether the response was a stream.
-    pub streamed: bool,
-    /// `error.type`, for a failed call.
-    pub error_type: Option<String>,
-    /// The served (else requested) model as a capped metric label.
-    pub response_model: Arc<str>,
-    /// Capped metric labels of `record.other_models` (sub-calls on other models), in order.
-    pub other_labels: Vec<Arc<str>>,
-    /// Policies the response's tool calls broke.
-    pub policy_violations: Vec<&'static str>,
-}
-
-// === impl UsageSource ===
-
-impl UsageSource {
-    /// Attribute and label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UsageSource::Provider => "provider",
-            UsageSource::Injected => "injected",
-            UsageSource::Estimated => "estimated",
-            UsageSource::None => "none",
-        }
-    }
 }
 
 /// How the call ended, for the finish step.

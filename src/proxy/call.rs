@@ -23,8 +23,9 @@ use crate::session::Sessions;
 use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
-use super::accounting::{CallLabels, Ending, LlmCall, UsageSource};
+use super::accounting::{Ending, LlmCall};
 use super::error::UpstreamErrorKind;
+use crate::record::{CallLabels, UsageSource};
 
 /// One request in flight.
 pub struct Call {
@@ -481,8 +482,8 @@ fn status_class(s: StatusCode) -> &'static str {
 mod span_tests {
     use super::*;
     use crate::config::Conventions;
+    use crate::providers::request::RequestFacts;
     use crate::providers::Format;
-    use crate::proxy::inspect::RequestFacts;
     use crate::telemetry::labels::Labels;
     use crate::telemetry::otlp::queue::SpanQueue;
     use crate::telemetry::spans::Spans;

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use super::protocol::ErrorShape;
 use crate::budget::limits::Amount;
+use crate::providers::protocol::ErrorShape;
 
 /// Header on every response the proxy generates itself, carrying the error code.
 pub const PROXY_ERROR_HEADER: &str = "x-tokenwarden-error";

@@ -16,10 +16,10 @@ use tokio::time::Instant;
 use crate::body::{BodyEnd, Observer};
 use crate::providers::ResponseParser;
 
-use super::accounting::MAX_PARSE_BYTES;
-use super::protocol::ErrorShape;
 use super::route::Route;
 use super::{local_error, Call, ProxyBody, ProxyError};
+use crate::providers::protocol::ErrorShape;
+use crate::record::MAX_PARSE_BYTES;
 
 /// Whether to hold this response: a blocking policy applies, and the body is a 2xx JSON body
 /// that fits the parse cap (as far as its length says).

@@ -15,10 +15,7 @@ mod call;
 pub mod error;
 pub mod headers;
 mod held;
-pub mod inspect;
-pub mod protocol;
 pub mod route;
-pub mod upstream;
 
 pub use call::{Call, CallInfo};
 pub use error::ProxyError;
@@ -44,8 +41,9 @@ use crate::telemetry::labels::Labels;
 use crate::telemetry::spans::Spans;
 use crate::telemetry::trace_context::TRACEPARENT_HEADER;
 
+use crate::providers::protocol::{self, ErrorShape};
+use crate::providers::request as inspect;
 use error::UpstreamErrorKind;
-use protocol::ErrorShape;
 use route::{Route, RouteError, Router};
 
 /// The body of every response the proxy returns: the upstream's, observed (and, for injected

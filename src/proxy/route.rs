@@ -7,7 +7,7 @@ use http::Uri;
 
 use crate::config::{Config, Protocol, RouteConfig, UpstreamConfig};
 
-use super::upstream::{self, UpstreamClient};
+use crate::http_client::{self as upstream, UpstreamClient};
 
 /// One configured route, ready to serve.
 pub struct Route {

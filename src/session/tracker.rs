@@ -16,7 +16,7 @@ use dashmap::DashMap;
 use metrics::{gauge, histogram};
 use tokio::time::Instant;
 
-use crate::budget::Totals;
+use crate::record::Totals;
 use crate::telemetry::metrics as m;
 
 /// Live sessions by id.

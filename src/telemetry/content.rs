@@ -11,8 +11,8 @@ use http::HeaderMap;
 use regex::Regex;
 use serde_json::{json, Map, Value};
 
+use crate::providers::request::DeclaredTool;
 use crate::providers::{Format, ResponseRecord};
-use crate::proxy::inspect::DeclaredTool;
 use crate::sse::{NdjsonDecoder, NdjsonItem, SseDecoder, SseItem};
 
 /// What replaces redacted text.
@@ -403,7 +403,7 @@ fn output_texts(format: Format, c: &Captured) -> Vec<String> {
     };
     let mut read = |v: &Value| collect_text(format, v, &mut add);
     if c.event_stream {
-        let mut dec = SseDecoder::new(crate::proxy::accounting::MAX_PARSE_BYTES);
+        let mut dec = SseDecoder::new(crate::record::MAX_PARSE_BYTES);
         dec.feed(&c.response, |item| {
             if let SseItem::Event { data, .. } = item {
                 if let Ok(v) = serde_json::from_slice::<Value>(data) {
@@ -412,7 +412,7 @@ fn output_texts(format: Format, c: &Captured) -> Vec<String> {
             }
         });
     } else if c.ndjson {
-        let mut dec = NdjsonDecoder::new(crate::proxy::accounting::MAX_PARSE_BYTES);
+        let mut dec = NdjsonDecoder::new(crate::record::MAX_PARSE_BYTES);
         let mut line = |item: NdjsonItem<'_>| {
             if let NdjsonItem::Line(l) = item {
                 if let Ok(v) = serde_json::from_slice::<Value>(l) {

@@ -34,7 +34,7 @@ impl Labels {
 }
 
 /// Longest label value kept; longer values report as `other`.
-pub const MAX_LABEL_LEN: usize = 128;
+pub use crate::config::MAX_LABEL_LEN;
 
 /// A set of admitted values for one label.
 #[derive(Debug)]

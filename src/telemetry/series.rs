@@ -32,8 +32,7 @@ const TRAFFIC_LABELS: &[&str] = &[
     "gen_ai_response_model",
 ];
 
-/// Default of `telemetry.max_series_per_metric`.
-pub const DEFAULT_MAX_SERIES: usize = 1000;
+pub use crate::config::DEFAULT_MAX_SERIES;
 
 static MAX_SERIES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_SERIES);
 

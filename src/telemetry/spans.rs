@@ -15,9 +15,9 @@ use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 use tokio::time::Instant;
 
 use crate::config::{Conventions, TelemetryConfig};
+use crate::providers::request::RequestFacts;
 use crate::providers::ResponseRecord;
-use crate::proxy::accounting::CallLabels;
-use crate::proxy::inspect::RequestFacts;
+use crate::record::CallLabels;
 
 use super::content::{Captured, ContentPolicy};
 use super::otlp::queue::SPAN_CAPACITY;

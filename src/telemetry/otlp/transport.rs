@@ -26,7 +26,7 @@ use percent_encoding::percent_decode_str;
 use super::batch::Batch;
 use super::ExporterError;
 use crate::config::{OtlpConfig, OtlpProtocol};
-use crate::proxy::upstream::{add_pem, client_tls};
+use crate::http_client::{add_pem, client_tls};
 
 /// The gRPC method every OTLP trace export calls.
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";

@@ -1,4 +1,5 @@
-//! The pooled upstream client: hyper-util's legacy client over rustls, HTTP/1.1 and HTTP/2 by ALPN.
+//! The pooled HTTP client every outbound call uses (routes, the alert webhook, OTLP export):
+//! hyper-util's legacy client over rustls, HTTP/1.1 and HTTP/2 by ALPN.
 //!
 //! A transparent proxy uses the client directly (no reqwest) so headers and bodies pass through
 //! untouched. Trust roots are the webpki set plus an optional per-route PEM file.

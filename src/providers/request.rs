@@ -243,7 +243,7 @@ fn azure_deployment(path: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::protocol::classify;
+    use crate::providers::protocol::classify;
 
     fn facts(path: &str, query: Option<&str>, body: &str) -> Option<RequestFacts> {
         inspect(

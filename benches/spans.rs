@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
         usage_source: Some("provider"),
         session: Some(&session),
         step: Some(7),
-        budget_decision: Some("allowed"),
+        budget_decision: Some(tokenwarden::record::BudgetDecision::Allowed),
         policy_violations: &[],
     };
 

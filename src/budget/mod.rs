@@ -14,6 +14,7 @@ pub mod limits;
 pub mod memory;
 pub mod price;
 pub mod redis;
+mod refusal;
 pub mod store;
 pub mod webhook;
 
@@ -28,12 +29,13 @@ use crate::config::{
     Config, LifetimeRefusal, LimitAction, LimitScope, OnStoreUnreachable, StoreKind,
 };
 use crate::providers::{Format, ModelUsage, Usage};
-use crate::proxy::error::BudgetRefusal;
-use crate::proxy::ProxyError;
 use crate::telemetry::metrics as m;
 
 use limits::{group_key, Limit, Unit};
 use price::Prices;
+pub use refusal::{BudgetError, BudgetRefusal};
+
+use crate::record::BudgetDecision;
 pub use store::Totals;
 use store::{Charge, Grant, Lease, Reserved, Store, StoreError, Want};
 use webhook::{Alert, Webhook};
@@ -54,7 +56,7 @@ pub struct Budgets {
     webhook: Option<Webhook>,
     store_up: AtomicBool,
     /// (scope key, counter, decision) → window start an alert was last sent for.
-    alerted: DashMap<(String, Arc<str>, &'static str), u64>,
+    alerted: DashMap<(String, Arc<str>, BudgetDecision), u64>,
     /// Settlements spawned towards a remote store and not yet answered (awaited at shutdown).
     in_flight_settles: AtomicUsize,
     /// Woken when the last in-flight settlement ends.
@@ -104,7 +106,7 @@ pub struct Admission {
     /// Output tokens this call may stream before a `cut` limit ends it.
     pub cut_after_output: Option<u64>,
     /// The strongest decision taken for this call (`allowed`, `warned`, `observed`).
-    pub decision: &'static str,
+    pub decision: BudgetDecision,
     settled: bool,
 }
 
@@ -246,15 +248,15 @@ impl Budgets {
         self.store_up.load(Ordering::Relaxed)
     }
 
-    /// Admit a call or refuse it (`ProxyError::BudgetExceeded`, or
-    /// `BudgetStoreUnavailable` when the store is down and `fail_closed` is set).
+    /// Admit a call or refuse it ([`BudgetError::Exceeded`], or
+    /// [`BudgetError::StoreUnavailable`] when the store is down and `fail_closed` is set).
     /// `estimate` gives the call's estimated input tokens; it is only called when the call is
     /// near a limit (the upper bound `facts.input_bound` decides the rest).
     pub async fn admit(
         self: &Arc<Self>,
         facts: CallFacts,
         estimate: &(dyn Fn() -> u64 + Sync),
-    ) -> Result<Admission, ProxyError> {
+    ) -> Result<Admission, BudgetError> {
         let now = unix_now();
         let mut adm = Admission {
             budgets: self.clone(),
@@ -263,7 +265,7 @@ impl Budgets {
             facts,
             session_tokens_remaining: None,
             cut_after_output: None,
-            decision: "allowed",
+            decision: BudgetDecision::Allowed,
             settled: false,
         };
         let mut exact: Option<u64> = None;
@@ -304,7 +306,7 @@ impl Budgets {
             };
             match reserved {
                 Ok(Reserved::NeedEstimate) => {
-                    return Err(ProxyError::BudgetStoreUnavailable);
+                    return Err(BudgetError::StoreUnavailable);
                 }
                 Ok(Reserved::Granted(grants)) => {
                     self.mark_store(true);
@@ -343,7 +345,7 @@ impl Budgets {
                     // refused), so `min` is what this call needs.
                     let need = wants.get(index).map_or(0, |w| w.min);
                     // Dropping `adm` releases what earlier scopes reserved.
-                    return Err(ProxyError::BudgetExceeded(Box::new(BudgetRefusal {
+                    return Err(BudgetError::Exceeded(Box::new(BudgetRefusal {
                         scope: l.scope_str(),
                         unit: l.unit_str(),
                         code: code(l),
@@ -358,8 +360,8 @@ impl Budgets {
                 Err(e) => {
                     self.store_failed("reserve", &e);
                     if self.fail_closed {
-                        count_decision(scope, "rejected");
-                        return Err(ProxyError::BudgetStoreUnavailable);
+                        count_decision(scope, BudgetDecision::Rejected);
+                        return Err(BudgetError::StoreUnavailable);
                     }
                 }
             }
@@ -470,39 +472,39 @@ impl Budgets {
         g: &Grant,
         w: &Want,
         now: u64,
-    ) -> &'static str {
+    ) -> BudgetDecision {
         let l = &self.limits[i];
         let decision = if l.action == LimitAction::Observe && g.granted < w.min.max(1) {
             counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => f.agent.clone())
                 .increment(1);
-            self.alert(key, f, l, g.used, "observed", now);
-            "observed"
+            self.alert(key, f, l, g.used, BudgetDecision::Observed, now);
+            BudgetDecision::Observed
         } else if l
             .warn_at
             .is_some_and(|r| g.used as f64 >= r * l.amount as f64)
         {
             // Admitted while spend (plus other calls' reservations) is past the threshold.
-            self.alert(key, f, l, g.used, "warned", now);
-            "warned"
+            self.alert(key, f, l, g.used, BudgetDecision::Warned, now);
+            BudgetDecision::Warned
         } else {
-            "allowed"
+            BudgetDecision::Allowed
         };
         count_decision(l.scope, decision);
         decision
     }
 
     fn refused(&self, key: &str, f: &CallFacts, l: &Limit, used: u64, now: u64) {
-        count_decision(l.scope, "rejected");
+        count_decision(l.scope, BudgetDecision::Rejected);
         counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => f.agent.clone())
             .increment(1);
         self.ratio(l, &f.agent, used);
-        self.alert(key, f, l, used, "rejected", now);
+        self.alert(key, f, l, used, BudgetDecision::Rejected, now);
     }
 
     /// Record a cut (called when a stream is ended at its limit).
     pub fn cut(&self, session: Option<&Arc<str>>, agent: &Arc<str>) {
         for l in self.limits.iter().filter(|l| l.action == LimitAction::Cut) {
-            count_decision(l.scope, "cut");
+            count_decision(l.scope, BudgetDecision::Cut);
             counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => agent.clone())
                 .increment(1);
             if let Some(w) = &self.webhook {
@@ -514,7 +516,7 @@ impl Budgets {
                     window: l.window_name.to_string(),
                     limit: l.display(l.amount),
                     used: l.display(l.amount),
-                    decision: "cut",
+                    decision: BudgetDecision::Cut.as_str(),
                     time: webhook::now_rfc3339(),
                 });
             }
@@ -543,7 +545,7 @@ impl Budgets {
         f: &CallFacts,
         l: &Limit,
         used: u64,
-        decision: &'static str,
+        decision: BudgetDecision,
         now: u64,
     ) {
         let Some(w) = &self.webhook else {
@@ -566,7 +568,7 @@ impl Budgets {
             window: l.window_name.to_string(),
             limit: l.display(l.amount),
             used: l.display(used),
-            decision,
+            decision: decision.as_str(),
             time: webhook::now_rfc3339(),
         });
     }
@@ -693,10 +695,10 @@ impl Budgets {
                     let l = &self.limits[i];
                     self.ratio(l, &facts.agent, u);
                     if l.warn_at.is_some_and(|r| u as f64 >= r * l.amount as f64) {
-                        self.alert(&held.key, facts, l, u, "warned", now);
+                        self.alert(&held.key, facts, l, u, BudgetDecision::Warned, now);
                     }
                     if l.action == LimitAction::Observe && u > l.amount {
-                        self.alert(&held.key, facts, l, u, "observed", now);
+                        self.alert(&held.key, facts, l, u, BudgetDecision::Observed, now);
                     }
                 }
             }
@@ -842,16 +844,13 @@ impl Drop for Admission {
     }
 }
 
-/// Decision values, in the order of the cached counters.
-const DECISIONS: [&str; 5] = ["allowed", "warned", "rejected", "cut", "observed"];
-
 /// `tokenwarden_budget_decisions_total{scope,decision}` += 1, through handles registered once
 /// (every admitted call counts one per limit: a registry lookup each time would show).
-fn count_decision(scope: LimitScope, decision: &'static str) {
+fn count_decision(scope: LimitScope, decision: BudgetDecision) {
     static HANDLES: OnceLock<[[metrics::Counter; 5]; 3]> = OnceLock::new();
     let handles = HANDLES.get_or_init(|| {
         [LimitScope::Session, LimitScope::Agent, LimitScope::Global].map(|s| {
-            DECISIONS.map(|d| counter!(m::BUDGET_DECISIONS_TOTAL, "scope" => limits::scope_str(s), "decision" => d))
+            BudgetDecision::ALL.map(|d| counter!(m::BUDGET_DECISIONS_TOTAL, "scope" => limits::scope_str(s), "decision" => d.as_str()))
         })
     });
     let si = match scope {
@@ -859,7 +858,7 @@ fn count_decision(scope: LimitScope, decision: &'static str) {
         LimitScope::Agent => 1,
         LimitScope::Global => 2,
     };
-    if let Some(di) = DECISIONS.iter().position(|d| *d == decision) {
+    if let Some(di) = BudgetDecision::ALL.iter().position(|d| *d == decision) {
         handles[si][di].increment(1);
     }
 }
@@ -884,10 +883,10 @@ fn unit_name(l: &Limit) -> &'static str {
 }
 
 /// The more notable of two decisions.
-fn stronger(a: &'static str, b: &'static str) -> &'static str {
-    let rank = |d: &str| match d {
-        "observed" => 2,
-        "warned" => 1,
+fn stronger(a: BudgetDecision, b: BudgetDecision) -> BudgetDecision {
+    let rank = |d: BudgetDecision| match d {
+        BudgetDecision::Observed => 2,
+        BudgetDecision::Warned => 1,
         _ => 0,
     };
     if rank(b) > rank(a) {

@@ -4,7 +4,7 @@
 //! Request side ([`Policies::admit`], in order): `max_steps`, declared tools against the
 //! allow/deny lists (refuse or strip), forbidden input patterns, the `max_tokens` cap, loop
 //! detection, tool results the agent reports (metrics only), the context-window guard. A refusal
-//! is a [`ProxyError`] answered before anything reaches the upstream.
+//! is a [`PolicyError`] answered before anything reaches the upstream.
 //!
 //! Checking has no side effects: what an admitted request changes — its session step, the loop
 //! history, tool-result and violation counts — is kept in a [`Pending`] and applied by
@@ -46,28 +46,42 @@ use crate::config::{
 };
 use crate::providers::request::{DeclaredTool, RequestFacts};
 use crate::providers::ToolCall;
-use crate::proxy::{Call, ProxyError};
+use crate::record::{CallLabels, PolicyViolation};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
 
-/// `policy` label: a tool the agent may not use (declared in the request or called).
-pub const DENIED_TOOL: &str = "denied_tool";
-/// `policy` label: the model called a tool the request did not declare.
-pub const UNDECLARED_TOOL: &str = "undeclared_tool";
-/// `policy` label: tool arguments are not JSON or break the declared schema.
-pub const INVALID_TOOL_ARGS: &str = "invalid_tool_args";
-/// `policy` label: the model called a tool that needs human approval.
-pub const APPROVAL_REQUIRED: &str = "approval_required";
-/// `policy` label: the session is past `max_steps`.
-pub const MAX_STEPS: &str = "max_steps";
-/// `policy` label: the same request repeated within the loop window.
-pub const LOOP: &str = "loop";
-/// `policy` label: request content matched a forbidden pattern.
-pub const FORBIDDEN_INPUT: &str = "forbidden_input";
-/// `policy` label: the request asked for more output tokens than the cap.
-pub const MAX_TOKENS: &str = "max_tokens";
-/// `policy` label: estimated input plus requested output exceed the model's context window.
-pub const CONTEXT_WINDOW: &str = "context_window";
+/// What a policy refuses a call with; the proxy answers it in the provider's error shape.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A policy refused the request or withheld the response.
+    #[error("tokenwarden: policy {policy}: {message}")]
+    Refused {
+        /// The policy.
+        policy: PolicyViolation,
+        /// What was refused, naming the tool or limit (never request content).
+        message: String,
+    },
+    /// Request content matched a forbidden input pattern.
+    #[error(
+        "tokenwarden: policy forbidden_input: the request matches forbidden input pattern '{id}'"
+    )]
+    ForbiddenInput {
+        /// The pattern's configured id.
+        id: String,
+    },
+}
+
+// === impl PolicyError ===
+
+impl PolicyError {
+    /// The policy that refused.
+    pub fn policy(&self) -> PolicyViolation {
+        match self {
+            PolicyError::Refused { policy, .. } => *policy,
+            PolicyError::ForbiddenInput { .. } => PolicyViolation::ForbiddenInput,
+        }
+    }
+}
 
 /// The agent key whose rules apply to agents without their own entry.
 pub const ANY_AGENT: &str = "*";
@@ -134,7 +148,7 @@ pub struct Pending {
     agent: Arc<str>,
     now: Instant,
     /// Policies the request broke without being refused: counted at commit.
-    violations: Vec<&'static str>,
+    violations: Vec<PolicyViolation>,
     max_steps: Option<u64>,
     /// Request hash and the agent's loop window.
     loop_hash: Option<(u64, Duration)>,
@@ -147,9 +161,9 @@ pub struct Pending {
 /// A request the policies refuse.
 pub struct Refusal {
     /// Policies the request broke (for the span).
-    pub violations: Vec<&'static str>,
+    pub violations: Vec<PolicyViolation>,
     /// The answer (boxed: refusals are rare, the `Ok` path stays small).
-    pub error: Box<ProxyError>,
+    pub error: Box<PolicyError>,
 }
 
 /// The response-side check of one call: its agent's rules as they were when it started.
@@ -163,39 +177,40 @@ pub struct ResponseCheck {
 #[derive(Debug, Default)]
 pub struct Review {
     /// Distinct policies broken (for the span).
-    pub violations: Vec<&'static str>,
+    pub violations: Vec<PolicyViolation>,
     /// The refusal replacing the response, when a broken policy is set to block.
-    pub block: Option<ProxyError>,
+    pub block: Option<PolicyError>,
 }
 
-fn count(agent: &Arc<str>, policy: &'static str) {
-    counter!(m::POLICY_VIOLATIONS_TOTAL, "agent" => agent.clone(), "policy" => policy).increment(1);
+fn count(agent: &Arc<str>, policy: PolicyViolation) {
+    counter!(m::POLICY_VIOLATIONS_TOTAL, "agent" => agent.clone(), "policy" => policy.as_str())
+        .increment(1);
 }
 
 /// A refusal by `policy`: the violations noted so far and the refusing one are counted now (a
 /// refused request has no commit).
 fn refuse(
-    violations: &mut Vec<&'static str>,
+    violations: &mut Vec<PolicyViolation>,
     agent: &Arc<str>,
-    policy: &'static str,
+    policy: PolicyViolation,
     message: String,
 ) -> Refusal {
     refused(
         violations,
         agent,
-        ProxyError::Policy { policy, message },
+        PolicyError::Refused { policy, message },
         policy,
     )
 }
 
 fn refused(
-    violations: &mut Vec<&'static str>,
+    violations: &mut Vec<PolicyViolation>,
     agent: &Arc<str>,
-    error: ProxyError,
-    policy: &'static str,
+    error: PolicyError,
+    policy: PolicyViolation,
 ) -> Refusal {
     flag(violations, policy);
-    violations.iter().for_each(|v| count(agent, v));
+    violations.iter().for_each(|v| count(agent, *v));
     Refusal {
         violations: std::mem::take(violations),
         error: Box::new(error),
@@ -203,13 +218,13 @@ fn refused(
 }
 
 /// Note a violation on the request side, counted when the call is committed or refused.
-fn flag(violations: &mut Vec<&'static str>, policy: &'static str) {
+fn flag(violations: &mut Vec<PolicyViolation>, policy: PolicyViolation) {
     if !violations.contains(&policy) {
         violations.push(policy);
     }
 }
 
-fn note(violations: &mut Vec<&'static str>, agent: &Arc<str>, policy: &'static str) {
+fn note(violations: &mut Vec<PolicyViolation>, agent: &Arc<str>, policy: PolicyViolation) {
     count(agent, policy);
     if !violations.contains(&policy) {
         violations.push(policy);
@@ -337,46 +352,33 @@ impl Policies {
         self.set.load_full()
     }
 
-    /// Run the request-side policies for `call`: record violations on it, rewrite `body` when a
-    /// policy changed it, and return the response check and the side effects to commit once the
-    /// call is admitted — or the refusal to answer with. `call.step()` is the step the call would
-    /// take ([`crate::session::Sessions::next_step`]).
+    /// Run the request-side policies for a call with `labels` in `session` (at the step it
+    /// would take, [`crate::session::Sessions::next_step`]): rewrite `body` when a policy changed
+    /// it, and return the response check and the side effects to commit once the call is
+    /// admitted — or the refusal. Either way the policies broken so far come back for the span.
     pub fn admit(
         &self,
-        call: &mut Call,
+        labels: &CallLabels,
+        session: Option<&Arc<str>>,
+        step: Option<u64>,
         facts: &mut RequestFacts,
         body: &mut Bytes,
-    ) -> Result<(ResponseCheck, Pending), ProxyError> {
-        let labels = call.labels();
-        let (agent, operation) = (labels.agent.clone(), labels.operation);
+    ) -> Result<(ResponseCheck, Pending), Refusal> {
         let asker = Asker {
-            agent: &agent,
-            operation,
-            session: call.session(),
-            step: call.step(),
+            agent: &labels.agent,
+            operation: labels.operation,
+            session,
+            step,
             now: Instant::now(),
         };
-        match self.evaluate(&asker, facts, body) {
-            Ok(a) => {
-                a.pending
-                    .violations
-                    .iter()
-                    .for_each(|v| call.add_policy_violation(v));
-                if let Some(b) = a.rewritten {
-                    *body = b;
-                }
-                Ok((a.check, a.pending))
-            }
-            Err(r) => {
-                r.violations
-                    .iter()
-                    .for_each(|v| call.add_policy_violation(v));
-                Err(*r.error)
-            }
+        let a = self.evaluate(&asker, facts, body)?;
+        if let Some(b) = a.rewritten {
+            *body = b;
         }
+        Ok((a.check, a.pending))
     }
 
-    /// The request-side policies, without a [`Call`] (benchmarks and tests use it directly).
+    /// The request-side policies for one asker (benchmarks and tests use it directly).
     pub fn evaluate(
         &self,
         asker: &Asker<'_>,
@@ -405,7 +407,12 @@ impl Policies {
         if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
             if step > max {
                 let msg = steps_message(max, agent);
-                return Err(refuse(&mut violations, agent, MAX_STEPS, msg));
+                return Err(refuse(
+                    &mut violations,
+                    agent,
+                    PolicyViolation::MaxSteps,
+                    msg,
+                ));
             }
         }
         if asker.operation == "embeddings" {
@@ -428,10 +435,15 @@ impl Policies {
                 match rules.denied_tool_action {
                     DeclaredToolAction::Reject => {
                         let msg = format!("agent '{agent}' may not use tool '{tool}'");
-                        return Err(refuse(&mut violations, agent, DENIED_TOOL, msg));
+                        return Err(refuse(
+                            &mut violations,
+                            agent,
+                            PolicyViolation::DeniedTool,
+                            msg,
+                        ));
                     }
                     DeclaredToolAction::Strip => {
-                        flag(&mut violations, DENIED_TOOL);
+                        flag(&mut violations, PolicyViolation::DeniedTool);
                         if let Some(d) = doc.as_mut() {
                             strip_declared(d, |n| rules.tools.permits(n));
                             dirty = true;
@@ -444,8 +456,13 @@ impl Policies {
 
         if let Some(d) = doc.as_ref() {
             if let Some(id) = rules.forbidden.find(d) {
-                let e = ProxyError::ForbiddenInput { id: id.to_string() };
-                return Err(refused(&mut violations, agent, e, FORBIDDEN_INPUT));
+                let e = PolicyError::ForbiddenInput { id: id.to_string() };
+                return Err(refused(
+                    &mut violations,
+                    agent,
+                    e,
+                    PolicyViolation::ForbiddenInput,
+                ));
             }
         }
 
@@ -456,12 +473,17 @@ impl Policies {
                     "the request asks for {n} output tokens; the cap is {}",
                     cap.limit
                 );
-                return Err(refuse(&mut violations, agent, MAX_TOKENS, msg));
+                return Err(refuse(
+                    &mut violations,
+                    agent,
+                    PolicyViolation::MaxTokens,
+                    msg,
+                ));
             }
             if let Some(d) = doc.as_mut() {
                 if clamp(d, facts.format, facts.max_tokens, cap.limit) != Capped::Within {
                     if over.is_some() {
-                        flag(&mut violations, MAX_TOKENS);
+                        flag(&mut violations, PolicyViolation::MaxTokens);
                     }
                     facts.max_tokens = Some(cap.limit);
                     dirty = true;
@@ -481,9 +503,9 @@ impl Policies {
                         "the same request was sent {n} times in this session within {}",
                         humantime_window(ld.window)
                     );
-                    return Err(refuse(&mut violations, agent, LOOP, msg));
+                    return Err(refuse(&mut violations, agent, PolicyViolation::Loop, msg));
                 }
-                flag(&mut violations, LOOP);
+                flag(&mut violations, PolicyViolation::Loop);
             }
         }
 
@@ -504,9 +526,14 @@ impl Policies {
                         let msg = format!(
                             "about {input} input tokens plus {output} output tokens do not fit the {window}-token context window of '{model}'"
                         );
-                        return Err(refuse(&mut violations, agent, CONTEXT_WINDOW, msg));
+                        return Err(refuse(
+                            &mut violations,
+                            agent,
+                            PolicyViolation::ContextWindow,
+                            msg,
+                        ));
                     }
-                    flag(&mut violations, CONTEXT_WINDOW);
+                    flag(&mut violations, PolicyViolation::ContextWindow);
                 }
                 pending.context = Some(sample);
             }
@@ -527,7 +554,7 @@ impl Policies {
     /// Apply what an admitted call changes: its loop history entry, tool-result and violation
     /// counts, the context-utilization sample. Called once, after every check let it through.
     pub fn commit(&self, p: Pending, session: Option<&Arc<str>>) {
-        p.violations.iter().for_each(|v| count(&p.agent, v));
+        p.violations.iter().for_each(|v| count(&p.agent, *v));
         if let (Some((hash, window)), Some(s)) = (p.loop_hash, session) {
             self.loops
                 .record(s, hash, p.now, window, p.longest_loop_window);
@@ -547,11 +574,11 @@ impl Policies {
 
     /// The refusal of a call that passed the policies but lost its step to a concurrent call of
     /// the same session at `max_steps` (counted like any `max_steps` refusal).
-    pub fn steps_used(&self, p: &Pending) -> ProxyError {
+    pub fn steps_used(&self, p: &Pending) -> PolicyError {
         let max = p.max_steps.unwrap_or(0);
-        count(&p.agent, MAX_STEPS);
-        ProxyError::Policy {
-            policy: MAX_STEPS,
+        count(&p.agent, PolicyViolation::MaxSteps);
+        PolicyError::Refused {
+            policy: PolicyViolation::MaxSteps,
             message: steps_message(max, &p.agent),
         }
     }
@@ -564,6 +591,11 @@ fn steps_message(max: u64, agent: &str) -> String {
 // === impl Pending ===
 
 impl Pending {
+    /// Policies the request broke without being refused (for the span).
+    pub fn violations(&self) -> &[PolicyViolation] {
+        &self.violations
+    }
+
     /// The agent's `max_steps`, for taking the session step at commit.
     pub fn max_steps(&self) -> Option<u64> {
         self.max_steps
@@ -592,22 +624,22 @@ impl ResponseCheck {
             if review.block.is_some() {
                 continue;
             }
-            let blocked = if f.policy == APPROVAL_REQUIRED {
+            let blocked = if f.policy == PolicyViolation::ApprovalRequired {
                 self.rules.approval_action == Enforcement::Block
             } else {
                 self.rules.tool_call_action == Enforcement::Block
             };
             if blocked {
                 let message = match f.policy {
-                    APPROVAL_REQUIRED => format!(
+                    PolicyViolation::ApprovalRequired => format!(
                         "the model called tool '{}', which requires human approval; tokenwarden withheld the response",
                         f.tool
                     ),
-                    DENIED_TOOL => format!(
+                    PolicyViolation::DeniedTool => format!(
                         "the model called tool '{}', which agent '{}' may not use; tokenwarden withheld the response",
                         f.tool, self.agent
                     ),
-                    UNDECLARED_TOOL => format!(
+                    PolicyViolation::UndeclaredTool => format!(
                         "the model called tool '{}', which the request did not declare; tokenwarden withheld the response",
                         f.tool
                     ),
@@ -616,7 +648,7 @@ impl ResponseCheck {
                         f.tool
                     ),
                 };
-                review.block = Some(ProxyError::Policy {
+                review.block = Some(PolicyError::Refused {
                     policy: f.policy,
                     message,
                 });

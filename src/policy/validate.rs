@@ -13,13 +13,13 @@ use crate::providers::request::DeclaredTool;
 use crate::providers::ToolCall;
 
 use super::tools::ToolRules;
-use super::{APPROVAL_REQUIRED, DENIED_TOOL, INVALID_TOOL_ARGS, UNDECLARED_TOOL};
+use crate::record::PolicyViolation;
 
 /// One policy a tool call broke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
     /// The policy label (`denied_tool`, `undeclared_tool`, `invalid_tool_args`, `approval_required`).
-    pub policy: &'static str,
+    pub policy: PolicyViolation,
     /// The tool the model called.
     pub tool: String,
 }
@@ -46,19 +46,19 @@ pub fn check_calls(
         };
         let permitted = rules.permits(name);
         if !permitted {
-            push(DENIED_TOOL);
+            push(PolicyViolation::DeniedTool);
         }
         // A call to a tool the request never declared is a hallucination whether or not the
         // lists also deny it: both signals are counted, neither hides the other.
         match declared.iter().find(|t| t.name == name) {
-            None => push(UNDECLARED_TOOL),
+            None => push(PolicyViolation::UndeclaredTool),
             Some(tool) if permitted && !args_valid(tool, &call.arguments, &mut compiled) => {
-                push(INVALID_TOOL_ARGS)
+                push(PolicyViolation::InvalidToolArgs)
             }
             Some(_) => {}
         }
         if rules.needs_approval(name) {
-            push(APPROVAL_REQUIRED);
+            push(PolicyViolation::ApprovalRequired);
         }
     }
     findings
@@ -130,18 +130,19 @@ mod tests {
                 call("rm_rf", "{}"),
             ],
         );
-        let got: Vec<(&str, &str)> = f.iter().map(|f| (f.policy, f.tool.as_str())).collect();
+        let got: Vec<(PolicyViolation, &str)> =
+            f.iter().map(|f| (f.policy, f.tool.as_str())).collect();
         assert_eq!(
             got,
             vec![
-                (APPROVAL_REQUIRED, "get_weather"),
-                (INVALID_TOOL_ARGS, "get_weather"),
-                (APPROVAL_REQUIRED, "get_weather"),
-                (INVALID_TOOL_ARGS, "get_weather"),
-                (APPROVAL_REQUIRED, "get_weather"),
-                (UNDECLARED_TOOL, "search"),
-                (DENIED_TOOL, "rm_rf"),
-                (UNDECLARED_TOOL, "rm_rf"),
+                (PolicyViolation::ApprovalRequired, "get_weather"),
+                (PolicyViolation::InvalidToolArgs, "get_weather"),
+                (PolicyViolation::ApprovalRequired, "get_weather"),
+                (PolicyViolation::InvalidToolArgs, "get_weather"),
+                (PolicyViolation::ApprovalRequired, "get_weather"),
+                (PolicyViolation::UndeclaredTool, "search"),
+                (PolicyViolation::DeniedTool, "rm_rf"),
+                (PolicyViolation::UndeclaredTool, "rm_rf"),
             ]
         );
     }
@@ -158,13 +159,14 @@ mod tests {
             &declared,
             &[call("get_weather", r#"{"town":1}"#), call("rm_rf", "{}")],
         );
-        let got: Vec<(&str, &str)> = f.iter().map(|f| (f.policy, f.tool.as_str())).collect();
+        let got: Vec<(PolicyViolation, &str)> =
+            f.iter().map(|f| (f.policy, f.tool.as_str())).collect();
         assert_eq!(
             got,
             vec![
-                (DENIED_TOOL, "get_weather"),
-                (DENIED_TOOL, "rm_rf"),
-                (UNDECLARED_TOOL, "rm_rf"),
+                (PolicyViolation::DeniedTool, "get_weather"),
+                (PolicyViolation::DeniedTool, "rm_rf"),
+                (PolicyViolation::UndeclaredTool, "rm_rf"),
             ]
         );
     }
@@ -194,7 +196,7 @@ mod tests {
         assert_eq!(
             f,
             vec![Finding {
-                policy: INVALID_TOOL_ARGS,
+                policy: PolicyViolation::InvalidToolArgs,
                 tool: "free".into()
             }]
         );

@@ -16,6 +16,53 @@ pub enum ErrorShape {
     Gemini,
 }
 
+/// What an error the proxy answers itself says, in every provider's vocabulary: each shape
+/// takes the fields its clients read.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorText<'a> {
+    /// HTTP status.
+    pub status: u16,
+    /// Human-readable message.
+    pub message: &'a str,
+    /// Stable machine-readable code.
+    pub code: &'a str,
+    /// OpenAI `error.type`.
+    pub openai_type: &'a str,
+    /// Anthropic `error.type`.
+    pub anthropic_type: &'a str,
+    /// Google `error.status`.
+    pub google_status: &'a str,
+}
+
+// === impl ErrorShape ===
+
+impl ErrorShape {
+    /// The JSON body of an error in this shape.
+    pub fn error_body(self, e: &ErrorText<'_>) -> serde_json::Value {
+        match self {
+            ErrorShape::OpenAi => serde_json::json!({
+                "error": {
+                    "message": e.message,
+                    "type": e.openai_type,
+                    "param": null,
+                    "code": e.code,
+                }
+            }),
+            ErrorShape::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": { "type": e.anthropic_type, "message": e.message }
+            }),
+            ErrorShape::Gemini => serde_json::json!({
+                "error": {
+                    "code": e.status,
+                    "message": e.message,
+                    "status": e.google_status,
+                }
+            }),
+        }
+    }
+}
+
 /// What the path says about a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Classified {

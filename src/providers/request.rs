@@ -204,6 +204,16 @@ fn declared_tools(tools: &[serde_json::Value]) -> Vec<DeclaredTool> {
     out
 }
 
+/// The request rewritten to ask for usage in its stream, when it is a stream that states none
+/// unless asked (an OpenAI chat stream without `stream_options.include_usage`).
+pub fn ask_stream_usage(facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
+    if facts.format == Format::OpenAiChat && facts.stream && !facts.include_usage {
+        with_include_usage(body)
+    } else {
+        None
+    }
+}
+
 /// The request body with `stream_options.include_usage` set to true, for an OpenAI chat stream
 /// whose client did not ask for usage. The common case (no `stream_options`) inserts the field
 /// after the opening brace and leaves every other byte as sent.

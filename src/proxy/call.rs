@@ -24,8 +24,7 @@ use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
 use super::accounting::{Ending, LlmCall};
-use super::error::UpstreamErrorKind;
-use crate::record::{CallLabels, UsageSource};
+use crate::record::{BudgetDecision, CallLabels, PolicyViolation, UpstreamError, UsageSource};
 
 /// One request in flight.
 pub struct Call {
@@ -45,14 +44,14 @@ pub struct Call {
     /// Request body bytes.
     pub bytes_in: usize,
     bytes_out: u64,
-    upstream_error: Option<&'static str>,
+    upstream_error: Option<UpstreamError>,
     llm: Option<LlmCall>,
     session: Option<Arc<str>>,
     step: Option<u64>,
     span: Option<Box<CallSpan>>,
-    policy_violations: Vec<&'static str>,
+    policy_violations: Vec<PolicyViolation>,
     budget: Option<Admission>,
-    budget_decision: Option<&'static str>,
+    budget_decision: Option<BudgetDecision>,
     cut: Option<Arc<CutSignal>>,
     ledger: Option<Arc<Sessions>>,
     finished: bool,
@@ -138,6 +137,11 @@ impl Call {
         self.ledger = Some(sessions);
     }
 
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Session id, when the request named one.
     pub fn session(&self) -> Option<&Arc<str>> {
         self.session.as_ref()
@@ -171,24 +175,24 @@ impl Call {
 
     /// Record the budget decision for this call (`allowed`, `warned`, `rejected`, `cut`,
     /// `observed`), for its span.
-    pub fn set_budget_decision(&mut self, decision: &'static str) {
+    pub fn set_budget_decision(&mut self, decision: BudgetDecision) {
         self.budget_decision = Some(decision);
     }
 
     /// The budget decision, when budgets applied.
-    pub fn budget_decision(&self) -> Option<&'static str> {
+    pub fn budget_decision(&self) -> Option<BudgetDecision> {
         self.budget_decision
     }
 
     /// Record a policy the call violated, for the span's `tokenwarden.policy.violations`.
-    pub fn add_policy_violation(&mut self, policy: &'static str) {
+    pub fn add_policy_violation(&mut self, policy: PolicyViolation) {
         if !self.policy_violations.contains(&policy) {
             self.policy_violations.push(policy);
         }
     }
 
     /// Policies the call violated, in the order noted.
-    pub fn policy_violations(&self) -> &[&'static str] {
+    pub fn policy_violations(&self) -> &[PolicyViolation] {
         &self.policy_violations
     }
 
@@ -237,17 +241,17 @@ impl Call {
     }
 
     /// Note an upstream failure for `tokenwarden_upstream_errors_total`.
-    pub fn upstream_failed(&mut self, kind: UpstreamErrorKind) {
-        self.upstream_error = Some(kind.as_str());
+    pub fn upstream_failed(&mut self, kind: UpstreamError) {
+        self.upstream_error = Some(kind);
     }
 
     /// Note the upstream's response status (5xx and 429 count as upstream errors).
     pub fn upstream_status(&mut self, status: StatusCode) {
         self.status = Some(status);
         if status.is_server_error() {
-            self.upstream_error = Some("status_5xx");
+            self.upstream_error = Some(UpstreamError::Status5xx);
         } else if status == StatusCode::TOO_MANY_REQUESTS {
-            self.upstream_error = Some("status_429");
+            self.upstream_error = Some(UpstreamError::Status429);
         }
     }
 
@@ -279,8 +283,8 @@ impl Call {
             (_, Some(s)) => status_class(s),
         };
         match end {
-            BodyEnd::UpstreamError => self.upstream_error = Some("reset"),
-            BodyEnd::IdleTimeout => self.upstream_error = Some("timeout"),
+            BodyEnd::UpstreamError => self.upstream_error = Some(UpstreamError::Reset),
+            BodyEnd::IdleTimeout => self.upstream_error = Some(UpstreamError::Timeout),
             BodyEnd::ClientGone if shutdown => {}
             BodyEnd::ClientGone => {
                 counter!(m::CLIENT_DISCONNECTS_TOTAL, "route" => self.base.route.clone())
@@ -297,7 +301,7 @@ impl Call {
         )
         .increment(1);
         if let Some(kind) = self.upstream_error {
-            counter!(m::UPSTREAM_ERRORS_TOTAL, "route" => self.base.route.clone(), "kind" => kind)
+            counter!(m::UPSTREAM_ERRORS_TOTAL, "route" => self.base.route.clone(), "kind" => kind.as_str())
                 .increment(1);
         }
         let duration = now.duration_since(self.started);
@@ -305,7 +309,7 @@ impl Call {
             .record(duration.as_secs_f64());
         let unanswered = self.upstream_sent.is_some()
             && self.upstream_headers.is_none()
-            && self.upstream_error != Some("connect");
+            && self.upstream_error != Some(UpstreamError::Connect);
         let mut charged = None;
         let finished = self.llm.take().map(|llm| {
             let ending = Ending {
@@ -323,7 +327,7 @@ impl Call {
             if let Some(b) = self.budget.take() {
                 if cut {
                     b.budgets().cut(b.session(), b.agent());
-                    self.budget_decision = Some("cut");
+                    self.budget_decision = Some(BudgetDecision::Cut);
                 }
                 charged = Some(b.settle(Spent {
                     usage: f.record.usage,
@@ -347,7 +351,7 @@ impl Call {
             ledger.charge(session, spend);
         }
         for policy in finished.iter().flat_map(|f| f.policy_violations.iter()) {
-            self.add_policy_violation(policy);
+            self.add_policy_violation(*policy);
         }
         if let (Some(span), Some(f)) = (self.span.take(), finished.as_ref()) {
             span.finish(&SpanEnd {
@@ -459,11 +463,11 @@ impl BodyEnd {
 
 /// The access log's `outcome`: how the body ended, or, for an answer the proxy gave itself
 /// because the upstream failed, how the upstream failed.
-fn outcome(end: BodyEnd, upstream_error: Option<&'static str>) -> &'static str {
+fn outcome(end: BodyEnd, upstream_error: Option<UpstreamError>) -> &'static str {
     match (end, upstream_error) {
-        (BodyEnd::Complete, Some("timeout")) => "upstream_timeout",
-        (BodyEnd::Complete, Some("connect")) => "upstream_unreachable",
-        (BodyEnd::Complete, Some("reset")) => "upstream_error",
+        (BodyEnd::Complete, Some(UpstreamError::Timeout)) => "upstream_timeout",
+        (BodyEnd::Complete, Some(UpstreamError::Connect)) => "upstream_unreachable",
+        (BodyEnd::Complete, Some(UpstreamError::Reset)) => "upstream_error",
         _ => end.as_str(),
     }
 }
@@ -556,12 +560,15 @@ mod span_tests {
             started,
         ));
         call.set_llm(chat_llm(Some("gpt-4o")));
-        call.set_budget_decision("rejected");
-        call.add_policy_violation("denied_tool");
-        call.add_policy_violation("max_steps");
-        call.add_policy_violation("denied_tool");
-        assert_eq!(call.budget_decision(), Some("rejected"));
-        assert_eq!(call.policy_violations(), &["denied_tool", "max_steps"]);
+        call.set_budget_decision(BudgetDecision::Rejected);
+        call.add_policy_violation(PolicyViolation::DeniedTool);
+        call.add_policy_violation(PolicyViolation::MaxSteps);
+        call.add_policy_violation(PolicyViolation::DeniedTool);
+        assert_eq!(call.budget_decision(), Some(BudgetDecision::Rejected));
+        assert_eq!(
+            call.policy_violations(),
+            &[PolicyViolation::DeniedTool, PolicyViolation::MaxSteps]
+        );
         call.finish_local(StatusCode::TOO_MANY_REQUESTS, 0);
 
         let span = only_span(&queue);

@@ -11,8 +11,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::budget::limits::Amount;
-use crate::providers::protocol::ErrorShape;
+use crate::budget::BudgetError;
+use crate::policy::PolicyError;
+use crate::providers::protocol::{ErrorShape, ErrorText};
+use crate::record::UpstreamError;
 
 /// Header on every response the proxy generates itself, carrying the error code.
 pub const PROXY_ERROR_HEADER: &str = "x-tokenwarden-error";
@@ -57,74 +59,18 @@ pub enum ProxyError {
         /// Route name.
         route: String,
     },
-    /// A budget limit refused the call (it never went upstream).
-    #[error("{0}")]
-    BudgetExceeded(Box<BudgetRefusal>),
-    /// The budget store is unreachable and `on_store_unreachable` is `fail_closed`.
-    #[error("tokenwarden: the budget store is unreachable")]
-    BudgetStoreUnavailable,
+    /// Budgets refused the call (it never went upstream).
+    #[error(transparent)]
+    Budget(#[from] BudgetError),
     /// An agent policy refused the request or withheld the response.
-    #[error("tokenwarden: policy {policy}: {message}")]
-    Policy {
-        /// The policy label (`denied_tool`, `max_steps`, `loop`, ...).
-        policy: &'static str,
-        /// What was refused, naming the tool or limit (never request content).
-        message: String,
-    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     /// A response held for a policy check was larger than the parse cap.
     #[error("tokenwarden: the response from route '{route}' is too large to check against the agent's policies")]
     ResponseTooLarge {
         /// Route name.
         route: String,
     },
-    /// Request content matched a forbidden input pattern.
-    #[error(
-        "tokenwarden: policy forbidden_input: the request matches forbidden input pattern '{id}'"
-    )]
-    ForbiddenInput {
-        /// The pattern's configured id.
-        id: String,
-    },
-}
-
-/// A budget refusal: what does not fit is this call's need (its estimated input) in what the
-/// limit has left. Boxed in [`ProxyError`]: refusals are rare, the `Ok` paths stay small.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "tokenwarden: {scope} {unit} budget exceeded: this call needs ~{need}{} but only {remaining} of {limit}{} remain (window: {window})",
-    need.unit_suffix(),
-    limit.unit_suffix()
-)]
-pub struct BudgetRefusal {
-    /// session | agent | global.
-    pub scope: &'static str,
-    /// token | usd.
-    pub unit: &'static str,
-    /// `{scope}_{unit}_budget_exceeded`.
-    pub code: &'static str,
-    /// `lifetime` or the window as configured.
-    pub window: std::sync::Arc<str>,
-    /// The limit.
-    pub limit: Amount,
-    /// What the limit has left (not spent, not reserved by calls in flight).
-    pub remaining: Amount,
-    /// What this call needs to be admitted: its estimated input (priced, for USD).
-    pub need: Amount,
-    /// Seconds until the window resets; `None` for lifetime limits (retrying is futile).
-    pub retry_after: Option<u64>,
-    /// Status of a lifetime refusal (`budgets.lifetime_refusal`); windowed ones are 429.
-    pub lifetime_status: StatusCode,
-}
-
-/// The upstream-error metric label for an error, when it is one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    /// TCP or TLS connect failed.
-    Connect,
-    /// Connect, first byte or idle timeout.
-    Timeout,
-    /// Connection reset or broken framing.
-    Reset,
 }
 
 // === impl ProxyError ===
@@ -140,13 +86,15 @@ impl ProxyError {
             | ProxyError::UpstreamReset { .. }
             | ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BudgetExceeded(b) if b.retry_after.is_none() => b.lifetime_status,
-            ProxyError::BudgetExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::BudgetStoreUnavailable | ProxyError::Overloaded => {
+            ProxyError::Budget(BudgetError::Exceeded(b)) if b.retry_after.is_none() => {
+                b.lifetime_status
+            }
+            ProxyError::Budget(BudgetError::Exceeded(_)) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Budget(BudgetError::StoreUnavailable) | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Policy { .. } => StatusCode::FORBIDDEN,
-            ProxyError::ForbiddenInput { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::Policy(PolicyError::Refused { .. }) => StatusCode::FORBIDDEN,
+            ProxyError::Policy(PolicyError::ForbiddenInput { .. }) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -159,21 +107,20 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
-            ProxyError::BudgetExceeded(b) => b.code,
-            ProxyError::BudgetStoreUnavailable => "budget_store_unavailable",
+            ProxyError::Budget(BudgetError::Exceeded(b)) => b.code,
+            ProxyError::Budget(BudgetError::StoreUnavailable) => "budget_store_unavailable",
             ProxyError::Overloaded => "proxy_overloaded",
             ProxyError::ResponseTooLarge { .. } => "response_too_large",
-            ProxyError::Policy { policy, .. } => policy,
-            ProxyError::ForbiddenInput { .. } => "forbidden_input",
+            ProxyError::Policy(p) => p.policy().as_str(),
         }
     }
 
     /// The `tokenwarden_upstream_errors_total` kind, for upstream failures.
-    pub fn upstream_kind(&self) -> Option<UpstreamErrorKind> {
+    pub fn upstream_kind(&self) -> Option<UpstreamError> {
         match self {
-            ProxyError::UpstreamUnreachable { .. } => Some(UpstreamErrorKind::Connect),
-            ProxyError::UpstreamTimeout { .. } => Some(UpstreamErrorKind::Timeout),
-            ProxyError::UpstreamReset { .. } => Some(UpstreamErrorKind::Reset),
+            ProxyError::UpstreamUnreachable { .. } => Some(UpstreamError::Connect),
+            ProxyError::UpstreamTimeout { .. } => Some(UpstreamError::Timeout),
+            ProxyError::UpstreamReset { .. } => Some(UpstreamError::Reset),
             _ => None,
         }
     }
@@ -182,27 +129,14 @@ impl ProxyError {
     pub fn to_response(&self, shape: ErrorShape) -> Response<Full<Bytes>> {
         let status = self.status();
         let message = self.to_string();
-        let body = match shape {
-            ErrorShape::OpenAi => serde_json::json!({
-                "error": {
-                    "message": message,
-                    "type": self.openai_type(),
-                    "param": null,
-                    "code": self.code(),
-                }
-            }),
-            ErrorShape::Anthropic => serde_json::json!({
-                "type": "error",
-                "error": { "type": self.anthropic_type(), "message": message }
-            }),
-            ErrorShape::Gemini => serde_json::json!({
-                "error": {
-                    "code": status.as_u16(),
-                    "message": message,
-                    "status": self.google_status(),
-                }
-            }),
-        };
+        let body = shape.error_body(&ErrorText {
+            status: status.as_u16(),
+            message: &message,
+            code: self.code(),
+            openai_type: self.openai_type(),
+            anthropic_type: self.anthropic_type(),
+            google_status: self.google_status(),
+        });
         let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -221,7 +155,7 @@ impl ProxyError {
             // The rest of the body is unread: the connection cannot be reused safely.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let ProxyError::BudgetExceeded(b) = self {
+        if let ProxyError::Budget(BudgetError::Exceeded(b)) = self {
             match b.retry_after {
                 Some(s) => {
                     h.insert(header::RETRY_AFTER, HeaderValue::from(s));
@@ -238,12 +172,12 @@ impl ProxyError {
 
     fn openai_type(&self) -> &'static str {
         match self {
-            ProxyError::Policy { .. } | ProxyError::ForbiddenInput { .. } => self.code(),
+            ProxyError::Policy(_) => self.code(),
             ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody => {
                 "invalid_request_error"
             }
-            ProxyError::BudgetExceeded(_) => "budget_exceeded",
-            ProxyError::BudgetStoreUnavailable => "budget_store_unavailable",
+            ProxyError::Budget(BudgetError::Exceeded(_)) => "budget_exceeded",
+            ProxyError::Budget(BudgetError::StoreUnavailable) => "budget_store_unavailable",
             ProxyError::Overloaded => "overloaded",
             _ => "upstream_error",
         }
@@ -253,16 +187,18 @@ impl ProxyError {
         let status = self.status();
         match self {
             // `type` names the policy; SDKs pick their exception from the status.
-            ProxyError::Policy { .. } | ProxyError::ForbiddenInput { .. } => self.code(),
+            ProxyError::Policy(_) => self.code(),
             ProxyError::NoRoute => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BadRequestBody => "invalid_request_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
             // Anthropic documents 402 as `billing_error`.
-            ProxyError::BudgetExceeded(_) if status == StatusCode::PAYMENT_REQUIRED => {
+            ProxyError::Budget(BudgetError::Exceeded(_))
+                if status == StatusCode::PAYMENT_REQUIRED =>
+            {
                 "billing_error"
             }
-            ProxyError::BudgetExceeded(_) => "rate_limit_error",
+            ProxyError::Budget(BudgetError::Exceeded(_)) => "rate_limit_error",
             ProxyError::Overloaded => "overloaded_error",
             _ => "api_error",
         }
@@ -273,24 +209,11 @@ impl ProxyError {
             ProxyError::NoRoute => "NOT_FOUND",
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequestBody
-            | ProxyError::ForbiddenInput { .. } => "INVALID_ARGUMENT",
-            ProxyError::Policy { .. } => "PERMISSION_DENIED",
+            | ProxyError::Policy(PolicyError::ForbiddenInput { .. }) => "INVALID_ARGUMENT",
+            ProxyError::Policy(PolicyError::Refused { .. }) => "PERMISSION_DENIED",
             ProxyError::UpstreamTimeout { .. } => "DEADLINE_EXCEEDED",
-            ProxyError::BudgetExceeded(_) => "RESOURCE_EXHAUSTED",
+            ProxyError::Budget(BudgetError::Exceeded(_)) => "RESOURCE_EXHAUSTED",
             _ => "UNAVAILABLE",
-        }
-    }
-}
-
-// === impl UpstreamErrorKind ===
-
-impl UpstreamErrorKind {
-    /// Metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "connect",
-            UpstreamErrorKind::Timeout => "timeout",
-            UpstreamErrorKind::Reset => "reset",
         }
     }
 }
@@ -298,6 +221,9 @@ impl UpstreamErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::limits::Amount;
+    use crate::budget::BudgetRefusal;
+    use crate::record::PolicyViolation;
     use http_body_util::BodyExt;
 
     async fn body_json(r: Response<Full<Bytes>>) -> serde_json::Value {
@@ -334,7 +260,7 @@ mod tests {
     }
 
     fn budget(retry_after: Option<u64>, lifetime_status: StatusCode) -> ProxyError {
-        ProxyError::BudgetExceeded(Box::new(BudgetRefusal {
+        ProxyError::Budget(BudgetError::Exceeded(Box::new(BudgetRefusal {
             scope: "session",
             unit: "token",
             code: "session_token_budget_exceeded",
@@ -344,7 +270,7 @@ mod tests {
             need: Amount::Tokens(120),
             retry_after,
             lifetime_status,
-        }))
+        })))
     }
 
     #[tokio::test]
@@ -390,7 +316,7 @@ mod tests {
             e,
             "tokenwarden: session token budget exceeded: this call needs ~120 tokens but only 72 of 250 tokens remain (window: lifetime)"
         );
-        let usd = ProxyError::BudgetExceeded(Box::new(BudgetRefusal {
+        let usd = ProxyError::Budget(BudgetError::Exceeded(Box::new(BudgetRefusal {
             scope: "agent",
             unit: "usd",
             code: "agent_usd_budget_exceeded",
@@ -400,7 +326,7 @@ mod tests {
             need: Amount::Usd(0.0031),
             retry_after: Some(5),
             lifetime_status: StatusCode::PAYMENT_REQUIRED,
-        }));
+        })));
         assert_eq!(
             usd.to_string(),
             "tokenwarden: agent usd budget exceeded: this call needs ~$0.0031 but only $0.0012 of $10 remain (window: 1d)"
@@ -409,10 +335,10 @@ mod tests {
 
     #[tokio::test]
     async fn policy_refusals_name_the_policy_in_every_shape() {
-        let e = ProxyError::Policy {
-            policy: "denied_tool",
+        let e = ProxyError::Policy(PolicyError::Refused {
+            policy: PolicyViolation::DeniedTool,
             message: "agent 'a' may not use tool 'rm'".into(),
-        };
+        });
         let r = e.to_response(ErrorShape::OpenAi);
         assert_eq!(r.status(), 403);
         assert_eq!(r.headers()[PROXY_ERROR_HEADER], "denied_tool");
@@ -423,9 +349,9 @@ mod tests {
         assert_eq!(v["error"]["type"], "denied_tool");
         let v = body_json(e.to_response(ErrorShape::Gemini)).await;
         assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
-        let f = ProxyError::ForbiddenInput {
+        let f = ProxyError::Policy(PolicyError::ForbiddenInput {
             id: "aws_key".into(),
-        };
+        });
         let r = f.to_response(ErrorShape::Anthropic);
         assert_eq!(r.status(), 400);
         let v = body_json(r).await;

@@ -62,7 +62,7 @@ pub(super) async fn respond(
     }
     call.on_data(&bytes, now);
     if let Some(e) = block {
-        return local_error(call, e, shape);
+        return local_error(call, e.into(), shape);
     }
     call.returned = Some(now);
     call.on_end(BodyEnd::Complete);

@@ -41,9 +41,10 @@ use crate::telemetry::labels::Labels;
 use crate::telemetry::spans::Spans;
 use crate::telemetry::trace_context::TRACEPARENT_HEADER;
 
-use crate::providers::protocol::{self, ErrorShape};
-use crate::providers::request as inspect;
-use error::UpstreamErrorKind;
+use crate::policy::{Pending, ResponseCheck};
+use crate::providers::protocol::{self, Classified, ErrorShape};
+use crate::providers::request::{self as inspect, RequestFacts};
+use crate::record::{BudgetDecision, PolicyViolation, UpstreamError};
 use route::{Route, RouteError, Router};
 
 /// The body of every response the proxy returns: the upstream's, observed (and, for injected
@@ -85,6 +86,45 @@ pub enum ProxyBuildError {
     /// The budget service could not be built.
     #[error(transparent)]
     Budgets(#[from] BudgetsError),
+}
+
+/// One request on its way through the phases: what each phase read, for the next.
+struct Flight {
+    call: Call,
+    route: Arc<Route>,
+    class: Classified,
+    shape: ErrorShape,
+    parts: http::request::Parts,
+    body: Bytes,
+    /// What the request says, until the admit phase hands it to the call's accounting.
+    facts: Option<RequestFacts>,
+    /// The policies' side effects, applied once budgets admitted the call too.
+    pending: Option<Pending>,
+}
+
+/// What budget admission needs of a request.
+struct BudgetAsk {
+    format: crate::providers::Format,
+    body: Bytes,
+    model: Option<String>,
+    max_output: Option<u64>,
+}
+
+// === impl Flight ===
+
+impl Flight {
+    /// Answer with a proxy error and finish the call.
+    fn fail(self, e: ProxyError) -> Response<ProxyBody> {
+        local_error(self.call, e, self.shape)
+    }
+
+    /// Answer a refused LLM call: it takes no session step (its span shows none either).
+    fn refuse(mut self, e: ProxyError) -> Response<ProxyBody> {
+        if let Some(session) = self.call.session().cloned() {
+            self.call.set_session(session, None);
+        }
+        self.fail(e)
+    }
 }
 
 // === impl Proxy ===
@@ -162,171 +202,217 @@ impl Proxy {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path();
+        let (parts, body) = req.into_parts();
+        let mut flight = match self.route(parts, started) {
+            Ok(f) => f,
+            Err(answer) => return answer,
+        };
+        if let Err(e) = self.read(&mut flight, body).await {
+            return flight.fail(e);
+        }
+        if let Err(e) = self.admit(&mut flight).await {
+            return flight.refuse(e);
+        }
+        match self.forward(&mut flight).await {
+            Ok(resp) => self.respond(flight, resp).await,
+            Err(e) => flight.fail(e),
+        }
+    }
 
+    /// Phases 1 and 2: the route, the protocol and labels, and the call from here on finishes
+    /// exactly once. No route: a 404 in OpenAI shape.
+    fn route(
+        &self,
+        parts: http::request::Parts,
+        started: Instant,
+    ) -> Result<Flight, Response<ProxyBody>> {
+        let path = parts.uri.path();
+        let info = |route: Arc<str>, provider, operation, agent| CallInfo {
+            route,
+            provider,
+            operation,
+            agent,
+            method: parts.method.clone(),
+            path: path.to_string(),
+            access_log: self.access_log,
+            aborting: self.aborting,
+        };
         let Some(route) = self.router.find(path).cloned() else {
-            let call = Call::new(
-                CallInfo {
-                    route: Arc::from("unmatched"),
-                    provider: "unknown",
-                    operation: "other",
-                    agent: Arc::from("default"),
-                    method: parts.method.clone(),
-                    path: path.to_string(),
-                    access_log: self.access_log,
-                    aborting: self.aborting,
-                },
-                started,
+            let info = info(
+                Arc::from("unmatched"),
+                "unknown",
+                "other",
+                Arc::from("default"),
             );
-            return local_error(call, ProxyError::NoRoute, ErrorShape::OpenAi);
+            return Err(local_error(
+                Call::new(info, started),
+                ProxyError::NoRoute,
+                ErrorShape::OpenAi,
+            ));
         };
         let upath = route.upstream_path(path);
         let class = protocol::classify(route.protocol, &upath);
-        let shape = class.error_shape();
+        let agent = self.agent_label(&parts.headers, &route);
         let mut call = Call::new(
-            CallInfo {
-                route: route.name.clone(),
-                provider: class.provider,
-                operation: class.operation,
-                agent: self.agent_label(&parts.headers, &route),
-                method: parts.method.clone(),
-                path: path.to_string(),
-                access_log: self.access_log,
-                aborting: self.aborting,
-            },
+            info(route.name.clone(), class.provider, class.operation, agent),
             started,
         );
         if let Some(spans) = &self.spans {
             call.set_span(spans.start(&parts.headers, route.host.clone(), route.port(), started));
         }
+        Ok(Flight {
+            shape: class.error_shape(),
+            call,
+            route,
+            class,
+            parts,
+            body: Bytes::new(),
+            facts: None,
+            pending: None,
+        })
+    }
 
-        let body = match read_body(body, &parts.headers, self.max_body, &self.body_bytes).await {
-            Ok((b, permit)) => {
-                // Held until the call finishes: the body lives that long (estimates, retries).
-                call.hold_body_permit(permit);
-                b
-            }
-            Err(e) => return local_error(call, e, shape),
-        };
-        call.bytes_in = body.len();
-        let mut body = body;
-        let mut facts = inspect::inspect(&class, &upath, parts.uri.query(), &body);
-        let user = facts.as_ref().and_then(|f| f.user.as_deref());
-        if let Some(session) = self.session_source.identify(&parts.headers, user) {
+    /// Phase 3: the request body (bounded), what it says, and the session it belongs to.
+    async fn read(&self, f: &mut Flight, body: Incoming) -> Result<(), ProxyError> {
+        let (bytes, permit) =
+            read_body(body, &f.parts.headers, self.max_body, &self.body_bytes).await?;
+        // Held until the call finishes: the body lives that long (estimates, retries).
+        f.call.hold_body_permit(permit);
+        f.call.bytes_in = bytes.len();
+        let upath = f.route.upstream_path(f.parts.uri.path());
+        f.facts = inspect::inspect(&f.class, &upath, f.parts.uri.query(), &bytes);
+        f.body = bytes;
+        let user = f.facts.as_ref().and_then(|x| x.user.as_deref());
+        if let Some(session) = self.session_source.identify(&f.parts.headers, user) {
             // Steps count LLM calls only; other paths (model lists, files) are not agent steps.
             // The policies see the step the call would take; it is taken once the call is
-            // admitted (below), so refused calls and their retries do not advance the session.
-            let step = facts.is_some().then(|| self.sessions.next_step(&session));
-            call.set_session(session, step);
+            // admitted, so refused calls and their retries do not advance the session.
+            let step = f.facts.is_some().then(|| self.sessions.next_step(&session));
+            f.call.set_session(session, step);
         }
-        let mut budget_facts = None;
-        let mut check = None;
-        let mut pending = None;
-        let mut refusal = None;
-        if let Some(f) = facts.as_mut() {
-            // Policies run before the upstream request exists: a refusal never reaches it.
-            match self.policies.admit(&mut call, f, &mut body) {
-                Ok((c, p)) => {
-                    check = Some(c);
-                    pending = Some(p);
-                }
-                Err(e) => refusal = Some(e),
-            }
-        }
-        if let Some(e) = refusal {
-            // Still an LLM call: its span and GenAI metrics record the refusal.
-            if let Some(facts) = facts {
-                call.set_llm(accounting::LlmCall::new(facts, self.labels.clone()));
-            }
-            return refuse(call, e, shape);
-        }
-        if let Some(facts) = facts {
-            if self.budgets.is_some() {
-                // The body as the client sent it, for the input estimate (a refcount).
-                budget_facts = Some((
-                    facts.format,
-                    body.clone(),
-                    facts.model.clone(),
-                    facts.max_tokens,
-                ));
-            }
-            let mut llm = accounting::LlmCall::new(facts, self.labels.clone());
-            if let Some(c) = check {
-                llm.set_policy(c);
-            }
-            let f = llm.facts();
-            if self.inject_stream_usage
-                && f.format == crate::providers::Format::OpenAiChat
-                && f.stream
-                && !f.include_usage
-                && class.operation == "chat"
-            {
-                if let Some(rewritten) = inspect::with_include_usage(&body) {
-                    body = Bytes::from(rewritten);
-                    llm.set_injected();
-                }
-            }
-            llm.set_request_body(body.clone());
-            call.set_llm(llm);
-            if let Some(span) = call.span_mut() {
-                span.capture_request(&body, &parts.headers);
-            }
-        }
-        // Budget admission: after the request is read, before anything goes upstream.
-        if let (Some(budgets), Some((format, sent_body, model, max_output))) =
-            (&self.budgets, budget_facts)
-        {
-            let facts = CallFacts {
-                session: call.session().cloned(),
-                agent: call.labels().agent.clone(),
-                model,
-                input_bound: crate::budget::input_bound(&sent_body),
-                max_output,
-            };
-            let estimate = || crate::budget::estimate_input(format, &sent_body);
-            match budgets.admit(facts, &estimate).await {
-                Ok(adm) => call.set_budget(adm),
-                Err(e) => {
-                    call.set_budget_decision("rejected");
-                    return refuse(call, e, shape);
-                }
-            }
-        }
-        // Admitted: now the call takes its session step and its policy side effects apply.
-        if let Some(p) = pending {
-            if let (Some(session), Some(_)) = (call.session().cloned(), call.step()) {
-                match self.sessions.take_step(&session, started, p.max_steps()) {
-                    Some(step) => {
-                        call.set_session(session, Some(step));
-                        call.set_ledger(self.sessions.clone());
-                    }
-                    None => {
-                        // A concurrent call of the session took the last step meanwhile; the
-                        // budget reservation is given back when the call finishes unsent.
-                        let e = self.policies.steps_used(&p);
-                        call.add_policy_violation(crate::policy::MAX_STEPS);
-                        return refuse(call, e, shape);
-                    }
-                }
-            }
-            self.policies.commit(p, call.session());
-        }
+        Ok(())
+    }
 
-        let uri = match route.upstream_uri(path, parts.uri.query()) {
-            Ok(u) => u,
-            Err(_) => return local_error(call, ProxyError::BadRequestBody, shape),
+    /// Phase 4: policies, then budgets, then the commit (the session step and the policies'
+    /// side effects). Nothing is sent upstream before this has admitted the call.
+    async fn admit(&self, f: &mut Flight) -> Result<(), ProxyError> {
+        let Some(mut facts) = f.facts.take() else {
+            return Ok(()); // not an LLM call: nothing to admit
         };
+        let labels = f.call.labels();
+        let admitted = self.policies.admit(
+            labels,
+            f.call.session(),
+            f.call.step(),
+            &mut facts,
+            &mut f.body,
+        );
+        let check = match admitted {
+            Ok((check, pending)) => {
+                pending
+                    .violations()
+                    .iter()
+                    .for_each(|v| f.call.add_policy_violation(*v));
+                f.pending = Some(pending);
+                check
+            }
+            Err(r) => {
+                r.violations
+                    .iter()
+                    .for_each(|v| f.call.add_policy_violation(*v));
+                // Still an LLM call: its span and GenAI metrics record the refusal.
+                f.call
+                    .set_llm(accounting::LlmCall::new(facts, self.labels.clone()));
+                return Err((*r.error).into());
+            }
+        };
+        // The body as the client sent it (policies applied), for the input estimate.
+        let budget_facts = self.budgets.as_ref().map(|_| BudgetAsk {
+            format: facts.format,
+            body: f.body.clone(),
+            model: facts.model.clone(),
+            max_output: facts.max_tokens,
+        });
+        self.account(f, facts, check);
+        if let (Some(budgets), Some(ask)) = (&self.budgets, budget_facts) {
+            let call_facts = CallFacts {
+                session: f.call.session().cloned(),
+                agent: f.call.labels().agent.clone(),
+                model: ask.model,
+                input_bound: crate::budget::input_bound(&ask.body),
+                max_output: ask.max_output,
+            };
+            let estimate = || crate::budget::estimate_input(ask.format, &ask.body);
+            match budgets.admit(call_facts, &estimate).await {
+                Ok(adm) => f.call.set_budget(adm),
+                Err(e) => {
+                    f.call.set_budget_decision(BudgetDecision::Rejected);
+                    return Err(e.into());
+                }
+            }
+        }
+        self.commit(f)
+    }
+
+    /// The call's LLM accounting: parser, timings, the response check; and, for an OpenAI chat
+    /// stream without usage, the request rewritten to ask for it.
+    fn account(&self, f: &mut Flight, facts: RequestFacts, check: ResponseCheck) {
+        let mut llm = accounting::LlmCall::new(facts, self.labels.clone());
+        llm.set_policy(check);
+        if self.inject_stream_usage && f.class.operation == "chat" {
+            if let Some(rewritten) = inspect::ask_stream_usage(llm.facts(), &f.body) {
+                f.body = Bytes::from(rewritten);
+                llm.set_injected();
+            }
+        }
+        llm.set_request_body(f.body.clone());
+        f.call.set_llm(llm);
+        if let Some(span) = f.call.span_mut() {
+            span.capture_request(&f.body, &f.parts.headers);
+        }
+    }
+
+    /// Admitted: the call takes its session step and its policy side effects apply.
+    fn commit(&self, f: &mut Flight) -> Result<(), ProxyError> {
+        let Some(p) = f.pending.take() else {
+            return Ok(());
+        };
+        if let (Some(session), Some(_)) = (f.call.session().cloned(), f.call.step()) {
+            let Some(step) = self
+                .sessions
+                .take_step(&session, f.call.started(), p.max_steps())
+            else {
+                // A concurrent call of the session took the last step meanwhile; the budget
+                // reservation is given back when the call finishes unsent.
+                f.call.add_policy_violation(PolicyViolation::MaxSteps);
+                return Err(self.policies.steps_used(&p).into());
+            };
+            f.call.set_session(session, Some(step));
+            f.call.set_ledger(self.sessions.clone());
+        }
+        self.policies.commit(p, f.call.session());
+        Ok(())
+    }
+
+    /// Phase 5: the upstream request (same method, path under the route, headers minus
+    /// hop-by-hop, the same bytes), sent under the first-byte timeout.
+    async fn forward(&self, f: &mut Flight) -> Result<Response<Incoming>, ProxyError> {
+        let uri = f
+            .route
+            .upstream_uri(f.parts.uri.path(), f.parts.uri.query())
+            .map_err(|_| ProxyError::BadRequestBody)?;
+        let mut parts = std::mem::replace(&mut f.parts, Request::new(()).into_parts().0);
         let had_length = parts.headers.contains_key(CONTENT_LENGTH);
         headers::strip_hop_by_hop(&mut parts.headers);
         // The client sets Host from the upstream URI (HTTP/1) or sends :authority (HTTP/2).
         parts.headers.remove(HOST);
-        if call.llm_mut().is_some() {
+        if f.call.llm_mut().is_some() {
             // The upstream call is our span's child; the agent's tracestate goes on as sent.
-            if let Some(span) = call.span_mut() {
+            if let Some(span) = f.call.span_mut() {
                 parts.headers.insert(TRACEPARENT_HEADER, span.traceparent());
             }
         }
+        let body = std::mem::take(&mut f.body);
         if had_length || !body.is_empty() {
             // The body is re-framed by length: a chunked request body was collected whole.
             parts
@@ -339,26 +425,34 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, Full::new(body));
 
-        call.upstream_sent = Some(Instant::now());
-        let sent = tokio::time::timeout(
+        f.call.upstream_sent = Some(Instant::now());
+        let route = &f.route;
+        match tokio::time::timeout(
             route.timeouts.first_byte_timeout,
             route.client.request(upstream_req),
         )
-        .await;
-        let resp = match sent {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return local_error(call, client_error(&route, &e), shape),
-            Err(_) => {
-                let e = ProxyError::UpstreamTimeout {
-                    route: route.name.to_string(),
-                    after: route.timeouts.first_byte_timeout,
-                };
-                return local_error(call, e, shape);
-            }
-        };
+        .await
+        {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(client_error(route, &e)),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                route: route.name.to_string(),
+                after: route.timeouts.first_byte_timeout,
+            }),
+        }
+    }
+
+    /// Phase 6: status and headers at once, the body observed frame by frame (held when a
+    /// blocking policy must see it whole; cut at a `cut` limit; usage hidden when injected).
+    async fn respond(&self, f: Flight, resp: Response<Incoming>) -> Response<ProxyBody> {
+        let Flight {
+            mut call,
+            route,
+            shape,
+            ..
+        } = f;
         call.upstream_headers = Some(Instant::now());
         call.upstream_status(resp.status());
-
         let (mut rparts, rbody) = resp.into_parts();
         call.on_response_headers(&rparts.headers);
         headers::strip_hop_by_hop(&mut rparts.headers);
@@ -453,7 +547,9 @@ async fn read_body(
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = ProxyError::BodyTooLarge { limit: max };
     let mut permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
-    let reserve = |permit: &mut Option<tokio::sync::OwnedSemaphorePermit>, len: usize| {
+    let reserve = |permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+                   len: usize|
+     -> Result<(), ProxyError> {
         let need = kib(len).saturating_sub(permit.as_ref().map_or(0, |p| p.num_permits() as u32));
         if need == 0 {
             return Ok(());
@@ -550,14 +646,6 @@ fn client_error(route: &Route, e: &hyper_util::client::legacy::Error) -> ProxyEr
     }
 }
 
-/// Answer a refused LLM call: it takes no session step (its span shows none either).
-fn refuse(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<ProxyBody> {
-    if let Some(session) = call.session().cloned() {
-        call.set_session(session, None);
-    }
-    local_error(call, e, shape)
-}
-
 /// Answer with a proxy-generated error and finish the call.
 fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<ProxyBody> {
     if let Some(kind) = e.upstream_kind() {
@@ -565,7 +653,7 @@ fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<Pro
     }
     let resp = e.to_response(shape);
     let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize;
-    tracing::debug!(route = ?e.upstream_kind().map(UpstreamErrorKind::as_str), error = %e, "proxy error");
+    tracing::debug!(kind = ?e.upstream_kind().map(UpstreamError::as_str), error = %e, "proxy error");
     call.finish_local(resp.status(), len);
     resp.map(|b| Either::Right(Either::Right(b)))
 }

@@ -63,7 +63,7 @@ pub struct Finished {
     /// Capped metric labels of `record.other_models` (sub-calls on other models), in order.
     pub other_labels: Vec<Arc<str>>,
     /// Policies the response's tool calls broke.
-    pub policy_violations: Vec<&'static str>,
+    pub policy_violations: Vec<PolicyViolation>,
 }
 
 // === impl UsageSource ===

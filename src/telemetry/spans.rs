@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::config::{Conventions, TelemetryConfig};
 use crate::providers::request::RequestFacts;
 use crate::providers::ResponseRecord;
-use crate::record::CallLabels;
+use crate::record::{BudgetDecision, CallLabels, PolicyViolation};
 
 use super::content::{Captured, ContentPolicy};
 use super::otlp::queue::SPAN_CAPACITY;
@@ -89,9 +89,9 @@ pub struct SpanEnd<'a> {
     /// Step number in the session.
     pub step: Option<u64>,
     /// Budget decision for the call.
-    pub budget_decision: Option<&'static str>,
+    pub budget_decision: Option<BudgetDecision>,
     /// Policies the call violated.
-    pub policy_violations: &'a [&'static str],
+    pub policy_violations: &'a [PolicyViolation],
 }
 
 // === impl Spans ===
@@ -340,10 +340,13 @@ impl CallSpan {
             );
         }
         if let Some(d) = f.budget_decision {
-            attrs.str("tokenwarden.budget.decision", d);
+            attrs.str("tokenwarden.budget.decision", d.as_str());
         }
         if !f.policy_violations.is_empty() {
-            attrs.str_array("tokenwarden.policy.violations", f.policy_violations);
+            attrs.str_array(
+                "tokenwarden.policy.violations",
+                f.policy_violations.iter().map(|v| v.as_str()),
+            );
         }
         if let Some(source) = f.usage_source {
             attrs.str("tokenwarden.usage.source", source);
@@ -549,8 +552,8 @@ mod tests {
             usage_source: Some("provider"),
             session: Some(&session),
             step: Some(4),
-            budget_decision: Some("allowed"),
-            policy_violations: &["max_steps"],
+            budget_decision: Some(BudgetDecision::Allowed),
+            policy_violations: &[PolicyViolation::MaxSteps],
         });
         let batch = queue.take(true).expect("a span");
         // The queue frames spans as `ScopeSpans.spans` fields.

@@ -203,10 +203,10 @@ impl Proxy {
     async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let (parts, body) = req.into_parts();
-        let mut flight = match self.route(parts, started) {
-            Ok(f) => f,
-            Err(answer) => return answer,
+        let Some(route) = self.router.find(parts.uri.path()).cloned() else {
+            return self.unmatched(&parts, started);
         };
+        let mut flight = self.identify(route, parts, started);
         if let Err(e) = self.read(&mut flight, body).await {
             return flight.fail(e);
         }
@@ -219,48 +219,44 @@ impl Proxy {
         }
     }
 
-    /// Phases 1 and 2: the route, the protocol and labels, and the call from here on finishes
-    /// exactly once. No route: a 404 in OpenAI shape.
-    fn route(
-        &self,
-        parts: http::request::Parts,
-        started: Instant,
-    ) -> Result<Flight, Response<ProxyBody>> {
-        let path = parts.uri.path();
-        let info = |route: Arc<str>, provider, operation, agent| CallInfo {
+    /// Phase 1, no route: a 404 in OpenAI shape.
+    fn unmatched(&self, parts: &http::request::Parts, started: Instant) -> Response<ProxyBody> {
+        let info = self.call_info(parts, Arc::from("unmatched"), "unknown", "other");
+        let call = Call::new(info(Arc::from("default")), started);
+        local_error(call, ProxyError::NoRoute, ErrorShape::OpenAi)
+    }
+
+    /// The call's fixed facts, but for its agent.
+    fn call_info<'a>(
+        &'a self,
+        parts: &'a http::request::Parts,
+        route: Arc<str>,
+        provider: &'static str,
+        operation: &'static str,
+    ) -> impl FnOnce(Arc<str>) -> CallInfo + 'a {
+        move |agent| CallInfo {
             route,
             provider,
             operation,
             agent,
             method: parts.method.clone(),
-            path: path.to_string(),
+            path: parts.uri.path().to_string(),
             access_log: self.access_log,
             aborting: self.aborting,
-        };
-        let Some(route) = self.router.find(path).cloned() else {
-            let info = info(
-                Arc::from("unmatched"),
-                "unknown",
-                "other",
-                Arc::from("default"),
-            );
-            return Err(local_error(
-                Call::new(info, started),
-                ProxyError::NoRoute,
-                ErrorShape::OpenAi,
-            ));
-        };
-        let upath = route.upstream_path(path);
-        let class = protocol::classify(route.protocol, &upath);
+        }
+    }
+
+    /// Phase 2: the protocol and labels of a routed request; from here the call finishes
+    /// exactly once.
+    fn identify(&self, route: Arc<Route>, parts: http::request::Parts, started: Instant) -> Flight {
+        let class = protocol::classify(route.protocol, &route.upstream_path(parts.uri.path()));
         let agent = self.agent_label(&parts.headers, &route);
-        let mut call = Call::new(
-            info(route.name.clone(), class.provider, class.operation, agent),
-            started,
-        );
+        let info = self.call_info(&parts, route.name.clone(), class.provider, class.operation);
+        let mut call = Call::new(info(agent), started);
         if let Some(spans) = &self.spans {
             call.set_span(spans.start(&parts.headers, route.host.clone(), route.port(), started));
         }
-        Ok(Flight {
+        Flight {
             shape: class.error_shape(),
             call,
             route,
@@ -269,7 +265,7 @@ impl Proxy {
             body: Bytes::new(),
             facts: None,
             pending: None,
-        })
+        }
     }
 
     /// Phase 3: the request body (bounded), what it says, and the session it belongs to.

@@ -871,7 +871,9 @@ async fn sessions_are_forgotten_after_their_retention_so_state_stays_bounded() {
         let url = format!("http://{}/v1/sessions/{id}", p.admin);
         async move { get(&url).await.0.status().as_u16() }
     };
-    assert_eq!(status("ret-0".into()).await, 200, "kept while recent");
+    // The last session is the recent one (200 calls can take longer than the retention on a
+    // loaded machine, so the first may already be gone).
+    assert_eq!(status("ret-199".into()).await, 200, "kept while recent");
     // Unique session ids do not pile up: each record goes a retention after its last call.
     let forgotten = eventually(Duration::from_secs(15), || async {
         status("ret-0".into()).await == 404 && status("ret-199".into()).await == 404

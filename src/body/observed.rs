@@ -290,6 +290,20 @@ fn end<O: Observer>(observer: &mut Option<O>, how: BodyEnd) {
     }
 }
 
+// === impl BodyEnd ===
+
+impl BodyEnd {
+    /// Access-log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyEnd::Complete => "complete",
+            BodyEnd::UpstreamError => "upstream_error",
+            BodyEnd::IdleTimeout => "idle_timeout",
+            BodyEnd::ClientGone => "client_gone",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

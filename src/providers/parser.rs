@@ -2,7 +2,9 @@
 
 use crate::sse::{NdjsonDecoder, NdjsonItem, SseDecoder, SseItem};
 
-use super::{anthropic, gemini, ollama, openai_chat, openai_responses, Format, ResponseRecord};
+use super::adapter::{Adapter, StreamReader};
+use super::format::Format;
+use super::usage::ResponseRecord;
 
 /// What one frame contributed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,12 +49,10 @@ enum Body {
     Ndjson(NdjsonDecoder),
 }
 
-enum State {
-    OpenAiChat(openai_chat::Stream),
-    OpenAiResponses(openai_responses::Stream),
-    Anthropic(anthropic::Stream),
-    Gemini(gemini::Stream),
-    Ollama(ollama::Stream),
+/// The format's reader of this response.
+struct State {
+    adapter: &'static dyn Adapter,
+    stream: Box<dyn StreamReader>,
 }
 
 // === impl ResponseParser ===
@@ -61,12 +61,10 @@ impl ResponseParser {
     /// A parser for `format`; `stream` selects SSE (else JSON). Bodies and events over
     /// `max_bytes` are not parsed and the record says so.
     pub fn new(format: Format, stream: bool, max_bytes: usize) -> Self {
-        let state = match format {
-            Format::OpenAiChat => State::OpenAiChat(openai_chat::Stream::default()),
-            Format::OpenAiResponses => State::OpenAiResponses(openai_responses::Stream::default()),
-            Format::Anthropic => State::Anthropic(anthropic::Stream::default()),
-            Format::Gemini => State::Gemini(gemini::Stream::default()),
-            Format::Ollama => State::Ollama(ollama::Stream::default()),
+        let adapter = format.adapter();
+        let state = State {
+            adapter,
+            stream: adapter.stream(),
         };
         let body = if stream {
             Body::Sse(SseDecoder::new(max_bytes))
@@ -197,14 +195,7 @@ impl ResponseParser {
 /// A whole JSON response body read in `state`'s format.
 fn json_record(state: &State, buf: &[u8]) -> ResponseRecord {
     let mut r = ResponseRecord::default();
-    let ok = match state {
-        State::OpenAiChat(_) => openai_chat::parse_json(buf, &mut r),
-        State::OpenAiResponses(_) => openai_responses::parse_json(buf, &mut r),
-        State::Anthropic(_) => anthropic::parse_json(buf, &mut r),
-        State::Gemini(_) => gemini::parse_json(buf, &mut r),
-        State::Ollama(_) => ollama::parse_json(buf, &mut r),
-    };
-    if !ok {
+    if !state.adapter.parse_json(buf, &mut r) {
         r.unparsed = Some("invalid_json");
     }
     r
@@ -236,17 +227,10 @@ impl OutputSample {
 // === impl State ===
 
 impl State {
-    /// Handle one SSE event; true when it carried output.
-    fn event(&mut self, event: &[u8], data: &[u8]) -> bool {
-        let handled = match self {
-            State::OpenAiChat(s) => s.event(data),
-            State::OpenAiResponses(s) => s.event(data),
-            State::Anthropic(s) => s.event(data),
-            State::Gemini(s) => s.event(data),
-            State::Ollama(s) => s.line(data),
-        };
-        let _ = event; // every supported format names its event inside `data` too
-        match handled {
+    /// Handle one SSE event (or NDJSON line); true when it carried output. Every supported
+    /// format names its event inside `data` too, so the `event:` field is not needed.
+    fn event(&mut self, _event: &[u8], data: &[u8]) -> bool {
+        match self.stream.event(data) {
             Some(output) => output,
             None => {
                 self.record_mut().unparsed.get_or_insert("invalid_event");
@@ -256,23 +240,11 @@ impl State {
     }
 
     fn record_mut(&mut self) -> &mut ResponseRecord {
-        match self {
-            State::OpenAiChat(s) => &mut s.record,
-            State::OpenAiResponses(s) => &mut s.record,
-            State::Anthropic(s) => &mut s.record,
-            State::Gemini(s) => &mut s.record,
-            State::Ollama(s) => &mut s.record,
-        }
+        self.stream.record_mut()
     }
 
     fn into_record(self) -> ResponseRecord {
-        match self {
-            State::OpenAiChat(s) => s.finish(),
-            State::OpenAiResponses(s) => s.finish(),
-            State::Anthropic(s) => s.finish(),
-            State::Gemini(s) => s.finish(),
-            State::Ollama(s) => s.finish(),
-        }
+        self.stream.finish()
     }
 }
 

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::format::Format;
 use crate::config::Protocol;
-use crate::providers::Format;
 
 use super::protocol::Classified;
 

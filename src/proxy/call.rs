@@ -447,20 +447,6 @@ impl Drop for Call {
     }
 }
 
-// === impl BodyEnd ===
-
-impl BodyEnd {
-    /// Access-log value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BodyEnd::Complete => "complete",
-            BodyEnd::UpstreamError => "upstream_error",
-            BodyEnd::IdleTimeout => "idle_timeout",
-            BodyEnd::ClientGone => "client_gone",
-        }
-    }
-}
-
 /// The access log's `outcome`: how the body ended, or, for an answer the proxy gave itself
 /// because the upstream failed, how the upstream failed.
 fn outcome(end: BodyEnd, upstream_error: Option<UpstreamError>) -> &'static str {

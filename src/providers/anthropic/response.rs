@@ -1,38 +1,18 @@
-//! Anthropic Messages (`/v1/messages`): JSON message bodies and event streams.
-//!
-//! Usage: input = `input_tokens + cache_read_input_tokens + cache_creation_input_tokens` (the
-//! GenAI conventions count cached input as input). Streams start from `message_start` usage;
-//! every field a `message_delta` states replaces the earlier value (they are cumulative, and
-//! with server tools the final input is larger than the first). Tool-use input arrives as
-//! `input_json_delta` fragments, joined exactly as sent (an empty string means the input is the
-//! `{}` from `content_block_start`; it is kept as sent, empty).
-//!
-//! Cache writes by lifetime: `usage.cache_creation.ephemeral_1h_input_tokens` is kept apart
-//! (one-hour writes are billed 2× input, five-minute writes 1.25×).
-//!
-//! `usage.iterations` (present when a compaction pass or an advisor sub-call ran inside the
-//! request) lists every sampling step. Anthropic's documentation: the top-level counts leave out
-//! compaction passes and advisor sub-calls, and "to calculate total tokens consumed and billed
-//! for a request, sum across all entries in `usage.iterations`"; `advisor_message` iterations
-//! are billed at the advisor model's rates. So when iterations are stated, usage is their sum,
-//! and the part spent on another model is kept in [`ResponseRecord::other_models`]. Streams
-//! repeat the whole list in each `message_delta`: the last one stated is the list.
+//! Reading Anthropic Messages response bodies and streams.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{
-    compact, json_key, CacheCreation, ErrorObj, ModelUsage, ResponseRecord, ToolCall, Usage,
-    MAX_OTHER_MODELS,
-};
+use crate::providers::shape::{compact, json_key, CacheCreation, ErrorObj};
+use crate::providers::usage::{ModelUsage, ResponseRecord, ToolCall, Usage, MAX_OTHER_MODELS};
 
 json_key!(PARTIAL_JSON, "partial_json");
 
 /// Stream state.
 #[derive(Default)]
 pub struct Stream {
-    pub(super) record: ResponseRecord,
+    pub(crate) record: ResponseRecord,
     usage: RawUsage,
     /// (content block index, call).
     calls: Vec<(u32, ToolCall)>,
@@ -272,8 +252,8 @@ impl Stream {
         match ev.kind.as_ref() {
             "message_start" => {
                 let m = ev.message.unwrap_or_default();
-                super::set_once(&mut self.record.id, m.id.as_deref());
-                super::set_once(&mut self.record.model, m.model.as_deref());
+                crate::providers::shape::set_once(&mut self.record.id, m.id.as_deref());
+                crate::providers::shape::set_once(&mut self.record.model, m.model.as_deref());
                 if let Some(u) = &m.usage {
                     self.usage.update(u);
                 }
@@ -362,8 +342,8 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
         );
         return true;
     }
-    r.id = super::non_empty(m.id);
-    r.model = super::non_empty(m.model);
+    r.id = crate::providers::shape::non_empty(m.id);
+    r.model = crate::providers::shape::non_empty(m.model);
     (r.usage, r.other_models) = m.usage.unwrap_or_default().to_usage(r.model.as_deref());
     r.finish_reasons = m.stop_reason.into_iter().collect();
     for b in m.content {

@@ -1,37 +1,17 @@
-//! OpenAI Chat Completions (`/v1/chat/completions`; Azure deployments and every compatible
-//! server): JSON bodies and `chat.completion.chunk` streams. Legacy Completions
-//! (`/v1/completions`, `choices[].text`) and embeddings share the shape and the usage object.
-//!
-//! Streams: usage is the last chunk whose `usage` is not null (not necessarily the last chunk);
-//! finish reasons are the last non-null per choice; tool-call argument fragments are joined per
-//! (choice, tool-call index), id and name taken from the fragment that carries them. An empty
-//! `model` or `id` (Azure's `prompt_filter_results` chunk) is skipped for a later one.
-//!
-//! Usage shapes of compatible servers, read from the fields themselves (never from a host name,
-//! so they hold behind OpenRouter, LiteLLM and other gateways):
-//! - reasoning outside `completion_tokens` (xAI: `total_tokens` = prompt + completion +
-//!   reasoning) is added to output; OpenAI's shape (reasoning inside) is taken as it is;
-//! - Perplexity's top-level `reasoning_tokens` (Deep Research) lie outside `completion_tokens`
-//!   and, in that shape only, its `citation_tokens` outside `prompt_tokens`: both are billed,
-//!   both are added (Sonar and Sonar Pro state citation tokens without billing them);
-//! - cached input: `prompt_tokens_details.cached_tokens`, else DeepSeek's
-//!   `prompt_cache_hit_tokens`, else a top-level `cached_tokens` (Moonshot);
-//! - cache writes: `prompt_tokens_details.cache_write_tokens` (OpenRouter),
-//!   `cache_creation_input_tokens` (DashScope), `cache_creation_tokens` (LiteLLM) or a top-level
-//!   `cache_creation_input_tokens`; one-hour writes from the `cache_creation` breakdown;
-//! - Groq's older shape states usage only in `x_groq.usage` (JSON, and the last stream chunk).
+//! Reading OpenAI Chat Completions response bodies and streams.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{json_key, set_once, CacheCreation, ErrorObj, ResponseRecord, ToolCall, Usage};
+use crate::providers::shape::{json_key, set_once, CacheCreation, ErrorObj};
+use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
 #[derive(Default)]
 pub struct Stream {
-    pub(super) record: ResponseRecord,
+    pub(crate) record: ResponseRecord,
     calls: Vec<(u32, u32, ToolCall)>,
     finish: BTreeMap<u32, String>,
 }
@@ -226,7 +206,7 @@ impl ChatUsage {
             (Some(r), _) => (
                 Some(r),
                 self.completion_tokens.is_some_and(|c| r > c)
-                    || super::reasoning_outside(
+                    || crate::providers::shape::reasoning_outside(
                         self.prompt_tokens,
                         self.completion_tokens,
                         Some(r),
@@ -239,7 +219,7 @@ impl ChatUsage {
                 Some(r),
                 deep_research
                     || self.completion_tokens.is_some_and(|c| r > c)
-                    || super::reasoning_outside(
+                    || crate::providers::shape::reasoning_outside(
                         self.prompt_tokens,
                         self.completion_tokens,
                         Some(r),
@@ -293,7 +273,7 @@ impl Stream {
             return Some(
                 [&*CONTENT, &*REASONING_CONTENT, &*REFUSAL, &*TEXT]
                     .into_iter()
-                    .any(|k| super::non_empty_string(data, k)),
+                    .any(|k| crate::providers::shape::non_empty_string(data, k)),
             );
         }
         let chunk: Chunk<'_> = serde_json::from_slice(data).ok()?;
@@ -368,7 +348,12 @@ impl Stream {
 
 /// True when a chunk carries no usage, tool call, finish reason or error — only text, if anything.
 fn only_output(data: &[u8]) -> bool {
-    let absent_or_null = |k| matches!(super::value_start(data, k), None | Some(b'n'));
+    let absent_or_null = |k| {
+        matches!(
+            crate::providers::shape::value_start(data, k),
+            None | Some(b'n')
+        )
+    };
     absent_or_null(&USAGE)
         && absent_or_null(&FINISH_REASON)
         && absent_or_null(&TOOL_CALLS)
@@ -391,8 +376,8 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     let Ok(c) = serde_json::from_slice::<Completion>(body) else {
         return false;
     };
-    r.id = super::non_empty(c.id);
-    r.model = super::non_empty(c.model);
+    r.id = crate::providers::shape::non_empty(c.id);
+    r.model = crate::providers::shape::non_empty(c.model);
     if let Some(u) = stated(&c.usage, &c.x_groq) {
         r.usage = u.to_usage();
     }
@@ -421,7 +406,7 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
 
 #[cfg(test)]
 mod legacy_tests {
-    use super::super::{Format, ResponseParser};
+    use crate::providers::{Format, ResponseParser};
 
     /// Legacy Completions, as the OpenAI API reference documents them.
     const JSON: &str = r#"{"id":"cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7","object":"text_completion","created":1589478378,"model":"gpt-3.5-turbo-instruct","system_fingerprint":"fp_44709d6fcb","choices":[{"text":"\n\nThis is indeed a test","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;

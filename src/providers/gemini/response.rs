@@ -1,21 +1,16 @@
-//! Gemini `generateContent` / `streamGenerateContent` (SSE with `alt=sse`, else a JSON array).
-//!
-//! Usage: input = `promptTokenCount + toolUsePromptTokenCount`; output = `candidatesTokenCount +
-//! thoughtsTokenCount` (thoughts are not inside candidates). Stream chunks carry cumulative
-//! `usageMetadata`: the last one stated wins (summing over-counts). Cached input is
-//! `cachedContentTokenCount` (a part of `promptTokenCount`). An empty `modelVersion` or
-//! `responseId` is no value.
+//! Reading Gemini response bodies and streams.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{compact, ErrorObj, ResponseRecord, ToolCall, Usage};
+use crate::providers::shape::{compact, ErrorObj};
+use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
 #[derive(Default)]
 pub struct Stream {
-    pub(super) record: ResponseRecord,
+    pub(crate) record: ResponseRecord,
     finish: BTreeMap<u32, String>,
 }
 
@@ -118,10 +113,10 @@ impl Stream {
     }
 
     fn chunk(&mut self, c: Chunk) -> bool {
-        if let Some(model) = super::non_empty(c.model_version) {
+        if let Some(model) = crate::providers::shape::non_empty(c.model_version) {
             self.record.model = Some(model);
         }
-        super::set_once(&mut self.record.id, c.response_id.as_deref());
+        crate::providers::shape::set_once(&mut self.record.id, c.response_id.as_deref());
         if let Some(u) = &c.usage_metadata {
             self.record.usage = u.to_usage();
         }

@@ -1,21 +1,16 @@
-//! OpenAI Responses API (`/v1/responses`): JSON response objects and typed event streams.
-//!
-//! Streams: model and id from `response.created`; usage, status and model from the terminal
-//! `response.completed` / `response.incomplete` / `response.failed`; function-call arguments are
-//! the `response.function_call_arguments.delta` fragments joined per `item_id`. An empty model or
-//! id is no value. Reasoning stated outside `output_tokens` (total = input + output + reasoning,
-//! xAI's shape) is added to output; OpenAI's (inside) is taken as it is.
+//! Reading OpenAI Responses response bodies and streams.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{ErrorObj, ResponseRecord, ToolCall, Usage};
+use crate::providers::shape::ErrorObj;
+use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
 #[derive(Default)]
 pub struct Stream {
-    pub(super) record: ResponseRecord,
+    pub(crate) record: ResponseRecord,
     /// (item id, call) in the order the items were added.
     calls: Vec<(String, ToolCall)>,
 }
@@ -120,7 +115,7 @@ impl ResponsesUsage {
             .output_tokens_details
             .as_ref()
             .and_then(|d| d.reasoning_tokens);
-        let outside = super::reasoning_outside(
+        let outside = crate::providers::shape::reasoning_outside(
             self.input_tokens,
             self.output_tokens,
             reasoning,
@@ -186,8 +181,11 @@ impl Stream {
         match ev.kind.as_ref() {
             "response.created" | "response.in_progress" => {
                 if let Some(resp) = &ev.response {
-                    super::set_once(&mut self.record.id, resp.id.as_deref());
-                    super::set_once(&mut self.record.model, resp.model.as_deref());
+                    crate::providers::shape::set_once(&mut self.record.id, resp.id.as_deref());
+                    crate::providers::shape::set_once(
+                        &mut self.record.model,
+                        resp.model.as_deref(),
+                    );
                 }
                 Some(false)
             }

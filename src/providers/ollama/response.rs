@@ -1,16 +1,14 @@
-//! Ollama's native API (`/api/chat`, `/api/generate`): NDJSON streams (the default) and single
-//! JSON objects. The last line (`"done": true`) carries `prompt_eval_count` (input) and
-//! `eval_count` (output); tool calls arrive whole with `arguments` as an object. A missing
-//! `prompt_eval_count` stays unknown, never zero.
+//! Reading Ollama response bodies and streams.
 
 use serde::Deserialize;
 
-use super::{compact, ResponseRecord, ToolCall, Usage};
+use crate::providers::shape::compact;
+use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
 #[derive(Default)]
 pub struct Stream {
-    pub(super) record: ResponseRecord,
+    pub(crate) record: ResponseRecord,
 }
 
 #[derive(Deserialize)]
@@ -64,7 +62,7 @@ impl Stream {
     pub(super) fn line(&mut self, data: &[u8]) -> Option<bool> {
         let line: Line = serde_json::from_slice(data).ok()?;
         let r = &mut self.record;
-        super::set_once(&mut r.model, line.model.as_deref());
+        crate::providers::shape::set_once(&mut r.model, line.model.as_deref());
         if let Some(e) = line.error {
             r.error_type = Some(match e {
                 serde_json::Value::String(_) => "error".to_string(),

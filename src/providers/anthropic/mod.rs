@@ -1,0 +1,53 @@
+//! Anthropic Messages (`/v1/messages`): JSON message bodies and event streams.
+//!
+//! Usage: input = `input_tokens + cache_read_input_tokens + cache_creation_input_tokens` (the
+//! GenAI conventions count cached input as input). Streams start from `message_start` usage;
+//! every field a `message_delta` states replaces the earlier value (they are cumulative, and
+//! with server tools the final input is larger than the first). Tool-use input arrives as
+//! `input_json_delta` fragments, joined exactly as sent (an empty string means the input is the
+//! `{}` from `content_block_start`; it is kept as sent, empty).
+//!
+//! Cache writes by lifetime: `usage.cache_creation.ephemeral_1h_input_tokens` is kept apart
+//! (one-hour writes are billed 2× input, five-minute writes 1.25×).
+//!
+//! `usage.iterations` (present when a compaction pass or an advisor sub-call ran inside the
+//! request) lists every sampling step. Anthropic's documentation: the top-level counts leave out
+//! compaction passes and advisor sub-calls, and "to calculate total tokens consumed and billed
+//! for a request, sum across all entries in `usage.iterations`"; `advisor_message` iterations
+//! are billed at the advisor model's rates. So when iterations are stated, usage is their sum,
+//! and the part spent on another model is kept in [`ResponseRecord::other_models`]. Streams
+//! repeat the whole list in each `message_delta`: the last one stated is the list.
+
+mod response;
+
+pub use response::Stream;
+
+use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::usage::ResponseRecord;
+
+/// The Anthropic Messages format.
+pub struct Anthropic;
+
+impl Adapter for Anthropic {
+    fn stream(&self) -> Box<dyn StreamReader> {
+        Box::new(Stream::default())
+    }
+
+    fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {
+        response::parse_json(body, r)
+    }
+}
+
+impl StreamReader for Stream {
+    fn event(&mut self, data: &[u8]) -> Option<bool> {
+        Stream::event(self, data)
+    }
+
+    fn record_mut(&mut self) -> &mut ResponseRecord {
+        &mut self.record
+    }
+
+    fn finish(self: Box<Self>) -> ResponseRecord {
+        Stream::finish(*self)
+    }
+}

@@ -1,0 +1,56 @@
+//! OpenAI Chat Completions (`/v1/chat/completions`; Azure deployments and every compatible
+//! server): JSON bodies and `chat.completion.chunk` streams. Legacy Completions
+//! (`/v1/completions`, `choices[].text`) and embeddings share the shape and the usage object.
+//!
+//! Streams: usage is the last chunk whose `usage` is not null (not necessarily the last chunk);
+//! finish reasons are the last non-null per choice; tool-call argument fragments are joined per
+//! (choice, tool-call index), id and name taken from the fragment that carries them. An empty
+//! `model` or `id` (Azure's `prompt_filter_results` chunk) is skipped for a later one.
+//!
+//! Usage shapes of compatible servers, read from the fields themselves (never from a host name,
+//! so they hold behind OpenRouter, LiteLLM and other gateways):
+//! - reasoning outside `completion_tokens` (xAI: `total_tokens` = prompt + completion +
+//!   reasoning) is added to output; OpenAI's shape (reasoning inside) is taken as it is;
+//! - Perplexity's top-level `reasoning_tokens` (Deep Research) lie outside `completion_tokens`
+//!   and, in that shape only, its `citation_tokens` outside `prompt_tokens`: both are billed,
+//!   both are added (Sonar and Sonar Pro state citation tokens without billing them);
+//! - cached input: `prompt_tokens_details.cached_tokens`, else DeepSeek's
+//!   `prompt_cache_hit_tokens`, else a top-level `cached_tokens` (Moonshot);
+//! - cache writes: `prompt_tokens_details.cache_write_tokens` (OpenRouter),
+//!   `cache_creation_input_tokens` (DashScope), `cache_creation_tokens` (LiteLLM) or a top-level
+//!   `cache_creation_input_tokens`; one-hour writes from the `cache_creation` breakdown;
+//! - Groq's older shape states usage only in `x_groq.usage` (JSON, and the last stream chunk).
+
+mod response;
+
+pub use response::Stream;
+
+use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::usage::ResponseRecord;
+
+/// The OpenAI Chat Completions format.
+pub struct OpenAiChat;
+
+impl Adapter for OpenAiChat {
+    fn stream(&self) -> Box<dyn StreamReader> {
+        Box::new(Stream::default())
+    }
+
+    fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {
+        response::parse_json(body, r)
+    }
+}
+
+impl StreamReader for Stream {
+    fn event(&mut self, data: &[u8]) -> Option<bool> {
+        Stream::event(self, data)
+    }
+
+    fn record_mut(&mut self) -> &mut ResponseRecord {
+        &mut self.record
+    }
+
+    fn finish(self: Box<Self>) -> ResponseRecord {
+        Stream::finish(*self)
+    }
+}

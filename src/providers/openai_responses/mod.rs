@@ -1,0 +1,41 @@
+//! OpenAI Responses API (`/v1/responses`): JSON response objects and typed event streams.
+//!
+//! Streams: model and id from `response.created`; usage, status and model from the terminal
+//! `response.completed` / `response.incomplete` / `response.failed`; function-call arguments are
+//! the `response.function_call_arguments.delta` fragments joined per `item_id`. An empty model or
+//! id is no value. Reasoning stated outside `output_tokens` (total = input + output + reasoning,
+//! xAI's shape) is added to output; OpenAI's (inside) is taken as it is.
+
+mod response;
+
+pub use response::Stream;
+
+use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::usage::ResponseRecord;
+
+/// The OpenAI Responses format.
+pub struct OpenAiResponses;
+
+impl Adapter for OpenAiResponses {
+    fn stream(&self) -> Box<dyn StreamReader> {
+        Box::new(Stream::default())
+    }
+
+    fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {
+        response::parse_json(body, r)
+    }
+}
+
+impl StreamReader for Stream {
+    fn event(&mut self, data: &[u8]) -> Option<bool> {
+        Stream::event(self, data)
+    }
+
+    fn record_mut(&mut self) -> &mut ResponseRecord {
+        &mut self.record
+    }
+
+    fn finish(self: Box<Self>) -> ResponseRecord {
+        Stream::finish(*self)
+    }
+}

@@ -1,0 +1,149 @@
+//! Shape rules and JSON scanning several providers share.
+
+use memchr::memmem::Finder;
+use serde::Deserialize;
+
+/// Whether a stated reasoning count lies outside the stated output count. OpenAI's shape counts
+/// reasoning inside `completion_tokens` (total = input + output); xAI's counts it beside
+/// (total = input + output + reasoning). The stated total decides, so the rule holds whichever
+/// gateway (OpenRouter, LiteLLM, ...) relays the body.
+pub(super) fn reasoning_outside(
+    input: Option<u64>,
+    output: Option<u64>,
+    reasoning: Option<u64>,
+    total: Option<u64>,
+) -> bool {
+    match (input, output, reasoning, total) {
+        (Some(i), Some(o), Some(r), Some(t)) => {
+            r > 0 && i.checked_add(o).and_then(|s| s.checked_add(r)) == Some(t)
+        }
+        _ => false,
+    }
+}
+
+/// Take `value` into `slot` unless `slot` already holds one or `value` is empty: an empty model
+/// or id (Azure's first stream chunk carries `"model":""`) is no value, and a later one wins.
+pub(super) fn set_once(slot: &mut Option<String>, value: Option<&str>) {
+    if slot.is_none() {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            *slot = Some(v.to_owned());
+        }
+    }
+}
+
+/// `value` unless it is empty.
+pub(super) fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// Cache writes by lifetime, as Anthropic (`usage.cache_creation`) and DashScope
+/// (`prompt_tokens_details.cache_creation`) state them.
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+pub(super) struct CacheCreation {
+    #[serde(default)]
+    ephemeral_5m_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub(super) ephemeral_1h_input_tokens: Option<u64>,
+}
+
+impl CacheCreation {
+    /// Every write the breakdown states, when it states any.
+    pub(super) fn total(&self) -> Option<u64> {
+        match (
+            self.ephemeral_5m_input_tokens,
+            self.ephemeral_1h_input_tokens,
+        ) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+        }
+    }
+}
+
+/// `{"error": {...}}` as OpenAI, Anthropic (inside `{"type":"error"}`) and Gemini send it.
+#[derive(Debug, Deserialize)]
+pub(super) struct ErrorObj {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+}
+
+impl ErrorObj {
+    pub(super) fn error_type(&self) -> String {
+        if let Some(t) = self.kind.as_ref().or(self.status.as_ref()) {
+            return t.clone();
+        }
+        match &self.code {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => "error".to_string(),
+        }
+    }
+}
+
+/// Compact JSON of a value, keys in the order sent (Anthropic `input`, Gemini `args`).
+pub(super) fn compact(v: &serde_json::Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// The raw bytes from the start of the value of key `key` (a searcher for the key with its
+/// quotes, e.g. `"usage"`) in a JSON object's raw bytes, if the key occurs. Inside JSON strings
+/// every quote is escaped, so a quoted key followed by `:` can only be a key; this lets hot paths
+/// skip a full parse of events that carry nothing but output text.
+pub(super) fn value_at<'a>(data: &'a [u8], key: &Finder<'static>) -> Option<&'a [u8]> {
+    let klen = key.needle().len();
+    let mut from = 0;
+    while let Some(i) = key.find(&data[from..]) {
+        let rest = &data[from + i + klen..];
+        let rest = trim_start(rest);
+        if let Some(value) = rest.strip_prefix(b":") {
+            return Some(trim_start(value));
+        }
+        from += i + klen;
+    }
+    None
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+/// The first byte of the value of `key`, if the key occurs.
+pub(super) fn value_start(data: &[u8], key: &Finder<'static>) -> Option<u8> {
+    value_at(data, key).and_then(|v| v.first().copied())
+}
+
+/// Whether `key` holds a non-empty string (`"..."` with at least one character).
+pub(super) fn non_empty_string(data: &[u8], key: &Finder<'static>) -> bool {
+    value_at(data, key).is_some_and(|v| v.len() > 1 && v[0] == b'"' && v[1] != b'"')
+}
+
+/// A quoted JSON key with its searcher built once (building one costs more than a search).
+macro_rules! json_key {
+    ($name:ident, $key:literal) => {
+        static $name: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(concat!("\"", $key, "\"")));
+    };
+}
+pub(crate) use json_key;
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    json_key!(USAGE, "usage");
+    json_key!(CONTENT, "content");
+
+    #[test]
+    fn finds_values_not_text_inside_strings() {
+        let d = br#"{"choices":[{"delta":{"content":"say \"usage\": 1"}}],"usage" : null}"#;
+        assert_eq!(value_start(d, &USAGE), Some(b'n'));
+        assert!(non_empty_string(d, &CONTENT));
+        assert!(!non_empty_string(br#"{"content":""}"#, &CONTENT));
+        assert!(!non_empty_string(br#"{"content":null}"#, &CONTENT));
+        assert_eq!(value_start(br#"{"a":1}"#, &USAGE), None);
+    }
+}

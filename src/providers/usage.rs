@@ -1,0 +1,124 @@
+//! What a provider's response says: usage, served model, finish reasons, tool calls, errors.
+
+/// Token usage as the provider states it. `input` counts every input token (cached and
+/// cache-written included, as the GenAI conventions do); the others are subsets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// All input tokens.
+    pub input: Option<u64>,
+    /// All output tokens, reasoning included.
+    pub output: Option<u64>,
+    /// Input tokens read from the provider's cache.
+    pub cached_input: Option<u64>,
+    /// Input tokens written to the provider's cache (every lifetime).
+    pub cache_creation_input: Option<u64>,
+    /// Of `cache_creation_input`, the tokens written with a one-hour lifetime (Anthropic's
+    /// `ephemeral_1h_input_tokens`); the rest are five-minute writes. Priced apart.
+    pub cache_creation_1h: Option<u64>,
+    /// Reasoning / thinking tokens.
+    pub reasoning: Option<u64>,
+    /// The provider's own total, when it states one.
+    pub total: Option<u64>,
+}
+
+/// Most distinct other models a record keeps; a sub-call on one more model stays in the serving
+/// model's part (bounded memory whatever a body lists).
+pub const MAX_OTHER_MODELS: usize = 4;
+
+/// Usage one response spent on a model other than the one that served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUsage {
+    /// The model, as the provider names it.
+    pub model: String,
+    /// What it spent (a part of the record's usage).
+    pub usage: Usage,
+}
+
+/// A tool call the model made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// Choice / candidate index it belongs to.
+    pub choice: u32,
+    /// Call id, when the provider gives one.
+    pub id: Option<String>,
+    /// Tool name.
+    pub name: String,
+    /// Arguments as a JSON string (assembled from stream fragments).
+    pub arguments: String,
+}
+
+/// Everything read from one response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseRecord {
+    /// Model the provider says served the call.
+    pub model: Option<String>,
+    /// Response id.
+    pub id: Option<String>,
+    /// Usage, when the body stated any.
+    pub usage: Usage,
+    /// Finish reason per choice / candidate (Responses: the status).
+    pub finish_reasons: Vec<String>,
+    /// Client tool calls, in order.
+    pub tool_calls: Vec<ToolCall>,
+    /// Provider-executed tools (names or item types).
+    pub server_tool_calls: Vec<String>,
+    /// Parts of `usage` spent on models other than `model` (Anthropic advisor sub-calls), each
+    /// priced and counted as its own model; at most [`MAX_OTHER_MODELS`] entries.
+    pub other_models: Vec<ModelUsage>,
+    /// Error type from an error body or an error event in a stream.
+    pub error_type: Option<String>,
+    /// Why (part of) the body could not be read, if it could not.
+    pub unparsed: Option<&'static str>,
+}
+
+// === impl Usage ===
+
+impl Usage {
+    /// Whether the body stated any usage at all.
+    pub fn is_present(&self) -> bool {
+        self.input.is_some() || self.output.is_some()
+    }
+
+    /// The counts of `self` and `other` added field by field (a field neither states stays
+    /// unstated).
+    pub fn plus(&self, other: &Usage) -> Usage {
+        let add = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
+        };
+        Usage {
+            input: add(self.input, other.input),
+            output: add(self.output, other.output),
+            cached_input: add(self.cached_input, other.cached_input),
+            cache_creation_input: add(self.cache_creation_input, other.cache_creation_input),
+            cache_creation_1h: add(self.cache_creation_1h, other.cache_creation_1h),
+            reasoning: add(self.reasoning, other.reasoning),
+            total: add(self.total, other.total),
+        }
+    }
+
+    /// `self` less a part of it (`other`), field by field, never below zero.
+    pub fn minus(&self, other: &Usage) -> Usage {
+        let sub = |a: Option<u64>, b: Option<u64>| a.map(|a| a.saturating_sub(b.unwrap_or(0)));
+        Usage {
+            input: sub(self.input, other.input),
+            output: sub(self.output, other.output),
+            cached_input: sub(self.cached_input, other.cached_input),
+            cache_creation_input: sub(self.cache_creation_input, other.cache_creation_input),
+            cache_creation_1h: sub(self.cache_creation_1h, other.cache_creation_1h),
+            reasoning: sub(self.reasoning, other.reasoning),
+            total: sub(self.total, other.total),
+        }
+    }
+}
+
+// === impl ResponseRecord ===
+
+impl ResponseRecord {
+    /// The part of `usage` the serving model spent: everything but `other_models`.
+    pub fn own_usage(&self) -> Usage {
+        self.other_models
+            .iter()
+            .fold(self.usage, |u, o| u.minus(&o.usage))
+    }
+}

@@ -1,13 +1,9 @@
-//! [`StripUsage`]: the response side of stream-usage injection for OpenAI chat streams.
+//! [`StripUsage`]: the response side of stream-usage injection.
 //!
-//! When the client did not ask for `stream_options.include_usage`, the proxy asks on its behalf
-//! (exact token counts beat estimates) and then hides from the client what it did not ask for:
-//! the usage-only chunk (top-level `choices` an empty array and `usage` an object) is dropped and
-//! the top-level `"usage": null` member is removed from every other chunk, so the client receives
-//! the stream the provider would have sent it. Decisions are made on the parsed event, whatever
-//! JSON whitespace or key order the server writes (Python's `json.dumps` writes `"choices": []`);
-//! the bytes of a kept event are copied as sent, minus that one member — never re-serialised.
-//! Event ends come from the shared SSE decoder ([`SseDecoder::feed_ends`]), so LF, CRLF and CR
+//! When the client did not ask for usage in its stream, the proxy asks on its behalf (exact
+//! token counts beat estimates) and then hides from the client what it did not ask for: each
+//! event goes through the provider's rewrite ([`EventRewrite`], from the provider's folder;
+//! OpenAI chat drops the usage-only chunk and removes `"usage": null`). Event ends come from the shared SSE decoder ([`SseDecoder::feed_ends`]), so LF, CRLF and CR
 //! streams split anywhere are read alike. A partial event is held only until its blank line
 //! arrives (a client cannot use half an event anyway); complete events go out at once.
 
@@ -16,21 +12,20 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use memchr::memmem;
 use pin_project_lite::pin_project;
-use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
 
-use crate::sse::{self, raw, SseDecoder, SseItem};
+use crate::providers::EventRewrite;
+use crate::sse::{SseDecoder, SseItem};
 
 /// Largest partial event held while waiting for its end; beyond it bytes pass unmodified.
 const MAX_PENDING: usize = 1024 * 1024;
 
 pin_project! {
-    /// Rewrites an OpenAI chat SSE stream as if `include_usage` had not been requested.
+    /// Rewrites an SSE stream event by event as if usage had not been requested.
     pub struct StripUsage<B> {
         #[pin]
         inner: B,
+        rewrite: EventRewrite,
         decoder: SseDecoder,
         // Bytes since the last event end: the start of an event still arriving.
         pending: BytesMut,
@@ -45,10 +40,11 @@ pin_project! {
 // === impl StripUsage ===
 
 impl<B> StripUsage<B> {
-    /// Wrap an SSE body.
-    pub fn new(inner: B) -> Self {
+    /// Wrap an SSE body whose events go through `rewrite`.
+    pub fn new(inner: B, rewrite: EventRewrite) -> Self {
         Self {
             inner,
+            rewrite,
             decoder: SseDecoder::new(MAX_PENDING),
             pending: BytesMut::new(),
             passed_partial: false,
@@ -81,6 +77,7 @@ where
                         Err(other) => return Poll::Ready(Some(Ok(other))),
                     };
                     let out = rewrite_frame(
+                        *this.rewrite,
                         this.decoder,
                         this.pending,
                         (this.passed_partial, this.drop_lf),
@@ -121,6 +118,7 @@ where
 /// Add `data` to what is held and return every event it completes, rewritten; the start of an
 /// event still arriving stays in `pending`.
 fn rewrite_frame(
+    rewrite: EventRewrite,
     decoder: &mut SseDecoder,
     pending: &mut BytesMut,
     (passed_partial, drop_lf): (&mut bool, &mut bool),
@@ -141,7 +139,7 @@ fn rewrite_frame(
                 out.extend_from_slice(span);
                 false
             }
-            SseItem::Event { data, .. } => rewrite_event(span, data, &mut out),
+            SseItem::Event { data, .. } => rewrite(span, data, &mut out),
             SseItem::Oversized => {
                 out.extend_from_slice(span);
                 false
@@ -159,110 +157,10 @@ fn rewrite_frame(
     out.freeze()
 }
 
-/// The top-level members a decision needs, as their exact bytes in the event's data.
-#[derive(Deserialize)]
-struct Members<'a> {
-    #[serde(default, borrow)]
-    choices: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
-    usage: Option<&'a RawValue>,
-}
-
-/// A member that is present, `null` included (a plain `Option` would read `null` as absent).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
-/// Copy one event's raw `span` (its decoded data is `data`) to `out`: dropped if it is the
-/// usage-only chunk, without its top-level `"usage": null` member otherwise, else unchanged.
-/// True when the event was dropped.
-fn rewrite_event(span: &[u8], data: &[u8], out: &mut BytesMut) -> bool {
-    // A cheap search first: only events naming `usage` can need a change (most do, since the
-    // provider puts `"usage":null` on every chunk once usage is requested).
-    if sse::is_done(data) || memmem::find(data, b"\"usage\"").is_none() {
-        out.extend_from_slice(span);
-        return false;
-    }
-    let Ok(m) = serde_json::from_slice::<Members<'_>>(data) else {
-        out.extend_from_slice(span); // not a JSON object: not ours to change
-        return false;
-    };
-    let Some(usage) = m.usage else {
-        out.extend_from_slice(span);
-        return false;
-    };
-    let usage_only = usage.get().starts_with('{')
-        && m.choices.is_some_and(|c| {
-            serde_json::from_str::<Vec<serde::de::IgnoredAny>>(c.get()).is_ok_and(|v| v.is_empty())
-        });
-    if usage_only {
-        // Comment blocks before the event (keep-alives) and the LF of a preceding CRLF stay.
-        out.extend_from_slice(&span[..raw::event_start(span)]);
-        return true;
-    }
-    let removal = (usage.get() == "null")
-        .then(|| member_span(data, usage))
-        .flatten()
-        .filter(|_| raw::data_len(span) == data.len())
-        .and_then(|(a, b)| Some((raw::data_pos(span, a)?, raw::data_pos(span, b)?)));
-    match removal {
-        Some((a, b)) => {
-            out.extend_from_slice(&span[..a]);
-            out.extend_from_slice(&span[b..]);
-        }
-        None => out.extend_from_slice(span),
-    }
-    false
-}
-
-/// The bytes of `data` to remove to delete the top-level member `"usage": <value>` (`value` is
-/// its parsed value, a slice of `data`) with the comma that separates it from its neighbours.
-fn member_span(data: &[u8], value: &RawValue) -> Option<(usize, usize)> {
-    let v_start = (value.get().as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
-    let v_end = v_start + value.get().len();
-    if v_end > data.len() {
-        return None;
-    }
-    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-    let skip_back = |mut i: usize| {
-        while i > 0 && ws(&data[i - 1]) {
-            i -= 1;
-        }
-        i
-    };
-    let colon = skip_back(v_start).checked_sub(1)?;
-    let key_end = skip_back(colon);
-    let key_start = key_end.checked_sub(br#""usage""#.len())?;
-    if data[colon] != b':' || &data[key_start..key_end] != br#""usage""# {
-        return None; // an escaped key: leave the event as sent
-    }
-    let before = skip_back(key_start).checked_sub(1)?;
-    match data[before] {
-        // Not the first member: remove from the comma before it.
-        b',' => Some((before, v_end)),
-        // The first member: remove up to the next member (or to the closing brace).
-        b'{' => {
-            let mut i = v_end;
-            while data.get(i).is_some_and(ws) {
-                i += 1;
-            }
-            if data.get(i) == Some(&b',') {
-                i += 1;
-                while data.get(i).is_some_and(ws) {
-                    i += 1;
-                }
-                Some((key_start, i))
-            } else {
-                Some((key_start, v_end))
-            }
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::Format;
     use http_body_util::{BodyExt, StreamBody};
 
     const WITH: &str = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}],\"usage\":null}\n\n\
@@ -275,7 +173,11 @@ data: [DONE]\n\n";
             .into_iter()
             .map(|c| Ok(Frame::data(Bytes::from_static(c))))
             .collect();
-        let body = StripUsage::new(StreamBody::new(futures_util::stream::iter(frames)));
+        let hide = Format::OpenAiChat
+            .adapter()
+            .usage_hider()
+            .expect("a rewrite");
+        let body = StripUsage::new(StreamBody::new(futures_util::stream::iter(frames)), hide);
         body.collect().await.unwrap().to_bytes().to_vec()
     }
 

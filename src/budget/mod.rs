@@ -9,7 +9,6 @@
 //!   in a spawned task so the finish step never waits for the store.
 //! - Metrics, `warn_at` and breach alerts, and the cut threshold for `action: cut`.
 
-pub mod cut;
 pub mod limits;
 pub mod memory;
 pub mod price;

@@ -21,7 +21,7 @@ pub mod request;
 mod shape;
 mod usage;
 
-pub use adapter::{Adapter, StreamReader};
+pub use adapter::{Adapter, EventRewrite, StreamEnding, StreamReader};
 pub use format::Format;
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use usage::{ModelUsage, ResponseRecord, ToolCall, Usage, MAX_OTHER_MODELS};

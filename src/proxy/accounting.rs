@@ -10,8 +10,8 @@ use http::{HeaderMap, StatusCode};
 use metrics::{counter, histogram, Histogram, Label};
 use tokio::time::Instant;
 
+use crate::body::cut::{CutPoint, CutSignal};
 use crate::body::BodyEnd;
-use crate::budget::cut::{CutPoint, CutSignal};
 use crate::policy::ResponseCheck;
 use crate::providers::decompress::{DecompressError, Decompressor};
 use crate::providers::{OutputSample, ResponseParser, ResponseRecord};
@@ -161,9 +161,12 @@ impl LlmCall {
         self.streamed
     }
 
-    /// Whether this response's stream must be rewritten to hide injected usage.
-    pub fn strips_usage(&self) -> bool {
-        self.injected && self.streamed && self.parser.is_some()
+    /// The rewrite hiding injected usage, when this response is a stream that needs it.
+    pub fn usage_hider(&self) -> Option<crate::providers::EventRewrite> {
+        let hides = self.injected && self.streamed && self.parser.is_some();
+        hides
+            .then(|| self.facts.format.adapter().usage_hider())
+            .flatten()
     }
 
     /// The upstream's response headers arrived: choose how to read the body.

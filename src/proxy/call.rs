@@ -16,8 +16,8 @@ use http::{Method, StatusCode};
 use metrics::{counter, histogram};
 use tokio::time::Instant;
 
+use crate::body::cut::CutSignal;
 use crate::body::{BodyEnd, Observer};
-use crate::budget::cut::CutSignal;
 use crate::budget::{Admission, Spent};
 use crate::session::Sessions;
 use crate::telemetry::metrics as m;
@@ -225,9 +225,9 @@ impl Call {
         self.llm.as_ref().is_some_and(LlmCall::holds_response)
     }
 
-    /// Whether the response stream must be rewritten to hide usage injected upstream.
-    pub fn strips_usage(&self) -> bool {
-        self.llm.as_ref().is_some_and(LlmCall::strips_usage)
+    /// The rewrite that hides the usage injected upstream, when the response stream needs it.
+    pub fn usage_hider(&self) -> Option<crate::providers::EventRewrite> {
+        self.llm.as_ref().and_then(LlmCall::usage_hider)
     }
 
     /// The upstream's response headers: the LLM parser picks JSON or SSE, or none if encoded.

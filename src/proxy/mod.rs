@@ -31,11 +31,12 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::body::cut::{Cut, CutSignal};
 use crate::body::{ObservedBody, StripUsage};
-use crate::budget::cut::{self, Cut, CutSignal};
 use crate::budget::{Budgets, BudgetsError, CallFacts};
 use crate::config::Config;
 use crate::policy::{Policies, PolicySet};
+use crate::providers::StreamEnding;
 use crate::session::{SessionSource, Sessions};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::spans::Spans;
@@ -459,15 +460,15 @@ impl Proxy {
             return held::respond(call, rparts, rbody, shape, &route).await;
         }
         call.returned = Some(Instant::now());
-        let strip = call.strips_usage();
+        let hide = call.usage_hider();
         let body = ObservedBody::new(rbody, call, route.timeouts.idle_timeout);
-        if strip {
+        if let Some(rewrite) = hide {
             // The rewritten stream is shorter than what the upstream framed.
             rparts.headers.remove(CONTENT_LENGTH);
             return Response::from_parts(
                 rparts,
                 // The cut point is an offset in the upstream's bytes: cut before rewriting.
-                Either::Right(Either::Left(StripUsage::new(wrap(body, cut)))),
+                Either::Right(Either::Left(StripUsage::new(wrap(body, cut), rewrite))),
             );
         }
         Response::from_parts(rparts, Either::Left(wrap(body, cut)))
@@ -478,22 +479,23 @@ impl Proxy {
         &self,
         call: &mut Call,
         headers: &mut HeaderMap,
-    ) -> Option<(Arc<CutSignal>, crate::providers::Format)> {
+    ) -> Option<(Arc<CutSignal>, Box<dyn StreamEnding>)> {
         let adm = call.budget()?;
         if let Some(n) = adm.session_tokens_remaining {
             headers.insert(SESSION_TOKENS_REMAINING, HeaderValue::from(n));
         }
         let after = adm.cut_after_output?;
         let llm = call.llm_mut()?;
-        let format = llm.facts().format;
-        if !llm.cuttable() || !cut::supported(format) {
+        if !llm.cuttable() {
             return None;
         }
+        // Formats that cannot be ended cleanly are not cut (the limit refuses the next call).
+        let ending = llm.facts().format.adapter().stream_ending()?;
         // Content-Length no longer holds once the stream may end early.
         headers.remove(CONTENT_LENGTH);
         let signal = CutSignal::new(after);
         call.set_cut(signal.clone());
-        Some((signal, format))
+        Some((signal, ending))
     }
 
     fn agent_label(&self, headers: &HeaderMap, route: &Route) -> Arc<str> {
@@ -511,9 +513,9 @@ impl Proxy {
 }
 
 /// The response body, armed to be cut when a `cut` limit applies.
-fn wrap<B>(body: B, cut: Option<(Arc<CutSignal>, crate::providers::Format)>) -> Cut<B> {
+fn wrap<B>(body: B, cut: Option<(Arc<CutSignal>, Box<dyn StreamEnding>)>) -> Cut<B> {
     match cut {
-        Some((signal, format)) => Cut::armed(body, signal, format),
+        Some((signal, ending)) => Cut::armed(body, signal, ending),
         None => Cut::pass(body),
     }
 }

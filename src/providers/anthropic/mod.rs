@@ -18,11 +18,12 @@
 //! and the part spent on another model is kept in [`ResponseRecord::other_models`]. Streams
 //! repeat the whole list in each `message_delta`: the last one stated is the list.
 
+mod ending;
 mod response;
 
 pub use response::Stream;
 
-use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::adapter::{Adapter, StreamEnding, StreamReader};
 use crate::providers::usage::ResponseRecord;
 
 /// The Anthropic Messages format.
@@ -35,6 +36,10 @@ impl Adapter for Anthropic {
 
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {
         response::parse_json(body, r)
+    }
+
+    fn stream_ending(&self) -> Option<Box<dyn StreamEnding>> {
+        Some(Box::<ending::MessageEnding>::default())
     }
 }
 

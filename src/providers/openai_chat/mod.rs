@@ -21,11 +21,13 @@
 //!   `cache_creation_input_tokens`; one-hour writes from the `cache_creation` breakdown;
 //! - Groq's older shape states usage only in `x_groq.usage` (JSON, and the last stream chunk).
 
+mod ending;
+mod hide_usage;
 mod response;
 
 pub use response::Stream;
 
-use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::adapter::{Adapter, EventRewrite, StreamEnding, StreamReader};
 use crate::providers::usage::ResponseRecord;
 
 /// The OpenAI Chat Completions format.
@@ -38,6 +40,14 @@ impl Adapter for OpenAiChat {
 
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {
         response::parse_json(body, r)
+    }
+
+    fn stream_ending(&self) -> Option<Box<dyn StreamEnding>> {
+        Some(Box::<ending::ChatEnding>::default())
+    }
+
+    fn usage_hider(&self) -> Option<EventRewrite> {
+        Some(hide_usage::rewrite_event)
     }
 }
 

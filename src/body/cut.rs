@@ -7,11 +7,9 @@
 //! allowance sets the [`CutPoint`]: the stream offset just past the event before it. [`Cut`],
 //! the response body, hands on whole events only (a partial event is held until it ends, found
 //! with the shared SSE decoder), stops at the cut point — inside a frame if need be — appends the
-//! provider's final events and ends: OpenAI chat, a chunk with `finish_reason: "length"` for
-//! every unfinished choice and `data: [DONE]`; Anthropic, `content_block_stop` (if a block is
-//! open), `message_delta` with `stop_reason: "max_tokens"`, `message_stop`. What the ending
-//! needs (chunk id and model, choices, the open block) is read from the parsed events it hands
-//! on. Dropping the body cancels the upstream request.
+//! provider's final events ([`StreamEnding`], from the provider's folder) and ends. What the
+//! ending needs (chunk id and model, choices, the open block) is read from the parsed events it
+//! hands on. Dropping the body cancels the upstream request.
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -20,18 +18,13 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
-use crate::providers::Format;
+use crate::providers::StreamEnding;
 use crate::sse::{SseDecoder, SseItem, DEFAULT_MAX_EVENT_BYTES};
 
 /// Largest partial event held back; a larger one is handed on as it comes (and then finished
 /// even past the cut point, since half an event cannot be taken back).
 const MAX_HELD: usize = DEFAULT_MAX_EVENT_BYTES;
-
-/// Most choices (`n`) whose ending is tracked for the final OpenAI chunk.
-const MAX_CHOICES: usize = 128;
 
 /// Where a stream is cut: chosen by the call's accounting, applied by [`Cut`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +75,6 @@ impl CutSignal {
     }
 }
 
-/// Whether `format` streams can be cut cleanly.
-pub fn supported(format: Format) -> bool {
-    matches!(format, Format::OpenAiChat | Format::Anthropic)
-}
-
 enum State {
     Passing,
     Tail,
@@ -95,7 +83,6 @@ enum State {
 
 struct Armed {
     signal: Arc<CutSignal>,
-    format: Format,
     decoder: SseDecoder,
     /// Upstream bytes received so far.
     received: u64,
@@ -105,19 +92,9 @@ struct Armed {
     pending: BytesMut,
     /// The event being received was partly handed on already (it was too large to hold).
     partial_sent: bool,
-    ending: Ending,
+    /// The provider's ending, told every event handed on.
+    ending: Box<dyn StreamEnding>,
     state: State,
-}
-
-/// What the final events need, read from the events handed on.
-#[derive(Default)]
-struct Ending {
-    /// OpenAI: `"id":…,"object":…,"created":…,"model":…` of the first chunk.
-    head: Option<String>,
-    /// OpenAI: choice indexes seen, and whether each has finished.
-    choices: Vec<(u32, bool)>,
-    /// Anthropic: the content block started and not yet stopped.
-    open_block: Option<u64>,
 }
 
 pin_project! {
@@ -137,20 +114,19 @@ impl<B> Cut<B> {
         Self { inner, armed: None }
     }
 
-    /// Pass `inner` through until the cut point `signal` gets, then end it as a `format`
-    /// stream ends.
-    pub fn armed(inner: B, signal: Arc<CutSignal>, format: Format) -> Self {
+    /// Pass `inner` through until the cut point `signal` gets, then end it with `ending`
+    /// (the provider's final events).
+    pub fn armed(inner: B, signal: Arc<CutSignal>, ending: Box<dyn StreamEnding>) -> Self {
         Self {
             inner,
             armed: Some(Box::new(Armed {
                 signal,
-                format,
                 decoder: SseDecoder::new(MAX_HELD),
                 received: 0,
                 sent: 0,
                 pending: BytesMut::new(),
                 partial_sent: false,
-                ending: Ending::default(),
+                ending,
                 state: State::Passing,
             })),
         }
@@ -228,8 +204,7 @@ impl Armed {
         let start = self.sent;
         let mut end = start; // of the events handed on
         let mut cut = point.is_some_and(|p| p.at <= start && !self.partial_sent);
-        let (ending, format, partial_sent) =
-            (&mut self.ending, self.format, &mut self.partial_sent);
+        let (ending, partial_sent) = (&mut self.ending, &mut self.partial_sent);
         if !cut {
             self.decoder.feed_ends(&data, |item, e| {
                 let e = base + e as u64;
@@ -241,7 +216,7 @@ impl Armed {
                     return;
                 }
                 if let SseItem::Event { data, .. } = item {
-                    ending.note(format, data);
+                    ending.note(data);
                 }
                 end = e;
             });
@@ -273,147 +248,30 @@ impl Armed {
 
     /// The provider's final events.
     fn tail(&self) -> Bytes {
-        let out = match self.format {
-            Format::Anthropic => {
-                let mut s = String::new();
-                if let Some(index) = self.ending.open_block {
-                    s.push_str(&format!(
-                        "event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":{index}}}\n\n"
-                    ));
-                }
-                // The output the client got in this stream (see `CutPoint::output_tokens`).
-                let tokens = self.signal.point().map_or(0, |p| p.output_tokens);
-                s.push_str(&format!(
-                    "event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":{tokens}}}}}\n\n"
-                ));
-                s.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
-                s
-            }
-            _ => {
-                let head = self
-                    .ending
-                    .head
-                    .as_deref()
-                    .unwrap_or(r#""id":"chatcmpl-tokenwarden-cut","object":"chat.completion.chunk","created":0,"model":"unknown""#);
-                let mut open: Vec<u32> = self
-                    .ending
-                    .choices
-                    .iter()
-                    .filter(|(_, finished)| !finished)
-                    .map(|(i, _)| *i)
-                    .collect();
-                if self.ending.choices.is_empty() {
-                    open.push(0);
-                }
-                let choices: Vec<String> = open
-                    .iter()
-                    .map(|i| {
-                        format!(
-                            "{{\"index\":{i},\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"length\"}}"
-                        )
-                    })
-                    .collect();
-                format!(
-                    "data: {{{head},\"choices\":[{}]}}\n\ndata: [DONE]\n\n",
-                    choices.join(",")
-                )
-            }
-        };
-        Bytes::from(out)
-    }
-}
-
-/// The fields of an OpenAI chat chunk the ending needs.
-#[derive(Deserialize)]
-struct ChatChunk<'a> {
-    #[serde(default, borrow)]
-    id: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    created: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    model: Option<&'a RawValue>,
-    #[serde(default)]
-    choices: Vec<ChatChoice<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatChoice<'a> {
-    #[serde(default)]
-    index: u32,
-    #[serde(default, borrow)]
-    finish_reason: Option<&'a RawValue>,
-}
-
-/// The fields of an Anthropic event the ending needs.
-#[derive(Deserialize)]
-struct MessageEvent {
-    #[serde(default, rename = "type")]
-    kind: String,
-    #[serde(default)]
-    index: Option<u64>,
-}
-
-// === impl Ending ===
-
-impl Ending {
-    /// Note one event handed on to the client.
-    fn note(&mut self, format: Format, data: &[u8]) {
-        match format {
-            Format::Anthropic => {
-                let Ok(ev) = serde_json::from_slice::<MessageEvent>(data) else {
-                    return;
-                };
-                match ev.kind.as_str() {
-                    "content_block_start" => self.open_block = ev.index,
-                    "content_block_stop" if ev.index == self.open_block => self.open_block = None,
-                    _ => {}
-                }
-            }
-            _ => {
-                let Ok(c) = serde_json::from_slice::<ChatChunk<'_>>(data) else {
-                    return;
-                };
-                if self.head.is_none() {
-                    if let Some(id) = c.id {
-                        let raw = |v: Option<&RawValue>, or: &str| {
-                            v.map_or_else(|| or.to_string(), |v| v.get().to_string())
-                        };
-                        self.head = Some(format!(
-                            "\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{}",
-                            id.get(),
-                            raw(c.created, "0"),
-                            raw(c.model, "\"unknown\""),
-                        ));
-                    }
-                }
-                for ch in c.choices {
-                    let finished = ch.finish_reason.is_some();
-                    match self.choices.iter().position(|(i, _)| *i == ch.index) {
-                        Some(p) => self.choices[p].1 |= finished,
-                        None if self.choices.len() < MAX_CHOICES => {
-                            self.choices.push((ch.index, finished))
-                        }
-                        None => {}
-                    }
-                }
-            }
-        }
+        // The output the client got in this stream (see `CutPoint::output_tokens`).
+        let tokens = self.signal.point().map_or(0, |p| p.output_tokens);
+        self.ending.tail(tokens)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::Format;
     use http_body_util::{BodyExt, StreamBody};
 
     /// Run `frames` through a cut whose point is set before they arrive.
     async fn run(frames: Vec<&'static str>, point: CutPoint, format: Format) -> String {
+        let ending = format
+            .adapter()
+            .stream_ending()
+            .expect("a format that can be cut");
         let signal = CutSignal::new(0);
         signal.cut_at(point);
         let stream = futures_util::stream::iter(frames.into_iter().map(|f| {
             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(f.as_bytes())))
         }));
-        let body = Cut::armed(StreamBody::new(stream), signal, format);
+        let body = Cut::armed(StreamBody::new(stream), signal, ending);
         let b = body.collect().await.unwrap().to_bytes();
         String::from_utf8(b.to_vec()).unwrap()
     }
@@ -514,7 +372,11 @@ mod tests {
         let stream = futures_util::stream::iter(frames.into_iter().map(|f| {
             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(f.as_bytes())))
         }));
-        let body = Cut::armed(StreamBody::new(stream), signal, Format::OpenAiChat);
+        let ending = Format::OpenAiChat
+            .adapter()
+            .stream_ending()
+            .expect("cuttable");
+        let body = Cut::armed(StreamBody::new(stream), signal, ending);
         let b = body.collect().await.unwrap().to_bytes();
         assert_eq!(b, format!("{FIRST}data: [DONE]\n\n"));
     }

@@ -11,13 +11,11 @@
 //! - [`providers`] — provider adapters: response bodies → usage, tool calls, finish reasons.
 //! - [`telemetry`] — logging, Prometheus metrics, bounded labels.
 //! - [`tokens`] — token estimates (o200k tokenizer) where no provider count exists.
-//! - [`mock`] — the project's own mock LLM provider (tests, benchmarks, demos).
 
 pub mod body;
 pub mod budget;
 pub mod cli;
 pub mod config;
-pub mod mock;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

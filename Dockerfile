@@ -7,25 +7,29 @@
 # its target-stub step, but the image itself is not built there.
 ARG RUST_VERSION=1.95
 
-# Dependencies only, cached until Cargo.toml or Cargo.lock change: every target Cargo.toml
-# declares gets a stub (cargo refuses a manifest whose bin or bench files are missing), the
-# dependency graph is built, then the stub sources and their build records are removed. The
-# bench stubs stay: the later stages copy only src/, and cargo still wants benches/*.rs.
+# Dependencies only, cached until the manifests or Cargo.lock change: every target the workspace's
+# Cargo.toml files declare (the proxy's, the mock's in mock/) gets a stub (cargo refuses a
+# manifest whose bin or bench files are missing), the dependency graphs of both binaries are built
+# (the mock alone resolves fewer features, so its graph is built too, for the build-mock stage),
+# then the stub sources and their build records are removed. The bench stubs stay: the later
+# stages copy only sources, and cargo still wants benches/*.rs.
 FROM rust:${RUST_VERSION}-slim-bookworm AS deps
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY mock/Cargo.toml ./mock/
 # Stub targets (tests/deploy_manifests.rs runs this step and the clean-up against Cargo.toml).
-RUN mkdir -p src/bin benches \
+RUN mkdir -p src mock/src benches \
     && echo 'fn main() {}' > src/main.rs \
-    && echo 'fn main() {}' > src/bin/tokenwarden-mock.rs \
-    && touch src/lib.rs \
+    && echo 'fn main() {}' > mock/src/main.rs \
+    && touch src/lib.rs mock/src/lib.rs \
     && sed -n '/^\[\[bench\]\]/,/^name/s/^name *= *"\([^"]*\)".*/\1/p' Cargo.toml \
        | while read -r bench; do echo 'fn main() {}' > "benches/${bench}.rs"; done
 # Removing the crate's own fingerprints makes cargo rebuild it from the real sources later,
 # whatever their timestamps (COPY keeps the build context's, which may predate the stubs).
 RUN cargo build --release --locked \
-    && rm -rf src target/release/.fingerprint/tokenwarden-* \
+    && cargo build --release --locked -p tokenwarden-mock \
+    && rm -rf src mock/src target/release/.fingerprint/tokenwarden-* \
        target/release/deps/tokenwarden* target/release/deps/libtokenwarden*
 
 FROM deps AS build
@@ -34,10 +38,10 @@ RUN cargo build --release --locked --bin tokenwarden \
     && mkdir -p /rootfs/var/lib/tokenwarden/data
 
 FROM deps AS build-mock
-COPY src ./src
-RUN cargo build --release --locked --bin tokenwarden-mock
+COPY mock/src ./mock/src
+RUN cargo build --release --locked -p tokenwarden-mock
 
-# The mock provider (src/mock): `target: mock` in docker-compose. Not part of the default image.
+# The mock provider (the mock/ crate): `target: mock` in docker-compose. Not part of the default image.
 FROM gcr.io/distroless/cc-debian12:nonroot AS mock
 COPY --from=build-mock /src/target/release/tokenwarden-mock /usr/local/bin/tokenwarden-mock
 USER 65532:65532

@@ -11,7 +11,7 @@ MOCK_PORT=18300 TW_PORT=18301 ADMIN_PORT=18302 REDIS_PORT=18379
 for t in wrk redis-server taskset; do
   command -v "$t" >/dev/null || { echo "bench/budgets.sh: $t is missing (apt-get install -y wrk redis-server)" >&2; exit 1; }
 done
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bins --locked
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --bins --locked
 TW=target/release/tokenwarden MOCK=target/release/tokenwarden-mock
 work=$(mktemp -d)
 pids=()

@@ -101,8 +101,8 @@ fi
 
 # --- build ---
 if [ "$SKIP_BUILD" != 1 ]; then
-  log "building tokenwarden release binaries (cargo build --release --bins)"
-  (cd "$REPO" && cargo build --release --bins) >"$RUN_LOG_DIR/build-tokenwarden.log" 2>&1 \
+  log "building tokenwarden release binaries (cargo build --release --workspace --bins)"
+  (cd "$REPO" && cargo build --release --workspace --bins) >"$RUN_LOG_DIR/build-tokenwarden.log" 2>&1 \
     || { tail -30 "$RUN_LOG_DIR/build-tokenwarden.log" >&2; echo "tokenwarden release build failed (log: $RUN_LOG_DIR/build-tokenwarden.log)" >&2; exit 1; }
   log "building the kit's mock-upstream (target dir $PB/target)"
   (cd "$KIT/mock-upstream" && CARGO_TARGET_DIR="$PB/target" cargo build --release) >"$RUN_LOG_DIR/build-mock.log" 2>&1 \

@@ -17,7 +17,7 @@ MOCK_PORT=18400 TW_PORT=18401 ADMIN_PORT=18402 REDIS_PORT=18479 SINK_PORT=18417
 for t in wrk redis-server curl; do
   command -v "$t" >/dev/null || { echo "bench/soak.sh: $t is missing (apt-get install -y wrk redis-server curl)" >&2; exit 1; }
 done
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bins --examples --locked
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --bins --examples --locked
 TW=target/release/tokenwarden MOCK=target/release/tokenwarden-mock SINK=target/release/examples/otlp-sink
 mkdir -p bench/results
 OUT=${OUT:-bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ).csv}

@@ -16,7 +16,7 @@ bench_ready() {
   done
   [ -f "$POST_LUA" ] || { echo "post.lua not found at $POST_LUA (set POST_LUA)" >&2; exit 2; }
   if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    (cd "$REPO" && cargo build --release --bins --example otlp-sink >&2)
+    (cd "$REPO" && cargo build --release --workspace --bins --example otlp-sink >&2)
   fi
   for b in "$TW_BIN" "$TWMOCK_BIN" "$SINK_BIN"; do [ -x "$b" ] || { echo "missing $b" >&2; exit 2; }; done
 }

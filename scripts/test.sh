@@ -76,12 +76,16 @@ if [ -z "${AI_SDK_DIR:-}" ] && [ ! -d .tools/ai-sdk/node_modules/@ai-sdk/anthrop
   npm install --silent --no-audit --no-fund --prefix .tools/ai-sdk ai@6.0.333 @ai-sdk/openai@3.0.141 @ai-sdk/anthropic@3.0.140
 fi
 
-# --lib --bins --tests --examples: every unit and integration test, and the bench sink's (the
-# crate has no doctests) — unless the arguments pick targets themselves (`--test budgets`).
+# --workspace: the proxy and the mock provider (mock/, with its own tests) — unless the arguments
+# pick packages themselves (`-p tokenwarden-mock`). --lib --bins --tests --examples: every unit and
+# integration test, and the bench sink's (the crates have no doctests) — unless the arguments pick
+# targets themselves (`--test budgets`).
+packages=(--workspace)
 targets=(--lib --bins --tests --examples)
 for a in "$@"; do
   case "$a" in
+    -p|-p*|--package|--package=*|--workspace|--all) packages=() ;;
     --lib|--bins|--tests|--examples|--test|--test=*|--bin|--bin=*|--example|--example=*) targets=() ;;
   esac
 done
-cargo test --locked "${targets[@]}" "$@"
+cargo test --locked "${packages[@]}" "${targets[@]}" "$@"

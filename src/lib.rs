@@ -11,14 +11,12 @@
 //! - [`providers`] — provider adapters: response bodies → usage, tool calls, finish reasons.
 //! - [`telemetry`] — logging, Prometheus metrics, bounded labels.
 //! - [`tokens`] — token estimates (o200k tokenizer) where no provider count exists.
-//! - [`mock`] — the project's own mock LLM provider (tests, benchmarks, demos).
 
 pub mod body;
 pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod http_client;
-pub mod mock;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

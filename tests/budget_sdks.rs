@@ -25,7 +25,7 @@ fn routes(mock: std::net::SocketAddr, limits: &str) -> String {
 
 /// Each SDK's second call of a session is refused once: no SDK retried it (the refusal counts
 /// once per session) and nothing more went upstream than the three first calls.
-async fn refused_once(m: &tokenwarden::mock::MockServer, p: &TestProxy, tag: &str) {
+async fn refused_once(m: &tokenwarden_mock::MockServer, p: &TestProxy, tag: &str) {
     assert_eq!(
         m.stats().requests,
         3,
@@ -105,7 +105,7 @@ async fn a_cut_stream_parses_cleanly_in_both_sdks() {
     let v = run("cut", &format!("http://{}", p.addr)).await;
     assert_eq!(v["openai_finish_reason"], "length");
     assert_eq!(v["anthropic_stop_reason"], "max_tokens");
-    let full = tokenwarden::mock::output_text(400).len() as u64;
+    let full = tokenwarden_mock::output_text(400).len() as u64;
     for k in ["openai_chars", "anthropic_chars"] {
         let n = v[k].as_u64().unwrap();
         assert!(n > 0 && n < full, "{k}: {n} of {full} characters");

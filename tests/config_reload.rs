@@ -23,7 +23,7 @@ fn config_text(upstream: std::net::SocketAddr, agent_rules: &str) -> String {
 const BODY: &str =
     r#"{"model":"gpt-4o-mini","max_tokens":500,"messages":[{"role":"user","content":"hi"}]}"#;
 
-fn forwarded_max_tokens(m: &tokenwarden::mock::MockServer) -> Option<u64> {
+fn forwarded_max_tokens(m: &tokenwarden_mock::MockServer) -> Option<u64> {
     let req = m.last_request()?;
     let v: Value = serde_json::from_slice(&req.body).ok()?;
     v["max_tokens"].as_u64()

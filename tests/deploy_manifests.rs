@@ -617,6 +617,37 @@ fn bash_in(dir: &Path, script: &str) {
     assert!(out.status.success(), "failed:\n{script}\n{}", text(&out));
 }
 
+/// Apply a Dockerfile `COPY <src>... <dest>` (build-context sources, no flags) to `dir`, as
+/// Docker does: a file lands in `dest` when it ends with `/` (or as `dest` otherwise), a
+/// directory's contents are merged into `dest`.
+fn docker_copy(dir: &Path, copy: &str) {
+    let args: Vec<&str> = copy.split_whitespace().skip(1).collect();
+    assert!(
+        args.len() >= 2 && !args[0].starts_with("--"),
+        "a plain COPY: {copy}"
+    );
+    let (srcs, dest) = args.split_at(args.len() - 1);
+    let dest = dest[0];
+    for src in srcs {
+        let from = repo().join(src);
+        let script = if from.is_dir() {
+            format!("mkdir -p '{dest}' && cp -r '{}/.' '{dest}'", from.display())
+        } else if dest.ends_with('/') {
+            format!("mkdir -p '{dest}' && cp '{}' '{dest}'", from.display())
+        } else {
+            format!("cp '{}' '{dest}'", from.display())
+        };
+        bash_in(dir, &script);
+    }
+}
+
+/// Copy `from`'s files into a new temporary directory.
+fn copy_tree(from: &Path) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    bash_in(d.path(), &format!("cp -r '{}/.' .", from.display()));
+    d
+}
+
 #[test]
 fn the_dockerfile_dependency_stub_step_satisfies_every_target_in_cargo_toml() {
     assert!(
@@ -636,11 +667,23 @@ fn the_dockerfile_dependency_stub_step_satisfies_every_target_in_cargo_toml() {
         build.starts_with("cargo build --release --locked"),
         "{build}"
     );
-
+    // The deps stage copies the manifests only (the root one, the workspace members') and the
+    // lock file.
+    let deps_copies: Vec<&String> = deps.iter().filter(|l| l.starts_with("COPY")).collect();
+    for c in &deps_copies {
+        assert!(
+            c.split_whitespace()
+                .skip(1)
+                .all(|a| a.ends_with("Cargo.toml")
+                    || a.ends_with("Cargo.lock")
+                    || a.ends_with('/')),
+            "deps copies manifests only: {c}"
+        );
+    }
     let manifest_only = || {
         let d = tempfile::tempdir().unwrap();
-        for f in ["Cargo.toml", "Cargo.lock"] {
-            std::fs::copy(repo().join(f), d.path().join(f)).unwrap();
+        for c in &deps_copies {
+            docker_copy(d.path(), c);
         }
         d
     };
@@ -656,8 +699,8 @@ fn the_dockerfile_dependency_stub_step_satisfies_every_target_in_cargo_toml() {
     bash_in(dir.path(), stub);
     let (ok, out) = cargo_accepts(dir.path());
     assert!(ok, "cargo refuses the stubbed manifest:\n{out}");
-    // ...and still after the clean-up and `COPY src ./src`, which is what the `build` and
-    // `build-mock` stages compile with.
+    // ...and still after the clean-up and each build stage's COPY of its sources, which is what
+    // the `build` and `build-mock` stages compile with.
     let cleanup: Vec<&str> = build
         .split("&&")
         .map(str::trim)
@@ -665,17 +708,66 @@ fn the_dockerfile_dependency_stub_step_satisfies_every_target_in_cargo_toml() {
         .collect();
     assert!(!cleanup.is_empty(), "{build}");
     bash_in(dir.path(), &cleanup.join(" && "));
-    bash_in(
-        dir.path(),
-        &format!("cp -r '{}' src", repo().join("src").display()),
-    );
     for stage in ["build", "build-mock"] {
         let (_, s) = stages.iter().find(|s| s.0 == stage).unwrap();
         let copies: Vec<&String> = s.iter().filter(|l| l.starts_with("COPY")).collect();
-        assert_eq!(copies, [&"COPY src ./src".to_string()], "{stage}");
+        assert!(!copies.is_empty(), "{stage}");
+        let view = copy_tree(dir.path());
+        for c in &copies {
+            let args: Vec<&str> = c.split_whitespace().collect();
+            assert!(
+                args.len() == 3 && args[1].ends_with("src") && args[2] == format!("./{}", args[1]),
+                "{stage} copies sources only: {c}"
+            );
+            docker_copy(view.path(), c);
+        }
+        let (ok, out) = cargo_accepts(view.path());
+        assert!(ok, "the {stage} stage's manifest view is refused:\n{out}");
+        // cargo accepts declared targets whose files are missing, so check that the sources of
+        // the binary the stage builds (`--bin NAME` or `-p NAME`) were copied.
+        let run = s.iter().find_map(|l| l.strip_prefix("RUN ")).unwrap();
+        let words: Vec<&str> = run.split_whitespace().collect();
+        let picked = |flag: &str| {
+            words
+                .windows(2)
+                .find(|w| w[0] == flag)
+                .map(|w| w[1].to_string())
+        };
+        let (bin, package) = (picked("--bin"), picked("-p"));
+        assert!(bin.is_some() || package.is_some(), "{stage}: {run}");
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "metadata",
+                "--offline",
+                "--no-deps",
+                "--format-version",
+                "1",
+            ])
+            .current_dir(view.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let built = meta["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| {
+                package.as_deref() == p["name"].as_str()
+                    || p["targets"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|t| bin.as_deref() == t["name"].as_str() && t["kind"][0] == "bin")
+            })
+            .unwrap_or_else(|| panic!("{stage}: no package builds {bin:?} {package:?}"));
+        for t in built["targets"].as_array().unwrap() {
+            if t["kind"][0] == "lib" || t["kind"][0] == "bin" {
+                let src = t["src_path"].as_str().unwrap();
+                assert!(Path::new(src).is_file(), "{stage}: {src} was not copied");
+            }
+        }
     }
-    let (ok, out) = cargo_accepts(dir.path());
-    assert!(ok, "the build stage's manifest view is refused:\n{out}");
 }
 
 fn compose() -> Value {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use tokenwarden::mock::output_tokens;
+use tokenwarden_mock::output_tokens;
 
 struct Case {
     agent: &'static str,

@@ -51,7 +51,7 @@ async fn sdk_calls_are_counted_exactly() {
     .await;
     run_sdk("accounting", &format!("http://{}", p.addr)).await;
     let text = p.metrics().await;
-    let out = tokenwarden::mock::output_tokens(7, 0, 0) as f64;
+    let out = tokenwarden_mock::output_tokens(7, 0, 0) as f64;
     let cases: &[(&str, Option<f64>)] = &[
         ("sdk-chat-json", Some(out)),
         ("sdk-chat-stream-usage", Some(out)),
@@ -63,7 +63,7 @@ async fn sdk_calls_are_counted_exactly() {
         ("sdk-anth-stream", Some(out)),
         (
             "sdk-anth-tools",
-            Some(tokenwarden::mock::output_tokens(7, 1, 0) as f64),
+            Some(tokenwarden_mock::output_tokens(7, 1, 0) as f64),
         ),
         ("sdk-gemini-json", Some(out)),
         ("sdk-gemini-stream", Some(out)),

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as OtelStatus;
 use otlp_receiver::*;
-use tokenwarden::mock::{MockOptions, MockServer};
+use tokenwarden_mock::{MockOptions, MockServer};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -90,7 +90,7 @@ async fn grpc_stream_span_is_the_agents_child_with_every_genai_attribute() {
     assert_eq!(hex(&span.parent_span_id), PARENT);
     assert_eq!(span.trace_state, "vendor=abc,other=1");
     let a = attrs(span);
-    let out = tokenwarden::mock::output_tokens(5, 2, 0) as i64;
+    let out = tokenwarden_mock::output_tokens(5, 2, 0) as i64;
     let expect = [
         ("gen_ai.operation.name", s("chat")),
         ("gen_ai.provider.name", s("openai")),
@@ -117,8 +117,8 @@ async fn grpc_stream_span_is_the_agents_child_with_every_genai_attribute() {
         (
             "tokenwarden.tool_calls",
             V::A(vec![
-                s(tokenwarden::mock::tool_call(0).0),
-                s(tokenwarden::mock::tool_call(1).0),
+                s(tokenwarden_mock::tool_call(0).0),
+                s(tokenwarden_mock::tool_call(1).0),
             ]),
         ),
     ];
@@ -475,12 +475,10 @@ async fn collector_down_never_fails_a_request_and_drops_are_counted() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         l.local_addr().unwrap()
     };
-    let mock = tokenwarden::mock::MockServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        MockOptions::default(),
-    )
-    .await
-    .unwrap();
+    let mock =
+        tokenwarden_mock::MockServer::start("127.0.0.1:0".parse().unwrap(), MockOptions::default())
+            .await
+            .unwrap();
     let proxy = TestProxy::to(
         "llm",
         mock.addr(),
@@ -553,13 +551,13 @@ async fn content_capture_records_messages_in_the_conventions_shapes() {
         serde_json::json!([{"type": "function", "name": "get_weather"}])
     );
     let out = json("gen_ai.output.messages");
-    let (tool, args) = tokenwarden::mock::tool_call(0);
+    let (tool, args) = tokenwarden_mock::tool_call(0);
     assert_eq!(out[0]["role"], "assistant");
     assert_eq!(out[0]["finish_reason"], "tool_call");
     let parts = out[0]["parts"].as_array().unwrap();
     assert_eq!(
         parts[0],
-        serde_json::json!({"type": "text", "content": tokenwarden::mock::output_text(3)})
+        serde_json::json!({"type": "text", "content": tokenwarden_mock::output_text(3)})
     );
     assert_eq!(parts[1]["type"], "tool_call");
     assert_eq!(parts[1]["name"], tool);

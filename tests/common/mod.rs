@@ -17,8 +17,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use tokenwarden::config::load_from_str;
-use tokenwarden::mock::{MockOptions, MockServer};
 use tokenwarden::server::Server;
+use tokenwarden_mock::{MockOptions, MockServer};
 
 /// A proxy running in this process.
 pub struct TestProxy {

@@ -1,4 +1,4 @@
-//! `tokenwarden-mock`: the mock LLM provider as a standalone server (see `tokenwarden::mock`).
+//! `tokenwarden-mock`: the mock LLM provider as a standalone server (see the `tokenwarden_mock` library).
 //!
 //! Prints exactly one line to stdout once bound — `tokenwarden-mock listening on <addr>` — so
 //! scripts can use `--listen 127.0.0.1:0` and read the port. Exits cleanly on SIGTERM/SIGINT.
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::builder::BoolishValueParser;
 use clap::Parser;
-use tokenwarden::mock::{Fault, MockOptions, MockServer};
+use tokenwarden_mock::{Fault, MockOptions, MockServer};
 
 /// Mock OpenAI / Anthropic / Gemini provider for tests, benchmarks and demos.
 ///

@@ -248,7 +248,7 @@ impl Body for MockBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::stats::Counters;
+    use crate::stats::Counters;
     use std::sync::Arc;
 
     /// Polls the body to the end like a server would; returns data chunks and whether it failed.

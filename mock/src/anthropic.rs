@@ -193,7 +193,7 @@ fn messages_sse(model: &str, k: &Knobs) -> Vec<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::MockOptions;
+    use crate::MockOptions;
     use serde_json::{json, Value};
 
     fn knobs(chunks: u32, tools: u32) -> Knobs {
@@ -239,10 +239,7 @@ mod tests {
         assert_eq!(v["stop_reason"], "tool_use");
         assert_eq!(v["usage"]["input_tokens"], 20);
         assert_eq!(v["usage"]["cache_read_input_tokens"], 10);
-        assert_eq!(
-            v["usage"]["output_tokens"],
-            crate::mock::output_tokens(2, 2, 0)
-        );
+        assert_eq!(v["usage"]["output_tokens"], crate::output_tokens(2, 2, 0));
     }
 
     #[test]

@@ -171,7 +171,7 @@ fn usage(f: &mut Frames, k: &Knobs, complete: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::MockOptions;
+    use crate::MockOptions;
     use serde_json::{json, Value};
 
     fn concat(r: &Reply) -> Vec<u8> {

@@ -562,7 +562,7 @@ pub(crate) fn models(k: &Knobs) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mock::MockOptions;
+    use crate::MockOptions;
     use serde_json::{json, Value};
 
     fn knobs(chunks: u32, tools: u32) -> Knobs {
@@ -635,7 +635,7 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(
             v["usage"]["completion_tokens"],
-            crate::mock::output_tokens(0, 2, 0)
+            crate::output_tokens(0, 2, 0)
         );
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use dashmap::DashMap;
 
-use super::store::{
+use super::ledger::{
     decide, window_start, Charge, Counter, Grant, Group, Reserved, Short, Totals, Want,
 };
 

@@ -9,6 +9,7 @@
 //!   in a spawned task so the finish step never waits for the store.
 //! - Metrics, `warn_at` and breach alerts, and the cut threshold for `action: cut`.
 
+mod ledger;
 pub mod limits;
 pub mod memory;
 pub mod price;

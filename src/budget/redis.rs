@@ -10,7 +10,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use tokio::sync::OnceCell;
 
-use super::store::{Charge, Counter, Grant, Group, Lease, Reserved, StoreError, Totals, Want};
+use super::ledger::{Charge, Counter, Grant, Group, Lease, Reserved, StoreError, Totals, Want};
 
 /// Sorted set of session ids by lifetime tokens, for `GET /v1/sessions?top=N`.
 const TOP_KEY: &str = "tw:sessions:tokens";

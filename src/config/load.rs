@@ -1,39 +1,9 @@
 //! Reading a config file (or no file) into a validated [`Config`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::Config;
-
-/// Why a configuration could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// YAML syntax, an unknown key or a wrongly typed value; the message carries line and column.
-    #[error("{origin}: {message}")]
-    Parse {
-        /// File name, or `<inline>`.
-        origin: String,
-        /// serde-saphyr's message, with line, column and a snippet.
-        message: String,
-    },
-    /// The file parsed but a value is unusable.
-    #[error("{origin}: {key}: {message}")]
-    Invalid {
-        /// File name, or `<inline>`.
-        origin: String,
-        /// Dotted path of the offending key, e.g. `routes[1].upstream`.
-        key: String,
-        /// What is wrong with it.
-        message: String,
-    },
-}
+use super::error::ConfigError;
+use super::schema::Config;
 
 /// Load the config at `path`, or the built-in defaults when `path` is `None`.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -136,21 +106,6 @@ fn redact_values(message: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-// === impl ConfigError ===
-
-impl ConfigError {
-    fn with_origin(self, origin: &str) -> Self {
-        match self {
-            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
-                origin: origin.to_string(),
-                key,
-                message,
-            },
-            other => other,
-        }
-    }
 }
 
 #[cfg(test)]

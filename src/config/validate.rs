@@ -2,7 +2,8 @@
 
 use std::collections::HashSet;
 
-use super::{Config, ConfigError, LimitConfig};
+use super::error::ConfigError;
+use super::schema::{Config, LimitConfig};
 
 /// Validate `config`; the error names the offending key by its dotted path.
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
@@ -148,10 +149,13 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     for (name, p) in &config.agents {
         check_agent(p).map_err(|(k, m)| invalid(&format!("agents.{name}{k}"), &m))?;
-        if name.len() > super::MAX_LABEL_LEN {
+        if name.len() > super::schema::MAX_LABEL_LEN {
             return Err(invalid(
                 &format!("agents.{name}"),
-                &format!("agent names are at most {} bytes", super::MAX_LABEL_LEN),
+                &format!(
+                    "agent names are at most {} bytes",
+                    super::schema::MAX_LABEL_LEN
+                ),
             ));
         }
     }
@@ -167,7 +171,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// An agent policy's values; the error's key is relative to `agents.<name>` (a leading `.`).
-fn check_agent(p: &super::AgentPolicy) -> Result<(), (String, String)> {
+fn check_agent(p: &super::schema::AgentPolicy) -> Result<(), (String, String)> {
     for (i, f) in p.forbidden_input.iter().enumerate() {
         let at = format!(".forbidden_input[{i}]");
         let src = match (&f.contains, &f.regex) {

@@ -16,8 +16,10 @@ use tokio::time::Instant;
 use crate::body::{BodyEnd, Observer};
 use crate::providers::ResponseParser;
 
+use super::answer::{local_error, ProxyBody};
+use super::call::Call;
+use super::error::ProxyError;
 use super::route::Route;
-use super::{local_error, Call, ProxyBody, ProxyError};
 use crate::providers::protocol::ErrorShape;
 use crate::record::MAX_PARSE_BYTES;
 

@@ -11,12 +11,14 @@
 //!    exactly once.
 
 pub mod accounting;
+mod answer;
 mod call;
 pub mod error;
 pub mod headers;
 mod held;
 pub mod route;
 
+pub use answer::ProxyBody;
 pub use call::{Call, CallInfo};
 pub use error::ProxyError;
 
@@ -45,15 +47,9 @@ use crate::telemetry::trace_context::TRACEPARENT_HEADER;
 use crate::policy::{Pending, ResponseCheck};
 use crate::providers::protocol::{self, Classified, ErrorShape};
 use crate::providers::request::{self as inspect, RequestFacts};
-use crate::record::{BudgetDecision, PolicyViolation, UpstreamError};
+use crate::record::{BudgetDecision, PolicyViolation};
+use answer::local_error;
 use route::{Route, RouteError, Router};
-
-/// The body of every response the proxy returns: the upstream's, observed (and, for injected
-/// stream usage, rewritten), or one the proxy made itself.
-pub type ProxyBody = Either<
-    Cut<ObservedBody<Incoming, Call>>,
-    Either<StripUsage<Cut<ObservedBody<Incoming, Call>>>, Full<Bytes>>,
->;
 
 /// Response header with the tokens left under the session's token limit.
 pub const SESSION_TOKENS_REMAINING: HeaderName =
@@ -642,16 +638,4 @@ fn client_error(route: &Route, e: &hyper_util::client::legacy::Error) -> ProxyEr
     } else {
         ProxyError::UpstreamReset { route: name }
     }
-}
-
-/// Answer with a proxy-generated error and finish the call.
-fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<ProxyBody> {
-    if let Some(kind) = e.upstream_kind() {
-        call.upstream_failed(kind);
-    }
-    let resp = e.to_response(shape);
-    let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize;
-    tracing::debug!(kind = ?e.upstream_kind().map(UpstreamError::as_str), error = %e, "proxy error");
-    call.finish_local(resp.status(), len);
-    resp.map(|b| Either::Right(Either::Right(b)))
 }

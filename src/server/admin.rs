@@ -8,8 +8,8 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use super::health::Health;
 use super::sessions_api::SessionsApi;
-use super::Health;
 
 /// Admin request handler.
 pub struct Admin {

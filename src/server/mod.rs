@@ -6,15 +6,17 @@
 //! within `server.shutdown_grace`, and returns.
 
 pub mod admin;
+mod health;
 mod listener;
 pub mod reload;
 pub mod sessions_api;
 pub mod signals;
 mod write_timeout;
 
+pub use health::Health;
+
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -23,12 +25,6 @@ use crate::config::Config;
 use crate::proxy::Proxy;
 use crate::proxy::ProxyBuildError;
 use crate::telemetry::metrics;
-
-/// Liveness and readiness, shared with the admin listener.
-#[derive(Debug, Default)]
-pub struct Health {
-    draining: AtomicBool,
-}
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,15 +62,6 @@ pub enum Drained {
     Clean,
     /// The grace period ran out; remaining connections were dropped.
     DeadlineExceeded,
-}
-
-// === impl Health ===
-
-impl Health {
-    /// Ready to take traffic (config loaded, not draining).
-    pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-    }
 }
 
 // === impl Server ===
@@ -163,7 +150,7 @@ impl Server {
             grace_s = self.config.server.shutdown_grace.as_secs_f64(),
             "shutdown: no longer accepting; draining in-flight requests"
         );
-        self.health.draining.store(true, Ordering::Relaxed);
+        self.health.drain();
         let _ = stop_tx.send(true);
 
         let grace = self.config.server.shutdown_grace;

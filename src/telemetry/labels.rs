@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-/// The value reported once a label has seen its maximum of distinct values.
-pub const OTHER: &str = "other";
+pub use super::series::OTHER;
 
 /// The capped label sets traffic can grow: agents, models, tools and error types.
 #[derive(Debug)]

@@ -16,8 +16,6 @@ use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
 };
 
-use super::labels::OTHER;
-
 /// Recordings whose label set was folded into `other` because its metric had
 /// [`max_series`] label sets already.
 pub const SERIES_FOLDED_TOTAL: &str = "tokenwarden_metric_series_folded_total";
@@ -33,6 +31,9 @@ const TRAFFIC_LABELS: &[&str] = &[
 ];
 
 pub use crate::config::DEFAULT_MAX_SERIES;
+
+/// The value reported once a label has seen its maximum of distinct values.
+pub const OTHER: &str = "other";
 
 static MAX_SERIES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_SERIES);
 

@@ -26,6 +26,7 @@ use crate::telemetry::metrics as m;
 
 use batch::{Batch, Preamble};
 use queue::SpanQueue;
+pub use transport::ExporterError;
 use transport::Transport;
 
 /// Spans waiting for export before new ones are dropped (`OTEL_BSP_MAX_QUEUE_SIZE`).
@@ -41,11 +42,6 @@ const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest pause between export attempts while the collector fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// The exporter could not be built from the config.
-#[derive(Debug, thiserror::Error)]
-#[error("OTLP exporter: {0}")]
-pub struct ExporterError(String);
 
 /// Sends finished spans to the export task; cheap to clone.
 #[derive(Debug, Clone)]

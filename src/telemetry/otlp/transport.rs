@@ -24,9 +24,13 @@ use std::path::PathBuf;
 use percent_encoding::percent_decode_str;
 
 use super::batch::Batch;
-use super::ExporterError;
 use crate::config::{OtlpConfig, OtlpProtocol};
 use crate::http_client::{add_pem, client_tls};
+
+/// The exporter could not be built from the config.
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP exporter: {0}")]
+pub struct ExporterError(pub(super) String);
 
 /// The gRPC method every OTLP trace export calls.
 const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";

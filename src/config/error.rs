@@ -1,0 +1,50 @@
+//! [`ConfigError`]: why a configuration could not be used.
+
+use std::path::PathBuf;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// YAML syntax, an unknown key or a wrongly typed value; the message carries line and column.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// File name, or `<inline>`.
+        origin: String,
+        /// serde-saphyr's message, with line, column and a snippet.
+        message: String,
+    },
+    /// The file parsed but a value is unusable.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        /// File name, or `<inline>`.
+        origin: String,
+        /// Dotted path of the offending key, e.g. `routes[1].upstream`.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+// === impl ConfigError ===
+
+impl ConfigError {
+    /// The error, naming `origin` (the file) as where the value came from.
+    pub(super) fn with_origin(self, origin: &str) -> Self {
+        match self {
+            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+                origin: origin.to_string(),
+                key,
+                message,
+            },
+            other => other,
+        }
+    }
+}

@@ -12,5 +12,5 @@ if ! cargo modules --version >/dev/null 2>&1; then
 fi
 dot=$(mktemp)
 trap 'rm -f "$dot"' EXIT
-cargo modules dependencies --lib --no-externs --no-sysroot >"$dot"
+cargo modules dependencies --package tokenwarden --lib --no-externs --no-sysroot >"$dot"
 python3 scripts/module-cycles.py "$dot"

@@ -1,5 +1,11 @@
 //! What the request says about the call before it goes upstream: which response format to
-//! expect, the requested model and whether a stream was asked for.
+//! expect, the requested model and whether a stream was asked for — the generic reading, which
+//! asks the format's [`Adapter`](super::Adapter) where formats differ (model and stream from the
+//! path, the stream default, tool shapes, the cap field, the stream usage rewrite).
+//!
+//! The body is parsed once, into the union of the fields the formats name (output caps, the
+//! end-user field, `stream_options`); each is read whatever the format, as compatible servers
+//! and gateways mix them.
 
 use std::borrow::Cow;
 
@@ -7,9 +13,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::format::Format;
-use crate::config::Protocol;
-
 use super::protocol::Classified;
+use super::registry::format_for;
 
 /// Facts read from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,22 +148,6 @@ pub fn inspect(
     })
 }
 
-/// The response format of a classified call, when tokenwarden reads it.
-fn format_for(class: &Classified, path: &str) -> Option<Format> {
-    match (class.protocol, class.operation) {
-        (_, "other" | "count_tokens") => None,
-        (Protocol::Anthropic, "chat") => Some(Format::Anthropic),
-        (Protocol::Gemini, "generate_content") => Some(Format::Gemini),
-        (Protocol::Ollama, "chat" | "text_completion") => Some(Format::Ollama),
-        (Protocol::Openai | Protocol::Auto, _) if path.ends_with("/responses") => {
-            Some(Format::OpenAiResponses)
-        }
-        // Chat, legacy completions and embeddings share the usage object.
-        (Protocol::Openai | Protocol::Auto, _) => Some(Format::OpenAiChat),
-        _ => None,
-    }
-}
-
 /// The request rewritten to ask for usage in its stream, when it is a stream that states none
 /// unless asked (an OpenAI chat stream without `stream_options.include_usage`).
 pub fn ask_stream_usage(facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
@@ -235,6 +224,7 @@ pub(super) fn clamp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Protocol;
     use crate::providers::protocol::classify;
     use serde_json::json;
 

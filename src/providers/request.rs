@@ -13,8 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::format::Format;
-use super::protocol::Classified;
-use super::registry::format_for;
+use super::protocol::{format_for, Classified};
 
 /// Facts read from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

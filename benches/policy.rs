@@ -113,7 +113,7 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.bench_function("estimate_input_20_tools", |b| {
-        b.iter(|| tokenwarden::tokens::estimate_input(facts.format, black_box(&body)))
+        b.iter(|| tokenwarden::providers::estimate_input(facts.format, black_box(&body)))
     });
     g.bench_function("loop_hash_20_tools", |b| {
         let doc: Value = serde_json::from_slice(&body).unwrap();

@@ -358,7 +358,7 @@ async fn sixty_four_spread_out_calls_through_two_proxies_stay_within_the_stated_
     let body = format!(
         r#"{{"model":"gpt-4o-mini","max_tokens":{M},"messages":[{{"role":"user","content":"how far can a budget stretch?"}}]}}"#
     );
-    let e = tokenwarden::tokens::estimate_input(
+    let e = tokenwarden::providers::estimate_input(
         tokenwarden::providers::Format::OpenAiChat,
         body.as_bytes(),
     );

@@ -260,7 +260,7 @@ fn estimates_track_the_stated_usage() {
         }
         let request =
             std::fs::read(format!("{DIR}/{}", raw["request_file"].as_str().unwrap())).unwrap();
-        let est_in = tokenwarden::tokens::estimate_input(case.format, &request);
+        let est_in = tokenwarden::providers::estimate_input(case.format, &request);
         let mut p = ResponseParser::new(case.format, case.stream, 8 * 1024 * 1024);
         p.feed(&case.body);
         let (_, sample) = p.finish_with_sample();

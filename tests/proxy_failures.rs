@@ -443,7 +443,7 @@ async fn a_first_byte_timeout_charges_the_tokenized_input_counts_it_and_says_so_
     )
     .await;
     assert_eq!(r.status(), 504);
-    let expected = tokenwarden::tokens::estimate_input(
+    let expected = tokenwarden::providers::estimate_input(
         tokenwarden::providers::Format::OpenAiChat,
         CHAT.as_bytes(),
     );

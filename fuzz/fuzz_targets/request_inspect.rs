@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tokenwarden::config::Protocol;
-use tokenwarden::providers::request::{inspect, with_include_usage};
+use tokenwarden::providers::openai_chat::with_include_usage;
+use tokenwarden::providers::request::inspect;
 use tokenwarden::providers::protocol::classify;
 
 fuzz_target!(|data: &[u8]| {

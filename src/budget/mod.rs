@@ -142,7 +142,7 @@ pub struct Spent {
 /// Input tokens estimated from a request body (the o200k tokenizer count of its text plus
 /// per-message framing; see [`crate::tokens`]).
 pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
-    crate::tokens::estimate_input(format, body)
+    crate::providers::estimate_input(format, body)
 }
 
 /// An upper bound of [`estimate_input`] that needs no parsing: a token is at least one byte of

@@ -1,10 +1,9 @@
-//! Request-content rules: forbidden input patterns and the cap on requested output tokens.
+//! Request-content rules: forbidden input patterns.
 
 use regex::{RegexSet, RegexSetBuilder};
 use serde_json::Value;
 
 use crate::config::ForbiddenPattern;
-use crate::providers::Format;
 
 /// Keys whose subtrees are request content (the conversation, not settings or tool schemas).
 const CONTENT_KEYS: [&str; 7] = [
@@ -91,73 +90,6 @@ fn walk_strings(v: &Value, f: &mut impl FnMut(&str)) {
     }
 }
 
-/// What the `max_tokens` cap did to a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Capped {
-    /// At or under the cap: unchanged.
-    Within,
-    /// Over the cap: rewritten to it.
-    Clamped,
-    /// No value set: the cap was added.
-    Added,
-}
-
-/// Rewrite every output-token field of the request above `limit` to `limit`; with none set, add
-/// the format's field. `requested` is what inspection read.
-pub fn clamp(doc: &mut Value, format: Format, requested: Option<u64>, limit: u64) -> Capped {
-    let Some(obj) = doc.as_object_mut() else {
-        return Capped::Within;
-    };
-    if requested.is_some_and(|r| r <= limit) {
-        return Capped::Within;
-    }
-    let over = |v: &Value| v.as_u64().is_none_or(|n| n > limit);
-    let mut changed = false;
-    for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
-        if let Some(v) = obj.get_mut(key).filter(|v| over(v)) {
-            *v = Value::from(limit);
-            changed = true;
-        }
-    }
-    for (outer, inner) in [
-        ("generationConfig", "maxOutputTokens"),
-        ("options", "num_predict"),
-    ] {
-        if let Some(v) = obj
-            .get_mut(outer)
-            .and_then(|o| o.get_mut(inner))
-            .filter(|v| over(v))
-        {
-            *v = Value::from(limit);
-            changed = true;
-        }
-    }
-    if changed {
-        return Capped::Clamped;
-    }
-    let (outer, key) = match format {
-        Format::OpenAiChat => (None, "max_completion_tokens"),
-        Format::OpenAiResponses => (None, "max_output_tokens"),
-        Format::Anthropic => (None, "max_tokens"),
-        Format::Gemini => (Some("generationConfig"), "maxOutputTokens"),
-        Format::Ollama => (Some("options"), "num_predict"),
-    };
-    let target = match outer {
-        None => Some(obj),
-        Some(o) => obj
-            .entry(o)
-            .or_insert_with(|| Value::Object(serde_json::Map::new()))
-            .as_object_mut(),
-    };
-    match target {
-        Some(t) => {
-            t.insert(key.into(), Value::from(limit));
-            Capped::Added
-        }
-        None => Capped::Within,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,29 +134,5 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.0, 1);
         assert!(ForbiddenInput::new(&[]).unwrap().is_empty());
-    }
-
-    #[test]
-    fn clamps_adds_or_leaves() {
-        let mut d = json!({"max_tokens": 9000});
-        assert_eq!(
-            clamp(&mut d, Format::Anthropic, Some(9000), 1000),
-            Capped::Clamped
-        );
-        assert_eq!(d["max_tokens"], 1000);
-        let mut d = json!({"max_tokens": 10});
-        assert_eq!(
-            clamp(&mut d, Format::Anthropic, Some(10), 1000),
-            Capped::Within
-        );
-        let mut d = json!({"messages": []});
-        assert_eq!(clamp(&mut d, Format::OpenAiChat, None, 1000), Capped::Added);
-        assert_eq!(d["max_completion_tokens"], 1000);
-        let mut d = json!({"contents": []});
-        assert_eq!(clamp(&mut d, Format::Gemini, None, 5), Capped::Added);
-        assert_eq!(d["generationConfig"]["maxOutputTokens"], 5);
-        let mut d = json!({"options": {"num_predict": -1}});
-        assert_eq!(clamp(&mut d, Format::Ollama, None, 5), Capped::Clamped);
-        assert_eq!(d["options"]["num_predict"], 5);
     }
 }

@@ -20,15 +20,13 @@
 mod context;
 mod input;
 mod loops;
-mod tool_results;
 mod tools;
 mod validate;
 
 pub use context::ModelCatalog;
-pub use input::{clamp, Capped, ForbiddenInput};
+pub use input::ForbiddenInput;
 pub use loops::{request_hash, LoopTracker};
-pub use tool_results::{reported, ToolResult};
-pub use tools::{strip_declared, ToolRules};
+pub use tools::ToolRules;
 pub use validate::{check_calls, Finding};
 
 use std::collections::HashMap;
@@ -45,7 +43,7 @@ use crate::config::{
     AgentPolicy, CapAction, Config, DeclaredToolAction, Enforcement, LoopDetection, MaxTokensCap,
 };
 use crate::providers::request::{DeclaredTool, RequestFacts};
-use crate::providers::ToolCall;
+use crate::providers::{Capped, ToolCall, ToolResult};
 use crate::record::{CallLabels, PolicyViolation};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
@@ -428,6 +426,7 @@ impl Policies {
             _ => None,
         };
         let mut dirty = false;
+        let adapter = facts.format.adapter();
 
         if rules.tools.restricts() {
             if let Some(bad) = facts.tools.iter().find(|t| !rules.tools.permits(&t.name)) {
@@ -445,7 +444,7 @@ impl Policies {
                     DeclaredToolAction::Strip => {
                         flag(&mut violations, PolicyViolation::DeniedTool);
                         if let Some(d) = doc.as_mut() {
-                            strip_declared(d, |n| rules.tools.permits(n));
+                            adapter.strip_tools(d, &|n| rules.tools.permits(n));
                             dirty = true;
                         }
                         facts.tools.retain(|t| rules.tools.permits(&t.name));
@@ -481,7 +480,7 @@ impl Policies {
                 ));
             }
             if let Some(d) = doc.as_mut() {
-                if clamp(d, facts.format, facts.max_tokens, cap.limit) != Capped::Within {
+                if adapter.clamp_max_tokens(d, facts.max_tokens, cap.limit) != Capped::Within {
                     if over.is_some() {
                         flag(&mut violations, PolicyViolation::MaxTokens);
                     }
@@ -510,7 +509,7 @@ impl Policies {
         }
 
         if let Some(d) = doc.as_ref() {
-            pending.tool_results = reported(d, facts.format, &rules.tool_error_markers);
+            pending.tool_results = adapter.tool_results(d, &rules.tool_error_markers);
         }
 
         if let Some(model) = facts.model.as_deref() {
@@ -672,7 +671,7 @@ fn context_estimate(
     if cheap.saturating_add(output).saturating_mul(2) < window {
         return cheap;
     }
-    crate::tokens::estimate_input(format, body)
+    crate::providers::estimate_input(format, body)
 }
 
 #[cfg(test)]

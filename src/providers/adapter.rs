@@ -1,13 +1,25 @@
 //! [`Adapter`]: everything one provider format means, behind one trait. The rest of the proxy
 //! asks a call's [`Format`](super::Format) for its adapter ([`Format::adapter`](super::Format::adapter))
 //! and never matches on the format itself.
+//!
+//! Methods with a default body are the rules every format shares today (the request fields and
+//! tool shapes read whatever format names them, as compatible servers mix them); a format
+//! overrides one where it differs.
 
 use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value};
 
+use super::request::{self, Capped, DeclaredTool, RequestFacts};
+use super::shape;
+use super::text;
+use super::tools::{self, ToolResult};
 use super::usage::ResponseRecord;
+use crate::tokens::RequestText;
 
 /// One provider format's reading of requests and responses.
 pub trait Adapter: Sync {
+    // --- response side ---
+
     /// A fresh reader for one streamed response (SSE events, or NDJSON lines for formats that
     /// stream NDJSON).
     fn stream(&self) -> Box<dyn StreamReader>;
@@ -27,6 +39,75 @@ pub trait Adapter: Sync {
     /// behalf (see [`crate::body::StripUsage`]); `None` when the format needs none.
     fn usage_hider(&self) -> Option<EventRewrite> {
         None
+    }
+
+    // --- request side ---
+
+    /// The model a request on `path` names; `body_model` is its body's `model`. By default the
+    /// body's, else an Azure deployment's name in the path.
+    fn requested_model(&self, path: &str, body_model: Option<&str>) -> Option<String> {
+        body_model
+            .or_else(|| shape::azure_deployment(path))
+            .map(str::to_string)
+    }
+
+    /// Whether a request on `path` with `query` asked for a stream; `body_stream` is its body's
+    /// `stream`. By default only when the body says so.
+    fn requested_stream(&self, path: &str, query: Option<&str>, body_stream: Option<bool>) -> bool {
+        let _ = (path, query);
+        body_stream.unwrap_or(false)
+    }
+
+    /// Where this format's output-token cap goes in a request that sets none:
+    /// `(enclosing object, key)`.
+    fn max_tokens_field(&self) -> (Option<&'static str>, &'static str);
+
+    /// Rewrite every output-token field of a request above `limit` to `limit`; with none set, add
+    /// this format's field ([`Adapter::max_tokens_field`]). `requested` is what inspection read.
+    fn clamp_max_tokens(&self, doc: &mut Value, requested: Option<u64>, limit: u64) -> Capped {
+        request::clamp(doc, requested, limit, self.max_tokens_field())
+    }
+
+    /// The request body rewritten to ask for usage in its stream, when this format's streams
+    /// state none unless asked. None by default.
+    fn ask_stream_usage(&self, facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
+        let _ = (facts, body);
+        None
+    }
+
+    // --- tools ---
+
+    /// The tools a request's `tools` array declares, with their JSON Schemas (any provider's
+    /// declaration shape, item by item).
+    fn declared_tools(&self, tools: &[Value]) -> Vec<DeclaredTool> {
+        tools::declared(tools)
+    }
+
+    /// Remove every declared tool `keep` refuses from a request; with none left, `tools` and
+    /// `tool_choice` go too (providers reject a choice without tools).
+    fn strip_tools(&self, doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
+        tools::strip_declared(doc, keep)
+    }
+
+    /// The tool results a request reports new in this turn; `markers` mark a free-text result
+    /// as failed.
+    fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult>;
+
+    // --- content capture ---
+
+    /// A request body's `(system instructions, input messages)` in the GenAI conventions'
+    /// shapes.
+    fn input_messages(&self, body: &Map<String, Value>) -> (Option<Value>, Option<Value>);
+
+    /// The output text in one JSON response body or stream event, by choice index.
+    fn output_text(&self, v: &Value, add: &mut dyn FnMut(usize, &str));
+
+    // --- token text ---
+
+    /// The text of a request body as a tokenizer should see it (any JSON body; non-JSON bodies
+    /// are text).
+    fn request_text(&self, body: &[u8]) -> RequestText {
+        text::request_text(body)
     }
 }
 

@@ -219,7 +219,7 @@ impl OutputSample {
         if self.kept == 0 {
             return 0;
         }
-        let counted = crate::tokens::count(&crate::tokens::output_text(&self.bytes));
+        let counted = crate::tokens::count(&super::text::output_text(&self.bytes));
         (counted * self.events).div_ceil(self.kept)
     }
 }

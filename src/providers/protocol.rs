@@ -3,6 +3,7 @@
 //! This is the coarse classification the proxy needs before any body is parsed: the error shape
 //! to answer in, and the provider and operation labels for metrics.
 
+use super::format::Format;
 use crate::config::Protocol;
 
 /// The JSON error shape a route's clients understand.
@@ -168,6 +169,22 @@ fn openai_operation(path: &str) -> &'static str {
         "text_completion"
     } else {
         "other"
+    }
+}
+
+/// The response format of a classified call, when tokenwarden reads it.
+pub(super) fn format_for(class: &Classified, path: &str) -> Option<Format> {
+    match (class.protocol, class.operation) {
+        (_, "other" | "count_tokens") => None,
+        (Protocol::Anthropic, "chat") => Some(Format::Anthropic),
+        (Protocol::Gemini, "generate_content") => Some(Format::Gemini),
+        (Protocol::Ollama, "chat" | "text_completion") => Some(Format::Ollama),
+        (Protocol::Openai | Protocol::Auto, _) if path.ends_with("/responses") => {
+            Some(Format::OpenAiResponses)
+        }
+        // Chat, legacy completions and embeddings share the usage object.
+        (Protocol::Openai | Protocol::Auto, _) => Some(Format::OpenAiChat),
+        _ => None,
     }
 }
 

@@ -1,14 +1,19 @@
 //! What the request says about the call before it goes upstream: which response format to
-//! expect, the requested model and whether a stream was asked for.
+//! expect, the requested model and whether a stream was asked for — the generic reading, which
+//! asks the format's [`Adapter`](super::Adapter) where formats differ (model and stream from the
+//! path, the stream default, tool shapes, the cap field, the stream usage rewrite).
+//!
+//! The body is parsed once, into the union of the fields the formats name (output caps, the
+//! end-user field, `stream_options`); each is read whatever the format, as compatible servers
+//! and gateways mix them.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::format::Format;
-use crate::config::Protocol;
-
-use super::protocol::Classified;
+use super::protocol::{format_for, Classified};
 
 /// Facts read from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,28 +107,14 @@ pub fn inspect(
         Some(b'{') => serde_json::from_slice::<Body<'_>>(body).ok(),
         _ => None,
     };
-    let mut model = parsed
-        .as_ref()
-        .and_then(|b| b.model.as_deref())
-        .map(str::to_string);
-    let mut stream = parsed.as_ref().and_then(|b| b.stream).unwrap_or(false);
+    let adapter = format.adapter();
+    let model = adapter.requested_model(path, parsed.as_ref().and_then(|b| b.model.as_deref()));
+    let stream = adapter.requested_stream(path, query, parsed.as_ref().and_then(|b| b.stream));
     let include_usage = parsed
         .as_ref()
         .and_then(|b| b.stream_options.as_ref())
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    if format == Format::Gemini {
-        model = gemini_model(path).map(str::to_string);
-        stream = path.contains(":streamGenerateContent")
-            && query.is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"));
-    }
-    if format == Format::Ollama {
-        // Ollama streams unless told not to.
-        stream = parsed.as_ref().and_then(|b| b.stream).unwrap_or(true);
-    }
-    if model.is_none() {
-        model = azure_deployment(path).map(str::to_string);
-    }
     let max_tokens = parsed.as_ref().and_then(|b| {
         b.max_tokens
             .or(b.max_completion_tokens)
@@ -137,7 +128,7 @@ pub fn inspect(
     let tools = parsed
         .as_ref()
         .and_then(|b| b.tools.as_deref())
-        .map(declared_tools)
+        .map(|t| adapter.declared_tools(t))
         .unwrap_or_default();
     let user = parsed.as_ref().and_then(|b| {
         b.user
@@ -156,104 +147,85 @@ pub fn inspect(
     })
 }
 
-/// The response format of a classified call, when tokenwarden reads it.
-fn format_for(class: &Classified, path: &str) -> Option<Format> {
-    match (class.protocol, class.operation) {
-        (_, "other" | "count_tokens") => None,
-        (Protocol::Anthropic, "chat") => Some(Format::Anthropic),
-        (Protocol::Gemini, "generate_content") => Some(Format::Gemini),
-        (Protocol::Ollama, "chat" | "text_completion") => Some(Format::Ollama),
-        (Protocol::Openai | Protocol::Auto, _) if path.ends_with("/responses") => {
-            Some(Format::OpenAiResponses)
-        }
-        // Chat, legacy completions and embeddings share the usage object.
-        (Protocol::Openai | Protocol::Auto, _) => Some(Format::OpenAiChat),
-        _ => None,
-    }
-}
-
-/// Tool declarations in any provider's shape: OpenAI chat / Ollama `{"type":"function",
-/// "function":{name, parameters}}`, Responses `{"type":"function", name, parameters}`,
-/// Anthropic `{name, input_schema}`, Gemini `{"functionDeclarations":[{name, parameters}]}`.
-fn declared_tools(tools: &[serde_json::Value]) -> Vec<DeclaredTool> {
-    let mut out = Vec::new();
-    let mut push = |t: &serde_json::Value, schema_key: &str| {
-        if let Some(name) = t.get("name").and_then(|n| n.as_str()) {
-            out.push(DeclaredTool {
-                name: name.to_string(),
-                schema: t
-                    .get(schema_key)
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null),
-            });
-        }
-    };
-    for t in tools {
-        if let Some(f) = t.get("function") {
-            push(f, "parameters");
-        } else if let Some(decls) = t.get("functionDeclarations").and_then(|d| d.as_array()) {
-            for d in decls {
-                push(d, "parameters");
-            }
-        } else if t.get("input_schema").is_some() {
-            push(t, "input_schema");
-        } else {
-            push(t, "parameters");
-        }
-    }
-    out
-}
-
 /// The request rewritten to ask for usage in its stream, when it is a stream that states none
 /// unless asked (an OpenAI chat stream without `stream_options.include_usage`).
 pub fn ask_stream_usage(facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
-    if facts.format == Format::OpenAiChat && facts.stream && !facts.include_usage {
-        with_include_usage(body)
-    } else {
-        None
-    }
+    facts.format.adapter().ask_stream_usage(facts, body)
 }
 
-/// The request body with `stream_options.include_usage` set to true, for an OpenAI chat stream
-/// whose client did not ask for usage. The common case (no `stream_options`) inserts the field
-/// after the opening brace and leaves every other byte as sent.
-pub fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
-    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object()?;
-    if !obj.contains_key("stream_options") {
-        let sep = if obj.is_empty() { "" } else { "," };
-        let mut out = Vec::with_capacity(body.len() + 40);
-        out.extend_from_slice(&body[..=start]);
-        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
-        out.extend_from_slice(sep.as_bytes());
-        out.extend_from_slice(&body[start + 1..]);
-        return Some(out);
-    }
-    let mut v = v;
-    let so = v.as_object_mut()?.get_mut("stream_options")?;
-    if !so.is_object() {
-        *so = serde_json::Value::Object(serde_json::Map::new());
-    }
-    so.as_object_mut()?
-        .insert("include_usage".into(), serde_json::Value::Bool(true));
-    serde_json::to_vec(&v).ok()
+/// What the `max_tokens` cap did to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capped {
+    /// At or under the cap: unchanged.
+    Within,
+    /// Over the cap: rewritten to it.
+    Clamped,
+    /// No value set: the cap was added.
+    Added,
 }
 
-fn gemini_model(path: &str) -> Option<&str> {
-    let after = &path[path.find("/models/")? + "/models/".len()..];
-    Some(after.split(':').next().unwrap_or(after)).filter(|m| !m.is_empty())
-}
-
-fn azure_deployment(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/openai/deployments/")?;
-    rest.split('/').next().filter(|d| !d.is_empty())
+/// Rewrite every output-token field of the request above `limit` to `limit` (whichever format
+/// names it, the fields [`inspect`] reads); with none set, add `field`, the format's
+/// `(enclosing object, key)`. `requested` is what inspection read.
+pub(super) fn clamp(
+    doc: &mut Value,
+    requested: Option<u64>,
+    limit: u64,
+    field: (Option<&'static str>, &'static str),
+) -> Capped {
+    let Some(obj) = doc.as_object_mut() else {
+        return Capped::Within;
+    };
+    if requested.is_some_and(|r| r <= limit) {
+        return Capped::Within;
+    }
+    let over = |v: &Value| v.as_u64().is_none_or(|n| n > limit);
+    let mut changed = false;
+    for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+        if let Some(v) = obj.get_mut(key).filter(|v| over(v)) {
+            *v = Value::from(limit);
+            changed = true;
+        }
+    }
+    for (outer, inner) in [
+        ("generationConfig", "maxOutputTokens"),
+        ("options", "num_predict"),
+    ] {
+        if let Some(v) = obj
+            .get_mut(outer)
+            .and_then(|o| o.get_mut(inner))
+            .filter(|v| over(v))
+        {
+            *v = Value::from(limit);
+            changed = true;
+        }
+    }
+    if changed {
+        return Capped::Clamped;
+    }
+    let (outer, key) = field;
+    let target = match outer {
+        None => Some(obj),
+        Some(o) => obj
+            .entry(o)
+            .or_insert_with(|| Value::Object(serde_json::Map::new()))
+            .as_object_mut(),
+    };
+    match target {
+        Some(t) => {
+            t.insert(key.into(), Value::from(limit));
+            Capped::Added
+        }
+        None => Capped::Within,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Protocol;
     use crate::providers::protocol::classify;
+    use serde_json::json;
 
     fn facts(path: &str, query: Option<&str>, body: &str) -> Option<RequestFacts> {
         inspect(
@@ -307,23 +279,7 @@ mod tests {
     }
 
     #[test]
-    fn include_usage_is_added_with_the_rest_untouched() {
-        let body = br#" {"model":"m", "stream":true,"messages":[]}"#;
-        let out = with_include_usage(body).unwrap();
-        assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
-            r#" {"stream_options":{"include_usage":true},"model":"m", "stream":true,"messages":[]}"#
-        );
-        let out = with_include_usage(
-            br#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
-        )
-        .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(
-            v["stream_options"],
-            serde_json::json!({"include_usage": true, "x": 1})
-        );
-        assert!(with_include_usage(b"[1]").is_none());
+    fn include_usage_is_read() {
         let f = facts(
             "/v1/chat/completions",
             None,
@@ -381,5 +337,36 @@ mod tests {
     fn non_json_bodies_are_not_an_error() {
         let f = facts("/v1/chat/completions", None, "not json").unwrap();
         assert_eq!(f.model, None);
+    }
+
+    fn clamp_in(d: &mut Value, format: Format, requested: Option<u64>, limit: u64) -> Capped {
+        format.adapter().clamp_max_tokens(d, requested, limit)
+    }
+
+    #[test]
+    fn clamps_adds_or_leaves() {
+        let mut d = json!({"max_tokens": 9000});
+        assert_eq!(
+            clamp_in(&mut d, Format::Anthropic, Some(9000), 1000),
+            Capped::Clamped
+        );
+        assert_eq!(d["max_tokens"], 1000);
+        let mut d = json!({"max_tokens": 10});
+        assert_eq!(
+            clamp_in(&mut d, Format::Anthropic, Some(10), 1000),
+            Capped::Within
+        );
+        let mut d = json!({"messages": []});
+        assert_eq!(
+            clamp_in(&mut d, Format::OpenAiChat, None, 1000),
+            Capped::Added
+        );
+        assert_eq!(d["max_completion_tokens"], 1000);
+        let mut d = json!({"contents": []});
+        assert_eq!(clamp_in(&mut d, Format::Gemini, None, 5), Capped::Added);
+        assert_eq!(d["generationConfig"]["maxOutputTokens"], 5);
+        let mut d = json!({"options": {"num_predict": -1}});
+        assert_eq!(clamp_in(&mut d, Format::Ollama, None, 5), Capped::Clamped);
+        assert_eq!(d["options"]["num_predict"], 5);
     }
 }

@@ -31,6 +31,13 @@ pub(super) fn set_once(slot: &mut Option<String>, value: Option<&str>) {
     }
 }
 
+/// The deployment an Azure OpenAI path names (`/openai/deployments/{name}/...`): the model a
+/// request names when its body does not (read for every format, as before).
+pub(super) fn azure_deployment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/openai/deployments/")?;
+    rest.split('/').next().filter(|d| !d.is_empty())
+}
+
 /// `value` unless it is empty.
 pub(super) fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())

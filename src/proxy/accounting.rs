@@ -273,7 +273,7 @@ impl LlmCall {
             // past it, so this is the client's share plus at most one upstream write.
             record.usage.output = Some(record.usage.output.unwrap_or(0).max(tokens));
             if record.usage.input.is_none() {
-                record.usage.input = Some(crate::tokens::estimate_input(
+                record.usage.input = Some(crate::providers::estimate_input(
                     self.facts.format,
                     &self.request_body,
                 ));
@@ -286,7 +286,7 @@ impl LlmCall {
                 UsageSource::Provider
             }
         } else if parsed && billable(&record, ending) {
-            record.usage.input = Some(crate::tokens::estimate_input(
+            record.usage.input = Some(crate::providers::estimate_input(
                 self.facts.format,
                 &self.request_body,
             ));
@@ -294,7 +294,7 @@ impl LlmCall {
             UsageSource::Estimated
         } else if ending.unanswered {
             // Counted (and charged) as its tokenized input, the same way whichever failure it was.
-            record.usage.input = Some(crate::tokens::estimate_input(
+            record.usage.input = Some(crate::providers::estimate_input(
                 self.facts.format,
                 &self.request_body,
             ));
@@ -389,7 +389,7 @@ impl CutWatch {
     /// when it carried output.
     fn event(&mut self, end: usize, output: Option<&[u8]>) {
         if let Some(data) = output {
-            let tokens = crate::tokens::count(&crate::tokens::output_text(data)).max(1);
+            let tokens = crate::tokens::count(&crate::providers::output_text(data)).max(1);
             if self.tokens + tokens > self.signal.after() {
                 // This event would go over: the client gets everything before it.
                 self.signal.cut_at(CutPoint {

@@ -9,10 +9,11 @@
 use bytes::Bytes;
 use http::HeaderMap;
 use regex::Regex;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use crate::providers::genai::{arguments, text_part};
 use crate::providers::request::DeclaredTool;
-use crate::providers::{Format, ResponseRecord};
+use crate::providers::{Adapter, Format, ResponseRecord};
 use crate::sse::{NdjsonDecoder, NdjsonItem, SseDecoder, SseItem};
 
 /// What replaces redacted text.
@@ -87,7 +88,11 @@ impl ContentPolicy {
         failed: bool,
     ) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        let (system, input) = input_messages(format, &captured.request);
+        let adapter = format.adapter();
+        let (system, input) = match serde_json::from_slice::<Value>(&captured.request) {
+            Ok(Value::Object(b)) => adapter.input_messages(&b),
+            _ => (None, None),
+        };
         let mut push = |key: &'static str, mut v: Value| {
             self.redact_value(&mut v, &captured.secrets);
             out.push((key, fit(v, self.max_bytes)));
@@ -106,7 +111,7 @@ impl ContentPolicy {
             push("gen_ai.tool.definitions", Value::Array(defs));
         }
         if captured.readable {
-            let texts = output_texts(format, captured);
+            let texts = output_texts(adapter, captured);
             push(
                 "gen_ai.output.messages",
                 output_messages(texts, record, failed),
@@ -187,213 +192,8 @@ impl Captured {
     }
 }
 
-/// `(system instructions, input messages)` in the conventions' shapes.
-fn input_messages(format: Format, body: &[u8]) -> (Option<Value>, Option<Value>) {
-    let Ok(Value::Object(b)) = serde_json::from_slice::<Value>(body) else {
-        return (None, None);
-    };
-    match format {
-        Format::OpenAiChat | Format::Ollama => {
-            let mut msgs: Vec<Value> = b
-                .get("messages")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().map(openai_message).collect())
-                .unwrap_or_default();
-            // Ollama /api/generate: a bare prompt, and system outside the history.
-            if let Some(p) = b.get("prompt").and_then(Value::as_str) {
-                msgs.push(json!({"role": "user", "parts": [text_part(p)]}));
-            }
-            let system = b
-                .get("system")
-                .and_then(Value::as_str)
-                .map(|s| json!([text_part(s)]));
-            (system, (!msgs.is_empty()).then_some(Value::Array(msgs)))
-        }
-        Format::Anthropic => {
-            let system = match b.get("system") {
-                Some(Value::String(s)) => Some(json!([text_part(s)])),
-                Some(Value::Array(blocks)) => Some(Value::Array(
-                    blocks.iter().filter_map(anthropic_part).collect(),
-                )),
-                _ => None,
-            };
-            let msgs = b.get("messages").and_then(Value::as_array).map(|a| {
-                a.iter()
-                    .map(|m| {
-                        let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-                        let parts = match m.get("content") {
-                            Some(Value::String(s)) => vec![text_part(s)],
-                            Some(Value::Array(blocks)) => {
-                                blocks.iter().filter_map(anthropic_part).collect()
-                            }
-                            _ => Vec::new(),
-                        };
-                        json!({"role": role, "parts": parts})
-                    })
-                    .collect::<Vec<_>>()
-            });
-            (system, msgs.map(Value::Array))
-        }
-        Format::Gemini => {
-            let system = b
-                .get("systemInstruction")
-                .or_else(|| b.get("system_instruction"))
-                .and_then(|s| s.get("parts"))
-                .and_then(Value::as_array)
-                .map(|p| Value::Array(p.iter().filter_map(gemini_part).collect()));
-            let msgs = b.get("contents").and_then(Value::as_array).map(|a| {
-                a.iter()
-                    .map(|c| {
-                        let role = match c.get("role").and_then(Value::as_str) {
-                            Some("model") => "assistant",
-                            Some(r) => r,
-                            None => "user",
-                        };
-                        let parts: Vec<Value> = c
-                            .get("parts")
-                            .and_then(Value::as_array)
-                            .map(|p| p.iter().filter_map(gemini_part).collect())
-                            .unwrap_or_default();
-                        json!({"role": role, "parts": parts})
-                    })
-                    .collect::<Vec<_>>()
-            });
-            (system, msgs.map(Value::Array))
-        }
-        Format::OpenAiResponses => {
-            let system = b
-                .get("instructions")
-                .and_then(Value::as_str)
-                .map(|s| json!([text_part(s)]));
-            let msgs = match b.get("input") {
-                Some(Value::String(s)) => {
-                    Some(vec![json!({"role": "user", "parts": [text_part(s)]})])
-                }
-                Some(Value::Array(items)) => Some(items.iter().map(responses_item).collect()),
-                _ => None,
-            };
-            (system, msgs.map(Value::Array))
-        }
-    }
-}
-
-fn text_part(s: &str) -> Value {
-    json!({"type": "text", "content": s})
-}
-
-/// A tool call's arguments as an object when they parse, else the string.
-fn arguments(raw: &str) -> Value {
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
-}
-
-fn openai_message(m: &Value) -> Value {
-    let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
-    let mut parts = Vec::new();
-    if role == "tool" {
-        let mut p = Map::new();
-        p.insert("type".into(), "tool_call_response".into());
-        if let Some(id) = m.get("tool_call_id") {
-            p.insert("id".into(), id.clone());
-        }
-        p.insert(
-            "response".into(),
-            m.get("content").cloned().unwrap_or(Value::Null),
-        );
-        parts.push(Value::Object(p));
-    } else {
-        match m.get("content") {
-            Some(Value::String(s)) => parts.push(text_part(s)),
-            Some(Value::Array(a)) => {
-                for p in a {
-                    match p.get("type").and_then(Value::as_str) {
-                        Some("text") | Some("input_text") => {
-                            if let Some(t) = p.get("text").and_then(Value::as_str) {
-                                parts.push(text_part(t));
-                            }
-                        }
-                        Some(other) => parts.push(json!({"type": other})),
-                        None => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-        for call in m
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let f = call.get("function");
-            parts.push(json!({
-                "type": "tool_call",
-                "id": call.get("id").cloned().unwrap_or(Value::Null),
-                "name": f.and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null),
-                "arguments": f
-                    .and_then(|f| f.get("arguments"))
-                    .and_then(Value::as_str)
-                    .map(arguments)
-                    .unwrap_or(Value::Null),
-            }));
-        }
-    }
-    json!({"role": role, "parts": parts})
-}
-
-fn anthropic_part(block: &Value) -> Option<Value> {
-    Some(match block.get("type").and_then(Value::as_str)? {
-        "text" => text_part(block.get("text").and_then(Value::as_str).unwrap_or("")),
-        "thinking" => json!({"type": "reasoning",
-            "content": block.get("thinking").cloned().unwrap_or(Value::Null)}),
-        "tool_use" => json!({"type": "tool_call",
-            "id": block.get("id").cloned().unwrap_or(Value::Null),
-            "name": block.get("name").cloned().unwrap_or(Value::Null),
-            "arguments": block.get("input").cloned().unwrap_or(Value::Null)}),
-        "tool_result" => json!({"type": "tool_call_response",
-            "id": block.get("tool_use_id").cloned().unwrap_or(Value::Null),
-            "response": block.get("content").cloned().unwrap_or(Value::Null)}),
-        other => json!({"type": other}),
-    })
-}
-
-fn gemini_part(p: &Value) -> Option<Value> {
-    if let Some(t) = p.get("text").and_then(Value::as_str) {
-        return Some(text_part(t));
-    }
-    if let Some(c) = p.get("functionCall") {
-        return Some(json!({"type": "tool_call",
-            "name": c.get("name").cloned().unwrap_or(Value::Null),
-            "arguments": c.get("args").cloned().unwrap_or(Value::Null)}));
-    }
-    if let Some(r) = p.get("functionResponse") {
-        return Some(json!({"type": "tool_call_response",
-            "id": r.get("name").cloned().unwrap_or(Value::Null),
-            "response": r.get("response").cloned().unwrap_or(Value::Null)}));
-    }
-    p.as_object()
-        .and_then(|o| o.keys().next())
-        .map(|k| json!({"type": k}))
-}
-
-fn responses_item(item: &Value) -> Value {
-    match item.get("type").and_then(Value::as_str) {
-        Some("function_call") => json!({"role": "assistant", "parts": [{
-            "type": "tool_call",
-            "id": item.get("call_id").cloned().unwrap_or(Value::Null),
-            "name": item.get("name").cloned().unwrap_or(Value::Null),
-            "arguments": item.get("arguments").and_then(Value::as_str).map(arguments).unwrap_or(Value::Null),
-        }]}),
-        Some("function_call_output") => json!({"role": "tool", "parts": [{
-            "type": "tool_call_response",
-            "id": item.get("call_id").cloned().unwrap_or(Value::Null),
-            "response": item.get("output").cloned().unwrap_or(Value::Null),
-        }]}),
-        _ => openai_message(item),
-    }
-}
-
 /// Output text per choice / candidate, in choice order.
-fn output_texts(format: Format, c: &Captured) -> Vec<String> {
+fn output_texts(adapter: &dyn Adapter, c: &Captured) -> Vec<String> {
     let mut texts: Vec<String> = Vec::new();
     let mut add = |i: usize, t: &str| {
         if texts.len() <= i {
@@ -401,7 +201,7 @@ fn output_texts(format: Format, c: &Captured) -> Vec<String> {
         }
         texts[i].push_str(t);
     };
-    let mut read = |v: &Value| collect_text(format, v, &mut add);
+    let mut read = |v: &Value| adapter.output_text(v, &mut add);
     if c.event_stream {
         let mut dec = SseDecoder::new(crate::record::MAX_PARSE_BYTES);
         dec.feed(&c.response, |item| {
@@ -430,108 +230,6 @@ fn output_texts(format: Format, c: &Captured) -> Vec<String> {
         }
     }
     texts
-}
-
-/// Text found in one JSON body or stream event, by choice index.
-fn collect_text(format: Format, v: &Value, add: &mut impl FnMut(usize, &str)) {
-    fn s(v: Option<&Value>) -> Option<&str> {
-        v.and_then(Value::as_str)
-    }
-    match format {
-        Format::OpenAiChat => {
-            for (n, ch) in v
-                .get("choices")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
-                let i = ch
-                    .get("index")
-                    .and_then(Value::as_u64)
-                    .map_or(n, |i| i as usize);
-                let msg = ch.get("delta").or_else(|| ch.get("message"));
-                if let Some(t) = s(msg.and_then(|m| m.get("content"))) {
-                    add(i, t);
-                }
-            }
-        }
-        Format::Anthropic => {
-            if let Some(t) = s(v.get("delta").and_then(|d| d.get("text"))) {
-                add(0, t);
-            }
-            for b in v
-                .get("content")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if b.get("type").and_then(Value::as_str) == Some("text") {
-                    add(0, s(b.get("text")).unwrap_or(""));
-                }
-            }
-        }
-        Format::Gemini => {
-            for (n, cand) in v
-                .get("candidates")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
-                let i = cand
-                    .get("index")
-                    .and_then(Value::as_u64)
-                    .map_or(n, |i| i as usize);
-                for p in cand
-                    .get("content")
-                    .and_then(|c| c.get("parts"))
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(t) = s(p.get("text")) {
-                        add(i, t);
-                    }
-                }
-            }
-        }
-        Format::OpenAiResponses => {
-            if v.get("type").and_then(Value::as_str) == Some("response.output_text.delta") {
-                if let Some(t) = s(v.get("delta")) {
-                    add(0, t);
-                }
-            }
-            // A whole response object (JSON body); stream events repeat it only at the end.
-            if v.get("object").and_then(Value::as_str) == Some("response") {
-                for item in v
-                    .get("output")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    for c in item
-                        .get("content")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        if let Some(t) = s(c.get("text")) {
-                            add(0, t);
-                        }
-                    }
-                }
-            }
-        }
-        Format::Ollama => {
-            if let Some(t) = s(v.get("message").and_then(|m| m.get("content"))) {
-                add(0, t);
-            }
-            if let Some(t) = s(v.get("response")) {
-                add(0, t);
-            }
-        }
-    }
 }
 
 /// One output message per choice: its text and its tool calls, with the finish reason.

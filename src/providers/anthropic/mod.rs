@@ -18,12 +18,17 @@
 //! and the part spent on another model is kept in [`ResponseRecord::other_models`]. Streams
 //! repeat the whole list in each `message_delta`: the last one stated is the list.
 
+mod content;
 mod ending;
 mod response;
+mod tools;
 
 pub use response::Stream;
 
+use serde_json::{Map, Value};
+
 use crate::providers::adapter::{Adapter, StreamEnding, StreamReader};
+use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
 /// The Anthropic Messages format.
@@ -40,6 +45,22 @@ impl Adapter for Anthropic {
 
     fn stream_ending(&self) -> Option<Box<dyn StreamEnding>> {
         Some(Box::<ending::MessageEnding>::default())
+    }
+
+    fn max_tokens_field(&self) -> (Option<&'static str>, &'static str) {
+        (None, "max_tokens")
+    }
+
+    fn tool_results(&self, doc: &Value, _markers: &[String]) -> Vec<ToolResult> {
+        tools::tool_results(doc)
+    }
+
+    fn input_messages(&self, body: &Map<String, Value>) -> (Option<Value>, Option<Value>) {
+        content::input_messages(body)
+    }
+
+    fn output_text(&self, v: &Value, add: &mut dyn FnMut(usize, &str)) {
+        content::output_text(v, add)
     }
 }
 

@@ -6,11 +6,18 @@
 //! `cachedContentTokenCount` (a part of `promptTokenCount`). An empty `modelVersion` or
 //! `responseId` is no value.
 
+mod content;
+mod request;
 mod response;
+mod tools;
 
 pub use response::Stream;
 
+use serde_json::{Map, Value};
+
 use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::shape::azure_deployment;
+use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
 /// The Gemini format.
@@ -23,6 +30,37 @@ impl Adapter for Gemini {
 
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {
         response::parse_json(body, r)
+    }
+
+    fn requested_model(&self, path: &str, _body_model: Option<&str>) -> Option<String> {
+        request::model(path)
+            .or_else(|| azure_deployment(path))
+            .map(str::to_string)
+    }
+
+    fn requested_stream(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        _body_stream: Option<bool>,
+    ) -> bool {
+        request::stream(path, query)
+    }
+
+    fn max_tokens_field(&self) -> (Option<&'static str>, &'static str) {
+        (Some("generationConfig"), "maxOutputTokens")
+    }
+
+    fn tool_results(&self, doc: &Value, _markers: &[String]) -> Vec<ToolResult> {
+        tools::tool_results(doc)
+    }
+
+    fn input_messages(&self, body: &Map<String, Value>) -> (Option<Value>, Option<Value>) {
+        content::input_messages(body)
+    }
+
+    fn output_text(&self, v: &Value, add: &mut dyn FnMut(usize, &str)) {
+        content::output_text(v, add)
     }
 }
 

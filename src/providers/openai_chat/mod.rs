@@ -21,13 +21,21 @@
 //!   `cache_creation_input_tokens`; one-hour writes from the `cache_creation` breakdown;
 //! - Groq's older shape states usage only in `x_groq.usage` (JSON, and the last stream chunk).
 
+pub(super) mod content;
 mod ending;
 mod hide_usage;
+mod request;
 mod response;
+pub(super) mod tools;
 
+pub use request::with_include_usage;
 pub use response::Stream;
 
+use serde_json::{Map, Value};
+
 use crate::providers::adapter::{Adapter, EventRewrite, StreamEnding, StreamReader};
+use crate::providers::request::RequestFacts;
+use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
 /// The OpenAI Chat Completions format.
@@ -48,6 +56,26 @@ impl Adapter for OpenAiChat {
 
     fn usage_hider(&self) -> Option<EventRewrite> {
         Some(hide_usage::rewrite_event)
+    }
+
+    fn max_tokens_field(&self) -> (Option<&'static str>, &'static str) {
+        (None, "max_completion_tokens")
+    }
+
+    fn ask_stream_usage(&self, facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
+        request::ask_stream_usage(facts, body)
+    }
+
+    fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult> {
+        tools::tool_results(doc, markers)
+    }
+
+    fn input_messages(&self, body: &Map<String, Value>) -> (Option<Value>, Option<Value>) {
+        content::input_messages(body)
+    }
+
+    fn output_text(&self, v: &Value, add: &mut dyn FnMut(usize, &str)) {
+        content::output_text(v, add)
     }
 }
 

@@ -6,11 +6,16 @@
 //! id is no value. Reasoning stated outside `output_tokens` (total = input + output + reasoning,
 //! xAI's shape) is added to output; OpenAI's (inside) is taken as it is.
 
+mod content;
 mod response;
+mod tools;
 
 pub use response::Stream;
 
+use serde_json::{Map, Value};
+
 use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
 /// The OpenAI Responses format.
@@ -23,6 +28,22 @@ impl Adapter for OpenAiResponses {
 
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {
         response::parse_json(body, r)
+    }
+
+    fn max_tokens_field(&self) -> (Option<&'static str>, &'static str) {
+        (None, "max_output_tokens")
+    }
+
+    fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult> {
+        tools::tool_results(doc, markers)
+    }
+
+    fn input_messages(&self, body: &Map<String, Value>) -> (Option<Value>, Option<Value>) {
+        content::input_messages(body)
+    }
+
+    fn output_text(&self, v: &Value, add: &mut dyn FnMut(usize, &str)) {
+        content::output_text(v, add)
     }
 }
 

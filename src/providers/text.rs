@@ -1,4 +1,5 @@
-//! The text of requests and responses, as a tokenizer should see it.
+//! The text of requests and responses, as a tokenizer should see it (token text), and the input
+//! estimate built on it.
 //!
 //! Provider shapes differ, but text always sits in a few well-known keys (`content`, `text`,
 //! `prompt`, `input`, `system`, `instructions`, tool `arguments` / `input`). Walking the JSON for
@@ -7,18 +8,8 @@
 
 use serde_json::Value;
 
-use crate::providers::Format;
-
-/// The text of a request.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RequestText {
-    /// Every text value, newline-separated.
-    pub text: String,
-    /// Chat messages (items with a `role`).
-    pub messages: usize,
-    /// Image, audio and file parts.
-    pub media_parts: usize,
-}
+use super::format::Format;
+use crate::tokens::RequestText;
 
 /// Keys whose string values are prompt text.
 const TEXT_KEYS: &[&str] = &[
@@ -55,9 +46,17 @@ const MEDIA_KEYS: &[&str] = &[
     "file",
 ];
 
-/// The text of a request body in `format` (any JSON body; non-JSON bodies are text).
-pub fn request_text(format: Format, body: &[u8]) -> RequestText {
-    let _ = format; // the key walk covers every format; kept for per-format refinements
+/// Estimated input tokens of a request body in `format`: its text (messages, system prompt,
+/// tool definitions, tool calls and results), framing per message, and a fixed count per media
+/// part. A body that is not JSON counts as text.
+pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
+    crate::tokens::estimate(&format.adapter().request_text(body))
+}
+
+/// The text of a request body (any JSON body; non-JSON bodies are text). The key walk covers
+/// every format; it is each adapter's [`request_text`](super::Adapter::request_text) unless a
+/// format refines it.
+pub(super) fn request_text(body: &[u8]) -> RequestText {
     let mut out = RequestText::default();
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => {
@@ -212,6 +211,18 @@ fn output_walk(v: &Value, out: &mut RequestText) {
 mod tests {
     use super::*;
 
+    fn request_text_in(format: Format, body: &[u8]) -> RequestText {
+        format.adapter().request_text(body)
+    }
+
+    #[test]
+    fn chat_request_estimate_is_close_to_the_provider_count() {
+        // OpenAI reports 20 prompt tokens for this request with gpt-4o (system + user, o200k).
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France?"}]}"#;
+        let n = estimate_input(Format::OpenAiChat, body);
+        assert!((18..=24).contains(&n), "{n}");
+    }
+
     #[test]
     fn a_json_body_cut_short_still_has_its_output_text() {
         let cut = br#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, \"friend\". The answer is"#;
@@ -224,27 +235,27 @@ mod tests {
 
     #[test]
     fn request_text_in_every_shape() {
-        let t = request_text(
+        let t = request_text_in(
             Format::OpenAiChat,
             br#"{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}"#,
         );
         assert_eq!(t.text, "be brief\nhi");
         assert_eq!((t.messages, t.media_parts), (2, 1));
 
-        let t = request_text(
+        let t = request_text_in(
             Format::Anthropic,
             br#"{"model":"claude","system":"sys","messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","data":"AAAA"}},{"type":"tool_result","tool_use_id":"t","content":"42"}]}]}"#,
         );
         assert_eq!(t.text, "sys\n42");
         assert_eq!((t.messages, t.media_parts), (1, 1));
 
-        let t = request_text(
+        let t = request_text_in(
             Format::Gemini,
             br#"{"systemInstruction":{"parts":[{"text":"s"}]},"contents":[{"role":"user","parts":[{"text":"q"}]}]}"#,
         );
         assert_eq!(t.text, "s\nq");
 
-        let t = request_text(
+        let t = request_text_in(
             Format::OpenAiResponses,
             br#"{"model":"m","instructions":"i","input":"question","tools":[{"type":"function","name":"f"}]}"#,
         );
@@ -253,9 +264,9 @@ mod tests {
             "i\nquestion\n[{\"type\":\"function\",\"name\":\"f\"}]"
         );
 
-        let t = request_text(Format::OpenAiChat, br#"{"input":["a","b"]}"#);
+        let t = request_text_in(Format::OpenAiChat, br#"{"input":["a","b"]}"#);
         assert_eq!(t.text, "a\nb");
-        let t = request_text(Format::OpenAiChat, b"not json");
+        let t = request_text_in(Format::OpenAiChat, b"not json");
         assert_eq!(t.text, "not json");
     }
 

@@ -1,0 +1,66 @@
+//! The OpenAI chat stream usage rewrite: a chat stream states usage only when the request asks
+//! for it (`stream_options.include_usage`), so the proxy asks, and strips what the client did
+//! not ask for (`body::StripUsage`).
+
+use crate::providers::request::RequestFacts;
+
+/// The request rewritten to ask for usage in its stream: a stream without
+/// `stream_options.include_usage`.
+pub(super) fn ask_stream_usage(facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
+    if facts.stream && !facts.include_usage {
+        with_include_usage(body)
+    } else {
+        None
+    }
+}
+
+/// The request body with `stream_options.include_usage` set to true, for an OpenAI chat stream
+/// whose client did not ask for usage. The common case (no `stream_options`) inserts the field
+/// after the opening brace and leaves every other byte as sent.
+pub fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object()?;
+    if !obj.contains_key("stream_options") {
+        let sep = if obj.is_empty() { "" } else { "," };
+        let mut out = Vec::with_capacity(body.len() + 40);
+        out.extend_from_slice(&body[..=start]);
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+        out.extend_from_slice(sep.as_bytes());
+        out.extend_from_slice(&body[start + 1..]);
+        return Some(out);
+    }
+    let mut v = v;
+    let so = v.as_object_mut()?.get_mut("stream_options")?;
+    if !so.is_object() {
+        *so = serde_json::Value::Object(serde_json::Map::new());
+    }
+    so.as_object_mut()?
+        .insert("include_usage".into(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_usage_is_added_with_the_rest_untouched() {
+        let body = br#" {"model":"m", "stream":true,"messages":[]}"#;
+        let out = with_include_usage(body).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#" {"stream_options":{"include_usage":true},"model":"m", "stream":true,"messages":[]}"#
+        );
+        let out = with_include_usage(
+            br#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"include_usage": true, "x": 1})
+        );
+        assert!(with_include_usage(b"[1]").is_none());
+    }
+}

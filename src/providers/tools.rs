@@ -1,0 +1,198 @@
+//! Tools in requests, shared by every format: declarations in any provider's shape (read and
+//! stripped item by item, whatever format the call is) and the pieces each format's reading of
+//! reported tool results is built from.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::request::DeclaredTool;
+
+/// One tool result a request reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolResult {
+    /// Tool name (from the matching call), or `unknown`.
+    pub tool: String,
+    /// The agent reported the tool as failed.
+    pub failed: bool,
+}
+
+/// Tool declarations in any provider's shape: OpenAI chat / Ollama `{"type":"function",
+/// "function":{name, parameters}}`, Responses `{"type":"function", name, parameters}`,
+/// Anthropic `{name, input_schema}`, Gemini `{"functionDeclarations":[{name, parameters}]}`.
+pub(super) fn declared(tools: &[Value]) -> Vec<DeclaredTool> {
+    let mut out = Vec::new();
+    let mut push = |t: &Value, schema_key: &str| {
+        if let Some(name) = t.get("name").and_then(|n| n.as_str()) {
+            out.push(DeclaredTool {
+                name: name.to_string(),
+                schema: t.get(schema_key).cloned().unwrap_or(Value::Null),
+            });
+        }
+    };
+    for t in tools {
+        if let Some(f) = t.get("function") {
+            push(f, "parameters");
+        } else if let Some(decls) = t.get("functionDeclarations").and_then(|d| d.as_array()) {
+            for d in decls {
+                push(d, "parameters");
+            }
+        } else if t.get("input_schema").is_some() {
+            push(t, "input_schema");
+        } else {
+            push(t, "parameters");
+        }
+    }
+    out
+}
+
+/// Remove every declared tool `keep` refuses from the request's `tools` (any provider's shape);
+/// with none left, `tools` and `tool_choice` go too (providers reject a choice without tools).
+pub(super) fn strip_declared(doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
+    let Some(obj) = doc.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Array(tools)) = obj.get_mut("tools") else {
+        return;
+    };
+    let named = |v: &Value| v.get("name").and_then(Value::as_str).is_none_or(keep);
+    tools.retain_mut(|t| {
+        if let Some(f) = t.get("function") {
+            return named(f);
+        }
+        if let Some(Value::Array(decls)) = t.get_mut("functionDeclarations") {
+            decls.retain(named);
+            return !decls.is_empty();
+        }
+        named(t)
+    });
+    if tools.is_empty() {
+        obj.remove("tools");
+        obj.remove("tool_choice");
+    }
+}
+
+/// The string at `key` of `v`.
+pub(super) fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Whether a free-text tool result contains one of the agent's error markers.
+pub(super) fn failed_by_markers(content: &Value, markers: &[String]) -> bool {
+    if markers.is_empty() {
+        return false;
+    }
+    let hit = |s: &str| markers.iter().any(|m| s.contains(m.as_str()));
+    match content {
+        Value::String(s) => hit(s),
+        Value::Array(parts) => parts.iter().filter_map(|p| str_of(p, "text")).any(hit),
+        _ => false,
+    }
+}
+
+/// The tool name a call id was given earlier in the conversation, or `unknown`.
+pub(super) fn name_or_unknown(names: &HashMap<&str, &str>, id: Option<&str>) -> String {
+    id.and_then(|id| names.get(id))
+        .copied()
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::Format;
+    use serde_json::json;
+
+    fn r(tool: &str, failed: bool) -> ToolResult {
+        ToolResult {
+            tool: tool.into(),
+            failed,
+        }
+    }
+
+    fn reported(doc: &Value, format: Format, markers: &[String]) -> Vec<ToolResult> {
+        format.adapter().tool_results(doc, markers)
+    }
+
+    #[test]
+    fn strips_every_provider_shape() {
+        let keep = |n: &str| n != "bad";
+        let mut chat = json!({"tools":[{"type":"function","function":{"name":"bad"}},{"type":"function","function":{"name":"ok"}}],"tool_choice":"auto"});
+        strip_declared(&mut chat, &keep);
+        assert_eq!(chat["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(chat["tool_choice"], "auto");
+        let mut anth =
+            json!({"tools":[{"name":"bad","input_schema":{}}],"tool_choice":{"type":"auto"}});
+        strip_declared(&mut anth, &keep);
+        assert!(anth.get("tools").is_none() && anth.get("tool_choice").is_none());
+        let mut gem = json!({"tools":[{"functionDeclarations":[{"name":"bad"},{"name":"ok"}]},{"functionDeclarations":[{"name":"bad"}]}]});
+        strip_declared(&mut gem, &keep);
+        assert_eq!(
+            gem["tools"],
+            json!([{"functionDeclarations":[{"name":"ok"}]}])
+        );
+        let mut resp = json!({"tools":[{"type":"function","name":"bad"},{"type":"web_search"}]});
+        strip_declared(&mut resp, &keep);
+        assert_eq!(resp["tools"], json!([{"type":"web_search"}]));
+    }
+
+    #[test]
+    fn openai_chat_counts_only_this_turn_with_markers() {
+        let doc = json!({"messages":[
+            {"role":"assistant","tool_calls":[{"id":"c0","function":{"name":"old"}}]},
+            {"role":"tool","tool_call_id":"c0","content":"ERROR: stale"},
+            {"role":"assistant","tool_calls":[{"id":"c1","function":{"name":"get_weather"}},{"id":"c2","function":{"name":"search"}}]},
+            {"role":"tool","tool_call_id":"c1","content":"sunny"},
+            {"role":"tool","tool_call_id":"c2","content":[{"type":"text","text":"ERROR: timeout"}]},
+            {"role":"tool","tool_call_id":"zz","content":"x"}
+        ]});
+        let markers = vec!["ERROR:".to_string()];
+        assert_eq!(
+            reported(&doc, Format::OpenAiChat, &markers),
+            vec![
+                r("get_weather", false),
+                r("search", true),
+                r("unknown", false)
+            ]
+        );
+        assert_eq!(
+            reported(&doc, Format::OpenAiChat, &[])[1],
+            r("search", false)
+        );
+    }
+
+    #[test]
+    fn anthropic_is_error_in_the_last_user_message() {
+        let doc = json!({"messages":[
+            {"role":"user","content":"hi"},
+            {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"get_weather","input":{}}]},
+            {"role":"user","content":[{"type":"tool_result","tool_use_id":"t1","is_error":true,"content":"boom"},{"type":"text","text":"go on"}]}
+        ]});
+        assert_eq!(
+            reported(&doc, Format::Anthropic, &[]),
+            vec![r("get_weather", true)]
+        );
+    }
+
+    #[test]
+    fn responses_and_gemini() {
+        let resp = json!({"input":[
+            {"type":"function_call","call_id":"a","name":"lookup"},
+            {"type":"function_call_output","call_id":"a","output":"failed: 404"}
+        ]});
+        assert_eq!(
+            reported(&resp, Format::OpenAiResponses, &["failed".to_string()]),
+            vec![r("lookup", true)]
+        );
+        let gem = json!({"contents":[
+            {"role":"model","parts":[{"functionCall":{"name":"f","args":{}}}]},
+            {"role":"user","parts":[{"functionResponse":{"name":"f","response":{"error":"nope"}}},{"functionResponse":{"name":"g","response":{"ok":1}}}]}
+        ]});
+        assert_eq!(
+            reported(&gem, Format::Gemini, &[]),
+            vec![r("f", true), r("g", false)]
+        );
+        assert!(reported(&json!("x"), Format::Gemini, &[]).is_empty());
+    }
+}

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::{json, Value};
-use tokenwarden::config::{load_from_str, Protocol};
+use tokenwarden::config::load_from_str;
 use tokenwarden::policy::{check_calls, Asker, Policies, PolicySet, ToolRules};
-use tokenwarden::providers::protocol::classify;
+use tokenwarden::providers::protocol::{classify, RouteProtocol};
 use tokenwarden::providers::request::inspect;
 use tokenwarden::providers::ToolCall;
 use tokenwarden::telemetry::labels::Labels;
@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
     );
     let body = request_body(1000);
     let over_cap = request_body(4000);
-    let class = classify(Protocol::Auto, PATH);
+    let class = classify(RouteProtocol::Auto, PATH);
     let facts = inspect(&class, PATH, None, &body).unwrap();
     let facts_over = inspect(&class, PATH, None, &over_cap).unwrap();
     assert_eq!(facts.tools.len(), 20);

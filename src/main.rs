@@ -15,7 +15,7 @@ const EX_USAGE: u8 = 64;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CheckConfig { path }) = &cli.command {
-        return match config::load(Some(path)) {
+        return match load(Some(path)) {
             Ok(c) => {
                 println!("{}: ok ({} routes)", path.display(), c.routes.len());
                 ExitCode::SUCCESS
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
         };
     }
     logging::init(cli.log_format);
-    let config = match config::load(cli.config.as_deref()) {
+    let config = match load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("invalid configuration: {e}");
@@ -55,6 +55,17 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(config, cli.config.clone()))
+}
+
+/// The config at `path` (or the defaults), every route's protocol one the provider registry
+/// knows; the error says which file and key.
+fn load(path: Option<&std::path::Path>) -> Result<config::Config, String> {
+    let c = config::load(path).map_err(|e| e.to_string())?;
+    tokenwarden::providers::protocol::check_routes(&c).map_err(|(key, msg)| {
+        let origin = path.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+        format!("{origin}: {key}: {msg}")
+    })?;
+    Ok(c)
 }
 
 /// GET /healthz on the admin listener with a plain blocking socket: no runtime needed.

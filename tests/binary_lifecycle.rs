@@ -55,6 +55,23 @@ fn bad_config_is_refused_naming_the_key_and_line() {
     let out = bin().args(["check-config"]).arg(f.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].upstream"));
+
+    // A protocol the provider registry does not know names its key and the known ones, at
+    // check-config and at start-up alike.
+    let f = config_file(
+        "routes:\n  - name: a\n    path_prefix: /\n    upstream: http://127.0.0.1:1\n    protocol: bedrok\n",
+    );
+    for args in [vec!["check-config"], vec!["--config"]] {
+        let out = bin().args(args).arg(f.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("routes[0].protocol")
+                && err.contains("bedrok")
+                && err.contains("anthropic"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -58,7 +58,7 @@ fn modules(src: &Path) -> BTreeMap<String, Module> {
                 parts.join("::"),
                 Module {
                     file: path.clone(),
-                    code: without_tests(&without_comments(&text)),
+                    code: without_visibility(&without_tests(&without_comments(&text))),
                 },
             );
         }
@@ -107,6 +107,14 @@ fn without_comments(text: &str) -> String {
         }
     }
     out
+}
+
+/// `code` with `pub(in path)` written `pub`: a visibility names a module without using it.
+fn without_visibility(code: &str) -> String {
+    Regex::new(r"pub\(in [^)]*\)")
+        .expect("regex")
+        .replace_all(code, "pub")
+        .into_owned()
 }
 
 /// `code` without its `#[cfg(test)]` modules (brace-matched).

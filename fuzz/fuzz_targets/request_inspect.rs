@@ -3,14 +3,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tokenwarden::config::Protocol;
 use tokenwarden::providers::openai_chat::with_include_usage;
 use tokenwarden::providers::request::inspect;
-use tokenwarden::providers::protocol::classify;
+use tokenwarden::providers::protocol::{classify, RouteProtocol};
 
 fuzz_target!(|data: &[u8]| {
     for path in ["/v1/chat/completions", "/v1/messages", "/api/chat", "/v1beta/models/g:streamGenerateContent"] {
-        let _ = inspect(&classify(Protocol::Auto, path), path, Some("alt=sse"), data);
+        let _ = inspect(&classify(RouteProtocol::Auto, path), path, Some("alt=sse"), data);
     }
     if let Some(out) = with_include_usage(data) {
         let v: serde_json::Value = serde_json::from_slice(&out).expect("rewritten body is JSON");

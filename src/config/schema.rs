@@ -74,9 +74,12 @@ pub struct RouteConfig {
     pub strip_prefix: bool,
     /// Upstream base URL, `https://host[:port][/base/path]` (or `http://` for local servers).
     pub upstream: String,
-    /// Which provider protocol the route speaks.
-    #[serde(default)]
-    pub protocol: Protocol,
+    /// Which provider protocol the route speaks: `auto` (from each request's path),
+    /// `passthrough` (never parsed), or a provider's protocol name (`openai`, `anthropic`,
+    /// `gemini`, `ollama`: the names the provider registry knows; checked when the routes are
+    /// built and by `check-config`).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
     /// Extra PEM trust roots for a private upstream, added to the webpki roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -86,25 +89,6 @@ pub struct RouteConfig {
     /// Per-route timeout overrides.
     #[serde(default)]
     pub timeouts: Option<TimeoutsOverride>,
-}
-
-/// Provider protocol of a route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Chosen per request from the path.
-    #[default]
-    Auto,
-    /// OpenAI and every OpenAI-compatible server.
-    Openai,
-    /// Anthropic Messages.
-    Anthropic,
-    /// Google Gemini.
-    Gemini,
-    /// Ollama native API.
-    Ollama,
-    /// Forwarded and counted, never parsed.
-    Passthrough,
 }
 
 /// Listener limits and timeouts.
@@ -702,7 +686,7 @@ fn default_routes() -> Vec<RouteConfig> {
         path_prefix: "/".into(),
         strip_prefix: false,
         upstream: "https://api.openai.com".into(),
-        protocol: Protocol::Auto,
+        protocol: default_protocol(),
         ca_file: None,
         agent: None,
         timeouts: None,
@@ -766,6 +750,9 @@ fn default_agent_header() -> String {
 }
 fn default_session_idle_timeout() -> Duration {
     Duration::from_secs(30 * 60)
+}
+fn default_protocol() -> String {
+    "auto".into()
 }
 fn default_service_name() -> String {
     "tokenwarden".into()

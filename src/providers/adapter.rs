@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 
-use super::request::{self, Capped, DeclaredTool, RequestFacts};
+use super::fields::{self, Capped, DeclaredTool};
 use super::shape;
 use super::text;
 use super::tools::{self, ToolResult};
@@ -18,6 +18,26 @@ use crate::tokens::RequestText;
 
 /// One provider format's reading of requests and responses.
 pub trait Adapter: Sync {
+    // --- routing ---
+
+    /// The `protocol:` name of this format's provider on a route (formats of one provider share
+    /// it: `openai` for Chat Completions and Responses).
+    fn protocol(&self) -> &'static str;
+
+    /// Under `protocol: auto`, whether a request on `path` is this provider's. Formats are asked
+    /// in registry order; the first that claims the path names the protocol.
+    fn detects(&self, path: &str) -> bool;
+
+    /// A request on `path` under this format's protocol: `None` when another format of the same
+    /// protocol serves it, else its labels and whether this format reads it.
+    fn route(&self, path: &str) -> Option<Routed>;
+
+    /// The JSON body of an error the proxy answers on this provider's routes. By default the
+    /// OpenAI shape every compatible client reads.
+    fn error_body(&self, e: &ErrorText<'_>) -> Value {
+        openai_error_body(e)
+    }
+
     // --- response side ---
 
     /// A fresh reader for one streamed response (SSE events, or NDJSON lines for formats that
@@ -65,13 +85,14 @@ pub trait Adapter: Sync {
     /// Rewrite every output-token field of a request above `limit` to `limit`; with none set, add
     /// this format's field ([`Adapter::max_tokens_field`]). `requested` is what inspection read.
     fn clamp_max_tokens(&self, doc: &mut Value, requested: Option<u64>, limit: u64) -> Capped {
-        request::clamp(doc, requested, limit, self.max_tokens_field())
+        fields::clamp(doc, requested, limit, self.max_tokens_field())
     }
 
-    /// The request body rewritten to ask for usage in its stream, when this format's streams
-    /// state none unless asked. None by default.
-    fn ask_stream_usage(&self, facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
-        let _ = (facts, body);
+    /// The request body rewritten to ask for usage in its stream (`stream` and
+    /// `include_usage` are what the request said), when this format's streams state none unless
+    /// asked. None by default.
+    fn ask_stream_usage(&self, stream: bool, include_usage: bool, body: &[u8]) -> Option<Vec<u8>> {
+        let _ = (stream, include_usage, body);
         None
     }
 
@@ -122,6 +143,47 @@ pub trait StreamEnding: Send {
 
     /// The final events; `output_tokens` is the output the client got.
     fn tail(&self, output_tokens: u64) -> Bytes;
+}
+
+/// What a format says of a request on a path of its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    /// `gen_ai.provider.name` value.
+    pub provider: &'static str,
+    /// `gen_ai.operation.name` value, or `other` for paths that are no LLM call.
+    pub operation: &'static str,
+    /// Whether this format reads the call (request facts, response parsing, budgets, policies).
+    pub reads: bool,
+}
+
+/// What an error the proxy answers itself says, in every provider's vocabulary: each format's
+/// [`Adapter::error_body`] takes the fields its clients read.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorText<'a> {
+    /// HTTP status.
+    pub status: u16,
+    /// Human-readable message.
+    pub message: &'a str,
+    /// Stable machine-readable code.
+    pub code: &'a str,
+    /// OpenAI `error.type`.
+    pub openai_type: &'a str,
+    /// Anthropic `error.type`.
+    pub anthropic_type: &'a str,
+    /// Google `error.status`.
+    pub google_status: &'a str,
+}
+
+/// `{"error":{"message","type","param","code"}}`: OpenAI and every compatible server.
+pub fn openai_error_body(e: &ErrorText<'_>) -> Value {
+    serde_json::json!({
+        "error": {
+            "message": e.message,
+            "type": e.openai_type,
+            "param": null,
+            "code": e.code,
+        }
+    })
 }
 
 /// The state of one streamed response while it is read, event by event.

@@ -9,7 +9,7 @@
 pub mod adapter;
 pub mod anthropic;
 pub mod decompress;
-mod format;
+mod fields;
 pub mod gemini;
 pub mod genai;
 pub mod ollama;
@@ -25,9 +25,9 @@ mod tools;
 mod usage;
 
 pub use adapter::{Adapter, EventRewrite, StreamEnding, StreamReader};
-pub use format::Format;
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
-pub use request::Capped;
-pub use text::{estimate_input, output_text};
+pub use registry::Format;
+pub use request::{estimate_input, Capped};
+pub use text::output_text;
 pub use tools::ToolResult;
 pub use usage::{ModelUsage, ResponseRecord, ToolCall, Usage, MAX_OTHER_MODELS};

@@ -3,7 +3,7 @@
 use crate::sse::{NdjsonDecoder, NdjsonItem, SseDecoder, SseItem};
 
 use super::adapter::{Adapter, StreamReader};
-use super::format::Format;
+use super::registry::Format;
 use super::usage::ResponseRecord;
 
 /// What one frame contributed.

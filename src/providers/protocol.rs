@@ -1,190 +1,165 @@
-//! Which provider protocol a request speaks, decided from the route and the path.
+//! Which provider protocol a request speaks, decided from the route and the path by asking the
+//! registered formats ([`Adapter::detects`](super::Adapter::detects), [`Adapter::route`](super::Adapter::route)).
 //!
 //! This is the coarse classification the proxy needs before any body is parsed: the error shape
-//! to answer in, and the provider and operation labels for metrics.
+//! to answer in, the provider and operation labels for metrics, and the format that reads the
+//! call, if one does.
 
-use super::format::Format;
-use crate::config::Protocol;
+use super::adapter::{openai_error_body, ErrorText};
+use super::registry::Format;
+use crate::config::Config;
 
-/// The JSON error shape a route's clients understand.
+/// Route `protocol:` value that detects the protocol per request from the path.
+pub const AUTO: &str = "auto";
+/// Route `protocol:` value that forwards and counts, never parses.
+pub const PASSTHROUGH: &str = "passthrough";
+
+/// How a route reads its requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorShape {
-    /// `{"error":{"message","type","param","code"}}` — OpenAI and every compatible server.
-    OpenAi,
-    /// `{"type":"error","error":{"type","message"}}`.
-    Anthropic,
-    /// `{"error":{"code","message","status"}}` — Google APIs.
-    Gemini,
+pub enum RouteProtocol {
+    /// Detected per request from the path.
+    Auto,
+    /// Forwarded and counted, never parsed.
+    Passthrough,
+    /// One provider's protocol (`openai`, `anthropic`, ...): the formats that name it.
+    Named(&'static str),
 }
 
-/// What an error the proxy answers itself says, in every provider's vocabulary: each shape
-/// takes the fields its clients read.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorText<'a> {
-    /// HTTP status.
-    pub status: u16,
-    /// Human-readable message.
-    pub message: &'a str,
-    /// Stable machine-readable code.
-    pub code: &'a str,
-    /// OpenAI `error.type`.
-    pub openai_type: &'a str,
-    /// Anthropic `error.type`.
-    pub anthropic_type: &'a str,
-    /// Google `error.status`.
-    pub google_status: &'a str,
+/// The JSON error shape a route's clients understand: a format's, or OpenAI's (which every
+/// compatible client reads) where no format applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorShape(Option<Format>);
+
+/// What the path says about a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    /// `gen_ai.provider.name` value.
+    pub provider: &'static str,
+    /// `gen_ai.operation.name` value, or `other` for non-LLM paths.
+    pub operation: &'static str,
+    /// The format that reads the call, when one does.
+    pub format: Option<Format>,
+    shape: ErrorShape,
+}
+
+// === impl RouteProtocol ===
+
+impl RouteProtocol {
+    /// The protocol a route's `protocol:` value names, if it names one.
+    pub fn named(name: &str) -> Option<RouteProtocol> {
+        match name {
+            AUTO => Some(RouteProtocol::Auto),
+            PASSTHROUGH => Some(RouteProtocol::Passthrough),
+            n => Format::ALL
+                .iter()
+                .map(|f| f.adapter().protocol())
+                .find(|p| *p == n)
+                .map(RouteProtocol::Named),
+        }
+    }
+
+    /// Every value a route's `protocol:` accepts, for error messages.
+    pub fn names() -> Vec<&'static str> {
+        let mut out = vec![AUTO];
+        for f in Format::ALL {
+            let p = f.adapter().protocol();
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        out.push(PASSTHROUGH);
+        out
+    }
 }
 
 // === impl ErrorShape ===
 
 impl ErrorShape {
+    /// OpenAI's shape, for answers no format's route gives (no route matched, passthrough).
+    pub const DEFAULT: ErrorShape = ErrorShape(None);
+
+    /// The shape `format`'s clients read.
+    pub fn of(format: Format) -> ErrorShape {
+        ErrorShape(Some(format))
+    }
+
     /// The JSON body of an error in this shape.
     pub fn error_body(self, e: &ErrorText<'_>) -> serde_json::Value {
-        match self {
-            ErrorShape::OpenAi => serde_json::json!({
-                "error": {
-                    "message": e.message,
-                    "type": e.openai_type,
-                    "param": null,
-                    "code": e.code,
-                }
-            }),
-            ErrorShape::Anthropic => serde_json::json!({
-                "type": "error",
-                "error": { "type": e.anthropic_type, "message": e.message }
-            }),
-            ErrorShape::Gemini => serde_json::json!({
-                "error": {
-                    "code": e.status,
-                    "message": e.message,
-                    "status": e.google_status,
-                }
-            }),
+        match self.0 {
+            Some(f) => f.adapter().error_body(e),
+            None => openai_error_body(e),
         }
     }
-}
-
-/// What the path says about a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Classified {
-    /// Provider protocol in use.
-    pub protocol: Protocol,
-    /// `gen_ai.provider.name` value.
-    pub provider: &'static str,
-    /// `gen_ai.operation.name` value, or `other` for non-LLM paths.
-    pub operation: &'static str,
 }
 
 // === impl Classified ===
 
 impl Classified {
-    /// The error shape for this protocol.
+    /// The error shape for this call's protocol.
     pub fn error_shape(&self) -> ErrorShape {
-        match self.protocol {
-            Protocol::Anthropic => ErrorShape::Anthropic,
-            Protocol::Gemini => ErrorShape::Gemini,
-            _ => ErrorShape::OpenAi,
-        }
+        self.shape
     }
 }
 
-/// Classify a request path (after prefix stripping) on a route with protocol `configured`.
-pub fn classify(configured: Protocol, path: &str) -> Classified {
+/// Every route's `protocol:` names a protocol; else the first that does not, as its key and
+/// what is wrong (`check-config` and start-up report it as a config error).
+pub fn check_routes(config: &Config) -> Result<(), (String, String)> {
+    for (i, r) in config.routes.iter().enumerate() {
+        if RouteProtocol::named(&r.protocol).is_none() {
+            return Err((
+                format!("routes[{i}].protocol"),
+                format!(
+                    "unknown protocol {:?} (one of: {})",
+                    r.protocol,
+                    RouteProtocol::names().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Classify a request path (after prefix stripping) on a route reading `configured`.
+pub fn classify(configured: RouteProtocol, path: &str) -> Classified {
     let protocol = match configured {
-        Protocol::Auto => detect(path),
-        p => p,
+        RouteProtocol::Named(p) => p,
+        RouteProtocol::Auto => match Format::ALL.iter().find(|f| f.adapter().detects(path)) {
+            Some(f) => f.adapter().protocol(),
+            None => return passthrough(),
+        },
+        RouteProtocol::Passthrough => return passthrough(),
     };
-    let (provider, operation) = match protocol {
-        Protocol::Anthropic => (
-            "anthropic",
-            if path.ends_with("/messages") {
-                "chat"
-            } else if path.ends_with("/messages/count_tokens") {
-                // A count, not a generation: labelled, never billed or counted as a step.
-                "count_tokens"
-            } else {
-                "other"
-            },
-        ),
-        Protocol::Gemini => (
-            "gcp.gemini",
-            if path.contains(":generateContent") || path.contains(":streamGenerateContent") {
-                "generate_content"
-            } else if path.contains(":embedContent") || path.contains(":batchEmbedContents") {
-                "embeddings"
-            } else {
-                "other"
-            },
-        ),
-        Protocol::Ollama => (
-            "ollama",
-            if path.ends_with("/api/chat") {
-                "chat"
-            } else if path.ends_with("/api/generate") {
-                "text_completion"
-            } else if path.ends_with("/api/embed") || path.ends_with("/api/embeddings") {
-                "embeddings"
-            } else {
-                "other"
-            },
-        ),
-        Protocol::Openai | Protocol::Auto => (
-            if path.starts_with("/openai/deployments/") {
-                "azure.ai.openai"
-            } else {
-                "openai"
-            },
-            openai_operation(path),
-        ),
-        Protocol::Passthrough => ("unknown", "other"),
+    let mut formats = Format::ALL
+        .iter()
+        .filter(|f| f.adapter().protocol() == protocol);
+    let Some(&first) = formats.clone().next() else {
+        return passthrough();
     };
-    Classified {
-        protocol,
-        provider,
-        operation,
-    }
-}
-
-fn detect(path: &str) -> Protocol {
-    if path.ends_with("/v1/messages") || path.ends_with("/v1/messages/count_tokens") {
-        Protocol::Anthropic
-    } else if path.contains(":generateContent")
-        || path.contains(":streamGenerateContent")
-        || path.contains("/v1beta/")
-    {
-        Protocol::Gemini
-    } else if path.starts_with("/api/") {
-        Protocol::Ollama
-    } else {
-        Protocol::Openai
-    }
-}
-
-fn openai_operation(path: &str) -> &'static str {
-    if path.ends_with("/chat/completions") || path.ends_with("/responses") {
-        "chat"
-    } else if path.ends_with("/embeddings") {
-        "embeddings"
-    } else if path.ends_with("/completions") {
-        "text_completion"
-    } else {
-        "other"
-    }
-}
-
-/// The response format of a classified call, when tokenwarden reads it.
-pub(super) fn format_for(class: &Classified, path: &str) -> Option<Format> {
-    match (class.protocol, class.operation) {
-        (_, "other" | "count_tokens") => None,
-        (Protocol::Anthropic, "chat") => Some(Format::Anthropic),
-        (Protocol::Gemini, "generate_content") => Some(Format::Gemini),
-        (Protocol::Ollama, "chat" | "text_completion") => Some(Format::Ollama),
-        (Protocol::Openai | Protocol::Auto, _) if path.ends_with("/responses") => {
-            Some(Format::OpenAiResponses)
+    for &f in formats.by_ref() {
+        if let Some(r) = f.adapter().route(path) {
+            return Classified {
+                provider: r.provider,
+                operation: r.operation,
+                format: r.reads.then_some(f),
+                shape: ErrorShape::of(f),
+            };
         }
-        // Chat, legacy completions and embeddings share the usage object.
-        (Protocol::Openai | Protocol::Auto, _) => Some(Format::OpenAiChat),
-        _ => None,
+    }
+    // No format of the protocol claims the path: labelled as the protocol's, never read.
+    Classified {
+        provider: "unknown",
+        operation: "other",
+        format: None,
+        shape: ErrorShape::of(first),
+    }
+}
+
+fn passthrough() -> Classified {
+    Classified {
+        provider: "unknown",
+        operation: "other",
+        format: None,
+        shape: ErrorShape::DEFAULT,
     }
 }
 
@@ -192,35 +167,80 @@ pub(super) fn format_for(class: &Classified, path: &str) -> Option<Format> {
 mod tests {
     use super::*;
 
+    fn named(p: &str) -> RouteProtocol {
+        RouteProtocol::named(p).unwrap()
+    }
+
     #[test]
     fn auto_detects_by_path() {
-        let c = classify(Protocol::Auto, "/v1/messages");
+        let c = classify(RouteProtocol::Auto, "/v1/messages");
         assert_eq!((c.provider, c.operation), ("anthropic", "chat"));
-        assert_eq!(c.error_shape(), ErrorShape::Anthropic);
-        let c = classify(Protocol::Auto, "/v1/chat/completions");
+        assert_eq!(c.error_shape(), ErrorShape::of(Format::Anthropic));
+        assert_eq!(c.format, Some(Format::Anthropic));
+        let c = classify(RouteProtocol::Auto, "/v1/chat/completions");
         assert_eq!((c.provider, c.operation), ("openai", "chat"));
+        assert_eq!(c.format, Some(Format::OpenAiChat));
+        let c = classify(RouteProtocol::Auto, "/v1/responses");
+        assert_eq!(
+            (c.operation, c.format),
+            ("chat", Some(Format::OpenAiResponses))
+        );
         let c = classify(
-            Protocol::Auto,
+            RouteProtocol::Auto,
             "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
         );
         assert_eq!(
             (c.provider, c.operation),
             ("gcp.gemini", "generate_content")
         );
-        assert_eq!(c.error_shape(), ErrorShape::Gemini);
-        let c = classify(Protocol::Auto, "/openai/deployments/gpt4/chat/completions");
+        assert_eq!(c.error_shape(), ErrorShape::of(Format::Gemini));
+        let c = classify(
+            RouteProtocol::Auto,
+            "/openai/deployments/gpt4/chat/completions",
+        );
         assert_eq!(c.provider, "azure.ai.openai");
-        let c = classify(Protocol::Auto, "/api/chat");
+        let c = classify(RouteProtocol::Auto, "/api/chat");
         assert_eq!((c.provider, c.operation), ("ollama", "chat"));
+        let c = classify(RouteProtocol::Auto, "/v1/messages/count_tokens");
+        assert_eq!((c.operation, c.format), ("count_tokens", None));
+        let c = classify(RouteProtocol::Auto, "/v1/models");
+        assert_eq!(
+            (c.provider, c.operation, c.format),
+            ("openai", "other", None)
+        );
     }
 
     #[test]
     fn configured_protocol_wins() {
-        let c = classify(Protocol::Anthropic, "/whatever");
-        assert_eq!(c.error_shape(), ErrorShape::Anthropic);
+        let c = classify(named("anthropic"), "/whatever");
+        assert_eq!(c.error_shape(), ErrorShape::of(Format::Anthropic));
         assert_eq!(
-            classify(Protocol::Passthrough, "/v1/chat/completions").operation,
+            classify(RouteProtocol::Passthrough, "/v1/chat/completions").operation,
             "other"
         );
+        assert_eq!(
+            classify(RouteProtocol::Passthrough, "/v1/chat/completions").error_shape(),
+            ErrorShape::DEFAULT
+        );
+    }
+
+    #[test]
+    fn route_protocol_names_come_from_the_registry() {
+        assert_eq!(
+            RouteProtocol::names(),
+            [
+                "auto",
+                "anthropic",
+                "gemini",
+                "ollama",
+                "openai",
+                "passthrough"
+            ]
+        );
+        assert_eq!(
+            RouteProtocol::named("openai"),
+            Some(RouteProtocol::Named("openai"))
+        );
+        assert_eq!(RouteProtocol::named("bedrock"), None);
     }
 }

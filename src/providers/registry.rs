@@ -1,20 +1,48 @@
 //! The provider registry: one line per format, the only place a format meets its adapter.
+//!
+//! The order is the order formats are asked: under `protocol: auto` the first format whose
+//! [`Adapter::detects`] claims a path names the protocol, and a protocol's formats are asked in
+//! this order which of them serves a path ([`Adapter::route`]). OpenAI's formats come last: every
+//! OpenAI-compatible server is the fallback.
 
 use super::adapter::Adapter;
-use super::format::Format;
 use super::{anthropic, gemini, ollama, openai_chat, openai_responses};
 
-// === impl Format ===
-
-impl Format {
-    /// This format's adapter.
-    pub fn adapter(self) -> &'static dyn Adapter {
-        match self {
-            Format::OpenAiChat => &openai_chat::OpenAiChat,
-            Format::OpenAiResponses => &openai_responses::OpenAiResponses,
-            Format::Anthropic => &anthropic::Anthropic,
-            Format::Gemini => &gemini::Gemini,
-            Format::Ollama => &ollama::Ollama,
+/// Declares [`Format`] (one variant per line), [`Format::ALL`] and [`Format::adapter`].
+macro_rules! registry {
+    ($($(#[$doc:meta])* $variant:ident => $adapter:path,)+) => {
+        /// Which provider format a call speaks: the key every provider capability is looked
+        /// up by ([`Format::adapter`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Format {
+            $($(#[$doc])* $variant,)+
         }
-    }
+
+        // === impl Format ===
+
+        impl Format {
+            /// Every format, in the order they are asked.
+            pub const ALL: &'static [Format] = &[$(Format::$variant,)+];
+
+            /// This format's adapter.
+            pub fn adapter(self) -> &'static dyn Adapter {
+                match self {
+                    $(Format::$variant => &$adapter,)+
+                }
+            }
+        }
+    };
+}
+
+registry! {
+    /// Anthropic Messages.
+    Anthropic => anthropic::Anthropic,
+    /// Gemini generateContent / streamGenerateContent.
+    Gemini => gemini::Gemini,
+    /// Ollama native `/api/chat` and `/api/generate` (NDJSON streams).
+    Ollama => ollama::Ollama,
+    /// OpenAI Responses API.
+    OpenAiResponses => openai_responses::OpenAiResponses,
+    /// OpenAI Chat Completions (and every compatible server, Azure deployments included).
+    OpenAiChat => openai_chat::OpenAiChat,
 }

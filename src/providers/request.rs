@@ -10,10 +10,10 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::format::Format;
-use super::protocol::{format_for, Classified};
+pub use super::fields::{Capped, DeclaredTool};
+use super::protocol::Classified;
+use super::registry::Format;
 
 /// Facts read from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,15 +33,6 @@ pub struct RequestFacts {
     pub tools: Vec<DeclaredTool>,
     /// End-user / session field of the body (OpenAI `user`, Anthropic `metadata.user_id`).
     pub user: Option<String>,
-}
-
-/// A tool the request offered the model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeclaredTool {
-    /// Tool name.
-    pub name: String,
-    /// JSON Schema of its arguments (`null` when none was given).
-    pub schema: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -101,7 +92,7 @@ pub fn inspect(
     query: Option<&str>,
     body: &[u8],
 ) -> Option<RequestFacts> {
-    let format = format_for(class, path)?;
+    let format = class.format?;
     // Only JSON objects are read; anything else is forwarded and simply not inspected.
     let parsed = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => serde_json::from_slice::<Body<'_>>(body).ok(),
@@ -150,86 +141,29 @@ pub fn inspect(
 /// The request rewritten to ask for usage in its stream, when it is a stream that states none
 /// unless asked (an OpenAI chat stream without `stream_options.include_usage`).
 pub fn ask_stream_usage(facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
-    facts.format.adapter().ask_stream_usage(facts, body)
+    facts
+        .format
+        .adapter()
+        .ask_stream_usage(facts.stream, facts.include_usage, body)
 }
 
-/// What the `max_tokens` cap did to a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Capped {
-    /// At or under the cap: unchanged.
-    Within,
-    /// Over the cap: rewritten to it.
-    Clamped,
-    /// No value set: the cap was added.
-    Added,
-}
-
-/// Rewrite every output-token field of the request above `limit` to `limit` (whichever format
-/// names it, the fields [`inspect`] reads); with none set, add `field`, the format's
-/// `(enclosing object, key)`. `requested` is what inspection read.
-pub(super) fn clamp(
-    doc: &mut Value,
-    requested: Option<u64>,
-    limit: u64,
-    field: (Option<&'static str>, &'static str),
-) -> Capped {
-    let Some(obj) = doc.as_object_mut() else {
-        return Capped::Within;
-    };
-    if requested.is_some_and(|r| r <= limit) {
-        return Capped::Within;
-    }
-    let over = |v: &Value| v.as_u64().is_none_or(|n| n > limit);
-    let mut changed = false;
-    for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
-        if let Some(v) = obj.get_mut(key).filter(|v| over(v)) {
-            *v = Value::from(limit);
-            changed = true;
-        }
-    }
-    for (outer, inner) in [
-        ("generationConfig", "maxOutputTokens"),
-        ("options", "num_predict"),
-    ] {
-        if let Some(v) = obj
-            .get_mut(outer)
-            .and_then(|o| o.get_mut(inner))
-            .filter(|v| over(v))
-        {
-            *v = Value::from(limit);
-            changed = true;
-        }
-    }
-    if changed {
-        return Capped::Clamped;
-    }
-    let (outer, key) = field;
-    let target = match outer {
-        None => Some(obj),
-        Some(o) => obj
-            .entry(o)
-            .or_insert_with(|| Value::Object(serde_json::Map::new()))
-            .as_object_mut(),
-    };
-    match target {
-        Some(t) => {
-            t.insert(key.into(), Value::from(limit));
-            Capped::Added
-        }
-        None => Capped::Within,
-    }
+/// Estimated input tokens of a request body in `format`: its text (messages, system prompt,
+/// tool definitions, tool calls and results), framing per message, and a fixed count per media
+/// part. A body that is not JSON counts as text.
+pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
+    crate::tokens::estimate(&format.adapter().request_text(body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Protocol;
-    use crate::providers::protocol::classify;
+    use crate::providers::protocol::{classify, RouteProtocol};
     use serde_json::json;
+    use serde_json::Value;
 
     fn facts(path: &str, query: Option<&str>, body: &str) -> Option<RequestFacts> {
         inspect(
-            &classify(Protocol::Auto, path),
+            &classify(RouteProtocol::Auto, path),
             path,
             query,
             body.as_bytes(),

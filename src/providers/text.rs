@@ -8,7 +8,6 @@
 
 use serde_json::Value;
 
-use super::format::Format;
 use crate::tokens::RequestText;
 
 /// Keys whose string values are prompt text.
@@ -45,13 +44,6 @@ const MEDIA_KEYS: &[&str] = &[
     "source",
     "file",
 ];
-
-/// Estimated input tokens of a request body in `format`: its text (messages, system prompt,
-/// tool definitions, tool calls and results), framing per message, and a fixed count per media
-/// part. A body that is not JSON counts as text.
-pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
-    crate::tokens::estimate(&format.adapter().request_text(body))
-}
 
 /// The text of a request body (any JSON body; non-JSON bodies are text). The key walk covers
 /// every format; it is each adapter's [`request_text`](super::Adapter::request_text) unless a
@@ -210,6 +202,7 @@ fn output_walk(v: &Value, out: &mut RequestText) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::{estimate_input, Format};
 
     fn request_text_in(format: Format, body: &[u8]) -> RequestText {
         format.adapter().request_text(body)

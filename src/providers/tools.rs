@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::request::DeclaredTool;
+use super::fields::DeclaredTool;
 
 /// One tool result a request reports.
 #[derive(Debug, Clone, PartialEq, Eq)]

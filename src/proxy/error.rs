@@ -13,7 +13,8 @@ use http_body_util::Full;
 
 use crate::budget::BudgetError;
 use crate::policy::PolicyError;
-use crate::providers::protocol::{ErrorShape, ErrorText};
+use crate::providers::adapter::ErrorText;
+use crate::providers::protocol::ErrorShape;
 use crate::record::UpstreamError;
 
 /// Header on every response the proxy generates itself, carrying the error code.
@@ -223,6 +224,7 @@ mod tests {
     use super::*;
     use crate::budget::limits::Amount;
     use crate::budget::BudgetRefusal;
+    use crate::providers::Format;
     use crate::record::PolicyViolation;
     use http_body_util::BodyExt;
 
@@ -236,7 +238,7 @@ mod tests {
         let e = ProxyError::UpstreamUnreachable {
             route: "openai".into(),
         };
-        let r = e.to_response(ErrorShape::OpenAi);
+        let r = e.to_response(ErrorShape::DEFAULT);
         assert_eq!(r.status(), 502);
         assert_eq!(r.headers()[PROXY_ERROR_HEADER], "upstream_unreachable");
         let v = body_json(r).await;
@@ -252,7 +254,7 @@ mod tests {
             route: "anthropic".into(),
             after: Duration::from_secs(3),
         };
-        let r = e.to_response(ErrorShape::Anthropic);
+        let r = e.to_response(ErrorShape::of(Format::Anthropic));
         assert_eq!(r.status(), 504);
         let v = body_json(r).await;
         assert_eq!(v["type"], "error");
@@ -275,29 +277,33 @@ mod tests {
 
     #[tokio::test]
     async fn lifetime_refusals_are_402_by_default_and_429_by_switch_windowed_ones_429() {
-        let r = budget(None, StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::Anthropic);
+        let r = budget(None, StatusCode::PAYMENT_REQUIRED)
+            .to_response(ErrorShape::of(Format::Anthropic));
         assert_eq!(r.status(), 402);
         assert_eq!(r.headers()["x-should-retry"], "false");
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
         let v = body_json(r).await;
         assert_eq!(v["error"]["type"], "billing_error");
-        let r = budget(None, StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::OpenAi);
+        let r = budget(None, StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::DEFAULT);
         let v = body_json(r).await;
         assert_eq!(v["error"]["type"], "budget_exceeded");
         assert_eq!(v["error"]["code"], "session_token_budget_exceeded");
-        let r = budget(None, StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::Gemini);
+        let r =
+            budget(None, StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::of(Format::Gemini));
         let v = body_json(r).await;
         assert_eq!(
             (v["error"]["code"].as_u64(), v["error"]["status"].as_str()),
             (Some(402), Some("RESOURCE_EXHAUSTED"))
         );
 
-        let r = budget(None, StatusCode::TOO_MANY_REQUESTS).to_response(ErrorShape::Anthropic);
+        let r = budget(None, StatusCode::TOO_MANY_REQUESTS)
+            .to_response(ErrorShape::of(Format::Anthropic));
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["x-should-retry"], "false");
         assert_eq!(body_json(r).await["error"]["type"], "rate_limit_error");
 
-        let r = budget(Some(17), StatusCode::PAYMENT_REQUIRED).to_response(ErrorShape::Anthropic);
+        let r = budget(Some(17), StatusCode::PAYMENT_REQUIRED)
+            .to_response(ErrorShape::of(Format::Anthropic));
         assert_eq!(
             r.status(),
             429,
@@ -339,20 +345,20 @@ mod tests {
             policy: PolicyViolation::DeniedTool,
             message: "agent 'a' may not use tool 'rm'".into(),
         });
-        let r = e.to_response(ErrorShape::OpenAi);
+        let r = e.to_response(ErrorShape::DEFAULT);
         assert_eq!(r.status(), 403);
         assert_eq!(r.headers()[PROXY_ERROR_HEADER], "denied_tool");
         let v = body_json(r).await;
         assert_eq!(v["error"]["type"], "denied_tool");
         assert!(v["error"]["message"].as_str().unwrap().contains("'rm'"));
-        let v = body_json(e.to_response(ErrorShape::Anthropic)).await;
+        let v = body_json(e.to_response(ErrorShape::of(Format::Anthropic))).await;
         assert_eq!(v["error"]["type"], "denied_tool");
-        let v = body_json(e.to_response(ErrorShape::Gemini)).await;
+        let v = body_json(e.to_response(ErrorShape::of(Format::Gemini))).await;
         assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
         let f = ProxyError::Policy(PolicyError::ForbiddenInput {
             id: "aws_key".into(),
         });
-        let r = f.to_response(ErrorShape::Anthropic);
+        let r = f.to_response(ErrorShape::of(Format::Anthropic));
         assert_eq!(r.status(), 400);
         let v = body_json(r).await;
         assert_eq!(v["error"]["type"], "forbidden_input");
@@ -364,7 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn gemini_shape() {
-        let r = ProxyError::BodyTooLarge { limit: 10 }.to_response(ErrorShape::Gemini);
+        let r = ProxyError::BodyTooLarge { limit: 10 }.to_response(ErrorShape::of(Format::Gemini));
         assert_eq!(r.status(), 413);
         assert_eq!(r.headers()[header::CONNECTION], "close");
         let v = body_json(r).await;

@@ -220,7 +220,7 @@ impl Proxy {
     fn unmatched(&self, parts: &http::request::Parts, started: Instant) -> Response<ProxyBody> {
         let info = self.call_info(parts, Arc::from("unmatched"), "unknown", "other");
         let call = Call::new(info(Arc::from("default")), started);
-        local_error(call, ProxyError::NoRoute, ErrorShape::OpenAi)
+        local_error(call, ProxyError::NoRoute, ErrorShape::DEFAULT)
     }
 
     /// The call's fixed facts, but for its agent.

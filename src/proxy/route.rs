@@ -5,9 +5,10 @@ use std::sync::Arc;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::Uri;
 
-use crate::config::{Config, Protocol, RouteConfig, UpstreamConfig};
+use crate::config::{Config, RouteConfig, UpstreamConfig};
 
 use crate::http_client::{self as upstream, UpstreamClient};
+use crate::providers::protocol::RouteProtocol;
 
 /// One configured route, ready to serve.
 pub struct Route {
@@ -22,7 +23,7 @@ pub struct Route {
     pub host: Arc<str>,
     base_path: String,
     /// Configured protocol.
-    pub protocol: Protocol,
+    pub protocol: RouteProtocol,
     /// Agent name for requests without an agent header.
     pub agent: Option<Arc<str>>,
     /// Effective timeouts.
@@ -48,6 +49,16 @@ pub enum RouteError {
         url: String,
         /// Why.
         reason: String,
+    },
+    /// The protocol is none the provider registry knows.
+    #[error("route '{route}': unknown protocol {protocol:?} (one of: {known})")]
+    UnknownProtocol {
+        /// Route name.
+        route: String,
+        /// The configured value.
+        protocol: String,
+        /// The values accepted.
+        known: String,
     },
     /// The TLS client could not be built.
     #[error("route '{route}': {source}")]
@@ -111,6 +122,12 @@ impl Route {
                 }
             })?;
         let prefix = cfg.path_prefix.trim_end_matches('/').to_string();
+        let protocol =
+            RouteProtocol::named(&cfg.protocol).ok_or_else(|| RouteError::UnknownProtocol {
+                route: cfg.name.clone(),
+                protocol: cfg.protocol.clone(),
+                known: RouteProtocol::names().join(", "),
+            })?;
         Ok(Self {
             name: Arc::from(cfg.name.as_str()),
             prefix,
@@ -119,7 +136,7 @@ impl Route {
             host: Arc::from(authority.host()),
             authority,
             base_path,
-            protocol: cfg.protocol,
+            protocol,
             agent: cfg.agent.as_deref().map(Arc::from),
             timeouts,
             client,

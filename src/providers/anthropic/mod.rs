@@ -27,7 +27,7 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{Adapter, StreamEnding, StreamReader};
+use crate::providers::adapter::{Adapter, ErrorText, Routed, StreamEnding, StreamReader};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
@@ -35,6 +35,38 @@ use crate::providers::usage::ResponseRecord;
 pub struct Anthropic;
 
 impl Adapter for Anthropic {
+    fn protocol(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn detects(&self, path: &str) -> bool {
+        path.ends_with("/v1/messages") || path.ends_with("/v1/messages/count_tokens")
+    }
+
+    fn route(&self, path: &str) -> Option<Routed> {
+        let (operation, reads) = if path.ends_with("/messages") {
+            ("chat", true)
+        } else if path.ends_with("/messages/count_tokens") {
+            // A count, not a generation: labelled, never billed or counted as a step.
+            ("count_tokens", false)
+        } else {
+            ("other", false)
+        };
+        Some(Routed {
+            provider: "anthropic",
+            operation,
+            reads,
+        })
+    }
+
+    /// `{"type":"error","error":{"type","message"}}`.
+    fn error_body(&self, e: &ErrorText<'_>) -> Value {
+        serde_json::json!({
+            "type": "error",
+            "error": { "type": e.anthropic_type, "message": e.message }
+        })
+    }
+
     fn stream(&self) -> Box<dyn StreamReader> {
         Box::new(Stream::default())
     }

@@ -15,7 +15,7 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::adapter::{Adapter, ErrorText, Routed, StreamReader};
 use crate::providers::shape::azure_deployment;
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -24,6 +24,43 @@ use crate::providers::usage::ResponseRecord;
 pub struct Gemini;
 
 impl Adapter for Gemini {
+    fn protocol(&self) -> &'static str {
+        "gemini"
+    }
+
+    fn detects(&self, path: &str) -> bool {
+        path.contains(":generateContent")
+            || path.contains(":streamGenerateContent")
+            || path.contains("/v1beta/")
+    }
+
+    fn route(&self, path: &str) -> Option<Routed> {
+        let (operation, reads) =
+            if path.contains(":generateContent") || path.contains(":streamGenerateContent") {
+                ("generate_content", true)
+            } else if path.contains(":embedContent") || path.contains(":batchEmbedContents") {
+                ("embeddings", false)
+            } else {
+                ("other", false)
+            };
+        Some(Routed {
+            provider: "gcp.gemini",
+            operation,
+            reads,
+        })
+    }
+
+    /// `{"error":{"code","message","status"}}`: Google APIs.
+    fn error_body(&self, e: &ErrorText<'_>) -> Value {
+        serde_json::json!({
+            "error": {
+                "code": e.status,
+                "message": e.message,
+                "status": e.google_status,
+            }
+        })
+    }
+
     fn stream(&self) -> Box<dyn StreamReader> {
         Box::new(Stream::default())
     }

@@ -10,7 +10,7 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::adapter::{Adapter, Routed, StreamReader};
 use crate::providers::openai_chat::{self, OpenAiChat};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -19,6 +19,31 @@ use crate::providers::usage::ResponseRecord;
 pub struct Ollama;
 
 impl Adapter for Ollama {
+    fn protocol(&self) -> &'static str {
+        "ollama"
+    }
+
+    fn detects(&self, path: &str) -> bool {
+        path.starts_with("/api/")
+    }
+
+    fn route(&self, path: &str) -> Option<Routed> {
+        let (operation, reads) = if path.ends_with("/api/chat") {
+            ("chat", true)
+        } else if path.ends_with("/api/generate") {
+            ("text_completion", true)
+        } else if path.ends_with("/api/embed") || path.ends_with("/api/embeddings") {
+            ("embeddings", false)
+        } else {
+            ("other", false)
+        };
+        Some(Routed {
+            provider: "ollama",
+            operation,
+            reads,
+        })
+    }
+
     fn stream(&self) -> Box<dyn StreamReader> {
         Box::new(Stream::default())
     }

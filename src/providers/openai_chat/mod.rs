@@ -33,8 +33,7 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{Adapter, EventRewrite, StreamEnding, StreamReader};
-use crate::providers::request::RequestFacts;
+use crate::providers::adapter::{Adapter, EventRewrite, Routed, StreamEnding, StreamReader};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
@@ -42,6 +41,32 @@ use crate::providers::usage::ResponseRecord;
 pub struct OpenAiChat;
 
 impl Adapter for OpenAiChat {
+    fn protocol(&self) -> &'static str {
+        "openai"
+    }
+
+    fn detects(&self, _path: &str) -> bool {
+        true // every OpenAI-compatible server: the fallback, last in the registry
+    }
+
+    fn route(&self, path: &str) -> Option<Routed> {
+        let operation = if path.ends_with("/chat/completions") || path.ends_with("/responses") {
+            "chat"
+        } else if path.ends_with("/embeddings") {
+            "embeddings"
+        } else if path.ends_with("/completions") {
+            "text_completion"
+        } else {
+            "other"
+        };
+        // Chat, legacy completions and embeddings share the usage object.
+        Some(Routed {
+            provider: provider_label(path),
+            operation,
+            reads: operation != "other",
+        })
+    }
+
     fn stream(&self) -> Box<dyn StreamReader> {
         Box::new(Stream::default())
     }
@@ -62,8 +87,10 @@ impl Adapter for OpenAiChat {
         (None, "max_completion_tokens")
     }
 
-    fn ask_stream_usage(&self, facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
-        request::ask_stream_usage(facts, body)
+    fn ask_stream_usage(&self, stream: bool, include_usage: bool, body: &[u8]) -> Option<Vec<u8>> {
+        (stream && !include_usage)
+            .then(|| request::with_include_usage(body))
+            .flatten()
     }
 
     fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult> {
@@ -90,5 +117,14 @@ impl StreamReader for Stream {
 
     fn finish(self: Box<Self>) -> ResponseRecord {
         Stream::finish(*self)
+    }
+}
+
+/// `azure.ai.openai` for an Azure deployment's path, else `openai`.
+pub(crate) fn provider_label(path: &str) -> &'static str {
+    if path.starts_with("/openai/deployments/") {
+        "azure.ai.openai"
+    } else {
+        "openai"
     }
 }

@@ -2,18 +2,6 @@
 //! for it (`stream_options.include_usage`), so the proxy asks, and strips what the client did
 //! not ask for (`body::StripUsage`).
 
-use crate::providers::request::RequestFacts;
-
-/// The request rewritten to ask for usage in its stream: a stream without
-/// `stream_options.include_usage`.
-pub(super) fn ask_stream_usage(facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
-    if facts.stream && !facts.include_usage {
-        with_include_usage(body)
-    } else {
-        None
-    }
-}
-
 /// The request body with `stream_options.include_usage` set to true, for an OpenAI chat stream
 /// whose client did not ask for usage. The common case (no `stream_options`) inserts the field
 /// after the opening brace and leaves every other byte as sent.

@@ -14,7 +14,7 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{Adapter, StreamReader};
+use crate::providers::adapter::{Adapter, Routed, StreamReader};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
@@ -22,6 +22,22 @@ use crate::providers::usage::ResponseRecord;
 pub struct OpenAiResponses;
 
 impl Adapter for OpenAiResponses {
+    fn protocol(&self) -> &'static str {
+        "openai"
+    }
+
+    fn detects(&self, _path: &str) -> bool {
+        false // the protocol is detected once, by Chat Completions (the fallback)
+    }
+
+    fn route(&self, path: &str) -> Option<Routed> {
+        path.ends_with("/responses").then(|| Routed {
+            provider: super::openai_chat::provider_label(path),
+            operation: "chat",
+            reads: true,
+        })
+    }
+
     fn stream(&self) -> Box<dyn StreamReader> {
         Box::new(Stream::default())
     }

@@ -1,0 +1,79 @@
+//! Request fields several formats share: declared tools and the output-token cap.
+
+use serde_json::Value;
+
+/// A tool the request offered the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredTool {
+    /// Tool name.
+    pub name: String,
+    /// JSON Schema of its arguments (`null` when none was given).
+    pub schema: serde_json::Value,
+}
+
+/// What the `max_tokens` cap did to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capped {
+    /// At or under the cap: unchanged.
+    Within,
+    /// Over the cap: rewritten to it.
+    Clamped,
+    /// No value set: the cap was added.
+    Added,
+}
+
+/// Rewrite every output-token field of the request above `limit` to `limit` (whichever format
+/// names it, the fields request inspection reads); with none set, add `field`, the format's
+/// `(enclosing object, key)`. `requested` is what inspection read.
+pub(super) fn clamp(
+    doc: &mut Value,
+    requested: Option<u64>,
+    limit: u64,
+    field: (Option<&'static str>, &'static str),
+) -> Capped {
+    let Some(obj) = doc.as_object_mut() else {
+        return Capped::Within;
+    };
+    if requested.is_some_and(|r| r <= limit) {
+        return Capped::Within;
+    }
+    let over = |v: &Value| v.as_u64().is_none_or(|n| n > limit);
+    let mut changed = false;
+    for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+        if let Some(v) = obj.get_mut(key).filter(|v| over(v)) {
+            *v = Value::from(limit);
+            changed = true;
+        }
+    }
+    for (outer, inner) in [
+        ("generationConfig", "maxOutputTokens"),
+        ("options", "num_predict"),
+    ] {
+        if let Some(v) = obj
+            .get_mut(outer)
+            .and_then(|o| o.get_mut(inner))
+            .filter(|v| over(v))
+        {
+            *v = Value::from(limit);
+            changed = true;
+        }
+    }
+    if changed {
+        return Capped::Clamped;
+    }
+    let (outer, key) = field;
+    let target = match outer {
+        None => Some(obj),
+        Some(o) => obj
+            .entry(o)
+            .or_insert_with(|| Value::Object(serde_json::Map::new()))
+            .as_object_mut(),
+    };
+    match target {
+        Some(t) => {
+            t.insert(key.into(), Value::from(limit));
+            Capped::Added
+        }
+        None => Capped::Within,
+    }
+}

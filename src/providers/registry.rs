@@ -1,4 +1,5 @@
-//! The provider registry: one line per format, the only place a format meets its adapter.
+//! The provider registry: one line per format, the only place a format meets its adapter (its
+//! folder is declared in `providers/mod.rs`).
 //!
 //! The order is the order formats are asked: under `protocol: auto` the first format whose
 //! [`Adapter::detects`] claims a path names the protocol, and a protocol's formats are asked in
@@ -6,7 +7,6 @@
 //! OpenAI-compatible server is the fallback.
 
 use super::adapter::Adapter;
-use super::{anthropic, gemini, ollama, openai_chat, openai_responses};
 
 /// Declares [`Format`] (one variant per line), [`Format::ALL`] and [`Format::adapter`].
 macro_rules! registry {
@@ -36,13 +36,13 @@ macro_rules! registry {
 
 registry! {
     /// Anthropic Messages.
-    Anthropic => anthropic::Anthropic,
+    Anthropic => super::anthropic::Anthropic,
     /// Gemini generateContent / streamGenerateContent.
-    Gemini => gemini::Gemini,
+    Gemini => super::gemini::Gemini,
     /// Ollama native `/api/chat` and `/api/generate` (NDJSON streams).
-    Ollama => ollama::Ollama,
+    Ollama => super::ollama::Ollama,
     /// OpenAI Responses API.
-    OpenAiResponses => openai_responses::OpenAiResponses,
+    OpenAiResponses => super::openai_responses::OpenAiResponses,
     /// OpenAI Chat Completions (and every compatible server, Azure deployments included).
-    OpenAiChat => openai_chat::OpenAiChat,
+    OpenAiChat => super::openai_chat::OpenAiChat,
 }

@@ -1,16 +1,22 @@
 //! tokenwarden: a transparent sidecar proxy that makes LLM traffic observable and bounded.
 //!
-//! Module map (see ARCHITECTURE.md for the life of one request):
-//! - [`config`] — the YAML file, strict and defaulted.
-//! - [`server`] — proxy and admin listeners, connection hardening, graceful shutdown.
-//! - [`proxy`] — the per-request pipeline: route, read body, forward, respond, errors.
-//! - [`session`] — session id (headers, baggage, body), step counter, idle expiry.
-//! - [`budget`] — token and cost budgets: admission, settlement, stores, alerts, cut.
-//! - [`body`] — the observing pass-through response body.
-//! - [`sse`] — incremental SSE and NDJSON decoders.
-//! - [`providers`] — provider adapters: response bodies → usage, tool calls, finish reasons.
-//! - [`telemetry`] — logging, Prometheus metrics, bounded labels.
-//! - [`tokens`] — token estimates (o200k tokenizer) where no provider count exists.
+//! Module map, in layer order (lower layers never import higher ones; `tests/module_graph.rs`
+//! checks it; ARCHITECTURE.md has the life of one request):
+//! - [`config`] — the YAML file, strict and defaulted; imports nothing of ours.
+//! - [`sse`] — incremental SSE and NDJSON decoders (bytes only).
+//! - [`tokens`] — token counts of text (o200k tokenizer).
+//! - [`http_client`] — the pooled hyper + rustls client every outbound call uses.
+//! - [`providers`] — one folder per provider format behind the `Adapter` trait and its registry:
+//!   request facts, response and stream parsing, usage, tools, content, stream rewrites.
+//! - [`record`] — the call record the consumers read: labels, facts, usage and its source, the
+//!   finished call, typed states.
+//! - [`body`] — response body wrappers: observing pass-through, cut at a budget, hidden usage.
+//! - [`session`] — session id, step counter, idle expiry, per-session totals.
+//! - [`telemetry`] — logging, metric names and recorder, bounded labels, spans and their export.
+//! - [`budget`] — token and cost budgets: admission, settlement, stores, alerts.
+//! - [`policy`] — per-agent tool, step, input and loop rules.
+//! - [`proxy`] — the per-request pipeline that orchestrates all of the above.
+//! - [`server`] — proxy and admin listeners, connection hardening, reload, graceful shutdown.
 
 pub mod body;
 pub mod budget;

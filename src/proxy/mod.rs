@@ -1,14 +1,20 @@
-//! The request pipeline: one function per stage, in the order a request meets them.
+//! The request pipeline: `Proxy::handle` runs one short function per phase over one
+//! `Flight` (the request's context), in the order a request meets them.
 //!
-//! 1. `route` — first route whose prefix matches; none → 404 in OpenAI shape.
-//! 2. `identify` — agent label (header, else the route's agent, else `default`), capped.
-//! 3. `read_body` — the request body, up to `server.max_request_body_bytes` (else 413); LLM
-//!    requests are JSON that budgets and policies read, so it is collected, then forwarded as is.
-//! 4. `upstream_request` — same method, headers minus hop-by-hop, `Host` rewritten, same bytes.
-//! 5. `send` — pooled client, first-byte timeout; failures become provider-shaped 502/504.
-//! 6. `respond` — status and headers (minus hop-by-hop) at once, body wrapped in
-//!    [`ObservedBody`] so each frame goes to the client as it arrives and the [`Call`] finishes
-//!    exactly once.
+//! 1. `route` — first route whose prefix matches; none → 404 in OpenAI shape (`unmatched`).
+//! 2. `identify` — protocol, provider and operation (`providers::protocol::classify`), agent
+//!    label, the [`Call`] (from here it finishes exactly once) and its span.
+//! 3. `read` — the request body, up to `server.max_request_body_bytes` (else 413); what it says
+//!    (`providers::request::inspect`); the session and the step the call would take.
+//! 4. `admit` — policies (may refuse or rewrite), the call's accounting (`account`), budgets
+//!    (may refuse), then `commit`: the session step is taken and the policies' side effects apply.
+//! 5. `forward` — same method, headers minus hop-by-hop, `Host` rewritten, our `traceparent`, the
+//!    same bytes (or the rewritten ones); pooled client under the first-byte timeout; failures
+//!    become provider-shaped 502/504.
+//! 6. `respond` — status and headers (minus hop-by-hop) at once; the body wrapped in
+//!    [`ObservedBody`] (each frame goes to the client as it arrives), in `Cut` when a `cut` limit
+//!    applies and in `StripUsage` when usage was asked for on the client's behalf; held whole
+//!    (`held`) when a blocking policy must check its tool calls first.
 
 pub mod accounting;
 mod answer;

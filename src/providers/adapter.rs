@@ -198,3 +198,24 @@ pub trait StreamReader: Send {
     /// The stream ended: everything it said.
     fn finish(self: Box<Self>) -> ResponseRecord;
 }
+
+/// Implements [`StreamReader`] for a format's stream state `$ty`: a struct with a `record` field,
+/// a `$event(&mut self, &[u8]) -> Option<bool>` method and `finish(self) -> ResponseRecord`.
+macro_rules! stream_reader {
+    ($ty:ty, $event:ident) => {
+        impl $crate::providers::adapter::StreamReader for $ty {
+            fn event(&mut self, data: &[u8]) -> Option<bool> {
+                <$ty>::$event(self, data)
+            }
+
+            fn record_mut(&mut self) -> &mut $crate::providers::usage::ResponseRecord {
+                &mut self.record
+            }
+
+            fn finish(self: Box<Self>) -> $crate::providers::usage::ResponseRecord {
+                <$ty>::finish(*self)
+            }
+        }
+    };
+}
+pub(crate) use stream_reader;

@@ -27,7 +27,9 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{Adapter, ErrorText, Routed, StreamEnding, StreamReader};
+use crate::providers::adapter::{
+    stream_reader, Adapter, ErrorText, Routed, StreamEnding, StreamReader,
+};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
@@ -96,16 +98,4 @@ impl Adapter for Anthropic {
     }
 }
 
-impl StreamReader for Stream {
-    fn event(&mut self, data: &[u8]) -> Option<bool> {
-        Stream::event(self, data)
-    }
-
-    fn record_mut(&mut self) -> &mut ResponseRecord {
-        &mut self.record
-    }
-
-    fn finish(self: Box<Self>) -> ResponseRecord {
-        Stream::finish(*self)
-    }
-}
+stream_reader!(Stream, event);

@@ -10,7 +10,7 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{Adapter, Routed, StreamReader};
+use crate::providers::adapter::{stream_reader, Adapter, Routed, StreamReader};
 use crate::providers::openai_chat::{self, OpenAiChat};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -80,16 +80,4 @@ impl Adapter for Ollama {
     }
 }
 
-impl StreamReader for Stream {
-    fn event(&mut self, data: &[u8]) -> Option<bool> {
-        Stream::line(self, data)
-    }
-
-    fn record_mut(&mut self) -> &mut ResponseRecord {
-        &mut self.record
-    }
-
-    fn finish(self: Box<Self>) -> ResponseRecord {
-        Stream::finish(*self)
-    }
-}
+stream_reader!(Stream, line);

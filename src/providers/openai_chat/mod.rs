@@ -33,7 +33,9 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{Adapter, EventRewrite, Routed, StreamEnding, StreamReader};
+use crate::providers::adapter::{
+    stream_reader, Adapter, EventRewrite, Routed, StreamEnding, StreamReader,
+};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
@@ -106,19 +108,7 @@ impl Adapter for OpenAiChat {
     }
 }
 
-impl StreamReader for Stream {
-    fn event(&mut self, data: &[u8]) -> Option<bool> {
-        Stream::event(self, data)
-    }
-
-    fn record_mut(&mut self) -> &mut ResponseRecord {
-        &mut self.record
-    }
-
-    fn finish(self: Box<Self>) -> ResponseRecord {
-        Stream::finish(*self)
-    }
-}
+stream_reader!(Stream, event);
 
 /// `azure.ai.openai` for an Azure deployment's path, else `openai`.
 pub(crate) fn provider_label(path: &str) -> &'static str {

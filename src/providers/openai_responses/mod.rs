@@ -14,7 +14,7 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{Adapter, Routed, StreamReader};
+use crate::providers::adapter::{stream_reader, Adapter, Routed, StreamReader};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
@@ -63,16 +63,4 @@ impl Adapter for OpenAiResponses {
     }
 }
 
-impl StreamReader for Stream {
-    fn event(&mut self, data: &[u8]) -> Option<bool> {
-        Stream::event(self, data)
-    }
-
-    fn record_mut(&mut self) -> &mut ResponseRecord {
-        &mut self.record
-    }
-
-    fn finish(self: Box<Self>) -> ResponseRecord {
-        Stream::finish(*self)
-    }
-}
+stream_reader!(Stream, event);

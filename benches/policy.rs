@@ -99,7 +99,7 @@ fn bench(c: &mut Criterion) {
                 |mut f| {
                     let asker = Asker {
                         agent: &agent,
-                        operation: "chat",
+                        operation: tokenwarden::record::Operation::Chat,
                         session: Some(&session),
                         step: Some(3),
                         now: tokio::time::Instant::now(),

@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
     let labels = CallLabels {
         route: Arc::from("openai"),
         provider: "openai",
-        operation: "chat",
+        operation: tokenwarden::record::Operation::Chat,
         agent: Arc::from("planner"),
     };
     let facts = RequestFacts {

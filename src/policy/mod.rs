@@ -44,7 +44,7 @@ use crate::config::{
 };
 use crate::providers::request::{DeclaredTool, RequestFacts};
 use crate::providers::{Capped, ToolCall, ToolResult};
-use crate::record::{CallLabels, PolicyViolation};
+use crate::record::{CallLabels, Operation, PolicyViolation};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
 
@@ -120,7 +120,7 @@ pub struct Asker<'a> {
     /// Agent label.
     pub agent: &'a Arc<str>,
     /// Operation label (`chat`, `embeddings`, ...).
-    pub operation: &'a str,
+    pub operation: Operation,
     /// Session id, when the request named one.
     pub session: Option<&'a Arc<str>>,
     /// Step number in the session.
@@ -413,7 +413,7 @@ impl Policies {
                 ));
             }
         }
-        if asker.operation == "embeddings" {
+        if asker.operation == Operation::Embeddings {
             return Ok(Admission {
                 rewritten: None,
                 check,

@@ -145,13 +145,46 @@ pub trait StreamEnding: Send {
     fn tail(&self, output_tokens: u64) -> Bytes;
 }
 
+/// What a call does (`gen_ai.operation.name`), as the path says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// A chat or messages call (Chat Completions, Responses, Messages, Ollama chat).
+    Chat,
+    /// A legacy completion (`/v1/completions`, Ollama `/api/generate`).
+    TextCompletion,
+    /// Embeddings.
+    Embeddings,
+    /// Gemini `generateContent` / `streamGenerateContent`.
+    GenerateContent,
+    /// A token count (Anthropic `count_tokens`): labelled, never billed or a step.
+    CountTokens,
+    /// Anything else on the route (model lists, files): forwarded and counted, not read.
+    Other,
+}
+
+// === impl Operation ===
+
+impl Operation {
+    /// Label and attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::TextCompletion => "text_completion",
+            Operation::Embeddings => "embeddings",
+            Operation::GenerateContent => "generate_content",
+            Operation::CountTokens => "count_tokens",
+            Operation::Other => "other",
+        }
+    }
+}
+
 /// What a format says of a request on a path of its protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Routed {
     /// `gen_ai.provider.name` value.
     pub provider: &'static str,
-    /// `gen_ai.operation.name` value, or `other` for paths that are no LLM call.
-    pub operation: &'static str,
+    /// What the call does (`other` for paths that are no LLM call).
+    pub operation: Operation,
     /// Whether this format reads the call (request facts, response parsing, budgets, policies).
     pub reads: bool,
 }

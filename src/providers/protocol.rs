@@ -5,7 +5,7 @@
 //! to answer in, the provider and operation labels for metrics, and the format that reads the
 //! call, if one does.
 
-use super::adapter::{openai_error_body, ErrorText};
+use super::adapter::{openai_error_body, ErrorText, Operation};
 use super::registry::Format;
 use crate::config::Config;
 
@@ -35,8 +35,8 @@ pub struct ErrorShape(Option<Format>);
 pub struct Classified {
     /// `gen_ai.provider.name` value.
     pub provider: &'static str,
-    /// `gen_ai.operation.name` value, or `other` for non-LLM paths.
-    pub operation: &'static str,
+    /// What the call does (`other` for non-LLM paths).
+    pub operation: Operation,
     /// The format that reads the call, when one does.
     pub format: Option<Format>,
     shape: ErrorShape,
@@ -148,7 +148,7 @@ pub fn classify(configured: RouteProtocol, path: &str) -> Classified {
     // No format of the protocol claims the path: labelled as the protocol's, never read.
     Classified {
         provider: "unknown",
-        operation: "other",
+        operation: Operation::Other,
         format: None,
         shape: ErrorShape::of(first),
     }
@@ -157,7 +157,7 @@ pub fn classify(configured: RouteProtocol, path: &str) -> Classified {
 fn passthrough() -> Classified {
     Classified {
         provider: "unknown",
-        operation: "other",
+        operation: Operation::Other,
         format: None,
         shape: ErrorShape::DEFAULT,
     }
@@ -174,15 +174,15 @@ mod tests {
     #[test]
     fn auto_detects_by_path() {
         let c = classify(RouteProtocol::Auto, "/v1/messages");
-        assert_eq!((c.provider, c.operation), ("anthropic", "chat"));
+        assert_eq!((c.provider, c.operation.as_str()), ("anthropic", "chat"));
         assert_eq!(c.error_shape(), ErrorShape::of(Format::Anthropic));
         assert_eq!(c.format, Some(Format::Anthropic));
         let c = classify(RouteProtocol::Auto, "/v1/chat/completions");
-        assert_eq!((c.provider, c.operation), ("openai", "chat"));
+        assert_eq!((c.provider, c.operation.as_str()), ("openai", "chat"));
         assert_eq!(c.format, Some(Format::OpenAiChat));
         let c = classify(RouteProtocol::Auto, "/v1/responses");
         assert_eq!(
-            (c.operation, c.format),
+            (c.operation.as_str(), c.format),
             ("chat", Some(Format::OpenAiResponses))
         );
         let c = classify(
@@ -190,7 +190,7 @@ mod tests {
             "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
         );
         assert_eq!(
-            (c.provider, c.operation),
+            (c.provider, c.operation.as_str()),
             ("gcp.gemini", "generate_content")
         );
         assert_eq!(c.error_shape(), ErrorShape::of(Format::Gemini));
@@ -200,12 +200,12 @@ mod tests {
         );
         assert_eq!(c.provider, "azure.ai.openai");
         let c = classify(RouteProtocol::Auto, "/api/chat");
-        assert_eq!((c.provider, c.operation), ("ollama", "chat"));
+        assert_eq!((c.provider, c.operation.as_str()), ("ollama", "chat"));
         let c = classify(RouteProtocol::Auto, "/v1/messages/count_tokens");
-        assert_eq!((c.operation, c.format), ("count_tokens", None));
+        assert_eq!((c.operation.as_str(), c.format), ("count_tokens", None));
         let c = classify(RouteProtocol::Auto, "/v1/models");
         assert_eq!(
-            (c.provider, c.operation, c.format),
+            (c.provider, c.operation.as_str(), c.format),
             ("openai", "other", None)
         );
     }
@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(c.error_shape(), ErrorShape::of(Format::Anthropic));
         assert_eq!(
             classify(RouteProtocol::Passthrough, "/v1/chat/completions").operation,
-            "other"
+            Operation::Other
         );
         assert_eq!(
             classify(RouteProtocol::Passthrough, "/v1/chat/completions").error_shape(),

@@ -232,7 +232,7 @@ impl LlmCall {
         if let Some(last) = self.last_output {
             let h = self.per_chunk.get_or_insert_with(|| {
                 histogram!(m::GEN_AI_TIME_PER_OUTPUT_CHUNK,
-                    "gen_ai_operation_name" => base.operation,
+                    "gen_ai_operation_name" => base.operation.as_str(),
                     "gen_ai_provider_name" => base.provider,
                     "gen_ai_request_model" => self.request_model.clone(),
                     "agent" => base.agent.clone(),
@@ -312,7 +312,7 @@ impl LlmCall {
             None => self.request_model.clone(),
         };
         let gen_ai = vec![
-            Label::new("gen_ai_operation_name", base.operation),
+            Label::new("gen_ai_operation_name", base.operation.as_str()),
             Label::new("gen_ai_provider_name", base.provider),
             Label::new("gen_ai_request_model", self.request_model.to_string()),
             Label::new("gen_ai_response_model", response_model.to_string()),

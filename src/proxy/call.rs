@@ -24,7 +24,9 @@ use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
 use super::accounting::{Ending, LlmCall};
-use crate::record::{BudgetDecision, CallLabels, PolicyViolation, UpstreamError, UsageSource};
+use crate::record::{
+    BudgetDecision, CallLabels, Operation, PolicyViolation, UpstreamError, UsageSource,
+};
 
 /// One request in flight.
 pub struct Call {
@@ -68,7 +70,7 @@ pub struct CallInfo {
     /// Provider label.
     pub provider: &'static str,
     /// Operation label.
-    pub operation: &'static str,
+    pub operation: Operation,
     /// Agent label (already capped).
     pub agent: Arc<str>,
     /// HTTP method.
@@ -295,7 +297,7 @@ impl Call {
         counter!(m::REQUESTS_TOTAL,
             "route" => self.base.route.clone(),
             "provider" => self.base.provider,
-            "operation" => self.base.operation,
+            "operation" => self.base.operation.as_str(),
             "agent" => self.base.agent.clone(),
             "status" => status,
         )
@@ -509,7 +511,7 @@ mod span_tests {
             CallInfo {
                 route: Arc::from("r"),
                 provider: "openai",
-                operation: "chat",
+                operation: Operation::Chat,
                 agent: Arc::from("a"),
                 method: Method::POST,
                 path: path.into(),

@@ -53,7 +53,7 @@ use crate::telemetry::trace_context::TRACEPARENT_HEADER;
 use crate::policy::{Pending, ResponseCheck};
 use crate::providers::protocol::{self, Classified, ErrorShape};
 use crate::providers::request::{self as inspect, RequestFacts};
-use crate::record::{BudgetDecision, PolicyViolation};
+use crate::record::{BudgetDecision, Operation, PolicyViolation};
 use answer::local_error;
 use route::{Route, RouteError, Router};
 
@@ -224,7 +224,7 @@ impl Proxy {
 
     /// Phase 1, no route: a 404 in OpenAI shape.
     fn unmatched(&self, parts: &http::request::Parts, started: Instant) -> Response<ProxyBody> {
-        let info = self.call_info(parts, Arc::from("unmatched"), "unknown", "other");
+        let info = self.call_info(parts, Arc::from("unmatched"), "unknown", Operation::Other);
         let call = Call::new(info(Arc::from("default")), started);
         local_error(call, ProxyError::NoRoute, ErrorShape::DEFAULT)
     }
@@ -235,7 +235,7 @@ impl Proxy {
         parts: &'a http::request::Parts,
         route: Arc<str>,
         provider: &'static str,
-        operation: &'static str,
+        operation: Operation,
     ) -> impl FnOnce(Arc<str>) -> CallInfo + 'a {
         move |agent| CallInfo {
             route,
@@ -358,7 +358,7 @@ impl Proxy {
     fn account(&self, f: &mut Flight, facts: RequestFacts, check: ResponseCheck) {
         let mut llm = accounting::LlmCall::new(facts, self.labels.clone());
         llm.set_policy(check);
-        if self.inject_stream_usage && f.class.operation == "chat" {
+        if self.inject_stream_usage && f.class.operation == Operation::Chat {
             if let Some(rewritten) = inspect::ask_stream_usage(llm.facts(), &f.body) {
                 f.body = Bytes::from(rewritten);
                 llm.set_injected();

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 pub use crate::providers::request::{DeclaredTool, RequestFacts};
-pub use crate::providers::{Format, ResponseRecord, ToolCall, Usage};
+pub use crate::providers::{Format, Operation, ResponseRecord, ToolCall, Usage};
 pub use states::{BudgetDecision, PolicyViolation, UpstreamError};
 
 /// Largest response body (JSON) or single event (SSE) kept for parsing.
@@ -23,7 +23,7 @@ pub struct CallLabels {
     /// `gen_ai.provider.name`.
     pub provider: &'static str,
     /// `gen_ai.operation.name`.
-    pub operation: &'static str,
+    pub operation: Operation,
     /// Agent label.
     pub agent: Arc<str>,
 }

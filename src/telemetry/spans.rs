@@ -273,8 +273,8 @@ impl CallSpan {
         }
         let model = f.facts.model.as_deref();
         match model {
-            Some(m) => put_str_joined(b, 5, &[f.labels.operation, m]),
-            None => put_str(b, 5, f.labels.operation),
+            Some(m) => put_str_joined(b, 5, &[f.labels.operation.as_str(), m]),
+            None => put_str(b, 5, f.labels.operation.as_str()),
         }
         put_uint(b, 6, SPAN_KIND_CLIENT);
         put_fixed64(b, 7, unix_nanos(start));
@@ -380,7 +380,7 @@ const SPAN_FLAGS_IS_REMOTE: u32 = 0x200;
 
 fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
     let r = f.record;
-    attrs.str("gen_ai.operation.name", f.labels.operation);
+    attrs.str("gen_ai.operation.name", f.labels.operation.as_str());
     attrs.str("gen_ai.provider.name", f.labels.provider);
     if let Some(m) = &f.facts.model {
         attrs.str("gen_ai.request.model", m);
@@ -465,7 +465,7 @@ mod tests {
         CallLabels {
             route: Arc::from("r"),
             provider: "openai",
-            operation: "chat",
+            operation: crate::record::Operation::Chat,
             agent: Arc::from("planner"),
         }
     }

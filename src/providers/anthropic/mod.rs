@@ -28,7 +28,7 @@ pub use response::Stream;
 use serde_json::{Map, Value};
 
 use crate::providers::adapter::{
-    stream_reader, Adapter, ErrorText, Routed, StreamEnding, StreamReader,
+    stream_reader, Adapter, ErrorText, Operation, Routed, StreamEnding, StreamReader,
 };
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -47,12 +47,12 @@ impl Adapter for Anthropic {
 
     fn route(&self, path: &str) -> Option<Routed> {
         let (operation, reads) = if path.ends_with("/messages") {
-            ("chat", true)
+            (Operation::Chat, true)
         } else if path.ends_with("/messages/count_tokens") {
             // A count, not a generation: labelled, never billed or counted as a step.
-            ("count_tokens", false)
+            (Operation::CountTokens, false)
         } else {
-            ("other", false)
+            (Operation::Other, false)
         };
         Some(Routed {
             provider: "anthropic",

@@ -15,7 +15,9 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{stream_reader, Adapter, ErrorText, Routed, StreamReader};
+use crate::providers::adapter::{
+    stream_reader, Adapter, ErrorText, Operation, Routed, StreamReader,
+};
 use crate::providers::shape::azure_deployment;
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -37,11 +39,11 @@ impl Adapter for Gemini {
     fn route(&self, path: &str) -> Option<Routed> {
         let (operation, reads) =
             if path.contains(":generateContent") || path.contains(":streamGenerateContent") {
-                ("generate_content", true)
+                (Operation::GenerateContent, true)
             } else if path.contains(":embedContent") || path.contains(":batchEmbedContents") {
-                ("embeddings", false)
+                (Operation::Embeddings, false)
             } else {
-                ("other", false)
+                (Operation::Other, false)
             };
         Some(Routed {
             provider: "gcp.gemini",

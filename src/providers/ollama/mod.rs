@@ -10,7 +10,7 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{stream_reader, Adapter, Routed, StreamReader};
+use crate::providers::adapter::{stream_reader, Adapter, Operation, Routed, StreamReader};
 use crate::providers::openai_chat::{self, OpenAiChat};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -29,13 +29,13 @@ impl Adapter for Ollama {
 
     fn route(&self, path: &str) -> Option<Routed> {
         let (operation, reads) = if path.ends_with("/api/chat") {
-            ("chat", true)
+            (Operation::Chat, true)
         } else if path.ends_with("/api/generate") {
-            ("text_completion", true)
+            (Operation::TextCompletion, true)
         } else if path.ends_with("/api/embed") || path.ends_with("/api/embeddings") {
-            ("embeddings", false)
+            (Operation::Embeddings, false)
         } else {
-            ("other", false)
+            (Operation::Other, false)
         };
         Some(Routed {
             provider: "ollama",

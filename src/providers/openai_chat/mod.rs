@@ -34,7 +34,7 @@ pub use response::Stream;
 use serde_json::{Map, Value};
 
 use crate::providers::adapter::{
-    stream_reader, Adapter, EventRewrite, Routed, StreamEnding, StreamReader,
+    stream_reader, Adapter, EventRewrite, Operation, Routed, StreamEnding, StreamReader,
 };
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -53,19 +53,19 @@ impl Adapter for OpenAiChat {
 
     fn route(&self, path: &str) -> Option<Routed> {
         let operation = if path.ends_with("/chat/completions") || path.ends_with("/responses") {
-            "chat"
+            Operation::Chat
         } else if path.ends_with("/embeddings") {
-            "embeddings"
+            Operation::Embeddings
         } else if path.ends_with("/completions") {
-            "text_completion"
+            Operation::TextCompletion
         } else {
-            "other"
+            Operation::Other
         };
         // Chat, legacy completions and embeddings share the usage object.
         Some(Routed {
             provider: provider_label(path),
             operation,
-            reads: operation != "other",
+            reads: operation != Operation::Other,
         })
     }
 

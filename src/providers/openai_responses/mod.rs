@@ -14,7 +14,7 @@ pub use response::Stream;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{stream_reader, Adapter, Routed, StreamReader};
+use crate::providers::adapter::{stream_reader, Adapter, Operation, Routed, StreamReader};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
@@ -33,7 +33,7 @@ impl Adapter for OpenAiResponses {
     fn route(&self, path: &str) -> Option<Routed> {
         path.ends_with("/responses").then(|| Routed {
             provider: super::openai_chat::provider_label(path),
-            operation: "chat",
+            operation: Operation::Chat,
             reads: true,
         })
     }

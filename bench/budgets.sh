@@ -3,7 +3,7 @@
 # tokenwarden with budgets off, with the memory store, and with the Redis store, in one run.
 # Proxy pinned to CPU 1; wrk, tokenwarden-mock and redis-server on CPU 0; all on 127.0.0.1.
 # Needs: wrk, redis-server (apt-get install -y wrk redis-server). Knobs: DUR (10) REPS (2) CONC (64)
-# SESSIONS (64) SKIP_BUILD=1.
+# SESSIONS (64) SKIP_BUILD=1, TW and MOCK (the two binaries, to compare builds; default target/release/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10} REPS=${REPS:-2} CONC=${CONC:-64} SESSIONS=${SESSIONS:-64}
@@ -12,7 +12,7 @@ for t in wrk redis-server taskset; do
   command -v "$t" >/dev/null || { echo "bench/budgets.sh: $t is missing (apt-get install -y wrk redis-server)" >&2; exit 1; }
 done
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --workspace --bins --locked
-TW=target/release/tokenwarden MOCK=target/release/tokenwarden-mock
+TW=${TW:-target/release/tokenwarden} MOCK=${MOCK:-target/release/tokenwarden-mock}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }

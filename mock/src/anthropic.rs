@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 
-use super::content::{fragments, tool, word};
+use super::content::{fragments, word};
 use super::frames::{escape_into, Frames};
 use super::reply::{fault_reply, parse_json, BasicRequest, Flavor, Reply, DEFAULT_MODEL};
 use super::Knobs;
@@ -72,13 +72,13 @@ fn messages_json(model: &str, k: &Knobs) -> Vec<Bytes> {
         first = false;
     }
     for i in 0..k.tool_calls {
-        let (name, args) = tool(i);
+        let (name, args) = k.tool(i);
         if !first {
             f.s(",");
         }
         first = false;
         f.s(r#"{"type":"tool_use","id":"#)
-            .id("toolu_mock_", i)
+            .turn_id("toolu_mock_", k.turn(), i)
             .s(r#","name":"#)
             .q(name)
             .s(r#","input":"#)
@@ -152,13 +152,13 @@ fn messages_sse(model: &str, k: &Knobs) -> Vec<Bytes> {
         index += 1;
     }
     for i in 0..k.tool_calls {
-        let (name, args) = tool(i);
+        let (name, args) = k.tool(i);
         let args = k.tool_args(args);
         ev(&mut f, "content_block_start")
             .s(r#","index":"#)
             .n(index)
             .s(r#","content_block":{"type":"tool_use","id":"#)
-            .id("toolu_mock_", i)
+            .turn_id("toolu_mock_", k.turn(), i)
             .s(r#","name":"#)
             .q(name)
             .s(r#","input":{}}"#);
@@ -193,6 +193,7 @@ fn messages_sse(model: &str, k: &Knobs) -> Vec<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::tool;
     use crate::MockOptions;
     use serde_json::{json, Value};
 

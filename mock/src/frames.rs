@@ -48,10 +48,14 @@ impl Frames {
         self
     }
 
-    /// Appends a quoted numbered id, e.g. `"call_mock_0001"` for `("call_mock_", 0)`.
-    pub(crate) fn id(&mut self, prefix: &str, i: u32) -> &mut Self {
+    /// Appends a quoted numbered id, e.g. `"call_mock_0001"` for `("call_mock_", None, 0)`, with
+    /// a scripted turn's number when there is one: `"call_mock_t2_0001"` for `Some(2)`.
+    pub(crate) fn turn_id(&mut self, prefix: &str, turn: Option<u32>, i: u32) -> &mut Self {
         self.buf.extend_from_slice(b"\"");
         self.buf.extend_from_slice(prefix.as_bytes());
+        if let Some(t) = turn {
+            let _ = write!(self.buf, "t{t}_");
+        }
         let _ = write!(self.buf, "{:04}\"", u64::from(i) + 1);
         self
     }

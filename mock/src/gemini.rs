@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 use http::StatusCode;
 
-use super::content::{tool, word};
+use super::content::word;
 use super::frames::{escape_into, Frames};
 use super::reply::{fault_reply, Flavor, Reply, DEFAULT_MODEL};
 use super::Knobs;
@@ -120,7 +120,7 @@ fn candidate(
     }
     if with_tools {
         for i in 0..k.tool_calls {
-            let (name, args) = tool(i);
+            let (name, args) = k.tool(i);
             if !first {
                 f.s(",");
             }

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use http::HeaderMap;
 
+use super::content;
+use super::script::{self, Dialect, Script};
 use super::{Fault, MockOptions};
 
 /// Upper bound for `x-mock-output-chunks` (keeps a typo from allocating gigabytes).
@@ -29,6 +31,19 @@ pub struct Knobs {
     /// Tool-call arguments lose their last byte (not JSON any more) where the format carries
     /// them as a string: OpenAI chat (JSON and SSE) and Anthropic streams.
     pub truncate_tool_args: bool,
+    /// The conversation script (`x-mock-script`), if any.
+    pub script: Option<Script>,
+    /// `x-mock-input-tokens` was sent: it wins over a script's tokenizer count.
+    pub(crate) input_tokens_header: bool,
+    /// A scripted tool-call turn: its number (for ids) and the calls' names and arguments.
+    pub(crate) scripted: Option<ScriptedCalls>,
+}
+
+/// The tool calls of a scripted turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScriptedCalls {
+    turn: u32,
+    calls: Vec<(String, String)>,
 }
 
 /// A knob header with a value the mock does not understand.
@@ -54,6 +69,9 @@ impl Knobs {
             gzip: o.gzip,
             fault: o.fault,
             truncate_tool_args: false,
+            script: None,
+            input_tokens_header: false,
+            scripted: None,
         }
     }
 
@@ -71,7 +89,10 @@ impl Knobs {
             let text = value.to_str().map_err(|_| bad())?.trim();
             let num = || text.parse::<u64>().map_err(|_| bad());
             match knob {
-                "input-tokens" => k.input_tokens = num()?,
+                "input-tokens" => {
+                    k.input_tokens = num()?;
+                    k.input_tokens_header = true;
+                }
                 "output-chunks" => {
                     k.output_chunks = u32::try_from(num()?)
                         .ok()
@@ -97,12 +118,59 @@ impl Knobs {
                 "gzip" => k.gzip = parse_bool(text).ok_or_else(bad)?,
                 "truncate-tool-args" => k.truncate_tool_args = parse_bool(text).ok_or_else(bad)?,
                 "fault" => k.fault = Fault::parse_setting(text).map_err(|_| bad())?,
+                "script" => k.script = Script::parse_setting(text).map_err(|_| bad())?,
                 // Unknown x-mock-* headers are ignored (forward compatible).
                 _ => {}
             }
         }
         k.cached_tokens = k.cached_tokens.min(k.input_tokens);
         Ok(k)
+    }
+
+    /// Plays this request's turn of the script (if any) from its body: a tool-call turn (no
+    /// text, at least one call, the declared tools) or the final answer (no calls); input tokens
+    /// from the tokenizer unless `x-mock-input-tokens` was sent.
+    pub(crate) fn apply_script(&mut self, dialect: Dialect, body: &[u8]) {
+        let Some(Script::AgentLoop) = self.script else {
+            return;
+        };
+        let turn = script::read(dialect, body);
+        if !self.input_tokens_header {
+            self.input_tokens = turn.input_tokens;
+            self.cached_tokens = self.cached_tokens.min(self.input_tokens);
+        }
+        if turn.answered {
+            self.tool_calls = 0;
+            return;
+        }
+        self.output_chunks = 0;
+        self.tool_calls = self.tool_calls.max(1);
+        let calls = (0..self.tool_calls as usize)
+            .map(|i| match turn.tools.get(i % turn.tools.len().max(1)) {
+                Some(declared) => declared.clone(),
+                None => {
+                    let (name, args) = content::tool(i as u32);
+                    (name.to_owned(), args.to_owned())
+                }
+            })
+            .collect();
+        self.scripted = Some(ScriptedCalls {
+            turn: turn.number,
+            calls,
+        });
+    }
+
+    /// Name and JSON arguments of the `i`-th tool call of this answer.
+    pub(crate) fn tool(&self, i: u32) -> (&str, &str) {
+        match self.scripted.as_ref().and_then(|s| s.calls.get(i as usize)) {
+            Some((name, args)) => (name, args),
+            None => content::tool(i),
+        }
+    }
+
+    /// The scripted turn's number, which tool-call ids carry.
+    pub(crate) fn turn(&self) -> Option<u32> {
+        self.scripted.as_ref().map(|s| s.turn)
     }
 
     /// The arguments of a canned tool call as this request sends them.
@@ -115,7 +183,18 @@ impl Knobs {
 
     /// Output tokens reported in usage (see [`super::output_tokens`]).
     pub fn output_tokens(&self) -> u64 {
-        super::output_tokens(self.output_chunks, self.tool_calls, self.reasoning_tokens)
+        match &self.scripted {
+            None => {
+                super::output_tokens(self.output_chunks, self.tool_calls, self.reasoning_tokens)
+            }
+            Some(s) => s
+                .calls
+                .iter()
+                .map(|(_, args)| content::fragments(args).count() as u64)
+                .sum::<u64>()
+                .saturating_add(u64::from(self.output_chunks))
+                .saturating_add(self.reasoning_tokens),
+        }
     }
 
     /// Output tokens that are visible content (everything except reasoning).

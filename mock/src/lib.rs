@@ -59,6 +59,7 @@ mod gemini;
 mod knobs;
 mod openai;
 mod reply;
+mod script;
 mod server;
 mod stats;
 
@@ -67,6 +68,7 @@ use std::str::FromStr;
 
 pub use body::MockAbort;
 pub use knobs::{KnobError, Knobs, MAX_OUTPUT_CHUNKS, MAX_TOOL_CALLS};
+pub use script::{Script, UnknownScript};
 pub use server::MockServer;
 pub use stats::{MockStats, RecordedRequest};
 

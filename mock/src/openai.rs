@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use serde::Deserialize;
 
-use super::content::{fragments, tool, word};
+use super::content::{fragments, word};
 use super::frames::{escape_into, Frames};
 use super::reply::{fault_reply, parse_json, BasicRequest, Flavor, Reply, CREATED, DEFAULT_MODEL};
 use super::Knobs;
@@ -97,13 +97,13 @@ fn chat_json(model: &str, k: &Knobs) -> Bytes {
     if k.tool_calls > 0 {
         f.s(r#","tool_calls":["#);
         for i in 0..k.tool_calls {
-            let (name, args) = tool(i);
+            let (name, args) = k.tool(i);
             let args = k.tool_args(args);
             if i > 0 {
                 f.s(",");
             }
             f.s(r#"{"id":"#)
-                .id("call_mock_", i)
+                .turn_id("call_mock_", k.turn(), i)
                 .s(r#","type":"function","function":{"name":"#)
                 .q(name)
                 .s(r#","arguments":"#)
@@ -135,7 +135,7 @@ fn chat_sse(model: &str, include_usage: bool, k: &Knobs) -> Vec<Bytes> {
         "}\n\n"
     };
     let frags: u64 = (0..k.tool_calls)
-        .map(|i| fragments(tool(i).1).count() as u64 + 1)
+        .map(|i| fragments(k.tool(i).1).count() as u64 + 1)
         .sum();
     let events = k.output_chunks as usize + frags as usize + 4;
     let mut f = Frames::with_capacity(events * (head.len() + 96), events);
@@ -163,14 +163,14 @@ fn chat_sse(model: &str, include_usage: bool, k: &Knobs) -> Vec<Bytes> {
     }
     // Tool calls: a header fragment with id and name, then the arguments in pieces.
     for i in 0..k.tool_calls {
-        let (name, args) = tool(i);
+        let (name, args) = k.tool(i);
         let args = k.tool_args(args);
         f.b(&head)
             .s(open)
             .s(r#"{"tool_calls":[{"index":"#)
             .n(u64::from(i))
             .s(r#","id":"#)
-            .id("call_mock_", i)
+            .turn_id("call_mock_", k.turn(), i)
             .s(r#","type":"function","function":{"name":"#)
             .q(name)
             .s(r#","arguments":""}}]}"#)
@@ -269,10 +269,10 @@ fn message_item(f: &mut Frames, k: &Knobs, done: bool) {
     f.s(r#","role":"assistant"}"#);
 }
 
-fn function_call_item(f: &mut Frames, i: u32, done: bool) {
-    let (name, args) = tool(i);
+fn function_call_item(f: &mut Frames, k: &Knobs, i: u32, done: bool) {
+    let (name, args) = k.tool(i);
     f.s(r#"{"id":"#)
-        .id("fc_mock_", i)
+        .turn_id("fc_mock_", k.turn(), i)
         .s(r#","type":"function_call","status":"#)
         .s(if done {
             r#""completed""#
@@ -282,7 +282,7 @@ fn function_call_item(f: &mut Frames, i: u32, done: bool) {
         .s(r#","arguments":"#)
         .q(if done { args } else { "" })
         .s(r#","call_id":"#)
-        .id("call_mock_", i)
+        .turn_id("call_mock_", k.turn(), i)
         .s(r#","name":"#)
         .q(name)
         .s("}");
@@ -319,7 +319,7 @@ fn response_object(f: &mut Frames, model: &str, k: &Knobs, done: bool) {
                 f.s(",");
             }
             first = false;
-            function_call_item(f, i, true);
+            function_call_item(f, k, i, true);
         }
     }
     f.s(r#"],"parallel_tool_calls":true,"previous_response_id":null,"reasoning":{"effort":null,"summary":null},"service_tier":"default","store":false,"temperature":1.0,"text":{"format":{"type":"text"}},"tool_choice":"auto","tools":[],"top_p":1.0,"truncation":"disabled","usage":"#);
@@ -408,9 +408,9 @@ fn responses_sse(model: &str, k: &Knobs) -> Vec<Bytes> {
     }
 
     for i in 0..k.tool_calls {
-        let args = tool(i).1;
+        let args = k.tool(i).1;
         ev(&mut f, "response.output_item.added").s(r#""item":"#);
-        function_call_item(&mut f, i, false);
+        function_call_item(&mut f, k, i, false);
         f.s(r#","output_index":"#).n(out_idx).s(",");
         seq(&mut f, &mut n);
         for frag in fragments(args) {
@@ -418,7 +418,7 @@ fn responses_sse(model: &str, k: &Knobs) -> Vec<Bytes> {
                 .s(r#""delta":"#)
                 .q(frag)
                 .s(r#","item_id":"#)
-                .id("fc_mock_", i)
+                .turn_id("fc_mock_", k.turn(), i)
                 .s(r#","output_index":"#)
                 .n(out_idx)
                 .s(",");
@@ -428,13 +428,13 @@ fn responses_sse(model: &str, k: &Knobs) -> Vec<Bytes> {
             .s(r#""arguments":"#)
             .q(args)
             .s(r#","item_id":"#)
-            .id("fc_mock_", i)
+            .turn_id("fc_mock_", k.turn(), i)
             .s(r#","output_index":"#)
             .n(out_idx)
             .s(",");
         seq(&mut f, &mut n);
         ev(&mut f, "response.output_item.done").s(r#""item":"#);
-        function_call_item(&mut f, i, true);
+        function_call_item(&mut f, k, i, true);
         f.s(r#","output_index":"#).n(out_idx).s(",");
         seq(&mut f, &mut n);
         out_idx += 1;
@@ -562,6 +562,7 @@ pub(crate) fn models(k: &Knobs) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::tool;
     use crate::MockOptions;
     use serde_json::{json, Value};
 

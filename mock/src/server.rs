@@ -20,6 +20,7 @@ use super::body::MockBody;
 use super::frames::gzip_frames;
 use super::gemini::{self, GeminiCall};
 use super::reply::{error, ErrorKind, Flavor, Reply};
+use super::script::Dialect;
 use super::stats::{Counters, Recorder, RequestGuard};
 use super::{anthropic, openai};
 use super::{Fault, Knobs, MockOptions, MockStats, RecordedRequest, MAX_REQUEST_BODY};
@@ -212,6 +213,17 @@ impl Route<'_> {
             _ => Flavor::OpenAi,
         }
     }
+
+    /// How a script reads this route's conversation (routes without one are never scripted).
+    fn dialect(&self) -> Option<Dialect> {
+        match self {
+            Route::Chat => Some(Dialect::Chat),
+            Route::Responses => Some(Dialect::Responses),
+            Route::Messages | Route::CountTokens => Some(Dialect::Anthropic),
+            Route::Gemini(_) => Some(Dialect::Gemini),
+            Route::Embeddings | Route::Models | Route::NotFound => None,
+        }
+    }
 }
 
 fn route<'a>(method: &Method, path: &'a str, query: Option<&str>) -> Route<'a> {
@@ -265,13 +277,16 @@ async fn handle(
     shared.recorder.record(&parts, &body);
 
     let route = route(&parts.method, parts.uri.path(), parts.uri.query());
-    let knobs = match Knobs::from_headers(&parts.headers, &shared.opts) {
+    let mut knobs = match Knobs::from_headers(&parts.headers, &shared.opts) {
         Ok(k) => k,
         Err(e) => {
             let reply = error(route.flavor(), ErrorKind::BadRequest, &e.to_string());
             return Ok(respond(reply, None, Some(guard)));
         }
     };
+    if let Some(dialect) = route.dialect() {
+        knobs.apply_script(dialect, &body);
+    }
     if let Route::NotFound = route {
         let message = format!("Invalid URL ({} {})", parts.method, parts.uri.path());
         let reply = error(Flavor::OpenAi, ErrorKind::NotFound, &message);

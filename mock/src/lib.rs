@@ -24,6 +24,8 @@
 //! | `x-mock-reasoning-tokens: N` | extra output tokens reported as reasoning/thinking |
 //! | `x-mock-gzip: 1` | gzip the body (`content-encoding: gzip`; SSE is sync-flushed per event) |
 //! | `x-mock-fault: F` | `500`, `429`, `drop-mid-stream`, `garbage`, `one-byte-writes`, `hang`, `none` |
+//! | `x-mock-truncate-tool-args: 1` | tool arguments lose their last byte (OpenAI chat, Anthropic streams) |
+//! | `x-mock-script: agent-loop` | play an agent loop from the request's conversation (below); `none` for no script |
 //!
 //! Reported output tokens are [`output_tokens`]`(chunks, tool_calls, reasoning)`: one token per
 //! streamed text chunk, one per streamed tool-argument fragment, plus the reasoning tokens.
@@ -31,6 +33,22 @@
 //! Invalid knob values are answered with a 400. The request body itself is read leniently: only
 //! `model`, `stream` and `stream_options.include_usage` (embeddings: `input`, `dimensions`,
 //! `encoding_format`) are looked at, and a body that is not JSON is treated like `{}`.
+//!
+//! # Scripts
+//!
+//! `x-mock-script: agent-loop` (chat completions, responses, messages and Gemini, JSON and SSE)
+//! reads the conversation too, so an agent framework runs a whole tool loop through the mock:
+//! unless the conversation ends with tool results (`tool` messages, `function_call_output` items,
+//! `tool_result` blocks in the last user message, `functionResponse` parts in the last user
+//! content), the answer is a tool-call turn — one call, or `x-mock-tool-calls` parallel ones, to
+//! the tools the request declares (in order, cycling; the canned ones when none are declared),
+//! arguments built from their JSON Schemas (required properties: the first `enum` value,
+//! strings `"mock"`, numbers 1, booleans true), no text, the provider's tool-call finish
+//! (`tool_calls`, `tool_use`, completed `function_call` items, Gemini `STOP`). When it does, the
+//! answer is the usual text. Tool-call ids carry the turn (`call_mock_t2_0001`,
+//! `toolu_mock_t2_0001`, `fc_mock_t2_0001`; the turn is 1 + the assistant turns in the request),
+//! so they never repeat within a conversation. Input tokens are an o200k count of every string
+//! in the body (unless `x-mock-input-tokens` is sent), so they grow with the prompt.
 //!
 //! # Endpoints
 //!

@@ -15,8 +15,10 @@ use tokenwarden_mock::{Fault, MockOptions, MockServer};
 ///
 /// Every knob can be overridden per request with a header: x-mock-input-tokens,
 /// x-mock-output-chunks, x-mock-chunk-delay-ms, x-mock-events-per-write, x-mock-first-byte-delay-ms,
-/// x-mock-tool-calls,
-/// x-mock-cached-tokens, x-mock-reasoning-tokens, x-mock-gzip, x-mock-fault.
+/// x-mock-tool-calls, x-mock-truncate-tool-args,
+/// x-mock-cached-tokens, x-mock-reasoning-tokens, x-mock-gzip, x-mock-fault, and x-mock-script
+/// (agent-loop: a tool call to a declared tool until the request carries its result, then the
+/// final answer; input tokens counted from the prompt).
 #[derive(Debug, Parser)]
 #[command(name = "tokenwarden-mock", version)]
 struct Args {

@@ -1,10 +1,12 @@
 //! Scripted conversations (`x-mock-script`): the mock plays the model's side of an agent loop,
 //! reading the conversation the request carries to decide what this turn answers.
 //!
-//! `agent-loop`: while the request carries no tool result answering the last tool call, the turn
-//! is a tool call (one, or `x-mock-tool-calls` parallel ones) to the tools the request declares,
-//! with arguments built from their schemas and no text; once the result is there, the turn is the
-//! usual final text. Ids carry the turn number (assistant turns already in the request, plus
+//! `agent-loop`: unless the conversation ends with tool results (OpenAI chat: `tool` messages;
+//! Responses: `function_call_output` items; Anthropic: `tool_result` blocks in the last user
+//! message; Gemini: `functionResponse` parts in the last user content), the turn is a tool call
+//! (one, or `x-mock-tool-calls` parallel ones) to the tools the request declares, in order, with
+//! arguments built from their schemas and no text; when it does, the turn is the usual final
+//! text. A new user message after a final answer starts the loop again. Ids carry the turn number (assistant turns already in the request, plus
 //! one), so they never repeat within a conversation. Input tokens are a tokenizer count of the
 //! request's strings, so they grow with the prompt.
 
@@ -105,33 +107,24 @@ fn role(m: &Value) -> &str {
     str_field(m, "role")
 }
 
-/// Whether any of `items` after the last one that `is_call` matches (all of them when none
-/// matches) is a tool result.
-fn result_after_last_call(
-    items: &[Value],
-    is_call: impl Fn(&Value) -> bool,
-    is_result: impl Fn(&Value) -> bool,
-) -> bool {
-    let start = items.iter().rposition(is_call).map_or(0, |i| i + 1);
-    items[start..].iter().any(is_result)
+/// Whether the conversation ends with a tool result: its last item (system / developer
+/// instructions aside) is one. A new user message after a result starts a new task.
+fn ends_with_result(items: &[Value], is_result: impl Fn(&Value) -> bool) -> bool {
+    items
+        .iter()
+        .rfind(|i| !matches!(role(i), "system" | "developer"))
+        .is_some_and(is_result)
 }
 
-/// Chat: a `tool` (or legacy `function`) message after the last assistant message with calls.
+/// Chat: the last message is a `tool` (or legacy `function`) result.
 fn chat_state(v: &Value) -> (usize, bool) {
     let msgs = list(v, "messages");
     let assistants = msgs.iter().filter(|m| role(m) == "assistant").count();
-    let answered = result_after_last_call(
-        msgs,
-        |m| {
-            role(m) == "assistant"
-                && (!list(m, "tool_calls").is_empty() || m.get("function_call").is_some())
-        },
-        |m| matches!(role(m), "tool" | "function"),
-    );
+    let answered = ends_with_result(msgs, |m| matches!(role(m), "tool" | "function"));
     (assistants, answered)
 }
 
-/// Responses: a `function_call_output` item after the last `function_call` item. A request that
+/// Responses: the last item is a `function_call_output`. A request that
 /// continues a stored response (`previous_response_id`) carries only outputs: they count as turns.
 fn responses_state(v: &Value) -> (usize, bool) {
     let items = list(v, "input");
@@ -146,7 +139,7 @@ fn responses_state(v: &Value) -> (usize, bool) {
     } else {
         assistants
     };
-    (turns, result_after_last_call(items, is_call, is_output))
+    (turns, ends_with_result(items, is_output))
 }
 
 /// Anthropic: a `tool_result` block in the last user message.
@@ -401,6 +394,17 @@ mod tests {
         let t = read(Dialect::Chat, chat.to_string().as_bytes());
         assert_eq!((t.number, t.answered), (2, true));
         assert_eq!(t.tools, vec![("f".to_owned(), "{}".to_owned())]);
+        let mut next = chat.clone();
+        next["messages"].as_array_mut().unwrap().extend([
+            json!({"role": "assistant", "content": "done"}),
+            json!({"role": "user", "content": "again"}),
+        ]);
+        let t = read(Dialect::Chat, next.to_string().as_bytes());
+        assert_eq!(
+            (t.number, t.answered),
+            (3, false),
+            "a new task after the answer"
+        );
 
         let responses = json!({"input": [{"role": "user", "content": "hi"}],
             "tools": [{"type": "web_search"}, {"type": "function", "name": "g"}]});

@@ -59,12 +59,10 @@ fn main() -> ExitCode {
 
 /// The config at `path` (or the defaults), every route's protocol one the provider registry
 /// knows; the error says which file and key.
-fn load(path: Option<&std::path::Path>) -> Result<config::Config, String> {
-    let c = config::load(path).map_err(|e| e.to_string())?;
-    tokenwarden::providers::protocol::check_routes(&c).map_err(|(key, msg)| {
-        let origin = path.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
-        format!("{origin}: {key}: {msg}")
-    })?;
+fn load(path: Option<&std::path::Path>) -> Result<config::Config, config::ConfigError> {
+    let c = config::load(path)?;
+    let origin = path.map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+    tokenwarden::providers::protocol::check_routes(&c, &origin)?;
     Ok(c)
 }
 

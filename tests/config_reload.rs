@@ -122,6 +122,19 @@ async fn policies_reload_under_load_and_invalid_files_keep_the_old_config() {
         })
         .await
     );
+    // A route protocol the provider registry does not know is refused too (it is no longer a
+    // serde enum: the registry decides).
+    let bad_protocol = config_text(m.addr(), "    max_tokens_cap: { limit: 10 }\n")
+        .replace("    upstream:", "    protocol: bedrok\n    upstream:");
+    assert!(bad_protocol.contains("protocol: bedrok"), "{bad_protocol}");
+    replace_file(file.path(), &bad_protocol);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            reloads(&scrape().await, "error") >= reloads(&before, "error") + 3.0
+        })
+        .await,
+        "an unknown protocol was accepted on reload"
+    );
     m.reset();
     assert!(
         eventually(Duration::from_secs(10), || async {

@@ -12,4 +12,4 @@ mod validate;
 pub use error::ConfigError;
 pub use load::{load, load_from_str};
 pub use schema::*;
-pub use validate::parse_window;
+pub use validate::{forbidden_input_set, forbidden_input_sources, parse_window};

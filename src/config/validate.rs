@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::error::ConfigError;
-use super::schema::{Config, LimitConfig};
+use super::schema::{Config, ForbiddenPattern, LimitConfig};
 
 /// Validate `config`; the error names the offending key by its dotted path.
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
@@ -148,7 +148,6 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         check_upstream_url(w).map_err(|m| invalid("alerts.webhook", &m))?;
     }
     for (name, p) in &config.agents {
-        check_agent(p).map_err(|(k, m)| invalid(&format!("agents.{name}{k}"), &m))?;
         if name.len() > super::schema::MAX_LABEL_LEN {
             return Err(invalid(
                 &format!("agents.{name}"),
@@ -158,6 +157,7 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 ),
             ));
         }
+        check_agent(p).map_err(|(k, m)| invalid(&format!("agents.{name}{k}"), &m))?;
     }
     for (model, info) in &config.models {
         if info.context_window == 0 {
@@ -170,23 +170,52 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The regular expressions `patterns` match with, as policies compile them: plain strings
+/// escaped, `case_insensitive` ones wrapped in `(?i:…)`, each compiled alone so an error names
+/// its pattern (by index).
+pub fn forbidden_input_sources(
+    patterns: &[ForbiddenPattern],
+) -> Result<Vec<String>, (usize, String)> {
+    let mut sources = Vec::with_capacity(patterns.len());
+    for (i, p) in patterns.iter().enumerate() {
+        let src = match (&p.contains, &p.regex) {
+            (Some(s), None) => regex::escape(s),
+            (None, Some(r)) => r.clone(),
+            _ => return Err((i, "needs exactly one of `contains` and `regex`".into())),
+        };
+        if p.id.is_empty() {
+            return Err((i, "`id` must not be empty".into()));
+        }
+        let src = if p.case_insensitive {
+            format!("(?i:{src})")
+        } else {
+            src
+        };
+        regex::Regex::new(&src).map_err(|e| (i, e.to_string()))?;
+        sources.push(src);
+    }
+    Ok(sources)
+}
+
+/// `patterns` compiled together, as one set (what policies match with); `None` when there are
+/// none. The error names the pattern by index (0 when only the whole set fails).
+pub fn forbidden_input_set(
+    patterns: &[ForbiddenPattern],
+) -> Result<Option<regex::RegexSet>, (usize, String)> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let sources = forbidden_input_sources(patterns)?;
+    regex::RegexSetBuilder::new(&sources)
+        .build()
+        .map(Some)
+        .map_err(|e| (0, e.to_string()))
+}
+
 /// An agent policy's values; the error's key is relative to `agents.<name>` (a leading `.`).
 fn check_agent(p: &super::schema::AgentPolicy) -> Result<(), (String, String)> {
-    for (i, f) in p.forbidden_input.iter().enumerate() {
-        let at = format!(".forbidden_input[{i}]");
-        let src = match (&f.contains, &f.regex) {
-            (Some(_), None) => None,
-            (None, Some(r)) => Some(r),
-            _ => return Err((at, "needs exactly one of `contains` and `regex`".into())),
-        };
-        if f.id.is_empty() {
-            return Err((at, "`id` must not be empty".into()));
-        }
-        // Compiled here so a bad pattern is a load error naming the pattern.
-        if let Some(r) = src {
-            regex::Regex::new(r).map_err(|e| (at, e.to_string()))?;
-        }
-    }
+    forbidden_input_set(&p.forbidden_input)
+        .map_err(|(i, m)| (format!(".forbidden_input[{i}]"), m))?;
     if p.loop_detection.threshold < 2 {
         return Err((".loop_detection.threshold".into(), "must be >= 2".into()));
     }
@@ -297,6 +326,16 @@ fn invalid(key: &str, message: &str) -> ConfigError {
 mod tests {
     use super::super::load_from_str;
     use super::parse_window;
+
+    #[test]
+    fn forbidden_patterns_validate_as_policies_compile_them() {
+        // Only valid wrapped in `(?i:…)`, as a case-insensitive pattern is compiled.
+        let ok = "agents:\n  a:\n    forbidden_input:\n      - { id: x, regex: \"a)(?i:b\", case_insensitive: true }\n";
+        assert!(load_from_str(ok, "t").is_ok());
+        let bad = "agents:\n  a:\n    forbidden_input:\n      - { id: x, contains: k }\n      - { id: y, regex: \"a)(?i:b\" }\n";
+        let e = load_from_str(bad, "t").unwrap_err().to_string();
+        assert!(e.contains("agents.a.forbidden_input[1]"), "{e}");
+    }
 
     #[test]
     fn bad_values_name_their_key() {

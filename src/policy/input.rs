@@ -1,9 +1,9 @@
 //! Request-content rules: forbidden input patterns.
 
-use regex::{RegexSet, RegexSetBuilder};
+use regex::RegexSet;
 use serde_json::Value;
 
-use crate::config::ForbiddenPattern;
+use crate::config::{forbidden_input_set, ForbiddenPattern};
 
 /// Keys whose subtrees are request content (the conversation, not settings or tool schemas).
 const CONTENT_KEYS: [&str; 7] = [
@@ -26,35 +26,11 @@ pub struct ForbiddenInput {
 // === impl ForbiddenInput ===
 
 impl ForbiddenInput {
-    /// Compile `patterns`; plain strings match literally. The error names the pattern index.
+    /// Compile `patterns` (as config validation does: [`forbidden_input_set`]); plain strings
+    /// match literally. The error names the pattern index.
     pub fn new(patterns: &[ForbiddenPattern]) -> Result<Self, (usize, String)> {
-        if patterns.is_empty() {
-            return Ok(Self::default());
-        }
-        let mut sources = Vec::with_capacity(patterns.len());
-        for (i, p) in patterns.iter().enumerate() {
-            let src = match (&p.contains, &p.regex) {
-                (Some(s), None) => regex::escape(s),
-                (None, Some(r)) => r.clone(),
-                _ => return Err((i, "needs exactly one of `contains` and `regex`".into())),
-            };
-            if p.id.is_empty() {
-                return Err((i, "`id` must not be empty".into()));
-            }
-            let src = if p.case_insensitive {
-                format!("(?i:{src})")
-            } else {
-                src
-            };
-            // Compiled alone first so the error names the pattern that is wrong.
-            regex::Regex::new(&src).map_err(|e| (i, e.to_string()))?;
-            sources.push(src);
-        }
-        let set = RegexSetBuilder::new(&sources)
-            .build()
-            .map_err(|e| (0, e.to_string()))?;
         Ok(Self {
-            set: Some(set),
+            set: forbidden_input_set(patterns)?,
             ids: patterns.iter().map(|p| p.id.clone()).collect(),
         })
     }

@@ -7,7 +7,7 @@
 
 use super::adapter::{openai_error_body, ErrorText, Operation};
 use super::registry::Format;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 
 /// Route `protocol:` value that detects the protocol per request from the path.
 pub const AUTO: &str = "auto";
@@ -101,19 +101,21 @@ impl Classified {
     }
 }
 
-/// Every route's `protocol:` names a protocol; else the first that does not, as its key and
-/// what is wrong (`check-config` and start-up report it as a config error).
-pub fn check_routes(config: &Config) -> Result<(), (String, String)> {
+/// Every route's `protocol:` names a protocol the registry knows; else a config error naming
+/// the first that does not (`routes[i].protocol`) and the known names. `origin` names the file.
+/// Start-up, `check-config` and reload run it after loading the file.
+pub fn check_routes(config: &Config, origin: &str) -> Result<(), ConfigError> {
     for (i, r) in config.routes.iter().enumerate() {
         if RouteProtocol::named(&r.protocol).is_none() {
-            return Err((
-                format!("routes[{i}].protocol"),
-                format!(
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: format!("routes[{i}].protocol"),
+                message: format!(
                     "unknown protocol {:?} (one of: {})",
                     r.protocol,
                     RouteProtocol::names().join(", ")
                 ),
-            ));
+            });
         }
     }
     Ok(())

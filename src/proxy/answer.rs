@@ -27,7 +27,7 @@ pub(super) fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> R
     }
     let resp = e.to_response(shape);
     let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize;
-    tracing::debug!(kind = ?e.upstream_kind().map(UpstreamError::as_str), error = %e, "proxy error");
+    tracing::debug!(route = ?e.upstream_kind().map(UpstreamError::as_str), error = %e, "proxy error");
     call.finish_local(resp.status(), len);
     resp.map(|b| Either::Right(Either::Right(b)))
 }

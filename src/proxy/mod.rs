@@ -97,6 +97,8 @@ struct Flight {
     route: Arc<Route>,
     class: Classified,
     shape: ErrorShape,
+    /// The upstream path, when the route rewrote it (else it is a slice of `parts`' path).
+    upath: Option<String>,
     parts: http::request::Parts,
     body: Bytes,
     /// What the request says, until the admit phase hands it to the call's accounting.
@@ -252,7 +254,14 @@ impl Proxy {
     /// Phase 2: the protocol and labels of a routed request; from here the call finishes
     /// exactly once.
     fn identify(&self, route: Arc<Route>, parts: http::request::Parts, started: Instant) -> Flight {
-        let class = protocol::classify(route.protocol, &route.upstream_path(parts.uri.path()));
+        let upath = route.upstream_path(parts.uri.path());
+        let class = protocol::classify(route.protocol, &upath);
+        // A path the route rewrote (base path) is kept for `read`; a borrowed one is a slice of
+        // the request's own path and costs nothing to take again.
+        let upath = match upath {
+            std::borrow::Cow::Owned(p) => Some(p),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
         let agent = self.agent_label(&parts.headers, &route);
         let info = self.call_info(&parts, route.name.clone(), class.provider, class.operation);
         let mut call = Call::new(info(agent), started);
@@ -264,6 +273,7 @@ impl Proxy {
             call,
             route,
             class,
+            upath,
             parts,
             body: Bytes::new(),
             facts: None,
@@ -278,7 +288,10 @@ impl Proxy {
         // Held until the call finishes: the body lives that long (estimates, retries).
         f.call.hold_body_permit(permit);
         f.call.bytes_in = bytes.len();
-        let upath = f.route.upstream_path(f.parts.uri.path());
+        let upath = match f.upath.as_deref() {
+            Some(p) => std::borrow::Cow::Borrowed(p),
+            None => f.route.upstream_path(f.parts.uri.path()),
+        };
         f.facts = inspect::inspect(&f.class, &upath, f.parts.uri.query(), &bytes);
         f.body = bytes;
         let user = f.facts.as_ref().and_then(|x| x.user.as_deref());

@@ -138,7 +138,9 @@ impl Reloader {
 
     fn load(&self, bytes: &[u8]) -> Result<(Config, PolicySet), ReloadError> {
         let text = String::from_utf8_lossy(bytes);
-        let config = config::load_from_str(&text, &self.path.display().to_string())?;
+        let origin = self.path.display().to_string();
+        let config = config::load_from_str(&text, &origin)?;
+        crate::providers::protocol::check_routes(&config, &origin)?;
         // Validation compiled the policies already; this cannot fail for a loaded config.
         let set = PolicySet::from_config(&config).unwrap_or_else(|_| PolicySet::empty());
         Ok((config, set))

@@ -56,7 +56,7 @@ pub trait Adapter: Sync {
     }
 
     /// The rewrite that hides, event by event, the usage the proxy asked for on the client's
-    /// behalf (see [`crate::body::StripUsage`]); `None` when the format needs none.
+    /// behalf (the response body wrapper applies it); `None` when the format needs none.
     fn usage_hider(&self) -> Option<EventRewrite> {
         None
     }

@@ -1,6 +1,6 @@
 //! The OpenAI chat stream usage rewrite: a chat stream states usage only when the request asks
 //! for it (`stream_options.include_usage`), so the proxy asks, and strips what the client did
-//! not ask for (`body::StripUsage`).
+//! not ask for (event by event, on the response side).
 
 /// The request body with `stream_options.include_usage` set to true, for an OpenAI chat stream
 /// whose client did not ask for usage. The common case (no `stream_options`) inserts the field

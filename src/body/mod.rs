@@ -1,10 +1,12 @@
 //! Response bodies: the observing pass-through wrapper every response streams through, and the
-//! stream rewriters that may wrap it (a budget's cut, hidden injected usage).
+//! stream rewriters that may wrap it (a budget's cut, a tool-call gate, hidden injected usage).
 
 pub mod cut;
+pub mod gate;
 mod observed;
 mod strip_usage;
 
 pub use cut::{Cut, CutPoint, CutSignal};
+pub use gate::{CallCheck, Gate};
 pub use observed::{BodyEnd, IdleTimeout, ObservedBody, Observer};
 pub use strip_usage::StripUsage;

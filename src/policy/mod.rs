@@ -615,6 +615,16 @@ impl ResponseCheck {
             || self.rules.approval_action == Enforcement::Block
     }
 
+    /// The refusal of a gated stream carrying an event too large or malformed to read for tool
+    /// calls: what it carries cannot be checked, so it is withheld as invalid arguments (counted).
+    pub fn unreadable(&self) -> PolicyError {
+        count(&self.agent, PolicyViolation::InvalidToolArgs);
+        PolicyError::Refused {
+            policy: PolicyViolation::InvalidToolArgs,
+            message: "the model streamed a tool call tokenwarden could not read (malformed, or an event over 1 MiB); tokenwarden withheld the rest of the response".into(),
+        }
+    }
+
     /// Check the response's tool calls; counts every finding.
     pub fn review(&self, declared: &[DeclaredTool], calls: &[ToolCall]) -> Review {
         let mut review = Review::default();

@@ -13,7 +13,7 @@ use super::fields::{self, Capped, DeclaredTool};
 use super::shape;
 use super::text;
 use super::tools::{self, ToolResult};
-use super::usage::ResponseRecord;
+use super::usage::{ResponseRecord, ToolCall};
 use crate::tokens::RequestText;
 
 /// One provider format's reading of requests and responses.
@@ -58,6 +58,13 @@ pub trait Adapter: Sync {
     /// The rewrite that hides, event by event, the usage the proxy asked for on the client's
     /// behalf (the response body wrapper applies it); `None` when the format needs none.
     fn usage_hider(&self) -> Option<EventRewrite> {
+        None
+    }
+
+    /// What gating an SSE stream on its tool calls needs (which events carry a call, when each
+    /// is complete, how a refused stream ends); `None` when this format's streams cannot be
+    /// gated, and a blocking tool policy then only flags them.
+    fn tool_gate(&self) -> Option<Box<dyn ToolGate>> {
         None
     }
 
@@ -143,6 +150,36 @@ pub trait StreamEnding: Send {
 
     /// The final events; `output_tokens` is the output the client got.
     fn tail(&self, output_tokens: u64) -> Bytes;
+}
+
+/// One stream's tool calls as they come, for a stream gated on them: which events carry a call,
+/// when each call is complete, and the event that ends a refused stream.
+pub trait ToolGate: Send {
+    /// Read one event (`event` is its `event:` field, `data` its data): whether it carries a
+    /// tool call. Calls it completes, arguments assembled, are appended to `done`.
+    fn event(&mut self, event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated;
+
+    /// Whether a call is still open (its events are withheld until it completes).
+    fn open(&self) -> bool;
+
+    /// The stream ended: every call still open, as far as it came, to `done`.
+    fn finish(&mut self, done: &mut Vec<ToolCall>);
+
+    /// The event that ends a refused stream: an error the official SDKs of this format raise
+    /// mid-stream, carrying `e`.
+    fn refusal(&self, e: &ErrorText<'_>) -> Bytes;
+}
+
+/// What one event is to a gated stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gated {
+    /// No tool call in it: forwarded at once.
+    Pass,
+    /// Part of a tool call: withheld until the call is complete and checked.
+    Hold,
+    /// Looks like a tool call but cannot be read: the stream is refused rather than the call
+    /// passed unchecked.
+    Unreadable,
 }
 
 /// What a call does (`gen_ai.operation.name`), as the path says.
@@ -252,3 +289,19 @@ macro_rules! stream_reader {
     };
 }
 pub(crate) use stream_reader;
+
+/// One SSE event carrying `body` as its data (and `event` as its name, when given): how a gated
+/// stream's refusal is framed.
+pub fn sse_event(event: Option<&str>, body: &Value) -> Bytes {
+    let mut b = BytesMut::new();
+    if let Some(name) = event {
+        b.extend_from_slice(b"event: ");
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(b"\n");
+    }
+    b.extend_from_slice(b"data: ");
+    // A `Value` always serializes, and compactly: one `data:` line.
+    b.extend_from_slice(body.to_string().as_bytes());
+    b.extend_from_slice(b"\n\n");
+    b.freeze()
+}

@@ -24,7 +24,9 @@ mod text;
 mod tools;
 mod usage;
 
-pub use adapter::{Adapter, EventRewrite, Operation, StreamEnding, StreamReader};
+pub use adapter::{
+    Adapter, EventRewrite, Gated, Operation, StreamEnding, StreamReader, ToolGate,
+};
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use registry::Format;
 pub use request::{estimate_input, Capped};

@@ -86,6 +86,11 @@ impl ResponseParser {
         p
     }
 
+    /// Whether the body is read as server-sent events.
+    pub fn is_sse(&self) -> bool {
+        matches!(self.body, Body::Sse(_))
+    }
+
     /// Feed the next frame of the body.
     pub fn feed(&mut self, chunk: &[u8]) -> Feed {
         self.feed_each(chunk, |_, _| {})

@@ -66,6 +66,8 @@ pub struct Ending {
     pub unanswered: bool,
     /// The proxy ended the call at shutdown (the grace ran out).
     pub shutdown: bool,
+    /// The policy that withheld the response, when one did.
+    pub blocked: Option<crate::record::PolicyViolation>,
 }
 
 // === impl LlmCall ===
@@ -118,6 +120,21 @@ impl LlmCall {
             && !self.streamed
             && self.parser.is_some()
             && self.decompressor.is_none()
+    }
+
+    /// Whether this response is a stream to gate on its tool calls: a policy would block them,
+    /// and it is an SSE stream read as it is forwarded (not NDJSON, not encoded).
+    pub fn gates_stream(&self) -> bool {
+        self.policy.as_ref().is_some_and(ResponseCheck::blocks)
+            && self.streamed
+            && self.parser.as_ref().is_some_and(ResponseParser::is_sse)
+            && self.decompressor.is_none()
+    }
+
+    /// Whether the request asks for a stream whose tool calls a policy would block: it is asked
+    /// for uncompressed, so that the stream can be gated.
+    pub fn asks_plain_stream(&self) -> bool {
+        self.facts.stream && self.policy.as_ref().is_some_and(ResponseCheck::blocks)
     }
 
     /// Take the response check to run it early (on a held response) instead of at the end.
@@ -472,6 +489,9 @@ fn error_type(record: &ResponseRecord, ending: &Ending) -> Option<String> {
         BodyEnd::ClientGone if ending.shutdown => return Some("shutdown".into()),
         BodyEnd::ClientGone => return Some("client_disconnected".into()),
         BodyEnd::Complete => {}
+    }
+    if let Some(p) = ending.blocked {
+        return Some(p.as_str().to_string());
     }
     if let Some(e) = &record.error_type {
         return Some(e.clone());

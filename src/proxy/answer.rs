@@ -6,19 +6,20 @@ use http::Response;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::body::{Cut, ObservedBody, StripUsage};
+use crate::body::{Cut, Gate, ObservedBody, StripUsage};
 use crate::providers::protocol::ErrorShape;
 use crate::record::UpstreamError;
 
 use super::call::Call;
 use super::error::ProxyError;
 
-/// The body of every response the proxy returns: the upstream's, observed (and, for injected
-/// stream usage, rewritten), or one the proxy made itself.
-pub type ProxyBody = Either<
-    Cut<ObservedBody<Incoming, Call>>,
-    Either<StripUsage<Cut<ObservedBody<Incoming, Call>>>, Full<Bytes>>,
->;
+/// The upstream's response body as it is forwarded: observed, cut at a budget, gated on its
+/// tool calls (each a pass-through unless armed).
+pub type Upstream = Gate<Cut<ObservedBody<Incoming, Call>>>;
+
+/// The body of every response the proxy returns: the upstream's (and, for injected stream
+/// usage, rewritten), or one the proxy made itself.
+pub type ProxyBody = Either<Upstream, Either<StripUsage<Upstream>, Full<Bytes>>>;
 
 /// Answer with a proxy-generated error and finish the call.
 pub(super) fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<ProxyBody> {

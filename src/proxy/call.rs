@@ -24,6 +24,7 @@ use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
 use super::accounting::{Ending, LlmCall};
+use super::tool_gate::GateLog;
 use crate::record::{
     BudgetDecision, CallLabels, Operation, PolicyViolation, UpstreamError, UsageSource,
 };
@@ -55,6 +56,8 @@ pub struct Call {
     budget: Option<Admission>,
     budget_decision: Option<BudgetDecision>,
     cut: Option<Arc<CutSignal>>,
+    gate: Option<Arc<GateLog>>,
+    policy_blocked: Option<PolicyViolation>,
     ledger: Option<Arc<Sessions>>,
     finished: bool,
     aborting: &'static AtomicBool,
@@ -115,6 +118,8 @@ impl Call {
             budget: None,
             budget_decision: None,
             cut: None,
+            gate: None,
+            policy_blocked: None,
             ledger: None,
             finished: false,
             aborting: info.aborting,
@@ -207,6 +212,16 @@ impl Call {
         self.cut = Some(signal);
     }
 
+    /// Note what the gate of this call's stream decides (it is shared with the response body).
+    pub fn set_gate(&mut self, log: Arc<GateLog>) {
+        self.gate = Some(log);
+    }
+
+    /// The response was withheld by `policy` (a held body refused).
+    pub fn set_policy_blocked(&mut self, policy: PolicyViolation) {
+        self.policy_blocked = Some(policy);
+    }
+
     /// Labels shared by the call's series (route, provider, operation, agent).
     pub fn labels(&self) -> &CallLabels {
         &self.base
@@ -271,9 +286,14 @@ impl Call {
         }
         let now = Instant::now();
         let cut = self.cut.as_ref().is_some_and(|c| c.fired());
-        // A cut stream is ended by the proxy on purpose: the body is dropped after its last
-        // event, which is not the client going away.
-        let end = if cut && end == BodyEnd::ClientGone {
+        if let Some(log) = self.gate.take() {
+            let (violations, blocked) = log.take();
+            violations.into_iter().for_each(|v| self.add_policy_violation(v));
+            self.policy_blocked = self.policy_blocked.or(blocked);
+        }
+        // A cut or refused stream is ended by the proxy on purpose: the body is dropped after
+        // its last event, which is not the client going away.
+        let end = if (cut || self.policy_blocked.is_some()) && end == BodyEnd::ClientGone {
             BodyEnd::Complete
         } else {
             end
@@ -321,6 +341,7 @@ impl Call {
                 now,
                 unanswered,
                 shutdown,
+                blocked: self.policy_blocked,
             };
             let output_events = llm.output_events();
             // A cut call's usage is counted in `LlmCall::finish`, so that metrics, spans, the
@@ -374,6 +395,7 @@ impl Call {
                 step: self.step,
                 budget_decision: self.budget_decision,
                 policy_violations: &self.policy_violations,
+                policy_blocked: self.policy_blocked,
             });
         }
         if let Some(overhead) = self.overhead() {
@@ -391,7 +413,11 @@ impl Call {
                 method = %self.method,
                 path = %self.path,
                 status = self.status.map(|s| s.as_u16()).unwrap_or(0),
-                outcome = if shutdown { "shutdown" } else { outcome(end, self.upstream_error) },
+                outcome = match (shutdown, self.policy_blocked) {
+                    (true, _) => "shutdown",
+                    (false, Some(_)) => "policy_blocked",
+                    (false, None) => outcome(end, self.upstream_error),
+                },
                 duration_ms = duration.as_secs_f64() * 1e3,
                 upstream_ms,
                 bytes_in = self.bytes_in,

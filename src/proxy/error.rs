@@ -126,18 +126,24 @@ impl ProxyError {
         }
     }
 
-    /// Build the response in the error shape of the route's provider.
-    pub fn to_response(&self, shape: ErrorShape) -> Response<Full<Bytes>> {
-        let status = self.status();
+    /// What this error says, in every provider's vocabulary, handed to `f` (the message is
+    /// made for the call).
+    pub fn with_text<R>(&self, f: impl FnOnce(&ErrorText<'_>) -> R) -> R {
         let message = self.to_string();
-        let body = shape.error_body(&ErrorText {
-            status: status.as_u16(),
+        f(&ErrorText {
+            status: self.status().as_u16(),
             message: &message,
             code: self.code(),
             openai_type: self.openai_type(),
             anthropic_type: self.anthropic_type(),
             google_status: self.google_status(),
-        });
+        })
+    }
+
+    /// Build the response in the error shape of the route's provider.
+    pub fn to_response(&self, shape: ErrorShape) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = self.with_text(|t| shape.error_body(t));
         let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
         *resp.status_mut() = status;
         let h = resp.headers_mut();

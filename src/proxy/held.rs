@@ -64,6 +64,7 @@ pub(super) async fn respond(
     }
     call.on_data(&bytes, now);
     if let Some(e) = block {
+        call.set_policy_blocked(e.policy());
         return local_error(call, e.into(), shape);
     }
     call.returned = Some(now);

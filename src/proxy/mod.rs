@@ -22,6 +22,7 @@ mod call;
 pub mod error;
 pub mod headers;
 mod held;
+mod tool_gate;
 pub mod route;
 
 pub use answer::ProxyBody;
@@ -33,18 +34,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{ACCEPT_ENCODING, CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::cut::{Cut, CutSignal};
-use crate::body::{ObservedBody, StripUsage};
+use crate::body::{CallCheck, Gate, ObservedBody, StripUsage};
 use crate::budget::{Budgets, BudgetsError, CallFacts};
 use crate::config::Config;
 use crate::policy::{Policies, PolicySet};
-use crate::providers::StreamEnding;
+use crate::providers::{StreamEnding, ToolGate};
 use crate::session::{SessionSource, Sessions};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::spans::Spans;
@@ -418,7 +419,14 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         // The client sets Host from the upstream URI (HTTP/1) or sends :authority (HTTP/2).
         parts.headers.remove(HOST);
-        if f.call.llm_mut().is_some() {
+        if let Some(llm) = f.call.llm_mut() {
+            if llm.asks_plain_stream() {
+                // A compressed stream cannot be gated event by event (nor its refusal appended):
+                // a stream whose tool calls are gated is asked for uncompressed.
+                parts
+                    .headers
+                    .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+            }
             // The upstream call is our span's child; the agent's tracestate goes on as sent.
             if let Some(span) = f.call.span_mut() {
                 parts.headers.insert(TRACEPARENT_HEADER, span.traceparent());
@@ -474,19 +482,22 @@ impl Proxy {
         if held::should_hold(&call, &rparts) {
             return held::respond(call, rparts, rbody, shape, &route).await;
         }
+        let gate = tool_gate::arm(&mut call, &mut rparts.headers);
         call.returned = Some(Instant::now());
         let hide = call.usage_hider();
         let body = ObservedBody::new(rbody, call, route.timeouts.idle_timeout);
+        // The cut point is an offset in the upstream's bytes: cut first; the gate releases
+        // calls byte-identical, before usage is hidden.
+        let body = gated(wrap(body, cut), gate);
         if let Some(rewrite) = hide {
             // The rewritten stream is shorter than what the upstream framed.
             rparts.headers.remove(CONTENT_LENGTH);
             return Response::from_parts(
                 rparts,
-                // The cut point is an offset in the upstream's bytes: cut before rewriting.
-                Either::Right(Either::Left(StripUsage::new(wrap(body, cut), rewrite))),
+                Either::Right(Either::Left(StripUsage::new(body, rewrite))),
             );
         }
-        Response::from_parts(rparts, Either::Left(wrap(body, cut)))
+        Response::from_parts(rparts, Either::Left(body))
     }
 
     /// Budget response header, and the cut signal for a stream a `cut` limit may end.
@@ -532,6 +543,14 @@ fn wrap<B>(body: B, cut: Option<(Arc<CutSignal>, Box<dyn StreamEnding>)>) -> Cut
     match cut {
         Some((signal, ending)) => Cut::armed(body, signal, ending),
         None => Cut::pass(body),
+    }
+}
+
+/// The response body, gated on its tool calls when a blocking tool policy applies.
+fn gated<B>(body: B, gate: Option<(Box<dyn ToolGate>, Box<dyn CallCheck>)>) -> Gate<B> {
+    match gate {
+        Some((gate, check)) => Gate::armed(body, gate, check),
+        None => Gate::pass(body),
     }
 }
 

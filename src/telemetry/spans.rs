@@ -92,6 +92,8 @@ pub struct SpanEnd<'a> {
     pub budget_decision: Option<BudgetDecision>,
     /// Policies the call violated.
     pub policy_violations: &'a [PolicyViolation],
+    /// The policy that withheld the response (a held body or a gated stream), when one did.
+    pub policy_blocked: Option<PolicyViolation>,
 }
 
 // === impl Spans ===
@@ -342,6 +344,10 @@ impl CallSpan {
         if let Some(d) = f.budget_decision {
             attrs.str("tokenwarden.budget.decision", d.as_str());
         }
+        if let Some(p) = f.policy_blocked {
+            attrs.str("tokenwarden.policy.decision", "blocked");
+            attrs.str("tokenwarden.policy.blocked", p.as_str());
+        }
         if !f.policy_violations.is_empty() {
             attrs.str_array(
                 "tokenwarden.policy.violations",
@@ -554,6 +560,7 @@ mod tests {
             step: Some(4),
             budget_decision: Some(BudgetDecision::Allowed),
             policy_violations: &[PolicyViolation::MaxSteps],
+            policy_blocked: None,
         });
         let batch = queue.take(true).expect("a span");
         // The queue frames spans as `ScopeSpans.spans` fields.

@@ -18,6 +18,7 @@
 //! and the part spent on another model is kept in [`ResponseRecord::other_models`]. Streams
 //! repeat the whole list in each `message_delta`: the last one stated is the list.
 
+mod gate;
 mod content;
 mod ending;
 mod response;
@@ -67,6 +68,10 @@ impl Adapter for Anthropic {
             "type": "error",
             "error": { "type": e.anthropic_type, "message": e.message }
         })
+    }
+
+    fn tool_gate(&self) -> Option<Box<dyn crate::providers::adapter::ToolGate>> {
+        Some(Box::<gate::MessagesGate>::default())
     }
 
     fn stream(&self) -> Box<dyn StreamReader> {

@@ -6,6 +6,7 @@
 //! `cachedContentTokenCount` (a part of `promptTokenCount`). An empty `modelVersion` or
 //! `responseId` is no value.
 
+mod gate;
 mod content;
 mod request;
 mod response;
@@ -61,6 +62,10 @@ impl Adapter for Gemini {
                 "status": e.google_status,
             }
         })
+    }
+
+    fn tool_gate(&self) -> Option<Box<dyn crate::providers::adapter::ToolGate>> {
+        Some(Box::<gate::GeminiGate>::default())
     }
 
     fn stream(&self) -> Box<dyn StreamReader> {

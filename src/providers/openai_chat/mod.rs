@@ -21,6 +21,7 @@
 //!   `cache_creation_input_tokens`; one-hour writes from the `cache_creation` breakdown;
 //! - Groq's older shape states usage only in `x_groq.usage` (JSON, and the last stream chunk).
 
+mod gate;
 pub(super) mod content;
 mod ending;
 mod hide_usage;
@@ -67,6 +68,10 @@ impl Adapter for OpenAiChat {
             operation,
             reads: operation != Operation::Other,
         })
+    }
+
+    fn tool_gate(&self) -> Option<Box<dyn crate::providers::adapter::ToolGate>> {
+        Some(Box::<gate::ChatGate>::default())
     }
 
     fn stream(&self) -> Box<dyn StreamReader> {

@@ -6,6 +6,7 @@
 //! id is no value. Reasoning stated outside `output_tokens` (total = input + output + reasoning,
 //! xAI's shape) is added to output; OpenAI's (inside) is taken as it is.
 
+mod gate;
 mod content;
 mod response;
 mod tools;
@@ -36,6 +37,10 @@ impl Adapter for OpenAiResponses {
             operation: Operation::Chat,
             reads: true,
         })
+    }
+
+    fn tool_gate(&self) -> Option<Box<dyn crate::providers::adapter::ToolGate>> {
+        Some(Box::<gate::ResponsesGate>::default())
     }
 
     fn stream(&self) -> Box<dyn StreamReader> {

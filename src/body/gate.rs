@@ -1,0 +1,401 @@
+//! [`Gate`]: a stream whose tool calls are checked before the client sees them, for agents whose
+//! tool policies block (`tool_call_action: block`, `approval_action: block`).
+//!
+//! Every event is read from the shared SSE decoder and shown to the format's [`ToolGate`] (from
+//! the provider's folder), which says whether it carries a tool call. Events that do not — text,
+//! reasoning, pings, usage — go out at once, untouched. Events that do are withheld, in order,
+//! until the format says no call is open any more (the call's block or item closed, its choice
+//! finished, the stream ended); every call completed on the way is checked by the [`CallCheck`]
+//! (the proxy's policy review) as it completes. Calls that pass are released byte-identical,
+//! in the same poll. The first call that fails ends the stream: what it and anything withheld
+//! with it never reach the client; the format's error event does, so the client's SDK raises an
+//! error naming the policy and the tool, and the body then reads the upstream to its end without
+//! forwarding, so the call's accounting still sees the usage the provider states.
+//!
+//! A partial event is held until its end arrives (a client cannot use half an event anyway). An
+//! event too large to read (over [`MAX_HELD`]) cannot be checked: the stream is refused rather
+//! than a call passed unread.
+
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::providers::{Gated, ToolCall, ToolGate};
+use crate::sse::{SseDecoder, SseItem, DEFAULT_MAX_EVENT_BYTES};
+
+/// Largest event (raw bytes) held while its end has not arrived, and largest event read.
+pub const MAX_HELD: usize = DEFAULT_MAX_EVENT_BYTES;
+
+/// Largest total of withheld tool-call events; past it the stream is refused as unreadable.
+pub const MAX_WITHHELD: usize = 16 * MAX_HELD;
+
+/// The policy side of a gate: decides on complete tool calls.
+pub trait CallCheck: Send {
+    /// Check calls that just completed: `None` releases them, `Some` is the final event of the
+    /// refused stream (made with the format's [`ToolGate::refusal`]).
+    fn check(&mut self, calls: &[ToolCall], gate: &dyn ToolGate) -> Option<Bytes>;
+
+    /// An event too large to read, or too many withheld bytes: the final event refusing the
+    /// stream, since what it carries cannot be checked.
+    fn unreadable(&mut self, gate: &dyn ToolGate) -> Bytes;
+}
+
+/// What one event of a frame came to, in order.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    /// Where the event ends in the bytes at hand (held partial event + frame).
+    end: usize,
+    gated: Gated,
+    /// After this event no call is open: what is withheld goes out.
+    release: bool,
+}
+
+enum State {
+    Passing,
+    /// Refused: the error event goes out next.
+    Refusing(Bytes),
+    /// Refused and told: the upstream is read to its end for its usage, nothing forwarded.
+    Draining,
+    Done,
+}
+
+struct Armed {
+    gate: Box<dyn ToolGate>,
+    check: Box<dyn CallCheck>,
+    decoder: SseDecoder,
+    /// The start of an event still arriving.
+    pending: BytesMut,
+    /// Tool-call events withheld, in the order they came.
+    withheld: BytesMut,
+    /// Calls completed by the event being read (reused).
+    done: Vec<ToolCall>,
+    /// This frame's events (reused).
+    steps: Vec<Step>,
+    state: State,
+}
+
+pin_project! {
+    /// A response body whose tool calls are checked before they are forwarded (a plain
+    /// pass-through when unarmed).
+    pub struct Gate<B> {
+        #[pin]
+        inner: B,
+        armed: Option<Box<Armed>>,
+    }
+}
+
+// === impl Gate ===
+
+impl<B> Gate<B> {
+    /// Pass `inner` through unchanged.
+    pub fn pass(inner: B) -> Self {
+        Self { inner, armed: None }
+    }
+
+    /// Gate `inner`'s tool calls: `gate` reads the format, `check` decides.
+    pub fn armed(inner: B, gate: Box<dyn ToolGate>, check: Box<dyn CallCheck>) -> Self {
+        Self {
+            inner,
+            armed: Some(Box::new(Armed {
+                gate,
+                check,
+                decoder: SseDecoder::new(MAX_HELD),
+                pending: BytesMut::new(),
+                withheld: BytesMut::new(),
+                done: Vec::new(),
+                steps: Vec::new(),
+                state: State::Passing,
+            })),
+        }
+    }
+}
+
+impl<B> Body for Gate<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let Some(a) = this.armed.as_mut() else {
+            return this.inner.poll_frame(cx);
+        };
+        loop {
+            match std::mem::replace(&mut a.state, State::Done) {
+                State::Done => return Poll::Ready(None),
+                State::Refusing(tail) => {
+                    a.state = State::Draining;
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+                State::Draining => match this.inner.as_mut().poll_frame(cx) {
+                    // Read for the accounting beneath; the client was told already.
+                    Poll::Ready(Some(Ok(_))) => {
+                        a.state = State::Draining;
+                        continue;
+                    }
+                    Poll::Ready(_) => return Poll::Ready(None),
+                    Poll::Pending => {
+                        a.state = State::Draining;
+                        return Poll::Pending;
+                    }
+                },
+                State::Passing => a.state = State::Passing,
+            }
+            let out = match this.inner.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(d) => a.pass(d),
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+                Poll::Ready(None) => {
+                    let out = a.end();
+                    if matches!(a.state, State::Passing) {
+                        a.state = State::Done;
+                    }
+                    out
+                }
+                other => return other,
+            };
+            if let State::Refusing(tail) = &mut a.state {
+                // What passed before the refusal, then the error, in one write.
+                let tail = std::mem::take(tail);
+                a.state = State::Draining;
+                let mut b = BytesMut::from(out);
+                b.extend_from_slice(&tail);
+                return Poll::Ready(Some(Ok(Frame::data(b.freeze()))));
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.armed {
+            Some(a) => matches!(a.state, State::Done),
+            None => self.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.armed {
+            // A refused stream is shorter or longer than the upstream's.
+            Some(_) => SizeHint::default(),
+            None => self.inner.size_hint(),
+        }
+    }
+}
+
+// === impl Armed ===
+
+impl Armed {
+    /// Take in the next frame: the bytes to forward now. Sets `Refusing` when a call fails.
+    fn pass(&mut self, data: Bytes) -> Bytes {
+        let base = self.pending.len();
+        self.steps.clear();
+        let mut refusal = None;
+        let Self {
+            gate,
+            check,
+            decoder,
+            done,
+            steps,
+            ..
+        } = self;
+        decoder.feed_ends(&data, |item, end| {
+            if refusal.is_some() {
+                return;
+            }
+            let gated = match item {
+                SseItem::Event { event, data } => gate.event(event, data, done),
+                SseItem::Oversized => Gated::Unreadable,
+            };
+            if gated == Gated::Unreadable {
+                done.clear();
+                refusal = Some(check.unreadable(gate.as_ref()));
+                return;
+            }
+            if !done.is_empty() {
+                refusal = check.check(done, gate.as_ref());
+                done.clear();
+                if refusal.is_some() {
+                    return;
+                }
+            }
+            steps.push(Step {
+                end: base + end,
+                gated,
+                release: !gate.open(),
+            });
+        });
+        let all = if self.pending.is_empty() {
+            data
+        } else {
+            self.pending.extend_from_slice(&data);
+            self.pending.split().freeze()
+        };
+        let (out, used) = self.apply(&all);
+        if let Some(tail) = refusal {
+            self.refuse(tail);
+            return out;
+        }
+        let rest = &all[used..];
+        if rest.len() > MAX_HELD || self.withheld.len() > MAX_WITHHELD {
+            let tail = self.check.unreadable(self.gate.as_ref());
+            self.refuse(tail);
+            return out;
+        }
+        self.pending.extend_from_slice(rest);
+        out
+    }
+
+    /// Forward and withhold this frame's events as their steps say: the bytes to forward and
+    /// how many bytes of `all` the steps covered.
+    fn apply(&mut self, all: &Bytes) -> (Bytes, usize) {
+        let mut out = Out::new(all);
+        let mut prev = 0;
+        for s in &self.steps {
+            let span = prev..s.end;
+            prev = s.end;
+            if s.gated == Gated::Hold {
+                self.withheld.extend_from_slice(&all[span.clone()]);
+            }
+            if s.release && !self.withheld.is_empty() {
+                out.bytes(&self.withheld.split());
+            }
+            if s.gated == Gated::Pass {
+                out.span(span);
+            }
+        }
+        (out.finish(), prev)
+    }
+
+    /// The upstream ended: an event left without its blank line is read as ended, every call
+    /// still open is checked, and what passes goes out.
+    fn end(&mut self) -> Bytes {
+        if !self.pending.is_empty() {
+            // The client's parser may dispatch it at the end too: decide on it like any event.
+            // The blank line is only shown to the decoder; the bytes forwarded are the upstream's.
+            let rest = self.pending.split().freeze();
+            self.steps.clear();
+            let mut refusal = None;
+            let Self {
+                gate,
+                check,
+                decoder,
+                done,
+                steps,
+                ..
+            } = self;
+            decoder.feed_ends(b"\n\n", |item, _| {
+                let gated = match item {
+                    SseItem::Event { event, data } => gate.event(event, data, done),
+                    SseItem::Oversized => Gated::Unreadable,
+                };
+                if gated == Gated::Unreadable {
+                    refusal = Some(check.unreadable(gate.as_ref()));
+                } else {
+                    steps.push(Step {
+                        end: rest.len(),
+                        gated,
+                        release: false,
+                    });
+                }
+            });
+            if let Some(tail) = refusal {
+                self.refuse(tail);
+                return Bytes::new();
+            }
+            match self.steps.first().map(|s| s.gated) {
+                Some(Gated::Hold) => self.withheld.extend_from_slice(&rest),
+                // Not an event (a trailing line end, a comment): it goes out after what is
+                // released.
+                _ => self.pending.extend_from_slice(&rest),
+            }
+        }
+        self.gate.finish(&mut self.done);
+        if !self.done.is_empty() {
+            let refusal = self.check.check(&self.done, self.gate.as_ref());
+            self.done.clear();
+            if let Some(tail) = refusal {
+                self.refuse(tail);
+                return Bytes::new();
+            }
+        }
+        let mut out = self.withheld.split();
+        out.extend_from_slice(&self.pending.split());
+        out.freeze()
+    }
+
+    fn refuse(&mut self, tail: Bytes) {
+        self.withheld = BytesMut::new();
+        self.pending = BytesMut::new();
+        self.state = State::Refusing(tail);
+    }
+}
+
+/// The bytes a frame forwards: runs of the frame's own bytes are sliced, not copied; pieces
+/// join only when withheld bytes go out between them.
+struct Out<'a> {
+    all: &'a Bytes,
+    run: Option<Range<usize>>,
+    joined: Option<BytesMut>,
+}
+
+impl<'a> Out<'a> {
+    fn new(all: &'a Bytes) -> Self {
+        Self {
+            all,
+            run: None,
+            joined: None,
+        }
+    }
+
+    /// Forward `span` of the frame.
+    fn span(&mut self, span: Range<usize>) {
+        match &mut self.run {
+            Some(run) if run.end == span.start => run.end = span.end,
+            _ => {
+                self.flush();
+                self.run = Some(span);
+            }
+        }
+    }
+
+    /// Forward bytes from elsewhere.
+    fn bytes(&mut self, b: &[u8]) {
+        if b.is_empty() {
+            return;
+        }
+        self.flush();
+        self.joined.get_or_insert_with(BytesMut::new).extend_from_slice(b);
+    }
+
+    fn flush(&mut self) {
+        if let Some(run) = self.run.take() {
+            self.joined
+                .get_or_insert_with(BytesMut::new)
+                .extend_from_slice(&self.all[run]);
+        }
+    }
+
+    fn finish(mut self) -> Bytes {
+        match (self.joined.is_some(), self.run.take()) {
+            (false, Some(run)) => self.all.slice(run),
+            (false, None) => Bytes::new(),
+            (true, run) => {
+                self.run = run;
+                self.flush();
+                self.joined.take().map(BytesMut::freeze).unwrap_or_default()
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Gating a Chat Completions stream on its tool calls: a call is the fragments of one
+//! (choice, `tool_calls[].index`), complete when its choice states a finish reason (or at
+//! `[DONE]` or the stream's end). Parallel calls of a choice complete together: OpenAI streams
+//! them one after another and finishes the choice right after the last.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::providers::adapter::{openai_error_body, sse_event, ErrorText, Gated, ToolGate};
+use crate::providers::shape::{json_key, value_start};
+use crate::providers::usage::ToolCall;
+
+/// Open calls of one stream, by (choice, index).
+#[derive(Default)]
+pub struct ChatGate {
+    calls: Vec<(u32, u32, ToolCall)>,
+}
+
+json_key!(TOOL_CALLS, "tool_calls");
+json_key!(FINISH_REASON, "finish_reason");
+
+impl ToolGate for ChatGate {
+    fn event(&mut self, _event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
+        if crate::sse::is_done(data) {
+            self.finish(done);
+            return Gated::Pass;
+        }
+        // Text chunks carry neither key (or nulls): no parse.
+        let carries = value_start(data, &TOOL_CALLS) == Some(b'[');
+        let finishes =
+            !self.calls.is_empty() && !matches!(value_start(data, &FINISH_REASON), None | Some(b'n'));
+        if !carries && !finishes {
+            return Gated::Pass;
+        }
+        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+            return if carries {
+                Gated::Unreadable
+            } else {
+                Gated::Pass
+            };
+        };
+        let choices = chunk["choices"].as_array().map(Vec::as_slice).unwrap_or_default();
+        for c in choices {
+            let choice = c["index"].as_u64().unwrap_or(0) as u32;
+            for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                self.fragment(choice, tc);
+            }
+        }
+        for c in choices {
+            if !c["finish_reason"].is_null() {
+                let choice = c["index"].as_u64().unwrap_or(0) as u32;
+                self.complete(|ch| ch == choice, done);
+            }
+        }
+        if carries {
+            Gated::Hold
+        } else {
+            Gated::Pass
+        }
+    }
+
+    fn open(&self) -> bool {
+        !self.calls.is_empty()
+    }
+
+    fn finish(&mut self, done: &mut Vec<ToolCall>) {
+        self.complete(|_| true, done);
+    }
+
+    fn refusal(&self, e: &ErrorText<'_>) -> Bytes {
+        // `data: {"error": …}`: the shape the openai SDKs raise mid-stream (APIError).
+        sse_event(None, &openai_error_body(e))
+    }
+}
+
+impl ChatGate {
+    fn fragment(&mut self, choice: u32, tc: &Value) {
+        let index = tc["index"].as_u64().unwrap_or(0) as u32;
+        let pos = self
+            .calls
+            .iter()
+            .position(|(c, i, _)| *c == choice && *i == index);
+        let call = match pos {
+            Some(p) => &mut self.calls[p].2,
+            None => {
+                self.calls.push((
+                    choice,
+                    index,
+                    ToolCall {
+                        choice,
+                        id: None,
+                        name: String::new(),
+                        arguments: String::new(),
+                    },
+                ));
+                let last = self.calls.len() - 1;
+                &mut self.calls[last].2
+            }
+        };
+        if let Some(id) = tc["id"].as_str() {
+            call.id = Some(id.to_string());
+        }
+        if let Some(n) = tc["function"]["name"].as_str() {
+            call.name.push_str(n);
+        }
+        if let Some(a) = tc["function"]["arguments"].as_str() {
+            call.arguments.push_str(a);
+        }
+    }
+
+    fn complete(&mut self, of: impl Fn(u32) -> bool, done: &mut Vec<ToolCall>) {
+        let mut i = 0;
+        while i < self.calls.len() {
+            if of(self.calls[i].0) {
+                done.push(self.calls.remove(i).2);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Gating a Responses stream on its tool calls: a call is one `function_call` output item, from
+//! `response.output_item.added` through its `response.function_call_arguments.*` events to its
+//! `response.output_item.done`, which completes it with the item's final arguments. A terminal
+//! event (`response.completed`, `.incomplete`, `.failed`) repeats every output item: a
+//! `function_call` there that no item event showed is checked before it goes out, and calls left
+//! open complete. Other output items (messages, reasoning, server tools such as web search) pass.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::providers::adapter::{sse_event, ErrorText, Gated, ToolGate};
+use crate::providers::shape::{json_key, value_at};
+use crate::providers::usage::ToolCall;
+
+/// Open `function_call` items of one stream, and the calls already checked.
+#[derive(Default)]
+pub struct ResponsesGate {
+    /// (output_index, item id, call).
+    open: Vec<(u64, Option<String>, ToolCall)>,
+    /// Item ids (else call ids) of the calls completed so far.
+    checked: Vec<String>,
+    /// The last `sequence_number` seen, for the refusal event's.
+    sequence: Option<u64>,
+}
+
+json_key!(TYPE, "type");
+json_key!(FUNCTION_CALL, "function_call");
+json_key!(SEQUENCE_NUMBER, "sequence_number");
+
+impl ToolGate for ResponsesGate {
+    fn event(&mut self, _event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
+        if let Some(n) = value_at(data, &SEQUENCE_NUMBER).and_then(leading_number) {
+            self.sequence = Some(n);
+        }
+        let kind = value_at(data, &TYPE)
+            .and_then(|v| v.strip_prefix(b"\""))
+            .and_then(|v| v.split(|b| *b == b'"').next())
+            .unwrap_or_default();
+        match kind {
+            // The bulk of a stream, and events of other items.
+            b"response.output_text.delta" | b"response.reasoning_summary_text.delta" => {
+                Gated::Pass
+            }
+            b"response.output_item.added" | b"response.output_item.done" => {
+                if FUNCTION_CALL.find(data).is_none() {
+                    return Gated::Pass;
+                }
+                let Ok(v) = serde_json::from_slice::<Value>(data) else {
+                    return Gated::Unreadable;
+                };
+                let item = &v["item"];
+                if item["type"] != "function_call" {
+                    return Gated::Pass;
+                }
+                let index = v["output_index"].as_u64().unwrap_or(0);
+                let id = item["id"].as_str().map(str::to_string);
+                if kind == b"response.output_item.added" {
+                    self.open.push((index, id, call_of(item)));
+                } else {
+                    let pos = self.open.iter().position(|(i, _, _)| *i == index);
+                    if let Some(p) = pos {
+                        self.open.remove(p);
+                    }
+                    self.complete(id, call_of(item), done);
+                }
+                Gated::Hold
+            }
+            b"response.function_call_arguments.delta"
+            | b"response.function_call_arguments.done" => {
+                let Ok(v) = serde_json::from_slice::<Value>(data) else {
+                    return Gated::Unreadable;
+                };
+                let index = v["output_index"].as_u64();
+                let id = v["item_id"].as_str();
+                let Some(open) = self.open.iter_mut().find(|(i, item, _)| {
+                    index == Some(*i) || (id.is_some() && item.as_deref() == id)
+                }) else {
+                    // Arguments of an item never announced: not a call we can pass unread.
+                    return Gated::Unreadable;
+                };
+                if let Some(d) = v["delta"].as_str() {
+                    open.2.arguments.push_str(d);
+                } else if let Some(a) = v["arguments"].as_str() {
+                    open.2.arguments = a.to_string();
+                }
+                Gated::Hold
+            }
+            b"response.completed" | b"response.incomplete" | b"response.failed" => {
+                self.finish(done);
+                if FUNCTION_CALL.find(data).is_none() {
+                    return Gated::Pass;
+                }
+                let Ok(v) = serde_json::from_slice::<Value>(data) else {
+                    return Gated::Unreadable;
+                };
+                let mut unseen = false;
+                for item in v["response"]["output"].as_array().into_iter().flatten() {
+                    if item["type"] != "function_call" {
+                        continue;
+                    }
+                    let key = key_of(item["id"].as_str(), item["call_id"].as_str());
+                    if key.is_none_or(|k| !self.checked.contains(&k)) {
+                        unseen = true;
+                        self.complete(item["id"].as_str().map(str::to_string), call_of(item), done);
+                    }
+                }
+                // Carrying calls no item event showed, it is withheld until they pass.
+                if unseen {
+                    Gated::Hold
+                } else {
+                    Gated::Pass
+                }
+            }
+            _ => Gated::Pass,
+        }
+    }
+
+    fn open(&self) -> bool {
+        !self.open.is_empty()
+    }
+
+    fn finish(&mut self, done: &mut Vec<ToolCall>) {
+        for (_, id, call) in std::mem::take(&mut self.open) {
+            self.complete(id, call, done);
+        }
+    }
+
+    fn refusal(&self, e: &ErrorText<'_>) -> Bytes {
+        // The Responses `error` event, plus an `error` object: the openai SDKs raise an APIError
+        // on any event whose data has one.
+        let body = serde_json::json!({
+            "type": "error",
+            "code": e.code,
+            "message": e.message,
+            "param": null,
+            "sequence_number": self.sequence.map_or(0, |n| n + 1),
+            "error": {
+                "type": e.openai_type,
+                "code": e.code,
+                "message": e.message,
+                "param": null,
+            },
+        });
+        sse_event(Some("error"), &body)
+    }
+}
+
+impl ResponsesGate {
+    fn complete(&mut self, item_id: Option<String>, call: ToolCall, done: &mut Vec<ToolCall>) {
+        if let Some(k) = key_of(item_id.as_deref(), call.id.as_deref()) {
+            self.checked.push(k);
+        }
+        done.push(call);
+    }
+}
+
+/// The call a `function_call` item states.
+fn call_of(item: &Value) -> ToolCall {
+    ToolCall {
+        choice: 0,
+        id: item["call_id"].as_str().map(str::to_string),
+        name: item["name"].as_str().unwrap_or_default().to_string(),
+        arguments: item["arguments"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// What identifies a call across events: its item id, else its call id.
+fn key_of(item_id: Option<&str>, call_id: Option<&str>) -> Option<String> {
+    item_id.or(call_id).map(str::to_string)
+}
+
+/// The number at the start of a raw JSON value.
+fn leading_number(v: &[u8]) -> Option<u64> {
+    let n = v.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&v[..n]).ok()?.parse().ok()
+}

@@ -156,6 +156,43 @@ fn assert_refused(
     v["error"]["message"].as_str().unwrap().to_string()
 }
 
+/// A stream refused mid-way by a gated tool call: 200 (it had begun), no tool call delivered,
+/// ended by the provider's error event naming `policy`; its message.
+fn assert_stream_refused(
+    shape: Shape,
+    resp: &http::Response<()>,
+    body: &[u8],
+    policy: &str,
+) -> String {
+    assert_eq!(resp.status(), 200, "{shape:?}");
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        !text.contains("tool_calls\":[") && !text.contains("\"tool_use\""),
+        "{shape:?}: a refused call reached the client: {text}"
+    );
+    let last = text
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .expect("an event at the end");
+    let data = last
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("data");
+    if shape.anthropic() {
+        assert!(last.starts_with("event: error"), "{shape:?}: {last}");
+    }
+    let v: Value = serde_json::from_str(data).unwrap();
+    let error = &v["error"];
+    let kind = if shape.anthropic() {
+        &error["type"]
+    } else {
+        &error["code"]
+    };
+    assert_eq!(kind, policy, "{shape:?}: {v}");
+    error["message"].as_str().unwrap().to_string()
+}
+
 fn violations(text: &str, agent: &str, policy: &str) -> f64 {
     metric_value(
         text,
@@ -320,7 +357,7 @@ async fn a_hallucinated_tool_the_allow_list_omits_counts_as_both_violations() {
 }
 
 #[tokio::test]
-async fn blocking_replaces_json_responses_and_flags_streams() {
+async fn blocking_replaces_json_responses_and_refuses_streamed_calls() {
     let m = mock().await;
     let p = TestProxy::to("policy", m.addr(), AGENTS).await;
     let one = [("x-mock-tool-calls", "1")];
@@ -328,9 +365,13 @@ async fn blocking_replaces_json_responses_and_flags_streams() {
         let bad = shape.body(&[("get_weather", WEATHER_BAD)], "weather?");
         let (resp, bytes) = send_as(&p, shape, "blocker", &one, &bad).await;
         if shape.stream() {
-            // Bytes were already on their way: the stream is delivered whole and flagged.
-            assert_eq!(resp.status(), 200, "{shape:?}");
-            assert!(String::from_utf8_lossy(&bytes).contains("get_weather"));
+            // The call was withheld until complete, then refused (tests/tool_gate.rs).
+            let msg = assert_stream_refused(shape, &resp, &bytes, "invalid_tool_args");
+            assert!(msg.contains("get_weather"), "{msg}");
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("Paris"),
+                "arguments withheld"
+            );
         } else {
             let msg = assert_refused(shape, &resp, &bytes, 403, "invalid_tool_args");
             assert!(msg.contains("get_weather"), "{msg}");
@@ -363,15 +404,15 @@ async fn approval_required_blocks_or_flags() {
     for shape in SHAPES {
         let body = shape.body(&[("get_weather", WEATHER_OK)], "weather?");
         let (resp, bytes) = send_as(&p, shape, "approver", &one, &body).await;
-        if shape.stream() {
-            assert_eq!(resp.status(), 200, "{shape:?}");
+        let msg = if shape.stream() {
+            assert_stream_refused(shape, &resp, &bytes, "approval_required")
         } else {
-            let msg = assert_refused(shape, &resp, &bytes, 403, "approval_required");
-            assert!(
-                msg.contains("approval") && msg.contains("get_weather"),
-                "{msg}"
-            );
-        }
+            assert_refused(shape, &resp, &bytes, 403, "approval_required")
+        };
+        assert!(
+            msg.contains("approval") && msg.contains("get_weather"),
+            "{msg}"
+        );
         let (resp, _) = send_as(&p, shape, "approver-flag", &one, &body).await;
         assert_eq!(resp.status(), 200, "{shape:?}");
         // No tool call, nothing to approve.

@@ -376,7 +376,9 @@ impl<'a> Out<'a> {
             return;
         }
         self.flush();
-        self.joined.get_or_insert_with(BytesMut::new).extend_from_slice(b);
+        self.joined
+            .get_or_insert_with(BytesMut::new)
+            .extend_from_slice(b);
     }
 
     fn flush(&mut self) {

@@ -24,9 +24,7 @@ mod text;
 mod tools;
 mod usage;
 
-pub use adapter::{
-    Adapter, EventRewrite, Gated, Operation, StreamEnding, StreamReader, ToolGate,
-};
+pub use adapter::{Adapter, EventRewrite, Gated, Operation, StreamEnding, StreamReader, ToolGate};
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use registry::Format;
 pub use request::{estimate_input, Capped};

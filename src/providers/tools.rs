@@ -20,30 +20,50 @@ pub struct ToolResult {
 /// Tool declarations in any provider's shape: OpenAI chat / Ollama `{"type":"function",
 /// "function":{name, parameters}}`, Responses `{"type":"function", name, parameters}`,
 /// Anthropic `{name, input_schema}`, Gemini `{"functionDeclarations":[{name, parameters}]}`.
+/// Gemini's JSON accepts proto field names too (`function_declarations`), and a JSON Schema in
+/// `parametersJsonSchema` / `parameters_json_schema` instead of its OpenAPI `parameters`.
 pub(super) fn declared(tools: &[Value]) -> Vec<DeclaredTool> {
     let mut out = Vec::new();
-    let mut push = |t: &Value, schema_key: &str| {
+    let mut push = |t: &Value, schema_keys: &[&str]| {
         if let Some(name) = t.get("name").and_then(|n| n.as_str()) {
             out.push(DeclaredTool {
                 name: name.to_string(),
-                schema: t.get(schema_key).cloned().unwrap_or(Value::Null),
+                schema: schema_keys
+                    .iter()
+                    .find_map(|k| t.get(*k))
+                    .cloned()
+                    .unwrap_or(Value::Null),
             });
         }
     };
     for t in tools {
         if let Some(f) = t.get("function") {
-            push(f, "parameters");
-        } else if let Some(decls) = t.get("functionDeclarations").and_then(|d| d.as_array()) {
+            push(f, &["parameters"]);
+        } else if let Some(decls) = gemini_declarations(t) {
             for d in decls {
-                push(d, "parameters");
+                push(d, &GEMINI_SCHEMA_KEYS);
             }
         } else if t.get("input_schema").is_some() {
-            push(t, "input_schema");
+            push(t, &["input_schema"]);
         } else {
-            push(t, "parameters");
+            push(t, &["parameters"]);
         }
     }
     out
+}
+
+/// Where a Gemini function declaration keeps its argument schema, in the order read.
+const GEMINI_SCHEMA_KEYS: [&str; 3] = [
+    "parametersJsonSchema",
+    "parameters_json_schema",
+    "parameters",
+];
+
+/// A Gemini tool's function declarations, under either JSON name.
+fn gemini_declarations(t: &Value) -> Option<&Vec<Value>> {
+    t.get("functionDeclarations")
+        .or_else(|| t.get("function_declarations"))
+        .and_then(Value::as_array)
 }
 
 /// Remove every declared tool `keep` refuses from the request's `tools` (any provider's shape);
@@ -60,9 +80,11 @@ pub(super) fn strip_declared(doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
         if let Some(f) = t.get("function") {
             return named(f);
         }
-        if let Some(Value::Array(decls)) = t.get_mut("functionDeclarations") {
-            decls.retain(named);
-            return !decls.is_empty();
+        for key in ["functionDeclarations", "function_declarations"] {
+            if let Some(Value::Array(decls)) = t.get_mut(key) {
+                decls.retain(named);
+                return !decls.is_empty();
+            }
         }
         named(t)
     });
@@ -135,6 +157,24 @@ mod tests {
         let mut resp = json!({"tools":[{"type":"function","name":"bad"},{"type":"web_search"}]});
         strip_declared(&mut resp, &keep);
         assert_eq!(resp["tools"], json!([{"type":"web_search"}]));
+        let mut snake = json!({"tools":[{"function_declarations":[{"name":"bad"},{"name":"ok"}]}]});
+        strip_declared(&mut snake, &keep);
+        assert_eq!(
+            snake["tools"],
+            json!([{"function_declarations":[{"name":"ok"}]}])
+        );
+    }
+
+    #[test]
+    fn gemini_declarations_are_read_under_proto_names_and_json_schema_keys() {
+        let schema = json!({"type":"object","required":["q"]});
+        let tools = json!([
+            {"function_declarations":[{"name":"a","parameters_json_schema":schema}]},
+            {"functionDeclarations":[{"name":"b","parametersJsonSchema":schema},{"name":"c","parameters":schema}]},
+        ]);
+        let d = declared(tools.as_array().unwrap());
+        let got: Vec<_> = d.iter().map(|t| (t.name.as_str(), &t.schema)).collect();
+        assert_eq!(got, [("a", &schema), ("b", &schema), ("c", &schema)]);
     }
 
     #[test]

@@ -288,7 +288,9 @@ impl Call {
         let cut = self.cut.as_ref().is_some_and(|c| c.fired());
         if let Some(log) = self.gate.take() {
             let (violations, blocked) = log.take();
-            violations.into_iter().for_each(|v| self.add_policy_violation(v));
+            violations
+                .into_iter()
+                .for_each(|v| self.add_policy_violation(v));
             self.policy_blocked = self.policy_blocked.or(blocked);
         }
         // A cut or refused stream is ended by the proxy on purpose: the body is dropped after

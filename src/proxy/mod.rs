@@ -22,8 +22,8 @@ mod call;
 pub mod error;
 pub mod headers;
 mod held;
-mod tool_gate;
 pub mod route;
+mod tool_gate;
 
 pub use answer::ProxyBody;
 pub use call::{Call, CallInfo};

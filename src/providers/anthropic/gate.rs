@@ -80,8 +80,7 @@ impl ToolGate for MessagesGate {
                 let Some(pos) = self.blocks.iter().position(|b| b.index == index) else {
                     return Gated::Pass;
                 };
-                if v["type"] == "content_block_stop" || kind(event, data) == b"content_block_stop"
-                {
+                if v["type"] == "content_block_stop" || kind(event, data) == b"content_block_stop" {
                     done.push(self.blocks.remove(pos).into_call());
                 } else if let Some(part) = v["delta"]["partial_json"].as_str() {
                     let b = &mut self.blocks[pos];

@@ -18,9 +18,9 @@
 //! and the part spent on another model is kept in [`ResponseRecord::other_models`]. Streams
 //! repeat the whole list in each `message_delta`: the last one stated is the list.
 
-mod gate;
 mod content;
 mod ending;
+mod gate;
 mod response;
 mod tools;
 

@@ -26,7 +26,10 @@ impl ToolGate for GeminiGate {
             return Gated::Unreadable;
         };
         let before = done.len();
-        let candidates = chunk["candidates"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let candidates = chunk["candidates"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for (i, c) in candidates.iter().enumerate() {
             let choice = c["index"].as_u64().unwrap_or(i as u64) as u32;
             for part in c["content"]["parts"].as_array().into_iter().flatten() {

@@ -6,8 +6,8 @@
 //! `cachedContentTokenCount` (a part of `promptTokenCount`). An empty `modelVersion` or
 //! `responseId` is no value.
 
-mod gate;
 mod content;
+mod gate;
 mod request;
 mod response;
 mod tools;

@@ -27,8 +27,8 @@ impl ToolGate for ChatGate {
         }
         // Text chunks carry neither key (or nulls): no parse.
         let carries = value_start(data, &TOOL_CALLS) == Some(b'[');
-        let finishes =
-            !self.calls.is_empty() && !matches!(value_start(data, &FINISH_REASON), None | Some(b'n'));
+        let finishes = !self.calls.is_empty()
+            && !matches!(value_start(data, &FINISH_REASON), None | Some(b'n'));
         if !carries && !finishes {
             return Gated::Pass;
         }
@@ -39,7 +39,10 @@ impl ToolGate for ChatGate {
                 Gated::Pass
             };
         };
-        let choices = chunk["choices"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let choices = chunk["choices"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for c in choices {
             let choice = c["index"].as_u64().unwrap_or(0) as u32;
             for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {

@@ -21,9 +21,9 @@
 //!   `cache_creation_input_tokens`; one-hour writes from the `cache_creation` breakdown;
 //! - Groq's older shape states usage only in `x_groq.usage` (JSON, and the last stream chunk).
 
-mod gate;
 pub(super) mod content;
 mod ending;
+mod gate;
 mod hide_usage;
 mod request;
 mod response;

@@ -38,9 +38,7 @@ impl ToolGate for ResponsesGate {
             .unwrap_or_default();
         match kind {
             // The bulk of a stream, and events of other items.
-            b"response.output_text.delta" | b"response.reasoning_summary_text.delta" => {
-                Gated::Pass
-            }
+            b"response.output_text.delta" | b"response.reasoning_summary_text.delta" => Gated::Pass,
             b"response.output_item.added" | b"response.output_item.done" => {
                 if FUNCTION_CALL.find(data).is_none() {
                     return Gated::Pass;

@@ -6,8 +6,8 @@
 //! id is no value. Reasoning stated outside `output_tokens` (total = input + output + reasoning,
 //! xAI's shape) is added to output; OpenAI's (inside) is taken as it is.
 
-mod gate;
 mod content;
+mod gate;
 mod response;
 mod tools;
 

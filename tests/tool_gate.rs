@@ -1,0 +1,442 @@
+//! Streamed tool calls gated by blocking tool policies, over real sockets, on every recorded
+//! stream of the corpus whose model called a client tool (OpenAI chat, Responses, Anthropic,
+//! Gemini; tests/fixtures/corpus, real provider recordings): a call that passes is released
+//! byte-identical (whole, and fed one byte at a time); a denied, undeclared, invalid or
+//! approval-needing call never reaches the client, whose stream ends with the format's error
+//! event naming the policy and the tool; text before the call is delivered; tokens are counted
+//! exactly as the provider stated them; the violations are counted.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use common::*;
+use serde_json::{json, Value};
+
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/corpus");
+
+/// One recorded stream with client tool calls.
+struct Case {
+    id: String,
+    protocol: String,
+    path: String,
+    request: Value,
+    response: Bytes,
+    tools: Vec<String>,
+    /// Tool calls the recording makes.
+    calls: usize,
+    output_tokens: u64,
+}
+
+fn cases() -> Vec<Case> {
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(format!("{CORPUS}/manifest.json")).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for c in manifest["cases"].as_array().unwrap() {
+        let calls = c["expected"]["tool_calls"].as_array().unwrap();
+        if c["stream"] != true || calls.is_empty() || c["status"] != 200 {
+            continue;
+        }
+        let mut tools: Vec<String> = calls
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        tools.dedup();
+        let query = c["query"]
+            .as_str()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        out.push(Case {
+            id: c["id"].as_str().unwrap().to_string(),
+            protocol: c["protocol"].as_str().unwrap().to_string(),
+            path: format!("{}{query}", c["path"].as_str().unwrap()),
+            request: serde_json::from_slice(
+                &std::fs::read(format!("{CORPUS}/{}", c["request_file"].as_str().unwrap()))
+                    .unwrap(),
+            )
+            .unwrap(),
+            response: Bytes::from(
+                std::fs::read(format!("{CORPUS}/{}", c["response_file"].as_str().unwrap()))
+                    .unwrap(),
+            ),
+            tools,
+            calls: calls.len(),
+            output_tokens: c["expected"]["output_tokens"].as_u64().unwrap(),
+        });
+    }
+    let protocols: std::collections::BTreeSet<_> = out.iter().map(|c| c.protocol.clone()).collect();
+    assert_eq!(
+        protocols.len(),
+        4,
+        "recorded tool-call streams of every format: {protocols:?}"
+    );
+    out
+}
+
+/// The events of an SSE body: (event name, data), as a client's parser reads them.
+fn events(body: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(body)
+        .replace("\r\n", "\n")
+        .replace('\r', "\n");
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut event, mut data) = (String::from("message"), Vec::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim_start().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+            }
+        }
+        if !data.is_empty() {
+            out.push((event, data.join("\n")));
+        }
+    }
+    out
+}
+
+/// Anthropic content blocks that are client tool calls (`tool_use`, not server tools), by index,
+/// as the recording states them.
+fn tool_use_blocks(sent: &[(String, String)]) -> Vec<u64> {
+    sent.iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_start" && v["content_block"]["type"] == "tool_use")
+        .filter_map(|v| v["index"].as_u64())
+        .collect()
+}
+
+/// Whether an event hands the client (part of) a tool call to run, read independently of the
+/// proxy; `blocks` are the recording's Anthropic `tool_use` block indexes.
+fn carries_call(protocol: &str, data: &str, blocks: &[u64]) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        return false;
+    };
+    match protocol {
+        "openai-chat" => v["choices"].as_array().into_iter().flatten().any(|c| {
+            c["delta"]["tool_calls"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        }),
+        "anthropic" => {
+            v["content_block"]["type"] == "tool_use"
+                || (v["type"] == "content_block_delta"
+                    && v["index"].as_u64().is_some_and(|i| blocks.contains(&i)))
+        }
+        "openai-responses" => {
+            v["item"]["type"] == "function_call"
+                || v["type"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("response.function_call_arguments"))
+                || v["response"]["output"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|i| i["type"] == "function_call")
+        }
+        "gemini" => v["candidates"].as_array().into_iter().flatten().any(|c| {
+            c["content"]["parts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p.get("functionCall").is_some())
+        }),
+        p => panic!("unknown protocol {p}"),
+    }
+}
+
+/// The message of the error event that ends a refused stream, as the format's SDKs read it.
+fn error_message(protocol: &str, (event, data): &(String, String)) -> Option<String> {
+    let v: Value = serde_json::from_str(data).ok()?;
+    let m = match protocol {
+        "anthropic" if event == "error" => &v["error"]["message"],
+        "openai-responses" if event == "error" => &v["message"],
+        "openai-chat" | "gemini" => &v["error"]["message"],
+        _ => return None,
+    };
+    m.as_str().map(str::to_string)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    Denied,
+    Undeclared,
+    Invalid,
+    Approval,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 4] = [
+        Refusal::Denied,
+        Refusal::Undeclared,
+        Refusal::Invalid,
+        Refusal::Approval,
+    ];
+
+    fn policy(self) -> &'static str {
+        match self {
+            Refusal::Denied => "denied_tool",
+            Refusal::Undeclared => "undeclared_tool",
+            Refusal::Invalid => "invalid_tool_args",
+            Refusal::Approval => "approval_required",
+        }
+    }
+
+    fn agent(self) -> &'static str {
+        match self {
+            Refusal::Denied => "f-gate-deny",
+            Refusal::Approval => "f-gate-approve",
+            Refusal::Undeclared | Refusal::Invalid => "f-gate-open",
+        }
+    }
+
+    /// The request as this case sends it: tools removed (undeclared), or every declared
+    /// tool's schema requiring a property the recorded call lacks (invalid).
+    fn request(self, case: &Case) -> Value {
+        let mut r = case.request.clone();
+        match self {
+            Refusal::Undeclared => {
+                let o = r.as_object_mut().unwrap();
+                o.remove("tools");
+                o.remove("tool_choice");
+                o.remove("toolConfig");
+            }
+            Refusal::Invalid => require_missing_property(&mut r["tools"]),
+            Refusal::Denied | Refusal::Approval => {}
+        }
+        r
+    }
+}
+
+/// Replace every tool schema under `v` with one that requires `zz_required_by_test`.
+fn require_missing_property(v: &mut Value) {
+    let schema = json!({
+        "type": "object",
+        "properties": { "zz_required_by_test": { "type": "string" } },
+        "required": ["zz_required_by_test"],
+    });
+    match v {
+        Value::Object(o) => {
+            for key in [
+                "parameters",
+                "input_schema",
+                "parametersJsonSchema",
+                "parameters_json_schema",
+            ] {
+                if o.contains_key(key) {
+                    o.insert(key.into(), schema.clone());
+                }
+            }
+            o.values_mut().for_each(require_missing_property);
+        }
+        Value::Array(a) => a.iter_mut().for_each(require_missing_property),
+        _ => {}
+    }
+}
+
+fn config(cases: &[Case]) -> String {
+    let mut names: Vec<&str> = cases
+        .iter()
+        .flat_map(|c| c.tools.iter().map(String::as_str))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let list = names.join(", ");
+    // Metrics are process-wide: each test has agents of its own.
+    let mut yaml = String::from("agents:\n");
+    for prefix in ["p", "f"] {
+        yaml.push_str(&format!(
+            "  {prefix}-gate-open:
+    tool_call_action: block
+    approval_action: block
+  {prefix}-gate-deny:
+    denied_tools: [{list}]
+    denied_tool_action: strip
+    tool_call_action: block
+  {prefix}-gate-approve:
+    require_approval: [{list}]
+    approval_action: block
+"
+        ));
+    }
+    yaml.push_str(&format!("  flag-only:\n    require_approval: [{list}]\n"));
+    yaml
+}
+
+/// Send `request` as `agent` through the proxy to an upstream that streams `response` in
+/// frames of `frame` bytes (0: one frame); the status and the body the client got.
+async fn exchange(
+    p: &TestProxy,
+    upstreams: &mut tokio::sync::mpsc::Receiver<tokio::sync::mpsc::Sender<Bytes>>,
+    case: &Case,
+    agent: &str,
+    request: &Value,
+    frame: usize,
+) -> (u16, Bytes) {
+    let url = p.url(&case.path);
+    let body = request.to_string();
+    let agent = agent.to_string();
+    let client = tokio::spawn(async move { post(&url, &[("x-agent-name", &agent)], &body).await });
+    let tx = upstreams
+        .recv()
+        .await
+        .expect("the request reached the upstream");
+    let response = case.response.clone();
+    let feed = tokio::spawn(async move {
+        if frame == 0 {
+            let _ = tx.send(response).await;
+            return;
+        }
+        let mut at = 0;
+        while at < response.len() {
+            let end = (at + frame).min(response.len());
+            if tx.send(response.slice(at..end)).await.is_err() {
+                return;
+            }
+            at = end;
+        }
+    });
+    let (resp, bytes) = client.await.unwrap();
+    feed.await.unwrap();
+    (resp.status().as_u16(), bytes)
+}
+
+#[tokio::test]
+async fn passing_calls_are_released_byte_identical_whole_and_byte_by_byte() {
+    let cases = cases();
+    let (up, mut upstreams) = scripted_upstream().await;
+    let p = TestProxy::to("gate", up, &config(&cases)).await;
+    let mut expected_output = 0;
+    for case in &cases {
+        for frame in [0, 1, 7] {
+            let (status, body) = exchange(
+                &p,
+                &mut upstreams,
+                case,
+                "p-gate-open",
+                &case.request,
+                frame,
+            )
+            .await;
+            assert_eq!(status, 200, "{}", case.id);
+            assert!(
+                body == case.response,
+                "{} (frames of {frame}): released bytes differ\n--- got\n{}\n--- sent\n{}",
+                case.id,
+                String::from_utf8_lossy(&body),
+                String::from_utf8_lossy(&case.response)
+            );
+            expected_output += case.output_tokens;
+        }
+    }
+    let text = p.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "tokenwarden_policy_violations_total",
+            &[("agent", "p-gate-open")]
+        ),
+        0.0,
+        "{text}"
+    );
+    let output = metric_sum(
+        &text,
+        "tokenwarden_tokens_total",
+        &[("agent", "p-gate-open"), ("type", "output")],
+    );
+    assert_eq!(output, expected_output as f64, "exact output tokens");
+}
+
+#[tokio::test]
+async fn failing_calls_never_reach_the_client_and_the_stream_ends_with_an_error_naming_them() {
+    let cases = cases();
+    let (up, mut upstreams) = scripted_upstream().await;
+    let p = TestProxy::to("gate", up, &config(&cases)).await;
+    let mut violations: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+    let mut output: BTreeMap<&str, u64> = BTreeMap::new();
+    for case in &cases {
+        let sent = events(&case.response);
+        let blocks = tool_use_blocks(&sent);
+        let first_call = sent
+            .iter()
+            .position(|(_, d)| carries_call(&case.protocol, d, &blocks))
+            .expect("the recording calls a tool");
+        for refusal in Refusal::ALL {
+            for frame in [0, 1] {
+                let request = refusal.request(case);
+                let (status, body) =
+                    exchange(&p, &mut upstreams, case, refusal.agent(), &request, frame).await;
+                let what = format!("{} {refusal:?} (frames of {frame})", case.id);
+                assert_eq!(status, 200, "{what}: the stream had begun");
+                let got = events(&body);
+                let (last, forwarded) = got.split_last().expect("events");
+                for (_, d) in forwarded {
+                    assert!(
+                        !carries_call(&case.protocol, d, &blocks),
+                        "{what}: a refused call reached the client: {d}"
+                    );
+                }
+                // Everything before the first call went out untouched, in order.
+                assert_eq!(
+                    &forwarded[..first_call.min(forwarded.len())],
+                    &sent[..first_call],
+                    "{what}: events before the call"
+                );
+                let msg = error_message(&case.protocol, last)
+                    .unwrap_or_else(|| panic!("{what}: no error event at the end: {last:?}"));
+                assert!(
+                    msg.contains(refusal.policy()) && case.tools.iter().any(|t| msg.contains(t)),
+                    "{what}: {msg}"
+                );
+                *violations
+                    .entry((refusal.agent(), refusal.policy()))
+                    .or_default() += 1.0;
+                *output.entry(refusal.agent()).or_default() += case.output_tokens;
+            }
+        }
+    }
+    let text = p.metrics().await;
+    for ((agent, policy), n) in violations {
+        let got = metric_value(
+            &text,
+            "tokenwarden_policy_violations_total",
+            &[("agent", agent), ("policy", policy)],
+        );
+        // At least one per refused stream (calls checked together are each counted).
+        assert!(got >= n, "{agent} {policy}: {got} < {n}");
+    }
+    // The refused streams were read to their end: the provider's usage counted exactly.
+    for (agent, n) in output {
+        let got = metric_sum(
+            &text,
+            "tokenwarden_tokens_total",
+            &[("agent", agent), ("type", "output")],
+        );
+        assert_eq!(got, n as f64, "{agent}: output tokens");
+    }
+}
+
+#[tokio::test]
+async fn flagging_agents_get_the_stream_untouched() {
+    let cases = cases();
+    let (up, mut upstreams) = scripted_upstream().await;
+    let p = TestProxy::to("gate", up, &config(&cases)).await;
+    for case in &cases {
+        let (status, body) =
+            exchange(&p, &mut upstreams, case, "flag-only", &case.request, 0).await;
+        assert_eq!(status, 200, "{}", case.id);
+        assert!(body == case.response, "{}: flagged only", case.id);
+    }
+    let text = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_policy_violations_total",
+            &[("agent", "flag-only"), ("policy", "approval_required")]
+        ),
+        cases.iter().map(|c| c.calls).sum::<usize>() as f64,
+        "one finding per call"
+    );
+}

@@ -99,6 +99,7 @@ fn bench(c: &mut Criterion) {
         step: Some(7),
         budget_decision: Some(tokenwarden::record::BudgetDecision::Allowed),
         policy_violations: &[],
+        policy_blocked: None,
     };
 
     let genai = spans("genai");

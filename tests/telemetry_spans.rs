@@ -628,7 +628,7 @@ async fn budget_decisions_reach_the_span() {
 async fn policy_violations_reach_the_span() {
     let (rx, mock, proxy) = setup(
         "http",
-        "agents:\n  pol-agent:\n    denied_tools: [rm_rf]\n    require_approval: [get_weather]\n",
+        "agents:\n  pol-agent:\n    denied_tools: [rm_rf]\n    require_approval: [get_weather]\n  pol-gate:\n    require_approval: [get_weather]\n    approval_action: block\n",
     )
     .await;
     // A request declaring a denied tool: refused, never upstream, the violation on its span.
@@ -674,6 +674,44 @@ async fn policy_violations_reach_the_span() {
         a.get("tokenwarden.policy.violations"),
         Some(&V::A(vec![s("approval_required")])),
         "{a:#?}"
+    );
+    assert_eq!(a.get("tokenwarden.policy.decision"), None, "flagged only");
+    // The same stream for an agent whose approvals block: gated and refused, said on the span.
+    let (resp, body) = post(
+        &proxy.url("/v1/chat/completions"),
+        &[
+            ("x-agent-name", "pol-gate"),
+            ("x-session-id", "pol-3"),
+            ("x-mock-tool-calls", "1"),
+        ],
+        tools,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(String::from_utf8_lossy(&body).contains("\"code\":\"approval_required\""));
+    let r = rx
+        .wait_for("for the gated call", |r| has(r, "session.id", s("pol-3")))
+        .await;
+    let a = attrs(&r.span);
+    assert_eq!(
+        a.get("tokenwarden.policy.decision"),
+        Some(&s("blocked")),
+        "{a:#?}"
+    );
+    assert_eq!(
+        a.get("tokenwarden.policy.blocked"),
+        Some(&s("approval_required")),
+        "{a:#?}"
+    );
+    assert_eq!(a.get("error.type"), Some(&s("approval_required")), "{a:#?}");
+    assert_eq!(
+        a.get("tokenwarden.policy.violations"),
+        Some(&V::A(vec![s("approval_required")])),
+        "{a:#?}"
+    );
+    assert!(
+        matches!(a.get("gen_ai.usage.output_tokens"), Some(V::I(n)) if *n > 0),
+        "tokens still counted: {a:#?}"
     );
     proxy.stop().await;
 }

@@ -440,3 +440,63 @@ async fn flagging_agents_get_the_stream_untouched() {
         "one finding per call"
     );
 }
+
+#[tokio::test]
+async fn gated_streams_are_asked_for_uncompressed_and_a_compressed_one_is_flagged() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "gate",
+        m.addr(),
+        "agents:\n  z-gate:\n    require_approval: [get_weather]\n    approval_action: block\n",
+    )
+    .await;
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"go"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#;
+    let accept = |m: &tokenwarden_mock::MockServer| {
+        m.last_request()
+            .unwrap()
+            .headers
+            .iter()
+            .find(|(k, _)| k == "accept-encoding")
+            .map(|(_, v)| v.clone())
+    };
+    let sent = [
+        ("x-agent-name", "z-gate"),
+        ("x-mock-tool-calls", "1"),
+        ("accept-encoding", "gzip, br"),
+    ];
+    let (resp, bytes) = post(&p.url("/v1/chat/completions"), &sent, body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        accept(&m).as_deref(),
+        Some("identity"),
+        "gated: asked plain"
+    );
+    assert!(String::from_utf8_lossy(&bytes).contains("\"code\":\"approval_required\""));
+    // Not gated (no tool policy blocks for this agent): the client's header goes on as sent.
+    let (resp, _) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "z-other"), ("accept-encoding", "gzip, br")],
+        body,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(accept(&m).as_deref(), Some("gzip, br"));
+    // An upstream that compresses anyway cannot be gated event by event: forwarded as it came
+    // (compressed) and flagged.
+    let mut gz = sent.to_vec();
+    gz.push(("x-mock-gzip", "1"));
+    let (resp, bytes) = post(&p.url("/v1/chat/completions"), &gz, body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "the upstream's gzip bytes");
+    let text = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_policy_violations_total",
+            &[("agent", "z-gate"), ("policy", "approval_required")]
+        ),
+        2.0,
+        "refused once, flagged once"
+    );
+}

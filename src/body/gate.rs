@@ -42,6 +42,9 @@ pub trait CallCheck: Send {
     /// An event too large to read, or too many withheld bytes: the final event refusing the
     /// stream, since what it carries cannot be checked.
     fn unreadable(&mut self, gate: &dyn ToolGate) -> Bytes;
+
+    /// The gated body ended: nothing more will be checked.
+    fn done(&mut self) {}
 }
 
 /// What one event of a frame came to, in order.
@@ -131,7 +134,10 @@ where
         };
         loop {
             match std::mem::replace(&mut a.state, State::Done) {
-                State::Done => return Poll::Ready(None),
+                State::Done => {
+                    a.check.done();
+                    return Poll::Ready(None);
+                }
                 State::Refusing(tail) => {
                     a.state = State::Draining;
                     return Poll::Ready(Some(Ok(Frame::data(tail))));
@@ -142,7 +148,10 @@ where
                         a.state = State::Draining;
                         continue;
                     }
-                    Poll::Ready(_) => return Poll::Ready(None),
+                    Poll::Ready(_) => {
+                        a.check.done();
+                        return Poll::Ready(None);
+                    }
                     Poll::Pending => {
                         a.state = State::Draining;
                         return Poll::Pending;
@@ -157,8 +166,15 @@ where
                 },
                 Poll::Ready(None) => {
                     let out = a.end();
-                    if matches!(a.state, State::Passing) {
-                        a.state = State::Done;
+                    match &mut a.state {
+                        State::Refusing(tail) => {
+                            // Nothing left to read: the refusal is the last write.
+                            let mut b = BytesMut::from(out);
+                            b.extend_from_slice(tail);
+                            a.state = State::Done;
+                            return Poll::Ready(Some(Ok(Frame::data(b.freeze()))));
+                        }
+                        _ => a.state = State::Done,
                     }
                     out
                 }
@@ -399,5 +415,219 @@ impl<'a> Out<'a> {
                 self.joined.take().map(BytesMut::freeze).unwrap_or_default()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::providers::adapter::ErrorText;
+    use crate::providers::Format;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// Refuses calls to `bad` (the policy review is tested through the proxy, tests/tool_gate.rs).
+    struct RefuseBad;
+
+    impl CallCheck for RefuseBad {
+        fn check(&mut self, calls: &[ToolCall], gate: &dyn ToolGate) -> Option<Bytes> {
+            calls
+                .iter()
+                .any(|c| c.name == "bad")
+                .then(|| gate.refusal(&text("refused bad")))
+        }
+
+        fn unreadable(&mut self, gate: &dyn ToolGate) -> Bytes {
+            gate.refusal(&text("unreadable"))
+        }
+    }
+
+    fn text(message: &str) -> ErrorText<'_> {
+        ErrorText {
+            status: 403,
+            message,
+            code: "denied_tool",
+            openai_type: "denied_tool",
+            anthropic_type: "denied_tool",
+            google_status: "PERMISSION_DENIED",
+        }
+    }
+
+    /// A gated body over `frames`, the frames the upstream handed out counted.
+    fn gated(
+        format: Format,
+        frames: Vec<String>,
+    ) -> (
+        Gate<impl Body<Data = Bytes, Error = std::convert::Infallible>>,
+        Arc<AtomicUsize>,
+    ) {
+        let read = Arc::new(AtomicUsize::new(0));
+        let r = read.clone();
+        let stream = futures_util::stream::iter(frames.into_iter().map(move |f| {
+            r.fetch_add(1, Ordering::Relaxed);
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(f)))
+        }));
+        let gate = format.adapter().tool_gate().expect("a gated format");
+        (
+            Gate::armed(StreamBody::new(stream), gate, Box::new(RefuseBad)),
+            read,
+        )
+    }
+
+    async fn next(body: &mut (impl Body<Data = Bytes> + Unpin)) -> Option<String> {
+        let f = body.frame().await?.ok()?;
+        Some(String::from_utf8(f.into_data().ok()?.to_vec()).unwrap())
+    }
+
+    fn chunk(delta: &str, finish: &str) -> String {
+        format!("data: {{\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":{finish}}}]}}\n\n")
+    }
+
+    fn call(name: &str) -> [String; 2] {
+        [
+            chunk(
+                &format!("{{\"tool_calls\":[{{\"index\":0,\"id\":\"c1\",\"function\":{{\"name\":\"{name}\",\"arguments\":\"\"}}}}]}}"),
+                "null",
+            ),
+            chunk(
+                "{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{}\"}}]}",
+                "null",
+            ),
+        ]
+    }
+
+    #[tokio::test]
+    async fn text_goes_out_at_once_and_a_call_when_its_choice_finishes() {
+        let text = chunk("{\"content\":\"hi\"}", "null");
+        let [start, args] = call("ok");
+        let finish = chunk("{}", "\"tool_calls\"");
+        let frames = vec![
+            text.clone(),
+            start.clone(),
+            args.clone(),
+            text.clone(),
+            finish.clone(),
+            "data: [DONE]\n\n".into(),
+        ];
+        let (mut body, _) = gated(Format::OpenAiChat, frames);
+        let mut body = std::pin::pin!(body);
+        assert_eq!(next(&mut body).await.unwrap(), text, "text is not held");
+        // The call's two events are withheld; the text after them is not.
+        assert_eq!(next(&mut body).await.unwrap(), text);
+        assert_eq!(
+            next(&mut body).await.unwrap(),
+            format!("{start}{args}{finish}"),
+            "released byte-identical, before the finish"
+        );
+        assert_eq!(next(&mut body).await.unwrap(), "data: [DONE]\n\n");
+        assert!(next(&mut body).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_ends_the_stream_with_the_error_and_the_rest_is_read_unforwarded() {
+        let text = chunk("{\"content\":\"hi\"}", "null");
+        let [start, args] = call("bad");
+        let finish = chunk("{}", "\"tool_calls\"");
+        let usage = "data: {\"choices\":[],\"usage\":{\"completion_tokens\":3}}\n\n";
+        // The finish and what follows in one frame: nothing after the refusal goes out.
+        let frames = vec![
+            format!("{text}{start}"),
+            args,
+            format!("{finish}{text}{usage}"),
+            "data: [DONE]\n\n".into(),
+        ];
+        let n = frames.len();
+        let (body, read) = gated(Format::OpenAiChat, frames);
+        let out = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert_eq!(
+            out,
+            format!("{text}data: {{\"error\":{{\"message\":\"refused bad\",\"type\":\"permission_error\",\"param\":null,\"code\":\"denied_tool\"}}}}\n\n")
+        );
+        assert_eq!(
+            read.load(Ordering::Relaxed),
+            n,
+            "the upstream was read to its end"
+        );
+    }
+
+    #[tokio::test]
+    async fn crlf_streams_split_anywhere_pass_byte_identical() {
+        // Gemini frames its events with CRLF; a call arrives whole in one chunk.
+        let stream = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\n\
+                      data: {\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"ok\",\"args\":{}}}]}}]}\r\n\r\n\
+                      data: {\"usageMetadata\":{\"candidatesTokenCount\":2}}\r\n\r\n";
+        for size in [1, 2, 3, 5, stream.len()] {
+            let frames = stream
+                .as_bytes()
+                .chunks(size)
+                .map(|c| String::from_utf8(c.to_vec()).unwrap())
+                .collect();
+            let (body, _) = gated(Format::Gemini, frames);
+            let out = body.collect().await.unwrap().to_bytes();
+            assert_eq!(out, stream.as_bytes(), "frames of {size}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_anthropic_tool_block_is_withheld_until_its_stop() {
+        let ev = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+        let text = ev(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}"#,
+        );
+        let start = ev(
+            "content_block_start",
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"bad","input":{}}}"#,
+        );
+        let delta = ev(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{}"}}"#,
+        );
+        let ping = ev("ping", r#"{"type":"ping"}"#);
+        let stop = ev(
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":1}"#,
+        );
+        let frames = vec![text.clone(), start, ping.clone(), delta, stop];
+        let (mut body, _) = gated(Format::Anthropic, frames);
+        let mut body = std::pin::pin!(body);
+        assert_eq!(next(&mut body).await.unwrap(), text);
+        assert_eq!(next(&mut body).await.unwrap(), ping, "pings are not held");
+        let end = next(&mut body).await.unwrap();
+        assert!(
+            end.starts_with("event: error\ndata: {") && end.contains("refused bad"),
+            "{end}"
+        );
+        assert!(next(&mut body).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn what_cannot_be_read_is_refused_not_passed() {
+        // An event over the limit.
+        let big = format!("data: {{\"x\":\"{}\"}}\n\n", "a".repeat(MAX_HELD + 10));
+        let (body, _) = gated(Format::OpenAiChat, vec![big]);
+        let out = body.collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&out).contains("unreadable"));
+        // A tool-call chunk that is not JSON.
+        let broken = "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"ok\"\n\n";
+        let (body, _) = gated(Format::OpenAiChat, vec![broken.into()]);
+        let out = body.collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&out).contains("unreadable"));
+    }
+
+    #[tokio::test]
+    async fn a_last_event_without_its_blank_line_is_checked_like_any() {
+        let [start, args] = call("bad");
+        let finish = chunk("{}", "\"tool_calls\"");
+        let cut = finish.trim_end().to_string(); // the upstream ended before the blank line
+        let (body, _) = gated(Format::OpenAiChat, vec![start, args, cut]);
+        let out = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert!(out.starts_with("data: {\"error\""), "{out}");
+        let [start, args] = call("ok");
+        let (body, _) = gated(Format::OpenAiChat, vec![start.clone(), args.clone()]);
+        let out = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        assert_eq!(out, format!("{start}{args}"), "released at the end");
     }
 }

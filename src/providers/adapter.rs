@@ -290,6 +290,18 @@ macro_rules! stream_reader {
 }
 pub(crate) use stream_reader;
 
+/// The OpenAI error of a stream refused by a tool policy: `code` names the policy, `type` is
+/// `permission_error` — clients that guess a status from the type (the Vercel AI SDK's OpenAI
+/// provider) then read a 403 and do not retry, where a policy name reads as a retryable 500.
+pub fn openai_stream_refusal(e: &ErrorText<'_>) -> Value {
+    serde_json::json!({
+        "message": e.message,
+        "type": "permission_error",
+        "param": null,
+        "code": e.code,
+    })
+}
+
 /// One SSE event carrying `body` as its data (and `event` as its name, when given): how a gated
 /// stream's refusal is framed.
 pub fn sse_event(event: Option<&str>, body: &Value) -> Bytes {

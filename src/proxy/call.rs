@@ -24,7 +24,7 @@ use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
 use super::accounting::{Ending, LlmCall};
-use super::tool_gate::GateLog;
+use super::tool_gate::{Found, GateLog};
 use crate::record::{
     BudgetDecision, CallLabels, Operation, PolicyViolation, UpstreamError, UsageSource,
 };
@@ -286,13 +286,6 @@ impl Call {
         }
         let now = Instant::now();
         let cut = self.cut.as_ref().is_some_and(|c| c.fired());
-        if let Some(log) = self.gate.take() {
-            let (violations, blocked) = log.take();
-            violations
-                .into_iter()
-                .for_each(|v| self.add_policy_violation(v));
-            self.policy_blocked = self.policy_blocked.or(blocked);
-        }
         // A cut or refused stream is ended by the proxy on purpose: the body is dropped after
         // its last event, which is not the client going away.
         let end = if (cut || self.policy_blocked.is_some()) && end == BodyEnd::ClientGone {
@@ -433,6 +426,16 @@ impl Call {
         }
     }
 
+    /// Finish a call whose stream was gated, with what the gate `found`.
+    pub(super) fn finish_gated(mut self, end: BodyEnd, found: Found) {
+        let (violations, blocked) = found;
+        violations
+            .into_iter()
+            .for_each(|v| self.add_policy_violation(v));
+        self.policy_blocked = self.policy_blocked.or(blocked);
+        self.finish(end);
+    }
+
     /// Time spent in the sidecar: before the request went upstream, plus between the upstream's
     /// headers and handing the response on. Streaming time after that is the upstream's.
     fn overhead(&self) -> Option<std::time::Duration> {
@@ -459,7 +462,11 @@ impl Observer for Call {
     }
 
     fn on_end(mut self, end: BodyEnd) {
-        self.finish(end);
+        match self.gate.take() {
+            // The gate downstream may still be deciding on the last frames: it finishes the call.
+            Some(log) => log.park(self, end),
+            None => self.finish(end),
+        }
     }
 
     fn hand_on(&self) -> bool {

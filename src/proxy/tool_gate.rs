@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::HeaderMap;
 
-use crate::body::CallCheck;
+use crate::body::{BodyEnd, CallCheck};
 use crate::policy::{PolicyError, ResponseCheck};
 use crate::providers::request::DeclaredTool;
 use crate::providers::{ToolCall, ToolGate};
@@ -21,34 +21,69 @@ use crate::record::PolicyViolation;
 use super::call::Call;
 use super::error::ProxyError;
 
-/// What a gate found: the policies calls broke, and the one that refused the stream.
-#[derive(Debug, Default)]
+/// What a gate found — the policies calls broke, and the one that refused the stream — and the
+/// call it finishes.
+///
+/// The call's observer sees the upstream's last frame before the gate does (the gate sits
+/// downstream of it), so a call whose body ended waits here, parked, until the gate is done
+/// with those frames too: the span and the access log then say what the gate decided.
+#[derive(Default)]
 pub struct GateLog {
-    // Written by the body and read once by the finishing call, never across an await.
-    found: Mutex<(Vec<PolicyViolation>, Option<PolicyViolation>)>,
+    // Locked briefly by the body and the call, never across an await.
+    state: Mutex<GateState>,
 }
+
+#[derive(Default)]
+struct GateState {
+    found: Found,
+    parked: Option<(Call, BodyEnd)>,
+    closed: bool,
+}
+
+/// Policies broken, and the refusing one.
+pub type Found = (Vec<PolicyViolation>, Option<PolicyViolation>);
 
 // === impl GateLog ===
 
 impl GateLog {
-    fn note(&self, violations: &[PolicyViolation], blocked: Option<PolicyViolation>) {
-        let Ok(mut f) = self.found.lock() else {
+    pub(super) fn note(&self, violations: &[PolicyViolation], blocked: Option<PolicyViolation>) {
+        let Ok(mut s) = self.state.lock() else {
             return;
         };
         for v in violations {
-            if !f.0.contains(v) {
-                f.0.push(*v);
+            if !s.found.0.contains(v) {
+                s.found.0.push(*v);
             }
         }
-        f.1 = f.1.or(blocked);
+        s.found.1 = s.found.1.or(blocked);
     }
 
-    /// The policies broken and the refusing one, taken.
-    pub fn take(&self) -> (Vec<PolicyViolation>, Option<PolicyViolation>) {
-        self.found
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
+    /// The call's body ended: finish it once the gate is done (now, if it is).
+    pub(super) fn park(&self, call: Call, end: BodyEnd) {
+        let mut call = Some(call);
+        let found = match self.state.lock() {
+            Ok(mut s) if !s.closed => {
+                s.parked = call.take().map(|c| (c, end));
+                None
+            }
+            Ok(mut s) => Some(std::mem::take(&mut s.found)),
+            Err(_) => Some(Found::default()),
+        };
+        if let (Some(call), Some(found)) = (call, found) {
+            call.finish_gated(end, found);
+        }
+    }
+
+    /// The gate is done: finish the call if it waits.
+    fn close(&self) {
+        let parked = self.state.lock().ok().and_then(|mut s| {
+            s.closed = true;
+            let found = std::mem::take(&mut s.found);
+            s.parked.take().map(|p| (p, found))
+        });
+        if let Some(((call, end), found)) = parked {
+            call.finish_gated(end, found);
+        }
     }
 }
 
@@ -59,7 +94,18 @@ struct PolicyCheck {
     log: Arc<GateLog>,
 }
 
+impl Drop for PolicyCheck {
+    fn drop(&mut self) {
+        // However the gated body ends (its end, an error, the client gone), its call finishes.
+        self.log.close();
+    }
+}
+
 impl CallCheck for PolicyCheck {
+    fn done(&mut self) {
+        self.log.close();
+    }
+
     fn check(&mut self, calls: &[ToolCall], gate: &dyn ToolGate) -> Option<Bytes> {
         let review = self.check.review(&self.declared, calls);
         let blocked = review.block.as_ref().map(PolicyError::policy);

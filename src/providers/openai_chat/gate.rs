@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::providers::adapter::{openai_error_body, sse_event, ErrorText, Gated, ToolGate};
+use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gated, ToolGate};
 use crate::providers::shape::{json_key, value_start};
 use crate::providers::usage::ToolCall;
 
@@ -72,7 +72,10 @@ impl ToolGate for ChatGate {
 
     fn refusal(&self, e: &ErrorText<'_>) -> Bytes {
         // `data: {"error": …}`: the shape the openai SDKs raise mid-stream (APIError).
-        sse_event(None, &openai_error_body(e))
+        sse_event(
+            None,
+            &serde_json::json!({ "error": openai_stream_refusal(e) }),
+        )
     }
 }
 

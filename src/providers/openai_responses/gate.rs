@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::providers::adapter::{sse_event, ErrorText, Gated, ToolGate};
+use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gated, ToolGate};
 use crate::providers::shape::{json_key, value_at};
 use crate::providers::usage::ToolCall;
 
@@ -132,12 +132,7 @@ impl ToolGate for ResponsesGate {
             "message": e.message,
             "param": null,
             "sequence_number": self.sequence.map_or(0, |n| n + 1),
-            "error": {
-                "type": e.openai_type,
-                "code": e.code,
-                "message": e.message,
-                "param": null,
-            },
+            "error": openai_stream_refusal(e),
         });
         sse_event(Some("error"), &body)
     }

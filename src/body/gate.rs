@@ -511,7 +511,7 @@ mod tests {
             finish.clone(),
             "data: [DONE]\n\n".into(),
         ];
-        let (mut body, _) = gated(Format::OpenAiChat, frames);
+        let (body, _) = gated(Format::OpenAiChat, frames);
         let mut body = std::pin::pin!(body);
         assert_eq!(next(&mut body).await.unwrap(), text, "text is not held");
         // The call's two events are withheld; the text after them is not.
@@ -591,7 +591,7 @@ mod tests {
             r#"{"type":"content_block_stop","index":1}"#,
         );
         let frames = vec![text.clone(), start, ping.clone(), delta, stop];
-        let (mut body, _) = gated(Format::Anthropic, frames);
+        let (body, _) = gated(Format::Anthropic, frames);
         let mut body = std::pin::pin!(body);
         assert_eq!(next(&mut body).await.unwrap(), text);
         assert_eq!(next(&mut body).await.unwrap(), ping, "pings are not held");

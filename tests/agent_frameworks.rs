@@ -155,26 +155,20 @@ async fn frameworks_run_unchanged_when_gated_calls_pass() {
     loops_run_unchanged("pass-gated", GATED).await;
 }
 
-/// Blocked calls: every case of `mode` surfaced an error naming `tool` and `policy`, never ran
-/// the tool and sent nothing after the blocked turn; the violation is counted.
-async fn blocked(mode: &str, tool: &str, policy: &str, expected_cases: usize) {
-    let m = mock().await;
-    let p = proxy(m.addr(), GATED).await;
-    let cases = run_all(mode, mode, &p).await;
-    assert_eq!(cases.len(), expected_cases, "{cases:?}");
-    let text = p.metrics().await;
+/// Blocked calls: every case surfaced an error naming `tool` and `policy`, never ran the tool
+/// and sent one request only (`sent`: requests per tag); with `metrics`, the violation is counted.
+fn assert_blocked(
+    cases: &[(String, Value)],
+    tool: &str,
+    policy: &str,
+    sent: impl Fn(&str) -> usize,
+    metrics: Option<&str>,
+) {
     let mut failures = Vec::new();
-    for (tag, c) in &cases {
+    for (tag, c) in cases {
         let message = c["error"]["message"].as_str().unwrap_or_default();
-        let ran = c["tool_runs"].as_array().is_some_and(|r| !r.is_empty());
-        let sent = requests_of(&m, tag);
-        let counted = metric_value(
-            &text,
-            "tokenwarden_policy_violations_total",
-            &[("agent", tag), ("policy", policy)],
-        );
         let mut wrong = Vec::new();
-        if ran {
+        if c["tool_runs"].as_array().is_some_and(|r| !r.is_empty()) {
             wrong.push(format!("the tool ran: {}", c["tool_runs"]));
         }
         if !(message.contains(&format!("'{tool}'")) && message.contains(policy)) {
@@ -183,11 +177,15 @@ async fn blocked(mode: &str, tool: &str, policy: &str, expected_cases: usize) {
                 c["error"]
             ));
         }
-        if sent != 1 {
-            wrong.push(format!("{sent} requests upstream, not 1"));
+        let n = sent(tag);
+        if n != 1 {
+            wrong.push(format!("{n} requests upstream, not 1"));
         }
-        if counted < 1.0 {
-            wrong.push("violation not counted".to_string());
+        if let Some(text) = metrics {
+            let labels = [("agent", tag.as_str()), ("policy", policy)];
+            if metric_value(text, "tokenwarden_policy_violations_total", &labels) < 1.0 {
+                wrong.push("violation not counted".to_string());
+            }
         }
         if !wrong.is_empty() {
             failures.push(format!("{tag}: {}", wrong.join("; ")));
@@ -199,6 +197,22 @@ async fn blocked(mode: &str, tool: &str, policy: &str, expected_cases: usize) {
         failures.len(),
         cases.len(),
         failures.join("\n")
+    );
+}
+
+/// The gate's verdict on every case of `mode`, through a gating proxy to the mock.
+async fn blocked(mode: &str, tool: &str, policy: &str, expected_cases: usize) {
+    let m = mock().await;
+    let p = proxy(m.addr(), GATED).await;
+    let cases = run_all(mode, mode, &p).await;
+    assert_eq!(cases.len(), expected_cases, "{cases:?}");
+    let text = p.metrics().await;
+    assert_blocked(
+        &cases,
+        tool,
+        policy,
+        |tag| requests_of(&m, tag),
+        Some(&text),
     );
 }
 
@@ -215,4 +229,84 @@ async fn frameworks_never_run_a_tool_call_withheld_for_approval() {
 #[tokio::test]
 async fn frameworks_never_run_a_streamed_call_with_invalid_arguments() {
     blocked("invalid", "get_weather", "invalid_tool_args", 7).await;
+}
+
+/// An upstream that answers every call with a gate error in the planned shape
+/// (`tests/fixtures/stream_errors/`): streamed calls get the first event of a turn and then the
+/// error event, others the 403 JSON. Returns its address and the `x-agent-name` of each request.
+async fn gate_shapes_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/stream_errors");
+    let fixture = move |name: &str| Bytes::from(std::fs::read(dir.join(name)).unwrap());
+    let bodies = std::sync::Arc::new(
+        [
+            "chat.sse",
+            "responses.sse",
+            "anthropic.sse",
+            "openai.json",
+            "anthropic.json",
+        ]
+        .map(fixture),
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (bodies, log) = (bodies.clone(), log.clone());
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (bodies, log) = (bodies.clone(), log.clone());
+                async move {
+                    let agent = req
+                        .headers()
+                        .get("x-agent-name")
+                        .map(|v| v.to_str().unwrap().to_string());
+                    log.lock().unwrap().push(agent.unwrap_or_default());
+                    let path = req.uri().path().to_string();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let streamed =
+                        serde_json::from_slice::<Value>(&body).unwrap()["stream"] == true;
+                    let anthropic = path.ends_with("/messages");
+                    let (status, kind, body) =
+                        match (streamed, anthropic, path.ends_with("/responses")) {
+                            (true, true, _) => (200, "text/event-stream", &bodies[2]),
+                            (true, false, true) => (200, "text/event-stream", &bodies[1]),
+                            (true, false, false) => (200, "text/event-stream", &bodies[0]),
+                            (false, true, _) => (403, "application/json", &bodies[4]),
+                            (false, false, _) => (403, "application/json", &bodies[3]),
+                        };
+                    let resp = http::Response::builder()
+                        .status(status)
+                        .header("content-type", kind)
+                        .body(Full::new(body.clone()))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc),
+            );
+        }
+    });
+    (addr, seen)
+}
+
+/// The error shapes the stream gate is planned to send (tests/fixtures/stream_errors/), served
+/// as the model's turn through the proxy: every framework raises them as errors naming the tool
+/// and the policy, runs nothing and sends nothing more — what the gated tests above expect.
+#[tokio::test]
+async fn frameworks_raise_the_planned_gate_error_shapes() {
+    let (upstream, seen) = gate_shapes_upstream().await;
+    let p = proxy(upstream, "").await;
+    let cases = run_all("approval", "shapes", &p).await;
+    assert_eq!(cases.len(), 15, "{cases:?}");
+    let sent = |tag: &str| seen.lock().unwrap().iter().filter(|a| *a == tag).count();
+    assert_blocked(&cases, "send_email", "approval_required", sent, None);
 }

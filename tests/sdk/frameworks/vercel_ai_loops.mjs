@@ -70,14 +70,18 @@ async function stream(c, provider) {
     model: model(c, provider), prompt, tools: c.tools, stopWhen: stepCountIs(5),
     onError: ({ error }) => errors.push(error),
   });
-  // streamText never throws for a failed stream: the failure is an error part (and onError).
-  for await (const part of result.fullStream) {
-    if (part.type === "finish") c.finish = part.finishReason;
+  // streamText never throws for a failed stream: the failure is an error part (and onError);
+  // then `text` rejects (NoOutputGeneratedError) when no step finished.
+  try {
+    for await (const part of result.fullStream) {
+      if (part.type === "finish") c.finish = part.finishReason;
+    }
+    c.final = await result.text;
+    const u = await result.totalUsage;
+    c.usage = { input: u.inputTokens, output: u.outputTokens, requests: (await result.steps).length };
+  } finally {
+    if (errors.length) c.error = describe(errors);
   }
-  c.final = await result.text;
-  const u = await result.totalUsage;
-  c.usage = { input: u.inputTokens, output: u.outputTokens, requests: (await result.steps).length };
-  if (errors.length) c.error = describe(errors);
 }
 
 async function generate(c, provider) {
@@ -108,7 +112,7 @@ await Promise.all(cases.map(async ([name, run, provider]) => {
   } catch (e) {
     const chain = [e];
     while (chain.length < 5 && chain.at(-1)?.cause) chain.push(chain.at(-1).cause);
-    c.error = describe(chain);
+    c.error ??= describe(chain);
   }
   out[c.tag] = { tool_runs: c.tool_runs, final: c.final, error: c.error, usage: c.usage, finish: c.finish };
 }));

@@ -28,10 +28,10 @@ const PYTHON_FRAMEWORKS: [&str; 3] = ["openai-agents", "langgraph", "pydantic-ai
 /// policies (here: arguments that break the schema) block.
 const GATED: &str = "agents:\n  \"*\":\n    require_approval: [send_email]\n    approval_action: block\n    tool_call_action: block\n";
 
-/// A proxy in front of `mock`: `/anthropic` (prefix stripped) and everything else (OpenAI).
-async fn proxy(mock: std::net::SocketAddr, extra: &str) -> TestProxy {
+/// A proxy in front of `upstream`: `/anthropic` (prefix stripped) and everything else (OpenAI).
+async fn proxy(upstream: std::net::SocketAddr, extra: &str) -> TestProxy {
     TestProxy::start(&format!(
-        "routes:\n  - name: fw-anthropic\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: http://{mock}\n  - name: fw-openai\n    path_prefix: /\n    upstream: http://{mock}\n{extra}"
+        "routes:\n  - name: fw-anthropic\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: http://{upstream}\n  - name: fw-openai\n    path_prefix: /\n    upstream: http://{upstream}\n{extra}"
     ))
     .await
 }

@@ -112,35 +112,6 @@ async fn a_cut_stream_parses_cleanly_in_both_sdks() {
     }
 }
 
-/// `tests/sdk/vercel_ai.mjs TAG BASE` with the pinned AI SDK packages (`$AI_SDK_DIR`, else
-/// `.tools/ai-sdk`, which scripts/test.sh installs); its stdout is JSON.
-async fn run_vercel_ai(tag: &str, base: &str) -> serde_json::Value {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::var("AI_SDK_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join(".tools/ai-sdk"));
-    assert!(
-        dir.join("node_modules/ai").exists(),
-        "no Vercel AI SDK in {}: run `scripts/test.sh` (it installs ai, @ai-sdk/openai and \
-         @ai-sdk/anthropic from npm into .tools/ai-sdk) or set AI_SDK_DIR",
-        dir.display()
-    );
-    let out = tokio::process::Command::new("node")
-        .arg(root.join("tests/sdk/vercel_ai.mjs"))
-        .args([tag, base])
-        .env("AI_SDK_DIR", &dir)
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "vercel_ai.mjs failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(out.stdout.trim_ascii()).expect("vercel_ai.mjs prints JSON")
-}
-
 /// The Vercel AI SDK retries every 429 (it reads no `x-should-retry`): the old lifetime 429 is
 /// sent three times per call, the 402 once. Both errors name the budget.
 #[tokio::test]
@@ -152,7 +123,7 @@ async fn the_vercel_ai_sdk_sends_a_402_once_and_a_429_three_times() {
         let m = mock().await;
         let cfg = routes(m.addr(), LIFETIME_100).replace("  limits:", &format!("{extra}  limits:"));
         let p = TestProxy::start(&cfg).await;
-        let v = run_vercel_ai(tag, &format!("http://{}", p.addr)).await;
+        let v = run_ai_sdk_script("vercel_ai.mjs", &[tag, &format!("http://{}", p.addr)]).await;
         let text = p.metrics().await;
         for provider in ["openai", "anthropic"] {
             assert_eq!(v[provider]["status"], status, "{tag} {provider}: {v}");

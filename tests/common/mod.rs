@@ -359,22 +359,57 @@ pub fn sdk_python() -> std::path::PathBuf {
 
 /// Run `tests/sdk/<script>` with the SDK Python as `script which base`; its stdout is JSON.
 pub async fn run_sdk_script(script: &str, which: &str, base: &str) -> serde_json::Value {
+    run_sdk_script_with(script, &[which, base]).await
+}
+
+/// Run `tests/sdk/<script> args…` with the SDK Python; its stdout is JSON.
+pub async fn run_sdk_script_with(script: &str, args: &[&str]) -> serde_json::Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sdk")
         .join(script);
     let out = Command::new(sdk_python())
         .arg(&path)
-        .args([which, base])
+        .args(args)
         .output()
         .await
         .expect("run python");
+    script_json(script, args, out)
+}
+
+/// Run `tests/sdk/<script> args…` with node and the pinned Vercel AI SDK packages (`$AI_SDK_DIR`,
+/// else `.tools/ai-sdk`, which scripts/test.sh installs; the script reads `AI_SDK_DIR`); its
+/// stdout is JSON. Missing packages → the test fails and says how to get them.
+pub async fn run_ai_sdk_script(script: &str, args: &[&str]) -> serde_json::Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var("AI_SDK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join(".tools/ai-sdk"));
+    assert!(
+        dir.join("node_modules/ai").exists(),
+        "no Vercel AI SDK in {}: run `scripts/test.sh` (it installs ai, @ai-sdk/openai and \
+         @ai-sdk/anthropic from npm into .tools/ai-sdk) or set AI_SDK_DIR",
+        dir.display()
+    );
+    let out = Command::new("node")
+        .arg(root.join("tests/sdk").join(script))
+        .args(args)
+        .env("AI_SDK_DIR", &dir)
+        .output()
+        .await
+        .expect("run node");
+    script_json(script, args, out)
+}
+
+/// The JSON a client script printed; its failure (with everything it printed) otherwise.
+fn script_json(script: &str, args: &[&str], out: std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
-        "{which} SDK run failed:\nstdout: {}\nstderr: {}",
+        "{script} {args:?} failed:\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(out.stdout.trim_ascii()).expect("SDK script prints JSON")
+    serde_json::from_slice(out.stdout.trim_ascii())
+        .unwrap_or_else(|e| panic!("{script} {args:?} prints JSON ({e})"))
 }
 
 /// A test CA and a `localhost` certificate it signed, for real rustls servers in tests.

@@ -216,6 +216,32 @@ impl Armed {
     /// Take in the next frame: the bytes to forward now. Sets `Refusing` when a call fails.
     fn pass(&mut self, data: Bytes) -> Bytes {
         let base = self.pending.len();
+        let refusal = self.read(&data, base);
+        let all = if self.pending.is_empty() {
+            data
+        } else {
+            self.pending.extend_from_slice(&data);
+            self.pending.split().freeze()
+        };
+        let (out, used) = self.apply(&all);
+        if let Some(tail) = refusal {
+            self.refuse(tail);
+            return out;
+        }
+        let rest = &all[used..];
+        if rest.len() > MAX_HELD || self.withheld.len() > MAX_WITHHELD {
+            let tail = self.check.unreadable(self.gate.as_ref());
+            self.refuse(tail);
+            return out;
+        }
+        self.pending.extend_from_slice(rest);
+        out
+    }
+
+    /// Decode `chunk` (which starts `base` bytes into the bytes at hand) into this frame's steps,
+    /// checking calls as they complete: the refusal, when one fails or cannot be read (the
+    /// events from that one on are left out of the steps).
+    fn read(&mut self, chunk: &[u8], base: usize) -> Option<Bytes> {
         self.steps.clear();
         let mut refusal = None;
         let Self {
@@ -226,7 +252,7 @@ impl Armed {
             steps,
             ..
         } = self;
-        decoder.feed_ends(&data, |item, end| {
+        decoder.feed_ends(chunk, |item, end| {
             if refusal.is_some() {
                 return;
             }
@@ -252,25 +278,7 @@ impl Armed {
                 release: !gate.open(),
             });
         });
-        let all = if self.pending.is_empty() {
-            data
-        } else {
-            self.pending.extend_from_slice(&data);
-            self.pending.split().freeze()
-        };
-        let (out, used) = self.apply(&all);
-        if let Some(tail) = refusal {
-            self.refuse(tail);
-            return out;
-        }
-        let rest = &all[used..];
-        if rest.len() > MAX_HELD || self.withheld.len() > MAX_WITHHELD {
-            let tail = self.check.unreadable(self.gate.as_ref());
-            self.refuse(tail);
-            return out;
-        }
-        self.pending.extend_from_slice(rest);
-        out
+        refusal
     }
 
     /// Forward and withhold this frame's events as their steps say: the bytes to forward and
@@ -301,39 +309,14 @@ impl Armed {
             // The client's parser may dispatch it at the end too: decide on it like any event.
             // The blank line is only shown to the decoder; the bytes forwarded are the upstream's.
             let rest = self.pending.split().freeze();
-            self.steps.clear();
-            let mut refusal = None;
-            let Self {
-                gate,
-                check,
-                decoder,
-                done,
-                steps,
-                ..
-            } = self;
-            decoder.feed_ends(b"\n\n", |item, _| {
-                let gated = match item {
-                    SseItem::Event { event, data } => gate.event(event, data, done),
-                    SseItem::Oversized => Gated::Unreadable,
-                };
-                if gated == Gated::Unreadable {
-                    refusal = Some(check.unreadable(gate.as_ref()));
-                } else {
-                    steps.push(Step {
-                        end: rest.len(),
-                        gated,
-                        release: false,
-                    });
-                }
-            });
-            if let Some(tail) = refusal {
+            if let Some(tail) = self.read(b"\n\n", 0) {
                 self.refuse(tail);
                 return Bytes::new();
             }
             match self.steps.first().map(|s| s.gated) {
                 Some(Gated::Hold) => self.withheld.extend_from_slice(&rest),
-                // Not an event (a trailing line end, a comment): it goes out after what is
-                // released.
+                // Not an event (a trailing line end, a comment) or one without a call: it goes
+                // out after what is released.
                 _ => self.pending.extend_from_slice(&rest),
             }
         }

@@ -24,7 +24,7 @@ use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
 use super::accounting::{Ending, LlmCall};
-use super::tool_gate::{Found, GateLog};
+use super::gate_log::{Found, GateLog};
 use crate::record::{
     BudgetDecision, CallLabels, Operation, PolicyViolation, UpstreamError, UsageSource,
 };
@@ -464,7 +464,7 @@ impl Observer for Call {
     fn on_end(mut self, end: BodyEnd) {
         match self.gate.take() {
             // The gate downstream may still be deciding on the last frames: it finishes the call.
-            Some(log) => log.park(self, end),
+            Some(log) => log.park(Box::new(move |found| self.finish_gated(end, found))),
             None => self.finish(end),
         }
     }

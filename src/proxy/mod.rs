@@ -20,6 +20,7 @@ pub mod accounting;
 mod answer;
 mod call;
 pub mod error;
+mod gate_log;
 pub mod headers;
 mod held;
 pub mod route;

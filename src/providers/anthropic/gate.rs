@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::providers::adapter::{sse_event, Adapter, ErrorText, Gated, ToolGate};
+use crate::providers::adapter::{sse_event, ErrorText, Gated, ToolGate};
 use crate::providers::shape::{json_key, value_at};
 use crate::providers::usage::ToolCall;
 
@@ -107,7 +107,7 @@ impl ToolGate for MessagesGate {
 
     fn refusal(&self, e: &ErrorText<'_>) -> Bytes {
         // Anthropic's own mid-stream error event: its SDKs raise it as an API error.
-        sse_event(Some("error"), &super::Anthropic.error_body(e))
+        sse_event(Some("error"), &super::error::body(e))
     }
 }
 

@@ -20,6 +20,7 @@
 
 mod content;
 mod ending;
+mod error;
 mod gate;
 mod response;
 mod tools;
@@ -64,10 +65,7 @@ impl Adapter for Anthropic {
 
     /// `{"type":"error","error":{"type","message"}}`.
     fn error_body(&self, e: &ErrorText<'_>) -> Value {
-        serde_json::json!({
-            "type": "error",
-            "error": { "type": e.anthropic_type, "message": e.message }
-        })
+        error::body(e)
     }
 
     fn tool_gate(&self) -> Option<Box<dyn crate::providers::adapter::ToolGate>> {

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::providers::adapter::{sse_event, Adapter, ErrorText, Gated, ToolGate};
+use crate::providers::adapter::{sse_event, ErrorText, Gated, ToolGate};
 use crate::providers::shape::json_key;
 use crate::providers::usage::ToolCall;
 
@@ -63,6 +63,6 @@ impl ToolGate for GeminiGate {
 
     fn refusal(&self, e: &ErrorText<'_>) -> Bytes {
         // Google's error object, as its APIs send it mid-stream.
-        sse_event(None, &super::Gemini.error_body(e))
+        sse_event(None, &super::error::body(e))
     }
 }

@@ -7,6 +7,7 @@
 //! `responseId` is no value.
 
 mod content;
+mod error;
 mod gate;
 mod request;
 mod response;
@@ -55,13 +56,7 @@ impl Adapter for Gemini {
 
     /// `{"error":{"code","message","status"}}`: Google APIs.
     fn error_body(&self, e: &ErrorText<'_>) -> Value {
-        serde_json::json!({
-            "error": {
-                "code": e.status,
-                "message": e.message,
-                "status": e.google_status,
-            }
-        })
+        error::body(e)
     }
 
     fn tool_gate(&self) -> Option<Box<dyn crate::providers::adapter::ToolGate>> {

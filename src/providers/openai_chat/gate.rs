@@ -81,37 +81,14 @@ impl ToolGate for ChatGate {
 
 impl ChatGate {
     fn fragment(&mut self, choice: u32, tc: &Value) {
-        let index = tc["index"].as_u64().unwrap_or(0) as u32;
-        let pos = self
-            .calls
-            .iter()
-            .position(|(c, i, _)| *c == choice && *i == index);
-        let call = match pos {
-            Some(p) => &mut self.calls[p].2,
-            None => {
-                self.calls.push((
-                    choice,
-                    index,
-                    ToolCall {
-                        choice,
-                        id: None,
-                        name: String::new(),
-                        arguments: String::new(),
-                    },
-                ));
-                let last = self.calls.len() - 1;
-                &mut self.calls[last].2
-            }
-        };
-        if let Some(id) = tc["id"].as_str() {
-            call.id = Some(id.to_string());
-        }
-        if let Some(n) = tc["function"]["name"].as_str() {
-            call.name.push_str(n);
-        }
-        if let Some(a) = tc["function"]["arguments"].as_str() {
-            call.arguments.push_str(a);
-        }
+        let f = &tc["function"];
+        super::response::add_fragment(
+            &mut self.calls,
+            (choice, tc["index"].as_u64().unwrap_or(0) as u32),
+            tc["id"].as_str(),
+            f["name"].as_str(),
+            f["arguments"].as_str(),
+        );
     }
 
     fn complete(&mut self, of: impl Fn(u32) -> bool, done: &mut Vec<ToolCall>) {

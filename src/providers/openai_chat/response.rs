@@ -304,38 +304,14 @@ impl Stream {
     }
 
     fn tool_fragment(&mut self, choice: u32, tc: DeltaToolCall<'_>) {
-        let pos = self
-            .calls
-            .iter()
-            .position(|(ch, ix, _)| *ch == choice && *ix == tc.index);
-        let call = match pos {
-            Some(p) => &mut self.calls[p].2,
-            None => {
-                self.calls.push((
-                    choice,
-                    tc.index,
-                    ToolCall {
-                        choice,
-                        id: None,
-                        name: String::new(),
-                        arguments: String::new(),
-                    },
-                ));
-                let last = self.calls.len() - 1;
-                &mut self.calls[last].2
-            }
-        };
-        if let Some(id) = tc.id {
-            call.id = Some(id.into_owned());
-        }
-        if let Some(f) = tc.function {
-            if let Some(n) = f.name {
-                call.name.push_str(&n);
-            }
-            if let Some(a) = f.arguments {
-                call.arguments.push_str(&a);
-            }
-        }
+        let f = tc.function.as_ref();
+        add_fragment(
+            &mut self.calls,
+            (choice, tc.index),
+            tc.id.as_deref(),
+            f.and_then(|f| f.name.as_deref()),
+            f.and_then(|f| f.arguments.as_deref()),
+        );
     }
 
     /// The stream ended.
@@ -344,6 +320,42 @@ impl Stream {
         self.record.tool_calls = self.calls.into_iter().map(|(_, _, c)| c).collect();
         self.record
     }
+}
+
+/// Add one `tool_calls[]` fragment to the calls assembled so far, by (choice, index): the id
+/// and name from the fragment that carries them, arguments joined.
+pub(super) fn add_fragment(
+    calls: &mut Vec<(u32, u32, ToolCall)>,
+    (choice, index): (u32, u32),
+    id: Option<&str>,
+    name: Option<&str>,
+    arguments: Option<&str>,
+) {
+    let pos = calls
+        .iter()
+        .position(|(ch, ix, _)| *ch == choice && *ix == index);
+    let call = match pos {
+        Some(p) => &mut calls[p].2,
+        None => {
+            calls.push((
+                choice,
+                index,
+                ToolCall {
+                    choice,
+                    id: None,
+                    name: String::new(),
+                    arguments: String::new(),
+                },
+            ));
+            let last = calls.len() - 1;
+            &mut calls[last].2
+        }
+    };
+    if let Some(id) = id {
+        call.id = Some(id.to_string());
+    }
+    call.name.push_str(name.unwrap_or_default());
+    call.arguments.push_str(arguments.unwrap_or_default());
 }
 
 /// True when a chunk carries no usage, tool call, finish reason or error — only text, if anything.

@@ -1,0 +1,16 @@
+//! The error body the proxy answers with on this provider's routes (and ends a refused stream with).
+
+use serde_json::Value;
+
+use crate::providers::adapter::ErrorText;
+
+/// The provider's error object for `e`.
+pub(super) fn body(e: &ErrorText<'_>) -> Value {
+    serde_json::json!({
+        "error": {
+            "code": e.status,
+            "message": e.message,
+            "status": e.google_status,
+        }
+    })
+}

@@ -500,3 +500,68 @@ async fn gated_streams_are_asked_for_uncompressed_and_a_compressed_one_is_flagge
         "refused once, flagged once"
     );
 }
+
+/// An upstream answering every request with `body` under `content_type`.
+async fn fixed_upstream(content_type: &'static str, body: Bytes) -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        http::Response::builder()
+                            .header("content-type", content_type)
+                            .body(http_body_util::Full::new(body))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stream_under_an_odd_content_type_is_still_checked_never_passed_unread() {
+    let cases = cases();
+    let case = cases
+        .iter()
+        .find(|c| c.id == "openai-chat/sse_tool_call_usage")
+        .unwrap();
+    let agents =
+        "agents:\n  y-gate:\n    require_approval: [get_capital]\n    approval_action: block\n";
+    // Media types are case-insensitive: gated like any stream.
+    let up = fixed_upstream("Text/Event-Stream; charset=utf-8", case.response.clone()).await;
+    let p = TestProxy::to("gate", up, agents).await;
+    let (resp, body) = post(
+        &p.url(&case.path),
+        &[("x-agent-name", "y-gate")],
+        &case.request.to_string(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let got = events(&body);
+    let msg = error_message("openai-chat", got.last().unwrap()).expect("refused in-stream");
+    assert!(
+        msg.contains("approval_required") && msg.contains("get_capital"),
+        "{msg}"
+    );
+    // Labelled as something else, the body is held like JSON: it does not parse, so its tool
+    // calls cannot be checked and it is refused rather than forwarded unchecked.
+    let up = fixed_upstream("text/plain", case.response.clone()).await;
+    let p = TestProxy::to("gate", up, agents).await;
+    let (resp, body) = post(
+        &p.url(&case.path),
+        &[("x-agent-name", "y-gate")],
+        &case.request.to_string(),
+    )
+    .await;
+    assert_eq!(resp.status(), 403, "{}", String::from_utf8_lossy(&body));
+    assert!(!String::from_utf8_lossy(&body).contains("tool_calls"));
+}

@@ -25,13 +25,16 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::providers::{Gated, ToolCall, ToolGate};
-use crate::sse::{SseDecoder, SseItem, DEFAULT_MAX_EVENT_BYTES};
+use crate::record::MAX_PARSE_BYTES;
+use crate::sse::{raw, SseDecoder, SseItem};
 
-/// Largest event (raw bytes) held while its end has not arrived, and largest event read.
-pub const MAX_HELD: usize = DEFAULT_MAX_EVENT_BYTES;
+/// Largest event (raw bytes) held while its end has not arrived, and largest event read: as large
+/// as a held JSON body, since an event the gate cannot read is refused (a Gemini chunk carrying an
+/// image runs to megabytes).
+pub const MAX_HELD: usize = MAX_PARSE_BYTES;
 
 /// Largest total of withheld tool-call events; past it the stream is refused as unreadable.
-pub const MAX_WITHHELD: usize = 16 * MAX_HELD;
+pub const MAX_WITHHELD: usize = 2 * MAX_HELD;
 
 /// The policy side of a gate: decides on complete tool calls.
 pub trait CallCheck: Send {
@@ -234,6 +237,13 @@ impl Armed {
             self.refuse(tail);
             return out;
         }
+        if self.withheld.is_empty() && only_comments(rest) {
+            // Keep-alive comments between events (`: PROCESSING`) go out at once: they begin no
+            // event, and holding them would let a client's idle timeout fire.
+            let mut b = BytesMut::from(out);
+            b.extend_from_slice(rest);
+            return b.freeze();
+        }
         self.pending.extend_from_slice(rest);
         out
     }
@@ -287,8 +297,18 @@ impl Armed {
         let mut out = Out::new(all);
         let mut prev = 0;
         for s in &self.steps {
-            let span = prev..s.end;
-            prev = s.end;
+            // An event ends at the CR of its CRLF blank line (the decoder cannot know an LF
+            // follows until it comes); when the LF is at hand it goes with the event, or a client
+            // that holds a trailing CR would see the event only with the next one.
+            let end = if all.get(s.end.wrapping_sub(1)) == Some(&b'\r')
+                && all.get(s.end) == Some(&b'\n')
+            {
+                s.end + 1
+            } else {
+                s.end
+            };
+            let span = prev..end;
+            prev = end;
             if s.gated == Gated::Hold {
                 self.withheld.extend_from_slice(&all[span.clone()]);
             }
@@ -339,6 +359,16 @@ impl Armed {
         self.pending = BytesMut::new();
         self.state = State::Refusing(tail);
     }
+}
+
+/// Whether `rest` (bytes after the last event end) is only comment lines and line ends, so no
+/// part of an event: a last line not yet ended counts when it already starts with `:`.
+fn only_comments(rest: &[u8]) -> bool {
+    !rest.is_empty()
+        && raw::lines(rest).all(|l| {
+            let line = &rest[l.start..l.end];
+            line.is_empty() || line[0] == b':'
+        })
 }
 
 /// The bytes a frame forwards: runs of the frame's own bytes are sliced, not copied; pieces
@@ -612,5 +642,105 @@ mod tests {
         let (body, _) = gated(Format::OpenAiChat, vec![start.clone(), args.clone()]);
         let out = String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap();
         assert_eq!(out, format!("{start}{args}"), "released at the end");
+    }
+
+    async fn run(format: Format, frames: &[&str]) -> String {
+        let (body, _) = gated(format, frames.iter().map(|f| f.to_string()).collect());
+        String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    /// What the client has got after the first frame, the upstream then silent.
+    async fn first_then_silence(format: Format, frame: &str) -> Option<String> {
+        use futures_util::StreamExt;
+        let s = futures_util::stream::iter(vec![Ok::<_, std::convert::Infallible>(Frame::data(
+            Bytes::from(frame.to_string()),
+        ))])
+        .chain(futures_util::stream::pending());
+        let gate = format.adapter().tool_gate().unwrap();
+        let g = Gate::armed(StreamBody::new(s), gate, Box::new(RefuseBad));
+        let mut g = std::pin::pin!(g);
+        let f = tokio::time::timeout(std::time::Duration::from_millis(200), g.frame())
+            .await
+            .ok()??;
+        Some(String::from_utf8(f.ok()?.into_data().ok()?.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn responses_events_serialized_nested_type_first_are_read_by_their_own_type() {
+        // openai-python's models dump `item.type` before the event's `type` (vLLM streams so).
+        let s = [
+            "event: response.output_item.added\ndata: {\"item\":{\"arguments\":\"{}\",\"call_id\":\"c1\",\"name\":\"bad\",\"type\":\"function_call\",\"id\":\"fc_1\",\"status\":\"in_progress\"},\"output_index\":0,\"sequence_number\":1,\"type\":\"response.output_item.added\"}\n\n",
+            "event: response.output_item.done\ndata: {\"item\":{\"arguments\":\"{}\",\"call_id\":\"c1\",\"name\":\"bad\",\"type\":\"function_call\",\"id\":\"fc_1\",\"status\":\"completed\"},\"output_index\":0,\"sequence_number\":2,\"type\":\"response.output_item.done\"}\n\n",
+            "event: response.completed\ndata: {\"response\":{\"id\":\"r\",\"output\":[{\"arguments\":\"{}\",\"call_id\":\"c1\",\"name\":\"bad\",\"type\":\"function_call\",\"id\":\"fc_1\"}]},\"sequence_number\":3,\"type\":\"response.completed\"}\n\n",
+        ];
+        let out = run(Format::OpenAiResponses, &s).await;
+        assert!(
+            out.starts_with("event: error\n") && out.contains("refused bad"),
+            "{out}"
+        );
+        let ok = [
+            "event: response.output_item.added\ndata: {\"item\":{\"arguments\":\"\",\"call_id\":\"c1\",\"name\":\"ok\",\"type\":\"function_call\",\"id\":\"fc_1\",\"status\":\"in_progress\"},\"output_index\":0,\"sequence_number\":1,\"type\":\"response.output_item.added\"}\n\n",
+            "event: response.function_call_arguments.delta\ndata: {\"delta\":\"{}\",\"item_id\":\"fc_1\",\"output_index\":0,\"sequence_number\":2,\"type\":\"response.function_call_arguments.delta\"}\n\n",
+        ];
+        assert_eq!(run(Format::OpenAiResponses, &ok).await, ok.concat());
+    }
+
+    #[tokio::test]
+    async fn anthropic_events_without_names_are_read_by_their_top_level_type() {
+        let s = [
+            "data: {\"content_block\":{\"id\":\"t\",\"input\":{},\"name\":\"bad\",\"type\":\"tool_use\"},\"index\":1,\"type\":\"content_block_start\"}\n\n",
+            "data: {\"delta\":{\"partial_json\":\"{}\",\"type\":\"input_json_delta\"},\"index\":1,\"type\":\"content_block_delta\"}\n\n",
+            "data: {\"index\":1,\"type\":\"content_block_stop\"}\n\n",
+        ];
+        let out = run(Format::Anthropic, &s).await;
+        assert!(
+            out.starts_with("event: error\n") && out.contains("refused bad"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn chat_calls_in_a_later_choice_and_index_less_parallel_calls_are_each_checked() {
+        // Choice 0 says `"tool_calls": null`, choice 1 carries a call.
+        let s = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\",\"tool_calls\":null},\"finish_reason\":null},{\"index\":1,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c\",\"function\":{\"name\":\"bad\",\"arguments\":\"{}\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":1,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        let out = run(Format::OpenAiChat, &s).await;
+        assert!(
+            out.contains("refused bad") && !out.contains("\"id\":\"c\""),
+            "{out}"
+        );
+        // Two calls without `index` (Gemini's OpenAI endpoint): two calls, not one named "okbad".
+        let s = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"a\",\"type\":\"function\",\"function\":{\"name\":\"ok\",\"arguments\":\"{}\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"id\":\"b\",\"type\":\"function\",\"function\":{\"name\":\"bad\",\"arguments\":\"{}\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        let out = run(Format::OpenAiChat, &s).await;
+        assert!(
+            out.starts_with("data: {\"error\"") && out.contains("refused bad"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crlf_event_goes_out_with_its_last_line_feed() {
+        let f = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\n";
+        assert_eq!(
+            first_then_silence(Format::Gemini, f).await.as_deref(),
+            Some(f)
+        );
+    }
+
+    #[tokio::test]
+    async fn keep_alive_comments_go_out_at_once() {
+        let c = ": OPENROUTER PROCESSING\n\n";
+        assert_eq!(
+            first_then_silence(Format::OpenAiChat, c).await.as_deref(),
+            Some(c)
+        );
     }
 }

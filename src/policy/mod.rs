@@ -615,13 +615,14 @@ impl ResponseCheck {
             || self.rules.approval_action == Enforcement::Block
     }
 
-    /// The refusal of a gated stream carrying an event too large or malformed to read for tool
-    /// calls: what it carries cannot be checked, so it is withheld as invalid arguments (counted).
+    /// The refusal of a response (a gated stream's event, a held body) too large or malformed to
+    /// read for tool calls: what it carries cannot be checked, so it is withheld as invalid
+    /// arguments (counted).
     pub fn unreadable(&self) -> PolicyError {
         count(&self.agent, PolicyViolation::InvalidToolArgs);
         PolicyError::Refused {
             policy: PolicyViolation::InvalidToolArgs,
-            message: "the model streamed a tool call tokenwarden could not read (malformed, or an event over 1 MiB); tokenwarden withheld the rest of the response".into(),
+            message: "the response carries what tokenwarden could not read for tool calls (malformed, or over 8 MiB); tokenwarden withheld it".into(),
         }
     }
 

@@ -118,6 +118,39 @@ fn trim_start(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
+/// Whether any occurrence of key `key` (at any depth) has a value starting with a byte `first`
+/// accepts: a cheap test before parsing an event whose key may appear in several places.
+pub(super) fn any_value(data: &[u8], key: &Finder<'static>, first: impl Fn(u8) -> bool) -> bool {
+    let klen = key.needle().len();
+    let mut from = 0;
+    while let Some(i) = key.find(&data[from..]) {
+        let rest = trim_start(&data[from + i + klen..]);
+        if let Some(value) = rest.strip_prefix(b":") {
+            if trim_start(value).first().is_some_and(|b| first(*b)) {
+                return true;
+            }
+        }
+        from += i + klen;
+    }
+    false
+}
+
+/// An SSE event's type: its `event:` name, else its data's top-level `type` (servers that send
+/// no names; a nested `type` earlier in the object must not be taken for it).
+pub(super) fn event_kind<'a>(event: &'a [u8], data: &'a [u8]) -> Option<std::borrow::Cow<'a, str>> {
+    if event != b"message" {
+        return std::str::from_utf8(event)
+            .ok()
+            .map(std::borrow::Cow::Borrowed);
+    }
+    #[derive(Deserialize)]
+    struct Typed<'a> {
+        #[serde(rename = "type", borrow, default)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Typed<'_>>(data).ok()?.kind
+}
+
 /// The first byte of the value of `key`, if the key occurs.
 pub(super) fn value_start(data: &[u8], key: &Finder<'static>) -> Option<u8> {
     value_at(data, key).and_then(|v| v.first().copied())

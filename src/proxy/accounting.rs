@@ -205,8 +205,10 @@ impl LlmCall {
             .get(CONTENT_TYPE)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        let ndjson = ct.starts_with(b"application/x-ndjson");
-        self.streamed = ndjson || ct.starts_with(b"text/event-stream");
+        // Media types are case-insensitive.
+        let is = |t: &[u8]| ct.len() >= t.len() && ct[..t.len()].eq_ignore_ascii_case(t);
+        let ndjson = is(b"application/x-ndjson");
+        self.streamed = ndjson || is(b"text/event-stream");
         self.parser = Some(if ndjson {
             ResponseParser::new_ndjson(self.facts.format, MAX_PARSE_BYTES)
         } else {

@@ -54,9 +54,19 @@ pub(super) async fn respond(
         if let Some(check) = llm.take_policy() {
             let mut parser = ResponseParser::new(llm.facts().format, false, MAX_PARSE_BYTES);
             parser.feed(&bytes);
-            let review = check.review(&llm.facts().tools, &parser.finish().tool_calls);
-            violations = review.violations;
-            block = review.block;
+            let record = parser.finish();
+            let not_json = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err();
+            if record.unparsed.is_some() && not_json {
+                // Not JSON at all (an SSE body without its content type, say): its tool calls
+                // cannot be checked, so it is not passed unchecked.
+                let e = check.unreadable();
+                violations = vec![e.policy()];
+                block = Some(e);
+            } else {
+                let review = check.review(&llm.facts().tools, &record.tool_calls);
+                violations = review.violations;
+                block = review.block;
+            }
         }
     }
     for v in violations {

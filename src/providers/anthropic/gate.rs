@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::providers::adapter::{sse_event, ErrorText, Gated, ToolGate};
-use crate::providers::shape::{json_key, value_at};
+use crate::providers::shape::{event_kind, json_key};
 use crate::providers::usage::ToolCall;
 
 /// Open `tool_use` blocks of one stream.
@@ -25,24 +25,13 @@ struct Open {
     start_input: Option<String>,
 }
 
-json_key!(TYPE, "type");
 json_key!(TOOL_USE, "tool_use");
-
-/// The event's type: its `event:` name, else its data's `type` (for servers that send no names).
-fn kind<'a>(event: &'a [u8], data: &'a [u8]) -> &'a [u8] {
-    if event != b"message" {
-        return event;
-    }
-    value_at(data, &TYPE)
-        .and_then(|v| v.strip_prefix(b"\""))
-        .and_then(|v| v.split(|b| *b == b'"').next())
-        .unwrap_or_default()
-}
 
 impl ToolGate for MessagesGate {
     fn event(&mut self, event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
-        match kind(event, data) {
-            b"content_block_start" => {
+        let kind = event_kind(event, data);
+        match kind.as_deref().unwrap_or_default() {
+            "content_block_start" => {
                 // `"tool_use"` as a value: a quoted string cannot hold it unescaped.
                 if TOOL_USE.find(data).is_none() {
                     return Gated::Pass;
@@ -72,7 +61,7 @@ impl ToolGate for MessagesGate {
                 });
                 Gated::Hold
             }
-            b"content_block_delta" | b"content_block_stop" if !self.blocks.is_empty() => {
+            k @ ("content_block_delta" | "content_block_stop") if !self.blocks.is_empty() => {
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
                     return Gated::Unreadable;
                 };
@@ -80,7 +69,7 @@ impl ToolGate for MessagesGate {
                 let Some(pos) = self.blocks.iter().position(|b| b.index == index) else {
                     return Gated::Pass;
                 };
-                if v["type"] == "content_block_stop" || kind(event, data) == b"content_block_stop" {
+                if k == "content_block_stop" {
                     done.push(self.blocks.remove(pos).into_call());
                 } else if let Some(part) = v["delta"]["partial_json"].as_str() {
                     let b = &mut self.blocks[pos];
@@ -89,7 +78,7 @@ impl ToolGate for MessagesGate {
                 }
                 Gated::Hold
             }
-            b"message_delta" | b"message_stop" => {
+            "message_delta" | "message_stop" => {
                 self.finish(done);
                 Gated::Pass
             }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gated, ToolGate};
-use crate::providers::shape::{json_key, value_start};
+use crate::providers::shape::{any_value, json_key};
 use crate::providers::usage::ToolCall;
 
 /// Open calls of one stream, by (choice, index).
@@ -25,10 +25,10 @@ impl ToolGate for ChatGate {
             self.finish(done);
             return Gated::Pass;
         }
-        // Text chunks carry neither key (or nulls): no parse.
-        let carries = value_start(data, &TOOL_CALLS) == Some(b'[');
-        let finishes = !self.calls.is_empty()
-            && !matches!(value_start(data, &FINISH_REASON), None | Some(b'n'));
+        // Text chunks carry neither key (or nulls): no parse. Every occurrence counts: with
+        // several choices one may say `null` and another carry calls.
+        let carries = any_value(data, &TOOL_CALLS, |b| b == b'[');
+        let finishes = !self.calls.is_empty() && any_value(data, &FINISH_REASON, |b| b != b'n');
         if !carries && !finishes {
             return Gated::Pass;
         }

@@ -323,7 +323,10 @@ impl Stream {
 }
 
 /// Add one `tool_calls[]` fragment to the calls assembled so far, by (choice, index): the id
-/// and name from the fragment that carries them, arguments joined.
+/// and name from the fragment that carries them, arguments joined. A fragment bringing another
+/// id, or another name once arguments have come, starts a new call at the same index:
+/// compatible servers (Gemini's OpenAI endpoint among them) omit or repeat `index` for parallel
+/// calls.
 pub(super) fn add_fragment(
     calls: &mut Vec<(u32, u32, ToolCall)>,
     (choice, index): (u32, u32),
@@ -333,7 +336,15 @@ pub(super) fn add_fragment(
 ) {
     let pos = calls
         .iter()
-        .position(|(ch, ix, _)| *ch == choice && *ix == index);
+        .rposition(|(ch, ix, _)| *ch == choice && *ix == index)
+        .filter(|p| {
+            let c = &calls[*p].2;
+            let other_id = matches!((id, c.id.as_deref()), (Some(a), Some(b)) if a != b);
+            let other_name = name.is_some_and(|n| !n.is_empty() && n != c.name)
+                && !c.name.is_empty()
+                && !c.arguments.is_empty();
+            !other_id && !other_name
+        });
     let call = match pos {
         Some(p) => &mut calls[p].2,
         None => {
@@ -354,7 +365,12 @@ pub(super) fn add_fragment(
     if let Some(id) = id {
         call.id = Some(id.to_string());
     }
-    call.name.push_str(name.unwrap_or_default());
+    match name {
+        // Some servers repeat the name on every fragment.
+        Some(n) if n == call.name => {}
+        Some(n) => call.name.push_str(n),
+        None => {}
+    }
     call.arguments.push_str(arguments.unwrap_or_default());
 }
 

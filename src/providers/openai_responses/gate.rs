@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gated, ToolGate};
-use crate::providers::shape::{json_key, value_at};
+use crate::providers::shape::{event_kind, json_key, value_at};
 use crate::providers::usage::ToolCall;
 
 /// Open `function_call` items of one stream, and the calls already checked.
@@ -17,29 +17,26 @@ use crate::providers::usage::ToolCall;
 pub struct ResponsesGate {
     /// (output_index, item id, call).
     open: Vec<(u64, Option<String>, ToolCall)>,
-    /// Item ids (else call ids) of the calls completed so far.
+    /// Item ids (else call ids, else name and arguments) of the calls completed so far.
     checked: Vec<String>,
     /// The last `sequence_number` seen, for the refusal event's.
     sequence: Option<u64>,
 }
 
-json_key!(TYPE, "type");
 json_key!(FUNCTION_CALL, "function_call");
 json_key!(SEQUENCE_NUMBER, "sequence_number");
 
 impl ToolGate for ResponsesGate {
-    fn event(&mut self, _event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
+    fn event(&mut self, event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
         if let Some(n) = value_at(data, &SEQUENCE_NUMBER).and_then(leading_number) {
             self.sequence = Some(n);
         }
-        let kind = value_at(data, &TYPE)
-            .and_then(|v| v.strip_prefix(b"\""))
-            .and_then(|v| v.split(|b| *b == b'"').next())
-            .unwrap_or_default();
+        let kind = event_kind(event, data);
+        let kind = kind.as_deref().unwrap_or_default();
         match kind {
             // The bulk of a stream, and events of other items.
-            b"response.output_text.delta" | b"response.reasoning_summary_text.delta" => Gated::Pass,
-            b"response.output_item.added" | b"response.output_item.done" => {
+            "response.output_text.delta" | "response.reasoning_summary_text.delta" => Gated::Pass,
+            "response.output_item.added" | "response.output_item.done" => {
                 if FUNCTION_CALL.find(data).is_none() {
                     return Gated::Pass;
                 }
@@ -52,7 +49,7 @@ impl ToolGate for ResponsesGate {
                 }
                 let index = v["output_index"].as_u64().unwrap_or(0);
                 let id = item["id"].as_str().map(str::to_string);
-                if kind == b"response.output_item.added" {
+                if kind == "response.output_item.added" {
                     self.open.push((index, id, call_of(item)));
                 } else {
                     let pos = self.open.iter().position(|(i, _, _)| *i == index);
@@ -63,8 +60,7 @@ impl ToolGate for ResponsesGate {
                 }
                 Gated::Hold
             }
-            b"response.function_call_arguments.delta"
-            | b"response.function_call_arguments.done" => {
+            "response.function_call_arguments.delta" | "response.function_call_arguments.done" => {
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
                     return Gated::Unreadable;
                 };
@@ -83,7 +79,7 @@ impl ToolGate for ResponsesGate {
                 }
                 Gated::Hold
             }
-            b"response.completed" | b"response.incomplete" | b"response.failed" => {
+            "response.completed" | "response.incomplete" | "response.failed" => {
                 self.finish(done);
                 if FUNCTION_CALL.find(data).is_none() {
                     return Gated::Pass;
@@ -96,10 +92,11 @@ impl ToolGate for ResponsesGate {
                     if item["type"] != "function_call" {
                         continue;
                     }
-                    let key = key_of(item["id"].as_str(), item["call_id"].as_str());
-                    if key.is_none_or(|k| !self.checked.contains(&k)) {
+                    let call = call_of(item);
+                    let key = key_of(item["id"].as_str(), &call);
+                    if !self.checked.contains(&key) {
                         unseen = true;
-                        self.complete(item["id"].as_str().map(str::to_string), call_of(item), done);
+                        self.complete(item["id"].as_str().map(str::to_string), call, done);
                     }
                 }
                 // Carrying calls no item event showed, it is withheld until they pass.
@@ -140,9 +137,7 @@ impl ToolGate for ResponsesGate {
 
 impl ResponsesGate {
     fn complete(&mut self, item_id: Option<String>, call: ToolCall, done: &mut Vec<ToolCall>) {
-        if let Some(k) = key_of(item_id.as_deref(), call.id.as_deref()) {
-            self.checked.push(k);
-        }
+        self.checked.push(key_of(item_id.as_deref(), &call));
         done.push(call);
     }
 }
@@ -157,9 +152,12 @@ fn call_of(item: &Value) -> ToolCall {
     }
 }
 
-/// What identifies a call across events: its item id, else its call id.
-fn key_of(item_id: Option<&str>, call_id: Option<&str>) -> Option<String> {
-    item_id.or(call_id).map(str::to_string)
+/// What identifies a call across events: its item id, else its call id, else what it says.
+fn key_of(item_id: Option<&str>, call: &ToolCall) -> String {
+    match item_id.or(call.id.as_deref()) {
+        Some(id) => id.to_string(),
+        None => format!("{}\0{}", call.name, call.arguments),
+    }
 }
 
 /// The number at the start of a raw JSON value.

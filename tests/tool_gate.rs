@@ -347,6 +347,13 @@ async fn passing_calls_are_released_byte_identical_whole_and_byte_by_byte() {
         &[("agent", "p-gate-open"), ("type", "output")],
     );
     assert_eq!(output, expected_output as f64, "exact output tokens");
+    // Every release is measured: at least one per stream.
+    let released = metric_value(
+        &text,
+        "tokenwarden_tool_gate_delay_seconds_count",
+        &[("agent", "p-gate-open")],
+    );
+    assert!(released >= (3 * cases.len()) as f64, "{released}");
 }
 
 #[tokio::test]

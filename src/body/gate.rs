@@ -19,6 +19,7 @@
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -45,6 +46,11 @@ pub trait CallCheck: Send {
     /// An event too large to read, or too many withheld bytes: the final event refusing the
     /// stream, since what it carries cannot be checked.
     fn unreadable(&mut self, gate: &dyn ToolGate) -> Bytes;
+
+    /// Withheld calls that passed went out `after` their completing frame arrived.
+    fn released(&mut self, after: std::time::Duration) {
+        let _ = after;
+    }
 
     /// The gated body ended: nothing more will be checked.
     fn done(&mut self) {}
@@ -81,6 +87,8 @@ struct Armed {
     done: Vec<ToolCall>,
     /// This frame's events (reused).
     steps: Vec<Step>,
+    /// Withheld calls went out with this frame.
+    released: bool,
     state: State,
 }
 
@@ -114,6 +122,7 @@ impl<B> Gate<B> {
                 withheld: BytesMut::new(),
                 done: Vec::new(),
                 steps: Vec::new(),
+                released: false,
                 state: State::Passing,
             })),
         }
@@ -164,7 +173,14 @@ where
             }
             let out = match this.inner.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(d) => a.pass(d),
+                    Ok(d) => {
+                        let arrived = Instant::now();
+                        let out = a.pass(d);
+                        if std::mem::take(&mut a.released) {
+                            a.check.released(arrived.elapsed());
+                        }
+                        out
+                    }
                     Err(other) => return Poll::Ready(Some(Ok(other))),
                 },
                 Poll::Ready(None) => {
@@ -314,6 +330,7 @@ impl Armed {
             }
             if s.release && !self.withheld.is_empty() {
                 out.bytes(&self.withheld.split());
+                self.released = true;
             }
             if s.gated == Gated::Pass {
                 out.span(span);

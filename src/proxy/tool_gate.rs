@@ -11,10 +11,13 @@ use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::HeaderMap;
 
+use metrics::histogram;
+
 use crate::body::CallCheck;
 use crate::policy::{PolicyError, ResponseCheck};
 use crate::providers::request::DeclaredTool;
 use crate::providers::{ToolCall, ToolGate};
+use crate::telemetry::metrics as m;
 
 use super::call::Call;
 use super::error::ProxyError;
@@ -22,6 +25,7 @@ use super::gate_log::GateLog;
 
 /// The policy review as the gate's [`CallCheck`].
 struct PolicyCheck {
+    agent: Arc<str>,
     check: ResponseCheck,
     declared: Vec<DeclaredTool>,
     log: Arc<GateLog>,
@@ -35,6 +39,11 @@ impl Drop for PolicyCheck {
 }
 
 impl CallCheck for PolicyCheck {
+    fn released(&mut self, after: std::time::Duration) {
+        histogram!(m::TOOL_GATE_DELAY_SECONDS, "agent" => self.agent.clone())
+            .record(after.as_secs_f64());
+    }
+
     fn done(&mut self) {
         self.log.close();
     }
@@ -63,6 +72,7 @@ pub(super) fn arm(
     call: &mut Call,
     headers: &mut HeaderMap,
 ) -> Option<(Box<dyn ToolGate>, Box<dyn CallCheck>)> {
+    let agent = call.labels().agent.clone();
     let llm = call.llm_mut()?;
     if !llm.gates_stream() {
         return None;
@@ -71,6 +81,7 @@ pub(super) fn arm(
     let check = llm.take_policy()?;
     let log = Arc::new(GateLog::default());
     let policy = PolicyCheck {
+        agent,
         check,
         declared: llm.facts().tools.clone(),
         log: log.clone(),

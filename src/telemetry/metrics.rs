@@ -57,6 +57,9 @@ pub const BUDGET_ALERTS_DROPPED_TOTAL: &str = "tokenwarden_budget_alerts_dropped
 pub const BUDGET_ALERTS_FAILED_TOTAL: &str = "tokenwarden_budget_alerts_failed_total";
 /// Policy violations by agent and policy.
 pub const POLICY_VIOLATIONS_TOTAL: &str = "tokenwarden_policy_violations_total";
+/// What gating a streamed tool call adds: from the frame that completed the call reaching the
+/// gate to the call's release, by agent.
+pub const TOOL_GATE_DELAY_SECONDS: &str = "tokenwarden_tool_gate_delay_seconds";
 /// Tool results agents reported back, by agent, tool and outcome (ok | error).
 pub const TOOL_RESULTS_TOTAL: &str = "tokenwarden_tool_results_total";
 /// Estimated input tokens over the model's context window, per request.
@@ -107,6 +110,11 @@ const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05,
 ];
+/// Gating delays: a microsecond to ten milliseconds (the target is under one).
+const GATE_BUCKETS: &[f64] = &[
+    0.000_001, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001,
+    0.002_5, 0.005, 0.01,
+];
 /// GenAI token-usage buckets (semantic conventions v1.41 advisory boundaries).
 const TOKEN_BUCKETS: &[f64] = &[
     1.0,
@@ -149,7 +157,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets: [(&str, &[f64]); 9] = [
+            let buckets: [(&str, &[f64]); 10] = [
+                (TOOL_GATE_DELAY_SECONDS, GATE_BUCKETS),
                 (CONTEXT_UTILIZATION_RATIO, RATIO_BUCKETS),
                 (SESSION_STEPS, STEP_BUCKETS),
                 (SESSION_DURATION_SECONDS, SESSION_DURATION_BUCKETS),
@@ -323,6 +332,11 @@ fn describe() {
         BUDGET_ALERTS_FAILED_TOTAL,
         Unit::Count,
         "Budget alerts the webhook did not accept after every retry."
+    );
+    describe_histogram!(
+        TOOL_GATE_DELAY_SECONDS,
+        Unit::Seconds,
+        "Delay gating adds to a streamed tool call that passes: its completing frame in to its release, by agent."
     );
     describe_counter!(
         POLICY_VIOLATIONS_TOTAL,

@@ -1,10 +1,13 @@
 //! Tool calls the model emitted, checked against the request: denied, undeclared, arguments that
 //! are not JSON or break the declared JSON Schema, and calls that need approval.
 //!
-//! Schemas are compiled lazily, once per request and tool, only for tools the model called: a
-//! request declaring twenty tools whose answer calls one compiles one schema.
+//! Schemas are compiled lazily, only for tools the model called (a request declaring twenty
+//! tools whose answer calls one compiles one schema), and kept across requests (agents resend
+//! the same declarations every turn).
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use jsonschema::Validator;
 use serde_json::Value;
@@ -35,7 +38,7 @@ pub fn check_calls(
         return findings;
     }
     // Compiled schema per declared tool name; `None` once a schema turned out uncompilable.
-    let mut compiled: HashMap<&str, Option<Validator>> = HashMap::new();
+    let mut compiled: HashMap<&str, Option<Arc<Validator>>> = HashMap::new();
     for call in calls {
         let name = call.name.as_str();
         let mut push = |policy| {
@@ -64,10 +67,49 @@ pub fn check_calls(
     findings
 }
 
+/// Compiled schemas shared by every request: agents send the same tool declarations every turn,
+/// and compiling one costs about a tenth of a millisecond — on a gated stream's release path.
+/// Keyed by a keyed hash of the schema's JSON text (random keys: a collision cannot be crafted);
+/// `None` for a schema that does not compile. Bounded: emptied when full.
+struct SchemaCache {
+    keys: std::hash::RandomState,
+    compiled: Mutex<HashMap<u64, Option<Arc<Validator>>>>,
+}
+
+/// Most distinct schemas kept.
+const MAX_CACHED_SCHEMAS: usize = 1024;
+
+static SCHEMAS: LazyLock<SchemaCache> = LazyLock::new(|| SchemaCache {
+    keys: std::hash::RandomState::new(),
+    compiled: Mutex::new(HashMap::new()),
+});
+
+impl SchemaCache {
+    /// The compiled `schema`, compiled now if no request compiled it before.
+    fn get(&self, schema: &Value) -> Option<Arc<Validator>> {
+        let Ok(text) = serde_json::to_vec(schema) else {
+            return None;
+        };
+        let key = self.keys.hash_one(&text);
+        if let Some(hit) = self.compiled.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return hit;
+        }
+        // Compiled outside the lock; two requests racing on a new schema both compile it.
+        let v = jsonschema::validator_for(schema).ok().map(Arc::new);
+        if let Ok(mut c) = self.compiled.lock() {
+            if c.len() >= MAX_CACHED_SCHEMAS {
+                c.clear();
+            }
+            c.insert(key, v.clone());
+        }
+        v
+    }
+}
+
 fn args_valid<'a>(
     tool: &'a DeclaredTool,
     arguments: &str,
-    compiled: &mut HashMap<&'a str, Option<Validator>>,
+    compiled: &mut HashMap<&'a str, Option<Arc<Validator>>>,
 ) -> bool {
     // Anthropic streams a tool with no input as no fragments at all: that is `{}`.
     let text = if arguments.trim().is_empty() {
@@ -85,7 +127,7 @@ fn args_valid<'a>(
         .entry(tool.name.as_str())
         // A schema that does not compile (or needs a remote `$ref`, which is never fetched)
         // cannot be checked: the call is not blamed for it.
-        .or_insert_with(|| jsonschema::validator_for(&tool.schema).ok());
+        .or_insert_with(|| SCHEMAS.get(&tool.schema));
     validator.as_ref().is_none_or(|v| v.is_valid(&args))
 }
 
@@ -200,5 +242,26 @@ mod tests {
                 tool: "free".into()
             }]
         );
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn compiled_schemas_are_shared_by_content_and_the_cache_is_bounded() {
+        let a = json!({"type":"object","required":["zz_cache_a"]});
+        let first = SCHEMAS.get(&a).expect("compiles");
+        let again = SCHEMAS.get(&a.clone()).expect("compiles");
+        assert!(Arc::ptr_eq(&first, &again), "the same schema compiles once");
+        let b = json!({"type":"object","required":["zz_cache_b"]});
+        assert!(!SCHEMAS.get(&b).unwrap().is_valid(&json!({})));
+        assert!(SCHEMAS.get(&json!({"type": 7})).is_none(), "uncompilable");
+        for i in 0..(MAX_CACHED_SCHEMAS + 10) {
+            SCHEMAS.get(&json!({"type":"object","required":[format!("zz_{i}")]}));
+        }
+        assert!(SCHEMAS.compiled.lock().unwrap().len() <= MAX_CACHED_SCHEMAS);
     }
 }

@@ -4,11 +4,12 @@
 //! them one after another and finishes the choice right after the last.
 
 use bytes::Bytes;
-use serde_json::Value;
 
 use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gated, ToolGate};
 use crate::providers::shape::{any_value, json_key};
 use crate::providers::usage::ToolCall;
+
+use super::response::{add_delta, Chunk};
 
 /// Open calls of one stream, by (choice, index).
 #[derive(Default)]
@@ -32,28 +33,25 @@ impl ToolGate for ChatGate {
         if !carries && !finishes {
             return Gated::Pass;
         }
-        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+        // Read with the parser's own typed chunk (borrowed strings, no map per object).
+        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
             return if carries {
                 Gated::Unreadable
             } else {
                 Gated::Pass
             };
         };
-        let choices = chunk["choices"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for c in choices {
-            let choice = c["index"].as_u64().unwrap_or(0) as u32;
-            for tc in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
-                self.fragment(choice, tc);
+        let mut finished = Vec::new();
+        for c in chunk.choices {
+            if c.finish_reason.is_some() {
+                finished.push(c.index);
+            }
+            for tc in c.delta.and_then(|d| d.tool_calls).unwrap_or_default() {
+                add_delta(&mut self.calls, c.index, tc);
             }
         }
-        for c in choices {
-            if !c["finish_reason"].is_null() {
-                let choice = c["index"].as_u64().unwrap_or(0) as u32;
-                self.complete(|ch| ch == choice, done);
-            }
+        for choice in finished {
+            self.complete(|ch| ch == choice, done);
         }
         if carries {
             Gated::Hold
@@ -80,17 +78,6 @@ impl ToolGate for ChatGate {
 }
 
 impl ChatGate {
-    fn fragment(&mut self, choice: u32, tc: &Value) {
-        let f = &tc["function"];
-        super::response::add_fragment(
-            &mut self.calls,
-            (choice, tc["index"].as_u64().unwrap_or(0) as u32),
-            tc["id"].as_str(),
-            f["name"].as_str(),
-            f["arguments"].as_str(),
-        );
-    }
-
     fn complete(&mut self, of: impl Fn(u32) -> bool, done: &mut Vec<ToolCall>) {
         let mut i = 0;
         while i < self.calls.len() {

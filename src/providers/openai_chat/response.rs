@@ -17,13 +17,13 @@ pub struct Stream {
 }
 
 #[derive(Deserialize)]
-struct Chunk<'a> {
+pub(super) struct Chunk<'a> {
     #[serde(default, borrow)]
     id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     model: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    choices: Vec<ChunkChoice<'a>>,
+    pub(super) choices: Vec<ChunkChoice<'a>>,
     #[serde(default)]
     usage: Option<ChatUsage>,
     #[serde(default)]
@@ -40,20 +40,20 @@ struct XGroq {
 }
 
 #[derive(Deserialize)]
-struct ChunkChoice<'a> {
+pub(super) struct ChunkChoice<'a> {
     #[serde(default)]
-    index: u32,
+    pub(super) index: u32,
     #[serde(default, borrow)]
-    delta: Option<Delta<'a>>,
+    pub(super) delta: Option<Delta<'a>>,
     /// Legacy Completions stream the text on the choice itself.
     #[serde(default, borrow)]
     text: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    finish_reason: Option<Cow<'a, str>>,
+    pub(super) finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct Delta<'a> {
+pub(super) struct Delta<'a> {
     #[serde(default, borrow)]
     content: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -61,11 +61,11 @@ struct Delta<'a> {
     #[serde(default, borrow)]
     refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    tool_calls: Option<Vec<DeltaToolCall<'a>>>,
+    pub(super) tool_calls: Option<Vec<DeltaToolCall<'a>>>,
 }
 
 #[derive(Deserialize)]
-struct DeltaToolCall<'a> {
+pub(super) struct DeltaToolCall<'a> {
     #[serde(default)]
     index: u32,
     #[serde(default, borrow)]
@@ -304,14 +304,7 @@ impl Stream {
     }
 
     fn tool_fragment(&mut self, choice: u32, tc: DeltaToolCall<'_>) {
-        let f = tc.function.as_ref();
-        add_fragment(
-            &mut self.calls,
-            (choice, tc.index),
-            tc.id.as_deref(),
-            f.and_then(|f| f.name.as_deref()),
-            f.and_then(|f| f.arguments.as_deref()),
-        );
+        add_delta(&mut self.calls, choice, tc);
     }
 
     /// The stream ended.
@@ -322,12 +315,24 @@ impl Stream {
     }
 }
 
+/// Add one `tool_calls[]` delta of choice `choice` to the calls assembled so far.
+pub(super) fn add_delta(calls: &mut Vec<(u32, u32, ToolCall)>, choice: u32, tc: DeltaToolCall<'_>) {
+    let f = tc.function.as_ref();
+    add_fragment(
+        calls,
+        (choice, tc.index),
+        tc.id.as_deref(),
+        f.and_then(|f| f.name.as_deref()),
+        f.and_then(|f| f.arguments.as_deref()),
+    );
+}
+
 /// Add one `tool_calls[]` fragment to the calls assembled so far, by (choice, index): the id
 /// and name from the fragment that carries them, arguments joined. A fragment bringing another
 /// id, or another name once arguments have come, starts a new call at the same index:
 /// compatible servers (Gemini's OpenAI endpoint among them) omit or repeat `index` for parallel
 /// calls.
-pub(super) fn add_fragment(
+fn add_fragment(
     calls: &mut Vec<(u32, u32, ToolCall)>,
     (choice, index): (u32, u32),
     id: Option<&str>,

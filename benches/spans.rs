@@ -96,6 +96,7 @@ fn bench(c: &mut Criterion) {
         streamed: true,
         usage_source: Some("provider"),
         session: Some(&session),
+        task: None,
         step: Some(7),
         budget_decision: Some(tokenwarden::record::BudgetDecision::Allowed),
         policy_violations: &[],

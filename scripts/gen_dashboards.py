@@ -247,7 +247,7 @@ def budgets():
 
 def agents():
     b = Board("tokenwarden-agents", "tokenwarden / Agents & tools",
-              "Agent behaviour seen at the proxy: steps, tool calls and results, policy "
+              "Agent behaviour seen at the proxy: steps, tasks, tool calls and results, policy "
               "violations, loops, context use and client disconnects.",
               ["tokenwarden", "llm", "agents"])
     b.row("Sessions")
@@ -260,6 +260,33 @@ def agents():
         (q(0.95, "tokenwarden_session_duration_seconds", "", ""), "p95"),
     ], unit="s", w=8)
     b.panel("Sessions active", [("sum(tokenwarden_sessions_active)", "sessions")], w=8)
+    b.row("Tasks")
+    b.panel("Cost per task p50 / p95 (USD)", [
+        (q(0.5, "tokenwarden_task_cost_usd", "", AGENT), "p50"),
+        (q(0.95, "tokenwarden_task_cost_usd", "", AGENT), "p95"),
+    ], unit="currencyUSD", w=8, decimals=4,
+        description="Spend per task (a supervisor and its workers: one x-task-id, baggage task.id "
+                    "or trace id) through these sidecars, recorded when the task ends (idle "
+                    "timeout), by the agent of its first call.")
+    b.panel("Steps per task p50 / p95", [
+        (q(0.5, "tokenwarden_task_steps", "", AGENT), "p50"),
+        (q(0.95, "tokenwarden_task_steps", "", AGENT), "p95"),
+    ], w=8, description="Admitted LLM calls per task, every agent of the task counted.")
+    b.panel("Task duration p50 / p95", [
+        (q(0.5, "tokenwarden_task_duration_seconds", "", AGENT), "p50"),
+        (q(0.95, "tokenwarden_task_duration_seconds", "", AGENT), "p95"),
+    ], unit="s", w=8, description="First call's start to last call's end.")
+    b.panel("Tool failures and escalations per task (mean)", [
+        (f"sum(rate(tokenwarden_task_tool_failures_sum{{{AGENT}}}[{RATE}])) / "
+         f"sum(rate(tokenwarden_task_tool_failures_count{{{AGENT}}}[{RATE}]))", "tool failures"),
+        (f"sum(rate(tokenwarden_task_escalations_sum{{{AGENT}}}[{RATE}])) / "
+         f"sum(rate(tokenwarden_task_escalations_count{{{AGENT}}}[{RATE}]))", "escalations"),
+    ], w=12, description="Failed tool results the agents reported, and calls with a tool call "
+                         "needing approval, per ended task.")
+    b.panel("Tasks ended and active", [
+        (f"sum(rate(tokenwarden_task_steps_count{{{AGENT}}}[{RATE}]))", "ended / s"),
+        ("sum(tokenwarden_tasks_active)", "active"),
+    ], w=12)
     b.row("Tools")
     b.panel("Tool calls by tool", [(
         f"sum by (tool) (rate(tokenwarden_tool_calls_total{{{AGENT}}}[{RATE}]))",

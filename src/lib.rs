@@ -12,6 +12,7 @@
 //!   finished call, typed states.
 //! - [`body`] — response body wrappers: observing pass-through, cut at a budget, hidden usage.
 //! - [`session`] — session id, step counter, idle expiry, per-session totals.
+//! - [`task`] — task id (header, baggage, trace id), per-task numbers of this sidecar, idle expiry.
 //! - [`telemetry`] — logging, metric names and recorder, bounded labels, spans and their export.
 //! - [`budget`] — token and cost budgets: admission, settlement, stores, alerts.
 //! - [`policy`] — per-agent tool, step, input and loop rules.
@@ -30,5 +31,6 @@ pub mod record;
 pub mod server;
 pub mod session;
 pub mod sse;
+pub mod task;
 pub mod telemetry;
 pub mod tokens;

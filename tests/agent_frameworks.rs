@@ -310,3 +310,50 @@ async fn frameworks_raise_the_planned_gate_error_shapes() {
     let sent = |tag: &str| seen.lock().unwrap().iter().filter(|a| *a == tag).count();
     assert_blocked(&cases, "send_email", "approval_required", sent, None);
 }
+
+/// A supervisor handing off to a worker (OpenAI Agents SDK `handoffs`), each agent its own
+/// session and client, with OpenTelemetry propagation on (`tests/sdk/frameworks/task_handoff.py`):
+/// every call carries the one trace's `traceparent`, and the proxy counts them as one task.
+#[tokio::test]
+async fn an_agents_sdk_handoff_under_one_otel_trace_is_one_task() {
+    let m = mock().await;
+    let p = proxy(m.addr(), "").await;
+    let base = format!("http://{}", p.addr);
+    let out = run_sdk_script_with("frameworks/task_handoff.py", &["handoff", &base]).await;
+    assert_eq!(out["error"], Value::Null, "{out}");
+    assert_eq!(
+        out["last_agent"], "worker_handoff",
+        "the worker answered: {out}"
+    );
+    assert_eq!(out["usage"]["requests"], 2, "{out}");
+    let trace = out["trace_id"].as_str().unwrap();
+    assert_eq!(trace.len(), 32);
+    // Both calls went upstream with the agent's trace (spans are off: forwarded as sent).
+    let requests = m.requests();
+    let traced: Vec<_> = requests
+        .iter()
+        .filter_map(|r| r.header("traceparent"))
+        .collect();
+    assert_eq!(traced.len(), 2, "{traced:?}");
+    assert!(traced.iter().all(|tp| tp.split('-').nth(1) == Some(trace)));
+    // Two agents, two sessions, one task.
+    let (r, body) = get(&format!("http://{}/v1/tasks/{trace}", p.admin)).await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&body));
+    let t: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(t["llm_calls"], 2, "{t}");
+    assert_eq!(t["steps"], 2, "{t}");
+    assert_eq!(
+        t["tool_calls"], 1,
+        "the handoff is the supervisor's tool call: {t}"
+    );
+    assert_eq!(t["sidecar"]["agent"], "supervisor-handoff", "{t}");
+    let reported =
+        out["usage"]["input"].as_u64().unwrap() + out["usage"]["output"].as_u64().unwrap();
+    assert_eq!(t["tokens"]["total"].as_u64(), Some(reported), "{t}");
+    for agent in ["supervisor-handoff", "worker-handoff"] {
+        assert_eq!(session(&p, agent).await["steps"], 1, "{agent}");
+    }
+    let (_, body) = get(&format!("http://{}/v1/tasks?top=10", p.admin)).await;
+    let top: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(top["tasks"].as_array().unwrap().len(), 1, "{top}");
+}

@@ -85,11 +85,15 @@ fn dashboards_are_templated_and_current() {
     }
 }
 
-/// Whether `name` (a series name in a query) is a metric the proxy exports: a contract name, or a
-/// histogram's `_bucket` series of one.
+/// Whether `name` (a series name in a query) is a metric the proxy exports: a contract name or a
+/// per-task metric, or a histogram's `_bucket`, `_sum` or `_count` series of one.
 fn exported(name: &str) -> bool {
-    let base = name.strip_suffix("_bucket").unwrap_or(name);
-    tokenwarden::telemetry::metrics::CONTRACT_NAMES.contains(&base)
+    use tokenwarden::telemetry::metrics::{CONTRACT_NAMES, TASK_NAMES};
+    let base = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .unwrap_or(name);
+    CONTRACT_NAMES.contains(&base) || TASK_NAMES.contains(&base)
 }
 
 #[test]

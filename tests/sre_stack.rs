@@ -2,7 +2,8 @@
 //! proxy in front of the mock provider and loads the shipped alert rules; mixed traffic goes
 //! through (streams, tool calls, upstream errors, a client that leaves, a budget breach, policy
 //! violations, loops, failed tool results); then every query of every shipped dashboard runs
-//! against Prometheus — each must parse and return data — and the budget-breach alert fires.
+//! against Prometheus — each must parse and return data — and the budget-breach and task
+//! budget-warning alerts fire.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -147,6 +148,7 @@ fn dashboard_queries() -> Vec<(String, String, String)> {
 const CONFIG: &str = r#"
 identity:
   session_idle_timeout: 1s
+  task_idle_timeout: 1s
 budgets:
   store: { kind: memory, snapshot_path: '' }
   limits:
@@ -158,6 +160,9 @@ budgets:
       window: 1h
       warn_at: 0.000001
     - scope: global
+      tokens: 100000000
+      warn_at: 0.0000001
+    - scope: task
       tokens: 100000000
       warn_at: 0.0000001
 pricing:
@@ -182,17 +187,20 @@ const MSG: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,
 async fn traffic(p: &TestProxy) {
     let chat = p.url("/v1/chat/completions");
     let support = ("x-agent-name", "support");
-    // Sessions of a few steps each (they end 1 s after their last call).
+    // Sessions of a few steps each (they end 1 s after their last call), two per task (tasks end
+    // 1 s after their last call too).
     for s in 0..4 {
         let sid = format!("sre-{s}");
+        let task = ("x-task-id", if s < 2 { "sre-task-a" } else { "sre-task-b" });
         for _ in 0..3 {
-            post(&chat, &[support, ("x-session-id", &sid)], CHAT).await;
+            post(&chat, &[support, ("x-session-id", &sid), task], CHAT).await;
             post(
                 &chat,
                 &[
                     support,
                     ("x-session-id", &sid),
                     ("x-mock-output-chunks", "20"),
+                    task,
                 ],
                 CHAT_STREAM,
             )
@@ -318,5 +326,21 @@ async fn dashboards_query_real_metrics_and_the_breach_alert_fires() {
     assert!(
         fired,
         "TokenwardenBudgetBreach fires for the session breach"
+    );
+    let task_warned = eventually(Duration::from_secs(20), || async {
+        let (_, body) = get(&format!("http://{}/api/v1/alerts", prom.addr)).await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["data"]["alerts"].as_array().is_some_and(|a| {
+            a.iter().any(|a| {
+                a["labels"]["alertname"] == "TokenwardenTaskBudgetWarning"
+                    && a["labels"]["scope"] == "task"
+                    && a["state"] == "firing"
+            })
+        })
+    })
+    .await;
+    assert!(
+        task_warned,
+        "TokenwardenTaskBudgetWarning fires for tasks past warn_at"
     );
 }

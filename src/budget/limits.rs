@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use crate::config::{LimitAction, LimitConfig, LimitScope};
 
-/// Nano-USD per USD: costs are kept as integers so stores add them exactly and atomically.
-pub const NANO_PER_USD: f64 = 1e9;
+pub use crate::record::NANO_PER_USD;
 
 /// What a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +19,7 @@ pub enum Unit {
 /// One enforceable limit.
 #[derive(Debug, Clone)]
 pub struct Limit {
-    /// session | agent | global.
+    /// session | task | agent | global.
     pub scope: LimitScope,
     /// tokens | usd.
     pub unit: Unit,
@@ -88,7 +87,7 @@ impl Limit {
             .map(|w| (self.window_start(now) + w).saturating_sub(now).max(1))
     }
 
-    /// `session`, `agent` or `global`.
+    /// `session`, `task`, `agent` or `global`.
     pub fn scope_str(&self) -> &'static str {
         scope_str(self.scope)
     }
@@ -154,16 +153,32 @@ impl serde::Serialize for Amount {
 pub fn scope_str(s: LimitScope) -> &'static str {
     match s {
         LimitScope::Session => "session",
+        LimitScope::Task => "task",
         LimitScope::Agent => "agent",
         LimitScope::Global => "global",
     }
 }
 
-/// The store key of one scope instance; the braces are a Redis Cluster hash tag so everything of
-/// one session (or agent) lives in one slot.
+/// Every scope, in the order admission reserves on them.
+pub const SCOPES: [LimitScope; 4] = [
+    LimitScope::Session,
+    LimitScope::Task,
+    LimitScope::Agent,
+    LimitScope::Global,
+];
+
+/// Store key prefix of session records.
+pub const SESSION_PREFIX: &str = "s:";
+/// Store key prefix of task records.
+pub const TASK_PREFIX: &str = "t:";
+
+/// The store key of one scope instance. The Redis store wraps it in braces, a Redis Cluster hash
+/// tag, so everything of one session (or task, or agent) lives in one slot — and every proxy
+/// that sees a call of the task names the same key.
 pub fn group_key(scope: LimitScope, id: &str) -> String {
     match scope {
-        LimitScope::Session => format!("s:{id}"),
+        LimitScope::Session => format!("{SESSION_PREFIX}{id}"),
+        LimitScope::Task => format!("{TASK_PREFIX}{id}"),
         LimitScope::Agent => format!("a:{id}"),
         LimitScope::Global => "g".to_string(),
     }

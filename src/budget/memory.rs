@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use super::ledger::{
     decide, window_start, Charge, Counter, Grant, Group, Reserved, Short, Totals, Want,
 };
+use super::limits::{SESSION_PREFIX, TASK_PREFIX};
 
 /// In-process budget store.
 pub struct MemoryStore {
@@ -132,13 +133,14 @@ impl MemoryStore {
         self.groups.get(key).map(|g| g.clone())
     }
 
-    pub(super) fn top_sessions(&self, n: usize) -> Vec<(String, Group)> {
+    /// Records whose key starts with `prefix` (sessions, tasks), by id, most tokens first.
+    pub(super) fn top(&self, prefix: &str, n: usize) -> Vec<(String, Group)> {
         let mut all: Vec<(String, Group)> = self
             .groups
             .iter()
             .filter_map(|e| {
                 e.key()
-                    .strip_prefix("s:")
+                    .strip_prefix(prefix)
                     .map(|id| (id.to_string(), e.value().clone()))
             })
             .collect();
@@ -152,14 +154,21 @@ impl MemoryStore {
     }
 
     /// Forget scope records whose counters are all windowed and past their window, with nothing
-    /// reserved: they would start from zero anyway; and session records with nothing reserved
-    /// whose last call is `retention` old. Agent and global lifetime counters are kept forever.
-    pub fn prune(&self, now: u64, retention: u64) -> usize {
+    /// reserved: they would start from zero anyway; and session (task) records with nothing
+    /// reserved whose last call is `retention.0` (`retention.1`) old. Agent and global lifetime
+    /// counters are kept forever.
+    pub fn prune(&self, now: u64, retention: (u64, u64)) -> usize {
         let before = self.groups.len();
         self.groups.retain(|key, g| {
-            let idle = g.counters.values().all(|c| c.reserved == 0)
-                && g.last.saturating_add(retention) <= now;
-            if key.starts_with("s:") && idle {
+            let kept_for = if key.starts_with(SESSION_PREFIX) {
+                Some(retention.0)
+            } else if key.starts_with(TASK_PREFIX) {
+                Some(retention.1)
+            } else {
+                None
+            };
+            let unreserved = g.counters.values().all(|c| c.reserved == 0);
+            if kept_for.is_some_and(|r| unreserved && g.last.saturating_add(r) <= now) {
                 return false;
             }
             g.counters.is_empty()
@@ -178,11 +187,11 @@ impl MemoryStore {
         pruned
     }
 
-    /// Session records held.
-    pub fn sessions(&self) -> usize {
+    /// Records held whose key starts with `prefix` (sessions, tasks).
+    pub fn count(&self, prefix: &str) -> usize {
         self.groups
             .iter()
-            .filter(|e| e.key().starts_with("s:"))
+            .filter(|e| e.key().starts_with(prefix))
             .count()
     }
 
@@ -385,7 +394,11 @@ mod tests {
             panic!()
         };
         s.reserve("s:life", 0, &[want(10, 1, 5)]);
-        assert_eq!(s.prune(120, u64::MAX), 0, "a reservation keeps the record");
+        assert_eq!(
+            s.prune(120, (u64::MAX, u64::MAX)),
+            0,
+            "a reservation keeps the record"
+        );
         s.settle(
             "s:w",
             0,
@@ -396,25 +409,35 @@ mod tests {
             }],
             Totals::default(),
         );
-        assert_eq!(s.prune(59, u64::MAX), 0);
-        assert_eq!(s.prune(60, u64::MAX), 1);
+        assert_eq!(s.prune(59, (u64::MAX, u64::MAX)), 0);
+        assert_eq!(s.prune(60, (u64::MAX, u64::MAX)), 1);
         assert!(s.get("s:w").is_none());
         assert!(s.get("s:life").is_some());
     }
 
     #[test]
-    fn idle_sessions_are_forgotten_after_the_retention_agents_are_not() {
+    fn idle_sessions_and_tasks_are_forgotten_after_their_retention_agents_are_not() {
         let s = MemoryStore::open(None);
         let Reserved::Granted(g) = s.reserve("s:old", 100, &[want(10, 1, 5)]) else {
             panic!()
         };
         s.reserve("a:agent", 100, &[want(10, 1, 5)]);
-        assert_eq!(s.prune(10_000, 60), 0, "a reservation keeps the session");
+        let Reserved::Granted(t) = s.reserve("t:task", 100, &[want(10, 1, 5)]) else {
+            panic!()
+        };
+        assert_eq!(
+            s.prune(10_000, (60, 30)),
+            0,
+            "a reservation keeps the record"
+        );
         s.settle("s:old", 100, &[charge(&g[0], 3)], Totals::default());
-        assert_eq!(s.sessions(), 1);
-        assert_eq!(s.prune(159, 60), 0, "within the retention");
-        assert_eq!(s.prune(160, 60), 1);
-        assert_eq!(s.sessions(), 0);
+        s.settle("t:task", 100, &[charge(&t[0], 3)], Totals::default());
+        assert_eq!((s.count(SESSION_PREFIX), s.count(TASK_PREFIX)), (1, 1));
+        assert_eq!(s.prune(129, (60, 30)), 0, "within both retentions");
+        assert_eq!(s.prune(130, (60, 30)), 1, "the task's retention is over");
+        assert_eq!(s.count(TASK_PREFIX), 0);
+        assert_eq!(s.prune(160, (60, 30)), 1);
+        assert_eq!(s.count(SESSION_PREFIX), 0);
         assert!(s.get("a:agent").is_some());
     }
 

@@ -1,4 +1,4 @@
-//! Budgets: per-session, per-agent and global limits in tokens and USD, enforced by admission
+//! Budgets: per-session, per-task, per-agent and global limits in tokens and USD, enforced by admission
 //! with reservation and settled to the provider's usage however the call ends.
 //!
 //! - `admit` (before the request goes upstream): for each scope that applies, one atomic
@@ -31,7 +31,7 @@ use crate::config::{
 use crate::providers::{Format, ModelUsage, Usage};
 use crate::telemetry::metrics as m;
 
-use limits::{group_key, Limit, Unit};
+use limits::{group_key, Limit, Unit, SCOPES, SESSION_PREFIX, TASK_PREFIX};
 use price::Prices;
 pub use refusal::{BudgetError, BudgetRefusal};
 
@@ -67,6 +67,8 @@ pub struct Budgets {
     lease_ttl: Duration,
     /// How long a session's record outlives its last call.
     session_retention: Duration,
+    /// How long a task's record outlives its last call.
+    task_retention: Duration,
 }
 
 /// The budget service could not be built.
@@ -84,6 +86,8 @@ pub enum BudgetsError {
 pub struct CallFacts {
     /// Session id, when the call has one.
     pub session: Option<Arc<str>>,
+    /// Task id, when the call has one.
+    pub task: Option<Arc<str>>,
     /// Agent label.
     pub agent: Arc<str>,
     /// Requested model.
@@ -190,8 +194,12 @@ impl Budgets {
                         BudgetsError::Redis("required for the redis store".into())
                     })?;
                 Store::Redis(Box::new(
-                    redis::RedisStore::new(url, b.store.timeout, b.session_retention)
-                        .map_err(|e| BudgetsError::Redis(e.to_string()))?,
+                    redis::RedisStore::new(
+                        url,
+                        b.store.timeout,
+                        (b.session_retention, b.task_retention),
+                    )
+                    .map_err(|e| BudgetsError::Redis(e.to_string()))?,
                 ))
             }
         };
@@ -225,6 +233,7 @@ impl Budgets {
             leases: DashMap::new(),
             lease_ttl: b.store.reservation_lease,
             session_retention: b.session_retention,
+            task_retention: b.task_retention,
         })))
     }
 
@@ -272,10 +281,14 @@ impl Budgets {
         let f = &adm.facts;
         let model = f.model.as_deref().unwrap_or("");
         let max_out = f.max_output.unwrap_or(self.default_max_output);
-        for scope in [LimitScope::Session, LimitScope::Agent, LimitScope::Global] {
+        for scope in SCOPES {
             let id = match scope {
                 LimitScope::Session => match &f.session {
                     Some(s) => s.as_ref(),
+                    None => continue,
+                },
+                LimitScope::Task => match &f.task {
+                    Some(t) => t.as_ref(),
                     None => continue,
                 },
                 LimitScope::Agent => f.agent.as_ref(),
@@ -502,15 +515,16 @@ impl Budgets {
     }
 
     /// Record a cut (called when a stream is ended at its limit).
-    pub fn cut(&self, session: Option<&Arc<str>>, agent: &Arc<str>) {
+    pub fn cut(&self, f: &CallFacts) {
         for l in self.limits.iter().filter(|l| l.action == LimitAction::Cut) {
             count_decision(l.scope, BudgetDecision::Cut);
-            counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => agent.clone())
+            counter!(m::BUDGET_EXCEEDED_TOTAL, "scope" => l.scope_str(), "agent" => f.agent.clone())
                 .increment(1);
             if let Some(w) = &self.webhook {
                 w.send(Alert {
-                    session: session.map(|s| s.to_string()),
-                    agent: agent.to_string(),
+                    session: f.session.as_ref().map(|s| s.to_string()),
+                    task: f.task.as_ref().map(|t| t.to_string()),
+                    agent: f.agent.to_string(),
                     scope: l.scope_str(),
                     unit: unit_name(l),
                     window: l.window_name.to_string(),
@@ -534,7 +548,8 @@ impl Budgets {
             LimitScope::Global => {
                 gauge!(m::BUDGET_USED_RATIO, "scope" => "global", "agent" => "all").set(ratio)
             }
-            LimitScope::Session => {}
+            // Per-instance scopes: an id is never a label.
+            LimitScope::Session | LimitScope::Task => {}
         }
     }
 
@@ -562,6 +577,7 @@ impl Budgets {
         }
         w.send(Alert {
             session: f.session.as_ref().map(|s| s.to_string()),
+            task: f.task.as_ref().map(|t| t.to_string()),
             agent: f.agent.to_string(),
             scope: l.scope_str(),
             unit: unit_name(l),
@@ -587,9 +603,9 @@ impl Budgets {
         self.mark_store(false);
     }
 
-    /// Clear a session's spend (and its alert memory); whether it had any.
-    pub async fn reset_session(&self, id: &str) -> Result<bool, StoreError> {
-        let key = group_key(LimitScope::Session, id);
+    /// Clear a session's (or task's) spend and its alert memory; whether it had any.
+    pub async fn reset(&self, scope: LimitScope, id: &str) -> Result<bool, StoreError> {
+        let key = group_key(scope, id);
         self.alerted.retain(|k, _| k.0 != key);
         self.store.reset(&key).await
     }
@@ -607,8 +623,13 @@ impl Budgets {
                 Store::Memory(mem) => {
                     if last_snapshot.elapsed() >= self.snapshot_interval {
                         last_snapshot = tokio::time::Instant::now();
-                        mem.prune(unix_now(), self.session_retention.as_secs());
-                        gauge!(m::BUDGET_SESSIONS_TRACKED).set(mem.sessions() as f64);
+                        let retention = (
+                            self.session_retention.as_secs(),
+                            self.task_retention.as_secs(),
+                        );
+                        mem.prune(unix_now(), retention);
+                        gauge!(m::BUDGET_SESSIONS_TRACKED).set(mem.count(SESSION_PREFIX) as f64);
+                        gauge!(m::BUDGET_TASKS_TRACKED).set(mem.count(TASK_PREFIX) as f64);
                         self.snapshot(mem);
                     }
                 }
@@ -621,8 +642,11 @@ impl Budgets {
                     if last_renewal.elapsed() >= self.lease_ttl / 3 {
                         last_renewal = tokio::time::Instant::now();
                         self.renew_leases(r).await;
-                        if let Ok(n) = r.sessions().await {
+                        if let Ok(n) = r.count(SESSION_PREFIX).await {
                             gauge!(m::BUDGET_SESSIONS_TRACKED).set(n as f64);
+                        }
+                        if let Ok(n) = r.count(TASK_PREFIX).await {
+                            gauge!(m::BUDGET_TASKS_TRACKED).set(n as f64);
                         }
                     }
                 }
@@ -763,6 +787,7 @@ impl Admission {
         }
         let facts = Arc::new(CallFacts {
             session: self.facts.session.clone(),
+            task: self.facts.task.clone(),
             agent: self.facts.agent.clone(),
             model: None,
             input_bound: self.est_input,
@@ -819,14 +844,9 @@ impl Admission {
         }
     }
 
-    /// The call's agent.
-    pub fn agent(&self) -> &Arc<str> {
-        &self.facts.agent
-    }
-
-    /// The call's session.
-    pub fn session(&self) -> Option<&Arc<str>> {
-        self.facts.session.as_ref()
+    /// What the call was admitted as (session, task, agent).
+    pub fn facts(&self) -> &CallFacts {
+        &self.facts
     }
 
     /// The service this admission belongs to.
@@ -847,18 +867,15 @@ impl Drop for Admission {
 /// `tokenwarden_budget_decisions_total{scope,decision}` += 1, through handles registered once
 /// (every admitted call counts one per limit: a registry lookup each time would show).
 fn count_decision(scope: LimitScope, decision: BudgetDecision) {
-    static HANDLES: OnceLock<[[metrics::Counter; 5]; 3]> = OnceLock::new();
+    static HANDLES: OnceLock<[[metrics::Counter; 5]; 4]> = OnceLock::new();
     let handles = HANDLES.get_or_init(|| {
-        [LimitScope::Session, LimitScope::Agent, LimitScope::Global].map(|s| {
+        SCOPES.map(|s| {
             BudgetDecision::ALL.map(|d| counter!(m::BUDGET_DECISIONS_TOTAL, "scope" => limits::scope_str(s), "decision" => d.as_str()))
         })
     });
-    let si = match scope {
-        LimitScope::Session => 0,
-        LimitScope::Agent => 1,
-        LimitScope::Global => 2,
-    };
-    if let Some(di) = BudgetDecision::ALL.iter().position(|d| *d == decision) {
+    let si = SCOPES.iter().position(|s| *s == scope);
+    let di = BudgetDecision::ALL.iter().position(|d| *d == decision);
+    if let (Some(si), Some(di)) = (si, di) {
         handles[si][di].increment(1);
     }
 }
@@ -868,6 +885,8 @@ fn code(l: &Limit) -> &'static str {
     match (l.scope, l.unit) {
         (LimitScope::Session, Unit::Tokens) => "session_token_budget_exceeded",
         (LimitScope::Session, Unit::Usd) => "session_usd_budget_exceeded",
+        (LimitScope::Task, Unit::Tokens) => "task_token_budget_exceeded",
+        (LimitScope::Task, Unit::Usd) => "task_usd_budget_exceeded",
         (LimitScope::Agent, Unit::Tokens) => "agent_token_budget_exceeded",
         (LimitScope::Agent, Unit::Usd) => "agent_usd_budget_exceeded",
         (LimitScope::Global, Unit::Tokens) => "global_token_budget_exceeded",

@@ -1,5 +1,6 @@
-//! The shared store: one Redis hash per scope instance (`tw:{s:ID}`, `tw:{a:NAME}`, `tw:{g}` —
-//! hash-tagged, so every script touches one key and Redis Cluster works), every
+//! The shared store: one Redis hash per scope instance (`tw:{s:ID}`, `tw:{t:ID}`, `tw:{a:NAME}`,
+//! `tw:{g}` — hash-tagged, so every script touches one key and Redis Cluster works; a task's key
+//! depends on its id alone, so every proxy that sees one of its calls draws on it), every
 //! check-and-reserve and every settle one server-side Lua script (atomic on the server), a
 //! multiplexed auto-reconnecting connection with connect and response timeouts.
 
@@ -11,11 +12,23 @@ use redis::{AsyncCommands, Script};
 use tokio::sync::OnceCell;
 
 use super::ledger::{Charge, Counter, Grant, Group, Lease, Reserved, StoreError, Totals, Want};
+use super::limits::{SESSION_PREFIX, TASK_PREFIX};
 
 /// Sorted set of session ids by lifetime tokens, for `GET /v1/sessions?top=N`.
 const TOP_KEY: &str = "tw:sessions:tokens";
-/// Sessions kept in the ranking.
+/// Sorted set of task ids by lifetime tokens, for `GET /v1/tasks?top=N`.
+const TOP_TASKS_KEY: &str = "tw:tasks:tokens";
+/// Sessions (tasks) kept in the ranking.
 const MAX_RANKED: isize = 10_000;
+
+/// The ranking a scope's records go to (sessions and tasks are ranked), and its id there.
+fn ranked(key: &str) -> Option<(&'static str, &str)> {
+    if let Some(id) = key.strip_prefix(SESSION_PREFIX) {
+        Some((TOP_KEY, id))
+    } else {
+        key.strip_prefix(TASK_PREFIX).map(|id| (TOP_TASKS_KEY, id))
+    }
+}
 
 /// Check every want, then reserve all or nothing. Mirrors `store::decide`. Mode per want:
 /// 0 observe (never refuse), 1 enforce, 2 enforce optimistically (reserve only if `want` fits).
@@ -150,16 +163,19 @@ pub struct RedisStore {
     renew: Script,
     /// Seconds a session's hash outlives its last call.
     session_ttl: u64,
+    /// Seconds a task's hash outlives its last call.
+    task_ttl: u64,
 }
 
 // === impl RedisStore ===
 
 impl RedisStore {
-    /// A store on `url`; connects on first use, every operation bounded by `timeout`.
+    /// A store on `url`; connects on first use, every operation bounded by `timeout`; session and
+    /// task records are kept `retention` (session, task) after their last call.
     pub fn new(
         url: &str,
         timeout: Duration,
-        session_retention: Duration,
+        retention: (Duration, Duration),
     ) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Redis(e.to_string()))?;
         Ok(Self {
@@ -169,7 +185,8 @@ impl RedisStore {
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
             renew: Script::new(RENEW),
-            session_ttl: session_retention.as_secs().max(1),
+            session_ttl: retention.0.as_secs().max(1),
+            task_ttl: retention.1.as_secs().max(1),
         })
     }
 
@@ -285,17 +302,17 @@ impl RedisStore {
         let v: Vec<i64> = self
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
-        if let Some(id) = key.strip_prefix("s:") {
+        if let Some((ranking, id)) = ranked(key) {
             let tokens = t.input.saturating_add(t.output);
             if tokens > 0 {
                 let id = id.to_string();
                 // Ranking only; not part of any budget decision.
                 self.run(|mut c| async move {
                     redis::pipe()
-                        .zincr(TOP_KEY, id, tokens)
+                        .zincr(ranking, id, tokens)
                         .ignore()
-                        // Bounded: the ranking keeps the top sessions, not every id ever seen.
-                        .zremrangebyrank(TOP_KEY, 0, -(MAX_RANKED + 1))
+                        // Bounded: the ranking keeps the top ones, not every id ever seen.
+                        .zremrangebyrank(ranking, 0, -(MAX_RANKED + 1))
                         .ignore()
                         .query_async::<()>(&mut c)
                         .await
@@ -307,7 +324,7 @@ impl RedisStore {
     }
 
     /// Seconds until scope `key` expires with counters of `windows` (0: never). Windowed-only
-    /// scopes outlive two of their longest windows; sessions outlive their retention too.
+    /// scopes outlive two of their longest windows; sessions and tasks outlive their retention too.
     fn ttl(&self, key: &str, windows: impl Iterator<Item = Option<u64>>) -> u64 {
         let mut all_windowed = true;
         let mut longest = 0;
@@ -318,16 +335,22 @@ impl RedisStore {
             }
         }
         let windowed = if all_windowed { longest * 2 } else { 0 };
-        if key.starts_with("s:") {
+        if key.starts_with(SESSION_PREFIX) {
             windowed.max(self.session_ttl)
+        } else if key.starts_with(TASK_PREFIX) {
+            windowed.max(self.task_ttl)
         } else {
             windowed
         }
     }
 
-    /// Sessions in the ranking (the sessions the store holds, up to its bound).
-    pub(super) async fn sessions(&self) -> Result<u64, StoreError> {
-        self.run(|mut c| async move { c.zcard(TOP_KEY).await })
+    /// Records in the ranking of `prefix` (the sessions or tasks the store holds, up to its
+    /// bound).
+    pub(super) async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let Some((ranking, _)) = ranked(prefix) else {
+            return Ok(0);
+        };
+        self.run(|mut c| async move { c.zcard(ranking).await })
             .await
     }
 
@@ -360,17 +383,21 @@ impl RedisStore {
         Ok((!h.is_empty()).then(|| group_from_hash(&h)))
     }
 
-    pub(super) async fn top_sessions(&self, n: usize) -> Result<Vec<(String, Group)>, StoreError> {
-        if n == 0 {
+    pub(super) async fn top(
+        &self,
+        prefix: &str,
+        n: usize,
+    ) -> Result<Vec<(String, Group)>, StoreError> {
+        let Some((ranking, _)) = ranked(prefix).filter(|_| n > 0) else {
             return Ok(Vec::new());
-        }
+        };
         let stop = isize::try_from(n).unwrap_or(isize::MAX) - 1;
         let ids: Vec<String> = self
-            .run(|mut c| async move { c.zrevrange(TOP_KEY, 0, stop).await })
+            .run(|mut c| async move { c.zrevrange(ranking, 0, stop).await })
             .await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(g) = self.get(&format!("s:{id}")).await? {
+            if let Some(g) = self.get(&format!("{prefix}{id}")).await? {
                 out.push((id, g));
             }
         }
@@ -382,10 +409,10 @@ impl RedisStore {
         let n: i64 = self
             .run(|mut c| async move { c.del(&[k, l]).await })
             .await?;
-        if let Some(id) = key.strip_prefix("s:") {
+        if let Some((ranking, id)) = ranked(key) {
             let id = id.to_string();
             let _: i64 = self
-                .run(|mut c| async move { c.zrem(TOP_KEY, id).await })
+                .run(|mut c| async move { c.zrem(ranking, id).await })
                 .await?;
         }
         Ok(n > 0)

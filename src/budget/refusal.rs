@@ -24,7 +24,7 @@ pub enum BudgetError {
     limit.unit_suffix()
 )]
 pub struct BudgetRefusal {
-    /// session | agent | global.
+    /// session | task | agent | global.
     pub scope: &'static str,
     /// token | usd.
     pub unit: &'static str,

@@ -1,6 +1,6 @@
 //! What a budget store does — check-and-reserve, settle, read, reset — dispatched to the store
 //! in use (memory or Redis); the types both share are in `ledger`. Each operation covers the counters of one scope instance
-//! (a session, an agent, or global) and is atomic: no other call sees half of it.
+//! (a session, a task, an agent, or global) and is atomic: no other call sees half of it.
 
 pub use super::ledger::*;
 
@@ -57,11 +57,12 @@ impl Store {
         }
     }
 
-    /// Session ids with the most tokens (lifetime totals since reset), most first.
-    pub async fn top_sessions(&self, n: usize) -> Result<Vec<(String, Group)>, StoreError> {
+    /// Session (`prefix` `s:`) or task (`t:`) ids with the most tokens (lifetime totals since
+    /// reset), most first.
+    pub async fn top(&self, prefix: &str, n: usize) -> Result<Vec<(String, Group)>, StoreError> {
         match self {
-            Store::Memory(m) => Ok(m.top_sessions(n)),
-            Store::Redis(r) => r.top_sessions(n).await,
+            Store::Memory(m) => Ok(m.top(prefix, n)),
+            Store::Redis(r) => r.top(prefix, n).await,
         }
     }
 

@@ -27,9 +27,11 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Alert {
     /// Session id, when the scope is a session (or the call had one).
     pub session: Option<String>,
+    /// Task id, when the scope is a task (or the call had one).
+    pub task: Option<String>,
     /// Agent name.
     pub agent: String,
-    /// session | agent | global.
+    /// session | task | agent | global.
     pub scope: &'static str,
     /// tokens | usd.
     pub unit: &'static str,

@@ -181,6 +181,20 @@ pub struct IdentityConfig {
     /// A session with no call for this long has ended (steps and duration are recorded).
     #[serde(default = "default_session_idle_timeout", with = "humantime_serde")]
     pub session_idle_timeout: Duration,
+    /// Headers carrying an explicit task id; the first present wins, then W3C `baggage`
+    /// `task.id`, then the trace id of the agent's `traceparent`.
+    #[serde(default = "default_task_headers")]
+    pub task_headers: Vec<String>,
+    /// A call with no explicit task id belongs to the task of its `traceparent`'s trace id.
+    #[serde(default = "default_true")]
+    pub task_from_trace: bool,
+    /// A task with no call in flight and none for this long has ended (its numbers are recorded).
+    #[serde(default = "default_task_idle_timeout", with = "humantime_serde")]
+    pub task_idle_timeout: Duration,
+    /// Live tasks tracked for metrics and the admin API; past it new tasks are not tracked
+    /// (counted), budgets still apply.
+    #[serde(default = "default_max_live_tasks")]
+    pub max_live_tasks: usize,
 }
 
 /// Span export and metric settings.
@@ -274,6 +288,9 @@ pub struct BudgetsConfig {
     /// next call starts from zero): state stays bounded however many session ids traffic sends.
     #[serde(default = "default_session_retention", with = "humantime_serde")]
     pub session_retention: Duration,
+    /// A task's budget record is kept this long after its last call, then forgotten.
+    #[serde(default = "default_task_retention", with = "humantime_serde")]
+    pub task_retention: Duration,
 }
 
 /// How a lifetime limit refuses a call (windowed limits always answer 429 with `Retry-After`).
@@ -339,7 +356,7 @@ pub enum OnStoreUnreachable {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
-    /// session | agent | global.
+    /// session | task | agent | global.
     pub scope: LimitScope,
     /// Token limit.
     #[serde(default)]
@@ -364,6 +381,8 @@ pub struct LimitConfig {
 pub enum LimitScope {
     /// Per session id.
     Session,
+    /// Per task id (a supervisor and its workers, across sidecars with the Redis store).
+    Task,
     /// Per agent name.
     Agent,
     /// The whole sidecar.
@@ -628,6 +647,10 @@ impl Default for IdentityConfig {
             session_headers: default_session_headers(),
             agent_header: default_agent_header(),
             session_idle_timeout: default_session_idle_timeout(),
+            task_headers: default_task_headers(),
+            task_from_trace: true,
+            task_idle_timeout: default_task_idle_timeout(),
+            max_live_tasks: default_max_live_tasks(),
         }
     }
 }
@@ -669,6 +692,7 @@ impl Default for BudgetsConfig {
             limits: Vec::new(),
             default_max_output_tokens: default_max_output_tokens(),
             session_retention: default_session_retention(),
+            task_retention: default_task_retention(),
             lifetime_refusal: LifetimeRefusal::default(),
         }
     }
@@ -750,6 +774,18 @@ fn default_agent_header() -> String {
 }
 fn default_session_idle_timeout() -> Duration {
     Duration::from_secs(30 * 60)
+}
+fn default_task_headers() -> Vec<String> {
+    vec!["x-task-id".into()]
+}
+fn default_task_idle_timeout() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_max_live_tasks() -> usize {
+    100_000
+}
+fn default_task_retention() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 fn default_protocol() -> String {
     "auto".into()

@@ -75,13 +75,21 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     {
         return Err(invalid("identity.agent_header", "not a valid header name"));
     }
-    for (i, h) in config.identity.session_headers.iter().enumerate() {
-        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-            return Err(invalid(
-                &format!("identity.session_headers[{i}]"),
-                "not a valid header name",
-            ));
+    for (key, headers) in [
+        ("session_headers", &config.identity.session_headers),
+        ("task_headers", &config.identity.task_headers),
+    ] {
+        for (i, h) in headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(invalid(
+                    &format!("identity.{key}[{i}]"),
+                    "not a valid header name",
+                ));
+            }
         }
+    }
+    if config.identity.task_idle_timeout.is_zero() {
+        return Err(invalid("identity.task_idle_timeout", "must be > 0"));
     }
     if config.telemetry.max_label_values == 0 {
         return Err(invalid("telemetry.max_label_values", "must be > 0"));
@@ -123,8 +131,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
-    if config.budgets.session_retention < std::time::Duration::from_secs(1) {
-        return Err(invalid("budgets.session_retention", "must be at least 1s"));
+    for (key, d) in [
+        (
+            "budgets.session_retention",
+            config.budgets.session_retention,
+        ),
+        ("budgets.task_retention", config.budgets.task_retention),
+    ] {
+        if d < std::time::Duration::from_secs(1) {
+            return Err(invalid(key, "must be at least 1s"));
+        }
     }
     for (i, l) in config.budgets.limits.iter().enumerate() {
         check_limit(l).map_err(|(k, m)| invalid(&format!("budgets.limits[{i}].{k}"), &m))?;

@@ -595,6 +595,11 @@ impl Pending {
         &self.violations
     }
 
+    /// Tool results the request reported as failed (for the task's numbers).
+    pub fn tool_result_failures(&self) -> u64 {
+        self.tool_results.iter().filter(|r| r.failed).count() as u64
+    }
+
     /// The agent's `max_steps`, for taking the session step at commit.
     pub fn max_steps(&self) -> Option<u64> {
         self.max_steps

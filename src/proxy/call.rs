@@ -20,6 +20,7 @@ use crate::body::cut::CutSignal;
 use crate::body::{BodyEnd, Observer};
 use crate::budget::{Admission, Spent};
 use crate::session::Sessions;
+use crate::task::{CallDone, Tasks};
 use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
@@ -59,11 +60,23 @@ pub struct Call {
     gate: Option<Arc<GateLog>>,
     policy_blocked: Option<PolicyViolation>,
     ledger: Option<Arc<Sessions>>,
+    task: Option<TaskMark>,
     finished: bool,
     aborting: &'static AtomicBool,
     /// The request body's share of `server.max_buffered_request_bytes`, released when the call
     /// is dropped.
     body_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The task a call belongs to, and what the task's numbers need from it.
+struct TaskMark {
+    id: Arc<str>,
+    /// The live task table, when the task is tracked there (it began there).
+    tasks: Option<Arc<Tasks>>,
+    /// Budgets and policies admitted the call.
+    admitted: bool,
+    /// Failed tool results its request reported.
+    tool_failures: u64,
 }
 
 /// Fixed facts about a call, known when it starts.
@@ -121,6 +134,7 @@ impl Call {
             gate: None,
             policy_blocked: None,
             ledger: None,
+            task: None,
             finished: false,
             aborting: info.aborting,
             body_permit: None,
@@ -142,6 +156,30 @@ impl Call {
     /// that took a step).
     pub fn set_ledger(&mut self, sessions: Arc<Sessions>) {
         self.ledger = Some(sessions);
+    }
+
+    /// The call belongs to task `id`; `tasks` when it began there (it then ends there when the
+    /// call finishes).
+    pub fn set_task(&mut self, id: Arc<str>, tasks: Option<Arc<Tasks>>) {
+        self.task = Some(TaskMark {
+            id,
+            tasks,
+            admitted: false,
+            tool_failures: 0,
+        });
+    }
+
+    /// Task id, when the request named (or traced) one.
+    pub fn task(&self) -> Option<&Arc<str>> {
+        self.task.as_ref().map(|t| &t.id)
+    }
+
+    /// The call was admitted; its request reported `tool_failures` failed tool results.
+    pub fn task_admitted(&mut self, tool_failures: u64) {
+        if let Some(t) = self.task.as_mut() {
+            t.admitted = true;
+            t.tool_failures = tool_failures;
+        }
     }
 
     /// When the request arrived.
@@ -344,7 +382,7 @@ impl Call {
             let f = llm.finish(&self.base, &ending);
             if let Some(b) = self.budget.take() {
                 if cut {
-                    b.budgets().cut(b.session(), b.agent());
+                    b.budgets().cut(b.facts());
                     self.budget_decision = Some(BudgetDecision::Cut);
                 }
                 charged = Some(b.settle(Spent {
@@ -359,17 +397,39 @@ impl Call {
             }
             f
         });
-        if let (Some(ledger), Some(session), Some(f)) = (&self.ledger, &self.session, &finished) {
-            // What the budget settled (cost included) when budgets are on, else the record.
-            let spend = charged.unwrap_or(crate::budget::Totals {
+        // What the budget settled (cost included) when budgets are on, else the record.
+        let spend = finished.as_ref().map(|f| {
+            charged.unwrap_or(crate::budget::Totals {
                 input: f.record.usage.input.unwrap_or(0),
                 output: f.record.usage.output.unwrap_or(0),
                 cost: 0,
-            });
+            })
+        });
+        if let (Some(ledger), Some(session), Some(spend)) = (&self.ledger, &self.session, spend) {
             ledger.charge(session, spend);
         }
         for policy in finished.iter().flat_map(|f| f.policy_violations.iter()) {
             self.add_policy_violation(*policy);
+        }
+        if let Some(TaskMark {
+            id,
+            tasks: Some(tasks),
+            admitted,
+            tool_failures,
+        }) = &self.task
+        {
+            let done = CallDone {
+                admitted: *admitted,
+                tool_calls: finished
+                    .as_ref()
+                    .map_or(0, |f| f.record.tool_calls.len() as u64),
+                tool_failures: *tool_failures,
+                escalated: self
+                    .policy_violations
+                    .contains(&PolicyViolation::ApprovalRequired),
+                spent: spend.unwrap_or_default(),
+            };
+            tasks.end(id, done, now);
         }
         if let (Some(span), Some(f)) = (self.span.take(), finished.as_ref()) {
             span.finish(&SpanEnd {
@@ -387,6 +447,7 @@ impl Call {
                     source => Some(source.as_str()),
                 },
                 session: self.session.as_ref(),
+                task: self.task.as_ref().map(|t| &t.id),
                 step: self.step,
                 budget_decision: self.budget_decision,
                 policy_violations: &self.policy_violations,

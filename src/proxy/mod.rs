@@ -5,7 +5,7 @@
 //! 2. `identify` — protocol, provider and operation (`providers::protocol::classify`), agent
 //!    label, the [`Call`] (from here it finishes exactly once) and its span.
 //! 3. `read` — the request body, up to `server.max_request_body_bytes` (else 413); what it says
-//!    (`providers::request::inspect`); the session and the step the call would take.
+//!    (`providers::request::inspect`); the session and the step the call would take; the task.
 //! 4. `admit` — policies (may refuse or rewrite), the call's accounting (`account`), budgets
 //!    (may refuse), then `commit`: the session step is taken and the policies' side effects apply.
 //! 5. `forward` — same method, headers minus hop-by-hop, `Host` rewritten, our `traceparent`, the
@@ -48,6 +48,7 @@ use crate::config::Config;
 use crate::policy::{Policies, PolicySet};
 use crate::providers::{StreamEnding, ToolGate};
 use crate::session::{SessionSource, Sessions};
+use crate::task::{TaskSource, Tasks};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::spans::Spans;
 use crate::telemetry::trace_context::TRACEPARENT_HEADER;
@@ -77,6 +78,8 @@ pub struct Proxy {
     inject_stream_usage: bool,
     session_source: SessionSource,
     sessions: Arc<Sessions>,
+    task_source: TaskSource,
+    tasks: Arc<Tasks>,
     spans: Option<Arc<Spans>>,
     budgets: Option<Arc<Budgets>>,
     policies: Arc<Policies>,
@@ -162,6 +165,14 @@ impl Proxy {
             inject_stream_usage: config.telemetry.inject_stream_usage,
             session_source: SessionSource::new(&config.identity.session_headers),
             sessions: Arc::new(Sessions::new(config.identity.session_idle_timeout)),
+            task_source: TaskSource::new(
+                &config.identity.task_headers,
+                config.identity.task_from_trace,
+            ),
+            tasks: Arc::new(Tasks::new(
+                config.identity.task_idle_timeout,
+                config.identity.max_live_tasks,
+            )),
             spans: None,
             budgets: Budgets::from_config(config)?,
         })
@@ -192,6 +203,11 @@ impl Proxy {
     /// Live sessions and their step counters.
     pub fn sessions(&self) -> &Arc<Sessions> {
         &self.sessions
+    }
+
+    /// Live tasks (this sidecar's share of their calls).
+    pub fn tasks(&self) -> &Arc<Tasks> {
+        &self.tasks
     }
 
     /// The live agent policies (a config reload swaps their rules).
@@ -304,6 +320,15 @@ impl Proxy {
             let step = f.facts.is_some().then(|| self.sessions.next_step(&session));
             f.call.set_session(session, step);
         }
+        if f.facts.is_some() {
+            // LLM calls only, as for steps; from here the call ends in the task table once.
+            if let Some(task) = self.task_source.identify(&f.parts.headers) {
+                let began = self
+                    .tasks
+                    .begin(&task, &f.call.labels().agent, f.call.started());
+                f.call.set_task(task, began.then(|| self.tasks.clone()));
+            }
+        }
         Ok(())
     }
 
@@ -351,6 +376,7 @@ impl Proxy {
         if let (Some(budgets), Some(ask)) = (&self.budgets, budget_facts) {
             let call_facts = CallFacts {
                 session: f.call.session().cloned(),
+                task: f.call.task().cloned(),
                 agent: f.call.labels().agent.clone(),
                 model: ask.model,
                 input_bound: crate::budget::input_bound(&ask.body),
@@ -404,6 +430,7 @@ impl Proxy {
             f.call.set_session(session, Some(step));
             f.call.set_ledger(self.sessions.clone());
         }
+        f.call.task_admitted(p.tool_result_failures());
         self.policies.commit(p, f.call.session());
         Ok(())
     }

@@ -80,6 +80,9 @@ impl UsageSource {
     }
 }
 
+/// Nano-USD per USD: costs are kept as integers so stores add them exactly and atomically.
+pub const NANO_PER_USD: f64 = 1e9;
+
 /// Running totals of a scope instance (for the admin API).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {

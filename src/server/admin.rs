@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the sessions API.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the sessions and tasks API.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,20 +9,20 @@ use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use super::health::Health;
-use super::sessions_api::SessionsApi;
+use super::scopes_api::ScopesApi;
 
 /// Admin request handler.
 pub struct Admin {
     health: Arc<Health>,
     metrics: PrometheusHandle,
-    sessions: SessionsApi,
+    sessions: ScopesApi,
 }
 
 // === impl Admin ===
 
 impl Admin {
     /// Serve health from `health` and metrics from `metrics`.
-    pub fn new(health: Arc<Health>, metrics: PrometheusHandle, sessions: SessionsApi) -> Self {
+    pub fn new(health: Arc<Health>, metrics: PrometheusHandle, sessions: ScopesApi) -> Self {
         Self {
             health,
             metrics,
@@ -35,7 +35,7 @@ impl Admin {
         self: Arc<Self>,
         req: Request<B>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
-        if SessionsApi::owns(req.uri().path()) {
+        if ScopesApi::owns(req.uri().path()) {
             return Ok(self
                 .sessions
                 .handle(req.method(), req.uri(), req.headers())

@@ -9,7 +9,7 @@ pub mod admin;
 mod health;
 mod listener;
 pub mod reload;
-pub mod sessions_api;
+pub mod scopes_api;
 pub mod signals;
 mod write_timeout;
 
@@ -116,6 +116,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Drained {
         let upkeep = metrics::spawn_upkeep(metrics::install());
         let expiry = tokio::spawn(self.proxy.sessions().clone().run_expiry());
+        let task_expiry = tokio::spawn(self.proxy.tasks().clone().run_expiry());
         let budgets = self.proxy.budgets().cloned();
         let budget_upkeep = budgets.clone().map(|b| tokio::spawn(b.run_upkeep()));
         let reload = self.reloader.map(|(r, poll)| tokio::spawn(r.run(poll)));
@@ -134,9 +135,10 @@ impl Server {
             Arc::new(admin::Admin::new(
                 self.health.clone(),
                 metrics::install(),
-                sessions_api::SessionsApi::new(
+                scopes_api::ScopesApi::new(
                     budgets.clone(),
                     self.proxy.sessions().clone(),
+                    self.proxy.tasks().clone(),
                     self.config.admin_token.clone(),
                 ),
             )),
@@ -158,6 +160,7 @@ impl Server {
         let drained = proxy_task.await.unwrap_or(false);
         upkeep.abort();
         expiry.abort();
+        task_expiry.abort();
         if let Some(t) = budget_upkeep {
             t.abort();
         }

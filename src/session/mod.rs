@@ -8,7 +8,7 @@
 pub mod baggage;
 mod tracker;
 
-pub use tracker::{SessionSnapshot, Sessions};
+pub use tracker::{expire_every, SessionSnapshot, Sessions};
 
 use std::sync::Arc;
 
@@ -36,34 +36,40 @@ impl SessionSource {
 
     /// The session id of a request: headers, then baggage, then the body's user field.
     pub fn identify(&self, headers: &HeaderMap, body_user: Option<&str>) -> Option<Arc<str>> {
-        let from_headers = self.headers.iter().find_map(|name| {
+        let id = explicit_id(headers, &self.headers, "session.id").or_else(|| {
+            body_user
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+        })?;
+        Some(Arc::from(truncate(&id, MAX_SESSION_ID_LEN)))
+    }
+}
+
+/// The first of `names` present and not blank in `headers` (trimmed), else the W3C `baggage`
+/// member `key`: how sessions and tasks name themselves.
+pub fn explicit_id(headers: &HeaderMap, names: &[HeaderName], key: &str) -> Option<String> {
+    names
+        .iter()
+        .find_map(|name| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
-        });
-        let id = from_headers
-            .or_else(|| {
-                headers
-                    .get_all("baggage")
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .find_map(|v| baggage::get(v, "session.id"))
-            })
-            .or_else(|| {
-                body_user
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_string)
-            })?;
-        Some(Arc::from(truncate(&id, MAX_SESSION_ID_LEN)))
-    }
+        })
+        .or_else(|| {
+            headers
+                .get_all("baggage")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| baggage::get(v, key))
+        })
 }
 
-/// `s` cut to at most `max` bytes on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+/// `s` cut to at most `max` bytes on a character boundary (ids are keys in stores and on spans).
+pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

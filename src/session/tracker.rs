@@ -161,13 +161,21 @@ impl Sessions {
 
     /// Expire idle sessions forever, checking a few times per idle period.
     pub async fn run_expiry(self: Arc<Self>) {
-        let every = (self.idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(15));
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
+        expire_every(self.idle, || {
             self.expire(Instant::now());
-        }
+        })
+        .await
+    }
+}
+
+/// Call `expire` forever, a few times per `idle` period (sessions' and tasks' idle expiry).
+pub async fn expire_every(idle: Duration, expire: impl Fn()) {
+    let every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(15));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        expire();
     }
 }
 

@@ -47,6 +47,28 @@ pub const BUDGET_EXCEEDED_TOTAL: &str = "tokenwarden_budget_exceeded_total";
 pub const COST_USD_TOTAL: &str = "tokenwarden_cost_usd_total";
 /// Used fraction of agent and global limits.
 pub const BUDGET_USED_RATIO: &str = "tokenwarden_budget_used_ratio";
+/// Tasks with a call through this sidecar within the task idle timeout.
+pub const TASKS_ACTIVE: &str = "tokenwarden_tasks_active";
+/// New tasks not tracked because `identity.max_live_tasks` were live.
+pub const TASKS_UNTRACKED_TOTAL: &str = "tokenwarden_tasks_untracked_total";
+/// Admitted LLM calls (steps) per task, recorded when the task ends (idle expiry).
+pub const TASK_STEPS: &str = "tokenwarden_task_steps";
+/// LLM calls per task, refused ones included, recorded when the task ends.
+pub const TASK_LLM_CALLS: &str = "tokenwarden_task_llm_calls";
+/// Tool calls the model made per task, recorded when the task ends.
+pub const TASK_TOOL_CALLS: &str = "tokenwarden_task_tool_calls";
+/// Tool results reported failed per task, recorded when the task ends.
+pub const TASK_TOOL_FAILURES: &str = "tokenwarden_task_tool_failures";
+/// Calls with a tool call needing approval per task, recorded when the task ends.
+pub const TASK_ESCALATIONS: &str = "tokenwarden_task_escalations";
+/// Tokens (input + output) per task, recorded when the task ends.
+pub const TASK_TOKENS: &str = "tokenwarden_task_tokens";
+/// Spend in USD per task, recorded when the task ends.
+pub const TASK_COST_USD: &str = "tokenwarden_task_cost_usd";
+/// Task length from its first call's start to its last call's end, recorded when it ends.
+pub const TASK_DURATION_SECONDS: &str = "tokenwarden_task_duration_seconds";
+/// Task budget records the store holds (bounded by `budgets.task_retention`).
+pub const BUDGET_TASKS_TRACKED: &str = "tokenwarden_budget_tasks_tracked";
 /// Budget store failures by operation.
 pub const BUDGET_STORE_ERRORS_TOTAL: &str = "tokenwarden_budget_store_errors_total";
 /// 1 while the budget store answers, 0 when it does not.
@@ -105,6 +127,22 @@ pub const CONTRACT_NAMES: &[&str] = &[
     BUILD_INFO,
 ];
 
+/// The per-task metrics (CONTRACT.md fixes `tokenwarden_task_steps`,
+/// `tokenwarden_task_duration_seconds` and `tokenwarden_task_cost_usd`; the others are ours).
+pub const TASK_NAMES: &[&str] = &[
+    TASKS_ACTIVE,
+    TASKS_UNTRACKED_TOTAL,
+    TASK_STEPS,
+    TASK_LLM_CALLS,
+    TASK_TOOL_CALLS,
+    TASK_TOOL_FAILURES,
+    TASK_ESCALATIONS,
+    TASK_TOKENS,
+    TASK_COST_USD,
+    TASK_DURATION_SECONDS,
+    BUDGET_TASKS_TRACKED,
+];
+
 /// Buckets for the sidecar's own overhead: tens of microseconds to tens of milliseconds.
 const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -146,6 +184,19 @@ const SESSION_DURATION_BUCKETS: &[f64] = &[
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
 ];
 
+/// Task lengths: seconds to a day.
+const TASK_DURATION_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 86400.0,
+];
+/// Counts per task (tool calls, failures, escalations): none to hundreds.
+const TASK_COUNT_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+/// Spend per task in USD: a hundredth of a cent to hundreds of dollars.
+const TASK_COST_BUCKETS: &[f64] = &[
+    0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 500.0,
+];
+
 /// Context-window utilisation: a tenth of the window up to overflow.
 const RATIO_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5];
 
@@ -157,10 +208,18 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets: [(&str, &[f64]); 10] = [
+            let buckets: [(&str, &[f64]); 18] = [
                 (TOOL_GATE_DELAY_SECONDS, GATE_BUCKETS),
                 (CONTEXT_UTILIZATION_RATIO, RATIO_BUCKETS),
                 (SESSION_STEPS, STEP_BUCKETS),
+                (TASK_STEPS, STEP_BUCKETS),
+                (TASK_LLM_CALLS, STEP_BUCKETS),
+                (TASK_TOOL_CALLS, TASK_COUNT_BUCKETS),
+                (TASK_TOOL_FAILURES, TASK_COUNT_BUCKETS),
+                (TASK_ESCALATIONS, TASK_COUNT_BUCKETS),
+                (TASK_TOKENS, TOKEN_BUCKETS),
+                (TASK_COST_USD, TASK_COST_BUCKETS),
+                (TASK_DURATION_SECONDS, TASK_DURATION_BUCKETS),
                 (SESSION_DURATION_SECONDS, SESSION_DURATION_BUCKETS),
                 (OVERHEAD_SECONDS, OVERHEAD_BUCKETS),
                 (REQUEST_DURATION_SECONDS, DURATION_BUCKETS),
@@ -280,6 +339,38 @@ fn describe() {
         SESSION_DURATION_SECONDS,
         Unit::Seconds,
         "Session length from first to last call, recorded when a session ends."
+    );
+    describe_gauge!(
+        TASKS_ACTIVE,
+        "Tasks with a call through this sidecar within the task idle timeout."
+    );
+    describe_counter!(
+        TASKS_UNTRACKED_TOTAL,
+        Unit::Count,
+        "New tasks not tracked for metrics and the admin API because identity.max_live_tasks were live (their budgets still apply)."
+    );
+    for (name, help) in [
+        (TASK_STEPS, "Admitted LLM calls (steps) per task through this sidecar, recorded when the task ends (idle timeout), by the agent of its first call."),
+        (TASK_LLM_CALLS, "LLM calls per task through this sidecar, refused ones included, recorded when the task ends."),
+        (TASK_TOOL_CALLS, "Tool calls the model made per task through this sidecar, recorded when the task ends."),
+        (TASK_TOOL_FAILURES, "Tool results reported failed per task through this sidecar, recorded when the task ends."),
+        (TASK_ESCALATIONS, "Calls calling a tool that needs approval (approval_required) per task through this sidecar, recorded when the task ends."),
+        (TASK_TOKENS, "Tokens (input + output) per task through this sidecar, recorded when the task ends."),
+    ] {
+        describe_histogram!(name, Unit::Count, help);
+    }
+    describe_histogram!(
+        TASK_COST_USD,
+        "Spend in USD per task through this sidecar (from the pricing table), recorded when the task ends."
+    );
+    describe_histogram!(
+        TASK_DURATION_SECONDS,
+        Unit::Seconds,
+        "Task length through this sidecar, first call's start to last call's end, recorded when the task ends."
+    );
+    describe_gauge!(
+        BUDGET_TASKS_TRACKED,
+        "Task budget records the store holds; each is forgotten budgets.task_retention after its last call."
     );
     describe_counter!(
         BUDGET_DECISIONS_TOTAL,

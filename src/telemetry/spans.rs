@@ -86,6 +86,8 @@ pub struct SpanEnd<'a> {
     pub usage_source: Option<&'static str>,
     /// Session id.
     pub session: Option<&'a Arc<str>>,
+    /// Task id (`task.id`).
+    pub task: Option<&'a Arc<str>>,
     /// Step number in the session.
     pub step: Option<u64>,
     /// Budget decision for the call.
@@ -331,6 +333,9 @@ impl CallSpan {
         if let Some(s) = f.session {
             attrs.str("session.id", s);
         }
+        if let Some(t) = f.task {
+            attrs.str("task.id", t);
+        }
         attrs.str("agent.name", &f.labels.agent);
         if let Some(step) = f.step {
             attrs.int("agent_step", i64::try_from(step).unwrap_or(i64::MAX));
@@ -545,6 +550,7 @@ mod tests {
         let (error_type, first_output, now) = end(started);
         let (labels, facts, record) = (labels(), facts(stream), record());
         let session: Arc<str> = Arc::from("sess-9");
+        let task: Arc<str> = Arc::from("task-3");
         call.finish(&SpanEnd {
             labels: &labels,
             facts: &facts,
@@ -557,6 +563,7 @@ mod tests {
             streamed: stream,
             usage_source: Some("provider"),
             session: Some(&session),
+            task: Some(&task),
             step: Some(4),
             budget_decision: Some(BudgetDecision::Allowed),
             policy_violations: &[PolicyViolation::MaxSteps],
@@ -620,7 +627,7 @@ mod tests {
             event.attributes[0].key,
             "gen_ai.response.time_to_first_chunk"
         );
-        let expected: [(&str, V); 22] = [
+        let expected: [(&str, V); 23] = [
             ("gen_ai.operation.name", s("chat")),
             ("gen_ai.provider.name", s("openai")),
             ("gen_ai.request.model", s("gpt-4o")),
@@ -638,6 +645,7 @@ mod tests {
             ("http.response.status_code", V::IntValue(200)),
             ("error.type", s("upstream_reset")),
             ("session.id", s("sess-9")),
+            ("task.id", s("task-3")),
             ("agent.name", s("planner")),
             ("agent_step", V::IntValue(4)),
             ("tokenwarden.budget.decision", s("allowed")),

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;

@@ -265,13 +265,16 @@ def agents():
         (q(0.5, "tokenwarden_task_cost_usd", "", AGENT), "p50"),
         (q(0.95, "tokenwarden_task_cost_usd", "", AGENT), "p95"),
     ], unit="currencyUSD", w=8, decimals=4,
-        description="Spend per task (a supervisor and its workers: one x-task-id, baggage task.id "
-                    "or trace id) through these sidecars, recorded when the task ends (idle "
-                    "timeout), by the agent of its first call.")
+        description="Spend per task (one x-task-id, baggage task.id or trace id) as each sidecar "
+                    "saw it, recorded when the task ends there (idle timeout), by the agent of "
+                    "its first call there: a task whose supervisor and workers run in other pods "
+                    "is one observation per sidecar. The shared spend of a task is on the admin "
+                    "API (GET /v1/tasks/{id}, from the Redis store).")
     b.panel("Steps per task p50 / p95", [
         (q(0.5, "tokenwarden_task_steps", "", AGENT), "p50"),
         (q(0.95, "tokenwarden_task_steps", "", AGENT), "p95"),
-    ], w=8, description="Admitted LLM calls per task, every agent of the task counted.")
+    ], w=8, description="Admitted LLM calls per task through one sidecar (every agent of the "
+                        "task that calls through it counted; other pods' sidecars record their own).")
     b.panel("Task duration p50 / p95", [
         (q(0.5, "tokenwarden_task_duration_seconds", "", AGENT), "p50"),
         (q(0.95, "tokenwarden_task_duration_seconds", "", AGENT), "p95"),

@@ -346,3 +346,44 @@ async fn task_numbers_become_histograms_when_the_task_goes_idle() {
         "an ended task with no budget record is gone"
     );
 }
+
+#[tokio::test]
+async fn expired_tasks_leave_the_redis_ranking_and_a_settlement_crossing_warn_at_is_counted() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let cfg = format!(
+        "routes:\n  - name: tasks\n    path_prefix: /\n    upstream: http://{}\nbudgets:\n  store:\n    kind: redis\n    url: {}\n    timeout: 300ms\n  task_retention: 1s\n  limits:\n    - scope: task\n      tokens: 1000\n      warn_at: 0.02\n",
+        m.addr(),
+        redis.url()
+    );
+    let (a, b) = (TestProxy::start(&cfg).await, TestProxy::start(&cfg).await);
+    // Task A spends more than task B will, then its record expires.
+    let (r, _) = call16(a.addr, "sup", "s-a", &[("x-task-id", "rank-a")]).await;
+    assert_eq!(r.status(), 200);
+    let (r, _) = call16(a.addr, "sup", "s-a", &[("x-task-id", "rank-a")]).await;
+    assert_eq!(r.status(), 200);
+    task_used(a.admin, "rank-a", 32).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (r, _) = call16(b.addr, "work", "s-b", &[("x-task-id", "rank-b")]).await;
+    assert_eq!(r.status(), 200);
+    task_used(b.admin, "rank-b", 16).await;
+    // From a proxy that never saw either task: the store's ranking alone, A gone from it.
+    let c = TestProxy::start(&cfg).await;
+    let (_, body) = get(&format!("http://{}/v1/tasks?top=1", c.admin)).await;
+    let top: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(top["tasks"][0]["task"], "rank-b", "{top}");
+    assert_eq!(top["tasks"].as_array().unwrap().len(), 1, "{top}");
+    // 16 of 1000 tokens crossed warn_at 0.02 (20 tokens)? No: 16 < 20. B's second call does.
+    let (r, _) = call16(b.addr, "work", "s-b", &[("x-task-id", "rank-b")]).await;
+    assert_eq!(r.status(), 200);
+    task_used(b.admin, "rank-b", 32).await;
+    let text = b.metrics().await;
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_budget_warn_crossed_total",
+            &[("scope", "task")]
+        ) >= 1.0,
+        "{text}"
+    );
+}

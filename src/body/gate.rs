@@ -26,13 +26,12 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::providers::{Gated, ToolCall, ToolGate};
-use crate::record::MAX_PARSE_BYTES;
 use crate::sse::{raw, SseDecoder, SseItem};
 
 /// Largest event (raw bytes) held while its end has not arrived, and largest event read: as large
-/// as a held JSON body, since an event the gate cannot read is refused (a Gemini chunk carrying an
+/// as a held JSON body (8 MiB), since an event the gate cannot read is refused (a Gemini chunk carrying an
 /// image runs to megabytes).
-pub const MAX_HELD: usize = MAX_PARSE_BYTES;
+pub const MAX_HELD: usize = 8 * 1024 * 1024;
 
 /// Largest total of withheld tool-call events; past it the stream is refused as unreadable.
 pub const MAX_WITHHELD: usize = 2 * MAX_HELD;

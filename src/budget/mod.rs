@@ -40,6 +40,9 @@ pub use store::Totals;
 use store::{Charge, Grant, Lease, Reserved, Store, StoreError, Want};
 use webhook::{Alert, Webhook};
 
+/// Ranked ids checked per upkeep for records that expired (Redis).
+const PRUNE_BATCH: usize = 200;
+
 /// Alerts remembered for de-duplication before the memory is cleared.
 const MAX_ALERT_MEMORY: usize = 100_000;
 
@@ -615,6 +618,8 @@ impl Budgets {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_snapshot = tokio::time::Instant::now();
         let mut last_renewal = tokio::time::Instant::now();
+        // Where the pruning of the sessions and tasks rankings goes on from.
+        let mut cursors = [0u64; 2];
         loop {
             tick.tick().await;
             // Set every tick: the recorder may not have existed when the store last changed.
@@ -642,6 +647,13 @@ impl Budgets {
                     if last_renewal.elapsed() >= self.lease_ttl / 3 {
                         last_renewal = tokio::time::Instant::now();
                         self.renew_leases(r).await;
+                        // Expired records leave the rankings a batch at a time, so the counts
+                        // below (and `top`) say what the store holds.
+                        for (i, prefix) in [SESSION_PREFIX, TASK_PREFIX].into_iter().enumerate() {
+                            if let Ok(next) = r.prune(prefix, cursors[i], PRUNE_BATCH).await {
+                                cursors[i] = next;
+                            }
+                        }
                         if let Ok(n) = r.count(SESSION_PREFIX).await {
                             gauge!(m::BUDGET_SESSIONS_TRACKED).set(n as f64);
                         }
@@ -711,15 +723,36 @@ impl Budgets {
     }
 
     /// After a settle: gauges, and warn / observe alerts on the counters' new totals.
-    fn settled(&self, held: &Held, res: Result<Vec<u64>, StoreError>, facts: &CallFacts, now: u64) {
+    /// `spent` is what the call came to, in tokens and nano-USD.
+    fn settled(
+        &self,
+        held: &Held,
+        res: Result<Vec<u64>, StoreError>,
+        facts: &CallFacts,
+        now: u64,
+        spent: (u64, u64),
+    ) {
         match res {
             Ok(used) => {
                 self.mark_store(true);
                 for (&i, u) in held.limits.iter().zip(used) {
                     let l = &self.limits[i];
                     self.ratio(l, &facts.agent, u);
-                    if l.warn_at.is_some_and(|r| u as f64 >= r * l.amount as f64) {
-                        self.alert(&held.key, facts, l, u, BudgetDecision::Warned, now);
+                    if let Some(r) = l.warn_at {
+                        let at = r * l.amount as f64;
+                        if u as f64 >= at {
+                            self.alert(&held.key, facts, l, u, BudgetDecision::Warned, now);
+                        }
+                        let actual = match l.unit {
+                            Unit::Tokens => spent.0,
+                            Unit::Usd => spent.1,
+                        };
+                        // This call's spend took the counter over the threshold: the moment
+                        // the warn alert is about, whether or not another call is admitted.
+                        if (u.saturating_sub(actual) as f64) < at && u as f64 >= at {
+                            counter!(m::BUDGET_WARN_CROSSED_TOTAL, "scope" => l.scope_str())
+                                .increment(1);
+                        }
                     }
                     if l.action == LimitAction::Observe && u > l.amount {
                         self.alert(&held.key, facts, l, u, BudgetDecision::Observed, now);
@@ -818,7 +851,7 @@ impl Admission {
                 // No I/O: settle in place, so the next call of the session sees it.
                 Store::Memory(m) => {
                     let res = Ok(m.settle(&held.key, now, &charges, totals));
-                    b.settled(&held, res, &facts, now);
+                    b.settled(&held, res, &facts, now, (tokens, cost));
                 }
                 Store::Redis(_) => {
                     if let Some(id) = held.lease {
@@ -834,7 +867,7 @@ impl Admission {
                             .store
                             .settle(&held.key, now, &charges, totals, held.lease)
                             .await;
-                        b.settled(&held, res, &facts, now);
+                        b.settled(&held, res, &facts, now, (tokens, cost));
                         if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
                             b.settling.notify_waiters();
                         }

@@ -383,6 +383,9 @@ impl RedisStore {
         Ok((!h.is_empty()).then(|| group_from_hash(&h)))
     }
 
+    /// The `n` records of `prefix` with the most tokens. A ranked id whose record expired is
+    /// taken out of the ranking on the way (rankings never expire as a whole), and the next one
+    /// looked at instead, within a bounded scan.
     pub(super) async fn top(
         &self,
         prefix: &str,
@@ -391,17 +394,75 @@ impl RedisStore {
         let Some((ranking, _)) = ranked(prefix).filter(|_| n > 0) else {
             return Ok(Vec::new());
         };
-        let stop = isize::try_from(n).unwrap_or(isize::MAX) - 1;
-        let ids: Vec<String> = self
-            .run(|mut c| async move { c.zrevrange(ranking, 0, stop).await })
-            .await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(g) = self.get(&format!("{prefix}{id}")).await? {
-                out.push((id, g));
+        let mut out = Vec::with_capacity(n.min(256));
+        let page = n.clamp(16, 256);
+        let limit = n.saturating_mul(4).saturating_add(256);
+        let mut start = 0usize;
+        while out.len() < n && start < limit {
+            let (from, to) = (
+                isize::try_from(start).unwrap_or(isize::MAX),
+                isize::try_from(start + page - 1).unwrap_or(isize::MAX),
+            );
+            let ids: Vec<String> = self
+                .run(|mut c| async move { c.zrevrange(ranking, from, to).await })
+                .await?;
+            if ids.is_empty() {
+                break;
+            }
+            let mut gone = Vec::new();
+            for id in ids {
+                match self.get(&format!("{prefix}{id}")).await? {
+                    Some(g) if out.len() < n => out.push((id, g)),
+                    Some(_) => {}
+                    None => gone.push(id),
+                }
+                start += 1;
+            }
+            if !gone.is_empty() {
+                // Removed members shift the ranks after them down.
+                start -= gone.len();
+                self.run(|mut c| async move { c.zrem::<_, _, ()>(ranking, gone).await })
+                    .await?;
             }
         }
         Ok(out)
+    }
+
+    /// Take up to `batch` ranked ids of `prefix` whose records expired out of its ranking,
+    /// scanning on from where the last call stopped (`cursor`); the next cursor.
+    pub(super) async fn prune(
+        &self,
+        prefix: &str,
+        cursor: u64,
+        batch: usize,
+    ) -> Result<u64, StoreError> {
+        let Some((ranking, _)) = ranked(prefix) else {
+            return Ok(0);
+        };
+        let (next, page): (u64, Vec<(String, f64)>) = self
+            .run(|mut c| async move {
+                redis::cmd("ZSCAN")
+                    .arg(ranking)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(batch)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut gone = Vec::new();
+        for (id, _) in page {
+            let k = redis_key(&format!("{prefix}{id}"));
+            let exists: bool = self.run(|mut c| async move { c.exists(k).await }).await?;
+            if !exists {
+                gone.push(id);
+            }
+        }
+        if !gone.is_empty() {
+            self.run(|mut c| async move { c.zrem::<_, _, ()>(ranking, gone).await })
+                .await?;
+        }
+        Ok(next)
     }
 
     pub(super) async fn reset(&self, key: &str) -> Result<bool, StoreError> {

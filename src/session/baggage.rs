@@ -14,8 +14,10 @@ pub fn get(header: &str, key: &str) -> Option<String> {
         if k.trim() != key {
             continue;
         }
+        // Whitespace decoded from `%20` is as empty as none: such a value names nothing.
         let v = percent_decode(v.trim())?;
-        return (!v.is_empty()).then_some(v);
+        let v = v.trim();
+        return (!v.is_empty()).then(|| v.to_string());
     }
     None
 }
@@ -53,6 +55,12 @@ mod tests {
         assert_eq!(get(h, "userId").as_deref(), Some("alice"));
         assert_eq!(get(h, "missing"), None);
         assert_eq!(get("session.id=", "session.id"), None);
+        assert_eq!(
+            get("task.id=%20", "task.id"),
+            None,
+            "whitespace names nothing"
+        );
+        assert_eq!(get("task.id=%20t%20", "task.id").as_deref(), Some("t"));
         assert_eq!(get("session.id=%zz", "session.id"), None);
         assert_eq!(get("garbage,,;=", "session.id"), None);
     }

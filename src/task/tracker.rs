@@ -167,9 +167,22 @@ impl Tasks {
 
     /// Forget task `id` here (admin reset): its next call starts it again.
     pub fn reset(&self, id: &str) -> bool {
-        let removed = self.live.remove(id).is_some();
+        // A task with calls in flight keeps its entry, numbers cleared: their ends must find
+        // it (and keep it from expiring under them), not a newer entry of the same id.
+        let found = match self.live.remove_if(id, |_, e| e.in_flight == 0) {
+            Some(_) => true,
+            None => self
+                .live
+                .get_mut(id)
+                .map(|mut e| {
+                    let calls = e.in_flight;
+                    e.numbers = TaskNumbers::default();
+                    e.numbers.llm_calls = u64::from(calls);
+                })
+                .is_some(),
+        };
         gauge!(m::TASKS_ACTIVE).set(self.live.len() as f64);
-        removed
+        found
     }
 
     /// Number of live tasks.
@@ -300,7 +313,36 @@ mod tests {
         t.end("1", done(true, 100), t0);
         let top: Vec<_> = t.top(5, t0).into_iter().map(|(id, _)| id).collect();
         assert_eq!(&*top[0], "1");
+        // Every call of "1" (three) and "2" (two) ended: nothing in flight.
+        t.end("1", done(true, 1), t0);
+        t.end("1", done(true, 1), t0);
+        t.end("2", done(true, 1), t0);
+        t.end("2", done(true, 1), t0);
         assert!(t.reset("1"));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn a_reset_under_a_call_in_flight_keeps_the_entry_that_call_ends_in() {
+        let t = Tasks::new(Duration::from_secs(1), 10);
+        let t0 = Instant::now();
+        let (id, agent) = (Arc::<str>::from("t"), Arc::<str>::from("a"));
+        assert!(t.begin(&id, &agent, t0)); // call A, streaming
+        t.end("t", done(true, 40), t0);
+        assert!(t.begin(&id, &agent, t0)); // call B
+        assert!(t.reset("t"), "admin reset while B streams");
+        let s = t.get("t", t0).unwrap();
+        assert_eq!(
+            (s.in_flight, s.numbers.spent.input),
+            (1, 0),
+            "numbers cleared"
+        );
+        // B outlives the idle time: the task is not ended under it.
+        assert_eq!(t.expire(t0 + Duration::from_secs(5)), 0);
+        t.end("t", done(true, 7), t0 + Duration::from_secs(5));
+        let s = t.get("t", t0 + Duration::from_secs(5)).unwrap();
+        assert_eq!(s.numbers.spent.input, 7, "B's numbers kept");
+        assert!(t.reset("t"));
+        assert!(t.is_empty(), "idle: removed");
     }
 }

@@ -41,6 +41,8 @@ pub const SESSION_STEPS: &str = "tokenwarden_session_steps";
 pub const SESSION_DURATION_SECONDS: &str = "tokenwarden_session_duration_seconds";
 /// Budget decisions by scope and decision (allowed|warned|rejected|cut|observed).
 pub const BUDGET_DECISIONS_TOTAL: &str = "tokenwarden_budget_decisions_total";
+/// Settlements that took a scope's spend from below its `warn_at` to at or over it, by scope.
+pub const BUDGET_WARN_CROSSED_TOTAL: &str = "tokenwarden_budget_warn_crossed_total";
 /// Budget breaches (rejected, cut, observed over the limit) by scope and agent.
 pub const BUDGET_EXCEEDED_TOTAL: &str = "tokenwarden_budget_exceeded_total";
 /// Spend in USD by agent and model (a gauge that only grows: the facade's counters are integers).
@@ -428,6 +430,11 @@ fn describe() {
         TOOL_GATE_DELAY_SECONDS,
         Unit::Seconds,
         "Delay gating adds to a streamed tool call that passes: its completing frame in to its release, by agent."
+    );
+    describe_counter!(
+        BUDGET_WARN_CROSSED_TOTAL,
+        Unit::Count,
+        "Settlements that took a scope's spend over its warn_at threshold, by scope."
     );
     describe_counter!(
         POLICY_VIOLATIONS_TOTAL,

@@ -184,7 +184,7 @@ where
             let Some(observer) = this.observer.as_mut() else {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             };
-            let out = match (*this.framing, *this.armed) {
+            let mut out = match (*this.framing, *this.armed) {
                 (Framing::Other, _) => data,
                 (Framing::Json, false) => {
                     copy_json(this.pending, this.unread, &data);
@@ -207,8 +207,9 @@ where
                         this.pending.clear();
                         let out = observer.oversized(true).unwrap_or_default();
                         *this.state = State::Replacing(out);
+                        continue;
                     }
-                    continue;
+                    Bytes::new()
                 }
                 (Framing::Sse, true) => {
                     let (out, stop) = armed_sse(observer, this.decoder, this.pending, data);
@@ -218,12 +219,32 @@ where
                         *this.state = State::Replacing(b.freeze());
                         continue;
                     }
-                    if out.is_empty() {
-                        continue;
-                    }
                     out
                 }
             };
+            if this.inner.is_end_stream() {
+                // hyper stops polling a body whose length it knows once it has it all: the end
+                // is handled with its last frame.
+                let tail = end_of_body(
+                    this.observer,
+                    *this.framing,
+                    *this.armed,
+                    this.pending,
+                    *this.unread,
+                );
+                finish(this.observer, this.state, BodyEnd::Complete);
+                if let Some(tail) = tail {
+                    let mut b = BytesMut::from(out);
+                    b.extend_from_slice(&tail);
+                    out = b.freeze();
+                }
+            }
+            if out.is_empty() {
+                if matches!(this.state, State::Done) {
+                    return Poll::Ready(None);
+                }
+                continue;
+            }
             return Poll::Ready(Some(Ok(Frame::data(out))));
         }
     }

@@ -243,6 +243,61 @@ async fn python_sdk_through_the_proxy_sse_answers_default_mode() {
     sdk_round("sse", "auto").await;
 }
 
+/// The TypeScript SDK's client through the proxy, against the Python SDK's server (SSE answers):
+/// the handshake, the session id, the filtered list, a call, a refusal the SDK raises, and the
+/// DELETE that ends the session.
+#[tokio::test]
+async fn typescript_sdk_client_through_the_proxy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::var("MCP_SDK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join(".tools/mcp-sdk"));
+    assert!(
+        dir.join("node_modules/@modelcontextprotocol/sdk").exists(),
+        "no MCP TypeScript SDK in {}: run `scripts/test.sh` (it installs @modelcontextprotocol/sdk \
+         from npm into .tools/mcp-sdk) or set MCP_SDK_DIR",
+        dir.display()
+    );
+    let server = PyServer::start("sse", &[]).await;
+    let p = TestProxy::start(&format!("{}{POLICY}", route(&server.addr(), ""))).await;
+    let out = Command::new("node")
+        .arg(root.join("tests/sdk/mcp_ts_client.mjs"))
+        .args([p.url("/tools/mcp").as_str(), "ts-session", "mcp-agent"])
+        .env("MCP_SDK_DIR", &dir)
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(v["tools"], json!(["add", "fail", "slow"]), "{v}");
+    assert!(
+        v["session_id"].as_str().is_some_and(|s| s.len() >= 16),
+        "{v}"
+    );
+    assert_eq!(v["add"]["text"], "42", "{v}");
+    assert_eq!(v["delete_all"]["raised"], true, "{v}");
+    assert_eq!(v["delete_all"]["code"], -32001, "{v}");
+    let executed = server.executed().await;
+    assert_eq!(
+        executed.len(),
+        1,
+        "only add reached the server: {executed:?}"
+    );
+    let text = p.metrics().await;
+    assert!(
+        metric_sum(
+            &text,
+            "tokenwarden_requests_total",
+            &[("route", "tools"), ("provider", "mcp")]
+        ) >= 5.0,
+        "{text}"
+    );
+}
+
 /// POST `body` to an MCP endpoint with the transport's headers.
 async fn mcp_post(url: &str, session: Option<&str>, body: &str) -> (http::Response<()>, Bytes) {
     let mut req = Request::post(url)

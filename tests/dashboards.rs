@@ -90,6 +90,7 @@ fn dashboards_are_templated_and_current() {
 fn exported(name: &str) -> bool {
     let base = name.strip_suffix("_bucket").unwrap_or(name);
     tokenwarden::telemetry::metrics::CONTRACT_NAMES.contains(&base)
+        || tokenwarden::telemetry::metrics::TOOL_LEG_NAMES.contains(&base)
 }
 
 #[test]

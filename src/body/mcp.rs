@@ -397,11 +397,11 @@ mod tests {
         }
     }
 
-    fn frames(
-        parts: &[&'static [u8]],
-    ) -> http_body_util::StreamBody<
+    type Frames = http_body_util::StreamBody<
         futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
-    > {
+    >;
+
+    fn frames(parts: &[&'static [u8]]) -> Frames {
         let v: Vec<Result<Frame<Bytes>, std::io::Error>> = parts
             .iter()
             .map(|p| Ok(Frame::data(Bytes::from_static(p))))

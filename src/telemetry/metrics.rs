@@ -106,8 +106,10 @@ pub const CONTRACT_NAMES: &[&str] = &[
     OVERHEAD_SECONDS,
     SPANS_DROPPED_TOTAL,
     BUILD_INFO,
-    TOOL_EXECUTIONS_TOTAL,
 ];
+
+/// Metric names CONTRACT.md's "Added for the tool leg" section fixes that this build records.
+pub const TOOL_LEG_NAMES: &[&str] = &[TOOL_EXECUTIONS_TOTAL];
 
 /// Buckets for the sidecar's own overhead: tens of microseconds to tens of milliseconds.
 const OVERHEAD_BUCKETS: &[f64] = &[

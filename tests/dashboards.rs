@@ -99,7 +99,11 @@ fn every_query_uses_exported_metrics() {
         for e in exprs(&b) {
             let used: Vec<&str> = e
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|w| w.starts_with("tokenwarden_") || w.starts_with("gen_ai_client_"))
+                .filter(|w| {
+                    w.starts_with("tokenwarden_")
+                        || w.starts_with("gen_ai_client_")
+                        || w.starts_with("mcp_client_")
+                })
                 .collect();
             assert!(!used.is_empty(), "{name}: {e}");
             for m in used {

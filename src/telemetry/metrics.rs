@@ -108,8 +108,9 @@ pub const CONTRACT_NAMES: &[&str] = &[
     BUILD_INFO,
 ];
 
-/// Metric names CONTRACT.md's "Added for the tool leg" section fixes that this build records.
-pub const TOOL_LEG_NAMES: &[&str] = &[TOOL_EXECUTIONS_TOTAL];
+/// Exported names outside CONTRACT.md's "Prometheus metrics" list: the tool leg's (its "Added for
+/// the tool leg" section) and the MCP conventions' duration histogram (dashboards use them).
+pub const TOOL_LEG_NAMES: &[&str] = &[TOOL_EXECUTIONS_TOTAL, MCP_OPERATION_DURATION];
 
 /// Buckets for the sidecar's own overhead: tens of microseconds to tens of milliseconds.
 const OVERHEAD_BUCKETS: &[f64] = &[

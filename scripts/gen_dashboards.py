@@ -298,6 +298,22 @@ def agents():
         f"sum by (tool, outcome) (rate(tokenwarden_tool_results_total{{{AGENT}}}[{RATE}]))",
         "{{tool}} {{outcome}}")], unit="reqps", w=12, stack=True,
         description="Tool results the agent sends back; error = the tool failed.")
+    b.row("MCP tool servers")
+    b.panel("Tool executions by outcome", [(
+        f"sum by (tool, outcome) (rate(tokenwarden_tool_executions_total{{{AGENT}}}[{RATE}]))",
+        "{{tool}} {{outcome}}")], unit="reqps", w=8, stack=True,
+        description="Tool calls agents executed through MCP routes: ok, error (a JSON-RPC error "
+                    "or an isError result) or refused by a policy.")
+    b.panel("Tool failure ratio by server", [(
+        f'sum by (server) (rate(tokenwarden_tool_executions_total{{{AGENT}, outcome="error"}}[{RATE}]))'
+        f' / sum by (server) (rate(tokenwarden_tool_executions_total{{{AGENT}, outcome=~"ok|error"}}[{RATE}]))',
+        "{{server}}")], unit="percentunit", w=8,
+        description="Failed executed calls over executed calls (refusals left out).")
+    b.panel("MCP request duration p95 by method", [
+        (q(0.95, "mcp_client_operation_duration_seconds", "mcp_method_name, server", ""),
+         "{{server}} {{mcp_method_name}}"),
+    ], unit="s", w=8,
+        description="From the agent's request to the MCP server's answer (mcp.client.operation.duration).")
     b.row("Policies")
     b.panel("Policy violations by policy", [(
         f"sum by (policy) (rate(tokenwarden_policy_violations_total{{{AGENT}}}[{RATE}]))",

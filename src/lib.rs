@@ -6,11 +6,13 @@
 //! - [`sse`] — incremental SSE and NDJSON decoders (bytes only).
 //! - [`tokens`] — token counts of text (o200k tokenizer).
 //! - [`http_client`] — the pooled hyper + rustls client every outbound call uses.
+//! - [`mcp`] — the Model Context Protocol's JSON-RPC messages and `tools/list` results (no HTTP).
 //! - [`providers`] — one folder per provider format behind the `Adapter` trait and its registry:
 //!   request facts, response and stream parsing, usage, tools, content, stream rewrites.
 //! - [`record`] — the call record the consumers read: labels, facts, usage and its source, the
 //!   finished call, typed states.
-//! - [`body`] — response body wrappers: observing pass-through, cut at a budget, hidden usage.
+//! - [`body`] — response body wrappers: observing pass-through, cut at a budget, hidden usage,
+//!   MCP answers read message by message.
 //! - [`session`] — session id, step counter, idle expiry, per-session totals.
 //! - [`task`] — task id (header, baggage, trace id), per-task numbers of this sidecar, idle expiry.
 //! - [`telemetry`] — logging, metric names and recorder, bounded labels, spans and their export.
@@ -24,6 +26,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod http_client;
+pub mod mcp;
 pub mod policy;
 pub mod providers;
 pub mod proxy;

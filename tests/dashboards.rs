@@ -88,12 +88,12 @@ fn dashboards_are_templated_and_current() {
 /// Whether `name` (a series name in a query) is a metric the proxy exports: a contract name or a
 /// per-task metric, or a histogram's `_bucket`, `_sum` or `_count` series of one.
 fn exported(name: &str) -> bool {
-    use tokenwarden::telemetry::metrics::{CONTRACT_NAMES, TASK_NAMES};
+    use tokenwarden::telemetry::metrics::{CONTRACT_NAMES, TASK_NAMES, TOOL_LEG_NAMES};
     let base = ["_bucket", "_sum", "_count"]
         .iter()
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name);
-    CONTRACT_NAMES.contains(&base) || TASK_NAMES.contains(&base)
+    CONTRACT_NAMES.contains(&base) || TASK_NAMES.contains(&base) || TOOL_LEG_NAMES.contains(&base)
 }
 
 #[test]
@@ -102,7 +102,11 @@ fn every_query_uses_exported_metrics() {
         for e in exprs(&b) {
             let used: Vec<&str> = e
                 .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|w| w.starts_with("tokenwarden_") || w.starts_with("gen_ai_client_"))
+                .filter(|w| {
+                    w.starts_with("tokenwarden_")
+                        || w.starts_with("gen_ai_client_")
+                        || w.starts_with("mcp_client_")
+                })
                 .collect();
             assert!(!used.is_empty(), "{name}: {e}");
             for m in used {

@@ -9,8 +9,9 @@
 //!
 //! Two checks: no circle anywhere (a circle names its modules and the lines that close it), and
 //! the layer rules ARCHITECTURE.md states: `config` imports nothing of ours; the call record's
-//! consumers (`budget`, `policy`, `session`, `task`, `telemetry`) never import `proxy` or `server`; the
-//! lower floors (`sse`, `tokens`, `providers`, `record`, `body`) import no consumer; and outside
+//! consumers (`budget`, `policy`, `session`, `task`, `telemetry`) never import `proxy` or `server`;
+//! the lower floors (`sse`, `tokens`, `mcp`, `providers`, `record`, `body`) import no consumer
+//! (`mcp` imports only `sse`); and outside
 //! `providers/` no module names a provider format's variants (`Format::…`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -445,6 +446,23 @@ fn the_layers_point_one_way() {
         ("sse", &["*"]),
         ("tokens", &["*"]),
         ("http_client", &["*but config"]),
+        (
+            "mcp",
+            &[
+                "config",
+                "tokens",
+                "http_client",
+                "providers",
+                "record",
+                "body",
+                "session",
+                "telemetry",
+                "budget",
+                "policy",
+                "proxy",
+                "server",
+            ],
+        ),
         (
             "providers",
             &[

@@ -268,13 +268,66 @@ async fn traffic(p: &TestProxy) {
         refused |= r.status() == 402;
     }
     assert!(refused, "the session budget refused a call");
+    // Tool calls through an MCP route: executed (one fails) and refused.
+    let mcp = p.url("/tools/mcp");
+    for (i, tool) in ["search", "search", "fail", "delete_customer_data"]
+        .iter()
+        .enumerate()
+    {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"{tool}","arguments":{{}}}}}}"#
+        );
+        let (r, b) = post(
+            &mcp,
+            &[support, ("accept", "application/json, text/event-stream")],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&b));
+    }
+}
+
+/// A minimal MCP tool server (JSON answers): `tools/call` of `fail` answers `isError: true`,
+/// every other call succeeds.
+async fn mcp_stub() -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let failed = v["params"]["name"] == "fail";
+                        let answer = serde_json::json!({"jsonrpc": "2.0", "id": v["id"],
+                        "result": {"content": [{"type": "text", "text": "ok"}], "isError": failed}});
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(
+                                    answer.to_string(),
+                                )))
+                                .unwrap(),
+                        )
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_query_real_metrics_and_the_breach_alert_fires() {
     let m = mock().await;
+    let tools = mcp_stub().await;
     let p = TestProxy::start(&format!(
-        "routes:\n  - name: anthropic\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: http://{a}\n  - name: openai\n    path_prefix: /\n    upstream: http://{a}\n{CONFIG}",
+        "routes:\n  - name: anthropic\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: http://{a}\n  - name: tools\n    path_prefix: /tools\n    strip_prefix: true\n    protocol: mcp\n    upstream: http://{tools}\n  - name: openai\n    path_prefix: /\n    upstream: http://{a}\n{CONFIG}",
         a = m.addr()
     ))
     .await;

@@ -111,6 +111,16 @@ pub fn request_hash(doc: &Value) -> u64 {
     h.finish()
 }
 
+/// Hash of one executed tool call: the tool and its arguments (key order does not matter).
+/// Tool calls and LLM requests share a session's history; their hashes differ by construction.
+pub fn tool_call_hash(tool: &str, arguments: Option<&Value>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    "tools/call".hash(&mut h);
+    tool.hash(&mut h);
+    hash_value(arguments.unwrap_or(&Value::Null), &mut h);
+    h.finish()
+}
+
 fn hash_value(v: &Value, h: &mut impl Hasher) {
     match v {
         Value::Null => 0u8.hash(h),

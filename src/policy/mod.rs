@@ -11,6 +11,9 @@
 //! [`Policies::commit`] once budgets admitted the call too. A refused call, and every retry of it
 //! a client makes, leaves the session as it was.
 //!
+//! MCP tool calls (`mcp.rs`): each executed `tools/call` against the lists, `max_steps`, loop
+//! detection and the `inputSchema` its server declared; `tools/list` results filtered.
+//!
 //! Response side ([`ResponseCheck::review`]): every tool call the model emitted against the
 //! lists, the request's declared tools and their JSON Schemas, and `require_approval`.
 //!
@@ -20,12 +23,14 @@
 mod context;
 mod input;
 mod loops;
+mod mcp;
 mod tools;
 mod validate;
 
 pub use context::ModelCatalog;
 pub use input::ForbiddenInput;
 pub use loops::{request_hash, LoopTracker};
+pub use mcp::ToolSchemas;
 pub use tools::ToolRules;
 pub use validate::{check_calls, Finding};
 
@@ -112,6 +117,8 @@ pub struct PolicySet {
 pub struct Policies {
     set: ArcSwap<PolicySet>,
     loops: LoopTracker,
+    /// Tool schemas MCP servers declared, per MCP session (outside the set: a reload keeps them).
+    schemas: ToolSchemas,
     labels: Arc<Labels>,
 }
 
@@ -335,6 +342,7 @@ impl Policies {
         Self {
             set: ArcSwap::from_pointee(set),
             loops: LoopTracker::default(),
+            schemas: ToolSchemas::default(),
             labels,
         }
     }
@@ -580,6 +588,133 @@ impl Policies {
             policy: PolicyViolation::MaxSteps,
             message: steps_message(max, &p.agent),
         }
+    }
+}
+
+/// Which tools an agent may see and call (its lists restrict).
+#[derive(Clone)]
+pub struct ToolFilter(Arc<AgentRules>);
+
+// === impl ToolFilter ===
+
+impl ToolFilter {
+    /// Whether the agent may see and call `name`.
+    pub fn permits(&self, name: &str) -> bool {
+        self.0.tools.permits(name)
+    }
+}
+
+// === impl Policies: MCP tool calls ===
+
+impl Policies {
+    /// The tool filter of `agent`, when its lists restrict what it may use.
+    pub fn tool_filter(&self, agent: &str) -> Option<ToolFilter> {
+        let set = self.set.load();
+        let rules = set.rules_for(agent);
+        rules.tools.restricts().then(|| ToolFilter(rules.clone()))
+    }
+
+    /// Declared tool schemas per MCP session.
+    pub fn tool_schemas(&self) -> &ToolSchemas {
+        &self.schemas
+    }
+
+    /// The policies on one `tools/call` the agent makes to tool server session `key`: refused
+    /// (denied tool, `max_steps`, a blocking approval, invalid-argument or loop rule) or let
+    /// through with its side effects pending (commit with [`Policies::commit`]).
+    pub fn admit_tool_call(
+        &self,
+        asker: &Asker<'_>,
+        key: &str,
+        tool: &str,
+        args: Option<&Value>,
+    ) -> Result<Pending, Refusal> {
+        let set = self.set.load();
+        let rules = set.rules_for(asker.agent).clone();
+        let agent = asker.agent;
+        let mut violations = Vec::new();
+        let mut pending = Pending {
+            agent: agent.clone(),
+            now: asker.now,
+            violations: Vec::new(),
+            max_steps: rules.max_steps,
+            loop_hash: None,
+            longest_loop_window: set.longest_loop_window,
+            tool_results: Vec::new(),
+            context: None,
+        };
+        if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
+            if step > max {
+                let msg = steps_message(max, agent);
+                return Err(refuse(
+                    &mut violations,
+                    agent,
+                    PolicyViolation::MaxSteps,
+                    msg,
+                ));
+            }
+        }
+        if !rules.tools.permits(tool) {
+            let msg = format!(
+                "agent '{agent}' may not use tool '{tool}'; tokenwarden did not forward the call"
+            );
+            return Err(refuse(
+                &mut violations,
+                agent,
+                PolicyViolation::DeniedTool,
+                msg,
+            ));
+        }
+        if rules.tools.needs_approval(tool) {
+            if rules.approval_action == Enforcement::Block {
+                let msg = format!(
+                    "tool '{tool}' requires human approval; tokenwarden did not forward the call"
+                );
+                return Err(refuse(
+                    &mut violations,
+                    agent,
+                    PolicyViolation::ApprovalRequired,
+                    msg,
+                ));
+            }
+            flag(&mut violations, PolicyViolation::ApprovalRequired);
+        }
+        let not_object = args.is_some_and(|a| !a.is_object());
+        let invalid = not_object
+            || self
+                .schemas
+                .invalid(key, tool, args, asker.now)
+                .unwrap_or(false);
+        if invalid {
+            if rules.tool_call_action == Enforcement::Block {
+                let msg = format!("the arguments of this call to tool '{tool}' do not match the inputSchema the server declared; tokenwarden did not forward the call");
+                return Err(refuse(
+                    &mut violations,
+                    agent,
+                    PolicyViolation::InvalidToolArgs,
+                    msg,
+                ));
+            }
+            flag(&mut violations, PolicyViolation::InvalidToolArgs);
+        }
+        let ld = rules.loop_detection;
+        if let (true, Some(session)) = (ld.enabled, asker.session) {
+            let hash = loops::tool_call_hash(tool, args);
+            let n = self.loops.peek(session, hash, asker.now, ld.window);
+            pending.loop_hash = Some((hash, ld.window));
+            if n >= ld.threshold {
+                if ld.action == Enforcement::Block {
+                    let msg = format!(
+                        "the same call to tool '{tool}' was made {n} times in this session within {}",
+                        humantime_window(ld.window)
+                    );
+                    return Err(refuse(&mut violations, agent, PolicyViolation::Loop, msg));
+                }
+                flag(&mut violations, PolicyViolation::Loop);
+            }
+        }
+        pending.violations = violations;
+        Ok(pending)
     }
 }
 

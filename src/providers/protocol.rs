@@ -23,6 +23,8 @@ pub enum RouteProtocol {
     Passthrough,
     /// One provider's protocol (`openai`, `anthropic`, ...): the formats that name it.
     Named(&'static str),
+    /// An MCP server (streamable HTTP): no LLM format; the proxy's MCP path serves it.
+    Mcp,
 }
 
 /// The JSON error shape a route's clients understand: a format's, or OpenAI's (which every
@@ -50,6 +52,7 @@ impl RouteProtocol {
         match name {
             AUTO => Some(RouteProtocol::Auto),
             PASSTHROUGH => Some(RouteProtocol::Passthrough),
+            crate::mcp::PROTOCOL => Some(RouteProtocol::Mcp),
             n => Format::ALL
                 .iter()
                 .map(|f| f.adapter().protocol())
@@ -68,6 +71,7 @@ impl RouteProtocol {
             }
         }
         out.push(PASSTHROUGH);
+        out.push(crate::mcp::PROTOCOL);
         out
     }
 }
@@ -130,6 +134,12 @@ pub fn classify(configured: RouteProtocol, path: &str) -> Classified {
             None => return passthrough(),
         },
         RouteProtocol::Passthrough => return passthrough(),
+        RouteProtocol::Mcp => {
+            return Classified {
+                provider: crate::mcp::PROTOCOL,
+                ..passthrough()
+            }
+        }
     };
     let mut formats = Format::ALL
         .iter()
@@ -236,7 +246,8 @@ mod tests {
                 "gemini",
                 "ollama",
                 "openai",
-                "passthrough"
+                "passthrough",
+                "mcp"
             ]
         );
         assert_eq!(

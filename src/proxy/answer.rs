@@ -6,7 +6,7 @@ use http::Response;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::body::{Cut, Gate, ObservedBody, StripUsage};
+use crate::body::{Cut, Gate, McpBody, ObservedBody, StripUsage};
 use crate::providers::protocol::ErrorShape;
 use crate::record::UpstreamError;
 
@@ -17,9 +17,18 @@ use super::error::ProxyError;
 /// tool calls (each a pass-through unless armed).
 pub type Upstream = Gate<Cut<ObservedBody<Incoming, Call>>>;
 
+/// An MCP server's answer as it is forwarded: observed, read message by message.
+pub type McpUpstream = McpBody<ObservedBody<Incoming, Call>, super::mcp::Exchange>;
+
 /// The body of every response the proxy returns: the upstream's (and, for injected stream
-/// usage, rewritten), or one the proxy made itself.
-pub type ProxyBody = Either<Upstream, Either<StripUsage<Upstream>, Full<Bytes>>>;
+/// usage, rewritten; an MCP server's answer), or one the proxy made itself.
+pub type ProxyBody =
+    Either<Upstream, Either<StripUsage<Upstream>, Either<McpUpstream, Full<Bytes>>>>;
+
+/// A body the proxy made itself.
+pub(super) fn full(b: Full<Bytes>) -> ProxyBody {
+    Either::Right(Either::Right(Either::Right(b)))
+}
 
 /// Answer with a proxy-generated error and finish the call.
 pub(super) fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<ProxyBody> {
@@ -30,5 +39,22 @@ pub(super) fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> R
     let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize;
     tracing::debug!(route = ?e.upstream_kind().map(UpstreamError::as_str), error = %e, "proxy error");
     call.finish_local(resp.status(), len);
-    resp.map(|b| Either::Right(Either::Right(b)))
+    resp.map(full)
+}
+
+/// Answer an MCP request with a proxy error as JSON-RPC errors for `ids` and finish the call.
+pub(super) fn jsonrpc_error(
+    mut call: Call,
+    e: &ProxyError,
+    ids: &[crate::mcp::RequestId],
+    batch: bool,
+) -> Response<ProxyBody> {
+    if let Some(kind) = e.upstream_kind() {
+        call.upstream_failed(kind);
+    }
+    let resp = e.to_jsonrpc(ids, batch);
+    let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize;
+    tracing::debug!(error = %e, "proxy error on an MCP route");
+    call.finish_local(resp.status(), len);
+    resp.map(full)
 }

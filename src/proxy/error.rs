@@ -17,6 +17,10 @@ use crate::providers::adapter::ErrorText;
 use crate::providers::protocol::ErrorShape;
 use crate::record::UpstreamError;
 
+/// JSON-RPC error code of a tool call an agent policy refused on an MCP route (in the range
+/// JSON-RPC leaves to servers; `error.data.tokenwarden` names the policy).
+pub const POLICY_REFUSED: i64 = -32001;
+
 /// Header on every response the proxy generates itself, carrying the error code.
 pub const PROXY_ERROR_HEADER: &str = "x-tokenwarden-error";
 
@@ -66,6 +70,9 @@ pub enum ProxyError {
     /// An agent policy refused the request or withheld the response.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// An MCP POST that is no JSON-RPC message (it cannot be governed, so it is not forwarded).
+    #[error("tokenwarden: {0}")]
+    McpMessage(#[from] crate::mcp::MessageError),
     /// A response held for a policy check was larger than the parse cap.
     #[error("tokenwarden: the response from route '{route}' is too large to check against the agent's policies")]
     ResponseTooLarge {
@@ -82,7 +89,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequestBody => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequestBody | ProxyError::McpMessage(_) => StatusCode::BAD_REQUEST,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
@@ -105,6 +112,7 @@ impl ProxyError {
             ProxyError::NoRoute => "unknown_route",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BadRequestBody => "bad_request_body",
+            ProxyError::McpMessage(_) => "invalid_jsonrpc",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamReset { .. } => "upstream_reset",
@@ -177,12 +185,54 @@ impl ProxyError {
         resp
     }
 
+    /// The JSON-RPC error code of this error on an MCP route: the request's own codes (`-32700`
+    /// parse error, `-32600` invalid request, `-32602` invalid params for arguments that break
+    /// the tool's schema), [`POLICY_REFUSED`] for other policy refusals, `-32603` otherwise.
+    pub fn jsonrpc_code(&self) -> i64 {
+        match self {
+            ProxyError::McpMessage(e) => e.code(),
+            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody => -32600,
+            ProxyError::Policy(p)
+                if p.policy() == crate::record::PolicyViolation::InvalidToolArgs =>
+            {
+                -32602
+            }
+            ProxyError::Policy(_) => POLICY_REFUSED,
+            _ => -32603,
+        }
+    }
+
+    /// The answer on an MCP route: a JSON-RPC error for each request `ids` names (one object,
+    /// or an array when the POST was a `batch`; `id: null` when no request could be read). A
+    /// policy refusal is a JSON-RPC answer (HTTP 200, as a server's own errors are); transport
+    /// failures keep their HTTP status, so clients see them as such.
+    pub fn to_jsonrpc(&self, ids: &[crate::mcp::RequestId], batch: bool) -> Response<Full<Bytes>> {
+        let error = serde_json::json!({
+            "code": self.jsonrpc_code(),
+            "message": self.to_string(),
+            "data": { "tokenwarden": self.code() },
+        });
+        let one = |id: serde_json::Value| serde_json::json!({"jsonrpc": "2.0", "id": id, "error": error.clone()});
+        let body = match (ids, batch) {
+            ([], _) => one(serde_json::Value::Null),
+            ([id], false) => one(id.to_value()),
+            (ids, _) => serde_json::Value::Array(ids.iter().map(|i| one(i.to_value())).collect()),
+        };
+        let mut resp = self.to_response(ErrorShape::DEFAULT);
+        if matches!(self, ProxyError::Policy(_)) {
+            *resp.status_mut() = StatusCode::OK;
+        }
+        *resp.body_mut() = Full::new(Bytes::from(body.to_string()));
+        resp
+    }
+
     fn openai_type(&self) -> &'static str {
         match self {
             ProxyError::Policy(_) => self.code(),
-            ProxyError::NoRoute | ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody => {
-                "invalid_request_error"
-            }
+            ProxyError::NoRoute
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequestBody
+            | ProxyError::McpMessage(_) => "invalid_request_error",
             ProxyError::Budget(BudgetError::Exceeded(_)) => "budget_exceeded",
             ProxyError::Budget(BudgetError::StoreUnavailable) => "budget_store_unavailable",
             ProxyError::Overloaded => "overloaded",
@@ -197,7 +247,7 @@ impl ProxyError {
             ProxyError::Policy(_) => self.code(),
             ProxyError::NoRoute => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
-            ProxyError::BadRequestBody => "invalid_request_error",
+            ProxyError::BadRequestBody | ProxyError::McpMessage(_) => "invalid_request_error",
             ProxyError::UpstreamTimeout { .. } => "timeout_error",
             // Anthropic documents 402 as `billing_error`.
             ProxyError::Budget(BudgetError::Exceeded(_))
@@ -216,6 +266,7 @@ impl ProxyError {
             ProxyError::NoRoute => "NOT_FOUND",
             ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequestBody
+            | ProxyError::McpMessage(_)
             | ProxyError::Policy(PolicyError::ForbiddenInput { .. }) => "INVALID_ARGUMENT",
             ProxyError::Policy(PolicyError::Refused { .. }) => "PERMISSION_DENIED",
             ProxyError::UpstreamTimeout { .. } => "DEADLINE_EXCEEDED",

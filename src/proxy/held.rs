@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::response::Parts;
 use http::Response;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -79,7 +79,7 @@ pub(super) async fn respond(
     }
     call.returned = Some(now);
     call.on_end(BodyEnd::Complete);
-    Response::from_parts(head, Either::Right(Either::Right(Full::new(bytes))))
+    Response::from_parts(head, super::answer::full(Full::new(bytes)))
 }
 
 async fn collect(mut body: Incoming, route: &Route) -> Result<Bytes, ProxyError> {

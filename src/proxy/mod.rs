@@ -15,6 +15,9 @@
 //!    [`ObservedBody`] (each frame goes to the client as it arrives), in `Cut` when a `cut` limit
 //!    applies and in `StripUsage` when usage was asked for on the client's behalf; held whole
 //!    (`held`) when a blocking policy must check its tool calls first.
+//!
+//! Routes with `protocol: mcp` take their own path after phase 1 (`mcp.rs`): the MCP transport
+//! forwarded untouched, its JSON-RPC messages governed and observed one by one.
 
 pub mod accounting;
 mod answer;
@@ -23,12 +26,14 @@ pub mod error;
 mod gate_log;
 pub mod headers;
 mod held;
+mod mcp;
 pub mod route;
 mod tool_gate;
 
 pub use answer::ProxyBody;
 pub use call::{Call, CallInfo};
 pub use error::ProxyError;
+pub use mcp::McpState;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,7 +47,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::cut::{Cut, CutSignal};
-use crate::body::{CallCheck, Gate, ObservedBody, StripUsage};
+use crate::body::{CallCheck, Gate, McpBody, ObservedBody, StripUsage};
 use crate::budget::{Budgets, BudgetsError, CallFacts};
 use crate::config::Config;
 use crate::policy::{Policies, PolicySet};
@@ -54,10 +59,11 @@ use crate::telemetry::spans::Spans;
 use crate::telemetry::trace_context::TRACEPARENT_HEADER;
 
 use crate::policy::{Pending, ResponseCheck};
-use crate::providers::protocol::{self, Classified, ErrorShape};
+use crate::providers::protocol::{self, Classified, ErrorShape, RouteProtocol};
 use crate::providers::request::{self as inspect, RequestFacts};
 use crate::record::{BudgetDecision, Operation, PolicyViolation};
-use answer::local_error;
+use answer::{jsonrpc_error, local_error};
+use mcp::Exchange;
 use route::{Route, RouteError, Router};
 
 /// Response header with the tokens left under the session's token limit.
@@ -83,6 +89,8 @@ pub struct Proxy {
     spans: Option<Arc<Spans>>,
     budgets: Option<Arc<Budgets>>,
     policies: Arc<Policies>,
+    /// MCP requests awaiting their answer on a resumed stream.
+    mcp: Arc<McpState>,
 }
 
 /// The proxy could not be built.
@@ -175,6 +183,7 @@ impl Proxy {
             )),
             spans: None,
             budgets: Budgets::from_config(config)?,
+            mcp: Arc::new(McpState::default()),
         })
     }
 
@@ -229,6 +238,9 @@ impl Proxy {
         let Some(route) = self.router.find(parts.uri.path()).cloned() else {
             return self.unmatched(&parts, started);
         };
+        if route.protocol == RouteProtocol::Mcp {
+            return self.handle_mcp(route, parts, body, started).await;
+        }
         let mut flight = self.identify(route, parts, started);
         if let Err(e) = self.read(&mut flight, body).await {
             return flight.fail(e);
@@ -240,6 +252,85 @@ impl Proxy {
             Ok(resp) => self.respond(flight, resp).await,
             Err(e) => flight.fail(e),
         }
+    }
+
+    /// A request on an MCP route (see `mcp.rs`): identified like any call, its POST body read and
+    /// admitted message by message, forwarded, its answer read message by message.
+    async fn handle_mcp(
+        &self,
+        route: Arc<Route>,
+        parts: http::request::Parts,
+        body: Incoming,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let mut f = self.identify(route, parts, started);
+        let session = self.session_source.identify(&f.parts.headers, None);
+        let agent = f.call.labels().agent.clone();
+        let deps = (&self.mcp, &self.policies, &self.labels);
+        let mut ex = Exchange::new(&f.route, agent, &f.parts.headers, session, deps);
+        if let Some(s) = ex.session() {
+            f.call.set_session(s.clone(), None);
+        }
+        if f.parts.method == http::Method::POST {
+            if let Err(e) = self.read_mcp(&mut f, &mut ex, body).await {
+                let (ids, batch) = ex.refuse(&e, &mut f.call);
+                return jsonrpc_error(f.call, &e, &ids, batch);
+            }
+        }
+        match self.forward(&mut f).await {
+            Ok(resp) => self.respond_mcp(f, resp, ex),
+            Err(e) => {
+                ex.unreachable(&e);
+                jsonrpc_error(f.call, &e, &[], false)
+            }
+        }
+    }
+
+    /// An MCP POST: the body (bounded by the MCP message cap too), its messages, the policies
+    /// on its tool calls.
+    async fn read_mcp(
+        &self,
+        f: &mut Flight,
+        ex: &mut Exchange,
+        body: Incoming,
+    ) -> Result<(), ProxyError> {
+        let cap = self.max_body.min(crate::mcp::MAX_MESSAGE_BYTES);
+        let (bytes, permit) = read_body(body, &f.parts.headers, cap, &self.body_bytes).await?;
+        f.call.hold_body_permit(permit);
+        f.call.bytes_in = bytes.len();
+        let started = f.call.started();
+        if let Some(tp) = ex.read(&bytes, &f.parts.headers, self.spans.as_ref(), started)? {
+            f.parts.headers.insert(TRACEPARENT_HEADER, tp);
+        }
+        f.body = bytes;
+        ex.admit(&self.policies, &self.sessions, &mut f.call)
+    }
+
+    /// The MCP server's answer: status and headers at once, the body read message by message
+    /// (armed to filter `tools/list` results when the agent's lists restrict).
+    fn respond_mcp(
+        &self,
+        f: Flight,
+        resp: Response<Incoming>,
+        mut ex: Exchange,
+    ) -> Response<ProxyBody> {
+        let Flight {
+            mut call, route, ..
+        } = f;
+        call.upstream_headers = Some(Instant::now());
+        call.upstream_status(resp.status());
+        let (mut rparts, rbody) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers);
+        rparts.version = Version::HTTP_11;
+        let (framing, armed) = ex.on_head(rparts.status, &rparts.headers);
+        if armed {
+            // A filtered answer is shorter than the server's.
+            rparts.headers.remove(CONTENT_LENGTH);
+        }
+        call.returned = Some(Instant::now());
+        let body = ObservedBody::new(rbody, call, route.timeouts.idle_timeout);
+        let body = McpBody::new(body, ex, framing, armed);
+        Response::from_parts(rparts, Either::Right(Either::Right(Either::Left(body))))
     }
 
     /// Phase 1, no route: a 404 in OpenAI shape.

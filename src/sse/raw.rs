@@ -87,9 +87,39 @@ pub fn data_len(raw: &[u8]) -> usize {
     n
 }
 
+/// `raw` (one event's span) with its `data` replaced by `data` (one line, no line breaks): the
+/// first `data:` line carries it, later `data:` lines are dropped, every other line (comments,
+/// `id:`, `event:`, `retry:`) and every line end is kept as sent.
+pub fn replace_data(raw: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + data.len());
+    let mut written = false;
+    for l in lines(raw) {
+        let (name, _) = field(&raw[l.start..l.end]);
+        if name != b"data" || l.start == l.end {
+            out.extend_from_slice(&raw[l.start..l.next]);
+            continue;
+        }
+        if !std::mem::replace(&mut written, true) {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(data);
+            out.extend_from_slice(&raw[l.end..l.next]);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_is_replaced_and_everything_else_kept() {
+        let raw = b": c\n\nid: 7\r\nevent: message\r\ndata: {\"a\":\r\ndata: 1}\r\nretry: 5\r\n\r";
+        assert_eq!(
+            replace_data(raw, b"{}"),
+            b": c\n\nid: 7\r\nevent: message\r\ndata: {}\r\nretry: 5\r\n\r".to_vec()
+        );
+    }
 
     #[test]
     fn lines_split_at_lf_crlf_and_cr() {

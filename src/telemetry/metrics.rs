@@ -22,6 +22,12 @@ pub const REQUEST_DURATION_SECONDS: &str = "tokenwarden_request_duration_seconds
 pub const TOKENS_TOTAL: &str = "tokenwarden_tokens_total";
 /// Tool calls the model made, by agent and tool.
 pub const TOOL_CALLS_TOTAL: &str = "tokenwarden_tool_calls_total";
+/// Tool calls agents executed through MCP routes, by agent, server (route), tool and outcome
+/// (ok | error | refused).
+pub const TOOL_EXECUTIONS_TOTAL: &str = "tokenwarden_tool_executions_total";
+/// MCP `mcp.client.operation.duration`: each MCP request from the agent's send to its answer,
+/// by method, server (route) and error type.
+pub const MCP_OPERATION_DURATION: &str = "mcp_client_operation_duration_seconds";
 /// Response bodies (or events) that could not be read, by route and reason.
 pub const UNPARSED_BODIES_TOTAL: &str = "tokenwarden_unparsed_bodies_total";
 /// GenAI `gen_ai.client.token.usage`: tokens per call by `gen_ai_token_type`.
@@ -145,6 +151,10 @@ pub const TASK_NAMES: &[&str] = &[
     BUDGET_TASKS_TRACKED,
 ];
 
+/// Exported names outside CONTRACT.md's "Prometheus metrics" list: the tool leg's (its "Added for
+/// the tool leg" section) and the MCP conventions' duration histogram (dashboards use them).
+pub const TOOL_LEG_NAMES: &[&str] = &[TOOL_EXECUTIONS_TOTAL, MCP_OPERATION_DURATION];
+
 /// Buckets for the sidecar's own overhead: tens of microseconds to tens of milliseconds.
 const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -175,6 +185,11 @@ const TOKEN_BUCKETS: &[f64] = &[
 /// Buckets for LLM call durations (the GenAI conventions' operation-duration boundaries).
 const DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+
+/// MCP operation durations (the MCP conventions' advisory boundaries).
+const MCP_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
 /// Calls per session.
@@ -210,8 +225,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets: [(&str, &[f64]); 18] = [
+            let buckets: [(&str, &[f64]); 19] = [
                 (TOOL_GATE_DELAY_SECONDS, GATE_BUCKETS),
+                (MCP_OPERATION_DURATION, MCP_DURATION_BUCKETS),
                 (CONTEXT_UTILIZATION_RATIO, RATIO_BUCKETS),
                 (SESSION_STEPS, STEP_BUCKETS),
                 (TASK_STEPS, STEP_BUCKETS),
@@ -303,6 +319,16 @@ fn describe() {
         TOOL_CALLS_TOTAL,
         Unit::Count,
         "Tool calls the model made, by agent and tool."
+    );
+    describe_counter!(
+        TOOL_EXECUTIONS_TOTAL,
+        Unit::Count,
+        "Tool calls agents executed through MCP routes, by agent, server, tool and outcome (ok|error|refused)."
+    );
+    describe_histogram!(
+        MCP_OPERATION_DURATION,
+        Unit::Seconds,
+        "MCP requests from the agent's send to the server's answer, by mcp_method_name, server and error_type (MCP conventions)."
     );
     describe_counter!(
         UNPARSED_BODIES_TOTAL,

@@ -1,9 +1,11 @@
 //! Logs, metrics and spans: the subscriber, the Prometheus recorder, bounded label values, and
-//! the per-call OTLP span (trace context, GenAI / OpenInference attributes, content capture).
+//! the per-call OTLP span (trace context, GenAI / OpenInference attributes, content capture), and
+//! the span of each MCP request.
 
 pub mod content;
 pub mod labels;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod openinference;
 pub mod otlp;

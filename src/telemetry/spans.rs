@@ -174,6 +174,11 @@ impl Spans {
     pub fn captures_content(&self) -> bool {
         self.content.is_some()
     }
+
+    /// The export queue (the MCP spans share it).
+    pub(super) fn sink(&self) -> &SpanSink {
+        &self.sink
+    }
 }
 
 // === impl CallSpan ===
@@ -339,6 +344,8 @@ impl CallSpan {
         attrs.str("agent.name", &f.labels.agent);
         if let Some(step) = f.step {
             attrs.int("agent_step", i64::try_from(step).unwrap_or(i64::MAX));
+            // A session's steps count LLM calls and executed MCP tool calls alike.
+            attrs.str("tokenwarden.step.kind", "llm");
         }
         if !f.record.tool_calls.is_empty() {
             attrs.str_array(
@@ -381,13 +388,13 @@ impl CallSpan {
 }
 
 /// `Span.kind` CLIENT.
-const SPAN_KIND_CLIENT: u64 = 3;
+pub(super) const SPAN_KIND_CLIENT: u64 = 3;
 /// `Status.code` ERROR.
-const STATUS_CODE_ERROR: u64 = 2;
+pub(super) const STATUS_CODE_ERROR: u64 = 2;
 /// `SpanFlags`: whether the parent is remote is known.
-const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;
+pub(super) const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;
 /// `SpanFlags`: the parent is remote.
-const SPAN_FLAGS_IS_REMOTE: u32 = 0x200;
+pub(super) const SPAN_FLAGS_IS_REMOTE: u32 = 0x200;
 
 fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
     let r = f.record;
@@ -439,7 +446,7 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
 }
 
 /// A random, valid (non-zero) trace id.
-fn new_trace_id() -> TraceId {
+pub(super) fn new_trace_id() -> TraceId {
     loop {
         let id: u128 = rand::random();
         if id != 0 {
@@ -449,7 +456,7 @@ fn new_trace_id() -> TraceId {
 }
 
 /// A random, valid (non-zero) span id.
-fn new_span_id() -> SpanId {
+pub(super) fn new_span_id() -> SpanId {
     loop {
         let id: u64 = rand::random();
         if id != 0 {

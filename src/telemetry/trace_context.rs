@@ -33,11 +33,16 @@ pub struct RemoteParent {
 /// The parent of the agent's request, if it sent a valid `traceparent`.
 pub fn extract(headers: &HeaderMap) -> Option<RemoteParent> {
     let tp = headers.get(TRACEPARENT_HEADER)?.to_str().ok()?;
-    let (trace_id, span_id, flags) = parse_traceparent(tp)?;
+    let state = headers.get(TRACESTATE_HEADER).and_then(|v| v.to_str().ok());
+    from_values(tp, state)
+}
+
+/// The parent named by a `traceparent` value and its `tracestate` (headers, or an MCP message's
+/// `params._meta`).
+pub fn from_values(traceparent: &str, tracestate: Option<&str>) -> Option<RemoteParent> {
+    let (trace_id, span_id, flags) = parse_traceparent(traceparent)?;
     // An invalid tracestate is dropped, the parent is kept (W3C: tracestate is secondary).
-    let state = headers
-        .get(TRACESTATE_HEADER)
-        .and_then(|v| v.to_str().ok())
+    let state = tracestate
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
     Some(RemoteParent {

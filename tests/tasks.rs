@@ -358,8 +358,11 @@ async fn expired_tasks_leave_the_redis_ranking_and_a_settlement_crossing_warn_at
     );
     let (a, b) = (TestProxy::start(&cfg).await, TestProxy::start(&cfg).await);
     // Task A spends more than task B will, then its record expires.
+    // (Redis settles after the response: each call waits for the one before to settle, or its
+    // reservation would still hold the rest of the limit.)
     let (r, _) = call16(a.addr, "sup", "s-a", &[("x-task-id", "rank-a")]).await;
     assert_eq!(r.status(), 200);
+    task_used(a.admin, "rank-a", 16).await;
     let (r, _) = call16(a.addr, "sup", "s-a", &[("x-task-id", "rank-a")]).await;
     assert_eq!(r.status(), 200);
     task_used(a.admin, "rank-a", 32).await;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -19,6 +19,8 @@ use crate::budget::Budgets;
 use crate::config::LimitScope;
 use crate::session::{SessionSnapshot, Sessions};
 
+use super::auth::{reply, AdminToken};
+
 /// Default and largest `top`.
 const TOP_DEFAULT: usize = 10;
 const TOP_MAX: usize = 1000;
@@ -27,18 +29,14 @@ const TOP_MAX: usize = 1000;
 pub struct SessionsApi {
     budgets: Option<Arc<Budgets>>,
     sessions: Arc<Sessions>,
-    token: Option<String>,
+    token: AdminToken,
 }
 
 // === impl SessionsApi ===
 
 impl SessionsApi {
     /// Serve from the budget store (when budgets are on) and the live session table.
-    pub fn new(
-        budgets: Option<Arc<Budgets>>,
-        sessions: Arc<Sessions>,
-        token: Option<String>,
-    ) -> Self {
+    pub fn new(budgets: Option<Arc<Budgets>>, sessions: Arc<Sessions>, token: AdminToken) -> Self {
         Self {
             budgets,
             sessions,
@@ -84,14 +82,8 @@ impl SessionsApi {
             if method != Method::POST {
                 return reply(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "use POST"}));
             }
-            if !self.authorized(headers) {
-                let mut r = reply(
-                    StatusCode::UNAUTHORIZED,
-                    json!({"error": "admin token required"}),
-                );
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return r;
+            if !self.token.authorized(headers) {
+                return AdminToken::unauthorized();
             }
             return self.reset(&percent_decode(id)).await;
         }
@@ -106,18 +98,6 @@ impl SessionsApi {
             return reply(StatusCode::NOT_FOUND, json!({"error": "not found"}));
         }
         self.one(&id).await
-    }
-
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        constant_time_eq(given.as_bytes(), token.as_bytes())
     }
 
     async fn one(&self, id: &str) -> Response<Full<Bytes>> {
@@ -245,23 +225,6 @@ fn unavailable(e: &crate::budget::store::StoreError) -> Response<Full<Bytes>> {
     )
 }
 
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `%XX` decoding of a path segment (invalid escapes are kept as written).
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -290,7 +253,5 @@ mod tests {
     fn decodes_percent_escapes() {
         assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
         assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
     }
 }

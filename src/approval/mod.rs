@@ -334,7 +334,7 @@ impl Approvals {
         inner.by_call.insert(binding, id.clone());
         inner.by_id.insert(id.clone(), entry);
         inner.pending += 1;
-        gauge!(m::APPROVALS_PENDING).set(inner.pending as f64);
+        gauge!(m::APPROVALS_PENDING).increment(1.0);
         Gate::Pending {
             id,
             expires_in: self.expiry,
@@ -530,7 +530,7 @@ impl Inner {
             used: false,
         };
         self.pending = self.pending.saturating_sub(1);
-        gauge!(m::APPROVALS_PENDING).set(self.pending as f64);
+        gauge!(m::APPROVALS_PENDING).decrement(1.0);
         counter!(m::APPROVAL_DECISIONS_TOTAL, "decision" => state.as_str()).increment(1);
         histogram!(m::APPROVAL_WAIT_SECONDS).record(waited.as_secs_f64());
         tracing::info!(approval = %id, decision = state.as_str(), tool = %e.binding.tool,
@@ -544,7 +544,7 @@ impl Inner {
         if let Some(e) = self.by_id.remove(id) {
             if e.state == State::Pending {
                 self.pending = self.pending.saturating_sub(1);
-                gauge!(m::APPROVALS_PENDING).set(self.pending as f64);
+                gauge!(m::APPROVALS_PENDING).decrement(1.0);
             }
             if self.by_call.get(&e.binding) == Some(id) {
                 self.by_call.remove(&e.binding);

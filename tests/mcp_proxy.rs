@@ -23,8 +23,8 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use otlp_receiver::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+
+use tokio::process::Command;
 
 const POLICY: &str =
     "agents:\n  mcp-agent:\n    denied_tools: [delete_all]\n    tool_call_action: block\n";

@@ -14,7 +14,7 @@ use super::{get, sdk_python, send};
 
 /// The Python SDK's MCP server, running until dropped.
 pub struct PyServer {
-    child: Child,
+    pub child: Child,
     pub port: u16,
 }
 

@@ -109,7 +109,7 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
 
 #[tokio::test]
 async fn a_person_approves_one_call_and_denies_another_by_clicking() {
-    let server = PyServer::start("json", &[]).await;
+    let server = ToolServer::start("json", &[]).await;
     let p = TestProxy::start(&format!(
         "{}agents:\n  held-agent:\n    require_approval: [delete_all]\n    approval_action: hold\nadmin_token: {TOKEN}\n",
         route(&server.addr(), "")

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "approver-s3cret";
 
-fn config(server: &PyServer, hook: std::net::SocketAddr, approvals: &str) -> String {
+fn config(server: &ToolServer, hook: std::net::SocketAddr, approvals: &str) -> String {
     format!(
         "{}agents:\n  held-agent:\n    require_approval: [delete_all]\n    approval_action: hold\nadmin_token: {TOKEN}\nalerts:\n  webhook: http://{hook}/hook\napprovals:\n{approvals}telemetry:\n  redact_patterns: ['secret-[a-z]+']\n",
         route(&server.addr(), "")
@@ -101,7 +101,7 @@ fn refused(answer: &Value, code: &str) {
 
 #[tokio::test]
 async fn approved_denied_and_expired_through_the_admin_api() {
-    let server = PyServer::start("json", &[]).await;
+    let server = ToolServer::start("json", &[]).await;
     let (hook, mut alerts) = webhook_receiver().await;
     let p = TestProxy::start(&config(&server, hook, "  expiry: 3s\n")).await;
     let url = p.url("/tools/mcp");
@@ -302,7 +302,7 @@ async fn approved_denied_and_expired_through_the_admin_api() {
 /// the gauge shows what waits; arguments matching `telemetry.redact_patterns` are listed redacted.
 #[tokio::test]
 async fn the_pending_cap_refuses_and_arguments_are_redacted() {
-    let server = PyServer::start("sse", &[]).await;
+    let server = ToolServer::start("sse", &[]).await;
     let (hook, _alerts) = webhook_receiver().await;
     let p = TestProxy::start(&config(&server, hook, "  max_pending: 1\n")).await;
     let url = p.url("/tools/mcp");

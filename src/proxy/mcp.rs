@@ -612,9 +612,12 @@ impl Exchange {
             .filter_map(|o| o.id.as_ref())
             .map(|rid| {
                 if Some(rid) == held_id.as_ref() {
+                    // `resultType`: required from protocol 2026-07-28 on (the Python SDK's
+                    // client rejects a result without it); earlier versions allow extra keys.
                     serde_json::json!({"jsonrpc": "2.0", "id": rid.to_value(), "result": {
                         "content": [{"type": "text", "text": text}],
                         "isError": true,
+                        "resultType": "complete",
                         "_meta": {"tokenwarden/approval": {"id": id, "status": "pending", "expires_in_seconds": secs}},
                     }})
                 } else {

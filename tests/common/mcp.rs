@@ -12,20 +12,34 @@ use tokio::process::{Child, Command};
 
 use super::{get, sdk_python, send};
 
-/// The Python SDK's MCP server, running until dropped.
-pub struct PyServer {
+/// An MCP server of an official SDK (Python: tests/sdk/mcp_server.py; TypeScript:
+/// tests/sdk/mcp_ts_server.mjs), running until dropped.
+pub struct ToolServer {
     pub child: Child,
     pub port: u16,
 }
 
-impl PyServer {
-    pub async fn start(mode: &str, extra: &[&str]) -> PyServer {
+impl ToolServer {
+    /// The Python SDK's server answering in `mode` (json | sse).
+    pub async fn start(mode: &str, extra: &[&str]) -> ToolServer {
         let script =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mcp_server.py");
-        let mut child = Command::new(sdk_python())
-            .arg(script)
+        let mut cmd = Command::new(sdk_python());
+        cmd.arg(script).arg(mode).args(extra);
+        Self::spawn(cmd).await
+    }
+
+    /// The TypeScript SDK's server answering in `mode` (json | sse).
+    pub async fn typescript(mode: &str) -> ToolServer {
+        let mut cmd = Command::new("node");
+        cmd.arg(sdk_dir("tests/sdk/mcp_ts_server.mjs"))
             .arg(mode)
-            .args(extra)
+            .env("MCP_SDK_DIR", mcp_sdk_dir());
+        Self::spawn(cmd).await
+    }
+
+    async fn spawn(mut cmd: Command) -> ToolServer {
+        let mut child = cmd
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true)
@@ -43,7 +57,7 @@ impl PyServer {
         .await
         .expect("the MCP server listens within 30 s");
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        PyServer { child, port }
+        ToolServer { child, port }
     }
 
     pub fn addr(&self) -> String {
@@ -55,6 +69,48 @@ impl PyServer {
         let (_, body) = get(&format!("http://{}/calls", self.addr())).await;
         serde_json::from_slice(&body).unwrap()
     }
+}
+
+/// `path` under the crate root.
+fn sdk_dir(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The pinned MCP TypeScript SDK (`$MCP_SDK_DIR`, else `.tools/mcp-sdk`); missing → the test
+/// fails and says how to get it.
+pub fn mcp_sdk_dir() -> std::path::PathBuf {
+    let dir = std::env::var("MCP_SDK_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| sdk_dir(".tools/mcp-sdk"));
+    assert!(
+        dir.join("node_modules/@modelcontextprotocol/sdk").exists(),
+        "no MCP TypeScript SDK in {}: run `scripts/test.sh` (it installs @modelcontextprotocol/sdk \
+         from npm into .tools/mcp-sdk) or set MCP_SDK_DIR",
+        dir.display()
+    );
+    dir
+}
+
+/// Run `tests/sdk/<script> args…` with node and the MCP TypeScript SDK; its stdout is JSON.
+pub async fn run_mcp_ts_script(script: &str, args: &[&str]) -> Value {
+    let out = Command::new("node")
+        .arg(sdk_dir("tests/sdk").join(script))
+        .args(args)
+        .env("MCP_SDK_DIR", mcp_sdk_dir())
+        .output()
+        .await
+        .expect("run node");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(out.stdout.trim_ascii()).unwrap_or_else(|e| {
+        panic!(
+            "{script} printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 pub fn route(upstream: &str, extra: &str) -> String {

@@ -9,7 +9,8 @@
 //!
 //! Two checks: no circle anywhere (a circle names its modules and the lines that close it), and
 //! the layer rules ARCHITECTURE.md states: `config` imports nothing of ours; the call record's
-//! consumers (`budget`, `policy`, `session`, `telemetry`) never import `proxy` or `server`; the
+//! consumers (`budget`, `policy`, `session`, `telemetry`) never import `proxy` or `server`
+//! (nor `approval`, which sits on `budget`'s webhook and never imports `policy`); the
 //! lower floors (`sse`, `tokens`, `mcp`, `providers`, `record`, `body`) import no consumer (`mcp`
 //! imports only `sse`); and outside
 //! `providers/` no module names a provider format's variants (`Format::…`).
@@ -459,6 +460,7 @@ fn the_layers_point_one_way() {
                 "telemetry",
                 "budget",
                 "policy",
+                "approval",
                 "proxy",
                 "server",
             ],
@@ -472,6 +474,7 @@ fn the_layers_point_one_way() {
                 "telemetry",
                 "budget",
                 "policy",
+                "approval",
                 "proxy",
                 "server",
             ],
@@ -484,6 +487,7 @@ fn the_layers_point_one_way() {
                 "telemetry",
                 "budget",
                 "policy",
+                "approval",
                 "proxy",
                 "server",
             ],
@@ -496,14 +500,22 @@ fn the_layers_point_one_way() {
                 "telemetry",
                 "budget",
                 "policy",
+                "approval",
                 "proxy",
                 "server",
             ],
         ),
-        ("session", &["budget", "policy", "proxy", "server"]),
-        ("telemetry", &["budget", "policy", "proxy", "server"]),
-        ("budget", &["policy", "proxy", "server"]),
-        ("policy", &["budget", "proxy", "server"]),
+        (
+            "session",
+            &["budget", "policy", "approval", "proxy", "server"],
+        ),
+        (
+            "telemetry",
+            &["budget", "policy", "approval", "proxy", "server"],
+        ),
+        ("budget", &["policy", "approval", "proxy", "server"]),
+        ("policy", &["budget", "approval", "proxy", "server"]),
+        ("approval", &["policy", "proxy", "server"]),
         ("proxy", &["server"]),
     ];
     let mut broken = Vec::new();

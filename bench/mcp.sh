@@ -23,8 +23,11 @@ trap cleanup EXIT
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 : > "$OUT"
-echo "| answer | target | conc | calls/s | p50 µs | p90 µs | p99 µs |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+# The proxy's CPU time (user + system, clock ticks) from /proc, for CPU µs per call.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+echo "| answer | target | conc | calls/s | p50 µs | p90 µs | p99 µs | proxy CPU µs/call |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|"
 for mode in $MODES; do
   taskset -c 0 "$MB" server 127.0.0.1:19601 "$mode" > "$WORK/server.log" 2>&1 & pids+=($!)
   wait_port 19601
@@ -46,21 +49,26 @@ YAML
     port=$((19610 + ${#pids[@]}))
     taskset -c 1 "$TW" --config "$WORK/$variant.yaml" > "$WORK/$variant.log" 2>&1 & pids+=($!)
     wait_port "$port"
-    eval "port_$variant=$port"
+    eval "port_$variant=$port; pid_$variant=${pids[-1]}"
   done
   for conc in $CONCS; do
     for target in direct tokenwarden tokenwarden+policies; do
       case $target in
-        direct) url=http://127.0.0.1:19601/mcp ;;
-        tokenwarden) url="http://127.0.0.1:$port_plain/tools/mcp" ;;
-        *) url="http://127.0.0.1:$port_policies/tools/mcp" ;;
+        direct) url=http://127.0.0.1:19601/mcp; pid="" ;;
+        tokenwarden) url="http://127.0.0.1:$port_plain/tools/mcp"; pid=$pid_plain ;;
+        *) url="http://127.0.0.1:$port_policies/tools/mcp"; pid=$pid_policies ;;
       esac
+      before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
       line=$(taskset -c 0 "$MB" drive "$url" "$conc" "$DUR")
-      echo "{\"mode\":\"$mode\",\"target\":\"$target\",${line#\{}" >> "$OUT"
-      python3 - "$mode" "$target" "$line" <<'PY'
+      cpu_us=0; [ -n "$pid" ] && cpu_us=$(( ($(cpu_ticks "$pid") - before) * TICK_US ))
+      echo "{\"mode\":\"$mode\",\"target\":\"$target\",\"proxy_cpu_us\":$cpu_us,${line#\{}" >> "$OUT"
+      python3 - "$mode" "$target" "$line" "$cpu_us" "$DUR" <<'PY'
 import json, sys
 v = json.loads(sys.argv[3])
-print(f"| {sys.argv[1]} | {sys.argv[2]} | {v['conc']} | {v['rps']:,.0f} | {v['p50_us']} | {v['p90_us']} | {v['p99_us']} |")
+cpu, dur = int(sys.argv[4]), int(sys.argv[5])
+# The warm-up second's calls are not in `requests`: count them at the measured rate.
+per = f"{cpu / (v['requests'] * (dur + 1) / dur):.0f}" if cpu else "—"
+print(f"| {sys.argv[1]} | {sys.argv[2]} | {v['conc']} | {v['rps']:,.0f} | {v['p50_us']} | {v['p90_us']} | {v['p99_us']} | {per} |")
 PY
     done
   done

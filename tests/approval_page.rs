@@ -122,8 +122,9 @@ async fn a_person_approves_one_call_and_denies_another_by_clicking() {
 
     let driver = Driver::start().await;
     let c = driver.browser().await;
-    let page = format!("http://{}/approvals", p.admin);
-    c.goto(&page).await.unwrap();
+    // Opened as the webhook's link is: the page, the request's id as the fragment.
+    let link = format!("http://{}/approvals#{users}", p.admin);
+    c.goto(&link).await.unwrap();
 
     // No token yet: the page asks for it.
     let token = wait_for(&c, "#login:not([hidden]) #token").await;
@@ -142,6 +143,7 @@ async fn a_person_approves_one_call_and_denies_another_by_clicking() {
         assert!(text.contains(part), "{part} in the row: {text}");
     }
     wait_for(&c, &format!("#pending tr[data-id='{orders}']")).await;
+    wait_for(&c, &format!("#pending tr.linked[data-id='{users}']")).await;
 
     // Approve one, deny the other, by clicking.
     row.find(Locator::Css("button.approve"))

@@ -4,6 +4,7 @@
 "use strict";
 
 const KEY = "tokenwarden-admin-token";
+let scrolled = false; // the row the webhook's link names is scrolled to once
 const $ = (sel) => document.querySelector(sel);
 
 function headers() {
@@ -66,6 +67,10 @@ function render(data) {
   pending.replaceChildren();
   for (const item of data.approvals) {
     const row = document.createElement("tr");
+    row.id = item.id;
+    // The webhook's link ends in #id: that row stands out (`:target` does not match rows
+    // rendered after the navigation).
+    if (location.hash === "#" + item.id) row.classList.add("linked");
     row.dataset.id = item.id;
     row.dataset.tool = item.tool;
     cell(row, item.agent);
@@ -88,6 +93,13 @@ function render(data) {
     pending.appendChild(row);
   }
   $("#none-pending").hidden = data.approvals.length > 0;
+  if (!scrolled && location.hash) {
+    const linked = document.getElementById(location.hash.slice(1));
+    if (linked) {
+      linked.scrollIntoView();
+      scrolled = true;
+    }
+  }
   const decided = $("#decided tbody");
   decided.replaceChildren();
   for (const item of data.decided) {

@@ -31,6 +31,26 @@ fn config(server: &ToolServer, hook: std::net::SocketAddr, approvals: &str) -> S
     )
 }
 
+/// The server (answering in `mode`), a webhook receiver, the proxy with `approvals`, and an MCP
+/// session: `(server, alerts, proxy, url, session id)`.
+async fn setup(
+    mode: &str,
+    approvals: &str,
+) -> (
+    ToolServer,
+    tokio::sync::mpsc::UnboundedReceiver<Value>,
+    TestProxy,
+    String,
+    String,
+) {
+    let server = ToolServer::start(mode, &[]).await;
+    let (hook, alerts) = webhook_receiver().await;
+    let p = TestProxy::start(&config(&server, hook, approvals)).await;
+    let url = p.url("/tools/mcp");
+    let sid = handshake(&url).await;
+    (server, alerts, p, url, sid)
+}
+
 fn call(id: u32, table: &str) -> String {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {"name": "delete_all", "arguments": {"table": table}}})
@@ -79,6 +99,20 @@ async fn admin(
     )
 }
 
+/// A person's decision on approval `id` through the admin API; its status.
+async fn decide(p: &TestProxy, id: &str, decision: &str) -> u16 {
+    let body = json!({ "decision": decision }).to_string();
+    admin(
+        p,
+        "POST",
+        &format!("/v1/approvals/{id}"),
+        Some(TOKEN),
+        &body,
+    )
+    .await
+    .0
+}
+
 fn pending_id(answer: &Value) -> String {
     let result = &answer["result"];
     assert_eq!(result["isError"], true, "a pending result: {answer}");
@@ -101,11 +135,7 @@ fn refused(answer: &Value, code: &str) {
 
 #[tokio::test]
 async fn approved_denied_and_expired_through_the_admin_api() {
-    let server = ToolServer::start("json", &[]).await;
-    let (hook, mut alerts) = webhook_receiver().await;
-    let p = TestProxy::start(&config(&server, hook, "  expiry: 3s\n")).await;
-    let url = p.url("/tools/mcp");
-    let sid = handshake(&url).await;
+    let (server, mut alerts, p, url, sid) = setup("json", "  expiry: 3s\n").await;
 
     // Held: answered at once, the server never sees it; the same call again waits on the same id.
     let first = agent_call(&url, &sid, 10, "users").await;
@@ -194,15 +224,7 @@ async fn approved_denied_and_expired_through_the_admin_api() {
     assert_eq!(server.executed().await.len(), 1);
 
     // Denied: the agent's identical call gets a JSON-RPC error, once.
-    let (st, _) = admin(
-        &p,
-        "POST",
-        &format!("/v1/approvals/{again}"),
-        Some(TOKEN),
-        r#"{"decision":"deny"}"#,
-    )
-    .await;
-    assert_eq!(st, 200);
+    assert_eq!(decide(&p, &again, "deny").await, 200);
     let denied = agent_call(&url, &sid, 15, "users").await;
     refused(&denied, "approval_denied");
     assert!(denied["error"]["message"]
@@ -302,11 +324,7 @@ async fn approved_denied_and_expired_through_the_admin_api() {
 /// the gauge shows what waits; arguments matching `telemetry.redact_patterns` are listed redacted.
 #[tokio::test]
 async fn the_pending_cap_refuses_and_arguments_are_redacted() {
-    let server = ToolServer::start("sse", &[]).await;
-    let (hook, _alerts) = webhook_receiver().await;
-    let p = TestProxy::start(&config(&server, hook, "  max_pending: 1\n")).await;
-    let url = p.url("/tools/mcp");
-    let sid = handshake(&url).await;
+    let (server, _alerts, p, url, sid) = setup("sse", "  max_pending: 1\n").await;
     pending_id(&agent_call(&url, &sid, 1, "secret-payroll").await);
     let full = agent_call(&url, &sid, 2, "other").await;
     refused(&full, "approvals_full");
@@ -323,4 +341,25 @@ async fn the_pending_cap_refuses_and_arguments_are_redacted() {
         metric_value(&text, "tokenwarden_approvals_pending", &[]) >= 1.0,
         "{text}"
     );
+}
+
+/// An approval is single use even when the agent fires the identical call many times at once:
+/// exactly one reaches the server; the others ask anew. (A multi-thread runtime, so the proxy
+/// admits the calls on several threads at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn identical_calls_racing_for_one_approval_run_once() {
+    let (server, _alerts, p, url, sid) = setup("json", "  expiry: 1m\n").await;
+    let id = pending_id(&agent_call(&url, &sid, 1, "users").await);
+    assert_eq!(decide(&p, &id, "approve").await, 200);
+    let answers = futures_util::future::join_all((0..8).map(|n| {
+        let (url, sid) = (url.clone(), sid.clone());
+        async move { agent_call(&url, &sid, 100 + n, "users").await }
+    }))
+    .await;
+    let ran = answers
+        .iter()
+        .filter(|a| a["result"]["content"][0]["text"] == "deleted users")
+        .count();
+    assert_eq!(ran, 1, "{answers:?}");
+    assert_eq!(server.executed().await.len(), 1);
 }

@@ -128,8 +128,13 @@ pub enum Gate {
     Refused(ApprovalError),
 }
 
-/// An approval the call may use; [`Approvals::take`] spends it.
-pub struct Ticket(Binding);
+/// An approval a call claimed (taken from the table at once, so two identical calls racing
+/// cannot both use it): dropped, it is spent; [`Approvals::restore`] puts it back when the call
+/// was not forwarded after all.
+pub struct Ticket {
+    id: Arc<str>,
+    entry: Entry,
+}
 
 /// A held call the approvals refuse.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -282,7 +287,12 @@ impl Approvals {
                             id,
                         }
                     }
-                    State::Approved => return Gate::Approved(Ticket(binding)),
+                    State::Approved => {
+                        let entry = inner.claim(&id);
+                        if let Some(entry) = entry {
+                            return Gate::Approved(Ticket { id, entry });
+                        }
+                    }
                     State::Denied | State::Expired => {
                         let state = e.state;
                         inner.forget(&id);
@@ -341,15 +351,18 @@ impl Approvals {
         }
     }
 
-    /// Spend an approval (single use): the call is forwarded.
-    pub fn take(&self, ticket: Ticket) {
+    /// Put back an approval whose call was not forwarded (another call of its POST was held or
+    /// refused), unless the same call was approved again meanwhile.
+    pub fn restore(&self, ticket: Ticket) {
         let mut inner = self.lock();
-        if let Some(id) = inner.by_call.get(&ticket.0).cloned() {
-            inner.forget(&id);
-            if let Some(d) = inner.history.iter_mut().find(|d| d.id == id) {
-                d.used = true;
-            }
+        if inner.by_call.contains_key(&ticket.entry.binding) {
+            return;
         }
+        inner.mark_used(&ticket.id, false);
+        inner
+            .by_call
+            .insert(ticket.entry.binding.clone(), ticket.id.clone());
+        inner.by_id.insert(ticket.id, ticket.entry);
     }
 
     /// A person's decision on approval `id`; with `digest`, only if the pending call's arguments
@@ -539,6 +552,22 @@ impl Inner {
         self.history.truncate(MAX_HISTORY);
     }
 
+    /// Take an approved entry out for the call that uses it.
+    fn claim(&mut self, id: &Arc<str>) -> Option<Entry> {
+        let e = self.by_id.remove(id)?;
+        if self.by_call.get(&e.binding) == Some(id) {
+            self.by_call.remove(&e.binding);
+        }
+        self.mark_used(id, true);
+        Some(e)
+    }
+
+    fn mark_used(&mut self, id: &Arc<str>, used: bool) {
+        if let Some(d) = self.history.iter_mut().find(|d| &d.id == id) {
+            d.used = used;
+        }
+    }
+
     /// Drop an entry (its outcome was delivered, or is no longer kept).
     fn forget(&mut self, id: &Arc<str>) {
         if let Some(e) = self.by_id.remove(id) {
@@ -698,7 +727,20 @@ mod tests {
         let Gate::Approved(t) = ap.check(&call(&agent, &server, "send", &args)) else {
             panic!("approved")
         };
-        ap.take(t);
+        // Claimed: an identical call racing it cannot use it too (it asks anew; denied here).
+        let racing = pending_id(ap.check(&call(&agent, &server, "send", &args)));
+        assert_ne!(&*racing, &*id);
+        ap.decide(&racing, false, None).unwrap();
+        assert!(matches!(
+            ap.check(&call(&agent, &server, "send", &args)),
+            Gate::Refused(ApprovalError::Denied { .. })
+        ));
+        // Not forwarded after all: the approval goes back, and the next call uses it.
+        ap.restore(t);
+        let Gate::Approved(t) = ap.check(&call(&agent, &server, "send", &args)) else {
+            panic!("restored")
+        };
+        drop(t);
         let again = pending_id(ap.check(&call(&agent, &server, "send", &args)));
         assert_ne!(&*again, &*id, "single use: a new request");
         assert!(matches!(
@@ -730,6 +772,6 @@ mod tests {
         ));
         assert_eq!(ap.lock().pending, 0);
         let decided = ap.list()["decided"].as_array().unwrap().len();
-        assert_eq!(decided, 3, "approved, denied, expired");
+        assert_eq!(decided, 4, "approved, denied twice, expired");
     }
 }

@@ -565,7 +565,14 @@ impl Exchange {
                 tool: op.target.as_deref().unwrap_or_default(),
                 arguments: op.arguments.as_ref(),
             };
-            match approvals.check(&held) {
+            let gate = approvals.check(&held);
+            if !matches!(gate, Gate::Approved(_)) {
+                // Nothing of this POST is forwarded: approvals claimed so far go back.
+                std::mem::take(&mut tickets)
+                    .into_iter()
+                    .for_each(|t| approvals.restore(t));
+            }
+            match gate {
                 Gate::Approved(t) => tickets.push(t),
                 Gate::Pending { id, expires_in } => {
                     return Ok(Admitted::Held(self.held(*i, &id, expires_in, call)))
@@ -577,6 +584,7 @@ impl Exchange {
             if let Some(s) = &session {
                 let Some(step) = sessions.take_step(s, call.started(), pending.max_steps()) else {
                     // A concurrent call of the session took the last step meanwhile.
+                    tickets.into_iter().for_each(|t| approvals.restore(t));
                     return Err(policies.steps_used(&pending).into());
                 };
                 self.ops[i].step = Some(step);
@@ -587,7 +595,7 @@ impl Exchange {
                 .for_each(|v| call.add_policy_violation(*v));
             policies.commit(pending, session.as_ref());
         }
-        tickets.into_iter().for_each(|t| approvals.take(t));
+        drop(tickets); // spent: the calls are forwarded
         Ok(Admitted::Forward)
     }
 

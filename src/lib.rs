@@ -21,6 +21,7 @@
 //! - [`proxy`] — the per-request pipeline that orchestrates all of the above.
 //! - [`server`] — proxy and admin listeners, connection hardening, reload, graceful shutdown.
 
+pub mod approval;
 pub mod body;
 pub mod budget;
 pub mod cli;

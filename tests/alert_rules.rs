@@ -41,7 +41,7 @@ fn run(args: &[&str]) -> String {
 #[test]
 fn rules_parse() {
     let out = run(&["check", "rules", RULES]);
-    assert!(out.contains("SUCCESS: 11 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 13 rules found"), "{out}");
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn alert_names() -> Vec<String> {
 #[test]
 fn every_alert_is_unit_tested_and_has_a_runbook_section() {
     let names = alert_names();
-    assert_eq!(names.len(), 11);
+    assert_eq!(names.len(), 13);
     let tests = std::fs::read_to_string(RULE_TESTS).unwrap();
     let runbook =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/runbook.md"))

@@ -125,7 +125,10 @@ async fn redis_dying_mid_run_fails_as_configured_and_recovers() {
         metric_value(&open.metrics().await, "tokenwarden_budget_store_up", &[]) == 0.0
     })
     .await;
-    assert!(down, "tokenwarden_budget_store_up never said the store was down");
+    assert!(
+        down,
+        "tokenwarden_budget_store_up never said the store was down"
+    );
 
     let _redis = RedisServer::start_on(port);
     let recovered = eventually(Duration::from_secs(20), || async {

@@ -328,60 +328,6 @@ async fn admin_api_views_ranks_and_resets_sessions() {
     assert!(cost >= 4.0 * 24e-6 - 1e-12, "cost metric {cost}");
 }
 
-/// A tiny webhook receiver: every JSON body POSTed to it.
-async fn webhook_receiver() -> (
-    std::net::SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
-) {
-    webhook_receiver_failing_first(0).await
-}
-
-/// A webhook receiver that answers 500 to its first `failures` requests (still reporting them).
-async fn webhook_receiver_failing_first(
-    failures: usize,
-) -> (
-    std::net::SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
-) {
-    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    use http_body_util::BodyExt;
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let tx = tx.clone();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    let tx = tx.clone();
-                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    async move {
-                        let b = req.into_body().collect().await.unwrap().to_bytes();
-                        let mut v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-                        v["_attempt"] = serde_json::json!(n);
-                        let _ = tx.send(v);
-                        let mut r =
-                            http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
-                        if n < failures {
-                            *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                        }
-                        Ok::<_, std::convert::Infallible>(r)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, rx)
-}
-
 #[tokio::test]
 async fn a_failing_webhook_is_retried_with_the_same_alert() {
     let (hook, mut alerts) = webhook_receiver_failing_first(2).await;

@@ -17,64 +17,12 @@ mod otlp_receiver;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::mcp::*;
 use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use otlp_receiver::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-/// The Python SDK's MCP server, running until dropped.
-struct PyServer {
-    child: Child,
-    port: u16,
-}
-
-impl PyServer {
-    async fn start(mode: &str, extra: &[&str]) -> PyServer {
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/mcp_server.py");
-        let mut child = Command::new(sdk_python())
-            .arg(script)
-            .arg(mode)
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the MCP server");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(l) = lines.next_line().await.unwrap() {
-                if let Ok(v) = serde_json::from_str::<Value>(&l) {
-                    return v["port"].as_u64().unwrap() as u16;
-                }
-            }
-            panic!("the MCP server exited before listening")
-        })
-        .await
-        .expect("the MCP server listens within 30 s");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        PyServer { child, port }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The tool calls the server executed.
-    async fn executed(&self) -> Vec<Value> {
-        let (_, body) = get(&format!("http://{}/calls", self.addr())).await;
-        serde_json::from_slice(&body).unwrap()
-    }
-}
-
-fn route(upstream: &str, extra: &str) -> String {
-    format!(
-        "routes:\n  - name: tools\n    path_prefix: /tools\n    strip_prefix: true\n    protocol: mcp\n    upstream: http://{upstream}\n{extra}"
-    )
-}
 
 const POLICY: &str =
     "agents:\n  mcp-agent:\n    denied_tools: [delete_all]\n    tool_call_action: block\n";
@@ -98,7 +46,7 @@ fn has(r: &Received, key: &str, v: V) -> bool {
 
 /// What the Python client saw through the proxy, for one server answer mode and client mode.
 async fn sdk_round(server_mode: &str, client_mode: &str) {
-    let server = PyServer::start(server_mode, &[]).await;
+    let server = ToolServer::start(server_mode, &[]).await;
     let rx = Receiver::grpc().await;
     let p = TestProxy::start(&format!(
         "{}{POLICY}{}",
@@ -248,31 +196,10 @@ async fn python_sdk_through_the_proxy_sse_answers_default_mode() {
 /// DELETE that ends the session.
 #[tokio::test]
 async fn typescript_sdk_client_through_the_proxy() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::var("MCP_SDK_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join(".tools/mcp-sdk"));
-    assert!(
-        dir.join("node_modules/@modelcontextprotocol/sdk").exists(),
-        "no MCP TypeScript SDK in {}: run `scripts/test.sh` (it installs @modelcontextprotocol/sdk \
-         from npm into .tools/mcp-sdk) or set MCP_SDK_DIR",
-        dir.display()
-    );
-    let server = PyServer::start("sse", &[]).await;
+    let server = ToolServer::start("sse", &[]).await;
     let p = TestProxy::start(&format!("{}{POLICY}", route(&server.addr(), ""))).await;
-    let out = Command::new("node")
-        .arg(root.join("tests/sdk/mcp_ts_client.mjs"))
-        .args([p.url("/tools/mcp").as_str(), "ts-session", "mcp-agent"])
-        .env("MCP_SDK_DIR", &dir)
-        .output()
-        .await
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    let url = p.url("/tools/mcp");
+    let v = run_mcp_ts_script("mcp_ts_client.mjs", &[&url, "ts-session", "mcp-agent"]).await;
     assert_eq!(v["tools"], json!(["add", "fail", "slow"]), "{v}");
     assert!(
         v["session_id"].as_str().is_some_and(|s| s.len() >= 16),
@@ -298,34 +225,6 @@ async fn typescript_sdk_client_through_the_proxy() {
     );
 }
 
-/// POST `body` to an MCP endpoint with the transport's headers.
-async fn mcp_post(url: &str, session: Option<&str>, body: &str) -> (http::Response<()>, Bytes) {
-    let mut req = Request::post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("x-agent-name", "mcp-agent");
-    if let Some(s) = session {
-        req = req
-            .header("mcp-session-id", s)
-            .header("mcp-protocol-version", "2025-11-25");
-    }
-    send(req.body(Full::new(Bytes::from(body.to_string()))).unwrap()).await
-}
-
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
-const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-
-/// The initialize handshake over raw HTTP; returns the session id.
-async fn handshake(url: &str) -> String {
-    let (r, _) = mcp_post(url, None, INIT).await;
-    assert_eq!(r.status(), 200);
-    let sid = r.headers()["mcp-session-id"].to_str().unwrap().to_string();
-    let (r, body) = mcp_post(url, Some(&sid), INITIALIZED).await;
-    assert_eq!(r.status(), 202, "a notification is acknowledged: {body:?}");
-    assert!(body.is_empty());
-    sid
-}
-
 /// The same request sent straight to the server and through the proxy (each in its own session)
 /// gets the same bytes back, apart from nothing: JSON and SSE alike, for an agent whose lists
 /// remove nothing.
@@ -333,8 +232,8 @@ async fn handshake(url: &str) -> String {
 async fn answers_pass_byte_identical_json_and_sse() {
     for mode in ["json", "sse"] {
         // Two fresh servers, so that event ids match: one asked directly, one through the proxy.
-        let server = PyServer::start(mode, &[]).await;
-        let twin = PyServer::start(mode, &[]).await;
+        let server = ToolServer::start(mode, &[]).await;
+        let twin = ToolServer::start(mode, &[]).await;
         let p = TestProxy::start(&format!("{}{POLICY}", route(&twin.addr(), ""))).await;
         let direct = format!("http://{}/mcp", server.addr());
         let proxied = p.url("/tools/mcp");
@@ -356,7 +255,7 @@ async fn answers_pass_byte_identical_json_and_sse() {
         let text = String::from_utf8_lossy(&answers[1].1).to_string();
         assert!(text.contains("42"), "{mode}: {text}");
         // An agent without restricting lists sees the whole list, byte-identical.
-        let third = PyServer::start(mode, &[]).await;
+        let third = ToolServer::start(mode, &[]).await;
         let open = TestProxy::start(&route(&third.addr(), "")).await;
         let sid = handshake(&open.url("/tools/mcp")).await;
         mcp_post(&open.url("/tools/mcp"), Some(&sid), call).await;
@@ -377,7 +276,7 @@ async fn answers_pass_byte_identical_json_and_sse() {
 /// replays what followed, and the replayed tools/list result is filtered too.
 #[tokio::test]
 async fn resumption_with_last_event_id_and_the_replayed_list_is_filtered() {
-    let server = PyServer::start("sse", &[]).await;
+    let server = ToolServer::start("sse", &[]).await;
     let p = TestProxy::start(&format!("{}{POLICY}", route(&server.addr(), ""))).await;
     let url = p.url("/tools/mcp");
     let sid = handshake(&url).await;
@@ -433,7 +332,7 @@ async fn resumption_with_last_event_id_and_the_replayed_list_is_filtered() {
 /// Bad input: each a clear JSON-RPC error, nothing forwarded.
 #[tokio::test]
 async fn malformed_oversize_and_batches_are_refused_before_the_server() {
-    let server = PyServer::start("json", &[]).await;
+    let server = ToolServer::start("json", &[]).await;
     let p = TestProxy::start(&format!(
         "server:\n  max_request_body_bytes: 65536\n{}{POLICY}",
         route(&server.addr(), "")
@@ -488,7 +387,7 @@ async fn malformed_oversize_and_batches_are_refused_before_the_server() {
 /// stream ends cleanly, after what the server had sent.
 #[tokio::test]
 async fn a_server_that_dies_mid_stream_leaves_a_clear_error() {
-    let mut server = PyServer::start("sse", &[]).await;
+    let mut server = ToolServer::start("sse", &[]).await;
     let p = TestProxy::start(&format!("{}{POLICY}", route(&server.addr(), ""))).await;
     let url = p.url("/tools/mcp");
     let sid = handshake(&url).await;

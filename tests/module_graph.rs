@@ -9,9 +9,10 @@
 //!
 //! Two checks: no circle anywhere (a circle names its modules and the lines that close it), and
 //! the layer rules ARCHITECTURE.md states: `config` imports nothing of ours; the call record's
-//! consumers (`budget`, `policy`, `session`, `task`, `telemetry`) never import `proxy` or `server`;
-//! the lower floors (`sse`, `tokens`, `mcp`, `providers`, `record`, `body`) import no consumer
-//! (`mcp` imports only `sse`); and outside
+//! consumers (`budget`, `policy`, `session`, `task`, `telemetry`) never import `proxy` or `server`
+//! (nor `approval`, which sits on `budget`'s webhook and never imports `policy`); the lower
+//! floors (`sse`, `tokens`, `mcp`, `providers`, `record`, `body`) import no consumer (`mcp`
+//! imports only `sse`); and outside
 //! `providers/` no module names a provider format's variants (`Format::…`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -459,6 +460,7 @@ fn the_layers_point_one_way() {
                 "telemetry",
                 "budget",
                 "policy",
+                "approval",
                 "proxy",
                 "server",
             ],
@@ -473,6 +475,7 @@ fn the_layers_point_one_way() {
                 "telemetry",
                 "budget",
                 "policy",
+                "approval",
                 "proxy",
                 "server",
             ],
@@ -486,6 +489,7 @@ fn the_layers_point_one_way() {
                 "telemetry",
                 "budget",
                 "policy",
+                "approval",
                 "proxy",
                 "server",
             ],
@@ -499,18 +503,25 @@ fn the_layers_point_one_way() {
                 "telemetry",
                 "budget",
                 "policy",
+                "approval",
                 "proxy",
                 "server",
             ],
         ),
-        ("session", &["task", "budget", "policy", "proxy", "server"]),
-        ("task", &["budget", "policy", "proxy", "server"]),
+        (
+            "session",
+            &["task", "budget", "policy", "approval", "proxy", "server"],
+        ),
+        ("task", &["budget", "policy", "approval", "proxy", "server"]),
         (
             "telemetry",
-            &["session", "task", "budget", "policy", "proxy", "server"],
+            &[
+                "session", "task", "budget", "policy", "approval", "proxy", "server",
+            ],
         ),
-        ("budget", &["task", "policy", "proxy", "server"]),
-        ("policy", &["task", "budget", "proxy", "server"]),
+        ("budget", &["task", "policy", "approval", "proxy", "server"]),
+        ("policy", &["task", "budget", "approval", "proxy", "server"]),
+        ("approval", &["task", "policy", "proxy", "server"]),
         ("proxy", &["server"]),
     ];
     let mut broken = Vec::new();

@@ -206,17 +206,7 @@ impl Budgets {
                 ))
             }
         };
-        let webhook = match &config.alerts.webhook {
-            Some(url) => {
-                let uri: http::Uri = url
-                    .parse()
-                    .map_err(|_| BudgetsError::Webhook("not a URL".into()))?;
-                let client = crate::http_client::build_client(None, &config.upstream)
-                    .map_err(|e| BudgetsError::Webhook(e.to_string()))?;
-                Some(Webhook::start(uri, client))
-            }
-            None => None,
-        };
+        let webhook = Webhook::from_config(config).map_err(BudgetsError::Webhook)?;
         Ok(Some(Arc::new(Self {
             limits: b.limits.iter().flat_map(Limit::from_config).collect(),
             store,

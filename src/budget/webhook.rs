@@ -1,5 +1,6 @@
-//! Budget alerts as a JSON POST to `alerts.webhook`: queued without waiting (a full queue drops
-//! the alert and counts it), sent by one background task, retried with exponential backoff.
+//! Alerts as a JSON POST to `alerts.webhook` (budget warnings and breaches, tool calls awaiting
+//! a person's approval): queued without waiting (a full queue drops the alert and counts it),
+//! sent by one background task per queue, retried with exponential backoff.
 
 use std::time::{Duration, SystemTime};
 
@@ -47,9 +48,44 @@ pub struct Alert {
     pub time: String,
 }
 
+/// A tool call held for a person's approval, as posted (`event: approval_requested`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalAlert {
+    /// Always `approval_requested`.
+    pub event: &'static str,
+    /// The approval's id (decide with `POST /v1/approvals/{id}`).
+    pub id: String,
+    /// Agent name.
+    pub agent: String,
+    /// Session id, when the call had one.
+    pub session: Option<String>,
+    /// The MCP route (server) the call is for.
+    pub server: String,
+    /// The tool.
+    pub tool: String,
+    /// SHA-256 of server, tool and arguments (the approval is bound to it).
+    pub digest: String,
+    /// When the request expires undecided (RFC 3339 UTC).
+    pub expires: String,
+    /// The approvals page, where a person decides.
+    pub link: String,
+    /// RFC 3339 UTC.
+    pub time: String,
+}
+
+/// What one webhook POST carries.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Notice {
+    /// A budget warning or breach.
+    Budget(Alert),
+    /// A tool call awaiting approval.
+    Approval(ApprovalAlert),
+}
+
 /// Queue side of the webhook sender.
 pub struct Webhook {
-    tx: mpsc::Sender<Alert>,
+    tx: mpsc::Sender<Notice>,
 }
 
 // === impl Webhook ===
@@ -62,9 +98,20 @@ impl Webhook {
         Self { tx }
     }
 
+    /// The sender for `alerts.webhook`, when configured (needs a Tokio runtime).
+    pub fn from_config(config: &crate::config::Config) -> Result<Option<Self>, String> {
+        let Some(url) = &config.alerts.webhook else {
+            return Ok(None);
+        };
+        let uri: http::Uri = url.parse().map_err(|_| "not a URL".to_string())?;
+        let client =
+            crate::http_client::build_client(None, &config.upstream).map_err(|e| e.to_string())?;
+        Ok(Some(Self::start(uri, client)))
+    }
+
     /// Queue `alert`; never waits.
-    pub fn send(&self, alert: Alert) {
-        if self.tx.try_send(alert).is_err() {
+    pub fn send(&self, alert: impl Into<Notice>) {
+        if self.tx.try_send(alert.into()).is_err() {
             counter!(m::BUDGET_ALERTS_DROPPED_TOTAL).increment(1);
         }
     }
@@ -75,7 +122,28 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-async fn deliver(url: http::Uri, client: UpstreamClient, mut rx: mpsc::Receiver<Alert>) {
+impl From<Alert> for Notice {
+    fn from(a: Alert) -> Self {
+        Notice::Budget(a)
+    }
+}
+
+impl From<ApprovalAlert> for Notice {
+    fn from(a: ApprovalAlert) -> Self {
+        Notice::Approval(a)
+    }
+}
+
+impl Notice {
+    fn describe(&self) -> (&'static str, &'static str) {
+        match self {
+            Notice::Budget(a) => (a.decision, a.scope),
+            Notice::Approval(_) => ("approval_requested", "tool_call"),
+        }
+    }
+}
+
+async fn deliver(url: http::Uri, client: UpstreamClient, mut rx: mpsc::Receiver<Notice>) {
     while let Some(alert) = rx.recv().await {
         let Ok(body) = serde_json::to_vec(&alert) else {
             continue;
@@ -96,11 +164,8 @@ async fn deliver(url: http::Uri, client: UpstreamClient, mut rx: mpsc::Receiver<
             }
             if attempt == ATTEMPTS {
                 counter!(m::BUDGET_ALERTS_FAILED_TOTAL).increment(1);
-                tracing::warn!(
-                    decision = alert.decision,
-                    scope = alert.scope,
-                    "budget webhook failed after retries"
-                );
+                let (decision, scope) = alert.describe();
+                tracing::warn!(decision, scope, "alert webhook failed after retries");
                 break;
             }
             tokio::time::sleep(delay).await;

@@ -56,6 +56,9 @@ pub struct Config {
     /// Alert delivery.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Human approval of held MCP tool calls (`approval_action: hold`).
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
     /// Bearer token required for mutating admin API calls, when set.
     #[serde(default)]
     pub admin_token: Option<String>,
@@ -445,9 +448,10 @@ pub struct AgentPolicy {
     /// Response tool calls that are denied, undeclared or invalid: `flag` or `block`.
     #[serde(default)]
     pub tool_call_action: Enforcement,
-    /// Response tool calls to `require_approval` tools: `flag` or `block`.
+    /// Calls to `require_approval` tools: `flag`, `block`, or `hold` (an MCP `tools/call` waits
+    /// for a person's decision; a model's tool call on the LLM leg is flagged).
     #[serde(default)]
-    pub approval_action: Enforcement,
+    pub approval_action: ApprovalAction,
     /// Requests whose estimated input plus `max_tokens` exceed the model's window: `flag` or `block`.
     #[serde(default)]
     pub context_window_action: Enforcement,
@@ -485,6 +489,20 @@ pub enum Enforcement {
     Flag,
     /// Count it and refuse the request (or replace a JSON response) with a 403.
     Block,
+}
+
+/// What happens to a call of a `require_approval` tool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalAction {
+    /// Count it and put it on the span; the call goes on.
+    #[default]
+    Flag,
+    /// Refuse it (a model's response withheld, an MCP call answered with a JSON-RPC error).
+    Block,
+    /// An MCP `tools/call` is kept from the server until a person approves it on the admin API;
+    /// a model's tool call on the LLM leg is flagged (the hold applies when the agent runs it).
+    Hold,
 }
 
 /// Loop detection: the same normalised request (model, messages, tools) repeated in a session.
@@ -556,9 +574,43 @@ pub struct ModelInfo {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
-    /// JSON POST on budget warn and breach.
+    /// JSON POST on budget warn and breach, and on each tool call awaiting approval.
     #[serde(default)]
     pub webhook: Option<String>,
+}
+
+/// Human approval of held MCP tool calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long a request waits for a decision, and an approval for the agent to use it.
+    #[serde(default = "default_approval_expiry", with = "humantime_serde")]
+    pub expiry: Duration,
+    /// Most approvals pending at once; a held call beyond it is refused.
+    #[serde(default = "default_max_pending_approvals")]
+    pub max_pending: usize,
+    /// The approvals page as the deciding person reaches it (the webhook's link); unset →
+    /// `http://{admin_listen}/approvals`.
+    #[serde(default)]
+    pub page_url: Option<String>,
+}
+
+fn default_approval_expiry() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_max_pending_approvals() -> usize {
+    256
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            expiry: default_approval_expiry(),
+            max_pending: default_max_pending_approvals(),
+            page_url: None,
+        }
+    }
 }
 
 // === impl Config ===
@@ -579,6 +631,7 @@ impl Default for Config {
             agents: BTreeMap::new(),
             models: BTreeMap::new(),
             alerts: AlertsConfig::default(),
+            approvals: ApprovalsConfig::default(),
             admin_token: None,
         }
     }

@@ -217,6 +217,31 @@ mod tests {
     }
 
     #[test]
+    fn hold_admits_the_call_marked_held_and_block_refuses() {
+        let agent: Arc<str> = Arc::from("a");
+        let asker = Asker {
+            agent: &agent,
+            operation: crate::record::Operation::Other,
+            session: None,
+            step: None,
+            now: Instant::now(),
+        };
+        for (action, held) in [("hold", true), ("flag", false)] {
+            let p = policies(&format!(
+                "agents:\n  a:\n    require_approval: [send]\n    approval_action: {action}\n"
+            ));
+            let pending = p.admit_tool_call(&asker, "k", "send", None).ok().unwrap();
+            assert_eq!(pending.held(), held, "{action}");
+            assert_eq!(pending.violations(), [PolicyViolation::ApprovalRequired]);
+            let other = p.admit_tool_call(&asker, "k", "read", None).ok().unwrap();
+            assert!(!other.held(), "only require_approval tools are held");
+        }
+        let p =
+            policies("agents:\n  a:\n    require_approval: [send]\n    approval_action: block\n");
+        assert!(p.admit_tool_call(&asker, "k", "send", None).is_err());
+    }
+
+    #[test]
     fn flagged_not_refused_by_default_and_memory_is_bounded() {
         let p = policies("agents:\n  a:\n    require_approval: [send]\n");
         p.tool_schemas().learn(

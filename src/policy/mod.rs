@@ -45,7 +45,8 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::config::{
-    AgentPolicy, CapAction, Config, DeclaredToolAction, Enforcement, LoopDetection, MaxTokensCap,
+    AgentPolicy, ApprovalAction, CapAction, Config, DeclaredToolAction, Enforcement, LoopDetection,
+    MaxTokensCap,
 };
 use crate::providers::request::{DeclaredTool, RequestFacts};
 use crate::providers::{Capped, ToolCall, ToolResult};
@@ -96,7 +97,7 @@ pub struct AgentRules {
     max_steps: Option<u64>,
     denied_tool_action: DeclaredToolAction,
     tool_call_action: Enforcement,
-    approval_action: Enforcement,
+    approval_action: ApprovalAction,
     context_window_action: Enforcement,
     loop_detection: LoopDetection,
     forbidden: ForbiddenInput,
@@ -161,6 +162,8 @@ pub struct Pending {
     tool_results: Vec<ToolResult>,
     /// Model label and estimated input / context window.
     context: Option<(Arc<str>, f64)>,
+    /// An MCP call of a `require_approval` tool under `approval_action: hold`.
+    hold: bool,
 }
 
 /// A request the policies refuse.
@@ -408,6 +411,7 @@ impl Policies {
             longest_loop_window: set.longest_loop_window,
             tool_results: Vec::new(),
             context: None,
+            hold: false,
         };
 
         if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
@@ -642,6 +646,7 @@ impl Policies {
             longest_loop_window: set.longest_loop_window,
             tool_results: Vec::new(),
             context: None,
+            hold: false,
         };
         if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
             if step > max {
@@ -666,7 +671,7 @@ impl Policies {
             ));
         }
         if rules.tools.needs_approval(tool) {
-            if rules.approval_action == Enforcement::Block {
+            if rules.approval_action == ApprovalAction::Block {
                 let msg = format!(
                     "tool '{tool}' requires human approval; tokenwarden did not forward the call"
                 );
@@ -678,6 +683,7 @@ impl Policies {
                 ));
             }
             flag(&mut violations, PolicyViolation::ApprovalRequired);
+            pending.hold = rules.approval_action == ApprovalAction::Hold;
         }
         let not_object = args.is_some_and(|a| !a.is_object());
         let invalid = not_object
@@ -735,6 +741,11 @@ impl Pending {
         self.tool_results.iter().filter(|r| r.failed).count() as u64
     }
 
+    /// Whether the call waits for a person's approval (`approval_action: hold`).
+    pub fn held(&self) -> bool {
+        self.hold
+    }
+
     /// The agent's `max_steps`, for taking the session step at commit.
     pub fn max_steps(&self) -> Option<u64> {
         self.max_steps
@@ -752,7 +763,7 @@ impl ResponseCheck {
     /// held until its tool calls are checked).
     pub fn blocks(&self) -> bool {
         self.rules.tool_call_action == Enforcement::Block
-            || self.rules.approval_action == Enforcement::Block
+            || self.rules.approval_action == ApprovalAction::Block
     }
 
     /// The refusal of a response (a gated stream's event, a held body) too large or malformed to
@@ -775,7 +786,7 @@ impl ResponseCheck {
                 continue;
             }
             let blocked = if f.policy == PolicyViolation::ApprovalRequired {
-                self.rules.approval_action == Enforcement::Block
+                self.rules.approval_action == ApprovalAction::Block
             } else {
                 self.rules.tool_call_action == Enforcement::Block
             };

@@ -42,6 +42,19 @@ pub(super) fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> R
     resp.map(full)
 }
 
+/// Answer an MCP request with JSON-RPC messages the proxy made (`body`, HTTP 200) and finish
+/// the call.
+pub(super) fn jsonrpc_answer(call: Call, body: Bytes) -> Response<ProxyBody> {
+    let len = body.len();
+    let mut resp = Response::new(Full::new(body));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    call.finish_local(resp.status(), len);
+    resp.map(full)
+}
+
 /// Answer an MCP request with a proxy error as JSON-RPC errors for `ids` and finish the call.
 pub(super) fn jsonrpc_error(
     mut call: Call,

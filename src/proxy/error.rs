@@ -70,6 +70,9 @@ pub enum ProxyError {
     /// An agent policy refused the request or withheld the response.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A held MCP tool call a person denied, that expired, or found the pending cap reached.
+    #[error(transparent)]
+    Approval(#[from] crate::approval::ApprovalError),
     /// An MCP POST that is no JSON-RPC message (it cannot be governed, so it is not forwarded).
     #[error("tokenwarden: {0}")]
     McpMessage(#[from] crate::mcp::MessageError),
@@ -101,7 +104,9 @@ impl ProxyError {
             ProxyError::Budget(BudgetError::StoreUnavailable) | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Policy(PolicyError::Refused { .. }) => StatusCode::FORBIDDEN,
+            ProxyError::Policy(PolicyError::Refused { .. }) | ProxyError::Approval(_) => {
+                StatusCode::FORBIDDEN
+            }
             ProxyError::Policy(PolicyError::ForbiddenInput { .. }) => StatusCode::BAD_REQUEST,
         }
     }
@@ -121,6 +126,7 @@ impl ProxyError {
             ProxyError::Overloaded => "proxy_overloaded",
             ProxyError::ResponseTooLarge { .. } => "response_too_large",
             ProxyError::Policy(p) => p.policy().as_str(),
+            ProxyError::Approval(a) => a.code(),
         }
     }
 
@@ -197,7 +203,7 @@ impl ProxyError {
             {
                 -32602
             }
-            ProxyError::Policy(_) => POLICY_REFUSED,
+            ProxyError::Policy(_) | ProxyError::Approval(_) => POLICY_REFUSED,
             _ => -32603,
         }
     }
@@ -219,7 +225,7 @@ impl ProxyError {
             (ids, _) => serde_json::Value::Array(ids.iter().map(|i| one(i.to_value())).collect()),
         };
         let mut resp = self.to_response(ErrorShape::DEFAULT);
-        if matches!(self, ProxyError::Policy(_)) {
+        if matches!(self, ProxyError::Policy(_) | ProxyError::Approval(_)) {
             *resp.status_mut() = StatusCode::OK;
         }
         *resp.body_mut() = Full::new(Bytes::from(body.to_string()));
@@ -228,7 +234,7 @@ impl ProxyError {
 
     fn openai_type(&self) -> &'static str {
         match self {
-            ProxyError::Policy(_) => self.code(),
+            ProxyError::Policy(_) | ProxyError::Approval(_) => self.code(),
             ProxyError::NoRoute
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BadRequestBody
@@ -244,7 +250,7 @@ impl ProxyError {
         let status = self.status();
         match self {
             // `type` names the policy; SDKs pick their exception from the status.
-            ProxyError::Policy(_) => self.code(),
+            ProxyError::Policy(_) | ProxyError::Approval(_) => self.code(),
             ProxyError::NoRoute => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BadRequestBody | ProxyError::McpMessage(_) => "invalid_request_error",
@@ -268,7 +274,9 @@ impl ProxyError {
             | ProxyError::BadRequestBody
             | ProxyError::McpMessage(_)
             | ProxyError::Policy(PolicyError::ForbiddenInput { .. }) => "INVALID_ARGUMENT",
-            ProxyError::Policy(PolicyError::Refused { .. }) => "PERMISSION_DENIED",
+            ProxyError::Policy(PolicyError::Refused { .. }) | ProxyError::Approval(_) => {
+                "PERMISSION_DENIED"
+            }
             ProxyError::UpstreamTimeout { .. } => "DEADLINE_EXCEEDED",
             ProxyError::Budget(BudgetError::Exceeded(_)) => "RESOURCE_EXHAUSTED",
             _ => "UNAVAILABLE",

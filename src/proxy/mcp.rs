@@ -36,6 +36,7 @@ use metrics::{counter, histogram};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::approval::{Approvals, Gate, HeldCall};
 use crate::body::{BodyEnd, Framing, McpObserver};
 use crate::mcp::{self, Kind, RequestId};
 use crate::policy::{Asker, Policies, ToolFilter};
@@ -56,6 +57,14 @@ const PARK_TTL: Duration = Duration::from_secs(600);
 const MAX_PARKED: usize = 4096;
 /// Parkings between two sweeps of the expired ones.
 const SWEEP_EVERY: u64 = 256;
+
+/// What admission made of an MCP POST.
+pub enum Admitted {
+    /// Forward it.
+    Forward,
+    /// A call awaits a person's approval: answer the POST with this JSON, forward nothing.
+    Held(Bytes),
+}
 
 /// What the MCP path keeps across requests: ops whose answer a resumed stream will carry.
 #[derive(Default)]
@@ -507,14 +516,15 @@ impl Exchange {
     }
 
     /// The policies on every `tools/call` of the POST: all admitted (each takes its session
-    /// step, the side effects apply, `call` notes the violations) or the first refusal. This is
-    /// where a call would wait for a person's approval.
+    /// step, the side effects apply, `call` notes the violations), held for a person's approval
+    /// (answered at once, see `approval`), or the first refusal.
     pub fn admit(
         &mut self,
         policies: &Policies,
         sessions: &Sessions,
+        approvals: &Approvals,
         call: &mut Call,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Admitted, ProxyError> {
         let session = self.shared.session.clone();
         let next = session.as_deref().map(|s| sessions.next_step(s));
         let mut admitted = Vec::new();
@@ -544,10 +554,37 @@ impl Exchange {
                 }
             }
         }
+        // Held calls: each approved one is forwarded once; one still waiting answers the POST.
+        let mut tickets = Vec::new();
+        for (i, _) in admitted.iter().filter(|(_, p)| p.held()) {
+            let op = &self.ops[*i];
+            let held = HeldCall {
+                agent: &self.shared.agent,
+                session: session.as_ref(),
+                server: &self.shared.route,
+                tool: op.target.as_deref().unwrap_or_default(),
+                arguments: op.arguments.as_ref(),
+            };
+            let gate = approvals.check(&held);
+            if !matches!(gate, Gate::Approved(_)) {
+                // Nothing of this POST is forwarded: approvals claimed so far go back.
+                std::mem::take(&mut tickets)
+                    .into_iter()
+                    .for_each(|t| approvals.restore(t));
+            }
+            match gate {
+                Gate::Approved(t) => tickets.push(t),
+                Gate::Pending { id, expires_in } => {
+                    return Ok(Admitted::Held(self.held(*i, &id, expires_in, call)))
+                }
+                Gate::Refused(e) => return Err(e.into()),
+            }
+        }
         for (i, pending) in admitted {
             if let Some(s) = &session {
                 let Some(step) = sessions.take_step(s, call.started(), pending.max_steps()) else {
                     // A concurrent call of the session took the last step meanwhile.
+                    tickets.into_iter().for_each(|t| approvals.restore(t));
                     return Err(policies.steps_used(&pending).into());
                 };
                 self.ops[i].step = Some(step);
@@ -558,7 +595,62 @@ impl Exchange {
                 .for_each(|v| call.add_policy_violation(*v));
             policies.commit(pending, session.as_ref());
         }
-        Ok(())
+        drop(tickets); // spent: the calls are forwarded
+        Ok(Admitted::Forward)
+    }
+
+    /// The answer to a POST whose call `i` awaits approval `id`: that call gets a tool error
+    /// result telling the model so (a result, not an error: SDKs hand it to the model instead
+    /// of raising), other requests of a batch a JSON-RPC error; nothing is forwarded.
+    fn held(&mut self, i: usize, id: &str, expires_in: Duration, call: &mut Call) -> Bytes {
+        call.add_policy_violation(PolicyViolation::ApprovalRequired);
+        let held_id = self.ops[i].id.clone();
+        let tool = self.ops[i].target.as_deref().unwrap_or_default();
+        let secs = expires_in.as_secs();
+        let text = format!(
+            "tokenwarden: this call to tool '{tool}' needs a person's approval before it runs, and was not run. \
+             Approval request {id} is pending (it expires in {secs} s). Once a person approves it, call the tool \
+             again with exactly the same arguments: that call runs, once. If it is denied or expires, the call is refused."
+        );
+        let others =
+            "tokenwarden: not forwarded: another call in this batch awaits a person's approval";
+        let answers: Vec<Value> = self
+            .ops
+            .iter()
+            .filter_map(|o| o.id.as_ref())
+            .map(|rid| {
+                if Some(rid) == held_id.as_ref() {
+                    // `resultType`: required from protocol 2026-07-28 on (the Python SDK's
+                    // client rejects a result without it); earlier versions allow extra keys.
+                    serde_json::json!({"jsonrpc": "2.0", "id": rid.to_value(), "result": {
+                        "content": [{"type": "text", "text": text}],
+                        "isError": true,
+                        "resultType": "complete",
+                        "_meta": {"tokenwarden/approval": {"id": id, "status": "pending", "expires_in_seconds": secs}},
+                    }})
+                } else {
+                    serde_json::json!({"jsonrpc": "2.0", "id": rid.to_value(), "error": {
+                        "code": -32603, "message": others, "data": {"tokenwarden": "approval_pending"}}})
+                }
+            })
+            .collect();
+        let now = Instant::now();
+        for op in std::mem::take(&mut self.ops) {
+            let end = if op.id.is_some() && op.id == held_id {
+                OpEnd {
+                    refused: Some(PolicyViolation::ApprovalRequired),
+                    ..OpEnd::error("approval_pending", &text)
+                }
+            } else {
+                OpEnd::error("approval_pending", others)
+            };
+            self.finish_op(op, &end, now);
+        }
+        let body = match (self.batch, answers.as_slice()) {
+            (false, [one]) => one.to_string(),
+            _ => Value::Array(answers).to_string(),
+        };
+        Bytes::from(body)
     }
 
     /// The POST is answered by the proxy with `e`: every op ends with it. Returns the request
@@ -567,6 +659,7 @@ impl Exchange {
         let ids: Vec<RequestId> = self.ops.iter().filter_map(|o| o.id.clone()).collect();
         let refused = match e {
             ProxyError::Policy(p) => Some(p.policy()),
+            ProxyError::Approval(_) => Some(PolicyViolation::ApprovalRequired),
             _ => None,
         };
         if let Some(p) = refused {

@@ -46,8 +46,10 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::approval::Approvals;
 use crate::body::cut::{Cut, CutSignal};
 use crate::body::{CallCheck, Gate, McpBody, ObservedBody, StripUsage};
+use crate::budget::webhook::Webhook;
 use crate::budget::{Budgets, BudgetsError, CallFacts};
 use crate::config::Config;
 use crate::policy::{Policies, PolicySet};
@@ -62,8 +64,8 @@ use crate::policy::{Pending, ResponseCheck};
 use crate::providers::protocol::{self, Classified, ErrorShape, RouteProtocol};
 use crate::providers::request::{self as inspect, RequestFacts};
 use crate::record::{BudgetDecision, Operation, PolicyViolation};
-use answer::{jsonrpc_error, local_error};
-use mcp::Exchange;
+use answer::{jsonrpc_answer, jsonrpc_error, local_error};
+use mcp::{Admitted, Exchange};
 use route::{Route, RouteError, Router};
 
 /// Response header with the tokens left under the session's token limit.
@@ -91,6 +93,8 @@ pub struct Proxy {
     policies: Arc<Policies>,
     /// MCP requests awaiting their answer on a resumed stream.
     mcp: Arc<McpState>,
+    /// Held MCP tool calls and their decisions.
+    approvals: Arc<Approvals>,
 }
 
 /// The proxy could not be built.
@@ -102,6 +106,9 @@ pub enum ProxyBuildError {
     /// The budget service could not be built.
     #[error(transparent)]
     Budgets(#[from] BudgetsError),
+    /// The alert webhook (for approval requests) could not be built.
+    #[error("alerts.webhook: {0}")]
+    Webhook(String),
 }
 
 /// One request on its way through the phases: what each phase read, for the next.
@@ -184,7 +191,16 @@ impl Proxy {
             spans: None,
             budgets: Budgets::from_config(config)?,
             mcp: Arc::new(McpState::default()),
+            approvals: Arc::new(Approvals::from_config(
+                config,
+                Webhook::from_config(config).map_err(ProxyBuildError::Webhook)?,
+            )),
         })
+    }
+
+    /// Held MCP tool calls awaiting a person's decision.
+    pub fn approvals(&self) -> &Arc<Approvals> {
+        &self.approvals
     }
 
     /// Export a span per LLM call through `spans` (`None`: no span work at all).
@@ -272,9 +288,13 @@ impl Proxy {
             f.call.set_session(s.clone(), None);
         }
         if f.parts.method == http::Method::POST {
-            if let Err(e) = self.read_mcp(&mut f, &mut ex, body).await {
-                let (ids, batch) = ex.refuse(&e, &mut f.call);
-                return jsonrpc_error(f.call, &e, &ids, batch);
+            match self.read_mcp(&mut f, &mut ex, body).await {
+                Ok(Admitted::Forward) => {}
+                Ok(Admitted::Held(answer)) => return jsonrpc_answer(f.call, answer),
+                Err(e) => {
+                    let (ids, batch) = ex.refuse(&e, &mut f.call);
+                    return jsonrpc_error(f.call, &e, &ids, batch);
+                }
             }
         }
         match self.forward(&mut f).await {
@@ -293,7 +313,7 @@ impl Proxy {
         f: &mut Flight,
         ex: &mut Exchange,
         body: Incoming,
-    ) -> Result<(), ProxyError> {
+    ) -> Result<Admitted, ProxyError> {
         let cap = self.max_body.min(crate::mcp::MAX_MESSAGE_BYTES);
         let (bytes, permit) = read_body(body, &f.parts.headers, cap, &self.body_bytes).await?;
         f.call.hold_body_permit(permit);
@@ -303,7 +323,7 @@ impl Proxy {
             f.parts.headers.insert(TRACEPARENT_HEADER, tp);
         }
         f.body = bytes;
-        ex.admit(&self.policies, &self.sessions, &mut f.call)
+        ex.admit(&self.policies, &self.sessions, &self.approvals, &mut f.call)
     }
 
     /// The MCP server's answer: status and headers at once, the body read message by message

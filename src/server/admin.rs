@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the sessions and tasks API.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, the sessions and tasks API, and the
+//! approvals API with its page.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use super::approvals_api::ApprovalsApi;
 use super::health::Health;
 use super::scopes_api::ScopesApi;
 
@@ -16,17 +18,24 @@ pub struct Admin {
     health: Arc<Health>,
     metrics: PrometheusHandle,
     sessions: ScopesApi,
+    approvals: ApprovalsApi,
 }
 
 // === impl Admin ===
 
 impl Admin {
-    /// Serve health from `health` and metrics from `metrics`.
-    pub fn new(health: Arc<Health>, metrics: PrometheusHandle, sessions: ScopesApi) -> Self {
+    /// Serve health from `health`, metrics from `metrics`, and the two APIs.
+    pub fn new(
+        health: Arc<Health>,
+        metrics: PrometheusHandle,
+        sessions: ScopesApi,
+        approvals: ApprovalsApi,
+    ) -> Self {
         Self {
             health,
             metrics,
             sessions,
+            approvals,
         }
     }
 
@@ -34,7 +43,18 @@ impl Admin {
     pub async fn serve<B>(
         self: Arc<Self>,
         req: Request<B>,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
+    ) -> Result<Response<Full<Bytes>>, Infallible>
+    where
+        B: http_body::Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if ApprovalsApi::owns(req.uri().path()) {
+            let (parts, body) = req.into_parts();
+            return Ok(self
+                .approvals
+                .handle(&parts.method, parts.uri.path(), &parts.headers, body)
+                .await);
+        }
         if ScopesApi::owns(req.uri().path()) {
             return Ok(self
                 .sessions

@@ -6,6 +6,8 @@
 //! within `server.shutdown_grace`, and returns.
 
 pub mod admin;
+pub mod approvals_api;
+pub mod auth;
 mod health;
 mod listener;
 pub mod reload;
@@ -80,6 +82,11 @@ impl Server {
         let proxy = Arc::new(Proxy::new(&config)?.with_spans(spans));
         let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
+        if let Ok(a) = admin_listener.local_addr() {
+            proxy
+                .approvals()
+                .default_page_url(format!("http://{a}/approvals"));
+        }
         Ok(Self {
             config: Arc::new(config),
             proxy,
@@ -117,6 +124,7 @@ impl Server {
         let upkeep = metrics::spawn_upkeep(metrics::install());
         let expiry = tokio::spawn(self.proxy.sessions().clone().run_expiry());
         let task_expiry = tokio::spawn(self.proxy.tasks().clone().run_expiry());
+        let approvals_expiry = tokio::spawn(self.proxy.approvals().clone().run_expiry());
         let budgets = self.proxy.budgets().cloned();
         let budget_upkeep = budgets.clone().map(|b| tokio::spawn(b.run_upkeep()));
         let reload = self.reloader.map(|(r, poll)| tokio::spawn(r.run(poll)));
@@ -141,6 +149,10 @@ impl Server {
                     self.proxy.tasks().clone(),
                     self.config.admin_token.clone(),
                 ),
+                approvals_api::ApprovalsApi::new(
+                    self.proxy.approvals().clone(),
+                    auth::AdminToken::new(self.config.admin_token.clone()),
+                ),
             )),
             admin_stop_rx,
         );
@@ -161,6 +173,7 @@ impl Server {
         upkeep.abort();
         expiry.abort();
         task_expiry.abort();
+        approvals_expiry.abort();
         if let Some(t) = budget_upkeep {
             t.abort();
         }

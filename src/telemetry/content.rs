@@ -120,6 +120,11 @@ impl ContentPolicy {
         out
     }
 
+    /// Replace configured patterns in every string of `v`.
+    pub fn redact_json(&self, v: &mut Value) {
+        self.redact_value(v, &[]);
+    }
+
     fn redact_value(&self, v: &mut Value, secrets: &[String]) {
         match v {
             Value::String(s) => *s = self.redact(s, secrets),

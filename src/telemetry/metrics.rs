@@ -25,6 +25,12 @@ pub const TOOL_CALLS_TOTAL: &str = "tokenwarden_tool_calls_total";
 /// Tool calls agents executed through MCP routes, by agent, server (route), tool and outcome
 /// (ok | error | refused).
 pub const TOOL_EXECUTIONS_TOTAL: &str = "tokenwarden_tool_executions_total";
+/// Held MCP tool calls awaiting a person's decision.
+pub const APPROVALS_PENDING: &str = "tokenwarden_approvals_pending";
+/// Approval requests decided, by decision (approved | denied | expired).
+pub const APPROVAL_DECISIONS_TOTAL: &str = "tokenwarden_approval_decisions_total";
+/// Time from an approval request to its decision (or expiry).
+pub const APPROVAL_WAIT_SECONDS: &str = "tokenwarden_approval_wait_seconds";
 /// MCP `mcp.client.operation.duration`: each MCP request from the agent's send to its answer,
 /// by method, server (route) and error type.
 pub const MCP_OPERATION_DURATION: &str = "mcp_client_operation_duration_seconds";
@@ -153,7 +159,13 @@ pub const TASK_NAMES: &[&str] = &[
 
 /// Exported names outside CONTRACT.md's "Prometheus metrics" list: the tool leg's (its "Added for
 /// the tool leg" section) and the MCP conventions' duration histogram (dashboards use them).
-pub const TOOL_LEG_NAMES: &[&str] = &[TOOL_EXECUTIONS_TOTAL, MCP_OPERATION_DURATION];
+pub const TOOL_LEG_NAMES: &[&str] = &[
+    TOOL_EXECUTIONS_TOTAL,
+    MCP_OPERATION_DURATION,
+    APPROVALS_PENDING,
+    APPROVAL_DECISIONS_TOTAL,
+    APPROVAL_WAIT_SECONDS,
+];
 
 /// Buckets for the sidecar's own overhead: tens of microseconds to tens of milliseconds.
 const OVERHEAD_BUCKETS: &[f64] = &[
@@ -192,6 +204,11 @@ const MCP_DURATION_BUCKETS: &[f64] = &[
     0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// A person's decision: seconds to an hour (the default expiry is ten minutes).
+const APPROVAL_WAIT_BUCKETS: &[f64] = &[
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+];
+
 /// Calls per session.
 const STEP_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -225,9 +242,10 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets: [(&str, &[f64]); 19] = [
+            let buckets: [(&str, &[f64]); 20] = [
                 (TOOL_GATE_DELAY_SECONDS, GATE_BUCKETS),
                 (MCP_OPERATION_DURATION, MCP_DURATION_BUCKETS),
+                (APPROVAL_WAIT_SECONDS, APPROVAL_WAIT_BUCKETS),
                 (CONTEXT_UTILIZATION_RATIO, RATIO_BUCKETS),
                 (SESSION_STEPS, STEP_BUCKETS),
                 (TASK_STEPS, STEP_BUCKETS),
@@ -264,6 +282,7 @@ pub fn install() -> PrometheusHandle {
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             // Present from the start, so an alert on its rate has a series to read.
             metrics::counter!(SPANS_DROPPED_TOTAL).absolute(0);
+            metrics::gauge!(APPROVALS_PENDING).set(0.0);
             handle
         })
         .clone()
@@ -324,6 +343,20 @@ fn describe() {
         TOOL_EXECUTIONS_TOTAL,
         Unit::Count,
         "Tool calls agents executed through MCP routes, by agent, server, tool and outcome (ok|error|refused)."
+    );
+    describe_gauge!(
+        APPROVALS_PENDING,
+        "Held MCP tool calls awaiting a person's decision."
+    );
+    describe_counter!(
+        APPROVAL_DECISIONS_TOTAL,
+        Unit::Count,
+        "Approval requests decided, by decision (approved|denied|expired)."
+    );
+    describe_histogram!(
+        APPROVAL_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time from an approval request to its decision or expiry."
     );
     describe_histogram!(
         MCP_OPERATION_DURATION,
@@ -445,12 +478,12 @@ fn describe() {
     describe_counter!(
         BUDGET_ALERTS_DROPPED_TOTAL,
         Unit::Count,
-        "Budget alerts dropped because the webhook queue was full."
+        "Alerts (budget, approval requests) dropped because the webhook queue was full."
     );
     describe_counter!(
         BUDGET_ALERTS_FAILED_TOTAL,
         Unit::Count,
-        "Budget alerts the webhook did not accept after every retry."
+        "Alerts (budget, approval requests) the webhook did not accept after every retry."
     );
     describe_histogram!(
         TOOL_GATE_DELAY_SECONDS,

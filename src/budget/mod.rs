@@ -168,10 +168,17 @@ pub fn input_bound(body: &[u8]) -> u64 {
         b"\"source\"",
         b"\"file\"",
     ];
-    let media: u64 = MEDIA_KEYS
-        .iter()
-        .map(|k| memchr::memmem::find_iter(body, k).count() as u64)
-        .sum();
+    static KEYS: std::sync::LazyLock<Option<aho_corasick::AhoCorasick>> =
+        std::sync::LazyLock::new(|| aho_corasick::AhoCorasick::new(MEDIA_KEYS).ok());
+    // One pass finds what nine would: no key is a prefix of another, and in JSON two quoted
+    // keys never share a quote (a string is followed by `:`, `,`, `]`, `}` or space).
+    let media: u64 = match KEYS.as_ref() {
+        Some(keys) => keys.find_iter(body).count() as u64,
+        None => MEDIA_KEYS
+            .iter()
+            .map(|k| memchr::memmem::find_iter(body, k).count() as u64)
+            .sum(),
+    };
     let n = body.len() as u64;
     n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + media * crate::tokens::MEDIA_PART_TOKENS
 }
@@ -961,6 +968,18 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_input_bound_counts_each_media_key_once() {
+        let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}},{"inline_data":{},"inlineData":{},"input_audio":{},"file_data":{},"fileData":{},"image":{},"source":{},"file":{}},"\"file\" and \"image\""]}]}"#;
+        let n = body.len() as u64;
+        // Ten keys (image_url twice), the escaped quotes inside a string are no keys.
+        let media = 10 * crate::tokens::MEDIA_PART_TOKENS;
+        assert_eq!(
+            input_bound(body),
+            n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + media
+        );
+    }
 
     #[test]
     fn the_input_bound_is_never_below_the_estimate() {

@@ -168,17 +168,10 @@ pub fn input_bound(body: &[u8]) -> u64 {
         b"\"source\"",
         b"\"file\"",
     ];
-    static KEYS: std::sync::LazyLock<Option<aho_corasick::AhoCorasick>> =
-        std::sync::LazyLock::new(|| aho_corasick::AhoCorasick::new(MEDIA_KEYS).ok());
-    // One pass finds what nine would: no key is a prefix of another, and in JSON two quoted
-    // keys never share a quote (a string is followed by `:`, `,`, `]`, `}` or space).
-    let media: u64 = match KEYS.as_ref() {
-        Some(keys) => keys.find_iter(body).count() as u64,
-        None => MEDIA_KEYS
-            .iter()
-            .map(|k| memchr::memmem::find_iter(body, k).count() as u64)
-            .sum(),
-    };
+    let media: u64 = MEDIA_KEYS
+        .iter()
+        .map(|k| memchr::memmem::find_iter(body, k).count() as u64)
+        .sum();
     let n = body.len() as u64;
     n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + media * crate::tokens::MEDIA_PART_TOKENS
 }

@@ -24,6 +24,14 @@
 #   slow:  SLOW_CONC [1000] SLOW_DUR [15] SLOW_CHUNKS [100] SLOW_DELAY_MS [100]
 #          SLOW_TARGETS ["tokenwarden nginx"] SLOW_SAMPLE [0.5] SLOW_AFTER [3]
 #   idle:  IDLE_SETTLE [1] (seconds after the port opens before RSS is read)
+#   everything (issue 25; not in the default CASES): the kit's toy requests against tokenwarden
+#          with everything a user turns on (budgets on the memory store with a session and an
+#          agent limit and a price, an agent policy, the session header; TW_OTLP=<endpoint>
+#          adds OTLP/gRPC span export), MODES and CONCS as for main
+#   agent (issue 25; not in the default CASES): agent-sized requests (the kit's post.lua with
+#          TOOLS=20 and HISTORY_KB from AGENT_HISTORY ["0 64 256"]), non-streaming, c=AGENT_CONCS
+#          ["16"]: nginx, tokenwarden bare, tokenwarden with everything on; lines tagged
+#          "config" and "history_kb", summed up in a table at the end
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -183,6 +191,58 @@ if has_case main; then
   sed 's/^{/{"case":"main",/' "$RAW" >>"$OUT_JSONL"
 fi
 
+# --- everything on (issue 25): the configuration of the issue's measurements ---
+ON_CONFIG="$WORK/tokenwarden-everything.yaml"
+cat >"$ON_CONFIG" <<ONCFG
+# tokenwarden with everything a user turns on: budgets (memory store, a session and an agent
+# limit, a price), an agent policy, the session header (sent by the kit via TW_EXTRA).
+listen: 127.0.0.1:18090
+admin_listen: 127.0.0.1:18091
+logging: { access_log: false }
+routes:
+  - { name: mock, path_prefix: /, upstream: 'http://127.0.0.1:18000', agent: bench }
+identity: { session_headers: [x-session-id] }
+budgets:
+  store: { kind: memory }
+  limits:
+    - { scope: session, tokens: 1000000000000 }
+    - { scope: agent, usd: 1000000.0, window: 1d }
+pricing:
+  gpt-4o-mini: { input: 0.15, output: 0.60 }
+agents:
+  bench:
+    max_steps: 1000000000
+    max_tokens_cap: { limit: 4096 }
+    forbidden_input: [ { id: aws_key, regex: "AKIA[0-9A-Z]{16}" } ]
+ONCFG
+[ -n "${TW_OTLP:-}" ] && printf "telemetry: { otlp: { endpoint: '%s', protocol: grpc } }\n" "$TW_OTLP" >>"$ON_CONFIG"
+"$TW_BIN" check-config "$ON_CONFIG" >/dev/null || { echo "tokenwarden rejects $ON_CONFIG" >&2; exit 2; }
+ON_EXTRA="x-session-id: bench-session"
+if has_case everything; then
+  log "everything: MODES='$MODES' CONCS='$CONCS' DUR=$DUR REPS=$REPS"
+  RAWE="$BASE-everything.raw.jsonl"
+  run_child env OUT="$RAWE" TARGETS=tokenwarden TW_CONFIG="$ON_CONFIG" TW_EXTRA="$ON_EXTRA" "$KIT/run-bench.sh" >&2
+  sed 's/^{/{"case":"everything",/' "$RAWE" >>"$OUT_JSONL"
+fi
+
+# --- agent-sized requests (issue 25): 20 tools and a growing history, nginx beside tokenwarden ---
+if has_case agent; then
+  for kb in ${AGENT_HISTORY:-0 64 256}; do
+    log "agent: TOOLS=20 HISTORY_KB=$kb c=${AGENT_CONCS:-16}"
+    for cfg in bare everything; do
+      RAWA="$BASE-agent-$cfg-$kb.raw.jsonl"
+      if [ "$cfg" = bare ]; then
+        run_child env OUT="$RAWA" TOOLS=20 HISTORY_KB="$kb" MODES=nonstream CONCS="${AGENT_CONCS:-16}" \
+          TARGETS="nginx tokenwarden" "$KIT/run-bench.sh" >&2
+      else
+        run_child env OUT="$RAWA" TOOLS=20 HISTORY_KB="$kb" MODES=nonstream CONCS="${AGENT_CONCS:-16}" \
+          TARGETS=tokenwarden TW_CONFIG="$ON_CONFIG" TW_EXTRA="$ON_EXTRA" "$KIT/run-bench.sh" >&2
+      fi
+      sed "s/^{/{\"case\":\"agent\",\"config\":\"$cfg\",\"history_kb\":$kb,/" "$RAWA" >>"$OUT_JSONL"
+    done
+  done
+fi
+
 # --- extra cases: idle RSS, long stream, 1,000 slow streams ---
 extra_cases=""
 for c in idle long slow; do has_case "$c" && extra_cases="$extra_cases $c"; done
@@ -195,6 +255,25 @@ fi
 
 # --- summary ---
 python3 "$HERE/summarize.py" "$OUT_JSONL" >"$OUT_MD"
+# Agent-sized and everything-on rows: CPU µs per request (proxy CPU / requests), medians of reps.
+python3 - "$OUT_JSONL" >>"$OUT_MD" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+sel = [r for r in rows if r.get("case") in ("agent", "everything") and r.get("wrk")]
+if sel:
+    cells = {}
+    for r in sel:
+        w = r["wrk"]; rps = w["requests"] / (w["duration_us"] / 1e6)
+        name = r["target"] if r["target"] == "nginx" else f"tokenwarden {r.get('config', 'everything')}"
+        key = (r["case"], r.get("history_kb", "-"), r["mode"], r["conc"], name)
+        cells.setdefault(key, []).append((r["cpu_cores"] * 1e6 / rps if rps else 0, rps))
+    print("\n## Everything on / agent-sized requests (CPU µs per request, rps; medians)\n")
+    print("| case | history KiB | mode | c | target | CPU µs/req | rps |")
+    print("|---|---|---|---|---|---|---|")
+    for k in sorted(cells, key=str):
+        v = cells[k]
+        print(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {k[4]} | {statistics.median(x[0] for x in v):.0f} | {statistics.median(x[1] for x in v):.0f} |")
+PY
 log "results: $OUT_JSONL"
 log "summary: $OUT_MD"
 cat "$OUT_MD"

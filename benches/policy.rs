@@ -4,6 +4,12 @@
 //! per request), and, for scale, request inspection and the input-token estimate alone (the
 //! context guard calls the estimate; it dominates the request side).
 //!
+//! The `agent_request` group is the request side as the proxy runs it for agent-sized requests
+//! (20 tools, 0 / 64 / 256 KiB of history, built like the peer kit's `post.lua` with `TOOLS` and
+//! `HISTORY_KB`), default policies with a session: the body parsed once and shared by inspection
+//! and the policies (`one_parse`), against inspection and policies each reading the bytes
+//! (`two_parses`, how the proxy ran before issue 25).
+//!
 //! Run: `cargo bench --bench policy`. Numbers go to BENCHMARKS.md.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +22,7 @@ use serde_json::{json, Value};
 use tokenwarden::config::load_from_str;
 use tokenwarden::policy::{check_calls, Asker, Policies, PolicySet, ToolRules};
 use tokenwarden::providers::protocol::{classify, RouteProtocol};
-use tokenwarden::providers::request::inspect;
+use tokenwarden::providers::request::{inspect, inspect_doc};
 use tokenwarden::providers::ToolCall;
 use tokenwarden::telemetry::labels::Labels;
 
@@ -146,5 +152,64 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// An agent's request as the peer kit's `post.lua` builds it: `tools` declared tools and about
+/// `history_kb` KiB of earlier turns.
+fn agent_body(tools: usize, history_kb: usize) -> Vec<u8> {
+    let mut history = String::new();
+    let mut turn = 0;
+    while history.len() < history_kb * 1024 {
+        turn += 1;
+        history.push_str(&format!(
+            r#"{{"role":"user","content":"Step {turn}: look up the order status for customer {turn} and summarise what changed since the last check, including shipping, billing and any open tickets."}},{{"role":"assistant","content":"The order for customer {turn} shipped yesterday; billing is settled; one ticket about a delayed parcel is still open and waiting on the carrier."}},"#
+        ));
+    }
+    let tools: Vec<String> = (1..=tools)
+        .map(|i| {
+            format!(
+                r#"{{"type":"function","function":{{"name":"tool_{i}","description":"Tool number {i}","parameters":{{"type":"object","properties":{{"id":{{"type":"string"}},"limit":{{"type":"integer","minimum":1,"maximum":100}}}},"required":["id"],"additionalProperties":false}}}}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"system","content":"You are a helpful assistant."}},{history}{{"role":"user","content":"Say hello in one short sentence."}}],"max_tokens":64,"tools":[{}],"stream":false}}"#,
+        tools.join(",")
+    )
+    .into_bytes()
+}
+
+fn agent_request(c: &mut Criterion) {
+    let policies = Policies::new(PolicySet::empty(), Arc::new(Labels::new(200)));
+    let class = classify(RouteProtocol::Auto, PATH);
+    let agent: Arc<str> = Arc::from("default");
+    let session: Arc<str> = Arc::from("bench-session");
+    let asker = || Asker {
+        agent: &agent,
+        operation: tokenwarden::record::Operation::Chat,
+        session: Some(&session),
+        step: Some(3),
+        now: tokio::time::Instant::now(),
+    };
+    let mut g = c.benchmark_group("agent_request");
+    for kb in [0, 64, 256] {
+        let body = agent_body(20, kb);
+        g.bench_function(format!("one_parse_20_tools_{kb}k"), |b| {
+            b.iter(|| {
+                let doc: Value = serde_json::from_slice(black_box(&body)).unwrap();
+                let mut facts = inspect_doc(&class, PATH, None, &doc).unwrap();
+                let admitted = policies.evaluate_doc(&asker(), &mut facts, &body, doc);
+                assert!(admitted.is_ok());
+            })
+        });
+        g.bench_function(format!("two_parses_20_tools_{kb}k"), |b| {
+            b.iter(|| {
+                let mut facts = inspect(&class, PATH, None, black_box(&body)).unwrap();
+                let admitted = policies.evaluate(&asker(), &mut facts, &body);
+                assert!(admitted.is_ok());
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, agent_request);
 criterion_main!(benches);

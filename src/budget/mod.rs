@@ -953,6 +953,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_input_bound_counts_each_media_key_once() {
+        let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}},{"inline_data":{},"inlineData":{},"input_audio":{},"file_data":{},"fileData":{},"image":{},"source":{},"file":{}},"\"file\" and \"image\""]}]}"#;
+        let n = body.len() as u64;
+        // Ten keys (image_url twice), the escaped quotes inside a string are no keys.
+        let media = 10 * crate::tokens::MEDIA_PART_TOKENS;
+        assert_eq!(
+            input_bound(body),
+            n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + media
+        );
+    }
+
+    #[test]
     fn the_input_bound_is_never_below_the_estimate() {
         let bodies: &[&str] = &[
             r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,

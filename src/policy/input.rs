@@ -47,6 +47,11 @@ impl ForbiddenInput {
         for key in CONTENT_KEYS {
             if let Some(v) = doc.get(key) {
                 walk_strings(v, &mut |s| {
+                    // Nearly every string matches nothing: `is_match` stops at the first match
+                    // and needs no per-pattern bookkeeping; only a hit asks which pattern.
+                    if !set.is_match(s) {
+                        return;
+                    }
                     if let Some(i) = set.matches(s).iter().next() {
                         first = Some(first.map_or(i, |f| f.min(i)));
                     }

@@ -164,6 +164,9 @@ pub struct Pending {
     context: Option<(Arc<str>, f64)>,
     /// An MCP call of a `require_approval` tool under `approval_action: hold`.
     hold: bool,
+    /// The tokenizer's input estimate of the body as forwarded, when the context guard needed
+    /// it: budgets take it instead of reading the body again.
+    input_tokens: Option<u64>,
 }
 
 /// A request the policies refuse.
@@ -365,6 +368,8 @@ impl Policies {
     /// would take, [`crate::session::Sessions::next_step`]): rewrite `body` when a policy changed
     /// it, and return the response check and the side effects to commit once the call is
     /// admitted — or the refusal. Either way the policies broken so far come back for the span.
+    /// `doc` is `body` already parsed (when it is a JSON object the proxy parsed): it is not
+    /// parsed again.
     pub fn admit(
         &self,
         labels: &CallLabels,
@@ -372,6 +377,7 @@ impl Policies {
         step: Option<u64>,
         facts: &mut RequestFacts,
         body: &mut Bytes,
+        doc: Option<Value>,
     ) -> Result<(ResponseCheck, Pending), Refusal> {
         let asker = Asker {
             agent: &labels.agent,
@@ -380,7 +386,7 @@ impl Policies {
             step,
             now: Instant::now(),
         };
-        let a = self.evaluate(&asker, facts, body)?;
+        let a = self.evaluate_parsed(&asker, facts, body, doc)?;
         if let Some(b) = a.rewritten {
             *body = b;
         }
@@ -393,6 +399,28 @@ impl Policies {
         asker: &Asker<'_>,
         facts: &mut RequestFacts,
         body: &[u8],
+    ) -> Result<Admission, Refusal> {
+        self.evaluate_parsed(asker, facts, body, None)
+    }
+
+    /// [`Policies::evaluate`] with the body's document when the caller parsed it already
+    /// (`None`: parsed here, when a policy gets that far).
+    pub fn evaluate_doc(
+        &self,
+        asker: &Asker<'_>,
+        facts: &mut RequestFacts,
+        body: &[u8],
+        doc: Value,
+    ) -> Result<Admission, Refusal> {
+        self.evaluate_parsed(asker, facts, body, Some(doc))
+    }
+
+    fn evaluate_parsed(
+        &self,
+        asker: &Asker<'_>,
+        facts: &mut RequestFacts,
+        body: &[u8],
+        parsed: Option<Value>,
     ) -> Result<Admission, Refusal> {
         let set = self.set.load();
         let rules = set.rules_for(asker.agent).clone();
@@ -412,6 +440,7 @@ impl Policies {
             tool_results: Vec::new(),
             context: None,
             hold: false,
+            input_tokens: None,
         };
 
         if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
@@ -433,11 +462,16 @@ impl Policies {
             });
         }
 
-        let mut doc = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{') => serde_json::from_slice::<Value>(body).ok(),
-            _ => None,
+        let mut doc = match parsed {
+            Some(d) => Some(d),
+            None if crate::providers::request::is_object(body) => {
+                serde_json::from_slice::<Value>(body).ok()
+            }
+            None => None,
         };
         let mut dirty = false;
+        // Tools stripped: the text differs from the body's (a clamped cap changes no text).
+        let mut stripped = false;
         let adapter = facts.format.adapter();
 
         if rules.tools.restricts() {
@@ -458,6 +492,7 @@ impl Policies {
                         if let Some(d) = doc.as_mut() {
                             adapter.strip_tools(d, &|n| rules.tools.permits(n));
                             dirty = true;
+                            stripped = true;
                         }
                         facts.tools.retain(|t| rules.tools.permits(&t.name));
                     }
@@ -527,7 +562,12 @@ impl Policies {
         if let Some(model) = facts.model.as_deref() {
             if let Some(window) = set.catalog.window(model) {
                 let output = facts.max_tokens.unwrap_or(0);
-                let input = context_estimate(facts.format, body, output, window);
+                // The parsed body serves the tokenizer unless a policy changed its text
+                // (stripped tools): the guard counts the body as the agent sent it.
+                let parsed = doc.as_ref().filter(|_| !stripped);
+                let (input, exact) = context_estimate(facts.format, body, parsed, output, window);
+                // Shared with budgets when it counts the text that goes upstream.
+                pending.input_tokens = exact.filter(|_| !stripped);
                 let sample = (self.labels.models.get(model), input as f64 / window as f64);
                 if input.saturating_add(output) > window {
                     if rules.context_window_action == Enforcement::Block {
@@ -647,6 +687,7 @@ impl Policies {
             tool_results: Vec::new(),
             context: None,
             hold: false,
+            input_tokens: None,
         };
         if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
             if step > max {
@@ -746,6 +787,12 @@ impl Pending {
         self.hold
     }
 
+    /// The tokenizer's input estimate of the body as forwarded, when the context guard counted
+    /// it (budgets reuse it).
+    pub fn input_tokens(&self) -> Option<u64> {
+        self.input_tokens
+    }
+
     /// The agent's `max_steps`, for taking the session step at commit.
     pub fn max_steps(&self) -> Option<u64> {
         self.max_steps
@@ -819,21 +866,28 @@ impl ResponseCheck {
     }
 }
 
-/// Estimated input tokens for the context guard. The tokenizer costs about 20 µs per KiB of
-/// text, so it runs only when a call may come near its window: below half the window by a cheap
-/// estimate (a quarter token per body byte; JSON syntax and media make that generous for all
-/// but the densest text) the cheap estimate stands.
+/// Estimated input tokens for the context guard, and whether the tokenizer gave it. The
+/// tokenizer costs about 20 µs per KiB of text, so it runs only when a call may come near its
+/// window: below half the window by a cheap estimate (a quarter token per body byte; JSON syntax
+/// and media make that generous for all but the densest text) the cheap estimate stands. `doc`
+/// is the body already parsed, when the policies parsed it: its text is read without a second
+/// parse.
 fn context_estimate(
     format: crate::providers::Format,
     body: &[u8],
+    doc: Option<&Value>,
     output: u64,
     window: u64,
-) -> u64 {
+) -> (u64, Option<u64>) {
     let cheap = body.len() as u64 / 4;
     if cheap.saturating_add(output).saturating_mul(2) < window {
-        return cheap;
+        return (cheap, None);
     }
-    crate::providers::estimate_input(format, body)
+    let exact = match doc {
+        Some(d) => crate::providers::estimate_input_doc(format, d),
+        None => crate::providers::estimate_input(format, body),
+    };
+    (exact, Some(exact))
 }
 
 #[cfg(test)]

@@ -137,6 +137,12 @@ pub trait Adapter: Sync {
     fn request_text(&self, body: &[u8]) -> RequestText {
         text::request_text(body)
     }
+
+    /// [`Adapter::request_text`] of a body already parsed into `doc` (a JSON object), so the
+    /// policies' parse serves the context guard too.
+    fn request_text_doc(&self, doc: &Value) -> RequestText {
+        text::request_text_doc(doc)
+    }
 }
 
 /// Copy one SSE event's raw bytes (`span`; its decoded data is `data`) to `out`, rewritten;

@@ -27,7 +27,7 @@ mod usage;
 pub use adapter::{Adapter, EventRewrite, Gated, Operation, StreamEnding, StreamReader, ToolGate};
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use registry::Format;
-pub use request::{estimate_input, Capped};
+pub use request::{estimate_input, estimate_input_doc, Capped};
 pub use text::output_text;
 pub use tools::ToolResult;
 pub use usage::{ModelUsage, ResponseRecord, ToolCall, Usage, MAX_OTHER_MODELS};

@@ -9,7 +9,9 @@
 
 use std::borrow::Cow;
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::Value;
 
 pub use super::fields::{Capped, DeclaredTool};
 use super::protocol::Classified;
@@ -35,8 +37,10 @@ pub struct RequestFacts {
     pub user: Option<String>,
 }
 
+/// The fields read, with `tools` items as `T`: values when read from bytes, unread (`IgnoredAny`,
+/// only their shape checked) when read from a parsed document that holds them already.
 #[derive(Deserialize)]
-struct Body<'a> {
+struct Body<'a, T> {
     #[serde(default, borrow)]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -54,7 +58,7 @@ struct Body<'a> {
     #[serde(default)]
     options: Option<OllamaOptions>,
     #[serde(default)]
-    tools: Option<Vec<serde_json::Value>>,
+    tools: Option<Vec<T>>,
     #[serde(default, borrow)]
     user: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -94,19 +98,57 @@ pub fn inspect(
 ) -> Option<RequestFacts> {
     let format = class.format?;
     // Only JSON objects are read; anything else is forwarded and simply not inspected.
-    let parsed = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'{') => serde_json::from_slice::<Body<'_>>(body).ok(),
-        _ => None,
+    let parsed = if is_object(body) {
+        serde_json::from_slice::<Body<'_, Value>>(body).ok()
+    } else {
+        None
     };
-    let adapter = format.adapter();
-    let model = adapter.requested_model(path, parsed.as_ref().and_then(|b| b.model.as_deref()));
-    let stream = adapter.requested_stream(path, query, parsed.as_ref().and_then(|b| b.stream));
-    let include_usage = parsed
+    let tools = parsed.as_ref().and_then(|b| b.tools.as_deref());
+    Some(facts(format, path, query, parsed.as_ref(), tools))
+}
+
+/// Whether a body is a JSON object by its first byte (only objects are read).
+pub fn is_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// [`inspect`] of a body the proxy parsed already into `doc` (a JSON object): the same facts,
+/// read from the document instead of the bytes (the policies then use the same document).
+pub fn inspect_doc(
+    class: &Classified,
+    path: &str,
+    query: Option<&str>,
+    doc: &Value,
+) -> Option<RequestFacts> {
+    let format = class.format?;
+    let parsed = Body::<'_, IgnoredAny>::deserialize(doc).ok();
+    // The field's shape was checked by the typed read; its items are the document's own.
+    let tools = parsed
         .as_ref()
+        .and_then(|b| b.tools.as_ref())
+        .and_then(|_| doc.get("tools"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice);
+    Some(facts(format, path, query, parsed.as_ref(), tools))
+}
+
+/// The facts of a request in `format`, from its typed read (`None`: not a JSON object, or not
+/// one of the expected shape) and its `tools` items.
+fn facts<T>(
+    format: Format,
+    path: &str,
+    query: Option<&str>,
+    parsed: Option<&Body<'_, T>>,
+    tools: Option<&[Value]>,
+) -> RequestFacts {
+    let adapter = format.adapter();
+    let model = adapter.requested_model(path, parsed.and_then(|b| b.model.as_deref()));
+    let stream = adapter.requested_stream(path, query, parsed.and_then(|b| b.stream));
+    let include_usage = parsed
         .and_then(|b| b.stream_options.as_ref())
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let max_tokens = parsed.as_ref().and_then(|b| {
+    let max_tokens = parsed.and_then(|b| {
         b.max_tokens
             .or(b.max_completion_tokens)
             .or(b.max_output_tokens)
@@ -116,18 +158,14 @@ pub fn inspect(
                 .and_then(|g| g.max_output_tokens))
             .or(b.options.as_ref().and_then(|o| o.num_predict))
     });
-    let tools = parsed
-        .as_ref()
-        .and_then(|b| b.tools.as_deref())
-        .map(|t| adapter.declared_tools(t))
-        .unwrap_or_default();
-    let user = parsed.as_ref().and_then(|b| {
+    let tools = tools.map(|t| adapter.declared_tools(t)).unwrap_or_default();
+    let user = parsed.and_then(|b| {
         b.user
             .as_deref()
             .or(b.metadata.as_ref().and_then(|m| m.user_id.as_deref()))
             .map(str::to_string)
     });
-    Some(RequestFacts {
+    RequestFacts {
         format,
         model,
         stream,
@@ -135,7 +173,7 @@ pub fn inspect(
         max_tokens,
         tools,
         user,
-    })
+    }
 }
 
 /// The request rewritten to ask for usage in its stream, when it is a stream that states none
@@ -152,6 +190,12 @@ pub fn ask_stream_usage(facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
 /// part. A body that is not JSON counts as text.
 pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
     crate::tokens::estimate(&format.adapter().request_text(body))
+}
+
+/// [`estimate_input`] of a body already parsed into `doc` (a JSON object): the same count,
+/// without a second parse.
+pub fn estimate_input_doc(format: Format, doc: &serde_json::Value) -> u64 {
+    crate::tokens::estimate(&format.adapter().request_text_doc(doc))
 }
 
 #[cfg(test)]
@@ -265,6 +309,46 @@ mod tests {
         assert_eq!(f.user.as_deref(), Some("u-7"));
         let f = facts("/v1/messages", None, r#"{"metadata":{"user_id":"a-1"}}"#).unwrap();
         assert_eq!(f.user.as_deref(), Some("a-1"));
+    }
+
+    #[test]
+    fn the_parsed_document_gives_the_same_facts_and_estimate_as_the_bytes() {
+        let bodies = [
+            (
+                "/v1/chat/completions",
+                r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":9,"user":"u","tools":[{"type":"function","function":{"name":"a","parameters":{"type":"object"}}}],"messages":[{"role":"user","content":"hi there"}]}"#,
+            ),
+            (
+                "/v1/messages",
+                r#"{"model":"claude","max_tokens":64,"metadata":{"user_id":"x"},"tools":[{"name":"b","input_schema":{}}],"system":"be brief","messages":[{"role":"user","content":[{"type":"text","text":"hello"},{"type":"image","source":{"type":"base64","data":"AAAA"}}]}]}"#,
+            ),
+            (
+                "/v1beta/models/g:generateContent",
+                r#"{"generationConfig":{"maxOutputTokens":128},"contents":[{"role":"user","parts":[{"text":"q"}]}]}"#,
+            ),
+            (
+                "/api/chat",
+                r#"{"model":"llama3.2","options":{"num_predict":256},"messages":[]}"#,
+            ),
+            // A field of the wrong shape: neither reading takes any field.
+            (
+                "/v1/chat/completions",
+                r#"{"model":"m","stream":"yes","tools":{"x":1}}"#,
+            ),
+            ("/v1/chat/completions", r#"{"model":"m","tools":null}"#),
+        ];
+        for (path, body) in bodies {
+            let class = classify(RouteProtocol::Auto, path);
+            let doc: Value = serde_json::from_str(body).unwrap();
+            let from_doc = inspect_doc(&class, path, None, &doc).unwrap();
+            assert_eq!(from_doc, facts(path, None, body).unwrap(), "{body}");
+            let format = from_doc.format;
+            assert_eq!(
+                estimate_input_doc(format, &doc),
+                estimate_input(format, body.as_bytes()),
+                "{body}"
+            );
+        }
     }
 
     #[test]

@@ -49,18 +49,27 @@ const MEDIA_KEYS: &[&str] = &[
 /// every format; it is each adapter's [`request_text`](super::Adapter::request_text) unless a
 /// format refines it.
 pub(super) fn request_text(body: &[u8]) -> RequestText {
-    let mut out = RequestText::default();
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => {
-            for (k, v) in &map {
-                match k.as_str() {
-                    "messages" | "contents" | "input" | "prompt" | "system" | "instructions"
-                    | "systemInstruction" | "system_instruction" | "tools" => walk(k, v, &mut out),
-                    _ => {}
-                }
+        Ok(doc @ Value::Object(_)) => request_text_doc(&doc),
+        Ok(_) | Err(_) => RequestText {
+            text: String::from_utf8_lossy(body).into_owned(),
+            ..RequestText::default()
+        },
+    }
+}
+
+/// The text of a request body already parsed (a JSON object; anything else has no text): what
+/// [`request_text`] reads, without parsing the body again.
+pub(super) fn request_text_doc(doc: &Value) -> RequestText {
+    let mut out = RequestText::default();
+    if let Value::Object(map) = doc {
+        for (k, v) in map {
+            match k.as_str() {
+                "messages" | "contents" | "input" | "prompt" | "system" | "instructions"
+                | "systemInstruction" | "system_instruction" | "tools" => walk(k, v, &mut out),
+                _ => {}
             }
         }
-        Ok(_) | Err(_) => out.text = String::from_utf8_lossy(body).into_owned(),
     }
     out
 }

@@ -123,6 +123,9 @@ struct Flight {
     body: Bytes,
     /// What the request says, until the admit phase hands it to the call's accounting.
     facts: Option<RequestFacts>,
+    /// The body parsed once for every reader on the request path (inspection, then the
+    /// policies, which drop it before anything awaits).
+    doc: Option<serde_json::Value>,
     /// The policies' side effects, applied once budgets admitted the call too.
     pending: Option<Pending>,
 }
@@ -406,6 +409,7 @@ impl Proxy {
             parts,
             body: Bytes::new(),
             facts: None,
+            doc: None,
             pending: None,
         }
     }
@@ -421,7 +425,18 @@ impl Proxy {
             Some(p) => std::borrow::Cow::Borrowed(p),
             None => f.route.upstream_path(f.parts.uri.path()),
         };
-        f.facts = inspect::inspect(&f.class, &upath, f.parts.uri.query(), &bytes);
+        // An LLM call's JSON body is parsed once here, for inspection and the policies (which
+        // read the conversation); embeddings are only inspected (their input is not read).
+        let query = f.parts.uri.query();
+        f.doc = (f.class.format.is_some()
+            && f.class.operation != Operation::Embeddings
+            && inspect::is_object(&bytes))
+        .then(|| serde_json::from_slice(&bytes).ok())
+        .flatten();
+        f.facts = match &f.doc {
+            Some(doc) => inspect::inspect_doc(&f.class, &upath, query, doc),
+            None => inspect::inspect(&f.class, &upath, query, &bytes),
+        };
         f.body = bytes;
         let user = f.facts.as_ref().and_then(|x| x.user.as_deref());
         if let Some(session) = self.session_source.identify(&f.parts.headers, user) {
@@ -456,6 +471,7 @@ impl Proxy {
             f.call.step(),
             &mut facts,
             &mut f.body,
+            f.doc.take(),
         );
         let check = match admitted {
             Ok((check, pending)) => {
@@ -493,7 +509,10 @@ impl Proxy {
                 input_bound: crate::budget::input_bound(&ask.body),
                 max_output: ask.max_output,
             };
-            let estimate = || crate::budget::estimate_input(ask.format, &ask.body);
+            // The context guard may have counted this body already: one tokenizer pass.
+            let known = f.pending.as_ref().and_then(Pending::input_tokens);
+            let estimate =
+                || known.unwrap_or_else(|| crate::budget::estimate_input(ask.format, &ask.body));
             match budgets.admit(call_facts, &estimate).await {
                 Ok(adm) => f.call.set_budget(adm),
                 Err(e) => {

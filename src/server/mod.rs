@@ -147,7 +147,7 @@ impl Server {
                     budgets.clone(),
                     self.proxy.sessions().clone(),
                     self.proxy.tasks().clone(),
-                    self.config.admin_token.clone(),
+                    auth::AdminToken::new(self.config.admin_token.clone()),
                 ),
                 approvals_api::ApprovalsApi::new(
                     self.proxy.approvals().clone(),

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use http_body_util::Full;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -25,6 +25,8 @@ use crate::config::LimitScope;
 use crate::session::{SessionSnapshot, Sessions};
 use crate::task::{TaskSnapshot, Tasks};
 
+use super::auth::{reply, AdminToken};
+
 /// Default and largest `top`.
 const TOP_DEFAULT: usize = 10;
 const TOP_MAX: usize = 1000;
@@ -34,7 +36,7 @@ pub struct ScopesApi {
     budgets: Option<Arc<Budgets>>,
     sessions: Arc<Sessions>,
     tasks: Arc<Tasks>,
-    token: Option<String>,
+    token: AdminToken,
 }
 
 /// Which records a request is about.
@@ -106,7 +108,7 @@ impl ScopesApi {
         budgets: Option<Arc<Budgets>>,
         sessions: Arc<Sessions>,
         tasks: Arc<Tasks>,
-        token: Option<String>,
+        token: AdminToken,
     ) -> Self {
         Self {
             budgets,
@@ -156,14 +158,8 @@ impl ScopesApi {
             if method != Method::POST {
                 return reply(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "use POST"}));
             }
-            if !self.authorized(headers) {
-                let mut r = reply(
-                    StatusCode::UNAUTHORIZED,
-                    json!({"error": "admin token required"}),
-                );
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                return r;
+            if !self.token.authorized(headers) {
+                return AdminToken::unauthorized();
             }
             return self.reset(kind, &percent_decode(id)).await;
         }
@@ -178,18 +174,6 @@ impl ScopesApi {
             return reply(StatusCode::NOT_FOUND, json!({"error": "not found"}));
         }
         self.one(kind, &id).await
-    }
-
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        constant_time_eq(given.as_bytes(), token.as_bytes())
     }
 
     fn live(&self, kind: Kind, id: &str, now: Instant) -> Option<Live> {
@@ -394,23 +378,6 @@ fn unavailable(e: &crate::budget::store::StoreError) -> Response<Full<Bytes>> {
     )
 }
 
-fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `%XX` decoding of a path segment (invalid escapes are kept as written).
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -439,8 +406,6 @@ mod tests {
     fn decodes_percent_escapes() {
         assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
         assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
     }
 
     #[test]

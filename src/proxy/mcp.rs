@@ -496,7 +496,7 @@ impl Exchange {
                 .as_deref()
                 .map(|t| (t, msg.tracestate.as_deref()));
             self.ops.push(Op {
-                span: spans.map(|s| s.start_mcp(headers, meta, started)),
+                span: spans.map(|s| McpSpan::start(s, headers, meta, started)),
                 id: msg.id,
                 method,
                 target: msg.target,

@@ -74,13 +74,15 @@ pub struct McpSpanEnd<'a> {
     pub now: Instant,
 }
 
-// === impl Spans ===
+// === impl McpSpan ===
 
-impl Spans {
-    /// Start the span of an MCP request that arrived at `started`: its parent is the
-    /// `params._meta` trace context when the message carries one, else the request headers'.
-    pub fn start_mcp(
-        self: &Arc<Self>,
+impl McpSpan {
+    /// Start the span of an MCP request that arrived at `started`, exported by `spans`: its
+    /// parent is the `params._meta` trace context when the message carries one, else the
+    /// request headers'. (A function of this module's, not a method of `Spans`: `spans` does not
+    /// depend on this module.)
+    pub fn start(
+        spans: &Arc<Spans>,
         headers: &HeaderMap,
         meta: Option<(&str, Option<&str>)>,
         started: Instant,
@@ -89,18 +91,14 @@ impl Spans {
             .and_then(|(tp, ts)| trace_context::from_values(tp, ts))
             .or_else(|| trace_context::extract(headers));
         McpSpan {
-            spans: self.clone(),
+            spans: spans.clone(),
             trace_id: parent.as_ref().map_or_else(new_trace_id, |p| p.trace_id),
             span_id: new_span_id(),
             parent,
             started,
         }
     }
-}
 
-// === impl McpSpan ===
-
-impl McpSpan {
     fn flags(&self) -> TraceFlags {
         match &self.parent {
             Some(p) if !p.flags.is_sampled() => TraceFlags::default(),

@@ -430,18 +430,7 @@ impl Policies {
             rules: rules.clone(),
             agent: agent.clone(),
         };
-        let mut pending = Pending {
-            agent: agent.clone(),
-            now: asker.now,
-            violations: Vec::new(),
-            max_steps: rules.max_steps,
-            loop_hash: None,
-            longest_loop_window: set.longest_loop_window,
-            tool_results: Vec::new(),
-            context: None,
-            hold: false,
-            input_tokens: None,
-        };
+        let mut pending = Pending::new(asker, &rules, &set);
 
         if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
             if step > max {
@@ -677,18 +666,7 @@ impl Policies {
         let rules = set.rules_for(asker.agent).clone();
         let agent = asker.agent;
         let mut violations = Vec::new();
-        let mut pending = Pending {
-            agent: agent.clone(),
-            now: asker.now,
-            violations: Vec::new(),
-            max_steps: rules.max_steps,
-            loop_hash: None,
-            longest_loop_window: set.longest_loop_window,
-            tool_results: Vec::new(),
-            context: None,
-            hold: false,
-            input_tokens: None,
-        };
+        let mut pending = Pending::new(asker, &rules, &set);
         if let (Some(max), Some(step)) = (rules.max_steps, asker.step) {
             if step > max {
                 let msg = steps_message(max, agent);
@@ -772,6 +750,22 @@ fn steps_message(max: u64, agent: &str) -> String {
 // === impl Pending ===
 
 impl Pending {
+    /// Nothing to apply yet, for `asker` under `rules` of `set`.
+    fn new(asker: &Asker<'_>, rules: &AgentRules, set: &PolicySet) -> Self {
+        Self {
+            agent: asker.agent.clone(),
+            now: asker.now,
+            violations: Vec::new(),
+            max_steps: rules.max_steps,
+            loop_hash: None,
+            longest_loop_window: set.longest_loop_window,
+            tool_results: Vec::new(),
+            context: None,
+            hold: false,
+            input_tokens: None,
+        }
+    }
+
     /// Policies the request broke without being refused (for the span).
     pub fn violations(&self) -> &[PolicyViolation] {
         &self.violations

@@ -47,6 +47,23 @@ pub fn build_client(
     ca_file: Option<&Path>,
     t: &UpstreamConfig,
 ) -> Result<UpstreamClient, TlsError> {
+    build(ca_file, t, true)
+}
+
+/// Build a pooled client that speaks HTTP/1.1 only (ALPN offers no `h2`): a WebSocket upgrade
+/// needs an HTTP/1.1 connection.
+pub fn build_http1_client(
+    ca_file: Option<&Path>,
+    t: &UpstreamConfig,
+) -> Result<UpstreamClient, TlsError> {
+    build(ca_file, t, false)
+}
+
+fn build(
+    ca_file: Option<&Path>,
+    t: &UpstreamConfig,
+    http2: bool,
+) -> Result<UpstreamClient, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -63,9 +80,12 @@ pub fn build_client(
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+        .enable_http1();
+    let https = if http2 {
+        https.enable_http2().wrap_connector(http)
+    } else {
+        https.wrap_connector(http)
+    };
 
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())

@@ -68,6 +68,12 @@ pub trait Adapter: Sync {
         None
     }
 
+    /// The events of this format's WebSocket sessions, when it speaks over a WebSocket
+    /// (OpenAI Realtime); `None` for formats of plain HTTP calls.
+    fn realtime(&self) -> Option<&'static dyn RealtimeEvents> {
+        None
+    }
+
     // --- request side ---
 
     /// The model a request on `path` names; `body_model` is its body's `model`. By default the
@@ -174,6 +180,61 @@ pub trait ToolGate: Send {
     /// The event that ends a refused stream: an error the official SDKs of this format raise
     /// mid-stream, carrying `e`.
     fn refusal(&self, e: &ErrorText<'_>) -> Bytes;
+}
+
+/// What the proxy reads from a copy of one WebSocket session's text messages.
+pub trait RealtimeEvents: Sync {
+    /// The model a session is opened for, from the upgrade request's query.
+    fn model(&self, query: Option<&str>) -> Option<String>;
+
+    /// What one client message is.
+    fn client(&self, text: &[u8]) -> ClientEvent;
+
+    /// What one server message is.
+    fn server(&self, text: &[u8]) -> ServerEvent;
+
+    /// The client event that cancels the response in progress (sent upstream when the session
+    /// is ended mid-response, so that its final event states what was generated).
+    fn cancel(&self) -> &'static str;
+
+    /// The error event that refuses a client's request for a response (`client_event_id` is
+    /// that request's own id), or tells why the session is being closed.
+    fn refusal(&self, e: &ErrorText<'_>, client_event_id: Option<&str>) -> String;
+}
+
+/// A client message of a WebSocket session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A request for a response: admitted (or refused) before it is forwarded.
+    Respond {
+        /// The client's id of the request, echoed in a refusal.
+        event_id: Option<String>,
+        /// The response's output cap, when it sets one.
+        max_output: Option<u64>,
+    },
+    /// Anything else: forwarded as it is.
+    Other,
+}
+
+/// A server message of a WebSocket session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// The session's configuration, naming its model.
+    Session {
+        /// The model, when named.
+        model: Option<String>,
+    },
+    /// A response started (asked for by the client, or by the server's turn detection).
+    Created,
+    /// Output of the response in progress; `text` is its text (empty for audio).
+    Output {
+        /// Text, transcript or tool-call argument fragment.
+        text: String,
+    },
+    /// The response ended; the message itself is its record ([`Adapter::parse_json`]).
+    Done,
+    /// Anything else.
+    Other,
 }
 
 /// What one event is to a gated stream.

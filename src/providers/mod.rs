@@ -14,6 +14,7 @@ pub mod gemini;
 pub mod genai;
 pub mod ollama;
 pub mod openai_chat;
+pub mod openai_realtime;
 pub mod openai_responses;
 mod parser;
 pub mod protocol;
@@ -24,7 +25,10 @@ mod text;
 mod tools;
 mod usage;
 
-pub use adapter::{Adapter, EventRewrite, Gated, Operation, StreamEnding, StreamReader, ToolGate};
+pub use adapter::{
+    Adapter, ClientEvent, EventRewrite, Gated, Operation, RealtimeEvents, ServerEvent,
+    StreamEnding, StreamReader, ToolGate,
+};
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use registry::Format;
 pub use request::{estimate_input, estimate_input_doc, Capped};

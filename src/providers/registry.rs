@@ -41,6 +41,8 @@ registry! {
     Gemini => super::gemini::Gemini,
     /// Ollama native `/api/chat` and `/api/generate` (NDJSON streams).
     Ollama => super::ollama::Ollama,
+    /// OpenAI Realtime API (WebSocket sessions on `/v1/realtime`).
+    OpenAiRealtime => super::openai_realtime::OpenAiRealtime,
     /// OpenAI Responses API.
     OpenAiResponses => super::openai_responses::OpenAiResponses,
     /// OpenAI Chat Completions (and every compatible server, Azure deployments included).

@@ -27,6 +27,7 @@ mod gate_log;
 pub mod headers;
 mod held;
 mod mcp;
+mod realtime;
 pub mod route;
 mod tool_gate;
 
@@ -259,6 +260,9 @@ impl Proxy {
         };
         if route.protocol == RouteProtocol::Mcp {
             return self.handle_mcp(route, parts, body, started).await;
+        }
+        if realtime::is_upgrade(&parts) {
+            return self.handle_upgrade(route, parts, started).await;
         }
         let mut flight = self.identify(route, parts, started);
         if let Err(e) = self.read(&mut flight, body).await {

@@ -30,6 +30,8 @@ pub struct Route {
     pub timeouts: UpstreamConfig,
     /// Pooled client for this upstream.
     pub client: UpstreamClient,
+    /// HTTP/1.1-only client for WebSocket upgrades (connects only when one comes).
+    pub upgrade_client: UpstreamClient,
 }
 
 /// All routes, in config order.
@@ -114,13 +116,13 @@ impl Route {
         let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
         let base_path = uri.path().trim_end_matches('/').to_string();
         let timeouts = upstream.with_override(cfg.timeouts.as_ref());
-        let client =
-            upstream::build_client(cfg.ca_file.as_deref(), &timeouts).map_err(|source| {
-                RouteError::Tls {
-                    route: cfg.name.clone(),
-                    source,
-                }
-            })?;
+        let tls = |source| RouteError::Tls {
+            route: cfg.name.clone(),
+            source,
+        };
+        let client = upstream::build_client(cfg.ca_file.as_deref(), &timeouts).map_err(tls)?;
+        let upgrade_client =
+            upstream::build_http1_client(cfg.ca_file.as_deref(), &timeouts).map_err(tls)?;
         let prefix = cfg.path_prefix.trim_end_matches('/').to_string();
         let protocol =
             RouteProtocol::named(&cfg.protocol).ok_or_else(|| RouteError::UnknownProtocol {
@@ -140,6 +142,7 @@ impl Route {
             agent: cfg.agent.as_deref().map(Arc::from),
             timeouts,
             client,
+            upgrade_client,
         })
     }
 

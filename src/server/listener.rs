@@ -69,7 +69,9 @@ pub(super) async fn serve_proxy(
                 let proxy = proxy.clone();
                 let svc = service_fn(move |req| proxy.clone().serve(req));
                 let io = WriteTimeout::new(TokioIo::new(stream), cfg.write_timeout);
-                let conn = builder.serve_connection(io, svc).into_owned();
+                // With upgrades: a WebSocket session (the Realtime API) takes the connection
+                // over once the proxy answers 101.
+                let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
                 let conn = graceful.watch(conn);
                 conns.spawn(async move {
                     if let Err(e) = conn.await {

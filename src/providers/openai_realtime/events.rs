@@ -1,0 +1,315 @@
+//! Reading a copy of the Realtime API's client and server events.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::providers::adapter::{ClientEvent, ErrorText, RealtimeEvents, ServerEvent};
+use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
+
+/// The Realtime API's events.
+pub struct Events;
+
+/// Only what the proxy needs of an event; large fields (base64 audio) are skipped unread or
+/// borrowed, never copied.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(default)]
+    response: Option<ResponseHead>,
+    #[serde(default)]
+    session: Option<SessionHead>,
+}
+
+#[derive(Deserialize)]
+struct ResponseHead {
+    /// GA name of a response's output cap.
+    #[serde(default)]
+    max_output_tokens: Option<Value>,
+    /// Beta name of the same.
+    #[serde(default)]
+    max_response_output_tokens: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct SessionHead {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// A `response.done` event, read whole.
+#[derive(Deserialize)]
+struct Done {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    response: Option<DoneResponse>,
+}
+
+#[derive(Deserialize)]
+struct DoneResponse {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    status_details: Option<StatusDetails>,
+    #[serde(default)]
+    output: Vec<Item>,
+    #[serde(default)]
+    usage: Option<RealtimeUsage>,
+}
+
+#[derive(Deserialize)]
+struct StatusDetails {
+    #[serde(default)]
+    error: Option<ErrorDetail>,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Item {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    call_id: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RealtimeUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    input_token_details: Option<InputDetails>,
+}
+
+#[derive(Deserialize)]
+struct InputDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+/// Stands in for a stream reader: Realtime responses are never SSE bodies.
+#[derive(Default)]
+pub struct NoStream {
+    pub(crate) record: ResponseRecord,
+}
+
+// === impl NoStream ===
+
+impl NoStream {
+    pub(crate) fn event(&mut self, _data: &[u8]) -> Option<bool> {
+        None
+    }
+
+    pub(crate) fn finish(self) -> ResponseRecord {
+        self.record
+    }
+}
+
+/// A response cap: a count, or `"inf"` (none).
+fn cap(v: Option<&Value>) -> Option<u64> {
+    v.and_then(Value::as_u64)
+}
+
+// === impl Events ===
+
+impl RealtimeEvents for Events {
+    fn model(&self, query: Option<&str>) -> Option<String> {
+        query?
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "model")
+            .map(|(_, v)| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .filter(|m| !m.is_empty())
+    }
+
+    fn client(&self, text: &[u8]) -> ClientEvent {
+        let Ok(head) = serde_json::from_slice::<Head<'_>>(text) else {
+            return ClientEvent::Other;
+        };
+        match head.kind.as_ref() {
+            "response.create" => {
+                let r = head.response.as_ref();
+                ClientEvent::Respond {
+                    event_id: head.event_id.map(Cow::into_owned),
+                    max_output: r.and_then(|r| {
+                        cap(r.max_output_tokens.as_ref())
+                            .or_else(|| cap(r.max_response_output_tokens.as_ref()))
+                    }),
+                }
+            }
+            _ => ClientEvent::Other,
+        }
+    }
+
+    fn server(&self, text: &[u8]) -> ServerEvent {
+        let Ok(head) = serde_json::from_slice::<Head<'_>>(text) else {
+            return ServerEvent::Other;
+        };
+        match head.kind.as_ref() {
+            "session.created" | "session.updated" => ServerEvent::Session {
+                model: head.session.and_then(|s| s.model),
+            },
+            "response.created" => ServerEvent::Created,
+            // Text and the transcript of audio: output the tokenizer can count as it comes.
+            "response.output_text.delta"
+            | "response.text.delta"
+            | "response.output_audio_transcript.delta"
+            | "response.audio_transcript.delta"
+            | "response.function_call_arguments.delta" => ServerEvent::Output {
+                text: head.delta.map(Cow::into_owned).unwrap_or_default(),
+            },
+            // Audio itself: output, but its tokens are only known at `response.done`.
+            "response.output_audio.delta" | "response.audio.delta" => ServerEvent::Output {
+                text: String::new(),
+            },
+            "response.done" => ServerEvent::Done,
+            _ => ServerEvent::Other,
+        }
+    }
+
+    fn cancel(&self) -> &'static str {
+        r#"{"type":"response.cancel"}"#
+    }
+
+    fn refusal(&self, e: &ErrorText<'_>, client_event_id: Option<&str>) -> String {
+        serde_json::json!({
+            "type": "error",
+            "event_id": format!("event_tw_{}", e.code),
+            "error": {
+                "type": e.openai_type,
+                "code": e.code,
+                "message": e.message,
+                "param": null,
+                "event_id": client_event_id,
+            }
+        })
+        .to_string()
+    }
+}
+
+/// Read a `response.done` event into `r`; false when `body` is not one.
+pub(crate) fn response_done(body: &[u8], r: &mut ResponseRecord) -> bool {
+    let Ok(done) = serde_json::from_slice::<Done>(body) else {
+        return false;
+    };
+    if done.kind != "response.done" {
+        return false;
+    }
+    let Some(resp) = done.response else {
+        return true;
+    };
+    r.id = resp.id.filter(|s| !s.is_empty());
+    if let Some(status) = resp.status {
+        r.finish_reasons.push(status);
+    }
+    if let Some(err) = resp.status_details.and_then(|d| d.error) {
+        r.error_type = err.code.or(err.kind);
+    }
+    for item in resp.output {
+        if item.kind == "function_call" {
+            r.tool_calls.push(ToolCall {
+                choice: 0,
+                id: item.call_id,
+                name: item.name.unwrap_or_default(),
+                arguments: item.arguments.unwrap_or_default(),
+            });
+        }
+    }
+    if let Some(u) = resp.usage {
+        r.usage = Usage {
+            input: u.input_tokens,
+            output: u.output_tokens,
+            cached_input: u.input_token_details.and_then(|d| d.cached_tokens),
+            total: u.total_tokens,
+            ..Usage::default()
+        };
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DONE: &str = include_str!("../../../tests/fixtures/realtime/response_done_audio.json");
+
+    #[test]
+    fn response_done_usage_and_calls() {
+        let mut r = ResponseRecord::default();
+        assert!(response_done(DONE.as_bytes(), &mut r));
+        assert_eq!(r.usage.input, Some(1261));
+        assert_eq!(r.usage.output, Some(371));
+        assert_eq!(r.usage.cached_input, Some(1024));
+        assert_eq!(r.usage.total, Some(1632));
+        assert_eq!(r.id.as_deref(), Some("resp_CZxgY0nX2Wgr7N8a3mJ5h"));
+        assert_eq!(r.finish_reasons, ["completed"]);
+    }
+
+    #[test]
+    fn not_a_done_event() {
+        let mut r = ResponseRecord::default();
+        assert!(!response_done(br#"{"type":"response.created"}"#, &mut r));
+        assert!(!response_done(b"not json", &mut r));
+    }
+
+    #[test]
+    fn client_events() {
+        let e = Events.client(
+            br#"{"type":"response.create","event_id":"e1","response":{"max_output_tokens":64}}"#,
+        );
+        assert!(matches!(e, ClientEvent::Respond { max_output: Some(64), event_id: Some(ref id) } if id == "e1"));
+        let e = Events.client(br#"{"type":"response.create","response":{"max_response_output_tokens":"inf"}}"#);
+        assert!(matches!(e, ClientEvent::Respond { max_output: None, event_id: None }));
+        let e = Events.client(br#"{"type":"input_audio_buffer.append","audio":"AAAA"}"#);
+        assert!(matches!(e, ClientEvent::Other));
+        assert!(matches!(Events.client(b"\xff"), ClientEvent::Other));
+    }
+
+    #[test]
+    fn server_events_and_model() {
+        assert!(matches!(
+            Events.server(br#"{"type":"response.output_text.delta","delta":"Hi"}"#),
+            ServerEvent::Output { ref text } if text == "Hi"
+        ));
+        assert!(matches!(
+            Events.server(br#"{"type":"session.created","session":{"model":"gpt-realtime"}}"#),
+            ServerEvent::Session { model: Some(ref m) } if m == "gpt-realtime"
+        ));
+        assert!(matches!(
+            Events.server(br#"{"type":"response.done","response":{}}"#),
+            ServerEvent::Done
+        ));
+        assert_eq!(
+            Events.model(Some("a=1&model=gpt-4o-realtime-preview%2D1")).as_deref(),
+            Some("gpt-4o-realtime-preview-1")
+        );
+        assert_eq!(Events.model(Some("x=1")), None);
+    }
+}

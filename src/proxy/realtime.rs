@@ -1,0 +1,644 @@
+//! WebSocket upgrades, and the sessions of formats that speak over them (the OpenAI Realtime
+//! API).
+//!
+//! The upgrade request goes upstream over an HTTP/1.1 connection (the route's
+//! `upgrade_client`) with its `Upgrade`, `Connection` and `Sec-WebSocket-*` headers (less
+//! `Sec-WebSocket-Extensions`: compressed frames could not be read); the upstream's 101 goes back
+//! to the client, and both connections are then taken over by hyper's upgrade. On a path whose
+//! format has [`RealtimeEvents`] the two are relayed message by message (tokio-tungstenite),
+//! each forwarded as it comes with its payload unchanged while a copy is read:
+//!
+//! - a client's request for a response is admitted by the budgets first; refused, it is not
+//!   forwarded and the client gets the format's `error` event instead;
+//! - each response is one [`Call`] (one span, the GenAI metrics, budgets settled from the
+//!   `response.done` event's usage);
+//! - past a `cut` limit's allowance (text and transcript deltas counted with the tokenizer) the
+//!   client gets an `error` event and a close frame; the response is cancelled upstream and its
+//!   `response.done` (the usage of what was generated) awaited briefly, then the upstream gets a
+//!   close frame too. A client that goes away mid-response is handled the same way.
+//!
+//! Other upgrades are tunnelled byte for byte, unread.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_EXTENSIONS, UPGRADE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::body::cut::{CutPoint, CutSignal};
+use crate::body::{BodyEnd, Observer};
+use crate::budget::CallFacts;
+use crate::providers::request::RequestFacts;
+use crate::providers::{ClientEvent, Format, RealtimeEvents, ServerEvent};
+use crate::record::{BudgetDecision, Operation};
+use crate::telemetry::trace_context::TRACEPARENT_HEADER;
+
+use super::accounting::LlmCall;
+use super::answer::{full, ProxyBody};
+use super::call::{Call, CallInfo};
+use super::error::ProxyError;
+use super::route::Route;
+use super::{headers, Flight, Proxy};
+
+/// Largest WebSocket message (and frame) either side may send through a read session: what
+/// one message may make the proxy hold. Realtime events carry at most a few MiB of base64 audio.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Responses a session may have open at once (admitted and not yet done); past it a request
+/// for one more is refused. The Realtime API runs one per conversation, plus out-of-band ones.
+const MAX_OPEN_RESPONSES: usize = 16;
+
+/// How long a cancelled response's final event (its usage) is awaited before the upstream is
+/// closed anyway.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+
+/// The `error` code and close reason of a session ended at a `cut` limit.
+const CUT_CODE: &str = "budget_exceeded";
+
+/// Whether `parts` asks to switch to the WebSocket protocol, on a connection hyper can hand
+/// over (HTTP/1.1).
+pub(super) fn is_upgrade(parts: &http::request::Parts) -> bool {
+    let has = |name, token: &str| {
+        parts.headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    parts.method == http::Method::GET
+        && has(UPGRADE, "websocket")
+        && has(CONNECTION, "upgrade")
+        && parts.extensions.get::<OnUpgrade>().is_some()
+}
+
+/// What every response call of one session shares.
+struct Ctx {
+    events: &'static dyn RealtimeEvents,
+    provider: &'static str,
+    format: Format,
+    route: Arc<Route>,
+    agent: Arc<str>,
+    path: String,
+    access_log: bool,
+    aborting: &'static std::sync::atomic::AtomicBool,
+    session: Option<Arc<str>>,
+    task: Option<Arc<str>>,
+    /// The upgrade request's trace context: every response's span is its child.
+    trace: HeaderMap,
+    spans: Option<Arc<crate::telemetry::spans::Spans>>,
+    budgets: Option<Arc<crate::budget::Budgets>>,
+    labels: Arc<crate::telemetry::labels::Labels>,
+    /// The session's model: the URL's, else the one the server names.
+    model: std::sync::Mutex<Option<String>>,
+}
+
+/// One response of a session, from its admission to its `response.done`.
+struct Live {
+    call: Call,
+    /// Output tokens counted so far, against the `cut` allowance.
+    tokens: u64,
+    cut: Option<Arc<CutSignal>>,
+}
+
+/// The open responses of a session: admitted and waiting for `response.created`, then started.
+#[derive(Default)]
+struct Open {
+    asked: VecDeque<Live>,
+    started: VecDeque<Live>,
+}
+
+type Sink<T> = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, T>;
+type ClientSink = tokio::sync::Mutex<Sink<Message>>;
+
+// === impl Proxy ===
+
+impl Proxy {
+    /// A WebSocket upgrade: forwarded; on the upstream's 101 the session is relayed (read when
+    /// the path's format has session events), else the upstream's answer is the client's.
+    pub(super) async fn handle_upgrade(
+        &self,
+        route: Arc<Route>,
+        mut parts: http::request::Parts,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let client_upgrade = parts.extensions.remove::<OnUpgrade>();
+        let mut f = self.identify(route, parts, started);
+        let read = f
+            .class
+            .format
+            .and_then(|fmt| fmt.adapter().realtime().map(|ev| (fmt, ev)));
+        let ctx = read.map(|(format, events)| self.session_ctx(&f, format, events));
+        let mut resp = match self.forward_upgrade(&mut f).await {
+            Ok(resp) => resp,
+            Err(e) => return f.fail(e),
+        };
+        let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+        else {
+            // Refused upstream (401, 404, ...): its answer, forwarded as any other.
+            return self.respond(f, resp).await;
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let mut call = f.call;
+        call.upstream_headers = Some(Instant::now());
+        call.upstream_status(resp.status());
+        let (mut rparts, _) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut rparts.headers);
+        rparts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        rparts.headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        rparts.version = Version::HTTP_11;
+        call.returned = Some(Instant::now());
+        tokio::spawn(async move {
+            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    call.on_end(BodyEnd::ClientGone);
+                    return;
+                }
+            };
+            let end = match ctx {
+                Some(ctx) => relay(Arc::new(ctx), client, upstream).await,
+                None => tunnel(client, upstream).await,
+            };
+            call.on_end(end);
+        });
+        Response::from_parts(rparts, full(Full::new(Bytes::new())))
+    }
+
+    /// What the session's response calls share, read from the upgrade request.
+    fn session_ctx(
+        &self,
+        f: &Flight,
+        format: Format,
+        events: &'static dyn RealtimeEvents,
+    ) -> Ctx {
+        let mut trace = HeaderMap::new();
+        for name in [TRACEPARENT_HEADER, http::HeaderName::from_static("tracestate")] {
+            if let Some(v) = f.parts.headers.get(&name) {
+                let v = v.clone();
+                trace.insert(name, v);
+            }
+        }
+        Ctx {
+            events,
+            provider: f.class.provider,
+            format,
+            route: f.route.clone(),
+            agent: f.call.labels().agent.clone(),
+            path: f.parts.uri.path().to_string(),
+            access_log: self.access_log,
+            aborting: self.aborting,
+            session: self.session_source.identify(&f.parts.headers, None),
+            task: self.task_source.identify(&f.parts.headers),
+            trace,
+            spans: self.spans.clone(),
+            budgets: self.budgets.clone(),
+            labels: self.labels.clone(),
+            model: std::sync::Mutex::new(events.model(f.parts.uri.query())),
+        }
+    }
+
+    /// The upgrade request upstream: same path and query, the upgrade headers kept, over an
+    /// HTTP/1.1 connection, under the first-byte timeout.
+    async fn forward_upgrade(&self, f: &mut Flight) -> Result<Response<Incoming>, ProxyError> {
+        let uri = f
+            .route
+            .upstream_uri(f.parts.uri.path(), f.parts.uri.query())
+            .map_err(|_| ProxyError::BadRequestBody)?;
+        let mut parts = std::mem::replace(&mut f.parts, Request::new(()).into_parts().0);
+        let upgrade = parts.headers.get(UPGRADE).cloned();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(HOST);
+        // Compressed frames (permessage-deflate) could not be read: none is negotiated.
+        parts.headers.remove(SEC_WEBSOCKET_EXTENSIONS);
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(u) = upgrade {
+            parts.headers.insert(UPGRADE, u);
+        }
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let req = Request::from_parts(parts, Full::new(Bytes::new()));
+        f.call.upstream_sent = Some(Instant::now());
+        let route = &f.route;
+        match tokio::time::timeout(
+            route.timeouts.first_byte_timeout,
+            route.upgrade_client.request(req),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(super::client_error(route, &e)),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                route: route.name.to_string(),
+                after: route.timeouts.first_byte_timeout,
+            }),
+        }
+    }
+}
+
+/// An upgraded connection nobody reads: bytes copied both ways until either side ends.
+async fn tunnel(client: Upgraded, upstream: Upgraded) -> BodyEnd {
+    let mut c = TokioIo::new(client);
+    let mut u = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+        Ok(_) => BodyEnd::Complete,
+        Err(_) => BodyEnd::ClientGone,
+    }
+}
+
+/// Relay a read session until either side ends it; how the session ended.
+async fn relay(ctx: Arc<Ctx>, client: Upgraded, upstream: Upgraded) -> BodyEnd {
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let client =
+        WebSocketStream::from_raw_socket(TokioIo::new(client), Role::Server, Some(cfg)).await;
+    let upstream =
+        WebSocketStream::from_raw_socket(TokioIo::new(upstream), Role::Client, Some(cfg)).await;
+    let (c_tx, mut c_rx) = client.split();
+    let (u_tx, mut u_rx) = upstream.split();
+    let c_tx: ClientSink = tokio::sync::Mutex::new(c_tx);
+    let u_tx = tokio::sync::Mutex::new(u_tx);
+    let open = std::sync::Mutex::new(Open::default());
+
+    // Client → upstream: requests for a response are admitted first.
+    let from_client = async {
+        while let Some(msg) = c_rx.next().await {
+            let Ok(msg) = msg else {
+                return Ended::ClientGone;
+            };
+            let closing = matches!(msg, Message::Close(_));
+            if let Message::Text(t) = &msg {
+                if let ClientEvent::Respond {
+                    event_id,
+                    max_output,
+                } = ctx.events.client(t.as_bytes())
+                {
+                    let refusal = admit(&ctx, &open, t.as_bytes(), max_output).await;
+                    if let Some(e) = refusal {
+                        let text = e.with_text(|e| ctx.events.refusal(e, event_id.as_deref()));
+                        let _ = c_tx.lock().await.send(Message::text(text)).await;
+                        continue;
+                    }
+                }
+            }
+            if u_tx.lock().await.send(msg).await.is_err() {
+                return Ended::UpstreamGone;
+            }
+            if closing {
+                // The upstream's close answer comes back through the other half.
+                return Ended::Closing;
+            }
+        }
+        Ended::ClientGone
+    };
+
+    // Upstream → client: forwarded as it comes; each response's events read from a copy.
+    let from_upstream = async {
+        while let Some(msg) = u_rx.next().await {
+            let Ok(msg) = msg else {
+                return Ended::UpstreamGone;
+            };
+            if let Message::Text(t) = &msg {
+                if let Cut::Now = observe(&ctx, &open, t.as_bytes()) {
+                    return Ended::Cut;
+                }
+            }
+            if c_tx.lock().await.send(msg).await.is_err() {
+                return Ended::ClientGone;
+            }
+        }
+        Ended::UpstreamGone
+    };
+
+    let ended = tokio::select! {
+        e = from_client => e,
+        e = from_upstream => e,
+    };
+    let mut c_tx = c_tx.into_inner();
+    if let Ended::Closing = ended {
+        // A clean close from the client: the upstream's last events and close answer still
+        // come back (bounded).
+        let _ = tokio::time::timeout(CANCEL_WAIT, async {
+            while let Some(Ok(msg)) = u_rx.next().await {
+                if let Message::Text(t) = &msg {
+                    observe(&ctx, &open, t.as_bytes());
+                }
+                if c_tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let mut u_tx = u_tx.into_inner();
+    let end = match ended {
+        Ended::Closing => BodyEnd::Complete,
+        Ended::UpstreamGone => {
+            let _ = c_tx.close().await;
+            BodyEnd::Complete
+        }
+        Ended::ClientGone | Ended::Cut => {
+            let cut = matches!(ended, Ended::Cut);
+            if cut {
+                // The client is told why, and the session closed cleanly.
+                let e = ctx.events.refusal(
+                    &crate::providers::adapter::ErrorText {
+                        status: 429,
+                        message: "the session reached a budget limit (action: cut)",
+                        code: CUT_CODE,
+                        openai_type: "budget_exceeded",
+                        anthropic_type: "rate_limit_error",
+                        google_status: "RESOURCE_EXHAUSTED",
+                    },
+                    None,
+                );
+                let _ = c_tx.send(Message::text(e)).await;
+                let _ = c_tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: CUT_CODE.into(),
+                    })))
+                    .await;
+            }
+            cancel_open(&ctx, &open, &mut u_tx, &mut u_rx).await;
+            let _ = u_tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "".into(),
+                })))
+                .await;
+            let _ = u_tx.close().await;
+            if cut {
+                // Drain the client's close answer (bounded), then the connection ends.
+                let _ = tokio::time::timeout(CANCEL_WAIT, async {
+                    while let Some(Ok(_)) = c_rx.next().await {}
+                })
+                .await;
+                BodyEnd::Complete
+            } else {
+                BodyEnd::ClientGone
+            }
+        }
+    };
+    // Responses still open (the upstream went away mid-response): finished as the session
+    // ended, with what they got.
+    let left = std::mem::take(&mut *lock(&open));
+    for live in left.asked.into_iter().chain(left.started) {
+        live.call.on_end(if end == BodyEnd::Complete {
+            BodyEnd::UpstreamError
+        } else {
+            end
+        });
+    }
+    end
+}
+
+/// How one half of a relay ended.
+enum Ended {
+    /// The client sent a close frame (forwarded).
+    Closing,
+    /// The client's connection broke or ended without a close frame.
+    ClientGone,
+    /// The upstream's connection ended (after a close frame or not).
+    UpstreamGone,
+    /// A response went past its `cut` allowance.
+    Cut,
+}
+
+/// What reading one server event decided.
+enum Cut {
+    Go,
+    /// The response in progress went past its allowance: the session is to be cut.
+    Now,
+}
+
+fn lock(open: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
+    // A panic while the lock was held cannot leave `Open` half-changed (every change is one
+    // push or pop): the poisoned state is usable.
+    open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A client's request for a response: a call started and admitted by the budgets (its
+/// reservation held until its `response.done`); the error that refuses it, if one does.
+async fn admit(
+    ctx: &Ctx,
+    open: &std::sync::Mutex<Open>,
+    event: &[u8],
+    max_output: Option<u64>,
+) -> Option<ProxyError> {
+    let mut call = response_call(ctx, max_output);
+    let open_now = {
+        let o = lock(open);
+        o.asked.len() + o.started.len()
+    };
+    if open_now >= MAX_OPEN_RESPONSES {
+        call.set_budget_decision(BudgetDecision::Rejected);
+        let e = ProxyError::Overloaded;
+        call.finish_local(e.status(), 0);
+        return Some(e);
+    }
+    let mut cut = None;
+    if let Some(budgets) = &ctx.budgets {
+        let facts = CallFacts {
+            session: ctx.session.clone(),
+            task: ctx.task.clone(),
+            agent: ctx.agent.clone(),
+            model: call.llm_mut().and_then(|l| l.facts().model.clone()),
+            input_bound: crate::budget::input_bound(event),
+            max_output,
+        };
+        let format = ctx.format;
+        let estimate = || crate::budget::estimate_input(format, event);
+        match budgets.admit(facts, &estimate).await {
+            Ok(adm) => {
+                cut = adm.cut_after_output.map(CutSignal::new);
+                call.set_budget(adm);
+            }
+            Err(e) => {
+                call.set_budget_decision(BudgetDecision::Rejected);
+                let e = ProxyError::from(e);
+                call.finish_local(e.status(), 0);
+                return Some(e);
+            }
+        }
+    }
+    if let Some(signal) = &cut {
+        call.set_cut(signal.clone());
+    }
+    lock(open).asked.push_back(Live {
+        call,
+        tokens: 0,
+        cut,
+    });
+    None
+}
+
+/// One response's call, as the upgrade request and the session describe it.
+fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
+    let now = Instant::now();
+    let mut call = Call::new(
+        CallInfo {
+            route: ctx.route.name.clone(),
+            provider: ctx.provider,
+            operation: Operation::Chat,
+            agent: ctx.agent.clone(),
+            method: http::Method::GET,
+            path: ctx.path.clone(),
+            access_log: ctx.access_log,
+            aborting: ctx.aborting,
+        },
+        now,
+    );
+    if let Some(spans) = &ctx.spans {
+        call.set_span(spans.start(&ctx.trace, ctx.route.host.clone(), ctx.route.port(), now));
+    }
+    if let Some(s) = &ctx.session {
+        call.set_session(s.clone(), None);
+    }
+    let model = ctx
+        .model
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let facts = RequestFacts {
+        format: ctx.format,
+        model,
+        stream: false,
+        include_usage: false,
+        max_tokens: max_output,
+        tools: Vec::new(),
+        user: None,
+    };
+    call.set_llm(LlmCall::new(facts, ctx.labels.clone()));
+    call.upstream_sent = Some(now);
+    call
+}
+
+/// Read a copy of one server event: sessions name the model, `response.created` starts the
+/// next admitted response (or one the server started itself), output counts against the cut
+/// allowance, `response.done` finishes the oldest open response with its record.
+fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
+    match ctx.events.server(text) {
+        ServerEvent::Session { model: Some(m) } => {
+            let mut model = ctx
+                .model
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if model.is_none() {
+                *model = Some(m);
+            }
+        }
+        ServerEvent::Created => {
+            let mut o = lock(open);
+            let live = match o.asked.pop_front() {
+                Some(live) => live,
+                // Started by the server's turn detection: accounted, never refused.
+                None => Live {
+                    call: response_call(ctx, None),
+                    tokens: 0,
+                    cut: None,
+                },
+            };
+            if o.started.len() < MAX_OPEN_RESPONSES {
+                o.started.push_back(live);
+            }
+        }
+        ServerEvent::Output { text } => {
+            let mut o = lock(open);
+            if let Some(live) = o.started.front_mut() {
+                let now = Instant::now();
+                if live.call.upstream_headers.is_none() {
+                    live.call.upstream_headers = Some(now);
+                    live.call.returned = Some(now);
+                }
+                live.tokens += crate::tokens::count(&text).max(1);
+                if let Some(signal) = &live.cut {
+                    if live.tokens > signal.after() {
+                        signal.cut_at(CutPoint {
+                            at: 0,
+                            output_tokens: live.tokens,
+                        });
+                        return Cut::Now;
+                    }
+                }
+            }
+        }
+        ServerEvent::Done => {
+            if let Some(live) = lock(open).started.pop_front() {
+                finish(live, text, BodyEnd::Complete);
+            }
+        }
+        ServerEvent::Other => {}
+        ServerEvent::Session { model: None } => {}
+    }
+    Cut::Go
+}
+
+/// Finish a response's call with its `response.done` event.
+fn finish(live: Live, done: &[u8], end: BodyEnd) {
+    let mut call = live.call;
+    let now = Instant::now();
+    call.upstream_headers.get_or_insert(now);
+    call.returned.get_or_insert(now);
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    call.on_response_headers(&h);
+    call.upstream_status(StatusCode::OK);
+    call.on_data(&Bytes::copy_from_slice(done), now);
+    call.on_end(end);
+}
+
+/// The session is ending with responses open (a cut, a client gone): each is cancelled
+/// upstream and its final event (the usage of what was generated) awaited for a moment.
+async fn cancel_open(
+    ctx: &Ctx,
+    open: &std::sync::Mutex<Open>,
+    u_tx: &mut Sink<Message>,
+    u_rx: &mut futures_util::stream::SplitStream<WebSocketStream<TokioIo<Upgraded>>>,
+) {
+    if lock(open).started.is_empty() {
+        return;
+    }
+    let cancel = Message::text(ctx.events.cancel());
+    if u_tx.send(cancel).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CANCEL_WAIT, async {
+        while let Some(Ok(msg)) = u_rx.next().await {
+            if let Message::Text(t) = &msg {
+                if let ServerEvent::Done = ctx.events.server(t.as_bytes()) {
+                    let live = lock(open).started.pop_front();
+                    if let Some(live) = live {
+                        let end = if live.cut.as_ref().is_some_and(|c| c.fired()) {
+                            BodyEnd::Complete
+                        } else {
+                            BodyEnd::ClientGone
+                        };
+                        finish(live, t.as_bytes(), end);
+                    }
+                    if lock(open).started.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+}

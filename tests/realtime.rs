@@ -1,0 +1,511 @@
+//! OpenAI Realtime API sessions through the proxy, over real sockets: a WebSocket upstream built
+//! here (tokio-tungstenite) that plays the documented server events (tests/fixtures/realtime),
+//! and clients that connect through the proxy (tokio-tungstenite, and the official `openai`
+//! Python SDK's Realtime client).
+
+mod common;
+mod otlp_receiver;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use common::*;
+use otlp_receiver::*;
+
+const SESSION_CREATED: &str = include_str!("fixtures/realtime/session_created.json");
+const DONE_AUDIO: &str = include_str!("fixtures/realtime/response_done_audio.json");
+const DONE_TEXT: &str = include_str!("fixtures/realtime/response_done_text.json");
+const DONE_CANCELLED: &str = include_str!("fixtures/realtime/response_done_cancelled.json");
+
+/// How the upstream answers each `response.create`.
+#[derive(Clone, Copy)]
+enum Play {
+    /// `response.created`, `deltas` text deltas, then `response.done` (the audio fixture first,
+    /// the text one next).
+    Complete { deltas: usize },
+    /// `response.created`, `deltas` deltas 10 ms apart, then nothing until `response.cancel`,
+    /// answered with the cancelled `response.done`.
+    UntilCancelled { deltas: usize },
+}
+
+/// What the upstream saw and sent, message by message.
+#[derive(Default)]
+struct Seen {
+    headers: Vec<(String, String)>,
+    query: Option<String>,
+    received: Vec<Message>,
+    sent: Vec<Message>,
+    /// The close frame's code, when the proxy sent one; `None` while the connection is open or
+    /// when it ended without one.
+    close: Option<u16>,
+    ended: bool,
+}
+
+/// A Realtime upstream on loopback, one session per connection.
+async fn upstream(play: Play) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(session(stream, play, s.clone()));
+        }
+    });
+    (addr, seen)
+}
+
+async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
+    let s = seen.clone();
+    let ws = tokio_tungstenite::accept_hdr_async(stream, move |req: &Request, resp: Response| {
+        let mut seen = s.lock().unwrap();
+        seen.query = req.uri().query().map(str::to_string);
+        seen.headers = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        Ok(resp)
+    })
+    .await
+    .unwrap();
+    let (mut tx, mut rx) = ws.split();
+    send(&mut tx, &seen, SESSION_CREATED.trim().to_string()).await.unwrap();
+    let mut responses = 0;
+    while let Some(Ok(msg)) = rx.next().await {
+        seen.lock().unwrap().received.push(msg.clone());
+        match &msg {
+            Message::Close(frame) => {
+                seen.lock().unwrap().close = frame.as_ref().map(|f| u16::from(f.code));
+                break;
+            }
+            Message::Binary(b) => {
+                let echo = Message::Binary(b.clone());
+                seen.lock().unwrap().sent.push(echo.clone());
+                let _ = tx.send(echo).await;
+            }
+            Message::Text(t) if t.contains(r#""type":"response.cancel""#) => {
+                let _ = send(&mut tx, &seen, DONE_CANCELLED.trim().to_string()).await;
+            }
+            Message::Text(t) if t.contains(r#""type":"response.create""#) => {
+                responses += 1;
+                let id = format!("resp_{responses}");
+                let created = format!(
+                    r#"{{"type":"response.created","event_id":"event_c{responses}","response":{{"object":"realtime.response","id":"{id}","status":"in_progress","output":[],"usage":null}}}}"#
+                );
+                if send(&mut tx, &seen, created).await.is_err() {
+                    break;
+                }
+                let (deltas, wait) = match play {
+                    Play::Complete { deltas } => (deltas, false),
+                    Play::UntilCancelled { deltas } => (deltas, true),
+                };
+                for i in 0..deltas {
+                    let delta = format!(
+                        r#"{{"type":"response.output_text.delta","event_id":"event_d{responses}_{i}","response_id":"{id}","item_id":"item_1","output_index":0,"content_index":0,"delta":" alpha beta gamma"}}"#
+                    );
+                    if send(&mut tx, &seen, delta).await.is_err() {
+                        break;
+                    }
+                    if wait {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                if !wait {
+                    let done = if responses % 2 == 1 { DONE_AUDIO } else { DONE_TEXT };
+                    let _ = send(&mut tx, &seen, done.trim().to_string()).await;
+                }
+            }
+            _ => {}
+        }
+    }
+    seen.lock().unwrap().ended = true;
+}
+
+/// Send `text` upstream-side, noting it as sent.
+async fn send(
+    tx: &mut futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>,
+    seen: &Mutex<Seen>,
+    text: String,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    seen.lock().unwrap().sent.push(Message::text(text.clone()));
+    tx.send(Message::text(text)).await
+}
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client through the proxy, for session `session` of agent `agent`.
+async fn connect(proxy: &TestProxy, agent: &str, session: &str) -> Client {
+    let url = format!("ws://{}/v1/realtime?model=gpt-realtime", proxy.addr);
+    let mut req = url.into_client_request().unwrap();
+    let h = req.headers_mut();
+    h.insert("authorization", "Bearer sk-realtime-test".parse().unwrap());
+    h.insert("x-agent-name", agent.parse().unwrap());
+    h.insert("x-session-id", session.parse().unwrap());
+    h.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    // Offered by browsers and the `websockets` library; the proxy takes it out (it reads
+    // frames), and the upstream must then answer without it.
+    h.insert(
+        "sec-websocket-extensions",
+        "permessage-deflate; client_max_window_bits".parse().unwrap(),
+    );
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Text messages until (and with) the first whose `type` is `until`.
+async fn read_until(ws: &mut Client, until: &str) -> Vec<Message> {
+    let mut got = Vec::new();
+    let needle = format!(r#""type":"{until}""#);
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("an event within 5 s")
+    {
+        let msg = msg.unwrap();
+        let stop = matches!(&msg, Message::Text(t) if t.contains(&needle));
+        got.push(msg);
+        if stop {
+            break;
+        }
+    }
+    got
+}
+
+fn create(id: &str) -> Message {
+    Message::text(format!(
+        r#"{{"type":"response.create","event_id":"{id}","response":{{"output_modalities":["text"]}}}}"#
+    ))
+}
+
+#[tokio::test]
+async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames_untouched() {
+    let (up, seen) = upstream(Play::Complete { deltas: 3 }).await;
+    let rx = Receiver::grpc().await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        &format!(
+            "telemetry:\n  otlp:\n    endpoint: {}\n    protocol: grpc\n",
+            rx.endpoint()
+        ),
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-two", "sess-two").await;
+    let mut received = read_until(&mut ws, "session.created").await;
+    let sent_by_client = vec![
+        Message::text(r#"{"type":"session.update","session":{"type":"realtime","instructions":"Be brief."}}"#),
+        Message::text(r#"{"type":"conversation.item.create","item":{"type":"message","role":"user","content":[{"type":"input_text","text":"Tallest mountain?"}]}}"#),
+        Message::Binary(vec![0u8, 1, 2, 0xff, 0xfe].into()),
+        create("evt_client_1"),
+    ];
+    for m in &sent_by_client {
+        ws.send(m.clone()).await.unwrap();
+    }
+    received.extend(read_until(&mut ws, "response.done").await);
+    ws.send(create("evt_client_2")).await.unwrap();
+    received.extend(read_until(&mut ws, "response.done").await);
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+
+    // Byte-identical payloads both ways, in order (the upstream's binary echo included).
+    let ended = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().ended }).await;
+    assert!(ended, "the upstream saw the session end");
+    {
+        let seen = seen.lock().unwrap();
+        let data = |v: &[Message]| -> Vec<Message> {
+            v.iter()
+                .filter(|m| matches!(m, Message::Text(_) | Message::Binary(_)))
+                .cloned()
+                .collect()
+        };
+        let mut expected_up = sent_by_client.clone();
+        expected_up.push(create("evt_client_2"));
+        assert_eq!(data(&seen.received), expected_up);
+        assert_eq!(data(&received), data(&seen.sent));
+        assert_eq!(seen.close, Some(1000), "the client's close frame went upstream");
+        assert_eq!(seen.query.as_deref(), Some("model=gpt-realtime"));
+        let header = |n: &str| {
+            seen.headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(header("authorization"), Some("Bearer sk-realtime-test"));
+        assert_eq!(header("sec-websocket-extensions"), None);
+    }
+
+    // One span per response, each with its own response.done usage.
+    let arrived = eventually(Duration::from_secs(10), || async { rx.spans().len() >= 2 }).await;
+    assert!(arrived, "{} spans", rx.spans().len());
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 2, "one span per response, none for the upgrade");
+    let usage: Vec<_> = spans
+        .iter()
+        .map(|r| {
+            let a = attrs(&r.span);
+            (
+                a.get("gen_ai.usage.input_tokens").cloned(),
+                a.get("gen_ai.usage.output_tokens").cloned(),
+                a.get("gen_ai.usage.cache_read.input_tokens").cloned(),
+                a.get("gen_ai.response.id").cloned(),
+                a.get("session.id").cloned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        usage,
+        [
+            (
+                Some(V::I(1261)),
+                Some(V::I(371)),
+                Some(V::I(1024)),
+                Some(s("resp_CZxgY0nX2Wgr7N8a3mJ5h")),
+                Some(s("sess-two"))
+            ),
+            (
+                Some(V::I(1398)),
+                Some(V::I(13)),
+                Some(V::I(1280)),
+                Some(s("resp_CZxh1kPz5Hq9Lm2Xc7Vb0")),
+                Some(s("sess-two"))
+            ),
+        ]
+    );
+    for r in &spans {
+        assert_eq!(
+            hex(&r.span.trace_id),
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "each response is a child of the agent's trace"
+        );
+        assert_eq!(
+            attrs(&r.span).get("gen_ai.request.model"),
+            Some(&s("gpt-realtime"))
+        );
+    }
+
+    let metrics = proxy.metrics().await;
+    let tokens = |kind: &str| {
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[("agent", "rt-two"), ("type", kind)],
+        )
+    };
+    assert_eq!(tokens("input"), 1261.0 + 1398.0);
+    assert_eq!(tokens("output"), 371.0 + 13.0);
+    assert_eq!(tokens("cached_input"), 1024.0 + 1280.0);
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_requests_total",
+            &[("agent", "rt-two"), ("status", "2xx")],
+        ),
+        2.0,
+        "each response is a call"
+    );
+}
+
+#[tokio::test]
+async fn a_response_create_over_the_session_budget_is_refused_with_an_error_event_not_forwarded() {
+    let (up, seen) = upstream(Play::Complete { deltas: 1 }).await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        "budgets:\n  store:\n    snapshot_path: ''\n  default_max_output_tokens: 100\n  limits:\n    - scope: session\n      tokens: 1700\n      action: reject\n",
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-refuse", "sess-refuse").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_ok")).await.unwrap();
+    read_until(&mut ws, "response.done").await; // 1632 tokens spent
+    ws.send(create("evt_over")).await.unwrap();
+    let got = read_until(&mut ws, "error").await;
+    let Some(Message::Text(t)) = got.last() else {
+        panic!("no error event: {got:?}");
+    };
+    let e: serde_json::Value = serde_json::from_str(t).unwrap();
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["code"], "session_token_budget_exceeded");
+    assert_eq!(e["error"]["type"], "budget_exceeded");
+    assert_eq!(e["error"]["event_id"], "evt_over", "names the refused event");
+    // The session stays usable: other events still pass.
+    ws.send(Message::text(r#"{"type":"input_audio_buffer.clear"}"#))
+        .await
+        .unwrap();
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    let ended = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().ended }).await;
+    assert!(ended);
+    let seen = seen.lock().unwrap();
+    let creates: Vec<_> = seen
+        .received
+        .iter()
+        .filter_map(|m| match m {
+            Message::Text(t) if t.contains("response.create") => Some(t.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(creates.len(), 1, "the refused create never went upstream");
+    assert!(creates[0].contains("evt_ok"));
+    assert!(seen
+        .received
+        .iter()
+        .any(|m| matches!(m, Message::Text(t) if t.contains("input_audio_buffer.clear"))));
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[("agent", "rt-refuse"), ("type", "input")]
+        ),
+        1261.0
+    );
+}
+
+#[tokio::test]
+async fn a_cut_limit_ends_the_session_with_an_error_event_and_close_frames_both_ways() {
+    let (up, seen) = upstream(Play::UntilCancelled { deltas: 60 }).await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        "budgets:\n  store:\n    snapshot_path: ''\n  default_max_output_tokens: 100\n  limits:\n    - scope: session\n      tokens: 200\n      action: cut\n",
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-cut", "sess-cut").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_cut")).await.unwrap();
+    let mut deltas = 0;
+    let mut error = None;
+    let mut close = None;
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the session ends within 5 s")
+    {
+        match msg {
+            Ok(Message::Text(t)) if t.contains("output_text.delta") => deltas += 1,
+            Ok(Message::Text(t)) if t.contains(r#""type":"error""#) => {
+                error = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap())
+            }
+            Ok(Message::Close(f)) => close = f,
+            Ok(_) => {}
+            Err(e) => panic!("not a clean close: {e}"),
+        }
+    }
+    let error = error.expect("an error event before the close");
+    assert_eq!(error["error"]["code"], "budget_exceeded");
+    let close = close.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert_eq!(close.reason.as_str(), "budget_exceeded");
+    assert!(
+        (1..60).contains(&deltas),
+        "the client got the output up to the allowance: {deltas} deltas"
+    );
+    let ended = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().ended }).await;
+    assert!(ended, "the upstream connection was closed");
+    {
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.received
+                .iter()
+                .any(|m| matches!(m, Message::Text(t) if t.contains("response.cancel"))),
+            "the response was cancelled upstream"
+        );
+        assert_eq!(seen.close, Some(1001), "and the upstream got a close frame");
+    }
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_budget_decisions_total",
+            &[("scope", "session"), ("decision", "cut")]
+        ),
+        1.0
+    );
+    // The cancelled response's own usage: what was generated, counted exactly.
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[("agent", "rt-cut"), ("type", "output"), ("source", "provider")]
+        ),
+        70.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_mid_response_cancels_it_upstream_and_its_usage_still_counts() {
+    let (up, seen) = upstream(Play::UntilCancelled { deltas: 3 }).await;
+    let proxy = TestProxy::to("rt", up, "").await;
+    let mut ws = connect(&proxy, "rt-gone", "sess-gone").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_gone")).await.unwrap();
+    read_until(&mut ws, "response.output_text.delta").await;
+    // Gone without a close frame: the TCP connection just ends.
+    drop(ws);
+    let ended = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().ended }).await;
+    assert!(ended, "the upstream connection was closed");
+    {
+        let seen = seen.lock().unwrap();
+        assert!(seen
+            .received
+            .iter()
+            .any(|m| matches!(m, Message::Text(t) if t.contains("response.cancel"))));
+        assert_eq!(seen.close, Some(1001), "going away, said to the upstream");
+    }
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric_value(
+            &proxy.metrics().await,
+            "tokenwarden_tokens_total",
+            &[("agent", "rt-gone"), ("type", "output")],
+        ) == 70.0
+    })
+    .await;
+    assert!(counted, "{}", proxy.metrics().await);
+    let metrics = proxy.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "tokenwarden_client_disconnects_total",
+            &[("route", "rt")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn the_openai_python_sdk_realtime_client_runs_a_session_through_the_proxy() {
+    let (up, _seen) = upstream(Play::Complete { deltas: 2 }).await;
+    let proxy = TestProxy::to("rt", up, "").await;
+    let out = run_sdk_script_with(
+        "realtime.py",
+        &[&format!("ws://{}/v1", proxy.addr), "rt-sdk"],
+    )
+    .await;
+    assert_eq!(out["session_model"], "gpt-realtime-2025-08-28");
+    assert_eq!(out["usage"][0]["input_tokens"], 1261);
+    assert_eq!(out["usage"][1]["output_tokens"], 13);
+    assert_eq!(out["deltas"], 4);
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[("agent", "rt-sdk"), ("type", "output")]
+        ),
+        371.0 + 13.0
+    );
+}

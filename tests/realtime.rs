@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -79,10 +80,19 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
     .await
     .unwrap();
     let (mut tx, mut rx) = ws.split();
-    send(&mut tx, &seen, SESSION_CREATED.trim().to_string()).await.unwrap();
+    send(&mut tx, &seen, SESSION_CREATED.trim().to_string())
+        .await
+        .unwrap();
     let mut responses = 0;
     while let Some(Ok(msg)) = rx.next().await {
         seen.lock().unwrap().received.push(msg.clone());
+        let kind = match &msg {
+            Message::Text(t) => serde_json::from_str::<serde_json::Value>(t)
+                .ok()
+                .and_then(|v| v["type"].as_str().map(str::to_string))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         match &msg {
             Message::Close(frame) => {
                 seen.lock().unwrap().close = frame.as_ref().map(|f| u16::from(f.code));
@@ -93,10 +103,10 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                 seen.lock().unwrap().sent.push(echo.clone());
                 let _ = tx.send(echo).await;
             }
-            Message::Text(t) if t.contains(r#""type":"response.cancel""#) => {
+            Message::Text(_) if kind == "response.cancel" => {
                 let _ = send(&mut tx, &seen, DONE_CANCELLED.trim().to_string()).await;
             }
-            Message::Text(t) if t.contains(r#""type":"response.create""#) => {
+            Message::Text(_) if kind == "response.create" => {
                 responses += 1;
                 let id = format!("resp_{responses}");
                 let created = format!(
@@ -121,7 +131,11 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                     }
                 }
                 if !wait {
-                    let done = if responses % 2 == 1 { DONE_AUDIO } else { DONE_TEXT };
+                    let done = if responses % 2 == 1 {
+                        DONE_AUDIO
+                    } else {
+                        DONE_TEXT
+                    };
                     let _ = send(&mut tx, &seen, done.trim().to_string()).await;
                 }
             }
@@ -161,7 +175,9 @@ async fn connect(proxy: &TestProxy, agent: &str, session: &str) -> Client {
     // frames), and the upstream must then answer without it.
     h.insert(
         "sec-websocket-extensions",
-        "permessage-deflate; client_max_window_bits".parse().unwrap(),
+        "permessage-deflate; client_max_window_bits"
+            .parse()
+            .unwrap(),
     );
     let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(resp.status(), 101);
@@ -172,10 +188,11 @@ async fn connect(proxy: &TestProxy, agent: &str, session: &str) -> Client {
 async fn read_until(ws: &mut Client, until: &str) -> Vec<Message> {
     let mut got = Vec::new();
     let needle = format!(r#""type":"{until}""#);
-    while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("an event within 5 s")
-    {
+    loop {
+        let Ok(next) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await else {
+            panic!("no {until} within 5 s; got {got:?}");
+        };
+        let Some(msg) = next else { break };
         let msg = msg.unwrap();
         let stop = matches!(&msg, Message::Text(t) if t.contains(&needle));
         got.push(msg);
@@ -208,8 +225,12 @@ async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames
     let mut ws = connect(&proxy, "rt-two", "sess-two").await;
     let mut received = read_until(&mut ws, "session.created").await;
     let sent_by_client = vec![
-        Message::text(r#"{"type":"session.update","session":{"type":"realtime","instructions":"Be brief."}}"#),
-        Message::text(r#"{"type":"conversation.item.create","item":{"type":"message","role":"user","content":[{"type":"input_text","text":"Tallest mountain?"}]}}"#),
+        Message::text(
+            r#"{"type":"session.update","session":{"type":"realtime","instructions":"Be brief."}}"#,
+        ),
+        Message::text(
+            r#"{"type":"conversation.item.create","item":{"type":"message","role":"user","content":[{"type":"input_text","text":"Tallest mountain?"}]}}"#,
+        ),
         Message::Binary(vec![0u8, 1, 2, 0xff, 0xfe].into()),
         create("evt_client_1"),
     ];
@@ -219,11 +240,19 @@ async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames
     received.extend(read_until(&mut ws, "response.done").await);
     ws.send(create("evt_client_2")).await.unwrap();
     received.extend(read_until(&mut ws, "response.done").await);
-    ws.close(None).await.unwrap();
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
     while let Some(Ok(_)) = ws.next().await {}
 
     // Byte-identical payloads both ways, in order (the upstream's binary echo included).
-    let ended = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().ended }).await;
+    let ended = eventually(Duration::from_secs(5), || async {
+        seen.lock().unwrap().ended
+    })
+    .await;
     assert!(ended, "the upstream saw the session end");
     {
         let seen = seen.lock().unwrap();
@@ -237,7 +266,11 @@ async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames
         expected_up.push(create("evt_client_2"));
         assert_eq!(data(&seen.received), expected_up);
         assert_eq!(data(&received), data(&seen.sent));
-        assert_eq!(seen.close, Some(1000), "the client's close frame went upstream");
+        assert_eq!(
+            seen.close,
+            Some(1000),
+            "the client's close frame went upstream"
+        );
         assert_eq!(seen.query.as_deref(), Some("model=gpt-realtime"));
         let header = |n: &str| {
             seen.headers
@@ -253,7 +286,11 @@ async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames
     let arrived = eventually(Duration::from_secs(10), || async { rx.spans().len() >= 2 }).await;
     assert!(arrived, "{} spans", rx.spans().len());
     let spans = rx.spans();
-    assert_eq!(spans.len(), 2, "one span per response, none for the upgrade");
+    assert_eq!(
+        spans.len(),
+        2,
+        "one span per response, none for the upgrade"
+    );
     let usage: Vec<_> = spans
         .iter()
         .map(|r| {
@@ -326,7 +363,7 @@ async fn a_response_create_over_the_session_budget_is_refused_with_an_error_even
     let proxy = TestProxy::to(
         "rt",
         up,
-        "budgets:\n  store:\n    snapshot_path: ''\n  default_max_output_tokens: 100\n  limits:\n    - scope: session\n      tokens: 1700\n      action: reject\n",
+        "budgets:\n  store:\n    snapshot_path: ''\n  default_max_output_tokens: 100\n  limits:\n    - scope: session\n      tokens: 2000\n      action: reject\n",
     )
     .await;
     let mut ws = connect(&proxy, "rt-refuse", "sess-refuse").await;
@@ -342,14 +379,20 @@ async fn a_response_create_over_the_session_budget_is_refused_with_an_error_even
     assert_eq!(e["type"], "error");
     assert_eq!(e["error"]["code"], "session_token_budget_exceeded");
     assert_eq!(e["error"]["type"], "budget_exceeded");
-    assert_eq!(e["error"]["event_id"], "evt_over", "names the refused event");
+    assert_eq!(
+        e["error"]["event_id"], "evt_over",
+        "names the refused event"
+    );
     // The session stays usable: other events still pass.
     ws.send(Message::text(r#"{"type":"input_audio_buffer.clear"}"#))
         .await
         .unwrap();
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
-    let ended = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().ended }).await;
+    let ended = eventually(Duration::from_secs(5), || async {
+        seen.lock().unwrap().ended
+    })
+    .await;
     assert!(ended);
     let seen = seen.lock().unwrap();
     let creates: Vec<_> = seen
@@ -415,7 +458,10 @@ async fn a_cut_limit_ends_the_session_with_an_error_event_and_close_frames_both_
         (1..60).contains(&deltas),
         "the client got the output up to the allowance: {deltas} deltas"
     );
-    let ended = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().ended }).await;
+    let ended = eventually(Duration::from_secs(5), || async {
+        seen.lock().unwrap().ended
+    })
+    .await;
     assert!(ended, "the upstream connection was closed");
     {
         let seen = seen.lock().unwrap();
@@ -441,7 +487,11 @@ async fn a_cut_limit_ends_the_session_with_an_error_event_and_close_frames_both_
         metric_value(
             &metrics,
             "tokenwarden_tokens_total",
-            &[("agent", "rt-cut"), ("type", "output"), ("source", "provider")]
+            &[
+                ("agent", "rt-cut"),
+                ("type", "output"),
+                ("source", "provider")
+            ]
         ),
         70.0
     );
@@ -457,7 +507,10 @@ async fn a_client_that_goes_away_mid_response_cancels_it_upstream_and_its_usage_
     read_until(&mut ws, "response.output_text.delta").await;
     // Gone without a close frame: the TCP connection just ends.
     drop(ws);
-    let ended = eventually(Duration::from_secs(5), || async { seen.lock().unwrap().ended }).await;
+    let ended = eventually(Duration::from_secs(5), || async {
+        seen.lock().unwrap().ended
+    })
+    .await;
     assert!(ended, "the upstream connection was closed");
     {
         let seen = seen.lock().unwrap();

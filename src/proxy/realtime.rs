@@ -9,7 +9,9 @@
 //! each forwarded as it comes with its payload unchanged while a copy is read:
 //!
 //! - a client's request for a response is admitted by the budgets first; refused, it is not
-//!   forwarded and the client gets the format's `error` event instead;
+//!   forwarded and the client gets the format's `error` event instead (the input it is
+//!   admitted with is the session's last response's input and output: the conversation stays
+//!   on the server, and the next response reads at least that);
 //! - each response is one [`Call`] (one span, the GenAI metrics, budgets settled from the
 //!   `response.done` event's usage);
 //! - past a `cut` limit's allowance (text and transcript deltas counted with the tokenizer) the
@@ -72,10 +74,8 @@ const CUT_CODE: &str = "budget_exceeded";
 pub(super) fn is_upgrade(parts: &http::request::Parts) -> bool {
     let has = |name, token: &str| {
         parts.headers.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
     parts.method == http::Method::GET
@@ -103,6 +103,10 @@ struct Ctx {
     labels: Arc<crate::telemetry::labels::Labels>,
     /// The session's model: the URL's, else the one the server names.
     model: std::sync::Mutex<Option<String>>,
+    /// Input plus output tokens of the session's last response: the conversation the next
+    /// response reads at least (it stays on the server; the request for a response is a few
+    /// bytes), so what admission takes as its input.
+    context: std::sync::atomic::AtomicU64,
 }
 
 /// One response of a session, from its admission to its `response.done`.
@@ -145,7 +149,8 @@ impl Proxy {
             Ok(resp) => resp,
             Err(e) => return f.fail(e),
         };
-        let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, resp.status())
+        let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_upgrade, resp.status())
         else {
             // Refused upstream (401, 404, ...): its answer, forwarded as any other.
             return self.respond(f, resp).await;
@@ -156,8 +161,12 @@ impl Proxy {
         call.upstream_status(resp.status());
         let (mut rparts, _) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers);
-        rparts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        rparts.headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        rparts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        rparts
+            .headers
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
         rparts.version = Version::HTTP_11;
         call.returned = Some(Instant::now());
         tokio::spawn(async move {
@@ -179,14 +188,12 @@ impl Proxy {
     }
 
     /// What the session's response calls share, read from the upgrade request.
-    fn session_ctx(
-        &self,
-        f: &Flight,
-        format: Format,
-        events: &'static dyn RealtimeEvents,
-    ) -> Ctx {
+    fn session_ctx(&self, f: &Flight, format: Format, events: &'static dyn RealtimeEvents) -> Ctx {
         let mut trace = HeaderMap::new();
-        for name in [TRACEPARENT_HEADER, http::HeaderName::from_static("tracestate")] {
+        for name in [
+            TRACEPARENT_HEADER,
+            http::HeaderName::from_static("tracestate"),
+        ] {
             if let Some(v) = f.parts.headers.get(&name) {
                 let v = v.clone();
                 trace.insert(name, v);
@@ -208,6 +215,7 @@ impl Proxy {
             budgets: self.budgets.clone(),
             labels: self.labels.clone(),
             model: std::sync::Mutex::new(events.model(f.parts.uri.query())),
+            context: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -224,7 +232,9 @@ impl Proxy {
         parts.headers.remove(HOST);
         // Compressed frames (permessage-deflate) could not be read: none is negotiated.
         parts.headers.remove(SEC_WEBSOCKET_EXTENSIONS);
-        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(u) = upgrade {
             parts.headers.insert(UPGRADE, u);
         }
@@ -429,7 +439,8 @@ enum Cut {
 fn lock(open: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
     // A panic while the lock was held cannot leave `Open` half-changed (every change is one
     // push or pop): the poisoned state is usable.
-    open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    open.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A client's request for a response: a call started and admitted by the budgets (its
@@ -453,16 +464,17 @@ async fn admit(
     }
     let mut cut = None;
     if let Some(budgets) = &ctx.budgets {
+        let context = ctx.context.load(std::sync::atomic::Ordering::Relaxed);
         let facts = CallFacts {
             session: ctx.session.clone(),
             task: ctx.task.clone(),
             agent: ctx.agent.clone(),
             model: call.llm_mut().and_then(|l| l.facts().model.clone()),
-            input_bound: crate::budget::input_bound(event),
+            input_bound: crate::budget::input_bound(event).max(context),
             max_output,
         };
         let format = ctx.format;
-        let estimate = || crate::budget::estimate_input(format, event);
+        let estimate = || crate::budget::estimate_input(format, event).max(context);
         match budgets.admit(facts, &estimate).await {
             Ok(adm) => {
                 cut = adm.cut_after_output.map(CutSignal::new);
@@ -578,6 +590,12 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
             }
         }
         ServerEvent::Done => {
+            let mut r = crate::providers::ResponseRecord::default();
+            if ctx.format.adapter().parse_json(text, &mut r) {
+                let u = r.usage;
+                let n = u.input.unwrap_or(0).saturating_add(u.output.unwrap_or(0));
+                ctx.context.store(n, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some(live) = lock(open).started.pop_front() {
                 finish(live, text, BodyEnd::Complete);
             }

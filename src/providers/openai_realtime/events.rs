@@ -284,9 +284,19 @@ mod tests {
         let e = Events.client(
             br#"{"type":"response.create","event_id":"e1","response":{"max_output_tokens":64}}"#,
         );
-        assert!(matches!(e, ClientEvent::Respond { max_output: Some(64), event_id: Some(ref id) } if id == "e1"));
-        let e = Events.client(br#"{"type":"response.create","response":{"max_response_output_tokens":"inf"}}"#);
-        assert!(matches!(e, ClientEvent::Respond { max_output: None, event_id: None }));
+        assert!(
+            matches!(e, ClientEvent::Respond { max_output: Some(64), event_id: Some(ref id) } if id == "e1")
+        );
+        let e = Events.client(
+            br#"{"type":"response.create","response":{"max_response_output_tokens":"inf"}}"#,
+        );
+        assert!(matches!(
+            e,
+            ClientEvent::Respond {
+                max_output: None,
+                event_id: None
+            }
+        ));
         let e = Events.client(br#"{"type":"input_audio_buffer.append","audio":"AAAA"}"#);
         assert!(matches!(e, ClientEvent::Other));
         assert!(matches!(Events.client(b"\xff"), ClientEvent::Other));
@@ -307,7 +317,9 @@ mod tests {
             ServerEvent::Done
         ));
         assert_eq!(
-            Events.model(Some("a=1&model=gpt-4o-realtime-preview%2D1")).as_deref(),
+            Events
+                .model(Some("a=1&model=gpt-4o-realtime-preview%2D1"))
+                .as_deref(),
             Some("gpt-4o-realtime-preview-1")
         );
         assert_eq!(Events.model(Some("x=1")), None);

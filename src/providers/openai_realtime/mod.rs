@@ -13,9 +13,7 @@ mod events;
 
 use serde_json::{Map, Value};
 
-use crate::providers::adapter::{
-    Adapter, Operation, RealtimeEvents, Routed, StreamReader,
-};
+use crate::providers::adapter::{Adapter, Operation, RealtimeEvents, Routed, StreamReader};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 

@@ -340,7 +340,7 @@ async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames
         metric_value(
             &metrics,
             "tokenwarden_tokens_total",
-            &[("agent", "rt-two"), ("type", kind)],
+            &[("agent", "rt-two"), ("type", kind), ("source", "provider")],
         )
     };
     assert_eq!(tokens("input"), 1261.0 + 1398.0);
@@ -414,7 +414,11 @@ async fn a_response_create_over_the_session_budget_is_refused_with_an_error_even
         metric_value(
             &metrics,
             "tokenwarden_tokens_total",
-            &[("agent", "rt-refuse"), ("type", "input")]
+            &[
+                ("agent", "rt-refuse"),
+                ("type", "input"),
+                ("source", "provider")
+            ]
         ),
         1261.0
     );
@@ -524,7 +528,11 @@ async fn a_client_that_goes_away_mid_response_cancels_it_upstream_and_its_usage_
         metric_value(
             &proxy.metrics().await,
             "tokenwarden_tokens_total",
-            &[("agent", "rt-gone"), ("type", "output")],
+            &[
+                ("agent", "rt-gone"),
+                ("type", "output"),
+                ("source", "provider"),
+            ],
         ) == 70.0
     })
     .await;
@@ -557,7 +565,11 @@ async fn the_openai_python_sdk_realtime_client_runs_a_session_through_the_proxy(
         metric_value(
             &metrics,
             "tokenwarden_tokens_total",
-            &[("agent", "rt-sdk"), ("type", "output")]
+            &[
+                ("agent", "rt-sdk"),
+                ("type", "output"),
+                ("source", "provider")
+            ]
         ),
         371.0 + 13.0
     );

@@ -277,6 +277,80 @@ impl Proxy {
         }
     }
 
+    /// A WebSocket upgrade (see `realtime.rs`): forwarded; on the upstream's 101 the session is
+    /// relayed (read when the path's format has session events), else the upstream's answer
+    /// is the client's.
+    async fn handle_upgrade(
+        &self,
+        route: Arc<Route>,
+        mut parts: http::request::Parts,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let mut f = self.identify(route, parts, started);
+        let session = f.class.format.and_then(|format| {
+            let events = format.adapter().realtime()?;
+            let h = &f.parts.headers;
+            Some(realtime::Session {
+                events,
+                format,
+                provider: f.class.provider,
+                route: f.route.clone(),
+                agent: f.call.labels().agent.clone(),
+                path: f.parts.uri.path().to_string(),
+                access_log: self.access_log,
+                aborting: self.aborting,
+                session: self.session_source.identify(h, None),
+                task: self.task_source.identify(h),
+                trace: realtime::trace_headers(h),
+                spans: self.spans.clone(),
+                budgets: self.budgets.clone(),
+                labels: self.labels.clone(),
+                model: events.model(f.parts.uri.query()),
+            })
+        });
+        let resp = match self.forward_upgrade(&mut f).await {
+            Ok(resp) => resp,
+            Err(e) => return f.fail(e),
+        };
+        match (client_upgrade, resp.status()) {
+            (Some(client), http::StatusCode::SWITCHING_PROTOCOLS) => {
+                realtime::switch(f.call, session, client, resp)
+            }
+            // Refused upstream (401, 404, ...): its answer, forwarded as any other.
+            _ => self.respond(f, resp).await,
+        }
+    }
+
+    /// The upgrade request upstream: same path and query, the upgrade headers kept, over an
+    /// HTTP/1.1 connection, under the first-byte timeout.
+    async fn forward_upgrade(&self, f: &mut Flight) -> Result<Response<Incoming>, ProxyError> {
+        let uri = f
+            .route
+            .upstream_uri(f.parts.uri.path(), f.parts.uri.query())
+            .map_err(|_| ProxyError::BadRequestBody)?;
+        let mut parts = std::mem::replace(&mut f.parts, Request::new(()).into_parts().0);
+        realtime::upstream_headers(&mut parts.headers);
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let req = Request::from_parts(parts, Full::new(Bytes::new()));
+        f.call.upstream_sent = Some(Instant::now());
+        let route = &f.route;
+        match tokio::time::timeout(
+            route.timeouts.first_byte_timeout,
+            route.upgrade_client.request(req),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(client_error(route, &e)),
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                route: route.name.to_string(),
+                after: route.timeouts.first_byte_timeout,
+            }),
+        }
+    }
+
     /// A request on an MCP route (see `mcp.rs`): identified like any call, its POST body read and
     /// admitted message by message, forwarded, its answer read message by message.
     async fn handle_mcp(

@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_EXTENSIONS, UPGRADE};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -51,8 +51,8 @@ use super::accounting::LlmCall;
 use super::answer::{full, ProxyBody};
 use super::call::{Call, CallInfo};
 use super::error::ProxyError;
+use super::headers;
 use super::route::Route;
-use super::{headers, Flight, Proxy};
 
 /// Largest WebSocket message (and frame) either side may send through a read session: what
 /// one message may make the proxy hold. Realtime events carry at most a few MiB of base64 audio.
@@ -84,29 +84,48 @@ pub(super) fn is_upgrade(parts: &http::request::Parts) -> bool {
         && parts.extensions.get::<OnUpgrade>().is_some()
 }
 
-/// What every response call of one session shares.
-struct Ctx {
-    events: &'static dyn RealtimeEvents,
-    provider: &'static str,
-    format: Format,
-    route: Arc<Route>,
-    agent: Arc<str>,
-    path: String,
-    access_log: bool,
-    aborting: &'static std::sync::atomic::AtomicBool,
-    session: Option<Arc<str>>,
-    task: Option<Arc<str>>,
+/// What every response call of one session shares, read from the upgrade request.
+pub(super) struct Session {
+    pub(super) events: &'static dyn RealtimeEvents,
+    pub(super) format: Format,
+    pub(super) provider: &'static str,
+    pub(super) route: Arc<Route>,
+    pub(super) agent: Arc<str>,
+    pub(super) path: String,
+    pub(super) access_log: bool,
+    pub(super) aborting: &'static std::sync::atomic::AtomicBool,
+    pub(super) session: Option<Arc<str>>,
+    pub(super) task: Option<Arc<str>>,
     /// The upgrade request's trace context: every response's span is its child.
-    trace: HeaderMap,
-    spans: Option<Arc<crate::telemetry::spans::Spans>>,
-    budgets: Option<Arc<crate::budget::Budgets>>,
-    labels: Arc<crate::telemetry::labels::Labels>,
+    pub(super) trace: HeaderMap,
+    pub(super) spans: Option<Arc<crate::telemetry::spans::Spans>>,
+    pub(super) budgets: Option<Arc<crate::budget::Budgets>>,
+    pub(super) labels: Arc<crate::telemetry::labels::Labels>,
+    /// The model the upgrade request names.
+    pub(super) model: Option<String>,
+}
+
+/// A session being relayed.
+struct Ctx {
+    s: Session,
     /// The session's model: the URL's, else the one the server names.
     model: std::sync::Mutex<Option<String>>,
     /// Input plus output tokens of the session's last response: the conversation the next
     /// response reads at least (it stays on the server; the request for a response is a few
     /// bytes), so what admission takes as its input.
     context: std::sync::atomic::AtomicU64,
+}
+
+// === impl Ctx ===
+
+impl Ctx {
+    fn new(mut s: Session) -> Self {
+        Self {
+            model: std::sync::Mutex::new(s.model.take()),
+            s,
+            context: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
 }
 
 /// One response of a session, from its admission to its `response.done`.
@@ -127,136 +146,72 @@ struct Open {
 type Sink<T> = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, T>;
 type ClientSink = tokio::sync::Mutex<Sink<Message>>;
 
-// === impl Proxy ===
-
-impl Proxy {
-    /// A WebSocket upgrade: forwarded; on the upstream's 101 the session is relayed (read when
-    /// the path's format has session events), else the upstream's answer is the client's.
-    pub(super) async fn handle_upgrade(
-        &self,
-        route: Arc<Route>,
-        mut parts: http::request::Parts,
-        started: Instant,
-    ) -> Response<ProxyBody> {
-        let client_upgrade = parts.extensions.remove::<OnUpgrade>();
-        let mut f = self.identify(route, parts, started);
-        let read = f
-            .class
-            .format
-            .and_then(|fmt| fmt.adapter().realtime().map(|ev| (fmt, ev)));
-        let ctx = read.map(|(format, events)| self.session_ctx(&f, format, events));
-        let mut resp = match self.forward_upgrade(&mut f).await {
-            Ok(resp) => resp,
-            Err(e) => return f.fail(e),
-        };
-        let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
-            (client_upgrade, resp.status())
-        else {
-            // Refused upstream (401, 404, ...): its answer, forwarded as any other.
-            return self.respond(f, resp).await;
-        };
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let mut call = f.call;
-        call.upstream_headers = Some(Instant::now());
-        call.upstream_status(resp.status());
-        let (mut rparts, _) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers);
-        rparts
-            .headers
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        rparts
-            .headers
-            .insert(UPGRADE, HeaderValue::from_static("websocket"));
-        rparts.version = Version::HTTP_11;
-        call.returned = Some(Instant::now());
-        tokio::spawn(async move {
-            let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok(both) => both,
-                Err(e) => {
-                    tracing::debug!(error = %e, "websocket upgrade failed");
-                    call.on_end(BodyEnd::ClientGone);
-                    return;
-                }
-            };
-            let end = match ctx {
-                Some(ctx) => relay(Arc::new(ctx), client, upstream).await,
-                None => tunnel(client, upstream).await,
-            };
-            call.on_end(end);
-        });
-        Response::from_parts(rparts, full(Full::new(Bytes::new())))
-    }
-
-    /// What the session's response calls share, read from the upgrade request.
-    fn session_ctx(&self, f: &Flight, format: Format, events: &'static dyn RealtimeEvents) -> Ctx {
-        let mut trace = HeaderMap::new();
-        for name in [
-            TRACEPARENT_HEADER,
-            http::HeaderName::from_static("tracestate"),
-        ] {
-            if let Some(v) = f.parts.headers.get(&name) {
-                let v = v.clone();
-                trace.insert(name, v);
+/// Hand the client the upstream's 101 and relay the session (read when `session` is given)
+/// once both connections are taken over; `call` (the upgrade request) finishes when it ends.
+pub(super) fn switch(
+    mut call: Call,
+    session: Option<Session>,
+    client_upgrade: OnUpgrade,
+    mut resp: Response<Incoming>,
+) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    call.upstream_headers = Some(Instant::now());
+    call.upstream_status(resp.status());
+    let (mut rparts, _) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut rparts.headers);
+    rparts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    rparts
+        .headers
+        .insert(UPGRADE, HeaderValue::from_static("websocket"));
+    rparts.version = Version::HTTP_11;
+    call.returned = Some(Instant::now());
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                call.on_end(BodyEnd::ClientGone);
+                return;
             }
-        }
-        Ctx {
-            events,
-            provider: f.class.provider,
-            format,
-            route: f.route.clone(),
-            agent: f.call.labels().agent.clone(),
-            path: f.parts.uri.path().to_string(),
-            access_log: self.access_log,
-            aborting: self.aborting,
-            session: self.session_source.identify(&f.parts.headers, None),
-            task: self.task_source.identify(&f.parts.headers),
-            trace,
-            spans: self.spans.clone(),
-            budgets: self.budgets.clone(),
-            labels: self.labels.clone(),
-            model: std::sync::Mutex::new(events.model(f.parts.uri.query())),
-            context: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
+        };
+        let end = match session {
+            Some(session) => relay(Arc::new(Ctx::new(session)), client, upstream).await,
+            None => tunnel(client, upstream).await,
+        };
+        call.on_end(end);
+    });
+    Response::from_parts(rparts, full(Full::new(Bytes::new())))
+}
 
-    /// The upgrade request upstream: same path and query, the upgrade headers kept, over an
-    /// HTTP/1.1 connection, under the first-byte timeout.
-    async fn forward_upgrade(&self, f: &mut Flight) -> Result<Response<Incoming>, ProxyError> {
-        let uri = f
-            .route
-            .upstream_uri(f.parts.uri.path(), f.parts.uri.query())
-            .map_err(|_| ProxyError::BadRequestBody)?;
-        let mut parts = std::mem::replace(&mut f.parts, Request::new(()).into_parts().0);
-        let upgrade = parts.headers.get(UPGRADE).cloned();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(HOST);
-        // Compressed frames (permessage-deflate) could not be read: none is negotiated.
-        parts.headers.remove(SEC_WEBSOCKET_EXTENSIONS);
-        parts
-            .headers
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Some(u) = upgrade {
-            parts.headers.insert(UPGRADE, u);
-        }
-        parts.uri = uri;
-        parts.version = Version::HTTP_11;
-        let req = Request::from_parts(parts, Full::new(Bytes::new()));
-        f.call.upstream_sent = Some(Instant::now());
-        let route = &f.route;
-        match tokio::time::timeout(
-            route.timeouts.first_byte_timeout,
-            route.upgrade_client.request(req),
-        )
-        .await
-        {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(super::client_error(route, &e)),
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                route: route.name.to_string(),
-                after: route.timeouts.first_byte_timeout,
-            }),
+/// The upgrade request's headers as they go upstream: hop-by-hop headers out but the upgrade
+/// itself, no `Host` (the client sets it), no `Sec-WebSocket-Extensions` (compressed frames
+/// could not be read).
+pub(super) fn upstream_headers(h: &mut HeaderMap) {
+    let upgrade = h.get(UPGRADE).cloned();
+    headers::strip_hop_by_hop(h);
+    h.remove(HOST);
+    h.remove(SEC_WEBSOCKET_EXTENSIONS);
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = upgrade {
+        h.insert(UPGRADE, u);
+    }
+}
+
+/// The trace context of the upgrade request, kept for the session's response spans.
+pub(super) fn trace_headers(h: &HeaderMap) -> HeaderMap {
+    let mut trace = HeaderMap::new();
+    for name in [
+        TRACEPARENT_HEADER,
+        http::HeaderName::from_static("tracestate"),
+    ] {
+        if let Some(v) = h.get(&name) {
+            let v = v.clone();
+            trace.insert(name, v);
         }
     }
+    trace
 }
 
 /// An upgraded connection nobody reads: bytes copied both ways until either side ends.
@@ -295,11 +250,11 @@ async fn relay(ctx: Arc<Ctx>, client: Upgraded, upstream: Upgraded) -> BodyEnd {
                 if let ClientEvent::Respond {
                     event_id,
                     max_output,
-                } = ctx.events.client(t.as_bytes())
+                } = ctx.s.events.client(t.as_bytes())
                 {
                     let refusal = admit(&ctx, &open, t.as_bytes(), max_output).await;
                     if let Some(e) = refusal {
-                        let text = e.with_text(|e| ctx.events.refusal(e, event_id.as_deref()));
+                        let text = e.with_text(|e| ctx.s.events.refusal(e, event_id.as_deref()));
                         let _ = c_tx.lock().await.send(Message::text(text)).await;
                         continue;
                     }
@@ -365,7 +320,7 @@ async fn relay(ctx: Arc<Ctx>, client: Upgraded, upstream: Upgraded) -> BodyEnd {
             let cut = matches!(ended, Ended::Cut);
             if cut {
                 // The client is told why, and the session closed cleanly.
-                let e = ctx.events.refusal(
+                let e = ctx.s.events.refusal(
                     &crate::providers::adapter::ErrorText {
                         status: 429,
                         message: "the session reached a budget limit (action: cut)",
@@ -463,17 +418,17 @@ async fn admit(
         return Some(e);
     }
     let mut cut = None;
-    if let Some(budgets) = &ctx.budgets {
+    if let Some(budgets) = &ctx.s.budgets {
         let context = ctx.context.load(std::sync::atomic::Ordering::Relaxed);
         let facts = CallFacts {
-            session: ctx.session.clone(),
-            task: ctx.task.clone(),
-            agent: ctx.agent.clone(),
+            session: ctx.s.session.clone(),
+            task: ctx.s.task.clone(),
+            agent: ctx.s.agent.clone(),
             model: call.llm_mut().and_then(|l| l.facts().model.clone()),
             input_bound: crate::budget::input_bound(event).max(context),
             max_output,
         };
-        let format = ctx.format;
+        let format = ctx.s.format;
         let estimate = || crate::budget::estimate_input(format, event).max(context);
         match budgets.admit(facts, &estimate).await {
             Ok(adm) => {
@@ -504,21 +459,26 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
     let now = Instant::now();
     let mut call = Call::new(
         CallInfo {
-            route: ctx.route.name.clone(),
-            provider: ctx.provider,
+            route: ctx.s.route.name.clone(),
+            provider: ctx.s.provider,
             operation: Operation::Chat,
-            agent: ctx.agent.clone(),
+            agent: ctx.s.agent.clone(),
             method: http::Method::GET,
-            path: ctx.path.clone(),
-            access_log: ctx.access_log,
-            aborting: ctx.aborting,
+            path: ctx.s.path.clone(),
+            access_log: ctx.s.access_log,
+            aborting: ctx.s.aborting,
         },
         now,
     );
-    if let Some(spans) = &ctx.spans {
-        call.set_span(spans.start(&ctx.trace, ctx.route.host.clone(), ctx.route.port(), now));
+    if let Some(spans) = &ctx.s.spans {
+        call.set_span(spans.start(
+            &ctx.s.trace,
+            ctx.s.route.host.clone(),
+            ctx.s.route.port(),
+            now,
+        ));
     }
-    if let Some(s) = &ctx.session {
+    if let Some(s) = &ctx.s.session {
         call.set_session(s.clone(), None);
     }
     let model = ctx
@@ -527,7 +487,7 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let facts = RequestFacts {
-        format: ctx.format,
+        format: ctx.s.format,
         model,
         stream: false,
         include_usage: false,
@@ -535,7 +495,7 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
         tools: Vec::new(),
         user: None,
     };
-    call.set_llm(LlmCall::new(facts, ctx.labels.clone()));
+    call.set_llm(LlmCall::new(facts, ctx.s.labels.clone()));
     call.upstream_sent = Some(now);
     call
 }
@@ -544,7 +504,7 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
 /// next admitted response (or one the server started itself), output counts against the cut
 /// allowance, `response.done` finishes the oldest open response with its record.
 fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
-    match ctx.events.server(text) {
+    match ctx.s.events.server(text) {
         ServerEvent::Session { model: Some(m) } => {
             let mut model = ctx
                 .model
@@ -591,7 +551,7 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
         }
         ServerEvent::Done => {
             let mut r = crate::providers::ResponseRecord::default();
-            if ctx.format.adapter().parse_json(text, &mut r) {
+            if ctx.s.format.adapter().parse_json(text, &mut r) {
                 let u = r.usage;
                 let n = u.input.unwrap_or(0).saturating_add(u.output.unwrap_or(0));
                 ctx.context.store(n, std::sync::atomic::Ordering::Relaxed);
@@ -634,14 +594,14 @@ async fn cancel_open(
     if lock(open).started.is_empty() {
         return;
     }
-    let cancel = Message::text(ctx.events.cancel());
+    let cancel = Message::text(ctx.s.events.cancel());
     if u_tx.send(cancel).await.is_err() {
         return;
     }
     let _ = tokio::time::timeout(CANCEL_WAIT, async {
         while let Some(Ok(msg)) = u_rx.next().await {
             if let Message::Text(t) = &msg {
-                if let ServerEvent::Done = ctx.events.server(t.as_bytes()) {
+                if let ServerEvent::Done = ctx.s.events.server(t.as_bytes()) {
                     let live = lock(open).started.pop_front();
                     if let Some(live) = live {
                         let end = if live.cut.as_ref().is_some_and(|c| c.fired()) {

@@ -144,6 +144,9 @@ pub struct Spent {
     /// The request reached the upstream but no response came back: the provider may have
     /// billed its input, so the estimate is charged.
     pub sent: bool,
+    /// Billed at the Batch API's rate (a batch output file): priced with each model's `batch`
+    /// factor.
+    pub batch: bool,
 }
 
 /// Input tokens estimated from a request body (the o200k tokenizer count of its text plus
@@ -779,7 +782,9 @@ impl Admission {
             .as_deref()
             .or(self.facts.model.as_deref())
             .unwrap_or("");
-        let parts = b.prices.cost_parts(model, &usage, &spent.other_models);
+        let parts = b
+            .prices
+            .cost_parts(model, &usage, &spent.other_models, spent.batch);
         let served = spent
             .model_label
             .clone()

@@ -14,6 +14,9 @@ use crate::providers::{ModelUsage, Usage};
 /// (Anthropic's published multiplier; five-minute writes are 1.25×).
 const ONE_HOUR_WRITE_FACTOR: f64 = 2.0;
 
+/// The factor of batch-billed usage when a price sets none: the OpenAI Batch API's 50 % discount.
+const DEFAULT_BATCH_FACTOR: f64 = 0.5;
+
 /// The price table, looked up by model name.
 #[derive(Debug, Clone, Default)]
 pub struct Prices {
@@ -59,14 +62,29 @@ impl Prices {
     /// Nano-USD per model for a call `model` served whose `usage` includes sub-calls on other
     /// models (`others`, parts of `usage`): the serving model's part first, then one entry per
     /// other model, each priced as its own model (as the serving model when it has no price).
-    pub fn cost_parts(&self, model: &str, usage: &Usage, others: &[ModelUsage]) -> Vec<u64> {
+    /// `batch`: billed at the Batch API's rate (each price's `batch` factor).
+    pub fn cost_parts(
+        &self,
+        model: &str,
+        usage: &Usage,
+        others: &[ModelUsage],
+        batch: bool,
+    ) -> Vec<u64> {
         let own = others.iter().fold(*usage, |u, o| u.minus(&o.usage));
         let served = self.get(model);
-        std::iter::once(served.map_or(0, |p| price_of(p, &own)))
+        let priced = |p: &Price, u: &Usage| {
+            let full = price_of(p, u);
+            if batch {
+                (full as f64 * p.batch.unwrap_or(DEFAULT_BATCH_FACTOR)).round() as u64
+            } else {
+                full
+            }
+        };
+        std::iter::once(served.map_or(0, |p| priced(p, &own)))
             .chain(others.iter().map(|o| {
                 self.get(&o.model)
                     .or(served)
-                    .map_or(0, |p| price_of(p, &o.usage))
+                    .map_or(0, |p| priced(p, &o.usage))
             }))
             .collect()
     }
@@ -114,6 +132,7 @@ mod tests {
                 cached_input: Some(1.25),
                 cache_creation_input: None,
                 cache_creation_input_1h: None,
+                batch: None,
             },
         );
         t.insert(
@@ -124,6 +143,7 @@ mod tests {
                 cached_input: Some(0.3),
                 cache_creation_input: Some(3.75),
                 cache_creation_input_1h: None,
+                batch: Some(0.4),
             },
         );
         t.insert(
@@ -134,6 +154,7 @@ mod tests {
                 cached_input: Some(0.5),
                 cache_creation_input: Some(6.25),
                 cache_creation_input_1h: Some(10.0),
+                batch: None,
             },
         );
         Prices::new(&t)
@@ -158,6 +179,24 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(p.cost("gpt-4o", &u), 1_250_000);
+    }
+
+    #[test]
+    fn batch_usage_is_priced_with_the_batch_factor() {
+        let p = prices();
+        let u = Usage {
+            input: Some(1_000_000),
+            output: Some(1_000_000),
+            ..Usage::default()
+        };
+        // gpt-4o: (2.5 + 10) USD at the default half price.
+        assert_eq!(p.cost_parts("gpt-4o", &u, &[], true), [6_250_000_000]);
+        assert_eq!(p.cost_parts("gpt-4o", &u, &[], false), [12_500_000_000]);
+        // claude-sonnet-4-5 sets `batch: 0.4`: (3 + 15) × 0.4 USD.
+        assert_eq!(
+            p.cost_parts("claude-sonnet-4-5", &u, &[], true),
+            [7_200_000_000]
+        );
     }
 
     #[test]
@@ -204,7 +243,7 @@ mod tests {
         }];
         // Executor: 1M input × 3; advisor: 1M × 5 + 1M × 25.
         assert_eq!(
-            p.cost_parts("claude-sonnet-4-5", &total, &others),
+            p.cost_parts("claude-sonnet-4-5", &total, &others, false),
             [3_000_000_000, 30_000_000_000]
         );
         // A sub-call model without a price is priced as the serving model.
@@ -213,7 +252,7 @@ mod tests {
             usage: advisor,
         }];
         assert_eq!(
-            p.cost_parts("claude-sonnet-4-5", &total, &unknown),
+            p.cost_parts("claude-sonnet-4-5", &total, &unknown, false),
             [3_000_000_000, 18_000_000_000]
         );
     }

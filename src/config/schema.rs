@@ -424,6 +424,10 @@ pub struct Price {
     /// `ephemeral_1h_input_tokens`); unset → 2 × `input`, Anthropic's multiplier.
     #[serde(default)]
     pub cache_creation_input_1h: Option<f64>,
+    /// Factor applied to every price above for usage billed at the Batch API's rate (a batch
+    /// output file); unset → 0.5, OpenAI's Batch API discount.
+    #[serde(default)]
+    pub batch: Option<f64>,
 }
 
 /// Policies for one agent.

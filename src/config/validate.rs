@@ -159,6 +159,14 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 "prices must be finite and >= 0",
             ));
         }
+        if p.batch
+            .is_some_and(|f| !(f.is_finite() && f > 0.0 && f <= 1.0))
+        {
+            return Err(invalid(
+                &format!("pricing.{model}.batch"),
+                "a batch price factor is in (0, 1]",
+            ));
+        }
     }
     if let Some(w) = &config.alerts.webhook {
         check_upstream_url(w).map_err(|m| invalid("alerts.webhook", &m))?;

@@ -44,6 +44,12 @@ pub trait Adapter: Sync {
     /// stream NDJSON).
     fn stream(&self) -> Box<dyn StreamReader>;
 
+    /// Whether every response body of this format is read line by line as it passes (a JSONL
+    /// file of any length, each line bounded), whatever its media type says.
+    fn reads_lines(&self) -> bool {
+        false
+    }
+
     /// Read a whole JSON response body into `r`; false when it is not this format's JSON.
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool;
 

@@ -13,6 +13,7 @@ mod fields;
 pub mod gemini;
 pub mod genai;
 pub mod ollama;
+pub mod openai_batch;
 pub mod openai_chat;
 pub mod openai_realtime;
 pub mod openai_responses;

@@ -41,6 +41,8 @@ registry! {
     Gemini => super::gemini::Gemini,
     /// Ollama native `/api/chat` and `/api/generate` (NDJSON streams).
     Ollama => super::ollama::Ollama,
+    /// OpenAI Batch API output files (`/v1/files/{id}/content`).
+    OpenAiBatch => super::openai_batch::OpenAiBatch,
     /// OpenAI Realtime API (WebSocket sessions on `/v1/realtime`).
     OpenAiRealtime => super::openai_realtime::OpenAiRealtime,
     /// OpenAI Responses API.

@@ -69,6 +69,8 @@ pub struct ResponseRecord {
     pub error_type: Option<String>,
     /// Why (part of) the body could not be read, if it could not.
     pub unparsed: Option<&'static str>,
+    /// The usage was billed at the Batch API's rate (a batch output file).
+    pub batch: bool,
 }
 
 // === impl Usage ===

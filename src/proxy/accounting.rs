@@ -207,7 +207,7 @@ impl LlmCall {
             .unwrap_or_default();
         // Media types are case-insensitive.
         let is = |t: &[u8]| ct.len() >= t.len() && ct[..t.len()].eq_ignore_ascii_case(t);
-        let ndjson = is(b"application/x-ndjson");
+        let ndjson = is(b"application/x-ndjson") || self.facts.format.adapter().reads_lines();
         self.streamed = ndjson || is(b"text/event-stream");
         self.parser = Some(if ndjson {
             ResponseParser::new_ndjson(self.facts.format, MAX_PARSE_BYTES)

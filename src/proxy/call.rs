@@ -393,6 +393,7 @@ impl Call {
                     other_labels: f.other_labels.clone(),
                     output_events,
                     sent: unanswered,
+                    batch: f.record.batch,
                 }));
             }
             f

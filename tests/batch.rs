@@ -1,0 +1,146 @@
+//! OpenAI Batch API through the proxy, over real sockets: files and batches pass through
+//! unread, and the usage of a batch is read from its output file when the agent downloads it
+//! (tests/fixtures/batch/output.jsonl), counted exactly per model, priced at the batch rate, on
+//! one span.
+
+mod common;
+mod otlp_receiver;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+
+use common::*;
+use otlp_receiver::*;
+
+const OUTPUT: &str = include_str!("fixtures/batch/output.jsonl");
+
+const BATCH: &str = r#"{"id": "batch_6754a8e9c4d08190a1b2c3d4e5f6a7b8", "object": "batch", "endpoint": "/v1/chat/completions", "errors": null, "input_file_id": "file-In9bVQ1kR2sT3uV4wX5yZ6", "completion_window": "24h", "status": "validating", "output_file_id": null, "error_file_id": null, "created_at": 1733601001, "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": null}"#;
+
+/// An upstream serving the Files and Batches endpoints: the output file in 7-byte frames (so
+/// lines arrive split anywhere), the batch object for anything else.
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let (tx, rx) = tokio::sync::mpsc::channel(8);
+                    let (ct, body) = if path == "/v1/files/file-Out7cWm2Pq9Lx4/content" {
+                        ("application/octet-stream", OUTPUT)
+                    } else {
+                        let _ = req.into_body().collect().await;
+                        ("application/json", BATCH)
+                    };
+                    tokio::spawn(async move {
+                        for chunk in body.as_bytes().chunks(7) {
+                            if tx.send(Bytes::copy_from_slice(chunk)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder()
+                            .header("content-type", ct)
+                            .body(ChanBody(rx))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_batch_output_file_is_counted_exactly_at_download_and_priced_at_the_batch_rate() {
+    let up = upstream().await;
+    let rx = Receiver::grpc().await;
+    let proxy = TestProxy::to(
+        "oai",
+        up,
+        &format!(
+            "telemetry:\n  otlp:\n    endpoint: {}\n    protocol: grpc\n\
+             pricing:\n  gpt-4o-mini:\n    input: 0.15\n    output: 0.6\n  gpt-4.1-nano:\n    input: 0.1\n    output: 0.4\n    batch: 0.25\n\
+             budgets:\n  store:\n    snapshot_path: ''\n",
+            rx.endpoint()
+        ),
+    )
+    .await;
+    let agent = [("x-agent-name", "batcher"), ("x-session-id", "batch-s1")];
+
+    // Creating the batch passes through unread: nothing is spent yet.
+    let (resp, body) = post(
+        &proxy.url("/v1/batches"),
+        &agent,
+        r#"{"input_file_id":"file-In9bVQ1kR2sT3uV4wX5yZ6","endpoint":"/v1/chat/completions","completion_window":"24h"}"#,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, BATCH.as_bytes());
+
+    // The download: byte-identical to the file, and its usage counted.
+    let mut req = Request::get(proxy.url("/v1/files/file-Out7cWm2Pq9Lx4/content"));
+    for (k, v) in agent {
+        req = req.header(k, v);
+    }
+    let (resp, body) = send(req.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, OUTPUT.as_bytes(), "the file passes byte for byte");
+
+    let metrics = proxy.metrics().await;
+    let tokens = |model: &str, kind: &str| {
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "batcher"),
+                ("model", model),
+                ("type", kind),
+                ("source", "provider"),
+            ],
+        )
+    };
+    assert_eq!(tokens("gpt-4o-mini-2024-07-18", "input"), 55.0);
+    assert_eq!(tokens("gpt-4o-mini-2024-07-18", "output"), 21.0);
+    assert_eq!(tokens("gpt-4.1-nano-2025-04-14", "input"), 17.0);
+    assert_eq!(tokens("gpt-4.1-nano-2025-04-14", "output"), 11.0);
+    // Batch rate: gpt-4o-mini at the default half price, gpt-4.1-nano at its own 0.25.
+    let cost = |model: &str| {
+        metric_value(
+            &metrics,
+            "tokenwarden_cost_usd_total",
+            &[("agent", "batcher"), ("model", model)],
+        )
+    };
+    let mini = (55.0 * 0.15 + 21.0 * 0.6) / 1e6 * 0.5;
+    let nano = (17.0 * 0.1 + 11.0 * 0.4) / 1e6 * 0.25;
+    assert!(
+        (cost("gpt-4o-mini-2024-07-18") - mini).abs() < 1e-12,
+        "{metrics}"
+    );
+    assert!((cost("gpt-4.1-nano-2025-04-14") - nano).abs() < 1e-12);
+
+    // One span for the batch (the download), with the whole file's usage; none for the create.
+    let arrived = eventually(Duration::from_secs(10), || async { !rx.spans().is_empty() }).await;
+    assert!(arrived);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 1, "one span per batch");
+    let a = attrs(&spans[0].span);
+    assert_eq!(a.get("gen_ai.usage.input_tokens"), Some(&V::I(72)));
+    assert_eq!(a.get("gen_ai.usage.output_tokens"), Some(&V::I(32)));
+    assert_eq!(
+        a.get("gen_ai.response.model"),
+        Some(&s("gpt-4o-mini-2024-07-18"))
+    );
+}

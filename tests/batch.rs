@@ -3,6 +3,8 @@
 //! (tests/fixtures/batch/output.jsonl), counted exactly per model, priced at the batch rate, on
 //! one span.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod otlp_receiver;
 

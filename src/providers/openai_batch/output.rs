@@ -3,7 +3,9 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::providers::registry::Format;
+use crate::providers::adapter::Adapter;
+use crate::providers::openai_chat::OpenAiChat;
+use crate::providers::openai_responses::OpenAiResponses;
 use crate::providers::usage::{ModelUsage, ResponseRecord, MAX_OTHER_MODELS};
 
 /// The usage of the lines read so far.
@@ -48,12 +50,13 @@ impl Output {
         if !answer.status_code.is_some_and(|s| (200..300).contains(&s)) {
             return Some(false);
         }
-        let format = match serde_json::from_slice::<Kind<'_>>(body).ok()?.object {
-            Some("response") => Format::OpenAiResponses,
-            _ => Format::OpenAiChat,
+        // Each body is read as the format it is in (a batch runs one endpoint's requests).
+        let format: &dyn Adapter = match serde_json::from_slice::<Kind<'_>>(body).ok()?.object {
+            Some("response") => &OpenAiResponses,
+            _ => &OpenAiChat,
         };
         let mut one = ResponseRecord::default();
-        if !format.adapter().parse_json(body, &mut one) || !one.usage.is_present() {
+        if !format.parse_json(body, &mut one) || !one.usage.is_present() {
             return Some(false);
         }
         self.add(one);
@@ -91,7 +94,6 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::adapter::Adapter;
 
     const FILE: &str = include_str!("../../../tests/fixtures/batch/output.jsonl");
 

@@ -5,20 +5,16 @@
 use libfuzzer_sys::fuzz_target;
 use tokenwarden::providers::{Format, ResponseParser};
 
-const FORMATS: [Format; 5] = [
-    Format::OpenAiChat,
-    Format::OpenAiResponses,
-    Format::Anthropic,
-    Format::Gemini,
-    Format::Ollama,
-];
+/// Every registered format (a new one is fuzzed as soon as it is registered).
+const FORMATS: &[Format] = Format::ALL;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&sel, rest)) = input.split_first() else { return };
     let format = FORMATS[sel as usize % FORMATS.len()];
     let cut = (sel as usize / 8).max(1);
     let run = |step: usize| {
-        let mut p = if format == Format::Ollama {
+        // NDJSON: Ollama's streams, and formats whose bodies are JSONL (batch output files).
+        let mut p = if format == Format::Ollama || format.adapter().reads_lines() {
             ResponseParser::new_ndjson(format, 1 << 16)
         } else {
             ResponseParser::new(format, true, 1 << 16)

@@ -221,7 +221,9 @@ async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames
         "rt",
         up,
         &format!(
-            "telemetry:\n  otlp:\n    endpoint: {}\n    protocol: grpc\n",
+            "telemetry:\n  otlp:\n    endpoint: {}\n    protocol: grpc\n\
+             pricing:\n  gpt-realtime:\n    input: 4\n    cached_input: 0.4\n    output: 16\n    audio_input: 32\n    audio_output: 64\n\
+             budgets:\n  store:\n    snapshot_path: ''\n",
             rx.endpoint()
         ),
     )
@@ -339,7 +341,37 @@ async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames
         );
     }
 
+    // The audio part of the first response, on its span.
+    let a = attrs(&spans[0].span);
+    assert_eq!(
+        a.get("tokenwarden.usage.audio.input_tokens"),
+        Some(&V::I(74))
+    );
+    assert_eq!(
+        a.get("tokenwarden.usage.audio.output_tokens"),
+        Some(&V::I(280))
+    );
+
     let metrics = proxy.metrics().await;
+    // Audio at the audio prices: response 1 — plain input 237 (74 audio, 163 text), 1024 cached,
+    // output 280 audio + 91 text; response 2 — plain 118 (74 audio, 44 text), 1280 cached,
+    // 13 text out. The served model is dated: the `gpt-realtime` prices apply to it.
+    let usd = (74.0 * 32.0
+        + 163.0 * 4.0
+        + 1024.0 * 0.4
+        + 280.0 * 64.0
+        + 91.0 * 16.0
+        + 74.0 * 32.0
+        + 44.0 * 4.0
+        + 1280.0 * 0.4
+        + 13.0 * 16.0)
+        / 1e6;
+    let cost = metric_sum(
+        &metrics,
+        "tokenwarden_cost_usd_total",
+        &[("agent", "rt-two")],
+    );
+    assert!((cost - usd).abs() < 1e-9, "cost {cost} != {usd}");
     let tokens = |kind: &str| {
         metric_value(
             &metrics,

@@ -18,6 +18,8 @@ mod refusal;
 pub mod store;
 pub mod webhook;
 
+pub use price::Billing;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -144,9 +146,8 @@ pub struct Spent {
     /// The request reached the upstream but no response came back: the provider may have
     /// billed its input, so the estimate is charged.
     pub sent: bool,
-    /// Billed at the Batch API's rate (a batch output file): priced with each model's `batch`
-    /// factor.
-    pub batch: bool,
+    /// How the usage was billed beyond its counts (the batch rate, the audio part).
+    pub billing: price::Billing,
 }
 
 /// Input tokens estimated from a request body (the o200k tokenizer count of its text plus
@@ -784,7 +785,7 @@ impl Admission {
             .unwrap_or("");
         let parts = b
             .prices
-            .cost_parts(model, &usage, &spent.other_models, spent.batch);
+            .cost_parts(model, &usage, &spent.other_models, spent.billing);
         let served = spent
             .model_label
             .clone()

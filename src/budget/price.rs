@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::Price;
-use crate::providers::{ModelUsage, Usage};
+use crate::providers::{AudioTokens, ModelUsage, Usage};
 
 /// One-hour cache writes cost this many times the input price when no price is configured
 /// (Anthropic's published multiplier; five-minute writes are 1.25×).
@@ -16,6 +16,15 @@ const ONE_HOUR_WRITE_FACTOR: f64 = 2.0;
 
 /// The factor of batch-billed usage when a price sets none: the OpenAI Batch API's 50 % discount.
 const DEFAULT_BATCH_FACTOR: f64 = 0.5;
+
+/// How a call's usage was billed, beyond its token counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Billing {
+    /// At the Batch API's rate (each price's `batch` factor).
+    pub batch: bool,
+    /// The audio part of the serving model's usage (priced at the audio prices).
+    pub audio: Option<AudioTokens>,
+}
 
 /// The price table, looked up by model name.
 #[derive(Debug, Clone, Default)]
@@ -56,35 +65,35 @@ impl Prices {
     /// Nano-USD for `usage` on `model`; 0 when the model has no price. Cached and cache-written
     /// input use their own prices when given, else the input price (one-hour writes: 2 × input).
     pub fn cost(&self, model: &str, usage: &Usage) -> u64 {
-        self.get(model).map_or(0, |p| price_of(p, usage))
+        self.get(model).map_or(0, |p| price_of(p, usage, None))
     }
 
     /// Nano-USD per model for a call `model` served whose `usage` includes sub-calls on other
     /// models (`others`, parts of `usage`): the serving model's part first, then one entry per
     /// other model, each priced as its own model (as the serving model when it has no price).
-    /// `batch`: billed at the Batch API's rate (each price's `batch` factor).
+    /// `billing` says how the usage was billed (batch rate, audio).
     pub fn cost_parts(
         &self,
         model: &str,
         usage: &Usage,
         others: &[ModelUsage],
-        batch: bool,
+        billing: Billing,
     ) -> Vec<u64> {
         let own = others.iter().fold(*usage, |u, o| u.minus(&o.usage));
         let served = self.get(model);
-        let priced = |p: &Price, u: &Usage| {
-            let full = price_of(p, u);
-            if batch {
+        let priced = |p: &Price, u: &Usage, audio: Option<&AudioTokens>| {
+            let full = price_of(p, u, audio);
+            if billing.batch {
                 (full as f64 * p.batch.unwrap_or(DEFAULT_BATCH_FACTOR)).round() as u64
             } else {
                 full
             }
         };
-        std::iter::once(served.map_or(0, |p| priced(p, &own)))
+        std::iter::once(served.map_or(0, |p| priced(p, &own, billing.audio.as_ref())))
             .chain(others.iter().map(|o| {
                 self.get(&o.model)
                     .or(served)
-                    .map_or(0, |p| priced(p, &o.usage))
+                    .map_or(0, |p| priced(p, &o.usage, None))
             }))
             .collect()
     }
@@ -100,20 +109,30 @@ impl Prices {
     }
 }
 
-/// Nano-USD for `usage` at price `p`.
-fn price_of(p: &Price, usage: &Usage) -> u64 {
+/// Nano-USD for `usage` at price `p`; `audio`, the part of it that was audio, at the audio
+/// prices.
+fn price_of(p: &Price, usage: &Usage, audio: Option<&AudioTokens>) -> u64 {
     let input = usage.input.unwrap_or(0);
     let cached = usage.cached_input.unwrap_or(0).min(input);
     let created = usage.cache_creation_input.unwrap_or(0).min(input - cached);
     let created_1h = usage.cache_creation_1h.unwrap_or(0).min(created);
     let plain = input - cached - created;
-    let per_million = plain as f64 * p.input
-        + cached as f64 * p.cached_input.unwrap_or(p.input)
+    let output = usage.output.unwrap_or(0);
+    let a = audio.copied().unwrap_or_default();
+    let audio_cached = a.cached_input.min(cached);
+    let audio_plain = a.input.saturating_sub(a.cached_input).min(plain);
+    let audio_out = a.output.min(output);
+    let cached_price = p.cached_input.unwrap_or(p.input);
+    let per_million = (plain - audio_plain) as f64 * p.input
+        + audio_plain as f64 * p.audio_input.unwrap_or(p.input)
+        + (cached - audio_cached) as f64 * cached_price
+        + audio_cached as f64 * p.cached_audio_input.unwrap_or(cached_price)
         + (created - created_1h) as f64 * p.cache_creation_input.unwrap_or(p.input)
         + created_1h as f64
             * p.cache_creation_input_1h
                 .unwrap_or(p.input * ONE_HOUR_WRITE_FACTOR)
-        + usage.output.unwrap_or(0) as f64 * p.output;
+        + (output - audio_out) as f64 * p.output
+        + audio_out as f64 * p.audio_output.unwrap_or(p.output);
     // USD per million tokens → nano-USD per token is × 1000.
     (per_million * 1e3).round() as u64
 }
@@ -133,6 +152,9 @@ mod tests {
                 cache_creation_input: None,
                 cache_creation_input_1h: None,
                 batch: None,
+                audio_input: None,
+                cached_audio_input: None,
+                audio_output: None,
             },
         );
         t.insert(
@@ -144,6 +166,9 @@ mod tests {
                 cache_creation_input: Some(3.75),
                 cache_creation_input_1h: None,
                 batch: Some(0.4),
+                audio_input: None,
+                cached_audio_input: None,
+                audio_output: None,
             },
         );
         t.insert(
@@ -155,6 +180,9 @@ mod tests {
                 cache_creation_input: Some(6.25),
                 cache_creation_input_1h: Some(10.0),
                 batch: None,
+                audio_input: None,
+                cached_audio_input: None,
+                audio_output: None,
             },
         );
         Prices::new(&t)
@@ -189,13 +217,61 @@ mod tests {
             output: Some(1_000_000),
             ..Usage::default()
         };
+        let batch = Billing {
+            batch: true,
+            audio: None,
+        };
         // gpt-4o: (2.5 + 10) USD at the default half price.
-        assert_eq!(p.cost_parts("gpt-4o", &u, &[], true), [6_250_000_000]);
-        assert_eq!(p.cost_parts("gpt-4o", &u, &[], false), [12_500_000_000]);
+        assert_eq!(p.cost_parts("gpt-4o", &u, &[], batch), [6_250_000_000]);
+        assert_eq!(
+            p.cost_parts("gpt-4o", &u, &[], Billing::default()),
+            [12_500_000_000]
+        );
         // claude-sonnet-4-5 sets `batch: 0.4`: (3 + 15) × 0.4 USD.
         assert_eq!(
-            p.cost_parts("claude-sonnet-4-5", &u, &[], true),
+            p.cost_parts("claude-sonnet-4-5", &u, &[], batch),
             [7_200_000_000]
+        );
+    }
+
+    #[test]
+    fn audio_tokens_use_the_audio_prices() {
+        let mut t = BTreeMap::new();
+        t.insert(
+            "gpt-realtime".to_string(),
+            Price {
+                input: 4.0,
+                output: 16.0,
+                cached_input: Some(0.4),
+                cache_creation_input: None,
+                cache_creation_input_1h: None,
+                batch: None,
+                audio_input: Some(32.0),
+                cached_audio_input: None,
+                audio_output: Some(64.0),
+            },
+        );
+        let p = Prices::new(&t);
+        let u = Usage {
+            input: Some(1000),
+            output: Some(400),
+            cached_input: Some(500),
+            ..Usage::default()
+        };
+        let audio = Billing {
+            batch: false,
+            audio: Some(AudioTokens {
+                input: 300,
+                cached_input: 100,
+                output: 300,
+            }),
+        };
+        // Plain 500: 200 audio × 32 + 300 text × 4; cached 500 (100 audio, at the cached input
+        // price: none set apart) × 0.4; output 300 audio × 64 + 100 text × 16.
+        let usd = 200.0 * 32.0 + 300.0 * 4.0 + 500.0 * 0.4 + 300.0 * 64.0 + 100.0 * 16.0;
+        assert_eq!(
+            p.cost_parts("gpt-realtime", &u, &[], audio),
+            [(usd * 1e3) as u64]
         );
     }
 
@@ -243,7 +319,7 @@ mod tests {
         }];
         // Executor: 1M input × 3; advisor: 1M × 5 + 1M × 25.
         assert_eq!(
-            p.cost_parts("claude-sonnet-4-5", &total, &others, false),
+            p.cost_parts("claude-sonnet-4-5", &total, &others, Billing::default()),
             [3_000_000_000, 30_000_000_000]
         );
         // A sub-call model without a price is priced as the serving model.
@@ -252,7 +328,7 @@ mod tests {
             usage: advisor,
         }];
         assert_eq!(
-            p.cost_parts("claude-sonnet-4-5", &total, &unknown, false),
+            p.cost_parts("claude-sonnet-4-5", &total, &unknown, Billing::default()),
             [3_000_000_000, 18_000_000_000]
         );
     }

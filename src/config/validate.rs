@@ -152,6 +152,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             p.cached_input,
             p.cache_creation_input,
             p.cache_creation_input_1h,
+            p.audio_input,
+            p.cached_audio_input,
+            p.audio_output,
         ];
         if all.into_iter().flatten().any(|v| !v.is_finite() || v < 0.0) {
             return Err(invalid(

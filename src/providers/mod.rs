@@ -35,4 +35,4 @@ pub use registry::Format;
 pub use request::{estimate_input, estimate_input_doc, Capped};
 pub use text::output_text;
 pub use tools::ToolResult;
-pub use usage::{ModelUsage, ResponseRecord, ToolCall, Usage, MAX_OTHER_MODELS};
+pub use usage::{AudioTokens, ModelUsage, ResponseRecord, ToolCall, Usage, MAX_OTHER_MODELS};

@@ -21,6 +21,18 @@ pub struct Usage {
     pub total: Option<u64>,
 }
 
+/// Audio tokens within a response's usage (the Realtime API states them apart): subsets of
+/// [`Usage`]'s `input`, `cached_input` and `output`, priced apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AudioTokens {
+    /// Audio input tokens (cached ones included).
+    pub input: u64,
+    /// Of `input`, the audio tokens read from the provider's cache.
+    pub cached_input: u64,
+    /// Audio output tokens.
+    pub output: u64,
+}
+
 /// Most distinct other models a record keeps; a sub-call on one more model stays in the serving
 /// model's part (bounded memory whatever a body lists).
 pub const MAX_OTHER_MODELS: usize = 4;
@@ -71,6 +83,8 @@ pub struct ResponseRecord {
     pub unparsed: Option<&'static str>,
     /// The usage was billed at the Batch API's rate (a batch output file).
     pub batch: bool,
+    /// The audio part of `usage`, when the response states one.
+    pub audio: Option<AudioTokens>,
 }
 
 // === impl Usage ===

@@ -393,7 +393,10 @@ impl Call {
                     other_labels: f.other_labels.clone(),
                     output_events,
                     sent: unanswered,
-                    batch: f.record.batch,
+                    billing: crate::budget::Billing {
+                        batch: f.record.batch,
+                        audio: f.record.audio,
+                    },
                 }));
             }
             f

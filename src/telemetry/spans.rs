@@ -428,6 +428,19 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
             attrs.int(key, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
+    // The audio part (Realtime API): no GenAI convention names it yet.
+    if let Some(a) = &r.audio {
+        for (key, n) in [
+            ("tokenwarden.usage.audio.input_tokens", a.input),
+            (
+                "tokenwarden.usage.audio.cache_read.input_tokens",
+                a.cached_input,
+            ),
+            ("tokenwarden.usage.audio.output_tokens", a.output),
+        ] {
+            attrs.int(key, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
     if let Some(n) = f.facts.max_tokens {
         attrs.int(
             "gen_ai.request.max_tokens",

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::providers::adapter::{ClientEvent, ErrorText, RealtimeEvents, ServerEvent};
-use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
+use crate::providers::usage::{AudioTokens, ResponseRecord, ToolCall, Usage};
 
 /// The Realtime API's events.
 pub struct Events;
@@ -102,12 +102,25 @@ struct RealtimeUsage {
     total_tokens: Option<u64>,
     #[serde(default)]
     input_token_details: Option<InputDetails>,
+    #[serde(default)]
+    output_token_details: Option<Modalities>,
 }
 
 #[derive(Deserialize)]
 struct InputDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
+    #[serde(default)]
+    audio_tokens: Option<u64>,
+    #[serde(default)]
+    cached_tokens_details: Option<Modalities>,
+}
+
+/// A count split by modality (only audio is priced apart).
+#[derive(Deserialize)]
+struct Modalities {
+    #[serde(default)]
+    audio_tokens: Option<u64>,
 }
 
 /// Stands in for a stream reader: Realtime responses are never SSE bodies.
@@ -243,13 +256,27 @@ pub(crate) fn response_done(body: &[u8], r: &mut ResponseRecord) -> bool {
         }
     }
     if let Some(u) = resp.usage {
+        let details = u.input_token_details;
+        let audio_in = details.as_ref().and_then(|d| d.audio_tokens);
+        let audio_cached = details
+            .as_ref()
+            .and_then(|d| d.cached_tokens_details.as_ref())
+            .and_then(|c| c.audio_tokens);
+        let audio_out = u.output_token_details.and_then(|d| d.audio_tokens);
         r.usage = Usage {
             input: u.input_tokens,
             output: u.output_tokens,
-            cached_input: u.input_token_details.and_then(|d| d.cached_tokens),
+            cached_input: details.and_then(|d| d.cached_tokens),
             total: u.total_tokens,
             ..Usage::default()
         };
+        if audio_in.is_some() || audio_out.is_some() {
+            r.audio = Some(AudioTokens {
+                input: audio_in.unwrap_or(0),
+                cached_input: audio_cached.unwrap_or(0),
+                output: audio_out.unwrap_or(0),
+            });
+        }
     }
     true
 }
@@ -270,6 +297,14 @@ mod tests {
         assert_eq!(r.usage.total, Some(1632));
         assert_eq!(r.id.as_deref(), Some("resp_CZxgY0nX2Wgr7N8a3mJ5h"));
         assert_eq!(r.finish_reasons, ["completed"]);
+        assert_eq!(
+            r.audio,
+            Some(AudioTokens {
+                input: 74,
+                cached_input: 0,
+                output: 280
+            })
+        );
     }
 
     #[test]

@@ -612,3 +612,70 @@ async fn the_openai_python_sdk_realtime_client_runs_a_session_through_the_proxy(
         371.0 + 13.0
     );
 }
+
+#[tokio::test]
+async fn other_websocket_upgrades_are_tunnelled_unread_and_a_refused_upgrade_is_forwarded() {
+    // An echo server on a path no format reads.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let refuse = |req: &Request, resp: Response| {
+                    if req.headers().contains_key("authorization") {
+                        Ok(resp)
+                    } else {
+                        let mut r =
+                            tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+                                Some("no key".into()),
+                            );
+                        *r.status_mut() = http::StatusCode::UNAUTHORIZED;
+                        Err(r)
+                    }
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, refuse).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = TestProxy::to("ws", up, "").await;
+    let url = format!("ws://{}/socket/echo", proxy.addr);
+    let mut req = url.clone().into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", "Bearer k".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for m in [
+        Message::text(r#"{"type":"response.create"}"#),
+        Message::Binary(vec![9u8; 70_000].into()),
+    ] {
+        ws.send(m.clone()).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, m, "echoed unchanged through the tunnel");
+    }
+    ws.close(None).await.unwrap();
+
+    // Without the key the upstream answers 401: the client gets that answer, not a 101.
+    let err = tokio_tungstenite::connect_async(url.into_client_request().unwrap())
+        .await
+        .expect_err("refused upstream");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 401);
+            // hyper re-frames the close-delimited body (chunked); tungstenite shows it raw.
+            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default());
+            assert!(body.contains("no key"), "{body:?}");
+        }
+        other => panic!("not the upstream's 401: {other}"),
+    }
+}

@@ -679,3 +679,54 @@ async fn other_websocket_upgrades_are_tunnelled_unread_and_a_refused_upgrade_is_
         other => panic!("not the upstream's 401: {other}"),
     }
 }
+
+#[tokio::test]
+async fn a_shutdown_ends_open_sessions_cleanly_and_settles_their_responses() {
+    let (up, seen) = upstream(Play::UntilCancelled { deltas: 2 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("budgets.json");
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        &format!(
+            "server:\n  shutdown_grace: 5s\nbudgets:\n  store:\n    snapshot_path: {}\n  limits:\n    - scope: session\n      tokens: 100000\n",
+            snapshot.display()
+        ),
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-shutdown", "sess-shutdown").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_open")).await.unwrap();
+    read_until(&mut ws, "response.output_text.delta").await;
+    let stopping = tokio::spawn(proxy.stop());
+    let mut close = None;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let Message::Close(f) = msg {
+            close = f;
+        }
+    }
+    let close = close.expect("a close frame at shutdown");
+    assert_eq!(close.code, CloseCode::Away);
+    let drained = stopping.await.unwrap();
+    assert!(
+        matches!(drained, tokenwarden::server::Drained::Clean),
+        "the session ended within the grace"
+    );
+    let ended = eventually(Duration::from_secs(5), || async {
+        seen.lock().unwrap().ended
+    })
+    .await;
+    assert!(ended);
+    {
+        let seen = seen.lock().unwrap();
+        assert!(seen
+            .received
+            .iter()
+            .any(|m| matches!(m, Message::Text(t) if t.contains("response.cancel"))));
+        assert_eq!(seen.close, Some(1001));
+    }
+    // The cancelled response's usage (120 in + 70 out) is in the final snapshot.
+    let snap = std::fs::read_to_string(&snapshot).unwrap();
+    assert!(snap.contains("sess-shutdown"), "{snap}");
+    assert!(snap.contains("190"), "the session's 190 tokens: {snap}");
+}

@@ -96,6 +96,8 @@ pub struct Proxy {
     mcp: Arc<McpState>,
     /// Held MCP tool calls and their decisions.
     approvals: Arc<Approvals>,
+    /// WebSocket sessions being relayed.
+    upgrades: realtime::Upgrades,
 }
 
 /// The proxy could not be built.
@@ -199,6 +201,7 @@ impl Proxy {
                 config,
                 Webhook::from_config(config).map_err(ProxyBuildError::Webhook)?,
             )),
+            upgrades: realtime::Upgrades::new(),
         })
     }
 
@@ -211,6 +214,12 @@ impl Proxy {
     pub fn with_spans(mut self, spans: Option<Arc<Spans>>) -> Self {
         self.spans = spans;
         self
+    }
+
+    /// Shutdown: end every WebSocket session cleanly (their open responses cancelled and
+    /// settled); whether all ended within `within`.
+    pub async fn end_upgrades(&self, within: Duration) -> bool {
+        self.upgrades.end(within).await
     }
 
     /// The shutdown grace ran out: calls dropped from now on were ended by the proxy.
@@ -315,7 +324,7 @@ impl Proxy {
         };
         match (client_upgrade, resp.status()) {
             (Some(client), http::StatusCode::SWITCHING_PROTOCOLS) => {
-                realtime::switch(f.call, session, client, resp)
+                realtime::switch(f.call, session, client, resp, &self.upgrades)
             }
             // Refused upstream (401, 404, ...): its answer, forwarded as any other.
             _ => self.respond(f, resp).await,

@@ -14,6 +14,8 @@
 //!   on the server, and the next response reads at least that);
 //! - each response is one [`Call`] (one span, the GenAI metrics, budgets settled from the
 //!   `response.done` event's usage);
+//! - at shutdown every session is ended the same way ([`Upgrades::end`]): responses in progress
+//!   cancelled and their usage awaited, close frames (1001) both ways;
 //! - past a `cut` limit's allowance (text and transcript deltas counted with the tokenizer) the
 //!   client gets an `error` event and a close frame; the response is cancelled upstream and its
 //!   `response.done` (the usage of what was generated) awaited briefly, then the upstream gets a
@@ -68,6 +70,58 @@ const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
 /// The `error` code and close reason of a session ended at a `cut` limit.
 const CUT_CODE: &str = "budget_exceeded";
+
+/// The WebSocket sessions being relayed, so that a shutdown can end them cleanly.
+pub(super) struct Upgrades {
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Each relay holds a clone until it ends; ending drops this one and waits for the rest.
+    live: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
+    gone: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
+}
+
+// === impl Upgrades ===
+
+impl Upgrades {
+    /// No session yet.
+    pub(super) fn new() -> Self {
+        let (live, gone) = tokio::sync::mpsc::channel(1);
+        Self {
+            stop: tokio::sync::watch::Sender::new(false),
+            live: std::sync::Mutex::new(Some(live)),
+            gone: tokio::sync::Mutex::new(gone),
+        }
+    }
+
+    /// A new session's stop signal and presence token (none once a shutdown began).
+    fn join(
+        &self,
+    ) -> Option<(
+        tokio::sync::watch::Receiver<bool>,
+        tokio::sync::mpsc::Sender<()>,
+    )> {
+        let live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()?;
+        Some((self.stop.subscribe(), live))
+    }
+
+    /// Shutdown: every session is ended (responses in progress cancelled and their usage
+    /// awaited, close frames both ways); whether all ended within `within`.
+    pub(super) async fn end(&self, within: Duration) -> bool {
+        self.stop.send_replace(true);
+        drop(
+            self.live
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
+        let mut gone = self.gone.lock().await;
+        // Nothing is ever sent: `recv` returns once every session dropped its token.
+        tokio::time::timeout(within, gone.recv()).await.is_ok()
+    }
+}
 
 /// Whether `parts` asks to switch to the WebSocket protocol, on a connection hyper can hand
 /// over (HTTP/1.1).
@@ -153,7 +207,13 @@ pub(super) fn switch(
     session: Option<Session>,
     client_upgrade: OnUpgrade,
     mut resp: Response<Incoming>,
+    upgrades: &Upgrades,
 ) -> Response<ProxyBody> {
+    let (stop, token) = match upgrades.join() {
+        Some((stop, token)) => (stop, Some(token)),
+        // Already shutting down: relayed, and ended with the process.
+        None => (tokio::sync::watch::Sender::new(false).subscribe(), None),
+    };
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     call.upstream_headers = Some(Instant::now());
     call.upstream_status(resp.status());
@@ -177,10 +237,11 @@ pub(super) fn switch(
             }
         };
         let end = match session {
-            Some(session) => relay(Arc::new(Ctx::new(session)), client, upstream).await,
-            None => tunnel(client, upstream).await,
+            Some(session) => relay(Arc::new(Ctx::new(session)), client, upstream, stop).await,
+            None => tunnel(client, upstream, stop).await,
         };
         call.on_end(end);
+        drop(token);
     });
     Response::from_parts(rparts, full(Full::new(Bytes::new())))
 }
@@ -215,17 +276,30 @@ pub(super) fn trace_headers(h: &HeaderMap) -> HeaderMap {
 }
 
 /// An upgraded connection nobody reads: bytes copied both ways until either side ends.
-async fn tunnel(client: Upgraded, upstream: Upgraded) -> BodyEnd {
+async fn tunnel(
+    client: Upgraded,
+    upstream: Upgraded,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> BodyEnd {
     let mut c = TokioIo::new(client);
     let mut u = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-        Ok(_) => BodyEnd::Complete,
-        Err(_) => BodyEnd::ClientGone,
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut c, &mut u) => match copied {
+            Ok(_) => BodyEnd::Complete,
+            Err(_) => BodyEnd::ClientGone,
+        },
+        // Unread bytes cannot be ended cleanly: the connections are dropped.
+        _ = stop.wait_for(|s| *s) => BodyEnd::Complete,
     }
 }
 
 /// Relay a read session until either side ends it; how the session ended.
-async fn relay(ctx: Arc<Ctx>, client: Upgraded, upstream: Upgraded) -> BodyEnd {
+async fn relay(
+    ctx: Arc<Ctx>,
+    client: Upgraded,
+    upstream: Upgraded,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> BodyEnd {
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE_BYTES))
         .max_frame_size(Some(MAX_MESSAGE_BYTES));
@@ -292,6 +366,7 @@ async fn relay(ctx: Arc<Ctx>, client: Upgraded, upstream: Upgraded) -> BodyEnd {
     let ended = tokio::select! {
         e = from_client => e,
         e = from_upstream => e,
+        _ = stop.wait_for(|s| *s) => Ended::Shutdown,
     };
     let mut c_tx = c_tx.into_inner();
     if let Ended::Closing = ended {
@@ -316,8 +391,17 @@ async fn relay(ctx: Arc<Ctx>, client: Upgraded, upstream: Upgraded) -> BodyEnd {
             let _ = c_tx.close().await;
             BodyEnd::Complete
         }
-        Ended::ClientGone | Ended::Cut => {
+        Ended::ClientGone | Ended::Cut | Ended::Shutdown => {
             let cut = matches!(ended, Ended::Cut);
+            let closing = cut || matches!(ended, Ended::Shutdown);
+            if matches!(ended, Ended::Shutdown) {
+                let _ = c_tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "shutting down".into(),
+                    })))
+                    .await;
+            }
             if cut {
                 // The client is told why, and the session closed cleanly.
                 let e = ctx.s.events.refusal(
@@ -339,7 +423,12 @@ async fn relay(ctx: Arc<Ctx>, client: Upgraded, upstream: Upgraded) -> BodyEnd {
                     })))
                     .await;
             }
-            cancel_open(&ctx, &open, &mut u_tx, &mut u_rx).await;
+            let end = if closing {
+                BodyEnd::Complete
+            } else {
+                BodyEnd::ClientGone
+            };
+            cancel_open(&ctx, &open, &mut u_tx, &mut u_rx, end).await;
             let _ = u_tx
                 .send(Message::Close(Some(CloseFrame {
                     code: CloseCode::Away,
@@ -347,16 +436,14 @@ async fn relay(ctx: Arc<Ctx>, client: Upgraded, upstream: Upgraded) -> BodyEnd {
                 })))
                 .await;
             let _ = u_tx.close().await;
-            if cut {
+            if closing {
                 // Drain the client's close answer (bounded), then the connection ends.
                 let _ = tokio::time::timeout(CANCEL_WAIT, async {
                     while let Some(Ok(_)) = c_rx.next().await {}
                 })
                 .await;
-                BodyEnd::Complete
-            } else {
-                BodyEnd::ClientGone
             }
+            end
         }
     };
     // Responses still open (the upstream went away mid-response): finished as the session
@@ -382,6 +469,8 @@ enum Ended {
     UpstreamGone,
     /// A response went past its `cut` allowance.
     Cut,
+    /// The proxy is shutting down.
+    Shutdown,
 }
 
 /// What reading one server event decided.
@@ -590,6 +679,7 @@ async fn cancel_open(
     open: &std::sync::Mutex<Open>,
     u_tx: &mut Sink<Message>,
     u_rx: &mut futures_util::stream::SplitStream<WebSocketStream<TokioIo<Upgraded>>>,
+    end: BodyEnd,
 ) {
     if lock(open).started.is_empty() {
         return;
@@ -604,11 +694,6 @@ async fn cancel_open(
                 if let ServerEvent::Done = ctx.s.events.server(t.as_bytes()) {
                     let live = lock(open).started.pop_front();
                     if let Some(live) = live {
-                        let end = if live.cut.as_ref().is_some_and(|c| c.fired()) {
-                            BodyEnd::Complete
-                        } else {
-                            BodyEnd::ClientGone
-                        };
                         finish(live, t.as_bytes(), end);
                     }
                     if lock(open).started.is_empty() {

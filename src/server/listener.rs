@@ -85,9 +85,14 @@ pub(super) async fn serve_proxy(
         }
     }
     drop(listener);
+    let began = tokio::time::Instant::now();
     let drained = tokio::time::timeout(cfg.shutdown_grace, graceful.shutdown())
         .await
         .is_ok();
+    // WebSocket sessions left their HTTP connections at the upgrade: ended here, in what is
+    // left of the grace, so that their calls are settled before the final budget snapshot.
+    let left = cfg.shutdown_grace.saturating_sub(began.elapsed());
+    let drained = proxy.end_upgrades(left).await && drained;
     // Past the grace: drop what is left and wait until it is gone (each call finishes on drop).
     if !drained {
         proxy.mark_aborting();

@@ -4,6 +4,8 @@
 //! Python SDK's Realtime client).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// The upstreams' handshake callbacks return tungstenite's error type (an HTTP response).
+#![allow(clippy::result_large_err)]
 
 mod common;
 mod otlp_receiver;
@@ -67,8 +69,6 @@ async fn upstream(play: Play) -> (SocketAddr, Arc<Mutex<Seen>>) {
     (addr, seen)
 }
 
-// The handshake callback's error type is tungstenite's (an HTTP response), not ours to shrink.
-#[allow(clippy::result_large_err)]
 async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
     let s = seen.clone();
     let ws = tokio_tungstenite::accept_hdr_async(stream, move |req: &Request, resp: Response| {

@@ -379,6 +379,9 @@ mod tests {
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h:port\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h:6379/x\n", "budgets.store.url"),
             ("budgets:\n  lifetime_refusal: '402'\n", "payment_required"),
+            ("pricing:\n  m:\n    input: 1\n    output: 2\n    batch: 1.5\n", "pricing.m.batch"),
+            ("pricing:\n  m:\n    input: 1\n    output: 2\n    batch: 0\n", "pricing.m.batch"),
+            ("pricing:\n  m:\n    input: 1\n    output: 2\n    audio_output: -1\n", "pricing.m"),
         ];
         for (text, key) in cases {
             let err = load_from_str(text, "c.yaml").unwrap_err().to_string();

@@ -385,6 +385,12 @@ async fn relay(
         .await;
     }
     let mut u_tx = u_tx.into_inner();
+    // How a response still open when the session ends is recorded.
+    let unfinished = match ended {
+        Ended::Closing | Ended::ClientGone => BodyEnd::ClientGone,
+        Ended::UpstreamGone => BodyEnd::UpstreamError,
+        Ended::Cut | Ended::Shutdown => BodyEnd::Complete,
+    };
     let end = match ended {
         Ended::Closing => BodyEnd::Complete,
         Ended::UpstreamGone => {
@@ -446,15 +452,10 @@ async fn relay(
             end
         }
     };
-    // Responses still open (the upstream went away mid-response): finished as the session
-    // ended, with what they got.
+    // Responses still open (no `response.done` came): finished with what they got.
     let left = std::mem::take(&mut *lock(&open));
     for live in left.asked.into_iter().chain(left.started) {
-        live.call.on_end(if end == BodyEnd::Complete {
-            BodyEnd::UpstreamError
-        } else {
-            end
-        });
+        live.call.on_end(unfinished);
     }
     end
 }

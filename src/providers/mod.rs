@@ -8,6 +8,7 @@
 
 pub mod adapter;
 pub mod anthropic;
+pub mod bedrock;
 pub mod decompress;
 mod fields;
 pub mod gemini;
@@ -23,8 +24,11 @@ mod shape;
 mod text;
 mod tools;
 mod usage;
+pub mod vertex;
 
-pub use adapter::{Adapter, EventRewrite, Gated, Operation, StreamEnding, StreamReader, ToolGate};
+pub use adapter::{
+    Adapter, EventRewrite, FramedStream, Gated, Operation, StreamEnding, StreamReader, ToolGate,
+};
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use registry::Format;
 pub use request::{estimate_input, estimate_input_doc, Capped};

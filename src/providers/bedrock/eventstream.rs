@@ -104,17 +104,32 @@ impl EventStreamDecoder {
                     continue;
                 }
                 Next::Bad => {
-                    // Reported just past the prelude, wherever the frames were cut.
-                    let end = if held { pos } else { pos + PRELUDE };
-                    self.lost = true;
-                    self.buf = Vec::new();
-                    f(EventItem::Corrupt(Corrupt::Prelude), end);
+                    // A gathered prelude was judged when it was whole (below): this one is in
+                    // place, and reported just past it.
+                    self.lose();
+                    f(EventItem::Corrupt(Corrupt::Prelude), pos + PRELUDE);
                     return;
                 }
             };
             let n = (want - self.buf.len()).min(rest.len());
             self.buf.extend_from_slice(&rest[..n]);
             pos += n;
+            if want == PRELUDE && self.buf.len() == PRELUDE {
+                // The prelude is whole: judged now, not at the next frame (which may not come).
+                match next(&self.buf, self.max) {
+                    Next::Bad => {
+                        self.lose();
+                        f(EventItem::Corrupt(Corrupt::Prelude), pos);
+                        return;
+                    }
+                    Next::Skip(total) => {
+                        self.skip = total - PRELUDE;
+                        self.buf.clear();
+                    }
+                    Next::Len(_) | Next::Need => {}
+                }
+                continue;
+            }
             if want > PRELUDE && self.buf.len() == want {
                 f(read(&self.buf), pos);
                 self.buf.clear();
@@ -125,6 +140,12 @@ impl EventStreamDecoder {
     /// Bytes held for a message cut by a frame boundary (at most the maximum message size).
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// A bad prelude: no next message can be found, so nothing more is read (or held).
+    fn lose(&mut self) {
+        self.lost = true;
+        self.buf = Vec::new();
     }
 }
 
@@ -375,6 +396,17 @@ mod tests {
         let got = decode(&[7, 100], &bytes, 200);
         assert_eq!(got[0], (334, "Oversized".into(), Vec::new()));
         assert_eq!(got.len(), 4);
+    }
+
+    #[test]
+    fn a_bad_prelude_completed_by_the_last_frame_is_reported() {
+        // Found by the fuzz target: the prelude's check waited for a frame that never came.
+        let bytes = [0x7a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+        let whole = decode(&[], &bytes, 1024);
+        assert_eq!(whole, [(12, "Corrupt(Prelude)".to_string(), Vec::new())]);
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&[cut], &bytes, 1024), whole, "cut at {cut}");
+        }
     }
 
     proptest! {

@@ -471,6 +471,9 @@ async fn bedrock_invoke_model_for_anthropic_json_stream_and_exception() {
     );
 }
 
+/// One call: agent, path, request body, the response body expected back, the reply it names.
+type Case<'a> = (&'a str, &'a str, &'a str, &'a [u8], Option<&'a str>);
+
 #[tokio::test]
 async fn vertex_gemini_and_anthropic_json_stream_and_error() {
     let json = "application/json";
@@ -500,7 +503,7 @@ async fn vertex_gemini_and_anthropic_json_stream_and_error() {
     let anth = format!("{VERTEX}/anthropic/models/claude-3-opus@20240229:rawPredict");
     let anth_stream =
         format!("{VERTEX}/anthropic/models/claude-haiku-4-5@20251001:streamRawPredict");
-    let cases: [(&str, &str, &str, &[u8], Option<&str>); 6] = [
+    let cases: [Case<'_>; 6] = [
         (
             "vx-gem-json",
             &gem,

@@ -9,9 +9,9 @@
 //! carries `amazon-bedrock-invocationMetrics`. A `:message-type` of `exception` (or `error`) is a
 //! mid-stream error named by `:exception-type` (or `:error-code`).
 //!
-//! Usage: Converse `inputTokens` leave cache reads and writes out (`totalTokens` = input + output
-//! + `cacheReadInputTokens` + `cacheWriteInputTokens`), so input is the sum of the three, as the
-//! GenAI conventions count it. InvokeModel bodies are Anthropic's and read as such; the
+//! Usage: Converse `inputTokens` leave cache reads and writes out (`totalTokens` is input, output,
+//! `cacheReadInputTokens` and `cacheWriteInputTokens` added up), so input is the sum of the three,
+//! as the GenAI conventions count it. InvokeModel bodies are Anthropic's and read as such; the
 //! invocation metrics count only where the Anthropic events stated no usage.
 //!
 //! Requests are SigV4-signed by the client over the method, path, query, `Host` and body: the

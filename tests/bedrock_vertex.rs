@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod otlp_receiver;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -751,4 +752,75 @@ async fn anthropic_vertex_client_through_the_proxy() {
         ),
         1.0
     );
+}
+
+/// A ConverseStream's span carries the provider, model, tokens, finish reason and tool call,
+/// and an agent budget counts its tokens: the next call is refused in Bedrock's error shape,
+/// never reaching the upstream.
+#[tokio::test]
+async fn bedrock_spans_and_budgets_get_model_and_tokens() {
+    let rx = otlp_receiver::Receiver::speaking("grpc").await;
+    let (up, log) = upstream(Vec::new()).await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: bedrock-obs\n    path_prefix: /model/\n    protocol: bedrock\n    upstream: http://{up}\n\
+         telemetry:\n  otlp:\n    endpoint: {}\n    protocol: grpc\n\
+         budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: agent\n      tokens: 400\n      action: reject\n",
+        rx.endpoint()
+    ))
+    .await;
+    let (resp, _) = post(
+        &p.url(CONVERSE_STREAM),
+        &[("x-agent-name", "bd-obs")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let r = rx
+        .wait_for("for the stream", |r| {
+            otlp_receiver::attrs(&r.span).get("agent.name") == Some(&otlp_receiver::s("bd-obs"))
+        })
+        .await;
+    let a = otlp_receiver::attrs(&r.span);
+    use otlp_receiver::{s, V};
+    let expect = [
+        ("gen_ai.provider.name", s("aws.bedrock")),
+        ("gen_ai.operation.name", s("chat")),
+        ("gen_ai.request.model", s(CONVERSE_MODEL)),
+        ("gen_ai.request.stream", V::B(true)),
+        ("gen_ai.usage.input_tokens", V::I(412)),
+        ("gen_ai.usage.output_tokens", V::I(38)),
+        ("gen_ai.response.finish_reasons", V::A(vec![s("tool_use")])),
+        ("tokenwarden.tool_calls", V::A(vec![s("get_weather")])),
+        ("tokenwarden.usage.source", s("provider")),
+    ];
+    for (k, v) in expect {
+        assert_eq!(a.get(k), Some(&v), "attribute {k}: {a:#?}");
+    }
+    assert_eq!(r.span.name, format!("chat {CONVERSE_MODEL}"));
+
+    // 450 tokens spent of 400: the next call is refused before it goes upstream.
+    let (resp, body) = post(
+        &p.url(CONVERSE),
+        &[("x-agent-name", "bd-obs")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert!(
+        resp.status() == 402 || resp.status() == 429,
+        "{}",
+        resp.status()
+    );
+    let err: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{err}"
+    );
+    assert!(err["__type"].as_str().is_some(), "{err}");
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "the refused call never reached the upstream"
+    );
+    let text = p.metrics().await;
+    assert_eq!(tokens(&text, "bd-obs"), (412.0, 38.0, 0.0));
 }

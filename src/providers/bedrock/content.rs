@@ -92,3 +92,49 @@ pub(super) fn tool_results(doc: &Value) -> Vec<ToolResult> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converse_messages_and_tool_results() {
+        let doc = json!({
+            "system": [{"text": "Be brief."}],
+            "messages": [
+                {"role": "user", "content": [{"text": "Weather in Paris?"}]},
+                {"role": "assistant", "content": [
+                    {"toolUse": {"toolUseId": "t1", "name": "get_weather", "input": {"city": "Paris"}}},
+                    {"toolUse": {"toolUseId": "t2", "name": "get_time", "input": {}}}
+                ]},
+                {"role": "user", "content": [
+                    {"toolResult": {"toolUseId": "t1", "content": [{"text": "18C"}], "status": "success"}},
+                    {"toolResult": {"toolUseId": "t2", "content": [{"text": "no clock"}], "status": "error"}}
+                ]}
+            ]
+        });
+        let results = tool_results(&doc);
+        let got: Vec<(&str, bool)> = results
+            .iter()
+            .map(|r| (r.tool.as_str(), r.failed))
+            .collect();
+        assert_eq!(got, [("get_weather", false), ("get_time", true)]);
+        let (system, msgs) = input_messages(doc.as_object().unwrap());
+        assert_eq!(system, Some(json!([text_part("Be brief.")])));
+        let msgs = msgs.unwrap();
+        assert_eq!(
+            msgs[0],
+            json!({"role": "user", "parts": [text_part("Weather in Paris?")]})
+        );
+        let mut out = Vec::new();
+        output_text(
+            &json!({"contentBlockDelta": {"contentBlockIndex": 0, "delta": {"text": "Hi"}}}),
+            &mut |i, t| out.push((i, t.to_string())),
+        );
+        output_text(
+            &json!({"output": {"message": {"content": [{"text": "Sunny"}]}}}),
+            &mut |i, t| out.push((i, t.to_string())),
+        );
+        assert_eq!(out, [(0, "Hi".to_string()), (0, "Sunny".to_string())]);
+    }
+}

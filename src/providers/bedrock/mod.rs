@@ -82,9 +82,10 @@ impl Adapter for BedrockConverse {
         })
     }
 
-    /// `{"message"}`, as AWS REST-JSON services answer (boto3 reads the message from it).
+    /// `{"message", "__type"}`, as AWS REST-JSON services answer: botocore takes the error
+    /// code from `__type` when no `x-amzn-ErrorType` header names it.
     fn error_body(&self, e: &ErrorText<'_>) -> Value {
-        serde_json::json!({ "message": e.message })
+        serde_json::json!({ "message": e.message, "__type": e.code })
     }
 
     fn stream(&self) -> Box<dyn StreamReader> {

@@ -14,6 +14,12 @@ pub(super) trait Messages: Send {
     /// when its payload could not be read.
     fn message(&mut self, kind: &[u8], payload: &[u8]) -> Option<bool>;
 
+    /// The output of the event last read, as the format's output text reads it (estimates,
+    /// content capture): by default its payload.
+    fn output<'a>(&'a self, payload: &'a [u8]) -> &'a [u8] {
+        payload
+    }
+
     /// What the stream said so far.
     fn record_mut(&mut self) -> &mut ResponseRecord;
 
@@ -47,7 +53,7 @@ impl<M: Messages> FramedStream for Framed<M> {
                     Some(b"event") | None => {
                         let kind = msg.header(":event-type").unwrap_or_default();
                         match m.message(kind, msg.payload) {
-                            Some(true) => Some(msg.payload),
+                            Some(true) => Some(m.output(msg.payload)),
                             Some(false) => None,
                             None => {
                                 m.record_mut().unparsed.get_or_insert("invalid_event");

@@ -98,6 +98,11 @@ impl Messages for Chunks {
         self.events.event(&self.decoded)
     }
 
+    /// The decoded Anthropic event, not its base64.
+    fn output<'a>(&'a self, _payload: &'a [u8]) -> &'a [u8] {
+        &self.decoded
+    }
+
     fn record_mut(&mut self) -> &mut ResponseRecord {
         self.events.record_mut()
     }
@@ -110,5 +115,65 @@ impl Messages for Chunks {
             }
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use crate::providers::bedrock::eventstream::encode;
+    use crate::providers::{Format, ResponseParser};
+
+    fn chunk(event: &str) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(event);
+        encode(
+            &[(":event-type", "chunk"), (":message-type", "event")],
+            format!(r#"{{"bytes":"{b64}"}}"#).as_bytes(),
+        )
+    }
+
+    fn read(
+        events: &[&str],
+    ) -> (
+        crate::providers::ResponseRecord,
+        crate::providers::OutputSample,
+    ) {
+        let mut p = ResponseParser::framed(
+            Format::BedrockInvoke,
+            b"application/vnd.amazon.eventstream",
+            1 << 20,
+        )
+        .unwrap();
+        for e in events {
+            p.feed(&chunk(e));
+        }
+        p.finish_with_sample()
+    }
+
+    #[test]
+    fn invocation_metrics_count_where_the_events_state_no_usage() {
+        let (r, sample) = read(&[
+            r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-x","content":[]}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello there"}}"#,
+            r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":9,"outputTokenCount":3,"cacheReadInputTokenCount":4,"invocationLatency":5,"firstByteLatency":2}}"#,
+        ]);
+        assert_eq!(r.model.as_deref(), Some("claude-x"));
+        assert_eq!((r.usage.input, r.usage.output), (Some(13), Some(3)));
+        assert_eq!(r.usage.cached_input, Some(4));
+        // The sample is the decoded event, so an estimate reads its text.
+        assert!(String::from_utf8_lossy(&sample.bytes).contains("Hello there"));
+        assert!(sample.estimate_tokens() > 0);
+    }
+
+    #[test]
+    fn the_events_usage_wins_over_the_metrics() {
+        let (r, _) = read(&[
+            r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":7,"output_tokens":1}}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}"#,
+            r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":70,"outputTokenCount":50}}"#,
+        ]);
+        assert_eq!((r.usage.input, r.usage.output), (Some(7), Some(5)));
+        assert_eq!(r.finish_reasons, ["end_turn"]);
     }
 }

@@ -5,13 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 use tokenwarden::providers::{Format, ResponseParser};
 
-const FORMATS: [Format; 5] = [
-    Format::OpenAiChat,
-    Format::OpenAiResponses,
-    Format::Anthropic,
-    Format::Gemini,
-    Format::Ollama,
-];
+/// Every registered format, so a new one is fuzzed as it is added (Bedrock's binary framing
+/// has its own target, `eventstream_decoder`).
+const FORMATS: &[Format] = Format::ALL;
 
 fuzz_target!(|input: &[u8]| {
     let Some((&sel, rest)) = input.split_first() else { return };

@@ -210,3 +210,28 @@ impl Adapter for BedrockInvoke {
 }
 
 stream_reader!(converse::Stream, event);
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::protocol::{classify, RouteProtocol};
+    use crate::providers::Format;
+
+    #[test]
+    fn bedrock_paths_pick_the_format_by_operation() {
+        for configured in [RouteProtocol::Auto, RouteProtocol::Named("bedrock")] {
+            let c = classify(configured, "/model/amazon.nova-pro-v1%3A0/converse-stream");
+            assert_eq!((c.provider, c.operation.as_str()), ("aws.bedrock", "chat"));
+            assert_eq!(c.format, Some(Format::BedrockConverse));
+            let c = classify(
+                configured,
+                "/model/us.anthropic.claude-3-5-haiku-20241022-v1:0/invoke",
+            );
+            assert_eq!(c.format, Some(Format::BedrockInvoke));
+            // Another family's InvokeModel body is its own format: labelled, not read.
+            let c = classify(configured, "/model/meta.llama3-70b-instruct-v1:0/invoke");
+            assert_eq!((c.provider, c.format), ("aws.bedrock", None));
+            let c = classify(configured, "/model/amazon.nova-pro-v1:0/count-tokens");
+            assert_eq!((c.operation.as_str(), c.format), ("count_tokens", None));
+        }
+    }
+}

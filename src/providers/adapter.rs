@@ -50,6 +50,14 @@ pub trait Adapter: Sync {
         false
     }
 
+    /// A reader for a stream in a binary framing of `media_type` (the response's
+    /// `Content-Type`), when this format's streams use one (Bedrock's
+    /// `application/vnd.amazon.eventstream`); `None` (the default) reads SSE or NDJSON.
+    fn framed_stream(&self, media_type: &[u8], max_bytes: usize) -> Option<Box<dyn FramedStream>> {
+        let _ = (media_type, max_bytes);
+        None
+    }
+
     /// Read a whole JSON response body into `r`; false when it is not this format's JSON.
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool;
 
@@ -337,6 +345,16 @@ pub trait StreamReader: Send {
 
     /// What the stream said so far.
     fn record_mut(&mut self) -> &mut ResponseRecord;
+
+    /// The stream ended: everything it said.
+    fn finish(self: Box<Self>) -> ResponseRecord;
+}
+
+/// One streamed response in a binary framing, read frame by frame (frames split anywhere).
+pub trait FramedStream: Send {
+    /// Read the next frame; `on_event(end, output)` is told, message by message, where in
+    /// `chunk` it ended and, when it carried output, its payload. Returns the output messages.
+    fn feed(&mut self, chunk: &[u8], on_event: &mut dyn FnMut(usize, Option<&[u8]>)) -> u32;
 
     /// The stream ended: everything it said.
     fn finish(self: Box<Self>) -> ResponseRecord;

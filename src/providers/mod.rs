@@ -8,6 +8,7 @@
 
 pub mod adapter;
 pub mod anthropic;
+pub mod bedrock;
 pub mod decompress;
 mod fields;
 pub mod gemini;
@@ -25,10 +26,11 @@ mod shape;
 mod text;
 mod tools;
 mod usage;
+pub mod vertex;
 
 pub use adapter::{
-    Adapter, ClientEvent, EventRewrite, Gated, Operation, RealtimeEvents, ServerEvent,
-    StreamEnding, StreamReader, ToolGate,
+    Adapter, ClientEvent, EventRewrite, FramedStream, Gated, Operation, RealtimeEvents,
+    ServerEvent, StreamEnding, StreamReader, ToolGate,
 };
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use registry::Format;

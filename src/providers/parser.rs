@@ -2,7 +2,7 @@
 
 use crate::sse::{NdjsonDecoder, NdjsonItem, SseDecoder, SseItem};
 
-use super::adapter::{Adapter, StreamReader};
+use super::adapter::{Adapter, FramedStream, StreamReader};
 use super::registry::Format;
 use super::usage::ResponseRecord;
 
@@ -47,6 +47,8 @@ enum Body {
     Sse(SseDecoder),
     /// An NDJSON stream (Ollama), parsed line by line.
     Ndjson(NdjsonDecoder),
+    /// A stream in the format's binary framing, parsed message by message.
+    Framed(Box<dyn FramedStream>),
 }
 
 /// The format's reader of this response.
@@ -84,6 +86,15 @@ impl ResponseParser {
         let mut p = Self::new(format, false, max_bytes);
         p.body = Body::Ndjson(NdjsonDecoder::new(max_bytes));
         p
+    }
+
+    /// A parser for a stream in `format`'s binary framing, when a response of media type
+    /// `media_type` is one (Bedrock's event stream); `None` otherwise.
+    pub fn framed(format: Format, media_type: &[u8], max_bytes: usize) -> Option<Self> {
+        let framed = format.adapter().framed_stream(media_type, max_bytes)?;
+        let mut p = Self::new(format, false, max_bytes);
+        p.body = Body::Framed(framed);
+        Some(p)
     }
 
     /// Whether the body is read as server-sent events.
@@ -145,6 +156,15 @@ impl ResponseParser {
                     NdjsonItem::Oversized => state.record_mut().unparsed = Some("event_too_large"),
                 });
             }
+            Body::Framed(stream) => {
+                let sample = &mut self.sample;
+                feed.output_events = stream.feed(chunk, &mut |end, output| {
+                    if let Some(data) = output {
+                        sample.keep(data);
+                    }
+                    on_event(end, output);
+                });
+            }
         }
         feed
     }
@@ -184,6 +204,7 @@ impl ResponseParser {
             }
             Body::Json(buf, false) => json_record(&self.state, &buf),
             Body::Sse(_) => self.state.into_record(),
+            Body::Framed(stream) => stream.finish(),
             Body::Ndjson(mut dec) => {
                 let mut state = self.state;
                 dec.finish(|item| {

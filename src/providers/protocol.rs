@@ -242,6 +242,8 @@ mod tests {
             RouteProtocol::names(),
             [
                 "auto",
+                "bedrock",
+                "vertex",
                 "anthropic",
                 "gemini",
                 "ollama",
@@ -254,6 +256,6 @@ mod tests {
             RouteProtocol::named("openai"),
             Some(RouteProtocol::Named("openai"))
         );
-        assert_eq!(RouteProtocol::named("bedrock"), None);
+        assert_eq!(RouteProtocol::named("azure"), None);
     }
 }

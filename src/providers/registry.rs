@@ -35,6 +35,14 @@ macro_rules! registry {
 }
 
 registry! {
+    /// AWS Bedrock Converse / ConverseStream.
+    BedrockConverse => super::bedrock::BedrockConverse,
+    /// AWS Bedrock InvokeModel / InvokeModelWithResponseStream (Anthropic models).
+    BedrockInvoke => super::bedrock::BedrockInvoke,
+    /// Gemini on Vertex AI (before Gemini, whose detection is broader).
+    VertexGemini => super::vertex::VertexGemini,
+    /// Anthropic on Vertex AI (`rawPredict` / `streamRawPredict`).
+    VertexAnthropic => super::vertex::VertexAnthropic,
     /// Anthropic Messages.
     Anthropic => super::anthropic::Anthropic,
     /// Gemini generateContent / streamGenerateContent.

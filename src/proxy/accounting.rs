@@ -207,6 +207,12 @@ impl LlmCall {
             .unwrap_or_default();
         // Media types are case-insensitive.
         let is = |t: &[u8]| ct.len() >= t.len() && ct[..t.len()].eq_ignore_ascii_case(t);
+        if let Some(p) = ResponseParser::framed(self.facts.format, ct, MAX_PARSE_BYTES) {
+            // A binary-framed stream (Bedrock's event stream): its format reads it.
+            self.streamed = true;
+            self.parser = Some(p);
+            return;
+        }
         let ndjson = is(b"application/x-ndjson") || self.facts.format.adapter().reads_lines();
         self.streamed = ndjson || is(b"text/event-stream");
         self.parser = Some(if ndjson {

@@ -1,0 +1,72 @@
+//! What a Bedrock Runtime path says: `/model/{modelId}/{operation}`, the model id
+//! percent-encoded when it is an ARN or a profile (`%3A`, `%2F`).
+
+use percent_encoding::percent_decode_str;
+
+/// A Bedrock Runtime operation on a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Op {
+    /// `converse`.
+    Converse,
+    /// `converse-stream`.
+    ConverseStream,
+    /// `invoke`.
+    Invoke,
+    /// `invoke-with-response-stream`.
+    InvokeStream,
+    /// `count-tokens`: a count, never billed.
+    CountTokens,
+}
+
+/// The model id and operation of a path, when it is one.
+fn split(path: &str) -> Option<(&str, Op)> {
+    let rest = &path[path.find("/model/")? + "/model/".len()..];
+    let (model, op) = rest.rsplit_once('/')?;
+    let op = match op {
+        "converse" => Op::Converse,
+        "converse-stream" => Op::ConverseStream,
+        "invoke" => Op::Invoke,
+        "invoke-with-response-stream" => Op::InvokeStream,
+        "count-tokens" => Op::CountTokens,
+        _ => return None,
+    };
+    (!model.is_empty()).then_some((model, op))
+}
+
+/// The operation a path names.
+pub(super) fn operation(path: &str) -> Option<Op> {
+    split(path).map(|(_, op)| op)
+}
+
+/// The model id a path names, decoded.
+pub(super) fn model(path: &str) -> Option<String> {
+    let (model, _) = split(path)?;
+    Some(percent_decode_str(model).decode_utf8_lossy().into_owned())
+}
+
+/// Whether a model id (a foundation model, an inference profile such as `us.anthropic.…`, or an
+/// ARN naming one) is an Anthropic model, whose InvokeModel body is Anthropic's.
+pub(super) fn is_anthropic(model: &str) -> bool {
+    model.contains("anthropic.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_model_and_operation() {
+        let p = "/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/converse-stream";
+        assert_eq!(operation(p), Some(Op::ConverseStream));
+        assert_eq!(
+            model(p).as_deref(),
+            Some("us.anthropic.claude-sonnet-4-20250514-v1:0")
+        );
+        let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.anthropic.claude-3-5-haiku-20241022-v1%3A0/invoke";
+        assert_eq!(operation(arn), Some(Op::Invoke));
+        assert!(is_anthropic(&model(arn).unwrap()));
+        assert_eq!(operation("/model/x/other"), None);
+        assert_eq!(operation("/model//converse"), None);
+        assert_eq!(operation("/v1/messages"), None);
+    }
+}

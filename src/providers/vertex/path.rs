@@ -1,0 +1,54 @@
+//! What a Vertex AI path says:
+//! `/v1/projects/{p}/locations/{l}/publishers/{publisher}/models/{model}:{method}`.
+
+/// Google's own models (Gemini).
+pub(super) const GOOGLE: &str = "google";
+/// Anthropic's models.
+pub(super) const ANTHROPIC: &str = "anthropic";
+/// The model name of Anthropic's token count on Vertex (`models/count-tokens:rawPredict`).
+pub(super) const COUNT_TOKENS: &str = "count-tokens";
+
+/// The publisher segment, when the path names a publisher's model.
+pub(super) fn publisher(path: &str) -> Option<&str> {
+    let rest = &path[path.find("/publishers/")? + "/publishers/".len()..];
+    let (publisher, rest) = rest.split_once('/')?;
+    rest.starts_with("models/").then_some(publisher)
+}
+
+/// `{model}:{method}` after `/models/`.
+fn model_method(path: &str) -> Option<(&str, Option<&str>)> {
+    let after = &path[path.find("/models/")? + "/models/".len()..];
+    Some(match after.split_once(':') {
+        Some((m, method)) => (m, Some(method)),
+        None => (after, None),
+    })
+}
+
+/// The model named in the path.
+pub(super) fn model(path: &str) -> Option<&str> {
+    model_method(path).map(|(m, _)| m).filter(|m| !m.is_empty())
+}
+
+/// The method after the model (`rawPredict`, `streamGenerateContent`, ...).
+pub(super) fn method(path: &str) -> Option<&str> {
+    model_method(path)?.1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_publisher_model_and_method() {
+        let p = "/v1/projects/p1/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict";
+        assert_eq!(publisher(p), Some(ANTHROPIC));
+        assert_eq!(model(p), Some("claude-sonnet-4@20250514"));
+        assert_eq!(method(p), Some("streamRawPredict"));
+        let g = "/v1beta1/projects/p/locations/global/publishers/google/models/gemini-2.5-pro:generateContent";
+        assert_eq!(publisher(g), Some(GOOGLE));
+        assert_eq!(
+            publisher("/v1beta/models/gemini-2.5-pro:generateContent"),
+            None
+        );
+    }
+}

@@ -177,13 +177,13 @@ def overview():
         "{{status}}")], unit="reqps", w=8, stack=True)
     b.row("Latency")
     b.panel("LLM call duration p50 / p95 / p99", [
-        (q(0.5, "gen_ai_client_operation_duration_seconds", "", GEN_AI), "p50"),
-        (q(0.95, "gen_ai_client_operation_duration_seconds", "", GEN_AI), "p95"),
-        (q(0.99, "gen_ai_client_operation_duration_seconds", "", GEN_AI), "p99"),
+        (q(0.5, "gen_ai_client_inference_duration_seconds", "", GEN_AI), "p50"),
+        (q(0.95, "gen_ai_client_inference_duration_seconds", "", GEN_AI), "p95"),
+        (q(0.99, "gen_ai_client_inference_duration_seconds", "", GEN_AI), "p99"),
     ], unit="s", w=8)
     b.panel("Time to first token p50 / p95", [
-        (q(0.5, "gen_ai_client_operation_time_to_first_chunk_seconds", "", GEN_AI), "p50"),
-        (q(0.95, "gen_ai_client_operation_time_to_first_chunk_seconds", "", GEN_AI), "p95"),
+        (q(0.5, "gen_ai_client_inference_time_to_first_chunk_seconds", "", GEN_AI), "p50"),
+        (q(0.95, "gen_ai_client_inference_time_to_first_chunk_seconds", "", GEN_AI), "p95"),
     ], unit="s", w=8, description="Streamed calls: request to first output chunk.")
     b.panel("Sidecar overhead p99", [
         (q(0.99, "tokenwarden_overhead_seconds", "route", ROUTE), "{{route}}"),
@@ -199,7 +199,7 @@ def overview():
         f"sum by (kind) (rate(tokenwarden_upstream_errors_total{{{ROUTE}}}[{RATE}]))",
         "{{kind}}")], unit="reqps", w=8, stack=True)
     b.panel("Time per output chunk p95", [
-        (q(0.95, "gen_ai_client_operation_time_per_output_chunk_seconds", "", GEN_AI), "p95"),
+        (q(0.95, "gen_ai_client_inference_time_per_output_chunk_seconds", "", GEN_AI), "p95"),
     ], unit="s", w=12)
     b.panel("Tokens by source", [(
         f"sum by (source) (rate(tokenwarden_tokens_total{{{AGENT}, {MODEL}}}[{RATE}]))",

@@ -85,15 +85,21 @@ fn dashboards_are_templated_and_current() {
     }
 }
 
-/// Whether `name` (a series name in a query) is a metric the proxy exports: a contract name or a
-/// per-task metric, or a histogram's `_bucket`, `_sum` or `_count` series of one.
+/// Whether `name` (a series name in a query) is a metric the proxy exports by default: a
+/// contract name (the GenAI ones of the newest conventions, not the earlier names behind
+/// `gen_ai_previous`) or a per-task metric, or a histogram's `_bucket`, `_sum` or `_count`
+/// series of one.
 fn exported(name: &str) -> bool {
-    use tokenwarden::telemetry::metrics::{CONTRACT_NAMES, TASK_NAMES, TOOL_LEG_NAMES};
+    use tokenwarden::telemetry::metrics::{
+        CONTRACT_NAMES, GEN_AI_LATEST_NAMES, GEN_AI_PREVIOUS_NAMES, TASK_NAMES, TOOL_LEG_NAMES,
+    };
     let base = ["_bucket", "_sum", "_count"]
         .iter()
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name);
-    CONTRACT_NAMES.contains(&base) || TASK_NAMES.contains(&base) || TOOL_LEG_NAMES.contains(&base)
+    let genai_default = GEN_AI_LATEST_NAMES.contains(&base)
+        || (CONTRACT_NAMES.contains(&base) && !GEN_AI_PREVIOUS_NAMES.contains(&base));
+    genai_default || TASK_NAMES.contains(&base) || TOOL_LEG_NAMES.contains(&base)
 }
 
 #[test]

@@ -231,6 +231,11 @@ pub struct TelemetryConfig {
     /// Ask OpenAI chat streams for usage when the client did not, and hide it from the client.
     #[serde(default = "default_true")]
     pub inject_stream_usage: bool,
+    /// GenAI metric names, `OTEL_SEMCONV_STABILITY_OPT_IN`-style: empty for the newest
+    /// conventions, `gen_ai_previous` for the earlier names, `gen_ai_previous/dup` for both
+    /// (`TOKENWARDEN_SEMCONV_OPT_IN` overrides it).
+    #[serde(default)]
+    pub semconv_opt_in: String,
 }
 
 /// OTLP exporter.
@@ -720,6 +725,7 @@ impl Default for TelemetryConfig {
             max_label_values: default_max_label_values(),
             max_series_per_metric: default_max_series_per_metric(),
             inject_stream_usage: true,
+            semconv_opt_in: String::new(),
         }
     }
 }

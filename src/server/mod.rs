@@ -75,6 +75,9 @@ impl Server {
         // installed recorder.
         metrics::install();
         crate::telemetry::series::set_max_series(config.telemetry.max_series_per_metric);
+        crate::telemetry::semconv::set(crate::telemetry::semconv::Names::resolve(
+            &config.telemetry.semconv_opt_in,
+        ));
         // Loaded while the listeners bind, so no request waits for it (budgets' near-limit
         // admission, the context guard and usage estimates all count with it).
         tokio::spawn(crate::tokens::warm());

@@ -135,3 +135,44 @@ fn committed_json_is_what_the_generator_makes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Latency and tokens-per-call panels show exemplars, and the provisioned data source links the
+/// exemplars' `trace_id` (the label the proxy's OpenMetrics exposition gives them) to a trace.
+#[test]
+fn latency_and_token_panels_link_to_traces_through_exemplars() {
+    use tokenwarden::telemetry::exemplars::TRACE_ID_LABEL;
+    use tokenwarden::telemetry::metrics::buckets_of;
+    let (_, overview) = boards().into_iter().next().unwrap();
+    let mut linked = 0;
+    for p in overview["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let carries = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter_map(|w| w.strip_suffix("_bucket"))
+                .any(|m| buckets_of(m).is_some());
+            if carries {
+                assert_eq!(t["exemplar"], true, "{}: {expr}", p["title"]);
+                linked += 1;
+            }
+        }
+    }
+    assert!(
+        linked >= 6,
+        "latency, first token and tokens-per-call targets: {linked}"
+    );
+    let ds = std::fs::read_to_string(
+        Path::new(ROOT).join("deploy/grafana/provisioning/datasources/prometheus.yaml"),
+    )
+    .unwrap();
+    let ds: serde_json::Value = serde_saphyr::from_str(&ds).unwrap();
+    let dest = &ds["datasources"][0]["jsonData"]["exemplarTraceIdDestinations"][0];
+    assert_eq!(dest["name"], TRACE_ID_LABEL);
+    assert!(
+        dest["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("${__value.raw}"))
+            || dest["datasourceUid"].is_string(),
+        "{dest}"
+    );
+}

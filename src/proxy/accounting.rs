@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
 use metrics::{counter, histogram, Histogram, Label};
+use opentelemetry::trace::{SpanId, TraceId};
 use tokio::time::Instant;
 
 use crate::body::cut::{CutPoint, CutSignal};
@@ -15,6 +16,7 @@ use crate::body::BodyEnd;
 use crate::policy::ResponseCheck;
 use crate::providers::decompress::{DecompressError, Decompressor};
 use crate::providers::{OutputSample, ResponseParser, ResponseRecord};
+use crate::telemetry::exemplars;
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
 use crate::telemetry::semconv::{self, Names};
@@ -71,6 +73,8 @@ pub struct Ending {
     pub shutdown: bool,
     /// The policy that withheld the response, when one did.
     pub blocked: Option<crate::record::PolicyViolation>,
+    /// The call's span (trace id, span id), the exemplar of its histogram observations.
+    pub trace: Option<(TraceId, SpanId)>,
 }
 
 // === impl LlmCall ===
@@ -365,7 +369,7 @@ impl LlmCall {
             &record,
             base,
             (&response_model, &other_labels),
-            (&gen_ai, names, inference),
+            (&gen_ai, names, inference, ending.trace),
             usage_source,
         );
         for call in &record.tool_calls {
@@ -395,18 +399,24 @@ impl LlmCall {
         // The newest conventions keep `gen_ai.client.operation.duration` for calls that are no
         // inference; the earlier names put every call there.
         if names.latest() && inference {
-            histogram!(m::GEN_AI_INFERENCE_DURATION, labels.clone()).record(duration);
+            observe(
+                m::GEN_AI_INFERENCE_DURATION,
+                labels.clone(),
+                duration,
+                ending.trace,
+            );
         }
         if names.previous() || !inference {
-            histogram!(m::GEN_AI_OPERATION_DURATION, labels).record(duration);
+            observe(m::GEN_AI_OPERATION_DURATION, labels, duration, ending.trace);
         }
         if let Some(first) = self.first_output.filter(|_| self.streamed) {
             let secs = first.duration_since(ending.started).as_secs_f64();
             if names.latest() {
-                histogram!(m::GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK, gen_ai.clone()).record(secs);
+                let name = m::GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK;
+                observe(name, gen_ai.clone(), secs, ending.trace);
             }
             if names.previous() {
-                histogram!(m::GEN_AI_TIME_TO_FIRST_CHUNK, gen_ai).record(secs);
+                observe(m::GEN_AI_TIME_TO_FIRST_CHUNK, gen_ai, secs, ending.trace);
             }
         }
         Finished {
@@ -468,6 +478,14 @@ fn billable(record: &ResponseRecord, ending: &Ending) -> bool {
         && ending.status.is_some_and(|s| s.is_success())
 }
 
+/// Record `value` in histogram `name`, keeping the call's trace as the exemplar of its bucket.
+fn observe(name: &'static str, labels: Vec<Label>, value: f64, trace: Option<(TraceId, SpanId)>) {
+    if let Some(ids) = trace {
+        exemplars::record(name, &labels, value, ids);
+    }
+    histogram!(name, labels).record(value);
+}
+
 /// Whether a call is a GenAI inference (`gen_ai.client.inference.*` metrics) rather than another
 /// operation (`gen_ai.client.operation.duration` only).
 fn is_inference(op: Operation) -> bool {
@@ -483,7 +501,7 @@ fn record_usage(
     record: &ResponseRecord,
     base: &CallLabels,
     (model, other_labels): (&Arc<str>, &[Arc<str>]),
-    (gen_ai, names, inference): (&[Label], Names, bool),
+    (gen_ai, names, inference, trace): (&[Label], Names, bool, Option<(TraceId, SpanId)>),
     source: UsageSource,
 ) {
     let parts = std::iter::once((model, record.own_usage())).chain(
@@ -517,7 +535,7 @@ fn record_usage(
             let Some(n) = n else { continue };
             let mut labels = gen_ai.to_vec();
             labels.push(Label::new("gen_ai_token_type", kind));
-            histogram!(m::GEN_AI_TOKEN_USAGE, labels).record(n as f64);
+            observe(m::GEN_AI_TOKEN_USAGE, labels, n as f64, trace);
         }
     }
     if !(names.latest() && inference && u.is_present()) {
@@ -528,7 +546,7 @@ fn record_usage(
         (m::GEN_AI_OPERATION_OUTPUT_TOKENS, u.output),
     ] {
         if let Some(n) = n {
-            histogram!(name, gen_ai.to_vec()).record(n as f64);
+            observe(name, gen_ai.to_vec(), n as f64, trace);
         }
     }
     // The conventions' usage counters require `gen_ai.token.modality`; providers report no

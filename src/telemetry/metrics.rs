@@ -288,6 +288,21 @@ const TASK_COST_BUCKETS: &[f64] = &[
 /// Context-window utilisation: a tenth of the window up to overflow.
 const RATIO_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5];
 
+/// The bucket bounds of a histogram that carries exemplars (the GenAI duration, time to first
+/// chunk and token histograms), `None` for every other metric.
+pub fn buckets_of(name: &str) -> Option<&'static [f64]> {
+    match name {
+        GEN_AI_INFERENCE_DURATION
+        | GEN_AI_OPERATION_DURATION
+        | GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK
+        | GEN_AI_TIME_TO_FIRST_CHUNK => Some(DURATION_BUCKETS),
+        GEN_AI_OPERATION_INPUT_TOKENS | GEN_AI_OPERATION_OUTPUT_TOKENS | GEN_AI_TOKEN_USAGE => {
+            Some(TOKEN_BUCKETS)
+        }
+        _ => None,
+    }
+}
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Install the process-wide Prometheus recorder once and return its handle.

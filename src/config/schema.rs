@@ -210,6 +210,9 @@ pub struct TelemetryConfig {
     /// OTLP export; absent → spans are not exported.
     #[serde(default)]
     pub otlp: Option<OtlpConfig>,
+    /// OTLP metric export; absent → none, unless `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set.
+    #[serde(default)]
+    pub otlp_metrics: Option<OtlpMetricsConfig>,
     /// Span vocabulary.
     #[serde(default)]
     pub conventions: Conventions,
@@ -239,7 +242,7 @@ pub struct TelemetryConfig {
 }
 
 /// OTLP exporter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// Collector endpoint.
@@ -247,6 +250,24 @@ pub struct OtlpConfig {
     /// Wire protocol.
     #[serde(default)]
     pub protocol: OtlpProtocol,
+}
+
+/// OTLP metric export (the standard `OTEL_EXPORTER_OTLP_METRICS_*` variables override it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpMetricsConfig {
+    /// Collector endpoint.
+    pub endpoint: String,
+    /// Wire protocol.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Time between exports.
+    #[serde(default = "default_metric_export_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_metric_export_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// OTLP wire protocol.
@@ -718,6 +739,7 @@ impl Default for TelemetryConfig {
         Self {
             service_name: default_service_name(),
             otlp: None,
+            otlp_metrics: None,
             conventions: Conventions::default(),
             capture_content: false,
             redact_patterns: Vec::new(),

@@ -209,8 +209,62 @@ fn exemplar_for(series: &HashMap<String, Slots>, line: &str) -> Option<Exemplar>
     s.slots.get(slot).copied().flatten()
 }
 
+/// An exemplar as OTLP carries it.
+#[derive(Debug, Clone, Copy)]
+pub struct Linked {
+    /// Trace id bytes.
+    pub trace_id: [u8; 16],
+    /// Span id bytes.
+    pub span_id: [u8; 8],
+    /// The observed value.
+    pub value: f64,
+    /// When it was observed, nanoseconds since the Unix epoch.
+    pub time_unix_nano: u64,
+}
+
+/// The exemplars kept for the series of histogram `name` with `labels` (`le` excluded, values
+/// escaped as the text format writes them), in bucket order.
+pub fn of_series(name: &str, labels: &[(&str, &str)]) -> Vec<Linked> {
+    let mut sorted = labels.to_vec();
+    sorted.sort_unstable();
+    let key = series_key(name, sorted.into_iter());
+    let Ok(store) = store().lock() else {
+        return Vec::new();
+    };
+    let Some(s) = store.series.get(&key) else {
+        return Vec::new();
+    };
+    s.slots
+        .iter()
+        .flatten()
+        .map(|e| Linked {
+            trace_id: e.trace_id.to_bytes(),
+            span_id: e.span_id.to_bytes(),
+            value: e.value,
+            time_unix_nano: (e.at * 1e9) as u64,
+        })
+        .collect()
+}
+
+/// A label value of the text format with its escapes undone.
+pub fn unescape(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
 /// `k="v",k2="v2"` into pairs, values left escaped (as [`series_key`] writes them).
-fn parse_labels(s: &str) -> Option<Vec<(&str, &str)>> {
+pub fn parse_labels(s: &str) -> Option<Vec<(&str, &str)>> {
     let mut pairs = Vec::new();
     let mut rest = s;
     while !rest.is_empty() {

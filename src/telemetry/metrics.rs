@@ -288,6 +288,47 @@ const TASK_COST_BUCKETS: &[f64] = &[
 /// Context-window utilisation: a tenth of the window up to overflow.
 const RATIO_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5];
 
+/// The GenAI conventions' name and unit of a GenAI metric, as OTLP export names it (the
+/// Prometheus names are their translation); `None` for the proxy's own metrics, which keep their
+/// names.
+pub fn otel_name(name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match name {
+        GEN_AI_INFERENCE_DURATION => ("gen_ai.client.inference.duration", "s"),
+        GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK => {
+            ("gen_ai.client.inference.time_to_first_chunk", "s")
+        }
+        GEN_AI_INFERENCE_TIME_PER_OUTPUT_CHUNK => {
+            ("gen_ai.client.inference.time_per_output_chunk", "s")
+        }
+        GEN_AI_USAGE_INPUT_TOKENS => ("gen_ai.client.inference.usage.input_tokens", "{token}"),
+        GEN_AI_USAGE_OUTPUT_TOKENS => ("gen_ai.client.inference.usage.output_tokens", "{token}"),
+        GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS => (
+            "gen_ai.client.inference.usage.cache_read.input_tokens",
+            "{token}",
+        ),
+        GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS => (
+            "gen_ai.client.inference.usage.cache_write.input_tokens",
+            "{token}",
+        ),
+        GEN_AI_USAGE_REASONING_OUTPUT_TOKENS => (
+            "gen_ai.client.inference.usage.reasoning.output_tokens",
+            "{token}",
+        ),
+        GEN_AI_OPERATION_INPUT_TOKENS => {
+            ("gen_ai.client.inference.operation.input_tokens", "{token}")
+        }
+        GEN_AI_OPERATION_OUTPUT_TOKENS => {
+            ("gen_ai.client.inference.operation.output_tokens", "{token}")
+        }
+        GEN_AI_OPERATION_DURATION => ("gen_ai.client.operation.duration", "s"),
+        GEN_AI_TOKEN_USAGE => ("gen_ai.client.token.usage", "{token}"),
+        GEN_AI_TIME_TO_FIRST_CHUNK => ("gen_ai.client.operation.time_to_first_chunk", "s"),
+        GEN_AI_TIME_PER_OUTPUT_CHUNK => ("gen_ai.client.operation.time_per_output_chunk", "s"),
+        MCP_OPERATION_DURATION => ("mcp.client.operation.duration", "s"),
+        _ => return None,
+    })
+}
+
 /// The bucket bounds of a histogram that carries exemplars (the GenAI duration, time to first
 /// chunk and token histograms), `None` for every other metric.
 pub fn buckets_of(name: &str) -> Option<&'static [f64]> {

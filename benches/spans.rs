@@ -2,6 +2,7 @@
 //! context, new ids) with the upstream `traceparent`, and encoding the finished call as an OTLP
 //! `Span` (a streamed chat call: GenAI attributes, tool call, first-token event; and the same
 //! with both vocabularies). On the export task: wrapping 512 encoded spans in one request.
+//! Exemplars: keeping one per observation, and the OpenMetrics text of a scrape.
 //!
 //! Run: `cargo bench --bench spans`. Numbers go to BENCHMARKS.md.
 
@@ -153,5 +154,37 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// Exemplars: keeping one per histogram observation of a call with a span (on the request's
+/// task), and turning a `/metrics` text into OpenMetrics with them (per scrape).
+fn exemplars(c: &mut Criterion) {
+    use metrics::Label;
+    use opentelemetry::trace::{SpanId, TraceId};
+    use tokenwarden::telemetry::{exemplars, metrics as m};
+    let labels = [
+        Label::new("gen_ai_operation_name", "chat"),
+        Label::new("gen_ai_provider_name", "openai"),
+        Label::new("gen_ai_request_model", "gpt-4o-mini"),
+        Label::new("gen_ai_response_model", "gpt-4o-mini-2024-07-18"),
+        Label::new("agent", "bench-agent"),
+    ];
+    let ids = (TraceId::from(7u128), SpanId::from(9u64));
+    c.bench_function("exemplar/record_one_observation", |b| {
+        b.iter(|| exemplars::record(m::GEN_AI_INFERENCE_DURATION, black_box(&labels), 0.3, ids))
+    });
+    // A scrape of 200 series of a 15-bucket histogram.
+    let mut text = format!("# TYPE {} histogram\n", m::GEN_AI_INFERENCE_DURATION);
+    for i in 0..200 {
+        for le in ["0.16", "0.32", "0.64", "1.28", "+Inf"] {
+            text.push_str(&format!(
+                "{}_bucket{{agent=\"a{i}\",gen_ai_request_model=\"m\",le=\"{le}\"}} 1\n",
+                m::GEN_AI_INFERENCE_DURATION
+            ));
+        }
+    }
+    c.bench_function("exemplar/openmetrics_of_1000_bucket_lines", |b| {
+        b.iter(|| black_box(exemplars::openmetrics(black_box(&text))))
+    });
+}
+
+criterion_group!(benches, bench, exemplars);
 criterion_main!(benches);

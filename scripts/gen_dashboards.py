@@ -87,7 +87,7 @@ class Board:
         return i
 
     def panel(self, title, targets, unit="short", kind="timeseries", w=12, h=8,
-              description="", stack=False, decimals=None):
+              description="", stack=False, decimals=None, exemplar=False):
         if self.x + w > 24:
             self._newline()
         p = {
@@ -105,6 +105,11 @@ class Board:
             "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
             "options": {},
         }
+        if exemplar:
+            # The proxy's OpenMetrics exposition carries each bucket's trace; the data source's
+            # exemplarTraceIdDestinations turns it into a link (deploy/grafana/provisioning).
+            for t in p["targets"]:
+                t["exemplar"] = True
         if decimals is not None:
             p["fieldConfig"]["defaults"]["decimals"] = decimals
         if kind == "timeseries":
@@ -177,14 +182,16 @@ def overview():
         "{{status}}")], unit="reqps", w=8, stack=True)
     b.row("Latency")
     b.panel("LLM call duration p50 / p95 / p99", [
-        (q(0.5, "gen_ai_client_operation_duration_seconds", "", GEN_AI), "p50"),
-        (q(0.95, "gen_ai_client_operation_duration_seconds", "", GEN_AI), "p95"),
-        (q(0.99, "gen_ai_client_operation_duration_seconds", "", GEN_AI), "p99"),
-    ], unit="s", w=8)
+        (q(0.5, "gen_ai_client_inference_duration_seconds", "", GEN_AI), "p50"),
+        (q(0.95, "gen_ai_client_inference_duration_seconds", "", GEN_AI), "p95"),
+        (q(0.99, "gen_ai_client_inference_duration_seconds", "", GEN_AI), "p99"),
+    ], unit="s", w=8, exemplar=True,
+       description="Exemplar dots link a slow call to its trace.")
     b.panel("Time to first token p50 / p95", [
-        (q(0.5, "gen_ai_client_operation_time_to_first_chunk_seconds", "", GEN_AI), "p50"),
-        (q(0.95, "gen_ai_client_operation_time_to_first_chunk_seconds", "", GEN_AI), "p95"),
-    ], unit="s", w=8, description="Streamed calls: request to first output chunk.")
+        (q(0.5, "gen_ai_client_inference_time_to_first_chunk_seconds", "", GEN_AI), "p50"),
+        (q(0.95, "gen_ai_client_inference_time_to_first_chunk_seconds", "", GEN_AI), "p95"),
+    ], unit="s", w=8, exemplar=True,
+       description="Streamed calls: request to first output chunk. Exemplar dots link to the trace.")
     b.panel("Sidecar overhead p99", [
         (q(0.99, "tokenwarden_overhead_seconds", "route", ROUTE), "{{route}}"),
     ], unit="s", w=8, description="Time spent in the sidecar itself, upstream time excluded.")
@@ -198,8 +205,14 @@ def overview():
     b.panel("Upstream errors by kind", [(
         f"sum by (kind) (rate(tokenwarden_upstream_errors_total{{{ROUTE}}}[{RATE}]))",
         "{{kind}}")], unit="reqps", w=8, stack=True)
+    b.panel("Tokens per call p95, in and out", [
+        (q(0.95, "gen_ai_client_inference_operation_input_tokens", "", GEN_AI), "input"),
+        (q(0.95, "gen_ai_client_inference_operation_output_tokens", "", GEN_AI), "output"),
+    ], unit="short", w=12, exemplar=True,
+       description="What drives cost: tokens per inference call. Exemplar dots link a costly "
+                   "call to its trace.")
     b.panel("Time per output chunk p95", [
-        (q(0.95, "gen_ai_client_operation_time_per_output_chunk_seconds", "", GEN_AI), "p95"),
+        (q(0.95, "gen_ai_client_inference_time_per_output_chunk_seconds", "", GEN_AI), "p95"),
     ], unit="s", w=12)
     b.panel("Tokens by source", [(
         f"sum by (source) (rate(tokenwarden_tokens_total{{{AGENT}, {MODEL}}}[{RATE}]))",

@@ -245,11 +245,11 @@ fn tokens(text: &str, agent: &str) -> (f64, f64, f64) {
     (t("input"), t("output"), t("cached_input"))
 }
 
-/// Calls for `agent` labelled with `label`=`value` (operation duration count).
+/// Calls for `agent` labelled with `label`=`value` (inference duration count).
 fn calls_with(text: &str, agent: &str, label: &str, value: &str) -> f64 {
     metric_sum(
         text,
-        "gen_ai_client_operation_duration_seconds_count",
+        "gen_ai_client_inference_duration_seconds_count",
         &[("agent", agent), (label, value)],
     )
 }
@@ -318,7 +318,7 @@ async fn bedrock_converse_json_stream_and_error_are_counted_exactly_and_pass_unt
     assert_eq!(
         metric_sum(
             &text,
-            "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+            "gen_ai_client_inference_time_to_first_chunk_seconds_count",
             &[("agent", "bd-stream")]
         ),
         1.0

@@ -85,15 +85,21 @@ fn dashboards_are_templated_and_current() {
     }
 }
 
-/// Whether `name` (a series name in a query) is a metric the proxy exports: a contract name or a
-/// per-task metric, or a histogram's `_bucket`, `_sum` or `_count` series of one.
+/// Whether `name` (a series name in a query) is a metric the proxy exports by default: a
+/// contract name (the GenAI ones of the newest conventions, not the earlier names behind
+/// `gen_ai_previous`) or a per-task metric, or a histogram's `_bucket`, `_sum` or `_count`
+/// series of one.
 fn exported(name: &str) -> bool {
-    use tokenwarden::telemetry::metrics::{CONTRACT_NAMES, TASK_NAMES, TOOL_LEG_NAMES};
+    use tokenwarden::telemetry::metrics::{
+        CONTRACT_NAMES, GEN_AI_LATEST_NAMES, GEN_AI_PREVIOUS_NAMES, TASK_NAMES, TOOL_LEG_NAMES,
+    };
     let base = ["_bucket", "_sum", "_count"]
         .iter()
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name);
-    CONTRACT_NAMES.contains(&base) || TASK_NAMES.contains(&base) || TOOL_LEG_NAMES.contains(&base)
+    let genai_default = GEN_AI_LATEST_NAMES.contains(&base)
+        || (CONTRACT_NAMES.contains(&base) && !GEN_AI_PREVIOUS_NAMES.contains(&base));
+    genai_default || TASK_NAMES.contains(&base) || TOOL_LEG_NAMES.contains(&base)
 }
 
 #[test]
@@ -127,5 +133,46 @@ fn committed_json_is_what_the_generator_makes() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Latency and tokens-per-call panels show exemplars, and the provisioned data source links the
+/// exemplars' `trace_id` (the label the proxy's OpenMetrics exposition gives them) to a trace.
+#[test]
+fn latency_and_token_panels_link_to_traces_through_exemplars() {
+    use tokenwarden::telemetry::exemplars::TRACE_ID_LABEL;
+    use tokenwarden::telemetry::metrics::buckets_of;
+    let (_, overview) = boards().into_iter().next().unwrap();
+    let mut linked = 0;
+    for p in overview["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let carries = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter_map(|w| w.strip_suffix("_bucket"))
+                .any(|m| buckets_of(m).is_some());
+            if carries {
+                assert_eq!(t["exemplar"], true, "{}: {expr}", p["title"]);
+                linked += 1;
+            }
+        }
+    }
+    assert!(
+        linked >= 6,
+        "latency, first token and tokens-per-call targets: {linked}"
+    );
+    let ds = std::fs::read_to_string(
+        Path::new(ROOT).join("deploy/grafana/provisioning/datasources/prometheus.yaml"),
+    )
+    .unwrap();
+    let ds: serde_json::Value = serde_saphyr::from_str(&ds).unwrap();
+    let dest = &ds["datasources"][0]["jsonData"]["exemplarTraceIdDestinations"][0];
+    assert_eq!(dest["name"], TRACE_ID_LABEL);
+    assert!(
+        dest["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("${__value.raw}"))
+            || dest["datasourceUid"].is_string(),
+        "{dest}"
     );
 }

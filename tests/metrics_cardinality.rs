@@ -97,8 +97,8 @@ async fn thousands_of_model_agent_pairs_stay_within_the_series_bound() {
     // Metrics labelled by agent × model: 900 pairs, folded past the bound.
     for family in [
         "tokenwarden_tokens_total",
-        "gen_ai_client_token_usage",
-        "gen_ai_client_operation_duration_seconds",
+        "gen_ai_client_inference_operation_input_tokens",
+        "gen_ai_client_inference_duration_seconds",
     ] {
         assert!(
             families[family].len() > MAX_SERIES / 2,
@@ -120,7 +120,7 @@ async fn thousands_of_model_agent_pairs_stay_within_the_series_bound() {
     // Folding loses no count: every call is in requests_total and in the duration histogram.
     assert_eq!(metric_sum(&text, "tokenwarden_requests_total", &[]), calls);
     assert_eq!(
-        metric_sum(&text, "gen_ai_client_operation_duration_seconds_count", &[]),
+        metric_sum(&text, "gen_ai_client_inference_duration_seconds_count", &[]),
         calls
     );
     assert_eq!(

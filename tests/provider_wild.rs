@@ -8,12 +8,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
-use bytes::Bytes;
 use common::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+const FIXTURES: &str = FIXTURE_DIR;
 
 /// Prices of the models the cases bill (USD per million tokens; Anthropic's list prices).
 const PRICING: &str = "pricing:
@@ -42,53 +39,8 @@ const CHAT_JSON: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi
 const MSG_STREAM: &str = r#"{"model":"claude-sonnet-4-6","max_tokens":1024,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 const MSG_JSON: &str = r#"{"model":"claude-sonnet-4-6","max_tokens":1024,"messages":[{"role":"user","content":"hi"}]}"#;
 
-/// An upstream that answers every request with the fixture its `x-fixture` header names, in a
-/// few frames (SSE for `.sse`, JSON otherwise).
-async fn replay_upstream() -> SocketAddr {
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let name = req.headers()["x-fixture"].to_str().unwrap().to_string();
-                    let body = std::fs::read(format!("{FIXTURES}/{name}")).unwrap();
-                    let ct = if name.ends_with(".sse") {
-                        "text/event-stream"
-                    } else {
-                        "application/json"
-                    };
-                    let (tx, rx) = tokio::sync::mpsc::channel(8);
-                    tokio::spawn(async move {
-                        // Frames cut anywhere, as a network would.
-                        for part in body.chunks(body.len().div_ceil(3).max(1)) {
-                            if tx.send(Bytes::copy_from_slice(part)).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    Ok::<_, std::convert::Infallible>(
-                        http::Response::builder()
-                            .header("content-type", ct)
-                            .body(ChanBody(rx))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 async fn proxy() -> TestProxy {
-    TestProxy::to("wild", replay_upstream().await, PRICING).await
+    TestProxy::to("wild", fixture_upstream().await, PRICING).await
 }
 
 /// Replay `case`: the client must get the fixture's bytes, the metrics its exact counts.

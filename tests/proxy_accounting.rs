@@ -145,23 +145,25 @@ async fn exact_tokens_tool_calls_and_ttft_for_every_format() {
         assert_eq!(calls, f64::from(c.tools), "{who} tool calls");
         let usage_count = metric_value(
             &text,
-            "gen_ai_client_token_usage_count",
-            &[
-                ("agent", who),
-                ("gen_ai_token_type", "output"),
-                ("gen_ai_response_model", c.model),
-            ],
+            "gen_ai_client_inference_operation_output_tokens_count",
+            &[("agent", who), ("gen_ai_response_model", c.model)],
         );
-        assert_eq!(usage_count, 1.0, "{who} gen_ai_client_token_usage");
+        assert_eq!(usage_count, 1.0, "{who} output tokens per call");
         let sum = metric_value(
             &text,
-            "gen_ai_client_token_usage_sum",
-            &[("agent", who), ("gen_ai_token_type", "input")],
+            "gen_ai_client_inference_usage_input_tokens_total",
+            &[("agent", who), ("gen_ai_token_modality", "unknown")],
         );
-        assert_eq!(sum, 37.0, "{who} token usage sum");
+        assert_eq!(sum, 37.0, "{who} input token usage");
+        let cached = metric_sum(
+            &text,
+            "gen_ai_client_inference_usage_cache_read_input_tokens_total",
+            &[("agent", who)],
+        );
+        assert_eq!(cached, 8.0, "{who} cache read usage");
         let ttft = metric_value(
             &text,
-            "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+            "gen_ai_client_inference_time_to_first_chunk_seconds_count",
             &[("agent", who)],
         );
         assert_eq!(
@@ -171,7 +173,7 @@ async fn exact_tokens_tool_calls_and_ttft_for_every_format() {
         );
         let duration = metric_value(
             &text,
-            "gen_ai_client_operation_duration_seconds_count",
+            "gen_ai_client_inference_duration_seconds_count",
             &[("agent", who)],
         );
         assert_eq!(duration, 1.0, "{who} operation duration");
@@ -180,7 +182,7 @@ async fn exact_tokens_tool_calls_and_ttft_for_every_format() {
     assert!(
         metric_sum(
             &text,
-            "gen_ai_client_operation_time_per_output_chunk_seconds_count",
+            "gen_ai_client_inference_time_per_output_chunk_seconds_count",
             &[("agent", "acc-chat-stream")]
         ) >= 5.0
     );
@@ -285,11 +287,11 @@ async fn failed_calls_carry_an_error_type() {
     let text = p.metrics().await;
     let with_error = metric_sum(
         &text,
-        "gen_ai_client_operation_duration_seconds_count",
+        "gen_ai_client_inference_duration_seconds_count",
         &[("agent", "acc-err"), ("error_type", "server_error")],
     ) + metric_sum(
         &text,
-        "gen_ai_client_operation_duration_seconds_count",
+        "gen_ai_client_inference_duration_seconds_count",
         &[("agent", "acc-err"), ("error_type", "500")],
     );
     assert_eq!(with_error, 1.0, "{text}");
@@ -544,7 +546,7 @@ async fn ollama_native_ndjson_streams_are_counted() {
     assert_eq!(
         metric_value(
             &text,
-            "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+            "gen_ai_client_inference_time_to_first_chunk_seconds_count",
             &[("agent", "acc-ollama")]
         ),
         1.0

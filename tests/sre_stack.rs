@@ -3,17 +3,21 @@
 //! through (streams, tool calls, upstream errors, a client that leaves, a budget breach, policy
 //! violations, loops, failed tool results); then every query of every shipped dashboard runs
 //! against Prometheus — each must parse and return data — and the budget-breach and task
-//! budget-warning alerts fire.
+//! budget-warning alerts fire. Prometheus scrapes OpenMetrics with exemplar storage on: the
+//! exemplars of the latency and token histograms name traces the proxy exported (decoded by an
+//! in-process OTLP receiver).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod otlp_receiver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use otlp_receiver::{hex, Receiver};
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -71,6 +75,8 @@ async fn start_prometheus(scrape: std::net::SocketAddr) -> Prometheus {
             dir.path().join("data").display()
         ))
         .arg(format!("--web.listen-address={addr}"))
+        // Exemplars (OpenMetrics scrape, /api/v1/query_exemplars).
+        .arg("--enable-feature=exemplar-storage")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -396,4 +402,92 @@ async fn dashboards_query_real_metrics_and_the_breach_alert_fires() {
         task_warned,
         "TokenwardenTaskBudgetWarning fires for tasks past warn_at"
     );
+}
+
+/// The exemplars Prometheus holds for `selector` over the last five minutes: (trace id, span id).
+async fn exemplars(prom: &Prometheus, selector: &str) -> Vec<(String, String)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (_, body) = get(&format!(
+        "http://{}/api/v1/query_exemplars?query={}&start={}&end={}",
+        prom.addr,
+        encode(selector),
+        now - 300,
+        now + 60
+    ))
+    .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["status"], "success", "{v}");
+    v["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["exemplars"].as_array().into_iter().flatten())
+        .map(|e| {
+            let l = &e["labels"];
+            let id = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (id("trace_id"), id("span_id"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exemplars_lead_from_latency_and_token_histograms_to_exported_spans() {
+    let rx = Receiver::grpc().await;
+    let m = mock().await;
+    let p = TestProxy::to(
+        "exemplars",
+        m.addr(),
+        &format!(
+            "telemetry:\n  service_name: tw-exemplars\n  otlp:\n    endpoint: {}\n    protocol: grpc\n",
+            rx.endpoint()
+        ),
+    )
+    .await;
+    let prom = start_prometheus(p.admin).await;
+    for _ in 0..3 {
+        let (r, _) = post(
+            &p.url("/v1/chat/completions"),
+            &[
+                ("x-agent-name", "sre-exemplars"),
+                ("x-mock-output-chunks", "5"),
+            ],
+            CHAT_STREAM,
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async { rx.spans().len() >= 3 }).await,
+        "three spans exported"
+    );
+    let spans: Vec<(String, String)> = rx
+        .spans()
+        .iter()
+        .map(|r| (hex(&r.span.trace_id), hex(&r.span.span_id)))
+        .collect();
+    for histogram in [
+        "gen_ai_client_inference_duration_seconds_bucket",
+        "gen_ai_client_inference_time_to_first_chunk_seconds_bucket",
+        "gen_ai_client_inference_operation_output_tokens_bucket",
+    ] {
+        let selector = format!("{histogram}{{agent=\"sre-exemplars\"}}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let found = loop {
+            let found = exemplars(&prom, &selector).await;
+            if !found.is_empty() || tokio::time::Instant::now() > deadline {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        assert!(!found.is_empty(), "no exemplar on {selector}");
+        for (trace, span) in &found {
+            assert!(
+                spans.iter().any(|(t, s)| t == trace && s == span),
+                "{histogram}: exemplar {trace}/{span} is no exported span: {spans:?}"
+            );
+        }
+    }
 }

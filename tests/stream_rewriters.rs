@@ -130,12 +130,12 @@ async fn recorded_output(p: &TestProxy, session: &str, agent: &str) -> u64 {
         ],
     );
     assert_eq!(counted, stored as f64, "tokens_total vs store\n{text}");
-    let histogram = metric_value(
+    let genai = metric_sum(
         &text,
-        "gen_ai_client_token_usage_sum",
-        &[("agent", agent), ("gen_ai_token_type", "output")],
+        "gen_ai_client_inference_usage_output_tokens_total",
+        &[("agent", agent)],
     );
-    assert_eq!(histogram, stored as f64, "GenAI histogram vs store");
+    assert_eq!(genai, stored as f64, "GenAI output token usage vs store");
     stored
 }
 

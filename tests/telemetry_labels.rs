@@ -52,10 +52,16 @@ async fn a_thousand_models_and_agents_stay_within_the_cap() {
     let m = proxy.metrics().await;
     for (metric, label) in [
         ("tokenwarden_tokens_total", "model"),
-        ("gen_ai_client_token_usage_count", "gen_ai_request_model"),
-        ("gen_ai_client_token_usage_count", "gen_ai_response_model"),
         (
-            "gen_ai_client_operation_duration_seconds_count",
+            "gen_ai_client_inference_operation_input_tokens_count",
+            "gen_ai_request_model",
+        ),
+        (
+            "gen_ai_client_inference_usage_output_tokens_total",
+            "gen_ai_response_model",
+        ),
+        (
+            "gen_ai_client_inference_duration_seconds_count",
             "gen_ai_request_model",
         ),
         ("tokenwarden_requests_total", "agent"),

@@ -210,6 +210,9 @@ pub struct TelemetryConfig {
     /// OTLP export; absent → spans are not exported.
     #[serde(default)]
     pub otlp: Option<OtlpConfig>,
+    /// OTLP metric export; absent → none, unless `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set.
+    #[serde(default)]
+    pub otlp_metrics: Option<OtlpMetricsConfig>,
     /// Span vocabulary.
     #[serde(default)]
     pub conventions: Conventions,
@@ -231,10 +234,15 @@ pub struct TelemetryConfig {
     /// Ask OpenAI chat streams for usage when the client did not, and hide it from the client.
     #[serde(default = "default_true")]
     pub inject_stream_usage: bool,
+    /// GenAI metric names, `OTEL_SEMCONV_STABILITY_OPT_IN`-style: empty for the newest
+    /// conventions, `gen_ai_previous` for the earlier names, `gen_ai_previous/dup` for both
+    /// (`TOKENWARDEN_SEMCONV_OPT_IN` overrides it).
+    #[serde(default)]
+    pub semconv_opt_in: String,
 }
 
 /// OTLP exporter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// Collector endpoint.
@@ -242,6 +250,24 @@ pub struct OtlpConfig {
     /// Wire protocol.
     #[serde(default)]
     pub protocol: OtlpProtocol,
+}
+
+/// OTLP metric export (the standard `OTEL_EXPORTER_OTLP_METRICS_*` variables override it).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpMetricsConfig {
+    /// Collector endpoint.
+    pub endpoint: String,
+    /// Wire protocol.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Time between exports.
+    #[serde(default = "default_metric_export_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+fn default_metric_export_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// OTLP wire protocol.
@@ -726,6 +752,7 @@ impl Default for TelemetryConfig {
         Self {
             service_name: default_service_name(),
             otlp: None,
+            otlp_metrics: None,
             conventions: Conventions::default(),
             capture_content: false,
             redact_patterns: Vec::new(),
@@ -733,6 +760,7 @@ impl Default for TelemetryConfig {
             max_label_values: default_max_label_values(),
             max_series_per_metric: default_max_series_per_metric(),
             inject_stream_usage: true,
+            semconv_opt_in: String::new(),
         }
     }
 }

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
 use metrics::{counter, histogram, Histogram, Label};
+use opentelemetry::trace::{SpanId, TraceId};
 use tokio::time::Instant;
 
 use crate::body::cut::{CutPoint, CutSignal};
@@ -15,11 +16,13 @@ use crate::body::BodyEnd;
 use crate::policy::ResponseCheck;
 use crate::providers::decompress::{DecompressError, Decompressor};
 use crate::providers::{OutputSample, ResponseParser, ResponseRecord};
+use crate::telemetry::exemplars;
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
+use crate::telemetry::semconv::{self, Names};
 
 use crate::providers::request::RequestFacts;
-use crate::record::{CallLabels, Finished, UsageSource, MAX_PARSE_BYTES};
+use crate::record::{CallLabels, Finished, Operation, UsageSource, MAX_PARSE_BYTES};
 
 /// Accounting state of one LLM call.
 pub struct LlmCall {
@@ -32,7 +35,9 @@ pub struct LlmCall {
     streamed: bool,
     first_output: Option<Instant>,
     last_output: Option<Instant>,
-    per_chunk: Option<Histogram>,
+    /// The time-per-output-chunk histograms, resolved at the second output chunk: the newest
+    /// name and the earlier one, as `semconv` says.
+    per_chunk: Option<[Option<Histogram>; 2]>,
     injected: bool,
     policy: Option<ResponseCheck>,
     request_body: Bytes,
@@ -68,6 +73,8 @@ pub struct Ending {
     pub shutdown: bool,
     /// The policy that withheld the response, when one did.
     pub blocked: Option<crate::record::PolicyViolation>,
+    /// The call's span (trace id, span id), the exemplar of its histogram observations.
+    pub trace: Option<(TraceId, SpanId)>,
 }
 
 // === impl LlmCall ===
@@ -255,15 +262,29 @@ impl LlmCall {
         }
         self.output_events += u64::from(output);
         if let Some(last) = self.last_output {
-            let h = self.per_chunk.get_or_insert_with(|| {
-                histogram!(m::GEN_AI_TIME_PER_OUTPUT_CHUNK,
-                    "gen_ai_operation_name" => base.operation.as_str(),
-                    "gen_ai_provider_name" => base.provider,
-                    "gen_ai_request_model" => self.request_model.clone(),
-                    "agent" => base.agent.clone(),
-                )
+            let hs = self.per_chunk.get_or_insert_with(|| {
+                let names = semconv::get();
+                [
+                    names
+                        .latest()
+                        .then_some(m::GEN_AI_INFERENCE_TIME_PER_OUTPUT_CHUNK),
+                    names.previous().then_some(m::GEN_AI_TIME_PER_OUTPUT_CHUNK),
+                ]
+                .map(|name| {
+                    name.map(|name| {
+                        histogram!(name,
+                            "gen_ai_operation_name" => base.operation.as_str(),
+                            "gen_ai_provider_name" => base.provider,
+                            "gen_ai_request_model" => self.request_model.clone(),
+                            "agent" => base.agent.clone(),
+                        )
+                    })
+                })
             });
-            h.record(now.duration_since(last).as_secs_f64());
+            let secs = now.duration_since(last).as_secs_f64();
+            for h in hs.iter().flatten() {
+                h.record(secs);
+            }
         } else {
             self.first_output = Some(now);
         }
@@ -348,11 +369,13 @@ impl LlmCall {
             .iter()
             .map(|o| self.labels.models.get(&o.model))
             .collect();
+        let names = semconv::get();
+        let inference = is_inference(base.operation);
         record_usage(
             &record,
             base,
             (&response_model, &other_labels),
-            &gen_ai,
+            (&gen_ai, names, inference, ending.trace),
             usage_source,
         );
         for call in &record.tool_calls {
@@ -378,12 +401,28 @@ impl LlmCall {
                 self.labels.errors.get(err).to_string(),
             ));
         }
-        histogram!(m::GEN_AI_OPERATION_DURATION, labels)
-            .record(ending.now.duration_since(ending.started).as_secs_f64());
-        if self.streamed {
-            if let Some(first) = self.first_output {
-                histogram!(m::GEN_AI_TIME_TO_FIRST_CHUNK, gen_ai)
-                    .record(first.duration_since(ending.started).as_secs_f64());
+        let duration = ending.now.duration_since(ending.started).as_secs_f64();
+        // The newest conventions keep `gen_ai.client.operation.duration` for calls that are no
+        // inference; the earlier names put every call there.
+        if names.latest() && inference {
+            observe(
+                m::GEN_AI_INFERENCE_DURATION,
+                labels.clone(),
+                duration,
+                ending.trace,
+            );
+        }
+        if names.previous() || !inference {
+            observe(m::GEN_AI_OPERATION_DURATION, labels, duration, ending.trace);
+        }
+        if let Some(first) = self.first_output.filter(|_| self.streamed) {
+            let secs = first.duration_since(ending.started).as_secs_f64();
+            if names.latest() {
+                let name = m::GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK;
+                observe(name, gen_ai.clone(), secs, ending.trace);
+            }
+            if names.previous() {
+                observe(m::GEN_AI_TIME_TO_FIRST_CHUNK, gen_ai, secs, ending.trace);
             }
         }
         Finished {
@@ -445,13 +484,30 @@ fn billable(record: &ResponseRecord, ending: &Ending) -> bool {
         && ending.status.is_some_and(|s| s.is_success())
 }
 
+/// Record `value` in histogram `name`, keeping the call's trace as the exemplar of its bucket.
+fn observe(name: &'static str, labels: Vec<Label>, value: f64, trace: Option<(TraceId, SpanId)>) {
+    if let Some(ids) = trace {
+        exemplars::record(name, &labels, value, ids);
+    }
+    histogram!(name, labels).record(value);
+}
+
+/// Whether a call is a GenAI inference (`gen_ai.client.inference.*` metrics) rather than another
+/// operation (`gen_ai.client.operation.duration` only).
+fn is_inference(op: Operation) -> bool {
+    matches!(
+        op,
+        Operation::Chat | Operation::TextCompletion | Operation::GenerateContent
+    )
+}
+
 /// `tokenwarden_tokens_total` by type, under the model that spent them (the serving model's part,
-/// then each sub-call model's), and the GenAI token histograms for the call as a whole.
+/// then each sub-call model's), and the GenAI token metrics for the call as a whole.
 fn record_usage(
     record: &ResponseRecord,
     base: &CallLabels,
     (model, other_labels): (&Arc<str>, &[Arc<str>]),
-    gen_ai: &[Label],
+    (gen_ai, names, inference, trace): (&[Label], Names, bool, Option<(TraceId, SpanId)>),
     source: UsageSource,
 ) {
     let parts = std::iter::once((model, record.own_usage())).chain(
@@ -480,11 +536,42 @@ fn record_usage(
         }
     }
     let u = &record.usage;
-    for (kind, n) in [("input", u.input), ("output", u.output)] {
-        let Some(n) = n else { continue };
-        let mut labels = gen_ai.to_vec();
-        labels.push(Label::new("gen_ai_token_type", kind));
-        histogram!(m::GEN_AI_TOKEN_USAGE, labels).record(n as f64);
+    if names.previous() {
+        for (kind, n) in [("input", u.input), ("output", u.output)] {
+            let Some(n) = n else { continue };
+            let mut labels = gen_ai.to_vec();
+            labels.push(Label::new("gen_ai_token_type", kind));
+            observe(m::GEN_AI_TOKEN_USAGE, labels, n as f64, trace);
+        }
+    }
+    if !(names.latest() && inference && u.is_present()) {
+        return;
+    }
+    for (name, n) in [
+        (m::GEN_AI_OPERATION_INPUT_TOKENS, u.input),
+        (m::GEN_AI_OPERATION_OUTPUT_TOKENS, u.output),
+    ] {
+        if let Some(n) = n {
+            observe(name, gen_ai.to_vec(), n as f64, trace);
+        }
+    }
+    // The conventions' usage counters require `gen_ai.token.modality`; providers report no
+    // modality breakdown the proxy reads, which the conventions spell `unknown`.
+    let mut labels = gen_ai.to_vec();
+    labels.push(Label::new("gen_ai_token_modality", "unknown"));
+    for (name, n) in [
+        (m::GEN_AI_USAGE_INPUT_TOKENS, u.input),
+        (m::GEN_AI_USAGE_OUTPUT_TOKENS, u.output),
+        (m::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, u.cached_input),
+        (
+            m::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS,
+            u.cache_creation_input,
+        ),
+        (m::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, u.reasoning),
+    ] {
+        if let Some(n) = n {
+            counter!(name, labels.clone()).increment(n);
+        }
     }
 }
 

@@ -375,6 +375,7 @@ impl Call {
                 unanswered,
                 shutdown,
                 blocked: self.policy_blocked,
+                trace: self.span.as_deref().map(|s| (s.trace_id(), s.span_id())),
             };
             let output_events = llm.output_events();
             // A cut call's usage is counted in `LlmCall::finish`, so that metrics, spans, the

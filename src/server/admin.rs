@@ -5,9 +5,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::telemetry::exemplars;
 
 use super::approvals_api::ApprovalsApi;
 use super::health::Health;
@@ -61,10 +63,10 @@ impl Admin {
                 .handle(req.method(), req.uri(), req.headers())
                 .await);
         }
-        Ok(self.handle(req.method(), req.uri().path()))
+        Ok(self.handle(req.method(), req.uri().path(), req.headers()))
     }
 
-    fn handle(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    fn handle(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Full<Bytes>> {
         if method != Method::GET && method != Method::HEAD {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -85,11 +87,23 @@ impl Admin {
                 r#"{"status":"draining"}"#.into(),
             ),
             "/metrics" => {
-                let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
+                // Exemplars need OpenMetrics; Prometheus asks for it first in its Accept.
+                let openmetrics = headers.get_all(header::ACCEPT).iter().any(|v| {
+                    v.to_str()
+                        .is_ok_and(|s| s.contains("application/openmetrics-text"))
+                });
+                let text = self.metrics.render();
+                let (body, content_type) = if openmetrics {
+                    (
+                        exemplars::openmetrics(&text),
+                        exemplars::OPENMETRICS_CONTENT_TYPE,
+                    )
+                } else {
+                    (text, "text/plain; version=0.0.4; charset=utf-8")
+                };
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
                 r
             }
             _ => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),

@@ -45,6 +45,9 @@ pub enum StartError {
     /// Span export could not be set up.
     #[error(transparent)]
     Spans(#[from] crate::telemetry::spans::SpansError),
+    /// Metric export over OTLP could not be set up.
+    #[error(transparent)]
+    MetricExport(#[from] crate::telemetry::otlp::ExporterError),
 }
 
 /// A bound, not yet running server.
@@ -55,6 +58,8 @@ pub struct Server {
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
     reloader: Option<(reload::Reloader, std::time::Duration)>,
+    /// The OTLP metric export task, when metrics are pushed.
+    metric_push: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// How a drain ended.
@@ -75,10 +80,22 @@ impl Server {
         // installed recorder.
         metrics::install();
         crate::telemetry::series::set_max_series(config.telemetry.max_series_per_metric);
+        crate::telemetry::semconv::set(crate::telemetry::semconv::Names::resolve(
+            &config.telemetry.semconv_opt_in,
+        ));
         // Loaded while the listeners bind, so no request waits for it (budgets' near-limit
         // admission, the context guard and usage estimates all count with it).
         tokio::spawn(crate::tokens::warm());
         let spans = crate::telemetry::spans::Spans::from_config(&config.telemetry)?;
+        let push = crate::telemetry::otlp::push::settings(config.telemetry.otlp_metrics.as_ref());
+        let metric_push = match push {
+            Some(settings) => Some(crate::telemetry::otlp::push::start(
+                settings,
+                metrics::install(),
+                &config.telemetry.service_name,
+            )?),
+            None => None,
+        };
         let proxy = Arc::new(Proxy::new(&config)?.with_spans(spans));
         let proxy_listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;
@@ -94,6 +111,7 @@ impl Server {
             proxy_listener,
             admin_listener,
             reloader: None,
+            metric_push,
         })
     }
 
@@ -171,6 +189,9 @@ impl Server {
         // serve_proxy drops what is left after the grace and returns once every call finished.
         let drained = proxy_task.await.unwrap_or(false);
         upkeep.abort();
+        if let Some(t) = &self.metric_push {
+            t.abort();
+        }
         expiry.abort();
         task_expiry.abort();
         approvals_expiry.abort();

@@ -36,13 +36,41 @@ pub const APPROVAL_WAIT_SECONDS: &str = "tokenwarden_approval_wait_seconds";
 pub const MCP_OPERATION_DURATION: &str = "mcp_client_operation_duration_seconds";
 /// Response bodies (or events) that could not be read, by route and reason.
 pub const UNPARSED_BODIES_TOTAL: &str = "tokenwarden_unparsed_bodies_total";
-/// GenAI `gen_ai.client.token.usage`: tokens per call by `gen_ai_token_type`.
-pub const GEN_AI_TOKEN_USAGE: &str = "gen_ai_client_token_usage";
-/// GenAI `gen_ai.client.operation.duration`.
+/// GenAI `gen_ai.client.inference.duration`: inference calls (chat, text completion, generate
+/// content) to the last byte.
+pub const GEN_AI_INFERENCE_DURATION: &str = "gen_ai_client_inference_duration_seconds";
+/// GenAI `gen_ai.client.inference.time_to_first_chunk` (streams).
+pub const GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK: &str =
+    "gen_ai_client_inference_time_to_first_chunk_seconds";
+/// GenAI `gen_ai.client.inference.time_per_output_chunk` (streams).
+pub const GEN_AI_INFERENCE_TIME_PER_OUTPUT_CHUNK: &str =
+    "gen_ai_client_inference_time_per_output_chunk_seconds";
+/// GenAI `gen_ai.client.inference.usage.input_tokens` (counter; cached input included).
+pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai_client_inference_usage_input_tokens_total";
+/// GenAI `gen_ai.client.inference.usage.output_tokens` (counter; reasoning included).
+pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai_client_inference_usage_output_tokens_total";
+/// GenAI `gen_ai.client.inference.usage.cache_read.input_tokens` (counter).
+pub const GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: &str =
+    "gen_ai_client_inference_usage_cache_read_input_tokens_total";
+/// GenAI `gen_ai.client.inference.usage.cache_write.input_tokens` (counter).
+pub const GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: &str =
+    "gen_ai_client_inference_usage_cache_write_input_tokens_total";
+/// GenAI `gen_ai.client.inference.usage.reasoning.output_tokens` (counter).
+pub const GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: &str =
+    "gen_ai_client_inference_usage_reasoning_output_tokens_total";
+/// GenAI `gen_ai.client.inference.operation.input_tokens`: input tokens per call (histogram).
+pub const GEN_AI_OPERATION_INPUT_TOKENS: &str = "gen_ai_client_inference_operation_input_tokens";
+/// GenAI `gen_ai.client.inference.operation.output_tokens`: output tokens per call (histogram).
+pub const GEN_AI_OPERATION_OUTPUT_TOKENS: &str = "gen_ai_client_inference_operation_output_tokens";
+/// GenAI `gen_ai.client.operation.duration`: calls that are no inference (embeddings, token
+/// counts, other paths); with `gen_ai_previous`, every call (the earlier name).
 pub const GEN_AI_OPERATION_DURATION: &str = "gen_ai_client_operation_duration_seconds";
-/// GenAI `gen_ai.client.operation.time_to_first_chunk` (streams).
+/// Earlier name (`gen_ai_previous`): `gen_ai.client.token.usage`, tokens per call by
+/// `gen_ai_token_type`.
+pub const GEN_AI_TOKEN_USAGE: &str = "gen_ai_client_token_usage";
+/// Earlier name (`gen_ai_previous`): `gen_ai.client.operation.time_to_first_chunk`.
 pub const GEN_AI_TIME_TO_FIRST_CHUNK: &str = "gen_ai_client_operation_time_to_first_chunk_seconds";
-/// GenAI `gen_ai.client.operation.time_per_output_chunk` (streams).
+/// Earlier name (`gen_ai_previous`): `gen_ai.client.operation.time_per_output_chunk`.
 pub const GEN_AI_TIME_PER_OUTPUT_CHUNK: &str =
     "gen_ai_client_operation_time_per_output_chunk_seconds";
 /// Sessions seen within the idle timeout.
@@ -114,7 +142,33 @@ pub const BUILD_INFO: &str = "tokenwarden_build_info";
 /// Spans dropped because the export queue was full or the collector failed.
 pub const SPANS_DROPPED_TOTAL: &str = "tokenwarden_spans_dropped_total";
 
-/// Every metric name CONTRACT.md fixes, in its order.
+/// The GenAI metrics of the newest conventions (the default vocabulary).
+pub const GEN_AI_LATEST_NAMES: &[&str] = &[
+    GEN_AI_INFERENCE_DURATION,
+    GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK,
+    GEN_AI_INFERENCE_TIME_PER_OUTPUT_CHUNK,
+    GEN_AI_USAGE_INPUT_TOKENS,
+    GEN_AI_USAGE_OUTPUT_TOKENS,
+    GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS,
+    GEN_AI_USAGE_REASONING_OUTPUT_TOKENS,
+    GEN_AI_OPERATION_INPUT_TOKENS,
+    GEN_AI_OPERATION_OUTPUT_TOKENS,
+    GEN_AI_OPERATION_DURATION,
+];
+
+/// The GenAI metrics exported before (`telemetry.semconv_opt_in: gen_ai_previous`), as
+/// CONTRACT.md's "Prometheus metrics" list names them.
+pub const GEN_AI_PREVIOUS_NAMES: &[&str] = &[
+    GEN_AI_TOKEN_USAGE,
+    GEN_AI_OPERATION_DURATION,
+    GEN_AI_TIME_TO_FIRST_CHUNK,
+    GEN_AI_TIME_PER_OUTPUT_CHUNK,
+];
+
+/// Every metric name CONTRACT.md's "Prometheus metrics" list fixes, in its order (its GenAI
+/// names are [`GEN_AI_PREVIOUS_NAMES`], exported with `gen_ai_previous`; the default GenAI names
+/// are [`GEN_AI_LATEST_NAMES`], in its later section).
 pub const CONTRACT_NAMES: &[&str] = &[
     GEN_AI_TOKEN_USAGE,
     GEN_AI_OPERATION_DURATION,
@@ -234,6 +288,62 @@ const TASK_COST_BUCKETS: &[f64] = &[
 /// Context-window utilisation: a tenth of the window up to overflow.
 const RATIO_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5];
 
+/// The GenAI conventions' name and unit of a GenAI metric, as OTLP export names it (the
+/// Prometheus names are their translation); `None` for the proxy's own metrics, which keep their
+/// names.
+pub fn otel_name(name: &str) -> Option<(&'static str, &'static str)> {
+    Some(match name {
+        GEN_AI_INFERENCE_DURATION => ("gen_ai.client.inference.duration", "s"),
+        GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK => {
+            ("gen_ai.client.inference.time_to_first_chunk", "s")
+        }
+        GEN_AI_INFERENCE_TIME_PER_OUTPUT_CHUNK => {
+            ("gen_ai.client.inference.time_per_output_chunk", "s")
+        }
+        GEN_AI_USAGE_INPUT_TOKENS => ("gen_ai.client.inference.usage.input_tokens", "{token}"),
+        GEN_AI_USAGE_OUTPUT_TOKENS => ("gen_ai.client.inference.usage.output_tokens", "{token}"),
+        GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS => (
+            "gen_ai.client.inference.usage.cache_read.input_tokens",
+            "{token}",
+        ),
+        GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS => (
+            "gen_ai.client.inference.usage.cache_write.input_tokens",
+            "{token}",
+        ),
+        GEN_AI_USAGE_REASONING_OUTPUT_TOKENS => (
+            "gen_ai.client.inference.usage.reasoning.output_tokens",
+            "{token}",
+        ),
+        GEN_AI_OPERATION_INPUT_TOKENS => {
+            ("gen_ai.client.inference.operation.input_tokens", "{token}")
+        }
+        GEN_AI_OPERATION_OUTPUT_TOKENS => {
+            ("gen_ai.client.inference.operation.output_tokens", "{token}")
+        }
+        GEN_AI_OPERATION_DURATION => ("gen_ai.client.operation.duration", "s"),
+        GEN_AI_TOKEN_USAGE => ("gen_ai.client.token.usage", "{token}"),
+        GEN_AI_TIME_TO_FIRST_CHUNK => ("gen_ai.client.operation.time_to_first_chunk", "s"),
+        GEN_AI_TIME_PER_OUTPUT_CHUNK => ("gen_ai.client.operation.time_per_output_chunk", "s"),
+        MCP_OPERATION_DURATION => ("mcp.client.operation.duration", "s"),
+        _ => return None,
+    })
+}
+
+/// The bucket bounds of a histogram that carries exemplars (the GenAI duration, time to first
+/// chunk and token histograms), `None` for every other metric.
+pub fn buckets_of(name: &str) -> Option<&'static [f64]> {
+    match name {
+        GEN_AI_INFERENCE_DURATION
+        | GEN_AI_OPERATION_DURATION
+        | GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK
+        | GEN_AI_TIME_TO_FIRST_CHUNK => Some(DURATION_BUCKETS),
+        GEN_AI_OPERATION_INPUT_TOKENS | GEN_AI_OPERATION_OUTPUT_TOKENS | GEN_AI_TOKEN_USAGE => {
+            Some(TOKEN_BUCKETS)
+        }
+        _ => None,
+    }
+}
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Install the process-wide Prometheus recorder once and return its handle.
@@ -242,7 +352,7 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets: [(&str, &[f64]); 20] = [
+            let buckets: [(&str, &[f64]); 25] = [
                 (TOOL_GATE_DELAY_SECONDS, GATE_BUCKETS),
                 (MCP_OPERATION_DURATION, MCP_DURATION_BUCKETS),
                 (APPROVAL_WAIT_SECONDS, APPROVAL_WAIT_BUCKETS),
@@ -263,6 +373,11 @@ pub fn install() -> PrometheusHandle {
                 (GEN_AI_OPERATION_DURATION, DURATION_BUCKETS),
                 (GEN_AI_TIME_TO_FIRST_CHUNK, DURATION_BUCKETS),
                 (GEN_AI_TIME_PER_OUTPUT_CHUNK, DURATION_BUCKETS),
+                (GEN_AI_INFERENCE_DURATION, DURATION_BUCKETS),
+                (GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK, DURATION_BUCKETS),
+                (GEN_AI_INFERENCE_TIME_PER_OUTPUT_CHUNK, DURATION_BUCKETS),
+                (GEN_AI_OPERATION_INPUT_TOKENS, TOKEN_BUCKETS),
+                (GEN_AI_OPERATION_OUTPUT_TOKENS, TOKEN_BUCKETS),
             ];
             let builder = buckets
                 .into_iter()
@@ -370,22 +485,54 @@ fn describe() {
     );
     describe_histogram!(
         GEN_AI_TOKEN_USAGE,
-        "Tokens per LLM call by gen_ai_token_type (GenAI conventions)."
+        "Tokens per LLM call by gen_ai_token_type (earlier GenAI name, gen_ai_previous)."
     );
     describe_histogram!(
         GEN_AI_OPERATION_DURATION,
         Unit::Seconds,
-        "LLM call duration to the last byte (GenAI conventions)."
+        "GenAI calls that are no inference (embeddings, token counts) to the last byte; every call with gen_ai_previous."
     );
     describe_histogram!(
         GEN_AI_TIME_TO_FIRST_CHUNK,
         Unit::Seconds,
-        "Streamed calls: time from the request to the first output chunk."
+        "Streamed calls: time from the request to the first output chunk (earlier GenAI name, gen_ai_previous)."
     );
     describe_histogram!(
         GEN_AI_TIME_PER_OUTPUT_CHUNK,
         Unit::Seconds,
-        "Streamed calls: time between consecutive output chunks."
+        "Streamed calls: time between consecutive output chunks (earlier GenAI name, gen_ai_previous)."
+    );
+    describe_histogram!(
+        GEN_AI_INFERENCE_DURATION,
+        Unit::Seconds,
+        "Inference calls (chat, text completion, generate content) to the last byte (GenAI conventions)."
+    );
+    describe_histogram!(
+        GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK,
+        Unit::Seconds,
+        "Streamed inference calls: time from the request to the first output chunk (GenAI conventions)."
+    );
+    describe_histogram!(
+        GEN_AI_INFERENCE_TIME_PER_OUTPUT_CHUNK,
+        Unit::Seconds,
+        "Streamed inference calls: time between consecutive output chunks (GenAI conventions)."
+    );
+    for (name, help) in [
+        (GEN_AI_USAGE_INPUT_TOKENS, "Input tokens of inference calls, cached ones included, by gen_ai_token_modality (GenAI conventions)."),
+        (GEN_AI_USAGE_OUTPUT_TOKENS, "Output tokens of inference calls, reasoning included, by gen_ai_token_modality (GenAI conventions)."),
+        (GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, "Input tokens served from the provider's cache (GenAI conventions)."),
+        (GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS, "Input tokens written to the provider's cache (GenAI conventions)."),
+        (GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, "Output tokens spent on reasoning (GenAI conventions)."),
+    ] {
+        describe_counter!(name, help);
+    }
+    describe_histogram!(
+        GEN_AI_OPERATION_INPUT_TOKENS,
+        "Input tokens per inference call (GenAI conventions)."
+    );
+    describe_histogram!(
+        GEN_AI_OPERATION_OUTPUT_TOKENS,
+        "Output tokens per inference call (GenAI conventions)."
     );
     describe_gauge!(
         SESSIONS_ACTIVE,

@@ -575,3 +575,51 @@ pub async fn webhook_receiver_failing_first(
     });
     (addr, rx)
 }
+
+/// tests/fixtures.
+pub const FIXTURE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// An upstream that answers every request with the file under tests/fixtures its `x-fixture`
+/// header names, in a few frames (SSE for `.sse`, JSON otherwise).
+pub async fn fixture_upstream() -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let name = req.headers()["x-fixture"].to_str().unwrap().to_string();
+                    let body = std::fs::read(format!("{FIXTURE_DIR}/{name}")).unwrap();
+                    let ct = if name.ends_with(".sse") {
+                        "text/event-stream"
+                    } else {
+                        "application/json"
+                    };
+                    let (tx, rx) = tokio::sync::mpsc::channel(8);
+                    tokio::spawn(async move {
+                        // Frames cut anywhere, as a network would.
+                        for part in body.chunks(body.len().div_ceil(3).max(1)) {
+                            if tx.send(Bytes::copy_from_slice(part)).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-type", ct)
+                            .body(ChanBody(rx))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}

@@ -1,6 +1,7 @@
-//! An in-process OTLP trace receiver for tests, on 127.0.0.1 port 0: gRPC (tonic, the
-//! generated `TraceService`) or HTTP/protobuf (hyper, prost decode of `POST /v1/traces`).
-//! It keeps every decoded span with its resource, and the raw protobuf bytes it received.
+//! An in-process OTLP receiver for tests, on 127.0.0.1 port 0: gRPC (tonic, the generated
+//! `TraceService` and `MetricsService`) or HTTP/protobuf (hyper, prost decode of
+//! `POST /v1/traces` and `/v1/metrics`). It keeps every decoded span with its resource, the raw
+//! protobuf bytes of the spans, and every metrics export request.
 
 #![allow(dead_code)]
 
@@ -12,6 +13,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -40,6 +47,8 @@ struct Store {
     reject: std::sync::atomic::AtomicI64,
     /// Refuse exports: gRPC UNAVAILABLE, HTTP 503.
     unavailable: std::sync::atomic::AtomicBool,
+    /// Every metrics export request.
+    metrics: Mutex<Vec<ExportMetricsServiceRequest>>,
 }
 
 /// The message an unavailable receiver answers with (characters gRPC percent-encodes).
@@ -95,6 +104,7 @@ impl Drop for Receiver {
     }
 }
 
+#[derive(Clone)]
 struct Grpc(Arc<Store>);
 
 #[tonic::async_trait]
@@ -115,6 +125,58 @@ impl TraceService for Grpc {
         let req = request.into_inner();
         self.0.take(&req, &req.encode_to_vec());
         Ok(tonic::Response::new(self.0.answer(headers)))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.metrics.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// Both OTLP services on one port, by the method's path (tonic's router needs a feature that
+/// brings in axum).
+#[derive(Clone)]
+struct Both {
+    traces: TraceServiceServer<Grpc>,
+    metrics: MetricsServiceServer<Grpc>,
+}
+
+impl tonic::server::NamedService for Both {
+    const NAME: &'static str = "opentelemetry.proto.collector";
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for Both
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req
+            .uri()
+            .path()
+            .starts_with("/opentelemetry.proto.collector.metrics.")
+        {
+            self.metrics.call(req)
+        } else {
+            self.traces.call(req)
+        }
     }
 }
 
@@ -156,7 +218,10 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let store = Arc::new(Store::default());
-        let svc = TraceServiceServer::new(Grpc(store.clone()));
+        let svc = Both {
+            traces: TraceServiceServer::new(Grpc(store.clone())),
+            metrics: MetricsServiceServer::new(Grpc(store.clone())),
+        };
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let task = tokio::spawn(async move {
@@ -182,6 +247,24 @@ impl Receiver {
                     let svc = service_fn(move |req: http::Request<Incoming>| {
                         let st = st.clone();
                         async move {
+                            if req.uri().path() == "/v1/metrics" {
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let status = match ExportMetricsServiceRequest::decode(body) {
+                                    Ok(r) => {
+                                        st.metrics.lock().unwrap().push(r);
+                                        200
+                                    }
+                                    Err(_) => 400,
+                                };
+                                let answer = ExportMetricsServiceResponse::default();
+                                return Ok::<_, std::convert::Infallible>(
+                                    http::Response::builder()
+                                        .status(status)
+                                        .header("content-type", "application/x-protobuf")
+                                        .body(Full::new(Bytes::from(answer.encode_to_vec())))
+                                        .unwrap(),
+                                );
+                            }
                             let ok_path = req.uri().path() == "/v1/traces";
                             let headers = req.headers().clone();
                             let ct = req
@@ -269,6 +352,11 @@ impl Receiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
         self.store.spans.lock().unwrap().clone()
+    }
+
+    /// Every metrics export request received so far.
+    pub fn metrics(&self) -> Vec<ExportMetricsServiceRequest> {
+        self.store.metrics.lock().unwrap().clone()
     }
 
     /// Every protobuf byte received so far.

@@ -29,25 +29,31 @@ pub fn usize_var(name: &str) -> Option<usize> {
 /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds; 0,
 /// which would fail every export, counts as unset).
 pub fn export_timeout() -> Duration {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-        "OTEL_EXPORTER_OTLP_TIMEOUT",
-    ]
-    .into_iter()
-    .find_map(|name| usize_var(name).filter(|&ms| ms > 0))
-    .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms as u64))
+    export_timeout_from("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+}
+
+/// `specific` (a signal's `…_TIMEOUT`), else `OTEL_EXPORTER_OTLP_TIMEOUT`; see
+/// [`export_timeout`].
+pub fn export_timeout_from(specific: &str) -> Duration {
+    [specific, "OTEL_EXPORTER_OTLP_TIMEOUT"]
+        .into_iter()
+        .find_map(|name| usize_var(name).filter(|&ms| ms > 0))
+        .map_or(DEFAULT_TIMEOUT, |ms| Duration::from_millis(ms as u64))
 }
 
 /// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, else `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file
 /// of CA certificates trusted for an `https://` collector, besides the webpki roots. Returns
 /// the variable's name with the path, for error messages.
 pub fn certificate() -> Option<(&'static str, PathBuf)> {
-    [
-        "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-        "OTEL_EXPORTER_OTLP_CERTIFICATE",
-    ]
-    .into_iter()
-    .find_map(|name| var(name).map(|v| (name, PathBuf::from(v.trim()))))
+    certificate_from("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE")
+}
+
+/// `specific` (a signal's `…_CERTIFICATE`), else `OTEL_EXPORTER_OTLP_CERTIFICATE`; see
+/// [`certificate`].
+pub fn certificate_from(specific: &'static str) -> Option<(&'static str, PathBuf)> {
+    [specific, "OTEL_EXPORTER_OTLP_CERTIFICATE"]
+        .into_iter()
+        .find_map(|name| var(name).map(|v| (name, PathBuf::from(v.trim()))))
 }
 
 /// `key=value` pairs separated by commas, values percent-decoded (the W3C Baggage-like format
@@ -84,18 +90,23 @@ pub fn pairs(var_name: &str, value: &str) -> Vec<(String, String)> {
 /// Extra request headers: `OTEL_EXPORTER_OTLP_HEADERS`, overridden key by key by
 /// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`.
 pub fn headers() -> Vec<(HeaderName, HeaderValue)> {
+    headers_from("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`, overridden key by key by `specific` (a signal's `…_HEADERS`).
+pub fn headers_from(specific: &'static str) -> Vec<(HeaderName, HeaderValue)> {
     merge_headers(
         var("OTEL_EXPORTER_OTLP_HEADERS").as_deref(),
-        var("OTEL_EXPORTER_OTLP_TRACES_HEADERS").as_deref(),
+        (specific, var(specific).as_deref()),
     )
 }
 
-fn merge_headers(generic: Option<&str>, traces: Option<&str>) -> Vec<(HeaderName, HeaderValue)> {
+fn merge_headers(
+    generic: Option<&str>,
+    (specific, value): (&'static str, Option<&str>),
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut merged: Vec<(String, String)> = Vec::new();
-    for (name, value) in [
-        ("OTEL_EXPORTER_OTLP_HEADERS", generic),
-        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", traces),
-    ] {
+    for (name, value) in [("OTEL_EXPORTER_OTLP_HEADERS", generic), (specific, value)] {
         for (k, v) in value.map(|v| pairs(name, v)).unwrap_or_default() {
             upsert(&mut merged, k.to_ascii_lowercase(), v);
         }
@@ -196,7 +207,10 @@ mod tests {
     fn traces_headers_override_generic_ones_key_by_key() {
         let got = merge_headers(
             Some("Authorization=Bearer%20a,x-team=t1,bad header=v"),
-            Some("authorization=Bearer%20b"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                Some("authorization=Bearer%20b"),
+            ),
         );
         let got: Vec<_> = got
             .iter()

@@ -1,5 +1,5 @@
 //! OTLP span export: spans encoded as protobuf when their call finishes, a bounded queue, and
-//! one tokio task that sends them in batches over gRPC or HTTP/protobuf.
+//! one tokio task that sends them in batches over gRPC or HTTP/protobuf. (Metrics: [`push`].)
 //!
 //! A finished span is encoded into the queue's open batch; a full queue drops the span and
 //! counts it in `tokenwarden_spans_dropped_total`, so a slow or dead collector never slows a
@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod env;
+pub mod push;
 pub mod queue;
 pub mod transport;
 pub mod wire;

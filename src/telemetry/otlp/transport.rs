@@ -1,4 +1,4 @@
-//! Sending one encoded batch to the collector: OTLP/gRPC (a unary gRPC call over HTTP/2), or
+//! Sending one encoded batch (spans) or request (metrics) to the collector: OTLP/gRPC (a unary gRPC call over HTTP/2), or
 //! OTLP/HTTP protobuf, both over hyper with our rustls stack. Both trust the webpki roots plus
 //! the CA file named by `OTEL_EXPORTER_OTLP_CERTIFICATE`.
 //!
@@ -32,8 +32,32 @@ use crate::http_client::{add_pem, client_tls};
 #[error("OTLP exporter: {0}")]
 pub struct ExporterError(pub(super) String);
 
-/// The gRPC method every OTLP trace export calls.
-const GRPC_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// What a transport exports: its gRPC method and its OTLP/HTTP path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Spans: `TraceService/Export`, `/v1/traces`.
+    Traces,
+    /// Metrics: `MetricsService/Export`, `/v1/metrics`.
+    Metrics,
+}
+
+impl Signal {
+    /// The gRPC method an export calls.
+    fn grpc_method(self) -> &'static str {
+        match self {
+            Self::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Self::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        }
+    }
+
+    /// The OTLP/HTTP path appended to an endpoint that names none.
+    fn http_path(self) -> &'static str {
+        match self {
+            Self::Traces => "/v1/traces",
+            Self::Metrics => "/v1/metrics",
+        }
+    }
+}
 /// Most of an HTTP response body we read (the answer is a small protobuf message).
 const MAX_RESPONSE: usize = 64 * 1024;
 /// `User-Agent` of export requests, as the OTLP exporter spec asks.
@@ -98,6 +122,17 @@ impl Transport {
         headers: Vec<(HeaderName, HeaderValue)>,
         ca: Option<(&'static str, PathBuf)>,
     ) -> Result<Self, ExporterError> {
+        Self::for_signal(Signal::Traces, config, timeout, headers, ca)
+    }
+
+    /// A transport exporting `signal` (see [`Transport::new`]).
+    pub fn for_signal(
+        signal: Signal,
+        config: &OtlpConfig,
+        timeout: Duration,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        ca: Option<(&'static str, PathBuf)>,
+    ) -> Result<Self, ExporterError> {
         let mut map = HeaderMap::new();
         map.extend(headers);
         // The webpki roots, plus the CA file when one is given (checked here either way, so a
@@ -111,9 +146,25 @@ impl Transport {
             add_pem(&mut roots, &pem, &shown).map_err(|e| ExporterError(format!("{var}: {e}")))?;
         }
         Ok(match config.protocol {
-            OtlpProtocol::Grpc => Self::Grpc(Grpc::new(&config.endpoint, timeout, map, roots)?),
-            OtlpProtocol::Http => Self::Http(Http::new(&config.endpoint, timeout, map, roots)?),
+            OtlpProtocol::Grpc => {
+                Self::Grpc(Grpc::new(signal, &config.endpoint, timeout, map, roots)?)
+            }
+            OtlpProtocol::Http => {
+                Self::Http(Http::new(signal, &config.endpoint, timeout, map, roots)?)
+            }
         })
+    }
+
+    /// Send one encoded export request of the transport's signal (a metrics request); the
+    /// answer's protobuf message is not read. Gives up after `timeout`.
+    pub async fn export_message(
+        &mut self,
+        message: Bytes,
+        timeout: Duration,
+    ) -> Result<(), ExportError> {
+        self.timed(Payload::Message(message), timeout)
+            .await
+            .map(drop)
     }
 
     /// Send `batch`; gives up after `timeout`.
@@ -122,10 +173,25 @@ impl Transport {
         batch: Batch,
         timeout: Duration,
     ) -> Result<Accepted, ExportError> {
+        self.timed(Payload::Spans(batch), timeout).await
+    }
+
+    /// Send `payload` within `timeout`; a gRPC call that timed out gives up its connection.
+    async fn timed(
+        &mut self,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<Accepted, ExportError> {
         let sent = async {
-            match self {
-                Self::Grpc(g) => g.export(batch).await,
-                Self::Http(h) => h.export(batch).await,
+            match (&mut *self, payload) {
+                (Self::Grpc(g), Payload::Spans(b)) => g.export(b).await,
+                (Self::Http(h), Payload::Spans(b)) => h.export(b).await,
+                (Self::Grpc(g), Payload::Message(m)) => {
+                    g.send(m, Bytes::new()).await.map(|_| Accepted::default())
+                }
+                (Self::Http(h), Payload::Message(m)) => {
+                    h.send(m, Bytes::new()).await.map(|_| Accepted::default())
+                }
             }
         };
         let result = tokio::time::timeout(timeout, sent)
@@ -136,6 +202,14 @@ impl Transport {
         }
         result
     }
+}
+
+/// What one export sends.
+enum Payload {
+    /// A span batch (its answer's partial success is read).
+    Spans(Batch),
+    /// A whole encoded request (metrics).
+    Message(Bytes),
 }
 
 /// OTLP/gRPC: `TraceService/Export`, a unary gRPC call over HTTP/2 (h2c for `http://`, TLS
@@ -152,12 +226,13 @@ pub struct Grpc {
 
 impl Grpc {
     fn new(
+        signal: Signal,
         endpoint: &str,
         timeout: Duration,
         headers: HeaderMap,
         roots: rustls::RootCertStore,
     ) -> Result<Self, ExporterError> {
-        let url = grpc_url(endpoint)
+        let url = grpc_url(endpoint, signal.grpc_method())
             .ok_or_else(|| ExporterError(format!("endpoint {endpoint:?}: not an http(s) URL")))?;
         let https = connector(roots, timeout, Alpn::H2)?;
         let mut all = HeaderMap::new();
@@ -197,6 +272,18 @@ impl Grpc {
 
     async fn export(&mut self, batch: Batch) -> Result<Accepted, ExportError> {
         let (head, spans) = batch.into_parts();
+        let message = self.send(head, spans).await?;
+        Ok(match message.first() {
+            Some(0) if message.len() >= 5 => ExportTraceServiceResponse::decode(&message[5..])
+                .map_or_else(|_| Accepted::default(), Accepted::from),
+            _ => Accepted::default(),
+        })
+    }
+
+    /// One unary call whose request message is `head` then `rest`; the answer's gRPC message
+    /// (length prefix included) once the status says OK.
+    async fn send(&mut self, head: Bytes, rest: Bytes) -> Result<Bytes, ExportError> {
+        let spans = rest;
         let len = u32::try_from(head.len() + spans.len())
             .map_err(|_| ExportError::Transport("batch over 4 GiB".into()))?;
         // The gRPC message prefix: not compressed, then the length.
@@ -242,19 +329,14 @@ impl Grpc {
         if let Some(err) = grpc_error(&trailers) {
             return Err(err);
         }
-        // OK: the spans were taken. An answer that does not decode still delivered them.
-        let message = collected.to_bytes();
-        Ok(match message.first() {
-            Some(0) if message.len() >= 5 => ExportTraceServiceResponse::decode(&message[5..])
-                .map_or_else(|_| Accepted::default(), Accepted::from),
-            _ => Accepted::default(),
-        })
+        // OK: the data was taken. An answer that does not decode still delivered it.
+        Ok(collected.to_bytes())
     }
 }
 
 /// The `Export` method's URL at `endpoint`'s scheme and authority (a gRPC endpoint's path, if
 /// it has one, is not part of the method's).
-fn grpc_url(endpoint: &str) -> Option<Uri> {
+fn grpc_url(endpoint: &str, method: &str) -> Option<Uri> {
     let parts = endpoint.parse::<Uri>().ok()?.into_parts();
     let scheme = parts.scheme.filter(|s| s == "http" || s == "https")?;
     // Credentials in the URL have no place in HTTP/2's `:authority`.
@@ -263,7 +345,7 @@ fn grpc_url(endpoint: &str) -> Option<Uri> {
     Uri::builder()
         .scheme(scheme)
         .authority(host_port)
-        .path_and_query(GRPC_EXPORT)
+        .path_and_query(method)
         .build()
         .ok()
 }
@@ -381,12 +463,13 @@ pub struct Http {
 
 impl Http {
     fn new(
+        signal: Signal,
         endpoint: &str,
         timeout: Duration,
         headers: HeaderMap,
         roots: rustls::RootCertStore,
     ) -> Result<Self, ExporterError> {
-        let url = traces_url(endpoint);
+        let url = signal_url(endpoint, signal.http_path());
         let url: Uri = url
             .parse()
             .map_err(|e| ExporterError(format!("endpoint {url:?}: {e}")))?;
@@ -400,6 +483,16 @@ impl Http {
 
     async fn export(&mut self, batch: Batch) -> Result<Accepted, ExportError> {
         let (head, spans) = batch.into_parts();
+        let body = self.send(head, spans).await?;
+        // A success with a body that is not the protobuf answer still delivered the spans.
+        Ok(ExportTraceServiceResponse::decode(body)
+            .map(Accepted::from)
+            .unwrap_or_default())
+    }
+
+    /// One POST whose body is `head` then `spans`; the answer's body once its status is a
+    /// success.
+    async fn send(&mut self, head: Bytes, spans: Bytes) -> Result<Bytes, ExportError> {
         let mut request = Request::post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .header(header::USER_AGENT, USER_AGENT)
@@ -421,10 +514,7 @@ impl Http {
         if !status.is_success() {
             return Err(ExportError::Http(status));
         }
-        // A success with a body that is not the protobuf answer still delivered the spans.
-        Ok(ExportTraceServiceResponse::decode(body)
-            .map(Accepted::from)
-            .unwrap_or_default())
+        Ok(body)
     }
 }
 
@@ -445,12 +535,17 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 /// `/v1/traces` under it. (Unlike `OTEL_EXPORTER_OTLP_ENDPOINT`, which always gets the path
 /// appended, a configured path is taken to be the full traces URL.)
 pub fn traces_url(endpoint: &str) -> String {
+    signal_url(endpoint, Signal::Traces.http_path())
+}
+
+/// `endpoint` as given when it names a path, else with `path` appended.
+fn signal_url(endpoint: &str, path: &str) -> String {
     let trimmed = endpoint.trim_end_matches('/');
     let after_scheme = trimmed.split_once("://").map_or(trimmed, |(_, r)| r);
     if after_scheme.contains('/') {
         trimmed.to_string()
     } else {
-        format!("{trimmed}/v1/traces")
+        format!("{trimmed}{path}")
     }
 }
 
@@ -480,7 +575,7 @@ mod tests {
 
     #[test]
     fn grpc_url_keeps_scheme_and_authority_only() {
-        let url = |e: &str| grpc_url(e).map(|u| u.to_string());
+        let url = |e: &str| grpc_url(e, Signal::Traces.grpc_method()).map(|u| u.to_string());
         assert_eq!(
             url("http://127.0.0.1:4317").as_deref(),
             Some(

@@ -1,16 +1,19 @@
 //! The switch back to the GenAI metric names of earlier releases, over real sockets:
 //! `telemetry.semconv_opt_in: gen_ai_previous` in the config yields exactly today's names
 //! (CONTRACT.md's list) and none of the newest; `TOKENWARDEN_SEMCONV_OPT_IN=gen_ai_previous/dup`
-//! on the built binary yields both sets and wins over the config. Span attributes are the same
-//! under every setting (the vendored conventions renamed none the proxy sets).
+//! on the built binary yields both sets and wins over the config. On spans the switch brings back
+//! the cache write count's earlier name (`gen_ai.usage.cache_creation.input_tokens`, decoded from
+//! real OTLP) in place of `gen_ai.usage.cache_write.input_tokens`.
 //!
 //! One test in this binary: the switch is process-wide, like the metrics it names.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod otlp_receiver;
 
 use common::*;
+use otlp_receiver::*;
 use tokenwarden::telemetry::metrics as m;
 
 const STREAM: &str = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
@@ -68,6 +71,44 @@ async fn gen_ai_previous_yields_todays_names_and_dup_yields_both() {
         "a newest name under gen_ai_previous:\n{text}"
     );
     proxy.stop().await;
+
+    // Spans under the switch: the cache write count under its earlier name only.
+    let rx = Receiver::grpc().await;
+    let anthropic = TestProxy::to(
+        "previous-spans",
+        fixture_upstream().await,
+        &format!(
+            "telemetry:\n  semconv_opt_in: gen_ai_previous\n  otlp:\n    endpoint: {}\n    protocol: grpc\n",
+            rx.endpoint()
+        ),
+    )
+    .await;
+    let (resp, _) = post(
+        &anthropic.url("/v1/messages"),
+        &[
+            ("x-agent-name", "prev-spans"),
+            ("x-fixture", "wild/anthropic/cache_ttl_stream.sse"),
+        ],
+        r#"{"model":"claude-sonnet-4-6","max_tokens":1024,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let span = rx
+        .wait_for("the Anthropic call's span", |r| {
+            attrs(&r.span).contains_key("gen_ai.usage.input_tokens")
+        })
+        .await;
+    let a = attrs(&span.span);
+    assert_eq!(
+        a.get("gen_ai.usage.cache_creation.input_tokens"),
+        Some(&V::I(556)),
+        "{a:?}"
+    );
+    assert!(
+        !a.contains_key("gen_ai.usage.cache_write.input_tokens"),
+        "{a:?}"
+    );
+    anthropic.stop().await;
 
     // The environment variable on the built binary wins over the config: both sets.
     let config = config_file(&format!(

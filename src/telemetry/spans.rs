@@ -27,6 +27,11 @@ use super::otlp::wire::{
 use super::otlp::{self, ExporterError, SpanSink};
 use super::trace_context::{self, RemoteParent};
 
+/// Input tokens written to a provider's cache, as the newest GenAI conventions name them.
+pub const CACHE_WRITE: &str = "gen_ai.usage.cache_write.input_tokens";
+/// The same count under its earlier name (`telemetry.semconv_opt_in: gen_ai_previous`).
+pub const CACHE_WRITE_PREVIOUS: &str = "gen_ai.usage.cache_creation.input_tokens";
+
 /// Name of the span event marking the first output chunk.
 pub const FIRST_TOKEN_EVENT: &str = "gen_ai.first_token";
 
@@ -413,13 +418,20 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
         attrs.str_array("gen_ai.response.finish_reasons", &r.finish_reasons);
     }
     let u = &r.usage;
+    // The cache write count was renamed by the conventions (`cache_creation` → `cache_write`);
+    // the earlier name stays behind the same switch as the earlier metric names.
+    let names = super::semconv::get();
     let usage = [
         ("gen_ai.usage.input_tokens", u.input),
         ("gen_ai.usage.output_tokens", u.output),
         ("gen_ai.usage.cache_read.input_tokens", u.cached_input),
         (
-            "gen_ai.usage.cache_creation.input_tokens",
-            u.cache_creation_input,
+            CACHE_WRITE,
+            u.cache_creation_input.filter(|_| names.latest()),
+        ),
+        (
+            CACHE_WRITE_PREVIOUS,
+            u.cache_creation_input.filter(|_| names.previous()),
         ),
         ("gen_ai.usage.reasoning.output_tokens", u.reasoning),
     ];

@@ -191,16 +191,25 @@ impl Budgets {
                 (!b.store.snapshot_path.as_os_str().is_empty())
                     .then(|| b.store.snapshot_path.clone()),
             )),
-            StoreKind::Redis => {
-                let url =
-                    b.store.url.as_deref().ok_or_else(|| {
-                        BudgetsError::Redis("required for the redis store".into())
-                    })?;
+            StoreKind::Redis | StoreKind::RedisCluster => {
+                let target = if b.store.kind == StoreKind::Redis {
+                    redis::Target::Single(b.store.url.as_deref().ok_or_else(|| {
+                        BudgetsError::Redis("`url` is required for the redis store".into())
+                    })?)
+                } else if b.store.nodes.is_empty() {
+                    return Err(BudgetsError::Redis(
+                        "`nodes` (seed nodes) are required for the redis_cluster store".into(),
+                    ));
+                } else {
+                    redis::Target::Cluster(&b.store.nodes)
+                };
                 Store::Redis(Box::new(
                     redis::RedisStore::new(
-                        url,
+                        target,
                         b.store.timeout,
                         (b.session_retention, b.task_retention),
+                        b.store.reservation_lease,
+                        b.store.settle_replicas,
                     )
                     .map_err(|e| BudgetsError::Redis(e.to_string()))?,
                 ))
@@ -662,7 +671,7 @@ impl Budgets {
             Store::Memory(_) => None,
             Store::Redis(_) => Some(Lease {
                 id: rand::random(),
-                until_ms: redis::unix_ms().saturating_add(duration_ms(self.lease_ttl)),
+                until_ms: redis::unix_ms().saturating_add(redis::duration_ms(self.lease_ttl)),
             }),
         }
     }
@@ -674,11 +683,39 @@ impl Budgets {
         for e in self.leases.iter() {
             by_key.entry(e.value().clone()).or_default().push(*e.key());
         }
-        let until = redis::unix_ms().saturating_add(duration_ms(self.lease_ttl));
+        let until = redis::unix_ms().saturating_add(redis::duration_ms(self.lease_ttl));
         for (key, ids) in by_key {
             if let Err(e) = store.renew(&key, &ids, until).await {
                 self.store_failed("renew", &e);
             }
+        }
+    }
+
+    /// Settle on a shared store, retried with backoff for up to `reservation_lease` while the
+    /// store fails (a primary that died, until its replica takes over): the settle script counts
+    /// a lease id once, so a retry after a lost reply does not count twice.
+    async fn settle_retrying(
+        &self,
+        held: &Held,
+        now: u64,
+        charges: &[Charge],
+        totals: Totals,
+    ) -> Result<Vec<u64>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.lease_ttl;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let res = self
+                .store
+                .settle(&held.key, now, charges, totals, held.lease)
+                .await;
+            // Without a lease id a retry could count twice: never retried.
+            let last = held.lease.is_none() || tokio::time::Instant::now() + pause > deadline;
+            match res {
+                Err(e) if !last => self.store_failed("settle", &e),
+                res => return res,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -853,10 +890,7 @@ impl Admission {
                     let facts = facts.clone();
                     b.in_flight_settles.fetch_add(1, Ordering::AcqRel);
                     rt.spawn(async move {
-                        let res = b
-                            .store
-                            .settle(&held.key, now, &charges, totals, held.lease)
-                            .await;
+                        let res = b.settle_retrying(&held, now, &charges, totals).await;
                         b.settled(&held, res, &facts, now, (tokens, cost));
                         if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
                             b.settling.notify_waiters();
@@ -936,10 +970,6 @@ fn stronger(a: BudgetDecision, b: BudgetDecision) -> BudgetDecision {
     } else {
         a
     }
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn unix_now() -> u64 {

@@ -312,7 +312,7 @@ pub enum LifetimeRefusal {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// memory | redis.
+    /// memory | redis | redis_cluster.
     #[serde(default)]
     pub kind: StoreKind,
     /// Memory store snapshot file.
@@ -321,6 +321,9 @@ pub struct StoreConfig {
     /// Redis URL for the redis store.
     #[serde(default)]
     pub url: Option<String>,
+    /// Seed nodes (`redis://host:port`) for the redis_cluster store.
+    #[serde(default)]
+    pub nodes: Vec<String>,
     /// Redis connect and per-operation timeout.
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -331,17 +334,23 @@ pub struct StoreConfig {
     /// long (renewed every third of it), so a proxy that dies cannot hold budget forever.
     #[serde(default = "default_reservation_lease", with = "humantime_serde")]
     pub reservation_lease: Duration,
+    /// Redis stores: replicas each settle waits for (`WAIT`, off the response path) before it is
+    /// done, so a failover loses no settled spend; 0 = asynchronous replication only.
+    #[serde(default)]
+    pub settle_replicas: u32,
 }
 
 /// Budget store kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum StoreKind {
     /// Embedded, snapshotted to a file.
     #[default]
     Memory,
     /// Shared by every replica.
     Redis,
+    /// Shared by every replica, on a Redis Cluster.
+    RedisCluster,
 }
 
 /// Behaviour when the budget store is unreachable.
@@ -730,9 +739,11 @@ impl Default for StoreConfig {
             kind: StoreKind::default(),
             snapshot_path: default_snapshot_path(),
             url: None,
+            nodes: Vec::new(),
             timeout: default_store_timeout(),
             snapshot_interval: default_snapshot_interval(),
             reservation_lease: default_reservation_lease(),
+            settle_replicas: 0,
         }
     }
 }

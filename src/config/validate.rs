@@ -120,6 +120,31 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 check_redis_url(u).map_err(|m| invalid("budgets.store.url", &m))?;
             }
         }
+    }
+    if config.budgets.store.kind == super::StoreKind::RedisCluster {
+        if config.budgets.store.nodes.is_empty() {
+            return Err(invalid(
+                "budgets.store.nodes",
+                "at least one seed node is required when budgets.store.kind is redis_cluster",
+            ));
+        }
+        for (i, u) in config.budgets.store.nodes.iter().enumerate() {
+            check_redis_url(u)
+                .and_then(
+                    |()| match redis::parse_redis_url(u).map(|u| u.path().to_string()) {
+                        Some(db) if !matches!(db.as_str(), "" | "/" | "/0") => {
+                            Err("a Redis Cluster has only database 0".into())
+                        }
+                        _ => Ok(()),
+                    },
+                )
+                .map_err(|m| invalid(&format!("budgets.store.nodes[{i}]"), &m))?;
+        }
+    }
+    if matches!(
+        config.budgets.store.kind,
+        super::StoreKind::Redis | super::StoreKind::RedisCluster
+    ) {
         if config.budgets.store.timeout.is_zero() {
             return Err(invalid("budgets.store.timeout", "must be > 0"));
         }
@@ -368,6 +393,10 @@ mod tests {
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h:port\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h:6379/x\n", "budgets.store.url"),
             ("budgets:\n  lifetime_refusal: '402'\n", "payment_required"),
+            ("budgets:\n  store:\n    kind: redis_cluster\n", "budgets.store.nodes"),
+            ("budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000, 'http://b:7001']\n", "budgets.store.nodes[1]"),
+            ("budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000/2]\n", "budgets.store.nodes[0]"),
+            ("budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000]\n    reservation_lease: 1s\n", "budgets.store.reservation_lease"),
         ];
         for (text, key) in cases {
             let err = load_from_str(text, "c.yaml").unwrap_err().to_string();
@@ -390,6 +419,8 @@ mod tests {
             assert!(!err.contains("hunter2"), "{err}");
         }
         let ok = "budgets:\n  store:\n    kind: redis\n    url: redis://:pw@127.0.0.1:6379/2\n";
+        assert!(load_from_str(ok, "c.yaml").is_ok());
+        let ok = "budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000, 'redis://b:7001/0']\n    settle_replicas: 1\n";
         assert!(load_from_str(ok, "c.yaml").is_ok());
     }
 

@@ -294,6 +294,49 @@ pub struct BudgetsConfig {
     /// A task's budget record is kept this long after its last call, then forgotten.
     #[serde(default = "default_task_retention", with = "humantime_serde")]
     pub task_retention: Duration,
+    /// Leased limits: scopes whose limits a sidecar draws on through slices (shared stores).
+    #[serde(default)]
+    pub leases: LeasesConfig,
+}
+
+/// Leased limits: a sidecar takes a slice of what a scope has left and admits calls against it
+/// locally (see `budget::slices`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesConfig {
+    /// agent and/or global; none by default (every call reserves in the store).
+    #[serde(default)]
+    pub scopes: Vec<LimitScope>,
+    /// Smallest slice, as a fraction of each limit.
+    #[serde(default = "default_lease_min")]
+    pub min: f64,
+    /// Largest slice, as a fraction of each limit.
+    #[serde(default = "default_lease_max")]
+    pub max: f64,
+    /// A slice is sized to last this long at the sidecar's recent rate, and given back after it.
+    #[serde(default = "default_lease_lasts", with = "humantime_serde")]
+    pub lasts: Duration,
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        Self {
+            scopes: Vec::new(),
+            min: default_lease_min(),
+            max: default_lease_max(),
+            lasts: default_lease_lasts(),
+        }
+    }
+}
+
+fn default_lease_min() -> f64 {
+    0.001
+}
+fn default_lease_max() -> f64 {
+    0.05
+}
+fn default_lease_lasts() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// How a lifetime limit refuses a call (windowed limits always answer 429 with `Retry-After`).
@@ -758,6 +801,7 @@ impl Default for BudgetsConfig {
             session_retention: default_session_retention(),
             task_retention: default_task_retention(),
             lifetime_refusal: LifetimeRefusal::default(),
+            leases: LeasesConfig::default(),
         }
     }
 }

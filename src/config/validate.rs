@@ -141,6 +141,32 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 .map_err(|m| invalid(&format!("budgets.store.nodes[{i}]"), &m))?;
         }
     }
+    let leases = &config.budgets.leases;
+    if let Some(s) = leases
+        .scopes
+        .iter()
+        .find(|s| !matches!(s, super::LimitScope::Agent | super::LimitScope::Global))
+    {
+        return Err(invalid(
+            "budgets.leases.scopes",
+            &format!("{s:?} is exact (one instance lives in one sidecar); only agent and global are leased"),
+        ));
+    }
+    if !leases.scopes.is_empty() && config.budgets.store.kind == super::StoreKind::Memory {
+        return Err(invalid(
+            "budgets.leases.scopes",
+            "leases draw on a shared store: set budgets.store.kind to redis or redis_cluster",
+        ));
+    }
+    if !(leases.min > 0.0 && leases.min <= leases.max && leases.max <= 1.0) {
+        return Err(invalid(
+            "budgets.leases.min",
+            "min and max are fractions of a limit: 0 < min <= max <= 1",
+        ));
+    }
+    if leases.lasts < std::time::Duration::from_millis(100) {
+        return Err(invalid("budgets.leases.lasts", "must be at least 100ms"));
+    }
     if matches!(
         config.budgets.store.kind,
         super::StoreKind::Redis | super::StoreKind::RedisCluster
@@ -394,6 +420,10 @@ mod tests {
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h:6379/x\n", "budgets.store.url"),
             ("budgets:\n  lifetime_refusal: '402'\n", "payment_required"),
             ("budgets:\n  store:\n    kind: redis_cluster\n", "budgets.store.nodes"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n  leases:\n    scopes: [session]\n", "budgets.leases.scopes"),
+            ("budgets:\n  leases:\n    scopes: [agent]\n", "budgets.leases.scopes"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n  leases:\n    scopes: [agent]\n    min: 0.2\n    max: 0.1\n", "budgets.leases.min"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n  leases:\n    scopes: [global]\n    lasts: 10ms\n", "budgets.leases.lasts"),
             ("budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000, 'http://b:7001']\n", "budgets.store.nodes[1]"),
             ("budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000/2]\n", "budgets.store.nodes[0]"),
             ("budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000]\n    reservation_lease: 1s\n", "budgets.store.reservation_lease"),

@@ -285,6 +285,19 @@ impl Budgets {
         facts: CallFacts,
         estimate: &(dyn Fn() -> u64 + Sync),
     ) -> Result<Admission, BudgetError> {
+        static TOOK: OnceLock<metrics::Histogram> = OnceLock::new();
+        let started = std::time::Instant::now();
+        let res = self.admit_timed(facts, estimate).await;
+        TOOK.get_or_init(|| metrics::histogram!(m::BUDGET_ADMISSION_SECONDS))
+            .record(started.elapsed().as_secs_f64());
+        res
+    }
+
+    async fn admit_timed(
+        self: &Arc<Self>,
+        facts: CallFacts,
+        estimate: &(dyn Fn() -> u64 + Sync),
+    ) -> Result<Admission, BudgetError> {
         let now = unix_now();
         let mut adm = Admission {
             budgets: self.clone(),

@@ -8,13 +8,15 @@
 # operations per call and per second per shard (INFO commandstats), scripts on the hot keys,
 # and what the failover did.
 # Needs: wrk, redis-server, redis-cli, python3 (apt-get install -y wrk redis-server).
-# Knobs: PROCS (16, 16..64) DUR (20 s) CONC (2 connections per process) AGENTS (4)
-# SESSIONS (64 per process) SESSION_LIMIT (1600) AGENT_LIMIT (150000) MAX_TOKENS (16)
+# Knobs: PROCS (16, 16..64) DUR (20 s) CONC (4 connections per process) AGENTS (4)
+# UPSTREAM_MS (100: the mock waits this long before answering, like a provider — it sets the
+# rate: PROCS × CONC × 1000 / UPSTREAM_MS calls/s at most; 0 saturates the machine)
+# SESSIONS (64 per process) SESSION_LIMIT (160) AGENT_LIMIT (40000) MAX_TOKENS (16)
 # MODES ("calls leases") KILL (1) SKIP_BUILD=1, TW and MOCK (default target/release/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PROCS=${PROCS:-16} DUR=${DUR:-20} CONC=${CONC:-2} AGENTS=${AGENTS:-4} SESSIONS=${SESSIONS:-64}
-SESSION_LIMIT=${SESSION_LIMIT:-1600} AGENT_LIMIT=${AGENT_LIMIT:-150000} MAX_TOKENS=${MAX_TOKENS:-16}
+PROCS=${PROCS:-16} DUR=${DUR:-20} CONC=${CONC:-4} UPSTREAM_MS=${UPSTREAM_MS:-100} AGENTS=${AGENTS:-4} SESSIONS=${SESSIONS:-64}
+SESSION_LIMIT=${SESSION_LIMIT:-160} AGENT_LIMIT=${AGENT_LIMIT:-40000} MAX_TOKENS=${MAX_TOKENS:-16}
 MODES=${MODES:-calls leases} KILL=${KILL:-1}
 GLOBAL_LIMIT=100000000000
 MOCK_PORT=18390 TW_BASE=18400 RP=(17101 17102 17103 17104 17105 17106)
@@ -43,7 +45,8 @@ request = function()
     ["Content-Type"] = "application/json",
     ["x-session-id"] = prefix .. "-" .. (n % $SESSIONS),
     ["x-agent-name"] = "agent-" .. (n % $AGENTS),
-    ["x-mock-input-tokens"] = "8", ["x-mock-output-chunks"] = "8" }, body)
+    ["x-mock-input-tokens"] = "8", ["x-mock-output-chunks"] = "8",
+    ["x-mock-first-byte-delay-ms"] = "$UPSTREAM_MS" }, body)
 end
 done = function(s, lat, req)
   io.write(string.format("WRK %d %d\n", s.requests, s.errors.status + s.errors.connect + s.errors.read + s.errors.timeout))
@@ -140,9 +143,9 @@ YAML
     echo "AGENT agent-$a $(redis-cli -c -p "$seed" hget "tw:{a:agent-$a}" tokens:life:p)" >> "$work/store-$mode.txt"
   done
   curl -s "http://127.0.0.1:$((TW_BASE + 1))/v1/sessions?top=1" > "$work/top-$mode.json"
-  python3 - "$work" "$mode" "$PROCS" "$AGENTS" "$AGENT_LIMIT" "$SESSION_LIMIT" "$MAX_TOKENS" "$elapsed" "$CONC" "$failover" <<'PY'
+  python3 - "$work" "$mode" "$PROCS" "$AGENTS" "$AGENT_LIMIT" "$SESSION_LIMIT" "$MAX_TOKENS" "$elapsed" "$CONC" "$failover" "$UPSTREAM_MS" <<'PY'
 import glob, json, re, sys
-work, mode, procs, agents, alimit, slimit, maxtok, elapsed, conc, failover = sys.argv[1:]
+work, mode, procs, agents, alimit, slimit, maxtok, elapsed, conc, failover, upstream = sys.argv[1:]
 procs, agents, alimit, slimit, maxtok, conc = map(int, (procs, agents, alimit, slimit, maxtok, conc))
 elapsed = float(elapsed)
 
@@ -194,6 +197,7 @@ for line in open(f"{work}/cmdstats-{mode}.txt"):
             inner += c
         if name in ("evalsha", "eval"):
             shards[cur]["scripts"] += c
+            shards[cur]["script_us"] = float(re.search(r"usec_per_call=([0-9.]+)", rest).group(1))
         if name in ("zincrby", "zremrangebyrank"):
             shards[cur]["ranking"] += c
 ops = sum(s["all"] for s in shards.values())
@@ -202,9 +206,10 @@ top_used = top[0]["tokens"]["total"] if top else 0
 # Bound while no sidecar dies: one call's maximum output (provider input counted as estimated)
 # plus, at the failover, the settlements in flight to the dead shard (async replication).
 inflight = procs * conc * 16
-print(f"\n### mode: {mode} — {procs} processes × {conc} connections, {elapsed:.0f} s, {agents} agents, {procs * 64} sessions")
+print(f"\n### mode: {mode} — {procs} processes × {conc} connections, {elapsed:.0f} s, {agents} agents, {procs * 64} sessions, upstream {upstream} ms")
 print(f"- calls answered 200: {calls:.0f} of {requests} requests ({calls / elapsed:.0f}/s); failover: {failover}")
-print(f"- ledger-added latency per call (admission, all processes): p50 {pct(0.5)}, p99 {pct(0.99)}")
+print(f"- ledger-added latency per call (admission, all processes): p50 {pct(0.5)}, p99 {pct(0.99)}; "
+      + "Redis time per script: " + ", ".join(f":{p} {s.get('script_us', 0):.0f} µs" for p, s in sorted(shards.items())))
 print(f"- Redis commands sent: {ops} ({ops / max(calls, 1):.2f} per answered call; {inner} more ran inside scripts); per shard per second: "
       + ", ".join(f":{p} {s['all'] / elapsed:.0f}/s ({s['scripts'] / elapsed:.0f} scripts, {s['ranking'] / elapsed:.0f} session-ranking)" for p, s in sorted(shards.items())))
 if mode == "leases":

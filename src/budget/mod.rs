@@ -793,7 +793,9 @@ impl Budgets {
                         // Expired records leave the rankings a batch at a time, so the counts
                         // below (and `top`) say what the store holds.
                         for (i, prefix) in [SESSION_PREFIX, TASK_PREFIX].into_iter().enumerate() {
-                            if let Ok(next) = r.prune(prefix, cursors[i], PRUNE_BATCH).await {
+                            let every = self.lease_ttl / 3;
+                            if let Ok(next) = r.prune(prefix, cursors[i], PRUNE_BATCH, every).await
+                            {
                                 cursors[i] = next;
                             }
                         }

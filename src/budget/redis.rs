@@ -561,16 +561,37 @@ impl RedisStore {
     }
 
     /// Take up to `batch` ranked ids of `prefix` whose records expired out of its ranking,
-    /// scanning on from where the last call stopped (`cursor`); the next cursor.
+    /// scanning on from where the last call stopped (`cursor`); the next cursor. One proxy of
+    /// the fleet prunes a ranking per period `every` (a `SET NX PX` lock beside the ranking):
+    /// every proxy pruning the same ranking would cost each one a batch of commands per period,
+    /// whatever its traffic.
     pub(super) async fn prune(
         &self,
         prefix: &str,
         cursor: u64,
         batch: usize,
+        every: Duration,
     ) -> Result<u64, StoreError> {
         let Some((ranking, _)) = ranked(prefix) else {
             return Ok(0);
         };
+        let lock = format!("{ranking}:pruner");
+        let ms = duration_ms(every).max(1);
+        let ours: Option<String> = self
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(lock)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if ours.is_none() {
+            return Ok(cursor);
+        }
         let (next, page): (u64, Vec<(String, f64)>) = self
             .run(|mut c| async move {
                 redis::cmd("ZSCAN")

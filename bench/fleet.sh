@@ -12,12 +12,12 @@
 # UPSTREAM_MS (100: the mock waits this long before answering, like a provider — it sets the
 # rate: PROCS × CONC × 1000 / UPSTREAM_MS calls/s at most; 0 saturates the machine)
 # SESSIONS (64 per process) SESSION_LIMIT (160) AGENT_LIMIT (40000) MAX_TOKENS (16)
-# MODES ("calls leases") KILL (1) SKIP_BUILD=1, TW and MOCK (default target/release/).
+# LASTS (2s: budgets.leases.lasts) MODES ("calls leases") KILL (1) SKIP_BUILD=1, TW and MOCK (default target/release/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROCS=${PROCS:-16} DUR=${DUR:-20} CONC=${CONC:-4} UPSTREAM_MS=${UPSTREAM_MS:-100} AGENTS=${AGENTS:-4} SESSIONS=${SESSIONS:-64}
 SESSION_LIMIT=${SESSION_LIMIT:-160} AGENT_LIMIT=${AGENT_LIMIT:-40000} MAX_TOKENS=${MAX_TOKENS:-16}
-MODES=${MODES:-calls leases} KILL=${KILL:-1}
+MODES=${MODES:-calls leases} KILL=${KILL:-1} LASTS=${LASTS:-2s}
 GLOBAL_LIMIT=100000000000
 MOCK_PORT=18390 TW_BASE=18400 RP=(17101 17102 17103 17104 17105 17106)
 for t in wrk redis-server redis-cli python3; do
@@ -80,7 +80,7 @@ for mode in $MODES; do
   start_cluster "$mode"
   seed=${RP[0]}
   leases=""
-  [ "$mode" = leases ] && leases="  leases: { scopes: [agent, global], min: 0.001, max: 0.01, lasts: 2s }"
+  [ "$mode" = leases ] && leases="  leases: { scopes: [agent, global], min: 0.001, max: 0.01, lasts: $LASTS }"
   tws=()
   for i in $(seq 0 $((PROCS - 1))); do
     port=$((TW_BASE + 2 * i))
@@ -133,8 +133,8 @@ YAML
   fi
   wait "${wrks[@]}" 2>/dev/null || true
   elapsed=$(python3 -c "print($(date +%s.%N) - $t0)")
-  # Slices go back within `lasts` (2 s) and the 1 s upkeep tick; settlements within ms.
-  sleep 4
+  # Slices go back within `lasts` and the 1 s upkeep tick; settlements within ms.
+  sleep $((${LASTS%s} + 2))
   for i in $(seq 0 $((PROCS - 1))); do curl -s "http://127.0.0.1:$((TW_BASE + 2 * i + 1))/metrics" > "$work/metrics-$mode-$i.txt"; done
   for p in $(primaries "$seed"); do
     { echo "SHARD $p"; redis-cli -p "$p" info commandstats; } >> "$work/cmdstats-$mode.txt"
@@ -182,7 +182,7 @@ for t in texts:
         slices[labels.get("op")] = slices.get(labels.get("op"), 0) + v
 # Commands the proxies send (commandstats also counts the commands scripts run inside them).
 SENT = {"evalsha", "eval", "zincrby", "zremrangebyrank", "exists", "zscan", "zcard", "ping",
-        "hgetall", "wait", "script|load", "cluster|slots", "cluster|shards"}
+        "hgetall", "wait", "set", "script|load", "cluster|slots", "cluster|shards"}
 shards, cur, inner = {}, None, 0
 for line in open(f"{work}/cmdstats-{mode}.txt"):
     if line.startswith("SHARD"):

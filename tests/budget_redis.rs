@@ -360,8 +360,10 @@ async fn one_proxy_of_several_prunes_the_rankings_per_period() {
     let redis = RedisServer::start();
     let m = mock().await;
     // A 3 s lease: renewals and pruning every second.
-    let cfg = config(m.addr(), &redis.url(), "fail_closed")
-        .replace("  on_store_unreachable", "    reservation_lease: 3s\n  on_store_unreachable");
+    let cfg = config(m.addr(), &redis.url(), "fail_closed").replace(
+        "  on_store_unreachable",
+        "    reservation_lease: 3s\n  on_store_unreachable",
+    );
     let file = config_file(&format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
     ));

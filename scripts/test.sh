@@ -2,9 +2,9 @@
 # Run every test of tokenwarden, on a fresh machine too: this script installs what the tests need
 # before running them, and says what it could not install.
 #
-# - Debian packages: redis-server (Redis budget store tests), prometheus and promtool (alert rules,
-#   dashboards, the SRE stack), python3-venv (the SDK virtualenv), chromium and chromium-driver
-#   (the approvals page in a headless browser, tests/approval_page.rs). Installed with apt-get when
+# - Debian packages: redis-server (Redis and Redis Cluster budget store tests), prometheus and
+#   promtool (alert rules, dashboards, the SRE stack), python3-venv (the SDK virtualenv), chromium
+#   and chromium-driver (the approvals page in a headless browser, tests/approval_page.rs). Installed with apt-get when
 #   missing and this runs as root (or with passwordless sudo); otherwise the script stops and names
 #   them. Tests start their own instances on free loopback ports; services the packages start are
 #   stopped so they hold no ports.
@@ -32,7 +32,9 @@ cd "$(dirname "$0")/.."
 need=()
 python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || need+=(prometheus)
-command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# redis-cli (from redis-tools, a dependency of redis-server) creates the Redis Cluster of the
+# cluster store's tests.
+{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ]; then

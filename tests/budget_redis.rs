@@ -349,3 +349,52 @@ async fn settled_total(admin: std::net::SocketAddr, session: &str, total: u64) {
     .await;
     assert!(ok, "session {session} never showed {total} tokens spent");
 }
+
+/// The session ranking is pruned by one proxy of the fleet per period (a lock), not by every
+/// proxy: pruning costs one EXISTS per ranked id, so each proxy doing it would cost the store
+/// a batch per proxy per period whatever the traffic.
+#[tokio::test]
+async fn one_proxy_of_several_prunes_the_rankings_per_period() {
+    const LIVE: u64 = 20;
+    const PROXIES: u64 = 4;
+    let redis = RedisServer::start();
+    let m = mock().await;
+    // A 3 s lease: renewals and pruning every second.
+    let cfg = config(m.addr(), &redis.url(), "fail_closed").replace(
+        "  on_store_unreachable",
+        "    reservation_lease: 3s\n  on_store_unreachable",
+    );
+    let file = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
+    ));
+    let mut procs = Vec::new();
+    for _ in 0..PROXIES {
+        procs.push(ProxyProcess::spawn(file.path()).await);
+    }
+    // Live sessions stay ranked: every pruning pass looks at each of them once.
+    for i in 0..LIVE {
+        let p = &procs[(i % PROXIES) as usize];
+        assert_eq!(call16(p.addr, &format!("prune-{i}")).await.0.status(), 200);
+    }
+    let ranked = eventually(Duration::from_secs(10), || async {
+        common::redis::cli(redis.port, &["zcard", "tw:sessions:tokens"]).trim() == LIVE.to_string()
+    })
+    .await;
+    assert!(ranked, "the sessions were never ranked");
+    let exists = || {
+        common::redis::cli(redis.port, &["info", "commandstats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_exists:calls="))
+            .and_then(|l| l.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = exists();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let passes = (exists() - before) / LIVE;
+    // One pruner per 1 s period: at most 11 passes in 10 s. Every proxy pruning on its own
+    // (each every second or two) would make 20 to 40.
+    assert!(
+        (2..=12).contains(&passes),
+        "{passes} pruning passes in 10 s by {PROXIES} proxies"
+    );
+}

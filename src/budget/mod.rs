@@ -7,6 +7,8 @@
 //!   remains. A refusal releases what earlier scopes reserved and never reaches the upstream.
 //! - [`Admission::settle`] (from `Call::finish`): replaces each reservation with actual usage,
 //!   in a spawned task so the finish step never waits for the store.
+//! - Leased scopes (`budgets.leases`, agent and global on a shared store) admit and settle calls
+//!   against a slice this sidecar took from the store (`slices`), given back in the background.
 //! - Metrics, `warn_at` and breach alerts, and the cut threshold for `action: cut`.
 
 mod ledger;
@@ -15,6 +17,7 @@ pub mod memory;
 pub mod price;
 pub mod redis;
 mod refusal;
+pub mod slices;
 pub mod store;
 pub mod webhook;
 
@@ -74,6 +77,10 @@ pub struct Budgets {
     session_retention: Duration,
     /// How long a task's record outlives its last call.
     task_retention: Duration,
+    /// Slices of leased scopes (shared stores with `budgets.leases.scopes`).
+    slices: Option<slices::Slices>,
+    /// The scopes drawn on through slices.
+    leased_scopes: Vec<LimitScope>,
 }
 
 /// The budget service could not be built.
@@ -125,6 +132,8 @@ struct Held {
     grants: Vec<Grant>,
     /// The reservation's lease in a shared store.
     lease: Option<u64>,
+    /// The slice (its lease id) the call drew on, for a leased scope.
+    slice: Option<u64>,
 }
 
 /// How a call ended, for settlement.
@@ -195,16 +204,25 @@ impl Budgets {
                 (!b.store.snapshot_path.as_os_str().is_empty())
                     .then(|| b.store.snapshot_path.clone()),
             )),
-            StoreKind::Redis => {
-                let url =
-                    b.store.url.as_deref().ok_or_else(|| {
-                        BudgetsError::Redis("required for the redis store".into())
-                    })?;
+            StoreKind::Redis | StoreKind::RedisCluster => {
+                let target = if b.store.kind == StoreKind::Redis {
+                    redis::Target::Single(b.store.url.as_deref().ok_or_else(|| {
+                        BudgetsError::Redis("`url` is required for the redis store".into())
+                    })?)
+                } else if b.store.nodes.is_empty() {
+                    return Err(BudgetsError::Redis(
+                        "`nodes` (seed nodes) are required for the redis_cluster store".into(),
+                    ));
+                } else {
+                    redis::Target::Cluster(&b.store.nodes)
+                };
                 Store::Redis(Box::new(
                     redis::RedisStore::new(
-                        url,
+                        target,
                         b.store.timeout,
                         (b.session_retention, b.task_retention),
+                        b.store.reservation_lease,
+                        b.store.settle_replicas,
                     )
                     .map_err(|e| BudgetsError::Redis(e.to_string()))?,
                 ))
@@ -231,6 +249,14 @@ impl Budgets {
             lease_ttl: b.store.reservation_lease,
             session_retention: b.session_retention,
             task_retention: b.task_retention,
+            slices: (!b.leases.scopes.is_empty()).then(|| {
+                slices::Slices::new(slices::SliceConfig {
+                    min: b.leases.min,
+                    max: b.leases.max,
+                    lasts: b.leases.lasts,
+                })
+            }),
+            leased_scopes: b.leases.scopes.clone(),
         })))
     }
 
@@ -259,6 +285,19 @@ impl Budgets {
     /// `estimate` gives the call's estimated input tokens; it is only called when the call is
     /// near a limit (the upper bound `facts.input_bound` decides the rest).
     pub async fn admit(
+        self: &Arc<Self>,
+        facts: CallFacts,
+        estimate: &(dyn Fn() -> u64 + Sync),
+    ) -> Result<Admission, BudgetError> {
+        static TOOK: OnceLock<metrics::Histogram> = OnceLock::new();
+        let started = std::time::Instant::now();
+        let res = self.admit_timed(facts, estimate).await;
+        TOOK.get_or_init(|| metrics::histogram!(m::BUDGET_ADMISSION_SECONDS))
+            .record(started.elapsed().as_secs_f64());
+        res
+    }
+
+    async fn admit_timed(
         self: &Arc<Self>,
         facts: CallFacts,
         estimate: &(dyn Fn() -> u64 + Sync),
@@ -298,20 +337,35 @@ impl Budgets {
                 continue;
             }
             let key = group_key(scope, id);
-            let lease = self.new_lease();
-            // First with the cheap upper bound of the input: when the whole reservation fits,
-            // the tokenizer is not needed. Near a limit, again with the real estimate.
-            let mut optimistic = exact.is_none();
-            let (reserved, wants) = loop {
-                let input = if optimistic {
-                    f.input_bound
-                } else {
-                    *exact.get_or_insert_with(estimate)
-                };
-                let wants = self.wants(&idx, model, input, max_out, optimistic);
-                match self.reserve(&key, now, &wants, lease).await {
-                    Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
-                    other => break (other, wants),
+            let mut lease = None;
+            let leased = match self.slices_for(scope, &idx) {
+                Some(sl) => {
+                    let mut exact_input = || *exact.get_or_insert_with(estimate);
+                    let call = (&idx[..], model, f.input_bound, max_out, now);
+                    self.reserve_leased(sl, &key, call, &mut exact_input).await
+                }
+                None => None,
+            };
+            let (reserved, wants, slice) = match leased {
+                Some(l) => l,
+                None => {
+                    lease = self.new_lease();
+                    // First with the cheap upper bound of the input: when the whole reservation
+                    // fits, the tokenizer is not needed. Near a limit, again with the real
+                    // estimate.
+                    let mut optimistic = exact.is_none();
+                    loop {
+                        let input = if optimistic {
+                            f.input_bound
+                        } else {
+                            *exact.get_or_insert_with(estimate)
+                        };
+                        let wants = self.wants(&idx, model, input, max_out, optimistic);
+                        match self.reserve(&key, now, &wants, lease).await {
+                            Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
+                            other => break (other, wants, None),
+                        }
+                    }
                 }
             };
             match reserved {
@@ -345,6 +399,7 @@ impl Budgets {
                         limits: idx,
                         grants,
                         lease: lease.map(|l| l.id),
+                        slice,
                     });
                 }
                 Ok(Reserved::Refused { index, used }) => {
@@ -427,6 +482,98 @@ impl Budgets {
         });
         rx.await
             .unwrap_or_else(|_| Err(StoreError::Redis("reserve task ended".into())))
+    }
+
+    /// The slices a call's limits `idx` of `scope` draw on, when that scope is leased (and every
+    /// one of them enforced: an observed limit never refuses, so it reserves per call).
+    fn slices_for(&self, scope: LimitScope, idx: &[usize]) -> Option<&slices::Slices> {
+        self.slices.as_ref().filter(|_| {
+            self.leased_scopes.contains(&scope)
+                && idx
+                    .iter()
+                    .all(|&i| self.limits[i].action != LimitAction::Observe)
+        })
+    }
+
+    /// Admit a call of a leased scope from one of this sidecar's slices, or take a new slice
+    /// from the store (sized by [`slices::Slices::size`]) and draw on it; (the store's answer or
+    /// the local grants, the call's wants, the slice). `None`: no room for another slice here,
+    /// the call reserves in the store by itself. `call`: (limits, model, input bound, output
+    /// cap, now).
+    async fn reserve_leased(
+        self: &Arc<Self>,
+        sl: &slices::Slices,
+        key: &str,
+        (idx, model, bound, max_out, now): (&[usize], &str, u64, u64, u64),
+        exact: &mut (dyn FnMut() -> u64 + Send),
+    ) -> Option<(Result<Reserved, StoreError>, Vec<Want>, Option<u64>)> {
+        let starts: Vec<u64> = idx
+            .iter()
+            .map(|&i| self.limits[i].window_start(now))
+            .collect();
+        let call = self.wants(idx, model, bound, max_out, false);
+        if let Some((id, grants)) = sl.take(key, &call, &starts) {
+            return Some((Ok(Reserved::Granted(grants)), call, Some(id)));
+        }
+        if !sl.has_room(key) {
+            return None;
+        }
+        let lease = self.new_lease()?;
+        let call = self.wants(idx, model, exact(), max_out, false);
+        let amounts: Vec<u64> = idx.iter().map(|&i| self.limits[i].amount).collect();
+        let mut ask = call.clone();
+        for (w, size) in ask.iter_mut().zip(sl.size(key, &amounts, &call)) {
+            w.want = size;
+        }
+        Some(match self.reserve(key, now, &ask, Some(lease)).await {
+            Ok(Reserved::Granted(grants)) => {
+                self.leases.insert(lease.id, key.to_string());
+                let g = sl.open(key, (lease.id, idx), &grants, &call);
+                counter!(m::BUDGET_SLICES_TOTAL, "scope" => limits::scope_str(self.limits[idx[0]].scope), "op" => "taken").increment(1);
+                (Ok(Reserved::Granted(g)), call, Some(lease.id))
+            }
+            other => (other, call, None),
+        })
+    }
+
+    /// Give a slice back to the store: its spend replaces its reservation (retried as any
+    /// settlement; counted in the settlements awaited at shutdown).
+    fn give_back(self: &Arc<Self>, r: slices::Returned) {
+        self.leases.remove(&r.id);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(&i) = r.limits.first() {
+            counter!(m::BUDGET_SLICES_TOTAL, "scope" => limits::scope_str(self.limits[i].scope), "op" => "returned").increment(1);
+        }
+        self.in_flight_settles.fetch_add(1, Ordering::AcqRel);
+        let b = self.clone();
+        rt.spawn(async move {
+            let charges: Vec<Charge> = r
+                .limits
+                .iter()
+                .enumerate()
+                .filter_map(|(k, &i)| {
+                    let l = b.limits.get(i)?;
+                    Some(Charge {
+                        counter: l.counter.clone(),
+                        window: l.window,
+                        start: r.starts.get(k).copied().unwrap_or(0),
+                        granted: r.granted.get(k).copied().unwrap_or(0),
+                        actual: r.spent.get(k).copied().unwrap_or(0),
+                    })
+                })
+                .collect();
+            let res = b
+                .settle_retrying(&r.key, Some(r.id), unix_now(), &charges, r.totals)
+                .await;
+            if let Err(e) = res {
+                b.store_failed("settle", &e);
+            }
+            if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
+                b.settling.notify_waiters();
+            }
+        });
     }
 
     /// What a call wants from each of the limits `idx`, its input taken as `input` tokens.
@@ -633,6 +780,12 @@ impl Budgets {
                     }
                 }
                 Store::Redis(r) => {
+                    if let Some(sl) = &self.slices {
+                        for back in sl.close(false) {
+                            self.give_back(back);
+                        }
+                        gauge!(m::BUDGET_SLICES_OPEN).set(sl.outstanding() as f64);
+                    }
                     let up = self.store.ping().await;
                     if !up {
                         counter!(m::BUDGET_STORE_ERRORS_TOTAL, "op" => "ping").increment(1);
@@ -644,7 +797,9 @@ impl Budgets {
                         // Expired records leave the rankings a batch at a time, so the counts
                         // below (and `top`) say what the store holds.
                         for (i, prefix) in [SESSION_PREFIX, TASK_PREFIX].into_iter().enumerate() {
-                            if let Ok(next) = r.prune(prefix, cursors[i], PRUNE_BATCH).await {
+                            let every = self.lease_ttl / 3;
+                            if let Ok(next) = r.prune(prefix, cursors[i], PRUNE_BATCH, every).await
+                            {
                                 cursors[i] = next;
                             }
                         }
@@ -666,7 +821,7 @@ impl Budgets {
             Store::Memory(_) => None,
             Store::Redis(_) => Some(Lease {
                 id: rand::random(),
-                until_ms: redis::unix_ms().saturating_add(duration_ms(self.lease_ttl)),
+                until_ms: redis::unix_ms().saturating_add(redis::duration_ms(self.lease_ttl)),
             }),
         }
     }
@@ -678,7 +833,7 @@ impl Budgets {
         for e in self.leases.iter() {
             by_key.entry(e.value().clone()).or_default().push(*e.key());
         }
-        let until = redis::unix_ms().saturating_add(duration_ms(self.lease_ttl));
+        let until = redis::unix_ms().saturating_add(redis::duration_ms(self.lease_ttl));
         for (key, ids) in by_key {
             if let Err(e) = store.renew(&key, &ids, until).await {
                 self.store_failed("renew", &e);
@@ -686,9 +841,42 @@ impl Budgets {
         }
     }
 
-    /// At shutdown, after every call finished: wait up to `within` for settlements still on
-    /// their way to a remote store, then write the final snapshot (memory store).
-    pub async fn shutdown(&self, within: Duration) {
+    /// Settle on a shared store, retried with backoff for up to `reservation_lease` while the
+    /// store fails (a primary that died, until its replica takes over): the settle script counts
+    /// a lease id once, so a retry after a lost reply does not count twice.
+    async fn settle_retrying(
+        &self,
+        key: &str,
+        lease: Option<u64>,
+        now: u64,
+        charges: &[Charge],
+        totals: Totals,
+    ) -> Result<Vec<u64>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.lease_ttl;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let res = self.store.settle(key, now, charges, totals, lease).await;
+            // Without a lease id a retry could count twice: never retried.
+            let last = lease.is_none() || tokio::time::Instant::now() + pause > deadline;
+            match res {
+                Err(e) if !last => self.store_failed("settle", &e),
+                res => return res,
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// At shutdown, after every call finished: give slices back, wait up to `within` for
+    /// settlements still on their way to a remote store, then write the final snapshot (memory
+    /// store).
+    pub async fn shutdown(self: &Arc<Self>, within: Duration) {
+        // Slices go back (each a settlement, awaited below): their spend and unused budget.
+        if let Some(sl) = &self.slices {
+            for back in sl.close(true) {
+                self.give_back(back);
+            }
+        }
         let pending = async {
             loop {
                 let idle = self.settling.notified();
@@ -843,6 +1031,19 @@ impl Admission {
                 })
                 .collect();
             let b = self.budgets.clone();
+            if let (Some(id), Some(sl)) = (held.slice, &b.slices) {
+                // Drawn from a slice: settled here; the slice goes back when it is done.
+                let granted: Vec<u64> = held.grants.iter().map(|g| g.granted).collect();
+                let actual: Vec<u64> = charges.iter().map(|c| c.actual).collect();
+                let (used, back) = sl.settle(&held.key, id, &granted, &actual, totals);
+                if !used.is_empty() {
+                    b.settled(&held, Ok(used), &facts, now, (tokens, cost));
+                }
+                if let Some(r) = back {
+                    b.give_back(r);
+                }
+                continue;
+            }
             match &b.store {
                 // No I/O: settle in place, so the next call of the session sees it.
                 Store::Memory(m) => {
@@ -860,8 +1061,7 @@ impl Admission {
                     b.in_flight_settles.fetch_add(1, Ordering::AcqRel);
                     rt.spawn(async move {
                         let res = b
-                            .store
-                            .settle(&held.key, now, &charges, totals, held.lease)
+                            .settle_retrying(&held.key, held.lease, now, &charges, totals)
                             .await;
                         b.settled(&held, res, &facts, now, (tokens, cost));
                         if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -942,10 +1142,6 @@ fn stronger(a: BudgetDecision, b: BudgetDecision) -> BudgetDecision {
     } else {
         a
     }
-}
-
-fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn unix_now() -> u64 {

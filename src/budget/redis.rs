@@ -1,14 +1,20 @@
 //! The shared store: one Redis hash per scope instance (`tw:{s:ID}`, `tw:{t:ID}`, `tw:{a:NAME}`,
 //! `tw:{g}` — hash-tagged, so every script touches one key and Redis Cluster works; a task's key
 //! depends on its id alone, so every proxy that sees one of its calls draws on it), every
-//! check-and-reserve and every settle one server-side Lua script (atomic on the server), a
-//! multiplexed auto-reconnecting connection with connect and response timeouts.
+//! check-and-reserve and every settle one server-side Lua script (atomic on the server) whose keys
+//! share one hash slot; either a multiplexed auto-reconnecting connection to one Redis or the
+//! Redis Cluster client (slot routing, MOVED/ASK, topology refresh from the seed nodes), with
+//! connect and response timeouts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use metrics::counter;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Script, Value};
 use tokio::sync::OnceCell;
 
 use super::ledger::{Charge, Counter, Grant, Group, Lease, Reserved, StoreError, Totals, Want};
@@ -102,18 +108,34 @@ return out
 
 /// Replace reservations with spend (in the window they were made in, else the current one).
 /// A reservation whose lease already ran out was released by a purge: only its spend is added.
+/// Settled lease ids are kept (`KEYS[3]`, a sorted set by time, for `ARGV[9]` ms) so a settle
+/// retried after its reply was lost (a timeout, a failover) is not counted twice.
 const SETTLE: &str = r#"
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local lease = ARGV[6]
+local now_ms = tonumber(ARGV[8])
+local keep_ms = tonumber(ARGV[9])
 local live = 1
 if lease ~= '' then
+  if redis.call('ZSCORE', KEYS[3], lease) then
+    local out = {}
+    for i = 0, n - 1 do
+      local c = ARGV[10 + i * 5]
+      local v = redis.call('HMGET', KEYS[1], c .. ':p', c .. ':r')
+      out[#out + 1] = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+    end
+    return out
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - keep_ms)
+  redis.call('ZADD', KEYS[3], now_ms, lease)
+  redis.call('PEXPIRE', KEYS[3], keep_ms)
   live = redis.call('ZREM', KEYS[2], lease)
   redis.call('HDEL', KEYS[1], 'l:' .. lease)
 end
 local out = {}
 for i = 0, n - 1 do
-  local b = 8 + i * 5
+  local b = 10 + i * 5
   local c = ARGV[b]
   local w = tonumber(ARGV[b + 1])
   local start = tonumber(ARGV[b + 2])
@@ -153,10 +175,58 @@ end
 return #ARGV - 1
 "#;
 
+/// Where the store is: one Redis, or a Redis Cluster reached through its seed nodes.
+pub enum Target<'a> {
+    /// `redis://host:port[/db]`.
+    Single(&'a str),
+    /// Seed nodes `redis://host:port`; the rest of the cluster is read from them.
+    Cluster(&'a [String]),
+}
+
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A connection of either kind; both reconnect by themselves and are cheap to clone.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// Redis-backed budget store.
 pub struct RedisStore {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    client: Client,
+    conn: OnceCell<Conn>,
     timeout: Duration,
     reserve: Script,
     settle: Script,
@@ -165,19 +235,35 @@ pub struct RedisStore {
     session_ttl: u64,
     /// Seconds a task's hash outlives its last call.
     task_ttl: u64,
+    /// How long a settled lease id is remembered, so a retried settle counts once.
+    settled_keep_ms: u64,
+    /// Replicas a settle waits for (`WAIT`); 0: none.
+    settle_replicas: u32,
 }
 
 // === impl RedisStore ===
 
 impl RedisStore {
-    /// A store on `url`; connects on first use, every operation bounded by `timeout`; session and
-    /// task records are kept `retention` (session, task) after their last call.
+    /// A store on `target`; connects on first use, every operation bounded by `timeout`; session
+    /// and task records are kept `retention` (session, task) after their last call; a settle may
+    /// be retried for up to `retry_for`, and waits for `settle_replicas` replicas to have it.
     pub fn new(
-        url: &str,
+        target: Target<'_>,
         timeout: Duration,
         retention: (Duration, Duration),
+        retry_for: Duration,
+        settle_replicas: u32,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Redis(e.to_string()))?;
+        let client = match target {
+            Target::Single(url) => Client::Single(redis::Client::open(url).map_err(err)?),
+            Target::Cluster(nodes) => Client::Cluster(
+                ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()
+                    .map_err(err)?,
+            ),
+        };
         Ok(Self {
             client,
             conn: OnceCell::new(),
@@ -187,19 +273,31 @@ impl RedisStore {
             renew: Script::new(RENEW),
             session_ttl: retention.0.as_secs().max(1),
             task_ttl: retention.1.as_secs().max(1),
+            // Twice the retry span: a settle retried at its last moment still finds its mark.
+            settled_keep_ms: duration_ms(retry_for).saturating_mul(2).max(1_000),
+            settle_replicas,
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<Conn, StoreError> {
         let c = tokio::time::timeout(
             self.timeout,
-            self.conn.get_or_try_init(|| {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.timeout)
-                    .set_response_timeout(self.timeout)
-                    .set_number_of_retries(1)
-                    .set_max_delay(200);
-                ConnectionManager::new_with_config(self.client.clone(), cfg)
+            self.conn.get_or_try_init(|| async {
+                match &self.client {
+                    Client::Single(client) => {
+                        let cfg = ConnectionManagerConfig::new()
+                            .set_connection_timeout(self.timeout)
+                            .set_response_timeout(self.timeout)
+                            .set_number_of_retries(1)
+                            .set_max_delay(200);
+                        ConnectionManager::new_with_config(client.clone(), cfg)
+                            .await
+                            .map(Conn::Single)
+                    }
+                    Client::Cluster(client) => {
+                        client.get_async_connection().await.map(Conn::Cluster)
+                    }
+                }
             }),
         )
         .await
@@ -211,7 +309,7 @@ impl RedisStore {
     /// Run `f` on a connection within the timeout.
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let conn = self.conn().await?;
@@ -285,13 +383,16 @@ impl RedisStore {
         let mut inv = self.settle.prepare_invoke();
         inv.key(redis_key(key))
             .key(lease_key(key))
+            .key(settled_key(key))
             .arg(now)
             .arg(charges.len())
             .arg(t.input)
             .arg(t.output)
             .arg(t.cost)
             .arg(lease.map_or(String::new(), |id| id.to_string()))
-            .arg(self.ttl(key, charges.iter().map(|c| c.window)));
+            .arg(self.ttl(key, charges.iter().map(|c| c.window)))
+            .arg(unix_ms())
+            .arg(self.settled_keep_ms);
         for c in charges {
             inv.arg(c.counter.as_ref())
                 .arg(c.window.unwrap_or(0))
@@ -302,6 +403,9 @@ impl RedisStore {
         let v: Vec<i64> = self
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
+        if self.settle_replicas > 0 {
+            self.replicated(key).await;
+        }
         if let Some((ranking, id)) = ranked(key) {
             let tokens = t.input.saturating_add(t.output);
             if tokens > 0 {
@@ -321,6 +425,34 @@ impl RedisStore {
             }
         }
         Ok(v.into_iter().map(|x| x.max(0) as u64).collect())
+    }
+
+    /// Wait (`WAIT`, on the primary holding `key`) until `settle_replicas` replicas have every
+    /// write before it, within half the timeout. Falling short is counted
+    /// (`op="replicate"`), not failed: the spend is settled on the primary, and retrying would
+    /// only stall every settle of a shard whose replica is down.
+    async fn replicated(&self, key: &str) {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(self.settle_replicas)
+            .arg(duration_ms(self.timeout / 2).max(1));
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+            key_slot(&redis_key(key)),
+            SlotAddr::Master,
+        )));
+        let acked: Result<i64, StoreError> = self
+            .run(|c| async move {
+                match c {
+                    Conn::Single(mut c) => wait.query_async(&mut c).await,
+                    Conn::Cluster(mut c) => {
+                        redis::from_redis_value(&c.route_command(&wait, route).await?)
+                    }
+                }
+            })
+            .await;
+        if !matches!(acked, Ok(n) if n >= i64::from(self.settle_replicas)) {
+            counter!(crate::telemetry::metrics::BUDGET_STORE_ERRORS_TOTAL, "op" => "replicate")
+                .increment(1);
+        }
     }
 
     /// Seconds until scope `key` expires with counters of `windows` (0: never). Windowed-only
@@ -429,16 +561,37 @@ impl RedisStore {
     }
 
     /// Take up to `batch` ranked ids of `prefix` whose records expired out of its ranking,
-    /// scanning on from where the last call stopped (`cursor`); the next cursor.
+    /// scanning on from where the last call stopped (`cursor`); the next cursor. One proxy of
+    /// the fleet prunes a ranking per period `every` (a `SET NX PX` lock beside the ranking):
+    /// every proxy pruning the same ranking would cost each one a batch of commands per period,
+    /// whatever its traffic.
     pub(super) async fn prune(
         &self,
         prefix: &str,
         cursor: u64,
         batch: usize,
+        every: Duration,
     ) -> Result<u64, StoreError> {
         let Some((ranking, _)) = ranked(prefix) else {
             return Ok(0);
         };
+        let lock = format!("{ranking}:pruner");
+        let ms = duration_ms(every).max(1);
+        let ours: Option<String> = self
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(lock)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if ours.is_none() {
+            return Ok(cursor);
+        }
         let (next, page): (u64, Vec<(String, f64)>) = self
             .run(|mut c| async move {
                 redis::cmd("ZSCAN")
@@ -468,7 +621,7 @@ impl RedisStore {
     pub(super) async fn reset(&self, key: &str) -> Result<bool, StoreError> {
         let (k, l) = (redis_key(key), lease_key(key));
         let n: i64 = self
-            .run(|mut c| async move { c.del(&[k, l]).await })
+            .run(|mut c| async move { c.del(&[k, l, settled_key(key)]).await })
             .await?;
         if let Some((ranking, id)) = ranked(key) {
             let id = id.to_string();
@@ -494,6 +647,41 @@ fn redis_key(key: &str) -> String {
 /// `tw:{s:ID}:l`: the scope's reservation leases (a sorted set by expiry), in its hash slot.
 fn lease_key(key: &str) -> String {
     format!("tw:{{{key}}}:l")
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the part between the
+/// first `{` and the next `}`, when not empty), else of the whole key, modulo 16384.
+fn key_slot(key: &str) -> u16 {
+    let b = key.as_bytes();
+    let tagged = b.iter().position(|&c| c == b'{').and_then(|open| {
+        let rest = &b[open + 1..];
+        rest.iter()
+            .position(|&c| c == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    let mut crc: u16 = 0;
+    for &byte in tagged.unwrap_or(b) {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// `tw:{s:ID}:d`: lease ids settled lately (a sorted set by time), in its hash slot.
+fn settled_key(key: &str) -> String {
+    format!("tw:{{{key}}}:d")
+}
+
+/// Whole milliseconds of `d`, saturating.
+pub(super) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds since the Unix epoch: lease expiries (every proxy's clock, as for windows).
@@ -535,4 +723,22 @@ fn group_from_hash(h: &BTreeMap<String, String>) -> Group {
         }
     }
     g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_slot;
+
+    #[test]
+    fn key_slots_are_the_clusters() {
+        // Redis Cluster specification: CRC16("123456789") = 0x31C3.
+        assert_eq!(key_slot("123456789"), 0x31C3);
+        // The examples of the `CLUSTER KEYSLOT` documentation.
+        assert_eq!(key_slot("somekey"), 11058);
+        assert_eq!(key_slot("foo{hash_tag}"), 2515);
+        assert_eq!(key_slot("tw:{s:abc}"), key_slot("s:abc"));
+        assert_eq!(key_slot("tw:{s:abc}:l"), key_slot("s:abc"));
+        // An empty tag hashes the whole key.
+        assert_ne!(key_slot("a{}b"), key_slot(""));
+    }
 }

@@ -320,6 +320,49 @@ pub struct BudgetsConfig {
     /// A task's budget record is kept this long after its last call, then forgotten.
     #[serde(default = "default_task_retention", with = "humantime_serde")]
     pub task_retention: Duration,
+    /// Leased limits: scopes whose limits a sidecar draws on through slices (shared stores).
+    #[serde(default)]
+    pub leases: LeasesConfig,
+}
+
+/// Leased limits: a sidecar takes a slice of what a scope has left and admits calls against it
+/// locally (see `budget::slices`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeasesConfig {
+    /// agent and/or global; none by default (every call reserves in the store).
+    #[serde(default)]
+    pub scopes: Vec<LimitScope>,
+    /// Smallest slice, as a fraction of each limit.
+    #[serde(default = "default_lease_min")]
+    pub min: f64,
+    /// Largest slice, as a fraction of each limit.
+    #[serde(default = "default_lease_max")]
+    pub max: f64,
+    /// A slice is sized to last this long at the sidecar's recent rate, and given back after it.
+    #[serde(default = "default_lease_lasts", with = "humantime_serde")]
+    pub lasts: Duration,
+}
+
+impl Default for LeasesConfig {
+    fn default() -> Self {
+        Self {
+            scopes: Vec::new(),
+            min: default_lease_min(),
+            max: default_lease_max(),
+            lasts: default_lease_lasts(),
+        }
+    }
+}
+
+fn default_lease_min() -> f64 {
+    0.001
+}
+fn default_lease_max() -> f64 {
+    0.05
+}
+fn default_lease_lasts() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// How a lifetime limit refuses a call (windowed limits always answer 429 with `Retry-After`).
@@ -338,7 +381,7 @@ pub enum LifetimeRefusal {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// memory | redis.
+    /// memory | redis | redis_cluster.
     #[serde(default)]
     pub kind: StoreKind,
     /// Memory store snapshot file.
@@ -347,6 +390,9 @@ pub struct StoreConfig {
     /// Redis URL for the redis store.
     #[serde(default)]
     pub url: Option<String>,
+    /// Seed nodes (`redis://host:port`) for the redis_cluster store.
+    #[serde(default)]
+    pub nodes: Vec<String>,
     /// Redis connect and per-operation timeout.
     #[serde(default = "default_store_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -357,17 +403,23 @@ pub struct StoreConfig {
     /// long (renewed every third of it), so a proxy that dies cannot hold budget forever.
     #[serde(default = "default_reservation_lease", with = "humantime_serde")]
     pub reservation_lease: Duration,
+    /// Redis stores: replicas each settle waits for (`WAIT`, off the response path) before it is
+    /// done, so a failover loses no settled spend; 0 = asynchronous replication only.
+    #[serde(default)]
+    pub settle_replicas: u32,
 }
 
 /// Budget store kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum StoreKind {
     /// Embedded, snapshotted to a file.
     #[default]
     Memory,
     /// Shared by every replica.
     Redis,
+    /// Shared by every replica, on a Redis Cluster.
+    RedisCluster,
 }
 
 /// Behaviour when the budget store is unreachable.
@@ -771,9 +823,11 @@ impl Default for StoreConfig {
             kind: StoreKind::default(),
             snapshot_path: default_snapshot_path(),
             url: None,
+            nodes: Vec::new(),
             timeout: default_store_timeout(),
             snapshot_interval: default_snapshot_interval(),
             reservation_lease: default_reservation_lease(),
+            settle_replicas: 0,
         }
     }
 }
@@ -788,6 +842,7 @@ impl Default for BudgetsConfig {
             session_retention: default_session_retention(),
             task_retention: default_task_retention(),
             lifetime_refusal: LifetimeRefusal::default(),
+            leases: LeasesConfig::default(),
         }
     }
 }

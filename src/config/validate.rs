@@ -120,6 +120,57 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 check_redis_url(u).map_err(|m| invalid("budgets.store.url", &m))?;
             }
         }
+    }
+    if config.budgets.store.kind == super::StoreKind::RedisCluster {
+        if config.budgets.store.nodes.is_empty() {
+            return Err(invalid(
+                "budgets.store.nodes",
+                "at least one seed node is required when budgets.store.kind is redis_cluster",
+            ));
+        }
+        for (i, u) in config.budgets.store.nodes.iter().enumerate() {
+            check_redis_url(u)
+                .and_then(
+                    |()| match redis::parse_redis_url(u).map(|u| u.path().to_string()) {
+                        Some(db) if !matches!(db.as_str(), "" | "/" | "/0") => {
+                            Err("a Redis Cluster has only database 0".into())
+                        }
+                        _ => Ok(()),
+                    },
+                )
+                .map_err(|m| invalid(&format!("budgets.store.nodes[{i}]"), &m))?;
+        }
+    }
+    let leases = &config.budgets.leases;
+    if let Some(s) = leases
+        .scopes
+        .iter()
+        .find(|s| !matches!(s, super::LimitScope::Agent | super::LimitScope::Global))
+    {
+        return Err(invalid(
+            "budgets.leases.scopes",
+            &format!("{s:?} is exact (one instance lives in one sidecar); only agent and global are leased"),
+        ));
+    }
+    if !leases.scopes.is_empty() && config.budgets.store.kind == super::StoreKind::Memory {
+        return Err(invalid(
+            "budgets.leases.scopes",
+            "leases draw on a shared store: set budgets.store.kind to redis or redis_cluster",
+        ));
+    }
+    if !(leases.min > 0.0 && leases.min <= leases.max && leases.max <= 1.0) {
+        return Err(invalid(
+            "budgets.leases.min",
+            "min and max are fractions of a limit: 0 < min <= max <= 1",
+        ));
+    }
+    if leases.lasts < std::time::Duration::from_millis(100) {
+        return Err(invalid("budgets.leases.lasts", "must be at least 100ms"));
+    }
+    if matches!(
+        config.budgets.store.kind,
+        super::StoreKind::Redis | super::StoreKind::RedisCluster
+    ) {
         if config.budgets.store.timeout.is_zero() {
             return Err(invalid("budgets.store.timeout", "must be > 0"));
         }
@@ -382,6 +433,14 @@ mod tests {
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    batch: 1.5\n", "pricing.m.batch"),
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    batch: 0\n", "pricing.m.batch"),
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    audio_output: -1\n", "pricing.m"),
+            ("budgets:\n  store:\n    kind: redis_cluster\n", "budgets.store.nodes"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n  leases:\n    scopes: [session]\n", "budgets.leases.scopes"),
+            ("budgets:\n  leases:\n    scopes: [agent]\n", "budgets.leases.scopes"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n  leases:\n    scopes: [agent]\n    min: 0.2\n    max: 0.1\n", "budgets.leases.min"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n  leases:\n    scopes: [global]\n    lasts: 10ms\n", "budgets.leases.lasts"),
+            ("budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000, 'http://b:7001']\n", "budgets.store.nodes[1]"),
+            ("budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000/2]\n", "budgets.store.nodes[0]"),
+            ("budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000]\n    reservation_lease: 1s\n", "budgets.store.reservation_lease"),
         ];
         for (text, key) in cases {
             let err = load_from_str(text, "c.yaml").unwrap_err().to_string();
@@ -404,6 +463,8 @@ mod tests {
             assert!(!err.contains("hunter2"), "{err}");
         }
         let ok = "budgets:\n  store:\n    kind: redis\n    url: redis://:pw@127.0.0.1:6379/2\n";
+        assert!(load_from_str(ok, "c.yaml").is_ok());
+        let ok = "budgets:\n  store:\n    kind: redis_cluster\n    nodes: [redis://a:7000, 'redis://b:7001/0']\n    settle_replicas: 1\n";
         assert!(load_from_str(ok, "c.yaml").is_ok());
     }
 

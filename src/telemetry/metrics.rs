@@ -115,6 +115,13 @@ pub const BUDGET_TASKS_TRACKED: &str = "tokenwarden_budget_tasks_tracked";
 pub const BUDGET_STORE_ERRORS_TOTAL: &str = "tokenwarden_budget_store_errors_total";
 /// 1 while the budget store answers, 0 when it does not.
 pub const BUDGET_STORE_UP: &str = "tokenwarden_budget_store_up";
+/// Time a call's budget admission took (check-and-reserve in the store, or from a slice): what
+/// the ledger adds to the call before it goes upstream.
+pub const BUDGET_ADMISSION_SECONDS: &str = "tokenwarden_budget_admission_seconds";
+/// Slices of leased limits taken from and returned to the store, by scope.
+pub const BUDGET_SLICES_TOTAL: &str = "tokenwarden_budget_slices_total";
+/// Slices of leased limits this sidecar holds.
+pub const BUDGET_SLICES_OPEN: &str = "tokenwarden_budget_slices_open";
 /// Budget alerts dropped because the webhook queue was full.
 pub const BUDGET_ALERTS_DROPPED_TOTAL: &str = "tokenwarden_budget_alerts_dropped_total";
 /// Budget alerts the webhook did not accept after every retry.
@@ -352,7 +359,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets: [(&str, &[f64]); 25] = [
+            let buckets: [(&str, &[f64]); 26] = [
+                (BUDGET_ADMISSION_SECONDS, OVERHEAD_BUCKETS),
                 (TOOL_GATE_DELAY_SECONDS, GATE_BUCKETS),
                 (MCP_OPERATION_DURATION, MCP_DURATION_BUCKETS),
                 (APPROVAL_WAIT_SECONDS, APPROVAL_WAIT_BUCKETS),
@@ -619,9 +627,23 @@ fn describe() {
     describe_counter!(
         BUDGET_STORE_ERRORS_TOTAL,
         Unit::Count,
-        "Budget store failures by operation (reserve, settle, ping, snapshot)."
+        "Budget store failures by operation (reserve, settle, renew, ping, snapshot, replicate)."
     );
     describe_gauge!(BUDGET_STORE_UP, "1 while the budget store answers, else 0.");
+    describe_histogram!(
+        BUDGET_ADMISSION_SECONDS,
+        Unit::Seconds,
+        "Time a call's budget admission took (store round trips, or a slice): the latency budgets add before forwarding."
+    );
+    describe_counter!(
+        BUDGET_SLICES_TOTAL,
+        Unit::Count,
+        "Slices of leased agent and global limits taken from (op=taken) and given back to (op=returned) the store."
+    );
+    describe_gauge!(
+        BUDGET_SLICES_OPEN,
+        "Slices of leased limits this sidecar holds."
+    );
     describe_counter!(
         BUDGET_ALERTS_DROPPED_TOTAL,
         Unit::Count,

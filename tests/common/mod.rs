@@ -97,15 +97,38 @@ pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Fu
 
 /// POST `body` with `headers`; return the response head and the whole body.
 pub async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (Response<()>, Bytes) {
+    send(json_post(url, headers, body)).await
+}
+
+/// A JSON POST of `body` with `headers`.
+fn json_post(url: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
     let mut req = Request::post(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req
-        .header("content-type", "application/json")
+    req.header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    send(req).await
+        .unwrap()
+}
+
+/// Like [`post`], `None` when the request or its body fails (a proxy killed on purpose).
+pub async fn try_post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(Response<()>, Bytes)> {
+    let req = json_post(url, headers, body);
+    let resp = tokio::time::timeout(Duration::from_secs(30), client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
+        .await
+        .ok()?
+        .ok()?
+        .to_bytes();
+    Some((Response::from_parts(parts, ()), body))
 }
 
 pub async fn get(url: &str) -> (Response<()>, Bytes) {

@@ -211,6 +211,12 @@ def overview():
     ], unit="short", w=12, exemplar=True,
        description="What drives cost: tokens per inference call. Exemplar dots link a costly "
                    "call to its trace.")
+    b.panel("Cost per call p50 / p95 (USD)", [
+        (q(0.5, "tokenwarden_call_cost_usd", "", f"{AGENT}, {MODEL}"), "p50"),
+        (q(0.95, "tokenwarden_call_cost_usd", "", f"{AGENT}, {MODEL}"), "p95"),
+    ], unit="currencyUSD", w=12, decimals=4, exemplar=True,
+       description="Priced calls (budgets with a pricing table). Exemplar dots link a costly "
+                   "call to its trace.")
     b.panel("Time per output chunk p95", [
         (q(0.95, "gen_ai_client_inference_time_per_output_chunk_seconds", "", GEN_AI), "p95"),
     ], unit="s", w=12)
@@ -233,6 +239,10 @@ def budgets():
     b.panel("Spend per hour by model (USD)", [(
         f"sum by (model) (rate(tokenwarden_cost_usd_total{{{AGENT}, {MODEL}}}[{RATE}])) * 3600",
         "{{model}}")], unit="currencyUSD", w=12, stack=True, decimals=4)
+    b.panel("Cost per call p95 by agent (USD)", [
+        (q(0.95, "tokenwarden_call_cost_usd", "agent", f"{AGENT}, {MODEL}"), "{{agent}}"),
+    ], unit="currencyUSD", w=12, decimals=4, exemplar=True,
+       description="Exemplar dots link a costly call to its trace.")
     b.panel("Spend in range by agent (USD)", [(
         f"sum by (agent) (increase(tokenwarden_cost_usd_total{{{AGENT}, {MODEL}}}[$__range]))",
         "{{agent}}")], unit="currencyUSD", kind="stat", w=12, decimals=4)

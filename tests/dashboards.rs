@@ -91,7 +91,8 @@ fn dashboards_are_templated_and_current() {
 /// series of one.
 fn exported(name: &str) -> bool {
     use tokenwarden::telemetry::metrics::{
-        CONTRACT_NAMES, GEN_AI_LATEST_NAMES, GEN_AI_PREVIOUS_NAMES, TASK_NAMES, TOOL_LEG_NAMES,
+        CONTRACT_NAMES, EXEMPLAR_NAMES, GEN_AI_LATEST_NAMES, GEN_AI_PREVIOUS_NAMES, TASK_NAMES,
+        TOOL_LEG_NAMES,
     };
     let base = ["_bucket", "_sum", "_count"]
         .iter()
@@ -99,7 +100,10 @@ fn exported(name: &str) -> bool {
         .unwrap_or(name);
     let genai_default = GEN_AI_LATEST_NAMES.contains(&base)
         || (CONTRACT_NAMES.contains(&base) && !GEN_AI_PREVIOUS_NAMES.contains(&base));
-    genai_default || TASK_NAMES.contains(&base) || TOOL_LEG_NAMES.contains(&base)
+    genai_default
+        || TASK_NAMES.contains(&base)
+        || TOOL_LEG_NAMES.contains(&base)
+        || EXEMPLAR_NAMES.contains(&base)
 }
 
 #[test]
@@ -158,9 +162,26 @@ fn latency_and_token_panels_link_to_traces_through_exemplars() {
         }
     }
     assert!(
-        linked >= 6,
-        "latency, first token and tokens-per-call targets: {linked}"
+        linked >= 8,
+        "latency, first token, tokens-per-call and cost-per-call targets: {linked}"
     );
+    // The cost panels link too (their rate-of-spend panels read a gauge, which carries none).
+    for (name, board) in boards() {
+        let cost_linked = board["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+            .any(|t| {
+                t["expr"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("tokenwarden_call_cost_usd_bucket"))
+                    && t["exemplar"] == true
+            });
+        if name.contains("overview") || name.contains("budgets") {
+            assert!(cost_linked, "{name}: no cost panel links to traces");
+        }
+    }
     let ds = std::fs::read_to_string(
         Path::new(ROOT).join("deploy/grafana/provisioning/datasources/prometheus.yaml"),
     )

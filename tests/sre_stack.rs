@@ -434,14 +434,14 @@ async fn exemplars(prom: &Prometheus, selector: &str) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exemplars_lead_from_latency_and_token_histograms_to_exported_spans() {
+async fn exemplars_lead_from_latency_token_and_cost_histograms_to_exported_spans() {
     let rx = Receiver::grpc().await;
     let m = mock().await;
     let p = TestProxy::to(
         "exemplars",
         m.addr(),
         &format!(
-            "telemetry:\n  service_name: tw-exemplars\n  otlp:\n    endpoint: {}\n    protocol: grpc\n",
+            "telemetry:\n  service_name: tw-exemplars\n  otlp:\n    endpoint: {}\n    protocol: grpc\nbudgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: agent\n      usd: 1000\npricing:\n  gpt-4o-mini: {{ input: 10.0, output: 10.0 }}\n",
             rx.endpoint()
         ),
     )
@@ -472,6 +472,8 @@ async fn exemplars_lead_from_latency_and_token_histograms_to_exported_spans() {
         "gen_ai_client_inference_duration_seconds_bucket",
         "gen_ai_client_inference_time_to_first_chunk_seconds_bucket",
         "gen_ai_client_inference_operation_output_tokens_bucket",
+        // The cost panels' link (a priced call under a budget).
+        "tokenwarden_call_cost_usd_bucket",
     ] {
         let selector = format!("{histogram}{{agent=\"sre-exemplars\"}}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

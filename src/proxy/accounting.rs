@@ -492,6 +492,26 @@ fn observe(name: &'static str, labels: Vec<Label>, value: f64, trace: Option<(Tr
     histogram!(name, labels).record(value);
 }
 
+/// Record a priced call's cost (nano-USD) per agent and served model, with the call's trace as
+/// the exemplar its bucket links to (the dashboards' cost panels).
+pub(super) fn observe_cost(
+    agent: &Arc<str>,
+    model: &Arc<str>,
+    nano_usd: u64,
+    trace: Option<(TraceId, SpanId)>,
+) {
+    let labels = vec![
+        Label::new("agent", agent.to_string()),
+        Label::new("model", model.to_string()),
+    ];
+    observe(
+        m::CALL_COST_USD,
+        labels,
+        nano_usd as f64 / crate::record::NANO_PER_USD,
+        trace,
+    );
+}
+
 /// Whether a call is a GenAI inference (`gen_ai.client.inference.*` metrics) rather than another
 /// operation (`gen_ai.client.operation.duration` only).
 fn is_inference(op: Operation) -> bool {

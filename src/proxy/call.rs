@@ -24,7 +24,7 @@ use crate::task::{CallDone, Tasks};
 use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
-use super::accounting::{Ending, LlmCall};
+use super::accounting::{observe_cost, Ending, LlmCall};
 use super::gate_log::{Found, GateLog};
 use crate::record::{
     BudgetDecision, CallLabels, Operation, PolicyViolation, UpstreamError, UsageSource,
@@ -410,6 +410,12 @@ impl Call {
                 cost: 0,
             })
         });
+        if let (Some(charged), Some(f)) = (charged, finished.as_ref()) {
+            if charged.cost > 0 {
+                let trace = self.span.as_deref().map(|s| (s.trace_id(), s.span_id()));
+                observe_cost(&self.base.agent, &f.response_model, charged.cost, trace);
+            }
+        }
         if let (Some(ledger), Some(session), Some(spend)) = (&self.ledger, &self.session, spend) {
             ledger.charge(session, spend);
         }

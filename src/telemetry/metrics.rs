@@ -87,6 +87,8 @@ pub const BUDGET_WARN_CROSSED_TOTAL: &str = "tokenwarden_budget_warn_crossed_tot
 pub const BUDGET_EXCEEDED_TOTAL: &str = "tokenwarden_budget_exceeded_total";
 /// Spend in USD by agent and model (a gauge that only grows: the facade's counters are integers).
 pub const COST_USD_TOTAL: &str = "tokenwarden_cost_usd_total";
+/// Spend in USD per priced call, by agent and model: the cost panels' link to traces (exemplars).
+pub const CALL_COST_USD: &str = "tokenwarden_call_cost_usd";
 /// Used fraction of agent and global limits.
 pub const BUDGET_USED_RATIO: &str = "tokenwarden_budget_used_ratio";
 /// Tasks with a call through this sidecar within the task idle timeout.
@@ -228,6 +230,9 @@ pub const TOOL_LEG_NAMES: &[&str] = &[
     APPROVAL_WAIT_SECONDS,
 ];
 
+/// Exported names outside CONTRACT.md that the dashboards use to link cost to traces.
+pub const EXEMPLAR_NAMES: &[&str] = &[CALL_COST_USD];
+
 /// Buckets for the sidecar's own overhead: tens of microseconds to tens of milliseconds.
 const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
@@ -287,6 +292,11 @@ const TASK_DURATION_BUCKETS: &[f64] = &[
 const TASK_COUNT_BUCKETS: &[f64] = &[
     0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
+/// Spend per call in USD: a thousandth of a cent to tens of dollars.
+const CALL_COST_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 5.0, 25.0,
+];
 /// Spend per task in USD: a hundredth of a cent to hundreds of dollars.
 const TASK_COST_BUCKETS: &[f64] = &[
     0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 500.0,
@@ -337,7 +347,7 @@ pub fn otel_name(name: &str) -> Option<(&'static str, &'static str)> {
 }
 
 /// The bucket bounds of a histogram that carries exemplars (the GenAI duration, time to first
-/// chunk and token histograms), `None` for every other metric.
+/// chunk and token histograms, the cost per call), `None` for every other metric.
 pub fn buckets_of(name: &str) -> Option<&'static [f64]> {
     match name {
         GEN_AI_INFERENCE_DURATION
@@ -347,6 +357,7 @@ pub fn buckets_of(name: &str) -> Option<&'static [f64]> {
         GEN_AI_OPERATION_INPUT_TOKENS | GEN_AI_OPERATION_OUTPUT_TOKENS | GEN_AI_TOKEN_USAGE => {
             Some(TOKEN_BUCKETS)
         }
+        CALL_COST_USD => Some(CALL_COST_BUCKETS),
         _ => None,
     }
 }
@@ -359,8 +370,9 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets: [(&str, &[f64]); 26] = [
+            let buckets: [(&str, &[f64]); 27] = [
                 (BUDGET_ADMISSION_SECONDS, OVERHEAD_BUCKETS),
+                (CALL_COST_USD, CALL_COST_BUCKETS),
                 (TOOL_GATE_DELAY_SECONDS, GATE_BUCKETS),
                 (MCP_OPERATION_DURATION, MCP_DURATION_BUCKETS),
                 (APPROVAL_WAIT_SECONDS, APPROVAL_WAIT_BUCKETS),
@@ -575,6 +587,10 @@ fn describe() {
     ] {
         describe_histogram!(name, Unit::Count, help);
     }
+    describe_histogram!(
+        CALL_COST_USD,
+        "Spend in USD per priced call (from the pricing table), by agent and model; exemplars link to the call's trace."
+    );
     describe_histogram!(
         TASK_COST_USD,
         "Spend in USD per task through this sidecar (from the pricing table), recorded when the task ends."

@@ -90,13 +90,12 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
     let mut responses = 0;
     while let Some(Ok(msg)) = rx.next().await {
         seen.lock().unwrap().received.push(msg.clone());
-        let kind = match &msg {
-            Message::Text(t) => serde_json::from_str::<serde_json::Value>(t)
-                .ok()
-                .and_then(|v| v["type"].as_str().map(str::to_string))
-                .unwrap_or_default(),
-            _ => String::new(),
+        let event = match &msg {
+            Message::Text(t) => serde_json::from_str::<serde_json::Value>(t).unwrap_or_default(),
+            _ => serde_json::Value::Null,
         };
+        let kind = event["type"].as_str().unwrap_or_default();
+        let client_id = event["event_id"].as_str().unwrap_or_default();
         match &msg {
             Message::Close(frame) => {
                 seen.lock().unwrap().close = frame.as_ref().map(|f| u16::from(f.code));
@@ -110,7 +109,22 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
             Message::Text(_) if kind == "response.cancel" => {
                 let _ = send(&mut tx, &seen, DONE_CANCELLED.trim().to_string()).await;
             }
-            Message::Text(_) if kind == "response.create" => {
+            // A request while a response is in progress: refused with the documented `error`
+            // event naming the client's event (played for ids starting `evt_busy`).
+            Message::Text(_) if kind == "response.create" && client_id.starts_with("evt_busy") => {
+                let error = format!(
+                    r#"{{"type":"error","event_id":"event_e{}","error":{{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"Conversation already has an active response in progress: resp_1. Wait until the response is finished before creating a new one.","param":null,"event_id":"{client_id}"}}}}"#,
+                    seen.lock().unwrap().received.len()
+                );
+                if send(&mut tx, &seen, error).await.is_err() {
+                    break;
+                }
+            }
+            // A committed turn starts a response with no `response.create`, as the server's
+            // turn detection (`create_response: true`) does.
+            Message::Text(_)
+                if kind == "response.create" || kind == "input_audio_buffer.commit" =>
+            {
                 responses += 1;
                 let id = format!("resp_{responses}");
                 let created = format!(
@@ -729,4 +743,143 @@ async fn a_shutdown_ends_open_sessions_cleanly_and_settles_their_responses() {
     let snap = std::fs::read_to_string(&snapshot).unwrap();
     assert!(snap.contains("sess-shutdown"), "{snap}");
     assert!(snap.contains("190"), "the session's 190 tokens: {snap}");
+}
+
+#[tokio::test]
+async fn response_creates_the_upstream_refuses_end_their_calls_and_never_fill_the_session() {
+    let (up, _seen) = upstream(Play::Complete { deltas: 1 }).await;
+    let proxy = TestProxy::to("rt", up, "budgets:\n  store:\n    snapshot_path: ''\n").await;
+    let mut ws = connect(&proxy, "rt-busy", "sess-busy").await;
+    read_until(&mut ws, "session.created").await;
+    // More refused requests than a session may have responses open at once.
+    for i in 0..20 {
+        ws.send(create(&format!("evt_busy_{i}"))).await.unwrap();
+        let got = read_until(&mut ws, "error").await;
+        let Some(Message::Text(t)) = got.last() else {
+            panic!("no error event: {got:?}");
+        };
+        let e: serde_json::Value = serde_json::from_str(t).unwrap();
+        assert_eq!(
+            e["error"]["code"], "conversation_already_has_active_response",
+            "request {i}: the upstream's own refusal, not the proxy's: {t}"
+        );
+    }
+    ws.send(create("evt_ok")).await.unwrap();
+    let got = read_until(&mut ws, "response.done").await;
+    assert!(
+        !got.iter()
+            .any(|m| matches!(m, Message::Text(t) if t.contains(r#""type":"error""#))),
+        "{got:?}"
+    );
+    // Each refused request ended at its refusal, as a client error costing nothing; the served
+    // one is the one that got the response.
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_requests_total",
+            &[("agent", "rt-busy"), ("status", "4xx")],
+        ),
+        20.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_requests_total",
+            &[("agent", "rt-busy"), ("status", "2xx")],
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "rt-busy"),
+                ("type", "input"),
+                ("source", "provider")
+            ]
+        ),
+        1261.0
+    );
+}
+
+#[tokio::test]
+async fn responses_the_servers_turn_detection_starts_are_admitted_and_charged_to_the_session() {
+    let (up, seen) = upstream(Play::Complete { deltas: 1 }).await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        "budgets:\n  store:\n    snapshot_path: ''\n  default_max_output_tokens: 100\n  limits:\n    - scope: session\n      tokens: 2000\n      action: reject\n",
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-vad", "sess-vad").await;
+    read_until(&mut ws, "session.created").await;
+    let commit = Message::text(r#"{"type":"input_audio_buffer.commit"}"#);
+    ws.send(commit.clone()).await.unwrap();
+    read_until(&mut ws, "response.done").await; // 1632 tokens, no response.create
+                                                // The session's budget was charged: a request for one more is refused.
+    ws.send(create("evt_after_turn")).await.unwrap();
+    let got = read_until(&mut ws, "error").await;
+    let Some(Message::Text(t)) = got.last() else {
+        panic!("no error event: {got:?}");
+    };
+    let e: serde_json::Value = serde_json::from_str(t).unwrap();
+    assert_eq!(e["error"]["code"], "session_token_budget_exceeded", "{t}");
+    assert_eq!(e["error"]["event_id"], "evt_after_turn");
+    // The next turn the server starts itself is refused too: the session ends with the
+    // refusal and a close frame, the response cancelled upstream.
+    ws.send(commit).await.unwrap();
+    let mut error = None;
+    let mut close = None;
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the session ends within 5 s")
+    {
+        match msg {
+            Ok(Message::Text(t)) if t.contains(r#""type":"error""#) => {
+                error = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap())
+            }
+            Ok(Message::Close(f)) => close = f,
+            Ok(_) => {}
+            Err(e) => panic!("not a clean close: {e}"),
+        }
+    }
+    let error = error.expect("an error event before the close");
+    assert_eq!(error["error"]["code"], "session_token_budget_exceeded");
+    assert_eq!(close.expect("a close frame").code, CloseCode::Policy);
+    let ended = eventually(Duration::from_secs(5), || async {
+        seen.lock().unwrap().ended
+    })
+    .await;
+    assert!(ended, "the upstream connection was closed");
+    {
+        let seen = seen.lock().unwrap();
+        assert!(seen
+            .received
+            .iter()
+            .any(|m| matches!(m, Message::Text(t) if t.contains("response.cancel"))));
+        assert!(
+            !seen
+                .received
+                .iter()
+                .any(|m| matches!(m, Message::Text(t) if t.contains("response.create"))),
+            "the refused request never went upstream"
+        );
+    }
+    // Both responses the server started are counted, the refused one too (it ran).
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric_value(
+            &proxy.metrics().await,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "rt-vad"),
+                ("type", "input"),
+                ("source", "provider"),
+            ],
+        ) == 1261.0 + 1398.0
+    })
+    .await;
+    assert!(counted, "{}", proxy.metrics().await);
 }

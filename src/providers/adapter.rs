@@ -239,6 +239,12 @@ pub enum ServerEvent {
     },
     /// The response ended; the message itself is its record ([`Adapter::parse_json`]).
     Done,
+    /// The server refused a client event (e.g. a request for a response while one is in
+    /// progress); `event_id` is the client's id of it, when the client gave one.
+    Error {
+        /// The refused client event's id.
+        event_id: Option<String>,
+    },
     /// Anything else.
     Other,
 }

@@ -188,6 +188,9 @@ struct Live {
     /// Output tokens counted so far, against the `cut` allowance.
     tokens: u64,
     cut: Option<Arc<CutSignal>>,
+    /// The client's id of the `response.create` that asked for it: an upstream `error` event
+    /// naming it refused it.
+    event_id: Option<String>,
 }
 
 /// The open responses of a session: admitted and waiting for `response.created`, then started.
@@ -326,7 +329,7 @@ async fn relay(
                     max_output,
                 } = ctx.s.events.client(t.as_bytes())
                 {
-                    let refusal = admit(&ctx, &open, t.as_bytes(), max_output).await;
+                    let refusal = admit(&ctx, &open, t.as_bytes(), &event_id, max_output).await;
                     if let Some(e) = refusal {
                         let text = e.with_text(|e| ctx.s.events.refusal(e, event_id.as_deref()));
                         let _ = c_tx.lock().await.send(Message::text(text)).await;
@@ -351,13 +354,21 @@ async fn relay(
             let Ok(msg) = msg else {
                 return Ended::UpstreamGone;
             };
+            let mut refused = None;
             if let Message::Text(t) = &msg {
-                if let Cut::Now = observe(&ctx, &open, t.as_bytes()) {
-                    return Ended::Cut;
+                match observe(&ctx, &open, t.as_bytes()) {
+                    Next::Go => {}
+                    Next::Cut => return Ended::Cut(None),
+                    Next::Unasked => refused = admit_unasked(&ctx, &open).await,
                 }
             }
             if c_tx.lock().await.send(msg).await.is_err() {
                 return Ended::ClientGone;
+            }
+            if refused.is_some() {
+                // Past a limit the server's turn detection would only start more: the session
+                // ends as at a `cut`, with the refusal.
+                return Ended::Cut(refused);
             }
         }
         Ended::UpstreamGone
@@ -389,7 +400,7 @@ async fn relay(
     let unfinished = match ended {
         Ended::Closing | Ended::ClientGone => BodyEnd::ClientGone,
         Ended::UpstreamGone => BodyEnd::UpstreamError,
-        Ended::Cut | Ended::Shutdown => BodyEnd::Complete,
+        Ended::Cut(_) | Ended::Shutdown => BodyEnd::Complete,
     };
     let end = match ended {
         Ended::Closing => BodyEnd::Complete,
@@ -397,8 +408,8 @@ async fn relay(
             let _ = c_tx.close().await;
             BodyEnd::Complete
         }
-        Ended::ClientGone | Ended::Cut | Ended::Shutdown => {
-            let cut = matches!(ended, Ended::Cut);
+        Ended::ClientGone | Ended::Cut(_) | Ended::Shutdown => {
+            let cut = matches!(ended, Ended::Cut(_));
             let closing = cut || matches!(ended, Ended::Shutdown);
             if matches!(ended, Ended::Shutdown) {
                 let _ = c_tx
@@ -408,19 +419,21 @@ async fn relay(
                     })))
                     .await;
             }
-            if cut {
+            if let Ended::Cut(refusal) = ended {
                 // The client is told why, and the session closed cleanly.
-                let e = ctx.s.events.refusal(
-                    &crate::providers::adapter::ErrorText {
-                        status: 429,
-                        message: "the session reached a budget limit (action: cut)",
-                        code: CUT_CODE,
-                        openai_type: "budget_exceeded",
-                        anthropic_type: "rate_limit_error",
-                        google_status: "RESOURCE_EXHAUSTED",
-                    },
-                    None,
-                );
+                let e = refusal.unwrap_or_else(|| {
+                    ctx.s.events.refusal(
+                        &crate::providers::adapter::ErrorText {
+                            status: 429,
+                            message: "the session reached a budget limit (action: cut)",
+                            code: CUT_CODE,
+                            openai_type: "budget_exceeded",
+                            anthropic_type: "rate_limit_error",
+                            google_status: "RESOURCE_EXHAUSTED",
+                        },
+                        None,
+                    )
+                });
                 let _ = c_tx.send(Message::text(e)).await;
                 let _ = c_tx
                     .send(Message::Close(Some(CloseFrame {
@@ -468,17 +481,20 @@ enum Ended {
     ClientGone,
     /// The upstream's connection ended (after a close frame or not).
     UpstreamGone,
-    /// A response went past its `cut` allowance.
-    Cut,
+    /// A response went past its `cut` allowance, or the budgets refused one the server
+    /// started itself (the refusal's `error` event, then).
+    Cut(Option<String>),
     /// The proxy is shutting down.
     Shutdown,
 }
 
 /// What reading one server event decided.
-enum Cut {
+enum Next {
     Go,
     /// The response in progress went past its allowance: the session is to be cut.
-    Now,
+    Cut,
+    /// The server started a response nobody asked for (turn detection): it is to be admitted.
+    Unasked,
 }
 
 fn lock(open: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
@@ -494,19 +510,63 @@ async fn admit(
     ctx: &Ctx,
     open: &std::sync::Mutex<Open>,
     event: &[u8],
+    event_id: &Option<String>,
     max_output: Option<u64>,
 ) -> Option<ProxyError> {
-    let mut call = response_call(ctx, max_output);
     let open_now = {
         let o = lock(open);
         o.asked.len() + o.started.len()
     };
     if open_now >= MAX_OPEN_RESPONSES {
+        let mut call = response_call(ctx, max_output);
         call.set_budget_decision(BudgetDecision::Rejected);
         let e = ProxyError::Overloaded;
         call.finish_local(e.status(), 0);
         return Some(e);
     }
+    match admission(ctx, event, max_output).await {
+        Ok(mut live) => {
+            live.event_id.clone_from(event_id);
+            lock(open).asked.push_back(live);
+            None
+        }
+        Err((e, call)) => {
+            call.finish_local(e.status(), 0);
+            Some(e)
+        }
+    }
+}
+
+/// A response the server started itself (its turn detection): admitted by the budgets like a
+/// client's request, with nothing but the session's context as its input, and started; the
+/// refusal's `error` event when the budgets refuse it (the response is then still accounted,
+/// for the session is cut).
+async fn admit_unasked(ctx: &Ctx, open: &std::sync::Mutex<Open>) -> Option<String> {
+    let (live, refused) = match admission(ctx, b"", None).await {
+        Ok(live) => (live, None),
+        Err((e, call)) => {
+            let text = e.with_text(|e| ctx.s.events.refusal(e, None));
+            let live = Live {
+                call,
+                tokens: 0,
+                cut: None,
+                event_id: None,
+            };
+            (live, Some(text))
+        }
+    };
+    start(open, live);
+    refused
+}
+
+/// A response's call, admitted by the budgets (its reservation held until its
+/// `response.done`), or the error that refuses it with the call (its decision set).
+async fn admission(
+    ctx: &Ctx,
+    event: &[u8],
+    max_output: Option<u64>,
+) -> Result<Live, (ProxyError, Call)> {
+    let mut call = response_call(ctx, max_output);
     let mut cut = None;
     if let Some(budgets) = &ctx.s.budgets {
         let context = ctx.context.load(std::sync::atomic::Ordering::Relaxed);
@@ -527,21 +587,28 @@ async fn admit(
             }
             Err(e) => {
                 call.set_budget_decision(BudgetDecision::Rejected);
-                let e = ProxyError::from(e);
-                call.finish_local(e.status(), 0);
-                return Some(e);
+                return Err((ProxyError::from(e), call));
             }
         }
     }
     if let Some(signal) = &cut {
         call.set_cut(signal.clone());
     }
-    lock(open).asked.push_back(Live {
+    Ok(Live {
         call,
         tokens: 0,
         cut,
-    });
-    None
+        event_id: None,
+    })
+}
+
+/// A response started: the next to read output for (bounded: past the bound its call is
+/// dropped, and so finished).
+fn start(open: &std::sync::Mutex<Open>, live: Live) {
+    let mut o = lock(open);
+    if o.started.len() < MAX_OPEN_RESPONSES {
+        o.started.push_back(live);
+    }
 }
 
 /// One response's call, as the upgrade request and the session describe it.
@@ -593,7 +660,7 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
 /// Read a copy of one server event: sessions name the model, `response.created` starts the
 /// next admitted response (or one the server started itself), output counts against the cut
 /// allowance, `response.done` finishes the oldest open response with its record.
-fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
+fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
     match ctx.s.events.server(text) {
         ServerEvent::Session { model: Some(m) } => {
             let mut model = ctx
@@ -605,18 +672,26 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
             }
         }
         ServerEvent::Created => {
-            let mut o = lock(open);
-            let live = match o.asked.pop_front() {
-                Some(live) => live,
-                // Started by the server's turn detection: accounted, never refused.
-                None => Live {
-                    call: response_call(ctx, None),
-                    tokens: 0,
-                    cut: None,
-                },
+            let asked = lock(open).asked.pop_front();
+            match asked {
+                Some(live) => start(open, live),
+                // Started by the server's turn detection: admitted by the caller.
+                None => return Next::Unasked,
+            }
+        }
+        ServerEvent::Error { event_id: Some(id) } => {
+            // A request for a response the server refused (one already in progress, a bad
+            // parameter): it will never start, so its reservation goes back now.
+            let refused = {
+                let mut o = lock(open);
+                let at = o
+                    .asked
+                    .iter()
+                    .position(|l| l.event_id.as_deref() == Some(id.as_str()));
+                at.and_then(|i| o.asked.remove(i))
             };
-            if o.started.len() < MAX_OPEN_RESPONSES {
-                o.started.push_back(live);
+            if let Some(live) = refused {
+                finish(live, text, StatusCode::BAD_REQUEST, BodyEnd::Complete);
             }
         }
         ServerEvent::Output { text } => {
@@ -634,7 +709,7 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
                             at: 0,
                             output_tokens: live.tokens,
                         });
-                        return Cut::Now;
+                        return Next::Cut;
                     }
                 }
             }
@@ -647,17 +722,18 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
                 ctx.context.store(n, std::sync::atomic::Ordering::Relaxed);
             }
             if let Some(live) = lock(open).started.pop_front() {
-                finish(live, text, BodyEnd::Complete);
+                finish(live, text, StatusCode::OK, BodyEnd::Complete);
             }
         }
-        ServerEvent::Other => {}
+        ServerEvent::Other | ServerEvent::Error { event_id: None } => {}
         ServerEvent::Session { model: None } => {}
     }
-    Cut::Go
+    Next::Go
 }
 
-/// Finish a response's call with its `response.done` event.
-fn finish(live: Live, done: &[u8], end: BodyEnd) {
+/// Finish a response's call with its last event (`response.done`, or the `error` that refused
+/// it, with a client error's status: it costs nothing).
+fn finish(live: Live, done: &[u8], status: StatusCode, end: BodyEnd) {
     let mut call = live.call;
     let now = Instant::now();
     call.upstream_headers.get_or_insert(now);
@@ -668,7 +744,7 @@ fn finish(live: Live, done: &[u8], end: BodyEnd) {
         HeaderValue::from_static("application/json"),
     );
     call.on_response_headers(&h);
-    call.upstream_status(StatusCode::OK);
+    call.upstream_status(status);
     call.on_data(&Bytes::copy_from_slice(done), now);
     call.on_end(end);
 }
@@ -695,7 +771,7 @@ async fn cancel_open(
                 if let ServerEvent::Done = ctx.s.events.server(t.as_bytes()) {
                     let live = lock(open).started.pop_front();
                     if let Some(live) = live {
-                        finish(live, t.as_bytes(), end);
+                        finish(live, t.as_bytes(), StatusCode::OK, end);
                     }
                     if lock(open).started.is_empty() {
                         return;

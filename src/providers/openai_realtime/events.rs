@@ -25,6 +25,15 @@ struct Head<'a> {
     response: Option<ResponseHead>,
     #[serde(default)]
     session: Option<SessionHead>,
+    #[serde(default)]
+    error: Option<ErrorHead>,
+}
+
+/// An `error` event's body: the client event it refuses.
+#[derive(Deserialize)]
+struct ErrorHead {
+    #[serde(default)]
+    event_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +212,9 @@ impl RealtimeEvents for Events {
                 text: String::new(),
             },
             "response.done" => ServerEvent::Done,
+            "error" => ServerEvent::Error {
+                event_id: head.error.and_then(|e| e.event_id),
+            },
             _ => ServerEvent::Other,
         }
     }
@@ -351,6 +363,14 @@ mod tests {
             Events.server(br#"{"type":"response.done","response":{}}"#),
             ServerEvent::Done
         ));
+        assert_eq!(
+            Events.server(
+                br#"{"type":"error","event_id":"event_1","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"m","param":null,"event_id":"evt_2"}}"#
+            ),
+            ServerEvent::Error {
+                event_id: Some("evt_2".into())
+            }
+        );
         assert_eq!(
             Events
                 .model(Some("a=1&model=gpt-4o-realtime-preview%2D1"))

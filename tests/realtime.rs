@@ -883,3 +883,47 @@ async fn responses_the_servers_turn_detection_starts_are_admitted_and_charged_to
     .await;
     assert!(counted, "{}", proxy.metrics().await);
 }
+
+#[tokio::test]
+async fn a_client_message_past_the_relay_bound_closes_with_1009_and_the_upstream_is_told() {
+    let (up, seen) = upstream(Play::UntilCancelled { deltas: 1 }).await;
+    let proxy = TestProxy::to("rt", up, "").await;
+    let mut ws = connect(&proxy, "rt-big", "sess-big").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_big")).await.unwrap();
+    read_until(&mut ws, "response.output_text.delta").await;
+    // One audio append over the proxy's 16 MiB bound.
+    let audio = "A".repeat(17 * 1024 * 1024);
+    let big = format!(r#"{{"type":"input_audio_buffer.append","audio":"{audio}"}}"#);
+    let _ = ws.send(Message::text(big)).await;
+    let mut close = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match msg {
+            Ok(Message::Close(f)) => close = f,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let close = close.expect("a close frame, not a dropped connection");
+    assert_eq!(close.code, CloseCode::Size);
+    let ended = eventually(Duration::from_secs(5), || async {
+        seen.lock().unwrap().ended
+    })
+    .await;
+    assert!(ended, "the upstream connection was closed");
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.received
+            .iter()
+            .any(|m| matches!(m, Message::Text(t) if t.contains("response.cancel"))),
+        "the open response was cancelled upstream"
+    );
+    assert!(
+        !seen
+            .received
+            .iter()
+            .any(|m| matches!(m, Message::Text(t) if t.len() > 16 * 1024 * 1024)),
+        "the message never went upstream"
+    );
+    assert_eq!(seen.close, Some(1001));
+}

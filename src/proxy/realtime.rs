@@ -319,8 +319,11 @@ async fn relay(
     // Client → upstream: requests for a response are admitted first.
     let from_client = async {
         while let Some(msg) = c_rx.next().await {
-            let Ok(msg) = msg else {
-                return Ended::ClientGone;
+            let msg = match msg {
+                Ok(msg) => msg,
+                // Past `MAX_MESSAGE_BYTES`: refused with the code RFC 6455 gives it.
+                Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => return Ended::TooBig,
+                Err(_) => return Ended::ClientGone,
             };
             let closing = matches!(msg, Message::Close(_));
             if let Message::Text(t) = &msg {
@@ -398,7 +401,7 @@ async fn relay(
     let mut u_tx = u_tx.into_inner();
     // How a response still open when the session ends is recorded.
     let unfinished = match ended {
-        Ended::Closing | Ended::ClientGone => BodyEnd::ClientGone,
+        Ended::Closing | Ended::ClientGone | Ended::TooBig => BodyEnd::ClientGone,
         Ended::UpstreamGone => BodyEnd::UpstreamError,
         Ended::Cut(_) | Ended::Shutdown => BodyEnd::Complete,
     };
@@ -408,9 +411,18 @@ async fn relay(
             let _ = c_tx.close().await;
             BodyEnd::Complete
         }
-        Ended::ClientGone | Ended::Cut(_) | Ended::Shutdown => {
+        Ended::ClientGone | Ended::TooBig | Ended::Cut(_) | Ended::Shutdown => {
             let cut = matches!(ended, Ended::Cut(_));
-            let closing = cut || matches!(ended, Ended::Shutdown);
+            let too_big = matches!(ended, Ended::TooBig);
+            let closing = cut || too_big || matches!(ended, Ended::Shutdown);
+            if too_big {
+                let _ = c_tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Size,
+                        reason: "message too big".into(),
+                    })))
+                    .await;
+            }
             if matches!(ended, Ended::Shutdown) {
                 let _ = c_tx
                     .send(Message::Close(Some(CloseFrame {
@@ -442,7 +454,7 @@ async fn relay(
                     })))
                     .await;
             }
-            let end = if closing {
+            let end = if closing && !too_big {
                 BodyEnd::Complete
             } else {
                 BodyEnd::ClientGone
@@ -479,6 +491,8 @@ enum Ended {
     Closing,
     /// The client's connection broke or ended without a close frame.
     ClientGone,
+    /// The client sent a message larger than [`MAX_MESSAGE_BYTES`] (closed with 1009).
+    TooBig,
     /// The upstream's connection ended (after a close frame or not).
     UpstreamGone,
     /// A response went past its `cut` allowance, or the budgets refused one the server

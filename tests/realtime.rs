@@ -163,6 +163,14 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
     seen.lock().unwrap().ended = true;
 }
 
+/// Whether the upstream saw its session end within 5 s.
+async fn upstream_ended(seen: &Mutex<Seen>) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        seen.lock().unwrap().ended
+    })
+    .await
+}
+
 /// Send `text` upstream-side, noting it as sent.
 async fn send(
     tx: &mut futures_util::stream::SplitSink<WebSocketStream<TcpStream>, Message>,
@@ -269,10 +277,7 @@ async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames
     while let Some(Ok(_)) = ws.next().await {}
 
     // Byte-identical payloads both ways, in order (the upstream's binary echo included).
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended, "the upstream saw the session end");
     {
         let seen = seen.lock().unwrap();
@@ -439,10 +444,7 @@ async fn a_response_create_over_the_session_budget_is_refused_with_an_error_even
         .unwrap();
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended);
     {
         let seen = seen.lock().unwrap();
@@ -514,10 +516,7 @@ async fn a_cut_limit_ends_the_session_with_an_error_event_and_close_frames_both_
         (1..60).contains(&deltas),
         "the client got the output up to the allowance: {deltas} deltas"
     );
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended, "the upstream connection was closed");
     {
         let seen = seen.lock().unwrap();
@@ -563,10 +562,7 @@ async fn a_client_that_goes_away_mid_response_cancels_it_upstream_and_its_usage_
     read_until(&mut ws, "response.output_text.delta").await;
     // Gone without a close frame: the TCP connection just ends.
     drop(ws);
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended, "the upstream connection was closed");
     {
         let seen = seen.lock().unwrap();
@@ -726,10 +722,7 @@ async fn a_shutdown_ends_open_sessions_cleanly_and_settles_their_responses() {
         matches!(drained, tokenwarden::server::Drained::Clean),
         "the session ended within the grace"
     );
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended);
     {
         let seen = seen.lock().unwrap();
@@ -849,10 +842,7 @@ async fn responses_the_servers_turn_detection_starts_are_admitted_and_charged_to
     let error = error.expect("an error event before the close");
     assert_eq!(error["error"]["code"], "session_token_budget_exceeded");
     assert_eq!(close.expect("a close frame").code, CloseCode::Policy);
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended, "the upstream connection was closed");
     {
         let seen = seen.lock().unwrap();
@@ -906,10 +896,7 @@ async fn a_client_message_past_the_relay_bound_closes_with_1009_and_the_upstream
     }
     let close = close.expect("a close frame, not a dropped connection");
     assert_eq!(close.code, CloseCode::Size);
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended, "the upstream connection was closed");
     let seen = seen.lock().unwrap();
     assert!(

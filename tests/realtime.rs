@@ -40,6 +40,10 @@ enum Play {
     /// `response.created`, `deltas` deltas 10 ms apart, then nothing until `response.cancel`,
     /// answered with the cancelled `response.done`.
     UntilCancelled { deltas: usize },
+    /// The first response (the conversation's) stays in progress; the second (out of band,
+    /// `conversation: "none"`) runs and ends first, then the first ends: each `response.done`
+    /// (the text fixture for the second, the audio one for the first) names its own response.
+    OutOfBand,
 }
 
 /// What the upstream saw and sent, message by message.
@@ -136,6 +140,7 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                 let (deltas, wait) = match play {
                     Play::Complete { deltas } => (deltas, false),
                     Play::UntilCancelled { deltas } => (deltas, true),
+                    Play::OutOfBand => (1, true),
                 };
                 for i in 0..deltas {
                     let delta = format!(
@@ -148,7 +153,16 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
-                if !wait {
+                if let (Play::OutOfBand, 2) = (play, responses) {
+                    let own = DONE_TEXT
+                        .trim()
+                        .replace("resp_CZxh1kPz5Hq9Lm2Xc7Vb0", "resp_2");
+                    let first = DONE_AUDIO
+                        .trim()
+                        .replace("resp_CZxgY0nX2Wgr7N8a3mJ5h", "resp_1");
+                    let _ = send(&mut tx, &seen, own).await;
+                    let _ = send(&mut tx, &seen, first).await;
+                } else if !wait {
                     let done = if responses % 2 == 1 {
                         DONE_AUDIO
                     } else {
@@ -913,4 +927,57 @@ async fn a_client_message_past_the_relay_bound_closes_with_1009_and_the_upstream
         "the message never went upstream"
     );
     assert_eq!(seen.close, Some(1001));
+}
+
+#[tokio::test]
+async fn responses_that_end_out_of_order_are_each_finished_by_their_own_done() {
+    let (up, _seen) = upstream(Play::OutOfBand).await;
+    let rx = Receiver::grpc().await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        &format!(
+            "telemetry:\n  otlp:\n    endpoint: {}\n    protocol: grpc\n",
+            rx.endpoint()
+        ),
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-oob", "sess-oob").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(Message::text(
+        r#"{"type":"response.create","event_id":"evt_conv","response":{"max_output_tokens":64}}"#,
+    ))
+    .await
+    .unwrap();
+    read_until(&mut ws, "response.output_text.delta").await;
+    ws.send(Message::text(
+        r#"{"type":"response.create","event_id":"evt_oob","response":{"conversation":"none","max_output_tokens":32}}"#,
+    ))
+    .await
+    .unwrap();
+    read_until(&mut ws, "response.done").await;
+    read_until(&mut ws, "response.done").await;
+    let arrived = eventually(Duration::from_secs(10), || async { rx.spans().len() >= 2 }).await;
+    assert!(arrived, "{} spans", rx.spans().len());
+    let mut got: Vec<_> = rx
+        .spans()
+        .iter()
+        .map(|r| {
+            let a = attrs(&r.span);
+            (
+                a.get("gen_ai.response.id").cloned(),
+                a.get("gen_ai.request.max_tokens").cloned(),
+                a.get("gen_ai.usage.input_tokens").cloned(),
+            )
+        })
+        .collect();
+    got.sort_by_key(|g| format!("{:?}", g.0));
+    // Each request's call (its cap) carries its own response's usage.
+    assert_eq!(
+        got,
+        [
+            (Some(s("resp_1")), Some(V::I(64)), Some(V::I(1261))),
+            (Some(s("resp_2")), Some(V::I(32)), Some(V::I(1398))),
+        ]
+    );
 }

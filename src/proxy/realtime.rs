@@ -191,6 +191,9 @@ struct Live {
     /// The client's id of the `response.create` that asked for it: an upstream `error` event
     /// naming it refused it.
     event_id: Option<String>,
+    /// The response's id, from its `response.created`: its output and end name it (responses
+    /// out of the conversation run beside the conversation's).
+    id: Option<String>,
 }
 
 /// The open responses of a session: admitted and waiting for `response.created`, then started.
@@ -198,6 +201,27 @@ struct Live {
 struct Open {
     asked: VecDeque<Live>,
     started: VecDeque<Live>,
+}
+
+// === impl Open ===
+
+impl Open {
+    /// Where the started response named `id` is: the one with that id, else (no id, or one
+    /// never seen) the oldest.
+    fn find(&self, id: Option<&str>) -> Option<usize> {
+        let named = id.and_then(|id| {
+            self.started
+                .iter()
+                .position(|l| l.id.as_deref() == Some(id))
+        });
+        named.or((!self.started.is_empty()).then_some(0))
+    }
+
+    /// The started response named `id` (as [`Open::find`]), taken out.
+    fn take(&mut self, id: Option<&str>) -> Option<Live> {
+        let at = self.find(id)?;
+        self.started.remove(at)
+    }
 }
 
 type Sink<T> = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, T>;
@@ -362,7 +386,7 @@ async fn relay(
                 match observe(&ctx, &open, t.as_bytes()) {
                     Next::Go => {}
                     Next::Cut => return Ended::Cut(None),
-                    Next::Unasked => refused = admit_unasked(&ctx, &open).await,
+                    Next::Unasked(id) => refused = admit_unasked(&ctx, &open, id).await,
                 }
             }
             if c_tx.lock().await.send(msg).await.is_err() {
@@ -507,8 +531,9 @@ enum Next {
     Go,
     /// The response in progress went past its allowance: the session is to be cut.
     Cut,
-    /// The server started a response nobody asked for (turn detection): it is to be admitted.
-    Unasked,
+    /// The server started a response nobody asked for (turn detection): it is to be admitted;
+    /// its id.
+    Unasked(Option<String>),
 }
 
 fn lock(open: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
@@ -555,8 +580,12 @@ async fn admit(
 /// client's request, with nothing but the session's context as its input, and started; the
 /// refusal's `error` event when the budgets refuse it (the response is then still accounted,
 /// for the session is cut).
-async fn admit_unasked(ctx: &Ctx, open: &std::sync::Mutex<Open>) -> Option<String> {
-    let (live, refused) = match admission(ctx, b"", None).await {
+async fn admit_unasked(
+    ctx: &Ctx,
+    open: &std::sync::Mutex<Open>,
+    id: Option<String>,
+) -> Option<String> {
+    let (mut live, refused) = match admission(ctx, b"", None).await {
         Ok(live) => (live, None),
         Err((e, call)) => {
             let text = e.with_text(|e| ctx.s.events.refusal(e, None));
@@ -565,10 +594,12 @@ async fn admit_unasked(ctx: &Ctx, open: &std::sync::Mutex<Open>) -> Option<Strin
                 tokens: 0,
                 cut: None,
                 event_id: None,
+                id: None,
             };
             (live, Some(text))
         }
     };
+    live.id = id;
     start(open, live);
     refused
 }
@@ -613,6 +644,7 @@ async fn admission(
         tokens: 0,
         cut,
         event_id: None,
+        id: None,
     })
 }
 
@@ -685,12 +717,15 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
                 *model = Some(m);
             }
         }
-        ServerEvent::Created => {
+        ServerEvent::Created { id } => {
             let asked = lock(open).asked.pop_front();
             match asked {
-                Some(live) => start(open, live),
+                Some(mut live) => {
+                    live.id = id;
+                    start(open, live);
+                }
                 // Started by the server's turn detection: admitted by the caller.
-                None => return Next::Unasked,
+                None => return Next::Unasked(id),
             }
         }
         ServerEvent::Error { event_id: Some(id) } => {
@@ -708,9 +743,10 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
                 finish(live, text, StatusCode::BAD_REQUEST, BodyEnd::Complete);
             }
         }
-        ServerEvent::Output { text } => {
+        ServerEvent::Output { text, response_id } => {
             let mut o = lock(open);
-            if let Some(live) = o.started.front_mut() {
+            let at = o.find(response_id.as_deref());
+            if let Some(live) = at.and_then(|i| o.started.get_mut(i)) {
                 let now = Instant::now();
                 if live.call.upstream_headers.is_none() {
                     live.call.upstream_headers = Some(now);
@@ -728,14 +764,15 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
                 }
             }
         }
-        ServerEvent::Done => {
+        ServerEvent::Done { id } => {
             let mut r = crate::providers::ResponseRecord::default();
             if ctx.s.format.adapter().parse_json(text, &mut r) {
                 let u = r.usage;
                 let n = u.input.unwrap_or(0).saturating_add(u.output.unwrap_or(0));
                 ctx.context.store(n, std::sync::atomic::Ordering::Relaxed);
             }
-            if let Some(live) = lock(open).started.pop_front() {
+            let live = lock(open).take(id.as_deref());
+            if let Some(live) = live {
                 finish(live, text, StatusCode::OK, BodyEnd::Complete);
             }
         }
@@ -782,8 +819,8 @@ async fn cancel_open(
     let _ = tokio::time::timeout(CANCEL_WAIT, async {
         while let Some(Ok(msg)) = u_rx.next().await {
             if let Message::Text(t) = &msg {
-                if let ServerEvent::Done = ctx.s.events.server(t.as_bytes()) {
-                    let live = lock(open).started.pop_front();
+                if let ServerEvent::Done { id } = ctx.s.events.server(t.as_bytes()) {
+                    let live = lock(open).take(id.as_deref());
                     if let Some(live) = live {
                         finish(live, t.as_bytes(), StatusCode::OK, end);
                     }

@@ -21,6 +21,8 @@ struct Head<'a> {
     event_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     delta: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    response_id: Option<Cow<'a, str>>,
     #[serde(default)]
     response: Option<ResponseHead>,
     #[serde(default)]
@@ -38,6 +40,8 @@ struct ErrorHead {
 
 #[derive(Deserialize)]
 struct ResponseHead {
+    #[serde(default)]
+    id: Option<String>,
     /// GA name of a response's output cap.
     #[serde(default)]
     max_output_tokens: Option<Value>,
@@ -198,7 +202,9 @@ impl RealtimeEvents for Events {
             "session.created" | "session.updated" => ServerEvent::Session {
                 model: head.session.and_then(|s| s.model),
             },
-            "response.created" => ServerEvent::Created,
+            "response.created" => ServerEvent::Created {
+                id: head.response.and_then(|r| r.id),
+            },
             // Text and the transcript of audio: output the tokenizer can count as it comes.
             "response.output_text.delta"
             | "response.text.delta"
@@ -206,12 +212,16 @@ impl RealtimeEvents for Events {
             | "response.audio_transcript.delta"
             | "response.function_call_arguments.delta" => ServerEvent::Output {
                 text: head.delta.map(Cow::into_owned).unwrap_or_default(),
+                response_id: head.response_id.map(Cow::into_owned),
             },
             // Audio itself: output, but its tokens are only known at `response.done`.
             "response.output_audio.delta" | "response.audio.delta" => ServerEvent::Output {
                 text: String::new(),
+                response_id: head.response_id.map(Cow::into_owned),
             },
-            "response.done" => ServerEvent::Done,
+            "response.done" => ServerEvent::Done {
+                id: head.response.and_then(|r| r.id),
+            },
             "error" => ServerEvent::Error {
                 event_id: head.error.and_then(|e| e.event_id),
             },
@@ -353,7 +363,7 @@ mod tests {
     fn server_events_and_model() {
         assert!(matches!(
             Events.server(br#"{"type":"response.output_text.delta","delta":"Hi"}"#),
-            ServerEvent::Output { ref text } if text == "Hi"
+            ServerEvent::Output { ref text, response_id: None } if text == "Hi"
         ));
         assert!(matches!(
             Events.server(br#"{"type":"session.created","session":{"model":"gpt-realtime"}}"#),
@@ -361,8 +371,14 @@ mod tests {
         ));
         assert!(matches!(
             Events.server(br#"{"type":"response.done","response":{}}"#),
-            ServerEvent::Done
+            ServerEvent::Done { id: None }
         ));
+        assert_eq!(
+            Events.server(br#"{"type":"response.created","response":{"id":"resp_1"}}"#),
+            ServerEvent::Created {
+                id: Some("resp_1".into())
+            }
+        );
         assert_eq!(
             Events.server(
                 br#"{"type":"error","event_id":"event_1","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"m","param":null,"event_id":"evt_2"}}"#

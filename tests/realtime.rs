@@ -114,10 +114,20 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                 let _ = send(&mut tx, &seen, DONE_CANCELLED.trim().to_string()).await;
             }
             // A request while a response is in progress: refused with the documented `error`
-            // event naming the client's event (played for ids starting `evt_busy`).
-            Message::Text(_) if kind == "response.create" && client_id.starts_with("evt_busy") => {
+            // event naming the client's event, `null` when it had no id (played for ids starting
+            // `evt_busy`, and for requests whose metadata says `busy`).
+            Message::Text(_)
+                if kind == "response.create"
+                    && (client_id.starts_with("evt_busy")
+                        || event["response"]["metadata"]["busy"].is_string()) =>
+            {
+                let named = if client_id.is_empty() {
+                    "null".to_string()
+                } else {
+                    format!("\"{client_id}\"")
+                };
                 let error = format!(
-                    r#"{{"type":"error","event_id":"event_e{}","error":{{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"Conversation already has an active response in progress: resp_1. Wait until the response is finished before creating a new one.","param":null,"event_id":"{client_id}"}}}}"#,
+                    r#"{{"type":"error","event_id":"event_e{}","error":{{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"Conversation already has an active response in progress: resp_1. Wait until the response is finished before creating a new one.","param":null,"event_id":{named}}}}}"#,
                     seen.lock().unwrap().received.len()
                 );
                 if send(&mut tx, &seen, error).await.is_err() {
@@ -758,9 +768,15 @@ async fn response_creates_the_upstream_refuses_end_their_calls_and_never_fill_th
     let proxy = TestProxy::to("rt", up, "budgets:\n  store:\n    snapshot_path: ''\n").await;
     let mut ws = connect(&proxy, "rt-busy", "sess-busy").await;
     read_until(&mut ws, "session.created").await;
-    // More refused requests than a session may have responses open at once.
+    // More refused requests than a session may have responses open at once, half of them
+    // without an id (as the SDKs send them).
     for i in 0..20 {
-        ws.send(create(&format!("evt_busy_{i}"))).await.unwrap();
+        let request = if i % 2 == 0 {
+            create(&format!("evt_busy_{i}"))
+        } else {
+            Message::text(r#"{"type":"response.create","response":{"metadata":{"busy":"1"}}}"#)
+        };
+        ws.send(request).await.unwrap();
         let got = read_until(&mut ws, "error").await;
         let Some(Message::Text(t)) = got.last() else {
             panic!("no error event: {got:?}");

@@ -252,6 +252,9 @@ pub enum ServerEvent {
     Error {
         /// The refused client event's id.
         event_id: Option<String>,
+        /// Whether it refuses a request for a response (one is already in progress), so that
+        /// a request without an id can still be matched.
+        refuses_response: bool,
     },
     /// Anything else.
     Other,

@@ -728,15 +728,28 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
                 None => return Next::Unasked(id),
             }
         }
-        ServerEvent::Error { event_id: Some(id) } => {
+        ServerEvent::Error {
+            event_id,
+            refuses_response,
+        } => {
             // A request for a response the server refused (one already in progress, a bad
-            // parameter): it will never start, so its reservation goes back now.
+            // parameter): it will never start, so its reservation goes back now. Named by its
+            // id; without one, a refusal for a response in progress is the newest request's
+            // (every earlier one was answered before it was sent, or is in progress).
             let refused = {
                 let mut o = lock(open);
-                let at = o
-                    .asked
-                    .iter()
-                    .position(|l| l.event_id.as_deref() == Some(id.as_str()));
+                let at = match &event_id {
+                    Some(id) => o
+                        .asked
+                        .iter()
+                        .position(|l| l.event_id.as_deref() == Some(id.as_str())),
+                    None if refuses_response => o
+                        .asked
+                        .back()
+                        .filter(|l| l.event_id.is_none())
+                        .map(|_| o.asked.len() - 1),
+                    None => None,
+                };
                 at.and_then(|i| o.asked.remove(i))
             };
             if let Some(live) = refused {
@@ -776,7 +789,7 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
                 finish(live, text, StatusCode::OK, BodyEnd::Complete);
             }
         }
-        ServerEvent::Other | ServerEvent::Error { event_id: None } => {}
+        ServerEvent::Other => {}
         ServerEvent::Session { model: None } => {}
     }
     Next::Go

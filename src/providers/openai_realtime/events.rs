@@ -36,6 +36,8 @@ struct Head<'a> {
 struct ErrorHead {
     #[serde(default)]
     event_id: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -222,9 +224,14 @@ impl RealtimeEvents for Events {
             "response.done" => ServerEvent::Done {
                 id: head.response.and_then(|r| r.id),
             },
-            "error" => ServerEvent::Error {
-                event_id: head.error.and_then(|e| e.event_id),
-            },
+            "error" => {
+                let e = head.error;
+                let code = e.as_ref().and_then(|e| e.code.as_deref());
+                ServerEvent::Error {
+                    refuses_response: code == Some("conversation_already_has_active_response"),
+                    event_id: e.and_then(|e| e.event_id),
+                }
+            }
             _ => ServerEvent::Other,
         }
     }
@@ -384,7 +391,8 @@ mod tests {
                 br#"{"type":"error","event_id":"event_1","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"m","param":null,"event_id":"evt_2"}}"#
             ),
             ServerEvent::Error {
-                event_id: Some("evt_2".into())
+                event_id: Some("evt_2".into()),
+                refuses_response: true,
             }
         );
         assert_eq!(

@@ -44,6 +44,8 @@ enum Play {
     /// `conversation: "none"`) runs and ends first, then the first ends: each `response.done`
     /// (the text fixture for the second, the audio one for the first) names its own response.
     OutOfBand,
+    /// `response.created`, then one delta over the proxy's 16 MiB message bound.
+    TooBig,
 }
 
 /// What the upstream saw and sent, message by message.
@@ -151,6 +153,14 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                     Play::Complete { deltas } => (deltas, false),
                     Play::UntilCancelled { deltas } => (deltas, true),
                     Play::OutOfBand => (1, true),
+                    Play::TooBig => {
+                        let huge = "a".repeat(17 * 1024 * 1024);
+                        let delta = format!(
+                            r#"{{"type":"response.output_text.delta","response_id":"{id}","delta":"{huge}"}}"#
+                        );
+                        let _ = tx.send(Message::text(delta)).await;
+                        (0, true)
+                    }
                 };
                 for i in 0..deltas {
                     let delta = format!(
@@ -995,5 +1005,34 @@ async fn responses_that_end_out_of_order_are_each_finished_by_their_own_done() {
             (Some(s("resp_1")), Some(V::I(64)), Some(V::I(1261))),
             (Some(s("resp_2")), Some(V::I(32)), Some(V::I(1398))),
         ]
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_message_past_the_relay_bound_closes_both_sides_with_their_codes() {
+    let (up, seen) = upstream(Play::TooBig).await;
+    let proxy = TestProxy::to("rt", up, "").await;
+    let mut ws = connect(&proxy, "rt-upbig", "sess-upbig").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_upbig")).await.unwrap();
+    let mut close = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match msg {
+            Ok(Message::Close(f)) => close = f,
+            Ok(Message::Text(t)) => assert!(t.len() < 1024 * 1024, "the huge message came through"),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let close = close.expect("a close frame, not a dropped connection");
+    assert_eq!(close.code, CloseCode::Error);
+    assert!(
+        upstream_ended(&seen).await,
+        "the upstream connection was closed"
+    );
+    assert_eq!(
+        seen.lock().unwrap().close,
+        Some(1009),
+        "message too big, said to the upstream"
     );
 }

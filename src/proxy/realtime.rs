@@ -378,8 +378,12 @@ async fn relay(
     // Upstream → client: forwarded as it comes; each response's events read from a copy.
     let from_upstream = async {
         while let Some(msg) = u_rx.next().await {
-            let Ok(msg) = msg else {
-                return Ended::UpstreamGone;
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+                    return Ended::UpstreamTooBig
+                }
+                Err(_) => return Ended::UpstreamGone,
             };
             let mut refused = None;
             if let Message::Text(t) = &msg {
@@ -426,7 +430,7 @@ async fn relay(
     // How a response still open when the session ends is recorded.
     let unfinished = match ended {
         Ended::Closing | Ended::ClientGone | Ended::TooBig => BodyEnd::ClientGone,
-        Ended::UpstreamGone => BodyEnd::UpstreamError,
+        Ended::UpstreamGone | Ended::UpstreamTooBig => BodyEnd::UpstreamError,
         Ended::Cut(_) | Ended::Shutdown => BodyEnd::Complete,
     };
     let end = match ended {
@@ -434,6 +438,23 @@ async fn relay(
         Ended::UpstreamGone => {
             let _ = c_tx.close().await;
             BodyEnd::Complete
+        }
+        Ended::UpstreamTooBig => {
+            // Each side gets the code that is true for it (RFC 6455 7.4.1): the upstream sent
+            // too big a message (1009), the client's server failed it (1011).
+            let _ = u_tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "message too big".into(),
+                })))
+                .await;
+            let _ = c_tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Error,
+                    reason: "upstream message too big".into(),
+                })))
+                .await;
+            BodyEnd::UpstreamError
         }
         Ended::ClientGone | Ended::TooBig | Ended::Cut(_) | Ended::Shutdown => {
             let cut = matches!(ended, Ended::Cut(_));
@@ -519,6 +540,8 @@ enum Ended {
     TooBig,
     /// The upstream's connection ended (after a close frame or not).
     UpstreamGone,
+    /// The upstream sent a message larger than [`MAX_MESSAGE_BYTES`].
+    UpstreamTooBig,
     /// A response went past its `cut` allowance, or the budgets refused one the server
     /// started itself (the refusal's `error` event, then).
     Cut(Option<String>),

@@ -263,6 +263,15 @@ async fn read_until(ws: &mut Client, until: &str) -> Vec<Message> {
     got
 }
 
+/// The next `error` event, read and as sent.
+async fn next_error(ws: &mut Client) -> (serde_json::Value, String) {
+    let got = read_until(ws, "error").await;
+    let Some(Message::Text(t)) = got.last() else {
+        panic!("no error event: {got:?}");
+    };
+    (serde_json::from_str(t).unwrap(), t.to_string())
+}
+
 fn create(id: &str) -> Message {
     Message::text(format!(
         r#"{{"type":"response.create","event_id":"{id}","response":{{"output_modalities":["text"]}}}}"#
@@ -460,11 +469,7 @@ async fn a_response_create_over_the_session_budget_is_refused_with_an_error_even
     ws.send(create("evt_ok")).await.unwrap();
     read_until(&mut ws, "response.done").await; // 1632 tokens spent
     ws.send(create("evt_over")).await.unwrap();
-    let got = read_until(&mut ws, "error").await;
-    let Some(Message::Text(t)) = got.last() else {
-        panic!("no error event: {got:?}");
-    };
-    let e: serde_json::Value = serde_json::from_str(t).unwrap();
+    let (e, _) = next_error(&mut ws).await;
     assert_eq!(e["type"], "error");
     assert_eq!(e["error"]["code"], "session_token_budget_exceeded");
     assert_eq!(e["error"]["type"], "budget_exceeded");
@@ -787,11 +792,7 @@ async fn response_creates_the_upstream_refuses_end_their_calls_and_never_fill_th
             Message::text(r#"{"type":"response.create","response":{"metadata":{"busy":"1"}}}"#)
         };
         ws.send(request).await.unwrap();
-        let got = read_until(&mut ws, "error").await;
-        let Some(Message::Text(t)) = got.last() else {
-            panic!("no error event: {got:?}");
-        };
-        let e: serde_json::Value = serde_json::from_str(t).unwrap();
+        let (e, t) = next_error(&mut ws).await;
         assert_eq!(
             e["error"]["code"], "conversation_already_has_active_response",
             "request {i}: the upstream's own refusal, not the proxy's: {t}"
@@ -854,11 +855,7 @@ async fn responses_the_servers_turn_detection_starts_are_admitted_and_charged_to
     read_until(&mut ws, "response.done").await; // 1632 tokens, no response.create
                                                 // The session's budget was charged: a request for one more is refused.
     ws.send(create("evt_after_turn")).await.unwrap();
-    let got = read_until(&mut ws, "error").await;
-    let Some(Message::Text(t)) = got.last() else {
-        panic!("no error event: {got:?}");
-    };
-    let e: serde_json::Value = serde_json::from_str(t).unwrap();
+    let (e, t) = next_error(&mut ws).await;
     assert_eq!(e["error"]["code"], "session_token_budget_exceeded", "{t}");
     assert_eq!(e["error"]["event_id"], "evt_after_turn");
     // The next turn the server starts itself is refused too: the session ends with the
@@ -1035,4 +1032,29 @@ async fn an_upstream_message_past_the_relay_bound_closes_both_sides_with_their_c
         Some(1009),
         "message too big, said to the upstream"
     );
+}
+
+#[tokio::test]
+async fn a_request_past_the_open_response_bound_is_refused_with_its_own_error() {
+    let (up, seen) = upstream(Play::UntilCancelled { deltas: 0 }).await;
+    let proxy = TestProxy::to("rt", up, "").await;
+    let mut ws = connect(&proxy, "rt-many", "sess-many").await;
+    read_until(&mut ws, "session.created").await;
+    for i in 0..16 {
+        ws.send(create(&format!("evt_open_{i}"))).await.unwrap();
+        read_until(&mut ws, "response.created").await;
+    }
+    ws.send(create("evt_17")).await.unwrap();
+    let (e, t) = next_error(&mut ws).await;
+    assert_eq!(e["error"]["code"], "too_many_open_responses", "{t}");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(e["error"]["event_id"], "evt_17");
+    let creates = seen
+        .lock()
+        .unwrap()
+        .received
+        .iter()
+        .filter(|m| matches!(m, Message::Text(t) if t.contains("response.create")))
+        .count();
+    assert_eq!(creates, 16, "the 17th never went upstream");
 }

@@ -71,6 +71,9 @@ const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// The `error` code and close reason of a session ended at a `cut` limit.
 const CUT_CODE: &str = "budget_exceeded";
 
+/// The `error` code of a request for a response past [`MAX_OPEN_RESPONSES`].
+const TOO_MANY_OPEN: &str = "too_many_open_responses";
+
 /// The WebSocket sessions being relayed, so that a shutdown can end them cleanly.
 pub(super) struct Upgrades {
     stop: tokio::sync::watch::Sender<bool>,
@@ -357,8 +360,7 @@ async fn relay(
                 } = ctx.s.events.client(t.as_bytes())
                 {
                     let refusal = admit(&ctx, &open, t.as_bytes(), &event_id, max_output).await;
-                    if let Some(e) = refusal {
-                        let text = e.with_text(|e| ctx.s.events.refusal(e, event_id.as_deref()));
+                    if let Some(text) = refusal {
                         let _ = c_tx.lock().await.send(Message::text(text)).await;
                         continue;
                     }
@@ -567,24 +569,30 @@ fn lock(open: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
 }
 
 /// A client's request for a response: a call started and admitted by the budgets (its
-/// reservation held until its `response.done`); the error that refuses it, if one does.
+/// reservation held until its `response.done`); the `error` event that refuses it, if one does.
 async fn admit(
     ctx: &Ctx,
     open: &std::sync::Mutex<Open>,
     event: &[u8],
     event_id: &Option<String>,
     max_output: Option<u64>,
-) -> Option<ProxyError> {
+) -> Option<String> {
     let open_now = {
         let o = lock(open);
         o.asked.len() + o.started.len()
     };
     if open_now >= MAX_OPEN_RESPONSES {
-        let mut call = response_call(ctx, max_output);
-        call.set_budget_decision(BudgetDecision::Rejected);
-        let e = ProxyError::Overloaded;
-        call.finish_local(e.status(), 0);
-        return Some(e);
+        // Not the budgets' refusal, nor the proxy's load: the session's own bound, said so.
+        response_call(ctx, max_output).finish_local(StatusCode::TOO_MANY_REQUESTS, 0);
+        let e = crate::providers::adapter::ErrorText {
+            status: 429,
+            message: "tokenwarden: the session already has 16 responses in progress; wait for one to finish",
+            code: TOO_MANY_OPEN,
+            openai_type: "invalid_request_error",
+            anthropic_type: "rate_limit_error",
+            google_status: "RESOURCE_EXHAUSTED",
+        };
+        return Some(ctx.s.events.refusal(&e, event_id.as_deref()));
     }
     match admission(ctx, event, max_output).await {
         Ok(mut live) => {
@@ -594,7 +602,7 @@ async fn admit(
         }
         Err((e, call)) => {
             call.finish_local(e.status(), 0);
-            Some(e)
+            Some(e.with_text(|e| ctx.s.events.refusal(e, event_id.as_deref())))
         }
     }
 }

@@ -21,6 +21,26 @@ use otlp_receiver::*;
 
 const OUTPUT: &str = include_str!("fixtures/batch/output.jsonl");
 
+/// Lines in the large output file: past the proxy's 64 MiB bound on a decompressed copy.
+const BIG_LINES: usize = 1100;
+
+/// A large batch output file, gzip-encoded as a download may be: the fixture's first line with
+/// a 64 KB answer, `BIG_LINES` times (each line 24 input and 9 output tokens).
+fn big_gz() -> &'static [u8] {
+    static GZ: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    GZ.get_or_init(|| {
+        use std::io::Write;
+        let first = OUTPUT.lines().next().unwrap();
+        let long = format!("Hello! {}", "a".repeat(64_000));
+        let line = first.replace("Hello! How can I help you today?", &long) + "\n";
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        for _ in 0..BIG_LINES {
+            gz.write_all(line.as_bytes()).unwrap();
+        }
+        gz.finish().unwrap()
+    })
+}
+
 const BATCH: &str = r#"{"id": "batch_6754a8e9c4d08190a1b2c3d4e5f6a7b8", "object": "batch", "endpoint": "/v1/chat/completions", "errors": null, "input_file_id": "file-In9bVQ1kR2sT3uV4wX5yZ6", "completion_window": "24h", "status": "validating", "output_file_id": null, "error_file_id": null, "created_at": 1733601001, "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": null}"#;
 
 /// An upstream serving the Files and Batches endpoints: the output file in 7-byte frames (so
@@ -34,25 +54,30 @@ async fn upstream() -> SocketAddr {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let path = req.uri().path().to_string();
                     let (tx, rx) = tokio::sync::mpsc::channel(8);
-                    let (ct, body) = if path == "/v1/files/file-Out7cWm2Pq9Lx4/content" {
-                        ("application/octet-stream", OUTPUT)
-                    } else {
-                        let _ = req.into_body().collect().await;
-                        ("application/json", BATCH)
+                    let (ct, body, frame, gzip) = match path.as_str() {
+                        "/v1/files/file-Out7cWm2Pq9Lx4/content" => {
+                            ("application/octet-stream", OUTPUT.as_bytes(), 7, false)
+                        }
+                        "/v1/files/file-BigGz/content" => {
+                            ("application/octet-stream", big_gz(), 64 * 1024, true)
+                        }
+                        _ => {
+                            let _ = req.into_body().collect().await;
+                            ("application/json", BATCH.as_bytes(), 7, false)
+                        }
                     };
                     tokio::spawn(async move {
-                        for chunk in body.as_bytes().chunks(7) {
+                        for chunk in body.chunks(frame) {
                             if tx.send(Bytes::copy_from_slice(chunk)).await.is_err() {
                                 return;
                             }
                         }
                     });
-                    Ok::<_, std::convert::Infallible>(
-                        Response::builder()
-                            .header("content-type", ct)
-                            .body(ChanBody(rx))
-                            .unwrap(),
-                    )
+                    let mut resp = Response::builder().header("content-type", ct);
+                    if gzip {
+                        resp = resp.header("content-encoding", "gzip");
+                    }
+                    Ok::<_, std::convert::Infallible>(resp.body(ChanBody(rx)).unwrap())
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
@@ -145,4 +170,35 @@ async fn a_batch_output_file_is_counted_exactly_at_download_and_priced_at_the_ba
         a.get("gen_ai.response.model"),
         Some(&s("gpt-4o-mini-2024-07-18"))
     );
+}
+
+#[tokio::test]
+async fn a_large_gzip_output_file_is_forwarded_compressed_and_every_line_counted() {
+    let up = upstream().await;
+    let proxy = TestProxy::to("oai", up, "").await;
+    let req = Request::get(proxy.url("/v1/files/file-BigGz/content"))
+        .header("x-agent-name", "batcher-gz")
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (resp, body) = send(req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    assert_eq!(body, big_gz(), "the compressed file passes byte for byte");
+    let metrics = proxy.metrics().await;
+    let tokens = |kind: &str| {
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "batcher-gz"),
+                ("model", "gpt-4o-mini-2024-07-18"),
+                ("type", kind),
+                ("source", "provider"),
+            ],
+        )
+    };
+    // Every line, the ones past 64 MiB decompressed too.
+    assert_eq!(tokens("input"), 24.0 * BIG_LINES as f64, "{metrics}");
+    assert_eq!(tokens("output"), 9.0 * BIG_LINES as f64);
 }

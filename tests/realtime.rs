@@ -40,6 +40,12 @@ enum Play {
     /// `response.created`, `deltas` deltas 10 ms apart, then nothing until `response.cancel`,
     /// answered with the cancelled `response.done`.
     UntilCancelled { deltas: usize },
+    /// The first response (the conversation's) stays in progress; the second (out of band,
+    /// `conversation: "none"`) runs and ends first, then the first ends: each `response.done`
+    /// (the text fixture for the second, the audio one for the first) names its own response.
+    OutOfBand,
+    /// `response.created`, then one delta over the proxy's 16 MiB message bound.
+    TooBig,
 }
 
 /// What the upstream saw and sent, message by message.
@@ -90,13 +96,12 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
     let mut responses = 0;
     while let Some(Ok(msg)) = rx.next().await {
         seen.lock().unwrap().received.push(msg.clone());
-        let kind = match &msg {
-            Message::Text(t) => serde_json::from_str::<serde_json::Value>(t)
-                .ok()
-                .and_then(|v| v["type"].as_str().map(str::to_string))
-                .unwrap_or_default(),
-            _ => String::new(),
+        let event = match &msg {
+            Message::Text(t) => serde_json::from_str::<serde_json::Value>(t).unwrap_or_default(),
+            _ => serde_json::Value::Null,
         };
+        let kind = event["type"].as_str().unwrap_or_default();
+        let client_id = event["event_id"].as_str().unwrap_or_default();
         match &msg {
             Message::Close(frame) => {
                 seen.lock().unwrap().close = frame.as_ref().map(|f| u16::from(f.code));
@@ -110,7 +115,32 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
             Message::Text(_) if kind == "response.cancel" => {
                 let _ = send(&mut tx, &seen, DONE_CANCELLED.trim().to_string()).await;
             }
-            Message::Text(_) if kind == "response.create" => {
+            // A request while a response is in progress: refused with the documented `error`
+            // event naming the client's event, `null` when it had no id (played for ids starting
+            // `evt_busy`, and for requests whose metadata says `busy`).
+            Message::Text(_)
+                if kind == "response.create"
+                    && (client_id.starts_with("evt_busy")
+                        || event["response"]["metadata"]["busy"].is_string()) =>
+            {
+                let named = if client_id.is_empty() {
+                    "null".to_string()
+                } else {
+                    format!("\"{client_id}\"")
+                };
+                let error = format!(
+                    r#"{{"type":"error","event_id":"event_e{}","error":{{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"Conversation already has an active response in progress: resp_1. Wait until the response is finished before creating a new one.","param":null,"event_id":{named}}}}}"#,
+                    seen.lock().unwrap().received.len()
+                );
+                if send(&mut tx, &seen, error).await.is_err() {
+                    break;
+                }
+            }
+            // A committed turn starts a response with no `response.create`, as the server's
+            // turn detection (`create_response: true`) does.
+            Message::Text(_)
+                if kind == "response.create" || kind == "input_audio_buffer.commit" =>
+            {
                 responses += 1;
                 let id = format!("resp_{responses}");
                 let created = format!(
@@ -122,6 +152,15 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                 let (deltas, wait) = match play {
                     Play::Complete { deltas } => (deltas, false),
                     Play::UntilCancelled { deltas } => (deltas, true),
+                    Play::OutOfBand => (1, true),
+                    Play::TooBig => {
+                        let huge = "a".repeat(17 * 1024 * 1024);
+                        let delta = format!(
+                            r#"{{"type":"response.output_text.delta","response_id":"{id}","delta":"{huge}"}}"#
+                        );
+                        let _ = tx.send(Message::text(delta)).await;
+                        (0, true)
+                    }
                 };
                 for i in 0..deltas {
                     let delta = format!(
@@ -134,7 +173,16 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
-                if !wait {
+                if let (Play::OutOfBand, 2) = (play, responses) {
+                    let own = DONE_TEXT
+                        .trim()
+                        .replace("resp_CZxh1kPz5Hq9Lm2Xc7Vb0", "resp_2");
+                    let first = DONE_AUDIO
+                        .trim()
+                        .replace("resp_CZxgY0nX2Wgr7N8a3mJ5h", "resp_1");
+                    let _ = send(&mut tx, &seen, own).await;
+                    let _ = send(&mut tx, &seen, first).await;
+                } else if !wait {
                     let done = if responses % 2 == 1 {
                         DONE_AUDIO
                     } else {
@@ -147,6 +195,14 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
         }
     }
     seen.lock().unwrap().ended = true;
+}
+
+/// Whether the upstream saw its session end within 5 s.
+async fn upstream_ended(seen: &Mutex<Seen>) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        seen.lock().unwrap().ended
+    })
+    .await
 }
 
 /// Send `text` upstream-side, noting it as sent.
@@ -207,6 +263,15 @@ async fn read_until(ws: &mut Client, until: &str) -> Vec<Message> {
     got
 }
 
+/// The next `error` event, read and as sent.
+async fn next_error(ws: &mut Client) -> (serde_json::Value, String) {
+    let got = read_until(ws, "error").await;
+    let Some(Message::Text(t)) = got.last() else {
+        panic!("no error event: {got:?}");
+    };
+    (serde_json::from_str(t).unwrap(), t.to_string())
+}
+
 fn create(id: &str) -> Message {
     Message::text(format!(
         r#"{{"type":"response.create","event_id":"{id}","response":{{"output_modalities":["text"]}}}}"#
@@ -255,10 +320,7 @@ async fn a_session_with_two_responses_counts_each_exactly_on_its_own_span_frames
     while let Some(Ok(_)) = ws.next().await {}
 
     // Byte-identical payloads both ways, in order (the upstream's binary echo included).
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended, "the upstream saw the session end");
     {
         let seen = seen.lock().unwrap();
@@ -407,11 +469,7 @@ async fn a_response_create_over_the_session_budget_is_refused_with_an_error_even
     ws.send(create("evt_ok")).await.unwrap();
     read_until(&mut ws, "response.done").await; // 1632 tokens spent
     ws.send(create("evt_over")).await.unwrap();
-    let got = read_until(&mut ws, "error").await;
-    let Some(Message::Text(t)) = got.last() else {
-        panic!("no error event: {got:?}");
-    };
-    let e: serde_json::Value = serde_json::from_str(t).unwrap();
+    let (e, _) = next_error(&mut ws).await;
     assert_eq!(e["type"], "error");
     assert_eq!(e["error"]["code"], "session_token_budget_exceeded");
     assert_eq!(e["error"]["type"], "budget_exceeded");
@@ -425,10 +483,7 @@ async fn a_response_create_over_the_session_budget_is_refused_with_an_error_even
         .unwrap();
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended);
     {
         let seen = seen.lock().unwrap();
@@ -500,10 +555,7 @@ async fn a_cut_limit_ends_the_session_with_an_error_event_and_close_frames_both_
         (1..60).contains(&deltas),
         "the client got the output up to the allowance: {deltas} deltas"
     );
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended, "the upstream connection was closed");
     {
         let seen = seen.lock().unwrap();
@@ -549,10 +601,7 @@ async fn a_client_that_goes_away_mid_response_cancels_it_upstream_and_its_usage_
     read_until(&mut ws, "response.output_text.delta").await;
     // Gone without a close frame: the TCP connection just ends.
     drop(ws);
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended, "the upstream connection was closed");
     {
         let seen = seen.lock().unwrap();
@@ -712,10 +761,7 @@ async fn a_shutdown_ends_open_sessions_cleanly_and_settles_their_responses() {
         matches!(drained, tokenwarden::server::Drained::Clean),
         "the session ended within the grace"
     );
-    let ended = eventually(Duration::from_secs(5), || async {
-        seen.lock().unwrap().ended
-    })
-    .await;
+    let ended = upstream_ended(&seen).await;
     assert!(ended);
     {
         let seen = seen.lock().unwrap();
@@ -729,4 +775,286 @@ async fn a_shutdown_ends_open_sessions_cleanly_and_settles_their_responses() {
     let snap = std::fs::read_to_string(&snapshot).unwrap();
     assert!(snap.contains("sess-shutdown"), "{snap}");
     assert!(snap.contains("190"), "the session's 190 tokens: {snap}");
+}
+
+#[tokio::test]
+async fn response_creates_the_upstream_refuses_end_their_calls_and_never_fill_the_session() {
+    let (up, _seen) = upstream(Play::Complete { deltas: 1 }).await;
+    let proxy = TestProxy::to("rt", up, "budgets:\n  store:\n    snapshot_path: ''\n").await;
+    let mut ws = connect(&proxy, "rt-busy", "sess-busy").await;
+    read_until(&mut ws, "session.created").await;
+    // More refused requests than a session may have responses open at once, half of them
+    // without an id (as the SDKs send them).
+    for i in 0..20 {
+        let request = if i % 2 == 0 {
+            create(&format!("evt_busy_{i}"))
+        } else {
+            Message::text(r#"{"type":"response.create","response":{"metadata":{"busy":"1"}}}"#)
+        };
+        ws.send(request).await.unwrap();
+        let (e, t) = next_error(&mut ws).await;
+        assert_eq!(
+            e["error"]["code"], "conversation_already_has_active_response",
+            "request {i}: the upstream's own refusal, not the proxy's: {t}"
+        );
+    }
+    ws.send(create("evt_ok")).await.unwrap();
+    let got = read_until(&mut ws, "response.done").await;
+    assert!(
+        !got.iter()
+            .any(|m| matches!(m, Message::Text(t) if t.contains(r#""type":"error""#))),
+        "{got:?}"
+    );
+    // Each refused request ended at its refusal, as a client error costing nothing; the served
+    // one is the one that got the response.
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_requests_total",
+            &[("agent", "rt-busy"), ("status", "4xx")],
+        ),
+        20.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_requests_total",
+            &[("agent", "rt-busy"), ("status", "2xx")],
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "rt-busy"),
+                ("type", "input"),
+                ("source", "provider")
+            ]
+        ),
+        1261.0
+    );
+}
+
+#[tokio::test]
+async fn responses_the_servers_turn_detection_starts_are_admitted_and_charged_to_the_session() {
+    let (up, seen) = upstream(Play::Complete { deltas: 1 }).await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        "budgets:\n  store:\n    snapshot_path: ''\n  default_max_output_tokens: 100\n  limits:\n    - scope: session\n      tokens: 2000\n      action: reject\n",
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-vad", "sess-vad").await;
+    read_until(&mut ws, "session.created").await;
+    let commit = Message::text(r#"{"type":"input_audio_buffer.commit"}"#);
+    ws.send(commit.clone()).await.unwrap();
+    read_until(&mut ws, "response.done").await; // 1632 tokens, no response.create
+                                                // The session's budget was charged: a request for one more is refused.
+    ws.send(create("evt_after_turn")).await.unwrap();
+    let (e, t) = next_error(&mut ws).await;
+    assert_eq!(e["error"]["code"], "session_token_budget_exceeded", "{t}");
+    assert_eq!(e["error"]["event_id"], "evt_after_turn");
+    // The next turn the server starts itself is refused too: the session ends with the
+    // refusal and a close frame, the response cancelled upstream.
+    ws.send(commit).await.unwrap();
+    let mut error = None;
+    let mut close = None;
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the session ends within 5 s")
+    {
+        match msg {
+            Ok(Message::Text(t)) if t.contains(r#""type":"error""#) => {
+                error = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap())
+            }
+            Ok(Message::Close(f)) => close = f,
+            Ok(_) => {}
+            Err(e) => panic!("not a clean close: {e}"),
+        }
+    }
+    let error = error.expect("an error event before the close");
+    assert_eq!(error["error"]["code"], "session_token_budget_exceeded");
+    assert_eq!(close.expect("a close frame").code, CloseCode::Policy);
+    let ended = upstream_ended(&seen).await;
+    assert!(ended, "the upstream connection was closed");
+    {
+        let seen = seen.lock().unwrap();
+        assert!(seen
+            .received
+            .iter()
+            .any(|m| matches!(m, Message::Text(t) if t.contains("response.cancel"))));
+        assert!(
+            !seen
+                .received
+                .iter()
+                .any(|m| matches!(m, Message::Text(t) if t.contains("response.create"))),
+            "the refused request never went upstream"
+        );
+    }
+    // Both responses the server started are counted, the refused one too (it ran).
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric_value(
+            &proxy.metrics().await,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "rt-vad"),
+                ("type", "input"),
+                ("source", "provider"),
+            ],
+        ) == 1261.0 + 1398.0
+    })
+    .await;
+    assert!(counted, "{}", proxy.metrics().await);
+}
+
+#[tokio::test]
+async fn a_client_message_past_the_relay_bound_closes_with_1009_and_the_upstream_is_told() {
+    let (up, seen) = upstream(Play::UntilCancelled { deltas: 1 }).await;
+    let proxy = TestProxy::to("rt", up, "").await;
+    let mut ws = connect(&proxy, "rt-big", "sess-big").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_big")).await.unwrap();
+    read_until(&mut ws, "response.output_text.delta").await;
+    // One audio append over the proxy's 16 MiB bound.
+    let audio = "A".repeat(17 * 1024 * 1024);
+    let big = format!(r#"{{"type":"input_audio_buffer.append","audio":"{audio}"}}"#);
+    let _ = ws.send(Message::text(big)).await;
+    let mut close = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match msg {
+            Ok(Message::Close(f)) => close = f,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let close = close.expect("a close frame, not a dropped connection");
+    assert_eq!(close.code, CloseCode::Size);
+    let ended = upstream_ended(&seen).await;
+    assert!(ended, "the upstream connection was closed");
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.received
+            .iter()
+            .any(|m| matches!(m, Message::Text(t) if t.contains("response.cancel"))),
+        "the open response was cancelled upstream"
+    );
+    assert!(
+        !seen
+            .received
+            .iter()
+            .any(|m| matches!(m, Message::Text(t) if t.len() > 16 * 1024 * 1024)),
+        "the message never went upstream"
+    );
+    assert_eq!(seen.close, Some(1001));
+}
+
+#[tokio::test]
+async fn responses_that_end_out_of_order_are_each_finished_by_their_own_done() {
+    let (up, _seen) = upstream(Play::OutOfBand).await;
+    let rx = Receiver::grpc().await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        &format!(
+            "telemetry:\n  otlp:\n    endpoint: {}\n    protocol: grpc\n",
+            rx.endpoint()
+        ),
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-oob", "sess-oob").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(Message::text(
+        r#"{"type":"response.create","event_id":"evt_conv","response":{"max_output_tokens":64}}"#,
+    ))
+    .await
+    .unwrap();
+    read_until(&mut ws, "response.output_text.delta").await;
+    ws.send(Message::text(
+        r#"{"type":"response.create","event_id":"evt_oob","response":{"conversation":"none","max_output_tokens":32}}"#,
+    ))
+    .await
+    .unwrap();
+    read_until(&mut ws, "response.done").await;
+    read_until(&mut ws, "response.done").await;
+    let arrived = eventually(Duration::from_secs(10), || async { rx.spans().len() >= 2 }).await;
+    assert!(arrived, "{} spans", rx.spans().len());
+    let mut got: Vec<_> = rx
+        .spans()
+        .iter()
+        .map(|r| {
+            let a = attrs(&r.span);
+            (
+                a.get("gen_ai.response.id").cloned(),
+                a.get("gen_ai.request.max_tokens").cloned(),
+                a.get("gen_ai.usage.input_tokens").cloned(),
+            )
+        })
+        .collect();
+    got.sort_by_key(|g| format!("{:?}", g.0));
+    // Each request's call (its cap) carries its own response's usage.
+    assert_eq!(
+        got,
+        [
+            (Some(s("resp_1")), Some(V::I(64)), Some(V::I(1261))),
+            (Some(s("resp_2")), Some(V::I(32)), Some(V::I(1398))),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_message_past_the_relay_bound_closes_both_sides_with_their_codes() {
+    let (up, seen) = upstream(Play::TooBig).await;
+    let proxy = TestProxy::to("rt", up, "").await;
+    let mut ws = connect(&proxy, "rt-upbig", "sess-upbig").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_upbig")).await.unwrap();
+    let mut close = None;
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        match msg {
+            Ok(Message::Close(f)) => close = f,
+            Ok(Message::Text(t)) => assert!(t.len() < 1024 * 1024, "the huge message came through"),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let close = close.expect("a close frame, not a dropped connection");
+    assert_eq!(close.code, CloseCode::Error);
+    assert!(
+        upstream_ended(&seen).await,
+        "the upstream connection was closed"
+    );
+    assert_eq!(
+        seen.lock().unwrap().close,
+        Some(1009),
+        "message too big, said to the upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_request_past_the_open_response_bound_is_refused_with_its_own_error() {
+    let (up, seen) = upstream(Play::UntilCancelled { deltas: 0 }).await;
+    let proxy = TestProxy::to("rt", up, "").await;
+    let mut ws = connect(&proxy, "rt-many", "sess-many").await;
+    read_until(&mut ws, "session.created").await;
+    for i in 0..16 {
+        ws.send(create(&format!("evt_open_{i}"))).await.unwrap();
+        read_until(&mut ws, "response.created").await;
+    }
+    ws.send(create("evt_17")).await.unwrap();
+    let (e, t) = next_error(&mut ws).await;
+    assert_eq!(e["error"]["code"], "too_many_open_responses", "{t}");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(e["error"]["event_id"], "evt_17");
+    let creates = seen
+        .lock()
+        .unwrap()
+        .received
+        .iter()
+        .filter(|m| matches!(m, Message::Text(t) if t.contains("response.create")))
+        .count();
+    assert_eq!(creates, 16, "the 17th never went upstream");
 }

@@ -239,14 +239,31 @@ pub enum ServerEvent {
         model: Option<String>,
     },
     /// A response started (asked for by the client, or by the server's turn detection).
-    Created,
+    Created {
+        /// The response's id, which its output and end name.
+        id: Option<String>,
+    },
     /// Output of the response in progress; `text` is its text (empty for audio).
     Output {
         /// Text, transcript or tool-call argument fragment.
         text: String,
+        /// The id of the response it belongs to.
+        response_id: Option<String>,
     },
     /// The response ended; the message itself is its record ([`Adapter::parse_json`]).
-    Done,
+    Done {
+        /// The response's id.
+        id: Option<String>,
+    },
+    /// The server refused a client event (e.g. a request for a response while one is in
+    /// progress); `event_id` is the client's id of it, when the client gave one.
+    Error {
+        /// The refused client event's id.
+        event_id: Option<String>,
+        /// Whether it refuses a request for a response (one is already in progress), so that
+        /// a request without an id can still be matched.
+        refuses_response: bool,
+    },
     /// Anything else.
     Other,
 }

@@ -11,6 +11,7 @@ pub const MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
 pub struct Decompressor {
     inner: Inner,
     total: usize,
+    limit: usize,
 }
 
 enum Inner {
@@ -50,7 +51,19 @@ impl Decompressor {
             )),
             _ => return None,
         };
-        Some(Self { inner, total: 0 })
+        Some(Self {
+            inner,
+            total: 0,
+            limit: MAX_DECOMPRESSED,
+        })
+    }
+
+    /// No bound on the total decompressed: for a body read line by line as it passes (a batch
+    /// output file of hundreds of MiB), where each chunk's output is handed on and dropped and
+    /// each line is bounded by its reader, so the total is never held.
+    pub fn unbounded(mut self) -> Self {
+        self.limit = usize::MAX;
+        self
     }
 
     /// Decompress `chunk`; the bytes that came out are handed to `out`.
@@ -75,8 +88,8 @@ impl Decompressor {
                 .map(|()| d.get_mut()),
         }
         .map_err(|_| DecompressError::Corrupt)?;
-        self.total += buf.len();
-        if self.total > MAX_DECOMPRESSED {
+        self.total = self.total.saturating_add(buf.len());
+        if self.total > self.limit {
             buf.clear();
             return Err(DecompressError::TooLarge);
         }

@@ -200,7 +200,10 @@ impl LlmCall {
             .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
         {
             // Forwarded compressed and untouched; the parser reads a decompressed copy.
+            let lines = self.facts.format.adapter().reads_lines();
             match Decompressor::for_encoding(enc.as_bytes()) {
+                // Read line by line: no copy of the whole is kept, so no total bound applies.
+                Some(d) if lines => self.decompressor = Some(d.unbounded()),
                 Some(d) => self.decompressor = Some(d),
                 None => {
                     self.unparsed = Some("unknown_encoding");

@@ -71,6 +71,9 @@ const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// The `error` code and close reason of a session ended at a `cut` limit.
 const CUT_CODE: &str = "budget_exceeded";
 
+/// The `error` code of a request for a response past [`MAX_OPEN_RESPONSES`].
+const TOO_MANY_OPEN: &str = "too_many_open_responses";
+
 /// The WebSocket sessions being relayed, so that a shutdown can end them cleanly.
 pub(super) struct Upgrades {
     stop: tokio::sync::watch::Sender<bool>,
@@ -188,6 +191,12 @@ struct Live {
     /// Output tokens counted so far, against the `cut` allowance.
     tokens: u64,
     cut: Option<Arc<CutSignal>>,
+    /// The client's id of the `response.create` that asked for it: an upstream `error` event
+    /// naming it refused it.
+    event_id: Option<String>,
+    /// The response's id, from its `response.created`: its output and end name it (responses
+    /// out of the conversation run beside the conversation's).
+    id: Option<String>,
 }
 
 /// The open responses of a session: admitted and waiting for `response.created`, then started.
@@ -195,6 +204,27 @@ struct Live {
 struct Open {
     asked: VecDeque<Live>,
     started: VecDeque<Live>,
+}
+
+// === impl Open ===
+
+impl Open {
+    /// Where the started response named `id` is: the one with that id, else (no id, or one
+    /// never seen) the oldest.
+    fn find(&self, id: Option<&str>) -> Option<usize> {
+        let named = id.and_then(|id| {
+            self.started
+                .iter()
+                .position(|l| l.id.as_deref() == Some(id))
+        });
+        named.or((!self.started.is_empty()).then_some(0))
+    }
+
+    /// The started response named `id` (as [`Open::find`]), taken out.
+    fn take(&mut self, id: Option<&str>) -> Option<Live> {
+        let at = self.find(id)?;
+        self.started.remove(at)
+    }
 }
 
 type Sink<T> = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, T>;
@@ -316,8 +346,11 @@ async fn relay(
     // Client → upstream: requests for a response are admitted first.
     let from_client = async {
         while let Some(msg) = c_rx.next().await {
-            let Ok(msg) = msg else {
-                return Ended::ClientGone;
+            let msg = match msg {
+                Ok(msg) => msg,
+                // Past `MAX_MESSAGE_BYTES`: refused with the code RFC 6455 gives it.
+                Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => return Ended::TooBig,
+                Err(_) => return Ended::ClientGone,
             };
             let closing = matches!(msg, Message::Close(_));
             if let Message::Text(t) = &msg {
@@ -326,9 +359,8 @@ async fn relay(
                     max_output,
                 } = ctx.s.events.client(t.as_bytes())
                 {
-                    let refusal = admit(&ctx, &open, t.as_bytes(), max_output).await;
-                    if let Some(e) = refusal {
-                        let text = e.with_text(|e| ctx.s.events.refusal(e, event_id.as_deref()));
+                    let refusal = admit(&ctx, &open, t.as_bytes(), &event_id, max_output).await;
+                    if let Some(text) = refusal {
                         let _ = c_tx.lock().await.send(Message::text(text)).await;
                         continue;
                     }
@@ -348,16 +380,28 @@ async fn relay(
     // Upstream → client: forwarded as it comes; each response's events read from a copy.
     let from_upstream = async {
         while let Some(msg) = u_rx.next().await {
-            let Ok(msg) = msg else {
-                return Ended::UpstreamGone;
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+                    return Ended::UpstreamTooBig
+                }
+                Err(_) => return Ended::UpstreamGone,
             };
+            let mut refused = None;
             if let Message::Text(t) = &msg {
-                if let Cut::Now = observe(&ctx, &open, t.as_bytes()) {
-                    return Ended::Cut;
+                match observe(&ctx, &open, t.as_bytes()) {
+                    Next::Go => {}
+                    Next::Cut => return Ended::Cut(None),
+                    Next::Unasked(id) => refused = admit_unasked(&ctx, &open, id).await,
                 }
             }
             if c_tx.lock().await.send(msg).await.is_err() {
                 return Ended::ClientGone;
+            }
+            if refused.is_some() {
+                // Past a limit the server's turn detection would only start more: the session
+                // ends as at a `cut`, with the refusal.
+                return Ended::Cut(refused);
             }
         }
         Ended::UpstreamGone
@@ -387,9 +431,9 @@ async fn relay(
     let mut u_tx = u_tx.into_inner();
     // How a response still open when the session ends is recorded.
     let unfinished = match ended {
-        Ended::Closing | Ended::ClientGone => BodyEnd::ClientGone,
-        Ended::UpstreamGone => BodyEnd::UpstreamError,
-        Ended::Cut | Ended::Shutdown => BodyEnd::Complete,
+        Ended::Closing | Ended::ClientGone | Ended::TooBig => BodyEnd::ClientGone,
+        Ended::UpstreamGone | Ended::UpstreamTooBig => BodyEnd::UpstreamError,
+        Ended::Cut(_) | Ended::Shutdown => BodyEnd::Complete,
     };
     let end = match ended {
         Ended::Closing => BodyEnd::Complete,
@@ -397,9 +441,35 @@ async fn relay(
             let _ = c_tx.close().await;
             BodyEnd::Complete
         }
-        Ended::ClientGone | Ended::Cut | Ended::Shutdown => {
-            let cut = matches!(ended, Ended::Cut);
-            let closing = cut || matches!(ended, Ended::Shutdown);
+        Ended::UpstreamTooBig => {
+            // Each side gets the code that is true for it (RFC 6455 7.4.1): the upstream sent
+            // too big a message (1009), the client's server failed it (1011).
+            let _ = u_tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "message too big".into(),
+                })))
+                .await;
+            let _ = c_tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::Error,
+                    reason: "upstream message too big".into(),
+                })))
+                .await;
+            BodyEnd::UpstreamError
+        }
+        Ended::ClientGone | Ended::TooBig | Ended::Cut(_) | Ended::Shutdown => {
+            let cut = matches!(ended, Ended::Cut(_));
+            let too_big = matches!(ended, Ended::TooBig);
+            let closing = cut || too_big || matches!(ended, Ended::Shutdown);
+            if too_big {
+                let _ = c_tx
+                    .send(Message::Close(Some(CloseFrame {
+                        code: CloseCode::Size,
+                        reason: "message too big".into(),
+                    })))
+                    .await;
+            }
             if matches!(ended, Ended::Shutdown) {
                 let _ = c_tx
                     .send(Message::Close(Some(CloseFrame {
@@ -408,19 +478,21 @@ async fn relay(
                     })))
                     .await;
             }
-            if cut {
+            if let Ended::Cut(refusal) = ended {
                 // The client is told why, and the session closed cleanly.
-                let e = ctx.s.events.refusal(
-                    &crate::providers::adapter::ErrorText {
-                        status: 429,
-                        message: "the session reached a budget limit (action: cut)",
-                        code: CUT_CODE,
-                        openai_type: "budget_exceeded",
-                        anthropic_type: "rate_limit_error",
-                        google_status: "RESOURCE_EXHAUSTED",
-                    },
-                    None,
-                );
+                let e = refusal.unwrap_or_else(|| {
+                    ctx.s.events.refusal(
+                        &crate::providers::adapter::ErrorText {
+                            status: 429,
+                            message: "the session reached a budget limit (action: cut)",
+                            code: CUT_CODE,
+                            openai_type: "budget_exceeded",
+                            anthropic_type: "rate_limit_error",
+                            google_status: "RESOURCE_EXHAUSTED",
+                        },
+                        None,
+                    )
+                });
                 let _ = c_tx.send(Message::text(e)).await;
                 let _ = c_tx
                     .send(Message::Close(Some(CloseFrame {
@@ -429,7 +501,7 @@ async fn relay(
                     })))
                     .await;
             }
-            let end = if closing {
+            let end = if closing && !too_big {
                 BodyEnd::Complete
             } else {
                 BodyEnd::ClientGone
@@ -466,19 +538,27 @@ enum Ended {
     Closing,
     /// The client's connection broke or ended without a close frame.
     ClientGone,
+    /// The client sent a message larger than [`MAX_MESSAGE_BYTES`] (closed with 1009).
+    TooBig,
     /// The upstream's connection ended (after a close frame or not).
     UpstreamGone,
-    /// A response went past its `cut` allowance.
-    Cut,
+    /// The upstream sent a message larger than [`MAX_MESSAGE_BYTES`].
+    UpstreamTooBig,
+    /// A response went past its `cut` allowance, or the budgets refused one the server
+    /// started itself (the refusal's `error` event, then).
+    Cut(Option<String>),
     /// The proxy is shutting down.
     Shutdown,
 }
 
 /// What reading one server event decided.
-enum Cut {
+enum Next {
     Go,
     /// The response in progress went past its allowance: the session is to be cut.
-    Now,
+    Cut,
+    /// The server started a response nobody asked for (turn detection): it is to be admitted;
+    /// its id.
+    Unasked(Option<String>),
 }
 
 fn lock(open: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
@@ -489,24 +569,80 @@ fn lock(open: &std::sync::Mutex<Open>) -> std::sync::MutexGuard<'_, Open> {
 }
 
 /// A client's request for a response: a call started and admitted by the budgets (its
-/// reservation held until its `response.done`); the error that refuses it, if one does.
+/// reservation held until its `response.done`); the `error` event that refuses it, if one does.
 async fn admit(
     ctx: &Ctx,
     open: &std::sync::Mutex<Open>,
     event: &[u8],
+    event_id: &Option<String>,
     max_output: Option<u64>,
-) -> Option<ProxyError> {
-    let mut call = response_call(ctx, max_output);
+) -> Option<String> {
     let open_now = {
         let o = lock(open);
         o.asked.len() + o.started.len()
     };
     if open_now >= MAX_OPEN_RESPONSES {
-        call.set_budget_decision(BudgetDecision::Rejected);
-        let e = ProxyError::Overloaded;
-        call.finish_local(e.status(), 0);
-        return Some(e);
+        // Not the budgets' refusal, nor the proxy's load: the session's own bound, said so.
+        response_call(ctx, max_output).finish_local(StatusCode::TOO_MANY_REQUESTS, 0);
+        let e = crate::providers::adapter::ErrorText {
+            status: 429,
+            message: "tokenwarden: the session already has 16 responses in progress; wait for one to finish",
+            code: TOO_MANY_OPEN,
+            openai_type: "invalid_request_error",
+            anthropic_type: "rate_limit_error",
+            google_status: "RESOURCE_EXHAUSTED",
+        };
+        return Some(ctx.s.events.refusal(&e, event_id.as_deref()));
     }
+    match admission(ctx, event, max_output).await {
+        Ok(mut live) => {
+            live.event_id.clone_from(event_id);
+            lock(open).asked.push_back(live);
+            None
+        }
+        Err((e, call)) => {
+            call.finish_local(e.status(), 0);
+            Some(e.with_text(|e| ctx.s.events.refusal(e, event_id.as_deref())))
+        }
+    }
+}
+
+/// A response the server started itself (its turn detection): admitted by the budgets like a
+/// client's request, with nothing but the session's context as its input, and started; the
+/// refusal's `error` event when the budgets refuse it (the response is then still accounted,
+/// for the session is cut).
+async fn admit_unasked(
+    ctx: &Ctx,
+    open: &std::sync::Mutex<Open>,
+    id: Option<String>,
+) -> Option<String> {
+    let (mut live, refused) = match admission(ctx, b"", None).await {
+        Ok(live) => (live, None),
+        Err((e, call)) => {
+            let text = e.with_text(|e| ctx.s.events.refusal(e, None));
+            let live = Live {
+                call,
+                tokens: 0,
+                cut: None,
+                event_id: None,
+                id: None,
+            };
+            (live, Some(text))
+        }
+    };
+    live.id = id;
+    start(open, live);
+    refused
+}
+
+/// A response's call, admitted by the budgets (its reservation held until its
+/// `response.done`), or the error that refuses it with the call (its decision set).
+async fn admission(
+    ctx: &Ctx,
+    event: &[u8],
+    max_output: Option<u64>,
+) -> Result<Live, (ProxyError, Call)> {
+    let mut call = response_call(ctx, max_output);
     let mut cut = None;
     if let Some(budgets) = &ctx.s.budgets {
         let context = ctx.context.load(std::sync::atomic::Ordering::Relaxed);
@@ -527,21 +663,29 @@ async fn admit(
             }
             Err(e) => {
                 call.set_budget_decision(BudgetDecision::Rejected);
-                let e = ProxyError::from(e);
-                call.finish_local(e.status(), 0);
-                return Some(e);
+                return Err((ProxyError::from(e), call));
             }
         }
     }
     if let Some(signal) = &cut {
         call.set_cut(signal.clone());
     }
-    lock(open).asked.push_back(Live {
+    Ok(Live {
         call,
         tokens: 0,
         cut,
-    });
-    None
+        event_id: None,
+        id: None,
+    })
+}
+
+/// A response started: the next to read output for (bounded: past the bound its call is
+/// dropped, and so finished).
+fn start(open: &std::sync::Mutex<Open>, live: Live) {
+    let mut o = lock(open);
+    if o.started.len() < MAX_OPEN_RESPONSES {
+        o.started.push_back(live);
+    }
 }
 
 /// One response's call, as the upgrade request and the session describe it.
@@ -593,7 +737,7 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
 /// Read a copy of one server event: sessions name the model, `response.created` starts the
 /// next admitted response (or one the server started itself), output counts against the cut
 /// allowance, `response.done` finishes the oldest open response with its record.
-fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
+fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
     match ctx.s.events.server(text) {
         ServerEvent::Session { model: Some(m) } => {
             let mut model = ctx
@@ -604,24 +748,49 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
                 *model = Some(m);
             }
         }
-        ServerEvent::Created => {
-            let mut o = lock(open);
-            let live = match o.asked.pop_front() {
-                Some(live) => live,
-                // Started by the server's turn detection: accounted, never refused.
-                None => Live {
-                    call: response_call(ctx, None),
-                    tokens: 0,
-                    cut: None,
-                },
-            };
-            if o.started.len() < MAX_OPEN_RESPONSES {
-                o.started.push_back(live);
+        ServerEvent::Created { id } => {
+            let asked = lock(open).asked.pop_front();
+            match asked {
+                Some(mut live) => {
+                    live.id = id;
+                    start(open, live);
+                }
+                // Started by the server's turn detection: admitted by the caller.
+                None => return Next::Unasked(id),
             }
         }
-        ServerEvent::Output { text } => {
+        ServerEvent::Error {
+            event_id,
+            refuses_response,
+        } => {
+            // A request for a response the server refused (one already in progress, a bad
+            // parameter): it will never start, so its reservation goes back now. Named by its
+            // id; without one, a refusal for a response in progress is the newest request's
+            // (every earlier one was answered before it was sent, or is in progress).
+            let refused = {
+                let mut o = lock(open);
+                let at = match &event_id {
+                    Some(id) => o
+                        .asked
+                        .iter()
+                        .position(|l| l.event_id.as_deref() == Some(id.as_str())),
+                    None if refuses_response => o
+                        .asked
+                        .back()
+                        .filter(|l| l.event_id.is_none())
+                        .map(|_| o.asked.len() - 1),
+                    None => None,
+                };
+                at.and_then(|i| o.asked.remove(i))
+            };
+            if let Some(live) = refused {
+                finish(live, text, StatusCode::BAD_REQUEST, BodyEnd::Complete);
+            }
+        }
+        ServerEvent::Output { text, response_id } => {
             let mut o = lock(open);
-            if let Some(live) = o.started.front_mut() {
+            let at = o.find(response_id.as_deref());
+            if let Some(live) = at.and_then(|i| o.started.get_mut(i)) {
                 let now = Instant::now();
                 if live.call.upstream_headers.is_none() {
                     live.call.upstream_headers = Some(now);
@@ -634,30 +803,32 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Cut {
                             at: 0,
                             output_tokens: live.tokens,
                         });
-                        return Cut::Now;
+                        return Next::Cut;
                     }
                 }
             }
         }
-        ServerEvent::Done => {
+        ServerEvent::Done { id } => {
             let mut r = crate::providers::ResponseRecord::default();
             if ctx.s.format.adapter().parse_json(text, &mut r) {
                 let u = r.usage;
                 let n = u.input.unwrap_or(0).saturating_add(u.output.unwrap_or(0));
                 ctx.context.store(n, std::sync::atomic::Ordering::Relaxed);
             }
-            if let Some(live) = lock(open).started.pop_front() {
-                finish(live, text, BodyEnd::Complete);
+            let live = lock(open).take(id.as_deref());
+            if let Some(live) = live {
+                finish(live, text, StatusCode::OK, BodyEnd::Complete);
             }
         }
         ServerEvent::Other => {}
         ServerEvent::Session { model: None } => {}
     }
-    Cut::Go
+    Next::Go
 }
 
-/// Finish a response's call with its `response.done` event.
-fn finish(live: Live, done: &[u8], end: BodyEnd) {
+/// Finish a response's call with its last event (`response.done`, or the `error` that refused
+/// it, with a client error's status: it costs nothing).
+fn finish(live: Live, done: &[u8], status: StatusCode, end: BodyEnd) {
     let mut call = live.call;
     let now = Instant::now();
     call.upstream_headers.get_or_insert(now);
@@ -668,7 +839,7 @@ fn finish(live: Live, done: &[u8], end: BodyEnd) {
         HeaderValue::from_static("application/json"),
     );
     call.on_response_headers(&h);
-    call.upstream_status(StatusCode::OK);
+    call.upstream_status(status);
     call.on_data(&Bytes::copy_from_slice(done), now);
     call.on_end(end);
 }
@@ -692,10 +863,10 @@ async fn cancel_open(
     let _ = tokio::time::timeout(CANCEL_WAIT, async {
         while let Some(Ok(msg)) = u_rx.next().await {
             if let Message::Text(t) = &msg {
-                if let ServerEvent::Done = ctx.s.events.server(t.as_bytes()) {
-                    let live = lock(open).started.pop_front();
+                if let ServerEvent::Done { id } = ctx.s.events.server(t.as_bytes()) {
+                    let live = lock(open).take(id.as_deref());
                     if let Some(live) = live {
-                        finish(live, t.as_bytes(), end);
+                        finish(live, t.as_bytes(), StatusCode::OK, end);
                     }
                     if lock(open).started.is_empty() {
                         return;

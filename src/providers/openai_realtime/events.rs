@@ -21,14 +21,29 @@ struct Head<'a> {
     event_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     delta: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    response_id: Option<Cow<'a, str>>,
     #[serde(default)]
     response: Option<ResponseHead>,
     #[serde(default)]
     session: Option<SessionHead>,
+    #[serde(default)]
+    error: Option<ErrorHead>,
+}
+
+/// An `error` event's body: the client event it refuses.
+#[derive(Deserialize)]
+struct ErrorHead {
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ResponseHead {
+    #[serde(default)]
+    id: Option<String>,
     /// GA name of a response's output cap.
     #[serde(default)]
     max_output_tokens: Option<Value>,
@@ -189,7 +204,9 @@ impl RealtimeEvents for Events {
             "session.created" | "session.updated" => ServerEvent::Session {
                 model: head.session.and_then(|s| s.model),
             },
-            "response.created" => ServerEvent::Created,
+            "response.created" => ServerEvent::Created {
+                id: head.response.and_then(|r| r.id),
+            },
             // Text and the transcript of audio: output the tokenizer can count as it comes.
             "response.output_text.delta"
             | "response.text.delta"
@@ -197,12 +214,24 @@ impl RealtimeEvents for Events {
             | "response.audio_transcript.delta"
             | "response.function_call_arguments.delta" => ServerEvent::Output {
                 text: head.delta.map(Cow::into_owned).unwrap_or_default(),
+                response_id: head.response_id.map(Cow::into_owned),
             },
             // Audio itself: output, but its tokens are only known at `response.done`.
             "response.output_audio.delta" | "response.audio.delta" => ServerEvent::Output {
                 text: String::new(),
+                response_id: head.response_id.map(Cow::into_owned),
             },
-            "response.done" => ServerEvent::Done,
+            "response.done" => ServerEvent::Done {
+                id: head.response.and_then(|r| r.id),
+            },
+            "error" => {
+                let e = head.error;
+                let code = e.as_ref().and_then(|e| e.code.as_deref());
+                ServerEvent::Error {
+                    refuses_response: code == Some("conversation_already_has_active_response"),
+                    event_id: e.and_then(|e| e.event_id),
+                }
+            }
             _ => ServerEvent::Other,
         }
     }
@@ -341,7 +370,7 @@ mod tests {
     fn server_events_and_model() {
         assert!(matches!(
             Events.server(br#"{"type":"response.output_text.delta","delta":"Hi"}"#),
-            ServerEvent::Output { ref text } if text == "Hi"
+            ServerEvent::Output { ref text, response_id: None } if text == "Hi"
         ));
         assert!(matches!(
             Events.server(br#"{"type":"session.created","session":{"model":"gpt-realtime"}}"#),
@@ -349,8 +378,23 @@ mod tests {
         ));
         assert!(matches!(
             Events.server(br#"{"type":"response.done","response":{}}"#),
-            ServerEvent::Done
+            ServerEvent::Done { id: None }
         ));
+        assert_eq!(
+            Events.server(br#"{"type":"response.created","response":{"id":"resp_1"}}"#),
+            ServerEvent::Created {
+                id: Some("resp_1".into())
+            }
+        );
+        assert_eq!(
+            Events.server(
+                br#"{"type":"error","event_id":"event_1","error":{"type":"invalid_request_error","code":"conversation_already_has_active_response","message":"m","param":null,"event_id":"evt_2"}}"#
+            ),
+            ServerEvent::Error {
+                event_id: Some("evt_2".into()),
+                refuses_response: true,
+            }
+        );
         assert_eq!(
             Events
                 .model(Some("a=1&model=gpt-4o-realtime-preview%2D1"))

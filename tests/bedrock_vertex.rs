@@ -882,3 +882,29 @@ async fn a_converse_request_is_held_to_its_declared_tools_and_cap_without_a_rewr
     };
     assert_eq!(refused("denied_tool"), 3.0, "{text}");
 }
+
+#[tokio::test]
+async fn a_blocking_tool_policy_leaves_a_bedrock_streams_signed_headers_alone() {
+    // Bedrock's event streams cannot be gated on their tool calls, so nothing asks them for an
+    // uncompressed body: the `Accept-Encoding` the agent sent (and may have signed) goes up as
+    // sent, and the stream is still read.
+    let (up, log) = upstream(Vec::new()).await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: bedrock-gate\n    path_prefix: /model/\n    protocol: bedrock\n    upstream: http://{up}\n\
+         agents:\n  bd-block:\n    tool_call_action: block\n"
+    ))
+    .await;
+    let (resp, body) = post(
+        &p.url(CONVERSE_STREAM),
+        &[("x-agent-name", "bd-block"), ("accept-encoding", "gzip")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body.as_ref(), events("bedrock/converse_stream.events.json"));
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen[0].headers["accept-encoding"], "gzip");
+    assert_eq!(seen[0].body.as_ref(), CONVERSE_BODY.as_bytes());
+    let text = p.metrics().await;
+    assert_eq!(tokens(&text, "bd-block"), (412.0, 38.0, 0.0));
+}

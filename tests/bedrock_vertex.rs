@@ -881,6 +881,8 @@ async fn a_converse_request_is_held_to_its_declared_tools_and_cap_without_a_rewr
         )
     };
     assert_eq!(refused("denied_tool"), 3.0, "{text}");
+    // The reject and the clamp that could not rewrite the signed body: both over the cap.
+    assert_eq!(refused("max_tokens"), 2.0, "{text}");
 }
 
 #[tokio::test]

@@ -513,11 +513,12 @@ impl Policies {
                     msg,
                 ));
             }
+            // Flagged even where the body is never rewritten (Bedrock's, signed): over the cap.
+            if over.is_some() {
+                flag(&mut violations, PolicyViolation::MaxTokens);
+            }
             if let Some(d) = doc.as_mut() {
                 if adapter.clamp_max_tokens(d, facts.max_tokens, cap.limit) != Capped::Within {
-                    if over.is_some() {
-                        flag(&mut violations, PolicyViolation::MaxTokens);
-                    }
                     facts.max_tokens = Some(cap.limit);
                     dirty = true;
                 }

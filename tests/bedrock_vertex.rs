@@ -893,7 +893,7 @@ async fn a_blocking_tool_policy_leaves_a_bedrock_streams_signed_headers_alone() 
     let (up, log) = upstream(Vec::new()).await;
     let p = TestProxy::start(&format!(
         "routes:\n  - name: bedrock-gate\n    path_prefix: /model/\n    protocol: bedrock\n    upstream: http://{up}\n\
-         agents:\n  bd-block:\n    tool_call_action: block\n"
+         agents:\n  bd-block:\n    tool_call_action: block\n  bd-held:\n    tool_call_action: block\n"
     ))
     .await;
     let (resp, body) = post(
@@ -909,4 +909,31 @@ async fn a_blocking_tool_policy_leaves_a_bedrock_streams_signed_headers_alone() 
     assert_eq!(seen[0].body.as_ref(), CONVERSE_BODY.as_bytes());
     let text = p.metrics().await;
     assert_eq!(tokens(&text, "bd-block"), (412.0, 38.0, 0.0));
+
+    // A Converse JSON response is held and checked: its `top_song` call is one the request
+    // declared in `toolConfig`, so it goes to the client; the same call to a request that
+    // declared no tools is a hallucinated call, refused.
+    let declared = fixture("bedrock/converse_top_song.request.json");
+    let (resp, body) = post(
+        &p.url(CONVERSE),
+        &[("x-agent-name", "bd-held")],
+        std::str::from_utf8(&declared).unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body.as_ref(), fixture("bedrock/converse.response.json"));
+    let (resp, body) = post(
+        &p.url(CONVERSE),
+        &[("x-agent-name", "bd-held")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(resp.status(), 403, "{}", String::from_utf8_lossy(&body));
+    let text = p.metrics().await;
+    let undeclared = metric_sum(
+        &text,
+        "tokenwarden_policy_violations_total",
+        &[("agent", "bd-held"), ("policy", "undeclared_tool")],
+    );
+    assert_eq!(undeclared, 1.0, "{text}");
 }

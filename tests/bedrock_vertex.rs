@@ -786,6 +786,8 @@ async fn bedrock_spans_and_budgets_get_model_and_tokens() {
         ("gen_ai.operation.name", s("chat")),
         ("gen_ai.request.model", s(CONVERSE_MODEL)),
         ("gen_ai.request.stream", V::B(true)),
+        // `inferenceConfig.maxTokens`, where Converse keeps the cap.
+        ("gen_ai.request.max_tokens", V::I(512)),
         ("gen_ai.usage.input_tokens", V::I(412)),
         ("gen_ai.usage.output_tokens", V::I(38)),
         ("gen_ai.response.finish_reasons", V::A(vec![s("tool_use")])),
@@ -822,4 +824,116 @@ async fn bedrock_spans_and_budgets_get_model_and_tokens() {
     );
     let text = p.metrics().await;
     assert_eq!(tokens(&text, "bd-obs"), (412.0, 38.0, 0.0));
+}
+
+#[tokio::test]
+async fn a_converse_request_is_held_to_its_declared_tools_and_cap_without_a_rewrite() {
+    // A Converse body keeps its tools in `toolConfig.tools[].toolSpec` and its cap in
+    // `inferenceConfig.maxTokens`: the policies see them there, and a policy that would edit
+    // the (SigV4-signed) body refuses the call instead.
+    let (up, log) = upstream(Vec::new()).await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: bedrock-policy\n    path_prefix: /model/\n    protocol: bedrock\n    upstream: http://{up}\n\
+         agents:\n  bd-deny:\n    denied_tools: [delete_everything]\n\
+         \x20 bd-strip:\n    denied_tools: [delete_everything]\n    denied_tool_action: strip\n\
+         \x20 bd-allowed:\n    allowed_tools: [get_weather]\n\
+         \x20 bd-cap:\n    max_tokens_cap: {{ limit: 100, action: reject }}\n\
+         \x20 bd-clamp:\n    max_tokens_cap: {{ limit: 100 }}\n\
+         \x20 bd-fine:\n    denied_tools: [rm_rf]\n"
+    ))
+    .await;
+    let body = fixture("bedrock/converse_tools.request.json");
+    let body = std::str::from_utf8(&body).unwrap();
+    for (agent, why) in [
+        ("bd-deny", "delete_everything"),
+        ("bd-strip", "delete_everything"),
+        ("bd-allowed", "delete_everything"),
+        ("bd-cap", "512"),
+    ] {
+        let (resp, bytes) = post(&p.url(CONVERSE), &[("x-agent-name", agent)], body).await;
+        assert_eq!(resp.status(), 403, "{agent}");
+        let err: Value = serde_json::from_slice(&bytes).unwrap();
+        let msg = err["message"].as_str().unwrap();
+        assert!(msg.contains(why), "{agent}: {err}");
+        assert!(err["__type"].as_str().is_some(), "{agent}: {err}");
+    }
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "no refused call reached the upstream"
+    );
+
+    // Allowed calls (a cap that would clamp included) go up byte for byte: never re-serialized.
+    for agent in ["bd-fine", "bd-clamp"] {
+        let (resp, _) = post(&p.url(CONVERSE), &[("x-agent-name", agent)], body).await;
+        assert_eq!(resp.status(), 200, "{agent}");
+    }
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.body.as_ref(), body.as_bytes());
+    }
+    let text = p.metrics().await;
+    let refused = |reason: &str| {
+        metric_sum(
+            &text,
+            "tokenwarden_policy_violations_total",
+            &[("policy", reason)],
+        )
+    };
+    assert_eq!(refused("denied_tool"), 3.0, "{text}");
+    // The reject and the clamp that could not rewrite the signed body: both over the cap.
+    assert_eq!(refused("max_tokens"), 2.0, "{text}");
+}
+
+#[tokio::test]
+async fn a_blocking_tool_policy_leaves_a_bedrock_streams_signed_headers_alone() {
+    // Bedrock's event streams cannot be gated on their tool calls, so nothing asks them for an
+    // uncompressed body: the `Accept-Encoding` the agent sent (and may have signed) goes up as
+    // sent, and the stream is still read.
+    let (up, log) = upstream(Vec::new()).await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: bedrock-gate\n    path_prefix: /model/\n    protocol: bedrock\n    upstream: http://{up}\n\
+         agents:\n  bd-block:\n    tool_call_action: block\n  bd-held:\n    tool_call_action: block\n"
+    ))
+    .await;
+    let (resp, body) = post(
+        &p.url(CONVERSE_STREAM),
+        &[("x-agent-name", "bd-block"), ("accept-encoding", "gzip")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body.as_ref(), events("bedrock/converse_stream.events.json"));
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen[0].headers["accept-encoding"], "gzip");
+    assert_eq!(seen[0].body.as_ref(), CONVERSE_BODY.as_bytes());
+    let text = p.metrics().await;
+    assert_eq!(tokens(&text, "bd-block"), (412.0, 38.0, 0.0));
+
+    // A Converse JSON response is held and checked: its `top_song` call is one the request
+    // declared in `toolConfig`, so it goes to the client; the same call to a request that
+    // declared no tools is a hallucinated call, refused.
+    let declared = fixture("bedrock/converse_top_song.request.json");
+    let (resp, body) = post(
+        &p.url(CONVERSE),
+        &[("x-agent-name", "bd-held")],
+        std::str::from_utf8(&declared).unwrap(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body.as_ref(), fixture("bedrock/converse.response.json"));
+    let (resp, body) = post(
+        &p.url(CONVERSE),
+        &[("x-agent-name", "bd-held")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(resp.status(), 403, "{}", String::from_utf8_lossy(&body));
+    let text = p.metrics().await;
+    let undeclared = metric_sum(
+        &text,
+        "tokenwarden_policy_violations_total",
+        &[("agent", "bd-held"), ("policy", "undeclared_tool")],
+    );
+    assert_eq!(undeclared, 1.0, "{text}");
 }

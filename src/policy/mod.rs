@@ -466,26 +466,24 @@ impl Policies {
         if rules.tools.restricts() {
             if let Some(bad) = facts.tools.iter().find(|t| !rules.tools.permits(&t.name)) {
                 let tool = bad.name.clone();
-                match rules.denied_tool_action {
-                    DeclaredToolAction::Reject => {
-                        let msg = format!("agent '{agent}' may not use tool '{tool}'");
-                        return Err(refuse(
-                            &mut violations,
-                            agent,
-                            PolicyViolation::DeniedTool,
-                            msg,
-                        ));
-                    }
-                    DeclaredToolAction::Strip => {
-                        flag(&mut violations, PolicyViolation::DeniedTool);
-                        if let Some(d) = doc.as_mut() {
-                            adapter.strip_tools(d, &|n| rules.tools.permits(n));
-                            dirty = true;
-                            stripped = true;
-                        }
-                        facts.tools.retain(|t| rules.tools.permits(&t.name));
-                    }
+                let keep = |n: &str| rules.tools.permits(n);
+                // A format whose bodies are signed (Bedrock) is never rewritten: there a denied
+                // tool refuses the call even under `strip`.
+                let strip = matches!(rules.denied_tool_action, DeclaredToolAction::Strip)
+                    && doc.as_mut().is_none_or(|d| adapter.strip_tools(d, &keep));
+                if !strip {
+                    let msg = format!("agent '{agent}' may not use tool '{tool}'");
+                    return Err(refuse(
+                        &mut violations,
+                        agent,
+                        PolicyViolation::DeniedTool,
+                        msg,
+                    ));
                 }
+                flag(&mut violations, PolicyViolation::DeniedTool);
+                dirty |= doc.is_some();
+                stripped |= doc.is_some();
+                facts.tools.retain(|t| keep(&t.name));
             }
         }
 
@@ -515,11 +513,12 @@ impl Policies {
                     msg,
                 ));
             }
+            // Flagged even where the body is never rewritten (Bedrock's, signed): over the cap.
+            if over.is_some() {
+                flag(&mut violations, PolicyViolation::MaxTokens);
+            }
             if let Some(d) = doc.as_mut() {
                 if adapter.clamp_max_tokens(d, facts.max_tokens, cap.limit) != Capped::Within {
-                    if over.is_some() {
-                        flag(&mut violations, PolicyViolation::MaxTokens);
-                    }
                     facts.max_tokens = Some(cap.limit);
                     dirty = true;
                 }

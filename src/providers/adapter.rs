@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 
-use super::fields::{self, Capped, DeclaredTool};
+use super::fields::{self, Capped, DeclaredTool, OwnFields, RequestBody};
 use super::shape;
 use super::text;
 use super::tools::{self, ToolResult};
@@ -115,6 +115,14 @@ pub trait Adapter: Sync {
         fields::clamp(doc, requested, limit, self.max_tokens_field())
     }
 
+    /// The output cap and declared tools of a request body (a JSON object), when this format
+    /// keeps them under its own names; `None` (the default): the shared fields (`max_tokens`,
+    /// `tools`, ...) are the request's.
+    fn own_request_fields(&self, body: RequestBody<'_>) -> Option<OwnFields> {
+        let _ = body;
+        None
+    }
+
     /// The request body rewritten to ask for usage in its stream (`stream` and
     /// `include_usage` are what the request said), when this format's streams state none unless
     /// asked. None by default.
@@ -132,9 +140,11 @@ pub trait Adapter: Sync {
     }
 
     /// Remove every declared tool `keep` refuses from a request; with none left, `tools` and
-    /// `tool_choice` go too (providers reject a choice without tools).
-    fn strip_tools(&self, doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
-        tools::strip_declared(doc, keep)
+    /// `tool_choice` go too (providers reject a choice without tools). False when this format's
+    /// bodies are never rewritten (signed over their bytes): the call is then refused instead.
+    fn strip_tools(&self, doc: &mut Value, keep: &dyn Fn(&str) -> bool) -> bool {
+        tools::strip_declared(doc, keep);
+        true
     }
 
     /// The tool results a request reports new in this turn; `markers` mark a free-text result

@@ -11,6 +11,25 @@ pub struct DeclaredTool {
     pub schema: serde_json::Value,
 }
 
+/// A request body as inspection has it: its bytes, or the document the proxy parsed already.
+#[derive(Debug, Clone, Copy)]
+pub enum RequestBody<'a> {
+    /// The raw bytes (a JSON object).
+    Bytes(&'a [u8]),
+    /// The parsed document (a JSON object).
+    Doc(&'a Value),
+}
+
+/// The output cap and declared tools of a format that keeps them where the shared reading does
+/// not look (Bedrock Converse's `inferenceConfig.maxTokens` and `toolConfig.tools`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnFields {
+    /// Output-token cap the request set.
+    pub max_tokens: Option<u64>,
+    /// Tools the request declared.
+    pub tools: Vec<DeclaredTool>,
+}
+
 /// What the `max_tokens` cap did to a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Capped {

@@ -13,6 +13,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::fields::RequestBody;
 pub use super::fields::{Capped, DeclaredTool};
 use super::protocol::Classified;
 use super::registry::Format;
@@ -98,13 +99,15 @@ pub fn inspect(
 ) -> Option<RequestFacts> {
     let format = class.format?;
     // Only JSON objects are read; anything else is forwarded and simply not inspected.
-    let parsed = if is_object(body) {
+    let object = is_object(body);
+    let parsed = if object {
         serde_json::from_slice::<Body<'_, Value>>(body).ok()
     } else {
         None
     };
     let tools = parsed.as_ref().and_then(|b| b.tools.as_deref());
-    Some(facts(format, path, query, parsed.as_ref(), tools))
+    let own = object.then_some(RequestBody::Bytes(body));
+    Some(facts(format, path, query, parsed.as_ref(), tools, own))
 }
 
 /// Whether a body is a JSON object by its first byte (only objects are read).
@@ -129,17 +132,20 @@ pub fn inspect_doc(
         .and_then(|_| doc.get("tools"))
         .and_then(Value::as_array)
         .map(Vec::as_slice);
-    Some(facts(format, path, query, parsed.as_ref(), tools))
+    let own = doc.is_object().then_some(RequestBody::Doc(doc));
+    Some(facts(format, path, query, parsed.as_ref(), tools, own))
 }
 
 /// The facts of a request in `format`, from its typed read (`None`: not a JSON object, or not
-/// one of the expected shape) and its `tools` items.
+/// one of the expected shape), its `tools` items and the body itself (`own`: for a format that
+/// keeps the cap and tools under its own names).
 fn facts<T>(
     format: Format,
     path: &str,
     query: Option<&str>,
     parsed: Option<&Body<'_, T>>,
     tools: Option<&[Value]>,
+    own: Option<RequestBody<'_>>,
 ) -> RequestFacts {
     let adapter = format.adapter();
     let model = adapter.requested_model(path, parsed.and_then(|b| b.model.as_deref()));
@@ -158,7 +164,12 @@ fn facts<T>(
                 .and_then(|g| g.max_output_tokens))
             .or(b.options.as_ref().and_then(|o| o.num_predict))
     });
-    let tools = tools.map(|t| adapter.declared_tools(t)).unwrap_or_default();
+    let mut tools = tools.map(|t| adapter.declared_tools(t)).unwrap_or_default();
+    let mut max_tokens = max_tokens;
+    if let Some(own) = own.and_then(|b| adapter.own_request_fields(b)) {
+        max_tokens = own.max_tokens.or(max_tokens);
+        tools.extend(own.tools);
+    }
     let user = parsed.and_then(|b| {
         b.user
             .as_deref()

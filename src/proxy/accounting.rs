@@ -138,10 +138,13 @@ impl LlmCall {
             && self.decompressor.is_none()
     }
 
-    /// Whether the request asks for a stream whose tool calls a policy would block: it is asked
-    /// for uncompressed, so that the stream can be gated.
+    /// Whether the request asks for a stream whose tool calls a policy would block, in a format
+    /// whose streams can be gated: it is asked for uncompressed, so that the stream can be gated.
+    /// Other requests keep their `Accept-Encoding` (a SigV4-signed one must stay as signed).
     pub fn asks_plain_stream(&self) -> bool {
-        self.facts.stream && self.policy.as_ref().is_some_and(ResponseCheck::blocks)
+        self.facts.stream
+            && self.policy.as_ref().is_some_and(ResponseCheck::blocks)
+            && self.facts.format.adapter().tool_gate().is_some()
     }
 
     /// Take the response check to run it early (on a held response) instead of at the end.

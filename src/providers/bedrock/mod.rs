@@ -25,6 +25,7 @@ mod converse;
 mod framed;
 mod invoke;
 mod path;
+mod request;
 
 use serde_json::{Map, Value};
 
@@ -32,7 +33,7 @@ use crate::providers::adapter::{
     stream_reader, Adapter, ErrorText, FramedStream, Operation, Routed, StreamReader,
 };
 use crate::providers::anthropic::Anthropic;
-use crate::providers::fields::Capped;
+use crate::providers::fields::{Capped, OwnFields, RequestBody};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 
@@ -114,12 +115,19 @@ impl Adapter for BedrockConverse {
         (Some("inferenceConfig"), "maxTokens")
     }
 
+    fn own_request_fields(&self, body: RequestBody<'_>) -> Option<OwnFields> {
+        request::own_fields(body)
+    }
+
     fn clamp_max_tokens(&self, _doc: &mut Value, _requested: Option<u64>, _limit: u64) -> Capped {
         // A signed body is never rewritten (see the module docs).
         Capped::Within
     }
 
-    fn strip_tools(&self, _doc: &mut Value, _keep: &dyn Fn(&str) -> bool) {}
+    fn strip_tools(&self, _doc: &mut Value, _keep: &dyn Fn(&str) -> bool) -> bool {
+        // A signed body is never rewritten: a denied tool refuses the call instead.
+        false
+    }
 
     fn tool_results(&self, doc: &Value, _markers: &[String]) -> Vec<ToolResult> {
         content::tool_results(doc)
@@ -194,7 +202,9 @@ impl Adapter for BedrockInvoke {
         Capped::Within
     }
 
-    fn strip_tools(&self, _doc: &mut Value, _keep: &dyn Fn(&str) -> bool) {}
+    fn strip_tools(&self, _doc: &mut Value, _keep: &dyn Fn(&str) -> bool) -> bool {
+        false
+    }
 
     fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult> {
         Anthropic.tool_results(doc, markers)

@@ -17,7 +17,7 @@ use crate::providers::adapter::{
     ToolGate,
 };
 use crate::providers::anthropic::Anthropic;
-use crate::providers::fields::{Capped, DeclaredTool};
+use crate::providers::fields::{Capped, DeclaredTool, OwnFields, RequestBody};
 use crate::providers::gemini::Gemini;
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -72,6 +72,10 @@ macro_rules! same_body_as {
             $base.clamp_max_tokens(doc, requested, limit)
         }
 
+        fn own_request_fields(&self, body: RequestBody<'_>) -> Option<OwnFields> {
+            $base.own_request_fields(body)
+        }
+
         fn ask_stream_usage(&self, stream: bool, include: bool, body: &[u8]) -> Option<Vec<u8>> {
             $base.ask_stream_usage(stream, include, body)
         }
@@ -80,7 +84,7 @@ macro_rules! same_body_as {
             $base.declared_tools(tools)
         }
 
-        fn strip_tools(&self, doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
+        fn strip_tools(&self, doc: &mut Value, keep: &dyn Fn(&str) -> bool) -> bool {
             $base.strip_tools(doc, keep)
         }
 

@@ -136,3 +136,43 @@ async fn grpc_push_carries_the_new_names_and_exemplars() {
 async fn http_push_carries_the_new_names_and_exemplars() {
     pushes_genai_metrics_with_exemplars("http", "push-http").await;
 }
+
+/// A shutdown sends one last export: with an interval far longer than the run, the call's
+/// metrics reach the collector only through it (they were lost when the push task was aborted).
+#[tokio::test]
+async fn shutdown_sends_the_last_metrics_before_exit() {
+    let rx = Receiver::http().await;
+    let mock = mock().await;
+    let endpoint = rx.endpoint();
+    let agent = "push-at-shutdown";
+    let proxy = TestProxy::to(
+        "push",
+        mock.addr(),
+        &format!(
+            "telemetry:\n  otlp_metrics:\n    endpoint: {endpoint}\n    protocol: http\n    interval: 1h\n"
+        ),
+    )
+    .await;
+    let (resp, _) = post(
+        &proxy.url("/v1/chat/completions"),
+        &[("x-agent-name", agent), ("x-mock-input-tokens", "30")],
+        STREAM,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(rx.metrics().is_empty(), "no export before the interval");
+    proxy.stop().await;
+    let exports = rx.metrics();
+    assert_eq!(exports.len(), 1, "one export at shutdown");
+    let input = metric(&exports[0], "gen_ai.client.inference.usage.input_tokens")
+        .expect("the call's input tokens");
+    let Some(metric::Data::Sum(sum)) = &input.data else {
+        panic!("a sum");
+    };
+    let p = sum
+        .data_points
+        .iter()
+        .find(|p| has_agent(&p.attributes, agent))
+        .expect("the call's series");
+    assert_eq!(p.value, Some(number_data_point::Value::AsDouble(30.0)));
+}

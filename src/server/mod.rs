@@ -59,7 +59,7 @@ pub struct Server {
     admin_listener: TcpListener,
     reloader: Option<(reload::Reloader, std::time::Duration)>,
     /// The OTLP metric export task, when metrics are pushed.
-    metric_push: Option<tokio::task::JoinHandle<()>>,
+    metric_push: Option<crate::telemetry::otlp::push::Pusher>,
 }
 
 /// How a drain ended.
@@ -189,9 +189,6 @@ impl Server {
         // serve_proxy drops what is left after the grace and returns once every call finished.
         let drained = proxy_task.await.unwrap_or(false);
         upkeep.abort();
-        if let Some(t) = &self.metric_push {
-            t.abort();
-        }
         expiry.abort();
         task_expiry.abort();
         approvals_expiry.abort();
@@ -205,6 +202,10 @@ impl Server {
         }
         if let Some(r) = reload {
             r.abort();
+        }
+        if let Some(push) = self.metric_push {
+            // The last calls' metrics, after every call finished; bounded like the spans' flush.
+            push.shutdown(METRIC_FLUSH).await;
         }
         if let Some(spans) = self.proxy.spans() {
             // The last calls' spans; a collector that is down costs at most this long.
@@ -229,6 +230,8 @@ impl Server {
 const SETTLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest wait for queued spans to export at shutdown.
 const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest wait for the last metric export at shutdown.
+const METRIC_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)

@@ -83,12 +83,31 @@ fn settings_from(
     })
 }
 
+/// The running push task; [`Pusher::shutdown`] sends the last export before the process exits.
+#[derive(Debug)]
+pub struct Pusher {
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Pusher {
+    /// Send one last export (what was counted since the previous one would be lost otherwise),
+    /// waiting at most `wait`; the task is dropped after that.
+    pub async fn shutdown(self, wait: Duration) {
+        let Self { mut task, stop } = self;
+        let _ = stop.send(());
+        if tokio::time::timeout(wait, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
 /// Build the metrics transport and start the push task on the current runtime.
 pub fn start(
     settings: PushSettings,
     handle: PrometheusHandle,
     service_name: &str,
-) -> Result<tokio::task::JoinHandle<()>, ExporterError> {
+) -> Result<Pusher, ExporterError> {
     let timeout = env::export_timeout_from("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT");
     let mut transport = Transport::for_signal(
         Signal::Metrics,
@@ -105,14 +124,20 @@ pub fn start(
         ..Resource::default()
     };
     let start = unix_nanos();
-    Ok(tokio::spawn(async move {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(settings.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate: skip it, nothing has been recorded yet.
         tick.tick().await;
         let mut failing = false;
         loop {
-            tick.tick().await;
+            // Shutdown ends the wait early for a last export: the calls counted since the
+            // previous tick would never reach the collector otherwise.
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                _ = &mut stopped => true,
+            };
             let request = request_from(&handle.render(), resource.clone(), start, unix_nanos());
             let body = Bytes::from(request.encode_to_vec());
             match transport.export_message(body, timeout).await {
@@ -120,14 +145,21 @@ pub fn start(
                     tracing::info!("metric export recovered");
                 }
                 Ok(()) => {}
+                Err(e) if last => {
+                    tracing::warn!(error = %e, "last metric export at shutdown failed");
+                }
                 Err(e) => {
                     if !std::mem::replace(&mut failing, true) {
                         tracing::warn!(error = %e, "metric export failed; retried every interval");
                     }
                 }
             }
+            if last {
+                return;
+            }
         }
-    }))
+    });
+    Ok(Pusher { task, stop })
 }
 
 fn unix_nanos() -> u64 {

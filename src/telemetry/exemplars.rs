@@ -34,6 +34,7 @@ struct Exemplar {
 }
 
 /// A series' exemplars: one slot per bucket bound, then `+Inf`.
+#[derive(Clone)]
 struct Slots {
     bounds: &'static [f64],
     slots: Vec<Option<Exemplar>>,
@@ -132,8 +133,9 @@ fn series_key<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) 
 /// The exporter's text (format 0.0.4) as OpenMetrics 1.0, with the exemplars of every bucket
 /// that has one.
 pub fn openmetrics(text: &str) -> String {
-    let guard = store().lock().ok();
-    let series = guard.as_ref().map(|s| &s.series);
+    // A copy, so that calls recording exemplars never wait while a scrape rewrites the text.
+    let copy = store().lock().ok().map(|s| s.series.clone());
+    let series = copy.as_ref();
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     let mut help: Option<&str> = None;
     for line in text.lines() {

@@ -201,3 +201,66 @@ async fn leased_agent_limits_hold_their_bound_across_processes_and_cut_hot_key_s
         "spent {spent}: more than the limit {LIMIT} plus the dead sidecar's slices {bound}"
     );
 }
+
+/// Calls that find no slice with room ask the store for one concurrently: while the store
+/// answers, every such call counted as room left, so a burst opened one slice per call and the
+/// "8 slices per scope per sidecar" behind README's overspend bound did not hold. Redis is held
+/// still (`DEBUG SLEEP`) while 40 calls arrive, so all of them ask before any slice opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_calls_opens_no_more_slices_than_the_bound() {
+    let redis = common::redis::RedisServer::start();
+    let mock = mock().await;
+    let proxy = TestProxy::to(
+        "leased",
+        mock.addr(),
+        &format!(
+            "budgets:\n  store:\n    kind: redis\n    url: {}\n    timeout: 3s\n    reservation_lease: 30s\n  on_store_unreachable: fail_closed\n  leases:\n    scopes: [agent]\n    min: 0.00001\n    max: 0.05\n    lasts: 60s\n  limits:\n    - scope: agent\n      tokens: 10000000\n",
+            redis.url()
+        ),
+    )
+    .await;
+    let url = proxy.url("/v1/chat/completions");
+    // One call first, so the scripts are loaded and the connection is up.
+    let h = [
+        ("x-agent-name", "burst"),
+        ("x-mock-input-tokens", "8"),
+        ("x-mock-output-chunks", "8"),
+    ];
+    let (r, _) = post(&url, &h, CHAT).await;
+    assert_eq!(r.status(), 200);
+    let taken = |text: &str| {
+        metric_value(
+            text,
+            "tokenwarden_budget_slices_total",
+            &[("scope", "agent"), ("op", "taken")],
+        )
+    };
+    let before = taken(&proxy.metrics().await);
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || cli(port, &["DEBUG", "SLEEP", "1"]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let calls: Vec<_> = (0..40)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let h = [
+                    ("x-agent-name", "burst"),
+                    ("x-mock-input-tokens", "8"),
+                    ("x-mock-output-chunks", "8"),
+                ];
+                post(&url, &h, CHAT).await.0.status().as_u16()
+            })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    sleeper.join().unwrap();
+    let opened = taken(&proxy.metrics().await) - before;
+    assert!(
+        opened <= MAX_OPEN as f64,
+        "{opened} slices opened for one agent in one burst; the bound is {MAX_OPEN}"
+    );
+    assert!(opened >= 1.0, "the burst drew on slices");
+    proxy.stop().await;
+}

@@ -515,9 +515,8 @@ impl Budgets {
         if let Some((id, grants)) = sl.take(key, &call, &starts) {
             return Some((Ok(Reserved::Granted(grants)), call, Some(id)));
         }
-        if !sl.has_room(key) {
-            return None;
-        }
+        // Held across the store round trip: concurrent calls count against the bound.
+        let room = sl.room(key)?;
         let lease = self.new_lease()?;
         let call = self.wants(idx, model, exact(), max_out, false);
         let amounts: Vec<u64> = idx.iter().map(|&i| self.limits[i].amount).collect();
@@ -528,7 +527,7 @@ impl Budgets {
         Some(match self.reserve(key, now, &ask, Some(lease)).await {
             Ok(Reserved::Granted(grants)) => {
                 self.leases.insert(lease.id, key.to_string());
-                let g = sl.open(key, (lease.id, idx), &grants, &call);
+                let g = sl.open(room, (lease.id, idx), &grants, &call);
                 counter!(m::BUDGET_SLICES_TOTAL, "scope" => limits::scope_str(self.limits[idx[0]].scope), "op" => "taken").increment(1);
                 (Ok(Reserved::Granted(g)), call, Some(lease.id))
             }

@@ -40,6 +40,9 @@ pub struct Slices {
 #[derive(Default)]
 struct KeySlices {
     open: Vec<Slice>,
+    /// Slices being asked of the store (a [`Room`] each): counted against `MAX_OPEN` while the
+    /// store answers, so concurrent calls cannot all pass the bound before any slice opens.
+    opening: usize,
     /// What calls drew per second, per counter (an average over the last slices).
     rate: Vec<f64>,
 }
@@ -128,13 +131,22 @@ impl Slices {
         None
     }
 
-    /// Whether `key` may open another slice (bounded per key and in keys).
-    pub fn has_room(&self, key: &str) -> bool {
-        let keys = self.keys();
-        match keys.get(key) {
-            Some(ks) => ks.open.len() < MAX_OPEN,
-            None => keys.len() < MAX_KEYS,
+    /// Room for one more slice of `key` (bounded per key and in keys), held until the slice
+    /// opens or the returned [`Room`] is dropped; `None` when there is none.
+    pub fn room(&self, key: &str) -> Option<Room<'_>> {
+        let mut keys = self.keys();
+        if !keys.contains_key(key) && keys.len() >= MAX_KEYS {
+            return None;
         }
+        let ks = keys.entry(key.to_string()).or_default();
+        if ks.open.len() + ks.opening >= MAX_OPEN {
+            return None;
+        }
+        ks.opening += 1;
+        Some(Room {
+            slices: self,
+            key: key.to_string(),
+        })
     }
 
     /// The slice to ask the store for, per counter of `key`: what lasts `lasts` at the recent
@@ -155,11 +167,11 @@ impl Slices {
             .collect()
     }
 
-    /// A slice of `limits` granted by the store (`grants`, under lease `id`) opened for `key`,
+    /// A slice of `limits` granted by the store (`grants`, under lease `id`) opened in `room`,
     /// and the call's `wants` taken from it (capped at what was granted); the call's grants.
     pub fn open(
         &self,
-        key: &str,
+        room: Room<'_>,
         (id, limits): (u64, &[usize]),
         grants: &[Grant],
         wants: &[Want],
@@ -187,7 +199,12 @@ impl Slices {
             })
             .collect();
         let out = s.draw(&capped);
-        self.keys().entry(key.to_string()).or_default().open.push(s);
+        self.keys()
+            .entry(room.key.clone())
+            .or_default()
+            .open
+            .push(s);
+        // `room` ends here: the slice now counts as open.
         out
     }
 
@@ -244,7 +261,7 @@ impl Slices {
                 // Decays while idle, so a key that stopped is forgotten.
                 ks.rate.iter_mut().for_each(|r| *r /= 2.0);
             }
-            !ks.open.is_empty() || ks.rate.iter().any(|r| *r >= 1.0)
+            !ks.open.is_empty() || ks.opening > 0 || ks.rate.iter().any(|r| *r >= 1.0)
         });
         out
     }
@@ -252,6 +269,21 @@ impl Slices {
     /// Slices open, and what they reserve in the store per key (for the tests and metrics).
     pub fn outstanding(&self) -> usize {
         self.keys().values().map(|k| k.open.len()).sum()
+    }
+}
+
+/// A slice of one key being asked of the store: counts against that key's open slices until it
+/// is opened ([`Slices::open`]) or dropped (refused, store error, call gone mid-request).
+pub struct Room<'a> {
+    slices: &'a Slices,
+    key: String,
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        if let Some(ks) = self.slices.keys().get_mut(&self.key) {
+            ks.opening = ks.opening.saturating_sub(1);
+        }
     }
 }
 
@@ -334,7 +366,7 @@ mod tests {
         let s = slices();
         assert!(s.take("a:x", &[want(10)], &[0]).is_none());
         let g = s.open(
-            "a:x",
+            s.room("a:x").unwrap(),
             (7, &[0]),
             &[Grant {
                 start: 0,
@@ -371,7 +403,7 @@ mod tests {
             granted: 100,
             used: 0,
         };
-        s.open("g", (1, &[0]), &[g], &[want(10)]);
+        s.open(s.room("g").unwrap(), (1, &[0]), &[g], &[want(10)]);
         assert!(s.take("g", &[want(10)], &[120]).is_none());
         s.settle("g", 1, &[10], &[10], Totals::default());
         assert_eq!(s.close(false).len(), 0, "given back at its settle already");
@@ -388,7 +420,7 @@ mod tests {
             granted: 1_000,
             used: 0,
         };
-        s.open("a:y", (1, &[0]), &[g], &[want(900)]);
+        s.open(s.room("a:y").unwrap(), (1, &[0]), &[g], &[want(900)]);
         s.settle("a:y", 1, &[900], &[900], Totals::default());
         let back = s.close(true);
         assert_eq!(back.len(), 1);
@@ -405,9 +437,24 @@ mod tests {
             used: 0,
         };
         for id in 0..MAX_OPEN as u64 {
-            assert!(s.has_room("a:z"));
-            s.open("a:z", (id, &[0]), &[g], &[want(10)]);
+            let room = s.room("a:z").unwrap();
+            s.open(room, (id, &[0]), &[g], &[want(10)]);
         }
-        assert!(!s.has_room("a:z"));
+        assert!(s.room("a:z").is_none());
+    }
+
+    #[test]
+    fn slices_being_asked_for_count_against_the_bound_until_dropped() {
+        let s = slices();
+        let rooms: Vec<Room<'_>> = (0..MAX_OPEN).map(|_| s.room("a:w").unwrap()).collect();
+        assert!(
+            s.room("a:w").is_none(),
+            "asked-for slices fill the key's room"
+        );
+        drop(rooms);
+        assert!(
+            s.room("a:w").is_some(),
+            "a refused or abandoned ask frees its room"
+        );
     }
 }

@@ -53,6 +53,7 @@ use crate::body::{CallCheck, Gate, McpBody, ObservedBody, StripUsage};
 use crate::budget::webhook::Webhook;
 use crate::budget::{Budgets, BudgetsError, CallFacts};
 use crate::config::Config;
+use crate::http_client::UpstreamClient;
 use crate::policy::{Policies, PolicySet};
 use crate::providers::{StreamEnding, ToolGate};
 use crate::session::{SessionSource, Sessions};
@@ -344,20 +345,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, Full::new(Bytes::new()));
         f.call.upstream_sent = Some(Instant::now());
-        let route = &f.route;
-        match tokio::time::timeout(
-            route.timeouts.first_byte_timeout,
-            route.upgrade_client.request(req),
-        )
-        .await
-        {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(client_error(route, &e)),
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                route: route.name.to_string(),
-                after: route.timeouts.first_byte_timeout,
-            }),
-        }
+        send(&f.route, &f.route.upgrade_client, req).await
     }
 
     /// A request on an MCP route (see `mcp.rs`): identified like any call, its POST body read and
@@ -691,20 +679,7 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, Full::new(body));
 
         f.call.upstream_sent = Some(Instant::now());
-        let route = &f.route;
-        match tokio::time::timeout(
-            route.timeouts.first_byte_timeout,
-            route.client.request(upstream_req),
-        )
-        .await
-        {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(client_error(route, &e)),
-            Err(_) => Err(ProxyError::UpstreamTimeout {
-                route: route.name.to_string(),
-                after: route.timeouts.first_byte_timeout,
-            }),
-        }
+        send(&f.route, &f.route.client, upstream_req).await
     }
 
     /// Phase 6: status and headers at once, the body observed frame by frame (held when a
@@ -895,6 +870,22 @@ async fn drain(mut body: Incoming, limit: u64) {
 }
 
 /// Map a pooled-client failure to the error the client sees.
+/// Send `req` with `client`, waiting at most the route's first-byte timeout for the head.
+async fn send(
+    route: &Route,
+    client: &UpstreamClient,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(route.timeouts.first_byte_timeout, client.request(req)).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(client_error(route, &e)),
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            route: route.name.to_string(),
+            after: route.timeouts.first_byte_timeout,
+        }),
+    }
+}
+
 fn client_error(route: &Route, e: &hyper_util::client::legacy::Error) -> ProxyError {
     let timed_out = {
         let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);

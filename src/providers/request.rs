@@ -363,6 +363,32 @@ mod tests {
     }
 
     #[test]
+    fn cached_chunk_counts_equal_the_plain_count_over_the_corpus_requests() {
+        // Every recorded request's text, then all of them joined (many chunk cuts between
+        // real messages): the cached count is the tokenizer's count of the whole text.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/corpus");
+        let mut all = Vec::new();
+        for format in std::fs::read_dir(dir).unwrap() {
+            let format = format.unwrap().path();
+            if !format.is_dir() {
+                continue;
+            }
+            for file in std::fs::read_dir(format).unwrap() {
+                let path = file.unwrap().path();
+                if path.to_string_lossy().ends_with(".request.json") {
+                    let body = std::fs::read(&path).unwrap();
+                    all.push(super::super::text::request_text(&body).text);
+                }
+            }
+        }
+        assert!(all.len() > 20, "{} corpus requests", all.len());
+        all.push(all.join("\n"));
+        for t in &all {
+            assert_eq!(crate::tokens::count_request(t), crate::tokens::count(t));
+        }
+    }
+
+    #[test]
     fn non_json_bodies_are_not_an_error() {
         let f = facts("/v1/chat/completions", None, "not json").unwrap();
         assert_eq!(f.model, None);

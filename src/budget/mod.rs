@@ -170,23 +170,46 @@ pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
 /// hold a media part counts as one (1,000 tokens each in the estimate). An eighth more covers
 /// text that re-serializes longer than it was written.
 pub fn input_bound(body: &[u8]) -> u64 {
-    const MEDIA_KEYS: [&[u8]; 9] = [
-        b"\"image_url\"",
-        b"\"inline_data\"",
-        b"\"inlineData\"",
-        b"\"input_audio\"",
-        b"\"file_data\"",
-        b"\"fileData\"",
-        b"\"image\"",
-        b"\"source\"",
-        b"\"file\"",
-    ];
-    let media: u64 = MEDIA_KEYS
-        .iter()
-        .map(|k| memchr::memmem::find_iter(body, k).count() as u64)
-        .sum();
     let n = body.len() as u64;
-    n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + media * crate::tokens::MEDIA_PART_TOKENS
+    n + n / 8
+        + crate::tokens::REPLY_PRIMING_TOKENS
+        + 1
+        + media_keys(body) * crate::tokens::MEDIA_PART_TOKENS
+}
+
+/// Keys that may hold a media part, quoted as they appear in a body.
+const MEDIA_KEYS: [&[u8]; 9] = [
+    b"\"image_url\"",
+    b"\"inline_data\"",
+    b"\"inlineData\"",
+    b"\"input_audio\"",
+    b"\"file_data\"",
+    b"\"fileData\"",
+    b"\"image\"",
+    b"\"source\"",
+    b"\"file\"",
+];
+
+/// Occurrences of the [`MEDIA_KEYS`] in `body`, each key's counted without overlap (as a
+/// search per key would count them), in one pass over the quotes: every key starts with `"`
+/// and one of `i`, `f`, `s`, and no key is a prefix of another, so at most one starts at a quote.
+fn media_keys(body: &[u8]) -> u64 {
+    // Per key, where its last counted occurrence ended.
+    let mut free_from = [0usize; MEDIA_KEYS.len()];
+    let mut found = 0;
+    for at in memchr::memchr_iter(b'"', body) {
+        if !matches!(body.get(at + 1), Some(b'i' | b'f' | b's')) {
+            continue;
+        }
+        let rest = body.get(at..).unwrap_or_default();
+        if let Some(k) = MEDIA_KEYS.iter().position(|key| rest.starts_with(key)) {
+            if at >= free_from[k] {
+                found += 1;
+                free_from[k] = at + MEDIA_KEYS[k].len();
+            }
+        }
+    }
+    found
 }
 
 // === impl Budgets ===
@@ -1163,6 +1186,26 @@ mod tests {
             input_bound(body),
             n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + media
         );
+    }
+
+    #[test]
+    fn media_keys_counts_as_one_search_per_key_counts() {
+        let bodies: &[&[u8]] = &[
+            br#"{"file"file"file"}"#,
+            br#""image"image_url""image""#,
+            br#"{"source":"sourced","inline_data":{"inlineData":1},"fileData"}"#,
+            br#""file""file"""#,
+            b"",
+            b"\"",
+            br#"no keys "images" "files" "sources""#,
+        ];
+        for b in bodies {
+            let per_key: u64 = MEDIA_KEYS
+                .iter()
+                .map(|k| memchr::memmem::find_iter(b, k).count() as u64)
+                .sum();
+            assert_eq!(media_keys(b), per_key, "{}", String::from_utf8_lossy(b));
+        }
     }
 
     #[test]

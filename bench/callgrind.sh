@@ -58,7 +58,7 @@ identity: { session_headers: [x-session-id] }
 CFG
   [ "$1" = everything ] && cat <<CFG
 budgets:
-  store: { kind: memory }
+  store: { kind: memory, snapshot_path: '' }
   limits:
     - { scope: session, tokens: 1000000000000 }
     - { scope: agent, usd: 1000000.0, window: 1d }

@@ -134,6 +134,16 @@ fn truncated_output_text(bytes: &[u8]) -> String {
     out
 }
 
+/// Whether `map` has `key`, by a scan when it is small: `preserve_order`'s maps SipHash the key
+/// on every lookup, which costs more than comparing a message's few keys.
+fn has_key(map: &serde_json::Map<String, Value>, key: &str) -> bool {
+    if map.len() <= 8 {
+        map.keys().any(|k| k == key)
+    } else {
+        map.contains_key(key)
+    }
+}
+
 fn push(out: &mut RequestText, s: &str) {
     if !out.text.is_empty() {
         out.text.push('\n');
@@ -160,7 +170,7 @@ fn walk(key: &str, v: &Value, out: &mut RequestText) {
             }
         }
         Value::Object(map) => {
-            if map.contains_key("role") {
+            if has_key(map, "role") {
                 out.messages += 1;
             }
             for (k, v) in map {

@@ -273,7 +273,11 @@ mod tests {
         let t = "a".repeat(600) + "\n/x" + &"b".repeat(10) + "\n" + &"c".repeat(600) + "\n9";
         let c: Vec<&str> = chunks(&t).collect();
         let lens: Vec<usize> = c.iter().map(|c| c.len()).collect();
-        assert_eq!(lens, [614, 601, 1], "not after `\\n/`, then after `\\n` before c and 9");
+        assert_eq!(
+            lens,
+            [614, 601, 1],
+            "not after `\\n/`, then after `\\n` before c and 9"
+        );
         assert!(c[1].starts_with('c') && c[2] == "9");
         assert_eq!(chunks("").count(), 0);
     }

@@ -15,6 +15,18 @@ pub(super) fn tool_results(doc: &Value) -> Vec<ToolResult> {
     let Some(last) = msgs.last().filter(|m| str_of(m, "role") == Some("user")) else {
         return Vec::new();
     };
+    let is_result = |b: &&Value| str_of(b, "type") == Some("tool_result");
+    let results = || {
+        last.get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(is_result)
+    };
+    // Most user turns carry no tool result: then the history is not walked for names.
+    if results().next().is_none() {
+        return Vec::new();
+    }
     let mut names = HashMap::new();
     for m in msgs
         .iter()
@@ -33,11 +45,7 @@ pub(super) fn tool_results(doc: &Value) -> Vec<ToolResult> {
             }
         }
     }
-    last.get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|b| str_of(b, "type") == Some("tool_result"))
+    results()
         .map(|b| ToolResult {
             tool: name_or_unknown(&names, str_of(b, "tool_use_id")),
             failed: b.get("is_error").and_then(Value::as_bool).unwrap_or(false),

@@ -12,29 +12,37 @@ pub(in crate::providers) fn tool_results(doc: &Value, markers: &[String]) -> Vec
     let Some(msgs) = doc.get("messages").and_then(Value::as_array) else {
         return Vec::new();
     };
+    // The tool messages after the last assistant message are the new results; most calls have
+    // none (the conversation ends with a user turn), and then the names are not needed: the
+    // history is not walked.
+    let start = msgs
+        .iter()
+        .rposition(|m| str_of(m, "role") == Some("assistant"))
+        .map_or(0, |i| i + 1);
+    let new = &msgs[start.min(msgs.len())..];
+    if !new.iter().any(|m| str_of(m, "role") == Some("tool")) {
+        return Vec::new();
+    }
     let mut names = HashMap::new();
-    let mut last_assistant = None;
-    for (i, m) in msgs.iter().enumerate() {
-        if str_of(m, "role") == Some("assistant") {
-            last_assistant = Some(i);
-            for tc in m
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let (Some(id), Some(name)) = (
-                    str_of(tc, "id"),
-                    tc.get("function").and_then(|f| str_of(f, "name")),
-                ) {
-                    names.insert(id, name);
-                }
+    for m in msgs
+        .iter()
+        .filter(|m| str_of(m, "role") == Some("assistant"))
+    {
+        for tc in m
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(id), Some(name)) = (
+                str_of(tc, "id"),
+                tc.get("function").and_then(|f| str_of(f, "name")),
+            ) {
+                names.insert(id, name);
             }
         }
     }
-    let start = last_assistant.map_or(0, |i| i + 1);
-    msgs[start.min(msgs.len())..]
-        .iter()
+    new.iter()
         .filter(|m| str_of(m, "role") == Some("tool"))
         .map(|m| ToolResult {
             tool: name_or_unknown(&names, str_of(m, "tool_call_id")),

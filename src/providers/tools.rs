@@ -235,4 +235,33 @@ mod tests {
         );
         assert!(reported(&json!("x"), Format::Gemini, &[]).is_empty());
     }
+
+    #[test]
+    fn results_before_the_last_model_turn_are_not_new() {
+        // Tool results answered already (a model turn since): nothing new to report.
+        let chat = json!({"messages":[
+            {"role":"assistant","tool_calls":[{"id":"c1","function":{"name":"f"}}]},
+            {"role":"tool","tool_call_id":"c1","content":"ok"},
+            {"role":"assistant","content":"done"},
+            {"role":"user","content":"thanks"}
+        ]});
+        assert!(reported(&chat, Format::OpenAiChat, &[]).is_empty());
+        let resp = json!({"input":[
+            {"type":"function_call","call_id":"a","name":"lookup"},
+            {"type":"function_call_output","call_id":"a","output":"x"},
+            {"role":"assistant","content":"done"},
+            {"role":"user","content":"and now?"}
+        ]});
+        assert!(reported(&resp, Format::OpenAiResponses, &[]).is_empty());
+        let resp = json!({"input":[
+            {"type":"function_call_output","call_id":"a","output":"x"},
+            {"type":"function_call","call_id":"a","name":"lookup"}
+        ]});
+        assert!(reported(&resp, Format::OpenAiResponses, &[]).is_empty());
+        let anth = json!({"messages":[
+            {"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"f","input":{}}]},
+            {"role":"user","content":[{"type":"text","text":"no result here"}]}
+        ]});
+        assert!(reported(&anth, Format::Anthropic, &[]).is_empty());
+    }
 }

@@ -94,7 +94,7 @@ for cfg in $CONFIGS; do
     callgrind_control -i off "$TW_PID" >/dev/null 2>&1
     stop
     handle=$(callgrind_annotate --inclusive=yes "$cg" 2>/dev/null \
-      | grep -m1 -E 'Proxy>?::handle[^_a-z]' | awk '{gsub(",","",$1); print $1}')
+      | grep -E 'Proxy>?::handle[^_a-z]' | head -1 | awk '{gsub(",","",$1); print $1}' || true)
     printf '| %s | %s KiB | %s | %s |\n' "$cfg" "$kb" "$(stat -c %s "$b")" \
       "$(python3 -c "print(f'{int(\"${handle:-0}\")/$N/1e6:.2f} M')")"
   done

@@ -10,40 +10,32 @@ use serde_json::Value;
 
 use crate::tokens::RequestText;
 
-/// Keys whose string values are prompt text.
-const TEXT_KEYS: &[&str] = &[
-    "content",
-    "text",
-    "prompt",
-    "input",
-    "system",
-    "instructions",
-    "arguments",
-    "output",
-    "thinking",
-];
-/// Keys whose values are tool definitions or structured tool input: counted as compact JSON.
-const JSON_KEYS: &[&str] = &[
-    "tools",
-    "functionCall",
-    "functionResponse",
-    "function_call",
-    "args",
-    "response_format",
-    "response",
-];
-/// Keys whose values are media payloads, counted per part.
-const MEDIA_KEYS: &[&str] = &[
-    "image_url",
-    "inline_data",
-    "inlineData",
-    "input_audio",
-    "file_data",
-    "fileData",
-    "image",
-    "source",
-    "file",
-];
+/// What a key's value is to the token text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    /// String values are prompt text (`content`, `text`, `prompt`, `input`, `system`,
+    /// `instructions`, `arguments`, `output`, `thinking`).
+    Text,
+    /// Tool definitions or structured tool input: counted as compact JSON.
+    Json,
+    /// Media payloads, counted per part (a string value under one of these is text-less).
+    Media,
+    /// Anything else: walked into, its strings not counted.
+    Other,
+}
+
+/// The kind of `key`: one `match` (the walk asks it of every key of the conversation).
+fn key_kind(key: &str) -> KeyKind {
+    match key {
+        "content" | "text" | "prompt" | "input" | "system" | "instructions" | "arguments"
+        | "output" | "thinking" => KeyKind::Text,
+        "tools" | "functionCall" | "functionResponse" | "function_call" | "args"
+        | "response_format" | "response" => KeyKind::Json,
+        "image_url" | "inline_data" | "inlineData" | "input_audio" | "file_data" | "fileData"
+        | "image" | "source" | "file" => KeyKind::Media,
+        _ => KeyKind::Other,
+    }
+}
 
 /// The text of a request body (any JSON body; non-JSON bodies are text). The key walk covers
 /// every format; it is each adapter's [`request_text`](super::Adapter::request_text) unless a
@@ -152,18 +144,19 @@ fn push(out: &mut RequestText, s: &str) {
 }
 
 fn walk(key: &str, v: &Value, out: &mut RequestText) {
-    if MEDIA_KEYS.contains(&key) && !v.is_string() || key == "image_url" {
+    let kind = key_kind(key);
+    if kind == KeyKind::Media && !v.is_string() || key == "image_url" {
         out.media_parts += 1;
         return;
     }
-    if JSON_KEYS.contains(&key) {
+    if kind == KeyKind::Json {
         if let Ok(s) = serde_json::to_string(v) {
             push(out, &s);
         }
         return;
     }
     match v {
-        Value::String(s) if TEXT_KEYS.contains(&key) => push(out, s),
+        Value::String(s) if kind == KeyKind::Text => push(out, s),
         Value::Array(items) => {
             for item in items {
                 walk(key, item, out);

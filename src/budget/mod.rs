@@ -1202,7 +1202,7 @@ mod tests {
 
     #[test]
     fn the_input_bound_counts_each_media_key_once() {
-        let body = br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}},{"inline_data":{},"inlineData":{},"input_audio":{},"file_data":{},"fileData":{},"image":{},"source":{},"file":{}},"\"file\" and \"image\""]}]}"#;
+        let body = b"{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{\"url\":\"x\"}},{\"inline_data\":{},\"inlineData\":{},\"input_audio\":{},\"file_data\":{},\"fileData\":{},\"image\":{},\"source\":{},\"file\":{}},\"\\\"file\\\" and \\\"image\\\"\"]}]}";
         let n = body.len() as u64;
         // Ten keys (image_url twice), the escaped quotes inside a string are no keys.
         let media = 10 * crate::tokens::MEDIA_PART_TOKENS;
@@ -1214,15 +1214,15 @@ mod tests {
 
     #[test]
     fn media_keys_counts_as_one_search_per_key_counts() {
-        let long = [&br#"{"image":{"source":"file"},"text":"image_url"}"#[..]; 600].concat();
+        let long = [&b"{\"image\":{\"source\":\"file\"},\"text\":\"image_url\"}"[..]; 600].concat();
         let bodies: &[&[u8]] = &[
-            br#"{"file"file"file"}"#,
-            br#""image"image_url""image""#,
-            br#"{"source":"sourced","inline_data":{"inlineData":1},"fileData"}"#,
-            br#""file""file"""#,
+            b"{\"file\"file\"file\"}",
+            b"\"image\"image_url\"\"image\"",
+            b"{\"source\":\"sourced\",\"inline_data\":{\"inlineData\":1},\"fileData\"}",
+            b"\"file\"\"file\"\"",
             b"",
             b"\"",
-            br#"no keys "images" "files" "sources""#,
+            b"no keys \"images\" \"files\" \"sources\"",
             &long,
         ];
         assert!(long.len() >= QUOTE_PASS_FROM);

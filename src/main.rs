@@ -9,6 +9,10 @@ use tokenwarden::config;
 use tokenwarden::server::{signals, Server};
 use tokenwarden::telemetry::logging;
 
+/// Allocation is on the request path (the request document's maps and strings): see Cargo.toml.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sysexits.h EX_USAGE: bad configuration or arguments.
 const EX_USAGE: u8 = 64;
 

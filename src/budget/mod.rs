@@ -24,7 +24,7 @@ pub mod webhook;
 pub use price::Billing;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -113,7 +113,8 @@ pub struct CallFacts {
 /// Reservations one call holds; settled (or released) exactly once.
 pub struct Admission {
     budgets: Arc<Budgets>,
-    held: Vec<Held>,
+    /// Behind a lock only while the scopes reserve concurrently (never contended after).
+    held: Mutex<Vec<Held>>,
     facts: CallFacts,
     /// The input estimate (or its upper bound, when the estimate was not needed).
     est_input: u64,
@@ -127,6 +128,7 @@ pub struct Admission {
 }
 
 struct Held {
+    scope: LimitScope,
     key: String,
     limits: Vec<usize>,
     grants: Vec<Grant>,
@@ -134,6 +136,44 @@ struct Held {
     lease: Option<u64>,
     /// The slice (its lease id) the call drew on, for a leased scope.
     slice: Option<u64>,
+}
+
+/// What every scope's check-and-reserve of one call shares.
+struct ScopeCall<'a> {
+    facts: &'a CallFacts,
+    /// Where grants go as they are made (the admission's, released if it is dropped).
+    held: &'a Mutex<Vec<Held>>,
+    /// The call's input estimate, computed once on first use.
+    exact: &'a (dyn Fn() -> u64 + Sync),
+    now: u64,
+}
+
+/// What became of one scope in an admission.
+enum Outcome {
+    /// No limit of the scope applies to the call.
+    Skipped,
+    /// Reserved (the grants are held); the call's wants on the scope's limits.
+    Granted(Vec<Want>),
+    /// Limit `limit` refused: `used` of it is spent or reserved, the call needs `need`.
+    Refused {
+        key: String,
+        limit: usize,
+        used: u64,
+        need: u64,
+    },
+    /// The store asked for the estimate after it was given: an unexpected reply.
+    NeedEstimate,
+    /// The store failed.
+    Failed(StoreError),
+}
+
+impl Outcome {
+    fn wants(&self) -> Option<&[Want]> {
+        match self {
+            Outcome::Granted(w) => Some(w),
+            _ => None,
+        }
+    }
 }
 
 /// How a call ended, for settlement.
@@ -305,7 +345,7 @@ impl Budgets {
         let now = unix_now();
         let mut adm = Admission {
             budgets: self.clone(),
-            held: Vec::new(),
+            held: Mutex::new(Vec::new()),
             est_input: facts.input_bound,
             facts,
             session_tokens_remaining: None,
@@ -313,126 +353,177 @@ impl Budgets {
             decision: BudgetDecision::Allowed,
             settled: false,
         };
-        let mut exact: Option<u64> = None;
-        let f = &adm.facts;
-        let model = f.model.as_deref().unwrap_or("");
-        let max_out = f.max_output.unwrap_or(self.default_max_output);
-        for scope in SCOPES {
-            let id = match scope {
-                LimitScope::Session => match &f.session {
-                    Some(s) => s.as_ref(),
-                    None => continue,
-                },
-                LimitScope::Task => match &f.task {
-                    Some(t) => t.as_ref(),
-                    None => continue,
-                },
-                LimitScope::Agent => f.agent.as_ref(),
-                LimitScope::Global => "",
+        // The tokenizer runs at most once, whichever scope needs it first.
+        let exact = OnceLock::new();
+        let exact_input = || *exact.get_or_init(estimate);
+        // Every scope at once: the call waits for the slowest store round trip, not their sum.
+        // A scope's grant goes into `adm.held` as soon as it is made, so a call dropped while
+        // other scopes are still in the store gives it back.
+        let outcomes = {
+            let call = ScopeCall {
+                facts: &adm.facts,
+                held: &adm.held,
+                exact: &exact_input,
+                now,
             };
-            let idx: Vec<usize> = (0..self.limits.len())
-                .filter(|&i| self.limits[i].scope == scope)
-                .collect();
-            if idx.is_empty() {
-                continue;
-            }
-            let key = group_key(scope, id);
-            let mut lease = None;
-            let leased = match self.slices_for(scope, &idx) {
-                Some(sl) => {
-                    let mut exact_input = || *exact.get_or_insert_with(estimate);
-                    let call = (&idx[..], model, f.input_bound, max_out, now);
-                    self.reserve_leased(sl, &key, call, &mut exact_input).await
-                }
-                None => None,
-            };
-            let (reserved, wants, slice) = match leased {
-                Some(l) => l,
-                None => {
-                    lease = self.new_lease();
-                    // First with the cheap upper bound of the input: when the whole reservation
-                    // fits, the tokenizer is not needed. Near a limit, again with the real
-                    // estimate.
-                    let mut optimistic = exact.is_none();
-                    loop {
-                        let input = if optimistic {
-                            f.input_bound
-                        } else {
-                            *exact.get_or_insert_with(estimate)
-                        };
-                        let wants = self.wants(&idx, model, input, max_out, optimistic);
-                        match self.reserve(&key, now, &wants, lease).await {
-                            Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
-                            other => break (other, wants, None),
-                        }
-                    }
-                }
-            };
-            match reserved {
-                Ok(Reserved::NeedEstimate) => {
-                    return Err(BudgetError::StoreUnavailable);
-                }
-                Ok(Reserved::Granted(grants)) => {
+            let [s, t, a, g] = SCOPES;
+            let (s, t, a, g) = tokio::join!(
+                self.reserve_scope(s, &call),
+                self.reserve_scope(t, &call),
+                self.reserve_scope(a, &call),
+                self.reserve_scope(g, &call),
+            );
+            [s, t, a, g]
+        };
+        // In scope order, as one scope after another would have ended: the first refusal (or
+        // failure, failing closed) refuses the call; what other scopes granted is released by
+        // dropping `adm`, without being counted as admitted.
+        for (scope, outcome) in SCOPES.iter().zip(&outcomes) {
+            match outcome {
+                Outcome::Skipped => {}
+                Outcome::Granted(_) => self.mark_store(true),
+                Outcome::NeedEstimate => return Err(BudgetError::StoreUnavailable),
+                Outcome::Refused {
+                    key,
+                    limit,
+                    used,
+                    need,
+                } => {
                     self.mark_store(true);
-                    for ((&i, g), w) in idx.iter().zip(&grants).zip(&wants) {
-                        let d = self.admitted(&key, &adm.facts, i, g, w, now);
-                        adm.decision = stronger(adm.decision, d);
-                        let l = &self.limits[i];
-                        let remaining = l.amount.saturating_sub(g.used.saturating_add(g.granted));
-                        if l.scope == LimitScope::Session && l.unit == Unit::Tokens {
-                            adm.session_tokens_remaining = Some(
-                                adm.session_tokens_remaining
-                                    .map_or(remaining, |r| r.min(remaining)),
-                            );
-                        }
-                        if l.action == LimitAction::Cut {
-                            let allowed = self.output_allowance(l, model, g.granted, w.min);
-                            adm.cut_after_output =
-                                Some(adm.cut_after_output.map_or(allowed, |a| a.min(allowed)));
-                        }
-                    }
-                    if let Some(l) = lease {
-                        self.leases.insert(l.id, key.clone());
-                    }
-                    adm.held.push(Held {
-                        key,
-                        limits: idx,
-                        grants,
-                        lease: lease.map(|l| l.id),
-                        slice,
-                    });
-                }
-                Ok(Reserved::Refused { index, used }) => {
-                    self.mark_store(true);
-                    let l = &self.limits[idx[index]];
-                    self.refused(&key, &adm.facts, l, used, now);
-                    // A refusal comes from the real estimate (an optimistic want is never
-                    // refused), so `min` is what this call needs.
-                    let need = wants.get(index).map_or(0, |w| w.min);
-                    // Dropping `adm` releases what earlier scopes reserved.
+                    let l = &self.limits[*limit];
+                    self.refused(key, &adm.facts, l, *used, now);
                     return Err(BudgetError::Exceeded(Box::new(BudgetRefusal {
                         scope: l.scope_str(),
                         unit: l.unit_str(),
                         code: code(l),
                         window: l.window_name.clone(),
                         limit: l.display(l.amount),
-                        remaining: l.display(l.amount.saturating_sub(used)),
-                        need: l.display(need),
+                        remaining: l.display(l.amount.saturating_sub(*used)),
+                        need: l.display(*need),
                         retry_after: l.retry_after(now),
                         lifetime_status: self.lifetime_status,
                     })));
                 }
-                Err(e) => {
-                    self.store_failed("reserve", &e);
+                Outcome::Failed(e) => {
+                    self.store_failed("reserve", e);
                     if self.fail_closed {
-                        count_decision(scope, BudgetDecision::Rejected);
+                        count_decision(*scope, BudgetDecision::Rejected);
                         return Err(BudgetError::StoreUnavailable);
                     }
                 }
             }
         }
-        adm.est_input = exact.unwrap_or(adm.facts.input_bound);
+        let model = adm.facts.model.as_deref().unwrap_or("");
+        let held = adm.held.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // Grants arrived in completion order; metrics and alerts go in scope order.
+        held.sort_by_key(|h| SCOPES.iter().position(|s| *s == h.scope));
+        let (mut remaining_tokens, mut cut_after) = (None, None);
+        let mut decision = BudgetDecision::Allowed;
+        for (h, wants) in held.iter().zip(outcomes.iter().filter_map(Outcome::wants)) {
+            for ((&i, g), w) in h.limits.iter().zip(&h.grants).zip(wants) {
+                let d = self.admitted(&h.key, &adm.facts, i, g, w, now);
+                decision = stronger(decision, d);
+                let l = &self.limits[i];
+                let remaining = l.amount.saturating_sub(g.used.saturating_add(g.granted));
+                if l.scope == LimitScope::Session && l.unit == Unit::Tokens {
+                    remaining_tokens =
+                        Some(remaining_tokens.map_or(remaining, |r: u64| r.min(remaining)));
+                }
+                if l.action == LimitAction::Cut {
+                    let allowed = self.output_allowance(l, model, g.granted, w.min);
+                    cut_after = Some(cut_after.map_or(allowed, |a: u64| a.min(allowed)));
+                }
+            }
+        }
+        adm.session_tokens_remaining = remaining_tokens;
+        adm.cut_after_output = cut_after;
+        adm.decision = decision;
+        adm.est_input = exact.get().copied().unwrap_or(adm.facts.input_bound);
         Ok(adm)
+    }
+
+    /// Check-and-reserve on one scope's limits for a call (the session and task scopes only
+    /// when the call has one). A grant goes into `call.held` at once; the outcome says what
+    /// became of the scope.
+    async fn reserve_scope(self: &Arc<Self>, scope: LimitScope, call: &ScopeCall<'_>) -> Outcome {
+        let f = call.facts;
+        let id = match scope {
+            LimitScope::Session => match &f.session {
+                Some(s) => s.as_ref(),
+                None => return Outcome::Skipped,
+            },
+            LimitScope::Task => match &f.task {
+                Some(t) => t.as_ref(),
+                None => return Outcome::Skipped,
+            },
+            LimitScope::Agent => f.agent.as_ref(),
+            LimitScope::Global => "",
+        };
+        let idx: Vec<usize> = (0..self.limits.len())
+            .filter(|&i| self.limits[i].scope == scope)
+            .collect();
+        if idx.is_empty() {
+            return Outcome::Skipped;
+        }
+        let (now, model) = (call.now, f.model.as_deref().unwrap_or(""));
+        let max_out = f.max_output.unwrap_or(self.default_max_output);
+        let key = group_key(scope, id);
+        let mut lease = None;
+        let leased = match self.slices_for(scope, &idx) {
+            Some(sl) => {
+                let c = (&idx[..], model, f.input_bound, max_out, now);
+                self.reserve_leased(sl, &key, c, call.exact).await
+            }
+            None => None,
+        };
+        let (reserved, wants, slice) = match leased {
+            Some(l) => l,
+            None => {
+                lease = self.new_lease();
+                // First with the cheap upper bound of the input: when the whole reservation
+                // fits, the tokenizer is not needed. Near a limit, again with the real estimate.
+                let mut optimistic = true;
+                loop {
+                    let input = if optimistic {
+                        f.input_bound
+                    } else {
+                        (call.exact)()
+                    };
+                    let wants = self.wants(&idx, model, input, max_out, optimistic);
+                    match self.reserve(&key, now, &wants, lease).await {
+                        Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
+                        other => break (other, wants, None),
+                    }
+                }
+            }
+        };
+        match reserved {
+            Ok(Reserved::Granted(grants)) => {
+                if let Some(l) = lease {
+                    self.leases.insert(l.id, key.clone());
+                }
+                let mut held = call.held.lock().unwrap_or_else(PoisonError::into_inner);
+                held.push(Held {
+                    scope,
+                    key,
+                    limits: idx,
+                    grants,
+                    lease: lease.map(|l| l.id),
+                    slice,
+                });
+                Outcome::Granted(wants)
+            }
+            // A refusal comes from the real estimate (an optimistic want is never refused), so
+            // `min` is what this call needs.
+            Ok(Reserved::Refused { index, used }) => Outcome::Refused {
+                key,
+                limit: idx.get(index).copied().unwrap_or(idx[0]),
+                used,
+                need: wants.get(index).map_or(0, |w| w.min),
+            },
+            Ok(Reserved::NeedEstimate) => Outcome::NeedEstimate,
+            Err(e) => Outcome::Failed(e),
+        }
     }
 
     /// Check-and-reserve. Redis runs in its own task: when the client goes away while the
@@ -505,7 +596,7 @@ impl Budgets {
         sl: &slices::Slices,
         key: &str,
         (idx, model, bound, max_out, now): (&[usize], &str, u64, u64, u64),
-        exact: &mut (dyn FnMut() -> u64 + Send),
+        exact: &(dyn Fn() -> u64 + Sync),
     ) -> Option<(Result<Reserved, StoreError>, Vec<Want>, Option<u64>)> {
         let starts: Vec<u64> = idx
             .iter()
@@ -998,7 +1089,8 @@ impl Admission {
     }
 
     fn release(&mut self, tokens: u64, cost: u64, totals: Totals) {
-        if self.held.is_empty() {
+        let held = std::mem::take(self.held.get_mut().unwrap_or_else(PoisonError::into_inner));
+        if held.is_empty() {
             return;
         }
         let facts = Arc::new(CallFacts {
@@ -1010,7 +1102,7 @@ impl Admission {
             max_output: None,
         });
         let now = unix_now();
-        for held in self.held.drain(..) {
+        for held in held {
             let charges: Vec<Charge> = held
                 .limits
                 .iter()

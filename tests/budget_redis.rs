@@ -314,8 +314,10 @@ async fn sixty_four_spread_out_calls_through_two_proxies_stay_within_the_stated_
     let file = config_file(&format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
     ));
-    let a = ProxyProcess::spawn(file.path()).await;
-    let b = ProxyProcess::spawn(file.path()).await;
+    let mut a = ProxyProcess::spawn(file.path()).await;
+    let mut b = ProxyProcess::spawn(file.path()).await;
+    a.tokenizer_loaded().await;
+    b.tokenizer_loaded().await;
     let urls = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
     let o = overspend_load(&urls, "bound-r", &body, e + err, M, CALLS as usize, 400).await;
     assert!(
@@ -397,4 +399,180 @@ async fn one_proxy_of_several_prunes_the_rankings_per_period() {
         (2..=12).contains(&passes),
         "{passes} pruning passes in 10 s by {PROXIES} proxies"
     );
+}
+
+/// Limits on three scopes (`session_tokens`, `agent_tokens`, a roomy global limit) in a proxy
+/// process of its own (so its decision counters are this test's alone), fail closed.
+async fn three_scope_proxy(
+    redis: &RedisServer,
+    m: &tokenwarden_mock::MockServer,
+    session_tokens: u64,
+    agent_tokens: u64,
+) -> ProxyProcess {
+    let cfg = config(m.addr(), &redis.url(), "fail_closed")
+        .replace("300ms", "2s")
+        .replace(
+            "      tokens: 50\n",
+            &format!("      tokens: {session_tokens}\n    - scope: agent\n      tokens: {agent_tokens}\n    - scope: global\n      tokens: 1000000\n"),
+        );
+    let file = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
+    ));
+    let mut p = ProxyProcess::spawn(file.path()).await;
+    p.tokenizer_loaded().await;
+    p
+}
+
+/// Wait until no scope record of the call (session, agent, global) holds a reservation; the
+/// records' reserved sums and leases when one still does after 10 s.
+async fn nothing_left_reserved(port: u16, session: &str, agent: &str) -> Result<(), String> {
+    let keys = [
+        format!("tw:{{s:{session}}}"),
+        format!("tw:{{a:{agent}}}"),
+        "tw:{g}".to_string(),
+    ];
+    let clear = eventually(Duration::from_secs(10), || {
+        let keys = keys.clone();
+        async move {
+            keys.iter()
+                .all(|k| common::redis::reserved_in(port, k) == (0, 0))
+        }
+    })
+    .await;
+    if clear {
+        return Ok(());
+    }
+    Err(keys
+        .iter()
+        .map(|k| format!("{k}: {:?}", common::redis::reserved_in(port, k)))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Scopes reserve concurrently: when one refuses, the others' grants (made at the same time) are
+/// given back, and they are not counted as admitted.
+#[tokio::test]
+async fn a_refusal_in_any_scope_leaves_nothing_reserved_in_the_others() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    // The agent limit (a later scope) refuses: the session and global grants go back.
+    let p = three_scope_proxy(&redis, &m, 100_000, 2).await;
+    let call = |session: &'static str, agent: &'static str| {
+        let url = format!("http://{}/v1/chat/completions", p.addr);
+        async move {
+            post(
+                &url,
+                &[
+                    ("x-session-id", session),
+                    ("x-agent-name", agent),
+                    ("x-mock-input-tokens", "8"),
+                    ("x-mock-output-chunks", "8"),
+                ],
+                CHAT,
+            )
+            .await
+        }
+    };
+    let (r, body) = call("refuse-late", "agent-late").await;
+    assert_eq!(r.status(), 402, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "agent_token_budget_exceeded");
+    nothing_left_reserved(redis.port, "refuse-late", "agent-late")
+        .await
+        .unwrap();
+    let text = get(&format!("http://{}/metrics", p.admin)).await.1;
+    let text = String::from_utf8_lossy(&text);
+    let decided = |scope: &str, decision: &str| {
+        metric_value(
+            &text,
+            "tokenwarden_budget_decisions_total",
+            &[("scope", scope), ("decision", decision)],
+        )
+    };
+    assert_eq!(decided("agent", "rejected"), 1.0, "{text}");
+    for scope in ["session", "global"] {
+        assert_eq!(
+            decided(scope, "allowed"),
+            0.0,
+            "{scope} counted as admitted for a refused call"
+        );
+    }
+
+    // The session limit (the first scope) refuses: the agent and global grants go back.
+    let p = three_scope_proxy(&redis, &m, 2, 100_000).await;
+    let url = format!("http://{}/v1/chat/completions", p.addr);
+    let (r, body) = post(
+        &url,
+        &[
+            ("x-session-id", "refuse-early"),
+            ("x-agent-name", "agent-early"),
+            ("x-mock-input-tokens", "8"),
+            ("x-mock-output-chunks", "8"),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(r.status(), 402, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "session_token_budget_exceeded");
+    nothing_left_reserved(redis.port, "refuse-early", "agent-early")
+        .await
+        .unwrap();
+    // The agent's record was reserved on and released (the scopes ran at the same time), or
+    // never touched; either way it holds nothing and counted nothing.
+    let text = get(&format!("http://{}/metrics", p.admin)).await.1;
+    let text = String::from_utf8_lossy(&text);
+    for scope in ["agent", "global"] {
+        assert_eq!(
+            metric_value(
+                &text,
+                "tokenwarden_budget_decisions_total",
+                &[("scope", scope), ("decision", "allowed")]
+            ),
+            0.0,
+            "{scope} counted as admitted for a refused call"
+        );
+    }
+}
+
+/// Calls through two proxies race on session, agent and global limits reserved concurrently:
+/// the binding agent limit is never overspent past its bound, and every refused call's other
+/// grants go back.
+#[tokio::test]
+async fn concurrent_scopes_never_overspend_the_agent_limit() {
+    const M: u64 = 40;
+    const CALLS: u64 = 48;
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","max_tokens":{M},"messages":[{{"role":"user","content":"how far can a budget stretch?"}}]}}"#
+    );
+    let e = tokenwarden::providers::estimate_input(
+        tokenwarden::providers::Format::OpenAiChat,
+        body.as_bytes(),
+    );
+    let err = 6;
+    let limit = 16 * (e + M) + 7;
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let a = three_scope_proxy(&redis, &m, 1_000_000, limit).await;
+    let b = three_scope_proxy(&redis, &m, 1_000_000, limit).await;
+    let urls = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
+    // Every call carries the same agent (the default one) and session.
+    let o = overspend_load(&urls, "race-scopes", &body, e + err, M, CALLS as usize, 400).await;
+    assert!(
+        o.admitted >= 8 && o.refused >= 1,
+        "{} / {}",
+        o.admitted,
+        o.refused
+    );
+    let total = o.admitted * (e + err + M);
+    settled_total(a.admin, "race-scopes", total).await;
+    let bound = limit + M + CALLS * err;
+    assert!(
+        total <= bound,
+        "spent {total} > bound {bound} (limit {limit})"
+    );
+    // Calls without an agent header are the `default` agent's.
+    nothing_left_reserved(redis.port, "race-scopes", "default")
+        .await
+        .unwrap();
 }

@@ -576,3 +576,82 @@ async fn concurrent_scopes_never_overspend_the_agent_limit() {
         .await
         .unwrap();
 }
+
+/// What the proxy sends one Redis node per call (its `MONITOR` lines, commands scripts run
+/// left out): with session, agent and global limits, one script per scope to reserve (the three
+/// at once) and one per scope to settle, the session ranking inside the session's settle.
+#[tokio::test]
+async fn one_node_takes_one_script_per_scope_each_way_and_the_ranking_rides_the_settle() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let p = three_scope_proxy(&redis, &m, 1_000_000, 1_000_000).await;
+    // Scripts loaded and the connection made before counting.
+    assert_eq!(call16(p.addr, "mon-0").await.0.status(), 200);
+    settled_total(p.admin, "mon-0", 16).await;
+
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run redis-cli (apt-get install redis-server)");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = monitor.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "OK");
+    const CALLS: usize = 3;
+    for i in 1..=CALLS {
+        let s = format!("mon-{i}");
+        assert_eq!(call16(p.addr, &s).await.0.status(), 200);
+        settled_total(p.admin, &s, 16).await;
+    }
+    // `1733… [0 127.0.0.1:5000] "EVALSHA" …` from a client, `[0 lua] "ZINCRBY" …` from a script.
+    let mut sent = std::collections::BTreeMap::<String, usize>::new();
+    let mut in_scripts = std::collections::BTreeMap::<String, usize>::new();
+    let mut count = |line: String| {
+        let Some((src, rest)) = line
+            .split_once("] \"")
+            .and_then(|(a, b)| Some((a.split_once('[')?.1, b)))
+        else {
+            return;
+        };
+        let cmd = rest.split('"').next().unwrap_or("").to_ascii_lowercase();
+        let to = if src.ends_with(" lua") {
+            &mut in_scripts
+        } else {
+            &mut sent
+        };
+        *to.entry(cmd).or_default() += 1;
+    };
+    // The agent and global settlements land on their own after the session's: wait for them,
+    // then a little longer for anything beyond them.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut evalsha = 0;
+    while evalsha < 6 * CALLS && std::time::Instant::now() < until {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            evalsha += usize::from(line.contains("\"EVALSHA\"") && !line.contains(" lua]"));
+            count(line);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    monitor.kill().unwrap();
+    let _ = monitor.wait();
+    rx.try_iter().for_each(&mut count);
+    assert_eq!(sent.get("evalsha"), Some(&(6 * CALLS)), "sent {sent:?}");
+    for cmd in ["eval", "zincrby", "zremrangebyrank", "multi"] {
+        assert_eq!(sent.get(cmd), None, "{cmd} sent by the proxy: {sent:?}");
+    }
+    assert_eq!(
+        in_scripts.get("zincrby"),
+        Some(&CALLS),
+        "in scripts {in_scripts:?}"
+    );
+    let score = common::redis::cli(redis.port, &["zscore", "tw:sessions:tokens", "mon-2"]);
+    assert_eq!(score.trim(), "16");
+}

@@ -109,7 +109,10 @@ return out
 /// Replace reservations with spend (in the window they were made in, else the current one).
 /// A reservation whose lease already ran out was released by a purge: only its spend is added.
 /// Settled lease ids are kept (`KEYS[3]`, a sorted set by time, for `ARGV[9]` ms) so a settle
-/// retried after its reply was lost (a timeout, a failover) is not counted twice.
+/// retried after its reply was lost (a timeout, a failover) is not counted twice. On one node,
+/// `KEYS[4]` is the session (task) ranking, added to in the same script (one round trip; and a
+/// retried settle does not count twice there either); the ranking's arguments follow the
+/// charges (id, tokens, ids kept).
 const SETTLE: &str = r#"
 local now = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
@@ -162,6 +165,15 @@ redis.call('HINCRBY', KEYS[1], 'out', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'cost', ARGV[5])
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+-- One node: the session (task) ranking rides along (a cluster keeps it on another slot).
+if #KEYS >= 4 then
+  local b = 10 + n * 5
+  local tokens = tonumber(ARGV[b + 1])
+  if tokens > 0 then
+    redis.call('ZINCRBY', KEYS[4], tokens, ARGV[b])
+    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[b + 2]) + 1))
+  end
+end
 return out
 "#;
 
@@ -400,14 +412,19 @@ impl RedisStore {
                 .arg(c.granted)
                 .arg(c.actual);
         }
+        let tokens = t.input.saturating_add(t.output);
+        let one_node = matches!(self.client, Client::Single(_));
+        if let Some((ranking, id)) = ranked(key).filter(|_| one_node) {
+            inv.key(ranking).arg(id).arg(tokens).arg(MAX_RANKED);
+        }
         let v: Vec<i64> = self
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         if self.settle_replicas > 0 {
             self.replicated(key).await;
         }
-        if let Some((ranking, id)) = ranked(key) {
-            let tokens = t.input.saturating_add(t.output);
+        // A cluster: the ranking is on its own slot, a round trip of its own.
+        if let Some((ranking, id)) = ranked(key).filter(|_| !one_node) {
             if tokens > 0 {
                 let id = id.to_string();
                 // Ranking only; not part of any budget decision.

@@ -148,6 +148,17 @@ struct ScopeCall<'a> {
     now: u64,
 }
 
+impl ScopeCall<'_> {
+    /// The call's input: the cheap upper bound when `optimistic`, else the estimate.
+    fn input(&self, optimistic: bool) -> u64 {
+        if optimistic {
+            self.facts.input_bound
+        } else {
+            (self.exact)()
+        }
+    }
+}
+
 /// What became of one scope in an admission.
 enum Outcome {
     /// No limit of the scope applies to the call.
@@ -366,23 +377,33 @@ impl Budgets {
                 exact: &exact_input,
                 now,
             };
-            let [s, t, a, g] = SCOPES;
-            let (s, t, a, g) = tokio::join!(
-                self.reserve_scope(s, &call),
-                self.reserve_scope(t, &call),
-                self.reserve_scope(a, &call),
-                self.reserve_scope(g, &call),
-            );
-            [s, t, a, g]
+            let one_node = matches!(&self.store, Store::Redis(r) if r.one_node());
+            if one_node && self.slices.is_none() {
+                self.reserve_together(&call).await
+            } else {
+                let [s, t, a, g] = SCOPES;
+                let (s, t, a, g) = tokio::join!(
+                    self.reserve_scope(s, &call),
+                    self.reserve_scope(t, &call),
+                    self.reserve_scope(a, &call),
+                    self.reserve_scope(g, &call),
+                );
+                [s, t, a, g]
+            }
         };
         // In scope order, as one scope after another would have ended: the first refusal (or
         // failure, failing closed) refuses the call; what other scopes granted is released by
         // dropping `adm`, without being counted as admitted.
-        for (scope, outcome) in SCOPES.iter().zip(&outcomes) {
-            match outcome {
-                Outcome::Skipped => {}
-                Outcome::Granted(_) => self.mark_store(true),
-                Outcome::NeedEstimate => return Err(BudgetError::StoreUnavailable),
+        let refusal = outcomes
+            .iter()
+            .zip(SCOPES)
+            .find_map(|(outcome, scope)| match outcome {
+                Outcome::Skipped => None,
+                Outcome::Granted(_) => {
+                    self.mark_store(true);
+                    None
+                }
+                Outcome::NeedEstimate => Some(BudgetError::StoreUnavailable),
                 Outcome::Refused {
                     key,
                     limit,
@@ -392,7 +413,7 @@ impl Budgets {
                     self.mark_store(true);
                     let l = &self.limits[*limit];
                     self.refused(key, &adm.facts, l, *used, now);
-                    return Err(BudgetError::Exceeded(Box::new(BudgetRefusal {
+                    Some(BudgetError::Exceeded(Box::new(BudgetRefusal {
                         scope: l.scope_str(),
                         unit: l.unit_str(),
                         code: code(l),
@@ -402,16 +423,19 @@ impl Budgets {
                         need: l.display(*need),
                         retry_after: l.retry_after(now),
                         lifetime_status: self.lifetime_status,
-                    })));
+                    })))
                 }
                 Outcome::Failed(e) => {
                     self.store_failed("reserve", e);
-                    if self.fail_closed {
-                        count_decision(*scope, BudgetDecision::Rejected);
-                        return Err(BudgetError::StoreUnavailable);
-                    }
+                    self.fail_closed.then(|| {
+                        count_decision(scope, BudgetDecision::Rejected);
+                        BudgetError::StoreUnavailable
+                    })
                 }
-            }
+            });
+        if let Some(e) = refusal {
+            self.give_back_now(&mut adm).await;
+            return Err(e);
         }
         let model = adm.facts.model.as_deref().unwrap_or("");
         let held = adm.held.get_mut().unwrap_or_else(PoisonError::into_inner);
@@ -442,32 +466,170 @@ impl Budgets {
         Ok(adm)
     }
 
-    /// Check-and-reserve on one scope's limits for a call (the session and task scopes only
-    /// when the call has one). A grant goes into `call.held` at once; the outcome says what
-    /// became of the scope.
-    async fn reserve_scope(self: &Arc<Self>, scope: LimitScope, call: &ScopeCall<'_>) -> Outcome {
-        let f = call.facts;
+    /// Give back a refused call's grants in a shared store before the refusal is answered (the
+    /// scopes reserved at once, so others may have granted): a client retrying at once, or the
+    /// next call on those scopes, must not find them still held. Each settle counts once per
+    /// lease id, so the release by dropping `adm` afterwards (or instead, if this future is
+    /// dropped) cannot give back twice.
+    async fn give_back_now(&self, adm: &mut Admission) {
+        if !matches!(self.store, Store::Redis(_)) {
+            return;
+        }
+        let held = adm.held.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let now = unix_now();
+        let remote: Vec<(&Held, Vec<Charge>)> = held
+            .iter()
+            .filter(|h| h.slice.is_none() && h.lease.is_some())
+            .map(|h| (h, self.charges(h, 0, 0)))
+            .collect();
+        let settles = remote.iter().map(|(h, c)| {
+            self.store
+                .settle(&h.key, now, c, Totals::default(), h.lease)
+        });
+        let done = futures_util::future::join_all(settles).await;
+        let mut settled = Vec::new();
+        for ((h, _), res) in remote.iter().zip(done) {
+            match res {
+                Ok(_) => settled.extend(h.lease),
+                Err(e) => self.store_failed("settle", &e),
+            }
+        }
+        for id in &settled {
+            self.leases.remove(id);
+        }
+        held.retain(|h| h.lease.is_none_or(|id| !settled.contains(&id)));
+    }
+
+    /// Keep a grant in the admission (its lease renewed meanwhile): the scope was granted.
+    fn hold(&self, to: &Mutex<Vec<Held>>, h: Held, wants: Vec<Want>) -> Outcome {
+        if let Some(id) = h.lease {
+            self.leases.insert(id, h.key.clone());
+        }
+        to.lock().unwrap_or_else(PoisonError::into_inner).push(h);
+        Outcome::Granted(wants)
+    }
+
+    /// What `held` comes to when it spent `tokens` and `cost` (nano-USD), per limit.
+    fn charges(&self, held: &Held, tokens: u64, cost: u64) -> Vec<Charge> {
+        held.limits
+            .iter()
+            .zip(&held.grants)
+            .map(|(&i, g)| {
+                let l = &self.limits[i];
+                Charge {
+                    counter: l.counter.clone(),
+                    window: l.window,
+                    start: g.start,
+                    granted: g.granted,
+                    actual: match l.unit {
+                        Unit::Tokens => tokens,
+                        Unit::Usd => cost,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The store key of `scope` for a call and the indices of its limits; `None` when none
+    /// applies (no limit of the scope, or a session or task scope for a call without one).
+    fn scope_limits(&self, scope: LimitScope, f: &CallFacts) -> Option<(String, Vec<usize>)> {
         let id = match scope {
-            LimitScope::Session => match &f.session {
-                Some(s) => s.as_ref(),
-                None => return Outcome::Skipped,
-            },
-            LimitScope::Task => match &f.task {
-                Some(t) => t.as_ref(),
-                None => return Outcome::Skipped,
-            },
+            LimitScope::Session => f.session.as_deref()?,
+            LimitScope::Task => f.task.as_deref()?,
             LimitScope::Agent => f.agent.as_ref(),
             LimitScope::Global => "",
         };
         let idx: Vec<usize> = (0..self.limits.len())
             .filter(|&i| self.limits[i].scope == scope)
             .collect();
-        if idx.is_empty() {
-            return Outcome::Skipped;
-        }
+        (!idx.is_empty()).then(|| (group_key(scope, id), idx))
+    }
+
+    /// Every scope of a call in one script (one Redis node, no leased scope): one round trip
+    /// and one command per call, all scopes granted or none. The outcomes in scope order; a
+    /// refusal or failure is told on one scope, the others (nothing reserved) are skipped.
+    async fn reserve_together(self: &Arc<Self>, call: &ScopeCall<'_>) -> [Outcome; 4] {
+        let mut out: [Outcome; 4] = std::array::from_fn(|_| Outcome::Skipped);
+        let f = call.facts;
         let (now, model) = (call.now, f.model.as_deref().unwrap_or(""));
         let max_out = f.max_output.unwrap_or(self.default_max_output);
-        let key = group_key(scope, id);
+        // (position in SCOPES, scope, key, limits, lease)
+        let mut parts = Vec::with_capacity(SCOPES.len());
+        for (pos, &scope) in SCOPES.iter().enumerate() {
+            if let Some((key, idx)) = self.scope_limits(scope, f) {
+                parts.push((pos, scope, key, idx, self.new_lease()));
+            }
+        }
+        let Some(first) = parts.first().map(|p| p.0) else {
+            return out;
+        };
+        // First with the cheap upper bound of the input, as per scope.
+        let mut optimistic = true;
+        loop {
+            let input = call.input(optimistic);
+            let asks: Vec<(String, Vec<Want>, Option<Lease>)> = parts
+                .iter()
+                .map(|(_, _, key, idx, lease)| {
+                    let wants = self.wants(idx, model, input, max_out, optimistic);
+                    (key.clone(), wants, *lease)
+                })
+                .collect();
+            match self.reserve_remote(now, asks.clone()).await {
+                Ok(redis::ReservedAll::NeedEstimate) if optimistic => optimistic = false,
+                Ok(redis::ReservedAll::Granted(grants)) => {
+                    for ((pos, scope, key, limits, lease), (grants, (_, wants, _))) in
+                        parts.into_iter().zip(grants.into_iter().zip(asks))
+                    {
+                        let lease = lease.map(|l| l.id);
+                        let h = Held {
+                            scope,
+                            key,
+                            limits,
+                            grants,
+                            lease,
+                            slice: None,
+                        };
+                        out[pos] = self.hold(call.held, h, wants);
+                    }
+                    return out;
+                }
+                Ok(redis::ReservedAll::Refused { scope, index, used }) => {
+                    let (Some((pos, _, key, idx, _)), Some((_, wants, _))) =
+                        (parts.get(scope), asks.get(scope))
+                    else {
+                        out[first] = Outcome::NeedEstimate;
+                        return out;
+                    };
+                    out[*pos] = Outcome::Refused {
+                        key: key.clone(),
+                        limit: idx.get(index).copied().unwrap_or(idx[0]),
+                        used,
+                        need: wants.get(index).map_or(0, |w| w.min),
+                    };
+                    return out;
+                }
+                Ok(redis::ReservedAll::NeedEstimate) => {
+                    out[first] = Outcome::NeedEstimate;
+                    return out;
+                }
+                Err(e) => {
+                    out[first] = Outcome::Failed(e);
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// Check-and-reserve on one scope's limits for a call (the session and task scopes only
+    /// when the call has one). A grant goes into `call.held` at once; the outcome says what
+    /// became of the scope.
+    async fn reserve_scope(self: &Arc<Self>, scope: LimitScope, call: &ScopeCall<'_>) -> Outcome {
+        let f = call.facts;
+        let Some((key, idx)) = self.scope_limits(scope, f) else {
+            return Outcome::Skipped;
+        };
+        let (now, model) = (call.now, f.model.as_deref().unwrap_or(""));
+        let max_out = f.max_output.unwrap_or(self.default_max_output);
         let mut lease = None;
         let leased = match self.slices_for(scope, &idx) {
             Some(sl) => {
@@ -484,11 +646,7 @@ impl Budgets {
                 // fits, the tokenizer is not needed. Near a limit, again with the real estimate.
                 let mut optimistic = true;
                 loop {
-                    let input = if optimistic {
-                        f.input_bound
-                    } else {
-                        (call.exact)()
-                    };
+                    let input = call.input(optimistic);
                     let wants = self.wants(&idx, model, input, max_out, optimistic);
                     match self.reserve(&key, now, &wants, lease).await {
                         Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
@@ -499,19 +657,17 @@ impl Budgets {
         };
         match reserved {
             Ok(Reserved::Granted(grants)) => {
-                if let Some(l) = lease {
-                    self.leases.insert(l.id, key.clone());
-                }
-                let mut held = call.held.lock().unwrap_or_else(PoisonError::into_inner);
-                held.push(Held {
+                let lease = lease.map(|l| l.id);
+                let limits = idx;
+                let h = Held {
                     scope,
                     key,
-                    limits: idx,
+                    limits,
                     grants,
-                    lease: lease.map(|l| l.id),
+                    lease,
                     slice,
-                });
-                Outcome::Granted(wants)
+                };
+                self.hold(call.held, h, wants)
             }
             // A refusal comes from the real estimate (an optimistic want is never refused), so
             // `min` is what this call needs.
@@ -526,9 +682,7 @@ impl Budgets {
         }
     }
 
-    /// Check-and-reserve. Redis runs in its own task: when the client goes away while the
-    /// script runs (hyper drops this future), the task gives the reservation back instead of
-    /// leaking it.
+    /// Check-and-reserve on one scope.
     async fn reserve(
         self: &Arc<Self>,
         key: &str,
@@ -539,12 +693,33 @@ impl Budgets {
         if let Store::Memory(m) = &self.store {
             return Ok(m.reserve(key, now, wants));
         }
+        let ask = vec![(key.to_string(), wants.to_vec(), lease)];
+        Ok(self.reserve_remote(now, ask).await?.into_one())
+    }
+
+    /// Check-and-reserve on Redis, every scope of `asks` (key, wants, lease) in one script, in
+    /// a task of its own: when the client goes away while the script runs (hyper drops this
+    /// future), the task gives the reservations back instead of leaking them.
+    async fn reserve_remote(
+        self: &Arc<Self>,
+        now: u64,
+        asks: Vec<(String, Vec<Want>, Option<Lease>)>,
+    ) -> Result<redis::ReservedAll, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let b = self.clone();
-        let (key, wants) = (key.to_string(), wants.to_vec());
         tokio::spawn(async move {
-            let res = b.store.reserve(&key, now, &wants, lease).await;
-            if let Err(Ok(Reserved::Granted(grants))) = tx.send(res) {
+            let Store::Redis(r) = &b.store else {
+                return;
+            };
+            let parts: Vec<(&str, &[Want], Option<Lease>)> = asks
+                .iter()
+                .map(|(k, w, l)| (k.as_str(), &w[..], *l))
+                .collect();
+            let res = r.reserve(now, &parts).await;
+            let Err(Ok(redis::ReservedAll::Granted(grants))) = tx.send(res) else {
+                return;
+            };
+            for ((key, wants, lease), grants) in asks.iter().zip(grants) {
                 let charges: Vec<Charge> = wants
                     .iter()
                     .zip(&grants)
@@ -556,15 +731,9 @@ impl Budgets {
                         actual: 0,
                     })
                     .collect();
-                if let Err(e) = b
-                    .store
-                    .settle(
-                        &key,
-                        unix_now(),
-                        &charges,
-                        Totals::default(),
-                        lease.map(|l| l.id),
-                    )
+                let id = lease.map(|l| l.id);
+                if let Err(e) = r
+                    .settle(key, unix_now(), &charges, Totals::default(), id)
                     .await
                 {
                     b.store_failed("settle", &e);
@@ -1103,24 +1272,7 @@ impl Admission {
         });
         let now = unix_now();
         for held in held {
-            let charges: Vec<Charge> = held
-                .limits
-                .iter()
-                .zip(&held.grants)
-                .map(|(&i, g)| {
-                    let l = &self.budgets.limits[i];
-                    Charge {
-                        counter: l.counter.clone(),
-                        window: l.window,
-                        start: g.start,
-                        granted: g.granted,
-                        actual: match l.unit {
-                            Unit::Tokens => tokens,
-                            Unit::Usd => cost,
-                        },
-                    }
-                })
-                .collect();
+            let charges = self.budgets.charges(&held, tokens, cost);
             let b = self.budgets.clone();
             if let (Some(id), Some(sl)) = (held.slice, &b.slices) {
                 // Drawn from a slice: settled here; the slice goes back when it is done.

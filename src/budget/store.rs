@@ -29,7 +29,7 @@ impl Store {
         match self {
             // A memory store's reservations die with its process (and are dropped on reload).
             Store::Memory(m) => Ok(m.reserve(key, now, wants)),
-            Store::Redis(r) => r.reserve(key, now, wants, lease).await,
+            Store::Redis(r) => Ok(r.reserve(now, &[(key, wants, lease)]).await?.into_one()),
         }
     }
 

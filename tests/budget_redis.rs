@@ -655,3 +655,53 @@ async fn one_node_reserves_every_scope_in_one_script_and_the_ranking_rides_the_s
     let score = common::redis::cli(redis.port, &["zscore", "tw:sessions:tokens", "mon-2"]);
     assert_eq!(score.trim(), "16");
 }
+
+/// A leased scope's slice is at most `budgets.leases.max` of its limit: a call whose output cap
+/// alone is larger reserves by itself instead of opening a slice sized to it (issue 21: such a
+/// slice broke the stated overspend bound); smaller calls still draw on slices.
+#[tokio::test]
+async fn a_call_larger_than_the_largest_slice_reserves_by_itself() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    // Largest agent slice: 0.01 × 100,000 = 1,000 tokens.
+    let cfg = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nroutes:\n  - name: leased\n    path_prefix: /\n    upstream: http://{}\nbudgets:\n  store:\n    kind: redis\n    url: {}\n    timeout: 2s\n  on_store_unreachable: fail_closed\n  leases:\n    scopes: [agent]\n    min: 0.001\n    max: 0.01\n  limits:\n    - scope: agent\n      tokens: 100000\n",
+        m.addr(),
+        redis.url()
+    );
+    let file = config_file(&cfg);
+    let mut p = ProxyProcess::spawn(file.path()).await;
+    p.tokenizer_loaded().await;
+    let url = format!("http://{}/v1/chat/completions", p.addr);
+    let call = |max_tokens: u64| {
+        let url = url.clone();
+        async move {
+            let body = format!(
+                r#"{{"model":"gpt-4o-mini","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hi"}}]}}"#
+            );
+            let h = [
+                ("x-agent-name", "big-calls"),
+                ("x-mock-input-tokens", "8"),
+                ("x-mock-output-chunks", "8"),
+            ];
+            post(&url, &h, &body).await.0.status()
+        }
+    };
+    let taken = || async {
+        let text = String::from_utf8(get(&format!("http://{}/metrics", p.admin)).await.1.to_vec())
+            .unwrap();
+        metric_value(
+            &text,
+            "tokenwarden_budget_slices_total",
+            &[("scope", "agent"), ("op", "taken")],
+        )
+    };
+    assert_eq!(call(5_000).await, 200);
+    assert_eq!(
+        taken().await,
+        0.0,
+        "a slice was opened for a 5,000-token call"
+    );
+    assert_eq!(call(8).await, 200);
+    assert_eq!(taken().await, 1.0, "small calls no longer lease");
+}

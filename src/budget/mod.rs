@@ -780,6 +780,11 @@ impl Budgets {
         let lease = self.new_lease()?;
         let call = self.wants(idx, model, exact(), max_out, false);
         let amounts: Vec<u64> = idx.iter().map(|&i| self.limits[i].amount).collect();
+        // A call larger than the largest slice (a big output cap) reserves by itself: a slice
+        // sized to it would break the stated bound of `max` × limit per slice.
+        if !sl.fits(&amounts, &call) {
+            return None;
+        }
         let mut ask = call.clone();
         for (w, size) in ask.iter_mut().zip(sl.size(key, &amounts, &call)) {
             w.want = size;

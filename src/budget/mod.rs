@@ -172,7 +172,8 @@ enum Outcome {
         used: u64,
         need: u64,
     },
-    /// The store asked for the estimate after it was given: an unexpected reply.
+    /// An unexpected reply (the estimate asked for after it was given, a refusal naming no
+    /// scope asked).
     NeedEstimate,
     /// The store failed.
     Failed(StoreError),
@@ -392,8 +393,8 @@ impl Budgets {
             }
         };
         // In scope order, as one scope after another would have ended: the first refusal (or
-        // failure, failing closed) refuses the call; what other scopes granted is released by
-        // dropping `adm`, without being counted as admitted.
+        // failure, failing closed) refuses the call; what other scopes granted is given back
+        // (`give_back_now`, else by dropping `adm`) without being counted as admitted.
         let refusal = outcomes
             .iter()
             .zip(SCOPES)

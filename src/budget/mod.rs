@@ -720,25 +720,30 @@ impl Budgets {
             let Err(Ok(redis::ReservedAll::Granted(grants))) = tx.send(res) else {
                 return;
             };
-            for ((key, wants, lease), grants) in asks.iter().zip(grants) {
-                let charges: Vec<Charge> = wants
-                    .iter()
-                    .zip(&grants)
-                    .map(|(w, g)| Charge {
-                        counter: w.counter.clone(),
-                        window: w.window,
-                        start: g.start,
-                        granted: g.granted,
-                        actual: 0,
-                    })
-                    .collect();
-                let id = lease.map(|l| l.id);
-                if let Err(e) = r
-                    .settle(key, unix_now(), &charges, Totals::default(), id)
-                    .await
-                {
-                    b.store_failed("settle", &e);
-                }
+            let charges: Vec<Vec<Charge>> = asks
+                .iter()
+                .zip(&grants)
+                .map(|((_, wants, _), grants)| {
+                    wants
+                        .iter()
+                        .zip(grants)
+                        .map(|(w, g)| Charge {
+                            counter: w.counter.clone(),
+                            window: w.window,
+                            start: g.start,
+                            granted: g.granted,
+                            actual: 0,
+                        })
+                        .collect()
+                })
+                .collect();
+            let back: Vec<(&str, &[Charge], Option<u64>)> = asks
+                .iter()
+                .zip(&charges)
+                .map(|((k, _, l), c)| (k.as_str(), &c[..], l.map(|l| l.id)))
+                .collect();
+            if let Err(e) = r.settle(unix_now(), &back, Totals::default()).await {
+                b.store_failed("settle", &e);
             }
         });
         rx.await
@@ -830,7 +835,7 @@ impl Budgets {
                 })
                 .collect();
             let res = b
-                .settle_retrying(&r.key, Some(r.id), unix_now(), &charges, r.totals)
+                .settle_retrying(unix_now(), &[(&r.key, &charges, Some(r.id))], r.totals)
                 .await;
             if let Err(e) = res {
                 b.store_failed("settle", &e);
@@ -1111,18 +1116,20 @@ impl Budgets {
     /// a lease id once, so a retry after a lost reply does not count twice.
     async fn settle_retrying(
         &self,
-        key: &str,
-        lease: Option<u64>,
         now: u64,
-        charges: &[Charge],
+        parts: &[(&str, &[Charge], Option<u64>)],
         totals: Totals,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<Vec<u64>>, StoreError> {
+        let Store::Redis(r) = &self.store else {
+            return Ok(Vec::new());
+        };
         let deadline = tokio::time::Instant::now() + self.lease_ttl;
         let mut pause = Duration::from_millis(50);
         loop {
-            let res = self.store.settle(key, now, charges, totals, lease).await;
+            let res = r.settle(now, parts, totals).await;
             // Without a lease id a retry could count twice: never retried.
-            let last = lease.is_none() || tokio::time::Instant::now() + pause > deadline;
+            let last = parts.iter().any(|p| p.2.is_none())
+                || tokio::time::Instant::now() + pause > deadline;
             match res {
                 Err(e) if !last => self.store_failed("settle", &e),
                 res => return res,
@@ -1130,6 +1137,40 @@ impl Budgets {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// Settle `remote` (reservations with their charges) in a spawned task, one script for
+    /// them all (retried as [`Budgets::settle_retrying`] says), then their gauges and alerts.
+    fn settle_remote(
+        self: &Arc<Self>,
+        remote: Vec<(Held, Vec<Charge>)>,
+        facts: &Arc<CallFacts>,
+        now: u64,
+        totals: Totals,
+    ) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (b, facts) = (self.clone(), facts.clone());
+        b.in_flight_settles.fetch_add(1, Ordering::AcqRel);
+        rt.spawn(async move {
+            let parts: Vec<(&str, &[Charge], Option<u64>)> = remote
+                .iter()
+                .map(|(h, c)| (h.key.as_str(), &c[..], h.lease))
+                .collect();
+            let spent = (totals.input.saturating_add(totals.output), totals.cost);
+            match b.settle_retrying(now, &parts, totals).await {
+                Ok(used) => {
+                    for ((held, _), used) in remote.iter().zip(used) {
+                        b.settled(held, Ok(used), &facts, now, spent);
+                    }
+                }
+                Err(e) => b.store_failed("settle", &e),
+            }
+            if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
+                b.settling.notify_waiters();
+            }
+        });
     }
 
     /// At shutdown, after every call finished: give slices back, wait up to `within` for
@@ -1277,6 +1318,7 @@ impl Admission {
             max_output: None,
         });
         let now = unix_now();
+        let mut remote = Vec::new();
         for held in held {
             let charges = self.budgets.charges(&held, tokens, cost);
             let b = self.budgets.clone();
@@ -1299,26 +1341,21 @@ impl Admission {
                     let res = Ok(m.settle(&held.key, now, &charges, totals));
                     b.settled(&held, res, &facts, now, (tokens, cost));
                 }
-                Store::Redis(_) => {
+                Store::Redis(r) => {
                     if let Some(id) = held.lease {
                         b.leases.remove(&id);
                     }
-                    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                        return;
-                    };
-                    let facts = facts.clone();
-                    b.in_flight_settles.fetch_add(1, Ordering::AcqRel);
-                    rt.spawn(async move {
-                        let res = b
-                            .settle_retrying(&held.key, held.lease, now, &charges, totals)
-                            .await;
-                        b.settled(&held, res, &facts, now, (tokens, cost));
-                        if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            b.settling.notify_waiters();
-                        }
-                    });
+                    remote.push((held, charges));
+                    // A cluster: each scope on its own shard, one script each.
+                    if !r.one_node() {
+                        b.settle_remote(std::mem::take(&mut remote), &facts, now, totals);
+                    }
                 }
             }
+        }
+        // One node: every scope of the call in one script.
+        if !remote.is_empty() {
+            self.budgets.settle_remote(remote, &facts, now, totals);
         }
     }
 

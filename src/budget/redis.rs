@@ -121,69 +121,79 @@ return out
 /// Replace reservations with spend (in the window they were made in, else the current one).
 /// A reservation whose lease already ran out was released by a purge: only its spend is added.
 /// Settled lease ids are kept (`KEYS[3]`, a sorted set by time, for `ARGV[9]` ms) so a settle
-/// retried after its reply was lost (a timeout, a failover) is not counted twice. On one node,
-/// `KEYS[4]` is the session (task) ranking, added to in the same script (one round trip; and a
-/// retried settle does not count twice there either); the ranking's arguments follow the
-/// charges (id, tokens, ids kept).
+/// retried after its reply was lost (a timeout, a failover) is not counted twice. Every scope of
+/// a call in one script on one node (a cluster: one scope per script). Keys per scope: its hash,
+/// lease set, settled set and ranking (on one node the session's or task's ranking, added to in
+/// the same script — and a retried settle does not count twice there either; else any key of
+/// the scope, unused). `ARGV`: now, scopes, input, output and cost tokens, now in ms, ms settled
+/// ids are kept, tokens, ids a ranking keeps; then per scope: charges, lease id (empty: none),
+/// ttl, ranked id (empty: none), and per charge: counter, window, start, granted, actual.
 const SETTLE: &str = r#"
 local now = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local lease = ARGV[6]
-local now_ms = tonumber(ARGV[8])
-local keep_ms = tonumber(ARGV[9])
-local live = 1
-if lease ~= '' then
-  if redis.call('ZSCORE', KEYS[3], lease) then
-    local out = {}
-    for i = 0, n - 1 do
-      local c = ARGV[10 + i * 5]
-      local v = redis.call('HMGET', KEYS[1], c .. ':p', c .. ':r')
-      out[#out + 1] = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
-    end
-    return out
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - keep_ms)
-  redis.call('ZADD', KEYS[3], now_ms, lease)
-  redis.call('PEXPIRE', KEYS[3], keep_ms)
-  live = redis.call('ZREM', KEYS[2], lease)
-  redis.call('HDEL', KEYS[1], 'l:' .. lease)
-end
+local scopes = tonumber(ARGV[2])
+local now_ms = tonumber(ARGV[6])
+local keep_ms = tonumber(ARGV[7])
+local tokens = tonumber(ARGV[8])
+local ranked = tonumber(ARGV[9])
+local at = 10
 local out = {}
-for i = 0, n - 1 do
-  local b = 10 + i * 5
-  local c = ARGV[b]
-  local w = tonumber(ARGV[b + 1])
-  local start = tonumber(ARGV[b + 2])
-  local granted = tonumber(ARGV[b + 3])
-  local actual = tonumber(ARGV[b + 4])
-  local v = redis.call('HMGET', KEYS[1], c .. ':s', c .. ':p', c .. ':r')
-  local s = tonumber(v[1]) or 0
-  local p = tonumber(v[2]) or 0
-  local r = tonumber(v[3]) or 0
-  if s == start then
-    if live == 1 then r = r - granted end
-    if r < 0 then r = 0 end
-  else
-    local cur = 0
-    if w > 0 then cur = now - (now % w) end
-    if s ~= cur then s = cur; p = 0; r = 0 end
+for s = 1, scopes do
+  local h, lk, dk, rk = KEYS[4 * s - 3], KEYS[4 * s - 2], KEYS[4 * s - 1], KEYS[4 * s]
+  local n = tonumber(ARGV[at])
+  local lease = ARGV[at + 1]
+  local ttl = tonumber(ARGV[at + 2])
+  local rank = ARGV[at + 3]
+  at = at + 4
+  local live = 1
+  local again = false
+  if lease ~= '' then
+    if redis.call('ZSCORE', dk, lease) then
+      again = true
+    else
+      redis.call('ZREMRANGEBYSCORE', dk, '-inf', now_ms - keep_ms)
+      redis.call('ZADD', dk, now_ms, lease)
+      redis.call('PEXPIRE', dk, keep_ms)
+      live = redis.call('ZREM', lk, lease)
+      redis.call('HDEL', h, 'l:' .. lease)
+    end
   end
-  p = p + actual
-  redis.call('HSET', KEYS[1], c .. ':s', s, c .. ':p', p, c .. ':r', r)
-  out[#out + 1] = p + r
-end
-redis.call('HINCRBY', KEYS[1], 'in', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'out', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'cost', ARGV[5])
-local ttl = tonumber(ARGV[7])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
--- One node: the session (task) ranking rides along (a cluster keeps it on another slot).
-if #KEYS >= 4 then
-  local b = 10 + n * 5
-  local tokens = tonumber(ARGV[b + 1])
-  if tokens > 0 then
-    redis.call('ZINCRBY', KEYS[4], tokens, ARGV[b])
-    redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[b + 2]) + 1))
+  for i = 0, n - 1 do
+    local c = ARGV[at]
+    local w = tonumber(ARGV[at + 1])
+    local start = tonumber(ARGV[at + 2])
+    local granted = tonumber(ARGV[at + 3])
+    local actual = tonumber(ARGV[at + 4])
+    at = at + 5
+    if again then
+      local v = redis.call('HMGET', h, c .. ':p', c .. ':r')
+      out[#out + 1] = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+    else
+      local v = redis.call('HMGET', h, c .. ':s', c .. ':p', c .. ':r')
+      local st = tonumber(v[1]) or 0
+      local p = tonumber(v[2]) or 0
+      local r = tonumber(v[3]) or 0
+      if st == start then
+        if live == 1 then r = r - granted end
+        if r < 0 then r = 0 end
+      else
+        local cur = 0
+        if w > 0 then cur = now - (now % w) end
+        if st ~= cur then st = cur; p = 0; r = 0 end
+      end
+      p = p + actual
+      redis.call('HSET', h, c .. ':s', st, c .. ':p', p, c .. ':r', r)
+      out[#out + 1] = p + r
+    end
+  end
+  if not again then
+    redis.call('HINCRBY', h, 'in', ARGV[3])
+    redis.call('HINCRBY', h, 'out', ARGV[4])
+    redis.call('HINCRBY', h, 'cost', ARGV[5])
+    if ttl > 0 then redis.call('EXPIRE', h, ttl) end
+    if rank ~= '' and tokens > 0 then
+      redis.call('ZINCRBY', rk, tokens, rank)
+      redis.call('ZREMRANGEBYRANK', rk, 0, -(ranked + 1))
+    end
   end
 end
 return out
@@ -440,47 +450,58 @@ impl RedisStore {
         }
     }
 
+    /// Settle every scope of `parts` (key, charges, lease) in one script (on a cluster one
+    /// scope per call); each scope's counters' spent plus reserved afterwards.
     pub(super) async fn settle(
         &self,
-        key: &str,
         now: u64,
-        charges: &[Charge],
+        parts: &[(&str, &[Charge], Option<u64>)],
         t: Totals,
-        lease: Option<u64>,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<Vec<u64>>, StoreError> {
+        let tokens = t.input.saturating_add(t.output);
+        let one_node = self.one_node();
         let mut inv = self.settle.prepare_invoke();
-        inv.key(redis_key(key))
-            .key(lease_key(key))
-            .key(settled_key(key))
-            .arg(now)
-            .arg(charges.len())
+        inv.arg(now)
+            .arg(parts.len())
             .arg(t.input)
             .arg(t.output)
             .arg(t.cost)
-            .arg(lease.map_or(String::new(), |id| id.to_string()))
-            .arg(self.ttl(key, charges.iter().map(|c| c.window)))
             .arg(unix_ms())
-            .arg(self.settled_keep_ms);
-        for c in charges {
-            inv.arg(c.counter.as_ref())
-                .arg(c.window.unwrap_or(0))
-                .arg(c.start)
-                .arg(c.granted)
-                .arg(c.actual);
-        }
-        let tokens = t.input.saturating_add(t.output);
-        let one_node = self.one_node();
-        if let Some((ranking, id)) = ranked(key).filter(|_| one_node) {
-            inv.key(ranking).arg(id).arg(tokens).arg(MAX_RANKED);
+            .arg(self.settled_keep_ms)
+            .arg(tokens)
+            .arg(MAX_RANKED);
+        for &(key, charges, lease) in parts {
+            let rank = ranked(key).filter(|_| one_node);
+            inv.key(redis_key(key))
+                .key(lease_key(key))
+                .key(settled_key(key))
+                .key(rank.map_or_else(|| redis_key(key), |(r, _)| r.to_string()))
+                .arg(charges.len())
+                .arg(lease.map_or(String::new(), |id| id.to_string()))
+                .arg(self.ttl(key, charges.iter().map(|c| c.window)))
+                .arg(rank.map_or("", |(_, id)| id));
+            for c in charges {
+                inv.arg(c.counter.as_ref())
+                    .arg(c.window.unwrap_or(0))
+                    .arg(c.start)
+                    .arg(c.granted)
+                    .arg(c.actual);
+            }
         }
         let v: Vec<i64> = self
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         if self.settle_replicas > 0 {
-            self.replicated(key).await;
+            if let Some(&(key, _, _)) = parts.first() {
+                self.replicated(key).await;
+            }
         }
         // A cluster: the ranking is on its own slot, a round trip of its own.
-        if let Some((ranking, id)) = ranked(key).filter(|_| !one_node) {
+        for (ranking, id) in parts
+            .iter()
+            .filter_map(|p| ranked(p.0))
+            .filter(|_| !one_node)
+        {
             if tokens > 0 {
                 let id = id.to_string();
                 // Ranking only; not part of any budget decision.
@@ -497,7 +518,15 @@ impl RedisStore {
                 .await?;
             }
         }
-        Ok(v.into_iter().map(|x| x.max(0) as u64).collect())
+        let mut used = v.into_iter().map(|x| x.max(0) as u64);
+        let all: Vec<Vec<u64>> = parts
+            .iter()
+            .map(|p| used.by_ref().take(p.1.len()).collect())
+            .collect();
+        if all.iter().zip(parts).any(|(u, p)| u.len() != p.1.len()) {
+            return Err(StoreError::Redis("unexpected settle reply".into()));
+        }
+        Ok(all)
     }
 
     /// Wait (`WAIT`, on the primary holding `key`) until `settle_replicas` replicas have every

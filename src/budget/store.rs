@@ -45,7 +45,10 @@ impl Store {
     ) -> Result<Vec<u64>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.settle(key, now, charges, totals)),
-            Store::Redis(r) => r.settle(key, now, charges, totals, lease).await,
+            Store::Redis(r) => {
+                let mut all = r.settle(now, &[(key, charges, lease)], totals).await?;
+                Ok(all.pop().unwrap_or_default())
+            }
         }
     }
 

@@ -75,6 +75,23 @@ fn bad_config_is_refused_naming_the_key_and_line() {
 }
 
 #[test]
+fn cluster_seed_nodes_under_the_one_node_redis_store_are_refused() {
+    // Issue 21: `nodes` with `kind: redis` used to be ignored, the cluster never used.
+    let f = config_file(
+        "budgets:\n  store:\n    kind: redis\n    url: redis://127.0.0.1:6379\n    nodes: [redis://127.0.0.1:7000, redis://127.0.0.1:7001]\n  limits:\n    - scope: agent\n      tokens: 100\n",
+    );
+    for args in [vec!["check-config"], vec!["--config"]] {
+        let out = bin().args(args).arg(f.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(64));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("budgets.store.nodes") && err.contains("kind: redis_cluster"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn check_config_names_key_and_line_but_never_a_secret() {
     let cases = [
         // The snippet of a parse error used to quote this line with the bad key.

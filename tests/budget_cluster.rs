@@ -340,3 +340,56 @@ async fn failover_run(session: &str, settle_replicas: u32) -> (u64, u64) {
     );
     (spent, recorded)
 }
+
+/// The shard of the agent's key dies while a call's scopes reserve at the same time: the
+/// session's grant (on a live shard) is given back and the call is refused (`fail_closed`);
+/// after the replica takes over, calls are admitted again and nothing stays reserved.
+#[tokio::test]
+async fn a_shard_dying_mid_admission_leaves_no_reservation_on_the_live_shards() {
+    let mut cluster = RedisCluster::start(3);
+    let m = mock().await;
+    let cfg = config_file(&config(
+        m.addr(),
+        &cluster.seeds()[0],
+        "    - scope: session\n      tokens: 100000\n    - scope: agent\n      tokens: 100000\n",
+    ));
+    let p = ProxyProcess::spawn(cfg.path()).await;
+    let agent = "dying-agent";
+    let agent_primary = cluster.primary_of_slot(cluster.keyslot(&format!("a:{agent}")));
+    // A session whose key lives on another shard than the agent's.
+    let session = (0..64)
+        .map(|i| format!("dying-{i}"))
+        .find(|s| cluster.primary_of_slot(cluster.keyslot(&format!("s:{s}"))) != agent_primary)
+        .unwrap();
+    let session_key = format!("tw:{{s:{session}}}");
+    let session_primary = cluster.primary_of_slot(cluster.keyslot(&format!("s:{session}")));
+    // Both shards known to the proxy's cluster client before one dies.
+    let (r, body) = call16(p.addr, &session, agent, &[]).await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&body));
+    settled(p.admin, &session, 16).await;
+
+    cluster.kill(agent_primary);
+    let (r, body) = call16(p.addr, &session, agent, &[]).await;
+    assert_eq!(r.status(), 503, "{}", String::from_utf8_lossy(&body));
+    let released = eventually(Duration::from_secs(10), || async {
+        common::redis::reserved_in(session_primary, &session_key) == (0, 0)
+    })
+    .await;
+    assert!(
+        released,
+        "the session's grant stayed reserved: {:?}",
+        common::redis::reserved_in(session_primary, &session_key)
+    );
+
+    // The replica takes over: calls are admitted again, and settle to nothing reserved.
+    let back = eventually(Duration::from_secs(20), || async {
+        call16(p.addr, &session, agent, &[]).await.0.status() == 200
+    })
+    .await;
+    assert!(back, "no call was admitted after the failover");
+    let clear = eventually(Duration::from_secs(10), || async {
+        common::redis::reserved_in(session_primary, &session_key) == (0, 0)
+    })
+    .await;
+    assert!(clear, "a settled call left a reservation behind");
+}

@@ -314,8 +314,10 @@ async fn sixty_four_spread_out_calls_through_two_proxies_stay_within_the_stated_
     let file = config_file(&format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
     ));
-    let a = ProxyProcess::spawn(file.path()).await;
-    let b = ProxyProcess::spawn(file.path()).await;
+    let mut a = ProxyProcess::spawn(file.path()).await;
+    let mut b = ProxyProcess::spawn(file.path()).await;
+    a.tokenizer_loaded().await;
+    b.tokenizer_loaded().await;
     let urls = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
     let o = overspend_load(&urls, "bound-r", &body, e + err, M, CALLS as usize, 400).await;
     assert!(
@@ -397,4 +399,309 @@ async fn one_proxy_of_several_prunes_the_rankings_per_period() {
         (2..=12).contains(&passes),
         "{passes} pruning passes in 10 s by {PROXIES} proxies"
     );
+}
+
+/// Limits on three scopes (`session_tokens`, `agent_tokens`, a roomy global limit) in a proxy
+/// process of its own (so its decision counters are this test's alone), fail closed.
+async fn three_scope_proxy(
+    redis: &RedisServer,
+    m: &tokenwarden_mock::MockServer,
+    session_tokens: u64,
+    agent_tokens: u64,
+) -> ProxyProcess {
+    let cfg = config(m.addr(), &redis.url(), "fail_closed")
+        .replace("300ms", "2s")
+        .replace(
+            "      tokens: 50\n",
+            &format!("      tokens: {session_tokens}\n    - scope: agent\n      tokens: {agent_tokens}\n    - scope: global\n      tokens: 1000000\n"),
+        );
+    let file = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
+    ));
+    let mut p = ProxyProcess::spawn(file.path()).await;
+    p.tokenizer_loaded().await;
+    p
+}
+
+/// Wait until no scope record of the call (session, agent, global) holds a reservation; the
+/// records' reserved sums and leases when one still does after 10 s.
+async fn nothing_left_reserved(port: u16, session: &str, agent: &str) -> Result<(), String> {
+    let keys = [
+        format!("tw:{{s:{session}}}"),
+        format!("tw:{{a:{agent}}}"),
+        "tw:{g}".to_string(),
+    ];
+    let clear = eventually(Duration::from_secs(10), || {
+        let keys = keys.clone();
+        async move {
+            keys.iter()
+                .all(|k| common::redis::reserved_in(port, k) == (0, 0))
+        }
+    })
+    .await;
+    if clear {
+        return Ok(());
+    }
+    Err(keys
+        .iter()
+        .map(|k| format!("{k}: {:?}", common::redis::reserved_in(port, k)))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// Scopes reserve concurrently: when one refuses, the others' grants (made at the same time) are
+/// given back, and they are not counted as admitted.
+#[tokio::test]
+async fn a_refusal_in_any_scope_leaves_nothing_reserved_in_the_others() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    // The agent limit (a later scope) refuses: the session and global grants go back.
+    let p = three_scope_proxy(&redis, &m, 100_000, 2).await;
+    let call = |session: &'static str, agent: &'static str| {
+        let url = format!("http://{}/v1/chat/completions", p.addr);
+        async move {
+            post(
+                &url,
+                &[
+                    ("x-session-id", session),
+                    ("x-agent-name", agent),
+                    ("x-mock-input-tokens", "8"),
+                    ("x-mock-output-chunks", "8"),
+                ],
+                CHAT,
+            )
+            .await
+        }
+    };
+    let (r, body) = call("refuse-late", "agent-late").await;
+    assert_eq!(r.status(), 402, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "agent_token_budget_exceeded");
+    nothing_left_reserved(redis.port, "refuse-late", "agent-late")
+        .await
+        .unwrap();
+    let text = get(&format!("http://{}/metrics", p.admin)).await.1;
+    let text = String::from_utf8_lossy(&text);
+    let decided = |scope: &str, decision: &str| {
+        metric_value(
+            &text,
+            "tokenwarden_budget_decisions_total",
+            &[("scope", scope), ("decision", decision)],
+        )
+    };
+    assert_eq!(decided("agent", "rejected"), 1.0, "{text}");
+    for scope in ["session", "global"] {
+        assert_eq!(
+            decided(scope, "allowed"),
+            0.0,
+            "{scope} counted as admitted for a refused call"
+        );
+    }
+
+    // The session limit (the first scope) refuses: the agent and global grants go back.
+    let p = three_scope_proxy(&redis, &m, 2, 100_000).await;
+    let url = format!("http://{}/v1/chat/completions", p.addr);
+    let (r, body) = post(
+        &url,
+        &[
+            ("x-session-id", "refuse-early"),
+            ("x-agent-name", "agent-early"),
+            ("x-mock-input-tokens", "8"),
+            ("x-mock-output-chunks", "8"),
+        ],
+        CHAT,
+    )
+    .await;
+    assert_eq!(r.status(), 402, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "session_token_budget_exceeded");
+    nothing_left_reserved(redis.port, "refuse-early", "agent-early")
+        .await
+        .unwrap();
+    // The agent's record was reserved on and released (the scopes ran at the same time), or
+    // never touched; either way it holds nothing and counted nothing.
+    let text = get(&format!("http://{}/metrics", p.admin)).await.1;
+    let text = String::from_utf8_lossy(&text);
+    for scope in ["agent", "global"] {
+        assert_eq!(
+            metric_value(
+                &text,
+                "tokenwarden_budget_decisions_total",
+                &[("scope", scope), ("decision", "allowed")]
+            ),
+            0.0,
+            "{scope} counted as admitted for a refused call"
+        );
+    }
+}
+
+/// Calls through two proxies race on session, agent and global limits reserved concurrently:
+/// the binding agent limit is never overspent past its bound, and every refused call's other
+/// grants go back.
+#[tokio::test]
+async fn concurrent_scopes_never_overspend_the_agent_limit() {
+    const M: u64 = 40;
+    const CALLS: u64 = 48;
+    let body = format!(
+        r#"{{"model":"gpt-4o-mini","max_tokens":{M},"messages":[{{"role":"user","content":"how far can a budget stretch?"}}]}}"#
+    );
+    let e = tokenwarden::providers::estimate_input(
+        tokenwarden::providers::Format::OpenAiChat,
+        body.as_bytes(),
+    );
+    let err = 6;
+    let limit = 16 * (e + M) + 7;
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let a = three_scope_proxy(&redis, &m, 1_000_000, limit).await;
+    let b = three_scope_proxy(&redis, &m, 1_000_000, limit).await;
+    let urls = [format!("http://{}", a.addr), format!("http://{}", b.addr)];
+    // Every call carries the same agent (the default one) and session.
+    let o = overspend_load(&urls, "race-scopes", &body, e + err, M, CALLS as usize, 400).await;
+    assert!(
+        o.admitted >= 8 && o.refused >= 1,
+        "{} / {}",
+        o.admitted,
+        o.refused
+    );
+    let total = o.admitted * (e + err + M);
+    settled_total(a.admin, "race-scopes", total).await;
+    let bound = limit + M + CALLS * err;
+    assert!(
+        total <= bound,
+        "spent {total} > bound {bound} (limit {limit})"
+    );
+    // Calls without an agent header are the `default` agent's.
+    nothing_left_reserved(redis.port, "race-scopes", "default")
+        .await
+        .unwrap();
+}
+
+/// What the proxy sends one Redis node per call (its `MONITOR` lines, commands scripts run
+/// left out): with session, agent and global limits, one script reserving on all three scopes
+/// and one settling them, the session ranking inside it.
+#[tokio::test]
+async fn one_node_takes_one_script_to_reserve_and_one_to_settle_a_call_ranking_included() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let p = three_scope_proxy(&redis, &m, 1_000_000, 1_000_000).await;
+    // Scripts loaded and the connection made before counting.
+    assert_eq!(call16(p.addr, "mon-0").await.0.status(), 200);
+    settled_total(p.admin, "mon-0", 16).await;
+
+    let mut monitor = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run redis-cli (apt-get install redis-server)");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = monitor.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "OK");
+    const CALLS: usize = 3;
+    for i in 1..=CALLS {
+        let s = format!("mon-{i}");
+        assert_eq!(call16(p.addr, &s).await.0.status(), 200);
+        settled_total(p.admin, &s, 16).await;
+    }
+    // `1733… [0 127.0.0.1:5000] "EVALSHA" …` from a client, `[0 lua] "ZINCRBY" …` from a script.
+    let mut sent = std::collections::BTreeMap::<String, usize>::new();
+    let mut in_scripts = std::collections::BTreeMap::<String, usize>::new();
+    let mut count = |line: String| {
+        let Some((src, rest)) = line
+            .split_once("] \"")
+            .and_then(|(a, b)| Some((a.split_once('[')?.1, b)))
+        else {
+            return;
+        };
+        let cmd = rest.split('"').next().unwrap_or("").to_ascii_lowercase();
+        let to = if src.ends_with(" lua") {
+            &mut in_scripts
+        } else {
+            &mut sent
+        };
+        *to.entry(cmd).or_default() += 1;
+    };
+    // Settlements land after the admin API shows the session's: wait for them, then a little
+    // longer for anything beyond them.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let mut evalsha = 0;
+    while evalsha < 2 * CALLS && std::time::Instant::now() < until {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            evalsha += usize::from(line.contains("\"EVALSHA\"") && !line.contains(" lua]"));
+            count(line);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    monitor.kill().unwrap();
+    let _ = monitor.wait();
+    rx.try_iter().for_each(&mut count);
+    assert_eq!(sent.get("evalsha"), Some(&(2 * CALLS)), "sent {sent:?}");
+    for cmd in ["eval", "zincrby", "zremrangebyrank", "multi"] {
+        assert_eq!(sent.get(cmd), None, "{cmd} sent by the proxy: {sent:?}");
+    }
+    assert_eq!(
+        in_scripts.get("zincrby"),
+        Some(&CALLS),
+        "in scripts {in_scripts:?}"
+    );
+    let score = common::redis::cli(redis.port, &["zscore", "tw:sessions:tokens", "mon-2"]);
+    assert_eq!(score.trim(), "16");
+}
+
+/// A leased scope's slice is at most `budgets.leases.max` of its limit: a call whose output cap
+/// alone is larger reserves by itself instead of opening a slice sized to it (issue 21: such a
+/// slice broke the stated overspend bound); smaller calls still draw on slices.
+#[tokio::test]
+async fn a_call_larger_than_the_largest_slice_reserves_by_itself() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    // Largest agent slice: 0.01 × 100,000 = 1,000 tokens.
+    let cfg = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nroutes:\n  - name: leased\n    path_prefix: /\n    upstream: http://{}\nbudgets:\n  store:\n    kind: redis\n    url: {}\n    timeout: 2s\n  on_store_unreachable: fail_closed\n  leases:\n    scopes: [agent]\n    min: 0.001\n    max: 0.01\n  limits:\n    - scope: agent\n      tokens: 100000\n",
+        m.addr(),
+        redis.url()
+    );
+    let file = config_file(&cfg);
+    let mut p = ProxyProcess::spawn(file.path()).await;
+    p.tokenizer_loaded().await;
+    let url = format!("http://{}/v1/chat/completions", p.addr);
+    let call = |max_tokens: u64| {
+        let url = url.clone();
+        async move {
+            let body = format!(
+                r#"{{"model":"gpt-4o-mini","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hi"}}]}}"#
+            );
+            let h = [
+                ("x-agent-name", "big-calls"),
+                ("x-mock-input-tokens", "8"),
+                ("x-mock-output-chunks", "8"),
+            ];
+            post(&url, &h, &body).await.0.status()
+        }
+    };
+    let taken = || async {
+        let text = String::from_utf8(get(&format!("http://{}/metrics", p.admin)).await.1.to_vec())
+            .unwrap();
+        metric_value(
+            &text,
+            "tokenwarden_budget_slices_total",
+            &[("scope", "agent"), ("op", "taken")],
+        )
+    };
+    assert_eq!(call(5_000).await, 200);
+    assert_eq!(
+        taken().await,
+        0.0,
+        "a slice was opened for a 5,000-token call"
+    );
+    assert_eq!(call(8).await, 200);
+    assert_eq!(taken().await, 1.0, "small calls no longer lease");
 }

@@ -24,7 +24,7 @@ pub mod webhook;
 pub use price::Billing;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -113,7 +113,8 @@ pub struct CallFacts {
 /// Reservations one call holds; settled (or released) exactly once.
 pub struct Admission {
     budgets: Arc<Budgets>,
-    held: Vec<Held>,
+    /// Behind a lock only while the scopes reserve concurrently (never contended after).
+    held: Mutex<Vec<Held>>,
     facts: CallFacts,
     /// The input estimate (or its upper bound, when the estimate was not needed).
     est_input: u64,
@@ -127,6 +128,7 @@ pub struct Admission {
 }
 
 struct Held {
+    scope: LimitScope,
     key: String,
     limits: Vec<usize>,
     grants: Vec<Grant>,
@@ -134,6 +136,56 @@ struct Held {
     lease: Option<u64>,
     /// The slice (its lease id) the call drew on, for a leased scope.
     slice: Option<u64>,
+}
+
+/// What every scope's check-and-reserve of one call shares.
+struct ScopeCall<'a> {
+    facts: &'a CallFacts,
+    /// Where grants go as they are made (the admission's, released if it is dropped).
+    held: &'a Mutex<Vec<Held>>,
+    /// The call's input estimate, computed once on first use.
+    exact: &'a (dyn Fn() -> u64 + Sync),
+    now: u64,
+}
+
+impl ScopeCall<'_> {
+    /// The call's input: the cheap upper bound when `optimistic`, else the estimate.
+    fn input(&self, optimistic: bool) -> u64 {
+        if optimistic {
+            self.facts.input_bound
+        } else {
+            (self.exact)()
+        }
+    }
+}
+
+/// What became of one scope in an admission.
+enum Outcome {
+    /// No limit of the scope applies to the call.
+    Skipped,
+    /// Reserved (the grants are held); the call's wants on the scope's limits.
+    Granted(Vec<Want>),
+    /// Limit `limit` refused: `used` of it is spent or reserved, the call needs `need`.
+    Refused {
+        key: String,
+        limit: usize,
+        used: u64,
+        need: u64,
+    },
+    /// An unexpected reply (the estimate asked for after it was given, a refusal naming no
+    /// scope asked).
+    NeedEstimate,
+    /// The store failed.
+    Failed(StoreError),
+}
+
+impl Outcome {
+    fn wants(&self) -> Option<&[Want]> {
+        match self {
+            Outcome::Granted(w) => Some(w),
+            _ => None,
+        }
+    }
 }
 
 /// How a call ended, for settlement.
@@ -352,7 +404,7 @@ impl Budgets {
         let now = unix_now();
         let mut adm = Admission {
             budgets: self.clone(),
-            held: Vec::new(),
+            held: Mutex::new(Vec::new()),
             est_input: facts.input_bound,
             facts,
             session_tokens_remaining: None,
@@ -360,131 +412,325 @@ impl Budgets {
             decision: BudgetDecision::Allowed,
             settled: false,
         };
-        let mut exact: Option<u64> = None;
-        let f = &adm.facts;
-        let model = f.model.as_deref().unwrap_or("");
-        let max_out = f.max_output.unwrap_or(self.default_max_output);
-        for scope in SCOPES {
-            let id = match scope {
-                LimitScope::Session => match &f.session {
-                    Some(s) => s.as_ref(),
-                    None => continue,
-                },
-                LimitScope::Task => match &f.task {
-                    Some(t) => t.as_ref(),
-                    None => continue,
-                },
-                LimitScope::Agent => f.agent.as_ref(),
-                LimitScope::Global => "",
+        // The tokenizer runs at most once, whichever scope needs it first.
+        let exact = OnceLock::new();
+        let exact_input = || *exact.get_or_init(estimate);
+        // Every scope at once: the call waits for the slowest store round trip, not their sum.
+        // A scope's grant goes into `adm.held` as soon as it is made, so a call dropped while
+        // other scopes are still in the store gives it back.
+        let outcomes = {
+            let call = ScopeCall {
+                facts: &adm.facts,
+                held: &adm.held,
+                exact: &exact_input,
+                now,
             };
-            let idx: Vec<usize> = (0..self.limits.len())
-                .filter(|&i| self.limits[i].scope == scope)
-                .collect();
-            if idx.is_empty() {
-                continue;
+            let one_node = matches!(&self.store, Store::Redis(r) if r.one_node());
+            if one_node && self.slices.is_none() {
+                self.reserve_together(&call).await
+            } else {
+                let [s, t, a, g] = SCOPES;
+                let (s, t, a, g) = tokio::join!(
+                    self.reserve_scope(s, &call),
+                    self.reserve_scope(t, &call),
+                    self.reserve_scope(a, &call),
+                    self.reserve_scope(g, &call),
+                );
+                [s, t, a, g]
             }
-            let key = group_key(scope, id);
-            let mut lease = None;
-            let leased = match self.slices_for(scope, &idx) {
-                Some(sl) => {
-                    let mut exact_input = || *exact.get_or_insert_with(estimate);
-                    let call = (&idx[..], model, f.input_bound, max_out, now);
-                    self.reserve_leased(sl, &key, call, &mut exact_input).await
-                }
-                None => None,
-            };
-            let (reserved, wants, slice) = match leased {
-                Some(l) => l,
-                None => {
-                    lease = self.new_lease();
-                    // First with the cheap upper bound of the input: when the whole reservation
-                    // fits, the tokenizer is not needed. Near a limit, again with the real
-                    // estimate.
-                    let mut optimistic = exact.is_none();
-                    loop {
-                        let input = if optimistic {
-                            f.input_bound
-                        } else {
-                            *exact.get_or_insert_with(estimate)
-                        };
-                        let wants = self.wants(&idx, model, input, max_out, optimistic);
-                        match self.reserve(&key, now, &wants, lease).await {
-                            Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
-                            other => break (other, wants, None),
-                        }
-                    }
-                }
-            };
-            match reserved {
-                Ok(Reserved::NeedEstimate) => {
-                    return Err(BudgetError::StoreUnavailable);
-                }
-                Ok(Reserved::Granted(grants)) => {
+        };
+        // In scope order, as one scope after another would have ended: the first refusal (or
+        // failure, failing closed) refuses the call; what other scopes granted is given back
+        // (`give_back_now`, else by dropping `adm`) without being counted as admitted.
+        let refusal = outcomes
+            .iter()
+            .zip(SCOPES)
+            .find_map(|(outcome, scope)| match outcome {
+                Outcome::Skipped => None,
+                Outcome::Granted(_) => {
                     self.mark_store(true);
-                    for ((&i, g), w) in idx.iter().zip(&grants).zip(&wants) {
-                        let d = self.admitted(&key, &adm.facts, i, g, w, now);
-                        adm.decision = stronger(adm.decision, d);
-                        let l = &self.limits[i];
-                        let remaining = l.amount.saturating_sub(g.used.saturating_add(g.granted));
-                        if l.scope == LimitScope::Session && l.unit == Unit::Tokens {
-                            adm.session_tokens_remaining = Some(
-                                adm.session_tokens_remaining
-                                    .map_or(remaining, |r| r.min(remaining)),
-                            );
-                        }
-                        if l.action == LimitAction::Cut {
-                            let allowed = self.output_allowance(l, model, g.granted, w.min);
-                            adm.cut_after_output =
-                                Some(adm.cut_after_output.map_or(allowed, |a| a.min(allowed)));
-                        }
-                    }
-                    if let Some(l) = lease {
-                        self.leases.insert(l.id, key.clone());
-                    }
-                    adm.held.push(Held {
-                        key,
-                        limits: idx,
-                        grants,
-                        lease: lease.map(|l| l.id),
-                        slice,
-                    });
+                    None
                 }
-                Ok(Reserved::Refused { index, used }) => {
+                Outcome::NeedEstimate => Some(BudgetError::StoreUnavailable),
+                Outcome::Refused {
+                    key,
+                    limit,
+                    used,
+                    need,
+                } => {
                     self.mark_store(true);
-                    let l = &self.limits[idx[index]];
-                    self.refused(&key, &adm.facts, l, used, now);
-                    // A refusal comes from the real estimate (an optimistic want is never
-                    // refused), so `min` is what this call needs.
-                    let need = wants.get(index).map_or(0, |w| w.min);
-                    // Dropping `adm` releases what earlier scopes reserved.
-                    return Err(BudgetError::Exceeded(Box::new(BudgetRefusal {
+                    let l = &self.limits[*limit];
+                    self.refused(key, &adm.facts, l, *used, now);
+                    Some(BudgetError::Exceeded(Box::new(BudgetRefusal {
                         scope: l.scope_str(),
                         unit: l.unit_str(),
                         code: code(l),
                         window: l.window_name.clone(),
                         limit: l.display(l.amount),
-                        remaining: l.display(l.amount.saturating_sub(used)),
-                        need: l.display(need),
+                        remaining: l.display(l.amount.saturating_sub(*used)),
+                        need: l.display(*need),
                         retry_after: l.retry_after(now),
                         lifetime_status: self.lifetime_status,
-                    })));
+                    })))
                 }
-                Err(e) => {
-                    self.store_failed("reserve", &e);
-                    if self.fail_closed {
+                Outcome::Failed(e) => {
+                    self.store_failed("reserve", e);
+                    self.fail_closed.then(|| {
                         count_decision(scope, BudgetDecision::Rejected);
-                        return Err(BudgetError::StoreUnavailable);
-                    }
+                        BudgetError::StoreUnavailable
+                    })
+                }
+            });
+        if let Some(e) = refusal {
+            self.give_back_now(&mut adm).await;
+            return Err(e);
+        }
+        let model = adm.facts.model.as_deref().unwrap_or("");
+        let held = adm.held.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // Grants arrived in completion order; metrics and alerts go in scope order.
+        held.sort_by_key(|h| SCOPES.iter().position(|s| *s == h.scope));
+        let (mut remaining_tokens, mut cut_after) = (None, None);
+        let mut decision = BudgetDecision::Allowed;
+        for (h, wants) in held.iter().zip(outcomes.iter().filter_map(Outcome::wants)) {
+            for ((&i, g), w) in h.limits.iter().zip(&h.grants).zip(wants) {
+                let d = self.admitted(&h.key, &adm.facts, i, g, w, now);
+                decision = stronger(decision, d);
+                let l = &self.limits[i];
+                let remaining = l.amount.saturating_sub(g.used.saturating_add(g.granted));
+                if l.scope == LimitScope::Session && l.unit == Unit::Tokens {
+                    remaining_tokens =
+                        Some(remaining_tokens.map_or(remaining, |r: u64| r.min(remaining)));
+                }
+                if l.action == LimitAction::Cut {
+                    let allowed = self.output_allowance(l, model, g.granted, w.min);
+                    cut_after = Some(cut_after.map_or(allowed, |a: u64| a.min(allowed)));
                 }
             }
         }
-        adm.est_input = exact.unwrap_or(adm.facts.input_bound);
+        adm.session_tokens_remaining = remaining_tokens;
+        adm.cut_after_output = cut_after;
+        adm.decision = decision;
+        adm.est_input = exact.get().copied().unwrap_or(adm.facts.input_bound);
         Ok(adm)
     }
 
-    /// Check-and-reserve. Redis runs in its own task: when the client goes away while the
-    /// script runs (hyper drops this future), the task gives the reservation back instead of
-    /// leaking it.
+    /// Give back a refused call's grants in a shared store before the refusal is answered (the
+    /// scopes reserved at once, so others may have granted): a client retrying at once, or the
+    /// next call on those scopes, must not find them still held. Each settle counts once per
+    /// lease id, so the release by dropping `adm` afterwards (or instead, if this future is
+    /// dropped) cannot give back twice.
+    async fn give_back_now(&self, adm: &mut Admission) {
+        if !matches!(self.store, Store::Redis(_)) {
+            return;
+        }
+        let held = adm.held.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let now = unix_now();
+        let remote: Vec<(&Held, Vec<Charge>)> = held
+            .iter()
+            .filter(|h| h.slice.is_none() && h.lease.is_some())
+            .map(|h| (h, self.charges(h, 0, 0)))
+            .collect();
+        let settles = remote.iter().map(|(h, c)| {
+            self.store
+                .settle(&h.key, now, c, Totals::default(), h.lease)
+        });
+        let done = futures_util::future::join_all(settles).await;
+        let mut settled = Vec::new();
+        for ((h, _), res) in remote.iter().zip(done) {
+            match res {
+                Ok(_) => settled.extend(h.lease),
+                Err(e) => self.store_failed("settle", &e),
+            }
+        }
+        for id in &settled {
+            self.leases.remove(id);
+        }
+        held.retain(|h| h.lease.is_none_or(|id| !settled.contains(&id)));
+    }
+
+    /// Keep a grant in the admission (its lease renewed meanwhile): the scope was granted.
+    fn hold(&self, to: &Mutex<Vec<Held>>, h: Held, wants: Vec<Want>) -> Outcome {
+        if let Some(id) = h.lease {
+            self.leases.insert(id, h.key.clone());
+        }
+        to.lock().unwrap_or_else(PoisonError::into_inner).push(h);
+        Outcome::Granted(wants)
+    }
+
+    /// What `held` comes to when it spent `tokens` and `cost` (nano-USD), per limit.
+    fn charges(&self, held: &Held, tokens: u64, cost: u64) -> Vec<Charge> {
+        held.limits
+            .iter()
+            .zip(&held.grants)
+            .map(|(&i, g)| {
+                let l = &self.limits[i];
+                Charge {
+                    counter: l.counter.clone(),
+                    window: l.window,
+                    start: g.start,
+                    granted: g.granted,
+                    actual: match l.unit {
+                        Unit::Tokens => tokens,
+                        Unit::Usd => cost,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// The store key of `scope` for a call and the indices of its limits; `None` when none
+    /// applies (no limit of the scope, or a session or task scope for a call without one).
+    fn scope_limits(&self, scope: LimitScope, f: &CallFacts) -> Option<(String, Vec<usize>)> {
+        let id = match scope {
+            LimitScope::Session => f.session.as_deref()?,
+            LimitScope::Task => f.task.as_deref()?,
+            LimitScope::Agent => f.agent.as_ref(),
+            LimitScope::Global => "",
+        };
+        let idx: Vec<usize> = (0..self.limits.len())
+            .filter(|&i| self.limits[i].scope == scope)
+            .collect();
+        (!idx.is_empty()).then(|| (group_key(scope, id), idx))
+    }
+
+    /// Every scope of a call in one script (one Redis node, no leased scope): one round trip
+    /// and one command per call, all scopes granted or none. The outcomes in scope order; a
+    /// refusal or failure is told on one scope, the others (nothing reserved) are skipped.
+    async fn reserve_together(self: &Arc<Self>, call: &ScopeCall<'_>) -> [Outcome; 4] {
+        let mut out: [Outcome; 4] = std::array::from_fn(|_| Outcome::Skipped);
+        let f = call.facts;
+        let (now, model) = (call.now, f.model.as_deref().unwrap_or(""));
+        let max_out = f.max_output.unwrap_or(self.default_max_output);
+        // (position in SCOPES, scope, key, limits, lease)
+        let mut parts = Vec::with_capacity(SCOPES.len());
+        for (pos, &scope) in SCOPES.iter().enumerate() {
+            if let Some((key, idx)) = self.scope_limits(scope, f) {
+                parts.push((pos, scope, key, idx, self.new_lease()));
+            }
+        }
+        let Some(first) = parts.first().map(|p| p.0) else {
+            return out;
+        };
+        // First with the cheap upper bound of the input, as per scope.
+        let mut optimistic = true;
+        loop {
+            let input = call.input(optimistic);
+            let asks: Vec<(String, Vec<Want>, Option<Lease>)> = parts
+                .iter()
+                .map(|(_, _, key, idx, lease)| {
+                    let wants = self.wants(idx, model, input, max_out, optimistic);
+                    (key.clone(), wants, *lease)
+                })
+                .collect();
+            match self.reserve_remote(now, asks.clone()).await {
+                Ok(redis::ReservedAll::NeedEstimate) if optimistic => optimistic = false,
+                Ok(redis::ReservedAll::Granted(grants)) => {
+                    for ((pos, scope, key, limits, lease), (grants, (_, wants, _))) in
+                        parts.into_iter().zip(grants.into_iter().zip(asks))
+                    {
+                        let lease = lease.map(|l| l.id);
+                        let h = Held {
+                            scope,
+                            key,
+                            limits,
+                            grants,
+                            lease,
+                            slice: None,
+                        };
+                        out[pos] = self.hold(call.held, h, wants);
+                    }
+                    return out;
+                }
+                Ok(redis::ReservedAll::Refused { scope, index, used }) => {
+                    let (Some((pos, _, key, idx, _)), Some((_, wants, _))) =
+                        (parts.get(scope), asks.get(scope))
+                    else {
+                        out[first] = Outcome::NeedEstimate;
+                        return out;
+                    };
+                    out[*pos] = Outcome::Refused {
+                        key: key.clone(),
+                        limit: idx.get(index).copied().unwrap_or(idx[0]),
+                        used,
+                        need: wants.get(index).map_or(0, |w| w.min),
+                    };
+                    return out;
+                }
+                Ok(redis::ReservedAll::NeedEstimate) => {
+                    out[first] = Outcome::NeedEstimate;
+                    return out;
+                }
+                Err(e) => {
+                    out[first] = Outcome::Failed(e);
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// Check-and-reserve on one scope's limits for a call (the session and task scopes only
+    /// when the call has one). A grant goes into `call.held` at once; the outcome says what
+    /// became of the scope.
+    async fn reserve_scope(self: &Arc<Self>, scope: LimitScope, call: &ScopeCall<'_>) -> Outcome {
+        let f = call.facts;
+        let Some((key, idx)) = self.scope_limits(scope, f) else {
+            return Outcome::Skipped;
+        };
+        let (now, model) = (call.now, f.model.as_deref().unwrap_or(""));
+        let max_out = f.max_output.unwrap_or(self.default_max_output);
+        let mut lease = None;
+        let leased = match self.slices_for(scope, &idx) {
+            Some(sl) => {
+                let c = (&idx[..], model, f.input_bound, max_out, now);
+                self.reserve_leased(sl, &key, c, call.exact).await
+            }
+            None => None,
+        };
+        let (reserved, wants, slice) = match leased {
+            Some(l) => l,
+            None => {
+                lease = self.new_lease();
+                // First with the cheap upper bound of the input: when the whole reservation
+                // fits, the tokenizer is not needed. Near a limit, again with the real estimate.
+                let mut optimistic = true;
+                loop {
+                    let input = call.input(optimistic);
+                    let wants = self.wants(&idx, model, input, max_out, optimistic);
+                    match self.reserve(&key, now, &wants, lease).await {
+                        Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
+                        other => break (other, wants, None),
+                    }
+                }
+            }
+        };
+        match reserved {
+            Ok(Reserved::Granted(grants)) => {
+                let lease = lease.map(|l| l.id);
+                let limits = idx;
+                let h = Held {
+                    scope,
+                    key,
+                    limits,
+                    grants,
+                    lease,
+                    slice,
+                };
+                self.hold(call.held, h, wants)
+            }
+            // A refusal comes from the real estimate (an optimistic want is never refused), so
+            // `min` is what this call needs.
+            Ok(Reserved::Refused { index, used }) => Outcome::Refused {
+                key,
+                limit: idx.get(index).copied().unwrap_or(idx[0]),
+                used,
+                need: wants.get(index).map_or(0, |w| w.min),
+            },
+            Ok(Reserved::NeedEstimate) => Outcome::NeedEstimate,
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    /// Check-and-reserve on one scope.
     async fn reserve(
         self: &Arc<Self>,
         key: &str,
@@ -495,36 +741,56 @@ impl Budgets {
         if let Store::Memory(m) = &self.store {
             return Ok(m.reserve(key, now, wants));
         }
+        let ask = vec![(key.to_string(), wants.to_vec(), lease)];
+        Ok(self.reserve_remote(now, ask).await?.into_one())
+    }
+
+    /// Check-and-reserve on Redis, every scope of `asks` (key, wants, lease) in one script, in
+    /// a task of its own: when the client goes away while the script runs (hyper drops this
+    /// future), the task gives the reservations back instead of leaking them.
+    async fn reserve_remote(
+        self: &Arc<Self>,
+        now: u64,
+        asks: Vec<(String, Vec<Want>, Option<Lease>)>,
+    ) -> Result<redis::ReservedAll, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let b = self.clone();
-        let (key, wants) = (key.to_string(), wants.to_vec());
         tokio::spawn(async move {
-            let res = b.store.reserve(&key, now, &wants, lease).await;
-            if let Err(Ok(Reserved::Granted(grants))) = tx.send(res) {
-                let charges: Vec<Charge> = wants
-                    .iter()
-                    .zip(&grants)
-                    .map(|(w, g)| Charge {
-                        counter: w.counter.clone(),
-                        window: w.window,
-                        start: g.start,
-                        granted: g.granted,
-                        actual: 0,
-                    })
-                    .collect();
-                if let Err(e) = b
-                    .store
-                    .settle(
-                        &key,
-                        unix_now(),
-                        &charges,
-                        Totals::default(),
-                        lease.map(|l| l.id),
-                    )
-                    .await
-                {
-                    b.store_failed("settle", &e);
-                }
+            let Store::Redis(r) = &b.store else {
+                return;
+            };
+            let parts: Vec<(&str, &[Want], Option<Lease>)> = asks
+                .iter()
+                .map(|(k, w, l)| (k.as_str(), &w[..], *l))
+                .collect();
+            let res = r.reserve(now, &parts).await;
+            let Err(Ok(redis::ReservedAll::Granted(grants))) = tx.send(res) else {
+                return;
+            };
+            let charges: Vec<Vec<Charge>> = asks
+                .iter()
+                .zip(&grants)
+                .map(|((_, wants, _), grants)| {
+                    wants
+                        .iter()
+                        .zip(grants)
+                        .map(|(w, g)| Charge {
+                            counter: w.counter.clone(),
+                            window: w.window,
+                            start: g.start,
+                            granted: g.granted,
+                            actual: 0,
+                        })
+                        .collect()
+                })
+                .collect();
+            let back: Vec<(&str, &[Charge], Option<u64>)> = asks
+                .iter()
+                .zip(&charges)
+                .map(|((k, _, l), c)| (k.as_str(), &c[..], l.map(|l| l.id)))
+                .collect();
+            if let Err(e) = r.settle(unix_now(), &back, Totals::default()).await {
+                b.store_failed("settle", &e);
             }
         });
         rx.await
@@ -552,7 +818,7 @@ impl Budgets {
         sl: &slices::Slices,
         key: &str,
         (idx, model, bound, max_out, now): (&[usize], &str, u64, u64, u64),
-        exact: &mut (dyn FnMut() -> u64 + Send),
+        exact: &(dyn Fn() -> u64 + Sync),
     ) -> Option<(Result<Reserved, StoreError>, Vec<Want>, Option<u64>)> {
         let starts: Vec<u64> = idx
             .iter()
@@ -567,6 +833,11 @@ impl Budgets {
         let lease = self.new_lease()?;
         let call = self.wants(idx, model, exact(), max_out, false);
         let amounts: Vec<u64> = idx.iter().map(|&i| self.limits[i].amount).collect();
+        // A call larger than the largest slice (a big output cap) reserves by itself: a slice
+        // sized to it would break the stated bound of `max` × limit per slice.
+        if !sl.fits(&amounts, &call) {
+            return None;
+        }
         let mut ask = call.clone();
         for (w, size) in ask.iter_mut().zip(sl.size(key, &amounts, &call)) {
             w.want = size;
@@ -611,7 +882,7 @@ impl Budgets {
                 })
                 .collect();
             let res = b
-                .settle_retrying(&r.key, Some(r.id), unix_now(), &charges, r.totals)
+                .settle_retrying(unix_now(), &[(&r.key, &charges, Some(r.id))], r.totals)
                 .await;
             if let Err(e) = res {
                 b.store_failed("settle", &e);
@@ -892,18 +1163,20 @@ impl Budgets {
     /// a lease id once, so a retry after a lost reply does not count twice.
     async fn settle_retrying(
         &self,
-        key: &str,
-        lease: Option<u64>,
         now: u64,
-        charges: &[Charge],
+        parts: &[(&str, &[Charge], Option<u64>)],
         totals: Totals,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<Vec<u64>>, StoreError> {
+        let Store::Redis(r) = &self.store else {
+            return Ok(Vec::new());
+        };
         let deadline = tokio::time::Instant::now() + self.lease_ttl;
         let mut pause = Duration::from_millis(50);
         loop {
-            let res = self.store.settle(key, now, charges, totals, lease).await;
+            let res = r.settle(now, parts, totals).await;
             // Without a lease id a retry could count twice: never retried.
-            let last = lease.is_none() || tokio::time::Instant::now() + pause > deadline;
+            let last = parts.iter().any(|p| p.2.is_none())
+                || tokio::time::Instant::now() + pause > deadline;
             match res {
                 Err(e) if !last => self.store_failed("settle", &e),
                 res => return res,
@@ -911,6 +1184,40 @@ impl Budgets {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// Settle `remote` (reservations with their charges) in a spawned task, one script for
+    /// them all (retried as [`Budgets::settle_retrying`] says), then their gauges and alerts.
+    fn settle_remote(
+        self: &Arc<Self>,
+        remote: Vec<(Held, Vec<Charge>)>,
+        facts: &Arc<CallFacts>,
+        now: u64,
+        totals: Totals,
+    ) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (b, facts) = (self.clone(), facts.clone());
+        b.in_flight_settles.fetch_add(1, Ordering::AcqRel);
+        rt.spawn(async move {
+            let parts: Vec<(&str, &[Charge], Option<u64>)> = remote
+                .iter()
+                .map(|(h, c)| (h.key.as_str(), &c[..], h.lease))
+                .collect();
+            let spent = (totals.input.saturating_add(totals.output), totals.cost);
+            match b.settle_retrying(now, &parts, totals).await {
+                Ok(used) => {
+                    for ((held, _), used) in remote.iter().zip(used) {
+                        b.settled(held, Ok(used), &facts, now, spent);
+                    }
+                }
+                Err(e) => b.store_failed("settle", &e),
+            }
+            if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
+                b.settling.notify_waiters();
+            }
+        });
     }
 
     /// At shutdown, after every call finished: give slices back, wait up to `within` for
@@ -1045,7 +1352,8 @@ impl Admission {
     }
 
     fn release(&mut self, tokens: u64, cost: u64, totals: Totals) {
-        if self.held.is_empty() {
+        let held = std::mem::take(self.held.get_mut().unwrap_or_else(PoisonError::into_inner));
+        if held.is_empty() {
             return;
         }
         let facts = Arc::new(CallFacts {
@@ -1057,25 +1365,9 @@ impl Admission {
             max_output: None,
         });
         let now = unix_now();
-        for held in self.held.drain(..) {
-            let charges: Vec<Charge> = held
-                .limits
-                .iter()
-                .zip(&held.grants)
-                .map(|(&i, g)| {
-                    let l = &self.budgets.limits[i];
-                    Charge {
-                        counter: l.counter.clone(),
-                        window: l.window,
-                        start: g.start,
-                        granted: g.granted,
-                        actual: match l.unit {
-                            Unit::Tokens => tokens,
-                            Unit::Usd => cost,
-                        },
-                    }
-                })
-                .collect();
+        let mut remote = Vec::new();
+        for held in held {
+            let charges = self.budgets.charges(&held, tokens, cost);
             let b = self.budgets.clone();
             if let (Some(id), Some(sl)) = (held.slice, &b.slices) {
                 // Drawn from a slice: settled here; the slice goes back when it is done.
@@ -1096,26 +1388,21 @@ impl Admission {
                     let res = Ok(m.settle(&held.key, now, &charges, totals));
                     b.settled(&held, res, &facts, now, (tokens, cost));
                 }
-                Store::Redis(_) => {
+                Store::Redis(r) => {
                     if let Some(id) = held.lease {
                         b.leases.remove(&id);
                     }
-                    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                        return;
-                    };
-                    let facts = facts.clone();
-                    b.in_flight_settles.fetch_add(1, Ordering::AcqRel);
-                    rt.spawn(async move {
-                        let res = b
-                            .settle_retrying(&held.key, held.lease, now, &charges, totals)
-                            .await;
-                        b.settled(&held, res, &facts, now, (tokens, cost));
-                        if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
-                            b.settling.notify_waiters();
-                        }
-                    });
+                    remote.push((held, charges));
+                    // A cluster: each scope on its own shard, one script each.
+                    if !r.one_node() {
+                        b.settle_remote(std::mem::take(&mut remote), &facts, now, totals);
+                    }
                 }
             }
+        }
+        // One node: every scope of the call in one script.
+        if !remote.is_empty() {
+            self.budgets.settle_remote(remote, &facts, now, totals);
         }
     }
 

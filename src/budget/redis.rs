@@ -36,72 +36,84 @@ fn ranked(key: &str) -> Option<(&'static str, &str)> {
     }
 }
 
-/// Check every want, then reserve all or nothing. Mirrors `store::decide`. Mode per want:
-/// 0 observe (never refuse), 1 enforce, 2 enforce optimistically (reserve only if `want` fits).
+/// Check every want of every scope given, then reserve all or nothing. Mirrors `store::decide`.
+/// Keys: each scope's hash and lease set. `ARGV`: now, scopes, now in ms; then per scope: wants,
+/// ttl, lease id (empty: none), lease expiry in ms, and per want: counter, window, limit, min,
+/// want, mode — 0 observe (never refuse), 1 enforce, 2 enforce optimistically (reserve only if
+/// `want` fits). Replies `{1, start, granted, used, …}` (every want in order), `{2}` (an
+/// optimistic want does not fit) or `{0, scope, want, used}` (refused). Several scopes in one
+/// script only on one node (a cluster's scopes live on different slots: one scope per script).
 const RESERVE: &str = r#"
 local now = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
-local lease = ARGV[4]
-local now_ms = tonumber(ARGV[5])
-local until_ms = tonumber(ARGV[6])
--- Reservations whose lease ran out (their proxy stopped renewing: it died) are released.
-local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms)
-for _, id in ipairs(dead) do
-  local spec = redis.call('HGET', KEYS[1], 'l:' .. id)
-  if spec then
-    for c, st, g in string.gmatch(spec, '([^\t\n]+)\t(%d+)\t(%d+)\n') do
-      local v = redis.call('HMGET', KEYS[1], c .. ':s', c .. ':r')
-      if tonumber(v[1]) == tonumber(st) then
-        local r = (tonumber(v[2]) or 0) - tonumber(g)
-        if r < 0 then r = 0 end
-        redis.call('HSET', KEYS[1], c .. ':r', r)
+local scopes = tonumber(ARGV[2])
+local now_ms = tonumber(ARGV[3])
+local at = 4
+local plan = {}
+for s = 1, scopes do
+  local h, lk = KEYS[2 * s - 1], KEYS[2 * s]
+  local n = tonumber(ARGV[at])
+  local x = {h = h, lk = lk, ttl = tonumber(ARGV[at + 1]), lease = ARGV[at + 2], until_ms = ARGV[at + 3], sets = {}}
+  at = at + 4
+  -- Reservations whose lease ran out (their proxy stopped renewing: it died) are released.
+  local dead = redis.call('ZRANGEBYSCORE', lk, '-inf', now_ms)
+  for _, id in ipairs(dead) do
+    local spec = redis.call('HGET', h, 'l:' .. id)
+    if spec then
+      for c, st, g in string.gmatch(spec, '([^\t\n]+)\t(%d+)\t(%d+)\n') do
+        local v = redis.call('HMGET', h, c .. ':s', c .. ':r')
+        if tonumber(v[1]) == tonumber(st) then
+          local r = (tonumber(v[2]) or 0) - tonumber(g)
+          if r < 0 then r = 0 end
+          redis.call('HSET', h, c .. ':r', r)
+        end
       end
+      redis.call('HDEL', h, 'l:' .. id)
     end
-    redis.call('HDEL', KEYS[1], 'l:' .. id)
+    redis.call('ZREM', lk, id)
   end
-  redis.call('ZREM', KEYS[2], id)
+  for i = 0, n - 1 do
+    local c = ARGV[at]
+    local w = tonumber(ARGV[at + 1])
+    local limit = tonumber(ARGV[at + 2])
+    local min = tonumber(ARGV[at + 3])
+    local want = tonumber(ARGV[at + 4])
+    local mode = ARGV[at + 5]
+    at = at + 6
+    local start = 0
+    if w > 0 then start = now - (now % w) end
+    local v = redis.call('HMGET', h, c .. ':s', c .. ':p', c .. ':r')
+    local st = tonumber(v[1]) or 0
+    local p = tonumber(v[2]) or 0
+    local r = tonumber(v[3]) or 0
+    if st ~= start then p = 0; r = 0 end
+    local used = p + r
+    local remaining = limit - used
+    if remaining < 0 then remaining = 0 end
+    if mode == '2' and remaining < want then return {2} end
+    if mode ~= '0' and remaining < math.max(min, 1) then return {0, s - 1, i, used} end
+    local g = math.min(want, remaining)
+    x.sets[#x.sets + 1] = {c, start, p, r + g, g, used}
+  end
+  plan[s] = x
 end
 local out = {1}
-local sets = {}
-for i = 0, n - 1 do
-  local b = 7 + i * 6
-  local c = ARGV[b]
-  local w = tonumber(ARGV[b + 1])
-  local limit = tonumber(ARGV[b + 2])
-  local min = tonumber(ARGV[b + 3])
-  local want = tonumber(ARGV[b + 4])
-  local mode = ARGV[b + 5]
-  local start = 0
-  if w > 0 then start = now - (now % w) end
-  local v = redis.call('HMGET', KEYS[1], c .. ':s', c .. ':p', c .. ':r')
-  local s = tonumber(v[1]) or 0
-  local p = tonumber(v[2]) or 0
-  local r = tonumber(v[3]) or 0
-  if s ~= start then p = 0; r = 0 end
-  local used = p + r
-  local remaining = limit - used
-  if remaining < 0 then remaining = 0 end
-  if mode == '2' and remaining < want then return {2} end
-  if mode ~= '0' and remaining < math.max(min, 1) then return {0, i, used} end
-  local g = math.min(want, remaining)
-  sets[#sets + 1] = {c, start, p, r + g}
-  out[#out + 1] = start
-  out[#out + 1] = g
-  out[#out + 1] = used
-end
-local spec = ''
-for i, x in ipairs(sets) do
-  redis.call('HSET', KEYS[1], x[1] .. ':s', x[2], x[1] .. ':p', x[3], x[1] .. ':r', x[4])
-  spec = spec .. x[1] .. '\t' .. x[2] .. '\t' .. out[i * 3] .. '\n'
-end
-if lease ~= '' then
-  redis.call('HSET', KEYS[1], 'l:' .. lease, spec)
-  redis.call('ZADD', KEYS[2], until_ms, lease)
-end
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[2], ttl)
+for _, x in ipairs(plan) do
+  local spec = ''
+  for _, st in ipairs(x.sets) do
+    redis.call('HSET', x.h, st[1] .. ':s', st[2], st[1] .. ':p', st[3], st[1] .. ':r', st[4])
+    spec = spec .. st[1] .. '\t' .. st[2] .. '\t' .. st[5] .. '\n'
+    out[#out + 1] = st[2]
+    out[#out + 1] = st[5]
+    out[#out + 1] = st[6]
+  end
+  if x.lease ~= '' then
+    redis.call('HSET', x.h, 'l:' .. x.lease, spec)
+    redis.call('ZADD', x.lk, x.until_ms, x.lease)
+  end
+  if x.ttl > 0 then
+    redis.call('EXPIRE', x.h, x.ttl)
+    redis.call('EXPIRE', x.lk, x.ttl)
+  end
 end
 return out
 "#;
@@ -109,59 +121,81 @@ return out
 /// Replace reservations with spend (in the window they were made in, else the current one).
 /// A reservation whose lease already ran out was released by a purge: only its spend is added.
 /// Settled lease ids are kept (`KEYS[3]`, a sorted set by time, for `ARGV[9]` ms) so a settle
-/// retried after its reply was lost (a timeout, a failover) is not counted twice.
+/// retried after its reply was lost (a timeout, a failover) is not counted twice. Every scope of
+/// a call in one script on one node (a cluster: one scope per script). Keys per scope: its hash,
+/// lease set, settled set and ranking (on one node the session's or task's ranking, added to in
+/// the same script — and a retried settle does not count twice there either; else any key of
+/// the scope, unused). `ARGV`: now, scopes, input, output and cost tokens, now in ms, ms settled
+/// ids are kept, tokens, ids a ranking keeps; then per scope: charges, lease id (empty: none),
+/// ttl, ranked id (empty: none), and per charge: counter, window, start, granted, actual.
 const SETTLE: &str = r#"
 local now = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local lease = ARGV[6]
-local now_ms = tonumber(ARGV[8])
-local keep_ms = tonumber(ARGV[9])
-local live = 1
-if lease ~= '' then
-  if redis.call('ZSCORE', KEYS[3], lease) then
-    local out = {}
-    for i = 0, n - 1 do
-      local c = ARGV[10 + i * 5]
-      local v = redis.call('HMGET', KEYS[1], c .. ':p', c .. ':r')
-      out[#out + 1] = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
-    end
-    return out
-  end
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms - keep_ms)
-  redis.call('ZADD', KEYS[3], now_ms, lease)
-  redis.call('PEXPIRE', KEYS[3], keep_ms)
-  live = redis.call('ZREM', KEYS[2], lease)
-  redis.call('HDEL', KEYS[1], 'l:' .. lease)
-end
+local scopes = tonumber(ARGV[2])
+local now_ms = tonumber(ARGV[6])
+local keep_ms = tonumber(ARGV[7])
+local tokens = tonumber(ARGV[8])
+local ranked = tonumber(ARGV[9])
+local at = 10
 local out = {}
-for i = 0, n - 1 do
-  local b = 10 + i * 5
-  local c = ARGV[b]
-  local w = tonumber(ARGV[b + 1])
-  local start = tonumber(ARGV[b + 2])
-  local granted = tonumber(ARGV[b + 3])
-  local actual = tonumber(ARGV[b + 4])
-  local v = redis.call('HMGET', KEYS[1], c .. ':s', c .. ':p', c .. ':r')
-  local s = tonumber(v[1]) or 0
-  local p = tonumber(v[2]) or 0
-  local r = tonumber(v[3]) or 0
-  if s == start then
-    if live == 1 then r = r - granted end
-    if r < 0 then r = 0 end
-  else
-    local cur = 0
-    if w > 0 then cur = now - (now % w) end
-    if s ~= cur then s = cur; p = 0; r = 0 end
+for s = 1, scopes do
+  local h, lk, dk, rk = KEYS[4 * s - 3], KEYS[4 * s - 2], KEYS[4 * s - 1], KEYS[4 * s]
+  local n = tonumber(ARGV[at])
+  local lease = ARGV[at + 1]
+  local ttl = tonumber(ARGV[at + 2])
+  local rank = ARGV[at + 3]
+  at = at + 4
+  local live = 1
+  local again = false
+  if lease ~= '' then
+    if redis.call('ZSCORE', dk, lease) then
+      again = true
+    else
+      redis.call('ZREMRANGEBYSCORE', dk, '-inf', now_ms - keep_ms)
+      redis.call('ZADD', dk, now_ms, lease)
+      redis.call('PEXPIRE', dk, keep_ms)
+      live = redis.call('ZREM', lk, lease)
+      redis.call('HDEL', h, 'l:' .. lease)
+    end
   end
-  p = p + actual
-  redis.call('HSET', KEYS[1], c .. ':s', s, c .. ':p', p, c .. ':r', r)
-  out[#out + 1] = p + r
+  for i = 0, n - 1 do
+    local c = ARGV[at]
+    local w = tonumber(ARGV[at + 1])
+    local start = tonumber(ARGV[at + 2])
+    local granted = tonumber(ARGV[at + 3])
+    local actual = tonumber(ARGV[at + 4])
+    at = at + 5
+    if again then
+      local v = redis.call('HMGET', h, c .. ':p', c .. ':r')
+      out[#out + 1] = (tonumber(v[1]) or 0) + (tonumber(v[2]) or 0)
+    else
+      local v = redis.call('HMGET', h, c .. ':s', c .. ':p', c .. ':r')
+      local st = tonumber(v[1]) or 0
+      local p = tonumber(v[2]) or 0
+      local r = tonumber(v[3]) or 0
+      if st == start then
+        if live == 1 then r = r - granted end
+        if r < 0 then r = 0 end
+      else
+        local cur = 0
+        if w > 0 then cur = now - (now % w) end
+        if st ~= cur then st = cur; p = 0; r = 0 end
+      end
+      p = p + actual
+      redis.call('HSET', h, c .. ':s', st, c .. ':p', p, c .. ':r', r)
+      out[#out + 1] = p + r
+    end
+  end
+  if not again then
+    redis.call('HINCRBY', h, 'in', ARGV[3])
+    redis.call('HINCRBY', h, 'out', ARGV[4])
+    redis.call('HINCRBY', h, 'cost', ARGV[5])
+    if ttl > 0 then redis.call('EXPIRE', h, ttl) end
+    if rank ~= '' and tokens > 0 then
+      redis.call('ZINCRBY', rk, tokens, rank)
+      redis.call('ZREMRANGEBYRANK', rk, 0, -(ranked + 1))
+    end
+  end
 end
-redis.call('HINCRBY', KEYS[1], 'in', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'out', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'cost', ARGV[5])
-local ttl = tonumber(ARGV[7])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 return out
 "#;
 
@@ -174,6 +208,36 @@ for i = 2, #ARGV do
 end
 return #ARGV - 1
 "#;
+
+/// Outcome of a check-and-reserve over several scopes: every scope granted, or none.
+#[derive(Debug)]
+pub enum ReservedAll {
+    /// The grants of each scope asked, in order (each in the order of its wants).
+    Granted(Vec<Vec<Grant>>),
+    /// Want `index` of scope `scope` (positions as asked) refused; `used`: its spent plus
+    /// reserved. Nothing was reserved.
+    Refused {
+        /// Which scope.
+        scope: usize,
+        /// Which want of it.
+        index: usize,
+        /// Spent plus reserved on it.
+        used: u64,
+    },
+    /// An optimistic want did not fit whole: ask again with the real estimate.
+    NeedEstimate,
+}
+
+impl ReservedAll {
+    /// The outcome of the one scope asked.
+    pub fn into_one(self) -> Reserved {
+        match self {
+            ReservedAll::Granted(mut g) => Reserved::Granted(g.pop().unwrap_or_default()),
+            ReservedAll::Refused { index, used, .. } => Reserved::Refused { index, used },
+            ReservedAll::NeedEstimate => Reserved::NeedEstimate,
+        }
+    }
+}
 
 /// Where the store is: one Redis, or a Redis Cluster reached through its seed nodes.
 pub enum Target<'a> {
@@ -319,95 +383,125 @@ impl RedisStore {
             .map_err(err)
     }
 
+    /// Whether this is one node (every scope's keys on it: a call's scopes reserve in one
+    /// script), not a cluster.
+    pub(super) fn one_node(&self) -> bool {
+        matches!(self.client, Client::Single(_))
+    }
+
+    /// Check-and-reserve on every scope of `parts` (key, wants, lease) in one script: all are
+    /// granted or none (on a cluster, one scope per call).
     pub(super) async fn reserve(
         &self,
-        key: &str,
         now: u64,
-        wants: &[Want],
-        lease: Option<Lease>,
-    ) -> Result<Reserved, StoreError> {
-        // Keys whose counters are all windowed expire after two of their longest windows.
-        let ttl = self.ttl(key, wants.iter().map(|w| w.window));
+        parts: &[(&str, &[Want], Option<Lease>)],
+    ) -> Result<ReservedAll, StoreError> {
         let mut inv = self.reserve.prepare_invoke();
-        inv.key(redis_key(key))
-            .key(lease_key(key))
-            .arg(now)
-            .arg(wants.len())
-            .arg(ttl)
-            .arg(lease.map_or(String::new(), |l| l.id.to_string()))
-            .arg(unix_ms())
-            .arg(lease.map_or(0, |l| l.until_ms));
-        for w in wants {
-            inv.arg(w.counter.as_ref())
-                .arg(w.window.unwrap_or(0))
-                .arg(w.limit)
-                .arg(w.min)
-                .arg(w.want)
-                .arg(match (w.enforce, w.optimistic) {
-                    (_, true) => 2u8,
-                    (true, false) => 1,
-                    (false, false) => 0,
-                });
+        inv.arg(now).arg(parts.len()).arg(unix_ms());
+        for &(key, wants, lease) in parts {
+            // Keys whose counters are all windowed expire after two of their longest windows.
+            let ttl = self.ttl(key, wants.iter().map(|w| w.window));
+            inv.key(redis_key(key))
+                .key(lease_key(key))
+                .arg(wants.len())
+                .arg(ttl)
+                .arg(lease.map_or(String::new(), |l| l.id.to_string()))
+                .arg(lease.map_or(0, |l| l.until_ms));
+            for w in wants {
+                inv.arg(w.counter.as_ref())
+                    .arg(w.window.unwrap_or(0))
+                    .arg(w.limit)
+                    .arg(w.min)
+                    .arg(w.want)
+                    .arg(match (w.enforce, w.optimistic) {
+                        (_, true) => 2u8,
+                        (true, false) => 1,
+                        (false, false) => 0,
+                    });
+            }
         }
         let v: Vec<i64> = self
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
+        let n = |x: i64| x.max(0) as u64;
         match v.first() {
-            Some(1) => Ok(Reserved::Granted(
-                v[1..]
-                    .chunks_exact(3)
-                    .map(|x| Grant {
-                        start: x[0].max(0) as u64,
-                        granted: x[1].max(0) as u64,
-                        used: x[2].max(0) as u64,
-                    })
-                    .collect(),
-            )),
-            Some(2) => Ok(Reserved::NeedEstimate),
-            Some(0) if v.len() == 3 => Ok(Reserved::Refused {
-                index: v[1].max(0) as usize,
-                used: v[2].max(0) as u64,
+            Some(1) => {
+                let mut grants = v[1..].chunks_exact(3).map(|x| Grant {
+                    start: n(x[0]),
+                    granted: n(x[1]),
+                    used: n(x[2]),
+                });
+                let all: Vec<Vec<Grant>> = parts
+                    .iter()
+                    .map(|(_, wants, _)| grants.by_ref().take(wants.len()).collect())
+                    .collect();
+                if all.iter().zip(parts).any(|(g, p)| g.len() != p.1.len()) {
+                    return Err(StoreError::Redis("unexpected reserve reply".into()));
+                }
+                Ok(ReservedAll::Granted(all))
+            }
+            Some(2) => Ok(ReservedAll::NeedEstimate),
+            Some(0) if v.len() == 4 => Ok(ReservedAll::Refused {
+                scope: n(v[1]) as usize,
+                index: n(v[2]) as usize,
+                used: n(v[3]),
             }),
             _ => Err(StoreError::Redis("unexpected reserve reply".into())),
         }
     }
 
+    /// Settle every scope of `parts` (key, charges, lease) in one script (on a cluster one
+    /// scope per call); each scope's counters' spent plus reserved afterwards.
     pub(super) async fn settle(
         &self,
-        key: &str,
         now: u64,
-        charges: &[Charge],
+        parts: &[(&str, &[Charge], Option<u64>)],
         t: Totals,
-        lease: Option<u64>,
-    ) -> Result<Vec<u64>, StoreError> {
+    ) -> Result<Vec<Vec<u64>>, StoreError> {
+        let tokens = t.input.saturating_add(t.output);
+        let one_node = self.one_node();
         let mut inv = self.settle.prepare_invoke();
-        inv.key(redis_key(key))
-            .key(lease_key(key))
-            .key(settled_key(key))
-            .arg(now)
-            .arg(charges.len())
+        inv.arg(now)
+            .arg(parts.len())
             .arg(t.input)
             .arg(t.output)
             .arg(t.cost)
-            .arg(lease.map_or(String::new(), |id| id.to_string()))
-            .arg(self.ttl(key, charges.iter().map(|c| c.window)))
             .arg(unix_ms())
-            .arg(self.settled_keep_ms);
-        for c in charges {
-            inv.arg(c.counter.as_ref())
-                .arg(c.window.unwrap_or(0))
-                .arg(c.start)
-                .arg(c.granted)
-                .arg(c.actual);
+            .arg(self.settled_keep_ms)
+            .arg(tokens)
+            .arg(MAX_RANKED);
+        for &(key, charges, lease) in parts {
+            let rank = ranked(key).filter(|_| one_node);
+            inv.key(redis_key(key))
+                .key(lease_key(key))
+                .key(settled_key(key))
+                .key(rank.map_or_else(|| redis_key(key), |(r, _)| r.to_string()))
+                .arg(charges.len())
+                .arg(lease.map_or(String::new(), |id| id.to_string()))
+                .arg(self.ttl(key, charges.iter().map(|c| c.window)))
+                .arg(rank.map_or("", |(_, id)| id));
+            for c in charges {
+                inv.arg(c.counter.as_ref())
+                    .arg(c.window.unwrap_or(0))
+                    .arg(c.start)
+                    .arg(c.granted)
+                    .arg(c.actual);
+            }
         }
         let v: Vec<i64> = self
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
         if self.settle_replicas > 0 {
-            self.replicated(key).await;
+            if let Some(&(key, _, _)) = parts.first() {
+                self.replicated(key).await;
+            }
         }
-        if let Some((ranking, id)) = ranked(key) {
-            let tokens = t.input.saturating_add(t.output);
+        // A cluster: the ranking is on its own slot, a round trip of its own.
+        for (ranking, id) in parts
+            .iter()
+            .filter_map(|p| ranked(p.0))
+            .filter(|_| !one_node)
+        {
             if tokens > 0 {
                 let id = id.to_string();
                 // Ranking only; not part of any budget decision.
@@ -424,7 +518,15 @@ impl RedisStore {
                 .await?;
             }
         }
-        Ok(v.into_iter().map(|x| x.max(0) as u64).collect())
+        let mut used = v.into_iter().map(|x| x.max(0) as u64);
+        let all: Vec<Vec<u64>> = parts
+            .iter()
+            .map(|p| used.by_ref().take(p.1.len()).collect())
+            .collect();
+        if all.iter().zip(parts).any(|(u, p)| u.len() != p.1.len()) {
+            return Err(StoreError::Redis("unexpected settle reply".into()));
+        }
+        Ok(all)
     }
 
     /// Wait (`WAIT`, on the primary holding `key`) until `settle_replicas` replicas have every

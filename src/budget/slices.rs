@@ -149,6 +149,20 @@ impl Slices {
         })
     }
 
+    /// Whether a call's `wants` fit in the largest slice (`max` of each limit in `amounts`).
+    pub fn fits(&self, amounts: &[u64], wants: &[Want]) -> bool {
+        amounts
+            .iter()
+            .zip(wants)
+            .all(|(&amount, w)| w.want as f64 <= self.largest(amount))
+    }
+
+    /// The largest slice of a limit of `amount`: `max` of it, and never below the smallest.
+    fn largest(&self, amount: u64) -> f64 {
+        let lo = (self.cfg.min * amount as f64).max(1.0);
+        (self.cfg.max * amount as f64).max(lo)
+    }
+
     /// The slice to ask the store for, per counter of `key`: what lasts `lasts` at the recent
     /// rate, within `min`..`max` of each limit in `amounts`, and never less than the call's want.
     pub fn size(&self, key: &str, amounts: &[u64], wants: &[Want]) -> Vec<u64> {
@@ -160,7 +174,7 @@ impl Slices {
             .enumerate()
             .map(|(i, (&amount, w))| {
                 let lo = (self.cfg.min * amount as f64).max(1.0);
-                let hi = (self.cfg.max * amount as f64).max(lo);
+                let hi = self.largest(amount);
                 let r = rate.get(i).copied().unwrap_or(0.0) * self.cfg.lasts.as_secs_f64();
                 (r.clamp(lo, hi) as u64).max(w.want)
             })

@@ -29,7 +29,7 @@ impl Store {
         match self {
             // A memory store's reservations die with its process (and are dropped on reload).
             Store::Memory(m) => Ok(m.reserve(key, now, wants)),
-            Store::Redis(r) => r.reserve(key, now, wants, lease).await,
+            Store::Redis(r) => Ok(r.reserve(now, &[(key, wants, lease)]).await?.into_one()),
         }
     }
 
@@ -45,7 +45,10 @@ impl Store {
     ) -> Result<Vec<u64>, StoreError> {
         match self {
             Store::Memory(m) => Ok(m.settle(key, now, charges, totals)),
-            Store::Redis(r) => r.settle(key, now, charges, totals, lease).await,
+            Store::Redis(r) => {
+                let mut all = r.settle(now, &[(key, charges, lease)], totals).await?;
+                Ok(all.pop().unwrap_or_default())
+            }
         }
     }
 

@@ -121,6 +121,15 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             }
         }
     }
+    if config.budgets.store.kind == super::StoreKind::Redis
+        && !config.budgets.store.nodes.is_empty()
+    {
+        // Else a cluster's seed nodes given under the one-node kind would be silently ignored.
+        return Err(invalid(
+            "budgets.store.nodes",
+            "seed nodes are read only by kind: redis_cluster (kind: redis uses `url`, one node); set kind: redis_cluster or remove nodes",
+        ));
+    }
     if config.budgets.store.kind == super::StoreKind::RedisCluster {
         if config.budgets.store.nodes.is_empty() {
             return Err(invalid(
@@ -434,6 +443,7 @@ mod tests {
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    batch: 0\n", "pricing.m.batch"),
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    audio_output: -1\n", "pricing.m"),
             ("budgets:\n  store:\n    kind: redis_cluster\n", "budgets.store.nodes"),
+            ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n    nodes: [redis://a:7000]\n", "kind: redis_cluster"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n  leases:\n    scopes: [session]\n", "budgets.leases.scopes"),
             ("budgets:\n  leases:\n    scopes: [agent]\n", "budgets.leases.scopes"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n  leases:\n    scopes: [agent]\n    min: 0.2\n    max: 0.1\n", "budgets.leases.min"),

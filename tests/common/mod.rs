@@ -271,6 +271,31 @@ impl ProxyProcess {
         }
     }
 
+    /// Wait (up to 60 s) until the child logged "tokenizer loaded": a debug build on a loaded
+    /// machine takes seconds to load it, and near-limit admissions waiting for it meanwhile let
+    /// other calls' store operations time out — the tests on store timeouts start after it.
+    pub async fn tokenizer_loaded(&mut self) {
+        let seen = |l: &str| l.contains("tokenizer loaded");
+        if self.startup_lines.iter().any(|l| seen(l)) {
+            return;
+        }
+        let found = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = self.stderr_lines.recv().await {
+                let hit = seen(&line);
+                self.startup_lines.push(line);
+                if hit {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            matches!(found, Ok(true)),
+            "the proxy never logged \"tokenizer loaded\""
+        );
+    }
+
     /// Stop the child (SIGTERM) and return everything it logged, start to exit.
     pub async fn stop_and_collect_logs(mut self) -> String {
         self.signal("TERM");

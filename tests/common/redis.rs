@@ -288,3 +288,21 @@ fn cluster_ports(n: usize) -> Vec<u16> {
     }
     ports
 }
+
+/// What scope record `key` (`tw:{s:ID}`, …) on the node at `port` holds reserved: the sum of its
+/// counters' reserved parts (`*:r` fields) and its live reservation leases (`l:*` fields plus
+/// members of its lease set `key:l`).
+pub fn reserved_in(port: u16, key: &str) -> (u64, usize) {
+    let out = cli(port, &["hgetall", key]);
+    let lines: Vec<&str> = out.lines().collect();
+    let (mut reserved, mut leases) = (0, 0);
+    for pair in lines.chunks_exact(2) {
+        if pair[0].ends_with(":r") {
+            reserved += pair[1].trim().parse::<u64>().unwrap_or(0);
+        } else if pair[0].starts_with("l:") {
+            leases += 1;
+        }
+    }
+    let set = cli(port, &["zcard", &format!("{key}:l")]);
+    (reserved, leases + set.trim().parse::<usize>().unwrap_or(0))
+}

@@ -18,6 +18,30 @@ use crate::config::UpstreamConfig;
 /// The client type every route uses.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+thread_local! {
+    /// The worker this thread is (`server.runtime: per_core`); 0 on any other thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Mark the current thread as worker `index`: the pools it uses from now on are its own.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// One pooled client per worker thread, so a request's upstream connection (and the task that
+/// drives it) lives on the thread that serves the request: no wake-up crosses threads.
+pub struct Pools {
+    clients: Box<[UpstreamClient]>,
+}
+
+impl Pools {
+    /// The calling thread's client (worker index modulo the pools, so any thread gets one).
+    pub fn get(&self) -> &UpstreamClient {
+        let i = WORKER.with(std::cell::Cell::get) % self.clients.len();
+        &self.clients[i]
+    }
+}
+
 /// The TLS client configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -50,13 +74,18 @@ pub fn build_client(
     build(ca_file, t, true)
 }
 
-/// Build a pooled client that speaks HTTP/1.1 only (ALPN offers no `h2`): a WebSocket upgrade
-/// needs an HTTP/1.1 connection.
-pub fn build_http1_client(
+/// `n` (at least one) independent pooled clients, as [`build_client`] or, without `http2`,
+/// speaking HTTP/1.1 only (ALPN offers no `h2`: a WebSocket upgrade needs an HTTP/1.1
+/// connection); the TLS configuration is built once and shared.
+pub fn build_pools(
     ca_file: Option<&Path>,
     t: &UpstreamConfig,
-) -> Result<UpstreamClient, TlsError> {
-    build(ca_file, t, false)
+    http2: bool,
+    n: usize,
+) -> Result<Pools, TlsError> {
+    let https = connector(ca_file, t, http2)?;
+    let clients = (0..n.max(1)).map(|_| client(https.clone(), t)).collect();
+    Ok(Pools { clients })
 }
 
 fn build(
@@ -64,6 +93,14 @@ fn build(
     t: &UpstreamConfig,
     http2: bool,
 ) -> Result<UpstreamClient, TlsError> {
+    Ok(client(connector(ca_file, t, http2)?, t))
+}
+
+fn connector(
+    ca_file: Option<&Path>,
+    t: &UpstreamConfig,
+    http2: bool,
+) -> Result<HttpsConnector<HttpConnector>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -81,18 +118,20 @@ fn build(
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1();
-    let https = if http2 {
+    Ok(if http2 {
         https.enable_http2().wrap_connector(http)
     } else {
         https.wrap_connector(http)
-    };
+    })
+}
 
-    Ok(Client::builder(TokioExecutor::new())
+fn client(https: HttpsConnector<HttpConnector>, t: &UpstreamConfig) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(t.pool_idle_timeout)
         .pool_max_idle_per_host(t.pool_max_idle_per_host)
-        .build(https))
+        .build(https)
 }
 
 /// The rustls client configuration every outgoing TLS connection uses (upstreams, the OTLP

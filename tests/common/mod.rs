@@ -37,7 +37,9 @@ impl TestProxy {
         let yaml = format!(
             "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nlogging:\n  access_log: false\n{yaml}"
         );
-        let config = load_from_str(&yaml, "test").unwrap_or_else(|e| panic!("test config: {e}"));
+        let mut config =
+            load_from_str(&yaml, "test").unwrap_or_else(|e| panic!("test config: {e}"));
+        runtime_from_env(&mut config.server);
         let server = Server::bind(config).await.expect("bind proxy");
         let addr = server.proxy_addr();
         let admin = server.admin_addr();
@@ -76,6 +78,21 @@ impl TestProxy {
             let _ = tx.send(());
         }
         (&mut self.task).await.expect("server task")
+    }
+}
+
+/// `TW_TEST_RUNTIME` (`per_core` or `shared`) and `TW_TEST_WORKERS` override the runtime
+/// layout of every proxy a test starts, so one test binary runs in each mode (scripts/test.sh).
+pub fn runtime_from_env(server: &mut tokenwarden::config::ServerConfig) {
+    use tokenwarden::config::RuntimeMode;
+    match std::env::var("TW_TEST_RUNTIME").as_deref() {
+        Ok("shared") => server.runtime = RuntimeMode::Shared,
+        Ok("per_core") => server.runtime = RuntimeMode::PerCore,
+        Ok(other) => panic!("TW_TEST_RUNTIME={other:?}: per_core or shared"),
+        Err(_) => {}
+    }
+    if let Ok(n) = std::env::var("TW_TEST_WORKERS") {
+        server.workers = Some(n.parse().expect("TW_TEST_WORKERS is a number"));
     }
 }
 

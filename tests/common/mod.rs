@@ -39,7 +39,10 @@ impl TestProxy {
         );
         let mut config =
             load_from_str(&yaml, "test").unwrap_or_else(|e| panic!("test config: {e}"));
-        runtime_from_env(&mut config.server);
+        // A test that names its runtime keeps it.
+        if !yaml.contains("runtime:") {
+            runtime_from_env(&mut config.server);
+        }
         let server = Server::bind(config).await.expect("bind proxy");
         let addr = server.proxy_addr();
         let admin = server.admin_addr();
@@ -323,8 +326,34 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
         .suffix(".yaml")
         .tempfile()
         .expect("tempfile");
-    f.write_all(text.as_bytes()).expect("write config");
+    f.write_all(with_runtime_from_env(text).as_bytes())
+        .expect("write config");
     f
+}
+
+/// `text` with `server.runtime: $TW_TEST_RUNTIME` added (when set and the text names no
+/// runtime), so tests of the binary and of config files run in each runtime mode too.
+fn with_runtime_from_env(text: &str) -> String {
+    let Ok(mode) = std::env::var("TW_TEST_RUNTIME") else {
+        return text.to_string();
+    };
+    if text.contains("runtime:") {
+        return text.to_string();
+    }
+    let line = format!("server:\n  runtime: {mode}\n");
+    if let Some(rest) = text.strip_prefix("server:\n") {
+        format!("{line}{rest}")
+    } else if let Some(at) = text.find("\nserver:\n") {
+        let (head, rest) = text.split_at(at + 1);
+        format!("{head}{line}{}", &rest["server:\n".len()..])
+    } else {
+        let sep = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        format!("{text}{sep}{line}")
+    }
 }
 
 /// A response body fed frame by frame from a channel.

@@ -69,6 +69,25 @@ async fn per_core_serves_on_its_own_workers_and_joins_them_at_shutdown_shared_us
     }
     assert_eq!(worker_threads(), 3, "one thread per configured worker");
     calls(&proxy, "layout-per-core", 24).await;
+
+    // The workers' tasks count in tokenwarden_runtime_alive_tasks (updated every 5 s): eight
+    // idle client connections are eight connection tasks on the workers.
+    let alive = |text: String| metric_value(&text, "tokenwarden_runtime_alive_tasks", &[]);
+    let before = alive(proxy.metrics().await);
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let counted = eventually(Duration::from_secs(8), || async {
+        alive(proxy.metrics().await) >= before + 8.0
+    })
+    .await;
+    assert!(
+        counted,
+        "alive tasks {} after 8 connections, {before} before",
+        alive(proxy.metrics().await)
+    );
+    drop(idle);
     assert_eq!(proxy.stop().await, tokenwarden::server::Drained::Clean);
     // Stopping waits for the workers' threads: none is left behind.
     assert_eq!(worker_threads(), 0, "workers joined at shutdown");

@@ -155,7 +155,8 @@ impl Server {
     /// listener is served by worker threads of their own; the calling runtime keeps the admin
     /// listener and the background work.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Drained {
-        let upkeep = metrics::spawn_upkeep(metrics::install());
+        let runtimes = metrics::Runtimes::default();
+        let upkeep = metrics::spawn_upkeep(metrics::install(), runtimes.clone());
         let expiry = tokio::spawn(self.proxy.sessions().clone().run_expiry());
         let task_expiry = tokio::spawn(self.proxy.tasks().clone().run_expiry());
         let approvals_expiry = tokio::spawn(self.proxy.approvals().clone().run_expiry());
@@ -172,6 +173,7 @@ impl Server {
                 &self.proxy,
                 &self.config.server,
                 &stop_rx,
+                &runtimes,
             )),
             RuntimeMode::Shared => Serving::Here(tokio::spawn(serve_here(
                 self.proxy_listeners,

@@ -77,6 +77,7 @@ pub(super) fn start(
     proxy: &Arc<Proxy>,
     cfg: &ServerConfig,
     stop: &watch::Receiver<bool>,
+    runtimes: &crate::telemetry::metrics::Runtimes,
 ) -> Workers {
     let (release, released) = watch::channel(false);
     let mut drained = Vec::with_capacity(listeners.len());
@@ -86,6 +87,7 @@ pub(super) fn start(
         drained.push(rx);
         let (proxy, cfg, stop) = (proxy.clone(), cfg.clone(), stop.clone());
         let mut released = released.clone();
+        let runtimes = runtimes.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("tw-worker-{index}"))
             .spawn(move || {
@@ -100,6 +102,11 @@ pub(super) fn start(
                         return;
                     }
                 };
+                // Counted in `tokenwarden_runtime_alive_tasks`.
+                runtimes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(rt.handle().clone());
                 rt.block_on(async move {
                     let ok = super::listener::serve_proxy(listener, proxy, cfg, stop).await;
                     let _ = tx.send(ok);

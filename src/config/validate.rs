@@ -435,7 +435,7 @@ mod tests {
             ("budgets:\n  limits:\n    - scope: agent\n", "budgets.limits[0].tokens"),
             ("server:\n  header_read_timeout: 0s\n", "server.header_read_timeout"),
             ("server:\n  workers: 0\n", "server.workers"),
-            ("server:\n  runtime: threads\n", "server.runtime"),
+            ("server:\n  runtime: threads\n", "key `runtime`"),
             ("budgets:\n  store:\n    kind: redis\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: http://x\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h:port\n", "budgets.store.url"),

@@ -116,3 +116,12 @@ for a in "$@"; do
   esac
 done
 cargo test --locked "${packages[@]}" "${targets[@]}" "$@"
+
+# The tests above ran the proxy in the default `server.runtime: per_core`. The proxy-level ones
+# run again in `shared` (TW_TEST_RUNTIME, read by tests/common): transparency, streaming,
+# failures, shutdown and signals (the binary), WebSocket upgrades, reload, MCP, budgets' drain.
+if [ $# -eq 0 ]; then
+  TW_TEST_RUNTIME=shared cargo test --locked --test proxy_transparency --test proxy_accounting \
+    --test proxy_failures --test reliability --test binary_lifecycle --test realtime \
+    --test config_reload --test mcp_proxy --test budgets
+fi

@@ -8,15 +8,133 @@ use std::path::Path;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::UpstreamConfig;
 
 /// The client type every route uses.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type UpstreamClient = Client<Connector, Full<Bytes>>;
+
+/// The connection hyper-rustls makes (plain TCP or TLS).
+type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+/// hyper-rustls's connector, its connections [`Nudged`].
+#[derive(Clone)]
+pub struct Connector(HttpsConnector<HttpConnector>);
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = Nudged<Stream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        // Boxed: once per new connection, not per request.
+        Box::pin(async move { connecting.await.map(Nudged) })
+    }
+}
+
+/// An upstream connection that wakes its connection task once after each write.
+///
+/// hyper's HTTP/1 client task registers for "the caller dropped the response future" only when
+/// it polls for the response head, which after writing a request it does on the next wake-up:
+/// with nothing else to wake it (an upstream still thinking, a client that went away), the
+/// request's cancellation went unnoticed until the response came, and the upstream kept
+/// generating (and billing) an answer nobody reads. The one extra poll per write lets it
+/// register at once.
+pub struct Nudged<T>(T);
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Nudged<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Nudged<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.get_mut().0).poll_write(cx, buf);
+        nudge(cx, written)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs);
+        nudge(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// Wake the writing task once when `written` wrote something.
+fn nudge(cx: &Context<'_>, written: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+    if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+        cx.waker().wake_by_ref();
+    }
+    written
+}
+
+impl<T: Connection> Connection for Nudged<T> {
+    fn connected(&self) -> Connected {
+        self.0.connected()
+    }
+}
+
+thread_local! {
+    /// The worker this thread is (`server.runtime: per_core`); 0 on any other thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Mark the current thread as worker `index`: the pools it uses from now on are its own.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// One pooled client per worker thread, so a request's upstream connection (and the task that
+/// drives it) lives on the thread that serves the request: no wake-up crosses threads.
+pub struct Pools {
+    clients: Box<[UpstreamClient]>,
+}
+
+impl Pools {
+    /// The calling thread's client (worker index modulo the pools, so any thread gets one).
+    pub fn get(&self) -> &UpstreamClient {
+        let i = WORKER.with(std::cell::Cell::get) % self.clients.len();
+        &self.clients[i]
+    }
+}
 
 /// The TLS client configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -50,13 +168,18 @@ pub fn build_client(
     build(ca_file, t, true)
 }
 
-/// Build a pooled client that speaks HTTP/1.1 only (ALPN offers no `h2`): a WebSocket upgrade
-/// needs an HTTP/1.1 connection.
-pub fn build_http1_client(
+/// `n` (at least one) independent pooled clients, as [`build_client`] or, without `http2`,
+/// speaking HTTP/1.1 only (ALPN offers no `h2`: a WebSocket upgrade needs an HTTP/1.1
+/// connection); the TLS configuration is built once and shared.
+pub fn build_pools(
     ca_file: Option<&Path>,
     t: &UpstreamConfig,
-) -> Result<UpstreamClient, TlsError> {
-    build(ca_file, t, false)
+    http2: bool,
+    n: usize,
+) -> Result<Pools, TlsError> {
+    let https = connector(ca_file, t, http2)?;
+    let clients = (0..n.max(1)).map(|_| client(https.clone(), t)).collect();
+    Ok(Pools { clients })
 }
 
 fn build(
@@ -64,6 +187,14 @@ fn build(
     t: &UpstreamConfig,
     http2: bool,
 ) -> Result<UpstreamClient, TlsError> {
+    Ok(client(connector(ca_file, t, http2)?, t))
+}
+
+fn connector(
+    ca_file: Option<&Path>,
+    t: &UpstreamConfig,
+    http2: bool,
+) -> Result<HttpsConnector<HttpConnector>, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -81,18 +212,21 @@ fn build(
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1();
-    let https = if http2 {
+    Ok(if http2 {
         https.enable_http2().wrap_connector(http)
     } else {
         https.wrap_connector(http)
-    };
+    })
+}
 
-    Ok(Client::builder(TokioExecutor::new())
+fn client(https: HttpsConnector<HttpConnector>, t: &UpstreamConfig) -> UpstreamClient {
+    let https = Connector(https);
+    Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(t.pool_idle_timeout)
         .pool_max_idle_per_host(t.pool_max_idle_per_host)
-        .build(https))
+        .build(https)
 }
 
 /// The rustls client configuration every outgoing TLS connection uses (upstreams, the OTLP

@@ -48,10 +48,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // per_core: the proxy's workers start their own runtimes; this one keeps the background
+    // work (admin, export, upkeep, reload) on the main thread. shared: one pool for everything.
+    let mut builder = match config.server.runtime {
+        config::RuntimeMode::PerCore => tokio::runtime::Builder::new_current_thread(),
+        config::RuntimeMode::Shared => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(config.server.worker_count());
+            b
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

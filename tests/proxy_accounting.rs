@@ -435,15 +435,27 @@ async fn client_gone_mid_stream_is_counted_as_estimated() {
         }
     }
     drop(body);
+    // The disconnect is counted first in the call's finish step and its tokens after, on the
+    // thread that served it: wait for both, or a scrape can fall in between.
     let ok = eventually(std::time::Duration::from_secs(5), || async {
+        let text = p.metrics().await;
         metric_value(
-            &p.metrics().await,
+            &text,
             "tokenwarden_client_disconnects_total",
             &[("route", "gone")],
         ) >= 1.0
+            && metric_value(
+                &text,
+                "tokenwarden_tokens_total",
+                &[
+                    ("agent", "acc-gone"),
+                    ("type", "output"),
+                    ("source", "estimated"),
+                ],
+            ) > 0.0
     })
     .await;
-    assert!(ok, "disconnect recorded");
+    assert!(ok, "disconnect and its tokens recorded");
     let text = p.metrics().await;
     let tokens = |kind: &str| {
         metric_value(

@@ -124,6 +124,41 @@ pub struct ServerConfig {
     /// that stops reading would otherwise hold its upstream stream open forever).
     #[serde(default = "default_write_timeout", with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// How requests are spread over threads: one event loop per worker, or one shared pool.
+    #[serde(default)]
+    pub runtime: RuntimeMode,
+    /// Worker threads serving the proxy listener; unset: the cores the process may use.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+/// How the proxy listener's connections are served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeMode {
+    /// One single-threaded runtime per worker thread, each with its own listening socket and
+    /// upstream pools, so a request never changes thread; background work has its own thread.
+    #[default]
+    PerCore,
+    /// One multi-threaded runtime (work stealing) for everything.
+    Shared,
+}
+
+impl ServerConfig {
+    /// Worker threads: `workers`, else the cores this process may use (at least one).
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
+    /// Upstream pools each route keeps: one per worker in `per_core`, one in `shared`.
+    pub fn pools(&self) -> usize {
+        match self.runtime {
+            RuntimeMode::PerCore => self.worker_count(),
+            RuntimeMode::Shared => 1,
+        }
+    }
 }
 
 /// Timeouts towards upstreams.
@@ -739,6 +774,8 @@ impl Default for ServerConfig {
             shutdown_grace: default_shutdown_grace(),
             write_timeout: default_write_timeout(),
             max_buffered_request_bytes: default_max_buffered_request_bytes(),
+            runtime: RuntimeMode::default(),
+            workers: None,
         }
     }
 }

@@ -6,6 +6,9 @@ use super::error::ConfigError;
 use super::schema::{Config, ForbiddenPattern, LimitConfig};
 
 /// Validate `config`; the error names the offending key by its dotted path.
+/// Most worker threads: each holds a listening socket, a runtime and its own upstream pools.
+const MAX_WORKERS: usize = 256;
+
 pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if config.routes.is_empty() {
         return Err(invalid("routes", "at least one route is required"));
@@ -43,6 +46,12 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         return Err(invalid(
             "server.max_buffered_request_bytes",
             "must be at least server.max_request_body_bytes",
+        ));
+    }
+    if s.workers.is_some_and(|w| w == 0 || w > MAX_WORKERS) {
+        return Err(invalid(
+            "server.workers",
+            &format!("must be between 1 and {MAX_WORKERS}"),
         ));
     }
     if s.write_timeout.is_zero() {
@@ -434,6 +443,8 @@ mod tests {
             ("budgets:\n  limits:\n    - scope: session\n      tokens: 10\n      window: 3w\n", "budgets.limits[0].window"),
             ("budgets:\n  limits:\n    - scope: agent\n", "budgets.limits[0].tokens"),
             ("server:\n  header_read_timeout: 0s\n", "server.header_read_timeout"),
+            ("server:\n  workers: 0\n", "server.workers"),
+            ("server:\n  runtime: threads\n", "key `runtime`"),
             ("budgets:\n  store:\n    kind: redis\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: http://x\n", "budgets.store.url"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h:port\n", "budgets.store.url"),

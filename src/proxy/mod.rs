@@ -345,7 +345,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, Full::new(Bytes::new()));
         f.call.upstream_sent = Some(Instant::now());
-        send(&f.route, &f.route.upgrade_client, req).await
+        send(&f.route, f.route.upgrade_client.get(), req).await
     }
 
     /// A request on an MCP route (see `mcp.rs`): identified like any call, its POST body read and
@@ -679,7 +679,7 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, Full::new(body));
 
         f.call.upstream_sent = Some(Instant::now());
-        send(&f.route, &f.route.client, upstream_req).await
+        send(&f.route, f.route.client.get(), upstream_req).await
     }
 
     /// Phase 6: status and headers at once, the body observed frame by frame (held when a

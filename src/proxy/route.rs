@@ -7,7 +7,7 @@ use http::Uri;
 
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 
-use crate::http_client::{self as upstream, UpstreamClient};
+use crate::http_client::{self as upstream, Pools};
 use crate::providers::protocol::RouteProtocol;
 
 /// One configured route, ready to serve.
@@ -28,10 +28,10 @@ pub struct Route {
     pub agent: Option<Arc<str>>,
     /// Effective timeouts.
     pub timeouts: UpstreamConfig,
-    /// Pooled client for this upstream.
-    pub client: UpstreamClient,
-    /// HTTP/1.1-only client for WebSocket upgrades (connects only when one comes).
-    pub upgrade_client: UpstreamClient,
+    /// Pooled clients for this upstream, one per worker.
+    pub client: Pools,
+    /// HTTP/1.1-only clients for WebSocket upgrades (connect only when one comes).
+    pub upgrade_client: Pools,
 }
 
 /// All routes, in config order.
@@ -80,7 +80,7 @@ impl Router {
         let routes = config
             .routes
             .iter()
-            .map(|r| Route::build(r, &config.upstream).map(Arc::new))
+            .map(|r| Route::build(r, &config.upstream, config.server.pools()).map(Arc::new))
             .collect::<Result<_, _>>()?;
         Ok(Self { routes })
     }
@@ -105,7 +105,11 @@ impl Route {
             })
     }
 
-    fn build(cfg: &RouteConfig, upstream: &UpstreamConfig) -> Result<Self, RouteError> {
+    fn build(
+        cfg: &RouteConfig,
+        upstream: &UpstreamConfig,
+        pools: usize,
+    ) -> Result<Self, RouteError> {
         let bad = |reason: &str| RouteError::BadUpstream {
             route: cfg.name.clone(),
             url: cfg.upstream.clone(),
@@ -120,9 +124,9 @@ impl Route {
             route: cfg.name.clone(),
             source,
         };
-        let client = upstream::build_client(cfg.ca_file.as_deref(), &timeouts).map_err(tls)?;
-        let upgrade_client =
-            upstream::build_http1_client(cfg.ca_file.as_deref(), &timeouts).map_err(tls)?;
+        let ca = cfg.ca_file.as_deref();
+        let client = upstream::build_pools(ca, &timeouts, true, pools).map_err(tls)?;
+        let upgrade_client = upstream::build_pools(ca, &timeouts, false, pools).map_err(tls)?;
         let prefix = cfg.path_prefix.trim_end_matches('/').to_string();
         let protocol =
             RouteProtocol::named(&cfg.protocol).ok_or_else(|| RouteError::UnknownProtocol {

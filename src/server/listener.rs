@@ -43,13 +43,22 @@ pub(super) fn proxy_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> 
 ///
 /// Dropping a connection task drops its requests' calls, which settles their budgets and records
 /// them: when this returns, every call has finished, so the final budget snapshot holds them all.
-/// Returns whether every connection ended within `grace`.
+/// Returns whether every connection ended within `grace`. With several workers each runs this
+/// on its own socket; ending the WebSocket sessions is shared and safe to ask from each.
 pub(super) async fn serve_proxy(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     proxy: Arc<Proxy>,
     cfg: ServerConfig,
     mut stop: watch::Receiver<bool>,
 ) -> bool {
+    // Registered here, on the runtime that will serve it.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the proxy listener");
+            return false;
+        }
+    };
     let builder = Arc::new(proxy_builder(&cfg));
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();

@@ -13,6 +13,7 @@ mod listener;
 pub mod reload;
 pub mod scopes_api;
 pub mod signals;
+mod workers;
 mod write_timeout;
 
 pub use health::Health;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, RuntimeMode};
 use crate::proxy::Proxy;
 use crate::proxy::ProxyBuildError;
 use crate::telemetry::metrics;
@@ -55,7 +56,9 @@ pub struct Server {
     config: Arc<Config>,
     proxy: Arc<Proxy>,
     health: Arc<Health>,
-    proxy_listener: TcpListener,
+    /// One listening socket per worker (`per_core`), or one (`shared`).
+    proxy_listeners: Vec<std::net::TcpListener>,
+    proxy_addr: SocketAddr,
     admin_listener: TcpListener,
     reloader: Option<(reload::Reloader, std::time::Duration)>,
     /// The OTLP metric export task, when metrics are pushed.
@@ -97,7 +100,19 @@ impl Server {
             None => None,
         };
         let proxy = Arc::new(Proxy::new(&config)?.with_spans(spans));
-        let proxy_listener = bind(config.listen).await?;
+        let n = match config.server.runtime {
+            RuntimeMode::PerCore => config.server.worker_count(),
+            RuntimeMode::Shared => 1,
+        };
+        let bind_err = |source| StartError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let proxy_listeners = workers::bind(config.listen, n).map_err(bind_err)?;
+        let proxy_addr = proxy_listeners
+            .first()
+            .map_or(Ok(config.listen), std::net::TcpListener::local_addr)
+            .map_err(bind_err)?;
         let admin_listener = bind(config.admin_listen).await?;
         if let Ok(a) = admin_listener.local_addr() {
             proxy
@@ -108,7 +123,8 @@ impl Server {
             config: Arc::new(config),
             proxy,
             health: Arc::new(Health::default()),
-            proxy_listener,
+            proxy_listeners,
+            proxy_addr,
             admin_listener,
             reloader: None,
             metric_push,
@@ -125,9 +141,7 @@ impl Server {
 
     /// The proxy listener's bound address.
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy_listener
-            .local_addr()
-            .unwrap_or(self.config.listen)
+        self.proxy_addr
     }
 
     /// The admin listener's bound address.
@@ -137,9 +151,12 @@ impl Server {
             .unwrap_or(self.config.admin_listen)
     }
 
-    /// Serve until `shutdown` resolves, then drain.
+    /// Serve until `shutdown` resolves, then drain. With `server.runtime: per_core` the proxy
+    /// listener is served by worker threads of their own; the calling runtime keeps the admin
+    /// listener and the background work.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Drained {
-        let upkeep = metrics::spawn_upkeep(metrics::install());
+        let runtimes = metrics::Runtimes::default();
+        let upkeep = metrics::spawn_upkeep(metrics::install(), runtimes.clone());
         let expiry = tokio::spawn(self.proxy.sessions().clone().run_expiry());
         let task_expiry = tokio::spawn(self.proxy.tasks().clone().run_expiry());
         let approvals_expiry = tokio::spawn(self.proxy.approvals().clone().run_expiry());
@@ -150,12 +167,21 @@ impl Server {
         // The admin port stays up through the drain (`/readyz` answers 503, `/metrics` can be
         // scraped) and closes last.
         let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
-        let proxy = listener::serve_proxy(
-            self.proxy_listener,
-            self.proxy.clone(),
-            self.config.server.clone(),
-            stop_rx,
-        );
+        let mut serving = match self.config.server.runtime {
+            RuntimeMode::PerCore => Serving::Workers(workers::start(
+                self.proxy_listeners,
+                &self.proxy,
+                &self.config.server,
+                &stop_rx,
+                &runtimes,
+            )),
+            RuntimeMode::Shared => Serving::Here(tokio::spawn(serve_here(
+                self.proxy_listeners,
+                self.proxy.clone(),
+                self.config.server.clone(),
+                stop_rx,
+            ))),
+        };
         let admin = listener::serve_admin(
             self.admin_listener,
             Arc::new(admin::Admin::new(
@@ -174,7 +200,6 @@ impl Server {
             )),
             admin_stop_rx,
         );
-        let proxy_task = tokio::spawn(proxy);
         let admin_task = tokio::spawn(admin);
 
         shutdown.await;
@@ -187,7 +212,10 @@ impl Server {
 
         let grace = self.config.server.shutdown_grace;
         // serve_proxy drops what is left after the grace and returns once every call finished.
-        let drained = proxy_task.await.unwrap_or(false);
+        let drained = match &mut serving {
+            Serving::Workers(w) => w.drained().await,
+            Serving::Here(task) => task.await.unwrap_or(false),
+        };
         upkeep.abort();
         expiry.abort();
         task_expiry.abort();
@@ -211,6 +239,9 @@ impl Server {
             // The last calls' spans; a collector that is down costs at most this long.
             spans.flush(SPAN_FLUSH).await;
         }
+        if let Serving::Workers(w) = serving {
+            w.finish().await;
+        }
         let _ = admin_stop_tx.send(true);
         let _ = admin_task.await;
         if drained {
@@ -232,6 +263,27 @@ const SETTLE_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest wait for the last metric export at shutdown.
 const METRIC_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Where the proxy listener is served.
+enum Serving {
+    /// Worker threads, one runtime each (`per_core`).
+    Workers(workers::Workers),
+    /// A task on the calling runtime (`shared`).
+    Here(tokio::task::JoinHandle<bool>),
+}
+
+/// `shared`: serve the one listener on the calling (multi-threaded) runtime.
+async fn serve_here(
+    listeners: Vec<std::net::TcpListener>,
+    proxy: Arc<Proxy>,
+    cfg: crate::config::ServerConfig,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    match listeners.into_iter().next() {
+        Some(l) => listener::serve_proxy(l, proxy, cfg, stop).await,
+        None => false,
+    }
+}
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)

@@ -139,7 +139,7 @@ pub const TOOL_RESULTS_TOTAL: &str = "tokenwarden_tool_results_total";
 pub const CONTEXT_UTILIZATION_RATIO: &str = "tokenwarden_context_utilization_ratio";
 /// Config reloads by result (ok | error).
 pub const CONFIG_RELOAD_TOTAL: &str = "tokenwarden_config_reload_total";
-/// Tasks alive on the Tokio runtime (connections, streams, background work).
+/// Tasks alive on the Tokio runtimes, workers' included (connections, streams, background work).
 pub const RUNTIME_ALIVE_TASKS: &str = "tokenwarden_runtime_alive_tasks";
 /// Session budget records the store holds (bounded by `budgets.session_retention`).
 pub const BUDGET_SESSIONS_TRACKED: &str = "tokenwarden_budget_sessions_tracked";
@@ -429,17 +429,27 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Spawn the recorder's periodic upkeep (histogram maintenance, the runtime's task count) on
-/// the current runtime.
-pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+/// The proxy's other runtimes (`server.runtime: per_core` workers), whose tasks the upkeep counts
+/// too; each worker adds its handle when it starts.
+pub type Runtimes = std::sync::Arc<std::sync::Mutex<Vec<tokio::runtime::Handle>>>;
+
+/// Spawn the recorder's periodic upkeep (histogram maintenance, the task count of the current
+/// runtime and of `others`) on the current runtime.
+pub fn spawn_upkeep(handle: PrometheusHandle, others: Runtimes) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         let runtime = tokio::runtime::Handle::current().metrics();
         loop {
             tick.tick().await;
             handle.run_upkeep();
+            let workers: usize = others
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(|h| h.metrics().num_alive_tasks())
+                .sum();
             // A task leak shows as a count that grows under steady load (bench/soak.sh).
-            metrics::gauge!(RUNTIME_ALIVE_TASKS).set(runtime.num_alive_tasks() as f64);
+            metrics::gauge!(RUNTIME_ALIVE_TASKS).set((runtime.num_alive_tasks() + workers) as f64);
         }
     })
 }
@@ -622,7 +632,7 @@ fn describe() {
     );
     describe_gauge!(
         RUNTIME_ALIVE_TASKS,
-        "Tasks alive on the Tokio runtime (connections, streams, background work), every 5 s."
+        "Tasks alive on the Tokio runtimes (connections, streams, background work), every 5 s."
     );
     describe_gauge!(
         BUDGET_SESSIONS_TRACKED,

@@ -37,7 +37,12 @@ impl TestProxy {
         let yaml = format!(
             "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nlogging:\n  access_log: false\n{yaml}"
         );
-        let config = load_from_str(&yaml, "test").unwrap_or_else(|e| panic!("test config: {e}"));
+        let mut config =
+            load_from_str(&yaml, "test").unwrap_or_else(|e| panic!("test config: {e}"));
+        // A test that names its runtime keeps it.
+        if !yaml.contains("runtime:") {
+            runtime_from_env(&mut config.server);
+        }
         let server = Server::bind(config).await.expect("bind proxy");
         let addr = server.proxy_addr();
         let admin = server.admin_addr();
@@ -76,6 +81,21 @@ impl TestProxy {
             let _ = tx.send(());
         }
         (&mut self.task).await.expect("server task")
+    }
+}
+
+/// `TW_TEST_RUNTIME` (`per_core` or `shared`) and `TW_TEST_WORKERS` override the runtime
+/// layout of every proxy a test starts, so one test binary runs in each mode (scripts/test.sh).
+pub fn runtime_from_env(server: &mut tokenwarden::config::ServerConfig) {
+    use tokenwarden::config::RuntimeMode;
+    match std::env::var("TW_TEST_RUNTIME").as_deref() {
+        Ok("shared") => server.runtime = RuntimeMode::Shared,
+        Ok("per_core") => server.runtime = RuntimeMode::PerCore,
+        Ok(other) => panic!("TW_TEST_RUNTIME={other:?}: per_core or shared"),
+        Err(_) => {}
+    }
+    if let Ok(n) = std::env::var("TW_TEST_WORKERS") {
+        server.workers = Some(n.parse().expect("TW_TEST_WORKERS is a number"));
     }
 }
 
@@ -331,8 +351,34 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
         .suffix(".yaml")
         .tempfile()
         .expect("tempfile");
-    f.write_all(text.as_bytes()).expect("write config");
+    f.write_all(with_runtime_from_env(text).as_bytes())
+        .expect("write config");
     f
+}
+
+/// `text` with `server.runtime: $TW_TEST_RUNTIME` added (when set and the text names no
+/// runtime), so tests of the binary and of config files run in each runtime mode too.
+fn with_runtime_from_env(text: &str) -> String {
+    let Ok(mode) = std::env::var("TW_TEST_RUNTIME") else {
+        return text.to_string();
+    };
+    if text.contains("runtime:") {
+        return text.to_string();
+    }
+    let line = format!("server:\n  runtime: {mode}\n");
+    if let Some(rest) = text.strip_prefix("server:\n") {
+        format!("{line}{rest}")
+    } else if let Some(at) = text.find("\nserver:\n") {
+        let (head, rest) = text.split_at(at + 1);
+        format!("{head}{line}{}", &rest["server:\n".len()..])
+    } else {
+        let sep = if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        };
+        format!("{text}{sep}{line}")
+    }
 }
 
 /// A response body fed frame by frame from a channel.

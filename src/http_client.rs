@@ -113,13 +113,19 @@ impl<T: Connection> Connection for Nudged<T> {
 }
 
 thread_local! {
-    /// The worker this thread is (`server.runtime: per_core`); 0 on any other thread.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The worker this thread is (`server.runtime: per_core`); `None` on any other thread.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
 /// Mark the current thread as worker `index`: the pools it uses from now on are its own.
 pub fn set_worker(index: usize) {
-    WORKER.with(|w| w.set(index));
+    WORKER.with(|w| w.set(Some(index)));
+}
+
+/// The `per_core` worker this thread is, if it is one: per-worker connections elsewhere (the
+/// Redis budget store) are picked by it too.
+pub fn worker() -> Option<usize> {
+    WORKER.with(std::cell::Cell::get)
 }
 
 /// One pooled client per worker thread, so a request's upstream connection (and the task that
@@ -131,7 +137,7 @@ pub struct Pools {
 impl Pools {
     /// The calling thread's client (worker index modulo the pools, so any thread gets one).
     pub fn get(&self) -> &UpstreamClient {
-        let i = WORKER.with(std::cell::Cell::get) % self.clients.len();
+        let i = worker().unwrap_or(0) % self.clients.len();
         &self.clients[i]
     }
 }

@@ -322,6 +322,11 @@ impl Budgets {
                         (b.session_retention, b.task_retention),
                         b.store.reservation_lease,
                         b.store.settle_replicas,
+                        // One connection per `per_core` worker (see `RedisStore::conns`).
+                        match config.server.runtime {
+                            crate::config::RuntimeMode::PerCore => config.server.worker_count(),
+                            crate::config::RuntimeMode::Shared => 0,
+                        },
                     )
                     .map_err(|e| BudgetsError::Redis(e.to_string()))?,
                 ))

@@ -290,7 +290,11 @@ impl redis::aio::ConnectionLike for Conn {
 /// Redis-backed budget store.
 pub struct RedisStore {
     client: Client,
-    conn: OnceCell<Conn>,
+    /// Slot 0 for threads that are no `per_core` worker, then one per worker: a connection's
+    /// driver task lives on the runtime that first used it, so a worker talking through
+    /// another thread's connection paid two cross-thread wake-ups per command (Redis cost
+    /// 2.3× the memory store's CPU per request instead of 1.6×, BENCHMARKS.md).
+    conns: Box<[OnceCell<Conn>]>,
     timeout: Duration,
     reserve: Script,
     settle: Script,
@@ -317,6 +321,7 @@ impl RedisStore {
         retention: (Duration, Duration),
         retry_for: Duration,
         settle_replicas: u32,
+        workers: usize,
     ) -> Result<Self, StoreError> {
         let client = match target {
             Target::Single(url) => Client::Single(redis::Client::open(url).map_err(err)?),
@@ -330,7 +335,7 @@ impl RedisStore {
         };
         Ok(Self {
             client,
-            conn: OnceCell::new(),
+            conns: (0..=workers).map(|_| OnceCell::new()).collect(),
             timeout,
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
@@ -343,10 +348,20 @@ impl RedisStore {
         })
     }
 
+    /// The calling thread's connection cell (see `conns`).
+    fn slot(&self) -> &OnceCell<Conn> {
+        let workers = self.conns.len() - 1;
+        let i = match crate::http_client::worker() {
+            Some(w) if workers > 0 => 1 + w % workers,
+            _ => 0,
+        };
+        &self.conns[i]
+    }
+
     async fn conn(&self) -> Result<Conn, StoreError> {
         let c = tokio::time::timeout(
             self.timeout,
-            self.conn.get_or_try_init(|| async {
+            self.slot().get_or_try_init(|| async {
                 match &self.client {
                     Client::Single(client) => {
                         let cfg = ConnectionManagerConfig::new()

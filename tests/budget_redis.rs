@@ -173,8 +173,22 @@ async fn a_client_gone_during_admission_leaks_no_reservation() {
         buf
     });
     std::thread::sleep(Duration::from_millis(100));
-    let gone = tokio::time::timeout(Duration::from_millis(300), call16(p.addr, "gone-1")).await;
-    assert!(gone.is_err(), "the call finished while Redis slept");
+    // A raw socket closed after 300 ms: a pooled client's dropped request may leave its
+    // connection open until its next wake-up, and the proxy would then rightly keep the call.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut gone = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         x-session-id: gone-1\r\nx-mock-input-tokens: 8\r\nx-mock-output-chunks: 8\r\n\
+         content-length: {}\r\n\r\n",
+        CHAT.len()
+    );
+    gone.write_all(head.as_bytes()).await.unwrap();
+    gone.write_all(CHAT.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), gone.read(&mut answer)).await;
+    assert!(early.is_err(), "the call was answered while Redis slept");
+    drop(gone);
     assert_eq!(&sleeper.join().unwrap(), b"+OK\r\n");
     let url = format!("http://{}/v1/sessions/gone-1", p.admin);
     let released = eventually(Duration::from_secs(10), || {

@@ -120,9 +120,14 @@ impl Upgrades {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take(),
         );
-        let mut gone = self.gone.lock().await;
-        // Nothing is ever sent: `recv` returns once every session dropped its token.
-        tokio::time::timeout(within, gone.recv()).await.is_ok()
+        // Each `per_core` worker asks at once: the wait for the lock is inside `within` too,
+        // else the workers would wait one after another, each for its whole grace.
+        let ended = async {
+            let mut gone = self.gone.lock().await;
+            // Nothing is ever sent: `recv` returns once every session dropped its token.
+            gone.recv().await
+        };
+        tokio::time::timeout(within, ended).await.is_ok()
     }
 }
 

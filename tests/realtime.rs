@@ -807,12 +807,19 @@ async fn a_session_outlasting_the_grace_holds_a_per_core_shutdown_for_one_grace_
     // Every worker ends the sessions at shutdown, each within what is left of the grace. They
     // used to queue for the wait one after another, each for its whole grace: four workers, a
     // session still open (its response's cancel unanswered, waited for 2 s) held the shutdown
-    // four graces long (2 s here), past any orchestrator's kill.
+    // four graces long (2 s here), past any orchestrator's kill. Past the grace the session is
+    // dropped and its calls finish before the final snapshot (they used to be dropped only when
+    // the worker's runtime stopped, after it: their reservations still in it, unsettled).
     let (up, _seen) = upstream(Play::IgnoresCancel).await;
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("budgets.json");
     let proxy = TestProxy::to(
         "rt",
         up,
-        "server:\n  runtime: per_core\n  workers: 4\n  shutdown_grace: 500ms\n",
+        &format!(
+            "server:\n  runtime: per_core\n  workers: 4\n  shutdown_grace: 500ms\nbudgets:\n  store:\n    snapshot_path: {}\n  limits:\n    - scope: session\n      tokens: 100000\n",
+            snapshot.display()
+        ),
     )
     .await;
     let mut ws = connect(&proxy, "rt-stall", "sess-stall").await;
@@ -830,6 +837,20 @@ async fn a_session_outlasting_the_grace_holds_a_per_core_shutdown_for_one_grace_
         took < Duration::from_millis(1_300),
         "the shutdown took {took:?} with a 500 ms grace"
     );
+    let snap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&snapshot).unwrap()).unwrap();
+    let groups = snap["groups"].to_string();
+    assert!(groups.contains("sess-stall"), "{snap}");
+    // Its response's call finished before the snapshot: no reservation left held in it.
+    let held: u64 = snap["groups"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains("sess-stall"))
+        .flat_map(|(_, g)| g["counters"].as_object().unwrap().values())
+        .map(|c| c["reserved"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, 0, "the dropped response was settled: {snap}");
 }
 
 #[tokio::test]

@@ -47,6 +47,9 @@ enum Play {
     OutOfBand,
     /// `response.created`, then one delta over the proxy's 16 MiB message bound.
     TooBig,
+    /// As `UntilCancelled`, but `response.cancel` is never answered (an upstream that stalls):
+    /// the proxy waits its bounded cancel wait for the final event.
+    IgnoresCancel,
 }
 
 /// What the upstream saw and sent, message by message.
@@ -113,7 +116,9 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                 seen.lock().unwrap().sent.push(echo.clone());
                 let _ = tx.send(echo).await;
             }
-            Message::Text(_) if kind == "response.cancel" => {
+            Message::Text(_)
+                if kind == "response.cancel" && !matches!(play, Play::IgnoresCancel) =>
+            {
                 let _ = send(&mut tx, &seen, DONE_CANCELLED.trim().to_string()).await;
             }
             // A request while a response is in progress: refused with the documented `error`
@@ -153,6 +158,7 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                 let (deltas, wait) = match play {
                     Play::Complete { deltas } => (deltas, false),
                     Play::UntilCancelled { deltas } => (deltas, true),
+                    Play::IgnoresCancel => (2, true),
                     Play::OutOfBand => (1, true),
                     Play::TooBig => {
                         let huge = "a".repeat(17 * 1024 * 1024);
@@ -793,6 +799,58 @@ async fn a_shutdown_ends_open_sessions_cleanly_and_settles_their_responses() {
     let snap = std::fs::read_to_string(&snapshot).unwrap();
     assert!(snap.contains("sess-shutdown"), "{snap}");
     assert!(snap.contains("190"), "the session's 190 tokens: {snap}");
+}
+
+#[tokio::test]
+async fn a_session_outlasting_the_grace_holds_a_per_core_shutdown_for_one_grace_not_one_per_worker()
+{
+    // Every worker ends the sessions at shutdown, each within what is left of the grace. They
+    // used to queue for the wait one after another, each for its whole grace: four workers, a
+    // session still open (its response's cancel unanswered, waited for 2 s) held the shutdown
+    // four graces long (2 s here), past any orchestrator's kill. Past the grace the session is
+    // dropped and its calls finish before the final snapshot (they used to be dropped only when
+    // the worker's runtime stopped, after it: their reservations still in it, unsettled).
+    let (up, _seen) = upstream(Play::IgnoresCancel).await;
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir.path().join("budgets.json");
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        &format!(
+            "server:\n  runtime: per_core\n  workers: 4\n  shutdown_grace: 500ms\nbudgets:\n  store:\n    snapshot_path: {}\n  limits:\n    - scope: session\n      tokens: 100000\n",
+            snapshot.display()
+        ),
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-stall", "sess-stall").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_open")).await.unwrap();
+    read_until(&mut ws, "response.output_text.delta").await;
+    let began = std::time::Instant::now();
+    let drained = proxy.stop().await;
+    let took = began.elapsed();
+    assert!(
+        matches!(drained, tokenwarden::server::Drained::DeadlineExceeded),
+        "the session outlasted the grace"
+    );
+    assert!(
+        took < Duration::from_millis(1_300),
+        "the shutdown took {took:?} with a 500 ms grace"
+    );
+    let snap: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&snapshot).unwrap()).unwrap();
+    let groups = snap["groups"].to_string();
+    assert!(groups.contains("sess-stall"), "{snap}");
+    // Its response's call finished before the snapshot: no reservation left held in it.
+    let held: u64 = snap["groups"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains("sess-stall"))
+        .flat_map(|(_, g)| g["counters"].as_object().unwrap().values())
+        .map(|c| c["reserved"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, 0, "the dropped response was settled: {snap}");
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! `server.runtime`: `per_core` serves the proxy listener on worker threads of its own (one
 //! single-threaded runtime and one `SO_REUSEPORT` socket each, on the same address), and
-//! `shared` on the calling runtime. One test function: it counts the process's threads, which
-//! another test running beside it would disturb.
+//! `shared` on the calling runtime. One test function starts servers: it counts the process's
+//! threads, which another test running beside it would disturb (the other only binds).
 
 // Test helpers panic on failure by design; clippy.toml's test exemption covers #[test] fns only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -98,4 +98,36 @@ async fn per_core_serves_on_its_own_workers_and_joins_them_at_shutdown_shared_us
     assert_eq!(worker_threads(), 0, "shared mode starts no worker thread");
     calls(&proxy, "layout-shared", 8).await;
     assert_eq!(proxy.stop().await, tokenwarden::server::Drained::Clean);
+}
+
+/// A config on `listen` with `workers` per-core workers (bound only: no worker thread starts,
+/// so this does not disturb the thread count of the test above).
+fn per_core_on(listen: &str, workers: usize) -> tokenwarden::config::Config {
+    let yaml = format!(
+        "listen: {listen}\nadmin_listen: 127.0.0.1:0\nserver:\n  runtime: per_core\n  workers: {workers}\nroutes:\n  - name: r\n    path_prefix: /\n    upstream: http://127.0.0.1:9\n"
+    );
+    tokenwarden::config::load_from_str(&yaml, "test").unwrap()
+}
+
+#[tokio::test]
+async fn a_second_per_core_sidecar_on_a_taken_port_fails_to_bind_instead_of_sharing_it() {
+    // The workers' sockets use SO_REUSEPORT among themselves; a second process on the same
+    // address used to join them silently and take part of the traffic, each enforcing its own
+    // budgets. It must fail as a plain bind does.
+    let first = tokenwarden::server::Server::bind(per_core_on("127.0.0.1:0", 2))
+        .await
+        .unwrap();
+    let addr = first.proxy_addr();
+    let second = tokenwarden::server::Server::bind(per_core_on(&addr.to_string(), 2)).await;
+    match second {
+        Err(tokenwarden::server::StartError::Bind { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse, "{source}");
+        }
+        Err(e) => panic!("not a bind error: {e}"),
+        Ok(s) => panic!("bound {} beside {addr}", s.proxy_addr()),
+    }
+    // Once the first is gone the address is free again.
+    drop(first);
+    let again = tokenwarden::server::Server::bind(per_core_on(&addr.to_string(), 2)).await;
+    assert!(again.is_ok(), "{:?}", again.err().map(|e| e.to_string()));
 }

@@ -68,6 +68,10 @@ const MAX_OPEN_RESPONSES: usize = 16;
 /// closed anyway.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a shutdown waits for the sessions it dropped past the grace to be gone (their
+/// tasks are dropped when their runtime next runs).
+const KILL_WAIT: Duration = Duration::from_secs(1);
+
 /// The `error` code and close reason of a session ended at a `cut` limit.
 const CUT_CODE: &str = "budget_exceeded";
 
@@ -77,6 +81,9 @@ const TOO_MANY_OPEN: &str = "too_many_open_responses";
 /// The WebSocket sessions being relayed, so that a shutdown can end them cleanly.
 pub(super) struct Upgrades {
     stop: tokio::sync::watch::Sender<bool>,
+    /// Set past the grace: the sessions still open are dropped (each call finishes on drop),
+    /// so that their spend is settled before the final budget snapshot.
+    kill: tokio::sync::watch::Sender<bool>,
     /// Each relay holds a clone until it ends; ending drops this one and waits for the rest.
     live: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<()>>>,
     gone: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<()>>,
@@ -90,15 +97,17 @@ impl Upgrades {
         let (live, gone) = tokio::sync::mpsc::channel(1);
         Self {
             stop: tokio::sync::watch::Sender::new(false),
+            kill: tokio::sync::watch::Sender::new(false),
             live: std::sync::Mutex::new(Some(live)),
             gone: tokio::sync::Mutex::new(gone),
         }
     }
 
-    /// A new session's stop signal and presence token (none once a shutdown began).
+    /// A new session's stop and kill signals and presence token (none once a shutdown began).
     fn join(
         &self,
     ) -> Option<(
+        tokio::sync::watch::Receiver<bool>,
         tokio::sync::watch::Receiver<bool>,
         tokio::sync::mpsc::Sender<()>,
     )> {
@@ -107,7 +116,7 @@ impl Upgrades {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()?;
-        Some((self.stop.subscribe(), live))
+        Some((self.stop.subscribe(), self.kill.subscribe(), live))
     }
 
     /// Shutdown: every session is ended (responses in progress cancelled and their usage
@@ -120,9 +129,25 @@ impl Upgrades {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take(),
         );
-        let mut gone = self.gone.lock().await;
-        // Nothing is ever sent: `recv` returns once every session dropped its token.
-        tokio::time::timeout(within, gone.recv()).await.is_ok()
+        // Each `per_core` worker asks at once: the wait for the lock is inside `within` too,
+        // else the workers would wait one after another, each for its whole grace.
+        let ended = async {
+            let mut gone = self.gone.lock().await;
+            // Nothing is ever sent: `recv` returns once every session dropped its token.
+            gone.recv().await
+        };
+        if tokio::time::timeout(within, ended).await.is_ok() {
+            return true;
+        }
+        // Past the grace: what is left is dropped now, on its own runtime, rather than when the
+        // runtime stops (after the final snapshot, unsettled).
+        self.kill.send_replace(true);
+        let gone = async {
+            let mut gone = self.gone.lock().await;
+            gone.recv().await
+        };
+        let _ = tokio::time::timeout(KILL_WAIT, gone).await;
+        false
     }
 }
 
@@ -239,10 +264,14 @@ pub(super) fn switch(
     mut resp: Response<Incoming>,
     upgrades: &Upgrades,
 ) -> Response<ProxyBody> {
-    let (stop, token) = match upgrades.join() {
-        Some((stop, token)) => (stop, Some(token)),
+    let (stop, mut kill, token) = match upgrades.join() {
+        Some((stop, kill, token)) => (stop, Some(kill), Some(token)),
         // Already shutting down: relayed, and ended with the process.
-        None => (tokio::sync::watch::Sender::new(false).subscribe(), None),
+        None => (
+            tokio::sync::watch::Sender::new(false).subscribe(),
+            None,
+            None,
+        ),
     };
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     call.upstream_headers = Some(Instant::now());
@@ -266,11 +295,33 @@ pub(super) fn switch(
                 return;
             }
         };
-        let end = match session {
-            Some(session) => relay(Arc::new(Ctx::new(session)), client, upstream, stop).await,
-            None => tunnel(client, upstream, stop).await,
+        let session = async {
+            match session {
+                Some(session) => relay(Arc::new(Ctx::new(session)), client, upstream, stop).await,
+                None => tunnel(client, upstream, stop).await,
+            }
         };
-        call.on_end(end);
+        let killed = async {
+            // No kill signal (or its sender gone): never killed.
+            let killed = match kill.as_mut() {
+                Some(k) => k.wait_for(|k| *k).await.is_ok(),
+                None => false,
+            };
+            if !killed {
+                std::future::pending::<()>().await;
+            }
+        };
+        let end = tokio::select! {
+            end = session => Some(end),
+            () = killed => None,
+        };
+        match end {
+            Some(end) => call.on_end(end),
+            // Killed: the relay (and its responses' calls) was dropped at the end of the
+            // select, then the session's call; all settled before the token tells the
+            // shutdown they are gone.
+            None => drop(call),
+        }
         drop(token);
     });
     Response::from_parts(rparts, full(Full::new(Bytes::new())))

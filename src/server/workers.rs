@@ -21,6 +21,15 @@ const BACKLOG: i32 = 1024;
 /// socket (the kernel spreads new connections over them); where the option is refused, clones
 /// of one socket (each worker then waits on the same accept queue).
 pub(super) fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if n > 1 && addr.port() != 0 {
+        // `SO_REUSEPORT` would let this process join a port another one listens on with it (a
+        // second sidecar on the same config): each would take part of the traffic, enforcing
+        // its own budgets. A socket without it cannot bind where anyone listens: the address
+        // must be free, as a plain bind requires.
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     let first = socket(addr, n > 1)?;
     let (first, reuse) = match first {
         Some(s) => (s, true),

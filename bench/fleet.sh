@@ -12,7 +12,9 @@
 # UPSTREAM_MS (100: the mock waits this long before answering, like a provider — it sets the
 # rate: PROCS × CONC × 1000 / UPSTREAM_MS calls/s at most; 0 saturates the machine)
 # SESSIONS (64 per process) SESSION_LIMIT (160) AGENT_LIMIT (40000) MAX_TOKENS (16)
-# LASTS (2s: budgets.leases.lasts) MODES ("calls leases") KILL (1) SKIP_BUILD=1, TW and MOCK (default target/release/).
+# LASTS (2s: budgets.leases.lasts) MODES ("calls leases") KILL (1) SKIP_BUILD=1, TW and MOCK (default target/release/)
+# WORKERS (1: `server.workers` of each process — a sidecar has its own cores in a pod; here 16-64
+# processes share the machine's, and more threads than cores only measure queueing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROCS=${PROCS:-16} DUR=${DUR:-20} CONC=${CONC:-4} UPSTREAM_MS=${UPSTREAM_MS:-100} AGENTS=${AGENTS:-4} SESSIONS=${SESSIONS:-64}
@@ -88,6 +90,7 @@ for mode in $MODES; do
 listen: 127.0.0.1:$port
 admin_listen: 127.0.0.1:$((port + 1))
 logging: { access_log: false }
+server: { workers: ${WORKERS:-1} }
 routes:
   - { name: fleet, path_prefix: /, upstream: 'http://127.0.0.1:$MOCK_PORT' }
 budgets:

@@ -319,7 +319,7 @@ mod tests {
         let values: Vec<_> = snap
             .iter()
             .filter(|(k, ..)| k.key().name() == "lat")
-            .map(|(.., v)| v.clone())
+            .map(|(.., v)| v)
             .collect();
         assert!(
             values.iter().any(|v| matches!(v,

@@ -410,6 +410,8 @@ pub fn install() -> PrometheusHandle {
                 .try_fold(PrometheusBuilder::new(), |b, (name, bounds)| {
                     b.set_buckets_for_metric(Matcher::Full(name.into()), bounds)
                 });
+            // No idle timeout: `SeriesCap` keeps resolved handles, which must never outlive
+            // their series in the exporter.
             let recorder = match builder {
                 Ok(b) => b.build_recorder(),
                 // Only fails on empty bucket lists, which are constants here.

@@ -7,6 +7,13 @@
 //! label set past that is recorded with every traffic-derived label as `other`, so no count is
 //! lost, and `tokenwarden_metric_series_folded_total{metric}` counts the recordings folded.
 //! Metrics whose labels all come from config (route, status, scope…) pass untouched.
+//!
+//! It also keeps the handles it resolved, keyed by label set: every `counter!` / `histogram!`
+//! asks the recorder for its handle on every call, and the exporter's registration (its map
+//! lookup and a copy of the labels into a new `Arc`) was a fifth of a toy request's
+//! instructions. A repeated label set now costs one lookup here. The cache holds at most
+//! [`HANDLE_CACHE_CAP`] handles of each kind; past that, label sets register as before. Folded
+//! label sets are never cached, so every folded recording is still counted.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +42,11 @@ pub use crate::config::DEFAULT_MAX_SERIES;
 /// The value reported once a label has seen its maximum of distinct values.
 pub const OTHER: &str = "other";
 
+/// Handles kept per kind (counters, gauges, histograms): the label sets a sidecar's config and
+/// admitted traffic produce in steady state, with room; a bound so client-chosen values cannot
+/// grow it.
+pub const HANDLE_CACHE_CAP: usize = 8192;
+
 static MAX_SERIES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_SERIES);
 
 /// Set the label sets admitted per metric (from `telemetry.max_series_per_metric`).
@@ -54,6 +66,25 @@ pub struct SeriesCap<R> {
     seen: DashMap<Key, ()>,
     /// Label sets admitted per metric name.
     per_metric: DashMap<KeyName, usize>,
+    /// Resolved handles of admitted label sets, at most [`HANDLE_CACHE_CAP`] each.
+    counters: DashMap<Key, Counter>,
+    gauges: DashMap<Key, Gauge>,
+    histograms: DashMap<Key, Histogram>,
+}
+
+/// The cached handle of `key`, or `register`'s, kept when `key` was admitted unfolded and the
+/// cache has room.
+fn cached<H: Clone>(cache: &DashMap<Key, H>, key: &Key, register: impl FnOnce() -> (H, bool)) -> H {
+    if let Some(h) = cache.get(key) {
+        return h.clone();
+    }
+    let (handle, admitted) = register();
+    // The length is read without a lock across shards: racing inserts may pass the cap by the
+    // number of racing threads, a bound all the same.
+    if admitted && cache.len() < HANDLE_CACHE_CAP {
+        cache.insert(key.clone(), handle.clone());
+    }
+    handle
 }
 
 // === impl SeriesCap ===
@@ -65,6 +96,9 @@ impl<R: Recorder> SeriesCap<R> {
             inner,
             seen: DashMap::new(),
             per_metric: DashMap::new(),
+            counters: DashMap::new(),
+            gauges: DashMap::new(),
+            histograms: DashMap::new(),
         }
     }
 
@@ -125,15 +159,27 @@ impl<R: Recorder> Recorder for SeriesCap<R> {
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        self.inner.register_counter(&self.admit(key), metadata)
+        cached(&self.counters, key, || {
+            let admitted = self.admit(key);
+            let h = self.inner.register_counter(&admitted, metadata);
+            (h, matches!(admitted, Cow::Borrowed(_)))
+        })
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        self.inner.register_gauge(&self.admit(key), metadata)
+        cached(&self.gauges, key, || {
+            let admitted = self.admit(key);
+            let h = self.inner.register_gauge(&admitted, metadata);
+            (h, matches!(admitted, Cow::Borrowed(_)))
+        })
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        self.inner.register_histogram(&self.admit(key), metadata)
+        cached(&self.histograms, key, || {
+            let admitted = self.admit(key);
+            let h = self.inner.register_histogram(&admitted, metadata);
+            (h, matches!(admitted, Cow::Borrowed(_)))
+        })
     }
 }
 
@@ -179,5 +225,158 @@ mod tests {
             ),
             "{folded:?}"
         );
+    }
+
+    /// Counts the registrations reaching it, then hands on to a debugging recorder.
+    struct Counting {
+        inner: DebuggingRecorder,
+        registrations: AtomicUsize,
+    }
+
+    impl Recorder for Counting {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, meta: &Metadata<'_>) -> Counter {
+            self.registrations.fetch_add(1, Ordering::Relaxed);
+            self.inner.register_counter(key, meta)
+        }
+        fn register_gauge(&self, key: &Key, meta: &Metadata<'_>) -> Gauge {
+            self.registrations.fetch_add(1, Ordering::Relaxed);
+            self.inner.register_gauge(key, meta)
+        }
+        fn register_histogram(&self, key: &Key, meta: &Metadata<'_>) -> Histogram {
+            self.registrations.fetch_add(1, Ordering::Relaxed);
+            self.inner.register_histogram(key, meta)
+        }
+    }
+
+    fn counting() -> (SeriesCap<Counting>, metrics_util::debugging::Snapshotter) {
+        let inner = DebuggingRecorder::new();
+        let snapshotter = inner.snapshotter();
+        let cap = SeriesCap::new(Counting {
+            inner,
+            registrations: AtomicUsize::new(0),
+        });
+        (cap, snapshotter)
+    }
+
+    type Snap = Vec<(
+        metrics_util::CompositeKey,
+        Option<Unit>,
+        Option<SharedString>,
+        metrics_util::debugging::DebugValue,
+    )>;
+
+    /// A counter's value in `snap` (taking a snapshot resets the debugging recorder's values).
+    fn counter_of(snap: &Snap, name: &str, label: (&str, &str)) -> Option<u64> {
+        snap.iter()
+            .find(|(k, ..)| {
+                k.kind() == metrics_util::MetricKind::Counter
+                    && k.key().name() == name
+                    && k.key()
+                        .labels()
+                        .any(|l| l.key() == label.0 && l.value() == label.1)
+            })
+            .and_then(|(.., v)| match v {
+                metrics_util::debugging::DebugValue::Counter(n) => Some(*n),
+                _ => None,
+            })
+    }
+
+    #[test]
+    fn a_cached_handle_records_into_the_series_of_a_fresh_registration() {
+        let (cap, snapshotter) = counting();
+        let meta = Metadata::new("t", metrics::Level::INFO, None);
+        let key = || {
+            Key::from_parts(
+                "calls",
+                vec![Label::new("agent", "a"), Label::new("route", "r")],
+            )
+        };
+        cap.register_counter(&key(), &meta).increment(1);
+        // A key built anew for each call, as the `counter!` macro does.
+        cap.register_counter(&key(), &meta).increment(2);
+        cap.register_counter(&key(), &meta).increment(3);
+        assert_eq!(
+            cap.inner.registrations.load(Ordering::Relaxed),
+            1,
+            "repeated label sets are served from the cache"
+        );
+        // A registration past the cache, straight at the recorder, reaches the same series.
+        cap.inner.register_counter(&key(), &meta).increment(4);
+        let snap = snapshotter.snapshot().into_vec();
+        assert_eq!(counter_of(&snap, "calls", ("agent", "a")), Some(10));
+
+        let hist = Key::from_parts("lat", vec![Label::new("route", "r")]);
+        cap.register_histogram(&hist, &meta).record(0.5);
+        cap.register_histogram(&hist, &meta).record(1.5);
+        cap.register_gauge(&hist, &meta).set(2.0);
+        cap.register_gauge(&hist, &meta).increment(1.0);
+        // One registration each for the histogram and the gauge, besides the two above.
+        assert_eq!(cap.inner.registrations.load(Ordering::Relaxed), 4);
+        let snap = snapshotter.snapshot().into_vec();
+        let values: Vec<_> = snap
+            .iter()
+            .filter(|(k, ..)| k.key().name() == "lat")
+            .map(|(.., v)| v)
+            .collect();
+        assert!(
+            values.iter().any(|v| matches!(v,
+                metrics_util::debugging::DebugValue::Histogram(h)
+                    if h.iter().map(|x| x.into_inner()).collect::<Vec<_>>() == [0.5, 1.5])),
+            "{values:?}"
+        );
+        assert!(
+            values
+                .iter()
+                .any(|v| matches!(v, metrics_util::debugging::DebugValue::Gauge(g) if g.into_inner() == 3.0)),
+            "{values:?}"
+        );
+    }
+
+    #[test]
+    fn the_handle_cache_stays_bounded_under_10000_label_values() {
+        let (cap, snapshotter) = counting();
+        let meta = Metadata::new("t", metrics::Level::INFO, None);
+        let max = max_series();
+        for i in 0..10_000 {
+            // A client-chosen label (folded past the series bound)…
+            let traffic = Key::from_parts("by_agent", vec![Label::new("agent", format!("a{i}"))]);
+            cap.register_counter(&traffic, &meta).increment(1);
+            cap.register_histogram(&traffic, &meta).record(1.0);
+            // …and labels the series bound leaves alone, which only the cache's own cap bounds.
+            let plain = Key::from_parts("by_route", vec![Label::new("route", format!("r{i}"))]);
+            cap.register_counter(&plain, &meta).increment(1);
+            cap.register_gauge(&plain, &meta).set(1.0);
+        }
+        assert!(
+            cap.counters.len() <= HANDLE_CACHE_CAP,
+            "{}",
+            cap.counters.len()
+        );
+        assert!(cap.gauges.len() <= HANDLE_CACHE_CAP, "{}", cap.gauges.len());
+        assert!(cap.histograms.len() <= max, "{}", cap.histograms.len());
+        let snap = snapshotter.snapshot().into_vec();
+        // Folded label sets are not cached: each recording still counts as folded.
+        assert_eq!(
+            counter_of(&snap, SERIES_FOLDED_TOTAL, ("metric", "by_agent")),
+            Some(2 * (10_000 - max as u64))
+        );
+        assert_eq!(
+            counter_of(&snap, "by_agent", ("agent", OTHER)),
+            Some(10_000 - max as u64)
+        );
+        // Past the cap, label sets register as before and record the same values.
+        assert_eq!(counter_of(&snap, "by_route", ("route", "r9999")), Some(1));
+        let again = Key::from_parts("by_route", vec![Label::new("route", "r9999")]);
+        cap.register_counter(&again, &meta).increment(1);
+        let snap = snapshotter.snapshot().into_vec();
+        assert_eq!(
+            counter_of(&snap, "by_route", ("route", "r9999")),
+            Some(1),
+            "one more since the last snapshot"
+        );
+        assert!(cap.counters.len() <= HANDLE_CACHE_CAP);
     }
 }

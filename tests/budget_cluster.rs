@@ -23,6 +23,11 @@ use common::*;
 const CHAT: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
 /// A config on the cluster (one seed node only: the client reads the rest of the topology).
+/// The store timeout of tests where no shard dies: each `per_core` worker opens its own cluster
+/// connection on its first call (topology from the seeds, then every primary), which a debug
+/// build on a loaded CI machine did not always finish within the failover tests' 300 ms.
+const LIVE_TIMEOUT: &str = "timeout: 2s";
+
 fn config(mock: SocketAddr, seed: &str, limits: &str) -> String {
     format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nroutes:\n  - name: cluster-budget\n    path_prefix: /\n    upstream: http://{mock}\nbudgets:\n  store:\n    kind: redis_cluster\n    nodes: [{seed}]\n    timeout: 300ms\n    reservation_lease: 10s\n  on_store_unreachable: fail_closed\n  limits:\n{limits}"
@@ -69,13 +74,18 @@ async fn settled(admin: SocketAddr, session: &str, total: u64) {
 async fn two_proxy_processes_share_session_and_agent_limits_through_a_redis_cluster() {
     let cluster = RedisCluster::start(3);
     let m = mock().await;
-    let cfg = config_file(&config(
-        m.addr(),
-        &cluster.seeds()[0],
-        "    - scope: session\n      tokens: 50\n    - scope: agent\n      tokens: 80\n",
-    ));
-    let a = ProxyProcess::spawn(cfg.path()).await;
-    let b = ProxyProcess::spawn(cfg.path()).await;
+    let cfg = config_file(
+        &config(
+            m.addr(),
+            &cluster.seeds()[0],
+            "    - scope: session\n      tokens: 50\n    - scope: agent\n      tokens: 80\n",
+        )
+        .replace("timeout: 300ms", LIVE_TIMEOUT),
+    );
+    let mut a = ProxyProcess::spawn(cfg.path()).await;
+    let mut b = ProxyProcess::spawn(cfg.path()).await;
+    a.tokenizer_loaded().await;
+    b.tokenizer_loaded().await;
     // Calls through either process, each waited for until settled; then refusals by both.
     let steps = [
         // 48 of the session's 50 spent through two processes: the next call is refused by either.
@@ -116,8 +126,10 @@ async fn keys_of_each_scope_land_on_the_slot_of_their_hash_tag() {
         m.addr(),
         &cluster.seeds()[1],
         "    - scope: session\n      tokens: 1000\n    - scope: task\n      tokens: 1000\n    - scope: agent\n      tokens: 1000\n    - scope: global\n      tokens: 100000\n",
-    ));
-    let p = ProxyProcess::spawn(cfg.path()).await;
+    )
+    .replace("timeout: 300ms", LIVE_TIMEOUT));
+    let mut p = ProxyProcess::spawn(cfg.path()).await;
+    p.tokenizer_loaded().await;
     let sessions: Vec<String> = (0..8).map(|i| format!("slot-{i}")).collect();
     for s in &sessions {
         let (r, body) = call16(p.addr, s, "slotter", &[("x-task-id", "job-slot")]).await;

@@ -120,6 +120,32 @@ YAML
     FLEET_PREFIX="p$i" wrk -t1 -c"$CONC" -d"${DUR}s" -s "$work/load.lua" "http://127.0.0.1:$((TW_BASE + 2 * i))" >"$work/wrk-$mode-$i.out" 2>&1 &
     wrks+=($!)
   done
+  # The machine's floor: a bare Redis round trip (PING) from an otherwise idle process, at
+  # random 5-50 ms gaps like a sidecar between calls, to every primary, during the same load.
+  python3 - "$DUR" $prim > "$work/ping-$mode.txt" 2>/dev/null <<'PY' &
+import random, socket, sys, time
+dur, ports = float(sys.argv[1]), sys.argv[2:]
+socks = {}
+for p in ports:
+    s = socket.create_connection(("127.0.0.1", int(p)))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.settimeout(1)
+    socks[p] = s
+end = time.monotonic() + dur
+while time.monotonic() < end and socks:
+    time.sleep(random.uniform(0.005, 0.05))
+    p = random.choice(list(socks))
+    t = time.perf_counter()
+    try:
+        socks[p].sendall(b"*1\r\n$4\r\nPING\r\n")
+        if not socks[p].recv(64):
+            raise OSError
+    except OSError:
+        del socks[p]  # the killed primary
+        continue
+    print(f"{(time.perf_counter() - t) * 1e6:.0f}", flush=True)
+PY
+  prober=$!
   failover="no kill"
   if [ "$KILL" = 1 ]; then
     sleep $((DUR / 2))
@@ -135,6 +161,7 @@ YAML
     seed=$other
   fi
   wait "${wrks[@]}" 2>/dev/null || true
+  wait "$prober" 2>/dev/null || true
   elapsed=$(python3 -c "print($(date +%s.%N) - $t0)")
   # Slices go back within `lasts` and the 1 s upkeep tick; settlements within ms.
   sleep $((${LASTS%s} + 2))
@@ -213,6 +240,14 @@ print(f"\n### mode: {mode} — {procs} processes × {conc} connections, {elapsed
 print(f"- calls answered 200: {calls:.0f} of {requests} requests ({calls / elapsed:.0f}/s); failover: {failover}")
 print(f"- ledger-added latency per call (admission, all processes): p50 {pct(0.5)}, p99 {pct(0.99)}; "
       + "Redis time per script: " + ", ".join(f":{p} {s.get('script_us', 0):.0f} µs" for p, s in sorted(shards.items())))
+_pings = sorted(int(l) for l in open(f"{work}/ping-{mode}.txt") if l.strip().isdigit())
+if _pings:
+    _q = lambda q: _pings[min(len(_pings) - 1, int(q * len(_pings)))] / 1000
+    print(f"- a bare Redis round trip on this machine in the same run (PING from an idle process, {len(_pings)} samples): "
+          f"p50 {_q(0.5):.3f} ms, p99 {_q(0.99):.3f} ms, within 1 ms {sum(1 for x in _pings if x <= 1000) / len(_pings):.1%}")
+_items = sorted(((float("inf") if k == "+Inf" else float(k)), v) for k, v in buckets.items())
+print("- admission calls within (cumulative): " + ", ".join(
+    f"{'∞' if le == float('inf') else f'{le * 1000:g}'} ms {c:.0f}" for le, c in _items if le <= 0.01 or le == float("inf")))
 print(f"- Redis commands sent: {ops} ({ops / max(calls, 1):.2f} per answered call; {inner} more ran inside scripts); per shard per second: "
       + ", ".join(f":{p} {s['all'] / elapsed:.0f}/s ({s['scripts'] / elapsed:.0f} scripts, {s['ranking'] / elapsed:.0f} session-ranking)" for p, s in sorted(shards.items())))
 if mode == "leases":

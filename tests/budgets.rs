@@ -876,3 +876,48 @@ async fn sixty_four_spread_out_calls_stay_within_the_stated_bound() {
         "spent {spent} > bound {bound} (limit {limit})"
     );
 }
+
+/// A media key spelled with `\u` escapes is the key itself once parsed: its part is counted in
+/// the estimate, and the upper bound that lets a call in without the tokenizer must count it
+/// too — else a client passes an image's tokens under a small session limit (overspend past
+/// the stated bound of one maximum output).
+#[tokio::test]
+async fn an_image_under_an_escaped_key_is_counted_before_the_call_goes_upstream() {
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":[{"type":"text","text":"What is this?"},{"type":"\u0069mage_url","\u0069mage_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]}]}"#;
+    let e = est(Format::OpenAiChat, body);
+    assert!(e > 1_000, "the estimate counts the image part: {e}");
+    let m = mock().await;
+    let p = TestProxy::to(
+        "b-escaped-media",
+        m.addr(),
+        &session_limit(600, "lifetime", ""),
+    )
+    .await;
+    let (r, text) = post(
+        &p.url("/v1/chat/completions"),
+        &[
+            ("x-session-id", "escaped-1"),
+            ("x-mock-input-tokens", "1100"),
+            ("x-mock-output-chunks", "4"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), 402, "{}", String::from_utf8_lossy(&text));
+    assert_eq!(
+        r.headers()["x-tokenwarden-error"],
+        "session_token_budget_exceeded"
+    );
+    assert_eq!(m.stats().requests, 0, "the call reached the upstream");
+    // The same call with its key written plainly is refused the same way.
+    let plain = body.replace(r"\u0069", "i");
+    let (r, _) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-session-id", "escaped-2")],
+        &plain,
+    )
+    .await;
+    assert_eq!(r.status(), 402);
+    let view = session_view(&p, "escaped-1").await;
+    assert_eq!(view["tokens"]["total"], 0);
+}

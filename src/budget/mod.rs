@@ -249,13 +249,48 @@ const MEDIA_KEYS: [&[u8]; 9] = [
 /// (quotes), 71 KB 309 k vs 257 k, 268 KB 1.15 M vs 0.83 M.
 const QUOTE_PASS_FROM: usize = 16 * 1024;
 
-/// Occurrences of the [`MEDIA_KEYS`] in `body`, each key's counted without overlap.
+/// Occurrences of the [`MEDIA_KEYS`] in `body`, each key's counted without overlap, plus the
+/// strings that spell one with `\u` escapes.
 fn media_keys(body: &[u8]) -> u64 {
-    if body.len() < QUOTE_PASS_FROM {
+    let plain = if body.len() < QUOTE_PASS_FROM {
         media_keys_searched(body)
     } else {
         media_keys_by_quotes(body)
+    };
+    plain + escaped_media_keys(body)
+}
+
+/// Strings that spell one of the [`MEDIA_KEYS`] with `\u` escapes (`"\u0069mage_url"`): the
+/// parse reads them as the key itself, so the estimate counts their part while the searches
+/// would not see them — a client could pass a large image under a small bound. Bodies without
+/// `\u` (nearly all) cost one search; others one pass over their strings' quotes.
+fn escaped_media_keys(body: &[u8]) -> u64 {
+    // The longest key, every character escaped (`\uXXXX`), between its quotes.
+    const LONGEST: usize = 2 + 11 * 6;
+    let Some(first) = memchr::memmem::find(body, b"\\u") else {
+        return 0;
+    };
+    let mut found = 0;
+    let mut quotes = memchr::memchr_iter(b'"', body);
+    // Strings are paired quote by quote from the start (a quote outside a string opens one in
+    // valid JSON); a quote preceded by an odd run of backslashes is inside its string.
+    while let Some(open) = quotes.next() {
+        let Some(close) = quotes.find(|&q| {
+            let run = body[..q].iter().rev().take_while(|&&b| b == b'\\').count();
+            run % 2 == 0
+        }) else {
+            break;
+        };
+        let raw = &body[open..=close];
+        if close < first || raw.len() > LONGEST || memchr::memmem::find(raw, b"\\u").is_none() {
+            continue;
+        }
+        if let Ok(text) = serde_json::from_slice::<String>(raw) {
+            let quoted = format!("\"{text}\"");
+            found += u64::from(MEDIA_KEYS.contains(&quoted.as_bytes()));
+        }
     }
+    found
 }
 
 /// [`media_keys`] by one search per key.
@@ -1505,6 +1540,19 @@ mod tests {
     }
 
     #[test]
+    fn media_keys_spelled_with_escapes_count_as_the_keys_they_spell() {
+        let body = br#"{"a":"\"\u0069mage\"","\u0069mage_url":{},"x\\":"i\u006dage","fil\u0065":1,"inline\u0044ata":[],"\u0069mages":0,"image":1}"#;
+        // `\u0069mage_url`, `i\u006dage`, `fil\u0065`, `inline\u0044ata`, plus the plain `"image"`;
+        // not `"\u0069mage"` inside a longer string, nor `\u0069mages`.
+        assert_eq!(escaped_media_keys(body), 4);
+        assert_eq!(media_keys(body), 5);
+        assert_eq!(escaped_media_keys(br#"{"image_url":"caf\u00e9"}"#), 0);
+        assert_eq!(escaped_media_keys(br#"{"unterminated \u0069mage"#), 0);
+        let long = [&br#"{"t":"caf\u00e9 \"quoted\"","\u0066ile":1},"#[..]; 3000].concat();
+        assert_eq!(media_keys(&long), 3000);
+    }
+
+    #[test]
     fn media_keys_counts_as_one_search_per_key_counts() {
         let long = [&b"{\"image\":{\"source\":\"file\"},\"text\":\"image_url\"}"[..]; 600].concat();
         let bodies: &[&[u8]] = &[
@@ -1543,6 +1591,10 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"\u00e9\u00e9\u00e9 caf\u00e9 1e2"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"n":{"type":"number","default":1e2}}}}}]}"#,
             r#"{"model":"claude","max_tokens":10,"system":"s","messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}}]}]}"#,
             r#"{"contents":[{"parts":[{"text":"hi"},{"inlineData":{"mimeType":"image/png","data":"AAAA"}}]}]}"#,
+            // Media keys spelled with escapes, beside escaped text and an escaped quote.
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","\u0069mage_url":{"url":"data:image/png;base64,AAAA"}},{"type":"text","text":"\"caf\u00e9\""}]}]}"#,
+            r#"{"model":"claude","max_tokens":10,"messages":[{"role":"user","content":[{"type":"image","\u0073\u006f\u0075\u0072\u0063\u0065":{"type":"base64","data":"AAAA"}},{"type":"document","fil\u0065":{"file_id":"f"}}]}]}"#,
+            r#"{"contents":[{"parts":[{"\u0069nline\u0044ata":{"mimeType":"image/png","data":"AAAA"}},{"file\u005fdata":{"file_uri":"gs://x"}}]}]}"#,
             "not json at all, just some words",
             "",
         ];

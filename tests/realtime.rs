@@ -50,6 +50,8 @@ enum Play {
     /// As `UntilCancelled`, but `response.cancel` is never answered (an upstream that stalls):
     /// the proxy waits its bounded cancel wait for the final event.
     IgnoresCancel,
+    /// The first response as `Complete` with one delta, the next as `IgnoresCancel`.
+    SecondIgnoresCancel,
 }
 
 /// What the upstream saw and sent, message by message.
@@ -117,7 +119,8 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                 let _ = tx.send(echo).await;
             }
             Message::Text(_)
-                if kind == "response.cancel" && !matches!(play, Play::IgnoresCancel) =>
+                if kind == "response.cancel"
+                    && !matches!(play, Play::IgnoresCancel | Play::SecondIgnoresCancel) =>
             {
                 let _ = send(&mut tx, &seen, DONE_CANCELLED.trim().to_string()).await;
             }
@@ -159,6 +162,8 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                     Play::Complete { deltas } => (deltas, false),
                     Play::UntilCancelled { deltas } => (deltas, true),
                     Play::IgnoresCancel => (2, true),
+                    Play::SecondIgnoresCancel if responses == 1 => (1, false),
+                    Play::SecondIgnoresCancel => (2, true),
                     Play::OutOfBand => (1, true),
                     Play::TooBig => {
                         let huge = "a".repeat(17 * 1024 * 1024);
@@ -1133,4 +1138,53 @@ async fn a_request_past_the_open_response_bound_is_refused_with_its_own_error() 
         .filter(|m| matches!(m, Message::Text(t) if t.contains("response.create")))
         .count();
     assert_eq!(creates, 16, "the 17th never went upstream");
+}
+
+/// A response whose final event never comes (the client left, the upstream ignored the cancel)
+/// was still billed for its input and what it generated: it is charged its estimated input (the
+/// conversation so far: the previous response's input and output) and the output counted as
+/// it passed, not nothing.
+#[tokio::test]
+async fn a_response_that_never_sends_its_final_event_is_charged_its_input_and_the_output_seen() {
+    let (up, seen) = upstream(Play::SecondIgnoresCancel).await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 100000\n",
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-unended", "sess-unended").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(create("evt_first")).await.unwrap();
+    read_until(&mut ws, "response.done").await; // 1,261 in + 371 out: the context is 1,632
+    ws.send(create("evt_unended")).await.unwrap();
+    // Both deltas (the upstream sends two, then waits), then the client is gone.
+    read_until(&mut ws, "response.output_text.delta").await;
+    read_until(&mut ws, "response.output_text.delta").await;
+    drop(ws);
+    // The proxy waits its bounded cancel wait (2 s) for a final event that never comes.
+    let ended = upstream_ended(&seen).await;
+    assert!(ended, "the upstream connection was closed");
+    let output = 2 * tokenwarden::tokens::count(" alpha beta gamma");
+    let counted = eventually(Duration::from_secs(5), || async {
+        let m = proxy.metrics().await;
+        let v = |t| {
+            metric_value(
+                &m,
+                "tokenwarden_tokens_total",
+                &[
+                    ("agent", "rt-unended"),
+                    ("type", t),
+                    ("source", "estimated"),
+                ],
+            )
+        };
+        v("output") == output as f64 && v("input") == 1632.0
+    })
+    .await;
+    assert!(counted, "{}", proxy.metrics().await);
+    let (r, body) = get(&format!("http://{}/v1/sessions/sess-unended", proxy.admin)).await;
+    assert_eq!(r.status(), 200);
+    let view: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(view["tokens"]["total"], 1632 + 1632 + output, "{view}");
 }

@@ -43,6 +43,9 @@ pub struct LlmCall {
     request_body: Bytes,
     output_events: u64,
     cut: Option<CutWatch>,
+    /// Set when the response ended without its final event after output was seen (a Realtime
+    /// session that closed mid-response): its estimated input and the output counted so far.
+    cut_short: Option<(u64, u64)>,
 }
 
 /// A stream a `cut` limit may end: its output counted event by event against the allowance.
@@ -101,6 +104,7 @@ impl LlmCall {
             request_body: Bytes::new(),
             output_events: 0,
             cut: None,
+            cut_short: None,
         }
     }
 
@@ -150,6 +154,13 @@ impl LlmCall {
     /// Take the response check to run it early (on a held response) instead of at the end.
     pub fn take_policy(&mut self) -> Option<ResponseCheck> {
         self.policy.take()
+    }
+
+    /// The response ended without its final event after `output` tokens of output were seen
+    /// (a Realtime session closed mid-response): unless usage arrives after all, it is counted
+    /// as `input` (estimated) and `output`, as the provider billed what it generated.
+    pub fn set_cut_short(&mut self, input: u64, output: u64) {
+        self.cut_short = Some((input, output));
     }
 
     /// Usage was requested upstream on the client's behalf (and must be hidden from it).
@@ -315,7 +326,12 @@ impl LlmCall {
             .as_ref()
             .filter(|w| w.signal.fired())
             .map(|w| w.tokens);
-        let usage_source = if let Some(tokens) = cut_tokens.filter(|_| !final_usage(&record)) {
+        let cut_short = self.cut_short.filter(|_| !record.usage.is_present());
+        let usage_source = if let Some((input, output)) = cut_short {
+            record.usage.input = Some(input);
+            record.usage.output = Some(output);
+            UsageSource::Estimated
+        } else if let Some(tokens) = cut_tokens.filter(|_| !final_usage(&record)) {
             // Cut at a budget: the provider's final usage never came (Anthropic's
             // `message_start` states a placeholder output count). The provider bills what it
             // generated; the best count of that is what it sent us — every output event the

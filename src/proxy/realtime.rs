@@ -213,6 +213,9 @@ impl Ctx {
 /// One response of a session, from its admission to its `response.done`.
 struct Live {
     call: Call,
+    /// Its input tokens as estimated at admission (the session's context, or the request's
+    /// text when more): what it is charged if it ends without its final event.
+    input: u64,
     /// Output tokens counted so far, against the `cut` allowance.
     tokens: u64,
     cut: Option<Arc<CutSignal>>,
@@ -575,9 +578,15 @@ async fn relay(
             end
         }
     };
-    // Responses still open (no `response.done` came): finished with what they got.
+    // Responses still open (no `response.done` came): finished with what they got. One that
+    // had started was billed upstream for its input and what it generated: charged its
+    // estimated input and the output counted as it passed; one asked for and not started yet,
+    // its input, as a request that reached the upstream and got no answer.
     let left = std::mem::take(&mut *lock(&open));
-    for live in left.asked.into_iter().chain(left.started) {
+    for mut live in left.asked.into_iter().chain(left.started) {
+        if let Some(llm) = live.call.llm_mut() {
+            llm.set_cut_short(live.input, live.tokens);
+        }
         live.call.on_end(unfinished);
     }
     end
@@ -673,6 +682,7 @@ async fn admit_unasked(
             let text = e.with_text(|e| ctx.s.events.refusal(e, None));
             let live = Live {
                 call,
+                input: ctx.context.load(std::sync::atomic::Ordering::Relaxed),
                 tokens: 0,
                 cut: None,
                 event_id: None,
@@ -695,8 +705,11 @@ async fn admission(
 ) -> Result<Live, (ProxyError, Call)> {
     let mut call = response_call(ctx, max_output);
     let mut cut = None;
+    let context = ctx.context.load(std::sync::atomic::Ordering::Relaxed);
+    // A request for a response is a few bytes (its instructions at most): tokenized once here,
+    // for the charge of a response that ends without its final event.
+    let input = crate::budget::estimate_input(ctx.s.format, event).max(context);
     if let Some(budgets) = &ctx.s.budgets {
-        let context = ctx.context.load(std::sync::atomic::Ordering::Relaxed);
         let facts = CallFacts {
             session: ctx.s.session.clone(),
             task: ctx.s.task.clone(),
@@ -705,9 +718,7 @@ async fn admission(
             input_bound: crate::budget::input_bound(event).max(context),
             max_output,
         };
-        let format = ctx.s.format;
-        let estimate = || crate::budget::estimate_input(format, event).max(context);
-        match budgets.admit(facts, &estimate).await {
+        match budgets.admit(facts, &|| input).await {
             Ok(adm) => {
                 cut = adm.cut_after_output.map(CutSignal::new);
                 call.set_budget(adm);
@@ -723,6 +734,7 @@ async fn admission(
     }
     Ok(Live {
         call,
+        input,
         tokens: 0,
         cut,
         event_id: None,

@@ -12,14 +12,14 @@
 # UPSTREAM_MS (100: the mock waits this long before answering, like a provider — it sets the
 # rate: PROCS × CONC × 1000 / UPSTREAM_MS calls/s at most; 0 saturates the machine)
 # SESSIONS (64 per process) SESSION_LIMIT (160) AGENT_LIMIT (40000) MAX_TOKENS (16)
-# LASTS (2s: budgets.leases.lasts) MODES ("calls leases") KILL (1) SKIP_BUILD=1, TW and MOCK (default target/release/)
+# LASTS (20s: budgets.leases.lasts, sized to the fleet rate as docs/scale.md says) MODES ("calls leases") KILL (1) SKIP_BUILD=1, TW and MOCK (default target/release/)
 # WORKERS (1: `server.workers` of each process — a sidecar has its own cores in a pod; here 16-64
 # processes share the machine's, and more threads than cores only measure queueing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROCS=${PROCS:-16} DUR=${DUR:-20} CONC=${CONC:-4} UPSTREAM_MS=${UPSTREAM_MS:-100} AGENTS=${AGENTS:-4} SESSIONS=${SESSIONS:-64}
 SESSION_LIMIT=${SESSION_LIMIT:-160} AGENT_LIMIT=${AGENT_LIMIT:-40000} MAX_TOKENS=${MAX_TOKENS:-16}
-MODES=${MODES:-calls leases} KILL=${KILL:-1} LASTS=${LASTS:-2s}
+MODES=${MODES:-calls leases} KILL=${KILL:-1} LASTS=${LASTS:-20s}
 GLOBAL_LIMIT=100000000000
 MOCK_PORT=18390 TW_BASE=18400 RP=(17101 17102 17103 17104 17105 17106)
 for t in wrk redis-server redis-cli python3; do

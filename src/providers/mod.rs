@@ -10,6 +10,7 @@ pub mod adapter;
 pub mod anthropic;
 pub mod bedrock;
 pub mod decompress;
+pub mod doc;
 mod fields;
 pub mod gemini;
 pub mod genai;

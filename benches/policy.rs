@@ -8,9 +8,10 @@
 //! (20 tools, 0 / 64 / 256 KiB of history, built like the peer kit's `post.lua` with `TOOLS` and
 //! `HISTORY_KB`), default policies with a session: the body parsed once and shared by inspection
 //! and the policies (`one_parse`), against inspection and policies each reading the bytes
-//! (`two_parses`, how the proxy ran before issue 25), and the parse into a `Value` and its drop
-//! alone (`parse_only`: what a borrowed view of the body would replace). The tokenizer's chunk
-//! cache is warm after the first iteration, as for an agent resending its history.
+//! (`two_parses`), the read into the document alone (`parse_only`) and, for scale, the parse
+//! into a `serde_json::Value` and its drop (`value_parse_only`: what the document replaced). The
+//! tokenizer's chunk cache is warm after the first iteration, as for an agent resending its
+//! history.
 //!
 //! Run: `cargo bench --bench policy`. Numbers go to BENCHMARKS.md.
 
@@ -25,7 +26,7 @@ use tokenwarden::config::load_from_str;
 use tokenwarden::policy::{check_calls, Asker, Policies, PolicySet, ToolRules};
 use tokenwarden::providers::protocol::{classify, RouteProtocol};
 use tokenwarden::providers::request::{inspect, inspect_doc};
-use tokenwarden::providers::ToolCall;
+use tokenwarden::providers::{Doc, ToolCall};
 use tokenwarden::telemetry::labels::Labels;
 
 const PATH: &str = "/v1/chat/completions";
@@ -124,8 +125,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| tokenwarden::providers::estimate_input(facts.format, black_box(&body)))
     });
     g.bench_function("loop_hash_20_tools", |b| {
-        let doc: Value = serde_json::from_slice(&body).unwrap();
-        b.iter(|| tokenwarden::policy::request_hash(black_box(&doc)))
+        let doc = Doc::parse(bytes::Bytes::copy_from_slice(&body)).unwrap();
+        b.iter(|| tokenwarden::policy::request_hash(black_box(doc.root())))
     });
     g.bench_function("json_value_parse_20_tools", |b| {
         b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
@@ -193,16 +194,19 @@ fn agent_request(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("agent_request");
     for kb in [0, 64, 256] {
-        let body = agent_body(20, kb);
+        let body = bytes::Bytes::from(agent_body(20, kb));
         g.bench_function(format!("one_parse_20_tools_{kb}k"), |b| {
             b.iter(|| {
-                let doc: Value = serde_json::from_slice(black_box(&body)).unwrap();
+                let doc = Doc::parse(black_box(&body).clone()).unwrap();
                 let mut facts = inspect_doc(&class, PATH, None, &doc).unwrap();
                 let admitted = policies.evaluate_doc(&asker(), &mut facts, &body, doc);
                 assert!(admitted.is_ok());
             })
         });
         g.bench_function(format!("parse_only_20_tools_{kb}k"), |b| {
+            b.iter(|| Doc::parse(black_box(&body).clone()).unwrap())
+        });
+        g.bench_function(format!("value_parse_only_20_tools_{kb}k"), |b| {
             b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
         });
         g.bench_function(format!("two_parses_20_tools_{kb}k"), |b| {

@@ -1,7 +1,8 @@
 //! Request-content rules: forbidden input patterns.
 
 use regex::RegexSet;
-use serde_json::Value;
+
+use crate::providers::Node;
 
 use crate::config::{forbidden_input_set, ForbiddenPattern};
 
@@ -41,7 +42,7 @@ impl ForbiddenInput {
     }
 
     /// The id of the first pattern (in config order) found in the request's content.
-    pub fn find(&self, doc: &Value) -> Option<&str> {
+    pub fn find(&self, doc: Node<'_>) -> Option<&str> {
         let set = self.set.as_ref()?;
         let mut first: Option<usize> = None;
         for key in CONTENT_KEYS {
@@ -62,18 +63,20 @@ impl ForbiddenInput {
     }
 }
 
-fn walk_strings(v: &Value, f: &mut impl FnMut(&str)) {
-    match v {
-        Value::String(s) => f(s),
-        Value::Array(a) => a.iter().for_each(|x| walk_strings(x, f)),
-        Value::Object(o) => o.values().for_each(|x| walk_strings(x, f)),
-        _ => {}
+fn walk_strings(v: Node<'_>, f: &mut impl FnMut(&str)) {
+    if let Some(s) = v.as_str() {
+        f(s);
+    } else if let Some(items) = v.items() {
+        items.for_each(|x| walk_strings(x, f));
+    } else if let Some(entries) = v.entries() {
+        entries.for_each(|(_, x)| walk_strings(x, f));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::Doc;
     use serde_json::json;
 
     fn pat(id: &str, contains: Option<&str>, regex: Option<&str>, ci: bool) -> ForbiddenPattern {
@@ -93,11 +96,15 @@ mod tests {
         ])
         .unwrap();
         let doc = json!({"model":"AKIAABCDEFGHIJKLMNOP","messages":[{"role":"user","content":[{"type":"text","text":"key AKIAABCDEFGHIJKLMNOP and project nightingale."}]}]});
-        assert_eq!(f.find(&doc), Some("nightingale"));
+        assert_eq!(f.find(Doc::of(&doc).root()), Some("nightingale"));
         let model_only = json!({"model":"AKIAABCDEFGHIJKLMNOP","messages":[]});
-        assert_eq!(f.find(&model_only), None, "settings are not content");
+        assert_eq!(
+            f.find(Doc::of(&model_only).root()),
+            None,
+            "settings are not content"
+        );
         let gem = json!({"contents":[{"parts":[{"text":"AKIAABCDEFGHIJKLMNOP"}]}]});
-        assert_eq!(f.find(&gem), Some("aws_key"));
+        assert_eq!(f.find(Doc::of(&gem).root()), Some("aws_key"));
     }
 
     #[test]

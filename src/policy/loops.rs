@@ -15,6 +15,8 @@ use dashmap::DashMap;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::providers::Node;
+
 /// Request hashes remembered per session.
 pub const MAX_PER_SESSION: usize = 64;
 /// Calls between two sweeps of stale sessions.
@@ -94,8 +96,8 @@ const HASHER: foldhash::quality::FixedState = foldhash::quality::FixedState::wit
 /// Hash of what makes two requests "the same": model, conversation (`messages`, Responses
 /// `input`, Gemini `contents`, `system`, `prompt`) and tools. Object entries are hashed one by
 /// one and summed, so key order and whitespace do not matter; sampling settings and ids do not
-/// count.
-pub fn request_hash(doc: &Value) -> u64 {
+/// count. Read from the request's document: the hash [`hash_value`] gives the equal `Value`.
+pub fn request_hash(doc: Node<'_>) -> u64 {
     let mut h = HASHER.build_hasher();
     for key in [
         "model",
@@ -110,7 +112,7 @@ pub fn request_hash(doc: &Value) -> u64 {
     ] {
         if let Some(v) = doc.get(key) {
             key.hash(&mut h);
-            hash_value(v, &mut h);
+            hash_node(v, &mut h);
         }
     }
     h.finish()
@@ -156,9 +158,40 @@ fn hash_value(v: &Value, h: &mut impl Hasher) {
     }
 }
 
+/// [`hash_value`] of a document's node: the same scheme, so equal documents hash equal.
+fn hash_node(v: Node<'_>, h: &mut impl Hasher) {
+    if let Some(s) = v.as_str() {
+        (3u8, s).hash(h);
+    } else if let Some(items) = v.items() {
+        (4u8, items.len()).hash(h);
+        items.for_each(|x| hash_node(x, h));
+    } else if let Some(entries) = v.entries() {
+        let n = entries.len();
+        let sum = entries.fold(0u64, |acc, (k, x)| {
+            let mut eh = HASHER.build_hasher();
+            k.hash(&mut eh);
+            hash_node(x, &mut eh);
+            acc.wrapping_add(eh.finish())
+        });
+        (5u8, n, sum).hash(h);
+    } else if let Some(b) = v.as_bool() {
+        (1u8, b).hash(h);
+    } else if v.is_number() {
+        2u8.hash(h);
+        match (v.as_u64(), v.as_i64(), v.as_f64()) {
+            (Some(u), ..) => u.hash(h),
+            (None, Some(i), _) => i.hash(h),
+            (.., f) => f.map(f64::to_bits).hash(h),
+        }
+    } else {
+        0u8.hash(h);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::Doc;
     use serde_json::json;
 
     /// Peek, then record: what an admitted call does.
@@ -173,8 +206,15 @@ mod tests {
         let a = json!({"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.1});
         let b = json!({"temperature":0.9,"messages":[{"content":"hi","role":"user"}],"model":"m"});
         let c = json!({"model":"m","messages":[{"role":"user","content":"hi!"}]});
-        assert_eq!(request_hash(&a), request_hash(&b));
-        assert_ne!(request_hash(&a), request_hash(&c));
+        let hash = |v: &Value| request_hash(Doc::of(v).root());
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(hash(&a), hash(&c));
+        // The document's hash is the equal `Value`'s, node for node.
+        let mut want = HASHER.build_hasher();
+        hash_value(&a, &mut want);
+        let mut got = HASHER.build_hasher();
+        hash_node(Doc::of(&a).root(), &mut got);
+        assert_eq!(got.finish(), want.finish());
     }
 
     #[test]

@@ -48,8 +48,9 @@ use crate::config::{
     AgentPolicy, ApprovalAction, CapAction, Config, DeclaredToolAction, Enforcement, LoopDetection,
     MaxTokensCap,
 };
+use crate::providers::doc::DocError;
 use crate::providers::request::{DeclaredTool, RequestFacts};
-use crate::providers::{Capped, ToolCall, ToolResult};
+use crate::providers::{Capped, Doc, Node, ToolCall, ToolResult};
 use crate::record::{CallLabels, Operation, PolicyViolation};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
@@ -368,8 +369,8 @@ impl Policies {
     /// would take, [`crate::session::Sessions::next_step`]): rewrite `body` when a policy changed
     /// it, and return the response check and the side effects to commit once the call is
     /// admitted — or the refusal. Either way the policies broken so far come back for the span.
-    /// `doc` is `body` already parsed (when it is a JSON object the proxy parsed): it is not
-    /// parsed again.
+    /// `doc` is `body` already read (when it is a JSON object the proxy read): it is not parsed
+    /// again.
     pub fn admit(
         &self,
         labels: &CallLabels,
@@ -377,7 +378,7 @@ impl Policies {
         step: Option<u64>,
         facts: &mut RequestFacts,
         body: &mut Bytes,
-        doc: Option<Value>,
+        doc: Option<Doc>,
     ) -> Result<(ResponseCheck, Pending), Refusal> {
         let asker = Asker {
             agent: &labels.agent,
@@ -403,14 +404,13 @@ impl Policies {
         self.evaluate_parsed(asker, facts, body, None)
     }
 
-    /// [`Policies::evaluate`] with the body's document when the caller parsed it already
-    /// (`None`: parsed here, when a policy gets that far).
+    /// [`Policies::evaluate`] with the body's document when the caller read it already.
     pub fn evaluate_doc(
         &self,
         asker: &Asker<'_>,
         facts: &mut RequestFacts,
         body: &[u8],
-        doc: Value,
+        doc: Doc,
     ) -> Result<Admission, Refusal> {
         self.evaluate_parsed(asker, facts, body, Some(doc))
     }
@@ -420,7 +420,7 @@ impl Policies {
         asker: &Asker<'_>,
         facts: &mut RequestFacts,
         body: &[u8],
-        parsed: Option<Value>,
+        parsed: Option<Doc>,
     ) -> Result<Admission, Refusal> {
         let set = self.set.load();
         let rules = set.rules_for(asker.agent).clone();
@@ -451,10 +451,12 @@ impl Policies {
             });
         }
 
+        // The policies read the document; a rewrite (stripped tools, a clamped cap) builds the
+        // owned `Value` once, and the document is read again from the rewritten bytes.
         let mut doc = match parsed {
             Some(d) => Some(d),
             None if crate::providers::request::is_object(body) => {
-                serde_json::from_slice::<Value>(body).ok()
+                Doc::parse(Bytes::copy_from_slice(body)).ok()
             }
             None => None,
         };
@@ -470,7 +472,9 @@ impl Policies {
                 // A format whose bodies are signed (Bedrock) is never rewritten: there a denied
                 // tool refuses the call even under `strip`.
                 let strip = matches!(rules.denied_tool_action, DeclaredToolAction::Strip)
-                    && doc.as_mut().is_none_or(|d| adapter.strip_tools(d, &keep));
+                    && doc
+                        .as_mut()
+                        .is_none_or(|d| rewrite(d, |v| adapter.strip_tools(v, &keep)));
                 if !strip {
                     let msg = format!("agent '{agent}' may not use tool '{tool}'");
                     return Err(refuse(
@@ -488,7 +492,7 @@ impl Policies {
         }
 
         if let Some(d) = doc.as_ref() {
-            if let Some(id) = rules.forbidden.find(d) {
+            if let Some(id) = rules.forbidden.find(d.root()) {
                 let e = PolicyError::ForbiddenInput { id: id.to_string() };
                 return Err(refused(
                     &mut violations,
@@ -517,8 +521,13 @@ impl Policies {
             if over.is_some() {
                 flag(&mut violations, PolicyViolation::MaxTokens);
             }
-            if let Some(d) = doc.as_mut() {
-                if adapter.clamp_max_tokens(d, facts.max_tokens, cap.limit) != Capped::Within {
+            // At or under the cap the body stays as sent: no `Value` is built.
+            let within = facts.max_tokens.is_some_and(|n| n <= cap.limit);
+            if let Some(d) = doc.as_mut().filter(|_| !within) {
+                let requested = facts.max_tokens;
+                if rewrite(d, |v| {
+                    adapter.clamp_max_tokens(v, requested, cap.limit) != Capped::Within
+                }) {
                     facts.max_tokens = Some(cap.limit);
                     dirty = true;
                 }
@@ -527,7 +536,7 @@ impl Policies {
 
         let ld = rules.loop_detection;
         if let (true, Some(session), Some(d)) = (ld.enabled, asker.session, doc.as_ref()) {
-            let hash = request_hash(d);
+            let hash = request_hash(d.root());
             // Recorded at commit: a refused call must not count as a repeat.
             let n = self.loops.peek(session, hash, asker.now, ld.window);
             pending.loop_hash = Some((hash, ld.window));
@@ -544,7 +553,7 @@ impl Policies {
         }
 
         if let Some(d) = doc.as_ref() {
-            pending.tool_results = adapter.tool_results(d, &rules.tool_error_markers);
+            pending.tool_results = adapter.tool_results(d.root(), &rules.tool_error_markers);
         }
 
         if let Some(model) = facts.model.as_deref() {
@@ -552,7 +561,7 @@ impl Policies {
                 let output = facts.max_tokens.unwrap_or(0);
                 // The parsed body serves the tokenizer unless a policy changed its text
                 // (stripped tools): the guard counts the body as the agent sent it.
-                let parsed = doc.as_ref().filter(|_| !stripped);
+                let parsed = doc.as_ref().filter(|_| !stripped).map(Doc::root);
                 let (input, exact) = context_estimate(facts.format, body, parsed, output, window);
                 // Shared with budgets when it counts the text that goes upstream.
                 pending.input_tokens = exact.filter(|_| !stripped);
@@ -579,7 +588,7 @@ impl Policies {
         }
 
         let rewritten = match (dirty, doc) {
-            (true, Some(d)) => serde_json::to_vec(&d).ok().map(Bytes::from),
+            (true, Some(d)) => Some(d.bytes().clone()),
             _ => None,
         };
         pending.violations = violations;
@@ -859,6 +868,26 @@ impl ResponseCheck {
     }
 }
 
+/// Apply `edit` to the owned `Value` of `doc` (built here, for a rewrite only); when it changed
+/// the body, `doc` becomes the document of the rewritten bytes. Whether it changed.
+fn rewrite(doc: &mut Doc, edit: impl FnOnce(&mut Value) -> bool) -> bool {
+    let mut v = doc.to_value();
+    if !edit(&mut v) {
+        return false;
+    }
+    // A `Value` always serializes, and its text always reads back.
+    match serde_json::to_vec(&v)
+        .map_err(DocError::from)
+        .and_then(|b| Doc::parse(Bytes::from(b)))
+    {
+        Ok(d) => {
+            *doc = d;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Estimated input tokens for the context guard, and whether the tokenizer gave it. The
 /// tokenizer costs about 20 µs per KiB of text, so it runs only when a call may come near its
 /// window: below half the window by a cheap estimate (a quarter token per body byte; JSON syntax
@@ -868,7 +897,7 @@ impl ResponseCheck {
 fn context_estimate(
     format: crate::providers::Format,
     body: &[u8],
-    doc: Option<&Value>,
+    doc: Option<Node<'_>>,
     output: u64,
     window: u64,
 ) -> (u64, Option<u64>) {

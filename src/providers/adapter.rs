@@ -9,6 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 
+use super::doc::{Items, Node};
 use super::fields::{self, Capped, DeclaredTool, OwnFields, RequestBody};
 use super::shape;
 use super::text;
@@ -135,7 +136,7 @@ pub trait Adapter: Sync {
 
     /// The tools a request's `tools` array declares, with their JSON Schemas (any provider's
     /// declaration shape, item by item).
-    fn declared_tools(&self, tools: &[Value]) -> Vec<DeclaredTool> {
+    fn declared_tools(&self, tools: Items<'_>) -> Vec<DeclaredTool> {
         tools::declared(tools)
     }
 
@@ -149,7 +150,7 @@ pub trait Adapter: Sync {
 
     /// The tool results a request reports new in this turn; `markers` mark a free-text result
     /// as failed.
-    fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult>;
+    fn tool_results(&self, doc: Node<'_>, markers: &[String]) -> Vec<ToolResult>;
 
     // --- content capture ---
 
@@ -168,9 +169,9 @@ pub trait Adapter: Sync {
         text::request_text(body)
     }
 
-    /// [`Adapter::request_text`] of a body already parsed into `doc` (a JSON object), so the
-    /// policies' parse serves the context guard too.
-    fn request_text_doc(&self, doc: &Value) -> RequestText {
+    /// [`Adapter::request_text`] of a body already read into `doc` (a JSON object), so the
+    /// request's one parse serves the context guard too.
+    fn request_text_doc(&self, doc: Node<'_>) -> RequestText {
         text::request_text_doc(doc)
     }
 }

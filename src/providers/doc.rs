@@ -110,6 +110,13 @@ impl Doc {
         &self.bytes
     }
 
+    /// A document of `v`'s JSON text (tests build their bodies as `json!` values).
+    #[cfg(test)]
+    pub fn of(v: &Value) -> Self {
+        Self::parse(Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
+            .unwrap_or_else(|_| Self::of(&Value::Null))
+    }
+
     /// The owned `Value` of the whole document (for a rewrite).
     pub fn to_value(&self) -> Value {
         self.root().to_value()
@@ -402,25 +409,37 @@ impl<'d> Node<'d> {
 
     /// The items, when this is an array.
     pub fn items(self) -> Option<Items<'d>> {
-        match self.kind() {
-            Kind::Array(n) => Some(Items {
-                doc: self.doc,
-                at: self.at + 1,
-                left: n as usize,
-            }),
-            _ => None,
-        }
+        self.is_array().then(|| self.items_or_none())
     }
 
     /// The `(key, value)` entries in document order, when this is an object.
     pub fn entries(self) -> Option<Entries<'d>> {
-        match self.kind() {
-            Kind::Object(n) => Some(Entries {
-                doc: self.doc,
-                at: self.at + 1,
-                left: n as usize,
-            }),
-            _ => None,
+        self.is_object().then(|| self.entries_or_none())
+    }
+
+    /// [`Node::items`], empty for a non-array.
+    fn items_or_none(self) -> Items<'d> {
+        let left = match self.kind() {
+            Kind::Array(n) => n as usize,
+            _ => 0,
+        };
+        Items {
+            doc: self.doc,
+            at: self.at + 1,
+            left,
+        }
+    }
+
+    /// [`Node::entries`], empty for a non-object.
+    fn entries_or_none(self) -> Entries<'d> {
+        let left = match self.kind() {
+            Kind::Object(n) => n as usize,
+            _ => 0,
+        };
+        Entries {
+            doc: self.doc,
+            at: self.at + 1,
+            left,
         }
     }
 
@@ -509,11 +528,7 @@ impl Serialize for Node<'_> {
             Kind::F64(n) => s.serialize_f64(n),
             Kind::Str { .. } => s.serialize_str(self.as_str().unwrap_or("")),
             Kind::Array(_) => {
-                let items = self.items().unwrap_or_else(|| Items {
-                    doc: self.doc,
-                    at: 0,
-                    left: 0,
-                });
+                let items = self.items_or_none();
                 let mut seq = s.serialize_seq(Some(items.len()))?;
                 for item in items {
                     seq.serialize_element(&item)?;
@@ -521,11 +536,7 @@ impl Serialize for Node<'_> {
                 seq.end()
             }
             Kind::Object(_) => {
-                let entries = self.entries().unwrap_or_else(|| Entries {
-                    doc: self.doc,
-                    at: 0,
-                    left: 0,
-                });
+                let entries = self.entries_or_none();
                 let mut map = s.serialize_map(Some(entries.len()))?;
                 for (k, v) in entries {
                     map.serialize_entry(k, &v)?;
@@ -550,11 +561,7 @@ impl<'de> Deserializer<'de> for Node<'de> {
             Kind::F64(n) => v.visit_f64(n),
             Kind::Str { .. } => v.visit_borrowed_str(self.as_str().unwrap_or("")),
             Kind::Array(_) => {
-                let mut seq = SeqDe(self.items().unwrap_or_else(|| Items {
-                    doc: self.doc,
-                    at: 0,
-                    left: 0,
-                }));
+                let mut seq = SeqDe(self.items_or_none());
                 let out = v.visit_seq(&mut seq)?;
                 match seq.0.len() {
                     0 => Ok(out),
@@ -562,11 +569,7 @@ impl<'de> Deserializer<'de> for Node<'de> {
                 }
             }
             Kind::Object(_) => v.visit_map(MapDe {
-                entries: self.entries().unwrap_or_else(|| Entries {
-                    doc: self.doc,
-                    at: 0,
-                    left: 0,
-                }),
+                entries: self.entries_or_none(),
                 value: None,
             }),
         }

@@ -16,8 +16,8 @@ pub struct DeclaredTool {
 pub enum RequestBody<'a> {
     /// The raw bytes (a JSON object).
     Bytes(&'a [u8]),
-    /// The parsed document (a JSON object).
-    Doc(&'a Value),
+    /// The document read from them (a JSON object).
+    Doc(super::doc::Node<'a>),
 }
 
 /// The output cap and declared tools of a format that keeps them where the shared reading does

@@ -33,6 +33,7 @@ pub use adapter::{
     Adapter, ClientEvent, EventRewrite, FramedStream, Gated, Operation, RealtimeEvents,
     ServerEvent, StreamEnding, StreamReader, ToolGate,
 };
+pub use doc::{Doc, Node};
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use registry::Format;
 pub use request::{estimate_input, estimate_input_doc, Capped};

@@ -9,10 +9,11 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::Value;
 
+use super::doc::{Doc, Items};
 use super::fields::RequestBody;
 pub use super::fields::{Capped, DeclaredTool};
 use super::protocol::Classified;
@@ -38,10 +39,10 @@ pub struct RequestFacts {
     pub user: Option<String>,
 }
 
-/// The fields read, with `tools` items as `T`: values when read from bytes, unread (`IgnoredAny`,
-/// only their shape checked) when read from a parsed document that holds them already.
+/// The fields read; `tools` items are unread (`IgnoredAny`, only the field's shape checked):
+/// the document holds them.
 #[derive(Deserialize)]
-struct Body<'a, T> {
+struct Body<'a> {
     #[serde(default, borrow)]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -59,7 +60,7 @@ struct Body<'a, T> {
     #[serde(default)]
     options: Option<OllamaOptions>,
     #[serde(default)]
-    tools: Option<Vec<T>>,
+    tools: Option<Vec<IgnoredAny>>,
     #[serde(default, borrow)]
     user: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -101,11 +102,19 @@ pub fn inspect(
     // Only JSON objects are read; anything else is forwarded and simply not inspected.
     let object = is_object(body);
     let parsed = if object {
-        serde_json::from_slice::<Body<'_, Value>>(body).ok()
+        serde_json::from_slice::<Body<'_>>(body).ok()
     } else {
         None
     };
-    let tools = parsed.as_ref().and_then(|b| b.tools.as_deref());
+    // Declared tools are read from a document of the body (built only when there are some).
+    let doc = parsed
+        .as_ref()
+        .and_then(|b| b.tools.as_ref())
+        .and_then(|_| Doc::parse(Bytes::copy_from_slice(body)).ok());
+    let tools = doc
+        .as_ref()
+        .and_then(|d| d.root().get("tools"))
+        .and_then(|t| t.items());
     let own = object.then_some(RequestBody::Bytes(body));
     Some(facts(format, path, query, parsed.as_ref(), tools, own))
 }
@@ -115,36 +124,36 @@ pub fn is_object(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
-/// [`inspect`] of a body the proxy parsed already into `doc` (a JSON object): the same facts,
+/// [`inspect`] of a body the proxy read already into `doc` (a JSON object): the same facts,
 /// read from the document instead of the bytes (the policies then use the same document).
 pub fn inspect_doc(
     class: &Classified,
     path: &str,
     query: Option<&str>,
-    doc: &Value,
+    doc: &Doc,
 ) -> Option<RequestFacts> {
     let format = class.format?;
-    let parsed = Body::<'_, IgnoredAny>::deserialize(doc).ok();
+    let root = doc.root();
+    let parsed = Body::deserialize(root).ok();
     // The field's shape was checked by the typed read; its items are the document's own.
     let tools = parsed
         .as_ref()
         .and_then(|b| b.tools.as_ref())
-        .and_then(|_| doc.get("tools"))
-        .and_then(Value::as_array)
-        .map(Vec::as_slice);
-    let own = doc.is_object().then_some(RequestBody::Doc(doc));
+        .and_then(|_| root.get("tools"))
+        .and_then(|t| t.items());
+    let own = root.is_object().then_some(RequestBody::Doc(root));
     Some(facts(format, path, query, parsed.as_ref(), tools, own))
 }
 
 /// The facts of a request in `format`, from its typed read (`None`: not a JSON object, or not
 /// one of the expected shape), its `tools` items and the body itself (`own`: for a format that
 /// keeps the cap and tools under its own names).
-fn facts<T>(
+fn facts(
     format: Format,
     path: &str,
     query: Option<&str>,
-    parsed: Option<&Body<'_, T>>,
-    tools: Option<&[Value]>,
+    parsed: Option<&Body<'_>>,
+    tools: Option<Items<'_>>,
     own: Option<RequestBody<'_>>,
 ) -> RequestFacts {
     let adapter = format.adapter();
@@ -205,7 +214,7 @@ pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
 
 /// [`estimate_input`] of a body already parsed into `doc` (a JSON object): the same count,
 /// without a second parse.
-pub fn estimate_input_doc(format: Format, doc: &serde_json::Value) -> u64 {
+pub fn estimate_input_doc(format: Format, doc: super::Node<'_>) -> u64 {
     crate::tokens::estimate(&format.adapter().request_text_doc(doc))
 }
 
@@ -350,12 +359,12 @@ mod tests {
         ];
         for (path, body) in bodies {
             let class = classify(RouteProtocol::Auto, path);
-            let doc: Value = serde_json::from_str(body).unwrap();
+            let doc = Doc::parse(Bytes::from(body)).unwrap();
             let from_doc = inspect_doc(&class, path, None, &doc).unwrap();
             assert_eq!(from_doc, facts(path, None, body).unwrap(), "{body}");
             let format = from_doc.format;
             assert_eq!(
-                estimate_input_doc(format, &doc),
+                estimate_input_doc(format, doc.root()),
                 estimate_input(format, body.as_bytes()),
                 "{body}"
             );

@@ -6,8 +6,10 @@
 //! those keys covers every shape tokenwarden reads without a schema per provider; media parts
 //! (base64 images, audio, files) are counted, not read.
 
+use bytes::Bytes;
 use serde_json::Value;
 
+use super::doc::{Doc, Node};
 use crate::tokens::RequestText;
 
 /// What a key's value is to the token text.
@@ -41,8 +43,8 @@ fn key_kind(key: &str) -> KeyKind {
 /// every format; it is each adapter's [`request_text`](super::Adapter::request_text) unless a
 /// format refines it.
 pub(super) fn request_text(body: &[u8]) -> RequestText {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(doc @ Value::Object(_)) => request_text_doc(&doc),
+    match Doc::parse(Bytes::copy_from_slice(body)) {
+        Ok(doc) if doc.root().is_object() => request_text_doc(doc.root()),
         Ok(_) | Err(_) => RequestText {
             text: String::from_utf8_lossy(body).into_owned(),
             ..RequestText::default()
@@ -52,11 +54,11 @@ pub(super) fn request_text(body: &[u8]) -> RequestText {
 
 /// The text of a request body already parsed (a JSON object; anything else has no text): what
 /// [`request_text`] reads, without parsing the body again.
-pub(super) fn request_text_doc(doc: &Value) -> RequestText {
+pub(super) fn request_text_doc(doc: Node<'_>) -> RequestText {
     let mut out = RequestText::default();
-    if let Value::Object(map) = doc {
+    if let Some(map) = doc.entries() {
         for (k, v) in map {
-            match k.as_str() {
+            match k {
                 "messages" | "contents" | "input" | "prompt" | "system" | "instructions"
                 | "systemInstruction" | "system_instruction" | "tools" => walk(k, v, &mut out),
                 _ => {}
@@ -126,16 +128,6 @@ fn truncated_output_text(bytes: &[u8]) -> String {
     out
 }
 
-/// Whether `map` has `key`, by a scan when it is small: `preserve_order`'s maps SipHash the key
-/// on every lookup, which costs more than comparing a message's few keys.
-fn has_key(map: &serde_json::Map<String, Value>, key: &str) -> bool {
-    if map.len() <= 8 {
-        map.keys().any(|k| k == key)
-    } else {
-        map.contains_key(key)
-    }
-}
-
 fn push(out: &mut RequestText, s: &str) {
     if !out.text.is_empty() {
         out.text.push('\n');
@@ -143,36 +135,38 @@ fn push(out: &mut RequestText, s: &str) {
     out.text.push_str(s);
 }
 
-fn walk(key: &str, v: &Value, out: &mut RequestText) {
+fn walk(key: &str, v: Node<'_>, out: &mut RequestText) {
     let kind = key_kind(key);
     if kind == KeyKind::Media && !v.is_string() || key == "image_url" {
         out.media_parts += 1;
         return;
     }
     if kind == KeyKind::Json {
-        if let Ok(s) = serde_json::to_string(v) {
+        // The compact JSON `serde_json` writes for the equal `Value`.
+        if let Ok(s) = serde_json::to_string(&v) {
             push(out, &s);
         }
         return;
     }
-    match v {
-        Value::String(s) if kind == KeyKind::Text => push(out, s),
-        Value::Array(items) => {
-            for item in items {
-                walk(key, item, out);
-            }
+    if let Some(s) = v.as_str() {
+        if kind == KeyKind::Text {
+            push(out, s);
         }
-        Value::Object(map) => {
-            if has_key(map, "role") {
-                out.messages += 1;
-            }
-            for (k, v) in map {
-                walk(k, v, out);
-            }
+    } else if let Some(items) = v.items() {
+        for item in items {
+            walk(key, item, out);
         }
+    } else if let Some(map) = v.entries() {
+        // A message's few keys are scanned (no hashing).
+        if map.clone().any(|(k, _)| k == "role") {
+            out.messages += 1;
+        }
+        for (k, v) in map {
+            walk(k, v, out);
+        }
+    } else if v.is_number() && (key == "prompt" || key == "input") {
         // Token-id prompts (`"prompt": [1, 2, 3]`) count one token per id.
-        Value::Number(_) if key == "prompt" || key == "input" => push(out, "x"),
-        _ => {}
+        push(out, "x");
     }
 }
 

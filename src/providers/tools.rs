@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::doc::{Items, Node};
 use super::fields::DeclaredTool;
 
 /// One tool result a request reports.
@@ -22,17 +23,16 @@ pub struct ToolResult {
 /// Anthropic `{name, input_schema}`, Gemini `{"functionDeclarations":[{name, parameters}]}`.
 /// Gemini's JSON accepts proto field names too (`function_declarations`), and a JSON Schema in
 /// `parametersJsonSchema` / `parameters_json_schema` instead of its OpenAPI `parameters`.
-pub(super) fn declared(tools: &[Value]) -> Vec<DeclaredTool> {
+pub(super) fn declared(tools: Items<'_>) -> Vec<DeclaredTool> {
     let mut out = Vec::new();
-    let mut push = |t: &Value, schema_keys: &[&str]| {
-        if let Some(name) = t.get("name").and_then(|n| n.as_str()) {
+    let mut push = |t: Node<'_>, schema_keys: &[&str]| {
+        if let Some(name) = t.get("name").and_then(Node::as_str) {
             out.push(DeclaredTool {
                 name: name.to_string(),
                 schema: schema_keys
                     .iter()
-                    .find_map(|k| t.get(*k))
-                    .cloned()
-                    .unwrap_or(Value::Null),
+                    .find_map(|k| t.get(k))
+                    .map_or(Value::Null, Node::to_value),
             });
         }
     };
@@ -60,10 +60,10 @@ const GEMINI_SCHEMA_KEYS: [&str; 3] = [
 ];
 
 /// A Gemini tool's function declarations, under either JSON name.
-fn gemini_declarations(t: &Value) -> Option<&Vec<Value>> {
+fn gemini_declarations(t: Node<'_>) -> Option<Items<'_>> {
     t.get("functionDeclarations")
         .or_else(|| t.get("function_declarations"))
-        .and_then(Value::as_array)
+        .and_then(Node::items)
 }
 
 /// Remove every declared tool `keep` refuses from the request's `tools` (any provider's shape);
@@ -95,21 +95,31 @@ pub(super) fn strip_declared(doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
 }
 
 /// The string at `key` of `v`.
-pub(super) fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
-    v.get(key).and_then(Value::as_str)
+pub(super) fn str_of<'a>(v: Node<'a>, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Node::as_str)
 }
 
 /// Whether a free-text tool result contains one of the agent's error markers.
-pub(super) fn failed_by_markers(content: &Value, markers: &[String]) -> bool {
+pub(super) fn failed_by_markers(content: Node<'_>, markers: &[String]) -> bool {
     if markers.is_empty() {
         return false;
     }
     let hit = |s: &str| markers.iter().any(|m| s.contains(m.as_str()));
-    match content {
-        Value::String(s) => hit(s),
-        Value::Array(parts) => parts.iter().filter_map(|p| str_of(p, "text")).any(hit),
+    match (content.as_str(), content.items()) {
+        (Some(s), _) => hit(s),
+        (_, Some(mut parts)) => parts.any(|p| str_of(p, "text").is_some_and(hit)),
         _ => false,
     }
+}
+
+/// The index just past the last item `turn` picks (0 when none does): where a request's new
+/// items begin.
+pub(super) fn after_last<'a>(items: Items<'a>, turn: impl Fn(Node<'a>) -> bool) -> usize {
+    items
+        .enumerate()
+        .filter(|(_, m)| turn(*m))
+        .last()
+        .map_or(0, |(i, _)| i + 1)
 }
 
 /// The tool name a call id was given earlier in the conversation, or `unknown`.
@@ -134,7 +144,9 @@ mod tests {
     }
 
     fn reported(doc: &Value, format: Format, markers: &[String]) -> Vec<ToolResult> {
-        format.adapter().tool_results(doc, markers)
+        format
+            .adapter()
+            .tool_results(crate::providers::Doc::of(doc).root(), markers)
     }
 
     #[test]
@@ -172,7 +184,8 @@ mod tests {
             {"function_declarations":[{"name":"a","parameters_json_schema":schema}]},
             {"functionDeclarations":[{"name":"b","parametersJsonSchema":schema},{"name":"c","parameters":schema}]},
         ]);
-        let d = declared(tools.as_array().unwrap());
+        let doc = crate::providers::Doc::of(&tools);
+        let d = declared(doc.root().items().unwrap());
         let got: Vec<_> = d.iter().map(|t| (t.name.as_str(), &t.schema)).collect();
         assert_eq!(got, [("a", &schema), ("b", &schema), ("c", &schema)]);
     }

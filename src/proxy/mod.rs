@@ -127,9 +127,9 @@ struct Flight {
     body: Bytes,
     /// What the request says, until the admit phase hands it to the call's accounting.
     facts: Option<RequestFacts>,
-    /// The body parsed once for every reader on the request path (inspection, then the
-    /// policies, which drop it before anything awaits).
-    doc: Option<serde_json::Value>,
+    /// The body read once for every reader on the request path (inspection, then the
+    /// policies, which drop it before anything awaits): a document over the body's bytes.
+    doc: Option<crate::providers::Doc>,
     /// The policies' side effects, applied once budgets admitted the call too.
     pending: Option<Pending>,
 }
@@ -500,13 +500,14 @@ impl Proxy {
             Some(p) => std::borrow::Cow::Borrowed(p),
             None => f.route.upstream_path(f.parts.uri.path()),
         };
-        // An LLM call's JSON body is parsed once here, for inspection and the policies (which
-        // read the conversation); embeddings are only inspected (their input is not read).
+        // An LLM call's JSON body is read once here, for inspection and the policies (which
+        // read the conversation), into a document sharing the body's bytes; embeddings are only
+        // inspected (their input is not read).
         let query = f.parts.uri.query();
         f.doc = (f.class.format.is_some()
             && f.class.operation != Operation::Embeddings
             && inspect::is_object(&bytes))
-        .then(|| serde_json::from_slice(&bytes).ok())
+        .then(|| crate::providers::Doc::parse(bytes.clone()).ok())
         .flatten();
         f.facts = match &f.doc {
             Some(doc) => inspect::inspect_doc(&f.class, &upath, query, doc),

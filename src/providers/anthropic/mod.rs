@@ -88,7 +88,11 @@ impl Adapter for Anthropic {
         (None, "max_tokens")
     }
 
-    fn tool_results(&self, doc: &Value, _markers: &[String]) -> Vec<ToolResult> {
+    fn tool_results(
+        &self,
+        doc: crate::providers::Node<'_>,
+        _markers: &[String],
+    ) -> Vec<ToolResult> {
         tools::tool_results(doc)
     }
 

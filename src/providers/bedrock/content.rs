@@ -6,16 +6,9 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
+use crate::providers::doc::Node;
 use crate::providers::genai::{text_of, text_part};
 use crate::providers::tools::{name_or_unknown, str_of, ToolResult};
-
-/// The content blocks of a message.
-fn blocks(m: &Value) -> impl Iterator<Item = &Value> {
-    m.get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-}
 
 /// `(system instructions, input messages)` in the GenAI conventions' shapes.
 pub(super) fn input_messages(b: &Map<String, Value>) -> (Option<Value>, Option<Value>) {
@@ -25,7 +18,7 @@ pub(super) fn input_messages(b: &Map<String, Value>) -> (Option<Value>, Option<V
         .into_iter()
         .flatten()
         .map(|m| {
-            let role = str_of(m, "role").unwrap_or("user");
+            let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
             json!({"role": role, "parts": texts(m.get("content"))})
         })
         .collect();
@@ -66,18 +59,22 @@ pub(super) fn output_text(v: &Value, add: &mut dyn FnMut(usize, &str)) {
 
 /// The new tool results of a request: `toolResult` blocks in the last (user) message, named by
 /// the assistant's `toolUse` blocks before; failed when `status` is `error`.
-pub(super) fn tool_results(doc: &Value) -> Vec<ToolResult> {
-    let Some(msgs) = doc.get("messages").and_then(Value::as_array) else {
+pub(super) fn tool_results(doc: Node<'_>) -> Vec<ToolResult> {
+    fn blocks(m: Node<'_>) -> impl Iterator<Item = Node<'_>> {
+        m.get("content").and_then(Node::items).into_iter().flatten()
+    }
+    let Some(msgs) = doc.get("messages").and_then(Node::items) else {
         return Vec::new();
     };
-    let Some(last) = msgs.last().filter(|m| str_of(m, "role") == Some("user")) else {
+    let Some(last) = msgs
+        .clone()
+        .last()
+        .filter(|m| str_of(*m, "role") == Some("user"))
+    else {
         return Vec::new();
     };
     let mut names = HashMap::new();
-    for m in msgs
-        .iter()
-        .filter(|m| str_of(m, "role") == Some("assistant"))
-    {
+    for m in msgs.filter(|m| str_of(*m, "role") == Some("assistant")) {
         for t in blocks(m).filter_map(|b| b.get("toolUse")) {
             if let (Some(id), Some(name)) = (str_of(t, "toolUseId"), str_of(t, "name")) {
                 names.insert(id, name);
@@ -113,7 +110,7 @@ mod tests {
                 ]}
             ]
         });
-        let results = tool_results(&doc);
+        let results = tool_results(crate::providers::Doc::of(&doc).root());
         let got: Vec<(&str, bool)> = results
             .iter()
             .map(|r| (r.tool.as_str(), r.failed))

@@ -129,7 +129,11 @@ impl Adapter for BedrockConverse {
         false
     }
 
-    fn tool_results(&self, doc: &Value, _markers: &[String]) -> Vec<ToolResult> {
+    fn tool_results(
+        &self,
+        doc: crate::providers::Node<'_>,
+        _markers: &[String],
+    ) -> Vec<ToolResult> {
         content::tool_results(doc)
     }
 
@@ -206,7 +210,7 @@ impl Adapter for BedrockInvoke {
         false
     }
 
-    fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult> {
+    fn tool_results(&self, doc: crate::providers::Node<'_>, markers: &[String]) -> Vec<ToolResult> {
         Anthropic.tool_results(doc, markers)
     }
 

@@ -107,7 +107,8 @@ mod tests {
         });
         let bytes = serde_json::to_vec(&doc).unwrap();
         let a = own_fields(RequestBody::Bytes(&bytes)).unwrap();
-        assert_eq!(own_fields(RequestBody::Doc(&doc)), Some(a.clone()));
+        let d = crate::providers::Doc::of(&doc);
+        assert_eq!(own_fields(RequestBody::Doc(d.root())), Some(a.clone()));
         assert_eq!(a.max_tokens, Some(512));
         let names: Vec<_> = a.tools.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["get_weather", "nova_grounding"]);

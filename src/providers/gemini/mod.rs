@@ -90,7 +90,11 @@ impl Adapter for Gemini {
         (Some("generationConfig"), "maxOutputTokens")
     }
 
-    fn tool_results(&self, doc: &Value, _markers: &[String]) -> Vec<ToolResult> {
+    fn tool_results(
+        &self,
+        doc: crate::providers::Node<'_>,
+        _markers: &[String],
+    ) -> Vec<ToolResult> {
         tools::tool_results(doc)
     }
 

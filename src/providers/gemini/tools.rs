@@ -1,27 +1,18 @@
 //! Tool results a Gemini request reports: `functionResponse` parts after the model's last turn;
 //! failed when the `response` has an `error` key.
 
-use serde_json::Value;
-
-use crate::providers::tools::{str_of, ToolResult};
+use crate::providers::doc::Node;
+use crate::providers::tools::{after_last, str_of, ToolResult};
 
 /// The new tool results in a request body.
-pub(super) fn tool_results(doc: &Value) -> Vec<ToolResult> {
-    let Some(contents) = doc.get("contents").and_then(Value::as_array) else {
+pub(super) fn tool_results(doc: Node<'_>) -> Vec<ToolResult> {
+    let Some(contents) = doc.get("contents").and_then(Node::items) else {
         return Vec::new();
     };
-    let start = contents
-        .iter()
-        .rposition(|c| str_of(c, "role") == Some("model"))
-        .map_or(0, |i| i + 1);
-    contents[start..]
-        .iter()
-        .flat_map(|c| {
-            c.get("parts")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
+    let start = after_last(contents.clone(), |c| str_of(c, "role") == Some("model"));
+    contents
+        .skip(start)
+        .flat_map(|c| c.get("parts").and_then(Node::items).into_iter().flatten())
         .filter_map(|p| p.get("functionResponse"))
         .map(|fr| ToolResult {
             tool: str_of(fr, "name").unwrap_or("unknown").to_string(),

@@ -66,7 +66,7 @@ impl Adapter for Ollama {
         (Some("options"), "num_predict")
     }
 
-    fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult> {
+    fn tool_results(&self, doc: crate::providers::Node<'_>, markers: &[String]) -> Vec<ToolResult> {
         // Chat messages in OpenAI's shape.
         openai_chat::tools::tool_results(doc, markers)
     }

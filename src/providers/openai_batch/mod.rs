@@ -64,7 +64,11 @@ impl Adapter for OpenAiBatch {
         (None, "max_tokens")
     }
 
-    fn tool_results(&self, _doc: &Value, _markers: &[String]) -> Vec<ToolResult> {
+    fn tool_results(
+        &self,
+        _doc: crate::providers::Node<'_>,
+        _markers: &[String],
+    ) -> Vec<ToolResult> {
         Vec::new()
     }
 

@@ -100,7 +100,7 @@ impl Adapter for OpenAiChat {
             .flatten()
     }
 
-    fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult> {
+    fn tool_results(&self, doc: crate::providers::Node<'_>, markers: &[String]) -> Vec<ToolResult> {
         tools::tool_results(doc, markers)
     }
 

@@ -3,34 +3,28 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
-
-use crate::providers::tools::{failed_by_markers, name_or_unknown, str_of, ToolResult};
+use crate::providers::doc::Node;
+use crate::providers::tools::{after_last, failed_by_markers, name_or_unknown, str_of, ToolResult};
 
 /// The new tool results in a request body.
-pub(in crate::providers) fn tool_results(doc: &Value, markers: &[String]) -> Vec<ToolResult> {
-    let Some(msgs) = doc.get("messages").and_then(Value::as_array) else {
+pub(in crate::providers) fn tool_results(doc: Node<'_>, markers: &[String]) -> Vec<ToolResult> {
+    let Some(msgs) = doc.get("messages").and_then(Node::items) else {
         return Vec::new();
     };
+    let role = |m: Node<'_>, r: &str| str_of(m, "role") == Some(r);
     // The tool messages after the last assistant message are the new results; most calls have
     // none (the conversation ends with a user turn), and then the names are not needed: the
     // history is not walked.
-    let start = msgs
-        .iter()
-        .rposition(|m| str_of(m, "role") == Some("assistant"))
-        .map_or(0, |i| i + 1);
-    let new = &msgs[start.min(msgs.len())..];
-    if !new.iter().any(|m| str_of(m, "role") == Some("tool")) {
+    let start = after_last(msgs.clone(), |m| role(m, "assistant"));
+    let new = || msgs.clone().skip(start).filter(|m| role(*m, "tool"));
+    if new().next().is_none() {
         return Vec::new();
     }
     let mut names = HashMap::new();
-    for m in msgs
-        .iter()
-        .filter(|m| str_of(m, "role") == Some("assistant"))
-    {
+    for m in msgs.clone().filter(|m| role(*m, "assistant")) {
         for tc in m
             .get("tool_calls")
-            .and_then(Value::as_array)
+            .and_then(Node::items)
             .into_iter()
             .flatten()
         {
@@ -42,8 +36,7 @@ pub(in crate::providers) fn tool_results(doc: &Value, markers: &[String]) -> Vec
             }
         }
     }
-    new.iter()
-        .filter(|m| str_of(m, "role") == Some("tool"))
+    new()
         .map(|m| ToolResult {
             tool: name_or_unknown(&names, str_of(m, "tool_call_id")),
             failed: m

@@ -58,7 +58,11 @@ impl Adapter for OpenAiRealtime {
         (Some("response"), "max_output_tokens")
     }
 
-    fn tool_results(&self, _doc: &Value, _markers: &[String]) -> Vec<ToolResult> {
+    fn tool_results(
+        &self,
+        _doc: crate::providers::Node<'_>,
+        _markers: &[String],
+    ) -> Vec<ToolResult> {
         Vec::new()
     }
 

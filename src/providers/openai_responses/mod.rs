@@ -55,7 +55,7 @@ impl Adapter for OpenAiResponses {
         (None, "max_output_tokens")
     }
 
-    fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult> {
+    fn tool_results(&self, doc: crate::providers::Node<'_>, markers: &[String]) -> Vec<ToolResult> {
         tools::tool_results(doc, markers)
     }
 

@@ -17,6 +17,7 @@ use crate::providers::adapter::{
     ToolGate,
 };
 use crate::providers::anthropic::Anthropic;
+use crate::providers::doc::{Items, Node};
 use crate::providers::fields::{Capped, DeclaredTool, OwnFields, RequestBody};
 use crate::providers::gemini::Gemini;
 use crate::providers::tools::ToolResult;
@@ -80,7 +81,7 @@ macro_rules! same_body_as {
             $base.ask_stream_usage(stream, include, body)
         }
 
-        fn declared_tools(&self, tools: &[Value]) -> Vec<DeclaredTool> {
+        fn declared_tools(&self, tools: Items<'_>) -> Vec<DeclaredTool> {
             $base.declared_tools(tools)
         }
 
@@ -88,7 +89,7 @@ macro_rules! same_body_as {
             $base.strip_tools(doc, keep)
         }
 
-        fn tool_results(&self, doc: &Value, markers: &[String]) -> Vec<ToolResult> {
+        fn tool_results(&self, doc: Node<'_>, markers: &[String]) -> Vec<ToolResult> {
             $base.tool_results(doc, markers)
         }
 
@@ -104,7 +105,7 @@ macro_rules! same_body_as {
             $base.request_text(body)
         }
 
-        fn request_text_doc(&self, doc: &Value) -> RequestText {
+        fn request_text_doc(&self, doc: Node<'_>) -> RequestText {
             $base.request_text_doc(doc)
         }
     };

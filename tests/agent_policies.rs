@@ -491,6 +491,71 @@ async fn forbidden_input_is_a_400_naming_the_pattern_not_the_content() {
     );
 }
 
+/// The policies read a body as JSON reads it, whatever its spelling: escaped characters and
+/// keys, a key written twice (the last value counts, as for `serde_json` and the providers),
+/// key order and whitespace (the loop hash).
+#[tokio::test]
+async fn policies_read_escapes_repeated_keys_and_spelling_as_json_does() {
+    let m = mock().await;
+    let p = TestProxy::to("policy", m.addr(), AGENTS).await;
+    let url = p.url("/v1/chat/completions");
+    let censor = [("x-agent-name", "censor")];
+    let key = "AKIAABCDEFGHIJKLMNOP";
+    let msgs = |text: &str| format!(r#"[{{"role":"user","content":"{text}"}}]"#);
+    for (body, status) in [
+        // Escaped characters in the text and in the key.
+        (
+            format!(
+                r#"{{"model":"gpt-4o-mini","messages":{}}}"#,
+                msgs(r"key AKIAABCDEFGHIJKLMNOP")
+            ),
+            400,
+        ),
+        (
+            format!(r#"{{"model":"gpt-4o-mini","messages":{}}}"#, msgs(key)),
+            400,
+        ),
+        // `messages` twice: the last one is the conversation.
+        (
+            format!(
+                r#"{{"model":"gpt-4o-mini","messages":{},"messages":{}}}"#,
+                msgs("clean"),
+                msgs(key)
+            ),
+            400,
+        ),
+        (
+            format!(
+                r#"{{"model":"gpt-4o-mini","messages":{},"messages":{}}}"#,
+                msgs(key),
+                msgs("clean")
+            ),
+            200,
+        ),
+    ] {
+        let (resp, _) = post(&url, &censor, &body).await;
+        assert_eq!(resp.status(), status, "{body}");
+    }
+    assert_eq!(m.stats().requests, 1);
+
+    // One conversation spelled three ways is one request repeated: the third is a loop.
+    let hdr = [
+        ("x-agent-name", "looper"),
+        ("x-session-id", "spelled-three-ways"),
+    ];
+    for (i, body) in [
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi there"}]}"#,
+        r#"{ "messages" : [ {"content":"hi there", "role":"user"} ], "model":"gpt-4o-mini" }"#,
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"messages":[{"role":"user","content":"hi there"}]}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (resp, _) = post(&url, &hdr, body).await;
+        assert_eq!(resp.status(), if i < 2 { 200 } else { 403 }, "{body}");
+    }
+}
+
 #[tokio::test]
 async fn max_tokens_cap_clamps_or_refuses() {
     let m = mock().await;

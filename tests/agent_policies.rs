@@ -37,6 +37,11 @@ agents:
     forbidden_input:
       - { id: aws_key, regex: "AKIA[0-9A-Z]{16}" }
       - { id: codename, contains: "project nightingale", case_insensitive: true }
+  spelling-censor:
+    forbidden_input:
+      - { id: aws_key, regex: "AKIA[0-9A-Z]{16}" }
+  spelling-looper:
+    loop_detection: { threshold: 3, window: 1m, action: block }
   clamp:
     max_tokens_cap: { limit: 32 }
   capped:
@@ -499,7 +504,7 @@ async fn policies_read_escapes_repeated_keys_and_spelling_as_json_does() {
     let m = mock().await;
     let p = TestProxy::to("policy", m.addr(), AGENTS).await;
     let url = p.url("/v1/chat/completions");
-    let censor = [("x-agent-name", "censor")];
+    let censor = [("x-agent-name", "spelling-censor")];
     let key = "AKIAABCDEFGHIJKLMNOP";
     let msgs = |text: &str| format!(r#"[{{"role":"user","content":"{text}"}}]"#);
     for (body, status) in [
@@ -540,7 +545,7 @@ async fn policies_read_escapes_repeated_keys_and_spelling_as_json_does() {
 
     // One conversation spelled three ways is one request repeated: the third is a loop.
     let hdr = [
-        ("x-agent-name", "looper"),
+        ("x-agent-name", "spelling-looper"),
         ("x-session-id", "spelled-three-ways"),
     ];
     for (i, body) in [

@@ -12,7 +12,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use jsonschema::Validator;
 use serde_json::Value;
 
-use crate::providers::request::DeclaredTool;
+use crate::providers::request::{DeclaredTool, ToolSchema};
 use crate::providers::ToolCall;
 
 use super::tools::ToolRules;
@@ -86,16 +86,15 @@ static SCHEMAS: LazyLock<SchemaCache> = LazyLock::new(|| SchemaCache {
 
 impl SchemaCache {
     /// The compiled `schema`, compiled now if no request compiled it before.
-    fn get(&self, schema: &Value) -> Option<Arc<Validator>> {
-        let Ok(text) = serde_json::to_vec(schema) else {
-            return None;
-        };
-        let key = self.keys.hash_one(&text);
+    fn get(&self, schema: &ToolSchema) -> Option<Arc<Validator>> {
+        let key = self.keys.hash_one(schema.text().as_bytes());
         if let Some(hit) = self.compiled.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return hit;
         }
         // Compiled outside the lock; two requests racing on a new schema both compile it.
-        let v = jsonschema::validator_for(schema).ok().map(Arc::new);
+        let v = jsonschema::validator_for(&schema.to_value())
+            .ok()
+            .map(Arc::new);
         if let Ok(mut c) = self.compiled.lock() {
             if c.len() >= MAX_CACHED_SCHEMAS {
                 c.clear();
@@ -149,7 +148,7 @@ mod tests {
     fn weather() -> DeclaredTool {
         DeclaredTool {
             name: "get_weather".into(),
-            schema: json!({"type":"object","properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}),
+            schema: json!({"type":"object","properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}).into(),
         }
     }
 
@@ -219,11 +218,11 @@ mod tests {
         let declared = [
             DeclaredTool {
                 name: "free".into(),
-                schema: Value::Null,
+                schema: Value::Null.into(),
             },
             DeclaredTool {
                 name: "broken".into(),
-                schema: json!({"type": 17}),
+                schema: json!({"type": 17}).into(),
             },
         ];
         let f = check_calls(
@@ -252,15 +251,18 @@ mod cache_tests {
 
     #[test]
     fn compiled_schemas_are_shared_by_content_and_the_cache_is_bounded() {
-        let a = json!({"type":"object","required":["zz_cache_a"]});
+        let a: ToolSchema = json!({"type":"object","required":["zz_cache_a"]}).into();
         let first = SCHEMAS.get(&a).expect("compiles");
         let again = SCHEMAS.get(&a.clone()).expect("compiles");
         assert!(Arc::ptr_eq(&first, &again), "the same schema compiles once");
-        let b = json!({"type":"object","required":["zz_cache_b"]});
+        let b: ToolSchema = json!({"type":"object","required":["zz_cache_b"]}).into();
         assert!(!SCHEMAS.get(&b).unwrap().is_valid(&json!({})));
-        assert!(SCHEMAS.get(&json!({"type": 7})).is_none(), "uncompilable");
+        assert!(
+            SCHEMAS.get(&json!({"type": 7}).into()).is_none(),
+            "uncompilable"
+        );
         for i in 0..(MAX_CACHED_SCHEMAS + 10) {
-            SCHEMAS.get(&json!({"type":"object","required":[format!("zz_{i}")]}));
+            SCHEMAS.get(&json!({"type":"object","required":[format!("zz_{i}")]}).into());
         }
         assert!(SCHEMAS.compiled.lock().unwrap().len() <= MAX_CACHED_SCHEMAS);
     }

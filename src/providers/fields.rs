@@ -2,13 +2,59 @@
 
 use serde_json::Value;
 
+use super::doc::Node;
+
 /// A tool the request offered the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeclaredTool {
     /// Tool name.
     pub name: String,
-    /// JSON Schema of its arguments (`null` when none was given).
-    pub schema: serde_json::Value,
+    /// JSON Schema of its arguments (null when none was given).
+    pub schema: ToolSchema,
+}
+
+/// A declared tool's JSON Schema, kept as its compact JSON text: an agent declares its tools on
+/// every call, and a schema is read into a `Value` only when a tool call is checked against it
+/// (compiled once per distinct text).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolSchema(Option<Box<str>>);
+
+impl ToolSchema {
+    /// The schema at `node` of a request's document (`null`: none).
+    pub fn of_node(node: Node<'_>) -> Self {
+        if node.is_null() {
+            return Self::default();
+        }
+        Self(
+            serde_json::to_string(&node)
+                .ok()
+                .map(String::into_boxed_str),
+        )
+    }
+
+    /// Whether none was given (or `null`).
+    pub fn is_null(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The compact JSON text (`null` when none was given).
+    pub fn text(&self) -> &str {
+        self.0.as_deref().unwrap_or("null")
+    }
+
+    /// The schema as a `Value`.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.text()).unwrap_or(Value::Null)
+    }
+}
+
+impl From<Value> for ToolSchema {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::Null => Self::default(),
+            v => Self(serde_json::to_string(&v).ok().map(String::into_boxed_str)),
+        }
+    }
 }
 
 /// A request body as inspection has it: its bytes, or the document the proxy parsed already.

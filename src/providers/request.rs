@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::doc::{Doc, Items};
 use super::fields::RequestBody;
-pub use super::fields::{Capped, DeclaredTool};
+pub use super::fields::{Capped, DeclaredTool, ToolSchema};
 use super::protocol::Classified;
 use super::registry::Format;
 
@@ -297,12 +297,15 @@ mod tests {
         .unwrap();
         assert_eq!(f.max_tokens, Some(99));
         assert_eq!(f.tools[0].name, "get_weather");
-        assert_eq!(f.tools[0].schema, serde_json::json!({"type": "object"}));
+        assert_eq!(
+            f.tools[0].schema.to_value(),
+            serde_json::json!({"type": "object"})
+        );
         let f = facts("/v1/responses", None, r#"{"max_output_tokens":7,"tools":[{"type":"function","name":"a","parameters":{}},{"type":"web_search"}]}"#).unwrap();
         assert_eq!((f.max_tokens, f.tools.len()), (Some(7), 1));
         let f = facts("/v1/messages", None, r#"{"max_tokens":64,"tools":[{"name":"b","input_schema":{"type":"object","required":["x"]}}]}"#).unwrap();
         assert_eq!(f.max_tokens, Some(64));
-        assert_eq!(f.tools[0].schema["required"][0], "x");
+        assert_eq!(f.tools[0].schema.to_value()["required"][0], "x");
         let f = facts(
             "/v1beta/models/g:generateContent",
             None,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::doc::{Items, Node};
-use super::fields::DeclaredTool;
+use super::fields::{DeclaredTool, ToolSchema};
 
 /// One tool result a request reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,8 @@ pub(super) fn declared(tools: Items<'_>) -> Vec<DeclaredTool> {
                 schema: schema_keys
                     .iter()
                     .find_map(|k| t.get(k))
-                    .map_or(Value::Null, Node::to_value),
+                    .map(ToolSchema::of_node)
+                    .unwrap_or_default(),
             });
         }
     };
@@ -186,8 +187,14 @@ mod tests {
         ]);
         let doc = crate::providers::Doc::of(&tools);
         let d = declared(doc.root().items().unwrap());
-        let got: Vec<_> = d.iter().map(|t| (t.name.as_str(), &t.schema)).collect();
-        assert_eq!(got, [("a", &schema), ("b", &schema), ("c", &schema)]);
+        let got: Vec<_> = d
+            .iter()
+            .map(|t| (t.name.as_str(), t.schema.to_value()))
+            .collect();
+        assert_eq!(
+            got,
+            [("a", schema.clone()), ("b", schema.clone()), ("c", schema)]
+        );
     }
 
     #[test]

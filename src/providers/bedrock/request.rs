@@ -73,11 +73,11 @@ pub(super) fn own_fields(body: RequestBody<'_>) -> Option<OwnFields> {
         .filter_map(|t| match (t.tool_spec, t.system_tool) {
             (Some(s), _) => Some(DeclaredTool {
                 name: s.name,
-                schema: s.input_schema.map(|i| i.json).unwrap_or(Value::Null),
+                schema: s.input_schema.map(|i| i.json).unwrap_or(Value::Null).into(),
             }),
             (None, Some(n)) => Some(DeclaredTool {
                 name: n.name,
-                schema: Value::Null,
+                schema: Default::default(),
             }),
             (None, None) => None,
         })
@@ -112,7 +112,7 @@ mod tests {
         assert_eq!(a.max_tokens, Some(512));
         let names: Vec<_> = a.tools.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["get_weather", "nova_grounding"]);
-        assert_eq!(a.tools[0].schema["required"][0], "city");
+        assert_eq!(a.tools[0].schema.to_value()["required"][0], "city");
         assert_eq!(
             own_fields(RequestBody::Bytes(b"{}")),
             Some(OwnFields::default())

@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::fmt;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use serde::de::value::BorrowedStrDeserializer;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -56,7 +57,8 @@ struct Entry {
 /// A JSON document read once from a request body, for reading only.
 #[derive(Debug, Clone)]
 pub struct Doc {
-    bytes: Bytes,
+    /// The body, checked as UTF-8 once: strings are read as ranges of it with no further check.
+    text: ByteString,
     tape: Vec<Entry>,
     side: String,
 }
@@ -67,6 +69,9 @@ pub enum DocError {
     /// Not JSON (serde_json's reason).
     #[error("invalid JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Not UTF-8 (JSON text is).
+    #[error("body is not UTF-8: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
     /// Larger than the tape's 32-bit offsets (4 GiB).
     #[error("body too large for a document")]
     TooLarge,
@@ -80,23 +85,26 @@ impl Doc {
         if u32::try_from(bytes.len()).is_err() {
             return Err(DocError::TooLarge);
         }
+        // One UTF-8 check of the whole body: serde_json then reads it as `str` (no check per
+        // string) and the nodes' strings are ranges of it (no check per read).
+        let text = ByteString::try_from(bytes)?;
         let mut b = Builder {
-            bytes: &bytes,
+            bytes: text.as_bytes(),
             // About one node per 16 bytes of an agent's request; the tape grows past it.
-            tape: Vec::with_capacity(bytes.len() / 16 + 4),
+            tape: Vec::with_capacity(text.len() / 16 + 4),
             side: String::new(),
             repeats: false,
         };
-        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        let mut de = serde_json::Deserializer::from_str(&text);
         Slot(&mut b).deserialize(&mut de)?;
         de.end()?;
         if b.repeats {
             // Repeated keys: `Value`'s reading (last value at the first key's place), once.
-            let v: Value = serde_json::from_slice(&bytes)?;
+            let v: Value = serde_json::from_str(&text)?;
             return Self::parse(Bytes::from(serde_json::to_vec(&v)?));
         }
         let (tape, side) = (b.tape, b.side);
-        Ok(Self { bytes, tape, side })
+        Ok(Self { text, tape, side })
     }
 
     /// The document's root value.
@@ -107,7 +115,7 @@ impl Doc {
     /// The bytes the document was read from (the body, or its normalized form when it repeated
     /// a key).
     pub fn bytes(&self) -> &Bytes {
-        &self.bytes
+        self.text.as_bytes()
     }
 
     /// A document of `v`'s JSON text (tests build their bodies as `json!` values).
@@ -123,17 +131,10 @@ impl Doc {
     }
 
     fn str_at(&self, side: bool, start: u32, end: u32) -> &str {
-        let (start, end) = (start as usize, end as usize);
-        if side {
-            self.side.get(start..end).unwrap_or("")
-        } else {
-            // The range is a string serde_json read from the body as UTF-8 (or an empty slice
-            // if that ever failed to hold: never a panic).
-            self.bytes
-                .get(start..end)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .unwrap_or("")
-        }
+        let src: &str = if side { &self.side } else { &self.text };
+        // Ranges are strings serde_json read from `src` (an empty string if that ever failed
+        // to hold: never a panic).
+        src.get(start as usize..end as usize).unwrap_or("")
     }
 }
 
@@ -763,6 +764,21 @@ mod tests {
         assert!(
             Doc::parse(Bytes::from("[1e400]")).is_err(),
             "out of range, as for a Value"
+        );
+        // Bytes that are not UTF-8 are refused as a `Value` refuses them, in a string or not.
+        for bad in [
+            &b"{\"a\":\"\xff\"}"[..],
+            b"{\"a\":1}\xc3",
+            b"\xef\xbb\xbf{}",
+        ] {
+            assert!(serde_json::from_slice::<Value>(bad).is_err());
+            assert!(Doc::parse(Bytes::copy_from_slice(bad)).is_err());
+        }
+        let ok = "{\"a\":\"caf\u{e9} \u{1F600}\"}";
+        let d = Doc::parse(Bytes::from(ok)).unwrap();
+        assert_eq!(
+            d.root().get("a").and_then(|n| n.as_str()),
+            Some("caf\u{e9} \u{1F600}")
         );
     }
 

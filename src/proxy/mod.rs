@@ -847,6 +847,10 @@ async fn read_body(
         match first.take() {
             None if buf.is_empty() => first = Some(data),
             Some(f) => {
+                // Sized once for the whole body when its length was declared (checked against
+                // `max` above), so a large body is not copied again at every doubling.
+                let whole = declared.map_or(len, |n| (n as usize).max(len));
+                buf.reserve(whole);
                 buf.extend_from_slice(&f);
                 buf.extend_from_slice(&data);
             }

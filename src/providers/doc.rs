@@ -339,6 +339,11 @@ impl<'d> Node<'d> {
         self.entries()?.find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
+    /// The length in bytes of the whole document's text (a capacity hint for its readers).
+    pub fn document_len(self) -> usize {
+        self.doc.text.len()
+    }
+
     /// The string, when this is one (unescaped).
     pub fn as_str(self) -> Option<&'d str> {
         match self.kind() {

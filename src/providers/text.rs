@@ -55,7 +55,12 @@ pub(super) fn request_text(body: &[u8]) -> RequestText {
 /// The text of a request body already parsed (a JSON object; anything else has no text): what
 /// [`request_text`] reads, without parsing the body again.
 pub(super) fn request_text_doc(doc: Node<'_>) -> RequestText {
-    let mut out = RequestText::default();
+    // The text is at most about the body's length: one allocation, not one per doubling (up
+    // to 1 MiB: a body of media holds little text).
+    let mut out = RequestText {
+        text: String::with_capacity(doc.document_len().min(1 << 20)),
+        ..RequestText::default()
+    };
     if let Some(map) = doc.entries() {
         for (k, v) in map {
             match k {
@@ -157,11 +162,12 @@ fn walk(key: &str, v: Node<'_>, out: &mut RequestText) {
             walk(key, item, out);
         }
     } else if let Some(map) = v.entries() {
-        // A message's few keys are scanned (no hashing).
-        if map.clone().any(|(k, _)| k == "role") {
-            out.messages += 1;
-        }
+        // A message is an object with a `role` (its keys are distinct: the document holds
+        // each once), counted as its entries are walked.
         for (k, v) in map {
+            if k == "role" {
+                out.messages += 1;
+            }
             walk(k, v, out);
         }
     } else if v.is_number() && (key == "prompt" || key == "input") {

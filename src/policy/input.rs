@@ -4,7 +4,7 @@ use regex::RegexSet;
 
 use crate::providers::Node;
 
-use crate::config::{forbidden_input_set, ForbiddenPattern};
+use crate::config::{forbidden_input_set, forbidden_input_sources, ForbiddenPattern};
 
 /// Keys whose subtrees are request content (the conversation, not settings or tool schemas).
 const CONTENT_KEYS: [&str; 7] = [
@@ -21,6 +21,12 @@ const CONTENT_KEYS: [&str; 7] = [
 #[derive(Debug, Default)]
 pub struct ForbiddenInput {
     set: Option<RegexSet>,
+    /// The same patterns in multi-line mode, searched once over the content's strings joined
+    /// by `\n`: where it finds nothing no string holds a match, so the search per string is
+    /// skipped (a match in a string is one in the joined text: `^` and `$` hold at a `\n` as at
+    /// a string's edge, and `\n` is no word character). `None` when a pattern anchors at the
+    /// very start or end of the text (`\A`, `\z`, `(?-m)^`), where that does not hold.
+    joined: Option<RegexSet>,
     ids: Vec<String>,
 }
 
@@ -30,8 +36,14 @@ impl ForbiddenInput {
     /// Compile `patterns` (as config validation does: [`forbidden_input_set`]); plain strings
     /// match literally. The error names the pattern index.
     pub fn new(patterns: &[ForbiddenPattern]) -> Result<Self, (usize, String)> {
+        let set = forbidden_input_set(patterns)?;
+        let joined = match &set {
+            Some(_) => joined_set(&forbidden_input_sources(patterns)?),
+            None => None,
+        };
         Ok(Self {
-            set: forbidden_input_set(patterns)?,
+            set,
+            joined,
             ids: patterns.iter().map(|p| p.id.clone()).collect(),
         })
     }
@@ -44,6 +56,22 @@ impl ForbiddenInput {
     /// The id of the first pattern (in config order) found in the request's content.
     pub fn find(&self, doc: Node<'_>) -> Option<&str> {
         let set = self.set.as_ref()?;
+        if let Some(joined) = &self.joined {
+            // One search over all the strings instead of one per string (each has a fixed
+            // cost in the regex engine: most of this check on a long conversation).
+            let mut text = String::with_capacity(doc.document_len().min(1 << 20));
+            for key in CONTENT_KEYS {
+                if let Some(v) = doc.get(key) {
+                    walk_strings(v, &mut |s| {
+                        text.push_str(s);
+                        text.push('\n');
+                    });
+                }
+            }
+            if !joined.is_match(&text) {
+                return None;
+            }
+        }
         let mut first: Option<usize> = None;
         for key in CONTENT_KEYS {
             if let Some(v) = doc.get(key) {
@@ -61,6 +89,24 @@ impl ForbiddenInput {
         }
         first.and_then(|i| self.ids.get(i)).map(String::as_str)
     }
+}
+
+/// [`ForbiddenInput::joined`]: `sources` in multi-line mode, or `None` when one of them looks
+/// at the very start or end of the text (or does not build).
+fn joined_set(sources: &[String]) -> Option<RegexSet> {
+    use regex_syntax::hir::Look;
+    let multi: Vec<String> = sources.iter().map(|s| format!("(?m:{s})")).collect();
+    for src in &multi {
+        let looks = regex_syntax::Parser::new()
+            .parse(src)
+            .ok()?
+            .properties()
+            .look_set();
+        if looks.contains(Look::Start) || looks.contains(Look::End) {
+            return None;
+        }
+    }
+    RegexSet::new(&multi).ok()
 }
 
 fn walk_strings(v: Node<'_>, f: &mut impl FnMut(&str)) {
@@ -122,5 +168,81 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.0, 1);
         assert!(ForbiddenInput::new(&[]).unwrap().is_empty());
+    }
+
+    /// `find` with and without the joined search: the same answer.
+    fn both(patterns: &[ForbiddenPattern], doc: &serde_json::Value) -> Option<String> {
+        let fast = ForbiddenInput::new(patterns).unwrap();
+        let slow = ForbiddenInput {
+            joined: None,
+            ..ForbiddenInput::new(patterns).unwrap()
+        };
+        let d = Doc::of(doc);
+        let (a, b) = (fast.find(d.root()), slow.find(d.root()));
+        assert_eq!(a, b, "{patterns:?} on {doc}");
+        a.map(str::to_string)
+    }
+
+    #[test]
+    fn the_joined_search_finds_what_the_search_per_string_finds() {
+        let msgs = |texts: &[&str]| {
+            let m: Vec<_> = texts
+                .iter()
+                .map(|t| json!({"role": "user", "content": t}))
+                .collect();
+            json!({"model": "m", "messages": m})
+        };
+        let key = "AKIAABCDEFGHIJKLMNOP";
+        let doc = msgs(&["hello", key, "bye"]);
+        // Anchors hold at a string's edges in the middle of the conversation.
+        for re in [
+            r"^AKIA[0-9A-Z]{16}$",
+            r"\bAKIA[0-9A-Z]{16}\b",
+            r"^AKIA",
+            r"OP$",
+        ] {
+            let p = [pat("k", None, Some(re), false)];
+            assert!(ForbiddenInput::new(&p).unwrap().joined.is_some(), "{re}");
+            assert_eq!(both(&p, &doc).as_deref(), Some("k"), "{re}");
+        }
+        // Patterns that look at the text's very start or end are searched per string.
+        for re in [r"\AAKIA", r"OP\z", r"(?-m)^AKIA"] {
+            let p = [pat("k", None, Some(re), false)];
+            assert!(ForbiddenInput::new(&p).unwrap().joined.is_none(), "{re}");
+            assert_eq!(both(&p, &doc).as_deref(), Some("k"), "{re}");
+        }
+        // A match only across two strings is none.
+        let p = [pat("k", None, Some(r"hello\sAKIA"), false)];
+        assert_eq!(both(&p, &doc), None);
+        let p = [pat("k", None, Some(r"(?s)lo.AK"), false)];
+        assert_eq!(both(&p, &doc), None);
+        // Escaped text is searched unescaped; settings are not content.
+        let doc = json!({"model": key, "messages": [{"role": "user", "content": format!("a\n{key}\"b")}]});
+        let p = [pat("k", None, Some(r"^AKIA[0-9A-Z]{16}$"), false)];
+        assert_eq!(both(&p, &doc), None, "mid-string, not at a line start");
+        let p = [pat("k", None, Some(r"(?m)^AKIA[0-9A-Z]{16}"), false)];
+        assert_eq!(both(&p, &doc).as_deref(), Some("k"));
+        // The first in config order wins, whichever string holds it.
+        let doc = msgs(&["project nightingale", key]);
+        let p = [
+            pat("aws", None, Some("AKIA[0-9A-Z]{16}"), false),
+            pat("bird", Some("NIGHTINGALE"), None, true),
+        ];
+        assert_eq!(both(&p, &doc).as_deref(), Some("aws"));
+        assert_eq!(both(&p, &msgs(&["nothing here"])), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_joined_search_agrees_on_arbitrary_strings(
+            texts in proptest::collection::vec("[a-c\\n ]{0,6}", 0..5),
+            re in proptest::sample::select(vec![
+                "^a", "a$", "^a$", "\\ba\\b", "\\Ba", "ab", "a\\nb", "(?s)a.b", "^$", "c\\s+a",
+                "(?m)^b", "\\Ab", "c\\z", "(?-m:^c)", "a\\b",
+            ]),
+        ) {
+            let m: Vec<_> = texts.iter().map(|t| json!({"role": "user", "content": t})).collect();
+            both(&[pat("p", None, Some(re), false)], &json!({"messages": m}));
+        }
     }
 }

@@ -199,7 +199,10 @@ impl Builder<'_> {
             return false;
         }
         let end = self.tape[at].next as usize;
-        let mut keys = Vec::with_capacity(count.min(SMALL_OBJECT));
+        // A small object's keys on the stack (an agent's conversation has thousands of
+        // objects, nearly all of two to four keys: no allocation for them).
+        let mut small: [&[u8]; SMALL_OBJECT] = [&[]; SMALL_OBJECT];
+        let mut held = 0;
         let mut seen = (count > SMALL_OBJECT).then(|| HashSet::with_capacity(count));
         let mut i = at + 1;
         while i < end {
@@ -211,10 +214,14 @@ impl Builder<'_> {
                     }
                 }
                 None => {
-                    if keys.contains(&k) {
+                    let earlier = small.get(..held).unwrap_or_default();
+                    if earlier.contains(&k) {
                         return true;
                     }
-                    keys.push(k);
+                    if let Some(slot) = small.get_mut(held) {
+                        *slot = k;
+                        held += 1;
+                    }
                 }
             }
             i = self.tape[i + 1].next as usize;

@@ -203,7 +203,7 @@ routes:
   - { name: mock, path_prefix: /, upstream: 'http://127.0.0.1:18000', agent: bench }
 identity: { session_headers: [x-session-id] }
 budgets:
-  store: { kind: memory }
+  store: { kind: memory, snapshot_path: '' }
   limits:
     - { scope: session, tokens: 1000000000000 }
     - { scope: agent, usd: 1000000.0, window: 1d }

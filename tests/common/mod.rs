@@ -43,6 +43,12 @@ impl TestProxy {
         if !yaml.contains("runtime:") {
             runtime_from_env(&mut config.server);
         }
+        // The memory store's default snapshot (`data/budgets.json` under the working
+        // directory) would carry spend between tests and from local runs of the proxy: a test
+        // that wants one names it.
+        if !yaml.contains("snapshot_path") {
+            config.budgets.store.snapshot_path = std::path::PathBuf::new();
+        }
         let server = Server::bind(config).await.expect("bind proxy");
         let addr = server.proxy_addr();
         let admin = server.admin_addr();

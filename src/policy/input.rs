@@ -27,6 +27,16 @@ pub struct ForbiddenInput {
     /// a string's edge, and `\n` is no word character). `None` when a pattern anchors at the
     /// very start or end of the text (`\A`, `\z`, `(?-m)^`), where that does not hold.
     joined: Option<RegexSet>,
+    /// No pattern asserts a line's or the text's start or end (`^`, `$`, `\A`, `\z`): then a
+    /// search of the document's text and its unescaped strings ([`Doc::text`],
+    /// [`Doc::unescaped`]) stands in for the walk. Every string appears verbatim in one of the
+    /// two, next to a quote or a `\n` — no word characters, as a string's edges are to `\b` —
+    /// so no match there is no match in any string; keys, settings and JSON punctuation only
+    /// add matches, which the walk then settles.
+    ///
+    /// [`Doc::text`]: crate::providers::Doc::text
+    /// [`Doc::unescaped`]: crate::providers::Doc::unescaped
+    raw: bool,
     ids: Vec<String>,
 }
 
@@ -37,13 +47,17 @@ impl ForbiddenInput {
     /// match literally. The error names the pattern index.
     pub fn new(patterns: &[ForbiddenPattern]) -> Result<Self, (usize, String)> {
         let set = forbidden_input_set(patterns)?;
-        let joined = match &set {
-            Some(_) => joined_set(&forbidden_input_sources(patterns)?),
-            None => None,
+        let (joined, raw) = match &set {
+            Some(_) => {
+                let sources = forbidden_input_sources(patterns)?;
+                (joined_set(&sources), sources.iter().all(|s| no_edges(s)))
+            }
+            None => (None, false),
         };
         Ok(Self {
             set,
             joined,
+            raw,
             ids: patterns.iter().map(|p| p.id.clone()).collect(),
         })
     }
@@ -56,7 +70,13 @@ impl ForbiddenInput {
     /// The id of the first pattern (in config order) found in the request's content.
     pub fn find(&self, doc: Node<'_>) -> Option<&str> {
         let set = self.set.as_ref()?;
-        if let Some(joined) = &self.joined {
+        if self.raw {
+            // Two searches of text as it lies in memory: no walk, no copy.
+            let d = doc.document();
+            if !set.is_match(d.text()) && !set.is_match(d.unescaped()) {
+                return None;
+            }
+        } else if let Some(joined) = &self.joined {
             // One search over all the strings instead of one per string (each has a fixed
             // cost in the regex engine: most of this check on a long conversation).
             let mut text = String::with_capacity(doc.document_len().min(1 << 20));
@@ -107,6 +127,25 @@ fn joined_set(sources: &[String]) -> Option<RegexSet> {
         }
     }
     RegexSet::new(&multi).ok()
+}
+
+/// [`ForbiddenInput::raw`] for one pattern: it asserts no line's or text's start or end.
+fn no_edges(source: &str) -> bool {
+    use regex_syntax::hir::Look;
+    let Ok(hir) = regex_syntax::Parser::new().parse(source) else {
+        return false;
+    };
+    let looks = hir.properties().look_set();
+    ![
+        Look::Start,
+        Look::End,
+        Look::StartLF,
+        Look::EndLF,
+        Look::StartCRLF,
+        Look::EndCRLF,
+    ]
+    .into_iter()
+    .any(|l| looks.contains(l))
 }
 
 fn walk_strings(v: Node<'_>, f: &mut impl FnMut(&str)) {
@@ -170,16 +209,26 @@ mod tests {
         assert!(ForbiddenInput::new(&[]).unwrap().is_empty());
     }
 
-    /// `find` with and without the joined search: the same answer.
+    /// `find` with the search of the raw text, the joined search and neither: the same answer.
     fn both(patterns: &[ForbiddenPattern], doc: &serde_json::Value) -> Option<String> {
         let fast = ForbiddenInput::new(patterns).unwrap();
+        let joined = ForbiddenInput {
+            raw: false,
+            ..ForbiddenInput::new(patterns).unwrap()
+        };
         let slow = ForbiddenInput {
             joined: None,
+            raw: false,
             ..ForbiddenInput::new(patterns).unwrap()
         };
         let d = Doc::of(doc);
-        let (a, b) = (fast.find(d.root()), slow.find(d.root()));
-        assert_eq!(a, b, "{patterns:?} on {doc}");
+        let (a, b, c) = (
+            fast.find(d.root()),
+            joined.find(d.root()),
+            slow.find(d.root()),
+        );
+        assert_eq!(a, c, "{patterns:?} on {doc}");
+        assert_eq!(b, c, "{patterns:?} on {doc}");
         a.map(str::to_string)
     }
 
@@ -203,7 +252,43 @@ mod tests {
         ] {
             let p = [pat("k", None, Some(re), false)];
             assert!(ForbiddenInput::new(&p).unwrap().joined.is_some(), "{re}");
+            let anchored = re.contains('^') || re.contains('$');
+            assert_eq!(ForbiddenInput::new(&p).unwrap().raw, !anchored, "{re}");
             assert_eq!(both(&p, &doc).as_deref(), Some("k"), "{re}");
+        }
+        // Without anchors the document's text is searched as it lies: word boundaries hold at
+        // a string's quotes as at its edges.
+        for re in [
+            r"\bAKIA[0-9A-Z]{16}\b",
+            r"\BKIA",
+            r"(?i)akia",
+            r"\b{start}AKIA",
+        ] {
+            let p = [pat("k", None, Some(re), false)];
+            assert!(ForbiddenInput::new(&p).unwrap().raw, "{re}");
+            assert_eq!(both(&p, &doc).as_deref(), Some("k"), "{re}");
+        }
+        // A match in keys, settings or JSON punctuation only is none.
+        for re in [r"role", r#"":""#, r"hello\W+AKIA", r"model.*m"] {
+            let p = [pat("k", None, Some(re), false)];
+            assert!(ForbiddenInput::new(&p).unwrap().raw, "{re}");
+            assert_eq!(both(&p, &doc), None, "{re}");
+        }
+        // A string with escapes is searched unescaped, alone.
+        let esc = msgs(&["say \"AKIAABCDEFGHIJKLMNOP\"\n", "\tAKIAABCDEFGHIJKLMNOP"]);
+        for re in [
+            r#""AKIA[0-9A-Z]{16}""#,
+            r#"OP"\n"#,
+            r"\tAKIA",
+            r"\bAKIA\w+OP\b",
+        ] {
+            let p = [pat("k", None, Some(re), false)];
+            assert!(ForbiddenInput::new(&p).unwrap().raw, "{re}");
+            assert_eq!(both(&p, &esc).as_deref(), Some("k"), "{re}");
+        }
+        for re in [r"\n\n\tAKIA", r"OP\n$", r"OP\n\n"] {
+            let p = [pat("k", None, Some(re), false)];
+            assert_eq!(both(&p, &esc), None, "across two escaped strings: {re}");
         }
         // Patterns that look at the text's very start or end are searched per string.
         for re in [r"\AAKIA", r"OP\z", r"(?-m)^AKIA"] {
@@ -235,10 +320,11 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn the_joined_search_agrees_on_arbitrary_strings(
-            texts in proptest::collection::vec("[a-c\\n ]{0,6}", 0..5),
+            texts in proptest::collection::vec("[a-c\\n \"]{0,6}", 0..5),
             re in proptest::sample::select(vec![
                 "^a", "a$", "^a$", "\\ba\\b", "\\Ba", "ab", "a\\nb", "(?s)a.b", "^$", "c\\s+a",
                 "(?m)^b", "\\Ab", "c\\z", "(?-m:^c)", "a\\b",
+                "a\"", "\":\"", "[^a]a", "\\Wc", "role", "user\\b",
             ]),
         ) {
             let m: Vec<_> = texts.iter().map(|t| json!({"role": "user", "content": t})).collect();

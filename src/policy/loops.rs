@@ -6,7 +6,7 @@
 //! hashes; sessions with nothing inside the longest window are swept every [`SWEEP_EVERY`] calls.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,16 +89,13 @@ impl LoopTracker {
     }
 }
 
-/// The hasher of request hashes: foldhash's quality variant with a fixed seed (a conversation of
-/// 256 KiB hashes in a fraction of SipHash's time; the hashes are only compared in this process).
-const HASHER: foldhash::quality::FixedState = foldhash::quality::FixedState::with_seed(0x1f0c_a5e7);
-
 /// Hash of what makes two requests "the same": model, conversation (`messages`, Responses
 /// `input`, Gemini `contents`, `system`, `prompt`) and tools. Object entries are hashed one by
 /// one and summed, so key order and whitespace do not matter; sampling settings and ids do not
-/// count. Read from the request's document: the hash [`hash_value`] gives the equal `Value`.
+/// count. Each part is its node's [`Node::content_hash`] (read at parse when the document was
+/// parsed hashing, as the proxy does where loop detection watches a session).
 pub fn request_hash(doc: Node<'_>) -> u64 {
-    let mut h = HASHER.build_hasher();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
     for key in [
         "model",
         "system",
@@ -112,7 +109,7 @@ pub fn request_hash(doc: Node<'_>) -> u64 {
     ] {
         if let Some(v) = doc.get(key) {
             key.hash(&mut h);
-            hash_node(v, &mut h);
+            v.content_hash().hash(&mut h);
         }
     }
     h.finish()
@@ -148,43 +145,13 @@ fn hash_value(v: &Value, h: &mut impl Hasher) {
         Value::Object(o) => {
             // Entries hashed one by one and summed: key order does not matter, no sorting.
             let sum = o.iter().fold(0u64, |acc, (k, x)| {
-                let mut eh = HASHER.build_hasher();
+                let mut eh = std::collections::hash_map::DefaultHasher::new();
                 k.hash(&mut eh);
                 hash_value(x, &mut eh);
                 acc.wrapping_add(eh.finish())
             });
             (5u8, o.len(), sum).hash(h);
         }
-    }
-}
-
-/// [`hash_value`] of a document's node: the same scheme, so equal documents hash equal.
-fn hash_node(v: Node<'_>, h: &mut impl Hasher) {
-    if let Some(s) = v.as_str() {
-        (3u8, s).hash(h);
-    } else if let Some(items) = v.items() {
-        (4u8, items.len()).hash(h);
-        items.for_each(|x| hash_node(x, h));
-    } else if let Some(entries) = v.entries() {
-        let n = entries.len();
-        let sum = entries.fold(0u64, |acc, (k, x)| {
-            let mut eh = HASHER.build_hasher();
-            k.hash(&mut eh);
-            hash_node(x, &mut eh);
-            acc.wrapping_add(eh.finish())
-        });
-        (5u8, n, sum).hash(h);
-    } else if let Some(b) = v.as_bool() {
-        (1u8, b).hash(h);
-    } else if v.is_number() {
-        2u8.hash(h);
-        match (v.as_u64(), v.as_i64(), v.as_f64()) {
-            (Some(u), ..) => u.hash(h),
-            (None, Some(i), _) => i.hash(h),
-            (.., f) => f.map(f64::to_bits).hash(h),
-        }
-    } else {
-        0u8.hash(h);
     }
 }
 
@@ -209,12 +176,14 @@ mod tests {
         let hash = |v: &Value| request_hash(Doc::of(v).root());
         assert_eq!(hash(&a), hash(&b));
         assert_ne!(hash(&a), hash(&c));
-        // The document's hash is the equal `Value`'s, node for node.
-        let mut want = HASHER.build_hasher();
-        hash_value(&a, &mut want);
-        let mut got = HASHER.build_hasher();
-        hash_node(Doc::of(&a).root(), &mut got);
-        assert_eq!(got.finish(), want.finish());
+        // Read at parse or walked: the same hash.
+        let hashed = |v: &Value| {
+            let d = Doc::parse_hashing(serde_json::to_vec(v).unwrap().into()).unwrap();
+            request_hash(d.root())
+        };
+        assert_eq!(hashed(&a), hash(&a));
+        assert_eq!(hashed(&b), hash(&a));
+        assert_ne!(hashed(&c), hash(&a));
     }
 
     #[test]

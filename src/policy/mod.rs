@@ -394,6 +394,12 @@ impl Policies {
         Ok((a.check, a.pending))
     }
 
+    /// Whether loop detection watches `agent`'s sessions: then the proxy hashes the request's
+    /// conversation as it parses it (a session's calls need the hash; one walk less).
+    pub fn hashes_requests(&self, agent: &str) -> bool {
+        self.set.load().rules_for(agent).loop_detection.enabled
+    }
+
     /// The request-side policies for one asker (benchmarks and tests use it directly).
     pub fn evaluate(
         &self,

@@ -14,6 +14,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -42,9 +43,31 @@ enum Kind {
         end: u32,
     },
     /// An array and its item count; the items follow.
-    Array(u32),
+    Array {
+        count: u32,
+        text: Span,
+    },
     /// An object and its entry count; each entry is a key node followed by its value's nodes.
-    Object(u32),
+    Object {
+        count: u32,
+        text: Span,
+    },
+}
+
+/// Where a container's JSON text lies in the body, when the parse could tell.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    /// Not known: a value without a place in the body (a number, an escaped string) came
+    /// right before the container's bracket.
+    const UNKNOWN: Span = Span {
+        start: u32::MAX,
+        end: u32::MAX,
+    };
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -60,8 +83,18 @@ pub struct Doc {
     /// The body, checked as UTF-8 once: strings are read as ranges of it with no further check.
     text: ByteString,
     tape: Vec<Entry>,
+    /// The strings that had escapes, unescaped, each followed by `\n`.
     side: String,
+    /// The root's members' content hashes, read at parse ([`Doc::parse_hashing`]): tape index
+    /// and hash, in document order.
+    hashes: Vec<(u32, u64)>,
 }
+
+/// The seed of [`Node::content_hash`]: foldhash's quality variant with a fixed seed (a 256 KiB
+/// conversation hashes in a fraction of SipHash's time; hashes are compared only within this
+/// process).
+const CONTENT_SEED: foldhash::quality::FixedState =
+    foldhash::quality::FixedState::with_seed(0x1f0c_a5e7);
 
 /// Why a body is not a [`Doc`].
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +115,17 @@ pub enum DocError {
 impl Doc {
     /// Parse `bytes` (shared, not copied) into a document.
     pub fn parse(bytes: Bytes) -> Result<Self, DocError> {
+        Self::parse_with(bytes, false)
+    }
+
+    /// [`Doc::parse`], hashing the root's members as they are read: their
+    /// [`Node::content_hash`] is then at hand without a second walk of the conversation (each
+    /// string is hashed while the parse has it in cache).
+    pub fn parse_hashing(bytes: Bytes) -> Result<Self, DocError> {
+        Self::parse_with(bytes, true)
+    }
+
+    fn parse_with(bytes: Bytes, hashing: bool) -> Result<Self, DocError> {
         if u32::try_from(bytes.len()).is_err() {
             return Err(DocError::TooLarge);
         }
@@ -94,17 +138,30 @@ impl Doc {
             tape: Vec::with_capacity(text.len() / 16 + 4),
             side: String::new(),
             repeats: false,
+            hashes: hashing.then(Vec::new),
+            cursor: 0,
         };
         let mut de = serde_json::Deserializer::from_str(&text);
-        Slot(&mut b).deserialize(&mut de)?;
+        Slot {
+            b: &mut b,
+            feed: None,
+            root: true,
+        }
+        .deserialize(&mut de)?;
         de.end()?;
         if b.repeats {
             // Repeated keys: `Value`'s reading (last value at the first key's place), once.
             let v: Value = serde_json::from_str(&text)?;
-            return Self::parse(Bytes::from(serde_json::to_vec(&v)?));
+            return Self::parse_with(Bytes::from(serde_json::to_vec(&v)?), hashing);
         }
         let (tape, side) = (b.tape, b.side);
-        Ok(Self { text, tape, side })
+        let hashes = b.hashes.unwrap_or_default();
+        Ok(Self {
+            text,
+            tape,
+            side,
+            hashes,
+        })
     }
 
     /// The document's root value.
@@ -130,6 +187,17 @@ impl Doc {
         self.root().to_value()
     }
 
+    /// The document's whole text (the body as sent, or as normalized at parse).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Every string the text holds with escapes, unescaped, each followed by `\n`: with
+    /// [`Doc::text`], every string of the document appears verbatim in one of the two.
+    pub fn unescaped(&self) -> &str {
+        &self.side
+    }
+
     fn str_at(&self, side: bool, start: u32, end: u32) -> &str {
         let src: &str = if side { &self.side } else { &self.text };
         // Ranges are strings serde_json read from `src` (an empty string if that ever failed
@@ -145,9 +213,65 @@ struct Builder<'b> {
     side: String,
     /// Some object repeated a key.
     repeats: bool,
+    /// The root's members' content hashes, when the parse hashes.
+    hashes: Option<Vec<(u32, u64)>>,
+    /// The offset just past the last token whose end is known (`NOWHERE`: not known), from
+    /// which a container's bracket is found ([`Span`]).
+    cursor: u32,
 }
 
+/// [`Builder::cursor`] when the last token has no known end.
+const NOWHERE: u32 = u32::MAX;
+
 impl Builder<'_> {
+    /// The offset of `bracket` next after the cursor, past whitespace, commas and colons only
+    /// (what lies between a token and the next): `None` where the cursor is not known or
+    /// something else comes first.
+    fn next_bracket(&self, bracket: u8) -> Option<u32> {
+        if self.cursor == NOWHERE {
+            return None;
+        }
+        let rest = self.bytes.get(self.cursor as usize..)?;
+        let i = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',' | b':'))?;
+        (rest[i] == bracket).then_some(self.cursor + i as u32)
+    }
+
+    /// A number, `true`, `false` or `null` was read: the cursor moves past it (its letters,
+    /// digits, signs and points; none of them ends a token or separates two).
+    fn past_scalar(&mut self) {
+        let Some(rest) = self.bytes.get(self.cursor as usize..) else {
+            return; // not known: stays so
+        };
+        let sep = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',' | b':'))
+            .unwrap_or(rest.len());
+        let token = rest[sep..]
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))
+            .unwrap_or(rest.len() - sep);
+        self.cursor += (sep + token) as u32;
+    }
+
+    /// A container opens with `bracket`: where its text starts (`NOWHERE`: not known).
+    fn open(&mut self, bracket: u8) -> u32 {
+        let start = self.next_bracket(bracket);
+        self.cursor = start.map_or(NOWHERE, |s| s + 1);
+        start.unwrap_or(NOWHERE)
+    }
+
+    /// The container opened at `start` closes with `bracket`: its text's span.
+    fn close(&mut self, start: u32, bracket: u8) -> Span {
+        let end = self.next_bracket(bracket);
+        self.cursor = end.map_or(NOWHERE, |e| e + 1);
+        match end {
+            Some(e) if start != NOWHERE => Span { start, end: e + 1 },
+            _ => Span::UNKNOWN,
+        }
+    }
+
     fn push(&mut self, kind: Kind) -> usize {
         let at = self.tape.len();
         self.tape.push(Entry {
@@ -164,18 +288,24 @@ impl Builder<'_> {
         let p = s.as_ptr() as usize;
         if borrowed && p >= base && p + s.len() <= base + self.bytes.len() {
             let start = (p - base) as u32;
+            // Past the closing quote.
+            self.cursor = start + s.len() as u32 + 1;
             return Kind::Str {
                 side: false,
                 start,
                 end: start + s.len() as u32,
             };
         }
+        self.cursor = NOWHERE;
         let start = self.side.len() as u32;
         self.side.push_str(s);
+        let end = self.side.len() as u32;
+        // Separated, so a search of the whole buffer sees each string's edges as a line's.
+        self.side.push('\n');
         Kind::Str {
             side: true,
             start,
-            end: self.side.len() as u32,
+            end,
         }
     }
 
@@ -230,10 +360,97 @@ impl Builder<'_> {
     }
 }
 
-/// Reads one value onto the tape.
-struct Slot<'a, 'b>(&'a mut Builder<'b>);
+/// Streams a value's content into a hash: the one scheme of [`Node::content_hash`], fed by the
+/// parse ([`Slot`]) and by a walk of the tape ([`Node::feed`]) alike. An object's entries are
+/// hashed one by one and summed, so key order does not matter; whitespace is never seen.
+struct Feed(foldhash::quality::FoldHasher<'static>);
 
-impl<'de> DeserializeSeed<'de> for Slot<'_, '_> {
+impl Feed {
+    fn new() -> Self {
+        Self(CONTENT_SEED.build_hasher())
+    }
+
+    fn scalar(&mut self, kind: Kind) {
+        let h = &mut self.0;
+        match kind {
+            Kind::Null => h.write_u8(0),
+            Kind::Bool(b) => {
+                h.write_u8(1);
+                h.write_u8(u8::from(b));
+            }
+            Kind::U64(v) => {
+                h.write_u8(2);
+                h.write_u64(v);
+            }
+            Kind::I64(v) => {
+                h.write_u8(2);
+                h.write_i64(v);
+            }
+            Kind::F64(v) => {
+                h.write_u8(6);
+                h.write_u64(v.to_bits());
+            }
+            // Containers and strings have their own calls.
+            Kind::Str { .. } | Kind::Array { .. } | Kind::Object { .. } => {}
+        }
+    }
+
+    fn str(&mut self, s: &str) {
+        self.0.write_u8(3);
+        // `write` folds the length in itself.
+        self.0.write(s.as_bytes());
+    }
+
+    /// An array opens; its items are fed into the same hash, then [`Feed::array_end`].
+    fn array(&mut self) {
+        self.0.write_u8(4);
+    }
+
+    fn array_end(&mut self, count: u32) {
+        self.0.write_u32(count);
+    }
+
+    /// An object: its entry count and the sum of its entries' own hashes.
+    fn object(&mut self, count: u32, sum: u64) {
+        self.0.write_u8(5);
+        self.0.write_u32(count);
+        self.0.write_u64(sum);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+}
+
+/// Reads one value onto the tape, and into `feed` when the parse hashes.
+struct Slot<'a, 'b, 'h> {
+    b: &'a mut Builder<'b>,
+    feed: Option<&'h mut Feed>,
+    /// The document's root: its members are hashed on their own ([`Doc::parse_hashing`]).
+    root: bool,
+}
+
+impl Slot<'_, '_, '_> {
+    #[inline]
+    fn scalar(self, kind: Kind) {
+        self.b.push(kind);
+        self.b.past_scalar();
+        if let Some(f) = self.feed {
+            f.scalar(kind);
+        }
+    }
+
+    #[inline]
+    fn string(self, v: &str, borrowed: bool) {
+        let k = self.b.string(v, borrowed);
+        self.b.push(k);
+        if let Some(f) = self.feed {
+            f.str(v);
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Slot<'_, '_, '_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -241,7 +458,7 @@ impl<'de> DeserializeSeed<'de> for Slot<'_, '_> {
     }
 }
 
-impl<'de> Visitor<'de> for Slot<'_, '_> {
+impl<'de> Visitor<'de> for Slot<'_, '_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -249,70 +466,121 @@ impl<'de> Visitor<'de> for Slot<'_, '_> {
     }
 
     fn visit_unit<E>(self) -> Result<(), E> {
-        self.0.push(Kind::Null);
+        self.scalar(Kind::Null);
         Ok(())
     }
 
     fn visit_bool<E>(self, v: bool) -> Result<(), E> {
-        self.0.push(Kind::Bool(v));
+        self.scalar(Kind::Bool(v));
         Ok(())
     }
 
     fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.0.push(Kind::U64(v));
+        self.scalar(Kind::U64(v));
         Ok(())
     }
 
     fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.0.push(Kind::I64(v));
+        self.scalar(Kind::I64(v));
         Ok(())
     }
 
     fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        self.0.push(Kind::F64(v));
+        self.scalar(Kind::F64(v));
         Ok(())
     }
 
     fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
-        let k = self.0.string(v, true);
-        self.0.push(k);
+        self.string(v, true);
         Ok(())
     }
 
     fn visit_str<E>(self, v: &str) -> Result<(), E> {
-        let k = self.0.string(v, false);
-        self.0.push(k);
+        self.string(v, false);
         Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let at = self.0.push(Kind::Array(0));
+        let Slot { b, mut feed, .. } = self;
+        let start = b.open(b'[');
+        let at = b.push(Kind::Array {
+            count: 0,
+            text: Span::UNKNOWN,
+        });
+        if let Some(f) = feed.as_deref_mut() {
+            f.array();
+        }
         let mut count = 0u32;
-        while seq.next_element_seed(Slot(self.0))?.is_some() {
+        while seq
+            .next_element_seed(Slot {
+                b: &mut *b,
+                feed: feed.as_deref_mut(),
+                root: false,
+            })?
+            .is_some()
+        {
             count += 1;
         }
-        let next = self.0.tape.len() as u32;
-        self.0.tape[at] = Entry {
-            kind: Kind::Array(count),
+        let next = b.tape.len() as u32;
+        let text = b.close(start, b']');
+        b.tape[at] = Entry {
+            kind: Kind::Array { count, text },
             next,
         };
+        if let Some(f) = feed {
+            f.array_end(count);
+        }
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let at = self.0.push(Kind::Object(0));
+        let Slot { b, feed, root } = self;
+        let start = b.open(b'{');
+        let at = b.push(Kind::Object {
+            count: 0,
+            text: Span::UNKNOWN,
+        });
+        let members = root && b.hashes.is_some();
         let mut count = 0u32;
-        while map.next_key_seed(Slot(self.0))?.is_some() {
-            map.next_value_seed(Slot(self.0))?;
+        let mut sum = 0u64;
+        loop {
+            // Inside a hashed value each entry (key and value) has its own hash, summed;
+            // a root member's value is hashed alone.
+            let mut entry = feed.is_some().then(Feed::new);
+            let key = Slot {
+                b: &mut *b,
+                feed: entry.as_mut(),
+                root: false,
+            };
+            if map.next_key_seed(key)?.is_none() {
+                break;
+            }
+            let value_at = b.tape.len() as u32;
+            let mut member = members.then(Feed::new);
+            map.next_value_seed(Slot {
+                b: &mut *b,
+                feed: entry.as_mut().or(member.as_mut()),
+                root: false,
+            })?;
+            if let Some(e) = entry {
+                sum = sum.wrapping_add(e.finish());
+            }
+            if let (Some(m), Some(hashes)) = (member, b.hashes.as_mut()) {
+                hashes.push((value_at, m.finish()));
+            }
             count += 1;
         }
-        let next = self.0.tape.len() as u32;
-        self.0.tape[at] = Entry {
-            kind: Kind::Object(count),
+        let next = b.tape.len() as u32;
+        let text = b.close(start, b'}');
+        b.tape[at] = Entry {
+            kind: Kind::Object { count, text },
             next,
         };
-        if !self.0.repeats && self.0.repeats_a_key(at, count as usize) {
-            self.0.repeats = true;
+        if !b.repeats && b.repeats_a_key(at, count as usize) {
+            b.repeats = true;
+        }
+        if let Some(f) = feed {
+            f.object(count, sum);
         }
         Ok(())
     }
@@ -349,6 +617,62 @@ impl<'d> Node<'d> {
     /// The length in bytes of the whole document's text (a capacity hint for its readers).
     pub fn document_len(self) -> usize {
         self.doc.text.len()
+    }
+
+    /// The document this node belongs to.
+    pub fn document(self) -> &'d Doc {
+        self.doc
+    }
+
+    /// This array's or object's JSON text as it lies in the body (`None`: not a container,
+    /// or one the parse could not place — right after a number or an escaped string).
+    pub fn raw_json(self) -> Option<&'d str> {
+        let (Kind::Array { text, .. } | Kind::Object { text, .. }) = self.kind() else {
+            return None;
+        };
+        if text.start == NOWHERE {
+            return None;
+        }
+        self.doc.text.get(text.start as usize..text.end as usize)
+    }
+
+    /// A hash of this value's content: equal values hash equal, whatever their key order and
+    /// whitespace. Read from the parse for the root's members of a [`Doc::parse_hashing`]
+    /// document, else computed by a walk of the subtree.
+    pub fn content_hash(self) -> u64 {
+        if let Some(&(_, h)) = self
+            .doc
+            .hashes
+            .iter()
+            .find(|(at, _)| *at as usize == self.at)
+        {
+            return h;
+        }
+        let mut f = Feed::new();
+        self.feed(&mut f);
+        f.finish()
+    }
+
+    /// This subtree into `f`, as the parse feeds it.
+    fn feed(self, f: &mut Feed) {
+        match self.kind() {
+            Kind::Str { .. } => f.str(self.as_str().unwrap_or("")),
+            Kind::Array { count: n, .. } => {
+                f.array();
+                self.items_or_none().for_each(|x| x.feed(f));
+                f.array_end(n);
+            }
+            Kind::Object { count: n, .. } => {
+                let sum = self.entries_or_none().fold(0u64, |acc, (k, x)| {
+                    let mut e = Feed::new();
+                    e.str(k);
+                    x.feed(&mut e);
+                    acc.wrapping_add(e.finish())
+                });
+                f.object(n, sum);
+            }
+            k => f.scalar(k),
+        }
     }
 
     /// The string, when this is one (unescaped).
@@ -412,12 +736,12 @@ impl<'d> Node<'d> {
 
     /// Whether this is an object.
     pub fn is_object(self) -> bool {
-        matches!(self.kind(), Kind::Object(_))
+        matches!(self.kind(), Kind::Object { .. })
     }
 
     /// Whether this is an array.
     pub fn is_array(self) -> bool {
-        matches!(self.kind(), Kind::Array(_))
+        matches!(self.kind(), Kind::Array { .. })
     }
 
     /// The items, when this is an array.
@@ -433,7 +757,7 @@ impl<'d> Node<'d> {
     /// [`Node::items`], empty for a non-array.
     fn items_or_none(self) -> Items<'d> {
         let left = match self.kind() {
-            Kind::Array(n) => n as usize,
+            Kind::Array { count: n, .. } => n as usize,
             _ => 0,
         };
         Items {
@@ -446,7 +770,7 @@ impl<'d> Node<'d> {
     /// [`Node::entries`], empty for a non-object.
     fn entries_or_none(self) -> Entries<'d> {
         let left = match self.kind() {
-            Kind::Object(n) => n as usize,
+            Kind::Object { count: n, .. } => n as usize,
             _ => 0,
         };
         Entries {
@@ -540,7 +864,7 @@ impl Serialize for Node<'_> {
             Kind::I64(n) => s.serialize_i64(n),
             Kind::F64(n) => s.serialize_f64(n),
             Kind::Str { .. } => s.serialize_str(self.as_str().unwrap_or("")),
-            Kind::Array(_) => {
+            Kind::Array { .. } => {
                 let items = self.items_or_none();
                 let mut seq = s.serialize_seq(Some(items.len()))?;
                 for item in items {
@@ -548,7 +872,7 @@ impl Serialize for Node<'_> {
                 }
                 seq.end()
             }
-            Kind::Object(_) => {
+            Kind::Object { .. } => {
                 let entries = self.entries_or_none();
                 let mut map = s.serialize_map(Some(entries.len()))?;
                 for (k, v) in entries {
@@ -573,7 +897,7 @@ impl<'de> Deserializer<'de> for Node<'de> {
             Kind::I64(n) => v.visit_i64(n),
             Kind::F64(n) => v.visit_f64(n),
             Kind::Str { .. } => v.visit_borrowed_str(self.as_str().unwrap_or("")),
-            Kind::Array(_) => {
+            Kind::Array { .. } => {
                 let mut seq = SeqDe(self.items_or_none());
                 let out = v.visit_seq(&mut seq)?;
                 match seq.0.len() {
@@ -581,7 +905,7 @@ impl<'de> Deserializer<'de> for Node<'de> {
                     _ => Err(de::Error::custom("fewer elements in array")),
                 }
             }
-            Kind::Object(_) => v.visit_map(MapDe {
+            Kind::Object { .. } => v.visit_map(MapDe {
                 entries: self.entries_or_none(),
                 value: None,
             }),
@@ -734,6 +1058,122 @@ mod tests {
         assert_eq!(r.get("key").and_then(Node::as_u64), Some(1));
         let keys: Vec<_> = r.entries().unwrap().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a\"b", "plain", "key"]);
+        // The strings with escapes, unescaped and each ended by a newline; the rest lie in
+        // the text.
+        assert_eq!(d.unescaped(), "a\"b\nline\nbreak é 😀\nkey\n");
+        assert!(d.text().contains(r#""héllo 😀""#));
+    }
+
+    #[test]
+    fn content_hashes_ignore_key_order_and_whitespace_but_not_content() {
+        let hashed = |t: &str| Doc::parse_hashing(Bytes::from(t.to_string())).unwrap();
+        let a = hashed(r#"{"m":[{"role":"user","content":"hi"},1,-2,0.5,null,true]}"#);
+        let b = hashed(
+            "{ \"m\" : [ {\"content\":\"hi\",\n \"role\":\"user\"}, 1, -2, 0.5, null, true ] }",
+        );
+        let walked = doc(r#"{"m":[{"content":"hi","role":"user"},1,-2,0.5,null,true]}"#);
+        let m = |d: &Doc| d.root().get("m").map(Node::content_hash);
+        assert_eq!(m(&a), m(&b));
+        assert_eq!(m(&a), m(&walked), "read at parse or walked: the same");
+        for other in [
+            r#"{"m":[{"role":"user","content":"hi!"},1,-2,0.5,null,true]}"#,
+            r#"{"m":[{"role":"user","content":"hi"},1,-2,0.5,null]}"#,
+            r#"{"m":[{"role":"user","content":"hi"},[1,-2],0.5,null,true]}"#,
+            r#"{"m":[{"role":"user","contents":"hi"},1,-2,0.5,null,true]}"#,
+            r#"{"m":[{"role":"user","content":"hi"},1,2,0.5,null,true]}"#,
+            r#"{"m":[{"role":"user","content":"hi"},1,-2,0.5,false,true]}"#,
+        ] {
+            assert_ne!(m(&hashed(other)), m(&a), "{other}");
+            assert_ne!(m(&doc(other)), m(&a), "{other}");
+        }
+        // Two strings are not their concatenation.
+        assert_ne!(
+            m(&doc(r#"{"m":["ab","c"]}"#)),
+            m(&doc(r#"{"m":["a","bc"]}"#))
+        );
+    }
+
+    /// Every container of `n` whose text the parse placed: that text reads as the container.
+    /// Returns how many were placed.
+    fn placed_texts_read_as_their_nodes(n: Node<'_>) -> usize {
+        let own = match n.raw_json() {
+            Some(t) => {
+                let v: Value = serde_json::from_str(t).unwrap();
+                assert_eq!(v, n.to_value(), "{t}");
+                1
+            }
+            None => 0,
+        };
+        let inner: usize = match (n.items(), n.entries()) {
+            (Some(items), _) => items.map(placed_texts_read_as_their_nodes).sum(),
+            (_, Some(entries)) => entries
+                .map(|(_, x)| placed_texts_read_as_their_nodes(x))
+                .sum(),
+            _ => 0,
+        };
+        own + inner
+    }
+
+    #[test]
+    fn containers_know_their_text() {
+        let text = r#" {"model":"m","tools":[{"type":"function","function":{"name":"a","parameters":{ "type" : "object", "properties" : {} }}}],
+            "n": [1, {"after":"a number"}], "e": ["x\ty", {"after":"an escape"}, []], "z": {"k": [true]} } "#;
+        let d = doc(text);
+        let r = d.root();
+        assert_eq!(r.raw_json(), Some(text.trim()));
+        let tools = r.get("tools").unwrap();
+        let params = tools
+            .items()
+            .unwrap()
+            .next()
+            .unwrap()
+            .get("function")
+            .unwrap()
+            .get("parameters")
+            .unwrap();
+        assert_eq!(
+            params.raw_json(),
+            Some(r#"{ "type" : "object", "properties" : {} }"#)
+        );
+        assert_eq!(params.get("properties").unwrap().raw_json(), Some("{}"));
+        // Right after an escaped string the place is not known; the next string finds it
+        // again. Numbers and literals are stepped over.
+        let after = |k: &str, i: usize| r.get(k).unwrap().items().unwrap().nth(i).unwrap();
+        assert_eq!(after("n", 1).raw_json(), Some(r#"{"after":"a number"}"#));
+        assert_eq!(
+            r.get("n").unwrap().raw_json(),
+            Some(r#"[1, {"after":"a number"}]"#)
+        );
+        assert_eq!(after("e", 1).raw_json(), None);
+        assert_eq!(after("e", 2).raw_json(), Some("[]"));
+        assert_eq!(
+            r.get("e").unwrap().raw_json(),
+            Some(r#"["x\ty", {"after":"an escape"}, []]"#),
+            "opened before the escape"
+        );
+        assert_eq!(r.get("z").unwrap().raw_json(), Some(r#"{"k": [true]}"#));
+        assert_eq!(
+            r.get("z").unwrap().get("k").unwrap().raw_json(),
+            Some("[true]")
+        );
+        assert_eq!(r.get("model").unwrap().raw_json(), None, "not a container");
+        assert!(placed_texts_read_as_their_nodes(r) > 5);
+    }
+
+    /// Every string of `v` (keys too) lies verbatim in the document's text between quotes, or
+    /// in its unescaped strings ended by a newline.
+    fn strings_lie_in_text_or_unescaped(d: &Doc, v: &Value) -> bool {
+        let here = |s: &str| {
+            d.text().contains(&format!("\"{s}\"")) || d.unescaped().contains(&format!("{s}\n"))
+        };
+        match v {
+            Value::String(s) => here(s),
+            Value::Array(a) => a.iter().all(|x| strings_lie_in_text_or_unescaped(d, x)),
+            Value::Object(o) => o
+                .iter()
+                .all(|(k, x)| here(k) && strings_lie_in_text_or_unescaped(d, x)),
+            _ => true,
+        }
     }
 
     #[test]
@@ -861,6 +1301,16 @@ mod tests {
                 let want: Value = serde_json::from_str(&text).unwrap();
                 let d = Doc::parse(Bytes::from(text.clone())).unwrap();
                 prop_assert_eq!(d.to_value(), want.clone());
+                prop_assert!(strings_lie_in_text_or_unescaped(&d, &want));
+                // The root's members hashed at parse: as a walk hashes them.
+                let h = Doc::parse_hashing(Bytes::from(text.clone())).unwrap();
+                if let (Some(read), Some(walked)) = (h.root().entries(), d.root().entries()) {
+                    for ((k, x), (_, y)) in read.zip(walked) {
+                        prop_assert_eq!(x.content_hash(), y.content_hash(), "{}", k);
+                    }
+                }
+                prop_assert_eq!(h.root().content_hash(), d.root().content_hash());
+                placed_texts_read_as_their_nodes(d.root());
                 prop_assert_eq!(serde_json::to_string(&d.root()).unwrap(), serde_json::to_string(&want).unwrap());
                 if let (Some(obj), Some(entries)) = (want.as_object(), d.root().entries()) {
                     prop_assert_eq!(obj.len(), entries.len());

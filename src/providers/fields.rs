@@ -13,9 +13,10 @@ pub struct DeclaredTool {
     pub schema: ToolSchema,
 }
 
-/// A declared tool's JSON Schema, kept as its compact JSON text: an agent declares its tools on
-/// every call, and a schema is read into a `Value` only when a tool call is checked against it
-/// (compiled once per distinct text).
+/// A declared tool's JSON Schema, kept as JSON text: an agent declares its tools on every call,
+/// and a schema is read into a `Value` only when a tool call is checked against it (compiled
+/// once per distinct text). The text is the schema's own in the body where the document placed
+/// it (a copy, nothing re-written), else the compact JSON of it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolSchema(Option<Box<str>>);
 
@@ -25,11 +26,14 @@ impl ToolSchema {
         if node.is_null() {
             return Self::default();
         }
-        Self(
-            serde_json::to_string(&node)
-                .ok()
-                .map(String::into_boxed_str),
-        )
+        match node.raw_json() {
+            Some(text) => Self(Some(text.into())),
+            None => Self(
+                serde_json::to_string(&node)
+                    .ok()
+                    .map(String::into_boxed_str),
+            ),
+        }
     }
 
     /// Whether none was given (or `null`).
@@ -37,7 +41,7 @@ impl ToolSchema {
         self.0.is_none()
     }
 
-    /// The compact JSON text (`null` when none was given).
+    /// The JSON text (`null` when none was given).
     pub fn text(&self) -> &str {
         self.0.as_deref().unwrap_or("null")
     }

@@ -504,10 +504,21 @@ impl Proxy {
         // read the conversation), into a document sharing the body's bytes; embeddings are only
         // inspected (their input is not read).
         let query = f.parts.uri.query();
+        // A session named by a header is known before the body is read: where loop detection
+        // watches it, the parse hashes the conversation too (a session named only by the
+        // body's `user` is hashed by a walk later).
+        let named = self.session_source.identify(&f.parts.headers, None);
+        let hashing = named.is_some() && self.policies.hashes_requests(&f.call.labels().agent);
         f.doc = (f.class.format.is_some()
             && f.class.operation != Operation::Embeddings
             && inspect::is_object(&bytes))
-        .then(|| crate::providers::Doc::parse(bytes.clone()).ok())
+        .then(|| {
+            let parse = match hashing {
+                true => crate::providers::Doc::parse_hashing,
+                false => crate::providers::Doc::parse,
+            };
+            parse(bytes.clone()).ok()
+        })
         .flatten();
         f.facts = match &f.doc {
             Some(doc) => inspect::inspect_doc(&f.class, &upath, query, doc),
@@ -515,7 +526,8 @@ impl Proxy {
         };
         f.body = bytes;
         let user = f.facts.as_ref().and_then(|x| x.user.as_deref());
-        if let Some(session) = self.session_source.identify(&f.parts.headers, user) {
+        let session = named.or_else(|| self.session_source.identify(&f.parts.headers, user));
+        if let Some(session) = session {
             // Steps count LLM calls only; other paths (model lists, files) are not agent steps.
             // The policies see the step the call would take; it is taken once the call is
             // admitted, so refused calls and their retries do not advance the session.

@@ -134,8 +134,7 @@ impl Doc {
         let text = ByteString::try_from(bytes)?;
         let mut b = Builder {
             bytes: text.as_bytes(),
-            // About one node per 16 bytes of an agent's request; the tape grows past it.
-            tape: Vec::with_capacity(text.len() / 16 + 4),
+            tape: Vec::with_capacity(tape_capacity(text.as_bytes())),
             side: String::new(),
             repeats: false,
             hashes: hashing.then(Vec::new),
@@ -204,6 +203,23 @@ impl Doc {
         // to hold: never a panic).
         src.get(start as usize..end as usize).unwrap_or("")
     }
+}
+
+/// The tape's length for `bytes`, sized once. Nearly every node is a string or an object's key,
+/// two quotes each, and numbers and containers are fewer than strings: a small body's quotes
+/// bound it (declared tools are dense: a node per 8 bytes). A large body is mostly
+/// conversation (a node per ~30 bytes), where counting would cost more than growing once.
+fn tape_capacity(bytes: &[u8]) -> usize {
+    if bytes.len() > 64 * 1024 {
+        return bytes.len() / 16;
+    }
+    // Counted per 64 bytes into a byte (at most 64 fits), which compiles to vector compares
+    // and sums; a count straight into a `usize` stays a loop over bytes.
+    let quotes: usize = bytes
+        .chunks(64)
+        .map(|c| usize::from(c.iter().fold(0u8, |n, b| n + u8::from(*b == b'"'))))
+        .sum();
+    quotes + 16
 }
 
 /// The tape under construction.
@@ -329,32 +345,32 @@ impl Builder<'_> {
             return false;
         }
         let end = self.tape[at].next as usize;
-        // A small object's keys on the stack (an agent's conversation has thousands of
-        // objects, nearly all of two to four keys: no allocation for them).
-        let mut small: [&[u8]; SMALL_OBJECT] = [&[]; SMALL_OBJECT];
-        let mut held = 0;
-        let mut seen = (count > SMALL_OBJECT).then(|| HashSet::with_capacity(count));
-        let mut i = at + 1;
+        // The key after entry `i`'s value.
+        let after = |i: usize| self.tape.get(i + 1).map_or(end, |v| v.next as usize);
+        if count > SMALL_OBJECT {
+            let mut seen = HashSet::with_capacity(count);
+            let mut i = at + 1;
+            while i < end {
+                if !seen.insert(self.key_bytes(i)) {
+                    return true;
+                }
+                i = after(i);
+            }
+            return false;
+        }
+        // A small object's keys pair by pair, read from the tape (an agent's conversation has
+        // thousands of objects, nearly all of two to four keys: no allocation, no copy).
+        let mut i = after(at + 1);
         while i < end {
             let k = self.key_bytes(i);
-            match seen.as_mut() {
-                Some(set) => {
-                    if !set.insert(k) {
-                        return true;
-                    }
+            let mut j = at + 1;
+            while j < i {
+                if self.key_bytes(j) == k {
+                    return true;
                 }
-                None => {
-                    let earlier = small.get(..held).unwrap_or_default();
-                    if earlier.contains(&k) {
-                        return true;
-                    }
-                    if let Some(slot) = small.get_mut(held) {
-                        *slot = k;
-                        held += 1;
-                    }
-                }
+                j = after(j);
             }
-            i = self.tape[i + 1].next as usize;
+            i = after(i);
         }
         false
     }

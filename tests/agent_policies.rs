@@ -559,6 +559,20 @@ async fn policies_read_escapes_repeated_keys_and_spelling_as_json_does() {
         let (resp, _) = post(&url, &hdr, body).await;
         assert_eq!(resp.status(), if i < 2 { 200 } else { 403 }, "{body}");
     }
+    // A session named only by the body's `user` (known after the parse, so the conversation
+    // is hashed by a walk, not at parse): the same answer.
+    let agent = [("x-agent-name", "spelling-looper")];
+    for (i, body) in [
+        r#"{"model":"gpt-4o-mini","user":"by-body","messages":[{"role":"user","content":"hi there"}]}"#,
+        r#"{ "messages" : [ {"content":"hi there", "role":"user"} ], "user": "by-body", "model":"gpt-4o-mini" }"#,
+        r#"{"model":"gpt-4o-mini","user":"by-body","messages":[{"role":"user","content":"x"}],"messages":[{"role":"user","content":"hi there"}]}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (resp, _) = post(&url, &agent, body).await;
+        assert_eq!(resp.status(), if i < 2 { 200 } else { 403 }, "{body}");
+    }
 }
 
 #[tokio::test]

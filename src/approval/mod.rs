@@ -115,7 +115,8 @@ pub struct HeldCall<'a> {
 
 /// What becomes of a held call.
 pub enum Gate {
-    /// A person approved exactly this call: forward it after [`Approvals::take`].
+    /// A person approved exactly this call: forward it (its approval is used up; put back with
+    /// [`Approvals::restore`] if the call is not forwarded).
     Approved(Ticket),
     /// It waits for a person (the request was opened now, or before).
     Pending {

@@ -17,7 +17,7 @@ pub struct Route {
     prefix: String,
     strip: bool,
     scheme: Scheme,
-    /// Upstream host[:port], sent as `Host` / `:authority`.
+    /// Upstream `host[:port]`, sent as `Host` / `:authority`.
     pub authority: Authority,
     /// Upstream host alone (`server.address` on spans), shared rather than copied per call.
     pub host: Arc<str>,

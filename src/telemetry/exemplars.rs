@@ -265,7 +265,7 @@ pub fn unescape(v: &str) -> String {
     out
 }
 
-/// `k="v",k2="v2"` into pairs, values left escaped (as [`series_key`] writes them).
+/// `k="v",k2="v2"` into pairs, values left escaped (as `series_key` writes them).
 pub fn parse_labels(s: &str) -> Option<Vec<(&str, &str)>> {
     let mut pairs = Vec::new();
     let mut rest = s;

@@ -117,11 +117,7 @@ fn joined_set(sources: &[String]) -> Option<RegexSet> {
     use regex_syntax::hir::Look;
     let multi: Vec<String> = sources.iter().map(|s| format!("(?m:{s})")).collect();
     for src in &multi {
-        let looks = regex_syntax::Parser::new()
-            .parse(src)
-            .ok()?
-            .properties()
-            .look_set();
+        let looks = looks(src)?;
         if looks.contains(Look::Start) || looks.contains(Look::End) {
             return None;
         }
@@ -132,10 +128,9 @@ fn joined_set(sources: &[String]) -> Option<RegexSet> {
 /// [`ForbiddenInput::raw`] for one pattern: it asserts no line's or text's start or end.
 fn no_edges(source: &str) -> bool {
     use regex_syntax::hir::Look;
-    let Ok(hir) = regex_syntax::Parser::new().parse(source) else {
+    let Some(looks) = looks(source) else {
         return false;
     };
-    let looks = hir.properties().look_set();
     ![
         Look::Start,
         Look::End,
@@ -146,6 +141,12 @@ fn no_edges(source: &str) -> bool {
     ]
     .into_iter()
     .any(|l| looks.contains(l))
+}
+
+/// The assertions a pattern makes (`None`: it does not parse).
+fn looks(source: &str) -> Option<regex_syntax::hir::LookSet> {
+    let hir = regex_syntax::Parser::new().parse(source).ok()?;
+    Some(hir.properties().look_set())
 }
 
 fn walk_strings(v: Node<'_>, f: &mut impl FnMut(&str)) {

@@ -236,6 +236,11 @@ struct Builder<'b> {
     cursor: u32,
 }
 
+/// Whitespace, commas and colons: what lies between a token and the next.
+fn between_tokens(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',' | b':')
+}
+
 /// [`Builder::cursor`] when the last token has no known end.
 const NOWHERE: u32 = u32::MAX;
 
@@ -248,9 +253,7 @@ impl Builder<'_> {
             return None;
         }
         let rest = self.bytes.get(self.cursor as usize..)?;
-        let i = rest
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',' | b':'))?;
+        let i = rest.iter().position(|b| !between_tokens(*b))?;
         (rest[i] == bracket).then_some(self.cursor + i as u32)
     }
 
@@ -262,7 +265,7 @@ impl Builder<'_> {
         };
         let sep = rest
             .iter()
-            .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b',' | b':'))
+            .position(|b| !between_tokens(*b))
             .unwrap_or(rest.len());
         let token = rest[sep..]
             .iter()

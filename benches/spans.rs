@@ -168,8 +168,9 @@ fn exemplars(c: &mut Criterion) {
         Label::new("agent", "bench-agent"),
     ];
     let ids = (TraceId::from(7u128), SpanId::from(9u64));
+    let key = metrics::Key::from_parts(m::GEN_AI_INFERENCE_DURATION, labels.to_vec());
     c.bench_function("exemplar/record_one_observation", |b| {
-        b.iter(|| exemplars::record(m::GEN_AI_INFERENCE_DURATION, black_box(&labels), 0.3, ids))
+        b.iter(|| exemplars::record(black_box(&key), 0.3, ids))
     });
     // A scrape of 200 series of a 15-bucket histogram.
     let mut text = format!("# TYPE {} histogram\n", m::GEN_AI_INFERENCE_DURATION);

@@ -531,9 +531,23 @@ impl Policies {
             let within = facts.max_tokens.is_some_and(|n| n <= cap.limit);
             if let Some(d) = doc.as_mut().filter(|_| !within) {
                 let requested = facts.max_tokens;
-                if rewrite(d, |v| {
-                    adapter.clamp_max_tokens(v, requested, cap.limit) != Capped::Within
-                }) {
+                // Nothing set: the field is added to the body's own text where the format
+                // allows, without building and writing out a `Value` of the conversation.
+                let added = requested
+                    .is_none()
+                    .then(|| adapter.cap_added_text(d.root(), cap.limit))
+                    .flatten()
+                    .and_then(|b| Doc::parse(Bytes::from(b)).ok());
+                let capped = match added {
+                    Some(a) => {
+                        *d = a;
+                        true
+                    }
+                    None => rewrite(d, |v| {
+                        adapter.clamp_max_tokens(v, requested, cap.limit) != Capped::Within
+                    }),
+                };
+                if capped {
                     facts.max_tokens = Some(cap.limit);
                     dirty = true;
                 }

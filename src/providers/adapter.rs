@@ -116,6 +116,13 @@ pub trait Adapter: Sync {
         fields::clamp(doc, requested, limit, self.max_tokens_field())
     }
 
+    /// What [`Adapter::clamp_max_tokens`] makes of a request that sets no output-token field,
+    /// as the body's own text with this format's field added in front, when that field lies at
+    /// the root; `None`: rewrite through [`Adapter::clamp_max_tokens`].
+    fn cap_added_text(&self, doc: Node<'_>, limit: u64) -> Option<Vec<u8>> {
+        fields::cap_added_text(doc, limit, self.max_tokens_field())
+    }
+
     /// The output cap and declared tools of a request body (a JSON object), when this format
     /// keeps them under its own names; `None` (the default): the shared fields (`max_tokens`,
     /// `tools`, ...) are the request's.

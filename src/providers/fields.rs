@@ -91,6 +91,50 @@ pub enum Capped {
     Added,
 }
 
+/// The output-token fields [`clamp`] reads at a request's root, and those it reads one object
+/// down.
+const CAP_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+const NESTED_CAP_FIELDS: [(&str, &str); 2] = [
+    ("generationConfig", "maxOutputTokens"),
+    ("options", "num_predict"),
+];
+
+/// What [`clamp`] makes of a request that sets no output-token field, as text: `doc` (a JSON
+/// object) with `"key":limit` as its first member, for a format whose `field` lies at the root.
+/// The rest of the body stays byte for byte as it was read, and no `Value` of the conversation
+/// is built and written out again. `None` where `clamp` would do more (a field is set, even to
+/// something not a number) or the field is nested: rewrite through [`clamp`].
+pub(super) fn cap_added_text(
+    doc: Node<'_>,
+    limit: u64,
+    field: (Option<&'static str>, &'static str),
+) -> Option<Vec<u8>> {
+    let (None, key) = field else {
+        return None;
+    };
+    let mut members = doc.entries()?;
+    let empty = members.next().is_none();
+    if CAP_FIELDS.iter().any(|k| doc.get(k).is_some())
+        || NESTED_CAP_FIELDS
+            .iter()
+            .any(|(o, i)| doc.get(o).and_then(|o| o.get(i)).is_some())
+    {
+        return None;
+    }
+    let rest = doc.raw_json()?.strip_prefix('{')?;
+    let limit = limit.to_string();
+    let mut out = Vec::with_capacity(rest.len() + key.len() + limit.len() + 6);
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(limit.as_bytes());
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest.as_bytes());
+    Some(out)
+}
+
 /// Rewrite every output-token field of the request above `limit` to `limit` (whichever format
 /// names it, the fields request inspection reads); with none set, add `field`, the format's
 /// `(enclosing object, key)`. `requested` is what inspection read.
@@ -108,16 +152,13 @@ pub(super) fn clamp(
     }
     let over = |v: &Value| v.as_u64().is_none_or(|n| n > limit);
     let mut changed = false;
-    for key in ["max_tokens", "max_completion_tokens", "max_output_tokens"] {
+    for key in CAP_FIELDS {
         if let Some(v) = obj.get_mut(key).filter(|v| over(v)) {
             *v = Value::from(limit);
             changed = true;
         }
     }
-    for (outer, inner) in [
-        ("generationConfig", "maxOutputTokens"),
-        ("options", "num_predict"),
-    ] {
+    for (outer, inner) in NESTED_CAP_FIELDS {
         if let Some(v) = obj
             .get_mut(outer)
             .and_then(|o| o.get_mut(inner))

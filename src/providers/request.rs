@@ -436,4 +436,69 @@ mod tests {
         assert_eq!(clamp_in(&mut d, Format::Ollama, None, 5), Capped::Clamped);
         assert_eq!(d["options"]["num_predict"], 5);
     }
+
+    #[test]
+    fn a_cap_added_as_text_reads_as_the_rewritten_request() {
+        // Bodies with no output-token field, of several shapes, then the corpus requests (with
+        // any field they set: the text path must decline those).
+        let mut bodies: Vec<Vec<u8>> = [
+            "{}",
+            " { } ",
+            r#"{"model":"m","messages":[{"role":"user","content":"hi \"there\" \u00e9"}]}"#,
+            "{\n  \"model\": \"m\",\n  \"stream\": true\n}\n",
+            r#"{"model":"m","max_tokens":null}"#,
+            r#"{"model":"m","max_completion_tokens":"lots"}"#,
+            r#"{"model":"m","max_output_tokens":5000}"#,
+            r#"{"generationConfig":{"temperature":0.1},"contents":[]}"#,
+            r#"{"generationConfig":{"maxOutputTokens":9},"contents":[]}"#,
+            r#"{"options":{"num_predict":-1},"messages":[]}"#,
+            r#"{"options":[],"messages":[]}"#,
+            r#"{"a":1,"a":2}"#,
+        ]
+        .iter()
+        .map(|b| b.as_bytes().to_vec())
+        .collect();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/corpus");
+        for format in std::fs::read_dir(dir).unwrap() {
+            let format = format.unwrap().path();
+            for file in std::fs::read_dir(&format).into_iter().flatten() {
+                let path = file.unwrap().path();
+                if path.to_string_lossy().ends_with(".request.json") {
+                    bodies.push(std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        let mut added = 0;
+        for body in &bodies {
+            let Ok(doc) = Doc::parse(Bytes::from(body.clone())) else {
+                continue;
+            };
+            let before = doc.root().to_value();
+            for format in Format::ALL {
+                let adapter = format.adapter();
+                let Some(text) = adapter.cap_added_text(doc.root(), 777) else {
+                    continue;
+                };
+                added += 1;
+                let mut clamped = before.clone();
+                assert_eq!(
+                    adapter.clamp_max_tokens(&mut clamped, None, 777),
+                    Capped::Added,
+                    "{format:?} {}",
+                    String::from_utf8_lossy(body)
+                );
+                let read: Value = serde_json::from_slice(&text).unwrap();
+                assert_eq!(
+                    read,
+                    clamped,
+                    "{format:?} {}",
+                    String::from_utf8_lossy(body)
+                );
+                // The rest of the body is its own text, as read.
+                let raw = doc.root().raw_json().unwrap();
+                assert!(text.ends_with(&raw.as_bytes()[1..]), "{format:?}");
+            }
+        }
+        assert!(added > 20, "{added} bodies took the text path");
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use metrics::{counter, histogram, Histogram, Label};
+use metrics::{counter, histogram, Histogram, Key, Label, Level, Metadata};
 use opentelemetry::trace::{SpanId, TraceId};
 use tokio::time::Instant;
 
@@ -508,10 +508,13 @@ fn billable(record: &ResponseRecord, ending: &Ending) -> bool {
 
 /// Record `value` in histogram `name`, keeping the call's trace as the exemplar of its bucket.
 fn observe(name: &'static str, labels: Vec<Label>, value: f64, trace: Option<(TraceId, SpanId)>) {
+    // One key for both: building a key hashes its labels, and each lookup compares them.
+    let key = Key::from_parts(name, labels);
     if let Some(ids) = trace {
-        exemplars::record(name, &labels, value, ids);
+        exemplars::record(&key, value, ids);
     }
-    histogram!(name, labels).record(value);
+    static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
+    metrics::with_recorder(|r| r.register_histogram(&key, &META)).record(value);
 }
 
 /// Record a priced call's cost (nano-USD) per agent and served model, with the call's trace as

@@ -13,8 +13,10 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use metrics::Label;
+use metrics::Key;
 use opentelemetry::trace::{SpanId, TraceId};
+
+use super::series::KeyHashing;
 
 /// The exemplar label carrying the trace id (Grafana's `exemplarTraceIdDestinations` name).
 pub const TRACE_ID_LABEL: &str = "trace_id";
@@ -40,11 +42,14 @@ struct Slots {
     slots: Vec<Option<Exemplar>>,
 }
 
-/// Series key (`name{k="v",…}`, labels sorted) to its slots, per metric the count of series.
+/// The histogram's key (as recorded: name and labels) to its slots, per metric the count of
+/// series. Keyed by the `metrics` key itself, whose hash is computed once when it is built: a
+/// recording costs one lookup, and the text form of the key is made only when a scrape or an
+/// export reads the store ([`Index`]).
 #[derive(Default)]
 struct Store {
-    series: HashMap<String, Slots>,
-    per_metric: HashMap<&'static str, usize>,
+    series: HashMap<Key, Slots, KeyHashing>,
+    per_metric: HashMap<String, usize>,
 }
 
 static STORE: OnceLock<Mutex<Store>> = OnceLock::new();
@@ -54,18 +59,11 @@ fn store() -> &'static Mutex<Store> {
 }
 
 /// Keep `(trace_id, span_id)` as the exemplar of the bucket `value` falls in, in the series of
-/// histogram `name` with `labels` (the labels it was recorded with).
-pub fn record(name: &'static str, labels: &[Label], value: f64, ids: (TraceId, SpanId)) {
-    let Some(bounds) = super::metrics::buckets_of(name) else {
+/// histogram `key` (its name and the labels it was recorded with).
+pub fn record(key: &Key, value: f64, ids: (TraceId, SpanId)) {
+    let Some(bounds) = super::metrics::buckets_of(key.name()) else {
         return;
     };
-    let escaped: Vec<(&str, String)> = labels
-        .iter()
-        .map(|l| (l.key(), escape(l.value())))
-        .collect();
-    let mut sorted: Vec<(&str, &str)> = escaped.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    sorted.sort_unstable();
-    let key = series_key(name, sorted.into_iter());
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -83,11 +81,14 @@ pub fn record(name: &'static str, labels: &[Label], value: f64, ids: (TraceId, S
         return;
     };
     let store = &mut *store;
-    if let Some(s) = store.series.get_mut(&key) {
+    if let Some(s) = store.series.get_mut(key) {
         s.slots[slot] = Some(exemplar);
         return;
     }
-    let n = store.per_metric.entry(name).or_insert(0);
+    let n = match store.per_metric.get_mut(key.name()) {
+        Some(n) => n,
+        None => store.per_metric.entry(key.name().to_string()).or_insert(0),
+    };
     // Past the series bound the exporter folds labels into `other`: no exemplar to match.
     if *n >= super::series::max_series() {
         return;
@@ -95,7 +96,32 @@ pub fn record(name: &'static str, labels: &[Label], value: f64, ids: (TraceId, S
     *n += 1;
     let mut slots = vec![None; bounds.len() + 1];
     slots[slot] = Some(exemplar);
-    store.series.insert(key, Slots { bounds, slots });
+    store.series.insert(key.clone(), Slots { bounds, slots });
+}
+
+/// The exemplars kept when it was taken, by series key as the text format writes it
+/// (`name{k="v",…}`, values escaped, labels sorted): what a scrape or an export looks up.
+pub struct Index(HashMap<String, Slots>);
+
+/// A copy of the exemplars kept, so that calls recording exemplars never wait while a scrape
+/// or an export reads them.
+pub fn index() -> Index {
+    let Ok(store) = store().lock() else {
+        return Index(HashMap::new());
+    };
+    let series = store
+        .series
+        .iter()
+        .map(|(key, slots)| {
+            let escaped: Vec<(&str, String)> =
+                key.labels().map(|l| (l.key(), escape(l.value()))).collect();
+            let mut sorted: Vec<(&str, &str)> =
+                escaped.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            sorted.sort_unstable();
+            (series_key(key.name(), sorted.into_iter()), slots.clone())
+        })
+        .collect();
+    Index(series)
 }
 
 /// A label value escaped as the text formats escape it.
@@ -133,9 +159,7 @@ fn series_key<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) 
 /// The exporter's text (format 0.0.4) as OpenMetrics 1.0, with the exemplars of every bucket
 /// that has one.
 pub fn openmetrics(text: &str) -> String {
-    // A copy, so that calls recording exemplars never wait while a scrape rewrites the text.
-    let copy = store().lock().ok().map(|s| s.series.clone());
-    let series = copy.as_ref();
+    let index = index();
     let mut out = String::with_capacity(text.len() + text.len() / 8);
     let mut help: Option<&str> = None;
     for line in text.lines() {
@@ -169,7 +193,7 @@ pub fn openmetrics(text: &str) -> String {
             push_line(&mut out, &["# HELP ", h]);
         }
         out.push_str(line);
-        if let Some(e) = series.and_then(|s| exemplar_for(s, line)) {
+        if let Some(e) = exemplar_for(&index.0, line) {
             let _ = write!(
                 out,
                 " # {{{TRACE_ID_LABEL}=\"{}\",span_id=\"{}\"}} {} {:.3}",
@@ -224,28 +248,27 @@ pub struct Linked {
     pub time_unix_nano: u64,
 }
 
-/// The exemplars kept for the series of histogram `name` with `labels` (`le` excluded, values
-/// escaped as the text format writes them), in bucket order.
-pub fn of_series(name: &str, labels: &[(&str, &str)]) -> Vec<Linked> {
-    let mut sorted = labels.to_vec();
-    sorted.sort_unstable();
-    let key = series_key(name, sorted.into_iter());
-    let Ok(store) = store().lock() else {
-        return Vec::new();
-    };
-    let Some(s) = store.series.get(&key) else {
-        return Vec::new();
-    };
-    s.slots
-        .iter()
-        .flatten()
-        .map(|e| Linked {
-            trace_id: e.trace_id.to_bytes(),
-            span_id: e.span_id.to_bytes(),
-            value: e.value,
-            time_unix_nano: (e.at * 1e9) as u64,
-        })
-        .collect()
+impl Index {
+    /// The exemplars kept for the series of histogram `name` with `labels` (`le` excluded,
+    /// values escaped as the text format writes them), in bucket order.
+    pub fn of_series(&self, name: &str, labels: &[(&str, &str)]) -> Vec<Linked> {
+        let mut sorted = labels.to_vec();
+        sorted.sort_unstable();
+        let key = series_key(name, sorted.into_iter());
+        let Some(s) = self.0.get(&key) else {
+            return Vec::new();
+        };
+        s.slots
+            .iter()
+            .flatten()
+            .map(|e| Linked {
+                trace_id: e.trace_id.to_bytes(),
+                span_id: e.span_id.to_bytes(),
+                value: e.value,
+                time_unix_nano: (e.at * 1e9) as u64,
+            })
+            .collect()
+    }
 }
 
 /// A label value of the text format with its escapes undone.
@@ -286,17 +309,18 @@ pub fn parse_labels(s: &str) -> Option<Vec<(&str, &str)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use metrics::Label;
 
     #[test]
     fn exemplars_land_in_their_bucket_and_the_text_becomes_openmetrics() {
         let name = super::super::metrics::GEN_AI_INFERENCE_DURATION;
-        let labels = [
+        let labels = vec![
             Label::new("gen_ai_request_model", "m\"x"),
             Label::new("agent", "exemplar-unit"),
         ];
         let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
         let span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
-        record(name, &labels, 0.3, (trace, span));
+        record(&Key::from_parts(name, labels), 0.3, (trace, span));
         let text = format!(
             "# HELP tokenwarden_x_total Things.\n# TYPE tokenwarden_x_total counter\ntokenwarden_x_total 3\n\n\
              # TYPE {name} histogram\n\
@@ -320,5 +344,41 @@ mod tests {
         );
         assert!(!lines[6].contains('#'), "{om}");
         assert_eq!(*lines.last().unwrap(), "# EOF");
+    }
+
+    #[test]
+    fn exports_find_a_series_whatever_order_its_labels_were_recorded_in() {
+        let name = super::super::metrics::CALL_COST_USD;
+        let trace = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap();
+        let span = SpanId::from_hex("b7ad6b7169203331").unwrap();
+        let labels = vec![
+            Label::new("model", "gpt\\4o\nmini"),
+            Label::new("agent", "exemplar-order"),
+        ];
+        record(&Key::from_parts(name, labels), 0.002, (trace, span));
+        // A second observation in the same bucket replaces the first; another bucket adds one.
+        record(
+            &Key::from_parts(
+                name,
+                vec![
+                    Label::new("model", "gpt\\4o\nmini"),
+                    Label::new("agent", "exemplar-order"),
+                ],
+            ),
+            0.0021,
+            (trace, span),
+        );
+        let kept = index();
+        // As the text format writes the labels: sorted, values escaped.
+        let found = kept.of_series(
+            name,
+            &[("model", "gpt\\\\4o\\nmini"), ("agent", "exemplar-order")],
+        );
+        assert_eq!(found.len(), 1, "one bucket holds an exemplar");
+        assert_eq!(found[0].value, 0.0021);
+        assert_eq!(found[0].trace_id, trace.to_bytes());
+        assert!(kept
+            .of_series(name, &[("agent", "exemplar-order")])
+            .is_empty());
     }
 }

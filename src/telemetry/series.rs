@@ -16,6 +16,7 @@
 //! label sets are never cached, so every folded recording is still counted.
 
 use std::borrow::Cow;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
@@ -59,22 +60,66 @@ pub fn max_series() -> usize {
     MAX_SERIES.load(Ordering::Relaxed)
 }
 
+/// Hashes a [`Key`] by the hash it computed when it was built (its `Hash` writes only that), so
+/// a map lookup does not hash the name and labels a second time. Anything else is hashed with
+/// foldhash.
+#[derive(Default)]
+pub struct KeyHash {
+    of_key: Option<u64>,
+    bytes: Option<foldhash::fast::FoldHasher<'static>>,
+}
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        match (&self.bytes, self.of_key) {
+            (Some(h), _) => h.finish(),
+            (None, Some(k)) => k,
+            (None, None) => 0,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let h = self
+            .bytes
+            .get_or_insert_with(|| foldhash::fast::FixedState::default().build_hasher());
+        if let Some(k) = self.of_key.take() {
+            h.write_u64(k);
+        }
+        h.write(bytes);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        match &mut self.bytes {
+            Some(h) => h.write_u64(n),
+            None if self.of_key.is_none() => self.of_key = Some(n),
+            None => self.write(&n.to_le_bytes()),
+        }
+    }
+}
+
+/// The hasher of maps keyed by [`Key`].
+pub type KeyHashing = BuildHasherDefault<KeyHash>;
+
 /// A recorder that bounds the series of each metric, then hands on to `inner`.
 pub struct SeriesCap<R> {
     inner: R,
     /// Label sets admitted so far (traffic-labelled metrics only).
-    seen: DashMap<Key, ()>,
+    seen: DashMap<Key, (), KeyHashing>,
     /// Label sets admitted per metric name.
     per_metric: DashMap<KeyName, usize>,
     /// Resolved handles of admitted label sets, at most [`HANDLE_CACHE_CAP`] each.
-    counters: DashMap<Key, Counter>,
-    gauges: DashMap<Key, Gauge>,
-    histograms: DashMap<Key, Histogram>,
+    counters: DashMap<Key, Counter, KeyHashing>,
+    gauges: DashMap<Key, Gauge, KeyHashing>,
+    histograms: DashMap<Key, Histogram, KeyHashing>,
 }
 
 /// The cached handle of `key`, or `register`'s, kept when `key` was admitted unfolded and the
 /// cache has room.
-fn cached<H: Clone>(cache: &DashMap<Key, H>, key: &Key, register: impl FnOnce() -> (H, bool)) -> H {
+fn cached<H: Clone>(
+    cache: &DashMap<Key, H, KeyHashing>,
+    key: &Key,
+    register: impl FnOnce() -> (H, bool),
+) -> H {
     if let Some(h) = cache.get(key) {
         return h.clone();
     }
@@ -94,11 +139,11 @@ impl<R: Recorder> SeriesCap<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            seen: DashMap::new(),
+            seen: DashMap::default(),
             per_metric: DashMap::new(),
-            counters: DashMap::new(),
-            gauges: DashMap::new(),
-            histograms: DashMap::new(),
+            counters: DashMap::default(),
+            gauges: DashMap::default(),
+            histograms: DashMap::default(),
         }
     }
 
@@ -282,6 +327,29 @@ mod tests {
                 metrics_util::debugging::DebugValue::Counter(n) => Some(*n),
                 _ => None,
             })
+    }
+
+    #[test]
+    fn keys_hash_to_the_hash_they_carry_and_other_values_still_hash_apart() {
+        let key = Key::from_parts(
+            "m",
+            vec![Label::new("agent", "a"), Label::new("model", "x")],
+        );
+        assert_eq!(KeyHashing::default().hash_one(&key), key.get_hash());
+        let other = Key::from_parts(
+            "m",
+            vec![Label::new("agent", "a"), Label::new("model", "y")],
+        );
+        let map: DashMap<Key, u8, KeyHashing> = DashMap::default();
+        map.insert(key.clone(), 1);
+        map.insert(other.clone(), 2);
+        assert_eq!(map.get(&key).map(|v| *v), Some(1));
+        assert_eq!(map.get(&other).map(|v| *v), Some(2));
+        // Anything but a key's one u64 goes through a byte hasher.
+        let b = KeyHashing::default();
+        assert_ne!(b.hash_one("agent"), b.hash_one("model"));
+        assert_ne!(b.hash_one((1u64, 2u64)), b.hash_one((1u64, 3u64)));
+        assert_eq!(b.hash_one("agent"), b.hash_one("agent"));
     }
 
     #[test]

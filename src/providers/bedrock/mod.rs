@@ -33,6 +33,7 @@ use crate::providers::adapter::{
     stream_reader, Adapter, ErrorText, FramedStream, Operation, Routed, StreamReader,
 };
 use crate::providers::anthropic::Anthropic;
+use crate::providers::doc::Node;
 use crate::providers::fields::{Capped, OwnFields, RequestBody};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -124,6 +125,10 @@ impl Adapter for BedrockConverse {
         Capped::Within
     }
 
+    fn cap_added_text(&self, _doc: Node<'_>, _limit: u64) -> Option<Vec<u8>> {
+        None
+    }
+
     fn strip_tools(&self, _doc: &mut Value, _keep: &dyn Fn(&str) -> bool) -> bool {
         // A signed body is never rewritten: a denied tool refuses the call instead.
         false
@@ -204,6 +209,10 @@ impl Adapter for BedrockInvoke {
 
     fn clamp_max_tokens(&self, _doc: &mut Value, _requested: Option<u64>, _limit: u64) -> Capped {
         Capped::Within
+    }
+
+    fn cap_added_text(&self, _doc: Node<'_>, _limit: u64) -> Option<Vec<u8>> {
+        None
     }
 
     fn strip_tools(&self, _doc: &mut Value, _keep: &dyn Fn(&str) -> bool) -> bool {

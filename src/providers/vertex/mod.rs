@@ -73,6 +73,10 @@ macro_rules! same_body_as {
             $base.clamp_max_tokens(doc, requested, limit)
         }
 
+        fn cap_added_text(&self, doc: Node<'_>, limit: u64) -> Option<Vec<u8>> {
+            $base.cap_added_text(doc, limit)
+        }
+
         fn own_request_fields(&self, body: RequestBody<'_>) -> Option<OwnFields> {
             $base.own_request_fields(body)
         }

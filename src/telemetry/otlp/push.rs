@@ -284,9 +284,10 @@ pub fn request_from(
             _ => {}
         }
     }
+    let kept = exemplars::index();
     let metrics = families
         .into_iter()
-        .filter_map(|(name, f)| metric_of(name, f, start, now))
+        .filter_map(|(name, f)| metric_of(name, f, &kept, start, now))
         .collect();
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
@@ -305,7 +306,13 @@ pub fn request_from(
     }
 }
 
-fn metric_of(name: &str, f: Family, start: u64, now: u64) -> Option<Metric> {
+fn metric_of(
+    name: &str,
+    f: Family,
+    kept: &exemplars::Index,
+    start: u64,
+    now: u64,
+) -> Option<Metric> {
     let otel = m::otel_name(name);
     let attrs = |labels: &[(&str, &str)]| -> Vec<KeyValue> {
         labels
@@ -342,7 +349,10 @@ fn metric_of(name: &str, f: Family, start: u64, now: u64) -> Option<Metric> {
             data_points: f
                 .histograms
                 .iter()
-                .map(|(labels, h)| histogram_point(name, labels, h, attrs(labels), (start, now)))
+                .map(|(labels, h)| {
+                    let exemplars = kept.of_series(name, labels);
+                    histogram_point(h, attrs(labels), exemplars, (start, now))
+                })
                 .collect(),
             aggregation_temporality: cumulative,
         }),
@@ -359,10 +369,9 @@ fn metric_of(name: &str, f: Family, start: u64, now: u64) -> Option<Metric> {
 }
 
 fn histogram_point(
-    name: &str,
-    labels: &[(&str, &str)],
     h: &HistogramSeries,
     attributes: Vec<KeyValue>,
+    exemplars: Vec<exemplars::Linked>,
     (start, now): (u64, u64),
 ) -> HistogramDataPoint {
     let mut buckets = h.buckets.clone();
@@ -385,7 +394,7 @@ fn histogram_point(
     if buckets.last().is_none_or(|(b, _)| b.is_finite()) {
         bucket_counts.push(h.count.saturating_sub(previous));
     }
-    let exemplars = exemplars::of_series(name, labels)
+    let exemplars = exemplars
         .into_iter()
         .map(|e| Exemplar {
             time_unix_nano: e.time_unix_nano,

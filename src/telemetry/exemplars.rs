@@ -13,10 +13,11 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use hashbrown::hash_table::{Entry, HashTable};
 use metrics::Key;
 use opentelemetry::trace::{SpanId, TraceId};
 
-use super::series::KeyHashing;
+use super::series::same_key;
 
 /// The exemplar label carrying the trace id (Grafana's `exemplarTraceIdDestinations` name).
 pub const TRACE_ID_LABEL: &str = "trace_id";
@@ -42,13 +43,13 @@ struct Slots {
     slots: Vec<Option<Exemplar>>,
 }
 
-/// The histogram's key (as recorded: name and labels) to its slots, per metric the count of
-/// series. Keyed by the `metrics` key itself, whose hash is computed once when it is built: a
-/// recording costs one lookup, and the text form of the key is made only when a scrape or an
-/// export reads the store ([`Index`]).
+/// The histogram's key (as recorded: name and labels) with its slots, per metric the count of
+/// series. Found by the hash the `metrics` key computed when it was built: a recording costs one
+/// lookup, and the text form of the key is made only when a scrape or an export reads the store
+/// ([`Index`]).
 #[derive(Default)]
 struct Store {
-    series: HashMap<Key, Slots, KeyHashing>,
+    series: HashTable<(Key, Slots)>,
     per_metric: HashMap<String, usize>,
 }
 
@@ -81,10 +82,17 @@ pub fn record(key: &Key, value: f64, ids: (TraceId, SpanId)) {
         return;
     };
     let store = &mut *store;
-    if let Some(s) = store.series.get_mut(key) {
-        s.slots[slot] = Some(exemplar);
-        return;
-    }
+    let hash = key.get_hash();
+    let vacant = match store
+        .series
+        .entry(hash, |(k, _)| same_key(k, key), |(k, _)| k.get_hash())
+    {
+        Entry::Occupied(mut o) => {
+            o.get_mut().1.slots[slot] = Some(exemplar);
+            return;
+        }
+        Entry::Vacant(v) => v,
+    };
     let n = match store.per_metric.get_mut(key.name()) {
         Some(n) => n,
         None => store.per_metric.entry(key.name().to_string()).or_insert(0),
@@ -96,7 +104,7 @@ pub fn record(key: &Key, value: f64, ids: (TraceId, SpanId)) {
     *n += 1;
     let mut slots = vec![None; bounds.len() + 1];
     slots[slot] = Some(exemplar);
-    store.series.insert(key.clone(), Slots { bounds, slots });
+    vacant.insert((key.clone(), Slots { bounds, slots }));
 }
 
 /// The exemplars kept when it was taken, by series key as the text format writes it

@@ -16,10 +16,11 @@
 //! label sets are never cached, so every folded recording is still counted.
 
 use std::borrow::Cow;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 use dashmap::DashMap;
+use hashbrown::hash_table::{Entry, HashTable};
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
 };
@@ -60,74 +61,97 @@ pub fn max_series() -> usize {
     MAX_SERIES.load(Ordering::Relaxed)
 }
 
-/// Hashes a [`Key`] by the hash it computed when it was built (its `Hash` writes only that), so
-/// a map lookup does not hash the name and labels a second time. Anything else is hashed with
-/// foldhash.
-#[derive(Default)]
-pub struct KeyHash {
-    of_key: Option<u64>,
-    bytes: Option<foldhash::fast::FoldHasher<'static>>,
+/// Whether `a` and `b` name the same series. `Key`'s own equality sorts both label lists (labels
+/// may come in any order), which was most of a handle lookup; every recording site writes its
+/// labels in one order, so they are compared in order first and sorted only when that differs.
+pub(crate) fn same_key(a: &Key, b: &Key) -> bool {
+    a.get_hash() == b.get_hash() && ((a.name() == b.name() && a.labels().eq(b.labels())) || a == b)
 }
 
-impl Hasher for KeyHash {
-    fn finish(&self) -> u64 {
-        match (&self.bytes, self.of_key) {
-            (Some(h), _) => h.finish(),
-            (None, Some(k)) => k,
-            (None, None) => 0,
-        }
-    }
+/// Shards of [`KeyTable`]: recordings on different workers rarely wait on one lock.
+const SHARDS: usize = 16;
 
-    fn write(&mut self, bytes: &[u8]) {
-        let h = self
-            .bytes
-            .get_or_insert_with(|| foldhash::fast::FixedState::default().build_hasher());
-        if let Some(k) = self.of_key.take() {
-            h.write_u64(k);
-        }
-        h.write(bytes);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        match &mut self.bytes {
-            Some(h) => h.write_u64(n),
-            None if self.of_key.is_none() => self.of_key = Some(n),
-            None => self.write(&n.to_le_bytes()),
-        }
-    }
+/// A map keyed by [`Key`], looked up by the hash the key computed when it was built and
+/// [`same_key`]: what a recording asks for its handle.
+pub(crate) struct KeyTable<V> {
+    shards: [RwLock<HashTable<(Key, V)>>; SHARDS],
+    len: AtomicUsize,
 }
 
-/// The hasher of maps keyed by [`Key`].
-pub type KeyHashing = BuildHasherDefault<KeyHash>;
+impl<V: Clone> KeyTable<V> {
+    fn new() -> Self {
+        Self {
+            shards: std::array::from_fn(|_| RwLock::new(HashTable::new())),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &RwLock<HashTable<(Key, V)>> {
+        // Bits the table itself uses least (it indexes by the low ones, tags by the top seven).
+        &self.shards[(hash >> 40) as usize % SHARDS]
+    }
+
+    /// The value kept for `key`.
+    fn get(&self, key: &Key) -> Option<V> {
+        let hash = key.get_hash();
+        let shard = self
+            .shard(hash)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard
+            .find(hash, |(k, _)| same_key(k, key))
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Keep `value` for `key` unless one is kept already or `cap` entries are.
+    fn insert(&self, key: &Key, value: V, cap: usize) {
+        // The length is read without a lock across shards: racing inserts may pass the cap by
+        // the number of racing threads, a bound all the same.
+        if self.len.load(Ordering::Relaxed) >= cap {
+            return;
+        }
+        let hash = key.get_hash();
+        let mut shard = self
+            .shard(hash)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Entry::Vacant(v) =
+            shard.entry(hash, |(k, _)| same_key(k, key), |(k, _)| k.get_hash())
+        {
+            v.insert((key.clone(), value));
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Entries kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+}
 
 /// A recorder that bounds the series of each metric, then hands on to `inner`.
 pub struct SeriesCap<R> {
     inner: R,
     /// Label sets admitted so far (traffic-labelled metrics only).
-    seen: DashMap<Key, (), KeyHashing>,
+    seen: KeyTable<()>,
     /// Label sets admitted per metric name.
     per_metric: DashMap<KeyName, usize>,
     /// Resolved handles of admitted label sets, at most [`HANDLE_CACHE_CAP`] each.
-    counters: DashMap<Key, Counter, KeyHashing>,
-    gauges: DashMap<Key, Gauge, KeyHashing>,
-    histograms: DashMap<Key, Histogram, KeyHashing>,
+    counters: KeyTable<Counter>,
+    gauges: KeyTable<Gauge>,
+    histograms: KeyTable<Histogram>,
 }
 
 /// The cached handle of `key`, or `register`'s, kept when `key` was admitted unfolded and the
 /// cache has room.
-fn cached<H: Clone>(
-    cache: &DashMap<Key, H, KeyHashing>,
-    key: &Key,
-    register: impl FnOnce() -> (H, bool),
-) -> H {
+fn cached<H: Clone>(cache: &KeyTable<H>, key: &Key, register: impl FnOnce() -> (H, bool)) -> H {
     if let Some(h) = cache.get(key) {
-        return h.clone();
+        return h;
     }
     let (handle, admitted) = register();
-    // The length is read without a lock across shards: racing inserts may pass the cap by the
-    // number of racing threads, a bound all the same.
-    if admitted && cache.len() < HANDLE_CACHE_CAP {
-        cache.insert(key.clone(), handle.clone());
+    if admitted {
+        cache.insert(key, handle.clone(), HANDLE_CACHE_CAP);
     }
     handle
 }
@@ -139,17 +163,18 @@ impl<R: Recorder> SeriesCap<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            seen: DashMap::default(),
+            seen: KeyTable::new(),
             per_metric: DashMap::new(),
-            counters: DashMap::default(),
-            gauges: DashMap::default(),
-            histograms: DashMap::default(),
+            counters: KeyTable::new(),
+            gauges: KeyTable::new(),
+            histograms: KeyTable::new(),
         }
     }
 
     /// The key to record under: `key` itself, or its folded form past the bound.
     fn admit<'k>(&self, key: &'k Key) -> Cow<'k, Key> {
-        if !key.labels().any(|l| TRAFFIC_LABELS.contains(&l.key())) || self.seen.contains_key(key) {
+        if !key.labels().any(|l| TRAFFIC_LABELS.contains(&l.key())) || self.seen.get(key).is_some()
+        {
             return Cow::Borrowed(key);
         }
         {
@@ -161,7 +186,7 @@ impl<R: Recorder> SeriesCap<R> {
             if *n < max_series() {
                 *n += 1;
                 drop(n);
-                self.seen.insert(key.clone(), ());
+                self.seen.insert(key, (), usize::MAX);
                 return Cow::Borrowed(key);
             }
         }
@@ -330,26 +355,43 @@ mod tests {
     }
 
     #[test]
-    fn keys_hash_to_the_hash_they_carry_and_other_values_still_hash_apart() {
+    fn a_key_is_found_whatever_order_its_labels_come_in_and_no_other_is() {
+        let labels = |pairs: &[(&'static str, &'static str)]| -> Vec<Label> {
+            pairs.iter().map(|(k, v)| Label::new(*k, *v)).collect()
+        };
         let key = Key::from_parts(
             "m",
-            vec![Label::new("agent", "a"), Label::new("model", "x")],
+            labels(&[("agent", "a"), ("model", "x"), ("type", "in")]),
         );
-        assert_eq!(KeyHashing::default().hash_one(&key), key.get_hash());
+        let shuffled = Key::from_parts(
+            "m",
+            labels(&[("type", "in"), ("agent", "a"), ("model", "x")]),
+        );
         let other = Key::from_parts(
             "m",
-            vec![Label::new("agent", "a"), Label::new("model", "y")],
+            labels(&[("agent", "a"), ("model", "y"), ("type", "in")]),
         );
-        let map: DashMap<Key, u8, KeyHashing> = DashMap::default();
-        map.insert(key.clone(), 1);
-        map.insert(other.clone(), 2);
-        assert_eq!(map.get(&key).map(|v| *v), Some(1));
-        assert_eq!(map.get(&other).map(|v| *v), Some(2));
-        // Anything but a key's one u64 goes through a byte hasher.
-        let b = KeyHashing::default();
-        assert_ne!(b.hash_one("agent"), b.hash_one("model"));
-        assert_ne!(b.hash_one((1u64, 2u64)), b.hash_one((1u64, 3u64)));
-        assert_eq!(b.hash_one("agent"), b.hash_one("agent"));
+        let swapped = Key::from_parts(
+            "m",
+            labels(&[("agent", "x"), ("model", "a"), ("type", "in")]),
+        );
+        let renamed = Key::from_parts(
+            "n",
+            labels(&[("agent", "a"), ("model", "x"), ("type", "in")]),
+        );
+        assert!(same_key(&key, &shuffled) && same_key(&shuffled, &key));
+        for k in [&other, &swapped, &renamed] {
+            assert!(!same_key(&key, k), "{k:?}");
+        }
+        let table = KeyTable::new();
+        table.insert(&key, 1, 10);
+        table.insert(&shuffled, 2, 10);
+        assert_eq!(table.len(), 1, "the same series, kept once");
+        assert_eq!(table.get(&shuffled), Some(1));
+        assert_eq!(table.get(&other), None);
+        table.insert(&other, 3, 10);
+        table.insert(&swapped, 4, 2);
+        assert_eq!((table.get(&other), table.get(&swapped)), (Some(3), None));
     }
 
     #[test]

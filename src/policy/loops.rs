@@ -36,9 +36,11 @@ impl LoopTracker {
     /// (`hash`, at `now`) is admitted — itself included. Nothing is recorded: a refused call
     /// (and a client's retries of it) must not feed the history; [`LoopTracker::record`] does.
     pub fn peek(&self, session: &str, hash: u64, now: Instant, window: Duration) -> u32 {
+        // Instants compare cheaply; a duration per entry was most of a peek.
+        let since = now.checked_sub(window);
         let earlier = self.sessions.get(session).map_or(0, |seen| {
             seen.iter()
-                .filter(|(h, at)| *h == hash && now.saturating_duration_since(*at) <= window)
+                .filter(|(h, at)| *h == hash && since.is_none_or(|s| *at >= s))
                 .count()
         });
         earlier as u32 + 1

@@ -470,6 +470,13 @@ impl Policies {
         // Tools stripped: the text differs from the body's (a clamped cap changes no text).
         let mut stripped = false;
         let adapter = facts.format.adapter();
+        // The loop hash is of the request as the agent sent it, read before any rewrite: from
+        // the hashes its parse kept, where it kept them (a rewritten body is parsed without).
+        let ld = rules.loop_detection;
+        let loop_hash = match (ld.enabled, asker.session, doc.as_ref()) {
+            (true, Some(_), Some(d)) => Some(request_hash(d.root())),
+            _ => None,
+        };
 
         if rules.tools.restricts() {
             if let Some(bad) = facts.tools.iter().find(|t| !rules.tools.permits(&t.name)) {
@@ -554,9 +561,7 @@ impl Policies {
             }
         }
 
-        let ld = rules.loop_detection;
-        if let (true, Some(session), Some(d)) = (ld.enabled, asker.session, doc.as_ref()) {
-            let hash = request_hash(d.root());
+        if let (Some(hash), Some(session)) = (loop_hash, asker.session) {
             // Recorded at commit: a refused call must not count as a repeat.
             let n = self.loops.peek(session, hash, asker.now, ld.window);
             pending.loop_hash = Some((hash, ld.window));

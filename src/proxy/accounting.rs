@@ -382,9 +382,10 @@ impl LlmCall {
         let gen_ai = vec![
             Label::new("gen_ai_operation_name", base.operation.as_str()),
             Label::new("gen_ai_provider_name", base.provider),
-            Label::new("gen_ai_request_model", self.request_model.to_string()),
-            Label::new("gen_ai_response_model", response_model.to_string()),
-            Label::new("agent", base.agent.to_string()),
+            // Shared, not copied: these labels are cloned for every metric of the call.
+            Label::new("gen_ai_request_model", self.request_model.clone()),
+            Label::new("gen_ai_response_model", response_model.clone()),
+            Label::new("agent", base.agent.clone()),
         ];
         let other_labels: Vec<Arc<str>> = record
             .other_models
@@ -526,8 +527,8 @@ pub(super) fn observe_cost(
     trace: Option<(TraceId, SpanId)>,
 ) {
     let labels = vec![
-        Label::new("agent", agent.to_string()),
-        Label::new("model", model.to_string()),
+        Label::new("agent", agent.clone()),
+        Label::new("model", model.clone()),
     ];
     observe(
         m::CALL_COST_USD,

@@ -605,6 +605,21 @@ async fn max_tokens_cap_clamps_or_refuses() {
     assert_eq!(resp.status(), 200);
     let sent: Value = serde_json::from_slice(&m.last_request().unwrap().body).unwrap();
     assert_eq!(sent["max_completion_tokens"], 32, "{sent}");
+    // Added as the body's own text: the rest goes upstream byte for byte as the agent wrote it
+    // (spacing, escapes, key order), not re-serialized.
+    let raw = "{ \"model\": \"gpt-4o-mini\",\n  \"messages\": [{\"role\": \"user\", \"content\": \"caf\\u00e9 \\\"x\\\"\"}] }";
+    let (resp, _) = post(
+        &p.url(Shape::ChatJson.path()),
+        &[("x-agent-name", "clamp")],
+        raw,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let forwarded = m.last_request().unwrap().body;
+    assert_eq!(
+        String::from_utf8_lossy(&forwarded),
+        format!("{{\"max_completion_tokens\":32,{}", &raw[1..])
+    );
     let text = p.metrics().await;
     assert_eq!(violations(&text, "clamp", "max_tokens"), 4.0);
     assert_eq!(violations(&text, "capped", "max_tokens"), 4.0);

@@ -467,6 +467,8 @@ impl Policies {
             None => None,
         };
         let mut dirty = false;
+        // The body with an added cap, when it was added as text (the last rewrite there is).
+        let mut capped_text: Option<Bytes> = None;
         // Tools stripped: the text differs from the body's (a clamped cap changes no text).
         let mut stripped = false;
         let adapter = facts.format.adapter();
@@ -540,14 +542,16 @@ impl Policies {
                 let requested = facts.max_tokens;
                 // Nothing set: the field is added to the body's own text where the format
                 // allows, without building and writing out a `Value` of the conversation.
+                // The document stays the one read: what the policies below read of it (tool
+                // results, the context guard's text) the added number does not change, and the
+                // body is not parsed a second time.
                 let added = requested
                     .is_none()
-                    .then(|| adapter.cap_added_text(d.root(), cap.limit))
-                    .flatten()
-                    .and_then(|b| Doc::parse(Bytes::from(b)).ok());
+                    .then(|| adapter.cap_added_text(d, cap.limit))
+                    .flatten();
                 let capped = match added {
-                    Some(a) => {
-                        *d = a;
+                    Some(text) => {
+                        capped_text = Some(Bytes::from(text));
                         true
                     }
                     None => rewrite(d, |v| {
@@ -612,8 +616,9 @@ impl Policies {
             }
         }
 
-        let rewritten = match (dirty, doc) {
-            (true, Some(d)) => Some(d.bytes().clone()),
+        let rewritten = match (capped_text, dirty, doc) {
+            (Some(text), _, _) => Some(text),
+            (None, true, Some(d)) => Some(d.bytes().clone()),
             _ => None,
         };
         pending.violations = violations;

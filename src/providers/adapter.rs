@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use serde_json::{Map, Value};
 
-use super::doc::{Items, Node};
+use super::doc::{Doc, Items, Node};
 use super::fields::{self, Capped, DeclaredTool, OwnFields, RequestBody};
 use super::shape;
 use super::text;
@@ -119,7 +119,7 @@ pub trait Adapter: Sync {
     /// What [`Adapter::clamp_max_tokens`] makes of a request that sets no output-token field,
     /// as the body's own text with this format's field added in front, when that field lies at
     /// the root; `None`: rewrite through [`Adapter::clamp_max_tokens`].
-    fn cap_added_text(&self, doc: Node<'_>, limit: u64) -> Option<Vec<u8>> {
+    fn cap_added_text(&self, doc: &Doc, limit: u64) -> Option<Vec<u8>> {
         fields::cap_added_text(doc, limit, self.max_tokens_field())
     }
 

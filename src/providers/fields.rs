@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::doc::Node;
+use super::doc::{Doc, Node};
 
 /// A tool the request offered the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,23 +105,27 @@ const NESTED_CAP_FIELDS: [(&str, &str); 2] = [
 /// is built and written out again. `None` where `clamp` would do more (a field is set, even to
 /// something not a number) or the field is nested: rewrite through [`clamp`].
 pub(super) fn cap_added_text(
-    doc: Node<'_>,
+    doc: &Doc,
     limit: u64,
     field: (Option<&'static str>, &'static str),
 ) -> Option<Vec<u8>> {
     let (None, key) = field else {
         return None;
     };
-    let mut members = doc.entries()?;
+    let root = doc.root();
+    let mut members = root.entries()?;
     let empty = members.next().is_none();
-    if CAP_FIELDS.iter().any(|k| doc.get(k).is_some())
+    if CAP_FIELDS.iter().any(|k| root.get(k).is_some())
         || NESTED_CAP_FIELDS
             .iter()
-            .any(|(o, i)| doc.get(o).and_then(|o| o.get(i)).is_some())
+            .any(|(o, i)| root.get(o).and_then(|o| o.get(i)).is_some())
     {
         return None;
     }
-    let rest = doc.raw_json()?.strip_prefix('{')?;
+    // The document's text is one JSON object: its first byte past whitespace opens it.
+    let text = doc.bytes();
+    let open = text.iter().position(|b| !b.is_ascii_whitespace())?;
+    let rest = text.get(open..)?.strip_prefix(b"{")?;
     let limit = limit.to_string();
     let mut out = Vec::with_capacity(rest.len() + key.len() + limit.len() + 6);
     out.extend_from_slice(b"{\"");
@@ -131,7 +135,7 @@ pub(super) fn cap_added_text(
     if !empty {
         out.push(b',');
     }
-    out.extend_from_slice(rest.as_bytes());
+    out.extend_from_slice(rest);
     Some(out)
 }
 

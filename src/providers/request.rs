@@ -445,6 +445,8 @@ mod tests {
             "{}",
             " { } ",
             r#"{"model":"m","messages":[{"role":"user","content":"hi \"there\" \u00e9"}]}"#,
+            // Escaped strings last: the parse cannot place the root's closing bracket.
+            r#"{"model":"m","n":1.5e3,"stop":"\n"}"#,
             "{\n  \"model\": \"m\",\n  \"stream\": true\n}\n",
             r#"{"model":"m","max_tokens":null}"#,
             r#"{"model":"m","max_completion_tokens":"lots"}"#,
@@ -476,7 +478,7 @@ mod tests {
             let before = doc.root().to_value();
             for format in Format::ALL {
                 let adapter = format.adapter();
-                let Some(text) = adapter.cap_added_text(doc.root(), 777) else {
+                let Some(text) = adapter.cap_added_text(&doc, 777) else {
                     continue;
                 };
                 added += 1;
@@ -494,9 +496,11 @@ mod tests {
                     "{format:?} {}",
                     String::from_utf8_lossy(body)
                 );
-                // The rest of the body is its own text, as read.
-                let raw = doc.root().raw_json().unwrap();
-                assert!(text.ends_with(&raw.as_bytes()[1..]), "{format:?}");
+                // The rest of the body is its own text, as read (normalized only where an
+                // object repeated a key).
+                let read = doc.bytes();
+                let open = read.iter().position(|b| *b == b'{').unwrap();
+                assert!(text.ends_with(&read[open + 1..]), "{format:?}");
             }
         }
         assert!(added > 20, "{added} bodies took the text path");

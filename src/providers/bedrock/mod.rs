@@ -33,7 +33,7 @@ use crate::providers::adapter::{
     stream_reader, Adapter, ErrorText, FramedStream, Operation, Routed, StreamReader,
 };
 use crate::providers::anthropic::Anthropic;
-use crate::providers::doc::Node;
+use crate::providers::doc::Doc;
 use crate::providers::fields::{Capped, OwnFields, RequestBody};
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
@@ -125,7 +125,7 @@ impl Adapter for BedrockConverse {
         Capped::Within
     }
 
-    fn cap_added_text(&self, _doc: Node<'_>, _limit: u64) -> Option<Vec<u8>> {
+    fn cap_added_text(&self, _doc: &Doc, _limit: u64) -> Option<Vec<u8>> {
         None
     }
 
@@ -211,7 +211,7 @@ impl Adapter for BedrockInvoke {
         Capped::Within
     }
 
-    fn cap_added_text(&self, _doc: Node<'_>, _limit: u64) -> Option<Vec<u8>> {
+    fn cap_added_text(&self, _doc: &Doc, _limit: u64) -> Option<Vec<u8>> {
         None
     }
 

@@ -17,7 +17,7 @@ use crate::providers::adapter::{
     ToolGate,
 };
 use crate::providers::anthropic::Anthropic;
-use crate::providers::doc::{Items, Node};
+use crate::providers::doc::{Doc, Items, Node};
 use crate::providers::fields::{Capped, DeclaredTool, OwnFields, RequestBody};
 use crate::providers::gemini::Gemini;
 use crate::providers::tools::ToolResult;
@@ -73,7 +73,7 @@ macro_rules! same_body_as {
             $base.clamp_max_tokens(doc, requested, limit)
         }
 
-        fn cap_added_text(&self, doc: Node<'_>, limit: u64) -> Option<Vec<u8>> {
+        fn cap_added_text(&self, doc: &Doc, limit: u64) -> Option<Vec<u8>> {
             $base.cap_added_text(doc, limit)
         }
 

@@ -166,6 +166,34 @@ pub fn classify(configured: RouteProtocol, path: &str) -> Classified {
     }
 }
 
+/// The longest path [`classify_remembered`] keeps (longer ones are classified every time).
+const REMEMBERED_PATH: usize = 256;
+
+/// [`classify`], remembering the last answer on this thread: an agent's calls repeat one path, and
+/// classifying asks every format's path rules (~3k instructions a call). One entry per thread,
+/// of a bounded path: a client choosing paths can only make it classify again.
+pub fn classify_remembered(configured: RouteProtocol, path: &str) -> Classified {
+    type Last = Option<(RouteProtocol, Box<str>, Classified)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return classify(configured, path);
+        };
+        if let Some((p, s, c)) = last.as_ref() {
+            if *p == configured && **s == *path {
+                return *c;
+            }
+        }
+        let c = classify(configured, path);
+        if path.len() <= REMEMBERED_PATH {
+            *last = Some((configured, path.into(), c));
+        }
+        c
+    })
+}
+
 fn passthrough() -> Classified {
     Classified {
         provider: "unknown",
@@ -181,6 +209,28 @@ mod tests {
 
     fn named(p: &str) -> RouteProtocol {
         RouteProtocol::named(p).unwrap()
+    }
+
+    #[test]
+    fn a_remembered_answer_is_the_answer_for_that_route_and_path() {
+        let paths = [
+            "/v1/chat/completions",
+            "/v1/chat/completions",
+            "/v1/messages",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            "/v1/messages",
+            "/healthz",
+            "/healthz",
+        ];
+        for configured in [RouteProtocol::Auto, named("openai"), named("anthropic")] {
+            for p in paths.iter().chain(std::iter::once(&&*"/x".repeat(200))) {
+                assert_eq!(
+                    classify_remembered(configured, p),
+                    classify(configured, p),
+                    "{configured:?} {p}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -462,7 +462,7 @@ impl Proxy {
     /// exactly once.
     fn identify(&self, route: Arc<Route>, parts: http::request::Parts, started: Instant) -> Flight {
         let upath = route.upstream_path(parts.uri.path());
-        let class = protocol::classify(route.protocol, &upath);
+        let class = protocol::classify_remembered(route.protocol, &upath);
         // A path the route rewrote (base path) is kept for `read`; a borrowed one is a slice of
         // the request's own path and costs nothing to take again.
         let upath = match upath {

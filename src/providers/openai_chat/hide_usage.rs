@@ -100,7 +100,9 @@ fn remove(span: &[u8], data: &[u8], member: Option<(usize, usize)>, out: &mut By
 /// the compact forms servers write: `{…,"usage":null}` or `{…,"usage":null,"obfuscation":"…"}`
 /// (letters and digits of padding). The last brace of a JSON object closes it, so the member
 /// before it (or before the padding) is one of its own, and these bytes cannot lie in a string,
-/// where every quote is escaped. `None`: decide on the parsed event.
+/// where every quote is escaped. `None`: decide on the parsed event. Read without a parse, a
+/// malformed chunk with this ending, or one repeating its top-level `usage` key, loses the member
+/// too, where the parse would have passed it as sent: either is the upstream's malformation.
 fn compact_null_usage(data: &[u8]) -> Option<(usize, usize)> {
     const MEMBER: &[u8] = b",\"usage\":null";
     const PADDING: &[u8] = b",\"obfuscation\":\"";

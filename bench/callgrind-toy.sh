@@ -45,19 +45,7 @@ routes:
   - { name: mock, path_prefix: /, upstream: 'http://127.0.0.1:$MOCK', agent: bench }
 identity: { session_headers: [x-session-id] }
 CFG
-  [ "$1" = everything ] && cat <<CFG
-budgets:
-  store: { kind: memory, snapshot_path: '' }
-  limits:
-    - { scope: session, tokens: 1000000000000 }
-    - { scope: agent, usd: 1000000.0, window: 1d }
-pricing:
-  gpt-4o-mini: { input: 0.15, output: 0.60 }
-agents:
-  bench:
-    max_steps: 1000000000
-    max_tokens_cap: { limit: 4096 }
-    forbidden_input: [ { id: aws_key, regex: "AKIA[0-9A-Z]{16}" } ]
+  [ "$1" = everything ] && cat "$HERE/everything-features.yaml" - <<CFG
 telemetry: { otlp: { endpoint: 'http://127.0.0.1:$OTLP', protocol: grpc } }
 CFG
   return 0

@@ -202,19 +202,8 @@ logging: { access_log: false }
 routes:
   - { name: mock, path_prefix: /, upstream: 'http://127.0.0.1:18000', agent: bench }
 identity: { session_headers: [x-session-id] }
-budgets:
-  store: { kind: memory, snapshot_path: '' }
-  limits:
-    - { scope: session, tokens: 1000000000000 }
-    - { scope: agent, usd: 1000000.0, window: 1d }
-pricing:
-  gpt-4o-mini: { input: 0.15, output: 0.60 }
-agents:
-  bench:
-    max_steps: 1000000000
-    max_tokens_cap: { limit: 4096 }
-    forbidden_input: [ { id: aws_key, regex: "AKIA[0-9A-Z]{16}" } ]
 ONCFG
+cat "$HERE/everything-features.yaml" >>"$ON_CONFIG"
 [ -n "${TW_OTLP:-}" ] && printf "telemetry: { otlp: { endpoint: '%s', protocol: grpc } }\n" "$TW_OTLP" >>"$ON_CONFIG"
 "$TW_BIN" check-config "$ON_CONFIG" >/dev/null || { echo "tokenwarden rejects $ON_CONFIG" >&2; exit 2; }
 ON_EXTRA="x-session-id: bench-session"

@@ -16,6 +16,10 @@ agents:
   stripper:
     denied_tools: [delete_everything]
     denied_tool_action: strip
+  strip-looper:
+    denied_tools: [delete_everything, drop_tables]
+    denied_tool_action: strip
+    loop_detection: { threshold: 2, window: 1m, action: block }
   guarded-capped:
     denied_tools: [delete_everything]
   stepper:
@@ -256,6 +260,14 @@ async fn denied_tools_can_be_stripped_instead() {
         violations(&p.metrics().await, "stripper", "denied_tool"),
         4.0
     );
+    // Loop detection reads the request as it goes upstream: two calls differing only in the
+    // denied tools stripped from them are the same request repeated.
+    let hdr = [("x-session-id", "strip-loop")];
+    for (i, denied) in ["delete_everything", "drop_tables"].into_iter().enumerate() {
+        let body = Shape::ChatJson.body(&[("get_weather", ANY), (denied, ANY)], "hi");
+        let (resp, _) = send_as(&p, Shape::ChatJson, "strip-looper", &hdr, &body).await;
+        assert_eq!(resp.status(), if i == 0 { 200 } else { 403 }, "{denied}");
+    }
 }
 
 #[tokio::test]

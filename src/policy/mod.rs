@@ -472,13 +472,6 @@ impl Policies {
         // Tools stripped: the text differs from the body's (a clamped cap changes no text).
         let mut stripped = false;
         let adapter = facts.format.adapter();
-        // The loop hash is of the request as the agent sent it, read before any rewrite: from
-        // the hashes its parse kept, where it kept them (a rewritten body is parsed without).
-        let ld = rules.loop_detection;
-        let loop_hash = match (ld.enabled, asker.session, doc.as_ref()) {
-            (true, Some(_), Some(d)) => Some(request_hash(d.root())),
-            _ => None,
-        };
 
         if rules.tools.restricts() {
             if let Some(bad) = facts.tools.iter().find(|t| !rules.tools.permits(&t.name)) {
@@ -517,6 +510,15 @@ impl Policies {
                 ));
             }
         }
+
+        // The loop hash is of the request as it goes upstream (denied tools stripped), read
+        // before the cap: a cap adds no field the hash reads, and the document as parsed still
+        // has the hashes its parse kept (a rewritten one is walked).
+        let ld = rules.loop_detection;
+        let loop_hash = match (ld.enabled, asker.session, doc.as_ref()) {
+            (true, Some(_), Some(d)) => Some(request_hash(d.root())),
+            _ => None,
+        };
 
         if let Some(cap) = rules.max_tokens_cap {
             let over = facts.max_tokens.filter(|n| *n > cap.limit);

@@ -1,10 +1,10 @@
 //! What the proxy answers with: the one response body type, and its own error answers (the
 //! errors become provider-shaped responses in [`ProxyError::to_response`]).
 
+use crate::http_client::UpstreamBody;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::body::{Cut, Gate, McpBody, ObservedBody, StripUsage};
 use crate::providers::protocol::ErrorShape;
@@ -15,10 +15,10 @@ use super::error::ProxyError;
 
 /// The upstream's response body as it is forwarded: observed, cut at a budget, gated on its
 /// tool calls (each a pass-through unless armed).
-pub type Upstream = Gate<Cut<ObservedBody<Incoming, Call>>>;
+pub type Upstream = Gate<Cut<ObservedBody<UpstreamBody, Call>>>;
 
 /// An MCP server's answer as it is forwarded: observed, read message by message.
-pub type McpUpstream = McpBody<ObservedBody<Incoming, Call>, super::mcp::Exchange>;
+pub type McpUpstream = McpBody<ObservedBody<UpstreamBody, Call>, super::mcp::Exchange>;
 
 /// The body of every response the proxy returns: the upstream's (and, for injected stream
 /// usage, rewritten; an MCP server's answer), or one the proxy made itself.

@@ -5,12 +5,12 @@
 //! or replaced by a provider-shaped 403. Accounting sees the upstream's body either way — its
 //! tokens were spent.
 
+use crate::http_client::UpstreamBody;
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::response::Parts;
 use http::Response;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{BodyEnd, Observer};
@@ -39,7 +39,7 @@ pub(super) fn should_hold(call: &Call, head: &Parts) -> bool {
 pub(super) async fn respond(
     mut call: Call,
     head: Parts,
-    body: Incoming,
+    body: UpstreamBody,
     shape: ErrorShape,
     route: &Route,
 ) -> Response<ProxyBody> {
@@ -82,7 +82,7 @@ pub(super) async fn respond(
     Response::from_parts(head, super::answer::full(Full::new(bytes)))
 }
 
-async fn collect(mut body: Incoming, route: &Route) -> Result<Bytes, ProxyError> {
+async fn collect(mut body: UpstreamBody, route: &Route) -> Result<Bytes, ProxyError> {
     let idle = route.timeouts.idle_timeout;
     let mut buf = BytesMut::new();
     loop {

@@ -53,7 +53,7 @@ use crate::body::{CallCheck, Gate, McpBody, ObservedBody, StripUsage};
 use crate::budget::webhook::Webhook;
 use crate::budget::{Budgets, BudgetsError, CallFacts};
 use crate::config::Config;
-use crate::http_client::UpstreamClient;
+use crate::http_client::{driven, UpstreamBody, UpstreamClient};
 use crate::policy::{Policies, PolicySet};
 use crate::providers::{StreamEnding, ToolGate};
 use crate::session::{SessionSource, Sessions};
@@ -328,7 +328,7 @@ impl Proxy {
                 realtime::switch(f.call, session, client, resp, &self.upgrades)
             }
             // Refused upstream (401, 404, ...): its answer, forwarded as any other.
-            _ => self.respond(f, resp).await,
+            _ => self.respond(f, resp.map(UpstreamBody::Pooled)).await,
         }
     }
 
@@ -345,7 +345,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         let req = Request::from_parts(parts, Full::new(Bytes::new()));
         f.call.upstream_sent = Some(Instant::now());
-        send(&f.route, f.route.upgrade_client.get(), req).await
+        send_pooled(&f.route, f.route.upgrade_client.get(), req).await
     }
 
     /// A request on an MCP route (see `mcp.rs`): identified like any call, its POST body read and
@@ -409,7 +409,7 @@ impl Proxy {
     fn respond_mcp(
         &self,
         f: Flight,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         mut ex: Exchange,
     ) -> Response<ProxyBody> {
         let Flight {
@@ -655,7 +655,7 @@ impl Proxy {
 
     /// Phase 5: the upstream request (same method, path under the route, headers minus
     /// hop-by-hop, the same bytes), sent under the first-byte timeout.
-    async fn forward(&self, f: &mut Flight) -> Result<Response<Incoming>, ProxyError> {
+    async fn forward(&self, f: &mut Flight) -> Result<Response<UpstreamBody>, ProxyError> {
         let uri = f
             .route
             .upstream_uri(f.parts.uri.path(), f.parts.uri.query())
@@ -692,12 +692,12 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, Full::new(body));
 
         f.call.upstream_sent = Some(Instant::now());
-        send(&f.route, f.route.client.get(), upstream_req).await
+        send(&f.route, upstream_req).await
     }
 
     /// Phase 6: status and headers at once, the body observed frame by frame (held when a
     /// blocking policy must see it whole; cut at a `cut` limit; usage hidden when injected).
-    async fn respond(&self, f: Flight, resp: Response<Incoming>) -> Response<ProxyBody> {
+    async fn respond(&self, f: Flight, resp: Response<UpstreamBody>) -> Response<ProxyBody> {
         let Flight {
             mut call,
             route,
@@ -886,9 +886,42 @@ async fn drain(mut body: Incoming, limit: u64) {
     .await;
 }
 
-/// Map a pooled-client failure to the error the client sees.
-/// Send `req` with `client`, waiting at most the route's first-byte timeout for the head.
+/// Send `req` upstream (on a driven connection for an `http://` upstream, else with the route's
+/// pooled client), waiting at most the route's first-byte timeout for the head.
 async fn send(
+    route: &Route,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<UpstreamBody>, ProxyError> {
+    let Some(driven) = route.driven.as_ref() else {
+        let resp = send_pooled(route, route.client.get(), req).await?;
+        return Ok(resp.map(UpstreamBody::Pooled));
+    };
+    match tokio::time::timeout(route.timeouts.first_byte_timeout, driven.get().send(req)).await {
+        Ok(Ok(resp)) => Ok(resp.map(UpstreamBody::Driven)),
+        Ok(Err(e)) => Err(driven_error(route, &e)),
+        Err(_) => Err(ProxyError::UpstreamTimeout {
+            route: route.name.to_string(),
+            after: route.timeouts.first_byte_timeout,
+        }),
+    }
+}
+
+/// Map a driven connection's failure to the error the client sees.
+fn driven_error(route: &Route, e: &driven::SendError) -> ProxyError {
+    let route_name = route.name.to_string();
+    match e {
+        driven::SendError::ConnectTimeout => ProxyError::UpstreamTimeout {
+            route: route_name,
+            after: route.timeouts.connect_timeout,
+        },
+        driven::SendError::Connect(_) => ProxyError::UpstreamUnreachable { route: route_name },
+        driven::SendError::Http(_) => ProxyError::UpstreamReset { route: route_name },
+    }
+}
+
+/// Send `req` with the pooled `client`, waiting at most the route's first-byte timeout for the
+/// head.
+async fn send_pooled(
     route: &Route,
     client: &UpstreamClient,
     req: Request<Full<Bytes>>,
@@ -903,6 +936,7 @@ async fn send(
     }
 }
 
+/// Map a pooled-client failure to the error the client sees.
 fn client_error(route: &Route, e: &hyper_util::client::legacy::Error) -> ProxyError {
     let timed_out = {
         let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);

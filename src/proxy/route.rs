@@ -7,6 +7,7 @@ use http::Uri;
 
 use crate::config::{Config, RouteConfig, UpstreamConfig};
 
+use crate::http_client::driven::Driven;
 use crate::http_client::{self as upstream, Pools};
 use crate::providers::protocol::RouteProtocol;
 
@@ -32,6 +33,9 @@ pub struct Route {
     pub client: Pools,
     /// HTTP/1.1-only clients for WebSocket upgrades (connect only when one comes).
     pub upgrade_client: Pools,
+    /// For an `http://` upstream: connections the request's task drives (calls other than
+    /// upgrades go there instead of `client`).
+    pub driven: Option<Driven>,
 }
 
 /// All routes, in config order.
@@ -127,6 +131,7 @@ impl Route {
         let ca = cfg.ca_file.as_deref();
         let client = upstream::build_pools(ca, &timeouts, true, pools).map_err(tls)?;
         let upgrade_client = upstream::build_pools(ca, &timeouts, false, pools).map_err(tls)?;
+        let driven = (scheme == Scheme::HTTP).then(|| Driven::new(&authority, &timeouts, pools));
         let prefix = cfg.path_prefix.trim_end_matches('/').to_string();
         let protocol =
             RouteProtocol::named(&cfg.protocol).ok_or_else(|| RouteError::UnknownProtocol {
@@ -147,6 +152,7 @@ impl Route {
             timeouts,
             client,
             upgrade_client,
+            driven,
         })
     }
 

@@ -1,6 +1,8 @@
 //! The pooled HTTP client every outbound call uses (routes, the alert webhook, OTLP export):
 //! hyper-util's legacy client over rustls, HTTP/1.1 and HTTP/2 by ALPN.
 //!
+//! Plain-HTTP upstreams are driven by the request's task instead ([`driven`]).
+//!
 //! A transparent proxy uses the client directly (no reqwest) so headers and bodies pass through
 //! untouched. Trust roots are the webpki set plus an optional per-route PEM file.
 
@@ -20,8 +22,51 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::UpstreamConfig;
 
+pub mod driven;
+mod worker;
+
+pub use worker::{set_worker, worker};
+
 /// The client type every route uses.
 pub type UpstreamClient = Client<Connector, Full<Bytes>>;
+
+/// An upstream response's body: from the pooled client, or read from a connection the reading
+/// task drives ([`driven`]).
+pub enum UpstreamBody {
+    /// hyper's body, fed by the pooled client's connection task.
+    Pooled(hyper::body::Incoming),
+    /// A plain-HTTP upstream's body.
+    Driven(driven::DrivenBody),
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Pooled(b) => Pin::new(b).poll_frame(cx),
+            Self::Driven(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Pooled(b) => b.is_end_stream(),
+            Self::Driven(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Pooled(b) => b.size_hint(),
+            Self::Driven(b) => b.size_hint(),
+        }
+    }
+}
 
 /// The connection hyper-rustls makes (plain TCP or TLS).
 type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
@@ -110,22 +155,6 @@ impl<T: Connection> Connection for Nudged<T> {
     fn connected(&self) -> Connected {
         self.0.connected()
     }
-}
-
-thread_local! {
-    /// The worker this thread is (`server.runtime: per_core`); `None` on any other thread.
-    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// Mark the current thread as worker `index`: the pools it uses from now on are its own.
-pub fn set_worker(index: usize) {
-    WORKER.with(|w| w.set(Some(index)));
-}
-
-/// The `per_core` worker this thread is, if it is one: per-worker connections elsewhere (the
-/// Redis budget store) are picked by it too.
-pub fn worker() -> Option<usize> {
-    WORKER.with(std::cell::Cell::get)
 }
 
 /// One pooled client per worker thread, so a request's upstream connection (and the task that

@@ -118,6 +118,36 @@ fn trim_start(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
+/// Call `visit` with every key of a JSON text's raw bytes (at any depth, unquoted) and the raw
+/// bytes from the start of its value, in one pass, until it returns false: [`value_at`] once per
+/// key searches the whole text again for each, which on a small stream chunk costs more than
+/// reading it. Strings are stepped over whole (escapes included), so text inside a string is
+/// never taken for a key; a key spelled with escapes is passed as spelled.
+pub(super) fn for_each_key(data: &[u8], mut visit: impl FnMut(&[u8], &[u8]) -> bool) {
+    let n = data.len();
+    let mut i = 0;
+    while i < n {
+        if data[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let mut j = start;
+        while j < n && data[j] != b'"' {
+            j += if data[j] == b'\\' { 2 } else { 1 };
+        }
+        if j >= n {
+            return;
+        }
+        i = j + 1;
+        if let Some(value) = trim_start(&data[i..]).strip_prefix(b":") {
+            if !visit(&data[start..j], trim_start(value)) {
+                return;
+            }
+        }
+    }
+}
+
 /// Whether any occurrence of key `key` (at any depth) has a value starting with a byte `first`
 /// accepts: a cheap test before parsing an event whose key may appear in several places.
 pub(super) fn any_value(data: &[u8], key: &Finder<'static>, first: impl Fn(u8) -> bool) -> bool {
@@ -152,11 +182,13 @@ pub(super) fn event_kind<'a>(event: &'a [u8], data: &'a [u8]) -> Option<std::bor
 }
 
 /// The first byte of the value of `key`, if the key occurs.
+#[cfg(test)]
 pub(super) fn value_start(data: &[u8], key: &Finder<'static>) -> Option<u8> {
     value_at(data, key).and_then(|v| v.first().copied())
 }
 
 /// Whether `key` holds a non-empty string (`"..."` with at least one character).
+#[cfg(test)]
 pub(super) fn non_empty_string(data: &[u8], key: &Finder<'static>) -> bool {
     value_at(data, key).is_some_and(|v| v.len() > 1 && v[0] == b'"' && v[1] != b'"')
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::providers::shape::{json_key, set_once, CacheCreation, ErrorObj};
+use crate::providers::shape::{set_once, CacheCreation, ErrorObj};
 use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
@@ -268,13 +268,11 @@ impl Stream {
         if crate::sse::is_done(data) {
             return Some(false);
         }
-        if self.record.model.is_some() && only_output(data) {
-            // The common chunk: a text delta and nothing else we account. Skip the full parse.
-            return Some(
-                [&*CONTENT, &*REASONING_CONTENT, &*REFUSAL, &*TEXT]
-                    .into_iter()
-                    .any(|k| crate::providers::shape::non_empty_string(data, k)),
-            );
+        if self.record.model.is_some() {
+            if let Some(output) = text_only(data) {
+                // The common chunk: a text delta and nothing else we account. Skip the parse.
+                return Some(output);
+            }
         }
         let chunk: Chunk<'_> = serde_json::from_slice(data).ok()?;
         set_once(&mut self.record.id, chunk.id.as_deref());
@@ -379,30 +377,28 @@ fn add_fragment(
     call.arguments.push_str(arguments.unwrap_or_default());
 }
 
-/// True when a chunk carries no usage, tool call, finish reason or error — only text, if anything.
-fn only_output(data: &[u8]) -> bool {
-    let absent_or_null = |k| {
-        matches!(
-            crate::providers::shape::value_start(data, k),
-            None | Some(b'n')
-        )
-    };
-    absent_or_null(&USAGE)
-        && absent_or_null(&FINISH_REASON)
-        && absent_or_null(&TOOL_CALLS)
-        && absent_or_null(&ERROR)
-        && CHOICES.find(data).is_some()
+/// For a chunk that carries no usage, tool call, finish reason or error at any depth (only
+/// text, if anything): whether it carries text. `None` for any other chunk, which is parsed.
+/// Every occurrence counts, not only the first: a chunk of several choices may close one
+/// while another still streams.
+fn text_only(data: &[u8]) -> Option<bool> {
+    let (mut choices, mut output, mut quiet) = (false, false, true);
+    crate::providers::shape::for_each_key(data, |key, value| {
+        match key {
+            b"usage" | b"finish_reason" | b"tool_calls" | b"error" => {
+                quiet = matches!(value.first(), None | Some(b'n'));
+            }
+            b"choices" => choices = true,
+            // A non-empty string: `"` and a first character that is not the closing quote.
+            b"content" | b"reasoning_content" | b"refusal" | b"text" => {
+                output |= value.len() > 1 && value[0] == b'"' && value[1] != b'"';
+            }
+            _ => {}
+        }
+        quiet
+    });
+    (quiet && choices).then_some(output)
 }
-
-json_key!(USAGE, "usage");
-json_key!(FINISH_REASON, "finish_reason");
-json_key!(TOOL_CALLS, "tool_calls");
-json_key!(ERROR, "error");
-json_key!(CHOICES, "choices");
-json_key!(CONTENT, "content");
-json_key!(REASONING_CONTENT, "reasoning_content");
-json_key!(REFUSAL, "refusal");
-json_key!(TEXT, "text");
 
 /// A whole JSON body; false when it is not JSON of this shape.
 pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
@@ -545,5 +541,155 @@ mod usage_shape_tests {
             (u.cache_creation_input, u.cache_creation_1h),
             (Some(70), None)
         );
+    }
+}
+
+#[cfg(test)]
+mod text_only_tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use crate::providers::shape::json_key;
+    json_key!(USAGE, "usage");
+    json_key!(FINISH_REASON, "finish_reason");
+    json_key!(TOOL_CALLS, "tool_calls");
+    json_key!(ERROR, "error");
+    json_key!(CHOICES, "choices");
+    json_key!(CONTENT, "content");
+    json_key!(REASONING_CONTENT, "reasoning_content");
+    json_key!(REFUSAL, "refusal");
+    json_key!(TEXT, "text");
+
+    /// The raw values of every occurrence of `key` as a key, found by searching the text.
+    fn values<'a>(data: &'a [u8], key: &memchr::memmem::Finder<'static>) -> Vec<&'a [u8]> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        while let Some(v) = crate::providers::shape::value_at(&data[from..], key) {
+            out.push(v);
+            from = data.len() - v.len();
+        }
+        out
+    }
+
+    /// The same decision by searching the whole chunk once per key.
+    fn searched(data: &[u8]) -> Option<bool> {
+        let quiet = [&*USAGE, &*FINISH_REASON, &*TOOL_CALLS, &*ERROR]
+            .into_iter()
+            .all(|k| {
+                values(data, k)
+                    .iter()
+                    .all(|v| matches!(v.first(), None | Some(b'n')))
+            })
+            && !values(data, &CHOICES).is_empty();
+        quiet.then(|| {
+            [&*CONTENT, &*REASONING_CONTENT, &*REFUSAL, &*TEXT]
+                .into_iter()
+                .any(|k| {
+                    values(data, k)
+                        .iter()
+                        .any(|v| v.len() > 1 && v[0] == b'"' && v[1] != b'"')
+                })
+        })
+    }
+
+    /// JSON whose keys are the ones the test reads and whose strings spell them, quoted,
+    /// escaped and followed by colons.
+    fn value() -> impl Strategy<Value = Value> {
+        let names = "(usage|finish_reason|tool_calls|error|choices|content|reasoning_content|refusal|text|delta|[a-c])";
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<i16>().prop_map(Value::from),
+            "(content|usage|choices|\"|\\\\|:|,| |[a-z]){0,10}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                prop::collection::vec((names, inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn one_pass_decides_as_the_searches_did(v in value(), pretty in any::<bool>()) {
+            let data = if pretty {
+                serde_json::to_string_pretty(&v).unwrap()
+            } else {
+                serde_json::to_string(&v).unwrap()
+            };
+            // (Before the one pass, `"choices"` anywhere in the text, a string value too, let a
+            // chunk skip its parse; now only the key does, and such a chunk is parsed.)
+            let (got, want) = (text_only(data.as_bytes()), searched(data.as_bytes()));
+            prop_assert_eq!(got, want, "{}", data);
+        }
+
+        #[test]
+        fn a_chunk_taken_for_text_only_carries_nothing_else_the_parse_reads(v in value()) {
+            let data = serde_json::to_string(&v).unwrap();
+            if text_only(data.as_bytes()).is_some() {
+                if let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&data) {
+                    prop_assert!(chunk.usage.is_none() && chunk.error.is_none(), "{}", data);
+                    for c in &chunk.choices {
+                        prop_assert!(c.finish_reason.is_none(), "{}", data);
+                        let tools = c.delta.as_ref().and_then(|d| d.tool_calls.as_ref());
+                        prop_assert!(tools.is_none_or(Vec::is_empty), "{}", data);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_choice_that_ends_beside_one_that_streams_is_recorded() {
+        let sse = concat!(
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}},{\"index\":1,\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null},{\"index\":1,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+            "data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        let mut p = crate::providers::ResponseParser::new(
+            crate::providers::Format::OpenAiChat,
+            true,
+            1 << 20,
+        );
+        p.feed(sse.as_bytes());
+        assert_eq!(p.finish().finish_reasons, ["stop", "length"]);
+    }
+
+    #[test]
+    fn reads_keys_not_text() {
+        let cases: [(&str, Option<bool>); 8] = [
+            (
+                r#"{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}"#,
+                Some(true),
+            ),
+            (
+                r#"{"choices":[{"delta":{"content":""},"finish_reason":null}]}"#,
+                Some(false),
+            ),
+            (
+                r#"{"choices":[{"delta":{"content":"say \"usage\": 1"}}]}"#,
+                Some(true),
+            ),
+            (r#"{"choices":[{"text":"x"}], "usage" : null}"#, Some(true)),
+            (r#"{"choices":[],"usage":{"total_tokens":3}}"#, None),
+            (r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#, None),
+            (r#"{"id":"x","delta":{"content":"no choices key"}}"#, None),
+            // Every occurrence counts: one choice still streams while another ends.
+            (
+                r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null},{"index":1,"delta":{},"finish_reason":"stop"}]}"#,
+                None,
+            ),
+        ];
+        for (data, want) in cases {
+            assert_eq!(text_only(data.as_bytes()), want, "{data}");
+        }
+        // Truncated input never reads past its end.
+        let whole = r#"{"choices":[{"delta":{"content":"a\"b"}}]}"#;
+        for cut in 0..whole.len() {
+            let _ = text_only(&whole.as_bytes()[..cut]);
+        }
     }
 }

@@ -118,45 +118,25 @@ fn trim_start(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
-/// Call `visit` with every key of a JSON text's raw bytes (at any depth, unquoted) and the raw
-/// bytes from the start of its value, in one pass, until it returns false: [`value_at`] once per
-/// key searches the whole text again for each, which on a small stream chunk costs more than
-/// reading it. Strings are stepped over whole (escapes included), so text inside a string is
-/// never taken for a key; a key spelled with escapes is passed as spelled.
-pub(super) fn for_each_key(data: &[u8], mut visit: impl FnMut(&[u8], &[u8]) -> bool) {
-    let n = data.len();
-    let mut i = 0;
-    while i < n {
-        if data[i] != b'"' {
-            i += 1;
-            continue;
-        }
-        let start = i + 1;
-        let mut j = start;
-        while j < n && data[j] != b'"' {
-            j += if data[j] == b'\\' { 2 } else { 1 };
-        }
-        if j >= n {
-            return;
-        }
-        i = j + 1;
-        if let Some(value) = trim_start(&data[i..]).strip_prefix(b":") {
-            if !visit(&data[start..j], trim_start(value)) {
-                return;
-            }
-        }
-    }
-}
-
 /// Whether any occurrence of key `key` (at any depth) has a value starting with a byte `first`
 /// accepts: a cheap test before parsing an event whose key may appear in several places.
 pub(super) fn any_value(data: &[u8], key: &Finder<'static>, first: impl Fn(u8) -> bool) -> bool {
+    any_value_where(data, key, |v| v.first().is_some_and(|b| first(*b)))
+}
+
+/// Whether any occurrence of key `key` (at any depth) has a value whose raw bytes (from its
+/// first byte to the end of `data`) `test` accepts.
+pub(super) fn any_value_where(
+    data: &[u8],
+    key: &Finder<'static>,
+    test: impl Fn(&[u8]) -> bool,
+) -> bool {
     let klen = key.needle().len();
     let mut from = 0;
     while let Some(i) = key.find(&data[from..]) {
         let rest = trim_start(&data[from + i + klen..]);
         if let Some(value) = rest.strip_prefix(b":") {
-            if trim_start(value).first().is_some_and(|b| first(*b)) {
+            if test(trim_start(value)) {
                 return true;
             }
         }

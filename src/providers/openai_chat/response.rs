@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::providers::shape::{set_once, CacheCreation, ErrorObj};
+use crate::providers::shape::{json_key, set_once, CacheCreation, ErrorObj};
 use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
@@ -379,26 +379,35 @@ fn add_fragment(
 
 /// For a chunk that carries no usage, tool call, finish reason or error at any depth (only
 /// text, if anything): whether it carries text. `None` for any other chunk, which is parsed.
-/// Every occurrence counts, not only the first: a chunk of several choices may close one
-/// while another still streams.
+/// Every occurrence of a key counts, not only the first: a chunk of several choices may close
+/// one while another still streams.
 fn text_only(data: &[u8]) -> Option<bool> {
-    let (mut choices, mut output, mut quiet) = (false, false, true);
-    crate::providers::shape::for_each_key(data, |key, value| {
-        match key {
-            b"usage" | b"finish_reason" | b"tool_calls" | b"error" => {
-                quiet = matches!(value.first(), None | Some(b'n'));
-            }
-            b"choices" => choices = true,
-            // A non-empty string: `"` and a first character that is not the closing quote.
-            b"content" | b"reasoning_content" | b"refusal" | b"text" => {
-                output |= value.len() > 1 && value[0] == b'"' && value[1] != b'"';
-            }
-            _ => {}
-        }
-        quiet
-    });
-    (quiet && choices).then_some(output)
+    use crate::providers::shape::{any_value, any_value_where};
+    let set = |k| any_value(data, k, |b| b != b'n');
+    if set(&USAGE) || set(&FINISH_REASON) || set(&TOOL_CALLS) || set(&ERROR) {
+        return None;
+    }
+    if !any_value(data, &CHOICES, |_| true) {
+        return None;
+    }
+    // A non-empty string: `"` and a first character that is not the closing quote.
+    let text = |v: &[u8]| v.len() > 1 && v[0] == b'"' && v[1] != b'"';
+    Some(
+        [&*CONTENT, &*REASONING_CONTENT, &*REFUSAL, &*TEXT]
+            .into_iter()
+            .any(|k| any_value_where(data, k, text)),
+    )
 }
+
+json_key!(USAGE, "usage");
+json_key!(FINISH_REASON, "finish_reason");
+json_key!(TOOL_CALLS, "tool_calls");
+json_key!(ERROR, "error");
+json_key!(CHOICES, "choices");
+json_key!(CONTENT, "content");
+json_key!(REASONING_CONTENT, "reasoning_content");
+json_key!(REFUSAL, "refusal");
+json_key!(TEXT, "text");
 
 /// A whole JSON body; false when it is not JSON of this shape.
 pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
@@ -550,17 +559,6 @@ mod text_only_tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    use crate::providers::shape::json_key;
-    json_key!(USAGE, "usage");
-    json_key!(FINISH_REASON, "finish_reason");
-    json_key!(TOOL_CALLS, "tool_calls");
-    json_key!(ERROR, "error");
-    json_key!(CHOICES, "choices");
-    json_key!(CONTENT, "content");
-    json_key!(REASONING_CONTENT, "reasoning_content");
-    json_key!(REFUSAL, "refusal");
-    json_key!(TEXT, "text");
-
     /// The raw values of every occurrence of `key` as a key, found by searching the text.
     fn values<'a>(data: &'a [u8], key: &memchr::memmem::Finder<'static>) -> Vec<&'a [u8]> {
         let mut out = Vec::new();
@@ -572,7 +570,7 @@ mod text_only_tests {
         out
     }
 
-    /// The same decision by searching the whole chunk once per key.
+    /// The decision written out plainly: every value of every key, then the rules.
     fn searched(data: &[u8]) -> Option<bool> {
         let quiet = [&*USAGE, &*FINISH_REASON, &*TOOL_CALLS, &*ERROR]
             .into_iter()
@@ -581,7 +579,7 @@ mod text_only_tests {
                     .iter()
                     .all(|v| matches!(v.first(), None | Some(b'n')))
             })
-            && !values(data, &CHOICES).is_empty();
+            && values(data, &CHOICES).iter().any(|v| !v.is_empty());
         quiet.then(|| {
             [&*CONTENT, &*REASONING_CONTENT, &*REFUSAL, &*TEXT]
                 .into_iter()
@@ -613,14 +611,14 @@ mod text_only_tests {
 
     proptest! {
         #[test]
-        fn one_pass_decides_as_the_searches_did(v in value(), pretty in any::<bool>()) {
+        fn decides_by_every_occurrence_of_each_key(v in value(), pretty in any::<bool>()) {
             let data = if pretty {
                 serde_json::to_string_pretty(&v).unwrap()
             } else {
                 serde_json::to_string(&v).unwrap()
             };
-            // (Before the one pass, `"choices"` anywhere in the text, a string value too, let a
-            // chunk skip its parse; now only the key does, and such a chunk is parsed.)
+            // (Before, `"choices"` anywhere in the text, a string value too, let a chunk skip its
+            // parse; now only the key does, and such a chunk is parsed.)
             let (got, want) = (text_only(data.as_bytes()), searched(data.as_bytes()));
             prop_assert_eq!(got, want, "{}", data);
         }

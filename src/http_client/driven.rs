@@ -152,8 +152,13 @@ impl Pool {
         loop {
             let popped = {
                 let mut idle = self.idle.lock().ok()?;
+                // Pushed as they went idle, so the stale ones are a prefix.
                 let now = Instant::now();
-                idle.retain(|i| now.duration_since(i.since) < self.idle_timeout);
+                let stale = idle
+                    .iter()
+                    .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+                    .count();
+                idle.drain(..stale);
                 idle.pop()
             };
             let mut idle = popped?;

@@ -42,7 +42,8 @@ type Conn = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 /// connection (the state machine is large) and moved as a box from request to request.
 struct Idle {
     sender: http1::SendRequest<Full<Bytes>>,
-    conn: Conn,
+    /// `None` once the connection ended (dropped: see [`exchange`]).
+    conn: Option<Conn>,
     since: Instant,
 }
 
@@ -165,7 +166,10 @@ impl Pool {
             // One poll: a connection whose last response was read to its end is ready at once;
             // one the upstream closed resolves. Anything else is not worth waiting for.
             let usable = poll_fn(|cx| {
-                if Pin::new(&mut idle.conn).poll(cx).is_ready() {
+                let Some(conn) = idle.conn.as_mut() else {
+                    return Poll::Ready(false);
+                };
+                if Pin::new(conn).poll(cx).is_ready() {
                     return Poll::Ready(false);
                 }
                 Poll::Ready(matches!(idle.sender.poll_ready(cx), Poll::Ready(Ok(()))))
@@ -187,7 +191,7 @@ impl Pool {
             .map_err(SendError::Http)?;
         Ok(Box::new(Idle {
             sender,
-            conn,
+            conn: Some(conn),
             since: Instant::now(),
         }))
     }
@@ -232,7 +236,6 @@ async fn exchange(
     mut idle: Box<Idle>,
     req: Request<Full<Bytes>>,
 ) -> Result<Response<DrivenBody>, (hyper::Error, Option<Request<Full<Bytes>>>)> {
-    let mut conn_done = false;
     let head = {
         let Idle { sender, conn, .. } = &mut *idle;
         let mut sent = std::pin::pin!(sender.try_send_request(req));
@@ -240,9 +243,14 @@ async fn exchange(
             if let Poll::Ready(r) = sent.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
-            // The connection ended: the request's answer (an error) is ready now.
-            if !conn_done && Pin::new(&mut *conn).poll(cx).is_ready() {
-                conn_done = true;
+            let Some(c) = conn.as_mut() else {
+                return Poll::Pending; // never: `sent` resolved when it was dropped
+            };
+            if Pin::new(c).poll(cx).is_ready() {
+                // The connection ended (an upstream's close of an idle connection can end it
+                // cleanly before it took the request, which then stays queued inside it).
+                // Dropping it hands a request it never took back, and answers one it did.
+                *conn = None;
                 return sent.as_mut().poll(cx);
             }
             Poll::Pending
@@ -254,7 +262,7 @@ async fn exchange(
             let (parts, inner) = resp.into_parts();
             let body = DrivenBody {
                 inner,
-                conn: (!conn_done).then_some(idle),
+                conn: idle.conn.is_some().then_some(idle),
                 ended: false,
                 pool: pool.clone(),
             };
@@ -304,10 +312,10 @@ impl Body for DrivenBody {
                 return polled;
             }
             // Nothing buffered: let the connection read and decode (this task, no hand-off).
-            let Some(idle) = this.conn.as_mut() else {
+            let Some(conn) = this.conn.as_mut().and_then(|i| i.conn.as_mut()) else {
                 return Poll::Pending;
             };
-            if Pin::new(&mut idle.conn).poll(cx).is_ready() {
+            if Pin::new(conn).poll(cx).is_ready() {
                 // The connection ended; the body now ends too (or fails) on the next poll.
                 this.conn = None;
                 continue;
@@ -508,6 +516,26 @@ mod tests {
         assert_eq!(read_all(b).await, "ok");
         assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
         assert_eq!(p.idle.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_an_idle_connection_closed_before_taking_comes_back_unsent() {
+        // An idle connection, taken (ready), then closed by the upstream before the request
+        // reaches it: hyper ends such a connection cleanly with the request still queued.
+        let (authority, _) = upstream(Answer::CloseAfter).await;
+        let p = pool(&authority, UpstreamConfig::default());
+        assert_eq!(read_all(p.send(get("/a")).await.unwrap()).await, "ok");
+        let idle = p
+            .checkout()
+            .await
+            .expect("the connection is idle and ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = tokio::time::timeout(Duration::from_secs(5), exchange(&p, idle, get("/b")));
+        match sent.await.expect("the request must not hang") {
+            Err((_, Some(back))) => assert_eq!(back.uri().path(), "/b"),
+            Err((e, None)) => panic!("the request should come back unsent: {e}"),
+            Ok(_) => panic!("a closed connection answered"),
+        }
     }
 
     #[tokio::test]

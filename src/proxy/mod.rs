@@ -914,6 +914,13 @@ fn driven_error(route: &Route, e: &driven::SendError) -> ProxyError {
             route: route_name,
             after: route.timeouts.connect_timeout,
         },
+        // The system's own connect timeout, as the pooled client's mapping reads it.
+        driven::SendError::Connect(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            ProxyError::UpstreamTimeout {
+                route: route_name,
+                after: route.timeouts.connect_timeout,
+            }
+        }
         driven::SendError::Connect(_) => ProxyError::UpstreamUnreachable { route: route_name },
         driven::SendError::Http(_) => ProxyError::UpstreamReset { route: route_name },
     }

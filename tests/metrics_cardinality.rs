@@ -59,7 +59,9 @@ async fn thousands_of_model_agent_pairs_stay_within_the_series_bound() {
     let pairs: Vec<(usize, usize)> = (0..MODELS)
         .flat_map(|m| (0..AGENTS).map(move |a| (m, a)))
         .collect();
-    let statuses: Vec<u16> = futures_util::stream::iter(pairs)
+    // Every pair twice: a folded label set recorded again must be counted again (its handle is
+    // never kept).
+    let statuses: Vec<u16> = futures_util::stream::iter(pairs.iter().chain(&pairs).copied())
         .map(|(model, agent)| {
             let url = url.clone();
             async move {
@@ -93,7 +95,7 @@ async fn thousands_of_model_agent_pairs_stay_within_the_series_bound() {
             sets.len()
         );
     }
-    let calls = (MODELS * AGENTS) as f64;
+    let calls = (2 * MODELS * AGENTS) as f64;
     // Metrics labelled by agent × model: 900 pairs, folded past the bound.
     for family in [
         "tokenwarden_tokens_total",
@@ -117,6 +119,23 @@ async fn thousands_of_model_agent_pairs_stay_within_the_series_bound() {
             "{family}: folds are counted"
         );
     }
+    // Each folded recording is counted: every call records one duration, so the folded ones are
+    // the calls outside the admitted label sets.
+    let duration = "gen_ai_client_inference_duration_seconds";
+    let admitted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{duration}_count{{")) && !l.contains("=\"other\""))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_metric_series_folded_total",
+            &[("metric", duration)]
+        ),
+        calls - admitted,
+        "one fold counted per folded recording"
+    );
     // Folding loses no count: every call is in requests_total and in the duration histogram.
     assert_eq!(metric_sum(&text, "tokenwarden_requests_total", &[]), calls);
     assert_eq!(

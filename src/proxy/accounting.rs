@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use metrics::{counter, histogram, Histogram, Key, Label, Level, Metadata};
+use metrics::{counter, histogram, Histogram};
 use opentelemetry::trace::{SpanId, TraceId};
 use tokio::time::Instant;
 
@@ -15,8 +15,8 @@ use crate::body::cut::{CutPoint, CutSignal};
 use crate::body::BodyEnd;
 use crate::policy::ResponseCheck;
 use crate::providers::decompress::{DecompressError, Decompressor};
-use crate::providers::{OutputSample, ResponseParser, ResponseRecord};
-use crate::telemetry::exemplars;
+use crate::providers::{OutputSample, ResponseParser, ResponseRecord, Usage};
+use crate::telemetry::call_series::{CallSeries, Counted, Observed, Tokens};
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
 use crate::telemetry::semconv::{self, Names};
@@ -309,7 +309,8 @@ impl LlmCall {
     }
 
     /// The call ended: record what the response said (estimating usage where it said none).
-    pub fn finish(self, base: &CallLabels, ending: &Ending) -> Finished {
+    /// Also returns the call's series, for the rest of what it records.
+    pub fn finish(self, base: &CallLabels, ending: &Ending) -> (Finished, CallSeries) {
         let parsed = self.parser.is_some();
         let (mut record, sample) = match self.parser {
             Some(p) if self.unparsed.is_none() => p.finish_with_sample(),
@@ -379,14 +380,7 @@ impl LlmCall {
             Some(model) => self.labels.models.get(model),
             None => self.request_model.clone(),
         };
-        let gen_ai = vec![
-            Label::new("gen_ai_operation_name", base.operation.as_str()),
-            Label::new("gen_ai_provider_name", base.provider),
-            // Shared, not copied: these labels are cloned for every metric of the call.
-            Label::new("gen_ai_request_model", self.request_model.clone()),
-            Label::new("gen_ai_response_model", response_model.clone()),
-            Label::new("agent", base.agent.clone()),
-        ];
+        let series = CallSeries::new(base, Some((&self.request_model, &response_model)));
         let other_labels: Vec<Arc<str>> = record
             .other_models
             .iter()
@@ -397,8 +391,9 @@ impl LlmCall {
         record_usage(
             &record,
             base,
-            (&response_model, &other_labels),
-            (&gen_ai, names, inference, ending.trace),
+            &series,
+            &other_labels,
+            (names, inference, ending.trace),
             usage_source,
         );
         for call in &record.tool_calls {
@@ -416,39 +411,36 @@ impl LlmCall {
             }
             None => Vec::new(),
         };
-        let mut labels = gen_ai.clone();
         let error_type = error_type(&record, ending);
-        if let Some(err) = &error_type {
-            labels.push(Label::new(
-                "error_type",
-                self.labels.errors.get(err).to_string(),
-            ));
-        }
+        let error_label = error_type.as_deref().map(|e| self.labels.errors.get(e));
+        let error = error_label.as_deref();
         let duration = ending.now.duration_since(ending.started).as_secs_f64();
         // The newest conventions keep `gen_ai.client.operation.duration` for calls that are no
         // inference; the earlier names put every call there.
         if names.latest() && inference {
-            observe(
-                m::GEN_AI_INFERENCE_DURATION,
-                labels.clone(),
-                duration,
-                ending.trace,
-            );
+            let what = Observed::Duration {
+                inference: true,
+                error,
+            };
+            series.record(what, duration, ending.trace);
         }
         if names.previous() || !inference {
-            observe(m::GEN_AI_OPERATION_DURATION, labels, duration, ending.trace);
+            let what = Observed::Duration {
+                inference: false,
+                error,
+            };
+            series.record(what, duration, ending.trace);
         }
         if let Some(first) = self.first_output.filter(|_| self.streamed) {
             let secs = first.duration_since(ending.started).as_secs_f64();
             if names.latest() {
-                let name = m::GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK;
-                observe(name, gen_ai.clone(), secs, ending.trace);
+                series.record(Observed::FirstChunk(true), secs, ending.trace);
             }
             if names.previous() {
-                observe(m::GEN_AI_TIME_TO_FIRST_CHUNK, gen_ai, secs, ending.trace);
+                series.record(Observed::FirstChunk(false), secs, ending.trace);
             }
         }
-        Finished {
+        let finished = Finished {
             facts: self.facts,
             record,
             usage_source,
@@ -459,7 +451,8 @@ impl LlmCall {
             response_model,
             other_labels,
             policy_violations: violations,
-        }
+        };
+        (finished, series)
     }
 }
 
@@ -507,37 +500,6 @@ fn billable(record: &ResponseRecord, ending: &Ending) -> bool {
         && ending.status.is_some_and(|s| s.is_success())
 }
 
-/// Record `value` in histogram `name`, keeping the call's trace as the exemplar of its bucket.
-fn observe(name: &'static str, labels: Vec<Label>, value: f64, trace: Option<(TraceId, SpanId)>) {
-    // One key for both: building a key hashes its labels, and each lookup compares them.
-    let key = Key::from_parts(name, labels);
-    if let Some(ids) = trace {
-        exemplars::record(&key, value, ids);
-    }
-    static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None);
-    metrics::with_recorder(|r| r.register_histogram(&key, &META)).record(value);
-}
-
-/// Record a priced call's cost (nano-USD) per agent and served model, with the call's trace as
-/// the exemplar its bucket links to (the dashboards' cost panels).
-pub(super) fn observe_cost(
-    agent: &Arc<str>,
-    model: &Arc<str>,
-    nano_usd: u64,
-    trace: Option<(TraceId, SpanId)>,
-) {
-    let labels = vec![
-        Label::new("agent", agent.clone()),
-        Label::new("model", model.clone()),
-    ];
-    observe(
-        m::CALL_COST_USD,
-        labels,
-        nano_usd as f64 / crate::record::NANO_PER_USD,
-        trace,
-    );
-}
-
 /// Whether a call is a GenAI inference (`gen_ai.client.inference.*` metrics) rather than another
 /// operation (`gen_ai.client.operation.duration` only).
 fn is_inference(op: Operation) -> bool {
@@ -552,30 +514,24 @@ fn is_inference(op: Operation) -> bool {
 fn record_usage(
     record: &ResponseRecord,
     base: &CallLabels,
-    (model, other_labels): (&Arc<str>, &[Arc<str>]),
-    (gen_ai, names, inference, trace): (&[Label], Names, bool, Option<(TraceId, SpanId)>),
+    series: &CallSeries,
+    other_labels: &[Arc<str>],
+    (names, inference, trace): (Names, bool, Option<(TraceId, SpanId)>),
     source: UsageSource,
 ) {
-    let parts = std::iter::once((model, record.own_usage())).chain(
-        other_labels
-            .iter()
-            .zip(&record.other_models)
-            .map(|(label, o)| (label, o.usage)),
-    );
-    for (model, u) in parts {
-        let by_type = [
-            ("input", u.input),
-            ("output", u.output),
-            ("cached_input", u.cached_input),
-            ("cache_creation_input", u.cache_creation_input),
-            ("reasoning", u.reasoning),
-        ];
-        for (kind, n) in by_type {
+    for (kind, n) in by_type(record.own_usage()) {
+        if let Some(n) = n {
+            series.increment(Counted::Tokens(kind, source), n);
+        }
+    }
+    // Sub-call models (rare) are no part of the call's label set.
+    for (model, o) in other_labels.iter().zip(&record.other_models) {
+        for (kind, n) in by_type(o.usage) {
             let Some(n) = n else { continue };
             counter!(m::TOKENS_TOTAL,
                 "agent" => base.agent.clone(),
                 "model" => model.clone(),
-                "type" => kind,
+                "type" => kind.as_str(),
                 "source" => source.as_str(),
             )
             .increment(n);
@@ -583,42 +539,36 @@ fn record_usage(
     }
     let u = &record.usage;
     if names.previous() {
-        for (kind, n) in [("input", u.input), ("output", u.output)] {
-            let Some(n) = n else { continue };
-            let mut labels = gen_ai.to_vec();
-            labels.push(Label::new("gen_ai_token_type", kind));
-            observe(m::GEN_AI_TOKEN_USAGE, labels, n as f64, trace);
+        for (output, n) in [(false, u.input), (true, u.output)] {
+            if let Some(n) = n {
+                series.record(Observed::TokenUsage(output), n as f64, trace);
+            }
         }
     }
     if !(names.latest() && inference && u.is_present()) {
         return;
     }
-    for (name, n) in [
-        (m::GEN_AI_OPERATION_INPUT_TOKENS, u.input),
-        (m::GEN_AI_OPERATION_OUTPUT_TOKENS, u.output),
-    ] {
+    for (output, n) in [(false, u.input), (true, u.output)] {
         if let Some(n) = n {
-            observe(name, gen_ai.to_vec(), n as f64, trace);
+            series.record(Observed::OperationTokens(output), n as f64, trace);
         }
     }
-    // The conventions' usage counters require `gen_ai.token.modality`; providers report no
-    // modality breakdown the proxy reads, which the conventions spell `unknown`.
-    let mut labels = gen_ai.to_vec();
-    labels.push(Label::new("gen_ai_token_modality", "unknown"));
-    for (name, n) in [
-        (m::GEN_AI_USAGE_INPUT_TOKENS, u.input),
-        (m::GEN_AI_USAGE_OUTPUT_TOKENS, u.output),
-        (m::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, u.cached_input),
-        (
-            m::GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS,
-            u.cache_creation_input,
-        ),
-        (m::GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, u.reasoning),
-    ] {
+    for (kind, n) in by_type(*u) {
         if let Some(n) = n {
-            counter!(name, labels.clone()).increment(n);
+            series.increment(Counted::Usage(kind), n);
         }
     }
+}
+
+/// A usage's counts by kind.
+fn by_type(u: Usage) -> [(Tokens, Option<u64>); 5] {
+    [
+        (Tokens::Input, u.input),
+        (Tokens::Output, u.output),
+        (Tokens::CachedInput, u.cached_input),
+        (Tokens::CacheCreationInput, u.cache_creation_input),
+        (Tokens::Reasoning, u.reasoning),
+    ]
 }
 
 /// `error.type` for a failed call: how the stream broke, the provider's error type, or the

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use metrics::{counter, histogram};
+use metrics::counter;
 use tokio::time::Instant;
 
 use crate::body::cut::CutSignal;
@@ -24,11 +24,12 @@ use crate::task::{CallDone, Tasks};
 use crate::telemetry::metrics as m;
 use crate::telemetry::spans::{CallSpan, SpanEnd};
 
-use super::accounting::{observe_cost, Ending, LlmCall};
+use super::accounting::{Ending, LlmCall};
 use super::gate_log::{Found, GateLog};
 use crate::record::{
     BudgetDecision, CallLabels, Operation, PolicyViolation, UpstreamError, UsageSource,
 };
+use crate::telemetry::call_series::{CallSeries, Counted, Observed, Status};
 
 /// One request in flight.
 pub struct Call {
@@ -334,8 +335,8 @@ impl Call {
         // Past the shutdown grace the proxy drops what is still open: not the client's doing.
         let shutdown = end == BodyEnd::ClientGone && self.aborting.load(Ordering::Relaxed);
         let status = match (end, self.status) {
-            (BodyEnd::UpstreamError | BodyEnd::IdleTimeout, _) | (_, None) => "error",
-            (_, Some(s)) => status_class(s),
+            (BodyEnd::UpstreamError | BodyEnd::IdleTimeout, _) | (_, None) => Status::Error,
+            (_, Some(s)) => Status::of(s),
         };
         match end {
             BodyEnd::UpstreamError => self.upstream_error = Some(UpstreamError::Reset),
@@ -347,25 +348,16 @@ impl Call {
             }
             BodyEnd::Complete => {}
         }
-        counter!(m::REQUESTS_TOTAL,
-            "route" => self.base.route.clone(),
-            "provider" => self.base.provider,
-            "operation" => self.base.operation.as_str(),
-            "agent" => self.base.agent.clone(),
-            "status" => status,
-        )
-        .increment(1);
         if let Some(kind) = self.upstream_error {
             counter!(m::UPSTREAM_ERRORS_TOTAL, "route" => self.base.route.clone(), "kind" => kind.as_str())
                 .increment(1);
         }
         let duration = now.duration_since(self.started);
-        histogram!(m::REQUEST_DURATION_SECONDS, "route" => self.base.route.clone(), "status" => status)
-            .record(duration.as_secs_f64());
         let unanswered = self.upstream_sent.is_some()
             && self.upstream_headers.is_none()
             && self.upstream_error != Some(UpstreamError::Connect);
         let mut charged = None;
+        let mut series = None;
         let finished = self.llm.take().map(|llm| {
             let ending = Ending {
                 end,
@@ -380,7 +372,8 @@ impl Call {
             let output_events = llm.output_events();
             // A cut call's usage is counted in `LlmCall::finish`, so that metrics, spans, the
             // store and cost all get the same numbers.
-            let f = llm.finish(&self.base, &ending);
+            let (f, s) = llm.finish(&self.base, &ending);
+            series = Some(s);
             if let Some(b) = self.budget.take() {
                 if cut {
                     b.budgets().cut(b.facts());
@@ -402,6 +395,10 @@ impl Call {
             }
             f
         });
+        let series = series.unwrap_or_else(|| CallSeries::new(&self.base, None));
+        series.increment(Counted::Requests(status), 1);
+        let secs = duration.as_secs_f64();
+        series.record(Observed::RequestDuration(status), secs, None);
         // What the budget settled (cost included) when budgets are on, else the record.
         let spend = finished.as_ref().map(|f| {
             charged.unwrap_or(crate::budget::Totals {
@@ -410,11 +407,10 @@ impl Call {
                 cost: 0,
             })
         });
-        if let (Some(charged), Some(f)) = (charged, finished.as_ref()) {
-            if charged.cost > 0 {
-                let trace = self.span.as_deref().map(|s| (s.trace_id(), s.span_id()));
-                observe_cost(&self.base.agent, &f.response_model, charged.cost, trace);
-            }
+        if let Some(charged) = charged.filter(|c| c.cost > 0) {
+            let trace = self.span.as_deref().map(|s| (s.trace_id(), s.span_id()));
+            let usd = charged.cost as f64 / crate::record::NANO_PER_USD;
+            series.record(Observed::Cost, usd, trace);
         }
         if let (Some(ledger), Some(session), Some(spend)) = (&self.ledger, &self.session, spend) {
             ledger.charge(session, spend);
@@ -466,8 +462,7 @@ impl Call {
             });
         }
         if let Some(overhead) = self.overhead() {
-            histogram!(m::OVERHEAD_SECONDS, "route" => self.base.route.clone())
-                .record(overhead.as_secs_f64());
+            series.record(Observed::Overhead, overhead.as_secs_f64(), None);
         }
         if self.access_log {
             let upstream_ms = match (self.upstream_sent, self.upstream_headers) {
@@ -564,16 +559,6 @@ fn outcome(end: BodyEnd, upstream_error: Option<UpstreamError>) -> &'static str 
         (BodyEnd::Complete, Some(UpstreamError::Connect)) => "upstream_unreachable",
         (BodyEnd::Complete, Some(UpstreamError::Reset)) => "upstream_error",
         _ => end.as_str(),
-    }
-}
-
-fn status_class(s: StatusCode) -> &'static str {
-    match s.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
     }
 }
 

@@ -6,7 +6,11 @@
 use std::sync::OnceLock;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use super::series::SeriesCap;
 
 /// Requests by route, provider, operation, agent and status class.
 pub const REQUESTS_TOTAL: &str = "tokenwarden_requests_total";
@@ -370,6 +374,17 @@ pub fn buckets_of(name: &str) -> Option<&'static [f64]> {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The recorder [`install`] made the global one.
+pub type Recorder = SeriesCap<PrometheusRecorder>;
+
+static RECORDER: OnceLock<&'static Recorder> = OnceLock::new();
+
+/// The process's recorder, once [`install`] made it the global one (`None` before, or when
+/// another recorder was installed first).
+pub fn recorder() -> Option<&'static Recorder> {
+    RECORDER.get().copied()
+}
+
 /// Install the process-wide Prometheus recorder once and return its handle.
 ///
 /// Later calls (tests starting several servers in one process) get the same handle.
@@ -418,9 +433,14 @@ pub fn install() -> PrometheusHandle {
                 Err(_) => PrometheusBuilder::new().build_recorder(),
             };
             let handle = recorder.handle();
+            // Leaked once per process: the global recorder lives as long anyway, and a static
+            // reference lets `call_series` ask it whether a handle may be kept.
+            let cap: &'static Recorder = Box::leak(Box::new(SeriesCap::new(recorder)));
             // Another recorder may already be installed (an embedding application); then our
             // handle renders nothing, which /metrics makes visible rather than hiding.
-            let _ = metrics::set_global_recorder(super::series::SeriesCap::new(recorder));
+            if metrics::set_global_recorder(cap).is_ok() {
+                let _ = RECORDER.set(cap);
+            }
             describe();
             metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             // Present from the start, so an alert on its rate has a series to read.

@@ -3,6 +3,7 @@
 //! per-call OTLP span (trace context, GenAI / OpenInference attributes, content capture), and the
 //! span of each MCP request.
 
+pub mod call_series;
 pub mod content;
 pub mod exemplars;
 pub mod labels;

@@ -65,7 +65,19 @@ pub fn max_series() -> usize {
 /// may come in any order), which was most of a handle lookup; every recording site writes its
 /// labels in one order, so they are compared in order first and sorted only when that differs.
 pub(crate) fn same_key(a: &Key, b: &Key) -> bool {
-    a.get_hash() == b.get_hash() && ((a.name() == b.name() && a.labels().eq(b.labels())) || a == b)
+    let same_labels = || {
+        let (x, y) = (a.labels(), b.labels());
+        x.len() == y.len()
+            && x.zip(y)
+                .all(|(x, y)| same_str(x.key(), y.key()) && same_str(x.value(), y.value()))
+    };
+    a.get_hash() == b.get_hash() && ((same_str(a.name(), b.name()) && same_labels()) || a == b)
+}
+
+/// String equality, deciding by address first: label names are static and label values shared
+/// (`Arc`s the label caps hand out), so most comparisons are of one string with itself.
+fn same_str(a: &str, b: &str) -> bool {
+    (a.as_ptr() == b.as_ptr() && a.len() == b.len()) || a == b
 }
 
 /// Shards of [`KeyTable`]: recordings on different workers rarely wait on one lock.
@@ -144,21 +156,44 @@ pub struct SeriesCap<R> {
 }
 
 /// The cached handle of `key`, or `register`'s, kept when `key` was admitted unfolded and the
-/// cache has room.
-fn cached<H: Clone>(cache: &KeyTable<H>, key: &Key, register: impl FnOnce() -> (H, bool)) -> H {
+/// cache has room; and whether it was admitted unfolded (a handle worth keeping elsewhere).
+fn cached<H: Clone>(
+    cache: &KeyTable<H>,
+    key: &Key,
+    register: impl FnOnce() -> (H, bool),
+) -> (H, bool) {
     if let Some(h) = cache.get(key) {
-        return h;
+        return (h, true);
     }
     let (handle, admitted) = register();
     if admitted {
         cache.insert(key, handle.clone(), HANDLE_CACHE_CAP);
     }
-    handle
+    (handle, admitted)
 }
 
 // === impl SeriesCap ===
 
 impl<R: Recorder> SeriesCap<R> {
+    /// `key`'s counter, and whether it was admitted unfolded: a folded handle must not be kept
+    /// by the caller, so that each folded recording is counted.
+    pub fn counter(&self, key: &Key, metadata: &Metadata<'_>) -> (Counter, bool) {
+        cached(&self.counters, key, || {
+            let admitted = self.admit(key);
+            let h = self.inner.register_counter(&admitted, metadata);
+            (h, matches!(admitted, Cow::Borrowed(_)))
+        })
+    }
+
+    /// `key`'s histogram, and whether it was admitted unfolded (as [`Self::counter`]).
+    pub fn histogram(&self, key: &Key, metadata: &Metadata<'_>) -> (Histogram, bool) {
+        cached(&self.histograms, key, || {
+            let admitted = self.admit(key);
+            let h = self.inner.register_histogram(&admitted, metadata);
+            (h, matches!(admitted, Cow::Borrowed(_)))
+        })
+    }
+
     /// Bound `inner`'s series.
     pub fn new(inner: R) -> Self {
         Self {
@@ -229,11 +264,7 @@ impl<R: Recorder> Recorder for SeriesCap<R> {
     }
 
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        cached(&self.counters, key, || {
-            let admitted = self.admit(key);
-            let h = self.inner.register_counter(&admitted, metadata);
-            (h, matches!(admitted, Cow::Borrowed(_)))
-        })
+        self.counter(key, metadata).0
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
@@ -242,14 +273,11 @@ impl<R: Recorder> Recorder for SeriesCap<R> {
             let h = self.inner.register_gauge(&admitted, metadata);
             (h, matches!(admitted, Cow::Borrowed(_)))
         })
+        .0
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        cached(&self.histograms, key, || {
-            let admitted = self.admit(key);
-            let h = self.inner.register_histogram(&admitted, metadata);
-            (h, matches!(admitted, Cow::Borrowed(_)))
-        })
+        self.histogram(key, metadata).0
     }
 }
 

@@ -97,8 +97,7 @@ impl LoopTracker {
 /// count. Each part is its node's [`Node::content_hash`] (read at parse when the document was
 /// parsed hashing, as the proxy does where loop detection watches a session).
 pub fn request_hash(doc: Node<'_>) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for key in [
+    const PARTS: [&str; 9] = [
         "model",
         "system",
         "messages",
@@ -108,8 +107,18 @@ pub fn request_hash(doc: Node<'_>) -> u64 {
         "systemInstruction",
         "prompt",
         "tools",
-    ] {
-        if let Some(v) = doc.get(key) {
+    ];
+    // One walk of the root's entries rather than a lookup (a walk) per part; a parsed document
+    // holds each key once.
+    let mut found = [None; PARTS.len()];
+    for (key, value) in doc.entries().into_iter().flatten() {
+        if let Some(i) = PARTS.iter().position(|p| *p == key) {
+            found[i] = Some(value);
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (key, value) in PARTS.iter().zip(found) {
+        if let Some(v) = value {
             key.hash(&mut h);
             v.content_hash().hash(&mut h);
         }

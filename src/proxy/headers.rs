@@ -17,6 +17,14 @@ const FIXED: [HeaderName; 6] = [
 
 /// Remove hop-by-hop headers: those named by `Connection`, the fixed set, and every `Proxy-*`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none (only a chunked body's `Transfer-Encoding`, often): one walk of
+    // the few names decides, where a removal per fixed name hashed each.
+    if !headers
+        .keys()
+        .any(|k| FIXED.contains(k) || is_proxy_header(k))
+    {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

@@ -41,7 +41,9 @@ pub struct LabelCap {
     /// The label, for `tokenwarden_label_values_folded_total`.
     label: &'static str,
     max: usize,
-    seen: DashMap<Arc<str>, ()>,
+    /// Hashed with foldhash: looked up a few times per call, where SipHash cost more than the
+    /// rest of the lookup; seeded per process, and the set is capped at `max` values.
+    seen: DashMap<Arc<str>, (), foldhash::fast::RandomState>,
 }
 
 // === impl LabelCap ===
@@ -57,7 +59,7 @@ impl LabelCap {
         Self {
             label,
             max,
-            seen: DashMap::new(),
+            seen: DashMap::default(),
         }
     }
 

@@ -24,6 +24,7 @@ pub mod protocol;
 mod registry;
 pub mod request;
 mod shape;
+mod skim;
 mod text;
 mod tools;
 mod usage;

@@ -45,6 +45,7 @@ pub(super) fn non_empty(value: Option<String>) -> Option<String> {
 
 /// Cache writes by lifetime, as Anthropic (`usage.cache_creation`) and DashScope
 /// (`prompt_tokens_details.cache_creation`) state them.
+#[cfg_attr(test, derive(PartialEq))]
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
 pub(super) struct CacheCreation {
     #[serde(default)]
@@ -67,6 +68,7 @@ impl CacheCreation {
 }
 
 /// `{"error": {...}}` as OpenAI, Anthropic (inside `{"type":"error"}`) and Gemini send it.
+#[cfg_attr(test, derive(PartialEq))]
 #[derive(Debug, Deserialize)]
 pub(super) struct ErrorObj {
     #[serde(default, rename = "type")]

@@ -73,6 +73,22 @@ pub fn data_pos(raw: &[u8], at: usize) -> Option<usize> {
     None
 }
 
+/// The start and length of the value of the span's `data:` line, when it has exactly one: byte
+/// `at` of the event's data then lies at that start plus `at`. `None` for none or several.
+pub fn single_data_line(raw: &[u8]) -> Option<(usize, usize)> {
+    let mut found = None;
+    for l in lines(raw) {
+        let (name, value) = field(&raw[l.start..l.end]);
+        if name == b"data" {
+            if found.is_some() {
+                return None;
+            }
+            found = Some((l.end - value.len(), value.len()));
+        }
+    }
+    found
+}
+
 /// Length of the data the span's `data:` lines hold when joined with LF.
 pub fn data_len(raw: &[u8]) -> usize {
     let mut n = 0;
@@ -152,5 +168,22 @@ mod tests {
         assert_eq!(raw[p(7)], b'}');
         assert_eq!(&raw[p(8)..], b"\r\n\r");
         assert_eq!(data_pos(raw, 10), None);
+        assert_eq!(single_data_line(raw), None, "two data lines");
+    }
+
+    #[test]
+    fn a_single_data_line_places_the_data_as_data_pos_does() {
+        for raw in [
+            &b"data: {\"x\":1}\n\n"[..],
+            b": ping\n\nevent: e\r\ndata:{\"x\":1}\r\n\r\n",
+            b"id: 7\rdata:  {\"x\":1}\r\r",
+        ] {
+            let (start, len) = single_data_line(raw).expect("one data line");
+            assert_eq!(len, data_len(raw));
+            for at in 0..=len {
+                assert_eq!(Some(start + at), data_pos(raw, at), "{at} in {raw:?}");
+            }
+        }
+        assert_eq!(single_data_line(b"event: e\n\n"), None, "no data line");
     }
 }

@@ -84,9 +84,14 @@ fn rewrite_parsed(span: &[u8], data: &[u8], out: &mut BytesMut) -> bool {
 /// Copy `span` to `out` without the bytes `member` of its data (a range of `data`), when the
 /// data lies in one line of the span (else the event goes as sent).
 fn remove(span: &[u8], data: &[u8], member: Option<(usize, usize)>, out: &mut BytesMut) {
-    let removal = member
-        .filter(|_| raw::data_len(span) == data.len())
-        .and_then(|(a, b)| Some((raw::data_pos(span, a)?, raw::data_pos(span, b)?)));
+    // Servers write each chunk on one `data:` line: one walk of the span places the member.
+    let removal = member.and_then(|(a, b)| match raw::single_data_line(span) {
+        Some((start, len)) => (len == data.len()).then_some((start + a, start + b)),
+        None if raw::data_len(span) == data.len() => {
+            Some((raw::data_pos(span, a)?, raw::data_pos(span, b)?))
+        }
+        None => None,
+    });
     match removal {
         Some((a, b)) => {
             out.extend_from_slice(&span[..a]);

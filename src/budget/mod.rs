@@ -248,6 +248,15 @@ fn media_keys(body: &[u8]) -> u64 {
     plain_media_keys(body) + escaped_media_keys(body)
 }
 
+/// Searchers for the first two bytes of every [`MEDIA_KEYS`] key, built once (building one
+/// cost more than a search of a small body).
+static KEY_STARTS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> =
+    std::sync::LazyLock::new(|| [b"\"i", b"\"f", b"\"s"].map(|s| memchr::memmem::Finder::new(s)));
+
+/// A searcher for a `\u` escape, built once.
+static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+
 /// [`MEDIA_KEYS`] written plainly, counted as one search per key counts (a key's occurrence
 /// that overlaps its previous one is not). Every key starts with `"i`, `"f` or `"s` and none is
 /// a prefix of another: three SIMD searches for those pairs find every candidate, and far
@@ -258,8 +267,8 @@ fn plain_media_keys(body: &[u8]) -> u64 {
     // Per key, where its last counted occurrence ended.
     let mut free_from = [0usize; MEDIA_KEYS.len()];
     let mut found = 0;
-    for start in [b"\"i", b"\"f", b"\"s"] {
-        for at in memchr::memmem::find_iter(body, start) {
+    for start in KEY_STARTS.iter() {
+        for at in start.find_iter(body) {
             let rest = body.get(at..).unwrap_or_default();
             if let Some(k) = MEDIA_KEYS.iter().position(|key| rest.starts_with(key)) {
                 if at >= free_from[k] {
@@ -279,7 +288,7 @@ fn plain_media_keys(body: &[u8]) -> u64 {
 fn escaped_media_keys(body: &[u8]) -> u64 {
     // The longest key, every character escaped (`\uXXXX`), between its quotes.
     const LONGEST: usize = 2 + 11 * 6;
-    let Some(first) = memchr::memmem::find(body, b"\\u") else {
+    let Some(first) = ESCAPE.find(body) else {
         return 0;
     };
     let mut found = 0;
@@ -294,7 +303,7 @@ fn escaped_media_keys(body: &[u8]) -> u64 {
             break;
         };
         let raw = &body[open..=close];
-        if close < first || raw.len() > LONGEST || memchr::memmem::find(raw, b"\\u").is_none() {
+        if close < first || raw.len() > LONGEST || ESCAPE.find(raw).is_none() {
             continue;
         }
         if let Ok(text) = serde_json::from_slice::<String>(raw) {

@@ -16,6 +16,8 @@
 //! is either read the same both ways or read by serde_json alone (`skim_agrees_with_serde`
 //! property tests hold the readers to that).
 
+use std::borrow::Cow;
+
 /// The skim gave up: parse the body with serde_json instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bail;
@@ -148,31 +150,37 @@ impl<'a> Skim<'a> {
         }
     }
 
-    /// A string value read as serde_json reads a `String`: unescaped and valid UTF-8.
-    fn string_value(&mut self) -> Skimmed<String> {
+    /// A string value as serde_json reads a `Cow<str>` it may borrow: unescaped and valid UTF-8,
+    /// borrowed from the text unless it holds escapes.
+    fn str_value(&mut self) -> Skimmed<Cow<'a, str>> {
         if self.peek()? != b'"' {
             return Err(Bail);
         }
         let (raw, escaped) = self.raw_string()?;
         let plain = std::str::from_utf8(raw).map_err(|_| Bail)?;
         if escaped {
-            unescape(plain)
+            unescape(plain).map(Cow::Owned)
         } else {
-            Ok(plain.to_owned())
+            Ok(Cow::Borrowed(plain))
         }
+    }
+
+    /// `null` or a string, as serde_json reads an `Option<Cow<str>>` (borrowing where it can).
+    pub fn opt_str(&mut self) -> Skimmed<Option<Cow<'a, str>>> {
+        if self.null()? {
+            return Ok(None);
+        }
+        self.str_value().map(Some)
     }
 
     /// `null` or a string, as serde_json reads an `Option<String>`.
     pub fn opt_string(&mut self) -> Skimmed<Option<String>> {
-        if self.null()? {
-            return Ok(None);
-        }
-        self.string_value().map(Some)
+        Ok(self.opt_str()?.map(Cow::into_owned))
     }
 
     /// A string, as serde_json reads a `String` (not `null`).
     pub fn string(&mut self) -> Skimmed<String> {
-        self.string_value()
+        self.str_value().map(Cow::into_owned)
     }
 
     /// `null` or a non-negative integer, as serde_json reads an `Option<u64>` (a fraction, an

@@ -9,7 +9,7 @@ use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gat
 use crate::providers::shape::{any_value, json_key};
 use crate::providers::usage::ToolCall;
 
-use super::response::{add_delta, Chunk};
+use super::response::{add_delta, read_chunk};
 
 /// Open calls of one stream, by (choice, index).
 #[derive(Default)]
@@ -34,7 +34,7 @@ impl ToolGate for ChatGate {
             return Gated::Pass;
         }
         // Read with the parser's own typed chunk (borrowed strings, no map per object).
-        let Ok(chunk) = serde_json::from_slice::<Chunk<'_>>(data) else {
+        let Some(chunk) = read_chunk(data) else {
             return if carries {
                 Gated::Unreadable
             } else {

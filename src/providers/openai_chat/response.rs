@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::providers::shape::{json_key, set_once, CacheCreation, ErrorObj};
-use crate::providers::skim::{once, Bail, Skim, Skimmed};
 use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
+
+mod skim;
 
 /// Stream state.
 #[derive(Default)]
@@ -18,6 +19,7 @@ pub struct Stream {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub(super) struct Chunk<'a> {
     #[serde(default, borrow)]
     id: Option<Cow<'a, str>>,
@@ -42,6 +44,7 @@ struct XGroq {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub(super) struct ChunkChoice<'a> {
     #[serde(default)]
     pub(super) index: u32,
@@ -55,6 +58,7 @@ pub(super) struct ChunkChoice<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub(super) struct Delta<'a> {
     #[serde(default, borrow)]
     content: Option<Cow<'a, str>>,
@@ -67,6 +71,7 @@ pub(super) struct Delta<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub(super) struct DeltaToolCall<'a> {
     #[serde(default)]
     index: u32,
@@ -77,6 +82,7 @@ pub(super) struct DeltaToolCall<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct DeltaFunction<'a> {
     #[serde(default, borrow)]
     name: Option<Cow<'a, str>>,
@@ -263,6 +269,12 @@ impl ChatUsage {
     }
 }
 
+/// A stream chunk's data read as a [`Chunk`]: by the skim, else (where it steps aside) by
+/// serde_json; `None` when it is not one.
+pub(super) fn read_chunk(data: &[u8]) -> Option<Chunk<'_>> {
+    skim::chunk(data).or_else(|| serde_json::from_slice(data).ok())
+}
+
 /// The usage a body states: `usage`, else Groq's `x_groq.usage`.
 fn stated<'u>(usage: &'u Option<ChatUsage>, x_groq: &'u Option<XGroq>) -> Option<&'u ChatUsage> {
     usage
@@ -284,7 +296,7 @@ impl Stream {
                 return Some(output);
             }
         }
-        let chunk: Chunk<'_> = serde_json::from_slice(data).ok()?;
+        let chunk = read_chunk(data)?;
         set_once(&mut self.record.id, chunk.id.as_deref());
         set_once(&mut self.record.model, chunk.model.as_deref());
         if let Some(u) = stated(&chunk.usage, &chunk.x_groq) {
@@ -419,234 +431,9 @@ json_key!(REASONING_CONTENT, "reasoning_content");
 json_key!(REFUSAL, "refusal");
 json_key!(TEXT, "text");
 
-/// A chat completion read by a [`Skim`] as serde_json reads a [`Completion`]; `None` where the
-/// skim steps aside (an error body, Groq's `x_groq`, a prompt-cache breakdown by lifetime, or
-/// anything it is not sure of), and serde_json decides.
-fn skim_completion(body: &[u8]) -> Option<Completion> {
-    let mut s = Skim::new(body);
-    let mut c = Completion {
-        id: None,
-        model: None,
-        choices: Vec::new(),
-        usage: None,
-        x_groq: None,
-        error: None,
-    };
-    let mut seen = 0;
-    s.object(|s, key| match key {
-        b"id" => {
-            once(&mut seen, 1)?;
-            c.id = s.opt_string()?;
-            Ok(())
-        }
-        b"model" => {
-            once(&mut seen, 1 << 1)?;
-            c.model = s.opt_string()?;
-            Ok(())
-        }
-        b"choices" => {
-            once(&mut seen, 1 << 2)?;
-            // A `null` where serde reads a `Vec` is its error, not an empty list.
-            let listed = s.opt_array(|s| {
-                c.choices.push(skim_choice(s)?);
-                Ok(())
-            })?;
-            listed.then_some(()).ok_or(Bail)
-        }
-        b"usage" => {
-            once(&mut seen, 1 << 3)?;
-            c.usage = skim_usage(s)?;
-            Ok(())
-        }
-        b"x_groq" | b"error" => {
-            once(&mut seen, if key == b"error" { 1 << 4 } else { 1 << 5 })?;
-            s.null_only()
-        }
-        _ => s.skip(),
-    })
-    .ok()?;
-    s.at_end().then_some(c)
-}
-
-fn skim_choice(s: &mut Skim<'_>) -> Skimmed<Choice> {
-    let mut ch = Choice {
-        index: 0,
-        message: None,
-        finish_reason: None,
-    };
-    let mut seen = 0;
-    s.object(|s, key| match key {
-        b"index" => {
-            once(&mut seen, 1)?;
-            ch.index = s.u32()?;
-            Ok(())
-        }
-        b"message" => {
-            once(&mut seen, 1 << 1)?;
-            let mut m = Message { tool_calls: None };
-            let mut listed = 0;
-            let present = s.opt_object(|s, key| match key {
-                b"tool_calls" => {
-                    once(&mut listed, 1)?;
-                    let mut calls = Vec::new();
-                    if s.opt_array(|s| {
-                        calls.push(skim_tool_call(s)?);
-                        Ok(())
-                    })? {
-                        m.tool_calls = Some(calls);
-                    }
-                    Ok(())
-                }
-                _ => s.skip(),
-            })?;
-            ch.message = present.then_some(m);
-            Ok(())
-        }
-        b"finish_reason" => {
-            once(&mut seen, 1 << 2)?;
-            ch.finish_reason = s.opt_string()?;
-            Ok(())
-        }
-        _ => s.skip(),
-    })?;
-    Ok(ch)
-}
-
-fn skim_tool_call(s: &mut Skim<'_>) -> Skimmed<MessageToolCall> {
-    let mut call = MessageToolCall {
-        id: None,
-        function: None,
-    };
-    let mut seen = 0;
-    s.object(|s, key| match key {
-        b"id" => {
-            once(&mut seen, 1)?;
-            call.id = s.opt_string()?;
-            Ok(())
-        }
-        b"function" => {
-            once(&mut seen, 1 << 1)?;
-            let mut f = MessageFunction {
-                name: String::new(),
-                arguments: String::new(),
-            };
-            let mut named = 0;
-            let present = s.opt_object(|s, key| match key {
-                b"name" => {
-                    once(&mut named, 1)?;
-                    f.name = s.string()?;
-                    Ok(())
-                }
-                b"arguments" => {
-                    once(&mut named, 1 << 1)?;
-                    f.arguments = s.string()?;
-                    Ok(())
-                }
-                _ => s.skip(),
-            })?;
-            call.function = present.then_some(f);
-            Ok(())
-        }
-        _ => s.skip(),
-    })?;
-    Ok(call)
-}
-
-fn skim_usage(s: &mut Skim<'_>) -> Skimmed<Option<ChatUsage>> {
-    let mut u = ChatUsage {
-        prompt_tokens: None,
-        completion_tokens: None,
-        total_tokens: None,
-        prompt_tokens_details: None,
-        completion_tokens_details: None,
-        prompt_cache_hit_tokens: None,
-        cached_tokens: None,
-        cache_creation_input_tokens: None,
-        reasoning_tokens: None,
-        citation_tokens: None,
-    };
-    let mut seen = 0;
-    let present = s.opt_object(|s, key| {
-        let (bit, count) = match key {
-            b"prompt_tokens" => (0, &mut u.prompt_tokens),
-            b"completion_tokens" => (1, &mut u.completion_tokens),
-            b"total_tokens" => (2, &mut u.total_tokens),
-            b"prompt_cache_hit_tokens" => (3, &mut u.prompt_cache_hit_tokens),
-            b"cached_tokens" => (4, &mut u.cached_tokens),
-            b"cache_creation_input_tokens" => (5, &mut u.cache_creation_input_tokens),
-            b"reasoning_tokens" => (6, &mut u.reasoning_tokens),
-            b"citation_tokens" => (7, &mut u.citation_tokens),
-            b"prompt_tokens_details" => {
-                once(&mut seen, 1 << 8)?;
-                u.prompt_tokens_details = skim_prompt_details(s)?;
-                return Ok(());
-            }
-            b"completion_tokens_details" => {
-                once(&mut seen, 1 << 9)?;
-                let mut d = CompletionDetails {
-                    reasoning_tokens: None,
-                };
-                let mut read = 0;
-                let present = s.opt_object(|s, key| match key {
-                    b"reasoning_tokens" => {
-                        once(&mut read, 1)?;
-                        d.reasoning_tokens = s.opt_u64()?;
-                        Ok(())
-                    }
-                    _ => s.skip(),
-                })?;
-                u.completion_tokens_details = present.then_some(d);
-                return Ok(());
-            }
-            _ => return s.skip(),
-        };
-        once(&mut seen, 1 << bit)?;
-        *count = s.opt_u64()?;
-        Ok(())
-    })?;
-    Ok(present.then_some(u))
-}
-
-fn skim_prompt_details(s: &mut Skim<'_>) -> Skimmed<Option<PromptDetails>> {
-    let mut d = PromptDetails {
-        cached_tokens: None,
-        cache_write_tokens: None,
-        cache_creation_input_tokens: None,
-        cache_creation_tokens: None,
-        cache_creation: None,
-        cache_creation_token_details: None,
-    };
-    let mut seen = 0;
-    let present = s.opt_object(|s, key| {
-        let (bit, count) = match key {
-            b"cached_tokens" => (0, &mut d.cached_tokens),
-            b"cache_write_tokens" => (1, &mut d.cache_write_tokens),
-            b"cache_creation_input_tokens" => (2, &mut d.cache_creation_input_tokens),
-            b"cache_creation_tokens" => (3, &mut d.cache_creation_tokens),
-            // Writes by lifetime (DashScope, LiteLLM): serde reads those.
-            b"cache_creation" | b"cache_creation_token_details" => {
-                once(
-                    &mut seen,
-                    if key == b"cache_creation" {
-                        1 << 4
-                    } else {
-                        1 << 5
-                    },
-                )?;
-                return s.null_only();
-            }
-            _ => return s.skip(),
-        };
-        once(&mut seen, 1 << bit)?;
-        *count = s.opt_u64()?;
-        Ok(())
-    })?;
-    Ok(present.then_some(d))
-}
-
 /// A whole JSON body; false when it is not JSON of this shape.
 pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
-    let c = match skim_completion(body) {
+    let c = match skim::completion(body) {
         Some(c) => c,
         None => match serde_json::from_slice::<Completion>(body) {
             Ok(c) => c,
@@ -927,138 +714,6 @@ mod text_only_tests {
         let whole = r#"{"choices":[{"delta":{"content":"a\"b"}}]}"#;
         for cut in 0..whole.len() {
             let _ = text_only(&whole.as_bytes()[..cut]);
-        }
-    }
-}
-
-#[cfg(test)]
-mod skim_tests {
-    use super::*;
-    use proptest::prelude::*;
-    use serde_json::Value;
-
-    /// The completion the bench's mock answers with (an escape in its text).
-    const MOCK: &str = r#"{"id":"chatcmpl-mock-0001","object":"chat.completion","created":1730000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Mock reply: every token is counted, caf\u00e9 included.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_mock"}"#;
-
-    /// The recorded chat completions of the corpus, by name, and the mock's.
-    fn bodies() -> Vec<(String, Vec<u8>)> {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/corpus/openai-chat"
-        );
-        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-            .expect("corpus")
-            .filter_map(Result::ok)
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("json_") && n.ends_with(".response.json"))
-            .map(|n| {
-                let body = std::fs::read(format!("{dir}/{n}")).expect("readable");
-                (n, body)
-            })
-            .collect();
-        out.sort();
-        out.push(("mock".into(), MOCK.as_bytes().to_vec()));
-        out
-    }
-
-    fn serde(body: &[u8]) -> Option<Completion> {
-        serde_json::from_slice(body).ok()
-    }
-
-    #[test]
-    fn the_skim_reads_recorded_completions_as_serde_does() {
-        let bodies = bodies();
-        assert!(bodies.len() >= 8, "the corpus is there");
-        for (name, body) in bodies {
-            let skimmed = skim_completion(&body);
-            // Error bodies are serde's to read; every completion is the skim's.
-            assert_eq!(skimmed.is_some(), !name.contains("error"), "{name}");
-            if let Some(c) = skimmed {
-                assert_eq!(Some(c), serde(&body), "{name}");
-            }
-        }
-    }
-
-    #[test]
-    fn the_skim_steps_aside_where_serde_would_refuse_or_reads_more() {
-        for body in [
-            r#"{"choices":null}"#,
-            r#"{"choices":[{"index":-1}]}"#,
-            r#"{"choices":[{"index":1.0}]}"#,
-            r#"{"choices":[null]}"#,
-            r#"{"id":"a","id":"b"}"#,
-            r#"{"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#,
-            r#"{"usage":[1,2]}"#,
-            r#"{"usage":{"prompt_tokens":"1"}}"#,
-            r#"{"x_groq":{"usage":{"prompt_tokens":1}}}"#,
-            r#"{"error":{"type":"invalid_request_error"}}"#,
-            r#"{"choices":[{"message":{"tool_calls":[{"function":{"name":null}}]}}]}"#,
-            r#"{"\u0069d":"escaped key"}"#,
-            r#"{"id":"\ud800"}"#,
-            r#"{"id":"x"} trailing"#,
-            r#"{"id":"x""#,
-        ] {
-            assert_eq!(skim_completion(body.as_bytes()), None, "{body}");
-        }
-    }
-
-    /// A completion-shaped value whose members take any JSON type: the types serde's structs
-    /// refuse, as well as the ones they read.
-    fn shaped() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<u32>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<f32>().prop_map(|f| Value::from(f64::from(f))),
-            "[a-z\"\\\\\u{e9}\u{1F600} ]{0,8}".prop_map(Value::from),
-        ];
-        let names = "(id|model|choices|usage|index|message|finish_reason|tool_calls|function|name|arguments|prompt_tokens|completion_tokens|prompt_tokens_details|cached_tokens|completion_tokens_details|reasoning_tokens|x_groq|error|content|other)";
-        leaf.prop_recursive(5, 48, 5, move |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                prop::collection::vec((names, inner), 0..6)
-                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
-            ]
-        })
-    }
-
-    /// Byte edits applied to a body: (where, as a fraction of its length; what; the byte).
-    fn edits() -> impl Strategy<Value = Vec<(f64, u8, u8)>> {
-        let byte = proptest::sample::select(b"{}[],:\"\\ 0123456789-.eEnul\x01\xc3a".to_vec());
-        prop::collection::vec((0.0..1.0f64, 0..3u8, byte), 1..4)
-    }
-
-    proptest! {
-        #[test]
-        fn skim_agrees_with_serde_on_any_shape(v in shaped()) {
-            let body = serde_json::to_vec(&v).expect("serializable");
-            if let Some(c) = skim_completion(&body) {
-                prop_assert_eq!(Some(c), serde(&body));
-            }
-        }
-
-        #[test]
-        fn skim_agrees_with_serde_on_damaged_recordings(
-            which in 0..64usize,
-            edits in edits(),
-        ) {
-            let bodies = bodies();
-            let mut body = bodies[which % bodies.len()].1.clone();
-            for (at, op, byte) in edits {
-                let at = ((body.len() as f64) * at) as usize;
-                match op {
-                    0 if at < body.len() => body[at] = byte,
-                    1 => body.insert(at.min(body.len()), byte),
-                    _ if at < body.len() => {
-                        body.remove(at);
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(c) = skim_completion(&body) {
-                prop_assert_eq!(Some(c), serde(&body), "{}", String::from_utf8_lossy(&body));
-            }
         }
     }
 }

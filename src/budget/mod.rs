@@ -251,7 +251,7 @@ fn media_keys(body: &[u8]) -> u64 {
 /// Searchers for the first two bytes of every [`MEDIA_KEYS`] key, built once (building one
 /// cost more than a search of a small body).
 static KEY_STARTS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> =
-    std::sync::LazyLock::new(|| [b"\"i", b"\"f", b"\"s"].map(|s| memchr::memmem::Finder::new(s)));
+    std::sync::LazyLock::new(|| [b"\"i", b"\"f", b"\"s"].map(memchr::memmem::Finder::new));
 
 /// A searcher for a `\u` escape, built once.
 static ESCAPE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =

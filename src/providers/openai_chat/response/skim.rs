@@ -2,8 +2,6 @@
 //! and the stream chunks the text-only test leaves to a parse (the first, the last, usage and
 //! tool-call deltas). `None` wherever the skim steps aside; serde_json decides those.
 
-use std::borrow::Cow;
-
 use super::{
     ChatUsage, Choice, Chunk, ChunkChoice, Completion, CompletionDetails, Delta, DeltaFunction,
     DeltaToolCall, Message, MessageFunction, MessageToolCall, PromptDetails,
@@ -398,6 +396,8 @@ fn prompt_details(s: &mut Skim<'_>) -> Skimmed<Option<PromptDetails>> {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
     use proptest::prelude::*;
     use serde_json::Value;

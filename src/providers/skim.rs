@@ -55,7 +55,7 @@ impl<'a> Skim<'a> {
     }
 
     /// The next byte that is not JSON whitespace, not consumed.
-    fn peek(&mut self) -> Skimmed<u8> {
+    pub(crate) fn peek(&mut self) -> Skimmed<u8> {
         while let Some(&c) = self.b.get(self.i) {
             if !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
                 return Ok(c);
@@ -66,7 +66,7 @@ impl<'a> Skim<'a> {
     }
 
     /// Consume `c` (after whitespace).
-    fn eat(&mut self, c: u8) -> Skimmed<()> {
+    pub(crate) fn eat(&mut self, c: u8) -> Skimmed<()> {
         if self.peek()? != c {
             return Err(Bail);
         }
@@ -75,12 +75,22 @@ impl<'a> Skim<'a> {
     }
 
     /// Consume the literal `word` (its first byte already peeked).
-    fn literal(&mut self, word: &[u8]) -> Skimmed<()> {
+    pub(crate) fn literal(&mut self, word: &[u8]) -> Skimmed<()> {
         if !self.b[self.i..].starts_with(word) {
             return Err(Bail);
         }
         self.i += word.len();
         Ok(())
+    }
+
+    /// The offset of the next byte to read.
+    pub(crate) fn pos(&self) -> usize {
+        self.i
+    }
+
+    /// Consume one byte (the caller peeked it).
+    pub(crate) fn bump(&mut self) {
+        self.i += 1;
     }
 
     /// Whether nothing but whitespace is left (serde_json's check after the root value).
@@ -99,7 +109,7 @@ impl<'a> Skim<'a> {
 
     /// Past the string whose opening quote is at `self.i`: the raw bytes between the quotes, and
     /// whether they hold an escape. Escapes are checked as serde_json checks skipped ones.
-    fn raw_string(&mut self) -> Skimmed<(&'a [u8], bool)> {
+    pub(crate) fn raw_string(&mut self) -> Skimmed<(&'a [u8], bool)> {
         self.i += 1;
         let start = self.i;
         let mut escaped = false;
@@ -357,7 +367,7 @@ impl<'a> Skim<'a> {
     }
 
     /// A number, by JSON's grammar (serde_json's `ignore_integer` and what follows it).
-    fn number(&mut self) -> Skimmed<()> {
+    pub(crate) fn number(&mut self) -> Skimmed<()> {
         let digit = |s: &Self, at: usize| s.b.get(at).is_some_and(u8::is_ascii_digit);
         let digits_from = |s: &Self, mut at: usize| {
             while digit(s, at) {
@@ -407,7 +417,7 @@ pub fn once(seen: &mut u32, bit: u32) -> Skimmed<()> {
 
 /// The string a JSON string's text stands for (its escapes checked already); a lone surrogate
 /// gives up.
-fn unescape(text: &str) -> Skimmed<String> {
+pub(crate) fn unescape(text: &str) -> Skimmed<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find('\\') {

@@ -549,10 +549,6 @@ impl Builder<'_> {
         let members = root && self.hashes.is_some();
         let mut count = 0u32;
         let mut sum = 0u64;
-        // A small object's keys by fingerprint: only a repeated fingerprint asks for the key
-        // by key comparison (pair by pair on the tape, most of this parse's time otherwise).
-        let mut prints = [0u64; SMALL_OBJECT];
-        let mut maybe_repeats = false;
         if s.peek()? == b'}' {
             s.bump();
         } else {
@@ -563,14 +559,7 @@ impl Builder<'_> {
                 // As the visitor: inside a hashed value each entry has its own hash, summed; a
                 // root member's value is hashed alone.
                 let mut entry = feed.is_some().then(Feed::new);
-                let key_at = self.tape.len();
                 self.scan_string(s, entry.as_mut())?;
-                let i = count as usize;
-                if i < SMALL_OBJECT {
-                    let print = fingerprint(self.key_bytes(key_at));
-                    maybe_repeats |= prints[..i].contains(&print);
-                    prints[i] = print;
-                }
                 s.eat(b':')?;
                 let value_at = self.tape.len() as u32;
                 let mut member = members.then(Feed::new);
@@ -601,8 +590,7 @@ impl Builder<'_> {
             kind: Kind::Object { count, text },
             next,
         };
-        let checked = count as usize > SMALL_OBJECT || maybe_repeats;
-        if !self.repeats && checked && self.repeats_a_key(at, count as usize) {
+        if !self.repeats && self.repeats_a_key(at, count as usize) {
             self.repeats = true;
         }
         if let Some(f) = feed {
@@ -610,20 +598,6 @@ impl Builder<'_> {
         }
         Ok(())
     }
-}
-
-/// A key's length and first and last eight bytes, folded: equal keys have equal fingerprints
-/// (different keys rarely do, and are then compared in full).
-fn fingerprint(key: &[u8]) -> u64 {
-    let word = |b: &[u8]| {
-        let mut w = [0u8; 8];
-        w[..b.len()].copy_from_slice(b);
-        u64::from_le_bytes(w)
-    };
-    let n = key.len();
-    let head = word(&key[..n.min(8)]);
-    let tail = word(&key[n.saturating_sub(8)..]);
-    head ^ tail.rotate_left(29) ^ (n as u64).rotate_left(56)
 }
 
 /// A number token (its grammar checked) as serde_json's `deserialize_any` reads it: a
@@ -1427,8 +1401,8 @@ mod tests {
             r#"{"model":"m","n":-3,"f":1.5,"e":1e3,"z":-0,"zf":-0.0,"big":18446744073709551615,"bigger":18446744073709551616,"min":-9223372036854775808,"under":-9223372036854775809,"ok":true,"nil":null,"list":[1,"two",{"three":3}]}"#,
             r#" { "a" : [ "x\"y" , 1 , { } , [ ] ] , "b\u00e9" : "\ud83d\ude00" } "#,
             r#"[{"a":1,"a":2}]"#,
-            // Equal fingerprints (length, first and last eight bytes), different keys.
-            r#"{"aaaaaaaaXbbbbbbbb":1,"aaaaaaaaYbbbbbbbb":2}"#,
+            // Keys of one length, different; a key repeated through an escape.
+            r#"{"aYXcb":1,"aZXcb":2,"b\u00e9":3,"bé":4}"#,
             "\"root\"",
             "7",
         ];

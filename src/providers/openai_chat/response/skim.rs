@@ -2,49 +2,54 @@
 //! and the stream chunks the text-only test leaves to a parse (the first, the last, usage and
 //! tool-call deltas). `None` wherever the skim steps aside; serde_json decides those.
 
+use std::borrow::Cow;
+
 use super::{
     ChatUsage, Choice, Chunk, ChunkChoice, Completion, CompletionDetails, Delta, DeltaFunction,
     DeltaToolCall, Message, MessageFunction, MessageToolCall, PromptDetails,
 };
 use crate::providers::skim::{once, Bail, Skim, Skimmed};
 
-/// A chat completion read by a [`Skim`] as serde_json reads a [`Completion`]; `None` where the
-/// skim steps aside (an error body, Groq's `x_groq`, a prompt-cache breakdown by lifetime, or
-/// anything it is not sure of), and serde_json decides.
-pub(super) fn completion(body: &[u8]) -> Option<Completion> {
+/// What a completion and a chunk share at the top: `id`, `model`, `usage`, and Groq's
+/// `x_groq` and `error` (read only as `null`), each once.
+struct Top<'a> {
+    id: Option<Cow<'a, str>>,
+    model: Option<Cow<'a, str>>,
+    usage: Option<ChatUsage>,
+}
+
+/// Read a whole body's top-level object, handing each item of `choices` (which must be an
+/// array: serde reads a `Vec`, and `null` is its error) to `choice`.
+fn top<'a>(
+    body: &'a [u8],
+    mut choice: impl FnMut(&mut Skim<'a>) -> Skimmed<()>,
+) -> Option<Top<'a>> {
     let mut s = Skim::new(body);
-    let mut c = Completion {
+    let mut t = Top {
         id: None,
         model: None,
-        choices: Vec::new(),
         usage: None,
-        x_groq: None,
-        error: None,
     };
     let mut seen = 0;
     s.object(|s, key| match key {
         b"id" => {
             once(&mut seen, 1)?;
-            c.id = s.opt_string()?;
+            t.id = s.opt_str()?;
             Ok(())
         }
         b"model" => {
             once(&mut seen, 1 << 1)?;
-            c.model = s.opt_string()?;
+            t.model = s.opt_str()?;
             Ok(())
         }
         b"choices" => {
             once(&mut seen, 1 << 2)?;
-            // A `null` where serde reads a `Vec` is its error, not an empty list.
-            let listed = s.opt_array(|s| {
-                c.choices.push(choice(s)?);
-                Ok(())
-            })?;
+            let listed = s.opt_array(&mut choice)?;
             listed.then_some(()).ok_or(Bail)
         }
         b"usage" => {
             once(&mut seen, 1 << 3)?;
-            c.usage = usage(s)?;
+            t.usage = usage(s)?;
             Ok(())
         }
         b"x_groq" | b"error" => {
@@ -54,55 +59,45 @@ pub(super) fn completion(body: &[u8]) -> Option<Completion> {
         _ => s.skip(),
     })
     .ok()?;
-    s.at_end().then_some(c)
+    s.at_end().then_some(t)
+}
+
+/// A chat completion read by a [`Skim`] as serde_json reads a [`Completion`]; `None` where the
+/// skim steps aside (an error body, Groq's `x_groq`, a prompt-cache breakdown by lifetime, or
+/// anything it is not sure of), and serde_json decides.
+pub(super) fn completion(body: &[u8]) -> Option<Completion> {
+    let mut choices = Vec::new();
+    let t = top(body, |s| {
+        choices.push(choice(s)?);
+        Ok(())
+    })?;
+    Some(Completion {
+        id: t.id.map(Cow::into_owned),
+        model: t.model.map(Cow::into_owned),
+        choices,
+        usage: t.usage,
+        x_groq: None,
+        error: None,
+    })
 }
 
 /// A stream chunk read as serde_json reads a [`Chunk`], equal in value (its strings are
 /// borrowed unless escaped, where serde's `Option<Cow>` fields always allocate); `None` where the
 /// skim steps aside.
 pub(super) fn chunk(data: &[u8]) -> Option<Chunk<'_>> {
-    let mut s = Skim::new(data);
-    let mut c = Chunk {
-        id: None,
-        model: None,
-        choices: Vec::new(),
-        usage: None,
+    let mut choices = Vec::new();
+    let t = top(data, |s| {
+        choices.push(chunk_choice(s)?);
+        Ok(())
+    })?;
+    Some(Chunk {
+        id: t.id,
+        model: t.model,
+        choices,
+        usage: t.usage,
         x_groq: None,
         error: None,
-    };
-    let mut seen = 0;
-    s.object(|s, key| match key {
-        b"id" => {
-            once(&mut seen, 1)?;
-            c.id = s.opt_str()?;
-            Ok(())
-        }
-        b"model" => {
-            once(&mut seen, 1 << 1)?;
-            c.model = s.opt_str()?;
-            Ok(())
-        }
-        b"choices" => {
-            once(&mut seen, 1 << 2)?;
-            let listed = s.opt_array(|s| {
-                c.choices.push(chunk_choice(s)?);
-                Ok(())
-            })?;
-            listed.then_some(()).ok_or(Bail)
-        }
-        b"usage" => {
-            once(&mut seen, 1 << 3)?;
-            c.usage = usage(s)?;
-            Ok(())
-        }
-        b"x_groq" | b"error" => {
-            once(&mut seen, if key == b"error" { 1 << 4 } else { 1 << 5 })?;
-            s.null_only()
-        }
-        _ => s.skip(),
     })
-    .ok()?;
-    s.at_end().then_some(c)
 }
 
 fn chunk_choice<'a>(s: &mut Skim<'a>) -> Skimmed<ChunkChoice<'a>> {
@@ -396,8 +391,6 @@ fn prompt_details(s: &mut Skim<'_>) -> Skimmed<Option<PromptDetails>> {
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
     use super::*;
     use proptest::prelude::*;
     use serde_json::Value;

@@ -1,5 +1,6 @@
-//! Parsing throughput: SSE framing alone, and the OpenAI chat and Anthropic stream parsers on
-//! recorded provider streams (tests/fixtures/corpus), scaled to 1,000 events.
+//! Parsing throughput: SSE framing alone, the OpenAI chat and Anthropic stream parsers on
+//! recorded provider streams (tests/fixtures/corpus), scaled to 1,000 events, and recorded
+//! non-streamed chat completions read whole.
 //!
 //! Run: `cargo bench --bench parse`. Numbers go to BENCHMARKS.md.
 
@@ -96,6 +97,28 @@ fn bench(c: &mut Criterion) {
                 for frame in body.chunks(4 * 1024) {
                     p.feed(frame);
                 }
+                let r = p.finish();
+                assert!(r.usage.is_present());
+                r
+            })
+        });
+    }
+    g.finish();
+
+    // Non-streamed completions: the recorded ones of the corpus, each read whole (the skim;
+    // serde_json where it steps aside, as for the error body).
+    let mut g = c.benchmark_group("json_body");
+    for name in [
+        "json_text",
+        "json_tool_call_single",
+        "json_parallel_tool_calls",
+    ] {
+        let body = std::fs::read(format!("{CORPUS}/openai-chat/{name}.response.json")).unwrap();
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(format!("openai_chat_{name}"), |b| {
+            b.iter(|| {
+                let mut p = ResponseParser::new(Format::OpenAiChat, false, 1 << 20);
+                p.feed(&body);
                 let r = p.finish();
                 assert!(r.usage.is_present());
                 r

@@ -415,6 +415,14 @@ pub fn once(seen: &mut u32, bit: u32) -> Skimmed<()> {
     Ok(())
 }
 
+/// A struct member read into `slot` (`value`, read by the caller), marked as bit `bit` of `seen`:
+/// a member read twice gives up, as serde's duplicate-field error refuses the body.
+pub fn member<T>(seen: &mut u32, bit: u32, slot: &mut T, value: Skimmed<T>) -> Skimmed<()> {
+    once(seen, bit)?;
+    *slot = value?;
+    Ok(())
+}
+
 /// The string a JSON string's text stands for (its escapes checked already); a lone surrogate
 /// gives up.
 pub(crate) fn unescape(text: &str) -> Skimmed<String> {

@@ -8,7 +8,7 @@ use super::{
     ChatUsage, Choice, Chunk, ChunkChoice, Completion, CompletionDetails, Delta, DeltaFunction,
     DeltaToolCall, Message, MessageFunction, MessageToolCall, PromptDetails,
 };
-use crate::providers::skim::{once, Bail, Skim, Skimmed};
+use crate::providers::skim::{member, once, Bail, Skim, Skimmed};
 
 /// What a completion and a chunk share at the top: `id`, `model`, `usage`, and Groq's
 /// `x_groq` and `error` (read only as `null`), each once.
@@ -32,26 +32,14 @@ fn top<'a>(
     };
     let mut seen = 0;
     s.object(|s, key| match key {
-        b"id" => {
-            once(&mut seen, 1)?;
-            t.id = s.opt_str()?;
-            Ok(())
-        }
-        b"model" => {
-            once(&mut seen, 1 << 1)?;
-            t.model = s.opt_str()?;
-            Ok(())
-        }
+        b"id" => member(&mut seen, 1, &mut t.id, s.opt_str()),
+        b"model" => member(&mut seen, 1 << 1, &mut t.model, s.opt_str()),
         b"choices" => {
             once(&mut seen, 1 << 2)?;
             let listed = s.opt_array(&mut choice)?;
             listed.then_some(()).ok_or(Bail)
         }
-        b"usage" => {
-            once(&mut seen, 1 << 3)?;
-            t.usage = usage(s)?;
-            Ok(())
-        }
+        b"usage" => member(&mut seen, 1 << 3, &mut t.usage, usage(s)),
         b"x_groq" | b"error" => {
             once(&mut seen, if key == b"error" { 1 << 4 } else { 1 << 5 })?;
             s.null_only()
@@ -109,26 +97,10 @@ fn chunk_choice<'a>(s: &mut Skim<'a>) -> Skimmed<ChunkChoice<'a>> {
     };
     let mut seen = 0;
     s.object(|s, key| match key {
-        b"index" => {
-            once(&mut seen, 1)?;
-            ch.index = s.u32()?;
-            Ok(())
-        }
-        b"delta" => {
-            once(&mut seen, 1 << 1)?;
-            ch.delta = delta(s)?;
-            Ok(())
-        }
-        b"text" => {
-            once(&mut seen, 1 << 2)?;
-            ch.text = s.opt_str()?;
-            Ok(())
-        }
-        b"finish_reason" => {
-            once(&mut seen, 1 << 3)?;
-            ch.finish_reason = s.opt_str()?;
-            Ok(())
-        }
+        b"index" => member(&mut seen, 1, &mut ch.index, s.u32()),
+        b"delta" => member(&mut seen, 1 << 1, &mut ch.delta, delta(s)),
+        b"text" => member(&mut seen, 1 << 2, &mut ch.text, s.opt_str()),
+        b"finish_reason" => member(&mut seen, 1 << 3, &mut ch.finish_reason, s.opt_str()),
         _ => s.skip(),
     })?;
     Ok(ch)
@@ -175,16 +147,8 @@ fn delta_tool_call<'a>(s: &mut Skim<'a>) -> Skimmed<DeltaToolCall<'a>> {
     };
     let mut seen = 0;
     s.object(|s, key| match key {
-        b"index" => {
-            once(&mut seen, 1)?;
-            call.index = s.u32()?;
-            Ok(())
-        }
-        b"id" => {
-            once(&mut seen, 1 << 1)?;
-            call.id = s.opt_str()?;
-            Ok(())
-        }
+        b"index" => member(&mut seen, 1, &mut call.index, s.u32()),
+        b"id" => member(&mut seen, 1 << 1, &mut call.id, s.opt_str()),
         b"function" => {
             once(&mut seen, 1 << 2)?;
             let mut f = DeltaFunction {
@@ -193,16 +157,8 @@ fn delta_tool_call<'a>(s: &mut Skim<'a>) -> Skimmed<DeltaToolCall<'a>> {
             };
             let mut named = 0;
             let present = s.opt_object(|s, key| match key {
-                b"name" => {
-                    once(&mut named, 1)?;
-                    f.name = s.opt_str()?;
-                    Ok(())
-                }
-                b"arguments" => {
-                    once(&mut named, 1 << 1)?;
-                    f.arguments = s.opt_str()?;
-                    Ok(())
-                }
+                b"name" => member(&mut named, 1, &mut f.name, s.opt_str()),
+                b"arguments" => member(&mut named, 1 << 1, &mut f.arguments, s.opt_str()),
                 _ => s.skip(),
             })?;
             call.function = present.then_some(f);
@@ -221,11 +177,7 @@ fn choice(s: &mut Skim<'_>) -> Skimmed<Choice> {
     };
     let mut seen = 0;
     s.object(|s, key| match key {
-        b"index" => {
-            once(&mut seen, 1)?;
-            ch.index = s.u32()?;
-            Ok(())
-        }
+        b"index" => member(&mut seen, 1, &mut ch.index, s.u32()),
         b"message" => {
             once(&mut seen, 1 << 1)?;
             let mut m = Message { tool_calls: None };
@@ -247,11 +199,7 @@ fn choice(s: &mut Skim<'_>) -> Skimmed<Choice> {
             ch.message = present.then_some(m);
             Ok(())
         }
-        b"finish_reason" => {
-            once(&mut seen, 1 << 2)?;
-            ch.finish_reason = s.opt_string()?;
-            Ok(())
-        }
+        b"finish_reason" => member(&mut seen, 1 << 2, &mut ch.finish_reason, s.opt_string()),
         _ => s.skip(),
     })?;
     Ok(ch)
@@ -264,11 +212,7 @@ fn tool_call(s: &mut Skim<'_>) -> Skimmed<MessageToolCall> {
     };
     let mut seen = 0;
     s.object(|s, key| match key {
-        b"id" => {
-            once(&mut seen, 1)?;
-            call.id = s.opt_string()?;
-            Ok(())
-        }
+        b"id" => member(&mut seen, 1, &mut call.id, s.opt_string()),
         b"function" => {
             once(&mut seen, 1 << 1)?;
             let mut f = MessageFunction {
@@ -277,16 +221,8 @@ fn tool_call(s: &mut Skim<'_>) -> Skimmed<MessageToolCall> {
             };
             let mut named = 0;
             let present = s.opt_object(|s, key| match key {
-                b"name" => {
-                    once(&mut named, 1)?;
-                    f.name = s.string()?;
-                    Ok(())
-                }
-                b"arguments" => {
-                    once(&mut named, 1 << 1)?;
-                    f.arguments = s.string()?;
-                    Ok(())
-                }
+                b"name" => member(&mut named, 1, &mut f.name, s.string()),
+                b"arguments" => member(&mut named, 1 << 1, &mut f.arguments, s.string()),
                 _ => s.skip(),
             })?;
             call.function = present.then_some(f);
@@ -334,9 +270,7 @@ fn usage(s: &mut Skim<'_>) -> Skimmed<Option<ChatUsage>> {
                 let mut read = 0;
                 let present = s.opt_object(|s, key| match key {
                     b"reasoning_tokens" => {
-                        once(&mut read, 1)?;
-                        d.reasoning_tokens = s.opt_u64()?;
-                        Ok(())
+                        member(&mut read, 1, &mut d.reasoning_tokens, s.opt_u64())
                     }
                     _ => s.skip(),
                 })?;

@@ -156,8 +156,9 @@ fn bench(c: &mut Criterion) {
 }
 
 /// An agent's request as the peer kit's `post.lua` builds it: `tools` declared tools and about
-/// `history_kb` KiB of earlier turns.
-fn agent_body(tools: usize, history_kb: usize) -> Vec<u8> {
+/// `history_kb` KiB of earlier turns; then `steps` more exchanges after its question (the same
+/// conversation `steps` calls later).
+fn agent_body(tools: usize, history_kb: usize, steps: usize) -> Vec<u8> {
     let mut history = String::new();
     let mut turn = 0;
     while history.len() < history_kb * 1024 {
@@ -166,6 +167,9 @@ fn agent_body(tools: usize, history_kb: usize) -> Vec<u8> {
             r#"{{"role":"user","content":"Step {turn}: look up the order status for customer {turn} and summarise what changed since the last check, including shipping, billing and any open tickets."}},{{"role":"assistant","content":"The order for customer {turn} shipped yesterday; billing is settled; one ticket about a delayed parcel is still open and waiting on the carrier."}},"#
         ));
     }
+    let later: String = (1..=steps)
+        .map(|s| format!(r#",{{"role":"assistant","content":"Answer {s}: hello there, in one short sentence."}},{{"role":"user","content":"Follow-up {s}: and now for the next customer?"}}"#))
+        .collect();
     let tools: Vec<String> = (1..=tools)
         .map(|i| {
             format!(
@@ -174,7 +178,7 @@ fn agent_body(tools: usize, history_kb: usize) -> Vec<u8> {
         })
         .collect();
     format!(
-        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"system","content":"You are a helpful assistant."}},{history}{{"role":"user","content":"Say hello in one short sentence."}}],"max_tokens":64,"tools":[{}],"stream":false}}"#,
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"system","content":"You are a helpful assistant."}},{history}{{"role":"user","content":"Say hello in one short sentence."}}{later}],"max_tokens":64,"tools":[{}],"stream":false}}"#,
         tools.join(",")
     )
     .into_bytes()
@@ -194,7 +198,7 @@ fn agent_request(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("agent_request");
     for kb in [0, 64, 256] {
-        let body = bytes::Bytes::from(agent_body(20, kb));
+        let body = bytes::Bytes::from(agent_body(20, kb, 0));
         g.bench_function(format!("one_parse_20_tools_{kb}k"), |b| {
             b.iter(|| {
                 let doc = Doc::parse(black_box(&body).clone()).unwrap();
@@ -205,6 +209,18 @@ fn agent_request(c: &mut Criterion) {
         });
         g.bench_function(format!("parse_only_20_tools_{kb}k"), |b| {
             b.iter(|| Doc::parse(black_box(&body).clone()).unwrap())
+        });
+        g.bench_function(format!("parse_hashing_20_tools_{kb}k"), |b| {
+            b.iter(|| Doc::parse_hashing(black_box(&body).clone()).unwrap())
+        });
+        // One conversation over 16 calls, each a step longer than the last (the bench's other
+        // bodies repeat one request; every 16th parse here starts the conversation over).
+        let steps: Vec<bytes::Bytes> = (0..16)
+            .map(|n| bytes::Bytes::from(agent_body(20, kb, n)))
+            .collect();
+        let mut next = steps.iter().cycle();
+        g.bench_function(format!("parse_growing_20_tools_{kb}k"), |b| {
+            b.iter(|| Doc::parse_hashing(black_box(next.next().unwrap()).clone()).unwrap())
         });
         g.bench_function(format!("value_parse_only_20_tools_{kb}k"), |b| {
             b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())

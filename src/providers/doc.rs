@@ -26,6 +26,8 @@ use serde_json::Value;
 
 use super::skim::{unescape, Bail, Skim, Skimmed};
 
+mod recent;
+
 /// Objects with at most this many keys are checked for repeats pair by pair (no allocation).
 const SMALL_OBJECT: usize = 16;
 
@@ -141,9 +143,17 @@ impl Doc {
             repeats: false,
             hashes: hashing.then(Vec::new),
             cursor: 0,
+            recent: recent::take(),
+            found: Vec::new(),
         };
         let mut skim = Skim::new(text.as_bytes());
         let scanned = b.scan_value(&mut skim, None, true, 0).is_ok() && skim.at_end();
+        let mut recent = std::mem::take(&mut b.recent);
+        let found = std::mem::take(&mut b.found);
+        if scanned && !b.repeats && !found.is_empty() {
+            recent.keep(text.as_bytes(), &b.tape, &b.side, found);
+        }
+        recent::give_back(recent);
         if !scanned {
             // What the scan leaves to serde_json (or a body that is not JSON): its visitor builds
             // the same tape, or says why there is none.
@@ -243,6 +253,10 @@ fn tape_capacity(bytes: &[u8]) -> usize {
 
 /// The tape under construction.
 struct Builder<'b> {
+    /// This thread's recent root arrays, when the scan may copy from them ([`recent`]).
+    recent: recent::Recent,
+    /// Root arrays scanned that are worth keeping for the next body.
+    found: Vec<recent::Found>,
     bytes: &'b [u8],
     tape: Vec<Entry>,
     side: String,
@@ -419,7 +433,7 @@ impl Builder<'_> {
         let kind = match s.peek()? {
             b'"' => return self.scan_string(s, feed),
             b'{' => return self.scan_object(s, feed, root, depth),
-            b'[' => return self.scan_array(s, feed, depth),
+            b'[' => return self.scan_array(s, feed, depth, None),
             b'n' => {
                 s.literal(b"null")?;
                 Kind::Null
@@ -480,11 +494,14 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// An array; `key` (its raw text's range) for a root member's, which may copy its leading
+    /// items from a recent body's ([`recent`]) and is kept for the next.
     fn scan_array(
         &mut self,
         s: &mut Skim<'_>,
         mut feed: Option<&mut Feed>,
         depth: usize,
+        key: Option<(u32, u32)>,
     ) -> Skimmed<()> {
         if depth == SCAN_DEPTH {
             return Err(Bail);
@@ -498,21 +515,62 @@ impl Builder<'_> {
         if let Some(f) = feed.as_deref_mut() {
             f.array();
         }
+        let side_start = self.side.len() as u32;
         let mut count = 0u32;
-        if s.peek()? == b']' {
-            s.bump();
-        } else {
-            loop {
-                self.scan_value(s, feed.as_deref_mut(), false, depth + 1)?;
-                count += 1;
-                match s.peek()? {
-                    b',' => s.bump(),
-                    b']' => {
-                        s.bump();
-                        break;
+        let mut copied = None;
+        let mut copied_count = 0u32;
+        let mut replaces = None;
+        if let Some((k0, k1)) = key {
+            let key_text = self.bytes.get(k0 as usize..k1 as usize).ok_or(Bail)?;
+            let rest = self.bytes.get(start as usize..).ok_or(Bail)?;
+            if let Some(i) = self.recent.lookup(key_text, rest) {
+                let fragment = self.recent.get(i);
+                // A hashing parse needs the hash state a fragment kept only when its parse
+                // hashed too; without it the array is read again, and kept in its place.
+                let state = match (feed.as_deref_mut(), fragment.feed()) {
+                    (Some(f), Some(state)) => Some(Some((f, state))),
+                    (Some(_), None) => None,
+                    (None, _) => Some(None),
+                };
+                if let Some(state) = state {
+                    if let Some((f, kept)) = state {
+                        *f = kept.clone();
                     }
-                    _ => return Err(Bail),
+                    fragment.copy_into(&mut self.tape, &mut self.side, start, at as u32);
+                    count = fragment.count();
+                    copied_count = count;
+                    s.advance(fragment.len() - 1);
+                    copied = Some(i);
                 }
+                replaces = Some(i);
+            }
+        }
+        // After copied items, the next token says whether more follow (anything else — a
+        // number's next digit — is not the array the fragment was: the visitor reads it).
+        let mut more = match (copied, s.peek()?) {
+            (_, b']') => {
+                s.bump();
+                false
+            }
+            (None, _) => true,
+            (Some(_), b',') => {
+                s.bump();
+                true
+            }
+            (Some(_), _) => return Err(Bail),
+        };
+        let mut items_end = s.pos() as u32;
+        while more {
+            self.scan_value(s, feed.as_deref_mut(), false, depth + 1)?;
+            count += 1;
+            items_end = s.pos() as u32;
+            match s.peek()? {
+                b',' => s.bump(),
+                b']' => {
+                    s.bump();
+                    more = false;
+                }
+                _ => return Err(Bail),
             }
         }
         let text = Span {
@@ -524,6 +582,20 @@ impl Builder<'_> {
             kind: Kind::Array { count, text },
             next,
         };
+        // A body that only repeated a fragment leaves nothing new to keep.
+        if let Some(key) = key {
+            if count > copied_count && (items_end - start) as usize >= recent::MIN_BYTES {
+                self.found.push(recent::Found {
+                    key,
+                    text: (start, items_end),
+                    tape: (at as u32, next),
+                    side: (side_start, self.side.len() as u32),
+                    count,
+                    feed: feed.as_deref().cloned(),
+                    extends: replaces,
+                });
+            }
+        }
         if let Some(f) = feed {
             f.array_end(count);
         }
@@ -559,11 +631,18 @@ impl Builder<'_> {
                 // As the visitor: inside a hashed value each entry has its own hash, summed; a
                 // root member's value is hashed alone.
                 let mut entry = feed.is_some().then(Feed::new);
+                let key_start = s.pos() as u32 + 1;
                 self.scan_string(s, entry.as_mut())?;
+                let key = (key_start, s.pos() as u32 - 1);
                 s.eat(b':')?;
                 let value_at = self.tape.len() as u32;
                 let mut member = members.then(Feed::new);
-                self.scan_value(s, entry.as_mut().or(member.as_mut()), false, depth + 1)?;
+                let value_feed = entry.as_mut().or(member.as_mut());
+                if root && s.peek()? == b'[' {
+                    self.scan_array(s, value_feed, depth + 1, Some(key))?;
+                } else {
+                    self.scan_value(s, value_feed, false, depth + 1)?;
+                }
                 if let Some(e) = entry {
                     sum = sum.wrapping_add(e.finish());
                 }
@@ -624,6 +703,7 @@ fn number_kind(token: &[u8]) -> Skimmed<Kind> {
 /// Streams a value's content into a hash: the one scheme of [`Node::content_hash`], fed by the
 /// parse ([`Slot`]) and by a walk of the tape ([`Node::feed`]) alike. An object's entries are
 /// hashed one by one and summed, so key order does not matter; whitespace is never seen.
+#[derive(Clone)]
 struct Feed(foldhash::quality::FoldHasher<'static>);
 
 impl Feed {
@@ -1295,6 +1375,8 @@ mod tests {
             repeats: false,
             hashes: hashing.then(Vec::new),
             cursor: 0,
+            recent: recent::Recent::default(),
+            found: Vec::new(),
         }
     }
 
@@ -1429,6 +1511,122 @@ mod tests {
             Doc::parse(Bytes::from(deep)).is_ok(),
             "the visitor reads it"
         );
+    }
+
+    /// A cached parse of `text` (this thread's recent arrays in play) against the scan or the
+    /// visitor without them.
+    fn cached_agrees(text: &str) -> Result<(), TestCaseError> {
+        for hashing in [false, true] {
+            let d = Doc::parse_with(Bytes::from(text.to_owned()), hashing);
+            let want = scanned(text, hashing).or_else(|| visited(text, hashing));
+            let (Ok(d), Some(want)) = (d, want) else {
+                prop_assert!(false, "one parse refused what the other read: {text:?}");
+                unreachable!();
+            };
+            prop_assert!(same_tape(&d.tape, &want.0), "tapes differ: {text:?}");
+            prop_assert_eq!(&d.side, &want.1, "side buffers differ: {:?}", text);
+            prop_assert_eq!(&d.hashes, &want.2, "hashes differ: {:?}", text);
+        }
+        Ok(())
+    }
+
+    /// An agent's body: 20 tools (escaped strings among them) and `turns` turns after a system
+    /// prompt, then `last` (if any), members in one of two orders.
+    fn agent_body(turns: usize, tools_first: bool, last: &str) -> String {
+        let tools: Vec<String> = (1..=20)
+            .map(|i| format!(r#"{{"type":"function","function":{{"name":"tool_{i}","description":"Tool \"{i}\" \u00e9","parameters":{{"type":"object","properties":{{"id":{{"type":"string"}},"limit":{{"type":"integer","minimum":1,"maximum":100}}}},"required":["id"]}}}}}}"#))
+            .collect();
+        let mut msgs =
+            vec![r#"{"role":"system","content":"You are a helpful assistant."}"#.to_owned()];
+        msgs.extend((0..turns).map(|t| format!(r#"{{"role":"user","content":"Step {t}: look up the order status for customer {t}, and what changed since."}}"#)));
+        if !last.is_empty() {
+            msgs.push(last.to_owned());
+        }
+        let tools = format!(r#""tools":[{}]"#, tools.join(","));
+        let msgs = format!(r#""messages": [ {} ]"#, msgs.join(" , "));
+        match tools_first {
+            true => format!(
+                r#"{{"model":"gpt-4o-mini",{tools},"max_tokens":64,{msgs},"stream":false}}"#
+            ),
+            false => format!(r#"{{ "stream":true, {msgs}, "model":"gpt-4o", {tools} }}"#),
+        }
+    }
+
+    #[test]
+    fn recent_arrays_are_copied_as_a_scan_reads_them() {
+        recent::forget();
+        let first = agent_body(10, true, "");
+        cached_agrees(&first).unwrap();
+        let mut kept = recent::kept();
+        kept.sort();
+        assert_eq!(kept.len(), 2, "tools and messages kept: {kept:?}");
+        assert_eq!(kept[0].0, "messages");
+        assert_eq!(kept[1].0, "tools");
+        // The same tools, the conversation grown, members moved: the tools are copied (not kept
+        // again), the grown conversation replaces the one it extended.
+        let grown = agent_body(14, false, "");
+        cached_agrees(&grown).unwrap();
+        let mut now = recent::kept();
+        now.sort();
+        assert_eq!(now.len(), 2, "{now:?}");
+        assert!(now[0].1 > kept[0].1, "the grown conversation kept: {now:?}");
+        assert_eq!(now[1], kept[1], "the tools not kept twice");
+        // A conversation kept ending with the number 1; one that goes on with a digit is
+        // another number: read as the text says.
+        cached_agrees(&agent_body(14, false, "1")).unwrap();
+        assert_eq!(recent::kept().len(), 2);
+        let other = agent_body(14, false, "17");
+        cached_agrees(&other).unwrap();
+        let d = Doc::parse(Bytes::from(other.clone())).unwrap();
+        assert_eq!(d.to_value(), serde_json::from_str::<Value>(&other).unwrap());
+        // A conversation that went another way, and bodies that are not JSON after a kept
+        // prefix, read as without it.
+        cached_agrees(&agent_body(9, true, r#"{"role":"user","content":"else"}"#)).unwrap();
+        let broken = agent_body(14, false, "1,");
+        assert!(Doc::parse(Bytes::from(broken.replace("1, ]", "1, ,]"))).is_err());
+        assert!(Doc::parse(Bytes::from(grown[..grown.len() - 30].to_owned())).is_err());
+    }
+
+    #[test]
+    fn recent_arrays_stay_within_their_bounds() {
+        recent::forget();
+        for n in 0..40 {
+            let body = agent_body(n, n % 2 == 0, "{}");
+            cached_agrees(&body).unwrap();
+        }
+        let kept = recent::kept();
+        assert!(kept.len() <= 16, "{}", kept.len());
+        // A body past the bytes bound is not kept at all.
+        recent::forget();
+        let big = agent_body(40_000, true, "1");
+        assert!(big.len() > 4 << 20);
+        Doc::parse(Bytes::from(big)).unwrap();
+        assert!(recent::kept().is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn recent_arrays_read_as_without_them(
+            items in prop::collection::vec(any_json(), 1..8),
+            cuts in prop::collection::vec((0..8usize, any::<bool>(), any::<bool>()), 1..5),
+        ) {
+            recent::forget();
+            // A kept prefix needs a kilobyte.
+            let pad = Value::from("p".repeat(1100));
+            for (n, pretty, first) in cuts {
+                let mut list = vec![pad.clone()];
+                list.extend(items.iter().take(n).cloned());
+                let v = match first {
+                    true => json!({"messages": list, "model": "m", "tools": [pad.clone()]}),
+                    false => json!({"n": 1, "tools": [pad.clone(), 2], "messages": list}),
+                };
+                let text = match pretty {
+                    true => serde_json::to_string_pretty(&v).unwrap_or_default(),
+                    false => serde_json::to_string(&v).unwrap_or_default(),
+                };
+                cached_agrees(&text)?;
+            }
+        }
     }
 
     proptest! {

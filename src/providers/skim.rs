@@ -88,6 +88,11 @@ impl<'a> Skim<'a> {
         self.i
     }
 
+    /// Consume `n` bytes the caller has already checked.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.i += n;
+    }
+
     /// Consume one byte (the caller peeked it).
     pub(crate) fn bump(&mut self) {
         self.i += 1;

@@ -222,6 +222,16 @@ fn agent_request(c: &mut Criterion) {
         g.bench_function(format!("parse_growing_20_tools_{kb}k"), |b| {
             b.iter(|| Doc::parse_hashing(black_box(next.next().unwrap()).clone()).unwrap())
         });
+        let doc = Doc::parse(body.clone()).unwrap();
+        g.bench_function(format!("input_bound_text_20_tools_{kb}k"), |b| {
+            b.iter(|| tokenwarden::budget::input_bound(black_box(&body)))
+        });
+        g.bench_function(format!("input_bound_doc_20_tools_{kb}k"), |b| {
+            b.iter(|| {
+                let media = tokenwarden::budget::media_keys_in(black_box(&doc));
+                tokenwarden::budget::input_bound_of(black_box(&body), media)
+            })
+        });
         g.bench_function(format!("value_parse_only_20_tools_{kb}k"), |b| {
             b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
         });

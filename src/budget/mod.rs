@@ -222,11 +222,44 @@ pub fn estimate_input(format: Format, body: &[u8]) -> u64 {
 /// hold a media part counts as one (1,000 tokens each in the estimate). An eighth more covers
 /// text that re-serializes longer than it was written.
 pub fn input_bound(body: &[u8]) -> u64 {
+    input_bound_of(body, media_keys(body))
+}
+
+/// The [`MEDIA_KEYS`] among a document's strings, for [`input_bound_of`]: one pass over its
+/// tape, escapes already resolved, rather than a search of the text. An agent's declared
+/// tools hold a hundred strings that start as keys may (`"id"`, `"integer"`, `"function"`,
+/// `"string"`), each a candidate for the text's searches; in `cargo bench --bench policy
+/// input_bound` the tape is cheaper at every size. Every key a media part is under is a string
+/// of the document, so the bound stays one (the text's search also counts a key's spelling
+/// inside another string's text).
+pub fn media_keys_in(doc: &crate::providers::Doc) -> u64 {
+    doc.strings().filter(|s| is_media_key(s)).count() as u64
+}
+
+/// [`input_bound`] with the body's media keys already counted ([`media_keys_in`] of the
+/// document it was read from, before a rewrite that only removed or added other members).
+pub fn input_bound_of(body: &[u8], media_keys: u64) -> u64 {
     let n = body.len() as u64;
     n + n / 8
         + crate::tokens::REPLY_PRIMING_TOKENS
         + 1
-        + media_keys(body) * crate::tokens::MEDIA_PART_TOKENS
+        + media_keys * crate::tokens::MEDIA_PART_TOKENS
+}
+
+/// Whether `s` is one of the [`MEDIA_KEYS`] (unquoted).
+fn is_media_key(s: &str) -> bool {
+    matches!(
+        s,
+        "image_url"
+            | "inline_data"
+            | "inlineData"
+            | "input_audio"
+            | "file_data"
+            | "fileData"
+            | "image"
+            | "source"
+            | "file"
+    )
 }
 
 /// Keys that may hold a media part, quoted as they appear in a body.
@@ -1527,6 +1560,42 @@ mod tests {
         assert_eq!(
             input_bound(body),
             n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + media
+        );
+    }
+
+    #[test]
+    fn the_documents_bound_counts_the_media_keys_among_its_strings() {
+        let doc =
+            |b: &[u8]| crate::providers::Doc::parse(bytes::Bytes::copy_from_slice(b)).unwrap();
+        for key in MEDIA_KEYS {
+            assert!(is_media_key(
+                std::str::from_utf8(&key[1..key.len() - 1]).unwrap()
+            ));
+        }
+        // Where each key's spelling is a string of its own, the document's count is the
+        // text's, escaped spellings included.
+        let bodies: [&[u8]; 4] = [
+            br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"hi"}]}]}"#,
+            br#"{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","data":"AAAA"}}]}],"tools":[{"name":"file","input_schema":{"type":"object"}}]}"#,
+            br#"{"contents":[{"parts":[{"inline_data":{"mime_type":"image/png"}},{"fileData":{}},{"\u0069nlineData":{}}]}]}"#,
+            br#"{"model":"m","messages":[{"role":"user","content":"no media, \"images\" only"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"id":{"type":"string"}}}}}]}"#,
+        ];
+        for b in bodies {
+            assert_eq!(
+                input_bound_of(b, media_keys_in(&doc(b))),
+                input_bound(b),
+                "{}",
+                String::from_utf8_lossy(b)
+            );
+        }
+        // A key's spelling inside another string is no key of the document: counted by the
+        // text's search only (both stay bounds).
+        let b = br#"{"a":"x\"image","image":{}}"#;
+        assert_eq!((media_keys_in(&doc(b)), media_keys(b)), (1, 2));
+        let n = b.len() as u64;
+        assert_eq!(
+            input_bound_of(b, media_keys_in(&doc(b))),
+            n + n / 8 + crate::tokens::REPLY_PRIMING_TOKENS + 1 + crate::tokens::MEDIA_PART_TOKENS
         );
     }
 

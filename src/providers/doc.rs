@@ -226,6 +226,15 @@ impl Doc {
         &self.side
     }
 
+    /// Every string of the document, keys and values alike (unescaped), in no promised order:
+    /// one pass over the tape, no walk of the tree.
+    pub fn strings(&self) -> impl Iterator<Item = &str> {
+        self.tape.iter().filter_map(|e| match e.kind {
+            Kind::Str { side, start, end } => Some(self.str_at(side, start, end)),
+            _ => None,
+        })
+    }
+
     fn str_at(&self, side: bool, start: u32, end: u32) -> &str {
         let src: &str = if side { &self.side } else { &self.text };
         // Ranges are strings serde_json read from `src` (an empty string if that ever failed

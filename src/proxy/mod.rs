@@ -552,6 +552,12 @@ impl Proxy {
         let Some(mut facts) = f.facts.take() else {
             return Ok(()); // not an LLM call: nothing to admit
         };
+        // Media keys for the budget's input bound, counted on the document while it is at
+        // hand (the policies take it); a rewrite after this only removes or adds other members.
+        let media_keys = match (&self.budgets, &f.doc) {
+            (Some(_), Some(doc)) => Some(crate::budget::media_keys_in(doc)),
+            _ => None,
+        };
         let labels = f.call.labels();
         let admitted = self.policies.admit(
             labels,
@@ -594,7 +600,10 @@ impl Proxy {
                 task: f.call.task().cloned(),
                 agent: f.call.labels().agent.clone(),
                 model: ask.model,
-                input_bound: crate::budget::input_bound(&ask.body),
+                input_bound: match media_keys {
+                    Some(n) => crate::budget::input_bound_of(&ask.body, n),
+                    None => crate::budget::input_bound(&ask.body),
+                },
                 max_output: ask.max_output,
             };
             // The context guard may have counted this body already: one tokenizer pass.

@@ -1571,6 +1571,9 @@ mod tests {
         assert_eq!(kept.len(), 2, "tools and messages kept: {kept:?}");
         assert_eq!(kept[0].0, "messages");
         assert_eq!(kept[1].0, "tools");
+        // The same body again: both arrays copied where they were.
+        cached_agrees(&first).unwrap();
+        assert_eq!(recent::kept().len(), 2);
         // The same tools, the conversation grown, members moved: the tools are copied (not kept
         // again), the grown conversation replaces the one it extended.
         let grown = agent_body(14, false, "");

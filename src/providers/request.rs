@@ -13,11 +13,12 @@ use bytes::Bytes;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::doc::{Doc, Items};
+use super::doc::{Doc, Node};
 use super::fields::RequestBody;
 pub use super::fields::{Capped, DeclaredTool, ToolSchema};
 use super::protocol::Classified;
 use super::registry::Format;
+use super::tools;
 
 /// Facts read from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +112,7 @@ pub fn inspect(
         .as_ref()
         .and_then(|b| b.tools.as_ref())
         .and_then(|_| Doc::parse(Bytes::copy_from_slice(body)).ok());
-    let tools = doc
-        .as_ref()
-        .and_then(|d| d.root().get("tools"))
-        .and_then(|t| t.items());
+    let tools = doc.as_ref().and_then(|d| d.root().get("tools"));
     let own = object.then_some(RequestBody::Bytes(body));
     Some(facts(format, path, query, parsed.as_ref(), tools, own))
 }
@@ -139,21 +137,20 @@ pub fn inspect_doc(
     let tools = parsed
         .as_ref()
         .and_then(|b| b.tools.as_ref())
-        .and_then(|_| root.get("tools"))
-        .and_then(|t| t.items());
+        .and_then(|_| root.get("tools"));
     let own = root.is_object().then_some(RequestBody::Doc(root));
     Some(facts(format, path, query, parsed.as_ref(), tools, own))
 }
 
 /// The facts of a request in `format`, from its typed read (`None`: not a JSON object, or not
-/// one of the expected shape), its `tools` items and the body itself (`own`: for a format that
+/// one of the expected shape), its `tools` array and the body itself (`own`: for a format that
 /// keeps the cap and tools under its own names).
 fn facts(
     format: Format,
     path: &str,
     query: Option<&str>,
     parsed: Option<&Body<'_>>,
-    tools: Option<Items<'_>>,
+    tools: Option<Node<'_>>,
     own: Option<RequestBody<'_>>,
 ) -> RequestFacts {
     let adapter = format.adapter();
@@ -173,7 +170,9 @@ fn facts(
                 .and_then(|g| g.max_output_tokens))
             .or(b.options.as_ref().and_then(|o| o.num_predict))
     });
-    let mut tools = tools.map(|t| adapter.declared_tools(t)).unwrap_or_default();
+    let mut tools = tools
+        .map(|t| tools::declared_once(format, t, |items| adapter.declared_tools(items)))
+        .unwrap_or_default();
     let mut max_tokens = max_tokens;
     if let Some(own) = own.and_then(|b| adapter.own_request_fields(b)) {
         max_tokens = own.max_tokens.or(max_tokens);

@@ -210,6 +210,13 @@ impl Fragment {
         let text = text_at.wrapping_sub(self.text_at);
         let at = tape_at.wrapping_sub(self.tape_at);
         let side_at = (side.len() as u32).wrapping_sub(self.side_at);
+        side.push_str(&self.side);
+        if (text, at, side_at) == (0, 0, 0) {
+            // At the same place as before (a conversation after the same few members, the same
+            // body again): the nodes as they are.
+            tape.extend_from_slice(&self.nodes);
+            return;
+        }
         let span = |s: Span| Span {
             start: s.start.wrapping_add(text),
             end: s.end.wrapping_add(text),
@@ -236,7 +243,6 @@ impl Fragment {
             },
             next: e.next.wrapping_add(at),
         }));
-        side.push_str(&self.side);
     }
 }
 

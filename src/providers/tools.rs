@@ -20,10 +20,12 @@ pub struct ToolResult {
     pub failed: bool,
 }
 
+/// A `tools` array read lately: its format, its JSON text, what it declares.
+type Declared = (Format, Box<str>, Vec<DeclaredTool>);
+
 thread_local! {
-    /// `tools` arrays read on this thread lately: format, JSON text, what they declare.
-    static DECLARED: RefCell<VecDeque<(Format, Box<str>, Vec<DeclaredTool>)>> =
-        const { RefCell::new(VecDeque::new()) };
+    /// `tools` arrays read on this thread lately, the latest first.
+    static DECLARED: RefCell<VecDeque<Declared>> = const { RefCell::new(VecDeque::new()) };
 }
 
 /// `tools` arrays remembered per thread.

@@ -223,6 +223,14 @@ fn agent_request(c: &mut Criterion) {
             b.iter(|| Doc::parse_hashing(black_box(next.next().unwrap()).clone()).unwrap())
         });
         let doc = Doc::parse(body.clone()).unwrap();
+        g.bench_function(format!("estimate_doc_20_tools_{kb}k"), |b| {
+            b.iter(|| {
+                tokenwarden::providers::estimate_input_doc(
+                    tokenwarden::providers::Format::OpenAiChat,
+                    black_box(&doc).root(),
+                )
+            })
+        });
         g.bench_function(format!("input_bound_text_20_tools_{kb}k"), |b| {
             b.iter(|| tokenwarden::budget::input_bound(black_box(&body)))
         });

@@ -26,8 +26,31 @@ enum KeyKind {
     Other,
 }
 
-/// The kind of `key`: one `match` (the walk asks it of every key of the conversation).
+/// The kind of `key`: one `match` (the walk asks it of every key of the conversation), after
+/// a first look at its first byte and length: the conversation's own keys (`role`, `name`,
+/// `type`, `tool_call_id`) are out without a comparison of their text.
 fn key_kind(key: &str) -> KeyKind {
+    let b = key.as_bytes();
+    let maybe = matches!(
+        (b.first(), b.len()),
+        (Some(b'c'), 7)
+            | (Some(b't'), 4 | 5 | 8)
+            | (Some(b'p'), 6)
+            | (Some(b'i'), 5 | 9 | 10 | 11 | 12)
+            | (Some(b's'), 6)
+            | (Some(b'a'), 4 | 9)
+            | (Some(b'o'), 6)
+            | (Some(b'f'), 4 | 8 | 9 | 12 | 13 | 16)
+            | (Some(b'r'), 8 | 15)
+    );
+    if !maybe {
+        return KeyKind::Other;
+    }
+    kind_of(key)
+}
+
+/// [`key_kind`] without the first look.
+fn kind_of(key: &str) -> KeyKind {
     match key {
         "content" | "text" | "prompt" | "input" | "system" | "instructions" | "arguments"
         | "output" | "thinking" => KeyKind::Text,
@@ -140,6 +163,52 @@ fn push(out: &mut RequestText, s: &str) {
     out.text.push_str(s);
 }
 
+thread_local! {
+    /// Tool definitions (and other JSON-counted values) walked on this thread lately: their text
+    /// in the body and the compact JSON of it, the latest first.
+    static COMPACT: std::cell::RefCell<std::collections::VecDeque<(Box<str>, Box<str>)>> =
+        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// Texts kept in [`COMPACT`], and the longest kept.
+const COMPACT_KEPT: usize = 4;
+const COMPACT_TEXT_MAX: usize = 256 * 1024;
+
+/// `v` as the compact JSON `serde_json` writes for the equal `Value`, to `f`. An agent's tools
+/// are the same text on every call: writing 20 declarations out again cost ~25 instructions a
+/// byte, so the last few are kept per thread by their text in the body.
+fn compact_json(v: Node<'_>, f: impl FnOnce(&str)) {
+    let Some(raw) = v
+        .raw_json()
+        .filter(|t| t.len() >= 256 && t.len() <= COMPACT_TEXT_MAX)
+    else {
+        if let Ok(s) = serde_json::to_string(&v) {
+            f(&s);
+        }
+        return;
+    };
+    let mut f = Some(f);
+    COMPACT.with(|c| {
+        if let Some((_, s)) = c.borrow().iter().find(|(text, _)| **text == *raw) {
+            if let Some(f) = f.take() {
+                f(s);
+            }
+        }
+    });
+    let Some(f) = f else {
+        return; // written from what was kept
+    };
+    let Ok(s) = serde_json::to_string(&v) else {
+        return;
+    };
+    f(&s);
+    COMPACT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.truncate(COMPACT_KEPT - 1);
+        c.push_front((raw.into(), s.into()));
+    });
+}
+
 fn walk(key: &str, v: Node<'_>, out: &mut RequestText) {
     let kind = key_kind(key);
     if kind == KeyKind::Media && !v.is_string() || key == "image_url" {
@@ -147,10 +216,7 @@ fn walk(key: &str, v: Node<'_>, out: &mut RequestText) {
         return;
     }
     if kind == KeyKind::Json {
-        // The compact JSON `serde_json` writes for the equal `Value`.
-        if let Ok(s) = serde_json::to_string(&v) {
-            push(out, &s);
-        }
+        compact_json(v, |s| push(out, s));
         return;
     }
     if let Some(s) = v.as_str() {
@@ -215,6 +281,79 @@ fn output_walk(v: &Value, out: &mut RequestText) {
 mod tests {
     use super::*;
     use crate::providers::{estimate_input, Format};
+
+    #[test]
+    fn the_first_look_at_a_key_keeps_every_known_one() {
+        let known = [
+            "content",
+            "text",
+            "prompt",
+            "input",
+            "system",
+            "instructions",
+            "arguments",
+            "output",
+            "thinking",
+            "tools",
+            "functionCall",
+            "functionResponse",
+            "function_call",
+            "args",
+            "response_format",
+            "response",
+            "image_url",
+            "inline_data",
+            "inlineData",
+            "input_audio",
+            "file_data",
+            "fileData",
+            "image",
+            "source",
+            "file",
+        ];
+        for k in known {
+            assert!(kind_of(k) != KeyKind::Other, "{k}");
+            assert!(key_kind(k) == kind_of(k), "{k}");
+        }
+        for k in [
+            "role",
+            "name",
+            "type",
+            "tool_call_id",
+            "",
+            "c",
+            "contents",
+            "imag",
+            "files",
+        ] {
+            assert!(key_kind(k) == kind_of(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn json_counted_values_read_the_same_when_kept() {
+        let tools: Vec<String> = (0..8)
+            .map(|i| format!(r#"{{ "type": "function", "function": {{ "name": "t{i}", "description": "caf\u00e9 1e3", "parameters": {{ "type": "object", "properties": {{ "n": {{ "type": "number", "maximum": 1e3 }} }} }} }} }}"#))
+            .collect();
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],"tools":[{}]}}"#,
+            tools.join(", ")
+        );
+        let doc = Doc::parse(Bytes::from(body.clone())).unwrap();
+        let want = serde_json::to_string(&doc.root().get("tools").unwrap()).unwrap();
+        assert!(want.contains(r#""maximum":1000.0"#) && want.contains("café"));
+        // Once written, once from what was kept: the same compact JSON, the same text.
+        for _ in 0..2 {
+            let mut got = String::new();
+            compact_json(doc.root().get("tools").unwrap(), |s| got.push_str(s));
+            assert_eq!(got, want);
+            assert_eq!(
+                request_text_in(Format::OpenAiChat, body.as_bytes()).text,
+                format!("hi\n{want}")
+            );
+        }
+        assert!(COMPACT.with(|c| c.borrow().len()) >= 1);
+    }
 
     fn request_text_in(format: Format, body: &[u8]) -> RequestText {
         format.adapter().request_text(body)

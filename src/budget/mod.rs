@@ -225,7 +225,7 @@ pub fn input_bound(body: &[u8]) -> u64 {
     input_bound_of(body, media_keys(body))
 }
 
-/// The [`MEDIA_KEYS`] among a document's strings, for [`input_bound_of`]: one pass over its
+/// The media keys among a document's strings, for [`input_bound_of`]: one pass over its
 /// tape, escapes already resolved, rather than a search of the text. An agent's declared
 /// tools hold a hundred strings that start as keys may (`"id"`, `"integer"`, `"function"`,
 /// `"string"`), each a candidate for the text's searches; in `cargo bench --bench policy

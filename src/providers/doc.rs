@@ -14,7 +14,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -27,59 +26,12 @@ use serde_json::Value;
 use super::skim::{unescape, Bail, Skim, Skimmed};
 
 mod recent;
+mod tape;
+
+use tape::{Entry, Feed, Kind, Span};
 
 /// Objects with at most this many keys are checked for repeats pair by pair (no allocation).
 const SMALL_OBJECT: usize = 16;
-
-/// One node of the tape.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Null,
-    Bool(bool),
-    U64(u64),
-    I64(i64),
-    F64(f64),
-    /// A string (or an object's key): a range of the body, or of the side buffer when it had
-    /// escapes.
-    Str {
-        side: bool,
-        start: u32,
-        end: u32,
-    },
-    /// An array and its item count; the items follow.
-    Array {
-        count: u32,
-        text: Span,
-    },
-    /// An object and its entry count; each entry is a key node followed by its value's nodes.
-    Object {
-        count: u32,
-        text: Span,
-    },
-}
-
-/// Where a container's JSON text lies in the body, when the parse could tell.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    start: u32,
-    end: u32,
-}
-
-impl Span {
-    /// Not known: a value without a place in the body (a number, an escaped string) came
-    /// right before the container's bracket.
-    const UNKNOWN: Span = Span {
-        start: u32::MAX,
-        end: u32::MAX,
-    };
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    kind: Kind,
-    /// The index just past this node's subtree (its next sibling, or its parent's end).
-    next: u32,
-}
 
 /// A JSON document read once from a request body, for reading only.
 #[derive(Debug, Clone)]
@@ -93,12 +45,6 @@ pub struct Doc {
     /// and hash, in document order.
     hashes: Vec<(u32, u64)>,
 }
-
-/// The seed of [`Node::content_hash`]: foldhash's quality variant with a fixed seed (a 256 KiB
-/// conversation hashes in a fraction of SipHash's time; hashes are compared only within this
-/// process).
-const CONTENT_SEED: foldhash::quality::FixedState =
-    foldhash::quality::FixedState::with_seed(0x1f0c_a5e7);
 
 /// Why a body is not a [`Doc`].
 #[derive(Debug, thiserror::Error)]
@@ -591,9 +537,15 @@ impl Builder<'_> {
             kind: Kind::Array { count, text },
             next,
         };
-        // A body that only repeated a fragment leaves nothing new to keep.
+        // A body that only repeated a fragment leaves nothing new to keep; nor does an array
+        // whose last item is a number or a literal (a later body's could go on past it, and
+        // then every body starting so would be left to the visitor).
+        let closed = items_end
+            .checked_sub(1)
+            .and_then(|i| self.bytes.get(i as usize))
+            .is_some_and(|b| matches!(b, b'"' | b'}' | b']'));
         if let Some(key) = key {
-            if count > copied_count && (items_end - start) as usize >= recent::MIN_BYTES {
+            if count > copied_count && closed && (items_end - start) as usize >= recent::MIN_BYTES {
                 self.found.push(recent::Found {
                     key,
                     text: (start, items_end),
@@ -706,74 +658,6 @@ fn number_kind(token: &[u8]) -> Skimmed<Kind> {
         Ok(Kind::I64(v))
     } else {
         n.as_f64().map(Kind::F64).ok_or(Bail)
-    }
-}
-
-/// Streams a value's content into a hash: the one scheme of [`Node::content_hash`], fed by the
-/// parse ([`Slot`]) and by a walk of the tape ([`Node::feed`]) alike. An object's entries are
-/// hashed one by one and summed, so key order does not matter; whitespace is never seen.
-#[derive(Clone)]
-struct Feed(foldhash::quality::FoldHasher<'static>);
-
-impl Feed {
-    fn new() -> Self {
-        Self(CONTENT_SEED.build_hasher())
-    }
-
-    fn scalar(&mut self, kind: Kind) {
-        let h = &mut self.0;
-        match kind {
-            Kind::Null => h.write_u8(0),
-            Kind::Bool(b) => {
-                h.write_u8(1);
-                h.write_u8(u8::from(b));
-            }
-            Kind::U64(v) => {
-                h.write_u8(2);
-                h.write_u64(v);
-            }
-            Kind::I64(v) => {
-                h.write_u8(2);
-                h.write_i64(v);
-            }
-            Kind::F64(v) => {
-                h.write_u8(6);
-                h.write_u64(v.to_bits());
-            }
-            // Containers and strings have their own calls.
-            Kind::Str { .. } | Kind::Array { .. } | Kind::Object { .. } => {}
-        }
-    }
-
-    fn str(&mut self, s: &str) {
-        self.bytes(s.as_bytes());
-    }
-
-    /// A string's bytes (as [`Feed::str`]).
-    fn bytes(&mut self, b: &[u8]) {
-        self.0.write_u8(3);
-        // `write` folds the length in itself.
-        self.0.write(b);
-    }
-
-    /// An array opens; its items are fed into the same hash, then [`Feed::array_end`].
-    fn array(&mut self) {
-        self.0.write_u8(4);
-    }
-
-    fn array_end(&mut self, count: u32) {
-        self.0.write_u32(count);
-    }
-
-    /// An object: its entry count and the sum of its entries' own hashes.
-    fn object(&mut self, count: u32, sum: u64) {
-        self.0.write_u8(5);
-        self.0.write_u32(count);
-        self.0.write_u64(sum);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0.finish()
     }
 }
 
@@ -1583,10 +1467,12 @@ mod tests {
         assert_eq!(now.len(), 2, "{now:?}");
         assert!(now[0].1 > kept[0].1, "the grown conversation kept: {now:?}");
         assert_eq!(now[1], kept[1], "the tools not kept twice");
-        // A conversation kept ending with the number 1; one that goes on with a digit is
-        // another number: read as the text says.
+        // An array ending with a number is not kept (a later body's could go on past it and
+        // leave every such body to the visitor): the conversation kept before stays.
         cached_agrees(&agent_body(14, false, "1")).unwrap();
-        assert_eq!(recent::kept().len(), 2);
+        let mut after = recent::kept();
+        after.sort();
+        assert_eq!(after, now);
         let other = agent_body(14, false, "17");
         cached_agrees(&other).unwrap();
         let d = Doc::parse(Bytes::from(other.clone())).unwrap();
@@ -1608,12 +1494,14 @@ mod tests {
         }
         let kept = recent::kept();
         assert!(kept.len() <= 16, "{}", kept.len());
-        // A body past the bytes bound is not kept at all.
+        // An array past the bytes bound is not kept; its body's smaller tools are.
         recent::forget();
-        let big = agent_body(40_000, true, "1");
+        let big = agent_body(40_000, true, "{}");
         assert!(big.len() > 4 << 20);
         Doc::parse(Bytes::from(big)).unwrap();
-        assert!(recent::kept().is_empty());
+        let kept = recent::kept();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(kept[0].0, "tools");
     }
 
     proptest! {

@@ -13,12 +13,13 @@ use bytes::Bytes;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use super::doc::{Doc, Node};
+use super::doc::{Doc, Items, Node};
 use super::fields::RequestBody;
 pub use super::fields::{Capped, DeclaredTool, ToolSchema};
 use super::protocol::Classified;
 use super::registry::Format;
-use super::tools;
+use std::cell::RefCell;
+use std::collections::VecDeque;
 
 /// Facts read from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +118,58 @@ pub fn inspect(
     Some(facts(format, path, query, parsed.as_ref(), tools, own))
 }
 
+/// A `tools` array read lately: its format, its JSON text, what it declares.
+type Declared = (Format, Box<str>, Vec<DeclaredTool>);
+
+thread_local! {
+    /// `tools` arrays read on this thread lately, the latest first.
+    static DECLARED: RefCell<VecDeque<Declared>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// `tools` arrays remembered per thread.
+const DECLARED_KEPT: usize = 4;
+
+/// Longer `tools` texts are read every time (not kept).
+const DECLARED_TEXT_MAX: usize = 256 * 1024;
+
+/// The tools `tools` (an array of a request's document) declares, as `read` (the format's
+/// reading) says: remembered per thread by format and JSON text, as an agent declares the same
+/// tools on every call (reading 20 declarations — names, schemas' texts — cost ~15 k
+/// instructions; a comparison of their text and a copy of the list, a fraction of it).
+fn declared_once(
+    format: Format,
+    tools: Node<'_>,
+    read: impl FnOnce(Items<'_>) -> Vec<DeclaredTool>,
+) -> Vec<DeclaredTool> {
+    let Some(items) = tools.items() else {
+        return Vec::new();
+    };
+    let Some(text) = tools.raw_json().filter(|t| t.len() <= DECLARED_TEXT_MAX) else {
+        return read(items);
+    };
+    let known = DECLARED.with(|d| {
+        let mut d = d.borrow_mut();
+        let i = d
+            .iter()
+            .position(|(f, t, _)| *f == format && **t == *text)?;
+        // The latest used first.
+        let kept = d.remove(i)?;
+        let tools = kept.2.clone();
+        d.push_front(kept);
+        Some(tools)
+    });
+    if let Some(tools) = known {
+        return tools;
+    }
+    let declared = read(items);
+    DECLARED.with(|d| {
+        let mut d = d.borrow_mut();
+        d.truncate(DECLARED_KEPT - 1);
+        d.push_front((format, text.into(), declared.clone()));
+    });
+    declared
+}
+
 /// Whether a body is a JSON object by its first byte (only objects are read).
 pub fn is_object(body: &[u8]) -> bool {
     body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
@@ -171,7 +224,7 @@ fn facts(
             .or(b.options.as_ref().and_then(|o| o.num_predict))
     });
     let mut tools = tools
-        .map(|t| tools::declared_once(format, t, |items| adapter.declared_tools(items)))
+        .map(|t| declared_once(format, t, |items| adapter.declared_tools(items)))
         .unwrap_or_default();
     let mut max_tokens = max_tokens;
     if let Some(own) = own.and_then(|b| adapter.own_request_fields(b)) {
@@ -231,6 +284,49 @@ mod tests {
             query,
             body.as_bytes(),
         )
+    }
+
+    #[test]
+    fn declared_tools_are_read_once_per_text_and_format() {
+        use crate::providers::Doc;
+        fn tools(d: &Doc) -> Node<'_> {
+            d.root().get("tools").unwrap()
+        }
+        let body = |name: &str| {
+            Doc::of(
+                &json!({"tools": [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}]}),
+            )
+        };
+        let reads = std::cell::Cell::new(0);
+        let read = |items: Items<'_>| {
+            reads.set(reads.get() + 1);
+            super::super::tools::declared(items)
+        };
+        let a = body("lookup");
+
+        let first = declared_once(Format::OpenAiChat, tools(&a), read);
+        assert_eq!(first[0].name, "lookup");
+        assert_eq!(first[0].schema.text(), r#"{"type":"object"}"#);
+        // The same text again, in another document: remembered.
+        let again = body("lookup");
+        assert_eq!(
+            declared_once(Format::OpenAiChat, tools(&again), read),
+            first
+        );
+        assert_eq!(reads.get(), 1);
+        // Another format, or another text: read.
+        declared_once(Format::OpenAiResponses, tools(&again), read);
+        assert_eq!(reads.get(), 2);
+        let other = declared_once(Format::OpenAiChat, tools(&body("other")), read);
+        assert_eq!((other[0].name.as_str(), reads.get()), ("other", 3));
+        // At most DECLARED_KEPT texts are kept: the oldest goes first.
+        for n in 0..DECLARED_KEPT {
+            declared_once(Format::OpenAiChat, tools(&body(&format!("t{n}"))), read);
+        }
+        assert_eq!(DECLARED.with(|d| d.borrow().len()), DECLARED_KEPT);
+        let before = reads.get();
+        declared_once(Format::OpenAiChat, tools(&a), read);
+        assert_eq!(reads.get(), before + 1, "lookup was forgotten");
     }
 
     #[test]

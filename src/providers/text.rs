@@ -189,9 +189,12 @@ fn compact_json(v: Node<'_>, f: impl FnOnce(&str)) {
     };
     let mut f = Some(f);
     COMPACT.with(|c| {
-        if let Some((_, s)) = c.borrow().iter().find(|(text, _)| **text == *raw) {
-            if let Some(f) = f.take() {
-                f(s);
+        let mut c = c.borrow_mut();
+        if let Some(i) = c.iter().position(|(text, _)| **text == *raw) {
+            // The latest used first: a conversation's several values stay while it goes on.
+            if let (Some(kept), Some(f)) = (c.remove(i), f.take()) {
+                f(&kept.1);
+                c.push_front(kept);
             }
         }
     });

@@ -2,14 +2,12 @@
 //! stripped item by item, whatever format the call is) and the pieces each format's reading of
 //! reported tool results is built from.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use serde_json::Value;
 
 use super::doc::{Items, Node};
 use super::fields::{DeclaredTool, ToolSchema};
-use super::registry::Format;
 
 /// One tool result a request reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,53 +16,6 @@ pub struct ToolResult {
     pub tool: String,
     /// The agent reported the tool as failed.
     pub failed: bool,
-}
-
-/// A `tools` array read lately: its format, its JSON text, what it declares.
-type Declared = (Format, Box<str>, Vec<DeclaredTool>);
-
-thread_local! {
-    /// `tools` arrays read on this thread lately, the latest first.
-    static DECLARED: RefCell<VecDeque<Declared>> = const { RefCell::new(VecDeque::new()) };
-}
-
-/// `tools` arrays remembered per thread.
-const DECLARED_KEPT: usize = 4;
-
-/// Longer `tools` texts are read every time (not kept).
-const DECLARED_TEXT_MAX: usize = 256 * 1024;
-
-/// The tools `tools` (an array of a request's document) declares, as `read` (the format's
-/// reading) says: remembered per thread by format and JSON text, as an agent declares the same
-/// tools on every call (reading 20 declarations — names, schemas' texts — cost ~15 k
-/// instructions; a comparison of their text and a copy of the list, a fraction of it).
-pub(super) fn declared_once(
-    format: Format,
-    tools: Node<'_>,
-    read: impl FnOnce(Items<'_>) -> Vec<DeclaredTool>,
-) -> Vec<DeclaredTool> {
-    let Some(items) = tools.items() else {
-        return Vec::new();
-    };
-    let Some(text) = tools.raw_json().filter(|t| t.len() <= DECLARED_TEXT_MAX) else {
-        return read(items);
-    };
-    let known = DECLARED.with(|d| {
-        d.borrow()
-            .iter()
-            .find(|(f, t, _)| *f == format && **t == *text)
-            .map(|(_, _, tools)| tools.clone())
-    });
-    if let Some(tools) = known {
-        return tools;
-    }
-    let declared = read(items);
-    DECLARED.with(|d| {
-        let mut d = d.borrow_mut();
-        d.truncate(DECLARED_KEPT - 1);
-        d.push_front((format, text.into(), declared.clone()));
-    });
-    declared
 }
 
 /// Tool declarations in any provider's shape: OpenAI chat / Ollama `{"type":"function",
@@ -184,49 +135,6 @@ mod tests {
     use super::*;
     use crate::providers::Format;
     use serde_json::json;
-
-    #[test]
-    fn declared_tools_are_read_once_per_text_and_format() {
-        use crate::providers::Doc;
-        fn tools(d: &Doc) -> Node<'_> {
-            d.root().get("tools").unwrap()
-        }
-        let body = |name: &str| {
-            Doc::of(
-                &json!({"tools": [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}]}),
-            )
-        };
-        let reads = std::cell::Cell::new(0);
-        let read = |items: Items<'_>| {
-            reads.set(reads.get() + 1);
-            declared(items)
-        };
-        let a = body("lookup");
-
-        let first = declared_once(Format::OpenAiChat, tools(&a), read);
-        assert_eq!(first[0].name, "lookup");
-        assert_eq!(first[0].schema.text(), r#"{"type":"object"}"#);
-        // The same text again, in another document: remembered.
-        let again = body("lookup");
-        assert_eq!(
-            declared_once(Format::OpenAiChat, tools(&again), read),
-            first
-        );
-        assert_eq!(reads.get(), 1);
-        // Another format, or another text: read.
-        declared_once(Format::OpenAiResponses, tools(&again), read);
-        assert_eq!(reads.get(), 2);
-        let other = declared_once(Format::OpenAiChat, tools(&body("other")), read);
-        assert_eq!((other[0].name.as_str(), reads.get()), ("other", 3));
-        // At most DECLARED_KEPT texts are kept: the oldest goes first.
-        for n in 0..DECLARED_KEPT {
-            declared_once(Format::OpenAiChat, tools(&body(&format!("t{n}"))), read);
-        }
-        assert_eq!(DECLARED.with(|d| d.borrow().len()), DECLARED_KEPT);
-        let before = reads.get();
-        declared_once(Format::OpenAiChat, tools(&a), read);
-        assert_eq!(reads.get(), before + 1, "lookup was forgotten");
-    }
 
     fn r(tool: &str, failed: bool) -> ToolResult {
         ToolResult {

@@ -554,8 +554,14 @@ impl Proxy {
         };
         // Media keys for the budget's input bound, counted on the document while it is at
         // hand (the policies take it); a rewrite after this only removes or adds other members.
+        // A document normalized at parse (a repeated key) is not the body forwarded: the text
+        // is searched then.
         let media_keys = match (&self.budgets, &f.doc) {
-            (Some(_), Some(doc)) => Some(crate::budget::media_keys_in(doc)),
+            (Some(_), Some(doc))
+                if doc.bytes().as_ptr() == f.body.as_ptr() && doc.bytes().len() == f.body.len() =>
+            {
+                Some(crate::budget::media_keys_in(doc))
+            }
             _ => None,
         };
         let labels = f.call.labels();

@@ -11,15 +11,17 @@
 //! where its text says, whatever follows it), so the builder copies them, shifting their offsets,
 //! and scans only what follows: nothing for repeated tools, the new turns of a conversation.
 //!
-//! Bounded per thread by [`MAX_FRAGMENTS`] and [`MAX_BYTES`] (a fragment's text shares its body,
-//! so a fragment counts the whole body); the least recently used goes first. Nothing here is
-//! exported: a document reads the same with or without it (property tests hold it to that).
+//! Bounded per thread by [`MAX_FRAGMENTS`] and [`MAX_BYTES`] (a fragment's own copy of its text,
+//! nodes and strings: a slice of the body would keep the whole read buffer it came in alive);
+//! the least recently used goes first. An array whose last item is a number or a literal is not
+//! kept (a later body's may go on past it). Nothing here is exported: a document reads the same
+//! with or without it (property tests hold it to that).
 
 use std::cell::Cell;
 
 use bytes::Bytes;
 
-use super::{Entry, Feed, Kind, Span};
+use super::tape::{Entry, Feed, Kind, Span};
 
 /// Arrays shorter than this are scanned again (comparing costs about what scanning saves).
 pub(super) const MIN_BYTES: usize = 1024;
@@ -27,7 +29,7 @@ pub(super) const MIN_BYTES: usize = 1024;
 /// Fragments kept per thread.
 const MAX_FRAGMENTS: usize = 16;
 
-/// Bytes kept per thread: bodies the fragments share, their nodes and unescaped strings.
+/// Bytes kept per thread: the fragments' texts, nodes and unescaped strings.
 const MAX_BYTES: usize = 4 << 20;
 
 thread_local! {
@@ -133,7 +135,7 @@ impl Recent {
     }
 
     /// Keep what a scan of `body` found (its tape and side buffer as the scan left them).
-    pub(super) fn keep(&mut self, body: &Bytes, tape: &[Entry], side: &str, found: Vec<Found>) {
+    pub(super) fn keep(&mut self, body: &[u8], tape: &[Entry], side: &str, found: Vec<Found>) {
         // Replaced fragments first, from the highest index, so lower indices stay valid.
         let mut gone: Vec<usize> = found.iter().filter_map(|f| f.extends).collect();
         gone.sort_unstable();
@@ -148,7 +150,13 @@ impl Recent {
                 .unwrap_or(&[])
                 .to_vec();
             let side = side.get(f.side.0 as usize..f.side.1 as usize).unwrap_or("");
-            let cost = body.len() + nodes.len() * size_of::<Entry>() + side.len();
+            let (Some(key), Some(text)) = (
+                body.get(f.key.0 as usize..f.key.1 as usize),
+                body.get(f.text.0 as usize..f.text.1 as usize),
+            ) else {
+                continue;
+            };
+            let cost = key.len() + text.len() + nodes.len() * size_of::<Entry>() + side.len();
             if cost > MAX_BYTES {
                 continue;
             }
@@ -165,8 +173,8 @@ impl Recent {
             self.tick.set(t);
             self.bytes += cost;
             self.fragments.push(Fragment {
-                key: body.slice(f.key.0 as usize..f.key.1 as usize),
-                text: body.slice(f.text.0 as usize..f.text.1 as usize),
+                key: Bytes::copy_from_slice(key),
+                text: Bytes::copy_from_slice(text),
                 text_at: f.text.0,
                 nodes,
                 tape_at: f.tape.0,

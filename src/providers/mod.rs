@@ -14,6 +14,7 @@ pub mod doc;
 mod fields;
 pub mod gemini;
 pub mod genai;
+mod latest;
 pub mod ollama;
 pub mod openai_batch;
 pub mod openai_chat;

@@ -16,10 +16,10 @@ use serde::Deserialize;
 use super::doc::{Doc, Items, Node};
 use super::fields::RequestBody;
 pub use super::fields::{Capped, DeclaredTool, ToolSchema};
+use super::latest::Latest;
 use super::protocol::Classified;
 use super::registry::Format;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 
 /// Facts read from the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,16 +118,16 @@ pub fn inspect(
     Some(facts(format, path, query, parsed.as_ref(), tools, own))
 }
 
-/// A `tools` array read lately: its format, its JSON text, what it declares.
-type Declared = (Format, Box<str>, Vec<DeclaredTool>);
-
-thread_local! {
-    /// `tools` arrays read on this thread lately, the latest first.
-    static DECLARED: RefCell<VecDeque<Declared>> = const { RefCell::new(VecDeque::new()) };
-}
+/// `tools` arrays read lately: their format and JSON text, what they declare.
+type Declared = Latest<(Format, Box<str>), Vec<DeclaredTool>>;
 
 /// `tools` arrays remembered per thread.
 const DECLARED_KEPT: usize = 4;
+
+thread_local! {
+    /// `tools` arrays read on this thread lately.
+    static DECLARED: RefCell<Declared> = const { RefCell::new(Latest::new(DECLARED_KEPT)) };
+}
 
 /// Longer `tools` texts are read every time (not kept).
 const DECLARED_TEXT_MAX: usize = 256 * 1024;
@@ -148,25 +148,15 @@ fn declared_once(
         return read(items);
     };
     let known = DECLARED.with(|d| {
-        let mut d = d.borrow_mut();
-        let i = d
-            .iter()
-            .position(|(f, t, _)| *f == format && **t == *text)?;
-        // The latest used first.
-        let kept = d.remove(i)?;
-        let tools = kept.2.clone();
-        d.push_front(kept);
-        Some(tools)
+        d.borrow_mut()
+            .get(|(f, t)| *f == format && **t == *text)
+            .cloned()
     });
     if let Some(tools) = known {
         return tools;
     }
     let declared = read(items);
-    DECLARED.with(|d| {
-        let mut d = d.borrow_mut();
-        d.truncate(DECLARED_KEPT - 1);
-        d.push_front((format, text.into(), declared.clone()));
-    });
+    DECLARED.with(|d| d.borrow_mut().put((format, text.into()), declared.clone()));
     declared
 }
 

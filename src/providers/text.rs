@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::doc::{Doc, Node};
+use super::latest::Latest;
 use crate::tokens::RequestText;
 
 /// What a key's value is to the token text.
@@ -163,16 +164,16 @@ fn push(out: &mut RequestText, s: &str) {
     out.text.push_str(s);
 }
 
-thread_local! {
-    /// Tool definitions (and other JSON-counted values) walked on this thread lately: their text
-    /// in the body and the compact JSON of it, the latest first.
-    static COMPACT: std::cell::RefCell<std::collections::VecDeque<(Box<str>, Box<str>)>> =
-        const { std::cell::RefCell::new(std::collections::VecDeque::new()) };
-}
-
 /// Texts kept in [`COMPACT`], and the longest kept.
 const COMPACT_KEPT: usize = 4;
 const COMPACT_TEXT_MAX: usize = 256 * 1024;
+
+thread_local! {
+    /// Tool definitions (and other JSON-counted values) walked on this thread lately: their text
+    /// in the body and the compact JSON of it.
+    static COMPACT: std::cell::RefCell<Latest<Box<str>, Box<str>>> =
+        const { std::cell::RefCell::new(Latest::new(COMPACT_KEPT)) };
+}
 
 /// `v` as the compact JSON `serde_json` writes for the equal `Value`, to `f`. An agent's tools
 /// are the same text on every call: writing 20 declarations out again cost ~25 instructions a
@@ -189,12 +190,10 @@ fn compact_json(v: Node<'_>, f: impl FnOnce(&str)) {
     };
     let mut f = Some(f);
     COMPACT.with(|c| {
-        let mut c = c.borrow_mut();
-        if let Some(i) = c.iter().position(|(text, _)| **text == *raw) {
-            // The latest used first: a conversation's several values stay while it goes on.
-            if let (Some(kept), Some(f)) = (c.remove(i), f.take()) {
-                f(&kept.1);
-                c.push_front(kept);
+        // The latest used first: a conversation's several values stay while it goes on.
+        if let Some(s) = c.borrow_mut().get(|text| **text == *raw) {
+            if let Some(f) = f.take() {
+                f(s);
             }
         }
     });
@@ -205,11 +204,7 @@ fn compact_json(v: Node<'_>, f: impl FnOnce(&str)) {
         return;
     };
     f(&s);
-    COMPACT.with(|c| {
-        let mut c = c.borrow_mut();
-        c.truncate(COMPACT_KEPT - 1);
-        c.push_front((raw.into(), s.into()));
-    });
+    COMPACT.with(|c| c.borrow_mut().put(raw.into(), s.into()));
 }
 
 fn walk(key: &str, v: Node<'_>, out: &mut RequestText) {

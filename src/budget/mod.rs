@@ -740,7 +740,9 @@ impl Budgets {
         let leased = match self.slices_for(scope, &idx) {
             Some(sl) => {
                 let c = (&idx[..], model, f.input_bound, max_out, now);
-                self.reserve_leased(sl, &key, c, call.exact).await
+                // Boxed: inline, a lease's store round trips would grow every scope's share of
+                // every call's future (four scopes are polled at once).
+                Box::pin(self.reserve_leased(sl, &key, c, call.exact)).await
             }
             None => None,
         };

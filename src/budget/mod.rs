@@ -231,10 +231,19 @@ pub fn input_bound(body: &[u8]) -> u64 {
 /// `"string"`), each a candidate for the text's searches; in `cargo bench --bench policy
 /// input_bound` the tape is cheaper at every size. Every key a media part is under is a string
 /// of the document, so the bound stays one (the text's search also counts a key's spelling
-/// inside another string's text).
+/// inside another string's text). Values the estimate counts as JSON text (declared tools,
+/// structured tool input: [`crate::providers::counted_as_json`]) hold no media part it counts,
+/// so the walk jumps over them: the tools an agent sends on every call cost nothing here.
 pub fn media_keys_in(doc: &crate::providers::Doc) -> u64 {
-    doc.strings().filter(|s| is_media_key(s)).count() as u64
+    doc.count_strings(
+        MEDIA_KEY_LENS,
+        &is_media_key,
+        &crate::providers::counted_as_json,
+    )
 }
+
+/// The lengths of the [`MEDIA_KEYS`] (unquoted).
+const MEDIA_KEY_LENS: std::ops::RangeInclusive<usize> = 4..=11;
 
 /// [`input_bound`] with the body's media keys already counted ([`media_keys_in`] of the
 /// document it was read from, before a rewrite that only removed or added other members).
@@ -251,7 +260,7 @@ fn is_media_key(s: &str) -> bool {
     let b = s.as_bytes();
     // Every key is 4 to 11 bytes and starts `i`, `f` or `s`: nearly every string is out at
     // once (a `match` on the strings compared every one of the same length).
-    (4..=11).contains(&b.len())
+    MEDIA_KEY_LENS.contains(&b.len())
         && matches!(b[0], b'i' | b'f' | b's')
         && MEDIA_KEYS.iter().any(|k| k.get(1..k.len() - 1) == Some(b))
 }
@@ -1572,7 +1581,7 @@ mod tests {
         // text's, escaped spellings included.
         let bodies: [&[u8]; 4] = [
             br#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"hi"}]}]}"#,
-            br#"{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","data":"AAAA"}}]}],"tools":[{"name":"file","input_schema":{"type":"object"}}]}"#,
+            br#"{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","data":"AAAA"}}]}],"functions":[{"name":"file","parameters":{"type":"object"}}]}"#,
             br#"{"contents":[{"parts":[{"inline_data":{"mime_type":"image/png"}},{"fileData":{}},{"\u0069nlineData":{}}]}]}"#,
             br#"{"model":"m","messages":[{"role":"user","content":"no media, \"images\" only"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"id":{"type":"string"}}}}}]}"#,
         ];
@@ -1584,6 +1593,11 @@ mod tests {
                 String::from_utf8_lossy(b)
             );
         }
+        // Under declared tools (and structured tool input), which the estimate counts as JSON
+        // text, nothing is counted: not `"file"` as a tool's name, nor `"image"` as a
+        // parameter's.
+        let b = br#"{"messages":[{"role":"user","content":[{"type":"image","source":{}}]}],"tools":[{"name":"file","input_schema":{"type":"object","properties":{"image":{"type":"string"}}}}],"tool_choice":{"type":"tool","name":"file"}}"#;
+        assert_eq!((media_keys_in(&doc(b)), media_keys(b)), (3, 5));
         // A key's spelling inside another string is no key of the document: counted by the
         // text's search only (both stay bounds).
         let b = br#"{"a":"x\"image","image":{}}"#;
@@ -1655,13 +1669,24 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","\u0069mage_url":{"url":"data:image/png;base64,AAAA"}},{"type":"text","text":"\"caf\u00e9\""}]}]}"#,
             r#"{"model":"claude","max_tokens":10,"messages":[{"role":"user","content":[{"type":"image","\u0073\u006f\u0075\u0072\u0063\u0065":{"type":"base64","data":"AAAA"}},{"type":"document","fil\u0065":{"file_id":"f"}}]}]}"#,
             r#"{"contents":[{"parts":[{"\u0069nline\u0044ata":{"mimeType":"image/png","data":"AAAA"}},{"file\u005fdata":{"file_uri":"gs://x"}}]}]}"#,
+            // Media-named keys in declared tools (not counted by the document's bound) and in
+            // legacy `functions` (counted: the estimate walks those as it walks messages).
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"file","parameters":{"type":"object","properties":{"image":{"type":"object"},"source":{"type":"array"},"image_url":"u"}}}}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"functions":[{"name":"file","parameters":{"type":"object","properties":{"image":{"type":"object"},"file":{"type":"array"}}}}]}"#,
+            r#"{"model":"claude","max_tokens":9,"messages":[{"role":"user","content":"x"}],"tools":[{"name":"image","input_schema":{"type":"object","properties":{"source":{"type":"object"},"inlineData":{}}}}]}"#,
+            r#"{"contents":[{"parts":[{"text":"x"},{"functionCall":{"name":"f","args":{"image":{"x":1}}}},{"functionResponse":{"name":"f","response":{"file":{}}}}]}],"tools":[{"functionDeclarations":[{"name":"f","parameters":{"type":"object","properties":{"fileData":{"type":"object"}}}}]}]}"#,
             "not json at all, just some words",
             "",
         ];
         for b in bodies {
+            let doc = crate::providers::Doc::parse(bytes::Bytes::copy_from_slice(b.as_bytes()));
             for f in [Format::OpenAiChat, Format::Anthropic, Format::Gemini] {
                 let (e, ub) = (estimate_input(f, b.as_bytes()), input_bound(b.as_bytes()));
                 assert!(ub >= e, "{f:?} {b}: bound {ub} < estimate {e}");
+                if let Ok(doc) = &doc {
+                    let ub = input_bound_of(b.as_bytes(), media_keys_in(doc));
+                    assert!(ub >= e, "{f:?} {b}: document's bound {ub} < estimate {e}");
+                }
             }
         }
     }

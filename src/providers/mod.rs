@@ -39,6 +39,6 @@ pub use doc::{Doc, Node};
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use registry::Format;
 pub use request::{estimate_input, estimate_input_doc, Capped};
-pub use text::output_text;
+pub use text::{counted_as_json, output_text};
 pub use tools::ToolResult;
 pub use usage::{AudioTokens, ModelUsage, ResponseRecord, ToolCall, Usage, MAX_OTHER_MODELS};

@@ -50,6 +50,12 @@ fn key_kind(key: &str) -> KeyKind {
     kind_of(key)
 }
 
+/// Whether the input estimate counts a value under `key` as compact JSON text (declared tools,
+/// structured tool input and output): no media part inside it is counted.
+pub fn counted_as_json(key: &str) -> bool {
+    key_kind(key) == KeyKind::Json
+}
+
 /// [`key_kind`] without the first look.
 fn kind_of(key: &str) -> KeyKind {
     match key {

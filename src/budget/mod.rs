@@ -231,9 +231,9 @@ pub fn input_bound(body: &[u8]) -> u64 {
 /// `"string"`), each a candidate for the text's searches; in `cargo bench --bench policy
 /// input_bound` the tape is cheaper at every size. Every key a media part is under is a string
 /// of the document, so the bound stays one (the text's search also counts a key's spelling
-/// inside another string's text). Values the estimate counts as JSON text (declared tools,
-/// structured tool input: [`crate::providers::counted_as_json`]) hold no media part it counts,
-/// so the walk jumps over them: the tools an agent sends on every call cost nothing here.
+/// inside another string's text). Values the estimate counts as JSON text (declared tools:
+/// [`crate::providers::counted_as_json`]) hold no media part it counts, so the pass jumps over
+/// such members of the root object: the tools an agent sends on every call cost nothing here.
 pub fn media_keys_in(doc: &crate::providers::Doc) -> u64 {
     doc.count_strings(
         MEDIA_KEY_LENS,
@@ -1593,9 +1593,8 @@ mod tests {
                 String::from_utf8_lossy(b)
             );
         }
-        // Under declared tools (and structured tool input), which the estimate counts as JSON
-        // text, nothing is counted: not `"file"` as a tool's name, nor `"image"` as a
-        // parameter's.
+        // Under declared tools, which the estimate counts as JSON text, nothing is counted:
+        // not `"file"` as a tool's name, nor `"image"` as a parameter's.
         let b = br#"{"messages":[{"role":"user","content":[{"type":"image","source":{}}]}],"tools":[{"name":"file","input_schema":{"type":"object","properties":{"image":{"type":"string"}}}}],"tool_choice":{"type":"tool","name":"file"}}"#;
         assert_eq!((media_keys_in(&doc(b)), media_keys(b)), (3, 5));
         // A key's spelling inside another string is no key of the document: counted by the

@@ -174,71 +174,52 @@ impl Doc {
     }
 
     /// How many of the document's strings (keys and values alike, unescaped) of `lens` bytes
-    /// `counted` accepts, leaving out the values of keys `skip` accepts (anywhere): a walk of
-    /// the tape that jumps over those values, and looks at a string's text only when its length
-    /// fits.
+    /// `counted` accepts, leaving out the values of the root object's members whose key `skip`
+    /// accepts: one pass over the tape that jumps over those values, and looks at a string's
+    /// text only when its length fits.
     pub fn count_strings(
         &self,
         lens: RangeInclusive<usize>,
         counted: &dyn Fn(&str) -> bool,
         skip: &dyn Fn(&str) -> bool,
     ) -> u64 {
+        let count = |nodes: &[Entry]| {
+            let mut n = 0;
+            for e in nodes {
+                if let Kind::Str { side, start, end } = e.kind {
+                    if lens.contains(&(end.saturating_sub(start) as usize))
+                        && counted(self.str_at(side, start, end))
+                    {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        };
+        let Some(root) = self.tape.first() else {
+            return 0;
+        };
+        if !matches!(root.kind, Kind::Object { .. }) {
+            return count(&self.tape);
+        }
+        // The root's entries: a key node, then its value's subtree (which ends at `next`,
+        // always further on).
+        let end = (root.next as usize).min(self.tape.len());
         let mut n = 0;
-        if !self.tape.is_empty() {
-            self.count_in(0, &lens, counted, skip, &mut n);
+        let mut i = 1;
+        while i + 1 < end {
+            let past = (self.tape[i + 1].next as usize).clamp(i + 2, end);
+            n += count(&self.tape[i..i + 1]);
+            let skipped = match self.tape[i].kind {
+                Kind::Str { side, start, end } => skip(self.str_at(side, start, end)),
+                _ => false,
+            };
+            if !skipped {
+                n += count(&self.tape[i + 1..past]);
+            }
+            i = past;
         }
         n
-    }
-
-    /// [`Self::count_strings`] of the subtree at `at`.
-    fn count_in(
-        &self,
-        at: usize,
-        lens: &RangeInclusive<usize>,
-        counted: &dyn Fn(&str) -> bool,
-        skip: &dyn Fn(&str) -> bool,
-        n: &mut u64,
-    ) {
-        let Some(e) = self.tape.get(at) else { return };
-        let end = (e.next as usize).min(self.tape.len());
-        // The string at `i` (if it is one), and whether it counts.
-        let string = |i: usize, n: &mut u64| {
-            let Kind::Str { side, start, end } = self.tape[i].kind else {
-                return None;
-            };
-            let s = self.str_at(side, start, end);
-            if lens.contains(&s.len()) && counted(s) {
-                *n += 1;
-            }
-            Some(s)
-        };
-        // Each step lands past a whole subtree (`next` is always further on).
-        let past = |i: usize| (self.tape[i].next as usize).max(i + 1);
-        match e.kind {
-            Kind::Str { start, end, .. }
-                if lens.contains(&(end.saturating_sub(start) as usize)) =>
-            {
-                string(at, n);
-            }
-            Kind::Array { .. } => {
-                let mut i = at + 1;
-                while i < end {
-                    self.count_in(i, lens, counted, skip, n);
-                    i = past(i);
-                }
-            }
-            Kind::Object { .. } => {
-                // Entries alternate: a key node, then its value's subtree.
-                let mut i = at + 1;
-                while i + 1 < end {
-                    if !string(i, n).is_some_and(skip) {
-                        self.count_in(i + 1, lens, counted, skip, n);
-                    }
-                    i = past(i + 1);
-                }
-            }
-            _ => {}
-        }
     }
 
     fn str_at(&self, side: bool, start: u32, end: u32) -> &str {

@@ -358,7 +358,16 @@ impl RedisStore {
         &self.conns[i]
     }
 
+    /// The calling thread's connection: made on first use (boxed: the connection manager's
+    /// setup is a 3.3 KB future, which inline would be moved and copied with every command's).
     async fn conn(&self) -> Result<Conn, StoreError> {
+        match self.slot().get() {
+            Some(c) => Ok(c.clone()),
+            None => Box::pin(self.connect()).await,
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, StoreError> {
         let c = tokio::time::timeout(
             self.timeout,
             self.slot().get_or_try_init(|| async {

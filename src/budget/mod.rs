@@ -1669,7 +1669,7 @@ mod tests {
             r#"{"model":"claude","max_tokens":10,"messages":[{"role":"user","content":[{"type":"image","\u0073\u006f\u0075\u0072\u0063\u0065":{"type":"base64","data":"AAAA"}},{"type":"document","fil\u0065":{"file_id":"f"}}]}]}"#,
             r#"{"contents":[{"parts":[{"\u0069nline\u0044ata":{"mimeType":"image/png","data":"AAAA"}},{"file\u005fdata":{"file_uri":"gs://x"}}]}]}"#,
             // Media-named keys in declared tools (not counted by the document's bound) and in
-            // legacy `functions` (counted: the estimate walks those as it walks messages).
+            // legacy `functions` (counted by the bound; the estimate does not read them).
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"file","parameters":{"type":"object","properties":{"image":{"type":"object"},"source":{"type":"array"},"image_url":"u"}}}}]}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"functions":[{"name":"file","parameters":{"type":"object","properties":{"image":{"type":"object"},"file":{"type":"array"}}}}]}"#,
             r#"{"model":"claude","max_tokens":9,"messages":[{"role":"user","content":"x"}],"tools":[{"name":"image","input_schema":{"type":"object","properties":{"source":{"type":"object"},"inlineData":{}}}}]}"#,

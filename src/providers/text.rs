@@ -51,7 +51,8 @@ fn key_kind(key: &str) -> KeyKind {
 }
 
 /// Whether the input estimate counts a value under `key` as compact JSON text (declared tools,
-/// structured tool input and output): no media part inside it is counted.
+/// structured tool input and output): no media part inside it is counted. (At a body's root the
+/// estimate reads `tools` of these and leaves the others unread: no media counted there either.)
 pub fn counted_as_json(key: &str) -> bool {
     key_kind(key) == KeyKind::Json
 }

@@ -196,30 +196,23 @@ impl Doc {
             }
             n
         };
-        let Some(root) = self.tape.first() else {
-            return 0;
-        };
-        if !matches!(root.kind, Kind::Object { .. }) {
+        // The root's entries, as any object's are read: each key, then (unless skipped) its
+        // value's subtree.
+        let Some(entries) = self.root().entries() else {
             return count(&self.tape);
-        }
-        // The root's entries: a key node, then its value's subtree (which ends at `next`,
-        // always further on).
-        let end = (root.next as usize).min(self.tape.len());
-        let mut n = 0;
-        let mut i = 1;
-        while i + 1 < end {
-            let past = (self.tape[i + 1].next as usize).clamp(i + 2, end);
-            n += count(&self.tape[i..i + 1]);
-            let skipped = match self.tape[i].kind {
-                Kind::Str { side, start, end } => skip(self.str_at(side, start, end)),
-                _ => false,
-            };
-            if !skipped {
-                n += count(&self.tape[i + 1..past]);
-            }
-            i = past;
-        }
-        n
+        };
+        entries
+            .map(|(key, value)| {
+                let at = value.at;
+                let past = (self.tape[at].next as usize).clamp(at, self.tape.len());
+                let value = if skip(key) {
+                    0
+                } else {
+                    count(&self.tape[at..past])
+                };
+                count(&self.tape[at - 1..at]) + value
+            })
+            .sum()
     }
 
     fn str_at(&self, side: bool, start: u32, end: u32) -> &str {

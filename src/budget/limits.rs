@@ -176,12 +176,17 @@ pub const TASK_PREFIX: &str = "t:";
 /// tag, so everything of one session (or task, or agent) lives in one slot — and every proxy
 /// that sees a call of the task names the same key.
 pub fn group_key(scope: LimitScope, id: &str) -> String {
-    match scope {
-        LimitScope::Session => format!("{SESSION_PREFIX}{id}"),
-        LimitScope::Task => format!("{TASK_PREFIX}{id}"),
-        LimitScope::Agent => format!("a:{id}"),
-        LimitScope::Global => "g".to_string(),
-    }
+    // Pushed, not `format!`ted: this runs for every scope of every call.
+    let prefix = match scope {
+        LimitScope::Session => SESSION_PREFIX,
+        LimitScope::Task => TASK_PREFIX,
+        LimitScope::Agent => "a:",
+        LimitScope::Global => return "g".to_string(),
+    };
+    let mut key = String::with_capacity(prefix.len() + id.len());
+    key.push_str(prefix);
+    key.push_str(id);
+    key
 }
 
 #[cfg(test)]
@@ -197,6 +202,14 @@ mod tests {
             action: LimitAction::Reject,
             warn_at: None,
         }
+    }
+
+    #[test]
+    fn scope_keys_are_prefixed_ids() {
+        assert_eq!(group_key(LimitScope::Session, "s1"), "s:s1");
+        assert_eq!(group_key(LimitScope::Task, "t-9"), "t:t-9");
+        assert_eq!(group_key(LimitScope::Agent, "coder"), "a:coder");
+        assert_eq!(group_key(LimitScope::Global, "ignored"), "g");
     }
 
     #[test]

@@ -54,6 +54,9 @@ const MAX_ALERT_MEMORY: usize = 100_000;
 /// The budget service, shared by every request.
 pub struct Budgets {
     limits: Vec<Limit>,
+    /// The indices into `limits` of each scope's limits, in [`SCOPES`] order: shared by every
+    /// call's grants instead of collected per call.
+    by_scope: [Arc<[usize]>; 4],
     store: Store,
     prices: Prices,
     fail_closed: bool,
@@ -130,7 +133,7 @@ pub struct Admission {
 struct Held {
     scope: LimitScope,
     key: String,
-    limits: Vec<usize>,
+    limits: Arc<[usize]>,
     grants: Vec<Grant>,
     /// The reservation's lease in a shared store.
     lease: Option<u64>,
@@ -395,8 +398,15 @@ impl Budgets {
             }
         };
         let webhook = Webhook::from_config(config).map_err(BudgetsError::Webhook)?;
+        let limits: Vec<Limit> = b.limits.iter().flat_map(Limit::from_config).collect();
+        let by_scope = SCOPES.map(|scope| {
+            (0..limits.len())
+                .filter(|&i| limits[i].scope == scope)
+                .collect()
+        });
         Ok(Some(Arc::new(Self {
-            limits: b.limits.iter().flat_map(Limit::from_config).collect(),
+            limits,
+            by_scope,
             store,
             prices: Prices::new(&config.pricing),
             fail_closed: b.on_store_unreachable == OnStoreUnreachable::FailClosed,
@@ -647,17 +657,18 @@ impl Budgets {
 
     /// The store key of `scope` for a call and the indices of its limits; `None` when none
     /// applies (no limit of the scope, or a session or task scope for a call without one).
-    fn scope_limits(&self, scope: LimitScope, f: &CallFacts) -> Option<(String, Vec<usize>)> {
+    fn scope_limits(&self, scope: LimitScope, f: &CallFacts) -> Option<(String, Arc<[usize]>)> {
+        let idx = &self.by_scope[SCOPES.iter().position(|s| *s == scope)?];
+        if idx.is_empty() {
+            return None;
+        }
         let id = match scope {
             LimitScope::Session => f.session.as_deref()?,
             LimitScope::Task => f.task.as_deref()?,
             LimitScope::Agent => f.agent.as_ref(),
             LimitScope::Global => "",
         };
-        let idx: Vec<usize> = (0..self.limits.len())
-            .filter(|&i| self.limits[i].scope == scope)
-            .collect();
-        (!idx.is_empty()).then(|| (group_key(scope, id), idx))
+        Some((group_key(scope, id), idx.clone()))
     }
 
     /// Every scope of a call in one script (one Redis node, no leased scope): one round trip

@@ -26,8 +26,12 @@ pub struct Bail;
 pub type Skimmed<T> = Result<T, Bail>;
 
 /// Containers nested deeper than this inside a skipped value make the skim give up (serde_json
-/// skips ignored values without a depth limit; this reader keeps its stack on the stack).
+/// skips ignored values without a depth limit; this reader keeps its stack in one `u64`).
 pub const MAX_DEPTH: usize = 64;
+const _: () = assert!(
+    MAX_DEPTH <= 64,
+    "skip's stack is one bit per level of a u64"
+);
 
 /// A reader over one JSON text.
 pub struct Skim<'a> {
@@ -119,18 +123,11 @@ impl<'a> Skim<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
-            // Eight bytes at a time to the next quote, backslash or control character.
-            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                let mut lanes = [0u8; 8];
-                lanes.copy_from_slice(chunk);
-                let stops = string_stops(u64::from_le_bytes(lanes));
-                if stops != 0 {
-                    self.i += (stops.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                self.i += 8;
-            }
-            let &c = self.b.get(self.i).ok_or(Bail)?;
+            // Sixteen bytes at a time to the next quote, backslash or control character.
+            let c = match self.seek_stop(string_stops) {
+                Some(c) => c,
+                None => *self.b.get(self.i).ok_or(Bail)?,
+            };
             match c {
                 b'"' => {
                     self.i += 1;
@@ -154,6 +151,56 @@ impl<'a> Skim<'a> {
                 _ => self.i += 1,
             }
         }
+    }
+
+    /// Move to the first byte `stops` flags, sixteen bytes at a time while sixteen are left,
+    /// and return it; `None` when fewer than sixteen bytes are left before one (the reader is
+    /// at the first of them). `stops` flags a lane by its high bit, the lowest flagged lane of a
+    /// word exactly.
+    fn seek_stop(&mut self, stops: impl Fn(u64) -> u64) -> Option<u8> {
+        while let Some(block) = self.b.get(self.i..self.i + 16) {
+            let mut lanes = [0u8; 16];
+            lanes.copy_from_slice(block);
+            let w = u128::from_le_bytes(lanes);
+            // Truncation keeps the low word, the shift the high one; both tested before
+            // either is branched on (most strings end within the first sixteen bytes).
+            let flagged = u128::from(stops(w as u64)) | u128::from(stops((w >> 64) as u64)) << 64;
+            if flagged != 0 {
+                let bits = flagged.trailing_zeros();
+                self.i += (bits / 8) as usize;
+                // Taken from the block already loaded, not read again.
+                return Some((w >> (bits & !7)) as u8);
+            }
+            self.i += 16;
+        }
+        None
+    }
+
+    /// Past a key whose opening quote is at `self.i`: its bytes, which must be plain ASCII with
+    /// no escape (serde_json identifies struct keys after unescaping and checking UTF-8; the
+    /// skim leaves those keys to it).
+    fn plain_key(&mut self) -> Skimmed<&'a [u8]> {
+        self.i += 1;
+        let start = self.i;
+        // A quote, a backslash, a control character or a byte past ASCII.
+        let stop = match self.seek_stop(|w| string_stops(w) | w & HIGHS) {
+            Some(c) => c,
+            None => {
+                while self
+                    .b
+                    .get(self.i)
+                    .is_some_and(|&c| c != b'"' && c != b'\\' && (0x20..0x80).contains(&c))
+                {
+                    self.i += 1;
+                }
+                *self.b.get(self.i).ok_or(Bail)?
+            }
+        };
+        if stop != b'"' {
+            return Err(Bail);
+        }
+        self.i += 1;
+        Ok(&self.b[start..self.i - 1])
     }
 
     /// `null`, consumed; anything else gives up (an `Option` member serde_json must read).
@@ -247,11 +294,7 @@ impl<'a> Skim<'a> {
             if self.peek()? != b'"' {
                 return Err(Bail);
             }
-            let (key, escaped) = self.raw_string()?;
-            // serde_json identifies struct keys after unescaping and checking UTF-8.
-            if escaped || !key.is_ascii() {
-                return Err(Bail);
-            }
+            let key = self.plain_key()?;
             self.eat(b':')?;
             entry(self, key)?;
             match self.peek()? {
@@ -300,8 +343,14 @@ impl<'a> Skim<'a> {
 
     /// Skip one value, checked as serde_json checks an ignored one.
     pub fn skip(&mut self) -> Skimmed<()> {
-        // The open containers, innermost last: true for an object.
-        let mut stack = [false; MAX_DEPTH];
+        // Most skipped values are scalars: no container stack for them.
+        match self.peek()? {
+            b'"' => return self.raw_string().map(drop),
+            b'{' | b'[' => {}
+            _ => return self.scalar(),
+        }
+        // The open containers, innermost at bit `depth - 1`: set for an object.
+        let mut stack = 0u64;
         let mut depth = 0;
         loop {
             // One value.
@@ -309,17 +358,13 @@ impl<'a> Skim<'a> {
                 b'"' => {
                     self.raw_string()?;
                 }
-                b'n' => self.literal(b"null")?,
-                b't' => self.literal(b"true")?,
-                b'f' => self.literal(b"false")?,
-                b'-' | b'0'..=b'9' => self.number()?,
                 open @ (b'{' | b'[') => {
                     self.i += 1;
                     if depth == MAX_DEPTH {
                         return Err(Bail);
                     }
                     let object = open == b'{';
-                    stack[depth] = object;
+                    stack = stack & !(1 << depth) | u64::from(object) << depth;
                     depth += 1;
                     let close = if object { b'}' } else { b']' };
                     if self.peek()? == close {
@@ -332,14 +377,14 @@ impl<'a> Skim<'a> {
                         continue;
                     }
                 }
-                _ => return Err(Bail),
+                _ => self.scalar()?,
             }
             // After a value: a comma and the next entry, or the end of containers.
             loop {
                 if depth == 0 {
                     return Ok(());
                 }
-                let object = stack[depth - 1];
+                let object = stack >> (depth - 1) & 1 == 1;
                 match self.peek()? {
                     b',' => {
                         self.i += 1;
@@ -359,6 +404,17 @@ impl<'a> Skim<'a> {
                     _ => return Err(Bail),
                 }
             }
+        }
+    }
+
+    /// A literal or a number (its first byte peeked); anything else gives up.
+    fn scalar(&mut self) -> Skimmed<()> {
+        match self.b.get(self.i) {
+            Some(b'n') => self.literal(b"null"),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            _ => Err(Bail),
         }
     }
 
@@ -553,6 +609,42 @@ mod tests {
         }
     }
 
+    /// The keys `opt_object` hands over, or `Err` where it leaves the object to serde_json.
+    fn keys(text: &str) -> Skimmed<Vec<String>> {
+        let mut s = Skim::new(text.as_bytes());
+        let mut keys = Vec::new();
+        s.object(|s, key| {
+            keys.push(String::from_utf8_lossy(key).into_owned());
+            s.skip()
+        })?;
+        Ok(keys)
+    }
+
+    #[test]
+    fn keys_are_handed_over_only_when_plain_ascii() {
+        // Stops in every lane of an eight-byte word and in the tail after the last whole word.
+        let long = "abcdefghijklmnopq";
+        for cut in 0..=long.len() {
+            let key = &long[..cut];
+            assert_eq!(
+                keys(&format!(r#"{{"{key}":1}}"#)),
+                Ok(vec![key.to_string()])
+            );
+            for odd in ["\\u0041", "\\\\", "\u{e9}", "\u{1}", "\u{7f}x"] {
+                let text = format!(r#"{{"{key}{odd}":1}}"#);
+                let plain = odd == "\u{7f}x";
+                assert_eq!(keys(&text).is_ok(), plain, "{text:?}");
+            }
+            assert_eq!(
+                keys(&format!(r#"{{"{key}"#)),
+                Err(Bail),
+                "unterminated {key}"
+            );
+        }
+        let nested = r#"{"a":{"b":[1,{"c":null}]},"d":"x"}"#;
+        assert_eq!(keys(nested), Ok(vec!["a".to_string(), "d".to_string()]));
+    }
+
     #[test]
     fn integers_read_as_serde_reads_u64() {
         for text in ["0", "7", "18446744073709551615", "null"] {
@@ -592,6 +684,33 @@ mod tests {
         fn skipping_accepts_every_value_serde_writes(v in any::<Vec<(String, Option<i64>, f32)>>()) {
             let text = serde_json::to_vec(&v).expect("serializable");
             prop_assert!(skims(&text));
+        }
+
+        /// Strings of every length, their end at every offset of a sixteen-byte block, and
+        /// raw bytes (a control character, a lone quote) anywhere in them.
+        #[test]
+        fn strings_read_as_serde_reads_them_wherever_they_end(
+            text in "[a-z\"\\\u{1}\u{e9}\u{1F600} ]{0,40}",
+            pad in 0usize..20,
+            raw in proptest::option::of((0usize..48, proptest::sample::select(b"\x01\"\\a".to_vec()))),
+        ) {
+            let mut json = serde_json::to_vec(&text).expect("serializable");
+            if let Some((at, byte)) = raw {
+                let at = 1 + at % json.len().max(1);
+                json.insert(at.min(json.len() - 1), byte);
+            }
+            json.extend(std::iter::repeat_n(b' ', pad));
+            let want = serde_json::from_slice::<String>(&json).ok();
+            let mut s = Skim::new(&json);
+            let read = s.string().ok().filter(|_| s.at_end());
+            prop_assert_eq!(read, want.clone());
+            // A key reads the same wherever serde reads it as a plain ASCII key.
+            let mut obj = b"{".to_vec();
+            obj.extend_from_slice(&json[..json.len() - pad]);
+            obj.extend_from_slice(b":0}");
+            obj.extend(std::iter::repeat_n(b' ', pad));
+            let plain = want.filter(|k| k.is_ascii() && !json.contains(&b'\\'));
+            prop_assert_eq!(keys(std::str::from_utf8(&obj).unwrap_or("")).ok(), plain.map(|k| vec![k]));
         }
     }
 }

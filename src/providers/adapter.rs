@@ -132,8 +132,8 @@ pub trait Adapter: Sync {
     }
 
     /// The request body rewritten to ask for usage in its stream (`stream` and
-    /// `include_usage` are what the request said), when this format's streams state none unless
-    /// asked. None by default.
+    /// `include_usage` are what the request said, read from `body`: a stream's body is a JSON
+    /// object), when this format's streams state none unless asked. None by default.
     fn ask_stream_usage(&self, stream: bool, include_usage: bool, body: &[u8]) -> Option<Vec<u8>> {
         let _ = (stream, include_usage, body);
         None

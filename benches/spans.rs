@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
         model: Some("gpt-4o-mini".into()),
         stream: true,
         include_usage: true,
+        stream_options: true,
         max_tokens: Some(300),
         tools: Vec::new(),
         user: None,

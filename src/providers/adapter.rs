@@ -131,11 +131,17 @@ pub trait Adapter: Sync {
         None
     }
 
-    /// The request body rewritten to ask for usage in its stream (`stream` and
-    /// `include_usage` are what the request said, read from `body`: a stream's body is a JSON
-    /// object), when this format's streams state none unless asked. None by default.
-    fn ask_stream_usage(&self, stream: bool, include_usage: bool, body: &[u8]) -> Option<Vec<u8>> {
-        let _ = (stream, include_usage, body);
+    /// The request body rewritten to ask for usage in its stream, when this format's streams
+    /// state none unless asked. What the request said, read from `body` (a JSON object): it
+    /// asked for a stream (`stream`), and its root's `stream_options` (`None`: not there;
+    /// `Some(include_usage)`). None by default.
+    fn ask_stream_usage(
+        &self,
+        stream: bool,
+        stream_options: Option<bool>,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        let _ = (stream, stream_options, body);
         None
     }
 

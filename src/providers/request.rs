@@ -32,6 +32,9 @@ pub struct RequestFacts {
     pub stream: bool,
     /// The request asked for usage in the stream (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// The body names `stream_options` at its root, whatever its value (`null` included), its
+    /// key read as serde_json reads keys (escapes too).
+    pub stream_options: bool,
     /// Output cap the request set (`max_tokens`, `max_completion_tokens`, `max_output_tokens`,
     /// Gemini `generationConfig.maxOutputTokens`, Ollama `options.num_predict`).
     pub max_tokens: Option<u64>,
@@ -49,8 +52,9 @@ struct Body<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
+    /// Outer `Some`: the key is there (`null` reads as `Some(None)`).
+    #[serde(default, deserialize_with = "present")]
+    stream_options: Option<Option<StreamOptions>>,
     #[serde(default)]
     max_tokens: Option<u64>,
     #[serde(default)]
@@ -85,6 +89,16 @@ struct GenerationConfig {
 struct OllamaOptions {
     #[serde(default)]
     num_predict: Option<u64>,
+}
+
+/// A member that is there, whatever its value: with `#[serde(default)]`, a missing key stays
+/// `None` and a present one (`null` too) is `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -199,9 +213,10 @@ fn facts(
     let adapter = format.adapter();
     let model = adapter.requested_model(path, parsed.and_then(|b| b.model.as_deref()));
     let stream = adapter.requested_stream(path, query, parsed.and_then(|b| b.stream));
+    let stream_options = parsed.is_some_and(|b| b.stream_options.is_some());
     let include_usage = parsed
         .and_then(|b| b.stream_options.as_ref())
-        .and_then(|o| o.include_usage)
+        .and_then(|o| o.as_ref()?.include_usage)
         .unwrap_or(false);
     let max_tokens = parsed.and_then(|b| {
         b.max_tokens
@@ -232,6 +247,7 @@ fn facts(
         model,
         stream,
         include_usage,
+        stream_options,
         max_tokens,
         tools,
         user,
@@ -241,10 +257,11 @@ fn facts(
 /// The request rewritten to ask for usage in its stream, when it is a stream that states none
 /// unless asked (an OpenAI chat stream without `stream_options.include_usage`).
 pub fn ask_stream_usage(facts: &RequestFacts, body: &[u8]) -> Option<Vec<u8>> {
+    let stream_options = facts.stream_options.then_some(facts.include_usage);
     facts
         .format
         .adapter()
-        .ask_stream_usage(facts.stream, facts.include_usage, body)
+        .ask_stream_usage(facts.stream, stream_options, body)
 }
 
 /// Estimated input tokens of a request body in `format`: its text (messages, system prompt,
@@ -359,6 +376,58 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.model.as_deref(), Some("prod-gpt4"));
+    }
+
+    /// What asking a stream for usage gave when it parsed every body into a `Value`: the
+    /// field inserted as text unless the root names `stream_options`, else set in the parsed
+    /// body.
+    fn parsing_every_body(body: &[u8]) -> Option<Vec<u8>> {
+        let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        if let Some(so) = v.as_object_mut()?.get_mut("stream_options") {
+            if !so.is_object() {
+                *so = serde_json::json!({});
+            }
+            so.as_object_mut()?
+                .insert("include_usage".into(), serde_json::Value::Bool(true));
+            return serde_json::to_vec(&v).ok();
+        }
+        let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+        let sep: &[u8] = if v.as_object()?.is_empty() { b"" } else { b"," };
+        let field = br#""stream_options":{"include_usage":true}"#;
+        Some([&body[..=start], field, sep, &body[start + 1..]].concat())
+    }
+
+    #[test]
+    fn a_stream_is_asked_for_usage_as_when_every_body_was_parsed() {
+        for body in [
+            r#"{"stream":true}"#,
+            r#" {"stream":true, "messages":[]} "#,
+            // Named deeper (a tool's schema), or in text: not at the root.
+            r#"{"stream":true,"tools":[{"type":"function","function":{"name":"f","parameters":{"properties":{"stream_options":{"type":"object"}}}}}]}"#,
+            r#"{"messages":[{"role":"user","content":"set \"stream_options\": {} please"}],"stream":true}"#,
+            // At the root: null, empty, asking for no usage, its key escaped.
+            r#"{"stream":true, "stream_options" : null}"#,
+            r#"{"stream":true,"stream_options":{}}"#,
+            r#"{"a":{"stream_options":1},"stream_options":{"include_usage":false}}"#,
+            r#"{"stream":true,"stream\u005foptions":{"include_usage":false}}"#,
+        ] {
+            let path = "/v1/chat/completions";
+            let f = facts(path, None, body).unwrap();
+            let doc = Doc::parse(Bytes::from(body)).unwrap();
+            let class = classify(RouteProtocol::Auto, path);
+            assert_eq!(
+                inspect_doc(&class, path, None, &doc).as_ref(),
+                Some(&f),
+                "{body}"
+            );
+            if !f.stream {
+                continue;
+            }
+            let got = ask_stream_usage(&f, body.as_bytes());
+            assert_eq!(got, parsing_every_body(body.as_bytes()), "{body}");
+            let v: serde_json::Value = serde_json::from_slice(&got.unwrap_or_default()).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{body}");
+        }
     }
 
     #[test]

@@ -642,6 +642,7 @@ mod span_tests {
             model: model.map(String::from),
             stream: false,
             include_usage: false,
+            stream_options: false,
             max_tokens: None,
             tools: Vec::new(),
             user: None,

@@ -788,6 +788,7 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
         model,
         stream: false,
         include_usage: false,
+        stream_options: false,
         max_tokens: max_output,
         tools: Vec::new(),
         user: None,

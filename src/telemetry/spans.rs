@@ -519,6 +519,7 @@ mod tests {
             model: Some("gpt-4o".into()),
             stream,
             include_usage: stream,
+            stream_options: stream,
             max_tokens: Some(300),
             tools: Vec::new(),
             user: None,

@@ -94,9 +94,14 @@ impl Adapter for OpenAiChat {
         (None, "max_completion_tokens")
     }
 
-    fn ask_stream_usage(&self, stream: bool, include_usage: bool, body: &[u8]) -> Option<Vec<u8>> {
-        (stream && !include_usage)
-            .then(|| request::with_include_usage(body))
+    fn ask_stream_usage(
+        &self,
+        stream: bool,
+        stream_options: Option<bool>,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        (stream && stream_options != Some(true))
+            .then(|| request::with_include_usage(body, stream_options.is_some()))
             .flatten()
     }
 

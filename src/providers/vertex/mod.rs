@@ -81,8 +81,13 @@ macro_rules! same_body_as {
             $base.own_request_fields(body)
         }
 
-        fn ask_stream_usage(&self, stream: bool, include: bool, body: &[u8]) -> Option<Vec<u8>> {
-            $base.ask_stream_usage(stream, include, body)
+        fn ask_stream_usage(
+            &self,
+            stream: bool,
+            stream_options: Option<bool>,
+            body: &[u8],
+        ) -> Option<Vec<u8>> {
+            $base.ask_stream_usage(stream, stream_options, body)
         }
 
         fn declared_tools(&self, tools: Items<'_>) -> Vec<DeclaredTool> {

@@ -29,7 +29,6 @@ mod request;
 mod response;
 pub(super) mod tools;
 
-pub use request::with_include_usage;
 pub use response::Stream;
 
 use serde_json::{Map, Value};

@@ -281,6 +281,7 @@ pub fn estimate_input_doc(format: Format, doc: super::Node<'_>) -> u64 {
 mod tests {
     use super::*;
     use crate::providers::protocol::{classify, RouteProtocol};
+    use proptest::strategy::Strategy as _;
     use serde_json::json;
     use serde_json::Value;
 
@@ -427,6 +428,55 @@ mod tests {
             assert_eq!(got, parsing_every_body(body.as_bytes()), "{body}");
             let v: serde_json::Value = serde_json::from_slice(&got.unwrap_or_default()).unwrap();
             assert_eq!(v["stream_options"]["include_usage"], true, "{body}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Bodies of any shape whose keys spell `stream_options` (plain or escaped) at any
+        /// depth, written compact or spaced: asked for usage as when every body was parsed.
+        #[test]
+        fn any_stream_is_asked_for_usage_as_when_every_body_was_parsed(
+            members in proptest::collection::vec(
+                (
+                    "(stream_options|stream|messages|a)",
+                    proptest::prop_oneof![
+                        proptest::strategy::Just(json!(null)),
+                        proptest::strategy::Just(json!({})),
+                        proptest::strategy::Just(json!({"include_usage": false, "x": 1})),
+                        proptest::strategy::Just(json!([{"stream_options": {}}])),
+                        "[a-z\"\\ :]{0,12}".prop_map(Value::from),
+                    ],
+                ),
+                0..5,
+            ),
+            escaped in proptest::bool::ANY,
+            spaced in proptest::bool::ANY,
+        ) {
+            let mut obj = serde_json::Map::new();
+            for (k, v) in members {
+                obj.insert(k, v);
+            }
+            obj.insert("stream".into(), json!(true));
+            let mut body = if spaced {
+                serde_json::to_string_pretty(&Value::Object(obj)).unwrap_or_default()
+            } else {
+                serde_json::to_string(&Value::Object(obj)).unwrap_or_default()
+            };
+            if escaped {
+                body = body.replacen("\"stream_options\"", "\"stream\\u005foptions\"", 1);
+            }
+            let f = facts("/v1/chat/completions", None, &body).unwrap();
+            // A `stream_options` that is not an object (or `null`) fails the typed read: no
+            // stream is seen, and nothing asked, as before.
+            if !f.stream {
+                return Ok(());
+            }
+            let got = ask_stream_usage(&f, body.as_bytes());
+            proptest::prop_assert_eq!(&got, &parsing_every_body(body.as_bytes()), "{}", body);
+            if !f.include_usage {
+                let out: Value = serde_json::from_slice(&got.unwrap_or_default()).unwrap_or_default();
+                proptest::prop_assert_eq!(&out["stream_options"]["include_usage"], &json!(true));
+            }
         }
     }
 

@@ -53,7 +53,7 @@ struct Body<'a> {
     #[serde(default)]
     stream: Option<bool>,
     /// Outer `Some`: the key is there (`null` reads as `Some(None)`).
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "super::shape::present")]
     stream_options: Option<Option<StreamOptions>>,
     #[serde(default)]
     max_tokens: Option<u64>,
@@ -89,16 +89,6 @@ struct GenerationConfig {
 struct OllamaOptions {
     #[serde(default)]
     num_predict: Option<u64>,
-}
-
-/// A member that is there, whatever its value: with `#[serde(default)]`, a missing key stays
-/// `None` and a present one (`null` too) is `Some`.
-fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]

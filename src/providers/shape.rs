@@ -38,6 +38,17 @@ pub(super) fn azure_deployment(path: &str) -> Option<&str> {
     rest.split('/').next().filter(|d| !d.is_empty())
 }
 
+/// A member that is there, whatever its value: with `#[serde(default, deserialize_with =
+/// ...)]`, a missing key stays `None` and a present one (`null` too) is `Some` (a plain
+/// `Option` reads `null` as absent).
+pub(super) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// `value` unless it is empty.
 pub(super) fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())

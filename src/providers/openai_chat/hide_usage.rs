@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 
 use bytes::BytesMut;
 use memchr::memmem;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::sse::{self, raw};
@@ -22,13 +22,8 @@ use crate::sse::{self, raw};
 struct Members<'a> {
     #[serde(default, borrow)]
     choices: Option<&'a RawValue>,
-    #[serde(default, borrow, deserialize_with = "present")]
+    #[serde(default, borrow, deserialize_with = "crate::providers::shape::present")]
     usage: Option<&'a RawValue>,
-}
-
-/// A member that is present, `null` included (a plain `Option` would read `null` as absent).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// Copy one event's raw `span` (its decoded data is `data`) to `out`: dropped if it is the

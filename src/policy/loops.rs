@@ -25,7 +25,8 @@ const SWEEP_EVERY: u64 = 1024;
 /// Recent request hashes per session.
 #[derive(Debug, Default)]
 pub struct LoopTracker {
-    sessions: DashMap<Arc<str>, VecDeque<(u64, Instant)>>,
+    /// By session id (client-chosen): foldhash seeded at random per process.
+    sessions: DashMap<Arc<str>, VecDeque<(u64, Instant)>, foldhash::fast::RandomState>,
     calls: AtomicU64,
 }
 

@@ -109,7 +109,8 @@ pub struct AgentRules {
 /// Every agent's rules and the model catalog: what one config reload swaps in.
 #[derive(Debug)]
 pub struct PolicySet {
-    agents: HashMap<String, Arc<AgentRules>>,
+    /// Looked up twice a call by an agent name a header may carry: foldhash, seeded at random.
+    agents: HashMap<String, Arc<AgentRules>, foldhash::fast::RandomState>,
     fallback: Arc<AgentRules>,
     catalog: ModelCatalog,
     longest_loop_window: Duration,
@@ -287,7 +288,7 @@ impl AgentRules {
 impl PolicySet {
     /// Compile `agents:` and `models:`; the error is `(dotted key, message)`.
     pub fn from_config(config: &Config) -> Result<Self, (String, String)> {
-        let mut agents = HashMap::new();
+        let mut agents = HashMap::default();
         for (name, p) in &config.agents {
             let rules =
                 AgentRules::new(p).map_err(|(k, msg)| (format!("agents.{name}.{k}"), msg))?;
@@ -313,7 +314,7 @@ impl PolicySet {
     /// No agent entries, built-in model catalog, default rules for everyone.
     pub fn empty() -> Self {
         Self {
-            agents: HashMap::new(),
+            agents: HashMap::default(),
             fallback: Arc::new(AgentRules::defaults()),
             catalog: ModelCatalog::new(&Default::default()),
             longest_loop_window: LoopDetection::default().window,

@@ -5,8 +5,9 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-/// Headers that never cross the proxy, whatever `Connection` says.
-const FIXED: [HeaderName; 6] = [
+/// Headers that never cross the proxy, whatever `Connection` says. A `static`: a `const` array
+/// was built and dropped again at every use (each name of every message).
+static FIXED: [HeaderName; 6] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -19,10 +20,7 @@ const FIXED: [HeaderName; 6] = [
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none (only a chunked body's `Transfer-Encoding`, often): one walk of
     // the few names decides, where a removal per fixed name hashed each.
-    if !headers
-        .keys()
-        .any(|k| FIXED.contains(k) || is_proxy_header(k))
-    {
+    if !headers.keys().any(|k| is_hop(k) || is_proxy_header(k)) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
@@ -51,6 +49,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
+}
+
+/// One of [`FIXED`]: decided on the name's text by length and bytes, where comparing it with
+/// six `HeaderName`s took a comparison of each.
+fn is_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "keep-alive"
+    )
 }
 
 fn is_proxy_header(name: &HeaderName) -> bool {
@@ -84,5 +91,26 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         left.sort();
         assert_eq!(left, ["authorization", "content-type", "x-api-key"]);
+    }
+
+    #[test]
+    fn each_fixed_header_alone_is_stripped_and_nothing_else() {
+        for name in &FIXED {
+            assert!(is_hop(name), "{name}");
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert("x-request-id", HeaderValue::from_static("r"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.keys().collect::<Vec<_>>(), ["x-request-id"], "{name}");
+        }
+        for name in [
+            "content-length",
+            "teapot",
+            "keep-alive-x",
+            "trailers",
+            "x-upgrade",
+        ] {
+            assert!(!is_hop(&HeaderName::from_static(name)), "{name}");
+        }
     }
 }

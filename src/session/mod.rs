@@ -46,6 +46,9 @@ impl SessionSource {
     }
 }
 
+/// W3C `baggage`, named once: a `&str` name is parsed and checked again at every lookup.
+static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+
 /// The first of `names` present and not blank in `headers` (trimmed), else the W3C `baggage`
 /// member `key`: how sessions and tasks name themselves.
 pub fn explicit_id(headers: &HeaderMap, names: &[HeaderName], key: &str) -> Option<String> {
@@ -61,7 +64,7 @@ pub fn explicit_id(headers: &HeaderMap, names: &[HeaderName], key: &str) -> Opti
         })
         .or_else(|| {
             headers
-                .get_all("baggage")
+                .get_all(&BAGGAGE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .find_map(|v| baggage::get(v, key))

@@ -22,7 +22,9 @@ use crate::telemetry::metrics as m;
 /// Live sessions by id.
 #[derive(Debug)]
 pub struct Sessions {
-    live: DashMap<Arc<str>, Entry>,
+    /// Keyed by ids clients choose: foldhash seeded at random per process (SipHash cost
+    /// more than the rest of a lookup).
+    live: DashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
     idle: Duration,
 }
 
@@ -51,7 +53,7 @@ impl Sessions {
     /// Sessions that end after `idle` without a call.
     pub fn new(idle: Duration) -> Self {
         Self {
-            live: DashMap::new(),
+            live: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             idle,
         }
     }

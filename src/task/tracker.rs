@@ -21,7 +21,9 @@ use crate::telemetry::metrics as m;
 /// Live tasks by id.
 #[derive(Debug)]
 pub struct Tasks {
-    live: DashMap<Arc<str>, Entry>,
+    /// Keyed by ids clients choose: foldhash seeded at random per process (SipHash cost
+    /// more than the rest of a lookup).
+    live: DashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
     idle: Duration,
     max: usize,
 }
@@ -89,7 +91,7 @@ impl Tasks {
     /// Tasks that end after `idle` without a call; at most `max` tracked at once.
     pub fn new(idle: Duration, max: usize) -> Self {
         Self {
-            live: DashMap::new(),
+            live: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             idle,
             max,
         }

@@ -110,7 +110,11 @@ impl MemoryStore {
         g.last = g.last.max(now);
         let mut out = Vec::with_capacity(charges.len());
         for ch in charges {
-            let mut c = g.counters.get(ch.counter.as_ref()).copied().unwrap_or_default();
+            let mut c = g
+                .counters
+                .get(ch.counter.as_ref())
+                .copied()
+                .unwrap_or_default();
             if c.start == ch.start {
                 c.reserved = c.reserved.saturating_sub(ch.granted);
             } else {

@@ -112,15 +112,18 @@ pub(super) fn cap_added_text(
     let (None, key) = field else {
         return None;
     };
-    let root = doc.root();
-    let mut members = root.entries()?;
-    let empty = members.next().is_none();
-    if CAP_FIELDS.iter().any(|k| root.get(k).is_some())
-        || NESTED_CAP_FIELDS
-            .iter()
-            .any(|(o, i)| root.get(o).and_then(|o| o.get(i)).is_some())
-    {
-        return None;
+    // One walk of the root's members (a lookup per field walked them five times).
+    let mut empty = true;
+    for (k, v) in doc.root().entries()? {
+        empty = false;
+        if CAP_FIELDS.contains(&k) {
+            return None;
+        }
+        if let Some((_, inner)) = NESTED_CAP_FIELDS.iter().find(|(outer, _)| *outer == k) {
+            if v.get(inner).is_some() {
+                return None;
+            }
+        }
     }
     // The document's text is one JSON object: its first byte past whitespace opens it.
     let text = doc.bytes();

@@ -182,10 +182,11 @@ mod slot {
     pub const COUNT: usize = COST + 1;
 }
 
-/// A resolved handle, and for histograms with exemplars the key they are kept under.
+/// A resolved handle, and for histograms with exemplars where they are kept (so a recording
+/// locks that series only, with no lookup by key).
 enum Handle {
     Counter(Counter),
-    Histogram(Histogram, Key),
+    Histogram(Histogram, Option<Arc<exemplars::Series>>),
 }
 
 /// The handles of one label set, each resolved on first use.
@@ -275,22 +276,26 @@ impl CallSeries {
             Observed::Cost => Some(slot::COST),
         };
         let cell = self.cell(index);
-        if let Some(Handle::Histogram(h, key)) = cell.and_then(OnceLock::get) {
-            if let Some(ids) = trace {
-                exemplars::record(key, value, ids);
+        if let Some(Handle::Histogram(h, kept)) = cell.and_then(OnceLock::get) {
+            if let (Some(ids), Some(series)) = (trace, kept) {
+                series.record(value, ids);
             }
             return h.record(value);
         }
         let key = self.histogram_key(what);
-        if let Some(ids) = trace {
-            exemplars::record(&key, value, ids);
+        // Resolved when there is an exemplar to keep, or a handle to keep it with.
+        let kept = (trace.is_some() || cell.is_some())
+            .then(|| exemplars::series(&key))
+            .flatten();
+        if let (Some(ids), Some(series)) = (trace, &kept) {
+            series.record(value, ids);
         }
         match (cell, m::recorder()) {
             (Some(cell), Some(recorder)) => {
                 let (h, admitted) = recorder.histogram(&key, &META);
                 h.record(value);
                 if admitted {
-                    let _ = cell.set(Handle::Histogram(h, key));
+                    let _ = cell.set(Handle::Histogram(h, kept));
                 }
             }
             _ => metrics::with_recorder(|r| r.register_histogram(&key, &META)).record(value),
@@ -507,6 +512,44 @@ mod tests {
         ] {
             assert!(model.contains(&want.as_str()), "{want} in {model:#?}");
         }
+    }
+
+    #[test]
+    fn a_kept_histogram_keeps_each_calls_exemplar_in_its_bucket() {
+        let handle = m::install();
+        let base = labels("cs-exemplar-route");
+        let (req, resp) = (Arc::from("cs-ex-model"), Arc::from("cs-ex-model"));
+        let trace = |t: u128, s: u64| Some((TraceId::from(t), SpanId::from(s)));
+        let duration = Observed::Duration {
+            inference: true,
+            error: None,
+        };
+        // The first call resolves and keeps the handle, the later ones record through it.
+        for (t, s, secs) in [(0xa1, 0xb1, 0.5), (0xa2, 0xb2, 0.5), (0xa3, 0xb3, 30.0)] {
+            let series = CallSeries::new(&base, Some((&req, &resp)));
+            assert!(series.slots.is_some(), "the set is kept");
+            series.record(duration, secs, trace(t, s));
+            series.record(duration, secs, None);
+        }
+        let text = exemplars::openmetrics(&handle.render());
+        let buckets: Vec<&str> = lines(&text, "cs-ex-model")
+            .into_iter()
+            .filter(|l| {
+                l.starts_with("gen_ai_client_inference_duration_seconds_bucket")
+                    && l.contains(" # {")
+            })
+            .collect();
+        let (small, large) = (format!("{:032x}", 0xa2), format!("{:032x}", 0xa3));
+        assert!(
+            buckets
+                .iter()
+                .any(|l| l.contains("le=\"0.64\"") && l.contains(&small)),
+            "the later call's exemplar in 0.5 s's bucket: {buckets:#?}"
+        );
+        assert!(
+            buckets.iter().any(|l| l.contains(&large)) && !text.contains(&format!("{:032x}", 0xa1)),
+            "the newest exemplar of each bucket only: {buckets:#?}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hashbrown::hash_table::{Entry, HashTable};
@@ -43,13 +43,47 @@ struct Slots {
     slots: Vec<Option<Exemplar>>,
 }
 
+/// The exemplars of one histogram series, shared by the store and whoever records into the
+/// series often ([`CallSeries`](super::call_series::CallSeries) keeps it with the histogram's
+/// handle): a recording then locks only its series, with no lookup in the store.
+pub struct Series(Mutex<Slots>);
+
+impl Series {
+    /// Keep `(trace_id, span_id)` as the exemplar of the bucket `value` falls in.
+    pub fn record(&self, value: f64, ids: (TraceId, SpanId)) {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = s
+            .bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(s.bounds.len());
+        if let Some(cell) = s.slots.get_mut(slot) {
+            *cell = Some(Exemplar {
+                trace_id: ids.0,
+                span_id: ids.1,
+                value,
+                at,
+            });
+        }
+    }
+
+    fn slots(&self) -> Slots {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The histogram's key (as recorded: name and labels) with its slots, per metric the count of
-/// series. Found by the hash the `metrics` key computed when it was built: a recording costs one
-/// lookup, and the text form of the key is made only when a scrape or an export reads the store
-/// ([`Index`]).
+/// series. Found by the hash the `metrics` key computed when it was built, and the text form of
+/// the key is made only when a scrape or an export reads the store ([`Index`]).
 #[derive(Default)]
 struct Store {
-    series: HashTable<(Key, Slots)>,
+    series: HashTable<(Key, Arc<Series>)>,
     per_metric: HashMap<String, usize>,
 }
 
@@ -62,49 +96,40 @@ fn store() -> &'static Mutex<Store> {
 /// Keep `(trace_id, span_id)` as the exemplar of the bucket `value` falls in, in the series of
 /// histogram `key` (its name and the labels it was recorded with).
 pub fn record(key: &Key, value: f64, ids: (TraceId, SpanId)) {
-    let Some(bounds) = super::metrics::buckets_of(key.name()) else {
-        return;
-    };
-    let at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let slot = bounds
-        .iter()
-        .position(|b| value <= *b)
-        .unwrap_or(bounds.len());
-    let exemplar = Exemplar {
-        trace_id: ids.0,
-        span_id: ids.1,
-        value,
-        at,
-    };
-    let Ok(mut store) = store().lock() else {
-        return;
-    };
+    if let Some(s) = series(key) {
+        s.record(value, ids);
+    }
+}
+
+/// The exemplars of histogram `key`'s series, kept from now on if new; `None` for a histogram
+/// without exemplars, or past the metric's series bound (the exporter folds those labels into
+/// `other`: no exemplar would match).
+pub fn series(key: &Key) -> Option<Arc<Series>> {
+    let bounds = super::metrics::buckets_of(key.name())?;
+    let mut store = store().lock().ok()?;
     let store = &mut *store;
     let hash = key.get_hash();
     let vacant = match store
         .series
         .entry(hash, |(k, _)| same_key(k, key), |(k, _)| k.get_hash())
     {
-        Entry::Occupied(mut o) => {
-            o.get_mut().1.slots[slot] = Some(exemplar);
-            return;
-        }
+        Entry::Occupied(o) => return Some(o.get().1.clone()),
         Entry::Vacant(v) => v,
     };
     let n = match store.per_metric.get_mut(key.name()) {
         Some(n) => n,
         None => store.per_metric.entry(key.name().to_string()).or_insert(0),
     };
-    // Past the series bound the exporter folds labels into `other`: no exemplar to match.
     if *n >= super::series::max_series() {
-        return;
+        return None;
     }
     *n += 1;
-    let mut slots = vec![None; bounds.len() + 1];
-    slots[slot] = Some(exemplar);
-    vacant.insert((key.clone(), Slots { bounds, slots }));
+    let series = Arc::new(Series(Mutex::new(Slots {
+        bounds,
+        slots: vec![None; bounds.len() + 1],
+    })));
+    vacant.insert((key.clone(), series.clone()));
+    Some(series)
 }
 
 /// The exemplars kept when it was taken, by series key as the text format writes it
@@ -126,7 +151,7 @@ pub fn index() -> Index {
             let mut sorted: Vec<(&str, &str)> =
                 escaped.iter().map(|(k, v)| (*k, v.as_str())).collect();
             sorted.sort_unstable();
-            (series_key(key.name(), sorted.into_iter()), slots.clone())
+            (series_key(key.name(), sorted.into_iter()), slots.slots())
         })
         .collect();
     Index(series)

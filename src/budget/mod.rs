@@ -28,12 +28,13 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, Key, Label};
 
 use crate::config::{
     Config, LifetimeRefusal, LimitAction, LimitScope, OnStoreUnreachable, StoreKind,
 };
 use crate::providers::{Format, ModelUsage, Usage};
+use crate::telemetry::handles::Handles;
 use crate::telemetry::metrics as m;
 
 use limits::{group_key, Limit, Unit, SCOPES, SESSION_PREFIX, TASK_PREFIX};
@@ -84,6 +85,10 @@ pub struct Budgets {
     slices: Option<slices::Slices>,
     /// The scopes drawn on through slices.
     leased_scopes: Vec<LimitScope>,
+    /// `tokenwarden_budget_used_ratio` by agent (`None`: the global scope's series).
+    ratio_gauges: Handles<Option<Arc<str>>, metrics::Gauge>,
+    /// `tokenwarden_cost_usd_total` by (agent, model).
+    cost_gauges: Handles<(Arc<str>, Arc<str>), metrics::Gauge>,
 }
 
 /// The budget service could not be built.
@@ -422,6 +427,8 @@ impl Budgets {
             in_flight_settles: AtomicUsize::new(0),
             settling: tokio::sync::Notify::new(),
             leases: DashMap::new(),
+            ratio_gauges: Handles::default(),
+            cost_gauges: Handles::default(),
             lease_ttl: b.store.reservation_lease,
             session_retention: b.session_retention,
             task_retention: b.task_retention,
@@ -1081,14 +1088,21 @@ impl Budgets {
     /// `tokenwarden_budget_used_ratio` for agent and global scopes.
     fn ratio(&self, l: &Limit, agent: &Arc<str>, used: u64) {
         let ratio = used as f64 / l.amount.max(1) as f64;
+        let key = |scope: &'static str, agent: Arc<str>| {
+            Key::from_parts(
+                m::BUDGET_USED_RATIO,
+                vec![Label::new("scope", scope), Label::new("agent", agent)],
+            )
+        };
         match l.scope {
-            LimitScope::Agent => {
-                gauge!(m::BUDGET_USED_RATIO, "scope" => "agent", "agent" => agent.clone())
-                    .set(ratio)
-            }
-            LimitScope::Global => {
-                gauge!(m::BUDGET_USED_RATIO, "scope" => "global", "agent" => "all").set(ratio)
-            }
+            LimitScope::Agent => self
+                .ratio_gauges
+                .gauge(&Some(agent.clone()), || key("agent", agent.clone()))
+                .set(ratio),
+            LimitScope::Global => self
+                .ratio_gauges
+                .gauge(&None, || key("global", Arc::from("all")))
+                .set(ratio),
             // Per-instance scopes: an id is never a label.
             LimitScope::Session | LimitScope::Task => {}
         }
@@ -1418,7 +1432,17 @@ impl Admission {
             if part > 0 {
                 // The metrics facade's counters are integers: a float gauge that only ever grows
                 // carries USD exactly enough and behaves as a counter for rate() and increase().
-                gauge!(m::COST_USD_TOTAL, "agent" => self.facts.agent.clone(), "model" => label)
+                let agent = &self.facts.agent;
+                b.cost_gauges
+                    .gauge(&(agent.clone(), label.clone()), || {
+                        Key::from_parts(
+                            m::COST_USD_TOTAL,
+                            vec![
+                                Label::new("agent", agent.clone()),
+                                Label::new("model", label),
+                            ],
+                        )
+                    })
                     .increment(part as f64 / limits::NANO_PER_USD);
             }
         }

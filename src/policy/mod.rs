@@ -35,12 +35,12 @@ pub use tools::ToolRules;
 pub use validate::{check_calls, Finding};
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use metrics::{counter, histogram};
+use metrics::{counter, Counter, Histogram, Key, Label};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -52,6 +52,7 @@ use crate::providers::doc::DocError;
 use crate::providers::request::{DeclaredTool, RequestFacts};
 use crate::providers::{Capped, Doc, Node, ToolCall, ToolResult};
 use crate::record::{CallLabels, Operation, PolicyViolation};
+use crate::telemetry::handles::Handles;
 use crate::telemetry::labels::Labels;
 use crate::telemetry::metrics as m;
 
@@ -196,8 +197,33 @@ pub struct Review {
 }
 
 fn count(agent: &Arc<str>, policy: PolicyViolation) {
-    counter!(m::POLICY_VIOLATIONS_TOTAL, "agent" => agent.clone(), "policy" => policy.as_str())
+    // Counted on every call an agent's rules flag (a `max_tokens` cap added, say).
+    static COUNTERS: LazyLock<Handles<(Arc<str>, PolicyViolation), Counter>> =
+        LazyLock::new(Handles::default);
+    COUNTERS
+        .counter(&(agent.clone(), policy), || {
+            Key::from_parts(
+                m::POLICY_VIOLATIONS_TOTAL,
+                vec![
+                    Label::new("agent", agent.clone()),
+                    Label::new("policy", policy.as_str()),
+                ],
+            )
+        })
         .increment(1);
+}
+
+/// `tokenwarden_context_utilization_ratio{model}`: one sample per call with a known window.
+fn context_sample(model: Arc<str>, ratio: f64) {
+    static HISTOGRAMS: LazyLock<Handles<Arc<str>, Histogram>> = LazyLock::new(Handles::default);
+    HISTOGRAMS
+        .histogram(&model, || {
+            Key::from_parts(
+                m::CONTEXT_UTILIZATION_RATIO,
+                vec![Label::new("model", model.clone())],
+            )
+        })
+        .record(ratio);
 }
 
 /// A refusal by `policy`: the violations noted so far and the refusing one are counted now (a
@@ -601,8 +627,7 @@ impl Policies {
                 if input.saturating_add(output) > window {
                     if rules.context_window_action == Enforcement::Block {
                         // The measurement is what this refusal is about: recorded with it.
-                        histogram!(m::CONTEXT_UTILIZATION_RATIO, "model" => sample.0)
-                            .record(sample.1);
+                        context_sample(sample.0, sample.1);
                         let msg = format!(
                             "about {input} input tokens plus {output} output tokens do not fit the {window}-token context window of '{model}'"
                         );
@@ -649,7 +674,7 @@ impl Policies {
             .increment(1);
         }
         if let Some((model, ratio)) = p.context {
-            histogram!(m::CONTEXT_UTILIZATION_RATIO, "model" => model).record(ratio);
+            context_sample(model, ratio);
         }
     }
 

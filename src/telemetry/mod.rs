@@ -6,6 +6,7 @@
 pub mod call_series;
 pub mod content;
 pub mod exemplars;
+pub mod handles;
 pub mod labels;
 pub mod logging;
 pub mod mcp;

@@ -185,6 +185,15 @@ impl<R: Recorder> SeriesCap<R> {
         })
     }
 
+    /// `key`'s gauge, and whether it was admitted unfolded (as [`Self::counter`]).
+    pub fn gauge(&self, key: &Key, metadata: &Metadata<'_>) -> (Gauge, bool) {
+        cached(&self.gauges, key, || {
+            let admitted = self.admit(key);
+            let h = self.inner.register_gauge(&admitted, metadata);
+            (h, matches!(admitted, Cow::Borrowed(_)))
+        })
+    }
+
     /// `key`'s histogram, and whether it was admitted unfolded (as [`Self::counter`]).
     pub fn histogram(&self, key: &Key, metadata: &Metadata<'_>) -> (Histogram, bool) {
         cached(&self.histograms, key, || {
@@ -268,12 +277,7 @@ impl<R: Recorder> Recorder for SeriesCap<R> {
     }
 
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        cached(&self.gauges, key, || {
-            let admitted = self.admit(key);
-            let h = self.inner.register_gauge(&admitted, metadata);
-            (h, matches!(admitted, Cow::Borrowed(_)))
-        })
-        .0
+        self.gauge(key, metadata).0
     }
 
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {

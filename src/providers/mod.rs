@@ -22,6 +22,7 @@ pub mod openai_realtime;
 pub mod openai_responses;
 mod parser;
 pub mod protocol;
+mod recurring;
 mod registry;
 pub mod request;
 mod shape;

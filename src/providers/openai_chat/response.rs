@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::providers::recurring::Recurring;
 use crate::providers::shape::{json_key, set_once, CacheCreation, ErrorObj};
 use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
 
@@ -16,6 +17,8 @@ pub struct Stream {
     pub(crate) record: ResponseRecord,
     calls: Vec<(u32, u32, ToolCall)>,
     finish: BTreeMap<u32, String>,
+    /// The last text-only verdict, for the chunks that repeat its chunk but for the text.
+    text_only: Recurring<bool>,
 }
 
 #[derive(Deserialize)]
@@ -291,8 +294,12 @@ impl Stream {
             return Some(false);
         }
         if self.record.model.is_some() {
+            if let Some(output) = self.text_only.get(data) {
+                return Some(output);
+            }
             if let Some(output) = text_only(data) {
                 // The common chunk: a text delta and nothing else we account. Skip the parse.
+                self.text_only.keep(data, output);
                 return Some(output);
             }
         }
@@ -402,7 +409,9 @@ fn add_fragment(
 /// For a chunk that carries no usage, tool call, finish reason or error at any depth (only
 /// text, if anything): whether it carries text. `None` for any other chunk, which is parsed.
 /// Every occurrence of a key counts, not only the first: a chunk of several choices may close
-/// one while another still streams.
+/// one while another still streams. Its verdict is reused for chunks that differ only in their
+/// strings ([`Recurring`]): it must keep reading only what that allows — keys found by search,
+/// the first bytes of their values.
 fn text_only(data: &[u8]) -> Option<bool> {
     use crate::providers::shape::{any_value, any_value_where};
     let set = |k| any_value(data, k, |b| b != b'n');

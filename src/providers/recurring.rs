@@ -1,0 +1,357 @@
+//! [`Recurring`]: a stream event's verdict kept for the events after it that differ from it only
+//! in what their string values say.
+//!
+//! Most of a chat stream is one chunk sent again and again with another piece of text (and,
+//! from OpenAI, another `obfuscation` padding): `{"id":"…","object":"chat.completion.chunk",
+//! …,"choices":[{"index":0,"delta":{"content":"…"},…}],"obfuscation":"…"}`. Deciding that such
+//! a chunk carries only text took nine key searches of it (~1,500 instructions, two thirds of an
+//! event's accounting). So the event a verdict was made on is kept as a template — its bytes
+//! with each value string's contents cut out — and an event that has the same bytes outside its
+//! value strings, each string empty where the template's was, gets the same verdict after a few
+//! comparisons.
+//!
+//! Sound for verdicts that read an event the way [`any_value`](super::shape::any_value) does:
+//! find `"key"` followed by `:` anywhere, then look at most at the value's first two bytes
+//! (which byte it starts with; for a string, whether it is empty). Within a value string's
+//! contents every quote is escaped — preceded by a backslash — so no `"key"` begins or ends
+//! there (a key's closing quote follows a letter); the only match that can touch the contents
+//! is a whole string equal to `"key"`, and a value string is followed by `,`, `}` or `]` (the
+//! template requires it), never by the `:` that makes a match count. Matches elsewhere lie in
+//! bytes the two events share, and what they read past a match is shared too, but for a value
+//! string's emptiness, which must agree. Keys and strings inside arrays are kept as bytes.
+
+use memchr::{memchr, memchr2};
+
+/// Largest event kept as a template: chunks are a few hundred bytes; the bound keeps what a
+/// stream holds flat whatever it sends.
+const MAX_TEMPLATE: usize = 4096;
+
+/// Templates in a row that the next event did not fit, after which a stream keeps none (a
+/// server whose numbers change every event would otherwise pay for a template per event).
+const MAX_MISSES: u8 = 4;
+
+/// The verdict of the last event kept as a template, for the events that fit it.
+#[derive(Debug)]
+pub(crate) struct Recurring<T> {
+    kept: Option<(Template, T)>,
+    misses: u8,
+}
+
+impl<T> Default for Recurring<T> {
+    fn default() -> Self {
+        Self {
+            kept: None,
+            misses: 0,
+        }
+    }
+}
+
+impl<T: Copy> Recurring<T> {
+    /// The verdict kept, when `data` fits its template.
+    pub(crate) fn get(&mut self, data: &[u8]) -> Option<T> {
+        let (template, verdict) = self.kept.as_ref()?;
+        let fits = template.fits(data);
+        if fits {
+            self.misses = 0;
+        }
+        fits.then_some(*verdict)
+    }
+
+    /// Keep `verdict`, made on `data` (which did not fit the template kept, if any), for the
+    /// events that fit it.
+    pub(crate) fn keep(&mut self, data: &[u8], verdict: T) {
+        if self.kept.is_some() {
+            self.misses = self.misses.saturating_add(1);
+        }
+        self.kept = if self.misses < MAX_MISSES {
+            Template::of(data).map(|t| (t, verdict))
+        } else {
+            None
+        };
+    }
+}
+
+/// An event's bytes with each value string's contents cut out.
+#[derive(Debug)]
+struct Template {
+    /// The bytes, each value string's quotes kept.
+    fixed: Vec<u8>,
+    /// Per value string: where its contents were in `fixed` (just past its opening quote), and
+    /// whether they were empty.
+    holes: Vec<(u32, bool)>,
+}
+
+impl Template {
+    /// The template of `data`; `None` for an event too large, with a string left open, or with
+    /// a value string not followed by `,`, `}` or `]`.
+    fn of(data: &[u8]) -> Option<Self> {
+        if data.len() > MAX_TEMPLATE {
+            return None;
+        }
+        let mut fixed = Vec::with_capacity(data.len());
+        let mut holes = Vec::new();
+        // Outside any string from `pos`; `data[copied..]` not yet in `fixed`.
+        let (mut pos, mut copied) = (0, 0);
+        while let Some(off) = memchr(b'"', &data[pos..]) {
+            let open = pos + off;
+            let close = string_end(data, open + 1)?;
+            let before = data[..open].iter().rev().find(|b| !is_space(**b));
+            if before == Some(&b':') {
+                let after = data[close + 1..].iter().find(|b| !is_space(**b));
+                if !matches!(after, Some(b',' | b'}' | b']')) {
+                    return None;
+                }
+                fixed.extend_from_slice(&data[copied..=open]);
+                holes.push((u32::try_from(fixed.len()).ok()?, close == open + 1));
+                // The closing quote begins the next run of kept bytes.
+                copied = close;
+            }
+            pos = close + 1;
+        }
+        fixed.extend_from_slice(&data[copied..]);
+        Some(Self { fixed, holes })
+    }
+
+    /// Whether `data` is this template's bytes with value strings of the same emptiness.
+    fn fits(&self, data: &[u8]) -> bool {
+        let (mut at, mut from) = (0, 0);
+        for &(hole, empty) in &self.holes {
+            let Some(run) = self.fixed.get(from..hole as usize) else {
+                return false;
+            };
+            if data.get(at..at + run.len()) != Some(run) {
+                return false;
+            }
+            at += run.len();
+            let Some(close) = string_end(data, at) else {
+                return false;
+            };
+            if (close == at) != empty {
+                return false;
+            }
+            (at, from) = (close, hole as usize);
+        }
+        data.get(at..) == self.fixed.get(from..)
+    }
+}
+
+/// The index of the quote closing the string whose contents start at `i` (a backslash escapes
+/// the byte after it).
+fn string_end(data: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let at = i + memchr2(b'"', b'\\', data.get(i..)?)?;
+        if data[at] == b'"' {
+            return Some(at);
+        }
+        i = at + 2;
+    }
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn template(data: &str) -> Template {
+        Template::of(data.as_bytes()).expect("a template")
+    }
+
+    #[test]
+    fn events_differing_in_value_strings_fit_and_in_anything_else_do_not() {
+        let t = template(
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}],"obfuscation":"x9"}"#,
+        );
+        assert_eq!(t.holes.len(), 3);
+        for fits in [
+            r#"{"id":"c2","choices":[{"index":0,"delta":{"content":"lo, \"world\"\\"},"finish_reason":null}],"obfuscation":"abcdef"}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"usage"},"finish_reason":null}],"obfuscation":"\"tool_calls\":["}"#,
+        ] {
+            assert!(t.fits(fits.as_bytes()), "{fits}");
+        }
+        for other in [
+            // An empty string where the template's was not.
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":""},"finish_reason":null}],"obfuscation":"x9"}"#,
+            // A number, a key, a value's kind, the end.
+            r#"{"id":"c1","choices":[{"index":1,"delta":{"content":"Hel"},"finish_reason":null}],"obfuscation":"x9"}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"refusal":"Hel"},"finish_reason":null}],"obfuscation":"x9"}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":"stop"}],"obfuscation":"x9"}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}],"obfuscation":"x9"} "#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}],"obfuscation":"x9"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel\"},"finish_reason":null}],"obfuscation":"x9"}"#,
+        ] {
+            assert!(!t.fits(other.as_bytes()), "{other}");
+        }
+    }
+
+    #[test]
+    fn keys_and_array_strings_are_kept_as_bytes() {
+        let t = template(r#"{"a":["x","y"],"b":"z"}"#);
+        assert_eq!(t.holes.len(), 1, "only b's value");
+        assert!(t.fits(br#"{"a":["x","y"],"b":"other"}"#));
+        assert!(!t.fits(br#"{"a":["x","w"],"b":"z"}"#));
+        assert!(!t.fits(br#"{"c":["x","y"],"b":"z"}"#));
+    }
+
+    #[test]
+    fn events_no_template_can_stand_for() {
+        for data in [
+            r#"{"a":"open"#,
+            // A value string followed by what could make a key of it.
+            r#"{"a":"usage":1}"#,
+            r#"{"a":"b" "c"}"#,
+        ] {
+            assert!(Template::of(data.as_bytes()).is_none(), "{data}");
+        }
+        assert!(Template::of(&vec![b' '; MAX_TEMPLATE + 1]).is_none());
+    }
+
+    #[test]
+    fn a_stream_whose_events_never_recur_stops_keeping_templates() {
+        let mut r = Recurring::default();
+        for n in 0..10 {
+            let data = format!(r#"{{"n":{n},"s":"x"}}"#);
+            assert_eq!(r.get(data.as_bytes()), None);
+            r.keep(data.as_bytes(), n);
+        }
+        assert!(r.kept.is_none(), "given up after {MAX_MISSES} misses");
+        let mut r = Recurring::default();
+        r.keep(br#"{"s":"a"}"#, 1);
+        for n in 0..10 {
+            let other = format!(r#"{{"n":{n}}}"#);
+            assert_eq!(r.get(other.as_bytes()), None);
+            r.keep(other.as_bytes(), 2);
+            assert_eq!(r.get(other.as_bytes()), Some(2), "a fit resets the misses");
+        }
+    }
+
+    /// Strings as JSON writes them, with escapes and key-like text inside.
+    fn contents() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("\\\"".to_string()),
+                Just("\\\\".to_string()),
+                Just("usage".to_string()),
+                Just("\\\"usage\\\":{".to_string()),
+                Just("\\\"content\\\":\\\"x".to_string()),
+                Just("\\u0022".to_string()),
+                "[a-z :,{}\\[\\]]{0,4}",
+            ],
+            0..6,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// A value: a string (its contents drawn later), null, a number, or an object of keys the
+    /// text-only test looks for.
+    fn value(depth: u32) -> BoxedStrategy<String> {
+        let leaf = prop_oneof![
+            contents().prop_map(|c| format!("\"{c}\"")),
+            Just("null".to_string()),
+            Just("0".to_string()),
+            Just("[\"a\",1]".to_string()),
+        ];
+        if depth == 0 {
+            return leaf.boxed();
+        }
+        prop_oneof![
+            leaf,
+            prop::collection::vec((key(), value(depth - 1)), 0..4).prop_map(|m| {
+                let members: Vec<String> =
+                    m.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", members.join(","))
+            }),
+            prop::collection::vec(value(depth - 1), 0..3)
+                .prop_map(|items| format!("[{}]", items.join(","))),
+        ]
+        .boxed()
+    }
+
+    fn key() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "usage",
+            "finish_reason",
+            "tool_calls",
+            "error",
+            "choices",
+            "content",
+            "reasoning_content",
+            "refusal",
+            "text",
+            "id",
+            "delta",
+        ])
+    }
+
+    /// `data` with its value strings' contents replaced by `fill`'s, each kept empty or not
+    /// as it was.
+    fn refill(data: &str, fill: &[String]) -> String {
+        let t = template(data);
+        let fixed = String::from_utf8(t.fixed.clone()).expect("utf-8");
+        let mut out = String::new();
+        let mut from = 0;
+        for (i, &(hole, empty)) in t.holes.iter().enumerate() {
+            out.push_str(&fixed[from..hole as usize]);
+            let f = &fill[i % fill.len().max(1)];
+            match (empty, f.is_empty()) {
+                (true, _) => {}
+                (false, true) => out.push('x'),
+                (false, false) => out.push_str(f),
+            }
+            from = hole as usize;
+        }
+        out.push_str(&fixed[from..]);
+        out
+    }
+
+    /// What a verdict of the kind this module serves may read: for each key the text-only test
+    /// looks for, whether some occurrence has a value not starting with `n` (set, not null), and
+    /// whether some occurrence is a non-empty string.
+    fn verdict(data: &[u8]) -> Vec<(bool, bool)> {
+        use crate::providers::shape::{any_value, any_value_where};
+        let keys = [
+            "usage",
+            "finish_reason",
+            "tool_calls",
+            "error",
+            "choices",
+            "content",
+            "reasoning_content",
+            "refusal",
+            "text",
+        ];
+        keys.iter()
+            .map(|k| {
+                let f = memchr::memmem::Finder::new(format!("\"{k}\"").as_bytes()).into_owned();
+                (
+                    any_value(data, &f, |b| b != b'n'),
+                    any_value_where(data, &f, |v| v.len() > 1 && v[0] == b'"' && v[1] != b'"'),
+                )
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever the strings say, an event that fits reads as the event the template was
+        /// made of to every key search.
+        #[test]
+        fn a_fitting_event_gets_the_verdict_it_would_get(
+            root in prop::collection::vec((key(), value(3)), 1..5),
+            fill in prop::collection::vec(contents(), 1..4),
+        ) {
+            let members: Vec<String> =
+                root.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let data = format!("{{{}}}", members.join(","));
+            let Some(t) = Template::of(data.as_bytes()) else {
+                return Err(TestCaseError::reject("no template"));
+            };
+            prop_assert!(t.fits(data.as_bytes()));
+            let other = refill(&data, &fill);
+            prop_assert!(t.fits(other.as_bytes()), "{other}");
+            prop_assert_eq!(verdict(data.as_bytes()), verdict(other.as_bytes()), "{} / {}", data, other);
+        }
+    }
+}

@@ -89,6 +89,22 @@ pub fn single_data_line(raw: &[u8]) -> Option<(usize, usize)> {
     found
 }
 
+/// [`single_data_line`] told a line's value `data` may be: a span that is `data: ` and `data`
+/// (with no line break) followed by line ends only — how servers write nearly every event — is
+/// placed without walking its lines; any other span is walked.
+pub fn single_data_line_of(raw: &[u8], data: &[u8]) -> Option<(usize, usize)> {
+    const FIELD: &[u8] = b"data: ";
+    let whole = raw
+        .strip_prefix(FIELD)
+        .and_then(|rest| rest.strip_prefix(data));
+    if whole.is_some_and(|ends| ends.iter().all(|b| matches!(b, b'\r' | b'\n')))
+        && memchr2(b'\n', b'\r', data).is_none()
+    {
+        return Some((FIELD.len(), data.len()));
+    }
+    single_data_line(raw)
+}
+
 /// Length of the data the span's `data:` lines hold when joined with LF.
 pub fn data_len(raw: &[u8]) -> usize {
     let mut n = 0;
@@ -185,5 +201,25 @@ mod tests {
             }
         }
         assert_eq!(single_data_line(b"event: e\n\n"), None, "no data line");
+    }
+
+    proptest::proptest! {
+        /// Told any value, the quick placement answers as the walk of the lines does: spans of
+        /// every line end, with line breaks, other fields, `data` with no space, extra lines.
+        #[test]
+        fn told_a_value_the_placement_is_the_walks(
+            head in proptest::sample::select(vec!["data: ", "data:", "", ": c\n\ndata: ", "data: x\ndata: "]),
+            data in "[a-z{}:\\\"\r\n ]{0,12}",
+            told in proptest::option::of("[a-z{}:\\\"\r\n ]{0,12}"),
+            ends in "[\r\nx]{0,4}",
+        ) {
+            let raw = format!("{head}{data}{ends}");
+            let told = told.unwrap_or_else(|| data.clone());
+            proptest::prop_assert_eq!(
+                single_data_line_of(raw.as_bytes(), told.as_bytes()),
+                single_data_line(raw.as_bytes()),
+                "{:?} told {:?}", raw, told
+            );
+        }
     }
 }

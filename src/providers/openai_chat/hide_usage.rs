@@ -80,7 +80,7 @@ fn rewrite_parsed(span: &[u8], data: &[u8], out: &mut BytesMut) -> bool {
 /// data lies in one line of the span (else the event goes as sent).
 fn remove(span: &[u8], data: &[u8], member: Option<(usize, usize)>, out: &mut BytesMut) {
     // Servers write each chunk on one `data:` line: one walk of the span places the member.
-    let removal = member.and_then(|(a, b)| match raw::single_data_line(span) {
+    let removal = member.and_then(|(a, b)| match raw::single_data_line_of(span, data) {
         Some((start, len)) => (len == data.len()).then_some((start + a, start + b)),
         None if raw::data_len(span) == data.len() => {
             Some((raw::data_pos(span, a)?, raw::data_pos(span, b)?))

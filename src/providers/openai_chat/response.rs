@@ -17,7 +17,8 @@ pub struct Stream {
     pub(crate) record: ResponseRecord,
     calls: Vec<(u32, u32, ToolCall)>,
     finish: BTreeMap<u32, String>,
-    /// The last text-only verdict, for the chunks that repeat its chunk but for the text.
+    /// The last text-only verdict, for the chunks that repeat its chunk but for what its value
+    /// strings say (text, id, padding), each as empty or not as it was.
     text_only: Recurring<bool>,
 }
 
@@ -411,7 +412,7 @@ fn add_fragment(
 /// Every occurrence of a key counts, not only the first: a chunk of several choices may close
 /// one while another still streams. Its verdict is reused for chunks that differ only in their
 /// strings ([`Recurring`]): it must keep reading only what that allows — keys found by search,
-/// the first bytes of their values.
+/// the first two bytes of their values.
 fn text_only(data: &[u8]) -> Option<bool> {
     use crate::providers::shape::{any_value, any_value_where};
     let set = |k| any_value(data, k, |b| b != b'n');
@@ -656,6 +657,26 @@ mod text_only_tests {
             // parse; now only the key does, and such a chunk is parsed.)
             let (got, want) = (text_only(data.as_bytes()), searched(data.as_bytes()));
             prop_assert_eq!(got, want, "{}", data);
+        }
+
+        /// A chunk that fits the last one kept gets the verdict the test gives it: for JSON as
+        /// serde writes it and for events with other spacing, their strings refilled with
+        /// escapes and key-like text.
+        #[test]
+        fn a_chunk_fitting_the_last_gets_the_tests_own_verdict(
+            v in value(),
+            event in crate::providers::recurring::testing::event(),
+            fill in prop::collection::vec(crate::providers::recurring::testing::contents(), 1..4),
+        ) {
+            use crate::providers::recurring::testing::refill;
+            for data in [serde_json::to_string(&v).unwrap(), event] {
+                let Some(verdict) = text_only(data.as_bytes()) else { continue };
+                let mut kept = Recurring::default();
+                kept.keep(data.as_bytes(), verdict);
+                let other = refill(&data, &fill);
+                prop_assert_eq!(kept.get(other.as_bytes()), Some(verdict), "{}", other);
+                prop_assert_eq!(text_only(other.as_bytes()), Some(verdict), "{} / {}", data, other);
+            }
         }
 
         #[test]

@@ -512,6 +512,14 @@ impl Budgets {
             let one_node = matches!(&self.store, Store::Redis(r) if r.one_node());
             if one_node && self.slices.is_none() {
                 self.reserve_together(&call).await
+            } else if matches!(self.store, Store::Memory(_)) {
+                // In process every scope answers at once: nothing to overlap, and polling four
+                // futures together cost more than the memory store's work.
+                let mut out: [Outcome; 4] = std::array::from_fn(|_| Outcome::Skipped);
+                for (o, scope) in out.iter_mut().zip(SCOPES) {
+                    *o = self.reserve_scope(scope, &call).await;
+                }
+                out
             } else {
                 let [s, t, a, g] = SCOPES;
                 let (s, t, a, g) = tokio::join!(

@@ -6,7 +6,7 @@
 //! hashes; sessions with nothing inside the longest window are swept every [`SWEEP_EVERY`] calls.
 
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,7 +117,7 @@ pub fn request_hash(doc: Node<'_>) -> u64 {
             found[i] = Some(value);
         }
     }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = hasher();
     for (key, value) in PARTS.iter().zip(found) {
         if let Some(v) = value {
             key.hash(&mut h);
@@ -127,10 +127,18 @@ pub fn request_hash(doc: Node<'_>) -> u64 {
     h.finish()
 }
 
+/// The hasher of request and tool-call hashes: foldhash with a fixed seed (compared only within
+/// a process, like SipHash's fixed keys before it, at a third of the cost on a call's few parts).
+fn hasher() -> foldhash::quality::FoldHasher<'static> {
+    const SEED: foldhash::quality::FixedState =
+        foldhash::quality::FixedState::with_seed(0x100b_5eed);
+    SEED.build_hasher()
+}
+
 /// Hash of one executed tool call: the tool and its arguments (key order does not matter).
 /// Tool calls and LLM requests share a session's history; their hashes differ by construction.
 pub fn tool_call_hash(tool: &str, arguments: Option<&Value>) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = hasher();
     "tools/call".hash(&mut h);
     tool.hash(&mut h);
     hash_value(arguments.unwrap_or(&Value::Null), &mut h);
@@ -157,7 +165,7 @@ fn hash_value(v: &Value, h: &mut impl Hasher) {
         Value::Object(o) => {
             // Entries hashed one by one and summed: key order does not matter, no sorting.
             let sum = o.iter().fold(0u64, |acc, (k, x)| {
-                let mut eh = std::collections::hash_map::DefaultHasher::new();
+                let mut eh = hasher();
                 k.hash(&mut eh);
                 hash_value(x, &mut eh);
                 acc.wrapping_add(eh.finish())

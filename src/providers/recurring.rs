@@ -208,20 +208,24 @@ pub(crate) mod testing {
         .boxed()
     }
 
+    /// The keys the text-only test looks for.
+    pub(crate) const SEARCHED: [&str; 9] = [
+        "usage",
+        "finish_reason",
+        "tool_calls",
+        "error",
+        "choices",
+        "content",
+        "reasoning_content",
+        "refusal",
+        "text",
+    ];
+
+    /// A key: one the test looks for, or another.
     pub(crate) fn key() -> impl Strategy<Value = &'static str> {
-        prop::sample::select(vec![
-            "usage",
-            "finish_reason",
-            "tool_calls",
-            "error",
-            "choices",
-            "content",
-            "reasoning_content",
-            "refusal",
-            "text",
-            "id",
-            "delta",
-        ])
+        let mut keys = SEARCHED.to_vec();
+        keys.extend(["id", "delta"]);
+        prop::sample::select(keys)
     }
 
     /// `data` with its value strings' contents replaced by `fill`'s, each kept empty or not
@@ -348,22 +352,11 @@ mod tests {
         }
     }
 
-    /// What a verdict of the kind this module serves may read: for each key the text-only test
-    /// looks for, whether some occurrence has a value not starting with `n` (set, not null), and
-    /// whether some occurrence is a non-empty string.
-    fn verdict(data: &[u8]) -> Vec<(bool, bool)> {
+    /// What a verdict of the kind this module serves may read: for each of `keys`, whether some
+    /// occurrence has a value not starting with `n` (set, not null), and whether some occurrence
+    /// is a non-empty string.
+    fn verdict_of(data: &[u8], keys: &[&str]) -> Vec<(bool, bool)> {
         use crate::providers::shape::{any_value, any_value_where};
-        let keys = [
-            "usage",
-            "finish_reason",
-            "tool_calls",
-            "error",
-            "choices",
-            "content",
-            "reasoning_content",
-            "refusal",
-            "text",
-        ];
         keys.iter()
             .map(|k| {
                 let f = memchr::memmem::Finder::new(format!("\"{k}\"").as_bytes()).into_owned();
@@ -373,6 +366,11 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// [`verdict_of`] the keys the text-only test looks for.
+    fn verdict(data: &[u8]) -> Vec<(bool, bool)> {
+        verdict_of(data, &super::testing::SEARCHED)
     }
 
     proptest! {
@@ -393,22 +391,9 @@ mod tests {
         }
     }
 
-    /// Any bytes of a few JSON-ish kinds, keys one or two letters long.
-    fn verdict_of(data: &[u8], keys: &[&str]) -> Vec<(bool, bool)> {
-        use crate::providers::shape::{any_value, any_value_where};
-        keys.iter()
-            .map(|k| {
-                let f = memchr::memmem::Finder::new(format!("\"{k}\"").as_bytes()).into_owned();
-                (
-                    any_value(data, &f, |b| b != b'n'),
-                    any_value_where(data, &f, |v| v.len() > 1 && v[0] == b'"' && v[1] != b'"'),
-                )
-            })
-            .collect()
-    }
-
     proptest! {
-        /// Not only JSON: any text that makes a template reads, once refilled, as it did.
+        /// Not only JSON: any text that makes a template reads, once refilled, as it did (keys
+        /// one or two letters long).
         #[test]
         fn any_text_that_makes_a_template_reads_alike_refilled(
             data in "[\"\\\\:,{}\\[\\] atn\u{c}]{0,24}",

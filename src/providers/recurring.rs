@@ -276,7 +276,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{contents, event, refill};
+    use super::testing::{contents, event, refill, SEARCHED};
     use super::*;
     use proptest::prelude::*;
 
@@ -370,7 +370,7 @@ mod tests {
 
     /// [`verdict_of`] the keys the text-only test looks for.
     fn verdict(data: &[u8]) -> Vec<(bool, bool)> {
-        verdict_of(data, &super::testing::SEARCHED)
+        verdict_of(data, &SEARCHED)
     }
 
     proptest! {

@@ -182,11 +182,12 @@ mod slot {
     pub const COUNT: usize = COST + 1;
 }
 
-/// A resolved handle, and for histograms with exemplars where they are kept (so a recording
-/// locks that series only, with no lookup by key).
+/// A resolved handle, and for histograms where their exemplars are kept (so a recording locks
+/// that series only, with no lookup by key), found by the first traced recording: untraced
+/// calls keep nothing in the exemplar store.
 enum Handle {
     Counter(Counter),
-    Histogram(Histogram, Option<Arc<exemplars::Series>>),
+    Histogram(Histogram, OnceLock<Option<Arc<exemplars::Series>>>),
 }
 
 /// The handles of one label set, each resolved on first use.
@@ -277,18 +278,20 @@ impl CallSeries {
         };
         let cell = self.cell(index);
         if let Some(Handle::Histogram(h, kept)) = cell.and_then(OnceLock::get) {
-            if let (Some(ids), Some(series)) = (trace, kept) {
-                series.record(value, ids);
+            if let Some(ids) = trace {
+                let series = kept.get_or_init(|| exemplars::series(&self.histogram_key(what)));
+                if let Some(series) = series {
+                    series.record(value, ids);
+                }
             }
             return h.record(value);
         }
         let key = self.histogram_key(what);
-        // Resolved when there is an exemplar to keep, or a handle to keep it with.
-        let kept = (trace.is_some() || cell.is_some())
-            .then(|| exemplars::series(&key))
-            .flatten();
-        if let (Some(ids), Some(series)) = (trace, &kept) {
-            series.record(value, ids);
+        let kept = OnceLock::new();
+        if let Some(ids) = trace {
+            if let Some(series) = kept.get_or_init(|| exemplars::series(&key)) {
+                series.record(value, ids);
+            }
         }
         match (cell, m::recorder()) {
             (Some(cell), Some(recorder)) => {
@@ -549,6 +552,32 @@ mod tests {
         assert!(
             buckets.iter().any(|l| l.contains(&large)) && !text.contains(&format!("{:032x}", 0xa1)),
             "the newest exemplar of each bucket only: {buckets:#?}"
+        );
+    }
+
+    #[test]
+    fn untraced_calls_keep_no_exemplars_and_a_later_traced_one_does() {
+        let _handle = m::install();
+        let base = labels("cs-untraced-route");
+        let model: Arc<str> = Arc::from("cs-untraced-model");
+        let duration = Observed::Duration {
+            inference: true,
+            error: None,
+        };
+        let series = CallSeries::new(&base, Some((&model, &model)));
+        let key = series.histogram_key(duration);
+        for _ in 0..3 {
+            CallSeries::new(&base, Some((&model, &model))).record(duration, 0.5, None);
+        }
+        assert!(
+            !exemplars::holds(&key),
+            "untraced calls keep nothing for exemplars"
+        );
+        let ids = (TraceId::from(0xc1_u128), SpanId::from(0xd1_u64));
+        series.record(duration, 0.5, Some(ids));
+        assert!(
+            exemplars::holds(&key),
+            "the first traced call keeps its exemplar"
         );
     }
 

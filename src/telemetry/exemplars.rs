@@ -101,6 +101,16 @@ pub fn record(key: &Key, value: f64, ids: (TraceId, SpanId)) {
     }
 }
 
+/// Whether exemplars of histogram `key`'s series are kept.
+#[cfg(test)]
+pub(crate) fn holds(key: &Key) -> bool {
+    store().lock().is_ok_and(|s| {
+        s.series
+            .find(key.get_hash(), |(k, _)| same_key(k, key))
+            .is_some()
+    })
+}
+
 /// The exemplars of histogram `key`'s series, kept from now on if new; `None` for a histogram
 /// without exemplars, or past the metric's series bound (the exporter folds those labels into
 /// `other`: no exemplar would match).

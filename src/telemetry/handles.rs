@@ -10,6 +10,7 @@
 //! past that labels resolve per recording as before.
 
 use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use metrics::{Counter, Gauge, Histogram, Key, Level, Metadata};
@@ -22,12 +23,15 @@ static META: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, None
 /// One metric's handles by label values `K` (seeded foldhash: the values come from traffic).
 pub struct Handles<K, H> {
     kept: DashMap<K, H, foldhash::fast::RandomState>,
+    /// Handles kept: `DashMap::len` locks every shard, and folded label sets miss every time.
+    len: AtomicUsize,
 }
 
 impl<K: Hash + Eq + Clone, H: Clone> Default for Handles<K, H> {
     fn default() -> Self {
         Self {
             kept: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            len: AtomicUsize::new(0),
         }
     }
 }
@@ -40,8 +44,12 @@ impl<K: Hash + Eq + Clone, H: Clone> Handles<K, H> {
             return h.clone();
         }
         let (h, keep) = resolve();
-        if keep && self.kept.len() < HANDLE_CACHE_CAP {
-            self.kept.insert(values.clone(), h.clone());
+        // Racing first uses may pass the cap by the number racing: a bound all the same.
+        if keep
+            && self.len.load(Ordering::Relaxed) < HANDLE_CACHE_CAP
+            && self.kept.insert(values.clone(), h.clone()).is_none()
+        {
+            self.len.fetch_add(1, Ordering::Relaxed);
         }
         h
     }

@@ -719,3 +719,131 @@ async fn a_call_larger_than_the_largest_slice_reserves_by_itself() {
     assert_eq!(call(8).await, 200);
     assert_eq!(taken().await, 1.0, "small calls no longer lease");
 }
+
+/// One step of [`the_script_decides_as_the_memory_store_does`].
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// A call asks: input, output cap, how far the input's upper bound is above the input, and
+    /// (a slice opening for it) how much more than the call it asks for.
+    Ask(u64, u64, u64, Option<u64>),
+    /// The `n`th reservation held (modulo) ends, having produced `out` (at most its cap).
+    End(usize, u64),
+}
+
+fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+    use proptest::prelude::*;
+    let step = prop_oneof![
+        3 => (1u64..30, 0u64..=40, 0u64..60, proptest::option::weighted(0.2, 1u64..100))
+            .prop_map(|(i, m, b, s)| Step::Ask(i, m, b, s)),
+        2 => (0usize..64, 0u64..=40).prop_map(|(n, o)| Step::End(n, o)),
+    ];
+    proptest::collection::vec(step, 1..60)
+}
+
+/// The Redis script mirrors the memory store's admission rule (`ledger::decide`): the same
+/// steps give the same answers, grants and counters in both — a call's reservation whole even
+/// past the limit, a slice's capped at what remains but never below its call's, an optimistic
+/// one only when it fits — and spend ends within the limit plus one call's maximum output
+/// whatever the interleaving.
+#[test]
+fn the_script_decides_as_the_memory_store_does() {
+    use tokenwarden::budget::redis::{RedisStore, Target};
+    use tokenwarden::budget::store::{Charge, Grant, Reserved, Store, Totals, Want};
+
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let remote = Store::Redis(Box::new(
+        RedisStore::new(
+            Target::Single(&url),
+            Duration::from_secs(5),
+            (hour, hour),
+            hour,
+            0,
+            0,
+        )
+        .unwrap(),
+    ));
+    let case = std::sync::atomic::AtomicU64::new(0);
+    // A call's want, or a slice's `more` above it.
+    let want = |limit, min, want: u64, more: Option<u64>, optimistic| Want {
+        counter: "tokens:life".into(),
+        window: None,
+        limit,
+        min,
+        want: want + more.unwrap_or(0),
+        enforce: true,
+        optimistic,
+        floor: want,
+    };
+    let config = proptest::test_runner::Config::with_cases(64);
+    proptest::proptest!(config, |(limit in 20u64..300, steps in steps())| {
+        let key = format!("s:case-{}", case.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let local = Store::Memory(tokenwarden::budget::memory::MemoryStore::open(None));
+        rt.block_on(async {
+            // Per reservation held: its grant in each store, input, output cap.
+            let mut held: Vec<(Grant, Grant, u64, u64)> = Vec::new();
+            let ask = |w: Want| {
+                let (local, remote, key) = (&local, &remote, &key);
+                async move {
+                    let a = local.reserve(key, 0, std::slice::from_ref(&w), None).await.unwrap();
+                    let b = remote.reserve(key, 0, &[w], None).await.unwrap();
+                    (a, b)
+                }
+            };
+            let end = |(a, b, input, cap): (Grant, Grant, u64, u64), out: u64| {
+                let (local, remote, key) = (&local, &remote, &key);
+                let charge = move |g: Grant| Charge {
+                    counter: "tokens:life".into(),
+                    window: None,
+                    start: g.start,
+                    granted: g.granted,
+                    actual: input + out.min(cap),
+                };
+                async move {
+                    let a = local.settle(key, 0, &[charge(a)], Totals::default(), None).await.unwrap();
+                    let b = remote.settle(key, 0, &[charge(b)], Totals::default(), None).await.unwrap();
+                    assert_eq!(a, b, "spent plus reserved after a settle");
+                }
+            };
+            for step in &steps {
+                match *step {
+                    Step::Ask(input, cap, above, slice) => {
+                        let bound = input + above;
+                        let (mut a, mut b) = ask(want(limit, bound, bound + cap, slice, true)).await;
+                        assert_eq!(a, b, "optimistic ask");
+                        if a == Reserved::NeedEstimate {
+                            (a, b) = ask(want(limit, input, input + cap, slice, false)).await;
+                            assert_eq!(a, b, "ask with the estimate");
+                        }
+                        if let (Reserved::Granted(a), Reserved::Granted(b)) = (a, b) {
+                            held.push((a[0], b[0], input, cap));
+                        }
+                    }
+                    Step::End(n, out) if !held.is_empty() => {
+                        let r = held.swap_remove(n % held.len());
+                        end(r, out).await;
+                    }
+                    Step::End(..) => {}
+                }
+            }
+            for r in std::mem::take(&mut held) {
+                end(r, u64::MAX).await;
+            }
+            let counter = |g: Option<tokenwarden::budget::store::Group>| {
+                g.map(|g| g.counters["tokens:life"]).unwrap_or_default()
+            };
+            let a = counter(local.get(&key).await.unwrap());
+            let b = counter(remote.get(&key).await.unwrap());
+            assert_eq!((a.spent, a.reserved), (b.spent, b.reserved));
+            assert_eq!(a.reserved, 0);
+            // Each reservation spends at most the call it was asked for (the proxy draws later
+            // calls from a slice only where they fit in it).
+            assert!(a.spent <= limit + 40, "spent {} of {limit}", a.spent);
+        });
+    });
+}

@@ -67,7 +67,7 @@ async fn a_session_stops_at_its_limit_and_the_refusal_never_goes_upstream() {
                 .unwrap(),
         );
     }
-    // The reservation (estimate + default max output) is capped at what remains: nothing is
+    // The reservation (estimate + default max output) is whole, past what remains: nothing is
     // left while the call runs.
     assert_eq!(remaining, [0, 0, 0]);
     let (r, body) = call16(&p, "stop-1").await;

@@ -19,13 +19,18 @@ pub struct Want {
     pub limit: u64,
     /// Refuse when less than this remains (the call's estimated input).
     pub min: u64,
-    /// Reserve this much (estimated input + maximum output), capped at what remains.
+    /// Reserve this much (estimated input + maximum output).
     pub want: u64,
     /// Refuse at all (false for `observe` limits).
     pub enforce: bool,
     /// `min` and `want` come from an upper bound of the input, not the estimate: reserve only
     /// when the whole `want` fits, else answer [`Reserved::NeedEstimate`] and reserve nothing.
     pub optimistic: bool,
+    /// Once admitted, reserve at least this much even where less remains: a call's own `want`,
+    /// so the ledger holds all the call may spend (capped, slack another call frees later would
+    /// admit a second call whose output also lands past the limit). A slice asks for more and
+    /// takes what remains of it, never less than the call it opens for; an observed limit, 0.
+    pub floor: u64,
 }
 
 /// A reservation made on one counter.
@@ -121,8 +126,10 @@ pub fn window_start(window: Option<u64>, now: u64) -> u64 {
 
 /// The one admission rule, shared by the memory store and mirrored by the Redis script:
 /// refuse when what remains is below the call's estimated input (or nothing remains); else
-/// reserve the wanted amount capped at what remains. An optimistic want (from an upper bound of
-/// the input) is only reserved when it fits whole, which needs no estimate to decide.
+/// reserve the wanted amount, capped at what remains but never below `floor` (a call's own
+/// want: spend plus reservations then pass the limit by at most one call's maximum output). An
+/// optimistic want (from an upper bound of the input) is only reserved when it fits whole,
+/// which needs no estimate to decide.
 pub fn decide(c: &Counter, w: &Want) -> Result<u64, Short> {
     let used = c.spent.saturating_add(c.reserved);
     let remaining = w.limit.saturating_sub(used);
@@ -132,7 +139,7 @@ pub fn decide(c: &Counter, w: &Want) -> Result<u64, Short> {
     if w.enforce && remaining < w.min.max(1) {
         return Err(Short::Refused(used));
     }
-    Ok(w.want.min(remaining))
+    Ok(w.want.min(remaining).max(w.floor))
 }
 
 /// Why [`decide`] reserved nothing.

@@ -304,6 +304,7 @@ mod tests {
             want,
             enforce: true,
             optimistic: false,
+            floor: want,
         }
     }
 
@@ -335,21 +336,66 @@ mod tests {
     }
 
     #[test]
-    fn reservation_is_capped_and_blocks_the_next_call() {
+    fn a_calls_reservation_is_whole_and_blocks_the_next_call() {
         let s = MemoryStore::open(None);
         let Reserved::Granted(g) = s.reserve("s:a", 0, &[want(100, 10, 500)]) else {
             panic!("first call refused")
         };
-        assert_eq!(g[0].granted, 100);
+        assert_eq!((g[0].granted, g[0].used), (500, 0));
         assert!(matches!(
             s.reserve("s:a", 0, &[want(100, 10, 20)]),
-            Reserved::Refused { used: 100, .. }
+            Reserved::Refused { used: 500, .. }
         ));
         s.settle("s:a", 0, &[charge(&g[0], 30)], Totals::default());
         assert!(matches!(
             s.reserve("s:a", 0, &[want(100, 10, 20)]),
             Reserved::Granted(_)
         ));
+    }
+
+    #[test]
+    fn a_slice_takes_what_remains_of_its_size_never_less_than_its_call() {
+        let s = MemoryStore::open(None);
+        let slice = |size, call| Want {
+            floor: call,
+            ..want(100, 10, size)
+        };
+        let Reserved::Granted(g) = s.reserve("s:a", 0, &[slice(500, 50)]) else {
+            panic!("slice refused")
+        };
+        assert_eq!(g[0].granted, 100);
+        s.settle("s:a", 0, &[charge(&g[0], 70)], Totals::default());
+        let Reserved::Granted(g) = s.reserve("s:a", 0, &[slice(500, 50)]) else {
+            panic!("slice refused")
+        };
+        assert_eq!((g[0].granted, g[0].used), (50, 70));
+    }
+
+    /// Found by CI: with reservations capped at what remained, a call settling below its
+    /// reservation freed room for a second capped call while the first still ran, and both
+    /// outputs landed past the limit (12 calls of 27 tokens admitted under a 280 limit).
+    #[test]
+    fn slack_freed_while_a_call_runs_past_the_limit_admits_no_second_one() {
+        let s = MemoryStore::open(None);
+        let (limit, input, out) = (100, 10, 40);
+        let reserve = |w: Want| match s.reserve("s:a", 0, &[w]) {
+            Reserved::Granted(g) => Some(g[0]),
+            _ => None,
+        };
+        // An optimistic reservation from the input's upper bound, spending less.
+        let x = reserve(Want {
+            optimistic: true,
+            ..want(limit, 40, 80)
+        })
+        .unwrap();
+        // Admitted with 20 left: it may spend 50.
+        let a = reserve(want(limit, input, input + out)).unwrap();
+        s.settle("s:a", 0, &[charge(&x, 45)], Totals::default());
+        // 45 spent and 50 held by the call in flight: nothing for another.
+        assert_eq!(reserve(want(limit, input, input + out)), None);
+        s.settle("s:a", 0, &[charge(&a, input + out)], Totals::default());
+        let spent = s.get("s:a").unwrap().counters["tokens:life"].spent;
+        assert!(spent <= limit + out, "spent {spent}");
     }
 
     #[test]
@@ -481,5 +527,68 @@ mod tests {
         assert_eq!(back.counters["tokens:life"].spent, 7);
         assert_eq!(back.counters["tokens:life"].reserved, 0);
         assert!(!path.with_extension("json.tmp").exists());
+    }
+
+    /// One call of [`spend_stays_within_one_maximum_output_of_the_limit`]: its true input, its
+    /// output cap, and how far its input's upper bound is above the input.
+    #[derive(Debug, Clone, Copy)]
+    enum Step {
+        /// A call arrives: input, output cap, bound above the input.
+        Arrive(u64, u64, u64),
+        /// The `n`th call in flight (modulo) ends, having produced `out` (at most its cap).
+        End(usize, u64),
+    }
+
+    fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        use proptest::prelude::*;
+        let step = prop_oneof![
+            (1u64..30, 0u64..=40, 0u64..60).prop_map(|(i, m, b)| Step::Arrive(i, m, b)),
+            (0usize..64, 0u64..=40).prop_map(|(n, o)| Step::End(n, o)),
+        ];
+        proptest::collection::vec(step, 1..80)
+    }
+
+    proptest::proptest! {
+        /// The README's bound, with the provider counting input as estimated: whatever the
+        /// interleaving, spend ends within the limit plus one call's maximum output.
+        #[test]
+        fn spend_stays_within_one_maximum_output_of_the_limit(
+            limit in 20u64..300,
+            steps in steps(),
+        ) {
+            let s = MemoryStore::open(None);
+            let mut flying: Vec<(Grant, u64, u64)> = Vec::new();
+            let settle = |s: &MemoryStore, (g, input, cap): (Grant, u64, u64), out: u64| {
+                s.settle("s:p", 0, &[charge(&g, input + out.min(cap))], Totals::default());
+            };
+            for step in steps {
+                match step {
+                    Step::Arrive(input, cap, above) => {
+                        let bound = input + above;
+                        let opt = Want { optimistic: true, ..want(limit, bound, bound + cap) };
+                        let got = match s.reserve("s:p", 0, &[opt]) {
+                            Reserved::NeedEstimate => {
+                                s.reserve("s:p", 0, &[want(limit, input, input + cap)])
+                            }
+                            other => other,
+                        };
+                        if let Reserved::Granted(g) = got {
+                            flying.push((g[0], input, cap));
+                        }
+                    }
+                    Step::End(n, out) if !flying.is_empty() => {
+                        let call = flying.swap_remove(n % flying.len());
+                        settle(&s, call, out);
+                    }
+                    Step::End(..) => {}
+                }
+            }
+            for call in flying.drain(..) {
+                settle(&s, call, u64::MAX);
+            }
+            let c = s.get("s:p").map(|g| g.counters["tokens:life"]).unwrap_or_default();
+            proptest::prop_assert_eq!(c.reserved, 0);
+            proptest::prop_assert!(c.spent <= limit + 40, "spent {} limit {}", c.spent, limit);
+        }
     }
 }

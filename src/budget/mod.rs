@@ -594,7 +594,9 @@ impl Budgets {
                         Some(remaining_tokens.map_or(remaining, |r: u64| r.min(remaining)));
                 }
                 if l.action == LimitAction::Cut {
-                    let allowed = self.output_allowance(l, model, g.granted, w.min);
+                    // The reservation is whole; the stream is cut where the limit is reached.
+                    let room = g.granted.min(l.amount.saturating_sub(g.used));
+                    let allowed = self.output_allowance(l, model, room, w.min);
                     cut_after = Some(cut_after.map_or(allowed, |a: u64| a.min(allowed)));
                 }
             }
@@ -935,6 +937,7 @@ impl Budgets {
         }
         let mut ask = call.clone();
         for (w, size) in ask.iter_mut().zip(sl.size(key, &amounts, &call)) {
+            // A slice takes what remains of its size, never less than the call opening it.
             w.want = size;
         }
         Some(match self.reserve(key, now, &ask, Some(lease)).await {
@@ -1015,6 +1018,12 @@ impl Budgets {
                     want,
                     enforce: l.action != LimitAction::Observe,
                     optimistic,
+                    // An observed limit never refuses: its reservation only shows what remains.
+                    floor: if l.action == LimitAction::Observe {
+                        0
+                    } else {
+                        want
+                    },
                 }
             })
             .collect()

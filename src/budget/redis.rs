@@ -39,8 +39,8 @@ fn ranked(key: &str) -> Option<(&'static str, &str)> {
 /// Check every want of every scope given, then reserve all or nothing. Mirrors `store::decide`.
 /// Keys: each scope's hash and lease set. `ARGV`: now, scopes, now in ms; then per scope: wants,
 /// ttl, lease id (empty: none), lease expiry in ms, and per want: counter, window, limit, min,
-/// want, mode — 0 observe (never refuse), 1 enforce, 2 enforce optimistically (reserve only if
-/// `want` fits). Replies `{1, start, granted, used, …}` (every want in order), `{2}` (an
+/// want, floor (reserved at least, even past the limit: `ledger::Want::floor`), mode — 0
+/// observe (never refuse), 1 enforce, 2 enforce optimistically (reserve only if `want` fits). Replies `{1, start, granted, used, …}` (every want in order), `{2}` (an
 /// optimistic want does not fit) or `{0, scope, want, used}` (refused). Several scopes in one
 /// script only on one node (a cluster's scopes live on different slots: one scope per script).
 const RESERVE: &str = r#"
@@ -77,8 +77,9 @@ for s = 1, scopes do
     local limit = tonumber(ARGV[at + 2])
     local min = tonumber(ARGV[at + 3])
     local want = tonumber(ARGV[at + 4])
-    local mode = ARGV[at + 5]
-    at = at + 6
+    local floor = tonumber(ARGV[at + 5])
+    local mode = ARGV[at + 6]
+    at = at + 7
     local start = 0
     if w > 0 then start = now - (now % w) end
     local v = redis.call('HMGET', h, c .. ':s', c .. ':p', c .. ':r')
@@ -91,7 +92,7 @@ for s = 1, scopes do
     if remaining < 0 then remaining = 0 end
     if mode == '2' and remaining < want then return {2} end
     if mode ~= '0' and remaining < math.max(min, 1) then return {0, s - 1, i, used} end
-    local g = math.min(want, remaining)
+    local g = math.max(math.min(want, remaining), floor)
     x.sets[#x.sets + 1] = {c, start, p, r + g, g, used}
   end
   plan[s] = x
@@ -437,6 +438,7 @@ impl RedisStore {
                     .arg(w.limit)
                     .arg(w.min)
                     .arg(w.want)
+                    .arg(w.floor)
                     .arg(match (w.enforce, w.optimistic) {
                         (_, true) => 2u8,
                         (true, false) => 1,

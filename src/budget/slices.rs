@@ -364,6 +364,7 @@ mod tests {
             want: n,
             enforce: true,
             optimistic: false,
+            floor: n,
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -423,12 +424,24 @@ async fn three_scope_proxy(
     session_tokens: u64,
     agent_tokens: u64,
 ) -> ProxyProcess {
+    proxy_with(
+        redis,
+        m,
+        &format!("      tokens: {session_tokens}\n    - scope: agent\n      tokens: {agent_tokens}\n    - scope: global\n      tokens: 1000000\n"),
+    )
+    .await
+}
+
+/// A proxy failing closed on `redis` (2 s timeout) whose session limit's line `tokens: 50` is
+/// replaced by `session` (the rest of the limits and budget keys may follow).
+async fn proxy_with(
+    redis: &RedisServer,
+    m: &tokenwarden_mock::MockServer,
+    session: &str,
+) -> ProxyProcess {
     let cfg = config(m.addr(), &redis.url(), "fail_closed")
         .replace("300ms", "2s")
-        .replace(
-            "      tokens: 50\n",
-            &format!("      tokens: {session_tokens}\n    - scope: agent\n      tokens: {agent_tokens}\n    - scope: global\n      tokens: 1000000\n"),
-        );
+        .replace("      tokens: 50\n", session);
     let file = config_file(&format!(
         "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
     ));
@@ -603,60 +616,14 @@ async fn one_node_takes_one_script_to_reserve_and_one_to_settle_a_call_ranking_i
     assert_eq!(call16(p.addr, "mon-0").await.0.status(), 200);
     settled_total(p.admin, "mon-0", 16).await;
 
-    let mut monitor = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "monitor"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("run redis-cli (apt-get install redis-server)");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = monitor.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "OK");
+    let monitor = Monitor::start(redis.port);
     const CALLS: usize = 3;
     for i in 1..=CALLS {
         let s = format!("mon-{i}");
         assert_eq!(call16(p.addr, &s).await.0.status(), 200);
         settled_total(p.admin, &s, 16).await;
     }
-    // `1733… [0 127.0.0.1:5000] "EVALSHA" …` from a client, `[0 lua] "ZINCRBY" …` from a script.
-    let mut sent = std::collections::BTreeMap::<String, usize>::new();
-    let mut in_scripts = std::collections::BTreeMap::<String, usize>::new();
-    let mut count = |line: String| {
-        let Some((src, rest)) = line
-            .split_once("] \"")
-            .and_then(|(a, b)| Some((a.split_once('[')?.1, b)))
-        else {
-            return;
-        };
-        let cmd = rest.split('"').next().unwrap_or("").to_ascii_lowercase();
-        let to = if src.ends_with(" lua") {
-            &mut in_scripts
-        } else {
-            &mut sent
-        };
-        *to.entry(cmd).or_default() += 1;
-    };
-    // Settlements land after the admin API shows the session's: wait for them, then a little
-    // longer for anything beyond them.
-    let until = std::time::Instant::now() + Duration::from_secs(10);
-    let mut evalsha = 0;
-    while evalsha < 2 * CALLS && std::time::Instant::now() < until {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            evalsha += usize::from(line.contains("\"EVALSHA\"") && !line.contains(" lua]"));
-            count(line);
-        }
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    monitor.kill().unwrap();
-    let _ = monitor.wait();
-    rx.try_iter().for_each(&mut count);
+    let (sent, in_scripts) = monitor.finish(2 * CALLS);
     assert_eq!(sent.get("evalsha"), Some(&(2 * CALLS)), "sent {sent:?}");
     for cmd in ["eval", "zincrby", "zremrangebyrank", "multi"] {
         assert_eq!(sent.get(cmd), None, "{cmd} sent by the proxy: {sent:?}");
@@ -668,6 +635,104 @@ async fn one_node_takes_one_script_to_reserve_and_one_to_settle_a_call_ranking_i
     );
     let score = common::redis::cli(redis.port, &["zscore", "tw:sessions:tokens", "mon-2"]);
     assert_eq!(score.trim(), "16");
+}
+
+/// `redis-cli monitor` on a server: the commands clients sent, and those scripts ran.
+struct Monitor {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start(port: u16) -> Monitor {
+        let mut child = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "monitor"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run redis-cli (apt-get install redis-server)");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        assert_eq!(lines.recv_timeout(Duration::from_secs(5)).unwrap(), "OK");
+        Monitor { child, lines }
+    }
+
+    /// Once `evalsha` scripts were sent (or 10 s passed) and a little longer for anything
+    /// beyond them: commands by name, sent by clients and run in scripts.
+    fn finish(mut self, evalsha: usize) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+        // `1733… [0 127.0.0.1:5000] "EVALSHA" …` from a client, `[0 lua] "ZINCRBY" …` from a script.
+        let mut sent = BTreeMap::<String, usize>::new();
+        let mut in_scripts = BTreeMap::<String, usize>::new();
+        let mut count = |line: String| {
+            let Some((src, rest)) = line
+                .split_once("] \"")
+                .and_then(|(a, b)| Some((a.split_once('[')?.1, b)))
+            else {
+                return;
+            };
+            let cmd = rest.split('"').next().unwrap_or("").to_ascii_lowercase();
+            let to = if src.ends_with(" lua") {
+                &mut in_scripts
+            } else {
+                &mut sent
+            };
+            *to.entry(cmd).or_default() += 1;
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = 0;
+        while seen < evalsha && std::time::Instant::now() < until {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                seen += usize::from(line.contains("\"EVALSHA\"") && !line.contains(" lua]"));
+                count(line);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+        self.lines.try_iter().for_each(&mut count);
+        (sent, in_scripts)
+    }
+}
+
+/// Near a session's limit the input's upper bound no longer fits, so a call's optimistic
+/// reservation comes back asking for the estimate: a second script. Once the store showed the
+/// session near its limit, its calls tokenize first and reserve with one script.
+#[tokio::test]
+async fn near_a_limit_a_call_reserves_with_one_script() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let bound = tokenwarden::budget::input_bound(CHAT.as_bytes());
+    // The first call fits its bound plus 100 of output; after its 16 tokens the bound does not.
+    let limit = bound + 108;
+    let p = proxy_with(
+        &redis,
+        &m,
+        &format!("      tokens: {limit}\n  default_max_output_tokens: 100\n"),
+    )
+    .await;
+    assert_eq!(call16(p.addr, "near").await.0.status(), 200);
+    settled_total(p.admin, "near", 16).await;
+
+    let monitor = Monitor::start(redis.port);
+    const CALLS: u64 = 3;
+    for i in 1..=CALLS {
+        assert_eq!(call16(p.addr, "near").await.0.status(), 200);
+        settled_total(p.admin, "near", 16 * (i + 1)).await;
+    }
+    let (sent, _) = monitor.finish(2 * CALLS as usize);
+    // One script to reserve and one to settle each call.
+    assert_eq!(
+        sent.get("evalsha"),
+        Some(&(2 * CALLS as usize)),
+        "sent {sent:?}"
+    );
 }
 
 /// A leased scope's slice is at most `budgets.leases.max` of its limit: a call whose output cap

@@ -14,6 +14,7 @@
 mod ledger;
 pub mod limits;
 pub mod memory;
+mod near;
 pub mod price;
 pub mod redis;
 mod refusal;
@@ -89,6 +90,9 @@ pub struct Budgets {
     ratio_gauges: Handles<Option<Arc<str>>, metrics::Gauge>,
     /// `tokenwarden_cost_usd_total` by (agent, model).
     cost_gauges: Handles<(Arc<str>, Arc<str>), metrics::Gauge>,
+    /// Scope instances a shared store last showed near a limit (their calls skip the
+    /// optimistic round trip); none for the memory store, where a try costs no round trip.
+    near: Option<near::Near>,
 }
 
 /// The budget service could not be built.
@@ -412,6 +416,7 @@ impl Budgets {
         Ok(Some(Arc::new(Self {
             limits,
             by_scope,
+            near: matches!(store, Store::Redis(_)).then(near::Near::new),
             store,
             prices: Prices::new(&config.pricing),
             fail_closed: b.on_store_unreachable == OnStoreUnreachable::FailClosed,
@@ -674,6 +679,32 @@ impl Budgets {
 
     /// The store key of `scope` for a call and the indices of its limits; `None` when none
     /// applies (no limit of the scope, or a session or task scope for a call without one).
+    /// Whether the store last showed the scope instance `key` near a limit.
+    fn is_near(&self, key: &str) -> bool {
+        self.near.as_ref().is_some_and(|n| n.is_near(key))
+    }
+
+    fn set_near(&self, key: &str, near: bool) {
+        if let Some(n) = &self.near {
+            n.set(key, near);
+        }
+    }
+
+    /// After a settlement left `used` on `held`'s limits: whether a call like it (optimistic
+    /// wants `opt`) would no longer fit its upper bound there.
+    fn note_settled(&self, held: &Held, used: &[u64], opt: &[u64]) {
+        if opt.is_empty() {
+            return;
+        }
+        let near = held
+            .limits
+            .iter()
+            .zip(used)
+            .zip(opt)
+            .any(|((&i, &u), &w)| self.limits[i].amount.saturating_sub(u) < w);
+        self.set_near(&held.key, near);
+    }
+
     fn scope_limits(&self, scope: LimitScope, f: &CallFacts) -> Option<(String, Arc<[usize]>)> {
         let idx = &self.by_scope[SCOPES.iter().position(|s| *s == scope)?];
         if idx.is_empty() {
@@ -706,8 +737,9 @@ impl Budgets {
         let Some(first) = parts.first().map(|p| p.0) else {
             return out;
         };
-        // First with the cheap upper bound of the input, as per scope.
-        let mut optimistic = true;
+        // First with the cheap upper bound of the input, as per scope (unless a scope is near
+        // a limit, where that bound would not fit).
+        let mut optimistic = !parts.iter().any(|p| self.is_near(&p.2));
         loop {
             let input = call.input(optimistic);
             let asks: Vec<(String, Vec<Want>, Option<Lease>)> = parts
@@ -718,7 +750,13 @@ impl Budgets {
                 })
                 .collect();
             match self.reserve_remote(now, asks.clone()).await {
-                Ok(redis::ReservedAll::NeedEstimate) if optimistic => optimistic = false,
+                Ok(redis::ReservedAll::NeedEstimate) if optimistic => {
+                    optimistic = false;
+                    // Which scope did not fit is not told: their settlements will say.
+                    for p in &parts {
+                        self.set_near(&p.2, true);
+                    }
+                }
                 Ok(redis::ReservedAll::Granted(grants)) => {
                     for ((pos, scope, key, limits, lease), (grants, (_, wants, _))) in
                         parts.into_iter().zip(grants.into_iter().zip(asks))
@@ -788,13 +826,17 @@ impl Budgets {
             None => {
                 lease = self.new_lease();
                 // First with the cheap upper bound of the input: when the whole reservation
-                // fits, the tokenizer is not needed. Near a limit, again with the real estimate.
-                let mut optimistic = true;
+                // fits, the tokenizer is not needed. Near a limit, again with the real estimate
+                // (or at once, where the store showed this scope near a limit before).
+                let mut optimistic = !self.is_near(&key);
                 loop {
                     let input = call.input(optimistic);
                     let wants = self.wants(&idx, model, input, max_out, optimistic);
                     match self.reserve(&key, now, &wants, lease).await {
-                        Ok(Reserved::NeedEstimate) if optimistic => optimistic = false,
+                        Ok(Reserved::NeedEstimate) if optimistic => {
+                            optimistic = false;
+                            self.set_near(&key, true);
+                        }
                         other => break (other, wants, None),
                     }
                 }
@@ -1301,7 +1343,7 @@ impl Budgets {
     /// them all (retried as [`Budgets::settle_retrying`] says), then their gauges and alerts.
     fn settle_remote(
         self: &Arc<Self>,
-        remote: Vec<(Held, Vec<Charge>)>,
+        remote: Vec<(Held, Vec<Charge>, Vec<u64>)>,
         facts: &Arc<CallFacts>,
         now: u64,
         totals: Totals,
@@ -1314,12 +1356,13 @@ impl Budgets {
         rt.spawn(async move {
             let parts: Vec<(&str, &[Charge], Option<u64>)> = remote
                 .iter()
-                .map(|(h, c)| (h.key.as_str(), &c[..], h.lease))
+                .map(|(h, c, _)| (h.key.as_str(), &c[..], h.lease))
                 .collect();
             let spent = (totals.input.saturating_add(totals.output), totals.cost);
             match b.settle_retrying(now, &parts, totals).await {
                 Ok(used) => {
-                    for ((held, _), used) in remote.iter().zip(used) {
+                    for ((held, _, opt), used) in remote.iter().zip(used) {
+                        b.note_settled(held, &used, opt);
                         b.settled(held, Ok(used), &facts, now, spent);
                     }
                 }
@@ -1487,6 +1530,8 @@ impl Admission {
         });
         let now = unix_now();
         let mut remote = Vec::new();
+        let model = self.facts.model.as_deref().unwrap_or("");
+        let max_out = (self.facts.max_output).unwrap_or(self.budgets.default_max_output);
         for held in held {
             let charges = self.budgets.charges(&held, tokens, cost);
             let b = self.budgets.clone();
@@ -1513,7 +1558,17 @@ impl Admission {
                     if let Some(id) = held.lease {
                         b.leases.remove(&id);
                     }
-                    remote.push((held, charges));
+                    // What a call like this one reserves optimistically, to tell from the
+                    // settlement whether the next one should tokenize first.
+                    let opt: Vec<u64> = match &b.near {
+                        Some(_) => b
+                            .wants(&held.limits, model, self.facts.input_bound, max_out, true)
+                            .into_iter()
+                            .map(|w| w.want)
+                            .collect(),
+                        None => Vec::new(),
+                    };
+                    remote.push((held, charges, opt));
                     // A cluster: each scope on its own shard, one script each.
                     if !r.one_node() {
                         b.settle_remote(std::mem::take(&mut remote), &facts, now, totals);

@@ -92,6 +92,19 @@ impl SseDecoder {
                     Some(_) => {}
                 }
             }
+            if let Some(data) = self.lone_data_event(rest, end) {
+                // Dispatched by the blank line's LF, as the line-by-line path would.
+                let event_end = pos + end + 2;
+                f(
+                    SseItem::Event {
+                        event: b"message",
+                        data,
+                    },
+                    event_end,
+                );
+                pos = event_end;
+                continue;
+            }
             let event_end = pos + end + 1;
             let mut emit = |item: SseItem<'_>| f(item, event_end);
             if self.partial.is_empty() && !self.skipping_line {
@@ -110,6 +123,24 @@ impl SseDecoder {
             }
             pos += next;
         }
+    }
+
+    /// The data of an event that is one whole `data:` line ending at `rest[end]` in LF and
+    /// followed at once by the blank line's LF — how servers write nearly every event — when no
+    /// other line of the event came before: borrowed from the chunk, where the line-by-line path
+    /// copies it and then finds the blank line with a search of its own. `None`: that path.
+    fn lone_data_event<'c>(&self, rest: &'c [u8], end: usize) -> Option<&'c [u8]> {
+        let clean = self.partial.is_empty()
+            && self.data.is_empty()
+            && self.event.is_empty()
+            && !(self.skipping_line || self.oversized || self.first_line);
+        if !clean || rest[end] != b'\n' || rest.get(end + 1) != Some(&b'\n') {
+            return None;
+        }
+        let value = rest[..end].strip_prefix(b"data:")?;
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        // Within the maximum, as the copy would be.
+        (value.len() < self.max).then_some(value)
     }
 
     /// Bytes held for an unfinished line or event (bounded by the maximum event size).
@@ -228,6 +259,32 @@ mod tests {
 
     fn e(ev: &str, data: &str) -> Ev {
         Ev::E(ev.into(), data.into())
+    }
+
+    /// Lone `data:` events whole in a chunk (borrowed) decode as they do line by line (a chunk
+    /// per byte), up to and past the maximum, empty, after a named event, and after `\r`.
+    #[test]
+    fn lone_data_events_decode_as_line_by_line() {
+        let stream: &[u8] = b"data: first\n\ndata: abcd\n\ndata:abcde\n\ndata: abcde\n\ndata:\n\n\
+event: e\ndata: x\n\ndata: y\n\ndata: z\r\rdata: w\n\ndata: a\ndata: b\n\n";
+        let whole = decode_chunks(&[stream], 5);
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(decode_chunks(&bytes, 5), whole);
+        assert_eq!(
+            whole,
+            [
+                Ev::Big,
+                e("message", "abcd"),
+                Ev::Big,
+                Ev::Big,
+                e("message", ""),
+                e("e", "x"),
+                e("message", "y"),
+                e("message", "z"),
+                e("message", "w"),
+                e("message", "a\nb"),
+            ]
+        );
     }
 
     #[test]

@@ -256,13 +256,18 @@ fn poll_idle<O: Observer, T>(
     }
 }
 
+/// Room a batch starts with: a few stream events each (one allocation, where growing frame by
+/// frame reallocated and copied five times over a toy stream). Held only until the batch is
+/// written.
+const BATCH_START: usize = 8 * 1024;
+
 /// Add `data` to the held batch; the first frame is kept as is, without a copy.
 fn hold(held: &mut Option<Bytes>, batch: &mut BytesMut, data: Bytes) {
     match held {
         None => *held = Some(data),
         Some(first) => {
             if batch.is_empty() {
-                batch.reserve(first.len() + data.len());
+                batch.reserve((first.len() + data.len()).max(BATCH_START));
                 batch.extend_from_slice(first);
             }
             batch.extend_from_slice(&data);

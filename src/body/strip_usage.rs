@@ -124,12 +124,18 @@ fn rewrite_frame(
     (passed_partial, drop_lf): (&mut bool, &mut bool),
     data: &[u8],
 ) -> Bytes {
+    // With nothing held, events are read from `data` itself and only an unfinished tail is
+    // copied; else `data` joins what is held.
+    let held = !pending.is_empty();
     let base = pending.len();
-    pending.extend_from_slice(data);
-    let mut out = BytesMut::with_capacity(pending.len());
+    if held {
+        pending.extend_from_slice(data);
+    }
+    let src: &[u8] = if held { pending } else { data };
+    let mut out = BytesMut::with_capacity(src.len());
     let mut start = 0;
     decoder.feed_ends(data, |item, end| {
-        let mut span = &pending[start..base + end];
+        let mut span = &src[start..base + end];
         if std::mem::take(drop_lf) {
             span = span.strip_prefix(b"\n").unwrap_or(span);
         }
@@ -148,7 +154,11 @@ fn rewrite_frame(
         *drop_lf = dropped && span.ends_with(b"\r");
         start = base + end;
     });
-    pending.advance(start);
+    if held {
+        pending.advance(start);
+    } else {
+        pending.extend_from_slice(&data[start..]);
+    }
     if pending.len() > MAX_PENDING {
         // Not an SSE stream we understand: pass the held bytes on untouched.
         out.extend_from_slice(&pending.split());

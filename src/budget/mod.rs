@@ -249,8 +249,8 @@ pub fn input_bound(body: &[u8]) -> u64 {
 pub fn media_keys_in(doc: &crate::providers::Doc) -> u64 {
     doc.count_strings(
         MEDIA_KEY_LENS,
-        &is_media_key,
-        &crate::providers::counted_as_json,
+        is_media_key,
+        crate::providers::counted_as_json,
     )
 }
 
@@ -267,9 +267,8 @@ pub fn input_bound_of(body: &[u8], media_keys: u64) -> u64 {
         + media_keys * crate::tokens::MEDIA_PART_TOKENS
 }
 
-/// Whether `s` is one of the [`MEDIA_KEYS`] (unquoted).
-fn is_media_key(s: &str) -> bool {
-    let b = s.as_bytes();
+/// Whether `b` is one of the [`MEDIA_KEYS`] (unquoted).
+fn is_media_key(b: &[u8]) -> bool {
     // Every key is 4 to 11 bytes and starts `i`, `f` or `s`: nearly every string is out at
     // once (a `match` on the strings compared every one of the same length).
     MEDIA_KEY_LENS.contains(&b.len())
@@ -1680,9 +1679,7 @@ mod tests {
         let doc =
             |b: &[u8]| crate::providers::Doc::parse(bytes::Bytes::copy_from_slice(b)).unwrap();
         for key in MEDIA_KEYS {
-            assert!(is_media_key(
-                std::str::from_utf8(&key[1..key.len() - 1]).unwrap()
-            ));
+            assert!(is_media_key(&key[1..key.len() - 1]));
         }
         // Where each key's spelling is a string of its own, the document's count is the
         // text's, escaped spellings included.

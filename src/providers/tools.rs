@@ -113,13 +113,18 @@ pub(super) fn failed_by_markers(content: Node<'_>, markers: &[String]) -> bool {
     }
 }
 
-/// The index just past the last item `turn` picks (0 when none does): where a request's new
-/// items begin.
-pub(super) fn after_last<'a>(items: Items<'a>, turn: impl Fn(Node<'a>) -> bool) -> usize {
+/// Every item, and the index just past the last one `turn` picks (0 when none does): where a
+/// request's new items begin. Callers read the new items (and, when they must, the earlier
+/// ones) from the list rather than stepping over the conversation again.
+pub(super) fn after_last<'a>(
+    items: Items<'a>,
+    turn: impl Fn(Node<'a>) -> bool,
+) -> (Vec<Node<'a>>, usize) {
     // Asked from the end: the last turn is usually a few items back, and a long conversation's
     // earlier messages are then never read (collecting the items only steps over them).
     let all: Vec<Node<'a>> = items.collect();
-    all.iter().rposition(|m| turn(*m)).map_or(0, |i| i + 1)
+    let start = all.iter().rposition(|m| turn(*m)).map_or(0, |i| i + 1);
+    (all, start)
 }
 
 /// The tool name a call id was given earlier in the conversation, or `unknown`.

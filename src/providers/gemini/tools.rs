@@ -9,9 +9,9 @@ pub(super) fn tool_results(doc: Node<'_>) -> Vec<ToolResult> {
     let Some(contents) = doc.get("contents").and_then(Node::items) else {
         return Vec::new();
     };
-    let start = after_last(contents.clone(), |c| str_of(c, "role") == Some("model"));
-    contents
-        .skip(start)
+    let (all, start) = after_last(contents, |c| str_of(c, "role") == Some("model"));
+    all[start..]
+        .iter()
         .flat_map(|c| c.get("parts").and_then(Node::items).into_iter().flatten())
         .filter_map(|p| p.get("functionResponse"))
         .map(|fr| ToolResult {

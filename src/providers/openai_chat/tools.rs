@@ -15,13 +15,13 @@ pub(in crate::providers) fn tool_results(doc: Node<'_>, markers: &[String]) -> V
     // The tool messages after the last assistant message are the new results; most calls have
     // none (the conversation ends with a user turn), and then the names are not needed: the
     // history is not walked.
-    let start = after_last(msgs.clone(), |m| role(m, "assistant"));
-    let new = || msgs.clone().skip(start).filter(|m| role(*m, "tool"));
+    let (all, start) = after_last(msgs, |m| role(m, "assistant"));
+    let new = || all[start..].iter().copied().filter(|m| role(*m, "tool"));
     if new().next().is_none() {
         return Vec::new();
     }
     let mut names = HashMap::new();
-    for m in msgs.clone().filter(|m| role(*m, "assistant")) {
+    for &m in all.iter().filter(|m| role(**m, "assistant")) {
         for tc in m
             .get("tool_calls")
             .and_then(Node::items)

@@ -13,20 +13,20 @@ pub(super) fn tool_results(doc: Node<'_>, markers: &[String]) -> Vec<ToolResult>
     };
     // Items after the model's last turn (a function call or an assistant message) are the new
     // results; without a function call output among them the history is not walked.
-    let start = after_last(items.clone(), |it| {
+    let (all, start) = after_last(items, |it| {
         str_of(it, "type") == Some("function_call") || str_of(it, "role") == Some("assistant")
     });
     let new = || {
-        items
-            .clone()
-            .skip(start)
+        all[start..]
+            .iter()
+            .copied()
             .filter(|it| str_of(*it, "type") == Some("function_call_output"))
     };
     if new().next().is_none() {
         return Vec::new();
     }
     let mut names = HashMap::new();
-    for it in items.clone() {
+    for &it in &all {
         if str_of(it, "type") == Some("function_call") {
             if let (Some(id), Some(name)) = (str_of(it, "call_id"), str_of(it, "name")) {
                 names.insert(id, name);

@@ -912,3 +912,32 @@ fn the_script_decides_as_the_memory_store_does() {
         });
     });
 }
+
+/// A client's `max_tokens` may be any number: a call whose want is past the whole limit
+/// reserves the limit (holding off others while it runs) and gives it back when it ends. Whole,
+/// 2^64 − 1 tokens overflowed the script's reply and stayed reserved, refusing every later call.
+#[tokio::test]
+async fn a_want_past_the_whole_limit_reserves_the_limit_and_gives_it_back() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let p = proxy_with(&redis, &m, "      tokens: 1000\n").await;
+    let huge = r#"{"model":"gpt-4o-mini","max_tokens":18446744073709551615,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (r, _) = post(
+        &format!("http://{}/v1/chat/completions", p.addr),
+        &[
+            ("x-session-id", "huge"),
+            ("x-mock-input-tokens", "8"),
+            ("x-mock-output-chunks", "8"),
+        ],
+        huge,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    settled_total(p.admin, "huge", 16).await;
+    // Nothing left reserved: the next call is admitted and sees the rest of the limit.
+    let (r, _) = call16(p.addr, "huge").await;
+    assert_eq!(r.status(), 200);
+    settled_total(p.admin, "huge", 32).await;
+    let (reserved, _) = common::redis::reserved_in(redis.port, "tw:{s:huge}");
+    assert_eq!(reserved, 0);
+}

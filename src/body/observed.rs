@@ -281,10 +281,11 @@ fn take_held<E>(
     batch: &mut BytesMut,
 ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
     let first = held.take().unwrap_or_default();
+    // The batch goes whole, its spare room with it: freed once written, not kept by the stream.
     let out = if batch.is_empty() {
         first
     } else {
-        batch.split().freeze()
+        std::mem::take(batch).freeze()
     };
     Poll::Ready(Some(Ok(Frame::data(out))))
 }

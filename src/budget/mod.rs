@@ -682,8 +682,6 @@ impl Budgets {
             .collect()
     }
 
-    /// The store key of `scope` for a call and the indices of its limits; `None` when none
-    /// applies (no limit of the scope, or a session or task scope for a call without one).
     /// Whether the store last showed the scope instance `key` near a limit.
     fn is_near(&self, key: &str) -> bool {
         self.near.as_ref().is_some_and(|n| n.is_near(key))
@@ -710,6 +708,8 @@ impl Budgets {
         self.set_near(&held.key, near);
     }
 
+    /// The store key of `scope` for a call and the indices of its limits; `None` when none
+    /// applies (no limit of the scope, or a session or task scope for a call without one).
     fn scope_limits(&self, scope: LimitScope, f: &CallFacts) -> Option<(String, Arc<[usize]>)> {
         let idx = &self.by_scope[SCOPES.iter().position(|s| *s == scope)?];
         if idx.is_empty() {
@@ -1066,10 +1066,12 @@ impl Budgets {
                     enforce: l.action != LimitAction::Observe,
                     optimistic,
                     // An observed limit never refuses: its reservation only shows what remains.
-                    floor: if l.action == LimitAction::Observe {
-                        0
-                    } else {
-                        want
+                    // A want past the whole limit (a client's `max_tokens` may be any number)
+                    // reserves the limit: that already holds off every other call while this
+                    // one runs, and keeps every reservation within what a limit can hold.
+                    floor: match l.action {
+                        LimitAction::Observe => 0,
+                        _ => want.min(l.amount),
                     },
                 }
             })

@@ -324,19 +324,21 @@ impl KeySlices {
 }
 
 impl Slice {
-    /// Take each want's `want` for one call.
+    /// Take each want's `want` for one call; each grant's `used` is what was used before it,
+    /// as the store's grants say (a `cut` limit's allowance is what remains past `used`).
     fn draw(&mut self, wants: &[Want]) -> Vec<Grant> {
         self.inflight += 1;
         wants
             .iter()
             .enumerate()
             .map(|(i, w)| {
+                let used = self.base[i].saturating_add(self.taken[i]);
                 self.taken[i] = self.taken[i].saturating_add(w.want);
                 self.drawn[i] = self.drawn[i].saturating_add(w.want);
                 Grant {
                     start: self.starts[i],
                     granted: w.want,
-                    used: self.base[i].saturating_add(self.taken[i]),
+                    used,
                 }
             })
             .collect()
@@ -391,9 +393,10 @@ mod tests {
             &[want(10)],
         );
         assert_eq!(g[0].granted, 10);
-        assert_eq!(g[0].used, 110);
+        // Used before each call's own draw, as the store's grants say.
+        assert_eq!(g[0].used, 100);
         let (id, g2) = s.take("a:x", &[want(10)], &[0]).unwrap();
-        assert_eq!((id, g2[0].granted, g2[0].used), (7, 10, 120));
+        assert_eq!((id, g2[0].granted, g2[0].used), (7, 10, 110));
         // 5 left: a third call does not fit, and the slice closes.
         assert!(s.take("a:x", &[want(10)], &[0]).is_none());
         let t = Totals {

@@ -785,6 +785,32 @@ async fn a_call_larger_than_the_largest_slice_reserves_by_itself() {
     assert_eq!(taken().await, 1.0, "small calls no longer lease");
 }
 
+/// The Redis budget store on `redis` as the library builds it, and a runtime to drive it.
+fn redis_store(
+    redis: &RedisServer,
+) -> (tokio::runtime::Runtime, tokenwarden::budget::store::Store) {
+    use tokenwarden::budget::redis::{RedisStore, Target};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let url = redis.url();
+    let store = RedisStore::new(
+        Target::Single(&url),
+        Duration::from_secs(5),
+        (hour, hour),
+        hour,
+        0,
+        0,
+    )
+    .unwrap();
+    (
+        rt,
+        tokenwarden::budget::store::Store::Redis(Box::new(store)),
+    )
+}
+
 /// One step of [`the_script_decides_as_the_memory_store_does`].
 #[derive(Debug, Clone, Copy)]
 enum Step {
@@ -812,27 +838,10 @@ fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
 /// whatever the interleaving.
 #[test]
 fn the_script_decides_as_the_memory_store_does() {
-    use tokenwarden::budget::redis::{RedisStore, Target};
     use tokenwarden::budget::store::{Charge, Grant, Reserved, Store, Totals, Want};
 
     let redis = RedisServer::start();
-    let url = redis.url();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let hour = Duration::from_secs(3600);
-    let remote = Store::Redis(Box::new(
-        RedisStore::new(
-            Target::Single(&url),
-            Duration::from_secs(5),
-            (hour, hour),
-            hour,
-            0,
-            0,
-        )
-        .unwrap(),
-    ));
+    let (rt, remote) = redis_store(&redis);
     let case = std::sync::atomic::AtomicU64::new(0);
     // A call's want, or a slice's `more` above it.
     let want = |limit, min, want: u64, more: Option<u64>, optimistic| Want {
@@ -940,4 +949,49 @@ async fn a_want_past_the_whole_limit_reserves_the_limit_and_gives_it_back() {
     settled_total(p.admin, "huge", 32).await;
     let (reserved, _) = common::redis::reserved_in(redis.port, "tw:{s:huge}");
     assert_eq!(reserved, 0);
+}
+
+/// A dead proxy's reservation is released by the next check-and-reserve however large it is:
+/// the lease's record wrote amounts of 15 digits or more (USD limits count nano-USD: a slice
+/// of $100,000) as `1e+15`, which the purge did not read back, so the budget stayed held.
+#[test]
+fn a_dead_leases_large_reservation_is_released() {
+    use tokenwarden::budget::store::{Lease, Reserved, Want};
+
+    let redis = RedisServer::start();
+    let (rt, store) = redis_store(&redis);
+    let want = |n: u64| Want {
+        counter: "usd:life".into(),
+        window: None,
+        limit: 10u64.pow(16),
+        min: 1,
+        want: n,
+        enforce: true,
+        optimistic: false,
+        floor: n,
+    };
+    rt.block_on(async {
+        // A lease that already ran out: its proxy died without settling.
+        let dead = Lease {
+            id: 41,
+            until_ms: 1,
+        };
+        let big = 1_234_567_890_123_456;
+        let got = store
+            .reserve("g", 0, &[want(big)], Some(dead))
+            .await
+            .unwrap();
+        assert!(
+            matches!(got, Reserved::Granted(ref g) if g[0].granted == big),
+            "{got:?}"
+        );
+        // The next reservation purges it first.
+        let got = store.reserve("g", 0, &[want(7)], None).await.unwrap();
+        assert!(
+            matches!(got, Reserved::Granted(ref g) if g[0].used == 0),
+            "{got:?}"
+        );
+        let c = store.get("g").await.unwrap().unwrap().counters["usd:life"];
+        assert_eq!(c.reserved, 7);
+    });
 }

@@ -102,7 +102,9 @@ for _, x in ipairs(plan) do
   local spec = ''
   for _, st in ipairs(x.sets) do
     redis.call('HSET', x.h, st[1] .. ':s', st[2], st[1] .. ':p', st[3], st[1] .. ':r', st[4])
-    spec = spec .. st[1] .. '\t' .. st[2] .. '\t' .. st[5] .. '\n'
+    -- As integers: Lua writes a number of 15 digits or more as 1e+15 (and rounds it), which
+    -- the purge above would not read back, leaving a dead lease's reservation held.
+    spec = spec .. st[1] .. '\t' .. string.format('%d', st[2]) .. '\t' .. string.format('%d', st[5]) .. '\n'
     out[#out + 1] = st[2]
     out[#out + 1] = st[5]
     out[#out + 1] = st[6]

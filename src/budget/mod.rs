@@ -1538,7 +1538,10 @@ impl Admission {
         let now = unix_now();
         let mut remote = Vec::new();
         let model = self.facts.model.as_deref().unwrap_or("");
-        let max_out = (self.facts.max_output).unwrap_or(self.budgets.default_max_output);
+        let max_out = self
+            .facts
+            .max_output
+            .unwrap_or(self.budgets.default_max_output);
         for held in held {
             let charges = self.budgets.charges(&held, tokens, cost);
             let b = self.budgets.clone();
@@ -1567,14 +1570,11 @@ impl Admission {
                     }
                     // What a call like this one reserves optimistically, to tell from the
                     // settlement whether the next one should tokenize first.
-                    let opt: Vec<u64> = match &b.near {
-                        Some(_) => b
-                            .wants(&held.limits, model, self.facts.input_bound, max_out, true)
-                            .into_iter()
-                            .map(|w| w.want)
-                            .collect(),
-                        None => Vec::new(),
-                    };
+                    let opt: Vec<u64> = b
+                        .wants(&held.limits, model, self.facts.input_bound, max_out, true)
+                        .into_iter()
+                        .map(|w| w.want)
+                        .collect();
                     remote.push((held, charges, opt));
                     // A cluster: each scope on its own shard, one script each.
                     if !r.one_node() {

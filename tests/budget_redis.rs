@@ -995,3 +995,61 @@ fn a_dead_leases_large_reservation_is_released() {
         assert_eq!(c.reserved, 7);
     });
 }
+
+/// A call whose client went away while its check-and-reserve ran in Redis, then SIGTERM: the
+/// proxy waits for the script's answer and gives the reservation back before it exits, rather
+/// than leaving it held until its lease runs out.
+#[tokio::test]
+async fn sigterm_after_a_client_gone_during_admission_gives_the_reservation_back() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    // A store timeout longer than Redis sleeps below: the script's answer arrives.
+    let cfg = config(m.addr(), &redis.url(), "fail_closed")
+        .replace("300ms", "10s")
+        .replace("tokens: 50", "tokens: 100000");
+    let file = config_file(&format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\n{cfg}"
+    ));
+    let mut p = ProxyProcess::spawn(file.path()).await;
+    p.tokenizer_loaded().await;
+    // Connect the proxy's store first (another session), so the script is sent at once below.
+    assert_eq!(call16(p.addr, "term-warm").await.0.status(), 200);
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"DEBUG SLEEP 3\r\n").unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut gone = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         x-session-id: term-1\r\nx-mock-input-tokens: 8\r\nx-mock-output-chunks: 8\r\n\
+         content-length: {}\r\n\r\n",
+        CHAT.len()
+    );
+    gone.write_all(head.as_bytes()).await.unwrap();
+    gone.write_all(CHAT.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(200), gone.read(&mut answer)).await;
+    assert!(early.is_err(), "the call was answered while Redis slept");
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut p = p;
+    p.signal("TERM");
+    let exited = tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await;
+    assert!(
+        exited.is_ok(),
+        "the proxy did not exit within 10 s of SIGTERM"
+    );
+    assert_eq!(&sleeper.join().unwrap(), b"+OK\r\n");
+    // Nothing runs any more that could release it but the lease's expiry (30 s).
+    assert_eq!(
+        common::redis::reserved_in(redis.port, "tw:{s:term-1}"),
+        (0, 0),
+        "the reservation outlived the proxy"
+    );
+}

@@ -899,46 +899,62 @@ impl Budgets {
     ) -> Result<redis::ReservedAll, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let b = self.clone();
+        // Counted as a settlement: a shutdown waits for the give-back below.
+        b.in_flight_settles.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
-            let Store::Redis(r) = &b.store else {
-                return;
-            };
-            let parts: Vec<(&str, &[Want], Option<Lease>)> = asks
-                .iter()
-                .map(|(k, w, l)| (k.as_str(), &w[..], *l))
-                .collect();
-            let res = r.reserve(now, &parts).await;
-            let Err(Ok(redis::ReservedAll::Granted(grants))) = tx.send(res) else {
-                return;
-            };
-            let charges: Vec<Vec<Charge>> = asks
-                .iter()
-                .zip(&grants)
-                .map(|((_, wants, _), grants)| {
-                    wants
-                        .iter()
-                        .zip(grants)
-                        .map(|(w, g)| Charge {
-                            counter: w.counter.clone(),
-                            window: w.window,
-                            start: g.start,
-                            granted: g.granted,
-                            actual: 0,
-                        })
-                        .collect()
-                })
-                .collect();
-            let back: Vec<(&str, &[Charge], Option<u64>)> = asks
-                .iter()
-                .zip(&charges)
-                .map(|((k, _, l), c)| (k.as_str(), &c[..], l.map(|l| l.id)))
-                .collect();
-            if let Err(e) = r.settle(unix_now(), &back, Totals::default()).await {
-                b.store_failed("settle", &e);
+            b.reserve_or_give_back(now, asks, tx).await;
+            if b.in_flight_settles.fetch_sub(1, Ordering::AcqRel) == 1 {
+                b.settling.notify_waiters();
             }
         });
         rx.await
             .unwrap_or_else(|_| Err(StoreError::Redis("reserve task ended".into())))
+    }
+
+    /// Run the reserve script of `asks` and answer `tx`; when nobody waits for the answer any
+    /// more (the call's future was dropped), give what was granted back.
+    async fn reserve_or_give_back(
+        &self,
+        now: u64,
+        asks: Vec<(String, Vec<Want>, Option<Lease>)>,
+        tx: tokio::sync::oneshot::Sender<Result<redis::ReservedAll, StoreError>>,
+    ) {
+        let Store::Redis(r) = &self.store else {
+            return;
+        };
+        let parts: Vec<(&str, &[Want], Option<Lease>)> = asks
+            .iter()
+            .map(|(k, w, l)| (k.as_str(), &w[..], *l))
+            .collect();
+        let res = r.reserve(now, &parts).await;
+        let Err(Ok(redis::ReservedAll::Granted(grants))) = tx.send(res) else {
+            return;
+        };
+        let charges: Vec<Vec<Charge>> = asks
+            .iter()
+            .zip(&grants)
+            .map(|((_, wants, _), grants)| {
+                wants
+                    .iter()
+                    .zip(grants)
+                    .map(|(w, g)| Charge {
+                        counter: w.counter.clone(),
+                        window: w.window,
+                        start: g.start,
+                        granted: g.granted,
+                        actual: 0,
+                    })
+                    .collect()
+            })
+            .collect();
+        let back: Vec<(&str, &[Charge], Option<u64>)> = asks
+            .iter()
+            .zip(&charges)
+            .map(|((k, _, l), c)| (k.as_str(), &c[..], l.map(|l| l.id)))
+            .collect();
+        if let Err(e) = r.settle(unix_now(), &back, Totals::default()).await {
+            self.store_failed("settle", &e);
+        }
     }
 
     /// The slices a call's limits `idx` of `scope` draw on, when that scope is leased (and every

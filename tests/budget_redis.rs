@@ -1014,10 +1014,12 @@ async fn sigterm_after_a_client_gone_during_admission_gives_the_reservation_back
     p.tokenizer_loaded().await;
     // Connect the proxy's store first (another session), so the script is sent at once below.
     assert_eq!(call16(p.addr, "term-warm").await.0.status(), 200);
+    // Its settlement done: nothing else is pending when SIGTERM comes.
+    settled(p.admin, "term-warm", 16).await;
     let port = redis.port;
     let sleeper = std::thread::spawn(move || {
         let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.write_all(b"DEBUG SLEEP 3\r\n").unwrap();
+        c.write_all(b"DEBUG SLEEP 1.5\r\n").unwrap();
         let mut buf = [0u8; 5];
         c.read_exact(&mut buf).unwrap();
         buf
@@ -1038,7 +1040,7 @@ async fn sigterm_after_a_client_gone_during_admission_gives_the_reservation_back
     assert!(early.is_err(), "the call was answered while Redis slept");
     drop(gone);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut p = p;
+    // Redis answers ~1 s later, within the 2 s the shutdown waits for settlements.
     p.signal("TERM");
     let exited = tokio::time::timeout(Duration::from_secs(10), p.child.wait()).await;
     assert!(
@@ -1052,4 +1054,78 @@ async fn sigterm_after_a_client_gone_during_admission_gives_the_reservation_back
         (0, 0),
         "the reservation outlived the proxy"
     );
+}
+
+/// A caller whose clock is behind the counter's window (a settle retried with the time of its
+/// first attempt, an admission's time taken before the tokenizer, a sidecar a few ms behind at a
+/// window's turn) draws on the counter's newer window, in both stores alike. Before, a stale
+/// settle rolled the counter back a window: the newer window's spend and reservations were
+/// wiped, and calls in flight in it were admitted again on top of each other.
+#[test]
+fn a_stale_clock_never_moves_a_windowed_counter_back() {
+    use tokenwarden::budget::store::{Charge, Grant, Reserved, Store, Totals, Want};
+
+    let redis = RedisServer::start();
+    let (rt, remote) = redis_store(&redis);
+    let local = Store::Memory(tokenwarden::budget::memory::MemoryStore::open(None));
+    let want = |n: u64| Want {
+        counter: "tokens:60".into(),
+        window: Some(60),
+        limit: 1000,
+        min: n,
+        want: n,
+        enforce: true,
+        optimistic: false,
+        floor: n,
+    };
+    let charge = |g: &Grant, actual: u64| Charge {
+        counter: "tokens:60".into(),
+        window: Some(60),
+        start: g.start,
+        granted: g.granted,
+        actual,
+    };
+    rt.block_on(async {
+        for store in [&local, &remote] {
+            let grant = |r: Reserved| match r {
+                Reserved::Granted(g) => g[0],
+                other => panic!("refused: {other:?}"),
+            };
+            // A is admitted in the window [60, 120), B in [120, 180).
+            let a = grant(store.reserve("s:w", 119, &[want(100)], None).await.unwrap());
+            let b = grant(store.reserve("s:w", 121, &[want(400)], None).await.unwrap());
+            assert_eq!((a.start, b.start), (60, 120));
+            // A settles with the time of its first attempt, in the older window.
+            store
+                .settle("s:w", 119, &[charge(&a, 80)], Totals::default(), None)
+                .await
+                .unwrap();
+            // C's admission took its time before the turn.
+            let c = grant(store.reserve("s:w", 119, &[want(400)], None).await.unwrap());
+            assert_eq!(
+                (c.start, c.used),
+                (120, 480),
+                "C saw B's reservation and A's spend"
+            );
+            let now = store.get("s:w").await.unwrap().unwrap().counters["tokens:60"];
+            assert_eq!((now.start, now.spent, now.reserved), (120, 80, 800));
+            // A fourth call of 400 no longer fits: 80 spent + 800 reserved of 1,000.
+            assert!(matches!(
+                store.reserve("s:w", 122, &[want(400)], None).await.unwrap(),
+                Reserved::Refused { used: 880, .. }
+            ));
+            store
+                .settle(
+                    "s:w",
+                    125,
+                    &[charge(&b, 300), charge(&c, 100)],
+                    Totals::default(),
+                    None,
+                )
+                .await
+                .unwrap();
+            let now = store.get("s:w").await.unwrap().unwrap().counters["tokens:60"];
+            assert_eq!((now.start, now.spent, now.reserved), (120, 480, 0));
+        }
+    });
 }

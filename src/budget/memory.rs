@@ -119,8 +119,10 @@ impl MemoryStore {
                 c.reserved = c.reserved.saturating_sub(ch.granted);
             } else {
                 // The window turned (or the scope was reset): the reservation went with it.
+                // Windows only move forward: a settle retried with an older `now` adds its
+                // spend to the counter's newer window instead of wiping it.
                 let cur = window_start(ch.window, now);
-                if c.start != cur {
+                if cur > c.start {
                     c = Counter {
                         start: cur,
                         ..Counter::default()
@@ -235,11 +237,12 @@ impl MemoryStore {
 }
 
 /// The counter `name` in its current window: rolled over when the window turned, zero when
-/// missing.
+/// missing. A counter already in a later window than `now` says (a caller whose clock is
+/// behind) stays in it: windows only move forward.
 fn current(g: &Group, name: &str, window: Option<u64>, now: u64) -> Counter {
     let start = window_start(window, now);
     match g.counters.get(name) {
-        Some(c) if c.start == start => *c,
+        Some(c) if c.start >= start => *c,
         _ => Counter {
             start,
             ..Counter::default()

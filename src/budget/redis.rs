@@ -86,7 +86,9 @@ for s = 1, scopes do
     local st = tonumber(v[1]) or 0
     local p = tonumber(v[2]) or 0
     local r = tonumber(v[3]) or 0
-    if st ~= start then p = 0; r = 0 end
+    -- Windows only move forward: a caller whose clock is behind (a retried call, a slower
+    -- sidecar) draws on the counter's newer window instead of wiping it.
+    if st > start then start = st elseif st ~= start then p = 0; r = 0 end
     local used = p + r
     local remaining = limit - used
     if remaining < 0 then remaining = 0 end
@@ -121,7 +123,8 @@ end
 return out
 "#;
 
-/// Replace reservations with spend (in the window they were made in, else the current one).
+/// Replace reservations with spend (in the window they were made in, else the counter's
+/// current one, which a stale `now` never moves back).
 /// A reservation whose lease already ran out was released by a purge: only its spend is added.
 /// Settled lease ids are kept (`KEYS[3]`, a sorted set by time, for `ARGV[9]` ms) so a settle
 /// retried after its reply was lost (a timeout, a failover) is not counted twice. Every scope of
@@ -181,7 +184,7 @@ for s = 1, scopes do
       else
         local cur = 0
         if w > 0 then cur = now - (now % w) end
-        if st ~= cur then st = cur; p = 0; r = 0 end
+        if cur > st then st = cur; p = 0; r = 0 end
       end
       p = p + actual
       redis.call('HSET', h, c .. ':s', st, c .. ':p', p, c .. ':r', r)

@@ -602,3 +602,52 @@ async fn anthropic_count_tokens_is_labelled_and_never_billed() {
         "a count is not usage"
     );
 }
+
+/// A stream whose usage the proxy asks for on the client's behalf is asked for uncompressed
+/// (the usage chunk it adds must be read to be hidden): a client that accepts gzip gets the
+/// plain stream without the chunk. An upstream that compresses anyway is forwarded as it came.
+#[tokio::test]
+async fn a_stream_whose_usage_the_proxy_asks_for_is_asked_for_uncompressed() {
+    let m = mock().await;
+    let p = TestProxy::to("inject-gz", m.addr(), "").await;
+    let h = [
+        ("x-agent-name", "acc-inject-gz"),
+        ("accept-encoding", "gzip"),
+        ("x-mock-input-tokens", "21"),
+        ("x-mock-output-chunks", "9"),
+    ];
+    let (resp, bytes) = post(&p.url("/v1/chat/completions"), &h, CHAT_STREAM_NO_USAGE).await;
+    assert_eq!(resp.status(), 200);
+    let seen = m.last_request().unwrap();
+    let accept = seen
+        .headers
+        .iter()
+        .find(|(k, _)| k == "accept-encoding")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(accept, Some("identity"));
+    let body = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(!body.contains("\"usage\""), "usage chunk hidden:\n{body}");
+    // The client's own request for usage keeps its header: nothing is hidden there.
+    post(&p.url("/v1/chat/completions"), &h, CHAT_STREAM_USAGE).await;
+    let seen = m.last_request().unwrap();
+    let accept = seen
+        .headers
+        .iter()
+        .find(|(k, _)| k == "accept-encoding")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(accept, Some("gzip"));
+    // Compressed anyway: the upstream's bytes go on untouched and the call is still counted.
+    let mut gz = h.to_vec();
+    gz.push(("x-mock-gzip", "1"));
+    let (resp, bytes) = post(&p.url("/v1/chat/completions"), &gz, CHAT_STREAM_NO_USAGE).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b]);
+    let text = p.metrics().await;
+    let input = metric_sum(
+        &text,
+        "tokenwarden_tokens_total",
+        &[("agent", "acc-inject-gz"), ("type", "input")],
+    );
+    assert_eq!(input, 63.0, "{text}");
+}

@@ -448,6 +448,39 @@ async fn flagging_agents_get_the_stream_untouched() {
     );
 }
 
+/// A JSON answer a blocking policy holds and checks is asked for uncompressed: compressed, it
+/// could only be flagged (httpx-based SDKs accept gzip on every call).
+#[tokio::test]
+async fn held_answers_are_asked_for_uncompressed_and_checked() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "held-plain",
+        m.addr(),
+        "agents:\n  z-held:\n    require_approval: [get_weather]\n    approval_action: block\n",
+    )
+    .await;
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"go"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]}"#;
+    let sent = [
+        ("x-agent-name", "z-held"),
+        ("x-mock-tool-calls", "1"),
+        ("accept-encoding", "gzip, deflate"),
+    ];
+    let (resp, bytes) = post(&p.url("/v1/chat/completions"), &sent, body).await;
+    let seen = m.last_request().unwrap();
+    let accept = seen
+        .headers
+        .iter()
+        .find(|(k, _)| k == "accept-encoding")
+        .map(|(_, v)| v.clone());
+    assert_eq!(accept.as_deref(), Some("identity"));
+    assert_ne!(resp.status(), 200, "{}", String::from_utf8_lossy(&bytes));
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("approval_required"),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+}
+
 #[tokio::test]
 async fn gated_streams_are_asked_for_uncompressed_and_a_compressed_one_is_flagged() {
     let m = mock().await;
@@ -479,11 +512,16 @@ async fn gated_streams_are_asked_for_uncompressed_and_a_compressed_one_is_flagge
         "gated: asked plain"
     );
     assert!(String::from_utf8_lossy(&bytes).contains("\"code\":\"approval_required\""));
-    // Not gated (no tool policy blocks for this agent): the client's header goes on as sent.
+    // Not gated (no tool policy blocks for this agent) and asking for usage itself (nothing to
+    // hide): the client's header goes on as sent.
+    let asks_usage = body.replace(
+        r#""stream":true"#,
+        r#""stream":true,"stream_options":{"include_usage":true}"#,
+    );
     let (resp, _) = post(
         &p.url("/v1/chat/completions"),
         &[("x-agent-name", "z-other"), ("accept-encoding", "gzip, br")],
-        body,
+        &asks_usage,
     )
     .await;
     assert_eq!(resp.status(), 200);

@@ -142,13 +142,15 @@ impl LlmCall {
             && self.decompressor.is_none()
     }
 
-    /// Whether the request asks for a stream whose tool calls a policy would block, in a format
-    /// whose streams can be gated: it is asked for uncompressed, so that the stream can be gated.
-    /// Other requests keep their `Accept-Encoding` (a SigV4-signed one must stay as signed).
-    pub fn asks_plain_stream(&self) -> bool {
-        self.facts.stream
-            && self.policy.as_ref().is_some_and(ResponseCheck::blocks)
-            && self.facts.format.adapter().tool_gate().is_some()
+    /// Whether the upstream is asked for an uncompressed body: a stream whose tool calls a
+    /// policy would block (in a format whose streams can be gated), a JSON body such a policy
+    /// holds and checks, or a stream whose usage the proxy asked for and must hide — none of
+    /// them can be read compressed. Other requests keep their `Accept-Encoding` (and so does a
+    /// request whose signature covers it).
+    pub fn asks_plain_body(&self) -> bool {
+        let blocks = self.policy.as_ref().is_some_and(ResponseCheck::blocks);
+        let gated = self.facts.stream && self.facts.format.adapter().tool_gate().is_some();
+        (blocks && (gated || !self.facts.stream)) || self.injected
     }
 
     /// Take the response check to run it early (on a held response) instead of at the end.
@@ -201,7 +203,10 @@ impl LlmCall {
 
     /// The rewrite hiding injected usage, when this response is a stream that needs it.
     pub fn usage_hider(&self) -> Option<crate::providers::EventRewrite> {
-        let hides = self.injected && self.streamed && self.parser.is_some();
+        // A compressed stream (an upstream that compressed though asked not to) goes on as it
+        // came: its events cannot be read to hide one.
+        let hides =
+            self.injected && self.streamed && self.parser.is_some() && self.decompressor.is_none();
         hides
             .then(|| self.facts.format.adapter().usage_hider())
             .flatten()

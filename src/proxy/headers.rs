@@ -53,6 +53,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// One of [`FIXED`]: decided on the name's text by length and bytes, where comparing it with
 /// six `HeaderName`s took a comparison of each.
+/// Whether the request's SigV4 signature covers `Accept-Encoding` (its `Authorization` lists
+/// it in `SignedHeaders`): such a header must go up as signed.
+pub fn signs_accept_encoding(headers: &HeaderMap) -> bool {
+    let Some(auth) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let auth = auth.as_bytes();
+    let Some(at) = memchr::memmem::find(auth, b"SignedHeaders=") else {
+        return false;
+    };
+    let list = &auth[at + b"SignedHeaders=".len()..];
+    let end = list
+        .iter()
+        .position(|&b| b == b',' || b == b' ')
+        .unwrap_or(list.len());
+    list[..end]
+        .split(|&b| b == b';')
+        .any(|h| h.eq_ignore_ascii_case(b"accept-encoding"))
+}
+
 fn is_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -68,6 +88,24 @@ fn is_proxy_header(name: &HeaderName) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn a_sigv4_signature_covering_accept_encoding_is_seen() {
+        let with = |auth: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(auth));
+            signs_accept_encoding(&h)
+        };
+        assert!(with("AWS4-HMAC-SHA256 Credential=AK/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=accept-encoding;host;x-amz-date, Signature=ab"));
+        assert!(with(
+            "AWS4-HMAC-SHA256 Credential=x, SignedHeaders=host;Accept-Encoding, Signature=ab"
+        ));
+        assert!(!with(
+            "AWS4-HMAC-SHA256 Credential=x, SignedHeaders=host;x-amz-date, Signature=ab"
+        ));
+        assert!(!with("Bearer accept-encoding"));
+        assert!(!signs_accept_encoding(&HeaderMap::new()));
+    }
 
     #[test]
     fn strips_named_and_fixed_keeps_credentials() {

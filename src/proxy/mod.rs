@@ -683,9 +683,9 @@ impl Proxy {
         // The client sets Host from the upstream URI (HTTP/1) or sends :authority (HTTP/2).
         parts.headers.remove(HOST);
         if let Some(llm) = f.call.llm_mut() {
-            if llm.asks_plain_stream() {
-                // A compressed stream cannot be gated event by event (nor its refusal appended):
-                // a stream whose tool calls are gated is asked for uncompressed.
+            if llm.asks_plain_body() && !headers::signs_accept_encoding(&parts.headers) {
+                // A compressed body cannot be gated event by event, held and checked, or have
+                // the usage asked for on the client's behalf hidden: it is asked for plain.
                 parts
                     .headers
                     .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::record::PolicyViolation;
 
 use super::otlp::wire::{
-    put_bytes, put_fixed32, put_fixed64, put_message, put_str, put_str_joined, put_uint, Attrs,
+    cap, put_bytes, put_fixed32, put_fixed64, put_message, put_str, put_str_joined, put_uint, Attrs,
 };
 use super::spans::{
     new_span_id, new_trace_id, Spans, SPAN_FLAGS_HAS_IS_REMOTE, SPAN_FLAGS_IS_REMOTE,
@@ -144,8 +144,8 @@ impl McpSpan {
             put_bytes(b, 4, &p.span_id.to_bytes());
         }
         match f.target {
-            Some(t) => put_str_joined(b, 5, &[f.method, t]),
-            None => put_str(b, 5, f.method),
+            Some(t) => put_str_joined(b, 5, &[cap(f.method), cap(t)]),
+            None => put_str(b, 5, cap(f.method)),
         }
         put_uint(b, 6, SPAN_KIND_CLIENT);
         put_fixed64(b, 7, unix_nanos(start));
@@ -157,7 +157,12 @@ impl McpSpan {
         attributes(f, &mut Attrs::new(b, 9));
         if let Some(e) = f.error_type {
             put_message(b, 15, |s| {
-                put_str(s, 2, f.error_message.unwrap_or(e));
+                // An upstream's error message may be long; the status keeps its start.
+                put_str(
+                    s,
+                    2,
+                    crate::session::truncate(f.error_message.unwrap_or(e), MAX_STATUS_MESSAGE),
+                );
                 put_uint(s, 3, STATUS_CODE_ERROR);
             });
         }
@@ -174,27 +179,30 @@ impl McpSpan {
     }
 }
 
+/// Longest status message an MCP span keeps from a server's JSON-RPC error.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
 fn attributes(f: &McpSpanEnd<'_>, attrs: &mut Attrs<'_>) {
-    attrs.str("mcp.method.name", f.method);
+    attrs.str("mcp.method.name", cap(f.method));
     match (f.method, f.target) {
         (crate::mcp::TOOLS_CALL, Some(tool)) => {
             attrs.str("gen_ai.operation.name", "execute_tool");
-            attrs.str("gen_ai.tool.name", tool);
+            attrs.str("gen_ai.tool.name", cap(tool));
         }
-        ("prompts/get", Some(prompt)) => attrs.str("gen_ai.prompt.name", prompt),
+        ("prompts/get", Some(prompt)) => attrs.str("gen_ai.prompt.name", cap(prompt)),
         _ => {}
     }
     if let Some(id) = f.request_id {
-        attrs.str("jsonrpc.request.id", id);
+        attrs.str("jsonrpc.request.id", cap(id));
     }
     if let Some(s) = f.mcp_session {
-        attrs.str("mcp.session.id", s);
+        attrs.str("mcp.session.id", cap(s));
     }
     if let Some(v) = f.protocol_version {
-        attrs.str("mcp.protocol.version", v);
+        attrs.str("mcp.protocol.version", cap(v));
     }
     if let Some(e) = f.error_type {
-        attrs.str("error.type", e);
+        attrs.str("error.type", cap(e));
     }
     if let Some(code) = f.rpc_code {
         attrs.str("rpc.response.status_code", &code.to_string());
@@ -204,9 +212,9 @@ fn attributes(f: &McpSpanEnd<'_>, attrs: &mut Attrs<'_>) {
     attrs.str("server.address", f.server_address);
     attrs.int("server.port", i64::from(f.server_port));
     if let Some(s) = f.session {
-        attrs.str("session.id", s);
+        attrs.str("session.id", cap(s));
     }
-    attrs.str("agent.name", f.agent);
+    attrs.str("agent.name", cap(f.agent));
     if let Some(step) = f.step {
         attrs.int("agent_step", i64::try_from(step).unwrap_or(i64::MAX));
         attrs.str("tokenwarden.step.kind", "tool");

@@ -22,7 +22,8 @@ use crate::record::{BudgetDecision, CallLabels, PolicyViolation};
 use super::content::{Captured, ContentPolicy};
 use super::otlp::queue::SPAN_CAPACITY;
 use super::otlp::wire::{
-    put_bytes, put_fixed32, put_fixed64, put_message, put_str, put_str_joined, put_uint, Attrs,
+    cap, put_bytes, put_fixed32, put_fixed64, put_message, put_str, put_str_joined, put_uint,
+    Attrs, MAX_ITEMS,
 };
 use super::otlp::{self, ExporterError, SpanSink};
 use super::trace_context::{self, RemoteParent};
@@ -287,7 +288,7 @@ impl CallSpan {
         }
         let model = f.facts.model.as_deref();
         match model {
-            Some(m) => put_str_joined(b, 5, &[f.labels.operation.as_str(), m]),
+            Some(m) => put_str_joined(b, 5, &[f.labels.operation.as_str(), cap(m)]),
             None => put_str(b, 5, f.labels.operation.as_str()),
         }
         put_uint(b, 6, SPAN_KIND_CLIENT);
@@ -309,7 +310,7 @@ impl CallSpan {
         }
         if let Some(e) = f.error_type {
             put_message(b, 15, |s| {
-                put_str(s, 2, e);
+                put_str(s, 2, cap(e));
                 put_uint(s, 3, STATUS_CODE_ERROR);
             });
         }
@@ -338,15 +339,15 @@ impl CallSpan {
             attrs.int("http.response.status_code", i64::from(status.as_u16()));
         }
         if let Some(e) = f.error_type {
-            attrs.str("error.type", e);
+            attrs.str("error.type", cap(e));
         }
         if let Some(s) = f.session {
-            attrs.str("session.id", s);
+            attrs.str("session.id", cap(s));
         }
         if let Some(t) = f.task {
-            attrs.str("task.id", t);
+            attrs.str("task.id", cap(t));
         }
-        attrs.str("agent.name", &f.labels.agent);
+        attrs.str("agent.name", cap(&f.labels.agent));
         if let Some(step) = f.step {
             attrs.int("agent_step", i64::try_from(step).unwrap_or(i64::MAX));
             // A session's steps count LLM calls and executed MCP tool calls alike.
@@ -355,7 +356,11 @@ impl CallSpan {
         if !f.record.tool_calls.is_empty() {
             attrs.str_array(
                 "tokenwarden.tool_calls",
-                f.record.tool_calls.iter().map(|c| &c.name),
+                f.record
+                    .tool_calls
+                    .iter()
+                    .take(MAX_ITEMS)
+                    .map(|c| cap(&c.name)),
             );
         }
         if let Some(d) = f.budget_decision {
@@ -376,7 +381,7 @@ impl CallSpan {
         }
         if matches!(conventions, Conventions::Openinference | Conventions::Both) {
             let m = f.record.model.as_deref().or(model).unwrap_or("unknown");
-            super::openinference::attributes(f.labels.provider, m, &f.record.usage, attrs);
+            super::openinference::attributes(f.labels.provider, cap(m), &f.record.usage, attrs);
         }
         if let (Some(policy), Some(c)) = (&self.spans.content, &self.captured) {
             for (key, json) in policy.attributes(
@@ -406,16 +411,19 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
     attrs.str("gen_ai.operation.name", f.labels.operation.as_str());
     attrs.str("gen_ai.provider.name", f.labels.provider);
     if let Some(m) = &f.facts.model {
-        attrs.str("gen_ai.request.model", m);
+        attrs.str("gen_ai.request.model", cap(m));
     }
     if let Some(m) = &r.model {
-        attrs.str("gen_ai.response.model", m);
+        attrs.str("gen_ai.response.model", cap(m));
     }
     if let Some(id) = &r.id {
-        attrs.str("gen_ai.response.id", id);
+        attrs.str("gen_ai.response.id", cap(id));
     }
     if !r.finish_reasons.is_empty() {
-        attrs.str_array("gen_ai.response.finish_reasons", &r.finish_reasons);
+        attrs.str_array(
+            "gen_ai.response.finish_reasons",
+            r.finish_reasons.iter().take(MAX_ITEMS).map(|f| cap(f)),
+        );
     }
     let u = &r.usage;
     // The cache write count was renamed by the conventions (`cache_creation` → `cache_write`);
@@ -466,7 +474,7 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
         attrs.double("gen_ai.response.time_to_first_chunk", secs);
     }
     if let Some(s) = f.session {
-        attrs.str("gen_ai.conversation.id", s);
+        attrs.str("gen_ai.conversation.id", cap(s));
     }
 }
 
@@ -607,6 +615,57 @@ mod tests {
         let mut decoded = ScopeSpans::decode(&batch.bytes[..]).expect("a valid OTLP span");
         assert_eq!(decoded.spans.len(), 1);
         decoded.spans.remove(0)
+    }
+
+    /// Text from traffic is cut before it is encoded: a client's huge `model`, an upstream's
+    /// huge id and thousands of tool calls make a span of a few KiB, not tens of MiB.
+    #[tokio::test]
+    async fn traffic_text_on_a_span_is_cut() {
+        let (spans, queue) = Spans::for_test(Conventions::Both, None);
+        let started = Instant::now();
+        let call = spans.start(&HeaderMap::new(), Arc::from("api.openai.com"), 443, started);
+        let huge = "m".repeat(1 << 20);
+        let mut facts = facts(false);
+        facts.model = Some(huge.clone());
+        let mut record = record();
+        record.model = Some(huge.clone());
+        record.id = Some(huge.clone());
+        record.finish_reasons = vec![huge.clone(); 1000];
+        record.tool_calls = (0..5000)
+            .map(|i| ToolCall {
+                choice: 0,
+                id: None,
+                name: format!("{i}{huge}", huge = &huge[..1000]),
+                arguments: String::new(),
+            })
+            .collect();
+        let labels = labels();
+        call.finish(&SpanEnd {
+            labels: &labels,
+            facts: &facts,
+            record: &record,
+            error_type: Some(&huge),
+            status: Some(StatusCode::OK),
+            now: started,
+            upstream_sent: Some(started),
+            first_output: None,
+            streamed: false,
+            usage_source: None,
+            session: None,
+            task: None,
+            step: None,
+            budget_decision: None,
+            policy_violations: &[],
+            policy_blocked: None,
+        });
+        let batch = queue.take(true).expect("a span");
+        assert!(batch.bytes.len() < 80 * 1024, "{} bytes", batch.bytes.len());
+        let decoded = ScopeSpans::decode(&batch.bytes[..]).expect("a valid OTLP span");
+        let span = &decoded.spans[0];
+        assert_eq!(span.name, format!("chat {}", &huge[..256]));
+        assert_eq!(attr(span, "gen_ai.request.model"), Some(&s(&huge[..256])));
+        assert_eq!(attr(span, "llm.model_name"), Some(&s(&huge[..256])));
+        assert_eq!(strings(attr(span, "tokenwarden.tool_calls")).len(), 128);
     }
 
     #[tokio::test]

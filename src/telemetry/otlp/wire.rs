@@ -56,6 +56,17 @@ pub fn put_str(buf: &mut impl BufMut, field: u32, s: &str) {
     put_bytes(buf, field, s.as_bytes());
 }
 
+/// Longest text a span carries from traffic (model names, ids, tool names, error types): a
+/// client's 30 MiB `model` must not become a 30 MiB span (the export queue is bounded by count).
+pub const MAX_TEXT: usize = 256;
+/// Most items of an array attribute made from traffic (tool calls, finish reasons).
+pub const MAX_ITEMS: usize = 128;
+
+/// `s` cut to [`MAX_TEXT`] bytes on a character boundary.
+pub fn cap(s: &str) -> &str {
+    crate::session::truncate(s, MAX_TEXT)
+}
+
 /// A `string` field made of `parts` joined by one space, without building the string.
 pub fn put_str_joined(buf: &mut impl BufMut, field: u32, parts: &[&str]) {
     let len = parts.iter().map(|p| p.len()).sum::<usize>() + parts.len().saturating_sub(1);

@@ -85,7 +85,20 @@ struct UsageMetadata {
 // === impl UsageMetadata ===
 
 impl UsageMetadata {
+    /// The counts stated; none when the metadata states no count (Vertex AI's intermediate
+    /// chunks carry `{"trafficType":"ON_DEMAND"}` alone, the counts only in the last).
     fn to_usage(&self) -> Usage {
+        let counts = [
+            self.prompt_token_count,
+            self.candidates_token_count,
+            self.thoughts_token_count,
+            self.tool_use_prompt_token_count,
+            self.cached_content_token_count,
+            self.total_token_count,
+        ];
+        if counts.iter().all(Option::is_none) {
+            return Usage::default();
+        }
         Usage {
             input: Some(
                 self.prompt_token_count.unwrap_or(0)
@@ -117,8 +130,11 @@ impl Stream {
             self.record.model = Some(model);
         }
         crate::providers::shape::set_once(&mut self.record.id, c.response_id.as_deref());
-        if let Some(u) = &c.usage_metadata {
-            self.record.usage = u.to_usage();
+        // Each chunk's metadata restates the whole count; one that states none keeps the last.
+        if let Some(u) = c.usage_metadata.as_ref().map(UsageMetadata::to_usage) {
+            if u.is_present() {
+                self.record.usage = u;
+            }
         }
         if let Some(e) = &c.error {
             self.record.error_type = Some(e.error_type());
@@ -182,6 +198,23 @@ mod tests {
         let r = p.finish();
         assert_eq!(r.model.as_deref(), Some("gemini-2.5-flash"));
         assert_eq!(r.id.as_deref(), Some("r1"));
+        assert_eq!((r.usage.input, r.usage.output), (Some(3), Some(2)));
+    }
+
+    /// Vertex AI's intermediate chunks state `usageMetadata` without counts: such metadata is
+    /// no usage, neither before the counts nor after them.
+    #[test]
+    fn usage_metadata_without_counts_is_no_usage() {
+        let traffic = b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hi\"}]}}],\"usageMetadata\":{\"trafficType\":\"ON_DEMAND\"}}\r\n\r\n";
+        let mut cut = ResponseParser::new(Format::Gemini, true, 1 << 20);
+        cut.feed(traffic);
+        let r = cut.finish();
+        assert!(!r.usage.is_present(), "{:?}", r.usage);
+        let mut p = ResponseParser::new(Format::Gemini, true, 1 << 20);
+        p.feed(traffic);
+        p.feed(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"!\"}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":2,\"totalTokenCount\":5,\"trafficType\":\"ON_DEMAND\"}}\r\n\r\n");
+        p.feed(traffic);
+        let r = p.finish();
         assert_eq!((r.usage.input, r.usage.output), (Some(3), Some(2)));
     }
 }

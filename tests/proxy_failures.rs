@@ -475,3 +475,48 @@ async fn a_first_byte_timeout_charges_the_tokenized_input_counts_it_and_says_so_
         .unwrap_or_else(|| panic!("no access line:\n{logs}"));
     assert!(line.contains("\"outcome\":\"upstream_timeout\""), "{line}");
 }
+
+/// A stream broken off after its start stated usage (Anthropic's `message_start`: the input, and
+/// a placeholder output of 1) is charged the output it carried, estimated, not the placeholder.
+#[tokio::test]
+async fn a_stream_broken_off_before_its_final_usage_is_charged_the_output_it_carried() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "cutmsg",
+        m.addr(),
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 1000000\n",
+    )
+    .await;
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":1000,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let req = Request::post(p.url("/v1/messages"))
+        .header("x-session-id", "cut-msg")
+        .header("x-mock-fault", "drop-mid-stream")
+        .header("x-mock-input-tokens", "37")
+        .header("x-mock-output-chunks", "200")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await;
+    assert!(got.is_err(), "the body breaks off");
+    let t = session_tokens(&p, "cut-msg").await;
+    assert_eq!(t["input"].as_u64(), Some(37), "the stated input kept: {t}");
+    assert!(
+        t["output"].as_u64().unwrap() > 50,
+        "charged the output it carried, not the placeholder: {t}"
+    );
+    let text = p.metrics().await;
+    assert!(
+        metric_value(
+            &text,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "default"),
+                ("model", "claude-sonnet-4-5"),
+                ("type", "output"),
+                ("source", "estimated")
+            ]
+        ) > 50.0,
+        "{text}"
+    );
+}

@@ -353,13 +353,35 @@ impl LlmCall {
                 ));
             }
             UsageSource::Estimated
+        } else if record.usage.is_present()
+            && self.streamed
+            && ending.end != BodyEnd::Complete
+            && !final_usage(&record)
+        {
+            // Broken off (client gone, upstream reset, idle) after a stream stated usage at its
+            // start only (Anthropic's `message_start`: the input, and a placeholder output): the
+            // provider billed what it generated — at least the output events we saw.
+            record.usage.output = Some(
+                record
+                    .usage
+                    .output
+                    .unwrap_or(0)
+                    .max(sample.estimate_tokens()),
+            );
+            if record.usage.input.is_none() {
+                record.usage.input = Some(crate::providers::estimate_input(
+                    self.facts.format,
+                    &self.request_body,
+                ));
+            }
+            UsageSource::Estimated
         } else if record.usage.is_present() {
             if self.injected {
                 UsageSource::Injected
             } else {
                 UsageSource::Provider
             }
-        } else if parsed && billable(&record, ending) {
+        } else if parsed && billable(&record, ending, self.streamed && sample.events > 0) {
             record.usage.input = Some(crate::providers::estimate_input(
                 self.facts.format,
                 &self.request_body,
@@ -495,13 +517,13 @@ impl CutWatch {
 
 /// Whether a read response without usage still cost tokens: it is not an error answer (a body
 /// cut short by a client that left or by a broken upstream was still billed for what was
-/// generated).
-fn billable(record: &ResponseRecord, ending: &Ending) -> bool {
+/// generated, and so was a stream's output before an error event ended it).
+fn billable(record: &ResponseRecord, ending: &Ending, output_seen: bool) -> bool {
     // A JSON body cut short by a broken upstream or a client that left does not parse, but
     // like a cut stream it was generated and billed: it is estimated, not charged nothing.
     let cut_short = ending.end != BodyEnd::Complete && record.unparsed == Some("invalid_json");
     (record.unparsed.is_none() || cut_short)
-        && record.error_type.is_none()
+        && (record.error_type.is_none() || output_seen)
         && ending.status.is_some_and(|s| s.is_success())
 }
 
@@ -596,5 +618,35 @@ fn error_type(record: &ResponseRecord, ending: &Ending) -> Option<String> {
         Some(s) if s.is_client_error() || s.is_server_error() => Some(s.as_u16().to_string()),
         None => Some("no_response".into()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error event that ends a stream after output (OpenAI's `data: {"error":…}`, a
+    /// Responses `error` event) does not make the output free: the provider billed it.
+    #[test]
+    fn a_stream_that_errs_after_output_is_billable() {
+        let now = Instant::now();
+        let ending = Ending {
+            end: BodyEnd::Complete,
+            status: Some(StatusCode::OK),
+            started: now,
+            now,
+            unanswered: false,
+            shutdown: false,
+            blocked: None,
+            trace: None,
+        };
+        let record = ResponseRecord {
+            error_type: Some("server_error".into()),
+            ..ResponseRecord::default()
+        };
+        assert!(billable(&record, &ending, true));
+        assert!(!billable(&record, &ending, false), "an error answer alone");
+        let fine = ResponseRecord::default();
+        assert!(billable(&fine, &ending, false));
     }
 }

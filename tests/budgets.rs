@@ -921,3 +921,31 @@ async fn an_image_under_an_escaped_key_is_counted_before_the_call_goes_upstream(
     let view = session_view(&p, "escaped-1").await;
     assert_eq!(view["tokens"]["total"], 0);
 }
+
+/// A path the upstream decodes before routing (`/v1/chat/complet%69ons` to uvicorn or gin) is
+/// read as the call it is: its budget applies. It went up as an unread "other" call.
+#[tokio::test]
+async fn an_encoded_path_is_budgeted_as_the_call_the_upstream_serves() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "encoded",
+        m.addr(),
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 1\n",
+    )
+    .await;
+    let hdrs = [("x-session-id", "enc-1")];
+    for path in [
+        "/v1/chat/complet%69ons",
+        "/v1/x/../chat/completions",
+        "/v1/chat/./completions",
+    ] {
+        let (r, body) = post(&p.url(path), &hdrs, CHAT).await;
+        assert_eq!(
+            r.status(),
+            402,
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    assert_eq!(m.stats().requests, 0, "nothing went upstream");
+}

@@ -463,7 +463,7 @@ impl Proxy {
     /// Phase 2: the protocol and labels of a routed request; from here the call finishes
     /// exactly once.
     fn identify(&self, route: Arc<Route>, parts: http::request::Parts, started: Instant) -> Flight {
-        let upath = route.upstream_path(parts.uri.path());
+        let upath = route::as_served(route.upstream_path(parts.uri.path()));
         let class = protocol::classify_remembered(route.protocol, &upath);
         // A path the route rewrote (base path) is kept for `read`; a borrowed one is a slice of
         // the request's own path and costs nothing to take again.
@@ -500,7 +500,7 @@ impl Proxy {
         f.call.bytes_in = bytes.len();
         let upath = match f.upath.as_deref() {
             Some(p) => std::borrow::Cow::Borrowed(p),
-            None => f.route.upstream_path(f.parts.uri.path()),
+            None => route::as_served(f.route.upstream_path(f.parts.uri.path())),
         };
         // An LLM call's JSON body is read once here, for inspection and the policies (which
         // read the conversation), into a document sharing the body's bytes; embeddings are only

@@ -196,9 +196,58 @@ impl Route {
     }
 }
 
+/// The path as the upstream will serve it, for classifying the call: percent-escapes decoded and
+/// dot segments resolved, as servers (uvicorn, gin, nginx) do before routing. The request still
+/// goes up with its path as sent (a SigV4 signature covers it); only what the proxy reads of it
+/// changes, so that `/v1/chat/complet%69ons` is not an unread "other" call.
+pub fn as_served(path: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') && !path.contains("/.") {
+        return path;
+    }
+    let decoded = percent_encoding::percent_decode_str(&path)
+        .decode_utf8_lossy()
+        .into_owned();
+    let mut out: Vec<&str> = Vec::new();
+    let mut segments = decoded.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        match seg {
+            "." => {}
+            ".." => {
+                if out.len() > 1 {
+                    out.pop();
+                }
+            }
+            s => out.push(s),
+        }
+        // A trailing `.` or `..` leaves the path ending in a slash.
+        if last && (seg == "." || seg == "..") {
+            out.push("");
+        }
+    }
+    std::borrow::Cow::Owned(out.join("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_classified_as_the_upstream_serves_it() {
+        let served = |p: &str| as_served(std::borrow::Cow::Borrowed(p)).into_owned();
+        assert_eq!(served("/v1/chat/completions"), "/v1/chat/completions");
+        assert_eq!(served("/v1/chat/complet%69ons"), "/v1/chat/completions");
+        assert_eq!(served("/v1/%6Dessages"), "/v1/messages");
+        assert_eq!(served("/v1/x/../chat/completions"), "/v1/chat/completions");
+        assert_eq!(served("/v1/./chat/./completions"), "/v1/chat/completions");
+        assert_eq!(served("/../../v1/messages"), "/v1/messages");
+        assert_eq!(served("/v1/models/.."), "/v1/");
+        assert_eq!(served("/v1/bad%zz%"), "/v1/bad%zz%");
+        assert_eq!(
+            served("/v1beta/models/gemini:generateContent"),
+            "/v1beta/models/gemini:generateContent"
+        );
+    }
     use crate::config::load_from_str;
 
     fn router(yaml: &str) -> Router {

@@ -62,6 +62,13 @@ pub trait Adapter: Sync {
     /// Read a whole JSON response body into `r`; false when it is not this format's JSON.
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool;
 
+    /// The top-level key of this format's JSON bodies whose object states usage, read from the
+    /// tail of a body too large to parse whole (an embeddings answer of 1,000 inputs, a
+    /// Responses answer carrying its images): [`Adapter::parse_json`] reads `{key: object}`.
+    fn usage_key(&self) -> &'static str {
+        "usage"
+    }
+
     // stream rewrites
 
     /// How a stream of this format is ended early at a budget (`action: cut`), when it can be

@@ -4,7 +4,7 @@ use crate::sse::{NdjsonDecoder, NdjsonItem, SseDecoder, SseItem};
 
 use super::adapter::{Adapter, FramedStream, StreamReader};
 use super::registry::Format;
-use super::usage::ResponseRecord;
+use super::usage::{ResponseRecord, Usage};
 
 /// What one frame contributed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -118,11 +118,15 @@ impl ResponseParser {
         let mut feed = Feed::default();
         match &mut self.body {
             Body::Json(buf, over) => {
-                if *over || buf.len() + chunk.len() > self.max_body {
+                if !*over && buf.len() + chunk.len() > self.max_body {
+                    // Too large to parse whole: only the tail is kept from here on, where a
+                    // body's usage follows its data.
                     *over = true;
-                    buf.clear();
-                } else {
-                    buf.extend_from_slice(chunk);
+                    buf.drain(..buf.len().saturating_sub(JSON_TAIL));
+                }
+                buf.extend_from_slice(chunk);
+                if *over && buf.len() > 2 * JSON_TAIL {
+                    buf.drain(..buf.len() - JSON_TAIL);
                 }
             }
             Body::Sse(dec) => {
@@ -197,9 +201,11 @@ impl ResponseParser {
 
     fn finish_record(self) -> ResponseRecord {
         match self.body {
-            Body::Json(_, true) => {
+            Body::Json(tail, true) => {
+                let adapter = self.state.adapter;
                 let mut r = self.state.into_record();
                 r.unparsed = Some("body_too_large");
+                r.usage = usage_in_tail(adapter, &tail);
                 r
             }
             Body::Json(buf, false) => json_record(&self.state, &buf),
@@ -216,6 +222,72 @@ impl ResponseParser {
             }
         }
     }
+}
+
+/// What is kept of a JSON body too large to parse: its last bytes (twice this at most).
+const JSON_TAIL: usize = 64 * 1024;
+
+/// The usage a JSON body's tail states: the last `"<usage key>": {…}` in it whose object the
+/// format reads as usage (none when the tail holds none, or only inside strings it cannot tell
+/// from the body's own members).
+fn usage_in_tail(adapter: &dyn Adapter, tail: &[u8]) -> Usage {
+    let key = adapter.usage_key();
+    let quoted = format!("\"{key}\"");
+    for at in memchr::memmem::rfind_iter(tail, quoted.as_bytes()).take(8) {
+        let Some(object) = object_after_key(&tail[at + quoted.len()..]) else {
+            continue;
+        };
+        let mut wrapped = Vec::with_capacity(object.len() + quoted.len() + 3);
+        wrapped.push(b'{');
+        wrapped.extend_from_slice(quoted.as_bytes());
+        wrapped.push(b':');
+        wrapped.extend_from_slice(object);
+        wrapped.push(b'}');
+        let mut r = ResponseRecord::default();
+        if adapter.parse_json(&wrapped, &mut r) && r.usage.is_present() {
+            return r.usage;
+        }
+    }
+    Usage::default()
+}
+
+/// The object that `rest` (what follows a key's closing quote) holds as the key's value: `:`,
+/// then `{` … its matching `}` (strings and escapes skipped); `None` for anything else or an
+/// object cut off.
+fn object_after_key(rest: &[u8]) -> Option<&[u8]> {
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let colon = rest.iter().position(|b| !ws(b))?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let start = colon + 1 + rest[colon + 1..].iter().position(|b| !ws(b))?;
+    if rest[start] != b'{' {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in rest[start..].iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(&rest[start..=start + i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// A whole JSON response body read in `state`'s format.
@@ -299,5 +371,92 @@ mod sample_tests {
         let exact = crate::tokens::count(&text);
         let est = sample.estimate_tokens();
         assert!(est.abs_diff(exact) <= exact / 50, "{est} vs {exact}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::MAX_PARSE_BYTES;
+
+    /// An answer past the parse cap, fed in frames as it arrives, then ended.
+    fn read_large(
+        format: Format,
+        head: &str,
+        item: &str,
+        items: usize,
+        end: &str,
+    ) -> ResponseRecord {
+        let mut p = ResponseParser::new(format, false, MAX_PARSE_BYTES);
+        p.feed(head.as_bytes());
+        let mut frame = String::new();
+        for i in 0..items {
+            if i > 0 {
+                frame.push(',');
+            }
+            frame.push_str(item);
+            if frame.len() > 16 * 1024 {
+                p.feed(frame.as_bytes());
+                frame.clear();
+            }
+        }
+        p.feed(frame.as_bytes());
+        p.feed(end.as_bytes());
+        p.finish()
+    }
+
+    /// An embeddings answer of 1,000 inputs (~16 MiB) is too large to parse whole; the usage
+    /// at its end is still read from the tail kept.
+    #[test]
+    fn a_body_past_the_cap_states_its_usage_from_its_tail() {
+        let vector = format!("[{}]", vec!["-0.0123456789"; 1200].join(","));
+        let item = format!(r#"{{"object":"embedding","index":0,"embedding":{vector}}}"#);
+        let r = read_large(
+            Format::OpenAiChat,
+            r#"{"object":"list","data":["#,
+            &item,
+            1000,
+            r#"],"model":"text-embedding-3-large","usage":{"prompt_tokens":48000,"total_tokens":48000}}"#,
+        );
+        assert_eq!(r.unparsed, Some("body_too_large"));
+        assert_eq!(r.usage.input, Some(48000));
+        // A key that only looks like usage inside the data is not taken for it.
+        let r = read_large(
+            Format::OpenAiChat,
+            r#"{"data":["#,
+            r#""text with \"usage\": {\"prompt_tokens\": 5} inside""#,
+            400_000,
+            r#"]}"#,
+        );
+        assert!(!r.usage.is_present(), "{:?}", r.usage);
+    }
+
+    #[test]
+    fn a_gemini_body_past_the_cap_states_its_usage_metadata_from_its_tail() {
+        let part = format!(r#"{{"text":"{}"}}"#, "x".repeat(1000));
+        let r = read_large(
+            Format::Gemini,
+            r#"{"candidates":[{"content":{"parts":["#,
+            &part,
+            10_000,
+            r#"]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":7,"candidatesTokenCount":2500000,"totalTokenCount":2500007},"modelVersion":"gemini-2.5-flash"}"#,
+        );
+        assert_eq!(r.usage.input, Some(7));
+        assert_eq!(r.usage.output, Some(2_500_000));
+    }
+
+    #[test]
+    fn the_object_after_a_key_ends_at_its_matching_brace() {
+        assert_eq!(
+            object_after_key(br#" : {"a":{"b":"}"},"c":[1,{}]} ,"x":1"#),
+            Some(&br#"{"a":{"b":"}"},"c":[1,{}]}"#[..])
+        );
+        assert_eq!(
+            object_after_key(br#":{"a":"\"}"}"#),
+            Some(&br#"{"a":"\"}"}"#[..])
+        );
+        assert_eq!(object_after_key(br#":{"a":1"#), None, "cut off");
+        assert_eq!(object_after_key(br#":null"#), None);
+        assert_eq!(object_after_key(br#"}"#), None);
     }
 }

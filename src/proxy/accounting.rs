@@ -522,7 +522,9 @@ fn billable(record: &ResponseRecord, ending: &Ending, output_seen: bool) -> bool
     // A JSON body cut short by a broken upstream or a client that left does not parse, but
     // like a cut stream it was generated and billed: it is estimated, not charged nothing.
     let cut_short = ending.end != BodyEnd::Complete && record.unparsed == Some("invalid_json");
-    (record.unparsed.is_none() || cut_short)
+    // Too large to read whole (and no usage in its tail): still an answer, estimated.
+    let too_large = matches!(record.unparsed, Some("body_too_large" | "event_too_large"));
+    (record.unparsed.is_none() || cut_short || too_large)
         && (record.error_type.is_none() || output_seen)
         && ending.status.is_some_and(|s| s.is_success())
 }
@@ -648,5 +650,13 @@ mod tests {
         assert!(!billable(&record, &ending, false), "an error answer alone");
         let fine = ResponseRecord::default();
         assert!(billable(&fine, &ending, false));
+        let large = ResponseRecord {
+            unparsed: Some("body_too_large"),
+            ..ResponseRecord::default()
+        };
+        assert!(
+            billable(&large, &ending, false),
+            "too large to read is still an answer"
+        );
     }
 }

@@ -71,6 +71,10 @@ impl Adapter for Gemini {
         response::parse_json(body, r)
     }
 
+    fn usage_key(&self) -> &'static str {
+        "usageMetadata"
+    }
+
     fn requested_model(&self, path: &str, _body_model: Option<&str>) -> Option<String> {
         request::model(path)
             .or_else(|| azure_deployment(path))

@@ -53,6 +53,10 @@ macro_rules! same_body_as {
             $base.parse_json(body, r)
         }
 
+        fn usage_key(&self) -> &'static str {
+            $base.usage_key()
+        }
+
         fn stream_ending(&self) -> Option<Box<dyn StreamEnding>> {
             $base.stream_ending()
         }

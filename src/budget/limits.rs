@@ -33,7 +33,7 @@ pub struct Limit {
     pub action: LimitAction,
     /// Fraction of the limit that raises a warning.
     pub warn_at: Option<f64>,
-    /// Counter name inside the scope's record: limits on the same unit and window share it.
+    /// Counter name inside the scope's record (one limit per scope, unit and window: validated).
     pub counter: Arc<str>,
 }
 

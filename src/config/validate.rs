@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::error::ConfigError;
-use super::schema::{Config, ForbiddenPattern, LimitConfig};
+use super::schema::{Config, ForbiddenPattern, LimitConfig, LimitScope};
 
 /// Validate `config`; the error names the offending key by its dotted path.
 /// Most worker threads: each holds a listening socket, a runtime and its own upstream pools.
@@ -213,6 +213,31 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     }
     for (i, l) in config.budgets.limits.iter().enumerate() {
         check_limit(l).map_err(|(k, m)| invalid(&format!("budgets.limits[{i}].{k}"), &m))?;
+    }
+    // A scope's record keeps one counter per unit and window: two limits there would count
+    // every call twice (and the stores disagree on what each reserved).
+    let mut seen: Vec<(LimitScope, &str, Option<u64>, usize)> = Vec::new();
+    for (i, l) in config.budgets.limits.iter().enumerate() {
+        let window = parse_window(&l.window)
+            .ok()
+            .flatten()
+            .map(|d| d.as_secs().max(1));
+        let units = [("tokens", l.tokens.is_some()), ("usd", l.usd.is_some())];
+        for (unit, _) in units.iter().filter(|(_, set)| *set) {
+            if let Some(&(.., j)) = seen
+                .iter()
+                .find(|(s, u, w, _)| *s == l.scope && u == unit && *w == window)
+            {
+                return Err(invalid(
+                    &format!("budgets.limits[{i}]"),
+                    &format!(
+                        "a second `{unit}` limit on this scope with the window of budgets.limits[{j}]: \
+                         one limit per scope, unit and window (`warn_at` warns before it)"
+                    ),
+                ));
+            }
+            seen.push((l.scope, unit, window, i));
+        }
     }
     for (model, p) in &config.pricing {
         let all = [
@@ -442,6 +467,8 @@ mod tests {
             ("routes: []\n", "routes"),
             ("budgets:\n  limits:\n    - scope: session\n      tokens: 10\n      window: 3w\n", "budgets.limits[0].window"),
             ("budgets:\n  limits:\n    - scope: agent\n", "budgets.limits[0].tokens"),
+            ("budgets:\n  limits:\n    - scope: agent\n      tokens: 100\n    - scope: agent\n      tokens: 80\n      action: observe\n", "budgets.limits[1]"),
+            ("budgets:\n  limits:\n    - scope: session\n      usd: 1\n      window: 1d\n    - scope: session\n      tokens: 9\n      usd: 2\n      window: 24h\n", "with the window of budgets.limits[0]"),
             ("server:\n  header_read_timeout: 0s\n", "server.header_read_timeout"),
             ("server:\n  workers: 0\n", "server.workers"),
             ("server:\n  runtime: threads\n", "key `runtime`"),

@@ -98,14 +98,25 @@ impl Prices {
             .collect()
     }
 
-    /// Nano-USD an estimate of `input` and `output` tokens may cost on `model` (uncached).
+    /// Nano-USD that `input` and `output` tokens may cost on `model` at most: each kind priced at
+    /// the highest rate the model's price bills it at (input written to the cache or heard as
+    /// audio costs more than plain input), so that a reservation covers the call however its
+    /// input turns out to be billed. The one-hour cache write's default (2 × input) counts for a
+    /// price that sets a cache write price: a model with cache writes.
     pub fn estimate(&self, model: &str, input: u64, output: u64) -> u64 {
-        let usage = Usage {
-            input: Some(input),
-            output: Some(output),
-            ..Usage::default()
+        let Some(p) = self.get(model) else {
+            return 0;
         };
-        self.cost(model, &usage)
+        let one_hour = p.cache_creation_input_1h.or(p
+            .cache_creation_input
+            .map(|_| p.input * ONE_HOUR_WRITE_FACTOR));
+        let input_rate = [p.cache_creation_input, one_hour, p.audio_input]
+            .into_iter()
+            .flatten()
+            .fold(p.input, f64::max);
+        let output_rate = p.audio_output.map_or(p.output, |a| a.max(p.output));
+        let per_million = input as f64 * input_rate + output as f64 * output_rate;
+        (per_million * 1e3).round() as u64
     }
 }
 
@@ -273,6 +284,28 @@ mod tests {
             p.cost_parts("gpt-realtime", &u, &[], audio),
             [(usd * 1e3) as u64]
         );
+    }
+
+    /// A reservation covers the call however its input is billed: at the model's dearest input
+    /// rate (cache writes, one-hour writes, audio), its output at the dearer of text and audio.
+    #[test]
+    fn an_estimate_prices_each_kind_of_token_at_its_dearest_rate() {
+        let p = prices();
+        // No cache write or audio prices: the plain rates (nano-USD).
+        assert_eq!(p.estimate("gpt-4o", 1000, 100), 3_500_000);
+        // Cache writes priced, one-hour writes not: their default, 2 × input.
+        assert_eq!(p.estimate("claude-sonnet-4-5", 1000, 0), 6_000_000);
+        // One-hour writes priced: 10 per million.
+        assert_eq!(p.estimate("claude-opus-4-7", 1000, 100), 12_500_000);
+        // What a one-hour write of the whole input then costs stays within the estimate.
+        let written = Usage {
+            input: Some(1000),
+            cache_creation_input: Some(1000),
+            cache_creation_1h: Some(1000),
+            output: Some(100),
+            ..Usage::default()
+        };
+        assert!(p.cost("claude-opus-4-7", &written) <= p.estimate("claude-opus-4-7", 1000, 100));
     }
 
     #[test]

@@ -241,3 +241,52 @@ async fn request_bodies_in_flight_are_bounded_together() {
     .await;
     assert!(freed, "bytes of ended calls were not released");
 }
+
+/// Uploads that declare their length and then stall hold the body buffer they reserved only
+/// until `server.body_read_timeout`: each is answered 408 and the buffer serves others again.
+/// They held it for as long as their connections stayed open.
+#[tokio::test]
+async fn a_stalled_upload_is_answered_408_and_frees_its_share_of_the_body_buffer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = mock().await;
+    let p = TestProxy::to(
+        "stalled",
+        m.addr(),
+        "server:\n  max_request_body_bytes: 1048576\n  max_buffered_request_bytes: 2097152\n  body_read_timeout: 3s\n",
+    )
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 1048576\r\n\r\n{\"model\":",
+        )
+        .await
+        .unwrap();
+        stalled.push(s);
+    }
+    let small = [("x-mock-input-tokens", "3")];
+    // While they stall they hold the whole buffer (their declared lengths).
+    let blocked = eventually(Duration::from_secs(2), || async {
+        post(&p.url("/v1/chat/completions"), &small, CHAT)
+            .await
+            .0
+            .status()
+            == 503
+    })
+    .await;
+    assert!(blocked, "the stalled uploads never held the buffer");
+    for mut s in stalled {
+        let mut head = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut head))
+            .await
+            .expect("answered within the timeout")
+            .unwrap();
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+        assert!(head.contains("request_body_timeout"), "{head}");
+    }
+    let (r, body) = post(&p.url("/v1/chat/completions"), &small, CHAT).await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&body));
+}

@@ -104,6 +104,10 @@ pub struct ServerConfig {
     /// A client must send its request headers within this time (slowloris defence).
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Longest pause while a request body is read: a client that stalls mid-upload is answered
+    /// 408 and the body buffer it held is released.
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// Most header lines in one HTTP/1 request.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
@@ -768,6 +772,7 @@ impl Default for ServerConfig {
         Self {
             max_request_body_bytes: default_max_request_body_bytes(),
             header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
             max_headers: default_max_headers(),
             max_header_bytes: default_max_header_bytes(),
             http2_max_concurrent_streams: default_h2_max_concurrent_streams(),
@@ -907,6 +912,9 @@ fn default_max_request_body_bytes() -> usize {
 }
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_max_headers() -> usize {
     100

@@ -57,6 +57,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if s.write_timeout.is_zero() {
         return Err(invalid("server.write_timeout", "must be > 0"));
     }
+    if s.body_read_timeout.is_zero() {
+        return Err(invalid("server.body_read_timeout", "must be > 0"));
+    }
     if s.header_read_timeout.is_zero() {
         // hyper's slowloris defence is off without it.
         return Err(invalid("server.header_read_timeout", "must be > 0"));

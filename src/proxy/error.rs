@@ -42,6 +42,12 @@ pub enum ProxyError {
     /// The client's request body could not be read (the client went away or sent bad framing).
     #[error("tokenwarden: the request body could not be read")]
     BadRequestBody,
+    /// The client stopped sending its request body for longer than `server.body_read_timeout`.
+    #[error("tokenwarden: the request body stalled for {after:?}")]
+    RequestBodyTimeout {
+        /// The timeout that expired.
+        after: std::time::Duration,
+    },
     /// Connecting (TCP or TLS) to the upstream failed.
     #[error("tokenwarden: the upstream of route '{route}' could not be reached")]
     UpstreamUnreachable {
@@ -93,6 +99,7 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequestBody | ProxyError::McpMessage(_) => StatusCode::BAD_REQUEST,
+            ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
@@ -117,6 +124,7 @@ impl ProxyError {
             ProxyError::NoRoute => "unknown_route",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BadRequestBody => "bad_request_body",
+            ProxyError::RequestBodyTimeout { .. } => "request_body_timeout",
             ProxyError::McpMessage(_) => "invalid_jsonrpc",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -171,7 +179,10 @@ impl ProxyError {
         }
         if matches!(
             self,
-            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody | ProxyError::Overloaded
+            ProxyError::BodyTooLarge { .. }
+                | ProxyError::BadRequestBody
+                | ProxyError::RequestBodyTimeout { .. }
+                | ProxyError::Overloaded
         ) {
             // The rest of the body is unread: the connection cannot be reused safely.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -197,7 +208,9 @@ impl ProxyError {
     pub fn jsonrpc_code(&self) -> i64 {
         match self {
             ProxyError::McpMessage(e) => e.code(),
-            ProxyError::BodyTooLarge { .. } | ProxyError::BadRequestBody => -32600,
+            ProxyError::BodyTooLarge { .. }
+            | ProxyError::BadRequestBody
+            | ProxyError::RequestBodyTimeout { .. } => -32600,
             ProxyError::Policy(p)
                 if p.policy() == crate::record::PolicyViolation::InvalidToolArgs =>
             {

@@ -78,6 +78,8 @@ pub const SESSION_TOKENS_REMAINING: HeaderName =
 pub struct Proxy {
     router: Router,
     max_body: usize,
+    /// Longest pause while a request body is read (`server.body_read_timeout`).
+    body_idle: std::time::Duration,
     /// Set when a shutdown's grace ran out (one flag per proxy, for the life of the process).
     aborting: &'static std::sync::atomic::AtomicBool,
     /// Request body bytes (in KiB permits) all calls in flight may hold together.
@@ -174,6 +176,7 @@ impl Proxy {
         Ok(Self {
             router: Router::from_config(config)?,
             max_body: config.server.max_request_body_bytes,
+            body_idle: config.server.body_read_timeout,
             aborting: Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false))),
             body_bytes: Arc::new(tokio::sync::Semaphore::new(kib(config
                 .server
@@ -395,7 +398,13 @@ impl Proxy {
         body: Incoming,
     ) -> Result<Admitted, ProxyError> {
         let cap = self.max_body.min(crate::mcp::MAX_MESSAGE_BYTES);
-        let (bytes, permit) = read_body(body, &f.parts.headers, cap, &self.body_bytes).await?;
+        let (bytes, permit) = read_body(
+            body,
+            &f.parts.headers,
+            (cap, self.body_idle),
+            &self.body_bytes,
+        )
+        .await?;
         f.call.hold_body_permit(permit);
         f.call.bytes_in = bytes.len();
         let started = f.call.started();
@@ -493,8 +502,13 @@ impl Proxy {
 
     /// Phase 3: the request body (bounded), what it says, and the session it belongs to.
     async fn read(&self, f: &mut Flight, body: Incoming) -> Result<(), ProxyError> {
-        let (bytes, permit) =
-            read_body(body, &f.parts.headers, self.max_body, &self.body_bytes).await?;
+        let (bytes, permit) = read_body(
+            body,
+            &f.parts.headers,
+            (self.max_body, self.body_idle),
+            &self.body_bytes,
+        )
+        .await?;
         // Held until the call finishes: the body lives that long (estimates, retries).
         f.call.hold_body_permit(permit);
         f.call.bytes_in = bytes.len();
@@ -820,7 +834,7 @@ fn kib(bytes: usize) -> u32 {
 async fn read_body(
     mut body: Incoming,
     headers: &HeaderMap,
-    max: usize,
+    (max, idle): (usize, std::time::Duration),
     in_flight: &Arc<tokio::sync::Semaphore>,
 ) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ProxyError> {
     let declared = headers
@@ -860,7 +874,12 @@ async fn read_body(
     let mut first: Option<Bytes> = None;
     let mut buf = bytes::BytesMut::new();
     let mut len = 0usize;
-    while let Some(frame) = body.frame().await {
+    // A stalled upload (or a client gone without a FIN) must not keep its share of the body
+    // buffer, declared up front, from every other call.
+    while let Some(frame) = tokio::time::timeout(idle, body.frame())
+        .await
+        .map_err(|_| ProxyError::RequestBodyTimeout { after: idle })?
+    {
         let Ok(frame) = frame else {
             return Err(ProxyError::BadRequestBody);
         };

@@ -743,6 +743,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn names_spelled_with_unicode_escapes_are_read_as_any_parser_reads_them() {
+        // `tool\u005fcalls` is `tool_calls` to every JSON parser: a search for the raw bytes
+        // would pass the call as text.
+        let chat = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool\\u005fcalls\":[{\"index\":0,\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"bad\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        let anthropic = [
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool\\u005fuse\",\"id\":\"t\",\"name\":\"bad\",\"input\":{}}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        ];
+        let gemini = [
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"function\\u0043all\":{\"name\":\"bad\",\"args\":{}}}]}}]}\n\n",
+        ];
+        let responses = [
+            "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"function\\u005fcall\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"\"}}\n\n",
+            "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"function\\u005fcall\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"{}\"}}\n\n",
+        ];
+        // A terminal event alone, its call's type escaped.
+        let terminal = [
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"function\\u005fcall\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"{}\"}]}}\n\n",
+        ];
+        for (format, frames) in [
+            (Format::OpenAiChat, &chat[..]),
+            (Format::Anthropic, &anthropic[..]),
+            (Format::Gemini, &gemini[..]),
+            (Format::OpenAiResponses, &responses[..]),
+            (Format::OpenAiResponses, &terminal[..]),
+        ] {
+            let out = run(format, frames).await;
+            assert!(
+                out.contains("refused bad") && !out.contains("\"name\":\"bad\""),
+                "{format:?}: {out}"
+            );
+        }
+        // Text with escapes (servers that escape every non-ASCII character) still passes.
+        let text = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"caf\\u00e9\"},\"finish_reason\":null}]}\n\n";
+        assert_eq!(run(Format::OpenAiChat, &[text]).await, text);
+    }
+
+    #[tokio::test]
     async fn a_crlf_event_goes_out_with_its_last_line_feed() {
         let f = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\n";
         assert_eq!(

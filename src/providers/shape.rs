@@ -158,6 +158,15 @@ pub(super) fn any_value_where(
     false
 }
 
+/// Whether `data` holds a `\u` escape. A key or value searched for as raw bytes (`"tool_calls"`,
+/// `"tool_use"`) can also be written with its letters escaped (`"tool\u005fcalls"`), which every
+/// JSON parser reads back as the same name: an event holding one cannot be judged by search and
+/// is parsed. (The other escapes stand for quotes, backslashes, `/` and control characters, which
+/// no name searched for holds.)
+pub(super) fn has_unicode_escape(data: &[u8]) -> bool {
+    memchr::memmem::find(data, b"\\u").is_some()
+}
+
 /// An SSE event's type: its `event:` name, else its data's top-level `type` (servers that send
 /// no names; a nested `type` earlier in the object must not be taken for it).
 pub(super) fn event_kind<'a>(event: &'a [u8], data: &'a [u8]) -> Option<std::borrow::Cow<'a, str>> {

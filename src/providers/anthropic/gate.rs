@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::providers::adapter::{sse_event, ErrorText, Gated, ToolGate};
-use crate::providers::shape::{event_kind, json_key};
+use crate::providers::shape::{event_kind, has_unicode_escape, json_key};
 use crate::providers::usage::ToolCall;
 
 /// Open `tool_use` blocks of one stream.
@@ -32,8 +32,9 @@ impl ToolGate for MessagesGate {
         let kind = event_kind(event, data);
         match kind.as_deref().unwrap_or_default() {
             "content_block_start" => {
-                // `"tool_use"` as a value: a quoted string cannot hold it unescaped.
-                if TOOL_USE.find(data).is_none() {
+                // `"tool_use"` as a value: a quoted string cannot hold it unescaped (a `\u`
+                // escape may spell it otherwise: such a start is parsed).
+                if TOOL_USE.find(data).is_none() && !has_unicode_escape(data) {
                     return Gated::Pass;
                 }
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {

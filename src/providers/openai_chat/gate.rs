@@ -6,7 +6,7 @@
 use bytes::Bytes;
 
 use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gated, ToolGate};
-use crate::providers::shape::{any_value, json_key};
+use crate::providers::shape::{any_value, has_unicode_escape, json_key};
 use crate::providers::usage::ToolCall;
 
 use super::response::{add_delta, read_chunk};
@@ -27,20 +27,27 @@ impl ToolGate for ChatGate {
             return Gated::Pass;
         }
         // Text chunks carry neither key (or nulls): no parse. Every occurrence counts: with
-        // several choices one may say `null` and another carry calls.
+        // several choices one may say `null` and another carry calls. A chunk with a `\u`
+        // escape may spell either key escaped: it is parsed.
+        let escaped = has_unicode_escape(data);
         let carries = any_value(data, &TOOL_CALLS, |b| b == b'[');
         let finishes = !self.calls.is_empty() && any_value(data, &FINISH_REASON, |b| b != b'n');
-        if !carries && !finishes {
+        if !carries && !finishes && !escaped {
             return Gated::Pass;
         }
         // Read with the parser's own typed chunk (borrowed strings, no map per object).
         let Some(chunk) = read_chunk(data) else {
-            return if carries {
+            return if carries || (escaped && may_carry(data)) {
                 Gated::Unreadable
             } else {
                 Gated::Pass
             };
         };
+        let carries = carries
+            || chunk
+                .choices
+                .iter()
+                .any(|c| c.delta.as_ref().is_some_and(|d| d.tool_calls.is_some()));
         let mut finished = Vec::new();
         for c in chunk.choices {
             if c.finish_reason.is_some() {
@@ -88,4 +95,17 @@ impl ChatGate {
             }
         }
     }
+}
+
+/// Whether a chunk the typed read refused may carry a call: not JSON at all, or a choice's
+/// `delta.tool_calls` is there (under whatever spelling of the key).
+fn may_carry(data: &[u8]) -> bool {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return true;
+    };
+    let choices = v["choices"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    choices.iter().any(|c| !c["delta"]["tool_calls"].is_null())
 }

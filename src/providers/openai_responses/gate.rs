@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gated, ToolGate};
-use crate::providers::shape::{event_kind, json_key, value_at};
+use crate::providers::shape::{event_kind, has_unicode_escape, json_key, value_at};
 use crate::providers::usage::ToolCall;
 
 /// Open `function_call` items of one stream, and the calls already checked.
@@ -37,7 +37,7 @@ impl ToolGate for ResponsesGate {
             // The bulk of a stream, and events of other items.
             "response.output_text.delta" | "response.reasoning_summary_text.delta" => Gated::Pass,
             "response.output_item.added" | "response.output_item.done" => {
-                if FUNCTION_CALL.find(data).is_none() {
+                if !may_name_function_call(data) {
                     return Gated::Pass;
                 }
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -81,7 +81,7 @@ impl ToolGate for ResponsesGate {
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
                 self.finish(done);
-                if FUNCTION_CALL.find(data).is_none() {
+                if !may_name_function_call(data) {
                     return Gated::Pass;
                 }
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -140,6 +140,12 @@ impl ResponsesGate {
         self.checked.push(key_of(item_id.as_deref(), &call));
         done.push(call);
     }
+}
+
+/// Whether `data` may carry a `function_call` item: it says so, or a `\u` escape may spell it
+/// otherwise (then it is parsed).
+fn may_name_function_call(data: &[u8]) -> bool {
+    FUNCTION_CALL.find(data).is_some() || has_unicode_escape(data)
 }
 
 /// The call a `function_call` item states.

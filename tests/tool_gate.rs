@@ -572,3 +572,57 @@ async fn a_stream_under_an_odd_content_type_is_still_checked_never_passed_unread
     assert_eq!(resp.status(), 403, "{}", String::from_utf8_lossy(&body));
     assert!(!String::from_utf8_lossy(&body).contains("tool_calls"));
 }
+
+#[tokio::test]
+async fn a_held_body_of_json_the_typed_read_refuses_is_refused_not_passed_unchecked() {
+    let agents =
+        "agents:\n  x-gate:\n    require_approval: [delete_customer_data]\n    approval_action: block\n";
+    let request = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"go"}],"tools":[{"type":"function","function":{"name":"delete_customer_data","parameters":{"type":"object"}}}]}"#;
+    let completion = |arguments: Value, usage: Value| {
+        json!({
+            "id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{"id": "t", "type": "function", "function": {
+                    "name": "delete_customer_data", "arguments": arguments}}]}}],
+            "usage": usage,
+        })
+    };
+    let fine = json!({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2});
+    // JSON every SDK reads the call from, which does not fit the proxy's typed read.
+    for body in [
+        completion(
+            json!("{}"),
+            json!({"prompt_tokens": -1, "completion_tokens": 1}),
+        ),
+        completion(
+            json!("{}"),
+            json!({"prompt_tokens": 1, "completion_tokens": 1.0}),
+        ),
+        completion(json!({}), fine.clone()),
+    ] {
+        let up = fixed_upstream("application/json", Bytes::from(body.to_string())).await;
+        let p = TestProxy::to("gate", up, agents).await;
+        let (resp, got) = post(
+            &p.url("/v1/chat/completions"),
+            &[("x-agent-name", "x-gate")],
+            request,
+        )
+        .await;
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(resp.status(), 403, "{body}: {got}");
+        assert!(!got.contains("\"tool_calls\""), "{got}");
+    }
+    // The same body the typed read takes is checked as before: refused for its call.
+    let body = completion(json!("{}"), fine);
+    let up = fixed_upstream("application/json", Bytes::from(body.to_string())).await;
+    let p = TestProxy::to("gate", up, agents).await;
+    let (resp, got) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "x-gate")],
+        request,
+    )
+    .await;
+    assert_eq!(resp.status(), 403);
+    assert!(String::from_utf8_lossy(&got).contains("approval_required"));
+}

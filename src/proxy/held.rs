@@ -55,10 +55,12 @@ pub(super) async fn respond(
             let mut parser = ResponseParser::new(llm.facts().format, false, MAX_PARSE_BYTES);
             parser.feed(&bytes);
             let record = parser.finish();
-            let not_json = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err();
-            if record.unparsed.is_some() && not_json {
-                // Not JSON at all (an SSE body without its content type, say): its tool calls
-                // cannot be checked, so it is not passed unchecked.
+            if record.unparsed.is_some() {
+                // Not a body of the format's shape: not JSON at all (an SSE body without its
+                // content type, say), or JSON whose members do not fit (a negative or fractional
+                // token count, arguments as an object). The typed read then found no calls,
+                // though the agent's parser may read them all the same: it is not passed
+                // unchecked.
                 let e = check.unreadable();
                 violations = vec![e.policy()];
                 block = Some(e);

@@ -784,6 +784,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_event_named_otherwise_than_its_data_type_is_not_judged_by_its_name() {
+        // The SDKs build a tool_use block from the data's `type`, whatever the `event:` line.
+        let anthropic = [
+            "event: content_block_delta\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"bad\",\"input\":{}}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        ];
+        let responses = [
+            "event: response.output_text.delta\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"{}\"}]}}\n\n",
+        ];
+        // The type stated twice: parsers differ on which one wins.
+        let twice = [
+            "data: {\"type\":\"ping\",\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"bad\",\"input\":{}}}\n\n",
+        ];
+        for (format, frames) in [
+            (Format::Anthropic, &anthropic[..]),
+            (Format::OpenAiResponses, &responses[..]),
+            (Format::Anthropic, &twice[..]),
+        ] {
+            let out = run(format, frames).await;
+            assert!(
+                out.starts_with("event: error\n") && !out.contains("\"name\":\"bad\""),
+                "{format:?}: {out}"
+            );
+        }
+        // Names and types that agree, and data without a type, are read as before.
+        let ok = [
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n",
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+        ];
+        assert_eq!(run(Format::Anthropic, &ok).await, ok.concat());
+    }
+
+    #[tokio::test]
     async fn a_crlf_event_goes_out_with_its_last_line_feed() {
         let f = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\n";
         assert_eq!(

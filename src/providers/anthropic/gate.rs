@@ -29,7 +29,9 @@ json_key!(TOOL_USE, "tool_use");
 
 impl ToolGate for MessagesGate {
     fn event(&mut self, event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
-        let kind = event_kind(event, data);
+        let Ok(kind) = event_kind(event, data) else {
+            return Gated::Unreadable;
+        };
         match kind.as_deref().unwrap_or_default() {
             "content_block_start" => {
                 // `"tool_use"` as a value: a quoted string cannot hold it unescaped (a `\u`

@@ -31,7 +31,9 @@ impl ToolGate for ResponsesGate {
         if let Some(n) = value_at(data, &SEQUENCE_NUMBER).and_then(leading_number) {
             self.sequence = Some(n);
         }
-        let kind = event_kind(event, data);
+        let Ok(kind) = event_kind(event, data) else {
+            return Gated::Unreadable;
+        };
         let kind = kind.as_deref().unwrap_or_default();
         match kind {
             // The bulk of a stream, and events of other items.

@@ -818,6 +818,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_terminal_call_is_not_taken_for_one_checked_by_its_item_id_alone() {
+        // `fc_1` is checked as `ok`; the terminal event states `fc_1` as `bad`.
+        let s = [
+            "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"ok\",\"arguments\":\"\"}}\n\n",
+            "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"ok\",\"arguments\":\"{}\"}}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"{}\"}]}}\n\n",
+        ];
+        let out = run(Format::OpenAiResponses, &s).await;
+        assert!(
+            out.contains("refused bad") && !out.contains("\"name\":\"bad\""),
+            "{out}"
+        );
+        // The same call repeated as checked passes, its terminal event not withheld.
+        let ok = [s[0], s[1], &s[2].replace("bad", "ok")].map(str::to_string);
+        let ok: Vec<&str> = ok.iter().map(String::as_str).collect();
+        assert_eq!(run(Format::OpenAiResponses, &ok).await, ok.concat());
+    }
+
+    #[tokio::test]
     async fn a_crlf_event_goes_out_with_its_last_line_feed() {
         let f = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\n";
         assert_eq!(

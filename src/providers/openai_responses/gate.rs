@@ -17,7 +17,7 @@ use crate::providers::usage::ToolCall;
 pub struct ResponsesGate {
     /// (output_index, item id, call).
     open: Vec<(u64, Option<String>, ToolCall)>,
-    /// Item ids (else call ids, else name and arguments) of the calls completed so far.
+    /// The calls completed so far: item id, call id, name and arguments ([`key_of`]).
     checked: Vec<String>,
     /// The last `sequence_number` seen, for the refusal event's.
     sequence: Option<u64>,
@@ -160,12 +160,17 @@ fn call_of(item: &Value) -> ToolCall {
     }
 }
 
-/// What identifies a call across events: its item id, else its call id, else what it says.
+/// What identifies a call checked already: its ids and what it says. A terminal event's call
+/// passes as checked only if it says what was checked: an item id shown with another name or
+/// other arguments earlier is the agent's call as the terminal event states it, checked anew.
 fn key_of(item_id: Option<&str>, call: &ToolCall) -> String {
-    match item_id.or(call.id.as_deref()) {
-        Some(id) => id.to_string(),
-        None => format!("{}\0{}", call.name, call.arguments),
-    }
+    format!(
+        "{}\0{}\0{}\0{}",
+        item_id.unwrap_or_default(),
+        call.id.as_deref().unwrap_or_default(),
+        call.name,
+        call.arguments
+    )
 }
 
 /// The number at the start of a raw JSON value.

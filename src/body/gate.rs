@@ -837,6 +837,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_changed_after_it_was_checked_is_not_passed() {
+        let ev = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+        let start = ev(
+            "content_block_start",
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"ok","input":{}}}"#,
+        );
+        let stop = ev(
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":1}"#,
+        );
+        let late = ev(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"to\":\"x\"}"}}"#,
+        );
+        let message_delta = ev(
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":3}}"#,
+        );
+        // Input for a block already stopped, or for one the message's end completed.
+        for frames in [
+            vec![start.clone(), stop.clone(), late.clone()],
+            vec![start.clone(), message_delta, late.clone()],
+        ] {
+            let out = run(
+                Format::Anthropic,
+                &frames.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await;
+            assert!(
+                out.contains("unreadable") && !out.contains("to\\\""),
+                "{out}"
+            );
+        }
+        // Chat: a second name for one index, which the SDKs join into one (`ba` + `d`).
+        let renamed = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"ba\",\"arguments\":\"{}\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"d\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        ];
+        // A fragment for a choice whose calls completed at its finish.
+        let after_finish = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"ok\",\"arguments\":\"{\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"}\"}}]},\"finish_reason\":null}]}\n\n",
+        ];
+        for frames in [&renamed[..], &after_finish[..]] {
+            let out = run(Format::OpenAiChat, frames).await;
+            assert!(
+                out.ends_with("\"code\":\"denied_tool\"}}\n\n") && out.contains("unreadable"),
+                "{out}"
+            );
+        }
+        // A name repeated on every fragment is one call, as before.
+        let repeated = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"ok\",\"arguments\":\"{\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"ok\",\"arguments\":\"}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        ];
+        assert_eq!(run(Format::OpenAiChat, &repeated).await, repeated.concat());
+    }
+
+    #[tokio::test]
     async fn a_crlf_event_goes_out_with_its_last_line_feed() {
         let f = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\n";
         assert_eq!(

@@ -9,12 +9,15 @@ use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gat
 use crate::providers::shape::{any_value, has_unicode_escape, json_key};
 use crate::providers::usage::ToolCall;
 
-use super::response::{add_delta, read_chunk};
+use super::response::{add_delta, read_chunk, renames};
 
 /// Open calls of one stream, by (choice, index).
 #[derive(Default)]
 pub struct ChatGate {
     calls: Vec<(u32, u32, ToolCall)>,
+    /// Choices whose calls completed at their finish: a call fragment for one of them after that
+    /// is unreadable (the SDKs add it to a call already checked and released).
+    closed: Vec<u32>,
 }
 
 json_key!(TOOL_CALLS, "tool_calls");
@@ -53,12 +56,23 @@ impl ToolGate for ChatGate {
             if c.finish_reason.is_some() {
                 finished.push(c.index);
             }
-            for tc in c.delta.and_then(|d| d.tool_calls).unwrap_or_default() {
+            let fragments = c.delta.and_then(|d| d.tool_calls).unwrap_or_default();
+            if !fragments.is_empty() && self.closed.contains(&c.index) {
+                return Gated::Unreadable;
+            }
+            for tc in fragments {
+                if renames(&self.calls, c.index, &tc) {
+                    return Gated::Unreadable;
+                }
                 add_delta(&mut self.calls, c.index, tc);
             }
         }
         for choice in finished {
+            let before = done.len();
             self.complete(|ch| ch == choice, done);
+            if done.len() > before && !self.closed.contains(&choice) {
+                self.closed.push(choice);
+            }
         }
         if carries {
             Gated::Hold

@@ -548,19 +548,30 @@ async fn gated_streams_are_asked_for_uncompressed_and_a_compressed_one_is_flagge
 
 /// An upstream answering every request with `body` under `content_type`.
 async fn fixed_upstream(content_type: &'static str, body: Bytes) -> std::net::SocketAddr {
+    fixed_upstream_with(vec![("content-type", content_type)], body).await
+}
+
+/// An upstream answering every request with `body` under `headers`.
+async fn fixed_upstream_with(
+    headers: Vec<(&'static str, &'static str)>,
+    body: Bytes,
+) -> std::net::SocketAddr {
     use hyper::service::service_fn;
+    let headers = std::sync::Arc::new(headers);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let body = body.clone();
+            let (body, headers) = (body.clone(), headers.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                    let body = body.clone();
+                    let (body, headers) = (body.clone(), headers.clone());
                     async move {
-                        http::Response::builder()
-                            .header("content-type", content_type)
-                            .body(http_body_util::Full::new(body))
+                        let mut r = http::Response::builder();
+                        for (k, v) in headers.iter() {
+                            r = r.header(*k, *v);
+                        }
+                        r.body(http_body_util::Full::new(body))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -609,4 +620,113 @@ async fn a_stream_under_an_odd_content_type_is_still_checked_never_passed_unread
     .await;
     assert_eq!(resp.status(), 403, "{}", String::from_utf8_lossy(&body));
     assert!(!String::from_utf8_lossy(&body).contains("tool_calls"));
+}
+
+#[tokio::test]
+async fn a_held_body_of_json_the_typed_read_refuses_is_refused_not_passed_unchecked() {
+    let agents =
+        "agents:\n  x-gate:\n    require_approval: [delete_customer_data]\n    approval_action: block\n";
+    let request = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"go"}],"tools":[{"type":"function","function":{"name":"delete_customer_data","parameters":{"type":"object"}}}]}"#;
+    let completion = |arguments: Value, usage: Value| {
+        json!({
+            "id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{"id": "t", "type": "function", "function": {
+                    "name": "delete_customer_data", "arguments": arguments}}]}}],
+            "usage": usage,
+        })
+    };
+    let fine = json!({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2});
+    // JSON every SDK reads the call from, which does not fit the proxy's typed read.
+    for body in [
+        completion(
+            json!("{}"),
+            json!({"prompt_tokens": -1, "completion_tokens": 1}),
+        ),
+        completion(
+            json!("{}"),
+            json!({"prompt_tokens": 1, "completion_tokens": 1.0}),
+        ),
+        completion(json!({}), fine.clone()),
+    ] {
+        let up = fixed_upstream("application/json", Bytes::from(body.to_string())).await;
+        let p = TestProxy::to("gate", up, agents).await;
+        let (resp, got) = post(
+            &p.url("/v1/chat/completions"),
+            &[("x-agent-name", "x-gate")],
+            request,
+        )
+        .await;
+        let got = String::from_utf8_lossy(&got);
+        assert_eq!(resp.status(), 403, "{body}: {got}");
+        assert!(!got.contains("\"tool_calls\""), "{got}");
+    }
+    // The same body the typed read takes is checked as before: refused for its call.
+    let body = completion(json!("{}"), fine);
+    let up = fixed_upstream("application/json", Bytes::from(body.to_string())).await;
+    let p = TestProxy::to("gate", up, agents).await;
+    let (resp, got) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "x-gate")],
+        request,
+    )
+    .await;
+    assert_eq!(resp.status(), 403);
+    assert!(String::from_utf8_lossy(&got).contains("approval_required"));
+}
+
+#[tokio::test]
+async fn a_response_that_can_be_neither_held_nor_gated_is_refused_not_passed_unchecked() {
+    let cases = cases();
+    let case = cases
+        .iter()
+        .find(|c| c.id == "openai-chat/sse_tool_call_usage")
+        .unwrap();
+    let agents = "agents:\n  w-gate:\n    require_approval: [get_capital]\n    approval_action: block\n  w-flag:\n    require_approval: [get_capital]\n";
+    let call = |up, agent: &'static str| {
+        let request = case.request.to_string();
+        let path = case.path.clone();
+        async move {
+            let p = TestProxy::to("gate", up, agents).await;
+            let (resp, body) = post(&p.url(&path), &[("x-agent-name", agent)], &request).await;
+            (resp.status().as_u16(), body)
+        }
+    };
+    // A chat stream labelled NDJSON (the OpenAI SDKs read it as SSE whatever its type), and
+    // streams under encodings the proxy does not know: none can be gated.
+    const NDJSON: &[(&str, &str)] = &[("content-type", "application/x-ndjson")];
+    const UNKNOWN: &[(&str, &str)] = &[
+        ("content-type", "text/event-stream"),
+        ("content-encoding", "x-foo"),
+    ];
+    const TWICE: &[(&str, &str)] = &[
+        ("content-type", "text/event-stream"),
+        ("content-encoding", "identity, identity"),
+    ];
+    for headers in [NDJSON, UNKNOWN, TWICE] {
+        let up = fixed_upstream_with(headers.to_vec(), case.response.clone()).await;
+        let (status, body) = call(up, "w-gate").await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 403, "{headers:?}: {body}");
+        assert!(
+            body.contains("invalid_tool_args") && !body.contains("get_capital"),
+            "{body}"
+        );
+        // Without a blocking policy nothing changes: forwarded as it came.
+        let (status, got) = call(up, "w-flag").await;
+        assert_eq!(status, 200);
+        assert_eq!(got, case.response, "{headers:?}");
+    }
+    // A JSON body announced over the parse cap is not held; it is not passed unchecked either.
+    let big = json!({
+        "id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "x".repeat(9 << 20),
+            "tool_calls": [{"id": "t", "type": "function", "function": {
+                "name": "get_capital", "arguments": "{}"}}]}}],
+    });
+    let up = fixed_upstream("application/json", Bytes::from(big.to_string())).await;
+    let (status, _) = call(up, "w-gate").await;
+    assert_eq!(status, 403);
 }

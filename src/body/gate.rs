@@ -743,6 +743,158 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn names_spelled_with_unicode_escapes_are_read_as_any_parser_reads_them() {
+        // `tool\u005fcalls` is `tool_calls` to every JSON parser: a search for the raw bytes
+        // would pass the call as text.
+        let chat = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool\\u005fcalls\":[{\"index\":0,\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"bad\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: [DONE]\n\n",
+        ];
+        let anthropic = [
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool\\u005fuse\",\"id\":\"t\",\"name\":\"bad\",\"input\":{}}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        ];
+        let gemini = [
+            "data: {\"candidates\":[{\"content\":{\"parts\":[{\"function\\u0043all\":{\"name\":\"bad\",\"args\":{}}}]}}]}\n\n",
+        ];
+        let responses = [
+            "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"function\\u005fcall\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"\"}}\n\n",
+            "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"function\\u005fcall\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"{}\"}}\n\n",
+        ];
+        // A terminal event alone, its call's type escaped.
+        let terminal = [
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"function\\u005fcall\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"{}\"}]}}\n\n",
+        ];
+        for (format, frames) in [
+            (Format::OpenAiChat, &chat[..]),
+            (Format::Anthropic, &anthropic[..]),
+            (Format::Gemini, &gemini[..]),
+            (Format::OpenAiResponses, &responses[..]),
+            (Format::OpenAiResponses, &terminal[..]),
+        ] {
+            let out = run(format, frames).await;
+            assert!(
+                out.contains("refused bad") && !out.contains("\"name\":\"bad\""),
+                "{format:?}: {out}"
+            );
+        }
+        // Text with escapes (servers that escape every non-ASCII character) still passes.
+        let text = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"caf\\u00e9\"},\"finish_reason\":null}]}\n\n";
+        assert_eq!(run(Format::OpenAiChat, &[text]).await, text);
+    }
+
+    #[tokio::test]
+    async fn an_event_named_otherwise_than_its_data_type_is_not_judged_by_its_name() {
+        // The SDKs build a tool_use block from the data's `type`, whatever the `event:` line.
+        let anthropic = [
+            "event: content_block_delta\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"bad\",\"input\":{}}}\n\n",
+            "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        ];
+        let responses = [
+            "event: response.output_text.delta\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"{}\"}]}}\n\n",
+        ];
+        // The type stated twice: parsers differ on which one wins.
+        let twice = [
+            "data: {\"type\":\"ping\",\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"bad\",\"input\":{}}}\n\n",
+        ];
+        for (format, frames) in [
+            (Format::Anthropic, &anthropic[..]),
+            (Format::OpenAiResponses, &responses[..]),
+            (Format::Anthropic, &twice[..]),
+        ] {
+            let out = run(format, frames).await;
+            assert!(
+                out.starts_with("event: error\n") && !out.contains("\"name\":\"bad\""),
+                "{format:?}: {out}"
+            );
+        }
+        // Names and types that agree, and data without a type, are read as before.
+        let ok = [
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+            "event: content_block_delta\ndata: {\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"x\"}}\n\n",
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n",
+        ];
+        assert_eq!(run(Format::Anthropic, &ok).await, ok.concat());
+    }
+
+    #[tokio::test]
+    async fn a_terminal_call_is_not_taken_for_one_checked_by_its_item_id_alone() {
+        // `fc_1` is checked as `ok`; the terminal event states `fc_1` as `bad`.
+        let s = [
+            "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"ok\",\"arguments\":\"\"}}\n\n",
+            "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"ok\",\"arguments\":\"{}\"}}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"output\":[{\"type\":\"function_call\",\"id\":\"fc_1\",\"call_id\":\"c1\",\"name\":\"bad\",\"arguments\":\"{}\"}]}}\n\n",
+        ];
+        let out = run(Format::OpenAiResponses, &s).await;
+        assert!(
+            out.contains("refused bad") && !out.contains("\"name\":\"bad\""),
+            "{out}"
+        );
+        // The same call repeated as checked passes, its terminal event not withheld.
+        let ok = [s[0], s[1], &s[2].replace("bad", "ok")].map(str::to_string);
+        let ok: Vec<&str> = ok.iter().map(String::as_str).collect();
+        assert_eq!(run(Format::OpenAiResponses, &ok).await, ok.concat());
+    }
+
+    #[tokio::test]
+    async fn a_call_changed_after_it_was_checked_is_not_passed() {
+        let ev = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
+        let start = ev(
+            "content_block_start",
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"ok","input":{}}}"#,
+        );
+        let stop = ev(
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":1}"#,
+        );
+        let late = ev(
+            "content_block_delta",
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"late"}}"#,
+        );
+        let message_delta = ev(
+            "message_delta",
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":3}}"#,
+        );
+        // Input for a block already stopped, or for one the message's end completed.
+        for frames in [
+            vec![start.clone(), stop.clone(), late.clone()],
+            vec![start.clone(), message_delta, late.clone()],
+        ] {
+            let out = run(
+                Format::Anthropic,
+                &frames.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await;
+            assert!(out.contains("unreadable") && !out.contains("late"), "{out}");
+        }
+        // Chat: a second name for one index, which the SDKs join into one (`ba` + `d`).
+        let renamed = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"ba\",\"arguments\":\"{}\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"d\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        ];
+        // A fragment for a choice whose calls completed at its finish.
+        let after_finish = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"ok\",\"arguments\":\"{\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"}\"}}]},\"finish_reason\":null}]}\n\n",
+        ];
+        for frames in [&renamed[..], &after_finish[..]] {
+            let out = run(Format::OpenAiChat, frames).await;
+            assert!(
+                out.ends_with("\"code\":\"denied_tool\"}}\n\n") && out.contains("unreadable"),
+                "{out}"
+            );
+        }
+        // A name repeated on every fragment is one call, as before.
+        let repeated = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"a\",\"function\":{\"name\":\"ok\",\"arguments\":\"{\"}}]},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"ok\",\"arguments\":\"}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        ];
+        assert_eq!(run(Format::OpenAiChat, &repeated).await, repeated.concat());
+    }
+
+    #[tokio::test]
     async fn a_crlf_event_goes_out_with_its_last_line_feed() {
         let f = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}]}\r\n\r\n";
         assert_eq!(

@@ -158,21 +158,50 @@ pub(super) fn any_value_where(
     false
 }
 
-/// An SSE event's type: its `event:` name, else its data's top-level `type` (servers that send
-/// no names; a nested `type` earlier in the object must not be taken for it).
-pub(super) fn event_kind<'a>(event: &'a [u8], data: &'a [u8]) -> Option<std::borrow::Cow<'a, str>> {
-    if event != b"message" {
-        return std::str::from_utf8(event)
-            .ok()
-            .map(std::borrow::Cow::Borrowed);
-    }
+/// Whether `data` holds a `\u` escape. A key or value searched for as raw bytes (`"tool_calls"`,
+/// `"tool_use"`) can also be written with its letters escaped (`"tool\u005fcalls"`), which every
+/// JSON parser reads back as the same name: an event holding one cannot be judged by search and
+/// is parsed. (The other escapes stand for quotes, backslashes, `/` and control characters, which
+/// no name searched for holds.)
+pub(super) fn has_unicode_escape(data: &[u8]) -> bool {
+    memchr::memmem::find(data, b"\\u").is_some()
+}
+
+/// An SSE event's type as the SDKs act on it: its data's top-level `type`, else (data without
+/// one) its `event:` name (`None` when it has neither). The SDKs dispatch on the data's `type`
+/// once they have read an event, so a name that says otherwise would have the event judged as
+/// something it is not: `Err` (the event cannot be read safely), as is data that is JSON but
+/// whose `type` cannot be read (not a string; stated twice, where parsers differ on which wins).
+/// Data that is not a JSON object is named by its `event:` name: no SDK reads a call from it.
+pub(super) fn event_kind<'a>(
+    event: &'a [u8],
+    data: &'a [u8],
+) -> Result<Option<std::borrow::Cow<'a, str>>, Conflict> {
+    use std::borrow::Cow;
     #[derive(Deserialize)]
     struct Typed<'a> {
         #[serde(rename = "type", borrow, default)]
-        kind: Option<std::borrow::Cow<'a, str>>,
+        kind: Option<Cow<'a, str>>,
     }
-    serde_json::from_slice::<Typed<'_>>(data).ok()?.kind
+    let named = (event != b"message")
+        .then(|| std::str::from_utf8(event).ok())
+        .flatten();
+    let typed = match serde_json::from_slice::<Typed<'_>>(data) {
+        Ok(t) => t.kind,
+        // An object whose `type` cannot be read; other data no SDK reads a call from.
+        Err(e) if e.is_data() && data.trim_ascii_start().starts_with(b"{") => return Err(Conflict),
+        Err(_) => return Ok(named.map(Cow::Borrowed)),
+    };
+    match (named, typed) {
+        (Some(n), Some(t)) if n != t => Err(Conflict),
+        (_, Some(t)) => Ok(Some(t)),
+        (n, None) => Ok(n.map(Cow::Borrowed)),
+    }
 }
+
+/// An event whose `event:` name and data's `type` disagree, or whose `type` cannot be read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Conflict;
 
 /// The first byte of the value of `key`, if the key occurs.
 #[cfg(test)]

@@ -142,6 +142,17 @@ impl LlmCall {
             && self.decompressor.is_none()
     }
 
+    /// Whether a policy would block this response's tool calls but neither holding nor gating
+    /// (asked first) took the response to check: it is in a format whose calls the proxy can
+    /// read, yet under a media type or encoding it reads otherwise or not at all (an SSE stream
+    /// labelled NDJSON, an encoding it does not know) or announced over the parse cap. A known
+    /// compression is not counted here: such a response is flagged, as documented.
+    pub fn skips_blocking_check(&self) -> bool {
+        self.policy.as_ref().is_some_and(ResponseCheck::blocks)
+            && self.facts.format.adapter().tool_gate().is_some()
+            && self.decompressor.is_none()
+    }
+
     /// Whether the upstream is asked for an uncompressed body: a stream whose tool calls a
     /// policy would block (in a format whose streams can be gated), a JSON body such a policy
     /// holds and checks, or a stream whose usage the proxy asked for and must hide — none of

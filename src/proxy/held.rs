@@ -3,7 +3,8 @@
 //! A streamed response cannot be withdrawn once bytes have gone out, so only whole (non-streamed,
 //! unencoded, 2xx) bodies are held: read up to the parse cap, checked, then forwarded unchanged
 //! or replaced by a provider-shaped 403. Accounting sees the upstream's body either way — its
-//! tokens were spent.
+//! tokens were spent. A response such a policy must see that can be neither held nor gated is
+//! refused unread.
 
 use crate::http_client::UpstreamBody;
 use bytes::{Bytes, BytesMut};
@@ -14,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 
 use crate::body::{BodyEnd, Observer};
+use crate::policy::PolicyError;
 use crate::providers::ResponseParser;
 
 use super::answer::{local_error, ProxyBody};
@@ -21,7 +23,7 @@ use super::call::Call;
 use super::error::ProxyError;
 use super::route::Route;
 use crate::providers::protocol::ErrorShape;
-use crate::record::MAX_PARSE_BYTES;
+use crate::record::{Operation, MAX_PARSE_BYTES};
 
 /// Whether to hold this response: a blocking policy applies, and the body is a 2xx JSON body
 /// that fits the parse cap (as far as its length says).
@@ -33,6 +35,29 @@ pub(super) fn should_hold(call: &Call, head: &Parts) -> bool {
         .and_then(|v| v.parse::<usize>().ok())
         .is_none_or(|n| n <= MAX_PARSE_BYTES);
     head.status.is_success() && fits && call.holds_response()
+}
+
+/// The refusal of a 2xx response that a blocking policy must see but that is neither held nor
+/// gated (asked after both): its tool calls cannot be checked, so it is refused as unreadable
+/// rather than passed unchecked. Its body is not read.
+pub(super) fn refuse_unchecked(call: &mut Call, head: &Parts) -> Option<PolicyError> {
+    // Only generation carries tool calls: an embeddings list or a file over the cap is not
+    // refused for what it cannot hold.
+    let generates = matches!(
+        call.labels().operation,
+        Operation::Chat | Operation::GenerateContent
+    );
+    if !head.status.is_success() || !generates {
+        return None;
+    }
+    let llm = call.llm_mut()?;
+    if !llm.skips_blocking_check() {
+        return None;
+    }
+    let e = llm.take_policy()?.unreadable();
+    call.add_policy_violation(e.policy());
+    call.set_policy_blocked(e.policy());
+    Some(e)
 }
 
 /// Read the whole body, check its tool calls, and answer with it or with the refusal.
@@ -55,10 +80,12 @@ pub(super) async fn respond(
             let mut parser = ResponseParser::new(llm.facts().format, false, MAX_PARSE_BYTES);
             parser.feed(&bytes);
             let record = parser.finish();
-            let not_json = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err();
-            if record.unparsed.is_some() && not_json {
-                // Not JSON at all (an SSE body without its content type, say): its tool calls
-                // cannot be checked, so it is not passed unchecked.
+            if record.unparsed.is_some() {
+                // Not a body of the format's shape: not JSON at all (an SSE body without its
+                // content type, say), or JSON whose members do not fit (a negative or fractional
+                // token count, arguments as an object). The typed read then found no calls,
+                // though the agent's parser may read them all the same: it is not passed
+                // unchecked.
                 let e = check.unreadable();
                 violations = vec![e.policy()];
                 block = Some(e);

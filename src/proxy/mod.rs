@@ -747,6 +747,11 @@ impl Proxy {
             return Box::pin(held::respond(call, rparts, rbody, shape, &route)).await;
         }
         let gate = tool_gate::arm(&mut call, &mut rparts.headers);
+        if gate.is_none() {
+            if let Some(e) = held::refuse_unchecked(&mut call, &rparts) {
+                return local_error(call, e.into(), shape);
+            }
+        }
         call.returned = Some(Instant::now());
         let hide = call.usage_hider();
         let body = ObservedBody::new(rbody, call, route.timeouts.idle_timeout);

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::providers::adapter::{sse_event, ErrorText, Gated, ToolGate};
-use crate::providers::shape::{event_kind, json_key};
+use crate::providers::shape::{event_kind, has_unicode_escape, json_key};
 use crate::providers::usage::ToolCall;
 
 /// Open `tool_use` blocks of one stream.
@@ -16,6 +16,9 @@ use crate::providers::usage::ToolCall;
 pub struct MessagesGate {
     /// (block index, call, whether input fragments came, the start's own input).
     blocks: Vec<Open>,
+    /// Indexes of `tool_use` blocks completed: a fragment for one of them after that is
+    /// unreadable (the SDKs add it to the input of a call already checked and released).
+    closed: Vec<u64>,
 }
 
 struct Open {
@@ -29,11 +32,14 @@ json_key!(TOOL_USE, "tool_use");
 
 impl ToolGate for MessagesGate {
     fn event(&mut self, event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
-        let kind = event_kind(event, data);
+        let Ok(kind) = event_kind(event, data) else {
+            return Gated::Unreadable;
+        };
         match kind.as_deref().unwrap_or_default() {
             "content_block_start" => {
-                // `"tool_use"` as a value: a quoted string cannot hold it unescaped.
-                if TOOL_USE.find(data).is_none() {
+                // `"tool_use"` as a value: a quoted string cannot hold it unescaped (a `\u`
+                // escape may spell it otherwise: such a start is parsed).
+                if TOOL_USE.find(data).is_none() && !has_unicode_escape(data) {
                     return Gated::Pass;
                 }
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -61,16 +67,21 @@ impl ToolGate for MessagesGate {
                 });
                 Gated::Hold
             }
-            k @ ("content_block_delta" | "content_block_stop") if !self.blocks.is_empty() => {
+            k @ ("content_block_delta" | "content_block_stop")
+                if !self.blocks.is_empty() || !self.closed.is_empty() =>
+            {
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
                     return Gated::Unreadable;
                 };
                 let index = v["index"].as_u64().unwrap_or(0);
                 let Some(pos) = self.blocks.iter().position(|b| b.index == index) else {
-                    return Gated::Pass;
+                    let late = k == "content_block_delta" && self.closed.contains(&index);
+                    return if late { Gated::Unreadable } else { Gated::Pass };
                 };
                 if k == "content_block_stop" {
-                    done.push(self.blocks.remove(pos).into_call());
+                    let block = self.blocks.remove(pos);
+                    self.closed.push(block.index);
+                    done.push(block.into_call());
                 } else if let Some(part) = v["delta"]["partial_json"].as_str() {
                     let b = &mut self.blocks[pos];
                     b.fragments = true;
@@ -91,7 +102,10 @@ impl ToolGate for MessagesGate {
     }
 
     fn finish(&mut self, done: &mut Vec<ToolCall>) {
-        done.extend(self.blocks.drain(..).map(Open::into_call));
+        for block in self.blocks.drain(..) {
+            self.closed.push(block.index);
+            done.push(block.into_call());
+        }
     }
 
     fn refusal(&self, e: &ErrorText<'_>) -> Bytes {

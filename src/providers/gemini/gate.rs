@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::providers::adapter::{sse_event, ErrorText, Gated, ToolGate};
-use crate::providers::shape::json_key;
+use crate::providers::shape::{has_unicode_escape, json_key};
 use crate::providers::usage::ToolCall;
 
 /// A Gemini stream holds no call open between chunks.
@@ -19,7 +19,8 @@ json_key!(FUNCTION_CALL, "functionCall");
 
 impl ToolGate for GeminiGate {
     fn event(&mut self, _event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
-        if FUNCTION_CALL.find(data).is_none() {
+        // A `\u` escape may spell the key otherwise: such a chunk is parsed.
+        if FUNCTION_CALL.find(data).is_none() && !has_unicode_escape(data) {
             return Gated::Pass;
         }
         let Ok(chunk) = serde_json::from_slice::<Value>(data) else {

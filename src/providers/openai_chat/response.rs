@@ -372,11 +372,7 @@ fn add_fragment(
         .rposition(|(ch, ix, _)| *ch == choice && *ix == index)
         .filter(|p| {
             let c = &calls[*p].2;
-            let other_id = matches!((id, c.id.as_deref()), (Some(a), Some(b)) if a != b);
-            let other_name = name.is_some_and(|n| !n.is_empty() && n != c.name)
-                && !c.name.is_empty()
-                && !c.arguments.is_empty();
-            !other_id && !other_name
+            !other_id(c, id) && !other_name(c, name)
         });
     let call = match pos {
         Some(p) => &mut calls[p].2,
@@ -405,6 +401,35 @@ fn add_fragment(
         None => {}
     }
     call.arguments.push_str(arguments.unwrap_or_default());
+}
+
+/// Whether a fragment bringing `id` is another call than `c`: it brings an id of its own.
+fn other_id(c: &ToolCall, id: Option<&str>) -> bool {
+    matches!((id, c.id.as_deref()), (Some(a), Some(b)) if a != b)
+}
+
+/// Whether a fragment bringing `name` names another call than `c`, whose name and arguments
+/// have come.
+fn other_name(c: &ToolCall, name: Option<&str>) -> bool {
+    name.is_some_and(|n| !n.is_empty() && n != c.name)
+        && !c.name.is_empty()
+        && !c.arguments.is_empty()
+}
+
+/// Whether `tc` would rename the call its (choice, index) holds in `calls`: another name, once
+/// arguments have come, without an id of its own. [`add_delta`] starts a new call for it (servers
+/// that omit or repeat `index`), but the SDKs join it to the call's name (`send` + `_email`):
+/// which call an agent runs cannot be told.
+pub(super) fn renames(calls: &[(u32, u32, ToolCall)], choice: u32, tc: &DeltaToolCall<'_>) -> bool {
+    let Some((_, _, c)) = calls
+        .iter()
+        .rev()
+        .find(|(ch, ix, _)| *ch == choice && *ix == tc.index)
+    else {
+        return false;
+    };
+    let name = tc.function.as_ref().and_then(|f| f.name.as_deref());
+    other_name(c, name) && !other_id(c, tc.id.as_deref())
 }
 
 /// For a chunk that carries no usage, tool call, finish reason or error at any depth (only

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gated, ToolGate};
-use crate::providers::shape::{event_kind, json_key, value_at};
+use crate::providers::shape::{event_kind, has_unicode_escape, json_key, value_at};
 use crate::providers::usage::ToolCall;
 
 /// Open `function_call` items of one stream, and the calls already checked.
@@ -17,7 +17,7 @@ use crate::providers::usage::ToolCall;
 pub struct ResponsesGate {
     /// (output_index, item id, call).
     open: Vec<(u64, Option<String>, ToolCall)>,
-    /// Item ids (else call ids, else name and arguments) of the calls completed so far.
+    /// The calls completed so far: item id, call id, name and arguments ([`key_of`]).
     checked: Vec<String>,
     /// The last `sequence_number` seen, for the refusal event's.
     sequence: Option<u64>,
@@ -31,13 +31,15 @@ impl ToolGate for ResponsesGate {
         if let Some(n) = value_at(data, &SEQUENCE_NUMBER).and_then(leading_number) {
             self.sequence = Some(n);
         }
-        let kind = event_kind(event, data);
+        let Ok(kind) = event_kind(event, data) else {
+            return Gated::Unreadable;
+        };
         let kind = kind.as_deref().unwrap_or_default();
         match kind {
             // The bulk of a stream, and events of other items.
             "response.output_text.delta" | "response.reasoning_summary_text.delta" => Gated::Pass,
             "response.output_item.added" | "response.output_item.done" => {
-                if FUNCTION_CALL.find(data).is_none() {
+                if !may_name_function_call(data) {
                     return Gated::Pass;
                 }
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -81,7 +83,7 @@ impl ToolGate for ResponsesGate {
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
                 self.finish(done);
-                if FUNCTION_CALL.find(data).is_none() {
+                if !may_name_function_call(data) {
                     return Gated::Pass;
                 }
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -142,6 +144,12 @@ impl ResponsesGate {
     }
 }
 
+/// Whether `data` may carry a `function_call` item: it says so, or a `\u` escape may spell it
+/// otherwise (then it is parsed).
+fn may_name_function_call(data: &[u8]) -> bool {
+    FUNCTION_CALL.find(data).is_some() || has_unicode_escape(data)
+}
+
 /// The call a `function_call` item states.
 fn call_of(item: &Value) -> ToolCall {
     ToolCall {
@@ -152,12 +160,17 @@ fn call_of(item: &Value) -> ToolCall {
     }
 }
 
-/// What identifies a call across events: its item id, else its call id, else what it says.
+/// What identifies a call checked already: its ids and what it says. A terminal event's call
+/// passes as checked only if it says what was checked: an item id shown with another name or
+/// other arguments earlier is the agent's call as the terminal event states it, checked anew.
 fn key_of(item_id: Option<&str>, call: &ToolCall) -> String {
-    match item_id.or(call.id.as_deref()) {
-        Some(id) => id.to_string(),
-        None => format!("{}\0{}", call.name, call.arguments),
-    }
+    format!(
+        "{}\0{}\0{}\0{}",
+        item_id.unwrap_or_default(),
+        call.id.as_deref().unwrap_or_default(),
+        call.name,
+        call.arguments
+    )
 }
 
 /// The number at the start of a raw JSON value.

@@ -124,20 +124,29 @@ async fn a_held_call_as_each_official_client_sees_it() {
     let p = TestProxy::start(&config(
         &server.addr(),
         m.addr(),
-        "agents:\n  held:\n    allowed_tools: [delete_all]\n    require_approval: [delete_all]\n    approval_action: hold\n",
+        "agents:\n  held:\n    allowed_tools: [delete_all]\n    require_approval: [delete_all]\n    approval_action: hold\nadmin_token: loop-token\n",
     ))
     .await;
     let url = p.url("/tools/mcp");
     let approve_all = |p: &TestProxy| {
         let admin = p.admin;
         async move {
-            let (_, body) = get(&format!("http://{admin}/v1/approvals")).await;
+            let (_, body) = send(
+                http::Request::get(format!("http://{admin}/v1/approvals"))
+                    .header("authorization", "Bearer loop-token")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
             let list: Value = serde_json::from_slice(&body).unwrap();
             let pending = list["approvals"].as_array().unwrap().clone();
             for a in &pending {
                 let (r, b) = post(
                     &format!("http://{admin}/v1/approvals/{}", a["id"].as_str().unwrap()),
-                    &[("content-type", "application/json")],
+                    &[
+                        ("content-type", "application/json"),
+                        ("authorization", "Bearer loop-token"),
+                    ],
                     r#"{"decision":"approve"}"#,
                 )
                 .await;

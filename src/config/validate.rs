@@ -282,6 +282,16 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         check_agent(p).map_err(|(k, m)| invalid(&format!("agents.{name}{k}"), &m))?;
+        if p.approval_action == super::schema::ApprovalAction::Hold
+            && config.admin_token.as_deref().is_none_or(str::is_empty)
+        {
+            // The agent shares the pod's network with the admin port: without a token it could
+            // approve its own held calls.
+            return Err(invalid(
+                &format!("agents.{name}.approval_action"),
+                "`hold` needs `admin_token`: without it the agent itself could approve its held calls on the admin port",
+            ));
+        }
     }
     for (model, info) in &config.models {
         if info.context_window == 0 {
@@ -470,6 +480,7 @@ mod tests {
             ("routes: []\n", "routes"),
             ("budgets:\n  limits:\n    - scope: session\n      tokens: 10\n      window: 3w\n", "budgets.limits[0].window"),
             ("budgets:\n  limits:\n    - scope: agent\n", "budgets.limits[0].tokens"),
+            ("agents:\n  a:\n    require_approval: [x]\n    approval_action: hold\n", "agents.a.approval_action"),
             ("budgets:\n  limits:\n    - scope: agent\n      tokens: 100\n    - scope: agent\n      tokens: 80\n      action: observe\n", "budgets.limits[1]"),
             ("budgets:\n  limits:\n    - scope: session\n      usd: 1\n      window: 1d\n    - scope: session\n      tokens: 9\n      usd: 2\n      window: 24h\n", "with the window of budgets.limits[0]"),
             ("server:\n  header_read_timeout: 0s\n", "server.header_read_timeout"),

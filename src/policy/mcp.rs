@@ -228,7 +228,7 @@ mod tests {
         };
         for (action, held) in [("hold", true), ("flag", false)] {
             let p = policies(&format!(
-                "agents:\n  a:\n    require_approval: [send]\n    approval_action: {action}\n"
+                "agents:\n  a:\n    require_approval: [send]\n    approval_action: {action}\nadmin_token: t\n"
             ));
             let pending = p.admit_tool_call(&asker, "k", "send", None).ok().unwrap();
             assert_eq!(pending.held(), held, "{action}");

@@ -237,6 +237,10 @@ pub struct IdentityConfig {
     /// (counted), budgets still apply.
     #[serde(default = "default_max_live_tasks")]
     pub max_live_tasks: usize,
+    /// Live sessions kept (step counters, totals for the admin API); past it the least recently
+    /// seen of a sample ends early (counted). Session ids are the client's to choose.
+    #[serde(default = "default_max_live_sessions")]
+    pub max_live_sessions: usize,
 }
 
 /// Span export and metric settings.
@@ -837,6 +841,7 @@ impl Default for IdentityConfig {
             task_from_trace: true,
             task_idle_timeout: default_task_idle_timeout(),
             max_live_tasks: default_max_live_tasks(),
+            max_live_sessions: default_max_live_sessions(),
         }
     }
 }
@@ -976,6 +981,9 @@ fn default_task_idle_timeout() -> Duration {
     Duration::from_secs(10 * 60)
 }
 fn default_max_live_tasks() -> usize {
+    100_000
+}
+fn default_max_live_sessions() -> usize {
     100_000
 }
 fn default_task_retention() -> Duration {

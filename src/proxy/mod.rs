@@ -189,7 +189,10 @@ impl Proxy {
             access_log: config.logging.access_log,
             inject_stream_usage: config.telemetry.inject_stream_usage,
             session_source: SessionSource::new(&config.identity.session_headers),
-            sessions: Arc::new(Sessions::new(config.identity.session_idle_timeout)),
+            sessions: Arc::new(Sessions::new(
+                config.identity.session_idle_timeout,
+                config.identity.max_live_sessions,
+            )),
             task_source: TaskSource::new(
                 &config.identity.task_headers,
                 config.identity.task_from_trace,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use metrics::{gauge, histogram};
+use metrics::{counter, gauge, histogram};
 use tokio::time::Instant;
 
 use crate::record::Totals;
@@ -26,7 +26,13 @@ pub struct Sessions {
     /// more than the rest of a lookup).
     live: DashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
     idle: Duration,
+    /// Most live sessions (`identity.max_live_sessions`): ids are the client's to choose.
+    max: usize,
 }
+
+/// Entries looked at to choose one to end when the table is full (approximated LRU, as Redis
+/// evicts: the map's order is its keys' hashes, random with respect to time).
+const EVICTION_SAMPLE: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -50,11 +56,12 @@ pub struct SessionSnapshot {
 }
 
 impl Sessions {
-    /// Sessions that end after `idle` without a call.
-    pub fn new(idle: Duration) -> Self {
+    /// Sessions that end after `idle` without a call, at most `max` live at once.
+    pub fn new(idle: Duration, max: usize) -> Self {
         Self {
             live: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             idle,
+            max: max.max(1),
         }
     }
 
@@ -72,6 +79,9 @@ impl Sessions {
     /// would be past `max` (then nothing changes and `None` is returned): the check and the
     /// increment are one step under the entry's lock, so concurrent calls cannot both pass.
     pub fn take_step(&self, id: &Arc<str>, now: Instant, max: Option<u64>) -> Option<u64> {
+        if self.live.len() >= self.max && !self.live.contains_key(id.as_ref()) {
+            self.evict_one();
+        }
         let step = {
             let mut e = self.live.entry(id.clone()).or_insert(Entry {
                 steps: 0,
@@ -97,6 +107,23 @@ impl Sessions {
             gauge!(m::SESSIONS_ACTIVE).set(self.live.len() as f64);
         }
         Some(step)
+    }
+
+    /// End the session seen least recently among a few (the table is full): its steps and
+    /// duration are recorded as at idle expiry, and its next call starts at step 1.
+    fn evict_one(&self) {
+        let oldest = self
+            .live
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|e| e.value().last_seen)
+            .map(|e| e.key().clone());
+        if let Some((_, e)) = oldest.and_then(|id| self.live.remove(&id)) {
+            histogram!(m::SESSION_STEPS).record(e.steps as f64);
+            histogram!(m::SESSION_DURATION_SECONDS)
+                .record(e.last_seen.duration_since(e.started).as_secs_f64());
+            counter!(m::SESSIONS_EVICTED_TOTAL).increment(1);
+        }
     }
 
     /// Add what one finished call of session `id` came to. A session that already ended (a call
@@ -194,9 +221,28 @@ fn snapshot(e: &Entry, now: Instant) -> SessionSnapshot {
 mod tests {
     use super::*;
 
+    /// Ten thousand ids a client makes up keep at most `max` entries; a session in use stays.
+    #[test]
+    fn live_sessions_are_bounded_and_the_least_recently_seen_go_first() {
+        let s = Sessions::new(Duration::from_secs(1800), 100);
+        let t0 = Instant::now();
+        let kept: Arc<str> = Arc::from("in-use");
+        s.step(&kept, t0);
+        for i in 0..10_000u64 {
+            let now = t0 + Duration::from_millis(i);
+            let id: Arc<str> = Arc::from(format!("junk-{i}"));
+            s.step(&id, now);
+            if i % 10 == 0 {
+                s.step(&kept, now);
+            }
+            assert!(s.len() <= 100, "{} live", s.len());
+        }
+        assert!(s.get("in-use", t0).is_some_and(|e| e.steps > 900));
+    }
+
     #[test]
     fn steps_count_per_session_and_restart_after_idle() {
-        let s = Sessions::new(Duration::from_secs(60));
+        let s = Sessions::new(Duration::from_secs(60), 1000);
         let t0 = Instant::now();
         let a: Arc<str> = Arc::from("a");
         let b: Arc<str> = Arc::from("b");
@@ -222,7 +268,7 @@ mod tests {
 
     #[test]
     fn peeking_changes_nothing_and_a_step_past_max_is_not_taken() {
-        let s = Sessions::new(Duration::from_secs(60));
+        let s = Sessions::new(Duration::from_secs(60), 1000);
         let t0 = Instant::now();
         let a: Arc<str> = Arc::from("a");
         assert_eq!(s.next_step("a"), 1);

@@ -95,6 +95,8 @@ pub const COST_USD_TOTAL: &str = "tokenwarden_cost_usd_total";
 pub const CALL_COST_USD: &str = "tokenwarden_call_cost_usd";
 /// Used fraction of agent and global limits.
 pub const BUDGET_USED_RATIO: &str = "tokenwarden_budget_used_ratio";
+/// Live sessions ended early because `identity.max_live_sessions` were live.
+pub const SESSIONS_EVICTED_TOTAL: &str = "tokenwarden_sessions_evicted_total";
 /// Tasks with a call through this sidecar within the task idle timeout.
 pub const TASKS_ACTIVE: &str = "tokenwarden_tasks_active";
 /// New tasks not tracked because `identity.max_live_tasks` were live.
@@ -595,6 +597,11 @@ fn describe() {
     describe_gauge!(
         SESSIONS_ACTIVE,
         "Sessions with a call within the idle timeout."
+    );
+    describe_counter!(
+        SESSIONS_EVICTED_TOTAL,
+        Unit::Count,
+        "Live sessions ended early (the least recently seen of a sample) because identity.max_live_sessions were live; a later call starts it again at step 1."
     );
     describe_histogram!(
         SESSION_STEPS,

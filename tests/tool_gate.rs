@@ -481,6 +481,43 @@ async fn held_answers_are_asked_for_uncompressed_and_checked() {
     );
 }
 
+/// A held answer that breaks off mid-body is answered 502, but the upstream generated (and
+/// billed) what it sent: the session is charged an estimate, not nothing.
+#[tokio::test]
+async fn a_held_answer_that_breaks_off_is_still_charged() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "held-cut",
+        m.addr(),
+        "agents:\n  z-held:\n    require_approval: [get_weather]\n    approval_action: block\n\
+         budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 1000000\n",
+    )
+    .await;
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"go"}]}"#;
+    let sent = [
+        ("x-agent-name", "z-held"),
+        ("x-session-id", "held-cut-1"),
+        ("x-mock-fault", "drop-mid-stream"),
+        ("x-mock-output-chunks", "400"),
+    ];
+    let (resp, _) = post(&p.url("/v1/chat/completions"), &sent, body).await;
+    assert_eq!(resp.status(), 502);
+    let url = format!("http://{}/v1/sessions/held-cut-1", p.admin);
+    let charged = eventually(std::time::Duration::from_secs(5), || {
+        let url = url.clone();
+        async move {
+            let (r, b) = get(&url).await;
+            r.status() == 200
+                && serde_json::from_slice::<Value>(&b).unwrap()["tokens"]["output"]
+                    .as_u64()
+                    .is_some_and(|o| o > 0)
+        }
+    })
+    .await;
+    let (_, b) = get(&url).await;
+    assert!(charged, "{}", String::from_utf8_lossy(&b));
+}
+
 #[tokio::test]
 async fn gated_streams_are_asked_for_uncompressed_and_a_compressed_one_is_flagged() {
     let m = mock().await;

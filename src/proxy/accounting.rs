@@ -72,6 +72,9 @@ pub struct Ending {
     /// The request reached the upstream and no response came (timeout or reset before the
     /// headers): the provider may have billed its input.
     pub unanswered: bool,
+    /// The upstream answered 2xx, whatever the client was then sent (a held answer refused or
+    /// broken off): it generated, and billed, what it sent.
+    pub upstream_ok: bool,
     /// The proxy ended the call at shutdown (the grace ran out).
     pub shutdown: bool,
     /// The policy that withheld the response, when one did.
@@ -537,7 +540,7 @@ fn billable(record: &ResponseRecord, ending: &Ending, output_seen: bool) -> bool
     let too_large = matches!(record.unparsed, Some("body_too_large" | "event_too_large"));
     (record.unparsed.is_none() || cut_short || too_large)
         && (record.error_type.is_none() || output_seen)
-        && ending.status.is_some_and(|s| s.is_success())
+        && (ending.status.is_some_and(|s| s.is_success()) || ending.upstream_ok)
 }
 
 /// Whether a call is a GenAI inference (`gen_ai.client.inference.*` metrics) rather than another
@@ -649,6 +652,7 @@ mod tests {
             started: now,
             now,
             unanswered: false,
+            upstream_ok: true,
             shutdown: false,
             blocked: None,
             trace: None,

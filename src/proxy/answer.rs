@@ -31,14 +31,24 @@ pub(super) fn full(b: Full<Bytes>) -> ProxyBody {
 }
 
 /// Answer with a proxy-generated error and finish the call.
-pub(super) fn local_error(mut call: Call, e: ProxyError, shape: ErrorShape) -> Response<ProxyBody> {
+pub(super) fn local_error(call: Call, e: ProxyError, shape: ErrorShape) -> Response<ProxyBody> {
+    local_error_after(call, e, shape, crate::body::BodyEnd::Complete)
+}
+
+/// [`local_error`] for a call whose upstream body ended as `end` before the proxy answered.
+pub(super) fn local_error_after(
+    mut call: Call,
+    e: ProxyError,
+    shape: ErrorShape,
+    end: crate::body::BodyEnd,
+) -> Response<ProxyBody> {
     if let Some(kind) = e.upstream_kind() {
         call.upstream_failed(kind);
     }
     let resp = e.to_response(shape);
     let len = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0) as usize;
     tracing::debug!(route = ?e.upstream_kind().map(UpstreamError::as_str), error = %e, "proxy error");
-    call.finish_local(resp.status(), len);
+    call.finish_local_after(resp.status(), len, end);
     resp.map(full)
 }
 

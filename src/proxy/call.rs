@@ -55,6 +55,8 @@ pub struct CallState {
     pub bytes_in: usize,
     bytes_out: u64,
     upstream_error: Option<UpstreamError>,
+    /// The upstream answered 2xx (whatever the client was then sent): it generated, and billed.
+    upstream_ok: bool,
     llm: Option<LlmCall>,
     session: Option<Arc<str>>,
     step: Option<u64>,
@@ -142,6 +144,7 @@ impl Call {
             bytes_in: 0,
             bytes_out: 0,
             upstream_error: None,
+            upstream_ok: false,
             llm: None,
             session: None,
             step: None,
@@ -161,11 +164,17 @@ impl Call {
     }
 
     /// Finish a call the proxy answered itself with `status` (a full body, sent at once).
-    pub fn finish_local(mut self, status: StatusCode, body_len: usize) {
+    pub fn finish_local(self, status: StatusCode, body_len: usize) {
+        self.finish_local_after(status, body_len, BodyEnd::Complete);
+    }
+
+    /// Finish a call answered by the proxy after the upstream's body ended as `end` (a held
+    /// answer that broke off, or ran past the cap: what it carried was fed and is charged).
+    pub fn finish_local_after(mut self, status: StatusCode, body_len: usize, end: BodyEnd) {
         self.status = Some(status);
         self.bytes_out = body_len as u64;
         self.returned = Some(Instant::now());
-        self.finish(BodyEnd::Complete);
+        self.finish(end);
     }
 
     /// Finish a call whose stream was gated, with what the gate `found`.
@@ -342,6 +351,7 @@ impl CallState {
     /// Note the upstream's response status (5xx and 429 count as upstream errors).
     pub fn upstream_status(&mut self, status: StatusCode) {
         self.status = Some(status);
+        self.upstream_ok = status.is_success();
         if status.is_server_error() {
             self.upstream_error = Some(UpstreamError::Status5xx);
         } else if status == StatusCode::TOO_MANY_REQUESTS {
@@ -395,6 +405,7 @@ impl CallState {
                 started: self.started,
                 now,
                 unanswered,
+                upstream_ok: self.upstream_ok,
                 shutdown,
                 blocked: self.policy_blocked,
                 trace: self.span.as_deref().map(|s| (s.trace_id(), s.span_id())),

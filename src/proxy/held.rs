@@ -18,7 +18,7 @@ use crate::body::{BodyEnd, Observer};
 use crate::policy::PolicyError;
 use crate::providers::ResponseParser;
 
-use super::answer::{local_error, ProxyBody};
+use super::answer::{local_error, local_error_after, ProxyBody};
 use super::call::Call;
 use super::error::ProxyError;
 use super::route::Route;
@@ -70,7 +70,13 @@ pub(super) async fn respond(
 ) -> Response<ProxyBody> {
     let bytes = match collect(body, route).await {
         Ok(b) => b,
-        Err(e) => return local_error(call, e, shape),
+        Err((e, partial, end)) => {
+            // The upstream answered 2xx and generated what it sent before it broke off (or ran
+            // past the cap): charged, estimated where it states no usage, though the client
+            // gets the error.
+            call.on_data(&partial, Instant::now());
+            return local_error_after(call, e, shape, end);
+        }
     };
     let now = Instant::now();
     let mut block = None;
@@ -109,30 +115,39 @@ pub(super) async fn respond(
     Response::from_parts(head, super::answer::full(Full::new(bytes)))
 }
 
-async fn collect(mut body: UpstreamBody, route: &Route) -> Result<Bytes, ProxyError> {
+/// Why a held body was not read whole: the error to answer, what arrived before it, and how
+/// the upstream's body ended.
+type Unread = (ProxyError, Bytes, BodyEnd);
+
+async fn collect(mut body: UpstreamBody, route: &Route) -> Result<Bytes, Unread> {
     let idle = route.timeouts.idle_timeout;
     let mut buf = BytesMut::new();
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
+                let e = ProxyError::UpstreamTimeout {
                     route: route.name.to_string(),
                     after: idle,
-                })
+                };
+                return Err((e, buf.freeze(), BodyEnd::IdleTimeout));
             }
             Ok(None) => return Ok(buf.freeze()),
             Ok(Some(Err(_))) => {
-                return Err(ProxyError::UpstreamReset {
+                let e = ProxyError::UpstreamReset {
                     route: route.name.to_string(),
-                })
+                };
+                return Err((e, buf.freeze(), BodyEnd::UpstreamError));
             }
             Ok(Some(Ok(f))) => f,
         };
         if let Ok(data) = frame.into_data() {
             if buf.len() + data.len() > MAX_PARSE_BYTES {
-                return Err(ProxyError::ResponseTooLarge {
+                let e = ProxyError::ResponseTooLarge {
                     route: route.name.to_string(),
-                });
+                };
+                // Read no further: the parser reads what arrived (past its cap, the tail).
+                buf.extend_from_slice(&data);
+                return Err((e, buf.freeze(), BodyEnd::Complete));
             }
             buf.extend_from_slice(&data);
         }

@@ -208,7 +208,20 @@ impl MemoryStore {
 
     pub(super) fn reset(&self, key: &str) -> bool {
         self.dirty.store(true, Ordering::Relaxed);
-        self.groups.remove(key).is_some()
+        let Some(mut g) = self.groups.get_mut(key) else {
+            return false;
+        };
+        // Each counter starts anew one second into its window: a start no grant made before
+        // the reset carries, so a call still in flight settles its spend into the new period
+        // without taking back reservations made after the reset (as Redis drops the leases).
+        for c in g.counters.values_mut() {
+            *c = Counter {
+                start: c.start.saturating_add(1),
+                ..Counter::default()
+            };
+        }
+        g.totals = Totals::default();
+        true
     }
 
     /// Write the snapshot if anything changed since the last one: temp file, fsync, rename,
@@ -336,6 +349,32 @@ mod tests {
             }
         }
         assert_eq!(admitted, 3);
+    }
+
+    /// A reset while a call is in flight: that call's later settlement adds its spend to the
+    /// new period and leaves the reservations made after the reset alone.
+    #[test]
+    fn a_reset_is_not_undone_by_a_call_in_flight_across_it() {
+        let s = MemoryStore::open(None);
+        let Reserved::Granted(a) = s.reserve("s:a", 0, &[want(1000, 10, 500)]) else {
+            panic!("refused")
+        };
+        assert!(s.reset("s:a"));
+        let Reserved::Granted(b) = s.reserve("s:a", 0, &[want(1000, 10, 500)]) else {
+            panic!("refused after the reset")
+        };
+        assert_eq!(b[0].used, 0, "the reset cleared A's reservation");
+        s.settle("s:a", 0, &[charge(&a[0], 40)], Totals::default());
+        let c = s.groups.get("s:a").unwrap().counters["tokens:life"];
+        assert_eq!((c.spent, c.reserved), (40, 500), "B's reservation kept");
+        // A third call sees B's reservation and A's spend: 460 left, below its input of 480.
+        assert!(matches!(
+            s.reserve("s:a", 0, &[want(1000, 480, 500)]),
+            Reserved::Refused { used: 540, .. }
+        ));
+        s.settle("s:a", 0, &[charge(&b[0], 100)], Totals::default());
+        let c = s.groups.get("s:a").unwrap().counters["tokens:life"];
+        assert_eq!((c.spent, c.reserved), (140, 0));
     }
 
     #[test]

@@ -208,12 +208,21 @@ impl MemoryStore {
 
     pub(super) fn reset(&self, key: &str) -> bool {
         self.dirty.store(true, Ordering::Relaxed);
+        // Nothing in flight: the record goes (the scope is forgotten).
+        if self
+            .groups
+            .remove_if(key, |_, g| g.counters.values().all(|c| c.reserved == 0))
+            .is_some()
+        {
+            return true;
+        }
         let Some(mut g) = self.groups.get_mut(key) else {
             return false;
         };
-        // Each counter starts anew one second into its window: a start no grant made before
-        // the reset carries, so a call still in flight settles its spend into the new period
-        // without taking back reservations made after the reset (as Redis drops the leases).
+        // Calls in flight: each counter starts anew one second into its window, a start no
+        // grant made before the reset carries, so such a call settles its spend into the new
+        // period without taking back reservations made after the reset (as Redis drops the
+        // leases).
         for c in g.counters.values_mut() {
             *c = Counter {
                 start: c.start.saturating_add(1),

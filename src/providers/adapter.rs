@@ -295,6 +295,10 @@ pub enum ServerEvent {
         /// The response's id.
         id: Option<String>,
     },
+    /// The transcription of the client's input audio finished, stating its usage in tokens:
+    /// billed apart from any response (a transcription-only session has no other). The message
+    /// itself is its record ([`Adapter::parse_json`]).
+    Transcribed,
     /// The server refused a client event (e.g. a request for a response while one is in
     /// progress); `event_id` is the client's id of it, when the client gave one.
     Error {

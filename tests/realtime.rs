@@ -1250,3 +1250,45 @@ async fn a_transcription_sessions_usage_is_counted_and_charged() {
     assert_eq!(view["tokens"]["output"], 9, "{view}");
     assert_eq!(view["limits"][0]["used"], 26, "{view}");
 }
+
+/// A response the server's turn detection starts past the session's limit is refused and
+/// cancelled, but it ran: its usage (its `response.done`) is charged to the session's spend.
+#[tokio::test]
+async fn a_refused_server_started_response_is_charged_to_the_session() {
+    let (up, _seen) = upstream(Play::Complete { deltas: 1 }).await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        "budgets:\n  store:\n    snapshot_path: ''\n  default_max_output_tokens: 100\n  limits:\n    - scope: session\n      tokens: 2000\n      action: reject\n",
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-vad-charged", "sess-vad-charged").await;
+    read_until(&mut ws, "session.created").await;
+    let commit = Message::text(r#"{"type":"input_audio_buffer.commit"}"#);
+    ws.send(commit.clone()).await.unwrap();
+    read_until(&mut ws, "response.done").await; // the audio fixture: 1632 tokens
+    let view = session_view(&proxy, "sess-vad-charged").await;
+    assert_eq!(view["limits"][0]["used"], 1632, "{view}");
+    // The next turn: refused (past the limit), the session cut; its response still ends with
+    // `response.done` (the text fixture: 1398 input, 13 output).
+    ws.send(commit).await.unwrap();
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the session ends within 5 s")
+    {
+        if msg.is_err() {
+            break;
+        }
+    }
+    let charged = eventually(Duration::from_secs(5), || async {
+        session_view(&proxy, "sess-vad-charged").await["limits"][0]["used"] == 1632 + 1411
+    })
+    .await;
+    let view = session_view(&proxy, "sess-vad-charged").await;
+    assert!(
+        charged,
+        "the refused response's spend reached the ledger: {view}"
+    );
+    assert_eq!(view["tokens"]["input"], 1261 + 1398, "{view}");
+    assert_eq!(view["tokens"]["output"], 371 + 13, "{view}");
+}

@@ -678,8 +678,11 @@ async fn admit_unasked(
 ) -> Option<String> {
     let (mut live, refused) = match admission(ctx, b"", None).await {
         Ok(live) => (live, None),
-        Err((e, call)) => {
+        Err((e, mut call)) => {
             let text = e.with_text(|e| ctx.s.events.refusal(e, None));
+            // Refused, yet already running upstream: what it spends until the cancel (its whole
+            // input, its output so far) is charged like any response's.
+            charge_unreserved(ctx, &mut call);
             let live = Live {
                 call,
                 input: ctx.context.load(std::sync::atomic::Ordering::Relaxed),

@@ -154,7 +154,8 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
             Message::Text(_)
                 if kind == "input_audio_buffer.commit" && matches!(play, Play::Transcribes) =>
             {
-                if send(&mut tx, &seen, TRANSCRIBED.to_string()).await.is_err() {
+                let sent = send(&mut tx, &seen, TRANSCRIBED.to_string()).await;
+                if sent.is_err() {
                     break;
                 }
             }

@@ -651,3 +651,69 @@ async fn a_stream_whose_usage_the_proxy_asks_for_is_asked_for_uncompressed() {
     );
     assert_eq!(input, 63.0, "{text}");
 }
+
+/// Gemini's and Anthropic's OpenAI-compatible endpoints, on the shipped config's routes (a
+/// `/gemini` route reading `gemini`, an `/anthropic` one reading `anthropic`): read as OpenAI
+/// Chat — a stream without `include_usage` is asked for usage, and its tokens are counted under
+/// the provider's label.
+#[tokio::test]
+async fn openai_compatible_endpoints_of_gemini_and_anthropic_are_counted() {
+    let m = mock().await;
+    let up = m.addr();
+    let p = TestProxy::start(&format!(
+        "routes:\n  \
+         - name: gemini\n    path_prefix: /gemini\n    strip_prefix: true\n    upstream: http://{up}\n    protocol: gemini\n  \
+         - name: anthropic\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: http://{up}\n    protocol: anthropic\n"
+    ))
+    .await;
+    for (agent, path, provider) in [
+        (
+            "acc-gem-compat",
+            "/gemini/v1beta/openai/chat/completions",
+            "gcp.gemini",
+        ),
+        (
+            "acc-anth-compat",
+            "/anthropic/v1/chat/completions",
+            "anthropic",
+        ),
+    ] {
+        let h = [
+            ("x-agent-name", agent),
+            ("x-mock-input-tokens", "23"),
+            ("x-mock-output-chunks", "7"),
+        ];
+        let (resp, body) = post(&p.url(path), &h, CHAT_STREAM_NO_USAGE).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let upstream_saw = m.last_request().unwrap().body_json().unwrap();
+        assert_eq!(
+            upstream_saw["stream_options"]["include_usage"], true,
+            "{path}: usage asked upstream"
+        );
+        assert!(
+            !String::from_utf8_lossy(&body).contains("\"usage\""),
+            "{path}: the usage asked for is hidden"
+        );
+        let text = p.metrics().await;
+        let tokens = |kind: &str| {
+            metric_value(
+                &text,
+                "tokenwarden_tokens_total",
+                &[("agent", agent), ("type", kind)],
+            )
+        };
+        assert_eq!(tokens("input"), 23.0, "{path}\n{text}");
+        assert_eq!(tokens("output"), output_tokens(7, 0, 0) as f64, "{path}");
+        let requests = metric_value(
+            &text,
+            "tokenwarden_requests_total",
+            &[
+                ("agent", agent),
+                ("provider", provider),
+                ("operation", "chat"),
+                ("status", "2xx"),
+            ],
+        );
+        assert_eq!(requests, 1.0, "{path}: labelled as the provider's\n{text}");
+    }
+}

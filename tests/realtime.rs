@@ -52,7 +52,13 @@ enum Play {
     IgnoresCancel,
     /// The first response as `Complete` with one delta, the next as `IgnoresCancel`.
     SecondIgnoresCancel,
+    /// A transcription-only session (`intent=transcription`): each committed turn is
+    /// transcribed (`TRANSCRIBED`, usage in tokens), no response ever starts.
+    Transcribes,
 }
+
+/// A finished input audio transcription, as gpt-4o-transcribe states it (usage in tokens).
+const TRANSCRIBED: &str = r#"{"type":"conversation.item.input_audio_transcription.completed","event_id":"event_t1","item_id":"i","content_index":0,"transcript":"hi","usage":{"type":"tokens","input_tokens":17,"input_token_details":{"text_tokens":0,"audio_tokens":17},"output_tokens":9,"total_tokens":26}}"#;
 
 /// What the upstream saw and sent, message by message.
 #[derive(Default)]
@@ -145,6 +151,14 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                     break;
                 }
             }
+            Message::Text(_)
+                if kind == "input_audio_buffer.commit" && matches!(play, Play::Transcribes) =>
+            {
+                let sent = send(&mut tx, &seen, TRANSCRIBED.to_string()).await;
+                if sent.is_err() {
+                    break;
+                }
+            }
             // A committed turn starts a response with no `response.create`, as the server's
             // turn detection (`create_response: true`) does.
             Message::Text(_)
@@ -159,7 +173,9 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
                     break;
                 }
                 let (deltas, wait) = match play {
+                    // A transcription session's responses, if asked for, as `Complete`.
                     Play::Complete { deltas } => (deltas, false),
+                    Play::Transcribes => (1, false),
                     Play::UntilCancelled { deltas } => (deltas, true),
                     Play::IgnoresCancel => (2, true),
                     Play::SecondIgnoresCancel if responses == 1 => (1, false),
@@ -1187,4 +1203,93 @@ async fn a_response_that_never_sends_its_final_event_is_charged_its_input_and_th
     assert_eq!(r.status(), 200);
     let view: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(view["tokens"]["total"], 1632 + 1632 + output, "{view}");
+}
+
+async fn session_view(proxy: &TestProxy, id: &str) -> serde_json::Value {
+    let (r, body) = get(&format!("http://{}/v1/sessions/{id}", proxy.admin)).await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A transcription-only session never sends `response.done`: each finished transcription's
+/// usage (in tokens) is a call of its own, counted and charged to the session's budget.
+#[tokio::test]
+async fn a_transcription_sessions_usage_is_counted_and_charged() {
+    let (up, _seen) = upstream(Play::Transcribes).await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 2000\n      action: reject\n",
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-transcribe", "sess-transcribe").await;
+    read_until(&mut ws, "session.created").await;
+    ws.send(Message::text(r#"{"type":"input_audio_buffer.commit"}"#))
+        .await
+        .unwrap();
+    read_until(
+        &mut ws,
+        "conversation.item.input_audio_transcription.completed",
+    )
+    .await;
+    let tokens = |text: &str, kind: &str| {
+        metric_value(
+            text,
+            "tokenwarden_tokens_total",
+            &[("agent", "rt-transcribe"), ("type", kind)],
+        )
+    };
+    let counted = eventually(Duration::from_secs(5), || async {
+        tokens(&proxy.metrics().await, "input") == 17.0
+    })
+    .await;
+    let text = proxy.metrics().await;
+    assert!(counted, "{text}");
+    assert_eq!(tokens(&text, "output"), 9.0);
+    let view = session_view(&proxy, "sess-transcribe").await;
+    assert_eq!(view["tokens"]["input"], 17, "{view}");
+    assert_eq!(view["tokens"]["output"], 9, "{view}");
+    assert_eq!(view["limits"][0]["used"], 26, "{view}");
+}
+
+/// A response the server's turn detection starts past the session's limit is refused and
+/// cancelled, but it ran: its usage (its `response.done`) is charged to the session's spend.
+#[tokio::test]
+async fn a_refused_server_started_response_is_charged_to_the_session() {
+    let (up, _seen) = upstream(Play::Complete { deltas: 1 }).await;
+    let proxy = TestProxy::to(
+        "rt",
+        up,
+        "budgets:\n  store:\n    snapshot_path: ''\n  default_max_output_tokens: 100\n  limits:\n    - scope: session\n      tokens: 2000\n      action: reject\n",
+    )
+    .await;
+    let mut ws = connect(&proxy, "rt-vad-charged", "sess-vad-charged").await;
+    read_until(&mut ws, "session.created").await;
+    let commit = Message::text(r#"{"type":"input_audio_buffer.commit"}"#);
+    ws.send(commit.clone()).await.unwrap();
+    read_until(&mut ws, "response.done").await; // the audio fixture: 1632 tokens
+    let view = session_view(&proxy, "sess-vad-charged").await;
+    assert_eq!(view["limits"][0]["used"], 1632, "{view}");
+    // The next turn: refused (past the limit), the session cut; its response still ends with
+    // `response.done` (the text fixture: 1398 input, 13 output).
+    ws.send(commit).await.unwrap();
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("the session ends within 5 s")
+    {
+        if msg.is_err() {
+            break;
+        }
+    }
+    let charged = eventually(Duration::from_secs(5), || async {
+        session_view(&proxy, "sess-vad-charged").await["limits"][0]["used"] == 1632 + 1411
+    })
+    .await;
+    let view = session_view(&proxy, "sess-vad-charged").await;
+    assert!(
+        charged,
+        "the refused response's spend reached the ledger: {view}"
+    );
+    assert_eq!(view["tokens"]["input"], 1261 + 1398, "{view}");
+    assert_eq!(view["tokens"]["output"], 371 + 13, "{view}");
 }

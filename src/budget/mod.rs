@@ -618,6 +618,46 @@ impl Budgets {
         Ok(adm)
     }
 
+    /// An admission that reserves nothing and refuses nothing, for spend the provider incurs
+    /// whatever a limit says (a Realtime response the server started itself past a limit, the
+    /// transcription of audio already sent): settling it charges each of the call's scopes what
+    /// the call spent, as a reservation of zero replaced by the spend.
+    pub fn unreserved(self: &Arc<Self>, facts: CallFacts) -> Admission {
+        let now = unix_now();
+        let held = SCOPES
+            .iter()
+            .filter_map(|&scope| {
+                let (key, limits) = self.scope_limits(scope, &facts)?;
+                let grants = limits
+                    .iter()
+                    .map(|&i| Grant {
+                        start: self.limits[i].window_start(now),
+                        granted: 0,
+                        used: 0,
+                    })
+                    .collect();
+                Some(Held {
+                    scope,
+                    key,
+                    limits,
+                    grants,
+                    lease: None,
+                    slice: None,
+                })
+            })
+            .collect();
+        Admission {
+            budgets: self.clone(),
+            held: Mutex::new(held),
+            est_input: facts.input_bound,
+            facts,
+            session_tokens_remaining: None,
+            cut_after_output: None,
+            decision: BudgetDecision::Allowed,
+            settled: false,
+        }
+    }
+
     /// Give back a refused call's grants in a shared store before the refusal is answered (the
     /// scopes reserved at once, so others may have granted): a client retrying at once, or the
     /// next call on those scopes, must not find them still held. Each settle counts once per

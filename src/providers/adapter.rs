@@ -33,6 +33,15 @@ pub trait Adapter: Sync {
     /// protocol serves it, else its labels and whether this format reads it.
     fn route(&self, path: &str) -> Option<Routed>;
 
+    /// The protocol whose formats read a request on `path` when this provider serves another
+    /// provider's protocol there (Gemini's and Anthropic's OpenAI-compatible endpoints, whose
+    /// bodies, streams and usage are OpenAI Chat's); the call keeps this provider's label.
+    /// `None` (the default): this protocol's own formats read it.
+    fn speaks(&self, path: &str) -> Option<&'static str> {
+        let _ = path;
+        None
+    }
+
     /// The JSON body of an error the proxy answers on this provider's routes. By default the
     /// OpenAI shape every compatible client reads.
     fn error_body(&self, e: &ErrorText<'_>) -> Value {
@@ -286,6 +295,10 @@ pub enum ServerEvent {
         /// The response's id.
         id: Option<String>,
     },
+    /// The transcription of the client's input audio finished, stating its usage in tokens:
+    /// billed apart from any response (a transcription-only session has no other). The message
+    /// itself is its record ([`Adapter::parse_json`]).
+    Transcribed,
     /// The server refused a client event (e.g. a request for a response while one is in
     /// progress); `event_id` is the client's id of it, when the client gave one.
     Error {

@@ -141,6 +141,24 @@ pub fn classify(configured: RouteProtocol, path: &str) -> Classified {
             }
         }
     };
+    // A provider's endpoint in another protocol (an OpenAI-compatible one): read as that
+    // protocol reads it, labelled as the provider's. One step only: the spoken protocol's own
+    // formats route the path, never another `speaks`.
+    let compatible = Format::ALL
+        .iter()
+        .filter(|f| f.adapter().protocol() == protocol)
+        .find_map(|f| Some((f.adapter().speaks(path)?, f.adapter().route(path)?.provider)));
+    if let Some((spoken, provider)) = compatible {
+        return Classified {
+            provider,
+            ..classify_in(spoken, path)
+        };
+    }
+    classify_in(protocol, path)
+}
+
+/// Classify `path` by the formats of `protocol` alone.
+fn classify_in(protocol: &str, path: &str) -> Classified {
     let mut formats = Format::ALL
         .iter()
         .filter(|f| f.adapter().protocol() == protocol);
@@ -270,6 +288,35 @@ mod tests {
             (c.provider, c.operation.as_str(), c.format),
             ("openai", "other", None)
         );
+    }
+
+    #[test]
+    fn openai_compatible_endpoints_are_read_as_openai_chat() {
+        // Google's OpenAI-compatible endpoint, on a gemini route and detected by path: its
+        // `/v1beta/` path is Gemini's, its bodies, streams and usage OpenAI Chat's.
+        for configured in [named("gemini"), RouteProtocol::Auto] {
+            let c = classify(configured, "/v1beta/openai/chat/completions");
+            assert_eq!(c.format, Some(Format::OpenAiChat), "{configured:?}");
+            assert_eq!((c.provider, c.operation.as_str()), ("gcp.gemini", "chat"));
+            assert_eq!(c.error_shape(), ErrorShape::of(Format::OpenAiChat));
+            let c = classify(configured, "/v1beta/openai/embeddings");
+            assert_eq!(c.format, Some(Format::OpenAiChat), "{configured:?}");
+            assert_eq!(c.operation, Operation::Embeddings);
+        }
+        // Anthropic's OpenAI SDK compatibility layer on an anthropic route.
+        let c = classify(named("anthropic"), "/v1/chat/completions");
+        assert_eq!(c.format, Some(Format::OpenAiChat));
+        assert_eq!((c.provider, c.operation.as_str()), ("anthropic", "chat"));
+        // Gemini's and Anthropic's own paths stay theirs.
+        let c = classify(
+            named("gemini"),
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+        );
+        assert_eq!(c.format, Some(Format::Gemini));
+        let c = classify(named("gemini"), "/v1beta/models/openai:generateContent");
+        assert_eq!(c.format, Some(Format::Gemini));
+        let c = classify(named("anthropic"), "/v1/messages");
+        assert_eq!(c.format, Some(Format::Anthropic));
     }
 
     #[test]

@@ -678,8 +678,11 @@ async fn admit_unasked(
 ) -> Option<String> {
     let (mut live, refused) = match admission(ctx, b"", None).await {
         Ok(live) => (live, None),
-        Err((e, call)) => {
+        Err((e, mut call)) => {
             let text = e.with_text(|e| ctx.s.events.refusal(e, None));
+            // Refused, yet already running upstream: what it spends until the cancel (its whole
+            // input, its output so far) is charged like any response's.
+            charge_unreserved(ctx, &mut call);
             let live = Live {
                 call,
                 input: ctx.context.load(std::sync::atomic::Ordering::Relaxed),
@@ -710,14 +713,7 @@ async fn admission(
     // for the charge of a response that ends without its final event.
     let input = crate::budget::estimate_input(ctx.s.format, event).max(context);
     if let Some(budgets) = &ctx.s.budgets {
-        let facts = CallFacts {
-            session: ctx.s.session.clone(),
-            task: ctx.s.task.clone(),
-            agent: ctx.s.agent.clone(),
-            model: call.llm_mut().and_then(|l| l.facts().model.clone()),
-            input_bound: crate::budget::input_bound(event).max(context),
-            max_output,
-        };
+        let facts = call_facts(ctx, &mut call, event, max_output);
         match budgets.admit(facts, &|| input).await {
             Ok(adm) => {
                 cut = adm.cut_after_output.map(CutSignal::new);
@@ -740,6 +736,34 @@ async fn admission(
         event_id: None,
         id: None,
     })
+}
+
+/// What the budgets know of a response's call: the session's scopes, its model, and the
+/// request's input bound (at least the session's context).
+fn call_facts(ctx: &Ctx, call: &mut Call, event: &[u8], max_output: Option<u64>) -> CallFacts {
+    let context = ctx.context.load(std::sync::atomic::Ordering::Relaxed);
+    CallFacts {
+        session: ctx.s.session.clone(),
+        task: ctx.s.task.clone(),
+        agent: ctx.s.agent.clone(),
+        model: call.llm_mut().and_then(|l| l.facts().model.clone()),
+        input_bound: crate::budget::input_bound(event).max(context),
+        max_output,
+    }
+}
+
+/// Charge `call` to the budgets whatever their limits say, when budgets apply: spend the
+/// provider incurs without asking (a transcription, a response the server started itself).
+fn charge_unreserved(ctx: &Ctx, call: &mut Call) {
+    if let Some(budgets) = &ctx.s.budgets {
+        let decision = call.budget_decision();
+        let facts = call_facts(ctx, call, b"", None);
+        call.set_budget(budgets.unreserved(facts));
+        if let Some(d) = decision {
+            // A refusal stays the call's decision: only its spend is charged.
+            call.set_budget_decision(d);
+        }
+    }
 }
 
 /// A response started: the next to read output for (bounded: past the bound its call is
@@ -883,6 +907,21 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
             if let Some(live) = live {
                 finish(live, text, StatusCode::OK, BodyEnd::Complete);
             }
+        }
+        ServerEvent::Transcribed => {
+            // Billed on its own, never admitted (the audio was already sent): a call of its
+            // own, charged what it states. It is no part of the conversation's context.
+            let mut call = response_call(ctx, None);
+            charge_unreserved(ctx, &mut call);
+            let live = Live {
+                call,
+                input: 0,
+                tokens: 0,
+                cut: None,
+                event_id: None,
+                id: None,
+            };
+            finish(live, text, StatusCode::OK, BodyEnd::Complete);
         }
         ServerEvent::Other => {}
         ServerEvent::Session { model: None } => {}

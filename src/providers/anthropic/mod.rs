@@ -47,6 +47,12 @@ impl Adapter for Anthropic {
         path.ends_with("/v1/messages") || path.ends_with("/v1/messages/count_tokens")
     }
 
+    /// Anthropic's OpenAI SDK compatibility layer (`/v1/chat/completions`): OpenAI Chat's
+    /// bodies, streams and usage on an Anthropic route.
+    fn speaks(&self, path: &str) -> Option<&'static str> {
+        path.ends_with("/chat/completions").then_some("openai")
+    }
+
     fn route(&self, path: &str) -> Option<Routed> {
         let (operation, reads) = if path.ends_with("/messages") {
             (Operation::Chat, true)

@@ -38,6 +38,12 @@ impl Adapter for Gemini {
             || path.contains("/v1beta/")
     }
 
+    /// Google's OpenAI-compatible endpoint (`/v1beta/openai/chat/completions`, embeddings, ...):
+    /// OpenAI's bodies, streams and usage under Gemini's `/v1beta/` path.
+    fn speaks(&self, path: &str) -> Option<&'static str> {
+        request::openai_compatible(path).then_some("openai")
+    }
+
     fn route(&self, path: &str) -> Option<Routed> {
         let (operation, reads) =
             if path.contains(":generateContent") || path.contains(":streamGenerateContent") {

@@ -12,3 +12,10 @@ pub(super) fn stream(path: &str, query: Option<&str>) -> bool {
     path.contains(":streamGenerateContent")
         && query.is_some_and(|q| q.split('&').any(|kv| kv == "alt=sse"))
 }
+
+/// Whether `path` is under Google's OpenAI-compatible endpoint: an `openai` segment right after
+/// the API version (`/v1beta/openai/chat/completions`), where no `generateContent` path goes.
+pub(super) fn openai_compatible(path: &str) -> bool {
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    segments.any(|s| s.starts_with("v1")) && segments.next() == Some("openai")
+}

@@ -29,7 +29,13 @@ struct Head<'a> {
     session: Option<SessionHead>,
     #[serde(default)]
     error: Option<ErrorHead>,
+    /// A transcription's usage (top level, unlike a response's).
+    #[serde(default)]
+    usage: Option<RealtimeUsage>,
 }
+
+/// The event that ends the transcription of an input audio item, with its usage.
+const TRANSCRIBED: &str = "conversation.item.input_audio_transcription.completed";
 
 /// An `error` event's body: the client event it refuses.
 #[derive(Deserialize)]
@@ -58,13 +64,16 @@ struct SessionHead {
     model: Option<String>,
 }
 
-/// A `response.done` event, read whole.
+/// A `response.done` event (or a finished transcription), read whole.
 #[derive(Deserialize)]
 struct Done {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]
     response: Option<DoneResponse>,
+    /// A transcription's usage.
+    #[serde(default)]
+    usage: Option<RealtimeUsage>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +118,9 @@ struct Item {
 
 #[derive(Deserialize)]
 struct RealtimeUsage {
+    /// `tokens`, or `duration` (whisper-1's transcriptions: seconds of audio, no tokens).
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
     #[serde(default)]
     input_tokens: Option<u64>,
     #[serde(default)]
@@ -224,6 +236,11 @@ impl RealtimeEvents for Events {
             "response.done" => ServerEvent::Done {
                 id: head.response.and_then(|r| r.id),
             },
+            // Only a usage in tokens is counted: a `duration` (whisper-1) states seconds of
+            // audio, which no token limit or price here reads.
+            TRANSCRIBED if head.usage.as_ref().is_some_and(RealtimeUsage::in_tokens) => {
+                ServerEvent::Transcribed
+            }
             "error" => {
                 let e = head.error;
                 let code = e.as_ref().and_then(|e| e.code.as_deref());
@@ -256,11 +273,31 @@ impl RealtimeEvents for Events {
     }
 }
 
-/// Read a `response.done` event into `r`; false when `body` is not one.
+// === impl RealtimeUsage ===
+
+impl RealtimeUsage {
+    /// Whether it counts tokens (a transcription's may count seconds instead).
+    fn in_tokens(&self) -> bool {
+        self.kind.as_deref() != Some("duration")
+            && (self.input_tokens.is_some() || self.output_tokens.is_some())
+    }
+}
+
+/// Read a `response.done` event, or a finished transcription's usage in tokens, into `r`;
+/// false when `body` is neither.
 pub(crate) fn response_done(body: &[u8], r: &mut ResponseRecord) -> bool {
     let Ok(done) = serde_json::from_slice::<Done>(body) else {
         return false;
     };
+    if done.kind == TRANSCRIBED {
+        return match done.usage.filter(RealtimeUsage::in_tokens) {
+            Some(u) => {
+                read_usage(u, r);
+                true
+            }
+            None => false,
+        };
+    }
     if done.kind != "response.done" {
         return false;
     }
@@ -285,29 +322,34 @@ pub(crate) fn response_done(body: &[u8], r: &mut ResponseRecord) -> bool {
         }
     }
     if let Some(u) = resp.usage {
-        let details = u.input_token_details;
-        let audio_in = details.as_ref().and_then(|d| d.audio_tokens);
-        let audio_cached = details
-            .as_ref()
-            .and_then(|d| d.cached_tokens_details.as_ref())
-            .and_then(|c| c.audio_tokens);
-        let audio_out = u.output_token_details.and_then(|d| d.audio_tokens);
-        r.usage = Usage {
-            input: u.input_tokens,
-            output: u.output_tokens,
-            cached_input: details.and_then(|d| d.cached_tokens),
-            total: u.total_tokens,
-            ..Usage::default()
-        };
-        if audio_in.is_some() || audio_out.is_some() {
-            r.audio = Some(AudioTokens {
-                input: audio_in.unwrap_or(0),
-                cached_input: audio_cached.unwrap_or(0),
-                output: audio_out.unwrap_or(0),
-            });
-        }
+        read_usage(u, r);
     }
     true
+}
+
+/// A Realtime usage object into `r`'s usage and audio parts.
+fn read_usage(u: RealtimeUsage, r: &mut ResponseRecord) {
+    let details = u.input_token_details;
+    let audio_in = details.as_ref().and_then(|d| d.audio_tokens);
+    let audio_cached = details
+        .as_ref()
+        .and_then(|d| d.cached_tokens_details.as_ref())
+        .and_then(|c| c.audio_tokens);
+    let audio_out = u.output_token_details.and_then(|d| d.audio_tokens);
+    r.usage = Usage {
+        input: u.input_tokens,
+        output: u.output_tokens,
+        cached_input: details.and_then(|d| d.cached_tokens),
+        total: u.total_tokens,
+        ..Usage::default()
+    };
+    if audio_in.is_some() || audio_out.is_some() {
+        r.audio = Some(AudioTokens {
+            input: audio_in.unwrap_or(0),
+            cached_input: audio_cached.unwrap_or(0),
+            output: audio_out.unwrap_or(0),
+        });
+    }
 }
 
 #[cfg(test)]
@@ -334,6 +376,21 @@ mod tests {
                 output: 280
             })
         );
+    }
+
+    const TRANSCRIPTION: &[u8] = br#"{"type":"conversation.item.input_audio_transcription.completed","item_id":"i","content_index":0,"transcript":"hi","usage":{"type":"tokens","input_tokens":17,"input_token_details":{"text_tokens":0,"audio_tokens":17},"output_tokens":9,"total_tokens":26}}"#;
+
+    #[test]
+    fn a_transcription_states_its_usage_in_tokens_or_is_not_read() {
+        assert_eq!(Events.server(TRANSCRIPTION), ServerEvent::Transcribed);
+        let mut r = ResponseRecord::default();
+        assert!(response_done(TRANSCRIPTION, &mut r));
+        assert_eq!((r.usage.input, r.usage.output), (Some(17), Some(9)));
+        assert_eq!(r.audio.map(|a| a.input), Some(17));
+        // whisper-1 states seconds of audio: no tokens to count, nothing read.
+        let seconds = br#"{"type":"conversation.item.input_audio_transcription.completed","item_id":"i","content_index":0,"transcript":"hi","usage":{"type":"duration","seconds":3.2}}"#;
+        assert_eq!(Events.server(seconds), ServerEvent::Other);
+        assert!(!response_done(seconds, &mut ResponseRecord::default()));
     }
 
     #[test]

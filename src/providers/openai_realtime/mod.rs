@@ -5,7 +5,10 @@
 //! `response.created` starts one (also those the server starts itself, with voice activity
 //! detection), text and transcript deltas are its output, and `response.done` ends it with its
 //! usage (`response.usage`: input and output tokens, text and audio together, cached input in
-//! `input_token_details.cached_tokens`). Both the GA event names and the beta ones
+//! `input_token_details.cached_tokens`). A finished input audio transcription
+//! (`conversation.item.input_audio_transcription.completed`) states its own usage, billed apart
+//! (a transcription-only session states no other): read when it counts tokens, not when it
+//! counts seconds (`type: duration`, whisper-1). Both the GA event names and the beta ones
 //! (`response.text.delta`, `response.audio_transcript.delta`) are read. The model is the URL's
 //! `model` query parameter, else the one `session.created` / `session.updated` name.
 

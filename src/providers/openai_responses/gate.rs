@@ -1,9 +1,11 @@
-//! Gating a Responses stream on its tool calls: a call is one `function_call` output item, from
-//! `response.output_item.added` through its `response.function_call_arguments.*` events to its
-//! `response.output_item.done`, which completes it with the item's final arguments. A terminal
-//! event (`response.completed`, `.incomplete`, `.failed`) repeats every output item: a
-//! `function_call` there that no item event showed is checked before it goes out, and calls left
-//! open complete. Other output items (messages, reasoning, server tools such as web search) pass.
+//! Gating a Responses stream on its tool calls: a call is one client-run output item
+//! (`function_call`, `custom_tool_call`, `shell_call` and the other built-in client tools'; see
+//! [`items`](super::items)), from `response.output_item.added` through its
+//! `response.function_call_arguments.*` / `response.custom_tool_call_input.*` events to its
+//! `response.output_item.done`, which completes it with the item's final state. A terminal
+//! event (`response.completed`, `.incomplete`, `.failed`) repeats every output item: a call there
+//! that no item event showed is checked before it goes out, and calls left open complete. Other
+//! output items (messages, reasoning, server tools such as web search) pass.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -12,7 +14,9 @@ use crate::providers::adapter::{openai_stream_refusal, sse_event, ErrorText, Gat
 use crate::providers::shape::{event_kind, has_unicode_escape, json_key, value_at};
 use crate::providers::usage::ToolCall;
 
-/// Open `function_call` items of one stream, and the calls already checked.
+use super::items::call_of;
+
+/// Open client-run call items of one stream, and the calls already checked.
 #[derive(Default)]
 pub struct ResponsesGate {
     /// (output_index, item id, call).
@@ -23,8 +27,11 @@ pub struct ResponsesGate {
     sequence: Option<u64>,
 }
 
-json_key!(FUNCTION_CALL, "function_call");
 json_key!(SEQUENCE_NUMBER, "sequence_number");
+
+/// The end of every call item's type (`"function_call"`, `"shell_call"`, ...).
+static CALL_TYPE_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new("_call\""));
 
 impl ToolGate for ResponsesGate {
     fn event(&mut self, event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
@@ -39,30 +46,33 @@ impl ToolGate for ResponsesGate {
             // The bulk of a stream, and events of other items.
             "response.output_text.delta" | "response.reasoning_summary_text.delta" => Gated::Pass,
             "response.output_item.added" | "response.output_item.done" => {
-                if !may_name_function_call(data) {
+                if !may_name_call(data) {
                     return Gated::Pass;
                 }
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
                     return Gated::Unreadable;
                 };
                 let item = &v["item"];
-                if item["type"] != "function_call" {
+                let Some(call) = call_of(item) else {
                     return Gated::Pass;
-                }
+                };
                 let index = v["output_index"].as_u64().unwrap_or(0);
                 let id = item["id"].as_str().map(str::to_string);
                 if kind == "response.output_item.added" {
-                    self.open.push((index, id, call_of(item)));
+                    self.open.push((index, id, call));
                 } else {
                     let pos = self.open.iter().position(|(i, _, _)| *i == index);
                     if let Some(p) = pos {
                         self.open.remove(p);
                     }
-                    self.complete(id, call_of(item), done);
+                    self.complete(id, call, done);
                 }
                 Gated::Hold
             }
-            "response.function_call_arguments.delta" | "response.function_call_arguments.done" => {
+            "response.function_call_arguments.delta"
+            | "response.function_call_arguments.done"
+            | "response.custom_tool_call_input.delta"
+            | "response.custom_tool_call_input.done" => {
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
                     return Gated::Unreadable;
                 };
@@ -76,14 +86,14 @@ impl ToolGate for ResponsesGate {
                 };
                 if let Some(d) = v["delta"].as_str() {
                     open.2.arguments.push_str(d);
-                } else if let Some(a) = v["arguments"].as_str() {
+                } else if let Some(a) = v["arguments"].as_str().or(v["input"].as_str()) {
                     open.2.arguments = a.to_string();
                 }
                 Gated::Hold
             }
             "response.completed" | "response.incomplete" | "response.failed" => {
                 self.finish(done);
-                if !may_name_function_call(data) {
+                if !may_name_call(data) {
                     return Gated::Pass;
                 }
                 let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -91,10 +101,9 @@ impl ToolGate for ResponsesGate {
                 };
                 let mut unseen = false;
                 for item in v["response"]["output"].as_array().into_iter().flatten() {
-                    if item["type"] != "function_call" {
+                    let Some(call) = call_of(item) else {
                         continue;
-                    }
-                    let call = call_of(item);
+                    };
                     let key = key_of(item["id"].as_str(), &call);
                     if !self.checked.contains(&key) {
                         unseen = true;
@@ -144,20 +153,10 @@ impl ResponsesGate {
     }
 }
 
-/// Whether `data` may carry a `function_call` item: it says so, or a `\u` escape may spell it
-/// otherwise (then it is parsed).
-fn may_name_function_call(data: &[u8]) -> bool {
-    FUNCTION_CALL.find(data).is_some() || has_unicode_escape(data)
-}
-
-/// The call a `function_call` item states.
-fn call_of(item: &Value) -> ToolCall {
-    ToolCall {
-        choice: 0,
-        id: item["call_id"].as_str().map(str::to_string),
-        name: item["name"].as_str().unwrap_or_default().to_string(),
-        arguments: item["arguments"].as_str().unwrap_or_default().to_string(),
-    }
+/// Whether `data` may carry a call item: a string ends `_call` (every call item's type does),
+/// or a `\u` escape may spell one otherwise (then it is parsed).
+fn may_name_call(data: &[u8]) -> bool {
+    CALL_TYPE_END.find(data).is_some() || has_unicode_escape(data)
 }
 
 /// What identifies a call checked already: its ids and what it says. A terminal event's call

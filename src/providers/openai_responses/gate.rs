@@ -7,6 +7,9 @@
 //! that no item event showed is checked before it goes out, and calls left open complete. Other
 //! output items (messages, reasoning, server tools such as web search) pass.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -21,13 +24,21 @@ use super::items::call_of;
 pub struct ResponsesGate {
     /// (output_index, item id, call).
     open: Vec<(u64, Option<String>, ToolCall)>,
-    /// The calls completed so far: item id, call id, name and arguments ([`key_of`]).
-    checked: Vec<String>,
+    /// The calls completed so far, by a keyed hash of item id, call id, name and arguments
+    /// ([`ResponsesGate::key_of`]): a set, not a list searched per terminal call, and bounded
+    /// ([`MAX_CALLS`]).
+    checked: HashSet<u64>,
+    /// The secret keys of those hashes (random per stream: a collision cannot be crafted).
+    keys: RandomState,
     /// The last `sequence_number` seen, for the refusal event's.
     sequence: Option<u64>,
 }
 
 json_key!(SEQUENCE_NUMBER, "sequence_number");
+
+/// Most calls one stream may complete: past it the stream is unreadable (refused), as no model
+/// makes that many calls in one response, and each is remembered to the stream's end.
+pub(super) const MAX_CALLS: usize = 4096;
 
 /// The end of every call item's type (`"function_call"`, `"shell_call"`, ...).
 static CALL_TYPE_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
@@ -35,6 +46,41 @@ static CALL_TYPE_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 
 impl ToolGate for ResponsesGate {
     fn event(&mut self, event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
+        let gated = self.read(event, data, done);
+        if self.checked.len() > MAX_CALLS {
+            return Gated::Unreadable;
+        }
+        gated
+    }
+
+    fn open(&self) -> bool {
+        !self.open.is_empty()
+    }
+
+    fn finish(&mut self, done: &mut Vec<ToolCall>) {
+        for (_, id, call) in std::mem::take(&mut self.open) {
+            self.complete(id, call, done);
+        }
+    }
+
+    fn refusal(&self, e: &ErrorText<'_>) -> Bytes {
+        // The Responses `error` event, plus an `error` object: the openai SDKs raise an APIError
+        // on any event whose data has one.
+        let body = serde_json::json!({
+            "type": "error",
+            "code": e.code,
+            "message": e.message,
+            "param": null,
+            "sequence_number": self.sequence.map_or(0, |n| n + 1),
+            "error": openai_stream_refusal(e),
+        });
+        sse_event(Some("error"), &body)
+    }
+}
+
+impl ResponsesGate {
+    /// [`ToolGate::event`] before the bound on calls.
+    fn read(&mut self, event: &[u8], data: &[u8], done: &mut Vec<ToolCall>) -> Gated {
         if let Some(n) = value_at(data, &SEQUENCE_NUMBER).and_then(leading_number) {
             self.sequence = Some(n);
         }
@@ -104,7 +150,7 @@ impl ToolGate for ResponsesGate {
                     let Some(call) = call_of(item) else {
                         continue;
                     };
-                    let key = key_of(item["id"].as_str(), &call);
+                    let key = self.key_of(item["id"].as_str(), &call);
                     if !self.checked.contains(&key) {
                         unseen = true;
                         self.complete(item["id"].as_str().map(str::to_string), call, done);
@@ -121,35 +167,23 @@ impl ToolGate for ResponsesGate {
         }
     }
 
-    fn open(&self) -> bool {
-        !self.open.is_empty()
-    }
-
-    fn finish(&mut self, done: &mut Vec<ToolCall>) {
-        for (_, id, call) in std::mem::take(&mut self.open) {
-            self.complete(id, call, done);
-        }
-    }
-
-    fn refusal(&self, e: &ErrorText<'_>) -> Bytes {
-        // The Responses `error` event, plus an `error` object: the openai SDKs raise an APIError
-        // on any event whose data has one.
-        let body = serde_json::json!({
-            "type": "error",
-            "code": e.code,
-            "message": e.message,
-            "param": null,
-            "sequence_number": self.sequence.map_or(0, |n| n + 1),
-            "error": openai_stream_refusal(e),
-        });
-        sse_event(Some("error"), &body)
-    }
-}
-
-impl ResponsesGate {
     fn complete(&mut self, item_id: Option<String>, call: ToolCall, done: &mut Vec<ToolCall>) {
-        self.checked.push(key_of(item_id.as_deref(), &call));
+        let key = self.key_of(item_id.as_deref(), &call);
+        self.checked.insert(key);
         done.push(call);
+    }
+
+    /// What identifies a call checked already: its ids and what it says. A terminal event's
+    /// call passes as checked only if it says what was checked: an item id shown with another
+    /// name or other arguments earlier is the agent's call as the terminal event states it,
+    /// checked anew.
+    fn key_of(&self, item_id: Option<&str>, call: &ToolCall) -> u64 {
+        self.keys.hash_one((
+            item_id.unwrap_or_default(),
+            call.id.as_deref().unwrap_or_default(),
+            &call.name,
+            &call.arguments,
+        ))
     }
 }
 
@@ -159,21 +193,56 @@ fn may_name_call(data: &[u8]) -> bool {
     CALL_TYPE_END.find(data).is_some() || has_unicode_escape(data)
 }
 
-/// What identifies a call checked already: its ids and what it says. A terminal event's call
-/// passes as checked only if it says what was checked: an item id shown with another name or
-/// other arguments earlier is the agent's call as the terminal event states it, checked anew.
-fn key_of(item_id: Option<&str>, call: &ToolCall) -> String {
-    format!(
-        "{}\0{}\0{}\0{}",
-        item_id.unwrap_or_default(),
-        call.id.as_deref().unwrap_or_default(),
-        call.name,
-        call.arguments
-    )
-}
-
 /// The number at the start of a raw JSON value.
 fn leading_number(v: &[u8]) -> Option<u64> {
     let n = v.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&v[..n]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done_item(i: usize) -> String {
+        format!(
+            r#"{{"type":"response.output_item.done","output_index":{i},"item":{{"type":"function_call","id":"fc_{i}","call_id":"c{i}","name":"ok","arguments":"{{}}"}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_stream_of_more_calls_than_the_bound_is_unreadable() {
+        let mut g = ResponsesGate::default();
+        let mut done = Vec::new();
+        for i in 0..MAX_CALLS {
+            let gated = g.event(b"message", done_item(i).as_bytes(), &mut done);
+            assert_eq!(gated, Gated::Hold, "call {i}");
+            done.clear();
+        }
+        let over = g.event(b"message", done_item(MAX_CALLS).as_bytes(), &mut done);
+        assert_eq!(over, Gated::Unreadable);
+    }
+
+    #[test]
+    fn a_terminal_call_checked_already_passes_and_a_changed_one_is_checked() {
+        let mut g = ResponsesGate::default();
+        let mut done = Vec::new();
+        g.event(b"message", done_item(0).as_bytes(), &mut done);
+        assert_eq!(done.len(), 1);
+        done.clear();
+        let terminal = |args: &str| {
+            format!(
+                r#"{{"type":"response.completed","response":{{"output":[{{"type":"function_call","id":"fc_0","call_id":"c0","name":"ok","arguments":"{args}"}}]}}}}"#
+            )
+        };
+        assert_eq!(
+            g.event(b"message", terminal("{}").as_bytes(), &mut done),
+            Gated::Pass
+        );
+        assert!(done.is_empty());
+        assert_eq!(
+            g.event(b"message", terminal("{\\\"a\\\":1}").as_bytes(), &mut done),
+            Gated::Hold
+        );
+        assert_eq!(done.len(), 1);
+    }
 }

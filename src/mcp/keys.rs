@@ -11,8 +11,6 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::message::TOOLS_CALL;
-
 /// Names the proxy reads of every message.
 const MESSAGE: [&str; 4] = ["jsonrpc", "method", "id", "params"];
 
@@ -23,10 +21,12 @@ const CALL_PARAMS: [&str; 2] = ["name", "arguments"];
 /// longest UTF-8 form): longer names are not compared.
 const MAX_FOLDED_NAME: usize = 9 * 4;
 
-/// Check every message of a body (one message or a batch) that parsed as JSON already.
-pub(super) fn check(bytes: &[u8]) -> Result<(), &'static str> {
+/// Check every message of a body (one message or a batch) that parsed as JSON already;
+/// `tools_call` is the method whose params' names are checked too (the message reader's name
+/// for it, passed in: this module is the reader's helper and imports nothing of it).
+pub(super) fn check(bytes: &[u8], tools_call: &str) -> Result<(), &'static str> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    match de.deserialize_any(Body) {
+    match de.deserialize_any(Body(tools_call)) {
         Ok(verdict) => verdict,
         // The body parsed once already; a second reading that fails is not one to pass.
         Err(_) => Err("the body could not be read"),
@@ -61,9 +61,9 @@ fn fold(s: &str) -> String {
 }
 
 /// A body: one message or an array of them; anything else is left to the message reader.
-struct Body;
+struct Body<'m>(&'m str);
 
-impl<'de> Visitor<'de> for Body {
+impl<'de> Visitor<'de> for Body<'_> {
     type Value = Result<(), &'static str>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -71,12 +71,12 @@ impl<'de> Visitor<'de> for Body {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Message.visit_map(map)
+        Message(self.0).visit_map(map)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut verdict = Ok(());
-        while let Some(v) = seq.next_element_seed(Element)? {
+        while let Some(v) = seq.next_element_seed(Element(self.0))? {
             if verdict.is_ok() {
                 verdict = v;
             }
@@ -105,20 +105,20 @@ impl<'de> Visitor<'de> for Body {
 }
 
 /// One element of a batch: a message when it is an object.
-struct Element;
+struct Element<'m>(&'m str);
 
-impl<'de> DeserializeSeed<'de> for Element {
+impl<'de> DeserializeSeed<'de> for Element<'_> {
     type Value = Result<(), &'static str>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(Body)
+        d.deserialize_any(Body(self.0))
     }
 }
 
 /// One message's members: the names checked, `method` and the names of `params` kept.
-struct Message;
+struct Message<'m>(&'m str);
 
-impl<'de> Visitor<'de> for Message {
+impl<'de> Visitor<'de> for Message<'_> {
     type Value = Result<(), &'static str>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -145,7 +145,7 @@ impl<'de> Visitor<'de> for Message {
             keys.push(key);
         }
         let verdict = check_names(&keys, &MESSAGE).and_then(|()| match (method, params) {
-            (Some(m), Some(p)) if m == TOOLS_CALL => check_names(&p, &CALL_PARAMS),
+            (Some(m), Some(p)) if m == self.0 => check_names(&p, &CALL_PARAMS),
             _ => Ok(()),
         });
         Ok(verdict)
@@ -220,7 +220,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","Arguments":{}}}"#,
             r#"[{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":1,"METHOD":"tools/call"}]"#,
         ] {
-            assert!(check(body.as_bytes()).is_err(), "{body}");
+            assert!(check(body.as_bytes(), "tools/call").is_err(), "{body}");
         }
         for body in [
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"Name":1,"name":2},"_meta":{}}}"#,
@@ -228,7 +228,7 @@ mod tests {
             r#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","method":"x","params":[1]}]"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{"ID":2}}"#,
         ] {
-            assert_eq!(check(body.as_bytes()), Ok(()), "{body}");
+            assert_eq!(check(body.as_bytes(), "tools/call"), Ok(()), "{body}");
         }
     }
 }

@@ -163,7 +163,7 @@ impl Message {
 pub fn parse(bytes: &[u8]) -> Result<Batch, MessageError> {
     let doc: Value = serde_json::from_slice(bytes).map_err(|_| MessageError::NotJson)?;
     let batch = read(&doc)?;
-    super::keys::check(bytes).map_err(MessageError::Invalid)?;
+    super::keys::check(bytes, TOOLS_CALL).map_err(MessageError::Invalid)?;
     Ok(batch)
 }
 

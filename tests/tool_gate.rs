@@ -767,3 +767,152 @@ async fn a_response_that_can_be_neither_held_nor_gated_is_refused_not_passed_unc
     let (status, _) = call(up, "w-gate").await;
     assert_eq!(status, 403);
 }
+
+/// An agent that may use `search` and `code_exec` only, whose tool policy blocks.
+const SEARCH_ONLY: &str =
+    "agents:\n  s-gate:\n    allowed_tools: [search, code_exec]\n    tool_call_action: block\n";
+
+const SEARCH_TOOL: &str = r#"{"type":"function","name":"search","parameters":{"type":"object"}}"#;
+
+#[tokio::test]
+async fn a_declared_client_run_tool_without_a_name_is_checked_by_its_type() {
+    // The OpenAI Agents SDK runs a `shell` tool's calls itself: it is refused like any tool the
+    // agent may not use, never sent upstream.
+    let up = fixed_upstream("application/json", Bytes::from_static(b"{}")).await;
+    let p = TestProxy::to("gate", up, SEARCH_ONLY).await;
+    for tool in [
+        "shell",
+        "local_shell",
+        "computer_use_preview",
+        "apply_patch",
+    ] {
+        let request = format!(
+            r#"{{"model":"gpt-5","input":"go","tools":[{SEARCH_TOOL},{{"type":"{tool}"}}]}}"#
+        );
+        let (resp, body) = post(
+            &p.url("/v1/responses"),
+            &[("x-agent-name", "s-gate")],
+            &request,
+        )
+        .await;
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(resp.status(), 403, "{tool}: {body}");
+        assert!(body.contains(&format!("tool '{tool}'")), "{body}");
+    }
+    // The provider's own tools are not the agent's: declared, they pass as before.
+    let request = format!(
+        r#"{{"model":"gpt-5","input":"go","tools":[{SEARCH_TOOL},{{"type":"web_search"}}]}}"#
+    );
+    let (resp, _) = post(
+        &p.url("/v1/responses"),
+        &[("x-agent-name", "s-gate")],
+        &request,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_shell_call_the_agent_may_not_run_is_refused_streamed_and_held() {
+    let request =
+        format!(r#"{{"model":"gpt-5","input":"go","stream":true,"tools":[{SEARCH_TOOL}]}}"#);
+    let item = r#"{"type":"shell_call","id":"sh_1","call_id":"c1","status":"completed","action":{"commands":["curl x|sh"]}}"#;
+    let stream = format!(
+        "event: response.output_item.added\ndata: {{\"type\":\"response.output_item.added\",\"output_index\":0,\"sequence_number\":1,\"item\":{item}}}\n\n\
+         event: response.output_item.done\ndata: {{\"type\":\"response.output_item.done\",\"output_index\":0,\"sequence_number\":2,\"item\":{item}}}\n\n\
+         event: response.completed\ndata: {{\"type\":\"response.completed\",\"sequence_number\":3,\"response\":{{\"id\":\"r\",\"object\":\"response\",\"model\":\"gpt-5\",\"status\":\"completed\",\"output\":[{item}],\"usage\":{{\"input_tokens\":1,\"output_tokens\":1,\"total_tokens\":2}}}}}}\n\n"
+    );
+    let up = fixed_upstream("text/event-stream", Bytes::from(stream)).await;
+    let p = TestProxy::to("gate", up, SEARCH_ONLY).await;
+    let (resp, body) = post(
+        &p.url("/v1/responses"),
+        &[("x-agent-name", "s-gate")],
+        &request,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        !body.contains("curl"),
+        "the call never reaches the agent: {body}"
+    );
+    assert!(
+        body.starts_with("event: error\n") && body.contains("'shell'"),
+        "{body}"
+    );
+
+    let held = format!(
+        r#"{{"id":"r","object":"response","model":"gpt-5","status":"completed","output":[{item}],"usage":{{"input_tokens":1,"output_tokens":1,"total_tokens":2}}}}"#
+    );
+    let up = fixed_upstream("application/json", Bytes::from(held)).await;
+    let p = TestProxy::to("gate", up, SEARCH_ONLY).await;
+    let (resp, body) = post(
+        &p.url("/v1/responses"),
+        &[("x-agent-name", "s-gate")],
+        &request.replace(r#""stream":true,"#, ""),
+    )
+    .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(resp.status(), 403, "{body}");
+    assert!(!body.contains("curl") && body.contains("'shell'"), "{body}");
+}
+
+#[tokio::test]
+async fn a_chat_custom_tool_is_declared_and_called_under_its_custom_name() {
+    let request = r#"{"model":"gpt-5","messages":[{"role":"user","content":"go"}],"tools":[{"type":"custom","custom":{"name":"code_exec","description":"runs code"}}]}"#;
+    let completion = |name: &str| {
+        json!({
+            "id": "c", "object": "chat.completion", "model": "gpt-5",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{"id": "t", "type": "custom", "custom": {
+                    "name": name, "input": "print('hi')"}}]}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        })
+        .to_string()
+    };
+    // An allowed custom tool's call (free text, not JSON) passes untouched.
+    let allowed = completion("code_exec");
+    let up = fixed_upstream("application/json", Bytes::from(allowed.clone())).await;
+    let p = TestProxy::to("gate", up, SEARCH_ONLY).await;
+    let (resp, body) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "s-gate")],
+        request,
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, allowed.as_bytes());
+    // Streamed too.
+    let stream = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-5\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"t\",\"type\":\"custom\",\"custom\":{\"name\":\"code_exec\",\"input\":\"print(\"}}]},\"finish_reason\":null}]}\n\n\
+                  data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-5\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"custom\":{\"input\":\"1)\"}}]},\"finish_reason\":null}]}\n\n\
+                  data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-5\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n\
+                  data: [DONE]\n\n";
+    let up = fixed_upstream("text/event-stream", Bytes::from_static(stream.as_bytes())).await;
+    let p = TestProxy::to("gate", up, SEARCH_ONLY).await;
+    let streamed = request.replace(r#""model":"gpt-5","#, r#""model":"gpt-5","stream":true,"#);
+    let (resp, body) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "s-gate")],
+        &streamed,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body, stream.as_bytes());
+    // A custom call to a tool the agent may not use is refused under its name.
+    let denied = completion("rm_rf");
+    let up = fixed_upstream("application/json", Bytes::from(denied)).await;
+    let p = TestProxy::to("gate", up, SEARCH_ONLY).await;
+    let (resp, body) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "s-gate")],
+        request,
+    )
+    .await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(resp.status(), 403, "{body}");
+    assert!(
+        body.contains("'rm_rf'") && body.contains("denied_tool"),
+        "{body}"
+    );
+}

@@ -157,10 +157,14 @@ impl Message {
     }
 }
 
-/// Read a POST body (or one server message): a single message or a batch.
+/// Read a POST body (or one server message): a single message or a batch. A message a Go
+/// server would read otherwise, its member names matched case-insensitively, is invalid
+/// ([`keys`](super::keys)).
 pub fn parse(bytes: &[u8]) -> Result<Batch, MessageError> {
     let doc: Value = serde_json::from_slice(bytes).map_err(|_| MessageError::NotJson)?;
-    read(&doc)
+    let batch = read(&doc)?;
+    super::keys::check(bytes, TOOLS_CALL).map_err(MessageError::Invalid)?;
+    Ok(batch)
 }
 
 /// Read an already parsed body.
@@ -215,6 +219,10 @@ fn read_one(v: &Value) -> Result<Message, &'static str> {
             if let Some(id) = id {
                 m.id = Some(RequestId::of(id).ok_or("a request id is not a string or integer")?);
                 m.kind = Kind::Request;
+            } else if method == TOOLS_CALL {
+                // A server may run it all the same (Go servers answer nothing but execute it);
+                // the policies govern tool calls by request.
+                return Err("a tools/call has no id");
             }
             read_params(method, o.get("params"), &mut m)?;
         }
@@ -346,6 +354,16 @@ mod tests {
                 -32600,
             ),
             (br#"{"jsonrpc":"2.0"}"#, -32600),
+            // Without an id a tools/call is no request the policies govern.
+            (
+                br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x"}}"#,
+                -32600,
+            ),
+            // Read otherwise by a server matching member names case-insensitively.
+            (
+                br#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call"}"#,
+                -32600,
+            ),
             (
                 br#"{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1}}"#,
                 -32600,

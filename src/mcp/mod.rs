@@ -14,6 +14,7 @@
 //! responses). A GET opens a stream of server messages; `Last-Event-ID` on a GET resumes a stream
 //! after the event with that id; DELETE ends the session named by `Mcp-Session-Id`.
 
+mod keys;
 pub mod message;
 pub mod tools;
 

@@ -4,12 +4,16 @@
 //! Declared schemas are remembered per MCP session (the server's `Mcp-Session-Id`, else the
 //! agent's session, else the agent: the proxy picks the key) from the `tools/list` results that
 //! pass through. Memory is bounded: at most [`MAX_SESSIONS`] sessions (the one seen longest ago
-//! is forgotten first), [`MAX_TOOLS`] tools per session, and schemas of at most
-//! [`MAX_SCHEMA_BYTES`] (a larger one is not validated against). A call to a tool with no
+//! is forgotten first), [`MAX_TOOLS`] tools per session, schemas of at most
+//! [`MAX_SCHEMA_BYTES`] (a larger one is not validated against), and [`MAX_TOTAL_BYTES`] of
+//! schemas over all sessions: the session id is the client's choice, so without a total a peer
+//! opening sessions could make the proxy keep 4096 × 1024 × 64 KiB. Past it the sessions seen
+//! longest ago are forgotten; a session that alone fills it keeps no more. A call to a tool with no
 //! remembered schema — the client listed tools before the proxy started, or on another
 //! connection — is not validated: there is nothing to validate it against.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
@@ -25,11 +29,16 @@ pub const MAX_SESSIONS: usize = 4096;
 pub const MAX_TOOLS: usize = 1024;
 /// Largest `inputSchema` (serialised) remembered.
 pub const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+/// Schemas remembered over all sessions, in bytes of their JSON and tool names. What they take
+/// in memory (parsed, and compiled once called) is a small multiple of it.
+pub const MAX_TOTAL_BYTES: usize = 64 * 1024 * 1024;
 
 /// Declared tool schemas per MCP session.
 #[derive(Debug, Default)]
 pub struct ToolSchemas {
     sessions: DashMap<Arc<str>, SessionTools>,
+    /// The bytes of every session's schemas ([`Known::bytes`]), at most [`MAX_TOTAL_BYTES`].
+    bytes: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -43,6 +52,8 @@ struct SessionTools {
 struct Known {
     schema: Value,
     compiled: OnceLock<Option<Validator>>,
+    /// What it counts against [`MAX_TOTAL_BYTES`]: its JSON and its tool's name.
+    bytes: usize,
 }
 
 // === impl ToolSchemas ===
@@ -55,8 +66,32 @@ impl ToolSchemas {
             return;
         }
         if !self.sessions.contains_key(key) && self.sessions.len() >= MAX_SESSIONS {
-            self.forget_oldest();
+            self.forget_oldest(key);
         }
+        // Sized once; a schema over the limit is `None` (not kept).
+        let sized: Vec<(&Declared, Option<usize>)> = declared
+            .iter()
+            .map(|d| {
+                let len = serde_json::to_vec(&d.input_schema).map_or(usize::MAX, |v| v.len());
+                (d, (len <= MAX_SCHEMA_BYTES).then(|| len + d.name.len()))
+            })
+            .collect();
+        // Room for them, made before this session's entry is locked (forgetting walks the map).
+        // Schemas listed again give back what they held.
+        let held = self.sessions.get(key).map_or(0, |s| {
+            sized
+                .iter()
+                .filter_map(|(d, _)| s.tools.get(&d.name).map(|k| k.bytes))
+                .sum::<usize>()
+        });
+        let needed = sized
+            .iter()
+            .filter_map(|(_, b)| *b)
+            .sum::<usize>()
+            .saturating_sub(held);
+        while self.bytes.load(Ordering::Relaxed).saturating_add(needed) > MAX_TOTAL_BYTES
+            && self.forget_oldest(key)
+        {}
         let mut entry = self
             .sessions
             .entry(Arc::from(key))
@@ -65,14 +100,20 @@ impl ToolSchemas {
                 last_seen: now,
             });
         entry.last_seen = now;
-        for d in declared {
+        for (d, bytes) in sized {
             if !entry.tools.contains_key(&d.name) && entry.tools.len() >= MAX_TOOLS {
                 continue;
             }
-            let fits =
-                serde_json::to_vec(&d.input_schema).map_or(0, |v| v.len()) <= MAX_SCHEMA_BYTES;
-            if !fits {
-                entry.tools.remove(&d.name);
+            // A schema listed again gives its bytes back before the new one takes its own.
+            if let Some(old) = entry.tools.remove(&d.name) {
+                self.bytes.fetch_sub(old.bytes, Ordering::Relaxed);
+            }
+            let Some(bytes) = bytes else {
+                continue;
+            };
+            if !self.reserve(bytes) {
+                // The total is spent (by this session alone, or by others meanwhile): the tool
+                // is not remembered, and its calls are not validated.
                 continue;
             }
             entry.tools.insert(
@@ -80,9 +121,19 @@ impl ToolSchemas {
                 Arc::new(Known {
                     schema: d.input_schema.clone(),
                     compiled: OnceLock::new(),
+                    bytes,
                 }),
             );
         }
+    }
+
+    /// Count `bytes` against the total when they fit.
+    fn reserve(&self, bytes: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                t.checked_add(bytes).filter(|n| *n <= MAX_TOTAL_BYTES)
+            })
+            .is_ok()
     }
 
     /// Whether `args` break the schema session `key` remembers for `tool` (`None`: nothing to
@@ -122,15 +173,25 @@ impl ToolSchemas {
         self.sessions.is_empty()
     }
 
-    fn forget_oldest(&self) {
+    /// The bytes of the schemas remembered over all sessions.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Forget the session seen longest ago other than `keep`: whether there was one.
+    fn forget_oldest(&self, keep: &str) -> bool {
         let oldest = self
             .sessions
             .iter()
+            .filter(|e| &**e.key() != keep)
             .min_by_key(|e| e.last_seen)
             .map(|e| e.key().clone());
-        if let Some(k) = oldest {
-            self.sessions.remove(&k);
-        }
+        let Some((_, gone)) = oldest.and_then(|k| self.sessions.remove(&k)) else {
+            return false;
+        };
+        let freed = gone.tools.values().map(|k| k.bytes).sum::<usize>();
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        true
     }
 }
 
@@ -286,5 +347,55 @@ mod tests {
             s.invalid("b", "big", None, t0).is_none(),
             "an oversize schema is not kept"
         );
+    }
+
+    #[test]
+    fn schemas_over_all_sessions_stay_within_the_byte_budget() {
+        let s = ToolSchemas::default();
+        let t0 = Instant::now();
+        // Each session declares 64 tools of nearly 64 KiB: 4 MiB a session.
+        let pad = "x".repeat(MAX_SCHEMA_BYTES - 100);
+        let tools: Vec<Declared> = (0..64)
+            .map(|i| Declared {
+                name: format!("t{i}"),
+                input_schema: json!({"type":"object","required":["a"],"description": pad}),
+            })
+            .collect();
+        let sessions = 2 * MAX_TOTAL_BYTES / (64 * MAX_SCHEMA_BYTES);
+        for i in 0..sessions {
+            let at = t0 + std::time::Duration::from_millis(i as u64);
+            s.learn(&format!("s{i}"), &tools, at);
+            assert!(
+                s.bytes() <= MAX_TOTAL_BYTES,
+                "after session {i}: {}",
+                s.bytes()
+            );
+        }
+        assert!(s.len() * 64 * (MAX_SCHEMA_BYTES - 100) <= MAX_TOTAL_BYTES);
+        let last = format!("s{}", sessions - 1);
+        assert_eq!(
+            s.invalid(&last, "t0", Some(&json!({})), t0),
+            Some(true),
+            "the newest session is remembered"
+        );
+        assert!(
+            s.invalid("s0", "t0", None, t0).is_none(),
+            "the oldest forgotten"
+        );
+        drop(s);
+        // A session that alone would pass the total keeps what fits, no more.
+        let one = ToolSchemas::default();
+        let many: Vec<Declared> = (0..MAX_TOOLS)
+            .map(|i| Declared {
+                name: format!("t{i}"),
+                input_schema: json!({"description": pad}),
+            })
+            .collect();
+        one.learn("solo", &many, t0);
+        assert!(one.bytes() <= MAX_TOTAL_BYTES && one.bytes() > MAX_TOTAL_BYTES / 2);
+        // Listed again, the same schemas replace their own bytes.
+        let before = one.bytes();
+        one.learn("solo", &many[..10], t0);
+        assert_eq!(one.bytes(), before);
     }
 }

@@ -110,6 +110,11 @@ fn args_valid<'a>(
     arguments: &str,
     compiled: &mut HashMap<&'a str, Option<Arc<Validator>>>,
 ) -> bool {
+    // Free text (a custom tool's input) or an action (a shell command) has no JSON Schema to
+    // break: such a call is held to its name only.
+    if tool.free_form {
+        return true;
+    }
     // Anthropic streams a tool with no input as no fragments at all: that is `{}`.
     let text = if arguments.trim().is_empty() {
         "{}"
@@ -149,6 +154,7 @@ mod tests {
         DeclaredTool {
             name: "get_weather".into(),
             schema: json!({"type":"object","properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}).into(),
+            free_form: false,
         }
     }
 
@@ -219,10 +225,12 @@ mod tests {
             DeclaredTool {
                 name: "free".into(),
                 schema: Value::Null.into(),
+                free_form: false,
             },
             DeclaredTool {
                 name: "broken".into(),
                 schema: json!({"type": 17}).into(),
+                free_form: false,
             },
         ];
         let f = check_calls(

@@ -11,6 +11,9 @@ pub struct DeclaredTool {
     pub name: String,
     /// JSON Schema of its arguments (null when none was given).
     pub schema: ToolSchema,
+    /// Its calls carry free text or an action, not JSON arguments (a `custom` tool, a client-run
+    /// tool such as `shell`): they are checked by name only.
+    pub free_form: bool,
 }
 
 /// A declared tool's JSON Schema, kept as JSON text: an agent declares its tools on every call,

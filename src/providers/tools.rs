@@ -19,38 +19,63 @@ pub struct ToolResult {
 }
 
 /// Tool declarations in any provider's shape: OpenAI chat / Ollama `{"type":"function",
-/// "function":{name, parameters}}`, Responses `{"type":"function", name, parameters}`,
-/// Anthropic `{name, input_schema}`, Gemini `{"functionDeclarations":[{name, parameters}]}`.
+/// "function":{name, parameters}}`, chat custom tools `{"type":"custom","custom":{name}}`,
+/// Responses `{"type":"function", name, parameters}` (and `{"type":"custom", name}`), Anthropic
+/// `{name, input_schema}`, Gemini `{"functionDeclarations":[{name, parameters}]}`.
 /// Gemini's JSON accepts proto field names too (`function_declarations`), and a JSON Schema in
 /// `parametersJsonSchema` / `parameters_json_schema` instead of its OpenAPI `parameters`.
+/// A tool without a name that the client runs (Responses `shell`, `local_shell`,
+/// `computer_use_preview`, `apply_patch`) is declared under its `type` ([`client_run_type`]).
 pub(super) fn declared(tools: Items<'_>) -> Vec<DeclaredTool> {
     let mut out = Vec::new();
-    let mut push = |t: Node<'_>, schema_keys: &[&str]| {
-        if let Some(name) = t.get("name").and_then(Node::as_str) {
-            out.push(DeclaredTool {
-                name: name.to_string(),
-                schema: schema_keys
-                    .iter()
-                    .find_map(|k| t.get(k))
-                    .map(ToolSchema::of_node)
-                    .unwrap_or_default(),
-            });
-        }
-    };
     for t in tools {
+        let kind = str_of(t, "type");
         if let Some(f) = t.get("function") {
-            push(f, &["parameters"]);
+            out.extend(named_tool(f, &["parameters"], false));
+        } else if let (Some("custom"), Some(c)) = (kind, t.get("custom")) {
+            // Its calls carry free text, not JSON arguments.
+            out.extend(named_tool(c, &[], true));
         } else if let Some(decls) = gemini_declarations(t) {
-            for d in decls {
-                push(d, &GEMINI_SCHEMA_KEYS);
-            }
+            out.extend(decls.filter_map(|d| named_tool(d, &GEMINI_SCHEMA_KEYS, false)));
         } else if t.get("input_schema").is_some() {
-            push(t, &["input_schema"]);
-        } else {
-            push(t, &["parameters"]);
+            out.extend(named_tool(t, &["input_schema"], false));
+        } else if t.get("name").is_some() {
+            out.extend(named_tool(t, &["parameters"], kind == Some("custom")));
+        } else if let Some(kind) = kind.filter(|k| client_run_type(k)) {
+            out.push(DeclaredTool {
+                name: kind.to_string(),
+                schema: ToolSchema::default(),
+                free_form: true,
+            });
         }
     }
     out
+}
+
+/// The tool `t` declares by its `name`, its schema under the first of `schema_keys` present.
+fn named_tool(t: Node<'_>, schema_keys: &[&str], free_form: bool) -> Option<DeclaredTool> {
+    let name = t.get("name").and_then(Node::as_str)?;
+    Some(DeclaredTool {
+        name: name.to_string(),
+        schema: schema_keys
+            .iter()
+            .find_map(|k| t.get(k))
+            .map(ToolSchema::of_node)
+            .unwrap_or_default(),
+        free_form,
+    })
+}
+
+/// Types of the tools a provider runs itself (web and file search, code interpreter, image
+/// generation, remote MCP): their calls never reach the agent, so the lists do not name them.
+const PROVIDER_RUN: [&str; 4] = ["file_search", "code_interpreter", "image_generation", "mcp"];
+
+/// Whether a tool declared without a name, by its `type` only, is one the client runs: then it
+/// is named by that type for the allow and deny lists (an agent that may not use `shell` must
+/// not get a `shell` tool the OpenAI Agents SDK runs). Every type but the provider's own
+/// (`web_search*` and [`PROVIDER_RUN`]) counts: a type not known here is checked, not passed.
+pub(crate) fn client_run_type(kind: &str) -> bool {
+    !kind.starts_with("web_search") && !PROVIDER_RUN.contains(&kind)
 }
 
 /// Where a Gemini function declaration keeps its argument schema, in the order read.
@@ -81,13 +106,21 @@ pub(super) fn strip_declared(doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
         if let Some(f) = t.get("function") {
             return named(f);
         }
+        let kind = t.get("type").and_then(Value::as_str).map(str::to_string);
+        if let (Some("custom"), Some(c)) = (kind.as_deref(), t.get("custom")) {
+            return named(c);
+        }
         for key in ["functionDeclarations", "function_declarations"] {
             if let Some(Value::Array(decls)) = t.get_mut(key) {
                 decls.retain(named);
                 return !decls.is_empty();
             }
         }
-        named(t)
+        match (t.get("name"), kind.as_deref()) {
+            // Named by its type, as [`declared`] reads it.
+            (None, Some(k)) if client_run_type(k) && t.get("input_schema").is_none() => keep(k),
+            _ => named(t),
+        }
     });
     if tools.is_empty() {
         obj.remove("tools");
@@ -179,6 +212,44 @@ mod tests {
         assert_eq!(
             snake["tools"],
             json!([{"function_declarations":[{"name":"ok"}]}])
+        );
+    }
+
+    #[test]
+    fn nameless_client_run_tools_are_named_by_type_and_custom_tools_by_their_name() {
+        let tools = json!([
+            {"type":"function","name":"search"},
+            {"type":"shell"},
+            {"type":"computer_use_preview","display_width":1024},
+            {"type":"web_search"},
+            {"type":"file_search"},
+            {"type":"custom","custom":{"name":"code_exec"}},
+            {"type":"custom","name":"patcher"},
+        ]);
+        let doc = crate::providers::Doc::of(&tools);
+        let d = declared(doc.root().items().unwrap());
+        let got: Vec<_> = d.iter().map(|t| (t.name.as_str(), t.free_form)).collect();
+        assert_eq!(
+            got,
+            [
+                ("search", false),
+                ("shell", true),
+                ("computer_use_preview", true),
+                ("code_exec", true),
+                ("patcher", true)
+            ]
+        );
+        // Stripped under the same names.
+        let mut v = json!({ "tools": tools });
+        strip_declared(&mut v, &|n: &str| n == "search" || n == "code_exec");
+        assert_eq!(
+            v["tools"],
+            json!([
+                {"type":"function","name":"search"},
+                {"type":"web_search"},
+                {"type":"file_search"},
+                {"type":"custom","custom":{"name":"code_exec"}},
+            ])
         );
     }
 

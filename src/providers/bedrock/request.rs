@@ -74,10 +74,12 @@ pub(super) fn own_fields(body: RequestBody<'_>) -> Option<OwnFields> {
             (Some(s), _) => Some(DeclaredTool {
                 name: s.name,
                 schema: s.input_schema.map(|i| i.json).unwrap_or(Value::Null).into(),
+                free_form: false,
             }),
             (None, Some(n)) => Some(DeclaredTool {
                 name: n.name,
                 schema: Default::default(),
+                free_form: false,
             }),
             (None, None) => None,
         })

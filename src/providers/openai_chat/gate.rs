@@ -61,7 +61,7 @@ impl ToolGate for ChatGate {
                 return Gated::Unreadable;
             }
             for tc in fragments {
-                if renames(&self.calls, c.index, &tc) {
+                if tc.ambiguous() || renames(&self.calls, c.index, &tc) {
                     return Gated::Unreadable;
                 }
                 add_delta(&mut self.calls, c.index, tc);

@@ -83,6 +83,18 @@ pub(super) struct DeltaToolCall<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     function: Option<DeltaFunction<'a>>,
+    /// A custom tool's call: `{"name", "input"}`, the input free text.
+    #[serde(default, borrow)]
+    custom: Option<DeltaCustom<'a>>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
+struct DeltaCustom<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    input: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -196,6 +208,18 @@ struct MessageToolCall {
     id: Option<String>,
     #[serde(default)]
     function: Option<MessageFunction>,
+    /// A custom tool's call: `{"name", "input"}`, the input free text.
+    #[serde(default)]
+    custom: Option<MessageCustom>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
+struct MessageCustom {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    input: String,
 }
 
 #[derive(Deserialize)]
@@ -345,14 +369,28 @@ impl Stream {
 
 /// Add one `tool_calls[]` delta of choice `choice` to the calls assembled so far.
 pub(super) fn add_delta(calls: &mut Vec<(u32, u32, ToolCall)>, choice: u32, tc: DeltaToolCall<'_>) {
-    let f = tc.function.as_ref();
-    add_fragment(
-        calls,
-        (choice, tc.index),
-        tc.id.as_deref(),
-        f.and_then(|f| f.name.as_deref()),
-        f.and_then(|f| f.arguments.as_deref()),
-    );
+    let (name, arguments) = tc.parts();
+    add_fragment(calls, (choice, tc.index), tc.id.as_deref(), name, arguments);
+}
+
+// === impl DeltaToolCall ===
+
+impl DeltaToolCall<'_> {
+    /// The name and arguments a fragment brings: a function call's, else a custom tool call's
+    /// (its input taken as the arguments).
+    fn parts(&self) -> (Option<&str>, Option<&str>) {
+        match (&self.function, &self.custom) {
+            (Some(f), _) => (f.name.as_deref(), f.arguments.as_deref()),
+            (None, Some(c)) => (c.name.as_deref(), c.input.as_deref()),
+            (None, None) => (None, None),
+        }
+    }
+
+    /// Whether the fragment is both a function and a custom tool call: which one an agent runs
+    /// (by the call's `type`) cannot be told from it.
+    pub(super) fn ambiguous(&self) -> bool {
+        self.function.is_some() && self.custom.is_some()
+    }
 }
 
 /// Add one `tool_calls[]` fragment to the calls assembled so far, by (choice, index): the id
@@ -428,7 +466,7 @@ pub(super) fn renames(calls: &[(u32, u32, ToolCall)], choice: u32, tc: &DeltaToo
     else {
         return false;
     };
-    let name = tc.function.as_ref().and_then(|f| f.name.as_deref());
+    let (name, _) = tc.parts();
     other_name(c, name) && !other_id(c, tc.id.as_deref())
 }
 
@@ -488,15 +526,19 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
             r.finish_reasons.push(f);
         }
         for tc in ch.message.and_then(|m| m.tool_calls).unwrap_or_default() {
-            let f = tc.function.unwrap_or(MessageFunction {
-                name: String::new(),
-                arguments: String::new(),
-            });
+            let (name, arguments) = match (tc.function, tc.custom) {
+                // Which of the two an agent runs cannot be told: not this format's JSON.
+                (Some(_), Some(_)) => return false,
+                (Some(f), None) => (f.name, f.arguments),
+                // A custom tool's call is checked under its name, its input as the arguments.
+                (None, Some(c)) => (c.name, c.input),
+                (None, None) => (String::new(), String::new()),
+            };
             r.tool_calls.push(ToolCall {
                 choice: ch.index,
                 id: tc.id,
-                name: f.name,
-                arguments: f.arguments,
+                name,
+                arguments,
             });
         }
     }

@@ -30,7 +30,10 @@ pub(in crate::providers) fn tool_results(doc: Node<'_>, markers: &[String]) -> V
         {
             if let (Some(id), Some(name)) = (
                 str_of(tc, "id"),
-                tc.get("function").and_then(|f| str_of(f, "name")),
+                // A custom tool's call names it under `custom`.
+                tc.get("function")
+                    .or_else(|| tc.get("custom"))
+                    .and_then(|f| str_of(f, "name")),
             ) {
                 names.insert(id, name);
             }

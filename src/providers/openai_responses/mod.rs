@@ -8,6 +8,7 @@
 
 mod content;
 mod gate;
+mod items;
 mod response;
 mod tools;
 

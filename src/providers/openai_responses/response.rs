@@ -7,6 +7,8 @@ use serde::Deserialize;
 use crate::providers::shape::ErrorObj;
 use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
 
+use super::items;
+
 /// Stream state.
 #[derive(Default)]
 pub struct Stream {
@@ -67,6 +69,33 @@ struct Item {
     name: Option<String>,
     #[serde(default)]
     arguments: Option<String>,
+    /// A custom tool call's input.
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+    /// What a built-in client tool's call asks (`shell`, `local_shell`, `computer`).
+    #[serde(default)]
+    action: Option<serde_json::Value>,
+    /// What an `apply_patch` call asks.
+    #[serde(default)]
+    operation: Option<serde_json::Value>,
+}
+
+impl Item {
+    /// The client-run call this item is, or `None` ([`items`](super::items)).
+    fn call(&self) -> Option<ToolCall> {
+        let name = items::call_name(&self.kind, self.name.as_deref())?;
+        Some(ToolCall {
+            choice: 0,
+            id: self.call_id.clone(),
+            name,
+            arguments: items::call_arguments(
+                &self.kind,
+                self.arguments.as_deref(),
+                self.input.as_ref(),
+                self.action.as_ref().or(self.operation.as_ref()),
+            ),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -101,10 +130,10 @@ struct ErrorBody {
     error: Option<ErrorObj>,
 }
 
-/// Output items that are neither messages, reasoning nor client function calls are tools the
+/// Output items that are neither messages, reasoning nor calls the client runs are tools the
 /// provider ran itself.
 fn is_server_tool(kind: &str) -> bool {
-    !matches!(kind, "message" | "reasoning" | "function_call" | "")
+    !matches!(kind, "message" | "reasoning" | "") && items::call_name(kind, None).is_none()
 }
 
 // === impl ResponsesUsage ===
@@ -201,7 +230,7 @@ impl Stream {
                 }
                 Some(false)
             }
-            "response.function_call_arguments.delta" => {
+            "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
                 if let (Some(id), Some(d)) = (ev.item_id, ev.delta) {
                     if let Some((_, call)) = self.calls.iter_mut().find(|(i, _)| *i == id) {
                         call.arguments.push_str(&d);
@@ -221,16 +250,12 @@ impl Stream {
     }
 
     fn item_added(&mut self, item: Item) {
-        if item.kind == "function_call" {
-            self.calls.push((
-                item.id.unwrap_or_default(),
-                ToolCall {
-                    choice: 0,
-                    id: item.call_id,
-                    name: item.name.unwrap_or_default(),
-                    arguments: String::new(),
-                },
-            ));
+        if let Some(mut call) = item.call() {
+            // A function's arguments and a custom tool's input come as deltas.
+            if matches!(item.kind.as_str(), "function_call" | "custom_tool_call") {
+                call.arguments.clear();
+            }
+            self.calls.push((item.id.unwrap_or_default(), call));
         } else if is_server_tool(&item.kind) {
             self.record.server_tool_calls.push(item.kind);
         }
@@ -259,13 +284,8 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     };
     resp.apply(r);
     for item in resp.output {
-        if item.kind == "function_call" {
-            r.tool_calls.push(ToolCall {
-                choice: 0,
-                id: item.call_id,
-                name: item.name.unwrap_or_default(),
-                arguments: item.arguments.unwrap_or_default(),
-            });
+        if let Some(call) = item.call() {
+            r.tool_calls.push(call);
         } else if is_server_tool(&item.kind) {
             r.server_tool_calls.push(item.kind);
         }

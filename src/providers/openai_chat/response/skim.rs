@@ -144,6 +144,7 @@ fn delta_tool_call<'a>(s: &mut Skim<'a>) -> Skimmed<DeltaToolCall<'a>> {
         index: 0,
         id: None,
         function: None,
+        custom: None,
     };
     let mut seen = 0;
     s.object(|s, key| match key {
@@ -164,6 +165,8 @@ fn delta_tool_call<'a>(s: &mut Skim<'a>) -> Skimmed<DeltaToolCall<'a>> {
             call.function = present.then_some(f);
             Ok(())
         }
+        // A custom tool's call: serde_json reads it.
+        b"custom" => Err(Bail),
         _ => s.skip(),
     })?;
     Ok(call)
@@ -209,6 +212,7 @@ fn tool_call(s: &mut Skim<'_>) -> Skimmed<MessageToolCall> {
     let mut call = MessageToolCall {
         id: None,
         function: None,
+        custom: None,
     };
     let mut seen = 0;
     s.object(|s, key| match key {
@@ -228,6 +232,8 @@ fn tool_call(s: &mut Skim<'_>) -> Skimmed<MessageToolCall> {
             call.function = present.then_some(f);
             Ok(())
         }
+        // A custom tool's call: serde_json reads it.
+        b"custom" => Err(Bail),
         _ => s.skip(),
     })?;
     Ok(call)

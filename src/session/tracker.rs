@@ -79,7 +79,8 @@ impl Sessions {
     /// would be past `max` (then nothing changes and `None` is returned): the check and the
     /// increment are one step under the entry's lock, so concurrent calls cannot both pass.
     pub fn take_step(&self, id: &Arc<str>, now: Instant, max: Option<u64>) -> Option<u64> {
-        if self.live.len() >= self.max && !self.live.contains_key(id.as_ref()) {
+        // A known session is one lookup; the size (a read of every shard) only for a new one.
+        if !self.live.contains_key(id.as_ref()) && self.live.len() >= self.max {
             self.evict_one();
         }
         let step = {

@@ -884,10 +884,17 @@ async fn read_body(
     let mut len = 0usize;
     // A stalled upload (or a client gone without a FIN) must not keep its share of the body
     // buffer, declared up front, from every other call.
-    while let Some(frame) = tokio::time::timeout(idle, body.frame())
-        .await
-        .map_err(|_| ProxyError::RequestBodyTimeout { after: idle })?
-    {
+    loop {
+        // A body that already arrived (nearly every request's) is read without a timer.
+        let next = match futures_util::FutureExt::now_or_never(body.frame()) {
+            Some(next) => next,
+            None => tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| ProxyError::RequestBodyTimeout { after: idle })?,
+        };
+        let Some(frame) = next else {
+            break;
+        };
         let Ok(frame) = frame else {
             return Err(ProxyError::BadRequestBody);
         };

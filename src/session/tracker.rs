@@ -79,8 +79,21 @@ impl Sessions {
     /// would be past `max` (then nothing changes and `None` is returned): the check and the
     /// increment are one step under the entry's lock, so concurrent calls cannot both pass.
     pub fn take_step(&self, id: &Arc<str>, now: Instant, max: Option<u64>) -> Option<u64> {
-        // A known session is one lookup; the size (a read of every shard) only for a new one.
-        if !self.live.contains_key(id.as_ref()) && self.live.len() >= self.max {
+        // A known session: one lookup, no key copied.
+        if let Some(mut e) = self.live.get_mut(id.as_ref()) {
+            let next = e.steps.saturating_add(1);
+            if max.is_some_and(|m| next > m) {
+                return None;
+            }
+            e.steps = next;
+            e.last_seen = now;
+            return Some(next);
+        }
+        if max.is_some_and(|m| m == 0) {
+            return None;
+        }
+        // A new one: the size (a read of every shard) only here.
+        if self.live.len() >= self.max {
             self.evict_one();
         }
         let step = {
@@ -90,14 +103,9 @@ impl Sessions {
                 last_seen: now,
                 spent: Totals::default(),
             });
+            // A concurrent first call of the same session may have inserted it meanwhile.
             let next = e.steps.saturating_add(1);
             if max.is_some_and(|m| next > m) {
-                // A refused first call must not leave an empty entry behind.
-                let empty = e.steps == 0;
-                drop(e);
-                if empty {
-                    self.live.remove_if(id.as_ref(), |_, e| e.steps == 0);
-                }
                 return None;
             }
             e.steps = next;

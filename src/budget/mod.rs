@@ -496,16 +496,7 @@ impl Budgets {
         estimate: &(dyn Fn() -> u64 + Sync),
     ) -> Result<Admission, BudgetError> {
         let now = unix_now();
-        let mut adm = Admission {
-            budgets: self.clone(),
-            held: Mutex::new(Vec::new()),
-            est_input: facts.input_bound,
-            facts,
-            session_tokens_remaining: None,
-            cut_after_output: None,
-            decision: BudgetDecision::Allowed,
-            settled: false,
-        };
+        let mut adm = self.admission(facts, Vec::new());
         // The tokenizer runs at most once, whichever scope needs it first.
         let exact = OnceLock::new();
         let exact_input = || *exact.get_or_init(estimate);
@@ -646,6 +637,11 @@ impl Budgets {
                 })
             })
             .collect();
+        self.admission(facts, held)
+    }
+
+    /// An admission of the call `facts` holding `held`, allowed until a scope says otherwise.
+    fn admission(self: &Arc<Self>, facts: CallFacts, held: Vec<Held>) -> Admission {
         Admission {
             budgets: self.clone(),
             held: Mutex::new(held),

@@ -93,3 +93,16 @@ pub struct Totals {
     /// Cost in nano-USD.
     pub cost: u64,
 }
+
+/// `s` cut to at most `max` bytes on a character boundary (ids are keys in stores and on spans;
+/// text from traffic is bounded before it is kept).
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

@@ -71,17 +71,7 @@ pub fn explicit_id(headers: &HeaderMap, names: &[HeaderName], key: &str) -> Opti
         })
 }
 
-/// `s` cut to at most `max` bytes on a character boundary (ids are keys in stores and on spans).
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub use crate::record::truncate;
 
 #[cfg(test)]
 mod tests {

@@ -161,7 +161,7 @@ impl McpSpan {
                 put_str(
                     s,
                     2,
-                    super::otlp::wire::cut(f.error_message.unwrap_or(e), MAX_STATUS_MESSAGE),
+                    crate::record::truncate(f.error_message.unwrap_or(e), MAX_STATUS_MESSAGE),
                 );
                 put_uint(s, 3, STATUS_CODE_ERROR);
             });

@@ -64,19 +64,7 @@ pub const MAX_ITEMS: usize = 128;
 
 /// `s` cut to [`MAX_TEXT`] bytes on a character boundary.
 pub fn cap(s: &str) -> &str {
-    cut(s, MAX_TEXT)
-}
-
-/// `s` cut to at most `max` bytes on a character boundary.
-pub fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::record::truncate(s, MAX_TEXT)
 }
 
 /// A `string` field made of `parts` joined by one space, without building the string.

@@ -1129,3 +1129,41 @@ fn a_stale_clock_never_moves_a_windowed_counter_back() {
         }
     });
 }
+
+/// A reserve whose answer does not come within the store's timeout (Redis busy) may still have
+/// run: its reservation is taken back as soon as Redis answers again, not held until its lease
+/// runs out (30 s), refusing the session's calls meanwhile.
+#[tokio::test]
+async fn a_reserve_that_timed_out_leaves_nothing_reserved() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let p = proxy_with(&redis, &m, "      tokens: 100000\n").await;
+    // The store is connected (another session), so the script goes out at once below.
+    assert_eq!(call16(p.addr, "late-warm").await.0.status(), 200);
+    settled(p.admin, "late-warm", 16).await;
+    // Redis sleeps past the proxy's 2 s timeout: the call fails closed with 503, and the
+    // script runs when Redis wakes.
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(b"DEBUG SLEEP 3\r\n").unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let (r, _) = call16(p.addr, "late-1").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(&sleeper.join().unwrap(), b"+OK\r\n");
+    // Commands queued while Redis slept run as it wakes: the reserve script, then the release.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let clear = eventually(Duration::from_secs(5), || async {
+        common::redis::reserved_in(redis.port, "tw:{s:late-1}") == (0, 0)
+    })
+    .await;
+    assert!(
+        clear,
+        "still reserved: {:?}",
+        common::redis::reserved_in(redis.port, "tw:{s:late-1}")
+    );
+}

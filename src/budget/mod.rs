@@ -963,7 +963,23 @@ impl Budgets {
             .map(|(k, w, l)| (k.as_str(), &w[..], *l))
             .collect();
         let res = r.reserve(now, &parts).await;
-        let Err(Ok(redis::ReservedAll::Granted(grants))) = tx.send(res) else {
+        let failed = res.is_err();
+        let unheard = tx.send(res);
+        if failed {
+            // No answer (a timeout): the script may have run all the same. Its reservations
+            // are taken back now (the call already has its error) rather than held until
+            // their leases run out.
+            let leased: Vec<(&str, u64)> = asks
+                .iter()
+                .filter_map(|(k, _, l)| l.map(|l| (k.as_str(), l.id)))
+                .collect();
+            if !leased.is_empty() {
+                if let Err(e) = r.release(&leased).await {
+                    self.store_failed("release", &e);
+                }
+            }
+        }
+        let Err(Ok(redis::ReservedAll::Granted(grants))) = unheard else {
             return;
         };
         let charges: Vec<Vec<Charge>> = asks

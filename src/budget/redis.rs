@@ -205,6 +205,31 @@ end
 return out
 "#;
 
+/// Take back the reservations of leases whose reserve's answer was lost (a timeout: the script
+/// may have run): what each granted leaves its counters if they are still in the window it was
+/// made in, and the lease goes (the purge of dead leases in `RESERVE`, for these ids at once
+/// instead of when the lease runs out). Keys per scope: its hash and lease set; `ARGV`: each
+/// scope's lease id.
+const RELEASE: &str = r#"
+for s = 1, #ARGV do
+  local h, lk, id = KEYS[2 * s - 1], KEYS[2 * s], ARGV[s]
+  local spec = redis.call('HGET', h, 'l:' .. id)
+  if spec then
+    for c, st, g in string.gmatch(spec, '([^\t\n]+)\t(%d+)\t(%d+)\n') do
+      local v = redis.call('HMGET', h, c .. ':s', c .. ':r')
+      if tonumber(v[1]) == tonumber(st) then
+        local r = (tonumber(v[2]) or 0) - tonumber(g)
+        if r < 0 then r = 0 end
+        redis.call('HSET', h, c .. ':r', r)
+      end
+    end
+    redis.call('HDEL', h, 'l:' .. id)
+  end
+  redis.call('ZREM', lk, id)
+end
+return #ARGV
+"#;
+
 /// Push the leases of live reservations (`ARGV`: the new expiry in ms, then ids) forward; a
 /// lease already purged stays gone (`XX`).
 const RENEW: &str = r#"
@@ -305,6 +330,7 @@ pub struct RedisStore {
     reserve: Script,
     settle: Script,
     renew: Script,
+    release: Script,
     /// Seconds a session's hash outlives its last call.
     session_ttl: u64,
     /// Seconds a task's hash outlives its last call.
@@ -346,6 +372,7 @@ impl RedisStore {
             reserve: Script::new(RESERVE),
             settle: Script::new(SETTLE),
             renew: Script::new(RENEW),
+            release: Script::new(RELEASE),
             session_ttl: retention.0.as_secs().max(1),
             task_ttl: retention.1.as_secs().max(1),
             // Twice the retry span: a settle retried at its last moment still finds its mark.
@@ -637,6 +664,27 @@ impl RedisStore {
         let _: i64 = self
             .run(|mut c| async move { inv.invoke_async(&mut c).await })
             .await?;
+        Ok(())
+    }
+
+    /// Take back the reservations of `leases` (scope key, lease id) whose reserve's answer was
+    /// lost: one script on one node, one per scope on a cluster (their keys live on different
+    /// slots).
+    pub(super) async fn release(&self, leases: &[(&str, u64)]) -> Result<(), StoreError> {
+        let groups: Vec<&[(&str, u64)]> = if self.one_node() {
+            vec![leases]
+        } else {
+            leases.chunks(1).collect()
+        };
+        for group in groups.into_iter().filter(|g| !g.is_empty()) {
+            let mut inv = self.release.prepare_invoke();
+            for &(key, id) in group {
+                inv.key(redis_key(key)).key(lease_key(key)).arg(id);
+            }
+            let _: i64 = self
+                .run(|mut c| async move { inv.invoke_async(&mut c).await })
+                .await?;
+        }
         Ok(())
     }
 

@@ -208,12 +208,14 @@ impl MemoryStore {
 
     pub(super) fn reset(&self, key: &str) -> bool {
         self.dirty.store(true, Ordering::Relaxed);
-        // Nothing in flight: the record goes (the scope is forgotten).
-        if self
-            .groups
-            .remove_if(key, |_, g| g.counters.values().all(|c| c.reserved == 0))
-            .is_some()
-        {
+        // Nothing in flight, nor restarted by an earlier reset whose calls may still be (their
+        // grants' starts would match a fresh record's again): the record goes.
+        let forgettable = |g: &Group| {
+            g.counters
+                .iter()
+                .all(|(name, c)| c.reserved == 0 && natural_start(name, c.start))
+        };
+        if self.groups.remove_if(key, |_, g| forgettable(g)).is_some() {
             return true;
         }
         let Some(mut g) = self.groups.get_mut(key) else {
@@ -269,6 +271,15 @@ fn current(g: &Group, name: &str, window: Option<u64>, now: u64) -> Counter {
             start,
             ..Counter::default()
         },
+    }
+}
+
+/// Whether `start` is a window start of the counter `name` (`<unit>:<window seconds>` or
+/// `<unit>:life`), not one a reset moved into its window.
+fn natural_start(name: &str, start: u64) -> bool {
+    match name.rsplit(':').next().and_then(|w| w.parse::<u64>().ok()) {
+        Some(w) if w > 0 => start.is_multiple_of(w),
+        _ => start == 0,
     }
 }
 
@@ -384,6 +395,28 @@ mod tests {
         s.settle("s:a", 0, &[charge(&b[0], 100)], Totals::default());
         let c = s.groups.get("s:a").unwrap().counters["tokens:life"];
         assert_eq!((c.spent, c.reserved), (140, 0));
+    }
+
+    /// Two resets while a call from before both is in flight: the second must not forget the
+    /// record (a fresh one's start would match that call's grant again).
+    #[test]
+    fn a_second_reset_keeps_a_call_in_flight_from_matching_again() {
+        let s = MemoryStore::open(None);
+        let Reserved::Granted(a) = s.reserve("s:a", 0, &[want(1000, 10, 500)]) else {
+            panic!("refused")
+        };
+        assert!(s.reset("s:a"));
+        assert!(s.reset("s:a"));
+        let Reserved::Granted(_) = s.reserve("s:a", 0, &[want(1000, 10, 300)]) else {
+            panic!("refused after the resets")
+        };
+        s.settle("s:a", 0, &[charge(&a[0], 40)], Totals::default());
+        let c = s.groups.get("s:a").unwrap().counters["tokens:life"];
+        assert_eq!(
+            (c.spent, c.reserved),
+            (40, 300),
+            "the new call's reservation kept"
+        );
     }
 
     #[test]

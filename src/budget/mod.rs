@@ -1120,8 +1120,10 @@ impl Budgets {
                 let l = &self.limits[i];
                 let (min, want) = match l.unit {
                     Unit::Tokens => (input, input.saturating_add(max_out)),
+                    // Refused below what its input is expected to cost; reserved for the
+                    // most it may cost (cache writes, audio).
                     Unit::Usd => (
-                        self.prices.estimate(model, input, 0),
+                        self.prices.estimate_plain(model, input, 0),
                         self.prices.estimate(model, input, max_out),
                     ),
                 };
@@ -1151,7 +1153,7 @@ impl Budgets {
         let left = granted.saturating_sub(min);
         match l.unit {
             Unit::Tokens => left,
-            Unit::Usd => match self.prices.estimate(model, 0, 1) {
+            Unit::Usd => match self.prices.estimate_plain(model, 0, 1) {
                 0 => u64::MAX,
                 per_token => left / per_token,
             },

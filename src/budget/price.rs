@@ -98,6 +98,18 @@ impl Prices {
             .collect()
     }
 
+    /// Nano-USD `input` and `output` tokens cost on `model` at its plain rates (uncached text):
+    /// what a call's input is expected to cost (the refusal threshold) and what an output token
+    /// costs (a `cut` limit's allowance).
+    pub fn estimate_plain(&self, model: &str, input: u64, output: u64) -> u64 {
+        let usage = Usage {
+            input: Some(input),
+            output: Some(output),
+            ..Usage::default()
+        };
+        self.cost(model, &usage)
+    }
+
     /// Nano-USD that `input` and `output` tokens may cost on `model` at most: each kind priced at
     /// the highest rate the model's price bills it at (input written to the cache or heard as
     /// audio costs more than plain input), so that a reservation covers the call however its

@@ -51,15 +51,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// One of [`FIXED`]: decided on the name's text by length and bytes, where comparing it with
-/// six `HeaderName`s took a comparison of each.
-/// Whether the request's SigV4 signature covers `Accept-Encoding` (its `Authorization` lists
-/// it in `SignedHeaders`): such a header must go up as signed.
+/// Whether the request's SigV4 signature covers `Accept-Encoding` (an `AWS4-HMAC-SHA256`
+/// `Authorization` listing it in `SignedHeaders`): such a header must go up as signed. Only a
+/// SigV4 scheme counts — any other text naming it is not a signature.
 pub fn signs_accept_encoding(headers: &HeaderMap) -> bool {
     let Some(auth) = headers.get(header::AUTHORIZATION) else {
         return false;
     };
     let auth = auth.as_bytes();
+    if !auth.starts_with(b"AWS4-HMAC-SHA256 ") {
+        return false;
+    }
     let Some(at) = memchr::memmem::find(auth, b"SignedHeaders=") else {
         return false;
     };
@@ -73,6 +75,8 @@ pub fn signs_accept_encoding(headers: &HeaderMap) -> bool {
         .any(|h| h.eq_ignore_ascii_case(b"accept-encoding"))
 }
 
+/// One of [`FIXED`]: decided on the name's text by length and bytes, where comparing it with
+/// six `HeaderName`s took a comparison of each.
 fn is_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -104,6 +108,9 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=x, SignedHeaders=host;x-amz-date, Signature=ab"
         ));
         assert!(!with("Bearer accept-encoding"));
+        // Text naming it under another scheme is no signature (a client could keep gzip and
+        // turn a blocking policy into a flag with it).
+        assert!(!with("X SignedHeaders=accept-encoding"));
         assert!(!signs_accept_encoding(&HeaderMap::new()));
     }
 

@@ -201,10 +201,13 @@ impl Route {
 /// goes up with its path as sent (a SigV4 signature covers it); only what the proxy reads of it
 /// changes, so that `/v1/chat/complet%69ons` is not an unread "other" call.
 pub fn as_served(path: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
-    // A percent sign, or a dot right after a slash (short paths: one vector search).
+    // A percent sign, a dot right after a slash, or two slashes (short paths: one vector search).
     let p = path.as_bytes();
-    let unusual =
-        memchr::memchr2_iter(b'%', b'.', p).any(|i| p[i] == b'%' || (i > 0 && p[i - 1] == b'/'));
+    let unusual = memchr::memchr3_iter(b'%', b'.', b'/', p).any(|i| match p[i] {
+        b'%' => true,
+        b'.' => i > 0 && p[i - 1] == b'/',
+        _ => p.get(i + 1) == Some(&b'/'),
+    });
     if !unusual {
         return path;
     }
@@ -216,6 +219,9 @@ pub fn as_served(path: std::borrow::Cow<'_, str>) -> std::borrow::Cow<'_, str> {
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
         match seg {
+            // Empty segments between slashes merge (nginx's `merge_slashes`); the leading one
+            // (the path's root) and a trailing one stay.
+            "" if !out.is_empty() && !last => {}
             "." => {}
             ".." => {
                 if out.len() > 1 {
@@ -247,6 +253,9 @@ mod tests {
         assert_eq!(served("/../../v1/messages"), "/v1/messages");
         assert_eq!(served("/v1/models/.."), "/v1/");
         assert_eq!(served("/v1/bad%zz%"), "/v1/bad%zz%");
+        assert_eq!(served("/v1/chat//completions"), "/v1/chat/completions");
+        assert_eq!(served("//v1///messages"), "/v1/messages");
+        assert_eq!(served("/v1/models/"), "/v1/models/");
         assert_eq!(
             served("/v1beta/models/gemini:generateContent"),
             "/v1beta/models/gemini:generateContent"

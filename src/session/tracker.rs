@@ -9,7 +9,8 @@
 //! session also keeps its token and cost totals for the sessions API, whatever the budget limits:
 //! memory is one small entry per live session, gone at idle expiry.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -28,17 +29,22 @@ pub struct Sessions {
     idle: Duration,
     /// Most live sessions (`identity.max_live_sessions`): ids are the client's to choose.
     max: usize,
+    /// Sessions in the order they were queued for eviction (a CLOCK: one seen since it was
+    /// queued goes round again, one not seen goes). Touched only when a session starts or one
+    /// must end, never on a known session's call; ids that ended otherwise are dropped as met.
+    order: Mutex<VecDeque<Arc<str>>>,
 }
 
-/// Entries looked at to choose one to end when the table is full (approximated LRU, as Redis
-/// evicts: the map's order is its keys' hashes, random with respect to time).
-const EVICTION_SAMPLE: usize = 16;
+/// Queue entries looked at for one eviction before the first live one is taken whatever it is.
+const EVICTION_TRIES: usize = 64;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     steps: u64,
     started: Instant,
     last_seen: Instant,
+    /// When it was (last) queued for eviction.
+    queued: Instant,
     spent: Totals,
 }
 
@@ -62,6 +68,7 @@ impl Sessions {
             live: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             idle,
             max: max.max(1),
+            order: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -94,13 +101,14 @@ impl Sessions {
         }
         // A new one: the size (a read of every shard) only here.
         if self.live.len() >= self.max {
-            self.evict_one();
+            self.evict_one(now);
         }
         let step = {
             let mut e = self.live.entry(id.clone()).or_insert(Entry {
                 steps: 0,
                 started: now,
                 last_seen: now,
+                queued: now,
                 spent: Totals::default(),
             });
             // A concurrent first call of the same session may have inserted it meanwhile.
@@ -113,6 +121,14 @@ impl Sessions {
             next
         };
         if step == 1 {
+            // Queued after the entry's lock is let go: eviction takes the queue's lock first.
+            let mut order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+            // Ids of sessions that ended otherwise stay queued until met: bounded.
+            if order.len() >= self.max.saturating_mul(2) {
+                order.pop_front();
+            }
+            order.push_back(id.clone());
+            drop(order);
             gauge!(m::SESSIONS_ACTIVE).set(self.live.len() as f64);
         }
         Some(step)
@@ -120,14 +136,37 @@ impl Sessions {
 
     /// End the session seen least recently among a few (the table is full): its steps and
     /// duration are recorded as at idle expiry, and its next call starts at step 1.
-    fn evict_one(&self) {
-        let oldest = self
-            .live
-            .iter()
-            .take(EVICTION_SAMPLE)
-            .min_by_key(|e| e.value().last_seen)
-            .map(|e| e.key().clone());
-        if let Some((_, e)) = oldest.and_then(|id| self.live.remove(&id)) {
+    fn evict_one(&self, now: Instant) {
+        let mut order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut victim = None;
+        for _ in 0..EVICTION_TRIES {
+            let Some(id) = order.pop_front() else {
+                break;
+            };
+            let Some(mut e) = self.live.get_mut(id.as_ref()) else {
+                continue; // ended otherwise (idle, reset)
+            };
+            if e.last_seen > e.queued {
+                // Seen since it was queued: a second chance.
+                e.queued = now;
+                drop(e);
+                order.push_back(id);
+                continue;
+            }
+            drop(e);
+            victim = Some(id);
+            break;
+        }
+        drop(order);
+        // Every try went round again (all recently seen): the least recently seen of a few.
+        let victim = victim.or_else(|| {
+            self.live
+                .iter()
+                .take(16)
+                .min_by_key(|e| e.value().last_seen)
+                .map(|e| e.key().clone())
+        });
+        if let Some((_, e)) = victim.and_then(|id| self.live.remove(&id)) {
             histogram!(m::SESSION_STEPS).record(e.steps as f64);
             histogram!(m::SESSION_DURATION_SECONDS)
                 .record(e.last_seen.duration_since(e.started).as_secs_f64());
@@ -247,6 +286,33 @@ mod tests {
             assert!(s.len() <= 100, "{} live", s.len());
         }
         assert!(s.get("in-use", t0).is_some_and(|e| e.steps > 900));
+    }
+
+    /// Under a flood of made-up ids, sessions in use are never the ones that end: each is seen
+    /// again before the queue comes round to it.
+    #[test]
+    fn a_flood_of_new_ids_ends_the_unused_ones_first() {
+        let s = Sessions::new(Duration::from_secs(1800), 1000);
+        let t0 = Instant::now();
+        let used: Vec<Arc<str>> = (0..50).map(|i| Arc::from(format!("used-{i}"))).collect();
+        for u in &used {
+            s.step(u, t0);
+        }
+        for i in 0..100_000u64 {
+            let now = t0 + Duration::from_micros(i * 10);
+            s.step(&Arc::from(format!("junk-{i}")), now);
+            if i % 200 == 0 {
+                for u in &used {
+                    s.step(u, now);
+                }
+            }
+        }
+        let expected = 1 + 100_000 / 200 + 1;
+        for u in &used {
+            let steps = s.get(u, t0).map_or(0, |e| e.steps);
+            assert!(steps >= expected - 1, "{u} restarted: {steps} steps");
+        }
+        assert!(s.len() <= 1000);
     }
 
     #[test]

@@ -134,8 +134,9 @@ impl Sessions {
         Some(step)
     }
 
-    /// End the session seen least recently among a few (the table is full): its steps and
-    /// duration are recorded as at idle expiry, and its next call starts at step 1.
+    /// End one session (the table is full): the first in the queue not seen since it was
+    /// queued; its steps and duration are recorded as at idle expiry, and its next call starts
+    /// at step 1.
     fn evict_one(&self, now: Instant) {
         let mut order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
         let mut victim = None;

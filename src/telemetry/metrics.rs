@@ -601,7 +601,7 @@ fn describe() {
     describe_counter!(
         SESSIONS_EVICTED_TOTAL,
         Unit::Count,
-        "Live sessions ended early (the least recently seen of a sample) because identity.max_live_sessions were live; a later call starts it again at step 1."
+        "Live sessions ended early (the one longest unseen since it was queued) because identity.max_live_sessions were live; a later call starts it again at step 1."
     );
     describe_histogram!(
         SESSION_STEPS,

@@ -713,6 +713,50 @@ async fn a_held_body_of_json_the_typed_read_refuses_is_refused_not_passed_unchec
     assert!(String::from_utf8_lossy(&got).contains("approval_required"));
 }
 
+/// A response refused unread (no way to check it) was still generated and billed upstream:
+/// the session is charged its input, not nothing.
+#[tokio::test]
+async fn a_response_refused_unread_is_charged_its_input() {
+    let cases = cases();
+    let case = cases
+        .iter()
+        .find(|c| c.id == "openai-chat/sse_tool_call_usage")
+        .unwrap();
+    let up = fixed_upstream_with(
+        vec![("content-type", "application/x-ndjson")],
+        case.response.clone(),
+    )
+    .await;
+    let p = TestProxy::to(
+        "gate",
+        up,
+        "agents:\n  w-gate:\n    require_approval: [get_capital]\n    approval_action: block\n\
+         budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 1000000\n",
+    )
+    .await;
+    let (resp, _) = post(
+        &p.url(&case.path),
+        &[("x-agent-name", "w-gate"), ("x-session-id", "unread-1")],
+        &case.request.to_string(),
+    )
+    .await;
+    assert_eq!(resp.status(), 403);
+    let url = format!("http://{}/v1/sessions/unread-1", p.admin);
+    let charged = eventually(std::time::Duration::from_secs(5), || {
+        let url = url.clone();
+        async move {
+            let (r, b) = get(&url).await;
+            r.status() == 200
+                && serde_json::from_slice::<Value>(&b).unwrap()["tokens"]["input"]
+                    .as_u64()
+                    .is_some_and(|n| n > 0)
+        }
+    })
+    .await;
+    let (_, b) = get(&url).await;
+    assert!(charged, "{}", String::from_utf8_lossy(&b));
+}
+
 #[tokio::test]
 async fn a_response_that_can_be_neither_held_nor_gated_is_refused_not_passed_unchecked() {
     let cases = cases();

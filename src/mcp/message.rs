@@ -159,7 +159,7 @@ impl Message {
 
 /// Read a POST body (or one server message): a single message or a batch. A message a Go
 /// server would read otherwise, its member names matched case-insensitively, is invalid
-/// ([`keys`](super::keys)).
+/// (`mcp::keys`).
 pub fn parse(bytes: &[u8]) -> Result<Batch, MessageError> {
     let doc: Value = serde_json::from_slice(bytes).map_err(|_| MessageError::NotJson)?;
     let batch = read(&doc)?;

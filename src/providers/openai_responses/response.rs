@@ -81,7 +81,7 @@ struct Item {
 }
 
 impl Item {
-    /// The client-run call this item is, or `None` ([`items`](super::items)).
+    /// The client-run call this item is, or `None` ([`super::items`]).
     fn call(&self) -> Option<ToolCall> {
         let name = items::call_name(&self.kind, self.name.as_deref())?;
         Some(ToolCall {

@@ -71,6 +71,12 @@ pub trait Adapter: Sync {
     /// Read a whole JSON response body into `r`; false when it is not this format's JSON.
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool;
 
+    /// Whether clients sign this format's requests with SigV4 (Bedrock): headers the signature
+    /// covers must go up as sent.
+    fn signed_requests(&self) -> bool {
+        false
+    }
+
     /// The top-level key of this format's JSON bodies whose object states usage, read from the
     /// tail of a body too large to parse whole (an embeddings answer of 1,000 inputs, a
     /// Responses answer carrying its images): [`Adapter::parse_json`] reads `{key: object}`.

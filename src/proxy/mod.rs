@@ -700,12 +700,10 @@ impl Proxy {
         // The client sets Host from the upstream URI (HTTP/1) or sends :authority (HTTP/2).
         parts.headers.remove(HOST);
         if let Some(llm) = f.call.llm_mut() {
-            // Only Bedrock's calls are SigV4-signed by their clients; elsewhere the header is
-            // the proxy's to set.
-            let signed = matches!(
-                llm.facts().format,
-                crate::providers::Format::BedrockConverse | crate::providers::Format::BedrockInvoke
-            ) && headers::signs_accept_encoding(&parts.headers);
+            // Only formats whose clients sign requests (Bedrock's SigV4) keep a signed header;
+            // elsewhere it is the proxy's to set.
+            let signed = llm.facts().format.adapter().signed_requests()
+                && headers::signs_accept_encoding(&parts.headers);
             if llm.asks_plain_body() && !signed {
                 // A compressed body cannot be gated event by event, held and checked, or have
                 // the usage asked for on the client's behalf hidden: it is asked for plain.

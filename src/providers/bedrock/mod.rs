@@ -100,6 +100,10 @@ impl Adapter for BedrockConverse {
             .then(|| Box::new(converse::Framed::for_converse(max_bytes)) as Box<dyn FramedStream>)
     }
 
+    fn signed_requests(&self) -> bool {
+        true
+    }
+
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {
         converse::parse_json(body, r)
     }
@@ -185,6 +189,10 @@ impl Adapter for BedrockInvoke {
     fn framed_stream(&self, media_type: &[u8], max_bytes: usize) -> Option<Box<dyn FramedStream>> {
         is_event_stream(media_type)
             .then(|| Box::new(invoke::Framed::for_invoke(max_bytes)) as Box<dyn FramedStream>)
+    }
+
+    fn signed_requests(&self) -> bool {
+        true
     }
 
     fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {

@@ -165,14 +165,7 @@ async fn a_client_gone_during_admission_leaks_no_reservation() {
     assert_eq!(call16(p.addr, "gone-warm").await.0.status(), 200);
     let before = m.stats().requests;
     // Hold Redis busy for a second so the admission script waits.
-    let port = redis.port;
-    let sleeper = std::thread::spawn(move || {
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.write_all(b"DEBUG SLEEP 1\r\n").unwrap();
-        let mut buf = [0u8; 5];
-        c.read_exact(&mut buf).unwrap();
-        buf
-    });
+    let sleeper = redis_sleeps(redis.port, "1");
     std::thread::sleep(Duration::from_millis(100));
     // A raw socket closed after 300 ms: a pooled client's dropped request may leave its
     // connection open until its next wake-up, and the proxy would then rightly keep the call.
@@ -1016,14 +1009,7 @@ async fn sigterm_after_a_client_gone_during_admission_gives_the_reservation_back
     assert_eq!(call16(p.addr, "term-warm").await.0.status(), 200);
     // Its settlement done: nothing else is pending when SIGTERM comes.
     settled(p.admin, "term-warm", 16).await;
-    let port = redis.port;
-    let sleeper = std::thread::spawn(move || {
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.write_all(b"DEBUG SLEEP 1.5\r\n").unwrap();
-        let mut buf = [0u8; 5];
-        c.read_exact(&mut buf).unwrap();
-        buf
-    });
+    let sleeper = redis_sleeps(redis.port, "1.5");
     std::thread::sleep(Duration::from_millis(100));
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut gone = tokio::net::TcpStream::connect(p.addr).await.unwrap();
@@ -1143,14 +1129,7 @@ async fn a_reserve_that_timed_out_leaves_nothing_reserved() {
     settled(p.admin, "late-warm", 16).await;
     // Redis sleeps past the proxy's 2 s timeout: the call fails closed with 503, and the
     // script runs when Redis wakes.
-    let port = redis.port;
-    let sleeper = std::thread::spawn(move || {
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.write_all(b"DEBUG SLEEP 3\r\n").unwrap();
-        let mut buf = [0u8; 5];
-        c.read_exact(&mut buf).unwrap();
-        buf
-    });
+    let sleeper = redis_sleeps(redis.port, "3");
     std::thread::sleep(Duration::from_millis(100));
     let (r, _) = call16(p.addr, "late-1").await;
     assert_eq!(r.status(), 503);
@@ -1166,4 +1145,17 @@ async fn a_reserve_that_timed_out_leaves_nothing_reserved() {
         "still reserved: {:?}",
         common::redis::reserved_in(redis.port, "tw:{s:late-1}")
     );
+}
+
+/// Keep `redis-server` on `port` busy for `secs` seconds (`DEBUG SLEEP`) from another
+/// connection; the thread returns Redis's answer once it wakes.
+fn redis_sleeps(port: u16, secs: &'static str) -> std::thread::JoinHandle<[u8; 5]> {
+    std::thread::spawn(move || {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(format!("DEBUG SLEEP {secs}\r\n").as_bytes())
+            .unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    })
 }

@@ -502,20 +502,7 @@ async fn a_held_answer_that_breaks_off_is_still_charged() {
     ];
     let (resp, _) = post(&p.url("/v1/chat/completions"), &sent, body).await;
     assert_eq!(resp.status(), 502);
-    let url = format!("http://{}/v1/sessions/held-cut-1", p.admin);
-    let charged = eventually(std::time::Duration::from_secs(5), || {
-        let url = url.clone();
-        async move {
-            let (r, b) = get(&url).await;
-            r.status() == 200
-                && serde_json::from_slice::<Value>(&b).unwrap()["tokens"]["output"]
-                    .as_u64()
-                    .is_some_and(|o| o > 0)
-        }
-    })
-    .await;
-    let (_, b) = get(&url).await;
-    assert!(charged, "{}", String::from_utf8_lossy(&b));
+    charged(&p, "held-cut-1", "output").await;
 }
 
 #[tokio::test]
@@ -741,20 +728,7 @@ async fn a_response_refused_unread_is_charged_its_input() {
     )
     .await;
     assert_eq!(resp.status(), 403);
-    let url = format!("http://{}/v1/sessions/unread-1", p.admin);
-    let charged = eventually(std::time::Duration::from_secs(5), || {
-        let url = url.clone();
-        async move {
-            let (r, b) = get(&url).await;
-            r.status() == 200
-                && serde_json::from_slice::<Value>(&b).unwrap()["tokens"]["input"]
-                    .as_u64()
-                    .is_some_and(|n| n > 0)
-        }
-    })
-    .await;
-    let (_, b) = get(&url).await;
-    assert!(charged, "{}", String::from_utf8_lossy(&b));
+    charged(&p, "unread-1", "input").await;
 }
 
 #[tokio::test]
@@ -959,4 +933,23 @@ async fn a_chat_custom_tool_is_declared_and_called_under_its_custom_name() {
         body.contains("'rm_rf'") && body.contains("denied_tool"),
         "{body}"
     );
+}
+
+/// Wait (up to 5 s) until session `id`'s `kind` tokens (input, output) are above 0 in the admin
+/// API; fail with what it shows otherwise.
+async fn charged(p: &TestProxy, id: &str, kind: &str) {
+    let url = format!("http://{}/v1/sessions/{id}", p.admin);
+    let seen = eventually(std::time::Duration::from_secs(5), || {
+        let url = url.clone();
+        async move {
+            let (r, b) = get(&url).await;
+            r.status() == 200
+                && serde_json::from_slice::<Value>(&b).unwrap()["tokens"][kind]
+                    .as_u64()
+                    .is_some_and(|n| n > 0)
+        }
+    })
+    .await;
+    let (_, b) = get(&url).await;
+    assert!(seen, "{}", String::from_utf8_lossy(&b));
 }

@@ -252,7 +252,7 @@ async fn a_stalled_upload_is_answered_408_and_frees_its_share_of_the_body_buffer
     let p = TestProxy::to(
         "stalled",
         m.addr(),
-        "server:\n  max_request_body_bytes: 1048576\n  max_buffered_request_bytes: 2097152\n  body_read_timeout: 3s\n",
+        "server:\n  workers: 1\n  max_request_body_bytes: 1048576\n  max_buffered_request_bytes: 2097152\n  body_read_timeout: 3s\n",
     )
     .await;
     let mut stalled = Vec::new();
@@ -267,7 +267,8 @@ async fn a_stalled_upload_is_answered_408_and_frees_its_share_of_the_body_buffer
         stalled.push(s);
     }
     let small = [("x-mock-input-tokens", "3")];
-    // While they stall they hold the whole buffer (their declared lengths).
+    // While they stall they hold the whole buffer (their declared lengths; one worker, so one
+    // buffer whichever connection lands where).
     let blocked = eventually(Duration::from_secs(2), || async {
         post(&p.url("/v1/chat/completions"), &small, CHAT)
             .await

@@ -57,6 +57,10 @@ enum Play {
     Transcribes,
 }
 
+/// A transcription session's start (GA shape): its input audio is transcribed by
+/// gpt-4o-transcribe, which is what its transcriptions cost.
+const TRANSCRIPTION_SESSION_CREATED: &str = r#"{"type":"session.created","event_id":"event_s1","session":{"type":"transcription","object":"realtime.transcription_session","id":"sess_T1","audio":{"input":{"format":{"type":"audio/pcm","rate":24000},"transcription":{"model":"gpt-4o-transcribe","language":"en","prompt":""},"noise_reduction":null,"turn_detection":{"type":"server_vad","threshold":0.5,"prefix_padding_ms":300,"silence_duration_ms":500}}},"include":null}}"#;
+
 /// A finished input audio transcription, as gpt-4o-transcribe states it (usage in tokens).
 const TRANSCRIBED: &str = r#"{"type":"conversation.item.input_audio_transcription.completed","event_id":"event_t1","item_id":"i","content_index":0,"transcript":"hi","usage":{"type":"tokens","input_tokens":17,"input_token_details":{"text_tokens":0,"audio_tokens":17},"output_tokens":9,"total_tokens":26}}"#;
 
@@ -102,9 +106,11 @@ async fn session(stream: TcpStream, play: Play, seen: Arc<Mutex<Seen>>) {
     .await
     .unwrap();
     let (mut tx, mut rx) = ws.split();
-    send(&mut tx, &seen, SESSION_CREATED.trim().to_string())
-        .await
-        .unwrap();
+    let created = match play {
+        Play::Transcribes => TRANSCRIPTION_SESSION_CREATED,
+        _ => SESSION_CREATED.trim(),
+    };
+    send(&mut tx, &seen, created.to_string()).await.unwrap();
     let mut responses = 0;
     while let Some(Ok(msg)) = rx.next().await {
         seen.lock().unwrap().received.push(msg.clone());
@@ -1219,7 +1225,9 @@ async fn a_transcription_sessions_usage_is_counted_and_charged() {
     let proxy = TestProxy::to(
         "rt",
         up,
-        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 2000\n      action: reject\n",
+        "budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 2000\n      action: reject\n\
+         pricing:\n  gpt-realtime: { input: 4, output: 16, audio_input: 32 }\n\
+         \x20 gpt-4o-transcribe: { input: 2.5, output: 10, audio_input: 6 }\n",
     )
     .await;
     let mut ws = connect(&proxy, "rt-transcribe", "sess-transcribe").await;
@@ -1250,6 +1258,28 @@ async fn a_transcription_sessions_usage_is_counted_and_charged() {
     assert_eq!(view["tokens"]["input"], 17, "{view}");
     assert_eq!(view["tokens"]["output"], 9, "{view}");
     assert_eq!(view["limits"][0]["used"], 26, "{view}");
+    // Priced as the session's transcription model (17 audio in at 6.00, 9 text out at 10.00
+    // per million), not the URL's gpt-realtime (which would be 32.00 and 16.00).
+    let cost = metric_sum(
+        &text,
+        "tokenwarden_cost_usd_total",
+        &[("agent", "rt-transcribe")],
+    );
+    let usd = (17.0 * 6.0 + 9.0 * 10.0) / 1e6;
+    assert!((cost - usd).abs() < 1e-12, "cost {cost} != {usd}");
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "rt-transcribe"),
+                ("type", "input"),
+                ("model", "gpt-4o-transcribe")
+            ],
+        ),
+        17.0,
+        "{text}"
+    );
 }
 
 /// A response the server's turn detection starts past the session's limit is refused and

@@ -283,6 +283,9 @@ pub enum ServerEvent {
     Session {
         /// The model, when named.
         model: Option<String>,
+        /// The model transcribing the client's input audio, when named (transcriptions are
+        /// billed at its prices, not the session model's).
+        transcription_model: Option<String>,
     },
     /// A response started (asked for by the client, or by the server's turn detection).
     Created {

@@ -192,6 +192,9 @@ struct Ctx {
     s: Session,
     /// The session's model: the URL's, else the one the server names.
     model: std::sync::Mutex<Option<String>>,
+    /// The model transcribing the input audio, as the session last named it: what a
+    /// transcription is priced at (falling back to the session's model).
+    transcription_model: std::sync::Mutex<Option<String>>,
     /// Input plus output tokens of the session's last response: the conversation the next
     /// response reads at least (it stays on the server; the request for a response is a few
     /// bytes), so what admission takes as its input.
@@ -204,6 +207,7 @@ impl Ctx {
     fn new(mut s: Session) -> Self {
         Self {
             model: std::sync::Mutex::new(s.model.take()),
+            transcription_model: std::sync::Mutex::new(None),
             s,
             context: std::sync::atomic::AtomicU64::new(0),
         }
@@ -643,7 +647,7 @@ async fn admit(
     };
     if open_now >= MAX_OPEN_RESPONSES {
         // Not the budgets' refusal, nor the proxy's load: the session's own bound, said so.
-        response_call(ctx, max_output).finish_local(StatusCode::TOO_MANY_REQUESTS, 0);
+        response_call(ctx, max_output, None).finish_local(StatusCode::TOO_MANY_REQUESTS, 0);
         let e = crate::providers::adapter::ErrorText {
             status: 429,
             message: "tokenwarden: the session already has 16 responses in progress; wait for one to finish",
@@ -706,7 +710,7 @@ async fn admission(
     event: &[u8],
     max_output: Option<u64>,
 ) -> Result<Live, (ProxyError, Call)> {
-    let mut call = response_call(ctx, max_output);
+    let mut call = response_call(ctx, max_output, None);
     let mut cut = None;
     let context = ctx.context.load(std::sync::atomic::Ordering::Relaxed);
     // A request for a response is a few bytes (its instructions at most): tokenized once here,
@@ -775,8 +779,9 @@ fn start(open: &std::sync::Mutex<Open>, live: Live) {
     }
 }
 
-/// One response's call, as the upgrade request and the session describe it.
-fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
+/// One response's call, as the upgrade request and the session describe it; `model` names
+/// another model than the session's (a transcription's).
+fn response_call(ctx: &Ctx, max_output: Option<u64>, model: Option<String>) -> Call {
     let now = Instant::now();
     let mut call = Call::new(
         CallInfo {
@@ -802,11 +807,12 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
     if let Some(s) = &ctx.s.session {
         call.set_session(s.clone(), None);
     }
-    let model = ctx
-        .model
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let model = model.or_else(|| {
+        ctx.model
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    });
     let facts = RequestFacts {
         format: ctx.s.format,
         model,
@@ -827,14 +833,24 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>) -> Call {
 /// allowance, `response.done` finishes the oldest open response with its record.
 fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
     match ctx.s.events.server(text) {
-        ServerEvent::Session { model: Some(m) } => {
-            let mut model = ctx
-                .model
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if model.is_none() {
-                *model = Some(m);
+        ServerEvent::Session {
+            model,
+            transcription_model,
+        } => {
+            if let Some(m) = model {
+                let mut model = ctx
+                    .model
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if model.is_none() {
+                    *model = Some(m);
+                }
             }
+            // A `session.update` may switch transcription on, off or to another model: the
+            // latest the server confirms is what the next transcription is billed at.
+            *ctx.transcription_model
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = transcription_model;
         }
         ServerEvent::Created { id } => {
             let asked = lock(open).asked.pop_front();
@@ -911,7 +927,12 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
         ServerEvent::Transcribed => {
             // Billed on its own, never admitted (the audio was already sent): a call of its
             // own, charged what it states. It is no part of the conversation's context.
-            let mut call = response_call(ctx, None);
+            let transcriber = ctx
+                .transcription_model
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let mut call = response_call(ctx, None, transcriber);
             charge_unreserved(ctx, &mut call);
             let live = Live {
                 call,
@@ -924,7 +945,6 @@ fn observe(ctx: &Ctx, open: &std::sync::Mutex<Open>, text: &[u8]) -> Next {
             finish(live, text, StatusCode::OK, BodyEnd::Complete);
         }
         ServerEvent::Other => {}
-        ServerEvent::Session { model: None } => {}
     }
     Next::Go
 }

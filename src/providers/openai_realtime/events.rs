@@ -62,6 +62,47 @@ struct ResponseHead {
 struct SessionHead {
     #[serde(default)]
     model: Option<String>,
+    /// GA: `audio.input.transcription.model`.
+    #[serde(default)]
+    audio: Option<AudioHead>,
+    /// Beta: `input_audio_transcription.model`.
+    #[serde(default)]
+    input_audio_transcription: Option<TranscriptionHead>,
+}
+
+#[derive(Deserialize)]
+struct AudioHead {
+    #[serde(default)]
+    input: Option<AudioInputHead>,
+}
+
+#[derive(Deserialize)]
+struct AudioInputHead {
+    #[serde(default)]
+    transcription: Option<TranscriptionHead>,
+}
+
+#[derive(Deserialize)]
+struct TranscriptionHead {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+impl SessionHead {
+    /// The model the session's input audio is transcribed with, whichever version names it.
+    fn transcription_model(&mut self) -> Option<String> {
+        let ga = self
+            .audio
+            .as_mut()
+            .and_then(|a| a.input.as_mut())
+            .and_then(|i| i.transcription.as_mut())
+            .and_then(|t| t.model.take());
+        ga.or_else(|| {
+            self.input_audio_transcription
+                .as_mut()
+                .and_then(|t| t.model.take())
+        })
+    }
 }
 
 /// A `response.done` event (or a finished transcription), read whole.
@@ -213,8 +254,15 @@ impl RealtimeEvents for Events {
             return ServerEvent::Other;
         };
         match head.kind.as_ref() {
-            "session.created" | "session.updated" => ServerEvent::Session {
-                model: head.session.and_then(|s| s.model),
+            "session.created" | "session.updated" => match head.session {
+                Some(mut s) => ServerEvent::Session {
+                    transcription_model: s.transcription_model(),
+                    model: s.model,
+                },
+                None => ServerEvent::Session {
+                    model: None,
+                    transcription_model: None,
+                },
             },
             "response.created" => ServerEvent::Created {
                 id: head.response.and_then(|r| r.id),
@@ -424,6 +472,26 @@ mod tests {
     }
 
     #[test]
+    fn a_session_names_its_transcription_model_in_either_version() {
+        let ga = br#"{"type":"session.updated","session":{"type":"realtime","model":"gpt-realtime","audio":{"input":{"transcription":{"model":"gpt-4o-mini-transcribe"}}}}}"#;
+        let beta = br#"{"type":"session.created","session":{"model":"gpt-4o-realtime-preview","input_audio_transcription":{"model":"whisper-1"}}}"#;
+        let off =
+            br#"{"type":"session.updated","session":{"audio":{"input":{"transcription":null}}}}"#;
+        assert!(matches!(Events.server(ga),
+            ServerEvent::Session { model: Some(ref m), transcription_model: Some(ref t) }
+                if m == "gpt-realtime" && t == "gpt-4o-mini-transcribe"));
+        assert!(matches!(Events.server(beta),
+            ServerEvent::Session { transcription_model: Some(ref t), .. } if t == "whisper-1"));
+        assert!(matches!(
+            Events.server(off),
+            ServerEvent::Session {
+                model: None,
+                transcription_model: None
+            }
+        ));
+    }
+
+    #[test]
     fn server_events_and_model() {
         assert!(matches!(
             Events.server(br#"{"type":"response.output_text.delta","delta":"Hi"}"#),
@@ -431,7 +499,7 @@ mod tests {
         ));
         assert!(matches!(
             Events.server(br#"{"type":"session.created","session":{"model":"gpt-realtime"}}"#),
-            ServerEvent::Session { model: Some(ref m) } if m == "gpt-realtime"
+            ServerEvent::Session { model: Some(ref m), transcription_model: None } if m == "gpt-realtime"
         ));
         assert!(matches!(
             Events.server(br#"{"type":"response.done","response":{}}"#),

@@ -7,8 +7,9 @@
 //! usage (`response.usage`: input and output tokens, text and audio together, cached input in
 //! `input_token_details.cached_tokens`). A finished input audio transcription
 //! (`conversation.item.input_audio_transcription.completed`) states its own usage, billed apart
-//! (a transcription-only session states no other): read when it counts tokens, not when it
-//! counts seconds (`type: duration`, whisper-1). Both the GA event names and the beta ones
+//! (a transcription-only session states no other) at the prices of the transcription model the
+//! session last named (`audio.input.transcription.model`, beta `input_audio_transcription`):
+//! read when it counts tokens, not when it counts seconds (`type: duration`, whisper-1). Both the GA event names and the beta ones
 //! (`response.text.delta`, `response.audio_transcript.delta`) are read. The model is the URL's
 //! `model` query parameter, else the one `session.created` / `session.updated` name.
 

@@ -717,3 +717,98 @@ async fn openai_compatible_endpoints_of_gemini_and_anthropic_are_counted() {
         assert_eq!(requests, 1.0, "{path}: labelled as the provider's\n{text}");
     }
 }
+
+/// The GenAI chunk timings follow the conventions: time per output chunk is one sample per
+/// chunk after the first however the upstream batched its writes, under the GenAI labels
+/// (served model included); time to first chunk counts from the request's sending upstream,
+/// not from a slow client's upload; and a proxy's estimate is no GenAI usage.
+#[tokio::test]
+async fn chunk_timings_and_usage_metrics_follow_the_genai_conventions() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = mock().await;
+    let p = TestProxy::to("chunks", m.addr(), "").await;
+    let stream =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+    for (agent, per_write) in [("acc-one-per-write", "1"), ("acc-five-per-write", "5")] {
+        let (resp, _) = post(
+            &p.url("/v1/chat/completions"),
+            &[
+                ("x-agent-name", agent),
+                ("x-mock-output-chunks", "20"),
+                ("x-mock-events-per-write", per_write),
+            ],
+            stream,
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+    // A stream broken off: its usage is the proxy's estimate.
+    let _ = try_post(
+        &p.url("/v1/chat/completions"),
+        &[
+            ("x-agent-name", "acc-estimated"),
+            ("x-mock-fault", "drop-mid-stream"),
+        ],
+        stream,
+    )
+    .await;
+    // A slow upload: the headers, then the body a second later.
+    let mut c = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-agent-name: acc-slow-upload\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        stream.len()
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    c.write_all(stream.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).await.unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+
+    let text = p.metrics().await;
+    let per_chunk = |agent: &str| {
+        metric_value(
+            &text,
+            "gen_ai_client_inference_time_per_output_chunk_seconds_count",
+            &[("agent", agent), ("gen_ai_response_model", "gpt-4o-mini")],
+        )
+    };
+    let output_events = metric_value(
+        &text,
+        "gen_ai_client_inference_time_per_output_chunk_seconds_count",
+        &[("agent", "acc-one-per-write")],
+    );
+    assert!(output_events >= 19.0, "{text}");
+    assert_eq!(per_chunk("acc-one-per-write"), output_events, "{text}");
+    assert_eq!(
+        per_chunk("acc-five-per-write"),
+        output_events,
+        "five events a write are five chunks\n{text}"
+    );
+    let estimated = metric_sum(
+        &text,
+        "tokenwarden_tokens_total",
+        &[("agent", "acc-estimated"), ("source", "estimated")],
+    );
+    assert!(estimated > 0.0, "{text}");
+    for name in [
+        "gen_ai_client_inference_usage_input_tokens_total",
+        "gen_ai_client_inference_usage_output_tokens_total",
+        "gen_ai_client_inference_operation_input_tokens_count",
+    ] {
+        assert_eq!(
+            metric_sum(&text, name, &[("agent", "acc-estimated")]),
+            0.0,
+            "{name}: an estimate is no usage the provider stated\n{text}"
+        );
+    }
+    let ttft = metric_value(
+        &text,
+        "gen_ai_client_inference_time_to_first_chunk_seconds_sum",
+        &[("agent", "acc-slow-upload")],
+    );
+    assert!(
+        ttft < 1.0,
+        "time to first chunk counts from the upstream request, not the upload: {ttft}"
+    );
+}

@@ -97,6 +97,15 @@ impl ResponseParser {
         Some(p)
     }
 
+    /// The served model, as far as the stream has named it (`None` for a JSON body, read at
+    /// its end, and for binary-framed streams, which name none).
+    pub fn current_model(&mut self) -> Option<&str> {
+        match self.body {
+            Body::Sse(_) | Body::Ndjson(_) => self.state.stream.record_mut().model.as_deref(),
+            Body::Json(..) | Body::Framed(_) => None,
+        }
+    }
+
     /// Whether the body is read as server-sent events.
     pub fn is_sse(&self) -> bool {
         matches!(self.body, Body::Sse(_))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderMap, StatusCode};
-use metrics::{counter, histogram, Histogram};
+use metrics::counter;
 use opentelemetry::trace::{SpanId, TraceId};
 use tokio::time::Instant;
 
@@ -35,9 +35,9 @@ pub struct LlmCall {
     streamed: bool,
     first_output: Option<Instant>,
     last_output: Option<Instant>,
-    /// The time-per-output-chunk histograms, resolved at the second output chunk: the newest
-    /// name and the earlier one, as `semconv` says.
-    per_chunk: Option<[Option<Histogram>; 2]>,
+    /// The series time per output chunk is recorded in, resolved at the second output chunk
+    /// (when the served model is known).
+    per_chunk: Option<CallSeries>,
     injected: bool,
     policy: Option<ResponseCheck>,
     request_body: Bytes,
@@ -67,6 +67,9 @@ pub struct Ending {
     pub status: Option<StatusCode>,
     /// When the request arrived.
     pub started: Instant,
+    /// When the request was sent upstream (time to first chunk counts from there, as the
+    /// span's attribute does).
+    pub upstream_sent: Option<Instant>,
     /// Now.
     pub now: Instant,
     /// The request reached the upstream and no response came (timeout or reset before the
@@ -297,34 +300,38 @@ impl LlmCall {
             return;
         }
         self.output_events += u64::from(output);
-        if let Some(last) = self.last_output {
-            let hs = self.per_chunk.get_or_insert_with(|| {
-                let names = semconv::get();
-                [
-                    names
-                        .latest()
-                        .then_some(m::GEN_AI_INFERENCE_TIME_PER_OUTPUT_CHUNK),
-                    names.previous().then_some(m::GEN_AI_TIME_PER_OUTPUT_CHUNK),
-                ]
-                .map(|name| {
-                    name.map(|name| {
-                        histogram!(name,
-                            "gen_ai_operation_name" => base.operation.as_str(),
-                            "gen_ai_provider_name" => base.provider,
-                            "gen_ai_request_model" => self.request_model.clone(),
-                            "agent" => base.agent.clone(),
-                        )
-                    })
-                })
-            });
-            let secs = now.duration_since(last).as_secs_f64();
-            for h in hs.iter().flatten() {
-                h.record(secs);
+        // One sample per output chunk after the first, "from the end of the previous chunk to
+        // the end of the current chunk": the first of this frame's chunks waited since the last
+        // frame, the others arrived with it.
+        let gaps = match self.last_output {
+            Some(last) => Some((now.duration_since(last).as_secs_f64(), output - 1)),
+            None => {
+                self.first_output = Some(now);
+                (output > 1).then(|| (0.0, output - 2))
             }
-        } else {
-            self.first_output = Some(now);
-        }
+        };
         self.last_output = Some(now);
+        let Some((first_gap, same_frame)) = gaps else {
+            return;
+        };
+        let series = self.per_chunk.get_or_insert_with(|| {
+            // The served model is known by the second chunk in every format that names it
+            // (each chunk, or the stream's first event, does).
+            let response = match self.parser.as_mut().and_then(|p| p.current_model()) {
+                Some(model) => self.labels.models.get(model),
+                None => self.request_model.clone(),
+            };
+            CallSeries::new(base, Some((&self.request_model, &response)))
+        });
+        let names = semconv::get();
+        for latest in [true, false] {
+            if (latest && names.latest()) || (!latest && names.previous()) {
+                series.record(Observed::PerChunk(latest), first_gap, None);
+                for _ in 0..same_frame {
+                    series.record(Observed::PerChunk(latest), 0.0, None);
+                }
+            }
+        }
     }
 
     /// The call ended: record what the response said (estimating usage where it said none).
@@ -473,7 +480,9 @@ impl LlmCall {
             series.record(what, duration, ending.trace);
         }
         if let Some(first) = self.first_output.filter(|_| self.streamed) {
-            let secs = first.duration_since(ending.started).as_secs_f64();
+            let secs = first
+                .saturating_duration_since(ending.upstream_sent.unwrap_or(ending.started))
+                .as_secs_f64();
             if names.latest() {
                 series.record(Observed::FirstChunk(true), secs, ending.trace);
             }
@@ -580,6 +589,12 @@ fn record_usage(
             .increment(n);
         }
     }
+    // The GenAI usage metrics carry the provider's counts only: "if instrumentation cannot
+    // [...] obtain number of input and/or output tokens, [...] it MUST NOT report usage
+    // metrics" (estimates are counted in `tokenwarden_tokens_total`, `source="estimated"`).
+    if source == UsageSource::Estimated {
+        return;
+    }
     let u = &record.usage;
     if names.previous() {
         for (output, n) in [(false, u.input), (true, u.output)] {
@@ -650,6 +665,7 @@ mod tests {
             end: BodyEnd::Complete,
             status: Some(StatusCode::OK),
             started: now,
+            upstream_sent: Some(now),
             now,
             unanswered: false,
             upstream_ok: true,

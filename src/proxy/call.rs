@@ -403,6 +403,7 @@ impl CallState {
                 end,
                 status: self.status,
                 started: self.started,
+                upstream_sent: self.upstream_sent,
                 now,
                 unanswered,
                 upstream_ok: self.upstream_ok,

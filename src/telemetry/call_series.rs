@@ -163,6 +163,8 @@ pub enum Observed<'e> {
     },
     /// Time to first chunk: the newest name (`true`) or the earlier one.
     FirstChunk(bool),
+    /// Time per output chunk after the first: the newest name (`true`) or the earlier one.
+    PerChunk(bool),
     /// `tokenwarden_call_cost_usd`.
     Cost,
 }
@@ -178,7 +180,8 @@ mod slot {
     pub const TOKEN_USAGE: usize = OPERATION_TOKENS + 2;
     pub const DURATION: usize = TOKEN_USAGE + 2;
     pub const FIRST_CHUNK: usize = DURATION + 2;
-    pub const COST: usize = FIRST_CHUNK + 2;
+    pub const PER_CHUNK: usize = FIRST_CHUNK + 2;
+    pub const COST: usize = PER_CHUNK + 2;
     pub const COUNT: usize = COST + 1;
 }
 
@@ -274,6 +277,7 @@ impl CallSeries {
             } => Some(slot::DURATION + inference as usize),
             Observed::Duration { .. } => None,
             Observed::FirstChunk(latest) => Some(slot::FIRST_CHUNK + latest as usize),
+            Observed::PerChunk(latest) => Some(slot::PER_CHUNK + latest as usize),
             Observed::Cost => Some(slot::COST),
         };
         let cell = self.cell(index);
@@ -384,6 +388,14 @@ impl CallSeries {
                     m::GEN_AI_INFERENCE_TIME_TO_FIRST_CHUNK
                 } else {
                     m::GEN_AI_TIME_TO_FIRST_CHUNK
+                };
+                Key::from_parts(name, self.gen_ai())
+            }
+            Observed::PerChunk(latest) => {
+                let name = if latest {
+                    m::GEN_AI_INFERENCE_TIME_PER_OUTPUT_CHUNK
+                } else {
+                    m::GEN_AI_TIME_PER_OUTPUT_CHUNK
                 };
                 Key::from_parts(name, self.gen_ai())
             }

@@ -21,6 +21,9 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig { path }) = &cli.command {
         return match load(Some(path)) {
             Ok(c) => {
+                for a in config::advisories(&c) {
+                    eprintln!("warning: {a}");
+                }
                 println!("{}: ok ({} routes)", path.display(), c.routes.len());
                 ExitCode::SUCCESS
             }
@@ -48,6 +51,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    for a in config::advisories(&config) {
+        tracing::warn!("{a}");
+    }
     // per_core: the proxy's workers start their own runtimes; this one keeps the background
     // work (admin, export, upkeep, reload) on the main thread. shared: one pool for everything.
     let mut builder = match config.server.runtime {

@@ -50,11 +50,29 @@ fn bad_config_is_refused_naming_the_key_and_line() {
     let out = bin().env("TOKENWARDEN_CONFIG", f.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
 
-    // A bad value names its key path.
+    // A bad value names its key path and its line.
     let f = config_file("routes:\n  - name: a\n    path_prefix: /\n    upstream: ftp://x\n");
     let out = bin().args(["check-config"]).arg(f.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("routes[0].upstream"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("routes[0].upstream (line 4)"), "{err}");
+    let f = config_file(
+        "# limits\nbudgets:\n  limits:\n    - scope: session\n      tokens: 10\n      warn_at: 2\n",
+    );
+    let out = bin().args(["check-config"]).arg(f.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("budgets.limits[0].warn_at (line 6)"), "{err}");
+
+    // Valid but unwise: `hold` with no admin token runs, and is warned about.
+    let f = config_file("agents:\n  held:\n    require_approval: [x]\n    approval_action: hold\n");
+    let out = bin().args(["check-config"]).arg(f.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: agents.held.approval_action") && err.contains("admin_token"),
+        "{err}"
+    );
 
     // A protocol the provider registry does not know names its key and the known ones, at
     // check-config and at start-up alike.

@@ -38,7 +38,7 @@ pub fn load_from_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
             ),
         })?
     };
-    super::validate::validate(&config).map_err(|e| e.with_origin(origin))?;
+    super::validate::validate(&config).map_err(|e| e.with_origin(origin).with_line(text))?;
     Ok(config)
 }
 

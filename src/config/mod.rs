@@ -5,6 +5,7 @@
 //! promises: proxy on 127.0.0.1:8080 forwarding to api.openai.com, admin on 127.0.0.1:9464.
 
 mod error;
+mod lines;
 mod load;
 mod schema;
 mod validate;
@@ -12,4 +13,4 @@ mod validate;
 pub use error::ConfigError;
 pub use load::{load, load_from_str};
 pub use schema::*;
-pub use validate::{forbidden_input_set, forbidden_input_sources, parse_window};
+pub use validate::{advisories, forbidden_input_set, forbidden_input_sources, parse_window};

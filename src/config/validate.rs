@@ -282,16 +282,6 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         check_agent(p).map_err(|(k, m)| invalid(&format!("agents.{name}{k}"), &m))?;
-        if p.approval_action == super::schema::ApprovalAction::Hold
-            && config.admin_token.as_deref().is_none_or(str::is_empty)
-        {
-            // The agent shares the pod's network with the admin port: without a token it could
-            // approve its own held calls.
-            return Err(invalid(
-                &format!("agents.{name}.approval_action"),
-                "`hold` needs `admin_token`: without it the agent itself could approve its held calls on the admin port",
-            ));
-        }
     }
     for (model, info) in &config.models {
         if info.context_window == 0 {
@@ -453,13 +443,38 @@ fn invalid(key: &str, message: &str) -> ConfigError {
         origin: String::new(),
         key: key.to_string(),
         message: message.to_string(),
+        line: None,
     }
+}
+
+/// What a valid config is still unwise about, one line each: said by `check-config` and logged
+/// at start. The contract keeps these configs working; the operator is told what they risk.
+pub fn advisories(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let no_token = config.admin_token.as_deref().is_none_or(str::is_empty);
+    let mut held: Vec<&String> = config
+        .agents
+        .iter()
+        .filter(|(_, p)| p.approval_action == super::schema::ApprovalAction::Hold)
+        .map(|(name, _)| name)
+        .collect();
+    held.sort();
+    if no_token && !held.is_empty() {
+        // The agent shares the pod's network with the admin port: without a token it could
+        // approve its own held calls.
+        let names: Vec<&str> = held.iter().map(|n| n.as_str()).collect();
+        out.push(format!(
+            "agents.{}.approval_action: `hold` without `admin_token`: anything that reaches the admin port (the agent itself, in the same pod) can approve held calls; set `admin_token`",
+            names.join(", agents.")
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::load_from_str;
-    use super::parse_window;
+    use super::{advisories, parse_window};
 
     #[test]
     fn forbidden_patterns_validate_as_policies_compile_them() {
@@ -472,6 +487,17 @@ mod tests {
     }
 
     #[test]
+    fn hold_without_an_admin_token_is_valid_and_advised_against() {
+        let text = "agents:\n  a:\n    require_approval: [x]\n    approval_action: hold\n";
+        let c = load_from_str(text, "t").unwrap();
+        let said = advisories(&c);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("agents.a.approval_action"), "{said:?}");
+        let with_token = format!("{text}admin_token: t0ken\n");
+        assert!(advisories(&load_from_str(&with_token, "t").unwrap()).is_empty());
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("routes:\n  - name: a\n    path_prefix: v1\n    upstream: http://x\n", "routes[0].path_prefix"),
@@ -480,7 +506,6 @@ mod tests {
             ("routes: []\n", "routes"),
             ("budgets:\n  limits:\n    - scope: session\n      tokens: 10\n      window: 3w\n", "budgets.limits[0].window"),
             ("budgets:\n  limits:\n    - scope: agent\n", "budgets.limits[0].tokens"),
-            ("agents:\n  a:\n    require_approval: [x]\n    approval_action: hold\n", "agents.a.approval_action"),
             ("budgets:\n  limits:\n    - scope: agent\n      tokens: 100\n    - scope: agent\n      tokens: 80\n      action: observe\n", "budgets.limits[1]"),
             ("budgets:\n  limits:\n    - scope: session\n      usd: 1\n      window: 1d\n    - scope: session\n      tokens: 9\n      usd: 2\n      window: 24h\n", "with the window of budgets.limits[0]"),
             ("server:\n  header_read_timeout: 0s\n", "server.header_read_timeout"),

@@ -119,6 +119,7 @@ pub fn check_routes(config: &Config, origin: &str) -> Result<(), ConfigError> {
                     r.protocol,
                     RouteProtocol::names().join(", ")
                 ),
+                line: None,
             });
         }
     }

@@ -55,10 +55,8 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
             Event::MappingEnd | Event::SequenceEnd => {
                 stack.pop();
             }
-            Event::Scalar(..) | Event::Alias(..) => {
-                if node.as_deref() == Some(path) {
-                    return Some(span.start.line());
-                }
+            Event::Scalar(..) | Event::Alias(..) if node.as_deref() == Some(path) => {
+                return Some(span.start.line());
             }
             _ => {}
         }

@@ -277,13 +277,32 @@ fn output_messages(texts: Vec<String>, record: &ResponseRecord, failed: bool) ->
 
 /// The conventions' finish-reason enum from a provider's value.
 pub fn finish_reason(provider: Option<&str>) -> &'static str {
-    match provider.map(str::to_ascii_lowercase).as_deref() {
-        Some("length" | "max_tokens" | "incomplete" | "max_output_tokens") => "length",
+    // A Responses call states `status:reason` (`incomplete:max_output_tokens`): the reason
+    // says why it stopped.
+    let reason = provider.map(|p| p.rsplit(':').next().unwrap_or(p).to_ascii_lowercase());
+    match reason.as_deref() {
+        Some(
+            "length"
+            | "max_tokens"
+            | "incomplete"
+            | "max_output_tokens"
+            | "model_context_window_exceeded",
+        ) => "length",
         Some("tool_calls" | "tool_use" | "function_call") => "tool_call",
-        Some("content_filter" | "safety" | "recitation" | "refusal" | "blocklist") => {
+        // OpenAI, Gemini (its safety reasons), Anthropic, Bedrock (its guardrails).
+        Some(
             "content_filter"
-        }
-        Some("error" | "failed") => "error",
+            | "content_filtered"
+            | "guardrail_intervened"
+            | "safety"
+            | "image_safety"
+            | "recitation"
+            | "refusal"
+            | "blocklist"
+            | "prohibited_content"
+            | "spii",
+        ) => "content_filter",
+        Some("error" | "failed" | "malformed_function_call" | "unexpected_tool_call") => "error",
         _ => "stop",
     }
 }
@@ -330,6 +349,33 @@ fn truncate_strings(v: &mut Value, limit: usize) {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn every_providers_finish_reasons_map_to_the_conventions_values() {
+        for (provider, expected) in [
+            ("stop", "stop"),
+            ("end_turn", "stop"),
+            ("STOP", "stop"),
+            ("completed", "stop"),
+            ("length", "length"),
+            ("incomplete:max_output_tokens", "length"),
+            ("MAX_TOKENS", "length"),
+            ("model_context_window_exceeded", "length"),
+            ("tool_calls", "tool_call"),
+            ("tool_use", "tool_call"),
+            ("incomplete:content_filter", "content_filter"),
+            ("content_filtered", "content_filter"),
+            ("guardrail_intervened", "content_filter"),
+            ("PROHIBITED_CONTENT", "content_filter"),
+            ("SPII", "content_filter"),
+            ("refusal", "content_filter"),
+            ("MALFORMED_FUNCTION_CALL", "error"),
+            ("failed", "error"),
+        ] {
+            assert_eq!(finish_reason(Some(provider)), expected, "{provider}");
+        }
+        assert_eq!(finish_reason(None), "stop");
+    }
 
     fn policy() -> ContentPolicy {
         ContentPolicy::new(&[r"\d{3}-\d{2}-\d{4}".to_string()], 4096).unwrap()

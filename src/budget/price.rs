@@ -17,6 +17,21 @@ const ONE_HOUR_WRITE_FACTOR: f64 = 2.0;
 /// The factor of batch-billed usage when a price sets none: the OpenAI Batch API's 50 % discount.
 const DEFAULT_BATCH_FACTOR: f64 = 0.5;
 
+/// Whether `suffix` names a snapshot of a model rather than another model or version: a date
+/// (`20250929`, `2024-08-06`), a month and day (`0613`), or a three-digit revision (`001`).
+/// A one- or two-digit suffix is a version (`claude-opus-4-5` is not `claude-opus-4`).
+fn is_snapshot(suffix: &str) -> bool {
+    let b = suffix.as_bytes();
+    let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    match b.len() {
+        3 | 4 | 8 => digits(b),
+        10 => {
+            digits(&b[..4]) && b[4] == b'-' && digits(&b[5..7]) && b[7] == b'-' && digits(&b[8..])
+        }
+        _ => false,
+    }
+}
+
 /// How a call's usage was billed, beyond its token counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Billing {
@@ -42,8 +57,10 @@ impl Prices {
         }
     }
 
-    /// The price of `model`: an exact entry, else an entry the model extends with only a date
-    /// or version suffix (`gpt-4o-2024-08-06` → `gpt-4o`, but never `gpt-4o-mini` → `gpt-4o`).
+    /// The price of `model`: an exact entry, else an entry the model extends with only a
+    /// snapshot suffix (`gpt-4o-2024-08-06` → `gpt-4o`, `claude-sonnet-4-5-20250929` →
+    /// `claude-sonnet-4-5`, `gemini-2.0-flash-001` → `gemini-2.0-flash`), but never another
+    /// model (`gpt-4o-mini` → `gpt-4o`) or version (`claude-opus-4-5` → `claude-opus-4`).
     pub fn get(&self, model: &str) -> Option<&Price> {
         if let Some(p) = self.table.get(model) {
             return Some(p);
@@ -54,9 +71,7 @@ impl Prices {
                 model
                     .strip_prefix(k.as_str())
                     .and_then(|rest| rest.strip_prefix('-'))
-                    .is_some_and(|rest| {
-                        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit() || b == b'-')
-                    })
+                    .is_some_and(is_snapshot)
             })
             .max_by_key(|(k, _)| k.len())
             .map(|(_, p)| p)
@@ -327,6 +342,38 @@ mod tests {
         assert!(p.get("gpt-4o-mini").is_none());
         assert!(p.get("gpt-4o-").is_none());
         assert_eq!(p.estimate("unknown", 10, 10), 0);
+        // A version is another model: Opus 4.5 is not priced as Opus 4 (3x dearer).
+        let mut table = BTreeMap::new();
+        for (name, input) in [
+            ("claude-opus-4", 15.0),
+            ("gpt-4", 30.0),
+            ("gemini-2.0-flash", 0.1),
+        ] {
+            table.insert(
+                name.to_string(),
+                Price {
+                    input,
+                    output: input,
+                    cached_input: None,
+                    cache_creation_input: None,
+                    cache_creation_input_1h: None,
+                    batch: None,
+                    audio_input: None,
+                    cached_audio_input: None,
+                    audio_output: None,
+                },
+            );
+        }
+        let p = Prices::new(&table);
+        assert!(p.get("claude-opus-4-5-20251101").is_none());
+        assert!(p.get("claude-opus-4-5").is_none());
+        assert!(p.get("claude-opus-4-1").is_none());
+        assert!(p.get("claude-opus-4-20250514").is_some());
+        assert!(p.get("gpt-4-0613").is_some());
+        assert!(p.get("gpt-4-2024-04-09").is_some());
+        assert!(p.get("gemini-2.0-flash-001").is_some());
+        assert!(p.get("gpt-4-32k").is_none());
+        assert!(p.get("gpt-4-2024-04-9").is_none());
     }
 
     #[test]

@@ -16,7 +16,10 @@ RATE = "$__rate_interval"
 AGENT = 'agent=~"$agent"'
 ROUTE = 'route=~"$route"'
 MODEL = 'model=~"$model"'
-GEN_AI = 'agent=~"$agent", gen_ai_request_model=~"$model"'
+# `$model` lists served models (tokenwarden_tokens_total's `model`): the GenAI series are
+# filtered by their served model too, or a dated name (gpt-4o-2024-08-06 served for gpt-4o)
+# would empty their panels.
+GEN_AI = 'agent=~"$agent", gen_ai_response_model=~"$model"'
 
 
 def variables(with_route=True, with_model=True):

@@ -126,6 +126,29 @@ fn every_query_uses_exported_metrics() {
     }
 }
 
+/// `$model` lists served models (`tokenwarden_tokens_total`'s `model`), so every GenAI series
+/// is filtered by its served model: filtered by the requested one, a dated served name (an
+/// alias resolved upstream) would empty the latency and token panels.
+#[test]
+fn the_model_variable_filters_the_label_it_lists() {
+    for (name, b) in boards() {
+        let vars = b["templating"]["list"].as_array().unwrap();
+        let Some(model) = vars.iter().find(|v| v["name"] == "model") else {
+            continue;
+        };
+        assert_eq!(
+            model["definition"], "label_values(tokenwarden_tokens_total, model)",
+            "{name}"
+        );
+        for e in exprs(&b) {
+            assert!(
+                !e.contains("gen_ai_request_model=~\"$model\""),
+                "{name}: a served-model variable filters the requested model: {e}"
+            );
+        }
+    }
+}
+
 #[test]
 fn committed_json_is_what_the_generator_makes() {
     let out = Command::new("python3")

@@ -53,6 +53,36 @@ async fn slowloris_connection_is_closed_at_the_header_timeout_while_others_are_s
     assert_eq!(m.stats().requests, 1);
 }
 
+/// A client that connects and sends nothing is closed at the header timeout too (before its
+/// first byte hyper does not know the protocol, and its own timer has not started).
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_header_timeout() {
+    let m = mock().await;
+    let p = TestProxy::to("silent", m.addr(), "server:\n  header_read_timeout: 1s\n").await;
+    let mut silent = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection still open after 10 s: {closed:?}"
+    );
+    // One that speaks after a moment within the timeout is served.
+    let mut late = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{CHAT}",
+        CHAT.len()
+    );
+    late.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    late.read_to_end(&mut out).await.unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
 #[tokio::test]
 async fn content_length_plus_transfer_encoding_smuggles_nothing() {
     let m = mock().await;

@@ -2,7 +2,9 @@
 //!
 //! Hardening lives in the builder: hyper's header-read timeout only works with a timer set, so
 //! one is always set (a slowloris client is dropped); header count and size are bounded; HTTP/2
-//! bounds concurrent streams, header list size and locally reset streams.
+//! bounds concurrent streams, header list size and locally reset streams, and pings idle
+//! clients. A client that sends nothing at all is dropped after `header_read_timeout` by the
+//! connection's I/O wrapper ([`WriteTimeout`]): hyper's timer starts only once it has bytes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,9 +36,18 @@ pub(super) fn proxy_builder(cfg: &ServerConfig) -> auto::Builder<TokioExecutor> 
         .max_concurrent_streams(cfg.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .max_local_error_reset_streams(Some(1024))
-        .max_pending_accept_reset_streams(Some(64));
+        .max_pending_accept_reset_streams(Some(64))
+        // A client that vanished without closing (no FIN: a node gone, a network cut) is found
+        // by an unanswered ping; an idle HTTP/2 connection has no other timeout.
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     b
 }
+
+/// How often an HTTP/2 client connection is pinged.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(60);
+/// How long a ping may go unanswered before the connection is closed.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Serve proxy connections until `stop` turns true, then drain them gracefully for `grace`;
 /// connections still open then are dropped, and this returns once they are gone.
@@ -77,7 +88,11 @@ pub(super) async fn serve_proxy(
                 let _ = stream.set_nodelay(true);
                 let proxy = proxy.clone();
                 let svc = service_fn(move |req| proxy.clone().serve(req));
-                let io = WriteTimeout::new(TokioIo::new(stream), cfg.write_timeout);
+                let io = WriteTimeout::new(
+                    TokioIo::new(stream),
+                    cfg.write_timeout,
+                    cfg.header_read_timeout,
+                );
                 // With upgrades: a WebSocket session (the Realtime API) takes the connection
                 // over once the proxy answers 101.
                 let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();

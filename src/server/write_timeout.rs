@@ -6,6 +6,11 @@
 //! `timeout` without a byte accepted, it fails with `TimedOut`, hyper closes the connection, the
 //! response body is dropped (cancelling the upstream request) and the call finishes as
 //! `client_gone`.
+//!
+//! The same timer bounds the wait for a connection's first byte: hyper's header-read timeout
+//! starts only once the server knows the protocol, and the auto builder learns it from the
+//! client's first bytes, so a client that connects and sends nothing would hold its socket for
+//! good. Nothing is written before the first byte, so the one timer serves both.
 
 use std::future::Future;
 use std::io;
@@ -24,16 +29,21 @@ pub struct WriteTimeout<T> {
     /// connection, reset in place.
     stalled: Pin<Box<Sleep>>,
     armed: bool,
+    /// No byte read yet: a pending read fails once `stalled` (set to the first-byte deadline)
+    /// fires.
+    awaiting_first: bool,
 }
 
 impl<T> WriteTimeout<T> {
-    /// Wrap `inner`: a write pending for `timeout` fails.
-    pub fn new(inner: T, timeout: Duration) -> Self {
+    /// Wrap `inner`: a write pending for `timeout` fails, and so does waiting longer than
+    /// `first_byte` for the client's first byte.
+    pub fn new(inner: T, timeout: Duration, first_byte: Duration) -> Self {
         Self {
             inner,
             timeout,
-            stalled: Box::pin(tokio::time::sleep(timeout)),
+            stalled: Box::pin(tokio::time::sleep(first_byte)),
             armed: false,
+            awaiting_first: true,
         }
     }
 }
@@ -74,7 +84,23 @@ impl<T: Read + Unpin> Read for WriteTimeout<T> {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        if !self.awaiting_first {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            // Bytes, or the end (which ends the connection anyway): the wait is over.
+            Poll::Ready(r) => {
+                self.awaiting_first = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.stalled.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client sent nothing in time",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 

@@ -80,7 +80,8 @@ impl Prices {
     /// Nano-USD for `usage` on `model`; 0 when the model has no price. Cached and cache-written
     /// input use their own prices when given, else the input price (one-hour writes: 2 × input).
     pub fn cost(&self, model: &str, usage: &Usage) -> u64 {
-        self.get(model).map_or(0, |p| price_of(p, usage, None))
+        self.get(model)
+            .map_or(0, |p| price_of(&at_length(p, usage.input), usage, None))
     }
 
     /// Nano-USD per model for a call `model` served whose `usage` includes sub-calls on other
@@ -95,7 +96,8 @@ impl Prices {
         billing: Billing,
     ) -> Vec<u64> {
         let own = others.iter().fold(*usage, |u, o| u.minus(&o.usage));
-        let served = self.get(model);
+        // The serving model's rates by the call's whole input (its length decides them).
+        let served = self.get(model).map(|p| at_length(p, own.input));
         let priced = |p: &Price, u: &Usage, audio: Option<&AudioTokens>| {
             let full = price_of(p, u, audio);
             if billing.batch {
@@ -104,11 +106,12 @@ impl Prices {
                 full
             }
         };
-        std::iter::once(served.map_or(0, |p| priced(p, &own, billing.audio.as_ref())))
+        std::iter::once(served.map_or(0, |p| priced(&p, &own, billing.audio.as_ref())))
             .chain(others.iter().map(|o| {
                 self.get(&o.model)
+                    .map(|p| at_length(p, o.usage.input))
                     .or(served)
-                    .map_or(0, |p| priced(p, &o.usage, None))
+                    .map_or(0, |p| priced(&p, &o.usage, None))
             }))
             .collect()
     }
@@ -134,6 +137,7 @@ impl Prices {
         let Some(p) = self.get(model) else {
             return 0;
         };
+        let p = &at_length(p, Some(input));
         let one_hour = p.cache_creation_input_1h.or(p
             .cache_creation_input
             .map(|_| p.input * ONE_HOUR_WRITE_FACTOR));
@@ -144,6 +148,22 @@ impl Prices {
         let output_rate = p.audio_output.map_or(p.output, |a| a.max(p.output));
         let per_million = input as f64 * input_rate + output as f64 * output_rate;
         (per_million * 1e3).round() as u64
+    }
+}
+
+/// The prices a call with `input` tokens of input pays: the long-context ones past their
+/// threshold, else `p` itself.
+fn at_length(p: &Price, input: Option<u64>) -> Price {
+    match p.long_context {
+        Some(l) if input.unwrap_or(0) > l.above => Price {
+            input: l.input,
+            output: l.output,
+            cached_input: l.cached_input,
+            cache_creation_input: l.cache_creation_input,
+            cache_creation_input_1h: l.cache_creation_input_1h,
+            ..*p
+        },
+        _ => *p,
     }
 }
 
@@ -193,6 +213,7 @@ mod tests {
                 audio_input: None,
                 cached_audio_input: None,
                 audio_output: None,
+                long_context: None,
             },
         );
         t.insert(
@@ -207,6 +228,7 @@ mod tests {
                 audio_input: None,
                 cached_audio_input: None,
                 audio_output: None,
+                long_context: None,
             },
         );
         t.insert(
@@ -221,6 +243,7 @@ mod tests {
                 audio_input: None,
                 cached_audio_input: None,
                 audio_output: None,
+                long_context: None,
             },
         );
         Prices::new(&t)
@@ -287,6 +310,7 @@ mod tests {
                 audio_input: Some(32.0),
                 cached_audio_input: None,
                 audio_output: Some(64.0),
+                long_context: None,
             },
         );
         let p = Prices::new(&t);
@@ -335,6 +359,48 @@ mod tests {
         assert!(p.cost("claude-opus-4-7", &written) <= p.estimate("claude-opus-4-7", 1000, 100));
     }
 
+    /// Past its threshold every token of the call is billed at the long-context rates (Claude
+    /// Sonnet 4.5 with 1M context, Gemini 2.5 Pro over 200k); at or below it, the plain ones.
+    #[test]
+    fn a_long_input_bills_the_whole_call_at_the_long_context_prices() {
+        let mut table = BTreeMap::new();
+        let text = "input: 3\noutput: 15\ncached_input: 0.3\nlong_context: { above: 200000, input: 6, output: 22.5, cached_input: 0.6 }\n";
+        let price: Price = serde_saphyr::from_str(text).unwrap();
+        table.insert("claude-sonnet-4-5".to_string(), price);
+        let p = Prices::new(&table);
+        let call = |input: u64, cached: u64| Usage {
+            input: Some(input),
+            cached_input: Some(cached),
+            output: Some(1000),
+            ..Usage::default()
+        };
+        // 200,000 input: plain rates. 190k plain × 3 + 10k cached × 0.3 + 1k out × 15.
+        assert_eq!(
+            p.cost("claude-sonnet-4-5", &call(200_000, 10_000)),
+            ((190_000.0 * 3.0 + 10_000.0 * 0.3 + 1000.0 * 15.0) * 1e3_f64).round() as u64
+        );
+        // 200,001: every token at the long rates, cache reads included.
+        assert_eq!(
+            p.cost("claude-sonnet-4-5", &call(200_001, 10_000)),
+            ((190_001.0 * 6.0 + 10_000.0 * 0.6 + 1000.0 * 22.5) * 1e3_f64).round() as u64
+        );
+        // A reservation of a long input is priced at them too.
+        assert_eq!(
+            p.estimate("claude-sonnet-4-5", 300_000, 0),
+            (300_000.0 * 6.0 * 1e3_f64).round() as u64
+        );
+        let parts = p.cost_parts(
+            "claude-sonnet-4-5",
+            &call(250_000, 0),
+            &[],
+            Billing::default(),
+        );
+        assert_eq!(
+            parts,
+            vec![((250_000.0 * 6.0 + 1000.0 * 22.5) * 1e3_f64).round() as u64]
+        );
+    }
+
     #[test]
     fn dated_models_match_but_other_models_do_not() {
         let p = prices();
@@ -361,6 +427,7 @@ mod tests {
                     audio_input: None,
                     cached_audio_input: None,
                     audio_output: None,
+                    long_context: None,
                 },
             );
         }

@@ -558,6 +558,33 @@ pub struct Price {
     /// Audio output (Realtime API); unset → the output price.
     #[serde(default)]
     pub audio_output: Option<f64>,
+    /// Dearer prices for the whole call when its input is long (Gemini 2.5 Pro and Claude's 1M
+    /// context bill every token of a call over 200k input tokens at higher rates).
+    #[serde(default)]
+    pub long_context: Option<LongContextPrice>,
+}
+
+/// The prices of a call whose input tokens (cached and cache writes included) exceed `above`.
+/// Keys left out default as in a plain entry, from this entry's `input`; audio and batch keys are
+/// the model's.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongContextPrice {
+    /// Input tokens past which these prices apply.
+    pub above: u64,
+    /// Uncached input.
+    pub input: f64,
+    /// Output.
+    pub output: f64,
+    /// Cache reads; unset → this entry's `input`.
+    #[serde(default)]
+    pub cached_input: Option<f64>,
+    /// Five-minute cache writes; unset → this entry's `input`.
+    #[serde(default)]
+    pub cache_creation_input: Option<f64>,
+    /// One-hour cache writes; unset → 2 × this entry's `input`.
+    #[serde(default)]
+    pub cache_creation_input_1h: Option<f64>,
 }
 
 /// Policies for one agent.

@@ -253,10 +253,32 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             p.cached_audio_input,
             p.audio_output,
         ];
-        if all.into_iter().flatten().any(|v| !v.is_finite() || v < 0.0) {
+        let long = p.long_context.map(|l| {
+            [
+                Some(l.input),
+                Some(l.output),
+                l.cached_input,
+                l.cache_creation_input,
+                l.cache_creation_input_1h,
+            ]
+        });
+        let bad = |v: f64| !v.is_finite() || v < 0.0;
+        if all.into_iter().flatten().any(bad) {
             return Err(invalid(
                 &format!("pricing.{model}"),
                 "prices must be finite and >= 0",
+            ));
+        }
+        if long.is_some_and(|l| l.into_iter().flatten().any(bad)) {
+            return Err(invalid(
+                &format!("pricing.{model}.long_context"),
+                "prices must be finite and >= 0",
+            ));
+        }
+        if p.long_context.is_some_and(|l| l.above == 0) {
+            return Err(invalid(
+                &format!("pricing.{model}.long_context.above"),
+                "must be > 0 (input tokens past which the long-context prices apply)",
             ));
         }
         if p.batch
@@ -519,6 +541,8 @@ mod tests {
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    batch: 1.5\n", "pricing.m.batch"),
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    batch: 0\n", "pricing.m.batch"),
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    audio_output: -1\n", "pricing.m"),
+            ("pricing:\n  m:\n    input: 1\n    output: 2\n    long_context: { above: 0, input: 2, output: 4 }\n", "pricing.m.long_context.above"),
+            ("pricing:\n  m:\n    input: 1\n    output: 2\n    long_context: { above: 9, input: -2, output: 4 }\n", "pricing.m.long_context"),
             ("budgets:\n  store:\n    kind: redis_cluster\n", "budgets.store.nodes"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n    nodes: [redis://a:7000]\n", "kind: redis_cluster"),
             ("budgets:\n  store:\n    kind: redis\n    url: redis://h\n  leases:\n    scopes: [session]\n", "budgets.leases.scopes"),

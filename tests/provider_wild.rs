@@ -237,6 +237,41 @@ async fn groq_usage_only_in_x_groq_is_read() {
 }
 
 #[tokio::test]
+async fn openrouter_under_an_api_base_path_is_read_as_openai_chat() {
+    // OpenRouter's base URL is https://openrouter.ai/api/v1: the upstream path is
+    // `/api/v1/chat/completions`, which is not Ollama's, whatever `/api/` suggests.
+    let up = fixture_upstream().await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: openrouter\n    path_prefix: /openrouter\n    strip_prefix: true\n    upstream: http://{up}/api\n"
+    ))
+    .await;
+    let text = replay(
+        &p,
+        &Case {
+            agent: "wild-openrouter-api",
+            path: "/openrouter/v1/chat/completions",
+            fixture: "wild/openrouter/chat_cache_write.json",
+            request: CHAT_JSON,
+            expect: &[(
+                "anthropic/claude-sonnet-4.5",
+                &[("input", 2100.0), ("output", 40.0)],
+            )],
+        },
+    )
+    .await;
+    let requests = metric_value(
+        &text,
+        "tokenwarden_requests_total",
+        &[
+            ("agent", "wild-openrouter-api"),
+            ("provider", "openai"),
+            ("operation", "chat"),
+        ],
+    );
+    assert_eq!(requests, 1.0, "{text}");
+}
+
+#[tokio::test]
 async fn cache_writes_of_openai_compatible_servers_are_counted() {
     let p = proxy().await;
     for case in [

@@ -130,6 +130,13 @@ fn answer(path: &str) -> Reply {
             "text/event-stream; charset=utf-8",
             fixture("corpus/anthropic/sse_text.response.sse"),
         )
+    } else if path.ends_with("/chat/completions") {
+        // Vertex's OpenAI-compatible endpoint answers in OpenAI Chat's shape.
+        reply(
+            200,
+            json,
+            fixture("corpus/openai-chat/json_text.response.json"),
+        )
     } else if path.contains(":streamGenerateContent") {
         reply(
             200,
@@ -628,6 +635,33 @@ async fn auto_routes_recognise_vertex_paths_before_gemini() {
         ),
         1.0
     );
+}
+
+#[tokio::test]
+async fn vertex_openai_compatible_endpoint_is_read_as_openai_chat() {
+    // `…/endpoints/openapi/chat/completions` names no publisher: neither Vertex format's own
+    // path, but OpenAI Chat bodies, read as such and labelled Vertex's.
+    let (up, _) = upstream(Vec::new()).await;
+    let path = "/v1/projects/p1/locations/us-central1/endpoints/openapi/chat/completions";
+    let body =
+        r#"{"model":"google/gemini-2.0-flash-001","messages":[{"role":"user","content":"hi"}]}"#;
+    for protocol in ["vertex", "auto"] {
+        let p = proxy("vertex-openapi", protocol, up).await;
+        let agent = format!("vx-openapi-{protocol}");
+        let (resp, _) = post(&p.url(path), &[("x-agent-name", &agent)], body).await;
+        assert_eq!(resp.status(), 200);
+        let text = p.metrics().await;
+        assert_eq!(
+            tokens(&text, &agent),
+            (12.0, 5.0, 0.0),
+            "{protocol}\n{text}"
+        );
+        assert_eq!(
+            calls_with(&text, &agent, "gen_ai_provider_name", "gcp.vertex_ai"),
+            1.0,
+            "{protocol}"
+        );
+    }
 }
 
 /// boto3's `bedrock-runtime` client, with `endpoint_url` at the proxy and dummy credentials:

@@ -949,3 +949,47 @@ async fn an_encoded_path_is_budgeted_as_the_call_the_upstream_serves() {
     }
     assert_eq!(m.stats().requests, 0, "nothing went upstream");
 }
+
+#[tokio::test]
+async fn tokens_of_a_model_without_a_price_are_counted_as_unpriced() {
+    // `pricing` prices gpt-4o; the upstream serves gpt-4o-mini-2024-07-18 (12 in, 5 out), which
+    // neither it nor a dated fallback prices: cost 0, but the tokens are counted as unpriced.
+    let up = fixture_upstream().await;
+    let p = TestProxy::to(
+        "unpriced",
+        up,
+        "pricing:\n  gpt-4o: { input: 2.50, output: 10.00 }\n",
+    )
+    .await;
+    let headers = [
+        ("x-agent-name", "unpriced"),
+        ("x-fixture", "corpus/openai-chat/json_text.response.json"),
+    ];
+    for _ in 0..2 {
+        let (resp, _) = post(&p.url("/v1/chat/completions"), &headers, CHAT).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let text = p.metrics().await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "tokenwarden_unpriced_tokens_total",
+            &[("model", "gpt-4o-mini-2024-07-18")]
+        ),
+        34.0,
+        "{text}"
+    );
+    // A priced model's calls (gpt-4o-2024-11-20, dated: gpt-4o's price) are not unpriced.
+    let headers = [
+        ("x-agent-name", "unpriced"),
+        ("x-fixture", "wild/azure/chat_prompt_filter.json"),
+    ];
+    let (resp, _) = post(&p.url("/v1/chat/completions"), &headers, CHAT).await;
+    assert_eq!(resp.status(), 200);
+    let text = p.metrics().await;
+    assert!(
+        text.contains("tokenwarden_cost_usd_total{agent=\"unpriced\",model=\"gpt-4o-2024-11-20\"}"),
+        "{text}"
+    );
+    assert!(!text.contains("tokenwarden_unpriced_tokens_total{model=\"gpt-4o-2024-11-20\"}"));
+}

@@ -16,6 +16,7 @@ const FIXTURES: &str = FIXTURE_DIR;
 const PRICING: &str = "pricing:
   claude-sonnet-4-6: { input: 3.00, output: 15.00, cached_input: 0.30, cache_creation_input: 3.75 }
   claude-opus-4-7: { input: 5.00, output: 25.00, cached_input: 0.50, cache_creation_input: 6.25 }
+  gpt-4o-audio-preview: { input: 2.50, output: 10.00, audio_input: 40.00, audio_output: 80.00 }
 ";
 
 const CHAT_PATH: &str = "/v1/chat/completions";
@@ -234,6 +235,78 @@ async fn groq_usage_only_in_x_groq_is_read() {
             case.agent
         );
     }
+}
+
+#[tokio::test]
+async fn chat_audio_tokens_are_priced_at_the_audio_rates() {
+    // gpt-4o-audio-preview states its audio apart in `prompt_tokens_details.audio_tokens` and
+    // `completion_tokens_details.audio_tokens`; audio costs 8x text here.
+    let p = proxy().await;
+    for (agent, fixture, request) in [
+        ("wild-chat-audio", "wild/openai/chat_audio.json", CHAT_JSON),
+        (
+            "wild-chat-audio-stream",
+            "wild/openai/chat_audio_stream.sse",
+            CHAT_STREAM,
+        ),
+    ] {
+        let text = replay(
+            &p,
+            &Case {
+                agent,
+                path: CHAT_PATH,
+                fixture,
+                request,
+                expect: &[(
+                    "gpt-4o-audio-preview-2024-10-01",
+                    &[("input", 117.0), ("output", 781.0)],
+                )],
+            },
+        )
+        .await;
+        // 17 text + 100 audio in; 193 text + 588 audio out.
+        let usd = (17.0 * 2.5 + 100.0 * 40.0 + 193.0 * 10.0 + 588.0 * 80.0) / 1e6;
+        assert_usd(
+            cost(&text, agent, "gpt-4o-audio-preview-2024-10-01"),
+            usd,
+            agent,
+        );
+    }
+}
+
+#[tokio::test]
+async fn openrouter_under_an_api_base_path_is_read_as_openai_chat() {
+    // OpenRouter's base URL is https://openrouter.ai/api/v1: the upstream path is
+    // `/api/v1/chat/completions`, which is not Ollama's, whatever `/api/` suggests.
+    let up = fixture_upstream().await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: openrouter\n    path_prefix: /openrouter\n    strip_prefix: true\n    upstream: http://{up}/api\n"
+    ))
+    .await;
+    let text = replay(
+        &p,
+        &Case {
+            agent: "wild-openrouter-api",
+            path: "/openrouter/v1/chat/completions",
+            fixture: "wild/openrouter/chat_cache_write.json",
+            request: CHAT_JSON,
+            expect: &[(
+                "anthropic/claude-sonnet-4.5",
+                &[("input", 2100.0), ("output", 40.0)],
+            )],
+        },
+    )
+    .await;
+    let requests = metric_value(
+        &text,
+        "tokenwarden_requests_total",
+        &[
+            ("agent", "wild-openrouter-api"),
+            ("provider", "openai"),
+            ("operation", "chat"),
+        ],
+    );
+    assert_eq!(requests, 1.0, "{text}");
 }
 
 #[tokio::test]

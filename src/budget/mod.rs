@@ -53,6 +53,10 @@ const PRUNE_BATCH: usize = 200;
 /// Alerts remembered for de-duplication before the memory is cleared.
 const MAX_ALERT_MEMORY: usize = 100_000;
 
+/// Unpriced models a warning was logged for; past this many, further ones are only counted
+/// (`tokenwarden_unpriced_tokens_total`), so a client naming models cannot grow the set.
+const MAX_UNPRICED_WARNED: usize = 256;
+
 /// The budget service, shared by every request.
 pub struct Budgets {
     limits: Vec<Limit>,
@@ -90,6 +94,8 @@ pub struct Budgets {
     ratio_gauges: Handles<Option<Arc<str>>, metrics::Gauge>,
     /// `tokenwarden_cost_usd_total` by (agent, model).
     cost_gauges: Handles<(Arc<str>, Arc<str>), metrics::Gauge>,
+    /// Model labels whose missing price was logged once (at most [`MAX_UNPRICED_WARNED`]).
+    unpriced_warned: Mutex<std::collections::HashSet<Arc<str>>>,
     /// Scope instances a shared store last showed near a limit (their calls skip the
     /// optimistic round trip); none for the memory store, where a try costs no round trip.
     near: Option<near::Near>,
@@ -439,6 +445,7 @@ impl Budgets {
             leases: DashMap::new(),
             ratio_gauges: Handles::default(),
             cost_gauges: Handles::default(),
+            unpriced_warned: Mutex::default(),
             lease_ttl: b.store.reservation_lease,
             session_retention: b.session_retention,
             task_retention: b.task_retention,
@@ -451,6 +458,22 @@ impl Budgets {
             }),
             leased_scopes: b.leases.scopes.clone(),
         })))
+    }
+
+    /// Tokens a model without a price spent while `pricing` prices others: they cost 0, so
+    /// no USD limit sees them. Counted by (capped) model label, and logged once per model.
+    fn unpriced(&self, label: &Arc<str>, tokens: u64) {
+        counter!(m::UNPRICED_TOKENS_TOTAL, "model" => label.to_string()).increment(tokens);
+        let mut warned = self
+            .unpriced_warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if warned.len() < MAX_UNPRICED_WARNED && warned.insert(label.clone()) {
+            tracing::warn!(
+                model = %label,
+                "model has no price in `pricing`: its calls cost 0 and USD limits do not count them"
+            );
+        }
     }
 
     /// Whether any limit is configured (else only cost is recorded and admission is free).
@@ -1563,9 +1586,27 @@ impl Admission {
             .clone()
             .unwrap_or_else(|| Arc::from("unknown"));
         let labels = std::iter::once(served).chain(spent.other_labels.iter().cloned());
+        // Each part's model and tokens, to tell the parts no price covers (a sub-call on a
+        // model without a price is priced as the serving model, so it is unpriced only when
+        // that one is too).
+        let own = spent
+            .other_models
+            .iter()
+            .fold(usage, |u, o| u.minus(&o.usage));
+        let served_unpriced = b.prices.unpriced(model);
+        let unpriced = std::iter::once((served_unpriced, own)).chain(
+            spent
+                .other_models
+                .iter()
+                .map(|o| (served_unpriced && b.prices.unpriced(&o.model), o.usage)),
+        );
         let mut cost = 0u64;
-        for (part, label) in parts.into_iter().zip(labels) {
+        for ((part, label), (unpriced, u)) in parts.into_iter().zip(labels).zip(unpriced) {
             cost = cost.saturating_add(part);
+            let tokens = u.input.unwrap_or(0).saturating_add(u.output.unwrap_or(0));
+            if unpriced && tokens > 0 {
+                b.unpriced(&label, tokens);
+            }
             if part > 0 {
                 // The metrics facade's counters are integers: a float gauge that only ever grows
                 // carries USD exactly enough and behaves as a counter for rate() and increase().

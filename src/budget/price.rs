@@ -77,6 +77,13 @@ impl Prices {
             .map(|(_, p)| p)
     }
 
+    /// Whether `model` has no price (nor a dated fallback) while the table prices others: its
+    /// usage costs 0 where the operator expects a cost. An empty table prices nothing on
+    /// purpose (token limits only), so nothing is unpriced then.
+    pub fn unpriced(&self, model: &str) -> bool {
+        !self.table.is_empty() && self.get(model).is_none()
+    }
+
     /// Nano-USD for `usage` on `model`; 0 when the model has no price. Cached and cache-written
     /// input use their own prices when given, else the input price (one-hour writes: 2 × input).
     pub fn cost(&self, model: &str, usage: &Usage) -> u64 {
@@ -398,6 +405,17 @@ mod tests {
         assert_eq!(
             parts,
             vec![((250_000.0 * 6.0 + 1000.0 * 22.5) * 1e3_f64).round() as u64]
+        );
+    }
+
+    #[test]
+    fn a_model_is_unpriced_only_when_the_table_prices_others() {
+        let p = prices();
+        assert!(p.unpriced("gpt-4o-mini"));
+        assert!(!p.unpriced("gpt-4o-2024-08-06"), "a dated name falls back");
+        assert!(
+            !Prices::default().unpriced("gpt-4o-mini"),
+            "no pricing at all"
         );
     }
 

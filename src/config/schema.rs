@@ -549,13 +549,13 @@ pub struct Price {
     /// output file); unset → 0.5, OpenAI's Batch API discount.
     #[serde(default)]
     pub batch: Option<f64>,
-    /// Audio input (Realtime API); unset → the input price.
+    /// Audio input (Realtime API, Chat Completions audio models); unset → the input price.
     #[serde(default)]
     pub audio_input: Option<f64>,
     /// Audio input read from the provider's cache; unset → the cached input price.
     #[serde(default)]
     pub cached_audio_input: Option<f64>,
-    /// Audio output (Realtime API); unset → the output price.
+    /// Audio output (Realtime API, Chat Completions audio models); unset → the output price.
     #[serde(default)]
     pub audio_output: Option<f64>,
     /// Dearer prices for the whole call when its input is long (Gemini 2.5 Pro and Claude's 1M

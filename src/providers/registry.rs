@@ -47,7 +47,8 @@ registry! {
     Anthropic => super::anthropic::Anthropic,
     /// Gemini generateContent / streamGenerateContent.
     Gemini => super::gemini::Gemini,
-    /// Ollama native `/api/chat` and `/api/generate` (NDJSON streams).
+    /// Ollama native `/api/chat` and `/api/generate` (NDJSON streams); claims only its own
+    /// `/api/` endpoints, so it may sit before the OpenAI fallback.
     Ollama => super::ollama::Ollama,
     /// OpenAI Batch API output files (`/v1/files/{id}/content`).
     OpenAiBatch => super::openai_batch::OpenAiBatch,

@@ -21,8 +21,8 @@ pub struct Usage {
     pub total: Option<u64>,
 }
 
-/// Audio tokens within a response's usage (the Realtime API states them apart): subsets of
-/// [`Usage`]'s `input`, `cached_input` and `output`, priced apart.
+/// Audio tokens within a response's usage (the Realtime API and Chat Completions' audio models
+/// state them apart): subsets of [`Usage`]'s `input`, `cached_input` and `output`, priced apart.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AudioTokens {
     /// Audio input tokens (cached ones included).

@@ -91,6 +91,9 @@ pub const BUDGET_WARN_CROSSED_TOTAL: &str = "tokenwarden_budget_warn_crossed_tot
 pub const BUDGET_EXCEEDED_TOTAL: &str = "tokenwarden_budget_exceeded_total";
 /// Spend in USD by agent and model (a gauge that only grows: the facade's counters are integers).
 pub const COST_USD_TOTAL: &str = "tokenwarden_cost_usd_total";
+/// Tokens of models `pricing` has no price for (while it prices others), by model: spend that
+/// costs 0 and that no USD limit sees.
+pub const UNPRICED_TOKENS_TOTAL: &str = "tokenwarden_unpriced_tokens_total";
 /// Spend in USD per priced call, by agent and model: the cost panels' link to traces (exemplars).
 pub const CALL_COST_USD: &str = "tokenwarden_call_cost_usd";
 /// Used fraction of agent and global limits.
@@ -680,6 +683,11 @@ fn describe() {
     describe_gauge!(
         COST_USD_TOTAL,
         "Spend in USD by agent and model, from the pricing table (only grows)."
+    );
+    describe_counter!(
+        UNPRICED_TOKENS_TOTAL,
+        Unit::Count,
+        "Tokens (input and output) of models pricing has no price for while it prices others: recorded at cost 0, unseen by USD limits, by model."
     );
     describe_gauge!(
         BUDGET_USED_RATIO,

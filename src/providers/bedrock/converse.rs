@@ -98,6 +98,49 @@ struct TokenUsage {
     cache_read_input_tokens: Option<u64>,
     #[serde(default)]
     cache_write_input_tokens: Option<u64>,
+    /// `cacheDetails`: the cache writes by TTL (`5m` | `1h`), kept as the one-hour writes
+    /// (priced at their own, higher rate) and every write the breakdown states.
+    #[serde(default, deserialize_with = "writes_by_ttl")]
+    cache_details: Option<WritesByTtl>,
+}
+
+/// What `cacheDetails` says: one-hour writes and all writes.
+#[derive(Clone, Copy)]
+struct WritesByTtl {
+    one_hour: u64,
+    total: u64,
+}
+
+/// One entry of `cacheDetails`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CacheDetail {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// `cacheDetails` summed by TTL; `null` is no breakdown.
+fn writes_by_ttl<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<WritesByTtl>, D::Error> {
+    let entries: Option<Vec<CacheDetail>> = Deserialize::deserialize(d)?;
+    Ok(entries.map(|entries| {
+        entries.iter().fold(
+            WritesByTtl {
+                one_hour: 0,
+                total: 0,
+            },
+            |acc, e| {
+                let n = e.input_tokens.unwrap_or(0);
+                WritesByTtl {
+                    one_hour: acc
+                        .one_hour
+                        .saturating_add(if e.ttl.as_deref() == Some("1h") { n } else { 0 }),
+                    total: acc.total.saturating_add(n),
+                }
+            },
+        )
+    }))
 }
 
 /// A whole Converse response.
@@ -149,7 +192,10 @@ struct AwsError {
 impl TokenUsage {
     fn to_usage(self) -> Usage {
         let read = self.cache_read_input_tokens;
-        let written = self.cache_write_input_tokens;
+        // `cacheWriteInputTokens` counts every write; the breakdown stands in when it is absent.
+        let written = self
+            .cache_write_input_tokens
+            .or(self.cache_details.map(|d| d.total));
         Usage {
             input: Some(
                 self.input_tokens
@@ -160,7 +206,11 @@ impl TokenUsage {
             output: self.output_tokens,
             cached_input: read,
             cache_creation_input: written,
-            cache_creation_1h: None,
+            // One-hour writes are billed at their own rate (2x input for Claude, against 1.25x
+            // for five-minute ones): as Anthropic's `ephemeral_1h_input_tokens`.
+            cache_creation_1h: self
+                .cache_details
+                .map(|d| d.one_hour.min(written.unwrap_or(d.one_hour))),
             reasoning: None,
             total: self.total_tokens,
         }
@@ -295,4 +345,42 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
         });
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::bedrock::framed::Messages;
+
+    const USAGE: &str = r#"{"inputTokens":10,"outputTokens":20,"totalTokens":3530,"cacheReadInputTokens":0,"cacheWriteInputTokens":3500,"cacheDetails":[{"inputTokens":500,"ttl":"5m"},{"inputTokens":3000,"ttl":"1h"}]}"#;
+
+    #[test]
+    fn one_hour_cache_writes_are_read_from_cache_details() {
+        // A whole Converse body.
+        let body = format!(
+            r#"{{"output":{{"message":{{"role":"assistant","content":[{{"text":"hi"}}]}}}},"stopReason":"end_turn","usage":{USAGE}}}"#
+        );
+        let mut r = ResponseRecord::default();
+        assert!(parse_json(body.as_bytes(), &mut r));
+        assert_eq!(r.usage.input, Some(3510));
+        assert_eq!(r.usage.cache_creation_input, Some(3500));
+        assert_eq!(r.usage.cache_creation_1h, Some(3000));
+        // ConverseStream's metadata event.
+        let mut s = Stream::default();
+        let meta = format!(r#"{{"usage":{USAGE},"metrics":{{"latencyMs":100}}}}"#);
+        s.message(b"metadata", meta.as_bytes());
+        let r = s.finish();
+        assert_eq!(
+            (r.usage.cache_creation_input, r.usage.cache_creation_1h),
+            (Some(3500), Some(3000))
+        );
+        // No breakdown: every write is a five-minute one, as before.
+        let mut r = ResponseRecord::default();
+        let plain = r#"{"stopReason":"end_turn","usage":{"inputTokens":1,"outputTokens":2,"cacheWriteInputTokens":7}}"#;
+        assert!(parse_json(plain.as_bytes(), &mut r));
+        assert_eq!(
+            (r.usage.cache_creation_input, r.usage.cache_creation_1h),
+            (Some(7), None)
+        );
+    }
 }

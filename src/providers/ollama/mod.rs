@@ -18,13 +18,36 @@ use crate::providers::usage::ResponseRecord;
 /// The Ollama format.
 pub struct Ollama;
 
+/// The native API's endpoints after `/api/` (docs.ollama.com/api), claimed under
+/// `protocol: auto`: the four this folder routes, and the model-management ones it labels as
+/// Ollama's without reading (`/api/blobs/{digest}` too).
+const ENDPOINTS: &[&str] = &[
+    "chat",
+    "generate",
+    "embed",
+    "embeddings",
+    "tags",
+    "show",
+    "create",
+    "copy",
+    "delete",
+    "pull",
+    "push",
+    "ps",
+    "version",
+];
+
 impl Adapter for Ollama {
     fn protocol(&self) -> &'static str {
         "ollama"
     }
 
     fn detects(&self, path: &str) -> bool {
-        path.starts_with("/api/")
+        // Ollama's own endpoints only, not everything under `/api/`: other servers live there
+        // too (OpenRouter's base URL is `…/api/v1`, so its `/api/v1/chat/completions` must fall
+        // through to OpenAI Chat, which reads it).
+        path.strip_prefix("/api/")
+            .is_some_and(|rest| ENDPOINTS.contains(&rest) || rest.starts_with("blobs/"))
     }
 
     fn route(&self, path: &str) -> Option<Routed> {
@@ -81,3 +104,30 @@ impl Adapter for Ollama {
 }
 
 stream_reader!(Stream, line);
+
+#[cfg(test)]
+mod tests {
+    use crate::providers::protocol::{classify, RouteProtocol};
+    use crate::providers::Format;
+
+    #[test]
+    fn auto_claims_ollamas_endpoints_only() {
+        for (path, operation) in [
+            ("/api/chat", "chat"),
+            ("/api/generate", "text_completion"),
+            ("/api/embed", "embeddings"),
+            ("/api/embeddings", "embeddings"),
+            ("/api/tags", "other"),
+            ("/api/blobs/sha256:29fdb92e57cf", "other"),
+        ] {
+            let c = classify(RouteProtocol::Auto, path);
+            assert_eq!((c.provider, c.operation.as_str()), ("ollama", operation));
+        }
+        // OpenRouter's base URL ends in `/api/v1`: its chat path is OpenAI Chat's, read.
+        let c = classify(RouteProtocol::Auto, "/api/v1/chat/completions");
+        assert_eq!((c.provider, c.operation.as_str()), ("openai", "chat"));
+        assert_eq!(c.format, Some(Format::OpenAiChat));
+        let c = classify(RouteProtocol::Auto, "/api/v1/embeddings");
+        assert_eq!(c.format, Some(Format::OpenAiChat));
+    }
+}

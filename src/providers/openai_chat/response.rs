@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::providers::recurring::Recurring;
 use crate::providers::shape::{json_key, set_once, CacheCreation, ErrorObj};
-use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
+use crate::providers::usage::{AudioTokens, ResponseRecord, ToolCall, Usage};
 
 mod skim;
 
@@ -157,6 +157,9 @@ struct PromptDetails {
     /// LiteLLM: writes by lifetime.
     #[serde(default)]
     cache_creation_token_details: Option<CacheCreation>,
+    /// Audio input (gpt-4o-audio-preview, gpt-audio), part of `prompt_tokens`.
+    #[serde(default)]
+    audio_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +167,9 @@ struct PromptDetails {
 struct CompletionDetails {
     #[serde(default)]
     reasoning_tokens: Option<u64>,
+    /// Audio output, part of `completion_tokens`.
+    #[serde(default)]
+    audio_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -295,6 +301,27 @@ impl ChatUsage {
             total: self.total_tokens,
         }
     }
+
+    /// The audio part of the usage (audio models bill audio at several times the text rate),
+    /// when any is stated. OpenAI states `audio_tokens: 0` on every text call: no audio part
+    /// then, as for a body that states none. Chat states no cached audio apart.
+    pub(super) fn audio(&self) -> Option<AudioTokens> {
+        let input = self
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.audio_tokens)
+            .unwrap_or(0);
+        let output = self
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.audio_tokens)
+            .unwrap_or(0);
+        (input > 0 || output > 0).then_some(AudioTokens {
+            input,
+            cached_input: 0,
+            output,
+        })
+    }
 }
 
 /// A stream chunk's data read as a [`Chunk`]: by the skim, else (where it steps aside) by
@@ -333,6 +360,7 @@ impl Stream {
         set_once(&mut self.record.model, chunk.model.as_deref());
         if let Some(u) = stated(&chunk.usage, &chunk.x_groq) {
             self.record.usage = u.to_usage();
+            self.record.audio = u.audio();
         }
         if let Some(e) = &chunk.error {
             self.record.error_type = Some(e.error_type());
@@ -517,6 +545,7 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     r.model = crate::providers::shape::non_empty(c.model);
     if let Some(u) = stated(&c.usage, &c.x_groq) {
         r.usage = u.to_usage();
+        r.audio = u.audio();
     }
     r.error_type = c.error.as_ref().map(ErrorObj::error_type);
     let mut choices = c.choices;
@@ -543,6 +572,49 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod audio_tests {
+    use crate::providers::{AudioTokens, Format, ResponseParser};
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wild/openai");
+
+    fn read(name: &str, stream: bool) -> crate::providers::ResponseRecord {
+        let body = std::fs::read(format!("{DIR}/{name}")).expect("fixture");
+        let mut p = ResponseParser::new(Format::OpenAiChat, stream, 1 << 20);
+        for part in body.chunks(13) {
+            p.feed(part);
+        }
+        p.finish()
+    }
+
+    #[test]
+    fn audio_tokens_of_chat_usage_are_the_audio_part_in_json_and_streams() {
+        let want = Some(AudioTokens {
+            input: 100,
+            cached_input: 0,
+            output: 588,
+        });
+        for (name, stream) in [("chat_audio.json", false), ("chat_audio_stream.sse", true)] {
+            let r = read(name, stream);
+            assert_eq!(
+                (r.usage.input, r.usage.output),
+                (Some(117), Some(781)),
+                "{name}"
+            );
+            assert_eq!(r.audio, want, "{name}");
+        }
+        // `audio_tokens: 0`, as on every text call: no audio part.
+        let text = br#"{"id":"c","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0}}}"#;
+        let mut r = crate::providers::ResponseRecord::default();
+        assert!(super::parse_json(text, &mut r));
+        assert_eq!(r.audio, None);
+        // serde_json's reading (where the skim steps aside) says the same.
+        let body = std::fs::read(format!("{DIR}/chat_audio.json")).expect("fixture");
+        let c: super::Completion = serde_json::from_slice(&body).expect("completion");
+        assert_eq!(c.usage.expect("usage").audio(), want);
+    }
 }
 
 #[cfg(test)]

@@ -254,7 +254,13 @@ impl RealtimeEvents for Events {
             return ServerEvent::Other;
         };
         match head.kind.as_ref() {
-            "session.created" | "session.updated" => match head.session {
+            // A beta transcription-only session (`?intent=transcription`) announces itself with
+            // `transcription_session.*`: the same session object, naming the transcription
+            // model in `input_audio_transcription.model` and no realtime model.
+            "session.created"
+            | "session.updated"
+            | "transcription_session.created"
+            | "transcription_session.updated" => match head.session {
                 Some(mut s) => ServerEvent::Session {
                     transcription_model: s.transcription_model(),
                     model: s.model,
@@ -489,6 +495,24 @@ mod tests {
                 transcription_model: None
             }
         ));
+    }
+
+    #[test]
+    fn a_beta_transcription_session_names_its_transcription_model() {
+        for kind in [
+            "transcription_session.created",
+            "transcription_session.updated",
+        ] {
+            let e = format!(
+                r#"{{"type":"{kind}","event_id":"event_1","session":{{"id":"sess_1","object":"realtime.transcription_session","input_audio_format":"pcm16","input_audio_transcription":{{"model":"gpt-4o-transcribe","language":"","prompt":""}},"turn_detection":{{"type":"server_vad"}},"include":null}}}}"#
+            );
+            assert!(
+                matches!(Events.server(e.as_bytes()),
+                    ServerEvent::Session { model: None, transcription_model: Some(ref t) }
+                        if t == "gpt-4o-transcribe"),
+                "{kind}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! an Anthropic body, which carries `anthropic_version: vertex-2023-10-16` instead), the
 //! provider name `gcp.vertex_ai`, and Google's error shape for Gemini. The Anthropic token
 //! count (`models/count-tokens:rawPredict`) is labelled, never billed.
+//!
+//! Vertex's OpenAI-compatible endpoint
+//! (`…/locations/{l}/endpoints/openapi/chat/completions`, and a dedicated endpoint's
+//! `…/endpoints/{id}/chat/completions`) takes and answers OpenAI Chat bodies: `VertexGemini`
+//! claims it and has OpenAI Chat read it ([`Adapter::speaks`]), labelled `gcp.vertex_ai`.
 
 mod path;
 
@@ -20,6 +25,7 @@ use crate::providers::anthropic::Anthropic;
 use crate::providers::doc::{Doc, Items, Node};
 use crate::providers::fields::{Capped, DeclaredTool, OwnFields, RequestBody};
 use crate::providers::gemini::Gemini;
+use crate::providers::openai_chat::OpenAiChat;
 use crate::providers::tools::ToolResult;
 use crate::providers::usage::ResponseRecord;
 use crate::tokens::RequestText;
@@ -130,10 +136,23 @@ impl Adapter for VertexGemini {
     }
 
     fn detects(&self, path: &str) -> bool {
-        path::publisher(path) == Some(path::GOOGLE)
+        path::publisher(path) == Some(path::GOOGLE) || path::endpoint(path)
+    }
+
+    fn speaks(&self, path: &str) -> Option<&'static str> {
+        // Google's OpenAI-compatible endpoint on Vertex: no publisher in the path, the model
+        // (`google/gemini-2.0-flash-001`, ...) in an OpenAI Chat body.
+        path::endpoint(path).then_some("openai")
     }
 
     fn route(&self, path: &str) -> Option<Routed> {
+        if path::endpoint(path) {
+            // Read by OpenAI Chat (`speaks`); the operation is its route's.
+            return Some(Routed {
+                provider: PROVIDER,
+                ..OpenAiChat.route(path)?
+            });
+        }
         if path::publisher(path) != Some(path::GOOGLE) {
             return None;
         }
@@ -230,6 +249,21 @@ mod tests {
                 ("gcp.vertex_ai", "generate_content")
             );
             assert_eq!(c.format, Some(Format::VertexGemini));
+        }
+        // The OpenAI-compatible endpoint: read as OpenAI Chat, labelled Vertex's, on a vertex
+        // route and under auto.
+        for configured in [RouteProtocol::Auto, RouteProtocol::Named("vertex")] {
+            for version in ["v1", "v1beta1"] {
+                let c = classify(
+                    configured,
+                    &format!("/{version}/projects/p1/locations/us-central1/endpoints/openapi/chat/completions"),
+                );
+                assert_eq!(
+                    (c.provider, c.operation.as_str(), c.format),
+                    ("gcp.vertex_ai", "chat", Some(Format::OpenAiChat)),
+                    "{configured:?} {version}"
+                );
+            }
         }
         // The Gemini API's own paths stay Gemini's under auto.
         let c = classify(

@@ -15,6 +15,19 @@ pub(super) fn publisher(path: &str) -> Option<&str> {
     rest.starts_with("models/").then_some(publisher)
 }
 
+/// Whether the path is under a Vertex endpoint
+/// (`/v1/projects/{p}/locations/{l}/endpoints/{endpoint}/…`): the OpenAI-compatible one
+/// (`endpoints/openapi/chat/completions`) and a dedicated endpoint's own, whose bodies are OpenAI
+/// Chat's.
+pub(super) fn endpoint(path: &str) -> bool {
+    let Some(i) = path.find("/locations/") else {
+        return false;
+    };
+    path[i + "/locations/".len()..]
+        .split_once('/')
+        .is_some_and(|(_, rest)| rest.starts_with("endpoints/"))
+}
+
 /// `{model}:{method}` after `/models/`.
 fn model_method(path: &str) -> Option<(&str, Option<&str>)> {
     let after = &path[path.find("/models/")? + "/models/".len()..];
@@ -50,5 +63,10 @@ mod tests {
             publisher("/v1beta/models/gemini-2.5-pro:generateContent"),
             None
         );
+        let o = "/v1/projects/p1/locations/us-central1/endpoints/openapi/chat/completions";
+        assert!(endpoint(o));
+        assert_eq!(publisher(o), None);
+        assert!(!endpoint(p));
+        assert!(!endpoint("/v1/endpoints/openapi/chat/completions"));
     }
 }

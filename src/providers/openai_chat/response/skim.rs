@@ -272,12 +272,14 @@ fn usage(s: &mut Skim<'_>) -> Skimmed<Option<ChatUsage>> {
                 once(&mut seen, 1 << 9)?;
                 let mut d = CompletionDetails {
                     reasoning_tokens: None,
+                    audio_tokens: None,
                 };
                 let mut read = 0;
                 let present = s.opt_object(|s, key| match key {
                     b"reasoning_tokens" => {
                         member(&mut read, 1, &mut d.reasoning_tokens, s.opt_u64())
                     }
+                    b"audio_tokens" => member(&mut read, 2, &mut d.audio_tokens, s.opt_u64()),
                     _ => s.skip(),
                 })?;
                 u.completion_tokens_details = present.then_some(d);
@@ -300,6 +302,7 @@ fn prompt_details(s: &mut Skim<'_>) -> Skimmed<Option<PromptDetails>> {
         cache_creation_tokens: None,
         cache_creation: None,
         cache_creation_token_details: None,
+        audio_tokens: None,
     };
     let mut seen = 0;
     let present = s.opt_object(|s, key| {
@@ -308,6 +311,7 @@ fn prompt_details(s: &mut Skim<'_>) -> Skimmed<Option<PromptDetails>> {
             b"cache_write_tokens" => (1, &mut d.cache_write_tokens),
             b"cache_creation_input_tokens" => (2, &mut d.cache_creation_input_tokens),
             b"cache_creation_tokens" => (3, &mut d.cache_creation_tokens),
+            b"audio_tokens" => (6, &mut d.audio_tokens),
             // Writes by lifetime (DashScope, LiteLLM): serde reads those.
             b"cache_creation" | b"cache_creation_token_details" => {
                 once(

@@ -139,4 +139,13 @@ async fn a_tls_handshake_that_never_completes_is_bounded_by_the_connect_timeout(
     assert_eq!(resp.headers()["x-tokenwarden-error"], "upstream_timeout");
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], "upstream_timeout");
+    // A connect failure: the request never reached the upstream.
+    assert_eq!(
+        metric_value(
+            &p.metrics().await,
+            "tokenwarden_upstream_errors_total",
+            &[("route", "tls-silent"), ("kind", "connect")]
+        ),
+        1.0
+    );
 }

@@ -54,6 +54,17 @@ pub enum ProxyError {
         /// Route name.
         route: String,
     },
+    /// Connecting (TCP and TLS together) took longer than the connect timeout: the request
+    /// never reached the upstream.
+    #[error(
+        "tokenwarden: the upstream of route '{route}' did not accept a connection within {after:?}"
+    )]
+    UpstreamConnectTimeout {
+        /// Route name.
+        route: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
     /// The upstream did not answer in time.
     #[error("tokenwarden: the upstream of route '{route}' did not respond within {after:?}")]
     UpstreamTimeout {
@@ -103,7 +114,9 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamReset { .. }
             | ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::Budget(BudgetError::Exceeded(b)) if b.retry_after.is_none() => {
                 b.lifetime_status
             }
@@ -127,7 +140,9 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => "request_body_timeout",
             ProxyError::McpMessage(_) => "invalid_jsonrpc",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
-            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                "upstream_timeout"
+            }
             ProxyError::UpstreamReset { .. } => "upstream_reset",
             ProxyError::Budget(BudgetError::Exceeded(b)) => b.code,
             ProxyError::Budget(BudgetError::StoreUnavailable) => "budget_store_unavailable",
@@ -141,7 +156,10 @@ impl ProxyError {
     /// The `tokenwarden_upstream_errors_total` kind, for upstream failures.
     pub fn upstream_kind(&self) -> Option<UpstreamError> {
         match self {
-            ProxyError::UpstreamUnreachable { .. } => Some(UpstreamError::Connect),
+            // A connect timeout is a connect failure: the request never left (not charged).
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                Some(UpstreamError::Connect)
+            }
             ProxyError::UpstreamTimeout { .. } => Some(UpstreamError::Timeout),
             ProxyError::UpstreamReset { .. } => Some(UpstreamError::Reset),
             _ => None,
@@ -267,7 +285,9 @@ impl ProxyError {
             ProxyError::NoRoute => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BadRequestBody | ProxyError::McpMessage(_) => "invalid_request_error",
-            ProxyError::UpstreamTimeout { .. } => "timeout_error",
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                "timeout_error"
+            }
             // Anthropic documents 402 as `billing_error`.
             ProxyError::Budget(BudgetError::Exceeded(_))
                 if status == StatusCode::PAYMENT_REQUIRED =>
@@ -290,7 +310,9 @@ impl ProxyError {
             ProxyError::Policy(PolicyError::Refused { .. }) | ProxyError::Approval(_) => {
                 "PERMISSION_DENIED"
             }
-            ProxyError::UpstreamTimeout { .. } => "DEADLINE_EXCEEDED",
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                "DEADLINE_EXCEEDED"
+            }
             ProxyError::Budget(BudgetError::Exceeded(_)) => "RESOURCE_EXHAUSTED",
             _ => "UNAVAILABLE",
         }

@@ -965,13 +965,13 @@ async fn send(
 fn driven_error(route: &Route, e: &driven::SendError) -> ProxyError {
     let route_name = route.name.to_string();
     match e {
-        driven::SendError::ConnectTimeout => ProxyError::UpstreamTimeout {
+        driven::SendError::ConnectTimeout => ProxyError::UpstreamConnectTimeout {
             route: route_name,
             after: route.timeouts.connect_timeout,
         },
         // The system's own connect timeout, as the pooled client's mapping reads it.
         driven::SendError::Connect(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            ProxyError::UpstreamTimeout {
+            ProxyError::UpstreamConnectTimeout {
                 route: route_name,
                 after: route.timeouts.connect_timeout,
             }
@@ -1015,13 +1015,20 @@ fn client_error(route: &Route, e: &hyper_util::client::legacy::Error) -> ProxyEr
         found
     };
     let name = route.name.to_string();
-    if timed_out {
-        ProxyError::UpstreamTimeout {
+    // A connect that timed out (TCP or the TLS handshake, see `http_client::Connector`) is a
+    // connect failure first: the request never reached the upstream, so it is not charged.
+    if e.is_connect() && timed_out {
+        ProxyError::UpstreamConnectTimeout {
             route: name,
             after: route.timeouts.connect_timeout,
         }
     } else if e.is_connect() {
         ProxyError::UpstreamUnreachable { route: name }
+    } else if timed_out {
+        ProxyError::UpstreamTimeout {
+            route: name,
+            after: route.timeouts.connect_timeout,
+        }
     } else {
         ProxyError::UpstreamReset { route: name }
     }

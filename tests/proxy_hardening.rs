@@ -349,3 +349,29 @@ async fn an_upstream_body_framed_by_both_length_and_chunks_reaches_the_client_wh
         resp.headers()
     );
 }
+
+#[tokio::test]
+async fn a_switch_of_protocols_nobody_asked_for_is_a_provider_shaped_502() {
+    let up = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
+    let p = TestProxy::to("switch", up, "").await;
+    let (resp, body) = post(&p.url("/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(resp.status(), 502, "{body:?}");
+    assert_eq!(
+        resp.headers()["x-tokenwarden-error"],
+        "upstream_unexpected_upgrade"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unexpected_upgrade");
+    assert_eq!(v["error"]["type"], "upstream_error");
+    assert_eq!(
+        metric_value(
+            &p.metrics().await,
+            "tokenwarden_upstream_errors_total",
+            &[("route", "switch"), ("kind", "reset")]
+        ),
+        1.0
+    );
+}

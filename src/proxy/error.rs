@@ -81,6 +81,12 @@ pub enum ProxyError {
         /// Route name.
         route: String,
     },
+    /// The upstream answered `101 Switching Protocols` to a request that asked for no upgrade.
+    #[error("tokenwarden: the upstream of route '{route}' switched protocols on a request that asked for no upgrade")]
+    UpstreamUnexpectedUpgrade {
+        /// Route name.
+        route: String,
+    },
     /// Budgets refused the call (it never went upstream).
     #[error(transparent)]
     Budget(#[from] BudgetError),
@@ -113,6 +119,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamUnexpectedUpgrade { .. }
             | ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -144,6 +151,7 @@ impl ProxyError {
                 "upstream_timeout"
             }
             ProxyError::UpstreamReset { .. } => "upstream_reset",
+            ProxyError::UpstreamUnexpectedUpgrade { .. } => "upstream_unexpected_upgrade",
             ProxyError::Budget(BudgetError::Exceeded(b)) => b.code,
             ProxyError::Budget(BudgetError::StoreUnavailable) => "budget_store_unavailable",
             ProxyError::Overloaded => "proxy_overloaded",
@@ -161,7 +169,10 @@ impl ProxyError {
                 Some(UpstreamError::Connect)
             }
             ProxyError::UpstreamTimeout { .. } => Some(UpstreamError::Timeout),
-            ProxyError::UpstreamReset { .. } => Some(UpstreamError::Reset),
+            // Broken framing: the connection no longer speaks HTTP as the request asked.
+            ProxyError::UpstreamReset { .. } | ProxyError::UpstreamUnexpectedUpgrade { .. } => {
+                Some(UpstreamError::Reset)
+            }
             _ => None,
         }
     }

@@ -335,6 +335,11 @@ impl Proxy {
             (Some(client), http::StatusCode::SWITCHING_PROTOCOLS) => {
                 realtime::switch(f.call, session, client, resp, &self.upgrades)
             }
+            // A switch the client's connection cannot follow (no upgrade handle to take it).
+            (None, http::StatusCode::SWITCHING_PROTOCOLS) => {
+                let route = f.route.name.to_string();
+                f.fail(ProxyError::UpstreamUnexpectedUpgrade { route })
+            }
             // Refused upstream (401, 404, ...): its answer, forwarded as any other.
             _ => self.respond(f, resp.map(UpstreamBody::Pooled)).await,
         }
@@ -730,7 +735,15 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, Full::new(body));
 
         f.call.upstream_sent = Some(Instant::now());
-        send(&f.route, upstream_req).await
+        let resp = send(&f.route, upstream_req).await?;
+        // A 101 answers only a request that asked to upgrade (those take `forward_upgrade`);
+        // forwarded, it would tell the client its connection now speaks a protocol nobody relays.
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProxyError::UpstreamUnexpectedUpgrade {
+                route: f.route.name.to_string(),
+            });
+        }
+        Ok(resp)
     }
 
     /// Phase 6: status and headers at once, the body observed frame by frame (held when a

@@ -112,6 +112,8 @@ async fn run(config: config::Config, path: Option<std::path::PathBuf>) -> ExitCo
     if let Some(path) = path {
         // Agent policies and the model catalog follow the file (SIGHUP or a change on disk).
         server.watch_config(path, tokenwarden::server::reload::POLL_INTERVAL);
+    } else {
+        signals::catch_hangup_without_config();
     }
     tracing::info!(
         proxy = %server.proxy_addr(),

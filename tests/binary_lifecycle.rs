@@ -337,8 +337,27 @@ async fn sigterm_with_nothing_in_flight_exits_promptly() {
     );
 }
 
+/// GET /healthz on the defaults' admin port: whether it answered 200.
+async fn default_admin_healthy() -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), async {
+            let mut s = tokio::net::TcpStream::connect("127.0.0.1:9464")
+                .await
+                .ok()?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.ok()?;
+            Some(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"))
+        })
+        .await,
+        Ok(Some(true))
+    )
+}
+
 #[tokio::test]
-async fn runs_on_embedded_defaults_without_a_config_file() {
+async fn runs_on_embedded_defaults_without_a_config_file_and_survives_sighup() {
     // Defaults bind fixed ports (8080/9464); if something else holds them this machine is not
     // clean, and the test says so rather than passing vacuously.
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokenwarden"))
@@ -347,24 +366,7 @@ async fn runs_on_embedded_defaults_without_a_config_file() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let up = eventually(Duration::from_secs(10), || async {
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), async {
-                let mut s = tokio::net::TcpStream::connect("127.0.0.1:9464")
-                    .await
-                    .ok()?;
-                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    .await
-                    .ok()?;
-                let mut out = Vec::new();
-                s.read_to_end(&mut out).await.ok()?;
-                Some(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"))
-            })
-            .await,
-            Ok(Some(true))
-        )
-    })
-    .await;
+    let up = eventually(Duration::from_secs(10), default_admin_healthy).await;
     if !up {
         let _ = child.start_kill();
         let out = child.wait_with_output().await.unwrap();
@@ -375,6 +377,36 @@ async fn runs_on_embedded_defaults_without_a_config_file() {
     }
     let metrics = get("http://127.0.0.1:9464/metrics").await.1;
     assert!(String::from_utf8_lossy(&metrics).contains("tokenwarden_build_info"));
+
+    // With no file to reload, SIGHUP (its default action ends a process) is caught and logged.
+    let pid = child.id().unwrap();
+    let sent = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let logged = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("SIGHUP received") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(
+        matches!(logged, Ok(true)),
+        "no SIGHUP log line; exit status: {:?}",
+        child.try_wait()
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the proxy"
+    );
+    assert!(default_admin_healthy().await, "the proxy stopped answering");
     let _ = child.start_kill();
     let _ = child.wait().await;
 }

@@ -234,3 +234,67 @@ async fn sighup_reloads_the_binary_and_a_bad_file_is_refused_with_a_log_line() {
         .unwrap();
     assert!(status.success());
 }
+
+/// A call declaring the tool `rm_rf` as the agent `reloaded`: its status.
+async fn declares_rm_rf(url: &str) -> http::StatusCode {
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"rm_rf","parameters":{}}}]}"#;
+    post(url, &[("x-agent-name", "reloaded")], body)
+        .await
+        .0
+        .status()
+}
+
+#[tokio::test]
+async fn a_file_caught_mid_write_is_refused_and_the_policies_stay() {
+    let m = mock().await;
+    let text = config_text(m.addr(), "    denied_tools: [rm_rf]\n");
+    let file = config_file(&text);
+    // As written (with the runtime the test run names, if any).
+    let text = std::fs::read_to_string(file.path()).unwrap();
+    // The binary: its reload counter is its own (this process's is shared by the tests here).
+    let proc = ProxyProcess::spawn(file.path()).await;
+    let url = format!("http://{}/v1/chat/completions", proc.addr);
+    let metrics_url = format!("http://{}/metrics", proc.admin);
+    let scrape = || async {
+        let (_, b) = get(&metrics_url).await;
+        String::from_utf8(b.to_vec()).unwrap()
+    };
+    assert_eq!(declares_rm_rf(&url).await, 403);
+
+    // Written in place, not renamed: what a `>` redirect or an editor leaves for a moment —
+    // the file truncated to nothing, then its first lines only (valid YAML: the default route,
+    // no agents). Each is refused; the denied tool stays denied.
+    let (listen_lines, _) = text.split_at(text.find("logging:").unwrap());
+    for (n, partial) in ["", listen_lines].into_iter().enumerate() {
+        std::fs::write(file.path(), partial).unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                reloads(&scrape().await, "error") == n as f64 + 1.0
+            })
+            .await,
+            "{partial:?} was not refused"
+        );
+        assert_eq!(declares_rm_rf(&url).await, 403, "after {partial:?}");
+    }
+    assert_eq!(reloads(&scrape().await, "ok"), 0.0);
+    assert_eq!(m.stats().requests, 0);
+
+    // The whole file again, its agent's rules changed: applied.
+    replace_file(
+        file.path(),
+        &text.replace("denied_tools: [rm_rf]", "denied_tools: [other_tool]"),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            reloads(&scrape().await, "ok") == 1.0
+        })
+        .await,
+        "the valid file was not applied"
+    );
+    assert_eq!(declares_rm_rf(&url).await, 200);
+    let logs = proc.stop_and_collect_logs().await;
+    assert!(
+        logs.contains("config reload refused") && logs.contains("routes"),
+        "the refusal names what differs:\n{logs}"
+    );
+}

@@ -520,3 +520,77 @@ async fn a_stream_broken_off_before_its_final_usage_is_charged_the_output_it_car
         "{text}"
     );
 }
+
+/// A loopback address whose connects hang: a listener with a backlog of 0 that never accepts,
+/// its one queue slot taken by a connection kept open (the kernel then drops further SYNs, so
+/// a connect neither succeeds nor fails). The listener and the filler are returned to keep.
+async fn hanging_port() -> (
+    std::net::SocketAddr,
+    tokio::net::TcpListener,
+    Vec<tokio::net::TcpStream>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fill = Vec::new();
+    loop {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_millis(500), connect).await {
+            Ok(Ok(s)) => fill.push(s),
+            Ok(Err(e)) => panic!("connect to the full listener failed instead of hanging: {e}"),
+            Err(_) => break,
+        }
+        assert!(fill.len() < 16, "the listener's queue never filled");
+    }
+    (addr, listener, fill)
+}
+
+#[tokio::test]
+async fn a_connect_timeout_is_a_connect_failure_and_costs_nothing() {
+    let (hang, _listener, _fill) = hanging_port().await;
+    // One route per client: `http://` upstreams are driven by the request's task, `https://`
+    // ones go through the pooled client; both time out in the TCP connect.
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: hang-tls\n    path_prefix: /tls\n    strip_prefix: true\n    upstream: https://{hang}\n  - name: hang\n    path_prefix: /\n    upstream: http://{hang}\nupstream:\n  connect_timeout: 1s\n  first_byte_timeout: 30s\nbudgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      tokens: 1000000\n"
+    ))
+    .await;
+    for (path, session) in [
+        ("/v1/chat/completions", "hang-plain"),
+        ("/tls/v1/chat/completions", "hang-tls"),
+    ] {
+        let (resp, body) = tokio::time::timeout(
+            Duration::from_secs(15),
+            post(&p.url(path), &[("x-session-id", session)], CHAT),
+        )
+        .await
+        .expect("answered at the connect timeout");
+        assert_eq!(resp.status(), 504, "{session}: {body:?}");
+        assert_eq!(
+            json(&body)["error"]["code"],
+            "upstream_timeout",
+            "{session}"
+        );
+        // The request never left: nothing spent, nothing still reserved.
+        let (r, body) = get(&format!("http://{}/v1/sessions/{session}", p.admin)).await;
+        let v = json(&body);
+        assert_eq!(r.status(), 200, "{session}: {v}");
+        assert_eq!(v["tokens"]["total"], 0, "{session} was charged: {v}");
+        assert_eq!(v["cost_usd"].as_f64().unwrap_or(0.0), 0.0, "{session}: {v}");
+        for limit in v["limits"].as_array().unwrap() {
+            assert_eq!(limit["used"], 0, "{session}: {v}");
+        }
+    }
+    let text = p.metrics().await;
+    for route in ["hang", "hang-tls"] {
+        assert_eq!(
+            metric_value(
+                &text,
+                "tokenwarden_upstream_errors_total",
+                &[("route", route), ("kind", "connect")]
+            ),
+            1.0,
+            "{route}: {text}"
+        );
+    }
+}

@@ -321,3 +321,87 @@ async fn a_stalled_upload_is_answered_408_and_frees_its_share_of_the_body_buffer
     let (r, body) = post(&p.url("/v1/chat/completions"), &small, CHAT).await;
     assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&body));
 }
+
+/// An upstream speaking raw HTTP/1.1: reads each request (head and `Content-Length` body), writes
+/// `response` verbatim and closes the connection.
+async fn raw_upstream(response: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                    if seen.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                let _ = s.write_all(response).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_body_framed_by_both_length_and_chunks_reaches_the_client_whole() {
+    // RFC 9112 §6.3: the chunked framing wins; the 7 bytes it carries are the body.
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n7\r\nabcdefg\r\n0\r\n\r\n",
+    )
+    .await;
+    let p = TestProxy::to("clte", up, "").await;
+    let (resp, body) = post(&p.url("/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(&body[..], b"abcdefg");
+    assert!(
+        resp.headers()
+            .get("content-length")
+            .is_none_or(|v| v == "7"),
+        "{:?}",
+        resp.headers()
+    );
+}
+
+#[tokio::test]
+async fn a_switch_of_protocols_nobody_asked_for_is_a_provider_shaped_502() {
+    let up = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
+    let p = TestProxy::to("switch", up, "").await;
+    let (resp, body) = post(&p.url("/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(resp.status(), 502, "{body:?}");
+    assert_eq!(
+        resp.headers()["x-tokenwarden-error"],
+        "upstream_unexpected_upgrade"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unexpected_upgrade");
+    assert_eq!(v["error"]["type"], "upstream_error");
+    assert_eq!(
+        metric_value(
+            &p.metrics().await,
+            "tokenwarden_upstream_errors_total",
+            &[("route", "switch"), ("kind", "reset")]
+        ),
+        1.0
+    );
+}

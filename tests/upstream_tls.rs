@@ -104,3 +104,48 @@ fn a_ca_file_without_certificates_is_a_startup_error() {
         .expect("bad CA refused");
     assert!(err.to_string().contains("no PEM certificate"), "{err}");
 }
+
+/// A TCP listener that accepts every connection and never sends a byte: a TLS handshake with
+/// it never completes.
+async fn silent_tcp() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_completes_is_bounded_by_the_connect_timeout() {
+    let up = silent_tcp().await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: tls-silent\n    path_prefix: /\n    upstream: https://127.0.0.1:{}\nupstream:\n  connect_timeout: 1s\n  first_byte_timeout: 30s\n",
+        up.port()
+    ))
+    .await;
+    // Generous: without the connect timeout on the handshake the answer takes the 30 s
+    // first-byte timeout.
+    let (resp, body) = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        post(&p.url("/v1/chat/completions"), &[], "{}"),
+    )
+    .await
+    .expect("answered within the connect timeout, not the first-byte timeout");
+    assert_eq!(resp.status(), 504, "{body:?}");
+    assert_eq!(resp.headers()["x-tokenwarden-error"], "upstream_timeout");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    // A connect failure: the request never reached the upstream.
+    assert_eq!(
+        metric_value(
+            &p.metrics().await,
+            "tokenwarden_upstream_errors_total",
+            &[("route", "tls-silent"), ("kind", "connect")]
+        ),
+        1.0
+    );
+}

@@ -71,9 +71,13 @@ impl http_body::Body for UpstreamBody {
 /// The connection hyper-rustls makes (plain TCP or TLS).
 type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 
-/// hyper-rustls's connector, its connections [`Nudged`].
+/// hyper-rustls's connector, its connections [`Nudged`], TCP and TLS together bounded by the
+/// connect timeout.
 #[derive(Clone)]
-pub struct Connector(HttpsConnector<HttpConnector>);
+pub struct Connector {
+    https: HttpsConnector<HttpConnector>,
+    connect_timeout: std::time::Duration,
+}
 
 impl tower_service::Service<Uri> for Connector {
     type Response = Nudged<Stream>;
@@ -81,13 +85,25 @@ impl tower_service::Service<Uri> for Connector {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.https.poll_ready(cx)
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.0.call(uri);
-        // Boxed: once per new connection, not per request.
-        Box::pin(async move { connecting.await.map(Nudged) })
+        let connecting = self.https.call(uri);
+        let limit = self.connect_timeout;
+        // HttpConnector's own timeout bounds TCP only: an upstream that accepts TCP and never
+        // finishes the TLS handshake would otherwise hold the call until the first-byte
+        // timeout. Boxed: once per new connection, not per request.
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map(Nudged),
+                // The kind HttpConnector's own TCP timeout reports, so both read alike.
+                Err(_) => Err(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "TCP+TLS connect timed out",
+                )) as Self::Error),
+            }
+        })
     }
 }
 
@@ -255,7 +271,10 @@ fn connector(
 }
 
 fn client(https: HttpsConnector<HttpConnector>, t: &UpstreamConfig) -> UpstreamClient {
-    let https = Connector(https);
+    let https = Connector {
+        https,
+        connect_timeout: t.connect_timeout,
+    };
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())

@@ -54,6 +54,17 @@ pub enum ProxyError {
         /// Route name.
         route: String,
     },
+    /// Connecting (TCP and TLS together) took longer than the connect timeout: the request
+    /// never reached the upstream.
+    #[error(
+        "tokenwarden: the upstream of route '{route}' did not accept a connection within {after:?}"
+    )]
+    UpstreamConnectTimeout {
+        /// Route name.
+        route: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
     /// The upstream did not answer in time.
     #[error("tokenwarden: the upstream of route '{route}' did not respond within {after:?}")]
     UpstreamTimeout {
@@ -67,6 +78,12 @@ pub enum ProxyError {
         "tokenwarden: the upstream of route '{route}' closed the connection before responding"
     )]
     UpstreamReset {
+        /// Route name.
+        route: String,
+    },
+    /// The upstream answered `101 Switching Protocols` to a request that asked for no upgrade.
+    #[error("tokenwarden: the upstream of route '{route}' switched protocols on a request that asked for no upgrade")]
+    UpstreamUnexpectedUpgrade {
         /// Route name.
         route: String,
     },
@@ -102,8 +119,11 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamReset { .. }
+            | ProxyError::UpstreamUnexpectedUpgrade { .. }
             | ProxyError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::Budget(BudgetError::Exceeded(b)) if b.retry_after.is_none() => {
                 b.lifetime_status
             }
@@ -127,8 +147,11 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => "request_body_timeout",
             ProxyError::McpMessage(_) => "invalid_jsonrpc",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
-            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                "upstream_timeout"
+            }
             ProxyError::UpstreamReset { .. } => "upstream_reset",
+            ProxyError::UpstreamUnexpectedUpgrade { .. } => "upstream_unexpected_upgrade",
             ProxyError::Budget(BudgetError::Exceeded(b)) => b.code,
             ProxyError::Budget(BudgetError::StoreUnavailable) => "budget_store_unavailable",
             ProxyError::Overloaded => "proxy_overloaded",
@@ -141,9 +164,15 @@ impl ProxyError {
     /// The `tokenwarden_upstream_errors_total` kind, for upstream failures.
     pub fn upstream_kind(&self) -> Option<UpstreamError> {
         match self {
-            ProxyError::UpstreamUnreachable { .. } => Some(UpstreamError::Connect),
+            // A connect timeout is a connect failure: the request never left (not charged).
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                Some(UpstreamError::Connect)
+            }
             ProxyError::UpstreamTimeout { .. } => Some(UpstreamError::Timeout),
-            ProxyError::UpstreamReset { .. } => Some(UpstreamError::Reset),
+            // Broken framing: the connection no longer speaks HTTP as the request asked.
+            ProxyError::UpstreamReset { .. } | ProxyError::UpstreamUnexpectedUpgrade { .. } => {
+                Some(UpstreamError::Reset)
+            }
             _ => None,
         }
     }
@@ -267,7 +296,9 @@ impl ProxyError {
             ProxyError::NoRoute => "not_found_error",
             ProxyError::BodyTooLarge { .. } => "request_too_large",
             ProxyError::BadRequestBody | ProxyError::McpMessage(_) => "invalid_request_error",
-            ProxyError::UpstreamTimeout { .. } => "timeout_error",
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                "timeout_error"
+            }
             // Anthropic documents 402 as `billing_error`.
             ProxyError::Budget(BudgetError::Exceeded(_))
                 if status == StatusCode::PAYMENT_REQUIRED =>
@@ -290,7 +321,9 @@ impl ProxyError {
             ProxyError::Policy(PolicyError::Refused { .. }) | ProxyError::Approval(_) => {
                 "PERMISSION_DENIED"
             }
-            ProxyError::UpstreamTimeout { .. } => "DEADLINE_EXCEEDED",
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                "DEADLINE_EXCEEDED"
+            }
             ProxyError::Budget(BudgetError::Exceeded(_)) => "RESOURCE_EXHAUSTED",
             _ => "UNAVAILABLE",
         }

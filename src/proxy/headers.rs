@@ -35,6 +35,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
+    // RFC 9112 §6.3: Transfer-Encoding frames the message whatever Content-Length says. Once the
+    // encoding is removed here, a Content-Length left beside it would frame the body again on
+    // the next hop, cutting it short (or waiting for bytes that never come).
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     for n in &FIXED {
         headers.remove(n);
     }

@@ -335,6 +335,11 @@ impl Proxy {
             (Some(client), http::StatusCode::SWITCHING_PROTOCOLS) => {
                 realtime::switch(f.call, session, client, resp, &self.upgrades)
             }
+            // A switch the client's connection cannot follow (no upgrade handle to take it).
+            (None, http::StatusCode::SWITCHING_PROTOCOLS) => {
+                let route = f.route.name.to_string();
+                f.fail(ProxyError::UpstreamUnexpectedUpgrade { route })
+            }
             // Refused upstream (401, 404, ...): its answer, forwarded as any other.
             _ => self.respond(f, resp.map(UpstreamBody::Pooled)).await,
         }
@@ -730,7 +735,15 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, Full::new(body));
 
         f.call.upstream_sent = Some(Instant::now());
-        send(&f.route, upstream_req).await
+        let resp = send(&f.route, upstream_req).await?;
+        // A 101 answers only a request that asked to upgrade (those take `forward_upgrade`);
+        // forwarded, it would tell the client its connection now speaks a protocol nobody relays.
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProxyError::UpstreamUnexpectedUpgrade {
+                route: f.route.name.to_string(),
+            });
+        }
+        Ok(resp)
     }
 
     /// Phase 6: status and headers at once, the body observed frame by frame (held when a
@@ -965,13 +978,13 @@ async fn send(
 fn driven_error(route: &Route, e: &driven::SendError) -> ProxyError {
     let route_name = route.name.to_string();
     match e {
-        driven::SendError::ConnectTimeout => ProxyError::UpstreamTimeout {
+        driven::SendError::ConnectTimeout => ProxyError::UpstreamConnectTimeout {
             route: route_name,
             after: route.timeouts.connect_timeout,
         },
         // The system's own connect timeout, as the pooled client's mapping reads it.
         driven::SendError::Connect(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            ProxyError::UpstreamTimeout {
+            ProxyError::UpstreamConnectTimeout {
                 route: route_name,
                 after: route.timeouts.connect_timeout,
             }
@@ -1015,13 +1028,20 @@ fn client_error(route: &Route, e: &hyper_util::client::legacy::Error) -> ProxyEr
         found
     };
     let name = route.name.to_string();
-    if timed_out {
-        ProxyError::UpstreamTimeout {
+    // A connect that timed out (TCP or the TLS handshake, see `http_client::Connector`) is a
+    // connect failure first: the request never reached the upstream, so it is not charged.
+    if e.is_connect() && timed_out {
+        ProxyError::UpstreamConnectTimeout {
             route: name,
             after: route.timeouts.connect_timeout,
         }
     } else if e.is_connect() {
         ProxyError::UpstreamUnreachable { route: name }
+    } else if timed_out {
+        ProxyError::UpstreamTimeout {
+            route: name,
+            after: route.timeouts.connect_timeout,
+        }
     } else {
         ProxyError::UpstreamReset { route: name }
     }

@@ -43,9 +43,9 @@ pub enum PolicyViolation {
 /// How the upstream failed (`tokenwarden_upstream_errors_total{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
-    /// TCP or TLS connect failed.
+    /// TCP or TLS connect failed or timed out (the request never reached the upstream).
     Connect,
-    /// Connect, first byte or idle timeout.
+    /// First byte or idle timeout.
     Timeout,
     /// Connection reset or broken framing.
     Reset,

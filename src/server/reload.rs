@@ -4,9 +4,12 @@
 //!
 //! What reloads: `agents:` and `models:` (the policy set, swapped atomically; requests in flight
 //! keep the rules they started with, loop history is kept). Everything else — listeners, routes,
-//! timeouts, identity, telemetry, budgets — is read at start only; a change there is logged as
-//! needing a restart. An invalid file keeps the running config, logs why and counts
-//! `tokenwarden_config_reload_total{result="error"}`.
+//! timeouts, identity, telemetry, budgets — is read at start only. An invalid file, an empty one,
+//! and one whose start-only sections differ from the running config keep the running config,
+//! log why and count `tokenwarden_config_reload_total{result="error"}`: the file is read every
+//! second, so a write that is not atomic (an editor, a shell redirect) is often read half done,
+//! and such a file parses as valid with no agents — applying its policies would lift every
+//! agent's rules.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +38,18 @@ pub enum ReloadError {
     /// The file does not parse or validate.
     #[error(transparent)]
     Invalid(#[from] config::ConfigError),
+    /// The file holds nothing but blanks and comments (all defaults: no agent policies).
+    #[error("{path} is empty; an empty file is never applied")]
+    Empty {
+        /// The file.
+        path: String,
+    },
+    /// Settings read only at start differ from the running config.
+    #[error("settings read only at start differ from the running config ({changed}); restart to apply them, or restore them to reload agents and models")]
+    NeedsRestart {
+        /// The top-level sections that differ, by name.
+        changed: String,
+    },
 }
 
 /// Watches one config file and swaps the policy set of a running proxy.
@@ -113,19 +128,12 @@ impl Reloader {
             Ok((config, set)) => {
                 self.policies.replace(set);
                 counter!(m::CONFIG_RELOAD_TOTAL, "result" => "ok").increment(1);
-                let restart = needs_restart(&self.running, &config);
                 tracing::info!(
                     path = %self.path.display(),
                     agents = config.agents.len(),
                     models = config.models.len(),
                     "config reloaded: agent policies and model catalog swapped"
                 );
-                if !restart.is_empty() {
-                    tracing::warn!(
-                        changed = restart.join(", "),
-                        "config reload: these settings take effect only after a restart"
-                    );
-                }
                 self.running = config;
                 true
             }
@@ -136,11 +144,28 @@ impl Reloader {
         }
     }
 
+    /// The file's config and policy set, when it may replace the running ones.
     fn load(&self, bytes: &[u8]) -> Result<(Config, PolicySet), ReloadError> {
         let text = String::from_utf8_lossy(bytes);
         let origin = self.path.display().to_string();
+        // The loader reads an empty file as all defaults; here that is a file caught mid-write
+        // (truncated, not yet written), never an intent to drop every policy.
+        if text.lines().all(|l| {
+            let t = l.trim();
+            t.is_empty() || t.starts_with('#') || t == "---"
+        }) {
+            return Err(ReloadError::Empty { path: origin });
+        }
         let config = config::load_from_str(&text, &origin)?;
         crate::providers::protocol::check_routes(&config, &origin)?;
+        // A file cut short mid-write still parses when the cut falls between keys; what it lost
+        // shows in the start-only sections. Only a file that keeps them as running is applied.
+        let changed = needs_restart(&self.running, &config);
+        if !changed.is_empty() {
+            return Err(ReloadError::NeedsRestart {
+                changed: changed.join(", "),
+            });
+        }
         // Validation compiled the policies already; this cannot fail for a loaded config.
         let set = PolicySet::from_config(&config).unwrap_or_else(|_| PolicySet::empty());
         Ok((config, set))
@@ -159,7 +184,8 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Top-level settings that differ and are only read at start.
+/// Top-level settings that differ and are only read at start (every section but `agents` and
+/// `models`).
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     let mut differs = |name, a: String, b: String| {
@@ -202,6 +228,32 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         "budgets",
         format!("{:?}", old.budgets),
         format!("{:?}", new.budgets),
+    );
+    differs(
+        "logging",
+        format!("{:?}", old.logging),
+        format!("{:?}", new.logging),
+    );
+    differs(
+        "pricing",
+        format!("{:?}", old.pricing),
+        format!("{:?}", new.pricing),
+    );
+    differs(
+        "alerts",
+        format!("{:?}", old.alerts),
+        format!("{:?}", new.alerts),
+    );
+    differs(
+        "approvals",
+        format!("{:?}", old.approvals),
+        format!("{:?}", new.approvals),
+    );
+    // Compared, never written out: only the name goes in the log line.
+    differs(
+        "admin_token",
+        format!("{:?}", old.admin_token),
+        format!("{:?}", new.admin_token),
     );
     changed
 }

@@ -331,6 +331,38 @@ mod tests {
         assert!(reported(&json!("x"), Format::Gemini, &[]).is_empty());
     }
 
+    /// The Agents SDK's other client-run tools report results too, named as their calls are
+    /// checked: a custom tool by its name, the built-ins by their type.
+    #[test]
+    fn responses_results_of_every_client_run_tool() {
+        let resp = json!({"input":[
+            {"type":"shell_call","call_id":"s","action":{"commands":["ls"]}},
+            {"type":"custom_tool_call","call_id":"c","name":"grep_code","input":"x"},
+            {"type":"apply_patch_call","call_id":"p","operation":{}},
+            {"type":"shell_call_output","call_id":"s","output":"Traceback: boom"},
+            {"type":"custom_tool_call_output","call_id":"c","output":"ok"},
+            {"type":"apply_patch_call_output","call_id":"p","output":"done"},
+            {"type":"computer_call_output","call_id":"gone","output":{"type":"input_image"}},
+            {"type":"web_search_call_output","call_id":"w","output":"not the client's"}
+        ]});
+        assert_eq!(
+            reported(&resp, Format::OpenAiResponses, &["Traceback".to_string()]),
+            vec![
+                r("shell", true),
+                r("grep_code", false),
+                r("apply_patch", false),
+                r("computer_use_preview", false)
+            ]
+        );
+        // A shell call is the model's turn: results before it are answered already.
+        let resp = json!({"input":[
+            {"type":"function_call","call_id":"a","name":"lookup"},
+            {"type":"function_call_output","call_id":"a","output":"x"},
+            {"type":"shell_call","call_id":"s","action":{}}
+        ]});
+        assert!(reported(&resp, Format::OpenAiResponses, &[]).is_empty());
+    }
+
     #[test]
     fn results_before_the_last_model_turn_are_not_new() {
         // Tool results answered already (a model turn since): nothing new to report.

@@ -124,13 +124,13 @@ impl Prices {
             priced(&p, &own, billing.audio.as_ref())
                 .saturating_add(tool_fees(&p, &billing.server_tools))
         }))
-            .chain(others.iter().map(|o| {
-                self.get(&o.model)
-                    .map(|p| at_length(p, o.usage.input))
-                    .or(served)
-                    .map_or(0, |p| priced(&p, &o.usage, None))
-            }))
-            .collect()
+        .chain(others.iter().map(|o| {
+            self.get(&o.model)
+                .map(|p| at_length(p, o.usage.input))
+                .or(served)
+                .map_or(0, |p| priced(&p, &o.usage, None))
+        }))
+        .collect()
     }
 
     /// Nano-USD `input` and `output` tokens cost on `model` at its plain rates (uncached text):
@@ -548,7 +548,10 @@ mod tests {
         let text = "input: 3\noutput: 15\nweb_search: 10\nfile_search: 2.5\nlong_context: { above: 200000, input: 6, output: 22.5 }\n";
         let price: Price = serde_saphyr::from_str(text).unwrap();
         table.insert("claude-sonnet-4".to_string(), price);
-        table.insert("gpt-4o".to_string(), prices().get("gpt-4o").copied().unwrap());
+        table.insert(
+            "gpt-4o".to_string(),
+            prices().get("gpt-4o").copied().unwrap(),
+        );
         let p = Prices::new(&table);
         // The recorded Anthropic call: 8,984 input, 520 output, one search.
         let u = Usage {

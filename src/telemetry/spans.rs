@@ -463,8 +463,14 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
     }
     // Searches the provider ran, billed per call (no convention names them either).
     for (key, n) in [
-        ("tokenwarden.usage.web_search_calls", r.server_tools.web_search),
-        ("tokenwarden.usage.file_search_calls", r.server_tools.file_search),
+        (
+            "tokenwarden.usage.web_search_calls",
+            r.server_tools.web_search,
+        ),
+        (
+            "tokenwarden.usage.file_search_calls",
+            r.server_tools.file_search,
+        ),
     ] {
         if n > 0 {
             attrs.int(key, i64::try_from(n).unwrap_or(i64::MAX));

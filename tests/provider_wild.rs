@@ -2,7 +2,8 @@
 //! bodies (tests/fixtures/wild, sources in its README) replayed by a loopback upstream through
 //! the proxy. Each case checks `tokenwarden_tokens_total` by type and model as the provider
 //! bills them, that the client got the upstream's bytes unchanged, and the cost where the
-//! price depends on the shape (cache writes by lifetime, sub-calls on another model).
+//! price depends on the shape (cache writes by lifetime, sub-calls on another model, searches
+//! billed per call).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -457,4 +458,57 @@ async fn anthropic_iterations_are_billed_and_sub_calls_priced_as_their_model() {
         },
     )
     .await;
+}
+
+/// Searches the provider ran are billed per call on top of the tokens (recorded calls): the
+/// settled cost of an Anthropic call with one web search and of an OpenAI Responses stream with
+/// one `web_search_call` includes the $10 per 1,000 searches fee.
+#[tokio::test]
+async fn web_search_fees_are_priced_on_top_of_the_tokens() {
+    let pricing = "pricing:
+  claude-sonnet-4: { input: 3.00, output: 15.00, cached_input: 0.30, cache_creation_input: 3.75, web_search: 10.00 }
+  gpt-5: { input: 1.25, output: 10.00, cached_input: 0.125, web_search: 10.00, file_search: 2.50 }
+";
+    let p = TestProxy::to("wild", fixture_upstream().await, pricing).await;
+    let text = replay(
+        &p,
+        &Case {
+            agent: "wild-anthropic-search",
+            path: MSG_PATH,
+            fixture: "corpus/anthropic/json_web_search_server_tool.response.json",
+            request: r#"{"model":"claude-sonnet-4-0","max_tokens":1024,"messages":[{"role":"user","content":"news?"}],"tools":[{"type":"web_search_20250305","name":"web_search","max_uses":5}]}"#,
+            expect: &[(
+                "claude-sonnet-4-20250514",
+                &[("input", 8984.0), ("output", 520.0)],
+            )],
+        },
+    )
+    .await;
+    let tokens = (8984.0 * 3.0 + 520.0 * 15.0) / 1e6;
+    let got = cost(&text, "wild-anthropic-search", "claude-sonnet-4-20250514");
+    assert_usd(got, tokens + 0.01, "anthropic web search");
+    assert!((0.01 / got) > 0.2, "the fee is over a fifth of the call");
+    let text = replay(
+        &p,
+        &Case {
+            agent: "wild-responses-search",
+            path: "/v1/responses",
+            fixture: "corpus/openai-responses/sse_web_search_cached_reasoning.response.sse",
+            request: r#"{"model":"gpt-5","input":"news?","stream":true,"tools":[{"type":"web_search"}]}"#,
+            expect: &[(
+                "gpt-5-2025-08-07",
+                &[
+                    ("input", 9463.0),
+                    ("output", 582.0),
+                    ("cached_input", 8320.0),
+                ],
+            )],
+        },
+    )
+    .await;
+    assert_usd(
+        cost(&text, "wild-responses-search", "gpt-5-2025-08-07"),
+        (1143.0 * 1.25 + 8320.0 * 0.125 + 582.0 * 10.0) / 1e6 + 0.01,
+        "responses web search",
+    );
 }

@@ -4,11 +4,13 @@
 //! `cached_input`, five-minute cache writes at `cache_creation_input`, one-hour cache writes at
 //! `cache_creation_input_1h` (default 2 × `input`), output (reasoning included) at `output`.
 //! A sub-call that ran on another model (an Anthropic advisor) is priced as that model.
+//! Web and file searches the provider ran are billed per call (`web_search`, `file_search`: USD
+//! per 1,000 calls) on top of the serving model's tokens, never at the batch rate.
 
 use std::collections::BTreeMap;
 
 use crate::config::Price;
-use crate::providers::{AudioTokens, ModelUsage, Usage};
+use crate::providers::{AudioTokens, ModelUsage, ServerToolUse, Usage};
 
 /// One-hour cache writes cost this many times the input price when no price is configured
 /// (Anthropic's published multiplier; five-minute writes are 1.25×).
@@ -39,6 +41,9 @@ pub struct Billing {
     pub batch: bool,
     /// The audio part of the serving model's usage (priced at the audio prices).
     pub audio: Option<AudioTokens>,
+    /// Provider-run tool calls billed per call (priced at the serving model's `web_search` and
+    /// `file_search`).
+    pub server_tools: ServerToolUse,
 }
 
 /// The price table, looked up by model name.
@@ -94,7 +99,9 @@ impl Prices {
     /// Nano-USD per model for a call `model` served whose `usage` includes sub-calls on other
     /// models (`others`, parts of `usage`): the serving model's part first, then one entry per
     /// other model, each priced as its own model (as the serving model when it has no price).
-    /// `billing` says how the usage was billed (batch rate, audio).
+    /// `billing` says how the usage was billed (batch rate, audio) and which per-call tool fees
+    /// the serving model's part adds (unscaled by the batch factor: no provider documents a
+    /// discount of them).
     pub fn cost_parts(
         &self,
         model: &str,
@@ -113,14 +120,17 @@ impl Prices {
                 full
             }
         };
-        std::iter::once(served.map_or(0, |p| priced(&p, &own, billing.audio.as_ref())))
-            .chain(others.iter().map(|o| {
-                self.get(&o.model)
-                    .map(|p| at_length(p, o.usage.input))
-                    .or(served)
-                    .map_or(0, |p| priced(&p, &o.usage, None))
-            }))
-            .collect()
+        std::iter::once(served.map_or(0, |p| {
+            priced(&p, &own, billing.audio.as_ref())
+                .saturating_add(tool_fees(&p, &billing.server_tools))
+        }))
+        .chain(others.iter().map(|o| {
+            self.get(&o.model)
+                .map(|p| at_length(p, o.usage.input))
+                .or(served)
+                .map_or(0, |p| priced(&p, &o.usage, None))
+        }))
+        .collect()
     }
 
     /// Nano-USD `input` and `output` tokens cost on `model` at its plain rates (uncached text):
@@ -174,6 +184,15 @@ fn at_length(p: &Price, input: Option<u64>) -> Price {
     }
 }
 
+/// Nano-USD the per-call fees of `tools` cost at price `p` (USD per 1,000 calls); a fee without
+/// a price costs 0.
+fn tool_fees(p: &Price, tools: &ServerToolUse) -> u64 {
+    let usd_per_thousand = tools.web_search as f64 * p.web_search.unwrap_or(0.0)
+        + tools.file_search as f64 * p.file_search.unwrap_or(0.0);
+    // USD per 1,000 calls → nano-USD per call is × 1,000,000.
+    (usd_per_thousand * 1e6).round() as u64
+}
+
 /// Nano-USD for `usage` at price `p`; `audio`, the part of it that was audio, at the audio
 /// prices.
 fn price_of(p: &Price, usage: &Usage, audio: Option<&AudioTokens>) -> u64 {
@@ -221,6 +240,8 @@ mod tests {
                 cached_audio_input: None,
                 audio_output: None,
                 long_context: None,
+                web_search: None,
+                file_search: None,
             },
         );
         t.insert(
@@ -236,6 +257,8 @@ mod tests {
                 cached_audio_input: None,
                 audio_output: None,
                 long_context: None,
+                web_search: None,
+                file_search: None,
             },
         );
         t.insert(
@@ -251,6 +274,8 @@ mod tests {
                 cached_audio_input: None,
                 audio_output: None,
                 long_context: None,
+                web_search: None,
+                file_search: None,
             },
         );
         Prices::new(&t)
@@ -287,7 +312,7 @@ mod tests {
         };
         let batch = Billing {
             batch: true,
-            audio: None,
+            ..Billing::default()
         };
         // gpt-4o: (2.5 + 10) USD at the default half price.
         assert_eq!(p.cost_parts("gpt-4o", &u, &[], batch), [6_250_000_000]);
@@ -318,6 +343,8 @@ mod tests {
                 cached_audio_input: None,
                 audio_output: Some(64.0),
                 long_context: None,
+                web_search: None,
+                file_search: None,
             },
         );
         let p = Prices::new(&t);
@@ -334,6 +361,7 @@ mod tests {
                 cached_input: 100,
                 output: 300,
             }),
+            server_tools: ServerToolUse::default(),
         };
         // Plain 500: 200 audio × 32 + 300 text × 4; cached 500 (100 audio, at the cached input
         // price: none set apart) × 0.4; output 300 audio × 64 + 100 text × 16.
@@ -446,6 +474,8 @@ mod tests {
                     cached_audio_input: None,
                     audio_output: None,
                     long_context: None,
+                    web_search: None,
+                    file_search: None,
                 },
             );
         }
@@ -507,6 +537,82 @@ mod tests {
         assert_eq!(
             p.cost_parts("claude-sonnet-4-5", &total, &unknown, Billing::default()),
             [3_000_000_000, 18_000_000_000]
+        );
+    }
+
+    /// Searches the provider ran cost their per-1,000 fee on top of the tokens, at the serving
+    /// model's price, unscaled by the batch factor; a model without a fee prices none.
+    #[test]
+    fn web_and_file_searches_add_their_per_call_fee() {
+        let mut table = BTreeMap::new();
+        let text = "input: 3\noutput: 15\nweb_search: 10\nfile_search: 2.5\nlong_context: { above: 200000, input: 6, output: 22.5 }\n";
+        let price: Price = serde_saphyr::from_str(text).unwrap();
+        table.insert("claude-sonnet-4".to_string(), price);
+        table.insert(
+            "gpt-4o".to_string(),
+            prices().get("gpt-4o").copied().unwrap(),
+        );
+        let p = Prices::new(&table);
+        // The recorded Anthropic call: 8,984 input, 520 output, one search.
+        let u = Usage {
+            input: Some(8984),
+            output: Some(520),
+            ..Usage::default()
+        };
+        let tokens = ((8984.0 * 3.0 + 520.0 * 15.0) * 1e3_f64).round() as u64;
+        let searched = |web_search, file_search| Billing {
+            server_tools: ServerToolUse {
+                web_search,
+                file_search,
+            },
+            ..Billing::default()
+        };
+        // $10 per 1,000 searches: one is 0.01 USD, 22% of the call.
+        assert_eq!(
+            p.cost_parts("claude-sonnet-4-20250514", &u, &[], searched(1, 0)),
+            [tokens + 10_000_000]
+        );
+        assert_eq!(
+            p.cost_parts("claude-sonnet-4", &u, &[], searched(6, 4)),
+            [tokens + 60_000_000 + 10_000_000]
+        );
+        // Batch-billed tokens are discounted, the fee is not.
+        let batch = Billing {
+            batch: true,
+            ..searched(1, 0)
+        };
+        assert_eq!(
+            p.cost_parts("claude-sonnet-4", &u, &[], batch),
+            [(tokens as f64 * DEFAULT_BATCH_FACTOR).round() as u64 + 10_000_000]
+        );
+        // A long call's tokens at the long rates, the fee the same.
+        let long = Usage {
+            input: Some(300_000),
+            output: Some(0),
+            ..Usage::default()
+        };
+        assert_eq!(
+            p.cost_parts("claude-sonnet-4", &long, &[], searched(1, 0)),
+            [(300_000.0 * 6.0 * 1e3_f64).round() as u64 + 10_000_000]
+        );
+        // A sub-call's part carries no fee: the serving model's does.
+        let others = [ModelUsage {
+            model: "gpt-4o".into(),
+            usage: Usage {
+                input: Some(1000),
+                output: Some(0),
+                ..Usage::default()
+            },
+        }];
+        let total = u.plus(&others[0].usage);
+        assert_eq!(
+            p.cost_parts("claude-sonnet-4", &total, &others, searched(1, 0)),
+            [tokens + 10_000_000, 2_500_000]
+        );
+        // No fee configured: the searches cost nothing beyond the tokens.
+        assert_eq!(
+            p.cost_parts("gpt-4o", &u, &[], searched(3, 3)),
+            p.cost_parts("gpt-4o", &u, &[], Billing::default())
         );
     }
 }

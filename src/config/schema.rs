@@ -562,6 +562,15 @@ pub struct Price {
     /// context bill every token of a call over 200k input tokens at higher rates).
     #[serde(default)]
     pub long_context: Option<LongContextPrice>,
+    /// USD per 1,000 web searches the provider ran in a call (Anthropic
+    /// `server_tool_use.web_search_requests`, OpenAI Responses `web_search_call` items); unset →
+    /// not priced. Never scaled by `batch` nor `long_context`.
+    #[serde(default)]
+    pub web_search: Option<f64>,
+    /// USD per 1,000 file searches (OpenAI Responses `file_search_call` items); unset → not
+    /// priced.
+    #[serde(default)]
+    pub file_search: Option<f64>,
 }
 
 /// The prices of a call whose input tokens (cached and cache writes included) exceed `above`.

@@ -252,6 +252,8 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             p.audio_input,
             p.cached_audio_input,
             p.audio_output,
+            p.web_search,
+            p.file_search,
         ];
         let long = p.long_context.map(|l| {
             [
@@ -541,6 +543,8 @@ mod tests {
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    batch: 1.5\n", "pricing.m.batch"),
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    batch: 0\n", "pricing.m.batch"),
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    audio_output: -1\n", "pricing.m"),
+            ("pricing:\n  m:\n    input: 1\n    output: 2\n    web_search: -10\n", "pricing.m"),
+            ("pricing:\n  m:\n    input: 1\n    output: 2\n    file_search: .nan\n", "pricing.m"),
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    long_context: { above: 0, input: 2, output: 4 }\n", "pricing.m.long_context.above"),
             ("pricing:\n  m:\n    input: 1\n    output: 2\n    long_context: { above: 9, input: -2, output: 4 }\n", "pricing.m.long_context"),
             ("budgets:\n  store:\n    kind: redis_cluster\n", "budgets.store.nodes"),

@@ -42,4 +42,6 @@ pub use registry::Format;
 pub use request::{estimate_input, estimate_input_doc, Capped};
 pub use text::{counted_as_json, output_text};
 pub use tools::ToolResult;
-pub use usage::{AudioTokens, ModelUsage, ResponseRecord, ToolCall, Usage, MAX_OTHER_MODELS};
+pub use usage::{
+    AudioTokens, ModelUsage, ResponseRecord, ServerToolUse, ToolCall, Usage, MAX_OTHER_MODELS,
+};

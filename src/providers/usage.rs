@@ -33,6 +33,33 @@ pub struct AudioTokens {
     pub output: u64,
 }
 
+/// Calls of the tools a provider runs itself and bills per call on top of tokens, as the response
+/// states them: Anthropic's `usage.server_tool_use.web_search_requests`, the OpenAI Responses API's
+/// `web_search_call` and `file_search_call` output items. Kept out of [`Usage`]: they are no
+/// tokens, and are priced per 1,000 calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerToolUse {
+    /// Web searches the provider ran.
+    pub web_search: u64,
+    /// File searches the provider ran (OpenAI Responses `file_search_call`).
+    pub file_search: u64,
+}
+
+impl ServerToolUse {
+    /// Whether no billed tool ran.
+    pub fn is_empty(&self) -> bool {
+        self.web_search == 0 && self.file_search == 0
+    }
+
+    /// The counts of `self` and `other` added.
+    pub fn plus(&self, other: &ServerToolUse) -> ServerToolUse {
+        ServerToolUse {
+            web_search: self.web_search.saturating_add(other.web_search),
+            file_search: self.file_search.saturating_add(other.file_search),
+        }
+    }
+}
+
 /// Most distinct other models a record keeps; a sub-call on one more model stays in the serving
 /// model's part (bounded memory whatever a body lists).
 pub const MAX_OTHER_MODELS: usize = 4;
@@ -85,6 +112,8 @@ pub struct ResponseRecord {
     pub batch: bool,
     /// The audio part of `usage`, when the response states one.
     pub audio: Option<AudioTokens>,
+    /// Calls of provider-run tools billed per call (web and file searches), apart from `usage`.
+    pub server_tools: ServerToolUse,
 }
 
 // === impl Usage ===

@@ -432,6 +432,7 @@ impl CallState {
                     billing: crate::budget::Billing {
                         batch: f.record.batch,
                         audio: f.record.audio,
+                        server_tools: f.record.server_tools,
                     },
                 }));
             }

@@ -461,6 +461,21 @@ fn genai_attributes(f: &SpanEnd<'_>, ttft: Option<f64>, attrs: &mut Attrs<'_>) {
             attrs.int(key, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
+    // Searches the provider ran, billed per call (no convention names them either).
+    for (key, n) in [
+        (
+            "tokenwarden.usage.web_search_calls",
+            r.server_tools.web_search,
+        ),
+        (
+            "tokenwarden.usage.file_search_calls",
+            r.server_tools.file_search,
+        ),
+    ] {
+        if n > 0 {
+            attrs.int(key, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
     if let Some(n) = f.facts.max_tokens {
         attrs.int(
             "gen_ai.request.max_tokens",
@@ -666,6 +681,54 @@ mod tests {
         assert_eq!(attr(span, "gen_ai.request.model"), Some(&s(&huge[..256])));
         assert_eq!(attr(span, "llm.model_name"), Some(&s(&huge[..256])));
         assert_eq!(strings(attr(span, "tokenwarden.tool_calls")).len(), 128);
+    }
+
+    /// Searches the provider ran are on the span when there were any, never as zeros.
+    #[tokio::test]
+    async fn web_and_file_searches_are_span_attributes_when_any_ran() {
+        let (spans, queue) = Spans::for_test(Conventions::Genai, None);
+        let labels = labels();
+        let facts = facts(false);
+        let mut searched = record();
+        searched.server_tools = crate::providers::ServerToolUse {
+            web_search: 6,
+            file_search: 0,
+        };
+        for record in [searched, record()] {
+            let started = Instant::now();
+            let call = spans.start(&HeaderMap::new(), Arc::from("api.openai.com"), 443, started);
+            call.finish(&SpanEnd {
+                labels: &labels,
+                facts: &facts,
+                record: &record,
+                error_type: None,
+                status: Some(StatusCode::OK),
+                now: started,
+                upstream_sent: Some(started),
+                first_output: None,
+                streamed: false,
+                usage_source: Some("provider"),
+                session: None,
+                task: None,
+                step: None,
+                budget_decision: None,
+                policy_violations: &[],
+                policy_blocked: None,
+            });
+        }
+        let batch = queue.take(true).expect("spans");
+        let decoded = ScopeSpans::decode(&batch.bytes[..]).expect("valid OTLP spans");
+        let [searched, plain] = &decoded.spans[..] else {
+            panic!("two spans: {}", decoded.spans.len());
+        };
+        assert_eq!(
+            attr(searched, "tokenwarden.usage.web_search_calls"),
+            Some(&V::IntValue(6))
+        );
+        for span in [searched, plain] {
+            assert!(attr(span, "tokenwarden.usage.file_search_calls").is_none());
+        }
+        assert!(attr(plain, "tokenwarden.usage.web_search_calls").is_none());
     }
 
     #[tokio::test]

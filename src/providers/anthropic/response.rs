@@ -5,7 +5,9 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::providers::shape::{compact, json_key, CacheCreation, ErrorObj};
-use crate::providers::usage::{ModelUsage, ResponseRecord, ToolCall, Usage, MAX_OTHER_MODELS};
+use crate::providers::usage::{
+    ModelUsage, ResponseRecord, ServerToolUse, ToolCall, Usage, MAX_OTHER_MODELS,
+};
 
 json_key!(PARTIAL_JSON, "partial_json");
 
@@ -94,6 +96,17 @@ struct RawUsage {
     output_tokens_details: Option<OutputDetails>,
     #[serde(default)]
     iterations: Option<Vec<Iteration>>,
+    /// Server tool calls billed per call (`web_search_requests`; `web_fetch_requests` costs
+    /// only its tokens).
+    #[serde(default)]
+    server_tool_use: Option<ServerToolRequests>,
+}
+
+/// `usage.server_tool_use`: how many times the server tools ran in the call.
+#[derive(Deserialize, Default, Clone, Copy)]
+struct ServerToolRequests {
+    #[serde(default)]
+    web_search_requests: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -179,6 +192,20 @@ impl RawUsage {
         }
         if later.iterations.is_some() {
             self.iterations.clone_from(&later.iterations);
+        }
+        if later.server_tool_use.is_some() {
+            self.server_tool_use = later.server_tool_use;
+        }
+    }
+
+    /// The billed server tool calls (the count is cumulative: the last stated one is the call's).
+    fn server_tools(&self) -> ServerToolUse {
+        ServerToolUse {
+            web_search: self
+                .server_tool_use
+                .and_then(|s| s.web_search_requests)
+                .unwrap_or(0),
+            file_search: 0,
         }
     }
 
@@ -323,6 +350,7 @@ impl Stream {
     pub(super) fn finish(mut self) -> ResponseRecord {
         (self.record.usage, self.record.other_models) =
             self.usage.to_usage(self.record.model.as_deref());
+        self.record.server_tools = self.usage.server_tools();
         self.record.finish_reasons = self.stop_reason.into_iter().collect();
         self.record.tool_calls = self.calls.into_iter().map(|(_, c)| c).collect();
         self.record
@@ -344,7 +372,9 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     }
     r.id = crate::providers::shape::non_empty(m.id);
     r.model = crate::providers::shape::non_empty(m.model);
-    (r.usage, r.other_models) = m.usage.unwrap_or_default().to_usage(r.model.as_deref());
+    let usage = m.usage.unwrap_or_default();
+    (r.usage, r.other_models) = usage.to_usage(r.model.as_deref());
+    r.server_tools = usage.server_tools();
     r.finish_reasons = m.stop_reason.into_iter().collect();
     for b in m.content {
         match b.kind.as_str() {
@@ -363,7 +393,7 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::providers::{Format, ResponseParser, MAX_OTHER_MODELS};
+    use crate::providers::{Format, ResponseParser, ServerToolUse, MAX_OTHER_MODELS};
 
     fn json(body: &str) -> crate::providers::ResponseRecord {
         let mut p = ResponseParser::new(Format::Anthropic, false, 1 << 20);
@@ -409,5 +439,50 @@ mod tests {
             (r.usage.cache_creation_input, r.usage.cache_creation_1h),
             (Some(556), Some(100))
         );
+    }
+
+    /// A call whose model searched the web states the searches in `usage.server_tool_use`,
+    /// apart from its tokens (recorded: one search by Claude Sonnet 4).
+    #[test]
+    fn web_searches_are_read_from_the_usage_apart_from_the_tokens() {
+        let r = json(include_str!(
+            "../../../tests/fixtures/corpus/anthropic/json_web_search_server_tool.response.json"
+        ));
+        assert_eq!((r.usage.input, r.usage.output), (Some(8984), Some(520)));
+        assert_eq!(
+            r.server_tools,
+            ServerToolUse {
+                web_search: 1,
+                file_search: 0
+            }
+        );
+        let r = json(
+            r#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-6","content":[],"usage":{"input_tokens":1,"output_tokens":2,"server_tool_use":{"web_search_requests":0,"web_fetch_requests":3}}}"#,
+        );
+        assert!(r.server_tools.is_empty(), "web fetches cost only tokens");
+    }
+
+    /// In a stream the `message_delta` states the call's cumulative server tool use; split
+    /// anywhere, the count is the same.
+    #[test]
+    fn a_stream_takes_the_searches_from_its_final_usage() {
+        let body: &[u8] = include_bytes!(
+            "../../../tests/fixtures/corpus/anthropic/sse_web_search_usage_grows.response.sse"
+        );
+        for size in [7, 4096] {
+            let mut p = ResponseParser::new(Format::Anthropic, true, 1 << 20);
+            for chunk in body.chunks(size) {
+                p.feed(chunk);
+            }
+            let r = p.finish();
+            assert_eq!(r.usage.input, Some(10423));
+            assert_eq!(r.server_tools.web_search, 1, "chunks of {size}");
+        }
+        // A later delta's count replaces an earlier one (cumulative), never adds to it.
+        let mut p = ResponseParser::new(Format::Anthropic, true, 1 << 20);
+        p.feed(b"data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"claude-sonnet-4-6\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n");
+        p.feed(b"data: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":3,\"server_tool_use\":{\"web_search_requests\":2}}}\n\n");
+        p.feed(b"data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9,\"server_tool_use\":{\"web_search_requests\":3}}}\n\n");
+        assert_eq!(p.finish().server_tools.web_search, 3);
     }
 }

@@ -63,10 +63,12 @@ impl Output {
         Some(false)
     }
 
-    /// Add one request's record: usage summed, a model other than the first kept apart.
+    /// Add one request's record: usage and server tool calls summed, a model other than the
+    /// first kept apart (its server tool calls are priced as the first model's).
     fn add(&mut self, one: ResponseRecord) {
         let r = &mut self.record;
         r.usage = r.usage.plus(&one.usage);
+        r.server_tools = r.server_tools.plus(&one.server_tools);
         let Some(model) = one.model else { return };
         match r.model.as_deref() {
             None => r.model = Some(model),

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::providers::shape::ErrorObj;
-use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
+use crate::providers::usage::{ResponseRecord, ServerToolUse, ToolCall, Usage};
 
 use super::items;
 
@@ -136,6 +136,24 @@ fn is_server_tool(kind: &str) -> bool {
     !matches!(kind, "message" | "reasoning" | "") && items::call_name(kind, None).is_none()
 }
 
+/// Count an output item of type `kind` if it is a provider-run tool call billed per call.
+fn count_billed(kind: &str, t: &mut ServerToolUse) {
+    match kind {
+        "web_search_call" => t.web_search = t.web_search.saturating_add(1),
+        "file_search_call" => t.file_search = t.file_search.saturating_add(1),
+        _ => {}
+    }
+}
+
+/// The billed provider-run tool calls among `output`.
+fn billed(output: &[Item]) -> ServerToolUse {
+    let mut t = ServerToolUse::default();
+    for item in output {
+        count_billed(&item.kind, &mut t);
+    }
+    t
+}
+
 // === impl ResponsesUsage ===
 
 impl ResponsesUsage {
@@ -221,6 +239,11 @@ impl Stream {
             "response.completed" | "response.incomplete" | "response.failed" => {
                 if let Some(resp) = &ev.response {
                     resp.apply(&mut self.record);
+                    // The final output lists every item; a stream cut before it keeps the
+                    // items counted as they were added.
+                    if !resp.output.is_empty() {
+                        self.record.server_tools = billed(&resp.output);
+                    }
                 }
                 Some(false)
             }
@@ -257,6 +280,7 @@ impl Stream {
             }
             self.calls.push((item.id.unwrap_or_default(), call));
         } else if is_server_tool(&item.kind) {
+            count_billed(&item.kind, &mut self.record.server_tools);
             self.record.server_tool_calls.push(item.kind);
         }
     }
@@ -283,6 +307,7 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
         return false;
     };
     resp.apply(r);
+    r.server_tools = billed(&resp.output);
     for item in resp.output {
         if let Some(call) = item.call() {
             r.tool_calls.push(call);
@@ -295,7 +320,7 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::providers::{Format, ResponseParser};
+    use crate::providers::{Format, ResponseParser, ServerToolUse};
 
     fn json(body: &str) -> crate::providers::ResponseRecord {
         let mut p = ResponseParser::new(Format::OpenAiResponses, false, 1 << 20);
@@ -323,5 +348,55 @@ mod tests {
         let r = p.finish();
         assert_eq!(r.model.as_deref(), Some("gpt-4.1"));
         assert_eq!(r.id.as_deref(), Some("resp_2"));
+    }
+
+    /// Each `web_search_call` and `file_search_call` output item is one billed call (recorded:
+    /// six searches by gpt-5).
+    #[test]
+    fn web_and_file_search_items_are_counted() {
+        let r = json(include_str!(
+            "../../../tests/fixtures/corpus/openai-responses/json_web_search_cached_reasoning.response.json"
+        ));
+        assert_eq!(r.usage.input, Some(115886));
+        assert_eq!(
+            r.server_tools,
+            ServerToolUse {
+                web_search: 6,
+                file_search: 0
+            }
+        );
+        let r = json(
+            r#"{"id":"resp_1","object":"response","model":"gpt-4.1","status":"completed","output":[{"type":"file_search_call","id":"fs_1","status":"completed","queries":["q"]},{"type":"file_search_call","id":"fs_2","status":"completed"},{"type":"code_interpreter_call","id":"ci_1"},{"type":"message","content":[]}],"usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7}}"#,
+        );
+        assert_eq!(
+            r.server_tools,
+            ServerToolUse {
+                web_search: 0,
+                file_search: 2
+            }
+        );
+    }
+
+    /// A stream's `response.completed` lists the output items; one cut before it keeps the
+    /// searches whose items were added.
+    #[test]
+    fn a_stream_counts_the_searches_of_its_final_response() {
+        let body: &[u8] = include_bytes!(
+            "../../../tests/fixtures/corpus/openai-responses/sse_web_search_cached_reasoning.response.sse"
+        );
+        for size in [5, 4096] {
+            let mut p = ResponseParser::new(Format::OpenAiResponses, true, 1 << 20);
+            for chunk in body.chunks(size) {
+                p.feed(chunk);
+            }
+            let r = p.finish();
+            assert_eq!(r.usage.input, Some(9463));
+            assert_eq!(r.server_tools.web_search, 1, "chunks of {size}");
+        }
+        let mut p = ResponseParser::new(Format::OpenAiResponses, true, 1 << 20);
+        for id in ["ws_1", "ws_2"] {
+            p.feed(format!("data: {{\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{{\"type\":\"web_search_call\",\"id\":\"{id}\",\"status\":\"in_progress\"}}}}\n\n").as_bytes());
+        }
+        assert_eq!(p.finish().server_tools.web_search, 2, "cut short");
     }
 }

@@ -14,7 +14,8 @@ use crate::providers::{AudioTokens, ModelUsage, Usage};
 /// (Anthropic's published multiplier; five-minute writes are 1.25×).
 const ONE_HOUR_WRITE_FACTOR: f64 = 2.0;
 
-/// The factor of batch-billed usage when a price sets none: the OpenAI Batch API's 50 % discount.
+/// The factor of batch-billed usage when a price sets none: the 50 % discount of OpenAI's Batch
+/// API and Anthropic's Message Batches alike.
 const DEFAULT_BATCH_FACTOR: f64 = 0.5;
 
 /// Whether `suffix` names a snapshot of a model rather than another model or version: a date

@@ -81,7 +81,8 @@ pub struct ResponseRecord {
     pub error_type: Option<String>,
     /// Why (part of) the body could not be read, if it could not.
     pub unparsed: Option<&'static str>,
-    /// The usage was billed at the Batch API's rate (a batch output file).
+    /// The usage was billed at the batch rate (an OpenAI batch output file, an Anthropic Message
+    /// Batch's results).
     pub batch: bool,
     /// The audio part of `usage`, when the response states one.
     pub audio: Option<AudioTokens>,

@@ -1,7 +1,7 @@
-//! OpenAI Batch API through the proxy, over real sockets: files and batches pass through
-//! unread, and the usage of a batch is read from its output file when the agent downloads it
-//! (tests/fixtures/batch/output.jsonl), counted exactly per model, priced at the batch rate, on
-//! one span.
+//! OpenAI Batch API and Anthropic Message Batches through the proxy, over real sockets: files
+//! and batches pass through unread, and the usage of a batch is read from its output (results)
+//! file when the agent downloads it (tests/fixtures/batch/output.jsonl,
+//! anthropic_results.jsonl), counted exactly per model, priced at the batch rate, on one span.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -20,6 +20,8 @@ use common::*;
 use otlp_receiver::*;
 
 const OUTPUT: &str = include_str!("fixtures/batch/output.jsonl");
+const ANTHROPIC_RESULTS: &str = include_str!("fixtures/batch/anthropic_results.jsonl");
+const ANTHROPIC_BATCH_ID: &str = "msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d";
 
 /// Lines in the large output file: past the proxy's 64 MiB bound on a decompressed copy.
 const BIG_LINES: usize = 1100;
@@ -60,6 +62,10 @@ async fn upstream() -> SocketAddr {
                         }
                         "/v1/files/file-BigGz/content" => {
                             ("application/octet-stream", big_gz(), 64 * 1024, true)
+                        }
+                        // The SDKs ask for `application/binary`: not a media type read as lines.
+                        p if p == format!("/v1/messages/batches/{ANTHROPIC_BATCH_ID}/results") => {
+                            ("application/binary", ANTHROPIC_RESULTS.as_bytes(), 7, false)
                         }
                         _ => {
                             let _ = req.into_body().collect().await;
@@ -201,4 +207,121 @@ async fn a_large_gzip_output_file_is_forwarded_compressed_and_every_line_counted
     // Every line, the ones past 64 MiB decompressed too.
     assert_eq!(tokens("input"), 24.0 * BIG_LINES as f64, "{metrics}");
     assert_eq!(tokens("output"), 9.0 * BIG_LINES as f64);
+}
+
+#[tokio::test]
+async fn an_anthropic_batch_results_file_is_counted_at_download_priced_at_the_batch_rate_and_charged_to_the_session(
+) {
+    let up = upstream().await;
+    let rx = Receiver::grpc().await;
+    let proxy = TestProxy::start(&format!(
+        "routes:\n  - name: claude\n    path_prefix: /\n    upstream: http://{up}\n    protocol: anthropic\n\
+         telemetry:\n  otlp:\n    endpoint: {}\n    protocol: grpc\n\
+         pricing:\n  claude-sonnet-4-5:\n    input: 3\n    output: 15\n    cached_input: 0.3\n    cache_creation_input: 3.75\n\
+         \x20 claude-haiku-4-5:\n    input: 1\n    output: 5\n\
+         budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: session\n      usd: 1\n",
+        rx.endpoint()
+    ))
+    .await;
+    let session = "abatch-s1";
+    let agent = [
+        ("x-agent-name", "claude-batcher"),
+        ("x-session-id", session),
+    ];
+
+    let mut req = Request::get(proxy.url(&format!(
+        "/v1/messages/batches/{ANTHROPIC_BATCH_ID}/results"
+    )));
+    for (k, v) in agent {
+        req = req.header(k, v);
+    }
+    let (resp, body) = send(req.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        body,
+        ANTHROPIC_RESULTS.as_bytes(),
+        "the file passes byte for byte"
+    );
+
+    let metrics = proxy.metrics().await;
+    let tokens = |model: &str, kind: &str| {
+        metric_value(
+            &metrics,
+            "tokenwarden_tokens_total",
+            &[
+                ("agent", "claude-batcher"),
+                ("model", model),
+                ("type", kind),
+                ("source", "provider"),
+            ],
+        )
+    };
+    // The succeeded results only: errored, canceled and expired ones bill nothing.
+    let sonnet = "claude-sonnet-4-5-20250929";
+    let haiku = "claude-haiku-4-5-20251001";
+    assert_eq!(tokens(sonnet, "input"), 1620.0, "{metrics}");
+    assert_eq!(tokens(sonnet, "output"), 65.0);
+    assert_eq!(tokens(sonnet, "cached_input"), 1000.0);
+    assert_eq!(tokens(sonnet, "cache_creation_input"), 600.0);
+    assert_eq!(tokens(haiku, "input"), 30.0);
+    assert_eq!(tokens(haiku, "output"), 15.0);
+    let requests = metric_value(
+        &metrics,
+        "tokenwarden_requests_total",
+        &[
+            ("provider", "anthropic"),
+            ("operation", "chat"),
+            ("agent", "claude-batcher"),
+        ],
+    );
+    assert_eq!(requests, 1.0, "one call for the whole batch");
+
+    // At half price (the default batch factor): uncached input, cache reads, five-minute
+    // writes, one-hour writes (2 × input by default) and output each at its own price.
+    let sonnet_usd =
+        (20.0 * 3.0 + 1000.0 * 0.3 + 200.0 * 3.75 + 400.0 * 6.0 + 65.0 * 15.0) / 1e6 * 0.5;
+    let haiku_usd = (30.0 * 1.0 + 15.0 * 5.0) / 1e6 * 0.5;
+    let cost = |model: &str| {
+        metric_value(
+            &metrics,
+            "tokenwarden_cost_usd_total",
+            &[("agent", "claude-batcher"), ("model", model)],
+        )
+    };
+    assert!((cost(sonnet) - sonnet_usd).abs() < 1e-12, "{metrics}");
+    assert!((cost(haiku) - haiku_usd).abs() < 1e-12);
+
+    // The session's budget is charged the batch's tokens and its cost at the batch rate.
+    let admin = proxy.admin;
+    let url = format!("http://{admin}/v1/sessions/{session}");
+    let charged = eventually(Duration::from_secs(10), || {
+        let url = url.clone();
+        async move {
+            let (r, b) = get(&url).await;
+            r.status() == 200
+                && serde_json::from_slice::<serde_json::Value>(&b).unwrap()["tokens"]["total"]
+                    == 1620 + 65 + 30 + 15
+        }
+    })
+    .await;
+    assert!(charged, "the session never showed the batch's tokens");
+    let (_, b) = get(&url).await;
+    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let usd = sonnet_usd + haiku_usd;
+    assert!((v["cost_usd"].as_f64().unwrap() - usd).abs() < 1e-9, "{v}");
+    let limit = &v["limits"][0];
+    assert_eq!(limit["unit"], "usd", "{v}");
+    assert!((limit["used"].as_f64().unwrap() - usd).abs() < 1e-9, "{v}");
+
+    // One span, the whole file's usage, the first model named.
+    let arrived = eventually(Duration::from_secs(10), || async { !rx.spans().is_empty() }).await;
+    assert!(arrived);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 1, "one span per batch");
+    let a = attrs(&spans[0].span);
+    assert_eq!(a.get("gen_ai.usage.input_tokens"), Some(&V::I(1650)));
+    assert_eq!(a.get("gen_ai.usage.output_tokens"), Some(&V::I(80)));
+    assert_eq!(a.get("gen_ai.provider.name"), Some(&s("anthropic")));
+    assert_eq!(a.get("gen_ai.response.model"), Some(&s(sonnet)));
 }

@@ -620,7 +620,8 @@ impl Budgets {
                 if l.action == LimitAction::Cut {
                     // The reservation is whole; the stream is cut where the limit is reached.
                     let room = g.granted.min(l.amount.saturating_sub(g.used));
-                    let allowed = self.output_allowance(l, model, room, w.min);
+                    let allowed =
+                        self.output_allowance(l, model, room, w.min, adm.facts.input_bound);
                     cut_after = Some(cut_after.map_or(allowed, |a: u64| a.min(allowed)));
                 }
             }
@@ -1171,15 +1172,23 @@ impl Budgets {
             .collect()
     }
 
-    /// Output tokens a call granted `granted` (of which `min` is its input) may produce.
-    fn output_allowance(&self, l: &Limit, model: &str, granted: u64, min: u64) -> u64 {
+    /// Output tokens a call granted `granted` (of which `min` is its input; `input` tokens of
+    /// it) may produce. An output token's price is the one the call's input length bills it at
+    /// (long-context rates past their threshold).
+    fn output_allowance(&self, l: &Limit, model: &str, granted: u64, min: u64, input: u64) -> u64 {
         let left = granted.saturating_sub(min);
         match l.unit {
             Unit::Tokens => left,
-            Unit::Usd => match self.prices.estimate_plain(model, 0, 1) {
-                0 => u64::MAX,
-                per_token => left / per_token,
-            },
+            Unit::Usd => {
+                let per_token = self
+                    .prices
+                    .estimate_plain(model, input, 1)
+                    .saturating_sub(self.prices.estimate_plain(model, input, 0));
+                match per_token {
+                    0 => u64::MAX,
+                    per_token => left / per_token,
+                }
+            }
         }
     }
 

@@ -16,17 +16,23 @@ use crate::providers::{AudioTokens, ModelUsage, ServerToolUse, Usage};
 /// (Anthropic's published multiplier; five-minute writes are 1.25×).
 const ONE_HOUR_WRITE_FACTOR: f64 = 2.0;
 
-/// The factor of batch-billed usage when a price sets none: the OpenAI Batch API's 50 % discount.
+/// The factor of batch-billed usage when a price sets none: the 50 % discount of OpenAI's Batch
+/// API and Anthropic's Message Batches alike.
 const DEFAULT_BATCH_FACTOR: f64 = 0.5;
 
 /// Whether `suffix` names a snapshot of a model rather than another model or version: a date
-/// (`20250929`, `2024-08-06`), a month and day (`0613`), or a three-digit revision (`001`).
+/// (`20250929`, `2024-08-06`), a month and day (`0613`, `06-05`), a month and year (`08-2024`),
+/// or a three-digit revision (`001`).
 /// A one- or two-digit suffix is a version (`claude-opus-4-5` is not `claude-opus-4`).
 fn is_snapshot(suffix: &str) -> bool {
     let b = suffix.as_bytes();
     let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
     match b.len() {
         3 | 4 | 8 => digits(b),
+        // A preview's month and day (`gemini-2.5-pro-preview-06-05`).
+        5 => digits(&b[..2]) && b[2] == b'-' && digits(&b[3..]),
+        // A month and year (`command-r-08-2024`).
+        7 => digits(&b[..2]) && b[2] == b'-' && digits(&b[3..]),
         10 => {
             digits(&b[..4]) && b[4] == b'-' && digits(&b[5..7]) && b[7] == b'-' && digits(&b[8..])
         }
@@ -44,6 +50,9 @@ pub struct Billing {
     /// Provider-run tool calls billed per call (priced at the serving model's `web_search` and
     /// `file_search`).
     pub server_tools: ServerToolUse,
+    /// The largest one request's input when the usage sums several (iterations, a batch
+    /// file): the long-context threshold is tested against it rather than the sum.
+    pub longest_input: Option<u64>,
 }
 
 /// The price table, looked up by model name.
@@ -111,7 +120,9 @@ impl Prices {
     ) -> Vec<u64> {
         let own = others.iter().fold(*usage, |u, o| u.minus(&o.usage));
         // The serving model's rates by the call's whole input (its length decides them).
-        let served = self.get(model).map(|p| at_length(p, own.input));
+        let served = self
+            .get(model)
+            .map(|p| at_length(p, billing.longest_input.or(own.input)));
         let priced = |p: &Price, u: &Usage, audio: Option<&AudioTokens>| {
             let full = price_of(p, u, audio);
             if billing.batch {
@@ -362,6 +373,7 @@ mod tests {
                 output: 300,
             }),
             server_tools: ServerToolUse::default(),
+            longest_input: None,
         };
         // Plain 500: 200 audio × 32 + 300 text × 4; cached 500 (100 audio, at the cached input
         // price: none set apart) × 0.4; output 300 audio × 64 + 100 text × 16.
@@ -423,6 +435,16 @@ mod tests {
         assert_eq!(
             p.estimate("claude-sonnet-4-5", 300_000, 0),
             (300_000.0 * 6.0 * 1e3_f64).round() as u64
+        );
+        // Summed requests (iterations, a batch file) cross the threshold one by one: two of
+        // 125k are billed at the plain rates.
+        let two = Billing {
+            longest_input: Some(125_000),
+            ..Billing::default()
+        };
+        assert_eq!(
+            p.cost_parts("claude-sonnet-4-5", &call(250_000, 0), &[], two),
+            vec![((250_000.0 * 3.0 + 1000.0 * 15.0) * 1e3_f64).round() as u64]
         );
         let parts = p.cost_parts(
             "claude-sonnet-4-5",
@@ -488,6 +510,9 @@ mod tests {
         assert!(p.get("gpt-4-2024-04-09").is_some());
         assert!(p.get("gemini-2.0-flash-001").is_some());
         assert!(p.get("gpt-4-32k").is_none());
+        assert!(p.get("gemini-2.0-flash-06-05").is_some());
+        assert!(p.get("gpt-4-08-2024").is_some());
+        assert!(p.get("gpt-4-5-2").is_none());
         assert!(p.get("gpt-4-2024-04-9").is_none());
     }
 

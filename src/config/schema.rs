@@ -546,7 +546,8 @@ pub struct Price {
     #[serde(default)]
     pub cache_creation_input_1h: Option<f64>,
     /// Factor applied to every price above for usage billed at the Batch API's rate (a batch
-    /// output file); unset → 0.5, OpenAI's Batch API discount.
+    /// output file, a Message Batch's results); unset → 0.5, OpenAI's and Anthropic's batch
+    /// discount.
     #[serde(default)]
     pub batch: Option<f64>,
     /// Audio input (Realtime API, Chat Completions audio models); unset → the input price.

@@ -321,6 +321,31 @@ mod tests {
     }
 
     #[test]
+    fn anthropic_batch_results_are_read_and_the_rest_of_the_batch_api_is_not() {
+        let results = "/v1/messages/batches/msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d/results";
+        for configured in [named("anthropic"), RouteProtocol::Auto] {
+            let c = classify(configured, results);
+            assert_eq!(c.format, Some(Format::AnthropicBatch), "{configured:?}");
+            assert_eq!((c.provider, c.operation.as_str()), ("anthropic", "chat"));
+            assert_eq!(c.error_shape(), ErrorShape::of(Format::AnthropicBatch));
+        }
+        let c = classify(named("anthropic"), &format!("/anthropic{results}"));
+        assert_eq!(c.format, Some(Format::AnthropicBatch));
+        // Creating, polling, listing and canceling batches spend nothing: labelled, unread.
+        for path in [
+            "/v1/messages/batches",
+            "/v1/messages/batches/msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d",
+            "/v1/messages/batches/msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d/cancel",
+            "/v1/messages/batches//results",
+            "/v1/messages/batches/a/b/results",
+        ] {
+            let c = classify(named("anthropic"), path);
+            assert_eq!((c.operation, c.format), (Operation::Other, None), "{path}");
+            assert_eq!(c.error_shape(), ErrorShape::of(Format::Anthropic), "{path}");
+        }
+    }
+
+    #[test]
     fn configured_protocol_wins() {
         let c = classify(named("anthropic"), "/whatever");
         assert_eq!(c.error_shape(), ErrorShape::of(Format::Anthropic));

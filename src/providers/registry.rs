@@ -43,6 +43,9 @@ registry! {
     VertexGemini => super::vertex::VertexGemini,
     /// Anthropic on Vertex AI (`rawPredict` / `streamRawPredict`).
     VertexAnthropic => super::vertex::VertexAnthropic,
+    /// Anthropic Message Batches' results files (before Anthropic Messages, whose routes take
+    /// every other path of the protocol).
+    AnthropicBatch => super::anthropic::AnthropicBatch,
     /// Anthropic Messages.
     Anthropic => super::anthropic::Anthropic,
     /// Gemini generateContent / streamGenerateContent.

@@ -108,12 +108,17 @@ pub struct ResponseRecord {
     pub error_type: Option<String>,
     /// Why (part of) the body could not be read, if it could not.
     pub unparsed: Option<&'static str>,
-    /// The usage was billed at the Batch API's rate (a batch output file).
+    /// The usage was billed at the batch rate (an OpenAI batch output file, an Anthropic Message
+    /// Batch's results).
     pub batch: bool,
     /// The audio part of `usage`, when the response states one.
     pub audio: Option<AudioTokens>,
     /// Calls of provider-run tools billed per call (web and file searches), apart from `usage`.
     pub server_tools: ServerToolUse,
+    /// When `usage` sums several requests (Anthropic's `usage.iterations`, a batch file), the
+    /// largest one request's input: what a long-context price's threshold is tested against
+    /// (each request crosses it or not on its own).
+    pub longest_input: Option<u64>,
 }
 
 // === impl Usage ===
@@ -165,5 +170,80 @@ impl ResponseRecord {
         self.other_models
             .iter()
             .fold(self.usage, |u, o| u.minus(&o.usage))
+    }
+
+    /// Add one request of a batch to this record of the whole batch: usage summed, and every
+    /// part spent on a model other than the first one named (the request's own model, its
+    /// sub-calls on others) kept apart per model, so each is priced as its own model.
+    pub fn add_request(&mut self, one: ResponseRecord) {
+        let longest = one.longest_input.or(one.usage.input);
+        self.longest_input = self.longest_input.max(longest);
+        self.server_tools = self.server_tools.plus(&one.server_tools);
+        self.usage = self.usage.plus(&one.usage);
+        let own = one.own_usage();
+        if self.model.is_none() {
+            // The first model a request names serves the batch's record; a request naming
+            // none stays in its part.
+            self.model.clone_from(&one.model);
+        }
+        let parts = one
+            .model
+            .map(|m| (m, own))
+            .into_iter()
+            .chain(one.other_models.into_iter().map(|o| (o.model, o.usage)));
+        for (model, usage) in parts {
+            if self.model.as_deref() == Some(model.as_str()) {
+                continue; // the first model's part: the usage not kept apart
+            }
+            if let Some(o) = self.other_models.iter_mut().find(|o| o.model == model) {
+                o.usage = o.usage.plus(&usage);
+            } else if self.other_models.len() < MAX_OTHER_MODELS {
+                self.other_models.push(ModelUsage { model, usage });
+            }
+            // Past the cap a model's usage stays in the first model's part (bounded).
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(model: &str, input: u64, others: &[(&str, u64)]) -> ResponseRecord {
+        let mut r = ResponseRecord {
+            model: Some(model.to_string()),
+            ..Default::default()
+        };
+        r.usage.input = Some(input);
+        for (m, n) in others {
+            r.usage.input = r.usage.input.map(|i| i + n);
+            r.other_models.push(ModelUsage {
+                model: (*m).to_string(),
+                usage: Usage {
+                    input: Some(*n),
+                    ..Default::default()
+                },
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn a_batch_keeps_every_models_part_apart_sub_calls_included() {
+        let mut batch = ResponseRecord::default();
+        // Served by A with an advisor sub-call on B; then one served by B with a sub-call on A.
+        batch.add_request(request("a", 10, &[("b", 3)]));
+        batch.add_request(request("b", 20, &[("a", 4)]));
+        batch.add_request(request("c", 5, &[]));
+        assert_eq!(batch.model.as_deref(), Some("a"));
+        assert_eq!(batch.usage.input, Some(42));
+        let part = |m: &str| batch.other_models.iter().find(|o| o.model == m).unwrap();
+        assert_eq!(part("b").usage.input, Some(23));
+        assert_eq!(part("c").usage.input, Some(5));
+        assert_eq!(
+            batch.own_usage().input,
+            Some(14),
+            "a's own: 10 + the sub-call's 4"
+        );
     }
 }

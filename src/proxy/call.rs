@@ -433,6 +433,7 @@ impl CallState {
                         batch: f.record.batch,
                         audio: f.record.audio,
                         server_tools: f.record.server_tools,
+                        longest_input: f.record.longest_input,
                     },
                 }));
             }

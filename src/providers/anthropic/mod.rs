@@ -17,7 +17,18 @@
 //! are billed at the advisor model's rates. So when iterations are stated, usage is their sum,
 //! and the part spent on another model is kept in [`ResponseRecord::other_models`]. Streams
 //! repeat the whole list in each `message_delta`: the last one stated is the list.
+//!
+//! Message Batches ([`AnthropicBatch`]): creating a batch (`POST /v1/messages/batches`) and
+//! polling it pass through unread, as nothing is spent until it runs; what it spent is stated
+//! line by line in its results (`GET /v1/messages/batches/{id}/results`), JSONL, one
+//! `{"custom_id","result"}` per request, a `succeeded` result carrying the whole `message`.
+//! The download is one call (one span): the file is read line by line as it passes (any
+//! length, each line bounded), each message's usage read as a Messages response and summed
+//! per model, and the record marked [`ResponseRecord::batch`] so that the budgets price it at
+//! the model's batch rate (`pricing.<model>.batch`, Anthropic's 50 % by default). `errored`,
+//! `canceled` and `expired` results were not billed and count nothing.
 
+mod batch_results;
 mod content;
 mod ending;
 mod error;
@@ -25,6 +36,7 @@ mod gate;
 mod response;
 mod tools;
 
+pub use batch_results::Results;
 pub use response::Stream;
 
 use serde_json::{Map, Value};
@@ -112,3 +124,77 @@ impl Adapter for Anthropic {
 }
 
 stream_reader!(Stream, event);
+
+/// Anthropic Message Batches' results files (`/v1/messages/batches/{id}/results`).
+pub struct AnthropicBatch;
+
+/// Whether `path` downloads a Message Batch's results.
+fn batch_results(path: &str) -> bool {
+    path.strip_suffix("/results")
+        .and_then(|p| p.rsplit_once("/messages/batches/"))
+        .is_some_and(|(_, id)| !id.is_empty() && !id.contains('/'))
+}
+
+impl Adapter for AnthropicBatch {
+    fn protocol(&self) -> &'static str {
+        "anthropic"
+    }
+
+    /// The results path is Anthropic's alone: under `auto` it names the protocol, as
+    /// `/v1/messages` does.
+    fn detects(&self, path: &str) -> bool {
+        batch_results(path)
+    }
+
+    fn route(&self, path: &str) -> Option<Routed> {
+        batch_results(path).then_some(Routed {
+            provider: "anthropic",
+            // As OpenAI's batch output: the messages the batch generated.
+            operation: Operation::Chat,
+            reads: true,
+        })
+    }
+
+    fn error_body(&self, e: &ErrorText<'_>) -> Value {
+        error::body(e)
+    }
+
+    /// Served as a `.jsonl` file (its media type not `application/x-ndjson`).
+    fn reads_lines(&self) -> bool {
+        true
+    }
+
+    fn stream(&self) -> Box<dyn StreamReader> {
+        Box::new(Results::default())
+    }
+
+    fn parse_json(&self, body: &[u8], r: &mut ResponseRecord) -> bool {
+        // A file collected whole: its lines read in turn.
+        let mut results = Results::default();
+        for line in body.split(|b| *b == b'\n') {
+            results.event(line);
+        }
+        *r = results.finish();
+        true
+    }
+
+    fn max_tokens_field(&self) -> (Option<&'static str>, &'static str) {
+        (None, "max_tokens")
+    }
+
+    fn tool_results(
+        &self,
+        _doc: crate::providers::Node<'_>,
+        _markers: &[String],
+    ) -> Vec<ToolResult> {
+        Vec::new()
+    }
+
+    fn input_messages(&self, _body: &Map<String, Value>) -> (Option<Value>, Option<Value>) {
+        (None, None)
+    }
+
+    fn output_text(&self, _v: &Value, _add: &mut dyn FnMut(usize, &str)) {}
+}
+
+stream_reader!(Results, event);

@@ -209,6 +209,26 @@ impl RawUsage {
         }
     }
 
+    /// The largest input of one iteration, when the usage sums iterations (each a request of
+    /// its own as far as long-context prices go).
+    fn longest_input(&self) -> Option<u64> {
+        self.iterations
+            .as_deref()?
+            .iter()
+            .filter_map(|it| {
+                counts(
+                    it.input_tokens,
+                    it.output_tokens,
+                    it.cache_read_input_tokens,
+                    it.cache_creation_input_tokens,
+                    it.cache_creation,
+                    it.output_tokens_details,
+                )
+                .input
+            })
+            .max()
+    }
+
     /// Usage as billed, and the parts of it spent on models other than `served`.
     fn to_usage(&self, served: Option<&str>) -> (Usage, Vec<ModelUsage>) {
         if let Some(iterations) = self.iterations.as_deref().filter(|i| !i.is_empty()) {
@@ -350,6 +370,7 @@ impl Stream {
     pub(super) fn finish(mut self) -> ResponseRecord {
         (self.record.usage, self.record.other_models) =
             self.usage.to_usage(self.record.model.as_deref());
+        self.record.longest_input = self.usage.longest_input();
         self.record.server_tools = self.usage.server_tools();
         self.record.finish_reasons = self.stop_reason.into_iter().collect();
         self.record.tool_calls = self.calls.into_iter().map(|(_, c)| c).collect();
@@ -374,6 +395,7 @@ pub(super) fn parse_json(body: &[u8], r: &mut ResponseRecord) -> bool {
     r.model = crate::providers::shape::non_empty(m.model);
     let usage = m.usage.unwrap_or_default();
     (r.usage, r.other_models) = usage.to_usage(r.model.as_deref());
+    r.longest_input = usage.longest_input();
     r.server_tools = usage.server_tools();
     r.finish_reasons = m.stop_reason.into_iter().collect();
     for b in m.content {
@@ -399,6 +421,18 @@ mod tests {
         let mut p = ResponseParser::new(Format::Anthropic, false, 1 << 20);
         p.feed(body.as_bytes());
         p.finish()
+    }
+
+    /// Iterations are requests of their own: the longest one's input (cache reads and writes
+    /// included) is what a long-context threshold is tested against, not their sum.
+    #[test]
+    fn iterations_name_their_longest_input() {
+        let body = r#"{"id":"msg_1","type":"message","model":"claude-sonnet-4-5","content":[],"usage":{"input_tokens":25000,"output_tokens":10,"iterations":[{"type":"compaction","input_tokens":170000,"cache_read_input_tokens":10000,"output_tokens":900},{"type":"message","input_tokens":25000,"output_tokens":10}]}}"#;
+        let r = json(body);
+        assert_eq!(r.usage.input, Some(205_000));
+        assert_eq!(r.longest_input, Some(180_000));
+        let plain = r#"{"id":"msg_2","type":"message","model":"m","content":[],"usage":{"input_tokens":7,"output_tokens":1}}"#;
+        assert_eq!(json(plain).longest_input, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde_json::value::RawValue;
 use crate::providers::adapter::Adapter;
 use crate::providers::openai_chat::OpenAiChat;
 use crate::providers::openai_responses::OpenAiResponses;
-use crate::providers::usage::{ModelUsage, ResponseRecord, MAX_OTHER_MODELS};
+use crate::providers::usage::ResponseRecord;
 
 /// The usage of the lines read so far.
 #[derive(Default)]
@@ -59,32 +59,8 @@ impl Output {
         if !format.parse_json(body, &mut one) || !one.usage.is_present() {
             return Some(false);
         }
-        self.add(one);
+        self.record.add_request(one);
         Some(false)
-    }
-
-    /// Add one request's record: usage and server tool calls summed, a model other than the
-    /// first kept apart (its server tool calls are priced as the first model's).
-    fn add(&mut self, one: ResponseRecord) {
-        let r = &mut self.record;
-        r.usage = r.usage.plus(&one.usage);
-        r.server_tools = r.server_tools.plus(&one.server_tools);
-        let Some(model) = one.model else { return };
-        match r.model.as_deref() {
-            None => r.model = Some(model),
-            Some(m) if m == model => {}
-            Some(_) => {
-                if let Some(o) = r.other_models.iter_mut().find(|o| o.model == model) {
-                    o.usage = o.usage.plus(&one.usage);
-                } else if r.other_models.len() < MAX_OTHER_MODELS {
-                    r.other_models.push(ModelUsage {
-                        model,
-                        usage: one.usage,
-                    });
-                }
-                // Past the cap a model's usage stays in the first model's part (bounded).
-            }
-        }
     }
 
     pub(crate) fn finish(mut self) -> ResponseRecord {

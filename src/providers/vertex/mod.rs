@@ -136,7 +136,7 @@ impl Adapter for VertexGemini {
     }
 
     fn detects(&self, path: &str) -> bool {
-        path::publisher(path) == Some(path::GOOGLE) || path::endpoint(path)
+        path::publisher(path) == Some(path::GOOGLE) || path::endpoint(path) || path::tuned(path)
     }
 
     fn speaks(&self, path: &str) -> Option<&'static str> {
@@ -153,10 +153,11 @@ impl Adapter for VertexGemini {
                 ..OpenAiChat.route(path)?
             });
         }
-        if path::publisher(path) != Some(path::GOOGLE) {
+        if path::publisher(path) != Some(path::GOOGLE) && !path::tuned(path) {
             return None;
         }
-        // The method after the model: what Gemini's own route reads.
+        // The method after the model (or a tuned model's endpoint): what Gemini's own route
+        // reads.
         let gemini = Gemini.route(path)?;
         Some(Routed {
             provider: PROVIDER,
@@ -262,6 +263,25 @@ mod tests {
                     (c.provider, c.operation.as_str(), c.format),
                     ("gcp.vertex_ai", "chat", Some(Format::OpenAiChat)),
                     "{configured:?} {version}"
+                );
+            }
+        }
+        // A tuned Gemini model's endpoint: Gemini's generate content, read, on a vertex route
+        // and under auto.
+        for configured in [RouteProtocol::Auto, RouteProtocol::Named("vertex")] {
+            for method in ["generateContent", "streamGenerateContent"] {
+                let c = classify(
+                    configured,
+                    &format!("/v1/projects/p1/locations/us-central1/endpoints/4567:{method}"),
+                );
+                assert_eq!(
+                    (c.provider, c.operation.as_str(), c.format),
+                    (
+                        "gcp.vertex_ai",
+                        "generate_content",
+                        Some(Format::VertexGemini)
+                    ),
+                    "{configured:?} {method}"
                 );
             }
         }

@@ -20,12 +20,25 @@ pub(super) fn publisher(path: &str) -> Option<&str> {
 /// (`endpoints/openapi/chat/completions`) and a dedicated endpoint's own, whose bodies are OpenAI
 /// Chat's.
 pub(super) fn endpoint(path: &str) -> bool {
-    let Some(i) = path.find("/locations/") else {
-        return false;
-    };
-    path[i + "/locations/".len()..]
-        .split_once('/')
-        .is_some_and(|(_, rest)| rest.starts_with("endpoints/"))
+    endpoint_rest(path)
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(id, _)| !id.contains(':'))
+}
+
+/// Whether the path calls a deployed (tuned) Gemini model's endpoint with a Gemini method
+/// (`endpoints/{endpoint}:generateContent`, `:streamGenerateContent`): Gemini bodies.
+pub(super) fn tuned(path: &str) -> bool {
+    endpoint_rest(path).is_some_and(|rest| {
+        let id = rest.split('/').next().unwrap_or_default();
+        id.contains(':')
+    })
+}
+
+/// What follows `/locations/{l}/endpoints/`, when the path is under an endpoint.
+fn endpoint_rest(path: &str) -> Option<&str> {
+    let i = path.find("/locations/")?;
+    let (_, rest) = path[i + "/locations/".len()..].split_once('/')?;
+    rest.strip_prefix("endpoints/")
 }
 
 /// `{model}:{method}` after `/models/`.
@@ -50,6 +63,18 @@ pub(super) fn method(path: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_openai_compatible_or_a_tuned_models() {
+        let openai = "/v1/projects/p/locations/us-central1/endpoints/openapi/chat/completions";
+        let dedicated = "/v1/projects/p/locations/us-central1/endpoints/123/chat/completions";
+        let deployed = "/v1/projects/p/locations/us-central1/endpoints/123:generateContent";
+        assert!(endpoint(openai) && !tuned(openai));
+        assert!(endpoint(dedicated) && !tuned(dedicated));
+        assert!(!endpoint(deployed) && tuned(deployed));
+        let publisher = "/v1/projects/p/locations/l/publishers/google/models/m:generateContent";
+        assert!(!endpoint(publisher) && !tuned(publisher));
+    }
 
     #[test]
     fn paths_name_publisher_model_and_method() {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::providers::shape::{compact, ErrorObj};
-use crate::providers::usage::{ResponseRecord, ToolCall, Usage};
+use crate::providers::usage::{AudioTokens, ResponseRecord, ToolCall, Usage};
 
 /// Stream state.
 #[derive(Default)]
@@ -80,11 +80,49 @@ struct UsageMetadata {
     cached_content_token_count: Option<u64>,
     #[serde(default)]
     total_token_count: Option<u64>,
+    /// Input tokens by modality (`TEXT`, `AUDIO`, `IMAGE`, `VIDEO`, `DOCUMENT`).
+    #[serde(default)]
+    prompt_tokens_details: Vec<ModalityCount>,
+    /// Cached input tokens by modality.
+    #[serde(default)]
+    cache_tokens_details: Vec<ModalityCount>,
+    /// Output tokens by modality (native audio models answer in `AUDIO`).
+    #[serde(default)]
+    candidates_tokens_details: Vec<ModalityCount>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ModalityCount {
+    #[serde(default)]
+    modality: String,
+    #[serde(default)]
+    token_count: u64,
+}
+
+/// The `AUDIO` tokens of a by-modality list.
+fn audio_of(details: &[ModalityCount]) -> u64 {
+    details
+        .iter()
+        .filter(|d| d.modality.eq_ignore_ascii_case("AUDIO"))
+        .map(|d| d.token_count)
+        .fold(0, u64::saturating_add)
 }
 
 // === impl UsageMetadata ===
 
 impl UsageMetadata {
+    /// The audio part of the counts, when there is one (audio is priced apart: 2.5 Flash bills
+    /// audio input at more than three times text).
+    fn audio(&self) -> Option<AudioTokens> {
+        let a = AudioTokens {
+            input: audio_of(&self.prompt_tokens_details),
+            cached_input: audio_of(&self.cache_tokens_details),
+            output: audio_of(&self.candidates_tokens_details),
+        };
+        (a != AudioTokens::default()).then_some(a)
+    }
+
     /// The counts stated; none when the metadata states no count (Vertex AI's intermediate
     /// chunks carry `{"trafficType":"ON_DEMAND"}` alone, the counts only in the last).
     fn to_usage(&self) -> Usage {
@@ -131,9 +169,11 @@ impl Stream {
         }
         crate::providers::shape::set_once(&mut self.record.id, c.response_id.as_deref());
         // Each chunk's metadata restates the whole count; one that states none keeps the last.
-        if let Some(u) = c.usage_metadata.as_ref().map(UsageMetadata::to_usage) {
+        if let Some(meta) = c.usage_metadata.as_ref() {
+            let u = meta.to_usage();
             if u.is_present() {
                 self.record.usage = u;
+                self.record.audio = meta.audio();
             }
         }
         if let Some(e) = &c.error {
@@ -199,6 +239,22 @@ mod tests {
         assert_eq!(r.model.as_deref(), Some("gemini-2.5-flash"));
         assert_eq!(r.id.as_deref(), Some("r1"));
         assert_eq!((r.usage.input, r.usage.output), (Some(3), Some(2)));
+    }
+
+    /// Audio in and out is read by modality and priced apart from text; a text-only call has
+    /// no audio part.
+    #[test]
+    fn audio_tokens_are_read_by_modality() {
+        let body = br#"{"candidates":[{"content":{"parts":[{"text":"ok"}]},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":1250,"candidatesTokenCount":40,"totalTokenCount":1290,"cachedContentTokenCount":400,"promptTokensDetails":[{"modality":"TEXT","tokenCount":250},{"modality":"AUDIO","tokenCount":1000}],"cacheTokensDetails":[{"modality":"AUDIO","tokenCount":400}],"candidatesTokensDetails":[{"modality":"AUDIO","tokenCount":30},{"modality":"TEXT","tokenCount":10}]},"modelVersion":"gemini-2.5-flash"}"#;
+        let mut p = ResponseParser::new(Format::Gemini, false, 1 << 20);
+        p.feed(body);
+        let r = p.finish();
+        let a = r.audio.expect("an audio part");
+        assert_eq!((a.input, a.cached_input, a.output), (1000, 400, 30));
+        let text = br#"{"candidates":[],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":1,"promptTokensDetails":[{"modality":"TEXT","tokenCount":5}]}}"#;
+        let mut p = ResponseParser::new(Format::Gemini, false, 1 << 20);
+        p.feed(text);
+        assert_eq!(p.finish().audio, None);
     }
 
     /// Vertex AI's intermediate chunks state `usageMetadata` without counts: such metadata is

@@ -363,3 +363,41 @@ async fn identical_calls_racing_for_one_approval_run_once() {
     assert_eq!(ran, 1, "{answers:?}");
     assert_eq!(server.executed().await.len(), 1);
 }
+
+/// An approved call whose server cannot be reached never ran: its approval is given back, so
+/// the agent's retry runs without asking a person again.
+#[tokio::test]
+async fn an_approval_is_not_spent_on_a_server_that_cannot_be_reached() {
+    let (server, _alerts, p, url, sid) = setup("json", "  expiry: 10m\n").await;
+    let id = pending_id(&agent_call(&url, &sid, 10, "users").await);
+    assert_eq!(decide(&p, &id, "approve").await, 200);
+    let addr = server.addr();
+    drop(server);
+    // The server's process is gone once its port refuses connections.
+    let gone = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(&addr).await.is_err()
+    })
+    .await;
+    assert!(gone, "the tool server still listens");
+    let (_, body) = mcp_post_as(
+        &url,
+        "held-agent",
+        Some("approval-session"),
+        Some(&sid),
+        &call(11, "users"),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("error"),
+        "an unreachable server is an error: {text}"
+    );
+    let (_, list) = admin(&p, "GET", "/v1/approvals", Some(TOKEN), "").await;
+    let decided = list["decided"].as_array().unwrap();
+    let d = decided.iter().find(|d| d["id"] == id.as_str()).unwrap();
+    assert_eq!(d["decision"], "approved", "{list}");
+    assert_eq!(
+        d["used"], false,
+        "the approval stands for the retry: {list}"
+    );
+}

@@ -36,7 +36,7 @@ use metrics::{counter, histogram};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::approval::{Approvals, Gate, HeldCall};
+use crate::approval::{Approvals, Gate, HeldCall, Ticket};
 use crate::body::{BodyEnd, Framing, McpObserver};
 use crate::mcp::{self, Kind, RequestId};
 use crate::policy::{Asker, Policies, ToolFilter};
@@ -120,6 +120,9 @@ pub struct Exchange {
     protocol_version: Option<String>,
     framing: Framing,
     batch: bool,
+    /// Approvals this POST's held calls spend once the server has them: given back when it
+    /// could not be reached (the approved call never ran).
+    tickets: Vec<Ticket>,
 }
 
 // === impl OpEnd ===
@@ -470,6 +473,7 @@ impl Exchange {
             mcp_session,
             framing: Framing::Other,
             batch: false,
+            tickets: Vec::new(),
         }
     }
 
@@ -595,7 +599,8 @@ impl Exchange {
                 .for_each(|v| call.add_policy_violation(*v));
             policies.commit(pending, session.as_ref());
         }
-        drop(tickets); // spent: the calls are forwarded
+        // Spent once the calls reach the server; kept until then.
+        self.tickets = tickets;
         Ok(Admitted::Forward)
     }
 
@@ -678,7 +683,13 @@ impl Exchange {
     }
 
     /// The upstream could not be asked (`e`): every op ends with it.
-    pub fn unreachable(&mut self, e: &ProxyError) {
+    pub fn unreachable(&mut self, e: &ProxyError, approvals: &Approvals) {
+        if e.upstream_kind() == Some(crate::record::UpstreamError::Connect) {
+            // The approved calls never ran: their approvals stand for the agent's retry.
+            std::mem::take(&mut self.tickets)
+                .into_iter()
+                .for_each(|t| approvals.restore(t));
+        }
         let message = e.to_string();
         self.end_all(&OpEnd::error(e.code(), &message));
     }

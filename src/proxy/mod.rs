@@ -391,7 +391,7 @@ impl Proxy {
         match self.forward(&mut f).await {
             Ok(resp) => self.respond_mcp(f, resp, ex),
             Err(e) => {
-                ex.unreachable(&e);
+                ex.unreachable(&e, &self.approvals);
                 jsonrpc_error(f.call, &e, &[], false)
             }
         }

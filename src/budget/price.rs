@@ -71,11 +71,22 @@ impl Prices {
         }
     }
 
-    /// The price of `model`: an exact entry, else an entry the model extends with only a
-    /// snapshot suffix (`gpt-4o-2024-08-06` → `gpt-4o`, `claude-sonnet-4-5-20250929` →
+    /// The price of `model` (or, when it has none, of the name after its vendor prefix `…/`):
+    /// an exact entry, else an entry the model extends with only a snapshot suffix (`gpt-4o-2024-08-06` → `gpt-4o`, `claude-sonnet-4-5-20250929` →
     /// `claude-sonnet-4-5`, `gemini-2.0-flash-001` → `gemini-2.0-flash`), but never another
     /// model (`gpt-4o-mini` → `gpt-4o`) or version (`claude-opus-4-5` → `claude-opus-4`).
     pub fn get(&self, model: &str) -> Option<&Price> {
+        self.lookup(model).or_else(|| {
+            // A router's or platform's vendor prefix (OpenRouter `openai/gpt-4o`, Vertex's
+            // OpenAI-compatible `google/gemini-2.0-flash-001`, LiteLLM `anthropic/…`): the
+            // model's own entry, when the full name has none.
+            let (_, bare) = model.rsplit_once('/')?;
+            self.lookup(bare)
+        })
+    }
+
+    /// An exact entry, else one `model` extends with a snapshot suffix.
+    fn lookup(&self, model: &str) -> Option<&Price> {
         if let Some(p) = self.table.get(model) {
             return Some(p);
         }
@@ -513,6 +524,11 @@ mod tests {
         assert!(p.get("gemini-2.0-flash-06-05").is_some());
         assert!(p.get("gpt-4-08-2024").is_some());
         assert!(p.get("gpt-4-5-2").is_none());
+        // A vendor prefix: the model's own entry, unless the full name has one.
+        assert!(p.get("google/gemini-2.0-flash-001").is_some());
+        assert!(p.get("openai/gpt-4-0613").is_some());
+        assert!(p.get("openai/gpt-4-32k").is_none());
+        assert!(p.get("openai/").is_none());
         assert!(p.get("gpt-4-2024-04-9").is_none());
     }
 

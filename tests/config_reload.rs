@@ -30,9 +30,11 @@ fn forwarded_max_tokens(m: &tokenwarden_mock::MockServer) -> Option<u64> {
 }
 
 /// Replace the file's contents in one step (a rename), so the watcher never reads half a file.
+/// The runtime mode the file was started with stays (`config_file` adds `$TW_TEST_RUNTIME`): a
+/// reload that changed it would be refused as needing a restart.
 fn replace_file(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("next");
-    std::fs::write(&tmp, text).unwrap();
+    std::fs::write(&tmp, with_runtime_from_env(text)).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 

@@ -364,7 +364,7 @@ pub fn config_file(text: &str) -> tempfile::NamedTempFile {
 
 /// `text` with `server.runtime: $TW_TEST_RUNTIME` added (when set and the text names no
 /// runtime), so tests of the binary and of config files run in each runtime mode too.
-fn with_runtime_from_env(text: &str) -> String {
+pub fn with_runtime_from_env(text: &str) -> String {
     let Ok(mode) = std::env::var("TW_TEST_RUNTIME") else {
         return text.to_string();
     };

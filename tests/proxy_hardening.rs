@@ -405,3 +405,45 @@ async fn a_switch_of_protocols_nobody_asked_for_is_a_provider_shaped_502() {
         1.0
     );
 }
+
+/// A WebSocket upgrade is forwarded without a body, so without the body framing a client gave
+/// it (`Content-Length: 5` on the GET): kept, the upstream would wait for five bytes that never
+/// come, until the first-byte timeout.
+#[tokio::test]
+async fn an_upgrade_is_forwarded_without_the_body_framing_it_came_with() {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (mut s, _) = up.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = head_tx.send(String::from_utf8_lossy(&head).to_lowercase());
+        let _ = s
+            .write_all(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+    });
+    let p = TestProxy::to("upgrade-body", up_addr, "").await;
+    let mut c = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    c.write_all(
+        b"GET /v1/realtime?model=gpt-realtime HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(10), head_rx)
+        .await
+        .expect("the upgrade reaches the upstream")
+        .unwrap();
+    assert!(head.starts_with("get /v1/realtime"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+}

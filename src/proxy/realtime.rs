@@ -341,6 +341,10 @@ pub(super) fn upstream_headers(h: &mut HeaderMap) {
     let upgrade = h.get(UPGRADE).cloned();
     headers::strip_hop_by_hop(h);
     h.remove(HOST);
+    // The upgrade goes without a body: framing the client gave one would have the upstream wait
+    // for bytes that never come.
+    h.remove(http::header::CONTENT_LENGTH);
+    h.remove(http::header::TRANSFER_ENCODING);
     h.remove(SEC_WEBSOCKET_EXTENSIONS);
     h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     if let Some(u) = upgrade {

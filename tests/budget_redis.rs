@@ -728,6 +728,41 @@ async fn near_a_limit_a_call_reserves_with_one_script() {
     );
 }
 
+/// A call whose input's upper bound plus its output cap is past a limit's whole amount can
+/// never be reserved optimistically, however little the session has spent: it tokenizes first
+/// and reserves with one script, even on a session the store has not shown near its limit.
+#[tokio::test]
+async fn a_bound_past_the_whole_limit_reserves_with_one_script() {
+    let redis = RedisServer::start();
+    let m = mock().await;
+    let bound = tokenwarden::budget::input_bound(CHAT.as_bytes());
+    let estimate = tokenwarden::providers::estimate_input(
+        tokenwarden::providers::Format::OpenAiChat,
+        CHAT.as_bytes(),
+    );
+    let limit = bound + 50;
+    assert!(bound + 100 > limit && estimate + 100 <= limit);
+    let p = proxy_with(
+        &redis,
+        &m,
+        &format!("      tokens: {limit}\n  default_max_output_tokens: 100\n"),
+    )
+    .await;
+    assert_eq!(call16(p.addr, "whole-0").await.0.status(), 200);
+    settled_total(p.admin, "whole-0", 16).await;
+
+    let monitor = Monitor::start(redis.port);
+    const CALLS: usize = 3;
+    for i in 1..=CALLS {
+        // A session the store never saw: nothing marks it near its limit.
+        let s = format!("whole-{i}");
+        assert_eq!(call16(p.addr, &s).await.0.status(), 200);
+        settled_total(p.admin, &s, 16).await;
+    }
+    let (sent, _) = monitor.finish(2 * CALLS);
+    assert_eq!(sent.get("evalsha"), Some(&(2 * CALLS)), "sent {sent:?}");
+}
+
 /// A leased scope's slice is at most `budgets.leases.max` of its limit: a call whose output cap
 /// alone is larger reserves by itself instead of opening a slice sized to it (issue 21: such a
 /// slice broke the stated overspend bound); smaller calls still draw on slices.

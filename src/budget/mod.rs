@@ -206,6 +206,13 @@ impl Outcome {
     }
 }
 
+/// Whether optimistic `wants` could be reserved whole on an unused limit: one past its whole
+/// limit is answered [`Reserved::NeedEstimate`] whatever the store holds, so the call tokenizes
+/// first and saves that round trip (a short conversation's upper bound under a small limit).
+fn fits_whole(wants: &[Want]) -> bool {
+    wants.iter().all(|w| w.want <= w.limit)
+}
+
 /// How a call ended, for settlement.
 #[derive(Debug, Clone, Default)]
 pub struct Spent {
@@ -814,6 +821,10 @@ impl Budgets {
                     (key.clone(), wants, *lease)
                 })
                 .collect();
+            if optimistic && !asks.iter().all(|(_, wants, _)| fits_whole(wants)) {
+                optimistic = false;
+                continue;
+            }
             match self.reserve_remote(now, asks.clone()).await {
                 Ok(redis::ReservedAll::NeedEstimate) if optimistic => {
                     optimistic = false;
@@ -897,6 +908,10 @@ impl Budgets {
                 loop {
                     let input = call.input(optimistic);
                     let wants = self.wants(&idx, model, input, max_out, optimistic);
+                    if optimistic && !fits_whole(&wants) {
+                        optimistic = false;
+                        continue;
+                    }
                     match self.reserve(&key, now, &wants, lease).await {
                         Ok(Reserved::NeedEstimate) if optimistic => {
                             optimistic = false;

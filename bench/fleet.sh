@@ -105,10 +105,15 @@ YAML
     "$TW" --config "$work/tw-$mode-$i.yaml" >"$work/tw-$mode-$i.log" 2>&1 & tws+=($!); pids+=($!)
   done
   for i in $(seq 0 $((PROCS - 1))); do wait_port $((TW_BASE + 2 * i)); done
-  # One warm-up call per process (connects the store), then counters from zero.
+  # Warm-up calls per process (connect to every shard, load the scripts there: sessions of
+  # their own land on every shard), then counters from zero; the admission histogram after them
+  # is subtracted from the final one, so the figures are the run's calls alone.
   for i in $(seq 0 $((PROCS - 1))); do
-    curl -s -o /dev/null -X POST "http://127.0.0.1:$((TW_BASE + 2 * i))/v1/chat/completions" \
-      -H 'x-agent-name: warmup' -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[]}'
+    for k in $(seq 1 8); do
+      curl -s -o /dev/null -X POST "http://127.0.0.1:$((TW_BASE + 2 * i))/v1/chat/completions" \
+        -H 'x-agent-name: warmup' -H "x-session-id: warmup-$i-$k" -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[]}'
+    done
+    curl -s "http://127.0.0.1:$((TW_BASE + 2 * i + 1))/metrics" > "$work/warm-$mode-$i.txt"
   done
   prim=$(primaries "$seed")
   for p in $prim; do redis-cli -p "$p" config resetstat >/dev/null; done
@@ -199,6 +204,9 @@ buckets = {}
 for t in texts:
     for labels, v in series(t, "tokenwarden_budget_admission_seconds_bucket"):
         buckets[labels["le"]] = buckets.get(labels["le"], 0) + v
+for f in glob.glob(f"{work}/warm-{mode}-*.txt"):
+    for labels, v in series(open(f).read(), "tokenwarden_budget_admission_seconds_bucket"):
+        buckets[labels["le"]] = buckets.get(labels["le"], 0) - v
 def pct(q):
     items = sorted(((float("inf") if k == "+Inf" else float(k)), v) for k, v in buckets.items())
     total = items[-1][1] if items else 0

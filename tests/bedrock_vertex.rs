@@ -971,3 +971,46 @@ async fn a_blocking_tool_policy_leaves_a_bedrock_streams_signed_headers_alone() 
     );
     assert_eq!(undeclared, 1.0, "{text}");
 }
+
+/// A USD limit holds on Bedrock: the call's model id (`us.anthropic.claude-sonnet-4-20250514-v1:0`,
+/// an inference profile) is priced at the operator's `claude-sonnet-4` entry. Unpriced, it cost
+/// 0 and the limit never refused anything.
+#[tokio::test]
+async fn a_bedrock_model_id_is_priced_at_its_models_entry() {
+    let (up, log) = upstream(Vec::new()).await;
+    let p = TestProxy::start(&format!(
+        "routes:\n  - name: bedrock-usd\n    path_prefix: /model/\n    protocol: bedrock\n    upstream: http://{up}\n\
+         pricing:\n  claude-sonnet-4: {{ input: 3.0, output: 15.0 }}\n  gpt-4o: {{ input: 2.5, output: 10.0 }}\n\
+         budgets:\n  store:\n    snapshot_path: ''\n  limits:\n    - scope: agent\n      usd: 0.001\n      action: reject\n"
+    ))
+    .await;
+    let (resp, _) = post(
+        &p.url(CONVERSE_STREAM),
+        &[("x-agent-name", "bd-usd")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    // 412 input × $3 + 38 output × $15 per million: $0.001806 of $0.001.
+    let (resp, _) = post(
+        &p.url(CONVERSE),
+        &[("x-agent-name", "bd-usd")],
+        CONVERSE_BODY,
+    )
+    .await;
+    assert!(
+        resp.status() == 402 || resp.status() == 429,
+        "{}",
+        resp.status()
+    );
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "the refused call never went upstream"
+    );
+    let text = p.metrics().await;
+    assert!(
+        !text.contains("tokenwarden_unpriced_tokens_total{"),
+        "the model id counted as unpriced"
+    );
+}

@@ -75,13 +75,21 @@ impl Prices {
     /// an exact entry, else an entry the model extends with only a snapshot suffix (`gpt-4o-2024-08-06` → `gpt-4o`, `claude-sonnet-4-5-20250929` →
     /// `claude-sonnet-4-5`, `gemini-2.0-flash-001` → `gemini-2.0-flash`), but never another
     /// model (`gpt-4o-mini` → `gpt-4o`) or version (`claude-opus-4-5` → `claude-opus-4`).
+    /// A cloud platform's id of a model takes the model's own entry the same way when it has
+    /// none: Bedrock's `[geo.]vendor.name[-vN][:M]` (`us.anthropic.claude-sonnet-4-5-20250929-v1:0`,
+    /// or an ARN ending in one) and Vertex's `name@snapshot` (`claude-sonnet-4-5@20250929`).
     pub fn get(&self, model: &str) -> Option<&Price> {
         self.lookup(model).or_else(|| {
             // A router's or platform's vendor prefix (OpenRouter `openai/gpt-4o`, Vertex's
-            // OpenAI-compatible `google/gemini-2.0-flash-001`, LiteLLM `anthropic/…`): the
-            // model's own entry, when the full name has none.
-            let (_, bare) = model.rsplit_once('/')?;
-            self.lookup(bare)
+            // OpenAI-compatible `google/gemini-2.0-flash-001`, LiteLLM `anthropic/…`, a Bedrock
+            // ARN's `…/inference-profile/…`): the model's own entry, when the full name has none.
+            let bare = model.rsplit_once('/').map_or(model, |(_, b)| b);
+            if bare.len() < model.len() {
+                if let Some(p) = self.lookup(bare) {
+                    return Some(p);
+                }
+            }
+            self.lookup(&crate::providers::platform_model(bare)?)
         })
     }
 
@@ -478,6 +486,82 @@ mod tests {
             !Prices::default().unpriced("gpt-4o-mini"),
             "no pricing at all"
         );
+    }
+
+    #[test]
+    fn bedrock_and_vertex_ids_take_their_models_entry() {
+        let mut table = BTreeMap::new();
+        for (name, input) in [
+            ("claude-sonnet-4-5", 3.0),
+            ("claude-opus-4", 15.0),
+            ("claude-3-5-haiku", 0.8),
+            ("llama3-1-70b-instruct", 0.72),
+            ("nova-pro", 0.8),
+            ("us.anthropic.claude-3-7-sonnet-20250219-v1:0", 3.3),
+            ("gpt-4.1", 2.0),
+        ] {
+            table.insert(
+                name.to_string(),
+                Price {
+                    input,
+                    ..price(0.0)
+                },
+            );
+        }
+        let p = Prices::new(&table);
+        let input = |m: &str| p.get(m).map(|p| p.input);
+        assert_eq!(
+            input("us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            Some(3.0)
+        );
+        assert_eq!(
+            input("global.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            Some(3.0)
+        );
+        assert_eq!(input("anthropic.claude-3-5-haiku-20241022-v1:0"), Some(0.8));
+        assert_eq!(
+            input("arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-haiku-20241022-v1:0"),
+            Some(0.8)
+        );
+        assert_eq!(
+            input("arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            Some(3.0)
+        );
+        assert_eq!(input("meta.llama3-1-70b-instruct-v1:0"), Some(0.72));
+        assert_eq!(input("us.amazon.nova-pro-v1:0"), Some(0.8));
+        assert_eq!(input("claude-sonnet-4-5@20250929"), Some(3.0));
+        // The operator's entry for the exact id wins over its model's.
+        assert_eq!(
+            input("us.anthropic.claude-3-7-sonnet-20250219-v1:0"),
+            Some(3.3)
+        );
+        // Still never another version or model.
+        assert_eq!(input("anthropic.claude-opus-4-5-20251101-v1:0"), None);
+        assert_eq!(input("claude-opus-4-5@20251101"), None);
+        assert_eq!(input("anthropic.claude-opus-4-20250514-v1:0"), Some(15.0));
+        assert_eq!(input("gpt-4.1"), Some(2.0));
+        assert_eq!(input("gpt-4.1-mini"), None);
+        assert_eq!(input("4.1"), None);
+        assert_eq!(input("anthropic."), None);
+        assert_eq!(input("@20250929"), None);
+    }
+
+    /// A price of `input` for every kind of token, nothing else set.
+    fn price(input: f64) -> Price {
+        Price {
+            input,
+            output: input,
+            cached_input: None,
+            cache_creation_input: None,
+            cache_creation_input_1h: None,
+            batch: None,
+            audio_input: None,
+            cached_audio_input: None,
+            audio_output: None,
+            long_context: None,
+            web_search: None,
+            file_search: None,
+        }
     }
 
     #[test]

@@ -54,8 +54,18 @@ impl ModelCatalog {
         Self { windows }
     }
 
-    /// The context window of `model`, when the catalog knows it.
+    /// The context window of `model`, when the catalog knows it: its own entry, else its
+    /// model's within a cloud platform's id (Bedrock's `us.anthropic.claude-sonnet-4-…-v1:0`,
+    /// Vertex's `claude-sonnet-4@20250514`).
     pub fn window(&self, model: &str) -> Option<u64> {
+        self.lookup(model).or_else(|| {
+            let bare = model.rsplit_once('/').map_or(model, |(_, b)| b);
+            self.lookup(&crate::providers::platform_model(bare)?)
+        })
+    }
+
+    /// An exact entry, else the longest one the name extends past a `-`.
+    fn lookup(&self, model: &str) -> Option<u64> {
         if let Some(w) = self.windows.get(model) {
             return Some(*w);
         }
@@ -97,6 +107,12 @@ mod tests {
         assert_eq!(c.window("claude-sonnet-4-5-20250929"), Some(200_000));
         assert_eq!(c.window("my-local"), Some(8192));
         assert_eq!(c.window("mystery"), None);
+        assert_eq!(
+            c.window("us.anthropic.claude-sonnet-4-20250514-v1:0"),
+            Some(200_000)
+        );
+        assert_eq!(c.window("claude-opus-4-1@20250805"), Some(200_000));
+        assert_eq!(c.window("mistral.mistral-large-2407-v1:0"), None);
         assert_eq!(c.window(""), None);
     }
 }

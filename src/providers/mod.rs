@@ -37,6 +37,17 @@ pub use adapter::{
     ServerEvent, StreamEnding, StreamReader, ToolGate,
 };
 pub use doc::{Doc, Node};
+
+/// The model's own name inside a cloud platform's id of it, for price and context-window
+/// lookups by model: Bedrock's `us.anthropic.claude-sonnet-4-5-20250929-v1:0` (or an ARN ending
+/// in one) and Vertex's `claude-sonnet-4-5@20250929` name `claude-sonnet-4-5-20250929`. `None`
+/// for any other name.
+pub fn platform_model(id: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if let Some(name) = vertex::model_name(id) {
+        return Some(name.into());
+    }
+    bedrock::model_name(id).map(Into::into)
+}
 pub use parser::{Feed, OutputSample, ResponseParser, MAX_OUTPUT_SAMPLE};
 pub use registry::Format;
 pub use request::{estimate_input, estimate_input_doc, Capped};

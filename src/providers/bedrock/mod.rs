@@ -25,6 +25,8 @@ mod converse;
 mod framed;
 mod invoke;
 mod path;
+
+pub use path::model_name;
 mod request;
 
 use serde_json::{Map, Value};

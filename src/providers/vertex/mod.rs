@@ -15,6 +15,8 @@
 
 mod path;
 
+pub use path::model_name;
+
 use serde_json::{Map, Value};
 
 use crate::providers::adapter::{

@@ -55,6 +55,13 @@ pub(super) fn model(path: &str) -> Option<&str> {
     model_method(path).map(|(m, _)| m).filter(|m| !m.is_empty())
 }
 
+/// The model's name with its snapshot as a suffix, for a Vertex model id `name@snapshot`
+/// (`claude-sonnet-4-5@20250929` → `claude-sonnet-4-5-20250929`, how Anthropic names it).
+pub fn model_name(id: &str) -> Option<String> {
+    let (name, snapshot) = id.split_once('@')?;
+    (!name.is_empty() && !snapshot.is_empty()).then(|| format!("{name}-{snapshot}"))
+}
+
 /// The method after the model (`rawPredict`, `streamGenerateContent`, ...).
 pub(super) fn method(path: &str) -> Option<&str> {
     model_method(path)?.1

@@ -45,6 +45,34 @@ fn big_gz() -> &'static [u8] {
 
 const BATCH: &str = r#"{"id": "batch_6754a8e9c4d08190a1b2c3d4e5f6a7b8", "object": "batch", "endpoint": "/v1/chat/completions", "errors": null, "input_file_id": "file-In9bVQ1kR2sT3uV4wX5yZ6", "completion_window": "24h", "status": "validating", "output_file_id": null, "error_file_id": null, "created_at": 1733601001, "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": null}"#;
 
+/// A Message Batch object as the API answers a retrieve: its `results_url` absolute, on the
+/// API's host; gzip-encoded when the request accepts gzip (as the API's edge does).
+fn anthropic_batch<B>(req: &Request<B>) -> Response<ChanBody> {
+    use std::io::Write;
+    let body = format!(
+        r#"{{"id":"{ANTHROPIC_BATCH_ID}","type":"message_batch","processing_status":"ended","request_counts":{{"processing":0,"succeeded":3,"errored":1,"canceled":1,"expired":1}},"ended_at":"2024-09-24T18:37:24.100435Z","created_at":"2024-09-24T18:37:24.100435Z","expires_at":"2024-09-25T18:37:24.100435Z","archived_at":null,"cancel_initiated_at":null,"results_url":"https://api.anthropic.com/v1/messages/batches/{ANTHROPIC_BATCH_ID}/results"}}"#
+    );
+    let gzip = req
+        .headers()
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let bytes = if gzip {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(body.as_bytes()).unwrap();
+        gz.finish().unwrap()
+    } else {
+        body.into_bytes()
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.try_send(Bytes::from(bytes)).unwrap();
+    let mut resp = Response::builder().header("content-type", "application/json");
+    if gzip {
+        resp = resp.header("content-encoding", "gzip");
+    }
+    resp.body(ChanBody(rx)).unwrap()
+}
+
 /// An upstream serving the Files and Batches endpoints: the output file in 7-byte frames (so
 /// lines arrive split anywhere), the batch object for anything else.
 async fn upstream() -> SocketAddr {
@@ -55,6 +83,9 @@ async fn upstream() -> SocketAddr {
             tokio::spawn(async move {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let path = req.uri().path().to_string();
+                    if path == format!("/v1/messages/batches/{ANTHROPIC_BATCH_ID}") {
+                        return Ok(anthropic_batch(&req));
+                    }
                     let (tx, rx) = tokio::sync::mpsc::channel(8);
                     let (ct, body, frame, gzip) = match path.as_str() {
                         "/v1/files/file-Out7cWm2Pq9Lx4/content" => {
@@ -324,4 +355,46 @@ async fn an_anthropic_batch_results_file_is_counted_at_download_priced_at_the_ba
     assert_eq!(a.get("gen_ai.usage.output_tokens"), Some(&V::I(80)));
     assert_eq!(a.get("gen_ai.provider.name"), Some(&s("anthropic")));
     assert_eq!(a.get("gen_ai.response.model"), Some(&s(sonnet)));
+}
+
+/// The Anthropic SDK's `messages.batches.results()` retrieves the batch and downloads its
+/// `results_url`, an absolute URL on the API's host: the proxy points it at itself (under the
+/// client's prefix), so the download comes through the sidecar and the batch is counted.
+/// Without that the SDK went to api.anthropic.com and the batch's spend was never seen.
+#[tokio::test]
+async fn the_anthropic_sdks_batch_results_download_comes_through_the_proxy() {
+    let up = upstream().await;
+    let proxy = TestProxy::start(&format!(
+        "routes:\n  - name: claude\n    path_prefix: /anthropic\n    strip_prefix: true\n    upstream: http://{up}\n    protocol: anthropic\n"
+    ))
+    .await;
+    let base = format!("{}/anthropic", proxy.url(""));
+    let out = run_sdk_script_with("anthropic_batch.py", &[&base, ANTHROPIC_BATCH_ID]).await;
+    assert_eq!(out["lines"], 6, "{out}");
+    assert_eq!(out["succeeded"], 3, "{out}");
+    let metrics = proxy.metrics().await;
+    let input = metric_value(
+        &metrics,
+        "tokenwarden_tokens_total",
+        &[("model", "claude-sonnet-4-5-20250929"), ("type", "input")],
+    );
+    assert_eq!(input, 1620.0, "{metrics}");
+
+    // The retrieve itself, read raw: only the URL changed, and the body comes plain.
+    let (resp, body) = get(&proxy.url(&format!(
+        "/anthropic/v1/messages/batches/{ANTHROPIC_BATCH_ID}"
+    )))
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-encoding").is_none());
+    assert_eq!(
+        resp.headers()["content-length"].to_str().unwrap(),
+        body.len().to_string()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["results_url"],
+        format!("{base}/v1/messages/batches/{ANTHROPIC_BATCH_ID}/results")
+    );
+    assert_eq!(v["processing_status"], "ended");
 }

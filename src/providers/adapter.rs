@@ -98,6 +98,21 @@ pub trait Adapter: Sync {
         None
     }
 
+    /// Where the API's own path starts in a client's `path` whose response names URLs on the
+    /// provider's host that the client then fetches directly (Anthropic's batch `results_url`),
+    /// so the URL prefix the client used is `path[..n]`; `None` for every other path.
+    fn names_links(&self, path: &str) -> Option<usize> {
+        let _ = path;
+        None
+    }
+
+    /// A response body of a path [`Adapter::names_links`] chose, those URLs pointed at `base`
+    /// (the proxy's URL and the client's prefix); `None` when nothing changed.
+    fn point_links(&self, body: &[u8], base: &str) -> Option<Vec<u8>> {
+        let _ = (body, base);
+        None
+    }
+
     /// What gating an SSE stream on its tool calls needs (which events carry a call, when each
     /// is complete, how a refused stream ends); `None` when this format's streams cannot be
     /// gated, and a blocking tool policy then only flags them.

@@ -103,6 +103,17 @@ impl Classified {
     pub fn error_shape(&self) -> ErrorShape {
         self.shape
     }
+
+    /// Where the API's path starts in the client's `path` when the response names URLs the
+    /// client then fetches directly, to be pointed at the proxy ([`Classified::point_links`]).
+    pub fn names_links(&self, path: &str) -> Option<usize> {
+        self.shape.0?.adapter().names_links(path)
+    }
+
+    /// The response `body` with those URLs pointed at `base`; `None` when nothing changed.
+    pub fn point_links(&self, body: &[u8], base: &str) -> Option<Vec<u8>> {
+        self.shape.0?.adapter().point_links(body, base)
+    }
 }
 
 /// Every route's `protocol:` names a protocol the registry knows; else a config error naming

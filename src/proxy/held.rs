@@ -117,9 +117,9 @@ pub(super) async fn respond(
 
 /// Why a held body was not read whole: the error to answer, what arrived before it, and how
 /// the upstream's body ended.
-type Unread = (ProxyError, Bytes, BodyEnd);
+pub(super) type Unread = (ProxyError, Bytes, BodyEnd);
 
-async fn collect(mut body: UpstreamBody, route: &Route) -> Result<Bytes, Unread> {
+pub(super) async fn collect(mut body: UpstreamBody, route: &Route) -> Result<Bytes, Unread> {
     let idle = route.timeouts.idle_timeout;
     let mut buf = BytesMut::new();
     loop {

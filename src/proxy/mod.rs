@@ -26,6 +26,7 @@ pub mod error;
 mod gate_log;
 pub mod headers;
 mod held;
+mod links;
 mod mcp;
 mod realtime;
 pub mod route;
@@ -134,6 +135,8 @@ struct Flight {
     doc: Option<crate::providers::Doc>,
     /// The policies' side effects, applied once budgets admitted the call too.
     pending: Option<Pending>,
+    /// The proxy's URL the client used, when the response names URLs to point at it.
+    links: Option<String>,
 }
 
 /// What budget admission needs of a request.
@@ -505,6 +508,7 @@ impl Proxy {
             facts: None,
             doc: None,
             pending: None,
+            links: None,
         }
     }
 
@@ -702,6 +706,15 @@ impl Proxy {
         let mut parts = std::mem::replace(&mut f.parts, Request::new(()).into_parts().0);
         let had_length = parts.headers.contains_key(CONTENT_LENGTH);
         headers::strip_hop_by_hop(&mut parts.headers);
+        if let Some(n) = f.class.names_links(parts.uri.path()) {
+            f.links = links::base(&parts, n);
+            if f.links.is_some() {
+                // The body is read and rewritten whole: asked for plain.
+                parts
+                    .headers
+                    .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+            }
+        }
         // The client sets Host from the upstream URI (HTTP/1) or sends :authority (HTTP/2).
         parts.headers.remove(HOST);
         if let Some(llm) = f.call.llm_mut() {
@@ -753,6 +766,8 @@ impl Proxy {
             mut call,
             route,
             shape,
+            class,
+            links,
             ..
         } = f;
         call.upstream_headers = Some(Instant::now());
@@ -763,6 +778,10 @@ impl Proxy {
         rparts.version = Version::HTTP_11;
         // Before a held response too: it carries the session budget header as well.
         let cut = self.arm_cut(&mut call, &mut rparts.headers);
+        if let Some(base) = links.filter(|_| links::rewrites(&rparts)) {
+            let parts = (rparts, rbody);
+            return Box::pin(links::respond(call, parts, (class, shape), &route, &base)).await;
+        }
         if held::should_hold(&call, &rparts) {
             return Box::pin(held::respond(call, rparts, rbody, shape, &route)).await;
         }

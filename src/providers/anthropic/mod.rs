@@ -26,8 +26,11 @@
 //! length, each line bounded), each message's usage read as a Messages response and summed
 //! per model, and the record marked [`ResponseRecord::batch`] so that the budgets price it at
 //! the model's batch rate (`pricing.<model>.batch`, Anthropic's 50 % by default). `errored`,
-//! `canceled` and `expired` results were not billed and count nothing.
+//! `canceled` and `expired` results were not billed and count nothing. The SDKs download the
+//! results from the batch's `results_url`, an absolute URL on the API's host: batch objects
+//! have it pointed at the proxy ([`batch_links`]), so that download comes through the sidecar.
 
+mod batch_links;
 mod batch_results;
 mod content;
 mod ending;
@@ -88,6 +91,14 @@ impl Adapter for Anthropic {
 
     fn tool_gate(&self) -> Option<Box<dyn crate::providers::adapter::ToolGate>> {
         Some(Box::<gate::MessagesGate>::default())
+    }
+
+    fn names_links(&self, path: &str) -> Option<usize> {
+        batch_links::names_links(path)
+    }
+
+    fn point_links(&self, body: &[u8], base: &str) -> Option<Vec<u8>> {
+        batch_links::point_results_urls(body, base)
     }
 
     fn stream(&self) -> Box<dyn StreamReader> {

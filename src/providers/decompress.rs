@@ -15,10 +15,34 @@ pub struct Decompressor {
 }
 
 enum Inner {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
-    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
-    Zstd(Box<zstd::stream::write::Decoder<'static, Vec<u8>>>),
+    Gzip(flate2::write::GzDecoder<Sink>),
+    Deflate(flate2::write::ZlibDecoder<Sink>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Sink>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, Sink>>),
+}
+
+/// Where a decoder writes: refuses a write past `room`, so a chunk that expands enormously
+/// (16 KiB of zstd makes 500 MiB) stops at the bound instead of in memory.
+#[derive(Default)]
+struct Sink {
+    buf: Vec<u8>,
+    room: usize,
+    over: bool,
+}
+
+impl Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.room {
+            self.over = true;
+            return Err(std::io::Error::other("decompressed past the bound"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Why decompressing stopped.
@@ -40,14 +64,14 @@ impl Decompressor {
             .trim()
             .to_ascii_lowercase();
         let inner = match e.as_str() {
-            "gzip" | "x-gzip" => Inner::Gzip(flate2::write::GzDecoder::new(Vec::new())),
-            "deflate" => Inner::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
+            "gzip" | "x-gzip" => Inner::Gzip(flate2::write::GzDecoder::new(Sink::default())),
+            "deflate" => Inner::Deflate(flate2::write::ZlibDecoder::new(Sink::default())),
             "br" => Inner::Brotli(Box::new(brotli_decompressor::DecompressorWriter::new(
-                Vec::new(),
+                Sink::default(),
                 4096,
             ))),
             "zstd" => Inner::Zstd(Box::new(
-                zstd::stream::write::Decoder::new(Vec::new()).ok()?,
+                zstd::stream::write::Decoder::new(Sink::default()).ok()?,
             )),
             _ => return None,
         };
@@ -66,36 +90,38 @@ impl Decompressor {
         self
     }
 
-    /// Decompress `chunk`; the bytes that came out are handed to `out`.
+    /// Decompress `chunk`; the bytes that came out are handed to `out`. One chunk's output is
+    /// bounded too ([`MAX_DECOMPRESSED`], what remains of the total), unbounded or not.
     pub fn feed(&mut self, chunk: &[u8], out: impl FnOnce(&[u8])) -> Result<(), DecompressError> {
-        let buf = match &mut self.inner {
+        let room = self.limit.saturating_sub(self.total).min(MAX_DECOMPRESSED);
+        self.sink().room = room;
+        let res = match &mut self.inner {
             // flush: the writers hold decompressed bytes back until asked.
-            Inner::Gzip(d) => d
-                .write_all(chunk)
-                .and_then(|()| d.flush())
-                .map(|()| d.get_mut()),
-            Inner::Deflate(d) => d
-                .write_all(chunk)
-                .and_then(|()| d.flush())
-                .map(|()| d.get_mut()),
-            Inner::Brotli(d) => d
-                .write_all(chunk)
-                .and_then(|()| d.flush())
-                .map(|()| d.get_mut()),
-            Inner::Zstd(d) => d
-                .write_all(chunk)
-                .and_then(|()| d.flush())
-                .map(|()| d.get_mut()),
-        }
-        .map_err(|_| DecompressError::Corrupt)?;
-        self.total = self.total.saturating_add(buf.len());
-        if self.total > self.limit {
-            buf.clear();
+            Inner::Gzip(d) => d.write_all(chunk).and_then(|()| d.flush()),
+            Inner::Deflate(d) => d.write_all(chunk).and_then(|()| d.flush()),
+            Inner::Brotli(d) => d.write_all(chunk).and_then(|()| d.flush()),
+            Inner::Zstd(d) => d.write_all(chunk).and_then(|()| d.flush()),
+        };
+        let sink = self.sink();
+        if sink.over {
+            sink.buf = Vec::new();
             return Err(DecompressError::TooLarge);
         }
-        out(buf);
-        buf.clear();
+        res.map_err(|_| DecompressError::Corrupt)?;
+        let n = sink.buf.len();
+        out(&sink.buf);
+        sink.buf.clear();
+        self.total = self.total.saturating_add(n);
         Ok(())
+    }
+
+    fn sink(&mut self) -> &mut Sink {
+        match &mut self.inner {
+            Inner::Gzip(d) => d.get_mut(),
+            Inner::Deflate(d) => d.get_mut(),
+            Inner::Brotli(d) => d.get_mut(),
+            Inner::Zstd(d) => d.get_mut(),
+        }
     }
 }
 
@@ -116,6 +142,26 @@ mod tests {
                 got.len(),
                 want.len()
             );
+        }
+    }
+
+    /// A bomb stops at the bound while it decompresses, not after: even unbounded (a batch file
+    /// read line by line), one chunk's output never passes [`MAX_DECOMPRESSED`].
+    #[test]
+    fn one_chunk_never_decompresses_past_the_bound() {
+        let zeros = vec![0u8; MAX_DECOMPRESSED + 4096];
+        let bomb = zstd::encode_all(&zeros[..], 1).unwrap();
+        drop(zeros);
+        assert!(bomb.len() < 64 * 1024);
+        for unbounded in [false, true] {
+            let mut d = Decompressor::for_encoding(b"zstd").unwrap();
+            if unbounded {
+                d = d.unbounded();
+            }
+            let mut got = 0;
+            let res = d.feed(&bomb, |b| got += b.len());
+            assert_eq!(res, Err(DecompressError::TooLarge), "unbounded: {unbounded}");
+            assert_eq!(got, 0);
         }
     }
 

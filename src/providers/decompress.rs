@@ -160,7 +160,11 @@ mod tests {
             }
             let mut got = 0;
             let res = d.feed(&bomb, |b| got += b.len());
-            assert_eq!(res, Err(DecompressError::TooLarge), "unbounded: {unbounded}");
+            assert_eq!(
+                res,
+                Err(DecompressError::TooLarge),
+                "unbounded: {unbounded}"
+            );
             assert_eq!(got, 0);
         }
     }

@@ -285,7 +285,7 @@ impl LlmCall {
                 if let Err(e) = d.feed(data, |plain| n = parser.feed(plain).output_events) {
                     self.unparsed = Some(match e {
                         DecompressError::Corrupt => "corrupt_encoding",
-                        DecompressError::TooLarge => "decompressed_too_large",
+                        DecompressError::TooLarge => DECOMPRESSED_TOO_LARGE,
                     });
                     self.parser = None;
                     self.decompressor = None;
@@ -374,13 +374,10 @@ impl LlmCall {
                 ));
             }
             UsageSource::Estimated
-        } else if record.usage.is_present()
-            && self.streamed
-            && ending.end != BodyEnd::Complete
-            && !final_usage(&record)
-        {
-            // Broken off (client gone, upstream reset, idle) after a stream stated usage at its
-            // start only (Anthropic's `message_start`: the input, and a placeholder output): the
+        } else if self.streamed && ended_before_final_usage(&record, ending) {
+            // Broken off (client gone, upstream reset, idle) or ended by an error event (an
+            // Anthropic `overloaded_error` mid-stream) after a stream stated usage at its start
+            // only (Anthropic's `message_start`: the input, and a placeholder output): the
             // provider billed what it generated — at least the output events we saw.
             record.usage.output = Some(
                 record
@@ -402,12 +399,21 @@ impl LlmCall {
             } else {
                 UsageSource::Provider
             }
-        } else if parsed && billable(&record, ending, self.streamed && sample.events > 0) {
+        } else if (parsed || record.unparsed == Some(DECOMPRESSED_TOO_LARGE))
+            && billable(&record, ending, self.streamed && sample.events > 0)
+        {
             record.usage.input = Some(crate::providers::estimate_input(
                 self.facts.format,
                 &self.request_body,
             ));
-            record.usage.output = Some(sample.estimate_tokens());
+            // Past the decompressed bound nothing was read: a body that large was generated up
+            // to the request's output cap, charged as that rather than as nothing.
+            let unread = record.unparsed == Some(DECOMPRESSED_TOO_LARGE);
+            let output = match self.facts.max_tokens.filter(|_| unread) {
+                Some(cap) => cap,
+                None => sample.estimate_tokens(),
+            };
+            record.usage.output = Some(output);
             UsageSource::Estimated
         } else if ending.unanswered {
             // Counted (and charged) as its tokenized input, the same way whichever failure it was.
@@ -508,6 +514,17 @@ impl LlmCall {
 
 /// Whether the usage a stream stated is its final count: the stream's end (a finish reason, then
 /// or with the usage) was read. Before that, only Anthropic's `message_start` states usage.
+/// Why a compressed body's copy was given up: more came out than the bound.
+const DECOMPRESSED_TOO_LARGE: &str = "decompressed_too_large";
+
+/// Whether a stream that stated usage at its start only ended before its final usage: broken
+/// off, or ended by an error event (the connection closing cleanly after it).
+fn ended_before_final_usage(record: &ResponseRecord, ending: &Ending) -> bool {
+    record.usage.is_present()
+        && (ending.end != BodyEnd::Complete || record.error_type.is_some())
+        && !final_usage(record)
+}
+
 fn final_usage(record: &ResponseRecord) -> bool {
     record.usage.is_present() && !record.finish_reasons.is_empty()
 }
@@ -546,7 +563,10 @@ fn billable(record: &ResponseRecord, ending: &Ending, output_seen: bool) -> bool
     // like a cut stream it was generated and billed: it is estimated, not charged nothing.
     let cut_short = ending.end != BodyEnd::Complete && record.unparsed == Some("invalid_json");
     // Too large to read whole (and no usage in its tail): still an answer, estimated.
-    let too_large = matches!(record.unparsed, Some("body_too_large" | "event_too_large"));
+    let too_large = matches!(
+        record.unparsed,
+        Some("body_too_large" | "event_too_large" | DECOMPRESSED_TOO_LARGE)
+    );
     (record.unparsed.is_none() || cut_short || too_large)
         && (record.error_type.is_none() || output_seen)
         && (ending.status.is_some_and(|s| s.is_success()) || ending.upstream_ok)
@@ -688,6 +708,45 @@ mod tests {
         assert!(
             billable(&large, &ending, false),
             "too large to read is still an answer"
+        );
+        let bomb = ResponseRecord {
+            unparsed: Some(DECOMPRESSED_TOO_LARGE),
+            ..ResponseRecord::default()
+        };
+        assert!(
+            billable(&bomb, &ending, false),
+            "too large to decompress too"
+        );
+    }
+
+    /// Anthropic's stream states its input and a placeholder output at `message_start`; one
+    /// that ends in an `error` event after output (then closes cleanly) never states its final
+    /// usage, and is estimated from what it carried rather than charged the placeholder.
+    #[test]
+    fn a_stream_ended_by_an_error_event_before_final_usage_is_estimated() {
+        let now = Instant::now();
+        let ending = Ending {
+            end: BodyEnd::Complete,
+            status: Some(StatusCode::OK),
+            started: now,
+            upstream_sent: Some(now),
+            now,
+            unanswered: false,
+            upstream_ok: true,
+            shutdown: false,
+            blocked: None,
+            trace: None,
+        };
+        let mut record = ResponseRecord::default();
+        record.usage.input = Some(400);
+        record.usage.output = Some(1);
+        assert!(!ended_before_final_usage(&record, &ending), "a clean end");
+        record.error_type = Some("overloaded_error".into());
+        assert!(ended_before_final_usage(&record, &ending));
+        record.finish_reasons.push("stop".into());
+        assert!(
+            !ended_before_final_usage(&record, &ending),
+            "final usage came"
         );
     }
 }

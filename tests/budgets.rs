@@ -993,3 +993,36 @@ async fn tokens_of_a_model_without_a_price_are_counted_as_unpriced() {
     );
     assert!(!text.contains("tokenwarden_unpriced_tokens_total{model=\"gpt-4o-2024-11-20\"}"));
 }
+
+/// A call asking for `n` choices may produce `n` × its output cap: the reservation holds all of
+/// it, so concurrent calls cannot each pass on one choice's worth and land `n` times past the
+/// limit.
+#[tokio::test]
+async fn every_choice_a_call_asks_for_is_reserved() {
+    let m = mock().await;
+    let p = TestProxy::to(
+        "b-choices",
+        m.addr(),
+        &session_limit(10_000, "lifetime", ""),
+    )
+    .await;
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":1000,"n":8,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (r, _) = post(
+        &p.url("/v1/chat/completions"),
+        &[
+            ("x-session-id", "choices-1"),
+            ("x-mock-input-tokens", "8"),
+            ("x-mock-output-chunks", "8"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let remaining: u64 = r.headers()["x-tokenwarden-session-tokens-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bound = tokenwarden::budget::input_bound(body.as_bytes());
+    assert_eq!(remaining, 10_000 - bound - 8 * 1000);
+}

@@ -126,6 +126,17 @@ pub struct CallFacts {
     pub input_bound: u64,
     /// The request's output cap, when it set one.
     pub max_output: Option<u64>,
+    /// Output choices the request asks for (`n`, `candidateCount`), each up to `max_output`.
+    pub choices: u64,
+}
+
+impl CallFacts {
+    /// The most output the call may produce: every choice at its cap (`default` without one).
+    fn max_out(&self, default: u64) -> u64 {
+        self.max_output
+            .unwrap_or(default)
+            .saturating_mul(self.choices.max(1))
+    }
 }
 
 /// Reservations one call holds; settled (or released) exactly once.
@@ -798,7 +809,7 @@ impl Budgets {
         let mut out: [Outcome; 4] = std::array::from_fn(|_| Outcome::Skipped);
         let f = call.facts;
         let (now, model) = (call.now, f.model.as_deref().unwrap_or(""));
-        let max_out = f.max_output.unwrap_or(self.default_max_output);
+        let max_out = f.max_out(self.default_max_output);
         // (position in SCOPES, scope, key, limits, lease)
         let mut parts = Vec::with_capacity(SCOPES.len());
         for (pos, &scope) in SCOPES.iter().enumerate() {
@@ -886,7 +897,7 @@ impl Budgets {
             return Outcome::Skipped;
         };
         let (now, model) = (call.now, f.model.as_deref().unwrap_or(""));
-        let max_out = f.max_output.unwrap_or(self.default_max_output);
+        let max_out = f.max_out(self.default_max_output);
         let mut lease = None;
         let leased = match self.slices_for(scope, &idx) {
             Some(sl) => {
@@ -1669,14 +1680,12 @@ impl Admission {
             model: None,
             input_bound: self.est_input,
             max_output: None,
+            choices: 1,
         });
         let now = unix_now();
         let mut remote = Vec::new();
         let model = self.facts.model.as_deref().unwrap_or("");
-        let max_out = self
-            .facts
-            .max_output
-            .unwrap_or(self.budgets.default_max_output);
+        let max_out = self.facts.max_out(self.budgets.default_max_output);
         for held in held {
             let charges = self.budgets.charges(&held, tokens, cost);
             let b = self.budgets.clone();

@@ -38,6 +38,9 @@ pub struct RequestFacts {
     /// Output cap the request set (`max_tokens`, `max_completion_tokens`, `max_output_tokens`,
     /// Gemini `generationConfig.maxOutputTokens`, Ollama `options.num_predict`).
     pub max_tokens: Option<u64>,
+    /// Output choices the request asks for, each up to `max_tokens` (`n`, `best_of`, Gemini
+    /// `generationConfig.candidateCount`; 1 when none is set).
+    pub choices: u64,
     /// Tools the request declared, with their JSON Schemas.
     pub tools: Vec<DeclaredTool>,
     /// End-user / session field of the body (OpenAI `user`, Anthropic `metadata.user_id`).
@@ -61,6 +64,10 @@ struct Body<'a> {
     max_completion_tokens: Option<u64>,
     #[serde(default)]
     max_output_tokens: Option<u64>,
+    #[serde(default)]
+    n: Option<u64>,
+    #[serde(default)]
+    best_of: Option<u64>,
     #[serde(default, rename = "generationConfig")]
     generation_config: Option<GenerationConfig>,
     #[serde(default)]
@@ -81,14 +88,17 @@ struct Metadata<'a> {
 
 #[derive(Deserialize)]
 struct GenerationConfig {
-    #[serde(default, rename = "maxOutputTokens")]
+    #[serde(default, rename = "maxOutputTokens", alias = "max_output_tokens")]
     max_output_tokens: Option<u64>,
+    #[serde(default, rename = "candidateCount", alias = "candidate_count")]
+    candidate_count: Option<u64>,
 }
 
 #[derive(Deserialize)]
 struct OllamaOptions {
+    /// Negative: no cap (-1 unlimited, -2 the context's fill), read as none set.
     #[serde(default)]
-    num_predict: Option<u64>,
+    num_predict: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -208,15 +218,37 @@ fn facts(
         .and_then(|b| b.stream_options.as_ref())
         .and_then(|o| o.as_ref()?.include_usage)
         .unwrap_or(false);
+    // Every cap field the body sets, the largest: a server obeys its own one (SGLang takes
+    // `max_completion_tokens` before `max_tokens`, Ollama only `options.num_predict`), so a
+    // small decoy in another field must not make the call look capped lower than it is.
     let max_tokens = parsed.and_then(|b| {
-        b.max_tokens
-            .or(b.max_completion_tokens)
-            .or(b.max_output_tokens)
-            .or(b
-                .generation_config
+        [
+            b.max_tokens,
+            b.max_completion_tokens,
+            b.max_output_tokens,
+            b.generation_config
                 .as_ref()
-                .and_then(|g| g.max_output_tokens))
-            .or(b.options.as_ref().and_then(|o| o.num_predict))
+                .and_then(|g| g.max_output_tokens),
+            b.options
+                .as_ref()
+                .and_then(|o| o.num_predict)
+                .and_then(|n| u64::try_from(n).ok()),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+    });
+    let choices = parsed.map_or(1, |b| {
+        [
+            b.n,
+            b.best_of,
+            b.generation_config.as_ref().and_then(|g| g.candidate_count),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(1)
+        .max(1)
     });
     let mut tools = tools
         .map(|t| declared_once(format, t, |items| adapter.declared_tools(items)))
@@ -239,6 +271,7 @@ fn facts(
         include_usage,
         stream_options,
         max_tokens,
+        choices,
         tools,
         user,
     }
@@ -344,6 +377,61 @@ mod tests {
         let f = facts("/v1/messages", None, r#"{"model":"claude","stream":true}"#).unwrap();
         assert_eq!(f.format, Format::Anthropic);
         assert!(facts("/v1/models", None, "").is_none());
+    }
+
+    /// The largest cap field is the call's cap (a server obeys its own one, not the first the
+    /// proxy reads), and every choice the request asks for may run to it.
+    #[test]
+    fn the_largest_cap_and_every_choice_count() {
+        let chat = "/v1/chat/completions";
+        let f = facts(
+            chat,
+            None,
+            r#"{"model":"m","max_tokens":16,"max_completion_tokens":100000,"n":8}"#,
+        )
+        .unwrap();
+        assert_eq!((f.max_tokens, f.choices), (Some(100_000), 8));
+        let f = facts(chat, None, r#"{"model":"m","max_tokens":16}"#).unwrap();
+        assert_eq!((f.max_tokens, f.choices), (Some(16), 1));
+        let f = facts(
+            "/v1/completions",
+            None,
+            r#"{"model":"m","max_tokens":10,"n":2,"best_of":5}"#,
+        )
+        .unwrap();
+        assert_eq!(f.choices, 5);
+        let g = "/v1beta/models/gemini-2.5-flash:generateContent";
+        let f = facts(
+            g,
+            None,
+            r#"{"generationConfig":{"maxOutputTokens":64,"candidateCount":4}}"#,
+        )
+        .unwrap();
+        assert_eq!((f.max_tokens, f.choices), (Some(64), 4));
+        let f = facts(g, None, r#"{"generation_config":{"max_output_tokens":64}}"#).unwrap();
+        assert_eq!(f.max_tokens, None, "snake case at the root is not Gemini's");
+        let f = facts(
+            g,
+            None,
+            r#"{"generationConfig":{"max_output_tokens":64,"candidate_count":2}}"#,
+        )
+        .unwrap();
+        assert_eq!((f.max_tokens, f.choices), (Some(64), 2));
+        // Ollama obeys `options.num_predict` only; -1 (no cap) no longer voids the whole read.
+        let f = facts(
+            "/api/chat",
+            None,
+            r#"{"model":"llama3","max_tokens":16,"options":{"num_predict":100000}}"#,
+        )
+        .unwrap();
+        assert_eq!(f.max_tokens, Some(100_000));
+        let f = facts(
+            "/api/chat",
+            None,
+            r#"{"model":"llama3","options":{"num_predict":-1}}"#,
+        )
+        .unwrap();
+        assert_eq!((f.model.as_deref(), f.max_tokens), (Some("llama3"), None));
     }
 
     #[test]

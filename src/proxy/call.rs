@@ -658,6 +658,7 @@ mod span_tests {
             include_usage: false,
             stream_options: false,
             max_tokens: None,
+            choices: 1,
             tools: Vec::new(),
             user: None,
         };

@@ -145,6 +145,7 @@ struct BudgetAsk {
     body: Bytes,
     model: Option<String>,
     max_output: Option<u64>,
+    choices: u64,
 }
 
 // === impl Flight ===
@@ -626,6 +627,7 @@ impl Proxy {
             body: f.body.clone(),
             model: facts.model.clone(),
             max_output: facts.max_tokens,
+            choices: facts.choices,
         });
         self.account(f, facts, check);
         if let (Some(budgets), Some(ask)) = (&self.budgets, budget_facts) {
@@ -639,6 +641,7 @@ impl Proxy {
                     None => crate::budget::input_bound(&ask.body),
                 },
                 max_output: ask.max_output,
+                choices: ask.choices,
             };
             // The context guard may have counted this body already: one tokenizer pass.
             let known = f.pending.as_ref().and_then(Pending::input_tokens);

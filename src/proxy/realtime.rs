@@ -757,6 +757,7 @@ fn call_facts(ctx: &Ctx, call: &mut Call, event: &[u8], max_output: Option<u64>)
         model: call.llm_mut().and_then(|l| l.facts().model.clone()),
         input_bound: crate::budget::input_bound(event).max(context),
         max_output,
+        choices: 1,
     }
 }
 
@@ -824,6 +825,7 @@ fn response_call(ctx: &Ctx, max_output: Option<u64>, model: Option<String>) -> C
         include_usage: false,
         stream_options: false,
         max_tokens: max_output,
+        choices: 1,
         tools: Vec::new(),
         user: None,
     };

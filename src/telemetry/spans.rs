@@ -544,6 +544,7 @@ mod tests {
             include_usage: stream,
             stream_options: stream,
             max_tokens: Some(300),
+            choices: 1,
             tools: Vec::new(),
             user: None,
         }

@@ -61,6 +61,7 @@ fn bench(c: &mut Criterion) {
         include_usage: true,
         stream_options: true,
         max_tokens: Some(300),
+        choices: 1,
         tools: Vec::new(),
         user: None,
     };

@@ -131,6 +131,28 @@ async fn content_length_plus_transfer_encoding_smuggles_nothing() {
     }
 }
 
+/// An empty chunked POST (Node fetch with an empty stream body) goes upstream framed by a
+/// `Content-Length: 0`, not with no framing at all (Google's front end answers that 411).
+#[tokio::test]
+async fn an_empty_chunked_body_goes_upstream_with_a_length() {
+    let m = mock().await;
+    let p = TestProxy::to("emptychunked", m.addr(), "").await;
+    let mut s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let raw = "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n";
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let reqs = m.requests();
+    let r = reqs.first().expect("the request reached the upstream");
+    let cl: Vec<_> = r
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.clone())
+        .collect();
+    assert_eq!(cl, ["0"], "{:?}", r.headers);
+}
+
 #[tokio::test]
 async fn too_many_headers_are_refused() {
     let m = mock().await;

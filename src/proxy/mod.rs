@@ -707,9 +707,15 @@ impl Proxy {
             .upstream_uri(f.parts.uri.path(), f.parts.uri.query())
             .map_err(|_| ProxyError::BadRequestBody)?;
         let mut parts = std::mem::replace(&mut f.parts, Request::new(()).into_parts().0);
-        let had_length = parts.headers.contains_key(CONTENT_LENGTH);
+        // A body framed either way (an empty chunked one too: Google's front end answers a POST
+        // without a length 411) goes on framed by its length.
+        let had_length = parts.headers.contains_key(CONTENT_LENGTH)
+            || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
         headers::strip_hop_by_hop(&mut parts.headers);
-        if let Some(n) = f.class.names_links(parts.uri.path()) {
+        let names_links = (parts.method != http::Method::HEAD)
+            .then(|| f.class.names_links(parts.uri.path()))
+            .flatten();
+        if let Some(n) = names_links {
             f.links = links::base(&parts, n);
             if f.links.is_some() {
                 // The body is read and rewritten whole: asked for plain.

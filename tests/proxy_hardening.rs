@@ -153,6 +153,18 @@ async fn an_empty_chunked_body_goes_upstream_with_a_length() {
     assert_eq!(cl, ["0"], "{:?}", r.headers);
 }
 
+/// The admin listener (reachable from the pod network) closes a connection that sends nothing,
+/// as the proxy's listener does, instead of holding it for good.
+#[tokio::test]
+async fn an_admin_connection_that_sends_nothing_is_closed() {
+    let m = mock().await;
+    let p = TestProxy::to("adminidle", m.addr(), "").await;
+    let mut s = tokio::net::TcpStream::connect(p.admin).await.unwrap();
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "the idle admin connection was held open");
+}
+
 #[tokio::test]
 async fn too_many_headers_are_refused() {
     let m = mock().await;

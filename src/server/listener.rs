@@ -126,6 +126,15 @@ pub(super) async fn serve_proxy(
     drained
 }
 
+/// The admin listener's wait for a request's head (and a connection's first byte).
+const ADMIN_HEADER_READ: Duration = Duration::from_secs(10);
+/// The admin listener's longest pending write.
+const ADMIN_WRITE: Duration = Duration::from_secs(30);
+/// Admin connections open at once.
+const ADMIN_CONNECTIONS: usize = 256;
+/// Concurrent HTTP/2 streams per admin connection.
+const ADMIN_STREAMS: u32 = 8;
+
 /// Serve the admin listener until `stop` turns true.
 pub(super) async fn serve_admin(
     listener: TcpListener,
@@ -136,8 +145,16 @@ pub(super) async fn serve_admin(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+        .header_read_timeout(ADMIN_HEADER_READ);
+    // A scraper or an operator needs a few streams; each may hold a rendered metrics text.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(ADMIN_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
+    let open = Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -145,11 +162,21 @@ pub(super) async fn serve_admin(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                // Past the bound a connection is closed at once: the listener is reachable from
+                // the pod network, and each connection holds memory.
+                let Ok(permit) = open.clone().try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
                 let admin = admin.clone();
                 let svc = service_fn(move |req| admin.clone().serve(req));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                // As on the proxy's listener: a connection that sends nothing, or stops reading
+                // what it asked for, is closed rather than held for good.
+                let io = WriteTimeout::new(TokioIo::new(stream), ADMIN_WRITE, ADMIN_HEADER_READ);
+                let conn = builder.serve_connection(io, svc).into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    drop(permit);
                 });
             }
             _ = stop.changed() => break,

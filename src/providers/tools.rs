@@ -39,6 +39,12 @@ pub(super) fn declared(tools: Items<'_>) -> Vec<DeclaredTool> {
             out.extend(decls.filter_map(|d| named_tool(d, &GEMINI_SCHEMA_KEYS, false)));
         } else if t.get("input_schema").is_some() {
             out.extend(named_tool(t, &["input_schema"], false));
+        } else if let (Some("namespace"), Some(inner)) =
+            (kind, t.get("tools").and_then(Node::items))
+        {
+            // Responses `{"type":"namespace", name, tools:[…]}`: the model calls the functions
+            // inside by their own names (the call states the namespace beside).
+            out.extend(declared(inner));
         } else if t.get("name").is_some() {
             out.extend(named_tool(t, &["parameters"], kind == Some("custom")));
         } else if let Some(kind) = kind.filter(|k| client_run_type(k)) {
@@ -101,30 +107,40 @@ pub(super) fn strip_declared(doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
     let Some(Value::Array(tools)) = obj.get_mut("tools") else {
         return;
     };
-    let named = |v: &Value| v.get("name").and_then(Value::as_str).is_none_or(keep);
-    tools.retain_mut(|t| {
-        if let Some(f) = t.get("function") {
-            return named(f);
-        }
-        let kind = t.get("type").and_then(Value::as_str).map(str::to_string);
-        if let (Some("custom"), Some(c)) = (kind.as_deref(), t.get("custom")) {
-            return named(c);
-        }
-        for key in ["functionDeclarations", "function_declarations"] {
-            if let Some(Value::Array(decls)) = t.get_mut(key) {
-                decls.retain(named);
-                return !decls.is_empty();
-            }
-        }
-        match (t.get("name"), kind.as_deref()) {
-            // Named by its type, as [`declared`] reads it.
-            (None, Some(k)) if client_run_type(k) && t.get("input_schema").is_none() => keep(k),
-            _ => named(t),
-        }
-    });
+    tools.retain_mut(|t| kept(t, keep));
     if tools.is_empty() {
         obj.remove("tools");
         obj.remove("tool_choice");
+    }
+}
+
+/// Whether the declaration `t` stays: every name it declares that `keep` refuses is removed
+/// (inside a Gemini tool or a Responses namespace, which go when nothing is left in them).
+fn kept(t: &mut Value, keep: &dyn Fn(&str) -> bool) -> bool {
+    let named = |v: &Value| v.get("name").and_then(Value::as_str).is_none_or(keep);
+    if let Some(f) = t.get("function") {
+        return named(f);
+    }
+    let kind = t.get("type").and_then(Value::as_str).map(str::to_string);
+    if let (Some("custom"), Some(c)) = (kind.as_deref(), t.get("custom")) {
+        return named(c);
+    }
+    for key in ["functionDeclarations", "function_declarations"] {
+        if let Some(Value::Array(decls)) = t.get_mut(key) {
+            decls.retain(named);
+            return !decls.is_empty();
+        }
+    }
+    if t.get("input_schema").is_none() && kind.as_deref() == Some("namespace") {
+        if let Some(Value::Array(inner)) = t.get_mut("tools") {
+            inner.retain_mut(|i| kept(i, keep));
+            return !inner.is_empty();
+        }
+    }
+    match (t.get("name"), kind.as_deref()) {
+        // Named by its type, as [`declared`] reads it.
+        (None, Some(k)) if client_run_type(k) && t.get("input_schema").is_none() => keep(k),
+        _ => named(t),
     }
 }
 
@@ -213,6 +229,34 @@ mod tests {
             snake["tools"],
             json!([{"function_declarations":[{"name":"ok"}]}])
         );
+    }
+
+    /// A Responses namespace declares the functions inside it (by their own names, as the
+    /// model calls them), and is stripped function by function, gone when none is left.
+    #[test]
+    fn namespaces_declare_and_strip_their_functions() {
+        let tools = json!([
+            {"type":"namespace","name":"crm","tools":[
+                {"type":"function","name":"delete_customer_data","parameters":{"type":"object"}},
+                {"type":"function","name":"lookup"}
+            ]}
+        ]);
+        let doc = crate::providers::Doc::of(&tools);
+        let names: Vec<String> = declared(doc.root().items().unwrap())
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["delete_customer_data", "lookup"]);
+        let keep = |n: &str| n != "delete_customer_data";
+        let mut req = json!({"tools": tools.clone()});
+        strip_declared(&mut req, &keep);
+        assert_eq!(
+            req["tools"],
+            json!([{"type":"namespace","name":"crm","tools":[{"type":"function","name":"lookup"}]}])
+        );
+        let mut req = json!({"tools": tools, "tool_choice": "auto"});
+        strip_declared(&mut req, &|n: &str| n == "other");
+        assert!(req.get("tools").is_none() && req.get("tool_choice").is_none());
     }
 
     #[test]

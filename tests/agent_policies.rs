@@ -841,3 +841,37 @@ async fn tool_arguments_that_are_not_json_are_invalid() {
         );
     }
 }
+
+/// Chat Completions' legacy function calling (`functions`, `function_call`) is held to the same
+/// lists as `tools`: a denied or unlisted function is refused, or stripped (with its
+/// `function_call` when none is left). It passed unread.
+#[tokio::test]
+async fn legacy_functions_are_held_to_the_tool_lists() {
+    let m = mock().await;
+    let p = TestProxy::to("policy", m.addr(), AGENTS).await;
+    let body = |name: &str| {
+        json!({"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],
+               "functions":[{"name":"get_weather","parameters":{"type":"object"}},{"name":name,"parameters":{"type":"object"}}],
+               "function_call":{"name":name}})
+    };
+    for tool in ["delete_everything", "unlisted_tool"] {
+        let (resp, bytes) = send_as(&p, Shape::ChatJson, "guarded", &[], &body(tool)).await;
+        let msg = assert_refused(Shape::ChatJson, &resp, &bytes, 403, "denied_tool");
+        assert!(msg.contains(tool), "{msg}");
+    }
+    assert_eq!(
+        m.stats().requests,
+        0,
+        "a refused request reached the upstream"
+    );
+    let only_denied = json!({"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],
+        "functions":[{"name":"delete_everything","parameters":{"type":"object"}}],
+        "function_call":{"name":"delete_everything"}});
+    let (resp, _) = send_as(&p, Shape::ChatJson, "stripper", &[], &only_denied).await;
+    assert_eq!(resp.status(), 200);
+    let sent: Value = serde_json::from_slice(&m.last_request().unwrap().body).unwrap();
+    assert!(
+        sent.get("functions").is_none() && sent.get("function_call").is_none(),
+        "{sent}"
+    );
+}

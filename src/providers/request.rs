@@ -74,6 +74,9 @@ struct Body<'a> {
     options: Option<OllamaOptions>,
     #[serde(default)]
     tools: Option<Vec<IgnoredAny>>,
+    /// Chat Completions' legacy function calling (`functions: [{name, parameters}]`).
+    #[serde(default)]
+    functions: Option<Vec<IgnoredAny>>,
     #[serde(default, borrow)]
     user: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -125,11 +128,19 @@ pub fn inspect(
     // Declared tools are read from a document of the body (built only when there are some).
     let doc = parsed
         .as_ref()
-        .and_then(|b| b.tools.as_ref())
+        .filter(|b| b.tools.is_some() || b.functions.is_some())
         .and_then(|_| Doc::parse(Bytes::copy_from_slice(body)).ok());
     let tools = doc.as_ref().and_then(|d| d.root().get("tools"));
+    let functions = doc.as_ref().and_then(|d| d.root().get("functions"));
     let own = object.then_some(RequestBody::Bytes(body));
-    Some(facts(format, path, query, parsed.as_ref(), tools, own))
+    Some(facts(
+        format,
+        path,
+        query,
+        parsed.as_ref(),
+        (tools, functions),
+        own,
+    ))
 }
 
 /// `tools` arrays read lately: their format and JSON text, what they declare.
@@ -195,8 +206,19 @@ pub fn inspect_doc(
         .as_ref()
         .and_then(|b| b.tools.as_ref())
         .and_then(|_| root.get("tools"));
+    let functions = parsed
+        .as_ref()
+        .and_then(|b| b.functions.as_ref())
+        .and_then(|_| root.get("functions"));
     let own = root.is_object().then_some(RequestBody::Doc(root));
-    Some(facts(format, path, query, parsed.as_ref(), tools, own))
+    Some(facts(
+        format,
+        path,
+        query,
+        parsed.as_ref(),
+        (tools, functions),
+        own,
+    ))
 }
 
 /// The facts of a request in `format`, from its typed read (`None`: not a JSON object, or not
@@ -207,7 +229,7 @@ fn facts(
     path: &str,
     query: Option<&str>,
     parsed: Option<&Body<'_>>,
-    tools: Option<Node<'_>>,
+    (tools, functions): (Option<Node<'_>>, Option<Node<'_>>),
     own: Option<RequestBody<'_>>,
 ) -> RequestFacts {
     let adapter = format.adapter();
@@ -253,6 +275,10 @@ fn facts(
     let mut tools = tools
         .map(|t| declared_once(format, t, |items| adapter.declared_tools(items)))
         .unwrap_or_default();
+    if let Some(items) = functions.and_then(Node::items) {
+        // Legacy function calling's declarations, `{name, parameters}`: held to the same lists.
+        tools.extend(super::tools::declared(items));
+    }
     let mut max_tokens = max_tokens;
     if let Some(own) = own.and_then(|b| adapter.own_request_fields(b)) {
         max_tokens = own.max_tokens.or(max_tokens);

@@ -104,13 +104,16 @@ pub(super) fn strip_declared(doc: &mut Value, keep: &dyn Fn(&str) -> bool) {
     let Some(obj) = doc.as_object_mut() else {
         return;
     };
-    let Some(Value::Array(tools)) = obj.get_mut("tools") else {
-        return;
-    };
-    tools.retain_mut(|t| kept(t, keep));
-    if tools.is_empty() {
-        obj.remove("tools");
-        obj.remove("tool_choice");
+    // Chat Completions' legacy `functions` (with `function_call`, its choice).
+    for (list, choice) in [("tools", "tool_choice"), ("functions", "function_call")] {
+        let Some(Value::Array(tools)) = obj.get_mut(list) else {
+            continue;
+        };
+        tools.retain_mut(|t| kept(t, keep));
+        if tools.is_empty() {
+            obj.remove(list);
+            obj.remove(choice);
+        }
     }
 }
 
@@ -223,6 +226,10 @@ mod tests {
         let mut resp = json!({"tools":[{"type":"function","name":"bad"},{"type":"web_search"}]});
         strip_declared(&mut resp, &keep);
         assert_eq!(resp["tools"], json!([{"type":"web_search"}]));
+        let mut legacy =
+            json!({"functions":[{"name":"bad","parameters":{}}],"function_call":{"name":"bad"}});
+        strip_declared(&mut legacy, &keep);
+        assert_eq!(legacy, json!({}));
         let mut snake = json!({"tools":[{"function_declarations":[{"name":"bad"},{"name":"ok"}]}]});
         strip_declared(&mut snake, &keep);
         assert_eq!(

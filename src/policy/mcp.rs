@@ -157,7 +157,7 @@ impl ToolSchemas {
         // checked: the call is not blamed for it.
         let v = known
             .compiled
-            .get_or_init(|| jsonschema::validator_for(&known.schema).ok())
+            .get_or_init(|| super::validate::compile(&known.schema))
             .as_ref()?;
         let empty = Value::Object(Default::default());
         Some(!v.is_valid(args.unwrap_or(&empty)))

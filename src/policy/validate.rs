@@ -92,9 +92,7 @@ impl SchemaCache {
             return hit;
         }
         // Compiled outside the lock; two requests racing on a new schema both compile it.
-        let v = jsonschema::validator_for(&schema.to_value())
-            .ok()
-            .map(Arc::new);
+        let v = compile(&schema.to_value()).map(Arc::new);
         if let Ok(mut c) = self.compiled.lock() {
             if c.len() >= MAX_CACHED_SCHEMAS {
                 c.clear();
@@ -102,6 +100,56 @@ impl SchemaCache {
             c.insert(key, v.clone());
         }
         v
+    }
+}
+
+/// A validator for `schema`; `None` when it does not compile, or when checking a value against
+/// it could take work far beyond its size: `$ref`s to shared definitions each checked again
+/// wherever they are reached (40 levels of a definition naming the next one twice are 2^40
+/// checks of `{}`, a worker frozen by a 2 KB schema from a client or a tool server).
+pub(super) fn compile(schema: &Value) -> Option<Validator> {
+    let mut budget = MAX_EXPANDED_NODES;
+    if !expands_within(schema, schema, &mut Vec::new(), &mut budget) {
+        return None;
+    }
+    jsonschema::validator_for(schema).ok()
+}
+
+/// Schema nodes a validation may visit, `$ref`s expanded, before it is not attempted.
+const MAX_EXPANDED_NODES: usize = 100_000;
+
+/// Whether `node`, local `$ref`s expanded (a reference already being expanded on the way down
+/// counts once: the validator remembers those), has at most `budget` nodes.
+fn expands_within<'a>(
+    root: &'a Value,
+    node: &'a Value,
+    refs: &mut Vec<&'a str>,
+    budget: &mut usize,
+) -> bool {
+    if *budget == 0 {
+        return false;
+    }
+    *budget -= 1;
+    match node {
+        Value::Array(items) => items.iter().all(|v| expands_within(root, v, refs, budget)),
+        Value::Object(map) => {
+            if let Some(r) = map.get("$ref").and_then(Value::as_str) {
+                if !refs.contains(&r) {
+                    if let Some(target) = r.strip_prefix('#').and_then(|p| root.pointer(p)) {
+                        refs.push(r);
+                        let ok = expands_within(root, target, refs, budget);
+                        refs.pop();
+                        if !ok {
+                            return false;
+                        }
+                    }
+                }
+            }
+            map.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "$defs" | "definitions"))
+                .all(|(_, v)| expands_within(root, v, refs, budget))
+        }
+        _ => true,
     }
 }
 
@@ -156,6 +204,29 @@ mod tests {
             schema: json!({"type":"object","properties":{"city":{"type":"string"}},"required":["city"],"additionalProperties":false}).into(),
             free_form: false,
         }
+    }
+
+    /// Definitions naming the next one twice, 40 deep: checking `{}` would take 2^40 steps, so
+    /// the schema is not used (the call is not blamed for it); a recursive schema (a tree)
+    /// still is.
+    #[test]
+    fn a_schema_that_expands_exponentially_is_not_compiled() {
+        let mut defs = serde_json::Map::new();
+        for i in 0..40 {
+            let next = format!("#/$defs/d{}", i + 1);
+            defs.insert(
+                format!("d{i}"),
+                serde_json::json!({"anyOf":[{"$ref": next}, {"$ref": next}]}),
+            );
+        }
+        defs.insert("d40".into(), serde_json::json!({"required":["__never"]}));
+        let bomb = serde_json::json!({"type":"object","$ref":"#/$defs/d0","$defs": defs});
+        assert!(compile(&bomb).is_none());
+        let tree = serde_json::json!({"$ref":"#/$defs/node","$defs":{"node":{"type":"object",
+            "properties":{"children":{"type":"array","items":{"$ref":"#/$defs/node"}}}}}});
+        let v = compile(&tree).expect("a recursive schema compiles");
+        assert!(v.is_valid(&serde_json::json!({"children":[{"children":[]}]})));
+        assert!(!v.is_valid(&serde_json::json!({"children":[1]})));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Billing {
 #[derive(Debug, Clone, Default)]
 pub struct Prices {
     table: BTreeMap<String, Price>,
+    /// The entry with the highest input plus output rates: what a call naming a model the
+    /// table does not price is reserved at ([`Prices::estimate`]).
+    dearest: Option<String>,
 }
 
 // === impl Prices ===
@@ -66,8 +69,13 @@ pub struct Prices {
 impl Prices {
     /// Prices from `pricing:`.
     pub fn new(table: &BTreeMap<String, Price>) -> Self {
+        let dearest = table
+            .iter()
+            .max_by(|a, b| (a.1.input + a.1.output).total_cmp(&(b.1.input + b.1.output)))
+            .map(|(k, _)| k.clone());
         Self {
             table: table.clone(),
+            dearest,
         }
     }
 
@@ -172,7 +180,17 @@ impl Prices {
             output: Some(output),
             ..Usage::default()
         };
-        self.cost(model, &usage)
+        self.admitting(model)
+            .map_or(0, |p| price_of(&at_length(p, usage.input), &usage, None))
+    }
+
+    /// The price a call naming `model` is admitted at: its own, else (a name the table does not
+    /// price — an Azure deployment, an alias, a router's `auto` — while it prices others) the
+    /// dearest entry's, since the model that serves it may be any of them. Settling prices the
+    /// model that served the call.
+    fn admitting(&self, model: &str) -> Option<&Price> {
+        self.get(model)
+            .or_else(|| self.table.get(self.dearest.as_deref()?))
     }
 
     /// Nano-USD that `input` and `output` tokens may cost on `model` at most: each kind priced at
@@ -181,7 +199,7 @@ impl Prices {
     /// input turns out to be billed. The one-hour cache write's default (2 × input) counts for a
     /// price that sets a cache write price: a model with cache writes.
     pub fn estimate(&self, model: &str, input: u64, output: u64) -> u64 {
-        let Some(p) = self.get(model) else {
+        let Some(p) = self.admitting(model) else {
             return 0;
         };
         let p = &at_length(p, Some(input));
@@ -570,7 +588,18 @@ mod tests {
         assert!(p.get("gpt-4o-2024-08-06").is_some());
         assert!(p.get("gpt-4o-mini").is_none());
         assert!(p.get("gpt-4o-").is_none());
-        assert_eq!(p.estimate("unknown", 10, 10), 0);
+        // Admitted at the dearest price the table has (what may serve it), settled at 0.
+        for priced in ["gpt-4o", "claude-sonnet-4-5"] {
+            assert!(p.estimate("unknown", 10, 10) >= p.estimate(priced, 10, 10));
+        }
+        assert!(p.estimate_plain("unknown", 10, 0) > 0);
+        let unknown = Usage {
+            input: Some(10),
+            output: Some(10),
+            ..Usage::default()
+        };
+        assert_eq!(p.cost("unknown", &unknown), 0);
+        assert_eq!(Prices::new(&BTreeMap::new()).estimate("unknown", 10, 10), 0);
         // A version is another model: Opus 4.5 is not priced as Opus 4 (3x dearer).
         let mut table = BTreeMap::new();
         for (name, input) in [

@@ -21,6 +21,9 @@ use crate::providers::Node;
 pub const MAX_PER_SESSION: usize = 64;
 /// Calls between two sweeps of stale sessions.
 const SWEEP_EVERY: u64 = 1024;
+/// Sessions tracked at most (session ids come from traffic); past it the eighth least recently
+/// active go, as the live-session table's bound forgets sessions too.
+pub const MAX_SESSIONS: usize = 100_000;
 
 /// Recent request hashes per session.
 #[derive(Debug, Default)]
@@ -61,6 +64,9 @@ impl LoopTracker {
         if self.calls.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.sweep(now, longest.max(window));
         }
+        if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(session) {
+            self.make_room(now, longest.max(window));
+        }
         let mut seen = self.sessions.entry(session.clone()).or_default();
         while seen
             .front()
@@ -82,6 +88,27 @@ impl LoopTracker {
     /// Whether no session is tracked.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+    }
+
+    /// At the bound: stale sessions go, and if that is not enough, the eighth least recently
+    /// active (one pass, so a flood of new ids pays it once per eighth of the bound).
+    fn make_room(&self, now: Instant, window: Duration) {
+        self.sweep(now, window);
+        if self.sessions.len() < MAX_SESSIONS {
+            return;
+        }
+        let mut last: Vec<Instant> = self
+            .sessions
+            .iter()
+            .filter_map(|e| e.value().back().map(|(_, at)| *at))
+            .collect();
+        let cut = last.len() / 8;
+        if cut == 0 {
+            return;
+        }
+        let (_, &mut oldest_kept, _) = last.select_nth_unstable(cut);
+        self.sessions
+            .retain(|_, seen| seen.back().is_some_and(|(_, at)| *at >= oldest_kept));
     }
 
     fn sweep(&self, now: Instant, window: Duration) {
@@ -235,6 +262,22 @@ mod tests {
         t.record(&s, 7, t0, w, w);
         assert_eq!(t.peek(&s, 7, t0, w), 2);
         assert_eq!(t.peek(&s, 7, t0 + Duration::from_secs(61), w), 1);
+    }
+
+    /// Ids from traffic inside the window cannot grow the table past its bound; the most
+    /// recently active sessions are the ones kept.
+    #[test]
+    fn sessions_tracked_are_bounded() {
+        let t = LoopTracker::default();
+        let w = Duration::from_secs(600);
+        let t0 = Instant::now();
+        for i in 0..MAX_SESSIONS + 20_000 {
+            let s: Arc<str> = Arc::from(format!("s{i}"));
+            t.record(&s, 1, t0 + Duration::from_micros(i as u64), w, w);
+        }
+        assert!(t.len() <= MAX_SESSIONS, "{}", t.len());
+        let newest = format!("s{}", MAX_SESSIONS + 20_000 - 1);
+        assert_eq!(t.peek(&newest, 1, t0 + Duration::from_secs(1), w), 2);
     }
 
     #[test]

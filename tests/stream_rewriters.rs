@@ -319,3 +319,85 @@ async fn a_cut_anthropic_stream_records_what_streamed_everywhere() {
         "recorded {output}, streamed {streamed}"
     );
 }
+
+/// A strict OpenAI-compatible server (Mistral; Azure api-versions before `stream_options`)
+/// refuses the usage the proxy asks for on the client's behalf with a 422 naming the field: the
+/// request goes again as the client sent it, the client gets its stream, and the usage is
+/// estimated. It got the 422 for a field it never sent.
+#[tokio::test]
+async fn a_server_refusing_stream_options_gets_the_request_as_the_client_sent_it() {
+    use http_body_util::{BodyExt, Full};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let text = String::from_utf8_lossy(&body).to_string();
+                            log.lock().unwrap().push(text.clone());
+                            let resp = if text.contains("oops") {
+                                http::Response::builder()
+                                .status(400)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(br#"{"error":{"message":"messages must be an array","type":"invalid_request_error"}}"#)))
+                            } else if text.contains("stream_options") {
+                                http::Response::builder()
+                                .status(422)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(br#"{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted"}]},"type":"invalid_request_message_error"}"#)))
+                            } else {
+                                http::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(Full::new(Bytes::from_static(b"data: {\"id\":\"c1\",\"model\":\"mistral-small-latest\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello there\"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"c1\",\"model\":\"mistral-small-latest\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n")))
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.unwrap())
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let p = TestProxy::to("rw-strict", up, "").await;
+    let (r, body) = post(
+        &p.url("/v1/chat/completions"),
+        &[("x-agent-name", "rw-strict")],
+        CHAT_STREAM_NO_USAGE,
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("Hello there"));
+    let first = seen.lock().unwrap().clone();
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert_eq!(
+        first[1], CHAT_STREAM_NO_USAGE,
+        "sent again as the client sent it"
+    );
+    let text = p.metrics().await;
+    let out = metric_value(
+        &text,
+        "tokenwarden_tokens_total",
+        &[
+            ("agent", "rw-strict"),
+            ("type", "output"),
+            ("source", "estimated"),
+        ],
+    );
+    assert!(out > 0.0, "{text}");
+
+    // Any other error is given on as it came (the request is not sent twice).
+    let bad = r#"{"model":"gpt-4o-mini","messages":"oops","stream":true}"#;
+    let (r, body) = post(&p.url("/v1/chat/completions"), &[], bad).await;
+    assert_eq!(r.status(), 400);
+    assert!(String::from_utf8_lossy(&body).contains("must be an array"));
+    assert_eq!(seen.lock().unwrap().len(), 3, "sent once");
+}

@@ -37,6 +37,8 @@ pub enum UpstreamBody {
     Pooled(hyper::body::Incoming),
     /// A plain-HTTP upstream's body.
     Driven(driven::DrivenBody),
+    /// A body the proxy already read whole (an error answer it looked into), given on as is.
+    Read(Option<Bytes>),
 }
 
 impl http_body::Body for UpstreamBody {
@@ -50,6 +52,7 @@ impl http_body::Body for UpstreamBody {
         match self.get_mut() {
             Self::Pooled(b) => Pin::new(b).poll_frame(cx),
             Self::Driven(b) => Pin::new(b).poll_frame(cx),
+            Self::Read(b) => Poll::Ready(b.take().map(|b| Ok(http_body::Frame::data(b)))),
         }
     }
 
@@ -57,6 +60,7 @@ impl http_body::Body for UpstreamBody {
         match self {
             Self::Pooled(b) => b.is_end_stream(),
             Self::Driven(b) => b.is_end_stream(),
+            Self::Read(b) => b.is_none(),
         }
     }
 
@@ -64,6 +68,9 @@ impl http_body::Body for UpstreamBody {
         match self {
             Self::Pooled(b) => b.size_hint(),
             Self::Driven(b) => b.size_hint(),
+            Self::Read(b) => {
+                http_body::SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

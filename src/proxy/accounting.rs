@@ -187,6 +187,11 @@ impl LlmCall {
         self.injected = true;
     }
 
+    /// The request went again without the usage asked for (the upstream refused the field).
+    pub fn clear_injected(&mut self) {
+        self.injected = false;
+    }
+
     /// Output events (text, reasoning, tool-call deltas) seen so far.
     pub fn output_events(&self) -> u64 {
         self.output_events

@@ -137,6 +137,10 @@ struct Flight {
     pending: Option<Pending>,
     /// The proxy's URL the client used, when the response names URLs to point at it.
     links: Option<String>,
+    /// The request as the client sent it, when the proxy asked for stream usage on its behalf:
+    /// sent again as it was if the upstream refuses the field (a strict OpenAI-compatible
+    /// server: Mistral, Azure api-versions before `stream_options`).
+    uninjected: Option<(http::request::Parts, Bytes)>,
 }
 
 /// What budget admission needs of a request.
@@ -293,10 +297,58 @@ impl Proxy {
         if let Err(e) = self.admit(&mut flight).await {
             return flight.refuse(e);
         }
-        match self.forward(&mut flight).await {
-            Ok(resp) => self.respond(flight, resp).await,
-            Err(e) => flight.fail(e),
+        let resp = match self.forward(&mut flight).await {
+            Ok(resp) => resp,
+            Err(e) => return flight.fail(e),
+        };
+        let resp = match flight.uninjected.take() {
+            Some(plain) if matches!(resp.status().as_u16(), 400 | 422) => {
+                match self
+                    .unless_injection_refused(&mut flight, resp, plain)
+                    .await
+                {
+                    Ok(resp) => resp,
+                    Err(e) => return flight.fail(e),
+                }
+            }
+            _ => resp,
+        };
+        self.respond(flight, resp).await
+    }
+
+    /// An injected request answered 400 or 422: when the error names `stream_options` (a
+    /// server that refuses the field, or this api-version of it), the request goes again as the
+    /// client sent it (nothing was generated) and the stream's usage is estimated; any other
+    /// error is given on as it came.
+    async fn unless_injection_refused(
+        &self,
+        f: &mut Flight,
+        resp: Response<UpstreamBody>,
+        (parts, plain): (http::request::Parts, Bytes),
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        const ERROR_READ: usize = 64 * 1024;
+        let (head, body) = resp.into_parts();
+        let read = http_body_util::Limited::new(body, ERROR_READ).collect();
+        let bytes = match tokio::time::timeout(f.route.timeouts.idle_timeout, read).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            _ => {
+                return Err(ProxyError::UpstreamReset {
+                    route: f.route.name.to_string(),
+                })
+            }
+        };
+        let plain_head = head.headers.get(http::header::CONTENT_ENCODING).is_none();
+        if !(plain_head && memchr::memmem::find(&bytes, b"stream_options").is_some()) {
+            return Ok(Response::from_parts(head, UpstreamBody::Read(Some(bytes))));
         }
+        tracing::debug!(route = %f.route.name, "upstream refused stream_options: sent again as the client sent it");
+        f.parts = parts;
+        f.body = plain.clone();
+        if let Some(llm) = f.call.llm_mut() {
+            llm.clear_injected();
+            llm.set_request_body(plain);
+        }
+        self.forward(f).await
     }
 
     /// A WebSocket upgrade (see `realtime.rs`): forwarded; on the upstream's 101 the session is
@@ -510,6 +562,7 @@ impl Proxy {
             doc: None,
             pending: None,
             links: None,
+            uninjected: None,
         }
     }
 
@@ -665,7 +718,8 @@ impl Proxy {
         llm.set_policy(check);
         if self.inject_stream_usage && f.class.operation == Operation::Chat {
             if let Some(rewritten) = inspect::ask_stream_usage(llm.facts(), &f.body) {
-                f.body = Bytes::from(rewritten);
+                let plain = std::mem::replace(&mut f.body, Bytes::from(rewritten));
+                f.uninjected = Some((f.parts.clone(), plain));
                 llm.set_injected();
             }
         }

@@ -681,12 +681,10 @@ fn error_type(record: &ResponseRecord, ending: &Ending) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// An error event that ends a stream after output (OpenAI's `data: {"error":…}`, a
-    /// Responses `error` event) does not make the output free: the provider billed it.
-    #[test]
-    fn a_stream_that_errs_after_output_is_billable() {
+    /// A 200 answer whose body ended whole.
+    fn clean_ending() -> Ending {
         let now = Instant::now();
-        let ending = Ending {
+        Ending {
             end: BodyEnd::Complete,
             status: Some(StatusCode::OK),
             started: now,
@@ -697,7 +695,14 @@ mod tests {
             shutdown: false,
             blocked: None,
             trace: None,
-        };
+        }
+    }
+
+    /// An error event that ends a stream after output (OpenAI's `data: {"error":…}`, a
+    /// Responses `error` event) does not make the output free: the provider billed it.
+    #[test]
+    fn a_stream_that_errs_after_output_is_billable() {
+        let ending = clean_ending();
         let record = ResponseRecord {
             error_type: Some("server_error".into()),
             ..ResponseRecord::default()
@@ -729,19 +734,7 @@ mod tests {
     /// usage, and is estimated from what it carried rather than charged the placeholder.
     #[test]
     fn a_stream_ended_by_an_error_event_before_final_usage_is_estimated() {
-        let now = Instant::now();
-        let ending = Ending {
-            end: BodyEnd::Complete,
-            status: Some(StatusCode::OK),
-            started: now,
-            upstream_sent: Some(now),
-            now,
-            unanswered: false,
-            upstream_ok: true,
-            shutdown: false,
-            blocked: None,
-            trace: None,
-        };
+        let ending = clean_ending();
         let mut record = ResponseRecord::default();
         record.usage.input = Some(400);
         record.usage.output = Some(1);

@@ -28,13 +28,16 @@ use crate::record::{Operation, MAX_PARSE_BYTES};
 /// Whether to hold this response: a blocking policy applies, and the body is a 2xx JSON body
 /// that fits the parse cap (as far as its length says).
 pub(super) fn should_hold(call: &Call, head: &Parts) -> bool {
-    let fits = head
-        .headers
+    head.status.is_success() && fits_parse_cap(head) && call.holds_response()
+}
+
+/// Whether a body fits the parse cap, as far as its length says.
+pub(super) fn fits_parse_cap(head: &Parts) -> bool {
+    head.headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
-        .is_none_or(|n| n <= MAX_PARSE_BYTES);
-    head.status.is_success() && fits && call.holds_response()
+        .is_none_or(|n| n <= MAX_PARSE_BYTES)
 }
 
 /// The refusal of a 2xx response that a blocking policy must see but that is neither held nor

@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use crate::body::{BodyEnd, Observer};
 use crate::http_client::UpstreamBody;
 use crate::providers::protocol::{Classified, ErrorShape};
-use crate::record::MAX_PARSE_BYTES;
 
 use super::answer::{local_error_after, ProxyBody};
 use super::call::Call;
@@ -43,13 +42,7 @@ pub(super) fn rewrites(head: &Parts) -> bool {
         .headers
         .get(CONTENT_ENCODING)
         .is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let fits = head
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_none_or(|n| n <= MAX_PARSE_BYTES);
-    head.status.is_success() && plain && fits
+    head.status.is_success() && plain && super::held::fits_parse_cap(head)
 }
 
 /// Read the body whole and answer with its links pointed at `base`.

@@ -28,7 +28,7 @@
 //! the model's batch rate (`pricing.<model>.batch`, Anthropic's 50 % by default). `errored`,
 //! `canceled` and `expired` results were not billed and count nothing. The SDKs download the
 //! results from the batch's `results_url`, an absolute URL on the API's host: batch objects
-//! have it pointed at the proxy ([`batch_links`]), so that download comes through the sidecar.
+//! have it pointed at the proxy (`batch_links.rs`), so that download comes through the sidecar.
 
 mod batch_links;
 mod batch_results;

@@ -607,23 +607,7 @@ mod tests {
             ("gpt-4", 30.0),
             ("gemini-2.0-flash", 0.1),
         ] {
-            table.insert(
-                name.to_string(),
-                Price {
-                    input,
-                    output: input,
-                    cached_input: None,
-                    cache_creation_input: None,
-                    cache_creation_input_1h: None,
-                    batch: None,
-                    audio_input: None,
-                    cached_audio_input: None,
-                    audio_output: None,
-                    long_context: None,
-                    web_search: None,
-                    file_search: None,
-                },
-            );
+            table.insert(name.to_string(), price(input));
         }
         let p = Prices::new(&table);
         assert!(p.get("claude-opus-4-5-20251101").is_none());
